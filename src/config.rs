@@ -1,0 +1,515 @@
+//! Configuration: one TOML file, every key optional, embedded defaults for the rest.
+//!
+//! `examples/nof1d.toml` documents every key with its
+//! default; a test keeps it parseable. Secrets are never written in the file
+//! itself: they are named by an environment variable or a file path
+//! ([`SecretRef`]) and held in a [`Secret`] that never prints.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use jiff::civil::Time;
+use jiff::tz::TimeZone;
+use serde::Deserialize;
+
+/// Errors met while reading or checking the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or a key was unknown or of the wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (it names the line and key).
+        message: String,
+    },
+    /// A value parsed but makes no sense.
+    #[error("config: {0}")]
+    Invalid(String),
+    /// A secret could not be resolved.
+    #[error("config: secret {what}: {why}")]
+    Secret {
+        /// Which setting.
+        what: String,
+        /// Why it failed (never the secret's value).
+        why: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Folder for the database, the lock, mail written as `.eml` and backups.
+    pub data_dir: PathBuf,
+    /// Logging.
+    pub log: LogConfig,
+    /// The dashboard / HTTP server.
+    pub web: WebConfig,
+    /// Outgoing mail.
+    pub email: EmailConfig,
+    /// How often the daemon's jobs tick.
+    pub jobs: JobsConfig,
+    /// Simulated time, for demos and tests.
+    pub clock: ClockConfig,
+    /// The demo participant.
+    pub demo: DemoConfig,
+    /// The people this instance runs trials for (a household may share one).
+    pub participants: Vec<ParticipantConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./nof1d-data"),
+            log: LogConfig::default(),
+            web: WebConfig::default(),
+            email: EmailConfig::default(),
+            jobs: JobsConfig::default(),
+            clock: ClockConfig::default(),
+            demo: DemoConfig::default(),
+            participants: Vec::new(),
+        }
+    }
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter: `info`, `debug`, `nof1d=debug,tower_http=warn`, ...
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info,tokio_cron_scheduler=warn".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for journald / log shippers).
+    Json,
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Address to bind. Anything but loopback needs `token` or `password_hash`.
+    pub listen: SocketAddr,
+    /// Bearer token accepted on every page and API call.
+    pub token: Option<SecretRef>,
+    /// Argon2 PHC hash of the dashboard password (HTTP Basic auth, any user name).
+    pub password_hash: Option<String>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token: None,
+            password_hash: None,
+        }
+    }
+}
+
+/// Outgoing mail settings. With no SMTP configured, mail is written as `.eml`
+/// files under `data_dir/mail/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmailConfig {
+    /// The From: address.
+    pub from: String,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        EmailConfig {
+            from: "nof1d <nof1d@localhost>".into(),
+        }
+    }
+}
+
+/// Job periods, in real seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// How often data sources are polled.
+    pub source_poll_seconds: u64,
+    /// How often the daily-assignment check runs (it decides per participant
+    /// whether their local assignment time has come).
+    pub assignment_check_seconds: u64,
+    /// How often the outbox is delivered.
+    pub outbox_seconds: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            source_poll_seconds: 60,
+            assignment_check_seconds: 20,
+            outbox_seconds: 10,
+        }
+    }
+}
+
+/// Simulated time: `time_scale` simulated seconds pass per real second,
+/// counted from the first start (the anchor is stored in the database so a
+/// restart continues the same timeline). 1.0 is real time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockConfig {
+    /// Simulated seconds per real second.
+    pub time_scale: f64,
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        ClockConfig { time_scale: 1.0 }
+    }
+}
+
+/// The demo participant (`nof1d serve --demo` turns it on).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    /// Seed a simulated participant with history and a running trial.
+    pub enabled: bool,
+    /// The demo participant's IANA time zone.
+    pub time_zone: String,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig {
+            enabled: false,
+            time_zone: "Europe/London".into(),
+        }
+    }
+}
+
+/// One participant as written in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParticipantConfig {
+    /// Stable identifier (letters, digits, `-`, `_`); rows in the store hang on it.
+    pub key: String,
+    /// Display name.
+    pub name: String,
+    /// Where the daily email goes.
+    pub email: String,
+    /// IANA time zone, e.g. `Europe/Berlin`.
+    pub time_zone: String,
+    /// Local time of the daily assignment email, `HH:MM`.
+    #[serde(default = "default_assignment_time")]
+    pub assignment_time: String,
+}
+
+fn default_assignment_time() -> String {
+    "07:30".into()
+}
+
+/// A participant whose time zone and assignment time have been checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Participant {
+    /// Stable identifier.
+    pub key: String,
+    /// Display name.
+    pub name: String,
+    /// Email address.
+    pub email: String,
+    /// IANA name, as written.
+    pub time_zone_name: String,
+    /// The zone.
+    pub time_zone: TimeZone,
+    /// Local time of the daily assignment.
+    pub assignment_time: Time,
+}
+
+impl ParticipantConfig {
+    /// Checks the key, zone and time; the error names the participant and key.
+    pub fn resolve(&self) -> Result<Participant, ConfigError> {
+        if !is_slug(&self.key) {
+            return Err(ConfigError::Invalid(format!(
+                "participants.key {:?}: use letters, digits, '-' or '_'",
+                self.key
+            )));
+        }
+        if !self.email.contains('@') {
+            return Err(ConfigError::Invalid(format!(
+                "participant {}: email {:?} is not an address",
+                self.key, self.email
+            )));
+        }
+        let time_zone = TimeZone::get(&self.time_zone).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "participant {}: time_zone {:?} is not an IANA zone: {e}",
+                self.key, self.time_zone
+            ))
+        })?;
+        let assignment_time = parse_hhmm(&self.assignment_time).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "participant {}: assignment_time {:?} must be HH:MM (24-hour)",
+                self.key, self.assignment_time
+            ))
+        })?;
+        Ok(Participant {
+            key: self.key.clone(),
+            name: self.name.clone(),
+            email: self.email.clone(),
+            time_zone_name: self.time_zone.clone(),
+            time_zone,
+            assignment_time,
+        })
+    }
+}
+
+/// Parses `HH:MM` (24-hour).
+pub fn parse_hhmm(s: &str) -> Option<Time> {
+    let (h, m) = s.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let h: i8 = h.parse().ok()?;
+    let m: i8 = m.parse().ok()?;
+    Time::new(h, m, 0, 0).ok()
+}
+
+/// True for non-empty identifiers of ASCII letters, digits, `-` and `_`.
+pub fn is_slug(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Where a secret comes from: an environment variable or a file (first line,
+/// trimmed). Exactly one must be given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    /// Environment variable holding the secret.
+    pub env: Option<String>,
+    /// File holding the secret.
+    pub file: Option<PathBuf>,
+}
+
+impl SecretRef {
+    /// Reads the secret; `what` names the setting in errors.
+    pub fn resolve(&self, what: &str) -> Result<Secret, ConfigError> {
+        let err = |why: String| ConfigError::Secret {
+            what: what.to_string(),
+            why,
+        };
+        let value = match (&self.env, &self.file) {
+            (Some(var), None) => std::env::var(var)
+                .map_err(|_| err(format!("environment variable {var} is not set")))?,
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?
+                .trim()
+                .to_string(),
+            _ => return Err(err("give exactly one of `env` or `file`".into())),
+        };
+        if value.is_empty() {
+            return Err(err("it is empty".into()));
+        }
+        Ok(Secret(value))
+    }
+}
+
+/// A secret value: its `Debug` and `Display` never show it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Config {
+    /// Loads `path`; a missing file is fine only when `required` is false
+    /// (the default path), in which case embedded defaults are used.
+    pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Config::default());
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        Config::parse(&text, path)
+    }
+
+    /// Parses config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: participants, time scale, job periods.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let mut keys = std::collections::BTreeSet::new();
+        for p in &self.participants {
+            p.resolve()?;
+            if !keys.insert(p.key.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "participant key {:?} appears twice",
+                    p.key
+                )));
+            }
+        }
+        if !(self.clock.time_scale.is_finite() && self.clock.time_scale >= 1.0) {
+            return Err(ConfigError::Invalid(format!(
+                "clock.time_scale must be a number >= 1 (got {})",
+                self.clock.time_scale
+            )));
+        }
+        TimeZone::get(&self.demo.time_zone).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "demo.time_zone {:?} is not an IANA zone: {e}",
+                self.demo.time_zone
+            ))
+        })?;
+        for (name, v) in [
+            ("jobs.source_poll_seconds", self.jobs.source_poll_seconds),
+            (
+                "jobs.assignment_check_seconds",
+                self.jobs.assignment_check_seconds,
+            ),
+            ("jobs.outbox_seconds", self.jobs.outbox_seconds),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
+        if let Some(hash) = &self.web.password_hash {
+            argon2::PasswordHash::new(hash).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "web.password_hash is not an argon2 PHC string: {e}"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Path of the SQLite database.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("nof1d.sqlite")
+    }
+
+    /// Folder where undelivered-by-SMTP mail is written as `.eml`.
+    pub fn mail_dir(&self) -> PathBuf {
+        self.data_dir.join("mail")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_matches_defaults() {
+        let text = include_str!("../examples/nof1d.toml");
+        let parsed = Config::parse(text, Path::new("examples/nof1d.toml")).expect("example parses");
+        let d = Config::default();
+        assert_eq!(parsed.data_dir, d.data_dir);
+        assert_eq!(parsed.web.listen, d.web.listen);
+        assert_eq!(parsed.log.level, d.log.level);
+        assert_eq!(parsed.jobs.outbox_seconds, d.jobs.outbox_seconds);
+        assert_eq!(parsed.clock.time_scale, d.clock.time_scale);
+        assert_eq!(parsed.participants.len(), 1);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = Config::parse(
+            "data_dir = \"x\"\n[web]\nlisten_at = 1\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("listen_at"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn bad_time_zone_and_time_are_rejected() {
+        let text = "[[participants]]\nkey='a'\nname='A'\nemail='a@b'\ntime_zone='Mars/Olympus'\n";
+        let err = Config::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Mars/Olympus"), "{err}");
+        let text = "[[participants]]\nkey='a'\nname='A'\nemail='a@b'\ntime_zone='UTC'\nassignment_time='7:3'\n";
+        let err = Config::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("HH:MM"), "{err}");
+    }
+
+    #[test]
+    fn secret_never_prints() {
+        let s = Secret("hunter2".into());
+        assert!(!format!("{s:?} {s}").contains("hunter2"));
+    }
+
+    #[test]
+    fn secret_from_env_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tok");
+        std::fs::write(&f, "abc\n").unwrap();
+        let r = SecretRef {
+            env: None,
+            file: Some(f),
+        };
+        assert_eq!(r.resolve("web.token").unwrap().expose(), "abc");
+        let r = SecretRef {
+            env: Some("NOF1D_TEST_SURELY_UNSET_VAR".into()),
+            file: None,
+        };
+        let e = r.resolve("web.token").unwrap_err().to_string();
+        assert!(e.contains("NOF1D_TEST_SURELY_UNSET_VAR"), "{e}");
+    }
+}

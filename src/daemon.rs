@@ -1,0 +1,643 @@
+//! The daemon: a thin async shell around the store and the pure cores.
+//!
+//! `serve` takes the data-folder lock, opens and migrates the store, syncs the
+//! configured participants (and seeds the demo), starts the HTTP server and
+//! the scheduled jobs, and waits for SIGINT/SIGTERM. Jobs tick on a
+//! tokio-cron-scheduler repeated schedule (UTC, real time); whether a
+//! participant's local assignment time has come is decided here, per tick,
+//! against the store's record of which days already ran — so DST changes,
+//! restarts and crashes neither skip nor repeat a day.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_cron_scheduler::{Job as CronJob, JobScheduler};
+
+use crate::calendar::{Clock, local_date, local_instant};
+use crate::config::{Config, ConfigError, Secret, parse_hhmm};
+use crate::demo::{self, DemoError};
+use crate::lock::{DataLock, LockError};
+use crate::notify::{self, Assignment};
+use crate::protocol::Protocol;
+use crate::sources::Source;
+use crate::store::{Db, StoreError, TrialRow};
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Binding beyond loopback without authentication.
+    #[error(
+        "refusing to listen on {0}: it is not a loopback address and no web.token or web.password_hash is configured. Anyone on your network could read and change trials. Set one (see examples/nof1d.toml) or listen on 127.0.0.1"
+    )]
+    Insecure(SocketAddr),
+    /// The data folder lock.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The demo.
+    #[error(transparent)]
+    Demo(#[from] DemoError),
+    /// The configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A file-system step.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The scheduler.
+    #[error("scheduler: {0}")]
+    Scheduler(String),
+}
+
+/// A job's failure: logged, counted, retried at the next tick.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Something specific to one item (a source, a trial).
+    #[error("{0}")]
+    Item(String),
+}
+
+/// The daemon's jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Poll every data source.
+    Sources,
+    /// Queue each running trial's daily assignment when its local time has come.
+    Assignments,
+    /// Deliver due outbox messages.
+    Outbox,
+}
+
+impl JobKind {
+    /// All jobs.
+    pub const ALL: [JobKind; 3] = [JobKind::Sources, JobKind::Assignments, JobKind::Outbox];
+
+    /// Name for logs and `/healthz`.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobKind::Sources => "sources",
+            JobKind::Assignments => "assignments",
+            JobKind::Outbox => "outbox",
+        }
+    }
+}
+
+/// What `/healthz` shows of one job.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JobStatus {
+    /// Running now.
+    pub running: bool,
+    /// Completed runs.
+    pub runs: u64,
+    /// Runs that failed.
+    pub failures: u64,
+    /// Ticks skipped because the previous run was still going.
+    pub skipped: u64,
+    /// Start of the last run (UTC, daemon clock).
+    pub last_started: Option<String>,
+    /// End of the last successful run.
+    pub last_ok: Option<String>,
+    /// What the last successful run did.
+    pub last_summary: Option<String>,
+    /// The last failure, if the last run failed.
+    pub last_error: Option<String>,
+}
+
+/// Status of every job; also the no-overlap guard.
+#[derive(Debug, Clone, Default)]
+pub struct JobBoard {
+    inner: Arc<Mutex<BTreeMap<JobKind, JobStatus>>>,
+}
+
+/// Marks a job finished when dropped, even if the job panicked.
+struct RunGuard {
+    board: JobBoard,
+    kind: JobKind,
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        self.board
+            .with(|m| m.entry(self.kind).or_default().running = false);
+    }
+}
+
+impl JobBoard {
+    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<JobKind, JobStatus>) -> T) -> T {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    fn try_start(&self, kind: JobKind, now: Timestamp) -> Option<RunGuard> {
+        self.with(|m| {
+            let s = m.entry(kind).or_default();
+            if s.running {
+                s.skipped += 1;
+                return None;
+            }
+            s.running = true;
+            s.last_started = Some(crate::store::ts(now));
+            Some(RunGuard {
+                board: self.clone(),
+                kind,
+            })
+        })
+    }
+
+    fn finish(&self, kind: JobKind, result: &Result<String, JobError>, now: Timestamp) {
+        self.with(|m| {
+            let s = m.entry(kind).or_default();
+            s.runs += 1;
+            match result {
+                Ok(summary) => {
+                    s.last_ok = Some(crate::store::ts(now));
+                    s.last_summary = Some(summary.clone());
+                    s.last_error = None;
+                }
+                Err(e) => {
+                    s.failures += 1;
+                    s.last_error = Some(e.to_string());
+                }
+            }
+        });
+    }
+
+    /// A copy of every job's status.
+    pub fn snapshot(&self) -> BTreeMap<JobKind, JobStatus> {
+        self.with(|m| m.clone())
+    }
+
+    fn any_running(&self) -> bool {
+        self.with(|m| m.values().any(|s| s.running))
+    }
+}
+
+/// Dashboard authentication, resolved at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    /// Bearer token.
+    pub token: Option<Secret>,
+    /// Argon2 PHC hash of the password.
+    pub password_hash: Option<String>,
+}
+
+impl Auth {
+    /// True when any credential is configured.
+    pub fn is_configured(&self) -> bool {
+        self.token.is_some() || self.password_hash.is_some()
+    }
+}
+
+/// Everything the HTTP handlers and jobs share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub db: Db,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The daemon's clock.
+    pub clock: Clock,
+    /// Job status.
+    pub jobs: JobBoard,
+    /// Dashboard credentials.
+    pub auth: Auth,
+    /// When the daemon started (daemon clock).
+    pub started_at: Timestamp,
+    /// Set when shutdown begins.
+    pub stopping: watch::Receiver<bool>,
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> Result<(), DaemonError> {
+    let auth = Auth {
+        token: config
+            .web
+            .token
+            .as_ref()
+            .map(|t| t.resolve("web.token"))
+            .transpose()?,
+        password_hash: config.web.password_hash.clone(),
+    };
+    if !config.web.listen.ip().is_loopback() && !auth.is_configured() {
+        return Err(DaemonError::Insecure(config.web.listen));
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| DaemonError::Io {
+        what: format!("cannot create data folder {}", config.data_dir.display()),
+        source,
+    })?;
+    let lock = DataLock::acquire(&config.data_dir)?;
+    tracing::info!(lock = %lock.path().display(), "data folder locked");
+
+    let db_path = config.database_path();
+    let db = tokio::task::spawn_blocking(move || Db::open(&db_path))
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+    let clock = if config.clock.time_scale == 1.0 {
+        Clock::system()
+    } else {
+        let anchor = db
+            .write(|s| s.meta_get_or_insert("clock_anchor", &crate::store::ts(Timestamp::now())))
+            .await?;
+        let anchor: Timestamp = anchor
+            .parse()
+            .map_err(|e| StoreError::Invalid(format!("clock_anchor {anchor:?}: {e}")))?;
+        tracing::warn!(scale = config.clock.time_scale, %anchor, "simulated clock: time runs faster than real time");
+        Clock::scaled(anchor, config.clock.time_scale)
+    };
+    sync_participants(&db, &config, clock.now()).await?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = AppState {
+        db,
+        config: Arc::new(config),
+        clock,
+        jobs: JobBoard::default(),
+        auth,
+        started_at: clock.now(),
+        stopping: stop_rx,
+    };
+
+    let listener = tokio::net::TcpListener::bind(state.config.web.listen)
+        .await
+        .map_err(|source| DaemonError::Io {
+            what: format!("cannot listen on {}", state.config.web.listen),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| DaemonError::Io {
+        what: "cannot read the listening address".into(),
+        source,
+    })?;
+    // Tests and scripts read the real port from here (the config may say port 0).
+    let addr_file = state.config.data_dir.join("listen.addr");
+    std::fs::write(&addr_file, format!("{addr}\n")).map_err(|source| DaemonError::Io {
+        what: format!("cannot write {}", addr_file.display()),
+        source,
+    })?;
+    tracing::info!(%addr, "dashboard listening on http://{addr}/");
+
+    let router = crate::web::router(state.clone());
+    let mut server_stop = state.stopping.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    let mut scheduler = JobScheduler::new()
+        .await
+        .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    for kind in JobKind::ALL {
+        let period = match kind {
+            JobKind::Sources => state.config.jobs.source_poll_seconds,
+            JobKind::Assignments => state.config.jobs.assignment_check_seconds,
+            JobKind::Outbox => state.config.jobs.outbox_seconds,
+        };
+        let st = state.clone();
+        let job = CronJob::new_repeated_async(Duration::from_secs(period), move |_id, _sched| {
+            let st = st.clone();
+            Box::pin(async move { run_job(&st, kind).await })
+        })
+        .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+        scheduler
+            .add(job)
+            .await
+            .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    }
+    scheduler
+        .start()
+        .await
+        .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    // Run each job once now, in data-flow order, rather than a period from now.
+    let first = state.clone();
+    tokio::spawn(async move {
+        for kind in JobKind::ALL {
+            run_job(&first, kind).await;
+        }
+    });
+    tracing::info!("nof1d is running");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new job runs; waiting for running ones");
+    let _ = stop_tx.send(true);
+    if let Err(e) = scheduler.shutdown().await {
+        tracing::warn!(error = %e, "scheduler shutdown");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while state.jobs.any_running() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if state.jobs.any_running() {
+        // Every write is one transaction: abandoning it loses nothing committed.
+        tracing::warn!("a job is still running after 30 s; abandoning it");
+    }
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "http server"),
+        Err(e) => tracing::warn!(error = %e, "http server task"),
+    }
+    drop(lock);
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; SIGINT only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Writes the configured participants (and the demo) into the store.
+async fn sync_participants(db: &Db, config: &Config, now: Timestamp) -> Result<(), DaemonError> {
+    let mut resolved = Vec::new();
+    for p in &config.participants {
+        resolved.push(p.resolve()?);
+    }
+    let demo_zone = config.demo.enabled.then(|| config.demo.time_zone.clone());
+    let demo_trial = db
+        .write(move |s| {
+            for p in &resolved {
+                s.upsert_participant(p, false, now)?;
+            }
+            match demo_zone {
+                Some(zone) => demo::ensure_seeded(s, &zone, now)
+                    .map(Some)
+                    .map_err(|e| StoreError::Refused(e.to_string())),
+                None => Ok(None),
+            }
+        })
+        .await?;
+    if let Some(id) = demo_trial {
+        tracing::info!(trial = id, "demo participant ready");
+    }
+    Ok(())
+}
+
+/// Runs one job unless it is already running or the daemon is stopping.
+pub async fn run_job(state: &AppState, kind: JobKind) {
+    if *state.stopping.borrow() {
+        return;
+    }
+    let Some(_guard) = state.jobs.try_start(kind, state.clock.now()) else {
+        tracing::debug!(job = kind.name(), "previous run still going; tick skipped");
+        return;
+    };
+    let result = match kind {
+        JobKind::Sources => poll_sources(state).await,
+        JobKind::Assignments => queue_assignments(state).await,
+        JobKind::Outbox => deliver_outbox(state).await,
+    };
+    match &result {
+        Ok(summary) => tracing::debug!(job = kind.name(), %summary, "job done"),
+        Err(e) => {
+            tracing::error!(job = kind.name(), error = %e, "job failed; will retry at the next tick")
+        }
+    }
+    state.jobs.finish(kind, &result, state.clock.now());
+}
+
+/// Polls every source with a known adapter; one failing source does not stop the others.
+async fn poll_sources(state: &AppState) -> Result<String, JobError> {
+    let rows = state.db.read(|s| s.sources()).await?;
+    let mut inserted = 0;
+    let mut errors = Vec::new();
+    for row in rows {
+        let now = state.clock.now();
+        let source_id = row.id;
+        let name = row.name.clone();
+        let polled = match row.kind.as_str() {
+            demo::SOURCE_KIND => {
+                let cursor = row.cursor.clone();
+                state
+                    .db
+                    .read(move |s| {
+                        demo::source_for(&row, s).map_err(|e| StoreError::Refused(e.to_string()))
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|source| {
+                        source
+                            .poll(cursor.as_deref(), now)
+                            .map_err(|e| e.to_string())
+                    })
+            }
+            other => Err(format!("no adapter for source kind {other:?}")),
+        };
+        match polled {
+            Ok(poll) => {
+                inserted += state
+                    .db
+                    .write(move |s| {
+                        s.record_poll(source_id, &poll.observations, poll.cursor.as_deref(), now)
+                    })
+                    .await?;
+            }
+            Err(e) => {
+                let message = e.clone();
+                state
+                    .db
+                    .write(move |s| s.record_poll_error(source_id, &message, now))
+                    .await?;
+                errors.push(format!("{name}: {e}"));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(format!("{inserted} new observations"))
+    } else {
+        Err(JobError::Item(errors.join("; ")))
+    }
+}
+
+/// The local assignment time of a trial: the protocol's, else the participant's.
+fn assignment_time(protocol: &Protocol, participant_time: &str) -> Option<jiff::civil::Time> {
+    protocol
+        .notification
+        .assignment_time
+        .as_deref()
+        .and_then(parse_hhmm)
+        .or_else(|| parse_hhmm(participant_time))
+}
+
+/// Queues today's assignment for every running trial whose local assignment
+/// time has come and whose day has not run yet. Days between the last run
+/// and today are recorded as missed, never sent late.
+async fn queue_assignments(state: &AppState) -> Result<String, JobError> {
+    let (participants, trials) = state
+        .db
+        .read(|s| Ok((s.participants()?, s.trials()?)))
+        .await?;
+    let mut queued = 0;
+    let mut errors = Vec::new();
+    for trial in trials.into_iter().filter(|t| t.status == "running") {
+        let Some(p) = participants
+            .iter()
+            .find(|p| p.id == trial.participant_id)
+            .cloned()
+        else {
+            continue;
+        };
+        match queue_one(state, trial, p).await {
+            Ok(true) => queued += 1,
+            Ok(false) => {}
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if errors.is_empty() {
+        Ok(format!("{queued} assignments queued"))
+    } else {
+        Err(JobError::Item(errors.join("; ")))
+    }
+}
+
+async fn queue_one(
+    state: &AppState,
+    trial: TrialRow,
+    p: crate::store::ParticipantRow,
+) -> Result<bool, JobError> {
+    let protocol = Protocol::parse(&trial.protocol_toml, &format!("trial {}", trial.id))
+        .map_err(|e| JobError::Item(e.to_string()))?;
+    let tz = TimeZone::get(&p.time_zone)
+        .map_err(|e| JobError::Item(format!("participant {}: zone {}: {e}", p.key, p.time_zone)))?;
+    let time = assignment_time(&protocol, &p.assignment_time)
+        .ok_or_else(|| JobError::Item(format!("participant {}: bad assignment time", p.key)))?;
+    let now = state.clock.now();
+    let today = local_date(now, &tz);
+    if now < local_instant(today, time, &tz) {
+        return Ok(false);
+    }
+    let queued = state
+        .db
+        .write(move |s| {
+            let last = s.last_daily_run(trial.id)?;
+            if last.is_some_and(|l| l >= today) {
+                return Ok(false);
+            }
+            let Some(row) = s.schedule_on(trial.id, today)? else {
+                return Ok(false);
+            };
+            let missed: Vec<Date> = match last {
+                Some(last) => s
+                    .schedule(trial.id)?
+                    .into_iter()
+                    .map(|d| d.local_date)
+                    .filter(|d| *d > last && *d < today)
+                    .collect(),
+                None => Vec::new(),
+            };
+            let message = notify::assignment_message(&Assignment {
+                participant_key: &p.key,
+                participant_name: &p.name,
+                participant_id: p.id,
+                email: &p.email,
+                trial_id: trial.id,
+                protocol: &protocol,
+                today: &row,
+            });
+            s.record_daily_run(trial.id, today, &missed, &[message], now)
+        })
+        .await?;
+    Ok(queued)
+}
+
+/// Delivers due outbox messages. The attempt is recorded before delivery,
+/// so a crash mid-delivery is retried after its backoff, not in a loop.
+async fn deliver_outbox(state: &AppState) -> Result<String, JobError> {
+    let now = state.clock.now();
+    let due = state.db.read(move |s| s.due_messages(now, 50)).await?;
+    let (mut sent, mut failed) = (0, 0);
+    for row in due {
+        if *state.stopping.borrow() {
+            break;
+        }
+        let id = row.id;
+        let retry_at = now + notify::backoff(row.attempts + 1);
+        state
+            .db
+            .write(move |s| s.mark_attempt(id, retry_at))
+            .await?;
+        let from = state.config.email.from.clone();
+        let dir = state.config.mail_dir();
+        let delivered =
+            tokio::task::spawn_blocking(move || notify::deliver_to_file(&row, &from, &dir, now))
+                .await
+                .map_err(|e| JobError::Item(e.to_string()))?;
+        match delivered {
+            Ok(path) => {
+                let to = path.display().to_string();
+                state.db.write(move |s| s.mark_sent(id, &to, now)).await?;
+                sent += 1;
+            }
+            Err(e) if e.is_permanent() => {
+                let msg = e.to_string();
+                tracing::error!(message = id, error = %msg, "permanent delivery failure");
+                state.db.write(move |s| s.mark_failed(id, &msg)).await?;
+                failed += 1;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::warn!(message = id, error = %msg, "delivery failed; will retry");
+                state
+                    .db
+                    .write(move |s| s.mark_retry(id, &msg, retry_at))
+                    .await?;
+                failed += 1;
+            }
+        }
+    }
+    Ok(format!("{sent} sent, {failed} failed"))
+}
+
+/// When a running trial's next assignment is due: today's time if today has
+/// not run yet (possibly already past: "due now"), else the next scheduled day's.
+pub fn next_assignment(
+    protocol: &Protocol,
+    participant_time: &str,
+    tz: &TimeZone,
+    schedule_dates: &[Date],
+    last_run: Option<Date>,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    let time = assignment_time(protocol, participant_time)?;
+    let today = local_date(now, tz);
+    let next_day = schedule_dates
+        .iter()
+        .copied()
+        .find(|d| *d >= today && last_run.is_none_or(|l| *d > l))?;
+    Some(local_instant(next_day, time, tz))
+}

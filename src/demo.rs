@@ -1,0 +1,226 @@
+//! The demo participant: a simulated person in a running trial, so that a
+//! first `nof1d serve --demo` shows a live trial at once.
+//!
+//! Seeding creates the participant, the meditation/anxiety trial (from the
+//! shipped protocol, with a seed drawn from the OS) starting 42 days ago —
+//! 14 days of run-in and four weeks of periods — and a demo source whose
+//! ratings follow the model with a known effect: meditation lowers the
+//! evening anxiety rating by 1.5 points (the protocol's MID is 1.0). The
+//! history arrives through the source's first poll, like any real data, and
+//! a new rating arrives every simulated evening after that.
+//! Every step is idempotent, so a crash during seeding is repaired by the
+//! next start.
+
+use jiff::civil::Time;
+use jiff::{Span, Timestamp};
+
+use crate::calendar::local_date;
+use crate::config::{ParticipantConfig, parse_hhmm};
+use crate::design;
+use crate::protocol::{Protocol, ProtocolHash};
+use crate::simulate::ModelParams;
+use crate::sources::DemoSource;
+use crate::store::{NewTrial, ScheduleRow, SourceRow, Store};
+
+/// The demo trial's protocol, as shipped.
+pub const PROTOCOL_TEXT: &str = include_str!("../protocols/meditation-anxiety.toml");
+/// The demo participant's key.
+pub const PARTICIPANT_KEY: &str = "demo";
+/// The demo source's name.
+pub const SOURCE_NAME: &str = "demo-simulator";
+/// Source kind stored for the demo.
+pub const SOURCE_KIND: &str = "demo";
+/// Days of history the demo starts with (run-in included).
+pub const HISTORY_DAYS: i64 = 42;
+/// Local time the simulated participant gives the evening rating.
+pub const RATING_TIME: &str = "21:00";
+/// The known effect of meditation on the anxiety rating (lower is better).
+pub const TRUE_EFFECT: f64 = -1.5;
+
+/// Errors while seeding or loading the demo.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The shipped protocol did not validate (a build defect).
+    #[error(transparent)]
+    Protocol(#[from] crate::protocol::ProtocolError),
+    /// The demo zone is not usable.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The OS would not give a random seed.
+    #[error("cannot draw a random seed: {0}")]
+    Seed(getrandom::Error),
+    /// Stored demo state is inconsistent.
+    #[error("demo: {0}")]
+    Invalid(String),
+}
+
+/// The true parameters of the simulated participant (gaussian model, rating scale).
+pub fn true_params(protocol: &Protocol) -> ModelParams {
+    let mut beta = vec![0.0; protocol.arms.len()];
+    if let Some(i) = protocol.arm_index("meditation") {
+        beta[i] = TRUE_EFFECT;
+    }
+    let lambda: f64 = 1.0 / 4.0;
+    ModelParams {
+        mu: 5.5,
+        beta,
+        lambda,
+        // Stationary drift sd of 0.8 rating points.
+        sigma_x: 0.8 * (2.0 * lambda).sqrt(),
+        kappa: std::f64::consts::LN_2 / 1.5,
+        sigma_y: 0.9,
+    }
+}
+
+/// The demo participant's configuration.
+pub fn participant_config(time_zone: &str) -> ParticipantConfig {
+    ParticipantConfig {
+        key: PARTICIPANT_KEY.into(),
+        name: "Demo Participant".into(),
+        email: "demo@example.invalid".into(),
+        time_zone: time_zone.into(),
+        assignment_time: "07:30".into(),
+    }
+}
+
+/// Creates whatever part of the demo is missing. Returns the demo trial's id.
+pub fn ensure_seeded(store: &mut Store, time_zone: &str, now: Timestamp) -> Result<i64, DemoError> {
+    let participant = participant_config(time_zone).resolve()?;
+    let pid = store.upsert_participant(&participant, true, now)?;
+    let protocol = Protocol::parse(PROTOCOL_TEXT, "meditation-anxiety.toml")?;
+    let existing = store
+        .trials()?
+        .into_iter()
+        .find(|t| t.participant_id == pid && t.protocol_id == protocol.id);
+    let trial_id = match existing {
+        Some(t) => t.id,
+        None => {
+            let seed = design::draw_seed().map_err(DemoError::Seed)?;
+            let today = local_date(now, &participant.time_zone);
+            let start = today
+                .checked_sub(Span::new().days(HISTORY_DAYS))
+                .map_err(|e| DemoError::Invalid(e.to_string()))?;
+            let schedule = dated_schedule(&protocol, seed, start)?;
+            let hash = ProtocolHash::of(PROTOCOL_TEXT);
+            store.insert_trial(
+                &NewTrial {
+                    participant_id: pid,
+                    protocol_id: &protocol.id,
+                    protocol_toml: PROTOCOL_TEXT,
+                    protocol_hash: &hash.0,
+                    seed,
+                    status: "running",
+                    start_date: start,
+                    schedule: &schedule,
+                },
+                "demo",
+                now,
+            )?
+        }
+    };
+    let sim_seed = design::draw_seed().map_err(DemoError::Seed)?;
+    let config = serde_json::json!({ "trial_id": trial_id, "seed": sim_seed.to_string() });
+    store.ensure_source(pid, SOURCE_NAME, SOURCE_KIND, &config.to_string(), now)?;
+    Ok(trial_id)
+}
+
+/// The schedule of `protocol` for `seed`, dated from `start`.
+pub fn dated_schedule(
+    protocol: &Protocol,
+    seed: u64,
+    start: jiff::civil::Date,
+) -> Result<Vec<ScheduleRow>, DemoError> {
+    design::schedule(protocol, seed)
+        .into_iter()
+        .map(|d| {
+            let local_date = start
+                .checked_add(Span::new().days(i64::from(d.day)))
+                .map_err(|e| DemoError::Invalid(e.to_string()))?;
+            Ok(ScheduleRow {
+                day: d.day,
+                local_date,
+                period: d.period,
+                block: d.block,
+                arm: d.arm,
+                washout: d.washout,
+            })
+        })
+        .collect()
+}
+
+/// Builds the demo adapter from its stored source row.
+pub fn source_for(row: &SourceRow, store: &Store) -> Result<DemoSource, DemoError> {
+    let config: serde_json::Value = serde_json::from_str(&row.config_json)
+        .map_err(|e| DemoError::Invalid(format!("source {} config: {e}", row.name)))?;
+    let trial_id = config["trial_id"]
+        .as_i64()
+        .ok_or_else(|| DemoError::Invalid(format!("source {} has no trial_id", row.name)))?;
+    let seed: u64 = config["seed"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| DemoError::Invalid(format!("source {} has no seed", row.name)))?;
+    let trial = store
+        .trials()?
+        .into_iter()
+        .find(|t| t.id == trial_id)
+        .ok_or_else(|| DemoError::Invalid(format!("demo trial {trial_id} is missing")))?;
+    let participant = store
+        .participants()?
+        .into_iter()
+        .find(|p| p.id == row.participant_id)
+        .ok_or_else(|| DemoError::Invalid("demo participant is missing".into()))?;
+    let protocol = Protocol::parse(&trial.protocol_toml, "stored demo protocol")?;
+    let time_zone = jiff::tz::TimeZone::get(&participant.time_zone)
+        .map_err(|e| DemoError::Invalid(format!("zone {}: {e}", participant.time_zone)))?;
+    let (min, max) = protocol
+        .outcome
+        .self_report
+        .as_ref()
+        .map_or((0, 10), |s| (s.min, s.max));
+    let rating_time: Time = parse_hhmm(RATING_TIME).unwrap_or(Time::midnight());
+    Ok(DemoSource {
+        name: row.name.clone(),
+        stream: protocol.outcome.stream.clone(),
+        time_zone,
+        rating_time,
+        days: store
+            .schedule(trial_id)?
+            .into_iter()
+            .map(|d| (d.local_date, d.arm))
+            .collect(),
+        params: true_params(&protocol),
+        seed,
+        range: (min, max),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::Source;
+
+    #[test]
+    fn seeding_is_idempotent_and_history_arrives_by_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let now: Timestamp = "2026-11-25T12:00:00Z".parse().unwrap();
+        let t1 = ensure_seeded(&mut store, "Europe/London", now).unwrap();
+        let counts = store.counts().unwrap();
+        let t2 = ensure_seeded(&mut store, "Europe/London", now).unwrap();
+        assert_eq!(t1, t2);
+        assert_eq!(store.counts().unwrap(), counts);
+        let rows = store.sources().unwrap();
+        assert_eq!(rows.len(), 1);
+        let source = source_for(&rows[0], &store).unwrap();
+        let poll = source.poll(None, now).unwrap();
+        // Days -42..-1 have their evening rating; today's (21:00) has not come.
+        assert_eq!(poll.observations.len() as i64, HISTORY_DAYS);
+        let n = store
+            .record_poll(rows[0].id, &poll.observations, poll.cursor.as_deref(), now)
+            .unwrap();
+        assert_eq!(n as i64, HISTORY_DAYS);
+    }
+}

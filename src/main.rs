@@ -1,0 +1,184 @@
+//! The `nof1d` binary: command-line parsing and logging, then the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use nof1d::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "nof1d", version, about = "Adaptive N-of-1 trial daemon")]
+struct Cli {
+    /// Configuration file. Without this flag, ./nof1d.toml is read if it
+    /// exists, else embedded defaults are used.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+
+    /// Log filter (overrides the config's log.level), e.g. `debug`.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: jobs, emails and the dashboard.
+    Serve {
+        /// Seed a simulated demo participant with a running trial.
+        #[arg(long)]
+        demo: bool,
+        /// Address for the dashboard (default 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Data folder (default ./nof1d-data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Simulated seconds per real second, for demos and tests (1 = real time).
+        #[arg(long)]
+        time_scale: Option<f64>,
+    },
+    /// Work with protocol files.
+    Protocol {
+        #[command(subcommand)]
+        command: ProtocolCommand,
+    },
+    /// Write a consistent copy of the database to FILE (safe while the daemon runs).
+    Backup {
+        /// Destination file (must not exist).
+        file: PathBuf,
+        /// Data folder (default: from the config).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProtocolCommand {
+    /// Validate protocol files; print every problem with file, line and key.
+    Check {
+        /// Protocol TOML files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("nof1d: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    Ok(match &cli.config {
+        Some(path) => Config::load(path, true)?,
+        None => Config::load(std::path::Path::new("nof1d.toml"), false)?,
+    })
+}
+
+fn init_logging(config: &Config, flag: Option<&str>) {
+    let filter = flag
+        .map(str::to_string)
+        .or_else(|| std::env::var("NOF1D_LOG").ok())
+        .unwrap_or_else(|| config.log.level.clone());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+        eprintln!("nof1d: bad log filter {filter:?} ({e}); using info");
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Protocol {
+            command: ProtocolCommand::Check { files },
+        } => Ok(check_protocols(files)),
+        Command::Serve {
+            demo,
+            listen,
+            data_dir,
+            time_scale,
+        } => {
+            let mut config = load_config(&cli)?;
+            config.demo.enabled |= *demo;
+            if let Some(listen) = listen {
+                config.web.listen = *listen;
+            }
+            if let Some(dir) = data_dir {
+                config.data_dir = dir.clone();
+            }
+            if let Some(scale) = time_scale {
+                config.clock.time_scale = *scale;
+            }
+            config.check()?;
+            init_logging(&config, cli.log_level.as_deref());
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(nof1d::daemon::serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backup { file, data_dir } => {
+            let mut config = load_config(&cli)?;
+            if let Some(dir) = data_dir {
+                config.data_dir = dir.clone();
+            }
+            if file.exists() {
+                anyhow::bail!("{} already exists; choose a new file name", file.display());
+            }
+            let source = config.database_path();
+            if !source.exists() {
+                anyhow::bail!("no database at {}", source.display());
+            }
+            let store = nof1d::store::Store::open_read_only(&source)?;
+            store
+                .backup_to(file)
+                .with_context(|| format!("backup to {}", file.display()))?;
+            println!("backed up {} to {}", source.display(), file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check_protocols(files: &[PathBuf]) -> ExitCode {
+    let mut failed = 0;
+    for file in files {
+        match nof1d::protocol::check_file(file) {
+            Ok((p, text)) => println!(
+                "{}: ok ({}: {} arms, {} design, up to {} days, sha256 {})",
+                file.display(),
+                p.id,
+                p.arms.len(),
+                format!("{:?}", p.design.kind).to_lowercase(),
+                p.planned_days(),
+                nof1d::protocol::ProtocolHash::of(&text).short()
+            ),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {} protocol files have problems", files.len());
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,358 @@
+//! Notifications: composing messages for the outbox and delivering them.
+//!
+//! Every message is written to the outbox first (see `store`), keyed by
+//! participant, trial, day and kind, and delivered later by the outbox job.
+//! With no SMTP configured — the embedded default — delivery writes the
+//! message as an `.eml` file under `data_dir/mail/`, named after its key, so
+//! nothing is lost and a repeated delivery rewrites the same file.
+//! The Message-ID is derived from the key, so mail systems can de-duplicate
+//! the rare repeat after a crash between sending and marking.
+
+use std::path::{Path, PathBuf};
+
+use askama::Template;
+use jiff::Timestamp;
+use jiff::civil::Date;
+use lettre::message::{Mailbox, MultiPart};
+use sha2::{Digest, Sha256};
+
+use crate::protocol::Protocol;
+use crate::store::{NewMessage, OutboxRow, ScheduleRow};
+
+/// Why a delivery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    /// An address did not parse: permanent, retrying cannot help.
+    #[error("bad address {address:?}: {reason}")]
+    Address {
+        /// The address.
+        address: String,
+        /// Why.
+        reason: String,
+    },
+    /// The message could not be built: permanent.
+    #[error("cannot build message: {0}")]
+    Build(String),
+    /// Writing the `.eml` file failed: temporary (disk full, permissions fixed later).
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl NotifyError {
+    /// True when retrying cannot succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, NotifyError::Address { .. } | NotifyError::Build(_))
+    }
+}
+
+/// The Message-ID for an outbox key: stable, so a repeat can be de-duplicated.
+pub fn message_id(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("<{hex}@nof1d>")
+}
+
+/// What the daily assignment says about today.
+pub struct Assignment<'a> {
+    /// Participant's key (for the outbox key).
+    pub participant_key: &'a str,
+    /// Participant's name.
+    pub participant_name: &'a str,
+    /// Participant's id.
+    pub participant_id: i64,
+    /// Address.
+    pub email: &'a str,
+    /// Trial id.
+    pub trial_id: i64,
+    /// The trial's protocol.
+    pub protocol: &'a Protocol,
+    /// Today's schedule row.
+    pub today: &'a ScheduleRow,
+}
+
+#[derive(Template)]
+#[template(
+    ext = "html",
+    source = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>{{ subject }}</title></head>
+<body style="font-family: system-ui, sans-serif; max-width: 36em; margin: auto; padding: 1em; color: #222">
+<p>Good morning {{ name }},</p>
+<p style="font-size: 0.9em; color: #555">{{ title }}<br>{{ when }}</p>
+<h1 style="font-size: 1.4em">Today: {{ arm }}</h1>
+{% if !instructions.is_empty() %}<p>{{ instructions }}</p>{% endif %}
+{% if let Some(note) = note %}<p><em>{{ note }}</em></p>{% endif %}
+{% if let Some(q) = question %}<p>This evening, please answer: {{ q }}</p>{% endif %}
+<p style="font-size: 0.8em; color: #777">Sent by nof1d. Future days are not shown, so that your trial stays fair.</p>
+</body></html>"#
+)]
+struct AssignmentHtml<'a> {
+    subject: &'a str,
+    name: &'a str,
+    title: &'a str,
+    when: &'a str,
+    arm: &'a str,
+    instructions: &'a str,
+    note: Option<&'a str>,
+    question: Option<&'a str>,
+}
+
+/// Composes today's assignment for the outbox: the arm in force today (its
+/// code if blinded) with its instructions, the trial day and block; nothing
+/// about any future day.
+pub fn assignment_message(a: &Assignment<'_>) -> NewMessage {
+    let p = a.protocol;
+    let date: Date = a.today.local_date;
+    let arm = p.display_label(a.today.arm);
+    let arm_def = &p.arms[a.today.arm];
+    let total_blocks = p.design.max_blocks;
+    let when = match a.today.block {
+        Some(b) => format!(
+            "{}, day {} of the trial, block {} of up to {}",
+            date.strftime("%A %-d %B %Y"),
+            a.today.day + 1,
+            b + 1,
+            total_blocks
+        ),
+        None => format!(
+            "{}, day {} of the trial (run-in, before the first period)",
+            date.strftime("%A %-d %B %Y"),
+            a.today.day + 1
+        ),
+    };
+    let note = if a.today.washout {
+        Some(
+            "This is a washout day at the start of a period: follow today's instructions as usual.",
+        )
+    } else if a.today.block.is_none() {
+        Some("During run-in nothing changes: this measures your usual baseline.")
+    } else {
+        None
+    };
+    let question = p.outcome.self_report.as_ref().map(|s| s.question.as_str());
+    let subject = format!("Today ({}): {arm}", date.strftime("%a %-d %b"));
+    let mut text = format!(
+        "Good morning {},\n\n{}\n{when}\n\nToday: {arm}\n",
+        a.participant_name, p.title
+    );
+    if !arm_def.instructions.is_empty() {
+        text.push_str(&format!("\n{}\n", arm_def.instructions));
+    }
+    if let Some(n) = note {
+        text.push_str(&format!("\n{n}\n"));
+    }
+    if let Some(q) = question {
+        text.push_str(&format!("\nThis evening, please answer: {q}\n"));
+    }
+    text.push_str(
+        "\n-- \nSent by nof1d. Future days are not shown, so that your trial stays fair.\n",
+    );
+    let html = AssignmentHtml {
+        subject: &subject,
+        name: a.participant_name,
+        title: &p.title,
+        when: &when,
+        arm,
+        instructions: &arm_def.instructions,
+        note,
+        question,
+    }
+    .render()
+    // Rendering a template with only string fields cannot fail; keep the
+    // plain-text body if it ever does rather than losing the message.
+    .unwrap_or_else(|_| format!("<pre>{}</pre>", html_escape(&text)));
+    let key = format!("assignment/{}/{}/{date}", a.participant_key, a.trial_id);
+    NewMessage {
+        message_id: message_id(&key),
+        key,
+        participant_id: a.participant_id,
+        trial_id: Some(a.trial_id),
+        kind: "assignment".into(),
+        local_date: Some(date),
+        recipient: a.email.to_string(),
+        subject,
+        body_text: text,
+        body_html: html,
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Builds the RFC 5322 message for an outbox row.
+pub fn build_message(
+    row: &OutboxRow,
+    from: &str,
+    date: Timestamp,
+) -> Result<lettre::Message, NotifyError> {
+    let parse = |address: &str| -> Result<Mailbox, NotifyError> {
+        address
+            .parse()
+            .map_err(|e: lettre::address::AddressError| NotifyError::Address {
+                address: address.to_string(),
+                reason: e.to_string(),
+            })
+    };
+    let system_time = std::time::SystemTime::from(date);
+    lettre::Message::builder()
+        .from(parse(from)?)
+        .to(parse(&row.recipient)?)
+        .subject(row.subject.clone())
+        .message_id(Some(row.message_id.clone()))
+        .date(system_time)
+        .multipart(MultiPart::alternative_plain_html(
+            row.body_text.clone(),
+            row.body_html.clone(),
+        ))
+        .map_err(|e| NotifyError::Build(e.to_string()))
+}
+
+/// Delivers a message as an `.eml` file in `dir`, atomically (write to a
+/// temporary file, then rename). Returns the file's path.
+pub fn deliver_to_file(
+    row: &OutboxRow,
+    from: &str,
+    dir: &Path,
+    date: Timestamp,
+) -> Result<PathBuf, NotifyError> {
+    let message = build_message(row, from, date)?;
+    let name: String = row
+        .key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let path = dir.join(format!("{name}.eml"));
+    let tmp = dir.join(format!(".{name}.eml.tmp"));
+    std::fs::create_dir_all(dir).map_err(|source| NotifyError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    std::fs::write(&tmp, message.formatted()).map_err(|source| NotifyError::Write {
+        path: tmp.clone(),
+        source,
+    })?;
+    std::fs::rename(&tmp, &path).map_err(|source| NotifyError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+/// Backoff before retry number `attempts` (1-based): 30 s doubling, capped at 6 h.
+pub fn backoff(attempts: i64) -> jiff::SignedDuration {
+    let exp = attempts.clamp(1, 20) - 1;
+    let secs = (30i64 << exp).min(6 * 3600);
+    jiff::SignedDuration::from_secs(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assignment_names_today_only_and_respects_blinding() {
+        let text = include_str!("../protocols/sleep-supplements.toml");
+        let p = Protocol::parse(text, "s.toml").unwrap();
+        let today = ScheduleRow {
+            day: 9,
+            local_date: "2026-11-25".parse().unwrap(),
+            period: Some(0),
+            block: Some(0),
+            arm: 2,
+            washout: false,
+        };
+        let m = assignment_message(&Assignment {
+            participant_key: "alice",
+            participant_name: "Alice",
+            participant_id: 1,
+            email: "alice@example.org",
+            trial_id: 7,
+            protocol: &p,
+            today: &today,
+        });
+        assert_eq!(m.key, "assignment/alice/7/2026-11-25");
+        assert!(m.subject.contains("Bottle C"), "{}", m.subject);
+        for body in [&m.body_text, &m.body_html] {
+            assert!(body.contains("Bottle C"));
+            assert!(!body.contains("Glycine"), "blinded label leaked: {body}");
+            assert!(
+                !body.contains("Bottle A")
+                    && !body.contains("Bottle B")
+                    && !body.contains("Bottle D")
+            );
+            assert!(body.contains("day 10 of the trial, block 1 of up to 4"));
+        }
+        assert_eq!(m.message_id, message_id(&m.key));
+        let row = OutboxRow {
+            id: 1,
+            key: m.key.clone(),
+            kind: m.kind.clone(),
+            recipient: m.recipient.clone(),
+            subject: m.subject.clone(),
+            body_text: m.body_text.clone(),
+            body_html: m.body_html.clone(),
+            message_id: m.message_id.clone(),
+            status: "pending".into(),
+            attempts: 0,
+            created_at: String::new(),
+            delivered_to: None,
+            last_error: None,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let now: Timestamp = "2026-11-25T07:30:00Z".parse().unwrap();
+        let path = deliver_to_file(&row, "nof1d <nof1d@localhost>", dir.path(), now).unwrap();
+        let first = std::fs::read(&path).unwrap();
+        let again = deliver_to_file(&row, "nof1d <nof1d@localhost>", dir.path(), now).unwrap();
+        assert_eq!(path, again);
+        let eml = String::from_utf8(first).unwrap();
+        assert!(
+            eml.contains(&format!("Message-ID: {}", m.message_id)),
+            "{eml}"
+        );
+        assert!(eml.contains("multipart/alternative"));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn bad_recipient_is_permanent() {
+        let row = OutboxRow {
+            id: 1,
+            key: "k".into(),
+            kind: "assignment".into(),
+            recipient: "not an address".into(),
+            subject: "s".into(),
+            body_text: "t".into(),
+            body_html: "<p>t</p>".into(),
+            message_id: message_id("k"),
+            status: "pending".into(),
+            attempts: 0,
+            created_at: String::new(),
+            delivered_to: None,
+            last_error: None,
+        };
+        let e = build_message(&row, "a@b.c", Timestamp::UNIX_EPOCH).unwrap_err();
+        assert!(e.is_permanent());
+        assert!(e.to_string().contains("not an address"));
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1).as_secs(), 30);
+        assert_eq!(backoff(2).as_secs(), 60);
+        assert_eq!(backoff(30).as_secs(), 6 * 3600);
+    }
+}

@@ -1,0 +1,952 @@
+//! Trial protocols: the TOML format, its validation, and its hash.
+//!
+//! A protocol fixes everything `statistics.md` leaves to the trial: arms (with
+//! labels, instructions and blinded codes), the comparator, the primary and
+//! secondary outcomes (stream, aggregation, family, direction, MID, scale,
+//! priors), the design (period length, washout, blocks, design type), the
+//! decision thresholds and the assignment time. `protocols/` ships real ones;
+//! `nof1d protocol check` runs [`check_file`] and prints every problem with its
+//! file, line and key.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{is_slug, parse_hhmm};
+
+/// A protocol as written in its TOML file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Protocol {
+    /// Identifier (letters, digits, `-`, `_`).
+    pub id: String,
+    /// One-line title shown to the participant.
+    pub title: String,
+    /// Longer description: the question, the rationale.
+    #[serde(default)]
+    pub description: String,
+    /// The arm every other arm is compared with (its `key`).
+    pub comparator: String,
+    /// Blinded protocols show each arm's `code` instead of its label.
+    #[serde(default)]
+    pub blinded: bool,
+    /// The arms, 2 to 6.
+    pub arms: Vec<Arm>,
+    /// The primary outcome: it drives decisions.
+    pub outcome: Outcome,
+    /// Secondary outcomes: fitted and reported the same way, never decisive.
+    #[serde(default)]
+    pub secondary: Vec<Outcome>,
+    /// Periods, blocks, washout and design type.
+    pub design: Design,
+    /// Decision thresholds (`statistics.md` §5).
+    #[serde(default)]
+    pub decision: DecisionRules,
+    /// When the daily assignment is sent.
+    #[serde(default)]
+    pub notification: Notification,
+}
+
+/// One arm of a trial.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Arm {
+    /// Identifier, unique in the protocol.
+    pub key: String,
+    /// Name shown when the protocol is not blinded.
+    pub label: String,
+    /// What to do on a day of this arm.
+    #[serde(default)]
+    pub instructions: String,
+    /// Coded label for blinded protocols ("bottle A").
+    pub code: Option<String>,
+}
+
+/// Observation family (`statistics.md` §3).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// Continuous, identity link.
+    Gaussian,
+    /// Counts per day, log link.
+    Poisson,
+    /// Yes/no days, logit link.
+    Bernoulli,
+    /// k of n, logit link.
+    Binomial,
+    /// Proportions in (0, 1), logit link.
+    Beta,
+}
+
+impl Family {
+    /// True for the log and logit links, where the MID is a ratio.
+    pub fn has_ratio_mid(self) -> bool {
+        !matches!(self, Family::Gaussian)
+    }
+}
+
+/// How several observations on one day become one value.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregation {
+    /// Mean of the day's values.
+    #[default]
+    Mean,
+    /// Sum of the day's values.
+    Sum,
+    /// The last value of the day.
+    Last,
+    /// The largest value of the day.
+    Max,
+    /// Keep every observation.
+    All,
+}
+
+/// Which way is better for the participant.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Higher values are better.
+    Higher,
+    /// Lower values are better.
+    Lower,
+}
+
+impl Direction {
+    /// `+1` or `-1`: `delta = sign * beta` is positive when better.
+    pub fn sign(self) -> f64 {
+        match self {
+            Direction::Higher => 1.0,
+            Direction::Lower => -1.0,
+        }
+    }
+}
+
+/// An outcome the trial measures.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Outcome {
+    /// The observation stream (catalog key), e.g. `sleep_score`.
+    pub stream: String,
+    /// Unit, for display.
+    #[serde(default)]
+    pub unit: String,
+    /// Day aggregation.
+    #[serde(default)]
+    pub aggregation: Aggregation,
+    /// Observation family.
+    pub family: Family,
+    /// Which way is better.
+    pub direction: Direction,
+    /// Minimal important difference: outcome units (gaussian), or a ratio > 1
+    /// (rate ratio or odds ratio) for the log and logit links.
+    pub mid: f64,
+    /// The outcome's scale `S`; default: sd of run-in data, else of all data.
+    pub scale: Option<f64>,
+    /// Number of trials per day (binomial only).
+    pub trials: Option<u32>,
+    /// When the outcome is a rating the participant gives.
+    pub self_report: Option<SelfReport>,
+    /// Prior overrides; anything absent takes the design's default.
+    #[serde(default)]
+    pub priors: Priors,
+}
+
+/// A self-reported outcome: the question and its answer range.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SelfReport {
+    /// The question asked in the email and on the form.
+    pub question: String,
+    /// Lowest answer.
+    pub min: i32,
+    /// Highest answer.
+    pub max: i32,
+}
+
+/// A normal prior `Normal(mean, sd)`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NormalPrior {
+    /// Mean.
+    pub mean: f64,
+    /// Standard deviation, > 0.
+    pub sd: f64,
+}
+
+/// Prior overrides (`statistics.md` §4, defaults table). Every field is
+/// optional; `None` means the documented default, computed from `S`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Priors {
+    /// `beta_j ~ Normal(m, s)` for every arm (default `Normal(0, S)`).
+    pub effect: Option<NormalPrior>,
+    /// Per-arm overrides of `effect`, keyed by arm key.
+    #[serde(default)]
+    pub effects: BTreeMap<String, NormalPrior>,
+    /// `mu ~ Normal(mean of data, 2 S)` by default.
+    pub baseline: Option<NormalPrior>,
+    /// HalfNormal scale of the drift's stationary sd (default `S`).
+    pub drift_sd_scale: Option<f64>,
+    /// Median of the drift correlation time `1/lambda` in days (default 3).
+    pub drift_time_median_days: Option<f64>,
+    /// Log-sd of the drift correlation time (default 1).
+    pub drift_time_log_sd: Option<f64>,
+    /// Median onset/washout half-life `ln 2 / kappa` in days (`h0`, default 1).
+    pub half_life_median_days: Option<f64>,
+    /// Log-sd of the half-life (default 0.75).
+    pub half_life_log_sd: Option<f64>,
+    /// HalfNormal scale of the measurement noise `sigma_y` (default `S`).
+    pub noise_sd_scale: Option<f64>,
+}
+
+/// How orders are drawn inside blocks (`statistics.md` §7).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DesignKind {
+    /// Each block holds every active arm once, in a random order.
+    Block,
+    /// Two arms: AB or BA drawn per block.
+    Counterbalanced,
+    /// Two arms: blocks in pairs AB BA or BA AB.
+    Abba,
+    /// Three or more arms: rows of a Williams design (first-order carryover balanced).
+    Williams,
+}
+
+/// What happens to washout days.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WashoutHandling {
+    /// Keep them: the onset/washout dynamics explain them.
+    #[default]
+    Model,
+    /// Leave them out of the analysis.
+    Exclude,
+}
+
+/// Periods and blocks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Design {
+    /// Design type.
+    #[serde(rename = "type")]
+    pub kind: DesignKind,
+    /// Days in one period (one arm).
+    pub period_days: u32,
+    /// Washout days at the start of each period.
+    #[serde(default)]
+    pub washout_days: u32,
+    /// What the analysis does with washout days.
+    #[serde(default)]
+    pub washout: WashoutHandling,
+    /// Days on the comparator before the first period (run-in).
+    #[serde(default)]
+    pub run_in_days: u32,
+    /// No decision before this many blocks.
+    pub min_blocks: u32,
+    /// Stop as inconclusive after this many blocks.
+    pub max_blocks: u32,
+}
+
+/// Analysis population.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Analysis {
+    /// By assigned arm (intention to treat).
+    #[default]
+    Itt,
+    /// By the arm actually taken, where adherence was reported.
+    AsTreated,
+}
+
+/// Thompson-type adaptive allocation (`statistics.md` §5).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Allocation {
+    /// Exponent `c` in `P(best)^c`.
+    pub power: f64,
+    /// Minimum probability of each active arm.
+    pub floor: f64,
+}
+
+/// Decision thresholds (`statistics.md` §5).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecisionRules {
+    /// Stop for efficacy when `P(delta > MID) >=` this for the best arm.
+    pub efficacy: f64,
+    /// Stop for futility when `P(delta > MID) <=` this for every active arm.
+    pub futility: f64,
+    /// Drop an arm when `P(arm is best) <` this (K >= 3).
+    pub drop_arm: f64,
+    /// Which analysis drives decisions (both are reported).
+    pub analysis: Analysis,
+    /// Optional adaptive allocation.
+    pub allocation: Option<Allocation>,
+}
+
+impl Default for DecisionRules {
+    fn default() -> Self {
+        DecisionRules {
+            efficacy: 0.95,
+            futility: 0.05,
+            drop_arm: 0.05,
+            analysis: Analysis::Itt,
+            allocation: None,
+        }
+    }
+}
+
+/// Notification settings of a protocol.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Notification {
+    /// `HH:MM` local time of the daily assignment; default: the participant's.
+    pub assignment_time: Option<String>,
+}
+
+/// One problem in a protocol file: where, which key, what is wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProtocolIssue {
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// Dotted key path, e.g. `design.period_days` or `arms[1].code`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ProtocolIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}: {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
+    }
+}
+
+/// Every problem found in one protocol text.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", render_issues(.source_name, .issues))]
+pub struct ProtocolError {
+    /// File name (for messages).
+    pub source_name: String,
+    /// The problems, in file order.
+    pub issues: Vec<ProtocolIssue>,
+}
+
+fn render_issues(name: &str, issues: &[ProtocolIssue]) -> String {
+    issues
+        .iter()
+        .map(|i| format!("{name}:{i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// SHA-256 of a protocol's exact text, hex: what "locked protocol" means.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtocolHash(pub String);
+
+impl ProtocolHash {
+    /// Hashes the text.
+    pub fn of(text: &str) -> ProtocolHash {
+        let digest = Sha256::digest(text.as_bytes());
+        ProtocolHash(digest.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// First 12 hex digits, for display.
+    pub fn short(&self) -> &str {
+        &self.0[..12.min(self.0.len())]
+    }
+}
+
+impl fmt::Display for ProtocolHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Protocol {
+    /// Parses and validates a protocol text; `source_name` is used in messages.
+    pub fn parse(text: &str, source_name: &str) -> Result<Protocol, ProtocolError> {
+        let protocol: Protocol = match toml::from_str(text) {
+            Ok(p) => p,
+            Err(e) => {
+                let line = e.span().map(|s| line_of(text, s.start));
+                return Err(ProtocolError {
+                    source_name: source_name.into(),
+                    issues: vec![ProtocolIssue {
+                        line,
+                        key: key_from_span(text, e.span()),
+                        message: e.message().trim().to_string(),
+                    }],
+                });
+            }
+        };
+        let mut issues = protocol.validate();
+        if issues.is_empty() {
+            return Ok(protocol);
+        }
+        locate(text, &mut issues);
+        issues.sort_by_key(|i| i.line.unwrap_or(usize::MAX));
+        Err(ProtocolError {
+            source_name: source_name.into(),
+            issues,
+        })
+    }
+
+    /// The index of the comparator arm.
+    pub fn comparator_index(&self) -> usize {
+        self.arms
+            .iter()
+            .position(|a| a.key == self.comparator)
+            .unwrap_or(0)
+    }
+
+    /// Index of an arm by key.
+    pub fn arm_index(&self, key: &str) -> Option<usize> {
+        self.arms.iter().position(|a| a.key == key)
+    }
+
+    /// What the participant is shown for an arm: its code when blinded.
+    pub fn display_label(&self, arm: usize) -> &str {
+        let a = &self.arms[arm];
+        match (&a.code, self.blinded) {
+            (Some(code), true) => code,
+            _ => &a.label,
+        }
+    }
+
+    /// All outcomes, primary first.
+    pub fn outcomes(&self) -> impl Iterator<Item = &Outcome> {
+        std::iter::once(&self.outcome).chain(self.secondary.iter())
+    }
+
+    /// Total planned days: run-in plus `max_blocks` blocks of every arm.
+    pub fn planned_days(&self) -> u32 {
+        self.design.run_in_days
+            + self.design.max_blocks * self.arms.len() as u32 * self.design.period_days
+    }
+
+    /// Semantic checks serde cannot do. Returns every problem, unlocated.
+    pub fn validate(&self) -> Vec<ProtocolIssue> {
+        let mut v = Issues::default();
+        if !is_slug(&self.id) {
+            v.add("id", "must be letters, digits, '-' or '_' (at most 64)");
+        }
+        if self.title.trim().is_empty() {
+            v.add("title", "must not be empty");
+        }
+        let k = self.arms.len();
+        if !(2..=6).contains(&k) {
+            v.add("arms", format!("a trial needs 2 to 6 arms (got {k})"));
+        }
+        let mut keys = BTreeSet::new();
+        let mut codes = BTreeSet::new();
+        for (i, arm) in self.arms.iter().enumerate() {
+            if !is_slug(&arm.key) {
+                v.add(
+                    format!("arms[{i}].key"),
+                    "must be letters, digits, '-' or '_'",
+                );
+            }
+            if !keys.insert(arm.key.as_str()) {
+                v.add(
+                    format!("arms[{i}].key"),
+                    format!("arm key {:?} is used twice", arm.key),
+                );
+            }
+            if arm.label.trim().is_empty() {
+                v.add(format!("arms[{i}].label"), "must not be empty");
+            }
+            match &arm.code {
+                Some(code) if !codes.insert(code.as_str()) => v.add(
+                    format!("arms[{i}].code"),
+                    format!("code {code:?} is used twice"),
+                ),
+                None if self.blinded => v.add(
+                    format!("arms[{i}]"),
+                    "blinded protocols need a `code` for every arm",
+                ),
+                _ => {}
+            }
+        }
+        if !keys.contains(self.comparator.as_str()) {
+            v.add(
+                "comparator",
+                format!("{:?} is not the key of any arm", self.comparator),
+            );
+        }
+        self.validate_outcome(&self.outcome, "outcome", &mut v);
+        let mut streams = BTreeSet::from([self.outcome.stream.as_str()]);
+        for (i, o) in self.secondary.iter().enumerate() {
+            let path = format!("secondary[{i}]");
+            self.validate_outcome(o, &path, &mut v);
+            if !streams.insert(o.stream.as_str()) {
+                v.add(
+                    format!("{path}.stream"),
+                    format!(
+                        "stream {:?} is already an outcome of this protocol",
+                        o.stream
+                    ),
+                );
+            }
+        }
+        self.validate_design(&mut v);
+        self.validate_decision(&mut v);
+        if let Some(t) = &self.notification.assignment_time
+            && parse_hhmm(t).is_none()
+        {
+            v.add(
+                "notification.assignment_time",
+                format!("{t:?} must be HH:MM (24-hour)"),
+            );
+        }
+        v.0
+    }
+
+    fn validate_outcome(&self, o: &Outcome, path: &str, v: &mut Issues) {
+        if !is_slug(&o.stream) {
+            v.add(
+                format!("{path}.stream"),
+                "must be letters, digits, '-' or '_'",
+            );
+        }
+        if !o.mid.is_finite() || o.mid <= 0.0 {
+            v.add(
+                format!("{path}.mid"),
+                format!("must be a positive number (got {})", o.mid),
+            );
+        } else if o.family.has_ratio_mid() && o.mid <= 1.0 {
+            v.add(
+                format!("{path}.mid"),
+                format!(
+                    "for the {:?} family the MID is a ratio (rate or odds ratio) and must be above 1, e.g. 1.25 (got {})",
+                    o.family, o.mid
+                )
+                .to_lowercase(),
+            );
+        }
+        if let Some(s) = o.scale
+            && !(s.is_finite() && s > 0.0)
+        {
+            v.add(
+                format!("{path}.scale"),
+                format!("must be a positive number (got {s})"),
+            );
+        }
+        match (o.family, o.trials) {
+            (Family::Binomial, None) => v.add(
+                format!("{path}.trials"),
+                "the binomial family needs `trials` (n per day)",
+            ),
+            (Family::Binomial, Some(0)) => v.add(format!("{path}.trials"), "must be at least 1"),
+            (Family::Binomial, Some(_)) | (_, None) => {}
+            (_, Some(_)) => v.add(
+                format!("{path}.trials"),
+                "`trials` is only meaningful for the binomial family",
+            ),
+        }
+        if o.family == Family::Bernoulli
+            && matches!(o.aggregation, Aggregation::Mean | Aggregation::Sum)
+        {
+            v.add(
+                format!("{path}.aggregation"),
+                "a yes/no outcome needs last, max or all (mean and sum are not yes/no)",
+            );
+        }
+        if let Some(sr) = &o.self_report {
+            if sr.question.trim().is_empty() {
+                v.add(format!("{path}.self_report.question"), "must not be empty");
+            }
+            if sr.min >= sr.max || sr.max - sr.min > 100 {
+                v.add(
+                    format!("{path}.self_report"),
+                    format!(
+                        "need min < max with at most 100 steps (got {}..{})",
+                        sr.min, sr.max
+                    ),
+                );
+            }
+        }
+        let pp = format!("{path}.priors");
+        let pr = &o.priors;
+        let check_normal = |v: &mut Issues, key: String, p: &NormalPrior| {
+            if !p.mean.is_finite() {
+                v.add(format!("{key}.mean"), "must be a finite number");
+            }
+            if !(p.sd.is_finite() && p.sd > 0.0) {
+                v.add(
+                    format!("{key}.sd"),
+                    format!("must be a positive number (got {})", p.sd),
+                );
+            }
+        };
+        if let Some(p) = &pr.effect {
+            check_normal(v, format!("{pp}.effect"), p);
+        }
+        if let Some(p) = &pr.baseline {
+            check_normal(v, format!("{pp}.baseline"), p);
+        }
+        for (arm, p) in &pr.effects {
+            let key = format!("{pp}.effects.{arm}");
+            if arm == &self.comparator {
+                v.add(
+                    key.clone(),
+                    "the comparator has no effect parameter (beta_0 = 0)",
+                );
+            } else if self.arm_index(arm).is_none() {
+                v.add(key.clone(), format!("{arm:?} is not the key of any arm"));
+            }
+            check_normal(v, key, p);
+        }
+        for (name, value) in [
+            ("drift_sd_scale", pr.drift_sd_scale),
+            ("drift_time_median_days", pr.drift_time_median_days),
+            ("drift_time_log_sd", pr.drift_time_log_sd),
+            ("half_life_median_days", pr.half_life_median_days),
+            ("half_life_log_sd", pr.half_life_log_sd),
+            ("noise_sd_scale", pr.noise_sd_scale),
+        ] {
+            if let Some(x) = value
+                && !(x.is_finite() && x > 0.0)
+            {
+                v.add(
+                    format!("{pp}.{name}"),
+                    format!("must be a positive number (got {x})"),
+                );
+            }
+        }
+    }
+
+    fn validate_design(&self, v: &mut Issues) {
+        let d = &self.design;
+        let k = self.arms.len();
+        if !(1..=365).contains(&d.period_days) {
+            v.add(
+                "design.period_days",
+                format!("must be 1 to 365 (got {})", d.period_days),
+            );
+        }
+        if d.washout_days >= d.period_days.max(1) {
+            v.add(
+                "design.washout_days",
+                format!(
+                    "must be shorter than the period ({} >= {} days)",
+                    d.washout_days, d.period_days
+                ),
+            );
+        }
+        if d.run_in_days > 365 {
+            v.add(
+                "design.run_in_days",
+                format!("must be at most 365 (got {})", d.run_in_days),
+            );
+        }
+        if d.min_blocks == 0 {
+            v.add("design.min_blocks", "must be at least 1");
+        }
+        if d.max_blocks < d.min_blocks {
+            v.add(
+                "design.max_blocks",
+                format!(
+                    "must be at least min_blocks ({} < {})",
+                    d.max_blocks, d.min_blocks
+                ),
+            );
+        }
+        if d.max_blocks > 100 {
+            v.add(
+                "design.max_blocks",
+                format!("must be at most 100 (got {})", d.max_blocks),
+            );
+        }
+        match d.kind {
+            DesignKind::Counterbalanced | DesignKind::Abba if k != 2 => v.add(
+                "design.type",
+                format!(
+                    "{:?} needs exactly 2 arms (got {k}); use block or williams",
+                    d.kind
+                )
+                .to_lowercase(),
+            ),
+            DesignKind::Abba if d.max_blocks % 2 == 1 => v.add(
+                "design.max_blocks",
+                format!(
+                    "abba uses blocks in pairs: max_blocks must be even (got {})",
+                    d.max_blocks
+                ),
+            ),
+            _ => {}
+        }
+    }
+
+    fn validate_decision(&self, v: &mut Issues) {
+        let r = &self.decision;
+        if !(r.efficacy > 0.5 && r.efficacy < 1.0) {
+            v.add(
+                "decision.efficacy",
+                format!("must be in (0.5, 1) (got {})", r.efficacy),
+            );
+        }
+        if !(r.futility >= 0.0 && r.futility < 0.5) {
+            v.add(
+                "decision.futility",
+                format!("must be in [0, 0.5) (got {})", r.futility),
+            );
+        }
+        if !(r.drop_arm >= 0.0 && r.drop_arm < 0.5) {
+            v.add(
+                "decision.drop_arm",
+                format!("must be in [0, 0.5) (got {})", r.drop_arm),
+            );
+        }
+        if let Some(a) = &r.allocation {
+            if !(a.power.is_finite() && a.power > 0.0) {
+                v.add(
+                    "decision.allocation.power",
+                    format!("must be positive (got {})", a.power),
+                );
+            }
+            let k = self.arms.len().max(1) as f64;
+            if !(a.floor >= 0.0 && a.floor < 1.0 / k) {
+                v.add(
+                    "decision.allocation.floor",
+                    format!(
+                        "must be in [0, 1/K) = [0, {:.3}) (got {})",
+                        1.0 / k,
+                        a.floor
+                    ),
+                );
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Issues(Vec<ProtocolIssue>);
+
+impl Issues {
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ProtocolIssue {
+            line: None,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Reads and checks one protocol file.
+pub fn check_file(path: &Path) -> Result<(Protocol, String), ProtocolError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ProtocolError {
+        source_name: name.clone(),
+        issues: vec![ProtocolIssue {
+            line: None,
+            key: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        }],
+    })?;
+    let protocol = Protocol::parse(&text, &name)?;
+    Ok((protocol, text))
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The key on the line a serde error points at, for the message's key column.
+fn key_from_span(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else {
+        return "(document)".into();
+    };
+    let start = text[..span.start.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("").trim();
+    match line.split_once('=') {
+        Some((k, _)) => k.trim().to_string(),
+        None => line.trim_matches(['[', ']']).to_string(),
+    }
+}
+
+/// Fills in each issue's line by walking its key path through the spanned
+/// document; a missing key points at the nearest table that exists.
+fn locate(text: &str, issues: &mut [ProtocolIssue]) {
+    let Ok(table) = toml::de::DeTable::parse(text) else {
+        return;
+    };
+    let span = table.span();
+    let root = toml::Spanned::new(span, toml::de::DeValue::Table(table.into_inner()));
+    for issue in issues.iter_mut() {
+        let mut node = &root;
+        let mut span = None;
+        for seg in path_segments(&issue.key) {
+            let next = match seg {
+                Seg::Key(k) => node.get_ref().get(k),
+                Seg::Index(i) => node.get_ref().get(i),
+            };
+            match next {
+                Some(n) => {
+                    span = Some(n.span());
+                    node = n;
+                }
+                None => break,
+            }
+        }
+        issue.line = Some(span.map_or(1, |s| line_of(text, s.start)));
+    }
+}
+
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn path_segments(path: &str) -> Vec<Seg<'_>> {
+    let mut out = Vec::new();
+    for part in path.split('.') {
+        match part.split_once('[') {
+            Some((name, rest)) => {
+                out.push(Seg::Key(name));
+                if let Ok(i) = rest.trim_end_matches(']').parse() {
+                    out.push(Seg::Index(i));
+                }
+            }
+            None => out.push(Seg::Key(part)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+id = "t"
+title = "Test"
+comparator = "placebo"
+
+[[arms]]
+key = "placebo"
+label = "Placebo"
+
+[[arms]]
+key = "mg"
+label = "Magnesium"
+
+[outcome]
+stream = "sleep_score"
+family = "gaussian"
+direction = "higher"
+mid = 3.0
+
+[design]
+type = "counterbalanced"
+period_days = 7
+min_blocks = 2
+max_blocks = 6
+"#;
+
+    #[test]
+    fn good_protocol_parses() {
+        let p = Protocol::parse(GOOD, "good.toml").unwrap();
+        assert_eq!(p.comparator_index(), 0);
+        assert_eq!(p.planned_days(), 6 * 2 * 7);
+        assert_eq!(p.decision.efficacy, 0.95);
+    }
+
+    #[test]
+    fn semantic_errors_name_line_and_key() {
+        let bad = GOOD
+            .replace("period_days = 7", "period_days = 0")
+            .replace("comparator = \"placebo\"", "comparator = \"sugar\"");
+        let err = Protocol::parse(&bad, "bad.toml").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("bad.toml:line 4: comparator:"), "{text}");
+        assert!(
+            text.contains("design.period_days: must be 1 to 365 (got 0)"),
+            "{text}"
+        );
+        let line = err
+            .issues
+            .iter()
+            .find(|i| i.key == "design.period_days")
+            .unwrap()
+            .line;
+        assert_eq!(line, Some(22));
+    }
+
+    #[test]
+    fn syntax_and_unknown_keys_are_located() {
+        let bad = GOOD.replace("mid = 3.0", "mid = 3.0\nmdi = 2");
+        let err = Protocol::parse(&bad, "x.toml").unwrap_err();
+        assert_eq!(err.issues[0].line, Some(19), "{err}");
+        assert!(err.issues[0].message.contains("mdi"), "{err}");
+        let bad = GOOD.replace("family = \"gaussian\"", "family = \"gauss\"");
+        let err = Protocol::parse(&bad, "x.toml").unwrap_err();
+        assert!(err.to_string().contains("gauss"), "{err}");
+        assert_eq!(err.issues[0].key, "family");
+    }
+
+    #[test]
+    fn ratio_mid_and_design_arms_checked() {
+        let bad = GOOD
+            .replace("\"gaussian\"", "\"poisson\"")
+            .replace("mid = 3.0", "mid = 0.5");
+        let err = Protocol::parse(&bad, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("ratio"), "{err}");
+        let bad = GOOD.replace("\"counterbalanced\"", "\"williams\"");
+        assert!(Protocol::parse(&bad, "x.toml").is_ok());
+        let three = GOOD.replace(
+            "[outcome]",
+            "[[arms]]\nkey = \"zn\"\nlabel = \"Zinc\"\n\n[outcome]",
+        );
+        let err = Protocol::parse(&three, "x.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("design.type: counterbalanced needs exactly 2 arms"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn blinded_needs_codes() {
+        let bad = GOOD.replace(
+            "comparator = \"placebo\"",
+            "comparator = \"placebo\"\nblinded = true",
+        );
+        let err = Protocol::parse(&bad, "x.toml").unwrap_err();
+        assert_eq!(err.issues.len(), 2, "{err}");
+        assert!(err.issues[0].message.contains("code"));
+    }
+
+    #[test]
+    fn hash_is_stable_and_text_sensitive() {
+        let a = ProtocolHash::of(GOOD);
+        assert_eq!(a, ProtocolHash::of(GOOD));
+        assert_ne!(a, ProtocolHash::of(&GOOD.replace("Test", "Test2")));
+        assert_eq!(a.0.len(), 64);
+    }
+
+    #[test]
+    fn shipped_protocols_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("protocols");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                if let Err(e) = check_file(&path) {
+                    panic!("{e}");
+                }
+                n += 1;
+            }
+        }
+        assert!(n >= 5, "expected the five shipped protocols, found {n}");
+    }
+}

@@ -1,0 +1,1216 @@
+//! The store: the one module that owns SQL.
+//!
+//! One SQLite file in WAL mode. Migrations are the numbered files in
+//! `migrations/`, applied at start-up by `rusqlite_migration`. A database
+//! written by a newer nof1d, a file that is not a database, or a database
+//! that is not nof1d's is refused before anything is written to it.
+//!
+//! [`Store`] is synchronous. The async daemon reaches it through [`Db`],
+//! which runs every call on tokio's blocking pool: one writer connection and
+//! one reader connection (WAL lets the reader see the last commit while a
+//! write is in progress), so the runtime's worker threads never wait on SQLite.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+use rusqlite_migration::{M, Migrations};
+use serde::Serialize;
+
+/// The migrations, in order. Append new files; never edit a released one.
+static MIGRATIONS: LazyLock<Migrations<'static>> =
+    LazyLock::new(|| Migrations::new(vec![M::up(include_str!("../migrations/0001_initial.sql"))]));
+
+/// Number of migrations this build knows: the newest schema version it can use.
+pub fn schema_version() -> i64 {
+    1
+}
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file could not be opened at all.
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's reason.
+        source: rusqlite::Error,
+    },
+    /// The file exists but is not a readable SQLite database.
+    #[error("{path} is not a readable SQLite database ({detail}); it was left untouched")]
+    NotADatabase {
+        /// The file.
+        path: PathBuf,
+        /// SQLite's reason.
+        detail: String,
+    },
+    /// A SQLite database, but not one of nof1d's.
+    #[error(
+        "{path} is a SQLite database but not a nof1d one (it has tables and no nof1d schema version); it was left untouched"
+    )]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Written by a newer nof1d.
+    #[error(
+        "{path} has schema version {found}, but this nof1d only knows versions up to {supported}: it was written by a newer nof1d. Upgrade nof1d or restore a backup; the database was left untouched"
+    )]
+    TooNew {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+        /// Ours.
+        supported: i64,
+    },
+    /// Applying a migration failed (the migration's transaction rolled back).
+    #[error("migrating {path}: {source}")]
+    Migration {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: rusqlite_migration::Error,
+    },
+    /// Any other SQLite error.
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// A stored value could not be read back.
+    #[error("database holds an invalid value: {0}")]
+    Invalid(String),
+    /// A caller handed the store something it refuses to write.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The blocking task running a store call panicked or was cancelled.
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+/// Result alias for store calls.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Formats an instant the way the store keeps it: UTC, whole seconds, so that
+/// text order is time order.
+pub fn ts(t: Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn parse_ts(s: &str) -> Result<Timestamp> {
+    s.parse()
+        .map_err(|e| StoreError::Invalid(format!("timestamp {s:?}: {e}")))
+}
+
+fn parse_date(s: &str) -> Result<Date> {
+    s.parse()
+        .map_err(|e| StoreError::Invalid(format!("date {s:?}: {e}")))
+}
+
+/// A synchronous handle on the database.
+pub struct Store {
+    conn: Connection,
+}
+
+/// A participant as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParticipantRow {
+    /// Row id.
+    pub id: i64,
+    /// Stable key from the config.
+    pub key: String,
+    /// Display name.
+    pub name: String,
+    /// Email address.
+    pub email: String,
+    /// IANA zone name.
+    pub time_zone: String,
+    /// `HH:MM` local.
+    pub assignment_time: String,
+    /// The simulated demo participant.
+    pub is_demo: bool,
+}
+
+/// A data source as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceRow {
+    /// Row id.
+    pub id: i64,
+    /// Owner.
+    pub participant_id: i64,
+    /// Name, unique per participant.
+    pub name: String,
+    /// Adapter kind.
+    pub kind: String,
+    /// Adapter configuration (JSON).
+    pub config_json: String,
+    /// Where the next poll resumes.
+    pub cursor: Option<String>,
+    /// Last successful poll.
+    pub last_success_at: Option<String>,
+    /// Last error message.
+    pub last_error: Option<String>,
+    /// When it happened.
+    pub last_error_at: Option<String>,
+}
+
+/// An observation to be recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewObservation {
+    /// Stream key (created in the catalog if new).
+    pub stream: String,
+    /// Unit as the source gave it.
+    pub unit: String,
+    /// The source's own id for the record: re-reading it never duplicates.
+    pub source_record_id: String,
+    /// When it was observed.
+    pub observed_at: Timestamp,
+    /// The participant's civil date of the observation.
+    pub local_date: Date,
+    /// The value.
+    pub value: f64,
+}
+
+/// A trial as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrialRow {
+    /// Row id.
+    pub id: i64,
+    /// Owner.
+    pub participant_id: i64,
+    /// The protocol's id.
+    pub protocol_id: String,
+    /// The locked protocol text.
+    pub protocol_toml: String,
+    /// SHA-256 of the text.
+    pub protocol_hash: String,
+    /// The randomisation seed.
+    pub seed: u64,
+    /// Life-cycle status.
+    pub status: String,
+    /// Local date of day 0.
+    pub start_date: Option<Date>,
+    /// Why it stopped.
+    pub stop_reason: Option<String>,
+}
+
+/// A trial to be created, with its schedule.
+#[derive(Debug, Clone)]
+pub struct NewTrial<'a> {
+    /// Owner.
+    pub participant_id: i64,
+    /// Protocol id.
+    pub protocol_id: &'a str,
+    /// Locked protocol text.
+    pub protocol_toml: &'a str,
+    /// Its hash.
+    pub protocol_hash: &'a str,
+    /// Randomisation seed.
+    pub seed: u64,
+    /// Initial status.
+    pub status: &'a str,
+    /// Local date of day 0.
+    pub start_date: Date,
+    /// The schedule rows.
+    pub schedule: &'a [ScheduleRow],
+}
+
+/// One stored schedule day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScheduleRow {
+    /// Day index from 0.
+    pub day: u32,
+    /// Local date.
+    pub local_date: Date,
+    /// Period (None in run-in).
+    pub period: Option<u32>,
+    /// Block (None in run-in).
+    pub block: Option<u32>,
+    /// Arm index.
+    pub arm: usize,
+    /// Washout day.
+    pub washout: bool,
+}
+
+/// A message to put in the outbox.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Unique key (participant, trial, day, kind).
+    pub key: String,
+    /// Recipient participant.
+    pub participant_id: i64,
+    /// The trial it is about, if any.
+    pub trial_id: Option<i64>,
+    /// Message kind (`assignment`, ...).
+    pub kind: String,
+    /// Local day it is for.
+    pub local_date: Option<Date>,
+    /// Address.
+    pub recipient: String,
+    /// Subject line.
+    pub subject: String,
+    /// Plain-text body.
+    pub body_text: String,
+    /// HTML body.
+    pub body_html: String,
+    /// Message-ID derived from the key.
+    pub message_id: String,
+}
+
+/// A message in the outbox.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboxRow {
+    /// Row id.
+    pub id: i64,
+    /// Unique key.
+    pub key: String,
+    /// Kind.
+    pub kind: String,
+    /// Address.
+    pub recipient: String,
+    /// Subject.
+    pub subject: String,
+    /// Plain text.
+    pub body_text: String,
+    /// HTML.
+    pub body_html: String,
+    /// Message-ID.
+    pub message_id: String,
+    /// `pending`, `sending`, `sent` or `failed`.
+    pub status: String,
+    /// Delivery attempts so far.
+    pub attempts: i64,
+    /// When it was queued.
+    pub created_at: String,
+    /// Where it went.
+    pub delivered_to: Option<String>,
+    /// Last error.
+    pub last_error: Option<String>,
+}
+
+/// Row counts, for health, status and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Participants.
+    pub participants: i64,
+    /// Observations.
+    pub observations: i64,
+    /// Trials.
+    pub trials: i64,
+    /// Schedule days.
+    pub schedule_days: i64,
+    /// Daily runs.
+    pub daily_runs: i64,
+    /// Outbox messages.
+    pub outbox: i64,
+    /// Outbox messages not yet sent.
+    pub outbox_pending: i64,
+    /// Audit entries.
+    pub audit: i64,
+}
+
+impl Store {
+    /// Opens (creating if missing) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn =
+            Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
+                path: path.into(),
+                source,
+            })?;
+        check_identity(&conn, path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Refused(format!(
+                "{} could not be put in WAL mode (got {mode})",
+                path.display()
+            )));
+        }
+        // FULL: a committed row survives power loss, not only a crash.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        MIGRATIONS
+            .to_latest(&mut conn)
+            .map_err(|source| StoreError::Migration {
+                path: path.into(),
+                source,
+            })?;
+        Ok(Store { conn })
+    }
+
+    /// Opens an existing database read-only (readers, backups, tests).
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
+            path: path.into(),
+            source,
+        })?;
+        check_identity(&conn, path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(Store { conn })
+    }
+
+    /// Writes a consistent copy to `dest` with SQLite's online backup API,
+    /// safe while the daemon writes.
+    pub fn backup_to(&self, dest: &Path) -> Result<()> {
+        let mut out = Connection::open(dest)?;
+        let backup = rusqlite::backup::Backup::new(&self.conn, &mut out)?;
+        backup.run_to_completion(256, std::time::Duration::from_millis(5), None)?;
+        drop(backup);
+        let ok: String = out.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        if ok != "ok" {
+            return Err(StoreError::Invalid(format!("backup integrity check: {ok}")));
+        }
+        Ok(())
+    }
+
+    /// `PRAGMA quick_check`: "ok" when the file is sound.
+    pub fn quick_check(&self) -> Result<String> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))?)
+    }
+
+    /// A value from the `meta` table.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// The stored value for `key`, storing `value` first if there is none.
+    pub fn meta_get_or_insert(&mut self, key: &str, value: &str) -> Result<String> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+            params![key, value],
+        )?;
+        self.meta(key)?
+            .ok_or_else(|| StoreError::Invalid(format!("meta {key} vanished")))
+    }
+
+    /// Inserts or updates a participant by key; returns its id.
+    pub fn upsert_participant(
+        &mut self,
+        p: &crate::config::Participant,
+        is_demo: bool,
+        now: Timestamp,
+    ) -> Result<i64> {
+        let time = format!(
+            "{:02}:{:02}",
+            p.assignment_time.hour(),
+            p.assignment_time.minute()
+        );
+        Ok(self
+            .conn
+            .query_row(
+                "INSERT INTO participants
+                 (key, name, email, time_zone, assignment_time, is_demo, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+             ON CONFLICT (key) DO UPDATE SET
+                 name = excluded.name, email = excluded.email,
+                 time_zone = excluded.time_zone,
+                 assignment_time = excluded.assignment_time,
+                 updated_at = excluded.updated_at
+             WHERE name != excluded.name OR email != excluded.email
+                OR time_zone != excluded.time_zone
+                OR assignment_time != excluded.assignment_time
+             RETURNING id",
+                params![
+                    p.key,
+                    p.name,
+                    p.email,
+                    p.time_zone_name,
+                    time,
+                    is_demo,
+                    ts(now)
+                ],
+                |r| r.get(0),
+            )
+            .optional()?
+            .map_or_else(|| self.participant_id(&p.key), Ok)?)
+    }
+
+    fn participant_id(&self, key: &str) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT id FROM participants WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// All participants, by key.
+    pub fn participants(&self) -> Result<Vec<ParticipantRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, key, name, email, time_zone, assignment_time, is_demo
+             FROM participants ORDER BY key",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ParticipantRow {
+                id: r.get(0)?,
+                key: r.get(1)?,
+                name: r.get(2)?,
+                email: r.get(3)?,
+                time_zone: r.get(4)?,
+                assignment_time: r.get(5)?,
+                is_demo: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Creates the source if missing; returns its id.
+    pub fn ensure_source(
+        &mut self,
+        participant_id: i64,
+        name: &str,
+        kind: &str,
+        config_json: &str,
+        now: Timestamp,
+    ) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO sources (participant_id, name, kind, config_json, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (participant_id, name) DO NOTHING",
+            params![participant_id, name, kind, config_json, ts(now)],
+        )?;
+        Ok(self.conn.query_row(
+            "SELECT id FROM sources WHERE participant_id = ?1 AND name = ?2",
+            params![participant_id, name],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// All sources.
+    pub fn sources(&self) -> Result<Vec<SourceRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, participant_id, name, kind, config_json, cursor,
+                    last_success_at, last_error, last_error_at
+             FROM sources ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(SourceRow {
+                id: r.get(0)?,
+                participant_id: r.get(1)?,
+                name: r.get(2)?,
+                kind: r.get(3)?,
+                config_json: r.get(4)?,
+                cursor: r.get(5)?,
+                last_success_at: r.get(6)?,
+                last_error: r.get(7)?,
+                last_error_at: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records one poll: its observations (ignoring records already stored)
+    /// and the new cursor, in one transaction. Returns how many rows were new.
+    /// A non-finite value refuses the whole poll, so the cursor stays put.
+    pub fn record_poll(
+        &mut self,
+        source_id: i64,
+        observations: &[NewObservation],
+        cursor: Option<&str>,
+        now: Timestamp,
+    ) -> Result<usize> {
+        if let Some(bad) = observations.iter().find(|o| !o.value.is_finite()) {
+            return Err(StoreError::Refused(format!(
+                "record {:?} of stream {:?} has a non-finite value",
+                bad.source_record_id, bad.stream
+            )));
+        }
+        let tx = self.conn.transaction()?;
+        let participant_id: i64 = tx.query_row(
+            "SELECT participant_id FROM sources WHERE id = ?1",
+            [source_id],
+            |r| r.get(0),
+        )?;
+        let mut inserted = 0;
+        let mut stream_ids: std::collections::HashMap<&str, i64> = Default::default();
+        for o in observations {
+            let stream_id = match stream_ids.get(o.stream.as_str()) {
+                Some(id) => *id,
+                None => {
+                    let id = ensure_stream(&tx, participant_id, &o.stream, &o.unit, now)?;
+                    stream_ids.insert(&o.stream, id);
+                    id
+                }
+            };
+            inserted += tx.execute(
+                "INSERT INTO observations
+                     (stream_id, source_id, source_record_id, observed_at, local_date,
+                      value, unit, inserted_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (source_id, source_record_id) DO NOTHING",
+                params![
+                    stream_id,
+                    source_id,
+                    o.source_record_id,
+                    ts(o.observed_at),
+                    o.local_date.to_string(),
+                    o.value,
+                    o.unit,
+                    ts(now)
+                ],
+            )?;
+        }
+        tx.execute(
+            "UPDATE sources SET cursor = COALESCE(?2, cursor), last_success_at = ?3,
+                 last_error = NULL, last_error_at = NULL WHERE id = ?1",
+            params![source_id, cursor, ts(now)],
+        )?;
+        tx.commit()?;
+        Ok(inserted)
+    }
+
+    /// Records a failed poll (the cursor is unchanged).
+    pub fn record_poll_error(&mut self, source_id: i64, error: &str, now: Timestamp) -> Result<()> {
+        self.conn.execute(
+            "UPDATE sources SET last_error = ?2, last_error_at = ?3 WHERE id = ?1",
+            params![source_id, error, ts(now)],
+        )?;
+        Ok(())
+    }
+
+    /// Observations of one participant's stream, in time order:
+    /// `(observed_at, local_date, value)`.
+    pub fn observations(
+        &self,
+        participant_id: i64,
+        stream: &str,
+    ) -> Result<Vec<(Timestamp, Date, f64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT o.observed_at, o.local_date, o.value
+             FROM observations o JOIN streams s ON s.id = o.stream_id
+             WHERE s.participant_id = ?1 AND s.key = ?2
+             ORDER BY o.observed_at, o.id",
+        )?;
+        let rows = stmt.query_map(params![participant_id, stream], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (at, date, value) = row?;
+            out.push((parse_ts(&at)?, parse_date(&date)?, value));
+        }
+        Ok(out)
+    }
+
+    /// Per-stream observation counts for a participant: `(stream, count, last local date)`.
+    pub fn stream_counts(&self, participant_id: i64) -> Result<Vec<(String, i64, Option<String>)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT s.key, COUNT(o.id), MAX(o.local_date)
+             FROM streams s LEFT JOIN observations o ON o.stream_id = s.id
+             WHERE s.participant_id = ?1 GROUP BY s.id ORDER BY s.key",
+        )?;
+        let rows = stmt.query_map([participant_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Creates a trial with its schedule and an audit entry, in one transaction.
+    pub fn insert_trial(&mut self, t: &NewTrial<'_>, actor: &str, now: Timestamp) -> Result<i64> {
+        let tx = self.conn.transaction()?;
+        let id: i64 = tx.query_row(
+            "INSERT INTO trials (participant_id, protocol_id, protocol_toml, protocol_hash, seed,
+                                 status, start_date, created_at, status_changed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) RETURNING id",
+            params![
+                t.participant_id,
+                t.protocol_id,
+                t.protocol_toml,
+                t.protocol_hash,
+                t.seed.to_string(),
+                t.status,
+                t.start_date.to_string(),
+                ts(now)
+            ],
+            |r| r.get(0),
+        )?;
+        {
+            let mut stmt = tx.prepare(
+                "INSERT INTO schedule (trial_id, day, local_date, period, block, arm, washout)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for d in t.schedule {
+                stmt.execute(params![
+                    id,
+                    d.day,
+                    d.local_date.to_string(),
+                    d.period,
+                    d.block,
+                    d.arm as i64,
+                    d.washout
+                ])?;
+            }
+        }
+        audit(
+            &tx,
+            actor,
+            "trial.created",
+            Some(id),
+            &serde_json::json!({
+                "protocol": t.protocol_id,
+                "protocol_hash": t.protocol_hash,
+                "status": t.status,
+                "start_date": t.start_date.to_string(),
+                "days": t.schedule.len(),
+            }),
+            now,
+        )?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// All trials, newest last.
+    pub fn trials(&self) -> Result<Vec<TrialRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, participant_id, protocol_id, protocol_toml, protocol_hash, seed,
+                    status, start_date, stop_reason
+             FROM trials ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, Option<String>>(7)?,
+                r.get::<_, Option<String>>(8)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (
+                id,
+                participant_id,
+                protocol_id,
+                protocol_toml,
+                protocol_hash,
+                seed,
+                status,
+                start,
+                stop_reason,
+            ) = row?;
+            out.push(TrialRow {
+                id,
+                participant_id,
+                protocol_id,
+                protocol_toml,
+                protocol_hash,
+                seed: seed
+                    .parse()
+                    .map_err(|_| StoreError::Invalid(format!("trial {id} seed {seed:?}")))?,
+                status,
+                start_date: start.as_deref().map(parse_date).transpose()?,
+                stop_reason,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A trial's full schedule, by day.
+    pub fn schedule(&self, trial_id: i64) -> Result<Vec<ScheduleRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT day, local_date, period, block, arm, washout
+             FROM schedule WHERE trial_id = ?1 ORDER BY day",
+        )?;
+        let rows = stmt.query_map([trial_id], |r| {
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<u32>>(2)?,
+                r.get::<_, Option<u32>>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, bool>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (day, date, period, block, arm, washout) = row?;
+            out.push(ScheduleRow {
+                day,
+                local_date: parse_date(&date)?,
+                period,
+                block,
+                arm: usize::try_from(arm).map_err(|_| StoreError::Invalid(format!("arm {arm}")))?,
+                washout,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The schedule row of a trial for a local date, if the trial covers it.
+    pub fn schedule_on(&self, trial_id: i64, date: Date) -> Result<Option<ScheduleRow>> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT day, period, block, arm, washout FROM schedule
+                 WHERE trial_id = ?1 AND local_date = ?2",
+                params![trial_id, date.to_string()],
+                |r| {
+                    Ok((
+                        r.get::<_, u32>(0)?,
+                        r.get::<_, Option<u32>>(1)?,
+                        r.get::<_, Option<u32>>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, bool>(4)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(day, period, block, arm, washout)| {
+            Ok(ScheduleRow {
+                day,
+                local_date: date,
+                period,
+                block,
+                arm: usize::try_from(arm).map_err(|_| StoreError::Invalid(format!("arm {arm}")))?,
+                washout,
+            })
+        })
+        .transpose()
+    }
+
+    /// The latest local date with a daily run for a trial.
+    pub fn last_daily_run(&self, trial_id: i64) -> Result<Option<Date>> {
+        let last: Option<String> = self.conn.query_row(
+            "SELECT MAX(local_date) FROM daily_runs WHERE trial_id = ?1",
+            [trial_id],
+            |r| r.get(0),
+        )?;
+        last.as_deref().map(parse_date).transpose()
+    }
+
+    /// Records a trial's daily run for `date` in one transaction: the days
+    /// in `missed` as missed, `date` as sent, and its messages queued in the
+    /// outbox. Returns false (and writes nothing) if `date` already ran.
+    pub fn record_daily_run(
+        &mut self,
+        trial_id: i64,
+        date: Date,
+        missed: &[Date],
+        messages: &[NewMessage],
+        now: Timestamp,
+    ) -> Result<bool> {
+        let tx = self.conn.transaction()?;
+        let fresh = tx.execute(
+            "INSERT INTO daily_runs (trial_id, local_date, status, at)
+             VALUES (?1, ?2, 'sent', ?3) ON CONFLICT DO NOTHING",
+            params![trial_id, date.to_string(), ts(now)],
+        )?;
+        if fresh == 0 {
+            return Ok(false);
+        }
+        for day in missed {
+            tx.execute(
+                "INSERT INTO daily_runs (trial_id, local_date, status, at)
+                 VALUES (?1, ?2, 'missed', ?3) ON CONFLICT DO NOTHING",
+                params![trial_id, day.to_string(), ts(now)],
+            )?;
+        }
+        for m in messages {
+            enqueue(&tx, m, now)?;
+        }
+        if !missed.is_empty() {
+            audit(
+                &tx,
+                "daemon",
+                "daily_run.missed",
+                Some(trial_id),
+                &serde_json::json!({
+                    "days": missed.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                }),
+                now,
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Daily runs of a trial: `(local_date, status)`, in date order.
+    pub fn daily_runs(&self, trial_id: i64) -> Result<Vec<(Date, String)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT local_date, status FROM daily_runs WHERE trial_id = ?1 ORDER BY local_date",
+        )?;
+        let rows = stmt.query_map([trial_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (d, s) = row?;
+            out.push((parse_date(&d)?, s));
+        }
+        Ok(out)
+    }
+
+    /// Messages due for delivery at `now`: pending ones, and ones whose
+    /// attempt was interrupted (still `sending` after their backoff).
+    pub fn due_messages(&self, now: Timestamp, limit: usize) -> Result<Vec<OutboxRow>> {
+        self.outbox_query(
+            "WHERE status IN ('pending', 'sending') AND next_attempt_at <= ?1
+             ORDER BY next_attempt_at, id LIMIT ?2",
+            params![ts(now), limit as i64],
+        )
+    }
+
+    /// The newest `limit` outbox messages.
+    pub fn recent_messages(&self, limit: usize) -> Result<Vec<OutboxRow>> {
+        self.outbox_query("ORDER BY id DESC LIMIT ?1", params![limit as i64])
+    }
+
+    fn outbox_query(&self, tail: &str, args: impl rusqlite::Params) -> Result<Vec<OutboxRow>> {
+        let sql = format!(
+            "SELECT id, key, kind, recipient, subject, body_text, body_html, message_id,
+                    status, attempts, created_at, delivered_to, last_error
+             FROM outbox {tail}"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(args, |r| {
+            Ok(OutboxRow {
+                id: r.get(0)?,
+                key: r.get(1)?,
+                kind: r.get(2)?,
+                recipient: r.get(3)?,
+                subject: r.get(4)?,
+                body_text: r.get(5)?,
+                body_html: r.get(6)?,
+                message_id: r.get(7)?,
+                status: r.get(8)?,
+                attempts: r.get(9)?,
+                created_at: r.get(10)?,
+                delivered_to: r.get(11)?,
+                last_error: r.get(12)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records that an attempt starts, before it starts: the row becomes
+    /// `sending` and is not due again before `retry_at`, so a crash mid-send
+    /// is retried later rather than immediately in a loop.
+    pub fn mark_attempt(&mut self, id: i64, retry_at: Timestamp) -> Result<()> {
+        self.conn.execute(
+            "UPDATE outbox SET status = 'sending', attempts = attempts + 1, next_attempt_at = ?2
+             WHERE id = ?1",
+            params![id, ts(retry_at)],
+        )?;
+        Ok(())
+    }
+
+    /// Marks a message delivered.
+    pub fn mark_sent(&mut self, id: i64, delivered_to: &str, now: Timestamp) -> Result<()> {
+        self.conn.execute(
+            "UPDATE outbox SET status = 'sent', sent_at = ?2, delivered_to = ?3, last_error = NULL
+             WHERE id = ?1",
+            params![id, ts(now), delivered_to],
+        )?;
+        Ok(())
+    }
+
+    /// Records a temporary failure; the message is due again at `retry_at`.
+    pub fn mark_retry(&mut self, id: i64, error: &str, retry_at: Timestamp) -> Result<()> {
+        self.conn.execute(
+            "UPDATE outbox SET status = 'pending', last_error = ?2, next_attempt_at = ?3 WHERE id = ?1",
+            params![id, error, ts(retry_at)],
+        )?;
+        Ok(())
+    }
+
+    /// Records a permanent failure: the message is not retried.
+    pub fn mark_failed(&mut self, id: i64, error: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE outbox SET status = 'failed', last_error = ?2 WHERE id = ?1",
+            params![id, error],
+        )?;
+        Ok(())
+    }
+
+    /// Appends to the audit log.
+    pub fn audit(
+        &mut self,
+        actor: &str,
+        action: &str,
+        trial_id: Option<i64>,
+        detail: &serde_json::Value,
+        now: Timestamp,
+    ) -> Result<()> {
+        audit(&self.conn, actor, action, trial_id, detail, now)
+    }
+
+    /// Messages not yet delivered (a cheap query for `/healthz`).
+    pub fn outbox_backlog(&self) -> Result<i64> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM outbox WHERE status IN ('pending', 'sending')",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Row counts of the main tables.
+    pub fn counts(&self) -> Result<Counts> {
+        let one = |sql: &str| -> Result<i64> { Ok(self.conn.query_row(sql, [], |r| r.get(0))?) };
+        Ok(Counts {
+            participants: one("SELECT COUNT(*) FROM participants")?,
+            observations: one("SELECT COUNT(*) FROM observations")?,
+            trials: one("SELECT COUNT(*) FROM trials")?,
+            schedule_days: one("SELECT COUNT(*) FROM schedule")?,
+            daily_runs: one("SELECT COUNT(*) FROM daily_runs")?,
+            outbox: one("SELECT COUNT(*) FROM outbox")?,
+            outbox_pending: one("SELECT COUNT(*) FROM outbox WHERE status != 'sent'")?,
+            audit: one("SELECT COUNT(*) FROM audit_log")?,
+        })
+    }
+}
+
+/// Refuses files that are not SQLite, not nof1d's, or from a newer nof1d,
+/// without writing anything.
+fn check_identity(conn: &Connection, path: &Path) -> Result<()> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| StoreError::NotADatabase {
+            path: path.into(),
+            detail: e.to_string(),
+        })?;
+    if version > schema_version() {
+        return Err(StoreError::TooNew {
+            path: path.into(),
+            found: version,
+            supported: schema_version(),
+        });
+    }
+    if version == 0 {
+        let tables: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| StoreError::NotADatabase {
+                path: path.into(),
+                detail: e.to_string(),
+            })?;
+        if tables > 0 {
+            return Err(StoreError::Foreign { path: path.into() });
+        }
+    }
+    Ok(())
+}
+
+fn ensure_stream(
+    tx: &Transaction<'_>,
+    participant_id: i64,
+    key: &str,
+    unit: &str,
+    now: Timestamp,
+) -> Result<i64> {
+    tx.execute(
+        "INSERT INTO streams (participant_id, key, unit, created_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (participant_id, key) DO NOTHING",
+        params![participant_id, key, unit, ts(now)],
+    )?;
+    Ok(tx.query_row(
+        "SELECT id FROM streams WHERE participant_id = ?1 AND key = ?2",
+        params![participant_id, key],
+        |r| r.get(0),
+    )?)
+}
+
+fn enqueue(conn: &Connection, m: &NewMessage, now: Timestamp) -> Result<()> {
+    conn.execute(
+        "INSERT INTO outbox (key, participant_id, trial_id, kind, local_date, recipient, subject,
+                             body_text, body_html, message_id, next_attempt_at, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
+         ON CONFLICT (key) DO NOTHING",
+        params![
+            m.key,
+            m.participant_id,
+            m.trial_id,
+            m.kind,
+            m.local_date.map(|d| d.to_string()),
+            m.recipient,
+            m.subject,
+            m.body_text,
+            m.body_html,
+            m.message_id,
+            ts(now)
+        ],
+    )?;
+    Ok(())
+}
+
+fn audit(
+    conn: &Connection,
+    actor: &str,
+    action: &str,
+    trial_id: Option<i64>,
+    detail: &serde_json::Value,
+    now: Timestamp,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO audit_log (at, actor, action, trial_id, detail_json) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![ts(now), actor, action, trial_id, detail.to_string()],
+    )?;
+    Ok(())
+}
+
+/// The async face of the store: each call runs on tokio's blocking pool.
+#[derive(Clone)]
+pub struct Db {
+    writer: Arc<Mutex<Store>>,
+    reader: Arc<Mutex<Store>>,
+    path: PathBuf,
+}
+
+impl Db {
+    /// Opens the writer (migrating) and a read-only reader.
+    pub fn open(path: &Path) -> Result<Db> {
+        let writer = Store::open(path)?;
+        let reader = Store::open_read_only(path)?;
+        Ok(Db {
+            writer: Arc::new(Mutex::new(writer)),
+            reader: Arc::new(Mutex::new(reader)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with the writer connection, off the async runtime.
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
+    {
+        let store = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = store.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Runs `f` with the reader connection, off the async runtime.
+    pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T> + Send + 'static,
+    {
+        let store = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let guard = store.lock().unwrap_or_else(|p| p.into_inner());
+            f(&guard)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> Timestamp {
+        "2026-11-25T08:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn migrations_are_valid_and_version_matches() {
+        MIGRATIONS.validate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let v: i64 = s
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, schema_version());
+    }
+
+    #[test]
+    fn reimport_never_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let p = crate::config::ParticipantConfig {
+            key: "a".into(),
+            name: "A".into(),
+            email: "a@example.org".into(),
+            time_zone: "UTC".into(),
+            assignment_time: "07:00".into(),
+        }
+        .resolve()
+        .unwrap();
+        let pid = s.upsert_participant(&p, false, now()).unwrap();
+        assert_eq!(s.upsert_participant(&p, false, now()).unwrap(), pid);
+        let src = s.ensure_source(pid, "csv", "file", "{}", now()).unwrap();
+        let obs: Vec<NewObservation> = (0..3)
+            .map(|i| NewObservation {
+                stream: "hrv".into(),
+                unit: "ms".into(),
+                source_record_id: format!("r{i}"),
+                observed_at: now(),
+                local_date: "2026-11-25".parse().unwrap(),
+                value: 50.0 + f64::from(i),
+            })
+            .collect();
+        assert_eq!(s.record_poll(src, &obs, Some("c1"), now()).unwrap(), 3);
+        assert_eq!(s.record_poll(src, &obs, Some("c2"), now()).unwrap(), 0);
+        assert_eq!(s.counts().unwrap().observations, 3);
+        let mut bad = obs.clone();
+        bad[0].source_record_id = "r9".into();
+        bad[1].value = f64::NAN;
+        let e = s
+            .record_poll(src, &bad, Some("c3"), now())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("r1"), "{e}");
+        assert_eq!(s.counts().unwrap().observations, 3);
+        assert_eq!(s.sources().unwrap()[0].cursor.as_deref(), Some("c2"));
+    }
+
+    #[test]
+    fn newer_and_foreign_and_garbage_files_are_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let newer = dir.path().join("newer.sqlite");
+        {
+            let c = Connection::open(&newer).unwrap();
+            c.pragma_update(None, "user_version", 99).unwrap();
+            c.execute("CREATE TABLE x (a)", []).unwrap();
+        }
+        let before = std::fs::read(&newer).unwrap();
+        let e = Store::open(&newer).err().unwrap();
+        assert!(matches!(e, StoreError::TooNew { found: 99, .. }), "{e}");
+        assert_eq!(std::fs::read(&newer).unwrap(), before);
+
+        let foreign = dir.path().join("foreign.sqlite");
+        Connection::open(&foreign)
+            .unwrap()
+            .execute("CREATE TABLE x (a)", [])
+            .unwrap();
+        let e = Store::open(&foreign).err().unwrap();
+        assert!(matches!(e, StoreError::Foreign { .. }), "{e}");
+
+        let garbage = dir.path().join("garbage.sqlite");
+        std::fs::write(&garbage, vec![0x42u8; 8192]).unwrap();
+        let e = Store::open(&garbage).err().unwrap();
+        assert!(matches!(e, StoreError::NotADatabase { .. }), "{e}");
+        assert_eq!(std::fs::read(&garbage).unwrap(), vec![0x42u8; 8192]);
+    }
+
+    #[test]
+    fn ts_sorts_as_time() {
+        let a: Timestamp = "2026-11-25T07:30:00.5Z".parse().unwrap();
+        let b: Timestamp = "2026-11-25T07:30:01Z".parse().unwrap();
+        assert!(ts(a) < ts(b));
+        assert_eq!(ts(b), "2026-11-25T07:30:01Z");
+    }
+}

@@ -1,0 +1,468 @@
+//! HTTP: the status page, `/healthz` and the JSON status API.
+//!
+//! Server-rendered HTML (askama), no JavaScript. When a token or password is
+//! configured every page but `/healthz` requires it: `Authorization: Bearer
+//! TOKEN`, or HTTP Basic with the password (any user name; verified against
+//! the argon2 hash, the last good credential cached so a page load does not
+//! cost one argon2 run per request).
+
+use std::sync::{Arc, Mutex};
+
+use askama::Template;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use jiff::tz::TimeZone;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::calendar::local_date;
+use crate::daemon::{AppState, JobStatus, next_assignment};
+use crate::protocol::Protocol;
+use crate::store::{Counts, StoreError};
+
+/// Builds the router; tests call this with their own state.
+pub fn router(state: AppState) -> Router {
+    let cache = Arc::new(Mutex::new(None));
+    Router::new()
+        .route("/", get(status_page))
+        .route("/api/status", get(status_json))
+        .route("/healthz", get(healthz))
+        .layer(middleware::from_fn_with_state(
+            (state.clone(), cache),
+            require_auth,
+        ))
+        .with_state(state)
+}
+
+type AuthCache = Arc<Mutex<Option<[u8; 32]>>>;
+
+async fn require_auth(
+    State((state, cache)): State<(AppState, AuthCache)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !state.auth.is_configured() || request.uri().path() == "/healthz" {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let ok = match presented {
+        Some(value) => check_credentials(&state, &cache, &value).await,
+        None => false,
+    };
+    if ok {
+        return next.run(request).await;
+    }
+    let mut response = (StatusCode::UNAUTHORIZED, "authentication required\n").into_response();
+    if state.auth.password_hash.is_some() {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"nof1d\", charset=\"UTF-8\""),
+        );
+    }
+    response
+}
+
+async fn check_credentials(state: &AppState, cache: &AuthCache, value: &str) -> bool {
+    if let (Some(token), Some(given)) = (&state.auth.token, value.strip_prefix("Bearer ")) {
+        return constant_time_eq(token.expose().as_bytes(), given.trim().as_bytes());
+    }
+    let (Some(hash), Some(encoded)) = (&state.auth.password_hash, value.strip_prefix("Basic "))
+    else {
+        return false;
+    };
+    let digest: [u8; 32] = Sha256::digest(value.as_bytes()).into();
+    if cache.lock().map(|c| *c == Some(digest)).unwrap_or(false) {
+        return true;
+    }
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+        return false;
+    };
+    let Some(password) = String::from_utf8(decoded)
+        .ok()
+        .and_then(|s| s.split_once(':').map(|(_, p)| p.to_string()))
+    else {
+        return false;
+    };
+    let hash = hash.clone();
+    let verified = tokio::task::spawn_blocking(move || {
+        use argon2::PasswordVerifier;
+        argon2::PasswordHash::new(&hash)
+            .map(|h| {
+                argon2::Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false);
+    if verified && let Ok(mut c) = cache.lock() {
+        *c = Some(digest);
+    }
+    verified
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// One participant on the status page.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParticipantView {
+    /// Key.
+    pub key: String,
+    /// Name.
+    pub name: String,
+    /// IANA zone.
+    pub time_zone: String,
+    /// Their local time now.
+    pub local_now: String,
+    /// The simulated demo participant.
+    pub is_demo: bool,
+    /// Streams with observation counts and the last local date.
+    pub streams: Vec<(String, i64, Option<String>)>,
+}
+
+/// One trial on the status page. Only today and the past: nothing of future arms.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrialView {
+    /// Trial id.
+    pub id: i64,
+    /// Participant key.
+    pub participant: String,
+    /// Protocol id.
+    pub protocol_id: String,
+    /// Protocol title.
+    pub title: String,
+    /// Life-cycle status.
+    pub status: String,
+    /// SHA-256 of the locked protocol.
+    pub protocol_hash: String,
+    /// Today's trial day, 1-based, if today is in the schedule.
+    pub day: Option<u32>,
+    /// Planned days.
+    pub planned_days: usize,
+    /// Today's block, 1-based (None in run-in).
+    pub block: Option<u32>,
+    /// Maximum blocks.
+    pub max_blocks: u32,
+    /// Today's arm as the participant sees it (code when blinded).
+    pub today_arm: Option<String>,
+    /// Next assignment, local time with zone.
+    pub next_assignment: Option<String>,
+    /// Percent of planned days elapsed.
+    pub progress_percent: u32,
+}
+
+/// Everything the status page and `/api/status` show.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusView {
+    /// nof1d version.
+    pub version: String,
+    /// Daemon clock, UTC.
+    pub now: String,
+    /// Simulated seconds per real second.
+    pub time_scale: f64,
+    /// Participants.
+    pub participants: Vec<ParticipantView>,
+    /// Trials.
+    pub trials: Vec<TrialView>,
+    /// Sources: name, kind, last success, last error.
+    pub sources: Vec<crate::store::SourceRow>,
+    /// Newest outbox messages (subject, status, where delivered).
+    pub outbox: Vec<OutboxView>,
+    /// Row counts.
+    pub counts: Counts,
+    /// Jobs.
+    pub jobs: Vec<(String, JobStatus)>,
+}
+
+/// An outbox message on the status page (no bodies).
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboxView {
+    /// Key.
+    pub key: String,
+    /// Recipient.
+    pub recipient: String,
+    /// Subject.
+    pub subject: String,
+    /// Status.
+    pub status: String,
+    /// Attempts.
+    pub attempts: i64,
+    /// Where it went.
+    pub delivered_to: Option<String>,
+    /// Last error.
+    pub last_error: Option<String>,
+}
+
+/// Reads everything the status page needs, in one blocking call.
+pub async fn status(state: &AppState) -> Result<StatusView, StoreError> {
+    let now = state.clock.now();
+    let jobs = state
+        .jobs
+        .snapshot()
+        .into_iter()
+        .map(|(k, v)| (k.name().to_string(), v))
+        .collect();
+    let time_scale = state.clock.scale();
+    state
+        .db
+        .read(move |s| {
+            let participants = s.participants()?;
+            let mut pviews = Vec::new();
+            for p in &participants {
+                let local_now = TimeZone::get(&p.time_zone)
+                    .map(|tz| now.to_zoned(tz).strftime("%Y-%m-%d %H:%M %Z").to_string())
+                    .unwrap_or_else(|_| format!("(unknown zone {})", p.time_zone));
+                pviews.push(ParticipantView {
+                    key: p.key.clone(),
+                    name: p.name.clone(),
+                    time_zone: p.time_zone.clone(),
+                    local_now,
+                    is_demo: p.is_demo,
+                    streams: s.stream_counts(p.id)?,
+                });
+            }
+            let mut trials = Vec::new();
+            for t in s.trials()? {
+                let Some(p) = participants.iter().find(|p| p.id == t.participant_id) else {
+                    continue;
+                };
+                let protocol = Protocol::parse(&t.protocol_toml, "stored protocol").ok();
+                let tz = TimeZone::get(&p.time_zone).ok();
+                let schedule = s.schedule(t.id)?;
+                let today = tz.as_ref().map(|tz| local_date(now, tz));
+                let today_row = today.and_then(|d| schedule.iter().find(|r| r.local_date == d));
+                let elapsed =
+                    today.map_or(0, |d| schedule.iter().filter(|r| r.local_date < d).count());
+                let next = match (&protocol, &tz, t.status.as_str()) {
+                    (Some(proto), Some(tz), "running") => {
+                        let dates: Vec<_> = schedule.iter().map(|r| r.local_date).collect();
+                        next_assignment(
+                            proto,
+                            &p.assignment_time,
+                            tz,
+                            &dates,
+                            s.last_daily_run(t.id)?,
+                            now,
+                        )
+                        .map(|at| {
+                            at.to_zoned(tz.clone())
+                                .strftime("%Y-%m-%d %H:%M %Z")
+                                .to_string()
+                        })
+                    }
+                    _ => None,
+                };
+                trials.push(TrialView {
+                    id: t.id,
+                    participant: p.key.clone(),
+                    protocol_id: t.protocol_id.clone(),
+                    title: protocol
+                        .as_ref()
+                        .map_or_else(|| t.protocol_id.clone(), |p| p.title.clone()),
+                    status: t.status.clone(),
+                    protocol_hash: t.protocol_hash.clone(),
+                    day: today_row.map(|r| r.day + 1),
+                    planned_days: schedule.len(),
+                    block: today_row.and_then(|r| r.block.map(|b| b + 1)),
+                    max_blocks: protocol.as_ref().map_or(0, |p| p.design.max_blocks),
+                    today_arm: match (&protocol, today_row) {
+                        (Some(proto), Some(r)) if r.arm < proto.arms.len() => {
+                            Some(proto.display_label(r.arm).to_string())
+                        }
+                        _ => None,
+                    },
+                    next_assignment: next,
+                    progress_percent: (100 * elapsed / schedule.len().max(1)) as u32,
+                });
+            }
+            let outbox = s
+                .recent_messages(10)?
+                .into_iter()
+                .map(|m| OutboxView {
+                    key: m.key,
+                    recipient: m.recipient,
+                    subject: m.subject,
+                    status: m.status,
+                    attempts: m.attempts,
+                    delivered_to: m.delivered_to,
+                    last_error: m.last_error,
+                })
+                .collect();
+            Ok(StatusView {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                now: crate::store::ts(now),
+                time_scale,
+                participants: pviews,
+                trials,
+                sources: s.sources()?,
+                outbox,
+                counts: s.counts()?,
+                jobs,
+            })
+        })
+        .await
+}
+
+#[derive(Template)]
+#[template(
+    ext = "html",
+    source = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>nof1d status</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 60em; padding: 1em; color: #222; }
+table { border-collapse: collapse; width: 100%; margin-bottom: 1.5em; font-size: 0.95em; }
+th, td { text-align: left; padding: 0.3em 0.5em; border-bottom: 1px solid #ddd; vertical-align: top; }
+.bar { background: #eee; width: 8em; height: 0.7em; display: inline-block; }
+.bar span { background: #3a7; height: 100%; display: block; }
+.muted { color: #777; font-size: 0.85em; }
+.err { color: #b00; }
+@media (max-width: 40em) { table, tr, td, th { font-size: 0.85em; } }
+</style></head>
+<body>
+<h1>nof1d</h1>
+<p class="muted">version {{ v.version }} · clock {{ v.now }}{% if v.time_scale != 1.0 %} · simulated time ×{{ v.time_scale }}{% endif %}</p>
+
+<h2>Participants</h2>
+<table><tr><th>Name</th><th>Time zone</th><th>Local time</th><th>Data</th></tr>
+{% for p in v.participants %}<tr><td>{{ p.name }}{% if p.is_demo %} <span class="muted">(demo)</span>{% endif %}</td><td>{{ p.time_zone }}</td><td>{{ p.local_now }}</td>
+<td>{% for s in p.streams %}{{ s.0 }}: {{ s.1 }} obs.{% if let Some(d) = s.2 %}, last {{ d }}{% endif %}<br>{% endfor %}</td></tr>
+{% endfor %}</table>
+
+<h2>Trials</h2>
+<table><tr><th>Trial</th><th>Status</th><th>Progress</th><th>Today</th><th>Next assignment</th></tr>
+{% for t in v.trials %}<tr>
+<td>{{ t.title }}<br><span class="muted">#{{ t.id }} · {{ t.participant }} · protocol {{ t.protocol_id }} · sha256 {{ t.protocol_hash[..12] }}</span></td>
+<td>{{ t.status }}</td>
+<td>{% if let Some(d) = t.day %}day {{ d }} of {{ t.planned_days }}{% if let Some(b) = t.block %}, block {{ b }} of up to {{ t.max_blocks }}{% else %}, run-in{% endif %}{% else %}{{ t.planned_days }} days planned{% endif %}<br>
+<span class="bar" role="img" aria-label="{{ t.progress_percent }} percent of planned days"><span style="width: {{ t.progress_percent }}%"></span></span></td>
+<td>{% if let Some(a) = t.today_arm %}{{ a }}{% else %}–{% endif %}</td>
+<td>{% if let Some(n) = t.next_assignment %}{{ n }}{% else %}–{% endif %}</td>
+</tr>{% endfor %}</table>
+
+<h2>Sources</h2>
+<table><tr><th>Source</th><th>Kind</th><th>Last success</th><th>Last error</th></tr>
+{% for s in v.sources %}<tr><td>{{ s.name }}</td><td>{{ s.kind }}</td>
+<td>{% if let Some(a) = s.last_success_at %}{{ a }}{% else %}never{% endif %}</td>
+<td class="err">{% if let Some(e) = s.last_error %}{{ e }}{% endif %}</td></tr>{% endfor %}</table>
+
+<h2>Outbox</h2>
+<table><tr><th>Subject</th><th>To</th><th>Status</th><th>Delivered to</th></tr>
+{% for m in v.outbox %}<tr><td>{{ m.subject }}</td><td>{{ m.recipient }}</td><td>{{ m.status }}{% if m.attempts > 1 %} ({{ m.attempts }} attempts){% endif %}{% if let Some(e) = m.last_error %}<br><span class="err">{{ e }}</span>{% endif %}</td>
+<td class="muted">{% if let Some(d) = m.delivered_to %}{{ d }}{% endif %}</td></tr>{% endfor %}</table>
+
+<h2>Jobs</h2>
+<table><tr><th>Job</th><th>Runs</th><th>Last success</th><th>Result</th></tr>
+{% for j in v.jobs %}<tr><td>{{ j.0 }}</td><td>{{ j.1.runs }}{% if j.1.failures > 0 %} ({{ j.1.failures }} failed){% endif %}</td>
+<td>{% if let Some(a) = j.1.last_ok %}{{ a }}{% else %}–{% endif %}</td>
+<td>{% if let Some(e) = j.1.last_error %}<span class="err">{{ e }}</span>{% else %}{% if let Some(s) = j.1.last_summary %}{{ s }}{% endif %}{% endif %}</td></tr>{% endfor %}</table>
+<p class="muted">{{ v.counts.observations }} observations · {{ v.counts.outbox }} messages ({{ v.counts.outbox_pending }} not yet sent) · <a href="/api/status">JSON</a> · <a href="/healthz">health</a></p>
+</body></html>"#
+)]
+struct StatusPage<'a> {
+    v: &'a StatusView,
+}
+
+async fn status_page(State(state): State<AppState>) -> Response {
+    match status(&state).await {
+        Ok(view) => match (StatusPage { v: &view }).render() {
+            Ok(html) => Html(html).into_response(),
+            Err(e) => internal(&e.to_string()),
+        },
+        Err(e) => internal(&e.to_string()),
+    }
+}
+
+async fn status_json(State(state): State<AppState>) -> Response {
+    match status(&state).await {
+        Ok(view) => axum::Json(view).into_response(),
+        Err(e) => internal(&e.to_string()),
+    }
+}
+
+fn internal(message: &str) -> Response {
+    tracing::error!(error = %message, "request failed");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("internal error: {message}\n"),
+    )
+        .into_response()
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    version: &'static str,
+    database: DbHealth,
+    jobs: std::collections::BTreeMap<&'static str, JobStatus>,
+    clock: String,
+    time_scale: f64,
+    uptime_seconds: i64,
+}
+
+#[derive(Serialize)]
+struct DbHealth {
+    ok: bool,
+    outbox_backlog: Option<i64>,
+    error: Option<String>,
+}
+
+/// `200` with `"ok"` (or `"degraded"` when a job's last run failed) while
+/// the database answers; `503` with `"error"` when it does not.
+async fn healthz(State(state): State<AppState>) -> Response {
+    let db = state.db.read(|s| s.outbox_backlog()).await;
+    let jobs: std::collections::BTreeMap<_, _> = state
+        .jobs
+        .snapshot()
+        .into_iter()
+        .map(|(k, v)| (k.name(), v))
+        .collect();
+    let job_failing = jobs.values().any(|j| j.last_error.is_some());
+    let now = state.clock.now();
+    let (status, code, database) = match db {
+        Ok(backlog) => (
+            if job_failing { "degraded" } else { "ok" },
+            StatusCode::OK,
+            DbHealth {
+                ok: true,
+                outbox_backlog: Some(backlog),
+                error: None,
+            },
+        ),
+        Err(e) => (
+            "error",
+            StatusCode::SERVICE_UNAVAILABLE,
+            DbHealth {
+                ok: false,
+                outbox_backlog: None,
+                error: Some(e.to_string()),
+            },
+        ),
+    };
+    let body = Health {
+        status,
+        version: env!("CARGO_PKG_VERSION"),
+        database,
+        jobs,
+        clock: crate::store::ts(now),
+        time_scale: state.clock.scale(),
+        uptime_seconds: now.duration_since(state.started_at).as_secs(),
+    };
+    (code, axum::Json(body)).into_response()
+}
