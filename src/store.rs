@@ -405,7 +405,7 @@ impl Store {
             p.assignment_time.hour(),
             p.assignment_time.minute()
         );
-        Ok(self
+        let changed: Option<i64> = self
             .conn
             .query_row(
                 "INSERT INTO participants
@@ -431,8 +431,12 @@ impl Store {
                 ],
                 |r| r.get(0),
             )
-            .optional()?
-            .map_or_else(|| self.participant_id(&p.key), Ok)?)
+            .optional()?;
+        // No row comes back when nothing changed (the WHERE skipped the update).
+        match changed {
+            Some(id) => Ok(id),
+            None => self.participant_id(&p.key),
+        }
     }
 
     fn participant_id(&self, key: &str) -> Result<i64> {

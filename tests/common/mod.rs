@@ -1,0 +1,185 @@
+//! Shared helpers: start the real `nof1d` binary on a random loopback port
+//! with its own data folder, and talk to it over real HTTP.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_nof1d")
+}
+
+/// Runs `nof1d ARGS` to completion.
+pub fn run(args: &[&str], cwd: &Path) -> Output {
+    Command::new(bin())
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("NOF1D_LOG")
+        .output()
+        .expect("run nof1d")
+}
+
+/// A running daemon.
+pub struct Daemon {
+    pub child: Child,
+    pub data: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `nof1d serve --data-dir DATA --listen 127.0.0.1:0 EXTRA...` and
+    /// waits until `/healthz` answers.
+    pub fn start(data: &Path, extra: &[&str]) -> Daemon {
+        let d = Daemon::spawn(data, extra);
+        d.wait_healthy(Duration::from_secs(30));
+        d
+    }
+
+    /// Starts without waiting.
+    pub fn spawn(data: &Path, extra: &[&str]) -> Daemon {
+        std::fs::create_dir_all(data).unwrap();
+        let _ = std::fs::remove_file(data.join("listen.addr"));
+        let log = data.join(format!("daemon-{}.log", unique()));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let mut args = vec![
+            "serve".to_string(),
+            "--data-dir".into(),
+            data.display().to_string(),
+        ];
+        if !extra.contains(&"--listen") {
+            args.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new(bin())
+            .args(&args)
+            .current_dir(data)
+            .env("NOF1D_LOG", "info,tokio_cron_scheduler=warn")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn nof1d");
+        Daemon {
+            child,
+            data: data.to_path_buf(),
+            log,
+        }
+    }
+
+    /// Waits for the address file and a 200 from `/healthz`.
+    pub fn wait_healthy(&self, timeout: Duration) -> &Self {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(addr) = self.read_addr()
+                && let Ok(r) = client().get(format!("http://{addr}/healthz")).send()
+                && r.status().is_success()
+            {
+                return self;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon not healthy in time; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn read_addr(&self) -> Option<String> {
+        std::fs::read_to_string(self.data.join("listen.addr"))
+            .ok()
+            // A wildcard bind is reached over loopback.
+            .map(|s| s.trim().replace("0.0.0.0:", "127.0.0.1:"))
+            .filter(|s| !s.is_empty())
+    }
+
+    /// Base URL.
+    pub fn url(&self, path: &str) -> String {
+        let addr = self.read_addr().expect("daemon has an address");
+        format!("http://{addr}{path}")
+    }
+
+    /// GET a path, returning status and body.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let r = client().get(self.url(path)).send().expect("GET");
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    }
+
+    /// GET JSON.
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).expect("json")
+    }
+
+    /// Polls `/healthz` until every job has run at least `runs` times.
+    pub fn wait_jobs(&self, runs: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let h = self.json("/healthz");
+            let done = ["sources", "assignments", "outbox"]
+                .iter()
+                .all(|j| h["jobs"][j]["runs"].as_u64().unwrap_or(0) >= runs);
+            if done {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "jobs did not run: {h}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, self.log());
+            }
+            assert!(Instant::now() < deadline, "daemon did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unique() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// An HTTP client with a short timeout.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}

@@ -1,0 +1,197 @@
+//! The real daemon on a random loopback port: demo, status page, health,
+//! lock, backup while running, auth, clean shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Daemon, client, run};
+
+#[test]
+fn demo_shows_a_live_trial_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = Daemon::start(&data, &["--demo"]);
+    d.wait_jobs(1, Duration::from_secs(30));
+
+    let (status, page) = d.get("/");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("Ten minutes of morning meditation against none"),
+        "{page}"
+    );
+    assert!(page.contains("Demo Participant"));
+    assert!(page.contains("day 43 of 98"), "{page}");
+    assert!(page.contains("anxiety_evening: 42 obs."), "{page}");
+
+    let health = d.json("/healthz");
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["database"]["ok"], true);
+
+    let status = d.json("/api/status");
+    let trial = &status["trials"][0];
+    assert_eq!(trial["status"], "running");
+    assert_eq!(trial["day"], 43);
+    assert!(
+        trial["next_assignment"]
+            .as_str()
+            .unwrap()
+            .ends_with("07:30 GMT")
+            || trial["next_assignment"]
+                .as_str()
+                .unwrap()
+                .ends_with("07:30 BST")
+    );
+    // The demo participant gets today's email on the first start.
+    let mail: Vec<_> = std::fs::read_dir(data.join("mail")).unwrap().collect();
+    assert_eq!(mail.len(), 1);
+    assert_eq!(status["outbox"][0]["status"], "sent");
+
+    // A second daemon on the same folder is refused, and the first is unharmed.
+    let out = run(
+        &[
+            "serve",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("another nof1d is already running on data folder"),
+        "{stderr}"
+    );
+    assert_eq!(d.get("/healthz").0, 200);
+
+    // An online backup while the daemon runs.
+    let backup = dir.path().join("backup.sqlite");
+    let out = run(
+        &[
+            "backup",
+            backup.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copy = nof1d::store::Store::open_read_only(&backup).unwrap();
+    assert_eq!(copy.quick_check().unwrap(), "ok");
+    assert_eq!(copy.counts().unwrap().observations, 42);
+    assert_eq!(copy.counts().unwrap().schedule_days, 98);
+    let again = run(
+        &[
+            "backup",
+            backup.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(!again.status.success(), "backup must not overwrite");
+
+    let (exit, log) = d.terminate();
+    assert!(exit.success(), "{log}");
+    assert!(log.contains("SIGTERM received"), "{log}");
+    assert!(log.contains("stopped cleanly"), "{log}");
+
+    // After a clean stop the lock is free and a restart changes nothing.
+    let store = nof1d::store::Store::open_read_only(&data.join("nof1d.sqlite")).unwrap();
+    let before = store.counts().unwrap();
+    let d = Daemon::start(&data, &["--demo"]);
+    d.wait_jobs(1, Duration::from_secs(30));
+    assert_eq!(store.counts().unwrap().observations, before.observations);
+    assert_eq!(store.counts().unwrap().outbox, before.outbox);
+    assert_eq!(store.counts().unwrap().trials, 1);
+}
+
+#[test]
+fn token_protects_everything_but_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("token"), "s3cret-token\n").unwrap();
+    std::fs::write(
+        data.join("nof1d.toml"),
+        format!(
+            "[web]\ntoken = {{ file = {:?} }}\n",
+            data.join("token").display().to_string()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(
+        &data,
+        &["--config", data.join("nof1d.toml").to_str().unwrap()],
+    );
+    assert_eq!(d.get("/healthz").0, 200);
+    assert_eq!(d.get("/").0, 401);
+    assert_eq!(d.get("/api/status").0, 401);
+    let ok = client()
+        .get(d.url("/api/status"))
+        .bearer_auth("s3cret-token")
+        .send()
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    let bad = client()
+        .get(d.url("/"))
+        .bearer_auth("s3cret-tokem")
+        .send()
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 401);
+    assert!(
+        !d.log().contains("s3cret-token"),
+        "the token must never be logged"
+    );
+}
+
+#[test]
+fn password_allows_binding_beyond_loopback() {
+    use argon2::PasswordHasher;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let salt = argon2::password_hash::SaltString::from_b64("c29tZXNhbHRzb21lc2FsdA").unwrap();
+    let hash = argon2::Argon2::default()
+        .hash_password(b"correct horse", &salt)
+        .unwrap()
+        .to_string();
+    let config = data.join("nof1d.toml");
+    std::fs::write(&config, format!("[web]\npassword_hash = {hash:?}\n")).unwrap();
+    // 0.0.0.0 is accepted with a password; we still only talk to it over loopback.
+    let d = Daemon::start(
+        &data,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "0.0.0.0:0",
+        ],
+    );
+    let addr = std::fs::read_to_string(data.join("listen.addr")).unwrap();
+    assert!(addr.starts_with("0.0.0.0:"), "{addr}");
+    let port = addr.trim().rsplit(':').next().unwrap().to_string();
+    let url = format!("http://127.0.0.1:{port}/");
+    let r = client().get(&url).send().unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(r.headers().get("www-authenticate").is_some());
+    let r = client()
+        .get(&url)
+        .basic_auth("anyone", Some("correct horse"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = client()
+        .get(&url)
+        .basic_auth("anyone", Some("wrong horse"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    drop(d);
+}
