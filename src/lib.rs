@@ -20,12 +20,16 @@
 //! The data flow and invariants are in `ARCHITECTURE.md`; the statistics in
 //! `../shared/design/statistics.md`.
 
+pub mod bench;
 pub mod calendar;
 pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod design;
+pub mod fit;
+pub mod inference;
 pub mod lock;
+pub mod model;
 pub mod notify;
 pub mod protocol;
 pub mod simulate;

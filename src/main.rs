@@ -47,6 +47,18 @@ enum Command {
         #[command(subcommand)]
         command: ProtocolCommand,
     },
+    /// Time the engine on simulated data (JSON lines on stdout).
+    Bench {
+        /// Series lengths in days.
+        #[arg(long, value_delimiter = ',', default_value = "365,3650")]
+        days: Vec<usize>,
+        /// Grid fits per length (the median is reported).
+        #[arg(long, default_value_t = 20)]
+        reps: usize,
+        /// Also run the MCMC reference with this many draws per chain.
+        #[arg(long)]
+        mcmc_draws: Option<usize>,
+    },
     /// Write a consistent copy of the database to FILE (safe while the daemon runs).
     Backup {
         /// Destination file (must not exist).
@@ -132,6 +144,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()
                 .context("cannot start the async runtime")?;
             runtime.block_on(nof1d::daemon::serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            days,
+            reps,
+            mcmc_draws,
+        } => {
+            let protocol =
+                nof1d::protocol::Protocol::parse(nof1d::demo::PROTOCOL_TEXT, "demo protocol")?;
+            for &d in days {
+                let timing = nof1d::bench::engine(d, *reps, *mcmc_draws, &protocol.outcome);
+                println!("{}", serde_json::to_string(&timing)?);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Backup { file, data_dir } => {

@@ -1,0 +1,915 @@
+//! Inference over the hyperparameters (`statistics.md` §4).
+//!
+//! Given `theta = (ln tau, ln drift_sd, ln half_life, ln sigma_y)` — with
+//! `tau = 1/lambda` the drift correlation time and `half_life = ln 2 / kappa` —
+//! one augmented filter pass gives the exact marginal likelihood and the exact
+//! Gaussian posterior of the effects. Two ways integrate over `theta`:
+//!
+//! - [`integrate_grid`], the fast path: find the mode, then sum over a lattice
+//!   in whitened coordinates, grown outwards from the mode until the log
+//!   posterior falls `cutoff` below its maximum (so long tails are followed,
+//!   not cut at a fixed radius), on two lattices offset by half a step. Its
+//!   error check compares the two lattices' sums with each other (step error)
+//!   and the combined sum with the same sum over a narrower region (region error).
+//! - [`sample_mcmc`], the reference: adaptive random-walk Metropolis chains,
+//!   with split R-hat, bulk ESS and acceptance rates.
+//!
+//! Both give a weighted mixture of Gaussians for the effects
+//! (Rao-Blackwellised), summarised by [`summarise`]: quantiles and
+//! `P(delta > MID)` come from the mixture, never from mean ± z·sd.
+//!
+//! [`Evaluator`] is the batch seam a GPU backend will implement: the log
+//! posterior and the conditional effect posterior at many `theta` at once.
+
+use std::collections::HashSet;
+
+use nalgebra::{DMatrix, DVector, SymmetricEigen};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::Serialize;
+
+use crate::model::{FilterOutput, Hyper, ModelError, Series, StaticPrior, augmented_filter};
+
+/// Number of hyperparameters.
+pub const DIM: usize = 4;
+/// A point in hyperparameter space (log scale).
+pub type Theta = [f64; DIM];
+/// Names of the `theta` coordinates' natural-scale quantities.
+pub const THETA_NAMES: [&str; DIM] = ["drift_time_days", "drift_sd", "half_life_days", "noise_sd"];
+
+/// Priors of the hyperparameters (§4 defaults table).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HyperPriors {
+    /// `1/lambda ~ LogNormal(ln median, log_sd)`.
+    pub drift_time_median_days: f64,
+    /// Log-sd of the drift correlation time.
+    pub drift_time_log_sd: f64,
+    /// Stationary drift sd `~ HalfNormal(scale)`.
+    pub drift_sd_scale: f64,
+    /// `ln 2 / kappa ~ LogNormal(ln h0, log_sd)`.
+    pub half_life_median_days: f64,
+    /// Log-sd of the half-life.
+    pub half_life_log_sd: f64,
+    /// `sigma_y ~ HalfNormal(scale)`.
+    pub noise_sd_scale: f64,
+}
+
+/// All priors of one fit: hyperparameters and static coefficients.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Priors {
+    /// Hyperparameter priors.
+    pub hyper: HyperPriors,
+    /// `(mu, beta_j...)` prior means and sds.
+    pub statics: StaticPrior,
+}
+
+/// `theta` to the model's hyperparameters.
+pub fn hyper_of(theta: &Theta) -> Hyper {
+    Hyper {
+        lambda: (-theta[0]).exp(),
+        drift_sd: theta[1].exp(),
+        kappa: std::f64::consts::LN_2 / theta[2].exp(),
+        sigma_y: theta[3].exp(),
+    }
+}
+
+fn log_normal_on_log(x: f64, median: f64, log_sd: f64) -> f64 {
+    // ln X ~ N(ln median, log_sd^2): density of ln X itself.
+    let z = (x - median.ln()) / log_sd;
+    -0.5 * z * z - log_sd.ln() - 0.5 * (2.0 * std::f64::consts::PI).ln()
+}
+
+fn half_normal_on_log(log_x: f64, scale: f64) -> f64 {
+    // X ~ HalfNormal(scale); density of ln X includes the Jacobian X.
+    let x = log_x.exp();
+    (2.0 / (2.0 * std::f64::consts::PI).sqrt() / scale).ln() - 0.5 * (x / scale).powi(2) + log_x
+}
+
+/// Log prior density of `theta` (on the log scale, Jacobians included).
+pub fn log_prior(theta: &Theta, p: &HyperPriors) -> f64 {
+    log_normal_on_log(theta[0], p.drift_time_median_days, p.drift_time_log_sd)
+        + half_normal_on_log(theta[1], p.drift_sd_scale)
+        + log_normal_on_log(theta[2], p.half_life_median_days, p.half_life_log_sd)
+        + half_normal_on_log(theta[3], p.noise_sd_scale)
+}
+
+/// The prior medians, a natural starting point.
+pub fn prior_center(p: &HyperPriors) -> Theta {
+    // HalfNormal(s) has median 0.674 s.
+    [
+        p.drift_time_median_days.ln(),
+        (0.674 * p.drift_sd_scale).ln(),
+        p.half_life_median_days.ln(),
+        (0.674 * p.noise_sd_scale).ln(),
+    ]
+}
+
+/// The log posterior at one `theta` with the conditional posterior of `b`.
+#[derive(Debug, Clone)]
+pub struct Eval {
+    /// Where.
+    pub theta: Theta,
+    /// `log p(y | theta) + log p(theta)`.
+    pub log_post: f64,
+    /// `b | theta, y`.
+    pub filter: FilterOutput,
+}
+
+/// Evaluates many `theta` at once: the batch interface a GPU backend implements.
+pub trait Evaluator: Sync {
+    /// One result per input; `None` where the model is degenerate there.
+    fn eval_batch(&self, thetas: &[Theta]) -> Vec<Option<Eval>>;
+}
+
+/// The CPU reference evaluator (splits large batches over threads).
+pub struct CpuEvaluator<'a> {
+    /// The data.
+    pub series: &'a Series,
+    /// The priors.
+    pub priors: &'a Priors,
+    /// Threads to use for large batches.
+    pub threads: usize,
+}
+
+impl CpuEvaluator<'_> {
+    /// Evaluates one point.
+    pub fn eval(&self, theta: &Theta) -> Option<Eval> {
+        if theta.iter().any(|v| !v.is_finite() || v.abs() > 30.0) {
+            return None;
+        }
+        let filter = augmented_filter(self.series, &hyper_of(theta), &self.priors.statics).ok()?;
+        let log_post = filter.log_lik + log_prior(theta, &self.priors.hyper);
+        log_post.is_finite().then_some(Eval {
+            theta: *theta,
+            log_post,
+            filter,
+        })
+    }
+}
+
+impl Evaluator for CpuEvaluator<'_> {
+    fn eval_batch(&self, thetas: &[Theta]) -> Vec<Option<Eval>> {
+        if self.threads <= 1 || thetas.len() < 64 {
+            return thetas.iter().map(|t| self.eval(t)).collect();
+        }
+        let chunk = thetas.len().div_ceil(self.threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = thetas
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || part.iter().map(|t| self.eval(t)).collect::<Vec<_>>())
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        })
+    }
+}
+
+/// A weighted mixture of the conditional effect posteriors.
+#[derive(Debug, Clone)]
+pub struct Mixture {
+    /// Normalised weights.
+    pub weights: Vec<f64>,
+    /// The components (theta, b mean, b covariance).
+    pub components: Vec<Eval>,
+}
+
+/// Minimises `f` by Nelder–Mead from `start` with initial step `step`.
+fn nelder_mead(
+    f: &mut dyn FnMut(&Theta) -> f64,
+    start: Theta,
+    step: f64,
+    max_evals: usize,
+) -> (Theta, f64, usize) {
+    let mut simplex: Vec<(Theta, f64)> = Vec::with_capacity(DIM + 1);
+    simplex.push((start, f(&start)));
+    for i in 0..DIM {
+        let mut p = start;
+        p[i] += step;
+        simplex.push((p, f(&p)));
+    }
+    let mut evals = DIM + 1;
+    while evals < max_evals {
+        simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let (best, worst) = (simplex[0].1, simplex[DIM].1);
+        if (worst - best).abs() < 1e-7 * (1.0 + best.abs()) {
+            break;
+        }
+        let mut centroid = [0.0; DIM];
+        for (p, _) in &simplex[..DIM] {
+            for k in 0..DIM {
+                centroid[k] += p[k] / DIM as f64;
+            }
+        }
+        let along = |t: f64| -> Theta {
+            let mut q = [0.0; DIM];
+            for k in 0..DIM {
+                q[k] = centroid[k] + t * (simplex[DIM].0[k] - centroid[k]);
+            }
+            q
+        };
+        let xr = along(-1.0);
+        let fr = f(&xr);
+        evals += 1;
+        if fr < simplex[0].1 {
+            let xe = along(-2.0);
+            let fe = f(&xe);
+            evals += 1;
+            simplex[DIM] = if fe < fr { (xe, fe) } else { (xr, fr) };
+        } else if fr < simplex[DIM - 1].1 {
+            simplex[DIM] = (xr, fr);
+        } else {
+            let t = if fr < simplex[DIM].1 { -0.5 } else { 0.5 };
+            let xc = along(t);
+            let fc = f(&xc);
+            evals += 1;
+            if fc < simplex[DIM].1.min(fr) {
+                simplex[DIM] = (xc, fc);
+            } else {
+                let best_point = simplex[0].0;
+                for item in simplex.iter_mut().skip(1) {
+                    for (x, b) in item.0.iter_mut().zip(best_point) {
+                        *x = b + 0.5 * (*x - b);
+                    }
+                    item.1 = f(&item.0);
+                    evals += 1;
+                }
+            }
+        }
+    }
+    simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
+    (simplex[0].0, simplex[0].1, evals)
+}
+
+/// Settings of the grid integration.
+#[derive(Debug, Clone, Copy)]
+pub struct GridOptions {
+    /// Lattice step in whitened (posterior-sd) units.
+    pub step: f64,
+    /// Keep points whose log posterior is within this of the maximum.
+    pub cutoff: f64,
+    /// How much narrower the region of the error check is.
+    pub check_cutoff_drop: f64,
+    /// Safety cap on lattice points.
+    pub max_points: usize,
+}
+
+impl Default for GridOptions {
+    fn default() -> Self {
+        GridOptions {
+            step: 1.5,
+            cutoff: 9.0,
+            check_cutoff_drop: 3.0,
+            max_points: 40_000,
+        }
+    }
+}
+
+/// Result of a grid integration.
+#[derive(Debug, Clone)]
+pub struct GridResult {
+    /// The full mixture.
+    pub mixture: Mixture,
+    /// The sum on the first lattice alone.
+    pub coarse: Mixture,
+    /// The sum on the shifted lattice alone.
+    pub shifted: Mixture,
+    /// The same sum on the narrower region.
+    pub narrow: Mixture,
+    /// Posterior evaluations made (mode search, Hessian, lattice).
+    pub evaluations: usize,
+    /// Lattice points kept.
+    pub points: usize,
+    /// The mode found.
+    pub mode: Theta,
+}
+
+/// Deterministic integration over `theta` on a lattice grown from the mode.
+pub fn integrate_grid(ev: &CpuEvaluator<'_>, opts: &GridOptions) -> Result<GridResult, ModelError> {
+    let mut evaluations = 0;
+    let mut neg = |t: &Theta| -> f64 {
+        evaluations += 1;
+        ev.eval(t).map_or(f64::INFINITY, |e| -e.log_post)
+    };
+    let start = prior_center(&ev.priors.hyper);
+    let (m1, _, n1) = nelder_mead(&mut neg, start, 0.7, 1500);
+    let (mode, f_mode, n2) = nelder_mead(&mut neg, m1, 0.15, 1500);
+    if std::env::var_os("NOF1D_DEBUG_GRID").is_some() {
+        eprintln!("nelder-mead evaluations: {n1} + {n2}");
+    }
+    if !f_mode.is_finite() {
+        return Err(ModelError::Input(
+            "the posterior could not be evaluated anywhere near the prior".into(),
+        ));
+    }
+    // Hessian of -log p by central differences.
+    let h = 0.02;
+    let mut hess = DMatrix::<f64>::zeros(DIM, DIM);
+    let shifted = |d: &[(usize, f64)]| -> Theta {
+        let mut t = mode;
+        for &(i, s) in d {
+            t[i] += s;
+        }
+        t
+    };
+    for i in 0..DIM {
+        let fp = neg(&shifted(&[(i, h)]));
+        let fm = neg(&shifted(&[(i, -h)]));
+        hess[(i, i)] = (fp - 2.0 * f_mode + fm) / (h * h);
+        for j in 0..i {
+            let fpp = neg(&shifted(&[(i, h), (j, h)]));
+            let fpm = neg(&shifted(&[(i, h), (j, -h)]));
+            let fmp = neg(&shifted(&[(i, -h), (j, h)]));
+            let fmm = neg(&shifted(&[(i, -h), (j, -h)]));
+            let v = (fpp - fpm - fmp + fmm) / (4.0 * h * h);
+            hess[(i, j)] = v;
+            hess[(j, i)] = v;
+        }
+    }
+    // Whitening: theta = mode + V diag(sqrt(1/eig)) z, with eigenvalues floored
+    // so that a flat direction is explored with a bounded step.
+    let eig = SymmetricEigen::new(hess);
+    let mut map = DMatrix::<f64>::zeros(DIM, DIM);
+    for k in 0..DIM {
+        let e = eig.eigenvalues[k].max(0.25);
+        for r in 0..DIM {
+            map[(r, k)] = eig.eigenvectors[(r, k)] / e.sqrt();
+        }
+    }
+    let point = |n: &[i32; DIM], offset: f64| -> Theta {
+        let mut t = mode;
+        for r in 0..DIM {
+            for (k, nk) in n.iter().enumerate() {
+                t[r] += map[(r, k)] * (f64::from(*nk) + offset) * opts.step;
+            }
+        }
+        t
+    };
+    // Two lattices, the second shifted by half a step in every coordinate:
+    // together a finer (body-centred) rule, and their difference is the
+    // step-size error check.
+    let mut max_lp = -f_mode;
+    let mut lattices: Vec<Vec<Eval>> = Vec::with_capacity(2);
+    for offset in [0.0, 0.5] {
+        let mut seen: HashSet<[i32; DIM]> = HashSet::new();
+        let mut kept: Vec<Eval> = Vec::new();
+        let mut frontier = vec![[0i32; DIM]];
+        seen.insert([0; DIM]);
+        while !frontier.is_empty() && seen.len() < opts.max_points {
+            let thetas: Vec<Theta> = frontier.iter().map(|n| point(n, offset)).collect();
+            let results = ev.eval_batch(&thetas);
+            evaluations += thetas.len();
+            let mut next = Vec::new();
+            for (n, r) in frontier.iter().zip(results) {
+                let Some(e) = r else { continue };
+                max_lp = max_lp.max(e.log_post);
+                if e.log_post < max_lp - opts.cutoff {
+                    continue;
+                }
+                for k in 0..DIM {
+                    for d in [-1, 1] {
+                        let mut m = *n;
+                        m[k] += d;
+                        if seen.insert(m) {
+                            next.push(m);
+                        }
+                    }
+                }
+                kept.push(e);
+            }
+            frontier = next;
+        }
+        lattices.push(kept);
+    }
+    let mix = |parts: Vec<&Eval>| -> Mixture {
+        let weights: Vec<f64> = parts.iter().map(|e| (e.log_post - max_lp).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        Mixture {
+            weights: weights.iter().map(|w| w / total).collect(),
+            components: parts.into_iter().cloned().collect(),
+        }
+    };
+    let inside = |e: &&Eval, cut: f64| e.log_post >= max_lp - cut;
+    let both: Vec<&Eval> = lattices
+        .iter()
+        .flatten()
+        .filter(|e| inside(e, opts.cutoff))
+        .collect();
+    let points = both.len();
+    let mixture = mix(both);
+    let coarse = mix(lattices[0]
+        .iter()
+        .filter(|e| inside(e, opts.cutoff))
+        .collect());
+    let shifted = mix(lattices[1]
+        .iter()
+        .filter(|e| inside(e, opts.cutoff))
+        .collect());
+    let narrow_cut = opts.cutoff - opts.check_cutoff_drop;
+    let narrow = mix(lattices
+        .iter()
+        .flatten()
+        .filter(|e| inside(e, narrow_cut))
+        .collect());
+    Ok(GridResult {
+        points,
+        mixture,
+        coarse,
+        shifted,
+        narrow,
+        evaluations,
+        mode,
+    })
+}
+
+/// Settings of the MCMC reference.
+#[derive(Debug, Clone, Copy)]
+pub struct McmcOptions {
+    /// Chains.
+    pub chains: usize,
+    /// Warm-up iterations per chain (proposal adapted, then discarded).
+    pub warmup: usize,
+    /// Kept draws per chain.
+    pub draws: usize,
+    /// Seed.
+    pub seed: u64,
+}
+
+impl Default for McmcOptions {
+    fn default() -> Self {
+        McmcOptions {
+            chains: 4,
+            warmup: 3_000,
+            draws: 10_000,
+            seed: 1,
+        }
+    }
+}
+
+/// MCMC draws and their diagnostics.
+#[derive(Debug, Clone)]
+pub struct McmcResult {
+    /// Draws per chain, each with its conditional effect posterior.
+    pub chains: Vec<Vec<Eval>>,
+    /// Acceptance rate per chain after warm-up.
+    pub acceptance: Vec<f64>,
+}
+
+impl McmcResult {
+    /// All draws as an equally weighted mixture.
+    pub fn mixture(&self) -> Mixture {
+        let components: Vec<Eval> = self.chains.iter().flatten().cloned().collect();
+        let n = components.len() as f64;
+        Mixture {
+            weights: vec![1.0 / n; components.len()],
+            components,
+        }
+    }
+}
+
+/// Adaptive random-walk Metropolis over `theta` (Haario et al. 2001: proposal
+/// covariance `2.38^2 / d` times the running covariance during warm-up, then
+/// fixed). Chains start from dispersed points around the prior centre and
+/// run on separate threads.
+pub fn sample_mcmc(ev: &CpuEvaluator<'_>, opts: &McmcOptions) -> McmcResult {
+    let center = prior_center(&ev.priors.hyper);
+    let run_chain = |c: usize| -> (Vec<Eval>, f64) {
+        let mut rng =
+            ChaCha20Rng::seed_from_u64(opts.seed.wrapping_mul(1000).wrapping_add(c as u64));
+        let mut current = loop {
+            let mut t = center;
+            for v in t.iter_mut() {
+                let z: f64 = StandardNormal.sample(&mut rng);
+                *v += 0.5 * z;
+            }
+            if let Some(e) = ev.eval(&t) {
+                break e;
+            }
+        };
+        let mut cov = DMatrix::<f64>::identity(DIM, DIM) * 0.01;
+        let mut mean = DVector::from_column_slice(&current.theta);
+        let mut m2 = DMatrix::<f64>::zeros(DIM, DIM);
+        let mut chol = cov.clone().cholesky().map(|c| c.l());
+        let mut kept = Vec::with_capacity(opts.draws);
+        let mut accepted = 0usize;
+        for it in 0..(opts.warmup + opts.draws) {
+            let z = DVector::from_fn(DIM, |_, _| -> f64 { StandardNormal.sample(&mut rng) });
+            let step = chol.as_ref().map_or_else(|| z.clone() * 0.1, |l| l * &z);
+            let mut proposal = current.theta;
+            for k in 0..DIM {
+                proposal[k] += step[k];
+            }
+            if let Some(e) = ev.eval(&proposal) {
+                let u: f64 = rng.random();
+                if u.ln() < e.log_post - current.log_post {
+                    current = e;
+                    if it >= opts.warmup {
+                        accepted += 1;
+                    }
+                }
+            }
+            if it < opts.warmup {
+                // Welford update of the running mean and covariance.
+                let x = DVector::from_column_slice(&current.theta);
+                let n = (it + 2) as f64;
+                let delta = &x - &mean;
+                mean += &delta / n;
+                m2 += &delta * (&x - &mean).transpose();
+                if it >= 200 && it % 50 == 0 {
+                    cov = &m2 / (n - 1.0) * (2.38 * 2.38 / DIM as f64)
+                        + DMatrix::<f64>::identity(DIM, DIM) * 1e-6;
+                    if let Some(c) = cov.clone().cholesky() {
+                        chol = Some(c.l());
+                    }
+                }
+            } else {
+                kept.push(current.clone());
+            }
+        }
+        (kept, accepted as f64 / opts.draws.max(1) as f64)
+    };
+    let results: Vec<(Vec<Eval>, f64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..opts.chains)
+            .map(|c| scope.spawn(move || run_chain(c)))
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    McmcResult {
+        acceptance: results.iter().map(|r| r.1).collect(),
+        chains: results.into_iter().map(|r| r.0).collect(),
+    }
+}
+
+/// Standard normal CDF `Phi(x)`.
+pub fn norm_cdf(x: f64) -> f64 {
+    0.5 * statrs::function::erf::erfc(-x / std::f64::consts::SQRT_2)
+}
+
+/// Standard normal quantile `Phi^-1(p)`.
+pub fn norm_quantile(p: f64) -> f64 {
+    -std::f64::consts::SQRT_2 * statrs::function::erf::erfc_inv(2.0 * p)
+}
+
+/// Marginal of coefficient `c` under a mixture: mean, sd, and a quantile function.
+#[derive(Debug, Clone)]
+pub struct Marginal {
+    weights: Vec<f64>,
+    means: Vec<f64>,
+    sds: Vec<f64>,
+}
+
+impl Marginal {
+    /// Coefficient `c` of `b` under `mix`.
+    pub fn of(mix: &Mixture, c: usize) -> Marginal {
+        Marginal {
+            weights: mix.weights.clone(),
+            means: mix.components.iter().map(|e| e.filter.b_mean[c]).collect(),
+            sds: mix
+                .components
+                .iter()
+                .map(|e| e.filter.b_cov[(c, c)].max(0.0).sqrt())
+                .collect(),
+        }
+    }
+
+    /// Mixture mean.
+    pub fn mean(&self) -> f64 {
+        self.weights
+            .iter()
+            .zip(&self.means)
+            .map(|(w, m)| w * m)
+            .sum()
+    }
+
+    /// Mixture sd.
+    pub fn sd(&self) -> f64 {
+        let mean = self.mean();
+        let second: f64 = self
+            .weights
+            .iter()
+            .zip(self.means.iter().zip(&self.sds))
+            .map(|(w, (m, s))| w * (s * s + m * m))
+            .sum();
+        (second - mean * mean).max(0.0).sqrt()
+    }
+
+    /// `P(sign * b_c > threshold)`, exact under the mixture.
+    pub fn prob_above(&self, sign: f64, threshold: f64) -> f64 {
+        self.weights
+            .iter()
+            .zip(self.means.iter().zip(&self.sds))
+            .map(|(w, (m, s))| {
+                let x = sign * m - threshold;
+                if *s > 0.0 {
+                    w * norm_cdf(x / s)
+                } else {
+                    w * f64::from(u8::from(x > 0.0))
+                }
+            })
+            .sum()
+    }
+
+    /// The `p` quantile of the mixture (bisection on its CDF).
+    pub fn quantile(&self, p: f64) -> f64 {
+        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+        for (m, s) in self.means.iter().zip(&self.sds) {
+            lo = lo.min(m - 10.0 * s);
+            hi = hi.max(m + 10.0 * s);
+        }
+        for _ in 0..100 {
+            let mid = 0.5 * (lo + hi);
+            // P(b <= mid) = 1 - P(b > mid).
+            if 1.0 - self.prob_above(1.0, mid) < p {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        0.5 * (lo + hi)
+    }
+}
+
+/// One effect in a fit's output.
+#[derive(Debug, Clone, Serialize)]
+pub struct EffectSummary {
+    /// Arm key.
+    pub arm: String,
+    /// Posterior mean of `beta_j` (outcome units, link scale).
+    pub mean: f64,
+    /// Posterior sd.
+    pub sd: f64,
+    /// 50% central interval.
+    pub ci50: [f64; 2],
+    /// 90% central interval.
+    pub ci90: [f64; 2],
+    /// 95% central interval.
+    pub ci95: [f64; 2],
+    /// `P(direction * beta_j > MID)`.
+    pub p_better_by_mid: f64,
+    /// `P(direction * beta_j > 0)`.
+    pub p_better: f64,
+    /// `P(arm j is the best of all arms, the comparator included)`.
+    pub p_best: f64,
+}
+
+/// A hyperparameter's posterior on its natural scale.
+#[derive(Debug, Clone, Serialize)]
+pub struct HyperSummary {
+    /// Name.
+    pub name: String,
+    /// Posterior mean.
+    pub mean: f64,
+    /// Median.
+    pub median: f64,
+    /// 90% interval.
+    pub ci90: [f64; 2],
+}
+
+/// Summaries of a mixture for the arms in `effect_arms` (indices `b[1..]`).
+pub fn summarise_effects(
+    mix: &Mixture,
+    arm_names: &[String],
+    sign: f64,
+    mid_threshold: f64,
+    seed: u64,
+) -> Vec<EffectSummary> {
+    let p_best = prob_best(mix, arm_names.len(), sign, seed);
+    arm_names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let m = Marginal::of(mix, i + 1);
+            EffectSummary {
+                arm: name.clone(),
+                mean: m.mean(),
+                sd: m.sd(),
+                ci50: [m.quantile(0.25), m.quantile(0.75)],
+                ci90: [m.quantile(0.05), m.quantile(0.95)],
+                ci95: [m.quantile(0.025), m.quantile(0.975)],
+                p_better_by_mid: m.prob_above(sign, mid_threshold),
+                p_better: m.prob_above(sign, 0.0),
+                p_best: p_best[i + 1],
+            }
+        })
+        .collect()
+}
+
+/// `P(arm is best)` for the comparator (index 0) and each effect arm, where
+/// arm `j`'s advantage is `sign * beta_j` and the comparator's is 0. Exact for
+/// one effect; otherwise by 20,000 seeded draws from the mixture.
+pub fn prob_best(mix: &Mixture, n_effects: usize, sign: f64, seed: u64) -> Vec<f64> {
+    if n_effects == 1 {
+        let p = Marginal::of(mix, 1).prob_above(sign, 0.0);
+        return vec![1.0 - p, p];
+    }
+    let draws = 20_000;
+    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x5eed_0b35);
+    let mut wins = vec![0usize; n_effects + 1];
+    let mut cumulative = Vec::with_capacity(mix.weights.len());
+    let mut acc = 0.0;
+    for w in &mix.weights {
+        acc += w;
+        cumulative.push(acc);
+    }
+    let chols: Vec<Option<DMatrix<f64>>> = mix
+        .components
+        .iter()
+        .map(|e| e.filter.b_cov.clone().cholesky().map(|c| c.l()))
+        .collect();
+    for _ in 0..draws {
+        let u: f64 = rng.random::<f64>() * acc;
+        let k = cumulative
+            .partition_point(|&c| c < u)
+            .min(mix.weights.len() - 1);
+        let e = &mix.components[k];
+        let p = e.filter.b_mean.len();
+        let z = DVector::from_fn(p, |_, _| -> f64 { StandardNormal.sample(&mut rng) });
+        let b = match &chols[k] {
+            Some(l) => &e.filter.b_mean + l * z,
+            None => e.filter.b_mean.clone(),
+        };
+        let mut best = 0;
+        let mut best_value = 0.0;
+        for j in 1..=n_effects {
+            let v = sign * b[j];
+            if v > best_value {
+                best = j;
+                best_value = v;
+            }
+        }
+        wins[best] += 1;
+    }
+    wins.iter().map(|&w| w as f64 / draws as f64).collect()
+}
+
+/// Posterior summaries of the hyperparameters on their natural scale.
+pub fn summarise_hyper(mix: &Mixture) -> Vec<HyperSummary> {
+    (0..DIM)
+        .map(|k| {
+            let mut pts: Vec<(f64, f64)> = mix
+                .components
+                .iter()
+                .zip(&mix.weights)
+                .map(|(e, w)| (e.theta[k].exp(), *w))
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let q = |p: f64| -> f64 {
+                let mut acc = 0.0;
+                for (x, w) in &pts {
+                    acc += w;
+                    if acc >= p {
+                        return *x;
+                    }
+                }
+                pts.last().map_or(f64::NAN, |x| x.0)
+            };
+            HyperSummary {
+                name: THETA_NAMES[k].to_string(),
+                mean: pts.iter().map(|(x, w)| x * w).sum(),
+                median: q(0.5),
+                ci90: [q(0.05), q(0.95)],
+            }
+        })
+        .collect()
+}
+
+/// Rank-normalised split R-hat and bulk ESS (Vehtari et al. 2021) of one
+/// scalar across chains.
+pub fn rhat_ess(chains: &[Vec<f64>]) -> (f64, f64) {
+    // Split each chain in two halves.
+    let mut split: Vec<Vec<f64>> = Vec::new();
+    for c in chains {
+        let half = c.len() / 2;
+        if half < 4 {
+            return (f64::NAN, 0.0);
+        }
+        split.push(c[..half].to_vec());
+        split.push(c[c.len() - half..].to_vec());
+    }
+    // Rank-normalise all draws together.
+    let mut all: Vec<(f64, usize, usize)> = Vec::new();
+    for (ci, c) in split.iter().enumerate() {
+        for (i, &v) in c.iter().enumerate() {
+            all.push((v, ci, i));
+        }
+    }
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let s = all.len() as f64;
+    let mut z: Vec<Vec<f64>> = split.iter().map(|c| vec![0.0; c.len()]).collect();
+    let mut i = 0;
+    while i < all.len() {
+        let mut j = i;
+        while j + 1 < all.len() && all[j + 1].0 == all[i].0 {
+            j += 1;
+        }
+        let rank = (i + j) as f64 / 2.0 + 1.0;
+        let value = norm_quantile((rank - 0.375) / (s + 0.25));
+        for item in &all[i..=j] {
+            z[item.1][item.2] = value;
+        }
+        i = j + 1;
+    }
+    let m = z.len() as f64;
+    let n = z[0].len() as f64;
+    let means: Vec<f64> = z.iter().map(|c| c.iter().sum::<f64>() / n).collect();
+    let grand = means.iter().sum::<f64>() / m;
+    let b = n / (m - 1.0) * means.iter().map(|x| (x - grand).powi(2)).sum::<f64>();
+    let vars: Vec<f64> = z
+        .iter()
+        .zip(&means)
+        .map(|(c, mu)| c.iter().map(|x| (x - mu).powi(2)).sum::<f64>() / (n - 1.0))
+        .collect();
+    let w = vars.iter().sum::<f64>() / m;
+    let var_plus = (n - 1.0) / n * w + b / n;
+    let rhat = (var_plus / w).sqrt();
+    // ESS with Geyer's initial monotone sequence on the combined autocorrelation.
+    let nn = z[0].len();
+    let mut rho = Vec::new();
+    for lag in 0..nn {
+        let mut acov = 0.0;
+        for (c, mu) in z.iter().zip(&means) {
+            let mut sum = 0.0;
+            for t in 0..nn - lag {
+                sum += (c[t] - mu) * (c[t + lag] - mu);
+            }
+            acov += sum / n;
+        }
+        acov /= m;
+        let r = 1.0 - (w - acov) / var_plus;
+        rho.push(r);
+        if lag >= 3 && lag % 2 == 1 {
+            let pair = rho[lag - 1] + rho[lag];
+            if pair < 0.0 {
+                rho.truncate(lag - 1);
+                break;
+            }
+        }
+    }
+    let mut tau = -1.0;
+    let mut prev_pair = f64::INFINITY;
+    let mut k = 0;
+    while k + 1 < rho.len() {
+        let pair = (rho[k] + rho[k + 1]).min(prev_pair);
+        tau += 2.0 * pair;
+        prev_pair = pair;
+        k += 2;
+    }
+    let ess = (m * n / tau.max(1.0 / (m * n).log10())).min(m * n * (m * n).log10());
+    (rhat, ess)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_helpers() {
+        assert!((norm_cdf(1.959963984540054) - 0.975).abs() < 1e-12);
+        assert!((norm_quantile(0.975) - 1.959963984540054).abs() < 1e-9);
+    }
+
+    #[test]
+    fn mixture_quantiles_and_tails_are_exact() {
+        // Two equal components N(0,1) and N(4,1): the median is 2 by symmetry.
+        let e = |m: f64| Eval {
+            theta: [0.0; DIM],
+            log_post: 0.0,
+            filter: FilterOutput {
+                log_lik: 0.0,
+                b_mean: DVector::from_vec(vec![0.0, m]),
+                b_cov: DMatrix::identity(2, 2),
+            },
+        };
+        let mix = Mixture {
+            weights: vec![0.5, 0.5],
+            components: vec![e(0.0), e(4.0)],
+        };
+        let m = Marginal::of(&mix, 1);
+        assert!((m.quantile(0.5) - 2.0).abs() < 1e-9);
+        assert!((m.mean() - 2.0).abs() < 1e-12);
+        assert!((m.sd() - 5.0f64.sqrt()).abs() < 1e-12);
+        let p = m.prob_above(1.0, 1.0);
+        assert!((p - 0.5 * (norm_cdf(-1.0) + norm_cdf(3.0))).abs() < 1e-12);
+    }
+
+    #[test]
+    fn rhat_and_ess_of_independent_chains() {
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let chains: Vec<Vec<f64>> = (0..4)
+            .map(|_| (0..1000).map(|_| StandardNormal.sample(&mut rng)).collect())
+            .collect();
+        let (rhat, ess) = rhat_ess(&chains);
+        assert!((rhat - 1.0).abs() < 0.01, "{rhat}");
+        // Independent draws: ESS ~ 4000, with sampling error of a few hundred.
+        assert!(ess > 3000.0 && ess < 5000.0, "{ess}");
+        // Chains stuck at different places are caught.
+        let bad: Vec<Vec<f64>> = (0..4)
+            .map(|c| chains[c].iter().map(|x| x + c as f64).collect())
+            .collect();
+        assert!(rhat_ess(&bad).0 > 1.1);
+    }
+}
