@@ -45,6 +45,29 @@ pub struct FitSpec<'a> {
     pub grid: GridOptions,
 }
 
+/// Grid attempts: the default step, then twice refined by 0.7 with the region widened.
+const GRID_ATTEMPTS: usize = 3;
+
+/// The grid's error check: the largest change of an effect's mean (in
+/// posterior sds), of its sd (relative) and of `P(better by MID)`, between
+/// the two offset lattices and between the full and the narrower region.
+fn grid_errors(g: &inference::GridResult, n_effects: usize, sign: f64, mid: f64) -> [f64; 3] {
+    let (mut err_mean, mut err_sd, mut err_prob) = (0.0f64, 0.0f64, 0.0f64);
+    for c in 1..=n_effects {
+        let full = Marginal::of(&g.mixture, c);
+        let sd = full.sd().max(1e-12);
+        let a = Marginal::of(&g.coarse, c);
+        let b = Marginal::of(&g.shifted, c);
+        let n = Marginal::of(&g.narrow, c);
+        for (x, y) in [(&a, &b), (&n, &full)] {
+            err_mean = err_mean.max((x.mean() - y.mean()).abs() / sd);
+            err_sd = err_sd.max((x.sd() - y.sd()).abs() / sd);
+            err_prob = err_prob.max((x.prob_above(sign, mid) - y.prob_above(sign, mid)).abs());
+        }
+    }
+    [err_mean, err_sd, err_prob]
+}
+
 /// Where the scale `S` came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -236,21 +259,24 @@ pub fn fit(series: &Series, spec: &FitSpec<'_>) -> Result<FitReport, ModelError>
     let started = Instant::now();
     let (mixture, mut diagnostics) = match spec.method {
         Method::Grid => {
-            let g = inference::integrate_grid(&ev, &spec.grid)?;
-            let (mut err_mean, mut err_sd, mut err_prob) = (0.0f64, 0.0f64, 0.0f64);
-            for c in 1..=names.len() {
-                let full = Marginal::of(&g.mixture, c);
-                let sd = full.sd().max(1e-12);
-                let a = Marginal::of(&g.coarse, c);
-                let b = Marginal::of(&g.shifted, c);
-                let n = Marginal::of(&g.narrow, c);
-                for (x, y) in [(&a, &b), (&n, &full)] {
-                    err_mean = err_mean.max((x.mean() - y.mean()).abs() / sd);
-                    err_sd = err_sd.max((x.sd() - y.sd()).abs() / sd);
-                    err_prob =
-                        err_prob.max((x.prob_above(sign, mid) - y.prob_above(sign, mid)).abs());
+            // Refine (smaller step, wider region) while the error check fails.
+            let mut opts = spec.grid;
+            let mut evaluations = 0;
+            let mut attempt = 0;
+            let (g, [err_mean, err_sd, err_prob]) = loop {
+                let g = inference::integrate_grid(&ev, &opts)?;
+                evaluations += g.evaluations;
+                let errors = grid_errors(&g, names.len(), sign, mid);
+                let ok = errors[0] < GRID_TOL_MEAN
+                    && errors[1] < GRID_TOL_SD
+                    && errors[2] < GRID_TOL_PROB;
+                attempt += 1;
+                if ok || attempt == GRID_ATTEMPTS {
+                    break (g, errors);
                 }
-            }
+                opts.step *= 0.7;
+                opts.cutoff += 1.0;
+            };
             let converged =
                 err_mean < GRID_TOL_MEAN && err_sd < GRID_TOL_SD && err_prob < GRID_TOL_PROB;
             let reason = (!converged).then(|| {
@@ -265,7 +291,7 @@ pub fn fit(series: &Series, spec: &FitSpec<'_>) -> Result<FitReport, ModelError>
                 converged,
                 reason,
                 wall_ms: 0.0,
-                evaluations: g.evaluations,
+                evaluations,
                 grid_points: Some(g.points),
                 grid_error_mean: Some(err_mean),
                 grid_error_sd: Some(err_sd),

@@ -20,6 +20,7 @@
 //! The data flow and invariants are in `ARCHITECTURE.md`; the statistics in
 //! `../shared/design/statistics.md`.
 
+pub mod analyze;
 pub mod bench;
 pub mod calendar;
 pub mod config;

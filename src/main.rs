@@ -47,6 +47,45 @@ enum Command {
         #[command(subcommand)]
         command: ProtocolCommand,
     },
+    /// Fit the model to a CSV of (time, arm, outcome) rows and print each arm's effect.
+    Analyze {
+        /// CSV file with a time column (day number, date or timestamp), an arm column and an outcome column.
+        #[arg(long)]
+        data: PathBuf,
+        /// Protocol file (arms, comparator, family, direction, MID, priors).
+        #[arg(long)]
+        protocol: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Without a protocol: the comparator arm's label.
+        #[arg(long)]
+        comparator: Option<String>,
+        /// Without a protocol: observation family.
+        #[arg(long, default_value = "gaussian")]
+        family: String,
+        /// Without a protocol: minimal important difference (outcome units).
+        #[arg(long, default_value_t = 0.0)]
+        mid: f64,
+        /// Without a protocol: `higher` or `lower` is better.
+        #[arg(long, default_value = "higher")]
+        direction: String,
+        /// Name of the time column (default: day, date, time or timestamp).
+        #[arg(long)]
+        time_col: Option<String>,
+        /// Name of the arm column (default: arm).
+        #[arg(long)]
+        arm_col: Option<String>,
+        /// Name of the outcome column (default: the one remaining column).
+        #[arg(long)]
+        outcome_col: Option<String>,
+        /// Inference: `grid` (fast, deterministic) or `mcmc` (reference).
+        #[arg(long, default_value = "grid")]
+        method: String,
+        /// Seed for MCMC and P(best) draws.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Time the engine on simulated data (JSON lines on stdout).
     Bench {
         /// Series lengths in days.
@@ -144,6 +183,78 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()
                 .context("cannot start the async runtime")?;
             runtime.block_on(nof1d::daemon::serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Analyze {
+            data,
+            protocol,
+            json,
+            comparator,
+            family,
+            mid,
+            direction,
+            time_col,
+            arm_col,
+            outcome_col,
+            method,
+            seed,
+        } => {
+            let text = std::fs::read_to_string(data)
+                .with_context(|| format!("cannot read {}", data.display()))?;
+            let method = match method.as_str() {
+                "grid" => nof1d::fit::Method::Grid,
+                "mcmc" => nof1d::fit::Method::Mcmc,
+                other => anyhow::bail!("--method {other:?}: use grid or mcmc"),
+            };
+            let (outcome, known_arms, comparator) = match protocol {
+                Some(path) => {
+                    let (p, _) = nof1d::protocol::check_file(path)?;
+                    let keys: Vec<String> = p.arms.iter().map(|a| a.key.clone()).collect();
+                    (p.outcome.clone(), Some(keys), p.comparator.clone())
+                }
+                None => {
+                    let family: nof1d::protocol::Family = serde_json::from_value(serde_json::Value::String(family.clone()))
+                        .map_err(|_| anyhow::anyhow!("--family {family:?}: use gaussian, poisson, bernoulli, binomial or beta"))?;
+                    let direction: nof1d::protocol::Direction =
+                        serde_json::from_value(serde_json::Value::String(direction.clone()))
+                            .map_err(|_| {
+                                anyhow::anyhow!("--direction {direction:?}: use higher or lower")
+                            })?;
+                    if !(mid.is_finite() && *mid >= 0.0) {
+                        anyhow::bail!("--mid must be a number >= 0 (got {mid})");
+                    }
+                    let comparator = match comparator {
+                        Some(c) => c.clone(),
+                        None => nof1d::analyze::guess_comparator(&text, arm_col.as_deref()).ok_or_else(|| {
+                            anyhow::anyhow!("which arm is the comparator? pass --comparator LABEL (or --protocol FILE)")
+                        })?,
+                    };
+                    (
+                        nof1d::analyze::ad_hoc_outcome(family, direction, *mid),
+                        None,
+                        comparator,
+                    )
+                }
+            };
+            let request = nof1d::analyze::Request {
+                outcome,
+                known_arms,
+                comparator,
+                columns: nof1d::analyze::Columns {
+                    time: time_col.clone(),
+                    arm: arm_col.clone(),
+                    outcome: outcome_col.clone(),
+                },
+                method,
+                seed: *seed,
+            };
+            let analysis = nof1d::analyze::analyze(&text, &request)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", data.display()))?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&analysis)?);
+            } else {
+                print!("{}", nof1d::analyze::render(&analysis));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -1,0 +1,629 @@
+//! `nof1d analyze`: the engine on any CSV, without the daemon.
+//!
+//! The CSV has a time column (a day number, a `YYYY-MM-DD` date or an RFC 3339
+//! timestamp), an arm column and an outcome column. Rows are sorted by time;
+//! the arm on a row is in force from the start of that row's day until a row
+//! with another arm. An empty outcome cell is a missing observation (its arm
+//! still counts); anything else that does not parse is an error naming the
+//! line, and nothing is silently dropped.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+
+use crate::model::{ArmPath, Series};
+use crate::protocol::{Aggregation, Outcome};
+
+/// A CSV problem, with its 1-based line number when it is about a row.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyzeError {
+    /// The file could not be read as CSV at all, or lacks a column.
+    #[error("{0}")]
+    File(String),
+    /// Rows that did not parse (at most 20 listed).
+    #[error("{} bad row(s):\n{}", .0.len(), .0.iter().take(20).cloned().collect::<Vec<_>>().join("\n"))]
+    Rows(Vec<String>),
+}
+
+/// Which columns to read; `None` picks the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Columns {
+    /// Time column (default `day`, `date`, `time` or `timestamp`).
+    pub time: Option<String>,
+    /// Arm column (default `arm`).
+    pub arm: Option<String>,
+    /// Outcome column (default: the one remaining column).
+    pub outcome: Option<String>,
+}
+
+/// One parsed row.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    line: u64,
+    /// Days since the first row's day start.
+    t: f64,
+    arm: String,
+    y: Option<f64>,
+}
+
+/// The CSV turned into model input.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The series.
+    pub series: Series,
+    /// Arm labels by index, as written in the CSV (or protocol keys).
+    pub arm_keys: Vec<String>,
+    /// Rows read, and observations after aggregation.
+    pub rows: usize,
+    /// Column names used.
+    pub columns: [String; 3],
+}
+
+enum TimeValue {
+    Day(f64),
+    Date(Date),
+    Instant(Timestamp),
+}
+
+fn parse_time(s: &str) -> Option<TimeValue> {
+    let s = s.trim();
+    if let Ok(v) = s.parse::<f64>() {
+        return v.is_finite().then_some(TimeValue::Day(v));
+    }
+    if let Ok(d) = s.parse::<Date>() {
+        return Some(TimeValue::Date(d));
+    }
+    s.parse::<Timestamp>().ok().map(TimeValue::Instant)
+}
+
+/// Days from 1970-01-01 to `d`, the same origin as timestamps' day numbers.
+fn date_number(d: Date) -> f64 {
+    crate::calendar::days_between(Date::constant(1970, 1, 1), d) as f64
+}
+
+/// Reads the CSV text. `arm_index` maps an arm label to an arm index, or
+/// `None` to collect labels as they come (no protocol).
+pub fn prepare(
+    text: &str,
+    columns: &Columns,
+    known_arms: Option<&[String]>,
+    comparator: &str,
+    aggregation: Aggregation,
+) -> Result<Prepared, AnalyzeError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let headers: Vec<String> = reader
+        .headers()
+        .map_err(|e| AnalyzeError::File(format!("cannot read the header line: {e}")))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let find = |wanted: &Option<String>,
+                defaults: &[&str],
+                what: &str|
+     -> Result<usize, AnalyzeError> {
+        match wanted {
+            Some(name) => headers.iter().position(|h| h == name).ok_or_else(|| {
+                AnalyzeError::File(format!("no column {name:?} for the {what}; the columns are {headers:?}"))
+            }),
+            None => headers
+                .iter()
+                .position(|h| defaults.iter().any(|d| h.eq_ignore_ascii_case(d)))
+                .ok_or_else(|| {
+                    AnalyzeError::File(format!(
+                        "no {what} column (looked for {defaults:?}); name it with a flag. The columns are {headers:?}"
+                    ))
+                }),
+        }
+    };
+    let time_col = find(&columns.time, &["day", "date", "time", "timestamp"], "time")?;
+    let arm_col = find(&columns.arm, &["arm"], "arm")?;
+    let outcome_col = match &columns.outcome {
+        Some(_) => find(&columns.outcome, &[], "outcome")?,
+        None => {
+            let rest: Vec<usize> = (0..headers.len())
+                .filter(|&i| i != time_col && i != arm_col)
+                .collect();
+            match rest.as_slice() {
+                [one] => *one,
+                _ => {
+                    return Err(AnalyzeError::File(format!(
+                        "cannot tell the outcome column among {:?}; name it with --outcome-col",
+                        rest.iter().map(|&i| &headers[i]).collect::<Vec<_>>()
+                    )));
+                }
+            }
+        }
+    };
+    let mut errors = Vec::new();
+    let mut raw: Vec<(u64, TimeValue, String, Option<f64>)> = Vec::new();
+    for record in reader.records() {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line());
+                errors.push(format!("line {line}: {e}"));
+                continue;
+            }
+        };
+        let line = record.position().map_or(0, |p| p.line());
+        let cell = |i: usize| record.get(i).unwrap_or("").trim().to_string();
+        let (time, arm, outcome) = (cell(time_col), cell(arm_col), cell(outcome_col));
+        let Some(tv) = parse_time(&time) else {
+            errors.push(format!(
+                "line {line}: {:?} {time:?} is not a day number, a YYYY-MM-DD date or an RFC 3339 timestamp",
+                headers[time_col]
+            ));
+            continue;
+        };
+        if arm.is_empty() {
+            errors.push(format!("line {line}: the arm is empty"));
+            continue;
+        }
+        if let Some(known) = known_arms
+            && !known.iter().any(|k| k == &arm)
+        {
+            errors.push(format!(
+                "line {line}: arm {arm:?} is not in the protocol (arms: {known:?})"
+            ));
+            continue;
+        }
+        let y = if outcome.is_empty() {
+            None
+        } else {
+            match outcome.parse::<f64>() {
+                Ok(v) if v.is_finite() => Some(v),
+                _ => {
+                    errors.push(format!("line {line}: outcome {outcome:?} is not a number"));
+                    continue;
+                }
+            }
+        };
+        raw.push((line, tv, arm, y));
+    }
+    if !errors.is_empty() {
+        return Err(AnalyzeError::Rows(errors));
+    }
+    if raw.is_empty() {
+        return Err(AnalyzeError::File("the file has no data rows".into()));
+    }
+    // All rows must use one kind of time value.
+    let kinds: std::collections::BTreeSet<u8> = raw
+        .iter()
+        .map(|r| match r.1 {
+            TimeValue::Day(_) => 0,
+            TimeValue::Date(_) => 1,
+            TimeValue::Instant(_) => 2,
+        })
+        .collect();
+    if kinds.len() > 1 {
+        return Err(AnalyzeError::File(
+            "the time column mixes day numbers, dates and timestamps; use one kind".into(),
+        ));
+    }
+    // Days since the first day's start; day numbers and dates are taken at midday.
+    let first_day = raw
+        .iter()
+        .map(|r| match &r.1 {
+            TimeValue::Day(d) => d.floor(),
+            TimeValue::Date(d) => date_number(*d),
+            TimeValue::Instant(ts) => (ts.as_second() as f64 / 86400.0).floor(),
+        })
+        .fold(f64::INFINITY, f64::min);
+    let mut rows: Vec<Row> = raw
+        .into_iter()
+        .map(|(line, tv, arm, y)| {
+            let t = match tv {
+                TimeValue::Day(d) if d.fract() == 0.0 => d - first_day + 0.5,
+                TimeValue::Day(d) => d - first_day,
+                TimeValue::Date(d) => date_number(d) - first_day + 0.5,
+                TimeValue::Instant(ts) => ts.as_second() as f64 / 86400.0 - first_day,
+            };
+            Row { line, t, arm, y }
+        })
+        .collect();
+    rows.sort_by(|a, b| a.t.total_cmp(&b.t).then(a.line.cmp(&b.line)));
+    let n_rows = rows.len();
+    // Arm indices: the protocol's order, else order of first appearance with the comparator first.
+    let arm_keys: Vec<String> = match known_arms {
+        Some(k) => k.to_vec(),
+        None => {
+            let mut keys = vec![comparator.to_string()];
+            for r in &rows {
+                if !keys.contains(&r.arm) {
+                    keys.push(r.arm.clone());
+                }
+            }
+            keys
+        }
+    };
+    if !rows.iter().any(|r| r.arm == comparator) {
+        return Err(AnalyzeError::File(format!(
+            "the comparator {comparator:?} never appears in the arm column"
+        )));
+    }
+    let index = |a: &str| arm_keys.iter().position(|k| k == a).unwrap_or(0);
+    // The arm path: a switch at the start of the day of the first row with a new arm.
+    let mut starts = vec![0.0];
+    let mut path_arms = vec![index(&rows[0].arm)];
+    let mut conflicts = Vec::new();
+    let mut day_arm: BTreeMap<i64, (String, u64)> = BTreeMap::new();
+    for r in &rows {
+        let day = r.t.floor() as i64;
+        if let Some((a, l)) = day_arm.get(&day)
+            && a != &r.arm
+        {
+            conflicts.push(format!(
+                "line {}: arm {:?} on a day that line {l} gives arm {a:?}",
+                r.line, r.arm
+            ));
+        }
+        day_arm.entry(day).or_insert((r.arm.clone(), r.line));
+        let arm = index(&r.arm);
+        if arm != *path_arms.last().unwrap_or(&arm) {
+            starts.push(r.t.floor());
+            path_arms.push(arm);
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(AnalyzeError::Rows(conflicts));
+    }
+    // Aggregate observations per day unless every observation is kept.
+    let mut t = Vec::new();
+    let mut y = Vec::new();
+    if aggregation == Aggregation::All {
+        for r in &rows {
+            if let Some(v) = r.y {
+                t.push(r.t);
+                y.push(v);
+            }
+        }
+    } else {
+        let mut by_day: BTreeMap<i64, Vec<(f64, f64)>> = BTreeMap::new();
+        for r in &rows {
+            if let Some(v) = r.y {
+                by_day.entry(r.t.floor() as i64).or_default().push((r.t, v));
+            }
+        }
+        for (_, vals) in by_day {
+            let n = vals.len() as f64;
+            let value = match aggregation {
+                Aggregation::Mean => vals.iter().map(|v| v.1).sum::<f64>() / n,
+                Aggregation::Sum => vals.iter().map(|v| v.1).sum(),
+                Aggregation::Last => vals.last().map_or(0.0, |v| v.1),
+                Aggregation::Max => vals.iter().map(|v| v.1).fold(f64::NEG_INFINITY, f64::max),
+                Aggregation::All => unreachable!("handled above"),
+            };
+            t.push(vals.last().map_or(0.0, |v| v.0));
+            y.push(value);
+        }
+    }
+    let comparator_index = index(comparator);
+    Ok(Prepared {
+        series: Series {
+            t,
+            y,
+            path: ArmPath {
+                starts,
+                arms: path_arms,
+            },
+            n_arms: arm_keys.len(),
+            comparator: comparator_index,
+        },
+        arm_keys,
+        rows: n_rows,
+        columns: [
+            headers[time_col].clone(),
+            headers[arm_col].clone(),
+            headers[outcome_col].clone(),
+        ],
+    })
+}
+
+/// The comparator when none is named: a label that says so, if exactly one does.
+pub fn guess_comparator(text: &str, arm_column: Option<&str>) -> Option<String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let headers = reader.headers().ok()?.clone();
+    let col = headers
+        .iter()
+        .position(|h| arm_column.map_or(h.eq_ignore_ascii_case("arm"), |a| h == a))?;
+    let mut found = std::collections::BTreeSet::new();
+    for r in reader.records().flatten() {
+        let a = r.get(col).unwrap_or("").trim().to_string();
+        let l = a.to_lowercase();
+        if [
+            "control",
+            "placebo",
+            "none",
+            "baseline",
+            "comparator",
+            "usual",
+        ]
+        .contains(&l.as_str())
+        {
+            found.insert(a);
+        }
+    }
+    (found.len() == 1).then(|| found.into_iter().next().unwrap_or_default())
+}
+
+/// Everything `nof1d analyze` was asked.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The outcome (from the protocol, or built from flags).
+    pub outcome: Outcome,
+    /// Arm keys when a protocol names them.
+    pub known_arms: Option<Vec<String>>,
+    /// The comparator's label.
+    pub comparator: String,
+    /// Columns.
+    pub columns: Columns,
+    /// Grid or MCMC.
+    pub method: crate::fit::Method,
+    /// Seed.
+    pub seed: u64,
+}
+
+/// The JSON `nof1d analyze --json` prints: the fit plus what was read.
+#[derive(Debug, serde::Serialize)]
+pub struct Analysis {
+    /// Input facts.
+    pub input: InputSummary,
+    /// The fit (effects, hyperparameters, diagnostics, priors, ...).
+    #[serde(flatten)]
+    pub fit: crate::fit::FitReport,
+}
+
+/// What was read from the CSV.
+#[derive(Debug, serde::Serialize)]
+pub struct InputSummary {
+    /// Data rows read.
+    pub rows: usize,
+    /// Observations after aggregation.
+    pub observations: usize,
+    /// Time, arm and outcome column names.
+    pub columns: [String; 3],
+    /// Arm labels, comparator first unless a protocol orders them.
+    pub arms: Vec<String>,
+    /// The comparator.
+    pub comparator: String,
+    /// Direction (`higher` or `lower` is better).
+    pub direction: crate::protocol::Direction,
+    /// The MID used.
+    pub mid: f64,
+}
+
+/// Reads, fits and summarises.
+pub fn analyze(text: &str, req: &Request) -> Result<Analysis, String> {
+    let prepared = prepare(
+        text,
+        &req.columns,
+        req.known_arms.as_deref(),
+        &req.comparator,
+        req.outcome.aggregation,
+    )
+    .map_err(|e| e.to_string())?;
+    let spec = crate::fit::FitSpec {
+        outcome: &req.outcome,
+        arm_keys: prepared.arm_keys.clone(),
+        run_in_sd: None,
+        method: req.method,
+        seed: req.seed,
+        mcmc: crate::inference::McmcOptions::default(),
+        grid: crate::inference::GridOptions::default(),
+    };
+    let fit = crate::fit::fit(&prepared.series, &spec).map_err(|e| e.to_string())?;
+    Ok(Analysis {
+        input: InputSummary {
+            rows: prepared.rows,
+            observations: prepared.series.y.len(),
+            columns: prepared.columns,
+            arms: prepared.arm_keys,
+            comparator: req.comparator.clone(),
+            direction: req.outcome.direction,
+            mid: req.outcome.mid,
+        },
+        fit,
+    })
+}
+
+/// The human-readable table.
+pub fn render(a: &Analysis) -> String {
+    use std::fmt::Write;
+    let f = &a.fit;
+    let dir = match a.input.direction {
+        crate::protocol::Direction::Higher => "higher is better",
+        crate::protocol::Direction::Lower => "lower is better",
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} observations ({} rows; columns {}, {}, {}), {} arms, comparator {:?}, {:?} family, {dir}, MID {}",
+        a.input.observations,
+        a.input.rows,
+        a.input.columns[0],
+        a.input.columns[1],
+        a.input.columns[2],
+        a.input.arms.len(),
+        a.input.comparator,
+        f.family,
+        a.input.mid
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<20} {:>8} {:>7} {:>20} {:>17} {:>8}",
+        "effect vs comparator", "mean", "sd", "90% interval", "P(better by MID)", "P(best)"
+    );
+    for e in &f.effects {
+        let _ = writeln!(
+            out,
+            "{:<20} {:>8.3} {:>7.3} {:>20} {:>17.3} {:>8.3}",
+            e.arm,
+            e.mean,
+            e.sd,
+            format!("[{:.3}, {:.3}]", e.ci90[0], e.ci90[1]),
+            e.p_better_by_mid,
+            e.p_best
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<20} {:>8} {:>7} {:>20} {:>17} {:>8.3}",
+        a.input.comparator, "", "", "", "", f.p_best_comparator
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(out, "hyperparameters (posterior median [90% interval]):");
+    for h in &f.hyperparameters {
+        let _ = writeln!(
+            out,
+            "  {:<16} {:>8.3} [{:.3}, {:.3}]",
+            h.name, h.median, h.ci90[0], h.ci90[1]
+        );
+    }
+    let d = &f.diagnostics;
+    let _ = writeln!(out);
+    let verdict = if d.converged {
+        "converged"
+    } else {
+        "NOT converged: do not act on it"
+    };
+    let _ = writeln!(
+        out,
+        "fit: {:?}, {verdict}, {:.1} ms, {} evaluations",
+        d.method, d.wall_ms, d.evaluations
+    );
+    if let (Some(r), None) = (&d.reason, d.grid_error_mean) {
+        let _ = writeln!(out, "  {r}");
+    }
+    if let (Some(m), Some(s), Some(p)) = (d.grid_error_mean, d.grid_error_sd, d.grid_error_prob) {
+        let _ = writeln!(
+            out,
+            "  grid error check: means {m:.4} sd, sds {:.2}%, probabilities {p:.4}",
+            100.0 * s
+        );
+    }
+    if let (Some(r), Some(e)) = (&d.rhat, &d.ess_bulk) {
+        for (k, v) in r {
+            let _ = writeln!(
+                out,
+                "  {k:<20} R-hat {v:.4}  bulk ESS {:.0}",
+                e.get(k).copied().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    let p = &f.priors;
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "priors (S = {:.4}, from {:?}):",
+        p.scale, p.scale_source
+    );
+    let _ = writeln!(
+        out,
+        "  baseline mu ~ Normal({:.3}, {:.3})",
+        p.baseline[0], p.baseline[1]
+    );
+    for (k, v) in &p.effects {
+        let _ = writeln!(out, "  effect {k} ~ Normal({:.3}, {:.3})", v[0], v[1]);
+    }
+    let h = &p.hyper;
+    let _ = writeln!(
+        out,
+        "  drift correlation time ~ LogNormal(ln {:.3}, {:.3}) days",
+        h.drift_time_median_days, h.drift_time_log_sd
+    );
+    let _ = writeln!(out, "  drift sd ~ HalfNormal({:.3})", h.drift_sd_scale);
+    let _ = writeln!(
+        out,
+        "  onset/washout half-life ~ LogNormal(ln {:.3}, {:.3}) days",
+        h.half_life_median_days, h.half_life_log_sd
+    );
+    let _ = writeln!(out, "  noise sd ~ HalfNormal({:.3})", h.noise_sd_scale);
+    out
+}
+
+/// A plain outcome for CSV analysis without a protocol.
+pub fn ad_hoc_outcome(
+    family: crate::protocol::Family,
+    direction: crate::protocol::Direction,
+    mid: f64,
+) -> Outcome {
+    Outcome {
+        stream: "outcome".into(),
+        unit: String::new(),
+        aggregation: Aggregation::Mean,
+        family,
+        direction,
+        mid,
+        scale: None,
+        trials: None,
+        self_report: None,
+        priors: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_arms_missing_and_aggregation() {
+        let csv = "date,arm,pain\n2026-01-01,placebo,5\n2026-01-02,placebo,\n2026-01-03,mg,4\n2026-01-03,mg,2\n2026-01-05,placebo,6\n";
+        let p = prepare(csv, &Columns::default(), None, "placebo", Aggregation::Mean).unwrap();
+        assert_eq!(p.arm_keys, vec!["placebo", "mg"]);
+        assert_eq!(p.series.y, vec![5.0, 3.0, 6.0]);
+        assert_eq!(p.series.t, vec![0.5, 2.5, 4.5]);
+        assert_eq!(p.series.path.starts, vec![0.0, 2.0, 4.0]);
+        assert_eq!(p.series.path.arms, vec![0, 1, 0]);
+        assert_eq!(p.columns, ["date".to_string(), "arm".into(), "pain".into()]);
+    }
+
+    #[test]
+    fn bad_rows_are_reported_by_line() {
+        let csv = "day,arm,score\n1,a,3\n2,a,three\nx,b,4\n4,,5\n";
+        let e = prepare(csv, &Columns::default(), None, "a", Aggregation::Mean)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("3 bad row(s)"), "{e}");
+        assert!(
+            e.contains("line 3: outcome \"three\" is not a number"),
+            "{e}"
+        );
+        assert!(e.contains("line 4: \"day\" \"x\""), "{e}");
+        assert!(e.contains("line 5: the arm is empty"), "{e}");
+    }
+
+    #[test]
+    fn unknown_arm_and_ambiguous_columns() {
+        let csv = "day,arm,score\n1,a,3\n2,c,4\n";
+        let known = vec!["a".to_string(), "b".to_string()];
+        let e = prepare(
+            csv,
+            &Columns::default(),
+            Some(&known),
+            "a",
+            Aggregation::Mean,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("line 3: arm \"c\" is not in the protocol"),
+            "{e}"
+        );
+        let csv = "day,arm,score,mood\n1,a,3,4\n";
+        let e = prepare(csv, &Columns::default(), None, "a", Aggregation::Mean)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--outcome-col"), "{e}");
+        assert_eq!(
+            guess_comparator("day,arm,y\n1,Placebo,2\n2,mg,3\n", None).as_deref(),
+            Some("Placebo")
+        );
+        assert_eq!(guess_comparator("day,arm,y\n1,A,2\n2,B,3\n", None), None);
+    }
+}
