@@ -141,6 +141,7 @@ CREATE TABLE fits (
     trial_id       INTEGER NOT NULL REFERENCES trials(id),
     stream_key     TEXT NOT NULL,
     data_through   TEXT NOT NULL,             -- last local date included
+    observations   INTEGER NOT NULL,          -- observations used
     engine         TEXT NOT NULL,
     seed           TEXT NOT NULL,
     scale          REAL NOT NULL,             -- the S used

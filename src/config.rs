@@ -161,6 +161,8 @@ pub struct JobsConfig {
     pub assignment_check_seconds: u64,
     /// How often the outbox is delivered.
     pub outbox_seconds: u64,
+    /// How often running trials are checked for new data to refit.
+    pub refit_seconds: u64,
 }
 
 impl Default for JobsConfig {
@@ -169,6 +171,7 @@ impl Default for JobsConfig {
             source_poll_seconds: 60,
             assignment_check_seconds: 20,
             outbox_seconds: 10,
+            refit_seconds: 60,
         }
     }
 }
@@ -420,6 +423,7 @@ impl Config {
                 self.jobs.assignment_check_seconds,
             ),
             ("jobs.outbox_seconds", self.jobs.outbox_seconds),
+            ("jobs.refit_seconds", self.jobs.refit_seconds),
         ] {
             if v == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));

@@ -83,11 +83,18 @@ pub enum JobKind {
     Assignments,
     /// Deliver due outbox messages.
     Outbox,
+    /// Refit running trials whose outcome streams have new data.
+    Refits,
 }
 
 impl JobKind {
     /// All jobs.
-    pub const ALL: [JobKind; 3] = [JobKind::Sources, JobKind::Assignments, JobKind::Outbox];
+    pub const ALL: [JobKind; 4] = [
+        JobKind::Sources,
+        JobKind::Refits,
+        JobKind::Assignments,
+        JobKind::Outbox,
+    ];
 
     /// Name for logs and `/healthz`.
     pub fn name(self) -> &'static str {
@@ -95,6 +102,7 @@ impl JobKind {
             JobKind::Sources => "sources",
             JobKind::Assignments => "assignments",
             JobKind::Outbox => "outbox",
+            JobKind::Refits => "refits",
         }
     }
 }
@@ -310,6 +318,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             JobKind::Sources => state.config.jobs.source_poll_seconds,
             JobKind::Assignments => state.config.jobs.assignment_check_seconds,
             JobKind::Outbox => state.config.jobs.outbox_seconds,
+            JobKind::Refits => state.config.jobs.refit_seconds,
         };
         let st = state.clone();
         let job = CronJob::new_repeated_async(Duration::from_secs(period), move |_id, _sched| {
@@ -421,6 +430,7 @@ pub async fn run_job(state: &AppState, kind: JobKind) {
         JobKind::Sources => poll_sources(state).await,
         JobKind::Assignments => queue_assignments(state).await,
         JobKind::Outbox => deliver_outbox(state).await,
+        JobKind::Refits => refit_trials(state).await,
     };
     match &result {
         Ok(summary) => tracing::debug!(job = kind.name(), %summary, "job done"),
@@ -482,6 +492,115 @@ async fn poll_sources(state: &AppState) -> Result<String, JobError> {
     } else {
         Err(JobError::Item(errors.join("; ")))
     }
+}
+
+/// Refits every outcome of every running trial whose stream has data newer
+/// than its last fit (new observations or a later date). The fit runs on the
+/// blocking pool; the fit and its priors are stored with an audit entry.
+async fn refit_trials(state: &AppState) -> Result<String, JobError> {
+    let (participants, trials) = state
+        .db
+        .read(|s| Ok((s.participants()?, s.trials()?)))
+        .await?;
+    let mut fitted = 0;
+    let mut errors = Vec::new();
+    for trial in trials.into_iter().filter(|t| t.status == "running") {
+        let Some(p) = participants
+            .iter()
+            .find(|p| p.id == trial.participant_id)
+            .cloned()
+        else {
+            continue;
+        };
+        match refit_trial(state, &trial, &p).await {
+            Ok(n) => fitted += n,
+            Err(e) => errors.push(format!("trial {}: {e}", trial.id)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(format!("{fitted} fits stored"))
+    } else {
+        Err(JobError::Item(errors.join("; ")))
+    }
+}
+
+async fn refit_trial(
+    state: &AppState,
+    trial: &TrialRow,
+    p: &crate::store::ParticipantRow,
+) -> Result<usize, JobError> {
+    let protocol = Protocol::parse(&trial.protocol_toml, &format!("trial {}", trial.id))
+        .map_err(|e| JobError::Item(e.to_string()))?;
+    let tz = TimeZone::get(&p.time_zone)
+        .map_err(|e| JobError::Item(format!("zone {}: {e}", p.time_zone)))?;
+    let mut stored = 0;
+    for outcome in protocol.outcomes() {
+        if outcome.family != crate::protocol::Family::Gaussian {
+            // Only the gaussian engine exists so far; the others are not fitted
+            // rather than fitted wrongly.
+            continue;
+        }
+        let (trial_id, participant_id, stream) = (trial.id, p.id, outcome.stream.clone());
+        let (schedule, observations, last) = state
+            .db
+            .read(move |s| {
+                Ok((
+                    s.schedule(trial_id)?,
+                    s.observations(participant_id, &stream)?,
+                    s.latest_fit(trial_id, &stream)?,
+                ))
+            })
+            .await?;
+        let (proto, out, tz2) = (protocol.clone(), outcome.clone(), tz.clone());
+        let seed = trial.seed;
+        let result = tokio::task::spawn_blocking(move || {
+            let ts = crate::trial::trial_series(&proto, &out, &schedule, &observations, &tz2);
+            let Some(through) = ts.data_through else {
+                return Ok(None);
+            };
+            let fresh = last.as_ref().is_none_or(|f| {
+                f.observations != ts.series.y.len() as i64 || f.data_through != through.to_string()
+            });
+            if !fresh || ts.series.y.len() < 3 {
+                return Ok(None);
+            }
+            let spec = crate::fit::FitSpec {
+                outcome: &out,
+                arm_keys: proto.arms.iter().map(|a| a.key.clone()).collect(),
+                run_in_sd: ts.run_in_sd,
+                method: crate::fit::Method::Grid,
+                seed,
+                mcmc: crate::inference::McmcOptions::default(),
+                grid: crate::inference::GridOptions::default(),
+            };
+            crate::fit::fit(&ts.series, &spec).map(|r| Some((r, through)))
+        })
+        .await
+        .map_err(|e| JobError::Item(e.to_string()))?
+        .map_err(|e: crate::model::ModelError| {
+            JobError::Item(format!("{}: {e}", outcome.stream))
+        })?;
+        let Some((report, through)) = result else {
+            continue;
+        };
+        let fit = crate::store::NewFit {
+            trial_id: trial.id,
+            stream_key: outcome.stream.clone(),
+            data_through: through,
+            observations: report.observations,
+            engine: format!("{:?}/{:?}", report.family, report.diagnostics.method).to_lowercase(),
+            seed: trial.seed,
+            scale: report.priors.scale,
+            priors_json: serde_json::to_string(&report.priors).unwrap_or_default(),
+            result_json: serde_json::to_string(&report).unwrap_or_default(),
+            converged: report.diagnostics.converged,
+            wall_ms: report.diagnostics.wall_ms,
+        };
+        let now = state.clock.now();
+        state.db.write(move |s| s.insert_fit(&fit, now)).await?;
+        stored += 1;
+    }
+    Ok(stored)
 }
 
 /// The local assignment time of a trial: the protocol's, else the participant's.

@@ -225,6 +225,15 @@ pub fn priors_for(
 
 /// Fits one outcome series.
 pub fn fit(series: &Series, spec: &FitSpec<'_>) -> Result<FitReport, ModelError> {
+    fit_with_mixture(series, spec).map(|(report, _)| report)
+}
+
+/// Fits one outcome series and also returns the posterior mixture the
+/// summaries came from (for draws: calibration checks, simulations).
+pub fn fit_with_mixture(
+    series: &Series,
+    spec: &FitSpec<'_>,
+) -> Result<(FitReport, inference::Mixture), ModelError> {
     if spec.outcome.family != Family::Gaussian {
         return Err(ModelError::Input(
             format!(
@@ -358,7 +367,7 @@ pub fn fit(series: &Series, spec: &FitSpec<'_>) -> Result<FitReport, ModelError>
     let p_best = inference::prob_best(&mixture, names.len(), sign, spec.seed);
     let base = Marginal::of(&mixture, 0);
     diagnostics.wall_ms = started.elapsed().as_secs_f64() * 1000.0;
-    Ok(FitReport {
+    let report = FitReport {
         family: spec.outcome.family,
         observations: series.y.len(),
         effects,
@@ -367,7 +376,8 @@ pub fn fit(series: &Series, spec: &FitSpec<'_>) -> Result<FitReport, ModelError>
         hyperparameters: inference::summarise_hyper(&mixture),
         diagnostics,
         priors: prior_report,
-    })
+    };
+    Ok((report, mixture))
 }
 
 #[cfg(test)]

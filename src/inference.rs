@@ -868,7 +868,8 @@ mod tests {
 
     #[test]
     fn normal_helpers() {
-        assert!((norm_cdf(1.959963984540054) - 0.975).abs() < 1e-12);
+        // statrs' erfc is accurate to about 1e-12 here.
+        assert!((norm_cdf(1.959963984540054) - 0.975).abs() < 1e-11);
         assert!((norm_quantile(0.975) - 1.959963984540054).abs() < 1e-9);
     }
 

@@ -36,4 +36,5 @@ pub mod protocol;
 pub mod simulate;
 pub mod sources;
 pub mod store;
+pub mod trial;
 pub mod web;

@@ -86,8 +86,25 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Time the engine on simulated data (JSON lines on stdout).
+    /// Benchmarks and statistical checks of the engine (JSON on stdout).
     Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+    /// Write a consistent copy of the database to FILE (safe while the daemon runs).
+    Backup {
+        /// Destination file (must not exist).
+        file: PathBuf,
+        /// Data folder (default: from the config).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Time the filter and the grid fit on simulated two-arm data.
+    Engine {
         /// Series lengths in days.
         #[arg(long, value_delimiter = ',', default_value = "365,3650")]
         days: Vec<usize>,
@@ -98,13 +115,17 @@ enum Command {
         #[arg(long)]
         mcmc_draws: Option<usize>,
     },
-    /// Write a consistent copy of the database to FILE (safe while the daemon runs).
-    Backup {
-        /// Destination file (must not exist).
-        file: PathBuf,
-        /// Data folder (default: from the config).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+    /// Simulation-based calibration of the gaussian fit.
+    Sbc {
+        /// Replications.
+        #[arg(long, default_value_t = 1000)]
+        reps: usize,
+        /// Days per simulated series.
+        #[arg(long, default_value_t = 84)]
+        days: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
 }
 
@@ -258,9 +279,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
-            days,
-            reps,
-            mcmc_draws,
+            command: BenchCommand::Sbc { reps, days, seed },
+        } => {
+            let r = nof1d::bench::sbc(*reps, *days, *seed);
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Engine {
+                    days,
+                    reps,
+                    mcmc_draws,
+                },
         } => {
             let protocol =
                 nof1d::protocol::Protocol::parse(nof1d::demo::PROTOCOL_TEXT, "demo protocol")?;

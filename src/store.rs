@@ -233,6 +233,56 @@ pub struct ScheduleRow {
     pub washout: bool,
 }
 
+/// A fit to store.
+#[derive(Debug, Clone)]
+pub struct NewFit {
+    /// The trial.
+    pub trial_id: i64,
+    /// The outcome stream.
+    pub stream_key: String,
+    /// Last local date of data used.
+    pub data_through: Date,
+    /// Observations used.
+    pub observations: usize,
+    /// Engine and method, e.g. `gaussian/grid`.
+    pub engine: String,
+    /// Seed.
+    pub seed: u64,
+    /// The scale `S` used.
+    pub scale: f64,
+    /// Every prior used (JSON).
+    pub priors_json: String,
+    /// The whole fit report (JSON).
+    pub result_json: String,
+    /// The fit's verdict.
+    pub converged: bool,
+    /// Wall time.
+    pub wall_ms: f64,
+}
+
+/// A stored fit.
+#[derive(Debug, Clone, Serialize)]
+pub struct FitRow {
+    /// Row id.
+    pub id: i64,
+    /// The trial.
+    pub trial_id: i64,
+    /// Outcome stream.
+    pub stream_key: String,
+    /// Last local date of data used.
+    pub data_through: String,
+    /// Observations used.
+    pub observations: i64,
+    /// The fit report (JSON).
+    pub result_json: String,
+    /// Verdict.
+    pub converged: bool,
+    /// Wall time.
+    pub wall_ms: f64,
+    /// When.
+    pub created_at: String,
+}
+
 /// A message to put in the outbox.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -306,6 +356,8 @@ pub struct Counts {
     pub outbox: i64,
     /// Outbox messages not yet sent.
     pub outbox_pending: i64,
+    /// Stored fits.
+    pub fits: i64,
     /// Audit entries.
     pub audit: i64,
 }
@@ -838,6 +890,74 @@ impl Store {
         Ok(true)
     }
 
+    /// Stores a fit with an audit entry; returns its id.
+    pub fn insert_fit(&mut self, f: &NewFit, now: Timestamp) -> Result<i64> {
+        let tx = self.conn.transaction()?;
+        let id: i64 = tx.query_row(
+            "INSERT INTO fits (trial_id, stream_key, data_through, observations, engine, seed, scale,
+                               priors_json, result_json, converged, wall_ms, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
+            params![
+                f.trial_id,
+                f.stream_key,
+                f.data_through.to_string(),
+                f.observations as i64,
+                f.engine,
+                f.seed.to_string(),
+                f.scale,
+                f.priors_json,
+                f.result_json,
+                f.converged,
+                f.wall_ms,
+                ts(now)
+            ],
+            |r| r.get(0),
+        )?;
+        audit(
+            &tx,
+            "daemon",
+            "fit.stored",
+            Some(f.trial_id),
+            &serde_json::json!({
+                "fit_id": id,
+                "stream": f.stream_key,
+                "observations": f.observations,
+                "converged": f.converged,
+            }),
+            now,
+        )?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// The newest fit of a trial's stream.
+    pub fn latest_fit(&self, trial_id: i64, stream_key: &str) -> Result<Option<FitRow>> {
+        Ok(self.fits(trial_id, stream_key, 1)?.into_iter().next())
+    }
+
+    /// The newest `limit` fits of a trial's stream, newest first.
+    pub fn fits(&self, trial_id: i64, stream_key: &str, limit: usize) -> Result<Vec<FitRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, trial_id, stream_key, data_through, observations, result_json, converged,
+                    wall_ms, created_at
+             FROM fits WHERE trial_id = ?1 AND stream_key = ?2 ORDER BY id DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![trial_id, stream_key, limit as i64], |r| {
+            Ok(FitRow {
+                id: r.get(0)?,
+                trial_id: r.get(1)?,
+                stream_key: r.get(2)?,
+                data_through: r.get(3)?,
+                observations: r.get(4)?,
+                result_json: r.get(5)?,
+                converged: r.get(6)?,
+                wall_ms: r.get(7)?,
+                created_at: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Daily runs of a trial: `(local_date, status)`, in date order.
     pub fn daily_runs(&self, trial_id: i64) -> Result<Vec<(Date, String)>> {
         let mut stmt = self.conn.prepare(
@@ -968,6 +1088,7 @@ impl Store {
             daily_runs: one("SELECT COUNT(*) FROM daily_runs")?,
             outbox: one("SELECT COUNT(*) FROM outbox")?,
             outbox_pending: one("SELECT COUNT(*) FROM outbox WHERE status != 'sent'")?,
+            fits: one("SELECT COUNT(*) FROM fits")?,
             audit: one("SELECT COUNT(*) FROM audit_log")?,
         })
     }

@@ -164,6 +164,21 @@ pub struct TrialView {
     pub next_assignment: Option<String>,
     /// Percent of planned days elapsed.
     pub progress_percent: u32,
+    /// The latest fit of the primary outcome, in words.
+    pub latest_fit: Option<FitView>,
+}
+
+/// The latest fit of a trial's primary outcome, for the status page.
+#[derive(Debug, Clone, Serialize)]
+pub struct FitView {
+    /// Data through this local date.
+    pub data_through: String,
+    /// Observations used.
+    pub observations: i64,
+    /// Per non-comparator arm: label, mean, 90% interval, P(better by MID).
+    pub effects: Vec<(String, f64, [f64; 2], f64)>,
+    /// The fit's verdict.
+    pub converged: bool,
 }
 
 /// Everything the status page and `/api/status` show.
@@ -288,6 +303,12 @@ pub async fn status(state: &AppState) -> Result<StatusView, StoreError> {
                     },
                     next_assignment: next,
                     progress_percent: (100 * elapsed / schedule.len().max(1)) as u32,
+                    latest_fit: match &protocol {
+                        Some(proto) => s
+                            .latest_fit(t.id, &proto.outcome.stream)?
+                            .and_then(|f| fit_view(&f, proto)),
+                        None => None,
+                    },
                 });
             }
             let outbox = s
@@ -318,6 +339,32 @@ pub async fn status(state: &AppState) -> Result<StatusView, StoreError> {
         .await
 }
 
+fn fit_view(f: &crate::store::FitRow, protocol: &Protocol) -> Option<FitView> {
+    let report: serde_json::Value = serde_json::from_str(&f.result_json).ok()?;
+    let effects = report["effects"]
+        .as_array()?
+        .iter()
+        .filter_map(|e| {
+            let key = e["arm"].as_str()?;
+            let label = protocol
+                .arm_index(key)
+                .map_or(key.to_string(), |i| protocol.display_label(i).to_string());
+            Some((
+                label,
+                e["mean"].as_f64()?,
+                [e["ci90"][0].as_f64()?, e["ci90"][1].as_f64()?],
+                e["p_better_by_mid"].as_f64()?,
+            ))
+        })
+        .collect();
+    Some(FitView {
+        data_through: f.data_through.clone(),
+        observations: f.observations,
+        effects,
+        converged: f.converged,
+    })
+}
+
 #[derive(Template)]
 #[template(
     ext = "html",
@@ -346,7 +393,7 @@ th, td { text-align: left; padding: 0.3em 0.5em; border-bottom: 1px solid #ddd; 
 {% endfor %}</table>
 
 <h2>Trials</h2>
-<table><tr><th>Trial</th><th>Status</th><th>Progress</th><th>Today</th><th>Next assignment</th></tr>
+<table><tr><th>Trial</th><th>Status</th><th>Progress</th><th>Today</th><th>Next assignment</th><th>Latest estimate</th></tr>
 {% for t in v.trials %}<tr>
 <td>{{ t.title }}<br><span class="muted">#{{ t.id }} · {{ t.participant }} · protocol {{ t.protocol_id }} · sha256 {{ t.protocol_hash[..12] }}</span></td>
 <td>{{ t.status }}</td>
@@ -354,6 +401,8 @@ th, td { text-align: left; padding: 0.3em 0.5em; border-bottom: 1px solid #ddd; 
 <span class="bar" role="img" aria-label="{{ t.progress_percent }} percent of planned days"><span style="width: {{ t.progress_percent }}%"></span></span></td>
 <td>{% if let Some(a) = t.today_arm %}{{ a }}{% else %}–{% endif %}</td>
 <td>{% if let Some(n) = t.next_assignment %}{{ n }}{% else %}–{% endif %}</td>
+<td>{% if let Some(f) = t.latest_fit %}{% for e in f.effects %}{{ e.0 }}: {{ "{:+.2}"|format(e.1) }} [{{ "{:+.2}"|format(e.2[0]) }}, {{ "{:+.2}"|format(e.2[1]) }}], P(better by MID) {{ "{:.2}"|format(e.3) }}<br>{% endfor %}
+<span class="muted">{{ f.observations }} obs. through {{ f.data_through }}{% if !f.converged %} · <span class="err">not converged</span>{% endif %}</span>{% else %}–{% endif %}</td>
 </tr>{% endfor %}</table>
 
 <h2>Sources</h2>

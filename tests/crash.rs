@@ -126,7 +126,7 @@ fn kill_9_while_simulated_days_pass_keeps_every_day_once() {
     // One simulated day per 10 real seconds; every job ticks each second.
     std::fs::write(
         &config,
-        "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\n[clock]\ntime_scale = 8640.0\n",
+        "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\n[clock]\ntime_scale = 8640.0\n",
     )
     .unwrap();
     let args = ["--demo", "--config", config.to_str().unwrap()];

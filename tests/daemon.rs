@@ -42,6 +42,12 @@ fn demo_shows_a_live_trial_and_stops_cleanly() {
                 .unwrap()
                 .ends_with("07:30 BST")
     );
+    // The engine refitted the demo trial on its 42 days of history.
+    let fit = &trial["latest_fit"];
+    assert_eq!(fit["observations"], 42, "{trial}");
+    assert!(fit["effects"][0]["0"].is_null());
+    assert_eq!(fit["effects"][0][0], "Morning meditation");
+    assert!(page.contains("P(better by MID)"), "{page}");
     // The demo participant gets today's email on the first start.
     let mail: Vec<_> = std::fs::read_dir(data.join("mail")).unwrap().collect();
     assert_eq!(mail.len(), 1);

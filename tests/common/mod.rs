@@ -118,7 +118,7 @@ impl Daemon {
         let deadline = Instant::now() + timeout;
         loop {
             let h = self.json("/healthz");
-            let done = ["sources", "assignments", "outbox"]
+            let done = ["sources", "refits", "assignments", "outbox"]
                 .iter()
                 .all(|j| h["jobs"][j]["runs"].as_u64().unwrap_or(0) >= runs);
             if done {

@@ -1,0 +1,180 @@
+//! A stored trial turned into model input: observations of an outcome stream
+//! placed on the trial's time axis, with the assigned arm path (intention to
+//! treat). Pure; the daemon's refit job feeds it from the store.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+
+use crate::calendar::days_between;
+use crate::model::{ArmPath, Series};
+use crate::protocol::{Aggregation, Outcome, Protocol, WashoutHandling};
+use crate::store::ScheduleRow;
+
+/// Model input for one outcome of a trial.
+#[derive(Debug, Clone)]
+pub struct TrialSeries {
+    /// The series (time 0 = local midnight starting the trial's day 0).
+    pub series: Series,
+    /// The outcome's sd during run-in (for the default scale `S`).
+    pub run_in_sd: Option<f64>,
+    /// The last local date with data.
+    pub data_through: Option<Date>,
+}
+
+/// Builds the series of `outcome` from stored observations `(instant, local date, value)`.
+///
+/// Time is civil: an observation at local time `h:m` on trial day `d` is at
+/// `t = d + (h + m/60)/24`, so DST changes do not stretch or shrink a day.
+/// Observations outside the schedule are ignored; washout days are dropped
+/// when the protocol says `washout = "exclude"`; several observations a day
+/// are aggregated as the protocol says.
+pub fn trial_series(
+    protocol: &Protocol,
+    outcome: &Outcome,
+    schedule: &[ScheduleRow],
+    observations: &[(Timestamp, Date, f64)],
+    tz: &TimeZone,
+) -> TrialSeries {
+    let Some(first) = schedule.first() else {
+        return TrialSeries {
+            series: empty(protocol),
+            run_in_sd: None,
+            data_through: None,
+        };
+    };
+    let start = first.local_date;
+    let by_date: BTreeMap<Date, &ScheduleRow> =
+        schedule.iter().map(|r| (r.local_date, r)).collect();
+    let mut points: Vec<(f64, Date, f64)> = Vec::new();
+    let mut run_in = Vec::new();
+    for &(at, date, value) in observations {
+        let Some(row) = by_date.get(&date) else {
+            continue;
+        };
+        if row.washout && protocol.design.washout == WashoutHandling::Exclude {
+            continue;
+        }
+        let local = at.to_zoned(tz.clone());
+        let frac = (f64::from(local.hour())
+            + f64::from(local.minute()) / 60.0
+            + f64::from(local.second()) / 3600.0)
+            / 24.0;
+        let t = days_between(start, date) as f64 + frac;
+        if row.period.is_none() {
+            run_in.push(value);
+        }
+        points.push((t, date, value));
+    }
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let data_through = points.last().map(|p| p.1);
+    let (t, y) = aggregate(&points, outcome.aggregation);
+    let mut starts = vec![0.0];
+    let mut arms = vec![first.arm];
+    for w in schedule.windows(2) {
+        if w[1].arm != w[0].arm {
+            starts.push(f64::from(w[1].day));
+            arms.push(w[1].arm);
+        }
+    }
+    TrialSeries {
+        series: Series {
+            t,
+            y,
+            path: ArmPath { starts, arms },
+            n_arms: protocol.arms.len(),
+            comparator: protocol.comparator_index(),
+        },
+        run_in_sd: sd(&run_in),
+        data_through,
+    }
+}
+
+fn empty(protocol: &Protocol) -> Series {
+    Series {
+        t: Vec::new(),
+        y: Vec::new(),
+        path: ArmPath {
+            starts: vec![0.0],
+            arms: vec![protocol.comparator_index()],
+        },
+        n_arms: protocol.arms.len(),
+        comparator: protocol.comparator_index(),
+    }
+}
+
+fn aggregate(points: &[(f64, Date, f64)], how: Aggregation) -> (Vec<f64>, Vec<f64>) {
+    if how == Aggregation::All {
+        return (
+            points.iter().map(|p| p.0).collect(),
+            points.iter().map(|p| p.2).collect(),
+        );
+    }
+    let mut t = Vec::new();
+    let mut y = Vec::new();
+    let mut i = 0;
+    while i < points.len() {
+        let mut j = i;
+        while j + 1 < points.len() && points[j + 1].1 == points[i].1 {
+            j += 1;
+        }
+        let day = &points[i..=j];
+        let n = day.len() as f64;
+        let value = match how {
+            Aggregation::Mean => day.iter().map(|p| p.2).sum::<f64>() / n,
+            Aggregation::Sum => day.iter().map(|p| p.2).sum(),
+            Aggregation::Last => day[day.len() - 1].2,
+            Aggregation::Max => day.iter().map(|p| p.2).fold(f64::NEG_INFINITY, f64::max),
+            Aggregation::All => day[0].2,
+        };
+        t.push(day[day.len() - 1].0);
+        y.push(value);
+        i = j + 1;
+    }
+    (t, y)
+}
+
+fn sd(xs: &[f64]) -> Option<f64> {
+    if xs.len() < 3 {
+        return None;
+    }
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (var > 0.0).then(|| var.sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_time_axis_and_aggregation() {
+        let p = Protocol::parse(include_str!("../protocols/meditation-anxiety.toml"), "m").unwrap();
+        let start: Date = "2026-03-27".parse().unwrap();
+        let schedule = crate::demo::dated_schedule(&p, 1, start).unwrap();
+        let tz = TimeZone::get("Europe/London").unwrap();
+        // 21:00 local on each side of the DST change of 2026-03-29.
+        let obs: Vec<(Timestamp, Date, f64)> = ["2026-03-28", "2026-03-30", "2026-03-30"]
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let date: Date = d.parse().unwrap();
+                let at = crate::calendar::local_instant(
+                    date,
+                    jiff::civil::Time::new(21, 0, 0, 0).unwrap(),
+                    &tz,
+                );
+                (at, date, i as f64)
+            })
+            .collect();
+        let ts = trial_series(&p, &p.outcome, &schedule, &obs, &tz);
+        assert_eq!(ts.series.t, vec![1.875, 3.875]);
+        assert_eq!(ts.series.y, vec![0.0, 1.5], "two on one day: mean");
+        assert_eq!(ts.data_through, Some("2026-03-30".parse().unwrap()));
+        // Run-in is 14 days on the comparator; the first switch can only come after.
+        assert!(ts.series.path.starts.iter().skip(1).all(|&s| s >= 14.0));
+    }
+}
