@@ -144,6 +144,70 @@ pub struct FitReport {
     pub diagnostics: Diagnostics,
     /// Every prior used.
     pub priors: PriorReport,
+    /// Smoothed latent level and counterfactual trajectories at each observation.
+    pub path: Vec<PathPoint>,
+}
+
+/// The smoothed latent path at one observation (posterior means, §4).
+#[derive(Debug, Clone, Serialize)]
+pub struct PathPoint {
+    /// Time in days.
+    pub t: f64,
+    /// The observation.
+    pub y: f64,
+    /// The arm in force.
+    pub arm: usize,
+    /// `E[mu + x(t) + e(t) | y]`: the level with the arms as they were.
+    pub latent: f64,
+    /// `E[mu + beta_j + x(t) | y]` for each arm `j` (index order): "had I always been on arm j".
+    pub counterfactual: Vec<f64>,
+}
+
+/// The smoothed path, averaged over the heaviest mixture components (up to
+/// 60, covering 99% of the weight), each smoothed at its own `phi`: a plot
+/// needs no more.
+fn smoothed_path(series: &Series, mixture: &inference::Mixture) -> Vec<PathPoint> {
+    let mut order: Vec<usize> = (0..mixture.weights.len()).collect();
+    order.sort_by(|&a, &b| mixture.weights[b].total_cmp(&mixture.weights[a]));
+    let mut used = 0.0;
+    let n = series.t.len();
+    let k = series.n_arms;
+    let effect_arms = series.effect_arms();
+    let mut latent = vec![0.0; n];
+    let mut counterfactual = vec![vec![0.0; k]; n];
+    for &c in order.iter().take(60) {
+        if used >= 0.99 {
+            break;
+        }
+        let w = mixture.weights[c];
+        used += w;
+        let e = &mixture.components[c];
+        let h = inference::hyper_of(&e.theta);
+        let b = &e.filter.b_mean;
+        let drift = crate::model::smoothed_drift(series, &h, b);
+        let rows = crate::model::design_rows(series, h.kappa);
+        for i in 0..n {
+            let fixed: f64 = (0..series.n_static()).map(|c| rows[i][c] * b[c]).sum();
+            latent[i] += w * (fixed + drift[i]);
+            for arm in 0..k {
+                let beta = effect_arms
+                    .iter()
+                    .position(|&a| a == arm)
+                    .map_or(0.0, |c| b[c + 1]);
+                counterfactual[i][arm] += w * (b[0] + beta + drift[i]);
+            }
+        }
+    }
+    let used = used.max(f64::MIN_POSITIVE);
+    (0..n)
+        .map(|i| PathPoint {
+            t: series.t[i],
+            y: series.y[i],
+            arm: series.path.arm_at(series.t[i]),
+            latent: latent[i] / used,
+            counterfactual: counterfactual[i].iter().map(|v| v / used).collect(),
+        })
+        .collect()
 }
 
 /// Tolerances of the grid's error check: 1% of a posterior sd for means,
@@ -376,6 +440,7 @@ pub fn fit_with_mixture(
         hyperparameters: inference::summarise_hyper(&mixture),
         diagnostics,
         priors: prior_report,
+        path: smoothed_path(series, &mixture),
     };
     Ok((report, mixture))
 }

@@ -135,7 +135,9 @@ pub struct CpuEvaluator<'a> {
 impl CpuEvaluator<'_> {
     /// Evaluates one point.
     pub fn eval(&self, theta: &Theta) -> Option<Eval> {
-        if theta.iter().any(|v| !v.is_finite() || v.abs() > 30.0) {
+        // Beyond e^20 days or outcome units nothing is plausible, and the
+        // filter's product of innovation variances relies on this bound.
+        if theta.iter().any(|v| !v.is_finite() || v.abs() > 20.0) {
             return None;
         }
         let filter = augmented_filter(self.series, &hyper_of(theta), &self.priors.statics).ok()?;

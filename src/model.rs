@@ -135,10 +135,10 @@ fn advance_w(
         }
         let psi = cache.1;
         let arm = path.arms[*piece];
-        for (j, wj) in w.iter_mut().enumerate() {
-            let target = if j == arm { 1.0 } else { 0.0 };
-            *wj = psi * *wj + (1.0 - psi) * target;
+        for wj in w.iter_mut() {
+            *wj *= psi;
         }
+        w[arm] += 1.0 - psi;
         t = end;
     }
 }
@@ -193,6 +193,10 @@ pub fn augmented_filter(
     let mut a_y = 0.0;
     let mut a_x = [0.0; MAX_ARMS];
     let mut sum_log_f = 0.0;
+    // log F is summed as the log of a running product, taken every 8 steps:
+    // one logarithm instead of 8. The evaluator keeps every sd within
+    // e^-20..e^20, so F stays within 1e-18..1e18 and 8 factors cannot overflow.
+    let mut prod_f = 1.0;
     let mut q = 0.0;
     let mut s = [0.0; MAX_ARMS];
     let mut big_s = [[0.0; MAX_ARMS]; MAX_ARMS];
@@ -203,7 +207,7 @@ pub fn augmented_filter(
     // Regular sampling repeats the same gaps: cache the exponentials.
     let (mut last_gap, mut rho) = (f64::NAN, 1.0);
     let mut w_cache = (f64::NAN, 1.0);
-    for (&t, &y) in series.t.iter().zip(&series.y) {
+    for (i, (&t, &y)) in series.t.iter().zip(&series.y).enumerate() {
         let gap = t - t_prev;
         if gap != last_gap {
             rho = (-h.lambda * gap).exp();
@@ -231,7 +235,11 @@ pub fn augmented_filter(
         }
         let gain = pvar / f;
         let inv_f = 1.0 / f;
-        sum_log_f += f.ln();
+        prod_f *= f;
+        if i % 8 == 7 {
+            sum_log_f += prod_f.ln();
+            prod_f = 1.0;
+        }
         q += v * v * inv_f;
         for c in 0..p {
             let vc = vx[c] * inv_f;
@@ -244,6 +252,7 @@ pub fn augmented_filter(
         a_y += gain * v;
         pvar *= var_y * inv_f;
     }
+    sum_log_f += prod_f.ln();
     let n = series.t.len() as f64;
     let mut a = DMatrix::<f64>::zeros(p, p);
     let mut rhs = DVector::<f64>::zeros(p);
@@ -273,6 +282,55 @@ pub fn augmented_filter(
         b_mean,
         b_cov,
     })
+}
+
+/// Smoothed drift `E[x(t_i) | y, phi]` at every observation, with `b` at its
+/// conditional posterior mean `b_mean` (Rauch–Tung–Striebel, §4).
+///
+/// The smoother is linear, so it runs on the outcome and on each regressor
+/// column as the filter does: `E[x | y, b] = xs_y - Xs b`.
+pub fn smoothed_drift(series: &Series, h: &Hyper, b_mean: &DVector<f64>) -> Vec<f64> {
+    let n = series.t.len();
+    let p = series.n_static();
+    let rows = design_rows(series, h.kappa);
+    let var_x = h.drift_sd * h.drift_sd;
+    let var_y = h.sigma_y * h.sigma_y;
+    // Column 0 is the outcome, 1..=p the regressors.
+    let cols = p + 1;
+    let mut filt = vec![[0.0; MAX_ARMS + 1]; n];
+    let mut p_filt = vec![0.0; n];
+    let mut p_pred = vec![0.0; n];
+    let mut rhos = vec![1.0; n];
+    let mut a = [0.0; MAX_ARMS + 1];
+    let mut pvar = var_x;
+    let mut t_prev = 0.0;
+    for i in 0..n {
+        let rho = (-h.lambda * (series.t[i] - t_prev)).exp();
+        t_prev = series.t[i];
+        rhos[i] = rho;
+        pvar = rho * rho * pvar + var_x * (1.0 - rho * rho);
+        p_pred[i] = pvar;
+        let gain = pvar / (pvar + var_y);
+        for c in 0..cols {
+            let obs = if c == 0 { series.y[i] } else { rows[i][c - 1] };
+            a[c] *= rho;
+            a[c] += gain * (obs - a[c]);
+        }
+        pvar *= 1.0 - gain;
+        p_filt[i] = pvar;
+        filt[i] = a;
+    }
+    let mut smooth = filt.clone();
+    for i in (0..n.saturating_sub(1)).rev() {
+        let j = p_filt[i] * rhos[i + 1] / p_pred[i + 1];
+        for c in 0..cols {
+            smooth[i][c] = filt[i][c] + j * (smooth[i + 1][c] - rhos[i + 1] * filt[i][c]);
+        }
+    }
+    smooth
+        .iter()
+        .map(|s| s[0] - (0..p).map(|c| s[c + 1] * b_mean[c]).sum::<f64>())
+        .collect()
 }
 
 #[cfg(test)]
@@ -361,6 +419,41 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn smoother_equals_dense_conditional_mean() {
+        let s = series(3);
+        let h = Hyper {
+            lambda: 0.3,
+            drift_sd: 0.8,
+            kappa: 0.45,
+            sigma_y: 0.6,
+        };
+        let b = DVector::from_vec(vec![3.1, 0.4, -0.2]);
+        let got = smoothed_drift(&s, &h, &b);
+        // Dense: E[x | y, b] = Sx (Sx + sy^2 I)^-1 (y - X b).
+        let n = s.t.len();
+        let rows = design_rows(&s, h.kappa);
+        let sx = DMatrix::from_fn(n, n, |i, k| {
+            h.drift_sd.powi(2) * (-h.lambda * (s.t[i] - s.t[k]).abs()).exp()
+        });
+        let mut cov = sx.clone();
+        for i in 0..n {
+            cov[(i, i)] += h.sigma_y.powi(2);
+        }
+        let r = DVector::from_fn(n, |i, _| {
+            s.y[i] - (0..3).map(|c| rows[i][c] * b[c]).sum::<f64>()
+        });
+        let expect = &sx * cov.cholesky().unwrap().solve(&r);
+        for i in 0..n {
+            assert!(
+                (got[i] - expect[i]).abs() < 1e-9,
+                "{i}: {} vs {}",
+                got[i],
+                expect[i]
+            );
         }
     }
 
