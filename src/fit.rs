@@ -189,12 +189,12 @@ fn smoothed_path(series: &Series, mixture: &inference::Mixture) -> Vec<PathPoint
         for i in 0..n {
             let fixed: f64 = (0..series.n_static()).map(|c| rows[i][c] * b[c]).sum();
             latent[i] += w * (fixed + drift[i]);
-            for arm in 0..k {
+            for (arm, value) in counterfactual[i].iter_mut().enumerate() {
                 let beta = effect_arms
                     .iter()
                     .position(|&a| a == arm)
                     .map_or(0.0, |c| b[c + 1]);
-                counterfactual[i][arm] += w * (b[0] + beta + drift[i]);
+                *value += w * (b[0] + beta + drift[i]);
             }
         }
     }
