@@ -427,10 +427,19 @@ pub fn fit_with_mixture(
             (r.mixture(), diag)
         }
     };
+    let t_int = started.elapsed().as_secs_f64() * 1000.0;
     let effects = inference::summarise_effects(&mixture, &names, sign, mid, spec.seed);
     let p_best = inference::prob_best(&mixture, names.len(), sign, spec.seed);
     let base = Marginal::of(&mixture, 0);
+    let t_sum = started.elapsed().as_secs_f64() * 1000.0;
+    let path = smoothed_path(series, &mixture);
     diagnostics.wall_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::debug!(
+        integrate_ms = t_int,
+        summaries_ms = t_sum - t_int,
+        path_ms = diagnostics.wall_ms - t_sum,
+        "fit timings"
+    );
     let report = FitReport {
         family: spec.outcome.family,
         observations: series.y.len(),
@@ -440,7 +449,7 @@ pub fn fit_with_mixture(
         hyperparameters: inference::summarise_hyper(&mixture),
         diagnostics,
         priors: prior_report,
-        path: smoothed_path(series, &mixture),
+        path,
     };
     Ok((report, mixture))
 }

@@ -300,9 +300,7 @@ pub fn integrate_grid(ev: &CpuEvaluator<'_>, opts: &GridOptions) -> Result<GridR
     let start = prior_center(&ev.priors.hyper);
     let (m1, _, n1) = nelder_mead(&mut neg, start, 0.7, 1500);
     let (mode, f_mode, n2) = nelder_mead(&mut neg, m1, 0.15, 1500);
-    if std::env::var_os("NOF1D_DEBUG_GRID").is_some() {
-        eprintln!("nelder-mead evaluations: {n1} + {n2}");
-    }
+    tracing::debug!(evaluations = n1 + n2, "posterior mode found");
     if !f_mode.is_finite() {
         return Err(ModelError::Input(
             "the posterior could not be evaluated anywhere near the prior".into(),
@@ -615,23 +613,50 @@ impl Marginal {
             .sum()
     }
 
-    /// The `p` quantile of the mixture (bisection on its CDF).
+    /// The `p` quantile of the mixture: Newton steps on its CDF, safeguarded
+    /// by a bracket that each step narrows (bisection where Newton would leave it).
     pub fn quantile(&self, p: f64) -> f64 {
-        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-        for (m, s) in self.means.iter().zip(&self.sds) {
-            lo = lo.min(m - 10.0 * s);
-            hi = hi.max(m + 10.0 * s);
-        }
-        for _ in 0..100 {
-            let mid = 0.5 * (lo + hi);
-            // P(b <= mid) = 1 - P(b > mid).
-            if 1.0 - self.prob_above(1.0, mid) < p {
-                lo = mid;
+        let (mean, sd) = (self.mean(), self.sd().max(1e-300));
+        let (mut lo, mut hi) = (mean - 40.0 * sd, mean + 40.0 * sd);
+        let mut x = mean + sd * norm_quantile(p);
+        for _ in 0..60 {
+            let (cdf, pdf) = self.cdf_pdf(x);
+            let err = cdf - p;
+            if err.abs() < 1e-13 {
+                break;
+            }
+            if err < 0.0 {
+                lo = x;
             } else {
-                hi = mid;
+                hi = x;
+            }
+            let newton = x - err / pdf;
+            x = if pdf > 0.0 && newton > lo && newton < hi {
+                newton
+            } else {
+                0.5 * (lo + hi)
+            };
+            if hi - lo < 1e-12 * sd {
+                break;
             }
         }
-        0.5 * (lo + hi)
+        x
+    }
+
+    /// The mixture's CDF and density at `x`.
+    fn cdf_pdf(&self, x: f64) -> (f64, f64) {
+        let mut cdf = 0.0;
+        let mut pdf = 0.0;
+        for (w, (m, s)) in self.weights.iter().zip(self.means.iter().zip(&self.sds)) {
+            if *s > 0.0 {
+                let z = (x - m) / s;
+                cdf += w * norm_cdf(z);
+                pdf += w * (-0.5 * z * z).exp() / (s * (2.0 * std::f64::consts::PI).sqrt());
+            } else if x >= *m {
+                cdf += w;
+            }
+        }
+        (cdf, pdf)
     }
 }
 

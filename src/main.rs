@@ -115,6 +115,18 @@ enum BenchCommand {
         #[arg(long)]
         mcmc_draws: Option<usize>,
     },
+    /// Print a simulated two-arm daily series as CSV (day,arm,y) for comparisons.
+    Simulate {
+        /// Days.
+        #[arg(long, default_value_t = 365)]
+        days: usize,
+        /// True effect of `treatment` against `control`.
+        #[arg(long, default_value_t = -1.5)]
+        effect: f64,
+        /// Seed.
+        #[arg(long, default_value_t = 11)]
+        seed: u64,
+    },
     /// Simulation-based calibration of the gaussian fit.
     Sbc {
         /// Replications.
@@ -275,6 +287,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&analysis)?);
             } else {
                 print!("{}", nof1d::analyze::render(&analysis));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command: BenchCommand::Simulate { days, effect, seed },
+        } => {
+            let series = nof1d::bench::two_arm_series(*days, *effect, *seed);
+            println!("day,arm,y");
+            for (t, y) in series.t.iter().zip(&series.y) {
+                let arm = ["control", "treatment"][series.path.arm_at(*t)];
+                println!("{},{arm},{y:.6}", t.floor());
             }
             Ok(ExitCode::SUCCESS)
         }
