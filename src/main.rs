@@ -64,8 +64,8 @@ enum Command {
         /// Without a protocol: observation family.
         #[arg(long, default_value = "gaussian")]
         family: String,
-        /// Without a protocol: minimal important difference (outcome units).
-        #[arg(long, default_value_t = 0.0)]
+        /// Without a protocol: minimal important difference (outcome units, >= 0).
+        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
         mid: f64,
         /// Without a protocol: `higher` or `lower` is better.
         #[arg(long, default_value = "higher")]
@@ -121,7 +121,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 365)]
         days: usize,
         /// True effect of `treatment` against `control`.
-        #[arg(long, default_value_t = -1.5)]
+        #[arg(long, default_value_t = -1.5, allow_negative_numbers = true)]
         effect: f64,
         /// Seed.
         #[arg(long, default_value_t = 11)]

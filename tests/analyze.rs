@@ -1,0 +1,135 @@
+//! `nof1d analyze` on CSV files, as a person with a spreadsheet would run it.
+
+mod common;
+
+use common::run;
+
+fn simulated_csv(dir: &std::path::Path) -> std::path::PathBuf {
+    let out = run(
+        &[
+            "bench", "simulate", "--days", "200", "--effect", "-1.5", "--seed", "4",
+        ],
+        dir,
+    );
+    assert!(out.status.success());
+    let path = dir.join("data.csv");
+    std::fs::write(&path, &out.stdout).unwrap();
+    path
+}
+
+#[test]
+fn json_has_the_documented_stable_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = simulated_csv(dir.path());
+    let out = run(
+        &[
+            "analyze",
+            "--data",
+            data.to_str().unwrap(),
+            "--comparator",
+            "control",
+            "--mid",
+            "0.5",
+            "--direction",
+            "lower",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let e = &v["effects"][0];
+    assert_eq!(e["arm"], "treatment");
+    for key in ["mean", "sd", "p_better_by_mid", "p_best"] {
+        assert!(e[key].is_f64(), "{key}: {e}");
+    }
+    assert_eq!(e["ci90"].as_array().unwrap().len(), 2);
+    assert!(
+        v["hyperparameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["name"] == "half_life_days")
+    );
+    assert_eq!(v["diagnostics"]["converged"], true, "{}", v["diagnostics"]);
+    assert!(v["priors"]["scale"].is_f64());
+    assert_eq!(v["path"].as_array().unwrap().len(), 200);
+    // The simulated effect is -1.5: lower is better, so treatment should look better.
+    let mean = e["mean"].as_f64().unwrap();
+    let ci = [
+        e["ci90"][0].as_f64().unwrap(),
+        e["ci90"][1].as_f64().unwrap(),
+    ];
+    assert!(ci[0] < mean && mean < ci[1]);
+    assert!(e["p_better_by_mid"].as_f64().unwrap() > 0.5, "{e}");
+}
+
+#[test]
+fn table_by_default_and_protocol_arms() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = "date,arm,anxiety\n".to_string()
+        + &(0..60)
+            .map(|i| {
+                let arm = if (i / 7) % 2 == 0 {
+                    "none"
+                } else {
+                    "meditation"
+                };
+                let y = 5.0
+                    + if arm == "meditation" { -1.0 } else { 0.0 }
+                    + ((i * 37 % 11) as f64 - 5.0) / 5.0;
+                let date = jiff::civil::date(2026, 1, 1)
+                    .checked_add(jiff::Span::new().days(i))
+                    .unwrap();
+                format!("{date},{arm},{y:.1}\n")
+            })
+            .collect::<String>();
+    std::fs::write(dir.path().join("a.csv"), csv).unwrap();
+    let protocol = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/protocols/meditation-anxiety.toml"
+    );
+    let out = run(
+        &["analyze", "--data", "a.csv", "--protocol", protocol],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("60 observations"), "{text}");
+    assert!(text.contains("meditation"), "{text}");
+    assert!(text.contains("P(better by MID)"), "{text}");
+    assert!(
+        text.contains("effect meditation ~ Normal(0.000, 1.500)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_rows_and_missing_comparator_are_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("b.csv"),
+        "day,arm,score\n1,A,3\n2,A,n/a\n3,B,4\n",
+    )
+    .unwrap();
+    let out = run(
+        &["analyze", "--data", "b.csv", "--comparator", "A"],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 3: outcome \"n/a\" is not a number"),
+        "{err}"
+    );
+    let out = run(&["analyze", "--data", "b.csv"], dir.path());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --comparator LABEL"));
+}
