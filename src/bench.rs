@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::fit::{FitSpec, Method, fit};
 use crate::inference::{GridOptions, McmcOptions};
 use crate::model::{ArmPath, Hyper, Series, StaticPrior, augmented_filter};
-use crate::protocol::Outcome;
+use crate::protocol::{Family, Outcome};
 use crate::simulate::{ModelParams, simulate_daily};
 
 /// A two-arm daily series of `days` days in weekly periods (AB BA ... by
@@ -173,6 +173,8 @@ pub struct SbcResult {
     pub coverage90: f64,
     /// Fits whose own check said "not converged".
     pub not_converged: usize,
+    /// Fits that returned an error (left out of the ranks and coverage).
+    pub failed: usize,
 }
 
 /// Simulation-based calibration of the gaussian fit: parameters drawn from
@@ -180,22 +182,26 @@ pub struct SbcResult {
 /// counterbalanced series simulated from the model, fitted by the grid path;
 /// the rank of the true effect among 99 posterior draws must be uniform and
 /// the 50%/90% intervals must cover at their nominal rates.
-pub fn sbc(replications: usize, days: usize, seed: u64) -> SbcResult {
+pub fn sbc(family: Family, replications: usize, days: usize, seed: u64) -> SbcResult {
     use rand::{RngExt, SeedableRng};
     use rand_chacha::ChaCha20Rng;
     use rand_distr::{Distribution, StandardNormal};
 
-    let outcome = sbc_outcome();
+    let outcome = sbc_outcome(family);
     let hp = &outcome.priors;
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let normal = |rng: &mut ChaCha20Rng| -> f64 { StandardNormal.sample(rng) };
     let mut ranks = Vec::with_capacity(replications);
-    let (mut cover50, mut cover90, mut not_converged) = (0, 0, 0);
+    let (mut cover50, mut cover90, mut not_converged, mut failed) = (0, 0, 0, 0);
     for rep in 0..replications {
         let tau = (3.0f64.ln() + normal(&mut rng)).exp();
-        let drift_sd = normal(&mut rng).abs();
+        let drift_sd = hp.drift_sd_scale.unwrap_or(1.0) * normal(&mut rng).abs();
         let half_life = (0.75 * normal(&mut rng)).exp();
-        let sigma_y = normal(&mut rng).abs();
+        let sigma_y = if family == Family::Gaussian {
+            normal(&mut rng).abs()
+        } else {
+            0.0
+        };
         let baseline = hp
             .baseline
             .map_or(0.0, |b| b.mean + b.sd * normal(&mut rng));
@@ -222,7 +228,11 @@ pub fn sbc(replications: usize, days: usize, seed: u64) -> SbcResult {
                 .take(days)
                 .collect()
         };
-        let pts = simulate_daily(&params, &arms, 0.875, rng.random());
+        let mut pts = simulate_daily(&params, &arms, 0.875, rng.random());
+        // Non-gaussian families: the simulated level is the linear predictor.
+        for p in pts.iter_mut() {
+            p.y = draw(family, outcome.trials, p.y, &mut rng);
+        }
         let mut starts = vec![0.0];
         let mut path_arms = vec![arms[0]];
         for d in 1..days {
@@ -250,9 +260,16 @@ pub fn sbc(replications: usize, days: usize, seed: u64) -> SbcResult {
             mcmc: McmcOptions::default(),
             grid: GridOptions::default(),
         };
-        let Ok((report, mix)) = crate::fit::fit_with_mixture(&series, &spec) else {
-            not_converged += 1;
-            continue;
+        let (report, mix) = match crate::fit::fit_with_mixture(&series, &spec) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(replication = rep, error = %e, "SBC fit failed");
+                if std::env::var_os("NOF1D_SBC_VERBOSE").is_some() {
+                    eprintln!("replication {rep}: {e}");
+                }
+                failed += 1;
+                continue;
+            }
         };
         if !report.diagnostics.converged {
             not_converged += 1;
@@ -298,22 +315,43 @@ pub fn sbc(replications: usize, days: usize, seed: u64) -> SbcResult {
         coverage50: cover50 as f64 / n.max(1) as f64,
         coverage90: cover90 as f64 / n.max(1) as f64,
         not_converged,
+        failed,
     }
 }
 
-/// The outcome used by SBC: gaussian, explicit priors (scale 1), so that the
-/// prior does not depend on the data.
-pub fn sbc_outcome() -> Outcome {
-    let text = r#"
-stream = "y"
-family = "gaussian"
-direction = "higher"
-mid = 0.5
-scale = 1.0
-[priors]
-baseline = { mean = 0.0, sd = 2.0 }
-effect = { mean = 0.0, sd = 1.0 }
-"#;
+/// An observation of `family` with linear predictor `eta` (identity for gaussian,
+/// whose noise is already in `eta`).
+pub fn draw(
+    family: Family,
+    trials: Option<u32>,
+    eta: f64,
+    rng: &mut rand_chacha::ChaCha20Rng,
+) -> f64 {
+    use rand_distr::{Binomial, Distribution, Poisson};
+    let p = 1.0 / (1.0 + (-eta).exp());
+    match family {
+        Family::Gaussian | Family::Beta => eta,
+        Family::Poisson => Poisson::new(eta.exp().clamp(1e-9, 1e6)).map_or(0.0, |d| d.sample(rng)),
+        Family::Bernoulli => f64::from(u8::from(rand::RngExt::random::<f64>(rng) < p)),
+        Family::Binomial => {
+            Binomial::new(u64::from(trials.unwrap_or(1)), p).map_or(0.0, |d| d.sample(rng) as f64)
+        }
+    }
+}
+
+/// The outcome used by SBC: explicit priors, so that the prior does not
+/// depend on the data (scale 1; the link scale for the non-gaussian families).
+pub fn sbc_outcome(family: Family) -> Outcome {
+    let (name, baseline, mid, trials) = match family {
+        Family::Gaussian => ("gaussian", "{ mean = 0.0, sd = 2.0 }", 0.5, ""),
+        Family::Poisson => ("poisson", "{ mean = 1.0, sd = 0.5 }", 1.25, ""),
+        Family::Bernoulli => ("bernoulli", "{ mean = -0.5, sd = 0.5 }", 1.25, ""),
+        Family::Binomial => ("binomial", "{ mean = -0.5, sd = 0.5 }", 1.25, "trials = 5"),
+        Family::Beta => ("beta", "{ mean = 0.0, sd = 1.0 }", 1.25, ""),
+    };
+    let text = format!(
+        "stream = \"y\"\nfamily = \"{name}\"\ndirection = \"higher\"\nmid = {mid}\nscale = 1.0\naggregation = \"last\"\n{trials}\n[priors]\nbaseline = {baseline}\neffect = {{ mean = 0.0, sd = 1.0 }}\ndrift_sd_scale = 0.5\n"
+    );
     // A fixed, valid literal: parsing cannot fail.
-    toml::from_str(text).unwrap_or_else(|e| panic!("SBC outcome literal: {e}"))
+    toml::from_str(&text).unwrap_or_else(|e| panic!("SBC outcome literal: {e}"))
 }

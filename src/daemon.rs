@@ -535,9 +535,8 @@ async fn refit_trial(
         .map_err(|e| JobError::Item(format!("zone {}: {e}", p.time_zone)))?;
     let mut stored = 0;
     for outcome in protocol.outcomes() {
-        if outcome.family != crate::protocol::Family::Gaussian {
-            // Only the gaussian engine exists so far; the others are not fitted
-            // rather than fitted wrongly.
+        if outcome.family == crate::protocol::Family::Beta {
+            // The beta family has no engine yet: not fitted rather than fitted wrongly.
             continue;
         }
         let (trial_id, participant_id, stream) = (trial.id, p.id, outcome.stream.clone());

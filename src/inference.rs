@@ -86,12 +86,16 @@ fn half_normal_on_log(log_x: f64, scale: f64) -> f64 {
     (2.0 / (2.0 * std::f64::consts::PI).sqrt() / scale).ln() - 0.5 * (x / scale).powi(2) + log_x
 }
 
-/// Log prior density of `theta` (on the log scale, Jacobians included).
-pub fn log_prior(theta: &Theta, p: &HyperPriors) -> f64 {
-    log_normal_on_log(theta[0], p.drift_time_median_days, p.drift_time_log_sd)
+/// Log prior density of the first `dims` coordinates of `theta` (on the log
+/// scale, Jacobians included); the fourth, `ln sigma_y`, only for gaussian.
+pub fn log_prior(theta: &Theta, p: &HyperPriors, dims: usize) -> f64 {
+    let mut lp = log_normal_on_log(theta[0], p.drift_time_median_days, p.drift_time_log_sd)
         + half_normal_on_log(theta[1], p.drift_sd_scale)
-        + log_normal_on_log(theta[2], p.half_life_median_days, p.half_life_log_sd)
-        + half_normal_on_log(theta[3], p.noise_sd_scale)
+        + log_normal_on_log(theta[2], p.half_life_median_days, p.half_life_log_sd);
+    if dims > 3 {
+        lp += half_normal_on_log(theta[3], p.noise_sd_scale);
+    }
+    lp
 }
 
 /// The prior medians, a natural starting point.
@@ -116,46 +120,25 @@ pub struct Eval {
     pub filter: FilterOutput,
 }
 
-/// Evaluates many `theta` at once: the batch interface a GPU backend implements.
+/// The posterior over `theta` for one model: the interface inference works
+/// against, and the batch seam a GPU backend implements.
 pub trait Evaluator: Sync {
-    /// One result per input; `None` where the model is degenerate there.
-    fn eval_batch(&self, thetas: &[Theta]) -> Vec<Option<Eval>>;
-}
-
-/// The CPU reference evaluator (splits large batches over threads).
-pub struct CpuEvaluator<'a> {
-    /// The data.
-    pub series: &'a Series,
-    /// The priors.
-    pub priors: &'a Priors,
-    /// Threads to use for large batches.
-    pub threads: usize,
-}
-
-impl CpuEvaluator<'_> {
-    /// Evaluates one point.
-    pub fn eval(&self, theta: &Theta) -> Option<Eval> {
-        // Beyond e^20 days or outcome units nothing is plausible, and the
-        // filter's product of innovation variances relies on this bound.
-        if theta.iter().any(|v| !v.is_finite() || v.abs() > 20.0) {
-            return None;
-        }
-        let filter = augmented_filter(self.series, &hyper_of(theta), &self.priors.statics).ok()?;
-        let log_post = filter.log_lik + log_prior(theta, &self.priors.hyper);
-        log_post.is_finite().then_some(Eval {
-            theta: *theta,
-            log_post,
-            filter,
-        })
-    }
-}
-
-impl Evaluator for CpuEvaluator<'_> {
+    /// How many leading coordinates of `theta` are free (3 without `sigma_y`, else 4).
+    fn dims(&self) -> usize;
+    /// Where the mode search starts (the prior centre).
+    fn start(&self) -> Theta;
+    /// The log posterior and conditional effect posterior at one point;
+    /// `None` where the model cannot be evaluated.
+    fn eval(&self, theta: &Theta) -> Option<Eval>;
+    /// Many points at once (default: split over the machine's threads).
     fn eval_batch(&self, thetas: &[Theta]) -> Vec<Option<Eval>> {
-        if self.threads <= 1 || thetas.len() < 64 {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4);
+        if threads <= 1 || thetas.len() < 64 {
             return thetas.iter().map(|t| self.eval(t)).collect();
         }
-        let chunk = thetas.len().div_ceil(self.threads);
+        let chunk = thetas.len().div_ceil(threads);
         std::thread::scope(|scope| {
             let handles: Vec<_> = thetas
                 .chunks(chunk)
@@ -171,6 +154,45 @@ impl Evaluator for CpuEvaluator<'_> {
     }
 }
 
+/// The gaussian family's evaluator: one augmented filter pass per point.
+pub struct CpuEvaluator<'a> {
+    /// The data.
+    pub series: &'a Series,
+    /// The priors.
+    pub priors: &'a Priors,
+}
+
+/// True when every free coordinate is finite and within e^-20..e^20: beyond
+/// that nothing is plausible, and the filters rely on the bound.
+pub fn theta_in_range(theta: &Theta, dims: usize) -> bool {
+    theta[..dims]
+        .iter()
+        .all(|v| v.is_finite() && v.abs() <= 20.0)
+}
+
+impl Evaluator for CpuEvaluator<'_> {
+    fn dims(&self) -> usize {
+        DIM
+    }
+
+    fn start(&self) -> Theta {
+        prior_center(&self.priors.hyper)
+    }
+
+    fn eval(&self, theta: &Theta) -> Option<Eval> {
+        if !theta_in_range(theta, DIM) {
+            return None;
+        }
+        let filter = augmented_filter(self.series, &hyper_of(theta), &self.priors.statics).ok()?;
+        let log_post = filter.log_lik + log_prior(theta, &self.priors.hyper, DIM);
+        log_post.is_finite().then_some(Eval {
+            theta: *theta,
+            log_post,
+            filter,
+        })
+    }
+}
+
 /// A weighted mixture of the conditional effect posteriors.
 #[derive(Debug, Clone)]
 pub struct Mixture {
@@ -180,37 +202,37 @@ pub struct Mixture {
     pub components: Vec<Eval>,
 }
 
-/// Minimises `f` by Nelder–Mead from `start` with initial step `step`.
+/// Minimises `f` by Nelder–Mead over the first `n` coordinates of `start`
+/// (the others stay as they are), with initial step `step`.
 fn nelder_mead(
     f: &mut dyn FnMut(&Theta) -> f64,
     start: Theta,
+    n: usize,
     step: f64,
     max_evals: usize,
 ) -> (Theta, f64, usize) {
-    let mut simplex: Vec<(Theta, f64)> = Vec::with_capacity(DIM + 1);
+    let mut simplex: Vec<(Theta, f64)> = Vec::with_capacity(n + 1);
     simplex.push((start, f(&start)));
-    for i in 0..DIM {
+    for i in 0..n {
         let mut p = start;
         p[i] += step;
         simplex.push((p, f(&p)));
     }
-    let mut evals = DIM + 1;
+    let mut evals = n + 1;
     while evals < max_evals {
         simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
-        let (best, worst) = (simplex[0].1, simplex[DIM].1);
+        let (best, worst) = (simplex[0].1, simplex[n].1);
         if (worst - best).abs() < 1e-7 * (1.0 + best.abs()) {
             break;
         }
-        let mut centroid = [0.0; DIM];
-        for (p, _) in &simplex[..DIM] {
-            for k in 0..DIM {
-                centroid[k] += p[k] / DIM as f64;
-            }
+        let mut centroid = start;
+        for k in 0..n {
+            centroid[k] = simplex[..n].iter().map(|(p, _)| p[k]).sum::<f64>() / n as f64;
         }
         let along = |t: f64| -> Theta {
-            let mut q = [0.0; DIM];
-            for k in 0..DIM {
-                q[k] = centroid[k] + t * (simplex[DIM].0[k] - centroid[k]);
+            let mut q = start;
+            for k in 0..n {
+                q[k] = centroid[k] + t * (simplex[n].0[k] - centroid[k]);
             }
             q
         };
@@ -221,20 +243,20 @@ fn nelder_mead(
             let xe = along(-2.0);
             let fe = f(&xe);
             evals += 1;
-            simplex[DIM] = if fe < fr { (xe, fe) } else { (xr, fr) };
-        } else if fr < simplex[DIM - 1].1 {
-            simplex[DIM] = (xr, fr);
+            simplex[n] = if fe < fr { (xe, fe) } else { (xr, fr) };
+        } else if fr < simplex[n - 1].1 {
+            simplex[n] = (xr, fr);
         } else {
-            let t = if fr < simplex[DIM].1 { -0.5 } else { 0.5 };
+            let t = if fr < simplex[n].1 { -0.5 } else { 0.5 };
             let xc = along(t);
             let fc = f(&xc);
             evals += 1;
-            if fc < simplex[DIM].1.min(fr) {
-                simplex[DIM] = (xc, fc);
+            if fc < simplex[n].1.min(fr) {
+                simplex[n] = (xc, fc);
             } else {
                 let best_point = simplex[0].0;
                 for item in simplex.iter_mut().skip(1) {
-                    for (x, b) in item.0.iter_mut().zip(best_point) {
+                    for (x, b) in item.0.iter_mut().zip(best_point).take(n) {
                         *x = b + 0.5 * (*x - b);
                     }
                     item.1 = f(&item.0);
@@ -291,15 +313,16 @@ pub struct GridResult {
 }
 
 /// Deterministic integration over `theta` on a lattice grown from the mode.
-pub fn integrate_grid(ev: &CpuEvaluator<'_>, opts: &GridOptions) -> Result<GridResult, ModelError> {
+pub fn integrate_grid(ev: &dyn Evaluator, opts: &GridOptions) -> Result<GridResult, ModelError> {
+    let dims = ev.dims();
     let mut evaluations = 0;
     let mut neg = |t: &Theta| -> f64 {
         evaluations += 1;
         ev.eval(t).map_or(f64::INFINITY, |e| -e.log_post)
     };
-    let start = prior_center(&ev.priors.hyper);
-    let (m1, _, n1) = nelder_mead(&mut neg, start, 0.7, 1500);
-    let (mode, f_mode, n2) = nelder_mead(&mut neg, m1, 0.15, 1500);
+    let start = ev.start();
+    let (m1, _, n1) = nelder_mead(&mut neg, start, dims, 0.7, 1500);
+    let (mode, f_mode, n2) = nelder_mead(&mut neg, m1, dims, 0.15, 1500);
     tracing::debug!(evaluations = n1 + n2, "posterior mode found");
     if !f_mode.is_finite() {
         return Err(ModelError::Input(
@@ -308,7 +331,7 @@ pub fn integrate_grid(ev: &CpuEvaluator<'_>, opts: &GridOptions) -> Result<GridR
     }
     // Hessian of -log p by central differences.
     let h = 0.02;
-    let mut hess = DMatrix::<f64>::zeros(DIM, DIM);
+    let mut hess = DMatrix::<f64>::zeros(dims, dims);
     let shifted = |d: &[(usize, f64)]| -> Theta {
         let mut t = mode;
         for &(i, s) in d {
@@ -316,7 +339,7 @@ pub fn integrate_grid(ev: &CpuEvaluator<'_>, opts: &GridOptions) -> Result<GridR
         }
         t
     };
-    for i in 0..DIM {
+    for i in 0..dims {
         let fp = neg(&shifted(&[(i, h)]));
         let fm = neg(&shifted(&[(i, -h)]));
         hess[(i, i)] = (fp - 2.0 * f_mode + fm) / (h * h);
@@ -333,17 +356,17 @@ pub fn integrate_grid(ev: &CpuEvaluator<'_>, opts: &GridOptions) -> Result<GridR
     // Whitening: theta = mode + V diag(sqrt(1/eig)) z, with eigenvalues floored
     // so that a flat direction is explored with a bounded step.
     let eig = SymmetricEigen::new(hess);
-    let mut map = DMatrix::<f64>::zeros(DIM, DIM);
-    for k in 0..DIM {
+    let mut map = DMatrix::<f64>::zeros(dims, dims);
+    for k in 0..dims {
         let e = eig.eigenvalues[k].max(0.25);
-        for r in 0..DIM {
+        for r in 0..dims {
             map[(r, k)] = eig.eigenvectors[(r, k)] / e.sqrt();
         }
     }
     let point = |n: &[i32; DIM], offset: f64| -> Theta {
         let mut t = mode;
-        for r in 0..DIM {
-            for (k, nk) in n.iter().enumerate() {
+        for r in 0..dims {
+            for (k, nk) in n.iter().enumerate().take(dims) {
                 t[r] += map[(r, k)] * (f64::from(*nk) + offset) * opts.step;
             }
         }
@@ -370,7 +393,7 @@ pub fn integrate_grid(ev: &CpuEvaluator<'_>, opts: &GridOptions) -> Result<GridR
                 if e.log_post < max_lp - opts.cutoff {
                     continue;
                 }
-                for k in 0..DIM {
+                for k in 0..dims {
                     for d in [-1, 1] {
                         let mut m = *n;
                         m[k] += d;
@@ -399,6 +422,11 @@ pub fn integrate_grid(ev: &CpuEvaluator<'_>, opts: &GridOptions) -> Result<GridR
         .flatten()
         .filter(|e| inside(e, opts.cutoff))
         .collect();
+    if both.is_empty() {
+        return Err(ModelError::Input(
+            "the posterior could not be evaluated around its mode".into(),
+        ));
+    }
     let points = both.len();
     let mixture = mix(both);
     let coarse = mix(lattices[0]
@@ -475,14 +503,15 @@ impl McmcResult {
 /// covariance `2.38^2 / d` times the running covariance during warm-up, then
 /// fixed). Chains start from dispersed points around the prior centre and
 /// run on separate threads.
-pub fn sample_mcmc(ev: &CpuEvaluator<'_>, opts: &McmcOptions) -> McmcResult {
-    let center = prior_center(&ev.priors.hyper);
+pub fn sample_mcmc(ev: &dyn Evaluator, opts: &McmcOptions) -> McmcResult {
+    let center = ev.start();
+    let dims = ev.dims();
     let run_chain = |c: usize| -> (Vec<Eval>, f64) {
         let mut rng =
             ChaCha20Rng::seed_from_u64(opts.seed.wrapping_mul(1000).wrapping_add(c as u64));
         let mut current = loop {
             let mut t = center;
-            for v in t.iter_mut() {
+            for v in t.iter_mut().take(dims) {
                 let z: f64 = StandardNormal.sample(&mut rng);
                 *v += 0.5 * z;
             }
@@ -490,17 +519,17 @@ pub fn sample_mcmc(ev: &CpuEvaluator<'_>, opts: &McmcOptions) -> McmcResult {
                 break e;
             }
         };
-        let mut cov = DMatrix::<f64>::identity(DIM, DIM) * 0.01;
-        let mut mean = DVector::from_column_slice(&current.theta);
-        let mut m2 = DMatrix::<f64>::zeros(DIM, DIM);
+        let mut cov = DMatrix::<f64>::identity(dims, dims) * 0.01;
+        let mut mean = DVector::from_column_slice(&current.theta[..dims]);
+        let mut m2 = DMatrix::<f64>::zeros(dims, dims);
         let mut chol = cov.clone().cholesky().map(|c| c.l());
         let mut kept = Vec::with_capacity(opts.draws);
         let mut accepted = 0usize;
         for it in 0..(opts.warmup + opts.draws) {
-            let z = DVector::from_fn(DIM, |_, _| -> f64 { StandardNormal.sample(&mut rng) });
+            let z = DVector::from_fn(dims, |_, _| -> f64 { StandardNormal.sample(&mut rng) });
             let step = chol.as_ref().map_or_else(|| z.clone() * 0.1, |l| l * &z);
             let mut proposal = current.theta;
-            for k in 0..DIM {
+            for k in 0..dims {
                 proposal[k] += step[k];
             }
             if let Some(e) = ev.eval(&proposal) {
@@ -514,14 +543,14 @@ pub fn sample_mcmc(ev: &CpuEvaluator<'_>, opts: &McmcOptions) -> McmcResult {
             }
             if it < opts.warmup {
                 // Welford update of the running mean and covariance.
-                let x = DVector::from_column_slice(&current.theta);
+                let x = DVector::from_column_slice(&current.theta[..dims]);
                 let n = (it + 2) as f64;
                 let delta = &x - &mean;
                 mean += &delta / n;
                 m2 += &delta * (&x - &mean).transpose();
                 if it >= 200 && it % 50 == 0 {
-                    cov = &m2 / (n - 1.0) * (2.38 * 2.38 / DIM as f64)
-                        + DMatrix::<f64>::identity(DIM, DIM) * 1e-6;
+                    cov = &m2 / (n - 1.0) * (2.38 * 2.38 / dims as f64)
+                        + DMatrix::<f64>::identity(dims, dims) * 1e-6;
                     if let Some(c) = cov.clone().cholesky() {
                         chol = Some(c.l());
                     }
@@ -773,9 +802,9 @@ pub fn prob_best(mix: &Mixture, n_effects: usize, sign: f64, seed: u64) -> Vec<f
     wins.iter().map(|&w| w as f64 / draws as f64).collect()
 }
 
-/// Posterior summaries of the hyperparameters on their natural scale.
-pub fn summarise_hyper(mix: &Mixture) -> Vec<HyperSummary> {
-    (0..DIM)
+/// Posterior summaries of the first `dims` hyperparameters on their natural scale.
+pub fn summarise_hyper(mix: &Mixture, dims: usize) -> Vec<HyperSummary> {
+    (0..dims)
         .map(|k| {
             let mut pts: Vec<(f64, f64)> = mix
                 .components

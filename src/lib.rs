@@ -31,6 +31,7 @@ pub mod fit;
 pub mod inference;
 pub mod lock;
 pub mod model;
+pub mod nongauss;
 pub mod notify;
 pub mod protocol;
 pub mod simulate;

@@ -67,6 +67,9 @@ enum Command {
         /// Without a protocol: minimal important difference (outcome units, >= 0).
         #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
         mid: f64,
+        /// Without a protocol: trials per observation (binomial family).
+        #[arg(long)]
+        trials: Option<u32>,
         /// Without a protocol: `higher` or `lower` is better.
         #[arg(long, default_value = "higher")]
         direction: String,
@@ -127,8 +130,11 @@ enum BenchCommand {
         #[arg(long, default_value_t = 11)]
         seed: u64,
     },
-    /// Simulation-based calibration of the gaussian fit.
+    /// Simulation-based calibration of a family's fit.
     Sbc {
+        /// gaussian, poisson, bernoulli or binomial.
+        #[arg(long, default_value = "gaussian")]
+        family: String,
         /// Replications.
         #[arg(long, default_value_t = 1000)]
         reps: usize,
@@ -225,6 +231,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             comparator,
             family,
             mid,
+            trials,
             direction,
             time_col,
             arm_col,
@@ -262,11 +269,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             anyhow::anyhow!("which arm is the comparator? pass --comparator LABEL (or --protocol FILE)")
                         })?,
                     };
-                    (
-                        nof1d::analyze::ad_hoc_outcome(family, direction, *mid),
-                        None,
-                        comparator,
-                    )
+                    let mut outcome = nof1d::analyze::ad_hoc_outcome(family, direction, *mid);
+                    outcome.trials = *trials;
+                    (outcome, None, comparator)
                 }
             };
             let request = nof1d::analyze::Request {
@@ -302,9 +307,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
-            command: BenchCommand::Sbc { reps, days, seed },
+            command:
+                BenchCommand::Sbc {
+                    family,
+                    reps,
+                    days,
+                    seed,
+                },
         } => {
-            let r = nof1d::bench::sbc(*reps, *days, *seed);
+            let family: nof1d::protocol::Family = serde_json::from_value(
+                serde_json::Value::String(family.clone()),
+            )
+            .map_err(|_| {
+                anyhow::anyhow!("--family {family:?}: use gaussian, poisson, bernoulli or binomial")
+            })?;
+            let r = nof1d::bench::sbc(family, *reps, *days, *seed);
             println!("{}", serde_json::to_string(&r)?);
             Ok(ExitCode::SUCCESS)
         }

@@ -185,6 +185,19 @@ pub fn augmented_filter(
     h: &Hyper,
     prior: &StaticPrior,
 ) -> Result<FilterOutput, ModelError> {
+    augmented_filter_with(series, &series.y, h, prior, None)
+}
+
+/// [`augmented_filter`] on other values `y` at the series' times, with
+/// per-observation noise variances `noise` instead of `sigma_y^2` when given:
+/// the Gaussian approximating model of the non-Gaussian families (§3).
+pub fn augmented_filter_with(
+    series: &Series,
+    y: &[f64],
+    h: &Hyper,
+    prior: &StaticPrior,
+    noise: Option<&[f64]>,
+) -> Result<FilterOutput, ModelError> {
     let p = series.n_static();
     let effect_arms = series.effect_arms();
     let var_x = h.drift_sd * h.drift_sd;
@@ -207,7 +220,8 @@ pub fn augmented_filter(
     // Regular sampling repeats the same gaps: cache the exponentials.
     let (mut last_gap, mut rho) = (f64::NAN, 1.0);
     let mut w_cache = (f64::NAN, 1.0);
-    for (i, (&t, &y)) in series.t.iter().zip(&series.y).enumerate() {
+    for (i, (&t, &y)) in series.t.iter().zip(y).enumerate() {
+        let var_y = noise.map_or(var_y, |n| n[i]);
         let gap = t - t_prev;
         if gap != last_gap {
             rho = (-h.lambda * gap).exp();
@@ -290,6 +304,18 @@ pub fn augmented_filter(
 /// The smoother is linear, so it runs on the outcome and on each regressor
 /// column as the filter does: `E[x | y, b] = xs_y - Xs b`.
 pub fn smoothed_drift(series: &Series, h: &Hyper, b_mean: &DVector<f64>) -> Vec<f64> {
+    smoothed_drift_with(series, &series.y, h, b_mean, None)
+}
+
+/// [`smoothed_drift`] on other values `y`, with per-observation noise
+/// variances when given (the approximating Gaussian model).
+pub fn smoothed_drift_with(
+    series: &Series,
+    y: &[f64],
+    h: &Hyper,
+    b_mean: &DVector<f64>,
+    noise: Option<&[f64]>,
+) -> Vec<f64> {
     let n = series.t.len();
     let p = series.n_static();
     let rows = design_rows(series, h.kappa);
@@ -310,9 +336,9 @@ pub fn smoothed_drift(series: &Series, h: &Hyper, b_mean: &DVector<f64>) -> Vec<
         rhos[i] = rho;
         pvar = rho * rho * pvar + var_x * (1.0 - rho * rho);
         p_pred[i] = pvar;
-        let gain = pvar / (pvar + var_y);
+        let gain = pvar / (pvar + noise.map_or(var_y, |v| v[i]));
         for c in 0..cols {
-            let obs = if c == 0 { series.y[i] } else { rows[i][c - 1] };
+            let obs = if c == 0 { y[i] } else { rows[i][c - 1] };
             a[c] *= rho;
             a[c] += gain * (obs - a[c]);
         }
