@@ -230,8 +230,9 @@ pub fn sbc(family: Family, replications: usize, days: usize, seed: u64) -> SbcRe
         };
         let mut pts = simulate_daily(&params, &arms, 0.875, rng.random());
         // Non-gaussian families: the simulated level is the linear predictor.
+        let precision = (20.0f64.ln() + normal(&mut rng)).exp();
         for p in pts.iter_mut() {
-            p.y = draw(family, outcome.trials, p.y, &mut rng);
+            p.y = draw(family, outcome.trials, precision, p.y, &mut rng);
         }
         let mut starts = vec![0.0];
         let mut path_arms = vec![arms[0]];
@@ -264,9 +265,6 @@ pub fn sbc(family: Family, replications: usize, days: usize, seed: u64) -> SbcRe
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(replication = rep, error = %e, "SBC fit failed");
-                if std::env::var_os("NOF1D_SBC_VERBOSE").is_some() {
-                    eprintln!("replication {rep}: {e}");
-                }
                 failed += 1;
                 continue;
             }
@@ -320,17 +318,25 @@ pub fn sbc(family: Family, replications: usize, days: usize, seed: u64) -> SbcRe
 }
 
 /// An observation of `family` with linear predictor `eta` (identity for gaussian,
-/// whose noise is already in `eta`).
+/// whose noise is already in `eta`; `precision` is the beta family's `phi`).
 pub fn draw(
     family: Family,
     trials: Option<u32>,
+    precision: f64,
     eta: f64,
     rng: &mut rand_chacha::ChaCha20Rng,
 ) -> f64 {
     use rand_distr::{Binomial, Distribution, Poisson};
     let p = 1.0 / (1.0 + (-eta).exp());
     match family {
-        Family::Gaussian | Family::Beta => eta,
+        Family::Gaussian => eta,
+        Family::Beta => {
+            let mu = p.clamp(1e-9, 1.0 - 1e-9);
+            // Keep draws off exact 0 and 1, which the beta density excludes.
+            rand_distr::Beta::new(mu * precision, (1.0 - mu) * precision)
+                .map_or(mu, |d| d.sample(rng))
+                .clamp(1e-9, 1.0 - 1e-9)
+        }
         Family::Poisson => Poisson::new(eta.exp().clamp(1e-9, 1e6)).map_or(0.0, |d| d.sample(rng)),
         Family::Bernoulli => f64::from(u8::from(rand::RngExt::random::<f64>(rng) < p)),
         Family::Binomial => {

@@ -535,10 +535,6 @@ async fn refit_trial(
         .map_err(|e| JobError::Item(format!("zone {}: {e}", p.time_zone)))?;
     let mut stored = 0;
     for outcome in protocol.outcomes() {
-        if outcome.family == crate::protocol::Family::Beta {
-            // The beta family has no engine yet: not fitted rather than fitted wrongly.
-            continue;
-        }
         let (trial_id, participant_id, stream) = (trial.id, p.id, outcome.stream.clone());
         let (schedule, observations, last) = state
             .db

@@ -47,6 +47,16 @@ pub struct FitSpec<'a> {
     pub grid: GridOptions,
 }
 
+/// Names of the `theta` coordinates for a family: the fourth is `sigma_y`
+/// for gaussian and the precision for beta (absent for the others).
+fn names_of_theta(likelihood: Option<Likelihood>) -> [&'static str; 4] {
+    let mut names = inference::THETA_NAMES;
+    if matches!(likelihood, Some(Likelihood::Beta(_))) {
+        names[3] = "precision";
+    }
+    names
+}
+
 /// Antithetic pairs of importance draws per hyperparameter point (non-gaussian families).
 const IS_PAIRS: usize = 16;
 
@@ -61,12 +71,8 @@ fn likelihood_of(o: &Outcome) -> Result<Option<Likelihood>, ModelError> {
                 ModelError::Input("the binomial family needs `trials`".into())
             })?))
         }
-        Family::Beta => {
-            return Err(ModelError::Input(
-                "the beta family is not fitted yet (gaussian, poisson, bernoulli and binomial are)"
-                    .into(),
-            ));
-        }
+        // The precision is a hyperparameter: the evaluator sets it per point.
+        Family::Beta => Some(Likelihood::Beta(20.0)),
     })
 }
 
@@ -357,6 +363,8 @@ pub fn priors_for(
         half_life_median_days: p.half_life_median_days.unwrap_or(1.0),
         half_life_log_sd: p.half_life_log_sd.unwrap_or(0.75),
         noise_sd_scale: p.noise_sd_scale.unwrap_or(scale),
+        precision_median: p.precision_median.unwrap_or(20.0),
+        precision_log_sd: p.precision_log_sd.unwrap_or(1.0),
     };
     let report = PriorReport {
         scale,
@@ -477,7 +485,11 @@ pub fn fit_with_mixture(
             let r = inference::sample_mcmc(ev, &opts);
             let mut rhat = BTreeMap::new();
             let mut ess = BTreeMap::new();
-            for (k, name) in inference::THETA_NAMES.iter().enumerate().take(ev.dims()) {
+            for (k, name) in names_of_theta(likelihood)
+                .iter()
+                .enumerate()
+                .take(ev.dims())
+            {
                 let chains: Vec<Vec<f64>> = r
                     .chains
                     .iter()
@@ -543,7 +555,10 @@ pub fn fit_with_mixture(
         effects,
         baseline: [base.mean(), base.sd()],
         p_best_comparator: p_best[0],
-        hyperparameters: inference::summarise_hyper(&mixture, ev.dims()),
+        hyperparameters: inference::summarise_hyper(
+            &mixture,
+            &names_of_theta(likelihood)[..ev.dims()],
+        ),
         diagnostics,
         priors: prior_report,
         path,
@@ -625,7 +640,13 @@ mod tests {
         let mut series = base.clone();
         for y in series.y.iter_mut() {
             // Centre the simulated level on a 30% daily rate.
-            *y = crate::bench::draw(Family::Bernoulli, None, 0.5 * (*y - 5.0) - 0.85, &mut rng);
+            *y = crate::bench::draw(
+                Family::Bernoulli,
+                None,
+                1.0,
+                0.5 * (*y - 5.0) - 0.85,
+                &mut rng,
+            );
         }
         let mut o = outcome();
         o.family = Family::Bernoulli;
@@ -675,14 +696,14 @@ mod tests {
     }
 
     #[test]
-    fn beta_and_impossible_values_are_refused_clearly() {
+    fn impossible_values_are_refused_clearly() {
         let series = two_arm_series(30, 0.0, 1);
         let mut o = outcome();
         o.family = Family::Beta;
         let e = fit(&series, &spec(&o, Method::Grid))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("beta family is not fitted yet"), "{e}");
+        assert!(e.contains("strictly between 0 and 1"), "{e}");
         o.family = Family::Poisson;
         let e = fit(&series, &spec(&o, Method::Grid))
             .unwrap_err()

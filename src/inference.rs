@@ -51,8 +51,12 @@ pub struct HyperPriors {
     pub half_life_median_days: f64,
     /// Log-sd of the half-life.
     pub half_life_log_sd: f64,
-    /// `sigma_y ~ HalfNormal(scale)`.
+    /// `sigma_y ~ HalfNormal(scale)` (gaussian).
     pub noise_sd_scale: f64,
+    /// Beta family: precision `phi ~ LogNormal(ln median, log_sd)`.
+    pub precision_median: f64,
+    /// Log-sd of the precision.
+    pub precision_log_sd: f64,
 }
 
 /// All priors of one fit: hyperparameters and static coefficients.
@@ -802,9 +806,10 @@ pub fn prob_best(mix: &Mixture, n_effects: usize, sign: f64, seed: u64) -> Vec<f
     wins.iter().map(|&w| w as f64 / draws as f64).collect()
 }
 
-/// Posterior summaries of the first `dims` hyperparameters on their natural scale.
-pub fn summarise_hyper(mix: &Mixture, dims: usize) -> Vec<HyperSummary> {
-    (0..dims)
+/// Posterior summaries of the hyperparameters named in `names` (the free
+/// leading coordinates of `theta`) on their natural scale.
+pub fn summarise_hyper(mix: &Mixture, names: &[&str]) -> Vec<HyperSummary> {
+    (0..names.len())
         .map(|k| {
             let mut pts: Vec<(f64, f64)> = mix
                 .components
@@ -824,7 +829,7 @@ pub fn summarise_hyper(mix: &Mixture, dims: usize) -> Vec<HyperSummary> {
                 pts.last().map_or(f64::NAN, |x| x.0)
             };
             HyperSummary {
-                name: THETA_NAMES[k].to_string(),
+                name: names[k].to_string(),
                 mean: pts.iter().map(|(x, w)| x * w).sum(),
                 median: q(0.5),
                 ci90: [q(0.05), q(0.95)],

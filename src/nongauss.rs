@@ -35,6 +35,9 @@ pub enum Likelihood {
     Bernoulli,
     /// k of `n`, logit link.
     Binomial(u32),
+    /// Proportions in (0, 1), logit link of the mean, with precision `phi`:
+    /// `y ~ Beta(mu phi, (1 - mu) phi)`.
+    Beta(f64),
 }
 
 fn sigmoid(x: f64) -> f64 {
@@ -57,6 +60,14 @@ impl Likelihood {
         match self {
             Likelihood::Poisson => y * eta - eta.exp() - statrs::function::gamma::ln_gamma(y + 1.0),
             Likelihood::Bernoulli => y * eta - softplus(eta),
+            Likelihood::Beta(phi) => {
+                let mu = sigmoid(eta).clamp(1e-12, 1.0 - 1e-12);
+                let (a, b) = (mu * phi, (1.0 - mu) * phi);
+                use statrs::function::gamma::ln_gamma;
+                ln_gamma(phi) - ln_gamma(a) - ln_gamma(b)
+                    + (a - 1.0) * y.ln()
+                    + (b - 1.0) * (1.0 - y).ln()
+            }
             Likelihood::Binomial(n) => {
                 let n = f64::from(n);
                 y * eta - n * softplus(eta)
@@ -81,6 +92,17 @@ impl Likelihood {
                 let p = sigmoid(eta);
                 (y - n * p, -n * p * (1.0 - p))
             }
+            Likelihood::Beta(phi) => {
+                // Score, and minus the expected information (Fisher scoring):
+                // always negative, so the pseudo-noise is always positive.
+                use statrs::function::gamma::digamma;
+                let mu = sigmoid(eta).clamp(1e-12, 1.0 - 1e-12);
+                let (a, b) = (mu * phi, (1.0 - mu) * phi);
+                let dmu = mu * (1.0 - mu);
+                let score = phi * dmu * ((y / (1.0 - y)).ln() - (digamma(a) - digamma(b)));
+                let info = phi * phi * dmu * dmu * (trigamma(a) + trigamma(b));
+                (score, -info)
+            }
         }
     }
 
@@ -91,12 +113,14 @@ impl Likelihood {
                 Likelihood::Poisson => v >= 0.0 && v.fract() == 0.0,
                 Likelihood::Bernoulli => v == 0.0 || v == 1.0,
                 Likelihood::Binomial(n) => v >= 0.0 && v.fract() == 0.0 && v <= f64::from(n),
+                Likelihood::Beta(_) => v > 0.0 && v < 1.0,
             };
             if !ok {
                 let what = match self {
                     Likelihood::Poisson => "a count (0, 1, 2, ...)".to_string(),
                     Likelihood::Bernoulli => "0 or 1".to_string(),
                     Likelihood::Binomial(n) => format!("a whole number from 0 to {n}"),
+                    Likelihood::Beta(_) => "a proportion strictly between 0 and 1".to_string(),
                 };
                 return Err(ModelError::Input(format!(
                     "observation {} is {v}, but the family needs {what}",
@@ -115,6 +139,7 @@ impl Likelihood {
             Likelihood::Poisson => (mean + 0.5).ln(),
             Likelihood::Bernoulli => logit(mean.clamp(0.01, 0.99)),
             Likelihood::Binomial(n) => logit((mean / f64::from(n.max(1))).clamp(0.01, 0.99)),
+            Likelihood::Beta(_) => logit(mean.clamp(0.01, 0.99)),
         }
     }
 }
@@ -126,8 +151,24 @@ impl Likelihood {
             Likelihood::Poisson => (y + 0.5).ln(),
             Likelihood::Bernoulli => logit((y + 0.5) / 2.0),
             Likelihood::Binomial(n) => logit((y + 0.5) / (f64::from(n) + 1.0)),
+            Likelihood::Beta(_) => logit(y.clamp(0.01, 0.99)),
         }
     }
+}
+
+/// The trigamma function `psi_1(x)`, `x > 0`: the recurrence
+/// `psi_1(x) = psi_1(x + 1) + 1/x^2` up to `x >= 10`, then the asymptotic series
+/// `1/x + 1/(2x^2) + 1/(6x^3) - 1/(30x^5) + 1/(42x^7) - 1/(30x^9)` (error < 1e-12).
+pub fn trigamma(mut x: f64) -> f64 {
+    let mut acc = 0.0;
+    while x < 10.0 {
+        acc += 1.0 / (x * x);
+        x += 1.0;
+    }
+    let x2 = 1.0 / (x * x);
+    acc + 1.0 / x
+        + x2 / 2.0
+        + x2 / x * (1.0 / 6.0 - x2 * (1.0 / 30.0 - x2 * (1.0 / 42.0 - x2 / 30.0)))
 }
 
 fn logit(p: f64) -> f64 {
@@ -357,36 +398,47 @@ pub struct LaplaceEvaluator<'a> {
 
 impl Evaluator for LaplaceEvaluator<'_> {
     fn dims(&self) -> usize {
-        3
+        if matches!(self.likelihood, Likelihood::Beta(_)) {
+            4
+        } else {
+            3
+        }
     }
 
     fn start(&self) -> Theta {
         let mut t = prior_center(&self.priors.hyper);
-        t[3] = 0.0;
+        t[3] = self.priors.hyper.precision_median.ln();
         t
     }
 
     fn eval(&self, theta: &Theta) -> Option<Eval> {
-        if !theta_in_range(theta, 3) {
+        let dims = self.dims();
+        if !theta_in_range(theta, dims) {
             return None;
         }
         let mut theta = *theta;
-        theta[3] = 0.0;
+        let likelihood = match self.likelihood {
+            Likelihood::Beta(_) => Likelihood::Beta(theta[3].exp()),
+            other => {
+                theta[3] = 0.0;
+                other
+            }
+        };
         let h = hyper_of(&theta);
-        let approx = laplace(self.series, self.likelihood, &h, self.priors).ok()?;
+        let approx = laplace(self.series, likelihood, &h, self.priors).ok()?;
         // Common random numbers: the same standard normals at every point, so
         // the estimate is a smooth function of theta (mode search and
         // curvature by finite differences stay meaningful) and a fit is
         // deterministic for its seed.
-        let filter = corrected(
-            self.series,
-            self.likelihood,
-            &h,
-            &approx,
-            self.pairs,
-            self.seed,
-        )?;
-        let log_post = filter.log_lik + log_prior(&theta, &self.priors.hyper, 3);
+        let filter = corrected(self.series, likelihood, &h, &approx, self.pairs, self.seed)?;
+        let mut log_post = filter.log_lik + log_prior(&theta, &self.priors.hyper, 3);
+        if dims == 4 {
+            // phi ~ LogNormal(ln precision_median, precision_log_sd), on ln phi.
+            let hp = &self.priors.hyper;
+            let z = (theta[3] - hp.precision_median.ln()) / hp.precision_log_sd;
+            log_post +=
+                -0.5 * z * z - hp.precision_log_sd.ln() - 0.5 * (2.0 * std::f64::consts::PI).ln();
+        }
         log_post.is_finite().then_some(Eval {
             theta,
             log_post,
@@ -425,6 +477,26 @@ mod tests {
             .map(|k| Likelihood::Binomial(7).log_density(k as f64, -0.4).exp())
             .sum();
         assert!((total - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn trigamma_known_values_and_beta_density() {
+        let pi2 = std::f64::consts::PI.powi(2);
+        assert!((trigamma(1.0) - pi2 / 6.0).abs() < 1e-11);
+        assert!((trigamma(0.5) - pi2 / 2.0).abs() < 1e-11);
+        assert!((trigamma(10.0) - 0.105_166_335_681_685_5).abs() < 1e-11);
+        // The beta density integrates to one (midpoint rule on 20,000 cells).
+        let lik = Likelihood::Beta(7.0);
+        let n = 20_000;
+        let total: f64 = (0..n)
+            .map(|i| lik.log_density((i as f64 + 0.5) / n as f64, 0.6).exp() / n as f64)
+            .sum();
+        assert!((total - 1.0).abs() < 1e-6, "{total}");
+        // Its score matches a finite difference.
+        let (d1, _) = lik.derivatives(0.3, 0.6);
+        let h = 1e-6;
+        let fd = (lik.log_density(0.3, 0.6 + h) - lik.log_density(0.3, 0.6 - h)) / (2.0 * h);
+        assert!((d1 - fd).abs() < 1e-6, "{d1} vs {fd}");
     }
 
     #[test]

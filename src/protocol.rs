@@ -201,6 +201,10 @@ pub struct Priors {
     pub half_life_log_sd: Option<f64>,
     /// HalfNormal scale of the measurement noise `sigma_y` (default `S`).
     pub noise_sd_scale: Option<f64>,
+    /// Beta family: median of the precision `phi` (default 20).
+    pub precision_median: Option<f64>,
+    /// Beta family: log-sd of the precision (default 1).
+    pub precision_log_sd: Option<f64>,
 }
 
 /// How orders are drawn inside blocks (`statistics.md` §7).
@@ -611,6 +615,8 @@ impl Protocol {
             ("half_life_median_days", pr.half_life_median_days),
             ("half_life_log_sd", pr.half_life_log_sd),
             ("noise_sd_scale", pr.noise_sd_scale),
+            ("precision_median", pr.precision_median),
+            ("precision_log_sd", pr.precision_log_sd),
         ] {
             if let Some(x) = value
                 && !(x.is_finite() && x > 0.0)
