@@ -35,6 +35,9 @@ pub struct Columns {
     pub arm: Option<String>,
     /// Outcome column (default: the one remaining column).
     pub outcome: Option<String>,
+    /// Column with the arm actually taken (as-treated analysis); empty cells
+    /// mean "as assigned". Never guessed.
+    pub taken: Option<String>,
 }
 
 /// One parsed row.
@@ -87,6 +90,7 @@ fn date_number(d: Date) -> f64 {
 pub fn prepare(
     text: &str,
     columns: &Columns,
+    as_treated: bool,
     known_arms: Option<&[String]>,
     comparator: &str,
     aggregation: Aggregation,
@@ -120,11 +124,15 @@ pub fn prepare(
     };
     let time_col = find(&columns.time, &["day", "date", "time", "timestamp"], "time")?;
     let arm_col = find(&columns.arm, &["arm"], "arm")?;
+    let taken_col = match &columns.taken {
+        Some(_) => Some(find(&columns.taken, &[], "arm taken")?),
+        None => None,
+    };
     let outcome_col = match &columns.outcome {
         Some(_) => find(&columns.outcome, &[], "outcome")?,
         None => {
             let rest: Vec<usize> = (0..headers.len())
-                .filter(|&i| i != time_col && i != arm_col)
+                .filter(|&i| i != time_col && i != arm_col && Some(i) != taken_col)
                 .collect();
             match rest.as_slice() {
                 [one] => *one,
@@ -150,7 +158,13 @@ pub fn prepare(
         };
         let line = record.position().map_or(0, |p| p.line());
         let cell = |i: usize| record.get(i).unwrap_or("").trim().to_string();
-        let (time, arm, outcome) = (cell(time_col), cell(arm_col), cell(outcome_col));
+        let (time, mut arm, outcome) = (cell(time_col), cell(arm_col), cell(outcome_col));
+        if let (true, Some(c)) = (as_treated, taken_col) {
+            let taken = cell(c);
+            if !taken.is_empty() {
+                arm = taken;
+            }
+        }
         let Some(tv) = parse_time(&time) else {
             errors.push(format!(
                 "line {line}: {:?} {time:?} is not a day number, a YYYY-MM-DD date or an RFC 3339 timestamp",
@@ -373,9 +387,12 @@ pub struct Request {
 pub struct Analysis {
     /// Input facts.
     pub input: InputSummary,
-    /// The fit (effects, hyperparameters, diagnostics, priors, ...).
+    /// The fit (effects, hyperparameters, diagnostics, priors, ...): intention to treat.
     #[serde(flatten)]
     pub fit: crate::fit::FitReport,
+    /// The same fit by the arm actually taken, when `--taken-col` was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_treated: Option<crate::fit::FitReport>,
 }
 
 /// What was read from the CSV.
@@ -399,25 +416,37 @@ pub struct InputSummary {
 
 /// Reads, fits and summarises.
 pub fn analyze(text: &str, req: &Request) -> Result<Analysis, String> {
-    let prepared = prepare(
-        text,
-        &req.columns,
-        req.known_arms.as_deref(),
-        &req.comparator,
-        req.outcome.aggregation,
-    )
-    .map_err(|e| e.to_string())?;
-    let spec = crate::fit::FitSpec {
-        outcome: &req.outcome,
-        arm_keys: prepared.arm_keys.clone(),
-        run_in_sd: None,
-        method: req.method,
-        seed: req.seed,
-        mcmc: crate::inference::McmcOptions::default(),
-        grid: crate::inference::GridOptions::default(),
+    let run = |as_treated: bool| -> Result<(Prepared, crate::fit::FitReport), String> {
+        let prepared = prepare(
+            text,
+            &req.columns,
+            as_treated,
+            req.known_arms.as_deref(),
+            &req.comparator,
+            req.outcome.aggregation,
+        )
+        .map_err(|e| e.to_string())?;
+        let spec = crate::fit::FitSpec {
+            outcome: &req.outcome,
+            arm_keys: prepared.arm_keys.clone(),
+            run_in_sd: None,
+            method: req.method,
+            seed: req.seed,
+            mcmc: crate::inference::McmcOptions::default(),
+            grid: crate::inference::GridOptions::default(),
+        };
+        let fit = crate::fit::fit(&prepared.series, &spec).map_err(|e| e.to_string())?;
+        Ok((prepared, fit))
     };
-    let fit = crate::fit::fit(&prepared.series, &spec).map_err(|e| e.to_string())?;
+    // Intention to treat is the primary analysis; as treated beside it when
+    // the CSV says which arm was actually taken (statistics.md §1).
+    let (prepared, fit) = run(false)?;
+    let as_treated = match req.columns.taken {
+        Some(_) => Some(run(true)?.1),
+        None => None,
+    };
     Ok(Analysis {
+        as_treated,
         input: InputSummary {
             rows: prepared.rows,
             observations: prepared.series.y.len(),
@@ -476,6 +505,24 @@ pub fn render(a: &Analysis) -> String {
         "{:<20} {:>8} {:>7} {:>20} {:>17} {:>8.3}",
         a.input.comparator, "", "", "", "", f.p_best_comparator
     );
+    if let Some(at) = &a.as_treated {
+        let _ = writeln!(out, "\nas treated (by the arm actually taken):");
+        for e in &at.effects {
+            let _ = writeln!(
+                out,
+                "{:<20} {:>8.3} {:>7.3} {:>20} {:>17.3} {:>8.3}",
+                e.arm,
+                e.mean,
+                e.sd,
+                format!("[{:.3}, {:.3}]", e.ci90[0], e.ci90[1]),
+                e.p_better_by_mid,
+                e.p_best
+            );
+        }
+        if !at.diagnostics.converged {
+            let _ = writeln!(out, "  (as-treated fit NOT converged)");
+        }
+    }
     let _ = writeln!(out);
     let _ = writeln!(out, "hyperparameters (posterior median [90% interval]):");
     for h in &f.hyperparameters {
@@ -574,7 +621,15 @@ mod tests {
     #[test]
     fn dates_arms_missing_and_aggregation() {
         let csv = "date,arm,pain\n2026-01-01,placebo,5\n2026-01-02,placebo,\n2026-01-03,mg,4\n2026-01-03,mg,2\n2026-01-05,placebo,6\n";
-        let p = prepare(csv, &Columns::default(), None, "placebo", Aggregation::Mean).unwrap();
+        let p = prepare(
+            csv,
+            &Columns::default(),
+            false,
+            None,
+            "placebo",
+            Aggregation::Mean,
+        )
+        .unwrap();
         assert_eq!(p.arm_keys, vec!["placebo", "mg"]);
         assert_eq!(p.series.y, vec![5.0, 3.0, 6.0]);
         assert_eq!(p.series.t, vec![0.5, 2.5, 4.5]);
@@ -584,11 +639,32 @@ mod tests {
     }
 
     #[test]
+    fn as_treated_uses_the_taken_arm() {
+        let csv = "day,arm,taken,y\n0,a,,1\n1,b,a,2\n2,b,,3\n";
+        let cols = Columns {
+            taken: Some("taken".into()),
+            ..Columns::default()
+        };
+        let itt = prepare(csv, &cols, false, None, "a", Aggregation::Mean).unwrap();
+        let at = prepare(csv, &cols, true, None, "a", Aggregation::Mean).unwrap();
+        assert_eq!(itt.series.path.starts, vec![0.0, 1.0]);
+        assert_eq!(at.series.path.starts, vec![0.0, 2.0]);
+        assert_eq!(itt.columns[2], "y", "the taken column is not the outcome");
+    }
+
+    #[test]
     fn bad_rows_are_reported_by_line() {
         let csv = "day,arm,score\n1,a,3\n2,a,three\nx,b,4\n4,,5\n";
-        let e = prepare(csv, &Columns::default(), None, "a", Aggregation::Mean)
-            .unwrap_err()
-            .to_string();
+        let e = prepare(
+            csv,
+            &Columns::default(),
+            false,
+            None,
+            "a",
+            Aggregation::Mean,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("3 bad row(s)"), "{e}");
         assert!(
             e.contains("line 3: outcome \"three\" is not a number"),
@@ -605,6 +681,7 @@ mod tests {
         let e = prepare(
             csv,
             &Columns::default(),
+            false,
             Some(&known),
             "a",
             Aggregation::Mean,
@@ -616,9 +693,16 @@ mod tests {
             "{e}"
         );
         let csv = "day,arm,score,mood\n1,a,3,4\n";
-        let e = prepare(csv, &Columns::default(), None, "a", Aggregation::Mean)
-            .unwrap_err()
-            .to_string();
+        let e = prepare(
+            csv,
+            &Columns::default(),
+            false,
+            None,
+            "a",
+            Aggregation::Mean,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("--outcome-col"), "{e}");
         assert_eq!(
             guess_comparator("day,arm,y\n1,Placebo,2\n2,mg,3\n", None).as_deref(),

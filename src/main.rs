@@ -82,6 +82,9 @@ enum Command {
         /// Name of the outcome column (default: the one remaining column).
         #[arg(long)]
         outcome_col: Option<String>,
+        /// Column with the arm actually taken: adds an as-treated analysis beside intention to treat.
+        #[arg(long)]
+        taken_col: Option<String>,
         /// Inference: `grid` (fast, deterministic) or `mcmc` (reference).
         #[arg(long, default_value = "grid")]
         method: String,
@@ -236,6 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             time_col,
             arm_col,
             outcome_col,
+            taken_col,
             method,
             seed,
         } => {
@@ -282,6 +286,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     time: time_col.clone(),
                     arm: arm_col.clone(),
                     outcome: outcome_col.clone(),
+                    taken: taken_col.clone(),
                 },
                 method,
                 seed: *seed,
