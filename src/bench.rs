@@ -24,10 +24,15 @@ pub fn two_arm_series(days: usize, beta: f64, seed: u64) -> Series {
         kappa: std::f64::consts::LN_2 / 1.5,
         sigma_y: 0.9,
     };
-    let pts = simulate_daily(&params, &arms, 0.875, seed);
+    daily_series(&simulate_daily(&params, &arms, 0.875, seed), &arms)
+}
+
+/// A two-arm series from simulated daily points, the arm switching at the
+/// start of each day whose arm differs from the day before.
+fn daily_series(pts: &[crate::simulate::SimulatedPoint], arms: &[usize]) -> Series {
     let mut starts = vec![0.0];
     let mut path_arms = vec![arms[0]];
-    for d in 1..days {
+    for d in 1..arms.len() {
         if arms[d] != arms[d - 1] {
             starts.push(d as f64);
             path_arms.push(arms[d]);
@@ -234,24 +239,7 @@ pub fn sbc(family: Family, replications: usize, days: usize, seed: u64) -> SbcRe
         for p in pts.iter_mut() {
             p.y = draw(family, outcome.trials, precision, p.y, &mut rng);
         }
-        let mut starts = vec![0.0];
-        let mut path_arms = vec![arms[0]];
-        for d in 1..days {
-            if arms[d] != arms[d - 1] {
-                starts.push(d as f64);
-                path_arms.push(arms[d]);
-            }
-        }
-        let series = Series {
-            t: pts.iter().map(|p| p.t).collect(),
-            y: pts.iter().map(|p| p.y).collect(),
-            path: ArmPath {
-                starts,
-                arms: path_arms,
-            },
-            n_arms: 2,
-            comparator: 0,
-        };
+        let series = daily_series(&pts, &arms);
         let spec = FitSpec {
             outcome: &outcome,
             arm_keys: vec!["a".into(), "b".into()],

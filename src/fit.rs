@@ -85,37 +85,71 @@ fn mode_path(
     priors: &Priors,
     mixture: &inference::Mixture,
 ) -> Vec<PathPoint> {
+    let parts = heaviest(mixture, 20)
+        .filter_map(|(w, e)| {
+            let h = inference::hyper_of(&e.theta);
+            let approx = crate::nongauss::laplace(series, lik, &h, priors).ok()?;
+            let rows = crate::model::design_rows(series, h.kappa);
+            let b = approx.filter.b_mean.clone();
+            let drift = (0..series.t.len())
+                .map(|i| {
+                    approx.eta[i]
+                        - (0..series.n_static())
+                            .map(|c| rows[i][c] * b[c])
+                            .sum::<f64>()
+                })
+                .collect();
+            Some((w, b, drift, rows))
+        })
+        .collect();
+    path_from(series, parts)
+}
+
+/// The mixture's components, heaviest first, until 99% of the weight or `limit`.
+fn heaviest(
+    mixture: &inference::Mixture,
+    limit: usize,
+) -> impl Iterator<Item = (f64, &inference::Eval)> {
     let mut order: Vec<usize> = (0..mixture.weights.len()).collect();
     order.sort_by(|&a, &b| mixture.weights[b].total_cmp(&mixture.weights[a]));
+    let mut used = 0.0;
+    order
+        .into_iter()
+        .take(limit)
+        .take_while(move |&c| {
+            let before = used;
+            used += mixture.weights[c];
+            before < 0.99
+        })
+        .map(|c| (mixture.weights[c], &mixture.components[c]))
+}
+
+/// One weighted path component: weight, `b`, drift at each observation, design rows.
+type PathPart = (
+    f64,
+    nalgebra::DVector<f64>,
+    Vec<f64>,
+    Vec<[f64; crate::model::MAX_ARMS]>,
+);
+
+/// Averages path components: latent `X b + x`, counterfactual `mu + beta_j + x`.
+fn path_from(series: &Series, parts: Vec<PathPart>) -> Vec<PathPoint> {
     let n = series.t.len();
-    let k = series.n_arms;
     let effect_arms = series.effect_arms();
     let mut used = 0.0;
     let mut latent = vec![0.0; n];
-    let mut counterfactual = vec![vec![0.0; k]; n];
-    for &c in order.iter().take(20) {
-        if used >= 0.99 {
-            break;
-        }
-        let e = &mixture.components[c];
-        let h = inference::hyper_of(&e.theta);
-        let Ok(approx) = crate::nongauss::laplace(series, lik, &h, priors) else {
-            continue;
-        };
-        let w = mixture.weights[c];
+    let mut counterfactual = vec![vec![0.0; series.n_arms]; n];
+    for (w, b, drift, rows) in parts {
         used += w;
-        let b = &approx.filter.b_mean;
-        let rows = crate::model::design_rows(series, h.kappa);
         for i in 0..n {
             let fixed: f64 = (0..series.n_static()).map(|c| rows[i][c] * b[c]).sum();
-            let drift = approx.eta[i] - fixed;
-            latent[i] += w * approx.eta[i];
+            latent[i] += w * (fixed + drift[i]);
             for (arm, value) in counterfactual[i].iter_mut().enumerate() {
                 let beta = effect_arms
                     .iter()
                     .position(|&a| a == arm)
                     .map_or(0.0, |c| b[c + 1]);
-                *value += w * (b[0] + beta + drift);
+                *value += w * (b[0] + beta + drift[i]);
             }
         }
     }
@@ -255,47 +289,15 @@ pub struct PathPoint {
 /// 60, covering 99% of the weight), each smoothed at its own `phi`: a plot
 /// needs no more.
 fn smoothed_path(series: &Series, mixture: &inference::Mixture) -> Vec<PathPoint> {
-    let mut order: Vec<usize> = (0..mixture.weights.len()).collect();
-    order.sort_by(|&a, &b| mixture.weights[b].total_cmp(&mixture.weights[a]));
-    let mut used = 0.0;
-    let n = series.t.len();
-    let k = series.n_arms;
-    let effect_arms = series.effect_arms();
-    let mut latent = vec![0.0; n];
-    let mut counterfactual = vec![vec![0.0; k]; n];
-    for &c in order.iter().take(60) {
-        if used >= 0.99 {
-            break;
-        }
-        let w = mixture.weights[c];
-        used += w;
-        let e = &mixture.components[c];
-        let h = inference::hyper_of(&e.theta);
-        let b = &e.filter.b_mean;
-        let drift = crate::model::smoothed_drift(series, &h, b);
-        let rows = crate::model::design_rows(series, h.kappa);
-        for i in 0..n {
-            let fixed: f64 = (0..series.n_static()).map(|c| rows[i][c] * b[c]).sum();
-            latent[i] += w * (fixed + drift[i]);
-            for (arm, value) in counterfactual[i].iter_mut().enumerate() {
-                let beta = effect_arms
-                    .iter()
-                    .position(|&a| a == arm)
-                    .map_or(0.0, |c| b[c + 1]);
-                *value += w * (b[0] + beta + drift[i]);
-            }
-        }
-    }
-    let used = used.max(f64::MIN_POSITIVE);
-    (0..n)
-        .map(|i| PathPoint {
-            t: series.t[i],
-            y: series.y[i],
-            arm: series.path.arm_at(series.t[i]),
-            latent: latent[i] / used,
-            counterfactual: counterfactual[i].iter().map(|v| v / used).collect(),
+    let parts = heaviest(mixture, 60)
+        .map(|(w, e)| {
+            let h = inference::hyper_of(&e.theta);
+            let b = e.filter.b_mean.clone();
+            let drift = crate::model::smoothed_drift(series, &h, &b);
+            (w, b, drift, crate::model::design_rows(series, h.kappa))
         })
-        .collect()
+        .collect();
+    path_from(series, parts)
 }
 
 /// Tolerances of the grid's error check: 1% of a posterior sd for means,
