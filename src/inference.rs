@@ -290,7 +290,7 @@ impl Default for GridOptions {
     fn default() -> Self {
         GridOptions {
             step: 1.5,
-            cutoff: 9.0,
+            cutoff: 8.0,
             check_cutoff_drop: 3.0,
             max_points: 40_000,
         }
