@@ -165,27 +165,55 @@ fn path_from(series: &Series, parts: Vec<PathPart>) -> Vec<PathPoint> {
         .collect()
 }
 
-/// Grid attempts: the default step, then twice refined by 0.7 with the region widened.
+/// Grid attempts: the default, then up to twice refined (step by 0.7 and/or region by 2 log units).
 const GRID_ATTEMPTS: usize = 3;
 
 /// The grid's error check: the largest change of an effect's mean (in
 /// posterior sds), of its sd (relative) and of `P(better by MID)`, between
-/// the two offset lattices and between the full and the narrower region.
-fn grid_errors(g: &inference::GridResult, n_effects: usize, sign: f64, mid: f64) -> [f64; 3] {
-    let (mut err_mean, mut err_sd, mut err_prob) = (0.0f64, 0.0f64, 0.0f64);
-    for c in 1..=n_effects {
-        let full = Marginal::of(&g.mixture, c);
-        let sd = full.sd().max(1e-12);
-        let a = Marginal::of(&g.coarse, c);
-        let b = Marginal::of(&g.shifted, c);
-        let n = Marginal::of(&g.narrow, c);
-        for (x, y) in [(&a, &b), (&n, &full)] {
-            err_mean = err_mean.max((x.mean() - y.mean()).abs() / sd);
-            err_sd = err_sd.max((x.sd() - y.sd()).abs() / sd);
-            err_prob = err_prob.max((x.prob_above(sign, mid) - y.prob_above(sign, mid)).abs());
+/// the two offset lattices (`step`) and between the full and the narrower
+/// region (`region`).
+struct GridErrors {
+    step: [f64; 3],
+    region: [f64; 3],
+}
+
+impl GridErrors {
+    fn measure(g: &inference::GridResult, n_effects: usize, sign: f64, mid: f64) -> GridErrors {
+        let diff = |x: &Marginal, y: &Marginal, sd: f64| -> [f64; 3] {
+            [
+                (x.mean() - y.mean()).abs() / sd,
+                (x.sd() - y.sd()).abs() / sd,
+                (x.prob_above(sign, mid) - y.prob_above(sign, mid)).abs(),
+            ]
+        };
+        let max3 = |a: [f64; 3], b: [f64; 3]| [a[0].max(b[0]), a[1].max(b[1]), a[2].max(b[2])];
+        let mut e = GridErrors {
+            step: [0.0; 3],
+            region: [0.0; 3],
+        };
+        for c in 1..=n_effects {
+            let full = Marginal::of(&g.mixture, c);
+            let sd = full.sd().max(1e-12);
+            let a = Marginal::of(&g.coarse, c);
+            let b = Marginal::of(&g.shifted, c);
+            let n = Marginal::of(&g.narrow, c);
+            e.step = max3(e.step, diff(&a, &b, sd));
+            e.region = max3(e.region, diff(&n, &full, sd));
         }
+        e
     }
-    [err_mean, err_sd, err_prob]
+
+    fn within(v: &[f64; 3]) -> bool {
+        v[0] < GRID_TOL_MEAN && v[1] < GRID_TOL_SD && v[2] < GRID_TOL_PROB
+    }
+
+    fn worst(&self) -> [f64; 3] {
+        [
+            self.step[0].max(self.region[0]),
+            self.step[1].max(self.region[1]),
+            self.step[2].max(self.region[2]),
+        ]
+    }
 }
 
 /// Where the scale `S` came from.
@@ -440,19 +468,26 @@ pub fn fit_with_mixture(
             let mut opts = spec.grid;
             let mut evaluations = 0;
             let mut attempt = 0;
+            // Refine only what the check blames: the step when the two
+            // lattices disagree, the region when narrowing it changes the answer.
             let (g, [err_mean, err_sd, err_prob]) = loop {
                 let g = inference::integrate_grid(ev, &opts)?;
                 evaluations += g.evaluations;
-                let errors = grid_errors(&g, names.len(), sign, mid);
-                let ok = errors[0] < GRID_TOL_MEAN
-                    && errors[1] < GRID_TOL_SD
-                    && errors[2] < GRID_TOL_PROB;
+                let errors = GridErrors::measure(&g, names.len(), sign, mid);
+                let (step_ok, region_ok) = (
+                    GridErrors::within(&errors.step),
+                    GridErrors::within(&errors.region),
+                );
                 attempt += 1;
-                if ok || attempt == GRID_ATTEMPTS {
-                    break (g, errors);
+                if (step_ok && region_ok) || attempt == GRID_ATTEMPTS {
+                    break (g, errors.worst());
                 }
-                opts.step *= 0.7;
-                opts.cutoff += 1.0;
+                if !step_ok {
+                    opts.step *= 0.7;
+                }
+                if !region_ok {
+                    opts.cutoff += 2.0;
+                }
             };
             let converged =
                 err_mean < GRID_TOL_MEAN && err_sd < GRID_TOL_SD && err_prob < GRID_TOL_PROB;

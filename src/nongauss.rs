@@ -223,7 +223,7 @@ pub fn laplace(
             change = change.max(step.abs());
             eta[i] += damping * step;
         }
-        if change < 1e-8 {
+        if change < 1e-6 {
             return Ok(Approximation {
                 pseudo,
                 noise,
