@@ -12,6 +12,9 @@
 //! - [`calendar`]: civil days in the participant's zone, and the clock.
 //! - [`sources`]: adapters that yield observations (today: the demo).
 //! - [`simulate`]: data from the model of `statistics.md` §2 (pure).
+//! - [`model`], [`nongauss`], [`inference`], [`fit`]: the engine — the exact
+//!   filter, the non-gaussian families, integration over hyperparameters,
+//!   and a fit's report. [`trial`] feeds it from the store, [`analyze`] from a CSV.
 //! - [`notify`]: composing and delivering outbox messages.
 //! - [`web`]: status page, `/healthz`, JSON API.
 //! - [`config`], [`lock`], [`demo`]: settings, one daemon per data folder,
