@@ -15,7 +15,7 @@
 //!   with split R-hat, bulk ESS and acceptance rates.
 //!
 //! Both give a weighted mixture of Gaussians for the effects
-//! (Rao-Blackwellised), summarised by [`summarise`]: quantiles and
+//! (Rao-Blackwellised), summarised by [`summarise_effects`]: quantiles and
 //! `P(delta > MID)` come from the mixture, never from mean ± z·sd.
 //!
 //! [`Evaluator`] is the batch seam a GPU backend will implement: the log
