@@ -366,6 +366,12 @@ pub fn corrected(
         let d = b - &mean;
         cov += &d * d.transpose() * (w / total);
     }
+    // The weighted covariance around the weighted mean underestimates the
+    // spread when few draws carry the weight: divide by 1 - sum w_i^2
+    // (normalised weights), the reliability-weights correction, which is
+    // n / (n - 1) for equal weights.
+    let sum_w2: f64 = weights.iter().map(|w| (w / total).powi(2)).sum();
+    cov /= (1.0 - sum_w2).max(1e-3);
     // Few draws can give a covariance that is not positive definite; the
     // Laplace covariance is then the better estimate of the spread.
     let b_cov = if cov.clone().cholesky().is_some() {
