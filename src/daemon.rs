@@ -494,24 +494,34 @@ async fn poll_sources(state: &AppState) -> Result<String, JobError> {
     }
 }
 
-/// Refits every outcome of every running trial whose stream has data newer
-/// than its last fit (new observations or a later date). The fit runs on the
-/// blocking pool; the fit and its priors are stored with an audit entry.
-async fn refit_trials(state: &AppState) -> Result<String, JobError> {
+/// Running trials with their participants.
+async fn running_trials(
+    state: &AppState,
+) -> Result<Vec<(TrialRow, crate::store::ParticipantRow)>, JobError> {
     let (participants, trials) = state
         .db
         .read(|s| Ok((s.participants()?, s.trials()?)))
         .await?;
+    Ok(trials
+        .into_iter()
+        .filter(|t| t.status == "running")
+        .filter_map(|t| {
+            let p = participants
+                .iter()
+                .find(|p| p.id == t.participant_id)?
+                .clone();
+            Some((t, p))
+        })
+        .collect())
+}
+
+/// Refits every outcome of every running trial whose stream has data newer
+/// than its last fit (new observations or a later date). The fit runs on the
+/// blocking pool; the fit and its priors are stored with an audit entry.
+async fn refit_trials(state: &AppState) -> Result<String, JobError> {
     let mut fitted = 0;
     let mut errors = Vec::new();
-    for trial in trials.into_iter().filter(|t| t.status == "running") {
-        let Some(p) = participants
-            .iter()
-            .find(|p| p.id == trial.participant_id)
-            .cloned()
-        else {
-            continue;
-        };
+    for (trial, p) in running_trials(state).await? {
         match refit_trial(state, &trial, &p).await {
             Ok(n) => fitted += n,
             Err(e) => errors.push(format!("trial {}: {e}", trial.id)),
@@ -612,20 +622,9 @@ fn assignment_time(protocol: &Protocol, participant_time: &str) -> Option<jiff::
 /// time has come and whose day has not run yet. Days between the last run
 /// and today are recorded as missed, never sent late.
 async fn queue_assignments(state: &AppState) -> Result<String, JobError> {
-    let (participants, trials) = state
-        .db
-        .read(|s| Ok((s.participants()?, s.trials()?)))
-        .await?;
     let mut queued = 0;
     let mut errors = Vec::new();
-    for trial in trials.into_iter().filter(|t| t.status == "running") {
-        let Some(p) = participants
-            .iter()
-            .find(|p| p.id == trial.participant_id)
-            .cloned()
-        else {
-            continue;
-        };
+    for (trial, p) in running_trials(state).await? {
         match queue_one(state, trial, p).await {
             Ok(true) => queued += 1,
             Ok(false) => {}
