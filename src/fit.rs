@@ -57,8 +57,10 @@ fn names_of_theta(likelihood: Option<Likelihood>) -> [&'static str; 4] {
     names
 }
 
-/// Antithetic pairs of importance draws per hyperparameter point (non-gaussian families).
-const IS_PAIRS: usize = 16;
+/// Antithetic pairs of importance draws per hyperparameter point (non-gaussian
+/// families). SBC, bernoulli, 400 replications: 16 pairs gave a rank chi-square
+/// of 22.3 and 90% coverage 0.865; 48 pairs gave 9.5 and 0.885.
+const IS_PAIRS: usize = 48;
 
 /// The non-gaussian observation model of an outcome, or `None` for gaussian.
 fn likelihood_of(o: &Outcome) -> Result<Option<Likelihood>, ModelError> {
