@@ -652,19 +652,24 @@ mod tests {
         assert_eq!(itt.columns[2], "y", "the taken column is not the outcome");
     }
 
-    #[test]
-    fn bad_rows_are_reported_by_line() {
-        let csv = "day,arm,score\n1,a,3\n2,a,three\nx,b,4\n4,,5\n";
-        let e = prepare(
+    /// The error `prepare` gives for `csv` with comparator "a".
+    fn prepare_err(csv: &str, known: Option<&[String]>) -> String {
+        prepare(
             csv,
             &Columns::default(),
             false,
-            None,
+            known,
             "a",
             Aggregation::Mean,
         )
         .unwrap_err()
-        .to_string();
+        .to_string()
+    }
+
+    #[test]
+    fn bad_rows_are_reported_by_line() {
+        let csv = "day,arm,score\n1,a,3\n2,a,three\nx,b,4\n4,,5\n";
+        let e = prepare_err(csv, None);
         assert!(e.contains("3 bad row(s)"), "{e}");
         assert!(
             e.contains("line 3: outcome \"three\" is not a number"),
@@ -677,32 +682,14 @@ mod tests {
     #[test]
     fn unknown_arm_and_ambiguous_columns() {
         let csv = "day,arm,score\n1,a,3\n2,c,4\n";
-        let known = vec!["a".to_string(), "b".to_string()];
-        let e = prepare(
-            csv,
-            &Columns::default(),
-            false,
-            Some(&known),
-            "a",
-            Aggregation::Mean,
-        )
-        .unwrap_err()
-        .to_string();
+        let known = ["a".to_string(), "b".to_string()];
+        let e = prepare_err(csv, Some(&known[..]));
         assert!(
             e.contains("line 3: arm \"c\" is not in the protocol"),
             "{e}"
         );
         let csv = "day,arm,score,mood\n1,a,3,4\n";
-        let e = prepare(
-            csv,
-            &Columns::default(),
-            false,
-            None,
-            "a",
-            Aggregation::Mean,
-        )
-        .unwrap_err()
-        .to_string();
+        let e = prepare_err(csv, None);
         assert!(e.contains("--outcome-col"), "{e}");
         assert_eq!(
             guess_comparator("day,arm,y\n1,Placebo,2\n2,mg,3\n", None).as_deref(),

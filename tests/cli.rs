@@ -129,18 +129,7 @@ fn newer_or_unreadable_database_is_refused_and_left_untouched() {
             .unwrap();
     }
     let before = std::fs::read(&db).unwrap();
-    let out = run(
-        &[
-            "serve",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        dir.path(),
-    );
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = common::serve_refused(&data, dir.path());
     assert!(stderr.contains("schema version 42"), "{stderr}");
     assert!(stderr.contains("newer nof1d"), "{stderr}");
     assert_eq!(std::fs::read(&db).unwrap(), before);
@@ -152,18 +141,7 @@ fn newer_or_unreadable_database_is_refused_and_left_untouched() {
     )
     .unwrap();
     let before = std::fs::read(&db).unwrap();
-    let out = run(
-        &[
-            "serve",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        dir.path(),
-    );
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = common::serve_refused(&data, dir.path());
     assert!(
         stderr.contains("not a readable SQLite database"),
         "{stderr}"

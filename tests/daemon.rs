@@ -54,18 +54,7 @@ fn demo_shows_a_live_trial_and_stops_cleanly() {
     assert_eq!(status["outbox"][0]["status"], "sent");
 
     // A second daemon on the same folder is refused, and the first is unharmed.
-    let out = run(
-        &[
-            "serve",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        dir.path(),
-    );
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = common::serve_refused(&data, dir.path());
     assert!(
         stderr.contains("another nof1d is already running on data folder"),
         "{stderr}"

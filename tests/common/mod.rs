@@ -21,6 +21,23 @@ pub fn run(args: &[&str], cwd: &Path) -> Output {
         .expect("run nof1d")
 }
 
+/// Runs `nof1d serve` on `data` (random loopback port), expects it to refuse
+/// to start, and returns its stderr.
+pub fn serve_refused(data: &Path, cwd: &Path) -> String {
+    let out = run(
+        &[
+            "serve",
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        cwd,
+    );
+    assert!(!out.status.success(), "serve should have refused to start");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A running daemon.
 pub struct Daemon {
     pub child: Child,
