@@ -434,6 +434,8 @@ pub fn analyze(text: &str, req: &Request) -> Result<Analysis, String> {
             seed: req.seed,
             mcmc: crate::inference::McmcOptions::default(),
             grid: crate::inference::GridOptions::default(),
+            dropped: Vec::new(),
+            path: true,
         };
         let fit = crate::fit::fit(&prepared.series, &spec).map_err(|e| e.to_string())?;
         Ok((prepared, fit))

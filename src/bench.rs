@@ -122,6 +122,8 @@ pub fn engine(
             ..McmcOptions::default()
         },
         grid: GridOptions::default(),
+        dropped: Vec::new(),
+        path: true,
     };
     let mut times = Vec::new();
     let mut last = None;
@@ -248,6 +250,8 @@ pub fn sbc(family: Family, replications: usize, days: usize, seed: u64) -> SbcRe
             seed: rep as u64,
             mcmc: McmcOptions::default(),
             grid: GridOptions::default(),
+            dropped: Vec::new(),
+            path: false,
         };
         let (report, mix) = match crate::fit::fit_with_mixture(&series, &spec) {
             Ok(r) => r,

@@ -577,6 +577,8 @@ async fn refit_trial(
                 seed,
                 mcmc: crate::inference::McmcOptions::default(),
                 grid: crate::inference::GridOptions::default(),
+                dropped: Vec::new(),
+                path: true,
             };
             crate::fit::fit(&ts.series, &spec).map(|r| Some((r, through)))
         })

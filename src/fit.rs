@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::inference::Evaluator;
 use crate::inference::{
@@ -19,7 +19,7 @@ use crate::nongauss::{LaplaceEvaluator, Likelihood};
 use crate::protocol::{Family, Outcome};
 
 /// How to integrate over the hyperparameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// Deterministic lattice integration (fast path).
@@ -45,6 +45,10 @@ pub struct FitSpec<'a> {
     pub mcmc: McmcOptions,
     /// Grid settings when `method` is grid.
     pub grid: GridOptions,
+    /// Arms dropped by earlier decisions: they no longer compete for P(best).
+    pub dropped: Vec<usize>,
+    /// Compute the smoothed path (for display; simulations skip it).
+    pub path: bool,
 }
 
 /// Names of the `theta` coordinates for a family: the fourth is `sigma_y`
@@ -219,7 +223,7 @@ impl GridErrors {
 }
 
 /// Where the scale `S` came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScaleSource {
     /// The protocol's `scale`.
@@ -233,7 +237,7 @@ pub enum ScaleSource {
 }
 
 /// Every prior used, as printed in reports and stored with the fit.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PriorReport {
     /// The scale `S`.
     pub scale: f64,
@@ -248,7 +252,7 @@ pub struct PriorReport {
 }
 
 /// Diagnostics of a fit.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Diagnostics {
     /// Grid or MCMC.
     pub method: Method,
@@ -278,7 +282,7 @@ pub struct Diagnostics {
 }
 
 /// The output of a fit.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FitReport {
     /// Observation family.
     pub family: Family,
@@ -301,7 +305,7 @@ pub struct FitReport {
 }
 
 /// The smoothed latent path at one observation (posterior means, §4).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PathPoint {
     /// Time in days.
     pub t: f64,
@@ -573,11 +577,16 @@ pub fn fit_with_mixture(
         }
     };
     let t_int = started.elapsed().as_secs_f64() * 1000.0;
-    let effects = inference::summarise_effects(&mixture, &names, sign, mid, spec.seed);
-    let p_best = inference::prob_best(&mixture, names.len(), sign, spec.seed);
+    let active: Vec<bool> = effect_arms
+        .iter()
+        .map(|a| !spec.dropped.contains(a))
+        .collect();
+    let p_best = inference::prob_best(&mixture, &active, sign, spec.seed);
+    let effects = inference::summarise_effects(&mixture, &names, sign, mid, &p_best);
     let base = Marginal::of(&mixture, 0);
     let t_sum = started.elapsed().as_secs_f64() * 1000.0;
     let path = match likelihood {
+        _ if !spec.path => Vec::new(),
         None => smoothed_path(series, &mixture),
         Some(lik) => mode_path(series, lik, &priors, &mixture),
     };
@@ -630,6 +639,8 @@ mod tests {
                 ..McmcOptions::default()
             },
             grid: GridOptions::default(),
+            dropped: Vec::new(),
+            path: true,
         }
     }
 

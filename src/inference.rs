@@ -27,7 +27,7 @@ use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, StandardNormal};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{FilterOutput, Hyper, ModelError, Series, StaticPrior, augmented_filter};
 
@@ -39,7 +39,7 @@ pub type Theta = [f64; DIM];
 pub const THETA_NAMES: [&str; DIM] = ["drift_time_days", "drift_sd", "half_life_days", "noise_sd"];
 
 /// Priors of the hyperparameters (§4 defaults table).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HyperPriors {
     /// `1/lambda ~ LogNormal(ln median, log_sd)`.
     pub drift_time_median_days: f64,
@@ -694,7 +694,7 @@ impl Marginal {
 }
 
 /// One effect in a fit's output.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EffectSummary {
     /// Arm key.
     pub arm: String,
@@ -717,7 +717,7 @@ pub struct EffectSummary {
 }
 
 /// A hyperparameter's posterior on its natural scale.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HyperSummary {
     /// Name.
     pub name: String,
@@ -735,9 +735,8 @@ pub fn summarise_effects(
     arm_names: &[String],
     sign: f64,
     mid_threshold: f64,
-    seed: u64,
+    p_best: &[f64],
 ) -> Vec<EffectSummary> {
-    let p_best = prob_best(mix, arm_names.len(), sign, seed);
     arm_names
         .iter()
         .enumerate()
@@ -759,12 +758,22 @@ pub fn summarise_effects(
 }
 
 /// `P(arm is best)` for the comparator (index 0) and each effect arm, where
-/// arm `j`'s advantage is `sign * beta_j` and the comparator's is 0. Exact for
-/// one effect; otherwise by 20,000 seeded draws from the mixture.
-pub fn prob_best(mix: &Mixture, n_effects: usize, sign: f64, seed: u64) -> Vec<f64> {
-    if n_effects == 1 {
-        let p = Marginal::of(mix, 1).prob_above(sign, 0.0);
-        return vec![1.0 - p, p];
+/// arm `j`'s advantage is `sign * beta_j` and the comparator's is 0, among
+/// the arms still active (`active[j]`, effect order; the comparator always
+/// competes; a dropped arm gets 0). Exact for one active effect; otherwise
+/// by 20,000 seeded draws from the mixture.
+pub fn prob_best(mix: &Mixture, active: &[bool], sign: f64, seed: u64) -> Vec<f64> {
+    let n_effects = active.len();
+    let live: Vec<usize> = (1..=n_effects).filter(|&j| active[j - 1]).collect();
+    if live.len() <= 1 {
+        let mut out = vec![0.0; n_effects + 1];
+        out[0] = 1.0;
+        if let Some(&j) = live.first() {
+            let p = Marginal::of(mix, j).prob_above(sign, 0.0);
+            out[0] = 1.0 - p;
+            out[j] = p;
+        }
+        return out;
     }
     let draws = 20_000;
     let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x5eed_0b35);
@@ -794,7 +803,7 @@ pub fn prob_best(mix: &Mixture, n_effects: usize, sign: f64, seed: u64) -> Vec<f
         };
         let mut best = 0;
         let mut best_value = 0.0;
-        for j in 1..=n_effects {
+        for &j in &live {
             let v = sign * b[j];
             if v > best_value {
                 best = j;

@@ -28,6 +28,7 @@ pub mod bench;
 pub mod calendar;
 pub mod config;
 pub mod daemon;
+pub mod decide;
 pub mod demo;
 pub mod design;
 pub mod fit;

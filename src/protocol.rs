@@ -254,6 +254,10 @@ pub struct Design {
     pub min_blocks: u32,
     /// Stop as inconclusive after this many blocks.
     pub max_blocks: u32,
+    /// Part of a factorial design: may run beside another factorial trial
+    /// on the same outcome stream (otherwise such concurrent trials are refused).
+    #[serde(default)]
+    pub factorial: bool,
 }
 
 /// Analysis population.
