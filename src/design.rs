@@ -34,14 +34,50 @@ pub fn draw_seed() -> Result<u64, getrandom::Error> {
     Ok(u64::from_le_bytes(bytes))
 }
 
+/// One planned period: its block and arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedPeriod {
+    /// Block number from 0.
+    pub block: u32,
+    /// Arm (index into the protocol's arms).
+    pub arm: usize,
+}
+
 /// The full planned schedule of a protocol for `seed`: run-in days on the
 /// comparator, then `max_blocks` blocks of periods.
 pub fn schedule(protocol: &Protocol, seed: u64) -> Vec<ScheduledDay> {
-    let d = &protocol.design;
+    days_of(protocol, &plan(protocol, seed))
+}
+
+/// The planned periods of a protocol for `seed`: `max_blocks` blocks, each
+/// holding every arm once in the order its design kind draws.
+pub fn plan(protocol: &Protocol, seed: u64) -> Vec<PlannedPeriod> {
     let arms: Vec<usize> = (0..protocol.arms.len()).collect();
-    let orders = block_orders(d.kind, &arms, d.max_blocks, seed);
+    to_periods(
+        &block_orders(protocol.design.kind, &arms, protocol.design.max_blocks, seed),
+        0,
+    )
+}
+
+fn to_periods(orders: &[Vec<usize>], first_block: u32) -> Vec<PlannedPeriod> {
+    orders
+        .iter()
+        .enumerate()
+        .flat_map(|(b, order)| {
+            order.iter().map(move |&arm| PlannedPeriod {
+                block: first_block + b as u32,
+                arm,
+            })
+        })
+        .collect()
+}
+
+/// The days of a plan: run-in on the comparator, then each period's days
+/// (washout days first).
+pub fn days_of(protocol: &Protocol, periods: &[PlannedPeriod]) -> Vec<ScheduledDay> {
+    let d = &protocol.design;
     let comparator = protocol.comparator_index();
-    let mut days = Vec::with_capacity(protocol.planned_days() as usize);
+    let mut days = Vec::with_capacity((d.run_in_days + d.period_days * periods.len() as u32) as usize);
     for day in 0..d.run_in_days {
         days.push(ScheduledDay {
             day,
@@ -51,22 +87,72 @@ pub fn schedule(protocol: &Protocol, seed: u64) -> Vec<ScheduledDay> {
             washout: false,
         });
     }
-    let mut period = 0;
-    for (block, order) in orders.iter().enumerate() {
-        for &arm in order {
-            for offset in 0..d.period_days {
-                days.push(ScheduledDay {
-                    day: days.len() as u32,
-                    period: Some(period),
-                    block: Some(block as u32),
-                    arm,
-                    washout: offset < d.washout_days,
-                });
-            }
-            period += 1;
+    for (period, p) in periods.iter().enumerate() {
+        for offset in 0..d.period_days {
+            days.push(ScheduledDay {
+                day: days.len() as u32,
+                period: Some(period as u32),
+                block: Some(p.block),
+                arm: p.arm,
+                washout: offset < d.washout_days,
+            });
         }
     }
     days
+}
+
+/// Blocks complete once the first `done` periods of `periods` have run.
+pub fn blocks_done(periods: &[PlannedPeriod], done: usize) -> u32 {
+    let done = done.min(periods.len());
+    if done == 0 {
+        return 0;
+    }
+    let current = periods[done - 1].block;
+    let finished = periods.get(done).is_none_or(|next| next.block != current);
+    let started = periods[..done]
+        .iter()
+        .map(|p| p.block)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as u32;
+    if finished { started } else { started - 1 }
+}
+
+/// The plan after arms are dropped once `done` periods have run: the periods
+/// already run, the rest of the current block without the dropped arms, then
+/// fresh blocks of the `active` arms up to `max_blocks` in all, drawn from the
+/// trial's seed and `done` (so the whole schedule stays reproducible from the
+/// seed and the decisions). Three or more arms keep the design's kind (block
+/// or Williams); two left are counterbalanced.
+pub fn replan_after_drop(
+    protocol: &Protocol,
+    seed: u64,
+    periods: &[PlannedPeriod],
+    done: usize,
+    active: &[usize],
+) -> Vec<PlannedPeriod> {
+    let done = done.min(periods.len());
+    let mut out: Vec<PlannedPeriod> = periods[..done].to_vec();
+    let current = out.last().map(|p| p.block);
+    if let Some(block) = current {
+        out.extend(
+            periods[done..]
+                .iter()
+                .filter(|p| p.block == block && active.contains(&p.arm)),
+        );
+    }
+    let next_block = current.map_or(0, |b| b + 1);
+    let remaining = protocol.design.max_blocks.saturating_sub(next_block);
+    let kind = match (active.len(), protocol.design.kind) {
+        (2, _) => DesignKind::Counterbalanced,
+        (_, DesignKind::Williams) => DesignKind::Williams,
+        _ => DesignKind::Block,
+    };
+    let salt = seed ^ (done as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    out.extend(to_periods(
+        &block_orders(kind, active, remaining, salt),
+        next_block,
+    ));
+    out
 }
 
 /// The order of `arms` in each of `blocks` blocks, for a design kind.
@@ -209,6 +295,29 @@ mod tests {
         assert_eq!(schedule(&p, 7), schedule(&p, 7));
         let differ = (0..20u64).any(|s| schedule(&p, s) != schedule(&p, 7));
         assert!(differ);
+    }
+
+    #[test]
+    fn dropping_an_arm_keeps_blocks_balanced_and_reproducible() {
+        let p = protocol("williams", 4, 6);
+        let plan0 = plan(&p, 5);
+        // Drop arm 2 after 6 periods (block 1 half run).
+        let active = [0, 1, 3];
+        let after = replan_after_drop(&p, 5, &plan0, 6, &active);
+        assert_eq!(&after[..6], &plan0[..6]);
+        assert_eq!(after, replan_after_drop(&p, 5, &plan0, 6, &active));
+        assert!(after[6..].iter().all(|q| q.arm != 2));
+        // Later blocks hold each active arm once, up to max_blocks in all.
+        for block in 2..6 {
+            let mut arms: Vec<usize> = after.iter().filter(|q| q.block == block).map(|q| q.arm).collect();
+            arms.sort();
+            assert_eq!(arms, active.to_vec(), "block {block}");
+        }
+        assert_eq!(after.last().map(|q| q.block), Some(5));
+        assert_eq!(blocks_done(&after, 6), 1);
+        let end_of_block1 = after.iter().rposition(|q| q.block == 1).unwrap() + 1;
+        assert_eq!(blocks_done(&after, end_of_block1), 2);
+        assert_eq!(blocks_done(&after, after.len()), 6);
     }
 
     #[test]

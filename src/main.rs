@@ -92,6 +92,46 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Run whole virtual trials of a protocol (schedule, data, every refit and
+    /// decision as the daemon takes them) and report its error rates.
+    Simulate {
+        /// Protocol file.
+        #[arg(long)]
+        protocol: PathBuf,
+        /// True effect of the first non-comparator arm in the "effect" condition
+        /// (outcome units; a ratio for log/logit families). Default: the MID.
+        #[arg(long, allow_negative_numbers = true)]
+        effect: Option<f64>,
+        /// Virtual trials per condition.
+        #[arg(long, default_value_t = 1000)]
+        trials: usize,
+        /// Print the JSON report on stdout instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Also find the efficacy threshold that keeps false stops at or below
+        /// TARGET (default 0.05), and check it on fresh virtual trials.
+        #[arg(long, num_args = 0..=1, default_missing_value = "0.05")]
+        calibrate: Option<f64>,
+        /// Data: `prior` (from the model) or a stress scenario: trend, weekly,
+        /// heavy_tails, long_carryover, missing_run; `all` runs each in turn.
+        #[arg(long, default_value = "prior")]
+        scenario: String,
+        /// Probability that a day's observation is missing.
+        #[arg(long, default_value_t = 0.1)]
+        missing: f64,
+        /// Probability that a day's assigned arm is not taken (the comparator is).
+        #[arg(long, default_value_t = 0.05)]
+        non_adherence: f64,
+        /// Master seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Where to write the JSON report (default: simulate-<protocol>.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Benchmarks and statistical checks of the engine (JSON on stdout).
     Bench {
         #[command(subcommand)]
@@ -343,6 +383,78 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for &d in days {
                 let timing = nof1d::bench::engine(d, *reps, *mcmc_draws, &protocol.outcome);
                 println!("{}", serde_json::to_string(&timing)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate {
+            protocol,
+            effect,
+            trials,
+            json,
+            calibrate,
+            scenario,
+            missing,
+            non_adherence,
+            seed,
+            threads,
+            out,
+        } => {
+            init_logging(&Config::default(), cli.log_level.as_deref().or(Some("warn")));
+            let (p, text) = nof1d::protocol::check_file(protocol)?;
+            let scenarios = if scenario == "all" {
+                nof1d::simulate::Scenario::ALL.to_vec()
+            } else {
+                vec![nof1d::simulate::Scenario::parse(scenario).ok_or_else(|| {
+                    anyhow::anyhow!("--scenario {scenario:?}: use prior, trend, weekly, heavy_tails, long_carryover, missing_run or all")
+                })?]
+            };
+            for (name, v) in [("--missing", *missing), ("--non-adherence", *non_adherence)] {
+                if !(0.0..1.0).contains(&v) {
+                    anyhow::bail!("{name} must be in [0, 1) (got {v})");
+                }
+            }
+            if let Some(t) = calibrate
+                && !(*t > 0.0 && *t < 0.5)
+            {
+                anyhow::bail!("--calibrate must be a rate in (0, 0.5) (got {t})");
+            }
+            if *trials == 0 {
+                anyhow::bail!("--trials must be at least 1");
+            }
+            let mut reports = Vec::new();
+            for s in scenarios {
+                let options = nof1d::simulate::SimOptions {
+                    trials: *trials,
+                    effect: *effect,
+                    missing: *missing,
+                    non_adherence: *non_adherence,
+                    scenario: s,
+                    seed: *seed,
+                    threads: threads.unwrap_or_else(|| {
+                        std::thread::available_parallelism().map_or(1, |n| n.get())
+                    }),
+                    calibrate: *calibrate,
+                    progress: !*json,
+                };
+                let report = nof1d::simulate::simulate_protocol(&p, &text, &options)?;
+                if !*json {
+                    print!("{}", nof1d::simulate::render(&report));
+                }
+                reports.push(report);
+            }
+            let doc = if reports.len() == 1 {
+                serde_json::to_string_pretty(&reports[0])?
+            } else {
+                serde_json::to_string_pretty(&reports)?
+            };
+            let path = out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("simulate-{}.json", p.id)));
+            std::fs::write(&path, &doc).with_context(|| format!("cannot write {}", path.display()))?;
+            if *json {
+                println!("{doc}");
+            } else {
+                println!("JSON report written to {}", path.display());
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -4,9 +4,23 @@
 //! exactly over any gap, with a seeded ChaCha20 generator. The demo
 //! participant's data come from here; the trial simulator will too.
 
-use rand::SeedableRng;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, StandardNormal};
+use serde::Serialize;
+
+use crate::decide::{self, Action, Look};
+use crate::design;
+use crate::fit::{FitSpec, Method};
+use crate::inference::{GridOptions, HyperPriors, McmcOptions};
+use crate::model::{ArmPath, Series};
+use crate::protocol::{Family, Protocol};
 
 /// Parameters of the gaussian model on the outcome's scale.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,33 +67,913 @@ pub fn simulate_daily(
     seed: u64,
 ) -> Vec<SimulatedPoint> {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    let mut z = || -> f64 { StandardNormal.sample(&mut rng) };
-    let stationary_sd = params.sigma_x / (2.0 * params.lambda).sqrt();
-    let mut x = stationary_sd * z();
-    let mut e = 0.0;
+    let mut state = Latent::stationary(params, &mut rng);
     let mut out = Vec::with_capacity(arms.len());
-    let advance = |x: &mut f64, e: &mut f64, d: f64, arm: usize, z: &mut dyn FnMut() -> f64| {
-        if d <= 0.0 {
-            return;
-        }
-        let rho = (-params.lambda * d).exp();
-        *x = rho * *x + stationary_sd * (1.0 - rho * rho).sqrt() * z();
-        let psi = (-params.kappa * d).exp();
-        *e = psi * *e + (1.0 - psi) * params.beta[arm];
-    };
     for (day, &arm) in arms.iter().enumerate() {
         // From the start of the day (arm switch) to the observation.
-        advance(&mut x, &mut e, obs_offset, arm, &mut z);
-        let noise = params.sigma_y * z();
+        state.advance(params, obs_offset, params.beta[arm], &mut rng);
+        let noise = params.sigma_y * normal(&mut rng);
         out.push(SimulatedPoint {
             t: day as f64 + obs_offset,
             arm,
-            effect: e,
-            y: params.mu + x + e + noise,
+            effect: state.e,
+            y: params.mu + state.x + state.e + noise,
         });
         // From the observation to the end of the day.
-        advance(&mut x, &mut e, 1.0 - obs_offset, arm, &mut z);
+        state.advance(params, 1.0 - obs_offset, params.beta[arm], &mut rng);
     }
+    out
+}
+
+fn normal(rng: &mut ChaCha20Rng) -> f64 {
+    StandardNormal.sample(rng)
+}
+
+/// The latent state `(x, e)` of §2, advanced exactly over any gap.
+#[derive(Debug, Clone, Copy)]
+struct Latent {
+    x: f64,
+    e: f64,
+}
+
+impl Latent {
+    /// `x_0` from the stationary distribution, `e_0 = 0`.
+    fn stationary(params: &ModelParams, rng: &mut ChaCha20Rng) -> Latent {
+        let sd = params.sigma_x / (2.0 * params.lambda).sqrt();
+        Latent {
+            x: sd * normal(rng),
+            e: 0.0,
+        }
+    }
+
+    /// `x' = rho x + w`, `rho = exp(-lambda D)`, `Var w = sigma_x^2 (1 - rho^2) / (2 lambda)`;
+    /// `e' = psi e + (1 - psi) beta`, `psi = exp(-kappa D)` (§2).
+    fn advance(&mut self, params: &ModelParams, d: f64, beta: f64, rng: &mut ChaCha20Rng) {
+        if d <= 0.0 {
+            return;
+        }
+        let sd = params.sigma_x / (2.0 * params.lambda).sqrt();
+        let rho = (-params.lambda * d).exp();
+        self.x = rho * self.x + sd * (1.0 - rho * rho).sqrt() * normal(rng);
+        let psi = (-params.kappa * d).exp();
+        self.e = psi * self.e + (1.0 - psi) * beta;
+    }
+}
+
+/// Named stress scenarios: features real series have and the model does
+/// not assume, added to data otherwise drawn from the priors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// Data exactly from the model, hyperparameters drawn from the priors.
+    Prior,
+    /// A slow linear trend: one scale unit `S` over the planned trial.
+    Trend,
+    /// A day-of-week pattern: weekends `0.5 S` higher.
+    Weekly,
+    /// Heavy-tailed noise: Student t with 3 degrees of freedom, same sd.
+    HeavyTails,
+    /// Carryover longer than a period: half-life 1.5 periods.
+    LongCarryover,
+    /// A run of 10 missing days at a random point after the first block.
+    MissingRun,
+}
+
+impl Scenario {
+    /// Every scenario, in report order.
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Prior,
+        Scenario::Trend,
+        Scenario::Weekly,
+        Scenario::HeavyTails,
+        Scenario::LongCarryover,
+        Scenario::MissingRun,
+    ];
+
+    /// The scenario's name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Prior => "prior",
+            Scenario::Trend => "trend",
+            Scenario::Weekly => "weekly",
+            Scenario::HeavyTails => "heavy_tails",
+            Scenario::LongCarryover => "long_carryover",
+            Scenario::MissingRun => "missing_run",
+        }
+    }
+
+    /// Parses a scenario name.
+    pub fn parse(name: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// Settings of a simulation run.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Virtual trials per condition.
+    pub trials: usize,
+    /// True effect of the first non-comparator arm in the "effect" condition,
+    /// in outcome units (gaussian) or as a ratio (log/logit links); default the MID.
+    pub effect: Option<f64>,
+    /// Probability that a day's observation is missing.
+    pub missing: f64,
+    /// Probability that on a given day the participant takes the comparator
+    /// instead of the assigned arm (analysis stays intention to treat).
+    pub non_adherence: f64,
+    /// Stress scenario.
+    pub scenario: Scenario,
+    /// Master seed; every virtual trial's seed derives from it.
+    pub seed: u64,
+    /// Worker threads.
+    pub threads: usize,
+    /// Calibrate the efficacy threshold to this false-stop rate.
+    pub calibrate: Option<f64>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            trials: 1000,
+            effect: None,
+            missing: 0.1,
+            non_adherence: 0.05,
+            scenario: Scenario::Prior,
+            seed: 1,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            calibrate: None,
+            progress: false,
+        }
+    }
+}
+
+/// A look at which the efficacy rule could fire (fit converged, enough blocks).
+#[derive(Debug, Clone, Copy)]
+struct EligibleLook {
+    /// Largest `P(delta_j > MID)` among active arms.
+    p_mid: f64,
+    /// The arm with it.
+    arm: usize,
+    /// Blocks and days run at the look.
+    blocks: u32,
+    days: u32,
+}
+
+/// One virtual trial run with the efficacy rule switched off: since a stop
+/// for efficacy ends a trial and nothing before it depends on the threshold,
+/// the trial's course under any threshold `c` is this one cut at its first
+/// eligible look with `P >= c` (see [`Outcomes::at`]).
+#[derive(Debug, Clone)]
+struct VirtualTrial {
+    looks: Vec<EligibleLook>,
+    /// How it ended without efficacy stops.
+    end: Action,
+    end_blocks: u32,
+    end_days: u32,
+    /// Arms dropped, with the number of looks recorded before the drop.
+    dropped: Vec<(usize, usize)>,
+    fits: usize,
+    not_converged: usize,
+    failed: usize,
+}
+
+/// What happens to one virtual trial at an efficacy threshold.
+struct Course {
+    efficacy: Option<usize>,
+    end: Action,
+    blocks: u32,
+    days: u32,
+    dropped: Vec<usize>,
+}
+
+impl VirtualTrial {
+    fn at(&self, threshold: f64) -> Course {
+        match self.looks.iter().position(|l| l.p_mid >= threshold) {
+            Some(i) => {
+                let l = self.looks[i];
+                Course {
+                    efficacy: Some(l.arm),
+                    end: Action::StopEfficacy { arm: l.arm },
+                    blocks: l.blocks,
+                    days: l.days,
+                    dropped: self.dropped.iter().filter(|d| d.1 <= i).map(|d| d.0).collect(),
+                }
+            }
+            None => Course {
+                efficacy: None,
+                end: self.end.clone(),
+                blocks: self.end_blocks,
+                days: self.end_days,
+                dropped: self.dropped.iter().map(|d| d.0).collect(),
+            },
+        }
+    }
+
+    /// The largest eligible `P(delta > MID)`: the trial stops for efficacy
+    /// under every threshold at or below it.
+    fn max_p(&self) -> f64 {
+        self.looks.iter().map(|l| l.p_mid).fold(0.0, f64::max)
+    }
+}
+
+/// A proportion with its Monte Carlo standard error `sqrt(p (1 - p) / n)`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Rate {
+    /// Proportion.
+    pub rate: f64,
+    /// Monte Carlo standard error.
+    pub se: f64,
+    /// Count.
+    pub count: usize,
+}
+
+impl Rate {
+    fn of(count: usize, n: usize) -> Rate {
+        let p = count as f64 / n.max(1) as f64;
+        Rate {
+            rate: p,
+            se: (p * (1.0 - p) / n.max(1) as f64).sqrt(),
+            count,
+        }
+    }
+}
+
+/// A distribution summary: mean (with its Monte Carlo se) and quantiles.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    /// Mean.
+    pub mean: f64,
+    /// Monte Carlo standard error of the mean.
+    pub se: f64,
+    /// 10th percentile.
+    pub p10: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+}
+
+impl Spread {
+    fn of(mut xs: Vec<f64>) -> Spread {
+        xs.sort_by(f64::total_cmp);
+        let n = xs.len().max(1) as f64;
+        let mean = xs.iter().sum::<f64>() / n;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        let q = |p: f64| xs.get(((xs.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
+        Spread {
+            mean,
+            se: (var / n).sqrt(),
+            p10: q(0.1),
+            p50: q(0.5),
+            p90: q(0.9),
+        }
+    }
+}
+
+/// Operating characteristics of one condition at one efficacy threshold.
+#[derive(Debug, Clone, Serialize)]
+pub struct Operating {
+    /// Stops for efficacy (under no effect: the false-stop rate; under the
+    /// effect: the power).
+    pub stop_efficacy: Rate,
+    /// Stops for efficacy naming the arm that truly has the effect.
+    pub stop_efficacy_right_arm: Rate,
+    /// Stops for futility.
+    pub stop_futility: Rate,
+    /// Stops as inconclusive (last period reached).
+    pub stop_inconclusive: Rate,
+    /// Blocks run.
+    pub blocks: Spread,
+    /// Days run (run-in included).
+    pub days: Spread,
+    /// How often each arm was dropped, by key.
+    pub dropped: BTreeMap<String, Rate>,
+}
+
+fn operating(trials: &[VirtualTrial], threshold: f64, right_arm: Option<usize>, keys: &[String]) -> Operating {
+    let n = trials.len();
+    let courses: Vec<Course> = trials.iter().map(|t| t.at(threshold)).collect();
+    let count = |f: &dyn Fn(&Course) -> bool| Rate::of(courses.iter().filter(|c| f(c)).count(), n);
+    let mut dropped = BTreeMap::new();
+    for (arm, key) in keys.iter().enumerate() {
+        let k = courses.iter().filter(|c| c.dropped.contains(&arm)).count();
+        if k > 0 {
+            dropped.insert(key.clone(), Rate::of(k, n));
+        }
+    }
+    Operating {
+        stop_efficacy: count(&|c| c.efficacy.is_some()),
+        stop_efficacy_right_arm: count(&|c| c.efficacy.is_some() && c.efficacy == right_arm),
+        stop_futility: count(&|c| c.end == Action::StopFutility),
+        stop_inconclusive: count(&|c| c.end == Action::StopInconclusive),
+        blocks: Spread::of(courses.iter().map(|c| f64::from(c.blocks)).collect()),
+        days: Spread::of(courses.iter().map(|c| f64::from(c.days)).collect()),
+        dropped,
+    }
+}
+
+/// The figures at one efficacy threshold: under no effect and under the effect.
+#[derive(Debug, Clone, Serialize)]
+pub struct AtThreshold {
+    /// The efficacy threshold `P(delta > MID) >= c`.
+    pub efficacy: f64,
+    /// No arm has an effect.
+    pub no_effect: Operating,
+    /// The first non-comparator arm has the effect.
+    pub effect: Operating,
+}
+
+/// The result of `--calibrate`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Calibration {
+    /// Target false-stop rate.
+    pub target: f64,
+    /// Whether a threshold below 1 meets the target.
+    pub achievable: bool,
+    /// False-stop rate on the trials used to choose the threshold.
+    pub in_sample_false_stop: Rate,
+    /// The calibrated threshold, with the false-stop rate measured again on
+    /// fresh virtual trials (out of sample) and the power.
+    pub result: AtThreshold,
+}
+
+/// Engine work done and how long it took.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimTiming {
+    /// Wall time in seconds.
+    pub wall_s: f64,
+    /// Worker threads.
+    pub threads: usize,
+    /// Virtual trials run (all conditions).
+    pub trials: usize,
+    /// Full refits.
+    pub fits: usize,
+    /// Fits that did not converge (no stop taken on them).
+    pub not_converged: usize,
+    /// Fits that failed outright (treated as not converged).
+    pub failed: usize,
+    /// Wall milliseconds per fit, all threads together.
+    pub ms_per_fit: f64,
+}
+
+/// Everything `nof1d simulate` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimulationReport {
+    /// Protocol id.
+    pub protocol: String,
+    /// Protocol hash.
+    pub protocol_hash: String,
+    /// Scenario.
+    pub scenario: Scenario,
+    /// Virtual trials per condition.
+    pub trials: usize,
+    /// The effect simulated (outcome units or ratio) and its sign-adjusted link-scale `beta`.
+    pub effect: f64,
+    /// `beta` of the effect arm on the model's scale.
+    pub effect_beta: f64,
+    /// The arm given the effect.
+    pub effect_arm: String,
+    /// The scale `S` data were simulated on.
+    pub scale: f64,
+    /// Missing-day probability.
+    pub missing: f64,
+    /// Non-adherence probability.
+    pub non_adherence: f64,
+    /// Master seed.
+    pub seed: u64,
+    /// Planned days (run-in and all blocks).
+    pub planned_days: u32,
+    /// The protocol's thresholds.
+    pub default: AtThreshold,
+    /// The calibrated threshold, when asked for.
+    pub calibrated: Option<Calibration>,
+    /// Work and time.
+    pub timing: SimTiming,
+}
+
+/// Errors of a simulation.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The protocol cannot be simulated.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+/// Everything fixed for one protocol and condition.
+struct Setup<'a> {
+    protocol: &'a Protocol,
+    keys: Vec<String>,
+    comparator: usize,
+    effect_arm: usize,
+    likelihood_family: Family,
+    scale: f64,
+    hyper: HyperPriors,
+    baseline: f64,
+    options: &'a SimOptions,
+}
+
+impl Setup<'_> {
+    /// The effect's `beta` on the model's scale, signed so that a positive
+    /// `effect` is better for the participant.
+    fn beta_of(&self, effect: f64) -> f64 {
+        let outcome = &self.protocol.outcome;
+        let sign = outcome.direction.sign();
+        if outcome.family.has_ratio_mid() {
+            sign * effect.ln()
+        } else {
+            sign * effect
+        }
+    }
+
+    /// Draws the model's parameters from the priors (§4 defaults table).
+    fn draw_params(&self, beta_effect: f64, rng: &mut ChaCha20Rng) -> (ModelParams, f64) {
+        let h = &self.hyper;
+        let lognormal = |median: f64, sd: f64, rng: &mut ChaCha20Rng| (median.ln() + sd * normal(rng)).exp();
+        let drift_time = lognormal(h.drift_time_median_days, h.drift_time_log_sd, rng);
+        let lambda = 1.0 / drift_time;
+        let drift_sd = (h.drift_sd_scale * normal(rng)).abs();
+        let mut half_life = lognormal(h.half_life_median_days, h.half_life_log_sd, rng);
+        if self.options.scenario == Scenario::LongCarryover {
+            half_life = 1.5 * f64::from(self.protocol.design.period_days);
+        }
+        let sigma_y = if self.likelihood_family == Family::Gaussian {
+            (h.noise_sd_scale * normal(rng)).abs()
+        } else {
+            0.0
+        };
+        let precision = lognormal(h.precision_median, h.precision_log_sd, rng);
+        let mut beta = vec![0.0; self.keys.len()];
+        beta[self.effect_arm] = beta_effect;
+        (
+            ModelParams {
+                mu: self.baseline,
+                beta,
+                lambda,
+                sigma_x: drift_sd * (2.0 * lambda).sqrt(),
+                kappa: std::f64::consts::LN_2 / half_life,
+                sigma_y,
+            },
+            precision,
+        )
+    }
+
+    /// One virtual trial, exactly as the daemon runs it, with the efficacy
+    /// rule off (see [`VirtualTrial`]).
+    fn run(&self, beta_effect: f64, trial_seed: u64) -> VirtualTrial {
+        self.run_with(beta_effect, trial_seed, f64::INFINITY)
+    }
+
+    /// One virtual trial with the efficacy threshold `efficacy`.
+    fn run_with(&self, beta_effect: f64, trial_seed: u64, efficacy: f64) -> VirtualTrial {
+        let protocol = self.protocol;
+        let d = &protocol.design;
+        let mut rng = ChaCha20Rng::seed_from_u64(trial_seed);
+        let (params, precision) = self.draw_params(beta_effect, &mut rng);
+        let mut periods = design::plan(protocol, trial_seed);
+        let mut active: Vec<usize> = (0..self.keys.len()).collect();
+        let mut thresholds = decide::thresholds(&protocol.decision, d.min_blocks);
+        thresholds.efficacy = efficacy;
+        let planned = protocol.planned_days();
+        let missing_run_start = match self.options.scenario {
+            Scenario::MissingRun => {
+                let first_block = d.run_in_days + d.period_days * self.keys.len() as u32;
+                Some(first_block + rng.random_range(0..planned.saturating_sub(first_block).max(1)))
+            }
+            _ => None,
+        };
+        let mut state = Latent::stationary(&params, &mut rng);
+        let (mut t, mut y, mut assigned) = (Vec::new(), Vec::new(), Vec::<usize>::new());
+        let mut trial = VirtualTrial {
+            looks: Vec::new(),
+            end: Action::StopInconclusive,
+            end_blocks: 0,
+            end_days: 0,
+            dropped: Vec::new(),
+            fits: 0,
+            not_converged: 0,
+            failed: 0,
+        };
+        let day = |arm: usize, state: &mut Latent, rng: &mut ChaCha20Rng,
+                       t: &mut Vec<f64>, y: &mut Vec<f64>, assigned: &mut Vec<usize>| {
+            let today = assigned.len() as u32;
+            let taken = if rng.random::<f64>() < self.options.non_adherence { self.comparator } else { arm };
+            state.advance(&params, OBS_OFFSET, params.beta[taken], rng);
+            let mut eta = params.mu + state.x + state.e;
+            match self.options.scenario {
+                Scenario::Trend => eta += self.scale * f64::from(today) / f64::from(planned.max(1)),
+                Scenario::Weekly if today % 7 >= 5 => eta += 0.5 * self.scale,
+                _ => {}
+            }
+            let noise = if self.options.scenario == Scenario::HeavyTails {
+                // t_3 has variance 3: rescale to unit sd.
+                let chi: f64 = (0..3).map(|_| normal(rng).powi(2)).sum();
+                normal(rng) / (chi / 3.0).sqrt() / 3f64.sqrt()
+            } else {
+                normal(rng)
+            };
+            let value = match self.likelihood_family {
+                Family::Gaussian => eta + params.sigma_y * noise,
+                family => crate::bench::draw(family, protocol.outcome.trials, precision, eta, rng),
+            };
+            let in_missing_run = missing_run_start.is_some_and(|s| today >= s && today < s + 10);
+            if rng.random::<f64>() >= self.options.missing && !in_missing_run {
+                t.push(f64::from(today) + OBS_OFFSET);
+                y.push(value);
+            }
+            assigned.push(arm);
+            state.advance(&params, 1.0 - OBS_OFFSET, params.beta[taken], rng);
+        };
+        for _ in 0..d.run_in_days {
+            day(self.comparator, &mut state, &mut rng, &mut t, &mut y, &mut assigned);
+        }
+        let run_in_sd = sd(&y);
+        let mut p = 0;
+        while p < periods.len() {
+            for _ in 0..d.period_days {
+                day(periods[p].arm, &mut state, &mut rng, &mut t, &mut y, &mut assigned);
+            }
+            let look = Look {
+                period: p as u32,
+                blocks_done: design::blocks_done(&periods, p + 1),
+                last_period: p + 1 == periods.len(),
+                active: active.clone(),
+            };
+            trial.end_blocks = look.blocks_done;
+            trial.end_days = assigned.len() as u32;
+            let series = series_of(&t, &y, &assigned, self.keys.len(), self.comparator);
+            let spec = FitSpec {
+                outcome: &protocol.outcome,
+                arm_keys: self.keys.clone(),
+                run_in_sd,
+                method: Method::Grid,
+                seed: trial_seed,
+                mcmc: McmcOptions::default(),
+                grid: GridOptions::default(),
+                dropped: (0..self.keys.len()).filter(|a| !active.contains(a)).collect(),
+                path: false,
+            };
+            trial.fits += 1;
+            let decision = match crate::fit::fit(&series, &spec) {
+                Ok(report) => {
+                    if !report.diagnostics.converged {
+                        trial.not_converged += 1;
+                    }
+                    let decision = decide::decide(thresholds, self.comparator, &look, &report, &self.keys);
+                    if decision.converged && look.blocks_done >= d.min_blocks {
+                        if let Some(best) = decision.arms.iter().max_by(|a, b| a.p_better_by_mid.total_cmp(&b.p_better_by_mid)) {
+                            trial.looks.push(EligibleLook {
+                                p_mid: best.p_better_by_mid,
+                                arm: best.arm,
+                                blocks: look.blocks_done,
+                                days: assigned.len() as u32,
+                            });
+                        }
+                    }
+                    Some((decision, report.p_best_comparator))
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "virtual trial fit failed");
+                    trial.failed += 1;
+                    None
+                }
+            };
+            let action = match &decision {
+                Some((dec, _)) => dec.action.clone(),
+                None if look.last_period => Action::StopInconclusive,
+                None => Action::Continue,
+            };
+            if action.stops() {
+                trial.end = action;
+                return trial;
+            }
+            if let Action::DropArms { arms } = &action {
+                active.retain(|a| !arms.contains(a));
+                trial.dropped.extend(arms.iter().map(|&a| (a, trial.looks.len())));
+                periods = design::replan_after_drop(protocol, trial_seed, &periods, p + 1, &active);
+            } else if let (Some(alloc), Some((dec, p_comp))) = (protocol.decision.allocation, &decision)
+                && look.blocks_done >= d.min_blocks
+                && p + 1 < periods.len()
+            {
+                let mut p_best: Vec<(usize, f64)> = vec![(self.comparator, *p_comp)];
+                p_best.extend(dec.arms.iter().map(|a| (a.arm, a.p_best)));
+                let probs = decide::allocation_probabilities(&p_best, alloc);
+                if let Some(arm) = decide::draw_allocation(&probs, trial_seed, p as u32 + 1) {
+                    periods[p + 1].arm = arm;
+                }
+            }
+            p += 1;
+        }
+        trial.end = Action::StopInconclusive;
+        trial
+    }
+}
+
+/// Evening observations: 19:12 local time.
+const OBS_OFFSET: f64 = 0.8;
+
+fn sd(xs: &[f64]) -> Option<f64> {
+    if xs.len() < 2 {
+        return None;
+    }
+    let n = xs.len() as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    Some((xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt())
+}
+
+/// The model input of a virtual trial: observations and the assigned arm path.
+fn series_of(t: &[f64], y: &[f64], assigned: &[usize], n_arms: usize, comparator: usize) -> Series {
+    let mut starts = vec![0.0];
+    let mut arms = vec![assigned.first().copied().unwrap_or(comparator)];
+    for (d, w) in assigned.windows(2).enumerate() {
+        if w[1] != w[0] {
+            starts.push((d + 1) as f64);
+            arms.push(w[1]);
+        }
+    }
+    Series {
+        t: t.to_vec(),
+        y: y.to_vec(),
+        path: ArmPath { starts, arms },
+        n_arms,
+        comparator,
+    }
+}
+
+/// Runs `n` virtual trials on all threads; trial `i` uses a seed derived
+/// from `(master, stream, i)`, so results do not depend on the thread count.
+fn run_many(setup: &Setup<'_>, beta: f64, stream: u64, n: usize, bar: &ProgressBar) -> Vec<VirtualTrial> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<VirtualTrial>>> = Mutex::new(vec![None; n]);
+    let threads = setup.options.threads.max(1).min(n.max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let seed = trial_seed(setup.options.seed, stream, i as u64);
+                let trial = setup.run(beta, seed);
+                if let Ok(mut r) = results.lock() {
+                    r[i] = Some(trial);
+                }
+                bar.inc(1);
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// SplitMix64 of the master seed, the condition and the trial index.
+fn trial_seed(master: u64, stream: u64, i: u64) -> u64 {
+    let mut z = master
+        .wrapping_add(stream.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .wrapping_add(i.wrapping_mul(0xbf58_476d_1ce4_e5b9));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The smallest efficacy threshold a protocol accepts (it must exceed 1/2,
+/// `P(better by MID) >= 0.5` being no evidence at all).
+const MIN_EFFICACY: f64 = 0.5001;
+
+/// Smallest threshold whose false-stop rate on `trials` is at most `target`:
+/// just above the `(floor(target n) + 1)`-th largest per-trial maximum of
+/// `P(delta > MID)` (a trial stops falsely under `c` exactly when that
+/// maximum is `>= c`).
+fn calibrate_threshold(trials: &[VirtualTrial], target: f64) -> f64 {
+    let mut maxima: Vec<f64> = trials.iter().map(VirtualTrial::max_p).collect();
+    maxima.sort_by(|a, b| b.total_cmp(a));
+    let allowed = (target * trials.len() as f64).floor() as usize;
+    let pivot = maxima.get(allowed).copied().unwrap_or(0.0);
+    // Round up to 4 decimals so the threshold can be written in a protocol,
+    // and keep it where a protocol allows it: above one half.
+    (((pivot * 1e4).floor() + 1.0) / 1e4).max(MIN_EFFICACY)
+}
+
+/// Simulates a protocol's design: false stops under no effect, power under
+/// the effect, trial lengths and arm drops, at the protocol's thresholds and,
+/// when asked, at a calibrated efficacy threshold.
+/// Everything fixed for a protocol: arms, the effect arm, the scale `S`,
+/// the hyperpriors and the baseline the data are drawn from.
+fn setup_for<'a>(protocol: &'a Protocol, options: &'a SimOptions) -> Result<Setup<'a>, SimError> {
+    let outcome = &protocol.outcome;
+    let comparator = protocol.comparator_index();
+    let keys: Vec<String> = protocol.arms.iter().map(|a| a.key.clone()).collect();
+    let effect_arm = (0..keys.len())
+        .find(|&a| a != comparator)
+        .ok_or_else(|| SimError::Protocol("the protocol needs an arm besides the comparator".into()))?;
+    let ratio = outcome.family.has_ratio_mid();
+    let effect = options.effect.unwrap_or(outcome.mid);
+    if ratio && effect <= 0.0 {
+        return Err(SimError::Protocol(format!("--effect is a ratio for the {:?} family and must be positive (got {effect})", outcome.family).to_lowercase()));
+    }
+    // S: the protocol's scale, else twice the MID (gaussian); one link unit otherwise.
+    let scale = if ratio { 1.0 } else { outcome.scale.unwrap_or(2.0 * outcome.mid) };
+    let mut scaled = outcome.clone();
+    scaled.scale = Some(scale);
+    let probe = Series {
+        t: vec![0.0, 1.0, 2.0],
+        y: match outcome.family {
+            Family::Beta => vec![0.4, 0.5, 0.6],
+            Family::Gaussian => vec![0.0, 1.0, 2.0],
+            _ => vec![0.0, 1.0, 0.0],
+        },
+        path: ArmPath { starts: vec![0.0], arms: vec![comparator] },
+        n_arms: keys.len(),
+        comparator,
+    };
+    let probe_spec = FitSpec {
+        outcome: &scaled,
+        arm_keys: keys.clone(),
+        run_in_sd: None,
+        method: Method::Grid,
+        seed: 0,
+        mcmc: McmcOptions::default(),
+        grid: GridOptions::default(),
+        dropped: Vec::new(),
+        path: false,
+    };
+    let (priors, _) = crate::fit::priors_for(&probe, &probe_spec).map_err(|e| SimError::Protocol(e.to_string()))?;
+    let baseline = match (outcome.priors.baseline, outcome.family) {
+        (Some(b), _) => b.mean,
+        (None, Family::Gaussian) => 0.0,
+        (None, Family::Poisson) => 2f64.ln(),
+        (None, Family::Beta) => 0.8f64.ln() - 0.2f64.ln(),
+        (None, _) => 0.25f64.ln() - 0.75f64.ln(),
+    };
+    Ok(Setup {
+        protocol,
+        keys: keys.clone(),
+        comparator,
+        effect_arm,
+        likelihood_family: outcome.family,
+        scale,
+        hyper: priors.hyper,
+        baseline,
+        options,
+    })
+}
+
+pub fn simulate_protocol(
+    protocol: &Protocol,
+    source: &str,
+    options: &SimOptions,
+) -> Result<SimulationReport, SimError> {
+    let setup = setup_for(protocol, options)?;
+    let keys = setup.keys.clone();
+    let effect_arm = setup.effect_arm;
+    let outcome = &protocol.outcome;
+    let effect = options.effect.unwrap_or(outcome.mid);
+    let beta = setup.beta_of(effect);
+    let scale = setup.scale;
+    let n = options.trials.max(1);
+    let conditions = if options.calibrate.is_some() { 3 } else { 2 };
+    let bar = if options.progress {
+        let bar = ProgressBar::new((n * conditions) as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} virtual trials, {elapsed} (eta {eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("{} ({})", protocol.id, options.scenario.name()));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let started = Instant::now();
+    let null = run_many(&setup, 0.0, 0, n, &bar);
+    let with_effect = run_many(&setup, beta, 1, n, &bar);
+    let default = AtThreshold {
+        efficacy: protocol.decision.efficacy,
+        no_effect: operating(&null, protocol.decision.efficacy, None, &keys),
+        effect: operating(&with_effect, protocol.decision.efficacy, Some(effect_arm), &keys),
+    };
+    let calibrated = options.calibrate.map(|target| {
+        let c = calibrate_threshold(&null, target);
+        let fresh = run_many(&setup, 0.0, 2, n, &bar);
+        Calibration {
+            target,
+            achievable: c < 1.0,
+            in_sample_false_stop: operating(&null, c, None, &keys).stop_efficacy,
+            result: AtThreshold {
+                efficacy: c,
+                no_effect: operating(&fresh, c, None, &keys),
+                effect: operating(&with_effect, c, Some(effect_arm), &keys),
+            },
+        }
+    });
+    bar.finish_and_clear();
+    let wall_s = started.elapsed().as_secs_f64();
+    let all = null.len() + with_effect.len() + if calibrated.is_some() { n } else { 0 };
+    let fits: usize = null.iter().chain(&with_effect).map(|t| t.fits).sum::<usize>();
+    let not_converged = null.iter().chain(&with_effect).map(|t| t.not_converged).sum();
+    let failed = null.iter().chain(&with_effect).map(|t| t.failed).sum();
+    let threads = options.threads.max(1);
+    Ok(SimulationReport {
+        protocol: protocol.id.clone(),
+        protocol_hash: crate::protocol::ProtocolHash::of(source).to_string(),
+        scenario: options.scenario,
+        trials: n,
+        effect,
+        effect_beta: beta,
+        effect_arm: keys[effect_arm].clone(),
+        scale,
+        missing: options.missing,
+        non_adherence: options.non_adherence,
+        seed: options.seed,
+        planned_days: protocol.planned_days(),
+        default,
+        calibrated,
+        timing: SimTiming {
+            wall_s,
+            threads,
+            trials: all,
+            fits,
+            not_converged,
+            failed,
+            ms_per_fit: wall_s * 1000.0 * threads as f64 / fits.max(1) as f64,
+        },
+    })
+}
+
+/// The report as a plain-text table.
+pub fn render(r: &SimulationReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let pct = |x: Rate| format!("{:5.1}% ± {:.1}", 100.0 * x.rate, 100.0 * x.se);
+    let _ = writeln!(
+        out,
+        "{} — scenario {}, {} virtual trials per condition (up to {} days), {:.0}% missing days, {:.0}% non-adherence",
+        r.protocol,
+        r.scenario.name(),
+        r.trials,
+        r.planned_days,
+        100.0 * r.missing,
+        100.0 * r.non_adherence
+    );
+    let _ = writeln!(
+        out,
+        "effect condition: {} = {} (beta {:+.3} on the model's scale, S = {})",
+        r.effect_arm, r.effect, r.effect_beta, r.scale
+    );
+    let mut rows = vec![("protocol's thresholds", &r.default)];
+    if let Some(c) = &r.calibrated {
+        rows.push(("calibrated", &c.result));
+    }
+    let _ = writeln!(
+        out,
+        "{:<22} {:>9} {:>16} {:>16} {:>16} {:>16} {:>14}",
+        "", "efficacy", "false stops", "power", "futility (eff.)", "inconclusive", "blocks (eff.)"
+    );
+    for (name, a) in rows {
+        let _ = writeln!(
+            out,
+            "{:<22} {:>9.4} {:>16} {:>16} {:>16} {:>16} {:>8.2} ± {:.2}",
+            name,
+            a.efficacy,
+            pct(a.no_effect.stop_efficacy),
+            pct(a.effect.stop_efficacy),
+            pct(a.effect.stop_futility),
+            pct(a.effect.stop_inconclusive),
+            a.effect.blocks.mean,
+            a.effect.blocks.se
+        );
+    }
+    if let Some(c) = &r.calibrated {
+        let _ = writeln!(
+            out,
+            "calibration target {:.1}%: {} (false stops {} on the calibration trials, {} on fresh ones)",
+            100.0 * c.target,
+            if c.achievable { "met" } else { "NOT achievable below 1" },
+            pct(c.in_sample_false_stop),
+            pct(c.result.no_effect.stop_efficacy)
+        );
+    }
+    let d = &r.default;
+    let _ = writeln!(
+        out,
+        "trial length (days, protocol's thresholds): no effect {:.0} (10-90%: {:.0}-{:.0}), effect {:.0} ({:.0}-{:.0})",
+        d.no_effect.days.mean, d.no_effect.days.p10, d.no_effect.days.p90, d.effect.days.mean, d.effect.days.p10, d.effect.days.p90
+    );
+    for (cond, o) in [("no effect", &d.no_effect), ("effect", &d.effect)] {
+        for (arm, rate) in &o.dropped {
+            let _ = writeln!(out, "arm {arm} dropped ({cond}): {}", pct(*rate));
+        }
+    }
+    let t = &r.timing;
+    let _ = writeln!(
+        out,
+        "{} fits in {:.1} s on {} threads ({:.1} ms a fit); {} did not converge, {} failed\n",
+        t.fits, t.wall_s, t.threads, t.ms_per_fit, t.not_converged, t.failed
+    );
     out
 }
 
@@ -95,6 +989,68 @@ mod tests {
             sigma_x: 0.8,
             kappa: std::f64::consts::LN_2 / 1.0,
             sigma_y: 0.5,
+        }
+    }
+
+    fn looks(ps: &[f64]) -> VirtualTrial {
+        VirtualTrial {
+            looks: ps
+                .iter()
+                .enumerate()
+                .map(|(i, &p)| EligibleLook {
+                    p_mid: p,
+                    arm: 1,
+                    blocks: 2 + i as u32,
+                    days: 28 + 14 * i as u32,
+                })
+                .collect(),
+            end: Action::StopInconclusive,
+            end_blocks: 6,
+            end_days: 98,
+            dropped: Vec::new(),
+            fits: ps.len(),
+            not_converged: 0,
+            failed: 0,
+        }
+    }
+
+    #[test]
+    fn calibration_keeps_the_false_stop_rate_at_or_below_the_target() {
+        // 100 trials whose largest P are 0.01, 0.02, ..., 1.00.
+        let trials: Vec<VirtualTrial> = (1..=100).map(|i| looks(&[0.3, f64::from(i) / 100.0])).collect();
+        let c = calibrate_threshold(&trials, 0.05);
+        let stops = trials.iter().filter(|t| t.at(c).efficacy.is_some()).count();
+        assert_eq!(stops, 5, "threshold {c}");
+        // The next threshold down would stop a sixth trial.
+        assert!(trials.iter().filter(|t| t.max_p() >= 0.96).count() == 5);
+        // A course cut at the first crossing.
+        let t = looks(&[0.5, 0.97, 0.99]);
+        let course = t.at(0.95);
+        assert_eq!(course.efficacy, Some(1));
+        assert_eq!(course.blocks, 3);
+        assert_eq!(t.at(0.995).end, Action::StopInconclusive);
+    }
+
+    #[test]
+    fn a_threshold_applied_afterwards_equals_running_with_it() {
+        let text = include_str!("../protocols/meditation-anxiety.toml");
+        let protocol = Protocol::parse(text, "m").unwrap();
+        let options = SimOptions {
+            trials: 1,
+            threads: 1,
+            ..SimOptions::default()
+        };
+        let setup = setup_for(&protocol, &options).unwrap();
+        let beta = -1.0;
+        for seed in 0..4 {
+            let free = setup.run(beta, seed);
+            for c in [0.8, 0.95] {
+                let direct = setup.run_with(beta, seed, c);
+                let course = free.at(c);
+                assert_eq!(direct.end, course.end, "seed {seed} c {c}");
+                assert_eq!(direct.end_days, course.days, "seed {seed} c {c}");
+                assert_eq!(direct.end_blocks, course.blocks, "seed {seed} c {c}");
+            }
         }
     }
 
