@@ -21,7 +21,7 @@
 //! [`Evaluator`] is the batch seam a GPU backend will implement: the log
 //! posterior and the conditional effect posterior at many `theta` at once.
 
-use std::collections::HashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use rand::{RngExt, SeedableRng};
@@ -134,11 +134,10 @@ pub trait Evaluator: Sync {
     /// The log posterior and conditional effect posterior at one point;
     /// `None` where the model cannot be evaluated.
     fn eval(&self, theta: &Theta) -> Option<Eval>;
-    /// Many points at once (default: split over the machine's threads).
-    fn eval_batch(&self, thetas: &[Theta]) -> Vec<Option<Eval>> {
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(4);
+    /// Many points at once. The CPU default splits them over up to `threads`
+    /// threads (callers that already run one fit per core pass 1); a GPU
+    /// backend evaluates the whole batch on the device.
+    fn eval_batch(&self, thetas: &[Theta], threads: usize) -> Vec<Option<Eval>> {
         if threads <= 1 || thetas.len() < 64 {
             return thetas.iter().map(|t| self.eval(t)).collect();
         }
@@ -284,6 +283,8 @@ pub struct GridOptions {
     pub check_cutoff_drop: f64,
     /// Safety cap on lattice points.
     pub max_points: usize,
+    /// CPU threads one fit may use for its lattice evaluations.
+    pub threads: usize,
 }
 
 impl Default for GridOptions {
@@ -293,6 +294,9 @@ impl Default for GridOptions {
             cutoff: 8.0,
             check_cutoff_drop: 3.0,
             max_points: 40_000,
+            threads: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(4),
         }
     }
 }
@@ -314,14 +318,19 @@ pub struct GridResult {
     pub points: usize,
     /// The mode found.
     pub mode: Theta,
+    /// The work a retry with a wider region can reuse.
+    pub reuse: GridReuse,
 }
 
-/// Deterministic integration over `theta` on a lattice grown from the mode.
-pub fn integrate_grid(ev: &dyn Evaluator, opts: &GridOptions) -> Result<GridResult, ModelError> {
+/// The posterior mode (Nelder–Mead) and the whitening map `V diag(1/sqrt(eig))`
+/// of the Hessian of `-log p` there (central differences).
+fn whitening(
+    ev: &dyn Evaluator,
+    evaluations: &mut usize,
+) -> Result<(Theta, f64, DMatrix<f64>), ModelError> {
     let dims = ev.dims();
-    let mut evaluations = 0;
     let mut neg = |t: &Theta| -> f64 {
-        evaluations += 1;
+        *evaluations += 1;
         ev.eval(t).map_or(f64::INFINITY, |e| -e.log_post)
     };
     let start = ev.start();
@@ -367,6 +376,56 @@ pub fn integrate_grid(ev: &dyn Evaluator, opts: &GridOptions) -> Result<GridResu
             map[(r, k)] = eig.eigenvectors[(r, k)] / e.sqrt();
         }
     }
+    Ok((mode, f_mode, map))
+}
+
+/// Deterministic integration over `theta` on a lattice grown from the mode.
+pub fn integrate_grid(ev: &dyn Evaluator, opts: &GridOptions) -> Result<GridResult, ModelError> {
+    integrate_grid_reusing(ev, opts, None)
+}
+
+/// What one grid integration hands to a retry with the same step and a
+/// wider region: the mode, the whitening and every point already evaluated,
+/// so that only the new shell of the region costs evaluations.
+#[derive(Debug, Clone)]
+pub struct GridReuse {
+    step: f64,
+    mode: Theta,
+    f_mode: f64,
+    map: DMatrix<f64>,
+    evaluated: [FxHashMap<[i32; DIM], Option<Eval>>; 2],
+}
+
+impl GridReuse {
+    /// Nothing to reuse.
+    pub fn empty() -> GridReuse {
+        GridReuse {
+            step: f64::NAN,
+            mode: [0.0; DIM],
+            f_mode: f64::NAN,
+            map: DMatrix::zeros(0, 0),
+            evaluated: [FxHashMap::default(), FxHashMap::default()],
+        }
+    }
+}
+
+/// [`integrate_grid`], reusing an earlier integration's work when its step
+/// is the same (a retry that only widens the region).
+pub fn integrate_grid_reusing(
+    ev: &dyn Evaluator,
+    opts: &GridOptions,
+    reuse: Option<GridReuse>,
+) -> Result<GridResult, ModelError> {
+    let dims = ev.dims();
+    let mut evaluations = 0;
+    let reuse = reuse.filter(|r| r.step == opts.step);
+    let (mode, f_mode, map, mut evaluated) = match reuse {
+        Some(r) => (r.mode, r.f_mode, r.map, r.evaluated),
+        None => {
+            let (mode, f_mode, map) = whitening(ev, &mut evaluations)?;
+            (mode, f_mode, map, [FxHashMap::default(), FxHashMap::default()])
+        }
+    };
     let point = |n: &[i32; DIM], offset: f64| -> Theta {
         let mut t = mode;
         for r in 0..dims {
@@ -380,19 +439,26 @@ pub fn integrate_grid(ev: &dyn Evaluator, opts: &GridOptions) -> Result<GridResu
     // together a finer (body-centred) rule, and their difference is the
     // step-size error check.
     let mut max_lp = -f_mode;
-    let mut lattices: Vec<Vec<Eval>> = Vec::with_capacity(2);
-    for offset in [0.0, 0.5] {
-        let mut seen: HashSet<[i32; DIM]> = HashSet::new();
-        let mut kept: Vec<Eval> = Vec::new();
+    let mut kept_keys: Vec<Vec<[i32; DIM]>> = Vec::with_capacity(2);
+    for (li, offset) in [0.0, 0.5].into_iter().enumerate() {
+        let cache = &mut evaluated[li];
+        let mut seen: FxHashSet<[i32; DIM]> = FxHashSet::default();
+        let mut kept: Vec<[i32; DIM]> = Vec::new();
         let mut frontier = vec![[0i32; DIM]];
         seen.insert([0; DIM]);
         while !frontier.is_empty() && seen.len() < opts.max_points {
-            let thetas: Vec<Theta> = frontier.iter().map(|n| point(n, offset)).collect();
-            let results = ev.eval_batch(&thetas);
+            let missing: Vec<[i32; DIM]> = frontier
+                .iter()
+                .filter(|n| !cache.contains_key(*n))
+                .copied()
+                .collect();
+            let thetas: Vec<Theta> = missing.iter().map(|n| point(n, offset)).collect();
+            let results = ev.eval_batch(&thetas, opts.threads);
             evaluations += thetas.len();
+            cache.extend(missing.into_iter().zip(results));
             let mut next = Vec::new();
-            for (n, r) in frontier.iter().zip(results) {
-                let Some(e) = r else { continue };
+            for n in &frontier {
+                let Some(Some(e)) = cache.get(n) else { continue };
                 max_lp = max_lp.max(e.log_post);
                 if e.log_post < max_lp - opts.cutoff {
                     continue;
@@ -406,12 +472,21 @@ pub fn integrate_grid(ev: &dyn Evaluator, opts: &GridOptions) -> Result<GridResu
                         }
                     }
                 }
-                kept.push(e);
+                kept.push(*n);
             }
             frontier = next;
         }
-        lattices.push(kept);
+        kept_keys.push(kept);
     }
+    let lattices: Vec<Vec<&Eval>> = kept_keys
+        .iter()
+        .zip(&evaluated)
+        .map(|(keys, cache)| {
+            keys.iter()
+                .filter_map(|n| cache.get(n).and_then(Option::as_ref))
+                .collect()
+        })
+        .collect();
     let mix = |parts: Vec<&Eval>| -> Mixture {
         let weights: Vec<f64> = parts.iter().map(|e| (e.log_post - max_lp).exp()).collect();
         let total: f64 = weights.iter().sum();
@@ -424,6 +499,7 @@ pub fn integrate_grid(ev: &dyn Evaluator, opts: &GridOptions) -> Result<GridResu
     let both: Vec<&Eval> = lattices
         .iter()
         .flatten()
+        .copied()
         .filter(|e| inside(e, opts.cutoff))
         .collect();
     if both.is_empty() {
@@ -435,16 +511,19 @@ pub fn integrate_grid(ev: &dyn Evaluator, opts: &GridOptions) -> Result<GridResu
     let mixture = mix(both);
     let coarse = mix(lattices[0]
         .iter()
+        .copied()
         .filter(|e| inside(e, opts.cutoff))
         .collect());
     let shifted = mix(lattices[1]
         .iter()
+        .copied()
         .filter(|e| inside(e, opts.cutoff))
         .collect());
     let narrow_cut = opts.cutoff - opts.check_cutoff_drop;
     let narrow = mix(lattices
         .iter()
         .flatten()
+        .copied()
         .filter(|e| inside(e, narrow_cut))
         .collect());
     Ok(GridResult {
@@ -455,6 +534,13 @@ pub fn integrate_grid(ev: &dyn Evaluator, opts: &GridOptions) -> Result<GridResu
         narrow,
         evaluations,
         mode,
+        reuse: GridReuse {
+            step: opts.step,
+            mode,
+            f_mode,
+            map,
+            evaluated,
+        },
     })
 }
 
@@ -579,7 +665,7 @@ pub fn sample_mcmc(ev: &dyn Evaluator, opts: &McmcOptions) -> McmcResult {
 
 /// Standard normal CDF `Phi(x)`.
 pub fn norm_cdf(x: f64) -> f64 {
-    0.5 * statrs::function::erf::erfc(-x / std::f64::consts::SQRT_2)
+    0.5 * libm::erfc(-x / std::f64::consts::SQRT_2)
 }
 
 /// Standard normal quantile `Phi^-1(p)`.
@@ -938,7 +1024,7 @@ mod tests {
 
     #[test]
     fn normal_helpers() {
-        // statrs' erfc is accurate to about 1e-12 here.
+        // libm's erfc is accurate to about 1 ulp.
         assert!((norm_cdf(1.959963984540054) - 0.975).abs() < 1e-11);
         assert!((norm_quantile(0.975) - 1.959963984540054).abs() < 1e-9);
     }

@@ -108,16 +108,61 @@ pub enum ModelError {
     Input(String),
 }
 
+/// Gaps closer than this (days) share their cached exponentials.
+const GAP_EPS: f64 = 1e-12;
+
+/// `exp(-rate * d)` for the few distinct gaps `d` a series repeats (daily
+/// data: 1, 2 after a missing day, the pieces around an arm switch): one
+/// exponential per distinct gap and pass instead of one per step.
+#[derive(Debug, Clone, Copy)]
+struct ExpCache {
+    rate: f64,
+    gaps: [f64; 8],
+    values: [f64; 8],
+    len: usize,
+    next: usize,
+}
+
+impl ExpCache {
+    fn new(rate: f64) -> ExpCache {
+        ExpCache {
+            rate,
+            gaps: [f64::NAN; 8],
+            values: [0.0; 8],
+            len: 0,
+            next: 0,
+        }
+    }
+
+    fn get(&mut self, d: f64) -> f64 {
+        for i in 0..self.len {
+            if (self.gaps[i] - d).abs() <= GAP_EPS {
+                return self.values[i];
+            }
+        }
+        let v = (-self.rate * d).exp();
+        let slot = if self.len < 8 {
+            self.len += 1;
+            self.len - 1
+        } else {
+            self.next = (self.next + 1) % 8;
+            self.next
+        };
+        self.gaps[slot] = d;
+        self.values[slot] = v;
+        v
+    }
+}
+
 /// Advances the onset/washout regressors `w` from `t0` to `t1` along the arm
 /// path: over each piece with arm `a` constant for `D` days,
 /// `w_j <- psi w_j + (1 - psi) 1[a = j]`, `psi = exp(-kappa D)` (§2).
 fn advance_w(
     w: &mut [f64; MAX_ARMS],
     path: &ArmPath,
-    kappa: f64,
     (t0, t1): (f64, f64),
     piece: &mut usize,
-    cache: &mut (f64, f64),
+    psi_of: &mut ExpCache,
 ) {
     let mut t = t0;
     while t < t1 {
@@ -129,11 +174,9 @@ fn advance_w(
         } else {
             t1
         };
-        let len = end - t;
-        if len != cache.0 {
-            *cache = (len, (-kappa * len).exp());
-        }
-        let psi = cache.1;
+        // psi = exp(-kappa D); times like d + 0.8 make gaps that differ from 1
+        // in the last bits, which the cache treats as equal.
+        let psi = psi_of.get(end - t);
         let arm = path.arms[*piece];
         for wj in w.iter_mut() {
             *wj *= psi;
@@ -149,18 +192,11 @@ pub fn design_rows(series: &Series, kappa: f64) -> Vec<[f64; MAX_ARMS]> {
     let effect_arms = series.effect_arms();
     let mut w = [0.0; MAX_ARMS];
     let mut piece = 0;
-    let mut cache = (f64::NAN, 1.0);
+    let mut psi_of = ExpCache::new(kappa);
     let mut t_prev = 0.0;
     let mut rows = Vec::with_capacity(series.t.len());
     for &t in &series.t {
-        advance_w(
-            &mut w,
-            &series.path,
-            kappa,
-            (t_prev, t),
-            &mut piece,
-            &mut cache,
-        );
+        advance_w(&mut w, &series.path, (t_prev, t), &mut piece, &mut psi_of);
         t_prev = t;
         let mut row = [0.0; MAX_ARMS];
         row[0] = 1.0;
@@ -218,23 +254,13 @@ pub fn augmented_filter_with(
     let mut w = [0.0; MAX_ARMS];
     let mut piece = 0;
     // Regular sampling repeats the same gaps: cache the exponentials.
-    let (mut last_gap, mut rho) = (f64::NAN, 1.0);
-    let mut w_cache = (f64::NAN, 1.0);
+    let mut rho_of = ExpCache::new(h.lambda);
+    let mut psi_of = ExpCache::new(h.kappa);
     for (i, (&t, &y)) in series.t.iter().zip(y).enumerate() {
         let var_y = noise.map_or(var_y, |n| n[i]);
         let gap = t - t_prev;
-        if gap != last_gap {
-            rho = (-h.lambda * gap).exp();
-            last_gap = gap;
-        }
-        advance_w(
-            &mut w,
-            &series.path,
-            h.kappa,
-            (t_prev, t),
-            &mut piece,
-            &mut w_cache,
-        );
+        let rho = rho_of.get(gap);
+        advance_w(&mut w, &series.path, (t_prev, t), &mut piece, &mut psi_of);
         t_prev = t;
         pvar = rho * rho * pvar + var_x * (1.0 - rho * rho);
         a_y *= rho;

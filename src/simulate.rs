@@ -235,6 +235,7 @@ struct VirtualTrial {
     /// Arms dropped, with the number of looks recorded before the drop.
     dropped: Vec<(usize, usize)>,
     fits: usize,
+    evaluations: usize,
     not_converged: usize,
     failed: usize,
 }
@@ -410,6 +411,8 @@ pub struct SimTiming {
     pub trials: usize,
     /// Full refits.
     pub fits: usize,
+    /// Posterior evaluations (filter passes) over all fits.
+    pub evaluations: usize,
     /// Fits that did not converge (no stop taken on them).
     pub not_converged: usize,
     /// Fits that failed outright (treated as not converged).
@@ -552,6 +555,7 @@ impl Setup<'_> {
             end_days: 0,
             dropped: Vec::new(),
             fits: 0,
+            evaluations: 0,
             not_converged: 0,
             failed: 0,
         };
@@ -610,13 +614,18 @@ impl Setup<'_> {
                 method: Method::Grid,
                 seed: trial_seed,
                 mcmc: McmcOptions::default(),
-                grid: GridOptions::default(),
+                // One fit per core already: no threads inside a fit.
+                grid: GridOptions {
+                    threads: 1,
+                    ..GridOptions::default()
+                },
                 dropped: (0..self.keys.len()).filter(|a| !active.contains(a)).collect(),
                 path: false,
             };
             trial.fits += 1;
             let decision = match crate::fit::fit(&series, &spec) {
                 Ok(report) => {
+                    trial.evaluations += report.diagnostics.evaluations;
                     if !report.diagnostics.converged {
                         trial.not_converged += 1;
                     }
@@ -875,6 +884,7 @@ pub fn simulate_protocol(
     let all = null.len() + with_effect.len() + if calibrated.is_some() { n } else { 0 };
     let fits: usize = null.iter().chain(&with_effect).map(|t| t.fits).sum::<usize>();
     let not_converged = null.iter().chain(&with_effect).map(|t| t.not_converged).sum();
+    let evaluations = null.iter().chain(&with_effect).map(|t| t.evaluations).sum();
     let failed = null.iter().chain(&with_effect).map(|t| t.failed).sum();
     let threads = options.threads.max(1);
     Ok(SimulationReport {
@@ -897,6 +907,7 @@ pub fn simulate_protocol(
             threads,
             trials: all,
             fits,
+            evaluations,
             not_converged,
             failed,
             ms_per_fit: wall_s * 1000.0 * threads as f64 / fits.max(1) as f64,
@@ -971,8 +982,14 @@ pub fn render(r: &SimulationReport) -> String {
     let t = &r.timing;
     let _ = writeln!(
         out,
-        "{} fits in {:.1} s on {} threads ({:.1} ms a fit); {} did not converge, {} failed\n",
-        t.fits, t.wall_s, t.threads, t.ms_per_fit, t.not_converged, t.failed
+        "{} fits in {:.1} s on {} threads ({:.1} ms and {:.0} posterior evaluations a fit); {} did not converge, {} failed\n",
+        t.fits,
+        t.wall_s,
+        t.threads,
+        t.ms_per_fit,
+        t.evaluations as f64 / t.fits.max(1) as f64,
+        t.not_converged,
+        t.failed
     );
     out
 }
@@ -1009,6 +1026,7 @@ mod tests {
             end_days: 98,
             dropped: Vec::new(),
             fits: ps.len(),
+            evaluations: 0,
             not_converged: 0,
             failed: 0,
         }
