@@ -521,14 +521,20 @@ async fn running_trials(
 async fn refit_trials(state: &AppState) -> Result<String, JobError> {
     let mut fitted = 0;
     let mut errors = Vec::new();
+    let mut decided = 0;
     for (trial, p) in running_trials(state).await? {
         match refit_trial(state, &trial, &p).await {
             Ok(n) => fitted += n,
             Err(e) => errors.push(format!("trial {}: {e}", trial.id)),
         }
+        match decide_trial(state, &trial, &p, false).await {
+            Ok(Some(_)) => decided += 1,
+            Ok(None) => {}
+            Err(e) => errors.push(format!("trial {}: decision: {e}", trial.id)),
+        }
     }
     if errors.is_empty() {
-        Ok(format!("{fitted} fits stored"))
+        Ok(format!("{fitted} fits stored, {decided} decisions"))
     } else {
         Err(JobError::Item(errors.join("; ")))
     }
@@ -546,16 +552,19 @@ async fn refit_trial(
     let mut stored = 0;
     for outcome in protocol.outcomes() {
         let (trial_id, participant_id, stream) = (trial.id, p.id, outcome.stream.clone());
-        let (schedule, observations, last) = state
+        let (schedule, observations, last, decisions) = state
             .db
             .read(move |s| {
                 Ok((
                     s.schedule(trial_id)?,
                     s.observations(participant_id, &stream)?,
                     s.latest_fit(trial_id, &stream)?,
+                    s.decisions(trial_id)?,
                 ))
             })
             .await?;
+        let numbers: Vec<&str> = decisions.iter().map(|d| d.numbers_json.as_str()).collect();
+        let dropped = crate::lifecycle::dropped_arms(&numbers);
         let (proto, out, tz2) = (protocol.clone(), outcome.clone(), tz.clone());
         let seed = trial.seed;
         let result = tokio::task::spawn_blocking(move || {
@@ -577,7 +586,7 @@ async fn refit_trial(
                 seed,
                 mcmc: crate::inference::McmcOptions::default(),
                 grid: crate::inference::GridOptions::default(),
-                dropped: Vec::new(),
+                dropped,
                 path: true,
             };
             crate::fit::fit(&ts.series, &spec).map(|r| Some((r, through)))
@@ -610,6 +619,194 @@ async fn refit_trial(
     Ok(stored)
 }
 
+/// Whether today's assignment time has come for a trial (whatever its day's state).
+fn assignment_time_reached(
+    state: &AppState,
+    trial: &TrialRow,
+    p: &crate::store::ParticipantRow,
+) -> bool {
+    let Ok(protocol) = Protocol::parse(&trial.protocol_toml, "stored protocol") else {
+        // queue_one reports the problem.
+        return true;
+    };
+    let (Ok(tz), Some(time)) = (
+        TimeZone::get(&p.time_zone),
+        assignment_time(&protocol, &p.assignment_time),
+    ) else {
+        return true;
+    };
+    let now = state.clock.now();
+    now >= local_instant(local_date(now, &tz), time, &tz)
+}
+
+/// Starts approved trials whose start date has come: the dated schedule is
+/// stored and the trial becomes running, unless another running or paused
+/// trial of the participant measures one of its streams (not factorial).
+async fn start_due_trials(state: &AppState) -> Result<usize, JobError> {
+    let (participants, trials) = state
+        .db
+        .read(|s| Ok((s.participants()?, s.trials()?)))
+        .await?;
+    let mut started = 0;
+    let mut errors = Vec::new();
+    for trial in trials.iter().filter(|t| t.status == "approved") {
+        let Some(p) = participants.iter().find(|p| p.id == trial.participant_id) else {
+            continue;
+        };
+        let tz = TimeZone::get(&p.time_zone)
+            .map_err(|e| JobError::Item(format!("zone {}: {e}", p.time_zone)))?;
+        let today = local_date(state.clock.now(), &tz);
+        let Some(start) = trial.start_date else {
+            continue;
+        };
+        if start > today {
+            continue;
+        }
+        let protocol = Protocol::parse(&trial.protocol_toml, &format!("trial {}", trial.id))
+            .map_err(|e| JobError::Item(e.to_string()))?;
+        let others: Vec<(i64, Protocol)> = trials
+            .iter()
+            .filter(|t| t.participant_id == trial.participant_id && t.id != trial.id)
+            .filter(|t| t.status == "running" || t.status == "paused")
+            .filter_map(|t| Some((t.id, Protocol::parse(&t.protocol_toml, "stored").ok()?)))
+            .collect();
+        if let Some(why) = crate::lifecycle::conflict(&protocol, &others) {
+            errors.push(format!("trial {} cannot start: {why}", trial.id));
+            continue;
+        }
+        // A start date already past (the daemon was down) starts today.
+        let day0 = start.max(today);
+        let rows =
+            crate::lifecycle::dated(&protocol, &crate::design::plan(&protocol, trial.seed), day0)
+                .map_err(|e| JobError::Item(e.to_string()))?;
+        let (id, now) = (trial.id, state.clock.now());
+        state
+            .db
+            .write(move |s| s.start_trial(id, day0, &rows, "daemon", now))
+            .await?;
+        tracing::info!(trial = id, start = %day0, "trial started");
+        started += 1;
+    }
+    if errors.is_empty() {
+        Ok(started)
+    } else {
+        Err(JobError::Item(errors.join("; ")))
+    }
+}
+
+/// Takes the decision due at the end of the latest period (§5), from the
+/// primary outcome's latest fit, and applies it with the decision in one
+/// transaction. Returns the action when a decision was stored.
+///
+/// Without `force` (the refit job) the look waits until the latest fit
+/// covers the period's last day; with it (before the next assignment goes
+/// out) it is taken on the data there are, as a missed rating may never come.
+async fn decide_trial(
+    state: &AppState,
+    trial: &TrialRow,
+    p: &crate::store::ParticipantRow,
+    force: bool,
+) -> Result<Option<crate::decide::Action>, JobError> {
+    use crate::decide::{self, Action, Look};
+    let protocol = Protocol::parse(&trial.protocol_toml, &format!("trial {}", trial.id))
+        .map_err(|e| JobError::Item(e.to_string()))?;
+    let tz = TimeZone::get(&p.time_zone)
+        .map_err(|e| JobError::Item(format!("zone {}: {e}", p.time_zone)))?;
+    let today = local_date(state.clock.now(), &tz);
+    let (trial_id, stream) = (trial.id, protocol.outcome.stream.clone());
+    let (rows, decisions, fit) = state
+        .db
+        .read(move |s| {
+            Ok((
+                s.schedule(trial_id)?,
+                s.decisions(trial_id)?,
+                s.latest_fit(trial_id, &stream)?,
+            ))
+        })
+        .await?;
+    let decided: Vec<u32> = decisions.iter().filter_map(|d| d.period).collect();
+    let Some((period, done)) = crate::lifecycle::look_due(&rows, &decided, today) else {
+        return Ok(None);
+    };
+    let period_end = crate::lifecycle::period_ends(&rows)
+        .into_iter()
+        .find(|(q, _)| *q == period)
+        .map(|(_, end)| end.to_string());
+    let covered = fit
+        .as_ref()
+        .zip(period_end.as_ref())
+        .is_some_and(|(f, end)| f.data_through.as_str() >= end.as_str());
+    if !force && !covered {
+        return Ok(None);
+    }
+    let numbers: Vec<&str> = decisions.iter().map(|d| d.numbers_json.as_str()).collect();
+    let dropped = crate::lifecycle::dropped_arms(&numbers);
+    let periods = crate::lifecycle::periods_of(&rows);
+    let look = Look {
+        period,
+        blocks_done: crate::design::blocks_done(&periods, done),
+        last_period: done >= periods.len(),
+        active: (0..protocol.arms.len())
+            .filter(|a| !dropped.contains(a))
+            .collect(),
+    };
+    let keys: Vec<String> = protocol.arms.iter().map(|a| a.key.clone()).collect();
+    let thresholds = decide::thresholds(&protocol.decision, protocol.design.min_blocks);
+    let report = fit
+        .as_ref()
+        .and_then(|f| serde_json::from_str::<crate::fit::FitReport>(&f.result_json).ok());
+    let (decision, p_comp) = match &report {
+        Some(r) => (
+            decide::decide(thresholds, protocol.comparator_index(), &look, r, &keys),
+            r.p_best_comparator,
+        ),
+        None => {
+            let action = if look.last_period {
+                Action::StopInconclusive
+            } else {
+                Action::Continue
+            };
+            (
+                decide::Decision {
+                    look: look.clone(),
+                    action,
+                    rule: "no fit of the primary outcome yet (too few observations)".into(),
+                    thresholds,
+                    arms: Vec::new(),
+                    converged: false,
+                },
+                0.0,
+            )
+        }
+    };
+    let reschedule =
+        crate::lifecycle::schedule_change(&protocol, trial.seed, &rows, &decision, p_comp)
+            .map_err(|e| JobError::Item(e.to_string()))?;
+    let new = crate::store::NewDecision {
+        trial_id: trial.id,
+        fit_id: fit.as_ref().map(|f| f.id),
+        period: Some(period),
+        rule: decision.rule.clone(),
+        action: decision.action.name().into(),
+        numbers_json: serde_json::to_string(&decision).unwrap_or_default(),
+        stop: decision
+            .action
+            .stops()
+            .then(|| format!("{}: {}", decision.action.name(), decision.rule)),
+        reschedule,
+    };
+    let now = state.clock.now();
+    let stored = state
+        .db
+        .write(move |s| s.record_decision(&new, "daemon", today, now))
+        .await?;
+    if !stored {
+        return Ok(None);
+    }
+    tracing::info!(trial = trial.id, period, action = decision.action.name(), rule = %decision.rule, "decision");
+    Ok(Some(decision.action))
+}
+
 /// The local assignment time of a trial: the protocol's, else the participant's.
 fn assignment_time(protocol: &Protocol, participant_time: &str) -> Option<jiff::civil::Time> {
     protocol
@@ -626,7 +823,32 @@ fn assignment_time(protocol: &Protocol, participant_time: &str) -> Option<jiff::
 async fn queue_assignments(state: &AppState) -> Result<String, JobError> {
     let mut queued = 0;
     let mut errors = Vec::new();
+    if let Err(e) = start_due_trials(state).await {
+        errors.push(e.to_string());
+    }
     for (trial, p) in running_trials(state).await? {
+        // A period that just ended is decided before the next day's
+        // assignment goes out, so a stopped trial sends nothing more.
+        if !assignment_time_reached(state, &trial, &p) {
+            continue;
+        }
+        if let Err(e) = refit_trial(state, &trial, &p).await {
+            errors.push(format!("trial {}: {e}", trial.id));
+        }
+        match decide_trial(state, &trial, &p, true).await {
+            Ok(Some(action)) if action.stops() => continue,
+            Ok(Some(_)) => {}
+            Ok(None) => {}
+            Err(e) => {
+                errors.push(format!("trial {}: decision: {e}", trial.id));
+                continue;
+            }
+        }
+        // The schedule may have changed (arms dropped): queue from the store.
+        let trial_id = trial.id;
+        let Some(trial) = state.db.read(move |s| s.trial(trial_id)).await? else {
+            continue;
+        };
         match queue_one(state, trial, p).await {
             Ok(true) => queued += 1,
             Ok(false) => {}

@@ -268,7 +268,10 @@ pub fn thresholds(rules: &DecisionRules, min_blocks: u32) -> Thresholds {
 /// Thompson-type allocation probabilities (§5): `p_j = f + (1 - K f) w_j`,
 /// `w_j = P(best_j)^c / sum_k P(best_k)^c` over the `K` active arms, so every
 /// active arm keeps at least the floor `f`.
-pub fn allocation_probabilities(p_best: &[(usize, f64)], allocation: Allocation) -> Vec<(usize, f64)> {
+pub fn allocation_probabilities(
+    p_best: &[(usize, f64)],
+    allocation: Allocation,
+) -> Vec<(usize, f64)> {
     let k = p_best.len() as f64;
     let powered: Vec<f64> = p_best
         .iter()
@@ -364,7 +367,10 @@ mod tests {
     }
 
     fn keys() -> Vec<String> {
-        ["placebo", "a", "b", "c"].iter().map(|s| s.to_string()).collect()
+        ["placebo", "a", "b", "c"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     fn th() -> Thresholds {
@@ -388,16 +394,37 @@ mod tests {
     #[test]
     fn efficacy_futility_drop_and_inconclusive() {
         let k = keys();
-        let eff = report(vec![effect("a", 0.97, 0.9), effect("b", 0.2, 0.05), effect("c", 0.1, 0.05)], true);
+        let eff = report(
+            vec![
+                effect("a", 0.97, 0.9),
+                effect("b", 0.2, 0.05),
+                effect("c", 0.1, 0.05),
+            ],
+            true,
+        );
         let d = decide(th(), 0, &look(2, false, &[0, 1, 2, 3]), &eff, &k);
         assert_eq!(d.action, Action::StopEfficacy { arm: 1 });
         // Not before min_blocks.
         let d = decide(th(), 0, &look(1, false, &[0, 1, 2, 3]), &eff, &k);
         assert_eq!(d.action, Action::Continue);
-        let fut = report(vec![effect("a", 0.04, 0.3), effect("b", 0.01, 0.3), effect("c", 0.05, 0.3)], true);
+        let fut = report(
+            vec![
+                effect("a", 0.04, 0.3),
+                effect("b", 0.01, 0.3),
+                effect("c", 0.05, 0.3),
+            ],
+            true,
+        );
         let d = decide(th(), 0, &look(3, false, &[0, 1, 2, 3]), &fut, &k);
         assert_eq!(d.action, Action::StopFutility);
-        let drop = report(vec![effect("a", 0.6, 0.6), effect("b", 0.1, 0.01), effect("c", 0.3, 0.3)], true);
+        let drop = report(
+            vec![
+                effect("a", 0.6, 0.6),
+                effect("b", 0.1, 0.01),
+                effect("c", 0.3, 0.3),
+            ],
+            true,
+        );
         let d = decide(th(), 0, &look(3, false, &[0, 1, 2, 3]), &drop, &k);
         assert_eq!(d.action, Action::DropArms { arms: vec![2] });
         // Two arms left: no dropping, and at the end: inconclusive.

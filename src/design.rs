@@ -54,7 +54,12 @@ pub fn schedule(protocol: &Protocol, seed: u64) -> Vec<ScheduledDay> {
 pub fn plan(protocol: &Protocol, seed: u64) -> Vec<PlannedPeriod> {
     let arms: Vec<usize> = (0..protocol.arms.len()).collect();
     to_periods(
-        &block_orders(protocol.design.kind, &arms, protocol.design.max_blocks, seed),
+        &block_orders(
+            protocol.design.kind,
+            &arms,
+            protocol.design.max_blocks,
+            seed,
+        ),
         0,
     )
 }
@@ -77,7 +82,8 @@ fn to_periods(orders: &[Vec<usize>], first_block: u32) -> Vec<PlannedPeriod> {
 pub fn days_of(protocol: &Protocol, periods: &[PlannedPeriod]) -> Vec<ScheduledDay> {
     let d = &protocol.design;
     let comparator = protocol.comparator_index();
-    let mut days = Vec::with_capacity((d.run_in_days + d.period_days * periods.len() as u32) as usize);
+    let mut days =
+        Vec::with_capacity((d.run_in_days + d.period_days * periods.len() as u32) as usize);
     for day in 0..d.run_in_days {
         days.push(ScheduledDay {
             day,
@@ -309,7 +315,11 @@ mod tests {
         assert!(after[6..].iter().all(|q| q.arm != 2));
         // Later blocks hold each active arm once, up to max_blocks in all.
         for block in 2..6 {
-            let mut arms: Vec<usize> = after.iter().filter(|q| q.block == block).map(|q| q.arm).collect();
+            let mut arms: Vec<usize> = after
+                .iter()
+                .filter(|q| q.block == block)
+                .map(|q| q.arm)
+                .collect();
             arms.sort();
             assert_eq!(arms, active.to_vec(), "block {block}");
         }

@@ -507,7 +507,10 @@ pub fn fit_with_mixture(
                     opts.step *= 0.85;
                 } else {
                     // Same step, wider region: the points already evaluated stay valid.
-                    reuse = Some(std::mem::replace(&mut g.reuse, inference::GridReuse::empty()));
+                    reuse = Some(std::mem::replace(
+                        &mut g.reuse,
+                        inference::GridReuse::empty(),
+                    ));
                 }
                 if !region_ok {
                     opts.cutoff += 2.0;
@@ -696,9 +699,20 @@ mod tests {
                 let (e, r) = (&fit.effects[0], &reference.effects[0]);
                 let mean_err = (e.mean - r.mean).abs() / r.sd;
                 let prob_err = (e.p_better_by_mid - r.p_better_by_mid).abs();
-                assert!(mean_err < GRID_TOL_MEAN, "T={days} seed={seed}: mean off by {mean_err} sd");
-                assert!(prob_err < GRID_TOL_PROB, "T={days} seed={seed}: P off by {prob_err}");
-                assert!((e.sd / r.sd - 1.0).abs() < GRID_TOL_SD, "T={days} seed={seed}: sd {} vs {}", e.sd, r.sd);
+                assert!(
+                    mean_err < GRID_TOL_MEAN,
+                    "T={days} seed={seed}: mean off by {mean_err} sd"
+                );
+                assert!(
+                    prob_err < GRID_TOL_PROB,
+                    "T={days} seed={seed}: P off by {prob_err}"
+                );
+                assert!(
+                    (e.sd / r.sd - 1.0).abs() < GRID_TOL_SD,
+                    "T={days} seed={seed}: sd {} vs {}",
+                    e.sd,
+                    r.sd
+                );
             }
         }
     }
@@ -820,4 +834,3 @@ mod tests {
         assert!(e.contains("needs a count"), "{e}");
     }
 }
-

@@ -423,7 +423,12 @@ pub fn integrate_grid_reusing(
         Some(r) => (r.mode, r.f_mode, r.map, r.evaluated),
         None => {
             let (mode, f_mode, map) = whitening(ev, &mut evaluations)?;
-            (mode, f_mode, map, [FxHashMap::default(), FxHashMap::default()])
+            (
+                mode,
+                f_mode,
+                map,
+                [FxHashMap::default(), FxHashMap::default()],
+            )
         }
     };
     let point = |n: &[i32; DIM], offset: f64| -> Theta {
@@ -458,7 +463,9 @@ pub fn integrate_grid_reusing(
             cache.extend(missing.into_iter().zip(results));
             let mut next = Vec::new();
             for n in &frontier {
-                let Some(Some(e)) = cache.get(n) else { continue };
+                let Some(Some(e)) = cache.get(n) else {
+                    continue;
+                };
                 max_lp = max_lp.max(e.log_post);
                 if e.log_post < max_lp - opts.cutoff {
                     continue;

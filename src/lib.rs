@@ -23,6 +23,7 @@
 //! The data flow and invariants are in `ARCHITECTURE.md`; the statistics in
 //! `../shared/design/statistics.md`.
 
+pub mod actions;
 pub mod analyze;
 pub mod bench;
 pub mod calendar;
@@ -33,11 +34,13 @@ pub mod demo;
 pub mod design;
 pub mod fit;
 pub mod inference;
+pub mod lifecycle;
 pub mod lock;
 pub mod model;
 pub mod nongauss;
 pub mod notify;
 pub mod protocol;
+pub mod report;
 pub mod simulate;
 pub mod sources;
 pub mod store;

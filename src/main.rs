@@ -137,6 +137,35 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Trials: list, propose, approve, pause, resume, stop, adverse events.
+    Trial {
+        /// Data folder (default: from the config).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+        /// Who is acting, for the trial's record.
+        #[arg(long, global = true, default_value = "investigator (cli)")]
+        actor: String,
+        #[command(subcommand)]
+        command: TrialCommand,
+    },
+    /// A trial's report: protocol, schedule as run, adherence, each effect's
+    /// posterior, the decision trail and the design's simulated error rates.
+    Report {
+        /// Trial id (see `nof1d trial list`).
+        trial: i64,
+        /// Output format: text, markdown or html.
+        #[arg(long, default_value = "text")]
+        format: String,
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Virtual trials for the design's error rates (0 to skip).
+        #[arg(long, default_value_t = 200)]
+        sim_trials: usize,
+        /// Data folder (default: from the config).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Write a consistent copy of the database to FILE (safe while the daemon runs).
     Backup {
         /// Destination file (must not exist).
@@ -187,6 +216,68 @@ enum BenchCommand {
         /// Seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrialCommand {
+    /// List trials with their status.
+    List,
+    /// Propose a protocol for a participant (locks the protocol and draws the seed).
+    Propose {
+        /// Protocol file.
+        file: PathBuf,
+        /// Participant key (from the config; `demo` for the demo).
+        #[arg(long)]
+        participant: String,
+    },
+    /// Approve a proposed trial; it starts on --start (default: tomorrow).
+    Approve {
+        /// Trial id.
+        id: i64,
+        /// First day, YYYY-MM-DD in the participant's calendar.
+        #[arg(long)]
+        start: Option<String>,
+    },
+    /// Reject a proposed trial.
+    Reject {
+        /// Trial id.
+        id: i64,
+        /// Why.
+        #[arg(long, default_value = "rejected")]
+        reason: String,
+    },
+    /// Pause a running trial (holiday, illness).
+    Pause {
+        /// Trial id.
+        id: i64,
+        /// Why.
+        #[arg(long, default_value = "paused")]
+        reason: String,
+    },
+    /// Resume a paused trial; the rest of the schedule moves to start on --on (default today).
+    Resume {
+        /// Trial id.
+        id: i64,
+        /// YYYY-MM-DD.
+        #[arg(long)]
+        on: Option<String>,
+    },
+    /// Stop a trial by hand.
+    Stop {
+        /// Trial id.
+        id: i64,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Record an adverse event: the trial stops at once.
+    AdverseEvent {
+        /// Trial id.
+        id: i64,
+        /// What happened.
+        #[arg(long)]
+        note: String,
     },
 }
 
@@ -404,7 +495,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             threads,
             out,
         } => {
-            init_logging(&Config::default(), cli.log_level.as_deref().or(Some("warn")));
+            init_logging(
+                &Config::default(),
+                cli.log_level.as_deref().or(Some("warn")),
+            );
             let (p, text) = nof1d::protocol::check_file(protocol)?;
             let scenarios = if scenario == "all" {
                 nof1d::simulate::Scenario::ALL.to_vec()
@@ -455,11 +549,124 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let path = out
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("simulate-{}.json", p.id)));
-            std::fs::write(&path, &doc).with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(&path, &doc)
+                .with_context(|| format!("cannot write {}", path.display()))?;
             if *json {
                 println!("{doc}");
             } else {
                 println!("JSON report written to {}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Trial {
+            data_dir,
+            actor,
+            command,
+        } => {
+            let mut config = load_config(&cli)?;
+            if let Some(dir) = data_dir {
+                config.data_dir = dir.clone();
+            }
+            let path = config.database_path();
+            if !path.exists() {
+                anyhow::bail!(
+                    "no database at {} (start the daemon once first)",
+                    path.display()
+                );
+            }
+            let mut store = nof1d::store::Store::open(&path)?;
+            let now = jiff::Timestamp::now();
+            let date = |s: &Option<String>| -> anyhow::Result<Option<jiff::civil::Date>> {
+                s.as_deref()
+                    .map(|d| {
+                        d.parse()
+                            .map_err(|e| anyhow::anyhow!("date {d:?}: {e} (use YYYY-MM-DD)"))
+                    })
+                    .transpose()
+            };
+            use nof1d::actions;
+            match command {
+                TrialCommand::List => {
+                    for t in store.trials()? {
+                        println!(
+                            "{:>4}  {:<10} {:<24} start {:<10} {}",
+                            t.id,
+                            t.status,
+                            t.protocol_id,
+                            t.start_date
+                                .map(|d| d.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            t.stop_reason.unwrap_or_default()
+                        );
+                    }
+                }
+                TrialCommand::Propose { file, participant } => {
+                    let text = std::fs::read_to_string(file)
+                        .with_context(|| format!("cannot read {}", file.display()))?;
+                    let id = actions::propose(
+                        &mut store,
+                        participant,
+                        &text,
+                        &file.display().to_string(),
+                        actor,
+                        now,
+                    )?;
+                    println!("trial {id} proposed");
+                }
+                TrialCommand::Approve { id, start } => {
+                    let start = actions::approve(&mut store, *id, date(start)?, actor, now)?;
+                    println!("trial {id} approved; it starts on {start}");
+                }
+                TrialCommand::Reject { id, reason } => {
+                    actions::stop(&mut store, *id, reason, actor, now)?;
+                    println!("trial {id} rejected");
+                }
+                TrialCommand::Pause { id, reason } => {
+                    actions::pause(&mut store, *id, reason, actor, now)?;
+                    println!("trial {id} paused");
+                }
+                TrialCommand::Resume { id, on } => {
+                    let days = actions::resume(&mut store, *id, date(on)?, actor, now)?;
+                    println!("trial {id} resumed; the rest of its schedule moved {days} days");
+                }
+                TrialCommand::Stop { id, reason } => {
+                    actions::stop(&mut store, *id, reason, actor, now)?;
+                    println!("trial {id} stopped");
+                }
+                TrialCommand::AdverseEvent { id, note } => {
+                    actions::adverse_event(&mut store, *id, note, "cli", actor, now)?;
+                    println!("adverse event recorded; trial {id} stopped");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report {
+            trial,
+            format,
+            out,
+            sim_trials,
+            data_dir,
+        } => {
+            let mut config = load_config(&cli)?;
+            if let Some(dir) = data_dir {
+                config.data_dir = dir.clone();
+            }
+            let format = nof1d::report::Format::parse(format).ok_or_else(|| {
+                anyhow::anyhow!("--format {format:?}: use text, markdown or html")
+            })?;
+            let path = config.database_path();
+            if !path.exists() {
+                anyhow::bail!("no database at {}", path.display());
+            }
+            let store = nof1d::store::Store::open_read_only(&path)?;
+            let text = nof1d::report::render(&store, *trial, format, *sim_trials)?;
+            match out {
+                Some(file) => {
+                    std::fs::write(file, &text)
+                        .with_context(|| format!("cannot write {}", file.display()))?;
+                    println!("report written to {}", file.display());
+                }
+                None => print!("{text}"),
             }
             Ok(ExitCode::SUCCESS)
         }

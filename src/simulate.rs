@@ -259,7 +259,12 @@ impl VirtualTrial {
                     end: Action::StopEfficacy { arm: l.arm },
                     blocks: l.blocks,
                     days: l.days,
-                    dropped: self.dropped.iter().filter(|d| d.1 <= i).map(|d| d.0).collect(),
+                    dropped: self
+                        .dropped
+                        .iter()
+                        .filter(|d| d.1 <= i)
+                        .map(|d| d.0)
+                        .collect(),
                 }
             }
             None => Course {
@@ -322,7 +327,11 @@ impl Spread {
         let n = xs.len().max(1) as f64;
         let mean = xs.iter().sum::<f64>() / n;
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-        let q = |p: f64| xs.get(((xs.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
+        let q = |p: f64| {
+            xs.get(((xs.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+                .unwrap_or(0.0)
+        };
         Spread {
             mean,
             se: (var / n).sqrt(),
@@ -353,7 +362,12 @@ pub struct Operating {
     pub dropped: BTreeMap<String, Rate>,
 }
 
-fn operating(trials: &[VirtualTrial], threshold: f64, right_arm: Option<usize>, keys: &[String]) -> Operating {
+fn operating(
+    trials: &[VirtualTrial],
+    threshold: f64,
+    right_arm: Option<usize>,
+    keys: &[String],
+) -> Operating {
     let n = trials.len();
     let courses: Vec<Course> = trials.iter().map(|t| t.at(threshold)).collect();
     let count = |f: &dyn Fn(&Course) -> bool| Rate::of(courses.iter().filter(|c| f(c)).count(), n);
@@ -493,7 +507,8 @@ impl Setup<'_> {
     /// Draws the model's parameters from the priors (§4 defaults table).
     fn draw_params(&self, beta_effect: f64, rng: &mut ChaCha20Rng) -> (ModelParams, f64) {
         let h = &self.hyper;
-        let lognormal = |median: f64, sd: f64, rng: &mut ChaCha20Rng| (median.ln() + sd * normal(rng)).exp();
+        let lognormal =
+            |median: f64, sd: f64, rng: &mut ChaCha20Rng| (median.ln() + sd * normal(rng)).exp();
         let drift_time = lognormal(h.drift_time_median_days, h.drift_time_log_sd, rng);
         let lambda = 1.0 / drift_time;
         let drift_sd = (h.drift_sd_scale * normal(rng)).abs();
@@ -559,10 +574,18 @@ impl Setup<'_> {
             not_converged: 0,
             failed: 0,
         };
-        let day = |arm: usize, state: &mut Latent, rng: &mut ChaCha20Rng,
-                       t: &mut Vec<f64>, y: &mut Vec<f64>, assigned: &mut Vec<usize>| {
+        let day = |arm: usize,
+                   state: &mut Latent,
+                   rng: &mut ChaCha20Rng,
+                   t: &mut Vec<f64>,
+                   y: &mut Vec<f64>,
+                   assigned: &mut Vec<usize>| {
             let today = assigned.len() as u32;
-            let taken = if rng.random::<f64>() < self.options.non_adherence { self.comparator } else { arm };
+            let taken = if rng.random::<f64>() < self.options.non_adherence {
+                self.comparator
+            } else {
+                arm
+            };
             state.advance(&params, OBS_OFFSET, params.beta[taken], rng);
             let mut eta = params.mu + state.x + state.e;
             match self.options.scenario {
@@ -590,13 +613,27 @@ impl Setup<'_> {
             state.advance(&params, 1.0 - OBS_OFFSET, params.beta[taken], rng);
         };
         for _ in 0..d.run_in_days {
-            day(self.comparator, &mut state, &mut rng, &mut t, &mut y, &mut assigned);
+            day(
+                self.comparator,
+                &mut state,
+                &mut rng,
+                &mut t,
+                &mut y,
+                &mut assigned,
+            );
         }
         let run_in_sd = sd(&y);
         let mut p = 0;
         while p < periods.len() {
             for _ in 0..d.period_days {
-                day(periods[p].arm, &mut state, &mut rng, &mut t, &mut y, &mut assigned);
+                day(
+                    periods[p].arm,
+                    &mut state,
+                    &mut rng,
+                    &mut t,
+                    &mut y,
+                    &mut assigned,
+                );
             }
             let look = Look {
                 period: p as u32,
@@ -619,7 +656,9 @@ impl Setup<'_> {
                     threads: 1,
                     ..GridOptions::default()
                 },
-                dropped: (0..self.keys.len()).filter(|a| !active.contains(a)).collect(),
+                dropped: (0..self.keys.len())
+                    .filter(|a| !active.contains(a))
+                    .collect(),
                 path: false,
             };
             trial.fits += 1;
@@ -629,16 +668,22 @@ impl Setup<'_> {
                     if !report.diagnostics.converged {
                         trial.not_converged += 1;
                     }
-                    let decision = decide::decide(thresholds, self.comparator, &look, &report, &self.keys);
-                    if decision.converged && look.blocks_done >= d.min_blocks {
-                        if let Some(best) = decision.arms.iter().max_by(|a, b| a.p_better_by_mid.total_cmp(&b.p_better_by_mid)) {
-                            trial.looks.push(EligibleLook {
-                                p_mid: best.p_better_by_mid,
-                                arm: best.arm,
-                                blocks: look.blocks_done,
-                                days: assigned.len() as u32,
-                            });
-                        }
+                    let decision =
+                        decide::decide(thresholds, self.comparator, &look, &report, &self.keys);
+                    let best = decision
+                        .arms
+                        .iter()
+                        .max_by(|a, b| a.p_better_by_mid.total_cmp(&b.p_better_by_mid));
+                    if decision.converged
+                        && look.blocks_done >= d.min_blocks
+                        && let Some(best) = best
+                    {
+                        trial.looks.push(EligibleLook {
+                            p_mid: best.p_better_by_mid,
+                            arm: best.arm,
+                            blocks: look.blocks_done,
+                            days: assigned.len() as u32,
+                        });
                     }
                     Some((decision, report.p_best_comparator))
                 }
@@ -659,9 +704,12 @@ impl Setup<'_> {
             }
             if let Action::DropArms { arms } = &action {
                 active.retain(|a| !arms.contains(a));
-                trial.dropped.extend(arms.iter().map(|&a| (a, trial.looks.len())));
+                trial
+                    .dropped
+                    .extend(arms.iter().map(|&a| (a, trial.looks.len())));
                 periods = design::replan_after_drop(protocol, trial_seed, &periods, p + 1, &active);
-            } else if let (Some(alloc), Some((dec, p_comp))) = (protocol.decision.allocation, &decision)
+            } else if let (Some(alloc), Some((dec, p_comp))) =
+                (protocol.decision.allocation, &decision)
                 && look.blocks_done >= d.min_blocks
                 && p + 1 < periods.len()
             {
@@ -712,23 +760,31 @@ fn series_of(t: &[f64], y: &[f64], assigned: &[usize], n_arms: usize, comparator
 
 /// Runs `n` virtual trials on all threads; trial `i` uses a seed derived
 /// from `(master, stream, i)`, so results do not depend on the thread count.
-fn run_many(setup: &Setup<'_>, beta: f64, stream: u64, n: usize, bar: &ProgressBar) -> Vec<VirtualTrial> {
+fn run_many(
+    setup: &Setup<'_>,
+    beta: f64,
+    stream: u64,
+    n: usize,
+    bar: &ProgressBar,
+) -> Vec<VirtualTrial> {
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<VirtualTrial>>> = Mutex::new(vec![None; n]);
     let threads = setup.options.threads.max(1).min(n.max(1));
     std::thread::scope(|scope| {
         for _ in 0..threads {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let seed = trial_seed(setup.options.seed, stream, i as u64);
+                    let trial = setup.run(beta, seed);
+                    if let Ok(mut r) = results.lock() {
+                        r[i] = Some(trial);
+                    }
+                    bar.inc(1);
                 }
-                let seed = trial_seed(setup.options.seed, stream, i as u64);
-                let trial = setup.run(beta, seed);
-                if let Ok(mut r) = results.lock() {
-                    r[i] = Some(trial);
-                }
-                bar.inc(1);
             });
         }
     });
@@ -777,16 +833,26 @@ fn setup_for<'a>(protocol: &'a Protocol, options: &'a SimOptions) -> Result<Setu
     let outcome = &protocol.outcome;
     let comparator = protocol.comparator_index();
     let keys: Vec<String> = protocol.arms.iter().map(|a| a.key.clone()).collect();
-    let effect_arm = (0..keys.len())
-        .find(|&a| a != comparator)
-        .ok_or_else(|| SimError::Protocol("the protocol needs an arm besides the comparator".into()))?;
+    let effect_arm = (0..keys.len()).find(|&a| a != comparator).ok_or_else(|| {
+        SimError::Protocol("the protocol needs an arm besides the comparator".into())
+    })?;
     let ratio = outcome.family.has_ratio_mid();
     let effect = options.effect.unwrap_or(outcome.mid);
     if ratio && effect <= 0.0 {
-        return Err(SimError::Protocol(format!("--effect is a ratio for the {:?} family and must be positive (got {effect})", outcome.family).to_lowercase()));
+        return Err(SimError::Protocol(
+            format!(
+                "--effect is a ratio for the {:?} family and must be positive (got {effect})",
+                outcome.family
+            )
+            .to_lowercase(),
+        ));
     }
     // S: the protocol's scale, else twice the MID (gaussian); one link unit otherwise.
-    let scale = if ratio { 1.0 } else { outcome.scale.unwrap_or(2.0 * outcome.mid) };
+    let scale = if ratio {
+        1.0
+    } else {
+        outcome.scale.unwrap_or(2.0 * outcome.mid)
+    };
     let mut scaled = outcome.clone();
     scaled.scale = Some(scale);
     let probe = Series {
@@ -796,7 +862,10 @@ fn setup_for<'a>(protocol: &'a Protocol, options: &'a SimOptions) -> Result<Setu
             Family::Gaussian => vec![0.0, 1.0, 2.0],
             _ => vec![0.0, 1.0, 0.0],
         },
-        path: ArmPath { starts: vec![0.0], arms: vec![comparator] },
+        path: ArmPath {
+            starts: vec![0.0],
+            arms: vec![comparator],
+        },
         n_arms: keys.len(),
         comparator,
     };
@@ -811,7 +880,8 @@ fn setup_for<'a>(protocol: &'a Protocol, options: &'a SimOptions) -> Result<Setu
         dropped: Vec::new(),
         path: false,
     };
-    let (priors, _) = crate::fit::priors_for(&probe, &probe_spec).map_err(|e| SimError::Protocol(e.to_string()))?;
+    let (priors, _) = crate::fit::priors_for(&probe, &probe_spec)
+        .map_err(|e| SimError::Protocol(e.to_string()))?;
     let baseline = match (outcome.priors.baseline, outcome.family) {
         (Some(b), _) => b.mean,
         (None, Family::Gaussian) => 0.0,
@@ -849,8 +919,10 @@ pub fn simulate_protocol(
     let bar = if options.progress {
         let bar = ProgressBar::new((n * conditions) as u64);
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} virtual trials, {elapsed} (eta {eta})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {pos}/{len} virtual trials, {elapsed} (eta {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_message(format!("{} ({})", protocol.id, options.scenario.name()));
         bar
@@ -863,7 +935,12 @@ pub fn simulate_protocol(
     let default = AtThreshold {
         efficacy: protocol.decision.efficacy,
         no_effect: operating(&null, protocol.decision.efficacy, None, &keys),
-        effect: operating(&with_effect, protocol.decision.efficacy, Some(effect_arm), &keys),
+        effect: operating(
+            &with_effect,
+            protocol.decision.efficacy,
+            Some(effect_arm),
+            &keys,
+        ),
     };
     let calibrated = options.calibrate.map(|target| {
         let c = calibrate_threshold(&null, target);
@@ -882,8 +959,16 @@ pub fn simulate_protocol(
     bar.finish_and_clear();
     let wall_s = started.elapsed().as_secs_f64();
     let all = null.len() + with_effect.len() + if calibrated.is_some() { n } else { 0 };
-    let fits: usize = null.iter().chain(&with_effect).map(|t| t.fits).sum::<usize>();
-    let not_converged = null.iter().chain(&with_effect).map(|t| t.not_converged).sum();
+    let fits: usize = null
+        .iter()
+        .chain(&with_effect)
+        .map(|t| t.fits)
+        .sum::<usize>();
+    let not_converged = null
+        .iter()
+        .chain(&with_effect)
+        .map(|t| t.not_converged)
+        .sum();
     let evaluations = null.iter().chain(&with_effect).map(|t| t.evaluations).sum();
     let failed = null.iter().chain(&with_effect).map(|t| t.failed).sum();
     let threads = options.threads.max(1);
@@ -963,7 +1048,11 @@ pub fn render(r: &SimulationReport) -> String {
             out,
             "calibration target {:.1}%: {} (false stops {} on the calibration trials, {} on fresh ones)",
             100.0 * c.target,
-            if c.achievable { "met" } else { "NOT achievable below 1" },
+            if c.achievable {
+                "met"
+            } else {
+                "NOT achievable below 1"
+            },
             pct(c.in_sample_false_stop),
             pct(c.result.no_effect.stop_efficacy)
         );
@@ -972,7 +1061,12 @@ pub fn render(r: &SimulationReport) -> String {
     let _ = writeln!(
         out,
         "trial length (days, protocol's thresholds): no effect {:.0} (10-90%: {:.0}-{:.0}), effect {:.0} ({:.0}-{:.0})",
-        d.no_effect.days.mean, d.no_effect.days.p10, d.no_effect.days.p90, d.effect.days.mean, d.effect.days.p10, d.effect.days.p90
+        d.no_effect.days.mean,
+        d.no_effect.days.p10,
+        d.no_effect.days.p90,
+        d.effect.days.mean,
+        d.effect.days.p10,
+        d.effect.days.p90
     );
     for (cond, o) in [("no effect", &d.no_effect), ("effect", &d.effect)] {
         for (arm, rate) in &o.dropped {
@@ -1035,7 +1129,9 @@ mod tests {
     #[test]
     fn calibration_keeps_the_false_stop_rate_at_or_below_the_target() {
         // 100 trials whose largest P are 0.01, 0.02, ..., 1.00.
-        let trials: Vec<VirtualTrial> = (1..=100).map(|i| looks(&[0.3, f64::from(i) / 100.0])).collect();
+        let trials: Vec<VirtualTrial> = (1..=100)
+            .map(|i| looks(&[0.3, f64::from(i) / 100.0]))
+            .collect();
         let c = calibrate_threshold(&trials, 0.05);
         let stops = trials.iter().filter(|t| t.at(c).efficacy.is_some()).count();
         assert_eq!(stops, 5, "threshold {c}");

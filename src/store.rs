@@ -13,19 +13,26 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 
+use crate::lifecycle::TrialStatus;
 use jiff::Timestamp;
 use jiff::civil::Date;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
 
-/// The migrations, in order. Append new files; never edit a released one.
+/// The migration files, in order. Append new files; never edit a released one.
+const MIGRATION_FILES: [&str; 2] = [
+    include_str!("../migrations/0001_initial.sql"),
+    include_str!("../migrations/0002_trial_lifecycle.sql"),
+];
+
+/// The migrations, in order.
 static MIGRATIONS: LazyLock<Migrations<'static>> =
-    LazyLock::new(|| Migrations::new(vec![M::up(include_str!("../migrations/0001_initial.sql"))]));
+    LazyLock::new(|| Migrations::new(MIGRATION_FILES.iter().map(|sql| M::up(sql)).collect()));
 
 /// Number of migrations this build knows: the newest schema version it can use.
 pub fn schema_version() -> i64 {
-    1
+    MIGRATION_FILES.len() as i64
 }
 
 /// Errors from the store.
@@ -214,6 +221,80 @@ pub struct NewTrial<'a> {
     pub start_date: Date,
     /// The schedule rows.
     pub schedule: &'a [ScheduleRow],
+}
+
+/// A trial to propose: the locked protocol and its seed.
+#[derive(Debug, Clone, Copy)]
+pub struct Proposal<'a> {
+    /// Owner.
+    pub participant_id: i64,
+    /// Protocol id.
+    pub protocol_id: &'a str,
+    /// Locked protocol text.
+    pub protocol_toml: &'a str,
+    /// Its hash.
+    pub protocol_hash: &'a str,
+    /// Randomisation seed.
+    pub seed: u64,
+}
+
+/// A decision to store, with what it changes (applied in the same transaction).
+#[derive(Debug, Clone)]
+pub struct NewDecision {
+    /// The trial.
+    pub trial_id: i64,
+    /// The fit it came from.
+    pub fit_id: Option<i64>,
+    /// The look's period (None outside the schedule, e.g. a safety stop).
+    pub period: Option<u32>,
+    /// The rule that fired, in words.
+    pub rule: String,
+    /// The action's machine name.
+    pub action: String,
+    /// The numbers behind it (JSON).
+    pub numbers_json: String,
+    /// Stop the trial with this reason.
+    pub stop: Option<String>,
+    /// Replace the schedule from this day on with these rows.
+    pub reschedule: Option<(u32, Vec<ScheduleRow>)>,
+}
+
+/// A stored decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionRow {
+    /// Row id.
+    pub id: i64,
+    /// The trial.
+    pub trial_id: i64,
+    /// The fit it came from.
+    pub fit_id: Option<i64>,
+    /// The look's period.
+    pub period: Option<u32>,
+    /// The rule that fired.
+    pub rule: String,
+    /// The action.
+    pub action: String,
+    /// The numbers behind it (JSON).
+    pub numbers_json: String,
+    /// When.
+    pub created_at: String,
+}
+
+/// One life-cycle change.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrialEventRow {
+    /// From (None at creation).
+    pub from_status: Option<String>,
+    /// To.
+    pub to_status: String,
+    /// Who or what caused it.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// The participant's local date.
+    pub local_date: Option<String>,
+    /// When.
+    pub at: String,
 }
 
 /// One stored schedule day.
@@ -686,23 +767,12 @@ impl Store {
             ],
             |r| r.get(0),
         )?;
-        {
-            let mut stmt = tx.prepare(
-                "INSERT INTO schedule (trial_id, day, local_date, period, block, arm, washout)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            for d in t.schedule {
-                stmt.execute(params![
-                    id,
-                    d.day,
-                    d.local_date.to_string(),
-                    d.period,
-                    d.block,
-                    d.arm as i64,
-                    d.washout
-                ])?;
-            }
-        }
+        insert_schedule(&tx, id, t.schedule)?;
+        tx.execute(
+            "INSERT INTO trial_events (trial_id, from_status, to_status, actor, reason, local_date, at)
+             VALUES (?1, NULL, ?2, ?3, 'created', ?4, ?5)",
+            params![id, t.status, actor, t.start_date.to_string(), ts(now)],
+        )?;
         audit(
             &tx,
             actor,
@@ -890,6 +960,253 @@ impl Store {
         Ok(true)
     }
 
+    /// One trial by id.
+    pub fn trial(&self, trial_id: i64) -> Result<Option<TrialRow>> {
+        Ok(self.trials()?.into_iter().find(|t| t.id == trial_id))
+    }
+
+    /// Stores a proposed trial (locked protocol and seed, no schedule yet).
+    pub fn propose_trial(&mut self, p: &Proposal<'_>, actor: &str, now: Timestamp) -> Result<i64> {
+        let Proposal {
+            participant_id,
+            protocol_id,
+            protocol_toml,
+            protocol_hash,
+            seed,
+        } = *p;
+        let tx = self.conn.transaction()?;
+        let id: i64 = tx.query_row(
+            "INSERT INTO trials (participant_id, protocol_id, protocol_toml, protocol_hash, seed,
+                                 status, created_at, status_changed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'proposed', ?6, ?6) RETURNING id",
+            params![
+                participant_id,
+                protocol_id,
+                protocol_toml,
+                protocol_hash,
+                seed.to_string(),
+                ts(now)
+            ],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO trial_events (trial_id, from_status, to_status, actor, reason, at)
+             VALUES (?1, NULL, 'proposed', ?2, 'proposed', ?3)",
+            params![id, actor, ts(now)],
+        )?;
+        audit(
+            &tx,
+            actor,
+            "trial.proposed",
+            Some(id),
+            &serde_json::json!({"protocol": protocol_id, "protocol_hash": protocol_hash}),
+            now,
+        )?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Moves a trial to `to` if the life cycle allows it, recording who,
+    /// why and on which local date. Approval sets the start date; resuming
+    /// moves the unrun schedule rows to `shifted`.
+    pub fn change_status(&mut self, change: &StatusChange<'_>, now: Timestamp) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        change_status_tx(&tx, change, now)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Starts an approved trial: its dated schedule and the move to running,
+    /// in one transaction.
+    pub fn start_trial(
+        &mut self,
+        trial_id: i64,
+        start_date: Date,
+        schedule: &[ScheduleRow],
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        change_status_tx(
+            &tx,
+            &StatusChange {
+                trial_id,
+                to: TrialStatus::Running,
+                actor,
+                reason: "start date reached",
+                local_date: start_date,
+                start_date: Some(start_date),
+                shifted: &[],
+            },
+            now,
+        )?;
+        insert_schedule(&tx, trial_id, schedule)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores a decision and applies it (stop, new schedule) in one
+    /// transaction. Returns false, changing nothing, when this look already
+    /// has a decision (another job took it first).
+    pub fn record_decision(
+        &mut self,
+        d: &NewDecision,
+        actor: &str,
+        local_date: Date,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let tx = self.conn.transaction()?;
+        let inserted = tx.execute(
+            "INSERT INTO decisions (trial_id, fit_id, rule, action, numbers_json, created_at, period)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+            params![d.trial_id, d.fit_id, d.rule, d.action, d.numbers_json, ts(now), d.period],
+        )?;
+        if inserted == 0 {
+            return Ok(false);
+        }
+        if let Some((from_day, rows)) = &d.reschedule {
+            tx.execute(
+                "DELETE FROM schedule WHERE trial_id = ?1 AND day >= ?2",
+                params![d.trial_id, from_day],
+            )?;
+            insert_schedule(&tx, d.trial_id, rows)?;
+        }
+        if let Some(reason) = &d.stop {
+            change_status_tx(
+                &tx,
+                &StatusChange {
+                    trial_id: d.trial_id,
+                    to: TrialStatus::Stopped,
+                    actor,
+                    reason,
+                    local_date,
+                    start_date: None,
+                    shifted: &[],
+                },
+                now,
+            )?;
+        }
+        audit(
+            &tx,
+            actor,
+            "decision",
+            Some(d.trial_id),
+            &serde_json::json!({"period": d.period, "action": d.action, "rule": d.rule}),
+            now,
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Records an adverse event and stops the trial at once (safety stop).
+    pub fn record_adverse_event(
+        &mut self,
+        trial_id: i64,
+        local_date: Date,
+        note: &str,
+        channel: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO adverse_events (trial_id, local_date, note, channel, reported_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![trial_id, local_date.to_string(), note, channel, ts(now)],
+        )?;
+        let status: String =
+            tx.query_row("SELECT status FROM trials WHERE id = ?1", [trial_id], |r| {
+                r.get(0)
+            })?;
+        if status != "stopped" {
+            tx.execute(
+                "INSERT INTO decisions (trial_id, fit_id, rule, action, numbers_json, created_at, period)
+                 VALUES (?1, NULL, ?2, 'stop_safety', ?3, ?4, NULL)",
+                params![
+                    trial_id,
+                    "participant reported an adverse event",
+                    serde_json::json!({"note": note, "channel": channel, "local_date": local_date.to_string()}).to_string(),
+                    ts(now)
+                ],
+            )?;
+            change_status_tx(
+                &tx,
+                &StatusChange {
+                    trial_id,
+                    to: TrialStatus::Stopped,
+                    actor,
+                    reason: "safety: adverse event reported",
+                    local_date,
+                    start_date: None,
+                    shifted: &[],
+                },
+                now,
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A trial's decisions, oldest first.
+    pub fn decisions(&self, trial_id: i64) -> Result<Vec<DecisionRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, trial_id, fit_id, period, rule, action, numbers_json, created_at
+             FROM decisions WHERE trial_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([trial_id], |r| {
+            Ok(DecisionRow {
+                id: r.get(0)?,
+                trial_id: r.get(1)?,
+                fit_id: r.get(2)?,
+                period: r.get(3)?,
+                rule: r.get(4)?,
+                action: r.get(5)?,
+                numbers_json: r.get(6)?,
+                created_at: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A trial's life-cycle changes, oldest first.
+    pub fn trial_events(&self, trial_id: i64) -> Result<Vec<TrialEventRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT from_status, to_status, actor, reason, local_date, at
+             FROM trial_events WHERE trial_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([trial_id], |r| {
+            Ok(TrialEventRow {
+                from_status: r.get(0)?,
+                to_status: r.get(1)?,
+                actor: r.get(2)?,
+                reason: r.get(3)?,
+                local_date: r.get(4)?,
+                at: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A fit by id.
+    pub fn fit(&self, fit_id: i64) -> Result<Option<FitRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, trial_id, stream_key, data_through, observations, result_json, converged,
+                    wall_ms, created_at
+             FROM fits WHERE id = ?1",
+        )?;
+        let mut rows = stmt.query_map([fit_id], fit_row)?;
+        Ok(rows.next().transpose()?)
+    }
+
+    /// The adherence reports of a trial: `(day, status)`.
+    pub fn adherence(&self, trial_id: i64) -> Result<Vec<(u32, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT day, status FROM adherence WHERE trial_id = ?1 ORDER BY day")?;
+        let rows = stmt.query_map([trial_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Stores a fit with an audit entry; returns its id.
     pub fn insert_fit(&mut self, f: &NewFit, now: Timestamp) -> Result<i64> {
         let tx = self.conn.transaction()?;
@@ -942,19 +1259,7 @@ impl Store {
                     wall_ms, created_at
              FROM fits WHERE trial_id = ?1 AND stream_key = ?2 ORDER BY id DESC LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![trial_id, stream_key, limit as i64], |r| {
-            Ok(FitRow {
-                id: r.get(0)?,
-                trial_id: r.get(1)?,
-                stream_key: r.get(2)?,
-                data_through: r.get(3)?,
-                observations: r.get(4)?,
-                result_json: r.get(5)?,
-                converged: r.get(6)?,
-                wall_ms: r.get(7)?,
-                created_at: r.get(8)?,
-            })
-        })?;
+        let rows = stmt.query_map(params![trial_id, stream_key, limit as i64], fit_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -1168,6 +1473,126 @@ fn enqueue(conn: &Connection, m: &NewMessage, now: Timestamp) -> Result<()> {
         ],
     )?;
     Ok(())
+}
+
+/// One life-cycle change to make.
+#[derive(Debug, Clone)]
+pub struct StatusChange<'a> {
+    /// The trial.
+    pub trial_id: i64,
+    /// The new status.
+    pub to: TrialStatus,
+    /// Who or what caused it ('daemon', 'cli', 'participant', ...).
+    pub actor: &'a str,
+    /// Why.
+    pub reason: &'a str,
+    /// The participant's local date.
+    pub local_date: Date,
+    /// Approval: the start date to set.
+    pub start_date: Option<Date>,
+    /// Resuming: the unrun schedule rows at their new dates.
+    pub shifted: &'a [ScheduleRow],
+}
+
+fn change_status_tx(tx: &Connection, c: &StatusChange<'_>, now: Timestamp) -> Result<()> {
+    let from: Option<String> = tx
+        .query_row(
+            "SELECT status FROM trials WHERE id = ?1",
+            [c.trial_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(from) = from else {
+        return Err(StoreError::Refused(format!(
+            "there is no trial {}",
+            c.trial_id
+        )));
+    };
+    let from_status = TrialStatus::parse(&from)
+        .ok_or_else(|| StoreError::Invalid(format!("trial {} status {from:?}", c.trial_id)))?;
+    if !from_status.can_become(c.to) {
+        return Err(StoreError::Refused(format!(
+            "trial {} is {from}; it cannot become {}",
+            c.trial_id,
+            c.to.as_str()
+        )));
+    }
+    tx.execute(
+        "UPDATE trials SET status = ?2, status_changed_at = ?3,
+                stop_reason = CASE WHEN ?2 = 'stopped' THEN ?4 ELSE stop_reason END,
+                start_date = COALESCE(?5, start_date)
+         WHERE id = ?1",
+        params![
+            c.trial_id,
+            c.to.as_str(),
+            ts(now),
+            c.reason,
+            c.start_date.map(|d| d.to_string())
+        ],
+    )?;
+    // Forward shifts: move the latest rows first so no two rows share a date midway.
+    let mut shifted: Vec<&ScheduleRow> = c.shifted.iter().collect();
+    shifted.sort_by_key(|r| std::cmp::Reverse(r.day));
+    for r in shifted {
+        tx.execute(
+            "UPDATE schedule SET local_date = ?3 WHERE trial_id = ?1 AND day = ?2",
+            params![c.trial_id, r.day, r.local_date.to_string()],
+        )?;
+    }
+    tx.execute(
+        "INSERT INTO trial_events (trial_id, from_status, to_status, actor, reason, local_date, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            c.trial_id,
+            from,
+            c.to.as_str(),
+            c.actor,
+            c.reason,
+            c.local_date.to_string(),
+            ts(now)
+        ],
+    )?;
+    audit(
+        tx,
+        c.actor,
+        &format!("trial.{}", c.to.as_str()),
+        Some(c.trial_id),
+        &serde_json::json!({"from": from, "reason": c.reason}),
+        now,
+    )
+}
+
+fn insert_schedule(tx: &Connection, trial_id: i64, rows: &[ScheduleRow]) -> Result<()> {
+    let mut stmt = tx.prepare(
+        "INSERT INTO schedule (trial_id, day, local_date, period, block, arm, washout)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for d in rows {
+        stmt.execute(params![
+            trial_id,
+            d.day,
+            d.local_date.to_string(),
+            d.period,
+            d.block,
+            d.arm as i64,
+            d.washout
+        ])?;
+    }
+    Ok(())
+}
+
+fn fit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FitRow> {
+    Ok(FitRow {
+        id: r.get(0)?,
+        trial_id: r.get(1)?,
+        stream_key: r.get(2)?,
+        data_through: r.get(3)?,
+        observations: r.get(4)?,
+        result_json: r.get(5)?,
+        converged: r.get(6)?,
+        wall_ms: r.get(7)?,
+        created_at: r.get(8)?,
+    })
 }
 
 fn audit(

@@ -71,13 +71,24 @@ pub fn trial_series(
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
     let data_through = points.last().map(|p| p.1);
     let (t, y) = aggregate(&points, outcome.aggregation);
+    // The arm path on the civil axis. Days without a schedule row between
+    // two rows (a pause) are on the comparator: nothing was taken.
+    let comparator = protocol.comparator_index();
     let mut starts = vec![0.0];
     let mut arms = vec![first.arm];
-    for w in schedule.windows(2) {
-        if w[1].arm != w[0].arm {
-            starts.push(f64::from(w[1].day));
-            arms.push(w[1].arm);
+    let mut push = |at: f64, arm: usize| {
+        if arms.last() != Some(&arm) {
+            starts.push(at);
+            arms.push(arm);
         }
+    };
+    for w in schedule.windows(2) {
+        let prev_end = days_between(start, w[0].local_date) as f64 + 1.0;
+        let next = days_between(start, w[1].local_date) as f64;
+        if next > prev_end {
+            push(prev_end, comparator);
+        }
+        push(next, w[1].arm);
     }
     TrialSeries {
         series: Series {
@@ -85,7 +96,7 @@ pub fn trial_series(
             y,
             path: ArmPath { starts, arms },
             n_arms: protocol.arms.len(),
-            comparator: protocol.comparator_index(),
+            comparator,
         },
         run_in_sd: sd(&run_in),
         data_through,

@@ -1,0 +1,232 @@
+//! What a person does to a trial — propose, approve, reject, pause, resume,
+//! stop, report an adverse event — as store operations shared by the command
+//! line and (later) the dashboard. Each checks the life cycle and writes one
+//! transaction; the daemon picks the result up at its next tick.
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+
+use crate::calendar::local_date;
+use crate::lifecycle::{self, TrialStatus};
+use crate::protocol::{Protocol, ProtocolHash};
+use crate::store::{StatusChange, Store, StoreError, TrialRow};
+
+/// Why an action was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The request does not make sense for this trial.
+    #[error("{0}")]
+    Refused(String),
+}
+
+type Result<T> = std::result::Result<T, ActionError>;
+
+fn trial_and_zone(store: &Store, trial_id: i64) -> Result<(TrialRow, TimeZone)> {
+    let trial = store
+        .trial(trial_id)?
+        .ok_or_else(|| ActionError::Refused(format!("there is no trial {trial_id}")))?;
+    let participant = store
+        .participants()?
+        .into_iter()
+        .find(|p| p.id == trial.participant_id)
+        .ok_or_else(|| ActionError::Refused(format!("trial {trial_id} has no participant")))?;
+    let tz = TimeZone::get(&participant.time_zone)
+        .map_err(|e| ActionError::Refused(format!("zone {}: {e}", participant.time_zone)))?;
+    Ok((trial, tz))
+}
+
+/// Proposes `protocol_text` for the participant `participant_key`, with a
+/// seed drawn from the operating system. Returns the trial id.
+pub fn propose(
+    store: &mut Store,
+    participant_key: &str,
+    protocol_text: &str,
+    source_name: &str,
+    actor: &str,
+    now: Timestamp,
+) -> Result<i64> {
+    let protocol = Protocol::parse(protocol_text, source_name)
+        .map_err(|e| ActionError::Refused(e.to_string()))?;
+    let participant = store
+        .participants()?
+        .into_iter()
+        .find(|p| p.key == participant_key)
+        .ok_or_else(|| {
+            ActionError::Refused(format!(
+                "no participant {participant_key:?} (participants come from the config)"
+            ))
+        })?;
+    let seed = crate::design::draw_seed()
+        .map_err(|e| ActionError::Refused(format!("cannot draw a random seed: {e}")))?;
+    let hash = ProtocolHash::of(protocol_text);
+    Ok(store.propose_trial(
+        &crate::store::Proposal {
+            participant_id: participant.id,
+            protocol_id: &protocol.id,
+            protocol_toml: protocol_text,
+            protocol_hash: &hash.0,
+            seed,
+        },
+        actor,
+        now,
+    )?)
+}
+
+/// Approves a proposed trial to start on `start` (default: the participant's
+/// tomorrow). The daemon starts it that day unless it would share an outcome
+/// stream with a running trial.
+pub fn approve(
+    store: &mut Store,
+    trial_id: i64,
+    start: Option<Date>,
+    actor: &str,
+    now: Timestamp,
+) -> Result<Date> {
+    let (_, tz) = trial_and_zone(store, trial_id)?;
+    let today = local_date(now, &tz);
+    let start = match start {
+        Some(d) if d < today => {
+            return Err(ActionError::Refused(format!(
+                "start date {d} is in the past (today is {today} for this participant)"
+            )));
+        }
+        Some(d) => d,
+        None => today
+            .tomorrow()
+            .map_err(|e| ActionError::Refused(e.to_string()))?,
+    };
+    store.change_status(
+        &StatusChange {
+            trial_id,
+            to: TrialStatus::Approved,
+            actor,
+            reason: "approved",
+            local_date: today,
+            start_date: Some(start),
+            shifted: &[],
+        },
+        now,
+    )?;
+    Ok(start)
+}
+
+/// Stops a trial by hand (a proposal that is stopped is a rejection).
+pub fn stop(
+    store: &mut Store,
+    trial_id: i64,
+    reason: &str,
+    actor: &str,
+    now: Timestamp,
+) -> Result<()> {
+    let (_, tz) = trial_and_zone(store, trial_id)?;
+    store.change_status(
+        &StatusChange {
+            trial_id,
+            to: TrialStatus::Stopped,
+            actor,
+            reason,
+            local_date: local_date(now, &tz),
+            start_date: None,
+            shifted: &[],
+        },
+        now,
+    )?;
+    Ok(())
+}
+
+/// Pauses a running trial (holiday, illness): no assignments until resumed.
+pub fn pause(
+    store: &mut Store,
+    trial_id: i64,
+    reason: &str,
+    actor: &str,
+    now: Timestamp,
+) -> Result<()> {
+    let (_, tz) = trial_and_zone(store, trial_id)?;
+    store.change_status(
+        &StatusChange {
+            trial_id,
+            to: TrialStatus::Paused,
+            actor,
+            reason,
+            local_date: local_date(now, &tz),
+            start_date: None,
+            shifted: &[],
+        },
+        now,
+    )?;
+    Ok(())
+}
+
+/// Resumes a paused trial on `on` (default today): every schedule day not
+/// yet run moves so that the first lands on `on`, keeping periods, blocks
+/// and arms (block balance is untouched). Returns the shift in days.
+pub fn resume(
+    store: &mut Store,
+    trial_id: i64,
+    on: Option<Date>,
+    actor: &str,
+    now: Timestamp,
+) -> Result<i32> {
+    let (trial, tz) = trial_and_zone(store, trial_id)?;
+    let today = local_date(now, &tz);
+    let on = on.unwrap_or(today);
+    if on < today {
+        return Err(ActionError::Refused(format!(
+            "cannot resume in the past ({on} < {today})"
+        )));
+    }
+    let rows = store.schedule(trial.id)?;
+    let last_run = store.last_daily_run(trial.id)?;
+    let first_unrun = rows
+        .iter()
+        .map(|r| r.local_date)
+        .find(|d| last_run.is_none_or(|l| *d > l));
+    let (shifted, days) = match first_unrun {
+        Some(first) if first < on => {
+            let shifted = lifecycle::shift_rows(&rows, first, on)
+                .map_err(|e| ActionError::Refused(e.to_string()))?;
+            let days = first
+                .until(on)
+                .map_err(|e| ActionError::Refused(e.to_string()))?
+                .get_days();
+            (shifted, days)
+        }
+        _ => (Vec::new(), 0),
+    };
+    store.change_status(
+        &StatusChange {
+            trial_id,
+            to: TrialStatus::Running,
+            actor,
+            reason: &format!("resumed; remaining schedule moved {days} days"),
+            local_date: today,
+            start_date: None,
+            shifted: &shifted,
+        },
+        now,
+    )?;
+    Ok(days)
+}
+
+/// Records an adverse event: the trial stops at once (§5, safety).
+pub fn adverse_event(
+    store: &mut Store,
+    trial_id: i64,
+    note: &str,
+    channel: &str,
+    actor: &str,
+    now: Timestamp,
+) -> Result<()> {
+    let (trial, tz) = trial_and_zone(store, trial_id)?;
+    if trial.status == "stopped" {
+        // Still recorded: a late report matters for the record.
+        tracing::warn!(trial = trial_id, "adverse event on a stopped trial");
+    }
+    store.record_adverse_event(trial_id, local_date(now, &tz), note, channel, actor, now)?;
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! Trials that run themselves (the real daemon, simulated time): the demo
+//! trial goes from running to a stop decision untouched; decisions can be
+//! recomputed from their stored fits; the life cycle from the command line
+//! (propose, approve, automatic start, conflicts, pause/resume, adverse
+//! events); the simulator's report.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, run};
+use nof1d::decide::{self, Decision};
+use nof1d::fit::FitReport;
+use nof1d::store::Store;
+
+/// Jobs every second and `scale` simulated seconds per real second.
+fn fast_config(data: &Path, scale: f64) -> std::path::PathBuf {
+    std::fs::create_dir_all(data).unwrap();
+    let config = data.join("nof1d.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\n[clock]\ntime_scale = {scale:.1}\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn store(data: &Path) -> Store {
+    Store::open_read_only(&data.join("nof1d.sqlite")).unwrap()
+}
+
+#[test]
+fn the_demo_trial_runs_to_a_stop_decision_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Two simulated days a second: the demo's remaining 56 days in ~30 s.
+    let config = fast_config(&data, 172_800.0);
+    let d = Daemon::start(&data, &["--demo", "--config", config.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let trial = store(&data).trial(1).unwrap().unwrap();
+        if trial.status == "stopped" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trial did not stop; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (status, _) = d.terminate();
+    assert!(status.success());
+
+    let s = store(&data);
+    let trial = s.trial(1).unwrap().unwrap();
+    let reason = trial.stop_reason.clone().unwrap();
+    assert!(reason.starts_with("stop_"), "{reason}");
+    // The life cycle records who stopped it and why.
+    let events = s.trial_events(1).unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(
+        (
+            last.from_status.as_deref(),
+            last.to_status.as_str(),
+            last.actor.as_str()
+        ),
+        (Some("running"), "stopped", "daemon")
+    );
+
+    // One decision per look, from the first look at 2 blocks to the stop;
+    // each one recomputes from its stored fit to the same decision.
+    let decisions = s.decisions(1).unwrap();
+    assert!(!decisions.is_empty());
+    let periods: Vec<u32> = decisions.iter().filter_map(|d| d.period).collect();
+    let mut unique = periods.clone();
+    unique.dedup();
+    assert_eq!(periods, unique, "one decision per look");
+    assert_eq!(
+        decisions.last().unwrap().action,
+        reason.split(':').next().unwrap()
+    );
+    let keys = vec!["none".to_string(), "meditation".to_string()];
+    for row in &decisions {
+        let stored: Decision = serde_json::from_str(&row.numbers_json).unwrap();
+        let Some(fit_id) = row.fit_id else { continue };
+        let fit = s.fit(fit_id).unwrap().unwrap();
+        let report: FitReport = serde_json::from_str(&fit.result_json).unwrap();
+        let again = decide::decide(stored.thresholds, 0, &stored.look, &report, &keys);
+        assert_eq!(again, stored, "decision {} recomputes", row.id);
+    }
+    // Nothing was assigned after the stop.
+    let stop_date: jiff::civil::Date = last.local_date.as_deref().unwrap().parse().unwrap();
+    let runs = s.daily_runs(1).unwrap();
+    assert!(runs.iter().all(|(date, _)| *date <= stop_date), "{runs:?}");
+    // Report renders the trail.
+    let out = run(
+        &[
+            "report",
+            "1",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--sim-trials",
+            "0",
+            "--format",
+            "markdown",
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(md.contains("## Decision trail"), "{md}");
+    assert!(md.contains(&decisions.last().unwrap().action), "{md}");
+}
+
+fn cli(dir: &Path, data: &Path, args: &[&str]) -> (bool, String) {
+    let mut all = vec!["trial", "--data-dir", data.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = run(&all, dir);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn life_cycle_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // First start seeds the demo (trial 1, running); then stop the daemon.
+    let config = fast_config(&data, 1.0);
+    let args = ["--demo", "--config", config.to_str().unwrap()];
+    let d = Daemon::start(&data, &args);
+    d.wait_jobs(1, Duration::from_secs(30));
+    let (status, _) = d.terminate();
+    assert!(status.success());
+    let root = env!("CARGO_MANIFEST_DIR");
+    let meditation = format!("{root}/protocols/meditation-anxiety.toml");
+    let study = format!("{root}/protocols/study-timing.toml");
+
+    // A second trial on the demo's outcome stream: proposed and approved
+    // for today, but the daemon refuses to start it beside the running one.
+    let (ok, out) = cli(
+        dir.path(),
+        &data,
+        &["propose", &meditation, "--participant", "demo"],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("trial 2 proposed"), "{out}");
+    let (ok, out) = cli(
+        dir.path(),
+        &data,
+        &["propose", &study, "--participant", "nobody"],
+    );
+    assert!(!ok && out.contains("no participant \"nobody\""), "{out}");
+    // Illegal transitions are refused with the reason.
+    let (ok, out) = cli(dir.path(), &data, &["pause", "2"]);
+    assert!(
+        !ok && out.contains("trial 2 is proposed; it cannot become paused"),
+        "{out}"
+    );
+    let today = store(&data).participants().unwrap()[0].time_zone.clone();
+    let tz = jiff::tz::TimeZone::get(&today).unwrap();
+    let today = jiff::Timestamp::now().to_zoned(tz).date().to_string();
+    let (ok, out) = cli(dir.path(), &data, &["approve", "2", "--start", &today]);
+    assert!(ok, "{out}");
+
+    // A pause and a resume move the rest of the demo schedule.
+    let before = store(&data).schedule(1).unwrap();
+    let (ok, out) = cli(dir.path(), &data, &["pause", "1", "--reason", "holiday"]);
+    assert!(ok, "{out}");
+    let today_date: jiff::civil::Date = today.parse().unwrap();
+    let on = today_date.checked_add(jiff::Span::new().days(4)).unwrap();
+    let (ok, out) = cli(dir.path(), &data, &["resume", "1", "--on", &on.to_string()]);
+    assert!(ok, "{out}");
+    assert!(out.contains("moved 3 days"), "{out}");
+    let after = store(&data).schedule(1).unwrap();
+    assert_eq!(before.len(), after.len());
+    for (a, b) in before.iter().zip(&after) {
+        // Same days, periods, blocks and arms: block balance untouched.
+        assert_eq!(
+            (a.day, a.period, a.block, a.arm),
+            (b.day, b.period, b.block, b.arm)
+        );
+        let moved = if a.local_date > today_date { 3 } else { 0 };
+        assert_eq!(
+            a.local_date
+                .checked_add(jiff::Span::new().days(moved))
+                .unwrap(),
+            b.local_date
+        );
+    }
+
+    let d = Daemon::start(&data, &args);
+    d.wait_jobs(2, Duration::from_secs(30));
+    let health = d.json("/healthz");
+    let error = health["jobs"]["assignments"]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("trial 2 cannot start") && error.contains("anxiety_evening"),
+        "{health}"
+    );
+    assert_eq!(store(&data).trial(2).unwrap().unwrap().status, "approved");
+    drop(d);
+
+    // An adverse event stops the running trial at once; a stopped trial
+    // cannot be resumed; rejecting the proposal-turned-approval works.
+    let (ok, out) = cli(
+        dir.path(),
+        &data,
+        &["adverse-event", "1", "--note", "headache"],
+    );
+    assert!(ok, "{out}");
+    let s = store(&data);
+    let t1 = s.trial(1).unwrap().unwrap();
+    assert_eq!(t1.status, "stopped");
+    assert_eq!(
+        t1.stop_reason.as_deref(),
+        Some("safety: adverse event reported")
+    );
+    assert_eq!(
+        s.decisions(1).unwrap().last().unwrap().action,
+        "stop_safety"
+    );
+    let (ok, out) = cli(dir.path(), &data, &["resume", "1"]);
+    assert!(!ok && out.contains("it cannot become running"), "{out}");
+
+    // With the demo trial stopped, the daemon starts trial 2 on its own.
+    let d = Daemon::start(&data, &args);
+    d.wait_jobs(2, Duration::from_secs(30));
+    drop(d);
+    let s = store(&data);
+    let t2 = s.trial(2).unwrap().unwrap();
+    assert_eq!(t2.status, "running");
+    assert_eq!(s.schedule(2).unwrap().len() as u32, 14 + 6 * 2 * 7);
+    let events = s.trial_events(2).unwrap();
+    let path: Vec<&str> = events.iter().map(|e| e.to_status.as_str()).collect();
+    assert_eq!(path, ["proposed", "approved", "running"]);
+    let (ok, out) = cli(dir.path(), &data, &["list"]);
+    assert!(
+        ok && out.contains("running") && out.contains("stopped"),
+        "{out}"
+    );
+}
+
+#[test]
+fn simulate_reports_error_rates_with_monte_carlo_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let protocol = format!("{root}/bench/two-arm-16-weeks.toml");
+    let out_file = dir.path().join("sim.json");
+    let out = run(
+        &[
+            "simulate",
+            "--protocol",
+            &protocol,
+            "--trials",
+            "12",
+            "--calibrate",
+            "--json",
+            "--out",
+            out_file.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out_file).unwrap()).unwrap();
+    assert_eq!(report["trials"], 12);
+    let rate = &report["default"]["no_effect"]["stop_efficacy"];
+    let p = rate["rate"].as_f64().unwrap();
+    let se = rate["se"].as_f64().unwrap();
+    assert!((se - (p * (1.0 - p) / 12.0).sqrt()).abs() < 1e-12);
+    let c = report["calibrated"]["result"]["efficacy"].as_f64().unwrap();
+    assert!(c > 0.5 && c <= 1.0, "{c}");
+    // In-sample, calibration keeps the false-stop rate at or below 5%.
+    assert!(
+        report["calibrated"]["in_sample_false_stop"]["rate"]
+            .as_f64()
+            .unwrap()
+            <= 0.05
+    );
+    assert!(report["timing"]["fits"].as_u64().unwrap() > 0);
+    // Bad input names the problem.
+    let out = run(
+        &["simulate", "--protocol", &protocol, "--scenario", "wobbly"],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--scenario \"wobbly\""));
+}
