@@ -26,3 +26,14 @@ CREATE TABLE adverse_events (
     channel     TEXT NOT NULL,                -- 'cli', 'email-link', 'form'
     reported_at TEXT NOT NULL
 ) STRICT;
+
+-- One-click links from emails (issue 6): each token is used once; the
+-- token itself is not kept, only its SHA-256.
+CREATE TABLE link_uses (
+    fingerprint TEXT PRIMARY KEY,
+    trial_id    INTEGER NOT NULL REFERENCES trials(id),
+    local_date  TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    used_at     TEXT NOT NULL
+) STRICT, WITHOUT ROWID;

@@ -35,10 +35,12 @@ pub fn local_instant(date: Date, time: Time, tz: &TimeZone) -> Timestamp {
 }
 
 /// The daemon's clock: real time, or simulated time running `scale` times
-/// faster than real time since `anchor` (`sim = anchor + (real - anchor) * scale`).
+/// faster than real time since the real instant `anchor`, from the simulated
+/// instant `start` (`sim = start + (real - anchor) * scale`).
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     anchor: Timestamp,
+    start: Timestamp,
     scale: f64,
 }
 
@@ -47,13 +49,23 @@ impl Clock {
     pub fn system() -> Clock {
         Clock {
             anchor: Timestamp::UNIX_EPOCH,
+            start: Timestamp::UNIX_EPOCH,
             scale: 1.0,
         }
     }
 
     /// Simulated time: equal to real time at `anchor`, `scale` times faster after.
     pub fn scaled(anchor: Timestamp, scale: f64) -> Clock {
-        Clock { anchor, scale }
+        Clock::scaled_from(anchor, anchor, scale)
+    }
+
+    /// Simulated time: `start` at the real instant `anchor`, `scale` times faster after.
+    pub fn scaled_from(anchor: Timestamp, start: Timestamp, scale: f64) -> Clock {
+        Clock {
+            anchor,
+            start,
+            scale,
+        }
     }
 
     /// True when time runs faster than real time.
@@ -77,7 +89,7 @@ impl Clock {
             return real;
         }
         let elapsed = real.duration_since(self.anchor).as_secs_f64() * self.scale;
-        self.anchor
+        self.start
             .checked_add(SignedDuration::from_secs_f64(elapsed))
             .unwrap_or(Timestamp::MAX)
     }

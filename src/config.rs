@@ -140,13 +140,74 @@ impl Default for WebConfig {
 pub struct EmailConfig {
     /// The From: address.
     pub from: String,
+    /// The dashboard's address as participants reach it, for the links in
+    /// emails (default: `http://` + `web.listen`).
+    pub public_url: Option<String>,
+    /// Days a one-click link in an email stays valid.
+    pub link_valid_days: u32,
+    /// Send each participant a weekly summary (Monday, with the assignment).
+    pub weekly_summary: bool,
+    /// The SMTP server; without it messages are written as `.eml` files.
+    pub smtp: Option<SmtpConfig>,
 }
 
 impl Default for EmailConfig {
     fn default() -> Self {
         EmailConfig {
             from: "nof1d <nof1d@localhost>".into(),
+            public_url: None,
+            link_valid_days: 7,
+            weekly_summary: false,
+            smtp: None,
         }
+    }
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS (required); port 587.
+    #[default]
+    Starttls,
+    /// TLS from the first byte; port 465.
+    Implicit,
+    /// No encryption: only for a relay on this machine or a test server.
+    None,
+}
+
+/// An SMTP server to deliver through.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// Host name (checked against the server's certificate).
+    pub host: String,
+    /// Port (default 587 for STARTTLS, 465 for implicit TLS, 25 without TLS).
+    pub port: Option<u16>,
+    /// Security.
+    #[serde(default)]
+    pub tls: SmtpTls,
+    /// User name, when the server wants authentication.
+    pub username: Option<String>,
+    /// Password (`{ env = ... }` or `{ file = ... }`).
+    pub password: Option<SecretRef>,
+    /// Seconds before a connection or command times out.
+    #[serde(default = "default_smtp_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_smtp_timeout() -> u64 {
+    30
+}
+
+impl SmtpConfig {
+    /// The port in use.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            SmtpTls::Starttls => 587,
+            SmtpTls::Implicit => 465,
+            SmtpTls::None => 25,
+        })
     }
 }
 
@@ -184,11 +245,17 @@ impl Default for JobsConfig {
 pub struct ClockConfig {
     /// Simulated seconds per real second.
     pub time_scale: f64,
+    /// With a time scale: the simulated instant the timeline starts from at
+    /// first start (RFC 3339), e.g. just before a DST change; default: now.
+    pub start: Option<String>,
 }
 
 impl Default for ClockConfig {
     fn default() -> Self {
-        ClockConfig { time_scale: 1.0 }
+        ClockConfig {
+            time_scale: 1.0,
+            start: None,
+        }
     }
 }
 
@@ -429,6 +496,43 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
             }
         }
+        if let Some(start) = &self.clock.start {
+            start.parse::<jiff::Timestamp>().map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "clock.start {start:?} is not an RFC 3339 instant: {e}"
+                ))
+            })?;
+            if self.clock.time_scale == 1.0 {
+                return Err(ConfigError::Invalid(
+                    "clock.start needs clock.time_scale above 1 (simulated time)".into(),
+                ));
+            }
+        }
+        if self.email.link_valid_days == 0 {
+            return Err(ConfigError::Invalid(
+                "email.link_valid_days must be at least 1".into(),
+            ));
+        }
+        if let Some(smtp) = &self.email.smtp {
+            if smtp.host.trim().is_empty() {
+                return Err(ConfigError::Invalid("email.smtp.host is empty".into()));
+            }
+            if smtp.password.is_some() != smtp.username.is_some() {
+                return Err(ConfigError::Invalid(
+                    "email.smtp: give both username and password, or neither".into(),
+                ));
+            }
+            if let Some(p) = &smtp.password {
+                p.resolve("email.smtp.password")?;
+            }
+        }
+        if let Some(url) = &self.email.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "email.public_url {url:?} must start with http:// or https://"
+            )));
+        }
         if let Some(hash) = &self.web.password_hash {
             argon2::PasswordHash::new(hash).map_err(|e| {
                 ConfigError::Invalid(format!(
@@ -442,6 +546,16 @@ impl Config {
     /// Path of the SQLite database.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("nof1d.sqlite")
+    }
+
+    /// The base URL of links in emails, without a trailing slash.
+    pub fn public_url(&self) -> String {
+        self.email
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.web.listen))
+            .trim_end_matches('/')
+            .to_string()
     }
 
     /// Folder where undelivered-by-SMTP mail is written as `.eml`.

@@ -230,6 +230,10 @@ pub struct AppState {
     pub started_at: Timestamp,
     /// Set when shutdown begins.
     pub stopping: watch::Receiver<bool>,
+    /// Signs and checks one-click links.
+    pub link_key: crate::links::LinkKey,
+    /// The dashboard's base URL as participants reach it (for links).
+    pub public_url: String,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -260,17 +264,60 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let clock = if config.clock.time_scale == 1.0 {
         Clock::system()
     } else {
-        let anchor = db
-            .write(|s| s.meta_get_or_insert("clock_anchor", &crate::store::ts(Timestamp::now())))
+        let now = crate::store::ts(Timestamp::now());
+        let wanted_start = config.clock.start.clone();
+        // The simulated timeline starts at clock.start, else where the real
+        // anchor is (also for databases from before clock.start existed).
+        let (anchor, start) = db
+            .write(move |s| {
+                let anchor = s.meta_get_or_insert("clock_anchor", &now)?;
+                let start = s.meta_get_or_insert(
+                    "clock_start",
+                    wanted_start.as_deref().unwrap_or(&anchor),
+                )?;
+                Ok((anchor, start))
+            })
             .await?;
-        let anchor: Timestamp = anchor
-            .parse()
-            .map_err(|e| StoreError::Invalid(format!("clock_anchor {anchor:?}: {e}")))?;
-        tracing::warn!(scale = config.clock.time_scale, %anchor, "simulated clock: time runs faster than real time");
-        Clock::scaled(anchor, config.clock.time_scale)
+        let parse = |name: &str, v: &str| -> Result<Timestamp, StoreError> {
+            v.parse()
+                .map_err(|e| StoreError::Invalid(format!("{name} {v:?}: {e}")))
+        };
+        let (anchor, start) = (
+            parse("clock_anchor", &anchor)?,
+            parse("clock_start", &start)?,
+        );
+        tracing::warn!(scale = config.clock.time_scale, %anchor, %start, "simulated clock: time runs faster than real time");
+        Clock::scaled_from(anchor, start, config.clock.time_scale)
     };
     sync_participants(&db, &config, clock.now()).await?;
 
+    // The key that signs one-click links: generated once, kept in the store.
+    let fresh_key = crate::links::LinkKey::generate()
+        .map_err(|e| DaemonError::Io {
+            what: "cannot draw the link-signing key".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .to_hex();
+    let stored_key = db
+        .write(move |s| s.meta_get_or_insert("link_key", &fresh_key))
+        .await?;
+    let link_key = crate::links::LinkKey::from_hex(&stored_key)
+        .ok_or_else(|| StoreError::Invalid("meta link_key is not 64 hex digits".into()))?;
+
+    let listener = tokio::net::TcpListener::bind(config.web.listen)
+        .await
+        .map_err(|source| DaemonError::Io {
+            what: format!("cannot listen on {}", config.web.listen),
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| DaemonError::Io {
+        what: "cannot read the listening address".into(),
+        source,
+    })?;
+    let public_url = match &config.email.public_url {
+        Some(_) => config.public_url(),
+        None => format!("http://{bound}"),
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = AppState {
         db,
@@ -280,14 +327,9 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         auth,
         started_at: clock.now(),
         stopping: stop_rx,
+        link_key,
+        public_url,
     };
-
-    let listener = tokio::net::TcpListener::bind(state.config.web.listen)
-        .await
-        .map_err(|source| DaemonError::Io {
-            what: format!("cannot listen on {}", state.config.web.listen),
-            source,
-        })?;
     let addr = listener.local_addr().map_err(|source| DaemonError::Io {
         what: "cannot read the listening address".into(),
         source,
@@ -466,6 +508,8 @@ async fn poll_sources(state: &AppState) -> Result<String, JobError> {
                             .map_err(|e| e.to_string())
                     })
             }
+            // Ratings arrive through links and forms, not by polling.
+            "self_report" => continue,
             other => Err(format!("no adapter for source kind {other:?}")),
         };
         match polled {
@@ -878,6 +922,13 @@ async fn queue_one(
     if now < local_instant(today, time, &tz) {
         return Ok(false);
     }
+    let link_key = state.link_key.clone();
+    let base_url = state.public_url.clone();
+    let expires = now
+        .checked_add(jiff::SignedDuration::from_hours(
+            24 * i64::from(state.config.email.link_valid_days),
+        ))
+        .unwrap_or(Timestamp::MAX);
     let queued = state
         .db
         .write(move |s| {
@@ -905,6 +956,11 @@ async fn queue_one(
                 trial_id: trial.id,
                 protocol: &protocol,
                 today: &row,
+                links: Some(notify::Links {
+                    key: &link_key,
+                    base_url: &base_url,
+                    expires,
+                }),
             });
             s.record_daily_run(trial.id, today, &missed, &[message], now)
         })
@@ -916,27 +972,64 @@ async fn queue_one(
 /// so a crash mid-delivery is retried after its backoff, not in a loop.
 async fn deliver_outbox(state: &AppState) -> Result<String, JobError> {
     let now = state.clock.now();
-    let due = state.db.read(move |s| s.due_messages(now, 50)).await?;
+    let (due, participants) = state
+        .db
+        .read(move |s| Ok((s.due_messages(now, 50)?, s.participants()?)))
+        .await?;
+    if due.is_empty() {
+        return Ok("0 sent, 0 failed".into());
+    }
+    let smtp = match &state.config.email.smtp {
+        Some(cfg) => Some(Arc::new(
+            notify::smtp_transport(cfg).map_err(|e| JobError::Item(e.to_string()))?,
+        )),
+        None => None,
+    };
     let (mut sent, mut failed) = (0, 0);
     for row in due {
         if *state.stopping.borrow() {
             break;
         }
         let id = row.id;
+        // An assignment is for its day only: once the participant's day has
+        // passed it is marked failed, never sent late as if it were today.
+        let today = participants
+            .iter()
+            .find(|p| p.id == row.participant_id)
+            .and_then(|p| TimeZone::get(&p.time_zone).ok())
+            .map(|tz| local_date(now, &tz).to_string());
+        if row.kind == "assignment"
+            && let (Some(day), Some(today)) = (&row.local_date, &today)
+            && day < today
+        {
+            let msg = format!("not delivered: its day ({day}) has passed");
+            tracing::warn!(message = id, "{msg}");
+            state.db.write(move |s| s.mark_failed(id, &msg)).await?;
+            failed += 1;
+            continue;
+        }
         let retry_at = now + notify::backoff(row.attempts + 1);
+        // The attempt is recorded before it starts: a crash mid-send is
+        // retried after its backoff (the Message-ID lets mail systems drop
+        // the rare repeat), never in a tight loop.
         state
             .db
             .write(move |s| s.mark_attempt(id, retry_at))
             .await?;
         let from = state.config.email.from.clone();
         let dir = state.config.mail_dir();
-        let delivered =
-            tokio::task::spawn_blocking(move || notify::deliver_to_file(&row, &from, &dir, now))
-                .await
-                .map_err(|e| JobError::Item(e.to_string()))?;
+        let smtp = smtp.clone();
+        let cfg = state.config.email.smtp.clone();
+        let delivered = tokio::task::spawn_blocking(move || match (smtp, cfg) {
+            (Some(transport), Some(cfg)) => {
+                notify::deliver_smtp(&row, &from, &transport, &cfg, now)
+            }
+            _ => notify::deliver_to_file(&row, &from, &dir, now).map(|p| p.display().to_string()),
+        })
+        .await
+        .map_err(|e| JobError::Item(e.to_string()))?;
         match delivered {
-            Ok(path) => {
-                let to = path.display().to_string();
+            Ok(to) => {
                 state.db.write(move |s| s.mark_sent(id, &to, now)).await?;
                 sent += 1;
             }

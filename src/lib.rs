@@ -35,6 +35,7 @@ pub mod design;
 pub mod fit;
 pub mod inference;
 pub mod lifecycle;
+pub mod links;
 pub mod lock;
 pub mod model;
 pub mod nongauss;

@@ -13,9 +13,15 @@ use std::path::{Path, PathBuf};
 use askama::Template;
 use jiff::Timestamp;
 use jiff::civil::Date;
+use lettre::Transport;
 use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::SmtpTransport;
+use lettre::transport::smtp::authentication::Credentials;
+
+use crate::config::{SmtpConfig, SmtpTls};
 use sha2::{Digest, Sha256};
 
+use crate::links::{LinkAction, LinkClaim, LinkKey};
 use crate::protocol::Protocol;
 use crate::store::{NewMessage, OutboxRow, ScheduleRow};
 
@@ -33,6 +39,18 @@ pub enum NotifyError {
     /// The message could not be built: permanent.
     #[error("cannot build message: {0}")]
     Build(String),
+    /// The SMTP server or the connection to it failed.
+    #[error("SMTP: {message}")]
+    Smtp {
+        /// A 5xx answer (rejected recipient, authentication refused):
+        /// retrying the same message cannot help.
+        permanent: bool,
+        /// What happened.
+        message: String,
+    },
+    /// The SMTP settings cannot work (e.g. the password cannot be read).
+    #[error("SMTP settings: {0}")]
+    Settings(String),
     /// Writing the `.eml` file failed: temporary (disk full, permissions fixed later).
     #[error("cannot write {path}: {source}")]
     Write {
@@ -46,7 +64,15 @@ pub enum NotifyError {
 impl NotifyError {
     /// True when retrying cannot succeed.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, NotifyError::Address { .. } | NotifyError::Build(_))
+        matches!(
+            self,
+            NotifyError::Address { .. }
+                | NotifyError::Build(_)
+                | NotifyError::Smtp {
+                    permanent: true,
+                    ..
+                }
+        )
     }
 }
 
@@ -73,6 +99,67 @@ pub struct Assignment<'a> {
     pub protocol: &'a Protocol,
     /// Today's schedule row.
     pub today: &'a ScheduleRow,
+    /// One-click links, when the dashboard can be reached.
+    pub links: Option<Links<'a>>,
+}
+
+/// What one-click links need.
+#[derive(Debug, Clone, Copy)]
+pub struct Links<'a> {
+    /// The signing key.
+    pub key: &'a LinkKey,
+    /// The dashboard's base URL (no trailing slash).
+    pub base_url: &'a str,
+    /// Valid until.
+    pub expires: Timestamp,
+}
+
+/// One link in an email: its words and URL.
+struct LinkLine {
+    label: String,
+    url: String,
+}
+
+fn link_lines(a: &Assignment<'_>) -> (Vec<LinkLine>, Vec<LinkLine>) {
+    let Some(l) = a.links else {
+        return (Vec::new(), Vec::new());
+    };
+    let url = |action: LinkAction| {
+        let token = l.key.sign(&LinkClaim {
+            participant_id: a.participant_id,
+            trial_id: a.trial_id,
+            date: a.today.local_date,
+            action,
+            expires: l.expires,
+        });
+        format!("{}/l/{token}", l.base_url)
+    };
+    let adherence = [
+        (LinkAction::Done, "Done"),
+        (LinkAction::NotDone, "Could not do it"),
+        (LinkAction::SideEffect, "Side effect"),
+    ]
+    .into_iter()
+    .map(|(action, label)| LinkLine {
+        label: label.into(),
+        url: url(action),
+    })
+    .collect();
+    let ratings = a
+        .protocol
+        .outcome
+        .self_report
+        .as_ref()
+        .map(|sr| {
+            (sr.min..=sr.max)
+                .map(|v| LinkLine {
+                    label: v.to_string(),
+                    url: url(LinkAction::Rate(v)),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (adherence, ratings)
 }
 
 #[derive(Template)]
@@ -87,7 +174,11 @@ pub struct Assignment<'a> {
 <h1 style="font-size: 1.4em">Today: {{ arm }}</h1>
 {% if !instructions.is_empty() %}<p>{{ instructions }}</p>{% endif %}
 {% if let Some(note) = note %}<p><em>{{ note }}</em></p>{% endif %}
-{% if let Some(q) = question %}<p>This evening, please answer: {{ q }}</p>{% endif %}
+{% if !adherence.is_empty() %}<p>When you have done it, tell nof1d with one click:</p>
+<p>{% for l in adherence %}<a href="{{ l.url }}" style="display: inline-block; padding: 0.5em 0.9em; margin: 0.2em; border: 1px solid #2a6; border-radius: 4px; color: #164; text-decoration: none">{{ l.label }}</a> {% endfor %}</p>{% endif %}
+{% if let Some(q) = question %}<p>This evening, please answer: {{ q }}</p>
+{% if !ratings.is_empty() %}<p>{% for l in ratings %}<a href="{{ l.url }}" style="display: inline-block; min-width: 1.6em; text-align: center; padding: 0.4em; margin: 0.1em; border: 1px solid #36a; border-radius: 4px; color: #124; text-decoration: none">{{ l.label }}</a>{% endfor %}</p>
+<p style="font-size: 0.8em; color: #777">Each link opens a page with one button to confirm: nothing is recorded by merely opening it.</p>{% endif %}{% endif %}
 <p style="font-size: 0.8em; color: #777">Sent by nof1d. Future days are not shown, so that your trial stays fair.</p>
 </body></html>"#
 )]
@@ -100,6 +191,8 @@ struct AssignmentHtml<'a> {
     instructions: &'a str,
     note: Option<&'a str>,
     question: Option<&'a str>,
+    adherence: &'a [LinkLine],
+    ratings: &'a [LinkLine],
 }
 
 /// Composes today's assignment for the outbox: the arm in force today (its
@@ -146,8 +239,18 @@ pub fn assignment_message(a: &Assignment<'_>) -> NewMessage {
     if let Some(n) = note {
         text.push_str(&format!("\n{n}\n"));
     }
+    let (adherence, ratings) = link_lines(a);
+    if !adherence.is_empty() {
+        text.push_str("\nWhen you have done it, tell nof1d (each link opens a page with one button to confirm):\n");
+        for l in &adherence {
+            text.push_str(&format!("  {}: {}\n", l.label, l.url));
+        }
+    }
     if let Some(q) = question {
         text.push_str(&format!("\nThis evening, please answer: {q}\n"));
+        for l in &ratings {
+            text.push_str(&format!("  {}: {}\n", l.label, l.url));
+        }
     }
     text.push_str(
         "\n-- \nSent by nof1d. Future days are not shown, so that your trial stays fair.\n",
@@ -161,6 +264,8 @@ pub fn assignment_message(a: &Assignment<'_>) -> NewMessage {
         instructions: &arm_def.instructions,
         note,
         question,
+        adherence: &adherence,
+        ratings: &ratings,
     }
     .render()
     // Rendering a template with only string fields cannot fail; keep the
@@ -213,6 +318,53 @@ pub fn build_message(
             row.body_html.clone(),
         ))
         .map_err(|e| NotifyError::Build(e.to_string()))
+}
+
+/// The SMTP transport for the settings: STARTTLS (required) or implicit TLS
+/// against the system's web PKI roots, or a plain connection for a local
+/// relay; with credentials when given.
+pub fn smtp_transport(cfg: &SmtpConfig) -> Result<SmtpTransport, NotifyError> {
+    let builder = match cfg.tls {
+        SmtpTls::Starttls => SmtpTransport::starttls_relay(&cfg.host)
+            .map_err(|e| NotifyError::Settings(format!("{}: {e}", cfg.host)))?,
+        SmtpTls::Implicit => SmtpTransport::relay(&cfg.host)
+            .map_err(|e| NotifyError::Settings(format!("{}: {e}", cfg.host)))?,
+        SmtpTls::None => SmtpTransport::builder_dangerous(&cfg.host),
+    };
+    let mut builder = builder
+        .port(cfg.port())
+        .timeout(Some(std::time::Duration::from_secs(cfg.timeout_seconds)));
+    if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
+        let secret = password
+            .resolve("email.smtp.password")
+            .map_err(|e| NotifyError::Settings(e.to_string()))?;
+        builder = builder.credentials(Credentials::new(user.clone(), secret.expose().to_string()));
+    }
+    Ok(builder.build())
+}
+
+/// Sends a message through SMTP. A 5xx answer is permanent; a 4xx answer,
+/// a refused connection or a time-out is temporary. Returns where it went.
+pub fn deliver_smtp(
+    row: &OutboxRow,
+    from: &str,
+    transport: &SmtpTransport,
+    cfg: &SmtpConfig,
+    date: Timestamp,
+) -> Result<String, NotifyError> {
+    let message = build_message(row, from, date)?;
+    match transport.send(&message) {
+        Ok(response) => Ok(format!(
+            "smtp://{}:{} ({})",
+            cfg.host,
+            cfg.port(),
+            response.code()
+        )),
+        Err(e) => Err(NotifyError::Smtp {
+            permanent: e.is_permanent(),
+            message: e.to_string(),
+        }),
+    }
 }
 
 /// Delivers a message as an `.eml` file in `dir`, atomically (write to a
@@ -283,6 +435,7 @@ mod tests {
             trial_id: 7,
             protocol: &p,
             today: &today,
+            links: None,
         });
         assert_eq!(m.key, "assignment/alice/7/2026-11-25");
         assert!(m.subject.contains("Bottle C"), "{}", m.subject);
@@ -311,6 +464,8 @@ mod tests {
             created_at: String::new(),
             delivered_to: None,
             last_error: None,
+            participant_id: 1,
+            local_date: None,
         };
         let dir = tempfile::tempdir().unwrap();
         let now: Timestamp = "2026-11-25T07:30:00Z".parse().unwrap();
@@ -343,6 +498,8 @@ mod tests {
             created_at: String::new(),
             delivered_to: None,
             last_error: None,
+            participant_id: 1,
+            local_date: None,
         };
         let e = build_message(&row, "a@b.c", Timestamp::UNIX_EPOCH).unwrap_err();
         assert!(e.is_permanent());

@@ -238,6 +238,62 @@ pub struct Proposal<'a> {
     pub seed: u64,
 }
 
+/// A verified one-click link to apply.
+#[derive(Debug, Clone)]
+pub struct LinkUse<'a> {
+    /// SHA-256 of the token.
+    pub fingerprint: &'a str,
+    /// Participant the token was issued to.
+    pub participant_id: i64,
+    /// Trial.
+    pub trial_id: i64,
+    /// Trial day.
+    pub date: Date,
+    /// The token's action code.
+    pub action: &'a str,
+    /// What to record.
+    pub what: LinkWhat<'a>,
+}
+
+/// What a link records.
+#[derive(Debug, Clone)]
+pub enum LinkWhat<'a> {
+    /// An adherence status: `done`, `not_done` or `side_effect`.
+    Adherence(&'a str),
+    /// A self-report rating.
+    Rating {
+        /// Outcome stream.
+        stream: &'a str,
+        /// Its unit.
+        unit: &'a str,
+        /// The value.
+        value: f64,
+        /// When it counts as observed.
+        observed_at: Timestamp,
+        /// The participant's self-report source.
+        source_id: i64,
+    },
+}
+
+/// What applying a link did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinkOutcome {
+    /// Recorded, in words.
+    Recorded(String),
+    /// This very token was used before: nothing changed.
+    AlreadyUsed {
+        /// What it recorded then.
+        outcome: String,
+        /// When.
+        at: String,
+    },
+    /// The day already has a rating: nothing changed.
+    AlreadyRated {
+        /// The rating that stands.
+        value: f64,
+    },
+}
+
 /// A decision to store, with what it changes (applied in the same transaction).
 #[derive(Debug, Clone)]
 pub struct NewDecision {
@@ -418,6 +474,10 @@ pub struct OutboxRow {
     pub delivered_to: Option<String>,
     /// Last error.
     pub last_error: Option<String>,
+    /// The recipient participant.
+    pub participant_id: i64,
+    /// The participant's day the message is about (assignments).
+    pub local_date: Option<String>,
 }
 
 /// Row counts, for health, status and tests.
@@ -1147,6 +1207,135 @@ impl Store {
         Ok(())
     }
 
+    /// Applies a verified one-click link in one transaction: adherence for
+    /// done / not done / side effect (a different answer for the same day
+    /// replaces the earlier one), or today's rating as a self-report
+    /// observation (the first rating of a day stands). A token already used
+    /// changes nothing. Returns what happened, in words.
+    pub fn apply_link(&mut self, link: &LinkUse<'_>, now: Timestamp) -> Result<LinkOutcome> {
+        let tx = self.conn.transaction()?;
+        let used: Option<(String, String)> = tx
+            .query_row(
+                "SELECT outcome, used_at FROM link_uses WHERE fingerprint = ?1",
+                [link.fingerprint],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((outcome, at)) = used {
+            return Ok(LinkOutcome::AlreadyUsed { outcome, at });
+        }
+        let trial: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT participant_id, status FROM trials WHERE id = ?1",
+                [link.trial_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((owner, _status)) = trial else {
+            return Err(StoreError::Refused(format!(
+                "there is no trial {}",
+                link.trial_id
+            )));
+        };
+        if owner != link.participant_id {
+            return Err(StoreError::Refused(
+                "this link belongs to another participant".into(),
+            ));
+        }
+        let day: Option<u32> = tx
+            .query_row(
+                "SELECT day FROM schedule WHERE trial_id = ?1 AND local_date = ?2",
+                params![link.trial_id, link.date.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(day) = day else {
+            return Err(StoreError::Refused(format!(
+                "{} is not a day of trial {}",
+                link.date, link.trial_id
+            )));
+        };
+        let outcome = match &link.what {
+            LinkWhat::Adherence(status) => {
+                let earlier: Option<String> = tx
+                    .query_row(
+                        "SELECT status FROM adherence WHERE trial_id = ?1 AND day = ?2",
+                        params![link.trial_id, day],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                tx.execute(
+                    "INSERT INTO adherence (trial_id, day, status, arm_taken, note, channel, reported_at)
+                     VALUES (?1, ?2, ?3, NULL, '', 'email-link', ?4)
+                     ON CONFLICT (trial_id, day) DO UPDATE SET status = excluded.status,
+                         channel = excluded.channel, reported_at = excluded.reported_at",
+                    params![link.trial_id, day, status, ts(now)],
+                )?;
+                match earlier {
+                    Some(e) if e != *status => {
+                        format!("recorded {status} for {} (replacing {e})", link.date)
+                    }
+                    _ => format!("recorded {status} for {}", link.date),
+                }
+            }
+            LinkWhat::Rating {
+                stream,
+                unit,
+                value,
+                observed_at,
+                source_id,
+            } => {
+                let stream_id = ensure_stream(&tx, owner, stream, unit, now)?;
+                let record = format!("rating/{}/{}/{stream}", link.trial_id, link.date);
+                let inserted = tx.execute(
+                    "INSERT INTO observations
+                         (stream_id, source_id, source_record_id, observed_at, local_date, value, unit, inserted_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (source_id, source_record_id) DO NOTHING",
+                    params![stream_id, source_id, record, ts(*observed_at), link.date.to_string(), value, unit, ts(now)],
+                )?;
+                if inserted == 1 {
+                    let obs_id = tx.last_insert_rowid();
+                    tx.execute(
+                        "INSERT INTO self_reports (observation_id, channel, note, reported_at)
+                         VALUES (?1, 'email-link', '', ?2)",
+                        params![obs_id, ts(now)],
+                    )?;
+                    format!("recorded rating {value} for {}", link.date)
+                } else {
+                    let earlier: f64 = tx.query_row(
+                        "SELECT value FROM observations WHERE source_id = ?1 AND source_record_id = ?2",
+                        params![source_id, record],
+                        |r| r.get(0),
+                    )?;
+                    return Ok(LinkOutcome::AlreadyRated { value: earlier });
+                }
+            }
+        };
+        tx.execute(
+            "INSERT INTO link_uses (fingerprint, trial_id, local_date, action, outcome, used_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                link.fingerprint,
+                link.trial_id,
+                link.date.to_string(),
+                link.action,
+                outcome,
+                ts(now)
+            ],
+        )?;
+        audit(
+            &tx,
+            "participant",
+            "link.used",
+            Some(link.trial_id),
+            &serde_json::json!({"date": link.date.to_string(), "action": link.action, "outcome": outcome}),
+            now,
+        )?;
+        tx.commit()?;
+        Ok(LinkOutcome::Recorded(outcome))
+    }
+
     /// A trial's decisions, oldest first.
     pub fn decisions(&self, trial_id: i64) -> Result<Vec<DecisionRow>> {
         let mut stmt = self.conn.prepare(
@@ -1297,7 +1486,7 @@ impl Store {
     fn outbox_query(&self, tail: &str, args: impl rusqlite::Params) -> Result<Vec<OutboxRow>> {
         let sql = format!(
             "SELECT id, key, kind, recipient, subject, body_text, body_html, message_id,
-                    status, attempts, created_at, delivered_to, last_error
+                    status, attempts, created_at, delivered_to, last_error, participant_id, local_date
              FROM outbox {tail}"
         );
         let mut stmt = self.conn.prepare(&sql)?;
@@ -1316,6 +1505,8 @@ impl Store {
                 created_at: r.get(10)?,
                 delivered_to: r.get(11)?,
                 last_error: r.get(12)?,
+                participant_id: r.get(13)?,
+                local_date: r.get(14)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -2,6 +2,8 @@
 //! with its own data folder, and talk to it over real HTTP.
 #![allow(dead_code)]
 
+pub mod smtp;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -1,0 +1,322 @@
+//! Email through a real SMTP server on loopback: the day's message arrives
+//! once at the participant's local time, across a DST change; an SMTP outage
+//! is ridden out; a rejected recipient is marked failed, not retried; the
+//! one-click links record adherence and ratings, and forged or expired
+//! tokens change nothing; kill -9 mid-delivery loses nothing and repeats
+//! only what it must (with the same Message-ID).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::smtp::{SmtpSink, smtp_config};
+use common::{Daemon, client};
+use nof1d::store::Store;
+
+fn config(data: &Path, scale: f64, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(data).unwrap();
+    let path = data.join("nof1d.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\n[demo]\ntime_zone = \"Europe/London\"\n[clock]\ntime_scale = {scale:.1}\n{extra}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn store(data: &Path) -> Store {
+    Store::open_read_only(&data.join("nof1d.sqlite")).unwrap()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_days_email_arrives_once_at_local_time_across_a_dst_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let sink = SmtpSink::start();
+    // Simulated time from 23:00 GMT on Saturday 27 March 2027; clocks go
+    // forward at 01:00 GMT on the 28th. Half an hour a second.
+    let cfg = config(
+        &data,
+        1800.0,
+        &format!(
+            "start = \"2027-03-27T23:00:00Z\"\n{}",
+            smtp_config(sink.addr)
+        ),
+    );
+    let d = Daemon::start(&data, &["--demo", "--config", cfg.to_str().unwrap()]);
+    // Started after the 27th's 07:30: that day's email goes at once. The
+    // 28th's is due at 07:30 BST = 06:30 UTC, 7.5 simulated hours later.
+    let got = sink.wait_for(2, Duration::from_secs(40));
+    // Let another simulated hour pass: nothing more arrives.
+    std::thread::sleep(Duration::from_secs(3));
+    drop(d);
+    let got_now = sink.received();
+    assert_eq!(got_now.len(), 2, "exactly one email per day");
+    let subjects: Vec<String> = got
+        .iter()
+        .map(|m| m.parsed().subject().unwrap_or_default().to_string())
+        .collect();
+    assert!(subjects[0].contains("Sat 27 Mar"), "{subjects:?}");
+    assert!(subjects[1].contains("Sun 28 Mar"), "{subjects:?}");
+    assert_ne!(got[0].message_id(), got[1].message_id());
+    assert_eq!(got[0].to, vec!["demo@example.invalid".to_string()]);
+
+    // The 28th's assignment was queued at its local time: at or after
+    // 07:30 BST and within one tick (30 simulated minutes), not at 07:30 GMT.
+    let s = store(&data);
+    let tz = jiff::tz::TimeZone::get("Europe/London").unwrap();
+    let messages = s.recent_messages(10).unwrap();
+    let m28 = messages
+        .iter()
+        .find(|m| m.local_date.as_deref() == Some("2027-03-28"))
+        .unwrap();
+    let queued: jiff::Timestamp = m28.created_at.parse().unwrap();
+    let local = queued.to_zoned(tz);
+    let minutes = i32::from(local.hour()) * 60 + i32::from(local.minute());
+    assert!(
+        (7 * 60 + 30..8 * 60 + 5).contains(&minutes),
+        "queued at {local}"
+    );
+    assert_eq!(local.offset().seconds(), 3600, "BST");
+    assert!(messages.iter().all(|m| m.status == "sent"));
+
+    // Multipart: plain text and HTML, the day's arm, nothing about the future.
+    let parsed = got[1].parsed();
+    let text = parsed.body_text(0).unwrap().to_string();
+    let html = parsed.body_html(0).unwrap().to_string();
+    assert!(text.contains("Today: "), "{text}");
+    assert!(html.contains("<h1"), "{html}");
+    assert!(!text.to_lowercase().contains("tomorrow"), "{text}");
+}
+
+#[test]
+fn an_smtp_outage_is_ridden_out_and_a_rejection_is_final() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A port with nothing listening yet: the server is "down".
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = reserved.local_addr().unwrap();
+    drop(reserved);
+    // A minute a second: the first retries come after 30 s, 60 s, ... simulated.
+    let cfg = config(&data, 60.0, &smtp_config(addr));
+    let d = Daemon::start(&data, &["--demo", "--config", cfg.to_str().unwrap()]);
+    wait_until("two failed attempts", Duration::from_secs(30), || {
+        let status = d.json("/api/status");
+        status["outbox"][0]["attempts"].as_i64().unwrap_or(0) >= 2
+    });
+    let status = d.json("/api/status");
+    assert_eq!(status["outbox"][0]["status"], "pending", "{status}");
+    assert!(
+        status["outbox"][0]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("SMTP"),
+        "{status}"
+    );
+    // The server comes up on that port: delivery resumes by itself.
+    let sink = SmtpSink::on(std::net::TcpListener::bind(addr).unwrap());
+    let got = sink.wait_for(1, Duration::from_secs(60));
+    wait_until("marked sent", Duration::from_secs(10), || {
+        d.json("/api/status")["outbox"][0]["status"] == "sent"
+    });
+    assert_eq!(got.len(), 1);
+    drop(d);
+
+    // A server that rejects the recipient (550): failed at once, not retried.
+    let dir2 = tempfile::tempdir().unwrap();
+    let data2 = dir2.path().join("data");
+    let rejecting = SmtpSink::start();
+    rejecting.reject_all(true);
+    let cfg2 = config(&data2, 60.0, &smtp_config(rejecting.addr));
+    let d2 = Daemon::start(&data2, &["--demo", "--config", cfg2.to_str().unwrap()]);
+    wait_until("marked failed", Duration::from_secs(30), || {
+        d2.json("/api/status")["outbox"][0]["status"] == "failed"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let status = d2.json("/api/status");
+    assert_eq!(status["outbox"][0]["attempts"], 1, "{status}");
+    assert!(
+        status["outbox"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("550"),
+        "{status}"
+    );
+    assert!(rejecting.received().is_empty());
+}
+
+/// The links in a received assignment, by their label.
+fn links(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| {
+            let (label, url) = l.trim().split_once(": http")?;
+            Some((label.to_string(), format!("http{url}")))
+        })
+        .collect()
+}
+
+fn post(url: &str) -> (u16, String) {
+    let r = client()
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("")
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.text().unwrap_or_default())
+}
+
+#[test]
+fn links_record_adherence_and_ratings_and_forged_or_expired_ones_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let sink = SmtpSink::start();
+    let cfg = config(&data, 1.0, &smtp_config(sink.addr));
+    let d = Daemon::start(&data, &["--demo", "--config", cfg.to_str().unwrap()]);
+    let got = sink.wait_for(1, Duration::from_secs(30));
+    let text = got[0].parsed().body_text(0).unwrap().to_string();
+    let links = links(&text);
+    let done = links
+        .get("Done")
+        .unwrap_or_else(|| panic!("no Done link in {text}"));
+    let seven = links
+        .get("7")
+        .unwrap_or_else(|| panic!("no rating link in {text}"));
+    assert_eq!(
+        links.len(),
+        3 + 11,
+        "3 adherence links and ratings 0-10: {links:?}"
+    );
+    let adherence = || store(&data).adherence(1).unwrap();
+    let anxiety = || {
+        let s = store(&data);
+        s.observations(s.participants().unwrap()[0].id, "anxiety_evening")
+            .unwrap()
+            .len()
+    };
+
+    // GET shows a confirmation form and records nothing (mail scanners).
+    let page = client().get(done).send().unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let body = page.text().unwrap();
+    assert!(body.contains("<form method=\"post\""), "{body}");
+    assert!(adherence().is_empty());
+    // POST records it; the same click again changes nothing.
+    let (code, body) = post(done);
+    assert_eq!(code, 200);
+    assert!(body.contains("recorded done"), "{body}");
+    assert_eq!(adherence().len(), 1);
+    assert_eq!(adherence()[0].1, "done");
+    let (_, body) = post(done);
+    assert!(body.contains("already used"), "{body}");
+    assert_eq!(adherence().len(), 1);
+    // "Could not do it" corrects the day's answer.
+    let (_, body) = post(&links["Could not do it"]);
+    assert!(body.contains("replacing done"), "{body}");
+    assert_eq!(adherence()[0].1, "not_done");
+
+    // A rating becomes an observation of the outcome stream; a second
+    // rating for the day does not replace it.
+    let before = anxiety();
+    let (_, body) = post(seven);
+    assert!(body.contains("recorded rating 7"), "{body}");
+    assert_eq!(anxiety(), before + 1);
+    let (_, body) = post(&links["5"]);
+    assert!(body.contains("already has a rating (7)"), "{body}");
+    assert_eq!(anxiety(), before + 1);
+
+    // A forged (altered) token: a clear page, nothing changes.
+    let (base, token) = links["3"].rsplit_once('/').unwrap();
+    let (payload, sig) = token.split_once('.').unwrap();
+    let forged = format!(
+        "{base}/{payload}.{}{}",
+        &sig[..sig.len() - 2],
+        if sig.ends_with("AA") { "BB" } else { "AA" }
+    );
+    let r = client().get(&forged).send().unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().unwrap().contains("forged or altered"));
+    let (code, _) = post(&forged);
+    assert_eq!(code, 400);
+    assert_eq!(anxiety(), before + 1);
+    // An expired token, signed with the daemon's own key.
+    let key =
+        nof1d::links::LinkKey::from_hex(&store(&data).meta("link_key").unwrap().unwrap()).unwrap();
+    let claim = nof1d::links::LinkClaim {
+        participant_id: 1,
+        trial_id: 1,
+        date: jiff::Zoned::now().date(),
+        action: nof1d::links::LinkAction::Done,
+        expires: jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1),
+    };
+    let expired = format!("{base}/{}", key.sign(&claim));
+    let (code, body) = post(&expired);
+    assert_eq!(code, 410);
+    assert!(body.contains("expired"), "{body}");
+    assert_eq!(adherence()[0].1, "not_done");
+    drop(d);
+}
+
+#[test]
+fn kill_9_mid_delivery_loses_nothing_and_repeats_only_with_the_same_message_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let sink = SmtpSink::start();
+    // A simulated day every 2 seconds: a stream of daily emails.
+    let cfg = config(&data, 43_200.0, &smtp_config(sink.addr));
+    let args = ["--demo", "--config", cfg.to_str().unwrap()];
+    let mut kills = 0;
+    for round in 0..6 {
+        let d = Daemon::start(&data, &args);
+        std::thread::sleep(Duration::from_millis(700 + 450 * (round % 3)));
+        d.kill9();
+        kills += 1;
+    }
+    // A last run that is left to finish its deliveries.
+    let d = Daemon::start(&data, &args);
+    wait_until("an empty outbox", Duration::from_secs(30), || {
+        store(&data).outbox_backlog().unwrap() == 0
+    });
+    drop(d);
+    let s = store(&data);
+    let messages = s.recent_messages(1000).unwrap();
+    assert!(messages.len() >= 3, "{} messages", messages.len());
+    let received = sink.received();
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &received {
+        *count.entry(format!("<{}>", r.message_id())).or_default() += 1;
+    }
+    // Nothing lost: every message is sent and arrived, or was an assignment
+    // whose day passed while the daemon was down (never sent late).
+    for m in &messages {
+        match m.status.as_str() {
+            "sent" => assert!(count.contains_key(&m.message_id), "{} never arrived", m.key),
+            "failed" => assert!(
+                m.last_error
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("has passed"),
+                "{m:?}"
+            ),
+            other => panic!("message {} left {other}", m.key),
+        }
+    }
+    // Nothing arrived that is not in the outbox; repeats (at most one per
+    // kill, the one message in flight) carry the same Message-ID.
+    let known: std::collections::BTreeSet<_> =
+        messages.iter().map(|m| m.message_id.clone()).collect();
+    assert!(count.keys().all(|id| known.contains(id)), "{count:?}");
+    let repeats: usize = count.values().map(|c| c - 1).sum();
+    assert!(repeats <= kills, "{repeats} repeats after {kills} kills");
+}
