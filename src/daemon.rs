@@ -485,13 +485,19 @@ pub async fn run_job(state: &AppState, kind: JobKind) {
 
 /// Polls every source with a known adapter; one failing source does not stop the others.
 async fn poll_sources(state: &AppState) -> Result<String, JobError> {
-    let rows = state.db.read(|s| s.sources()).await?;
+    let (rows, participants) = state
+        .db
+        .read(|s| Ok((s.sources()?, s.participants()?)))
+        .await?;
     let mut inserted = 0;
     let mut errors = Vec::new();
     for row in rows {
         let now = state.clock.now();
         let source_id = row.id;
         let name = row.name.clone();
+        let participant_id = row.participant_id;
+        let last_success = row.last_success_at.clone();
+        let created = row.created_at.clone();
         let polled = match row.kind.as_str() {
             demo::SOURCE_KIND => {
                 let cursor = row.cursor.clone();
@@ -523,9 +529,34 @@ async fn poll_sources(state: &AppState) -> Result<String, JobError> {
             }
             Err(e) => {
                 let message = e.clone();
+                // Failing for more than a day (or never read since it was
+                // added a day ago): tell the participant, once per outage.
+                let since = last_success.clone().unwrap_or_else(|| created.clone());
+                let failing_long = since
+                    .parse::<Timestamp>()
+                    .is_ok_and(|t| now.duration_since(t) > jiff::SignedDuration::from_hours(24));
+                let warning = participants
+                    .iter()
+                    .find(|p| p.id == participant_id)
+                    .filter(|_| failing_long)
+                    .map(|p| {
+                        notify::source_warning_message(
+                            recipient(p),
+                            &name,
+                            &since,
+                            &e,
+                            &state.public_url,
+                        )
+                    });
                 state
                     .db
-                    .write(move |s| s.record_poll_error(source_id, &message, now))
+                    .write(move |s| {
+                        s.record_poll_error(source_id, &message, now)?;
+                        if let Some(w) = &warning {
+                            s.enqueue_message(w, now)?;
+                        }
+                        Ok(())
+                    })
                     .await?;
                 errors.push(format!("{name}: {e}"));
             }
@@ -663,6 +694,16 @@ async fn refit_trial(
     Ok(stored)
 }
 
+/// The participant as a message recipient.
+fn recipient(p: &crate::store::ParticipantRow) -> notify::Recipient<'_> {
+    notify::Recipient {
+        participant_id: p.id,
+        key: &p.key,
+        name: &p.name,
+        email: &p.email,
+    }
+}
+
 /// Whether today's assignment time has come for a trial (whatever its day's state).
 fn assignment_time_reached(
     state: &AppState,
@@ -724,9 +765,17 @@ async fn start_due_trials(state: &AppState) -> Result<usize, JobError> {
             crate::lifecycle::dated(&protocol, &crate::design::plan(&protocol, trial.seed), day0)
                 .map_err(|e| JobError::Item(e.to_string()))?;
         let (id, now) = (trial.id, state.clock.now());
+        let message = notify::trial_started_message(
+            recipient(p),
+            trial.id,
+            &protocol,
+            &trial.protocol_hash,
+            day0,
+            &state.public_url,
+        );
         state
             .db
-            .write(move |s| s.start_trial(id, day0, &rows, "daemon", now))
+            .write(move |s| s.start_trial(id, day0, &rows, &[message], "daemon", now))
             .await?;
         tracing::info!(trial = id, start = %day0, "trial started");
         started += 1;
@@ -838,6 +887,17 @@ async fn decide_trial(
             .stops()
             .then(|| format!("{}: {}", decision.action.name(), decision.rule)),
         reschedule,
+        messages: match decision.action {
+            Action::Continue => Vec::new(),
+            _ => vec![notify::decision_message(
+                recipient(p),
+                trial.id,
+                &protocol,
+                &decision,
+                today,
+                &state.public_url,
+            )],
+        },
     };
     let now = state.clock.now();
     let stored = state
@@ -924,6 +984,7 @@ async fn queue_one(
     }
     let link_key = state.link_key.clone();
     let base_url = state.public_url.clone();
+    let weekly = state.config.email.weekly_summary;
     let expires = now
         .checked_add(jiff::SignedDuration::from_hours(
             24 * i64::from(state.config.email.link_valid_days),
@@ -962,7 +1023,39 @@ async fn queue_one(
                     expires,
                 }),
             });
-            s.record_daily_run(trial.id, today, &missed, &[message], now)
+            let mut messages = vec![message];
+            if weekly && today.weekday() == jiff::civil::Weekday::Monday {
+                let week_start = today
+                    .checked_sub(jiff::Span::new().days(7))
+                    .unwrap_or(today);
+                let days: Vec<u32> = s
+                    .schedule(trial.id)?
+                    .into_iter()
+                    .filter(|r| r.local_date >= week_start && r.local_date < today)
+                    .map(|r| r.day)
+                    .collect();
+                let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+                for (day, status) in s.adherence(trial.id)? {
+                    if days.contains(&day) {
+                        *counts.entry(status).or_default() += 1;
+                    }
+                }
+                let latest = s
+                    .latest_fit(trial.id, &protocol.outcome.stream)?
+                    .and_then(|f| {
+                        serde_json::from_str::<crate::fit::FitReport>(&f.result_json).ok()
+                    });
+                messages.push(notify::weekly_summary_message(
+                    recipient(&p),
+                    trial.id,
+                    &protocol,
+                    today,
+                    &counts.into_iter().collect::<Vec<_>>(),
+                    latest.as_ref(),
+                    &base_url,
+                ));
+            }
+            s.record_daily_run(trial.id, today, &missed, &messages, now)
         })
         .await?;
     Ok(queued)

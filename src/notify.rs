@@ -286,6 +286,206 @@ pub fn assignment_message(a: &Assignment<'_>) -> NewMessage {
     }
 }
 
+/// Who a message goes to.
+#[derive(Debug, Clone, Copy)]
+pub struct Recipient<'a> {
+    /// Participant id.
+    pub participant_id: i64,
+    /// Participant key (for outbox keys).
+    pub key: &'a str,
+    /// Name.
+    pub name: &'a str,
+    /// Address.
+    pub email: &'a str,
+}
+
+/// A plain message: a subject and paragraphs, as text and as HTML.
+fn simple_message(
+    to: Recipient<'_>,
+    key: String,
+    kind: &str,
+    trial_id: Option<i64>,
+    local_date: Option<Date>,
+    subject: String,
+    paragraphs: &[String],
+) -> NewMessage {
+    let mut text = format!("Hello {},\n\n", to.name);
+    let mut html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title></head><body style=\"font-family: system-ui, sans-serif; max-width: 36em; margin: auto; padding: 1em; color: #222\"><p>Hello {},</p>",
+        html_escape(&subject),
+        html_escape(to.name)
+    );
+    for p in paragraphs {
+        text.push_str(p);
+        text.push_str("\n\n");
+        html.push_str(&format!("<p>{}</p>", html_escape(p)));
+    }
+    text.push_str("-- \nSent by nof1d.\n");
+    html.push_str("<p style=\"font-size: 0.8em; color: #777\">Sent by nof1d.</p></body></html>");
+    NewMessage {
+        message_id: message_id(&key),
+        key,
+        participant_id: to.participant_id,
+        trial_id,
+        kind: kind.into(),
+        local_date,
+        recipient: to.email.to_string(),
+        subject,
+        body_text: text,
+        body_html: html,
+    }
+}
+
+/// "Your trial has started", with the locked protocol's hash.
+pub fn trial_started_message(
+    to: Recipient<'_>,
+    trial_id: i64,
+    protocol: &Protocol,
+    protocol_hash: &str,
+    start: Date,
+    dashboard: &str,
+) -> NewMessage {
+    simple_message(
+        to,
+        format!("trial-started/{}/{trial_id}", to.key),
+        "trial_started",
+        Some(trial_id),
+        Some(start),
+        format!("Your trial has started: {}", protocol.title),
+        &[
+            format!(
+                "Your trial \"{}\" starts on {}. Each morning you will get that day's assignment; future days stay hidden so that the trial stays fair.",
+                protocol.title,
+                start.strftime("%A %-d %B %Y")
+            ),
+            format!(
+                "The protocol is locked: its SHA-256 is {protocol_hash}. Up to {} blocks of {} periods of {} days.",
+                protocol.design.max_blocks,
+                protocol.arms.len(),
+                protocol.design.period_days
+            ),
+            format!("Dashboard: {dashboard}/"),
+        ],
+    )
+}
+
+/// A decision in words: a stop or dropped arms, with the posterior numbers.
+pub fn decision_message(
+    to: Recipient<'_>,
+    trial_id: i64,
+    protocol: &Protocol,
+    decision: &crate::decide::Decision,
+    today: Date,
+    dashboard: &str,
+) -> NewMessage {
+    use crate::decide::Action;
+    let name = |arm: usize| protocol.display_label(arm).to_string();
+    let headline = match &decision.action {
+        Action::StopEfficacy { arm } => format!("Your trial has an answer: {} helps", name(*arm)),
+        Action::StopFutility => {
+            "Your trial has an answer: nothing reached the difference you care about".to_string()
+        }
+        Action::StopInconclusive => "Your trial has ended without a clear answer".to_string(),
+        Action::StopSafety => "Your trial was stopped for safety".to_string(),
+        Action::DropArms { arms } => format!(
+            "{} dropped from your trial",
+            arms.iter().map(|&a| name(a)).collect::<Vec<_>>().join(", ")
+        ),
+        Action::Continue => "Your trial goes on".to_string(),
+    };
+    let mut paragraphs = vec![format!("{headline}. Rule: {}.", decision.rule)];
+    for a in &decision.arms {
+        paragraphs.push(format!(
+            "{}: effect {:+.2} {} (90% interval {:+.2} to {:+.2}); probability it is better by at least the minimal important difference {:.0}%; probability it is the best arm {:.0}%.",
+            name(a.arm),
+            a.mean,
+            protocol.outcome.unit,
+            a.ci90[0],
+            a.ci90[1],
+            100.0 * a.p_better_by_mid,
+            100.0 * a.p_best
+        ));
+    }
+    paragraphs.push(format!(
+        "The full decision trail is on the dashboard: {dashboard}/"
+    ));
+    simple_message(
+        to,
+        format!("decision/{}/{trial_id}/{}", to.key, decision.look.period),
+        "decision",
+        Some(trial_id),
+        Some(today),
+        headline,
+        &paragraphs,
+    )
+}
+
+/// The weekly summary: last week's adherence and the latest estimate.
+pub fn weekly_summary_message(
+    to: Recipient<'_>,
+    trial_id: i64,
+    protocol: &Protocol,
+    today: Date,
+    adherence: &[(String, usize)],
+    latest: Option<&crate::fit::FitReport>,
+    dashboard: &str,
+) -> NewMessage {
+    let mut paragraphs = vec![format!("Your week in \"{}\".", protocol.title)];
+    paragraphs.push(if adherence.is_empty() {
+        "No adherence clicks last week: the links in each morning's email record whether you followed the day's assignment.".into()
+    } else {
+        format!(
+            "Last week you reported: {}.",
+            adherence
+                .iter()
+                .map(|(k, n)| format!("{n} {}", k.replace('_', " ")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    });
+    if let Some(r) = latest {
+        for e in &r.effects {
+            paragraphs.push(format!(
+                "So far, {}: {:+.2} (90% interval {:+.2} to {:+.2}), {:.0}% likely better by the minimal important difference. Estimates move as data come in; the trial decides only at the end of a period.",
+                e.arm, e.mean, e.ci90[0], e.ci90[1], 100.0 * e.p_better_by_mid
+            ));
+        }
+    }
+    paragraphs.push(format!("Dashboard: {dashboard}/"));
+    simple_message(
+        to,
+        format!("weekly/{}/{trial_id}/{today}", to.key),
+        "weekly_summary",
+        Some(trial_id),
+        Some(today),
+        format!("Your week: {}", protocol.title),
+        &paragraphs,
+    )
+}
+
+/// A data source has failed for more than a day.
+pub fn source_warning_message(
+    to: Recipient<'_>,
+    source: &str,
+    since: &str,
+    error: &str,
+    dashboard: &str,
+) -> NewMessage {
+    simple_message(
+        to,
+        format!("source-warning/{}/{source}/{since}", to.key),
+        "source_warning",
+        None,
+        None,
+        format!("nof1d cannot read {source}"),
+        &[
+            format!("nof1d has not been able to read your data source \"{source}\" since {since}. The last error was: {error}"),
+            "Nothing already stored is lost, and it will keep trying. If a password or token changed, update it in the configuration.".into(),
+            format!("Sources: {dashboard}/"),
+        ],
+    )
+}
+
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")

@@ -160,6 +160,8 @@ pub struct SourceRow {
     pub last_error: Option<String>,
     /// When it happened.
     pub last_error_at: Option<String>,
+    /// When it was added.
+    pub created_at: String,
 }
 
 /// An observation to be recorded.
@@ -313,6 +315,8 @@ pub struct NewDecision {
     pub stop: Option<String>,
     /// Replace the schedule from this day on with these rows.
     pub reschedule: Option<(u32, Vec<ScheduleRow>)>,
+    /// Messages that tell the participant (queued with the decision).
+    pub messages: Vec<NewMessage>,
 }
 
 /// A stored decision.
@@ -685,7 +689,7 @@ impl Store {
     pub fn sources(&self) -> Result<Vec<SourceRow>> {
         let mut stmt = self.conn.prepare(
             "SELECT id, participant_id, name, kind, config_json, cursor,
-                    last_success_at, last_error, last_error_at
+                    last_success_at, last_error, last_error_at, created_at
              FROM sources ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -699,6 +703,7 @@ impl Store {
                 last_success_at: r.get(6)?,
                 last_error: r.get(7)?,
                 last_error_at: r.get(8)?,
+                created_at: r.get(9)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -1083,6 +1088,7 @@ impl Store {
         trial_id: i64,
         start_date: Date,
         schedule: &[ScheduleRow],
+        messages: &[NewMessage],
         actor: &str,
         now: Timestamp,
     ) -> Result<()> {
@@ -1101,6 +1107,9 @@ impl Store {
             now,
         )?;
         insert_schedule(&tx, trial_id, schedule)?;
+        for m in messages {
+            enqueue(&tx, m, now)?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -1145,6 +1154,9 @@ impl Store {
                 },
                 now,
             )?;
+        }
+        for m in &d.messages {
+            enqueue(&tx, m, now)?;
         }
         audit(
             &tx,
@@ -1334,6 +1346,11 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(LinkOutcome::Recorded(outcome))
+    }
+
+    /// Queues one message unless its key is already in the outbox.
+    pub fn enqueue_message(&mut self, m: &NewMessage, now: Timestamp) -> Result<()> {
+        enqueue(&self.conn, m, now)
     }
 
     /// A trial's decisions, oldest first.

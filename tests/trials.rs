@@ -21,7 +21,7 @@ fn fast_config(data: &Path, scale: f64) -> std::path::PathBuf {
     std::fs::write(
         &config,
         format!(
-            "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\n[clock]\ntime_scale = {scale:.1}\n"
+            "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\n[clock]\ntime_scale = {scale:.1}\n[email]\nweekly_summary = true\n"
         ),
     )
     .unwrap();
@@ -92,6 +92,23 @@ fn the_demo_trial_runs_to_a_stop_decision_untouched() {
         let again = decide::decide(stored.thresholds, 0, &stored.look, &report, &keys);
         assert_eq!(again, stored, "decision {} recomputes", row.id);
     }
+    // The participant was told, in words, with the numbers; and got a
+    // weekly summary each Monday.
+    let messages = s.recent_messages(1000).unwrap();
+    let told: Vec<_> = messages.iter().filter(|m| m.kind == "decision").collect();
+    assert_eq!(told.len(), 1, "one decision message (the stop)");
+    assert!(
+        told[0]
+            .body_text
+            .contains("probability it is better by at least the minimal important difference"),
+        "{}",
+        told[0].body_text
+    );
+    let weekly = messages
+        .iter()
+        .filter(|m| m.kind == "weekly_summary")
+        .count();
+    assert!(weekly >= 4, "{weekly} weekly summaries over 8 weeks");
     // Nothing was assigned after the stop.
     let stop_date: jiff::civil::Date = last.local_date.as_deref().unwrap().parse().unwrap();
     let runs = s.daily_runs(1).unwrap();
@@ -249,6 +266,17 @@ fn life_cycle_from_the_command_line() {
     let events = s.trial_events(2).unwrap();
     let path: Vec<&str> = events.iter().map(|e| e.to_status.as_str()).collect();
     assert_eq!(path, ["proposed", "approved", "running"]);
+    let started = s.recent_messages(100).unwrap();
+    let started: Vec<_> = started
+        .iter()
+        .filter(|m| m.kind == "trial_started")
+        .collect();
+    assert_eq!(started.len(), 1);
+    assert!(
+        started[0].body_text.contains(&t2.protocol_hash),
+        "{}",
+        started[0].body_text
+    );
     let (ok, out) = cli(dir.path(), &data, &["list"]);
     assert!(
         ok && out.contains("running") && out.contains("stopped"),
