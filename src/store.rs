@@ -1348,6 +1348,15 @@ impl Store {
         Ok(LinkOutcome::Recorded(outcome))
     }
 
+    /// Fits stored, their total wall time (ms) and how many did not converge.
+    pub fn fit_stats(&self) -> Result<(i64, f64, i64)> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(wall_ms), 0), COALESCE(SUM(1 - converged), 0) FROM fits",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?)
+    }
+
     /// Queues one message unless its key is already in the outbox.
     pub fn enqueue_message(&mut self, m: &NewMessage, now: Timestamp) -> Result<()> {
         enqueue(&self.conn, m, now)

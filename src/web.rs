@@ -33,6 +33,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/status", get(status_json))
         .route("/healthz", get(healthz))
         .route("/l/{token}", get(link_page).post(link_submit))
+        .route("/trials/{id}", get(trial_page))
+        .route("/api/trials/{id}", get(trial_json))
+        .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(
             (state.clone(), cache),
             require_auth,
@@ -398,7 +401,7 @@ th, td { text-align: left; padding: 0.3em 0.5em; border-bottom: 1px solid #ddd; 
 <h2>Trials</h2>
 <table><tr><th>Trial</th><th>Status</th><th>Progress</th><th>Today</th><th>Next assignment</th><th>Latest estimate</th></tr>
 {% for t in v.trials %}<tr>
-<td>{{ t.title }}<br><span class="muted">#{{ t.id }} · {{ t.participant }} · protocol {{ t.protocol_id }} · sha256 {{ t.protocol_hash[..12] }}</span></td>
+<td><a href="/trials/{{ t.id }}">{{ t.title }}</a><br><span class="muted">#{{ t.id }} · {{ t.participant }} · protocol {{ t.protocol_id }} · sha256 {{ t.protocol_hash[..12] }}</span></td>
 <td>{{ t.status }}</td>
 <td>{% if let Some(d) = t.day %}day {{ d }} of {{ t.planned_days }}{% if let Some(b) = t.block %}, block {{ b }} of up to {{ t.max_blocks }}{% else %}, run-in{% endif %}{% else %}{{ t.planned_days }} days planned{% endif %}<br>
 <span class="bar" role="img" aria-label="{{ t.progress_percent }} percent of planned days"><span style="width: {{ t.progress_percent }}%"></span></span></td>
@@ -789,4 +792,393 @@ async fn link_submit(
             side_effect: false,
         },
     )
+}
+
+/// One calendar day on the trial page: past days by arm with adherence;
+/// future days hidden (allocation concealment).
+#[derive(Debug, Clone, Serialize)]
+pub struct CalendarDay {
+    /// Local date.
+    pub date: String,
+    /// The arm as the participant sees it; None for future days.
+    pub arm: Option<String>,
+    /// Arm index for colour; None for future days.
+    #[serde(skip)]
+    pub arm_index: Option<usize>,
+    /// Adherence reported.
+    pub adherence: Option<String>,
+    /// `sent` or `missed`, once the day ran.
+    pub run: Option<String>,
+    /// Today.
+    pub today: bool,
+}
+
+/// One fit in the trial's history: where the effects stood.
+#[derive(Debug, Clone, Serialize)]
+pub struct FitPoint {
+    /// Last local date of data.
+    pub data_through: String,
+    /// Trial day of that date.
+    pub day: f64,
+    /// Per effect arm: key, mean, 90% interval, P(better by MID), P(best).
+    pub effects: Vec<(String, f64, [f64; 2], f64, f64)>,
+    /// Converged.
+    pub converged: bool,
+}
+
+/// Everything the trial page shows (`/api/trials/{id}`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TrialDetail {
+    /// Trial id.
+    pub id: i64,
+    /// Title.
+    pub title: String,
+    /// Protocol id and hash.
+    pub protocol_id: String,
+    /// SHA-256 of the locked protocol.
+    pub protocol_hash: String,
+    /// The locked protocol text.
+    pub protocol_toml: String,
+    /// Status and stop reason.
+    pub status: String,
+    /// Why it stopped.
+    pub stop_reason: Option<String>,
+    /// Arms as the participant sees them (codes when blinded).
+    pub arms: Vec<String>,
+    /// Outcome stream, unit and MID.
+    pub outcome: (String, String, f64),
+    /// Days: past by arm, future hidden.
+    pub calendar: Vec<CalendarDay>,
+    /// Fit history of the primary outcome, oldest first.
+    pub fits: Vec<FitPoint>,
+    /// Latest fit's diagnostics.
+    pub diagnostics: Option<crate::fit::Diagnostics>,
+    /// Latest fit's smoothed path: (day, observation, level, counterfactual per arm).
+    pub path: Vec<(f64, f64, f64, Vec<f64>)>,
+    /// Decisions, oldest first.
+    pub decisions: Vec<crate::store::DecisionRow>,
+    /// Life-cycle changes.
+    pub events: Vec<crate::store::TrialEventRow>,
+}
+
+async fn trial_detail(state: &AppState, id: i64) -> Result<Option<TrialDetail>, StoreError> {
+    let now = state.clock.now();
+    state
+        .db
+        .read(move |s| {
+            let Some(trial) = s.trial(id)? else {
+                return Ok(None);
+            };
+            let protocol = Protocol::parse(&trial.protocol_toml, "stored protocol")
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            let participant = s
+                .participants()?
+                .into_iter()
+                .find(|p| p.id == trial.participant_id);
+            let tz = participant
+                .as_ref()
+                .and_then(|p| TimeZone::get(&p.time_zone).ok())
+                .unwrap_or(TimeZone::UTC);
+            let today = local_date(now, &tz);
+            let rows = s.schedule(id)?;
+            let runs: std::collections::BTreeMap<_, _> = s.daily_runs(id)?.into_iter().collect();
+            let adherence: std::collections::BTreeMap<u32, String> =
+                s.adherence(id)?.into_iter().collect();
+            let calendar = rows
+                .iter()
+                .map(|r| {
+                    let visible = r.local_date <= today;
+                    CalendarDay {
+                        date: r.local_date.to_string(),
+                        arm: visible.then(|| protocol.display_label(r.arm).to_string()),
+                        arm_index: visible.then_some(r.arm),
+                        adherence: adherence.get(&r.day).cloned(),
+                        run: runs.get(&r.local_date).cloned(),
+                        today: r.local_date == today,
+                    }
+                })
+                .collect();
+            let start = rows.first().map(|r| r.local_date);
+            let day_of = |d: &str| -> f64 {
+                match (start, d.parse::<jiff::civil::Date>()) {
+                    (Some(s0), Ok(d)) => crate::calendar::days_between(s0, d) as f64,
+                    _ => 0.0,
+                }
+            };
+            let mut fits: Vec<FitPoint> = Vec::new();
+            let mut latest = None;
+            for f in s.fits(id, &protocol.outcome.stream, 400)?.into_iter().rev() {
+                let Ok(report) = serde_json::from_str::<crate::fit::FitReport>(&f.result_json)
+                else {
+                    continue;
+                };
+                fits.push(FitPoint {
+                    data_through: f.data_through.clone(),
+                    day: day_of(&f.data_through),
+                    effects: report
+                        .effects
+                        .iter()
+                        .map(|e| (e.arm.clone(), e.mean, e.ci90, e.p_better_by_mid, e.p_best))
+                        .collect(),
+                    converged: report.diagnostics.converged,
+                });
+                latest = Some(report);
+            }
+            let (diagnostics, path) = match latest {
+                Some(r) => (
+                    Some(r.diagnostics),
+                    r.path
+                        .into_iter()
+                        .map(|p| (p.t, p.y, p.latent, p.counterfactual))
+                        .collect(),
+                ),
+                None => (None, Vec::new()),
+            };
+            Ok(Some(TrialDetail {
+                id,
+                title: protocol.title.clone(),
+                protocol_id: trial.protocol_id.clone(),
+                protocol_hash: trial.protocol_hash.clone(),
+                protocol_toml: trial.protocol_toml.clone(),
+                status: trial.status.clone(),
+                stop_reason: trial.stop_reason.clone(),
+                arms: (0..protocol.arms.len())
+                    .map(|a| protocol.display_label(a).to_string())
+                    .collect(),
+                outcome: (
+                    protocol.outcome.stream.clone(),
+                    protocol.outcome.unit.clone(),
+                    protocol.outcome.mid,
+                ),
+                calendar,
+                fits,
+                diagnostics,
+                path,
+                decisions: s.decisions(id)?,
+                events: s.trial_events(id)?,
+            }))
+        })
+        .await
+}
+
+#[derive(Template)]
+#[template(
+    ext = "html",
+    source = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ d.title }} — nof1d</title>
+<style>body{font-family:system-ui,sans-serif;max-width:44rem;margin:1rem auto;padding:0 0.8rem;line-height:1.45;color:#222}
+table{border-collapse:collapse;font-size:0.85rem;width:100%}td,th{border-bottom:1px solid #ddd;padding:0.2rem 0.3rem;text-align:left;vertical-align:top}
+.cal{display:flex;flex-wrap:wrap;gap:2px}.cal span{display:inline-block;width:1.35rem;height:1.35rem;font-size:0.6rem;text-align:center;line-height:1.35rem;border-radius:3px;color:#fff}
+.future{background:#ddd;color:#777!important}.today{outline:2px solid #111}pre{overflow-x:auto;font-size:0.75rem;background:#f6f6f6;padding:0.5rem}
+figure{margin:0.5rem 0 1rem}</style></head>
+<body>
+<p><a href="/">← status</a></p>
+<h1>{{ d.title }}</h1>
+<p>Trial {{ d.id }} · {{ d.status }}{% if let Some(r) = d.stop_reason %} ({{ r }}){% endif %} · protocol {{ d.protocol_id }} · sha256 <code>{{ d.protocol_hash }}</code></p>
+<h2>Schedule</h2>
+<p>Each square is a day, coloured by arm ({% for l in legend %}<span style="color:{{ l.1 }}">■</span> {{ l.0 }} {% endfor %}); ✓ done, ✗ not done, ! side effect; grey days are still to come and are not shown.</p>
+<div class="cal" role="list">{% for c in d.calendar %}<span role="listitem" class="{% if c.arm.is_none() %}future{% endif %}{% if c.today %} today{% endif %}" style="{% if let Some(i) = c.arm_index %}background:{{ colour(i) }}{% endif %}" title="{{ c.date }}{% if let Some(a) = c.arm %}: {{ a }}{% endif %}{% if let Some(x) = c.adherence %}, {{ x }}{% endif %}">{% if let Some(x) = c.adherence %}{% if x == "done" %}✓{% else if x == "not_done" %}✗{% else %}!{% endif %}{% endif %}</span>{% endfor %}</div>
+<h2>Outcome: {{ d.outcome.0 }} ({{ d.outcome.1 }})</h2>
+<figure>{{ outcome_svg|safe }}</figure>
+<h2>Effects over time</h2>
+{% for svg in effect_svgs %}<figure>{{ svg|safe }}</figure>{% endfor %}
+{% for svg in prob_svgs %}<figure>{{ svg|safe }}</figure>{% endfor %}
+<h2>Decisions</h2>
+<table><thead><tr><th>period</th><th>when</th><th>action</th><th>rule</th></tr></thead><tbody>
+{% for x in d.decisions %}<tr><td>{% if let Some(p) = x.period %}{{ p }}{% endif %}</td><td>{{ x.created_at }}</td><td>{{ x.action }}</td><td>{{ x.rule }}</td></tr>{% endfor %}
+</tbody></table>
+<h2>Fit diagnostics</h2>
+{% if let Some(g) = d.diagnostics %}<p>{% if g.converged %}Converged{% else %}Not converged{% endif %}{% if let Some(r) = g.reason %}: {{ r }}{% endif %} · {{ g.evaluations }} posterior evaluations · {{ "{:.0}"|format(g.wall_ms) }} ms</p>{% else %}<p>No fit yet.</p>{% endif %}
+<h2>Life cycle</h2>
+<table><tbody>{% for e in d.events %}<tr><td>{% if let Some(l) = e.local_date %}{{ l }}{% endif %}</td><td>{{ e.to_status }}</td><td>{{ e.actor }}</td><td>{{ e.reason }}</td></tr>{% endfor %}</tbody></table>
+<h2>Protocol</h2>
+<pre>{{ d.protocol_toml }}</pre>
+<p><a href="/api/trials/{{ d.id }}">JSON</a></p>
+</body></html>"#
+)]
+struct TrialPage<'a> {
+    d: &'a TrialDetail,
+    legend: Vec<(String, &'static str)>,
+    outcome_svg: String,
+    effect_svgs: Vec<String>,
+    prob_svgs: Vec<String>,
+}
+
+impl TrialPage<'_> {
+    fn colour(&self, i: &usize) -> &'static str {
+        crate::charts::arm_colour(*i)
+    }
+}
+
+fn trial_page_html(d: &TrialDetail) -> Result<String, askama::Error> {
+    use crate::charts;
+    let mut spans: Vec<(f64, f64, usize)> = Vec::new();
+    for (i, c) in d.calendar.iter().enumerate() {
+        let Some(arm) = c.arm_index else { break };
+        match spans.last_mut() {
+            Some(last) if last.2 == arm && (last.1 - i as f64).abs() < 1e-9 => {
+                last.1 = i as f64 + 1.0
+            }
+            _ => spans.push((i as f64, i as f64 + 1.0, arm)),
+        }
+    }
+    let points: Vec<(f64, f64)> = d.path.iter().map(|p| (p.0, p.1)).collect();
+    let latent: Vec<(f64, f64)> = d.path.iter().map(|p| (p.0, p.2)).collect();
+    let outcome_svg = charts::outcome_chart(
+        &format!("{} by day, shaded by arm", d.outcome.0),
+        &spans,
+        &points,
+        &latent,
+        &d.arms,
+    );
+    let n_effects = d.fits.last().map_or(0, |f| f.effects.len());
+    let xs: Vec<f64> = d.fits.iter().map(|f| f.day).collect();
+    let mid = d.outcome.2;
+    let mut effect_svgs = Vec::new();
+    let mut prob_svgs = Vec::new();
+    for k in 0..n_effects {
+        let name = d
+            .fits
+            .last()
+            .map(|f| f.effects[k].0.clone())
+            .unwrap_or_default();
+        let pick = |f: &FitPoint| f.effects.get(k).cloned();
+        let series: Vec<(String, f64, [f64; 2], f64, f64)> =
+            d.fits.iter().filter_map(pick).collect();
+        let mean: Vec<f64> = series.iter().map(|e| e.1).collect();
+        let lo: Vec<f64> = series.iter().map(|e| e.2[0]).collect();
+        let hi: Vec<f64> = series.iter().map(|e| e.2[1]).collect();
+        effect_svgs.push(charts::band_chart(
+            &format!("Effect of {name} (mean and 90% interval) as data came in"),
+            "trial day of the fit",
+            &xs,
+            &mean,
+            &lo,
+            &hi,
+            &[(0.0, "no effect"), (mid, "+MID"), (-mid, "−MID")],
+        ));
+        let p_mid: Vec<f64> = series.iter().map(|e| e.3).collect();
+        let p_best: Vec<f64> = series.iter().map(|e| e.4).collect();
+        prob_svgs.push(charts::band_chart(
+            &format!("P({name} better by MID) (line) and P(best) (band edge) over time"),
+            "trial day of the fit",
+            &xs,
+            &p_mid,
+            &p_mid,
+            &p_best,
+            &[(0.95, "efficacy 0.95"), (0.05, "futility 0.05")],
+        ));
+    }
+    TrialPage {
+        d,
+        legend: d
+            .arms
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.clone(), crate::charts::arm_colour(i)))
+            .collect(),
+        outcome_svg,
+        effect_svgs,
+        prob_svgs,
+    }
+    .render()
+}
+
+async fn trial_page(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+) -> Response {
+    match trial_detail(&state, id).await {
+        Ok(Some(d)) => match trial_page_html(&d) {
+            Ok(html) => Html(html).into_response(),
+            Err(e) => internal(&e.to_string()),
+        },
+        Ok(None) => (StatusCode::NOT_FOUND, format!("there is no trial {id}\n")).into_response(),
+        Err(e) => internal(&e.to_string()),
+    }
+}
+
+async fn trial_json(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+) -> Response {
+    match trial_detail(&state, id).await {
+        Ok(Some(d)) => axum::Json(d).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, format!("there is no trial {id}\n")).into_response(),
+        Err(e) => internal(&e.to_string()),
+    }
+}
+
+/// Prometheus text format: table counts, outbox backlog, jobs, fits.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let read = state
+        .db
+        .read(|s| Ok((s.counts()?, s.outbox_backlog()?, s.fit_stats()?)))
+        .await;
+    let (counts, backlog, (fit_n, fit_ms, not_converged)) = match read {
+        Ok(x) => x,
+        Err(e) => return internal(&e.to_string()),
+    };
+    let mut out = String::new();
+    let mut metric = |name: &str, help: &str, kind: &str, lines: Vec<(String, f64)>| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, v) in lines {
+            out.push_str(&format!("{name}{labels} {v}\n"));
+        }
+    };
+    metric(
+        "nof1d_observations",
+        "Observations stored.",
+        "gauge",
+        vec![(String::new(), counts.observations as f64)],
+    );
+    metric(
+        "nof1d_trials",
+        "Trials stored.",
+        "gauge",
+        vec![(String::new(), counts.trials as f64)],
+    );
+    metric(
+        "nof1d_outbox_backlog",
+        "Messages not yet delivered.",
+        "gauge",
+        vec![(String::new(), backlog as f64)],
+    );
+    metric(
+        "nof1d_fits_total",
+        "Fits stored.",
+        "counter",
+        vec![(String::new(), fit_n as f64)],
+    );
+    metric(
+        "nof1d_fits_not_converged_total",
+        "Fits that did not converge.",
+        "counter",
+        vec![(String::new(), not_converged as f64)],
+    );
+    metric(
+        "nof1d_fit_duration_seconds_sum",
+        "Total wall time of stored fits.",
+        "counter",
+        vec![(String::new(), fit_ms / 1000.0)],
+    );
+    let jobs = state.jobs.snapshot();
+    metric(
+        "nof1d_job_runs_total",
+        "Job runs.",
+        "counter",
+        jobs.iter()
+            .map(|(k, j)| (format!("{{job=\"{}\"}}", k.name()), j.runs as f64))
+            .collect(),
+    );
+    metric(
+        "nof1d_job_failures_total",
+        "Job runs that failed.",
+        "counter",
+        jobs.iter()
+            .map(|(k, j)| (format!("{{job=\"{}\"}}", k.name()), j.failures as f64))
+            .collect(),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -190,3 +190,45 @@ fn password_allows_binding_beyond_loopback() {
     assert_eq!(r.status().as_u16(), 401);
     drop(d);
 }
+
+#[test]
+fn trial_page_charts_api_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = Daemon::start(&data, &["--demo"]);
+    d.wait_jobs(1, Duration::from_secs(30));
+    let (status, page) = d.get("/trials/1");
+    assert_eq!(status, 200);
+    // Outcome chart and one effect and one probability chart, each described.
+    assert_eq!(page.matches("<svg").count(), 3, "{page}");
+    assert!(page.contains("42 observations over days"), "{page}");
+    assert!(page.contains("role=\"img\""));
+    // Concealment: every day after today is grey and carries no arm.
+    let detail = d.json("/api/trials/1");
+    let today = detail["calendar"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|c| c["today"] == true)
+        .unwrap();
+    for c in &detail["calendar"].as_array().unwrap()[today + 1..] {
+        assert!(c["arm"].is_null(), "future day shown: {c}");
+    }
+    assert!(detail["calendar"][today]["arm"].is_string());
+    assert_eq!(detail["fits"].as_array().unwrap().len(), 1);
+    assert_eq!(detail["decisions"][0]["action"], "continue");
+    let (status, _) = d.get("/trials/999");
+    assert_eq!(status, 404);
+    // Prometheus text format.
+    let (status, metrics) = d.get("/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("# TYPE nof1d_fits_total counter"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("nof1d_observations 42"), "{metrics}");
+    assert!(
+        metrics.contains("nof1d_job_runs_total{job=\"outbox\"}"),
+        "{metrics}"
+    );
+}

@@ -1,0 +1,333 @@
+//! Server-side SVG charts for the dashboard: no JavaScript, no external
+//! resources, readable on a phone, each with a text alternative (`<title>`
+//! and `<desc>`, `role="img"`). Pure functions from numbers to markup.
+
+use std::fmt::Write;
+
+/// Colours for arms by index (colour-blind safe, Okabe–Ito).
+pub const ARM_COLOURS: [&str; 6] = [
+    "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00",
+];
+
+/// The colour of arm `i`.
+pub fn arm_colour(i: usize) -> &'static str {
+    ARM_COLOURS[i % ARM_COLOURS.len()]
+}
+
+const W: f64 = 640.0;
+const H: f64 = 220.0;
+const LEFT: f64 = 44.0;
+const RIGHT: f64 = 10.0;
+const TOP: f64 = 10.0;
+const BOTTOM: f64 = 26.0;
+
+/// Escapes text for SVG/HTML.
+pub fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+struct Frame {
+    x0: f64,
+    x1: f64,
+    y0: f64,
+    y1: f64,
+}
+
+impl Frame {
+    fn new(xs: impl Iterator<Item = f64> + Clone, ys: impl Iterator<Item = f64> + Clone) -> Frame {
+        let (mut x0, mut x1) = xs
+            .clone()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+                (a.min(v), b.max(v))
+            });
+        let (mut y0, mut y1) = ys
+            .clone()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+                (a.min(v), b.max(v))
+            });
+        if !(x0.is_finite() && x1.is_finite()) || x1 <= x0 {
+            x0 = x0.min(0.0);
+            x1 = x0 + 1.0;
+        }
+        if !(y0.is_finite() && y1.is_finite()) {
+            y0 = 0.0;
+            y1 = 1.0;
+        }
+        if y1 - y0 < 1e-9 {
+            y0 -= 0.5;
+            y1 += 0.5;
+        }
+        let pad = 0.06 * (y1 - y0);
+        Frame {
+            x0,
+            x1,
+            y0: y0 - pad,
+            y1: y1 + pad,
+        }
+    }
+
+    fn x(&self, v: f64) -> f64 {
+        LEFT + (v - self.x0) / (self.x1 - self.x0) * (W - LEFT - RIGHT)
+    }
+
+    fn y(&self, v: f64) -> f64 {
+        TOP + (self.y1 - v) / (self.y1 - self.y0) * (H - TOP - BOTTOM)
+    }
+}
+
+fn open(out: &mut String, title: &str, desc: &str) {
+    let _ = write!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="100%" role="img" aria-labelledby="t d" style="max-width:{W}px;height:auto;font:11px system-ui,sans-serif"><title id="t">{}</title><desc id="d">{}</desc>"#,
+        escape(title),
+        escape(desc)
+    );
+}
+
+fn axes(out: &mut String, f: &Frame, x_label: &str) {
+    let (yb, yt) = (f.y(f.y0), f.y(f.y1));
+    let _ = write!(
+        out,
+        r##"<line x1="{LEFT}" y1="{yb:.1}" x2="{:.1}" y2="{yb:.1}" stroke="#999"/><line x1="{LEFT}" y1="{yt:.1}" x2="{LEFT}" y2="{yb:.1}" stroke="#999"/>"##,
+        W - RIGHT
+    );
+    for k in 0..=4 {
+        let v = f.y0 + (f.y1 - f.y0) * f64::from(k) / 4.0;
+        let y = f.y(v);
+        let _ = write!(
+            out,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#555">{}</text><line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#eee"/>"##,
+            LEFT - 4.0,
+            y + 3.5,
+            tick(v),
+            W - RIGHT
+        );
+    }
+    let _ = write!(
+        out,
+        r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#555">{}</text>"##,
+        (LEFT + W - RIGHT) / 2.0,
+        H - 6.0,
+        escape(x_label)
+    );
+    let _ = write!(
+        out,
+        r##"<text x="{LEFT}" y="{:.1}" fill="#555">{}</text><text x="{:.1}" y="{:.1}" text-anchor="end" fill="#555">{}</text>"##,
+        H - 6.0,
+        tick(f.x0),
+        W - RIGHT,
+        H - 6.0,
+        tick(f.x1)
+    );
+}
+
+fn tick(v: f64) -> String {
+    if v.abs() >= 100.0 || (v.fract() == 0.0 && v.abs() < 1e6) {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// The outcome over trial days, the background shaded by the arm in force,
+/// observations as dots and the smoothed latent level as a line.
+/// `spans`: `(from day, to day, arm)`; `points`: `(day, value)`;
+/// `latent`: `(day, level)`.
+pub fn outcome_chart(
+    title: &str,
+    spans: &[(f64, f64, usize)],
+    points: &[(f64, f64)],
+    latent: &[(f64, f64)],
+    arm_names: &[String],
+) -> String {
+    let f = Frame::new(
+        spans
+            .iter()
+            .flat_map(|s| [s.0, s.1])
+            .chain(points.iter().map(|p| p.0)),
+        points.iter().map(|p| p.1).chain(latent.iter().map(|p| p.1)),
+    );
+    let mut out = String::new();
+    let desc = format!(
+        "{} observations over days {} to {}; background colour shows the arm in force ({}); the line is the smoothed level.",
+        points.len(),
+        tick(f.x0),
+        tick(f.x1),
+        arm_names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("{n}: {}", colour_name(i)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    open(&mut out, title, &desc);
+    for &(a, b, arm) in spans {
+        let (x0, x1) = (f.x(a), f.x(b));
+        let _ = write!(
+            out,
+            r#"<rect x="{x0:.1}" y="{TOP}" width="{:.1}" height="{:.1}" fill="{}" fill-opacity="0.13"/>"#,
+            (x1 - x0).max(0.5),
+            H - TOP - BOTTOM,
+            arm_colour(arm)
+        );
+    }
+    axes(&mut out, &f, "trial day");
+    for &(t, y) in points {
+        let _ = write!(
+            out,
+            r##"<circle cx="{:.1}" cy="{:.1}" r="2.2" fill="#333" fill-opacity="0.7"/>"##,
+            f.x(t),
+            f.y(y)
+        );
+    }
+    if latent.len() > 1 {
+        let path: Vec<String> = latent
+            .iter()
+            .map(|&(t, y)| format!("{:.1},{:.1}", f.x(t), f.y(y)))
+            .collect();
+        let _ = write!(
+            out,
+            r##"<polyline points="{}" fill="none" stroke="#111" stroke-width="1.6"/>"##,
+            path.join(" ")
+        );
+    }
+    legend(&mut out, arm_names);
+    out.push_str("</svg>");
+    out
+}
+
+fn colour_name(i: usize) -> &'static str {
+    ["blue", "orange", "green", "pink", "sky blue", "red"][i % 6]
+}
+
+fn legend(out: &mut String, names: &[String]) {
+    let mut x = LEFT + 6.0;
+    for (i, n) in names.iter().enumerate() {
+        let _ = write!(
+            out,
+            r##"<rect x="{x:.1}" y="{:.1}" width="10" height="10" fill="{}" fill-opacity="0.5"/><text x="{:.1}" y="{:.1}" fill="#333">{}</text>"##,
+            TOP + 2.0,
+            arm_colour(i),
+            x + 13.0,
+            TOP + 11.0,
+            escape(n)
+        );
+        x += 20.0 + 6.5 * n.chars().count() as f64;
+    }
+}
+
+/// A quantity over successive fits: mean with a shaded 90% band, and
+/// horizontal reference lines (`(value, label)`, e.g. 0 and the MID).
+/// `xs`: the fit's position (trial day of its last data).
+pub fn band_chart(
+    title: &str,
+    x_label: &str,
+    xs: &[f64],
+    mean: &[f64],
+    lo: &[f64],
+    hi: &[f64],
+    refs: &[(f64, &str)],
+) -> String {
+    let f = Frame::new(
+        xs.iter().copied(),
+        lo.iter()
+            .chain(hi)
+            .chain(mean)
+            .copied()
+            .chain(refs.iter().map(|r| r.0)),
+    );
+    let mut out = String::new();
+    let desc = match (xs.last(), mean.last(), lo.last(), hi.last()) {
+        (Some(x), Some(m), Some(l), Some(h)) => format!(
+            "{} fits; the latest (day {}) gives {:.2}, 90% interval {:.2} to {:.2}.",
+            xs.len(),
+            tick(*x),
+            m,
+            l,
+            h
+        ),
+        _ => "No fits yet.".to_string(),
+    };
+    open(&mut out, title, &desc);
+    axes(&mut out, &f, x_label);
+    if xs.len() > 1 {
+        let upper: Vec<String> = xs
+            .iter()
+            .zip(hi)
+            .map(|(&x, &y)| format!("{:.1},{:.1}", f.x(x), f.y(y)))
+            .collect();
+        let lower: Vec<String> = xs
+            .iter()
+            .zip(lo)
+            .rev()
+            .map(|(&x, &y)| format!("{:.1},{:.1}", f.x(x), f.y(y)))
+            .collect();
+        let _ = write!(
+            out,
+            r##"<polygon points="{} {}" fill="#0072B2" fill-opacity="0.18"/>"##,
+            upper.join(" "),
+            lower.join(" ")
+        );
+        let line: Vec<String> = xs
+            .iter()
+            .zip(mean)
+            .map(|(&x, &y)| format!("{:.1},{:.1}", f.x(x), f.y(y)))
+            .collect();
+        let _ = write!(
+            out,
+            r##"<polyline points="{}" fill="none" stroke="#0072B2" stroke-width="1.8"/>"##,
+            line.join(" ")
+        );
+    }
+    for &(v, label) in refs {
+        let y = f.y(v);
+        let _ = write!(
+            out,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#D55E00" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" text-anchor="end" fill="#D55E00">{}</text>"##,
+            W - RIGHT,
+            W - RIGHT - 2.0,
+            y - 3.0,
+            escape(label)
+        );
+    }
+    out.push_str("</svg>");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charts_are_well_formed_and_described() {
+        let names = vec!["None".to_string(), "Med <x>".to_string()];
+        let svg = outcome_chart(
+            "Anxiety",
+            &[(0.0, 7.0, 0), (7.0, 14.0, 1)],
+            &[(0.8, 5.0), (8.8, 3.0)],
+            &[(0.8, 4.9), (8.8, 3.2)],
+            &names,
+        );
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+        assert!(svg.contains("<title id=\"t\">Anxiety</title>"));
+        assert!(svg.contains("2 observations over days 0 to 14"));
+        assert!(svg.contains("Med &lt;x&gt;"));
+        assert_eq!(svg.matches("<circle").count(), 2);
+        let band = band_chart(
+            "Effect",
+            "day",
+            &[20.0, 27.0],
+            &[-1.0, -1.2],
+            &[-2.0, -2.0],
+            &[0.0, -0.4],
+            &[(0.0, "0"), (-1.0, "MID")],
+        );
+        assert!(band.contains("<polygon"));
+        assert!(band.contains("latest (day 27) gives -1.20, 90% interval -2.00 to -0.40"));
+        // Degenerate input still draws.
+        assert!(band_chart("E", "day", &[], &[], &[], &[], &[]).contains("No fits yet"));
+    }
+}
