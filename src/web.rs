@@ -34,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/l/{token}", get(link_page).post(link_submit))
         .route("/trials/{id}", get(trial_page))
+        .route("/trials/{id}/{action}", axum::routing::post(trial_action))
         .route("/api/trials/{id}", get(trial_json))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(
@@ -976,6 +977,7 @@ figure{margin:0.5rem 0 1rem}</style></head>
 <p><a href="/">← status</a></p>
 <h1>{{ d.title }}</h1>
 <p>Trial {{ d.id }} · {{ d.status }}{% if let Some(r) = d.stop_reason %} ({{ r }}){% endif %} · protocol {{ d.protocol_id }} · sha256 <code>{{ d.protocol_hash }}</code></p>
+{% if !actions.is_empty() %}<div>{% for a in actions %}<form method="post" action="/trials/{{ d.id }}/{{ a.0 }}" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">{{ a.1 }}</button></form> {% endfor %}</div>{% endif %}
 <h2>Schedule</h2>
 <p>Each square is a day, coloured by arm ({% for l in legend %}<span style="color:{{ l.1 }}">■</span> {{ l.0 }} {% endfor %}); ✓ done, ✗ not done, ! side effect; grey days are still to come and are not shown.</p>
 <div class="cal" role="list">{% for c in d.calendar %}<span role="listitem" class="{% if c.arm.is_none() %}future{% endif %}{% if c.today %} today{% endif %}" style="{% if let Some(i) = c.arm_index %}background:{{ colour(i) }}{% endif %}" title="{{ c.date }}{% if let Some(a) = c.arm %}: {{ a }}{% endif %}{% if let Some(x) = c.adherence %}, {{ x }}{% endif %}">{% if let Some(x) = c.adherence %}{% if x == "done" %}✓{% else if x == "not_done" %}✗{% else %}!{% endif %}{% endif %}</span>{% endfor %}</div>
@@ -999,6 +1001,8 @@ figure{margin:0.5rem 0 1rem}</style></head>
 )]
 struct TrialPage<'a> {
     d: &'a TrialDetail,
+    actions: Vec<(&'static str, &'static str)>,
+    csrf: String,
     legend: Vec<(String, &'static str)>,
     outcome_svg: String,
     effect_svgs: Vec<String>,
@@ -1011,7 +1015,7 @@ impl TrialPage<'_> {
     }
 }
 
-fn trial_page_html(d: &TrialDetail) -> Result<String, askama::Error> {
+fn trial_page_html(d: &TrialDetail, csrf: String) -> Result<String, askama::Error> {
     use crate::charts;
     let mut spans: Vec<(f64, f64, usize)> = Vec::new();
     for (i, c) in d.calendar.iter().enumerate() {
@@ -1070,8 +1074,23 @@ fn trial_page_html(d: &TrialDetail) -> Result<String, askama::Error> {
             &[(0.95, "efficacy 0.95"), (0.05, "futility 0.05")],
         ));
     }
+    let actions = match d.status.as_str() {
+        "proposed" => vec![
+            ("approve", "Approve (starts tomorrow)"),
+            ("reject", "Reject"),
+        ],
+        "approved" => vec![("stop", "Cancel")],
+        "running" => vec![
+            ("pause", "Pause (holiday, illness)"),
+            ("stop", "Stop the trial"),
+        ],
+        "paused" => vec![("resume", "Resume today"), ("stop", "Stop the trial")],
+        _ => Vec::new(),
+    };
     TrialPage {
         d,
+        actions,
+        csrf,
         legend: d
             .arms
             .iter()
@@ -1090,7 +1109,7 @@ async fn trial_page(
     axum::extract::Path(id): axum::extract::Path<i64>,
 ) -> Response {
     match trial_detail(&state, id).await {
-        Ok(Some(d)) => match trial_page_html(&d) {
+        Ok(Some(d)) => match trial_page_html(&d, csrf_token(&state)) {
             Ok(html) => Html(html).into_response(),
             Err(e) => internal(&e.to_string()),
         },
@@ -1181,4 +1200,80 @@ async fn metrics(State(state): State<AppState>) -> Response {
             .collect(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// The anti-CSRF token of the forms: an HMAC of the daemon's link key over
+/// the UTC date, so only a page fetched from this dashboard (same origin)
+/// can know it; tokens from yesterday are accepted too, so a page left open
+/// over midnight still works.
+fn csrf_token_for(state: &AppState, day: jiff::civil::Date) -> String {
+    let claim = crate::links::LinkClaim {
+        participant_id: 0,
+        trial_id: 0,
+        date: day,
+        action: crate::links::LinkAction::Done,
+        expires: jiff::Timestamp::UNIX_EPOCH,
+    };
+    let token = state.link_key.sign(&claim);
+    token.rsplit('.').next().unwrap_or_default().to_string()
+}
+
+fn csrf_token(state: &AppState) -> String {
+    csrf_token_for(state, state.clock.now().to_zoned(TimeZone::UTC).date())
+}
+
+fn csrf_ok(state: &AppState, given: &str) -> bool {
+    let today = state.clock.now().to_zoned(TimeZone::UTC).date();
+    let yesterday = today.yesterday().unwrap_or(today);
+    [today, yesterday]
+        .iter()
+        .any(|d| constant_time_eq(csrf_token_for(state, *d).as_bytes(), given.as_bytes()))
+}
+
+/// A dashboard form's fields.
+#[derive(serde::Deserialize)]
+struct ActionForm {
+    csrf: Option<String>,
+}
+
+/// POST `/trials/{id}/{approve|reject|pause|resume|stop}`: the life-cycle
+/// actions, checked against the CSRF token, then a redirect to the trial.
+async fn trial_action(
+    State(state): State<AppState>,
+    axum::extract::Path((id, action)): axum::extract::Path<(i64, String)>,
+    axum::extract::Form(form): axum::extract::Form<ActionForm>,
+) -> Response {
+    if !form.csrf.as_deref().is_some_and(|t| csrf_ok(&state, t)) {
+        return (
+            StatusCode::FORBIDDEN,
+            "missing or wrong form token (CSRF); reload the page and try again\n",
+        )
+            .into_response();
+    }
+    let now = state.clock.now();
+    let actor = "dashboard";
+    let result = state
+        .db
+        .write(move |s| {
+            let r = match action.as_str() {
+                "approve" => crate::actions::approve(s, id, None, actor, now).map(|_| ()),
+                "reject" => crate::actions::stop(s, id, "rejected on the dashboard", actor, now),
+                "pause" => crate::actions::pause(s, id, "paused on the dashboard", actor, now),
+                "resume" => crate::actions::resume(s, id, None, actor, now).map(|_| ()),
+                "stop" => crate::actions::stop(s, id, "stopped on the dashboard", actor, now),
+                other => Err(crate::actions::ActionError::Refused(format!(
+                    "unknown action {other:?}"
+                ))),
+            };
+            r.map_err(|e| StoreError::Refused(e.to_string()))
+        })
+        .await;
+    match result {
+        Ok(()) => (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, format!("/trials/{id}"))],
+        )
+            .into_response(),
+        Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+    }
 }

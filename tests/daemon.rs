@@ -219,6 +219,39 @@ fn trial_page_charts_api_and_metrics() {
     assert_eq!(detail["decisions"][0]["action"], "continue");
     let (status, _) = d.get("/trials/999");
     assert_eq!(status, 404);
+    // Pause and resume from the page's forms; a form without the page's
+    // anti-CSRF token is refused and changes nothing.
+    let token = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page's forms carry a CSRF token")
+        .to_string();
+    let no_redirects = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let post = |path: &str, body: String| {
+        no_redirects
+            .post(d.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(post("/trials/1/pause", "csrf=forged".into()), 403);
+    assert_eq!(post("/trials/1/pause", String::new()), 403);
+    assert_eq!(d.json("/api/trials/1")["status"], "running");
+    assert_eq!(post("/trials/1/pause", format!("csrf={token}")), 303);
+    assert_eq!(d.json("/api/trials/1")["status"], "paused");
+    assert_eq!(post("/trials/1/pause", format!("csrf={token}")), 409);
+    assert_eq!(post("/trials/1/resume", format!("csrf={token}")), 303);
+    let detail = d.json("/api/trials/1");
+    assert_eq!(detail["status"], "running");
+    let events = detail["events"].as_array().unwrap();
+    assert_eq!(events.last().unwrap()["actor"], "dashboard");
     // Prometheus text format.
     let (status, metrics) = d.get("/metrics");
     assert_eq!(status, 200);
