@@ -626,72 +626,103 @@ async fn refit_trial(
         .map_err(|e| JobError::Item(format!("zone {}: {e}", p.time_zone)))?;
     let mut stored = 0;
     for outcome in protocol.outcomes() {
-        let (trial_id, participant_id, stream) = (trial.id, p.id, outcome.stream.clone());
-        let (schedule, observations, last, decisions) = state
-            .db
-            .read(move |s| {
-                Ok((
-                    s.schedule(trial_id)?,
-                    s.observations(participant_id, &stream)?,
-                    s.latest_fit(trial_id, &stream)?,
-                    s.decisions(trial_id)?,
-                ))
-            })
-            .await?;
-        let numbers: Vec<&str> = decisions.iter().map(|d| d.numbers_json.as_str()).collect();
-        let dropped = crate::lifecycle::dropped_arms(&numbers);
-        let (proto, out, tz2) = (protocol.clone(), outcome.clone(), tz.clone());
-        let seed = trial.seed;
-        let result = tokio::task::spawn_blocking(move || {
-            let ts = crate::trial::trial_series(&proto, &out, &schedule, &observations, &tz2);
-            let Some(through) = ts.data_through else {
-                return Ok(None);
-            };
-            let fresh = last.as_ref().is_none_or(|f| {
-                f.observations != ts.series.y.len() as i64 || f.data_through != through.to_string()
-            });
-            if !fresh || ts.series.y.len() < 3 {
-                return Ok(None);
+        // Intention to treat always; as treated too when the protocol says
+        // decisions follow it (both are kept, under their own keys).
+        let mut analyses = vec![(outcome.stream.clone(), false)];
+        if protocol.decision.analysis == crate::protocol::Analysis::AsTreated {
+            analyses.push((crate::trial::as_treated_key(&outcome.stream), true));
+        }
+        for (key, as_treated) in analyses {
+            if refit_one(state, trial, p, &protocol, outcome, &tz, &key, as_treated).await? {
+                stored += 1;
             }
-            let spec = crate::fit::FitSpec {
-                outcome: &out,
-                arm_keys: proto.arms.iter().map(|a| a.key.clone()).collect(),
-                run_in_sd: ts.run_in_sd,
-                method: crate::fit::Method::Grid,
-                seed,
-                mcmc: crate::inference::McmcOptions::default(),
-                grid: crate::inference::GridOptions::default(),
-                dropped,
-                path: true,
-            };
-            crate::fit::fit(&ts.series, &spec).map(|r| Some((r, through)))
-        })
-        .await
-        .map_err(|e| JobError::Item(e.to_string()))?
-        .map_err(|e: crate::model::ModelError| {
-            JobError::Item(format!("{}: {e}", outcome.stream))
-        })?;
-        let Some((report, through)) = result else {
-            continue;
-        };
-        let fit = crate::store::NewFit {
-            trial_id: trial.id,
-            stream_key: outcome.stream.clone(),
-            data_through: through,
-            observations: report.observations,
-            engine: format!("{:?}/{:?}", report.family, report.diagnostics.method).to_lowercase(),
-            seed: trial.seed,
-            scale: report.priors.scale,
-            priors_json: serde_json::to_string(&report.priors).unwrap_or_default(),
-            result_json: serde_json::to_string(&report).unwrap_or_default(),
-            converged: report.diagnostics.converged,
-            wall_ms: report.diagnostics.wall_ms,
-        };
-        let now = state.clock.now();
-        state.db.write(move |s| s.insert_fit(&fit, now)).await?;
-        stored += 1;
+        }
     }
     Ok(stored)
+}
+
+/// Refits one outcome under one analysis when its data changed; stores the
+/// fit under `key`. Returns whether a fit was stored.
+#[allow(clippy::too_many_arguments)]
+async fn refit_one(
+    state: &AppState,
+    trial: &TrialRow,
+    p: &crate::store::ParticipantRow,
+    protocol: &Protocol,
+    outcome: &crate::protocol::Outcome,
+    tz: &TimeZone,
+    key: &str,
+    as_treated: bool,
+) -> Result<bool, JobError> {
+    let (trial_id, participant_id, stream, fit_key) =
+        (trial.id, p.id, outcome.stream.clone(), key.to_string());
+    let (schedule, observations, last, decisions, adherence) = state
+        .db
+        .read(move |s| {
+            Ok((
+                s.schedule(trial_id)?,
+                s.observations(participant_id, &stream)?,
+                s.latest_fit(trial_id, &fit_key)?,
+                s.decisions(trial_id)?,
+                s.adherence(trial_id)?,
+            ))
+        })
+        .await?;
+    let numbers: Vec<&str> = decisions.iter().map(|d| d.numbers_json.as_str()).collect();
+    let dropped = crate::lifecycle::dropped_arms(&numbers);
+    let schedule = if as_treated {
+        crate::trial::as_treated(&schedule, &adherence, protocol.comparator_index())
+    } else {
+        schedule
+    };
+    let (proto, out, tz2) = (protocol.clone(), outcome.clone(), tz.clone());
+    let seed = trial.seed;
+    let result = tokio::task::spawn_blocking(move || {
+        let ts = crate::trial::trial_series(&proto, &out, &schedule, &observations, &tz2);
+        let Some(through) = ts.data_through else {
+            return Ok(None);
+        };
+        let fresh = last.as_ref().is_none_or(|f| {
+            f.observations != ts.series.y.len() as i64 || f.data_through != through.to_string()
+        });
+        if !fresh || ts.series.y.len() < 3 {
+            return Ok(None);
+        }
+        let spec = crate::fit::FitSpec {
+            outcome: &out,
+            arm_keys: proto.arms.iter().map(|a| a.key.clone()).collect(),
+            run_in_sd: ts.run_in_sd,
+            method: crate::fit::Method::Grid,
+            seed,
+            mcmc: crate::inference::McmcOptions::default(),
+            grid: crate::inference::GridOptions::default(),
+            dropped,
+            path: true,
+        };
+        crate::fit::fit(&ts.series, &spec).map(|r| Some((r, through)))
+    })
+    .await
+    .map_err(|e| JobError::Item(e.to_string()))?
+    .map_err(|e: crate::model::ModelError| JobError::Item(format!("{key}: {e}")))?;
+    let Some((report, through)) = result else {
+        return Ok(false);
+    };
+    let fit = crate::store::NewFit {
+        trial_id: trial.id,
+        stream_key: key.to_string(),
+        data_through: through,
+        observations: report.observations,
+        engine: format!("{:?}/{:?}", report.family, report.diagnostics.method).to_lowercase(),
+        seed: trial.seed,
+        scale: report.priors.scale,
+        priors_json: serde_json::to_string(&report.priors).unwrap_or_default(),
+        result_json: serde_json::to_string(&report).unwrap_or_default(),
+        converged: report.diagnostics.converged,
+        wall_ms: report.diagnostics.wall_ms,
+    };
+    let now = state.clock.now();
+    state.db.write(move |s| s.insert_fit(&fit, now)).await?;
+    Ok(true)
 }
 
 /// The participant as a message recipient.
@@ -806,7 +837,14 @@ async fn decide_trial(
     let tz = TimeZone::get(&p.time_zone)
         .map_err(|e| JobError::Item(format!("zone {}: {e}", p.time_zone)))?;
     let today = local_date(state.clock.now(), &tz);
-    let (trial_id, stream) = (trial.id, protocol.outcome.stream.clone());
+    // The analysis the protocol names drives the decision (statistics.md §5).
+    let stream = match protocol.decision.analysis {
+        crate::protocol::Analysis::AsTreated => {
+            crate::trial::as_treated_key(&protocol.outcome.stream)
+        }
+        crate::protocol::Analysis::Itt => protocol.outcome.stream.clone(),
+    };
+    let trial_id = trial.id;
     let (rows, decisions, fit) = state
         .db
         .read(move |s| {

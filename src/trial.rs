@@ -103,6 +103,37 @@ pub fn trial_series(
     }
 }
 
+/// The fits key of an outcome's as-treated analysis.
+pub fn as_treated_key(stream: &str) -> String {
+    format!("{stream}#as_treated")
+}
+
+/// The schedule as taken: days the participant reported as not done are on
+/// the comparator (nothing, or the control, was taken); other days keep the
+/// assigned arm. Feeding this to [`trial_series`] gives the as-treated series.
+pub fn as_treated(
+    schedule: &[ScheduleRow],
+    adherence: &[(u32, String)],
+    comparator: usize,
+) -> Vec<ScheduleRow> {
+    let not_done: std::collections::BTreeSet<u32> = adherence
+        .iter()
+        .filter(|(_, s)| s == "not_done")
+        .map(|(d, _)| *d)
+        .collect();
+    schedule
+        .iter()
+        .map(|r| ScheduleRow {
+            arm: if not_done.contains(&r.day) {
+                comparator
+            } else {
+                r.arm
+            },
+            ..r.clone()
+        })
+        .collect()
+}
+
 fn empty(protocol: &Protocol) -> Series {
     Series {
         t: Vec::new(),
@@ -160,6 +191,26 @@ fn sd(xs: &[f64]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn as_treated_moves_not_done_days_to_the_comparator() {
+        let date = |d: i8| jiff::civil::date(2026, 3, d);
+        let rows: Vec<ScheduleRow> = (0..4)
+            .map(|d| ScheduleRow {
+                day: d,
+                local_date: date(1 + d as i8),
+                period: Some(0),
+                block: Some(0),
+                arm: 1,
+                washout: false,
+            })
+            .collect();
+        let adherence = vec![(1, "not_done".to_string()), (2, "side_effect".to_string())];
+        let taken = as_treated(&rows, &adherence, 0);
+        let arms: Vec<usize> = taken.iter().map(|r| r.arm).collect();
+        assert_eq!(arms, [1, 0, 1, 1]);
+        assert_eq!(as_treated_key("mood"), "mood#as_treated");
+    }
 
     #[test]
     fn civil_time_axis_and_aggregation() {
