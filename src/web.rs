@@ -37,6 +37,8 @@ pub fn router(state: AppState) -> Router {
         .route("/trials/{id}/{action}", axum::routing::post(trial_action))
         .route("/api/trials/{id}", get(trial_json))
         .route("/metrics", get(metrics))
+        .route("/sources", get(sources_page))
+        .route("/sources/poll", axum::routing::post(sources_poll))
         .layer(middleware::from_fn_with_state(
             (state.clone(), cache),
             require_auth,
@@ -1276,4 +1278,95 @@ async fn trial_action(
             .into_response(),
         Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
     }
+}
+
+/// One source on the sources page.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceView {
+    /// The stored source.
+    pub source: crate::store::SourceRow,
+    /// Its participant's key.
+    pub participant: String,
+    /// The participant's streams: key, observations, last local date.
+    pub streams: Vec<(String, i64, Option<String>)>,
+}
+
+#[derive(Template)]
+#[template(
+    ext = "html",
+    source = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Sources — nof1d</title>
+<style>body{font-family:system-ui,sans-serif;max-width:44rem;margin:1rem auto;padding:0 0.8rem;line-height:1.45;color:#222}
+table{border-collapse:collapse;font-size:0.85rem;width:100%}td,th{border-bottom:1px solid #ddd;padding:0.2rem 0.3rem;text-align:left;vertical-align:top}.bad{color:#b00}</style></head>
+<body><p><a href="/">← status</a></p><h1>Data sources</h1>
+<form method="post" action="/sources/poll"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Poll all sources now</button></form>
+{% for v in views %}<h2>{{ v.source.name }} <small>({{ v.source.kind }}, {{ v.participant }})</small></h2>
+<p>Last successful poll: {% if let Some(t) = v.source.last_success_at %}{{ t }}{% else %}never{% endif %}{% if let Some(c) = v.source.cursor %} · cursor {{ c }}{% endif %}</p>
+{% if let Some(e) = v.source.last_error %}<p class="bad">Last error{% if let Some(t) = v.source.last_error_at %} ({{ t }}){% endif %}: {{ e }}</p>{% endif %}
+<table><thead><tr><th>stream</th><th>observations</th><th>last day</th></tr></thead><tbody>
+{% for st in v.streams %}<tr><td>{{ st.0 }}</td><td>{{ st.1 }}</td><td>{% if let Some(d) = st.2 %}{{ d }}{% endif %}</td></tr>{% endfor %}
+</tbody></table>{% endfor %}
+</body></html>"#
+)]
+struct SourcesPage {
+    views: Vec<SourceView>,
+    csrf: String,
+}
+
+async fn sources_page(State(state): State<AppState>) -> Response {
+    let read = state
+        .db
+        .read(|s| {
+            let participants = s.participants()?;
+            let mut views = Vec::new();
+            for source in s.sources()? {
+                let participant = participants
+                    .iter()
+                    .find(|p| p.id == source.participant_id)
+                    .map(|p| p.key.clone())
+                    .unwrap_or_default();
+                let streams = s.stream_counts(source.participant_id)?;
+                views.push(SourceView {
+                    source,
+                    participant,
+                    streams,
+                });
+            }
+            Ok(views)
+        })
+        .await;
+    match read {
+        Ok(views) => match (SourcesPage {
+            views,
+            csrf: csrf_token(&state),
+        })
+        .render()
+        {
+            Ok(html) => Html(html).into_response(),
+            Err(e) => internal(&e.to_string()),
+        },
+        Err(e) => internal(&e.to_string()),
+    }
+}
+
+/// POST `/sources/poll`: polls every source now (the usual job, run at
+/// once; a poll already running is not doubled), then back to the page.
+async fn sources_poll(
+    State(state): State<AppState>,
+    axum::extract::Form(form): axum::extract::Form<ActionForm>,
+) -> Response {
+    if !form.csrf.as_deref().is_some_and(|t| csrf_ok(&state, t)) {
+        return (
+            StatusCode::FORBIDDEN,
+            "missing or wrong form token (CSRF); reload the page and try again\n",
+        )
+            .into_response();
+    }
+    crate::daemon::run_job(&state, crate::daemon::JobKind::Sources).await;
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, "/sources".to_string())],
+    )
+        .into_response()
 }

@@ -252,6 +252,22 @@ fn trial_page_charts_api_and_metrics() {
     assert_eq!(detail["status"], "running");
     let events = detail["events"].as_array().unwrap();
     assert_eq!(events.last().unwrap()["actor"], "dashboard");
+    // The sources page, and polling on demand (also behind the form token).
+    let (status, sources) = d.get("/sources");
+    assert_eq!(status, 200);
+    assert!(
+        sources.contains("demo-simulator") && sources.contains("anxiety_evening"),
+        "{sources}"
+    );
+    let runs_before = d.json("/healthz")["jobs"]["sources"]["runs"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(post("/sources/poll", "csrf=forged".into()), 403);
+    assert_eq!(post("/sources/poll", format!("csrf={token}")), 303);
+    let runs_after = d.json("/healthz")["jobs"]["sources"]["runs"]
+        .as_u64()
+        .unwrap();
+    assert!(runs_after > runs_before, "{runs_before} -> {runs_after}");
     // Prometheus text format.
     let (status, metrics) = d.get("/metrics");
     assert_eq!(status, 200);
