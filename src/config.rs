@@ -145,7 +145,8 @@ pub struct EmailConfig {
     pub public_url: Option<String>,
     /// Days a one-click link in an email stays valid.
     pub link_valid_days: u32,
-    /// Send each participant a weekly summary (Monday, with the assignment).
+    /// Send each participant a weekly summary, with the first assignment of
+    /// each ISO week (normally Monday's).
     pub weekly_summary: bool,
     /// The SMTP server; without it messages are written as `.eml` files.
     pub smtp: Option<SmtpConfig>,

@@ -1062,7 +1062,9 @@ async fn queue_one(
                 }),
             });
             let mut messages = vec![message];
-            if weekly && today.weekday() == jiff::civil::Weekday::Monday {
+            // Composed with every assignment; the outbox keeps the first of
+            // each ISO week (the key names the week).
+            if weekly {
                 let week_start = today
                     .checked_sub(jiff::Span::new().days(7))
                     .unwrap_or(today);

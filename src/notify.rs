@@ -420,7 +420,9 @@ pub fn decision_message(
     )
 }
 
-/// The weekly summary: last week's adherence and the latest estimate.
+/// The weekly summary: the past seven days' adherence and the latest
+/// estimate. Its key names the ISO week, so only the first one queued in a
+/// week is kept.
 pub fn weekly_summary_message(
     to: Recipient<'_>,
     trial_id: i64,
@@ -454,7 +456,17 @@ pub fn weekly_summary_message(
     paragraphs.push(format!("Dashboard: {dashboard}/"));
     simple_message(
         to,
-        format!("weekly/{}/{trial_id}/{today}", to.key),
+        {
+            // One per ISO week: the first assignment of a week carries it,
+            // whichever day that is (a Monday missed while down skips nothing).
+            let week = today.iso_week_date();
+            format!(
+                "weekly/{}/{trial_id}/{}-W{:02}",
+                to.key,
+                week.year(),
+                week.week()
+            )
+        },
         "weekly_summary",
         Some(trial_id),
         Some(today),

