@@ -122,20 +122,7 @@ pub fn stop(
     actor: &str,
     now: Timestamp,
 ) -> Result<()> {
-    let (_, tz) = trial_and_zone(store, trial_id)?;
-    store.change_status(
-        &StatusChange {
-            trial_id,
-            to: TrialStatus::Stopped,
-            actor,
-            reason,
-            local_date: local_date(now, &tz),
-            start_date: None,
-            shifted: &[],
-        },
-        now,
-    )?;
-    Ok(())
+    move_to(store, trial_id, TrialStatus::Stopped, reason, actor, now)
 }
 
 /// Pauses a running trial (holiday, illness): no assignments until resumed.
@@ -146,11 +133,24 @@ pub fn pause(
     actor: &str,
     now: Timestamp,
 ) -> Result<()> {
+    move_to(store, trial_id, TrialStatus::Paused, reason, actor, now)
+}
+
+/// A plain life-cycle move on the participant's date (no start date, no
+/// schedule change).
+fn move_to(
+    store: &mut Store,
+    trial_id: i64,
+    to: TrialStatus,
+    reason: &str,
+    actor: &str,
+    now: Timestamp,
+) -> Result<()> {
     let (_, tz) = trial_and_zone(store, trial_id)?;
     store.change_status(
         &StatusChange {
             trial_id,
-            to: TrialStatus::Paused,
+            to,
             actor,
             reason,
             local_date: local_date(now, &tz),

@@ -330,10 +330,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         link_key,
         public_url,
     };
-    let addr = listener.local_addr().map_err(|source| DaemonError::Io {
-        what: "cannot read the listening address".into(),
-        source,
-    })?;
+    let addr = bound;
     // Tests and scripts read the real port from here (the config may say port 0).
     let addr_file = state.config.data_dir.join("listen.addr");
     std::fs::write(&addr_file, format!("{addr}\n")).map_err(|source| DaemonError::Io {

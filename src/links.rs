@@ -141,14 +141,19 @@ impl LinkKey {
             c.action.code(),
             c.expires.as_second()
         );
-        let mut mac = self.mac();
-        mac.update(payload.as_bytes());
-        let sig = mac.finalize().into_bytes();
         format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(payload.as_bytes()),
-            URL_SAFE_NO_PAD.encode(sig)
+            self.tag(&payload)
         )
+    }
+
+    /// `base64url(HMAC-SHA256(key, message))`: the signature of a token, and
+    /// the dashboard's anti-CSRF form token over a date.
+    pub fn tag(&self, message: &str) -> String {
+        let mut mac = self.mac();
+        mac.update(message.as_bytes());
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
 
     /// Checks a token's signature (in constant time) and expiry at `now`.
