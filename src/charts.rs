@@ -79,12 +79,55 @@ impl Frame {
 }
 
 fn open(out: &mut String, title: &str, desc: &str) {
+    // Ids unique on a page with several charts: a hash of the title.
+    let id = title
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        })
+        % 1_000_000_007;
     let _ = write!(
         out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="100%" role="img" aria-labelledby="t d" style="max-width:{W}px;height:auto;font:11px system-ui,sans-serif"><title id="t">{}</title><desc id="d">{}</desc>"#,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="100%" role="img" aria-labelledby="t{id} d{id}" style="max-width:{W}px;height:auto;font:11px system-ui,sans-serif"><title id="t{id}">{}</title><desc id="d{id}">{}</desc>"#,
         escape(title),
         escape(desc)
     );
+}
+
+/// Several lines over one x axis, each `(name, colour, points)`, with a
+/// legend; for the counterfactual trajectories "always arm j".
+pub fn lines_chart(title: &str, x_label: &str, series: &[(String, &str, Vec<(f64, f64)>)]) -> String {
+    let all = || series.iter().flat_map(|s| s.2.iter());
+    let f = Frame::new(all().map(|p| p.0), all().map(|p| p.1));
+    let mut out = String::new();
+    let desc = series
+        .iter()
+        .map(|(name, _, pts)| match pts.last() {
+            Some(p) => format!("{name}: ends at {}", tick(p.1)),
+            None => format!("{name}: no data"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    open(&mut out, title, &desc);
+    axes(&mut out, &f, x_label);
+    for (k, (name, colour, pts)) in series.iter().enumerate() {
+        let line: Vec<String> = pts
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", f.x(p.0), f.y(p.1)))
+            .collect();
+        let _ = write!(
+            out,
+            r##"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="1.8"/><rect x="{:.1}" y="{:.1}" width="10" height="10" fill="{colour}"/><text x="{:.1}" y="{:.1}" fill="#333">{}</text>"##,
+            line.join(" "),
+            LEFT + 8.0,
+            TOP + 4.0 + 14.0 * k as f64,
+            LEFT + 22.0,
+            TOP + 13.0 + 14.0 * k as f64,
+            escape(name)
+        );
+    }
+    out.push_str("</svg>");
+    out
 }
 
 fn axes(out: &mut String, f: &Frame, x_label: &str) {
@@ -312,7 +355,7 @@ mod tests {
             &names,
         );
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
-        assert!(svg.contains("<title id=\"t\">Anxiety</title>"));
+        assert!(svg.contains(">Anxiety</title>"));
         assert!(svg.contains("2 observations over days 0 to 14"));
         assert!(svg.contains("Med &lt;x&gt;"));
         assert_eq!(svg.matches("<circle").count(), 2);

@@ -115,12 +115,15 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {
-    /// Address to bind. Anything but loopback needs `token` or `password_hash`.
+    /// Address to bind. Anything but loopback needs a token or a password.
     pub listen: SocketAddr,
-    /// Bearer token accepted on every page and API call.
+    /// Bearer token for scripts (investigator view) on every page and API call.
     pub token: Option<SecretRef>,
-    /// Argon2 PHC hash of the dashboard password (HTTP Basic auth, any user name).
+    /// Argon2 PHC hash of the participant's dashboard password (login page).
     pub password_hash: Option<String>,
+    /// Argon2 PHC hash of the investigator's password: this login also sees
+    /// future assignments and which code is which arm in blinded trials.
+    pub investigator_password_hash: Option<String>,
 }
 
 impl Default for WebConfig {
@@ -129,6 +132,7 @@ impl Default for WebConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token: None,
             password_hash: None,
+            investigator_password_hash: None,
         }
     }
 }
@@ -225,6 +229,11 @@ pub struct JobsConfig {
     pub outbox_seconds: u64,
     /// How often running trials are checked for new data to refit.
     pub refit_seconds: u64,
+    /// How often proposals are checked for a design not yet simulated.
+    pub design_seconds: u64,
+    /// Virtual trials per condition when simulating a proposal's design
+    /// (gaussian outcomes; the slower families use a twentieth, at least 10).
+    pub design_trials: usize,
 }
 
 impl Default for JobsConfig {
@@ -234,6 +243,8 @@ impl Default for JobsConfig {
             assignment_check_seconds: 20,
             outbox_seconds: 10,
             refit_seconds: 60,
+            design_seconds: 60,
+            design_trials: 400,
         }
     }
 }
@@ -534,12 +545,27 @@ impl Config {
                 "email.public_url {url:?} must start with http:// or https://"
             )));
         }
-        if let Some(hash) = &self.web.password_hash {
-            argon2::PasswordHash::new(hash).map_err(|e| {
-                ConfigError::Invalid(format!(
-                    "web.password_hash is not an argon2 PHC string: {e}"
-                ))
-            })?;
+        for (key, hash) in [
+            ("web.password_hash", &self.web.password_hash),
+            (
+                "web.investigator_password_hash",
+                &self.web.investigator_password_hash,
+            ),
+        ] {
+            if let Some(hash) = hash {
+                argon2::PasswordHash::new(hash).map_err(|e| {
+                    ConfigError::Invalid(format!("{key} is not an argon2 PHC string: {e}"))
+                })?;
+            }
+        }
+        if let (Some(a), Some(b)) = (
+            &self.web.password_hash,
+            &self.web.investigator_password_hash,
+        ) && a == b
+        {
+            return Err(ConfigError::Invalid(
+                "web.password_hash and web.investigator_password_hash must differ".into(),
+            ));
         }
         Ok(())
     }

@@ -85,15 +85,18 @@ pub enum JobKind {
     Outbox,
     /// Refit running trials whose outcome streams have new data.
     Refits,
+    /// Simulate the designs of proposals (for their error rates).
+    Designs,
 }
 
 impl JobKind {
     /// All jobs.
-    pub const ALL: [JobKind; 4] = [
+    pub const ALL: [JobKind; 5] = [
         JobKind::Sources,
         JobKind::Refits,
         JobKind::Assignments,
         JobKind::Outbox,
+        JobKind::Designs,
     ];
 
     /// Name for logs and `/healthz`.
@@ -103,6 +106,7 @@ impl JobKind {
             JobKind::Assignments => "assignments",
             JobKind::Outbox => "outbox",
             JobKind::Refits => "refits",
+            JobKind::Designs => "designs",
         }
     }
 }
@@ -202,14 +206,18 @@ impl JobBoard {
 pub struct Auth {
     /// Bearer token.
     pub token: Option<Secret>,
-    /// Argon2 PHC hash of the password.
+    /// Argon2 PHC hash of the participant's password.
     pub password_hash: Option<String>,
+    /// Argon2 PHC hash of the investigator's password.
+    pub investigator_password_hash: Option<String>,
 }
 
 impl Auth {
     /// True when any credential is configured.
     pub fn is_configured(&self) -> bool {
-        self.token.is_some() || self.password_hash.is_some()
+        self.token.is_some()
+            || self.password_hash.is_some()
+            || self.investigator_password_hash.is_some()
     }
 }
 
@@ -246,6 +254,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             .map(|t| t.resolve("web.token"))
             .transpose()?,
         password_hash: config.web.password_hash.clone(),
+        investigator_password_hash: config.web.investigator_password_hash.clone(),
     };
     if !config.web.listen.ip().is_loopback() && !auth.is_configured() {
         return Err(DaemonError::Insecure(config.web.listen));
@@ -342,7 +351,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let router = crate::web::router(state.clone());
     let mut server_stop = state.stopping.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, router)
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
             .with_graceful_shutdown(async move {
                 let _ = server_stop.wait_for(|s| *s).await;
             })
@@ -358,6 +370,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             JobKind::Assignments => state.config.jobs.assignment_check_seconds,
             JobKind::Outbox => state.config.jobs.outbox_seconds,
             JobKind::Refits => state.config.jobs.refit_seconds,
+            JobKind::Designs => state.config.jobs.design_seconds,
         };
         let st = state.clone();
         let job = CronJob::new_repeated_async(Duration::from_secs(period), move |_id, _sched| {
@@ -470,6 +483,9 @@ pub async fn run_job(state: &AppState, kind: JobKind) {
         JobKind::Assignments => queue_assignments(state).await,
         JobKind::Outbox => deliver_outbox(state).await,
         JobKind::Refits => refit_trials(state).await,
+        JobKind::Designs => crate::web::simulate_pending_designs(state)
+            .await
+            .map_err(JobError::from),
     };
     match &result {
         Ok(summary) => tracing::debug!(job = kind.name(), %summary, "job done"),

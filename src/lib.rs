@@ -27,6 +27,7 @@ pub mod actions;
 pub mod analyze;
 pub mod bench;
 pub mod calendar;
+pub mod causal;
 pub mod charts;
 pub mod config;
 pub mod daemon;

@@ -167,6 +167,9 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Print the argon2 hash of a dashboard password read from standard input
+    /// (its first line), for `web.password_hash` or `web.investigator_password_hash`.
+    HashPassword,
     /// Write a consistent copy of the database to FILE (safe while the daemon runs).
     Backup {
         /// Destination file (must not exist).
@@ -669,6 +672,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => print!("{text}"),
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::HashPassword => {
+            use argon2::PasswordHasher;
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("read the password from standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            if password.chars().count() < 8 {
+                anyhow::bail!("a dashboard password needs at least 8 characters");
+            }
+            let mut salt = [0u8; 16];
+            getrandom::fill(&mut salt).map_err(|e| anyhow::anyhow!("cannot draw a salt: {e}"))?;
+            let salt = argon2::password_hash::SaltString::encode_b64(&salt)
+                .map_err(|e| anyhow::anyhow!("salt: {e}"))?;
+            let hash = argon2::Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map_err(|e| anyhow::anyhow!("argon2: {e}"))?;
+            println!("{hash}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Backup { file, data_dir } => {

@@ -48,6 +48,30 @@ pub struct Protocol {
     /// When the daily assignment is sent.
     #[serde(default)]
     pub notification: Notification,
+    /// Why this is worth testing, as the proposer (a person, the built-in
+    /// library or an LLM) put it: shown on the proposals page.
+    #[serde(default)]
+    pub hypothesis: Option<Hypothesis>,
+}
+
+/// The reasoning behind a proposed protocol and its suspected causal graph.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Hypothesis {
+    /// Why the treatment might change the outcome for this person.
+    pub rationale: String,
+    /// The proposer's own uncertainty that the effect exists, 0 (sure) to 1
+    /// (no idea); absent when a person proposed it by hand.
+    #[serde(default)]
+    pub uncertainty: Option<f64>,
+    /// Suspected other causes of the outcome (that might also drive the
+    /// treatment in everyday life, which randomisation rules out).
+    #[serde(default)]
+    pub confounders: Vec<String>,
+    /// Further suspected causal links `[from, to]` between the nodes above;
+    /// `"treatment"` and `"outcome"` name those two nodes.
+    #[serde(default)]
+    pub edges: Vec<[String; 2]>,
 }
 
 /// One arm of a trial.
@@ -506,6 +530,22 @@ impl Protocol {
         }
         self.validate_design(&mut v);
         self.validate_decision(&mut v);
+        if let Some(h) = &self.hypothesis {
+            if h.rationale.trim().is_empty() {
+                v.add("hypothesis.rationale", "must not be empty");
+            }
+            if let Some(u) = h.uncertainty
+                && !(0.0..=1.0).contains(&u)
+            {
+                v.add(
+                    "hypothesis.uncertainty",
+                    format!("{u} must be between 0 and 1"),
+                );
+            }
+            if let Err(e) = crate::causal::CausalGraph::of(self) {
+                v.add("hypothesis.edges", e.to_string());
+            }
+        }
         if let Some(t) = &self.notification.assignment_time
             && parse_hhmm(t).is_none()
         {

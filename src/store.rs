@@ -21,9 +21,10 @@ use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
 
 /// The migration files, in order. Append new files; never edit a released one.
-const MIGRATION_FILES: [&str; 2] = [
+const MIGRATION_FILES: [&str; 3] = [
     include_str!("../migrations/0001_initial.sql"),
     include_str!("../migrations/0002_trial_lifecycle.sql"),
+    include_str!("../migrations/0003_dashboard.sql"),
 ];
 
 /// The migrations, in order.
@@ -238,6 +239,36 @@ pub struct Proposal<'a> {
     pub protocol_hash: &'a str,
     /// Randomisation seed.
     pub seed: u64,
+}
+
+/// A new protocol for a trial that is still a proposal.
+#[derive(Debug, Clone)]
+pub struct ProposalEdit<'a> {
+    /// The trial.
+    pub trial_id: i64,
+    /// The edited protocol text (validated by the caller).
+    pub protocol_toml: &'a str,
+    /// Its SHA-256.
+    pub protocol_hash: &'a str,
+    /// What changed, in words.
+    pub summary: &'a str,
+    /// Who edited it.
+    pub actor: &'a str,
+}
+
+/// A design's simulated error rates, computed once per protocol text.
+#[derive(Debug, Clone, Serialize)]
+pub struct DesignSimulationRow {
+    /// SHA-256 of the protocol text simulated.
+    pub protocol_hash: String,
+    /// Virtual trials per condition.
+    pub trials: i64,
+    /// The `SimulationReport` as JSON.
+    pub report_json: String,
+    /// Wall time of the simulation.
+    pub wall_ms: f64,
+    /// When it finished.
+    pub created_at: String,
 }
 
 /// A verified one-click link to apply.
@@ -1236,93 +1267,19 @@ impl Store {
         if let Some((outcome, at)) = used {
             return Ok(LinkOutcome::AlreadyUsed { outcome, at });
         }
-        let trial: Option<(i64, String)> = tx
-            .query_row(
-                "SELECT participant_id, status FROM trials WHERE id = ?1",
-                [link.trial_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let Some((owner, _status)) = trial else {
-            return Err(StoreError::Refused(format!(
-                "there is no trial {}",
-                link.trial_id
-            )));
-        };
-        if owner != link.participant_id {
-            return Err(StoreError::Refused(
-                "this link belongs to another participant".into(),
-            ));
-        }
-        let day: Option<u32> = tx
-            .query_row(
-                "SELECT day FROM schedule WHERE trial_id = ?1 AND local_date = ?2",
-                params![link.trial_id, link.date.to_string()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(day) = day else {
-            return Err(StoreError::Refused(format!(
-                "{} is not a day of trial {}",
-                link.date, link.trial_id
-            )));
-        };
-        let outcome = match &link.what {
-            LinkWhat::Adherence(status) => {
-                let earlier: Option<String> = tx
-                    .query_row(
-                        "SELECT status FROM adherence WHERE trial_id = ?1 AND day = ?2",
-                        params![link.trial_id, day],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                tx.execute(
-                    "INSERT INTO adherence (trial_id, day, status, arm_taken, note, channel, reported_at)
-                     VALUES (?1, ?2, ?3, NULL, '', 'email-link', ?4)
-                     ON CONFLICT (trial_id, day) DO UPDATE SET status = excluded.status,
-                         channel = excluded.channel, reported_at = excluded.reported_at",
-                    params![link.trial_id, day, status, ts(now)],
-                )?;
-                match earlier {
-                    Some(e) if e != *status => {
-                        format!("recorded {status} for {} (replacing {e})", link.date)
-                    }
-                    _ => format!("recorded {status} for {}", link.date),
-                }
-            }
-            LinkWhat::Rating {
-                stream,
-                unit,
-                value,
-                observed_at,
-                source_id,
-            } => {
-                let stream_id = ensure_stream(&tx, owner, stream, unit, now)?;
-                let record = format!("rating/{}/{}/{stream}", link.trial_id, link.date);
-                let inserted = tx.execute(
-                    "INSERT INTO observations
-                         (stream_id, source_id, source_record_id, observed_at, local_date, value, unit, inserted_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                     ON CONFLICT (source_id, source_record_id) DO NOTHING",
-                    params![stream_id, source_id, record, ts(*observed_at), link.date.to_string(), value, unit, ts(now)],
-                )?;
-                if inserted == 1 {
-                    let obs_id = tx.last_insert_rowid();
-                    tx.execute(
-                        "INSERT INTO self_reports (observation_id, channel, note, reported_at)
-                         VALUES (?1, 'email-link', '', ?2)",
-                        params![obs_id, ts(now)],
-                    )?;
-                    format!("recorded rating {value} for {}", link.date)
-                } else {
-                    let earlier: f64 = tx.query_row(
-                        "SELECT value FROM observations WHERE source_id = ?1 AND source_record_id = ?2",
-                        params![source_id, record],
-                        |r| r.get(0),
-                    )?;
-                    return Ok(LinkOutcome::AlreadyRated { value: earlier });
-                }
-            }
+        let outcome = match record_day_entry(
+            &tx,
+            &DayEntry {
+                participant_id: link.participant_id,
+                trial_id: link.trial_id,
+                date: link.date,
+                what: &link.what,
+                channel: "email-link",
+            },
+            now,
+        )? {
+            Ok(words) => words,
+            Err(value) => return Ok(LinkOutcome::AlreadyRated { value }),
         };
         tx.execute(
             "INSERT INTO link_uses (fingerprint, trial_id, local_date, action, outcome, used_at)
@@ -1346,6 +1303,147 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(LinkOutcome::Recorded(outcome))
+    }
+
+    /// Records an adherence report or rating entered on the dashboard's form
+    /// for one trial day (a missed email, a day late): the same rules as a
+    /// link (a later adherence answer replaces the earlier one, the first
+    /// rating of a day stands), in one transaction with its audit row.
+    pub fn record_form_entry(
+        &mut self,
+        participant_id: i64,
+        trial_id: i64,
+        date: Date,
+        what: &LinkWhat<'_>,
+        now: Timestamp,
+    ) -> Result<LinkOutcome> {
+        let tx = self.conn.transaction()?;
+        let entry = DayEntry {
+            participant_id,
+            trial_id,
+            date,
+            what,
+            channel: "form",
+        };
+        let words = match record_day_entry(&tx, &entry, now)? {
+            Ok(words) => words,
+            Err(value) => return Ok(LinkOutcome::AlreadyRated { value }),
+        };
+        audit(
+            &tx,
+            "participant",
+            "form.entry",
+            Some(trial_id),
+            &serde_json::json!({"date": date.to_string(), "outcome": words}),
+            now,
+        )?;
+        tx.commit()?;
+        Ok(LinkOutcome::Recorded(words))
+    }
+
+    /// Replaces the protocol of a trial that is still only proposed (the
+    /// participant edited period length, blocks or MID before approving);
+    /// the change is recorded as a life-cycle event with the old and new hash.
+    pub fn edit_proposal(&mut self, edit: &ProposalEdit<'_>, now: Timestamp) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        let current: Option<(String, String)> = tx
+            .query_row(
+                "SELECT status, protocol_hash FROM trials WHERE id = ?1",
+                [edit.trial_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((status, old_hash)) = current else {
+            return Err(StoreError::Refused(format!(
+                "there is no trial {}",
+                edit.trial_id
+            )));
+        };
+        if status != "proposed" {
+            return Err(StoreError::Refused(format!(
+                "trial {} is {status}: only a proposal can be edited (its protocol is locked)",
+                edit.trial_id
+            )));
+        }
+        tx.execute(
+            "UPDATE trials SET protocol_toml = ?2, protocol_hash = ?3 WHERE id = ?1",
+            params![edit.trial_id, edit.protocol_toml, edit.protocol_hash],
+        )?;
+        let reason = format!("edited: {}", edit.summary);
+        tx.execute(
+            "INSERT INTO trial_events (trial_id, from_status, to_status, actor, reason, at)
+             VALUES (?1, 'proposed', 'proposed', ?2, ?3, ?4)",
+            params![edit.trial_id, edit.actor, reason, ts(now)],
+        )?;
+        audit(
+            &tx,
+            edit.actor,
+            "trial.edited",
+            Some(edit.trial_id),
+            &serde_json::json!({"from_hash": old_hash, "to_hash": edit.protocol_hash, "summary": edit.summary}),
+            now,
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The stored simulation of a design, by protocol hash.
+    pub fn design_simulation(&self, protocol_hash: &str) -> Result<Option<DesignSimulationRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT protocol_hash, trials, report_json, wall_ms, created_at
+                 FROM design_simulations WHERE protocol_hash = ?1",
+                [protocol_hash],
+                |r| {
+                    Ok(DesignSimulationRow {
+                        protocol_hash: r.get(0)?,
+                        trials: r.get(1)?,
+                        report_json: r.get(2)?,
+                        wall_ms: r.get(3)?,
+                        created_at: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Stores a design's simulation (the first one for a hash stands).
+    pub fn put_design_simulation(&mut self, row: &DesignSimulationRow) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO design_simulations (protocol_hash, trials, report_json, wall_ms, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (protocol_hash) DO NOTHING",
+            params![
+                row.protocol_hash,
+                row.trials,
+                row.report_json,
+                row.wall_ms,
+                row.created_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The effect summaries of a stream's newest `limit` fits, oldest first:
+    /// `(data_through, effects JSON, converged)`. SQLite extracts the
+    /// `effects` member, so a page showing the history does not parse every
+    /// fit's whole latent path.
+    pub fn fit_effect_history(
+        &self,
+        trial_id: i64,
+        stream_key: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, String, bool)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT data_through, COALESCE(json_extract(result_json, '$.effects'), '[]'), converged
+             FROM (SELECT id, data_through, result_json, converged FROM fits
+                   WHERE trial_id = ?1 AND stream_key = ?2 ORDER BY id DESC LIMIT ?3)
+             ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![trial_id, stream_key, limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? != 0))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Fits stored, their total wall time (ms) and how many did not converge.
@@ -1810,6 +1908,114 @@ fn fit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FitRow> {
         wall_ms: r.get(7)?,
         created_at: r.get(8)?,
     })
+}
+
+/// One adherence report or rating for one trial day, from a link or a form.
+struct DayEntry<'a> {
+    participant_id: i64,
+    trial_id: i64,
+    date: Date,
+    what: &'a LinkWhat<'a>,
+    channel: &'a str,
+}
+
+/// Records a day entry inside `tx`: `Ok(words)` when recorded, `Err(value)`
+/// when the day already has a rating (the first rating of a day stands,
+/// whichever channel gave it).
+fn record_day_entry(
+    tx: &rusqlite::Transaction<'_>,
+    e: &DayEntry<'_>,
+    now: Timestamp,
+) -> Result<std::result::Result<String, f64>> {
+    let trial: Option<(i64, String)> = tx
+        .query_row(
+            "SELECT participant_id, status FROM trials WHERE id = ?1",
+            [e.trial_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((owner, _status)) = trial else {
+        return Err(StoreError::Refused(format!(
+            "there is no trial {}",
+            e.trial_id
+        )));
+    };
+    if owner != e.participant_id {
+        return Err(StoreError::Refused(
+            "this trial belongs to another participant".into(),
+        ));
+    }
+    let day: Option<u32> = tx
+        .query_row(
+            "SELECT day FROM schedule WHERE trial_id = ?1 AND local_date = ?2",
+            params![e.trial_id, e.date.to_string()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(day) = day else {
+        return Err(StoreError::Refused(format!(
+            "{} is not a day of trial {}",
+            e.date, e.trial_id
+        )));
+    };
+    let words = match e.what {
+        LinkWhat::Adherence(status) => {
+            let earlier: Option<String> = tx
+                .query_row(
+                    "SELECT status FROM adherence WHERE trial_id = ?1 AND day = ?2",
+                    params![e.trial_id, day],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            tx.execute(
+                "INSERT INTO adherence (trial_id, day, status, arm_taken, note, channel, reported_at)
+                 VALUES (?1, ?2, ?3, NULL, '', ?5, ?4)
+                 ON CONFLICT (trial_id, day) DO UPDATE SET status = excluded.status,
+                     channel = excluded.channel, reported_at = excluded.reported_at",
+                params![e.trial_id, day, status, ts(now), e.channel],
+            )?;
+            match earlier {
+                Some(before) if before != *status => {
+                    format!("recorded {status} for {} (replacing {before})", e.date)
+                }
+                _ => format!("recorded {status} for {}", e.date),
+            }
+        }
+        LinkWhat::Rating {
+            stream,
+            unit,
+            value,
+            observed_at,
+            source_id,
+        } => {
+            let stream_id = ensure_stream(tx, owner, stream, unit, now)?;
+            let record = format!("rating/{}/{}/{stream}", e.trial_id, e.date);
+            let inserted = tx.execute(
+                "INSERT INTO observations
+                     (stream_id, source_id, source_record_id, observed_at, local_date, value, unit, inserted_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (source_id, source_record_id) DO NOTHING",
+                params![stream_id, source_id, record, ts(*observed_at), e.date.to_string(), value, unit, ts(now)],
+            )?;
+            if inserted == 1 {
+                let obs_id = tx.last_insert_rowid();
+                tx.execute(
+                    "INSERT INTO self_reports (observation_id, channel, note, reported_at)
+                     VALUES (?1, ?3, '', ?2)",
+                    params![obs_id, ts(now), e.channel],
+                )?;
+                format!("recorded rating {value} for {}", e.date)
+            } else {
+                let earlier: f64 = tx.query_row(
+                    "SELECT value FROM observations WHERE source_id = ?1 AND source_record_id = ?2",
+                    params![source_id, record],
+                    |r| r.get(0),
+                )?;
+                return Ok(Err(earlier));
+            }
+        }
+    };
+    Ok(Ok(words))
 }
 
 fn audit(

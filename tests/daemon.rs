@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Daemon, client, run};
+use common::{Daemon, client, no_redirects, run};
 
 #[test]
 fn demo_shows_a_live_trial_and_stops_cleanly() {
@@ -126,8 +126,12 @@ fn token_protects_everything_but_health() {
         &["--config", data.join("nof1d.toml").to_str().unwrap()],
     );
     assert_eq!(d.get("/healthz").0, 200);
-    assert_eq!(d.get("/").0, 401);
+    // A page sends a browser to the login; the API answers 401.
+    let page = no_redirects().get(d.url("/")).send().unwrap();
+    assert_eq!(page.status().as_u16(), 303);
+    assert_eq!(page.headers()["location"], "/login?next=/");
     assert_eq!(d.get("/api/status").0, 401);
+    assert_eq!(d.get("/metrics").0, 401);
     let ok = client()
         .get(d.url("/api/status"))
         .bearer_auth("s3cret-token")
@@ -135,7 +139,7 @@ fn token_protects_everything_but_health() {
         .unwrap();
     assert_eq!(ok.status().as_u16(), 200);
     let bad = client()
-        .get(d.url("/"))
+        .get(d.url("/api/status"))
         .bearer_auth("s3cret-tokem")
         .send()
         .unwrap();
@@ -172,19 +176,21 @@ fn password_allows_binding_beyond_loopback() {
     let addr = std::fs::read_to_string(data.join("listen.addr")).unwrap();
     assert!(addr.starts_with("0.0.0.0:"), "{addr}");
     let port = addr.trim().rsplit(':').next().unwrap().to_string();
-    let url = format!("http://127.0.0.1:{port}/");
-    let r = client().get(&url).send().unwrap();
-    assert_eq!(r.status().as_u16(), 401);
-    assert!(r.headers().get("www-authenticate").is_some());
-    let r = client()
-        .get(&url)
-        .basic_auth("anyone", Some("correct horse"))
+    // Without a session: the login page for a browser, 401 for the API.
+    let r = no_redirects()
+        .get(format!("http://127.0.0.1:{port}/"))
         .send()
         .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.status().as_u16(), 303);
     let r = client()
-        .get(&url)
-        .basic_auth("anyone", Some("wrong horse"))
+        .get(format!("http://127.0.0.1:{port}/api/status"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    // HTTP Basic is not a way in (logins go through the rate-limited form).
+    let r = client()
+        .get(format!("http://127.0.0.1:{port}/api/status"))
+        .basic_auth("anyone", Some("correct horse"))
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
@@ -199,8 +205,9 @@ fn trial_page_charts_api_and_metrics() {
     d.wait_jobs(1, Duration::from_secs(30));
     let (status, page) = d.get("/trials/1");
     assert_eq!(status, 200);
-    // Outcome chart and one effect and one probability chart, each described.
-    assert_eq!(page.matches("<svg").count(), 3, "{page}");
+    // Outcome, counterfactual, one effect and one probability chart, each described.
+    assert_eq!(page.matches("<svg").count(), 4, "{page}");
+    assert!(page.contains("always Morning meditation"), "{page}");
     assert!(page.contains("42 observations over days"), "{page}");
     assert!(page.contains("role=\"img\""));
     // Concealment: every day after today is grey and carries no arm.
@@ -227,12 +234,8 @@ fn trial_page_charts_api_and_metrics() {
         .and_then(|rest| rest.split('"').next())
         .expect("the page's forms carry a CSRF token")
         .to_string();
-    let no_redirects = reqwest::blocking::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
     let post = |path: &str, body: String| {
-        no_redirects
+        no_redirects()
             .post(d.url(path))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body)

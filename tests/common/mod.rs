@@ -196,6 +196,15 @@ fn unique() -> u128 {
 }
 
 /// An HTTP client with a short timeout.
+/// A client that does not follow redirects (to see 303s and cookies).
+pub fn no_redirects() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
 pub fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))

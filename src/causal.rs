@@ -1,0 +1,298 @@
+//! The causal graph a hypothesis carries (`system.md`, "Causal graph"): the
+//! treatment, the outcome and the suspected confounders as a DAG (petgraph),
+//! checked for cycles, with the arrows that randomisation cuts marked, and
+//! drawn as SVG for the proposals page.
+//!
+//! A randomised treatment is identified by design: the coin, not the
+//! confounders, decides the arm, so every arrow into the treatment is cut.
+//! The graph is still worth drawing: it says what else moves the outcome
+//! (and so what makes the series noisy), and it is the seam where adjustment
+//! sets will be computed once covariates enter the model.
+
+use petgraph::algo::toposort;
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::EdgeRef;
+
+use crate::protocol::Protocol;
+
+/// What a node stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeRole {
+    /// The random allocation (the schedule's seed).
+    Randomisation,
+    /// The arms.
+    Treatment,
+    /// The primary outcome.
+    Outcome,
+    /// A suspected other cause.
+    Confounder,
+}
+
+/// What an arrow means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeKind {
+    /// A suspected causal effect.
+    Causal,
+    /// The randomisation sets the treatment.
+    Assigns,
+    /// An arrow into the treatment that exists in everyday life and that
+    /// randomisation cuts during the trial.
+    CutByRandomisation,
+}
+
+/// Why a hypothesis's graph is not a usable DAG.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CausalError {
+    /// An edge names a node that is not in the graph.
+    #[error("edge [{0:?}, {1:?}]: {2:?} is not \"treatment\", \"outcome\" or a listed confounder")]
+    UnknownNode(String, String, String),
+    /// The graph has a cycle.
+    #[error("the causal graph has a cycle through {0:?}; a cause cannot be its own effect")]
+    Cycle(String),
+    /// A confounder is named twice or uses a reserved name.
+    #[error("confounder {0:?} is listed twice or uses a reserved name")]
+    BadConfounder(String),
+}
+
+/// A hypothesis's DAG.
+#[derive(Debug, Clone)]
+pub struct CausalGraph {
+    graph: DiGraph<(String, NodeRole), EdgeKind>,
+}
+
+impl CausalGraph {
+    /// Builds and checks the graph of `protocol`'s hypothesis (a bare
+    /// treatment → outcome graph when it has none).
+    pub fn of(protocol: &Protocol) -> Result<Self, CausalError> {
+        let mut graph = DiGraph::new();
+        let random = graph.add_node(("randomisation".to_string(), NodeRole::Randomisation));
+        let arms: Vec<&str> = protocol.arms.iter().map(|a| a.key.as_str()).collect();
+        let treatment = graph.add_node((arms.join(" / "), NodeRole::Treatment));
+        let outcome = graph.add_node((protocol.outcome.stream.clone(), NodeRole::Outcome));
+        graph.add_edge(random, treatment, EdgeKind::Assigns);
+        graph.add_edge(treatment, outcome, EdgeKind::Causal);
+        let mut names: Vec<(String, NodeIndex)> = vec![
+            ("treatment".into(), treatment),
+            ("outcome".into(), outcome),
+            ("randomisation".into(), random),
+        ];
+        let Some(h) = &protocol.hypothesis else {
+            return Ok(CausalGraph { graph });
+        };
+        for c in &h.confounders {
+            let c = c.trim();
+            if c.is_empty() || names.iter().any(|(n, _)| n == c) {
+                return Err(CausalError::BadConfounder(c.to_string()));
+            }
+            let node = graph.add_node((c.to_string(), NodeRole::Confounder));
+            graph.add_edge(node, outcome, EdgeKind::Causal);
+            graph.add_edge(node, treatment, EdgeKind::CutByRandomisation);
+            names.push((c.to_string(), node));
+        }
+        for [from, to] in &h.edges {
+            let find = |name: &str| names.iter().find(|(n, _)| n == name.trim()).map(|x| x.1);
+            let (Some(a), Some(b)) = (find(from), find(to)) else {
+                let bad = if find(from).is_none() { from } else { to };
+                return Err(CausalError::UnknownNode(
+                    from.clone(),
+                    to.clone(),
+                    bad.clone(),
+                ));
+            };
+            if graph.find_edge(a, b).is_some() {
+                continue;
+            }
+            let kind = if b == treatment {
+                EdgeKind::CutByRandomisation
+            } else {
+                EdgeKind::Causal
+            };
+            graph.add_edge(a, b, kind);
+        }
+        if let Err(cycle) = toposort(&graph, None) {
+            return Err(CausalError::Cycle(graph[cycle.node_id()].0.clone()));
+        }
+        Ok(CausalGraph { graph })
+    }
+
+    /// True when every arrow into the treatment other than the
+    /// randomisation's is cut by it: the effect is identified by design,
+    /// with no adjustment needed.
+    pub fn identified_by_design(&self) -> bool {
+        self.graph.edge_references().all(|e| {
+            self.graph[e.target()].1 != NodeRole::Treatment
+                || matches!(
+                    e.weight(),
+                    EdgeKind::Assigns | EdgeKind::CutByRandomisation
+                )
+        })
+    }
+
+    /// Nodes (name, role) and edges (from, to, kind) for the JSON API.
+    pub fn parts(&self) -> (Vec<(String, NodeRole)>, Vec<(usize, usize, EdgeKind)>) {
+        let nodes = self.graph.node_weights().cloned().collect();
+        let edges = self
+            .graph
+            .edge_references()
+            .map(|e| (e.source().index(), e.target().index(), *e.weight()))
+            .collect();
+        (nodes, edges)
+    }
+
+    /// Draws the graph as SVG: nodes in layers by longest path from the
+    /// randomisation, arrows solid, cut arrows dashed and grey.
+    pub fn svg(&self, title: &str) -> String {
+        let order = toposort(&self.graph, None).unwrap_or_default();
+        let mut layer = vec![0usize; self.graph.node_count()];
+        for &n in &order {
+            for e in self.graph.edges(n) {
+                if *e.weight() != EdgeKind::CutByRandomisation {
+                    layer[e.target().index()] = layer[e.target().index()].max(layer[n.index()] + 1);
+                }
+            }
+        }
+        // Confounders sit beside the randomisation, on the top row.
+        for n in self.graph.node_indices() {
+            if self.graph[n].1 == NodeRole::Confounder {
+                layer[n.index()] = 0;
+            }
+        }
+        let layers = layer.iter().max().map_or(1, |m| m + 1);
+        let (width, row) = (640.0, 90.0);
+        let height = row * layers as f64 + 20.0;
+        let mut pos = vec![(0.0, 0.0); self.graph.node_count()];
+        for l in 0..layers {
+            let in_layer: Vec<usize> = (0..layer.len()).filter(|&i| layer[i] == l).collect();
+            for (k, &i) in in_layer.iter().enumerate() {
+                let x = width * (k as f64 + 0.5) / in_layer.len() as f64;
+                pos[i] = (x, 40.0 + row * l as f64);
+            }
+        }
+        let mut out = format!(
+            r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" role="img" aria-labelledby="cg-title"><title id="cg-title">{}</title>
+<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#333"/></marker></defs>
+"##,
+            crate::charts::escape(title)
+        );
+        for e in self.graph.edge_references() {
+            let (a, b) = (pos[e.source().index()], pos[e.target().index()]);
+            // Stop the line at the target's box edge (boxes are 18 high).
+            let (dx, dy) = (b.0 - a.0, b.1 - a.1);
+            let len = (dx * dx + dy * dy).sqrt().max(1.0);
+            let shrink = if dy.abs() > 1.0 {
+                (20.0 / dy.abs() * len).min(len * 0.5)
+            } else {
+                60.0
+            };
+            let (x1, y1) = (a.0 + dx / len * shrink, a.1 + dy / len * shrink);
+            let (x2, y2) = (b.0 - dx / len * shrink, b.1 - dy / len * shrink);
+            let style = match e.weight() {
+                EdgeKind::CutByRandomisation => {
+                    r##"stroke="#aaa" stroke-dasharray="5 4" marker-end="url(#arrow)""##
+                }
+                _ => r##"stroke="#333" stroke-width="1.5" marker-end="url(#arrow)""##,
+            };
+            out.push_str(&format!(
+                "<line x1=\"{x1:.1}\" y1=\"{y1:.1}\" x2=\"{x2:.1}\" y2=\"{y2:.1}\" {style}/>\n"
+            ));
+        }
+        for n in self.graph.node_indices() {
+            let (name, role) = &self.graph[n];
+            let (x, y) = pos[n.index()];
+            let fill = match role {
+                NodeRole::Randomisation => "#eee",
+                NodeRole::Treatment => "#d8ecff",
+                NodeRole::Outcome => "#dff5e1",
+                NodeRole::Confounder => "#fff2d6",
+            };
+            let w = (name.chars().count() as f64 * 7.5 + 20.0).min(width / 2.0);
+            out.push_str(&format!(
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{w:.1}\" height=\"26\" rx=\"6\" fill=\"{fill}\" stroke=\"#666\"/><text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"13\">{}</text>\n",
+                x - w / 2.0,
+                y - 13.0,
+                y + 4.5,
+                crate::charts::escape(name)
+            ));
+        }
+        out.push_str("</svg>");
+        out
+    }
+
+    /// The graph in words, for the chart's text alternative.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for e in self.graph.edge_references() {
+            let (a, b) = (&self.graph[e.source()].0, &self.graph[e.target()].0);
+            parts.push(match e.weight() {
+                EdgeKind::CutByRandomisation => {
+                    format!("{a} would affect {b}, but randomisation cuts that")
+                }
+                EdgeKind::Assigns => format!("{a} sets {b}"),
+                EdgeKind::Causal => format!("{a} affects {b}"),
+            });
+        }
+        parts.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn protocol_with(hypothesis: &str) -> Protocol {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/protocols/caffeine-cutoff.toml"
+        ))
+        .expect("shipped protocol");
+        let mut value: toml::Table = toml::from_str(&text).expect("toml");
+        value.remove("hypothesis");
+        let mut p: Protocol = toml::from_str(&toml::to_string(&value).expect("toml"))
+            .expect("shipped protocol parses");
+        p.hypothesis = toml::from_str::<toml::Table>(hypothesis)
+            .ok()
+            .and_then(|t| t.get("hypothesis").cloned())
+            .map(|h| h.try_into().expect("hypothesis"));
+        p
+    }
+
+    #[test]
+    fn confounders_are_cut_from_the_treatment_and_identified() {
+        let p = protocol_with(
+            "[hypothesis]\nrationale = \"r\"\nconfounders = [\"stress\", \"exercise\"]\nedges = [[\"stress\", \"exercise\"]]\n",
+        );
+        let g = CausalGraph::of(&p).expect("a DAG");
+        assert!(g.identified_by_design());
+        let (nodes, edges) = g.parts();
+        assert_eq!(nodes.len(), 5);
+        let cut = edges
+            .iter()
+            .filter(|e| e.2 == EdgeKind::CutByRandomisation)
+            .count();
+        assert_eq!(cut, 2);
+        let svg = g.svg("graph");
+        assert_eq!(svg.matches("<rect").count(), 5);
+        assert_eq!(svg.matches("stroke-dasharray").count(), 2);
+        assert!(g.describe().contains("stress would affect"));
+    }
+
+    #[test]
+    fn cycles_and_unknown_nodes_are_refused() {
+        let p = protocol_with(
+            "[hypothesis]\nrationale = \"r\"\nconfounders = [\"stress\"]\nedges = [[\"outcome\", \"stress\"]]\n",
+        );
+        assert!(matches!(CausalGraph::of(&p), Err(CausalError::Cycle(_))));
+        let p = protocol_with(
+            "[hypothesis]\nrationale = \"r\"\nedges = [[\"moon\", \"outcome\"]]\n",
+        );
+        assert!(matches!(
+            CausalGraph::of(&p),
+            Err(CausalError::UnknownNode(..))
+        ));
+        let p = protocol_with("[hypothesis]\nrationale = \"r\"\nconfounders = [\"outcome\"]\n");
+        assert!(matches!(
+            CausalGraph::of(&p),
+            Err(CausalError::BadConfounder(_))
+        ));
+    }
+}

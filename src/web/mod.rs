@@ -1,0 +1,113 @@
+//! The dashboard: server-rendered HTML (askama), SVG charts made on the
+//! server, no JavaScript; a JSON API beside the pages, described by the
+//! OpenAPI document at `/api/openapi.json`; `/healthz` and `/metrics`.
+//!
+//! One module a page: `status` (overview, health, metrics), `trial`,
+//! `proposals`, `sources`, `link` (where email links land); `access` works
+//! out who is looking (see there for logins, sessions and roles).
+
+mod access;
+mod link;
+mod openapi;
+mod proposals;
+mod sources;
+mod status;
+mod trial;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::daemon::AppState;
+use crate::protocol::Protocol;
+
+pub use access::{Role, Viewer};
+pub use proposals::simulate_pending_designs;
+pub use status::{StatusView, status};
+
+/// Builds the router; the daemon serves it with client addresses
+/// (`into_make_service_with_connect_info`) so that failed logins are
+/// limited per address.
+pub fn router(state: AppState) -> Router {
+    let access = access::Access::new(state.clone());
+    let login = Router::new()
+        .route("/login", get(access::login_form).post(access::login_submit))
+        .route("/logout", post(access::logout))
+        .with_state(access.clone());
+    Router::new()
+        .route("/", get(status::status_page))
+        .route("/api/status", get(status::status_json))
+        .route("/api/openapi.json", get(openapi::document))
+        .route("/healthz", get(status::healthz))
+        .route("/metrics", get(status::metrics))
+        .route("/l/{token}", get(link::link_page).post(link::link_submit))
+        .route("/trials/{id}", get(trial::trial_page))
+        .route(
+            "/trials/{id}/report",
+            get(trial::report_form).post(trial::report_submit),
+        )
+        .route("/trials/{id}/{action}", post(trial::trial_action))
+        .route("/api/trials/{id}", get(trial::trial_json))
+        .route("/proposals", get(proposals::proposals_page))
+        .route("/api/proposals", get(proposals::proposals_json))
+        .route("/proposals/{id}/edit", post(proposals::edit_proposal))
+        .route("/sources", get(sources::sources_page))
+        .route("/api/sources", get(sources::sources_json))
+        .route("/sources/poll", post(sources::sources_poll))
+        .with_state(state)
+        .merge(login)
+        .layer(middleware::from_fn_with_state(access, access::require_auth))
+}
+
+/// A 500 with the message, logged.
+fn internal(message: &str) -> Response {
+    tracing::error!(error = %message, "request failed");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("internal error: {message}\n"),
+    )
+        .into_response()
+}
+
+/// A form whose CSRF token is missing or wrong.
+fn csrf_refused() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "missing or wrong form token (CSRF); reload the page and try again\n",
+    )
+        .into_response()
+}
+
+/// How `viewer` sees arm `arm` of `protocol`: the participant sees a blinded
+/// arm's code only; the investigator sees its label with the code beside it.
+fn arm_label(protocol: &Protocol, arm: usize, viewer: &Viewer) -> String {
+    let shown = protocol.display_label(arm);
+    match (&protocol.arms[arm].code, protocol.blinded, viewer.role) {
+        (Some(code), true, Role::Investigator) => {
+            format!("{} ({code})", protocol.arms[arm].label)
+        }
+        _ => shown.to_string(),
+    }
+}
+
+/// The navigation bar every page starts with (HTML), with a sign-out button
+/// for a signed-in viewer.
+fn nav(viewer: &Viewer) -> String {
+    let mut out = String::from(
+        r#"<nav style="display:flex;flex-wrap:wrap;gap:0.9rem;align-items:center;margin-bottom:0.6rem;font-size:0.95rem"><a href="/">Overview</a><a href="/proposals">Proposals</a><a href="/sources">Sources</a><a href="/api/openapi.json">API</a>"#,
+    );
+    if viewer.signed_in {
+        out.push_str(&format!(
+            r#"<span style="color:#666">{} view</span><form method="post" action="/logout" style="display:inline;margin:0"><input type="hidden" name="csrf" value="{}"><button type="submit">Sign out</button></form>"#,
+            match viewer.role {
+                Role::Participant => "participant",
+                Role::Investigator => "investigator",
+            },
+            crate::charts::escape(&viewer.csrf)
+        ));
+    }
+    out.push_str("</nav>");
+    out
+}

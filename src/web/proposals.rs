@@ -1,0 +1,504 @@
+//! The proposals page: each proposed trial's hypothesis (rationale, the
+//! proposer's uncertainty, the causal graph drawn), its priors and design,
+//! the design's simulated error rates, and approve / edit / reject.
+//!
+//! The error rates come from [`simulate_pending_designs`], which the daemon
+//! runs as a job: one simulation per protocol text, stored by hash, so an
+//! edited proposal is simulated again and a page load never waits for one.
+
+use askama::Template;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::causal::CausalGraph;
+use crate::daemon::AppState;
+use crate::protocol::{Family, Protocol, ProtocolHash};
+use crate::simulate::SimOptions;
+use crate::store::{DesignSimulationRow, ProposalEdit, StoreError};
+
+use super::{Viewer, arm_label, csrf_refused, internal, nav};
+
+/// Virtual trials per condition for a proposal's design: `jobs.design_trials`
+/// (400 gives a false-stop rate's standard error near 1 point) for a
+/// gaussian outcome; a twentieth for the slower non-gaussian families (their
+/// larger SE is shown beside the rates).
+fn simulation_trials(protocol: &Protocol, configured: usize) -> usize {
+    match protocol.outcome.family {
+        Family::Gaussian => configured.max(1),
+        _ => (configured / 20).max(10),
+    }
+}
+
+/// The simulated operating characteristics shown for a design.
+#[derive(Debug, Clone, Serialize)]
+pub struct DesignRates {
+    /// Virtual trials per condition.
+    pub trials: usize,
+    /// Stops for efficacy with no true effect: rate and Monte Carlo SE.
+    pub false_stop: [f64; 2],
+    /// Stops for efficacy (of the right arm) with the effect at the MID.
+    pub power_at_mid: [f64; 2],
+    /// Mean blocks run with no effect, and with the effect at the MID.
+    pub mean_blocks: [f64; 2],
+    /// The efficacy threshold these are for.
+    pub efficacy: f64,
+    /// Seconds the simulation took.
+    pub wall_s: f64,
+}
+
+/// One proposal as the page and `/api/proposals` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProposalView {
+    /// Trial id.
+    pub id: i64,
+    /// Participant key.
+    pub participant: String,
+    /// Protocol id and title.
+    pub protocol_id: String,
+    /// Title.
+    pub title: String,
+    /// Description.
+    pub description: String,
+    /// SHA-256 of the protocol text.
+    pub protocol_hash: String,
+    /// Why it is worth testing.
+    pub rationale: Option<String>,
+    /// The proposer's uncertainty, 0 to 1.
+    pub uncertainty: Option<f64>,
+    /// The causal graph in words.
+    pub graph: String,
+    /// Identified by design (randomisation cuts every arrow into the treatment).
+    pub identified_by_design: bool,
+    /// Arms as the viewer sees them.
+    pub arms: Vec<String>,
+    /// Outcome stream, unit, family, direction.
+    pub outcome: String,
+    /// Minimal important difference.
+    pub mid: f64,
+    /// Days per period.
+    pub period_days: u32,
+    /// Fewest and most blocks.
+    pub blocks: [u32; 2],
+    /// Planned days at most.
+    pub planned_days: u32,
+    /// The priors, in words.
+    pub priors: Vec<String>,
+    /// Decision thresholds (efficacy, futility, drop arm).
+    pub thresholds: [f64; 3],
+    /// Simulated error rates, once computed.
+    pub simulated: Option<DesignRates>,
+    /// The causal graph as SVG (not in the JSON).
+    #[serde(skip)]
+    pub graph_svg: String,
+}
+
+/// The rates of a stored `SimulationReport` (read as JSON: the report is
+/// written by this build, but an older row may lack a field, and then the
+/// page says "not simulated" rather than failing).
+fn rates_of(row: &DesignSimulationRow) -> Option<DesignRates> {
+    let r: serde_json::Value = serde_json::from_str(&row.report_json).ok()?;
+    let d = &r["default"];
+    let pair = |v: &serde_json::Value| Some([v["rate"].as_f64()?, v["se"].as_f64()?]);
+    Some(DesignRates {
+        trials: r["trials"].as_u64()? as usize,
+        false_stop: pair(&d["no_effect"]["stop_efficacy"])?,
+        power_at_mid: pair(&d["effect"]["stop_efficacy_right_arm"])?,
+        mean_blocks: [
+            d["no_effect"]["blocks"]["mean"].as_f64()?,
+            d["effect"]["blocks"]["mean"].as_f64()?,
+        ],
+        efficacy: d["efficacy"].as_f64()?,
+        wall_s: r["timing"]["wall_s"].as_f64()?,
+    })
+}
+
+fn priors_in_words(p: &Protocol) -> Vec<String> {
+    let o = &p.outcome;
+    let scale = match (o.family, o.scale) {
+        (Family::Gaussian, Some(s)) => format!("S = {s} {}", o.unit),
+        (Family::Gaussian, None) => "S = the run-in's standard deviation".to_string(),
+        _ => "S = 1 on the link scale".to_string(),
+    };
+    let mut out = vec![format!("Scale: {scale}.")];
+    for (i, arm) in p.arms.iter().enumerate() {
+        if i == p.comparator_index() {
+            continue;
+        }
+        let e = o.priors.effects.get(&arm.key).copied().or(o.priors.effect);
+        out.push(match e {
+            Some(e) => format!(
+                "Effect of {}: Normal({}, {}).",
+                p.display_label(i),
+                e.mean,
+                e.sd
+            ),
+            None => format!("Effect of {}: Normal(0, S).", p.display_label(i)),
+        });
+    }
+    out.push(format!(
+        "Onset/washout half-life: log-normal, median {} days.",
+        o.priors.half_life_median_days.unwrap_or(1.0)
+    ));
+    out.push(format!(
+        "Drift: Ornstein–Uhlenbeck, time scale median {} days.",
+        o.priors.drift_time_median_days.unwrap_or(3.0)
+    ));
+    out
+}
+
+async fn proposal_views(state: &AppState, viewer: &Viewer) -> Result<Vec<ProposalView>, StoreError> {
+    let viewer = viewer.clone();
+    state
+        .db
+        .read(move |s| {
+            let participants = s.participants()?;
+            let mut out = Vec::new();
+            for t in s.trials()?.into_iter().filter(|t| t.status == "proposed") {
+                let Ok(p) = Protocol::parse(&t.protocol_toml, "stored protocol") else {
+                    continue;
+                };
+                let graph = CausalGraph::of(&p).ok();
+                let h = p.hypothesis.as_ref();
+                out.push(ProposalView {
+                    id: t.id,
+                    participant: participants
+                        .iter()
+                        .find(|x| x.id == t.participant_id)
+                        .map(|x| x.key.clone())
+                        .unwrap_or_default(),
+                    protocol_id: p.id.clone(),
+                    title: p.title.clone(),
+                    description: p.description.trim().to_string(),
+                    protocol_hash: t.protocol_hash.clone(),
+                    rationale: h.map(|h| h.rationale.trim().to_string()),
+                    uncertainty: h.and_then(|h| h.uncertainty),
+                    graph: graph.as_ref().map(|g| g.describe()).unwrap_or_default(),
+                    identified_by_design: graph.as_ref().is_some_and(|g| g.identified_by_design()),
+                    arms: (0..p.arms.len()).map(|i| arm_label(&p, i, &viewer)).collect(),
+                    outcome: format!(
+                        "{} ({}), {:?}, {:?} is better",
+                        p.outcome.stream, p.outcome.unit, p.outcome.family, p.outcome.direction
+                    )
+                    .to_lowercase(),
+                    mid: p.outcome.mid,
+                    period_days: p.design.period_days,
+                    blocks: [p.design.min_blocks, p.design.max_blocks],
+                    planned_days: p.planned_days(),
+                    priors: priors_in_words(&p),
+                    thresholds: [p.decision.efficacy, p.decision.futility, p.decision.drop_arm],
+                    simulated: s
+                        .design_simulation(&t.protocol_hash)?
+                        .as_ref()
+                        .and_then(rates_of),
+                    graph_svg: graph
+                        .map(|g| g.svg(&format!("Causal graph: {}", p.title)))
+                        .unwrap_or_default(),
+                });
+            }
+            Ok(out)
+        })
+        .await
+}
+
+#[derive(Template)]
+#[template(
+    ext = "html",
+    source = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Proposals — nof1d</title>
+<style>body{font-family:system-ui,sans-serif;max-width:44rem;margin:1rem auto;padding:0 0.8rem;line-height:1.45;color:#222}
+section{border-top:2px solid #ddd;margin-top:1.5rem}.muted{color:#666;font-size:0.9rem}
+.bar{background:#eee;width:10rem;height:0.7rem;display:inline-block}.bar span{background:#d80;height:100%;display:block}
+label{display:inline-block;margin:0.2rem 0.8rem 0.2rem 0}input{width:5rem}button{margin:0.2rem 0.3rem 0.2rem 0}
+table{border-collapse:collapse;font-size:0.9rem}td,th{border-bottom:1px solid #ddd;padding:0.2rem 0.4rem;text-align:left}</style></head>
+<body>{{ nav|safe }}
+<h1>Proposals</h1>
+{% if views.is_empty() %}<p>No trial is waiting for approval. Propose one with <code>nof1d trial propose PARTICIPANT protocols/….toml</code>.</p>{% endif %}
+{% if let Some(m) = message %}<p role="status">{{ m }}</p>{% endif %}
+{% for v in views %}<section id="trial-{{ v.id }}">
+<h2>{{ v.title }}</h2>
+<p class="muted">Trial {{ v.id }} for {{ v.participant }} · protocol {{ v.protocol_id }} · sha256 <code style="word-break:break-all">{{ v.protocol_hash }}</code></p>
+<p>{{ v.description }}</p>
+<h3>Why test it</h3>
+{% if let Some(r) = v.rationale %}<p>{{ r }}</p>{% else %}<p class="muted">The proposer gave no rationale.</p>{% endif %}
+<p>Proposer's uncertainty: {% if let Some(u) = v.uncertainty %}<span class="bar" role="img" aria-label="{{ "{:.0}"|format(u * 100.0) }} percent"><span style="width:{{ "{:.0}"|format(u * 100.0) }}%"></span></span> {{ "{:.0}"|format(u * 100.0) }}%{% else %}not stated{% endif %}</p>
+<h3>Causal graph</h3>
+<figure>{{ v.graph_svg|safe }}<figcaption class="muted">{{ v.graph }}.{% if v.identified_by_design %} The effect is identified by design: randomisation decides the arm, so nothing else can.{% endif %}</figcaption></figure>
+<h3>Design</h3>
+<p>Arms: {% for a in v.arms %}{{ a }}{% if !loop.last %}, {% endif %}{% endfor %}. Outcome: {{ v.outcome }}; MID {{ v.mid }}.
+{{ v.period_days }}-day periods, {{ v.blocks[0] }} to {{ v.blocks[1] }} blocks, at most {{ v.planned_days }} days.
+Stops when P(better by MID) ≥ {{ v.thresholds[0] }} (efficacy) or ≤ {{ v.thresholds[1] }} for every arm (futility).</p>
+<h3>Priors</h3>
+<ul>{% for p in v.priors %}<li>{{ p }}</li>{% endfor %}</ul>
+<h3>How often this design is right (simulated)</h3>
+{% if let Some(r) = v.simulated %}<table><tbody>
+<tr><th>False stop for efficacy when nothing works</th><td>{{ "{:.1}"|format(r.false_stop[0] * 100.0) }}% ± {{ "{:.1}"|format(r.false_stop[1] * 100.0) }}</td></tr>
+<tr><th>Finds an effect the size of the MID</th><td>{{ "{:.1}"|format(r.power_at_mid[0] * 100.0) }}% ± {{ "{:.1}"|format(r.power_at_mid[1] * 100.0) }}</td></tr>
+<tr><th>Mean blocks (no effect / effect at MID)</th><td>{{ "{:.1}"|format(r.mean_blocks[0]) }} / {{ "{:.1}"|format(r.mean_blocks[1]) }}</td></tr>
+</tbody></table><p class="muted">{{ r.trials }} virtual trials per condition at efficacy threshold {{ r.efficacy }}, ± one Monte Carlo standard error; {{ "{:.0}"|format(r.wall_s) }} s. <code>nof1d simulate --protocol FILE --calibrate</code> finds the threshold that holds false stops at 5%.</p>
+{% else %}<p class="muted">Being simulated in the background; reload in a minute or two.</p>{% endif %}
+<h3>Decide</h3>
+<form method="post" action="/trials/{{ v.id }}/approve" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Approve (starts tomorrow)</button></form>
+<form method="post" action="/trials/{{ v.id }}/reject" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Reject</button></form>
+<form method="post" action="/proposals/{{ v.id }}/edit"><input type="hidden" name="csrf" value="{{ csrf }}">
+<p>Or change the design before approving:</p>
+<label>Period (days) <input type="number" name="period_days" min="1" max="365" value="{{ v.period_days }}"></label>
+<label>Most blocks <input type="number" name="max_blocks" min="1" max="52" value="{{ v.blocks[1] }}"></label>
+<label>MID <input type="number" name="mid" step="any" min="0" value="{{ v.mid }}"></label>
+<button type="submit">Save changes</button></form>
+</section>{% endfor %}
+<p><a href="/api/proposals">JSON</a></p>
+</body></html>"#
+)]
+struct ProposalsPage {
+    nav: String,
+    views: Vec<ProposalView>,
+    csrf: String,
+    message: Option<String>,
+}
+
+async fn page(state: &AppState, viewer: &Viewer, code: StatusCode, message: Option<String>) -> Response {
+    match proposal_views(state, viewer).await {
+        Ok(views) => match (ProposalsPage {
+            nav: nav(viewer),
+            views,
+            csrf: viewer.csrf.clone(),
+            message,
+        })
+        .render()
+        {
+            Ok(html) => (code, Html(html)).into_response(),
+            Err(e) => internal(&e.to_string()),
+        },
+        Err(e) => internal(&e.to_string()),
+    }
+}
+
+/// GET `/proposals`.
+pub(super) async fn proposals_page(
+    State(state): State<AppState>,
+    axum::Extension(viewer): axum::Extension<Viewer>,
+) -> Response {
+    page(&state, &viewer, StatusCode::OK, None).await
+}
+
+/// GET `/api/proposals`.
+pub(super) async fn proposals_json(
+    State(state): State<AppState>,
+    axum::Extension(viewer): axum::Extension<Viewer>,
+) -> Response {
+    match proposal_views(&state, &viewer).await {
+        Ok(views) => axum::Json(views).into_response(),
+        Err(e) => internal(&e.to_string()),
+    }
+}
+
+/// The edit form's fields.
+#[derive(Deserialize)]
+pub(super) struct EditForm {
+    csrf: Option<String>,
+    period_days: String,
+    max_blocks: String,
+    mid: String,
+}
+
+/// The protocol text with the design edits applied, checked as a protocol,
+/// and the changes in words. Comments of the original text are not kept:
+/// the edited protocol is re-serialised.
+fn edited_protocol(text: &str, form: &EditForm) -> Result<(String, String), String> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    let period: u32 = form
+        .period_days
+        .trim()
+        .parse()
+        .map_err(|_| format!("period {:?} is not a whole number of days", form.period_days))?;
+    let blocks: u32 = form
+        .max_blocks
+        .trim()
+        .parse()
+        .map_err(|_| format!("blocks {:?} is not a whole number", form.max_blocks))?;
+    let mid: f64 = form
+        .mid
+        .trim()
+        .parse()
+        .ok()
+        .filter(|m: &f64| m.is_finite())
+        .ok_or_else(|| format!("MID {:?} is not a number", form.mid))?;
+    let mut said = Vec::new();
+    let mut set = |section: &str, key: &str, value: toml::Value| -> Result<(), String> {
+        let t = table
+            .get_mut(section)
+            .and_then(|v| v.as_table_mut())
+            .ok_or_else(|| format!("the protocol has no [{section}]"))?;
+        if t.get(key) != Some(&value) {
+            said.push(format!("{section}.{key} = {value}"));
+            t.insert(key.to_string(), value);
+        }
+        Ok(())
+    };
+    set("design", "period_days", toml::Value::Integer(i64::from(period)))?;
+    set("design", "max_blocks", toml::Value::Integer(i64::from(blocks)))?;
+    set("outcome", "mid", toml::Value::Float(mid))?;
+    if said.is_empty() {
+        return Err("nothing changed".into());
+    }
+    let new_text = toml::to_string(&table).map_err(|e| e.to_string())?;
+    Protocol::parse(&new_text, "edited protocol").map_err(|e| e.to_string())?;
+    Ok((new_text, said.join(", ")))
+}
+
+/// POST `/proposals/{id}/edit`: changes period length, blocks or MID of a
+/// proposal; the protocol gets a new hash and is simulated again.
+pub(super) async fn edit_proposal(
+    State(state): State<AppState>,
+    axum::Extension(viewer): axum::Extension<Viewer>,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+    axum::extract::Form(form): axum::extract::Form<EditForm>,
+) -> Response {
+    if !viewer.csrf_ok(form.csrf.as_deref()) {
+        return csrf_refused();
+    }
+    let trial = match state.db.read(move |s| s.trial(id)).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return (StatusCode::NOT_FOUND, format!("there is no trial {id}\n")).into_response(),
+        Err(e) => return internal(&e.to_string()),
+    };
+    let (text, summary) = match edited_protocol(&trial.protocol_toml, &form) {
+        Ok(x) => x,
+        Err(e) => {
+            return page(
+                &state,
+                &viewer,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some(format!("Trial {id} was not changed: {e}")),
+            )
+            .await;
+        }
+    };
+    let hash = ProtocolHash::of(&text).0;
+    let now = state.clock.now();
+    let result = state
+        .db
+        .write(move |s| {
+            s.edit_proposal(
+                &ProposalEdit {
+                    trial_id: id,
+                    protocol_toml: &text,
+                    protocol_hash: &hash,
+                    summary: &summary,
+                    actor: "dashboard",
+                },
+                now,
+            )
+        })
+        .await;
+    match result {
+        Ok(()) => (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, format!("/proposals#trial-{id}"))],
+        )
+            .into_response(),
+        Err(StoreError::Refused(e)) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+        Err(e) => internal(&e.to_string()),
+    }
+}
+
+/// Simulates the design of every proposal whose protocol text has no stored
+/// simulation yet, one at a time on one thread (so refits keep the other
+/// core). Returns a summary for the job board.
+pub async fn simulate_pending_designs(state: &AppState) -> Result<String, StoreError> {
+    let pending: Vec<(String, String)> = state
+        .db
+        .read(|s| {
+            let mut out = Vec::new();
+            for t in s.trials()?.into_iter().filter(|t| t.status == "proposed") {
+                if s.design_simulation(&t.protocol_hash)?.is_none()
+                    && !out.iter().any(|(h, _)| *h == t.protocol_hash)
+                {
+                    out.push((t.protocol_hash, t.protocol_toml));
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+    let mut done = 0;
+    let mut failed = Vec::new();
+    let configured = state.config.jobs.design_trials;
+    for (hash, text) in pending {
+        if *state.stopping.borrow() {
+            break;
+        }
+        let simulated = tokio::task::spawn_blocking(move || {
+            let protocol = Protocol::parse(&text, "stored protocol").map_err(|e| e.to_string())?;
+            let options = SimOptions {
+                trials: simulation_trials(&protocol, configured),
+                threads: 1,
+                progress: false,
+                ..SimOptions::default()
+            };
+            let started = std::time::Instant::now();
+            let report = crate::simulate::simulate_protocol(&protocol, &protocol.id, &options)
+                .map_err(|e| e.to_string())?;
+            let json = serde_json::to_string(&report).map_err(|e| e.to_string())?;
+            Ok::<_, String>((report.trials, json, started.elapsed().as_secs_f64() * 1000.0))
+        })
+        .await;
+        match simulated {
+            Ok(Ok((trials, report_json, wall_ms))) => {
+                let row = DesignSimulationRow {
+                    protocol_hash: hash,
+                    trials: trials as i64,
+                    report_json,
+                    wall_ms,
+                    created_at: crate::store::ts(Timestamp::now()),
+                };
+                state.db.write(move |s| s.put_design_simulation(&row)).await?;
+                done += 1;
+            }
+            Ok(Err(e)) => failed.push(format!("{}: {e}", &hash[..12])),
+            Err(e) => failed.push(format!("{}: {e}", &hash[..12])),
+        }
+    }
+    if failed.is_empty() {
+        Ok(format!("{done} design(s) simulated"))
+    } else {
+        Err(StoreError::Invalid(format!(
+            "{done} design(s) simulated; failed: {}",
+            failed.join("; ")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_edit_changes_the_design_and_is_checked_as_a_protocol() {
+        let text = include_str!("../../protocols/meditation-anxiety.toml");
+        let form = |p: &str, b: &str, m: &str| EditForm {
+            csrf: None,
+            period_days: p.into(),
+            max_blocks: b.into(),
+            mid: m.into(),
+        };
+        let (new, said) = edited_protocol(text, &form("14", "4", "1.5")).expect("valid edit");
+        let p = Protocol::parse(&new, "edited").expect("parses");
+        assert_eq!(p.design.period_days, 14);
+        assert_eq!(p.design.max_blocks, 4);
+        assert_eq!(p.outcome.mid, 1.5);
+        assert!(p.hypothesis.is_some(), "the hypothesis survives the edit");
+        assert!(said.contains("design.period_days = 14"), "{said}");
+        assert_eq!(
+            edited_protocol(text, &form("7", "6", "1.0")).unwrap_err(),
+            "nothing changed"
+        );
+        assert!(edited_protocol(text, &form("seven", "6", "1")).is_err());
+        // Fewer blocks than min_blocks (3) is refused by the protocol checks.
+        let err = edited_protocol(text, &form("7", "2", "1")).unwrap_err();
+        assert!(err.contains("blocks"), "{err}");
+    }
+}

@@ -1,0 +1,504 @@
+//! The overview page, `/api/status`, `/healthz` and `/metrics`.
+
+use askama::Template;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use jiff::tz::TimeZone;
+use serde::Serialize;
+
+use crate::calendar::local_date;
+use crate::daemon::{AppState, JobStatus, next_assignment};
+use crate::protocol::Protocol;
+use crate::store::{Counts, StoreError};
+
+use super::{Viewer, arm_label, internal, nav};
+
+/// One participant on the status page.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParticipantView {
+    /// Key.
+    pub key: String,
+    /// Name.
+    pub name: String,
+    /// IANA zone.
+    pub time_zone: String,
+    /// Their local time now.
+    pub local_now: String,
+    /// The simulated demo participant.
+    pub is_demo: bool,
+    /// Streams with observation counts and the last local date.
+    pub streams: Vec<(String, i64, Option<String>)>,
+}
+
+/// One trial on the status page. Only today and the past: nothing of future arms.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrialView {
+    /// Trial id.
+    pub id: i64,
+    /// Participant key.
+    pub participant: String,
+    /// Protocol id.
+    pub protocol_id: String,
+    /// Protocol title.
+    pub title: String,
+    /// Life-cycle status.
+    pub status: String,
+    /// SHA-256 of the locked protocol.
+    pub protocol_hash: String,
+    /// Today's trial day, 1-based, if today is in the schedule.
+    pub day: Option<u32>,
+    /// Planned days.
+    pub planned_days: usize,
+    /// Today's block, 1-based (None in run-in).
+    pub block: Option<u32>,
+    /// Maximum blocks.
+    pub max_blocks: u32,
+    /// Today's arm as the participant sees it (code when blinded).
+    pub today_arm: Option<String>,
+    /// Next assignment, local time with zone.
+    pub next_assignment: Option<String>,
+    /// Percent of planned days elapsed.
+    pub progress_percent: u32,
+    /// The latest fit of the primary outcome, in words.
+    pub latest_fit: Option<FitView>,
+}
+
+/// The latest fit of a trial's primary outcome, for the status page.
+#[derive(Debug, Clone, Serialize)]
+pub struct FitView {
+    /// Data through this local date.
+    pub data_through: String,
+    /// Observations used.
+    pub observations: i64,
+    /// Per non-comparator arm: label, mean, 90% interval, P(better by MID).
+    pub effects: Vec<(String, f64, [f64; 2], f64)>,
+    /// The fit's verdict.
+    pub converged: bool,
+}
+
+/// Everything the status page and `/api/status` show.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusView {
+    /// nof1d version.
+    pub version: String,
+    /// Daemon clock, UTC.
+    pub now: String,
+    /// Simulated seconds per real second.
+    pub time_scale: f64,
+    /// Participants.
+    pub participants: Vec<ParticipantView>,
+    /// Trials.
+    pub trials: Vec<TrialView>,
+    /// Trials waiting for approval (also among `trials`).
+    pub proposals: Vec<TrialView>,
+    /// Sources: name, kind, last success, last error.
+    pub sources: Vec<crate::store::SourceRow>,
+    /// Newest outbox messages (subject, status, where delivered).
+    pub outbox: Vec<OutboxView>,
+    /// Row counts.
+    pub counts: Counts,
+    /// Jobs.
+    pub jobs: Vec<(String, JobStatus)>,
+}
+
+/// An outbox message on the status page (no bodies).
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboxView {
+    /// Key.
+    pub key: String,
+    /// Recipient.
+    pub recipient: String,
+    /// Subject.
+    pub subject: String,
+    /// Status.
+    pub status: String,
+    /// Attempts.
+    pub attempts: i64,
+    /// Where it went.
+    pub delivered_to: Option<String>,
+    /// Last error.
+    pub last_error: Option<String>,
+}
+
+/// Reads everything the status page needs, in one blocking call.
+pub async fn status(state: &AppState, viewer: &Viewer) -> Result<StatusView, StoreError> {
+    let viewer = viewer.clone();
+    let now = state.clock.now();
+    let jobs = state
+        .jobs
+        .snapshot()
+        .into_iter()
+        .map(|(k, v)| (k.name().to_string(), v))
+        .collect();
+    let time_scale = state.clock.scale();
+    state
+        .db
+        .read(move |s| {
+            let participants = s.participants()?;
+            let mut pviews = Vec::new();
+            for p in &participants {
+                let local_now = TimeZone::get(&p.time_zone)
+                    .map(|tz| now.to_zoned(tz).strftime("%Y-%m-%d %H:%M %Z").to_string())
+                    .unwrap_or_else(|_| format!("(unknown zone {})", p.time_zone));
+                pviews.push(ParticipantView {
+                    key: p.key.clone(),
+                    name: p.name.clone(),
+                    time_zone: p.time_zone.clone(),
+                    local_now,
+                    is_demo: p.is_demo,
+                    streams: s.stream_counts(p.id)?,
+                });
+            }
+            let mut trials = Vec::new();
+            for t in s.trials()? {
+                let Some(p) = participants.iter().find(|p| p.id == t.participant_id) else {
+                    continue;
+                };
+                let protocol = Protocol::parse(&t.protocol_toml, "stored protocol").ok();
+                let tz = TimeZone::get(&p.time_zone).ok();
+                let schedule = s.schedule(t.id)?;
+                let today = tz.as_ref().map(|tz| local_date(now, tz));
+                let today_row = today.and_then(|d| schedule.iter().find(|r| r.local_date == d));
+                let elapsed =
+                    today.map_or(0, |d| schedule.iter().filter(|r| r.local_date < d).count());
+                let next = match (&protocol, &tz, t.status.as_str()) {
+                    (Some(proto), Some(tz), "running") => {
+                        let dates: Vec<_> = schedule.iter().map(|r| r.local_date).collect();
+                        next_assignment(
+                            proto,
+                            &p.assignment_time,
+                            tz,
+                            &dates,
+                            s.last_daily_run(t.id)?,
+                            now,
+                        )
+                        .map(|at| {
+                            at.to_zoned(tz.clone())
+                                .strftime("%Y-%m-%d %H:%M %Z")
+                                .to_string()
+                        })
+                    }
+                    _ => None,
+                };
+                trials.push(TrialView {
+                    id: t.id,
+                    participant: p.key.clone(),
+                    protocol_id: t.protocol_id.clone(),
+                    title: protocol
+                        .as_ref()
+                        .map_or_else(|| t.protocol_id.clone(), |p| p.title.clone()),
+                    status: t.status.clone(),
+                    protocol_hash: t.protocol_hash.clone(),
+                    day: today_row.map(|r| r.day + 1),
+                    planned_days: schedule.len(),
+                    block: today_row.and_then(|r| r.block.map(|b| b + 1)),
+                    max_blocks: protocol.as_ref().map_or(0, |p| p.design.max_blocks),
+                    today_arm: match (&protocol, today_row) {
+                        (Some(proto), Some(r)) if r.arm < proto.arms.len() => {
+                            Some(arm_label(proto, r.arm, &viewer))
+                        }
+                        _ => None,
+                    },
+                    next_assignment: next,
+                    progress_percent: (100 * elapsed / schedule.len().max(1)) as u32,
+                    latest_fit: match &protocol {
+                        Some(proto) => s
+                            .latest_fit(t.id, &proto.outcome.stream)?
+                            .and_then(|f| fit_view(&f, proto, &viewer)),
+                        None => None,
+                    },
+                });
+            }
+            let outbox = s
+                .recent_messages(10)?
+                .into_iter()
+                .map(|m| OutboxView {
+                    key: m.key,
+                    recipient: m.recipient,
+                    subject: m.subject,
+                    status: m.status,
+                    attempts: m.attempts,
+                    delivered_to: m.delivered_to,
+                    last_error: m.last_error,
+                })
+                .collect();
+            Ok(StatusView {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                now: crate::store::ts(now),
+                time_scale,
+                participants: pviews,
+                proposals: trials
+                    .iter()
+                    .filter(|t| t.status == "proposed")
+                    .cloned()
+                    .collect(),
+                trials,
+                sources: s.sources()?,
+                outbox,
+                counts: s.counts()?,
+                jobs,
+            })
+        })
+        .await
+}
+
+fn fit_view(f: &crate::store::FitRow, protocol: &Protocol, viewer: &Viewer) -> Option<FitView> {
+    let report: serde_json::Value = serde_json::from_str(&f.result_json).ok()?;
+    let effects = report["effects"]
+        .as_array()?
+        .iter()
+        .filter_map(|e| {
+            let key = e["arm"].as_str()?;
+            let label = protocol
+                .arm_index(key)
+                .map_or(key.to_string(), |i| arm_label(protocol, i, viewer));
+            Some((
+                label,
+                e["mean"].as_f64()?,
+                [e["ci90"][0].as_f64()?, e["ci90"][1].as_f64()?],
+                e["p_better_by_mid"].as_f64()?,
+            ))
+        })
+        .collect();
+    Some(FitView {
+        data_through: f.data_through.clone(),
+        observations: f.observations,
+        effects,
+        converged: f.converged,
+    })
+}
+
+#[derive(Template)]
+#[template(
+    ext = "html",
+    source = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>nof1d status</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 60em; padding: 1em; color: #222; }
+table { border-collapse: collapse; width: 100%; margin-bottom: 1.5em; font-size: 0.95em; }
+th, td { text-align: left; padding: 0.3em 0.5em; border-bottom: 1px solid #ddd; vertical-align: top; }
+.bar { background: #eee; width: 8em; height: 0.7em; display: inline-block; }
+.bar span { background: #3a7; height: 100%; display: block; }
+.muted { color: #777; font-size: 0.85em; }
+.err { color: #b00; }
+@media (max-width: 40em) { table, tr, td, th { font-size: 0.85em; } }
+</style></head>
+<body>
+{{ nav|safe }}
+<h1>nof1d</h1>
+<p class="muted">version {{ v.version }} · clock {{ v.now }}{% if v.time_scale != 1.0 %} · simulated time ×{{ v.time_scale }}{% endif %}</p>
+
+<h2>Participants</h2>
+<table><tr><th>Name</th><th>Time zone</th><th>Local time</th><th>Data</th></tr>
+{% for p in v.participants %}<tr><td>{{ p.name }}{% if p.is_demo %} <span class="muted">(demo)</span>{% endif %}</td><td>{{ p.time_zone }}</td><td>{{ p.local_now }}</td>
+<td>{% for s in p.streams %}{{ s.0 }}: {{ s.1 }} obs.{% if let Some(d) = s.2 %}, last {{ d }}{% endif %}<br>{% endfor %}</td></tr>
+{% endfor %}</table>
+
+<h2>Trials</h2>
+<table><tr><th>Trial</th><th>Status</th><th>Progress</th><th>Today</th><th>Next assignment</th><th>Latest estimate</th></tr>
+{% for t in v.trials %}{% if t.status != "proposed" %}<tr>
+<td><a href="/trials/{{ t.id }}">{{ t.title }}</a><br><span class="muted">#{{ t.id }} · {{ t.participant }} · protocol {{ t.protocol_id }} · sha256 {{ t.protocol_hash[..12] }}</span></td>
+<td>{{ t.status }}</td>
+<td>{% if let Some(d) = t.day %}day {{ d }} of {{ t.planned_days }}{% if let Some(b) = t.block %}, block {{ b }} of up to {{ t.max_blocks }}{% else %}, run-in{% endif %}{% else %}{{ t.planned_days }} days planned{% endif %}<br>
+<span class="bar" role="img" aria-label="{{ t.progress_percent }} percent of planned days"><span style="width: {{ t.progress_percent }}%"></span></span></td>
+<td>{% if let Some(a) = t.today_arm %}{{ a }}{% else %}–{% endif %}</td>
+<td>{% if let Some(n) = t.next_assignment %}{{ n }}{% else %}–{% endif %}</td>
+<td>{% if let Some(f) = t.latest_fit %}{% for e in f.effects %}{{ e.0 }}: {{ "{:+.2}"|format(e.1) }} [{{ "{:+.2}"|format(e.2[0]) }}, {{ "{:+.2}"|format(e.2[1]) }}], P(better by MID) {{ "{:.2}"|format(e.3) }}<br>{% endfor %}
+<span class="muted">{{ f.observations }} obs. through {{ f.data_through }}{% if !f.converged %} · <span class="err">not converged</span>{% endif %}</span>{% else %}–{% endif %}</td>
+</tr>{% endif %}{% endfor %}</table>
+
+<h2>Proposals waiting for you</h2>
+{% if v.proposals.is_empty() %}<p class="muted">None.</p>{% else %}<ul>{% for t in v.proposals %}<li><a href="/proposals#trial-{{ t.id }}">{{ t.title }}</a> <span class="muted">for {{ t.participant }}</span></li>{% endfor %}</ul>{% endif %}
+
+<h2>Sources</h2>
+<table><tr><th>Source</th><th>Kind</th><th>Last success</th><th>Last error</th></tr>
+{% for s in v.sources %}<tr><td>{{ s.name }}</td><td>{{ s.kind }}</td>
+<td>{% if let Some(a) = s.last_success_at %}{{ a }}{% else %}never{% endif %}</td>
+<td class="err">{% if let Some(e) = s.last_error %}{{ e }}{% endif %}</td></tr>{% endfor %}</table>
+
+<h2>Outbox</h2>
+<table><tr><th>Subject</th><th>To</th><th>Status</th><th>Delivered to</th></tr>
+{% for m in v.outbox %}<tr><td>{{ m.subject }}</td><td>{{ m.recipient }}</td><td>{{ m.status }}{% if m.attempts > 1 %} ({{ m.attempts }} attempts){% endif %}{% if let Some(e) = m.last_error %}<br><span class="err">{{ e }}</span>{% endif %}</td>
+<td class="muted">{% if let Some(d) = m.delivered_to %}{{ d }}{% endif %}</td></tr>{% endfor %}</table>
+
+<h2>Jobs</h2>
+<table><tr><th>Job</th><th>Runs</th><th>Last success</th><th>Result</th></tr>
+{% for j in v.jobs %}<tr><td>{{ j.0 }}</td><td>{{ j.1.runs }}{% if j.1.failures > 0 %} ({{ j.1.failures }} failed){% endif %}</td>
+<td>{% if let Some(a) = j.1.last_ok %}{{ a }}{% else %}–{% endif %}</td>
+<td>{% if let Some(e) = j.1.last_error %}<span class="err">{{ e }}</span>{% else %}{% if let Some(s) = j.1.last_summary %}{{ s }}{% endif %}{% endif %}</td></tr>{% endfor %}</table>
+<p class="muted">{{ v.counts.observations }} observations · {{ v.counts.outbox }} messages ({{ v.counts.outbox_pending }} not yet sent) · <a href="/api/status">JSON</a> · <a href="/healthz">health</a></p>
+</body></html>"#
+)]
+struct StatusPage<'a> {
+    v: &'a StatusView,
+    nav: String,
+}
+
+pub(super) async fn status_page(
+    State(state): State<AppState>,
+    axum::Extension(viewer): axum::Extension<Viewer>,
+) -> Response {
+    match status(&state, &viewer).await {
+        Ok(view) => match (StatusPage {
+            v: &view,
+            nav: nav(&viewer),
+        })
+        .render()
+        {
+            Ok(html) => Html(html).into_response(),
+            Err(e) => internal(&e.to_string()),
+        },
+        Err(e) => internal(&e.to_string()),
+    }
+}
+
+pub(super) async fn status_json(
+    State(state): State<AppState>,
+    axum::Extension(viewer): axum::Extension<Viewer>,
+) -> Response {
+    match status(&state, &viewer).await {
+        Ok(view) => axum::Json(view).into_response(),
+        Err(e) => internal(&e.to_string()),
+    }
+}
+
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    version: &'static str,
+    database: DbHealth,
+    jobs: std::collections::BTreeMap<&'static str, JobStatus>,
+    clock: String,
+    time_scale: f64,
+    uptime_seconds: i64,
+}
+
+#[derive(Serialize)]
+struct DbHealth {
+    ok: bool,
+    outbox_backlog: Option<i64>,
+    error: Option<String>,
+}
+
+/// `200` with `"ok"` (or `"degraded"` when a job's last run failed) while
+/// the database answers; `503` with `"error"` when it does not.
+pub(super) async fn healthz(State(state): State<AppState>) -> Response {
+    let db = state.db.read(|s| s.outbox_backlog()).await;
+    let jobs: std::collections::BTreeMap<_, _> = state
+        .jobs
+        .snapshot()
+        .into_iter()
+        .map(|(k, v)| (k.name(), v))
+        .collect();
+    let job_failing = jobs.values().any(|j| j.last_error.is_some());
+    let now = state.clock.now();
+    let (status, code, database) = match db {
+        Ok(backlog) => (
+            if job_failing { "degraded" } else { "ok" },
+            StatusCode::OK,
+            DbHealth {
+                ok: true,
+                outbox_backlog: Some(backlog),
+                error: None,
+            },
+        ),
+        Err(e) => (
+            "error",
+            StatusCode::SERVICE_UNAVAILABLE,
+            DbHealth {
+                ok: false,
+                outbox_backlog: None,
+                error: Some(e.to_string()),
+            },
+        ),
+    };
+    let body = Health {
+        status,
+        version: env!("CARGO_PKG_VERSION"),
+        database,
+        jobs,
+        clock: crate::store::ts(now),
+        time_scale: state.clock.scale(),
+        uptime_seconds: now.duration_since(state.started_at).as_secs(),
+    };
+    (code, axum::Json(body)).into_response()
+}
+
+
+/// Prometheus text format: table counts, outbox backlog, jobs, fits.
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    let read = state
+        .db
+        .read(|s| Ok((s.counts()?, s.outbox_backlog()?, s.fit_stats()?)))
+        .await;
+    let (counts, backlog, (fit_n, fit_ms, not_converged)) = match read {
+        Ok(x) => x,
+        Err(e) => return internal(&e.to_string()),
+    };
+    let mut out = String::new();
+    let mut metric = |name: &str, help: &str, kind: &str, lines: Vec<(String, f64)>| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, v) in lines {
+            out.push_str(&format!("{name}{labels} {v}\n"));
+        }
+    };
+    metric(
+        "nof1d_observations",
+        "Observations stored.",
+        "gauge",
+        vec![(String::new(), counts.observations as f64)],
+    );
+    metric(
+        "nof1d_trials",
+        "Trials stored.",
+        "gauge",
+        vec![(String::new(), counts.trials as f64)],
+    );
+    metric(
+        "nof1d_outbox_backlog",
+        "Messages not yet delivered.",
+        "gauge",
+        vec![(String::new(), backlog as f64)],
+    );
+    metric(
+        "nof1d_fits_total",
+        "Fits stored.",
+        "counter",
+        vec![(String::new(), fit_n as f64)],
+    );
+    metric(
+        "nof1d_fits_not_converged_total",
+        "Fits that did not converge.",
+        "counter",
+        vec![(String::new(), not_converged as f64)],
+    );
+    metric(
+        "nof1d_fit_duration_seconds_sum",
+        "Total wall time of stored fits.",
+        "counter",
+        vec![(String::new(), fit_ms / 1000.0)],
+    );
+    let jobs = state.jobs.snapshot();
+    metric(
+        "nof1d_job_runs_total",
+        "Job runs.",
+        "counter",
+        jobs.iter()
+            .map(|(k, j)| (format!("{{job=\"{}\"}}", k.name()), j.runs as f64))
+            .collect(),
+    );
+    metric(
+        "nof1d_job_failures_total",
+        "Job runs that failed.",
+        "counter",
+        jobs.iter()
+            .map(|(k, j)| (format!("{{job=\"{}\"}}", k.name()), j.failures as f64))
+            .collect(),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+

@@ -1,0 +1,820 @@
+//! The trial page, its JSON, its life-cycle actions and the self-report
+//! form for a missed or late day.
+
+use askama::Template;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use serde::{Deserialize, Serialize};
+
+use crate::calendar::local_date;
+use crate::daemon::AppState;
+use crate::protocol::Protocol;
+use crate::store::{LinkOutcome, LinkWhat, StoreError};
+
+use super::access::CsrfForm;
+use super::{Viewer, arm_label, csrf_refused, internal, nav};
+
+/// How many fits the effect-history charts show (the newest).
+const FIT_HISTORY: usize = 400;
+/// How many past days the self-report form offers.
+const REPORT_DAYS: usize = 14;
+
+/// One calendar day on the trial page: past days by arm with adherence;
+/// future days hidden from the participant (allocation concealment).
+#[derive(Debug, Clone, Serialize)]
+pub struct CalendarDay {
+    /// Local date.
+    pub date: String,
+    /// The arm as the viewer sees it; None for days hidden from them.
+    pub arm: Option<String>,
+    /// Arm index for colour; None for hidden days.
+    #[serde(skip)]
+    pub arm_index: Option<usize>,
+    /// After today (shown to the investigator only).
+    pub future: bool,
+    /// Adherence reported.
+    pub adherence: Option<String>,
+    /// `sent` or `missed`, once the day ran.
+    pub run: Option<String>,
+    /// Today.
+    pub today: bool,
+}
+
+/// Where one arm's effect stood after one fit.
+#[derive(Debug, Clone, Serialize)]
+pub struct EffectPoint {
+    /// The arm as the viewer sees it.
+    pub arm: String,
+    /// Posterior mean.
+    pub mean: f64,
+    /// 90% credible interval.
+    pub ci90: [f64; 2],
+    /// P(better than the comparator by at least the MID).
+    pub p_better_by_mid: f64,
+    /// P(this arm is best).
+    pub p_best: f64,
+}
+
+/// One fit in the trial's history.
+#[derive(Debug, Clone, Serialize)]
+pub struct FitPoint {
+    /// Last local date of data.
+    pub data_through: String,
+    /// Trial day of that date.
+    pub day: f64,
+    /// Per non-comparator arm.
+    pub effects: Vec<EffectPoint>,
+    /// Converged.
+    pub converged: bool,
+}
+
+/// One observation of the latest fit's smoothed path.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathView {
+    /// Trial day.
+    pub day: f64,
+    /// The observation.
+    pub y: f64,
+    /// Smoothed latent level under the arms as given.
+    pub level: f64,
+    /// Counterfactual level "always arm j", per arm.
+    pub always: Vec<f64>,
+}
+
+/// Everything the trial page shows (`/api/trials/{id}`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TrialDetail {
+    /// Trial id.
+    pub id: i64,
+    /// Title.
+    pub title: String,
+    /// Protocol id.
+    pub protocol_id: String,
+    /// SHA-256 of the locked protocol.
+    pub protocol_hash: String,
+    /// The locked protocol text (withheld from the participant in a blinded
+    /// trial: it holds the key to the codes).
+    pub protocol_toml: Option<String>,
+    /// Life-cycle status.
+    pub status: String,
+    /// Why it stopped.
+    pub stop_reason: Option<String>,
+    /// The viewer's role.
+    pub view: super::Role,
+    /// Arms as the viewer sees them.
+    pub arms: Vec<String>,
+    /// Outcome stream, unit and MID.
+    pub outcome: (String, String, f64),
+    /// The outcome is a self-report with this range (for the form).
+    pub self_report: Option<(i32, i32)>,
+    /// Days of the schedule.
+    pub calendar: Vec<CalendarDay>,
+    /// Fit history of the primary outcome, oldest first.
+    pub fits: Vec<FitPoint>,
+    /// Latest fit's diagnostics.
+    pub diagnostics: Option<crate::fit::Diagnostics>,
+    /// Latest fit's smoothed path with the counterfactuals.
+    pub path: Vec<PathView>,
+    /// Decisions, oldest first.
+    pub decisions: Vec<crate::store::DecisionRow>,
+    /// Life-cycle changes.
+    pub events: Vec<crate::store::TrialEventRow>,
+}
+
+/// The trial, its protocol and its participant's zone.
+async fn trial_context(
+    state: &AppState,
+    id: i64,
+) -> Result<Option<(crate::store::TrialRow, Protocol, TimeZone)>, StoreError> {
+    state
+        .db
+        .read(move |s| {
+            let Some(trial) = s.trial(id)? else {
+                return Ok(None);
+            };
+            let protocol = Protocol::parse(&trial.protocol_toml, "stored protocol")
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            let tz = s
+                .participants()?
+                .into_iter()
+                .find(|p| p.id == trial.participant_id)
+                .and_then(|p| TimeZone::get(&p.time_zone).ok())
+                .unwrap_or(TimeZone::UTC);
+            Ok(Some((trial, protocol, tz)))
+        })
+        .await
+}
+
+async fn trial_detail(
+    state: &AppState,
+    id: i64,
+    viewer: &Viewer,
+) -> Result<Option<TrialDetail>, StoreError> {
+    let Some((trial, protocol, tz)) = trial_context(state, id).await? else {
+        return Ok(None);
+    };
+    let today = local_date(state.clock.now(), &tz);
+    let viewer = viewer.clone();
+    state
+        .db
+        .read(move |s| {
+            let label = |arm: usize| arm_label(&protocol, arm, &viewer);
+            let by_key = |key: &str| protocol.arm_index(key).map_or(key.to_string(), label);
+            let rows = s.schedule(id)?;
+            let runs: std::collections::BTreeMap<_, _> = s.daily_runs(id)?.into_iter().collect();
+            let adherence: std::collections::BTreeMap<u32, String> =
+                s.adherence(id)?.into_iter().collect();
+            let calendar = rows
+                .iter()
+                .map(|r| {
+                    let future = r.local_date > today;
+                    let visible = !future || viewer.is_investigator();
+                    CalendarDay {
+                        date: r.local_date.to_string(),
+                        arm: visible.then(|| label(r.arm)),
+                        arm_index: visible.then_some(r.arm),
+                        future,
+                        adherence: adherence.get(&r.day).cloned(),
+                        run: runs.get(&r.local_date).cloned(),
+                        today: r.local_date == today,
+                    }
+                })
+                .collect();
+            let start = rows.first().map(|r| r.local_date);
+            let day_of = |d: &str| -> f64 {
+                match (start, d.parse::<Date>()) {
+                    (Some(s0), Ok(d)) => crate::calendar::days_between(s0, d) as f64,
+                    _ => 0.0,
+                }
+            };
+            let stream = &protocol.outcome.stream;
+            let mut fits = Vec::new();
+            for (through, effects_json, converged) in
+                s.fit_effect_history(id, stream, FIT_HISTORY)?
+            {
+                let Ok(effects) =
+                    serde_json::from_str::<Vec<crate::inference::EffectSummary>>(&effects_json)
+                else {
+                    continue;
+                };
+                fits.push(FitPoint {
+                    day: day_of(&through),
+                    data_through: through,
+                    effects: effects
+                        .iter()
+                        .map(|e| EffectPoint {
+                            arm: by_key(&e.arm),
+                            mean: e.mean,
+                            ci90: e.ci90,
+                            p_better_by_mid: e.p_better_by_mid,
+                            p_best: e.p_best,
+                        })
+                        .collect(),
+                    converged,
+                });
+            }
+            let latest = s
+                .latest_fit(id, stream)?
+                .and_then(|f| serde_json::from_str::<crate::fit::FitReport>(&f.result_json).ok());
+            let (diagnostics, path) = match latest {
+                Some(r) => (
+                    Some(r.diagnostics),
+                    r.path
+                        .into_iter()
+                        .map(|p| PathView {
+                            day: p.t,
+                            y: p.y,
+                            level: p.latent,
+                            always: p.counterfactual,
+                        })
+                        .collect(),
+                ),
+                None => (None, Vec::new()),
+            };
+            let show_protocol = !protocol.blinded || viewer.is_investigator();
+            Ok(Some(TrialDetail {
+                id,
+                title: protocol.title.clone(),
+                protocol_id: trial.protocol_id.clone(),
+                protocol_hash: trial.protocol_hash.clone(),
+                protocol_toml: show_protocol.then(|| trial.protocol_toml.clone()),
+                status: trial.status.clone(),
+                stop_reason: trial.stop_reason.clone(),
+                view: viewer.role,
+                arms: (0..protocol.arms.len()).map(label).collect(),
+                outcome: (
+                    protocol.outcome.stream.clone(),
+                    protocol.outcome.unit.clone(),
+                    protocol.outcome.mid,
+                ),
+                self_report: protocol.outcome.self_report.as_ref().map(|r| (r.min, r.max)),
+                calendar,
+                fits,
+                diagnostics,
+                path,
+                decisions: s
+                    .decisions(id)?
+                    .into_iter()
+                    .map(|d| conceal_decision(d, &protocol, &viewer))
+                    .collect(),
+                events: s.trial_events(id)?,
+            }))
+        })
+        .await
+}
+
+#[derive(Template)]
+#[template(
+    ext = "html",
+    source = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ d.title }} — nof1d</title>
+<style>body{font-family:system-ui,sans-serif;max-width:44rem;margin:1rem auto;padding:0 0.8rem;line-height:1.45;color:#222}
+table{border-collapse:collapse;font-size:0.85rem;width:100%}td,th{border-bottom:1px solid #ddd;padding:0.2rem 0.3rem;text-align:left;vertical-align:top}
+.cal{display:flex;flex-wrap:wrap;gap:2px}.cal span{display:inline-block;width:1.35rem;height:1.35rem;font-size:0.6rem;text-align:center;line-height:1.35rem;border-radius:3px;color:#fff}
+.hidden{background:#ddd;color:#777!important}.future{opacity:0.45}.today{outline:2px solid #111}pre{overflow-x:auto;font-size:0.75rem;background:#f6f6f6;padding:0.5rem}
+figure{margin:0.5rem 0 1rem}.scroll{overflow-x:auto}button{margin:0.15rem 0}</style></head>
+<body>
+{{ nav|safe }}
+<h1>{{ d.title }}</h1>
+<p>Trial {{ d.id }} · {{ d.status }}{% if let Some(r) = d.stop_reason %} ({{ r }}){% endif %} · protocol {{ d.protocol_id }} · sha256 <code style="word-break:break-all">{{ d.protocol_hash }}</code></p>
+{% if !actions.is_empty() %}<div>{% for a in actions %}<form method="post" action="/trials/{{ d.id }}/{{ a.0 }}" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">{{ a.1 }}</button></form> {% endfor %}</div>{% endif %}
+{% if d.status == "running" || d.status == "paused" || d.status == "stopped" %}<p><a href="/trials/{{ d.id }}/report">Missed an email? Enter a rating or whether you followed the day's arm</a></p>{% endif %}
+<h2>Schedule</h2>
+<p>Each square is a day, coloured by arm ({% for l in legend %}<span style="color:{{ l.1 }}">■</span> {{ l.0 }} {% endfor %}); ✓ done, ✗ not done, ! side effect; {% if investigator %}faded days are still to come (the participant does not see them){% else %}grey days are still to come and are not shown{% endif %}.</p>
+<div class="cal" role="list">{% for c in d.calendar %}<span role="listitem" class="{% if c.arm.is_none() %}hidden{% endif %}{% if c.future %} future{% endif %}{% if c.today %} today{% endif %}" style="{% if let Some(i) = c.arm_index %}background:{{ colour(i) }}{% endif %}" title="{{ c.date }}{% if let Some(a) = c.arm %}: {{ a }}{% endif %}{% if let Some(x) = c.adherence %}, {{ x }}{% endif %}">{% if let Some(x) = c.adherence %}{% if x == "done" %}✓{% else if x == "not_done" %}✗{% else %}!{% endif %}{% endif %}</span>{% endfor %}</div>
+<h2>Outcome: {{ d.outcome.0 }} ({{ d.outcome.1 }})</h2>
+<figure>{{ outcome_svg|safe }}</figure>
+{% if let Some(svg) = counterfactual_svg %}<h2>What if every day had been one arm</h2>
+<p>The smoothed level the model expects had every day been the same arm, over the days observed.</p>
+<figure>{{ svg|safe }}</figure>{% endif %}
+<h2>Effects over time</h2>
+{% if effect_svgs.is_empty() %}<p>No fit yet: the first comes once there is data.</p>{% endif %}
+{% for svg in effect_svgs %}<figure>{{ svg|safe }}</figure>{% endfor %}
+{% for svg in prob_svgs %}<figure>{{ svg|safe }}</figure>{% endfor %}
+<h2>Decisions</h2>
+<div class="scroll"><table><thead><tr><th>period</th><th>when</th><th>action</th><th>rule</th><th>numbers</th></tr></thead><tbody>
+{% for x in decisions %}<tr><td>{% if let Some(p) = x.0.period %}{{ p }}{% endif %}</td><td>{{ x.0.created_at }}</td><td>{{ x.0.action }}</td><td>{{ x.0.rule }}</td><td>{{ x.1 }}</td></tr>{% endfor %}
+</tbody></table></div>
+<h2>Fit diagnostics</h2>
+{% if let Some(g) = d.diagnostics %}<p>{% if g.converged %}Converged{% else %}Not converged{% endif %}{% if let Some(r) = g.reason %}: {{ r }}{% endif %} · {{ g.evaluations }} posterior evaluations · {{ "{:.0}"|format(g.wall_ms) }} ms</p>{% else %}<p>No fit yet.</p>{% endif %}
+<h2>Life cycle</h2>
+<table><tbody>{% for e in d.events %}<tr><td>{% if let Some(l) = e.local_date %}{{ l }}{% endif %}</td><td>{{ e.to_status }}</td><td>{{ e.actor }}</td><td>{{ e.reason }}</td></tr>{% endfor %}</tbody></table>
+<h2>Protocol</h2>
+{% if let Some(text) = d.protocol_toml %}<pre>{{ text }}</pre>{% else %}<p>This trial is blinded: the protocol text, which holds the key to the codes, is shown to the investigator only. Its SHA-256 above identifies it.</p>{% endif %}
+<p><a href="/api/trials/{{ d.id }}">JSON</a></p>
+</body></html>"#
+)]
+struct TrialPage<'a> {
+    d: &'a TrialDetail,
+    nav: String,
+    investigator: bool,
+    actions: Vec<(&'static str, &'static str)>,
+    csrf: String,
+    legend: Vec<(String, &'static str)>,
+    outcome_svg: String,
+    counterfactual_svg: Option<String>,
+    effect_svgs: Vec<String>,
+    prob_svgs: Vec<String>,
+    decisions: Vec<(&'a crate::store::DecisionRow, String)>,
+}
+
+impl TrialPage<'_> {
+    fn colour(&self, i: &usize) -> &'static str {
+        crate::charts::arm_colour(*i)
+    }
+}
+
+/// In a blinded trial the participant sees codes in the decision log too:
+/// the rule's words and the stored numbers name arms by key, so each key is
+/// replaced by the code the participant knows.
+fn conceal_decision(
+    mut d: crate::store::DecisionRow,
+    protocol: &Protocol,
+    viewer: &Viewer,
+) -> crate::store::DecisionRow {
+    if !protocol.blinded || viewer.is_investigator() {
+        return d;
+    }
+    for (i, arm) in protocol.arms.iter().enumerate() {
+        let code = protocol.display_label(i);
+        d.rule = d
+            .rule
+            .replace(&format!("P({} ", arm.key), &format!("P({code} "));
+        let quoted = serde_json::Value::from(code).to_string();
+        d.numbers_json = d
+            .numbers_json
+            .replace(&format!("\"key\":\"{}\"", arm.key), &format!("\"key\":{quoted}"));
+    }
+    d
+}
+
+/// A decision's numbers in a line: each arm's P(better by MID) and P(best),
+/// as the viewer names the arms.
+fn decision_numbers(row: &crate::store::DecisionRow, d: &TrialDetail) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&row.numbers_json) else {
+        return String::new();
+    };
+    let arms = v["arms"].as_array().cloned().unwrap_or_default();
+    let mut parts = Vec::new();
+    for a in arms {
+        let name = a["arm"]
+            .as_u64()
+            .and_then(|i| d.arms.get(i as usize))
+            .map_or("?", String::as_str);
+        let num = |k: &str| a[k].as_f64().map(|x| format!("{x:.3}"));
+        if let (Some(pm), Some(pb)) = (num("p_better_by_mid"), num("p_best")) {
+            parts.push(format!("{name}: P(better by MID) {pm}, P(best) {pb}"));
+        }
+    }
+    parts.join("; ")
+}
+
+fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::Error> {
+    use crate::charts;
+    let mut spans: Vec<(f64, f64, usize)> = Vec::new();
+    for (i, c) in d.calendar.iter().enumerate() {
+        let Some(arm) = c.arm_index else { break };
+        if c.future {
+            break;
+        }
+        match spans.last_mut() {
+            Some(last) if last.2 == arm && (last.1 - i as f64).abs() < 1e-9 => {
+                last.1 = i as f64 + 1.0
+            }
+            _ => spans.push((i as f64, i as f64 + 1.0, arm)),
+        }
+    }
+    let points: Vec<(f64, f64)> = d.path.iter().map(|p| (p.day, p.y)).collect();
+    let latent: Vec<(f64, f64)> = d.path.iter().map(|p| (p.day, p.level)).collect();
+    let outcome_svg = charts::outcome_chart(
+        &format!("{} by day, shaded by arm", d.outcome.0),
+        &spans,
+        &points,
+        &latent,
+        &d.arms,
+    );
+    let counterfactual_svg = (!d.path.is_empty()).then(|| {
+        let series: Vec<(String, &str, Vec<(f64, f64)>)> = d
+            .arms
+            .iter()
+            .enumerate()
+            .map(|(j, name)| {
+                (
+                    format!("always {name}"),
+                    charts::arm_colour(j),
+                    d.path
+                        .iter()
+                        .filter_map(|p| p.always.get(j).map(|v| (p.day, *v)))
+                        .collect(),
+                )
+            })
+            .collect();
+        charts::lines_chart(
+            &format!("{}: expected level if every day had been one arm", d.outcome.0),
+            "trial day",
+            &series,
+        )
+    });
+    let n_effects = d.fits.last().map_or(0, |f| f.effects.len());
+    let xs: Vec<f64> = d.fits.iter().map(|f| f.day).collect();
+    let mid = d.outcome.2;
+    let mut effect_svgs = Vec::new();
+    let mut prob_svgs = Vec::new();
+    for k in 0..n_effects {
+        let name = d
+            .fits
+            .last()
+            .map(|f| f.effects[k].arm.clone())
+            .unwrap_or_default();
+        let series: Vec<&EffectPoint> = d.fits.iter().filter_map(|f| f.effects.get(k)).collect();
+        let mean: Vec<f64> = series.iter().map(|e| e.mean).collect();
+        let lo: Vec<f64> = series.iter().map(|e| e.ci90[0]).collect();
+        let hi: Vec<f64> = series.iter().map(|e| e.ci90[1]).collect();
+        effect_svgs.push(charts::band_chart(
+            &format!("Effect of {name} (mean and 90% interval) as data came in"),
+            "trial day of the fit",
+            &xs,
+            &mean,
+            &lo,
+            &hi,
+            &[(0.0, "no effect"), (mid, "+MID"), (-mid, "−MID")],
+        ));
+        let p_mid: Vec<f64> = series.iter().map(|e| e.p_better_by_mid).collect();
+        let p_best: Vec<f64> = series.iter().map(|e| e.p_best).collect();
+        prob_svgs.push(charts::band_chart(
+            &format!("P({name} better by MID) (line) and P(best) (band edge) over time"),
+            "trial day of the fit",
+            &xs,
+            &p_mid,
+            &p_mid,
+            &p_best,
+            &[(0.95, "efficacy 0.95"), (0.05, "futility 0.05")],
+        ));
+    }
+    let actions = match d.status.as_str() {
+        "proposed" => vec![
+            ("approve", "Approve (starts tomorrow)"),
+            ("reject", "Reject"),
+        ],
+        "approved" => vec![("stop", "Cancel")],
+        "running" => vec![
+            ("pause", "Pause (holiday, illness)"),
+            ("stop", "Stop the trial"),
+        ],
+        "paused" => vec![("resume", "Resume today"), ("stop", "Stop the trial")],
+        _ => Vec::new(),
+    };
+    TrialPage {
+        d,
+        nav: nav(viewer),
+        investigator: viewer.is_investigator(),
+        actions,
+        csrf: viewer.csrf.clone(),
+        legend: d
+            .arms
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.clone(), crate::charts::arm_colour(i)))
+            .collect(),
+        outcome_svg,
+        counterfactual_svg,
+        effect_svgs,
+        prob_svgs,
+        decisions: d
+            .decisions
+            .iter()
+            .map(|r| (r, decision_numbers(r, d)))
+            .collect(),
+    }
+    .render()
+}
+
+fn no_trial(id: i64) -> Response {
+    (StatusCode::NOT_FOUND, format!("there is no trial {id}\n")).into_response()
+}
+
+/// GET `/trials/{id}`.
+pub(super) async fn trial_page(
+    State(state): State<AppState>,
+    axum::Extension(viewer): axum::Extension<Viewer>,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+) -> Response {
+    match trial_detail(&state, id, &viewer).await {
+        Ok(Some(d)) => match trial_page_html(&d, &viewer) {
+            Ok(html) => Html(html).into_response(),
+            Err(e) => internal(&e.to_string()),
+        },
+        Ok(None) => no_trial(id),
+        Err(e) => internal(&e.to_string()),
+    }
+}
+
+/// GET `/api/trials/{id}`.
+pub(super) async fn trial_json(
+    State(state): State<AppState>,
+    axum::Extension(viewer): axum::Extension<Viewer>,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+) -> Response {
+    match trial_detail(&state, id, &viewer).await {
+        Ok(Some(d)) => axum::Json(d).into_response(),
+        Ok(None) => no_trial(id),
+        Err(e) => internal(&e.to_string()),
+    }
+}
+
+/// POST `/trials/{id}/{approve|reject|pause|resume|stop}`: the life-cycle
+/// actions, checked against the CSRF token, then a redirect to the trial.
+pub(super) async fn trial_action(
+    State(state): State<AppState>,
+    axum::Extension(viewer): axum::Extension<Viewer>,
+    axum::extract::Path((id, action)): axum::extract::Path<(i64, String)>,
+    axum::extract::Form(form): axum::extract::Form<CsrfForm>,
+) -> Response {
+    if !viewer.csrf_ok(form.csrf.as_deref()) {
+        return csrf_refused();
+    }
+    let now = state.clock.now();
+    let actor = match viewer.role {
+        super::Role::Investigator => "dashboard (investigator)",
+        super::Role::Participant => "dashboard",
+    };
+    let result = state
+        .db
+        .write(move |s| {
+            let r = match action.as_str() {
+                "approve" => crate::actions::approve(s, id, None, actor, now).map(|_| ()),
+                "reject" => crate::actions::stop(s, id, "rejected on the dashboard", actor, now),
+                "pause" => crate::actions::pause(s, id, "paused on the dashboard", actor, now),
+                "resume" => crate::actions::resume(s, id, None, actor, now).map(|_| ()),
+                "stop" => crate::actions::stop(s, id, "stopped on the dashboard", actor, now),
+                other => Err(crate::actions::ActionError::Refused(format!(
+                    "unknown action {other:?}"
+                ))),
+            };
+            r.map_err(|e| StoreError::Refused(e.to_string()))
+        })
+        .await;
+    match result {
+        Ok(()) => (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, format!("/trials/{id}"))],
+        )
+            .into_response(),
+        Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+    }
+}
+
+/// One day on the self-report form.
+struct ReportDay {
+    date: String,
+    label: String,
+    rating: Option<f64>,
+    adherence: Option<String>,
+}
+
+#[derive(Template)]
+#[template(
+    ext = "html",
+    source = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Report a day — nof1d</title>
+<style>body{font-family:system-ui,sans-serif;max-width:32rem;margin:1rem auto;padding:0 0.8rem;line-height:1.5;color:#222}
+select,button{font-size:1.05rem;padding:0.4rem;margin:0.2rem 0;width:100%}label{display:block;margin-top:0.6rem}
+table{border-collapse:collapse;font-size:0.85rem;width:100%}td,th{border-bottom:1px solid #ddd;padding:0.2rem 0.3rem;text-align:left}
+.ok{color:#264}.err{color:#b00}</style></head>
+<body>{{ nav|safe }}
+<p><a href="/trials/{{ id }}">← {{ title }}</a></p>
+<h1>Report a day</h1>
+{% if let Some(m) = message %}<p class="{% if ok %}ok{% else %}err{% endif %}" role="status">{{ m }}</p>{% endif %}
+{% if days.is_empty() %}<p>This trial has no days to report yet.</p>{% else %}
+<form method="post" action="/trials/{{ id }}/report">
+<input type="hidden" name="csrf" value="{{ csrf }}">
+<label for="date">Day</label>
+<select id="date" name="date">{% for d in days %}<option value="{{ d.date }}">{{ d.label }}</option>{% endfor %}</select>
+{% if let Some(q) = question %}<label for="rating">{{ q }}</label>
+<select id="rating" name="rating"><option value="">(no rating)</option>{% for v in values %}<option value="{{ v }}">{{ v }}</option>{% endfor %}</select>{% endif %}
+<label for="adherence">Did you follow the day's assignment?</label>
+<select id="adherence" name="adherence"><option value="">(no answer)</option><option value="done">Yes, done</option><option value="not_done">No, could not do it</option><option value="side_effect">I had a side effect</option></select>
+<button type="submit">Record</button>
+</form>
+<p>The first rating of a day stands; a later answer about following the assignment replaces an earlier one.</p>
+<h2>Recent days</h2>
+<table><thead><tr><th>day</th><th>rating</th><th>followed</th></tr></thead><tbody>
+{% for d in days %}<tr><td>{{ d.label }}</td><td>{% if let Some(r) = d.rating %}{{ r }}{% else %}–{% endif %}</td><td>{% if let Some(a) = d.adherence %}{{ a }}{% else %}–{% endif %}</td></tr>{% endfor %}
+</tbody></table>{% endif %}
+</body></html>"#
+)]
+struct ReportPage {
+    nav: String,
+    id: i64,
+    title: String,
+    message: Option<String>,
+    ok: bool,
+    csrf: String,
+    days: Vec<ReportDay>,
+    question: Option<String>,
+    values: Vec<i32>,
+}
+
+/// The days the form offers: today and the `REPORT_DAYS - 1` before it that
+/// are trial days, newest first, with what is already recorded.
+async fn report_days(
+    state: &AppState,
+    id: i64,
+    protocol: &Protocol,
+    tz: &TimeZone,
+) -> Result<Vec<ReportDay>, StoreError> {
+    let today = local_date(state.clock.now(), tz);
+    let stream = protocol.outcome.stream.clone();
+    state
+        .db
+        .read(move |s| {
+            let Some(trial) = s.trial(id)? else {
+                return Ok(Vec::new());
+            };
+            let adherence: std::collections::BTreeMap<u32, String> =
+                s.adherence(id)?.into_iter().collect();
+            // The first value of each day (ratings are one a day).
+            let mut ratings = std::collections::BTreeMap::new();
+            for (_, date, value) in s.observations(trial.participant_id, &stream)? {
+                ratings.entry(date).or_insert(value);
+            }
+            let rows: Vec<_> = s
+                .schedule(id)?
+                .into_iter()
+                .filter(|r| r.local_date <= today)
+                .rev()
+                .take(REPORT_DAYS)
+                .collect();
+            let mut days = Vec::new();
+            for r in rows {
+                let rating = ratings.get(&r.local_date).copied();
+                days.push(ReportDay {
+                    date: r.local_date.to_string(),
+                    label: r.local_date.strftime("%a %-d %b").to_string(),
+                    rating,
+                    adherence: adherence.get(&r.day).cloned(),
+                });
+            }
+            Ok(days)
+        })
+        .await
+}
+
+async fn report_response(
+    state: &AppState,
+    viewer: &Viewer,
+    id: i64,
+    message: Option<(bool, String)>,
+) -> Response {
+    let (_, protocol, tz) = match trial_context(state, id).await {
+        Ok(Some(x)) => x,
+        Ok(None) => return no_trial(id),
+        Err(e) => return internal(&e.to_string()),
+    };
+    let days = match report_days(state, id, &protocol, &tz).await {
+        Ok(d) => d,
+        Err(e) => return internal(&e.to_string()),
+    };
+    let sr = protocol.outcome.self_report.as_ref();
+    let code = match &message {
+        Some((false, _)) => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::OK,
+    };
+    let page = ReportPage {
+        nav: nav(viewer),
+        id,
+        title: protocol.title.clone(),
+        ok: message.as_ref().is_some_and(|m| m.0),
+        message: message.map(|m| m.1),
+        csrf: viewer.csrf.clone(),
+        days,
+        question: sr.map(|r| r.question.clone()),
+        values: sr.map_or_else(Vec::new, |r| (r.min..=r.max).collect()),
+    };
+    match page.render() {
+        Ok(html) => (code, Html(html)).into_response(),
+        Err(e) => internal(&e.to_string()),
+    }
+}
+
+/// GET `/trials/{id}/report`: the form for a day whose email was missed.
+pub(super) async fn report_form(
+    State(state): State<AppState>,
+    axum::Extension(viewer): axum::Extension<Viewer>,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+) -> Response {
+    report_response(&state, &viewer, id, None).await
+}
+
+/// The self-report form's fields.
+#[derive(Deserialize)]
+pub(super) struct ReportForm {
+    csrf: Option<String>,
+    date: String,
+    #[serde(default)]
+    rating: String,
+    #[serde(default)]
+    adherence: String,
+}
+
+/// POST `/trials/{id}/report`: records the rating and/or the adherence
+/// answer for one of the offered days (not a future one).
+pub(super) async fn report_submit(
+    State(state): State<AppState>,
+    axum::Extension(viewer): axum::Extension<Viewer>,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+    axum::extract::Form(form): axum::extract::Form<ReportForm>,
+) -> Response {
+    if !viewer.csrf_ok(form.csrf.as_deref()) {
+        return csrf_refused();
+    }
+    let (trial, protocol, tz) = match trial_context(&state, id).await {
+        Ok(Some(x)) => x,
+        Ok(None) => return no_trial(id),
+        Err(e) => return internal(&e.to_string()),
+    };
+    let now = state.clock.now();
+    let refuse = |m: String| report_response(&state, &viewer, id, Some((false, m)));
+    let Ok(date) = form.date.parse::<Date>() else {
+        return refuse(format!("{:?} is not a date (YYYY-MM-DD)", form.date)).await;
+    };
+    if date > local_date(now, &tz) {
+        return refuse(format!("{date} has not happened yet")).await;
+    }
+    let rating = match form.rating.trim() {
+        "" => None,
+        text => {
+            let Some(sr) = protocol.outcome.self_report.as_ref() else {
+                return refuse("this trial's outcome is not a self-report".into()).await;
+            };
+            match text.parse::<i32>() {
+                Ok(v) if (sr.min..=sr.max).contains(&v) => Some(f64::from(v)),
+                _ => {
+                    return refuse(format!(
+                        "a rating must be a whole number from {} to {} (got {text:?})",
+                        sr.min, sr.max
+                    ))
+                    .await;
+                }
+            }
+        }
+    };
+    let adherence = match form.adherence.as_str() {
+        "" => None,
+        a @ ("done" | "not_done" | "side_effect") => Some(a.to_string()),
+        other => return refuse(format!("unknown answer {other:?}")).await,
+    };
+    if rating.is_none() && adherence.is_none() {
+        return refuse("choose a rating or an answer to record".into()).await;
+    }
+    // A late rating counts at 21:00 of the day it rates, as from a link.
+    let observed_at = if local_date(now, &tz) == date {
+        now
+    } else {
+        crate::calendar::local_instant(date, jiff::civil::time(21, 0, 0, 0), &tz)
+    };
+    let (pid, stream, unit) = (
+        trial.participant_id,
+        protocol.outcome.stream.clone(),
+        protocol.outcome.unit.clone(),
+    );
+    let result = state
+        .db
+        .write(move |s| {
+            let mut said = Vec::new();
+            if let Some(status) = &adherence {
+                match s.record_form_entry(pid, id, date, &LinkWhat::Adherence(status), now)? {
+                    LinkOutcome::Recorded(w) => said.push(w),
+                    other => said.push(format!("{other:?}")),
+                }
+            }
+            if let Some(value) = rating {
+                let source_id = s.ensure_source(pid, "self-report", "self_report", "{}", now)?;
+                let what = LinkWhat::Rating {
+                    stream: &stream,
+                    unit: &unit,
+                    value,
+                    observed_at,
+                    source_id,
+                };
+                match s.record_form_entry(pid, id, date, &what, now)? {
+                    LinkOutcome::Recorded(w) => said.push(w),
+                    LinkOutcome::AlreadyRated { value } => said.push(format!(
+                        "{date} already has a rating ({value}); it stands"
+                    )),
+                    LinkOutcome::AlreadyUsed { outcome, .. } => said.push(outcome),
+                }
+            }
+            Ok(said.join("; "))
+        })
+        .await;
+    match result {
+        Ok(words) => report_response(&state, &viewer, id, Some((true, words))).await,
+        Err(e) => refuse(e.to_string()).await,
+    }
+}
