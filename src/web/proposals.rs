@@ -239,7 +239,7 @@ Stops when P(better by MID) ≥ {{ v.thresholds[0] }} (efficacy) or ≤ {{ v.thr
 <tr><th>Finds an effect the size of the MID</th><td>{{ "{:.1}"|format(r.power_at_mid[0] * 100.0) }}% ± {{ "{:.1}"|format(r.power_at_mid[1] * 100.0) }}</td></tr>
 <tr><th>Mean blocks (no effect / effect at MID)</th><td>{{ "{:.1}"|format(r.mean_blocks[0]) }} / {{ "{:.1}"|format(r.mean_blocks[1]) }}</td></tr>
 </tbody></table><p class="muted">{{ r.trials }} virtual trials per condition at efficacy threshold {{ r.efficacy }}, ± one Monte Carlo standard error; {{ "{:.0}"|format(r.wall_s) }} s. <code>nof1d simulate --protocol FILE --calibrate</code> finds the threshold that holds false stops at 5%.</p>
-{% else %}<p class="muted">Being simulated in the background; reload in a minute or two.</p>{% endif %}
+{% else %}<p class="muted">Being simulated in the background: about a minute for a gaussian outcome, up to an hour for the other families. Reload later.</p>{% endif %}
 <h3>Decide</h3>
 <form method="post" action="/trials/{{ v.id }}/approve" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Approve (starts tomorrow)</button></form>
 <form method="post" action="/trials/{{ v.id }}/reject" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Reject</button></form>

@@ -1,0 +1,404 @@
+//! The dashboard against the real daemon on loopback: login with a session
+//! cookie and its rate limit, CSRF refusals, the participant/investigator
+//! split, proposals (causal graph, simulated design, edit, approve), pause,
+//! the self-report form, the JSON API and its OpenAPI document.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Daemon, client, no_redirects, run};
+
+const PARTICIPANT_PASSWORD: &str = "evening calm 42";
+const INVESTIGATOR_PASSWORD: &str = "key keeper 1729";
+
+fn hash(password: &str) -> String {
+    use argon2::PasswordHasher;
+    let salt = argon2::password_hash::SaltString::from_b64("c29tZXNhbHRzb21lc2FsdA").unwrap();
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .unwrap()
+        .to_string()
+}
+
+/// The first `name="csrf" value="…"` of a page.
+fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page's forms carry a CSRF token")
+        .to_string()
+}
+
+struct Session {
+    cookie: String,
+}
+
+impl Session {
+    fn get(&self, d: &Daemon, path: &str) -> (u16, String) {
+        let r = no_redirects()
+            .get(d.url(path))
+            .header("cookie", &self.cookie)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    }
+
+    fn json(&self, d: &Daemon, path: &str) -> serde_json::Value {
+        let (status, body) = self.get(d, path);
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn post(&self, d: &Daemon, path: &str, body: &str) -> (u16, String) {
+        let r = no_redirects()
+            .post(d.url(path))
+            .header("cookie", &self.cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    }
+}
+
+/// Posts the login form; returns the status and the Set-Cookie header.
+fn login(d: &Daemon, password: &str) -> (u16, Option<String>) {
+    let page = client().get(d.url("/login")).send().unwrap().text().unwrap();
+    let r = no_redirects()
+        .post(d.url("/login"))
+        .form(&[
+            ("csrf", csrf_of(&page).as_str()),
+            ("password", password),
+            ("next", "/trials/1"),
+        ])
+        .send()
+        .unwrap();
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_string());
+    (r.status().as_u16(), cookie)
+}
+
+fn session(d: &Daemon, password: &str) -> Session {
+    let (status, cookie) = login(d, password);
+    assert_eq!(status, 303);
+    let cookie = cookie.expect("a session cookie");
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    Session {
+        cookie: cookie.split(';').next().unwrap().to_string(),
+    }
+}
+
+fn start(dir: &std::path::Path) -> Daemon {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let config = data.join("nof1d.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[web]\npassword_hash = {:?}\ninvestigator_password_hash = {:?}\n[jobs]\ndesign_seconds = 1\ndesign_trials = 12\n",
+            hash(PARTICIPANT_PASSWORD),
+            hash(INVESTIGATOR_PASSWORD)
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&data, &["--demo", "--config", config.to_str().unwrap()]);
+    d.wait_jobs(1, Duration::from_secs(30));
+    d
+}
+
+#[test]
+fn login_roles_and_concealment() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path());
+    // No session: pages send the browser to the login, the API says 401.
+    let r = no_redirects().get(d.url("/trials/1")).send().unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/login?next=/trials/1");
+    assert_eq!(d.get("/api/trials/1").0, 401);
+    // A login form without its token is refused and sets nothing.
+    let r = no_redirects()
+        .post(d.url("/login"))
+        .form(&[("csrf", "forged"), ("password", PARTICIPANT_PASSWORD)])
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(r.headers().get("set-cookie").is_none());
+    // A forged or altered cookie is no session.
+    let forged = Session {
+        cookie: "nof1d_session=v1.i.99999999999.00.AAAA".into(),
+    };
+    assert_eq!(forged.get(&d, "/api/trials/1").0, 401);
+
+    let participant = session(&d, PARTICIPANT_PASSWORD);
+    let investigator = session(&d, INVESTIGATOR_PASSWORD);
+    let mine = participant.json(&d, "/api/trials/1");
+    let theirs = investigator.json(&d, "/api/trials/1");
+    assert_eq!(mine["view"], "participant");
+    assert_eq!(theirs["view"], "investigator");
+    let calendar = |v: &serde_json::Value| v["calendar"].as_array().unwrap().clone();
+    let future: Vec<_> = calendar(&mine)
+        .into_iter()
+        .filter(|c| c["future"] == true)
+        .collect();
+    assert!(!future.is_empty(), "the demo trial has days to come");
+    assert!(
+        future.iter().all(|c| c["arm"].is_null()),
+        "the participant sees no future arm"
+    );
+    assert!(
+        calendar(&theirs)
+            .iter()
+            .filter(|c| c["future"] == true)
+            .all(|c| c["arm"].is_string()),
+        "the investigator sees the schedule to come"
+    );
+    // The page too: the participant's shows grey squares with no arm.
+    let (status, page) = participant.get(&d, "/trials/1");
+    assert_eq!(status, 200);
+    assert!(page.contains("grey days are still to come"));
+    assert!(page.contains("participant view"), "signed-in marker");
+    // Sign out ends the session in the browser.
+    let (status, _) = participant.post(&d, "/logout", &format!("csrf={}", csrf_of(&page)));
+    assert_eq!(status, 303);
+}
+
+#[test]
+fn failed_logins_are_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path());
+    for attempt in 0..5 {
+        let (status, cookie) = login(&d, "not the password");
+        assert_eq!(status, 401, "attempt {attempt}");
+        assert!(cookie.is_none());
+    }
+    // The sixth try is refused before the password is even checked, the
+    // right password included, with a Retry-After.
+    let page = client().get(d.url("/login")).send().unwrap().text().unwrap();
+    let r = no_redirects()
+        .post(d.url("/login"))
+        .form(&[
+            ("csrf", csrf_of(&page).as_str()),
+            ("password", PARTICIPANT_PASSWORD),
+        ])
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(wait > 0 && wait <= 15 * 60, "{wait}");
+    assert!(r.headers().get("set-cookie").is_none());
+    assert!(d.log().contains("failed dashboard login"));
+    assert!(!d.log().contains(PARTICIPANT_PASSWORD));
+}
+
+#[test]
+fn proposals_pause_self_report_and_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path());
+    let data = dir.path().join("data");
+    let protocol = concat!(env!("CARGO_MANIFEST_DIR"), "/protocols/study-timing.toml");
+    let out = run(
+        &[
+            "trial",
+            "propose",
+            protocol,
+            "--participant",
+            "demo",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &data,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let me = session(&d, PARTICIPANT_PASSWORD);
+
+    // The overview lists the proposal; its page shows the hypothesis, the
+    // drawn causal graph and, once the background job is done, the design's
+    // simulated error rates.
+    let (_, overview) = me.get(&d, "/");
+    assert!(overview.contains("Proposals waiting for you"));
+    assert!(overview.contains("Studying early in the morning"), "{overview}");
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let proposal = loop {
+        let list = me.json(&d, "/api/proposals");
+        let p = list[0].clone();
+        if !p["simulated"].is_null() {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "design not simulated: {p}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(proposal["id"], 2);
+    assert!(proposal["rationale"].as_str().unwrap().contains("Alertness"));
+    assert_eq!(proposal["identified_by_design"], true);
+    assert_eq!(proposal["simulated"]["trials"], 12);
+    let rate = proposal["simulated"]["false_stop"][0].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&rate));
+    let (status, page) = me.get(&d, "/proposals");
+    assert_eq!(status, 200);
+    assert!(page.contains("Causal graph"));
+    assert!(page.contains("stroke-dasharray"), "cut arrows are drawn dashed");
+    assert!(page.contains("hours slept"), "confounders are drawn");
+    assert!(page.contains("False stop for efficacy"));
+    let csrf = csrf_of(&page);
+
+    // Edit: a new protocol hash, recorded; then approve from the page.
+    let hash_before = proposal["protocol_hash"].as_str().unwrap().to_string();
+    let (status, _) = me.post(
+        &d,
+        "/proposals/2/edit",
+        "csrf=forged&period_days=7&max_blocks=4&mid=6",
+    );
+    assert_eq!(status, 403);
+    let (status, _) = me.post(
+        &d,
+        "/proposals/2/edit",
+        &format!("csrf={csrf}&period_days=7&max_blocks=4&mid=6"),
+    );
+    assert_eq!(status, 303);
+    let edited = me.json(&d, "/api/proposals");
+    assert_ne!(edited[0]["protocol_hash"], hash_before.as_str());
+    assert_eq!(edited[0]["period_days"], 7);
+    let (status, body) = me.post(
+        &d,
+        "/proposals/2/edit",
+        &format!("csrf={csrf}&period_days=0&max_blocks=4&mid=6"),
+    );
+    assert_eq!(status, 422, "a zero-day period is refused: {body}");
+    assert_eq!(me.post(&d, "/trials/2/approve", "csrf=forged").0, 403);
+    assert_eq!(
+        me.post(&d, "/trials/2/approve", &format!("csrf={csrf}")).0,
+        303
+    );
+    let trial2 = me.json(&d, "/api/trials/2");
+    assert_eq!(trial2["status"], "approved");
+    assert!(
+        trial2["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["reason"].as_str().unwrap().starts_with("edited: "))
+    );
+    // An approved trial's protocol is locked.
+    assert_eq!(
+        me.post(
+            &d,
+            "/proposals/2/edit",
+            &format!("csrf={csrf}&period_days=5&max_blocks=4&mid=6")
+        )
+        .0,
+        409
+    );
+
+    // The self-report form: a rating for yesterday, which then stands.
+    let (status, form) = me.get(&d, "/trials/1/report");
+    assert_eq!(status, 200);
+    assert!(form.contains("How anxious"));
+    let today = me.json(&d, "/api/trials/1")["calendar"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["today"] == true)
+        .unwrap()["date"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let yesterday: jiff::civil::Date = today.parse::<jiff::civil::Date>().unwrap().yesterday().unwrap();
+    let tomorrow: jiff::civil::Date = today.parse::<jiff::civil::Date>().unwrap().tomorrow().unwrap();
+    let (status, _) = me.post(
+        &d,
+        "/trials/1/report",
+        &format!("date={yesterday}&rating=3&adherence=done"),
+    );
+    assert_eq!(status, 403, "no CSRF token");
+    let store = nof1d::store::Store::open_read_only(&data.join("nof1d.sqlite")).unwrap();
+    let before = store.counts().unwrap().observations;
+    let (status, page) = me.post(
+        &d,
+        "/trials/1/report",
+        &format!("csrf={csrf}&date={yesterday}&rating=3&adherence=done"),
+    );
+    assert_eq!(status, 200, "{page}");
+    // The demo simulator may already have rated yesterday: then the first
+    // rating stands and nothing is added; otherwise exactly one is added.
+    let after = store.counts().unwrap().observations;
+    if page.contains("already has a rating") {
+        assert_eq!(after, before);
+    } else {
+        assert!(page.contains("recorded rating 3"), "{page}");
+        assert_eq!(after, before + 1);
+    }
+    assert!(page.contains("recorded done"), "{page}");
+    let (status, page) = me.post(
+        &d,
+        "/trials/1/report",
+        &format!("csrf={csrf}&date={yesterday}&rating=9"),
+    );
+    assert_eq!(status, 200);
+    assert!(page.contains("already has a rating"), "{page}");
+    assert_eq!(store.counts().unwrap().observations, after);
+    for (bad, why) in [
+        (format!("date={tomorrow}&rating=3"), "has not happened yet"),
+        (format!("date={yesterday}&rating=11"), "from 0 to 10"),
+        ("date=yesterday&rating=3".to_string(), "is not a date"),
+        (format!("date={yesterday}"), "choose a rating"),
+    ] {
+        let (status, page) = me.post(&d, "/trials/1/report", &format!("csrf={csrf}&{bad}"));
+        assert_eq!(status, 422, "{bad}");
+        assert!(page.contains(why), "{bad}: {page}");
+    }
+    assert_eq!(store.counts().unwrap().observations, after);
+
+    // Pause from the trial page.
+    assert_eq!(me.post(&d, "/trials/1/pause", "csrf=").0, 403);
+    assert_eq!(
+        me.post(&d, "/trials/1/pause", &format!("csrf={csrf}")).0,
+        303
+    );
+    assert_eq!(me.json(&d, "/api/trials/1")["status"], "paused");
+
+    // Every documented GET path answers with the documented required keys.
+    let doc = me.json(&d, "/api/openapi.json");
+    assert_eq!(doc["openapi"], "3.1.0");
+    let schemas = &doc["components"]["schemas"];
+    let required = |schema: &serde_json::Value| -> Vec<String> {
+        let s = match schema["$ref"].as_str() {
+            Some(r) => &schemas[r.rsplit('/').next().unwrap()],
+            None => schema,
+        };
+        s["required"]
+            .as_array()
+            .map(|a| a.iter().map(|k| k.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let Some(get) = item.get("get") else { continue };
+        if path.starts_with("/l/") {
+            continue;
+        }
+        let url = path.replace("{id}", "1");
+        let (status, body) = me.get(&d, &url);
+        assert_eq!(status, 200, "{url}: {body}");
+        let Some(schema) = get["responses"]["200"]["content"]["application/json"].get("schema")
+        else {
+            continue;
+        };
+        let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let (object, schema) = match value.as_array() {
+            Some(items) if !items.is_empty() => (items[0].clone(), &schema["items"]),
+            Some(_) => continue,
+            None => (value.clone(), schema),
+        };
+        for key in required(schema) {
+            assert!(object.get(&key).is_some(), "{url}: no {key:?} in {object}");
+        }
+        checked += 1;
+    }
+    // status, trials/1, sources, healthz (proposals is empty by now; its
+    // keys were read above).
+    assert!(checked >= 4, "{checked} JSON paths checked");
+}
