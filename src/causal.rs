@@ -121,22 +121,21 @@ impl CausalGraph {
     pub fn identified_by_design(&self) -> bool {
         self.graph.edge_references().all(|e| {
             self.graph[e.target()].1 != NodeRole::Treatment
-                || matches!(
-                    e.weight(),
-                    EdgeKind::Assigns | EdgeKind::CutByRandomisation
-                )
+                || matches!(e.weight(), EdgeKind::Assigns | EdgeKind::CutByRandomisation)
         })
     }
 
-    /// Nodes (name, role) and edges (from, to, kind) for the JSON API.
-    pub fn parts(&self) -> (Vec<(String, NodeRole)>, Vec<(usize, usize, EdgeKind)>) {
-        let nodes = self.graph.node_weights().cloned().collect();
-        let edges = self
-            .graph
+    /// Number of nodes, the randomisation included.
+    pub fn node_count(&self) -> usize {
+        self.graph.node_count()
+    }
+
+    /// Number of arrows of one kind.
+    pub fn edge_count(&self, kind: EdgeKind) -> usize {
+        self.graph
             .edge_references()
-            .map(|e| (e.source().index(), e.target().index(), *e.weight()))
-            .collect();
-        (nodes, edges)
+            .filter(|e| *e.weight() == kind)
+            .count()
     }
 
     /// Draws the graph as SVG: nodes in layers by longest path from the
@@ -263,13 +262,9 @@ mod tests {
         );
         let g = CausalGraph::of(&p).expect("a DAG");
         assert!(g.identified_by_design());
-        let (nodes, edges) = g.parts();
-        assert_eq!(nodes.len(), 5);
-        let cut = edges
-            .iter()
-            .filter(|e| e.2 == EdgeKind::CutByRandomisation)
-            .count();
-        assert_eq!(cut, 2);
+        assert_eq!(g.node_count(), 5);
+        assert_eq!(g.edge_count(EdgeKind::CutByRandomisation), 2);
+        assert_eq!(g.edge_count(EdgeKind::Assigns), 1);
         let svg = g.svg("graph");
         assert_eq!(svg.matches("<rect").count(), 5);
         assert_eq!(svg.matches("stroke-dasharray").count(), 2);
@@ -282,9 +277,8 @@ mod tests {
             "[hypothesis]\nrationale = \"r\"\nconfounders = [\"stress\"]\nedges = [[\"outcome\", \"stress\"]]\n",
         );
         assert!(matches!(CausalGraph::of(&p), Err(CausalError::Cycle(_))));
-        let p = protocol_with(
-            "[hypothesis]\nrationale = \"r\"\nedges = [[\"moon\", \"outcome\"]]\n",
-        );
+        let p =
+            protocol_with("[hypothesis]\nrationale = \"r\"\nedges = [[\"moon\", \"outcome\"]]\n");
         assert!(matches!(
             CausalGraph::of(&p),
             Err(CausalError::UnknownNode(..))

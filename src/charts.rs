@@ -80,12 +80,9 @@ impl Frame {
 
 fn open(out: &mut String, title: &str, desc: &str) {
     // Ids unique on a page with several charts: a hash of the title.
-    let id = title
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        })
-        % 1_000_000_007;
+    let id = title.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    }) % 1_000_000_007;
     let _ = write!(
         out,
         r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="100%" role="img" aria-labelledby="t{id} d{id}" style="max-width:{W}px;height:auto;font:11px system-ui,sans-serif"><title id="t{id}">{}</title><desc id="d{id}">{}</desc>"#,
@@ -94,24 +91,43 @@ fn open(out: &mut String, title: &str, desc: &str) {
     );
 }
 
-/// Several lines over one x axis, each `(name, colour, points)`, with a
-/// legend; for the counterfactual trajectories "always arm j".
-pub fn lines_chart(title: &str, x_label: &str, series: &[(String, &str, Vec<(f64, f64)>)]) -> String {
-    let all = || series.iter().flat_map(|s| s.2.iter());
+/// One named line of [`lines_chart`].
+#[derive(Debug, Clone)]
+pub struct Line {
+    /// Legend text.
+    pub name: String,
+    /// Stroke colour.
+    pub colour: &'static str,
+    /// `(x, y)` points.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Several lines over one x axis with a legend; for the counterfactual
+/// trajectories "always arm j".
+pub fn lines_chart(title: &str, x_label: &str, series: &[Line]) -> String {
+    let all = || series.iter().flat_map(|s| s.points.iter());
     let f = Frame::new(all().map(|p| p.0), all().map(|p| p.1));
     let mut out = String::new();
     let desc = series
         .iter()
-        .map(|(name, _, pts)| match pts.last() {
-            Some(p) => format!("{name}: ends at {}", tick(p.1)),
-            None => format!("{name}: no data"),
+        .map(|l| match l.points.last() {
+            Some(p) => format!("{}: ends at {}", l.name, tick(p.1)),
+            None => format!("{}: no data", l.name),
         })
         .collect::<Vec<_>>()
         .join("; ");
     open(&mut out, title, &desc);
     axes(&mut out, &f, x_label);
-    for (k, (name, colour, pts)) in series.iter().enumerate() {
-        let line: Vec<String> = pts
+    for (
+        k,
+        Line {
+            name,
+            colour,
+            points,
+        },
+    ) in series.iter().enumerate()
+    {
+        let line: Vec<String> = points
             .iter()
             .map(|p| format!("{:.1},{:.1}", f.x(p.0), f.y(p.1)))
             .collect();

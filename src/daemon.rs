@@ -355,10 +355,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             listener,
             router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            })
-            .await
+        .with_graceful_shutdown(async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        })
+        .await
     });
 
     let mut scheduler = JobScheduler::new()

@@ -64,7 +64,12 @@ impl Session {
 
 /// Posts the login form; returns the status and the Set-Cookie header.
 fn login(d: &Daemon, password: &str) -> (u16, Option<String>) {
-    let page = client().get(d.url("/login")).send().unwrap().text().unwrap();
+    let page = client()
+        .get(d.url("/login"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     let r = no_redirects()
         .post(d.url("/login"))
         .form(&[
@@ -177,7 +182,12 @@ fn failed_logins_are_rate_limited() {
     }
     // The sixth try is refused before the password is even checked, the
     // right password included, with a Retry-After.
-    let page = client().get(d.url("/login")).send().unwrap().text().unwrap();
+    let page = client()
+        .get(d.url("/login"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     let r = no_redirects()
         .post(d.url("/login"))
         .form(&[
@@ -187,7 +197,11 @@ fn failed_logins_are_rate_limited() {
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 429);
-    let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(wait > 0 && wait <= 15 * 60, "{wait}");
     assert!(r.headers().get("set-cookie").is_none());
     assert!(d.log().contains("failed dashboard login"));
@@ -220,7 +234,10 @@ fn proposals_pause_self_report_and_api() {
     // simulated error rates.
     let (_, overview) = me.get(&d, "/");
     assert!(overview.contains("Proposals waiting for you"));
-    assert!(overview.contains("Studying early in the morning"), "{overview}");
+    assert!(
+        overview.contains("Studying early in the morning"),
+        "{overview}"
+    );
     let deadline = Instant::now() + Duration::from_secs(240);
     let proposal = loop {
         let list = me.json(&d, "/api/proposals");
@@ -232,7 +249,12 @@ fn proposals_pause_self_report_and_api() {
         std::thread::sleep(Duration::from_millis(500));
     };
     assert_eq!(proposal["id"], 2);
-    assert!(proposal["rationale"].as_str().unwrap().contains("Alertness"));
+    assert!(
+        proposal["rationale"]
+            .as_str()
+            .unwrap()
+            .contains("Alertness")
+    );
     assert_eq!(proposal["identified_by_design"], true);
     assert_eq!(proposal["simulated"]["trials"], 12);
     let rate = proposal["simulated"]["false_stop"][0].as_f64().unwrap();
@@ -240,7 +262,10 @@ fn proposals_pause_self_report_and_api() {
     let (status, page) = me.get(&d, "/proposals");
     assert_eq!(status, 200);
     assert!(page.contains("Causal graph"));
-    assert!(page.contains("stroke-dasharray"), "cut arrows are drawn dashed");
+    assert!(
+        page.contains("stroke-dasharray"),
+        "cut arrows are drawn dashed"
+    );
     assert!(page.contains("hours slept"), "confounders are drawn");
     assert!(page.contains("False stop for efficacy"));
     let csrf = csrf_of(&page);
@@ -306,8 +331,16 @@ fn proposals_pause_self_report_and_api() {
         .as_str()
         .unwrap()
         .to_string();
-    let yesterday: jiff::civil::Date = today.parse::<jiff::civil::Date>().unwrap().yesterday().unwrap();
-    let tomorrow: jiff::civil::Date = today.parse::<jiff::civil::Date>().unwrap().tomorrow().unwrap();
+    let yesterday: jiff::civil::Date = today
+        .parse::<jiff::civil::Date>()
+        .unwrap()
+        .yesterday()
+        .unwrap();
+    let tomorrow: jiff::civil::Date = today
+        .parse::<jiff::civil::Date>()
+        .unwrap()
+        .tomorrow()
+        .unwrap();
     let (status, _) = me.post(
         &d,
         "/trials/1/report",

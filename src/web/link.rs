@@ -285,4 +285,3 @@ pub(super) async fn link_submit(
         },
     )
 }
-

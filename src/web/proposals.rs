@@ -149,7 +149,10 @@ fn priors_in_words(p: &Protocol) -> Vec<String> {
     out
 }
 
-async fn proposal_views(state: &AppState, viewer: &Viewer) -> Result<Vec<ProposalView>, StoreError> {
+async fn proposal_views(
+    state: &AppState,
+    viewer: &Viewer,
+) -> Result<Vec<ProposalView>, StoreError> {
     let viewer = viewer.clone();
     state
         .db
@@ -177,7 +180,9 @@ async fn proposal_views(state: &AppState, viewer: &Viewer) -> Result<Vec<Proposa
                     uncertainty: h.and_then(|h| h.uncertainty),
                     graph: graph.as_ref().map(|g| g.describe()).unwrap_or_default(),
                     identified_by_design: graph.as_ref().is_some_and(|g| g.identified_by_design()),
-                    arms: (0..p.arms.len()).map(|i| arm_label(&p, i, &viewer)).collect(),
+                    arms: (0..p.arms.len())
+                        .map(|i| arm_label(&p, i, &viewer))
+                        .collect(),
                     outcome: format!(
                         "{} ({}), {:?}, {:?} is better",
                         p.outcome.stream, p.outcome.unit, p.outcome.family, p.outcome.direction
@@ -188,7 +193,11 @@ async fn proposal_views(state: &AppState, viewer: &Viewer) -> Result<Vec<Proposa
                     blocks: [p.design.min_blocks, p.design.max_blocks],
                     planned_days: p.planned_days(),
                     priors: priors_in_words(&p),
-                    thresholds: [p.decision.efficacy, p.decision.futility, p.decision.drop_arm],
+                    thresholds: [
+                        p.decision.efficacy,
+                        p.decision.futility,
+                        p.decision.drop_arm,
+                    ],
                     simulated: s
                         .design_simulation(&t.protocol_hash)?
                         .as_ref()
@@ -260,7 +269,12 @@ struct ProposalsPage {
     message: Option<String>,
 }
 
-async fn page(state: &AppState, viewer: &Viewer, code: StatusCode, message: Option<String>) -> Response {
+async fn page(
+    state: &AppState,
+    viewer: &Viewer,
+    code: StatusCode,
+    message: Option<String>,
+) -> Response {
     match proposal_views(state, viewer).await {
         Ok(views) => match (ProposalsPage {
             nav: nav(viewer),
@@ -310,11 +324,12 @@ pub(super) struct EditForm {
 /// the edited protocol is re-serialised.
 fn edited_protocol(text: &str, form: &EditForm) -> Result<(String, String), String> {
     let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
-    let period: u32 = form
-        .period_days
-        .trim()
-        .parse()
-        .map_err(|_| format!("period {:?} is not a whole number of days", form.period_days))?;
+    let period: u32 = form.period_days.trim().parse().map_err(|_| {
+        format!(
+            "period {:?} is not a whole number of days",
+            form.period_days
+        )
+    })?;
     let blocks: u32 = form
         .max_blocks
         .trim()
@@ -339,8 +354,16 @@ fn edited_protocol(text: &str, form: &EditForm) -> Result<(String, String), Stri
         }
         Ok(())
     };
-    set("design", "period_days", toml::Value::Integer(i64::from(period)))?;
-    set("design", "max_blocks", toml::Value::Integer(i64::from(blocks)))?;
+    set(
+        "design",
+        "period_days",
+        toml::Value::Integer(i64::from(period)),
+    )?;
+    set(
+        "design",
+        "max_blocks",
+        toml::Value::Integer(i64::from(blocks)),
+    )?;
     set("outcome", "mid", toml::Value::Float(mid))?;
     if said.is_empty() {
         return Err("nothing changed".into());
@@ -363,7 +386,9 @@ pub(super) async fn edit_proposal(
     }
     let trial = match state.db.read(move |s| s.trial(id)).await {
         Ok(Some(t)) => t,
-        Ok(None) => return (StatusCode::NOT_FOUND, format!("there is no trial {id}\n")).into_response(),
+        Ok(None) => {
+            return (StatusCode::NOT_FOUND, format!("there is no trial {id}\n")).into_response();
+        }
         Err(e) => return internal(&e.to_string()),
     };
     let (text, summary) = match edited_protocol(&trial.protocol_toml, &form) {
@@ -443,7 +468,11 @@ pub async fn simulate_pending_designs(state: &AppState) -> Result<String, StoreE
             let report = crate::simulate::simulate_protocol(&protocol, &protocol.id, &options)
                 .map_err(|e| e.to_string())?;
             let json = serde_json::to_string(&report).map_err(|e| e.to_string())?;
-            Ok::<_, String>((report.trials, json, started.elapsed().as_secs_f64() * 1000.0))
+            Ok::<_, String>((
+                report.trials,
+                json,
+                started.elapsed().as_secs_f64() * 1000.0,
+            ))
         })
         .await;
         match simulated {
@@ -455,7 +484,10 @@ pub async fn simulate_pending_designs(state: &AppState) -> Result<String, StoreE
                     wall_ms,
                     created_at: crate::store::ts(Timestamp::now()),
                 };
-                state.db.write(move |s| s.put_design_simulation(&row)).await?;
+                state
+                    .db
+                    .write(move |s| s.put_design_simulation(&row))
+                    .await?;
                 done += 1;
             }
             Ok(Err(e)) => failed.push(format!("{}: {e}", &hash[..12])),

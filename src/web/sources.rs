@@ -117,4 +117,3 @@ pub(super) async fn sources_poll(
     )
         .into_response()
 }
-

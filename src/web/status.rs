@@ -279,7 +279,8 @@ fn fit_view(f: &crate::store::FitRow, protocol: &Protocol, viewer: &Viewer) -> O
 <style>
 body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 60em; padding: 1em; color: #222; }
 table { border-collapse: collapse; width: 100%; margin-bottom: 1.5em; font-size: 0.95em; }
-th, td { text-align: left; padding: 0.3em 0.5em; border-bottom: 1px solid #ddd; vertical-align: top; }
+th, td { text-align: left; padding: 0.3em 0.5em; border-bottom: 1px solid #ddd; vertical-align: top; overflow-wrap: anywhere; }
+.scroll { overflow-x: auto; }
 .bar { background: #eee; width: 8em; height: 0.7em; display: inline-block; }
 .bar span { background: #3a7; height: 100%; display: block; }
 .muted { color: #777; font-size: 0.85em; }
@@ -292,13 +293,13 @@ th, td { text-align: left; padding: 0.3em 0.5em; border-bottom: 1px solid #ddd; 
 <p class="muted">version {{ v.version }} · clock {{ v.now }}{% if v.time_scale != 1.0 %} · simulated time ×{{ v.time_scale }}{% endif %}</p>
 
 <h2>Participants</h2>
-<table><tr><th>Name</th><th>Time zone</th><th>Local time</th><th>Data</th></tr>
+<div class="scroll"><table><tr><th>Name</th><th>Time zone</th><th>Local time</th><th>Data</th></tr>
 {% for p in v.participants %}<tr><td>{{ p.name }}{% if p.is_demo %} <span class="muted">(demo)</span>{% endif %}</td><td>{{ p.time_zone }}</td><td>{{ p.local_now }}</td>
 <td>{% for s in p.streams %}{{ s.0 }}: {{ s.1 }} obs.{% if let Some(d) = s.2 %}, last {{ d }}{% endif %}<br>{% endfor %}</td></tr>
-{% endfor %}</table>
+{% endfor %}</table></div>
 
 <h2>Trials</h2>
-<table><tr><th>Trial</th><th>Status</th><th>Progress</th><th>Today</th><th>Next assignment</th><th>Latest estimate</th></tr>
+<div class="scroll"><table><tr><th>Trial</th><th>Status</th><th>Progress</th><th>Today</th><th>Next assignment</th><th>Latest estimate</th></tr>
 {% for t in v.trials %}{% if t.status != "proposed" %}<tr>
 <td><a href="/trials/{{ t.id }}">{{ t.title }}</a><br><span class="muted">#{{ t.id }} · {{ t.participant }} · protocol {{ t.protocol_id }} · sha256 {{ t.protocol_hash[..12] }}</span></td>
 <td>{{ t.status }}</td>
@@ -308,27 +309,27 @@ th, td { text-align: left; padding: 0.3em 0.5em; border-bottom: 1px solid #ddd; 
 <td>{% if let Some(n) = t.next_assignment %}{{ n }}{% else %}–{% endif %}</td>
 <td>{% if let Some(f) = t.latest_fit %}{% for e in f.effects %}{{ e.0 }}: {{ "{:+.2}"|format(e.1) }} [{{ "{:+.2}"|format(e.2[0]) }}, {{ "{:+.2}"|format(e.2[1]) }}], P(better by MID) {{ "{:.2}"|format(e.3) }}<br>{% endfor %}
 <span class="muted">{{ f.observations }} obs. through {{ f.data_through }}{% if !f.converged %} · <span class="err">not converged</span>{% endif %}</span>{% else %}–{% endif %}</td>
-</tr>{% endif %}{% endfor %}</table>
+</tr>{% endif %}{% endfor %}</table></div>
 
 <h2>Proposals waiting for you</h2>
 {% if v.proposals.is_empty() %}<p class="muted">None.</p>{% else %}<ul>{% for t in v.proposals %}<li><a href="/proposals#trial-{{ t.id }}">{{ t.title }}</a> <span class="muted">for {{ t.participant }}</span></li>{% endfor %}</ul>{% endif %}
 
 <h2>Sources</h2>
-<table><tr><th>Source</th><th>Kind</th><th>Last success</th><th>Last error</th></tr>
+<div class="scroll"><table><tr><th>Source</th><th>Kind</th><th>Last success</th><th>Last error</th></tr>
 {% for s in v.sources %}<tr><td>{{ s.name }}</td><td>{{ s.kind }}</td>
 <td>{% if let Some(a) = s.last_success_at %}{{ a }}{% else %}never{% endif %}</td>
-<td class="err">{% if let Some(e) = s.last_error %}{{ e }}{% endif %}</td></tr>{% endfor %}</table>
+<td class="err">{% if let Some(e) = s.last_error %}{{ e }}{% endif %}</td></tr>{% endfor %}</table></div>
 
 <h2>Outbox</h2>
-<table><tr><th>Subject</th><th>To</th><th>Status</th><th>Delivered to</th></tr>
+<div class="scroll"><table><tr><th>Subject</th><th>To</th><th>Status</th><th>Delivered to</th></tr>
 {% for m in v.outbox %}<tr><td>{{ m.subject }}</td><td>{{ m.recipient }}</td><td>{{ m.status }}{% if m.attempts > 1 %} ({{ m.attempts }} attempts){% endif %}{% if let Some(e) = m.last_error %}<br><span class="err">{{ e }}</span>{% endif %}</td>
-<td class="muted">{% if let Some(d) = m.delivered_to %}{{ d }}{% endif %}</td></tr>{% endfor %}</table>
+<td class="muted">{% if let Some(d) = m.delivered_to %}{{ d }}{% endif %}</td></tr>{% endfor %}</table></div>
 
 <h2>Jobs</h2>
-<table><tr><th>Job</th><th>Runs</th><th>Last success</th><th>Result</th></tr>
+<div class="scroll"><table><tr><th>Job</th><th>Runs</th><th>Last success</th><th>Result</th></tr>
 {% for j in v.jobs %}<tr><td>{{ j.0 }}</td><td>{{ j.1.runs }}{% if j.1.failures > 0 %} ({{ j.1.failures }} failed){% endif %}</td>
 <td>{% if let Some(a) = j.1.last_ok %}{{ a }}{% else %}–{% endif %}</td>
-<td>{% if let Some(e) = j.1.last_error %}<span class="err">{{ e }}</span>{% else %}{% if let Some(s) = j.1.last_summary %}{{ s }}{% endif %}{% endif %}</td></tr>{% endfor %}</table>
+<td>{% if let Some(e) = j.1.last_error %}<span class="err">{{ e }}</span>{% else %}{% if let Some(s) = j.1.last_summary %}{{ s }}{% endif %}{% endif %}</td></tr>{% endfor %}</table></div>
 <p class="muted">{{ v.counts.observations }} observations · {{ v.counts.outbox }} messages ({{ v.counts.outbox_pending }} not yet sent) · <a href="/api/status">JSON</a> · <a href="/healthz">health</a></p>
 </body></html>"#
 )]
@@ -364,7 +365,6 @@ pub(super) async fn status_json(
         Err(e) => internal(&e.to_string()),
     }
 }
-
 
 #[derive(Serialize)]
 struct Health {
@@ -427,7 +427,6 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Response {
     };
     (code, axum::Json(body)).into_response()
 }
-
 
 /// Prometheus text format: table counts, outbox backlog, jobs, fits.
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
@@ -501,4 +500,3 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
-

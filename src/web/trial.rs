@@ -250,7 +250,11 @@ async fn trial_detail(
                     protocol.outcome.unit.clone(),
                     protocol.outcome.mid,
                 ),
-                self_report: protocol.outcome.self_report.as_ref().map(|r| (r.min, r.max)),
+                self_report: protocol
+                    .outcome
+                    .self_report
+                    .as_ref()
+                    .map(|r| (r.min, r.max)),
                 calendar,
                 fits,
                 diagnostics,
@@ -345,9 +349,10 @@ fn conceal_decision(
             .rule
             .replace(&format!("P({} ", arm.key), &format!("P({code} "));
         let quoted = serde_json::Value::from(code).to_string();
-        d.numbers_json = d
-            .numbers_json
-            .replace(&format!("\"key\":\"{}\"", arm.key), &format!("\"key\":{quoted}"));
+        d.numbers_json = d.numbers_json.replace(
+            &format!("\"key\":\"{}\"", arm.key),
+            &format!("\"key\":{quoted}"),
+        );
     }
     d
 }
@@ -398,23 +403,25 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
         &d.arms,
     );
     let counterfactual_svg = (!d.path.is_empty()).then(|| {
-        let series: Vec<(String, &str, Vec<(f64, f64)>)> = d
+        let series: Vec<charts::Line> = d
             .arms
             .iter()
             .enumerate()
-            .map(|(j, name)| {
-                (
-                    format!("always {name}"),
-                    charts::arm_colour(j),
-                    d.path
-                        .iter()
-                        .filter_map(|p| p.always.get(j).map(|v| (p.day, *v)))
-                        .collect(),
-                )
+            .map(|(j, name)| charts::Line {
+                name: format!("always {name}"),
+                colour: charts::arm_colour(j),
+                points: d
+                    .path
+                    .iter()
+                    .filter_map(|p| p.always.get(j).map(|v| (p.day, *v)))
+                    .collect(),
             })
             .collect();
         charts::lines_chart(
-            &format!("{}: expected level if every day had been one arm", d.outcome.0),
+            &format!(
+                "{}: expected level if every day had been one arm",
+                d.outcome.0
+            ),
             "trial day",
             &series,
         )
@@ -804,9 +811,9 @@ pub(super) async fn report_submit(
                 };
                 match s.record_form_entry(pid, id, date, &what, now)? {
                     LinkOutcome::Recorded(w) => said.push(w),
-                    LinkOutcome::AlreadyRated { value } => said.push(format!(
-                        "{date} already has a rating ({value}); it stands"
-                    )),
+                    LinkOutcome::AlreadyRated { value } => {
+                        said.push(format!("{date} already has a rating ({value}); it stands"))
+                    }
                     LinkOutcome::AlreadyUsed { outcome, .. } => said.push(outcome),
                 }
             }
