@@ -1446,6 +1446,15 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Decisions stored, per action.
+    pub fn decision_counts(&self) -> Result<Vec<(String, i64)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT action, COUNT(*) FROM decisions GROUP BY action ORDER BY action")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Fits stored, their total wall time (ms) and how many did not converge.
     pub fn fit_stats(&self) -> Result<(i64, f64, i64)> {
         Ok(self.conn.query_row(

@@ -280,6 +280,14 @@ fn trial_page_charts_api_and_metrics() {
     );
     assert!(metrics.contains("nof1d_observations 42"), "{metrics}");
     assert!(
+        metrics.contains("nof1d_decisions_total{action=\"continue\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE nof1d_fit_duration_seconds summary"),
+        "{metrics}"
+    );
+    assert!(
         metrics.contains("nof1d_job_runs_total{job=\"outbox\"}"),
         "{metrics}"
     );

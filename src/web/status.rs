@@ -432,9 +432,16 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Response {
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let read = state
         .db
-        .read(|s| Ok((s.counts()?, s.outbox_backlog()?, s.fit_stats()?)))
+        .read(|s| {
+            Ok((
+                s.counts()?,
+                s.outbox_backlog()?,
+                s.fit_stats()?,
+                s.decision_counts()?,
+            ))
+        })
         .await;
-    let (counts, backlog, (fit_n, fit_ms, not_converged)) = match read {
+    let (counts, backlog, (fit_n, fit_ms, not_converged), decisions) = match read {
         Ok(x) => x,
         Err(e) => return internal(&e.to_string()),
     };
@@ -475,11 +482,29 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         "counter",
         vec![(String::new(), not_converged as f64)],
     );
+    // A Prometheus summary without quantiles: rate(sum)/rate(count) is the
+    // mean fit time over any window.
+    out.push_str(
+        "# HELP nof1d_fit_duration_seconds Wall time of stored fits.\n# TYPE nof1d_fit_duration_seconds summary\n",
+    );
+    out.push_str(&format!(
+        "nof1d_fit_duration_seconds_sum {}\nnof1d_fit_duration_seconds_count {fit_n}\n",
+        fit_ms / 1000.0
+    ));
+    let mut metric = |name: &str, help: &str, kind: &str, lines: Vec<(String, f64)>| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, v) in lines {
+            out.push_str(&format!("{name}{labels} {v}\n"));
+        }
+    };
     metric(
-        "nof1d_fit_duration_seconds_sum",
-        "Total wall time of stored fits.",
+        "nof1d_decisions_total",
+        "Decisions taken, by action.",
         "counter",
-        vec![(String::new(), fit_ms / 1000.0)],
+        decisions
+            .iter()
+            .map(|(action, n)| (format!("{{action=\"{action}\"}}"), *n as f64))
+            .collect(),
     );
     let jobs = state.jobs.snapshot();
     metric(
