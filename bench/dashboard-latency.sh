@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Dashboard latency under load: the release daemon on the demo, with simulated
-# time fast enough that new data arrive and a refit runs every second, and a
+# time fast enough (a simulated day every 0.86 s) that new data arrive and
+# the refit job, ticking every second, fits almost every tick, and a
 # `nof1d simulate` on one thread beside it as a second, continuous fit load
 # (so one of the two cores is always busy fitting). `ab` (Debian's
 # apache2-utils) then sends N requests, C at a time, to each page and prints
@@ -18,7 +19,7 @@ data=$(mktemp -d)
 trap 'kill $pid $sim 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$data"' EXIT
 printf '[jobs]\nrefit_seconds = 1\nsource_poll_seconds = 1\n' > "$data/nof1d.toml"
 "$bin" serve --demo --config "$data/nof1d.toml" --data-dir "$data" --listen 127.0.0.1:0 \
-  --time-scale 20000 > "$data/daemon.log" 2>&1 &
+  --time-scale 100000 > "$data/daemon.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 300); do [ -s "$data/listen.addr" ] && break; sleep 0.1; done
 base="http://$(tr -d '\n' < "$data/listen.addr")"
