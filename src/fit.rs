@@ -445,10 +445,7 @@ pub fn fit_with_mixture(
         lik.check(&series.y)?;
     }
     let (priors, prior_report) = priors_for(series, spec)?;
-    let gaussian = CpuEvaluator {
-        series,
-        priors: &priors,
-    };
+    let gaussian = CpuEvaluator::new(series, &priors);
     let laplace = likelihood.map(|lik| LaplaceEvaluator {
         series,
         priors: &priors,

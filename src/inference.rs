@@ -29,7 +29,9 @@ use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{FilterOutput, Hyper, ModelError, Series, StaticPrior, augmented_filter};
+use crate::model::{
+    FilterOutput, FilterPlan, Hyper, ModelError, Series, StaticPrior, augmented_filter_planned,
+};
 
 /// Number of hyperparameters.
 pub const DIM: usize = 4;
@@ -163,6 +165,19 @@ pub struct CpuEvaluator<'a> {
     pub series: &'a Series,
     /// The priors.
     pub priors: &'a Priors,
+    /// The series' filter plan, made once for every pass.
+    plan: FilterPlan,
+}
+
+impl<'a> CpuEvaluator<'a> {
+    /// The evaluator of `series` under `priors`.
+    pub fn new(series: &'a Series, priors: &'a Priors) -> Self {
+        CpuEvaluator {
+            series,
+            priors,
+            plan: FilterPlan::of(series),
+        }
+    }
 }
 
 /// True when every free coordinate is finite and within e^-20..e^20: beyond
@@ -186,7 +201,15 @@ impl Evaluator for CpuEvaluator<'_> {
         if !theta_in_range(theta, DIM) {
             return None;
         }
-        let filter = augmented_filter(self.series, &hyper_of(theta), &self.priors.statics).ok()?;
+        let filter = augmented_filter_planned(
+            self.series,
+            &self.plan,
+            &self.series.y,
+            &hyper_of(theta),
+            &self.priors.statics,
+            None,
+        )
+        .ok()?;
         let log_post = filter.log_lik + log_prior(theta, &self.priors.hyper, DIM);
         log_post.is_finite().then_some(Eval {
             theta: *theta,
@@ -279,7 +302,12 @@ pub struct GridOptions {
     pub step: f64,
     /// Keep points whose log posterior is within this of the maximum.
     pub cutoff: f64,
-    /// How much narrower the region of the error check is.
+    /// How much narrower the region of the error check is. 2 log units:
+    /// against a fine reference grid (step 0.5, cutoff 12) on 32 series of
+    /// 21 to 112 days, fits checked this way were as close as with 3 (worst
+    /// 0.0034 sd in the mean, 0.41% in the sd, 0.001 in P(better by MID))
+    /// with 19% fewer evaluations: 3 sent half of a simulator's fits to a
+    /// wider-region retry that did not improve the worst error.
     pub check_cutoff_drop: f64,
     /// Safety cap on lattice points.
     pub max_points: usize,
@@ -292,7 +320,7 @@ impl Default for GridOptions {
         GridOptions {
             step: 1.5,
             cutoff: 8.0,
-            check_cutoff_drop: 3.0,
+            check_cutoff_drop: 2.0,
             max_points: 40_000,
             threads: std::thread::available_parallelism()
                 .map_or(1, |n| n.get())

@@ -186,6 +186,76 @@ fn advance_w(
     }
 }
 
+/// What a filter pass needs of a series that does not depend on the
+/// hyperparameters: the distinct gaps between observations and the pieces of
+/// constant arm inside each gap, with their distinct lengths. Built once per
+/// series, it turns the per-step work of [`advance_w`] and the gap
+/// exponentials into table look-ups: a pass then computes one exponential per
+/// distinct length (a handful for daily data) and none per step.
+#[derive(Debug, Clone)]
+pub struct FilterPlan {
+    /// Distinct gap lengths.
+    gaps: Vec<f64>,
+    /// Per observation: index into `gaps` of the gap since the previous one.
+    gap_of: Vec<u32>,
+    /// Distinct piece lengths.
+    pieces: Vec<f64>,
+    /// Per observation `i`: its pieces are `steps[step_start[i]..step_start[i + 1]]`.
+    step_start: Vec<u32>,
+    /// `(index into pieces, arm in force)` of each piece, in time order.
+    steps: Vec<(u32, u32)>,
+}
+
+/// Index of `v` in `values` (within [`GAP_EPS`]), appending it when new.
+fn distinct_index(values: &mut Vec<f64>, v: f64) -> u32 {
+    match values.iter().position(|x| (x - v).abs() <= GAP_EPS) {
+        Some(i) => i as u32,
+        None => {
+            values.push(v);
+            (values.len() - 1) as u32
+        }
+    }
+}
+
+impl FilterPlan {
+    /// The plan of `series`.
+    pub fn of(series: &Series) -> FilterPlan {
+        let path = &series.path;
+        let mut plan = FilterPlan {
+            gaps: Vec::new(),
+            gap_of: Vec::with_capacity(series.t.len()),
+            pieces: Vec::new(),
+            step_start: Vec::with_capacity(series.t.len() + 1),
+            steps: Vec::with_capacity(series.t.len() + path.starts.len()),
+        };
+        let mut piece = 0;
+        let mut t_prev = 0.0;
+        for &t1 in &series.t {
+            plan.gap_of
+                .push(distinct_index(&mut plan.gaps, t1 - t_prev));
+            plan.step_start.push(plan.steps.len() as u32);
+            // The same walk as `advance_w`.
+            let mut t = t_prev;
+            while t < t1 {
+                while piece + 1 < path.starts.len() && path.starts[piece + 1] <= t {
+                    piece += 1;
+                }
+                let end = if piece + 1 < path.starts.len() {
+                    path.starts[piece + 1].min(t1)
+                } else {
+                    t1
+                };
+                let d = distinct_index(&mut plan.pieces, end - t);
+                plan.steps.push((d, path.arms[piece] as u32));
+                t = end;
+            }
+            t_prev = t1;
+        }
+        plan.step_start.push(plan.steps.len() as u32);
+        plan
+    }
+}
+
 /// The regressor row of each observation for a given `kappa`:
 /// `[1, w_j(t_i) for each non-comparator arm j]`.
 pub fn design_rows(series: &Series, kappa: f64) -> Vec<[f64; MAX_ARMS]> {
@@ -234,6 +304,19 @@ pub fn augmented_filter_with(
     prior: &StaticPrior,
     noise: Option<&[f64]>,
 ) -> Result<FilterOutput, ModelError> {
+    augmented_filter_planned(series, &FilterPlan::of(series), y, h, prior, noise)
+}
+
+/// [`augmented_filter_with`] with the series' [`FilterPlan`] made beforehand
+/// (an evaluator makes it once and runs thousands of passes).
+pub fn augmented_filter_planned(
+    series: &Series,
+    plan: &FilterPlan,
+    y: &[f64],
+    h: &Hyper,
+    prior: &StaticPrior,
+    noise: Option<&[f64]>,
+) -> Result<FilterOutput, ModelError> {
     let p = series.n_static();
     let effect_arms = series.effect_arms();
     let var_x = h.drift_sd * h.drift_sd;
@@ -249,19 +332,21 @@ pub fn augmented_filter_with(
     let mut q = 0.0;
     let mut s = [0.0; MAX_ARMS];
     let mut big_s = [[0.0; MAX_ARMS]; MAX_ARMS];
-    let mut t_prev = 0.0;
     // Onset/washout regressors, advanced alongside the filter.
     let mut w = [0.0; MAX_ARMS];
-    let mut piece = 0;
-    // Regular sampling repeats the same gaps: cache the exponentials.
-    let mut rho_of = ExpCache::new(h.lambda);
-    let mut psi_of = ExpCache::new(h.kappa);
-    for (i, (&t, &y)) in series.t.iter().zip(y).enumerate() {
+    // One exponential per distinct gap and piece length (see `FilterPlan`).
+    let rhos: Vec<f64> = plan.gaps.iter().map(|g| (-h.lambda * g).exp()).collect();
+    let psis: Vec<f64> = plan.pieces.iter().map(|d| (-h.kappa * d).exp()).collect();
+    for (i, &y) in y.iter().enumerate().take(series.t.len()) {
         let var_y = noise.map_or(var_y, |n| n[i]);
-        let gap = t - t_prev;
-        let rho = rho_of.get(gap);
-        advance_w(&mut w, &series.path, (t_prev, t), &mut piece, &mut psi_of);
-        t_prev = t;
+        let rho = rhos[plan.gap_of[i] as usize];
+        for &(d, arm) in &plan.steps[plan.step_start[i] as usize..plan.step_start[i + 1] as usize] {
+            let psi = psis[d as usize];
+            for wj in w.iter_mut() {
+                *wj *= psi;
+            }
+            w[arm as usize] += 1.0 - psi;
+        }
         pvar = rho * rho * pvar + var_x * (1.0 - rho * rho);
         a_y *= rho;
         let f = pvar + var_y;

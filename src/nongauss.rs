@@ -22,8 +22,8 @@ use crate::inference::{
     Eval, Evaluator, Priors, Theta, hyper_of, log_prior, prior_center, theta_in_range,
 };
 use crate::model::{
-    FilterOutput, Hyper, MAX_ARMS, ModelError, Series, augmented_filter_with, design_rows,
-    smoothed_drift_with,
+    FilterOutput, FilterPlan, Hyper, MAX_ARMS, ModelError, Series, augmented_filter_planned,
+    design_rows, smoothed_drift_with,
 };
 
 /// A non-Gaussian observation model.
@@ -207,6 +207,7 @@ pub fn laplace(
     let mut noise = vec![0.0; n];
     let mut damping = 1.0;
     let mut last_change = f64::INFINITY;
+    let plan = FilterPlan::of(series);
     for _ in 0..200 {
         for i in 0..n {
             let (d1, d2) = lik.derivatives(series.y[i], eta[i]);
@@ -214,7 +215,8 @@ pub fn laplace(
             noise[i] = var;
             pseudo[i] = eta[i] + var * d1;
         }
-        let filter = augmented_filter_with(series, &pseudo, h, &priors.statics, Some(&noise))?;
+        let filter =
+            augmented_filter_planned(series, &plan, &pseudo, h, &priors.statics, Some(&noise))?;
         let drift = smoothed_drift_with(series, &pseudo, h, &filter.b_mean, Some(&noise));
         let mut change: f64 = 0.0;
         for i in 0..n {

@@ -1346,14 +1346,14 @@ impl Store {
     /// the change is recorded as a life-cycle event with the old and new hash.
     pub fn edit_proposal(&mut self, edit: &ProposalEdit<'_>, now: Timestamp) -> Result<()> {
         let tx = self.conn.transaction()?;
-        let current: Option<(String, String)> = tx
+        let current: Option<(String, String, String)> = tx
             .query_row(
-                "SELECT status, protocol_hash FROM trials WHERE id = ?1",
+                "SELECT status, protocol_hash, protocol_toml FROM trials WHERE id = ?1",
                 [edit.trial_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        let Some((status, old_hash)) = current else {
+        let Some((status, old_hash, old_toml)) = current else {
             return Err(StoreError::Refused(format!(
                 "there is no trial {}",
                 edit.trial_id
@@ -1380,7 +1380,9 @@ impl Store {
             edit.actor,
             "trial.edited",
             Some(edit.trial_id),
-            &serde_json::json!({"from_hash": old_hash, "to_hash": edit.protocol_hash, "summary": edit.summary}),
+            // The text replaced is kept here: the edited text is re-serialised.
+            &serde_json::json!({"from_hash": old_hash, "to_hash": edit.protocol_hash,
+                "summary": edit.summary, "from_protocol": old_toml}),
             now,
         )?;
         tx.commit()?;
