@@ -318,66 +318,22 @@ pub fn augmented_filter_planned(
     noise: Option<&[f64]>,
 ) -> Result<FilterOutput, ModelError> {
     let p = series.n_static();
-    let effect_arms = series.effect_arms();
-    let var_x = h.drift_sd * h.drift_sd;
-    let var_y = h.sigma_y * h.sigma_y;
-    let mut pvar = var_x;
-    let mut a_y = 0.0;
-    let mut a_x = [0.0; MAX_ARMS];
-    let mut sum_log_f = 0.0;
-    // log F is summed as the log of a running product, taken every 8 steps:
-    // one logarithm instead of 8. The evaluator keeps every sd within
-    // e^-20..e^20, so F stays within 1e-18..1e18 and 8 factors cannot overflow.
-    let mut prod_f = 1.0;
-    let mut q = 0.0;
-    let mut s = [0.0; MAX_ARMS];
-    let mut big_s = [[0.0; MAX_ARMS]; MAX_ARMS];
-    // Onset/washout regressors, advanced alongside the filter.
-    let mut w = [0.0; MAX_ARMS];
-    // One exponential per distinct gap and piece length (see `FilterPlan`).
-    let rhos: Vec<f64> = plan.gaps.iter().map(|g| (-h.lambda * g).exp()).collect();
-    let psis: Vec<f64> = plan.pieces.iter().map(|d| (-h.kappa * d).exp()).collect();
-    for (i, &y) in y.iter().enumerate().take(series.t.len()) {
-        let var_y = noise.map_or(var_y, |n| n[i]);
-        let rho = rhos[plan.gap_of[i] as usize];
-        for &(d, arm) in &plan.steps[plan.step_start[i] as usize..plan.step_start[i + 1] as usize] {
-            let psi = psis[d as usize];
-            for wj in w.iter_mut() {
-                *wj *= psi;
-            }
-            w[arm as usize] += 1.0 - psi;
-        }
-        pvar = rho * rho * pvar + var_x * (1.0 - rho * rho);
-        a_y *= rho;
-        let f = pvar + var_y;
-        let v = y - a_y;
-        let mut vx = [0.0; MAX_ARMS];
-        a_x[0] *= rho;
-        vx[0] = 1.0 - a_x[0];
-        for (c, &j) in effect_arms.iter().enumerate() {
-            a_x[c + 1] *= rho;
-            vx[c + 1] = w[j] - a_x[c + 1];
-        }
-        let gain = pvar / f;
-        let inv_f = 1.0 / f;
-        prod_f *= f;
-        if i % 8 == 7 {
-            sum_log_f += prod_f.ln();
-            prod_f = 1.0;
-        }
-        q += v * v * inv_f;
-        for c in 0..p {
-            let vc = vx[c] * inv_f;
-            s[c] += vc * v;
-            for d in 0..=c {
-                big_s[c][d] += vc * vx[d];
-            }
-            a_x[c] += gain * vx[c];
-        }
-        a_y += gain * v;
-        pvar *= var_y * inv_f;
-    }
-    sum_log_f += prod_f.ln();
+    // The per-observation pass, compiled once per number of coefficients so
+    // that its small loops unroll (K = 2..6 arms).
+    let sums = match p {
+        1 => filter_sums::<1>(series, plan, y, h, noise),
+        2 => filter_sums::<2>(series, plan, y, h, noise),
+        3 => filter_sums::<3>(series, plan, y, h, noise),
+        4 => filter_sums::<4>(series, plan, y, h, noise),
+        5 => filter_sums::<5>(series, plan, y, h, noise),
+        _ => filter_sums::<MAX_ARMS>(series, plan, y, h, noise),
+    };
+    let FilterSums {
+        sum_log_f,
+        q,
+        s,
+        big_s,
+    } = sums;
     let n = series.t.len() as f64;
     let mut a = DMatrix::<f64>::zeros(p, p);
     let mut rhs = DVector::<f64>::zeros(p);
@@ -394,7 +350,7 @@ pub fn augmented_filter_planned(
         quad_m0 += prec * prior.mean[c] * prior.mean[c];
         log_det_p0 += 2.0 * prior.sd[c].ln();
     }
-    let chol = a.clone().cholesky().ok_or(ModelError::Degenerate)?;
+    let chol = a.cholesky().ok_or(ModelError::Degenerate)?;
     let b_mean = chol.solve(&rhs);
     let log_det_a = 2.0 * chol.l().diagonal().iter().map(|d| d.ln()).sum::<f64>();
     let b_cov = chol.inverse();
@@ -407,6 +363,132 @@ pub fn augmented_filter_planned(
         b_mean,
         b_cov,
     })
+}
+
+/// What the filter pass accumulates (§4): `sum log F`, `q = sum v^2/F`,
+/// `s = sum V v/F` and the lower triangle of `S = sum V V'/F`.
+struct FilterSums {
+    sum_log_f: f64,
+    q: f64,
+    s: [f64; MAX_ARMS],
+    big_s: [[f64; MAX_ARMS]; MAX_ARMS],
+}
+
+/// The augmented filter's pass over the observations for `P` static
+/// coefficients (`P = K`: `mu` and one `beta` per non-comparator arm).
+fn filter_sums<const P: usize>(
+    series: &Series,
+    plan: &FilterPlan,
+    y: &[f64],
+    h: &Hyper,
+    noise: Option<&[f64]>,
+) -> FilterSums {
+    // Regressor column c + 1 is arm effect_arm[c]'s onset/washout weight.
+    let mut effect_arm = [0usize; MAX_ARMS];
+    for (c, j) in series.effect_arms().into_iter().enumerate() {
+        effect_arm[c] = j;
+    }
+    let var_x = h.drift_sd * h.drift_sd;
+    let var_y = h.sigma_y * h.sigma_y;
+    let mut pvar = var_x;
+    let mut a_y = 0.0;
+    let mut a_x = [0.0; MAX_ARMS];
+    let mut sum_log_f = 0.0;
+    // log F is summed as the log of a running product, taken every 8 steps:
+    // one logarithm instead of 8. The evaluator keeps every sd within
+    // e^-20..e^20, so F stays within 1e-18..1e18 and 8 factors cannot overflow.
+    let mut prod_f = 1.0;
+    let mut q = 0.0;
+    let mut s = [0.0; MAX_ARMS];
+    let mut big_s = [[0.0; MAX_ARMS]; MAX_ARMS];
+    // Onset/washout regressors, advanced alongside the filter.
+    let mut w = [0.0; MAX_ARMS];
+    // One exponential per distinct gap and piece length (see `FilterPlan`).
+    let rhos = ExpTable::new(h.lambda, &plan.gaps);
+    let psis = ExpTable::new(h.kappa, &plan.pieces);
+    let (rhos, psis) = (rhos.values(), psis.values());
+    for (i, &y) in y.iter().enumerate().take(series.t.len()) {
+        let var_y = noise.map_or(var_y, |n| n[i]);
+        let rho = rhos[plan.gap_of[i] as usize];
+        for &(d, arm) in &plan.steps[plan.step_start[i] as usize..plan.step_start[i + 1] as usize] {
+            let psi = psis[d as usize];
+            for wj in w.iter_mut().take(P) {
+                *wj *= psi;
+            }
+            w[arm as usize] += 1.0 - psi;
+        }
+        pvar = rho * rho * pvar + var_x * (1.0 - rho * rho);
+        a_y *= rho;
+        let f = pvar + var_y;
+        let v = y - a_y;
+        let mut vx = [0.0; MAX_ARMS];
+        a_x[0] *= rho;
+        vx[0] = 1.0 - a_x[0];
+        for c in 1..P {
+            a_x[c] *= rho;
+            vx[c] = w[effect_arm[c - 1]] - a_x[c];
+        }
+        let gain = pvar / f;
+        let inv_f = 1.0 / f;
+        prod_f *= f;
+        if i % 8 == 7 {
+            sum_log_f += prod_f.ln();
+            prod_f = 1.0;
+        }
+        q += v * v * inv_f;
+        for c in 0..P {
+            let vc = vx[c] * inv_f;
+            s[c] += vc * v;
+            for d in 0..=c {
+                big_s[c][d] += vc * vx[d];
+            }
+            a_x[c] += gain * vx[c];
+        }
+        a_y += gain * v;
+        pvar *= var_y * inv_f;
+    }
+    sum_log_f += prod_f.ln();
+    FilterSums {
+        sum_log_f,
+        q,
+        s,
+        big_s,
+    }
+}
+
+/// `exp(-rate * x)` for each length `x` of a plan: on the stack for the
+/// usual handful (daily data has a few distinct gaps and pieces), on the heap
+/// (an empty `Vec` allocates nothing otherwise) for irregular series.
+struct ExpTable {
+    small: [f64; 32],
+    large: Vec<f64>,
+    len: usize,
+}
+
+impl ExpTable {
+    fn new(rate: f64, lengths: &[f64]) -> ExpTable {
+        let mut table = ExpTable {
+            small: [0.0; 32],
+            large: Vec::new(),
+            len: lengths.len(),
+        };
+        if lengths.len() <= table.small.len() {
+            for (slot, x) in table.small.iter_mut().zip(lengths) {
+                *slot = (-rate * x).exp();
+            }
+        } else {
+            table.large = lengths.iter().map(|x| (-rate * x).exp()).collect();
+        }
+        table
+    }
+
+    fn values(&self) -> &[f64] {
+        if self.len <= self.small.len() {
+            &self.small[..self.len]
+        } else {
+            &self.large
+        }
+    }
 }
 
 /// Smoothed drift `E[x(t_i) | y, phi]` at every observation, with `b` at its
