@@ -137,10 +137,11 @@ impl Access {
     }
 }
 
-/// Paths anyone may open: health checks, the login itself, and email links
+/// Paths anyone may open: health checks, the login itself (and its
+/// stylesheet), and email links
 /// (which carry their own signed credential, see `crate::links`).
 fn is_public(path: &str) -> bool {
-    path == "/healthz" || path == "/login" || path.starts_with("/l/")
+    path == "/healthz" || path == "/login" || path == "/style.css" || path.starts_with("/l/")
 }
 
 /// Middleware: works out the [`Viewer`] and refuses (or sends to the login
@@ -322,16 +323,14 @@ fn safe_next(next: Option<&str>) -> String {
     source = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Sign in — nof1d</title>
-<style>body{font-family:system-ui,sans-serif;max-width:24rem;margin:3rem auto;padding:0 1rem;line-height:1.5;color:#222}
-input,button{font-size:1.1rem;padding:0.5rem;width:100%;box-sizing:border-box;margin:0.3rem 0}
-button{background:#2a6;color:#fff;border:1px solid #264;border-radius:6px}.err{color:#b00}</style></head>
-<body><h1>nof1d</h1>
+<link rel="stylesheet" href="/style.css"></head>
+<body class="narrow"><h1>nof1d</h1>
 {% if let Some(m) = message %}<p class="err" role="alert">{{ m }}</p>{% endif %}
-<form method="post" action="/login">
+<form method="post" action="/login" class="stacked">
 <input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="next" value="{{ next }}">
 <label for="password">Password</label>
 <input id="password" name="password" type="password" autocomplete="current-password" required autofocus>
-<button type="submit">Sign in</button>
+<button type="submit" class="primary">Sign in</button>
 </form>
 <p>The participant's password shows today and the past; the investigator's also shows the schedule to come.</p>
 </body></html>"#

@@ -20,16 +20,14 @@ use super::internal;
     source = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{{ heading }} — nof1d</title>
-<style>body{font-family:system-ui,sans-serif;max-width:32rem;margin:2rem auto;padding:0 1rem;line-height:1.5;color:#222}
-button{font-size:1.1rem;padding:0.6rem 1.2rem;border-radius:6px;border:1px solid #264;background:#2a6;color:#fff}
-.muted{color:#666;font-size:0.9rem}</style></head>
-<body>
+<link rel="stylesheet" href="/style.css"></head>
+<body class="narrow">
 <h1>{{ heading }}</h1>
 {% for p in paragraphs %}<p>{{ p }}</p>{% endfor %}
 {% if let Some(action) = form_action %}
 <form method="post" action="{{ action }}">
 {% if side_effect %}<p><label><input type="checkbox" name="stop" value="1"> This is serious: stop the trial now (recorded as an adverse event).</label></p>{% endif %}
-<button type="submit">{{ button }}</button>
+<button type="submit" class="primary">{{ button }}</button>
 </form>
 <p class="muted">Nothing is recorded until you press the button.</p>
 {% endif %}

@@ -40,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(status::status_page))
         .route("/api/status", get(status::status_json))
         .route("/api/openapi.json", get(openapi::document))
+        .route("/style.css", get(stylesheet))
         .route("/healthz", get(status::healthz))
         .route("/metrics", get(status::metrics))
         .route("/l/{token}", get(link::link_page).post(link::link_submit))
@@ -59,6 +60,18 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .merge(login)
         .layer(middleware::from_fn_with_state(access, access::require_auth))
+}
+
+/// The one stylesheet every page links (no inline copies to drift apart).
+async fn stylesheet() -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        include_str!("style.css"),
+    )
+        .into_response()
 }
 
 /// A 500 with the message, logged.

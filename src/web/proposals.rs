@@ -218,11 +218,7 @@ async fn proposal_views(
     source = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Proposals — nof1d</title>
-<style>body{font-family:system-ui,sans-serif;max-width:44rem;margin:1rem auto;padding:0 0.8rem;line-height:1.45;color:#222}
-section{border-top:2px solid #ddd;margin-top:1.5rem}.muted{color:#666;font-size:0.9rem}
-.bar{background:#eee;width:10rem;height:0.7rem;display:inline-block}.bar span{background:#d80;height:100%;display:block}
-label{display:inline-block;margin:0.2rem 0.8rem 0.2rem 0}input{width:5rem}button{margin:0.2rem 0.3rem 0.2rem 0}
-table{border-collapse:collapse;font-size:0.9rem}td,th{border-bottom:1px solid #ddd;padding:0.2rem 0.4rem;text-align:left}</style></head>
+<link rel="stylesheet" href="/style.css"></head>
 <body>{{ nav|safe }}
 <h1>Proposals</h1>
 {% if views.is_empty() %}<p>No trial is waiting for approval. Propose one with <code>nof1d trial propose PARTICIPANT protocols/….toml</code>.</p>{% endif %}
@@ -233,7 +229,7 @@ table{border-collapse:collapse;font-size:0.9rem}td,th{border-bottom:1px solid #d
 <p>{{ v.description }}</p>
 <h3>Why test it</h3>
 {% if let Some(r) = v.rationale %}<p>{{ r }}</p>{% else %}<p class="muted">The proposer gave no rationale.</p>{% endif %}
-<p>Proposer's uncertainty: {% if let Some(u) = v.uncertainty %}<span class="bar" role="img" aria-label="{{ "{:.0}"|format(u * 100.0) }} percent"><span style="width:{{ "{:.0}"|format(u * 100.0) }}%"></span></span> {{ "{:.0}"|format(u * 100.0) }}%{% else %}not stated{% endif %}</p>
+<p>Proposer's uncertainty: {% if let Some(u) = v.uncertainty %}<span class="bar warn" role="img" aria-label="{{ "{:.0}"|format(u * 100.0) }} percent"><span style="width:{{ "{:.0}"|format(u * 100.0) }}%"></span></span> {{ "{:.0}"|format(u * 100.0) }}%{% else %}not stated{% endif %}</p>
 <h3>Causal graph</h3>
 <figure>{{ v.graph_svg|safe }}<figcaption class="muted">{{ v.graph }}.{% if v.identified_by_design %} The effect is identified by design: randomisation decides the arm, so nothing else can.{% endif %}</figcaption></figure>
 <h3>Design</h3>
@@ -252,7 +248,7 @@ Stops when P(better by MID) ≥ {{ v.thresholds[0] }} (efficacy) or ≤ {{ v.thr
 <h3>Decide</h3>
 <form method="post" action="/trials/{{ v.id }}/approve" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Approve (starts tomorrow)</button></form>
 <form method="post" action="/trials/{{ v.id }}/reject" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Reject</button></form>
-<form method="post" action="/proposals/{{ v.id }}/edit"><input type="hidden" name="csrf" value="{{ csrf }}">
+<form method="post" action="/proposals/{{ v.id }}/edit" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}">
 <p>Or change the design before approving:</p>
 <label>Period (days) <input type="number" name="period_days" min="1" max="365" value="{{ v.period_days }}"></label>
 <label>Most blocks <input type="number" name="max_blocks" min="1" max="52" value="{{ v.blocks[1] }}"></label>

@@ -29,14 +29,13 @@ pub struct SourceView {
     source = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Sources — nof1d</title>
-<style>body{font-family:system-ui,sans-serif;max-width:44rem;margin:1rem auto;padding:0 0.8rem;line-height:1.45;color:#222}
-table{border-collapse:collapse;font-size:0.85rem;width:100%}td,th{border-bottom:1px solid #ddd;padding:0.2rem 0.3rem;text-align:left;vertical-align:top}.bad{color:#b00}</style></head>
+<link rel="stylesheet" href="/style.css"></head>
 <body>{{ nav|safe }}<h1>Data sources</h1>
 {% if views.is_empty() %}<p>No data sources are configured yet: outcomes come from self-reports (email links and the trial page's form).</p>{% endif %}
 <form method="post" action="/sources/poll"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Poll all sources now</button></form>
 {% for v in views %}<h2>{{ v.source.name }} <small>({{ v.source.kind }}, {{ v.participant }})</small></h2>
 <p>Last successful poll: {% if let Some(t) = v.source.last_success_at %}{{ t }}{% else %}never{% endif %}{% if let Some(c) = v.source.cursor %} · cursor {{ c }}{% endif %}</p>
-{% if let Some(e) = v.source.last_error %}<p class="bad">Last error{% if let Some(t) = v.source.last_error_at %} ({{ t }}){% endif %}: {{ e }}</p>{% endif %}
+{% if let Some(e) = v.source.last_error %}<p class="err">Last error{% if let Some(t) = v.source.last_error_at %} ({{ t }}){% endif %}: {{ e }}</p>{% endif %}
 <table><thead><tr><th>stream</th><th>observations</th><th>last day</th></tr></thead><tbody>
 {% for st in v.streams %}<tr><td>{{ st.0 }}</td><td>{{ st.1 }}</td><td>{% if let Some(d) = st.2 %}{{ d }}{% endif %}</td></tr>{% endfor %}
 </tbody></table>{% endfor %}

@@ -276,18 +276,8 @@ fn fit_view(f: &crate::store::FitRow, protocol: &Protocol, viewer: &Viewer) -> O
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>nof1d status</title>
-<style>
-body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 60em; padding: 1em; color: #222; }
-table { border-collapse: collapse; width: 100%; margin-bottom: 1.5em; font-size: 0.95em; }
-th, td { text-align: left; padding: 0.3em 0.5em; border-bottom: 1px solid #ddd; vertical-align: top; overflow-wrap: anywhere; }
-.scroll { overflow-x: auto; }
-.bar { background: #eee; width: 8em; height: 0.7em; display: inline-block; }
-.bar span { background: #3a7; height: 100%; display: block; }
-.muted { color: #777; font-size: 0.85em; }
-.err { color: #b00; }
-@media (max-width: 40em) { table, tr, td, th { font-size: 0.85em; } }
-</style></head>
-<body>
+<link rel="stylesheet" href="/style.css"></head>
+<body class="wide">
 {{ nav|safe }}
 <h1>nof1d</h1>
 <p class="muted">version {{ v.version }} · clock {{ v.now }}{% if v.time_scale != 1.0 %} · simulated time ×{{ v.time_scale }}{% endif %}</p>

@@ -276,11 +276,7 @@ async fn trial_detail(
     source = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{{ d.title }} — nof1d</title>
-<style>body{font-family:system-ui,sans-serif;max-width:44rem;margin:1rem auto;padding:0 0.8rem;line-height:1.45;color:#222}
-table{border-collapse:collapse;font-size:0.85rem;width:100%}td,th{border-bottom:1px solid #ddd;padding:0.2rem 0.3rem;text-align:left;vertical-align:top}
-.cal{display:flex;flex-wrap:wrap;gap:2px}.cal span{display:inline-block;width:1.35rem;height:1.35rem;font-size:0.6rem;text-align:center;line-height:1.35rem;border-radius:3px;color:#fff}
-.hidden{background:#ddd;color:#777!important}.future{opacity:0.45}.today{outline:2px solid #111}pre{overflow-x:auto;font-size:0.75rem;background:#f6f6f6;padding:0.5rem}
-figure{margin:0.5rem 0 1rem}.scroll{overflow-x:auto}button{margin:0.15rem 0}</style></head>
+<link rel="stylesheet" href="/style.css"></head>
 <body>
 {{ nav|safe }}
 <h1>{{ d.title }}</h1>
@@ -589,16 +585,13 @@ struct ReportDay {
     source = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Report a day — nof1d</title>
-<style>body{font-family:system-ui,sans-serif;max-width:32rem;margin:1rem auto;padding:0 0.8rem;line-height:1.5;color:#222}
-select,button{font-size:1.05rem;padding:0.4rem;margin:0.2rem 0;width:100%}label{display:block;margin-top:0.6rem}
-table{border-collapse:collapse;font-size:0.85rem;width:100%}td,th{border-bottom:1px solid #ddd;padding:0.2rem 0.3rem;text-align:left}
-.ok{color:#264}.err{color:#b00}</style></head>
-<body>{{ nav|safe }}
+<link rel="stylesheet" href="/style.css"></head>
+<body class="narrow">{{ nav|safe }}
 <p><a href="/trials/{{ id }}">← {{ title }}</a></p>
 <h1>Report a day</h1>
 {% if let Some(m) = message %}<p class="{% if ok %}ok{% else %}err{% endif %}" role="status">{{ m }}</p>{% endif %}
 {% if days.is_empty() %}<p>This trial has no days to report yet.</p>{% else %}
-<form method="post" action="/trials/{{ id }}/report">
+<form method="post" action="/trials/{{ id }}/report" class="stacked">
 <input type="hidden" name="csrf" value="{{ csrf }}">
 <label for="date">Day</label>
 <select id="date" name="date">{% for d in days %}<option value="{{ d.date }}">{{ d.label }}</option>{% endfor %}</select>
