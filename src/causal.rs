@@ -115,16 +115,6 @@ impl CausalGraph {
         Ok(CausalGraph { graph })
     }
 
-    /// True when every arrow into the treatment other than the
-    /// randomisation's is cut by it: the effect is identified by design,
-    /// with no adjustment needed.
-    pub fn identified_by_design(&self) -> bool {
-        self.graph.edge_references().all(|e| {
-            self.graph[e.target()].1 != NodeRole::Treatment
-                || matches!(e.weight(), EdgeKind::Assigns | EdgeKind::CutByRandomisation)
-        })
-    }
-
     /// Number of nodes, the randomisation included.
     pub fn node_count(&self) -> usize {
         self.graph.node_count()
@@ -261,7 +251,6 @@ mod tests {
             "[hypothesis]\nrationale = \"r\"\nconfounders = [\"stress\", \"exercise\"]\nedges = [[\"stress\", \"exercise\"]]\n",
         );
         let g = CausalGraph::of(&p).expect("a DAG");
-        assert!(g.identified_by_design());
         assert_eq!(g.node_count(), 5);
         assert_eq!(g.edge_count(EdgeKind::CutByRandomisation), 2);
         assert_eq!(g.edge_count(EdgeKind::Assigns), 1);

@@ -245,11 +245,11 @@ fn password_fingerprint(state: &AppState, role: Role) -> Option<String> {
         Role::Participant => state.auth.password_hash.as_ref(),
         Role::Investigator => state.auth.investigator_password_hash.as_ref(),
     }?;
-    Some(hex16(&Sha256::digest(hash.as_bytes())))
+    Some(hex(&Sha256::digest(hash.as_bytes())[..8]))
 }
 
-fn hex16(bytes: &[u8]) -> String {
-    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `v1.<role>.<expires>.<nonce>.<tag>`.
@@ -258,7 +258,7 @@ fn issue_session(state: &AppState, role: Role, now: Timestamp) -> Option<String>
     let expires = now.as_second() + SESSION_DAYS * 86_400;
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).ok()?;
-    let nonce = hex16(&nonce) + &hex16(&nonce[8..]);
+    let nonce = hex(&nonce);
     let body = format!("v1.{}.{expires}.{nonce}", role.code());
     let tag = state.link_key.tag(&format!("session|{body}|{fingerprint}"));
     Some(format!("{body}.{tag}"))

@@ -70,8 +70,6 @@ pub struct ProposalView {
     pub uncertainty: Option<f64>,
     /// The causal graph in words.
     pub graph: String,
-    /// Identified by design (randomisation cuts every arrow into the treatment).
-    pub identified_by_design: bool,
     /// Arms as the viewer sees them.
     pub arms: Vec<String>,
     /// Outcome stream, unit, family, direction.
@@ -179,7 +177,6 @@ async fn proposal_views(
                     rationale: h.map(|h| h.rationale.trim().to_string()),
                     uncertainty: h.and_then(|h| h.uncertainty),
                     graph: graph.as_ref().map(|g| g.describe()).unwrap_or_default(),
-                    identified_by_design: graph.as_ref().is_some_and(|g| g.identified_by_design()),
                     arms: (0..p.arms.len())
                         .map(|i| arm_label(&p, i, &viewer))
                         .collect(),
@@ -231,7 +228,7 @@ async fn proposal_views(
 {% if let Some(r) = v.rationale %}<p>{{ r }}</p>{% else %}<p class="muted">The proposer gave no rationale.</p>{% endif %}
 <p>Proposer's uncertainty: {% if let Some(u) = v.uncertainty %}<span class="bar warn" role="img" aria-label="{{ "{:.0}"|format(u * 100.0) }} percent"><span style="width:{{ "{:.0}"|format(u * 100.0) }}%"></span></span> {{ "{:.0}"|format(u * 100.0) }}%{% else %}not stated{% endif %}</p>
 <h3>Causal graph</h3>
-<figure>{{ v.graph_svg|safe }}<figcaption class="muted">{{ v.graph }}.{% if v.identified_by_design %} The effect is identified by design: randomisation decides the arm, so nothing else can.{% endif %}</figcaption></figure>
+<figure>{{ v.graph_svg|safe }}<figcaption class="muted">{{ v.graph }}. The effect is identified by design: randomisation decides the arm, so nothing else can.</figcaption></figure>
 <h3>Design</h3>
 <p>Arms: {% for a in v.arms %}{{ a }}{% if !loop.last %}, {% endif %}{% endfor %}. Outcome: {{ v.outcome }}; MID {{ v.mid }}.
 {{ v.period_days }}-day periods, {{ v.blocks[0] }} to {{ v.blocks[1] }} blocks, at most {{ v.planned_days }} days.

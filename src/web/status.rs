@@ -438,8 +438,8 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let mut out = String::new();
     let mut metric = |name: &str, help: &str, kind: &str, lines: Vec<(String, f64)>| {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for (labels, v) in lines {
-            out.push_str(&format!("{name}{labels} {v}\n"));
+        for (suffix_or_labels, v) in lines {
+            out.push_str(&format!("{name}{suffix_or_labels} {v}\n"));
         }
     };
     metric(
@@ -473,20 +473,16 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         vec![(String::new(), not_converged as f64)],
     );
     // A Prometheus summary without quantiles: rate(sum)/rate(count) is the
-    // mean fit time over any window.
-    out.push_str(
-        "# HELP nof1d_fit_duration_seconds Wall time of stored fits.\n# TYPE nof1d_fit_duration_seconds summary\n",
+    // mean fit time over any window (the "labels" here are the suffixes).
+    metric(
+        "nof1d_fit_duration_seconds",
+        "Wall time of stored fits.",
+        "summary",
+        vec![
+            ("_sum".to_string(), fit_ms / 1000.0),
+            ("_count".to_string(), fit_n as f64),
+        ],
     );
-    out.push_str(&format!(
-        "nof1d_fit_duration_seconds_sum {}\nnof1d_fit_duration_seconds_count {fit_n}\n",
-        fit_ms / 1000.0
-    ));
-    let mut metric = |name: &str, help: &str, kind: &str, lines: Vec<(String, f64)>| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for (labels, v) in lines {
-            out.push_str(&format!("{name}{labels} {v}\n"));
-        }
-    };
     metric(
         "nof1d_decisions_total",
         "Decisions taken, by action.",
