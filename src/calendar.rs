@@ -68,11 +68,6 @@ impl Clock {
         }
     }
 
-    /// True when time runs faster than real time.
-    pub fn is_scaled(&self) -> bool {
-        self.scale != 1.0
-    }
-
     /// Simulated seconds per real second.
     pub fn scale(&self) -> f64 {
         self.scale
@@ -85,7 +80,7 @@ impl Clock {
 
     /// The simulated instant that corresponds to real instant `real`.
     pub fn at(&self, real: Timestamp) -> Timestamp {
-        if self.scale == 1.0 {
+        if self.scale == 1.0 && self.start == self.anchor {
             return real;
         }
         let elapsed = real.duration_since(self.anchor).as_secs_f64() * self.scale;
@@ -138,5 +133,9 @@ mod tests {
         let real = anchor + SignedDuration::from_secs(60);
         assert_eq!(clock.at(real).to_string(), "2026-01-02T00:00:00Z");
         assert_eq!(Clock::system().at(real), real);
+        // A fixed start at real speed: the same instant whenever it runs.
+        let start: Timestamp = "2026-11-25T12:00:00Z".parse().unwrap();
+        let pinned = Clock::scaled_from(anchor, start, 1.0);
+        assert_eq!(pinned.at(real).to_string(), "2026-11-25T12:01:00Z");
     }
 }

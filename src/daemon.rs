@@ -270,7 +270,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let db = tokio::task::spawn_blocking(move || Db::open(&db_path))
         .await
         .map_err(|e| StoreError::Task(e.to_string()))??;
-    let clock = if config.clock.time_scale == 1.0 {
+    let clock = if config.clock.time_scale == 1.0 && config.clock.start.is_none() {
         Clock::system()
     } else {
         let now = crate::store::ts(Timestamp::now());
@@ -295,7 +295,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             parse("clock_anchor", &anchor)?,
             parse("clock_start", &start)?,
         );
-        tracing::warn!(scale = config.clock.time_scale, %anchor, %start, "simulated clock: time runs faster than real time");
+        tracing::warn!(scale = config.clock.time_scale, %anchor, %start, "simulated clock: the daemon's time is not the real time");
         Clock::scaled_from(anchor, start, config.clock.time_scale)
     };
     sync_participants(&db, &config, clock.now()).await?;

@@ -86,14 +86,16 @@ fn kill_9_during_start_and_seeding_loses_and_doubles_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let db = data.join("nof1d.sqlite");
+    let args = common::pinned_demo_args(&data);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(20261125);
     // Kill early and often, before and during the first seeding.
     for _ in 0..6 {
-        let d = Daemon::spawn(&data, &["--demo"]);
+        let d = Daemon::spawn(&data, &args);
         std::thread::sleep(Duration::from_millis(rng.random_range(5..250)));
         d.kill9();
     }
-    let d = Daemon::start(&data, &["--demo"]);
+    let d = Daemon::start(&data, &args);
     d.wait_jobs(1, Duration::from_secs(30));
     let reference = snapshot(&d, &db);
     check_invariants(&db, &data.join("mail"));
@@ -102,7 +104,7 @@ fn kill_9_during_start_and_seeding_loses_and_doubles_nothing() {
     d.kill9();
 
     for round in 0..5 {
-        let d = Daemon::start(&data, &["--demo"]);
+        let d = Daemon::start(&data, &args);
         // Sometimes kill before the jobs ran, sometimes after.
         if round % 2 == 0 {
             std::thread::sleep(Duration::from_millis(rng.random_range(0..100)));

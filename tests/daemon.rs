@@ -11,7 +11,9 @@ use common::{Daemon, client, no_redirects, run};
 fn demo_shows_a_live_trial_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let d = Daemon::start(&data, &["--demo"]);
+    let args = common::pinned_demo_args(&data);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let d = Daemon::start(&data, &args);
     d.wait_jobs(1, Duration::from_secs(30));
 
     let (status, page) = d.get("/");
@@ -100,7 +102,7 @@ fn demo_shows_a_live_trial_and_stops_cleanly() {
     // After a clean stop the lock is free and a restart changes nothing.
     let store = nof1d::store::Store::open_read_only(&data.join("nof1d.sqlite")).unwrap();
     let before = store.counts().unwrap();
-    let d = Daemon::start(&data, &["--demo"]);
+    let d = Daemon::start(&data, &args);
     d.wait_jobs(1, Duration::from_secs(30));
     assert_eq!(store.counts().unwrap().observations, before.observations);
     assert_eq!(store.counts().unwrap().outbox, before.outbox);
@@ -201,7 +203,9 @@ fn password_allows_binding_beyond_loopback() {
 fn trial_page_charts_api_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let d = Daemon::start(&data, &["--demo"]);
+    let args = common::pinned_demo_args(&data);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let d = Daemon::start(&data, &args);
     d.wait_jobs(1, Duration::from_secs(30));
     let (status, page) = d.get("/trials/1");
     assert_eq!(status, 200);

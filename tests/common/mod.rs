@@ -40,6 +40,23 @@ pub fn serve_refused(data: &Path, cwd: &Path) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Noon UTC on a fixed day: the demo's "today" in tests that count its rows.
+pub const PINNED_START: &str = "2026-11-25T12:00:00Z";
+
+/// Writes a config beside `data` whose clock starts at [`PINNED_START`] and
+/// runs at real speed, and returns `--demo --config FILE`. The demo's history
+/// then always has 42 evening ratings: on the real clock a test run after
+/// 21:00 (the demo's rating time) would also see today's.
+pub fn pinned_demo_args(data: &Path) -> Vec<String> {
+    let config = data.with_file_name("pinned-clock.toml");
+    std::fs::write(&config, format!("[clock]\nstart = {PINNED_START:?}\n")).unwrap();
+    vec![
+        "--demo".into(),
+        "--config".into(),
+        config.display().to_string(),
+    ]
+}
+
 /// A running daemon.
 pub struct Daemon {
     pub child: Child,
