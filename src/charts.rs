@@ -48,9 +48,13 @@ impl Frame {
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
                 (a.min(v), b.max(v))
             });
-        if !(x0.is_finite() && x1.is_finite()) || x1 <= x0 {
-            x0 = x0.min(0.0);
-            x1 = x0 + 1.0;
+        if !(x0.is_finite() && x1.is_finite()) {
+            x0 = 0.0;
+            x1 = 1.0;
+        } else if x1 <= x0 {
+            // One x only (a single fit): centre it rather than push it off the plot.
+            x0 -= 1.0;
+            x1 += 1.0;
         }
         if !(y0.is_finite() && y1.is_finite()) {
             y0 = 0.0;
@@ -341,6 +345,17 @@ pub fn band_chart(
             line.join(" ")
         );
     }
+    // Each fit as a dot with its 90% interval, so that a single fit shows too.
+    for ((&x, &m), (&l, &h)) in xs.iter().zip(mean).zip(lo.iter().zip(hi)) {
+        let _ = write!(
+            out,
+            r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#0072B2" stroke-width="1.2"/><circle cx="{x:.1}" cy="{:.1}" r="2.5" fill="#0072B2"/>"##,
+            f.y(l),
+            f.y(h),
+            f.y(m),
+            x = f.x(x)
+        );
+    }
     for &(v, label) in refs {
         let y = f.y(v);
         let _ = write!(
@@ -386,6 +401,14 @@ mod tests {
         );
         assert!(band.contains("<polygon"));
         assert!(band.contains("latest (day 27) gives -1.20, 90% interval -2.00 to -0.40"));
+        assert_eq!(band.matches("<circle").count(), 2);
+        // A single fit is drawn inside the plot, with its interval.
+        let one = band_chart("E1", "day", &[43.0], &[-1.0], &[-2.0], &[0.0], &[]);
+        assert_eq!(one.matches("<circle").count(), 1);
+        assert!(
+            one.contains(&format!("cx=\"{:.1}\"", (LEFT + W - RIGHT) / 2.0)),
+            "{one}"
+        );
         // Degenerate input still draws.
         assert!(band_chart("E", "day", &[], &[], &[], &[], &[]).contains("No fits yet"));
     }

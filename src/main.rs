@@ -108,9 +108,9 @@ enum Command {
         /// Print the JSON report on stdout instead of the table.
         #[arg(long)]
         json: bool,
-        /// Also find the efficacy threshold that keeps false stops (plus one
-        /// Monte Carlo SE) at or below TARGET (default 0.05), and check it on
-        /// fresh virtual trials.
+        /// Also find the efficacy threshold that keeps false stops at or below
+        /// TARGET (default 0.05) with 95% confidence, and check it on fresh
+        /// virtual trials.
         #[arg(long, num_args = 0..=1, default_missing_value = "0.05")]
         calibrate: Option<f64>,
         /// Data: `prior` (from the model) or a stress scenario: trend, weekly,

@@ -810,23 +810,31 @@ fn trial_seed(master: u64, stream: u64, i: u64) -> u64 {
 /// `P(better by MID) >= 0.5` being no evidence at all).
 const MIN_EFFICACY: f64 = 0.5001;
 
-/// Smallest threshold whose false-stop rate on `trials`, plus one Monte
-/// Carlo standard error, is at most `target`: just above the `(k + 1)`-th
-/// largest per-trial maximum of `P(delta > MID)`, `k` the largest count with
-/// `k/n + sqrt((k/n)(1 - k/n)/n) <= target` (a trial stops falsely under `c`
-/// exactly when that maximum is `>= c`). The margin keeps the rate at or
-/// below the target on fresh trials, not only on the ones it was chosen on.
+/// Confidence that the calibrated threshold holds the target on fresh trials.
+const CALIBRATION_CONFIDENCE: f64 = 0.95;
+
+/// Smallest threshold whose false-stop rate is at most `target` with 95%
+/// confidence, judged from the per-trial maxima of `P(delta > MID)` on
+/// `trials` (a trial stops falsely under `c` exactly when its maximum is
+/// `>= c`). Setting `c` just above the `(k + 1)`-th largest of `n` maxima lets
+/// `k` of them stop; the true false-stop rate there is the exceedance
+/// probability of that order statistic, distributed `Beta(k + 1, n - k)`, so
+/// `P(rate <= target) = P(Binomial(n, target) >= k + 1)`. `k` is the largest
+/// count for which that is at least 95%. The rate on the calibration trials
+/// is then below the target by about 1.6 Monte Carlo standard errors; with
+/// fewer than 59 trials not even `k = 0` reaches 95%, and `k = 0` is used.
 fn calibrate_threshold(trials: &[VirtualTrial], target: f64) -> f64 {
     let mut maxima: Vec<f64> = trials.iter().map(VirtualTrial::max_p).collect();
     maxima.sort_by(|a, b| b.total_cmp(a));
-    let n = trials.len().max(1) as f64;
-    let allowed = (0..=trials.len())
-        .take_while(|&k| {
-            let p = k as f64 / n;
-            p + (p * (1.0 - p) / n).sqrt() <= target
-        })
-        .last()
-        .unwrap_or(0);
+    let n = trials.len() as u64;
+    use statrs::distribution::DiscreteCDF;
+    let allowed = match statrs::distribution::Binomial::new(target.clamp(0.0, 1.0), n) {
+        Ok(binomial) => (0..n)
+            .take_while(|&k| binomial.sf(k) >= CALIBRATION_CONFIDENCE)
+            .last()
+            .unwrap_or(0),
+        Err(_) => 0,
+    } as usize;
     let pivot = maxima.get(allowed).copied().unwrap_or(0.0);
     // Round up to 4 decimals so the threshold can be written in a protocol,
     // and keep it where a protocol allows it: above one half.
@@ -1137,17 +1145,27 @@ mod tests {
 
     #[test]
     fn calibration_keeps_the_false_stop_rate_at_or_below_the_target() {
-        // 100 trials whose largest P are 0.01, 0.02, ..., 1.00. With one
-        // Monte Carlo SE of margin, k = 3 false stops are allowed
-        // (0.03 + sqrt(0.03 * 0.97 / 100) = 0.047 <= 0.05; k = 4 gives 0.0596).
+        // 100 trials whose largest P are 0.01, 0.02, ..., 1.00. For
+        // X ~ Binomial(100, 0.05): P(X >= 2) = 1 - 0.95^100 - 100 * 0.05 *
+        // 0.95^99 = 0.9629 >= 0.95, P(X >= 3) = 0.8817 < 0.95: so k = 1 false
+        // stop is allowed, and the threshold sits just above 0.99.
         let trials: Vec<VirtualTrial> = (1..=100)
             .map(|i| looks(&[0.3, f64::from(i) / 100.0]))
             .collect();
         let c = calibrate_threshold(&trials, 0.05);
         let stops = trials.iter().filter(|t| t.at(c).efficacy.is_some()).count();
-        assert_eq!(stops, 3, "threshold {c}");
-        // The next threshold down would stop a fourth trial.
-        assert!(trials.iter().filter(|t| t.max_p() >= 0.97).count() == 4);
+        assert_eq!(stops, 1, "threshold {c}");
+        assert!((c - 0.9901).abs() < 1e-12, "threshold {c}");
+        // The next threshold down would stop a second trial.
+        assert!(trials.iter().filter(|t| t.max_p() >= 0.99).count() == 2);
+        // With 1000 trials (maxima 0.001 ... 1.000) the 95% bound allows 38
+        // stops: P(Binomial(1000, 0.05) >= 39) = 0.957, >= 40 is 0.940.
+        let many: Vec<VirtualTrial> = (1..=1000)
+            .map(|i| looks(&[0.3, f64::from(i) / 1000.0]))
+            .collect();
+        let c = calibrate_threshold(&many, 0.05);
+        let stops = many.iter().filter(|t| t.at(c).efficacy.is_some()).count();
+        assert_eq!(stops, 38, "threshold {c}");
         // A course cut at the first crossing.
         let t = looks(&[0.5, 0.97, 0.99]);
         let course = t.at(0.95);

@@ -108,6 +108,8 @@ pub struct TrialDetail {
     pub arms: Vec<String>,
     /// Outcome stream, unit and MID.
     pub outcome: (String, String, f64),
+    /// The protocol's efficacy and futility thresholds on P(better by MID).
+    pub thresholds: (f64, f64),
     /// The outcome is a self-report with this range (for the form).
     pub self_report: Option<(i32, i32)>,
     /// Days of the schedule.
@@ -250,6 +252,7 @@ async fn trial_detail(
                     protocol.outcome.unit.clone(),
                     protocol.outcome.mid,
                 ),
+                thresholds: (protocol.decision.efficacy, protocol.decision.futility),
                 self_report: protocol
                     .outcome
                     .self_report
@@ -425,6 +428,9 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
     let n_effects = d.fits.last().map_or(0, |f| f.effects.len());
     let xs: Vec<f64> = d.fits.iter().map(|f| f.day).collect();
     let mid = d.outcome.2;
+    let (efficacy, futility) = d.thresholds;
+    let efficacy_label = format!("efficacy {efficacy}");
+    let futility_label = format!("futility {futility}");
     let mut effect_svgs = Vec::new();
     let mut prob_svgs = Vec::new();
     for k in 0..n_effects {
@@ -455,7 +461,10 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
             &p_mid,
             &p_mid,
             &p_best,
-            &[(0.95, "efficacy 0.95"), (0.05, "futility 0.05")],
+            &[
+                (efficacy, efficacy_label.as_str()),
+                (futility, futility_label.as_str()),
+            ],
         ));
     }
     let actions = match d.status.as_str() {
