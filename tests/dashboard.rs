@@ -109,9 +109,10 @@ fn start(dir: &std::path::Path) -> Daemon {
     std::fs::write(
         &config,
         format!(
-            "[web]\npassword_hash = {:?}\ninvestigator_password_hash = {:?}\n[jobs]\ndesign_seconds = 1\ndesign_trials = 12\n",
+            "[web]\npassword_hash = {:?}\ninvestigator_password_hash = {:?}\n[jobs]\ndesign_seconds = 1\ndesign_trials = 12\n[clock]\nstart = {:?}\n",
             hash(PARTICIPANT_PASSWORD),
-            hash(INVESTIGATOR_PASSWORD)
+            hash(INVESTIGATOR_PASSWORD),
+            common::PINNED_START
         ),
     )
     .unwrap();
@@ -315,11 +316,13 @@ fn proposals_pause_self_report_and_api() {
         409
     );
 
-    // The self-report form: a rating for yesterday, which then stands.
+    // The self-report form. The clock is pinned at noon, before the demo's
+    // 21:00 rating: today's rating is the participant's, recorded once, and
+    // the first one stands.
     let (status, form) = me.get(&d, "/trials/1/report");
     assert_eq!(status, 200);
     assert!(form.contains("How anxious"));
-    let today = me.json(&d, "/api/trials/1")["calendar"]
+    let today: jiff::civil::Date = me.json(&d, "/api/trials/1")["calendar"]
         .as_array()
         .unwrap()
         .iter()
@@ -327,21 +330,14 @@ fn proposals_pause_self_report_and_api() {
         .unwrap()["date"]
         .as_str()
         .unwrap()
-        .to_string();
-    let yesterday: jiff::civil::Date = today
-        .parse::<jiff::civil::Date>()
-        .unwrap()
-        .yesterday()
+        .parse()
         .unwrap();
-    let tomorrow: jiff::civil::Date = today
-        .parse::<jiff::civil::Date>()
-        .unwrap()
-        .tomorrow()
-        .unwrap();
+    let yesterday = today.yesterday().unwrap();
+    let tomorrow = today.tomorrow().unwrap();
     let (status, _) = me.post(
         &d,
         "/trials/1/report",
-        &format!("date={yesterday}&rating=3&adherence=done"),
+        &format!("date={today}&rating=3&adherence=done"),
     );
     assert_eq!(status, 403, "no CSRF token");
     let store = nof1d::store::Store::open_read_only(&data.join("nof1d.sqlite")).unwrap();
@@ -349,26 +345,29 @@ fn proposals_pause_self_report_and_api() {
     let (status, page) = me.post(
         &d,
         "/trials/1/report",
-        &format!("csrf={csrf}&date={yesterday}&rating=3&adherence=done"),
+        &format!("csrf={csrf}&date={today}&rating=3&adherence=done"),
     );
     assert_eq!(status, 200, "{page}");
-    // The demo simulator may already have rated yesterday: then the first
-    // rating stands and nothing is added; otherwise exactly one is added.
-    let after = store.counts().unwrap().observations;
-    if page.contains("already has a rating") {
-        assert_eq!(after, before);
-    } else {
-        assert!(page.contains("recorded rating 3"), "{page}");
-        assert_eq!(after, before + 1);
-    }
+    assert!(page.contains("recorded rating 3"), "{page}");
     assert!(page.contains("recorded done"), "{page}");
+    let after = store.counts().unwrap().observations;
+    assert_eq!(after, before + 1);
     let (status, page) = me.post(
         &d,
         "/trials/1/report",
-        &format!("csrf={csrf}&date={yesterday}&rating=9"),
+        &format!("csrf={csrf}&date={today}&rating=9"),
     );
     assert_eq!(status, 200);
-    assert!(page.contains("already has a rating"), "{page}");
+    assert!(page.contains("already has a rating (3)"), "{page}");
+    assert_eq!(store.counts().unwrap().observations, after);
+    // Adherence for a past day may still be given.
+    let (status, page) = me.post(
+        &d,
+        "/trials/1/report",
+        &format!("csrf={csrf}&date={yesterday}&adherence=not_done"),
+    );
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("recorded not_done"), "{page}");
     assert_eq!(store.counts().unwrap().observations, after);
     for (bad, why) in [
         (format!("date={tomorrow}&rating=3"), "has not happened yet"),
