@@ -432,7 +432,10 @@ pub fn analyze(text: &str, req: &Request) -> Result<Analysis, String> {
             run_in_sd: None,
             method: req.method,
             seed: req.seed,
-            mcmc: crate::inference::McmcOptions::default(),
+            mcmc: match req.method {
+                crate::fit::Method::Nuts => crate::inference::McmcOptions::nuts_default(),
+                _ => crate::inference::McmcOptions::default(),
+            },
             grid: crate::inference::GridOptions::default(),
             dropped: Vec::new(),
             path: true,
@@ -554,6 +557,16 @@ pub fn render(a: &Analysis) -> String {
             out,
             "  grid error check: means {m:.4} sd, sds {:.2}%, probabilities {p:.4}",
             100.0 * s
+        );
+    }
+    if let Some(div) = &d.divergences {
+        let _ = writeln!(
+            out,
+            "  divergent transitions per chain: {}",
+            div.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     if let (Some(r), Some(e)) = (&d.rhat, &d.ess_bulk) {

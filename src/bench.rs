@@ -65,8 +65,10 @@ pub struct EngineTiming {
     pub grid_converged: bool,
     /// Effect mean and sd from the grid.
     pub grid_effect: [f64; 2],
-    /// MCMC reference (when asked): wall ms, effect mean and sd, min bulk ESS.
+    /// Adaptive Metropolis reference (when asked): wall ms, effect mean and sd, min bulk ESS.
     pub mcmc: Option<McmcTiming>,
+    /// NUTS reference (when asked), with [`McmcOptions::nuts_default`].
+    pub nuts: Option<McmcTiming>,
 }
 
 /// The MCMC reference run of a benchmark line.
@@ -82,6 +84,8 @@ pub struct McmcTiming {
     pub effect_ess_per_s: f64,
     /// |grid mean - mcmc mean| / mcmc sd, and |grid sd / mcmc sd - 1|.
     pub grid_vs_mcmc: [f64; 2],
+    /// The reference's own verdict (R-hat, ESS; no divergences for NUTS).
+    pub converged: bool,
 }
 
 /// Times the filter and the grid fit at `days`, optionally against MCMC with `mcmc_draws` per chain.
@@ -139,8 +143,15 @@ pub fn engine(
     }
     times.sort_by(f64::total_cmp);
     let grid = last.expect("grid fit on simulated data");
-    let mcmc = mcmc_draws.map(|_| {
-        let m = fit(&series, &spec(Method::Mcmc)).expect("mcmc fit on simulated data");
+    let reference = |method: Method| {
+        let spec = FitSpec {
+            mcmc: match method {
+                Method::Nuts => McmcOptions::nuts_default(),
+                _ => spec(method).mcmc,
+            },
+            ..spec(method)
+        };
+        let m = fit(&series, &spec).expect("reference fit on simulated data");
         let ess = m.diagnostics.ess_bulk.clone().unwrap_or_default();
         let min_ess = ess.values().copied().fold(f64::INFINITY, f64::min);
         let effect_ess = ess.get("effect:treatment").copied().unwrap_or(f64::NAN);
@@ -152,8 +163,11 @@ pub fn engine(
             min_ess,
             effect_ess_per_s: effect_ess / (m.diagnostics.wall_ms / 1000.0),
             grid_vs_mcmc: [(gm - mm).abs() / ms, (gs / ms - 1.0).abs()],
+            converged: m.diagnostics.converged,
         }
-    });
+    };
+    let mcmc = mcmc_draws.map(|_| reference(Method::Mcmc));
+    let nuts = mcmc_draws.map(|_| reference(Method::Nuts));
     EngineTiming {
         days,
         filter_us,
@@ -162,6 +176,7 @@ pub fn engine(
         grid_converged: grid.diagnostics.converged,
         grid_effect: [grid.effects[0].mean, grid.effects[0].sd],
         mcmc,
+        nuts,
     }
 }
 

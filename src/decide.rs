@@ -343,6 +343,7 @@ mod tests {
                 grid_error_sd: None,
                 grid_error_prob: None,
                 acceptance: None,
+                divergences: None,
                 rhat: None,
                 ess_bulk: None,
             },

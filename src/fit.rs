@@ -24,8 +24,10 @@ use crate::protocol::{Family, Outcome};
 pub enum Method {
     /// Deterministic lattice integration (fast path).
     Grid,
-    /// Adaptive Metropolis chains (reference).
+    /// Adaptive Metropolis chains (gradient-free reference).
     Mcmc,
+    /// NUTS chains (nuts-rs; the reference the grid is checked against).
+    Nuts,
 }
 
 /// What a fit needs besides the series.
@@ -256,6 +258,67 @@ pub struct PriorReport {
     pub hyper: HyperPriors,
 }
 
+/// Split R-hat and bulk ESS of MCMC chains, per hyperparameter and effect,
+/// and the verdict of `statistics.md` §4 (R-hat < 1.01, ESS > 400).
+struct ChainDiagnostics {
+    rhat: BTreeMap<String, f64>,
+    ess: BTreeMap<String, f64>,
+    converged: bool,
+    reason: Option<String>,
+}
+
+impl ChainDiagnostics {
+    fn of(
+        r: &inference::McmcResult,
+        likelihood: Option<Likelihood>,
+        dims: usize,
+        effects: &[String],
+    ) -> Self {
+        let mut rhat = BTreeMap::new();
+        let mut ess = BTreeMap::new();
+        for (k, name) in names_of_theta(likelihood).iter().enumerate().take(dims) {
+            let chains: Vec<Vec<f64>> = r
+                .chains
+                .iter()
+                .map(|c| c.iter().map(|e| e.theta[k]).collect())
+                .collect();
+            let (rh, es) = inference::rhat_ess(&chains);
+            rhat.insert(name.to_string(), rh);
+            ess.insert(name.to_string(), es);
+        }
+        for (i, name) in effects.iter().enumerate() {
+            let chains: Vec<Vec<f64>> = r
+                .chains
+                .iter()
+                .map(|c| c.iter().map(|e| e.filter.b_mean[i + 1]).collect())
+                .collect();
+            let (rh, es) = inference::rhat_ess(&chains);
+            rhat.insert(format!("effect:{name}"), rh);
+            ess.insert(format!("effect:{name}"), es);
+        }
+        let worst_rhat =
+            rhat.values().copied().fold(
+                0.0f64,
+                |a, b| {
+                    if b.is_nan() { f64::INFINITY } else { a.max(b) }
+                },
+            );
+        let worst_ess = ess.values().copied().fold(f64::INFINITY, f64::min);
+        let converged = worst_rhat < 1.01 && worst_ess > 400.0;
+        let reason = (!converged).then(|| {
+            format!(
+                "max R-hat {worst_rhat:.3} (need < 1.01), min bulk ESS {worst_ess:.0} (need > 400)"
+            )
+        });
+        ChainDiagnostics {
+            rhat,
+            ess,
+            converged,
+            reason,
+        }
+    }
+}
+
 /// Diagnostics of a fit.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Diagnostics {
@@ -278,8 +341,11 @@ pub struct Diagnostics {
     pub grid_error_sd: Option<f64>,
     /// Grid: largest change of `P(better by MID)` under the same checks.
     pub grid_error_prob: Option<f64>,
-    /// MCMC: acceptance rate per chain.
+    /// Metropolis: acceptance rate per chain.
     pub acceptance: Option<Vec<f64>>,
+    /// NUTS: divergent transitions per chain after warm-up.
+    #[serde(default)]
+    pub divergences: Option<Vec<usize>>,
     /// MCMC: rank-normalised split R-hat per hyperparameter and effect.
     pub rhat: Option<BTreeMap<String, f64>>,
     /// MCMC: bulk ESS per hyperparameter and effect.
@@ -533,6 +599,7 @@ pub fn fit_with_mixture(
                 grid_error_sd: Some(err_sd),
                 grid_error_prob: Some(err_prob),
                 acceptance: None,
+                divergences: None,
                 rhat: None,
                 ess_bulk: None,
             };
@@ -544,54 +611,64 @@ pub fn fit_with_mixture(
                 ..spec.mcmc
             };
             let r = inference::sample_mcmc(ev, &opts);
-            let mut rhat = BTreeMap::new();
-            let mut ess = BTreeMap::new();
-            for (k, name) in names_of_theta(likelihood)
-                .iter()
-                .enumerate()
-                .take(ev.dims())
-            {
-                let chains: Vec<Vec<f64>> = r
-                    .chains
-                    .iter()
-                    .map(|c| c.iter().map(|e| e.theta[k]).collect())
-                    .collect();
-                let (rh, es) = inference::rhat_ess(&chains);
-                rhat.insert(name.to_string(), rh);
-                ess.insert(name.to_string(), es);
-            }
-            for (i, name) in names.iter().enumerate() {
-                let chains: Vec<Vec<f64>> = r
-                    .chains
-                    .iter()
-                    .map(|c| c.iter().map(|e| e.filter.b_mean[i + 1]).collect())
-                    .collect();
-                let (rh, es) = inference::rhat_ess(&chains);
-                rhat.insert(format!("effect:{name}"), rh);
-                ess.insert(format!("effect:{name}"), es);
-            }
-            let worst_rhat = rhat.values().copied().fold(0.0f64, |a, b| {
-                if b.is_nan() { f64::INFINITY } else { a.max(b) }
-            });
-            let worst_ess = ess.values().copied().fold(f64::INFINITY, f64::min);
-            let converged = worst_rhat < 1.01 && worst_ess > 400.0;
-            let reason = (!converged).then(|| format!("max R-hat {worst_rhat:.3} (need < 1.01), min bulk ESS {worst_ess:.0} (need > 400)"));
-            let evaluations = opts.chains * (opts.warmup + opts.draws);
+            let chains = ChainDiagnostics::of(&r, likelihood, ev.dims(), &names);
             let diag = Diagnostics {
                 method: Method::Mcmc,
-                converged,
-                reason,
+                converged: chains.converged,
+                reason: chains.reason,
                 wall_ms: 0.0,
-                evaluations,
+                evaluations: opts.chains * (opts.warmup + opts.draws),
                 grid_points: None,
                 grid_error_mean: None,
                 grid_error_sd: None,
                 grid_error_prob: None,
                 acceptance: Some(r.acceptance.clone()),
-                rhat: Some(rhat),
-                ess_bulk: Some(ess),
+                divergences: None,
+                rhat: Some(chains.rhat),
+                ess_bulk: Some(chains.ess),
             };
             (r.mixture(), diag)
+        }
+        Method::Nuts => {
+            let opts = McmcOptions {
+                seed: spec.seed,
+                ..spec.mcmc
+            };
+            let r = inference::sample_nuts(ev, &opts);
+            if r.draws.chains.is_empty() {
+                return Err(ModelError::Input(
+                    "NUTS could not start a chain: the posterior cannot be evaluated near the prior".into(),
+                ));
+            }
+            let chains = ChainDiagnostics::of(&r.draws, likelihood, ev.dims(), &names);
+            let divergent: usize = r.divergences.iter().sum();
+            let converged = chains.converged && divergent == 0 && r.failed_chains == 0;
+            let reason = (!converged).then(|| {
+                let mut why: Vec<String> = chains.reason.into_iter().collect();
+                if divergent > 0 {
+                    why.push(format!("{divergent} divergent transitions"));
+                }
+                if r.failed_chains > 0 {
+                    why.push(format!("{} chains stopped on an error", r.failed_chains));
+                }
+                why.join("; ")
+            });
+            let diag = Diagnostics {
+                method: Method::Nuts,
+                converged,
+                reason,
+                wall_ms: 0.0,
+                evaluations: r.evaluations,
+                grid_points: None,
+                grid_error_mean: None,
+                grid_error_sd: None,
+                grid_error_prob: None,
+                acceptance: None,
+                divergences: Some(r.divergences.clone()),
+                rhat: Some(chains.rhat),
+                ess_bulk: Some(chains.ess),
+            };
+            (r.draws.mixture(), diag)
         }
     };
     let t_int = started.elapsed().as_secs_f64() * 1000.0;
@@ -651,10 +728,13 @@ mod tests {
             run_in_sd: None,
             method,
             seed: 3,
-            mcmc: McmcOptions {
-                warmup: 3000,
-                draws: 20_000,
-                ..McmcOptions::default()
+            mcmc: match method {
+                Method::Nuts => McmcOptions::nuts_default(),
+                _ => McmcOptions {
+                    warmup: 3000,
+                    draws: 20_000,
+                    ..McmcOptions::default()
+                },
             },
             grid: GridOptions::default(),
             dropped: Vec::new(),
@@ -719,28 +799,38 @@ mod tests {
         let series = two_arm_series(150, -1.0, 5);
         let o = outcome();
         let g = fit(&series, &spec(&o, Method::Grid)).unwrap();
-        let m = fit(&series, &spec(&o, Method::Mcmc)).unwrap();
         assert!(g.diagnostics.converged, "{:?}", g.diagnostics);
-        assert!(m.diagnostics.converged, "{:?}", m.diagnostics);
-        let ess = m.diagnostics.ess_bulk.as_ref().unwrap()["effect:meditation"];
-        let (ge, me) = (&g.effects[0], &m.effects[0]);
-        // Monte Carlo se of the MCMC mean is sd/sqrt(ESS), of its sd about
-        // sd/sqrt(2 ESS); allow 4 se (the grid's own error is far smaller).
-        let se_mean = me.sd / ess.sqrt();
-        let se_sd = me.sd / (2.0 * ess).sqrt();
-        assert!(
-            (ge.mean - me.mean).abs() < 4.0 * se_mean,
-            "{} vs {} (se {se_mean})",
-            ge.mean,
-            me.mean
-        );
-        assert!(
-            (ge.sd - me.sd).abs() < 4.0 * se_sd,
-            "{} vs {} (se {se_sd})",
-            ge.sd,
-            me.sd
-        );
-        assert!((ge.p_better_by_mid - me.p_better_by_mid).abs() < 0.02);
+        let ge = &g.effects[0];
+        // Both references: NUTS (nuts-rs) and adaptive Metropolis.
+        for method in [Method::Nuts, Method::Mcmc] {
+            let m = fit(&series, &spec(&o, method)).unwrap();
+            assert!(m.diagnostics.converged, "{:?}", m.diagnostics);
+            if method == Method::Nuts {
+                assert_eq!(
+                    m.diagnostics.divergences.as_deref(),
+                    Some(&[0, 0, 0, 0][..])
+                );
+            }
+            let ess = m.diagnostics.ess_bulk.as_ref().unwrap()["effect:meditation"];
+            let me = &m.effects[0];
+            // Monte Carlo se of the MCMC mean is sd/sqrt(ESS), of its sd about
+            // sd/sqrt(2 ESS); allow 4 se (the grid's own error is far smaller).
+            let se_mean = me.sd / ess.sqrt();
+            let se_sd = me.sd / (2.0 * ess).sqrt();
+            assert!(
+                (ge.mean - me.mean).abs() < 4.0 * se_mean,
+                "{method:?}: {} vs {} (se {se_mean})",
+                ge.mean,
+                me.mean
+            );
+            assert!(
+                (ge.sd - me.sd).abs() < 4.0 * se_sd,
+                "{method:?}: {} vs {} (se {se_sd})",
+                ge.sd,
+                me.sd
+            );
+            assert!((ge.p_better_by_mid - me.p_better_by_mid).abs() < 0.02);
+        }
         // The summaries are internally consistent.
         assert!(ge.ci50[0] < ge.mean && ge.mean < ge.ci50[1]);
         assert!(ge.ci95[0] < ge.ci90[0] && ge.ci90[1] < ge.ci95[1]);

@@ -85,7 +85,8 @@ enum Command {
         /// Column with the arm actually taken: adds an as-treated analysis beside intention to treat.
         #[arg(long)]
         taken_col: Option<String>,
-        /// Inference: `grid` (fast, deterministic) or `mcmc` (reference).
+        /// Inference: `grid` (fast, deterministic), `nuts` (the NUTS reference)
+        /// or `mcmc` (adaptive Metropolis, gradient-free).
         #[arg(long, default_value = "grid")]
         method: String,
         /// Seed for MCMC and P(best) draws.
@@ -388,7 +389,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let method = match method.as_str() {
                 "grid" => nof1d::fit::Method::Grid,
                 "mcmc" => nof1d::fit::Method::Mcmc,
-                other => anyhow::bail!("--method {other:?}: use grid or mcmc"),
+                "nuts" => nof1d::fit::Method::Nuts,
+                other => anyhow::bail!("--method {other:?}: use grid, nuts or mcmc"),
             };
             let (outcome, known_arms, comparator) = match protocol {
                 Some(path) => {
