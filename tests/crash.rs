@@ -126,9 +126,15 @@ fn kill_9_while_simulated_days_pass_keeps_every_day_once() {
     let db = data.join("nof1d.sqlite");
     let config = data.join("nof1d.toml");
     // One simulated day per 10 real seconds; every job ticks each second.
+    // The timeline starts at noon (common::PINNED_START): from the real time
+    // of day, a start after about 22:30 crossed midnight before the first
+    // assignment tick, and the run then saw one morning instead of two.
     std::fs::write(
         &config,
-        "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\n[clock]\ntime_scale = 8640.0\n",
+        format!(
+            "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\n[clock]\ntime_scale = 8640.0\nstart = {:?}\n",
+            common::PINNED_START
+        ),
     )
     .unwrap();
     let args = ["--demo", "--config", config.to_str().unwrap()];
