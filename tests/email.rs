@@ -15,13 +15,16 @@ use common::smtp::{SmtpSink, smtp_config};
 use common::{Daemon, client};
 use nof1d::store::Store;
 
-fn config(data: &Path, scale: f64, extra: &str) -> PathBuf {
+/// Jobs every second, `scale` simulated seconds per real second from the
+/// simulated instant `start` (so that no test depends on the real time of
+/// day: before 07:30 there is no email yet, near midnight the day ends).
+fn config(data: &Path, scale: f64, start: &str, extra: &str) -> PathBuf {
     std::fs::create_dir_all(data).unwrap();
     let path = data.join("nof1d.toml");
     std::fs::write(
         &path,
         format!(
-            "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\n[demo]\ntime_zone = \"Europe/London\"\n[clock]\ntime_scale = {scale:.1}\n{extra}"
+            "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\n[demo]\ntime_zone = \"Europe/London\"\n[clock]\ntime_scale = {scale:.1}\nstart = {start:?}\n{extra}"
         ),
     )
     .unwrap();
@@ -50,10 +53,8 @@ fn the_days_email_arrives_once_at_local_time_across_a_dst_change() {
     let cfg = config(
         &data,
         1800.0,
-        &format!(
-            "start = \"2027-03-27T23:00:00Z\"\n{}",
-            smtp_config(sink.addr)
-        ),
+        "2027-03-27T23:00:00Z",
+        &smtp_config(sink.addr),
     );
     let d = Daemon::start(&data, &["--demo", "--config", cfg.to_str().unwrap()]);
     // Started after the 27th's 07:30: that day's email goes at once. The
@@ -110,7 +111,7 @@ fn an_smtp_outage_is_ridden_out_and_a_rejection_is_final() {
     let addr = reserved.local_addr().unwrap();
     drop(reserved);
     // A minute a second: the first retries come after 30 s, 60 s, ... simulated.
-    let cfg = config(&data, 60.0, &smtp_config(addr));
+    let cfg = config(&data, 60.0, common::PINNED_START, &smtp_config(addr));
     let d = Daemon::start(&data, &["--demo", "--config", cfg.to_str().unwrap()]);
     wait_until("two failed attempts", Duration::from_secs(30), || {
         let status = d.json("/api/status");
@@ -139,7 +140,12 @@ fn an_smtp_outage_is_ridden_out_and_a_rejection_is_final() {
     let data2 = dir2.path().join("data");
     let rejecting = SmtpSink::start();
     rejecting.reject_all(true);
-    let cfg2 = config(&data2, 60.0, &smtp_config(rejecting.addr));
+    let cfg2 = config(
+        &data2,
+        60.0,
+        common::PINNED_START,
+        &smtp_config(rejecting.addr),
+    );
     let d2 = Daemon::start(&data2, &["--demo", "--config", cfg2.to_str().unwrap()]);
     wait_until("marked failed", Duration::from_secs(30), || {
         d2.json("/api/status")["outbox"][0]["status"] == "failed"
@@ -182,7 +188,7 @@ fn links_record_adherence_and_ratings_and_forged_or_expired_ones_change_nothing(
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let sink = SmtpSink::start();
-    let cfg = config(&data, 1.0, &smtp_config(sink.addr));
+    let cfg = config(&data, 1.0, common::PINNED_START, &smtp_config(sink.addr));
     let d = Daemon::start(&data, &["--demo", "--config", cfg.to_str().unwrap()]);
     let got = sink.wait_for(1, Duration::from_secs(30));
     let text = got[0].parsed().body_text(0).unwrap().to_string();
@@ -256,9 +262,11 @@ fn links_record_adherence_and_ratings_and_forged_or_expired_ones_change_nothing(
     let claim = nof1d::links::LinkClaim {
         participant_id: 1,
         trial_id: 1,
-        date: jiff::Zoned::now().date(),
+        date: "2026-11-25".parse().unwrap(),
         action: nof1d::links::LinkAction::Done,
-        expires: jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1),
+        // An hour before the daemon's (pinned) clock started.
+        expires: common::PINNED_START.parse::<jiff::Timestamp>().unwrap()
+            - jiff::SignedDuration::from_hours(1),
     };
     let expired = format!("{base}/{}", key.sign(&claim));
     let (code, body) = post(&expired);
@@ -274,7 +282,12 @@ fn kill_9_mid_delivery_loses_nothing_and_repeats_only_with_the_same_message_id()
     let data = dir.path().join("data");
     let sink = SmtpSink::start();
     // A simulated day every 2 seconds: a stream of daily emails.
-    let cfg = config(&data, 43_200.0, &smtp_config(sink.addr));
+    let cfg = config(
+        &data,
+        43_200.0,
+        common::PINNED_START,
+        &smtp_config(sink.addr),
+    );
     let args = ["--demo", "--config", cfg.to_str().unwrap()];
     let mut kills = 0;
     for round in 0..6 {
