@@ -649,26 +649,31 @@ impl McmcResult {
     }
 }
 
+/// A chain's first point: the prior centre moved by `N(0, 0.5^2)` in each
+/// free coordinate, drawn again until the posterior can be evaluated there.
+fn dispersed_start(ev: &dyn Evaluator, rng: &mut ChaCha20Rng) -> Eval {
+    loop {
+        let mut t = ev.start();
+        for v in t.iter_mut().take(ev.dims()) {
+            let z: f64 = StandardNormal.sample(rng);
+            *v += 0.5 * z;
+        }
+        if let Some(e) = ev.eval(&t) {
+            return e;
+        }
+    }
+}
+
 /// Adaptive random-walk Metropolis over `theta` (Haario et al. 2001: proposal
 /// covariance `2.38^2 / d` times the running covariance during warm-up, then
 /// fixed). Chains start from dispersed points around the prior centre and
 /// run on separate threads.
 pub fn sample_mcmc(ev: &dyn Evaluator, opts: &McmcOptions) -> McmcResult {
-    let center = ev.start();
     let dims = ev.dims();
     let run_chain = |c: usize| -> (Vec<Eval>, f64) {
         let mut rng =
             ChaCha20Rng::seed_from_u64(opts.seed.wrapping_mul(1000).wrapping_add(c as u64));
-        let mut current = loop {
-            let mut t = center;
-            for v in t.iter_mut().take(dims) {
-                let z: f64 = StandardNormal.sample(&mut rng);
-                *v += 0.5 * z;
-            }
-            if let Some(e) = ev.eval(&t) {
-                break e;
-            }
-        };
+        let mut current = dispersed_start(ev, &mut rng);
         let mut cov = DMatrix::<f64>::identity(dims, dims) * 0.01;
         let mut mean = DVector::from_column_slice(&current.theta[..dims]);
         let mut m2 = DMatrix::<f64>::zeros(dims, dims);
@@ -832,16 +837,7 @@ pub fn sample_nuts(ev: &dyn Evaluator, opts: &McmcOptions) -> McmcNutsResult {
     let run_chain = |c: usize| -> Option<(Vec<Eval>, usize)> {
         let mut rng =
             ChaCha20Rng::seed_from_u64(opts.seed.wrapping_mul(1000).wrapping_add(c as u64));
-        let start: Vec<f64> = loop {
-            let mut t = center;
-            for v in t.iter_mut().take(dims) {
-                let z: f64 = StandardNormal.sample(&mut rng);
-                *v += 0.5 * z;
-            }
-            if ev.eval(&t).is_some() {
-                break t[..dims].to_vec();
-            }
-        };
+        let start = dispersed_start(ev, &mut rng).theta[..dims].to_vec();
         let mut settings = nuts_rs::DiagNutsSettings {
             num_tune: opts.warmup as u64,
             num_draws: opts.draws as u64,
