@@ -8,7 +8,10 @@ use serde::Serialize;
 
 use crate::fit::{FitSpec, Method, fit};
 use crate::inference::{GridOptions, McmcOptions};
-use crate::model::{ArmPath, FilterPlan, Hyper, Series, StaticPrior, augmented_filter_planned};
+use crate::model::{
+    ArmPath, FilterPlan, Hyper, LANES, Series, StaticPrior, augmented_filter_batch,
+    augmented_filter_planned,
+};
 use crate::protocol::{Family, Outcome};
 use crate::simulate::{ModelParams, simulate_daily};
 
@@ -57,6 +60,9 @@ pub struct EngineTiming {
     pub days: usize,
     /// Mean time of one augmented filter pass, microseconds.
     pub filter_us: f64,
+    /// The same per pass when passes run [`LANES`] side by side (the
+    /// evaluator's batches), microseconds.
+    pub filter_batch_us: f64,
     /// Median wall time of a grid fit, milliseconds.
     pub grid_fit_ms: f64,
     /// Posterior evaluations per grid fit.
@@ -117,6 +123,19 @@ pub fn engine(
             .map_or(0.0, |o| o.log_lik);
     }
     let filter_us = t0.elapsed().as_secs_f64() * 1e6 / n_filter as f64;
+    // The same passes LANES at a time, as the evaluator's batches run them.
+    let lanes: [Hyper; LANES] = std::array::from_fn(|l| Hyper {
+        lambda: h.lambda * (1.0 + 0.01 * l as f64),
+        ..h
+    });
+    let t0 = Instant::now();
+    for _ in 0..n_filter.div_ceil(LANES) {
+        for out in augmented_filter_batch(&series, &plan, &series.y, &lanes, &prior) {
+            sink += out.map_or(0.0, |o| o.log_lik);
+        }
+    }
+    let filter_batch_us =
+        t0.elapsed().as_secs_f64() * 1e6 / (n_filter.div_ceil(LANES) * LANES) as f64;
     std::hint::black_box(sink);
     let spec = |method| FitSpec {
         outcome,
@@ -171,6 +190,7 @@ pub fn engine(
     EngineTiming {
         days,
         filter_us,
+        filter_batch_us,
         grid_fit_ms: times[times.len() / 2],
         grid_evaluations: grid.diagnostics.evaluations,
         grid_converged: grid.diagnostics.converged,
