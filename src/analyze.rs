@@ -439,6 +439,7 @@ pub fn analyze(text: &str, req: &Request) -> Result<Analysis, String> {
             grid: crate::inference::GridOptions::default(),
             dropped: Vec::new(),
             path: true,
+            intervals: true,
         };
         let fit = crate::fit::fit(&prepared.series, &spec).map_err(|e| e.to_string())?;
         Ok((prepared, fit))

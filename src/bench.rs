@@ -151,6 +151,7 @@ pub fn engine(
         grid: GridOptions::default(),
         dropped: Vec::new(),
         path: true,
+        intervals: true,
     };
     let mut times = Vec::new();
     let mut last = None;
@@ -291,6 +292,7 @@ pub fn sbc(family: Family, replications: usize, days: usize, seed: u64) -> SbcRe
             grid: GridOptions::default(),
             dropped: Vec::new(),
             path: false,
+            intervals: true,
         };
         let (report, mix) = match crate::fit::fit_with_mixture(&series, &spec) {
             Ok(r) => r,

@@ -711,6 +711,7 @@ async fn refit_one(
             grid: crate::inference::GridOptions::default(),
             dropped,
             path: true,
+            intervals: true,
         };
         crate::fit::fit(&ts.series, &spec).map(|r| Some((r, through)))
     })

@@ -51,6 +51,10 @@ pub struct FitSpec<'a> {
     pub dropped: Vec<usize>,
     /// Compute the smoothed path (for display; simulations skip it).
     pub path: bool,
+    /// Compute the credible intervals and the hyperparameters' summaries.
+    /// Simulations skip them (the intervals are then NaN and the
+    /// hyperparameter list empty): no decision reads them.
+    pub intervals: bool,
 }
 
 /// Names of the `theta` coordinates for a family: the fourth is `sigma_y`
@@ -682,7 +686,8 @@ pub fn fit_with_mixture(
         .map(|a| !spec.dropped.contains(a))
         .collect();
     let p_best = inference::prob_best(&mixture, &active, sign, spec.seed);
-    let effects = inference::summarise_effects(&mixture, &names, sign, mid, &p_best);
+    let effects =
+        inference::summarise_effects(&mixture, &names, sign, mid, &p_best, spec.intervals);
     let base = Marginal::of(&mixture, 0);
     let t_sum = started.elapsed().as_secs_f64() * 1000.0;
     let path = match likelihood {
@@ -703,10 +708,11 @@ pub fn fit_with_mixture(
         effects,
         baseline: [base.mean(), base.sd()],
         p_best_comparator: p_best[0],
-        hyperparameters: inference::summarise_hyper(
-            &mixture,
-            &names_of_theta(likelihood)[..ev.dims()],
-        ),
+        hyperparameters: if spec.intervals {
+            inference::summarise_hyper(&mixture, &names_of_theta(likelihood)[..ev.dims()])
+        } else {
+            Vec::new()
+        },
         diagnostics,
         priors: prior_report,
         path,
@@ -744,6 +750,7 @@ mod tests {
             grid: GridOptions::default(),
             dropped: Vec::new(),
             path: true,
+            intervals: true,
         }
     }
 
@@ -762,6 +769,7 @@ mod tests {
                 let series = two_arm_series(days, -1.0, seed);
                 let s = FitSpec {
                     path: false,
+                    intervals: true,
                     ..spec(&o, Method::Grid)
                 };
                 let fit = fit(&series, &s).unwrap();
@@ -809,6 +817,7 @@ mod tests {
                 let series = two_arm_series(days, -1.0, seed);
                 let s = FitSpec {
                     path: false,
+                    intervals: true,
                     ..spec(&o, Method::Grid)
                 };
                 let fit = fit(&series, &s).unwrap();

@@ -1092,7 +1092,7 @@ impl Marginal {
 
     /// The `p` quantile of the mixture: Halley steps on its CDF (the density
     /// and its slope come with the CDF in the same pass over the components,
-    /// so two or three passes reach 1e-12), safeguarded by a bracket that
+    /// so two passes usually reach 1e-12 sd), safeguarded by a bracket that
     /// each step narrows (bisection where a step would leave it).
     pub fn quantile(&self, p: f64) -> f64 {
         let (mean, sd) = (self.mean(), self.sd().max(1e-300));
@@ -1111,11 +1111,17 @@ impl Marginal {
             }
             let denominator = 2.0 * pdf * pdf - err * slope;
             let halley = x - 2.0 * err * pdf / denominator;
-            x = if pdf > 0.0 && denominator > 0.0 && halley > lo && halley < hi {
-                halley
+            if pdf > 0.0 && denominator > 0.0 && halley > lo && halley < hi {
+                // Halley converges cubically: after a step this small the
+                // error is far below 1e-12 sd, and another pass would only confirm it.
+                let small = (halley - x).abs() < 1e-7 * sd;
+                x = halley;
+                if small {
+                    break;
+                }
             } else {
-                0.5 * (lo + hi)
-            };
+                x = 0.5 * (lo + hi);
+            }
             if hi - lo < 1e-12 * sd {
                 break;
             }
@@ -1180,26 +1186,35 @@ pub struct HyperSummary {
     pub ci90: [f64; 2],
 }
 
-/// Summaries of a mixture for the arms in `effect_arms` (indices `b[1..]`).
+/// Summaries of a mixture for the arms in `effect_arms` (indices `b[1..]`);
+/// the credible intervals only when `intervals` (else NaN).
 pub fn summarise_effects(
     mix: &Mixture,
     arm_names: &[String],
     sign: f64,
     mid_threshold: f64,
     p_best: &[f64],
+    intervals: bool,
 ) -> Vec<EffectSummary> {
     arm_names
         .iter()
         .enumerate()
         .map(|(i, name)| {
             let m = Marginal::of(mix, i + 1);
+            let ci = |lower: f64, upper: f64| -> [f64; 2] {
+                if intervals {
+                    [m.quantile(lower), m.quantile(upper)]
+                } else {
+                    [f64::NAN; 2]
+                }
+            };
             EffectSummary {
                 arm: name.clone(),
                 mean: m.mean(),
                 sd: m.sd(),
-                ci50: [m.quantile(0.25), m.quantile(0.75)],
-                ci90: [m.quantile(0.05), m.quantile(0.95)],
-                ci95: [m.quantile(0.025), m.quantile(0.975)],
+                ci50: ci(0.25, 0.75),
+                ci90: ci(0.05, 0.95),
+                ci95: ci(0.025, 0.975),
                 p_better_by_mid: m.prob_above(sign, mid_threshold),
                 p_better: m.prob_above(sign, 0.0),
                 p_best: p_best[i + 1],

@@ -660,6 +660,7 @@ impl Setup<'_> {
                     .filter(|a| !active.contains(a))
                     .collect(),
                 path: false,
+                intervals: false,
             };
             trial.fits += 1;
             let decision = match crate::fit::fit(&series, &spec) {
@@ -896,6 +897,7 @@ fn setup_for<'a>(protocol: &'a Protocol, options: &'a SimOptions) -> Result<Setu
         grid: GridOptions::default(),
         dropped: Vec::new(),
         path: false,
+        intervals: true,
     };
     let (priors, _) = crate::fit::priors_for(&probe, &probe_spec)
         .map_err(|e| SimError::Protocol(e.to_string()))?;
