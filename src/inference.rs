@@ -422,11 +422,20 @@ impl Default for GridOptions {
             check_cutoff_drop: 2.0,
             grow_margin: 1.5,
             max_points: 40_000,
-            threads: std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .min(4),
+            threads: default_threads(),
         }
     }
+}
+
+/// Up to four of the machine's cores, asked once: the answer reads cgroup
+/// files, and a simulator makes thousands of fits a second.
+fn default_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4)
+    })
 }
 
 /// Result of a grid integration.
@@ -469,9 +478,8 @@ fn whitening(
             "the posterior could not be evaluated anywhere near the prior".into(),
         ));
     }
-    // Hessian of -log p by central differences.
+    // Hessian of -log p by central differences, its points in one batch.
     let h = 0.02;
-    let mut hess = DMatrix::<f64>::zeros(dims, dims);
     let shifted = |d: &[(usize, f64)]| -> Theta {
         let mut t = mode;
         for &(i, s) in d {
@@ -479,15 +487,30 @@ fn whitening(
         }
         t
     };
+    let mut points = Vec::new();
     for i in 0..dims {
-        let fp = neg(&shifted(&[(i, h)]));
-        let fm = neg(&shifted(&[(i, -h)]));
+        points.push(shifted(&[(i, h)]));
+        points.push(shifted(&[(i, -h)]));
+        for j in 0..i {
+            for (si, sj) in [(h, h), (h, -h), (-h, h), (-h, -h)] {
+                points.push(shifted(&[(i, si), (j, sj)]));
+            }
+        }
+    }
+    *evaluations += points.len();
+    let values: Vec<f64> = ev
+        .eval_batch(&points, 1)
+        .into_iter()
+        .map(|e| e.map_or(f64::INFINITY, |e| -e.log_post))
+        .collect();
+    let mut next = values.iter().copied();
+    let mut take = || next.next().unwrap_or(f64::INFINITY);
+    let mut hess = DMatrix::<f64>::zeros(dims, dims);
+    for i in 0..dims {
+        let (fp, fm) = (take(), take());
         hess[(i, i)] = (fp - 2.0 * f_mode + fm) / (h * h);
         for j in 0..i {
-            let fpp = neg(&shifted(&[(i, h), (j, h)]));
-            let fpm = neg(&shifted(&[(i, h), (j, -h)]));
-            let fmp = neg(&shifted(&[(i, -h), (j, h)]));
-            let fmm = neg(&shifted(&[(i, -h), (j, -h)]));
+            let (fpp, fpm, fmp, fmm) = (take(), take(), take(), take());
             let v = (fpp - fpm - fmp + fmm) / (4.0 * h * h);
             hess[(i, j)] = v;
             hess[(j, i)] = v;
@@ -531,7 +554,20 @@ struct Lattice {
     evals: Vec<Option<Eval>>,
 }
 
+/// Room for the points of a typical lattice, reserved up front so that the
+/// maps and vectors do not grow (and copy) step by step.
+const LATTICE_CAPACITY: usize = 2048;
+
 impl Lattice {
+    fn sized() -> Lattice {
+        let mut slot = FxHashMap::default();
+        slot.reserve(LATTICE_CAPACITY);
+        Lattice {
+            slot,
+            evals: Vec::with_capacity(LATTICE_CAPACITY),
+        }
+    }
+
     fn get(&self, n: &[i32; DIM]) -> Option<&Option<Eval>> {
         self.slot.get(n).map(|&i| &self.evals[i as usize])
     }
@@ -578,11 +614,11 @@ pub fn integrate_grid_reusing(
             r.mode,
             r.f_mode,
             r.map,
-            [Lattice::default(), Lattice::default()],
+            [Lattice::sized(), Lattice::sized()],
         ),
         _ => {
             let (mode, f_mode, map) = whitening(ev, &mut evaluations)?;
-            (mode, f_mode, map, [Lattice::default(), Lattice::default()])
+            (mode, f_mode, map, [Lattice::sized(), Lattice::sized()])
         }
     };
     let point = |n: &[i32; DIM], offset: f64| -> Theta {
@@ -602,7 +638,8 @@ pub fn integrate_grid_reusing(
     for (li, offset) in [0.0, 0.5].into_iter().enumerate() {
         let cache = &mut evaluated[li];
         let mut seen: FxHashSet<[i32; DIM]> = FxHashSet::default();
-        let mut kept: Vec<[i32; DIM]> = Vec::new();
+        seen.reserve(LATTICE_CAPACITY);
+        let mut kept: Vec<[i32; DIM]> = Vec::with_capacity(LATTICE_CAPACITY);
         let mut frontier = vec![[0i32; DIM]];
         seen.insert([0; DIM]);
         while !frontier.is_empty() && seen.len() < opts.max_points {
