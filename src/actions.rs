@@ -162,8 +162,8 @@ fn move_to(
     Ok(())
 }
 
-/// Resumes a paused trial on `on` (default today): every schedule day not
-/// yet run moves so that the first lands on `on`, keeping periods, blocks
+/// Resumes a paused trial on `on` (default today): every schedule day from
+/// the pause on not yet run moves so that the first lands on `on`, keeping periods, blocks
 /// and arms (block balance is untouched). Returns the shift in days.
 pub fn resume(
     store: &mut Store,
@@ -182,10 +182,19 @@ pub fn resume(
     }
     let rows = store.schedule(trial.id)?;
     let last_run = store.last_daily_run(trial.id)?;
+    // Days before the pause that never ran (the daemon was down, or the
+    // demo's history) are past, not paused: only days from the pause on move.
+    let paused_on: Option<Date> = store
+        .trial_events(trial.id)?
+        .iter()
+        .rev()
+        .find(|e| e.to_status == TrialStatus::Paused.as_str())
+        .and_then(|e| e.local_date.as_deref())
+        .and_then(|d| d.parse().ok());
     let first_unrun = rows
         .iter()
         .map(|r| r.local_date)
-        .find(|d| last_run.is_none_or(|l| *d > l));
+        .find(|d| last_run.is_none_or(|l| *d > l) && paused_on.is_none_or(|p| *d >= p));
     let (shifted, days) = match first_unrun {
         Some(first) if first < on => {
             let shifted = lifecycle::shift_rows(&rows, first, on)
