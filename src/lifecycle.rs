@@ -369,6 +369,87 @@ mod tests {
     }
 
     #[test]
+    fn adaptive_allocation_draws_the_next_period_from_p_best_with_the_floor() {
+        use crate::decide::{Action, ArmNumbers, Decision, Look, Thresholds};
+        let text = include_str!("../protocols/sleep-supplements.toml").replace(
+            "[decision]\n",
+            "[decision.allocation]\npower = 1.0\nfloor = 0.1\n\n[decision]\n",
+        );
+        let p = Protocol::parse(&text, "s").unwrap();
+        let rows = dated(&p, &design::plan(&p, 9), date("2026-03-01")).unwrap();
+        // A look after two whole blocks (8 periods): arm 3 is very likely best.
+        let ends = period_ends(&rows);
+        let decision = |p_best: [f64; 3]| Decision {
+            look: Look {
+                period: ends[7].0,
+                blocks_done: 2,
+                last_period: false,
+                active: vec![0, 1, 2, 3],
+            },
+            action: Action::Continue,
+            rule: "continue".into(),
+            thresholds: Thresholds {
+                efficacy: 0.95,
+                futility: 0.05,
+                drop_arm: 0.05,
+                min_blocks: 2,
+            },
+            arms: (1..=3)
+                .map(|arm| ArmNumbers {
+                    arm,
+                    key: format!("arm{arm}"),
+                    mean: 0.0,
+                    ci90: [0.0, 0.0],
+                    p_better_by_mid: 0.5,
+                    p_best: p_best[arm - 1],
+                })
+                .collect(),
+            converged: true,
+        };
+        let mut counts = [0usize; 4];
+        for seed in 0..400u64 {
+            let (from_day, new_rows) =
+                schedule_change(&p, seed, &rows, &decision([0.02, 0.02, 0.95]), 0.01)
+                    .unwrap()
+                    .expect("allocation reschedules the next period");
+            // The next period starts where the eighth ended; only its arm may change.
+            assert_eq!(new_rows[0].local_date, add_days(ends[7].1, 1).unwrap());
+            assert_eq!(from_day, new_rows[0].day);
+            let arm = new_rows[0].arm;
+            let next = new_rows[0].period;
+            assert!(next.is_some());
+            assert_eq!(new_rows.iter().filter(|r| r.period == next).count(), 7);
+            assert!(
+                new_rows
+                    .iter()
+                    .filter(|r| r.period == next)
+                    .all(|r| r.arm == arm)
+            );
+            counts[arm] += 1;
+            // Reproducible from the seed.
+            let again = schedule_change(&p, seed, &rows, &decision([0.02, 0.02, 0.95]), 0.01)
+                .unwrap()
+                .unwrap();
+            assert_eq!(again.1, new_rows);
+        }
+        // p_j = 0.1 + 0.6 w_j: about 0.67 for arm 3 and just over the floor
+        // for the others (binomial sd over 400 draws: 0.024 and 0.015).
+        let share = |a: usize| counts[a] as f64 / 400.0;
+        assert!((share(3) - 0.670).abs() < 0.08, "{counts:?}");
+        for a in 0..3 {
+            assert!(share(a) > 0.05 && share(a) < 0.18, "{counts:?}");
+        }
+        // A fit that did not converge changes nothing.
+        let mut unconverged = decision([0.02, 0.02, 0.95]);
+        unconverged.converged = false;
+        assert!(
+            schedule_change(&p, 1, &rows, &unconverged, 0.01)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
     fn concurrent_trials_on_one_stream_are_refused_unless_factorial() {
         let p = protocol();
         let mut other = protocol();
