@@ -754,6 +754,35 @@ mod tests {
         }
     }
 
+    /// The default grid fit of `series` and its errors against a fine
+    /// reference grid (step 0.5, region cutoff 12: 27 times the lattice
+    /// density, 4.5 more log units of region): the effect's mean (in
+    /// reference sds), its sd (relative) and P(better by MID).
+    fn against_fine_grid(series: &Series, o: &Outcome) -> (FitReport, [f64; 3]) {
+        let s = FitSpec {
+            path: false,
+            ..spec(o, Method::Grid)
+        };
+        let grid = fit(series, &s).unwrap();
+        let fine = FitSpec {
+            grid: GridOptions {
+                step: 0.5,
+                cutoff: 12.0,
+                max_points: 400_000,
+                ..GridOptions::default()
+            },
+            ..s.clone()
+        };
+        let reference = fit(series, &fine).unwrap();
+        let (e, r) = (&grid.effects[0], &reference.effects[0]);
+        let errors = [
+            (e.mean - r.mean).abs() / r.sd,
+            (e.sd / r.sd - 1.0).abs(),
+            (e.p_better_by_mid - r.p_better_by_mid).abs(),
+        ];
+        (grid, errors)
+    }
+
     /// Survey of the grid's errors against the fine reference grid on 64
     /// short series (run by hand: `cargo test --release grid_error_survey
     /// -- --ignored --nocapture`).
@@ -766,33 +795,12 @@ mod tests {
         let mut fits = 0;
         for days in [21usize, 35, 49, 63, 77, 91, 105, 112] {
             for seed in [100, 101, 102, 103, 300, 301, 302, 303] {
-                let series = two_arm_series(days, -1.0, seed);
-                let s = FitSpec {
-                    path: false,
-                    intervals: true,
-                    ..spec(&o, Method::Grid)
-                };
-                let fit = fit(&series, &s).unwrap();
+                let (fit, errors) = against_fine_grid(&two_arm_series(days, -1.0, seed), &o);
                 evals += fit.diagnostics.evaluations;
                 fits += 1;
-                let reference = fit_with_mixture(
-                    &series,
-                    &FitSpec {
-                        grid: GridOptions {
-                            step: 0.5,
-                            cutoff: 12.0,
-                            max_points: 400_000,
-                            ..GridOptions::default()
-                        },
-                        ..s.clone()
-                    },
-                )
-                .unwrap()
-                .0;
-                let (e, r) = (&fit.effects[0], &reference.effects[0]);
-                worst[0] = worst[0].max((e.mean - r.mean).abs() / r.sd);
-                worst[1] = worst[1].max((e.sd / r.sd - 1.0).abs());
-                worst[2] = worst[2].max((e.p_better_by_mid - r.p_better_by_mid).abs());
+                for (w, e) in worst.iter_mut().zip(errors) {
+                    *w = w.max(e);
+                }
             }
         }
         println!(
@@ -804,41 +812,17 @@ mod tests {
         );
     }
 
-    /// The grid's reported effect against a fine reference grid (step 0.5,
-    /// region cutoff 12: 27 times the lattice density, 4.5 more log units of
-    /// region) on short series, where the posterior is least gaussian: within
-    /// the error check's own tolerances. Deterministic, so no Monte Carlo
-    /// error enters.
+    /// The grid's reported effect against the fine reference grid on short
+    /// series, where the posterior is least gaussian: within the error
+    /// check's own tolerances. Deterministic, so no Monte Carlo error enters.
     #[test]
     fn reported_fits_match_a_fine_reference_grid() {
         let o = outcome();
         for days in [21usize, 42, 70] {
             for seed in 0..4u64 {
-                let series = two_arm_series(days, -1.0, seed);
-                let s = FitSpec {
-                    path: false,
-                    intervals: true,
-                    ..spec(&o, Method::Grid)
-                };
-                let fit = fit(&series, &s).unwrap();
+                let (fit, [mean_err, sd_err, prob_err]) =
+                    against_fine_grid(&two_arm_series(days, -1.0, seed), &o);
                 assert!(fit.diagnostics.converged, "T={days} seed={seed}");
-                let reference = fit_with_mixture(
-                    &series,
-                    &FitSpec {
-                        grid: GridOptions {
-                            step: 0.5,
-                            cutoff: 12.0,
-                            max_points: 400_000,
-                            ..GridOptions::default()
-                        },
-                        ..s.clone()
-                    },
-                )
-                .unwrap()
-                .0;
-                let (e, r) = (&fit.effects[0], &reference.effects[0]);
-                let mean_err = (e.mean - r.mean).abs() / r.sd;
-                let prob_err = (e.p_better_by_mid - r.p_better_by_mid).abs();
                 assert!(
                     mean_err < GRID_TOL_MEAN,
                     "T={days} seed={seed}: mean off by {mean_err} sd"
@@ -848,10 +832,8 @@ mod tests {
                     "T={days} seed={seed}: P off by {prob_err}"
                 );
                 assert!(
-                    (e.sd / r.sd - 1.0).abs() < GRID_TOL_SD,
-                    "T={days} seed={seed}: sd {} vs {}",
-                    e.sd,
-                    r.sd
+                    sd_err < GRID_TOL_SD,
+                    "T={days} seed={seed}: sd off by {sd_err}"
                 );
             }
         }
