@@ -163,8 +163,9 @@ fn move_to(
 }
 
 /// Resumes a paused trial on `on` (default today): every schedule day from
-/// the pause on not yet run moves so that the first lands on `on`, keeping periods, blocks
-/// and arms (block balance is untouched). Returns the shift in days.
+/// the pause on not yet run moves so that the first lands on `on`, keeping
+/// periods, blocks and arms (block balance is untouched). Returns the shift
+/// in days.
 pub fn resume(
     store: &mut Store,
     trial_id: i64,
