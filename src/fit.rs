@@ -520,13 +520,8 @@ pub fn fit_with_mixture(
     }
     let (priors, prior_report) = priors_for(series, spec)?;
     let gaussian = CpuEvaluator::new(series, &priors);
-    let laplace = likelihood.map(|lik| LaplaceEvaluator {
-        series,
-        priors: &priors,
-        likelihood: lik,
-        pairs: IS_PAIRS,
-        seed: spec.seed,
-    });
+    let laplace =
+        likelihood.map(|lik| LaplaceEvaluator::new(series, &priors, lik, IS_PAIRS, spec.seed));
     let ev: &dyn Evaluator = match &laplace {
         Some(l) => l,
         None => &gaussian,

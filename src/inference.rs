@@ -173,20 +173,39 @@ pub trait Evaluator: Sync {
     /// threads (callers that already run one fit per core pass 1); a GPU
     /// backend evaluates the whole batch on the device.
     fn eval_batch(&self, thetas: &[Theta], threads: usize) -> Vec<Option<Eval>> {
-        on_threads(thetas, threads, |part| {
+        on_threads(thetas, threads, self.min_split(), |part| {
             part.iter().map(|t| self.eval(t)).collect()
         })
     }
+    /// The log posterior the mode search minimises: by default `eval`'s; an
+    /// evaluator with a cheaper approximation (the Laplace one, without
+    /// importance draws) gives that, and says so in
+    /// [`Self::search_is_approximate`].
+    fn search_log_post(&self, theta: &Theta) -> Option<f64> {
+        self.eval(theta).map(|e| e.log_post)
+    }
+    /// Whether [`Self::search_log_post`] is an approximation (the mode's
+    /// exact value is then evaluated on its own).
+    fn search_is_approximate(&self) -> bool {
+        false
+    }
+    /// The smallest batch worth splitting over threads: a thread costs tens
+    /// of microseconds to start, so cheap evaluations need many points.
+    fn min_split(&self) -> usize {
+        64
+    }
 }
 
-/// Splits a batch over up to `threads` scoped threads (small batches stay
-/// on the caller's), each running `eval_part` on its share, in order.
+/// Splits a batch over up to `threads` scoped threads (batches smaller than
+/// `min_split` stay on the caller's), each running `eval_part` on its
+/// share, in order.
 fn on_threads(
     thetas: &[Theta],
     threads: usize,
+    min_split: usize,
     eval_part: impl Fn(&[Theta]) -> Vec<Option<Eval>> + Sync,
 ) -> Vec<Option<Eval>> {
-    if threads <= 1 || thetas.len() < 64 {
+    if threads <= 1 || thetas.len() < min_split.max(2) {
         return eval_part(thetas);
     }
     let chunk = thetas.len().div_ceil(threads);
@@ -262,7 +281,7 @@ impl Evaluator for CpuEvaluator<'_> {
     /// [`LANES`] points a filter pass ([`augmented_filter_batch`]): the same
     /// results as one at a time.
     fn eval_batch(&self, thetas: &[Theta], threads: usize) -> Vec<Option<Eval>> {
-        on_threads(thetas, threads, |part| {
+        on_threads(thetas, threads, self.min_split(), |part| {
             let mut out = Vec::with_capacity(part.len());
             let mut groups = part.chunks_exact(LANES);
             for group in &mut groups {
@@ -462,16 +481,24 @@ pub struct GridResult {
 /// of the Hessian of `-log p` there (central differences).
 fn whitening(
     ev: &dyn Evaluator,
+    threads: usize,
     evaluations: &mut usize,
 ) -> Result<(Theta, f64, DMatrix<f64>), ModelError> {
     let dims = ev.dims();
+    let mut searched = 0;
     let mut neg = |t: &Theta| -> f64 {
-        *evaluations += 1;
-        ev.eval(t).map_or(f64::INFINITY, |e| -e.log_post)
+        searched += 1;
+        ev.search_log_post(t).map_or(f64::INFINITY, |lp| -lp)
     };
     let start = ev.start();
     let (m1, _, n1) = nelder_mead(&mut neg, start, dims, 0.7, 1500);
-    let (mode, f_mode, n2) = nelder_mead(&mut neg, m1, dims, 0.15, 1500);
+    let (mode, mut f_mode, n2) = nelder_mead(&mut neg, m1, dims, 0.15, 1500);
+    *evaluations += searched;
+    if ev.search_is_approximate() {
+        // The lattice's cutoffs and the curvature below need the exact value.
+        *evaluations += 1;
+        f_mode = ev.eval(&mode).map_or(f64::INFINITY, |e| -e.log_post);
+    }
     tracing::debug!(evaluations = n1 + n2, "posterior mode found");
     if !f_mode.is_finite() {
         return Err(ModelError::Input(
@@ -499,7 +526,7 @@ fn whitening(
     }
     *evaluations += points.len();
     let values: Vec<f64> = ev
-        .eval_batch(&points, 1)
+        .eval_batch(&points, threads)
         .into_iter()
         .map(|e| e.map_or(f64::INFINITY, |e| -e.log_post))
         .collect();
@@ -617,7 +644,7 @@ pub fn integrate_grid_reusing(
             [Lattice::sized(), Lattice::sized()],
         ),
         _ => {
-            let (mode, f_mode, map) = whitening(ev, &mut evaluations)?;
+            let (mode, f_mode, map) = whitening(ev, opts.threads, &mut evaluations)?;
             (mode, f_mode, map, [Lattice::sized(), Lattice::sized()])
         }
     };

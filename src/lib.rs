@@ -15,6 +15,7 @@
 //! - [`model`], [`nongauss`], [`inference`], [`fit`]: the engine — the exact
 //!   filter, the non-gaussian families, integration over hyperparameters,
 //!   and a fit's report. [`trial`] feeds it from the store, [`analyze`] from a CSV.
+//!   [`vecmath`]: the `ln` and `exp` its beta weights vectorise.
 //! - [`notify`]: composing and delivering outbox messages.
 //! - [`web`]: status page, `/healthz`, JSON API.
 //! - [`config`], [`lock`], [`demo`]: settings, one daemon per data folder,
@@ -48,4 +49,5 @@ pub mod simulate;
 pub mod sources;
 pub mod store;
 pub mod trial;
+pub mod vecmath;
 pub mod web;

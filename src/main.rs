@@ -384,6 +384,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             method,
             seed,
         } => {
+            // Warnings only by default: stdout carries the table or the JSON.
+            init_logging(
+                &Config::default(),
+                cli.log_level.as_deref().or(Some("warn")),
+            );
             let text = std::fs::read_to_string(data)
                 .with_context(|| format!("cannot read {}", data.display()))?;
             let method = match method.as_str() {

@@ -21,6 +21,7 @@ use rand_distr::{Distribution, StandardNormal};
 use crate::inference::{
     Eval, Evaluator, Priors, Theta, hyper_of, log_prior, prior_center, theta_in_range,
 };
+use crate::vecmath;
 use crate::model::{
     FilterOutput, FilterPlan, Hyper, MAX_ARMS, ModelError, Series, augmented_filter_planned,
     design_rows, smoothed_drift_with,
@@ -49,71 +50,66 @@ fn sigmoid(x: f64) -> f64 {
     }
 }
 
-/// `log(1 + e^x)` without overflow, as `max(x, 0) + ln(1 + e^-|x|)`. The
-/// logarithm of `1 + u` (u in (0, 1]) rather than `ln_1p(u)`: it is several
-/// times cheaper, and its absolute error, at most 2.3e-16, is all a sum of
-/// log-likelihood terms sees.
-fn softplus(x: f64) -> f64 {
-    x.max(0.0) + (1.0 + (-x.abs()).exp()).ln()
-}
-
-/// What `log p(y | eta)` needs of one observation that does not depend on
-/// `eta`: worked out once per observation, not once per importance draw.
-#[derive(Debug, Clone, Copy)]
+/// What `log p(y | eta)` needs of the observations that does not depend on
+/// `eta`: worked out once per point, not once per importance draw, and kept
+/// column by column so that the beta kernels' loop vectorises.
+#[derive(Debug, Clone, Default)]
 struct ObsTerms {
-    /// The terms free of `eta` (normalising constants).
+    /// The sum of the terms free of `eta` (normalising constants).
     constant: f64,
-    /// Beta: `ln y` and `ln(1 - y)`.
-    ln_y: f64,
-    ln_1m_y: f64,
+    /// Beta: `ln y_i` and `ln(1 - y_i)`.
+    ln_y: Vec<f64>,
+    ln_1m_y: Vec<f64>,
 }
 
 impl Likelihood {
     /// `log p(y | eta)`, exact (normalising constants included).
     pub fn log_density(self, y: f64, eta: f64) -> f64 {
-        let terms = self.obs_terms(y);
-        self.log_kernel(y, eta, &terms) + terms.constant
+        let terms = self.obs_terms(&[y]);
+        self.sum_log_kernel(&[y], &[eta], &terms, &mut Vec::new()) + terms.constant
     }
 
-    /// The terms of `log p(y | eta)` free of `eta`, for [`Self::log_kernel`].
-    fn obs_terms(self, y: f64) -> ObsTerms {
+    /// The terms of `log p(y | eta)` free of `eta`, for [`Self::sum_log_kernel`].
+    fn obs_terms(self, y: &[f64]) -> ObsTerms {
         use statrs::function::gamma::ln_gamma;
-        let mut terms = ObsTerms {
-            constant: 0.0,
-            ln_y: 0.0,
-            ln_1m_y: 0.0,
-        };
+        let mut terms = ObsTerms::default();
         match self {
-            Likelihood::Poisson => terms.constant = -ln_gamma(y + 1.0),
+            Likelihood::Poisson => terms.constant = y.iter().map(|&y| -ln_gamma(y + 1.0)).sum(),
             Likelihood::Bernoulli => {}
             Likelihood::Binomial(n) => {
-                terms.constant = statrs::function::factorial::ln_binomial(u64::from(n), y as u64)
+                terms.constant = y
+                    .iter()
+                    .map(|&y| statrs::function::factorial::ln_binomial(u64::from(n), y as u64))
+                    .sum()
             }
             Likelihood::Beta(phi) => {
-                terms.constant = ln_gamma(phi);
-                terms.ln_y = y.ln();
-                terms.ln_1m_y = (1.0 - y).ln();
+                terms.constant = y.len() as f64 * ln_gamma(phi);
+                terms.ln_y = y.iter().map(|y| y.ln()).collect();
+                terms.ln_1m_y = y.iter().map(|y| (1.0 - y).ln()).collect();
             }
         }
         terms
     }
 
-    /// `sum_i log p(y_i | eta_i)` without the `eta`-free terms. For the
-    /// logit families the softplus logarithms are taken of running products
-    /// of `1 + e^-|eta|` (each factor in (1, 2], so 512 of them stay below
-    /// 1e155): one logarithm per 512 observations instead of one each.
-    fn sum_log_kernel(self, y: &[f64], eta: &[f64], terms: &[ObsTerms]) -> f64 {
+    /// `sum_i log p(y_i | eta_i)` without the `eta`-free terms
+    /// (`scratch` is working space). For the logit families the softplus
+    /// logarithms are taken of running products of `1 + e^-|eta|` (each
+    /// factor in (1, 2], so 512 of them stay below 1e155): one logarithm per
+    /// 512 observations instead of one each.
+    fn sum_log_kernel(
+        self,
+        y: &[f64],
+        eta: &[f64],
+        terms: &ObsTerms,
+        scratch: &mut Vec<f64>,
+    ) -> f64 {
         let n = match self {
             Likelihood::Bernoulli => 1.0,
             Likelihood::Binomial(n) => f64::from(n),
-            _ => {
-                return y
-                    .iter()
-                    .zip(eta)
-                    .zip(terms)
-                    .map(|((&y, &e), t)| self.log_kernel(y, e, t))
-                    .sum();
+            Likelihood::Beta(phi) => {
+                return sum_beta_kernels(eta, &terms.ln_y, &terms.ln_1m_y, phi, scratch);
             }
+            Likelihood::Poisson => return y.iter().zip(eta).map(|(&y, &e)| y * e - e.exp()).sum(),
         };
         let mut sum = 0.0;
         let mut product = 1.0;
@@ -127,21 +123,6 @@ impl Likelihood {
             }
         }
         sum - n * product.ln()
-    }
-
-    /// `log p(y | eta)` without its `eta`-free terms `terms.constant`.
-    fn log_kernel(self, y: f64, eta: f64, terms: &ObsTerms) -> f64 {
-        match self {
-            Likelihood::Poisson => y * eta - eta.exp(),
-            Likelihood::Bernoulli => y * eta - softplus(eta),
-            Likelihood::Beta(phi) => {
-                let mu = sigmoid(eta).clamp(1e-12, 1.0 - 1e-12);
-                let (a, b) = (mu * phi, (1.0 - mu) * phi);
-                use statrs::function::gamma::ln_gamma;
-                -ln_gamma(a) - ln_gamma(b) + (a - 1.0) * terms.ln_y + (b - 1.0) * terms.ln_1m_y
-            }
-            Likelihood::Binomial(n) => y * eta - f64::from(n) * softplus(eta),
-        }
     }
 
     /// First and second derivatives of `log p(y | eta)` in `eta`.
@@ -221,6 +202,78 @@ impl Likelihood {
             Likelihood::Binomial(n) => logit((y + 0.5) / (f64::from(n) + 1.0)),
             Likelihood::Beta(_) => logit(y.clamp(0.01, 0.99)),
         }
+    }
+}
+
+/// `-ln Γ(a) - ln Γ(b)`, for `a, b` in [1e-100, 1e15] (where the products
+/// below stay normal floats; here `a + b = phi` is at most e^20), at three
+/// logarithms and no branch. Each `ln Γ(x)` is `S(x + 8) - ln prod_{k=0}^{7}
+/// (x + k)` (the recurrence `Γ(x + 1) = x Γ(x)`), with `S` Stirling's
+/// series `(z - 1/2) ln z - z + ln(2 pi)/2 + 1/(12z) - 1/(360z^3) +
+/// 1/(1260z^5) - 1/(1680z^7) + 1/(1188z^9)`, whose error at `z >= 8` is
+/// below the next term, `691/(360360 z^11)` < 2.3e-13.
+#[inline(always)]
+fn neg_ln_gamma_pair(a: f64, b: f64) -> f64 {
+    const HALF_LN_2PI: f64 = 0.918_938_533_204_672_8;
+    let (za, zb) = (a + 8.0, b + 8.0);
+    let inv = 1.0 / (za * zb);
+    let stirling = |z: f64, r: f64| -> f64 {
+        let r2 = r * r;
+        r * (1.0 / 12.0 - r2 * (1.0 / 360.0 - r2 * (1.0 / 1260.0 - r2 * (1.0 / 1680.0 - r2 / 1188.0))))
+            + (z - 0.5) * vecmath::ln(z)
+            - z
+            + HALF_LN_2PI
+    };
+    let shift = |x: f64| -> f64 {
+        (x * (x + 1.0)) * ((x + 2.0) * (x + 3.0)) * (((x + 4.0) * (x + 5.0)) * ((x + 6.0) * (x + 7.0)))
+    };
+    vecmath::ln(shift(a) * shift(b)) - stirling(za, zb * inv) - stirling(zb, za * inv)
+}
+
+/// The beta family's `log p(y | eta)` without its `eta`-free term
+/// `ln Γ(phi)`: `-ln Γ(a) - ln Γ(b) + (a - 1) ln y + (b - 1) ln(1 - y)`
+/// with `a = mu phi`, `b = (1 - mu) phi`, `mu = sigmoid(eta)`. `mu` and
+/// `1 - mu` are each computed directly (no cancellation in `1 - mu` for
+/// large `eta`) and kept at least 1e-12, so that neither shape reaches 0.
+#[inline(always)]
+fn beta_kernel(eta: f64, ln_y: f64, ln_1m_y: f64, phi: f64) -> f64 {
+    let e = vecmath::exp_nonpositive(-eta.abs());
+    let s = 1.0 / (1.0 + e);
+    let es = e * s;
+    let (mu, mu_c) = if eta >= 0.0 { (s, es) } else { (es, s) };
+    let (a, b) = (mu.max(1e-12) * phi, mu_c.max(1e-12) * phi);
+    neg_ln_gamma_pair(a, b) + (a - 1.0) * ln_y + (b - 1.0) * ln_1m_y
+}
+
+/// [`beta_kernel`] of every observation, summed in order. The kernels are
+/// written to `scratch` first by a loop without branches, which the
+/// compiler vectorises (with AVX2 where the CPU has it); the sum then runs
+/// in order, so the result has the same bits on every CPU.
+fn sum_beta_kernels(eta: &[f64], ln_y: &[f64], ln_1m_y: &[f64], phi: f64, scratch: &mut Vec<f64>) -> f64 {
+    scratch.resize(eta.len(), 0.0);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        unsafe { beta_kernels_avx2(eta, ln_y, ln_1m_y, phi, scratch) };
+        return scratch.iter().sum();
+    }
+    beta_kernels(eta, ln_y, ln_1m_y, phi, scratch);
+    scratch.iter().sum()
+}
+
+/// [`beta_kernels`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn beta_kernels_avx2(eta: &[f64], ln_y: &[f64], ln_1m_y: &[f64], phi: f64, out: &mut [f64]) {
+    beta_kernels(eta, ln_y, ln_1m_y, phi, out);
+}
+
+/// `out_i = beta_kernel(eta_i, ...)`; inlined into its callers so that it
+/// takes their instruction set.
+#[inline(always)]
+fn beta_kernels(eta: &[f64], ln_y: &[f64], ln_1m_y: &[f64], phi: f64, out: &mut [f64]) {
+    for (((o, &e), &ly), &l1y) in out.iter_mut().zip(eta).zip(ln_y).zip(ln_1m_y) {
+        *o = beta_kernel(e, ly, l1y, phi);
     }
 }
 
@@ -314,12 +367,17 @@ pub fn laplace(
 
 /// Forward filter of the approximating model's drift on `r = y~ - X b`,
 /// stored so that many `b` can share it: the filtered means are linear in
-/// `r`, so they are kept per column (outcome and each regressor).
+/// `r`, so they are kept per column (outcome and each regressor). The
+/// backward sampler's gain and noise sd do not depend on `b` either, so
+/// they are worked out here once, not once per draw.
 struct Forward {
     means: Vec<[f64; MAX_ARMS + 1]>,
-    p_filt: Vec<f64>,
-    p_pred: Vec<f64>,
-    rho: Vec<f64>,
+    /// `J_i = P_i|i rho_{i+1} / P_{i+1}|i`, the backward sampler's gain.
+    gain: Vec<f64>,
+    /// `rho_{i+1}`.
+    rho_next: Vec<f64>,
+    /// The sd of `x_i | x_{i+1}, y~_{1..i}`: `sqrt(P_i|i (1 - J_i rho_{i+1}))`.
+    sd: Vec<f64>,
     rows: Vec<[f64; MAX_ARMS]>,
 }
 
@@ -353,31 +411,123 @@ fn forward(series: &Series, approx: &Approximation, h: &Hyper) -> Forward {
         p_filt[i] = pvar;
         means[i] = a;
     }
+    let mut gain = vec![0.0; n];
+    let mut rho_next = vec![0.0; n];
+    let mut sd = vec![0.0; n];
+    sd[n - 1] = p_filt[n - 1].max(0.0).sqrt();
+    for i in 0..n - 1 {
+        let j = p_filt[i] * rho[i + 1] / p_pred[i + 1];
+        gain[i] = j;
+        rho_next[i] = rho[i + 1];
+        sd[i] = (p_filt[i] * (1.0 - j * rho[i + 1])).max(0.0).sqrt();
+    }
     Forward {
         means,
-        p_filt,
-        p_pred,
-        rho,
+        gain,
+        rho_next,
+        sd,
         rows,
     }
 }
 
 /// One draw of the drift given `b`, by backward sampling, from standard
-/// normals `z` (negate them for the antithetic draw).
-fn backward_sample(f: &Forward, b: &DVector<f64>, z: &[f64], out: &mut [f64]) {
+/// normals `z` times `sign` (-1 for the antithetic draw); writes the linear
+/// predictor `eta = X b + x` of every observation.
+fn backward_sample(f: &Forward, b: &[f64], z: &[f64], sign: f64, eta: &mut [f64]) {
     let n = f.means.len();
     let p = b.len();
-    let mean_at =
-        |i: usize| -> f64 { f.means[i][0] - (0..p).map(|c| f.means[i][c + 1] * b[c]).sum::<f64>() };
-    let mut next = mean_at(n - 1) + f.p_filt[n - 1].max(0.0).sqrt() * z[n - 1];
-    out[n - 1] = next;
+    let mean_at = |i: usize| -> f64 {
+        let m = &f.means[i];
+        m[0] - (0..p).map(|c| m[c + 1] * b[c]).sum::<f64>()
+    };
+    let fixed_at = |i: usize| -> f64 { (0..p).map(|c| f.rows[i][c] * b[c]).sum::<f64>() };
+    let mut next = mean_at(n - 1) + f.sd[n - 1] * (z[n - 1] * sign);
+    eta[n - 1] = fixed_at(n - 1) + next;
     for i in (0..n - 1).rev() {
         let m = mean_at(i);
-        let j = f.p_filt[i] * f.rho[i + 1] / f.p_pred[i + 1];
-        let mean = m + j * (next - f.rho[i + 1] * m);
-        let var = (f.p_filt[i] * (1.0 - j * f.rho[i + 1])).max(0.0);
-        next = mean + var.sqrt() * z[i];
-        out[i] = next;
+        next = m + f.gain[i] * (next - f.rho_next[i] * m) + f.sd[i] * (z[i] * sign);
+        eta[i] = fixed_at(i) + next;
+    }
+}
+
+/// The standard normals of the importance draws, made once per evaluator:
+/// every point uses the same ones (common random numbers). For each
+/// antithetic pair, `p` for the effects then `n` for the drift.
+#[derive(Debug, Clone)]
+pub struct Normals {
+    pairs: usize,
+    p: usize,
+    n: usize,
+    values: Vec<f64>,
+}
+
+impl Normals {
+    /// `pairs` pairs' worth for `p` static coefficients and `n` observations.
+    pub fn new(pairs: usize, p: usize, n: usize, seed: u64) -> Normals {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let values = (0..pairs * (p + n))
+            .map(|_| StandardNormal.sample(&mut rng))
+            .collect();
+        Normals {
+            pairs,
+            p,
+            n,
+            values,
+        }
+    }
+
+    /// The effects' and the drift's normals of pair `k`.
+    fn pair(&self, k: usize) -> (&[f64], &[f64]) {
+        let one = &self.values[k * (self.p + self.n)..(k + 1) * (self.p + self.n)];
+        one.split_at(self.p)
+    }
+}
+
+/// What every importance weight at one point shares: the likelihood's
+/// `eta`-free terms, `1 / H_i`, the sum of all `eta`-free terms, and
+/// working space for the kernels.
+struct WeightTerms {
+    terms: ObsTerms,
+    inv_noise: Vec<f64>,
+    base: f64,
+    scratch: Vec<f64>,
+}
+
+impl WeightTerms {
+    fn new(lik: Likelihood, series: &Series, approx: &Approximation) -> WeightTerms {
+        let terms = lik.obs_terms(&series.y);
+        let inv_noise = approx.noise.iter().map(|v| 1.0 / v).collect();
+        let base = terms.constant
+            + approx
+                .noise
+                .iter()
+                .map(|v| 0.5 * (2.0 * std::f64::consts::PI * v).ln())
+                .sum::<f64>();
+        WeightTerms {
+            terms,
+            inv_noise,
+            base,
+            scratch: Vec::with_capacity(series.y.len()),
+        }
+    }
+
+    /// The log importance weight of the linear predictor `eta`,
+    /// `sum_i [log p(y_i | eta_i) - log N(y~_i; eta_i, H_i)]`.
+    fn log_weight(
+        &mut self,
+        lik: Likelihood,
+        series: &Series,
+        approx: &Approximation,
+        eta: &[f64],
+    ) -> f64 {
+        let mut quadratic = 0.0;
+        for ((&y_tilde, &e), &w) in approx.pseudo.iter().zip(eta).zip(&self.inv_noise) {
+            let d = y_tilde - e;
+            quadratic += d * d * w;
+        }
+        self.base
+            + 0.5 * quadratic
+            + lik.sum_log_kernel(&series.y, eta, &self.terms, &mut self.scratch)
     }
 }
 
@@ -388,43 +538,31 @@ pub fn corrected(
     lik: Likelihood,
     h: &Hyper,
     approx: &Approximation,
-    pairs: usize,
-    seed: u64,
+    normals: &Normals,
 ) -> Option<FilterOutput> {
     let n = series.y.len();
     let p = series.n_static();
+    if normals.p != p || normals.n != n {
+        return None;
+    }
     let chol = approx.filter.b_cov.clone().cholesky()?.l();
     let fwd = forward(series, approx, h);
-    let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    let mut draws: Vec<(DVector<f64>, f64)> = Vec::with_capacity(2 * pairs);
-    let mut x = vec![0.0; n];
-    let mut z = vec![0.0; n];
+    let mut draws: Vec<([f64; MAX_ARMS], f64)> = Vec::with_capacity(2 * normals.pairs);
     let mut eta = vec![0.0; n];
     // Every draw's log weight is sum_i [log p(y_i | eta_i) - log g_i(eta_i)];
     // the terms free of eta (the likelihood's constants, the Gaussian's
     // normalisation) are summed once here.
-    let terms: Vec<ObsTerms> = series.y.iter().map(|&y| lik.obs_terms(y)).collect();
-    let base: f64 = terms
-        .iter()
-        .zip(&approx.noise)
-        .map(|(t, v)| t.constant + 0.5 * (2.0 * std::f64::consts::PI * v).ln())
-        .sum();
-    for _ in 0..pairs {
-        let zb = DVector::from_fn(p, |_, _| -> f64 { StandardNormal.sample(&mut rng) });
-        for v in z.iter_mut() {
-            *v = StandardNormal.sample(&mut rng);
-        }
+    let mut weights_at = WeightTerms::new(lik, series, approx);
+    for k in 0..normals.pairs {
+        let (zb, z) = normals.pair(k);
         for sign in [1.0, -1.0] {
-            let b = &approx.filter.b_mean + &chol * (&zb * sign);
-            let zs: Vec<f64> = z.iter().map(|v| v * sign).collect();
-            backward_sample(&fwd, &b, &zs, &mut x);
-            let mut log_w = base;
-            for (i, xi) in x.iter().enumerate() {
-                eta[i] = (0..p).map(|c| fwd.rows[i][c] * b[c]).sum::<f64>() + xi;
-                let d = approx.pseudo[i] - eta[i];
-                log_w += 0.5 * d * d / approx.noise[i];
+            let mut b = [0.0; MAX_ARMS];
+            for (r, br) in b.iter_mut().enumerate().take(p) {
+                *br = approx.filter.b_mean[r]
+                    + (0..=r).map(|c| chol[(r, c)] * (zb[c] * sign)).sum::<f64>();
             }
-            log_w += lik.sum_log_kernel(&series.y, &eta, &terms);
+            backward_sample(&fwd, &b[..p], z, sign, &mut eta);
+            let log_w = weights_at.log_weight(lik, series, approx, &eta);
             draws.push((b, log_w));
         }
     }
@@ -437,12 +575,17 @@ pub fn corrected(
     let log_lik = approx.filter.log_lik + top + (total / draws.len() as f64).ln();
     let mut mean = DVector::<f64>::zeros(p);
     for ((b, _), w) in draws.iter().zip(&weights) {
-        mean += b * (w / total);
+        for r in 0..p {
+            mean[r] += b[r] * (w / total);
+        }
     }
     let mut cov = DMatrix::<f64>::zeros(p, p);
     for ((b, _), w) in draws.iter().zip(&weights) {
-        let d = b - &mean;
-        cov += &d * d.transpose() * (w / total);
+        for r in 0..p {
+            for c in 0..p {
+                cov[(r, c)] += (b[r] - mean[r]) * (b[c] - mean[c]) * (w / total);
+            }
+        }
     }
     // The weighted covariance around the weighted mean underestimates the
     // spread when few draws carry the weight: divide by 1 - sum w_i^2
@@ -464,20 +607,72 @@ pub fn corrected(
     })
 }
 
+/// The Laplace approximation of `log p(y | phi)`: the approximating model's
+/// marginal likelihood times the importance weight at the mode, `log
+/// p_g(y~ | phi) + log w(eta^)`, the integrand's value at its mode over the
+/// Gaussian's. What `corrected` estimates exactly, at one draw's cost.
+fn laplace_log_lik(series: &Series, lik: Likelihood, approx: &Approximation) -> f64 {
+    let mut weights_at = WeightTerms::new(lik, series, approx);
+    approx.filter.log_lik + weights_at.log_weight(lik, series, approx, &approx.eta)
+}
+
 /// The evaluator for the non-Gaussian families: Laplace approximation plus
-/// importance-sampling correction at each `theta` (three free coordinates:
-/// there is no `sigma_y`).
+/// importance-sampling correction at each `theta` (three free coordinates,
+/// as there is no `sigma_y`; four for beta, whose fourth is `ln phi`).
 pub struct LaplaceEvaluator<'a> {
-    /// The data.
-    pub series: &'a Series,
-    /// The priors (link scale, `S = 1`).
-    pub priors: &'a Priors,
-    /// The observation model.
-    pub likelihood: Likelihood,
-    /// Antithetic pairs of importance draws per point.
-    pub pairs: usize,
-    /// Seed of the importance draws (the same draws at every point).
-    pub seed: u64,
+    series: &'a Series,
+    priors: &'a Priors,
+    likelihood: Likelihood,
+    normals: Normals,
+}
+
+impl<'a> LaplaceEvaluator<'a> {
+    /// The evaluator of `series` under `priors` (link scale, `S = 1`), with
+    /// `pairs` antithetic pairs of importance draws per point, drawn once
+    /// from `seed` and the same at every point.
+    pub fn new(
+        series: &'a Series,
+        priors: &'a Priors,
+        likelihood: Likelihood,
+        pairs: usize,
+        seed: u64,
+    ) -> Self {
+        LaplaceEvaluator {
+            series,
+            priors,
+            likelihood,
+            normals: Normals::new(pairs, series.n_static(), series.y.len(), seed),
+        }
+    }
+
+    /// The family at `theta` (beta's precision is its fourth coordinate),
+    /// with `theta[3]` zeroed where it is not free.
+    fn at(&self, theta: &Theta) -> Option<(Theta, Likelihood, Hyper)> {
+        if !theta_in_range(theta, self.dims()) {
+            return None;
+        }
+        let mut theta = *theta;
+        let likelihood = match self.likelihood {
+            Likelihood::Beta(_) => Likelihood::Beta(theta[3].exp()),
+            other => {
+                theta[3] = 0.0;
+                other
+            }
+        };
+        Some((theta, likelihood, hyper_of(&theta)))
+    }
+
+    /// The log prior of the free coordinates.
+    fn log_prior(&self, theta: &Theta) -> f64 {
+        let mut lp = log_prior(theta, &self.priors.hyper, 3);
+        if self.dims() == 4 {
+            // phi ~ LogNormal(ln precision_median, precision_log_sd), on ln phi.
+            let hp = &self.priors.hyper;
+            let z = (theta[3] - hp.precision_median.ln()) / hp.precision_log_sd;
+            lp += -0.5 * z * z - hp.precision_log_sd.ln() - 0.5 * (2.0 * std::f64::consts::PI).ln();
+        }
+        lp
+    }
 }
 
 impl Evaluator for LaplaceEvaluator<'_> {
@@ -496,38 +691,38 @@ impl Evaluator for LaplaceEvaluator<'_> {
     }
 
     fn eval(&self, theta: &Theta) -> Option<Eval> {
-        let dims = self.dims();
-        if !theta_in_range(theta, dims) {
-            return None;
-        }
-        let mut theta = *theta;
-        let likelihood = match self.likelihood {
-            Likelihood::Beta(_) => Likelihood::Beta(theta[3].exp()),
-            other => {
-                theta[3] = 0.0;
-                other
-            }
-        };
-        let h = hyper_of(&theta);
+        let (theta, likelihood, h) = self.at(theta)?;
         let approx = laplace(self.series, likelihood, &h, self.priors).ok()?;
         // Common random numbers: the same standard normals at every point, so
         // the estimate is a smooth function of theta (mode search and
         // curvature by finite differences stay meaningful) and a fit is
         // deterministic for its seed.
-        let filter = corrected(self.series, likelihood, &h, &approx, self.pairs, self.seed)?;
-        let mut log_post = filter.log_lik + log_prior(&theta, &self.priors.hyper, 3);
-        if dims == 4 {
-            // phi ~ LogNormal(ln precision_median, precision_log_sd), on ln phi.
-            let hp = &self.priors.hyper;
-            let z = (theta[3] - hp.precision_median.ln()) / hp.precision_log_sd;
-            log_post +=
-                -0.5 * z * z - hp.precision_log_sd.ln() - 0.5 * (2.0 * std::f64::consts::PI).ln();
-        }
+        let filter = corrected(self.series, likelihood, &h, &approx, &self.normals)?;
+        let log_post = filter.log_lik + self.log_prior(&theta);
         log_post.is_finite().then_some(Eval {
             theta,
             log_post,
             filter,
         })
+    }
+
+    /// The Laplace approximation, without the importance draws: the mode
+    /// search needs only a good centre for the lattice, which then
+    /// integrates the corrected posterior (and checks its own error).
+    fn search_log_post(&self, theta: &Theta) -> Option<f64> {
+        let (theta, likelihood, h) = self.at(theta)?;
+        let approx = laplace(self.series, likelihood, &h, self.priors).ok()?;
+        let log_post = laplace_log_lik(self.series, likelihood, &approx) + self.log_prior(&theta);
+        log_post.is_finite().then_some(log_post)
+    }
+
+    fn search_is_approximate(&self) -> bool {
+        true
+    }
+
+    /// A Laplace evaluation costs milliseconds: two points are worth two threads.
+    fn min_split(&self) -> usize {
+        2
     }
 }
 
@@ -561,6 +756,48 @@ mod tests {
             .map(|k| Likelihood::Binomial(7).log_density(k as f64, -0.4).exp())
             .sum();
         assert!((total - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn shifted_stirling_log_gamma_pairs_match_statrs() {
+        use statrs::function::gamma::ln_gamma;
+        let mut worst: f64 = 0.0;
+        let mut values = vec![1e-12, 1e-6, 0.01, 0.5, 1.0, 2.0, 7.5, 8.0, 100.0, 4.85e8];
+        values.extend((1..400).map(|i| f64::from(i) * 0.05));
+        for &a in &values {
+            for &b in &[1e-9, 0.3, 3.0, 19.0, 1e4] {
+                let exact = -ln_gamma(a) - ln_gamma(b);
+                let err = (neg_ln_gamma_pair(a, b) - exact).abs() / (1.0 + exact.abs());
+                worst = worst.max(err);
+            }
+        }
+        assert!(worst < 1e-12, "worst relative error {worst:e}");
+    }
+
+    #[test]
+    fn beta_kernels_vectorised_equal_scalar_bits_and_the_exact_density() {
+        use statrs::function::gamma::ln_gamma;
+        let n = 1001;
+        let phi = 23.7;
+        let y: Vec<f64> = (0..n).map(|i| (f64::from(i) + 0.5) / f64::from(n)).collect();
+        let eta: Vec<f64> = (0..n).map(|i| f64::from(i) * 0.061 - 30.0).collect();
+        let lik = Likelihood::Beta(phi);
+        let terms = lik.obs_terms(&y);
+        let mut scratch = Vec::new();
+        let vectorised = lik.sum_log_kernel(&y, &eta, &terms, &mut scratch);
+        let mut scalar = vec![0.0; y.len()];
+        beta_kernels(&eta, &terms.ln_y, &terms.ln_1m_y, phi, &mut scalar);
+        assert_eq!(vectorised.to_bits(), scalar.iter().sum::<f64>().to_bits());
+        let exact: f64 = y
+            .iter()
+            .zip(&eta)
+            .map(|(&y, &e)| {
+                let mu = (1.0 / (1.0 + (-e).exp())).clamp(1e-12, 1.0 - 1e-12);
+                let (a, b) = (mu * phi, (1.0 - mu) * phi);
+                -ln_gamma(a) - ln_gamma(b) + (a - 1.0) * y.ln() + (b - 1.0) * (1.0 - y).ln()
+            })
+            .sum();
+        assert!((vectorised - exact).abs() < 1e-9 * exact.abs(), "{vectorised} vs {exact}");
     }
 
     #[test]
