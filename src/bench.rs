@@ -303,6 +303,11 @@ pub fn sbc(family: Family, replications: usize, days: usize, seed: u64) -> SbcRe
             }
         };
         if !report.diagnostics.converged {
+            tracing::info!(
+                replication = rep,
+                reason = report.diagnostics.reason.as_deref().unwrap_or(""),
+                "SBC fit not converged"
+            );
             not_converged += 1;
         }
         let e = &report.effects[0];

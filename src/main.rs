@@ -209,7 +209,7 @@ enum BenchCommand {
     },
     /// Simulation-based calibration of a family's fit.
     Sbc {
-        /// gaussian, poisson, bernoulli or binomial.
+        /// gaussian, poisson, bernoulli, binomial or beta.
         #[arg(long, default_value = "gaussian")]
         family: String,
         /// Replications.
@@ -471,8 +471,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 serde_json::Value::String(family.clone()),
             )
             .map_err(|_| {
-                anyhow::anyhow!("--family {family:?}: use gaussian, poisson, bernoulli or binomial")
+                anyhow::anyhow!(
+                    "--family {family:?}: use gaussian, poisson, bernoulli, binomial or beta"
+                )
             })?;
+            init_logging(
+                &Config::default(),
+                cli.log_level.as_deref().or(Some("warn")),
+            );
             let r = nof1d::bench::sbc(family, *reps, *days, *seed);
             println!("{}", serde_json::to_string(&r)?);
             Ok(ExitCode::SUCCESS)

@@ -1,5 +1,6 @@
 //! Non-Gaussian families (`statistics.md` §3): poisson (log link),
-//! bernoulli and binomial (logit link).
+//! bernoulli and binomial (logit link), beta (logit link of the mean, with
+//! its precision as a fourth hyperparameter).
 //!
 //! The latent path is still linear-Gaussian, so for fixed hyperparameters
 //! the posterior of `(b, x)` is approximated by a Gaussian model with
@@ -10,10 +11,16 @@
 //! `log w_s = sum_i [log p(y_i | eta_si) - log N(y~_i; eta_si, H_i)]`,
 //! `p(y | phi) = p_g(y~ | phi) E_g[w]` exactly, so the likelihood estimate is
 //! unbiased and the weighted draws target the exact posterior of `b`.
-//! Draws come in antithetic pairs. The correction's Monte Carlo error is
-//! checked by simulation-based calibration (`bench sbc`), not assumed.
+//! Draws come in antithetic pairs, the same at every point (common random
+//! numbers), and the effects' covariance uses the Gaussian's own as a
+//! control variate. The correction's Monte Carlo error is checked by
+//! simulation-based calibration (`bench sbc`), not assumed.
+//!
+//! The mode search over the hyperparameters uses the Laplace approximation
+//! alone (no draws), since it only places the grid; every grid point is
+//! corrected.
 
-use nalgebra::{DMatrix, DVector};
+use nalgebra::DVector;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -21,11 +28,11 @@ use rand_distr::{Distribution, StandardNormal};
 use crate::inference::{
     Eval, Evaluator, Priors, Theta, hyper_of, log_prior, prior_center, theta_in_range,
 };
-use crate::vecmath;
 use crate::model::{
     FilterOutput, FilterPlan, Hyper, MAX_ARMS, ModelError, Series, augmented_filter_planned,
     design_rows, smoothed_drift_with,
 };
+use crate::vecmath;
 
 /// A non-Gaussian observation model.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -142,15 +149,22 @@ impl Likelihood {
                 (y - n * p, -n * p * (1.0 - p))
             }
             Likelihood::Beta(phi) => {
-                // Score, and minus the expected information (Fisher scoring):
-                // always negative, so the pseudo-noise is always positive.
+                // The score, and minus the observed information where that is
+                // at least a quarter of the expected (Fisher) information,
+                // else minus a quarter of the Fisher information: Newton's
+                // quadratic convergence where the log density is concave
+                // enough, and always a positive pseudo-noise. The max keeps
+                // the noise continuous in eta, so the estimate stays smooth
+                // in theta.
                 use statrs::function::gamma::digamma;
                 let mu = sigmoid(eta).clamp(1e-12, 1.0 - 1e-12);
                 let (a, b) = (mu * phi, (1.0 - mu) * phi);
                 let dmu = mu * (1.0 - mu);
-                let score = phi * dmu * ((y / (1.0 - y)).ln() - (digamma(a) - digamma(b)));
-                let info = phi * phi * dmu * dmu * (trigamma(a) + trigamma(b));
-                (score, -info)
+                let residual = (y / (1.0 - y)).ln() - (digamma(a) - digamma(b));
+                let score = phi * dmu * residual;
+                let fisher = phi * phi * dmu * dmu * (trigamma(a) + trigamma(b));
+                let observed = fisher - phi * dmu * (1.0 - 2.0 * mu) * residual;
+                (score, -observed.max(0.25 * fisher))
             }
         }
     }
@@ -205,51 +219,110 @@ impl Likelihood {
     }
 }
 
-/// `-ln Γ(a) - ln Γ(b)`, for `a, b` in [1e-100, 1e15] (where the products
-/// below stay normal floats; here `a + b = phi` is at most e^20), at three
-/// logarithms and no branch. Each `ln Γ(x)` is `S(x + 8) - ln prod_{k=0}^{7}
-/// (x + k)` (the recurrence `Γ(x + 1) = x Γ(x)`), with `S` Stirling's
-/// series `(z - 1/2) ln z - z + ln(2 pi)/2 + 1/(12z) - 1/(360z^3) +
-/// 1/(1260z^5) - 1/(1680z^7) + 1/(1188z^9)`, whose error at `z >= 8` is
-/// below the next term, `691/(360360 z^11)` < 2.3e-13.
+/// `S(z) - ln z (z - 1/2)`, the rest of Stirling's series for `ln Γ(z)`,
+/// from `r = 1/z`: `-z + ln(2 pi)/2 + 1/(12z) - 1/(360z^3) + 1/(1260z^5) -
+/// 1/(1680z^7) + 1/(1188z^9)`. At `z >= 8` the series' error is below its
+/// next term, `691/(360360 z^11)` < 2.3e-13.
 #[inline(always)]
-fn neg_ln_gamma_pair(a: f64, b: f64) -> f64 {
+fn stirling_rest(z: f64, r: f64) -> f64 {
     const HALF_LN_2PI: f64 = 0.918_938_533_204_672_8;
+    let r2 = r * r;
+    r * (1.0 / 12.0 - r2 * (1.0 / 360.0 - r2 * (1.0 / 1260.0 - r2 * (1.0 / 1680.0 - r2 / 1188.0))))
+        - z
+        + HALF_LN_2PI
+}
+
+/// `prod_{k=0}^{7} (x + k)`: `Γ(x + 8) / Γ(x)`.
+#[inline(always)]
+fn rising8(x: f64) -> f64 {
+    (x * (x + 1.0)) * ((x + 2.0) * (x + 3.0)) * (((x + 4.0) * (x + 5.0)) * ((x + 6.0) * (x + 7.0)))
+}
+
+/// `-ln Γ(a) - ln Γ(b)`, for `a, b` in [1e-100, 1e15] (where the products
+/// stay normal floats; here `a + b = phi` is at most e^20), with three
+/// logarithms and no branch: `ln Γ(x) = S(x + 8) - ln prod_{k=0}^{7} (x + k)`
+/// (the recurrence `Γ(x + 1) = x Γ(x)`), `S` Stirling's series
+/// ([`stirling_rest`]). [`beta_kernel_block`] does the same in stages.
+#[cfg(test)]
+fn neg_ln_gamma_pair(a: f64, b: f64) -> f64 {
     let (za, zb) = (a + 8.0, b + 8.0);
     let inv = 1.0 / (za * zb);
-    let stirling = |z: f64, r: f64| -> f64 {
-        let r2 = r * r;
-        r * (1.0 / 12.0 - r2 * (1.0 / 360.0 - r2 * (1.0 / 1260.0 - r2 * (1.0 / 1680.0 - r2 / 1188.0))))
-            + (z - 0.5) * vecmath::ln(z)
-            - z
-            + HALF_LN_2PI
-    };
-    let shift = |x: f64| -> f64 {
-        (x * (x + 1.0)) * ((x + 2.0) * (x + 3.0)) * (((x + 4.0) * (x + 5.0)) * ((x + 6.0) * (x + 7.0)))
-    };
-    vecmath::ln(shift(a) * shift(b)) - stirling(za, zb * inv) - stirling(zb, za * inv)
+    vecmath::ln(rising8(a) * rising8(b))
+        - (za - 0.5) * vecmath::ln(za)
+        - stirling_rest(za, zb * inv)
+        - (zb - 0.5) * vecmath::ln(zb)
+        - stirling_rest(zb, za * inv)
 }
+
+/// Observations per block of [`beta_kernel_block`].
+const BETA_BLOCK: usize = 16;
 
 /// The beta family's `log p(y | eta)` without its `eta`-free term
-/// `ln Γ(phi)`: `-ln Γ(a) - ln Γ(b) + (a - 1) ln y + (b - 1) ln(1 - y)`
-/// with `a = mu phi`, `b = (1 - mu) phi`, `mu = sigmoid(eta)`. `mu` and
+/// `ln Γ(phi)`, for a block of observations: `-ln Γ(a) - ln Γ(b) + (a - 1)
+/// ln y + (b - 1) ln(1 - y)` with `a = mu phi`, `b = (1 - mu) phi`,
+/// `mu = sigmoid(eta)`, and `ln Γ` as in [`neg_ln_gamma_pair`]. `mu` and
 /// `1 - mu` are each computed directly (no cancellation in `1 - mu` for
 /// large `eta`) and kept at least 1e-12, so that neither shape reaches 0.
+///
+/// Each stage is its own loop over the block: one observation's work is a
+/// long chain of dependent operations, and a block's independent chains,
+/// side by side in vector registers, keep the CPU busy while each waits.
+// The stages index several arrays at once; iterators would hide that.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
-fn beta_kernel(eta: f64, ln_y: f64, ln_1m_y: f64, phi: f64) -> f64 {
-    let e = vecmath::exp_nonpositive(-eta.abs());
-    let s = 1.0 / (1.0 + e);
-    let es = e * s;
-    let (mu, mu_c) = if eta >= 0.0 { (s, es) } else { (es, s) };
-    let (a, b) = (mu.max(1e-12) * phi, mu_c.max(1e-12) * phi);
-    neg_ln_gamma_pair(a, b) + (a - 1.0) * ln_y + (b - 1.0) * ln_1m_y
+fn beta_kernel_block(
+    eta: &[f64; BETA_BLOCK],
+    ln_y: &[f64; BETA_BLOCK],
+    ln_1m_y: &[f64; BETA_BLOCK],
+    phi: f64,
+) -> [f64; BETA_BLOCK] {
+    let (mut a, mut b) = ([0.0; BETA_BLOCK], [0.0; BETA_BLOCK]);
+    for j in 0..BETA_BLOCK {
+        let e = vecmath::exp_nonpositive(-eta[j].abs());
+        let s = 1.0 / (1.0 + e);
+        let es = e * s;
+        let (mu, mu_c) = if eta[j] >= 0.0 { (s, es) } else { (es, s) };
+        a[j] = mu.max(1e-12) * phi;
+        b[j] = mu_c.max(1e-12) * phi;
+    }
+    let mut ln_rising = [0.0; BETA_BLOCK];
+    for j in 0..BETA_BLOCK {
+        ln_rising[j] = vecmath::ln(rising8(a[j]) * rising8(b[j]));
+    }
+    let mut ln_za = [0.0; BETA_BLOCK];
+    for j in 0..BETA_BLOCK {
+        ln_za[j] = vecmath::ln(a[j] + 8.0);
+    }
+    let mut ln_zb = [0.0; BETA_BLOCK];
+    for j in 0..BETA_BLOCK {
+        ln_zb[j] = vecmath::ln(b[j] + 8.0);
+    }
+    let mut out = [0.0; BETA_BLOCK];
+    for j in 0..BETA_BLOCK {
+        let (za, zb) = (a[j] + 8.0, b[j] + 8.0);
+        let inv = 1.0 / (za * zb);
+        out[j] = ln_rising[j]
+            - (za - 0.5) * ln_za[j]
+            - stirling_rest(za, zb * inv)
+            - (zb - 0.5) * ln_zb[j]
+            - stirling_rest(zb, za * inv)
+            + (a[j] - 1.0) * ln_y[j]
+            + (b[j] - 1.0) * ln_1m_y[j];
+    }
+    out
 }
 
-/// [`beta_kernel`] of every observation, summed in order. The kernels are
-/// written to `scratch` first by a loop without branches, which the
+/// The beta kernel of every observation, summed in order. The kernels are
+/// written to `scratch` first by loops without branches, which the
 /// compiler vectorises (with AVX2 where the CPU has it); the sum then runs
 /// in order, so the result has the same bits on every CPU.
-fn sum_beta_kernels(eta: &[f64], ln_y: &[f64], ln_1m_y: &[f64], phi: f64, scratch: &mut Vec<f64>) -> f64 {
+fn sum_beta_kernels(
+    eta: &[f64],
+    ln_y: &[f64],
+    ln_1m_y: &[f64],
+    phi: f64,
+    scratch: &mut Vec<f64>,
+) -> f64 {
     scratch.resize(eta.len(), 0.0);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
@@ -268,12 +341,26 @@ fn beta_kernels_avx2(eta: &[f64], ln_y: &[f64], ln_1m_y: &[f64], phi: f64, out: 
     beta_kernels(eta, ln_y, ln_1m_y, phi, out);
 }
 
-/// `out_i = beta_kernel(eta_i, ...)`; inlined into its callers so that it
-/// takes their instruction set.
+/// `out_i` = the beta kernel of observation `i`, block by block (the last
+/// block padded with `eta = 0`, `y = 1/2`, whose kernels are dropped);
+/// inlined into its callers so that it takes their instruction set.
 #[inline(always)]
 fn beta_kernels(eta: &[f64], ln_y: &[f64], ln_1m_y: &[f64], phi: f64, out: &mut [f64]) {
-    for (((o, &e), &ly), &l1y) in out.iter_mut().zip(eta).zip(ln_y).zip(ln_1m_y) {
-        *o = beta_kernel(e, ly, l1y, phi);
+    let n = out.len().min(eta.len()).min(ln_y.len()).min(ln_1m_y.len());
+    let mut start = 0;
+    while start < n {
+        let len = BETA_BLOCK.min(n - start);
+        let mut block = (
+            [0.0; BETA_BLOCK],
+            [-std::f64::consts::LN_2; BETA_BLOCK],
+            [-std::f64::consts::LN_2; BETA_BLOCK],
+        );
+        block.0[..len].copy_from_slice(&eta[start..start + len]);
+        block.1[..len].copy_from_slice(&ln_y[start..start + len]);
+        block.2[..len].copy_from_slice(&ln_1m_y[start..start + len]);
+        let kernels = beta_kernel_block(&block.0, &block.1, &block.2, phi);
+        out[start..start + len].copy_from_slice(&kernels[..len]);
+        start += len;
     }
 }
 
@@ -311,19 +398,25 @@ pub struct Approximation {
 
 /// Finds the Laplace approximation by iterated Kalman smoothing: at the
 /// current `eta`, `H_i = -1 / l''(eta_i)`, `y~_i = eta_i + H_i l'(eta_i)`; the
-/// Gaussian model's posterior mean of `X b + x` is the next `eta`.
+/// Gaussian model's posterior mean of `X b + x` is the next `eta`. The
+/// steps start at `start` (the mode at a nearby `phi`, as an evaluator
+/// keeps it) or, without one, at each observation's own link value (as
+/// GLM fitting does): fewer steps than from a common level, and no
+/// overshoot on large counts.
 pub fn laplace(
     series: &Series,
     lik: Likelihood,
     h: &Hyper,
     priors: &Priors,
+    start: Option<&[f64]>,
 ) -> Result<Approximation, ModelError> {
     let n = series.y.len();
     let rows = design_rows(series, h.kappa);
     let p = series.n_static();
-    // Start at each observation's own link value (as GLM fitting does), not
-    // at a common level: fewer Newton steps, and no overshoot on large counts.
-    let mut eta: Vec<f64> = series.y.iter().map(|&y| lik.link_of_value(y)).collect();
+    let mut eta: Vec<f64> = match start {
+        Some(eta) if eta.len() == n => eta.to_vec(),
+        _ => series.y.iter().map(|&y| lik.link_of_value(y)).collect(),
+    };
     let mut pseudo = vec![0.0; n];
     let mut noise = vec![0.0; n];
     let mut damping = 1.0;
@@ -430,23 +523,39 @@ fn forward(series: &Series, approx: &Approximation, h: &Hyper) -> Forward {
     }
 }
 
-/// One draw of the drift given `b`, by backward sampling, from standard
-/// normals `z` times `sign` (-1 for the antithetic draw); writes the linear
-/// predictor `eta = X b + x` of every observation.
-fn backward_sample(f: &Forward, b: &[f64], z: &[f64], sign: f64, eta: &mut [f64]) {
+/// `D` draws of the drift, each given its `b`, by backward sampling from
+/// standard normals `z` times `sign` (-1 for an antithetic draw); writes
+/// each draw's linear predictor `eta = X b + x` of every observation. Each
+/// draw is a chain of dependent steps backwards in time; `D` of them side
+/// by side keep the CPU busy while each step waits for the one before.
+fn backward_sample<const D: usize>(
+    f: &Forward,
+    b: &[[f64; MAX_ARMS]; D],
+    p: usize,
+    z: &[&[f64]; D],
+    sign: &[f64; D],
+    eta: &mut [Vec<f64>; D],
+) {
     let n = f.means.len();
-    let p = b.len();
-    let mean_at = |i: usize| -> f64 {
-        let m = &f.means[i];
-        m[0] - (0..p).map(|c| m[c + 1] * b[c]).sum::<f64>()
-    };
-    let fixed_at = |i: usize| -> f64 { (0..p).map(|c| f.rows[i][c] * b[c]).sum::<f64>() };
-    let mut next = mean_at(n - 1) + f.sd[n - 1] * (z[n - 1] * sign);
-    eta[n - 1] = fixed_at(n - 1) + next;
-    for i in (0..n - 1).rev() {
-        let m = mean_at(i);
-        next = m + f.gain[i] * (next - f.rho_next[i] * m) + f.sd[i] * (z[i] * sign);
-        eta[i] = fixed_at(i) + next;
+    let mut next = [0.0; D];
+    for i in (0..n).rev() {
+        let means = &f.means[i];
+        let rows = &f.rows[i];
+        for d in 0..D {
+            let mut m = means[0];
+            let mut fixed = 0.0;
+            for c in 0..p {
+                m -= means[c + 1] * b[d][c];
+                fixed += rows[c] * b[d][c];
+            }
+            let noise = f.sd[i] * (z[d][i] * sign[d]);
+            next[d] = if i == n - 1 {
+                m + noise
+            } else {
+                m + f.gain[i] * (next[d] - f.rho_next[i] * m) + noise
+            };
+            eta[d][i] = fixed + next[d];
+        }
     }
 }
 
@@ -548,22 +657,45 @@ pub fn corrected(
     let chol = approx.filter.b_cov.clone().cholesky()?.l();
     let fwd = forward(series, approx, h);
     let mut draws: Vec<([f64; MAX_ARMS], f64)> = Vec::with_capacity(2 * normals.pairs);
-    let mut eta = vec![0.0; n];
     // Every draw's log weight is sum_i [log p(y_i | eta_i) - log g_i(eta_i)];
     // the terms free of eta (the likelihood's constants, the Gaussian's
     // normalisation) are summed once here.
     let mut weights_at = WeightTerms::new(lik, series, approx);
-    for k in 0..normals.pairs {
-        let (zb, z) = normals.pair(k);
-        for sign in [1.0, -1.0] {
-            let mut b = [0.0; MAX_ARMS];
-            for (r, br) in b.iter_mut().enumerate().take(p) {
-                *br = approx.filter.b_mean[r]
-                    + (0..=r).map(|c| chol[(r, c)] * (zb[c] * sign)).sum::<f64>();
+    // b = b_mean + L z_b of one draw.
+    let effects_of = |zb: &[f64], sign: f64| -> [f64; MAX_ARMS] {
+        let mut b = [0.0; MAX_ARMS];
+        for (r, br) in b.iter_mut().enumerate().take(p) {
+            *br = approx.filter.b_mean[r]
+                + (0..=r).map(|c| chol[(r, c)] * (zb[c] * sign)).sum::<f64>();
+        }
+        b
+    };
+    // Two antithetic pairs at a time: four backward chains side by side.
+    let mut etas: [Vec<f64>; 4] = std::array::from_fn(|_| vec![0.0; n]);
+    for k in (0..normals.pairs).step_by(2) {
+        let (zb0, z0) = normals.pair(k);
+        let b0 = [effects_of(zb0, 1.0), effects_of(zb0, -1.0)];
+        if k + 1 < normals.pairs {
+            let (zb1, z1) = normals.pair(k + 1);
+            let b = [b0[0], b0[1], effects_of(zb1, 1.0), effects_of(zb1, -1.0)];
+            backward_sample(
+                &fwd,
+                &b,
+                p,
+                &[z0, z0, z1, z1],
+                &[1.0, -1.0, 1.0, -1.0],
+                &mut etas,
+            );
+            for (b, eta) in b.iter().zip(&etas) {
+                draws.push((*b, weights_at.log_weight(lik, series, approx, eta)));
             }
-            backward_sample(&fwd, &b[..p], z, sign, &mut eta);
-            let log_w = weights_at.log_weight(lik, series, approx, &eta);
-            draws.push((b, log_w));
+        } else {
+            let [first, second, ..] = &mut etas;
+            let mut pair = [std::mem::take(first), std::mem::take(second)];
+            backward_sample(&fwd, &b0, p, &[z0, z0], &[1.0, -1.0], &mut pair);
+            for (b, eta) in b0.iter().zip(&pair) {
+                draws.push((*b, weights_at.log_weight(lik, series, approx, eta)));
+            }
         }
     }
     let top = draws.iter().map(|d| d.1).fold(f64::NEG_INFINITY, f64::max);
@@ -579,20 +711,28 @@ pub fn corrected(
             mean[r] += b[r] * (w / total);
         }
     }
-    let mut cov = DMatrix::<f64>::zeros(p, p);
+    // The covariance with the approximating Gaussian's own as a control
+    // variate: cov_g + (weighted sample covariance - the unweighted one
+    // around g's mean). Both sample terms estimate their targets, so this
+    // still estimates the exact posterior's covariance; but where the
+    // weights are nearly equal the sampling noise of the two terms cancels,
+    // and what is left is the correction the weights make. The weighted
+    // sample covariance alone has a relative error near sqrt(2 / ESS) in
+    // the variance (7% in an sd at 96 draws) even when the approximation
+    // is exact. (The antithetic pairs already make the unweighted mean of
+    // the draws g's mean, so the weighted mean needs no such term.)
+    let m_g = &approx.filter.b_mean;
+    let inv_n = 1.0 / draws.len() as f64;
+    let mut cov = approx.filter.b_cov.clone();
     for ((b, _), w) in draws.iter().zip(&weights) {
+        let w = w / total;
         for r in 0..p {
             for c in 0..p {
-                cov[(r, c)] += (b[r] - mean[r]) * (b[c] - mean[c]) * (w / total);
+                cov[(r, c)] += w * (b[r] - mean[r]) * (b[c] - mean[c])
+                    - inv_n * (b[r] - m_g[r]) * (b[c] - m_g[c]);
             }
         }
     }
-    // The weighted covariance around the weighted mean underestimates the
-    // spread when few draws carry the weight: divide by 1 - sum w_i^2
-    // (normalised weights), the reliability-weights correction, which is
-    // n / (n - 1) for equal weights.
-    let sum_w2: f64 = weights.iter().map(|w| (w / total).powi(2)).sum();
-    cov /= (1.0 - sum_w2).max(1e-3);
     // Few draws can give a covariance that is not positive definite; the
     // Laplace covariance is then the better estimate of the spread.
     let b_cov = if cov.clone().cholesky().is_some() {
@@ -624,6 +764,12 @@ pub struct LaplaceEvaluator<'a> {
     priors: &'a Priors,
     likelihood: Likelihood,
     normals: Normals,
+    /// The Laplace mode of `eta` at the search's start (the prior centre),
+    /// where every point's Newton steps start: a smoothed fit of the data,
+    /// nearer every point's mode than the raw link values (a 365-day beta
+    /// fit: 3 steps a point instead of 4). Fixed before any point is
+    /// evaluated, so the results do not depend on their order.
+    warm_start: Option<Vec<f64>>,
 }
 
 impl<'a> LaplaceEvaluator<'a> {
@@ -637,12 +783,18 @@ impl<'a> LaplaceEvaluator<'a> {
         pairs: usize,
         seed: u64,
     ) -> Self {
-        LaplaceEvaluator {
+        let mut evaluator = LaplaceEvaluator {
             series,
             priors,
             likelihood,
             normals: Normals::new(pairs, series.n_static(), series.y.len(), seed),
-        }
+            warm_start: None,
+        };
+        evaluator.warm_start = evaluator
+            .at(&evaluator.start())
+            .and_then(|(_, lik, h)| laplace(series, lik, &h, priors, None).ok())
+            .map(|approx| approx.eta);
+        evaluator
     }
 
     /// The family at `theta` (beta's precision is its fourth coordinate),
@@ -692,7 +844,14 @@ impl Evaluator for LaplaceEvaluator<'_> {
 
     fn eval(&self, theta: &Theta) -> Option<Eval> {
         let (theta, likelihood, h) = self.at(theta)?;
-        let approx = laplace(self.series, likelihood, &h, self.priors).ok()?;
+        let approx = laplace(
+            self.series,
+            likelihood,
+            &h,
+            self.priors,
+            self.warm_start.as_deref(),
+        )
+        .ok()?;
         // Common random numbers: the same standard normals at every point, so
         // the estimate is a smooth function of theta (mode search and
         // curvature by finite differences stay meaningful) and a fit is
@@ -711,7 +870,14 @@ impl Evaluator for LaplaceEvaluator<'_> {
     /// integrates the corrected posterior (and checks its own error).
     fn search_log_post(&self, theta: &Theta) -> Option<f64> {
         let (theta, likelihood, h) = self.at(theta)?;
-        let approx = laplace(self.series, likelihood, &h, self.priors).ok()?;
+        let approx = laplace(
+            self.series,
+            likelihood,
+            &h,
+            self.priors,
+            self.warm_start.as_deref(),
+        )
+        .ok()?;
         let log_post = laplace_log_lik(self.series, likelihood, &approx) + self.log_prior(&theta);
         log_post.is_finite().then_some(log_post)
     }
@@ -779,7 +945,9 @@ mod tests {
         use statrs::function::gamma::ln_gamma;
         let n = 1001;
         let phi = 23.7;
-        let y: Vec<f64> = (0..n).map(|i| (f64::from(i) + 0.5) / f64::from(n)).collect();
+        let y: Vec<f64> = (0..n)
+            .map(|i| (f64::from(i) + 0.5) / f64::from(n))
+            .collect();
         let eta: Vec<f64> = (0..n).map(|i| f64::from(i) * 0.061 - 30.0).collect();
         let lik = Likelihood::Beta(phi);
         let terms = lik.obs_terms(&y);
@@ -792,12 +960,16 @@ mod tests {
             .iter()
             .zip(&eta)
             .map(|(&y, &e)| {
-                let mu = (1.0 / (1.0 + (-e).exp())).clamp(1e-12, 1.0 - 1e-12);
-                let (a, b) = (mu * phi, (1.0 - mu) * phi);
+                let mu = (1.0 / (1.0 + (-e).exp())).max(1e-12);
+                let mu_c = (1.0 / (1.0 + e.exp())).max(1e-12);
+                let (a, b) = (mu * phi, mu_c * phi);
                 -ln_gamma(a) - ln_gamma(b) + (a - 1.0) * y.ln() + (b - 1.0) * (1.0 - y).ln()
             })
             .sum();
-        assert!((vectorised - exact).abs() < 1e-9 * exact.abs(), "{vectorised} vs {exact}");
+        assert!(
+            (vectorised - exact).abs() < 1e-12 * exact.abs(),
+            "{vectorised} vs {exact}"
+        );
     }
 
     #[test]

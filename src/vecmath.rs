@@ -5,6 +5,9 @@
 //! bit operations, with no fused multiply-add, so a vectorised loop gives
 //! the same bits as a scalar one: a fit does not depend on the CPU.
 
+// The constants are fdlibm's, digit for digit as published.
+#![allow(clippy::excessive_precision)]
+
 /// `2^52 + 1023`: turns a biased exponent field, or'ed into the mantissa
 /// of `2^52`, into the unbiased exponent as a float.
 const EXPONENT_MAGIC: f64 = 4_503_599_627_371_519.0;
@@ -29,7 +32,9 @@ pub fn ln(x: f64) -> f64 {
     ];
     // Moving the mantissa's top bits by sqrt(2)'s carries mantissas at or
     // above sqrt(2) into the exponent (musl's reduction, on 64 bits).
-    let u = x.to_bits().wrapping_add(0x3ff0_0000_0000_0000 - 0x3fe6_a09e_0000_0000);
+    let u = x
+        .to_bits()
+        .wrapping_add(0x3ff0_0000_0000_0000 - 0x3fe6_a09e_0000_0000);
     let k = f64::from_bits(0x4330_0000_0000_0000 | (u >> 52)) - EXPONENT_MAGIC;
     let m = f64::from_bits((u & 0x000f_ffff_ffff_ffff).wrapping_add(0x3fe6_a09e_0000_0000));
     let f = m - 1.0;
@@ -73,10 +78,7 @@ pub fn exp_nonpositive(x: f64) -> f64 {
     }
     // t's low mantissa bits hold k (two's complement, offset by 1.5 * 2^52):
     // (k + 1023) << 52 is 2^k.
-    let biased = t
-        .to_bits()
-        .wrapping_sub(ROUND.to_bits())
-        .wrapping_add(1023);
+    let biased = t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(1023);
     p * f64::from_bits(biased << 52)
 }
 
@@ -93,7 +95,16 @@ mod tests {
     fn ln_is_within_an_ulp_or_so_of_the_standard_library() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let mut worst: f64 = 0.0;
-        let mut values = vec![1.0, 2.0, 0.5, std::f64::consts::SQRT_2, 1e-300, 1e300, 8.0, 1.0 + 1e-12];
+        let mut values = vec![
+            1.0,
+            2.0,
+            0.5,
+            std::f64::consts::SQRT_2,
+            1e-300,
+            1e300,
+            8.0,
+            1.0 + 1e-12,
+        ];
         values.extend((0..200_000).map(|_| 10f64.powf(rng.random_range(-300.0..300.0))));
         values.extend((0..200_000).map(|_| rng.random_range(0.5..2.0)));
         for &x in &values {
@@ -111,7 +122,15 @@ mod tests {
     fn exp_is_within_an_ulp_or_so_of_the_standard_library() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
         let mut worst: f64 = 0.0;
-        let mut values = vec![0.0, -1e-300, -1e-10, -0.5, -std::f64::consts::LN_2, -1.0, -700.0];
+        let mut values = vec![
+            0.0,
+            -1e-300,
+            -1e-10,
+            -0.5,
+            -std::f64::consts::LN_2,
+            -1.0,
+            -700.0,
+        ];
         values.extend((0..200_000).map(|_| -rng.random_range(0.0..700.0)));
         values.extend((0..200_000).map(|_| -rng.random_range(0.0..1.0)));
         for &x in &values {

@@ -51,3 +51,8 @@ fn bernoulli_fit_is_calibrated() {
 fn binomial_fit_is_calibrated() {
     check(Family::Binomial, 100, 20261128);
 }
+
+#[test]
+fn beta_fit_is_calibrated() {
+    check(Family::Beta, 100, 20261202);
+}
