@@ -94,11 +94,13 @@ pub struct McmcTiming {
     pub converged: bool,
 }
 
-/// Times the filter and the grid fit at `days`, optionally against MCMC with `mcmc_draws` per chain.
+/// Times the filter and the grid fit at `days`, optionally against MCMC
+/// with `mcmc_draws` per chain and NUTS with `nuts_draws` per chain.
 pub fn engine(
     days: usize,
     reps: usize,
     mcmc_draws: Option<usize>,
+    nuts_draws: usize,
     outcome: &Outcome,
 ) -> EngineTiming {
     let series = two_arm_series(days, -1.5, 11);
@@ -166,7 +168,10 @@ pub fn engine(
     let reference = |method: Method| {
         let spec = FitSpec {
             mcmc: match method {
-                Method::Nuts => McmcOptions::nuts_default(),
+                Method::Nuts => McmcOptions {
+                    draws: nuts_draws,
+                    ..McmcOptions::nuts_default()
+                },
                 _ => spec(method).mcmc,
             },
             ..spec(method)

@@ -191,9 +191,14 @@ enum BenchCommand {
         /// Grid fits per length (the median is reported).
         #[arg(long, default_value_t = 20)]
         reps: usize,
-        /// Also run the MCMC reference with this many draws per chain.
+        /// Also run the MCMC references: adaptive Metropolis with this many
+        /// draws per chain, and NUTS.
         #[arg(long)]
         mcmc_draws: Option<usize>,
+        /// Draws kept per NUTS chain (after 1500 warm-up), for a longer
+        /// reference than the default.
+        #[arg(long, default_value_t = 2000)]
+        nuts_draws: usize,
     },
     /// Print a simulated two-arm daily series as CSV (day,arm,y) for comparisons.
     Simulate {
@@ -489,12 +494,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     days,
                     reps,
                     mcmc_draws,
+                    nuts_draws,
                 },
         } => {
             let protocol =
                 nof1d::protocol::Protocol::parse(nof1d::demo::PROTOCOL_TEXT, "demo protocol")?;
             for &d in days {
-                let timing = nof1d::bench::engine(d, *reps, *mcmc_draws, &protocol.outcome);
+                let timing =
+                    nof1d::bench::engine(d, *reps, *mcmc_draws, *nuts_draws, &protocol.outcome);
                 println!("{}", serde_json::to_string(&timing)?);
             }
             Ok(ExitCode::SUCCESS)
