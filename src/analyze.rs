@@ -560,6 +560,13 @@ pub fn render(a: &Analysis) -> String {
             100.0 * s
         );
     }
+    if let Some(ess) = d.importance_ess {
+        let _ = writeln!(
+            out,
+            "  importance weights: ESS {:.0}% of the draws (posterior average)",
+            100.0 * ess
+        );
+    }
     if let Some(div) = &d.divergences {
         let _ = writeln!(
             out,
@@ -606,7 +613,21 @@ pub fn render(a: &Analysis) -> String {
         "  onset/washout half-life ~ LogNormal(ln {:.3}, {:.3}) days",
         h.half_life_median_days, h.half_life_log_sd
     );
-    let _ = writeln!(out, "  noise sd ~ HalfNormal({:.3})", h.noise_sd_scale);
+    // The fourth hyperparameter: the gaussian noise sd, beta's precision;
+    // the other families have none.
+    match f.family {
+        crate::protocol::Family::Gaussian => {
+            let _ = writeln!(out, "  noise sd ~ HalfNormal({:.3})", h.noise_sd_scale);
+        }
+        crate::protocol::Family::Beta => {
+            let _ = writeln!(
+                out,
+                "  precision ~ LogNormal(ln {:.3}, {:.3})",
+                h.precision_median, h.precision_log_sd
+            );
+        }
+        _ => {}
+    }
     out
 }
 

@@ -346,6 +346,7 @@ mod tests {
                 divergences: None,
                 rhat: None,
                 ess_bulk: None,
+                importance_ess: None,
             },
             priors: PriorReport {
                 scale: 1.0,

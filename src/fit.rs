@@ -67,6 +67,17 @@ fn names_of_theta(likelihood: Option<Likelihood>) -> [&'static str; 4] {
     names
 }
 
+/// The components' importance ESS fractions averaged under the mixture's
+/// weights; `None` for the gaussian family, which draws nothing.
+fn importance_ess_of(mixture: &inference::Mixture) -> Option<f64> {
+    let (mut sum, mut weight) = (0.0, 0.0);
+    for (w, e) in mixture.weights.iter().zip(&mixture.components) {
+        sum += w * e.filter.importance_ess?;
+        weight += w;
+    }
+    (weight > 0.0).then(|| sum / weight)
+}
+
 /// Antithetic pairs of importance draws per hyperparameter point (non-gaussian
 /// families). SBC, 400 replications of 84 days (`bench sbc --seed 7`), with
 /// the control-variate covariance: bernoulli at 24 pairs gave a rank
@@ -365,6 +376,12 @@ pub struct Diagnostics {
     pub rhat: Option<BTreeMap<String, f64>>,
     /// MCMC: bulk ESS per hyperparameter and effect.
     pub ess_bulk: Option<BTreeMap<String, f64>>,
+    /// Non-gaussian families: the importance weights' effective sample
+    /// size as a fraction of the draws at each point, averaged over the
+    /// posterior of the hyperparameters (1: the Laplace approximation is
+    /// exact there; near 0: a few draws carry the estimate).
+    #[serde(default)]
+    pub importance_ess: Option<f64>,
 }
 
 /// The output of a fit.
@@ -613,6 +630,7 @@ pub fn fit_with_mixture(
                 divergences: None,
                 rhat: None,
                 ess_bulk: None,
+                importance_ess: None,
             };
             (g.mixture, diag)
         }
@@ -637,6 +655,7 @@ pub fn fit_with_mixture(
                 divergences: None,
                 rhat: Some(chains.rhat),
                 ess_bulk: Some(chains.ess),
+                importance_ess: None,
             };
             (r.mixture(), diag)
         }
@@ -678,6 +697,7 @@ pub fn fit_with_mixture(
                 divergences: Some(r.divergences.clone()),
                 rhat: Some(chains.rhat),
                 ess_bulk: Some(chains.ess),
+                importance_ess: None,
             };
             (r.draws.mixture(), diag)
         }
@@ -697,6 +717,7 @@ pub fn fit_with_mixture(
         None => smoothed_path(series, &mixture),
         Some(lik) => mode_path(series, lik, &priors, &mixture),
     };
+    diagnostics.importance_ess = importance_ess_of(&mixture);
     diagnostics.wall_ms = started.elapsed().as_secs_f64() * 1000.0;
     tracing::debug!(
         integrate_ms = t_int,
@@ -940,6 +961,9 @@ mod tests {
         );
         assert_eq!(g.priors.scale_source, ScaleSource::LinkScale);
         assert_eq!(g.hyperparameters.len(), 3, "no sigma_y for bernoulli");
+        // The importance weights' ESS is reported, as a fraction of the draws.
+        let ess = g.diagnostics.importance_ess.unwrap();
+        assert!(ess > 0.0 && ess <= 1.0, "{ess}");
     }
 
     #[test]
@@ -948,6 +972,7 @@ mod tests {
         let o = outcome();
         let a = fit(&series, &spec(&o, Method::Grid)).unwrap();
         let b = fit(&series, &spec(&o, Method::Grid)).unwrap();
+        assert_eq!(a.diagnostics.importance_ess, None, "gaussian draws nothing");
         assert_eq!(a.effects[0].mean, b.effects[0].mean);
         assert_eq!(a.effects[0].p_better_by_mid, b.effects[0].p_better_by_mid);
     }

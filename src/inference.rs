@@ -1516,6 +1516,7 @@ mod tests {
                 log_lik: 0.0,
                 b_mean: DVector::from_vec(vec![0.0, m]),
                 b_cov: DMatrix::identity(2, 2),
+                importance_ess: None,
             },
         };
         let mix = Mixture {

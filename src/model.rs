@@ -95,6 +95,10 @@ pub struct FilterOutput {
     pub b_mean: DVector<f64>,
     /// Posterior covariance of `b` given `phi`.
     pub b_cov: DMatrix<f64>,
+    /// Non-gaussian families: the effective sample size of the importance
+    /// weights, as a fraction of the draws (1 where the Laplace
+    /// approximation is exact); `None` for the exact gaussian filter.
+    pub importance_ess: Option<f64>,
 }
 
 /// Errors of the numerical core.
@@ -472,6 +476,7 @@ fn finish(
         log_lik,
         b_mean: DVector::from_column_slice(&b[..p]),
         b_cov,
+        importance_ess: None,
     })
 }
 

@@ -704,6 +704,7 @@ pub fn corrected(
     }
     let weights: Vec<f64> = draws.iter().map(|d| (d.1 - top).exp()).collect();
     let total: f64 = weights.iter().sum();
+    let sum_w2: f64 = weights.iter().map(|w| w * w).sum();
     let log_lik = approx.filter.log_lik + top + (total / draws.len() as f64).ln();
     let mut mean = DVector::<f64>::zeros(p);
     for ((b, _), w) in draws.iter().zip(&weights) {
@@ -744,6 +745,7 @@ pub fn corrected(
         log_lik,
         b_mean: mean,
         b_cov,
+        importance_ess: Some(total * total / sum_w2 / draws.len() as f64),
     })
 }
 
