@@ -485,15 +485,11 @@ fn whitening(
     evaluations: &mut usize,
 ) -> Result<(Theta, f64, DMatrix<f64>), ModelError> {
     let dims = ev.dims();
-    let mut searched = 0;
-    let mut neg = |t: &Theta| -> f64 {
-        searched += 1;
-        ev.search_log_post(t).map_or(f64::INFINITY, |lp| -lp)
-    };
+    let mut neg = |t: &Theta| -> f64 { ev.search_log_post(t).map_or(f64::INFINITY, |lp| -lp) };
     let start = ev.start();
     let (m1, _, n1) = nelder_mead(&mut neg, start, dims, 0.7, 1500);
     let (mode, mut f_mode, n2) = nelder_mead(&mut neg, m1, dims, 0.15, 1500);
-    *evaluations += searched;
+    *evaluations += n1 + n2;
     if ev.search_is_approximate() {
         // The lattice's cutoffs and the curvature below need the exact value.
         *evaluations += 1;

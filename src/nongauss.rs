@@ -816,6 +816,14 @@ impl<'a> LaplaceEvaluator<'a> {
         Some((theta, likelihood, hyper_of(&theta)))
     }
 
+    /// [`Self::at`] and the Laplace approximation there, from the warm start.
+    fn approximate(&self, theta: &Theta) -> Option<(Theta, Likelihood, Hyper, Approximation)> {
+        let (theta, likelihood, h) = self.at(theta)?;
+        let start = self.warm_start.as_deref();
+        let approx = laplace(self.series, likelihood, &h, self.priors, start).ok()?;
+        Some((theta, likelihood, h, approx))
+    }
+
     /// The log prior of the free coordinates.
     fn log_prior(&self, theta: &Theta) -> f64 {
         let mut lp = log_prior(theta, &self.priors.hyper, 3);
@@ -845,15 +853,7 @@ impl Evaluator for LaplaceEvaluator<'_> {
     }
 
     fn eval(&self, theta: &Theta) -> Option<Eval> {
-        let (theta, likelihood, h) = self.at(theta)?;
-        let approx = laplace(
-            self.series,
-            likelihood,
-            &h,
-            self.priors,
-            self.warm_start.as_deref(),
-        )
-        .ok()?;
+        let (theta, likelihood, h, approx) = self.approximate(theta)?;
         // Common random numbers: the same standard normals at every point, so
         // the estimate is a smooth function of theta (mode search and
         // curvature by finite differences stay meaningful) and a fit is
@@ -871,15 +871,7 @@ impl Evaluator for LaplaceEvaluator<'_> {
     /// search needs only a good centre for the lattice, which then
     /// integrates the corrected posterior (and checks its own error).
     fn search_log_post(&self, theta: &Theta) -> Option<f64> {
-        let (theta, likelihood, h) = self.at(theta)?;
-        let approx = laplace(
-            self.series,
-            likelihood,
-            &h,
-            self.priors,
-            self.warm_start.as_deref(),
-        )
-        .ok()?;
+        let (theta, likelihood, _, approx) = self.approximate(theta)?;
         let log_post = laplace_log_lik(self.series, likelihood, &approx) + self.log_prior(&theta);
         log_post.is_finite().then_some(log_post)
     }
