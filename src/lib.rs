@@ -24,30 +24,9 @@
 //! The data flow and invariants are in `ARCHITECTURE.md`; the statistics in
 //! `../shared/design/statistics.md`.
 
-pub mod actions;
-pub mod analyze;
-pub mod bench;
-pub mod calendar;
-pub mod causal;
-pub mod charts;
-pub mod config;
-pub mod daemon;
-pub mod decide;
-pub mod demo;
-pub mod design;
-pub mod fit;
-pub mod inference;
-pub mod lifecycle;
-pub mod links;
-pub mod lock;
-pub mod model;
-pub mod nongauss;
-pub mod notify;
-pub mod protocol;
-pub mod report;
-pub mod simulate;
-pub mod sources;
-pub mod store;
+pub mod cli;
+pub mod engine;
+pub mod service;
+pub mod startup;
 pub mod trial;
-pub mod vecmath;
 pub mod web;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use nof1d::config::{Config, LogFormat};
+use nof1d::service::config::{Config, LogFormat};
 
 #[derive(Parser)]
 #[command(name = "nof1d", version, about = "Adaptive N-of-1 trial daemon")]
@@ -370,7 +370,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(nof1d::daemon::serve(config))?;
+            runtime.block_on(nof1d::startup::serve(config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Analyze {
@@ -397,21 +397,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let text = std::fs::read_to_string(data)
                 .with_context(|| format!("cannot read {}", data.display()))?;
             let method = match method.as_str() {
-                "grid" => nof1d::fit::Method::Grid,
-                "mcmc" => nof1d::fit::Method::Mcmc,
-                "nuts" => nof1d::fit::Method::Nuts,
+                "grid" => nof1d::engine::fit::Method::Grid,
+                "mcmc" => nof1d::engine::fit::Method::Mcmc,
+                "nuts" => nof1d::engine::fit::Method::Nuts,
                 other => anyhow::bail!("--method {other:?}: use grid, nuts or mcmc"),
             };
             let (outcome, known_arms, comparator) = match protocol {
                 Some(path) => {
-                    let (p, _) = nof1d::protocol::check_file(path)?;
+                    let (p, _) = nof1d::trial::protocol::check_file(path)?;
                     let keys: Vec<String> = p.arms.iter().map(|a| a.key.clone()).collect();
                     (p.outcome.clone(), Some(keys), p.comparator.clone())
                 }
                 None => {
-                    let family: nof1d::protocol::Family = serde_json::from_value(serde_json::Value::String(family.clone()))
+                    let family: nof1d::engine::spec::Family = serde_json::from_value(serde_json::Value::String(family.clone()))
                         .map_err(|_| anyhow::anyhow!("--family {family:?}: use gaussian, poisson, bernoulli, binomial or beta"))?;
-                    let direction: nof1d::protocol::Direction =
+                    let direction: nof1d::engine::spec::Direction =
                         serde_json::from_value(serde_json::Value::String(direction.clone()))
                             .map_err(|_| {
                                 anyhow::anyhow!("--direction {direction:?}: use higher or lower")
@@ -421,20 +421,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     let comparator = match comparator {
                         Some(c) => c.clone(),
-                        None => nof1d::analyze::guess_comparator(&text, arm_col.as_deref()).ok_or_else(|| {
+                        None => nof1d::cli::analyze::guess_comparator(&text, arm_col.as_deref()).ok_or_else(|| {
                             anyhow::anyhow!("which arm is the comparator? pass --comparator LABEL (or --protocol FILE)")
                         })?,
                     };
-                    let mut outcome = nof1d::analyze::ad_hoc_outcome(family, direction, *mid);
+                    let mut outcome = nof1d::cli::analyze::ad_hoc_outcome(family, direction, *mid);
                     outcome.trials = *trials;
                     (outcome, None, comparator)
                 }
             };
-            let request = nof1d::analyze::Request {
+            let request = nof1d::cli::analyze::Request {
                 outcome,
                 known_arms,
                 comparator,
-                columns: nof1d::analyze::Columns {
+                columns: nof1d::cli::analyze::Columns {
                     time: time_col.clone(),
                     arm: arm_col.clone(),
                     outcome: outcome_col.clone(),
@@ -443,19 +443,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 method,
                 seed: *seed,
             };
-            let analysis = nof1d::analyze::analyze(&text, &request)
+            let analysis = nof1d::cli::analyze::analyze(&text, &request)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", data.display()))?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&analysis)?);
             } else {
-                print!("{}", nof1d::analyze::render(&analysis));
+                print!("{}", nof1d::cli::analyze::render(&analysis));
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
             command: BenchCommand::Simulate { days, effect, seed },
         } => {
-            let series = nof1d::bench::two_arm_series(*days, *effect, *seed);
+            let series = nof1d::engine::generate::two_arm_series(*days, *effect, *seed);
             println!("day,arm,y");
             for (t, y) in series.t.iter().zip(&series.y) {
                 let arm = ["control", "treatment"][series.path.arm_at(*t)];
@@ -472,7 +472,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     seed,
                 },
         } => {
-            let family: nof1d::protocol::Family = serde_json::from_value(
+            let family: nof1d::engine::spec::Family = serde_json::from_value(
                 serde_json::Value::String(family.clone()),
             )
             .map_err(|_| {
@@ -484,7 +484,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &Config::default(),
                 cli.log_level.as_deref().or(Some("warn")),
             );
-            let r = nof1d::bench::sbc(family, *reps, *days, *seed);
+            let r = nof1d::cli::bench::sbc(family, *reps, *days, *seed);
             println!("{}", serde_json::to_string(&r)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -497,11 +497,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     nuts_draws,
                 },
         } => {
-            let protocol =
-                nof1d::protocol::Protocol::parse(nof1d::demo::PROTOCOL_TEXT, "demo protocol")?;
+            let protocol = nof1d::trial::protocol::Protocol::parse(
+                nof1d::service::demo::PROTOCOL_TEXT,
+                "demo protocol",
+            )?;
             for &d in days {
-                let timing =
-                    nof1d::bench::engine(d, *reps, *mcmc_draws, *nuts_draws, &protocol.outcome);
+                let timing = nof1d::cli::bench::engine(
+                    d,
+                    *reps,
+                    *mcmc_draws,
+                    *nuts_draws,
+                    &protocol.outcome.model_spec(),
+                );
                 println!("{}", serde_json::to_string(&timing)?);
             }
             Ok(ExitCode::SUCCESS)
@@ -523,11 +530,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &Config::default(),
                 cli.log_level.as_deref().or(Some("warn")),
             );
-            let (p, text) = nof1d::protocol::check_file(protocol)?;
+            let (p, text) = nof1d::trial::protocol::check_file(protocol)?;
             let scenarios = if scenario == "all" {
-                nof1d::simulate::Scenario::ALL.to_vec()
+                nof1d::trial::simulate::Scenario::ALL.to_vec()
             } else {
-                vec![nof1d::simulate::Scenario::parse(scenario).ok_or_else(|| {
+                vec![nof1d::trial::simulate::Scenario::parse(scenario).ok_or_else(|| {
                     anyhow::anyhow!("--scenario {scenario:?}: use prior, trend, weekly, heavy_tails, long_carryover, missing_run or all")
                 })?]
             };
@@ -546,7 +553,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let mut reports = Vec::new();
             for s in scenarios {
-                let options = nof1d::simulate::SimOptions {
+                let options = nof1d::trial::simulate::SimOptions {
                     trials: *trials,
                     effect: *effect,
                     missing: *missing,
@@ -559,9 +566,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     calibrate: *calibrate,
                     progress: !*json,
                 };
-                let report = nof1d::simulate::simulate_protocol(&p, &text, &options)?;
+                let report = nof1d::trial::simulate::simulate_protocol(&p, &text, &options)?;
                 if !*json {
-                    print!("{}", nof1d::simulate::render(&report));
+                    print!("{}", nof1d::trial::simulate::render(&report));
                 }
                 reports.push(report);
             }
@@ -598,7 +605,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     path.display()
                 );
             }
-            let mut store = nof1d::store::Store::open(&path)?;
+            let mut store = nof1d::service::store::Store::open(&path)?;
             let now = jiff::Timestamp::now();
             let date = |s: &Option<String>| -> anyhow::Result<Option<jiff::civil::Date>> {
                 s.as_deref()
@@ -608,7 +615,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     })
                     .transpose()
             };
-            use nof1d::actions;
+            use nof1d::service::actions;
             match command {
                 TrialCommand::List => {
                     for t in store.trials()? {
@@ -675,15 +682,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(dir) = data_dir {
                 config.data_dir = dir.clone();
             }
-            let format = nof1d::report::Format::parse(format).ok_or_else(|| {
+            let format = nof1d::cli::report::Format::parse(format).ok_or_else(|| {
                 anyhow::anyhow!("--format {format:?}: use text, markdown or html")
             })?;
             let path = config.database_path();
             if !path.exists() {
                 anyhow::bail!("no database at {}", path.display());
             }
-            let store = nof1d::store::Store::open_read_only(&path)?;
-            let text = nof1d::report::render(&store, *trial, format, *sim_trials)?;
+            let store = nof1d::service::store::Store::open_read_only(&path)?;
+            let text = nof1d::cli::report::render(&store, *trial, format, *sim_trials)?;
             match out {
                 Some(file) => {
                     std::fs::write(file, &text)
@@ -726,7 +733,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !source.exists() {
                 anyhow::bail!("no database at {}", source.display());
             }
-            let store = nof1d::store::Store::open_read_only(&source)?;
+            let store = nof1d::service::store::Store::open_read_only(&source)?;
             store
                 .backup_to(file)
                 .with_context(|| format!("backup to {}", file.display()))?;
@@ -739,7 +746,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn check_protocols(files: &[PathBuf]) -> ExitCode {
     let mut failed = 0;
     for file in files {
-        match nof1d::protocol::check_file(file) {
+        match nof1d::trial::protocol::check_file(file) {
             Ok((p, text)) => println!(
                 "{}: ok ({}: {} arms, {} design, up to {} days, sha256 {})",
                 file.display(),
@@ -747,7 +754,7 @@ fn check_protocols(files: &[PathBuf]) -> ExitCode {
                 p.arms.len(),
                 format!("{:?}", p.design.kind).to_lowercase(),
                 p.planned_days(),
-                nof1d::protocol::ProtocolHash::of(&text).short()
+                nof1d::trial::protocol::ProtocolHash::of(&text).short()
             ),
             Err(e) => {
                 failed += 1;

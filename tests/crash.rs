@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::Daemon;
-use nof1d::store::Store;
+use nof1d::service::store::Store;
 use rand::{RngExt, SeedableRng};
 
 /// What must survive a crash unchanged.
@@ -17,8 +17,8 @@ use rand::{RngExt, SeedableRng};
 struct Snapshot {
     seed: u64,
     protocol_hash: String,
-    schedule: Vec<nof1d::store::ScheduleRow>,
-    counts: nof1d::store::Counts,
+    schedule: Vec<nof1d::trial::lifecycle::DatedDay>,
+    counts: nof1d::service::store::Counts,
     next_assignment: serde_json::Value,
     today_arm: serde_json::Value,
 }
@@ -55,7 +55,7 @@ fn check_invariants(db: &Path, mail_dir: &Path) {
     let start = trial.start_date.unwrap();
     for (i, d) in dates.iter().enumerate() {
         assert_eq!(
-            nof1d::calendar::days_between(start, *d),
+            nof1d::trial::calendar::days_between(start, *d),
             i as i64,
             "gap before {d}"
         );

@@ -79,7 +79,7 @@ fn demo_shows_a_live_trial_and_stops_cleanly() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let copy = nof1d::store::Store::open_read_only(&backup).unwrap();
+    let copy = nof1d::service::store::Store::open_read_only(&backup).unwrap();
     assert_eq!(copy.quick_check().unwrap(), "ok");
     assert_eq!(copy.counts().unwrap().observations, 42);
     assert_eq!(copy.counts().unwrap().schedule_days, 98);
@@ -100,7 +100,7 @@ fn demo_shows_a_live_trial_and_stops_cleanly() {
     assert!(log.contains("stopped cleanly"), "{log}");
 
     // After a clean stop the lock is free and a restart changes nothing.
-    let store = nof1d::store::Store::open_read_only(&data.join("nof1d.sqlite")).unwrap();
+    let store = nof1d::service::store::Store::open_read_only(&data.join("nof1d.sqlite")).unwrap();
     let before = store.counts().unwrap();
     let d = Daemon::start(&data, &args);
     d.wait_jobs(1, Duration::from_secs(30));

@@ -340,7 +340,7 @@ fn proposals_pause_self_report_and_api() {
         &format!("date={today}&rating=3&adherence=done"),
     );
     assert_eq!(status, 403, "no CSRF token");
-    let store = nof1d::store::Store::open_read_only(&data.join("nof1d.sqlite")).unwrap();
+    let store = nof1d::service::store::Store::open_read_only(&data.join("nof1d.sqlite")).unwrap();
     let before = store.counts().unwrap().observations;
     let (status, page) = me.post(
         &d,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::smtp::{SmtpSink, smtp_config};
 use common::{Daemon, client};
-use nof1d::store::Store;
+use nof1d::service::store::Store;
 
 /// Jobs every second, `scale` simulated seconds per real second from the
 /// simulated instant `start` (so that no test depends on the real time of
@@ -258,12 +258,13 @@ fn links_record_adherence_and_ratings_and_forged_or_expired_ones_change_nothing(
     assert_eq!(anxiety(), before + 1);
     // An expired token, signed with the daemon's own key.
     let key =
-        nof1d::links::LinkKey::from_hex(&store(&data).meta("link_key").unwrap().unwrap()).unwrap();
-    let claim = nof1d::links::LinkClaim {
+        nof1d::service::links::LinkKey::from_hex(&store(&data).meta("link_key").unwrap().unwrap())
+            .unwrap();
+    let claim = nof1d::service::links::LinkClaim {
         participant_id: 1,
         trial_id: 1,
         date: "2026-11-25".parse().unwrap(),
-        action: nof1d::links::LinkAction::Done,
+        action: nof1d::service::links::LinkAction::Done,
         // An hour before the daemon's (pinned) clock started.
         expires: common::PINNED_START.parse::<jiff::Timestamp>().unwrap()
             - jiff::SignedDuration::from_hours(1),

@@ -3,10 +3,10 @@
 //! is uniform and the 50%/90% intervals cover at their nominal rates. The
 //! full runs are `nof1d bench sbc --family F` (see bench/README.md).
 
-use nof1d::protocol::Family;
+use nof1d::engine::spec::Family;
 
 fn check(family: Family, reps: usize, seed: u64) {
-    let r = nof1d::bench::sbc(family, reps, 56, seed);
+    let r = nof1d::cli::bench::sbc(family, reps, 56, seed);
     assert!(r.replications + r.failed >= reps, "{r:?}");
     assert!(r.failed * 50 <= reps, "more than 2% of fits failed: {r:?}");
     let n = r.replications as f64;

@@ -10,9 +10,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{Daemon, run};
-use nof1d::decide::{self, Decision};
-use nof1d::fit::FitReport;
-use nof1d::store::Store;
+use nof1d::engine::fit::FitReport;
+use nof1d::service::store::Store;
+use nof1d::trial::decide::{self, Decision};
 
 /// Jobs every second and `scale` simulated seconds per real second.
 fn fast_config(data: &Path, scale: f64) -> std::path::PathBuf {

@@ -29,7 +29,7 @@ use jiff::Timestamp;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::daemon::AppState;
+use crate::service::app::AppState;
 
 use super::internal;
 
@@ -139,7 +139,7 @@ impl Access {
 
 /// Paths anyone may open: health checks, the login itself (and its
 /// stylesheet), and email links
-/// (which carry their own signed credential, see `crate::links`).
+/// (which carry their own signed credential, see `crate::service::links`).
 fn is_public(path: &str) -> bool {
     path == "/healthz" || path == "/login" || path == "/style.css" || path.starts_with("/l/")
 }

@@ -1,5 +1,5 @@
 //! The pages one-click email links land on: a GET shows a one-button
-//! form, a POST records the answer once (see `crate::links`).
+//! form, a POST records the answer once (see `crate::service::links`).
 
 use askama::Template;
 use axum::extract::State;
@@ -7,10 +7,10 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use jiff::tz::TimeZone;
 
-use crate::calendar::local_date;
-use crate::daemon::AppState;
-use crate::protocol::Protocol;
-use crate::store::StoreError;
+use crate::service::app::AppState;
+use crate::service::store::StoreError;
+use crate::trial::calendar::local_date;
+use crate::trial::protocol::Protocol;
 
 use super::internal;
 
@@ -48,9 +48,9 @@ fn link_response(code: StatusCode, page: LinkPage<'_>) -> Response {
     }
 }
 
-fn link_refused(e: &crate::links::LinkError) -> Response {
+fn link_refused(e: &crate::service::links::LinkError) -> Response {
     let code = match e {
-        crate::links::LinkError::Expired(_) => StatusCode::GONE,
+        crate::service::links::LinkError::Expired(_) => StatusCode::GONE,
         _ => StatusCode::BAD_REQUEST,
     };
     link_response(
@@ -69,8 +69,8 @@ fn link_refused(e: &crate::links::LinkError) -> Response {
 /// against the store (the trial exists and belongs to the participant).
 async fn link_context(
     state: &AppState,
-    claim: &crate::links::LinkClaim,
-) -> Result<(crate::store::TrialRow, Protocol, TimeZone), String> {
+    claim: &crate::service::links::LinkClaim,
+) -> Result<(crate::service::store::TrialRow, Protocol, TimeZone), String> {
     let (trial_id, participant_id) = (claim.trial_id, claim.participant_id);
     let (trial, participant) = state
         .db
@@ -135,7 +135,7 @@ pub(super) async fn link_page(
             ],
             form_action: Some(format!("/l/{token}")),
             button: format!("Confirm: {words}"),
-            side_effect: claim.action == crate::links::LinkAction::SideEffect,
+            side_effect: claim.action == crate::service::links::LinkAction::SideEffect,
         },
     )
 }
@@ -152,8 +152,8 @@ pub(super) async fn link_submit(
     axum::extract::Path(token): axum::extract::Path<String>,
     axum::extract::Form(form): axum::extract::Form<LinkForm>,
 ) -> Response {
-    use crate::links::LinkAction;
-    use crate::store::{LinkOutcome, LinkUse, LinkWhat};
+    use crate::service::links::LinkAction;
+    use crate::service::store::{LinkOutcome, LinkUse, LinkWhat};
     let now = state.clock.now();
     let claim = match state.link_key.verify(&token, now) {
         Ok(c) => c,
@@ -175,7 +175,7 @@ pub(super) async fn link_submit(
         Ok(x) => x,
         Err(e) => return refused(e),
     };
-    let fingerprint = crate::links::fingerprint(&token);
+    let fingerprint = crate::service::links::fingerprint(&token);
     let action_code = claim.action.code();
     let outcome_stream = protocol.outcome.stream.clone();
     let unit = protocol.outcome.unit.clone();
@@ -196,7 +196,7 @@ pub(super) async fn link_submit(
     let observed_at = if local_date(now, &tz) == claim.date {
         now
     } else {
-        crate::calendar::local_instant(claim.date, jiff::civil::time(21, 0, 0, 0), &tz)
+        crate::trial::calendar::local_instant(claim.date, jiff::civil::time(21, 0, 0, 0), &tz)
     };
     let (pid, trial_id, date) = (claim.participant_id, trial.id, claim.date);
     let adherence_code = match claim.action {
@@ -254,7 +254,7 @@ pub(super) async fn link_submit(
         let stopped = state
             .db
             .write(move |s| {
-                crate::actions::adverse_event(
+                crate::service::actions::adverse_event(
                     s,
                     trial_id,
                     "side effect reported from an email link",

@@ -7,6 +7,7 @@
 //! out who is looking (see there for logins, sessions and roles).
 
 mod access;
+pub mod charts;
 mod link;
 mod openapi;
 mod proposals;
@@ -20,11 +21,10 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::daemon::AppState;
-use crate::protocol::Protocol;
+use crate::service::app::AppState;
+use crate::trial::protocol::Protocol;
 
 pub use access::{Role, Viewer};
-pub use proposals::simulate_pending_designs;
 pub use status::{StatusView, status};
 
 /// Builds the router; the daemon serves it with client addresses
@@ -118,7 +118,7 @@ fn nav(viewer: &Viewer) -> String {
                 Role::Participant => "participant",
                 Role::Investigator => "investigator",
             },
-            crate::charts::escape(&viewer.csrf)
+            crate::web::charts::escape(&viewer.csrf)
         ));
     }
     out.push_str("</nav>");

@@ -6,8 +6,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde::Serialize;
 
-use crate::daemon::AppState;
-use crate::store::StoreError;
+use crate::service::app::AppState;
+use crate::service::store::StoreError;
 
 use super::access::CsrfForm;
 use super::{Viewer, csrf_refused, internal, nav};
@@ -16,7 +16,7 @@ use super::{Viewer, csrf_refused, internal, nav};
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceView {
     /// The stored source.
-    pub source: crate::store::SourceRow,
+    pub source: crate::service::store::SourceRow,
     /// Its participant's key.
     pub participant: String,
     /// The participant's streams: key, observations, last local date.
@@ -109,7 +109,7 @@ pub(super) async fn sources_poll(
     if !viewer.csrf_ok(form.csrf.as_deref()) {
         return csrf_refused();
     }
-    crate::daemon::run_job(&state, crate::daemon::JobKind::Sources).await;
+    crate::service::jobs::run_job(&state, crate::service::jobs::JobKind::Sources).await;
     (
         StatusCode::SEE_OTHER,
         [(header::LOCATION, "/sources".to_string())],

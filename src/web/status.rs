@@ -7,10 +7,11 @@ use axum::response::{Html, IntoResponse, Response};
 use jiff::tz::TimeZone;
 use serde::Serialize;
 
-use crate::calendar::local_date;
-use crate::daemon::{AppState, JobStatus, next_assignment};
-use crate::protocol::Protocol;
-use crate::store::{Counts, StoreError};
+use crate::service::app::AppState;
+use crate::service::jobs::{JobStatus, next_assignment};
+use crate::service::store::{Counts, StoreError};
+use crate::trial::calendar::local_date;
+use crate::trial::protocol::Protocol;
 
 use super::{Viewer, arm_label, internal, nav};
 
@@ -93,7 +94,7 @@ pub struct StatusView {
     /// Trials waiting for approval (also among `trials`).
     pub proposals: Vec<TrialView>,
     /// Sources: name, kind, last success, last error.
-    pub sources: Vec<crate::store::SourceRow>,
+    pub sources: Vec<crate::service::store::SourceRow>,
     /// Newest outbox messages (subject, status, where delivered).
     pub outbox: Vec<OutboxView>,
     /// Row counts.
@@ -225,7 +226,7 @@ pub async fn status(state: &AppState, viewer: &Viewer) -> Result<StatusView, Sto
                 .collect();
             Ok(StatusView {
                 version: env!("CARGO_PKG_VERSION").to_string(),
-                now: crate::store::ts(now),
+                now: crate::service::store::ts(now),
                 time_scale,
                 participants: pviews,
                 proposals: trials
@@ -243,7 +244,11 @@ pub async fn status(state: &AppState, viewer: &Viewer) -> Result<StatusView, Sto
         .await
 }
 
-fn fit_view(f: &crate::store::FitRow, protocol: &Protocol, viewer: &Viewer) -> Option<FitView> {
+fn fit_view(
+    f: &crate::service::store::FitRow,
+    protocol: &Protocol,
+    viewer: &Viewer,
+) -> Option<FitView> {
     let report: serde_json::Value = serde_json::from_str(&f.result_json).ok()?;
     let effects = report["effects"]
         .as_array()?
@@ -411,7 +416,7 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Response {
         version: env!("CARGO_PKG_VERSION"),
         database,
         jobs,
-        clock: crate::store::ts(now),
+        clock: crate::service::store::ts(now),
         time_scale: state.clock.scale(),
         uptime_seconds: now.duration_since(state.started_at).as_secs(),
     };

@@ -9,10 +9,10 @@ use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 
-use crate::calendar::local_date;
-use crate::daemon::AppState;
-use crate::protocol::Protocol;
-use crate::store::{LinkOutcome, LinkWhat, StoreError};
+use crate::service::app::AppState;
+use crate::service::store::{LinkOutcome, LinkWhat, StoreError};
+use crate::trial::calendar::local_date;
+use crate::trial::protocol::Protocol;
 
 use super::access::CsrfForm;
 use super::{Viewer, arm_label, csrf_refused, internal, nav};
@@ -117,20 +117,20 @@ pub struct TrialDetail {
     /// Fit history of the primary outcome, oldest first.
     pub fits: Vec<FitPoint>,
     /// Latest fit's diagnostics.
-    pub diagnostics: Option<crate::fit::Diagnostics>,
+    pub diagnostics: Option<crate::engine::fit::Diagnostics>,
     /// Latest fit's smoothed path with the counterfactuals.
     pub path: Vec<PathView>,
     /// Decisions, oldest first.
-    pub decisions: Vec<crate::store::DecisionRow>,
+    pub decisions: Vec<crate::service::store::DecisionRow>,
     /// Life-cycle changes.
-    pub events: Vec<crate::store::TrialEventRow>,
+    pub events: Vec<crate::service::store::TrialEventRow>,
 }
 
 /// The trial, its protocol and its participant's zone.
 async fn trial_context(
     state: &AppState,
     id: i64,
-) -> Result<Option<(crate::store::TrialRow, Protocol, TimeZone)>, StoreError> {
+) -> Result<Option<(crate::service::store::TrialRow, Protocol, TimeZone)>, StoreError> {
     state
         .db
         .read(move |s| {
@@ -188,7 +188,7 @@ async fn trial_detail(
             let start = rows.first().map(|r| r.local_date);
             let day_of = |d: &str| -> f64 {
                 match (start, d.parse::<Date>()) {
-                    (Some(s0), Ok(d)) => crate::calendar::days_between(s0, d) as f64,
+                    (Some(s0), Ok(d)) => crate::trial::calendar::days_between(s0, d) as f64,
                     _ => 0.0,
                 }
             };
@@ -197,9 +197,9 @@ async fn trial_detail(
             for (through, effects_json, converged) in
                 s.fit_effect_history(id, stream, FIT_HISTORY)?
             {
-                let Ok(effects) =
-                    serde_json::from_str::<Vec<crate::inference::EffectSummary>>(&effects_json)
-                else {
+                let Ok(effects) = serde_json::from_str::<
+                    Vec<crate::engine::inference::EffectSummary>,
+                >(&effects_json) else {
                     continue;
                 };
                 fits.push(FitPoint {
@@ -218,9 +218,9 @@ async fn trial_detail(
                     converged,
                 });
             }
-            let latest = s
-                .latest_fit(id, stream)?
-                .and_then(|f| serde_json::from_str::<crate::fit::FitReport>(&f.result_json).ok());
+            let latest = s.latest_fit(id, stream)?.and_then(|f| {
+                serde_json::from_str::<crate::engine::fit::FitReport>(&f.result_json).ok()
+            });
             let (diagnostics, path) = match latest {
                 Some(r) => (
                     Some(r.diagnostics),
@@ -322,12 +322,12 @@ struct TrialPage<'a> {
     counterfactual_svg: Option<String>,
     effect_svgs: Vec<String>,
     prob_svgs: Vec<String>,
-    decisions: Vec<(&'a crate::store::DecisionRow, String)>,
+    decisions: Vec<(&'a crate::service::store::DecisionRow, String)>,
 }
 
 impl TrialPage<'_> {
     fn colour(&self, i: &usize) -> &'static str {
-        crate::charts::arm_colour(*i)
+        crate::web::charts::arm_colour(*i)
     }
 }
 
@@ -335,10 +335,10 @@ impl TrialPage<'_> {
 /// the rule's words and the stored numbers name arms by key, so each key is
 /// replaced by the code the participant knows.
 fn conceal_decision(
-    mut d: crate::store::DecisionRow,
+    mut d: crate::service::store::DecisionRow,
     protocol: &Protocol,
     viewer: &Viewer,
-) -> crate::store::DecisionRow {
+) -> crate::service::store::DecisionRow {
     if !protocol.blinded || viewer.is_investigator() {
         return d;
     }
@@ -358,7 +358,7 @@ fn conceal_decision(
 
 /// A decision's numbers in a line: each arm's P(better by MID) and P(best),
 /// as the viewer names the arms.
-fn decision_numbers(row: &crate::store::DecisionRow, d: &TrialDetail) -> String {
+fn decision_numbers(row: &crate::service::store::DecisionRow, d: &TrialDetail) -> String {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(&row.numbers_json) else {
         return String::new();
     };
@@ -378,7 +378,7 @@ fn decision_numbers(row: &crate::store::DecisionRow, d: &TrialDetail) -> String 
 }
 
 fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::Error> {
-    use crate::charts;
+    use crate::web::charts;
     let mut spans: Vec<(f64, f64, usize)> = Vec::new();
     for (i, c) in d.calendar.iter().enumerate() {
         let Some(arm) = c.arm_index else { break };
@@ -490,7 +490,7 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
             .arms
             .iter()
             .enumerate()
-            .map(|(i, a)| (a.clone(), crate::charts::arm_colour(i)))
+            .map(|(i, a)| (a.clone(), crate::web::charts::arm_colour(i)))
             .collect(),
         outcome_svg,
         counterfactual_svg,
@@ -558,12 +558,18 @@ pub(super) async fn trial_action(
         .db
         .write(move |s| {
             let r = match action.as_str() {
-                "approve" => crate::actions::approve(s, id, None, actor, now).map(|_| ()),
-                "reject" => crate::actions::stop(s, id, "rejected on the dashboard", actor, now),
-                "pause" => crate::actions::pause(s, id, "paused on the dashboard", actor, now),
-                "resume" => crate::actions::resume(s, id, None, actor, now).map(|_| ()),
-                "stop" => crate::actions::stop(s, id, "stopped on the dashboard", actor, now),
-                other => Err(crate::actions::ActionError::Refused(format!(
+                "approve" => crate::service::actions::approve(s, id, None, actor, now).map(|_| ()),
+                "reject" => {
+                    crate::service::actions::stop(s, id, "rejected on the dashboard", actor, now)
+                }
+                "pause" => {
+                    crate::service::actions::pause(s, id, "paused on the dashboard", actor, now)
+                }
+                "resume" => crate::service::actions::resume(s, id, None, actor, now).map(|_| ()),
+                "stop" => {
+                    crate::service::actions::stop(s, id, "stopped on the dashboard", actor, now)
+                }
+                other => Err(crate::service::actions::ActionError::Refused(format!(
                     "unknown action {other:?}"
                 ))),
             };
@@ -785,7 +791,7 @@ pub(super) async fn report_submit(
     let observed_at = if local_date(now, &tz) == date {
         now
     } else {
-        crate::calendar::local_instant(date, jiff::civil::time(21, 0, 0, 0), &tz)
+        crate::trial::calendar::local_instant(date, jiff::civil::time(21, 0, 0, 0), &tz)
     };
     let (pid, stream, unit) = (
         trial.participant_id,

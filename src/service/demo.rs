@@ -14,16 +14,18 @@
 use jiff::civil::Time;
 use jiff::{Span, Timestamp};
 
-use crate::calendar::local_date;
-use crate::config::{ParticipantConfig, parse_hhmm};
-use crate::design;
-use crate::protocol::{Protocol, ProtocolHash};
-use crate::simulate::ModelParams;
-use crate::sources::DemoSource;
-use crate::store::{NewTrial, ScheduleRow, SourceRow, Store};
+use crate::engine::generate::ModelParams;
+use crate::service::config::ParticipantConfig;
+use crate::service::sources::DemoSource;
+use crate::service::store::{NewTrial, SourceRow, Store};
+use crate::trial::calendar::local_date;
+use crate::trial::calendar::parse_hhmm;
+use crate::trial::design;
+use crate::trial::lifecycle::DatedDay;
+use crate::trial::protocol::{Protocol, ProtocolHash};
 
 /// The demo trial's protocol, as shipped.
-pub const PROTOCOL_TEXT: &str = include_str!("../protocols/meditation-anxiety.toml");
+pub const PROTOCOL_TEXT: &str = include_str!("../../protocols/meditation-anxiety.toml");
 /// The demo participant's key.
 pub const PARTICIPANT_KEY: &str = "demo";
 /// The demo source's name.
@@ -42,13 +44,13 @@ pub const TRUE_EFFECT: f64 = -1.5;
 pub enum DemoError {
     /// The store failed.
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::service::store::StoreError),
     /// The shipped protocol did not validate (a build defect).
     #[error(transparent)]
-    Protocol(#[from] crate::protocol::ProtocolError),
+    Protocol(#[from] crate::trial::protocol::ProtocolError),
     /// The demo zone is not usable.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::service::config::ConfigError),
     /// The OS would not give a random seed.
     #[error("cannot draw a random seed: {0}")]
     Seed(getrandom::Error),
@@ -132,14 +134,14 @@ pub fn dated_schedule(
     protocol: &Protocol,
     seed: u64,
     start: jiff::civil::Date,
-) -> Result<Vec<ScheduleRow>, DemoError> {
+) -> Result<Vec<DatedDay>, DemoError> {
     design::schedule(protocol, seed)
         .into_iter()
         .map(|d| {
             let local_date = start
                 .checked_add(Span::new().days(i64::from(d.day)))
                 .map_err(|e| DemoError::Invalid(e.to_string()))?;
-            Ok(ScheduleRow {
+            Ok(DatedDay {
                 day: d.day,
                 local_date,
                 period: d.period,
@@ -200,7 +202,7 @@ pub fn source_for(row: &SourceRow, store: &Store) -> Result<DemoSource, DemoErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::Source;
+    use crate::service::sources::Source;
 
     #[test]
     fn seeding_is_idempotent_and_history_arrives_by_poll() {

@@ -6,52 +6,14 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::fit::{FitSpec, Method, fit};
-use crate::inference::{GridOptions, McmcOptions};
-use crate::model::{
-    ArmPath, FilterPlan, Hyper, LANES, Series, StaticPrior, augmented_filter_batch,
-    augmented_filter_planned,
+use crate::engine::fit::{FitSpec, Method, fit};
+use crate::engine::generate::draw;
+use crate::engine::generate::{ModelParams, daily_series, simulate_daily, two_arm_series};
+use crate::engine::inference::{GridOptions, McmcOptions};
+use crate::engine::model::{
+    FilterPlan, Hyper, LANES, StaticPrior, augmented_filter_batch, augmented_filter_planned,
 };
-use crate::protocol::{Family, Outcome};
-use crate::simulate::{ModelParams, simulate_daily};
-
-/// A two-arm daily series of `days` days in weekly periods (AB BA ... by
-/// counterbalanced pairs), simulated from the model with effect `beta`.
-pub fn two_arm_series(days: usize, beta: f64, seed: u64) -> Series {
-    let arms: Vec<usize> = (0..days).map(|d| (d / 7 + d / 14) % 2).collect();
-    let params = ModelParams {
-        mu: 5.0,
-        beta: vec![0.0, beta],
-        lambda: 1.0 / 4.0,
-        sigma_x: 0.8 * 0.5f64.sqrt(),
-        kappa: std::f64::consts::LN_2 / 1.5,
-        sigma_y: 0.9,
-    };
-    daily_series(&simulate_daily(&params, &arms, 0.875, seed), &arms)
-}
-
-/// A two-arm series from simulated daily points, the arm switching at the
-/// start of each day whose arm differs from the day before.
-fn daily_series(pts: &[crate::simulate::SimulatedPoint], arms: &[usize]) -> Series {
-    let mut starts = vec![0.0];
-    let mut path_arms = vec![arms[0]];
-    for d in 1..arms.len() {
-        if arms[d] != arms[d - 1] {
-            starts.push(d as f64);
-            path_arms.push(arms[d]);
-        }
-    }
-    Series {
-        t: pts.iter().map(|p| p.t).collect(),
-        y: pts.iter().map(|p| p.y).collect(),
-        path: ArmPath {
-            starts,
-            arms: path_arms,
-        },
-        n_arms: 2,
-        comparator: 0,
-    }
-}
+use crate::engine::spec::{Family, ModelSpec};
 
 /// One line of the engine benchmark.
 #[derive(Debug, Serialize)]
@@ -101,7 +63,7 @@ pub fn engine(
     reps: usize,
     mcmc_draws: Option<usize>,
     nuts_draws: usize,
-    outcome: &Outcome,
+    model: &ModelSpec,
 ) -> EngineTiming {
     let series = two_arm_series(days, -1.5, 11);
     let h = Hyper {
@@ -140,7 +102,7 @@ pub fn engine(
         t0.elapsed().as_secs_f64() * 1e6 / (n_filter.div_ceil(LANES) * LANES) as f64;
     std::hint::black_box(sink);
     let spec = |method| FitSpec {
-        outcome,
+        model,
         arm_keys: vec!["control".into(), "treatment".into()],
         run_in_sd: None,
         method,
@@ -268,8 +230,8 @@ pub fn sbc(family: Family, replications: usize, days: usize, seed: u64) -> SbcRe
             sigma_y,
         };
         let arms: Vec<usize> = {
-            let order = crate::design::block_orders(
-                crate::protocol::DesignKind::Counterbalanced,
+            let order = crate::trial::design::block_orders(
+                crate::trial::protocol::DesignKind::Counterbalanced,
                 &[0, 1],
                 days.div_ceil(14) as u32,
                 rng.random(),
@@ -288,7 +250,7 @@ pub fn sbc(family: Family, replications: usize, days: usize, seed: u64) -> SbcRe
         }
         let series = daily_series(&pts, &arms);
         let spec = FitSpec {
-            outcome: &outcome,
+            model: &outcome,
             arm_keys: vec!["a".into(), "b".into()],
             run_in_sd: None,
             method: Method::Grid,
@@ -299,7 +261,7 @@ pub fn sbc(family: Family, replications: usize, days: usize, seed: u64) -> SbcRe
             path: false,
             intervals: true,
         };
-        let (report, mix) = match crate::fit::fit_with_mixture(&series, &spec) {
+        let (report, mix) = match crate::engine::fit::fit_with_mixture(&series, &spec) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(replication = rep, error = %e, "SBC fit failed");
@@ -360,37 +322,9 @@ pub fn sbc(family: Family, replications: usize, days: usize, seed: u64) -> SbcRe
     }
 }
 
-/// An observation of `family` with linear predictor `eta` (identity for gaussian,
-/// whose noise is already in `eta`; `precision` is the beta family's `phi`).
-pub fn draw(
-    family: Family,
-    trials: Option<u32>,
-    precision: f64,
-    eta: f64,
-    rng: &mut rand_chacha::ChaCha20Rng,
-) -> f64 {
-    use rand_distr::{Binomial, Distribution, Poisson};
-    let p = 1.0 / (1.0 + (-eta).exp());
-    match family {
-        Family::Gaussian => eta,
-        Family::Beta => {
-            let mu = p.clamp(1e-9, 1.0 - 1e-9);
-            // Keep draws off exact 0 and 1, which the beta density excludes.
-            rand_distr::Beta::new(mu * precision, (1.0 - mu) * precision)
-                .map_or(mu, |d| d.sample(rng))
-                .clamp(1e-9, 1.0 - 1e-9)
-        }
-        Family::Poisson => Poisson::new(eta.exp().clamp(1e-9, 1e6)).map_or(0.0, |d| d.sample(rng)),
-        Family::Bernoulli => f64::from(u8::from(rand::RngExt::random::<f64>(rng) < p)),
-        Family::Binomial => {
-            Binomial::new(u64::from(trials.unwrap_or(1)), p).map_or(0.0, |d| d.sample(rng) as f64)
-        }
-    }
-}
-
 /// The outcome used by SBC: explicit priors, so that the prior does not
 /// depend on the data (scale 1; the link scale for the non-gaussian families).
-pub fn sbc_outcome(family: Family) -> Outcome {
+pub fn sbc_outcome(family: Family) -> ModelSpec {
     let (name, baseline, mid, trials) = match family {
         Family::Gaussian => ("gaussian", "{ mean = 0.0, sd = 2.0 }", 0.5, ""),
         Family::Poisson => ("poisson", "{ mean = 1.0, sd = 0.5 }", 1.25, ""),
@@ -402,5 +336,7 @@ pub fn sbc_outcome(family: Family) -> Outcome {
         "stream = \"y\"\nfamily = \"{name}\"\ndirection = \"higher\"\nmid = {mid}\nscale = 1.0\naggregation = \"last\"\n{trials}\n[priors]\nbaseline = {baseline}\neffect = {{ mean = 0.0, sd = 1.0 }}\ndrift_sd_scale = 0.5\n"
     );
     // A fixed, valid literal: parsing cannot fail.
-    toml::from_str(&text).unwrap_or_else(|e| panic!("SBC outcome literal: {e}"))
+    toml::from_str::<crate::trial::protocol::Outcome>(&text)
+        .unwrap_or_else(|e| panic!("SBC outcome literal: {e}"))
+        .model_spec()
 }

@@ -7,10 +7,10 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 
-use crate::calendar::local_date;
-use crate::lifecycle::{self, TrialStatus};
-use crate::protocol::{Protocol, ProtocolHash};
-use crate::store::{StatusChange, Store, StoreError, TrialRow};
+use crate::service::store::{StatusChange, Store, StoreError, TrialRow};
+use crate::trial::calendar::local_date;
+use crate::trial::lifecycle::{self, TrialStatus};
+use crate::trial::protocol::{Protocol, ProtocolHash};
 
 /// Why an action was refused.
 #[derive(Debug, thiserror::Error)]
@@ -60,11 +60,11 @@ pub fn propose(
                 "no participant {participant_key:?} (participants come from the config)"
             ))
         })?;
-    let seed = crate::design::draw_seed()
+    let seed = crate::trial::design::draw_seed()
         .map_err(|e| ActionError::Refused(format!("cannot draw a random seed: {e}")))?;
     let hash = ProtocolHash::of(protocol_text);
     Ok(store.propose_trial(
-        &crate::store::Proposal {
+        &crate::service::store::Proposal {
             participant_id: participant.id,
             protocol_id: &protocol.id,
             protocol_toml: protocol_text,

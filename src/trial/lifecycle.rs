@@ -7,11 +7,29 @@
 
 use jiff::Span;
 use jiff::civil::Date;
+use serde::Serialize;
 
-use crate::decide::{Action, Decision};
-use crate::design::{self, PlannedPeriod};
-use crate::protocol::Protocol;
-use crate::store::ScheduleRow;
+use crate::trial::decide::{Action, Decision};
+use crate::trial::design::{self, PlannedPeriod};
+use crate::trial::protocol::Protocol;
+
+/// A scheduled day with its civil date in the participant's zone: what
+/// the store keeps, row by row, once a trial starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DatedDay {
+    /// Day index from 0.
+    pub day: u32,
+    /// Local date.
+    pub local_date: Date,
+    /// Period (None in run-in).
+    pub period: Option<u32>,
+    /// Block (None in run-in).
+    pub block: Option<u32>,
+    /// Arm index.
+    pub arm: usize,
+    /// Washout day.
+    pub washout: bool,
+}
 
 /// Life-cycle states, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,11 +108,11 @@ pub fn dated(
     protocol: &Protocol,
     periods: &[PlannedPeriod],
     start: Date,
-) -> Result<Vec<ScheduleRow>, LifecycleError> {
+) -> Result<Vec<DatedDay>, LifecycleError> {
     design::days_of(protocol, periods)
         .into_iter()
         .map(|d| {
-            Ok(ScheduleRow {
+            Ok(DatedDay {
                 day: d.day,
                 local_date: add_days(start, i64::from(d.day))?,
                 period: d.period,
@@ -107,7 +125,7 @@ pub fn dated(
 }
 
 /// The periods of a stored schedule, in order.
-pub fn periods_of(rows: &[ScheduleRow]) -> Vec<PlannedPeriod> {
+pub fn periods_of(rows: &[DatedDay]) -> Vec<PlannedPeriod> {
     let mut out: Vec<PlannedPeriod> = Vec::new();
     let mut last: Option<u32> = None;
     for r in rows {
@@ -125,7 +143,7 @@ pub fn periods_of(rows: &[ScheduleRow]) -> Vec<PlannedPeriod> {
 }
 
 /// The last date of each period, by period number.
-pub fn period_ends(rows: &[ScheduleRow]) -> Vec<(u32, Date)> {
+pub fn period_ends(rows: &[DatedDay]) -> Vec<(u32, Date)> {
     let mut out: Vec<(u32, Date)> = Vec::new();
     for r in rows {
         if let Some(p) = r.period {
@@ -143,11 +161,11 @@ pub fn period_ends(rows: &[ScheduleRow]) -> Vec<(u32, Date)> {
 /// adaptive allocation): they continue day by day after the last kept row.
 pub fn replan_rows(
     protocol: &Protocol,
-    rows: &[ScheduleRow],
+    rows: &[DatedDay],
     periods: &[PlannedPeriod],
     done: usize,
-) -> Result<(u32, Vec<ScheduleRow>), LifecycleError> {
-    let kept: Vec<&ScheduleRow> = rows
+) -> Result<(u32, Vec<DatedDay>), LifecycleError> {
+    let kept: Vec<&DatedDay> = rows
         .iter()
         .filter(|r| r.period.is_none_or(|p| (p as usize) < done))
         .collect();
@@ -160,7 +178,7 @@ pub fn replan_rows(
     for (k, p) in periods.iter().enumerate().skip(done) {
         for offset in 0..d.period_days {
             let n = out.len() as u32;
-            out.push(ScheduleRow {
+            out.push(DatedDay {
                 day: first_day + n,
                 local_date: add_days(first_date, i64::from(n))?,
                 period: Some(k as u32),
@@ -177,10 +195,10 @@ pub fn replan_rows(
 /// starts on `resume_on`, keeping its order, period, block and arm (so block
 /// balance is untouched; the interrupted period continues where it stopped).
 pub fn shift_rows(
-    rows: &[ScheduleRow],
+    rows: &[DatedDay],
     first_unrun: Date,
     resume_on: Date,
-) -> Result<Vec<ScheduleRow>, LifecycleError> {
+) -> Result<Vec<DatedDay>, LifecycleError> {
     let shift = first_unrun
         .until(resume_on)
         .map_err(|e| LifecycleError::Date(e.to_string()))?
@@ -188,7 +206,7 @@ pub fn shift_rows(
     rows.iter()
         .filter(|r| r.local_date >= first_unrun)
         .map(|r| {
-            Ok(ScheduleRow {
+            Ok(DatedDay {
                 local_date: add_days(r.local_date, i64::from(shift.max(0)))?,
                 ..r.clone()
             })
@@ -219,7 +237,7 @@ pub fn conflict(protocol: &Protocol, others: &[(i64, Protocol)]) -> Option<Strin
 /// The look due on `today`: the latest period that ended before today and
 /// has no decision yet, as `(period, periods done)`. Older undecided
 /// periods (the daemon was down) are skipped: only the latest data count.
-pub fn look_due(rows: &[ScheduleRow], decided: &[u32], today: Date) -> Option<(u32, usize)> {
+pub fn look_due(rows: &[DatedDay], decided: &[u32], today: Date) -> Option<(u32, usize)> {
     let ends = period_ends(rows);
     let (i, &(period, _)) = ends
         .iter()
@@ -250,10 +268,10 @@ pub fn dropped_arms(numbers: &[&str]) -> Vec<usize> {
 pub fn schedule_change(
     protocol: &Protocol,
     seed: u64,
-    rows: &[ScheduleRow],
+    rows: &[DatedDay],
     decision: &Decision,
     p_best_comparator: f64,
-) -> Result<Option<(u32, Vec<ScheduleRow>)>, LifecycleError> {
+) -> Result<Option<(u32, Vec<DatedDay>)>, LifecycleError> {
     let periods = periods_of(rows);
     let done = periods_done(rows, decision.look.period);
     match &decision.action {
@@ -280,8 +298,8 @@ pub fn schedule_change(
             }
             let mut p_best = vec![(protocol.comparator_index(), p_best_comparator)];
             p_best.extend(decision.arms.iter().map(|a| (a.arm, a.p_best)));
-            let probs = crate::decide::allocation_probabilities(&p_best, allocation);
-            let Some(arm) = crate::decide::draw_allocation(&probs, seed, done as u32) else {
+            let probs = crate::trial::decide::allocation_probabilities(&p_best, allocation);
+            let Some(arm) = crate::trial::decide::draw_allocation(&probs, seed, done as u32) else {
                 return Ok(None);
             };
             let mut new_plan = periods.clone();
@@ -293,7 +311,7 @@ pub fn schedule_change(
 }
 
 /// Periods completed once `period` has ended (its index in the schedule + 1).
-fn periods_done(rows: &[ScheduleRow], period: u32) -> usize {
+fn periods_done(rows: &[DatedDay], period: u32) -> usize {
     period_ends(rows)
         .iter()
         .position(|(p, _)| *p == period)
@@ -305,7 +323,7 @@ mod tests {
     use super::*;
 
     fn protocol() -> Protocol {
-        Protocol::parse(include_str!("../protocols/sleep-supplements.toml"), "s").unwrap()
+        Protocol::parse(include_str!("../../protocols/sleep-supplements.toml"), "s").unwrap()
     }
 
     fn date(s: &str) -> Date {
@@ -370,8 +388,8 @@ mod tests {
 
     #[test]
     fn adaptive_allocation_draws_the_next_period_from_p_best_with_the_floor() {
-        use crate::decide::{Action, ArmNumbers, Decision, Look, Thresholds};
-        let text = include_str!("../protocols/sleep-supplements.toml").replace(
+        use crate::trial::decide::{Action, ArmNumbers, Decision, Look, Thresholds};
+        let text = include_str!("../../protocols/sleep-supplements.toml").replace(
             "[decision]\n",
             "[decision.allocation]\npower = 1.0\nfloor = 0.1\n\n[decision]\n",
         );

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use jiff::civil::Date;
 
-use crate::model::{ArmPath, Series};
-use crate::protocol::{Aggregation, Outcome};
+use crate::engine::model::{ArmPath, Series};
+use crate::trial::protocol::{Aggregation, Outcome};
 
 /// A CSV problem, with its 1-based line number when it is about a row.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +82,7 @@ fn parse_time(s: &str) -> Option<TimeValue> {
 
 /// Days from 1970-01-01 to `d`, the same origin as timestamps' day numbers.
 fn date_number(d: Date) -> f64 {
-    crate::calendar::days_between(Date::constant(1970, 1, 1), d) as f64
+    crate::trial::calendar::days_between(Date::constant(1970, 1, 1), d) as f64
 }
 
 /// Reads the CSV text. `arm_index` maps an arm label to an arm index, or
@@ -377,7 +377,7 @@ pub struct Request {
     /// Columns.
     pub columns: Columns,
     /// Grid or MCMC.
-    pub method: crate::fit::Method,
+    pub method: crate::engine::fit::Method,
     /// Seed.
     pub seed: u64,
 }
@@ -389,10 +389,10 @@ pub struct Analysis {
     pub input: InputSummary,
     /// The fit (effects, hyperparameters, diagnostics, priors, ...): intention to treat.
     #[serde(flatten)]
-    pub fit: crate::fit::FitReport,
+    pub fit: crate::engine::fit::FitReport,
     /// The same fit by the arm actually taken, when `--taken-col` was given.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub as_treated: Option<crate::fit::FitReport>,
+    pub as_treated: Option<crate::engine::fit::FitReport>,
 }
 
 /// What was read from the CSV.
@@ -409,14 +409,14 @@ pub struct InputSummary {
     /// The comparator.
     pub comparator: String,
     /// Direction (`higher` or `lower` is better).
-    pub direction: crate::protocol::Direction,
+    pub direction: crate::engine::spec::Direction,
     /// The MID used.
     pub mid: f64,
 }
 
 /// Reads, fits and summarises.
 pub fn analyze(text: &str, req: &Request) -> Result<Analysis, String> {
-    let run = |as_treated: bool| -> Result<(Prepared, crate::fit::FitReport), String> {
+    let run = |as_treated: bool| -> Result<(Prepared, crate::engine::fit::FitReport), String> {
         let prepared = prepare(
             text,
             &req.columns,
@@ -426,22 +426,25 @@ pub fn analyze(text: &str, req: &Request) -> Result<Analysis, String> {
             req.outcome.aggregation,
         )
         .map_err(|e| e.to_string())?;
-        let spec = crate::fit::FitSpec {
-            outcome: &req.outcome,
+        let model = req.outcome.model_spec();
+        let spec = crate::engine::fit::FitSpec {
+            model: &model,
             arm_keys: prepared.arm_keys.clone(),
             run_in_sd: None,
             method: req.method,
             seed: req.seed,
             mcmc: match req.method {
-                crate::fit::Method::Nuts => crate::inference::McmcOptions::nuts_default(),
-                _ => crate::inference::McmcOptions::default(),
+                crate::engine::fit::Method::Nuts => {
+                    crate::engine::inference::McmcOptions::nuts_default()
+                }
+                _ => crate::engine::inference::McmcOptions::default(),
             },
-            grid: crate::inference::GridOptions::default(),
+            grid: crate::engine::inference::GridOptions::default(),
             dropped: Vec::new(),
             path: true,
             intervals: true,
         };
-        let fit = crate::fit::fit(&prepared.series, &spec).map_err(|e| e.to_string())?;
+        let fit = crate::engine::fit::fit(&prepared.series, &spec).map_err(|e| e.to_string())?;
         Ok((prepared, fit))
     };
     // Intention to treat is the primary analysis; as treated beside it when
@@ -471,8 +474,8 @@ pub fn render(a: &Analysis) -> String {
     use std::fmt::Write;
     let f = &a.fit;
     let dir = match a.input.direction {
-        crate::protocol::Direction::Higher => "higher is better",
-        crate::protocol::Direction::Lower => "lower is better",
+        crate::engine::spec::Direction::Higher => "higher is better",
+        crate::engine::spec::Direction::Lower => "lower is better",
     };
     let mut out = String::new();
     let _ = writeln!(
@@ -616,10 +619,10 @@ pub fn render(a: &Analysis) -> String {
     // The fourth hyperparameter: the gaussian noise sd, beta's precision;
     // the other families have none.
     match f.family {
-        crate::protocol::Family::Gaussian => {
+        crate::engine::spec::Family::Gaussian => {
             let _ = writeln!(out, "  noise sd ~ HalfNormal({:.3})", h.noise_sd_scale);
         }
-        crate::protocol::Family::Beta => {
+        crate::engine::spec::Family::Beta => {
             let _ = writeln!(
                 out,
                 "  precision ~ LogNormal(ln {:.3}, {:.3})",
@@ -633,8 +636,8 @@ pub fn render(a: &Analysis) -> String {
 
 /// A plain outcome for CSV analysis without a protocol.
 pub fn ad_hoc_outcome(
-    family: crate::protocol::Family,
-    direction: crate::protocol::Direction,
+    family: crate::engine::spec::Family,
+    direction: crate::engine::spec::Direction,
     mid: f64,
 ) -> Outcome {
     Outcome {

@@ -1,22 +1,21 @@
-//! A fit: priors from the protocol and the data, inference, and the summary
-//! a decision or a person reads (`statistics.md` §4).
-//!
-//! Gaussian family only so far; the other families are refused with a clear
-//! message until their Laplace/importance-sampling path exists.
+//! A fit: priors from the model specification and the data, inference over
+//! the hyperparameters, and the summary a decision or a person reads
+//! (`statistics.md` §4). Every family: gaussian through the exact filter,
+//! the others through the Laplace/importance-sampling evaluator.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::inference::Evaluator;
-use crate::inference::{
+use crate::engine::inference::Evaluator;
+use crate::engine::inference::{
     self, CpuEvaluator, EffectSummary, GridOptions, HyperPriors, HyperSummary, Marginal,
     McmcOptions, Priors,
 };
-use crate::model::{ModelError, Series, StaticPrior};
-use crate::nongauss::{LaplaceEvaluator, Likelihood};
-use crate::protocol::{Family, Outcome};
+use crate::engine::model::{ModelError, Series, StaticPrior};
+use crate::engine::nongauss::{LaplaceEvaluator, Likelihood};
+use crate::engine::spec::{Family, ModelSpec};
 
 /// How to integrate over the hyperparameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,8 +32,8 @@ pub enum Method {
 /// What a fit needs besides the series.
 #[derive(Debug, Clone)]
 pub struct FitSpec<'a> {
-    /// The outcome definition (family, direction, MID, scale, priors).
-    pub outcome: &'a Outcome,
+    /// The model: family, direction, MID, scale, prior overrides.
+    pub model: &'a ModelSpec,
     /// Arm keys by index.
     pub arm_keys: Vec<String>,
     /// The outcome sd during run-in, if there was one.
@@ -91,7 +90,7 @@ fn importance_ess_of(mixture: &inference::Mixture) -> Option<f64> {
 const IS_PAIRS: usize = 24;
 
 /// The non-gaussian observation model of an outcome, or `None` for gaussian.
-fn likelihood_of(o: &Outcome) -> Result<Option<Likelihood>, ModelError> {
+fn likelihood_of(o: &ModelSpec) -> Result<Option<Likelihood>, ModelError> {
     Ok(match o.family {
         Family::Gaussian => None,
         Family::Poisson => Some(Likelihood::Poisson),
@@ -118,8 +117,8 @@ fn mode_path(
     let parts = heaviest(mixture, 20)
         .filter_map(|(w, e)| {
             let h = inference::hyper_of(&e.theta);
-            let approx = crate::nongauss::laplace(series, lik, &h, priors, None).ok()?;
-            let rows = crate::model::design_rows(series, h.kappa);
+            let approx = crate::engine::nongauss::laplace(series, lik, &h, priors, None).ok()?;
+            let rows = crate::engine::model::design_rows(series, h.kappa);
             let b = approx.filter.b_mean.clone();
             let drift = (0..series.t.len())
                 .map(|i| {
@@ -159,7 +158,7 @@ type PathPart = (
     f64,
     nalgebra::DVector<f64>,
     Vec<f64>,
-    Vec<[f64; crate::model::MAX_ARMS]>,
+    Vec<[f64; crate::engine::model::MAX_ARMS]>,
 );
 
 /// Averages path components: latent `X b + x`, counterfactual `mu + beta_j + x`.
@@ -430,8 +429,13 @@ fn smoothed_path(series: &Series, mixture: &inference::Mixture) -> Vec<PathPoint
         .map(|(w, e)| {
             let h = inference::hyper_of(&e.theta);
             let b = e.filter.b_mean.clone();
-            let drift = crate::model::smoothed_drift(series, &h, &b);
-            (w, b, drift, crate::model::design_rows(series, h.kappa))
+            let drift = crate::engine::model::smoothed_drift(series, &h, &b);
+            (
+                w,
+                b,
+                drift,
+                crate::engine::model::design_rows(series, h.kappa),
+            )
         })
         .collect();
     path_from(series, parts)
@@ -458,7 +462,7 @@ pub fn priors_for(
     series: &Series,
     spec: &FitSpec<'_>,
 ) -> Result<(Priors, PriorReport), ModelError> {
-    let o = spec.outcome;
+    let o = spec.model;
     let likelihood = likelihood_of(o)?;
     let (scale, source) = match (likelihood, o.scale, spec.run_in_sd, sd_of(&series.y)) {
         (Some(_), _, _, _) => (1.0, ScaleSource::LinkScale),
@@ -532,7 +536,7 @@ pub fn fit_with_mixture(
     series: &Series,
     spec: &FitSpec<'_>,
 ) -> Result<(FitReport, inference::Mixture), ModelError> {
-    let likelihood = likelihood_of(spec.outcome)?;
+    let likelihood = likelihood_of(spec.model)?;
     if series.y.len() < 3 {
         return Err(ModelError::Input(format!(
             "need at least 3 observations (got {})",
@@ -550,13 +554,8 @@ pub fn fit_with_mixture(
         Some(l) => l,
         None => &gaussian,
     };
-    let sign = spec.outcome.direction.sign();
-    // The MID is in outcome units for gaussian, a ratio for the log and logit links.
-    let mid = if likelihood.is_some() {
-        spec.outcome.mid.ln()
-    } else {
-        spec.outcome.mid
-    };
+    let sign = spec.model.direction.sign();
+    let mid = spec.model.mid.link();
     let effect_arms = series.effect_arms();
     let names: Vec<String> = effect_arms
         .iter()
@@ -726,7 +725,7 @@ pub fn fit_with_mixture(
         "fit timings"
     );
     let report = FitReport {
-        family: spec.outcome.family,
+        family: spec.model.family,
         observations: series.y.len(),
         effects,
         baseline: [base.mean(), base.sd()],
@@ -746,18 +745,25 @@ pub fn fit_with_mixture(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::two_arm_series;
-    use crate::protocol::Protocol;
+    use crate::engine::generate::two_arm_series;
+    use crate::engine::spec::{Direction, Mid, PriorOverrides};
 
-    pub(crate) fn outcome() -> Outcome {
-        Protocol::parse(include_str!("../protocols/meditation-anxiety.toml"), "m")
-            .unwrap()
-            .outcome
+    /// The model of the shipped meditation protocol's outcome (an anxiety
+    /// rating, lower is better, MID 1, scale 1.5).
+    pub(crate) fn outcome() -> ModelSpec {
+        ModelSpec {
+            family: Family::Gaussian,
+            trials: None,
+            direction: Direction::Lower,
+            mid: Mid::new(Family::Gaussian, 1.0),
+            scale: Some(1.5),
+            priors: PriorOverrides::default(),
+        }
     }
 
-    fn spec(o: &Outcome, method: Method) -> FitSpec<'_> {
+    fn spec(o: &ModelSpec, method: Method) -> FitSpec<'_> {
         FitSpec {
-            outcome: o,
+            model: o,
             arm_keys: vec!["none".into(), "meditation".into()],
             run_in_sd: None,
             method,
@@ -781,7 +787,7 @@ mod tests {
     /// reference grid (step 0.5, region cutoff 12: 27 times the lattice
     /// density, 4.5 more log units of region): the effect's mean (in
     /// reference sds), its sd (relative) and P(better by MID).
-    fn against_fine_grid(series: &Series, o: &Outcome) -> (FitReport, [f64; 3]) {
+    fn against_fine_grid(series: &Series, o: &ModelSpec) -> (FitReport, [f64; 3]) {
         let s = FitSpec {
             path: false,
             ..spec(o, Method::Grid)
@@ -918,7 +924,7 @@ mod tests {
         let mut series = base.clone();
         for y in series.y.iter_mut() {
             // Centre the simulated level on a 30% daily rate.
-            *y = crate::bench::draw(
+            *y = crate::engine::generate::draw(
                 Family::Bernoulli,
                 None,
                 1.0,
@@ -928,8 +934,7 @@ mod tests {
         }
         let mut o = outcome();
         o.family = Family::Bernoulli;
-        o.mid = 1.5;
-        o.aggregation = crate::protocol::Aggregation::Last;
+        o.mid = Mid::new(Family::Bernoulli, 1.5);
         let g = fit(&series, &spec(&o, Method::Grid)).unwrap();
         let mut mc = spec(&o, Method::Mcmc);
         mc.mcmc = McmcOptions {

@@ -8,10 +8,10 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 
-use crate::calendar::days_between;
-use crate::model::{ArmPath, Series};
-use crate::protocol::{Aggregation, Outcome, Protocol, WashoutHandling};
-use crate::store::ScheduleRow;
+use crate::engine::model::{ArmPath, Series};
+use crate::trial::calendar::days_between;
+use crate::trial::lifecycle::DatedDay;
+use crate::trial::protocol::{Aggregation, Outcome, Protocol, WashoutHandling};
 
 /// Model input for one outcome of a trial.
 #[derive(Debug, Clone)]
@@ -34,7 +34,7 @@ pub struct TrialSeries {
 pub fn trial_series(
     protocol: &Protocol,
     outcome: &Outcome,
-    schedule: &[ScheduleRow],
+    schedule: &[DatedDay],
     observations: &[(Timestamp, Date, f64)],
     tz: &TimeZone,
 ) -> TrialSeries {
@@ -46,8 +46,7 @@ pub fn trial_series(
         };
     };
     let start = first.local_date;
-    let by_date: BTreeMap<Date, &ScheduleRow> =
-        schedule.iter().map(|r| (r.local_date, r)).collect();
+    let by_date: BTreeMap<Date, &DatedDay> = schedule.iter().map(|r| (r.local_date, r)).collect();
     let mut points: Vec<(f64, Date, f64)> = Vec::new();
     let mut run_in = Vec::new();
     for &(at, date, value) in observations {
@@ -112,10 +111,10 @@ pub fn as_treated_key(stream: &str) -> String {
 /// the comparator (nothing, or the control, was taken); other days keep the
 /// assigned arm. Feeding this to [`trial_series`] gives the as-treated series.
 pub fn as_treated(
-    schedule: &[ScheduleRow],
+    schedule: &[DatedDay],
     adherence: &[(u32, String)],
     comparator: usize,
-) -> Vec<ScheduleRow> {
+) -> Vec<DatedDay> {
     let not_done: std::collections::BTreeSet<u32> = adherence
         .iter()
         .filter(|(_, s)| s == "not_done")
@@ -123,7 +122,7 @@ pub fn as_treated(
         .collect();
     schedule
         .iter()
-        .map(|r| ScheduleRow {
+        .map(|r| DatedDay {
             arm: if not_done.contains(&r.day) {
                 comparator
             } else {
@@ -195,8 +194,8 @@ mod tests {
     #[test]
     fn as_treated_moves_not_done_days_to_the_comparator() {
         let date = |d: i8| jiff::civil::date(2026, 3, d);
-        let rows: Vec<ScheduleRow> = (0..4)
-            .map(|d| ScheduleRow {
+        let rows: Vec<DatedDay> = (0..4)
+            .map(|d| DatedDay {
                 day: d,
                 local_date: date(1 + d as i8),
                 period: Some(0),
@@ -214,9 +213,10 @@ mod tests {
 
     #[test]
     fn civil_time_axis_and_aggregation() {
-        let p = Protocol::parse(include_str!("../protocols/meditation-anxiety.toml"), "m").unwrap();
+        let p =
+            Protocol::parse(include_str!("../../protocols/meditation-anxiety.toml"), "m").unwrap();
         let start: Date = "2026-03-27".parse().unwrap();
-        let schedule = crate::demo::dated_schedule(&p, 1, start).unwrap();
+        let schedule = crate::service::demo::dated_schedule(&p, 1, start).unwrap();
         let tz = TimeZone::get("Europe/London").unwrap();
         // 21:00 local on each side of the DST change of 2026-03-29.
         let obs: Vec<(Timestamp, Date, f64)> = ["2026-03-28", "2026-03-30", "2026-03-30"]
@@ -224,7 +224,7 @@ mod tests {
             .enumerate()
             .map(|(i, d)| {
                 let date: Date = d.parse().unwrap();
-                let at = crate::calendar::local_instant(
+                let at = crate::trial::calendar::local_instant(
                     date,
                     jiff::civil::Time::new(21, 0, 0, 0).unwrap(),
                     &tz,

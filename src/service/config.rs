@@ -13,6 +13,9 @@ use jiff::civil::Time;
 use jiff::tz::TimeZone;
 use serde::Deserialize;
 
+use crate::trial::calendar::parse_hhmm;
+use crate::trial::protocol::is_slug;
+
 /// Errors met while reading or checking the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -368,25 +371,6 @@ impl ParticipantConfig {
     }
 }
 
-/// Parses `HH:MM` (24-hour).
-pub fn parse_hhmm(s: &str) -> Option<Time> {
-    let (h, m) = s.split_once(':')?;
-    if h.len() != 2 || m.len() != 2 {
-        return None;
-    }
-    let h: i8 = h.parse().ok()?;
-    let m: i8 = m.parse().ok()?;
-    Time::new(h, m, 0, 0).ok()
-}
-
-/// True for non-empty identifiers of ASCII letters, digits, `-` and `_`.
-pub fn is_slug(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
 /// Where a secret comes from: an environment variable or a file (first line,
 /// trimmed). Exactly one must be given.
 #[derive(Debug, Clone, Deserialize)]
@@ -594,7 +578,7 @@ mod tests {
 
     #[test]
     fn example_config_parses_and_matches_defaults() {
-        let text = include_str!("../examples/nof1d.toml");
+        let text = include_str!("../../examples/nof1d.toml");
         let parsed = Config::parse(text, Path::new("examples/nof1d.toml")).expect("example parses");
         let d = Config::default();
         assert_eq!(parsed.data_dir, d.data_dir);

@@ -10,7 +10,7 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-use crate::protocol::{DesignKind, Protocol};
+use crate::trial::protocol::{DesignKind, Protocol};
 
 /// One day of a schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -29,7 +29,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{
+use crate::engine::model::{
     FilterOutput, FilterPlan, Hyper, LANES, ModelError, Series, StaticPrior,
     augmented_filter_batch, augmented_filter_planned,
 };

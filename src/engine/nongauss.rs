@@ -25,14 +25,14 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::inference::{
+use crate::engine::inference::{
     Eval, Evaluator, Priors, Theta, hyper_of, log_prior, prior_center, theta_in_range,
 };
-use crate::model::{
+use crate::engine::model::{
     FilterOutput, FilterPlan, Hyper, MAX_ARMS, ModelError, Series, augmented_filter_planned,
     design_rows, smoothed_drift_with,
 };
-use crate::vecmath;
+use crate::engine::vecmath;
 
 /// A non-Gaussian observation model.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -18,12 +18,13 @@ use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::SmtpTransport;
 use lettre::transport::smtp::authentication::Credentials;
 
-use crate::config::{SmtpConfig, SmtpTls};
+use crate::service::config::{SmtpConfig, SmtpTls};
 use sha2::{Digest, Sha256};
 
-use crate::links::{LinkAction, LinkClaim, LinkKey};
-use crate::protocol::Protocol;
-use crate::store::{NewMessage, OutboxRow, ScheduleRow};
+use crate::service::links::{LinkAction, LinkClaim, LinkKey};
+use crate::service::store::{NewMessage, OutboxRow};
+use crate::trial::lifecycle::DatedDay;
+use crate::trial::protocol::Protocol;
 
 /// Why a delivery failed.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +99,7 @@ pub struct Assignment<'a> {
     /// The trial's protocol.
     pub protocol: &'a Protocol,
     /// Today's schedule row.
-    pub today: &'a ScheduleRow,
+    pub today: &'a DatedDay,
     /// One-click links, when the dashboard can be reached.
     pub links: Option<Links<'a>>,
 }
@@ -374,11 +375,11 @@ pub fn decision_message(
     to: Recipient<'_>,
     trial_id: i64,
     protocol: &Protocol,
-    decision: &crate::decide::Decision,
+    decision: &crate::trial::decide::Decision,
     today: Date,
     dashboard: &str,
 ) -> NewMessage {
-    use crate::decide::Action;
+    use crate::trial::decide::Action;
     let name = |arm: usize| protocol.display_label(arm).to_string();
     let headline = match &decision.action {
         Action::StopEfficacy { arm } => format!("Your trial has an answer: {} helps", name(*arm)),
@@ -429,7 +430,7 @@ pub fn weekly_summary_message(
     protocol: &Protocol,
     today: Date,
     adherence: &[(String, usize)],
-    latest: Option<&crate::fit::FitReport>,
+    latest: Option<&crate::engine::fit::FitReport>,
     dashboard: &str,
 ) -> NewMessage {
     let mut paragraphs = vec![format!("Your week in \"{}\".", protocol.title)];
@@ -629,9 +630,9 @@ mod tests {
 
     #[test]
     fn assignment_names_today_only_and_respects_blinding() {
-        let text = include_str!("../protocols/sleep-supplements.toml");
+        let text = include_str!("../../protocols/sleep-supplements.toml");
         let p = Protocol::parse(text, "s.toml").unwrap();
-        let today = ScheduleRow {
+        let today = DatedDay {
             day: 9,
             local_date: "2026-11-25".parse().unwrap(),
             period: Some(0),

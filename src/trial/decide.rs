@@ -10,8 +10,8 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::fit::FitReport;
-use crate::protocol::{Allocation, DecisionRules};
+use crate::engine::fit::FitReport;
+use crate::trial::protocol::{Allocation, DecisionRules};
 
 /// What a look decides.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -306,9 +306,9 @@ pub fn draw_allocation(probs: &[(usize, f64)], seed: u64, period: u32) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fit::{Diagnostics, Method, PriorReport, ScaleSource};
-    use crate::inference::{EffectSummary, HyperPriors};
-    use crate::protocol::Family;
+    use crate::engine::fit::{Diagnostics, Method, PriorReport, ScaleSource};
+    use crate::engine::inference::{EffectSummary, HyperPriors};
+    use crate::engine::spec::Family;
 
     fn effect(arm: &str, p_mid: f64, p_best: f64) -> EffectSummary {
         EffectSummary {

@@ -8,10 +8,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::fit::FitReport;
-use crate::lifecycle;
-use crate::protocol::Protocol;
-use crate::store::{Store, StoreError};
+use crate::engine::fit::FitReport;
+use crate::service::store::{Store, StoreError};
+use crate::trial::lifecycle;
+use crate::trial::protocol::Protocol;
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,11 +314,11 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
     // Design's error rates.
     if sim_trials > 0 {
         b.push(Block::Heading("The design's simulated error rates".into()));
-        let options = crate::simulate::SimOptions {
+        let options = crate::trial::simulate::SimOptions {
             trials: sim_trials,
-            ..crate::simulate::SimOptions::default()
+            ..crate::trial::simulate::SimOptions::default()
         };
-        match crate::simulate::simulate_protocol(&protocol, &trial.protocol_toml, &options) {
+        match crate::trial::simulate::simulate_protocol(&protocol, &trial.protocol_toml, &options) {
             Ok(r) => {
                 let d = &r.default;
                 b.push(Block::Para(format!(

@@ -1,8 +1,8 @@
-//! Simulating data from the model (`statistics.md` §2).
-//!
-//! The same OU drift plus onset/washout dynamics the engine fits, simulated
-//! exactly over any gap, with a seeded ChaCha20 generator. The demo
-//! participant's data come from here; the trial simulator will too.
+//! Whole virtual trials (`statistics.md` §6): a schedule from a seed, data
+//! from the model (`engine::generate`), and every refit and look taken by the
+//! same [`step`](crate::trial::step) the daemon takes; false-stop rates,
+//! power, trial lengths and arm drops with their Monte Carlo errors; the
+//! efficacy threshold calibrated to a target false-stop rate.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -12,113 +12,16 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
 
-use crate::decide::{self, Action, Look};
-use crate::design;
-use crate::fit::{FitSpec, Method};
-use crate::inference::{GridOptions, HyperPriors, McmcOptions};
-use crate::model::{ArmPath, Series};
-use crate::protocol::{Family, Protocol};
-
-/// Parameters of the gaussian model on the outcome's scale.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelParams {
-    /// Baseline level `mu`.
-    pub mu: f64,
-    /// Effect of each arm against the comparator, indexed by arm;
-    /// the comparator's entry is 0.
-    pub beta: Vec<f64>,
-    /// Drift mean-reversion rate `lambda` (1/days).
-    pub lambda: f64,
-    /// Drift diffusion `sigma_x`.
-    pub sigma_x: f64,
-    /// Onset/washout rate `kappa` (1/days); half-life `ln 2 / kappa`.
-    pub kappa: f64,
-    /// Measurement noise sd `sigma_y`.
-    pub sigma_y: f64,
-}
-
-/// One simulated observation.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SimulatedPoint {
-    /// Time in days since the start.
-    pub t: f64,
-    /// Arm in force at `t`.
-    pub arm: usize,
-    /// The latent effect in force `e(t)`.
-    pub effect: f64,
-    /// The observed value `mu + x(t) + e(t) + noise`.
-    pub y: f64,
-}
-
-/// Simulates one observation a day at `t = day + obs_offset` (`0 <= obs_offset < 1`),
-/// where `arms[day]` is in force from the start of `day` to the start of `day + 1`.
-///
-/// Exact discretisation over a gap `D` with arm `a` constant (§2):
-/// `x' = rho x + w`, `rho = exp(-lambda D)`, `Var w = sigma_x^2 (1 - rho^2) / (2 lambda)`;
-/// `e' = psi e + (1 - psi) beta_a`, `psi = exp(-kappa D)`. Arm switches fall on
-/// day boundaries, so each gap is split there. `x_0` is stationary, `e_0 = 0`.
-pub fn simulate_daily(
-    params: &ModelParams,
-    arms: &[usize],
-    obs_offset: f64,
-    seed: u64,
-) -> Vec<SimulatedPoint> {
-    let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    let mut state = Latent::stationary(params, &mut rng);
-    let mut out = Vec::with_capacity(arms.len());
-    for (day, &arm) in arms.iter().enumerate() {
-        // From the start of the day (arm switch) to the observation.
-        state.advance(params, obs_offset, params.beta[arm], &mut rng);
-        let noise = params.sigma_y * normal(&mut rng);
-        out.push(SimulatedPoint {
-            t: day as f64 + obs_offset,
-            arm,
-            effect: state.e,
-            y: params.mu + state.x + state.e + noise,
-        });
-        // From the observation to the end of the day.
-        state.advance(params, 1.0 - obs_offset, params.beta[arm], &mut rng);
-    }
-    out
-}
-
-fn normal(rng: &mut ChaCha20Rng) -> f64 {
-    StandardNormal.sample(rng)
-}
-
-/// The latent state `(x, e)` of §2, advanced exactly over any gap.
-#[derive(Debug, Clone, Copy)]
-struct Latent {
-    x: f64,
-    e: f64,
-}
-
-impl Latent {
-    /// `x_0` from the stationary distribution, `e_0 = 0`.
-    fn stationary(params: &ModelParams, rng: &mut ChaCha20Rng) -> Latent {
-        let sd = params.sigma_x / (2.0 * params.lambda).sqrt();
-        Latent {
-            x: sd * normal(rng),
-            e: 0.0,
-        }
-    }
-
-    /// `x' = rho x + w`, `rho = exp(-lambda D)`, `Var w = sigma_x^2 (1 - rho^2) / (2 lambda)`;
-    /// `e' = psi e + (1 - psi) beta`, `psi = exp(-kappa D)` (§2).
-    fn advance(&mut self, params: &ModelParams, d: f64, beta: f64, rng: &mut ChaCha20Rng) {
-        if d <= 0.0 {
-            return;
-        }
-        let sd = params.sigma_x / (2.0 * params.lambda).sqrt();
-        let rho = (-params.lambda * d).exp();
-        self.x = rho * self.x + sd * (1.0 - rho * rho).sqrt() * normal(rng);
-        let psi = (-params.kappa * d).exp();
-        self.e = psi * self.e + (1.0 - psi) * beta;
-    }
-}
+use crate::engine::fit::{FitSpec, Method};
+use crate::engine::generate::{Latent, ModelParams, normal};
+use crate::engine::inference::{GridOptions, HyperPriors, McmcOptions};
+use crate::engine::model::{ArmPath, Series};
+use crate::engine::spec::{Family, Mid, ModelSpec};
+use crate::trial::decide::{self, Action, Look};
+use crate::trial::design;
+use crate::trial::protocol::Protocol;
 
 /// Named stress scenarios: features real series have and the model does
 /// not assume, added to data otherwise drawn from the priors.
@@ -485,6 +388,8 @@ struct Setup<'a> {
     comparator: usize,
     effect_arm: usize,
     likelihood_family: Family,
+    /// The model every refit is asked for (the protocol's outcome).
+    model: ModelSpec,
     scale: f64,
     hyper: HyperPriors,
     baseline: f64,
@@ -496,12 +401,7 @@ impl Setup<'_> {
     /// `effect` is better for the participant.
     fn beta_of(&self, effect: f64) -> f64 {
         let outcome = &self.protocol.outcome;
-        let sign = outcome.direction.sign();
-        if outcome.family.has_ratio_mid() {
-            sign * effect.ln()
-        } else {
-            sign * effect
-        }
+        outcome.direction.sign() * Mid::new(outcome.family, effect).link()
     }
 
     /// Draws the model's parameters from the priors (§4 defaults table).
@@ -602,7 +502,13 @@ impl Setup<'_> {
             };
             let value = match self.likelihood_family {
                 Family::Gaussian => eta + params.sigma_y * noise,
-                family => crate::bench::draw(family, protocol.outcome.trials, precision, eta, rng),
+                family => crate::engine::generate::draw(
+                    family,
+                    protocol.outcome.trials,
+                    precision,
+                    eta,
+                    rng,
+                ),
             };
             let in_missing_run = missing_run_start.is_some_and(|s| today >= s && today < s + 10);
             if rng.random::<f64>() >= self.options.missing && !in_missing_run {
@@ -645,7 +551,7 @@ impl Setup<'_> {
             trial.end_days = assigned.len() as u32;
             let series = series_of(&t, &y, &assigned, self.keys.len(), self.comparator);
             let spec = FitSpec {
-                outcome: &protocol.outcome,
+                model: &self.model,
                 arm_keys: self.keys.clone(),
                 run_in_sd,
                 method: Method::Grid,
@@ -663,7 +569,7 @@ impl Setup<'_> {
                 intervals: false,
             };
             trial.fits += 1;
-            let decision = match crate::fit::fit(&series, &spec) {
+            let decision = match crate::engine::fit::fit(&series, &spec) {
                 Ok(report) => {
                     trial.evaluations += report.diagnostics.evaluations;
                     if !report.diagnostics.converged {
@@ -871,7 +777,8 @@ fn setup_for<'a>(protocol: &'a Protocol, options: &'a SimOptions) -> Result<Setu
     } else {
         outcome.scale.unwrap_or(2.0 * outcome.mid)
     };
-    let mut scaled = outcome.clone();
+    let model = outcome.model_spec();
+    let mut scaled = model.clone();
     scaled.scale = Some(scale);
     let probe = Series {
         t: vec![0.0, 1.0, 2.0],
@@ -888,7 +795,7 @@ fn setup_for<'a>(protocol: &'a Protocol, options: &'a SimOptions) -> Result<Setu
         comparator,
     };
     let probe_spec = FitSpec {
-        outcome: &scaled,
+        model: &scaled,
         arm_keys: keys.clone(),
         run_in_sd: None,
         method: Method::Grid,
@@ -899,7 +806,7 @@ fn setup_for<'a>(protocol: &'a Protocol, options: &'a SimOptions) -> Result<Setu
         path: false,
         intervals: true,
     };
-    let (priors, _) = crate::fit::priors_for(&probe, &probe_spec)
+    let (priors, _) = crate::engine::fit::priors_for(&probe, &probe_spec)
         .map_err(|e| SimError::Protocol(e.to_string()))?;
     let baseline = match (outcome.priors.baseline, outcome.family) {
         (Some(b), _) => b.mean,
@@ -914,6 +821,7 @@ fn setup_for<'a>(protocol: &'a Protocol, options: &'a SimOptions) -> Result<Setu
         comparator,
         effect_arm,
         likelihood_family: outcome.family,
+        model,
         scale,
         hyper: priors.hyper,
         baseline,
@@ -993,7 +901,7 @@ pub fn simulate_protocol(
     let threads = options.threads.max(1);
     Ok(SimulationReport {
         protocol: protocol.id.clone(),
-        protocol_hash: crate::protocol::ProtocolHash::of(source).to_string(),
+        protocol_hash: crate::trial::protocol::ProtocolHash::of(source).to_string(),
         scenario: options.scenario,
         trials: n,
         effect,
@@ -1111,17 +1019,6 @@ pub fn render(r: &SimulationReport) -> String {
 mod tests {
     use super::*;
 
-    fn params() -> ModelParams {
-        ModelParams {
-            mu: 5.0,
-            beta: vec![0.0, -2.0],
-            lambda: 1.0 / 3.0,
-            sigma_x: 0.8,
-            kappa: std::f64::consts::LN_2 / 1.0,
-            sigma_y: 0.5,
-        }
-    }
-
     fn looks(ps: &[f64]) -> VirtualTrial {
         VirtualTrial {
             looks: ps
@@ -1178,7 +1075,7 @@ mod tests {
 
     #[test]
     fn a_threshold_applied_afterwards_equals_running_with_it() {
-        let text = include_str!("../protocols/meditation-anxiety.toml");
+        let text = include_str!("../../protocols/meditation-anxiety.toml");
         let protocol = Protocol::parse(text, "m").unwrap();
         let options = SimOptions {
             trials: 1,
@@ -1197,48 +1094,5 @@ mod tests {
                 assert_eq!(direct.end_blocks, course.blocks, "seed {seed} c {c}");
             }
         }
-    }
-
-    #[test]
-    fn deterministic_for_a_seed() {
-        let arms: Vec<usize> = (0..50).map(|d| (d / 7) % 2).collect();
-        assert_eq!(
-            simulate_daily(&params(), &arms, 0.8, 3),
-            simulate_daily(&params(), &arms, 0.8, 3)
-        );
-        assert_ne!(
-            simulate_daily(&params(), &arms, 0.8, 3),
-            simulate_daily(&params(), &arms, 0.8, 4)
-        );
-    }
-
-    #[test]
-    fn effect_relaxes_with_the_half_life() {
-        // A long run on arm 1: after one half-life from a switch, e is half way.
-        let mut arms = vec![0; 10];
-        arms.extend(vec![1; 30]);
-        let pts = simulate_daily(&params(), &arms, 0.0, 1);
-        // Day 10 at offset 0: the switch just happened, e = 0; day 11: one half-life.
-        assert!((pts[10].effect - 0.0).abs() < 1e-12);
-        assert!((pts[11].effect - (-1.0)).abs() < 1e-12);
-        assert!((pts[39].effect - (-2.0)).abs() < 1e-6);
-    }
-
-    #[test]
-    fn drift_has_the_stationary_variance() {
-        let p = ModelParams {
-            sigma_y: 0.0,
-            beta: vec![0.0],
-            ..params()
-        };
-        let arms = vec![0; 200_000];
-        let pts = simulate_daily(&p, &arms, 0.5, 9);
-        let n = pts.len() as f64;
-        let mean = pts.iter().map(|q| q.y).sum::<f64>() / n;
-        let var = pts.iter().map(|q| (q.y - mean).powi(2)).sum::<f64>() / n;
-        let target = p.sigma_x.powi(2) / (2.0 * p.lambda);
-        // Autocorrelated draws (tau = 3 days): effective n ~ n / (2*3) ~ 33,000;
-        // the relative sd of a variance estimate is sqrt(2/n_eff) ~ 0.8%; allow 4%.
-        assert!((var / target - 1.0).abs() < 0.04, "{var} vs {target}");
     }
 }

@@ -11,9 +11,9 @@ use jiff::Timestamp;
 use jiff::civil::{Date, Time};
 use jiff::tz::TimeZone;
 
-use crate::calendar::{local_date, local_instant};
-use crate::simulate::{ModelParams, simulate_daily};
-use crate::store::NewObservation;
+use crate::engine::generate::{ModelParams, simulate_daily};
+use crate::service::store::NewObservation;
+use crate::trial::calendar::{local_date, local_instant};
 
 /// Why a poll failed. The cursor is not advanced.
 #[derive(Debug, thiserror::Error)]

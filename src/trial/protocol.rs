@@ -8,14 +8,15 @@
 //! `nof1d protocol check` runs [`check_file`] and prints every problem with its
 //! file, line and key.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{is_slug, parse_hhmm};
+use crate::engine::spec::{Direction, Family, Mid, ModelSpec, NormalPrior, PriorOverrides};
+use crate::trial::calendar::parse_hhmm;
 
 /// A protocol as written in its TOML file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -89,29 +90,6 @@ pub struct Arm {
     pub code: Option<String>,
 }
 
-/// Observation family (`statistics.md` §3).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    /// Continuous, identity link.
-    Gaussian,
-    /// Counts per day, log link.
-    Poisson,
-    /// Yes/no days, logit link.
-    Bernoulli,
-    /// k of n, logit link.
-    Binomial,
-    /// Proportions in (0, 1), logit link.
-    Beta,
-}
-
-impl Family {
-    /// True for the log and logit links, where the MID is a ratio.
-    pub fn has_ratio_mid(self) -> bool {
-        !matches!(self, Family::Gaussian)
-    }
-}
-
 /// How several observations on one day become one value.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -129,24 +107,12 @@ pub enum Aggregation {
     All,
 }
 
-/// Which way is better for the participant.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// Higher values are better.
-    Higher,
-    /// Lower values are better.
-    Lower,
-}
-
-impl Direction {
-    /// `+1` or `-1`: `delta = sign * beta` is positive when better.
-    pub fn sign(self) -> f64 {
-        match self {
-            Direction::Higher => 1.0,
-            Direction::Lower => -1.0,
-        }
-    }
+/// True for non-empty identifiers of ASCII letters, digits, `-` and `_`.
+pub fn is_slug(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// An outcome the trial measures.
@@ -176,7 +142,26 @@ pub struct Outcome {
     pub self_report: Option<SelfReport>,
     /// Prior overrides; anything absent takes the design's default.
     #[serde(default)]
-    pub priors: Priors,
+    pub priors: PriorOverrides,
+}
+
+impl Outcome {
+    /// The minimal important difference, stated and on the link scale.
+    pub fn mid(&self) -> Mid {
+        Mid::new(self.family, self.mid)
+    }
+
+    /// What the engine is asked to fit for this outcome.
+    pub fn model_spec(&self) -> ModelSpec {
+        ModelSpec {
+            family: self.family,
+            trials: self.trials,
+            direction: self.direction,
+            mid: self.mid(),
+            scale: self.scale,
+            priors: self.priors.clone(),
+        }
+    }
 }
 
 /// A self-reported outcome: the question and its answer range.
@@ -189,46 +174,6 @@ pub struct SelfReport {
     pub min: i32,
     /// Highest answer.
     pub max: i32,
-}
-
-/// A normal prior `Normal(mean, sd)`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct NormalPrior {
-    /// Mean.
-    pub mean: f64,
-    /// Standard deviation, > 0.
-    pub sd: f64,
-}
-
-/// Prior overrides (`statistics.md` §4, defaults table). Every field is
-/// optional; `None` means the documented default, computed from `S`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Priors {
-    /// `beta_j ~ Normal(m, s)` for every arm (default `Normal(0, S)`).
-    pub effect: Option<NormalPrior>,
-    /// Per-arm overrides of `effect`, keyed by arm key.
-    #[serde(default)]
-    pub effects: BTreeMap<String, NormalPrior>,
-    /// `mu ~ Normal(mean of data, 2 S)` by default.
-    pub baseline: Option<NormalPrior>,
-    /// HalfNormal scale of the drift's stationary sd (default `S`).
-    pub drift_sd_scale: Option<f64>,
-    /// Median of the drift correlation time `1/lambda` in days (default 3).
-    pub drift_time_median_days: Option<f64>,
-    /// Log-sd of the drift correlation time (default 1).
-    pub drift_time_log_sd: Option<f64>,
-    /// Median onset/washout half-life `ln 2 / kappa` in days (`h0`, default 1).
-    pub half_life_median_days: Option<f64>,
-    /// Log-sd of the half-life (default 0.75).
-    pub half_life_log_sd: Option<f64>,
-    /// HalfNormal scale of the measurement noise `sigma_y` (default `S`).
-    pub noise_sd_scale: Option<f64>,
-    /// Beta family: median of the precision `phi` (default 20).
-    pub precision_median: Option<f64>,
-    /// Beta family: log-sd of the precision (default 1).
-    pub precision_log_sd: Option<f64>,
 }
 
 /// How orders are drawn inside blocks (`statistics.md` §7).
@@ -542,7 +487,7 @@ impl Protocol {
                     format!("{u} must be between 0 and 1"),
                 );
             }
-            if let Err(e) = crate::causal::CausalGraph::of(self) {
+            if let Err(e) = crate::trial::causal::CausalGraph::of(self) {
                 v.add("hypothesis.edges", e.to_string());
             }
         }

@@ -13,7 +13,7 @@ use petgraph::algo::toposort;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 
-use crate::protocol::Protocol;
+use crate::trial::protocol::Protocol;
 
 /// What a node stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,7 +161,7 @@ impl CausalGraph {
             r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" role="img" aria-labelledby="cg-title"><title id="cg-title">{}</title>
 <defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#333"/></marker></defs>
 "##,
-            crate::charts::escape(title)
+            crate::web::charts::escape(title)
         );
         for e in self.graph.edge_references() {
             let (a, b) = (pos[e.source().index()], pos[e.target().index()]);
@@ -200,7 +200,7 @@ impl CausalGraph {
                 x - w / 2.0,
                 y - 13.0,
                 y + 4.5,
-                crate::charts::escape(name)
+                crate::web::charts::escape(name)
             ));
         }
         out.push_str("</svg>");

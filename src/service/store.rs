@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 
-use crate::lifecycle::TrialStatus;
+use crate::trial::lifecycle::{DatedDay, TrialStatus};
 use jiff::Timestamp;
 use jiff::civil::Date;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
@@ -22,9 +22,9 @@ use serde::Serialize;
 
 /// The migration files, in order. Append new files; never edit a released one.
 const MIGRATION_FILES: [&str; 3] = [
-    include_str!("../migrations/0001_initial.sql"),
-    include_str!("../migrations/0002_trial_lifecycle.sql"),
-    include_str!("../migrations/0003_dashboard.sql"),
+    include_str!("../../migrations/0001_initial.sql"),
+    include_str!("../../migrations/0002_trial_lifecycle.sql"),
+    include_str!("../../migrations/0003_dashboard.sql"),
 ];
 
 /// The migrations, in order.
@@ -223,7 +223,7 @@ pub struct NewTrial<'a> {
     /// Local date of day 0.
     pub start_date: Date,
     /// The schedule rows.
-    pub schedule: &'a [ScheduleRow],
+    pub schedule: &'a [DatedDay],
 }
 
 /// A trial to propose: the locked protocol and its seed.
@@ -345,7 +345,7 @@ pub struct NewDecision {
     /// Stop the trial with this reason.
     pub stop: Option<String>,
     /// Replace the schedule from this day on with these rows.
-    pub reschedule: Option<(u32, Vec<ScheduleRow>)>,
+    pub reschedule: Option<(u32, Vec<DatedDay>)>,
     /// Messages that tell the participant (queued with the decision).
     pub messages: Vec<NewMessage>,
 }
@@ -386,23 +386,6 @@ pub struct TrialEventRow {
     pub local_date: Option<String>,
     /// When.
     pub at: String,
-}
-
-/// One stored schedule day.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ScheduleRow {
-    /// Day index from 0.
-    pub day: u32,
-    /// Local date.
-    pub local_date: Date,
-    /// Period (None in run-in).
-    pub period: Option<u32>,
-    /// Block (None in run-in).
-    pub block: Option<u32>,
-    /// Arm index.
-    pub arm: usize,
-    /// Washout day.
-    pub washout: bool,
 }
 
 /// A fit to store.
@@ -624,7 +607,7 @@ impl Store {
     /// Inserts or updates a participant by key; returns its id.
     pub fn upsert_participant(
         &mut self,
-        p: &crate::config::Participant,
+        p: &crate::service::config::Participant,
         is_demo: bool,
         now: Timestamp,
     ) -> Result<i64> {
@@ -938,7 +921,7 @@ impl Store {
     }
 
     /// A trial's full schedule, by day.
-    pub fn schedule(&self, trial_id: i64) -> Result<Vec<ScheduleRow>> {
+    pub fn schedule(&self, trial_id: i64) -> Result<Vec<DatedDay>> {
         let mut stmt = self.conn.prepare(
             "SELECT day, local_date, period, block, arm, washout
              FROM schedule WHERE trial_id = ?1 ORDER BY day",
@@ -956,7 +939,7 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (day, date, period, block, arm, washout) = row?;
-            out.push(ScheduleRow {
+            out.push(DatedDay {
                 day,
                 local_date: parse_date(&date)?,
                 period,
@@ -969,7 +952,7 @@ impl Store {
     }
 
     /// The schedule row of a trial for a local date, if the trial covers it.
-    pub fn schedule_on(&self, trial_id: i64, date: Date) -> Result<Option<ScheduleRow>> {
+    pub fn schedule_on(&self, trial_id: i64, date: Date) -> Result<Option<DatedDay>> {
         let row = self
             .conn
             .query_row(
@@ -988,7 +971,7 @@ impl Store {
             )
             .optional()?;
         row.map(|(day, period, block, arm, washout)| {
-            Ok(ScheduleRow {
+            Ok(DatedDay {
                 day,
                 local_date: date,
                 period,
@@ -1118,7 +1101,7 @@ impl Store {
         &mut self,
         trial_id: i64,
         start_date: Date,
-        schedule: &[ScheduleRow],
+        schedule: &[DatedDay],
         messages: &[NewMessage],
         actor: &str,
         now: Timestamp,
@@ -1817,7 +1800,7 @@ pub struct StatusChange<'a> {
     /// Approval: the start date to set.
     pub start_date: Option<Date>,
     /// Resuming: the unrun schedule rows at their new dates.
-    pub shifted: &'a [ScheduleRow],
+    pub shifted: &'a [DatedDay],
 }
 
 fn change_status_tx(tx: &Connection, c: &StatusChange<'_>, now: Timestamp) -> Result<()> {
@@ -1857,7 +1840,7 @@ fn change_status_tx(tx: &Connection, c: &StatusChange<'_>, now: Timestamp) -> Re
         ],
     )?;
     // Forward shifts: move the latest rows first so no two rows share a date midway.
-    let mut shifted: Vec<&ScheduleRow> = c.shifted.iter().collect();
+    let mut shifted: Vec<&DatedDay> = c.shifted.iter().collect();
     shifted.sort_by_key(|r| std::cmp::Reverse(r.day));
     for r in shifted {
         tx.execute(
@@ -1888,7 +1871,7 @@ fn change_status_tx(tx: &Connection, c: &StatusChange<'_>, now: Timestamp) -> Re
     )
 }
 
-fn insert_schedule(tx: &Connection, trial_id: i64, rows: &[ScheduleRow]) -> Result<()> {
+fn insert_schedule(tx: &Connection, trial_id: i64, rows: &[DatedDay]) -> Result<()> {
     let mut stmt = tx.prepare(
         "INSERT INTO schedule (trial_id, day, local_date, period, block, arm, washout)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -2124,7 +2107,7 @@ mod tests {
     fn reimport_never_duplicates() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("db.sqlite")).unwrap();
-        let p = crate::config::ParticipantConfig {
+        let p = crate::service::config::ParticipantConfig {
             key: "a".into(),
             name: "A".into(),
             email: "a@example.org".into(),

@@ -90,6 +90,17 @@ impl Clock {
     }
 }
 
+/// Parses `HH:MM` (24-hour).
+pub fn parse_hhmm(s: &str) -> Option<Time> {
+    let (h, m) = s.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let h: i8 = h.parse().ok()?;
+    let m: i8 = m.parse().ok()?;
+    Time::new(h, m, 0, 0).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,5 @@
+//! The command line's work: analysing a CSV, reports, benchmarks.
+
+pub mod analyze;
+pub mod bench;
+pub mod report;

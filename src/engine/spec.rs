@@ -1,0 +1,143 @@
+//! What the engine is asked to fit: the observation family, which way is
+//! better, the minimal important difference on the link scale, the scale and
+//! the prior overrides (`statistics.md` §3–§5). Protocol files are turned
+//! into this in `trial::protocol`; the engine knows nothing of them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Observation family (`statistics.md` §3).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// Continuous, identity link.
+    Gaussian,
+    /// Counts per day, log link.
+    Poisson,
+    /// Yes/no days, logit link.
+    Bernoulli,
+    /// k of n, logit link.
+    Binomial,
+    /// Proportions in (0, 1), logit link.
+    Beta,
+}
+
+impl Family {
+    /// True for the log and logit links, where the MID is a ratio.
+    pub fn has_ratio_mid(self) -> bool {
+        !matches!(self, Family::Gaussian)
+    }
+}
+
+/// Which way is better for the participant.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Higher values are better.
+    Higher,
+    /// Lower values are better.
+    Lower,
+}
+
+impl Direction {
+    /// `+1` or `-1`: `delta = sign * beta` is positive when better.
+    pub fn sign(self) -> f64 {
+        match self {
+            Direction::Higher => 1.0,
+            Direction::Lower => -1.0,
+        }
+    }
+}
+
+/// The minimal important difference: as the protocol states it, and on the
+/// link scale where effects live (`statistics.md` §5). For the identity link
+/// (gaussian) both are the same number in outcome units; for the log and
+/// logit links the stated MID is a rate or odds ratio `r > 1` and its
+/// link-scale value is `ln r`. This is the one place that conversion is made:
+/// fits, decisions, the simulator and every chart take it from here.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Mid {
+    stated: f64,
+    link: f64,
+}
+
+impl Mid {
+    /// The MID `stated` for `family`: `link = ln(stated)` for the log and
+    /// logit links, `stated` for the identity link.
+    pub fn new(family: Family, stated: f64) -> Mid {
+        let link = if family.has_ratio_mid() {
+            stated.ln()
+        } else {
+            stated
+        };
+        Mid { stated, link }
+    }
+
+    /// As the protocol states it: outcome units, or a ratio.
+    pub fn stated(self) -> f64 {
+        self.stated
+    }
+
+    /// On the link scale, where effects are estimated and compared.
+    pub fn link(self) -> f64 {
+        self.link
+    }
+}
+
+/// A normal prior `Normal(mean, sd)`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NormalPrior {
+    /// Mean.
+    pub mean: f64,
+    /// Standard deviation, > 0.
+    pub sd: f64,
+}
+
+/// Prior overrides (`statistics.md` §4, defaults table). Every field is
+/// optional; `None` means the documented default, computed from `S`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PriorOverrides {
+    /// `beta_j ~ Normal(m, s)` for every arm (default `Normal(0, S)`).
+    pub effect: Option<NormalPrior>,
+    /// Per-arm overrides of `effect`, keyed by arm key.
+    #[serde(default)]
+    pub effects: BTreeMap<String, NormalPrior>,
+    /// `mu ~ Normal(mean of data, 2 S)` by default.
+    pub baseline: Option<NormalPrior>,
+    /// HalfNormal scale of the drift's stationary sd (default `S`).
+    pub drift_sd_scale: Option<f64>,
+    /// Median of the drift correlation time `1/lambda` in days (default 3).
+    pub drift_time_median_days: Option<f64>,
+    /// Log-sd of the drift correlation time (default 1).
+    pub drift_time_log_sd: Option<f64>,
+    /// Median onset/washout half-life `ln 2 / kappa` in days (`h0`, default 1).
+    pub half_life_median_days: Option<f64>,
+    /// Log-sd of the half-life (default 0.75).
+    pub half_life_log_sd: Option<f64>,
+    /// HalfNormal scale of the measurement noise `sigma_y` (default `S`).
+    pub noise_sd_scale: Option<f64>,
+    /// Beta family: median of the precision `phi` (default 20).
+    pub precision_median: Option<f64>,
+    /// Beta family: log-sd of the precision (default 1).
+    pub precision_log_sd: Option<f64>,
+}
+
+/// The model a fit is asked for (`statistics.md` §3–§4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    /// Observation family.
+    pub family: Family,
+    /// Trials per day (binomial only).
+    pub trials: Option<u32>,
+    /// Which way is better.
+    pub direction: Direction,
+    /// The minimal important difference.
+    pub mid: Mid,
+    /// The outcome's scale `S`, when stated; else from run-in or all data.
+    pub scale: Option<f64>,
+    /// Prior overrides; anything absent takes the default of §4.
+    pub priors: PriorOverrides,
+}

@@ -1,0 +1,56 @@
+//! What the HTTP handlers and the jobs share: the store, the clock, the
+//! configuration, the job board, the dashboard's credentials.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use tokio::sync::watch;
+
+use crate::service::config::{Config, Secret};
+use crate::service::jobs::JobBoard;
+use crate::service::links::LinkKey;
+use crate::service::store::Db;
+use crate::trial::calendar::Clock;
+
+/// Dashboard authentication, resolved at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    /// Bearer token.
+    pub token: Option<Secret>,
+    /// Argon2 PHC hash of the participant's password.
+    pub password_hash: Option<String>,
+    /// Argon2 PHC hash of the investigator's password.
+    pub investigator_password_hash: Option<String>,
+}
+
+impl Auth {
+    /// True when any credential is configured.
+    pub fn is_configured(&self) -> bool {
+        self.token.is_some()
+            || self.password_hash.is_some()
+            || self.investigator_password_hash.is_some()
+    }
+}
+
+/// Everything the HTTP handlers and jobs share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub db: Db,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The daemon's clock.
+    pub clock: Clock,
+    /// Job status.
+    pub jobs: JobBoard,
+    /// Dashboard credentials.
+    pub auth: Auth,
+    /// When the daemon started (daemon clock).
+    pub started_at: Timestamp,
+    /// Set when shutdown begins.
+    pub stopping: watch::Receiver<bool>,
+    /// Signs and checks one-click links.
+    pub link_key: LinkKey,
+    /// The dashboard's base URL as participants reach it (for links).
+    pub public_url: String,
+}

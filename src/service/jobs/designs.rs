@@ -1,0 +1,97 @@
+//! The designs job: simulate each proposal's design (its false-stop rate and
+//! power) once per protocol text, in the background, for `/proposals`.
+
+use jiff::Timestamp;
+
+use crate::engine::spec::Family;
+use crate::service::app::AppState;
+use crate::service::store::DesignSimulationRow;
+use crate::trial::protocol::Protocol;
+use crate::trial::simulate::SimOptions;
+
+use super::JobError;
+
+/// Virtual trials per condition for a proposal's design: `jobs.design_trials`
+/// (400 gives a false-stop rate's standard error near 1 point) for a
+/// gaussian outcome; a twentieth for the slower non-gaussian families (their
+/// larger SE is shown beside the rates).
+fn simulation_trials(protocol: &Protocol, configured: usize) -> usize {
+    match protocol.outcome.family {
+        Family::Gaussian => configured.max(1),
+        _ => (configured / 20).max(10),
+    }
+}
+
+/// Simulates the design of every proposal whose protocol text has no stored
+/// simulation yet, one at a time on one thread (so refits keep the other
+/// core). Returns a summary for the job board.
+pub(crate) async fn simulate_pending_designs(state: &AppState) -> Result<String, JobError> {
+    let pending: Vec<(String, String)> = state
+        .db
+        .read(|s| {
+            let mut out = Vec::new();
+            for t in s.trials()?.into_iter().filter(|t| t.status == "proposed") {
+                if s.design_simulation(&t.protocol_hash)?.is_none()
+                    && !out.iter().any(|(h, _)| *h == t.protocol_hash)
+                {
+                    out.push((t.protocol_hash, t.protocol_toml));
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+    let mut done = 0;
+    let mut failed = Vec::new();
+    let configured = state.config.jobs.design_trials;
+    for (hash, text) in pending {
+        if *state.stopping.borrow() {
+            break;
+        }
+        let simulated = tokio::task::spawn_blocking(move || {
+            let protocol = Protocol::parse(&text, "stored protocol").map_err(|e| e.to_string())?;
+            let options = SimOptions {
+                trials: simulation_trials(&protocol, configured),
+                threads: 1,
+                progress: false,
+                ..SimOptions::default()
+            };
+            let started = std::time::Instant::now();
+            let report =
+                crate::trial::simulate::simulate_protocol(&protocol, &protocol.id, &options)
+                    .map_err(|e| e.to_string())?;
+            let json = serde_json::to_string(&report).map_err(|e| e.to_string())?;
+            Ok::<_, String>((
+                report.trials,
+                json,
+                started.elapsed().as_secs_f64() * 1000.0,
+            ))
+        })
+        .await;
+        match simulated {
+            Ok(Ok((trials, report_json, wall_ms))) => {
+                let row = DesignSimulationRow {
+                    protocol_hash: hash,
+                    trials: trials as i64,
+                    report_json,
+                    wall_ms,
+                    created_at: crate::service::store::ts(Timestamp::now()),
+                };
+                state
+                    .db
+                    .write(move |s| s.put_design_simulation(&row))
+                    .await?;
+                done += 1;
+            }
+            Ok(Err(e)) => failed.push(format!("{}: {e}", &hash[..12])),
+            Err(e) => failed.push(format!("{}: {e}", &hash[..12])),
+        }
+    }
+    if failed.is_empty() {
+        Ok(format!("{done} design(s) simulated"))
+    } else {
+        Err(JobError::Item(format!(
+            "{done} design(s) simulated; failed: {}",
+            failed.join("; ")
+        )))
+    }
+}

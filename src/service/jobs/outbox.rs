@@ -1,0 +1,95 @@
+//! The outbox job: deliver due messages with retries and backoff.
+
+use std::sync::Arc;
+
+use jiff::tz::TimeZone;
+
+use crate::service::app::AppState;
+use crate::service::jobs::JobError;
+use crate::service::notify::{self};
+use crate::trial::calendar::local_date;
+
+/// Delivers due outbox messages. The attempt is recorded before delivery,
+/// so a crash mid-delivery is retried after its backoff, not in a loop.
+pub(crate) async fn deliver_outbox(state: &AppState) -> Result<String, JobError> {
+    let now = state.clock.now();
+    let (due, participants) = state
+        .db
+        .read(move |s| Ok((s.due_messages(now, 50)?, s.participants()?)))
+        .await?;
+    if due.is_empty() {
+        return Ok("0 sent, 0 failed".into());
+    }
+    let smtp = match &state.config.email.smtp {
+        Some(cfg) => Some(Arc::new(
+            notify::smtp_transport(cfg).map_err(|e| JobError::Item(e.to_string()))?,
+        )),
+        None => None,
+    };
+    let (mut sent, mut failed) = (0, 0);
+    for row in due {
+        if *state.stopping.borrow() {
+            break;
+        }
+        let id = row.id;
+        // An assignment is for its day only: once the participant's day has
+        // passed it is marked failed, never sent late as if it were today.
+        let today = participants
+            .iter()
+            .find(|p| p.id == row.participant_id)
+            .and_then(|p| TimeZone::get(&p.time_zone).ok())
+            .map(|tz| local_date(now, &tz).to_string());
+        if row.kind == "assignment"
+            && let (Some(day), Some(today)) = (&row.local_date, &today)
+            && day < today
+        {
+            let msg = format!("not delivered: its day ({day}) has passed");
+            tracing::warn!(message = id, "{msg}");
+            state.db.write(move |s| s.mark_failed(id, &msg)).await?;
+            failed += 1;
+            continue;
+        }
+        let retry_at = now + notify::backoff(row.attempts + 1);
+        // The attempt is recorded before it starts: a crash mid-send is
+        // retried after its backoff (the Message-ID lets mail systems drop
+        // the rare repeat), never in a tight loop.
+        state
+            .db
+            .write(move |s| s.mark_attempt(id, retry_at))
+            .await?;
+        let from = state.config.email.from.clone();
+        let dir = state.config.mail_dir();
+        let smtp = smtp.clone();
+        let cfg = state.config.email.smtp.clone();
+        let delivered = tokio::task::spawn_blocking(move || match (smtp, cfg) {
+            (Some(transport), Some(cfg)) => {
+                notify::deliver_smtp(&row, &from, &transport, &cfg, now)
+            }
+            _ => notify::deliver_to_file(&row, &from, &dir, now).map(|p| p.display().to_string()),
+        })
+        .await
+        .map_err(|e| JobError::Item(e.to_string()))?;
+        match delivered {
+            Ok(to) => {
+                state.db.write(move |s| s.mark_sent(id, &to, now)).await?;
+                sent += 1;
+            }
+            Err(e) if e.is_permanent() => {
+                let msg = e.to_string();
+                tracing::error!(message = id, error = %msg, "permanent delivery failure");
+                state.db.write(move |s| s.mark_failed(id, &msg)).await?;
+                failed += 1;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::warn!(message = id, error = %msg, "delivery failed; will retry");
+                state
+                    .db
+                    .write(move |s| s.mark_retry(id, &msg, retry_at))
+                    .await?;
+                failed += 1;
+            }
+        }
+    }
+    Ok(format!("{sent} sent, {failed} failed"))
+}

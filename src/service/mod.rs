@@ -1,0 +1,13 @@
+//! The service: the store, the jobs, data sources, notifications, and what
+//! a person does to a trial. Everything here does I/O.
+
+pub mod actions;
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod jobs;
+pub mod links;
+pub mod lock;
+pub mod notify;
+pub mod sources;
+pub mod store;

@@ -1,0 +1,280 @@
+//! Builds and runs the service: takes the data-folder lock, opens and
+//! migrates the store, sets the clock, syncs the configured participants
+//! (and seeds the demo), starts the HTTP server (`web`) and the scheduled
+//! jobs (`service::jobs`), and waits for SIGINT/SIGTERM. It is the one place
+//! that knows both the web and the service, so neither imports the other's
+//! start-up.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::watch;
+use tokio_cron_scheduler::{Job as CronJob, JobScheduler};
+
+use crate::service::app::{AppState, Auth};
+use crate::service::config::{Config, ConfigError};
+use crate::service::demo::{self, DemoError};
+use crate::service::jobs::{JobBoard, JobKind, run_job};
+use crate::service::lock::{DataLock, LockError};
+use crate::service::store::{Db, StoreError};
+use crate::trial::calendar::Clock;
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Binding beyond loopback without authentication.
+    #[error(
+        "refusing to listen on {0}: it is not a loopback address and no web.token or web.password_hash is configured. Anyone on your network could read and change trials. Set one (see examples/nof1d.toml) or listen on 127.0.0.1"
+    )]
+    Insecure(SocketAddr),
+    /// The data folder lock.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The demo.
+    #[error(transparent)]
+    Demo(#[from] DemoError),
+    /// The configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A file-system step.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The scheduler.
+    #[error("scheduler: {0}")]
+    Scheduler(String),
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> Result<(), DaemonError> {
+    let auth = Auth {
+        token: config
+            .web
+            .token
+            .as_ref()
+            .map(|t| t.resolve("web.token"))
+            .transpose()?,
+        password_hash: config.web.password_hash.clone(),
+        investigator_password_hash: config.web.investigator_password_hash.clone(),
+    };
+    if !config.web.listen.ip().is_loopback() && !auth.is_configured() {
+        return Err(DaemonError::Insecure(config.web.listen));
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| DaemonError::Io {
+        what: format!("cannot create data folder {}", config.data_dir.display()),
+        source,
+    })?;
+    let lock = DataLock::acquire(&config.data_dir)?;
+    tracing::info!(lock = %lock.path().display(), "data folder locked");
+
+    let db_path = config.database_path();
+    let db = tokio::task::spawn_blocking(move || Db::open(&db_path))
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+    let clock = if config.clock.time_scale == 1.0 && config.clock.start.is_none() {
+        Clock::system()
+    } else {
+        let now = crate::service::store::ts(Timestamp::now());
+        let wanted_start = config.clock.start.clone();
+        // The simulated timeline starts at clock.start, else where the real
+        // anchor is (also for databases from before clock.start existed).
+        let (anchor, start) = db
+            .write(move |s| {
+                let anchor = s.meta_get_or_insert("clock_anchor", &now)?;
+                let start = s.meta_get_or_insert(
+                    "clock_start",
+                    wanted_start.as_deref().unwrap_or(&anchor),
+                )?;
+                Ok((anchor, start))
+            })
+            .await?;
+        let parse = |name: &str, v: &str| -> Result<Timestamp, StoreError> {
+            v.parse()
+                .map_err(|e| StoreError::Invalid(format!("{name} {v:?}: {e}")))
+        };
+        let (anchor, start) = (
+            parse("clock_anchor", &anchor)?,
+            parse("clock_start", &start)?,
+        );
+        tracing::warn!(scale = config.clock.time_scale, %anchor, %start, "simulated clock: the daemon's time is not the real time");
+        Clock::scaled_from(anchor, start, config.clock.time_scale)
+    };
+    sync_participants(&db, &config, clock.now()).await?;
+
+    // The key that signs one-click links: generated once, kept in the store.
+    let fresh_key = crate::service::links::LinkKey::generate()
+        .map_err(|e| DaemonError::Io {
+            what: "cannot draw the link-signing key".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .to_hex();
+    let stored_key = db
+        .write(move |s| s.meta_get_or_insert("link_key", &fresh_key))
+        .await?;
+    let link_key = crate::service::links::LinkKey::from_hex(&stored_key)
+        .ok_or_else(|| StoreError::Invalid("meta link_key is not 64 hex digits".into()))?;
+
+    let listener = tokio::net::TcpListener::bind(config.web.listen)
+        .await
+        .map_err(|source| DaemonError::Io {
+            what: format!("cannot listen on {}", config.web.listen),
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| DaemonError::Io {
+        what: "cannot read the listening address".into(),
+        source,
+    })?;
+    let public_url = match &config.email.public_url {
+        Some(_) => config.public_url(),
+        None => format!("http://{bound}"),
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = AppState {
+        db,
+        config: Arc::new(config),
+        clock,
+        jobs: JobBoard::default(),
+        auth,
+        started_at: clock.now(),
+        stopping: stop_rx,
+        link_key,
+        public_url,
+    };
+    let addr = bound;
+    // Tests and scripts read the real port from here (the config may say port 0).
+    let addr_file = state.config.data_dir.join("listen.addr");
+    std::fs::write(&addr_file, format!("{addr}\n")).map_err(|source| DaemonError::Io {
+        what: format!("cannot write {}", addr_file.display()),
+        source,
+    })?;
+    tracing::info!(%addr, "dashboard listening on http://{addr}/");
+
+    let router = crate::web::router(state.clone());
+    let mut server_stop = state.stopping.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        })
+        .await
+    });
+
+    let mut scheduler = JobScheduler::new()
+        .await
+        .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    for kind in JobKind::ALL {
+        let period = match kind {
+            JobKind::Sources => state.config.jobs.source_poll_seconds,
+            JobKind::Assignments => state.config.jobs.assignment_check_seconds,
+            JobKind::Outbox => state.config.jobs.outbox_seconds,
+            JobKind::Refits => state.config.jobs.refit_seconds,
+            JobKind::Designs => state.config.jobs.design_seconds,
+        };
+        let st = state.clone();
+        let job = CronJob::new_repeated_async(Duration::from_secs(period), move |_id, _sched| {
+            let st = st.clone();
+            Box::pin(async move { run_job(&st, kind).await })
+        })
+        .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+        scheduler
+            .add(job)
+            .await
+            .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    }
+    scheduler
+        .start()
+        .await
+        .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    // Run each job once now, in data-flow order, rather than a period from now.
+    let first = state.clone();
+    tokio::spawn(async move {
+        for kind in JobKind::ALL {
+            run_job(&first, kind).await;
+        }
+    });
+    tracing::info!("nof1d is running");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new job runs; waiting for running ones");
+    let _ = stop_tx.send(true);
+    if let Err(e) = scheduler.shutdown().await {
+        tracing::warn!(error = %e, "scheduler shutdown");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while state.jobs.any_running() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if state.jobs.any_running() {
+        // Every write is one transaction: abandoning it loses nothing committed.
+        tracing::warn!("a job is still running after 30 s; abandoning it");
+    }
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "http server"),
+        Err(e) => tracing::warn!(error = %e, "http server task"),
+    }
+    drop(lock);
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; SIGINT only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Writes the configured participants (and the demo) into the store.
+async fn sync_participants(db: &Db, config: &Config, now: Timestamp) -> Result<(), DaemonError> {
+    let mut resolved = Vec::new();
+    for p in &config.participants {
+        resolved.push(p.resolve()?);
+    }
+    let demo_zone = config.demo.enabled.then(|| config.demo.time_zone.clone());
+    let demo_trial = db
+        .write(move |s| {
+            for p in &resolved {
+                s.upsert_participant(p, false, now)?;
+            }
+            match demo_zone {
+                Some(zone) => demo::ensure_seeded(s, &zone, now)
+                    .map(Some)
+                    .map_err(|e| StoreError::Refused(e.to_string())),
+                None => Ok(None),
+            }
+        })
+        .await?;
+    if let Some(id) = demo_trial {
+        tracing::info!(trial = id, "demo participant ready");
+    }
+    Ok(())
+}
