@@ -44,7 +44,7 @@ fn the_demo_trial_runs_to_a_stop_decision_untouched() {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let trial = store(&data).trial(1).unwrap().unwrap();
-        if trial.status == "stopped" {
+        if trial.status == nof1d::trial::lifecycle::TrialStatus::Stopped {
             break;
         }
         assert!(
@@ -250,7 +250,10 @@ fn life_cycle_from_the_command_line() {
         error.contains("trial 2 cannot start") && error.contains("anxiety_evening"),
         "{health}"
     );
-    assert_eq!(store(&data).trial(2).unwrap().unwrap().status, "approved");
+    assert_eq!(
+        store(&data).trial(2).unwrap().unwrap().status.as_str(),
+        "approved"
+    );
     drop(d);
 
     // An adverse event stops the running trial at once; a stopped trial
@@ -263,7 +266,7 @@ fn life_cycle_from_the_command_line() {
     assert!(ok, "{out}");
     let s = store(&data);
     let t1 = s.trial(1).unwrap().unwrap();
-    assert_eq!(t1.status, "stopped");
+    assert_eq!(t1.status.as_str(), "stopped");
     assert_eq!(
         t1.stop_reason.as_deref(),
         Some("safety: adverse event reported")
@@ -281,7 +284,7 @@ fn life_cycle_from_the_command_line() {
     drop(d);
     let s = store(&data);
     let t2 = s.trial(2).unwrap().unwrap();
-    assert_eq!(t2.status, "running");
+    assert_eq!(t2.status.as_str(), "running");
     assert_eq!(s.schedule(2).unwrap().len() as u32, 14 + 6 * 2 * 7);
     let events = s.trial_events(2).unwrap();
     let path: Vec<&str> = events.iter().map(|e| e.to_status.as_str()).collect();

@@ -233,7 +233,7 @@ pub fn adverse_event(
     now: Timestamp,
 ) -> Result<()> {
     let (trial, tz) = trial_and_zone(store, trial_id)?;
-    if trial.status == "stopped" {
+    if trial.status == TrialStatus::Stopped {
         // Still recorded: a late report matters for the record.
         tracing::warn!(trial = trial_id, "adverse event on a stopped trial");
     }

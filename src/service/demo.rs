@@ -17,11 +17,11 @@ use jiff::{Span, Timestamp};
 use crate::engine::generate::ModelParams;
 use crate::service::config::ParticipantConfig;
 use crate::service::sources::DemoSource;
-use crate::service::store::{NewTrial, SourceRow, Store};
+use crate::service::store::{Proposal, SourceRow, StatusChange, Store};
 use crate::trial::calendar::local_date;
 use crate::trial::calendar::parse_hhmm;
 use crate::trial::design;
-use crate::trial::lifecycle::DatedDay;
+use crate::trial::lifecycle::{self, TrialStatus};
 use crate::trial::protocol::{Protocol, ProtocolHash};
 
 /// The demo trial's protocol, as shipped.
@@ -97,60 +97,63 @@ pub fn ensure_seeded(store: &mut Store, time_zone: &str, now: Timestamp) -> Resu
         .trials()?
         .into_iter()
         .find(|t| t.participant_id == pid && t.protocol_id == protocol.id);
-    let trial_id = match existing {
-        Some(t) => t.id,
+    // The demo trial goes through the life cycle every trial goes through
+    // (proposed → approved → running), started HISTORY_DAYS ago so that a
+    // newcomer sees data at once. Each step is its own transaction and is
+    // taken only if the trial is not past it, so a crash between two steps
+    // is finished at the next start.
+    let trial = match existing {
+        Some(t) => t,
         None => {
             let seed = design::draw_seed().map_err(DemoError::Seed)?;
-            let today = local_date(now, &participant.time_zone);
-            let start = today
-                .checked_sub(Span::new().days(HISTORY_DAYS))
-                .map_err(|e| DemoError::Invalid(e.to_string()))?;
-            let schedule = dated_schedule(&protocol, seed, start)?;
             let hash = ProtocolHash::of(PROTOCOL_TEXT);
-            store.insert_trial(
-                &NewTrial {
+            let id = store.propose_trial(
+                &Proposal {
                     participant_id: pid,
                     protocol_id: &protocol.id,
                     protocol_toml: PROTOCOL_TEXT,
                     protocol_hash: &hash.0,
                     seed,
-                    status: "running",
-                    start_date: start,
-                    schedule: &schedule,
                 },
                 "demo",
                 now,
-            )?
+            )?;
+            store
+                .trial(id)?
+                .ok_or_else(|| DemoError::Invalid(format!("demo trial {id} vanished")))?
         }
     };
+    let today = local_date(now, &participant.time_zone);
+    let start = match trial.start_date {
+        Some(d) => d,
+        None => today
+            .checked_sub(Span::new().days(HISTORY_DAYS))
+            .map_err(|e| DemoError::Invalid(e.to_string()))?,
+    };
+    if trial.status == TrialStatus::Proposed {
+        store.change_status(
+            &StatusChange {
+                trial_id: trial.id,
+                to: TrialStatus::Approved,
+                actor: "demo",
+                reason: "demo trial approved",
+                local_date: today,
+                start_date: Some(start),
+                shifted: &[],
+            },
+            now,
+        )?;
+    }
+    if matches!(trial.status, TrialStatus::Proposed | TrialStatus::Approved) {
+        let schedule = lifecycle::dated(&protocol, &design::plan(&protocol, trial.seed), start)
+            .map_err(|e| DemoError::Invalid(e.to_string()))?;
+        store.start_trial(trial.id, start, &schedule, &[], "demo", now)?;
+    }
+    let trial_id = trial.id;
     let sim_seed = design::draw_seed().map_err(DemoError::Seed)?;
     let config = serde_json::json!({ "trial_id": trial_id, "seed": sim_seed.to_string() });
     store.ensure_source(pid, SOURCE_NAME, SOURCE_KIND, &config.to_string(), now)?;
     Ok(trial_id)
-}
-
-/// The schedule of `protocol` for `seed`, dated from `start`.
-pub fn dated_schedule(
-    protocol: &Protocol,
-    seed: u64,
-    start: jiff::civil::Date,
-) -> Result<Vec<DatedDay>, DemoError> {
-    design::schedule(protocol, seed)
-        .into_iter()
-        .map(|d| {
-            let local_date = start
-                .checked_add(Span::new().days(i64::from(d.day)))
-                .map_err(|e| DemoError::Invalid(e.to_string()))?;
-            Ok(DatedDay {
-                day: d.day,
-                local_date,
-                period: d.period,
-                block: d.block,
-                arm: d.arm,
-                washout: d.washout,
-            })
-        })
-        .collect()
 }
 
 /// Builds the demo adapter from its stored source row.

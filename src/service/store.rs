@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 
+use crate::trial::decide::Action;
 use crate::trial::lifecycle::{DatedDay, TrialStatus};
 use jiff::Timestamp;
 use jiff::civil::Date;
@@ -198,32 +199,11 @@ pub struct TrialRow {
     /// The randomisation seed.
     pub seed: u64,
     /// Life-cycle status.
-    pub status: String,
+    pub status: TrialStatus,
     /// Local date of day 0.
     pub start_date: Option<Date>,
     /// Why it stopped.
     pub stop_reason: Option<String>,
-}
-
-/// A trial to be created, with its schedule.
-#[derive(Debug, Clone)]
-pub struct NewTrial<'a> {
-    /// Owner.
-    pub participant_id: i64,
-    /// Protocol id.
-    pub protocol_id: &'a str,
-    /// Locked protocol text.
-    pub protocol_toml: &'a str,
-    /// Its hash.
-    pub protocol_hash: &'a str,
-    /// Randomisation seed.
-    pub seed: u64,
-    /// Initial status.
-    pub status: &'a str,
-    /// Local date of day 0.
-    pub start_date: Date,
-    /// The schedule rows.
-    pub schedule: &'a [DatedDay],
 }
 
 /// A trial to propose: the locked protocol and its seed.
@@ -827,49 +807,6 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Creates a trial with its schedule and an audit entry, in one transaction.
-    pub fn insert_trial(&mut self, t: &NewTrial<'_>, actor: &str, now: Timestamp) -> Result<i64> {
-        let tx = self.conn.transaction()?;
-        let id: i64 = tx.query_row(
-            "INSERT INTO trials (participant_id, protocol_id, protocol_toml, protocol_hash, seed,
-                                 status, start_date, created_at, status_changed_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) RETURNING id",
-            params![
-                t.participant_id,
-                t.protocol_id,
-                t.protocol_toml,
-                t.protocol_hash,
-                t.seed.to_string(),
-                t.status,
-                t.start_date.to_string(),
-                ts(now)
-            ],
-            |r| r.get(0),
-        )?;
-        insert_schedule(&tx, id, t.schedule)?;
-        tx.execute(
-            "INSERT INTO trial_events (trial_id, from_status, to_status, actor, reason, local_date, at)
-             VALUES (?1, NULL, ?2, ?3, 'created', ?4, ?5)",
-            params![id, t.status, actor, t.start_date.to_string(), ts(now)],
-        )?;
-        audit(
-            &tx,
-            actor,
-            "trial.created",
-            Some(id),
-            &serde_json::json!({
-                "protocol": t.protocol_id,
-                "protocol_hash": t.protocol_hash,
-                "status": t.status,
-                "start_date": t.start_date.to_string(),
-                "days": t.schedule.len(),
-            }),
-            now,
-        )?;
-        tx.commit()?;
-        Ok(id)
-    }
-
     /// All trials, newest last.
     pub fn trials(&self) -> Result<Vec<TrialRow>> {
         let mut stmt = self.conn.prepare(
@@ -912,7 +849,8 @@ impl Store {
                 seed: seed
                     .parse()
                     .map_err(|_| StoreError::Invalid(format!("trial {id} seed {seed:?}")))?,
-                status,
+                status: TrialStatus::parse(&status)
+                    .ok_or_else(|| StoreError::Invalid(format!("trial {id} status {status:?}")))?,
                 start_date: start.as_deref().map(parse_date).transpose()?,
                 stop_reason,
             });
@@ -1057,21 +995,22 @@ impl Store {
         let id: i64 = tx.query_row(
             "INSERT INTO trials (participant_id, protocol_id, protocol_toml, protocol_hash, seed,
                                  status, created_at, status_changed_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'proposed', ?6, ?6) RETURNING id",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) RETURNING id",
             params![
                 participant_id,
                 protocol_id,
                 protocol_toml,
                 protocol_hash,
                 seed.to_string(),
+                TrialStatus::Proposed.as_str(),
                 ts(now)
             ],
             |r| r.get(0),
         )?;
         tx.execute(
             "INSERT INTO trial_events (trial_id, from_status, to_status, actor, reason, at)
-             VALUES (?1, NULL, 'proposed', ?2, 'proposed', ?3)",
-            params![id, actor, ts(now)],
+             VALUES (?1, NULL, ?2, ?3, 'proposed', ?4)",
+            params![id, TrialStatus::Proposed.as_str(), actor, ts(now)],
         )?;
         audit(
             &tx,
@@ -1204,13 +1143,14 @@ impl Store {
             tx.query_row("SELECT status FROM trials WHERE id = ?1", [trial_id], |r| {
                 r.get(0)
             })?;
-        if status != "stopped" {
+        if status != TrialStatus::Stopped.as_str() {
             tx.execute(
                 "INSERT INTO decisions (trial_id, fit_id, rule, action, numbers_json, created_at, period)
-                 VALUES (?1, NULL, ?2, 'stop_safety', ?3, ?4, NULL)",
+                 VALUES (?1, NULL, ?2, ?3, ?4, ?5, NULL)",
                 params![
                     trial_id,
                     "participant reported an adverse event",
+                    Action::StopSafety.name(),
                     serde_json::json!({"note": note, "channel": channel, "local_date": local_date.to_string()}).to_string(),
                     ts(now)
                 ],
@@ -1342,7 +1282,7 @@ impl Store {
                 edit.trial_id
             )));
         };
-        if status != "proposed" {
+        if status != TrialStatus::Proposed.as_str() {
             return Err(StoreError::Refused(format!(
                 "trial {} is {status}: only a proposal can be edited (its protocol is locked)",
                 edit.trial_id
@@ -1355,8 +1295,14 @@ impl Store {
         let reason = format!("edited: {}", edit.summary);
         tx.execute(
             "INSERT INTO trial_events (trial_id, from_status, to_status, actor, reason, at)
-             VALUES (?1, 'proposed', 'proposed', ?2, ?3, ?4)",
-            params![edit.trial_id, edit.actor, reason, ts(now)],
+             VALUES (?1, ?2, ?2, ?3, ?4, ?5)",
+            params![
+                edit.trial_id,
+                TrialStatus::Proposed.as_str(),
+                edit.actor,
+                reason,
+                ts(now)
+            ],
         )?;
         audit(
             &tx,

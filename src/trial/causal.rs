@@ -128,9 +128,26 @@ impl CausalGraph {
             .count()
     }
 
-    /// Draws the graph as SVG: nodes in layers by longest path from the
-    /// randomisation, arrows solid, cut arrows dashed and grey.
-    pub fn svg(&self, title: &str) -> String {
+    /// The nodes in index order: name and role.
+    pub fn nodes(&self) -> Vec<(&str, NodeRole)> {
+        self.graph
+            .node_indices()
+            .map(|n| (self.graph[n].0.as_str(), self.graph[n].1))
+            .collect()
+    }
+
+    /// The arrows: from, to (node indices) and kind.
+    pub fn edges(&self) -> Vec<(usize, usize, EdgeKind)> {
+        self.graph
+            .edge_references()
+            .map(|e| (e.source().index(), e.target().index(), *e.weight()))
+            .collect()
+    }
+
+    /// Each node's layer for drawing: the longest path from the
+    /// randomisation over arrows that are not cut; confounders sit on the
+    /// top row beside the randomisation.
+    pub fn layers(&self) -> Vec<usize> {
         let order = toposort(&self.graph, None).unwrap_or_default();
         let mut layer = vec![0usize; self.graph.node_count()];
         for &n in &order {
@@ -140,71 +157,12 @@ impl CausalGraph {
                 }
             }
         }
-        // Confounders sit beside the randomisation, on the top row.
         for n in self.graph.node_indices() {
             if self.graph[n].1 == NodeRole::Confounder {
                 layer[n.index()] = 0;
             }
         }
-        let layers = layer.iter().max().map_or(1, |m| m + 1);
-        let (width, row) = (640.0, 90.0);
-        let height = row * layers as f64 + 20.0;
-        let mut pos = vec![(0.0, 0.0); self.graph.node_count()];
-        for l in 0..layers {
-            let in_layer: Vec<usize> = (0..layer.len()).filter(|&i| layer[i] == l).collect();
-            for (k, &i) in in_layer.iter().enumerate() {
-                let x = width * (k as f64 + 0.5) / in_layer.len() as f64;
-                pos[i] = (x, 40.0 + row * l as f64);
-            }
-        }
-        let mut out = format!(
-            r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" role="img" aria-labelledby="cg-title"><title id="cg-title">{}</title>
-<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#333"/></marker></defs>
-"##,
-            crate::web::charts::escape(title)
-        );
-        for e in self.graph.edge_references() {
-            let (a, b) = (pos[e.source().index()], pos[e.target().index()]);
-            // Stop the line at the target's box edge (boxes are 18 high).
-            let (dx, dy) = (b.0 - a.0, b.1 - a.1);
-            let len = (dx * dx + dy * dy).sqrt().max(1.0);
-            let shrink = if dy.abs() > 1.0 {
-                (20.0 / dy.abs() * len).min(len * 0.5)
-            } else {
-                60.0
-            };
-            let (x1, y1) = (a.0 + dx / len * shrink, a.1 + dy / len * shrink);
-            let (x2, y2) = (b.0 - dx / len * shrink, b.1 - dy / len * shrink);
-            let style = match e.weight() {
-                EdgeKind::CutByRandomisation => {
-                    r##"stroke="#aaa" stroke-dasharray="5 4" marker-end="url(#arrow)""##
-                }
-                _ => r##"stroke="#333" stroke-width="1.5" marker-end="url(#arrow)""##,
-            };
-            out.push_str(&format!(
-                "<line x1=\"{x1:.1}\" y1=\"{y1:.1}\" x2=\"{x2:.1}\" y2=\"{y2:.1}\" {style}/>\n"
-            ));
-        }
-        for n in self.graph.node_indices() {
-            let (name, role) = &self.graph[n];
-            let (x, y) = pos[n.index()];
-            let fill = match role {
-                NodeRole::Randomisation => "#eee",
-                NodeRole::Treatment => "#d8ecff",
-                NodeRole::Outcome => "#dff5e1",
-                NodeRole::Confounder => "#fff2d6",
-            };
-            let w = (name.chars().count() as f64 * 7.5 + 20.0).min(width / 2.0);
-            out.push_str(&format!(
-                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{w:.1}\" height=\"26\" rx=\"6\" fill=\"{fill}\" stroke=\"#666\"/><text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"13\">{}</text>\n",
-                x - w / 2.0,
-                y - 13.0,
-                y + 4.5,
-                crate::web::charts::escape(name)
-            ));
-        }
-        out.push_str("</svg>");
-        out
+        layer
     }
 
     /// The graph in words, for the chart's text alternative.
@@ -254,9 +212,7 @@ mod tests {
         assert_eq!(g.node_count(), 5);
         assert_eq!(g.edge_count(EdgeKind::CutByRandomisation), 2);
         assert_eq!(g.edge_count(EdgeKind::Assigns), 1);
-        let svg = g.svg("graph");
-        assert_eq!(svg.matches("<rect").count(), 5);
-        assert_eq!(svg.matches("stroke-dasharray").count(), 2);
+        assert_eq!(g.layers().iter().filter(|&&l| l == 0).count(), 3);
         assert!(g.describe().contains("stress would affect"));
     }
 

@@ -32,7 +32,8 @@ pub struct DatedDay {
 }
 
 /// Life-cycle states, as stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TrialStatus {
     /// Proposed (by a person or a proposer), not yet approved.
     Proposed,
@@ -87,6 +88,12 @@ impl TrialStatus {
                 | (Paused, Running)
                 | (Paused, Stopped)
         )
+    }
+}
+
+impl std::fmt::Display for TrialStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

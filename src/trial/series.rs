@@ -216,7 +216,8 @@ mod tests {
         let p =
             Protocol::parse(include_str!("../../protocols/meditation-anxiety.toml"), "m").unwrap();
         let start: Date = "2026-03-27".parse().unwrap();
-        let schedule = crate::service::demo::dated_schedule(&p, 1, start).unwrap();
+        let schedule =
+            crate::trial::lifecycle::dated(&p, &crate::trial::design::plan(&p, 1), start).unwrap();
         let tz = TimeZone::get("Europe/London").unwrap();
         // 21:00 local on each side of the DST change of 2026-03-29.
         let obs: Vec<(Timestamp, Date, f64)> = ["2026-03-28", "2026-03-30", "2026-03-30"]

@@ -4,6 +4,8 @@
 
 use std::fmt::Write;
 
+use crate::trial::causal::{CausalGraph, EdgeKind, NodeRole};
+
 /// Colours for arms by index (colour-blind safe, Okabe–Ito).
 pub const ARM_COLOURS: [&str; 6] = [
     "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00",
@@ -371,9 +373,91 @@ pub fn band_chart(
     out
 }
 
+/// Draws a hypothesis's causal graph as SVG: nodes in the graph's layers,
+/// arrows solid, arrows cut by randomisation dashed and grey.
+pub fn causal_graph(graph: &CausalGraph, title: &str) -> String {
+    let layer = graph.layers();
+    let nodes = graph.nodes();
+    let layers = layer.iter().max().map_or(1, |m| m + 1);
+    let (width, row) = (640.0, 90.0);
+    let height = row * layers as f64 + 20.0;
+    let mut pos = vec![(0.0, 0.0); nodes.len()];
+    for l in 0..layers {
+        let in_layer: Vec<usize> = (0..layer.len()).filter(|&i| layer[i] == l).collect();
+        for (k, &i) in in_layer.iter().enumerate() {
+            let x = width * (k as f64 + 0.5) / in_layer.len() as f64;
+            pos[i] = (x, 40.0 + row * l as f64);
+        }
+    }
+    let mut out = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" role="img" aria-labelledby="cg-title"><title id="cg-title">{}</title>
+<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#333"/></marker></defs>
+"##,
+        escape(title)
+    );
+    for (from, to, kind) in graph.edges() {
+        let (a, b) = (pos[from], pos[to]);
+        // Stop the line at the target's box edge (boxes are 18 high).
+        let (dx, dy) = (b.0 - a.0, b.1 - a.1);
+        let len = (dx * dx + dy * dy).sqrt().max(1.0);
+        let shrink = if dy.abs() > 1.0 {
+            (20.0 / dy.abs() * len).min(len * 0.5)
+        } else {
+            60.0
+        };
+        let (x1, y1) = (a.0 + dx / len * shrink, a.1 + dy / len * shrink);
+        let (x2, y2) = (b.0 - dx / len * shrink, b.1 - dy / len * shrink);
+        let style = match kind {
+            EdgeKind::CutByRandomisation => {
+                r##"stroke="#aaa" stroke-dasharray="5 4" marker-end="url(#arrow)""##
+            }
+            _ => r##"stroke="#333" stroke-width="1.5" marker-end="url(#arrow)""##,
+        };
+        let _ = writeln!(
+            out,
+            "<line x1=\"{x1:.1}\" y1=\"{y1:.1}\" x2=\"{x2:.1}\" y2=\"{y2:.1}\" {style}/>"
+        );
+    }
+    for (i, (name, role)) in nodes.iter().enumerate() {
+        let (x, y) = pos[i];
+        let fill = match role {
+            NodeRole::Randomisation => "#eee",
+            NodeRole::Treatment => "#d8ecff",
+            NodeRole::Outcome => "#dff5e1",
+            NodeRole::Confounder => "#fff2d6",
+        };
+        let w = (name.chars().count() as f64 * 7.5 + 20.0).min(width / 2.0);
+        let _ = writeln!(
+            out,
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{w:.1}\" height=\"26\" rx=\"6\" fill=\"{fill}\" stroke=\"#666\"/><text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"13\">{}</text>",
+            x - w / 2.0,
+            y - 13.0,
+            y + 4.5,
+            escape(name)
+        );
+    }
+    out.push_str("</svg>");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn causal_graph_draws_every_node_and_cut_arrow() {
+        let text = include_str!("../../protocols/caffeine-cutoff.toml");
+        let p = crate::trial::protocol::Protocol::parse(text, "caffeine-cutoff.toml").unwrap();
+        let g = CausalGraph::of(&p).unwrap();
+        let svg = causal_graph(&g, "graph <x>");
+        assert_eq!(svg.matches("<rect").count(), g.node_count());
+        assert_eq!(
+            svg.matches("stroke-dasharray").count(),
+            g.edge_count(EdgeKind::CutByRandomisation)
+        );
+        assert!(g.edge_count(EdgeKind::CutByRandomisation) > 0);
+        assert!(svg.contains("graph &lt;x&gt;"));
+    }
 
     #[test]
     fn charts_are_well_formed_and_described() {

@@ -16,6 +16,7 @@ use crate::engine::spec::Family;
 use crate::service::app::AppState;
 use crate::service::store::{DesignSimulationRow, ProposalEdit, StoreError};
 use crate::trial::causal::CausalGraph;
+use crate::trial::lifecycle::TrialStatus;
 use crate::trial::protocol::{Protocol, ProtocolHash};
 
 use super::{Viewer, arm_label, csrf_refused, internal, nav};
@@ -145,7 +146,11 @@ async fn proposal_views(
         .read(move |s| {
             let participants = s.participants()?;
             let mut out = Vec::new();
-            for t in s.trials()?.into_iter().filter(|t| t.status == "proposed") {
+            for t in s
+                .trials()?
+                .into_iter()
+                .filter(|t| t.status == TrialStatus::Proposed)
+            {
                 let Ok(p) = Protocol::parse(&t.protocol_toml, "stored protocol") else {
                     continue;
                 };
@@ -188,7 +193,9 @@ async fn proposal_views(
                         .as_ref()
                         .and_then(rates_of),
                     graph_svg: graph
-                        .map(|g| g.svg(&format!("Causal graph: {}", p.title)))
+                        .map(|g| {
+                            super::charts::causal_graph(&g, &format!("Causal graph: {}", p.title))
+                        })
                         .unwrap_or_default(),
                 });
             }

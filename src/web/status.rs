@@ -11,6 +11,7 @@ use crate::service::app::AppState;
 use crate::service::jobs::{JobStatus, next_assignment};
 use crate::service::store::{Counts, StoreError};
 use crate::trial::calendar::local_date;
+use crate::trial::lifecycle::TrialStatus;
 use crate::trial::protocol::Protocol;
 
 use super::{Viewer, arm_label, internal, nav};
@@ -189,7 +190,7 @@ pub async fn status(state: &AppState, viewer: &Viewer) -> Result<StatusView, Sto
                     title: protocol
                         .as_ref()
                         .map_or_else(|| t.protocol_id.clone(), |p| p.title.clone()),
-                    status: t.status.clone(),
+                    status: t.status.to_string(),
                     protocol_hash: t.protocol_hash.clone(),
                     day: today_row.map(|r| r.day + 1),
                     planned_days: schedule.len(),
@@ -231,7 +232,7 @@ pub async fn status(state: &AppState, viewer: &Viewer) -> Result<StatusView, Sto
                 participants: pviews,
                 proposals: trials
                     .iter()
-                    .filter(|t| t.status == "proposed")
+                    .filter(|t| t.status == TrialStatus::Proposed.as_str())
                     .cloned()
                     .collect(),
                 trials,

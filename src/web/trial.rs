@@ -243,7 +243,7 @@ async fn trial_detail(
                 protocol_id: trial.protocol_id.clone(),
                 protocol_hash: trial.protocol_hash.clone(),
                 protocol_toml: show_protocol.then(|| trial.protocol_toml.clone()),
-                status: trial.status.clone(),
+                status: trial.status.to_string(),
                 stop_reason: trial.stop_reason.clone(),
                 view: viewer.role,
                 arms: (0..protocol.arms.len()).map(label).collect(),

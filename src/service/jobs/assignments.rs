@@ -14,6 +14,7 @@ use crate::service::jobs::{JobError, recipient, running_trials};
 use crate::service::notify::{self, Assignment};
 use crate::service::store::TrialRow;
 use crate::trial::calendar::{local_date, local_instant, parse_hhmm};
+use crate::trial::lifecycle::TrialStatus;
 use crate::trial::protocol::Protocol;
 
 /// Whether today's assignment time has come for a trial (whatever its day's state).
@@ -46,7 +47,7 @@ pub(crate) async fn start_due_trials(state: &AppState) -> Result<usize, JobError
         .await?;
     let mut started = 0;
     let mut errors = Vec::new();
-    for trial in trials.iter().filter(|t| t.status == "approved") {
+    for trial in trials.iter().filter(|t| t.status == TrialStatus::Approved) {
         let Some(p) = participants.iter().find(|p| p.id == trial.participant_id) else {
             continue;
         };
@@ -64,7 +65,7 @@ pub(crate) async fn start_due_trials(state: &AppState) -> Result<usize, JobError
         let others: Vec<(i64, Protocol)> = trials
             .iter()
             .filter(|t| t.participant_id == trial.participant_id && t.id != trial.id)
-            .filter(|t| t.status == "running" || t.status == "paused")
+            .filter(|t| matches!(t.status, TrialStatus::Running | TrialStatus::Paused))
             .filter_map(|t| Some((t.id, Protocol::parse(&t.protocol_toml, "stored").ok()?)))
             .collect();
         if let Some(why) = crate::trial::lifecycle::conflict(&protocol, &others) {

@@ -6,6 +6,7 @@ use jiff::Timestamp;
 use crate::engine::spec::Family;
 use crate::service::app::AppState;
 use crate::service::store::DesignSimulationRow;
+use crate::trial::lifecycle::TrialStatus;
 use crate::trial::protocol::Protocol;
 use crate::trial::simulate::SimOptions;
 
@@ -30,7 +31,11 @@ pub(crate) async fn simulate_pending_designs(state: &AppState) -> Result<String,
         .db
         .read(|s| {
             let mut out = Vec::new();
-            for t in s.trials()?.into_iter().filter(|t| t.status == "proposed") {
+            for t in s
+                .trials()?
+                .into_iter()
+                .filter(|t| t.status == TrialStatus::Proposed)
+            {
                 if s.design_simulation(&t.protocol_hash)?.is_none()
                     && !out.iter().any(|(h, _)| *h == t.protocol_hash)
                 {

@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::service::app::AppState;
 use crate::service::notify;
 use crate::service::store::{StoreError, TrialRow};
+use crate::trial::lifecycle::TrialStatus;
 
 mod assignments;
 mod designs;
@@ -202,7 +203,7 @@ pub(crate) async fn running_trials(
         .await?;
     Ok(trials
         .into_iter()
-        .filter(|t| t.status == "running")
+        .filter(|t| t.status == TrialStatus::Running)
         .filter_map(|t| {
             let p = participants
                 .iter()
