@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod jobs;
 pub mod links;
+pub mod loaded;
 pub mod lock;
 pub mod notify;
 pub mod sources;

@@ -421,6 +421,31 @@ pub fn decision_message(
     )
 }
 
+/// The past seven days' adherence reports by status, counted for the
+/// weekly summary: the days of `schedule` in `[today - 7, today)` and the
+/// `(day, status)` reports on them.
+pub fn week_adherence(
+    schedule: &[DatedDay],
+    adherence: &[(u32, String)],
+    today: Date,
+) -> Vec<(String, usize)> {
+    let week_start = today
+        .checked_sub(jiff::Span::new().days(7))
+        .unwrap_or(today);
+    let days: Vec<u32> = schedule
+        .iter()
+        .filter(|r| r.local_date >= week_start && r.local_date < today)
+        .map(|r| r.day)
+        .collect();
+    let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for (day, status) in adherence {
+        if days.contains(day) {
+            *counts.entry(status.clone()).or_default() += 1;
+        }
+    }
+    counts.into_iter().collect()
+}
+
 /// The weekly summary: the past seven days' adherence and the latest
 /// estimate. Its key names the ISO week, so only the first one queued in a
 /// week is kept.

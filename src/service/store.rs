@@ -13,7 +13,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 
-use crate::trial::decide::Action;
+use crate::engine::fit::FitReport;
+use crate::trial::decide::{Action, Decision};
 use crate::trial::lifecycle::{DatedDay, TrialStatus};
 use jiff::Timestamp;
 use jiff::civil::Date;
@@ -405,10 +406,10 @@ pub struct FitRow {
     /// Outcome stream.
     pub stream_key: String,
     /// Last local date of data used.
-    pub data_through: String,
+    pub data_through: Date,
     /// Observations used.
     pub observations: i64,
-    /// The fit report (JSON).
+    /// The fit report (JSON; [`FitRow::report`] decodes it).
     pub result_json: String,
     /// Verdict.
     pub converged: bool,
@@ -416,6 +417,22 @@ pub struct FitRow {
     pub wall_ms: f64,
     /// When.
     pub created_at: String,
+}
+
+impl FitRow {
+    /// The stored fit report. Every reader decodes it here.
+    pub fn report(&self) -> Result<FitReport> {
+        serde_json::from_str(&self.result_json)
+            .map_err(|e| StoreError::Invalid(format!("fit {} report: {e}", self.id)))
+    }
+}
+
+impl DecisionRow {
+    /// The stored decision with its look and numbers; `None` for a
+    /// decision that was no look (a safety stop on an adverse event).
+    pub fn decision(&self) -> Option<Decision> {
+        serde_json::from_str(&self.numbers_json).ok()
+    }
 }
 
 /// A message to put in the outbox.
@@ -1841,7 +1858,12 @@ fn fit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FitRow> {
         id: r.get(0)?,
         trial_id: r.get(1)?,
         stream_key: r.get(2)?,
-        data_through: r.get(3)?,
+        data_through: {
+            let text: String = r.get(3)?;
+            text.parse().map_err(|e: jiff::Error| {
+                rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
+            })?
+        },
         observations: r.get(4)?,
         result_json: r.get(5)?,
         converged: r.get(6)?,

@@ -254,75 +254,17 @@ pub fn look_due(rows: &[DatedDay], decided: &[u32], today: Date) -> Option<(u32,
     (!decided.contains(&period)).then_some((period, i + 1))
 }
 
-/// Arms dropped by earlier decisions (stored as [`Decision`] JSON).
-pub fn dropped_arms(numbers: &[&str]) -> Vec<usize> {
+/// Arms dropped by earlier decisions.
+pub fn dropped_arms(decisions: &[Decision]) -> Vec<usize> {
     let mut out = Vec::new();
-    for n in numbers {
-        if let Ok(d) = serde_json::from_str::<Decision>(n)
-            && let Action::DropArms { arms } = d.action
-        {
-            out.extend(arms);
+    for d in decisions {
+        if let Action::DropArms { arms } = &d.action {
+            out.extend(arms.iter().copied());
         }
     }
     out.sort_unstable();
     out.dedup();
     out
-}
-
-/// What a decision changes in the schedule: after a drop, the periods still
-/// to come without the dropped arms; under adaptive allocation, the next
-/// period's arm drawn from `P(best)`. `None` when nothing changes.
-pub fn schedule_change(
-    protocol: &Protocol,
-    seed: u64,
-    rows: &[DatedDay],
-    decision: &Decision,
-    p_best_comparator: f64,
-) -> Result<Option<(u32, Vec<DatedDay>)>, LifecycleError> {
-    let periods = periods_of(rows);
-    let done = periods_done(rows, decision.look.period);
-    match &decision.action {
-        Action::DropArms { arms } => {
-            let active: Vec<usize> = decision
-                .look
-                .active
-                .iter()
-                .copied()
-                .filter(|a| !arms.contains(a))
-                .collect();
-            let new_plan = design::replan_after_drop(protocol, seed, &periods, done, &active);
-            replan_rows(protocol, rows, &new_plan, done).map(Some)
-        }
-        Action::Continue => {
-            let Some(allocation) = protocol.decision.allocation else {
-                return Ok(None);
-            };
-            if !decision.converged
-                || decision.look.blocks_done < protocol.design.min_blocks
-                || done >= periods.len()
-            {
-                return Ok(None);
-            }
-            let mut p_best = vec![(protocol.comparator_index(), p_best_comparator)];
-            p_best.extend(decision.arms.iter().map(|a| (a.arm, a.p_best)));
-            let probs = crate::trial::decide::allocation_probabilities(&p_best, allocation);
-            let Some(arm) = crate::trial::decide::draw_allocation(&probs, seed, done as u32) else {
-                return Ok(None);
-            };
-            let mut new_plan = periods.clone();
-            new_plan[done].arm = arm;
-            replan_rows(protocol, rows, &new_plan, done).map(Some)
-        }
-        _ => Ok(None),
-    }
-}
-
-/// Periods completed once `period` has ended (its index in the schedule + 1).
-fn periods_done(rows: &[DatedDay], period: u32) -> usize {
-    period_ends(rows)
-        .iter()
-        .position(|(p, _)| *p == period)
-        .map_or(0, |i| i + 1)
 }
 
 #[cfg(test)]
@@ -391,87 +333,6 @@ mod tests {
         assert_eq!(periods_of(&rows).len(), 16);
         let ends = period_ends(&rows);
         assert_eq!(ends[0], (0, date("2026-03-14")));
-    }
-
-    #[test]
-    fn adaptive_allocation_draws_the_next_period_from_p_best_with_the_floor() {
-        use crate::trial::decide::{Action, ArmNumbers, Decision, Look, Thresholds};
-        let text = include_str!("../../protocols/sleep-supplements.toml").replace(
-            "[decision]\n",
-            "[decision.allocation]\npower = 1.0\nfloor = 0.1\n\n[decision]\n",
-        );
-        let p = Protocol::parse(&text, "s").unwrap();
-        let rows = dated(&p, &design::plan(&p, 9), date("2026-03-01")).unwrap();
-        // A look after two whole blocks (8 periods): arm 3 is very likely best.
-        let ends = period_ends(&rows);
-        let decision = |p_best: [f64; 3]| Decision {
-            look: Look {
-                period: ends[7].0,
-                blocks_done: 2,
-                last_period: false,
-                active: vec![0, 1, 2, 3],
-            },
-            action: Action::Continue,
-            rule: "continue".into(),
-            thresholds: Thresholds {
-                efficacy: 0.95,
-                futility: 0.05,
-                drop_arm: 0.05,
-                min_blocks: 2,
-            },
-            arms: (1..=3)
-                .map(|arm| ArmNumbers {
-                    arm,
-                    key: format!("arm{arm}"),
-                    mean: 0.0,
-                    ci90: [0.0, 0.0],
-                    p_better_by_mid: 0.5,
-                    p_best: p_best[arm - 1],
-                })
-                .collect(),
-            converged: true,
-        };
-        let mut counts = [0usize; 4];
-        for seed in 0..400u64 {
-            let (from_day, new_rows) =
-                schedule_change(&p, seed, &rows, &decision([0.02, 0.02, 0.95]), 0.01)
-                    .unwrap()
-                    .expect("allocation reschedules the next period");
-            // The next period starts where the eighth ended; only its arm may change.
-            assert_eq!(new_rows[0].local_date, add_days(ends[7].1, 1).unwrap());
-            assert_eq!(from_day, new_rows[0].day);
-            let arm = new_rows[0].arm;
-            let next = new_rows[0].period;
-            assert!(next.is_some());
-            assert_eq!(new_rows.iter().filter(|r| r.period == next).count(), 7);
-            assert!(
-                new_rows
-                    .iter()
-                    .filter(|r| r.period == next)
-                    .all(|r| r.arm == arm)
-            );
-            counts[arm] += 1;
-            // Reproducible from the seed.
-            let again = schedule_change(&p, seed, &rows, &decision([0.02, 0.02, 0.95]), 0.01)
-                .unwrap()
-                .unwrap();
-            assert_eq!(again.1, new_rows);
-        }
-        // p_j = 0.1 + 0.6 w_j: about 0.67 for arm 3 and just over the floor
-        // for the others (binomial sd over 400 draws: 0.024 and 0.015).
-        let share = |a: usize| counts[a] as f64 / 400.0;
-        assert!((share(3) - 0.670).abs() < 0.08, "{counts:?}");
-        for a in 0..3 {
-            assert!(share(a) > 0.05 && share(a) < 0.18, "{counts:?}");
-        }
-        // A fit that did not converge changes nothing.
-        let mut unconverged = decision([0.02, 0.02, 0.95]);
-        unconverged.converged = false;
-        assert!(
-            schedule_change(&p, 1, &rows, &unconverged, 0.01)
-                .unwrap()
-                .is_none()
-        );
     }
 
     #[test]

@@ -9,3 +9,4 @@ pub mod lifecycle;
 pub mod protocol;
 pub mod series;
 pub mod simulate;
+pub mod step;

@@ -14,14 +14,15 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 
-use crate::engine::fit::{FitSpec, Method};
+use crate::engine::fit::{FitReport, FitSpec, Method};
 use crate::engine::generate::{Latent, ModelParams, normal};
 use crate::engine::inference::{GridOptions, HyperPriors, McmcOptions};
 use crate::engine::model::{ArmPath, Series};
 use crate::engine::spec::{Family, Mid, ModelSpec};
-use crate::trial::decide::{self, Action, Look};
+use crate::trial::decide::{self, Action, Decision};
 use crate::trial::design;
 use crate::trial::protocol::Protocol;
+use crate::trial::step;
 
 /// Named stress scenarios: features real series have and the model does
 /// not assume, added to data otherwise drawn from the priors.
@@ -141,6 +142,18 @@ struct VirtualTrial {
     evaluations: usize,
     not_converged: usize,
     failed: usize,
+}
+
+/// One look of a virtual trial as it was taken: the fit (none when it
+/// failed), the decision, and the plan it left.
+#[derive(Debug, Clone)]
+pub struct TracedLook {
+    /// The fit the look read.
+    pub fit: Option<FitReport>,
+    /// The decision.
+    pub decision: Decision,
+    /// The plan after the look.
+    pub plan: Vec<design::PlannedPeriod>,
 }
 
 /// What happens to one virtual trial at an efficacy threshold.
@@ -440,11 +453,17 @@ impl Setup<'_> {
     /// One virtual trial, exactly as the daemon runs it, with the efficacy
     /// rule off (see [`VirtualTrial`]).
     fn run(&self, beta_effect: f64, trial_seed: u64) -> VirtualTrial {
-        self.run_with(beta_effect, trial_seed, f64::INFINITY)
+        self.run_with(beta_effect, trial_seed, f64::INFINITY, None)
     }
 
     /// One virtual trial with the efficacy threshold `efficacy`.
-    fn run_with(&self, beta_effect: f64, trial_seed: u64, efficacy: f64) -> VirtualTrial {
+    fn run_with(
+        &self,
+        beta_effect: f64,
+        trial_seed: u64,
+        efficacy: f64,
+        mut trace: Option<&mut Vec<TracedLook>>,
+    ) -> VirtualTrial {
         let protocol = self.protocol;
         let d = &protocol.design;
         let mut rng = ChaCha20Rng::seed_from_u64(trial_seed);
@@ -541,58 +560,31 @@ impl Setup<'_> {
                     &mut assigned,
                 );
             }
-            let look = Look {
-                period: p as u32,
-                blocks_done: design::blocks_done(&periods, p + 1),
-                last_period: p + 1 == periods.len(),
-                active: active.clone(),
-            };
+            let dropped: Vec<usize> = (0..self.keys.len())
+                .filter(|a| !active.contains(a))
+                .collect();
+            let look = step::look_after(&periods, p + 1, self.keys.len(), &dropped);
             trial.end_blocks = look.blocks_done;
             trial.end_days = assigned.len() as u32;
             let series = series_of(&t, &y, &assigned, self.keys.len(), self.comparator);
             let spec = FitSpec {
-                model: &self.model,
-                arm_keys: self.keys.clone(),
-                run_in_sd,
-                method: Method::Grid,
-                seed: trial_seed,
-                mcmc: McmcOptions::default(),
                 // One fit per core already: no threads inside a fit.
                 grid: GridOptions {
                     threads: 1,
                     ..GridOptions::default()
                 },
-                dropped: (0..self.keys.len())
-                    .filter(|a| !active.contains(a))
-                    .collect(),
                 path: false,
                 intervals: false,
+                ..step::look_fit_spec(&self.model, protocol, trial_seed, run_in_sd, dropped)
             };
             trial.fits += 1;
-            let decision = match crate::engine::fit::fit(&series, &spec) {
+            let report = match crate::engine::fit::fit(&series, &spec) {
                 Ok(report) => {
                     trial.evaluations += report.diagnostics.evaluations;
                     if !report.diagnostics.converged {
                         trial.not_converged += 1;
                     }
-                    let decision =
-                        decide::decide(thresholds, self.comparator, &look, &report, &self.keys);
-                    let best = decision
-                        .arms
-                        .iter()
-                        .max_by(|a, b| a.p_better_by_mid.total_cmp(&b.p_better_by_mid));
-                    if decision.converged
-                        && look.blocks_done >= d.min_blocks
-                        && let Some(best) = best
-                    {
-                        trial.looks.push(EligibleLook {
-                            p_mid: best.p_better_by_mid,
-                            arm: best.arm,
-                            blocks: look.blocks_done,
-                            days: assigned.len() as u32,
-                        });
-                    }
-                    Some((decision, report.p_best_comparator))
+                    Some(report)
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "virtual trial fit failed");
@@ -600,32 +592,49 @@ impl Setup<'_> {
                     None
                 }
             };
-            let action = match &decision {
-                Some((dec, _)) => dec.action.clone(),
-                None if look.last_period => Action::StopInconclusive,
-                None => Action::Continue,
-            };
-            if action.stops() {
-                trial.end = action;
+            let step = step::step(
+                protocol,
+                trial_seed,
+                &periods,
+                &look,
+                thresholds,
+                report.as_ref(),
+            );
+            let decision = &step.decision;
+            let best = decision
+                .arms
+                .iter()
+                .max_by(|a, b| a.p_better_by_mid.total_cmp(&b.p_better_by_mid));
+            if decision.converged
+                && look.blocks_done >= d.min_blocks
+                && let Some(best) = best
+            {
+                trial.looks.push(EligibleLook {
+                    p_mid: best.p_better_by_mid,
+                    arm: best.arm,
+                    blocks: look.blocks_done,
+                    days: assigned.len() as u32,
+                });
+            }
+            if let Some(trace) = trace.as_deref_mut() {
+                trace.push(TracedLook {
+                    fit: report.clone(),
+                    decision: decision.clone(),
+                    plan: step.plan.clone().unwrap_or_else(|| periods.clone()),
+                });
+            }
+            if decision.action.stops() {
+                trial.end = decision.action.clone();
                 return trial;
             }
-            if let Action::DropArms { arms } = &action {
+            if let Action::DropArms { arms } = &decision.action {
                 active.retain(|a| !arms.contains(a));
                 trial
                     .dropped
                     .extend(arms.iter().map(|&a| (a, trial.looks.len())));
-                periods = design::replan_after_drop(protocol, trial_seed, &periods, p + 1, &active);
-            } else if let (Some(alloc), Some((dec, p_comp))) =
-                (protocol.decision.allocation, &decision)
-                && look.blocks_done >= d.min_blocks
-                && p + 1 < periods.len()
-            {
-                let mut p_best: Vec<(usize, f64)> = vec![(self.comparator, *p_comp)];
-                p_best.extend(dec.arms.iter().map(|a| (a.arm, a.p_best)));
-                let probs = decide::allocation_probabilities(&p_best, alloc);
-                if let Some(arm) = decide::draw_allocation(&probs, trial_seed, p as u32 + 1) {
-                    periods[p + 1].arm = arm;
-                }
+            }
+            if let Some(plan) = step.plan {
+                periods = plan;
             }
             p += 1;
         }
@@ -827,6 +836,28 @@ fn setup_for<'a>(protocol: &'a Protocol, options: &'a SimOptions) -> Result<Setu
         baseline,
         options,
     })
+}
+
+/// One virtual trial of `protocol` with the effect arm `effect` better than
+/// the comparator (stated units or ratio, as `--effect`), at the
+/// protocol's own thresholds, with every look traced: what the daemon's
+/// path is checked against.
+pub fn trace_virtual_trial(
+    protocol: &Protocol,
+    options: &SimOptions,
+    effect: f64,
+    trial_seed: u64,
+) -> Result<Vec<TracedLook>, SimError> {
+    let setup = setup_for(protocol, options)?;
+    let beta = setup.beta_of(effect);
+    let mut trace = Vec::new();
+    setup.run_with(
+        beta,
+        trial_seed,
+        protocol.decision.efficacy,
+        Some(&mut trace),
+    );
+    Ok(trace)
 }
 
 pub fn simulate_protocol(
@@ -1087,7 +1118,7 @@ mod tests {
         for seed in 0..4 {
             let free = setup.run(beta, seed);
             for c in [0.8, 0.95] {
-                let direct = setup.run_with(beta, seed, c);
+                let direct = setup.run_with(beta, seed, c, None);
                 let course = free.at(c);
                 assert_eq!(direct.end, course.end, "seed {seed} c {c}");
                 assert_eq!(direct.end_days, course.days, "seed {seed} c {c}");

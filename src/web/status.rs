@@ -250,25 +250,19 @@ fn fit_view(
     protocol: &Protocol,
     viewer: &Viewer,
 ) -> Option<FitView> {
-    let report: serde_json::Value = serde_json::from_str(&f.result_json).ok()?;
-    let effects = report["effects"]
-        .as_array()?
+    let report = f.report().ok()?;
+    let effects = report
+        .effects
         .iter()
-        .filter_map(|e| {
-            let key = e["arm"].as_str()?;
+        .map(|e| {
             let label = protocol
-                .arm_index(key)
-                .map_or(key.to_string(), |i| arm_label(protocol, i, viewer));
-            Some((
-                label,
-                e["mean"].as_f64()?,
-                [e["ci90"][0].as_f64()?, e["ci90"][1].as_f64()?],
-                e["p_better_by_mid"].as_f64()?,
-            ))
+                .arm_index(&e.arm)
+                .map_or(e.arm.clone(), |i| arm_label(protocol, i, viewer));
+            (label, e.mean, e.ci90, e.p_better_by_mid)
         })
         .collect();
     Some(FitView {
-        data_through: f.data_through.clone(),
+        data_through: f.data_through.to_string(),
         observations: f.observations,
         effects,
         converged: f.converged,

@@ -218,9 +218,7 @@ async fn trial_detail(
                     converged,
                 });
             }
-            let latest = s.latest_fit(id, stream)?.and_then(|f| {
-                serde_json::from_str::<crate::engine::fit::FitReport>(&f.result_json).ok()
-            });
+            let latest = s.latest_fit(id, stream)?.and_then(|f| f.report().ok());
             let (diagnostics, path) = match latest {
                 Some(r) => (
                     Some(r.diagnostics),
@@ -347,11 +345,14 @@ fn conceal_decision(
         d.rule = d
             .rule
             .replace(&format!("P({} ", arm.key), &format!("P({code} "));
-        let quoted = serde_json::Value::from(code).to_string();
-        d.numbers_json = d.numbers_json.replace(
-            &format!("\"key\":\"{}\"", arm.key),
-            &format!("\"key\":{quoted}"),
-        );
+    }
+    // The stored numbers, decoded, with each arm's key replaced by its code
+    // (a safety stop's numbers name no arm and stay as they are).
+    if let Some(mut decision) = d.decision() {
+        for a in &mut decision.arms {
+            a.key = protocol.display_label(a.arm).to_string();
+        }
+        d.numbers_json = serde_json::to_string(&decision).unwrap_or_default();
     }
     d
 }
@@ -359,22 +360,21 @@ fn conceal_decision(
 /// A decision's numbers in a line: each arm's P(better by MID) and P(best),
 /// as the viewer names the arms.
 fn decision_numbers(row: &crate::service::store::DecisionRow, d: &TrialDetail) -> String {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&row.numbers_json) else {
+    let Some(decision) = row.decision() else {
         return String::new();
     };
-    let arms = v["arms"].as_array().cloned().unwrap_or_default();
-    let mut parts = Vec::new();
-    for a in arms {
-        let name = a["arm"]
-            .as_u64()
-            .and_then(|i| d.arms.get(i as usize))
-            .map_or("?", String::as_str);
-        let num = |k: &str| a[k].as_f64().map(|x| format!("{x:.3}"));
-        if let (Some(pm), Some(pb)) = (num("p_better_by_mid"), num("p_best")) {
-            parts.push(format!("{name}: P(better by MID) {pm}, P(best) {pb}"));
-        }
-    }
-    parts.join("; ")
+    decision
+        .arms
+        .iter()
+        .map(|a| {
+            let name = d.arms.get(a.arm).map_or("?", String::as_str);
+            format!(
+                "{name}: P(better by MID) {:.3}, P(best) {:.3}",
+                a.p_better_by_mid, a.p_best
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::Error> {

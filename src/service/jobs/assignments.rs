@@ -1,8 +1,7 @@
 //! The assignments job: start approved trials on their start date, and
 //! queue each running trial's day once its local assignment time has come
-//! (with its outbox message, in one transaction).
-
-use std::collections::BTreeMap;
+//! (with its outbox message, in one transaction). A look that is due is
+//! taken first, so a trial that stops sends nothing more.
 
 use jiff::Timestamp;
 use jiff::civil::Date;
@@ -11,31 +10,12 @@ use jiff::tz::TimeZone;
 use super::refits::{decide_trial, refit_trial};
 use crate::service::app::AppState;
 use crate::service::jobs::{JobError, recipient, running_trials};
+use crate::service::loaded::{LoadedTrial, assignment_time};
 use crate::service::notify::{self, Assignment};
-use crate::service::store::TrialRow;
-use crate::trial::calendar::{local_date, local_instant, parse_hhmm};
-use crate::trial::lifecycle::TrialStatus;
+use crate::trial::calendar::{local_date, local_instant};
+use crate::trial::design;
+use crate::trial::lifecycle::{self, TrialStatus};
 use crate::trial::protocol::Protocol;
-
-/// Whether today's assignment time has come for a trial (whatever its day's state).
-fn assignment_time_reached(
-    state: &AppState,
-    trial: &TrialRow,
-    p: &crate::service::store::ParticipantRow,
-) -> bool {
-    let Ok(protocol) = Protocol::parse(&trial.protocol_toml, "stored protocol") else {
-        // queue_one reports the problem.
-        return true;
-    };
-    let (Ok(tz), Some(time)) = (
-        TimeZone::get(&p.time_zone),
-        assignment_time(&protocol, &p.assignment_time),
-    ) else {
-        return true;
-    };
-    let now = state.clock.now();
-    now >= local_instant(local_date(now, &tz), time, &tz)
-}
 
 /// Starts approved trials whose start date has come: the dated schedule is
 /// stored and the trial becomes running, unless another running or paused
@@ -45,47 +25,41 @@ pub(crate) async fn start_due_trials(state: &AppState) -> Result<usize, JobError
         .db
         .read(|s| Ok((s.participants()?, s.trials()?)))
         .await?;
+    let (active, _) = LoadedTrial::load_all(trials.clone(), &participants, |t| {
+        matches!(t.status, TrialStatus::Running | TrialStatus::Paused)
+    });
+    let (approved, load_errors) =
+        LoadedTrial::load_all(trials, &participants, |t| t.status == TrialStatus::Approved);
+    let mut errors: Vec<String> = load_errors.iter().map(|e| e.to_string()).collect();
     let mut started = 0;
-    let mut errors = Vec::new();
-    for trial in trials.iter().filter(|t| t.status == TrialStatus::Approved) {
-        let Some(p) = participants.iter().find(|p| p.id == trial.participant_id) else {
-            continue;
-        };
-        let tz = TimeZone::get(&p.time_zone)
-            .map_err(|e| JobError::Item(format!("zone {}: {e}", p.time_zone)))?;
-        let today = local_date(state.clock.now(), &tz);
-        let Some(start) = trial.start_date else {
+    for trial in approved {
+        let today = trial.today(state.clock.now());
+        let Some(start) = trial.row.start_date else {
             continue;
         };
         if start > today {
             continue;
         }
-        let protocol = Protocol::parse(&trial.protocol_toml, &format!("trial {}", trial.id))
-            .map_err(|e| JobError::Item(e.to_string()))?;
-        let others: Vec<(i64, Protocol)> = trials
+        let others: Vec<(i64, Protocol)> = active
             .iter()
-            .filter(|t| t.participant_id == trial.participant_id && t.id != trial.id)
-            .filter(|t| matches!(t.status, TrialStatus::Running | TrialStatus::Paused))
-            .filter_map(|t| Some((t.id, Protocol::parse(&t.protocol_toml, "stored").ok()?)))
+            .filter(|t| t.participant.id == trial.participant.id)
+            .map(|t| (t.id(), t.protocol.clone()))
             .collect();
-        if let Some(why) = crate::trial::lifecycle::conflict(&protocol, &others) {
-            errors.push(format!("trial {} cannot start: {why}", trial.id));
+        if let Some(why) = lifecycle::conflict(&trial.protocol, &others) {
+            errors.push(format!("trial {} cannot start: {why}", trial.id()));
             continue;
         }
         // A start date already past (the daemon was down) starts today.
         let day0 = start.max(today);
-        let rows = crate::trial::lifecycle::dated(
-            &protocol,
-            &crate::trial::design::plan(&protocol, trial.seed),
-            day0,
-        )
-        .map_err(|e| JobError::Item(e.to_string()))?;
-        let (id, now) = (trial.id, state.clock.now());
+        let plan = design::plan(&trial.protocol, trial.row.seed);
+        let rows = lifecycle::dated(&trial.protocol, &plan, day0)
+            .map_err(|e| JobError::Item(e.to_string()))?;
+        let (id, now) = (trial.id(), state.clock.now());
         let message = notify::trial_started_message(
-            recipient(p),
-            trial.id,
-            &protocol,
-            &trial.protocol_hash,
+            recipient(&trial.participant),
+            id,
+            &trial.protocol,
+            &trial.row.protocol_hash,
             day0,
             &state.public_url,
         );
@@ -103,16 +77,6 @@ pub(crate) async fn start_due_trials(state: &AppState) -> Result<usize, JobError
     }
 }
 
-/// The local assignment time of a trial: the protocol's, else the participant's.
-fn assignment_time(protocol: &Protocol, participant_time: &str) -> Option<jiff::civil::Time> {
-    protocol
-        .notification
-        .assignment_time
-        .as_deref()
-        .and_then(parse_hhmm)
-        .or_else(|| parse_hhmm(participant_time))
-}
-
 /// Queues today's assignment for every running trial whose local assignment
 /// time has come and whose day has not run yet. Days between the last run
 /// and today are recorded as missed, never sent late.
@@ -122,30 +86,27 @@ pub(crate) async fn queue_assignments(state: &AppState) -> Result<String, JobErr
     if let Err(e) = start_due_trials(state).await {
         errors.push(e.to_string());
     }
-    for (trial, p) in running_trials(state).await? {
+    let (trials, load_errors) = running_trials(state).await?;
+    errors.extend(load_errors);
+    for trial in &trials {
         // A period that just ended is decided before the next day's
         // assignment goes out, so a stopped trial sends nothing more.
-        if !assignment_time_reached(state, &trial, &p) {
+        if !trial.assignment_time_reached(state.clock.now()) {
             continue;
         }
-        if let Err(e) = refit_trial(state, &trial, &p).await {
-            errors.push(format!("trial {}: {e}", trial.id));
+        if let Err(e) = refit_trial(state, trial).await {
+            errors.push(format!("trial {}: {e}", trial.id()));
         }
-        match decide_trial(state, &trial, &p, true).await {
+        match decide_trial(state, trial, true).await {
             Ok(Some(action)) if action.stops() => continue,
             Ok(Some(_)) => {}
             Ok(None) => {}
             Err(e) => {
-                errors.push(format!("trial {}: decision: {e}", trial.id));
+                errors.push(format!("trial {}: decision: {e}", trial.id()));
                 continue;
             }
         }
-        // The schedule may have changed (arms dropped): queue from the store.
-        let trial_id = trial.id;
-        let Some(trial) = state.db.read(move |s| s.trial(trial_id)).await? else {
-            continue;
-        };
-        match queue_one(state, trial, p).await {
+        match queue_one(state, trial).await {
             Ok(true) => queued += 1,
             Ok(false) => {}
             Err(e) => errors.push(e.to_string()),
@@ -158,20 +119,14 @@ pub(crate) async fn queue_assignments(state: &AppState) -> Result<String, JobErr
     }
 }
 
-pub(crate) async fn queue_one(
-    state: &AppState,
-    trial: TrialRow,
-    p: crate::service::store::ParticipantRow,
-) -> Result<bool, JobError> {
-    let protocol = Protocol::parse(&trial.protocol_toml, &format!("trial {}", trial.id))
-        .map_err(|e| JobError::Item(e.to_string()))?;
-    let tz = TimeZone::get(&p.time_zone)
-        .map_err(|e| JobError::Item(format!("participant {}: zone {}: {e}", p.key, p.time_zone)))?;
-    let time = assignment_time(&protocol, &p.assignment_time)
-        .ok_or_else(|| JobError::Item(format!("participant {}: bad assignment time", p.key)))?;
+/// Records today's run of `trial` with its assignment email (and, when on,
+/// the weekly summary), unless today already ran or is not a trial day.
+/// The schedule is read inside the write transaction, so a decision just
+/// taken (arms dropped) is what goes out.
+async fn queue_one(state: &AppState, trial: &LoadedTrial) -> Result<bool, JobError> {
     let now = state.clock.now();
-    let today = local_date(now, &tz);
-    if now < local_instant(today, time, &tz) {
+    let today = trial.today(now);
+    if now < trial.assignment_instant(today) {
         return Ok(false);
     }
     let link_key = state.link_key.clone();
@@ -182,20 +137,22 @@ pub(crate) async fn queue_one(
             24 * i64::from(state.config.email.link_valid_days),
         ))
         .unwrap_or(Timestamp::MAX);
+    let trial = trial.clone();
     let queued = state
         .db
         .write(move |s| {
-            let last = s.last_daily_run(trial.id)?;
+            let (id, p, protocol) = (trial.id(), &trial.participant, &trial.protocol);
+            let last = s.last_daily_run(id)?;
             if last.is_some_and(|l| l >= today) {
                 return Ok(false);
             }
-            let Some(row) = s.schedule_on(trial.id, today)? else {
+            let Some(row) = s.schedule_on(id, today)? else {
                 return Ok(false);
             };
+            let schedule = s.schedule(id)?;
             let missed: Vec<Date> = match last {
-                Some(last) => s
-                    .schedule(trial.id)?
-                    .into_iter()
+                Some(last) => schedule
+                    .iter()
                     .map(|d| d.local_date)
                     .filter(|d| *d > last && *d < today)
                     .collect(),
@@ -206,8 +163,8 @@ pub(crate) async fn queue_one(
                 participant_name: &p.name,
                 participant_id: p.id,
                 email: &p.email,
-                trial_id: trial.id,
-                protocol: &protocol,
+                trial_id: id,
+                protocol,
                 today: &row,
                 links: Some(notify::Links {
                     key: &link_key,
@@ -219,37 +176,23 @@ pub(crate) async fn queue_one(
             // Composed with every assignment; the outbox keeps the first of
             // each ISO week (the key names the week).
             if weekly {
-                let week_start = today
-                    .checked_sub(jiff::Span::new().days(7))
-                    .unwrap_or(today);
-                let days: Vec<u32> = s
-                    .schedule(trial.id)?
-                    .into_iter()
-                    .filter(|r| r.local_date >= week_start && r.local_date < today)
-                    .map(|r| r.day)
-                    .collect();
-                let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-                for (day, status) in s.adherence(trial.id)? {
-                    if days.contains(&day) {
-                        *counts.entry(status).or_default() += 1;
-                    }
-                }
+                let counts = notify::week_adherence(&schedule, &s.adherence(id)?, today);
+                // An unreadable stored fit leaves the estimate out; it
+                // never holds back the day's email.
                 let latest = s
-                    .latest_fit(trial.id, &protocol.outcome.stream)?
-                    .and_then(|f| {
-                        serde_json::from_str::<crate::engine::fit::FitReport>(&f.result_json).ok()
-                    });
+                    .latest_fit(id, &protocol.outcome.stream)?
+                    .and_then(|f| f.report().ok());
                 messages.push(notify::weekly_summary_message(
-                    recipient(&p),
-                    trial.id,
-                    &protocol,
+                    recipient(p),
+                    id,
+                    protocol,
                     today,
-                    &counts.into_iter().collect::<Vec<_>>(),
+                    &counts,
                     latest.as_ref(),
                     &base_url,
                 ));
             }
-            s.record_daily_run(trial.id, today, &missed, &messages, now)
+            s.record_daily_run(id, today, &missed, &messages, now)
         })
         .await?;
     Ok(queued)

@@ -16,8 +16,9 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::service::app::AppState;
+use crate::service::loaded::LoadedTrial;
 use crate::service::notify;
-use crate::service::store::{StoreError, TrialRow};
+use crate::service::store::StoreError;
 use crate::trial::lifecycle::TrialStatus;
 
 mod assignments;
@@ -193,25 +194,18 @@ pub async fn run_job(state: &AppState, kind: JobKind) {
     state.jobs.finish(kind, &result, state.clock.now());
 }
 
-/// Running trials with their participants.
+/// The running trials, loaded once for this tick; the ones that cannot be
+/// loaded come back as error messages.
 pub(crate) async fn running_trials(
     state: &AppState,
-) -> Result<Vec<(TrialRow, crate::service::store::ParticipantRow)>, JobError> {
+) -> Result<(Vec<LoadedTrial>, Vec<String>), JobError> {
     let (participants, trials) = state
         .db
         .read(|s| Ok((s.participants()?, s.trials()?)))
         .await?;
-    Ok(trials
-        .into_iter()
-        .filter(|t| t.status == TrialStatus::Running)
-        .filter_map(|t| {
-            let p = participants
-                .iter()
-                .find(|p| p.id == t.participant_id)?
-                .clone();
-            Some((t, p))
-        })
-        .collect())
+    let (loaded, errors) =
+        LoadedTrial::load_all(trials, &participants, |t| t.status == TrialStatus::Running);
+    Ok((loaded, errors.iter().map(|e| e.to_string()).collect()))
 }
 
 /// The participant as a message recipient.
