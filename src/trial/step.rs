@@ -170,6 +170,27 @@ pub struct LookFit<'a> {
     pub data_through: Date,
 }
 
+/// What earlier looks left: the periods already decided and the arms dropped.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LookHistory {
+    /// Periods with a decision.
+    pub decided: Vec<u32>,
+    /// Arms dropped by earlier decisions.
+    pub dropped: Vec<usize>,
+}
+
+impl LookHistory {
+    /// From the stored decisions: each one's period (none for a safety stop)
+    /// and decoded decision.
+    pub fn of(decisions: &[(Option<u32>, Option<Decision>)]) -> LookHistory {
+        let looks: Vec<Decision> = decisions.iter().filter_map(|d| d.1.clone()).collect();
+        LookHistory {
+            decided: decisions.iter().filter_map(|d| d.0).collect(),
+            dropped: lifecycle::dropped_arms(&looks),
+        }
+    }
+}
+
 /// A look the daemon takes, and the schedule rows it replaces.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DaemonLook {
@@ -184,7 +205,7 @@ pub struct DaemonLook {
 /// taken on `fit` (statistics.md §5), or `None` when no look is due.
 ///
 /// The due look is the latest period that ended before today with no
-/// decision in `decided` ([`lifecycle::look_due`]). Without `force` it
+/// decision in `history` ([`lifecycle::look_due`]). Without `force` it
 /// waits until the fit covers the period's last day; with it (before the
 /// next assignment goes out) it is taken on the data there are, as a missed
 /// rating may never come.
@@ -192,13 +213,12 @@ pub fn daemon_look(
     protocol: &Protocol,
     seed: u64,
     rows: &[DatedDay],
-    decided: &[u32],
-    dropped: &[usize],
+    history: &LookHistory,
     today: Date,
     fit: Option<LookFit<'_>>,
     force: bool,
 ) -> Result<Option<DaemonLook>, LifecycleError> {
-    let Some((period, done)) = lifecycle::look_due(rows, decided, today) else {
+    let Some((period, done)) = lifecycle::look_due(rows, &history.decided, today) else {
         return Ok(None);
     };
     let period_end = lifecycle::period_ends(rows)
@@ -212,7 +232,7 @@ pub fn daemon_look(
         return Ok(None);
     }
     let periods = lifecycle::periods_of(rows);
-    let look = look_after(&periods, done, protocol.arms.len(), dropped);
+    let look = look_after(&periods, done, protocol.arms.len(), &history.dropped);
     let thresholds = decide::thresholds(&protocol.decision, protocol.design.min_blocks);
     let step = step(
         protocol,
@@ -331,8 +351,7 @@ mod tests {
     /// arm and how many changed the plan by allocation.
     fn replay(p: &Protocol, seed: u64, trace: &[TracedLook]) -> (usize, usize) {
         let mut rows = dated(p, &design::plan(p, seed), date("2026-01-05")).unwrap();
-        let mut decided: Vec<u32> = Vec::new();
-        let mut decisions: Vec<Decision> = Vec::new();
+        let mut decisions: Vec<(Option<u32>, Option<Decision>)> = Vec::new();
         let (mut drops, mut allocations) = (0, 0);
         for (k, traced) in trace.iter().enumerate() {
             let period = traced.decision.look.period;
@@ -346,12 +365,12 @@ mod tests {
                 report,
                 data_through: end,
             });
-            let dropped = lifecycle::dropped_arms(&decisions);
-            let taken = daemon_look(p, seed, &rows, &decided, &dropped, today, fit, false)
+            let history = LookHistory::of(&decisions);
+            let taken = daemon_look(p, seed, &rows, &history, today, fit, false)
                 .unwrap()
                 .or_else(|| {
                     // No fit to wait for: the morning's forced look.
-                    daemon_look(p, seed, &rows, &decided, &dropped, today, fit, true).unwrap()
+                    daemon_look(p, seed, &rows, &history, today, fit, true).unwrap()
                 })
                 .unwrap_or_else(|| panic!("seed {seed} look {k}: the daemon found no look due"));
             // Compared as printed: the simulator skips the credible
@@ -375,8 +394,7 @@ mod tests {
                 traced.plan,
                 "seed {seed} look {k}: the plans differ after the look"
             );
-            decided.push(period);
-            decisions.push(taken.step.decision);
+            decisions.push((Some(period), Some(taken.step.decision)));
         }
         (drops, allocations)
     }

@@ -8,12 +8,18 @@ use crate::service::app::AppState;
 use crate::service::jobs::{JobError, recipient, running_trials};
 use crate::service::loaded::LoadedTrial;
 use crate::service::notify;
-use crate::service::store::{NewDecision, NewFit};
+use crate::service::store::{DecisionRow, NewDecision, NewFit};
 use crate::trial::decide::{Action, Decision};
-use crate::trial::lifecycle;
 use crate::trial::protocol::{Analysis, Outcome};
 use crate::trial::series;
-use crate::trial::step::{self, LookFit};
+use crate::trial::step::{self, LookFit, LookHistory};
+
+/// What the stored decisions of a trial left: periods decided, arms dropped.
+fn history_of(decisions: &[DecisionRow]) -> LookHistory {
+    let looks: Vec<(Option<u32>, Option<Decision>)> =
+        decisions.iter().map(|d| (d.period, d.decision())).collect();
+    LookHistory::of(&looks)
+}
 
 /// Refits every outcome of every running trial whose stream has data newer
 /// than its last fit (new observations or a later date), then takes the
@@ -88,8 +94,7 @@ async fn refit_one(
             ))
         })
         .await?;
-    let decisions: Vec<Decision> = decisions.iter().filter_map(|d| d.decision()).collect();
-    let dropped = lifecycle::dropped_arms(&decisions);
+    let dropped = history_of(&decisions).dropped;
     let schedule = if as_treated {
         series::as_treated(&schedule, &adherence, trial.protocol.comparator_index())
     } else {
@@ -167,9 +172,6 @@ pub(crate) async fn decide_trial(
             ))
         })
         .await?;
-    let decided: Vec<u32> = decisions.iter().filter_map(|d| d.period).collect();
-    let earlier: Vec<Decision> = decisions.iter().filter_map(|d| d.decision()).collect();
-    let dropped = lifecycle::dropped_arms(&earlier);
     // A stored report that no longer decodes counts as no fit (the look
     // then continues, or stops as inconclusive at the last period).
     let report = fit.as_ref().and_then(|f| match f.report() {
@@ -187,8 +189,7 @@ pub(crate) async fn decide_trial(
         protocol,
         trial.row.seed,
         &rows,
-        &decided,
-        &dropped,
+        &history_of(&decisions),
         today,
         look_fit,
         force,
