@@ -566,7 +566,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     calibrate: *calibrate,
                     progress: !*json,
                 };
-                let report = nof1d::trial::simulate::simulate_protocol(&p, &text, &options)?;
+                let report = nof1d::trial::simulate::simulate_protocol(
+                    &p,
+                    &nof1d::trial::protocol::ProtocolHash::of(&text),
+                    &options,
+                )?;
                 if !*json {
                     print!("{}", nof1d::trial::simulate::render(&report));
                 }

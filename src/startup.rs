@@ -261,14 +261,12 @@ async fn sync_participants(db: &Db, config: &Config, now: Timestamp) -> Result<(
     }
     let demo_zone = config.demo.enabled.then(|| config.demo.time_zone.clone());
     let demo_trial = db
-        .write(move |s| {
+        .write_with(move |s| -> Result<Option<i64>, DemoError> {
             for p in &resolved {
                 s.upsert_participant(p, false, now)?;
             }
             match demo_zone {
-                Some(zone) => demo::ensure_seeded(s, &zone, now)
-                    .map(Some)
-                    .map_err(|e| StoreError::Refused(e.to_string())),
+                Some(zone) => demo::ensure_seeded(s, &zone, now).map(Some),
                 None => Ok(None),
             }
         })

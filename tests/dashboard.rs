@@ -255,6 +255,16 @@ fn proposals_pause_self_report_and_api() {
         "{proposal}"
     );
     assert_eq!(proposal["simulated"]["trials"], 12);
+    // The simulation is stored under the hash of the proposal's text, and
+    // says so itself (it once hashed the protocol's id instead).
+    let hash = proposal["protocol_hash"].as_str().unwrap();
+    let stored = nof1d::service::store::Store::open_read_only(&data.join("nof1d.sqlite"))
+        .unwrap()
+        .design_simulation(hash)
+        .unwrap()
+        .expect("the simulation is stored under the protocol text's hash");
+    let report: serde_json::Value = serde_json::from_str(&stored.report_json).unwrap();
+    assert_eq!(report["protocol_hash"], hash);
     let rate = proposal["simulated"]["false_stop"][0].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&rate));
     let (status, page) = me.get(&d, "/proposals");

@@ -318,7 +318,11 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
             trials: sim_trials,
             ..crate::trial::simulate::SimOptions::default()
         };
-        match crate::trial::simulate::simulate_protocol(&protocol, &trial.protocol_toml, &options) {
+        match crate::trial::simulate::simulate_protocol(
+            &protocol,
+            &crate::trial::protocol::ProtocolHash::of(&trial.protocol_toml),
+            &options,
+        ) {
             Ok(r) => {
                 let d = &r.default;
                 b.push(Block::Para(format!(

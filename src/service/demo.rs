@@ -11,15 +11,12 @@
 //! Every step is idempotent, so a crash during seeding is repaired by the
 //! next start.
 
-use jiff::civil::Time;
 use jiff::{Span, Timestamp};
 
 use crate::engine::generate::ModelParams;
 use crate::service::config::ParticipantConfig;
-use crate::service::sources::DemoSource;
-use crate::service::store::{Proposal, SourceRow, StatusChange, Store};
+use crate::service::store::{Proposal, StatusChange, Store};
 use crate::trial::calendar::local_date;
-use crate::trial::calendar::parse_hhmm;
 use crate::trial::design;
 use crate::trial::lifecycle::{self, TrialStatus};
 use crate::trial::protocol::{Protocol, ProtocolHash};
@@ -156,56 +153,9 @@ pub fn ensure_seeded(store: &mut Store, time_zone: &str, now: Timestamp) -> Resu
     Ok(trial_id)
 }
 
-/// Builds the demo adapter from its stored source row.
-pub fn source_for(row: &SourceRow, store: &Store) -> Result<DemoSource, DemoError> {
-    let config: serde_json::Value = serde_json::from_str(&row.config_json)
-        .map_err(|e| DemoError::Invalid(format!("source {} config: {e}", row.name)))?;
-    let trial_id = config["trial_id"]
-        .as_i64()
-        .ok_or_else(|| DemoError::Invalid(format!("source {} has no trial_id", row.name)))?;
-    let seed: u64 = config["seed"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| DemoError::Invalid(format!("source {} has no seed", row.name)))?;
-    let trial = store
-        .trials()?
-        .into_iter()
-        .find(|t| t.id == trial_id)
-        .ok_or_else(|| DemoError::Invalid(format!("demo trial {trial_id} is missing")))?;
-    let participant = store
-        .participants()?
-        .into_iter()
-        .find(|p| p.id == row.participant_id)
-        .ok_or_else(|| DemoError::Invalid("demo participant is missing".into()))?;
-    let protocol = Protocol::parse(&trial.protocol_toml, "stored demo protocol")?;
-    let time_zone = jiff::tz::TimeZone::get(&participant.time_zone)
-        .map_err(|e| DemoError::Invalid(format!("zone {}: {e}", participant.time_zone)))?;
-    let (min, max) = protocol
-        .outcome
-        .self_report
-        .as_ref()
-        .map_or((0, 10), |s| (s.min, s.max));
-    let rating_time: Time = parse_hhmm(RATING_TIME).unwrap_or(Time::midnight());
-    Ok(DemoSource {
-        name: row.name.clone(),
-        stream: protocol.outcome.stream.clone(),
-        time_zone,
-        rating_time,
-        days: store
-            .schedule(trial_id)?
-            .into_iter()
-            .map(|d| (d.local_date, d.arm))
-            .collect(),
-        params: true_params(&protocol),
-        seed,
-        range: (min, max),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::sources::Source;
 
     #[test]
     fn seeding_is_idempotent_and_history_arrives_by_poll() {
@@ -219,7 +169,9 @@ mod tests {
         assert_eq!(store.counts().unwrap(), counts);
         let rows = store.sources().unwrap();
         assert_eq!(rows.len(), 1);
-        let source = source_for(&rows[0], &store).unwrap();
+        let source = crate::service::sources::adapter_for(&rows[0], &store)
+            .unwrap()
+            .expect("the demo kind has an adapter");
         let poll = source.poll(None, now).unwrap();
         // Days -42..-1 have their evening rating; today's (21:00) has not come.
         assert_eq!(poll.observations.len() as i64, HISTORY_DAYS);

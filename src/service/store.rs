@@ -2026,13 +2026,7 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
     {
-        let store = self.writer.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = store.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+        self.write_with(f).await
     }
 
     /// Runs `f` with the reader connection, off the async runtime.
@@ -2041,13 +2035,40 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Store) -> Result<T> + Send + 'static,
     {
+        self.read_with(f).await
+    }
+
+    /// [`Db::write`] for work that can fail for reasons of its own besides
+    /// the store's: `f`'s error type keeps them (it takes a [`StoreError`]).
+    pub async fn write_with<T, E, F>(&self, f: F) -> std::result::Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut Store) -> std::result::Result<T, E> + Send + 'static,
+    {
+        let store = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = store.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| E::from(StoreError::Task(e.to_string())))?
+    }
+
+    /// [`Db::read`] for work with errors of its own (see [`Db::write_with`]).
+    pub async fn read_with<T, E, F>(&self, f: F) -> std::result::Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Store) -> std::result::Result<T, E> + Send + 'static,
+    {
         let store = self.reader.clone();
         tokio::task::spawn_blocking(move || {
             let guard = store.lock().unwrap_or_else(|p| p.into_inner());
             f(&guard)
         })
         .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+        .map_err(|e| E::from(StoreError::Task(e.to_string())))?
     }
 }
 

@@ -21,7 +21,7 @@ use crate::engine::model::{ArmPath, Series};
 use crate::engine::spec::{Family, Mid, ModelSpec};
 use crate::trial::decide::{self, Action, Decision};
 use crate::trial::design;
-use crate::trial::protocol::Protocol;
+use crate::trial::protocol::{Protocol, ProtocolHash};
 use crate::trial::step;
 
 /// Named stress scenarios: features real series have and the model does
@@ -757,9 +757,6 @@ fn calibrate_threshold(trials: &[VirtualTrial], target: f64) -> f64 {
     (((pivot * 1e4).floor() + 1.0) / 1e4).max(MIN_EFFICACY)
 }
 
-/// Simulates a protocol's design: false stops under no effect, power under
-/// the effect, trial lengths and arm drops, at the protocol's thresholds and,
-/// when asked, at a calibrated efficacy threshold.
 /// Everything fixed for a protocol: arms, the effect arm, the scale `S`,
 /// the hyperpriors and the baseline the data are drawn from.
 fn setup_for<'a>(protocol: &'a Protocol, options: &'a SimOptions) -> Result<Setup<'a>, SimError> {
@@ -860,9 +857,13 @@ pub fn trace_virtual_trial(
     Ok(trace)
 }
 
+/// Simulates a protocol's design: false stops under no effect, power under
+/// the effect, trial lengths and arm drops, at the protocol's thresholds and,
+/// when asked, at a calibrated efficacy threshold. `hash` is the hash of the
+/// protocol's text (the report is stored and looked up under it).
 pub fn simulate_protocol(
     protocol: &Protocol,
-    source: &str,
+    hash: &ProtocolHash,
     options: &SimOptions,
 ) -> Result<SimulationReport, SimError> {
     let setup = setup_for(protocol, options)?;
@@ -932,7 +933,7 @@ pub fn simulate_protocol(
     let threads = options.threads.max(1);
     Ok(SimulationReport {
         protocol: protocol.id.clone(),
-        protocol_hash: crate::trial::protocol::ProtocolHash::of(source).to_string(),
+        protocol_hash: hash.to_string(),
         scenario: options.scenario,
         trials: n,
         effect,

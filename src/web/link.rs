@@ -8,7 +8,6 @@ use axum::response::{Html, IntoResponse, Response};
 use jiff::tz::TimeZone;
 
 use crate::service::app::AppState;
-use crate::service::store::StoreError;
 use crate::trial::calendar::local_date;
 use crate::trial::protocol::Protocol;
 
@@ -253,7 +252,7 @@ pub(super) async fn link_submit(
     if claim.action == LinkAction::SideEffect && form.stop.as_deref() == Some("1") {
         let stopped = state
             .db
-            .write(move |s| {
+            .write_with(move |s| {
                 crate::service::actions::adverse_event(
                     s,
                     trial_id,
@@ -262,7 +261,6 @@ pub(super) async fn link_submit(
                     "participant",
                     now,
                 )
-                .map_err(|e| StoreError::Refused(e.to_string()))
             })
             .await;
         paragraphs.push(match stopped {

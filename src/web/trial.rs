@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::service::app::AppState;
 use crate::service::store::{LinkOutcome, LinkWhat, StoreError};
 use crate::trial::calendar::local_date;
-use crate::trial::protocol::Protocol;
+use crate::trial::protocol::{Outcome, Protocol};
 
 use super::access::CsrfForm;
 use super::{Viewer, arm_label, csrf_refused, internal, nav};
@@ -106,8 +106,12 @@ pub struct TrialDetail {
     pub view: super::Role,
     /// Arms as the viewer sees them.
     pub arms: Vec<String>,
-    /// Outcome stream, unit and MID.
+    /// Outcome stream, unit and MID as the protocol states it.
     pub outcome: (String, String, f64),
+    /// The effect charts' reference lines, on the link scale the effects
+    /// are drawn on: no effect, better by the MID, worse by the MID.
+    #[serde(skip)]
+    pub effect_lines: Vec<(f64, String)>,
     /// The protocol's efficacy and futility thresholds on P(better by MID).
     pub thresholds: (f64, f64),
     /// The outcome is a self-report with this range (for the form).
@@ -250,6 +254,7 @@ async fn trial_detail(
                     protocol.outcome.unit.clone(),
                     protocol.outcome.mid,
                 ),
+                effect_lines: effect_lines(&protocol.outcome),
                 thresholds: (protocol.decision.efficacy, protocol.decision.futility),
                 self_report: protocol
                     .outcome
@@ -357,6 +362,28 @@ fn conceal_decision(
     d
 }
 
+/// The reference lines of an effect chart. Effects are estimated and drawn
+/// on the link scale (`statistics.md` §3), so the MID is drawn there too
+/// ([`Mid::link`]): at `±MID` in outcome units for the identity link, at
+/// `±ln r` for a stated rate or odds ratio `r`. Each line says which side
+/// is better for the participant.
+fn effect_lines(outcome: &Outcome) -> Vec<(f64, String)> {
+    let mid = outcome.mid();
+    let better = outcome.direction.sign() * mid.link();
+    let stated = |y: f64| {
+        if outcome.family.has_ratio_mid() {
+            format!("ratio {:.2}", y.exp())
+        } else {
+            format!("{y:+}")
+        }
+    };
+    vec![
+        (0.0, "no effect".to_string()),
+        (better, format!("{}: better by the MID", stated(better))),
+        (-better, format!("{}: worse by the MID", stated(-better))),
+    ]
+}
+
 /// A decision's numbers in a line: each arm's P(better by MID) and P(best),
 /// as the viewer names the arms.
 fn decision_numbers(row: &crate::service::store::DecisionRow, d: &TrialDetail) -> String {
@@ -427,7 +454,6 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
     });
     let n_effects = d.fits.last().map_or(0, |f| f.effects.len());
     let xs: Vec<f64> = d.fits.iter().map(|f| f.day).collect();
-    let mid = d.outcome.2;
     let (efficacy, futility) = d.thresholds;
     let efficacy_label = format!("efficacy {efficacy}");
     let futility_label = format!("futility {futility}");
@@ -450,7 +476,10 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
             &mean,
             &lo,
             &hi,
-            &[(0.0, "no effect"), (mid, "+MID"), (-mid, "−MID")],
+            &d.effect_lines
+                .iter()
+                .map(|(y, label)| (*y, label.as_str()))
+                .collect::<Vec<_>>(),
         ));
         let p_mid: Vec<f64> = series.iter().map(|e| e.p_better_by_mid).collect();
         let p_best: Vec<f64> = series.iter().map(|e| e.p_best).collect();
@@ -556,24 +585,17 @@ pub(super) async fn trial_action(
     };
     let result = state
         .db
-        .write(move |s| {
-            let r = match action.as_str() {
-                "approve" => crate::service::actions::approve(s, id, None, actor, now).map(|_| ()),
-                "reject" => {
-                    crate::service::actions::stop(s, id, "rejected on the dashboard", actor, now)
-                }
-                "pause" => {
-                    crate::service::actions::pause(s, id, "paused on the dashboard", actor, now)
-                }
-                "resume" => crate::service::actions::resume(s, id, None, actor, now).map(|_| ()),
-                "stop" => {
-                    crate::service::actions::stop(s, id, "stopped on the dashboard", actor, now)
-                }
-                other => Err(crate::service::actions::ActionError::Refused(format!(
-                    "unknown action {other:?}"
-                ))),
-            };
-            r.map_err(|e| StoreError::Refused(e.to_string()))
+        .write_with(move |s| match action.as_str() {
+            "approve" => crate::service::actions::approve(s, id, None, actor, now).map(|_| ()),
+            "reject" => {
+                crate::service::actions::stop(s, id, "rejected on the dashboard", actor, now)
+            }
+            "pause" => crate::service::actions::pause(s, id, "paused on the dashboard", actor, now),
+            "resume" => crate::service::actions::resume(s, id, None, actor, now).map(|_| ()),
+            "stop" => crate::service::actions::stop(s, id, "stopped on the dashboard", actor, now),
+            other => Err(crate::service::actions::ActionError::Refused(format!(
+                "unknown action {other:?}"
+            ))),
         })
         .await;
     match result {
@@ -831,5 +853,37 @@ pub(super) async fn report_submit(
     match result {
         Ok(words) => report_response(&state, &viewer, id, Some((true, words))).await,
         Err(e) => refuse(e.to_string()).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome_of(file: &str, text: &str) -> Outcome {
+        Protocol::parse(text, file).unwrap().outcome
+    }
+
+    #[test]
+    fn mid_lines_sit_on_the_link_scale_on_the_better_side() {
+        // Bernoulli, lower is better, odds ratio 1.5: effects are log odds
+        // ratios, so the MID lines are at -ln 1.5 (better) and +ln 1.5.
+        let o = outcome_of(
+            "magnesium-migraine.toml",
+            include_str!("../../protocols/magnesium-migraine.toml"),
+        );
+        let lines = effect_lines(&o);
+        assert_eq!(lines[0].0, 0.0);
+        assert!((lines[1].0 - (-(1.5f64.ln()))).abs() < 1e-12, "{lines:?}");
+        assert!((lines[2].0 - 1.5f64.ln()).abs() < 1e-12, "{lines:?}");
+        assert_eq!(lines[1].1, "ratio 0.67: better by the MID");
+        // Gaussian, lower is better, MID 1: outcome units.
+        let o = outcome_of(
+            "meditation-anxiety.toml",
+            include_str!("../../protocols/meditation-anxiety.toml"),
+        );
+        let lines = effect_lines(&o);
+        assert_eq!((lines[1].0, lines[2].0), (-1.0, 1.0));
+        assert_eq!(lines[1].1, "-1: better by the MID");
     }
 }

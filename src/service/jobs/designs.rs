@@ -7,7 +7,7 @@ use crate::engine::spec::Family;
 use crate::service::app::AppState;
 use crate::service::store::DesignSimulationRow;
 use crate::trial::lifecycle::TrialStatus;
-use crate::trial::protocol::Protocol;
+use crate::trial::protocol::{Protocol, ProtocolHash};
 use crate::trial::simulate::SimOptions;
 
 use super::JobError;
@@ -52,8 +52,16 @@ pub(crate) async fn simulate_pending_designs(state: &AppState) -> Result<String,
         if *state.stopping.borrow() {
             break;
         }
+        let locked = ProtocolHash(hash.clone());
         let simulated = tokio::task::spawn_blocking(move || {
             let protocol = Protocol::parse(&text, "stored protocol").map_err(|e| e.to_string())?;
+            // The stored hash of this very text: the report is kept under it.
+            if ProtocolHash::of(&text) != locked {
+                return Err(format!(
+                    "stored protocol text does not match its hash {}",
+                    locked.short()
+                ));
+            }
             let options = SimOptions {
                 trials: simulation_trials(&protocol, configured),
                 threads: 1,
@@ -61,9 +69,8 @@ pub(crate) async fn simulate_pending_designs(state: &AppState) -> Result<String,
                 ..SimOptions::default()
             };
             let started = std::time::Instant::now();
-            let report =
-                crate::trial::simulate::simulate_protocol(&protocol, &protocol.id, &options)
-                    .map_err(|e| e.to_string())?;
+            let report = crate::trial::simulate::simulate_protocol(&protocol, &locked, &options)
+                .map_err(|e| e.to_string())?;
             let json = serde_json::to_string(&report).map_err(|e| e.to_string())?;
             Ok::<_, String>((
                 report.trials,

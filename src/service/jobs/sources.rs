@@ -5,11 +5,9 @@
 use jiff::Timestamp;
 
 use crate::service::app::AppState;
-use crate::service::demo::{self};
 use crate::service::jobs::{JobError, recipient};
-use crate::service::notify::{self};
-use crate::service::sources::Source;
-use crate::service::store::StoreError;
+use crate::service::notify;
+use crate::service::sources::adapter_for;
 
 /// Polls every source with a known adapter; one failing source does not stop the others.
 pub(crate) async fn poll_sources(state: &AppState) -> Result<String, JobError> {
@@ -26,25 +24,15 @@ pub(crate) async fn poll_sources(state: &AppState) -> Result<String, JobError> {
         let participant_id = row.participant_id;
         let last_success = row.last_success_at.clone();
         let created = row.created_at.clone();
-        let polled = match row.kind.as_str() {
-            demo::SOURCE_KIND => {
-                let cursor = row.cursor.clone();
-                state
-                    .db
-                    .read(move |s| {
-                        demo::source_for(&row, s).map_err(|e| StoreError::Refused(e.to_string()))
-                    })
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|source| {
-                        source
-                            .poll(cursor.as_deref(), now)
-                            .map_err(|e| e.to_string())
-                    })
-            }
-            // Ratings arrive through links and forms, not by polling.
-            "self_report" => continue,
-            other => Err(format!("no adapter for source kind {other:?}")),
+        let cursor = row.cursor.clone();
+        let adapter = state.db.read_with(move |s| adapter_for(&row, s)).await;
+        let polled = match adapter {
+            // Observations of this kind arrive through links and forms.
+            Ok(None) => continue,
+            Ok(Some(source)) => source
+                .poll(cursor.as_deref(), now)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
         };
         match polled {
             Ok(poll) => {

@@ -1,57 +1,17 @@
-//! Data sources: adapters that yield normalised observations into the store.
-//!
-//! A source is polled with the cursor it returned last time and answers with
-//! new observations and a new cursor; the store records both in one
-//! transaction, and `(source, source_record_id)` is unique, so a re-read or a
-//! crash between poll and commit never duplicates or loses a row. Real
-//! connectors (Apple Health, CSV drops, vendor APIs) will implement the same
-//! trait; today the only adapter is the demo participant's simulator.
+//! The demo participant's source: a simulated person whose evening rating
+//! follows the model of `statistics.md` §2 along the demo trial's schedule,
+//! with a known effect.
 
 use jiff::Timestamp;
 use jiff::civil::{Date, Time};
 use jiff::tz::TimeZone;
 
 use crate::engine::generate::{ModelParams, simulate_daily};
-use crate::service::store::NewObservation;
-use crate::trial::calendar::{local_date, local_instant};
-
-/// Why a poll failed. The cursor is not advanced.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    /// The adapter's stored configuration is unusable.
-    #[error("source {source_name}: bad configuration: {message}")]
-    Config {
-        /// The source.
-        source_name: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// The stored cursor could not be read.
-    #[error("source {source_name}: bad cursor {cursor:?}")]
-    Cursor {
-        /// The source.
-        source_name: String,
-        /// The cursor.
-        cursor: String,
-    },
-}
-
-/// What one poll returns.
-#[derive(Debug, Clone, Default)]
-pub struct Poll {
-    /// New (or re-read) observations.
-    pub observations: Vec<NewObservation>,
-    /// Where the next poll resumes; `None` keeps the old cursor.
-    pub cursor: Option<String>,
-}
-
-/// A data source adapter.
-pub trait Source: Send + Sync {
-    /// The source's name (unique per participant).
-    fn name(&self) -> &str;
-    /// Reads what is new since `cursor`, as of `now`.
-    fn poll(&self, cursor: Option<&str>, now: Timestamp) -> Result<Poll, SourceError>;
-}
+use crate::service::demo::{RATING_TIME, true_params};
+use crate::service::sources::{Poll, Source, SourceError};
+use crate::service::store::{NewObservation, SourceRow, Store};
+use crate::trial::calendar::{local_date, local_instant, parse_hhmm};
+use crate::trial::protocol::Protocol;
 
 /// The demo participant: a simulated person whose evening rating follows the
 /// model of `statistics.md` §2 along the demo trial's schedule, with a known
@@ -129,6 +89,58 @@ impl Source for DemoSource {
             observations,
         })
     }
+}
+
+/// Builds the demo adapter from its stored source row: the demo trial's
+/// schedule and protocol, and the simulation seed kept in its configuration.
+pub fn adapter(row: &SourceRow, store: &Store) -> Result<Box<dyn Source>, SourceError> {
+    let bad = |message: String| SourceError::Config {
+        source_name: row.name.clone(),
+        message,
+    };
+    let config: serde_json::Value =
+        serde_json::from_str(&row.config_json).map_err(|e| bad(format!("config: {e}")))?;
+    let trial_id = config["trial_id"]
+        .as_i64()
+        .ok_or_else(|| bad("no trial_id".into()))?;
+    let seed: u64 = config["seed"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no seed".into()))?;
+    let trial = store
+        .trials()?
+        .into_iter()
+        .find(|t| t.id == trial_id)
+        .ok_or_else(|| bad(format!("demo trial {trial_id} is missing")))?;
+    let participant = store
+        .participants()?
+        .into_iter()
+        .find(|p| p.id == row.participant_id)
+        .ok_or_else(|| bad("demo participant is missing".into()))?;
+    let protocol = Protocol::parse(&trial.protocol_toml, "stored demo protocol")
+        .map_err(|e| bad(e.to_string()))?;
+    let time_zone = jiff::tz::TimeZone::get(&participant.time_zone)
+        .map_err(|e| bad(format!("zone {}: {e}", participant.time_zone)))?;
+    let (min, max) = protocol
+        .outcome
+        .self_report
+        .as_ref()
+        .map_or((0, 10), |s| (s.min, s.max));
+    let rating_time: Time = parse_hhmm(RATING_TIME).unwrap_or(Time::midnight());
+    Ok(Box::new(DemoSource {
+        name: row.name.clone(),
+        stream: protocol.outcome.stream.clone(),
+        time_zone,
+        rating_time,
+        days: store
+            .schedule(trial_id)?
+            .into_iter()
+            .map(|d| (d.local_date, d.arm))
+            .collect(),
+        params: true_params(&protocol),
+        seed,
+        range: (min, max),
+    }))
 }
 
 #[cfg(test)]

@@ -1,0 +1,92 @@
+//! Data sources: adapters that yield normalised observations into the store.
+//!
+//! A source is polled with the cursor it returned last time and answers with
+//! new observations and a new cursor; the store records both in one
+//! transaction, and `(source, source_record_id)` is unique, so a re-read or a
+//! crash between poll and commit never duplicates or loses a row.
+//!
+//! A connector is one file in this folder (implementing [`Source`] and a
+//! builder from its stored row) plus one line in [`ADAPTERS`]. Today the
+//! only one is the demo participant's simulator.
+
+use jiff::Timestamp;
+
+use crate::service::store::{NewObservation, SourceRow, Store, StoreError};
+
+pub mod demo;
+
+/// Builds a source's adapter from its stored row (kind, configuration,
+/// cursor) and whatever else in the store it needs.
+pub type Builder = fn(&SourceRow, &Store) -> Result<Box<dyn Source>, SourceError>;
+
+/// The registry: each source kind and its adapter's builder.
+pub const ADAPTERS: &[(&str, Builder)] = &[(crate::service::demo::SOURCE_KIND, demo::adapter)];
+
+/// Kinds whose observations arrive by other ways (email links, forms) and
+/// are never polled.
+pub const UNPOLLED: &[&str] = &["self_report"];
+
+/// The adapter of a stored source: `None` for a kind that is never polled,
+/// an error for a kind no adapter knows.
+pub fn adapter_for(row: &SourceRow, store: &Store) -> Result<Option<Box<dyn Source>>, SourceError> {
+    if UNPOLLED.contains(&row.kind.as_str()) {
+        return Ok(None);
+    }
+    let (_, build) = ADAPTERS
+        .iter()
+        .find(|(kind, _)| *kind == row.kind)
+        .ok_or_else(|| SourceError::UnknownKind {
+            source_name: row.name.clone(),
+            kind: row.kind.clone(),
+        })?;
+    build(row, store).map(Some)
+}
+
+/// Why a poll failed. The cursor is not advanced.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The adapter's stored configuration is unusable.
+    #[error("source {source_name}: bad configuration: {message}")]
+    Config {
+        /// The source.
+        source_name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No adapter knows this kind of source.
+    #[error("source {source_name}: no adapter for source kind {kind:?}")]
+    UnknownKind {
+        /// The source.
+        source_name: String,
+        /// Its stored kind.
+        kind: String,
+    },
+    /// Reading what the adapter needs from the store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored cursor could not be read.
+    #[error("source {source_name}: bad cursor {cursor:?}")]
+    Cursor {
+        /// The source.
+        source_name: String,
+        /// The cursor.
+        cursor: String,
+    },
+}
+
+/// What one poll returns.
+#[derive(Debug, Clone, Default)]
+pub struct Poll {
+    /// New (or re-read) observations.
+    pub observations: Vec<NewObservation>,
+    /// Where the next poll resumes; `None` keeps the old cursor.
+    pub cursor: Option<String>,
+}
+
+/// A data source adapter.
+pub trait Source: Send + Sync {
+    /// The source's name (unique per participant).
+    fn name(&self) -> &str;
+    /// Reads what is new since `cursor`, as of `now`.
+    fn poll(&self, cursor: Option<&str>, now: Timestamp) -> Result<Poll, SourceError>;
+}
