@@ -14,12 +14,12 @@ use tokio::sync::watch;
 use tokio_cron_scheduler::{Job as CronJob, JobScheduler};
 
 use crate::service::app::{AppState, Auth};
+use crate::service::clock::Clock;
 use crate::service::config::{Config, ConfigError};
 use crate::service::demo::{self, DemoError};
 use crate::service::jobs::{JobBoard, JobKind, run_job};
 use crate::service::lock::{DataLock, LockError};
 use crate::service::store::{Db, StoreError};
-use crate::trial::calendar::Clock;
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]

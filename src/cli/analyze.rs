@@ -24,6 +24,9 @@ pub enum AnalyzeError {
     /// Rows that did not parse (at most 20 listed).
     #[error("{} bad row(s):\n{}", .0.len(), .0.iter().take(20).cloned().collect::<Vec<_>>().join("\n"))]
     Rows(Vec<String>),
+    /// The model could not be fitted to the data.
+    #[error(transparent)]
+    Fit(#[from] crate::engine::model::ModelError),
 }
 
 /// Which columns to read; `None` picks the defaults.
@@ -415,38 +418,38 @@ pub struct InputSummary {
 }
 
 /// Reads, fits and summarises.
-pub fn analyze(text: &str, req: &Request) -> Result<Analysis, String> {
-    let run = |as_treated: bool| -> Result<(Prepared, crate::engine::fit::FitReport), String> {
-        let prepared = prepare(
-            text,
-            &req.columns,
-            as_treated,
-            req.known_arms.as_deref(),
-            &req.comparator,
-            req.outcome.aggregation,
-        )
-        .map_err(|e| e.to_string())?;
-        let model = req.outcome.model_spec();
-        let spec = crate::engine::fit::FitSpec {
-            model: &model,
-            arm_keys: prepared.arm_keys.clone(),
-            run_in_sd: None,
-            method: req.method,
-            seed: req.seed,
-            mcmc: match req.method {
-                crate::engine::fit::Method::Nuts => {
-                    crate::engine::inference::McmcOptions::nuts_default()
-                }
-                _ => crate::engine::inference::McmcOptions::default(),
-            },
-            grid: crate::engine::inference::GridOptions::default(),
-            dropped: Vec::new(),
-            path: true,
-            intervals: true,
+pub fn analyze(text: &str, req: &Request) -> Result<Analysis, AnalyzeError> {
+    let run =
+        |as_treated: bool| -> Result<(Prepared, crate::engine::fit::FitReport), AnalyzeError> {
+            let prepared = prepare(
+                text,
+                &req.columns,
+                as_treated,
+                req.known_arms.as_deref(),
+                &req.comparator,
+                req.outcome.aggregation,
+            )?;
+            let model = req.outcome.model_spec();
+            let spec = crate::engine::fit::FitSpec {
+                model: &model,
+                arm_keys: prepared.arm_keys.clone(),
+                run_in_sd: None,
+                method: req.method,
+                seed: req.seed,
+                mcmc: match req.method {
+                    crate::engine::fit::Method::Nuts => {
+                        crate::engine::inference::McmcOptions::nuts_default()
+                    }
+                    _ => crate::engine::inference::McmcOptions::default(),
+                },
+                grid: crate::engine::inference::GridOptions::default(),
+                dropped: Vec::new(),
+                path: true,
+                intervals: true,
+            };
+            let fit = crate::engine::fit::fit(&prepared.series, &spec)?;
+            Ok((prepared, fit))
         };
-        let fit = crate::engine::fit::fit(&prepared.series, &spec).map_err(|e| e.to_string())?;
-        Ok((prepared, fit))
-    };
     // Intention to treat is the primary analysis; as treated beside it when
     // the CSV says which arm was actually taken (statistics.md §1).
     let (prepared, fit) = run(false)?;

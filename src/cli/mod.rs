@@ -2,4 +2,5 @@
 
 pub mod analyze;
 pub mod bench;
+pub mod commands;
 pub mod report;

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use tokio::sync::watch;
 
+use crate::service::clock::Clock;
 use crate::service::config::{Config, Secret};
 use crate::service::jobs::JobBoard;
 use crate::service::links::LinkKey;
 use crate::service::store::Db;
-use crate::trial::calendar::Clock;
 
 /// Dashboard authentication, resolved at start-up.
 #[derive(Debug, Clone, Default)]

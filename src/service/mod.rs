@@ -3,6 +3,7 @@
 
 pub mod actions;
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod jobs;

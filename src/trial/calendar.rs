@@ -1,13 +1,11 @@
-//! Local calendar days and the clock.
-//!
-//! Trials live on the participant's civil calendar (IANA zone): a day is a
-//! civil date, never "24 hours", so DST changes neither create nor lose a day
-//! (`statistics.md` §1). The [`Clock`] is the daemon's only source of "now";
-//! a scaled clock runs simulated time faster for demos and tests.
+//! Local calendar days: trials live on the participant's civil calendar
+//! (IANA zone); a day is a civil date, never "24 hours", so DST changes
+//! neither create nor lose a day (`statistics.md` §1). Pure: "now" is always
+//! a parameter (the daemon's clock is `service::clock`).
 
+use jiff::Timestamp;
 use jiff::civil::{Date, Time};
 use jiff::tz::TimeZone;
-use jiff::{SignedDuration, Timestamp};
 
 /// The civil date at `at` in `tz`.
 pub fn local_date(at: Timestamp, tz: &TimeZone) -> Date {
@@ -31,62 +29,6 @@ pub fn local_instant(date: Date, time: Time, tz: &TimeZone) -> Timestamp {
         Ok(z) => z.timestamp(),
         // Only reachable at the ends of jiff's supported range.
         Err(_) => Timestamp::MAX,
-    }
-}
-
-/// The daemon's clock: real time, or simulated time running `scale` times
-/// faster than real time since the real instant `anchor`, from the simulated
-/// instant `start` (`sim = start + (real - anchor) * scale`).
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    anchor: Timestamp,
-    start: Timestamp,
-    scale: f64,
-}
-
-impl Clock {
-    /// Real time.
-    pub fn system() -> Clock {
-        Clock {
-            anchor: Timestamp::UNIX_EPOCH,
-            start: Timestamp::UNIX_EPOCH,
-            scale: 1.0,
-        }
-    }
-
-    /// Simulated time: equal to real time at `anchor`, `scale` times faster after.
-    pub fn scaled(anchor: Timestamp, scale: f64) -> Clock {
-        Clock::scaled_from(anchor, anchor, scale)
-    }
-
-    /// Simulated time: `start` at the real instant `anchor`, `scale` times faster after.
-    pub fn scaled_from(anchor: Timestamp, start: Timestamp, scale: f64) -> Clock {
-        Clock {
-            anchor,
-            start,
-            scale,
-        }
-    }
-
-    /// Simulated seconds per real second.
-    pub fn scale(&self) -> f64 {
-        self.scale
-    }
-
-    /// Now, on this clock.
-    pub fn now(&self) -> Timestamp {
-        self.at(Timestamp::now())
-    }
-
-    /// The simulated instant that corresponds to real instant `real`.
-    pub fn at(&self, real: Timestamp) -> Timestamp {
-        if self.scale == 1.0 && self.start == self.anchor {
-            return real;
-        }
-        let elapsed = real.duration_since(self.anchor).as_secs_f64() * self.scale;
-        self.start
-            .checked_add(SignedDuration::from_secs_f64(elapsed))
-            .unwrap_or(Timestamp::MAX)
     }
 }
 
@@ -135,18 +77,5 @@ mod tests {
             &tz,
         );
         assert_eq!(fold.to_string(), "2026-11-01T05:30:00Z");
-    }
-
-    #[test]
-    fn scaled_clock_runs_faster_from_anchor() {
-        let anchor: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        let clock = Clock::scaled(anchor, 1440.0);
-        let real = anchor + SignedDuration::from_secs(60);
-        assert_eq!(clock.at(real).to_string(), "2026-01-02T00:00:00Z");
-        assert_eq!(Clock::system().at(real), real);
-        // A fixed start at real speed: the same instant whenever it runs.
-        let start: Timestamp = "2026-11-25T12:00:00Z".parse().unwrap();
-        let pinned = Clock::scaled_from(anchor, start, 1.0);
-        assert_eq!(pinned.at(real).to_string(), "2026-11-25T12:01:00Z");
     }
 }

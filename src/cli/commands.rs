@@ -1,0 +1,774 @@
+//! The command table: `nof1d`'s subcommands (clap), logging set-up, and
+//! each command's call into the library. This is the binary's edge, the
+//! one place where errors become `anyhow` and an exit code.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::service::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "nof1d", version, about = "Adaptive N-of-1 trial daemon")]
+struct Cli {
+    /// Configuration file. Without this flag, ./nof1d.toml is read if it
+    /// exists, else embedded defaults are used.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+
+    /// Log filter (overrides the config's log.level), e.g. `debug`.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: jobs, emails and the dashboard.
+    Serve {
+        /// Seed a simulated demo participant with a running trial.
+        #[arg(long)]
+        demo: bool,
+        /// Address for the dashboard (default 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Data folder (default ./nof1d-data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Simulated seconds per real second, for demos and tests (1 = real time).
+        #[arg(long)]
+        time_scale: Option<f64>,
+    },
+    /// Work with protocol files.
+    Protocol {
+        #[command(subcommand)]
+        command: ProtocolCommand,
+    },
+    /// Fit the model to a CSV of (time, arm, outcome) rows and print each arm's effect.
+    Analyze {
+        /// CSV file with a time column (day number, date or timestamp), an arm column and an outcome column.
+        #[arg(long)]
+        data: PathBuf,
+        /// Protocol file (arms, comparator, family, direction, MID, priors).
+        #[arg(long)]
+        protocol: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Without a protocol: the comparator arm's label.
+        #[arg(long)]
+        comparator: Option<String>,
+        /// Without a protocol: observation family.
+        #[arg(long, default_value = "gaussian")]
+        family: String,
+        /// Without a protocol: minimal important difference (outcome units, >= 0).
+        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+        mid: f64,
+        /// Without a protocol: trials per observation (binomial family).
+        #[arg(long)]
+        trials: Option<u32>,
+        /// Without a protocol: `higher` or `lower` is better.
+        #[arg(long, default_value = "higher")]
+        direction: String,
+        /// Name of the time column (default: day, date, time or timestamp).
+        #[arg(long)]
+        time_col: Option<String>,
+        /// Name of the arm column (default: arm).
+        #[arg(long)]
+        arm_col: Option<String>,
+        /// Name of the outcome column (default: the one remaining column).
+        #[arg(long)]
+        outcome_col: Option<String>,
+        /// Column with the arm actually taken: adds an as-treated analysis beside intention to treat.
+        #[arg(long)]
+        taken_col: Option<String>,
+        /// Inference: `grid` (fast, deterministic), `nuts` (the NUTS reference)
+        /// or `mcmc` (adaptive Metropolis, gradient-free).
+        #[arg(long, default_value = "grid")]
+        method: String,
+        /// Seed for MCMC and P(best) draws.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Run whole virtual trials of a protocol (schedule, data, every refit and
+    /// decision as the daemon takes them) and report its error rates.
+    Simulate {
+        /// Protocol file.
+        #[arg(long)]
+        protocol: PathBuf,
+        /// True effect of the first non-comparator arm in the "effect" condition
+        /// (outcome units; a ratio for log/logit families). Default: the MID.
+        #[arg(long, allow_negative_numbers = true)]
+        effect: Option<f64>,
+        /// Virtual trials per condition.
+        #[arg(long, default_value_t = 1000)]
+        trials: usize,
+        /// Print the JSON report on stdout instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Also find the efficacy threshold that keeps false stops at or below
+        /// TARGET (default 0.05) with 95% confidence, and check it on fresh
+        /// virtual trials.
+        #[arg(long, num_args = 0..=1, default_missing_value = "0.05")]
+        calibrate: Option<f64>,
+        /// Data: `prior` (from the model) or a stress scenario: trend, weekly,
+        /// heavy_tails, long_carryover, missing_run; `all` runs each in turn.
+        #[arg(long, default_value = "prior")]
+        scenario: String,
+        /// Probability that a day's observation is missing.
+        #[arg(long, default_value_t = 0.1)]
+        missing: f64,
+        /// Probability that a day's assigned arm is not taken (the comparator is).
+        #[arg(long, default_value_t = 0.05)]
+        non_adherence: f64,
+        /// Master seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Where to write the JSON report (default: simulate-<protocol>.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Benchmarks and statistical checks of the engine (JSON on stdout).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+    /// Trials: list, propose, approve, pause, resume, stop, adverse events.
+    Trial {
+        /// Data folder (default: from the config).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+        /// Who is acting, for the trial's record.
+        #[arg(long, global = true, default_value = "investigator (cli)")]
+        actor: String,
+        #[command(subcommand)]
+        command: TrialCommand,
+    },
+    /// A trial's report: protocol, schedule as run, adherence, each effect's
+    /// posterior, the decision trail and the design's simulated error rates.
+    Report {
+        /// Trial id (see `nof1d trial list`).
+        trial: i64,
+        /// Output format: text, markdown or html.
+        #[arg(long, default_value = "text")]
+        format: String,
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Virtual trials for the design's error rates (0 to skip).
+        #[arg(long, default_value_t = 200)]
+        sim_trials: usize,
+        /// Data folder (default: from the config).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Print the argon2 hash of a dashboard password read from standard input
+    /// (its first line), for `web.password_hash` or `web.investigator_password_hash`.
+    HashPassword,
+    /// Write a consistent copy of the database to FILE (safe while the daemon runs).
+    Backup {
+        /// Destination file (must not exist).
+        file: PathBuf,
+        /// Data folder (default: from the config).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Time the filter and the grid fit on simulated two-arm data.
+    Engine {
+        /// Series lengths in days.
+        #[arg(long, value_delimiter = ',', default_value = "365,3650")]
+        days: Vec<usize>,
+        /// Grid fits per length (the median is reported).
+        #[arg(long, default_value_t = 20)]
+        reps: usize,
+        /// Also run the MCMC references: adaptive Metropolis with this many
+        /// draws per chain, and NUTS.
+        #[arg(long)]
+        mcmc_draws: Option<usize>,
+        /// Draws kept per NUTS chain (after 1500 warm-up), for a longer
+        /// reference than the default.
+        #[arg(long, default_value_t = 2000)]
+        nuts_draws: usize,
+    },
+    /// Print a simulated two-arm daily series as CSV (day,arm,y) for comparisons.
+    Simulate {
+        /// Days.
+        #[arg(long, default_value_t = 365)]
+        days: usize,
+        /// True effect of `treatment` against `control`.
+        #[arg(long, default_value_t = -1.5, allow_negative_numbers = true)]
+        effect: f64,
+        /// Seed.
+        #[arg(long, default_value_t = 11)]
+        seed: u64,
+    },
+    /// Simulation-based calibration of a family's fit.
+    Sbc {
+        /// gaussian, poisson, bernoulli, binomial or beta.
+        #[arg(long, default_value = "gaussian")]
+        family: String,
+        /// Replications.
+        #[arg(long, default_value_t = 1000)]
+        reps: usize,
+        /// Days per simulated series.
+        #[arg(long, default_value_t = 84)]
+        days: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrialCommand {
+    /// List trials with their status.
+    List,
+    /// Propose a protocol for a participant (locks the protocol and draws the seed).
+    Propose {
+        /// Protocol file.
+        file: PathBuf,
+        /// Participant key (from the config; `demo` for the demo).
+        #[arg(long)]
+        participant: String,
+    },
+    /// Approve a proposed trial; it starts on --start (default: tomorrow).
+    Approve {
+        /// Trial id.
+        id: i64,
+        /// First day, YYYY-MM-DD in the participant's calendar.
+        #[arg(long)]
+        start: Option<String>,
+    },
+    /// Reject a proposed trial.
+    Reject {
+        /// Trial id.
+        id: i64,
+        /// Why.
+        #[arg(long, default_value = "rejected")]
+        reason: String,
+    },
+    /// Pause a running trial (holiday, illness).
+    Pause {
+        /// Trial id.
+        id: i64,
+        /// Why.
+        #[arg(long, default_value = "paused")]
+        reason: String,
+    },
+    /// Resume a paused trial; the rest of the schedule moves to start on --on (default today).
+    Resume {
+        /// Trial id.
+        id: i64,
+        /// YYYY-MM-DD.
+        #[arg(long)]
+        on: Option<String>,
+    },
+    /// Stop a trial by hand.
+    Stop {
+        /// Trial id.
+        id: i64,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Record an adverse event: the trial stops at once.
+    AdverseEvent {
+        /// Trial id.
+        id: i64,
+        /// What happened.
+        #[arg(long)]
+        note: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProtocolCommand {
+    /// Validate protocol files; print every problem with file, line and key.
+    Check {
+        /// Protocol TOML files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Parses the command line and runs the command; errors are printed with
+/// their causes and end in a failure exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("nof1d: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    Ok(match &cli.config {
+        Some(path) => Config::load(path, true)?,
+        None => Config::load(std::path::Path::new("nof1d.toml"), false)?,
+    })
+}
+
+fn init_logging(config: &Config, flag: Option<&str>) {
+    let filter = flag
+        .map(str::to_string)
+        .or_else(|| std::env::var("NOF1D_LOG").ok())
+        .unwrap_or_else(|| config.log.level.clone());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+        eprintln!("nof1d: bad log filter {filter:?} ({e}); using info");
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Protocol {
+            command: ProtocolCommand::Check { files },
+        } => Ok(check_protocols(files)),
+        Command::Serve {
+            demo,
+            listen,
+            data_dir,
+            time_scale,
+        } => {
+            let mut config = load_config(&cli)?;
+            config.demo.enabled |= *demo;
+            if let Some(listen) = listen {
+                config.web.listen = *listen;
+            }
+            if let Some(dir) = data_dir {
+                config.data_dir = dir.clone();
+            }
+            if let Some(scale) = time_scale {
+                config.clock.time_scale = *scale;
+            }
+            config.check()?;
+            init_logging(&config, cli.log_level.as_deref());
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(crate::startup::serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Analyze {
+            data,
+            protocol,
+            json,
+            comparator,
+            family,
+            mid,
+            trials,
+            direction,
+            time_col,
+            arm_col,
+            outcome_col,
+            taken_col,
+            method,
+            seed,
+        } => {
+            // Warnings only by default: stdout carries the table or the JSON.
+            init_logging(
+                &Config::default(),
+                cli.log_level.as_deref().or(Some("warn")),
+            );
+            let text = std::fs::read_to_string(data)
+                .with_context(|| format!("cannot read {}", data.display()))?;
+            let method = match method.as_str() {
+                "grid" => crate::engine::fit::Method::Grid,
+                "mcmc" => crate::engine::fit::Method::Mcmc,
+                "nuts" => crate::engine::fit::Method::Nuts,
+                other => anyhow::bail!("--method {other:?}: use grid, nuts or mcmc"),
+            };
+            let (outcome, known_arms, comparator) = match protocol {
+                Some(path) => {
+                    let (p, _) = crate::trial::protocol::check_file(path)?;
+                    let keys: Vec<String> = p.arms.iter().map(|a| a.key.clone()).collect();
+                    (p.outcome.clone(), Some(keys), p.comparator.clone())
+                }
+                None => {
+                    let family: crate::engine::spec::Family = serde_json::from_value(serde_json::Value::String(family.clone()))
+                        .map_err(|_| anyhow::anyhow!("--family {family:?}: use gaussian, poisson, bernoulli, binomial or beta"))?;
+                    let direction: crate::engine::spec::Direction =
+                        serde_json::from_value(serde_json::Value::String(direction.clone()))
+                            .map_err(|_| {
+                                anyhow::anyhow!("--direction {direction:?}: use higher or lower")
+                            })?;
+                    if !(mid.is_finite() && *mid >= 0.0) {
+                        anyhow::bail!("--mid must be a number >= 0 (got {mid})");
+                    }
+                    let comparator = match comparator {
+                        Some(c) => c.clone(),
+                        None => crate::cli::analyze::guess_comparator(&text, arm_col.as_deref()).ok_or_else(|| {
+                            anyhow::anyhow!("which arm is the comparator? pass --comparator LABEL (or --protocol FILE)")
+                        })?,
+                    };
+                    let mut outcome = crate::cli::analyze::ad_hoc_outcome(family, direction, *mid);
+                    outcome.trials = *trials;
+                    (outcome, None, comparator)
+                }
+            };
+            let request = crate::cli::analyze::Request {
+                outcome,
+                known_arms,
+                comparator,
+                columns: crate::cli::analyze::Columns {
+                    time: time_col.clone(),
+                    arm: arm_col.clone(),
+                    outcome: outcome_col.clone(),
+                    taken: taken_col.clone(),
+                },
+                method,
+                seed: *seed,
+            };
+            let analysis = crate::cli::analyze::analyze(&text, &request)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", data.display()))?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&analysis)?);
+            } else {
+                print!("{}", crate::cli::analyze::render(&analysis));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command: BenchCommand::Simulate { days, effect, seed },
+        } => {
+            let series = crate::engine::generate::two_arm_series(*days, *effect, *seed);
+            println!("day,arm,y");
+            for (t, y) in series.t.iter().zip(&series.y) {
+                let arm = ["control", "treatment"][series.path.arm_at(*t)];
+                println!("{},{arm},{y:.6}", t.floor());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Sbc {
+                    family,
+                    reps,
+                    days,
+                    seed,
+                },
+        } => {
+            let family: crate::engine::spec::Family = serde_json::from_value(
+                serde_json::Value::String(family.clone()),
+            )
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "--family {family:?}: use gaussian, poisson, bernoulli, binomial or beta"
+                )
+            })?;
+            init_logging(
+                &Config::default(),
+                cli.log_level.as_deref().or(Some("warn")),
+            );
+            let r = crate::cli::bench::sbc(family, *reps, *days, *seed);
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Engine {
+                    days,
+                    reps,
+                    mcmc_draws,
+                    nuts_draws,
+                },
+        } => {
+            let protocol = crate::trial::protocol::Protocol::parse(
+                crate::service::demo::PROTOCOL_TEXT,
+                "demo protocol",
+            )?;
+            for &d in days {
+                let timing = crate::cli::bench::engine(
+                    d,
+                    *reps,
+                    *mcmc_draws,
+                    *nuts_draws,
+                    &protocol.outcome.model_spec(),
+                );
+                println!("{}", serde_json::to_string(&timing)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate {
+            protocol,
+            effect,
+            trials,
+            json,
+            calibrate,
+            scenario,
+            missing,
+            non_adherence,
+            seed,
+            threads,
+            out,
+        } => {
+            init_logging(
+                &Config::default(),
+                cli.log_level.as_deref().or(Some("warn")),
+            );
+            let (p, text) = crate::trial::protocol::check_file(protocol)?;
+            let scenarios = if scenario == "all" {
+                crate::trial::simulate::Scenario::ALL.to_vec()
+            } else {
+                vec![crate::trial::simulate::Scenario::parse(scenario).ok_or_else(|| {
+                    anyhow::anyhow!("--scenario {scenario:?}: use prior, trend, weekly, heavy_tails, long_carryover, missing_run or all")
+                })?]
+            };
+            for (name, v) in [("--missing", *missing), ("--non-adherence", *non_adherence)] {
+                if !(0.0..1.0).contains(&v) {
+                    anyhow::bail!("{name} must be in [0, 1) (got {v})");
+                }
+            }
+            if let Some(t) = calibrate
+                && !(*t > 0.0 && *t < 0.5)
+            {
+                anyhow::bail!("--calibrate must be a rate in (0, 0.5) (got {t})");
+            }
+            if *trials == 0 {
+                anyhow::bail!("--trials must be at least 1");
+            }
+            let mut reports = Vec::new();
+            for s in scenarios {
+                let options = crate::trial::simulate::SimOptions {
+                    trials: *trials,
+                    effect: *effect,
+                    missing: *missing,
+                    non_adherence: *non_adherence,
+                    scenario: s,
+                    seed: *seed,
+                    threads: threads.unwrap_or_else(|| {
+                        std::thread::available_parallelism().map_or(1, |n| n.get())
+                    }),
+                    calibrate: *calibrate,
+                    progress: !*json,
+                };
+                let report = crate::trial::simulate::simulate_protocol(
+                    &p,
+                    &crate::trial::protocol::ProtocolHash::of(&text),
+                    &options,
+                )?;
+                if !*json {
+                    print!("{}", crate::trial::simulate::render(&report));
+                }
+                reports.push(report);
+            }
+            let doc = if reports.len() == 1 {
+                serde_json::to_string_pretty(&reports[0])?
+            } else {
+                serde_json::to_string_pretty(&reports)?
+            };
+            let path = out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("simulate-{}.json", p.id)));
+            std::fs::write(&path, &doc)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            if *json {
+                println!("{doc}");
+            } else {
+                println!("JSON report written to {}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Trial {
+            data_dir,
+            actor,
+            command,
+        } => {
+            let mut config = load_config(&cli)?;
+            if let Some(dir) = data_dir {
+                config.data_dir = dir.clone();
+            }
+            let path = config.database_path();
+            if !path.exists() {
+                anyhow::bail!(
+                    "no database at {} (start the daemon once first)",
+                    path.display()
+                );
+            }
+            let mut store = crate::service::store::Store::open(&path)?;
+            let now = jiff::Timestamp::now();
+            let date = |s: &Option<String>| -> anyhow::Result<Option<jiff::civil::Date>> {
+                s.as_deref()
+                    .map(|d| {
+                        d.parse()
+                            .map_err(|e| anyhow::anyhow!("date {d:?}: {e} (use YYYY-MM-DD)"))
+                    })
+                    .transpose()
+            };
+            use crate::service::actions;
+            match command {
+                TrialCommand::List => {
+                    for t in store.trials()? {
+                        println!(
+                            "{:>4}  {:<10} {:<24} start {:<10} {}",
+                            t.id,
+                            t.status,
+                            t.protocol_id,
+                            t.start_date
+                                .map(|d| d.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            t.stop_reason.unwrap_or_default()
+                        );
+                    }
+                }
+                TrialCommand::Propose { file, participant } => {
+                    let text = std::fs::read_to_string(file)
+                        .with_context(|| format!("cannot read {}", file.display()))?;
+                    let id = actions::propose(
+                        &mut store,
+                        participant,
+                        &text,
+                        &file.display().to_string(),
+                        actor,
+                        now,
+                    )?;
+                    println!("trial {id} proposed");
+                }
+                TrialCommand::Approve { id, start } => {
+                    let start = actions::approve(&mut store, *id, date(start)?, actor, now)?;
+                    println!("trial {id} approved; it starts on {start}");
+                }
+                TrialCommand::Reject { id, reason } => {
+                    actions::stop(&mut store, *id, reason, actor, now)?;
+                    println!("trial {id} rejected");
+                }
+                TrialCommand::Pause { id, reason } => {
+                    actions::pause(&mut store, *id, reason, actor, now)?;
+                    println!("trial {id} paused");
+                }
+                TrialCommand::Resume { id, on } => {
+                    let days = actions::resume(&mut store, *id, date(on)?, actor, now)?;
+                    println!("trial {id} resumed; the rest of its schedule moved {days} days");
+                }
+                TrialCommand::Stop { id, reason } => {
+                    actions::stop(&mut store, *id, reason, actor, now)?;
+                    println!("trial {id} stopped");
+                }
+                TrialCommand::AdverseEvent { id, note } => {
+                    actions::adverse_event(&mut store, *id, note, "cli", actor, now)?;
+                    println!("adverse event recorded; trial {id} stopped");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report {
+            trial,
+            format,
+            out,
+            sim_trials,
+            data_dir,
+        } => {
+            let mut config = load_config(&cli)?;
+            if let Some(dir) = data_dir {
+                config.data_dir = dir.clone();
+            }
+            let format = crate::cli::report::Format::parse(format).ok_or_else(|| {
+                anyhow::anyhow!("--format {format:?}: use text, markdown or html")
+            })?;
+            let path = config.database_path();
+            if !path.exists() {
+                anyhow::bail!("no database at {}", path.display());
+            }
+            let store = crate::service::store::Store::open_read_only(&path)?;
+            let text = crate::cli::report::render(&store, *trial, format, *sim_trials)?;
+            match out {
+                Some(file) => {
+                    std::fs::write(file, &text)
+                        .with_context(|| format!("cannot write {}", file.display()))?;
+                    println!("report written to {}", file.display());
+                }
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::HashPassword => {
+            use argon2::PasswordHasher;
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("read the password from standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            if password.chars().count() < 8 {
+                anyhow::bail!("a dashboard password needs at least 8 characters");
+            }
+            let mut salt = [0u8; 16];
+            getrandom::fill(&mut salt).map_err(|e| anyhow::anyhow!("cannot draw a salt: {e}"))?;
+            let salt = argon2::password_hash::SaltString::encode_b64(&salt)
+                .map_err(|e| anyhow::anyhow!("salt: {e}"))?;
+            let hash = argon2::Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map_err(|e| anyhow::anyhow!("argon2: {e}"))?;
+            println!("{hash}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backup { file, data_dir } => {
+            let mut config = load_config(&cli)?;
+            if let Some(dir) = data_dir {
+                config.data_dir = dir.clone();
+            }
+            if file.exists() {
+                anyhow::bail!("{} already exists; choose a new file name", file.display());
+            }
+            let source = config.database_path();
+            if !source.exists() {
+                anyhow::bail!("no database at {}", source.display());
+            }
+            let store = crate::service::store::Store::open_read_only(&source)?;
+            store
+                .backup_to(file)
+                .with_context(|| format!("backup to {}", file.display()))?;
+            println!("backed up {} to {}", source.display(), file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check_protocols(files: &[PathBuf]) -> ExitCode {
+    let mut failed = 0;
+    for file in files {
+        match crate::trial::protocol::check_file(file) {
+            Ok((p, text)) => println!(
+                "{}: ok ({}: {} arms, {} design, up to {} days, sha256 {})",
+                file.display(),
+                p.id,
+                p.arms.len(),
+                format!("{:?}", p.design.kind).to_lowercase(),
+                p.planned_days(),
+                crate::trial::protocol::ProtocolHash::of(&text).short()
+            ),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {} protocol files have problems", files.len());
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
