@@ -472,6 +472,21 @@ pub fn analyze(text: &str, req: &Request) -> Result<Analysis, AnalyzeError> {
     })
 }
 
+/// One effect's line of the table.
+fn effect_row(out: &mut String, e: &crate::engine::inference::EffectSummary) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "{:<20} {:>8.3} {:>7.3} {:>20} {:>17.3} {:>8.3}",
+        e.arm,
+        e.mean,
+        e.sd,
+        format!("[{:.3}, {:.3}]", e.ci90[0], e.ci90[1]),
+        e.p_better_by_mid,
+        e.p_best
+    );
+}
+
 /// The human-readable table.
 pub fn render(a: &Analysis) -> String {
     use std::fmt::Write;
@@ -501,16 +516,7 @@ pub fn render(a: &Analysis) -> String {
         "effect vs comparator", "mean", "sd", "90% interval", "P(better by MID)", "P(best)"
     );
     for e in &f.effects {
-        let _ = writeln!(
-            out,
-            "{:<20} {:>8.3} {:>7.3} {:>20} {:>17.3} {:>8.3}",
-            e.arm,
-            e.mean,
-            e.sd,
-            format!("[{:.3}, {:.3}]", e.ci90[0], e.ci90[1]),
-            e.p_better_by_mid,
-            e.p_best
-        );
+        effect_row(&mut out, e);
     }
     let _ = writeln!(
         out,
@@ -520,16 +526,7 @@ pub fn render(a: &Analysis) -> String {
     if let Some(at) = &a.as_treated {
         let _ = writeln!(out, "\nas treated (by the arm actually taken):");
         for e in &at.effects {
-            let _ = writeln!(
-                out,
-                "{:<20} {:>8.3} {:>7.3} {:>20} {:>17.3} {:>8.3}",
-                e.arm,
-                e.mean,
-                e.sd,
-                format!("[{:.3}, {:.3}]", e.ci90[0], e.ci90[1]),
-                e.p_better_by_mid,
-                e.p_best
-            );
+            effect_row(&mut out, e);
         }
         if !at.diagnostics.converged {
             let _ = writeln!(out, "  (as-treated fit NOT converged)");

@@ -1,6 +1,7 @@
-//! `nof1d bench engine`: timings of the engine on simulated data, printed as
-//! JSON so that `bench/` scripts can compare them. No timing is asserted
-//! anywhere in the tests; these figures go into notes.
+//! `nof1d bench engine|sbc`: timings of the engine on simulated data and
+//! simulation-based calibration, printed as JSON so that `bench/` scripts
+//! can compare them. No timing is asserted anywhere in the tests; these
+//! figures go into notes.
 
 use std::time::Instant;
 

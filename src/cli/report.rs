@@ -80,9 +80,7 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
     let protocol = Protocol::parse(&trial.protocol_toml, &format!("trial {trial_id}"))
         .map_err(|e| ReportError::Invalid(e.to_string()))?;
     let participant = store
-        .participants()?
-        .into_iter()
-        .find(|p| p.id == trial.participant_id)
+        .participant(trial.participant_id)?
         .map_or_else(|| "?".to_string(), |p| format!("{} ({})", p.name, p.key));
     let label = |arm: usize| -> String {
         protocol.arms.get(arm).map_or_else(

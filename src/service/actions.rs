@@ -1,6 +1,6 @@
 //! What a person does to a trial — propose, approve, reject, pause, resume,
 //! stop, report an adverse event — as store operations shared by the command
-//! line and (later) the dashboard. Each checks the life cycle and writes one
+//! line and the dashboard. Each checks the life cycle and writes one
 //! transaction; the daemon picks the result up at its next tick.
 
 use jiff::Timestamp;
@@ -30,9 +30,7 @@ fn trial_and_zone(store: &Store, trial_id: i64) -> Result<(TrialRow, TimeZone)> 
         .trial(trial_id)?
         .ok_or_else(|| ActionError::Refused(format!("there is no trial {trial_id}")))?;
     let participant = store
-        .participants()?
-        .into_iter()
-        .find(|p| p.id == trial.participant_id)
+        .participant(trial.participant_id)?
         .ok_or_else(|| ActionError::Refused(format!("trial {trial_id} has no participant")))?;
     let tz = TimeZone::get(&participant.time_zone)
         .map_err(|e| ActionError::Refused(format!("zone {}: {e}", participant.time_zone)))?;

@@ -661,18 +661,21 @@ impl Store {
             "SELECT id, key, name, email, time_zone, assignment_time, is_demo
              FROM participants ORDER BY key",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(ParticipantRow {
-                id: r.get(0)?,
-                key: r.get(1)?,
-                name: r.get(2)?,
-                email: r.get(3)?,
-                time_zone: r.get(4)?,
-                assignment_time: r.get(5)?,
-                is_demo: r.get(6)?,
-            })
-        })?;
+        let rows = stmt.query_map([], participant_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One participant by id.
+    pub fn participant(&self, id: i64) -> Result<Option<ParticipantRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, key, name, email, time_zone, assignment_time, is_demo
+                 FROM participants WHERE id = ?1",
+                [id],
+                participant_row,
+            )
+            .optional()?)
     }
 
     /// Creates the source if missing; returns its id.
@@ -1851,6 +1854,18 @@ fn insert_schedule(tx: &Connection, trial_id: i64, rows: &[DatedDay]) -> Result<
         ])?;
     }
     Ok(())
+}
+
+fn participant_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ParticipantRow> {
+    Ok(ParticipantRow {
+        id: r.get(0)?,
+        key: r.get(1)?,
+        name: r.get(2)?,
+        email: r.get(3)?,
+        time_zone: r.get(4)?,
+        assignment_time: r.get(5)?,
+        is_demo: r.get(6)?,
+    })
 }
 
 fn fit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FitRow> {

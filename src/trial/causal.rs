@@ -1,7 +1,7 @@
 //! The causal graph a hypothesis carries (`system.md`, "Causal graph"): the
 //! treatment, the outcome and the suspected confounders as a DAG (petgraph),
 //! checked for cycles, with the arrows that randomisation cuts marked, and
-//! drawn as SVG for the proposals page.
+//! laid out in layers for drawing (`web::charts::causal_graph` draws it).
 //!
 //! A randomised treatment is identified by design: the coin, not the
 //! confounders, decides the arm, so every arrow into the treatment is cut.

@@ -73,14 +73,7 @@ async fn link_context(
     let (trial_id, participant_id) = (claim.trial_id, claim.participant_id);
     let (trial, participant) = state
         .db
-        .read(move |s| {
-            Ok((
-                s.trial(trial_id)?,
-                s.participants()?
-                    .into_iter()
-                    .find(|p| p.id == participant_id),
-            ))
-        })
+        .read(move |s| Ok((s.trial(trial_id)?, s.participant(participant_id)?)))
         .await
         .map_err(|e| e.to_string())?;
     let (Some(trial), Some(participant)) = (trial, participant) else {

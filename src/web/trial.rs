@@ -144,9 +144,7 @@ async fn trial_context(
             let protocol = Protocol::parse(&trial.protocol_toml, "stored protocol")
                 .map_err(|e| StoreError::Invalid(e.to_string()))?;
             let tz = s
-                .participants()?
-                .into_iter()
-                .find(|p| p.id == trial.participant_id)
+                .participant(trial.participant_id)?
                 .and_then(|p| TimeZone::get(&p.time_zone).ok())
                 .unwrap_or(TimeZone::UTC);
             Ok(Some((trial, protocol, tz)))

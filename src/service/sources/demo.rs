@@ -108,14 +108,10 @@ pub fn adapter(row: &SourceRow, store: &Store) -> Result<Box<dyn Source>, Source
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad("no seed".into()))?;
     let trial = store
-        .trials()?
-        .into_iter()
-        .find(|t| t.id == trial_id)
+        .trial(trial_id)?
         .ok_or_else(|| bad(format!("demo trial {trial_id} is missing")))?;
     let participant = store
-        .participants()?
-        .into_iter()
-        .find(|p| p.id == row.participant_id)
+        .participant(row.participant_id)?
         .ok_or_else(|| bad("demo participant is missing".into()))?;
     let protocol = Protocol::parse(&trial.protocol_toml, "stored demo protocol")
         .map_err(|e| bad(e.to_string()))?;
