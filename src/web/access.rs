@@ -320,11 +320,7 @@ fn safe_next(next: Option<&str>) -> String {
 #[derive(Template)]
 #[template(
     ext = "html",
-    source = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Sign in — nof1d</title>
-<link rel="stylesheet" href="/style.css"></head>
-<body class="narrow"><h1>nof1d</h1>
+    source = r#"<h1>nof1d</h1>
 {% if let Some(m) = message %}<p class="err" role="alert">{{ m }}</p>{% endif %}
 <form method="post" action="/login" class="stacked">
 <input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="next" value="{{ next }}">
@@ -332,8 +328,7 @@ fn safe_next(next: Option<&str>) -> String {
 <input id="password" name="password" type="password" autocomplete="current-password" required autofocus>
 <button type="submit" class="primary">Sign in</button>
 </form>
-<p>The participant's password shows today and the past; the investigator's also shows the schedule to come.</p>
-</body></html>"#
+<p>The participant's password shows today and the past; the investigator's also shows the schedule to come.</p>"#
 )]
 struct LoginPage<'a> {
     message: Option<&'a str>,
@@ -342,13 +337,12 @@ struct LoginPage<'a> {
 }
 
 fn login_page(code: StatusCode, message: Option<&str>, csrf: String, next: String) -> Response {
-    match (LoginPage {
+    let page = LoginPage {
         message,
         csrf,
         next,
-    })
-    .render()
-    {
+    };
+    match super::render_page("Sign in — nof1d", "narrow", "", &page) {
         Ok(html) => (code, Html(html)).into_response(),
         Err(e) => internal(&e.to_string()),
     }

@@ -16,12 +16,7 @@ use super::internal;
 #[derive(Template)]
 #[template(
     ext = "html",
-    source = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{ heading }} — nof1d</title>
-<link rel="stylesheet" href="/style.css"></head>
-<body class="narrow">
-<h1>{{ heading }}</h1>
+    source = r#"<h1>{{ heading }}</h1>
 {% for p in paragraphs %}<p>{{ p }}</p>{% endfor %}
 {% if let Some(action) = form_action %}
 <form method="post" action="{{ action }}">
@@ -29,8 +24,7 @@ use super::internal;
 <button type="submit" class="primary">{{ button }}</button>
 </form>
 <p class="muted">Nothing is recorded until you press the button.</p>
-{% endif %}
-</body></html>"#
+{% endif %}"#
 )]
 struct LinkPage<'a> {
     heading: &'a str,
@@ -41,7 +35,8 @@ struct LinkPage<'a> {
 }
 
 fn link_response(code: StatusCode, page: LinkPage<'_>) -> Response {
-    match page.render() {
+    let title = format!("{} — nof1d", page.heading);
+    match super::render_page(&title, "narrow", "", &page) {
         Ok(html) => (code, Html(html)).into_response(),
         Err(e) => internal(&e.to_string()),
     }

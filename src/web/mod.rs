@@ -15,6 +15,7 @@ mod sources;
 mod status;
 mod trial;
 
+use askama::Template;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::middleware;
@@ -103,6 +104,44 @@ fn arm_label(protocol: &Protocol, arm: usize, viewer: &Viewer) -> String {
         }
         _ => shown.to_string(),
     }
+}
+
+/// The one layout every page is rendered into: the document head with the
+/// one stylesheet, the body's width class, the navigation, then the page.
+#[derive(Template)]
+#[template(
+    ext = "html",
+    source = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ title }}</title>
+<link rel="stylesheet" href="/style.css"></head>
+<body{% if !class.is_empty() %} class="{{ class }}"{% endif %}>{{ nav|safe }}
+{{ body|safe }}
+</body></html>"#
+)]
+struct Layout<'a> {
+    title: &'a str,
+    class: &'a str,
+    nav: &'a str,
+    body: &'a str,
+}
+
+/// Renders `page` (its body) inside the [`Layout`], titled `title`, with
+/// the body class `class` (`narrow`, `wide` or none) and the navigation `nav`.
+fn render_page(
+    title: &str,
+    class: &str,
+    nav: &str,
+    page: &impl Template,
+) -> Result<String, askama::Error> {
+    let body = page.render()?;
+    Layout {
+        title,
+        class,
+        nav,
+        body: &body,
+    }
+    .render()
 }
 
 /// The navigation bar every page starts with (HTML), with a sign-out button

@@ -207,12 +207,7 @@ async fn proposal_views(
 #[derive(Template)]
 #[template(
     ext = "html",
-    source = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Proposals — nof1d</title>
-<link rel="stylesheet" href="/style.css"></head>
-<body>{{ nav|safe }}
-<h1>Proposals</h1>
+    source = r#"<h1>Proposals</h1>
 {% if views.is_empty() %}<p>No trial is waiting for approval. Propose one with <code>nof1d trial propose PARTICIPANT protocols/….toml</code>.</p>{% endif %}
 {% if let Some(m) = message %}<p role="status">{{ m }}</p>{% endif %}
 {% for v in views %}<section id="trial-{{ v.id }}">
@@ -247,11 +242,9 @@ Stops when P(better by MID) ≥ {{ v.thresholds[0] }} (efficacy) or ≤ {{ v.thr
 <label>MID <input type="number" name="mid" step="any" min="0" value="{{ v.mid }}"></label>
 <button type="submit">Save changes</button></form>
 </section>{% endfor %}
-<p><a href="/api/proposals">JSON</a></p>
-</body></html>"#
+<p><a href="/api/proposals">JSON</a></p>"#
 )]
 struct ProposalsPage {
-    nav: String,
     views: Vec<ProposalView>,
     csrf: String,
     message: Option<String>,
@@ -264,14 +257,16 @@ async fn page(
     message: Option<String>,
 ) -> Response {
     match proposal_views(state, viewer).await {
-        Ok(views) => match (ProposalsPage {
-            nav: nav(viewer),
-            views,
-            csrf: viewer.csrf.clone(),
-            message,
-        })
-        .render()
-        {
+        Ok(views) => match super::render_page(
+            "Proposals — nof1d",
+            "",
+            &nav(viewer),
+            &ProposalsPage {
+                views,
+                csrf: viewer.csrf.clone(),
+                message,
+            },
+        ) {
             Ok(html) => (code, Html(html)).into_response(),
             Err(e) => internal(&e.to_string()),
         },

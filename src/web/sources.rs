@@ -26,11 +26,7 @@ pub struct SourceView {
 #[derive(Template)]
 #[template(
     ext = "html",
-    source = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Sources — nof1d</title>
-<link rel="stylesheet" href="/style.css"></head>
-<body>{{ nav|safe }}<h1>Data sources</h1>
+    source = r#"<h1>Data sources</h1>
 {% if views.is_empty() %}<p>No data sources are configured yet: outcomes come from self-reports (email links and the trial page's form).</p>{% endif %}
 <form method="post" action="/sources/poll"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Poll all sources now</button></form>
 {% for v in views %}<h2>{{ v.source.name }} <small>({{ v.source.kind }}, {{ v.participant }})</small></h2>
@@ -38,13 +34,11 @@ pub struct SourceView {
 {% if let Some(e) = v.source.last_error %}<p class="err">Last error{% if let Some(t) = v.source.last_error_at %} ({{ t }}){% endif %}: {{ e }}</p>{% endif %}
 <table><thead><tr><th>stream</th><th>observations</th><th>last day</th></tr></thead><tbody>
 {% for st in v.streams %}<tr><td>{{ st.0 }}</td><td>{{ st.1 }}</td><td>{% if let Some(d) = st.2 %}{{ d }}{% endif %}</td></tr>{% endfor %}
-</tbody></table>{% endfor %}
-</body></html>"#
+</tbody></table>{% endfor %}"#
 )]
 struct SourcesPage {
     views: Vec<SourceView>,
     csrf: String,
-    nav: String,
 }
 
 async fn source_views(state: &AppState) -> Result<Vec<SourceView>, StoreError> {
@@ -77,13 +71,15 @@ pub(super) async fn sources_page(
     axum::Extension(viewer): axum::Extension<Viewer>,
 ) -> Response {
     match source_views(&state).await {
-        Ok(views) => match (SourcesPage {
-            views,
-            csrf: viewer.csrf.clone(),
-            nav: nav(&viewer),
-        })
-        .render()
-        {
+        Ok(views) => match super::render_page(
+            "Sources — nof1d",
+            "",
+            &nav(&viewer),
+            &SourcesPage {
+                views,
+                csrf: viewer.csrf.clone(),
+            },
+        ) {
             Ok(html) => Html(html).into_response(),
             Err(e) => internal(&e.to_string()),
         },

@@ -272,14 +272,7 @@ fn fit_view(
 #[derive(Template)]
 #[template(
     ext = "html",
-    source = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>nof1d status</title>
-<link rel="stylesheet" href="/style.css"></head>
-<body class="wide">
-{{ nav|safe }}
-<h1>nof1d</h1>
+    source = r#"<h1>nof1d</h1>
 <p class="muted">version {{ v.version }} · clock {{ v.now }}{% if v.time_scale != 1.0 %} · simulated time ×{{ v.time_scale }}{% endif %}</p>
 
 <h2>Participants</h2>
@@ -320,12 +313,10 @@ fn fit_view(
 {% for j in v.jobs %}<tr><td>{{ j.0 }}</td><td>{{ j.1.runs }}{% if j.1.failures > 0 %} ({{ j.1.failures }} failed){% endif %}</td>
 <td>{% if let Some(a) = j.1.last_ok %}{{ a }}{% else %}–{% endif %}</td>
 <td>{% if let Some(e) = j.1.last_error %}<span class="err">{{ e }}</span>{% else %}{% if let Some(s) = j.1.last_summary %}{{ s }}{% endif %}{% endif %}</td></tr>{% endfor %}</table></div>
-<p class="muted">{{ v.counts.observations }} observations · {{ v.counts.outbox }} messages ({{ v.counts.outbox_pending }} not yet sent) · <a href="/api/status">JSON</a> · <a href="/healthz">health</a></p>
-</body></html>"#
+<p class="muted">{{ v.counts.observations }} observations · {{ v.counts.outbox }} messages ({{ v.counts.outbox_pending }} not yet sent) · <a href="/api/status">JSON</a> · <a href="/healthz">health</a></p>"#
 )]
 struct StatusPage<'a> {
     v: &'a StatusView,
-    nav: String,
 }
 
 pub(super) async fn status_page(
@@ -333,12 +324,12 @@ pub(super) async fn status_page(
     axum::Extension(viewer): axum::Extension<Viewer>,
 ) -> Response {
     match status(&state, &viewer).await {
-        Ok(view) => match (StatusPage {
-            v: &view,
-            nav: nav(&viewer),
-        })
-        .render()
-        {
+        Ok(view) => match super::render_page(
+            "nof1d status",
+            "wide",
+            &nav(&viewer),
+            &StatusPage { v: &view },
+        ) {
             Ok(html) => Html(html).into_response(),
             Err(e) => internal(&e.to_string()),
         },

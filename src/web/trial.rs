@@ -277,13 +277,7 @@ async fn trial_detail(
 #[derive(Template)]
 #[template(
     ext = "html",
-    source = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{ d.title }} — nof1d</title>
-<link rel="stylesheet" href="/style.css"></head>
-<body>
-{{ nav|safe }}
-<h1>{{ d.title }}</h1>
+    source = r#"<h1>{{ d.title }}</h1>
 <p>Trial {{ d.id }} · {{ d.status }}{% if let Some(r) = d.stop_reason %} ({{ r }}){% endif %} · protocol {{ d.protocol_id }} · sha256 <code style="word-break:break-all">{{ d.protocol_hash }}</code></p>
 {% if !actions.is_empty() %}<div>{% for a in actions %}<form method="post" action="/trials/{{ d.id }}/{{ a.0 }}" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">{{ a.1 }}</button></form> {% endfor %}</div>{% endif %}
 {% if d.status == "running" || d.status == "paused" || d.status == "stopped" %}<p><a href="/trials/{{ d.id }}/report">Missed an email? Enter a rating or whether you followed the day's arm</a></p>{% endif %}
@@ -309,12 +303,10 @@ async fn trial_detail(
 <table><tbody>{% for e in d.events %}<tr><td>{% if let Some(l) = e.local_date %}{{ l }}{% endif %}</td><td>{{ e.to_status }}</td><td>{{ e.actor }}</td><td>{{ e.reason }}</td></tr>{% endfor %}</tbody></table>
 <h2>Protocol</h2>
 {% if let Some(text) = d.protocol_toml %}<pre>{{ text }}</pre>{% else %}<p>This trial is blinded: the protocol text, which holds the key to the codes, is shown to the investigator only. Its SHA-256 above identifies it.</p>{% endif %}
-<p><a href="/api/trials/{{ d.id }}">JSON</a></p>
-</body></html>"#
+<p><a href="/api/trials/{{ d.id }}">JSON</a></p>"#
 )]
 struct TrialPage<'a> {
     d: &'a TrialDetail,
-    nav: String,
     investigator: bool,
     actions: Vec<(&'static str, &'static str)>,
     csrf: String,
@@ -507,9 +499,8 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
         "paused" => vec![("resume", "Resume today"), ("stop", "Stop the trial")],
         _ => Vec::new(),
     };
-    TrialPage {
+    let page = TrialPage {
         d,
-        nav: nav(viewer),
         investigator: viewer.is_investigator(),
         actions,
         csrf: viewer.csrf.clone(),
@@ -528,8 +519,8 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
             .iter()
             .map(|r| (r, decision_numbers(r, d)))
             .collect(),
-    }
-    .render()
+    };
+    super::render_page(&format!("{} — nof1d", d.title), "", &nav(viewer), &page)
 }
 
 fn no_trial(id: i64) -> Response {
@@ -617,12 +608,7 @@ struct ReportDay {
 #[derive(Template)]
 #[template(
     ext = "html",
-    source = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Report a day — nof1d</title>
-<link rel="stylesheet" href="/style.css"></head>
-<body class="narrow">{{ nav|safe }}
-<p><a href="/trials/{{ id }}">← {{ title }}</a></p>
+    source = r#"<p><a href="/trials/{{ id }}">← {{ title }}</a></p>
 <h1>Report a day</h1>
 {% if let Some(m) = message %}<p class="{% if ok %}ok{% else %}err{% endif %}" role="status">{{ m }}</p>{% endif %}
 {% if days.is_empty() %}<p>This trial has no days to report yet.</p>{% else %}
@@ -640,11 +626,9 @@ struct ReportDay {
 <h2>Recent days</h2>
 <table><thead><tr><th>day</th><th>rating</th><th>followed</th></tr></thead><tbody>
 {% for d in days %}<tr><td>{{ d.label }}</td><td>{% if let Some(r) = d.rating %}{{ r }}{% else %}–{% endif %}</td><td>{% if let Some(a) = d.adherence %}{{ a }}{% else %}–{% endif %}</td></tr>{% endfor %}
-</tbody></table>{% endif %}
-</body></html>"#
+</tbody></table>{% endif %}"#
 )]
 struct ReportPage {
-    nav: String,
     id: i64,
     title: String,
     message: Option<String>,
@@ -721,7 +705,6 @@ async fn report_response(
         _ => StatusCode::OK,
     };
     let page = ReportPage {
-        nav: nav(viewer),
         id,
         title: protocol.title.clone(),
         ok: message.as_ref().is_some_and(|m| m.0),
@@ -731,7 +714,7 @@ async fn report_response(
         question: sr.map(|r| r.question.clone()),
         values: sr.map_or_else(Vec::new, |r| (r.min..=r.max).collect()),
     };
-    match page.render() {
+    match super::render_page("Report a day — nof1d", "narrow", &nav(viewer), &page) {
         Ok(html) => (code, Html(html)).into_response(),
         Err(e) => internal(&e.to_string()),
     }
