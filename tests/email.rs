@@ -113,9 +113,12 @@ fn an_smtp_outage_is_ridden_out_and_a_rejection_is_final() {
     // A minute a second: the first retries come after 30 s, 60 s, ... simulated.
     let cfg = config(&data, 60.0, common::PINNED_START, &smtp_config(addr));
     let d = Daemon::start(&data, &["--demo", "--config", cfg.to_str().unwrap()]);
+    // Attempts are counted when they start ("sending"): wait for the second
+    // to have failed and the message to be back in the queue.
     wait_until("two failed attempts", Duration::from_secs(30), || {
         let status = d.json("/api/status");
         status["outbox"][0]["attempts"].as_i64().unwrap_or(0) >= 2
+            && status["outbox"][0]["status"] == "pending"
     });
     let status = d.json("/api/status");
     assert_eq!(status["outbox"][0]["status"], "pending", "{status}");
