@@ -428,6 +428,7 @@ mod tests {
                 stops += usize::from(trace.last().is_some_and(|l| l.decision.action.stops()));
             }
         }
+        eprintln!("{looks} looks, {drops} drops, {allocations} allocations, {stops} stops");
         assert!(looks >= 16, "{looks} looks");
         assert!(drops >= 1, "no look dropped an arm");
         assert!(allocations >= 1, "no look allocated the next period");
