@@ -30,7 +30,7 @@ fn snapshot(d: &Daemon, db: &Path) -> Snapshot {
     let status = d.json("/api/status");
     Snapshot {
         seed: trials[0].seed,
-        protocol_hash: trials[0].protocol_hash.clone(),
+        protocol_hash: trials[0].protocol_hash.to_string(),
         schedule: store.schedule(trials[0].id).unwrap(),
         counts: store.counts().unwrap(),
         next_assignment: status["trials"][0]["next_assignment"].clone(),

@@ -260,7 +260,7 @@ fn proposals_pause_self_report_and_api() {
     let hash = proposal["protocol_hash"].as_str().unwrap();
     let stored = nof1d::service::store::Store::open_read_only(&data.join("nof1d.sqlite"))
         .unwrap()
-        .design_simulation(hash)
+        .design_simulation(&nof1d::trial::protocol::ProtocolHash(hash.to_string()))
         .unwrap()
         .expect("the simulation is stored under the protocol text's hash");
     let report: serde_json::Value = serde_json::from_str(&stored.report_json).unwrap();

@@ -296,7 +296,7 @@ fn life_cycle_from_the_command_line() {
         .collect();
     assert_eq!(started.len(), 1);
     assert!(
-        started[0].body_text.contains(&t2.protocol_hash),
+        started[0].body_text.contains(&t2.protocol_hash.0),
         "{}",
         started[0].body_text
     );

@@ -16,6 +16,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use crate::engine::fit::FitReport;
 use crate::trial::decide::{Action, Decision};
 use crate::trial::lifecycle::{DatedDay, TrialStatus};
+use crate::trial::protocol::ProtocolHash;
 use jiff::Timestamp;
 use jiff::civil::Date;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
@@ -196,7 +197,7 @@ pub struct TrialRow {
     /// The locked protocol text.
     pub protocol_toml: String,
     /// SHA-256 of the text.
-    pub protocol_hash: String,
+    pub protocol_hash: ProtocolHash,
     /// The randomisation seed.
     pub seed: u64,
     /// Life-cycle status.
@@ -865,7 +866,7 @@ impl Store {
                 participant_id,
                 protocol_id,
                 protocol_toml,
-                protocol_hash,
+                protocol_hash: ProtocolHash(protocol_hash),
                 seed: seed
                     .parse()
                     .map_err(|_| StoreError::Invalid(format!("trial {id} seed {seed:?}")))?,
@@ -1339,13 +1340,16 @@ impl Store {
     }
 
     /// The stored simulation of a design, by protocol hash.
-    pub fn design_simulation(&self, protocol_hash: &str) -> Result<Option<DesignSimulationRow>> {
+    pub fn design_simulation(
+        &self,
+        protocol_hash: &ProtocolHash,
+    ) -> Result<Option<DesignSimulationRow>> {
         Ok(self
             .conn
             .query_row(
                 "SELECT protocol_hash, trials, report_json, wall_ms, created_at
                  FROM design_simulations WHERE protocol_hash = ?1",
-                [protocol_hash],
+                [&protocol_hash.0],
                 |r| {
                     Ok(DesignSimulationRow {
                         protocol_hash: r.get(0)?,

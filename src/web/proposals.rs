@@ -166,7 +166,7 @@ async fn proposal_views(
                     protocol_id: p.id.clone(),
                     title: p.title.clone(),
                     description: p.description.trim().to_string(),
-                    protocol_hash: t.protocol_hash.clone(),
+                    protocol_hash: t.protocol_hash.to_string(),
                     rationale: h.map(|h| h.rationale.trim().to_string()),
                     uncertainty: h.and_then(|h| h.uncertainty),
                     graph: graph.as_ref().map(|g| g.describe()).unwrap_or_default(),

@@ -191,7 +191,7 @@ pub async fn status(state: &AppState, viewer: &Viewer) -> Result<StatusView, Sto
                         .as_ref()
                         .map_or_else(|| t.protocol_id.clone(), |p| p.title.clone()),
                     status: t.status.to_string(),
-                    protocol_hash: t.protocol_hash.clone(),
+                    protocol_hash: t.protocol_hash.to_string(),
                     day: today_row.map(|r| r.day + 1),
                     planned_days: schedule.len(),
                     block: today_row.and_then(|r| r.block.map(|b| b + 1)),

@@ -241,7 +241,7 @@ async fn trial_detail(
                 id,
                 title: protocol.title.clone(),
                 protocol_id: trial.protocol_id.clone(),
-                protocol_hash: trial.protocol_hash.clone(),
+                protocol_hash: trial.protocol_hash.to_string(),
                 protocol_toml: show_protocol.then(|| trial.protocol_toml.clone()),
                 status: trial.status.to_string(),
                 stop_reason: trial.stop_reason.clone(),

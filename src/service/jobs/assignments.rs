@@ -59,7 +59,7 @@ pub(crate) async fn start_due_trials(state: &AppState) -> Result<usize, JobError
             recipient(&trial.participant),
             id,
             &trial.protocol,
-            &trial.row.protocol_hash,
+            &trial.row.protocol_hash.0,
             day0,
             &state.public_url,
         );

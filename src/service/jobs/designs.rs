@@ -27,7 +27,7 @@ fn simulation_trials(protocol: &Protocol, configured: usize) -> usize {
 /// simulation yet, one at a time on one thread (so refits keep the other
 /// core). Returns a summary for the job board.
 pub(crate) async fn simulate_pending_designs(state: &AppState) -> Result<String, JobError> {
-    let pending: Vec<(String, String)> = state
+    let pending: Vec<(ProtocolHash, String)> = state
         .db
         .read(|s| {
             let mut out = Vec::new();
@@ -52,7 +52,7 @@ pub(crate) async fn simulate_pending_designs(state: &AppState) -> Result<String,
         if *state.stopping.borrow() {
             break;
         }
-        let locked = ProtocolHash(hash.clone());
+        let locked = hash.clone();
         let simulated = tokio::task::spawn_blocking(move || {
             let protocol = Protocol::parse(&text, "stored protocol").map_err(|e| e.to_string())?;
             // The stored hash of this very text: the report is kept under it.
@@ -82,7 +82,7 @@ pub(crate) async fn simulate_pending_designs(state: &AppState) -> Result<String,
         match simulated {
             Ok(Ok((trials, report_json, wall_ms))) => {
                 let row = DesignSimulationRow {
-                    protocol_hash: hash,
+                    protocol_hash: hash.0.clone(),
                     trials: trials as i64,
                     report_json,
                     wall_ms,
@@ -94,8 +94,8 @@ pub(crate) async fn simulate_pending_designs(state: &AppState) -> Result<String,
                     .await?;
                 done += 1;
             }
-            Ok(Err(e)) => failed.push(format!("{}: {e}", &hash[..12])),
-            Err(e) => failed.push(format!("{}: {e}", &hash[..12])),
+            Ok(Err(e)) => failed.push(format!("{}: {e}", hash.short())),
+            Err(e) => failed.push(format!("{}: {e}", hash.short())),
         }
     }
     if failed.is_empty() {
