@@ -10,6 +10,7 @@ use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 
 use crate::service::app::AppState;
+use crate::service::loaded::{LoadError, LoadedTrial};
 use crate::service::store::{LinkOutcome, LinkWhat, StoreError};
 use crate::trial::calendar::local_date;
 use crate::trial::protocol::{Outcome, Protocol};
@@ -130,24 +131,31 @@ pub struct TrialDetail {
     pub events: Vec<crate::service::store::TrialEventRow>,
 }
 
+/// Why a trial's page could not be built.
+#[derive(Debug, thiserror::Error)]
+enum PageError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored trial could not be loaded (its protocol, participant or zone).
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
 /// The trial, its protocol and its participant's zone.
 async fn trial_context(
     state: &AppState,
     id: i64,
-) -> Result<Option<(crate::service::store::TrialRow, Protocol, TimeZone)>, StoreError> {
+) -> Result<Option<(crate::service::store::TrialRow, Protocol, TimeZone)>, PageError> {
     state
         .db
-        .read(move |s| {
-            let Some(trial) = s.trial(id)? else {
+        .read_with(move |s| {
+            let Some(row) = s.trial(id)? else {
                 return Ok(None);
             };
-            let protocol = Protocol::parse(&trial.protocol_toml, "stored protocol")
-                .map_err(|e| StoreError::Invalid(e.to_string()))?;
-            let tz = s
-                .participant(trial.participant_id)?
-                .and_then(|p| TimeZone::get(&p.time_zone).ok())
-                .unwrap_or(TimeZone::UTC);
-            Ok(Some((trial, protocol, tz)))
+            let participants: Vec<_> = s.participant(row.participant_id)?.into_iter().collect();
+            let trial = LoadedTrial::load(row, &participants)?;
+            Ok(Some((trial.row, trial.protocol, trial.zone)))
         })
         .await
 }
@@ -156,13 +164,13 @@ async fn trial_detail(
     state: &AppState,
     id: i64,
     viewer: &Viewer,
-) -> Result<Option<TrialDetail>, StoreError> {
+) -> Result<Option<TrialDetail>, PageError> {
     let Some((trial, protocol, tz)) = trial_context(state, id).await? else {
         return Ok(None);
     };
     let today = local_date(state.clock.now(), &tz);
     let viewer = viewer.clone();
-    state
+    Ok(state
         .db
         .read(move |s| {
             let label = |arm: usize| arm_label(&protocol, arm, &viewer);
@@ -271,7 +279,7 @@ async fn trial_detail(
                 events: s.trial_events(id)?,
             }))
         })
-        .await
+        .await?)
 }
 
 #[derive(Template)]
