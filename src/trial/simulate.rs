@@ -400,7 +400,6 @@ struct Setup<'a> {
     keys: Vec<String>,
     comparator: usize,
     effect_arm: usize,
-    likelihood_family: Family,
     /// The model every refit is asked for (the protocol's outcome).
     model: ModelSpec,
     scale: f64,
@@ -429,7 +428,7 @@ impl Setup<'_> {
         if self.options.scenario == Scenario::LongCarryover {
             half_life = 1.5 * f64::from(self.protocol.design.period_days);
         }
-        let sigma_y = if self.likelihood_family == Family::Gaussian {
+        let sigma_y = if self.model.family == Family::Gaussian {
             (h.noise_sd_scale * normal(rng)).abs()
         } else {
             0.0
@@ -519,7 +518,7 @@ impl Setup<'_> {
             } else {
                 normal(rng)
             };
-            let value = match self.likelihood_family {
+            let value = match self.model.family {
                 Family::Gaussian => eta + params.sigma_y * noise,
                 family => crate::engine::generate::draw(
                     family,
@@ -826,7 +825,6 @@ fn setup_for<'a>(protocol: &'a Protocol, options: &'a SimOptions) -> Result<Setu
         keys: keys.clone(),
         comparator,
         effect_arm,
-        likelihood_family: outcome.family,
         model,
         scale,
         hyper: priors.hyper,

@@ -25,11 +25,17 @@ pub(crate) async fn start_due_trials(state: &AppState) -> Result<usize, JobError
         .db
         .read(|s| Ok((s.participants()?, s.trials()?)))
         .await?;
-    let (active, _) = LoadedTrial::load_all(trials.clone(), &participants, |t| {
+    let (approved, load_errors) = LoadedTrial::load_all(trials.clone(), &participants, |t| {
+        t.status == TrialStatus::Approved
+    });
+    if approved.is_empty() && load_errors.is_empty() {
+        return Ok(0);
+    }
+    // The running and paused trials a new one must not collide with (the
+    // ones that cannot be loaded are reported by the jobs that run them).
+    let (mut active, _) = LoadedTrial::load_all(trials, &participants, |t| {
         matches!(t.status, TrialStatus::Running | TrialStatus::Paused)
     });
-    let (approved, load_errors) =
-        LoadedTrial::load_all(trials, &participants, |t| t.status == TrialStatus::Approved);
     let mut errors: Vec<String> = load_errors.iter().map(|e| e.to_string()).collect();
     let mut started = 0;
     for trial in approved {
@@ -69,6 +75,8 @@ pub(crate) async fn start_due_trials(state: &AppState) -> Result<usize, JobError
             .await?;
         tracing::info!(trial = id, start = %day0, "trial started");
         started += 1;
+        // A second approved trial on the same stream now conflicts with it.
+        active.push(trial);
     }
     if errors.is_empty() {
         Ok(started)
