@@ -487,6 +487,24 @@ fn effect_row(out: &mut String, e: &crate::engine::inference::EffectSummary) {
     );
 }
 
+/// One effect in the person's units: the ratio and the difference, each
+/// with its 90% interval.
+fn natural_row(out: &mut String, arm: &str, n: &crate::engine::natural::NaturalEffect) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "  {arm}: {} {:.2} (90% interval {:.2} to {:.2}); difference {:+.2} {} (90% interval {:+.2} to {:+.2})",
+        n.ratio_name,
+        n.ratio_median,
+        n.ratio_ci90[0],
+        n.ratio_ci90[1],
+        n.difference_mean,
+        n.difference_unit,
+        n.difference_ci90[0],
+        n.difference_ci90[1]
+    );
+}
+
 /// The human-readable table.
 pub fn render(a: &Analysis) -> String {
     use std::fmt::Write;
@@ -523,6 +541,11 @@ pub fn render(a: &Analysis) -> String {
         "{:<20} {:>8} {:>7} {:>20} {:>17} {:>8.3}",
         a.input.comparator, "", "", "", "", f.p_best_comparator
     );
+    for e in &f.effects {
+        if let Some(n) = &e.natural {
+            natural_row(&mut out, &e.arm, n);
+        }
+    }
     if let Some(at) = &a.as_treated {
         let _ = writeln!(out, "\nas treated (by the arm actually taken):");
         for e in &at.effects {

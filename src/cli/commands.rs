@@ -66,9 +66,11 @@ enum Command {
         /// Without a protocol: observation family.
         #[arg(long, default_value = "gaussian")]
         family: String,
-        /// Without a protocol: minimal important difference (outcome units, >= 0).
-        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-        mid: f64,
+        /// Without a protocol: minimal important difference: outcome units
+        /// (>= 0, default 0) for gaussian; a rate or odds ratio (>= 1,
+        /// default 1: any improvement) for the other families.
+        #[arg(long, allow_negative_numbers = true)]
+        mid: Option<f64>,
         /// Without a protocol: trials per observation (binomial family).
         #[arg(long)]
         trials: Option<u32>,
@@ -415,16 +417,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             .map_err(|_| {
                                 anyhow::anyhow!("--direction {direction:?}: use higher or lower")
                             })?;
-                    if !(mid.is_finite() && *mid >= 0.0) {
-                        anyhow::bail!("--mid must be a number >= 0 (got {mid})");
-                    }
+                    let mid = mid.unwrap_or(if family.has_ratio_mid() { 1.0 } else { 0.0 });
+                    crate::engine::spec::Mid::check(family, mid, false)
+                        .map_err(|why| anyhow::anyhow!("--mid: {why}"))?;
                     let comparator = match comparator {
                         Some(c) => c.clone(),
                         None => crate::cli::analyze::guess_comparator(&text, arm_col.as_deref()).ok_or_else(|| {
                             anyhow::anyhow!("which arm is the comparator? pass --comparator LABEL (or --protocol FILE)")
                         })?,
                     };
-                    let mut outcome = crate::cli::analyze::ad_hoc_outcome(family, direction, *mid);
+                    let mut outcome = crate::cli::analyze::ad_hoc_outcome(family, direction, mid);
                     outcome.trials = *trials;
                     (outcome, None, comparator)
                 }

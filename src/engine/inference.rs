@@ -199,12 +199,12 @@ pub trait Evaluator: Sync {
 /// Splits a batch over up to `threads` scoped threads (batches smaller than
 /// `min_split` stay on the caller's), each running `eval_part` on its
 /// share, in order.
-fn on_threads(
-    thetas: &[Theta],
+pub(crate) fn on_threads<I: Sync, T: Send>(
+    thetas: &[I],
     threads: usize,
     min_split: usize,
-    eval_part: impl Fn(&[Theta]) -> Vec<Option<Eval>> + Sync,
-) -> Vec<Option<Eval>> {
+    eval_part: impl Fn(&[I]) -> Vec<T> + Sync,
+) -> Vec<T> {
     if threads <= 1 || thetas.len() < min_split.max(2) {
         return eval_part(thetas);
     }
@@ -429,6 +429,10 @@ pub struct GridOptions {
     pub grow_margin: f64,
     /// Safety cap on lattice points.
     pub max_points: usize,
+    /// Non-gaussian families: antithetic pairs of importance draws each
+    /// point starts with (a fit adds more where its Monte Carlo error
+    /// needs them; `fit::IS_PAIRS` says why 24).
+    pub importance_pairs: usize,
     /// CPU threads one fit may use for its lattice evaluations.
     pub threads: usize,
 }
@@ -441,6 +445,7 @@ impl Default for GridOptions {
             check_cutoff_drop: 2.0,
             grow_margin: 1.5,
             max_points: 40_000,
+            importance_pairs: crate::engine::fit::IS_PAIRS,
             threads: default_threads(),
         }
     }
@@ -467,6 +472,10 @@ pub struct GridResult {
     /// alone, and both on the narrower region. Empty when a lattice kept no
     /// point (the check then cannot pass).
     pub checks: Vec<[Marginal; 3]>,
+    /// The same three sums as membership of the mixture's components (the
+    /// first lattice, the shifted one, the narrower region): for the
+    /// Monte Carlo error of the check itself (`mc_error`).
+    pub check_views: [Vec<bool>; 3],
     /// Posterior evaluations made (mode search, Hessian, lattice).
     pub evaluations: usize,
     /// Lattice points kept.
@@ -488,13 +497,16 @@ fn whitening(
     let mut neg = |t: &Theta| -> f64 { ev.search_log_post(t).map_or(f64::INFINITY, |lp| -lp) };
     let start = ev.start();
     let (m1, _, n1) = nelder_mead(&mut neg, start, dims, 0.7, 1500);
-    let (mode, mut f_mode, n2) = nelder_mead(&mut neg, m1, dims, 0.15, 1500);
+    let (mode, f_search, n2) = nelder_mead(&mut neg, m1, dims, 0.15, 1500);
     *evaluations += n1 + n2;
-    if ev.search_is_approximate() {
-        // The lattice's cutoffs and the curvature below need the exact value.
+    let approximate = ev.search_is_approximate();
+    let f_mode = if approximate {
+        // The lattice's cutoffs need the exact value.
         *evaluations += 1;
-        f_mode = ev.eval(&mode).map_or(f64::INFINITY, |e| -e.log_post);
-    }
+        ev.eval(&mode).map_or(f64::INFINITY, |e| -e.log_post)
+    } else {
+        f_search
+    };
     tracing::debug!(evaluations = n1 + n2, "posterior mode found");
     if !f_mode.is_finite() {
         return Err(ModelError::Input(
@@ -521,17 +533,32 @@ fn whitening(
         }
     }
     *evaluations += points.len();
-    let values: Vec<f64> = ev
-        .eval_batch(&points, threads)
-        .into_iter()
-        .map(|e| e.map_or(f64::INFINITY, |e| -e.log_post))
-        .collect();
+    // The curvature of the search's own function: where that is an
+    // approximation (Laplace, without importance draws), it is smooth, while
+    // the exact values carry each point's independent Monte Carlo error,
+    // which differences 0.02 apart would magnify; the lattice only needs a
+    // good whitening.
+    let (values, f_center): (Vec<f64>, f64) = if approximate {
+        let values = on_threads(&points, threads, ev.min_split(), |part| {
+            part.iter()
+                .map(|t| ev.search_log_post(t).map_or(f64::INFINITY, |lp| -lp))
+                .collect()
+        });
+        (values, f_search)
+    } else {
+        let values = ev
+            .eval_batch(&points, threads)
+            .into_iter()
+            .map(|e| e.map_or(f64::INFINITY, |e| -e.log_post))
+            .collect();
+        (values, f_mode)
+    };
     let mut next = values.iter().copied();
     let mut take = || next.next().unwrap_or(f64::INFINITY);
     let mut hess = DMatrix::<f64>::zeros(dims, dims);
     for i in 0..dims {
         let (fp, fm) = (take(), take());
-        hess[(i, i)] = (fp - 2.0 * f_mode + fm) / (h * h);
+        hess[(i, i)] = (fp - 2.0 * f_center + fm) / (h * h);
         for j in 0..i {
             let (fpp, fpm, fmp, fmm) = (take(), take(), take(), take());
             let v = (fpp - fpm - fmp + fmm) / (4.0 * h * h);
@@ -749,10 +776,23 @@ pub fn integrate_grid_reusing(
     let checks = (0..coarse.len().min(shifted.len()).min(narrow.len()))
         .map(|i| [coarse[i].clone(), shifted[i].clone(), narrow[i].clone()])
         .collect();
+    let in_first: Vec<bool> = lattices
+        .iter()
+        .enumerate()
+        .flat_map(|(li, l)| std::iter::repeat_n(li == 0, l.len()))
+        .collect();
+    let check_views = [
+        in_first.clone(),
+        in_first.iter().map(|first| !first).collect(),
+        both()
+            .map(|(e, _)| e.log_post >= max_lp - narrow_cut)
+            .collect(),
+    ];
     Ok(GridResult {
         points,
         mixture,
         checks,
+        check_views,
         evaluations,
         mode,
         reuse: GridReuse {
@@ -1231,6 +1271,11 @@ pub struct EffectSummary {
     pub p_better: f64,
     /// `P(arm j is the best of all arms, the comparator included)`.
     pub p_best: f64,
+    /// Log and logit links: the effect as a ratio and as a difference in
+    /// the outcome's own units (`natural`); absent for gaussian, and where
+    /// a fit skipped its intervals (simulations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub natural: Option<crate::engine::natural::NaturalEffect>,
 }
 
 /// A hyperparameter's posterior on its natural scale.
@@ -1278,6 +1323,7 @@ pub fn summarise_effects(
                 p_better_by_mid: m.prob_above(sign, mid_threshold),
                 p_better: m.prob_above(sign, 0.0),
                 p_best: p_best[i + 1],
+                natural: None,
             }
         })
         .collect()
@@ -1512,7 +1558,7 @@ mod tests {
                 log_lik: 0.0,
                 b_mean: DVector::from_vec(vec![0.0, m]),
                 b_cov: DMatrix::identity(2, 2),
-                importance_ess: None,
+                importance: None,
             },
         };
         let mix = Mixture {

@@ -6,7 +6,9 @@
 pub mod fit;
 pub mod generate;
 pub mod inference;
+pub mod mc_error;
 pub mod model;
+pub mod natural;
 pub mod nongauss;
 pub mod spec;
 pub mod vecmath;

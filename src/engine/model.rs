@@ -95,10 +95,10 @@ pub struct FilterOutput {
     pub b_mean: DVector<f64>,
     /// Posterior covariance of `b` given `phi`.
     pub b_cov: DMatrix<f64>,
-    /// Non-gaussian families: the effective sample size of the importance
-    /// weights, as a fraction of the draws (1 where the Laplace
-    /// approximation is exact); `None` for the exact gaussian filter.
-    pub importance_ess: Option<f64>,
+    /// Non-gaussian families: the importance draws behind the estimate,
+    /// summed pair by pair (their effective sample size and Monte Carlo
+    /// error come from these); `None` for the exact gaussian filter.
+    pub importance: Option<std::sync::Arc<crate::engine::mc_error::ImportanceSums>>,
 }
 
 /// Errors of the numerical core.
@@ -476,7 +476,7 @@ fn finish(
         log_lik,
         b_mean: DVector::from_column_slice(&b[..p]),
         b_cov,
-        importance_ess: None,
+        importance: None,
     })
 }
 

@@ -11,10 +11,12 @@
 //! `log w_s = sum_i [log p(y_i | eta_si) - log N(y~_i; eta_si, H_i)]`,
 //! `p(y | phi) = p_g(y~ | phi) E_g[w]` exactly, so the likelihood estimate is
 //! unbiased and the weighted draws target the exact posterior of `b`.
-//! Draws come in antithetic pairs, the same at every point (common random
-//! numbers), and the effects' covariance uses the Gaussian's own as a
-//! control variate. The correction's Monte Carlo error is checked by
-//! simulation-based calibration (`bench sbc`), not assumed.
+//! Draws come in antithetic pairs, independent from one hyperparameter
+//! point to the next (so that their errors average out over the grid), and
+//! the effects' covariance uses the Gaussian's own as a control variate.
+//! Each point keeps its draws' sums pair by pair, from which the fit
+//! measures its Monte Carlo error (`mc_error`) and adds draws where that
+//! error comes from.
 //!
 //! The mode search over the hyperparameters uses the Laplace approximation
 //! alone (no draws), since it only places the grid; every grid point is
@@ -22,12 +24,12 @@
 
 use nalgebra::DVector;
 use rand::SeedableRng;
-use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::engine::inference::{
     Eval, Evaluator, Priors, Theta, hyper_of, log_prior, prior_center, theta_in_range,
 };
+use crate::engine::mc_error::ImportanceSums;
 use crate::engine::model::{
     FilterOutput, FilterPlan, Hyper, MAX_ARMS, ModelError, Series, augmented_filter_planned,
     design_rows, smoothed_drift_with,
@@ -559,9 +561,24 @@ fn backward_sample<const D: usize>(
     }
 }
 
-/// The standard normals of the importance draws, made once per evaluator:
-/// every point uses the same ones (common random numbers). For each
-/// antithetic pair, `p` for the effects then `n` for the drift.
+/// Where each hyperparameter point's importance draws come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Draws {
+    /// Independent at every point, from the fit's seed and the point
+    /// itself: the points' Monte Carlo errors then average out over the
+    /// grid (or a chain) instead of adding up, and each point's error can
+    /// be measured from its own pairs (`mc_error`). A point's draws do not
+    /// depend on which other points were evaluated, or in what order.
+    PerPoint,
+    /// The same standard normals at every point (common random numbers):
+    /// the estimate is then a smooth function of `theta`, which NUTS's
+    /// numerical gradient needs; its error does not average out.
+    Common,
+}
+
+/// The standard normals of a point's importance draws: for each antithetic
+/// pair, `p` for the effects then `n` for the drift, pair after pair from
+/// one stream, so that more pairs extend fewer.
 #[derive(Debug, Clone)]
 pub struct Normals {
     pairs: usize,
@@ -573,7 +590,7 @@ pub struct Normals {
 impl Normals {
     /// `pairs` pairs' worth for `p` static coefficients and `n` observations.
     pub fn new(pairs: usize, p: usize, n: usize, seed: u64) -> Normals {
-        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let values = (0..pairs * (p + n))
             .map(|_| StandardNormal.sample(&mut rng))
             .collect();
@@ -590,6 +607,22 @@ impl Normals {
         let one = &self.values[k * (self.p + self.n)..(k + 1) * (self.p + self.n)];
         one.split_at(self.p)
     }
+}
+
+/// The seed of the draws at `theta`: the fit's seed and the point's
+/// coordinates mixed by SplitMix64's finaliser, so that nearby points get
+/// unrelated streams.
+fn point_seed(seed: u64, theta: &Theta) -> u64 {
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    theta
+        .iter()
+        .fold(mix(seed ^ 0x9e37_79b9_7f4a_7c15), |h, v| {
+            mix(h ^ v.to_bits())
+        })
 }
 
 /// What every importance weight at one point shares: the likelihood's
@@ -640,8 +673,10 @@ impl WeightTerms {
     }
 }
 
-/// The importance-sampling correction at one `phi`: returns the unbiased
-/// log-likelihood estimate and the weighted mean and covariance of `b`.
+/// The importance-sampling correction at one `phi`: the unbiased
+/// log-likelihood estimate and the weighted mean and covariance of `b`,
+/// with the draws' sums pair by pair ([`ImportanceSums`]) for their Monte
+/// Carlo error.
 pub fn corrected(
     series: &Series,
     lik: Likelihood,
@@ -702,50 +737,37 @@ pub fn corrected(
     if !top.is_finite() {
         return None;
     }
-    let weights: Vec<f64> = draws.iter().map(|d| (d.1 - top).exp()).collect();
-    let total: f64 = weights.iter().sum();
-    let sum_w2: f64 = weights.iter().map(|w| w * w).sum();
-    let log_lik = approx.filter.log_lik + top + (total / draws.len() as f64).ln();
-    let mut mean = DVector::<f64>::zeros(p);
-    for ((b, _), w) in draws.iter().zip(&weights) {
-        for r in 0..p {
-            mean[r] += b[r] * (w / total);
-        }
+    let g_mean: Vec<f64> = approx.filter.b_mean.iter().copied().collect();
+    let g_cov: Vec<f64> = (0..p * p)
+        .map(|k| approx.filter.b_cov[(k / p, k % p)])
+        .collect();
+    let mut sums = ImportanceSums::new(p, approx.filter.log_lik + top, g_cov);
+    for (i, (b, log_w)) in draws.iter().enumerate() {
+        sums.add(i % 2 == 0, (log_w - top).exp(), &b[..p], &g_mean);
     }
     // The covariance with the approximating Gaussian's own as a control
-    // variate: cov_g + (weighted sample covariance - the unweighted one
-    // around g's mean). Both sample terms estimate their targets, so this
-    // still estimates the exact posterior's covariance; but where the
-    // weights are nearly equal the sampling noise of the two terms cancels,
-    // and what is left is the correction the weights make. The weighted
-    // sample covariance alone has a relative error near sqrt(2 / ESS) in
-    // the variance (7% in an sd at 96 draws) even when the approximation
-    // is exact. (The antithetic pairs already make the unweighted mean of
-    // the draws g's mean, so the weighted mean needs no such term.)
-    let m_g = &approx.filter.b_mean;
-    let inv_n = 1.0 / draws.len() as f64;
-    let mut cov = approx.filter.b_cov.clone();
-    for ((b, _), w) in draws.iter().zip(&weights) {
-        let w = w / total;
-        for r in 0..p {
-            for c in 0..p {
-                cov[(r, c)] += w * (b[r] - mean[r]) * (b[c] - mean[c])
-                    - inv_n * (b[r] - m_g[r]) * (b[c] - m_g[c]);
-            }
-        }
-    }
+    // variate (`ImportanceSums::estimate`): where the weights are nearly
+    // equal the sampling noise of its two sample terms cancels, and what
+    // is left is the correction the weights make. The weighted sample
+    // covariance alone has a relative error near sqrt(2 / ESS) in the
+    // variance (7% in an sd at 96 draws) even when the approximation is
+    // exact. (The antithetic pairs already make the unweighted mean of the
+    // draws g's mean, so the weighted mean needs no such term.)
+    let (log_lik, mean, cov) = sums.estimate();
+    let cov = nalgebra::DMatrix::from_row_slice(p, p, &cov);
     // Few draws can give a covariance that is not positive definite; the
     // Laplace covariance is then the better estimate of the spread.
     let b_cov = if cov.clone().cholesky().is_some() {
         cov
     } else {
+        sums.fell_back = true;
         approx.filter.b_cov.clone()
     };
     Some(FilterOutput {
         log_lik,
-        b_mean: mean,
+        b_mean: DVector::from_vec(mean),
         b_cov,
-        importance_ess: Some(total * total / sum_w2 / draws.len() as f64),
+        importance: Some(std::sync::Arc::new(sums)),
     })
 }
 
@@ -765,7 +787,12 @@ pub struct LaplaceEvaluator<'a> {
     series: &'a Series,
     priors: &'a Priors,
     likelihood: Likelihood,
-    normals: Normals,
+    /// Antithetic pairs a point draws.
+    pairs: usize,
+    /// The fit's seed, from which every point's draws come.
+    seed: u64,
+    /// The normals every point shares under [`Draws::Common`].
+    common: Option<Normals>,
     /// The Laplace mode of `eta` at the search's start (the prior centre),
     /// where every point's Newton steps start: a smoothed fit of the data,
     /// nearer every point's mode than the raw link values (a 365-day beta
@@ -776,20 +803,25 @@ pub struct LaplaceEvaluator<'a> {
 
 impl<'a> LaplaceEvaluator<'a> {
     /// The evaluator of `series` under `priors` (link scale, `S = 1`), with
-    /// `pairs` antithetic pairs of importance draws per point, drawn once
-    /// from `seed` and the same at every point.
+    /// `pairs` antithetic pairs of importance draws per point, drawn from
+    /// `seed` as `draws` says.
     pub fn new(
         series: &'a Series,
         priors: &'a Priors,
         likelihood: Likelihood,
         pairs: usize,
         seed: u64,
+        draws: Draws,
     ) -> Self {
+        let common = (draws == Draws::Common)
+            .then(|| Normals::new(pairs, series.n_static(), series.y.len(), seed));
         let mut evaluator = LaplaceEvaluator {
             series,
             priors,
             likelihood,
-            normals: Normals::new(pairs, series.n_static(), series.y.len(), seed),
+            pairs,
+            seed,
+            common,
             warm_start: None,
         };
         evaluator.warm_start = evaluator
@@ -797,6 +829,38 @@ impl<'a> LaplaceEvaluator<'a> {
             .and_then(|(_, lik, h)| laplace(series, lik, &h, priors, None).ok())
             .map(|approx| approx.eta);
         evaluator
+    }
+
+    /// [`Evaluator::eval`] with `pairs` antithetic pairs at this point
+    /// (per-point draws; the first pairs are the same as with fewer): how
+    /// a fit adds draws where its Monte Carlo error comes from.
+    pub fn eval_with_pairs(&self, theta: &Theta, pairs: usize) -> Option<Eval> {
+        let (theta, likelihood, h, approx) = self.approximate(theta)?;
+        let own;
+        let normals = match (&self.common, pairs == self.pairs) {
+            (Some(common), true) => common,
+            _ => {
+                own = Normals::new(
+                    pairs,
+                    self.series.n_static(),
+                    self.series.y.len(),
+                    point_seed(self.seed, &theta),
+                );
+                &own
+            }
+        };
+        let filter = corrected(self.series, likelihood, &h, &approx, normals)?;
+        let log_post = filter.log_lik + self.log_prior(&theta);
+        log_post.is_finite().then_some(Eval {
+            theta,
+            log_post,
+            filter,
+        })
+    }
+
+    /// Antithetic pairs a point draws by default.
+    pub fn pairs(&self) -> usize {
+        self.pairs
     }
 
     /// The family at `theta` (beta's precision is its fourth coordinate),
@@ -853,18 +917,7 @@ impl Evaluator for LaplaceEvaluator<'_> {
     }
 
     fn eval(&self, theta: &Theta) -> Option<Eval> {
-        let (theta, likelihood, h, approx) = self.approximate(theta)?;
-        // Common random numbers: the same standard normals at every point, so
-        // the estimate is a smooth function of theta (mode search and
-        // curvature by finite differences stay meaningful) and a fit is
-        // deterministic for its seed.
-        let filter = corrected(self.series, likelihood, &h, &approx, &self.normals)?;
-        let log_post = filter.log_lik + self.log_prior(&theta);
-        log_post.is_finite().then_some(Eval {
-            theta,
-            log_post,
-            filter,
-        })
+        self.eval_with_pairs(theta, self.pairs)
     }
 
     /// The Laplace approximation, without the importance draws: the mode

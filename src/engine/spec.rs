@@ -74,6 +74,52 @@ impl Mid {
         Mid { stated, link }
     }
 
+    /// Checks a stated MID: outcome units, at least 0, for the identity
+    /// link; for the log and logit links a rate or odds ratio, at least 1
+    /// (1: any improvement counts; a protocol asks for more, `strict`).
+    /// The error says what a ratio MID means.
+    pub fn check(family: Family, stated: f64, strict: bool) -> Result<(), String> {
+        if !stated.is_finite() {
+            return Err(format!("must be a number (got {stated})"));
+        }
+        if !family.has_ratio_mid() {
+            return if strict && stated <= 0.0 {
+                Err(format!("must be a positive number (got {stated})"))
+            } else if stated < 0.0 {
+                Err(format!(
+                    "must be 0 or more, in the outcome's units (got {stated})"
+                ))
+            } else {
+                Ok(())
+            };
+        }
+        let floor_ok = if strict { stated > 1.0 } else { stated >= 1.0 };
+        if floor_ok {
+            return Ok(());
+        }
+        let name = match family {
+            Family::Poisson => "poisson",
+            Family::Bernoulli => "bernoulli",
+            Family::Binomial => "binomial",
+            _ => "beta",
+        };
+        let ratio = if family == Family::Poisson {
+            "rate ratio"
+        } else {
+            "odds ratio"
+        };
+        Err(format!(
+            "for the {name} family the MID is a {ratio}, the smallest change by a factor that matters \
+             (1.25: 25% {}; 1 counts any improvement), so it must be {} 1 (got {stated})",
+            if family == Family::Poisson {
+                "fewer or more events a day"
+            } else {
+                "lower or higher odds"
+            },
+            if strict { "above" } else { "at least" }
+        ))
+    }
+
     /// As the protocol states it: outcome units, or a ratio.
     pub fn stated(self) -> f64 {
         self.stated

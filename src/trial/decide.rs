@@ -321,6 +321,7 @@ mod tests {
             p_better_by_mid: p_mid,
             p_better: p_mid.max(0.5),
             p_best,
+            natural: None,
         }
     }
 
@@ -347,6 +348,7 @@ mod tests {
                 rhat: None,
                 ess_bulk: None,
                 importance_ess: None,
+                mc_error: None,
             },
             priors: PriorReport {
                 scale: 1.0,

@@ -509,20 +509,8 @@ impl Protocol {
                 "must be letters, digits, '-' or '_'",
             );
         }
-        if !o.mid.is_finite() || o.mid <= 0.0 {
-            v.add(
-                format!("{path}.mid"),
-                format!("must be a positive number (got {})", o.mid),
-            );
-        } else if o.family.has_ratio_mid() && o.mid <= 1.0 {
-            v.add(
-                format!("{path}.mid"),
-                format!(
-                    "for the {:?} family the MID is a ratio (rate or odds ratio) and must be above 1, e.g. 1.25 (got {})",
-                    o.family, o.mid
-                )
-                .to_lowercase(),
-            );
+        if let Err(why) = crate::engine::spec::Mid::check(o.family, o.mid, true) {
+            v.add(format!("{path}.mid"), why);
         }
         if let Some(s) = o.scale
             && !(s.is_finite() && s > 0.0)
