@@ -133,3 +133,84 @@ fn bad_rows_and_missing_comparator_are_explained() {
     let out = run(&["analyze", "--data", "b.csv"], dir.path());
     assert!(String::from_utf8_lossy(&out.stderr).contains("pass --comparator LABEL"));
 }
+
+/// A count outcome: the effect comes also as a rate ratio and as events per
+/// 30 days, the Monte Carlo error is reported, and a MID below 1 (a ratio
+/// for this family) is refused with what a ratio MID means.
+#[test]
+fn count_outcomes_are_answered_in_the_persons_units() {
+    let dir = tempfile::tempdir().unwrap();
+    // Roughly two events a day on the comparator, one on the treatment, in
+    // weekly periods.
+    let mut csv = String::from("day,arm,y\n");
+    for d in 0..84 {
+        let treated = (d / 7) % 2 == 1;
+        let y = if treated {
+            [1, 0, 2, 1, 1][d % 5]
+        } else {
+            [2, 3, 1, 2, 2][d % 5]
+        };
+        let arm = if treated { "magnesium" } else { "placebo" };
+        csv.push_str(&format!("{d},{arm},{y}\n"));
+    }
+    let data = dir.path().join("counts.csv");
+    std::fs::write(&data, csv).unwrap();
+    let args = |mid: &str| {
+        vec![
+            "analyze".to_string(),
+            "--data".into(),
+            data.to_str().unwrap().into(),
+            "--comparator".into(),
+            "placebo".into(),
+            "--family".into(),
+            "poisson".into(),
+            "--direction".into(),
+            "lower".into(),
+            "--mid".into(),
+            mid.into(),
+        ]
+    };
+    let mut json = args("1.25");
+    json.push("--json".into());
+    let out = run(
+        &json.iter().map(String::as_str).collect::<Vec<_>>(),
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n = &v["effects"][0]["natural"];
+    assert_eq!(n["ratio_name"], "rate ratio", "{v}");
+    assert_eq!(n["difference_unit"], "per 30 days");
+    let ratio = n["ratio_median"].as_f64().unwrap();
+    assert!(ratio > 0.3 && ratio < 0.8, "about half the events: {ratio}");
+    let diff = n["difference_mean"].as_f64().unwrap();
+    assert!(
+        diff < -10.0 && diff > -50.0,
+        "about 30 fewer a month: {diff}"
+    );
+    assert!(
+        v["diagnostics"]["mc_error"]["mean"].is_f64(),
+        "{}",
+        v["diagnostics"]
+    );
+    let text = run(
+        &args("1.25").iter().map(String::as_str).collect::<Vec<_>>(),
+        dir.path(),
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("magnesium: rate ratio"), "{text}");
+    let refused = run(
+        &args("0.5").iter().map(String::as_str).collect::<Vec<_>>(),
+        dir.path(),
+    );
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("the MID is a rate ratio") && err.contains("at least 1"),
+        "{err}"
+    );
+}

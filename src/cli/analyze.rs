@@ -491,18 +491,7 @@ fn effect_row(out: &mut String, e: &crate::engine::inference::EffectSummary) {
 /// with its 90% interval.
 fn natural_row(out: &mut String, arm: &str, n: &crate::engine::natural::NaturalEffect) {
     use std::fmt::Write;
-    let _ = writeln!(
-        out,
-        "  {arm}: {} {:.2} (90% interval {:.2} to {:.2}); difference {:+.2} {} (90% interval {:+.2} to {:+.2})",
-        n.ratio_name,
-        n.ratio_median,
-        n.ratio_ci90[0],
-        n.ratio_ci90[1],
-        n.difference_mean,
-        n.difference_unit,
-        n.difference_ci90[0],
-        n.difference_ci90[1]
-    );
+    let _ = writeln!(out, "  {arm}: {}", n.describe());
 }
 
 /// The human-readable table.

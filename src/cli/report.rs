@@ -282,6 +282,15 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
                 })
                 .collect(),
         ));
+        for e in &report.effects {
+            if let Some(n) = &e.natural {
+                b.push(Block::Para(format!(
+                    "{} in the outcome's own units: {}.",
+                    e.arm,
+                    n.describe()
+                )));
+            }
+        }
     }
 
     // Decisions.

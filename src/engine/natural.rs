@@ -55,6 +55,25 @@ pub struct NaturalEffect {
     pub difference_mc_sd: f64,
 }
 
+impl NaturalEffect {
+    /// One sentence: the ratio and the difference, each with its 90%
+    /// interval ("odds ratio 0.91 (90% interval 0.26 to 3.59); -0.31
+    /// yes-days per 30 days (90% interval -5.85 to +5.89)").
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {:.2} (90% interval {:.2} to {:.2}); {:+.2} {} (90% interval {:+.2} to {:+.2})",
+            self.ratio_name,
+            self.ratio_median,
+            self.ratio_ci90[0],
+            self.ratio_ci90[1],
+            self.difference_mean,
+            self.difference_unit,
+            self.difference_ci90[0],
+            self.difference_ci90[1]
+        )
+    }
+}
+
 /// The natural-scale view of effects `1..=n_effects` of `mix` for `family`
 /// (empty for gaussian, whose effects are already in outcome units);
 /// `seed` makes the draws repeatable.

@@ -477,6 +477,9 @@ pub fn weekly_summary_message(
                 "So far, {}: {:+.2} (90% interval {:+.2} to {:+.2}), {:.0}% likely better by the minimal important difference. Estimates move as data come in; the trial decides only at the end of a period.",
                 e.arm, e.mean, e.ci90[0], e.ci90[1], 100.0 * e.p_better_by_mid
             ));
+            if let Some(n) = &e.natural {
+                paragraphs.push(format!("In your units, {}: {}.", e.arm, n.describe()));
+            }
         }
     }
     paragraphs.push(format!("Dashboard: {dashboard}/"));

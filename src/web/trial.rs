@@ -123,6 +123,9 @@ pub struct TrialDetail {
     pub fits: Vec<FitPoint>,
     /// Latest fit's diagnostics.
     pub diagnostics: Option<crate::engine::fit::Diagnostics>,
+    /// Latest fit's effects in the person's units (log and logit links):
+    /// the arm as the viewer sees it, and the sentence.
+    pub natural: Vec<(String, String)>,
     /// Latest fit's smoothed path with the counterfactuals.
     pub path: Vec<PathView>,
     /// Decisions, oldest first.
@@ -229,6 +232,11 @@ async fn trial_detail(
                 });
             }
             let latest = s.latest_fit(id, stream)?.and_then(|f| f.report().ok());
+            let natural: Vec<(String, String)> = latest
+                .iter()
+                .flat_map(|r| &r.effects)
+                .filter_map(|e| Some((by_key(&e.arm), e.natural.as_ref()?.describe())))
+                .collect();
             let (diagnostics, path) = match latest {
                 Some(r) => (
                     Some(r.diagnostics),
@@ -270,6 +278,7 @@ async fn trial_detail(
                 calendar,
                 fits,
                 diagnostics,
+                natural,
                 path,
                 decisions: s
                     .decisions(id)?
@@ -299,6 +308,7 @@ async fn trial_detail(
 <figure>{{ svg|safe }}</figure>{% endif %}
 <h2>Effects over time</h2>
 {% if effect_svgs.is_empty() %}<p>No fit yet: the first comes once there is data.</p>{% endif %}
+{% if !d.natural.is_empty() %}<p>In your units, by the latest fit:</p><ul>{% for n in d.natural %}<li>{{ n.0 }}: {{ n.1 }}</li>{% endfor %}</ul>{% endif %}
 {% for svg in effect_svgs %}<figure>{{ svg|safe }}</figure>{% endfor %}
 {% for svg in prob_svgs %}<figure>{{ svg|safe }}</figure>{% endfor %}
 <h2>Decisions</h2>
