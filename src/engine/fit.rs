@@ -687,12 +687,18 @@ pub fn fit_with_mixture(
             };
             // The importance draws' own error: measured, and more draws
             // where it comes from until it is within tolerance.
+            let grid_ms = started.elapsed().as_secs_f64() * 1000.0;
             let mc = laplace.as_ref().map(|l| {
                 let (error, added) =
                     mc_error::refine(l, &mut g.mixture, names.len(), sign, mid, opts.threads);
                 evaluations += added;
                 error
             });
+            tracing::debug!(
+                grid_ms,
+                refine_ms = started.elapsed().as_secs_f64() * 1000.0 - grid_ms,
+                "grid and Monte Carlo refinement"
+            );
             let [err_mean, err_sd, err_prob] = errors.worst();
             let grid_ok = errors.step_ok() && errors.region_ok();
             let mc_ok = mc.is_none_or(|e| e.within());

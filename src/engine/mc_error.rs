@@ -88,6 +88,27 @@ impl ImportanceSums {
         }
     }
 
+    /// Adds `other`'s pairs (more draws at the same point, from the same
+    /// approximation), bringing both to the larger of the two weight scales.
+    pub fn merge(&mut self, other: ImportanceSums) {
+        let scale = self.log_scale.max(other.log_scale);
+        let (a, b) = (
+            (self.log_scale - scale).exp(),
+            (other.log_scale - scale).exp(),
+        );
+        let rescale = |v: &mut Vec<f64>, f: f64| v.iter_mut().for_each(|x| *x *= f);
+        rescale(&mut self.w, a);
+        rescale(&mut self.wb, a);
+        rescale(&mut self.wbb, a);
+        self.sum_w2 = self.sum_w2 * a * a + other.sum_w2 * b * b;
+        self.w.extend(other.w.iter().map(|x| x * b));
+        self.wb.extend(other.wb.iter().map(|x| x * b));
+        self.wbb.extend(other.wbb.iter().map(|x| x * b));
+        self.cv.extend(other.cv);
+        self.log_scale = scale;
+        self.fell_back = false;
+    }
+
     /// Antithetic pairs summed.
     pub fn pairs(&self) -> usize {
         self.w.len()
@@ -513,7 +534,7 @@ pub fn refine(
         }
         let evals = on_threads(&chosen, threads, 2, |part| {
             part.iter()
-                .map(|(_, theta, pairs)| ev.eval_with_pairs(theta, *pairs))
+                .map(|(k, _, pairs)| ev.extend(&mix.components[*k], *pairs))
                 .collect()
         });
         evaluations += chosen.len();
@@ -578,5 +599,69 @@ mod tests {
         assert!((full.log_lik - ll).abs() < 1e-12);
         assert!((full.mean - mean[0]).abs() < 1e-12 && (full.var - cov[0]).abs() < 1e-12);
         assert!(all.ess_fraction() > 0.0 && all.ess_fraction() <= 1.0);
+        // Merging the sums of two sets of pairs, each on its own weight
+        // scale, is summing them all at once.
+        let mut first = sums(&draws[..4]);
+        let mut second = sums(&draws[4..]);
+        second.log_scale = 2.0;
+        for w in second.w.iter_mut() {
+            *w /= 2f64.exp();
+        }
+        second.wb.iter_mut().for_each(|x| *x /= 2f64.exp());
+        second.wbb.iter_mut().for_each(|x| *x /= 2f64.exp());
+        second.sum_w2 /= 4f64.exp();
+        first.merge(second);
+        let (ll, mean, cov) = first.estimate();
+        let (ll_all, mean_all, cov_all) = all.estimate();
+        assert!((ll - ll_all).abs() < 1e-12 && (mean[0] - mean_all[0]).abs() < 1e-12);
+        assert!((cov[0] - cov_all[0]).abs() < 1e-12);
+        assert!((first.ess_fraction() - all.ess_fraction()).abs() < 1e-12);
+    }
+
+    /// Extending a point's draws gives the same estimate as drawing that
+    /// many pairs at once (the same pairs, summed in another order).
+    #[test]
+    fn extended_draws_equal_drawing_them_at_once() {
+        use crate::engine::fit::{FitSpec, Method, priors_for};
+        use crate::engine::inference::Evaluator;
+        use crate::engine::inference::{GridOptions, McmcOptions};
+        use crate::engine::nongauss::{Draws, LaplaceEvaluator, Likelihood};
+        use crate::engine::spec::{Direction, Family, Mid, ModelSpec};
+        let series = crate::engine::generate::family_series(Family::Poisson, 60, 2);
+        let model = ModelSpec {
+            family: Family::Poisson,
+            trials: None,
+            direction: Direction::Lower,
+            mid: Mid::new(Family::Poisson, 1.2),
+            scale: None,
+            priors: Default::default(),
+        };
+        let spec = FitSpec {
+            model: &model,
+            arm_keys: vec!["a".into(), "b".into()],
+            run_in_sd: None,
+            method: Method::Grid,
+            seed: 5,
+            mcmc: McmcOptions::default(),
+            grid: GridOptions::default(),
+            dropped: Vec::new(),
+            path: false,
+            intervals: false,
+        };
+        let (priors, _) = priors_for(&series, &spec).unwrap();
+        let ev =
+            LaplaceEvaluator::new(&series, &priors, Likelihood::Poisson, 8, 5, Draws::PerPoint);
+        let theta = ev.start();
+        let small = ev.eval(&theta).unwrap();
+        let extended = ev.extend(&small, 20).unwrap();
+        let direct = ev.eval_with_pairs(&theta, 20).unwrap();
+        assert_eq!(extended.filter.importance.as_ref().unwrap().pairs(), 20);
+        assert!((extended.log_post - direct.log_post).abs() < 1e-9);
+        assert!((extended.filter.b_mean[1] - direct.filter.b_mean[1]).abs() < 1e-9);
+        assert!((extended.filter.b_cov[(1, 1)] - direct.filter.b_cov[(1, 1)]).abs() < 1e-9);
+        assert!(
+            (small.filter.b_mean[1] - direct.filter.b_mean[1]).abs() > 1e-12,
+            "new draws"
+        );
     }
 }

@@ -577,8 +577,9 @@ pub enum Draws {
 }
 
 /// The standard normals of a point's importance draws: for each antithetic
-/// pair, `p` for the effects then `n` for the drift, pair after pair from
-/// one stream, so that more pairs extend fewer.
+/// pair, `p` for the effects then `n` for the drift. Pair `k` comes from its
+/// own stream (seeded by the point's seed and `k`), so a point can add
+/// pairs later without drawing the first ones again.
 #[derive(Debug, Clone)]
 pub struct Normals {
     pairs: usize,
@@ -590,10 +591,17 @@ pub struct Normals {
 impl Normals {
     /// `pairs` pairs' worth for `p` static coefficients and `n` observations.
     pub fn new(pairs: usize, p: usize, n: usize, seed: u64) -> Normals {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let values = (0..pairs * (p + n))
-            .map(|_| StandardNormal.sample(&mut rng))
-            .collect();
+        Normals::range(0..pairs, p, n, seed)
+    }
+
+    /// Pairs `range` (of the same sequence as [`Self::new`] draws).
+    pub fn range(range: std::ops::Range<usize>, p: usize, n: usize, seed: u64) -> Normals {
+        let pairs = range.len();
+        let mut values = Vec::with_capacity(pairs * (p + n));
+        for k in range {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix64(seed ^ mix64(k as u64)));
+            values.extend((0..p + n).map(|_| -> f64 { StandardNormal.sample(&mut rng) }));
+        }
         Normals {
             pairs,
             p,
@@ -609,19 +617,20 @@ impl Normals {
     }
 }
 
+/// SplitMix64's finaliser: nearby inputs, unrelated outputs.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// The seed of the draws at `theta`: the fit's seed and the point's
-/// coordinates mixed by SplitMix64's finaliser, so that nearby points get
-/// unrelated streams.
+/// coordinates mixed, so that nearby points get unrelated streams.
 fn point_seed(seed: u64, theta: &Theta) -> u64 {
-    let mix = |mut z: u64| {
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
     theta
         .iter()
-        .fold(mix(seed ^ 0x9e37_79b9_7f4a_7c15), |h, v| {
-            mix(h ^ v.to_bits())
+        .fold(mix64(seed ^ 0x9e37_79b9_7f4a_7c15), |h, v| {
+            mix64(h ^ v.to_bits())
         })
 }
 
@@ -684,6 +693,20 @@ pub fn corrected(
     approx: &Approximation,
     normals: &Normals,
 ) -> Option<FilterOutput> {
+    Some(output_of(
+        importance_sums(series, lik, h, approx, normals)?,
+        approx,
+    ))
+}
+
+/// The draws of `normals` at one `phi`, summed pair by pair.
+fn importance_sums(
+    series: &Series,
+    lik: Likelihood,
+    h: &Hyper,
+    approx: &Approximation,
+    normals: &Normals,
+) -> Option<ImportanceSums> {
     let n = series.y.len();
     let p = series.n_static();
     if normals.p != p || normals.n != n {
@@ -745,6 +768,12 @@ pub fn corrected(
     for (i, (b, log_w)) in draws.iter().enumerate() {
         sums.add(i % 2 == 0, (log_w - top).exp(), &b[..p], &g_mean);
     }
+    Some(sums)
+}
+
+/// The point's estimate from its draws' sums.
+fn output_of(mut sums: ImportanceSums, approx: &Approximation) -> FilterOutput {
+    let p = sums.p;
     // The covariance with the approximating Gaussian's own as a control
     // variate (`ImportanceSums::estimate`): where the weights are nearly
     // equal the sampling noise of its two sample terms cancels, and what
@@ -763,12 +792,12 @@ pub fn corrected(
         sums.fell_back = true;
         approx.filter.b_cov.clone()
     };
-    Some(FilterOutput {
+    FilterOutput {
         log_lik,
         b_mean: DVector::from_vec(mean),
         b_cov,
         importance: Some(std::sync::Arc::new(sums)),
-    })
+    }
 }
 
 /// The Laplace approximation of `log p(y | phi)`: the approximating model's
@@ -850,6 +879,35 @@ impl<'a> LaplaceEvaluator<'a> {
             }
         };
         let filter = corrected(self.series, likelihood, &h, &approx, normals)?;
+        let log_post = filter.log_lik + self.log_prior(&theta);
+        log_post.is_finite().then_some(Eval {
+            theta,
+            log_post,
+            filter,
+        })
+    }
+
+    /// `e` (an evaluation of this evaluator's, with per-point draws) with
+    /// its draws extended to `pairs` pairs: the Laplace approximation is
+    /// made again (it is deterministic), only the new pairs are drawn, and
+    /// their sums are merged with the old ones. The same as
+    /// [`Self::eval_with_pairs`] at `pairs`, at the cost of the new pairs.
+    pub fn extend(&self, e: &Eval, pairs: usize) -> Option<Eval> {
+        let old = e.filter.importance.as_deref()?;
+        if self.common.is_some() || pairs <= old.pairs() {
+            return self.eval_with_pairs(&e.theta, pairs);
+        }
+        let (theta, likelihood, h, approx) = self.approximate(&e.theta)?;
+        let normals = Normals::range(
+            old.pairs()..pairs,
+            self.series.n_static(),
+            self.series.y.len(),
+            point_seed(self.seed, &theta),
+        );
+        let new = importance_sums(self.series, likelihood, &h, &approx, &normals)?;
+        let mut sums = old.clone();
+        sums.merge(new);
+        let filter = output_of(sums, &approx);
         let log_post = filter.log_lik + self.log_prior(&theta);
         log_post.is_finite().then_some(Eval {
             theta,
