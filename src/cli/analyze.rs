@@ -571,8 +571,13 @@ pub fn render(a: &Analysis) -> String {
     if let (Some(m), Some(s), Some(p)) = (d.grid_error_mean, d.grid_error_sd, d.grid_error_prob) {
         let _ = writeln!(
             out,
-            "  grid error check: means {m:.4} sd, sds {:.2}%, probabilities {p:.4}",
-            100.0 * s
+            "  grid error check: means {m:.4} sd, sds {:.2}%, probabilities {p:.4}{}",
+            100.0 * s,
+            if d.mc_error.is_some() {
+                " (these include the draws' own noise, allowed up to 3 Monte Carlo sds)"
+            } else {
+                ""
+            }
         );
     }
     if let Some(ess) = d.importance_ess {
@@ -581,6 +586,22 @@ pub fn render(a: &Analysis) -> String {
             "  importance weights: ESS {:.0}% of the draws (posterior average)",
             100.0 * ess
         );
+    }
+    if let Some(mc) = &d.mc_error {
+        let _ = writeln!(
+            out,
+            "  Monte Carlo error of the importance draws: means {:.3} sd, sds {:.1}%, probabilities {:.3}",
+            mc.mean,
+            100.0 * mc.sd,
+            mc.prob
+        );
+        if let (true, Some(k)) = (mc.heavy_tailed(), mc.pareto_k) {
+            let _ = writeln!(
+                out,
+                "  warning: at some hyperparameter values the importance weights are heavy-tailed (Pareto k {k:.2} > {}); the error above may be optimistic",
+                crate::engine::mc_error::PARETO_K_MAX
+            );
+        }
     }
     if let Some(div) = &d.divergences {
         let _ = writeln!(

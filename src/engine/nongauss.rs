@@ -774,6 +774,7 @@ fn importance_sums(
 /// The point's estimate from its draws' sums.
 fn output_of(mut sums: ImportanceSums, approx: &Approximation) -> FilterOutput {
     let p = sums.p;
+    sums.smooth_tail();
     // The covariance with the approximating Gaussian's own as a control
     // variate (`ImportanceSums::estimate`): where the weights are nearly
     // equal the sampling noise of its two sample terms cancels, and what
