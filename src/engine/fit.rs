@@ -83,7 +83,7 @@ fn importance_ess_of(mixture: &inference::Mixture) -> Option<f64> {
 /// with (non-gaussian families); `mc_error::refine` then adds draws where
 /// the fit's Monte Carlo error comes from. With draws independent from
 /// point to point, 12 at every point and more where needed beat 24
-/// everywhere: on `bench/families.sh 365` the fits took 77, 86, 62 and 266
+/// everywhere: on `bench/families.sh 365` the fits took 72, 83, 59 and 257
 /// ms (poisson, bernoulli, binomial, beta; 123, 91, 76 and 337 ms at 24),
 /// all converged, and the seed test
 /// (`tests::non_gaussian_effects_do_not_depend_on_the_seed`) passed at both.
@@ -686,9 +686,19 @@ pub fn fit_with_mixture(
             // The importance draws' own error: measured, and more draws
             // where it comes from until it is within tolerance.
             let grid_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let active: Vec<bool> = effect_arms
+                .iter()
+                .map(|a| !spec.dropped.contains(a))
+                .collect();
             let mc = laplace.as_ref().map(|l| {
-                let (error, added) =
-                    mc_error::refine(l, &mut g.mixture, names.len(), sign, mid, opts.threads);
+                let reported = mc_error::Reported {
+                    n_effects: names.len(),
+                    sign,
+                    mid,
+                    active: &active,
+                    seed: spec.seed,
+                };
+                let (error, added) = mc_error::refine(l, &mut g.mixture, &reported, opts.threads);
                 evaluations += added;
                 error
             });

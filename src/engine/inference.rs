@@ -1333,7 +1333,7 @@ pub fn summarise_effects(
 /// arm `j`'s advantage is `sign * beta_j` and the comparator's is 0, among
 /// the arms still active (`active[j]`, effect order; the comparator always
 /// competes; a dropped arm gets 0). Exact for one active effect; otherwise
-/// by 20,000 seeded draws from the mixture.
+/// by [`BEST_DRAWS`] seeded draws from the mixture ([`best_draws`]).
 pub fn prob_best(mix: &Mixture, active: &[bool], sign: f64, seed: u64) -> Vec<f64> {
     let n_effects = active.len();
     let live: Vec<usize> = (1..=n_effects).filter(|&j| active[j - 1]).collect();
@@ -1347,9 +1347,21 @@ pub fn prob_best(mix: &Mixture, active: &[bool], sign: f64, seed: u64) -> Vec<f6
         }
         return out;
     }
-    let draws = 20_000;
-    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x5eed_0b35);
     let mut wins = vec![0usize; n_effects + 1];
+    for (_, best) in best_draws(mix, active, sign, seed) {
+        wins[best] += 1;
+    }
+    wins.iter().map(|&w| w as f64 / BEST_DRAWS as f64).collect()
+}
+
+/// Draws behind `P(best)` with two or more active effects.
+pub const BEST_DRAWS: usize = 20_000;
+
+/// [`BEST_DRAWS`] seeded draws of `b` from the mixture: for each, the
+/// component it came from and the best arm (0 the comparator).
+pub fn best_draws(mix: &Mixture, active: &[bool], sign: f64, seed: u64) -> Vec<(usize, usize)> {
+    let live: Vec<usize> = (1..=active.len()).filter(|&j| active[j - 1]).collect();
+    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x5eed_0b35);
     let mut cumulative = Vec::with_capacity(mix.weights.len());
     let mut acc = 0.0;
     for w in &mix.weights {
@@ -1361,30 +1373,31 @@ pub fn prob_best(mix: &Mixture, active: &[bool], sign: f64, seed: u64) -> Vec<f6
         .iter()
         .map(|e| e.filter.b_cov.clone().cholesky().map(|c| c.l()))
         .collect();
-    for _ in 0..draws {
-        let u: f64 = rng.random::<f64>() * acc;
-        let k = cumulative
-            .partition_point(|&c| c < u)
-            .min(mix.weights.len() - 1);
-        let e = &mix.components[k];
-        let p = e.filter.b_mean.len();
-        let z = DVector::from_fn(p, |_, _| -> f64 { StandardNormal.sample(&mut rng) });
-        let b = match &chols[k] {
-            Some(l) => &e.filter.b_mean + l * z,
-            None => e.filter.b_mean.clone(),
-        };
-        let mut best = 0;
-        let mut best_value = 0.0;
-        for &j in &live {
-            let v = sign * b[j];
-            if v > best_value {
-                best = j;
-                best_value = v;
+    (0..BEST_DRAWS)
+        .map(|_| {
+            let u: f64 = rng.random::<f64>() * acc;
+            let k = cumulative
+                .partition_point(|&c| c < u)
+                .min(mix.weights.len() - 1);
+            let e = &mix.components[k];
+            let p = e.filter.b_mean.len();
+            let z = DVector::from_fn(p, |_, _| -> f64 { StandardNormal.sample(&mut rng) });
+            let b = match &chols[k] {
+                Some(l) => &e.filter.b_mean + l * z,
+                None => e.filter.b_mean.clone(),
+            };
+            let mut best = 0;
+            let mut best_value = 0.0;
+            for &j in &live {
+                let v = sign * b[j];
+                if v > best_value {
+                    best = j;
+                    best_value = v;
+                }
             }
-        }
-        wins[best] += 1;
-    }
-    wins.iter().map(|&w| w as f64 / draws as f64).collect()
+            (k, best)
+        })
+        .collect()
 }
 
 /// Posterior summaries of the hyperparameters named in `names` (the free

@@ -563,10 +563,26 @@ impl McError {
     }
 }
 
-/// The Monte Carlo error of the summaries of effects `1..=n_effects` under
-/// `mix`, and each component's share of it (its variance over the
+/// What a fit reports of its effects, whose Monte Carlo error is measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Reported<'a> {
+    /// Effects `1..=n_effects` of `b`.
+    pub n_effects: usize,
+    /// `+1` or `-1`: which way is better.
+    pub sign: f64,
+    /// The MID on the link scale.
+    pub mid: f64,
+    /// Which effects still compete for `P(best)`.
+    pub active: &'a [bool],
+    /// The seed of `P(best)`'s draws.
+    pub seed: u64,
+}
+
+/// The Monte Carlo error of the summaries `r` under `mix`, and each
+/// component's share of it (its variance over the
 /// tolerances', summed over effects and quantities): where more draws pay.
-pub fn of_mixture(mix: &Mixture, n_effects: usize, sign: f64, mid: f64) -> (McError, Vec<f64>) {
+pub fn of_mixture(mix: &Mixture, r: &Reported<'_>) -> (McError, Vec<f64>) {
+    let (n_effects, sign, mid) = (r.n_effects, r.sign, r.mid);
     let components: Vec<&Eval> = mix.components.iter().collect();
     let all = vec![true; components.len()];
     let mut error = McError {
@@ -609,13 +625,78 @@ pub fn of_mixture(mix: &Mixture, n_effects: usize, sign: f64, mid: f64) -> (McEr
             *share += by.iter().zip(scale).map(|(v, s)| v / s).sum::<f64>();
         }
     }
+    if r.active.iter().filter(|a| **a).count() >= 2 {
+        let (variance, by_component) = p_best_variance(mix, r.active, sign, r.seed);
+        error.prob = error.prob.max(variance.sqrt());
+        for (share, v) in shares.iter_mut().zip(by_component) {
+            *share += v / (TOL_PROB * TOL_PROB);
+        }
+    }
     (error, shares)
+}
+
+/// The Monte Carlo variance of `P(best)` (the worst arm's) with two or
+/// more active effects, and each component's share. `P(best_j) = sum_k
+/// w_k q_kj`, `q_kj` the share of component `k`'s draws in
+/// [`inference::best_draws`] where arm `j` wins. The importance error
+/// enters through the weights: the jackknife replicate of pair `i` at point
+/// `k` rescales `w_k` by its likelihood ratio, holding `q_k` (a first-order
+/// account: the shift of `k`'s effect means is left out). The draws' own
+/// binomial error `P (1 - P) / N` is added.
+fn p_best_variance(mix: &Mixture, active: &[bool], sign: f64, seed: u64) -> (f64, Vec<f64>) {
+    let arms = active.len() + 1;
+    let n = mix.components.len();
+    let mut wins = vec![vec![0u32; arms]; n];
+    let mut draws = vec![0u32; n];
+    for (k, best) in crate::engine::inference::best_draws(mix, active, sign, seed) {
+        wins[k][best] += 1;
+        draws[k] += 1;
+    }
+    let q = |k: usize, j: usize| {
+        if draws[k] == 0 {
+            0.0
+        } else {
+            f64::from(wins[k][j]) / f64::from(draws[k])
+        }
+    };
+    let p: Vec<f64> = (0..arms)
+        .map(|j| (0..n).map(|k| mix.weights[k] * q(k, j)).sum())
+        .collect();
+    let mut variance = vec![0.0; arms];
+    let mut by_component = vec![0.0; n];
+    for k in 0..n {
+        let Some(sums) = mix.components[k].filter.importance.as_deref() else {
+            continue;
+        };
+        let pairs = sums.pairs();
+        if pairs < 2 || draws[k] == 0 {
+            continue;
+        }
+        let totals = sums.totals();
+        let full = sums.coefficient(&totals, 0, None).log_lik;
+        let factor = (pairs - 1) as f64 / pairs as f64;
+        for i in 0..pairs {
+            let ratio = (sums.coefficient(&totals, 0, Some(i)).log_lik - full).exp();
+            let w = mix.weights[k];
+            let total = 1.0 - w + w * ratio;
+            for j in 0..arms {
+                let replicate = (p[j] - w * q(k, j) + w * ratio * q(k, j)) / total;
+                let term = factor * (replicate - p[j]).powi(2);
+                variance[j] += term;
+                by_component[k] += term;
+            }
+        }
+    }
+    let worst = (0..arms)
+        .map(|j| variance[j] + p[j] * (1.0 - p[j]) / crate::engine::inference::BEST_DRAWS as f64)
+        .fold(0.0, f64::max);
+    (worst, by_component)
 }
 
 /// Rounds of added draws at most.
 const REFINE_ROUNDS: usize = 8;
-/// The most pairs one point may draw: 128 times the default.
-const MAX_PAIRS_FACTOR: usize = 128;
+/// The most pairs one point may draw: 2048 times the default.
+const MAX_PAIRS_FACTOR: usize = 2048;
 
 /// The variance (over the tolerances') that [`refine`] aims for: an error
 /// of 0.6 times its tolerance, so that one round usually does.
@@ -633,16 +714,14 @@ const REFINE_TARGET: f64 = 0.35;
 pub fn refine(
     ev: &LaplaceEvaluator<'_>,
     mix: &mut Mixture,
-    n_effects: usize,
-    sign: f64,
-    mid: f64,
+    reported: &Reported<'_>,
     threads: usize,
 ) -> (McError, usize) {
     let mut evaluations = 0;
     let mut round = 0;
     let max_pairs = ev.pairs() * MAX_PAIRS_FACTOR;
     loop {
-        let (error, shares) = of_mixture(mix, n_effects, sign, mid);
+        let (error, shares) = of_mixture(mix, reported);
         let ratio = error.ratio();
         if ratio <= 1.0 || round == REFINE_ROUNDS || !ratio.is_finite() {
             return (error, evaluations);

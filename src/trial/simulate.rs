@@ -582,6 +582,11 @@ impl Setup<'_> {
                     trial.evaluations += report.diagnostics.evaluations;
                     if !report.diagnostics.converged {
                         trial.not_converged += 1;
+                        tracing::debug!(
+                            observations = series.y.len(),
+                            reason = report.diagnostics.reason.as_deref().unwrap_or(""),
+                            "virtual trial fit not converged"
+                        );
                     }
                     Some(report)
                 }
