@@ -680,6 +680,7 @@ pub fn ad_hoc_outcome(
         family,
         direction,
         mid,
+        mid_natural: None,
         scale: None,
         trials: None,
         self_report: None,

@@ -60,6 +60,7 @@ impl Direction {
 pub struct Mid {
     stated: f64,
     link: f64,
+    natural: Option<f64>,
 }
 
 impl Mid {
@@ -71,7 +72,26 @@ impl Mid {
         } else {
             stated
         };
-        Mid { stated, link }
+        Mid {
+            stated,
+            link,
+            natural: None,
+        }
+    }
+
+    /// The same MID, also stated as a difference in the outcome's own units
+    /// (log and logit links): events or yes-days per 30 days (poisson,
+    /// bernoulli) or percentage points (binomial, beta), as
+    /// `engine::natural` computes them. When it is given, "better by the
+    /// MID" means better by at least this difference, and decisions use it.
+    pub fn with_natural(mut self, natural: Option<f64>) -> Mid {
+        self.natural = natural;
+        self
+    }
+
+    /// The MID as a difference in the outcome's own units, when stated so.
+    pub fn natural(self) -> Option<f64> {
+        self.natural
     }
 
     /// Checks a stated MID: outcome units, at least 0, for the identity

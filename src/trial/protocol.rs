@@ -134,6 +134,13 @@ pub struct Outcome {
     /// Minimal important difference: outcome units (gaussian), or a ratio > 1
     /// (rate ratio or odds ratio) for the log and logit links.
     pub mid: f64,
+    /// Log and logit links: the MID also as a difference in the outcome's
+    /// own units, > 0: events or yes-days per 30 days (poisson, bernoulli),
+    /// percentage points (binomial, beta). When given, decisions ask for a
+    /// difference at least this large ("2 fewer migraine days a month");
+    /// `mid`, the ratio, still draws the charts' reference lines.
+    #[serde(default)]
+    pub mid_natural: Option<f64>,
     /// The outcome's scale `S`; default: sd of run-in data, else of all data.
     pub scale: Option<f64>,
     /// Number of trials per day (binomial only).
@@ -148,7 +155,7 @@ pub struct Outcome {
 impl Outcome {
     /// The minimal important difference, stated and on the link scale.
     pub fn mid(&self) -> Mid {
-        Mid::new(self.family, self.mid)
+        Mid::new(self.family, self.mid).with_natural(self.mid_natural)
     }
 
     /// What the engine is asked to fit for this outcome.
@@ -511,6 +518,22 @@ impl Protocol {
         }
         if let Err(why) = crate::engine::spec::Mid::check(o.family, o.mid, true) {
             v.add(format!("{path}.mid"), why);
+        }
+        if let Some(k) = o.mid_natural {
+            if !o.family.has_ratio_mid() {
+                v.add(
+                    format!("{path}.mid_natural"),
+                    "is for the poisson, bernoulli, binomial and beta families; a gaussian MID is already in the outcome's units",
+                );
+            } else if !(k.is_finite() && k > 0.0) {
+                v.add(
+                    format!("{path}.mid_natural"),
+                    format!(
+                        "must be a positive difference ({}; got {k})",
+                        crate::engine::natural::difference_unit(o.family)
+                    ),
+                );
+            }
         }
         if let Some(s) = o.scale
             && !(s.is_finite() && s > 0.0)
@@ -876,6 +899,32 @@ max_blocks = 6
         let err = Protocol::parse(&bad, "x.toml").unwrap_err();
         assert!(err.to_string().contains("gauss"), "{err}");
         assert_eq!(err.issues[0].key, "family");
+    }
+
+    #[test]
+    fn a_mid_in_the_outcomes_own_units_is_checked() {
+        let counts = GOOD
+            .replace("\"gaussian\"", "\"poisson\"")
+            .replace("mid = 3.0", "mid = 1.25\nmid_natural = 2.0");
+        let p = Protocol::parse(&counts, "x.toml").unwrap();
+        assert_eq!(p.outcome.mid().natural(), Some(2.0));
+        assert_eq!(p.outcome.mid().stated(), 1.25);
+        let gaussian = GOOD.replace("mid = 3.0", "mid = 3.0\nmid_natural = 2.0");
+        let err = Protocol::parse(&gaussian, "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("outcome.mid_natural: is for the poisson"),
+            "{err}"
+        );
+        let negative = counts.replace("mid_natural = 2.0", "mid_natural = -1.0");
+        let err = Protocol::parse(&negative, "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("must be a positive difference (per 30 days"),
+            "{err}"
+        );
     }
 
     #[test]
