@@ -6,7 +6,7 @@
 use nof1d::engine::spec::Family;
 
 fn check(family: Family, reps: usize, seed: u64) {
-    let r = nof1d::cli::bench::sbc(family, reps, 56, seed);
+    let r = nof1d::cli::bench::sbc(family, reps, 56, seed, false);
     assert!(r.replications + r.failed >= reps, "{r:?}");
     assert!(r.failed * 50 <= reps, "more than 2% of fits failed: {r:?}");
     let n = r.replications as f64;

@@ -190,6 +190,27 @@ pub struct SbcResult {
     pub not_converged: usize,
     /// Fits that returned an error (left out of the ranks and coverage).
     pub failed: usize,
+    /// With `mc_check`: the Monte Carlo error estimate against the
+    /// observed seed-to-seed spread.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mc_check: Option<McCheck>,
+}
+
+/// Each replication fitted twice with different seeds: `observed` is
+/// `sqrt(mean((m1 - m2)^2) / 2)`, the seed-to-seed sd of the effect's mean,
+/// and `estimated` the root mean square of the fits' own `mc_error.mean`,
+/// both in posterior sds; calibrated when `ratio` (observed / estimated) is
+/// near 1.
+#[derive(Debug, Clone, Serialize)]
+pub struct McCheck {
+    /// Replications with both fits.
+    pub replications: usize,
+    /// Observed seed-to-seed sd of the effect's mean (posterior sds).
+    pub observed: f64,
+    /// The fits' own estimate (root mean square, posterior sds).
+    pub estimated: f64,
+    /// `observed / estimated`.
+    pub ratio: f64,
 }
 
 /// Simulation-based calibration of the gaussian fit: parameters drawn from
@@ -197,7 +218,16 @@ pub struct SbcResult {
 /// counterbalanced series simulated from the model, fitted by the grid path;
 /// the rank of the true effect among 99 posterior draws must be uniform and
 /// the 50%/90% intervals must cover at their nominal rates.
-pub fn sbc(family: Family, replications: usize, days: usize, seed: u64) -> SbcResult {
+/// With `mc_check` (non-gaussian families) each replication is fitted a
+/// second time with another seed, to set the fits' own Monte Carlo error
+/// estimate against the spread it estimates ([`McCheck`]).
+pub fn sbc(
+    family: Family,
+    replications: usize,
+    days: usize,
+    seed: u64,
+    mc_check: bool,
+) -> SbcResult {
     use rand::{RngExt, SeedableRng};
     use rand_chacha::ChaCha20Rng;
     use rand_distr::{Distribution, StandardNormal};
@@ -208,6 +238,7 @@ pub fn sbc(family: Family, replications: usize, days: usize, seed: u64) -> SbcRe
     let normal = |rng: &mut ChaCha20Rng| -> f64 { StandardNormal.sample(rng) };
     let mut ranks = Vec::with_capacity(replications);
     let (mut cover50, mut cover90, mut not_converged, mut failed) = (0, 0, 0, 0);
+    let (mut checked, mut observed2, mut estimated2) = (0usize, 0.0, 0.0);
     for rep in 0..replications {
         let tau = (3.0f64.ln() + normal(&mut rng)).exp();
         let drift_sd = hp.drift_sd_scale.unwrap_or(1.0) * normal(&mut rng).abs();
@@ -279,6 +310,23 @@ pub fn sbc(family: Family, replications: usize, days: usize, seed: u64) -> SbcRe
             not_converged += 1;
         }
         let e = &report.effects[0];
+        if mc_check && family != Family::Gaussian {
+            let again = FitSpec {
+                seed: rep as u64 + 1_000_000,
+                intervals: false,
+                ..spec.clone()
+            };
+            if let (Ok(other), Some(mc)) = (
+                crate::engine::fit::fit(&series, &again),
+                report.diagnostics.mc_error,
+            ) && let Some(mc2) = other.diagnostics.mc_error
+            {
+                let d = (e.mean - other.effects[0].mean) / e.sd.max(1e-12);
+                checked += 1;
+                observed2 += d * d / 2.0;
+                estimated2 += (mc.mean * mc.mean + mc2.mean * mc2.mean) / 2.0;
+            }
+        }
         cover50 += usize::from(e.ci50[0] <= effect && effect <= e.ci50[1]);
         cover90 += usize::from(e.ci90[0] <= effect && effect <= e.ci90[1]);
         // Rank of the truth among 99 draws from the posterior mixture.
@@ -320,6 +368,16 @@ pub fn sbc(family: Family, replications: usize, days: usize, seed: u64) -> SbcRe
         coverage90: cover90 as f64 / n.max(1) as f64,
         not_converged,
         failed,
+        mc_check: (checked > 0).then(|| {
+            let observed = (observed2 / checked as f64).sqrt();
+            let estimated = (estimated2 / checked as f64).sqrt();
+            McCheck {
+                replications: checked,
+                observed,
+                estimated,
+                ratio: observed / estimated,
+            }
+        }),
     }
 }
 

@@ -230,6 +230,10 @@ enum BenchCommand {
         /// Seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Fit each replication twice with different seeds and compare the
+        /// fits' own Monte Carlo error with the spread between them.
+        #[arg(long)]
+        mc_check: bool,
     },
 }
 
@@ -471,6 +475,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     reps,
                     days,
                     seed,
+                    mc_check,
                 },
         } => {
             let family: crate::engine::spec::Family = serde_json::from_value(
@@ -485,7 +490,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &Config::default(),
                 cli.log_level.as_deref().or(Some("warn")),
             );
-            let r = crate::cli::bench::sbc(family, *reps, *days, *seed);
+            let r = crate::cli::bench::sbc(family, *reps, *days, *seed, *mc_check);
             println!("{}", serde_json::to_string(&r)?);
             Ok(ExitCode::SUCCESS)
         }
