@@ -370,12 +370,15 @@ pub fn trial_started_message(
     )
 }
 
-/// A decision in words: a stop or dropped arms, with the posterior numbers.
+/// A decision in words: a stop or dropped arms, with the posterior numbers
+/// and, from the fit it came from (`fit`), each arm's effect in the
+/// outcome's own units where the family has them.
 pub fn decision_message(
     to: Recipient<'_>,
     trial_id: i64,
     protocol: &Protocol,
     decision: &crate::trial::decide::Decision,
+    fit: Option<&crate::engine::fit::FitReport>,
     today: Date,
     dashboard: &str,
 ) -> NewMessage {
@@ -406,6 +409,12 @@ pub fn decision_message(
             100.0 * a.p_better_by_mid,
             100.0 * a.p_best
         ));
+        let natural = fit
+            .and_then(|r| r.effects.iter().find(|e| e.arm == a.key))
+            .and_then(|e| e.natural.as_ref());
+        if let Some(n) = natural {
+            paragraphs.push(format!("In your units: {}.", n.describe()));
+        }
     }
     paragraphs.push(format!(
         "The full decision trail is on the dashboard: {dashboard}/"

@@ -219,6 +219,7 @@ pub(crate) async fn decide_trial(
                 trial_id,
                 protocol,
                 &decision,
+                report.as_ref(),
                 today,
                 &state.public_url,
             )],
