@@ -79,16 +79,6 @@ fn importance_ess_of(mixture: &inference::Mixture) -> Option<f64> {
     (weight > 0.0).then(|| sum / weight)
 }
 
-/// Antithetic pairs of importance draws each hyperparameter point starts
-/// with (non-gaussian families); `mc_error::refine` then adds draws where
-/// the fit's Monte Carlo error comes from. With draws independent from
-/// point to point, 12 at every point and more where needed beat 24
-/// everywhere: on `bench/families.sh 365` the fits took 72, 83, 59 and 257
-/// ms (poisson, bernoulli, binomial, beta; 123, 91, 76 and 337 ms at 24),
-/// all converged, and the seed test
-/// (`tests::non_gaussian_effects_do_not_depend_on_the_seed`) passed at both.
-pub const IS_PAIRS: usize = 12;
-
 /// The non-gaussian observation model of an outcome, or `None` for gaussian.
 fn likelihood_of(o: &ModelSpec) -> Result<Option<Likelihood>, ModelError> {
     Ok(match o.family {
@@ -1135,7 +1125,7 @@ mod tests {
                 &FitSpec {
                     seed: 1000,
                     grid: GridOptions {
-                        importance_pairs: 16 * IS_PAIRS,
+                        importance_pairs: 16 * inference::IS_PAIRS,
                         ..GridOptions::default()
                     },
                     ..base.clone()

@@ -42,32 +42,32 @@ pub const TOL_PROB: f64 = 0.01;
 pub struct ImportanceSums {
     /// The point's log-likelihood estimate is `log_scale + ln(W / (2 B))`,
     /// `W` the sum of the stored weights (which are relative to `e^log_scale`).
-    pub log_scale: f64,
+    log_scale: f64,
     /// Static coefficients `b`.
-    pub p: usize,
+    p: usize,
     /// The approximating Gaussian's covariance of `b` (the control variate's
     /// known value), row-major `p x p`.
-    pub g_cov: Vec<f64>,
+    g_cov: Vec<f64>,
     /// Whether the point's reported covariance fell back to `g_cov` (the
     /// corrected one was not positive definite): replicates do the same.
-    pub fell_back: bool,
+    fell_back: bool,
     /// Per pair: the sum of its two weights.
-    pub w: Vec<f64>,
+    w: Vec<f64>,
     /// Per pair: `sum w b` (`p` each).
-    pub wb: Vec<f64>,
+    wb: Vec<f64>,
     /// Per pair: `sum w b b'` (`p x p` each).
-    pub wbb: Vec<f64>,
+    wbb: Vec<f64>,
     /// Per pair: `sum (b - m_g)(b - m_g)'`, unweighted (`p x p` each): the
     /// control variate's sample term.
-    pub cv: Vec<f64>,
+    cv: Vec<f64>,
     /// `sum w^2` over every draw, for the effective sample size.
-    pub sum_w2: f64,
+    sum_w2: f64,
     /// Per pair: the factor Pareto smoothing puts on its weight (empty: 1
     /// for every pair; see [`Self::smooth_tail`]).
-    pub smooth: Vec<f64>,
+    smooth: Vec<f64>,
     /// The Pareto tail shape `k^` of the pairs' weights, once there are
     /// enough pairs to fit it ([`PSIS_MIN_PAIRS`]).
-    pub pareto_k: Option<f64>,
+    pareto_k: Option<f64>,
 }
 
 /// Pairs a point needs before its weights' tail is Pareto-smoothed: the
@@ -151,6 +151,22 @@ impl ImportanceSums {
     /// Pair `j`'s smoothing factor.
     fn factor(&self, j: usize) -> f64 {
         self.smooth.get(j).copied().unwrap_or(1.0)
+    }
+
+    /// Static coefficients `b`.
+    pub fn p(&self) -> usize {
+        self.p
+    }
+
+    /// The point's reported covariance fell back to the approximating
+    /// Gaussian's; replicates then do the same.
+    pub fn mark_fell_back(&mut self) {
+        self.fell_back = true;
+    }
+
+    /// The Pareto tail shape of the pairs' weights, where fitted.
+    pub fn pareto_k(&self) -> Option<f64> {
+        self.pareto_k
     }
 
     /// Antithetic pairs summed.
@@ -594,7 +610,7 @@ pub fn of_mixture(mix: &Mixture, r: &Reported<'_>) -> (McError, Vec<f64>) {
             .iter()
             .zip(&mix.weights)
             .filter(|(_, w)| **w >= 0.01)
-            .filter_map(|(e, _)| e.filter.importance.as_ref()?.pareto_k)
+            .filter_map(|(e, _)| e.filter.importance.as_ref()?.pareto_k())
             .reduce(f64::max),
     };
     let mut shares = vec![0.0; components.len()];

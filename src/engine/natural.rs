@@ -21,11 +21,11 @@
 use std::sync::OnceLock;
 
 use nalgebra::{DMatrix, SymmetricEigen};
-use rand::{RngExt, SeedableRng};
+use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::inference::{Marginal, Mixture};
+use crate::engine::inference::{ComponentPicker, Marginal, Mixture};
 use crate::engine::spec::Family;
 
 /// The period a count or yes/no difference is given over: a month.
@@ -159,12 +159,7 @@ pub fn prob_better_by(
 /// stationary variance from its `theta`.
 fn difference_draws(mix: &Mixture, family: Family, c: usize, seed: u64) -> Vec<f64> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x6e61_7475_7261_6c00);
-    let mut cumulative = Vec::with_capacity(mix.weights.len());
-    let mut acc = 0.0;
-    for w in &mix.weights {
-        acc += w;
-        cumulative.push(acc);
-    }
+    let picker = ComponentPicker::of(mix);
     // The Cholesky factor of each component's (mu, beta_c) covariance.
     let factors: Vec<[f64; 3]> = mix
         .components
@@ -182,10 +177,7 @@ fn difference_draws(mix: &Mixture, family: Family, c: usize, seed: u64) -> Vec<f
         .collect();
     (0..DRAWS)
         .map(|_| {
-            let u = rng.random::<f64>() * acc;
-            let k = cumulative
-                .partition_point(|&x| x < u)
-                .min(mix.weights.len() - 1);
+            let k = picker.pick(&mut rng);
             let e = &mix.components[k];
             let [l11, l21, l22] = factors[k];
             let (z1, z2): (f64, f64) = (

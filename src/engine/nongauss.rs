@@ -773,7 +773,7 @@ fn importance_sums(
 
 /// The point's estimate from its draws' sums.
 fn output_of(mut sums: ImportanceSums, approx: &Approximation) -> FilterOutput {
-    let p = sums.p;
+    let p = sums.p();
     sums.smooth_tail();
     // The covariance with the approximating Gaussian's own as a control
     // variate (`ImportanceSums::estimate`): where the weights are nearly
@@ -790,7 +790,7 @@ fn output_of(mut sums: ImportanceSums, approx: &Approximation) -> FilterOutput {
     let b_cov = if cov.clone().cholesky().is_some() {
         cov
     } else {
-        sums.fell_back = true;
+        sums.mark_fell_back();
         approx.filter.b_cov.clone()
     };
     FilterOutput {
