@@ -235,10 +235,24 @@ impl GridErrors {
                 ..e
             };
         }
-        let components: Vec<&inference::Eval> = g.mixture.components.iter().collect();
-        let all = vec![true; components.len()];
-        let [first, shifted, narrow] = &g.check_views;
-        let views = [all, first.clone(), shifted.clone(), narrow.clone()];
+        // The views of the noise estimate, only where there are draws (the
+        // gaussian simulator fits thousands of series a second).
+        let components: Vec<&inference::Eval> = if draws {
+            g.mixture.components.iter().collect()
+        } else {
+            Vec::new()
+        };
+        let views = if draws {
+            let [first, shifted, narrow] = &g.check_views;
+            vec![
+                vec![true; components.len()],
+                first.clone(),
+                shifted.clone(),
+                narrow.clone(),
+            ]
+        } else {
+            Vec::new()
+        };
         for (c, [a, b, n]) in (1..=n_effects).zip(&g.checks) {
             let full = Marginal::of(&g.mixture, c);
             let sd = full.sd().max(1e-12);
