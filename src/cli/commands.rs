@@ -118,10 +118,18 @@ enum Command {
         /// virtual trials.
         #[arg(long, num_args = 0..=1, default_missing_value = "0.05")]
         calibrate: Option<f64>,
-        /// Data: `prior` (from the model) or a stress scenario: trend, weekly,
-        /// heavy_tails, long_carryover, missing_run; `all` runs each in turn.
+        /// Data: `prior` (from the model) or a stress scenario: iid, ar1,
+        /// heavy_tails, skewed, rounded, trend, weekly, long_carryover,
+        /// missing_run, non_adherence; `all` runs each in turn.
         #[arg(long, default_value = "prior")]
         scenario: String,
+        /// Run every scenario that applies to the outcome as one table, with
+        /// the betting test beside nof1d's rule; with --calibrate, find the
+        /// one efficacy threshold that keeps the target in every scenario
+        /// (sequentially: --trials is then the most null trials a scenario
+        /// gets, the binding one; the others stop at a quarter of it).
+        #[arg(long)]
+        suite: bool,
         /// Probability that a day's observation is missing.
         #[arg(long, default_value_t = 0.1)]
         missing: f64,
@@ -526,6 +534,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             calibrate,
             scenario,
+            suite,
             missing,
             non_adherence,
             seed,
@@ -538,11 +547,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             let (p, text) = crate::trial::protocol::check_file(protocol)?;
             let scenarios = if scenario == "all" {
-                crate::trial::simulate::Scenario::ALL.to_vec()
+                crate::trial::scenario::Scenario::ALL.to_vec()
             } else {
-                vec![crate::trial::simulate::Scenario::parse(scenario).ok_or_else(|| {
-                    anyhow::anyhow!("--scenario {scenario:?}: use prior, trend, weekly, heavy_tails, long_carryover, missing_run or all")
-                })?]
+                vec![
+                    crate::trial::scenario::Scenario::parse(scenario).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--scenario {scenario:?}: use one of {} or all",
+                            crate::trial::scenario::Scenario::names()
+                        )
+                    })?,
+                ]
             };
             for (name, v) in [("--missing", *missing), ("--non-adherence", *non_adherence)] {
                 if !(0.0..1.0).contains(&v) {
@@ -557,6 +571,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if *trials == 0 {
                 anyhow::bail!("--trials must be at least 1");
             }
+            let hash = crate::trial::protocol::ProtocolHash::of(&text);
+            let threads = threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            if *suite {
+                let base = crate::trial::simulate::SimOptions {
+                    effect: *effect,
+                    missing: *missing,
+                    non_adherence: *non_adherence,
+                    seed: *seed,
+                    threads,
+                    progress: !*json,
+                    ..Default::default()
+                };
+                let quarter = (*trials / 4).max(1);
+                let options = crate::trial::simulate::suite::SuiteOptions {
+                    base,
+                    target: *calibrate,
+                    first_trials: quarter,
+                    max_trials: *trials,
+                    power_trials: quarter,
+                    fresh_trials: if calibrate.is_some() { quarter } else { 0 },
+                };
+                let report = crate::trial::simulate::suite::run_suite(&p, &hash, &options)?;
+                let doc = serde_json::to_string_pretty(&report)?;
+                let path = out
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(format!("suite-{}.json", p.id)));
+                std::fs::write(&path, &doc)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                if *json {
+                    println!("{doc}");
+                } else {
+                    print!("{}", crate::trial::simulate::suite::render_suite(&report));
+                    println!("JSON report written to {}", path.display());
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut reports = Vec::new();
             for s in scenarios {
                 let options = crate::trial::simulate::SimOptions {
@@ -566,17 +617,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     non_adherence: *non_adherence,
                     scenario: s,
                     seed: *seed,
-                    threads: threads.unwrap_or_else(|| {
-                        std::thread::available_parallelism().map_or(1, |n| n.get())
-                    }),
+                    threads,
                     calibrate: *calibrate,
                     progress: !*json,
                 };
-                let report = crate::trial::simulate::simulate_protocol(
-                    &p,
-                    &crate::trial::protocol::ProtocolHash::of(&text),
-                    &options,
-                )?;
+                let report = crate::trial::simulate::simulate_protocol(&p, &hash, &options)?;
                 if !*json {
                     print!("{}", crate::trial::simulate::render(&report));
                 }

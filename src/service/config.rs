@@ -237,6 +237,15 @@ pub struct JobsConfig {
     /// Virtual trials per condition when simulating a proposal's design
     /// (gaussian outcomes; the slower families use a twentieth, at least 10).
     pub design_trials: usize,
+    /// Calibrate every design's efficacy threshold on the stress suite
+    /// before its trial starts (an approved trial waits for it). Off: trials
+    /// decide on their protocol's stated thresholds, and say so.
+    pub calibrate: bool,
+    /// The most null virtual trials the binding scenario of a calibration
+    /// gets (every scenario starts with a quarter of it; a quarter run under
+    /// the effect for power). Gaussian outcomes; the slower families use a
+    /// fifth, at least 8.
+    pub calibration_trials: usize,
 }
 
 impl Default for JobsConfig {
@@ -248,6 +257,8 @@ impl Default for JobsConfig {
             refit_seconds: 60,
             design_seconds: 60,
             design_trials: 400,
+            calibrate: true,
+            calibration_trials: 400,
         }
     }
 }

@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use crate::engine::fit::FitReport;
-use crate::trial::decide::{Action, Decision};
+use crate::trial::decide::{Action, Decision, LockedEfficacy, ThresholdSource};
 use crate::trial::lifecycle::{DatedDay, TrialStatus};
 use crate::trial::protocol::ProtocolHash;
+use crate::trial::simulate::suite::SuiteReport;
 use jiff::Timestamp;
 use jiff::civil::Date;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
@@ -24,10 +25,11 @@ use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
 
 /// The migration files, in order. Append new files; never edit a released one.
-const MIGRATION_FILES: [&str; 3] = [
+const MIGRATION_FILES: [&str; 4] = [
     include_str!("../../migrations/0001_initial.sql"),
     include_str!("../../migrations/0002_trial_lifecycle.sql"),
     include_str!("../../migrations/0003_dashboard.sql"),
+    include_str!("../../migrations/0004_calibration.sql"),
 ];
 
 /// The migrations, in order.
@@ -206,6 +208,9 @@ pub struct TrialRow {
     pub start_date: Option<Date>,
     /// Why it stopped.
     pub stop_reason: Option<String>,
+    /// The efficacy threshold locked at the start (none before it, and for
+    /// trials started before calibration existed).
+    pub locked: Option<LockedEfficacy>,
 }
 
 /// A trial to propose: the locked protocol and its seed.
@@ -251,6 +256,45 @@ pub struct DesignSimulationRow {
     pub wall_ms: f64,
     /// When it finished.
     pub created_at: String,
+}
+
+/// A design's calibration on the stress suite, stored once per protocol text.
+#[derive(Debug, Clone)]
+pub struct CalibrationRow {
+    /// SHA-256 of the protocol text calibrated.
+    pub protocol_hash: String,
+    /// The false-stop target held in every scenario.
+    pub target: f64,
+    /// The calibrated efficacy threshold.
+    pub efficacy: f64,
+    /// The scenario that set it.
+    pub binding: String,
+    /// The `SuiteReport` as JSON.
+    pub report_json: String,
+    /// Wall time of the calibration.
+    pub wall_ms: f64,
+    /// When it finished.
+    pub created_at: String,
+}
+
+impl CalibrationRow {
+    /// The stored suite report.
+    pub fn report(&self) -> Result<SuiteReport> {
+        serde_json::from_str(&self.report_json).map_err(|e| {
+            StoreError::Invalid(format!(
+                "calibration of {}: {e}",
+                &self.protocol_hash[..12.min(self.protocol_hash.len())]
+            ))
+        })
+    }
+
+    /// The threshold a trial of this design locks at its start.
+    pub fn locked(&self) -> LockedEfficacy {
+        LockedEfficacy {
+            efficacy: self.efficacy,
+            source: ThresholdSource::Calibrated,
+        }
+    }
 }
 
 /// A verified one-click link to apply.
@@ -832,7 +876,7 @@ impl Store {
     pub fn trials(&self) -> Result<Vec<TrialRow>> {
         let mut stmt = self.conn.prepare(
             "SELECT id, participant_id, protocol_id, protocol_toml, protocol_hash, seed,
-                    status, start_date, stop_reason
+                    status, start_date, stop_reason, efficacy_threshold, threshold_source
              FROM trials ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -846,6 +890,8 @@ impl Store {
                 r.get::<_, String>(6)?,
                 r.get::<_, Option<String>>(7)?,
                 r.get::<_, Option<String>>(8)?,
+                r.get::<_, Option<f64>>(9)?,
+                r.get::<_, Option<String>>(10)?,
             ))
         })?;
         let mut out = Vec::new();
@@ -860,7 +906,18 @@ impl Store {
                 status,
                 start,
                 stop_reason,
+                efficacy,
+                source,
             ) = row?;
+            let locked = match (efficacy, source) {
+                (Some(efficacy), Some(source)) => Some(LockedEfficacy {
+                    efficacy,
+                    source: ThresholdSource::parse(&source).ok_or_else(|| {
+                        StoreError::Invalid(format!("trial {id} threshold source {source:?}"))
+                    })?,
+                }),
+                _ => None,
+            };
             out.push(TrialRow {
                 id,
                 participant_id,
@@ -874,6 +931,7 @@ impl Store {
                     .ok_or_else(|| StoreError::Invalid(format!("trial {id} status {status:?}")))?,
                 start_date: start.as_deref().map(parse_date).transpose()?,
                 stop_reason,
+                locked,
             });
         }
         Ok(out)
@@ -1055,18 +1113,34 @@ impl Store {
         Ok(())
     }
 
-    /// Starts an approved trial: its dated schedule and the move to running,
-    /// in one transaction.
+    /// Starts an approved trial: its dated schedule, the efficacy threshold
+    /// it decides with from now on (`locked`), and the move to running, in
+    /// one transaction.
+    #[allow(clippy::too_many_arguments)]
     pub fn start_trial(
         &mut self,
         trial_id: i64,
         start_date: Date,
         schedule: &[DatedDay],
+        locked: LockedEfficacy,
         messages: &[NewMessage],
         actor: &str,
         now: Timestamp,
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE trials SET efficacy_threshold = ?2, threshold_source = ?3
+             WHERE id = ?1 AND efficacy_threshold IS NULL",
+            params![trial_id, locked.efficacy, locked.source.as_str()],
+        )?;
+        audit(
+            &tx,
+            actor,
+            "lock_threshold",
+            Some(trial_id),
+            &serde_json::json!({"efficacy": locked.efficacy, "source": locked.source.as_str()}),
+            now,
+        )?;
         change_status_tx(
             &tx,
             &StatusChange {
@@ -1371,6 +1445,48 @@ impl Store {
             params![
                 row.protocol_hash,
                 row.trials,
+                row.report_json,
+                row.wall_ms,
+                row.created_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The stored calibration of a design, by protocol hash.
+    pub fn calibration(&self, protocol_hash: &ProtocolHash) -> Result<Option<CalibrationRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT protocol_hash, target, efficacy, binding, report_json, wall_ms, created_at
+                 FROM calibrations WHERE protocol_hash = ?1",
+                [&protocol_hash.0],
+                |r| {
+                    Ok(CalibrationRow {
+                        protocol_hash: r.get(0)?,
+                        target: r.get(1)?,
+                        efficacy: r.get(2)?,
+                        binding: r.get(3)?,
+                        report_json: r.get(4)?,
+                        wall_ms: r.get(5)?,
+                        created_at: r.get(6)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Stores a design's calibration (the first one for a hash stands).
+    pub fn put_calibration(&mut self, row: &CalibrationRow) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO calibrations
+                 (protocol_hash, target, efficacy, binding, report_json, wall_ms, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (protocol_hash) DO NOTHING",
+            params![
+                row.protocol_hash,
+                row.target,
+                row.efficacy,
+                row.binding,
                 row.report_json,
                 row.wall_ms,
                 row.created_at

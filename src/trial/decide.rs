@@ -120,6 +120,61 @@ pub struct Thresholds {
     pub drop_arm: f64,
     /// Minimum blocks before any stop.
     pub min_blocks: u32,
+    /// Where the efficacy threshold came from (decisions stored before
+    /// calibration existed used the protocol's).
+    #[serde(default)]
+    pub source: ThresholdSource,
+}
+
+/// Where a trial's efficacy threshold came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThresholdSource {
+    /// The protocol's stated threshold, not calibrated for its design.
+    #[default]
+    Protocol,
+    /// Calibrated before the trial started by simulating its design on the
+    /// stress suite (`trial::simulate::suite`), so that false stops stay at
+    /// or below the protocol's target in every scenario.
+    Calibrated,
+}
+
+impl ThresholdSource {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThresholdSource::Protocol => "protocol",
+            ThresholdSource::Calibrated => "calibrated",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<ThresholdSource> {
+        match s {
+            "protocol" => Some(ThresholdSource::Protocol),
+            "calibrated" => Some(ThresholdSource::Calibrated),
+            _ => None,
+        }
+    }
+
+    /// In words, for pages, reports and emails.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ThresholdSource::Protocol => "the protocol's stated threshold (not calibrated)",
+            ThresholdSource::Calibrated => {
+                "calibrated by simulating this design on the stress suite before the trial started"
+            }
+        }
+    }
+}
+
+/// The efficacy threshold a trial locked when it started.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LockedEfficacy {
+    /// Stop for efficacy when `P(delta > MID) >=` this.
+    pub efficacy: f64,
+    /// Where it came from.
+    pub source: ThresholdSource,
 }
 
 /// Applies the rules of §5 at a look.
@@ -199,8 +254,11 @@ pub fn decide(
         return done(
             Action::StopEfficacy { arm: best.arm },
             format!(
-                "P({} better by MID) = {:.3} >= {}",
-                best.key, best.p_better_by_mid, thresholds.efficacy
+                "P({} better by MID) = {:.3} >= {} ({})",
+                best.key,
+                best.p_better_by_mid,
+                thresholds.efficacy,
+                thresholds.source.as_str()
             ),
         );
     }
@@ -262,6 +320,25 @@ pub fn thresholds(rules: &DecisionRules, min_blocks: u32) -> Thresholds {
         futility: rules.futility,
         drop_arm: rules.drop_arm,
         min_blocks,
+        source: ThresholdSource::Protocol,
+    }
+}
+
+/// The thresholds a trial decides with: the protocol's, with the efficacy
+/// threshold it locked at its start where it has one.
+pub fn trial_thresholds(
+    rules: &DecisionRules,
+    min_blocks: u32,
+    locked: Option<LockedEfficacy>,
+) -> Thresholds {
+    let stated = thresholds(rules, min_blocks);
+    match locked {
+        Some(l) => Thresholds {
+            efficacy: l.efficacy,
+            source: l.source,
+            ..stated
+        },
+        None => stated,
     }
 }
 
@@ -383,6 +460,7 @@ mod tests {
             futility: 0.05,
             drop_arm: 0.05,
             min_blocks: 2,
+            source: ThresholdSource::Protocol,
         }
     }
 

@@ -1,12 +1,14 @@
 //! Trials: the protocol, its design and schedule, the life cycle, the
 //! decision rules, and whole virtual trials. Pure: no SQL, no clock, no I/O.
 
+pub mod betting;
 pub mod calendar;
 pub mod causal;
 pub mod decide;
 pub mod design;
 pub mod lifecycle;
 pub mod protocol;
+pub mod scenario;
 pub mod series;
 pub mod simulate;
 pub mod step;

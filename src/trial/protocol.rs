@@ -261,8 +261,13 @@ pub struct Allocation {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DecisionRules {
-    /// Stop for efficacy when `P(delta > MID) >=` this for the best arm.
+    /// Stop for efficacy when `P(delta > MID) >=` this for the best arm:
+    /// the starting point; before the trial starts the daemon calibrates it
+    /// so that false stops stay at or below `false_stop_target`.
     pub efficacy: f64,
+    /// The false-stop rate under no effect that the calibrated efficacy
+    /// threshold keeps in every stress scenario (`statistics.md` §5).
+    pub false_stop_target: f64,
     /// Stop for futility when `P(delta > MID) <=` this for every active arm.
     pub futility: f64,
     /// Drop an arm when `P(arm is best) <` this (K >= 3).
@@ -277,6 +282,7 @@ impl Default for DecisionRules {
     fn default() -> Self {
         DecisionRules {
             efficacy: 0.95,
+            false_stop_target: 0.05,
             futility: 0.05,
             drop_arm: 0.05,
             analysis: Analysis::Itt,
@@ -697,6 +703,12 @@ impl Protocol {
             v.add(
                 "decision.efficacy",
                 format!("must be in (0.5, 1) (got {})", r.efficacy),
+            );
+        }
+        if !(r.false_stop_target > 0.0 && r.false_stop_target < 0.5) {
+            v.add(
+                "decision.false_stop_target",
+                format!("must be in (0, 0.5) (got {})", r.false_stop_target),
             );
         }
         if !(r.futility >= 0.0 && r.futility < 0.5) {

@@ -12,65 +12,21 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::fit::{FitReport, FitSpec, Method};
 use crate::engine::generate::{Latent, ModelParams, normal};
 use crate::engine::inference::{GridOptions, HyperPriors, McmcOptions};
 use crate::engine::model::{ArmPath, Series};
 use crate::engine::spec::{Family, Mid, ModelSpec};
+use crate::trial::betting::BettingTest;
 use crate::trial::decide::{self, Action, Decision};
 use crate::trial::design;
-use crate::trial::protocol::{Protocol, ProtocolHash};
+use crate::trial::protocol::{DesignKind, Protocol, ProtocolHash};
+use crate::trial::scenario::{self, Noise, Scenario};
 use crate::trial::step;
 
-/// Named stress scenarios: features real series have and the model does
-/// not assume, added to data otherwise drawn from the priors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Scenario {
-    /// Data exactly from the model, hyperparameters drawn from the priors.
-    Prior,
-    /// A slow linear trend: one scale unit `S` over the planned trial.
-    Trend,
-    /// A day-of-week pattern: weekends `0.5 S` higher.
-    Weekly,
-    /// Heavy-tailed noise: Student t with 3 degrees of freedom, same sd.
-    HeavyTails,
-    /// Carryover longer than a period: half-life 1.5 periods.
-    LongCarryover,
-    /// A run of 10 missing days at a random point after the first block.
-    MissingRun,
-}
-
-impl Scenario {
-    /// Every scenario, in report order.
-    pub const ALL: [Scenario; 6] = [
-        Scenario::Prior,
-        Scenario::Trend,
-        Scenario::Weekly,
-        Scenario::HeavyTails,
-        Scenario::LongCarryover,
-        Scenario::MissingRun,
-    ];
-
-    /// The scenario's name on the command line and in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Scenario::Prior => "prior",
-            Scenario::Trend => "trend",
-            Scenario::Weekly => "weekly",
-            Scenario::HeavyTails => "heavy_tails",
-            Scenario::LongCarryover => "long_carryover",
-            Scenario::MissingRun => "missing_run",
-        }
-    }
-
-    /// Parses a scenario name.
-    pub fn parse(name: &str) -> Option<Scenario> {
-        Scenario::ALL.into_iter().find(|s| s.name() == name)
-    }
-}
+pub mod suite;
 
 /// Settings of a simulation run.
 #[derive(Debug, Clone)]
@@ -138,10 +94,23 @@ struct VirtualTrial {
     end_days: u32,
     /// Arms dropped, with the number of looks recorded before the drop.
     dropped: Vec<(usize, usize)>,
+    /// Where the betting test on block differences rejected "no effect",
+    /// over the whole planned schedule (data go on after nof1d's own rule
+    /// ends a trial, so that the two are compared on the same trials).
+    betting: Option<BettingStop>,
     fits: usize,
     evaluations: usize,
     not_converged: usize,
     failed: usize,
+}
+
+/// Where a virtual trial's betting test rejected.
+#[derive(Debug, Clone, Copy)]
+struct BettingStop {
+    /// The arm found better than the comparator.
+    arm: usize,
+    /// Blocks completed at the rejection.
+    blocks: u32,
 }
 
 /// One look of a virtual trial as it was taken: the fit (none when it
@@ -201,7 +170,7 @@ impl VirtualTrial {
 }
 
 /// A proportion with its Monte Carlo standard error `sqrt(p (1 - p) / n)`.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Rate {
     /// Proportion.
     pub rate: f64,
@@ -223,7 +192,7 @@ impl Rate {
 }
 
 /// A distribution summary: mean (with its Monte Carlo se) and quantiles.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Spread {
     /// Mean.
     pub mean: f64,
@@ -316,6 +285,55 @@ pub struct AtThreshold {
     pub effect: Operating,
 }
 
+/// The anytime-valid betting test on the same virtual trials
+/// ([`crate::trial::betting`]): its false stops and power, beside nof1d's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BettingRates {
+    /// Its level (the false-stop target), split over the arms.
+    pub alpha: f64,
+    /// Rejections of "no effect" when no arm has an effect.
+    pub false_stops: Rate,
+    /// Rejections when the effect arm has the effect.
+    pub power: Rate,
+    /// Rejections naming the effect arm.
+    pub power_right_arm: Rate,
+    /// Blocks run when it rejected, under the effect.
+    pub blocks: Option<Spread>,
+}
+
+/// The betting test's rates on `null` and `effect` trials, or `None` when
+/// the design gives it no valid footing ([`Setup::betting_tests`]).
+fn betting_rates(
+    setup: &Setup<'_>,
+    null: &[VirtualTrial],
+    effect: &[VirtualTrial],
+) -> Option<BettingRates> {
+    if setup.betting_tests().is_empty() {
+        return None;
+    }
+    let rejected = |ts: &[VirtualTrial], right: Option<usize>| {
+        let k = ts
+            .iter()
+            .filter(|t| {
+                t.betting
+                    .is_some_and(|b| right.is_none_or(|arm| b.arm == arm))
+            })
+            .count();
+        Rate::of(k, ts.len())
+    };
+    let blocks: Vec<f64> = effect
+        .iter()
+        .filter_map(|t| t.betting.map(|b| f64::from(b.blocks)))
+        .collect();
+    Some(BettingRates {
+        alpha: setup.options.calibrate.unwrap_or(DEFAULT_TARGET),
+        false_stops: rejected(null, None),
+        power: rejected(effect, None),
+        power_right_arm: rejected(effect, Some(setup.effect_arm)),
+        blocks: (!blocks.is_empty()).then(|| Spread::of(blocks)),
+    })
+}
+
 /// The result of `--calibrate`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Calibration {
@@ -331,7 +349,7 @@ pub struct Calibration {
 }
 
 /// Engine work done and how long it took.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SimTiming {
     /// Wall time in seconds.
     pub wall_s: f64,
@@ -382,6 +400,9 @@ pub struct SimulationReport {
     pub default: AtThreshold,
     /// The calibrated threshold, when asked for.
     pub calibrated: Option<Calibration>,
+    /// The anytime-valid betting test on the same trials (none where the
+    /// design's block orders do not allow it).
+    pub betting: Option<BettingRates>,
     /// Work and time.
     pub timing: SimTiming,
 }
@@ -423,7 +444,10 @@ impl Setup<'_> {
             |median: f64, sd: f64, rng: &mut ChaCha20Rng| (median.ln() + sd * normal(rng)).exp();
         let drift_time = lognormal(h.drift_time_median_days, h.drift_time_log_sd, rng);
         let lambda = 1.0 / drift_time;
-        let drift_sd = (h.drift_sd_scale * normal(rng)).abs();
+        let mut drift_sd = (h.drift_sd_scale * normal(rng)).abs();
+        if self.options.scenario.without_drift() {
+            drift_sd = 0.0;
+        }
         let mut half_life = lognormal(h.half_life_median_days, h.half_life_log_sd, rng);
         if self.options.scenario == Scenario::LongCarryover {
             half_life = 1.5 * f64::from(self.protocol.design.period_days);
@@ -449,8 +473,100 @@ impl Setup<'_> {
         )
     }
 
+    /// One betting test per non-comparator arm, each at `alpha / (K - 1)`
+    /// (Bonferroni), or none where the design's block orders are not
+    /// independent fair coins (ABBA pairs, Williams rows, adaptive
+    /// allocation), which the test's validity needs.
+    fn betting_tests(&self) -> Vec<(usize, BettingTest)> {
+        let protocol = self.protocol;
+        let independent_orders = matches!(
+            protocol.design.kind,
+            DesignKind::Block | DesignKind::Counterbalanced
+        );
+        if !independent_orders || protocol.decision.allocation.is_some() {
+            return Vec::new();
+        }
+        let alpha = self.options.calibrate.unwrap_or(DEFAULT_TARGET);
+        let others = (self.keys.len() - 1).max(1) as f64;
+        (0..self.keys.len())
+            .filter(|&a| a != self.comparator)
+            .map(|a| (a, BettingTest::new(alpha / others)))
+            .collect()
+    }
+
+    /// Feeds a completed block's differences (each arm's period mean minus
+    /// the comparator's, signed so that positive is better) to the betting
+    /// tests, and records the first rejection.
+    fn bet_on_block(
+        &self,
+        tests: &mut [(usize, BettingTest)],
+        means: &[(usize, f64)],
+        blocks: u32,
+        trial: &mut VirtualTrial,
+    ) {
+        let sign = self.protocol.outcome.direction.sign();
+        let mean = |arm: usize| means.iter().find(|m| m.0 == arm).map(|m| m.1);
+        let Some(comparator) = mean(self.comparator) else {
+            return;
+        };
+        for (arm, test) in tests.iter_mut() {
+            if let Some(m) = mean(*arm)
+                && test.observe(sign * (m - comparator))
+                && trial.betting.is_none()
+            {
+                trial.betting = Some(BettingStop { arm: *arm, blocks });
+            }
+        }
+    }
+
+    /// The refit at a look, on the data so far, as the daemon asks for it
+    /// (one thread: the simulator already runs a trial per core).
+    #[allow(clippy::too_many_arguments)]
+    fn fit_look(
+        &self,
+        t: &[f64],
+        y: &[f64],
+        assigned: &[usize],
+        trial_seed: u64,
+        run_in_sd: Option<f64>,
+        dropped: Vec<usize>,
+        trial: &mut VirtualTrial,
+    ) -> Option<FitReport> {
+        let series = series_of(t, y, assigned, self.keys.len(), self.comparator);
+        let spec = FitSpec {
+            grid: GridOptions {
+                threads: 1,
+                ..GridOptions::default()
+            },
+            path: false,
+            intervals: false,
+            ..step::look_fit_spec(&self.model, self.protocol, trial_seed, run_in_sd, dropped)
+        };
+        trial.fits += 1;
+        match crate::engine::fit::fit(&series, &spec) {
+            Ok(report) => {
+                trial.evaluations += report.diagnostics.evaluations;
+                if !report.diagnostics.converged {
+                    trial.not_converged += 1;
+                    tracing::debug!(
+                        observations = series.y.len(),
+                        reason = report.diagnostics.reason.as_deref().unwrap_or(""),
+                        "virtual trial fit not converged"
+                    );
+                }
+                Some(report)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "virtual trial fit failed");
+                trial.failed += 1;
+                None
+            }
+        }
+    }
+
     /// One virtual trial, exactly as the daemon runs it, with the efficacy
     /// rule off (see [`VirtualTrial`]).
+    #[cfg(test)]
     fn run(&self, beta_effect: f64, trial_seed: u64) -> VirtualTrial {
         self.run_with(beta_effect, trial_seed, f64::INFINITY, None)
     }
@@ -472,13 +588,13 @@ impl Setup<'_> {
         let mut thresholds = decide::thresholds(&protocol.decision, d.min_blocks);
         thresholds.efficacy = efficacy;
         let planned = protocol.planned_days();
-        let missing_run_start = match self.options.scenario {
-            Scenario::MissingRun => {
-                let first_block = d.run_in_days + d.period_days * self.keys.len() as u32;
-                Some(first_block + rng.random_range(0..planned.saturating_sub(first_block).max(1)))
-            }
-            _ => None,
-        };
+        let scenario = self.options.scenario;
+        let non_adherence = scenario.non_adherence(self.options.non_adherence);
+        let missing_run_start = (scenario == Scenario::MissingRun).then(|| {
+            let first_block = d.run_in_days + d.period_days * self.keys.len() as u32;
+            scenario::missing_run_start(first_block, planned, &mut rng)
+        });
+        let mut noise = Noise::new(scenario);
         let mut state = Latent::stationary(&params, &mut rng);
         let (mut t, mut y, mut assigned) = (Vec::new(), Vec::new(), Vec::<usize>::new());
         let mut trial = VirtualTrial {
@@ -487,39 +603,41 @@ impl Setup<'_> {
             end_blocks: 0,
             end_days: 0,
             dropped: Vec::new(),
+            betting: None,
             fits: 0,
             evaluations: 0,
             not_converged: 0,
             failed: 0,
         };
-        let day = |arm: usize,
-                   state: &mut Latent,
-                   rng: &mut ChaCha20Rng,
-                   t: &mut Vec<f64>,
-                   y: &mut Vec<f64>,
-                   assigned: &mut Vec<usize>| {
+        let mut betting = self.betting_tests();
+        let mut day = |arm: usize,
+                       state: &mut Latent,
+                       rng: &mut ChaCha20Rng,
+                       t: &mut Vec<f64>,
+                       y: &mut Vec<f64>,
+                       assigned: &mut Vec<usize>| {
             let today = assigned.len() as u32;
-            let taken = if rng.random::<f64>() < self.options.non_adherence {
+            let taken = if rng.random::<f64>() < non_adherence {
                 self.comparator
             } else {
                 arm
             };
             state.advance(&params, OBS_OFFSET, params.beta[taken], rng);
             let mut eta = params.mu + state.x + state.e;
-            match self.options.scenario {
+            match scenario {
                 Scenario::Trend => eta += self.scale * f64::from(today) / f64::from(planned.max(1)),
                 Scenario::Weekly if today % 7 >= 5 => eta += 0.5 * self.scale,
                 _ => {}
             }
-            let noise = if self.options.scenario == Scenario::HeavyTails {
-                // t_3 has variance 3: rescale to unit sd.
-                let chi: f64 = (0..3).map(|_| normal(rng).powi(2)).sum();
-                normal(rng) / (chi / 3.0).sqrt() / 3f64.sqrt()
-            } else {
-                normal(rng)
-            };
             let value = match self.model.family {
-                Family::Gaussian => eta + params.sigma_y * noise,
+                Family::Gaussian => {
+                    let value = eta + params.sigma_y * noise.next(rng);
+                    if scenario == Scenario::Rounded {
+                        scenario::rounded(value, self.scale)
+                    } else {
+                        value
+                    }
+                }
                 family => crate::engine::generate::draw(
                     family,
                     protocol.outcome.trials,
@@ -548,7 +666,11 @@ impl Setup<'_> {
         }
         let run_in_sd = sd(&y);
         let mut p = 0;
+        // The mean outcome of each period of the current block, by arm.
+        let mut block_means: Vec<(usize, f64)> = Vec::new();
+        let mut ended = false;
         while p < periods.len() {
+            let first_observation = y.len();
             for _ in 0..d.period_days {
                 day(
                     periods[p].arm,
@@ -559,42 +681,36 @@ impl Setup<'_> {
                     &mut assigned,
                 );
             }
+            if let Some(mean) = mean_of(&y[first_observation..]) {
+                block_means.push((periods[p].arm, mean));
+            }
+            let block = periods[p].block;
+            if periods.get(p + 1).is_none_or(|next| next.block != block) {
+                self.bet_on_block(&mut betting, &block_means, block + 1, &mut trial);
+                block_means.clear();
+            }
+            if ended {
+                p += 1;
+                continue;
+            }
             let dropped: Vec<usize> = (0..self.keys.len())
                 .filter(|a| !active.contains(a))
                 .collect();
             let look = step::look_after(&periods, p + 1, self.keys.len(), &dropped);
             trial.end_blocks = look.blocks_done;
             trial.end_days = assigned.len() as u32;
-            let series = series_of(&t, &y, &assigned, self.keys.len(), self.comparator);
-            let spec = FitSpec {
-                // One fit per core already: no threads inside a fit.
-                grid: GridOptions {
-                    threads: 1,
-                    ..GridOptions::default()
-                },
-                path: false,
-                intervals: false,
-                ..step::look_fit_spec(&self.model, protocol, trial_seed, run_in_sd, dropped)
-            };
-            trial.fits += 1;
-            let report = match crate::engine::fit::fit(&series, &spec) {
-                Ok(report) => {
-                    trial.evaluations += report.diagnostics.evaluations;
-                    if !report.diagnostics.converged {
-                        trial.not_converged += 1;
-                        tracing::debug!(
-                            observations = series.y.len(),
-                            reason = report.diagnostics.reason.as_deref().unwrap_or(""),
-                            "virtual trial fit not converged"
-                        );
-                    }
-                    Some(report)
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "virtual trial fit failed");
-                    trial.failed += 1;
-                    None
-                }
+            // Before `min_blocks` no rule can fire and, without adaptive
+            // allocation, nothing reads the fit: the decision is the same
+            // without it (a traced trial still fits, as the daemon does).
+            let decisive = look.blocks_done >= d.min_blocks
+                || protocol.decision.allocation.is_some()
+                || trace.is_some();
+            let report = if decisive {
+                self.fit_look(
+                    &t, &y, &assigned, trial_seed, run_in_sd, dropped, &mut trial,
+                )
+            } else {
+                None
             };
             let step = step::step(
                 protocol,
@@ -629,7 +745,13 @@ impl Setup<'_> {
             }
             if decision.action.stops() {
                 trial.end = decision.action.clone();
-                return trial;
+                // The betting test still sees the rest of the planned schedule.
+                if betting.is_empty() || trial.betting.is_some() {
+                    return trial;
+                }
+                ended = true;
+                p += 1;
+                continue;
             }
             if let Action::DropArms { arms } = &decision.action {
                 active.retain(|a| !arms.contains(a));
@@ -642,13 +764,22 @@ impl Setup<'_> {
             }
             p += 1;
         }
-        trial.end = Action::StopInconclusive;
+        if !ended {
+            trial.end = Action::StopInconclusive;
+        }
         trial
     }
 }
 
+/// The false-stop target when none is given: 5% (`statistics.md` §5).
+pub const DEFAULT_TARGET: f64 = 0.05;
+
 /// Evening observations: 19:12 local time.
 const OBS_OFFSET: f64 = 0.8;
+
+fn mean_of(xs: &[f64]) -> Option<f64> {
+    (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+}
 
 fn sd(xs: &[f64]) -> Option<f64> {
     if xs.len() < 2 {
@@ -687,6 +818,24 @@ fn run_many(
     n: usize,
     bar: &ProgressBar,
 ) -> Vec<VirtualTrial> {
+    run_range(setup, beta, stream, 0..n, f64::INFINITY, bar)
+}
+
+/// [`run_many`] for the trials numbered `range` of a stream: a sequential
+/// calibration adds trials to a scenario batch by batch, and the trials it
+/// adds are the ones a single run of the whole range would have drawn.
+/// Trials stop for efficacy at `efficacy` (`INFINITY`: never), which
+/// leaves every course at a lower threshold unchanged ([`VirtualTrial::at`]).
+fn run_range(
+    setup: &Setup<'_>,
+    beta: f64,
+    stream: u64,
+    range: std::ops::Range<usize>,
+    efficacy: f64,
+    bar: &ProgressBar,
+) -> Vec<VirtualTrial> {
+    let n = range.len();
+    let first = range.start;
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<VirtualTrial>>> = Mutex::new(vec![None; n]);
     let threads = setup.options.threads.max(1).min(n.max(1));
@@ -698,8 +847,8 @@ fn run_many(
                     if i >= n {
                         break;
                     }
-                    let seed = trial_seed(setup.options.seed, stream, i as u64);
-                    let trial = setup.run(beta, seed);
+                    let seed = trial_seed(setup.options.seed, stream, (first + i) as u64);
+                    let trial = setup.run_with(beta, seed, efficacy, None);
                     if let Ok(mut r) = results.lock() {
                         r[i] = Some(trial);
                     }
@@ -949,6 +1098,7 @@ pub fn simulate_protocol(
         planned_days: protocol.planned_days(),
         default,
         calibrated,
+        betting: betting_rates(&setup, &null, &with_effect),
         timing: SimTiming {
             wall_s,
             threads,
@@ -1017,6 +1167,17 @@ pub fn render(r: &SimulationReport) -> String {
             },
             pct(c.in_sample_false_stop),
             pct(c.result.no_effect.stop_efficacy)
+        );
+    }
+    if let Some(b) = &r.betting {
+        let _ = writeln!(
+            out,
+            "{:<22} {:>9} {:>16} {:>16}   (anytime-valid, on block differences; level {:.1}%)",
+            "betting test",
+            "",
+            pct(b.false_stops),
+            pct(b.power),
+            100.0 * b.alpha
         );
     }
     let d = &r.default;

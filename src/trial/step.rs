@@ -13,7 +13,7 @@ use jiff::civil::Date;
 use crate::engine::fit::{FitReport, FitSpec, Method};
 use crate::engine::inference::{GridOptions, McmcOptions};
 use crate::engine::spec::ModelSpec;
-use crate::trial::decide::{self, Action, Decision, Look, Thresholds};
+use crate::trial::decide::{self, Action, Decision, LockedEfficacy, Look, Thresholds};
 use crate::trial::design::{self, PlannedPeriod};
 use crate::trial::lifecycle::{self, DatedDay, LifecycleError};
 use crate::trial::protocol::Protocol;
@@ -170,13 +170,17 @@ pub struct LookFit<'a> {
     pub data_through: Date,
 }
 
-/// What earlier looks left: the periods already decided and the arms dropped.
+/// What the trial brings to a look from before: the periods already
+/// decided, the arms dropped, and the efficacy threshold locked at its start.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LookHistory {
     /// Periods with a decision.
     pub decided: Vec<u32>,
     /// Arms dropped by earlier decisions.
     pub dropped: Vec<usize>,
+    /// The efficacy threshold the trial locked when it started (none: the
+    /// protocol's, for trials started before calibration existed).
+    pub locked: Option<LockedEfficacy>,
 }
 
 impl LookHistory {
@@ -187,6 +191,7 @@ impl LookHistory {
         LookHistory {
             decided: decisions.iter().filter_map(|d| d.0).collect(),
             dropped: lifecycle::dropped_arms(&looks),
+            locked: None,
         }
     }
 }
@@ -233,7 +238,11 @@ pub fn daemon_look(
     }
     let periods = lifecycle::periods_of(rows);
     let look = look_after(&periods, done, protocol.arms.len(), &history.dropped);
-    let thresholds = decide::thresholds(&protocol.decision, protocol.design.min_blocks);
+    let thresholds = decide::trial_thresholds(
+        &protocol.decision,
+        protocol.design.min_blocks,
+        history.locked,
+    );
     let step = step(
         protocol,
         seed,
@@ -296,6 +305,7 @@ mod tests {
                 futility: 0.05,
                 drop_arm: 0.05,
                 min_blocks: 2,
+                source: decide::ThresholdSource::Protocol,
             },
             arms: (1..=3)
                 .map(|arm| ArmNumbers {

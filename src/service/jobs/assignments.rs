@@ -13,6 +13,7 @@ use crate::service::jobs::{JobError, recipient, running_trials};
 use crate::service::loaded::{LoadedTrial, assignment_time};
 use crate::service::notify::{self, Assignment};
 use crate::trial::calendar::{local_date, local_instant};
+use crate::trial::decide::{LockedEfficacy, ThresholdSource};
 use crate::trial::design;
 use crate::trial::lifecycle::{self, TrialStatus};
 use crate::trial::protocol::Protocol;
@@ -55,6 +56,27 @@ pub(crate) async fn start_due_trials(state: &AppState) -> Result<usize, JobError
             errors.push(format!("trial {} cannot start: {why}", trial.id()));
             continue;
         }
+        // The efficacy threshold it will decide with, locked now: the
+        // design's calibration (the start waits for it), or the protocol's
+        // where calibration is switched off.
+        let locked = if state.config.jobs.calibrate {
+            let hash = trial.row.protocol_hash.clone();
+            match state.db.read(move |s| s.calibration(&hash)).await? {
+                Some(c) => c.locked(),
+                None => {
+                    tracing::debug!(
+                        trial = trial.id(),
+                        "start waits for the design's calibration"
+                    );
+                    continue;
+                }
+            }
+        } else {
+            LockedEfficacy {
+                efficacy: trial.protocol.decision.efficacy,
+                source: ThresholdSource::Protocol,
+            }
+        };
         // A start date already past (the daemon was down) starts today.
         let day0 = start.max(today);
         let plan = design::plan(&trial.protocol, trial.row.seed);
@@ -71,7 +93,7 @@ pub(crate) async fn start_due_trials(state: &AppState) -> Result<usize, JobError
         );
         state
             .db
-            .write(move |s| s.start_trial(id, day0, &rows, &[message], "daemon", now))
+            .write(move |s| s.start_trial(id, day0, &rows, locked, &[message], "daemon", now))
             .await?;
         tracing::info!(trial = id, start = %day0, "trial started");
         started += 1;

@@ -1,14 +1,17 @@
 //! The designs job: simulate each proposal's design (its false-stop rate and
-//! power) once per protocol text, in the background, for `/proposals`.
+//! power) once per protocol text, in the background, for `/proposals`; and
+//! calibrate each design's efficacy threshold on the stress suite before its
+//! trial starts (approved trials first: their start waits for it).
 
 use jiff::Timestamp;
 
 use crate::engine::spec::Family;
 use crate::service::app::AppState;
-use crate::service::store::DesignSimulationRow;
+use crate::service::store::{CalibrationRow, DesignSimulationRow};
 use crate::trial::lifecycle::TrialStatus;
 use crate::trial::protocol::{Protocol, ProtocolHash};
 use crate::trial::simulate::SimOptions;
+use crate::trial::simulate::suite::{SuiteOptions, run_suite};
 
 use super::JobError;
 
@@ -23,10 +26,138 @@ fn simulation_trials(protocol: &Protocol, configured: usize) -> usize {
     }
 }
 
+/// Calibrates, then simulates, every design that needs it (see the module
+/// comment). Returns a summary for the job board.
+pub(crate) async fn simulate_pending_designs(state: &AppState) -> Result<String, JobError> {
+    let calibrated = if state.config.jobs.calibrate {
+        calibrate_pending_designs(state).await
+    } else {
+        Ok(String::new())
+    };
+    let simulated = simulate_proposed_designs(state).await;
+    match (calibrated, simulated) {
+        (Ok(c), Ok(s)) if c.is_empty() => Ok(s),
+        (Ok(c), Ok(s)) => Ok(format!("{c}; {s}")),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
+}
+
+/// Null trials per scenario a calibration may give the binding scenario:
+/// `jobs.calibration_trials` for a gaussian outcome, a fifth (at least 8)
+/// for the slower families.
+fn calibration_trials(protocol: &Protocol, configured: usize) -> usize {
+    match protocol.outcome.family {
+        Family::Gaussian => configured.max(4),
+        _ => (configured / 5).max(8),
+    }
+}
+
+/// Calibrates the design of every approved trial (first) and proposal whose
+/// protocol text has no stored calibration, one at a time on one thread.
+async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError> {
+    let pending: Vec<(ProtocolHash, String)> = state
+        .db
+        .read(|s| {
+            let mut trials = s.trials()?;
+            // Approved trials wait for their calibration to start.
+            trials.sort_by_key(|t| t.status != TrialStatus::Approved);
+            let mut out: Vec<(ProtocolHash, String)> = Vec::new();
+            for t in trials
+                .into_iter()
+                .filter(|t| matches!(t.status, TrialStatus::Approved | TrialStatus::Proposed))
+            {
+                if s.calibration(&t.protocol_hash)?.is_none()
+                    && !out.iter().any(|(h, _)| *h == t.protocol_hash)
+                {
+                    out.push((t.protocol_hash, t.protocol_toml));
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+    let configured = state.config.jobs.calibration_trials;
+    let mut done = 0;
+    let mut failed = Vec::new();
+    for (hash, text) in pending {
+        if *state.stopping.borrow() {
+            break;
+        }
+        let locked = hash.clone();
+        let calibrated = tokio::task::spawn_blocking(move || {
+            let protocol = Protocol::parse(&text, "stored protocol").map_err(|e| e.to_string())?;
+            if ProtocolHash::of(&text) != locked {
+                return Err(format!(
+                    "stored protocol text does not match its hash {}",
+                    locked.short()
+                ));
+            }
+            let most = calibration_trials(&protocol, configured);
+            let quarter = (most / 4).max(1);
+            let options = SuiteOptions {
+                first_trials: quarter,
+                max_trials: most,
+                power_trials: quarter,
+                ..SuiteOptions::for_proposal(
+                    SimOptions {
+                        threads: 1,
+                        progress: false,
+                        ..SimOptions::default()
+                    },
+                    protocol.decision.false_stop_target,
+                )
+            };
+            let started = std::time::Instant::now();
+            let report = run_suite(&protocol, &locked, &options).map_err(|e| e.to_string())?;
+            let (Some(target), Some(efficacy), Some(binding)) =
+                (report.target, report.efficacy, report.binding)
+            else {
+                return Err("the suite gave no threshold".to_string());
+            };
+            Ok::<_, String>(CalibrationRow {
+                protocol_hash: locked.0.clone(),
+                target,
+                efficacy,
+                binding: binding.name().to_string(),
+                report_json: serde_json::to_string(&report).map_err(|e| e.to_string())?,
+                wall_ms: started.elapsed().as_secs_f64() * 1000.0,
+                created_at: crate::service::store::ts(Timestamp::now()),
+            })
+        })
+        .await;
+        match calibrated {
+            Ok(Ok(row)) => {
+                tracing::info!(
+                    protocol = %hash.short(),
+                    efficacy = row.efficacy,
+                    binding = %row.binding,
+                    seconds = row.wall_ms / 1000.0,
+                    "design calibrated"
+                );
+                state.db.write(move |s| s.put_calibration(&row)).await?;
+                done += 1;
+            }
+            Ok(Err(e)) => failed.push(format!("calibration of {}: {e}", hash.short())),
+            Err(e) => failed.push(format!("calibration of {}: {e}", hash.short())),
+        }
+    }
+    if failed.is_empty() {
+        Ok(if done > 0 {
+            format!("{done} design(s) calibrated")
+        } else {
+            String::new()
+        })
+    } else {
+        Err(JobError::Item(format!(
+            "{done} design(s) calibrated; failed: {}",
+            failed.join("; ")
+        )))
+    }
+}
+
 /// Simulates the design of every proposal whose protocol text has no stored
 /// simulation yet, one at a time on one thread (so refits keep the other
-/// core). Returns a summary for the job board.
-pub(crate) async fn simulate_pending_designs(state: &AppState) -> Result<String, JobError> {
+/// core).
+async fn simulate_proposed_designs(state: &AppState) -> Result<String, JobError> {
     let pending: Vec<(ProtocolHash, String)> = state
         .db
         .read(|s| {

@@ -14,11 +14,15 @@ use crate::trial::protocol::{Analysis, Outcome};
 use crate::trial::series;
 use crate::trial::step::{self, LookFit, LookHistory};
 
-/// What the stored decisions of a trial left: periods decided, arms dropped.
-fn history_of(decisions: &[DecisionRow]) -> LookHistory {
+/// What the trial brings to a look: periods decided and arms dropped (from
+/// its stored decisions), and the efficacy threshold it locked at its start.
+fn history_of(trial: &LoadedTrial, decisions: &[DecisionRow]) -> LookHistory {
     let looks: Vec<(Option<u32>, Option<Decision>)> =
         decisions.iter().map(|d| (d.period, d.decision())).collect();
-    LookHistory::of(&looks)
+    LookHistory {
+        locked: trial.row.locked,
+        ..LookHistory::of(&looks)
+    }
 }
 
 /// Refits every outcome of every running trial whose stream has data newer
@@ -94,7 +98,7 @@ async fn refit_one(
             ))
         })
         .await?;
-    let dropped = history_of(&decisions).dropped;
+    let dropped = history_of(trial, &decisions).dropped;
     let schedule = if as_treated {
         series::as_treated(&schedule, &adherence, trial.protocol.comparator_index())
     } else {
@@ -189,7 +193,7 @@ pub(crate) async fn decide_trial(
         protocol,
         trial.row.seed,
         &rows,
-        &history_of(&decisions),
+        &history_of(trial, &decisions),
         today,
         look_fit,
         force,

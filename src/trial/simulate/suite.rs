@@ -1,0 +1,421 @@
+//! A design's stopping rule calibrated on the whole stress suite
+//! (`statistics.md` §5: the false-stop rate under no effect stays at or
+//! below the target **in each** scenario), with the betting test beside it.
+//!
+//! Sequential: every scenario starts with a first batch of null trials; the
+//! scenario whose own threshold is highest (the one that binds) gets the
+//! next batch, until the binding one has the most trials allowed. A
+//! scenario's threshold comes from its own trials at 95% confidence
+//! ([`calibrate_threshold`]), which is higher (safer) the fewer trials it
+//! has, so a scenario left with few trials still holds the target at the
+//! final, higher threshold: the trials go where they move the answer.
+
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    BettingRates, DEFAULT_TARGET, Rate, SimError, SimOptions, SimTiming, VirtualTrial,
+    betting_rates, calibrate_threshold, run_range, setup_for,
+};
+use crate::trial::protocol::{Protocol, ProtocolHash};
+use crate::trial::scenario::Scenario;
+
+/// Settings of a suite run.
+#[derive(Debug, Clone)]
+pub struct SuiteOptions {
+    /// Seed, threads, missing days, non-adherence, the effect for power,
+    /// progress (its `scenario`, `trials` and `calibrate` are set here).
+    pub base: SimOptions,
+    /// Calibrate the efficacy threshold to this false-stop rate (else only
+    /// the protocol's own threshold is reported).
+    pub target: Option<f64>,
+    /// Null trials every scenario starts with.
+    pub first_trials: usize,
+    /// The most null trials any scenario gets.
+    pub max_trials: usize,
+    /// Trials under the effect per scenario (power).
+    pub power_trials: usize,
+    /// Fresh null trials per scenario to check the calibrated threshold on
+    /// (0: no check).
+    pub fresh_trials: usize,
+}
+
+impl SuiteOptions {
+    /// The defaults a proposal is calibrated with: 100 null trials a
+    /// scenario at first, up to 400 for the one that binds, 100 under the
+    /// effect a scenario, no fresh check (the tests make it).
+    pub fn for_proposal(base: SimOptions, target: f64) -> SuiteOptions {
+        SuiteOptions {
+            base,
+            target: Some(target),
+            first_trials: 100,
+            max_trials: 400,
+            power_trials: 100,
+            fresh_trials: 0,
+        }
+    }
+}
+
+/// One scenario's line of the suite table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenarioRow {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Null trials run (shared with `null_twin` where the data are the same).
+    pub null_trials: usize,
+    /// The scenario whose null trials stand in for this one's.
+    pub null_twin: Option<Scenario>,
+    /// Trials run under the effect.
+    pub effect_trials: usize,
+    /// The threshold this scenario alone needs (when calibrating).
+    pub needed: Option<f64>,
+    /// False stops at the protocol's threshold.
+    pub protocol_false_stops: Rate,
+    /// Power at the protocol's threshold.
+    pub protocol_power: Rate,
+    /// False stops at the calibrated threshold, on the trials that chose it.
+    pub calibrated_false_stops: Option<Rate>,
+    /// False stops at the calibrated threshold on fresh trials.
+    pub fresh_false_stops: Option<Rate>,
+    /// Power at the calibrated threshold.
+    pub calibrated_power: Option<Rate>,
+    /// The betting test's false stops and power on the same trials.
+    pub betting: Option<BettingRates>,
+}
+
+/// Everything a suite run reports; a calibrated one is what a trial locks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SuiteReport {
+    /// Protocol id.
+    pub protocol: String,
+    /// Hash of the protocol's text.
+    pub protocol_hash: String,
+    /// The protocol's own efficacy threshold.
+    pub protocol_efficacy: f64,
+    /// The false-stop target (when calibrating).
+    pub target: Option<f64>,
+    /// The calibrated efficacy threshold: the highest any scenario needs.
+    pub efficacy: Option<f64>,
+    /// Whether a threshold below 1 keeps the target in every scenario.
+    pub achievable: bool,
+    /// The scenario that set the threshold.
+    pub binding: Option<Scenario>,
+    /// The effect simulated for power (stated units or ratio).
+    pub effect: f64,
+    /// Master seed.
+    pub seed: u64,
+    /// Missing-day and non-adherence probabilities.
+    pub missing: f64,
+    /// Probability that a day's assigned arm is not taken.
+    pub non_adherence: f64,
+    /// One row per scenario.
+    pub rows: Vec<ScenarioRow>,
+    /// Work and time.
+    pub timing: SimTiming,
+}
+
+/// Trials added to the binding scenario at a time.
+const BATCH: usize = 50;
+
+/// Runs the stress suite on `protocol`'s design and, when a target is
+/// given, calibrates its efficacy threshold to hold it in every scenario.
+pub fn run_suite(
+    protocol: &Protocol,
+    hash: &ProtocolHash,
+    options: &SuiteOptions,
+) -> Result<SuiteReport, SimError> {
+    let started = Instant::now();
+    let scenarios = Scenario::suite(protocol.outcome.family);
+    let target = options.target;
+    let scenario_options: Vec<SimOptions> = scenarios
+        .iter()
+        .map(|&scenario| SimOptions {
+            scenario,
+            calibrate: Some(target.unwrap_or(DEFAULT_TARGET)),
+            progress: false,
+            ..options.base.clone()
+        })
+        .collect();
+    let setups = scenario_options
+        .iter()
+        .map(|o| setup_for(protocol, o))
+        .collect::<Result<Vec<_>, _>>()?;
+    let first = options.first_trials.max(1).min(options.max_trials.max(1));
+    let max = options.max_trials.max(first);
+    let estimate = scenarios.len() * (first + options.power_trials + options.fresh_trials)
+        + if target.is_some() { max - first } else { 0 };
+    let bar = progress_bar(options.base.progress, estimate, &protocol.id);
+    let beta = setups[0].beta_of(options.base.effect.unwrap_or(protocol.outcome.mid));
+    // Under no effect some scenarios draw exactly the data of another (long
+    // carryover and poor adherence change only what an arm does): those
+    // share its null trials instead of running the same ones again.
+    let source: Vec<usize> = scenarios
+        .iter()
+        .map(|s| {
+            s.null_twin()
+                .and_then(|twin| scenarios.iter().position(|x| *x == twin))
+                .unwrap_or_else(|| scenarios.iter().position(|x| x == s).unwrap_or(0))
+        })
+        .collect();
+    let mut null: Vec<Vec<VirtualTrial>> = vec![Vec::new(); setups.len()];
+    for (i, scenario) in scenarios.iter().enumerate() {
+        if source[i] == i {
+            bar.set_message(format!("{} ({}): no effect", protocol.id, scenario.name()));
+            null[i] = run_range(&setups[i], 0.0, 0, 0..first, f64::INFINITY, &bar);
+        }
+    }
+    let mut needed: Vec<Option<f64>> = vec![None; setups.len()];
+    if let Some(target) = target {
+        loop {
+            for (i, n) in needed.iter_mut().enumerate() {
+                if source[i] == i {
+                    *n = Some(calibrate_threshold(&null[i], target));
+                }
+            }
+            let Some(binding) = argmax(&needed) else {
+                break;
+            };
+            let have = null[binding].len();
+            if have >= max {
+                break;
+            }
+            let more = BATCH.min(max - have);
+            bar.set_message(format!(
+                "{} ({}): binding, {} more",
+                protocol.id,
+                scenarios[binding].name(),
+                more
+            ));
+            let added = run_range(
+                &setups[binding],
+                0.0,
+                0,
+                have..have + more,
+                f64::INFINITY,
+                &bar,
+            );
+            null[binding].extend(added);
+        }
+    }
+    for i in 0..setups.len() {
+        if source[i] != i {
+            null[i] = null[source[i]].clone();
+            needed[i] = needed[source[i]];
+        }
+    }
+    let binding = argmax(&needed);
+    let efficacy = binding.and_then(|b| needed[b]);
+    // Trials under the effect stop at the higher of the two thresholds:
+    // every course at the lower one is already decided by then.
+    let stop_at = efficacy.map_or(protocol.decision.efficacy, |c| {
+        c.max(protocol.decision.efficacy)
+    });
+    let mut effect: Vec<Vec<VirtualTrial>> = Vec::with_capacity(setups.len());
+    let mut fresh: Vec<Vec<VirtualTrial>> = Vec::with_capacity(setups.len());
+    for (setup, scenario) in setups.iter().zip(&scenarios) {
+        bar.set_message(format!("{} ({}): effect", protocol.id, scenario.name()));
+        effect.push(run_range(
+            setup,
+            beta,
+            1,
+            0..options.power_trials,
+            stop_at,
+            &bar,
+        ));
+        let check = if efficacy.is_some() {
+            options.fresh_trials
+        } else {
+            0
+        };
+        fresh.push(run_range(setup, 0.0, 2, 0..check, f64::INFINITY, &bar));
+    }
+    bar.finish_and_clear();
+    let stop_rate = |trials: &[VirtualTrial], c: f64, right: Option<usize>| {
+        let k = trials
+            .iter()
+            .filter(|t| {
+                let course = t.at(c);
+                course.efficacy.is_some() && right.is_none_or(|arm| course.efficacy == Some(arm))
+            })
+            .count();
+        Rate::of(k, trials.len())
+    };
+    let own = protocol.decision.efficacy;
+    let rows = scenarios
+        .iter()
+        .enumerate()
+        .map(|(i, &scenario)| {
+            let right = Some(setups[i].effect_arm);
+            ScenarioRow {
+                scenario,
+                null_trials: null[i].len(),
+                null_twin: (source[i] != i).then(|| scenarios[source[i]]),
+                effect_trials: effect[i].len(),
+                needed: needed[i],
+                protocol_false_stops: stop_rate(&null[i], own, None),
+                protocol_power: stop_rate(&effect[i], own, right),
+                calibrated_false_stops: efficacy.map(|c| stop_rate(&null[i], c, None)),
+                fresh_false_stops: efficacy
+                    .filter(|_| !fresh[i].is_empty())
+                    .map(|c| stop_rate(&fresh[i], c, None)),
+                calibrated_power: efficacy.map(|c| stop_rate(&effect[i], c, right)),
+                betting: betting_rates(&setups[i], &null[i], &effect[i]),
+            }
+        })
+        .collect();
+    let distinct_null = null
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| source[*i] == *i)
+        .map(|(_, n)| n);
+    let all = distinct_null.chain(&effect).chain(&fresh).flatten();
+    let (mut trials, mut fits, mut evaluations, mut not_converged, mut failed) = (0, 0, 0, 0, 0);
+    for t in all {
+        trials += 1;
+        fits += t.fits;
+        evaluations += t.evaluations;
+        not_converged += t.not_converged;
+        failed += t.failed;
+    }
+    let wall_s = started.elapsed().as_secs_f64();
+    let threads = options.base.threads.max(1);
+    Ok(SuiteReport {
+        protocol: protocol.id.clone(),
+        protocol_hash: hash.to_string(),
+        protocol_efficacy: own,
+        target,
+        efficacy,
+        achievable: efficacy.is_some_and(|c| c < 1.0),
+        binding: binding.map(|b| scenarios[b]),
+        effect: options.base.effect.unwrap_or(protocol.outcome.mid),
+        seed: options.base.seed,
+        missing: options.base.missing,
+        non_adherence: options.base.non_adherence,
+        rows,
+        timing: SimTiming {
+            wall_s,
+            threads,
+            trials,
+            fits,
+            evaluations,
+            not_converged,
+            failed,
+            ms_per_fit: wall_s * 1000.0 * threads as f64 / fits.max(1) as f64,
+        },
+    })
+}
+
+/// The index of the largest threshold (the first, on ties).
+fn argmax(needed: &[Option<f64>]) -> Option<usize> {
+    let mut best: Option<(usize, f64)> = None;
+    for (i, n) in needed.iter().enumerate() {
+        if let Some(c) = *n
+            && best.is_none_or(|(_, b)| c > b)
+        {
+            best = Some((i, c));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+fn progress_bar(show: bool, estimate: usize, id: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(estimate as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {pos}/~{len} virtual trials, {elapsed}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(id.to_string());
+    bar
+}
+
+/// The suite as a plain-text table.
+pub fn render_suite(r: &SuiteReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let pct = |x: &Rate| format!("{:5.1}% ± {:.1}", 100.0 * x.rate, 100.0 * x.se);
+    let opt = |x: Option<&Rate>| x.map_or_else(|| "-".to_string(), pct);
+    let _ = writeln!(
+        out,
+        "{} — stress suite, effect {} for power, {:.0}% missing days, {:.0}% non-adherence, seed {}",
+        r.protocol,
+        r.effect,
+        100.0 * r.missing,
+        100.0 * r.non_adherence,
+        r.seed
+    );
+    let _ = writeln!(
+        out,
+        "{:<15} {:>6} {:>8} | {:>22} | {:>13} {:>13} {:>13} | {:>13} {:>13}",
+        "",
+        "trials",
+        "needs",
+        format!("protocol's {:.4}", r.protocol_efficacy),
+        "calibrated",
+        "fresh",
+        "",
+        "betting test",
+        ""
+    );
+    let _ = writeln!(
+        out,
+        "{:<15} {:>6} {:>8} | {:>11} {:>10} | {:>13} {:>13} {:>13} | {:>13} {:>13}",
+        "scenario",
+        "null",
+        "",
+        "false stop",
+        "power",
+        "false stop",
+        "false stop",
+        "power",
+        "false stop",
+        "power"
+    );
+    for row in &r.rows {
+        let _ = writeln!(
+            out,
+            "{:<15} {:>6} {:>8} | {:>11} {:>10} | {:>13} {:>13} {:>13} | {:>13} {:>13}",
+            row.scenario.name(),
+            row.null_trials,
+            row.needed.map_or_else(|| "-".into(), |c| format!("{c:.4}")),
+            format!("{:.1}%", 100.0 * row.protocol_false_stops.rate),
+            format!("{:.1}%", 100.0 * row.protocol_power.rate),
+            opt(row.calibrated_false_stops.as_ref()),
+            opt(row.fresh_false_stops.as_ref()),
+            opt(row.calibrated_power.as_ref()),
+            opt(row.betting.as_ref().map(|b| &b.false_stops)),
+            opt(row.betting.as_ref().map(|b| &b.power_right_arm)),
+        );
+    }
+    match (r.target, r.efficacy, r.binding) {
+        (Some(target), Some(c), Some(b)) => {
+            let _ = writeln!(
+                out,
+                "calibrated efficacy threshold {c:.4}: false stops at or below {:.1}% with 95% confidence in every scenario{}; bound by {}",
+                100.0 * target,
+                if c < 1.0 {
+                    ""
+                } else {
+                    " only by never stopping for efficacy (NOT achievable below 1)"
+                },
+                b.name()
+            );
+        }
+        _ => {
+            let _ = writeln!(out, "(not calibrated: pass --calibrate)");
+        }
+    }
+    let t = &r.timing;
+    let _ = writeln!(
+        out,
+        "{} virtual trials, {} fits in {:.1} s on {} threads ({:.1} ms a fit); {} did not converge, {} failed",
+        t.trials, t.fits, t.wall_s, t.threads, t.ms_per_fit, t.not_converged, t.failed
+    );
+    out
+}
