@@ -128,6 +128,62 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
         protocol.decision.futility,
         protocol.decision.drop_arm,
     )));
+    b.push(Block::Para(match trial.locked {
+        Some(l) => format!(
+            "Efficacy threshold in force: P(better by MID) ≥ {}, {}.",
+            l.efficacy,
+            l.source.describe()
+        ),
+        None => "Efficacy threshold: locked when the trial starts.".to_string(),
+    }));
+    if let Some(c) = store.calibration(&trial.protocol_hash)? {
+        match c.report() {
+            Ok(r) => {
+                b.push(Block::Para(format!(
+                    "Calibration of this design: threshold {:.4} keeps false stops at or below {:.1}% with 95% confidence in every stress scenario (set by {}); {} virtual trials, seed {}, {:.0} s. Power at an effect of {} and the anytime-valid betting test on the same trials:",
+                    c.efficacy,
+                    100.0 * c.target,
+                    c.binding,
+                    r.timing.trials,
+                    r.seed,
+                    c.wall_ms / 1000.0,
+                    r.effect
+                )));
+                let rate = |x: Option<&crate::trial::simulate::Rate>| {
+                    x.map_or_else(
+                        || "-".to_string(),
+                        |x| format!("{} ± {}", pct(x.rate), pct(x.se)),
+                    )
+                };
+                b.push(Block::Table(
+                    vec![
+                        "scenario".into(),
+                        format!("false stops at {}", r.protocol_efficacy),
+                        "false stops, calibrated".into(),
+                        "power, calibrated".into(),
+                        "betting test: false stops".into(),
+                        "betting test: power".into(),
+                    ],
+                    r.rows
+                        .iter()
+                        .map(|row| {
+                            vec![
+                                row.scenario.name().to_string(),
+                                pct(row.protocol_false_stops.rate),
+                                rate(row.calibrated_false_stops.as_ref()),
+                                rate(row.calibrated_power.as_ref()),
+                                rate(row.betting.as_ref().map(|x| &x.false_stops)),
+                                rate(row.betting.as_ref().map(|x| &x.power_right_arm)),
+                            ]
+                        })
+                        .collect(),
+                ));
+            }
+            Err(e) => b.push(Block::Para(format!(
+                "The stored calibration is unreadable: {e}"
+            ))),
+        }
+    }
     b.push(Block::Table(
         vec!["arm".into(), "label".into(), "instructions".into()],
         protocol

@@ -7,6 +7,7 @@
 //! out who is looking (see there for logins, sessions and roles).
 
 mod access;
+mod calibration;
 pub mod charts;
 mod link;
 mod openapi;

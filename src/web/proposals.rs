@@ -19,6 +19,7 @@ use crate::trial::causal::CausalGraph;
 use crate::trial::lifecycle::TrialStatus;
 use crate::trial::protocol::{Protocol, ProtocolHash};
 
+use super::calibration::CalibrationView;
 use super::{Viewer, arm_label, csrf_refused, internal, nav};
 
 /// The simulated operating characteristics shown for a design.
@@ -77,6 +78,11 @@ pub struct ProposalView {
     pub thresholds: [f64; 3],
     /// Simulated error rates, once computed.
     pub simulated: Option<DesignRates>,
+    /// The calibrated efficacy threshold, once computed.
+    pub calibration: Option<CalibrationView>,
+    /// The calibration as HTML (not in the JSON).
+    #[serde(skip)]
+    pub calibration_html: String,
     /// The causal graph as SVG (not in the JSON).
     #[serde(skip)]
     pub graph_svg: String,
@@ -156,6 +162,10 @@ async fn proposal_views(
                 };
                 let graph = CausalGraph::of(&p).ok();
                 let h = p.hypothesis.as_ref();
+                let calibration = s
+                    .calibration(&t.protocol_hash)?
+                    .as_ref()
+                    .and_then(CalibrationView::of);
                 out.push(ProposalView {
                     id: t.id,
                     participant: participants
@@ -192,6 +202,11 @@ async fn proposal_views(
                         .design_simulation(&t.protocol_hash)?
                         .as_ref()
                         .and_then(rates_of),
+                    calibration_html: calibration
+                        .as_ref()
+                        .map(super::calibration::render)
+                        .unwrap_or_default(),
+                    calibration,
                     graph_svg: graph
                         .map(|g| {
                             super::charts::causal_graph(&g, &format!("Causal graph: {}", p.title))
@@ -222,7 +237,7 @@ async fn proposal_views(
 <h3>Design</h3>
 <p>Arms: {% for a in v.arms %}{{ a }}{% if !loop.last %}, {% endif %}{% endfor %}. Outcome: {{ v.outcome }}; MID {{ v.mid }}.
 {{ v.period_days }}-day periods, {{ v.blocks[0] }} to {{ v.blocks[1] }} blocks, at most {{ v.planned_days }} days.
-Stops when P(better by MID) ≥ {{ v.thresholds[0] }} (efficacy) or ≤ {{ v.thresholds[1] }} for every arm (futility).</p>
+Stops when P(better by MID) reaches the calibrated threshold below (the protocol states {{ v.thresholds[0] }}) or ≤ {{ v.thresholds[1] }} for every arm (futility).</p>
 <h3>Priors</h3>
 <ul>{% for p in v.priors %}<li>{{ p }}</li>{% endfor %}</ul>
 <h3>How often this design is right (simulated)</h3>
@@ -230,8 +245,10 @@ Stops when P(better by MID) ≥ {{ v.thresholds[0] }} (efficacy) or ≤ {{ v.thr
 <tr><th>False stop for efficacy when nothing works</th><td>{{ "{:.1}"|format(r.false_stop[0] * 100.0) }}% ± {{ "{:.1}"|format(r.false_stop[1] * 100.0) }}</td></tr>
 <tr><th>Finds an effect the size of the MID</th><td>{{ "{:.1}"|format(r.power_at_mid[0] * 100.0) }}% ± {{ "{:.1}"|format(r.power_at_mid[1] * 100.0) }}</td></tr>
 <tr><th>Mean blocks (no effect / effect at MID)</th><td>{{ "{:.1}"|format(r.mean_blocks[0]) }} / {{ "{:.1}"|format(r.mean_blocks[1]) }}</td></tr>
-</tbody></table><p class="muted">{{ r.trials }} virtual trials per condition at efficacy threshold {{ r.efficacy }}, ± one Monte Carlo standard error; {{ "{:.0}"|format(r.wall_s) }} s. <code>nof1d simulate --protocol FILE --calibrate</code> finds the threshold that holds false stops at 5%.</p>
+</tbody></table><p class="muted">{{ r.trials }} virtual trials per condition at efficacy threshold {{ r.efficacy }}, ± one Monte Carlo standard error; {{ "{:.0}"|format(r.wall_s) }} s. The threshold a trial of this design decides with is calibrated below.</p>
 {% else %}<p class="muted">Being simulated in the background: about a minute for a gaussian outcome, up to an hour for the other families. Reload later.</p>{% endif %}
+<h3>When it stops: the threshold calibrated for this design</h3>
+{% if v.calibration.is_some() %}{{ v.calibration_html|safe }}{% else %}<p class="muted">Being calibrated in the background on the stress suite (a few minutes; longer for counts and proportions). An approved trial starts once its threshold is locked. Reload later.</p>{% endif %}
 <h3>Decide</h3>
 <form method="post" action="/trials/{{ v.id }}/approve" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Approve (starts tomorrow)</button></form>
 <form method="post" action="/trials/{{ v.id }}/reject" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Reject</button></form>

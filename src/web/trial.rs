@@ -113,8 +113,14 @@ pub struct TrialDetail {
     /// are drawn on: no effect, better by the MID, worse by the MID.
     #[serde(skip)]
     pub effect_lines: Vec<(f64, String)>,
-    /// The protocol's efficacy and futility thresholds on P(better by MID).
+    /// The efficacy threshold the trial decides with (the one it locked
+    /// at its start, else the protocol's) and the futility threshold, on
+    /// P(better by MID).
     pub thresholds: (f64, f64),
+    /// Where the efficacy threshold came from, in words; none before the start.
+    pub threshold_source: Option<String>,
+    /// The design's calibration, once computed.
+    pub calibration: Option<super::calibration::CalibrationView>,
     /// The outcome is a self-report with this range (for the form).
     pub self_report: Option<(i32, i32)>,
     /// Days of the schedule.
@@ -269,7 +275,17 @@ async fn trial_detail(
                     protocol.outcome.mid,
                 ),
                 effect_lines: effect_lines(&protocol.outcome),
-                thresholds: (protocol.decision.efficacy, protocol.decision.futility),
+                thresholds: (
+                    trial
+                        .locked
+                        .map_or(protocol.decision.efficacy, |l| l.efficacy),
+                    protocol.decision.futility,
+                ),
+                threshold_source: trial.locked.map(|l| l.source.describe().to_string()),
+                calibration: s
+                    .calibration(&trial.protocol_hash)?
+                    .as_ref()
+                    .and_then(super::calibration::CalibrationView::of),
                 self_report: protocol
                     .outcome
                     .self_report
@@ -312,6 +328,8 @@ async fn trial_detail(
 {% for svg in effect_svgs %}<figure>{{ svg|safe }}</figure>{% endfor %}
 {% for svg in prob_svgs %}<figure>{{ svg|safe }}</figure>{% endfor %}
 <h2>Decisions</h2>
+<p>Stops for efficacy when P(better by MID) ≥ {{ d.thresholds.0 }}{% if let Some(w) = d.threshold_source %}: {{ w }}{% else %}: locked when the trial starts{% endif %}; for futility when it is ≤ {{ d.thresholds.1 }} for every arm.</p>
+{% if let Some(c) = d.calibration %}<details><summary>How the threshold was calibrated</summary>{{ calibration_html|safe }}</details>{% endif %}
 <div class="scroll"><table><thead><tr><th>period</th><th>when</th><th>action</th><th>rule</th><th>numbers</th></tr></thead><tbody>
 {% for x in decisions %}<tr><td>{% if let Some(p) = x.0.period %}{{ p }}{% endif %}</td><td>{{ x.0.created_at }}</td><td>{{ x.0.action }}</td><td>{{ x.0.rule }}</td><td>{{ x.1 }}</td></tr>{% endfor %}
 </tbody></table></div>
@@ -334,6 +352,7 @@ struct TrialPage<'a> {
     effect_svgs: Vec<String>,
     prob_svgs: Vec<String>,
     decisions: Vec<(&'a crate::service::store::DecisionRow, String)>,
+    calibration_html: String,
 }
 
 impl TrialPage<'_> {
@@ -532,6 +551,11 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
         counterfactual_svg,
         effect_svgs,
         prob_svgs,
+        calibration_html: d
+            .calibration
+            .as_ref()
+            .map(super::calibration::render)
+            .unwrap_or_default(),
         decisions: d
             .decisions
             .iter()

@@ -1,0 +1,116 @@
+//! A design's calibration on the stress suite, as the proposal and trial
+//! pages show it: the threshold, the scenario that set it, and per scenario
+//! the false stops and power of nof1d's rule beside the betting test's.
+
+use serde::Serialize;
+
+use crate::service::store::CalibrationRow;
+use crate::trial::simulate::Rate;
+
+/// One scenario's figures, in percent.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioLine {
+    /// Scenario name.
+    pub scenario: String,
+    /// Null trials behind it.
+    pub null_trials: usize,
+    /// False stops at the protocol's stated threshold.
+    pub stated_false_stops: f64,
+    /// False stops at the calibrated threshold, ± one Monte Carlo se.
+    pub false_stops: [f64; 2],
+    /// Power at the calibrated threshold (at the simulated effect), ± se.
+    pub power: [f64; 2],
+    /// The betting test's false stops and power (none where the design's
+    /// block orders give it no valid footing).
+    pub betting: Option<[f64; 2]>,
+}
+
+/// What the pages show of a calibration.
+#[derive(Debug, Clone, Serialize)]
+pub struct CalibrationView {
+    /// The calibrated efficacy threshold.
+    pub efficacy: f64,
+    /// Whether it is below 1 (else the design never stops for efficacy).
+    pub achievable: bool,
+    /// The protocol's stated threshold.
+    pub stated: f64,
+    /// The false-stop target, in percent.
+    pub target_percent: f64,
+    /// The scenario that set the threshold.
+    pub binding: String,
+    /// The effect power was simulated at.
+    pub effect: f64,
+    /// Master seed of the simulation.
+    pub seed: u64,
+    /// Virtual trials run in all.
+    pub trials: usize,
+    /// Wall time, seconds.
+    pub wall_s: f64,
+    /// Per scenario.
+    pub scenarios: Vec<ScenarioLine>,
+}
+
+fn pair(r: Option<&Rate>) -> [f64; 2] {
+    r.map_or([f64::NAN, f64::NAN], |r| [100.0 * r.rate, 100.0 * r.se])
+}
+
+impl CalibrationView {
+    /// From a stored calibration (`None` when its report does not decode).
+    pub fn of(row: &CalibrationRow) -> Option<CalibrationView> {
+        let report = match row.report() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "stored calibration unreadable");
+                return None;
+            }
+        };
+        Some(CalibrationView {
+            efficacy: row.efficacy,
+            achievable: report.achievable,
+            stated: report.protocol_efficacy,
+            target_percent: 100.0 * row.target,
+            binding: row.binding.replace('_', " "),
+            effect: report.effect,
+            seed: report.seed,
+            trials: report.timing.trials,
+            wall_s: row.wall_ms / 1000.0,
+            scenarios: report
+                .rows
+                .iter()
+                .map(|r| ScenarioLine {
+                    scenario: r.scenario.name().replace('_', " "),
+                    null_trials: r.null_trials,
+                    stated_false_stops: 100.0 * r.protocol_false_stops.rate,
+                    false_stops: pair(r.calibrated_false_stops.as_ref()),
+                    power: pair(r.calibrated_power.as_ref()),
+                    betting: r
+                        .betting
+                        .as_ref()
+                        .map(|b| [100.0 * b.false_stops.rate, 100.0 * b.power_right_arm.rate]),
+                })
+                .collect(),
+        })
+    }
+}
+
+#[derive(askama::Template)]
+#[template(
+    ext = "html",
+    source = r#"<p>Stops for efficacy when P(better by MID) ≥ <strong>{{ "{:.4}"|format(c.efficacy) }}</strong>{% if !c.achievable %} — no threshold below 1 kept false stops at {{ "{:.0}"|format(c.target_percent) }}%: this design never stops for efficacy and runs to its last block{% endif %}
+(the protocol states {{ c.stated }}): calibrated so that false stops stay at or below {{ "{:.0}"|format(c.target_percent) }}% with 95% confidence in every scenario below; set by the <strong>{{ c.binding }}</strong> scenario.</p>
+<div class="scroll"><table><caption>Simulated on {{ c.trials }} virtual trials (seed {{ c.seed }}, {{ "{:.0}"|format(c.wall_s) }} s); power at an effect of {{ c.effect }}; ± one Monte Carlo standard error</caption>
+<thead><tr><th scope="col">Scenario</th><th scope="col">False stops at {{ c.stated }}</th><th scope="col">False stops, calibrated</th><th scope="col">Power, calibrated</th><th scope="col">Betting test: false stops / power</th></tr></thead>
+<tbody>{% for s in c.scenarios %}<tr><th scope="row">{{ s.scenario }}</th><td>{{ "{:.1}"|format(s.stated_false_stops) }}%</td><td>{{ "{:.1}"|format(s.false_stops[0]) }}% ± {{ "{:.1}"|format(s.false_stops[1]) }}</td><td>{{ "{:.0}"|format(s.power[0]) }}% ± {{ "{:.0}"|format(s.power[1]) }}</td><td>{% if let Some(b) = s.betting %}{{ "{:.1}"|format(b[0]) }}% / {{ "{:.0}"|format(b[1]) }}%{% else %}not valid for this design{% endif %}</td></tr>{% endfor %}</tbody></table></div>"#
+)]
+struct CalibrationTable<'a> {
+    c: &'a CalibrationView,
+}
+
+/// The calibration as an HTML fragment (escaped by the template).
+pub fn render(c: &CalibrationView) -> String {
+    use askama::Template;
+    CalibrationTable { c }.render().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "calibration table not rendered");
+        String::new()
+    })
+}
