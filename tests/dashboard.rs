@@ -109,7 +109,7 @@ fn start(dir: &std::path::Path) -> Daemon {
     std::fs::write(
         &config,
         format!(
-            "[web]\npassword_hash = {:?}\ninvestigator_password_hash = {:?}\n[jobs]\ndesign_seconds = 1\ndesign_trials = 12\n[clock]\nstart = {:?}\n",
+            "[web]\npassword_hash = {:?}\ninvestigator_password_hash = {:?}\n[jobs]\ndesign_seconds = 1\ndesign_trials = 12\ncalibration_trials = 8\n[clock]\nstart = {:?}\n",
             hash(PARTICIPANT_PASSWORD),
             hash(INVESTIGATOR_PASSWORD),
             common::PINNED_START
@@ -235,10 +235,13 @@ fn proposals_pause_self_report_and_api() {
     let proposal = loop {
         let list = me.json(&d, "/api/proposals");
         let p = list[0].clone();
-        if !p["simulated"].is_null() {
+        if !p["simulated"].is_null() && !p["calibration"].is_null() {
             break p;
         }
-        assert!(Instant::now() < deadline, "design not simulated: {p}");
+        assert!(
+            Instant::now() < deadline,
+            "design not simulated and calibrated: {p}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     };
     assert_eq!(proposal["id"], 2);
@@ -276,6 +279,21 @@ fn proposals_pause_self_report_and_api() {
     );
     assert!(page.contains("hours slept"), "confounders are drawn");
     assert!(page.contains("False stop for efficacy"));
+    // The threshold calibrated on the stress suite, every scenario with the
+    // betting test beside it.
+    let calibration = &proposal["calibration"];
+    let efficacy = calibration["efficacy"].as_f64().unwrap();
+    assert!(efficacy > 0.5, "{calibration}");
+    assert!(
+        calibration["scenarios"].as_array().unwrap().len() == 11,
+        "{calibration}"
+    );
+    assert!(
+        page.contains("the threshold calibrated for this design"),
+        "{page}"
+    );
+    assert!(page.contains(&format!("{efficacy:.4}")), "{page}");
+    assert!(page.contains("heavy tails") && page.contains("Betting test"));
     let csrf = csrf_of(&page);
 
     // Edit: a new protocol hash, recorded; then approve from the page.

@@ -21,7 +21,7 @@ fn fast_config(data: &Path, scale: f64) -> std::path::PathBuf {
     std::fs::write(
         &config,
         format!(
-            "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\n[clock]\ntime_scale = {scale:.1}\n[email]\nweekly_summary = true\n"
+            "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\ndesign_seconds = 1\ncalibration_trials = 8\n[clock]\ntime_scale = {scale:.1}\n[email]\nweekly_summary = true\n"
         ),
     )
     .unwrap();
@@ -278,13 +278,32 @@ fn life_cycle_from_the_command_line() {
     let (ok, out) = cli(dir.path(), &data, &["resume", "1"]);
     assert!(!ok && out.contains("it cannot become running"), "{out}");
 
-    // With the demo trial stopped, the daemon starts trial 2 on its own.
+    // With the demo trial stopped, the daemon starts trial 2 on its own,
+    // once its design is calibrated, with the calibrated threshold locked.
     let d = Daemon::start(&data, &args);
-    d.wait_jobs(2, Duration::from_secs(30));
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while store(&data).trial(2).unwrap().unwrap().status.as_str() != "running" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "trial 2 did not start: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     drop(d);
     let s = store(&data);
     let t2 = s.trial(2).unwrap().unwrap();
     assert_eq!(t2.status.as_str(), "running");
+    let calibration = s.calibration(&t2.protocol_hash).unwrap().unwrap();
+    let locked = t2.locked.unwrap();
+    assert_eq!(locked.source, decide::ThresholdSource::Calibrated);
+    assert_eq!(locked.efficacy, calibration.efficacy);
+    // The demo started at once, on its protocol's stated threshold.
+    let t1 = s.trial(1).unwrap().unwrap();
+    assert_eq!(
+        t1.locked.map(|l| (l.efficacy, l.source)),
+        Some((0.95, decide::ThresholdSource::Protocol))
+    );
     assert_eq!(s.schedule(2).unwrap().len() as u32, 14 + 6 * 2 * 7);
     let events = s.trial_events(2).unwrap();
     let path: Vec<&str> = events.iter().map(|e| e.to_status.as_str()).collect();

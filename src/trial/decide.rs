@@ -474,6 +474,35 @@ mod tests {
     }
 
     #[test]
+    fn a_trial_decides_with_the_threshold_it_locked() {
+        let rules = DecisionRules::default();
+        let stated = trial_thresholds(&rules, 2, None);
+        assert_eq!(
+            (stated.efficacy, stated.source),
+            (0.95, ThresholdSource::Protocol)
+        );
+        let locked = LockedEfficacy {
+            efficacy: 0.9883,
+            source: ThresholdSource::Calibrated,
+        };
+        let t = trial_thresholds(&rules, 2, Some(locked));
+        assert_eq!(
+            (t.efficacy, t.source),
+            (0.9883, ThresholdSource::Calibrated)
+        );
+        assert_eq!((t.futility, t.drop_arm, t.min_blocks), (0.05, 0.05, 2));
+        // Decisions stored before calibration existed read as the protocol's.
+        let old: Thresholds = serde_json::from_str(
+            r#"{"efficacy":0.95,"futility":0.05,"drop_arm":0.05,"min_blocks":2}"#,
+        )
+        .unwrap();
+        assert_eq!(old.source, ThresholdSource::Protocol);
+        for s in [ThresholdSource::Protocol, ThresholdSource::Calibrated] {
+            assert_eq!(ThresholdSource::parse(s.as_str()), Some(s));
+        }
+    }
+
+    #[test]
     fn efficacy_futility_drop_and_inconclusive() {
         let k = keys();
         let eff = report(

@@ -1231,6 +1231,7 @@ mod tests {
             end_blocks: 6,
             end_days: 98,
             dropped: Vec::new(),
+            betting: None,
             fits: ps.len(),
             evaluations: 0,
             not_converged: 0,
