@@ -5,7 +5,9 @@
 CREATE TABLE calibrations (
     protocol_hash TEXT PRIMARY KEY,           -- SHA-256 of the protocol text calibrated
     target        REAL NOT NULL,              -- false-stop target in every scenario
-    efficacy      REAL NOT NULL,              -- calibrated P(better by MID) threshold
+    efficacy      REAL NOT NULL,              -- calibrated P(better by MID) threshold (last block's)
+    boundary      TEXT NOT NULL               -- how it moves over the looks
+        CHECK (boundary IN ('constant', 'decreasing')),
     binding       TEXT NOT NULL,              -- the scenario that set it
     report_json   TEXT NOT NULL,              -- simulate::suite::SuiteReport
     wall_ms       REAL NOT NULL,
@@ -17,3 +19,5 @@ CREATE TABLE calibrations (
 ALTER TABLE trials ADD COLUMN efficacy_threshold REAL;
 ALTER TABLE trials ADD COLUMN threshold_source TEXT
     CHECK (threshold_source IN ('protocol', 'calibrated'));
+ALTER TABLE trials ADD COLUMN efficacy_boundary TEXT
+    CHECK (efficacy_boundary IN ('constant', 'decreasing'));

@@ -130,8 +130,9 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
     )));
     b.push(Block::Para(match trial.locked {
         Some(l) => format!(
-            "Efficacy threshold in force: P(better by MID) ≥ {}, {}.",
+            "Efficacy threshold in force: P(better by MID) ≥ {} at the last block ({} boundary), {}.",
             l.efficacy,
+            l.boundary.as_str(),
             l.source.describe()
         ),
         None => "Efficacy threshold: locked when the trial starts.".to_string(),
@@ -140,8 +141,9 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
         match c.report() {
             Ok(r) => {
                 b.push(Block::Para(format!(
-                    "Calibration of this design: threshold {:.4} keeps false stops at or below {:.1}% with 95% confidence in every stress scenario (set by {}); {} virtual trials, seed {}, {:.0} s. Power at an effect of {} and the anytime-valid betting test on the same trials:",
+                    "Calibration of this design: threshold {:.4} ({} boundary) keeps false stops at or below {:.1}% with 95% confidence in every stress scenario (set by {}); {} virtual trials, seed {}, {:.0} s. Power at an effect of {} and the anytime-valid betting test on the same trials:",
                     c.efficacy,
+                    c.boundary.as_str(),
                     100.0 * c.target,
                     c.binding,
                     r.timing.trials,

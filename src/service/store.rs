@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use crate::engine::fit::FitReport;
-use crate::trial::decide::{Action, Decision, LockedEfficacy, ThresholdSource};
+use crate::trial::decide::{Action, Boundary, Decision, LockedEfficacy, ThresholdSource};
 use crate::trial::lifecycle::{DatedDay, TrialStatus};
 use crate::trial::protocol::ProtocolHash;
 use crate::trial::simulate::suite::SuiteReport;
@@ -265,8 +265,10 @@ pub struct CalibrationRow {
     pub protocol_hash: String,
     /// The false-stop target held in every scenario.
     pub target: f64,
-    /// The calibrated efficacy threshold.
+    /// The calibrated efficacy threshold (the last block's).
     pub efficacy: f64,
+    /// How it moves over the looks.
+    pub boundary: Boundary,
     /// The scenario that set it.
     pub binding: String,
     /// The `SuiteReport` as JSON.
@@ -293,6 +295,7 @@ impl CalibrationRow {
         LockedEfficacy {
             efficacy: self.efficacy,
             source: ThresholdSource::Calibrated,
+            boundary: self.boundary,
         }
     }
 }
@@ -876,7 +879,8 @@ impl Store {
     pub fn trials(&self) -> Result<Vec<TrialRow>> {
         let mut stmt = self.conn.prepare(
             "SELECT id, participant_id, protocol_id, protocol_toml, protocol_hash, seed,
-                    status, start_date, stop_reason, efficacy_threshold, threshold_source
+                    status, start_date, stop_reason, efficacy_threshold, threshold_source,
+                    efficacy_boundary
              FROM trials ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -892,6 +896,7 @@ impl Store {
                 r.get::<_, Option<String>>(8)?,
                 r.get::<_, Option<f64>>(9)?,
                 r.get::<_, Option<String>>(10)?,
+                r.get::<_, Option<String>>(11)?,
             ))
         })?;
         let mut out = Vec::new();
@@ -908,6 +913,7 @@ impl Store {
                 stop_reason,
                 efficacy,
                 source,
+                boundary,
             ) = row?;
             let locked = match (efficacy, source) {
                 (Some(efficacy), Some(source)) => Some(LockedEfficacy {
@@ -915,6 +921,12 @@ impl Store {
                     source: ThresholdSource::parse(&source).ok_or_else(|| {
                         StoreError::Invalid(format!("trial {id} threshold source {source:?}"))
                     })?,
+                    boundary: match boundary.as_deref() {
+                        None => Boundary::Constant,
+                        Some(b) => Boundary::parse(b).ok_or_else(|| {
+                            StoreError::Invalid(format!("trial {id} efficacy boundary {b:?}"))
+                        })?,
+                    },
                 }),
                 _ => None,
             };
@@ -1129,16 +1141,25 @@ impl Store {
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
         tx.execute(
-            "UPDATE trials SET efficacy_threshold = ?2, threshold_source = ?3
+            "UPDATE trials SET efficacy_threshold = ?2, threshold_source = ?3, efficacy_boundary = ?4
              WHERE id = ?1 AND efficacy_threshold IS NULL",
-            params![trial_id, locked.efficacy, locked.source.as_str()],
+            params![
+                trial_id,
+                locked.efficacy,
+                locked.source.as_str(),
+                locked.boundary.as_str()
+            ],
         )?;
         audit(
             &tx,
             actor,
             "lock_threshold",
             Some(trial_id),
-            &serde_json::json!({"efficacy": locked.efficacy, "source": locked.source.as_str()}),
+            &serde_json::json!({
+                "efficacy": locked.efficacy,
+                "source": locked.source.as_str(),
+                "boundary": locked.boundary.as_str()
+            }),
             now,
         )?;
         change_status_tx(
@@ -1458,34 +1479,48 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT protocol_hash, target, efficacy, binding, report_json, wall_ms, created_at
+                "SELECT protocol_hash, target, efficacy, boundary, binding, report_json, wall_ms,
+                        created_at
                  FROM calibrations WHERE protocol_hash = ?1",
                 [&protocol_hash.0],
                 |r| {
-                    Ok(CalibrationRow {
-                        protocol_hash: r.get(0)?,
-                        target: r.get(1)?,
-                        efficacy: r.get(2)?,
-                        binding: r.get(3)?,
-                        report_json: r.get(4)?,
-                        wall_ms: r.get(5)?,
-                        created_at: r.get(6)?,
-                    })
+                    Ok((
+                        CalibrationRow {
+                            protocol_hash: r.get(0)?,
+                            target: r.get(1)?,
+                            efficacy: r.get(2)?,
+                            boundary: Boundary::Constant,
+                            binding: r.get(4)?,
+                            report_json: r.get(5)?,
+                            wall_ms: r.get(6)?,
+                            created_at: r.get(7)?,
+                        },
+                        r.get::<_, String>(3)?,
+                    ))
                 },
             )
-            .optional()?)
+            .optional()?
+            .map(|(row, boundary)| {
+                Boundary::parse(&boundary)
+                    .map(|boundary| CalibrationRow { boundary, ..row })
+                    .ok_or_else(|| {
+                        StoreError::Invalid(format!("calibration boundary {boundary:?}"))
+                    })
+            })
+            .transpose()?)
     }
 
     /// Stores a design's calibration (the first one for a hash stands).
     pub fn put_calibration(&mut self, row: &CalibrationRow) -> Result<()> {
         self.conn.execute(
             "INSERT INTO calibrations
-                 (protocol_hash, target, efficacy, binding, report_json, wall_ms, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (protocol_hash) DO NOTHING",
+                 (protocol_hash, target, efficacy, boundary, binding, report_json, wall_ms, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (protocol_hash) DO NOTHING",
             params![
                 row.protocol_hash,
                 row.target,
                 row.efficacy,
+                row.boundary.as_str(),
                 row.binding,
                 row.report_json,
                 row.wall_ms,

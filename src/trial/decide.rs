@@ -11,6 +11,7 @@ use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::fit::FitReport;
+use crate::engine::inference::{norm_cdf, norm_quantile};
 use crate::trial::protocol::{Allocation, DecisionRules};
 
 /// What a look decides.
@@ -124,6 +125,90 @@ pub struct Thresholds {
     /// calibration existed used the protocol's).
     #[serde(default)]
     pub source: ThresholdSource,
+    /// How the efficacy threshold moves over the looks (`efficacy` is the
+    /// last block's).
+    #[serde(default)]
+    pub boundary: Boundary,
+    /// The design's most blocks (what a look-dependent boundary counts to).
+    #[serde(default)]
+    pub max_blocks: u32,
+}
+
+impl Thresholds {
+    /// The efficacy threshold at a look after `blocks_done` blocks.
+    pub fn efficacy_at(&self, blocks_done: u32) -> f64 {
+        self.boundary
+            .at(self.efficacy, blocks_done, self.max_blocks)
+    }
+}
+
+/// How an efficacy threshold moves over a trial's looks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Boundary {
+    /// The same threshold at every look.
+    #[default]
+    Constant,
+    /// Stricter early, shaped like O'Brien–Fleming alpha spending: after
+    /// `b` of `B` blocks, `P >= Phi(z * sqrt(B / b))` with `z = Phi^-1(c)`,
+    /// `c` the last block's threshold (`statistics.md` §5: "possibly a
+    /// different one at each look").
+    Decreasing,
+}
+
+impl Boundary {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Boundary::Constant => "constant",
+            Boundary::Decreasing => "decreasing",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Boundary> {
+        match s {
+            "constant" => Some(Boundary::Constant),
+            "decreasing" => Some(Boundary::Decreasing),
+            _ => None,
+        }
+    }
+
+    /// `sqrt(b / B)`, the information fraction's square root (1 for a
+    /// constant boundary or past the planned end).
+    fn root_fraction(self, blocks: u32, max_blocks: u32) -> f64 {
+        match self {
+            Boundary::Constant => 1.0,
+            Boundary::Decreasing => {
+                let b = f64::from(blocks.max(1));
+                (b / f64::from(max_blocks).max(b)).sqrt()
+            }
+        }
+    }
+
+    /// The threshold on `P(delta > MID)` after `blocks` of `max_blocks`
+    /// blocks when the last block's is `last`.
+    pub fn at(self, last: f64, blocks: u32, max_blocks: u32) -> f64 {
+        match self {
+            Boundary::Constant => last,
+            Boundary::Decreasing => norm_cdf(
+                norm_quantile(last.clamp(0.0, 1.0)) / self.root_fraction(blocks, max_blocks),
+            ),
+        }
+    }
+
+    /// A look's `P(delta > MID)` on the last block's scale:
+    /// `statistic(p, b, B) >= last` exactly when `p >= at(last, b, B)`, so
+    /// one number per virtual trial (its largest statistic) decides at
+    /// which thresholds it stops.
+    pub fn statistic(self, p: f64, blocks: u32, max_blocks: u32) -> f64 {
+        match self {
+            Boundary::Constant => p,
+            Boundary::Decreasing => {
+                norm_cdf(norm_quantile(p.clamp(0.0, 1.0)) * self.root_fraction(blocks, max_blocks))
+            }
+        }
+    }
 }
 
 /// Where a trial's efficacy threshold came from.
@@ -171,10 +256,26 @@ impl ThresholdSource {
 /// The efficacy threshold a trial locked when it started.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LockedEfficacy {
-    /// Stop for efficacy when `P(delta > MID) >=` this.
+    /// Stop for efficacy when `P(delta > MID) >=` this (at the last block;
+    /// earlier looks follow `boundary`).
     pub efficacy: f64,
     /// Where it came from.
     pub source: ThresholdSource,
+    /// How it moves over the looks.
+    #[serde(default)]
+    pub boundary: Boundary,
+}
+
+impl LockedEfficacy {
+    /// The protocol's stated threshold, the same at every look (no
+    /// calibration: the demo, or `jobs.calibrate = false`).
+    pub fn stated(rules: &DecisionRules) -> LockedEfficacy {
+        LockedEfficacy {
+            efficacy: rules.efficacy,
+            source: ThresholdSource::Protocol,
+            boundary: Boundary::Constant,
+        }
+    }
 }
 
 /// Applies the rules of §5 at a look.
@@ -249,16 +350,23 @@ pub fn decide(
         .max_by(|a, b| a.p_better_by_mid.total_cmp(&b.p_better_by_mid))
         .cloned();
     if let Some(best) = best
-        && best.p_better_by_mid >= thresholds.efficacy
+        && best.p_better_by_mid >= thresholds.efficacy_at(look.blocks_done)
     {
         return done(
             Action::StopEfficacy { arm: best.arm },
             format!(
-                "P({} better by MID) = {:.3} >= {} ({})",
+                "P({} better by MID) = {:.3} >= {:.4} ({}{})",
                 best.key,
                 best.p_better_by_mid,
-                thresholds.efficacy,
-                thresholds.source.as_str()
+                thresholds.efficacy_at(look.blocks_done),
+                thresholds.source.as_str(),
+                match thresholds.boundary {
+                    Boundary::Constant => String::new(),
+                    Boundary::Decreasing => format!(
+                        ", stricter before block {}: {:.4} there",
+                        thresholds.max_blocks, thresholds.efficacy
+                    ),
+                }
             ),
         );
     }
@@ -321,21 +429,28 @@ pub fn thresholds(rules: &DecisionRules, min_blocks: u32) -> Thresholds {
         drop_arm: rules.drop_arm,
         min_blocks,
         source: ThresholdSource::Protocol,
+        boundary: Boundary::Constant,
+        max_blocks: 0,
     }
 }
 
 /// The thresholds a trial decides with: the protocol's, with the efficacy
-/// threshold it locked at its start where it has one.
+/// threshold (and its boundary over `max_blocks`) it locked at its start
+/// where it has one.
 pub fn trial_thresholds(
     rules: &DecisionRules,
-    min_blocks: u32,
+    (min_blocks, max_blocks): (u32, u32),
     locked: Option<LockedEfficacy>,
 ) -> Thresholds {
-    let stated = thresholds(rules, min_blocks);
+    let stated = Thresholds {
+        max_blocks,
+        ..thresholds(rules, min_blocks)
+    };
     match locked {
         Some(l) => Thresholds {
             efficacy: l.efficacy,
             source: l.source,
+            boundary: l.boundary,
             ..stated
         },
         None => stated,
@@ -461,6 +576,8 @@ mod tests {
             drop_arm: 0.05,
             min_blocks: 2,
             source: ThresholdSource::Protocol,
+            boundary: Boundary::Constant,
+            max_blocks: 6,
         }
     }
 

@@ -20,7 +20,7 @@ use crate::engine::inference::{GridOptions, HyperPriors, McmcOptions};
 use crate::engine::model::{ArmPath, Series};
 use crate::engine::spec::{Family, Mid, ModelSpec};
 use crate::trial::betting::BettingTest;
-use crate::trial::decide::{self, Action, Decision};
+use crate::trial::decide::{self, Action, Boundary, Decision};
 use crate::trial::design;
 use crate::trial::protocol::{DesignKind, Protocol, ProtocolHash};
 use crate::trial::scenario::{self, Noise, Scenario};
@@ -134,9 +134,43 @@ struct Course {
     dropped: Vec<usize>,
 }
 
+/// An efficacy rule: the last block's threshold and how it moves.
+#[derive(Debug, Clone, Copy)]
+struct Rule {
+    boundary: Boundary,
+    last: f64,
+    max_blocks: u32,
+}
+
+impl Rule {
+    fn constant(threshold: f64) -> Rule {
+        Rule {
+            boundary: Boundary::Constant,
+            last: threshold,
+            max_blocks: 0,
+        }
+    }
+
+    /// A look's statistic on the last block's scale ([`Boundary::statistic`]).
+    fn statistic(&self, look: &EligibleLook) -> f64 {
+        self.boundary
+            .statistic(look.p_mid, look.blocks, self.max_blocks)
+    }
+}
+
 impl VirtualTrial {
     fn at(&self, threshold: f64) -> Course {
-        match self.looks.iter().position(|l| l.p_mid >= threshold) {
+        self.under(Rule::constant(threshold))
+    }
+
+    /// The trial's course under an efficacy rule: cut at its first eligible
+    /// look whose statistic reaches the rule's threshold.
+    fn under(&self, rule: Rule) -> Course {
+        match self
+            .looks
+            .iter()
+            .position(|l| rule.statistic(l) >= rule.last)
+        {
             Some(i) => {
                 let l = self.looks[i];
                 Course {
@@ -164,8 +198,18 @@ impl VirtualTrial {
 
     /// The largest eligible `P(delta > MID)`: the trial stops for efficacy
     /// under every threshold at or below it.
+    #[cfg(test)]
     fn max_p(&self) -> f64 {
-        self.looks.iter().map(|l| l.p_mid).fold(0.0, f64::max)
+        self.max_statistic(Boundary::Constant, 0)
+    }
+
+    /// The largest statistic of `boundary` over the eligible looks: the
+    /// trial stops under every last-block threshold at or below it.
+    fn max_statistic(&self, boundary: Boundary, max_blocks: u32) -> f64 {
+        self.looks
+            .iter()
+            .map(|l| boundary.statistic(l.p_mid, l.blocks, max_blocks))
+            .fold(0.0, f64::max)
     }
 }
 
@@ -893,7 +937,22 @@ const CALIBRATION_CONFIDENCE: f64 = 0.95;
 /// is then below the target by about 1.6 Monte Carlo standard errors; with
 /// fewer than 59 trials not even `k = 0` reaches 95%, and `k = 0` is used.
 fn calibrate_threshold(trials: &[VirtualTrial], target: f64) -> f64 {
-    let mut maxima: Vec<f64> = trials.iter().map(VirtualTrial::max_p).collect();
+    calibrate_boundary(trials, target, Boundary::Constant, 0)
+}
+
+/// [`calibrate_threshold`] for the last-block threshold of `boundary` over
+/// `max_blocks` blocks: the same order statistic, of each trial's largest
+/// [`Boundary::statistic`].
+fn calibrate_boundary(
+    trials: &[VirtualTrial],
+    target: f64,
+    boundary: Boundary,
+    max_blocks: u32,
+) -> f64 {
+    let mut maxima: Vec<f64> = trials
+        .iter()
+        .map(|t| t.max_statistic(boundary, max_blocks))
+        .collect();
     maxima.sort_by(|a, b| b.total_cmp(a));
     let n = trials.len() as u64;
     use statrs::distribution::DiscreteCDF;

@@ -240,7 +240,7 @@ pub fn daemon_look(
     let look = look_after(&periods, done, protocol.arms.len(), &history.dropped);
     let thresholds = decide::trial_thresholds(
         &protocol.decision,
-        protocol.design.min_blocks,
+        (protocol.design.min_blocks, protocol.design.max_blocks),
         history.locked,
     );
     let step = step(
@@ -306,6 +306,8 @@ mod tests {
                 drop_arm: 0.05,
                 min_blocks: 2,
                 source: decide::ThresholdSource::Protocol,
+                boundary: decide::Boundary::Constant,
+                max_blocks: 0,
             },
             arms: (1..=3)
                 .map(|arm| ArmNumbers {

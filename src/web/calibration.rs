@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use crate::service::store::CalibrationRow;
+use crate::trial::decide::Boundary;
 use crate::trial::simulate::Rate;
 
 /// One scenario's figures, in percent.
@@ -28,8 +29,10 @@ pub struct ScenarioLine {
 /// What the pages show of a calibration.
 #[derive(Debug, Clone, Serialize)]
 pub struct CalibrationView {
-    /// The calibrated efficacy threshold.
+    /// The calibrated efficacy threshold (the last block's).
     pub efficacy: f64,
+    /// How it moves over the looks, in words.
+    pub boundary: String,
     /// Whether it is below 1 (else the design never stops for efficacy).
     pub achievable: bool,
     /// The protocol's stated threshold.
@@ -66,6 +69,13 @@ impl CalibrationView {
         };
         Some(CalibrationView {
             efficacy: row.efficacy,
+            boundary: match row.boundary {
+                Boundary::Constant => "the same at every look".to_string(),
+                Boundary::Decreasing => format!(
+                    "at the last block; stricter before, as alpha spending is (after b of B blocks, P ≥ Φ(z·√(B/b)), z = Φ⁻¹({:.4})), which bought more power than one threshold for all looks",
+                    row.efficacy
+                ),
+            },
             achievable: report.achievable,
             stated: report.protocol_efficacy,
             target_percent: 100.0 * row.target,
@@ -96,7 +106,7 @@ impl CalibrationView {
 #[derive(askama::Template)]
 #[template(
     ext = "html",
-    source = r#"<p>Stops for efficacy when P(better by MID) ≥ <strong>{{ "{:.4}"|format(c.efficacy) }}</strong>{% if !c.achievable %} — no threshold below 1 kept false stops at {{ "{:.0}"|format(c.target_percent) }}%: this design never stops for efficacy and runs to its last block{% endif %}
+    source = r#"<p>Stops for efficacy when P(better by MID) ≥ <strong>{{ "{:.4}"|format(c.efficacy) }}</strong> {{ c.boundary }}{% if !c.achievable %} — no threshold below 1 kept false stops at {{ "{:.0}"|format(c.target_percent) }}%: this design never stops for efficacy and runs to its last block{% endif %}
 (the protocol states {{ c.stated }}): calibrated so that false stops stay at or below {{ "{:.0}"|format(c.target_percent) }}% with 95% confidence in every scenario below; set by the <strong>{{ c.binding }}</strong> scenario.</p>
 <div class="scroll"><table><caption>Simulated on {{ c.trials }} virtual trials (seed {{ c.seed }}, {{ "{:.0}"|format(c.wall_s) }} s); power at an effect of {{ c.effect }}; ± one Monte Carlo standard error</caption>
 <thead><tr><th scope="col">Scenario</th><th scope="col">False stops at {{ c.stated }}</th><th scope="col">False stops, calibrated</th><th scope="col">Power, calibrated</th><th scope="col">Betting test: false stops / power</th></tr></thead>

@@ -281,7 +281,13 @@ async fn trial_detail(
                         .map_or(protocol.decision.efficacy, |l| l.efficacy),
                     protocol.decision.futility,
                 ),
-                threshold_source: trial.locked.map(|l| l.source.describe().to_string()),
+                threshold_source: trial.locked.map(|l| match l.boundary {
+                    crate::trial::decide::Boundary::Constant => l.source.describe().to_string(),
+                    crate::trial::decide::Boundary::Decreasing => format!(
+                        "{}; this is the last block's threshold, and earlier looks are stricter",
+                        l.source.describe()
+                    ),
+                }),
                 calibration: s
                     .calibration(&trial.protocol_hash)?
                     .as_ref()

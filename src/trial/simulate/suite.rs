@@ -16,9 +16,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BettingRates, DEFAULT_TARGET, Rate, SimError, SimOptions, SimTiming, VirtualTrial,
-    betting_rates, calibrate_threshold, run_range, setup_for,
+    BettingRates, DEFAULT_TARGET, Rate, Rule, SimError, SimOptions, SimTiming, VirtualTrial,
+    betting_rates, calibrate_boundary, calibrate_threshold, run_range, setup_for,
 };
+use crate::trial::decide::Boundary;
 use crate::trial::protocol::{Protocol, ProtocolHash};
 use crate::trial::scenario::Scenario;
 
@@ -96,8 +97,15 @@ pub struct SuiteReport {
     pub protocol_efficacy: f64,
     /// The false-stop target (when calibrating).
     pub target: Option<f64>,
-    /// The calibrated efficacy threshold: the highest any scenario needs.
+    /// The calibrated efficacy threshold (the last block's): the highest
+    /// any scenario needs.
     pub efficacy: Option<f64>,
+    /// How it moves over the looks.
+    pub boundary: Boundary,
+    /// Every rule calibrated (constant and decreasing), with its mean power
+    /// over the scenarios: the decreasing one is chosen only when it finds
+    /// the effect more often by more than two paired standard errors.
+    pub rules: Vec<RuleSummary>,
     /// Whether a threshold below 1 keeps the target in every scenario.
     pub achievable: bool,
     /// The scenario that set the threshold.
@@ -114,6 +122,19 @@ pub struct SuiteReport {
     pub rows: Vec<ScenarioRow>,
     /// Work and time.
     pub timing: SimTiming,
+}
+
+/// One calibrated efficacy rule and the power it buys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuleSummary {
+    /// How the threshold moves over the looks.
+    pub boundary: Boundary,
+    /// The last block's threshold.
+    pub efficacy: f64,
+    /// The scenario that set it.
+    pub binding: Scenario,
+    /// Power under the effect, averaged over the scenarios.
+    pub mean_power: f64,
 }
 
 /// Trials added to the binding scenario at a time.
@@ -205,13 +226,50 @@ pub fn run_suite(
             needed[i] = needed[source[i]];
         }
     }
-    let binding = argmax(&needed);
-    let efficacy = binding.and_then(|b| needed[b]);
-    // Trials under the effect stop at the higher of the two thresholds:
-    // every course at the lower one is already decided by then.
-    let stop_at = efficacy.map_or(protocol.decision.efficacy, |c| {
-        c.max(protocol.decision.efficacy)
-    });
+    // A look-dependent (decreasing) boundary, calibrated on the same null
+    // trials: stricter early, it may keep more power for the last blocks.
+    let max_blocks = protocol.design.max_blocks;
+    let decreasing: Vec<Option<f64>> = match target {
+        Some(target) => null
+            .iter()
+            .map(|t| {
+                Some(calibrate_boundary(
+                    t,
+                    target,
+                    Boundary::Decreasing,
+                    max_blocks,
+                ))
+            })
+            .collect(),
+        None => vec![None; setups.len()],
+    };
+    let candidates: Vec<(Rule, usize, &Vec<Option<f64>>)> = [
+        (Boundary::Constant, &needed),
+        (Boundary::Decreasing, &decreasing),
+    ]
+    .into_iter()
+    .filter_map(|(boundary, needed)| {
+        let b = argmax(needed)?;
+        let last = needed[b]?;
+        Some((
+            Rule {
+                boundary,
+                last,
+                max_blocks,
+            },
+            b,
+            needed,
+        ))
+    })
+    .collect();
+    // Trials under the effect stop once every rule compared here (and the
+    // protocol's) has stopped them: the highest threshold any of them sets
+    // at any eligible look.
+    let first_look = protocol.design.min_blocks.max(1);
+    let stop_at = candidates
+        .iter()
+        .map(|(r, _, _)| r.boundary.at(r.last, first_look, max_blocks))
+        .fold(protocol.decision.efficacy, f64::max);
     let mut effect: Vec<Vec<VirtualTrial>> = Vec::with_capacity(setups.len());
     let mut fresh: Vec<Vec<VirtualTrial>> = Vec::with_capacity(setups.len());
     for (setup, scenario) in setups.iter().zip(&scenarios) {
@@ -224,7 +282,74 @@ pub fn run_suite(
             stop_at,
             &bar,
         ));
-        let check = if efficacy.is_some() {
+    }
+    let stop_rate = |trials: &[VirtualTrial], rule: Rule, right: Option<usize>| {
+        let k = trials
+            .iter()
+            .filter(|t| {
+                let course = t.under(rule);
+                course.efficacy.is_some() && right.is_none_or(|arm| course.efficacy == Some(arm))
+            })
+            .count();
+        Rate::of(k, trials.len())
+    };
+    // Both rules hold the target; choosing between them on trials under the
+    // effect cannot move that. The decreasing boundary is taken only when
+    // it finds the effect more often by more than two standard errors of
+    // the paired difference (the same trials under both rules), so that
+    // the simpler rule is kept when the two are alike.
+    let found = |rule: Rule| -> Vec<f64> {
+        (0..setups.len())
+            .flat_map(|i| {
+                let right = Some(setups[i].effect_arm);
+                effect[i].iter().map(move |t| {
+                    let c = t.under(rule);
+                    f64::from(u8::from(c.efficacy.is_some() && c.efficacy == right))
+                })
+            })
+            .collect()
+    };
+    let mean_power = |rule: Rule| -> f64 {
+        let n = setups.len().max(1) as f64;
+        (0..setups.len())
+            .map(|i| stop_rate(&effect[i], rule, Some(setups[i].effect_arm)).rate)
+            .sum::<f64>()
+            / n
+    };
+    let powers: Vec<f64> = candidates.iter().map(|(r, _, _)| mean_power(*r)).collect();
+    let chosen = match candidates.as_slice() {
+        [] => None,
+        [_] => Some(0),
+        [constant, decreasing, ..] => {
+            let (a, b) = (found(constant.0), found(decreasing.0));
+            let d: Vec<f64> = b.iter().zip(&a).map(|(x, y)| x - y).collect();
+            let n = d.len().max(2) as f64;
+            let mean = d.iter().sum::<f64>() / n;
+            let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+            Some(if mean > 2.0 * (var / n).sqrt() { 1 } else { 0 })
+        }
+    };
+    let alternatives: Vec<RuleSummary> = candidates
+        .iter()
+        .zip(&powers)
+        .map(|((r, b, _), p)| RuleSummary {
+            boundary: r.boundary,
+            efficacy: r.last,
+            binding: scenarios[*b],
+            mean_power: *p,
+        })
+        .collect();
+    let rule = chosen.map(|c| candidates[c].0);
+    let binding = chosen.map(|c| candidates[c].1);
+    let needed: Vec<Option<f64>> = chosen.map_or(needed.clone(), |c| candidates[c].2.clone());
+    let efficacy = rule.map(|r| r.last);
+    for (setup, scenario) in setups.iter().zip(&scenarios) {
+        bar.set_message(format!(
+            "{} ({}): fresh check",
+            protocol.id,
+            scenario.name()
+        ));
+        let check = if rule.is_some() {
             options.fresh_trials
         } else {
             0
@@ -232,17 +357,8 @@ pub fn run_suite(
         fresh.push(run_range(setup, 0.0, 2, 0..check, f64::INFINITY, &bar));
     }
     bar.finish_and_clear();
-    let stop_rate = |trials: &[VirtualTrial], c: f64, right: Option<usize>| {
-        let k = trials
-            .iter()
-            .filter(|t| {
-                let course = t.at(c);
-                course.efficacy.is_some() && right.is_none_or(|arm| course.efficacy == Some(arm))
-            })
-            .count();
-        Rate::of(k, trials.len())
-    };
     let own = protocol.decision.efficacy;
+    let own_rule = Rule::constant(own);
     let rows = scenarios
         .iter()
         .enumerate()
@@ -254,13 +370,13 @@ pub fn run_suite(
                 null_twin: (source[i] != i).then(|| scenarios[source[i]]),
                 effect_trials: effect[i].len(),
                 needed: needed[i],
-                protocol_false_stops: stop_rate(&null[i], own, None),
-                protocol_power: stop_rate(&effect[i], own, right),
-                calibrated_false_stops: efficacy.map(|c| stop_rate(&null[i], c, None)),
-                fresh_false_stops: efficacy
+                protocol_false_stops: stop_rate(&null[i], own_rule, None),
+                protocol_power: stop_rate(&effect[i], own_rule, right),
+                calibrated_false_stops: rule.map(|r| stop_rate(&null[i], r, None)),
+                fresh_false_stops: rule
                     .filter(|_| !fresh[i].is_empty())
-                    .map(|c| stop_rate(&fresh[i], c, None)),
-                calibrated_power: efficacy.map(|c| stop_rate(&effect[i], c, right)),
+                    .map(|r| stop_rate(&fresh[i], r, None)),
+                calibrated_power: rule.map(|r| stop_rate(&effect[i], r, right)),
                 betting: betting_rates(&setups[i], &null[i], &effect[i]),
             }
         })
@@ -287,6 +403,8 @@ pub fn run_suite(
         protocol_efficacy: own,
         target,
         efficacy,
+        boundary: rule.map_or(Boundary::Constant, |r| r.boundary),
+        rules: alternatives,
         achievable: efficacy.is_some_and(|c| c < 1.0),
         binding: binding.map(|b| scenarios[b]),
         effect: options.base.effect.unwrap_or(protocol.outcome.mid),
@@ -395,9 +513,25 @@ pub fn render_suite(r: &SuiteReport) -> String {
     }
     match (r.target, r.efficacy, r.binding) {
         (Some(target), Some(c), Some(b)) => {
+            for rule in &r.rules {
+                let _ = writeln!(
+                    out,
+                    "{:<10} boundary: last block's threshold {:.4} (bound by {}), mean power {:.1}%{}",
+                    rule.boundary.as_str(),
+                    rule.efficacy,
+                    rule.binding.name(),
+                    100.0 * rule.mean_power,
+                    if rule.boundary == r.boundary {
+                        "  <- chosen"
+                    } else {
+                        ""
+                    }
+                );
+            }
             let _ = writeln!(
                 out,
-                "calibrated efficacy threshold {c:.4}: false stops at or below {:.1}% with 95% confidence in every scenario{}; bound by {}",
+                "calibrated efficacy threshold {c:.4} ({}): false stops at or below {:.1}% with 95% confidence in every scenario{}; bound by {}",
+                r.boundary.as_str(),
                 100.0 * target,
                 if c < 1.0 {
                     ""
