@@ -593,20 +593,46 @@ mod tests {
     #[test]
     fn a_trial_decides_with_the_threshold_it_locked() {
         let rules = DecisionRules::default();
-        let stated = trial_thresholds(&rules, 2, None);
+        let stated = trial_thresholds(&rules, (2, 8), None);
         assert_eq!(
             (stated.efficacy, stated.source),
             (0.95, ThresholdSource::Protocol)
         );
+        assert_eq!(stated.efficacy_at(1), 0.95);
         let locked = LockedEfficacy {
             efficacy: 0.9883,
             source: ThresholdSource::Calibrated,
+            boundary: Boundary::Constant,
         };
-        let t = trial_thresholds(&rules, 2, Some(locked));
+        let t = trial_thresholds(&rules, (2, 8), Some(locked));
         assert_eq!(
             (t.efficacy, t.source),
             (0.9883, ThresholdSource::Calibrated)
         );
+        assert_eq!(t.efficacy_at(2), 0.9883);
+        // A decreasing boundary: stricter early, the locked value at the end.
+        let d = trial_thresholds(
+            &rules,
+            (2, 8),
+            Some(LockedEfficacy {
+                boundary: Boundary::Decreasing,
+                ..locked
+            }),
+        );
+        assert!((d.efficacy_at(8) - 0.9883).abs() < 1e-12);
+        assert!((d.efficacy_at(20) - 0.9883).abs() < 1e-12);
+        // z = Phi^-1(0.9883) = 2.267; after 2 of 8 blocks z * 2 = 4.535.
+        let early = norm_cdf(2.0 * norm_quantile(0.9883));
+        assert!((d.efficacy_at(2) - early).abs() < 1e-12);
+        assert!(d.efficacy_at(2) > d.efficacy_at(4) && d.efficacy_at(4) > 0.9883);
+        // One statistic per look decides at which thresholds it stops.
+        for b in 1..=8 {
+            for p in [0.5, 0.9, 0.99, 0.999, 0.99999] {
+                let stops = p >= Boundary::Decreasing.at(0.9883, b, 8);
+                let by_statistic = Boundary::Decreasing.statistic(p, b, 8) >= 0.9883;
+                assert_eq!(stops, by_statistic, "p {p} after {b} blocks");
+            }
+        }
         assert_eq!((t.futility, t.drop_arm, t.min_blocks), (0.05, 0.05, 2));
         // Decisions stored before calibration existed read as the protocol's.
         let old: Thresholds = serde_json::from_str(

@@ -19,7 +19,7 @@ use super::{
     BettingRates, DEFAULT_TARGET, Rate, Rule, SimError, SimOptions, SimTiming, VirtualTrial,
     betting_rates, calibrate_boundary, calibrate_threshold, run_range, setup_for,
 };
-use crate::trial::decide::Boundary;
+use crate::trial::decide::{Boundary, LockedEfficacy};
 use crate::trial::protocol::{Protocol, ProtocolHash};
 use crate::trial::scenario::Scenario;
 
@@ -425,6 +425,50 @@ pub fn run_suite(
     })
 }
 
+/// A locked efficacy rule checked on `trials` null virtual trials per
+/// scenario, from `base.seed`: each scenario's false-stop rate, and the
+/// betting test's on the same trials. Run it with another seed than the
+/// calibration's to see the rule hold out of sample.
+pub fn check_locked(
+    protocol: &Protocol,
+    base: &SimOptions,
+    locked: LockedEfficacy,
+    trials: usize,
+) -> Result<Vec<(Scenario, Rate, Option<BettingRates>)>, SimError> {
+    let rule = Rule {
+        boundary: locked.boundary,
+        last: locked.efficacy,
+        max_blocks: protocol.design.max_blocks,
+    };
+    let mut out = Vec::new();
+    for scenario in Scenario::suite(protocol.outcome.family) {
+        let options = SimOptions {
+            scenario,
+            calibrate: Some(DEFAULT_TARGET),
+            ..base.clone()
+        };
+        let setup = setup_for(protocol, &options)?;
+        let null = run_range(
+            &setup,
+            0.0,
+            0,
+            0..trials,
+            f64::INFINITY,
+            &ProgressBar::hidden(),
+        );
+        let stops = null
+            .iter()
+            .filter(|t| t.under(rule).efficacy.is_some())
+            .count();
+        out.push((
+            scenario,
+            Rate::of(stops, null.len()),
+            betting_rates(&setup, &null, &[]),
+        ));
+    }
+    Ok(out)
+}
+
 /// The index of the largest threshold (the first, on ties).
 fn argmax(needed: &[Option<f64>]) -> Option<usize> {
     let mut best: Option<(usize, f64)> = None;
@@ -557,6 +601,7 @@ pub fn render_suite(r: &SuiteReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trial::decide::ThresholdSource;
 
     /// A small design: two arms, 3-day periods, 10 blocks, a look from the
     /// first block on, MID near 0 (so that sequential looks inflate false
@@ -620,43 +665,28 @@ max_blocks = 10
         // points, and 5% + 2.5 se = 8.9% is exceeded by chance with
         // probability below 1% per scenario at a true rate of exactly 5%;
         // the calibration's 95% confidence makes the true rate lower.
-        let mut check = protocol.clone();
-        check.decision.efficacy = efficacy;
-        let fresh = run_suite(
-            &check,
-            &hash,
-            &SuiteOptions {
-                base: SimOptions {
-                    seed: 1_000_003,
-                    threads: 2,
-                    ..SimOptions::default()
-                },
-                target: None,
-                first_trials: 200,
-                max_trials: 200,
-                power_trials: 0,
-                fresh_trials: 0,
-            },
-        )
-        .unwrap();
+        let locked = LockedEfficacy {
+            efficacy,
+            source: ThresholdSource::Calibrated,
+            boundary: calibrated.boundary,
+        };
+        let base = SimOptions {
+            seed: 1_000_003,
+            threads: 2,
+            ..SimOptions::default()
+        };
+        let fresh = check_locked(&protocol, &base, locked, 200).unwrap();
+        assert_eq!(fresh.len(), Scenario::ALL.len());
         let limit = 0.05 + 2.5 * (0.05f64 * 0.95 / 200.0).sqrt();
-        for r in &fresh.rows {
+        for (scenario, rate, betting) in &fresh {
             assert!(
-                r.protocol_false_stops.rate <= limit,
-                "{:?}: {} false stops at {efficacy} on fresh trials",
-                r.scenario,
-                r.protocol_false_stops.rate
+                rate.rate <= limit,
+                "{scenario:?}: {} false stops at {efficacy} on fresh trials",
+                rate.rate
             );
-        }
-        // The betting test is anytime valid in every scenario (Ville).
-        for r in &fresh.rows {
-            let b = r.betting.as_ref().unwrap();
-            assert!(
-                b.false_stops.rate <= limit,
-                "{:?}: betting {:?}",
-                r.scenario,
-                b
-            );
+            // The betting test is anytime valid in every scenario (Ville).
+            let b = betting.as_ref().unwrap();
+            assert!(b.false_stops.rate <= limit, "{scenario:?}: betting {b:?}");
         }
     }
 
