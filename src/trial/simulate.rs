@@ -629,7 +629,8 @@ impl Setup<'_> {
         let (params, precision) = self.draw_params(beta_effect, &mut rng);
         let mut periods = design::plan(protocol, trial_seed);
         let mut active: Vec<usize> = (0..self.keys.len()).collect();
-        let mut thresholds = decide::thresholds(&protocol.decision, d.min_blocks);
+        let mut thresholds =
+            decide::trial_thresholds(&protocol.decision, (d.min_blocks, d.max_blocks), None);
         thresholds.efficacy = efficacy;
         let planned = protocol.planned_days();
         let scenario = self.options.scenario;
