@@ -1476,8 +1476,7 @@ impl Store {
 
     /// The stored calibration of a design, by protocol hash.
     pub fn calibration(&self, protocol_hash: &ProtocolHash) -> Result<Option<CalibrationRow>> {
-        Ok(self
-            .conn
+        self.conn
             .query_row(
                 "SELECT protocol_hash, target, efficacy, boundary, binding, report_json, wall_ms,
                         created_at
@@ -1507,7 +1506,7 @@ impl Store {
                         StoreError::Invalid(format!("calibration boundary {boundary:?}"))
                     })
             })
-            .transpose()?)
+            .transpose()
     }
 
     /// Stores a design's calibration (the first one for a hash stands).
