@@ -594,18 +594,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     fresh_trials: if calibrate.is_some() { quarter } else { 0 },
                 };
                 let report = crate::trial::simulate::suite::run_suite(&p, &hash, &options)?;
-                let doc = serde_json::to_string_pretty(&report)?;
+                if !*json {
+                    print!("{}", crate::trial::simulate::suite::render_suite(&report));
+                }
                 let path = out
                     .clone()
                     .unwrap_or_else(|| PathBuf::from(format!("suite-{}.json", p.id)));
-                std::fs::write(&path, &doc)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-                if *json {
-                    println!("{doc}");
-                } else {
-                    print!("{}", crate::trial::simulate::suite::render_suite(&report));
-                    println!("JSON report written to {}", path.display());
-                }
+                write_report(&path, &serde_json::to_string_pretty(&report)?, *json)?;
                 return Ok(ExitCode::SUCCESS);
             }
             let mut reports = Vec::new();
@@ -635,13 +630,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let path = out
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("simulate-{}.json", p.id)));
-            std::fs::write(&path, &doc)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            if *json {
-                println!("{doc}");
-            } else {
-                println!("JSON report written to {}", path.display());
-            }
+            write_report(&path, &doc, *json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Trial {
@@ -823,4 +812,16 @@ fn check_protocols(files: &[PathBuf]) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Writes a simulation's JSON report to `path`; prints it too with `--json`
+/// (else says where it went).
+fn write_report(path: &std::path::Path, doc: &str, json: bool) -> anyhow::Result<()> {
+    std::fs::write(path, doc).with_context(|| format!("cannot write {}", path.display()))?;
+    if json {
+        println!("{doc}");
+    } else {
+        println!("JSON report written to {}", path.display());
+    }
+    Ok(())
 }

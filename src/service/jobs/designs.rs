@@ -42,6 +42,19 @@ pub(crate) async fn simulate_pending_designs(state: &AppState) -> Result<String,
     }
 }
 
+/// A stored protocol text, parsed, checked against the hash its result will
+/// be kept under.
+fn stored_protocol(text: &str, hash: &ProtocolHash) -> Result<Protocol, String> {
+    let protocol = Protocol::parse(text, "stored protocol").map_err(|e| e.to_string())?;
+    if ProtocolHash::of(text) != *hash {
+        return Err(format!(
+            "stored protocol text does not match its hash {}",
+            hash.short()
+        ));
+    }
+    Ok(protocol)
+}
+
 /// Null trials per scenario a calibration may give the binding scenario:
 /// `jobs.calibration_trials` for a gaussian outcome, a fifth (at least 8)
 /// for the slower families.
@@ -84,13 +97,7 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
         }
         let locked = hash.clone();
         let calibrated = tokio::task::spawn_blocking(move || {
-            let protocol = Protocol::parse(&text, "stored protocol").map_err(|e| e.to_string())?;
-            if ProtocolHash::of(&text) != locked {
-                return Err(format!(
-                    "stored protocol text does not match its hash {}",
-                    locked.short()
-                ));
-            }
+            let protocol = stored_protocol(&text, &locked)?;
             let most = calibration_trials(&protocol, configured);
             let quarter = (most / 4).max(1);
             let options = SuiteOptions {
@@ -186,14 +193,7 @@ async fn simulate_proposed_designs(state: &AppState) -> Result<String, JobError>
         }
         let locked = hash.clone();
         let simulated = tokio::task::spawn_blocking(move || {
-            let protocol = Protocol::parse(&text, "stored protocol").map_err(|e| e.to_string())?;
-            // The stored hash of this very text: the report is kept under it.
-            if ProtocolHash::of(&text) != locked {
-                return Err(format!(
-                    "stored protocol text does not match its hash {}",
-                    locked.short()
-                ));
-            }
+            let protocol = stored_protocol(&text, &locked)?;
             let options = SimOptions {
                 trials: simulation_trials(&protocol, configured),
                 threads: 1,
