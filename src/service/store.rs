@@ -916,6 +916,11 @@ impl Store {
                 boundary,
             ) = row?;
             let locked = match (efficacy, source) {
+                (Some(_), None) | (None, Some(_)) => {
+                    return Err(StoreError::Invalid(format!(
+                        "trial {id} has half a locked threshold"
+                    )));
+                }
                 (Some(efficacy), Some(source)) => Some(LockedEfficacy {
                     efficacy,
                     source: ThresholdSource::parse(&source).ok_or_else(|| {
@@ -1140,7 +1145,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
-        tx.execute(
+        let locked_now = tx.execute(
             "UPDATE trials SET efficacy_threshold = ?2, threshold_source = ?3, efficacy_boundary = ?4
              WHERE id = ?1 AND efficacy_threshold IS NULL",
             params![
@@ -1150,18 +1155,22 @@ impl Store {
                 locked.boundary.as_str()
             ],
         )?;
-        audit(
-            &tx,
-            actor,
-            "lock_threshold",
-            Some(trial_id),
-            &serde_json::json!({
-                "efficacy": locked.efficacy,
-                "source": locked.source.as_str(),
-                "boundary": locked.boundary.as_str()
-            }),
-            now,
-        )?;
+        // A trial that already holds a threshold keeps it (and no audit
+        // entry claims otherwise).
+        if locked_now == 1 {
+            audit(
+                &tx,
+                actor,
+                "lock_threshold",
+                Some(trial_id),
+                &serde_json::json!({
+                    "efficacy": locked.efficacy,
+                    "source": locked.source.as_str(),
+                    "boundary": locked.boundary.as_str()
+                }),
+                now,
+            )?;
+        }
         change_status_tx(
             &tx,
             &StatusChange {

@@ -190,7 +190,9 @@ impl Boundary {
     /// blocks when the last block's is `last`.
     pub fn at(self, last: f64, blocks: u32, max_blocks: u32) -> f64 {
         match self {
+            // At or above 1 nothing stops; the transform would clamp it to 1.
             Boundary::Constant => last,
+            Boundary::Decreasing if last >= 1.0 => last,
             Boundary::Decreasing => norm_cdf(
                 norm_quantile(last.clamp(0.0, 1.0)) / self.root_fraction(blocks, max_blocks),
             ),

@@ -625,7 +625,11 @@ impl Setup<'_> {
     ) -> VirtualTrial {
         let protocol = self.protocol;
         let d = &protocol.design;
-        let mut rng = ChaCha20Rng::seed_from_u64(trial_seed);
+        // The data's stream is derived from the trial's seed, not the seed
+        // itself: `design::plan` draws the block orders from `trial_seed`,
+        // and the same stream would tie each block's coin to the sign of a
+        // drift draw, so the orders would not be randomised against the data.
+        let mut rng = ChaCha20Rng::seed_from_u64(self::trial_seed(trial_seed, DATA_STREAM, 0));
         let (params, precision) = self.draw_params(beta_effect, &mut rng);
         let mut periods = design::plan(protocol, trial_seed);
         let mut active: Vec<usize> = (0..self.keys.len()).collect();
@@ -816,6 +820,9 @@ impl Setup<'_> {
     }
 }
 
+/// Salt of a virtual trial's data stream (see [`Setup::run_with`]).
+const DATA_STREAM: u64 = 0xda7a;
+
 /// The false-stop target when none is given: 5% (`statistics.md` §5).
 pub const DEFAULT_TARGET: f64 = 0.05;
 
@@ -926,6 +933,15 @@ const MIN_EFFICACY: f64 = 0.5001;
 
 /// Confidence that the calibrated threshold holds the target on fresh trials.
 const CALIBRATION_CONFIDENCE: f64 = 0.95;
+
+/// The fewest null trials on which a threshold can hold `target` with
+/// [`CALIBRATION_CONFIDENCE`]: with `n` trials and no false stop allowed,
+/// `P(rate <= target) = 1 - (1 - target)^n`, so
+/// `n >= ln(1 - 0.95) / ln(1 - target)` (59 at 5%, 299 at 1%).
+pub fn min_calibration_trials(target: f64) -> usize {
+    let t = target.clamp(1e-6, 0.5);
+    ((1.0 - CALIBRATION_CONFIDENCE).ln() / (1.0 - t).ln()).ceil() as usize
+}
 
 /// Smallest threshold whose false-stop rate is at most `target` with 95%
 /// confidence, judged from the per-trial maxima of `P(delta > MID)` on

@@ -237,7 +237,7 @@ async fn proposal_views(
 <h3>Design</h3>
 <p>Arms: {% for a in v.arms %}{{ a }}{% if !loop.last %}, {% endif %}{% endfor %}. Outcome: {{ v.outcome }}; MID {{ v.mid }}.
 {{ v.period_days }}-day periods, {{ v.blocks[0] }} to {{ v.blocks[1] }} blocks, at most {{ v.planned_days }} days.
-Stops when P(better by MID) reaches the calibrated threshold below (the protocol states {{ v.thresholds[0] }}) or ≤ {{ v.thresholds[1] }} for every arm (futility).</p>
+Stops when P(better by MID) reaches {% if calibrating %}the calibrated threshold below (the protocol states {{ v.thresholds[0] }}){% else %}{{ v.thresholds[0] }}{% endif %} or ≤ {{ v.thresholds[1] }} for every arm (futility).</p>
 <h3>Priors</h3>
 <ul>{% for p in v.priors %}<li>{{ p }}</li>{% endfor %}</ul>
 <h3>How often this design is right (simulated)</h3>
@@ -248,7 +248,7 @@ Stops when P(better by MID) reaches the calibrated threshold below (the protocol
 </tbody></table><p class="muted">{{ r.trials }} virtual trials per condition at efficacy threshold {{ r.efficacy }}, ± one Monte Carlo standard error; {{ "{:.0}"|format(r.wall_s) }} s. The threshold a trial of this design decides with is calibrated below.</p>
 {% else %}<p class="muted">Being simulated in the background: about a minute for a gaussian outcome, up to an hour for the other families. Reload later.</p>{% endif %}
 <h3>When it stops: the threshold calibrated for this design</h3>
-{% if v.calibration.is_some() %}{{ v.calibration_html|safe }}{% else %}<p class="muted">Being calibrated in the background on the stress suite (a few minutes; longer for counts and proportions). An approved trial starts once its threshold is locked. Reload later.</p>{% endif %}
+{% if !calibrating %}<p>Calibration is switched off (<code>jobs.calibrate = false</code>): a trial of this design decides on the protocol's stated threshold, {{ v.thresholds[0] }}, whatever its false-stop rate.</p>{% else if v.calibration.is_some() %}{{ v.calibration_html|safe }}{% else %}<p class="muted">Being calibrated in the background on the stress suite (a few minutes; longer for counts and proportions). An approved trial starts once its threshold is locked. Reload later.</p>{% endif %}
 <h3>Decide</h3>
 <form method="post" action="/trials/{{ v.id }}/approve" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Approve (starts tomorrow)</button></form>
 <form method="post" action="/trials/{{ v.id }}/reject" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Reject</button></form>
@@ -265,6 +265,8 @@ struct ProposalsPage {
     views: Vec<ProposalView>,
     csrf: String,
     message: Option<String>,
+    /// `jobs.calibrate`: whether approved trials wait for a calibration.
+    calibrating: bool,
 }
 
 async fn page(
@@ -282,6 +284,7 @@ async fn page(
                 views,
                 csrf: viewer.csrf.clone(),
                 message,
+                calibrating: state.config.jobs.calibrate,
             },
         ) {
             Ok(html) => (code, Html(html)).into_response(),

@@ -119,6 +119,8 @@ pub struct TrialDetail {
     pub thresholds: (f64, f64),
     /// Where the efficacy threshold came from, in words; none before the start.
     pub threshold_source: Option<String>,
+    /// Whether the trial decides with its design's calibrated threshold.
+    pub calibrated: bool,
     /// The design's calibration, once computed.
     pub calibration: Option<super::calibration::CalibrationView>,
     /// The outcome is a self-report with this range (for the form).
@@ -281,6 +283,9 @@ async fn trial_detail(
                         .map_or(protocol.decision.efficacy, |l| l.efficacy),
                     protocol.decision.futility,
                 ),
+                calibrated: trial
+                    .locked
+                    .is_some_and(|l| l.source == crate::trial::decide::ThresholdSource::Calibrated),
                 threshold_source: trial.locked.map(|l| match l.boundary {
                     crate::trial::decide::Boundary::Constant => l.source.describe().to_string(),
                     crate::trial::decide::Boundary::Decreasing => format!(
@@ -335,7 +340,7 @@ async fn trial_detail(
 {% for svg in prob_svgs %}<figure>{{ svg|safe }}</figure>{% endfor %}
 <h2>Decisions</h2>
 <p>Stops for efficacy when P(better by MID) ≥ {{ d.thresholds.0 }}{% if let Some(w) = d.threshold_source %}: {{ w }}{% else %}: locked when the trial starts{% endif %}; for futility when it is ≤ {{ d.thresholds.1 }} for every arm.</p>
-{% if let Some(c) = d.calibration %}<details><summary>How the threshold was calibrated</summary>{{ calibration_html|safe }}</details>{% endif %}
+{% if !calibration_html.is_empty() %}<details><summary>How the threshold was calibrated</summary>{{ calibration_html|safe }}</details>{% endif %}
 <div class="scroll"><table><thead><tr><th>period</th><th>when</th><th>action</th><th>rule</th><th>numbers</th></tr></thead><tbody>
 {% for x in decisions %}<tr><td>{% if let Some(p) = x.0.period %}{{ p }}{% endif %}</td><td>{{ x.0.created_at }}</td><td>{{ x.0.action }}</td><td>{{ x.0.rule }}</td><td>{{ x.1 }}</td></tr>{% endfor %}
 </tbody></table></div>
@@ -557,9 +562,12 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
         counterfactual_svg,
         effect_svgs,
         prob_svgs,
+        // Only where the trial decides with it (the demo, and trials locked
+        // with calibration off, decide on their protocol's threshold).
         calibration_html: d
             .calibration
             .as_ref()
+            .filter(|_| d.calibrated)
             .map(super::calibration::render)
             .unwrap_or_default(),
         decisions: d
