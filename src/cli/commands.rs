@@ -584,15 +584,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     progress: !*json,
                     ..Default::default()
                 };
-                let quarter = (*trials / 4).max(1);
-                let options = crate::trial::simulate::suite::SuiteOptions {
-                    base,
-                    target: *calibrate,
-                    first_trials: quarter,
-                    max_trials: *trials,
-                    power_trials: quarter,
-                    fresh_trials: if calibrate.is_some() { quarter } else { 0 },
-                };
+                let options = crate::trial::simulate::suite::SuiteOptions::sized(
+                    base, *calibrate, *trials, true,
+                );
                 let report = crate::trial::simulate::suite::run_suite(&p, &hash, &options)?;
                 if !*json {
                     print!("{}", crate::trial::simulate::suite::render_suite(&report));

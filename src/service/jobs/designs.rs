@@ -98,21 +98,18 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
         let locked = hash.clone();
         let calibrated = tokio::task::spawn_blocking(move || {
             let protocol = stored_protocol(&text, &locked)?;
-            let most = calibration_trials(&protocol, configured);
-            let quarter = (most / 4).max(1);
-            let options = SuiteOptions {
-                first_trials: quarter,
-                max_trials: most,
-                power_trials: quarter,
-                ..SuiteOptions::for_proposal(
-                    SimOptions {
-                        threads: 1,
-                        progress: false,
-                        ..SimOptions::default()
-                    },
-                    protocol.decision.false_stop_target,
-                )
-            };
+            // One core, so refits keep the other; no fresh check (the
+            // tests make it).
+            let options = SuiteOptions::sized(
+                SimOptions {
+                    threads: 1,
+                    progress: false,
+                    ..SimOptions::default()
+                },
+                Some(protocol.decision.false_stop_target),
+                calibration_trials(&protocol, configured),
+                false,
+            );
             let started = std::time::Instant::now();
             let report = run_suite(&protocol, &locked, &options).map_err(|e| e.to_string())?;
             let (Some(target), Some(efficacy), Some(binding)) =

@@ -48,17 +48,23 @@ pub struct SuiteOptions {
 }
 
 impl SuiteOptions {
-    /// The defaults a proposal is calibrated with: 100 null trials a
-    /// scenario at first, up to 400 for the one that binds, 100 under the
-    /// effect a scenario, no fresh check (the tests make it).
-    pub fn for_proposal(base: SimOptions, target: f64) -> SuiteOptions {
+    /// A suite of `most` null trials at most for the binding scenario:
+    /// every scenario starts with a quarter of it, a quarter runs under the
+    /// effect for power, and (`fresh`) a quarter checks the threshold on
+    /// fresh null trials. The command line and the designs job size it so.
+    pub fn sized(base: SimOptions, target: Option<f64>, most: usize, fresh: bool) -> SuiteOptions {
+        let quarter = (most / 4).max(1);
         SuiteOptions {
             base,
-            target: Some(target),
-            first_trials: 100,
-            max_trials: 400,
-            power_trials: 100,
-            fresh_trials: 0,
+            target,
+            first_trials: quarter,
+            max_trials: most,
+            power_trials: quarter,
+            fresh_trials: if fresh && target.is_some() {
+                quarter
+            } else {
+                0
+            },
         }
     }
 }
