@@ -37,6 +37,7 @@
 
 pub mod cli;
 pub mod engine;
+pub mod limits;
 pub mod service;
 pub mod startup;
 pub mod trial;

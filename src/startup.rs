@@ -66,13 +66,21 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         password_hash: config.web.password_hash.clone(),
         investigator_password_hash: config.web.investigator_password_hash.clone(),
     };
+    if let Some(token) = &auth.token {
+        crate::service::config::check_token(token)?;
+    }
     if !config.web.listen.ip().is_loopback() && !auth.is_configured() {
         return Err(DaemonError::Insecure(config.web.listen));
     }
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| DaemonError::Io {
-        what: format!("cannot create data folder {}", config.data_dir.display()),
-        source,
+    let narrowed = crate::service::private::ensure_dir(&config.data_dir).map_err(|source| {
+        DaemonError::Io {
+            what: format!("cannot create data folder {}", config.data_dir.display()),
+            source,
+        }
     })?;
+    if narrowed {
+        tracing::warn!(dir = %config.data_dir.display(), "the data folder was readable by other users; it is now 0700");
+    }
     let lock = DataLock::acquire(&config.data_dir)?;
     tracing::info!(lock = %lock.path().display(), "data folder locked");
 
@@ -152,24 +160,26 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let addr = bound;
     // Tests and scripts read the real port from here (the config may say port 0).
     let addr_file = state.config.data_dir.join("listen.addr");
-    std::fs::write(&addr_file, format!("{addr}\n")).map_err(|source| DaemonError::Io {
-        what: format!("cannot write {}", addr_file.display()),
-        source,
-    })?;
+    let _ = std::fs::remove_file(&addr_file);
+    crate::service::private::write_new(&addr_file, format!("{addr}\n").as_bytes()).map_err(
+        |source| DaemonError::Io {
+            what: format!("cannot write {}", addr_file.display()),
+            source,
+        },
+    )?;
     tracing::info!(%addr, "dashboard listening on http://{addr}/");
 
     let router = crate::web::router(state.clone());
-    let mut server_stop = state.stopping.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = server_stop.wait_for(|s| *s).await;
-        })
-        .await
-    });
+    let limits = crate::web::server::Limits {
+        max_connections: state.config.web.max_connections,
+        header_timeout: Duration::from_secs(state.config.web.header_timeout_seconds),
+    };
+    let server = tokio::spawn(crate::web::server::serve(
+        listener,
+        router,
+        limits,
+        state.stopping.clone(),
+    ));
 
     let mut scheduler = JobScheduler::new()
         .await
@@ -220,10 +230,13 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         // Every write is one transaction: abandoning it loses nothing committed.
         tracing::warn!("a job is still running after 30 s; abandoning it");
     }
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "http server"),
-        Err(e) => tracing::warn!(error = %e, "http server task"),
+    // Move the write-ahead log into the database file, so that after a clean
+    // stop `nof1d.sqlite` alone holds everything (a copy of it is complete).
+    if let Err(e) = state.db.write(|s| s.checkpoint()).await {
+        tracing::warn!(error = %e, "checkpoint at shutdown");
+    }
+    if let Err(e) = server.await {
+        tracing::warn!(error = %e, "http server task");
     }
     drop(lock);
     tracing::info!("stopped cleanly");

@@ -7,6 +7,7 @@
 //! still counts); anything else that does not parse is an error naming the
 //! line, and nothing is silently dropped.
 
+use crate::limits::excerpt;
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
@@ -22,7 +23,7 @@ pub enum AnalyzeError {
     #[error("{0}")]
     File(String),
     /// Rows that did not parse (at most 20 listed).
-    #[error("{} bad row(s):\n{}", .0.len(), .0.iter().take(20).cloned().collect::<Vec<_>>().join("\n"))]
+    #[error("{} bad row(s):\n{}", .0.len(), .0.iter().take(crate::limits::LISTED_PROBLEMS).cloned().collect::<Vec<_>>().join("\n"))]
     Rows(Vec<String>),
     /// The model could not be fitted to the data.
     #[error(transparent)]
@@ -113,14 +114,15 @@ pub fn prepare(
      -> Result<usize, AnalyzeError> {
         match wanted {
             Some(name) => headers.iter().position(|h| h == name).ok_or_else(|| {
-                AnalyzeError::File(format!("no column {name:?} for the {what}; the columns are {headers:?}"))
+                AnalyzeError::File(format!("no column {} for the {what}; the columns are {}", excerpt(name), excerpt(&headers.join(", "))))
             }),
             None => headers
                 .iter()
                 .position(|h| defaults.iter().any(|d| h.eq_ignore_ascii_case(d)))
                 .ok_or_else(|| {
                     AnalyzeError::File(format!(
-                        "no {what} column (looked for {defaults:?}); name it with a flag. The columns are {headers:?}"
+                        "no {what} column (looked for {defaults:?}); name it with a flag. The columns are {}",
+                        excerpt(&headers.join(", "))
                     ))
                 }),
         }
@@ -141,8 +143,14 @@ pub fn prepare(
                 [one] => *one,
                 _ => {
                     return Err(AnalyzeError::File(format!(
-                        "cannot tell the outcome column among {:?}; name it with --outcome-col",
-                        rest.iter().map(|&i| &headers[i]).collect::<Vec<_>>()
+                        "cannot tell the outcome column among {}; name it with --outcome-col",
+                        excerpt(
+                            &rest
+                                .iter()
+                                .map(|&i| headers[i].as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
                     )));
                 }
             }
@@ -170,8 +178,9 @@ pub fn prepare(
         }
         let Some(tv) = parse_time(&time) else {
             errors.push(format!(
-                "line {line}: {:?} {time:?} is not a day number, a YYYY-MM-DD date or an RFC 3339 timestamp",
-                headers[time_col]
+                "line {line}: {} {} is not a day number, a YYYY-MM-DD date or an RFC 3339 timestamp",
+                excerpt(&headers[time_col]),
+                excerpt(&time)
             ));
             continue;
         };
@@ -183,7 +192,8 @@ pub fn prepare(
             && !known.iter().any(|k| k == &arm)
         {
             errors.push(format!(
-                "line {line}: arm {arm:?} is not in the protocol (arms: {known:?})"
+                "line {line}: arm {} is not in the protocol (arms: {known:?})",
+                excerpt(&arm)
             ));
             continue;
         }
@@ -193,7 +203,10 @@ pub fn prepare(
             match outcome.parse::<f64>() {
                 Ok(v) if v.is_finite() => Some(v),
                 _ => {
-                    errors.push(format!("line {line}: outcome {outcome:?} is not a number"));
+                    errors.push(format!(
+                        "line {line}: outcome {} is not a number",
+                        excerpt(&outcome)
+                    ));
                     continue;
                 }
             }

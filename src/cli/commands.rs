@@ -2,6 +2,7 @@
 //! each command's call into the library. This is the binary's edge, the
 //! one place where errors become `anyhow` and an exit code.
 
+use crate::limits;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,8 +41,9 @@ enum Command {
         /// Data folder (default ./nof1d-data).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Simulated seconds per real second, for demos and tests (1 = real time).
-        #[arg(long)]
+        /// Simulated seconds per real second, for demos and tests (1 = real
+        /// time; at most 1,000,000).
+        #[arg(long, value_parser = time_scale)]
         time_scale: Option<f64>,
     },
     /// Work with protocol files.
@@ -69,7 +71,7 @@ enum Command {
         /// Without a protocol: minimal important difference: outcome units
         /// (>= 0, default 0) for gaussian; a rate or odds ratio (>= 1,
         /// default 1: any improvement) for the other families.
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long, allow_negative_numbers = true, value_parser = finite)]
         mid: Option<f64>,
         /// Without a protocol: trials per observation (binomial family).
         #[arg(long)]
@@ -105,10 +107,10 @@ enum Command {
         protocol: PathBuf,
         /// True effect of the first non-comparator arm in the "effect" condition
         /// (outcome units; a ratio for log/logit families). Default: the MID.
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long, allow_negative_numbers = true, value_parser = finite)]
         effect: Option<f64>,
-        /// Virtual trials per condition.
-        #[arg(long, default_value_t = 1000)]
+        /// Virtual trials per condition (1 to 1,000,000).
+        #[arg(long, default_value_t = 1000, value_parser = trials_count)]
         trials: usize,
         /// Print the JSON report on stdout instead of the table.
         #[arg(long)]
@@ -116,7 +118,7 @@ enum Command {
         /// Also find the efficacy threshold that keeps false stops at or below
         /// TARGET (default 0.05) with 95% confidence, and check it on fresh
         /// virtual trials.
-        #[arg(long, num_args = 0..=1, default_missing_value = "0.05")]
+        #[arg(long, num_args = 0..=1, default_missing_value = "0.05", value_parser = target_rate)]
         calibrate: Option<f64>,
         /// Data: `prior` (from the model) or a stress scenario: iid, ar1,
         /// heavy_tails, skewed, rounded, trend, weekly, long_carryover,
@@ -130,18 +132,19 @@ enum Command {
         /// gets, the binding one; the others stop at a quarter of it).
         #[arg(long)]
         suite: bool,
-        /// Probability that a day's observation is missing.
-        #[arg(long, default_value_t = 0.1)]
+        /// Probability that a day's observation is missing (0 to 0.95).
+        #[arg(long, default_value_t = 0.1, value_parser = day_probability)]
         missing: f64,
-        /// Probability that a day's assigned arm is not taken (the comparator is).
-        #[arg(long, default_value_t = 0.05)]
+        /// Probability that a day's assigned arm is not taken (the comparator
+        /// is; 0 to 0.95).
+        #[arg(long, default_value_t = 0.05, value_parser = day_probability)]
         non_adherence: f64,
         /// Master seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Worker threads (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
+        /// Worker threads (default: all cores; at most 1024).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        threads: Option<u16>,
         /// Where to write the JSON report (default: simulate-<protocol>.json).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -173,8 +176,8 @@ enum Command {
         /// Write to this file instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Virtual trials for the design's error rates (0 to skip).
-        #[arg(long, default_value_t = 200)]
+        /// Virtual trials for the design's error rates (0 to skip; at most 1,000,000).
+        #[arg(long, default_value_t = 200, value_parser = trials_or_none)]
         sim_trials: usize,
         /// Data folder (default: from the config).
         #[arg(long)]
@@ -183,6 +186,8 @@ enum Command {
     /// Print the argon2 hash of a dashboard password read from standard input
     /// (its first line), for `web.password_hash` or `web.investigator_password_hash`.
     HashPassword,
+    /// Print a new random token (256 bits, 64 hex digits) for `web.token`.
+    NewToken,
     /// Write a consistent copy of the database to FILE (safe while the daemon runs).
     Backup {
         /// Destination file (must not exist).
@@ -197,28 +202,28 @@ enum Command {
 enum BenchCommand {
     /// Time the filter and the grid fit on simulated two-arm data.
     Engine {
-        /// Series lengths in days.
-        #[arg(long, value_delimiter = ',', default_value = "365,3650")]
+        /// Series lengths in days (each 2 to 36,525).
+        #[arg(long, value_delimiter = ',', default_value = "365,3650", value_parser = series_days)]
         days: Vec<usize>,
-        /// Grid fits per length (the median is reported).
-        #[arg(long, default_value_t = 20)]
+        /// Grid fits per length (the median is reported; 1 to 1,000,000).
+        #[arg(long, default_value_t = 20, value_parser = trials_count)]
         reps: usize,
         /// Also run the MCMC references: adaptive Metropolis with this many
-        /// draws per chain, and NUTS.
-        #[arg(long)]
+        /// draws per chain, and NUTS (1 to 1,000,000).
+        #[arg(long, value_parser = trials_count)]
         mcmc_draws: Option<usize>,
         /// Draws kept per NUTS chain (after 1500 warm-up), for a longer
-        /// reference than the default.
-        #[arg(long, default_value_t = 2000)]
+        /// reference than the default (1 to 1,000,000).
+        #[arg(long, default_value_t = 2000, value_parser = trials_count)]
         nuts_draws: usize,
     },
     /// Print a simulated two-arm daily series as CSV (day,arm,y) for comparisons.
     Simulate {
-        /// Days.
-        #[arg(long, default_value_t = 365)]
+        /// Days (2 to 36,525).
+        #[arg(long, default_value_t = 365, value_parser = series_days)]
         days: usize,
         /// True effect of `treatment` against `control`.
-        #[arg(long, default_value_t = -1.5, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = -1.5, allow_negative_numbers = true, value_parser = finite)]
         effect: f64,
         /// Seed.
         #[arg(long, default_value_t = 11)]
@@ -229,11 +234,11 @@ enum BenchCommand {
         /// gaussian, poisson, bernoulli, binomial or beta.
         #[arg(long, default_value = "gaussian")]
         family: String,
-        /// Replications.
-        #[arg(long, default_value_t = 1000)]
+        /// Replications (1 to 1,000,000).
+        #[arg(long, default_value_t = 1000, value_parser = trials_count)]
         reps: usize,
-        /// Days per simulated series.
-        #[arg(long, default_value_t = 84)]
+        /// Days per simulated series (2 to 36,525).
+        #[arg(long, default_value_t = 84, value_parser = series_days)]
         days: usize,
         /// Seed.
         #[arg(long, default_value_t = 1)]
@@ -330,6 +335,76 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// A finite number (`NaN` and infinities would run and report nonsense).
+fn finite(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(v) => Err(format!("{v} is not a finite number")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A count of virtual trials or repetitions: 1 to [`limits::MAX_SIMULATED_TRIALS`].
+fn trials_count(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if !(1..=limits::MAX_SIMULATED_TRIALS).contains(&n) {
+        return Err(format!(
+            "{n} is out of range: give 1 to {}",
+            limits::MAX_SIMULATED_TRIALS
+        ));
+    }
+    Ok(n)
+}
+
+/// Like [`trials_count`], with 0 meaning "none".
+fn trials_or_none(s: &str) -> Result<usize, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    trials_count(s)
+}
+
+/// Days of a series: 2 to [`limits::MAX_SERIES_DAYS`].
+fn series_days(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if !(2..=limits::MAX_SERIES_DAYS).contains(&n) {
+        return Err(format!(
+            "{n} is out of range: give 2 to {}",
+            limits::MAX_SERIES_DAYS
+        ));
+    }
+    Ok(n)
+}
+
+/// A probability a day has some property: 0 to 0.95.
+fn day_probability(s: &str) -> Result<f64, String> {
+    let v = finite(s)?;
+    if !(0.0..=0.95).contains(&v) {
+        return Err(format!("{v} is out of range: give 0 to 0.95"));
+    }
+    Ok(v)
+}
+
+/// A false-stop target: between 0 and 0.5.
+fn target_rate(s: &str) -> Result<f64, String> {
+    let v = finite(s)?;
+    if !(v > 0.0 && v < 0.5) {
+        return Err(format!(
+            "{v} is out of range: give a rate between 0 and 0.5"
+        ));
+    }
+    Ok(v)
+}
+
+/// `--time-scale`: 1 (real time) to 1,000,000.
+fn time_scale(s: &str) -> Result<f64, String> {
+    let v = finite(s)?;
+    if !(1.0..=1e6).contains(&v) {
+        return Err(format!("{v} is out of range: give 1 to 1000000"));
+    }
+    Ok(v)
+}
+
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(match &cli.config {
         Some(path) => Config::load(path, true)?,
@@ -407,7 +482,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &Config::default(),
                 cli.log_level.as_deref().or(Some("warn")),
             );
-            let text = std::fs::read_to_string(data)
+            let text = crate::limits::read_text(data, crate::limits::DATA_FILE_BYTES)
                 .with_context(|| format!("cannot read {}", data.display()))?;
             let method = match method.as_str() {
                 "grid" => crate::engine::fit::Method::Grid,
@@ -558,22 +633,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     })?,
                 ]
             };
-            for (name, v) in [("--missing", *missing), ("--non-adherence", *non_adherence)] {
-                if !(0.0..1.0).contains(&v) {
-                    anyhow::bail!("{name} must be in [0, 1) (got {v})");
-                }
-            }
-            if let Some(t) = calibrate
-                && !(*t > 0.0 && *t < 0.5)
-            {
-                anyhow::bail!("--calibrate must be a rate in (0, 0.5) (got {t})");
-            }
-            if *trials == 0 {
-                anyhow::bail!("--trials must be at least 1");
-            }
             let hash = crate::trial::protocol::ProtocolHash::of(&text);
-            let threads = threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let threads = threads.map_or_else(
+                || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                usize::from,
+            );
             if *suite {
                 let base = crate::trial::simulate::SimOptions {
                     effect: *effect,
@@ -670,7 +734,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
                 TrialCommand::Propose { file, participant } => {
-                    let text = std::fs::read_to_string(file)
+                    let text = crate::limits::read_text(file, crate::limits::SMALL_FILE_BYTES)
                         .with_context(|| format!("cannot read {}", file.display()))?;
                     let id = actions::propose(
                         &mut store,
@@ -757,6 +821,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .hash_password(password.as_bytes(), &salt)
                 .map_err(|e| anyhow::anyhow!("argon2: {e}"))?;
             println!("{hash}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::NewToken => {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes)
+                .map_err(|e| anyhow::anyhow!("cannot draw random bytes: {e}"))?;
+            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Backup { file, data_dir } => {

@@ -127,7 +127,24 @@ pub struct WebConfig {
     /// Argon2 PHC hash of the investigator's password: this login also sees
     /// future assignments and which code is which arm in blinded trials.
     pub investigator_password_hash: Option<String>,
+    /// Host names (besides loopback names, IP addresses and the host of
+    /// `email.public_url`) the dashboard answers to; any other `Host` is
+    /// refused, which stops DNS-rebinding pages from reaching it.
+    pub allowed_hosts: Vec<String>,
+    /// The most connections served at once (1 to [`MAX_CONNECTIONS`]); more
+    /// wait in the kernel's queue.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (1 to 300); a
+    /// connection that has not is closed.
+    pub header_timeout_seconds: u64,
 }
+
+/// The most `web.max_connections` may be (each holds a file descriptor).
+pub const MAX_CONNECTIONS: usize = 16_384;
+/// The least entropy a `web.token` must have, in bits.
+pub const TOKEN_MIN_BITS: f64 = 128.0;
+/// The most virtual trials `jobs.design_trials` and `jobs.calibration_trials` may ask for.
+pub const MAX_JOB_TRIALS: usize = 100_000;
 
 impl Default for WebConfig {
     fn default() -> Self {
@@ -136,6 +153,9 @@ impl Default for WebConfig {
             token: None,
             password_hash: None,
             investigator_password_hash: None,
+            allowed_hosts: Vec::new(),
+            max_connections: 256,
+            header_timeout_seconds: 10,
         }
     }
 }
@@ -403,7 +423,7 @@ impl SecretRef {
         let value = match (&self.env, &self.file) {
             (Some(var), None) => std::env::var(var)
                 .map_err(|_| err(format!("environment variable {var} is not set")))?,
-            (None, Some(path)) => std::fs::read_to_string(path)
+            (None, Some(path)) => crate::limits::read_text(path, crate::limits::SECRET_FILE_BYTES)
                 .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?
                 .trim()
                 .to_string(),
@@ -439,11 +459,50 @@ impl fmt::Display for Secret {
     }
 }
 
+/// An estimate of a token's entropy in bits: its length times the bits of
+/// the smallest alphabet it fits (hex 4, base64 6, printable ASCII 6.6).
+/// Tokens of fewer than 8 distinct characters (`aaaa…`, `abab…`) get none:
+/// a random token long enough to pass has many more.
+pub fn token_bits(token: &str) -> f64 {
+    let distinct = token
+        .chars()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let len = token.chars().count();
+    if distinct < 8 {
+        return 0.0;
+    }
+    let per_char = if token.chars().all(|c| c.is_ascii_hexdigit()) {
+        4.0
+    } else if token
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "+/-_=".contains(c))
+    {
+        6.0
+    } else {
+        95f64.log2()
+    };
+    len as f64 * per_char
+}
+
+/// Refuses a `web.token` with less than [`TOKEN_MIN_BITS`] bits (checked
+/// by the daemon at start-up, where the token is read; other commands do
+/// not need it).
+pub fn check_token(token: &Secret) -> Result<(), ConfigError> {
+    let bits = token_bits(token.expose());
+    if bits < TOKEN_MIN_BITS {
+        return Err(ConfigError::Invalid(format!(
+            "web.token is too weak (about {bits:.0} bits; at least {TOKEN_MIN_BITS:.0} are needed, so that it cannot be guessed). Make a strong one with `nof1d new-token > token-file` and point web.token at that file"
+        )));
+    }
+    Ok(())
+}
+
 impl Config {
     /// Loads `path`; a missing file is fine only when `required` is false
     /// (the default path), in which case embedded defaults are used.
     pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
-        let text = match std::fs::read_to_string(path) {
+        let text = match crate::limits::read_text(path, crate::limits::SMALL_FILE_BYTES) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
                 return Ok(Config::default());
@@ -480,9 +539,9 @@ impl Config {
                 )));
             }
         }
-        if !(self.clock.time_scale.is_finite() && self.clock.time_scale >= 1.0) {
+        if !(self.clock.time_scale.is_finite() && (1.0..=1e6).contains(&self.clock.time_scale)) {
             return Err(ConfigError::Invalid(format!(
-                "clock.time_scale must be a number >= 1 (got {})",
+                "clock.time_scale must be a number from 1 to 1000000 (got {})",
                 self.clock.time_scale
             )));
         }
@@ -559,6 +618,39 @@ impl Config {
                 "web.password_hash and web.investigator_password_hash must differ".into(),
             ));
         }
+        for host in &self.web.allowed_hosts {
+            if host.is_empty()
+                || !host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "web.allowed_hosts: {host:?} is not a host name (give names like \"nof1d.home.arpa\", without scheme or port)"
+                )));
+            }
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&self.web.max_connections) {
+            return Err(ConfigError::Invalid(format!(
+                "web.max_connections must be 1 to {MAX_CONNECTIONS} (got {})",
+                self.web.max_connections
+            )));
+        }
+        if !(1..=300).contains(&self.web.header_timeout_seconds) {
+            return Err(ConfigError::Invalid(format!(
+                "web.header_timeout_seconds must be 1 to 300 (got {})",
+                self.web.header_timeout_seconds
+            )));
+        }
+        for (name, v) in [
+            ("jobs.design_trials", self.jobs.design_trials),
+            ("jobs.calibration_trials", self.jobs.calibration_trials),
+        ] {
+            if !(1..=MAX_JOB_TRIALS).contains(&v) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be 1 to {MAX_JOB_TRIALS} (got {v})"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -586,6 +678,19 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_strength_counts_alphabet_and_length_and_refuses_repetition() {
+        assert_eq!(token_bits("x"), 0.0);
+        assert_eq!(token_bits(&"a".repeat(64)), 0.0);
+        assert_eq!(token_bits(&"abcd".repeat(16)), 0.0);
+        assert!(token_bits("s3cret-token") < TOKEN_MIN_BITS);
+        // `openssl rand -hex 16`: exactly 128 bits.
+        assert_eq!(token_bits("9f86d081884c7d659a2feaa0c55ad015"), 128.0);
+        assert!(token_bits("9f86d081884c7d659a2feaa0c55ad01") < TOKEN_MIN_BITS);
+        // `openssl rand -base64 24`.
+        assert!(token_bits("q3V8mZ0x1Lk9Rt2bYw7cNp4JdF6hGs5A") >= TOKEN_MIN_BITS);
+    }
 
     #[test]
     fn example_config_parses_and_matches_defaults() {

@@ -11,5 +11,6 @@ pub mod links;
 pub mod loaded;
 pub mod lock;
 pub mod notify;
+pub mod private;
 pub mod sources;
 pub mod store;

@@ -639,13 +639,18 @@ pub fn deliver_to_file(
         .collect();
     let path = dir.join(format!("{name}.eml"));
     let tmp = dir.join(format!(".{name}.eml.tmp"));
-    std::fs::create_dir_all(dir).map_err(|source| NotifyError::Write {
+    crate::service::private::ensure_dir(dir).map_err(|source| NotifyError::Write {
         path: dir.to_path_buf(),
         source,
     })?;
-    std::fs::write(&tmp, message.formatted()).map_err(|source| NotifyError::Write {
-        path: tmp.clone(),
-        source,
+    // The message holds live one-click tokens: 0600. A temporary file left
+    // by a crash mid-write is replaced.
+    let _ = std::fs::remove_file(&tmp);
+    crate::service::private::write_new(&tmp, &message.formatted()).map_err(|source| {
+        NotifyError::Write {
+            path: tmp.clone(),
+            source,
+        }
     })?;
     std::fs::rename(&tmp, &path).map_err(|source| NotifyError::Write {
         path: path.clone(),

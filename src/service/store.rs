@@ -25,11 +25,12 @@ use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
 
 /// The migration files, in order. Append new files; never edit a released one.
-const MIGRATION_FILES: [&str; 4] = [
+const MIGRATION_FILES: [&str; 5] = [
     include_str!("../../migrations/0001_initial.sql"),
     include_str!("../../migrations/0002_trial_lifecycle.sql"),
     include_str!("../../migrations/0003_dashboard.sql"),
     include_str!("../../migrations/0004_calibration.sql"),
+    include_str!("../../migrations/0005_access.sql"),
 ];
 
 /// The migrations, in order.
@@ -87,6 +88,25 @@ pub enum StoreError {
         path: PathBuf,
         /// Why.
         source: rusqlite_migration::Error,
+    },
+    /// The database file is missing or empty but the folder shows an
+    /// earlier database: creating a new one there could overwrite its data.
+    #[error(
+        "refusing to create a new, empty database at {path}: the folder still holds an earlier one's files ({signs}). If {path} was deleted or truncated, its data may still be in them: stop here, copy the whole folder somewhere safe, then restore {path} from a backup (`nof1d backup` makes one) or from that copy. To really start over, move those files away first"
+    )]
+    WouldStartOver {
+        /// The database file.
+        path: PathBuf,
+        /// What was found, e.g. `nof1d.sqlite-wal (412 kB)`.
+        signs: String,
+    },
+    /// A file-system step around the database (creating it, its mode).
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
     },
     /// Any other SQLite error.
     #[error("database: {0}")]
@@ -568,7 +588,37 @@ pub struct Counts {
 
 impl Store {
     /// Opens (creating if missing) and migrates the database at `path`.
+    ///
+    /// A new database is created (0600) only where its folder shows no
+    /// earlier one ([`StoreError::WouldStartOver`]); an existing file that
+    /// others may read is narrowed to 0600.
     pub fn open(path: &Path) -> Result<Store> {
+        let file_error = |source| StoreError::File {
+            path: path.into(),
+            source,
+        };
+        let size = match std::fs::metadata(path) {
+            Ok(m) => Some(m.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(file_error(e)),
+        };
+        if size.unwrap_or(0) == 0 {
+            let signs = earlier_database_signs(path);
+            if !signs.is_empty() {
+                return Err(StoreError::WouldStartOver {
+                    path: path.into(),
+                    signs: signs.join(", "),
+                });
+            }
+        }
+        if size.is_none() {
+            crate::service::private::create_new(path).map_err(file_error)?;
+        } else {
+            crate::service::private::narrow_file(path).map_err(file_error)?;
+        }
+        for suffix in ["-wal", "-shm"] {
+            crate::service::private::narrow_file(&sibling(path, suffix)).map_err(file_error)?;
+        }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -612,7 +662,12 @@ impl Store {
 
     /// Writes a consistent copy to `dest` with SQLite's online backup API,
     /// safe while the daemon writes.
+    /// The copy is created 0600 and never replaces an existing file.
     pub fn backup_to(&self, dest: &Path) -> Result<()> {
+        crate::service::private::create_new(dest).map_err(|source| StoreError::File {
+            path: dest.into(),
+            source,
+        })?;
         let mut out = Connection::open(dest)?;
         let backup = rusqlite::backup::Backup::new(&self.conn, &mut out)?;
         backup.run_to_completion(256, std::time::Duration::from_millis(5), None)?;
@@ -620,6 +675,20 @@ impl Store {
         let ok: String = out.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
         if ok != "ok" {
             return Err(StoreError::Invalid(format!("backup integrity check: {ok}")));
+        }
+        Ok(())
+    }
+
+    /// Copies the write-ahead log into the database file and empties it
+    /// (`PRAGMA wal_checkpoint(TRUNCATE)`), as at a clean stop.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy != 0 {
+            return Err(StoreError::Refused(
+                "the checkpoint could not finish: another connection is reading".into(),
+            ));
         }
         Ok(())
     }
@@ -637,6 +706,97 @@ impl Store {
             .conn
             .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .optional()?)
+    }
+
+    /// Records a dashboard session (its id is the SHA-256 of the cookie's
+    /// nonce; `role` is `participant` or `investigator`).
+    pub fn create_session(
+        &mut self,
+        id: &str,
+        role: &str,
+        fingerprint: &str,
+        expires: Timestamp,
+        now: Timestamp,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO sessions (id, role, fingerprint, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, role, fingerprint, ts(now), ts(expires)],
+        )?;
+        Ok(())
+    }
+
+    /// True when session `id` was opened with `fingerprint`, has not ended
+    /// and has not expired.
+    pub fn session_live(&self, id: &str, fingerprint: &str, now: Timestamp) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM sessions
+                 WHERE id = ?1 AND fingerprint = ?2 AND ended_at IS NULL AND expires_at > ?3",
+                params![id, fingerprint, ts(now)],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Ends session `id` (sign-out); expired and ended sessions older than
+    /// a day are deleted on the way.
+    pub fn end_session(&mut self, id: &str, now: Timestamp) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE sessions SET ended_at = ?2 WHERE id = ?1 AND ended_at IS NULL",
+            params![id, ts(now)],
+        )?;
+        let day_ago = ts(now - jiff::SignedDuration::from_hours(24));
+        tx.execute(
+            "DELETE FROM sessions WHERE expires_at < ?1 OR ended_at < ?1",
+            [day_ago],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a failed sign-in or bearer token from `address`, deleting
+    /// failures from before `forget_before` (outside the limit's window).
+    pub fn record_access_failure(
+        &mut self,
+        kind: &str,
+        address: &str,
+        now: Timestamp,
+        forget_before: Timestamp,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM access_failures WHERE at < ?1",
+            [ts(forget_before)],
+        )?;
+        tx.execute(
+            "INSERT INTO access_failures (kind, address, at) VALUES (?1, ?2, ?3)",
+            params![kind, address, ts(now)],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Failures since `since`, oldest first: (address, when).
+    pub fn access_failures_since(&self, since: Timestamp) -> Result<Vec<(String, Timestamp)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT address, at FROM access_failures WHERE at >= ?1 ORDER BY at, id")?;
+        let rows = stmt.query_map([ts(since)], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (address, at) = row?;
+            let at = at
+                .parse()
+                .map_err(|e| StoreError::Invalid(format!("access_failures.at {at:?}: {e}")))?;
+            out.push((address, at));
+        }
+        Ok(out)
     }
 
     /// The stored value for `key`, storing `value` first if there is none.
@@ -1835,6 +1995,39 @@ impl Store {
             audit: one("SELECT COUNT(*) FROM audit_log")?,
         })
     }
+}
+
+/// `path` with `suffix` appended to its file name (`nof1d.sqlite-wal`).
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// What in `path`'s folder shows that a database lived there before: a
+/// non-empty write-ahead log or rollback journal (which may hold all its
+/// data), the address file and mail folder that every earlier start left.
+fn earlier_database_signs(path: &Path) -> Vec<String> {
+    let mut signs = Vec::new();
+    for suffix in ["-wal", "-journal"] {
+        let p = sibling(path, suffix);
+        if let Ok(m) = std::fs::metadata(&p)
+            && m.len() > 0
+        {
+            signs.push(format!("{} ({} bytes)", p.display(), m.len()));
+        }
+    }
+    if let Some(dir) = path.parent() {
+        let addr = dir.join("listen.addr");
+        if addr.exists() {
+            signs.push(format!("{} (written by every start)", addr.display()));
+        }
+        let mail = dir.join("mail");
+        if std::fs::read_dir(&mail).is_ok_and(|mut d| d.next().is_some()) {
+            signs.push(format!("{} (emails written before)", mail.display()));
+        }
+    }
+    signs
 }
 
 /// Refuses files that are not SQLite, not nof1d's, or from a newer nof1d,

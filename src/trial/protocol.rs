@@ -761,13 +761,15 @@ impl Issues {
 /// Reads and checks one protocol file.
 pub fn check_file(path: &Path) -> Result<(Protocol, String), ProtocolError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ProtocolError {
-        source_name: name.clone(),
-        issues: vec![ProtocolIssue {
-            line: None,
-            key: "(file)".into(),
-            message: format!("cannot read: {e}"),
-        }],
+    let text = crate::limits::read_text(path, crate::limits::SMALL_FILE_BYTES).map_err(|e| {
+        ProtocolError {
+            source_name: name.clone(),
+            issues: vec![ProtocolIssue {
+                line: None,
+                key: "(file)".into(),
+                message: format!("cannot read: {e}"),
+            }],
+        }
     })?;
     let protocol = Protocol::parse(&text, &name)?;
     Ok((protocol, text))

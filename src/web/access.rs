@@ -11,14 +11,22 @@
 //!
 //! A session is a signed cookie (HMAC with the daemon's link key) carrying
 //! the role, an expiry and a random nonce, plus a fingerprint of the role's
-//! password hash, so changing a password ends its sessions. It needs no
-//! table and survives restarts. The forms' CSRF token is derived from the
-//! nonce. Failed logins are limited per client address and overall.
+//! password hash, so changing a password ends its sessions. It is also a
+//! row in the store (`sessions`, keyed by the nonce's SHA-256), so signing
+//! out ends it on the server and a copied cookie stops working. The forms'
+//! CSRF token is derived from the nonce.
+//!
+//! Wrong passwords and wrong bearer tokens are limited per client address
+//! and overall. An attempt takes its place in the limit *before* the
+//! password is checked (and gives it back on success), so parallel guesses
+//! cannot slip past the count; failures are also written to the store, so a
+//! restart does not clear a lock-out. At most [`VERIFYING_AT_ONCE`] argon2
+//! checks run at once, which bounds their memory.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use askama::Template;
 use axum::extract::{ConnectInfo, Request, State};
@@ -43,6 +51,8 @@ const FAILURES_OVERALL: usize = 30;
 const WINDOW: Duration = Duration::from_secs(15 * 60);
 /// The session cookie's name.
 const COOKIE: &str = "nof1d_session";
+/// Password checks (argon2, ~19 MiB each) that may run at once.
+const VERIFYING_AT_ONCE: usize = 2;
 
 /// What a viewer may see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -59,6 +69,13 @@ impl Role {
         match self {
             Role::Participant => "p",
             Role::Investigator => "i",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Role::Participant => "participant",
+            Role::Investigator => "investigator",
         }
     }
 }
@@ -91,32 +108,71 @@ impl Viewer {
     }
 }
 
-/// Failed login attempts, per client address and overall.
+/// Failed (and in-flight) attempts, per client address and overall, by
+/// the wall clock (so that failures read back from the store count too).
 #[derive(Debug, Default)]
 pub struct LoginLimiter {
-    per_address: HashMap<IpAddr, Vec<Instant>>,
-    overall: Vec<Instant>,
+    per_address: HashMap<IpAddr, Vec<Timestamp>>,
+    overall: Vec<Timestamp>,
+}
+
+/// A place taken in the limit by an attempt being checked.
+#[derive(Debug, Clone, Copy)]
+struct Ticket {
+    addr: IpAddr,
+    at: Timestamp,
 }
 
 impl LoginLimiter {
-    /// `Some(wait)` when `addr` must wait before trying again.
-    fn blocked(&mut self, addr: IpAddr, now: Instant) -> Option<Duration> {
-        let fresh = |v: &mut Vec<Instant>| v.retain(|t| now.duration_since(*t) < WINDOW);
+    fn forget_old(&mut self, now: Timestamp) {
+        let window = jiff::SignedDuration::try_from(WINDOW).unwrap_or_default();
+        let fresh = |v: &mut Vec<Timestamp>| v.retain(|t| now.duration_since(*t) < window);
         fresh(&mut self.overall);
         self.per_address.retain(|_, v| {
             fresh(v);
             !v.is_empty()
         });
+    }
+
+    /// `Some(wait)` when `addr` must wait before trying again.
+    fn blocked(&mut self, addr: IpAddr, now: Timestamp) -> Option<Duration> {
+        self.forget_old(now);
         let mine = self.per_address.get(&addr).map_or(&[][..], Vec::as_slice);
-        let wait = |v: &[Instant], limit: usize| {
-            (v.len() >= limit).then(|| WINDOW.saturating_sub(now.duration_since(v[0])))
+        let wait = |v: &[Timestamp], limit: usize| {
+            (v.len() >= limit).then(|| {
+                let since = now.duration_since(v[v.len() - limit]);
+                WINDOW.saturating_sub(Duration::try_from(since).unwrap_or_default())
+            })
         };
         wait(mine, FAILURES_PER_ADDRESS).or_else(|| wait(&self.overall, FAILURES_OVERALL))
     }
 
-    fn failed(&mut self, addr: IpAddr, now: Instant) {
-        self.per_address.entry(addr).or_default().push(now);
-        self.overall.push(now);
+    /// Takes a place for an attempt from `addr`, counted as a failure until
+    /// [`LoginLimiter::release`]d; `Err(wait)` when the limit is reached.
+    fn reserve(&mut self, addr: IpAddr, now: Timestamp) -> Result<Ticket, Duration> {
+        if let Some(wait) = self.blocked(addr, now) {
+            return Err(wait);
+        }
+        self.failed(addr, now);
+        Ok(Ticket { addr, at: now })
+    }
+
+    /// Gives back the place of an attempt that succeeded.
+    fn release(&mut self, ticket: Ticket) {
+        let remove = |v: &mut Vec<Timestamp>| {
+            if let Some(i) = v.iter().position(|t| *t == ticket.at) {
+                v.remove(i);
+            }
+        };
+        remove(&mut self.overall);
+        if let Some(v) = self.per_address.get_mut(&ticket.addr) {
+            remove(v);
+        }
+    }
+
+    fn failed(&mut self, addr: IpAddr, at: Timestamp) {
+        self.per_address.entry(addr).or_default().push(at);
+        self.overall.push(at);
     }
 }
 
@@ -125,6 +181,9 @@ impl LoginLimiter {
 pub struct Access {
     state: AppState,
     limiter: Arc<Mutex<LoginLimiter>>,
+    /// Set once the store's recent failures are in the limiter.
+    loaded: Arc<tokio::sync::OnceCell<()>>,
+    verifying: Arc<tokio::sync::Semaphore>,
 }
 
 impl Access {
@@ -133,8 +192,73 @@ impl Access {
         Access {
             state,
             limiter: Arc::new(Mutex::new(LoginLimiter::default())),
+            loaded: Arc::new(tokio::sync::OnceCell::new()),
+            verifying: Arc::new(tokio::sync::Semaphore::new(VERIFYING_AT_ONCE)),
         }
     }
+
+    /// Takes a place in the limit for an attempt from `addr` (after reading
+    /// the store's failures of the window, the first time).
+    async fn reserve(&self, addr: IpAddr) -> Result<Ticket, Duration> {
+        self.loaded
+            .get_or_init(|| async {
+                let since =
+                    Timestamp::now() - jiff::SignedDuration::try_from(WINDOW).unwrap_or_default();
+                match self
+                    .state
+                    .db
+                    .read(move |s| s.access_failures_since(since))
+                    .await
+                {
+                    Ok(rows) => {
+                        let mut l = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+                        for (address, at) in rows {
+                            if let Ok(ip) = address.parse::<IpAddr>() {
+                                l.failed(ip, at);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot read earlier failed logins"),
+                }
+            })
+            .await;
+        self.limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reserve(addr, Timestamp::now())
+    }
+
+    fn release(&self, ticket: Ticket) {
+        self.limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release(ticket);
+    }
+
+    /// Keeps the failure (its place stays taken) and writes it to the store.
+    async fn record_failure(&self, ticket: Ticket, kind: &'static str) {
+        let address = ticket.addr.to_string();
+        let forget = ticket.at - jiff::SignedDuration::try_from(WINDOW).unwrap_or_default();
+        let at = ticket.at;
+        if let Err(e) = self
+            .state
+            .db
+            .write(move |s| s.record_access_failure(kind, &address, at, forget))
+            .await
+        {
+            tracing::error!(error = %e, "cannot store a failed login");
+        }
+    }
+}
+
+/// A 429 answer with `Retry-After`.
+fn too_many(wait: Duration, body: Response) -> Response {
+    let mut r = body;
+    *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    if let Ok(v) = header::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
 }
 
 /// Paths anyone may open: health checks, the login itself (and its
@@ -144,48 +268,88 @@ fn is_public(path: &str) -> bool {
     path == "/healthz" || path == "/login" || path == "/style.css" || path.starts_with("/l/")
 }
 
+/// What a request's credentials came to.
+enum Identity {
+    /// A valid bearer token or live session.
+    Known(Viewer),
+    /// No credential, or an expired or ended session.
+    Anonymous,
+    /// A wrong bearer token (counted against the address).
+    WrongToken,
+    /// The address has failed too often.
+    Blocked(Duration),
+}
+
 /// Middleware: works out the [`Viewer`] and refuses (or sends to the login
 /// page) a request that needs a credential and has none.
 pub async fn require_auth(
     State(access): State<Access>,
+    connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     mut request: Request,
     next: Next,
 ) -> Response {
     let state = &access.state;
     let now = Timestamp::now();
-    let viewer = if !state.auth.is_configured() {
-        Some(open_viewer(state, now))
+    let addr = client_address(connect);
+    let identity = if !state.auth.is_configured() {
+        Identity::Known(open_viewer(state, now))
     } else {
-        identify(state, request.headers(), now)
+        identify(&access, request.headers(), addr, now).await
     };
     let path = request.uri().path().to_string();
-    match viewer {
-        Some(v) => {
-            request.extensions_mut().insert(v);
-            next.run(request).await
+    let viewer = match identity {
+        Identity::Known(v) => v,
+        Identity::Blocked(wait) => {
+            return too_many(
+                wait,
+                format!(
+                    "too many wrong credentials from {addr}; try again in {} minutes\n",
+                    wait.as_secs().max(1).div_ceil(60)
+                )
+                .into_response(),
+            );
         }
-        None if is_public(&path) => {
-            request.extensions_mut().insert(open_viewer(state, now));
-            next.run(request).await
+        Identity::WrongToken => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(
+                    header::WWW_AUTHENTICATE,
+                    "Bearer realm=\"nof1d\", error=\"invalid_token\"",
+                )],
+                "wrong bearer token\n",
+            )
+                .into_response();
         }
-        None if request.method() == Method::GET
-            && !path.starts_with("/api/")
-            && path != "/metrics" =>
+        Identity::Anonymous if is_public(&path) => open_viewer(state, now),
+        Identity::Anonymous
+            if request.method() == Method::GET
+                && !path.starts_with("/api/")
+                && path != "/metrics" =>
         {
             let query = request
                 .uri()
                 .path_and_query()
                 .map_or(path.clone(), |pq| pq.as_str().to_string());
             let target = format!("/login?next={}", percent_encode(&query));
-            (StatusCode::SEE_OTHER, [(header::LOCATION, target)]).into_response()
+            return (StatusCode::SEE_OTHER, [(header::LOCATION, target)]).into_response();
         }
-        None => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer realm=\"nof1d\"")],
-            "authentication required: sign in at /login, or send Authorization: Bearer <web.token>\n",
-        )
-            .into_response(),
-    }
+        Identity::Anonymous => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer realm=\"nof1d\"")],
+                "authentication required: sign in at /login, or send Authorization: Bearer <web.token>\n",
+            )
+                .into_response();
+        }
+    };
+    request.extensions_mut().insert(viewer);
+    next.run(request).await
+}
+
+/// The client's address (loopback where the server gave none, as in tests
+/// that call the router directly).
+fn client_address(connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>) -> IpAddr {
+    connect.map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.0.ip())
 }
 
 /// The participant view of an open dashboard (or of a public page): the CSRF
@@ -202,40 +366,78 @@ fn open_viewer(state: &AppState, now: Timestamp) -> Viewer {
     }
 }
 
-/// The viewer behind a bearer token or a session cookie, if valid.
-fn identify(state: &AppState, headers: &HeaderMap, now: Timestamp) -> Option<Viewer> {
-    if let (Some(token), Some(given)) = (
-        &state.auth.token,
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ")),
-    ) && constant_time_eq(token.expose().as_bytes(), given.trim().as_bytes())
-    {
+/// The viewer behind a bearer token or a session cookie. A bearer token is
+/// checked only while its address is within the limit, and a wrong one
+/// counts against it.
+async fn identify(access: &Access, headers: &HeaderMap, addr: IpAddr, now: Timestamp) -> Identity {
+    let state = &access.state;
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(given) = bearer {
+        let ticket = match access.reserve(addr).await {
+            Ok(t) => t,
+            Err(wait) => return Identity::Blocked(wait),
+        };
+        let right = state
+            .auth
+            .token
+            .as_ref()
+            .is_some_and(|t| constant_time_eq(t.expose().as_bytes(), given.trim().as_bytes()));
+        if !right {
+            access.record_failure(ticket, "token").await;
+            tracing::warn!(%addr, "wrong bearer token");
+            return Identity::WrongToken;
+        }
+        access.release(ticket);
         // Scripts send no cookies, so no CSRF can ride on them.
         let csrf = state.link_key.tag("csrf|bearer");
-        return Some(Viewer {
+        return Identity::Known(Viewer {
             role: Role::Investigator,
             signed_in: false,
             csrf,
             accepted: Vec::new(),
         });
     }
-    let cookie = headers
+    let Some(cookie) = session_cookie(headers) else {
+        return Identity::Anonymous;
+    };
+    let Some(session) = verify_session(state, &cookie, now) else {
+        return Identity::Anonymous;
+    };
+    let (id, fingerprint) = (session.id.clone(), session.fingerprint.clone());
+    let live = state
+        .db
+        .read(move |s| s.session_live(&id, &fingerprint, now))
+        .await;
+    match live {
+        Ok(true) => Identity::Known(Viewer {
+            role: session.role,
+            signed_in: true,
+            csrf: state
+                .link_key
+                .tag(&format!("csrf|session|{}", session.nonce)),
+            accepted: Vec::new(),
+        }),
+        Ok(false) => Identity::Anonymous,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read sessions");
+            Identity::Anonymous
+        }
+    }
+}
+
+/// The session cookie's value, if sent.
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_string())?;
-    let (role, nonce) = verify_session(state, &cookie, now)?;
-    Some(Viewer {
-        role,
-        signed_in: true,
-        csrf: state.link_key.tag(&format!("csrf|session|{nonce}")),
-        accepted: Vec::new(),
-    })
+        .map(|(_, v)| v.to_string())
 }
 
 /// Fingerprint of the password hash a role signs in with: a session names
@@ -252,19 +454,45 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `v1.<role>.<expires>.<nonce>.<tag>`.
-fn issue_session(state: &AppState, role: Role, now: Timestamp) -> Option<String> {
-    let fingerprint = password_fingerprint(state, role)?;
+/// A session cookie whose signature checked out.
+struct SessionClaim {
+    role: Role,
+    nonce: String,
+    /// The store's key for it: SHA-256 of the nonce.
+    id: String,
+    fingerprint: String,
+}
+
+/// The store's key of a session: SHA-256 of its nonce (so the table alone
+/// cannot be turned back into cookies).
+fn session_id(nonce: &str) -> String {
+    hex(&Sha256::digest(nonce.as_bytes()))
+}
+
+/// `v1.<role>.<expires>.<nonce>.<tag>`, recorded in the store.
+async fn issue_session(state: &AppState, role: Role, now: Timestamp) -> Result<String, String> {
+    let fingerprint =
+        password_fingerprint(state, role).ok_or("this role has no password configured")?;
     let expires = now.as_second() + SESSION_DAYS * 86_400;
     let mut nonce = [0u8; 16];
-    getrandom::fill(&mut nonce).ok()?;
+    getrandom::fill(&mut nonce)
+        .map_err(|e| format!("cannot draw a session nonce from the operating system: {e}"))?;
     let nonce = hex(&nonce);
     let body = format!("v1.{}.{expires}.{nonce}", role.code());
     let tag = state.link_key.tag(&format!("session|{body}|{fingerprint}"));
-    Some(format!("{body}.{tag}"))
+    let id = session_id(&nonce);
+    let until = Timestamp::from_second(expires).map_err(|e| e.to_string())?;
+    state
+        .db
+        .write(move |s| s.create_session(&id, role.name(), &fingerprint, until, now))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(format!("{body}.{tag}"))
 }
 
-fn verify_session(state: &AppState, cookie: &str, now: Timestamp) -> Option<(Role, String)> {
+/// Checks a cookie's form, signature, password fingerprint and expiry (the
+/// store is asked separately whether it is still live).
+fn verify_session(state: &AppState, cookie: &str, now: Timestamp) -> Option<SessionClaim> {
     let (body, tag) = cookie.rsplit_once('.')?;
     let mut parts = body.split('.');
     let (Some("v1"), Some(role), Some(expires), Some(nonce), None) = (
@@ -287,7 +515,12 @@ fn verify_session(state: &AppState, cookie: &str, now: Timestamp) -> Option<(Rol
         return None;
     }
     let expires: i64 = expires.parse().ok()?;
-    (now.as_second() < expires).then(|| (role, nonce.to_string()))
+    (now.as_second() < expires).then(|| SessionClaim {
+        role,
+        nonce: nonce.to_string(),
+        id: session_id(nonce),
+        fingerprint,
+    })
 }
 
 /// Compares in time independent of where the inputs differ.
@@ -312,7 +545,15 @@ fn percent_encode(s: &str) -> String {
 /// Only a local path is a place to go back to after signing in.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.into(),
+        // Browsers drop tabs and newlines from URLs, so `/\t/host` would
+        // become `//host`: only visible ASCII without a backslash passes.
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
+            n.into()
+        }
         _ => "/".into(),
     }
 }
@@ -377,7 +618,8 @@ pub struct LoginForm {
 
 /// POST `/login`: checks the password against the investigator's, then the
 /// participant's hash; sets the session cookie and goes back where the
-/// visitor was. Refuses while the address (or everyone) has failed too often.
+/// visitor was. Refuses while the address (or everyone) has failed too
+/// often; the attempt holds its place in the limit while it is checked.
 pub async fn login_submit(
     State(access): State<Access>,
     axum::Extension(viewer): axum::Extension<Viewer>,
@@ -394,28 +636,22 @@ pub async fn login_submit(
             next,
         );
     }
-    let addr = connect.map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.0.ip());
-    let blocked = access
-        .limiter
-        .lock()
-        .map(|mut l| l.blocked(addr, Instant::now()))
-        .unwrap_or(None);
-    if let Some(wait) = blocked {
-        let secs = wait.as_secs().max(1);
-        let mut r = login_page(
-            StatusCode::TOO_MANY_REQUESTS,
-            Some(&format!(
-                "Too many wrong passwords; try again in {} minutes.",
-                secs.div_ceil(60)
-            )),
-            viewer.csrf,
-            next,
-        );
-        if let Ok(v) = header::HeaderValue::from_str(&secs.to_string()) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
+    let addr = client_address(connect);
+    let ticket = match access.reserve(addr).await {
+        Ok(t) => t,
+        Err(wait) => {
+            let page = login_page(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(&format!(
+                    "Too many wrong passwords; try again in {} minutes.",
+                    wait.as_secs().max(1).div_ceil(60)
+                )),
+                viewer.csrf,
+                next,
+            );
+            return too_many(wait, page);
         }
-        return r;
-    }
+    };
     let candidates: Vec<(Role, String)> = [
         (
             Role::Investigator,
@@ -427,6 +663,9 @@ pub async fn login_submit(
     .filter_map(|(r, h)| h.map(|h| (r, h)))
     .collect();
     let password = form.password;
+    let Ok(permit) = access.verifying.acquire().await else {
+        return internal("the password check is closed (shutting down)");
+    };
     let role = tokio::task::spawn_blocking(move || {
         use argon2::PasswordVerifier;
         candidates.into_iter().find_map(|(role, hash)| {
@@ -439,10 +678,9 @@ pub async fn login_submit(
     })
     .await
     .unwrap_or(None);
+    drop(permit);
     let Some(role) = role else {
-        if let Ok(mut l) = access.limiter.lock() {
-            l.failed(addr, Instant::now());
-        }
+        access.record_failure(ticket, "password").await;
         tracing::warn!(%addr, "failed dashboard login");
         return login_page(
             StatusCode::UNAUTHORIZED,
@@ -451,8 +689,10 @@ pub async fn login_submit(
             next,
         );
     };
-    let Some(session) = issue_session(state, role, Timestamp::now()) else {
-        return internal("cannot draw a session nonce from the operating system");
+    access.release(ticket);
+    let session = match issue_session(state, role, Timestamp::now()).await {
+        Ok(s) => s,
+        Err(e) => return internal(&e),
     };
     let secure = if state.public_url.starts_with("https://") {
         "; Secure"
@@ -478,13 +718,29 @@ pub struct CsrfForm {
     pub csrf: Option<String>,
 }
 
-/// POST `/logout`: clears the session cookie.
+/// POST `/logout`: ends the session in the store and clears the cookie.
 pub async fn logout(
+    State(access): State<Access>,
     axum::Extension(viewer): axum::Extension<Viewer>,
+    headers: HeaderMap,
     axum::extract::Form(form): axum::extract::Form<CsrfForm>,
 ) -> Response {
     if !viewer.csrf_ok(form.csrf.as_deref()) {
         return super::csrf_refused();
+    }
+    let now = Timestamp::now();
+    if let Some(claim) =
+        session_cookie(&headers).and_then(|c| verify_session(&access.state, &c, now))
+    {
+        let id = claim.id;
+        if let Err(e) = access
+            .state
+            .db
+            .write(move |s| s.end_session(&id, now))
+            .await
+        {
+            return internal(&format!("cannot end the session: {e}"));
+        }
     }
     (
         StatusCode::SEE_OTHER,
@@ -508,14 +764,30 @@ mod tests {
         let mut l = LoginLimiter::default();
         let a = IpAddr::from([10, 0, 0, 1]);
         let b = IpAddr::from([10, 0, 0, 2]);
-        let t0 = Instant::now();
+        let t0 = Timestamp::now();
         for i in 0..FAILURES_PER_ADDRESS {
             assert!(l.blocked(a, t0).is_none(), "attempt {i}");
             l.failed(a, t0);
         }
         assert!(l.blocked(a, t0).is_some());
         assert!(l.blocked(b, t0).is_none(), "another address is not blocked");
-        assert!(l.blocked(a, t0 + WINDOW + Duration::from_secs(1)).is_none());
+        let later = t0 + jiff::SignedDuration::try_from(WINDOW + Duration::from_secs(1)).unwrap();
+        assert!(l.blocked(a, later).is_none());
+    }
+
+    #[test]
+    fn a_reserved_attempt_counts_until_released() {
+        let mut l = LoginLimiter::default();
+        let a = IpAddr::from([10, 0, 0, 1]);
+        let t0 = Timestamp::now();
+        // Five attempts in flight at once fill the address's limit ...
+        let tickets: Vec<_> = (0..FAILURES_PER_ADDRESS)
+            .map(|_| l.reserve(a, t0).unwrap())
+            .collect();
+        assert!(l.reserve(a, t0).is_err(), "a sixth parallel attempt waits");
+        // ... and one that succeeded gives its place back.
+        l.release(tickets[0]);
+        assert!(l.reserve(a, t0).is_ok());
     }
 
     #[test]
@@ -524,6 +796,9 @@ mod tests {
         assert_eq!(safe_next(Some("//evil.example/")), "/");
         assert_eq!(safe_next(Some("https://evil.example/")), "/");
         assert_eq!(safe_next(None), "/");
+        assert_eq!(safe_next(Some("/\t/evil.example")), "/");
+        assert_eq!(safe_next(Some("/\n/evil.example")), "/");
+        assert_eq!(safe_next(Some("/\\evil.example")), "/");
         assert_eq!(percent_encode("/trials/1?x=a b"), "/trials/1%3Fx%3Da%20b");
     }
 }

@@ -222,6 +222,7 @@ pub(super) async fn link_submit(
             )
         })
         .await;
+    let first_use = matches!(result, Ok(LinkOutcome::Recorded(_)));
     let mut paragraphs = match result {
         Ok(LinkOutcome::Recorded(what)) => vec![format!("Thank you: {what}.")],
         Ok(LinkOutcome::AlreadyUsed { outcome, at }) => {
@@ -237,7 +238,9 @@ pub(super) async fn link_submit(
         }
         Err(e) => return refused(e.to_string()),
     };
-    if claim.action == LinkAction::SideEffect && form.stop.as_deref() == Some("1") {
+    // Only the link's first use acts: a used link changes nothing, the
+    // stop included (the trial page's Stop is there for a later decision).
+    if first_use && claim.action == LinkAction::SideEffect && form.stop.as_deref() == Some("1") {
         let stopped = state
             .db
             .write_with(move |s| {

@@ -9,9 +9,11 @@
 mod access;
 mod calibration;
 pub mod charts;
+mod guard;
 mod link;
 mod openapi;
 mod proposals;
+pub mod server;
 mod sources;
 mod status;
 mod trial;
@@ -33,6 +35,7 @@ pub use status::{StatusView, status};
 /// (`into_make_service_with_connect_info`) so that failed logins are
 /// limited per address.
 pub fn router(state: AppState) -> Router {
+    let hosts = guard::Hosts::new(&state.config, &state.public_url);
     let access = access::Access::new(state.clone());
     let login = Router::new()
         .route("/login", get(access::login_form).post(access::login_submit))
@@ -62,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .merge(login)
         .layer(middleware::from_fn_with_state(access, access::require_auth))
+        .layer(middleware::from_fn_with_state(hosts, guard::guard))
 }
 
 /// The one stylesheet every page links (no inline copies to drift apart).

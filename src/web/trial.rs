@@ -695,6 +695,14 @@ struct ReportPage {
     values: Vec<i32>,
 }
 
+/// The first day the report form accepts: `REPORT_DAYS` calendar days end
+/// today.
+fn oldest_reportable(today: Date) -> Date {
+    today
+        .checked_sub(jiff::Span::new().days(REPORT_DAYS as i64 - 1))
+        .unwrap_or(today)
+}
+
 /// The days the form offers: today and the `REPORT_DAYS - 1` before it that
 /// are trial days, newest first, with what is already recorded.
 async fn report_days(
@@ -721,9 +729,8 @@ async fn report_days(
             let rows: Vec<_> = s
                 .schedule(id)?
                 .into_iter()
-                .filter(|r| r.local_date <= today)
+                .filter(|r| r.local_date <= today && r.local_date >= oldest_reportable(today))
                 .rev()
-                .take(REPORT_DAYS)
                 .collect();
             let mut days = Vec::new();
             for r in rows {
@@ -817,8 +824,18 @@ pub(super) async fn report_submit(
     let Ok(date) = form.date.parse::<Date>() else {
         return refuse(format!("{:?} is not a date (YYYY-MM-DD)", form.date)).await;
     };
-    if date > local_date(now, &tz) {
+    let today = local_date(now, &tz);
+    if date > today {
         return refuse(format!("{date} has not happened yet")).await;
+    }
+    // The form offers the last REPORT_DAYS days; older answers would rewrite
+    // history the model has already been fitted on.
+    let oldest = oldest_reportable(today);
+    if date < oldest {
+        return refuse(format!(
+            "{date} is more than {REPORT_DAYS} days ago: only {oldest} to {today} can be reported here"
+        ))
+        .await;
     }
     let rating = match form.rating.trim() {
         "" => None,
