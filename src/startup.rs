@@ -85,7 +85,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     tracing::info!(lock = %lock.path().display(), "data folder locked");
 
     let db_path = config.database_path();
-    let db = tokio::task::spawn_blocking(move || Db::open(&db_path))
+    let key = config.database.resolve_key()?;
+    if key.is_some() {
+        tracing::info!("the database is encrypted (SQLCipher, AES-256)");
+    }
+    let db = tokio::task::spawn_blocking(move || Db::open_keyed(&db_path, key.as_ref()))
         .await
         .map_err(|e| StoreError::Task(e.to_string()))??;
     let clock = if config.clock.time_scale == 1.0 && config.clock.start.is_none() {

@@ -188,6 +188,20 @@ enum Command {
     HashPassword,
     /// Print a new random token (256 bits, 64 hex digits) for `web.token`.
     NewToken,
+    /// Encrypt the database with `database.key` (SQLCipher, AES-256): copy,
+    /// verify, swap. Stop the daemon first.
+    Encrypt {
+        /// Data folder (default: from the config).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Decrypt the database encrypted with `database.key` back to a plain
+    /// SQLite file (then remove `database.key`). Stop the daemon first.
+    Decrypt {
+        /// Data folder (default: from the config).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Write a consistent copy of the database to FILE (safe while the daemon runs).
     Backup {
         /// Destination file (must not exist).
@@ -707,7 +721,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     path.display()
                 );
             }
-            let mut store = crate::service::store::Store::open(&path)?;
+            let key = config.database.resolve_key()?;
+            let mut store = crate::service::store::Store::open_keyed(&path, key.as_ref())?;
             let now = jiff::Timestamp::now();
             let date = |s: &Option<String>| -> anyhow::Result<Option<jiff::civil::Date>> {
                 s.as_deref()
@@ -791,7 +806,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !path.exists() {
                 anyhow::bail!("no database at {}", path.display());
             }
-            let store = crate::service::store::Store::open_read_only(&path)?;
+            let key = config.database.resolve_key()?;
+            let store = crate::service::store::Store::open_read_only_keyed(&path, key.as_ref())?;
             let text = crate::cli::report::render(&store, *trial, format, *sim_trials)?;
             match out {
                 Some(file) => {
@@ -831,6 +847,45 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Encrypt { data_dir } | Command::Decrypt { data_dir } => {
+            let encrypt = matches!(cli.command, Command::Encrypt { .. });
+            let mut config = load_config(&cli)?;
+            if let Some(dir) = data_dir {
+                config.data_dir = dir.clone();
+            }
+            let Some(key) = config.database.resolve_key()? else {
+                anyhow::bail!(
+                    "database.key is not set: put the passphrase in a file or an environment variable and name it in the config (see examples/nof1d.toml)"
+                );
+            };
+            // The lock: no daemon may write while the file is swapped.
+            let _lock = crate::service::lock::DataLock::acquire(&config.data_dir)?;
+            let path = config.database_path();
+            let (from, to) = if encrypt {
+                (None, Some(&key))
+            } else {
+                (Some(&key), None)
+            };
+            let started = std::time::Instant::now();
+            let done = crate::service::store::rekey_file(&path, from, to)?;
+            println!(
+                "{} {}: {} tables, {} rows copied and checked, {} bytes, in {:.1} s",
+                if encrypt { "encrypted" } else { "decrypted" },
+                path.display(),
+                done.tables,
+                done.rows,
+                done.bytes,
+                started.elapsed().as_secs_f64()
+            );
+            if encrypt {
+                println!(
+                    "Keep database.key safe: without it nothing can be read. Backups made before now are still plain files; new ones (`nof1d backup`) are encrypted with the same key."
+                );
+            } else {
+                println!("Now remove database.key from the config before starting the daemon.");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Backup { file, data_dir } => {
             let mut config = load_config(&cli)?;
             if let Some(dir) = data_dir {
@@ -843,7 +898,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !source.exists() {
                 anyhow::bail!("no database at {}", source.display());
             }
-            let store = crate::service::store::Store::open_read_only(&source)?;
+            let key = config.database.resolve_key()?;
+            let store = crate::service::store::Store::open_read_only_keyed(&source, key.as_ref())?;
             store
                 .backup_to(file)
                 .with_context(|| format!("backup to {}", file.display()))?;

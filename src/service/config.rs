@@ -54,6 +54,8 @@ pub enum ConfigError {
 pub struct Config {
     /// Folder for the database, the lock, mail written as `.eml` and backups.
     pub data_dir: PathBuf,
+    /// The database file itself: encryption at rest.
+    pub database: DatabaseConfig,
     /// Logging.
     pub log: LogConfig,
     /// The dashboard / HTTP server.
@@ -74,6 +76,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("./nof1d-data"),
+            database: DatabaseConfig::default(),
             log: LogConfig::default(),
             web: WebConfig::default(),
             email: EmailConfig::default(),
@@ -82,6 +85,35 @@ impl Default for Config {
             demo: DemoConfig::default(),
             participants: Vec::new(),
         }
+    }
+}
+
+/// Database settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// The passphrase that encrypts the database, its WAL and its backups
+    /// (SQLCipher: AES-256, keys derived with PBKDF2-HMAC-SHA512), from an
+    /// environment variable or a file. Set it, then run `nof1d encrypt` once
+    /// to convert an existing database (a new one is created encrypted).
+    pub key: Option<SecretRef>,
+}
+
+impl DatabaseConfig {
+    /// The passphrase, if encryption is on (at least 128 bits, like
+    /// `web.token`: `nof1d new-token` makes one).
+    pub fn resolve_key(&self) -> Result<Option<Secret>, ConfigError> {
+        let Some(key) = &self.key else {
+            return Ok(None);
+        };
+        let secret = key.resolve("database.key")?;
+        let bits = token_bits(secret.expose());
+        if bits < TOKEN_MIN_BITS {
+            return Err(ConfigError::Invalid(format!(
+                "database.key is too weak (about {bits:.0} bits; at least {TOKEN_MIN_BITS:.0} are needed). Make a strong one with `nof1d new-token > key-file`, and keep a copy somewhere safe: without it the data cannot be read"
+            )));
+        }
+        Ok(Some(secret))
     }
 }
 
@@ -441,6 +473,11 @@ impl SecretRef {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a value read from elsewhere (tests, a prompt).
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
     /// The value, for the one place that needs it.
     pub fn expose(&self) -> &str {
         &self.0

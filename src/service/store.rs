@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use crate::engine::fit::FitReport;
+use crate::service::config::Secret;
 use crate::trial::decide::{Action, Boundary, Decision, LockedEfficacy, ThresholdSource};
 use crate::trial::lifecycle::{DatedDay, TrialStatus};
 use crate::trial::protocol::ProtocolHash;
@@ -108,6 +109,15 @@ pub enum StoreError {
         /// Why.
         source: std::io::Error,
     },
+    /// An encrypted database opened without its key, or with a wrong one,
+    /// or a key given for a plain database.
+    #[error("{path}: {detail}; it was left untouched")]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        detail: String,
+    },
     /// Any other SQLite error.
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
@@ -144,6 +154,8 @@ fn parse_date(s: &str) -> Result<Date> {
 /// A synchronous handle on the database.
 pub struct Store {
     conn: Connection,
+    /// The passphrase it was opened with (encrypted databases), for backups.
+    key: Option<Secret>,
 }
 
 /// A participant as stored.
@@ -593,6 +605,12 @@ impl Store {
     /// earlier one ([`StoreError::WouldStartOver`]); an existing file that
     /// others may read is narrowed to 0600.
     pub fn open(path: &Path) -> Result<Store> {
+        Store::open_keyed(path, None)
+    }
+
+    /// [`Store::open`] for a database encrypted with `key` (SQLCipher); a
+    /// new database is created encrypted.
+    pub fn open_keyed(path: &Path, key: Option<&Secret>) -> Result<Store> {
         let file_error = |source| StoreError::File {
             path: path.into(),
             source,
@@ -627,7 +645,8 @@ impl Store {
                 path: path.into(),
                 source,
             })?;
-        check_identity(&conn, path)?;
+        apply_key(&conn, path, key)?;
+        check_identity(&conn, path, key.is_some())?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -645,19 +664,31 @@ impl Store {
                 path: path.into(),
                 source,
             })?;
-        Ok(Store { conn })
+        Ok(Store {
+            conn,
+            key: key.cloned(),
+        })
     }
 
     /// Opens an existing database read-only (readers, backups, tests).
     pub fn open_read_only(path: &Path) -> Result<Store> {
+        Store::open_read_only_keyed(path, None)
+    }
+
+    /// [`Store::open_read_only`] for a database encrypted with `key`.
+    pub fn open_read_only_keyed(path: &Path, key: Option<&Secret>) -> Result<Store> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
             path: path.into(),
             source,
         })?;
-        check_identity(&conn, path)?;
+        apply_key(&conn, path, key)?;
+        check_identity(&conn, path, key.is_some())?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        Ok(Store { conn })
+        Ok(Store {
+            conn,
+            key: key.cloned(),
+        })
     }
 
     /// Writes a consistent copy to `dest` with SQLite's online backup API,
@@ -669,6 +700,8 @@ impl Store {
             source,
         })?;
         let mut out = Connection::open(dest)?;
+        // An encrypted database's backup is encrypted with the same key.
+        apply_key(&out, dest, self.key.as_ref())?;
         let backup = rusqlite::backup::Backup::new(&self.conn, &mut out)?;
         backup.run_to_completion(256, std::time::Duration::from_millis(5), None)?;
         drop(backup);
@@ -691,6 +724,13 @@ impl Store {
             ));
         }
         Ok(())
+    }
+
+    /// `PRAGMA integrity_check`: "ok" when every page and index is sound.
+    pub fn integrity_check(&self) -> Result<String> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
 
     /// `PRAGMA quick_check`: "ok" when the file is sound.
@@ -2030,15 +2070,203 @@ fn earlier_database_signs(path: &Path) -> Vec<String> {
     signs
 }
 
+/// What [`rekey_file`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rekeyed {
+    /// Tables copied.
+    pub tables: usize,
+    /// Rows copied, all tables together (checked equal in the copy).
+    pub rows: i64,
+    /// Size of the new file.
+    pub bytes: u64,
+}
+
+/// Converts the database at `path` from `from` to `to` (each a passphrase,
+/// or `None` for a plain file): `nof1d encrypt` and `nof1d decrypt`.
+///
+/// Copy, verify, swap: SQLCipher's `sqlcipher_export` writes a new file
+/// beside it (0600); the copy must pass `integrity_check` and have the same
+/// schema version and the same row count in every table; only then is it
+/// renamed over the old file (atomic). The caller holds the data-folder
+/// lock, so no daemon writes meanwhile. A failure leaves the old file as it
+/// was.
+pub fn rekey_file(path: &Path, from: Option<&Secret>, to: Option<&Secret>) -> Result<Rekeyed> {
+    let key_error = |detail: &str| StoreError::Key {
+        path: path.into(),
+        detail: detail.into(),
+    };
+    if !encryption_available() {
+        return Err(key_error(
+            "this nof1d was built without encryption (the cargo feature `encryption`, on by default)",
+        ));
+    }
+    if from.is_none() && to.is_none() {
+        return Err(key_error(
+            "neither the old nor the new file is encrypted: nothing to do",
+        ));
+    }
+    let file_error = |p: &Path, source| StoreError::File {
+        path: p.into(),
+        source,
+    };
+    if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+        return Err(StoreError::Refused(format!(
+            "there is no database at {}",
+            path.display()
+        )));
+    }
+    let tmp = sibling(path, ".rekey");
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let p = sibling(&tmp, suffix);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(file_error(&p, e)),
+            _ => {}
+        }
+    }
+    let mut source = Store::open_keyed(path, from)?;
+    source.checkpoint()?;
+    let version: i64 = source
+        .conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let tables: Vec<String> = {
+        let mut stmt = source.conn.prepare(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )?;
+        stmt.query_map([], |r| r.get(0))?
+            .collect::<std::result::Result<_, _>>()?
+    };
+    // Table names are identifiers, which SQL cannot take as parameters:
+    // only the schema's own simple names are counted.
+    if let Some(odd) = tables
+        .iter()
+        .find(|t| !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+    {
+        return Err(StoreError::Invalid(format!(
+            "unexpected table name {odd:?}"
+        )));
+    }
+    let count = |conn: &Connection, schema: &str| -> Result<Vec<i64>> {
+        tables
+            .iter()
+            .map(|t| {
+                Ok(
+                    conn.query_row(&format!("SELECT COUNT(*) FROM {schema}.\"{t}\""), [], |r| {
+                        r.get(0)
+                    })?,
+                )
+            })
+            .collect()
+    };
+    let before = count(&source.conn, "main")?;
+    crate::service::private::create_new(&tmp).map_err(|e| file_error(&tmp, e))?;
+    let new_key = to.map_or("", |k| k.expose());
+    let tmp_text = tmp.to_string_lossy().into_owned();
+    source.conn.execute(
+        "ATTACH DATABASE ?1 AS rekeyed KEY ?2",
+        params![tmp_text, new_key],
+    )?;
+    let exported = source
+        .conn
+        .query_row("SELECT sqlcipher_export('rekeyed')", [], |_| Ok(()))
+        .and_then(|()| {
+            source
+                .conn
+                .pragma_update(Some("rekeyed"), "user_version", version)
+        });
+    let detached = source.conn.execute("DETACH DATABASE rekeyed", []);
+    exported?;
+    detached?;
+    drop(source);
+    let copy = Store::open_read_only_keyed(&tmp, to)?;
+    let ok = copy.integrity_check()?;
+    let copied_version: i64 = copy
+        .conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let after = count(&copy.conn, "main")?;
+    drop(copy);
+    if ok != "ok" || copied_version != version || after != before {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StoreError::Invalid(format!(
+            "the converted copy did not match (integrity {ok}, schema {copied_version} vs {version}, rows {after:?} vs {before:?}); {} is unchanged",
+            path.display()
+        )));
+    }
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| file_error(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| file_error(path, e))?;
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    let bytes = std::fs::metadata(path)
+        .map_err(|e| file_error(path, e))?
+        .len();
+    Ok(Rekeyed {
+        tables: tables.len(),
+        rows: before.iter().sum(),
+        bytes,
+    })
+}
+
+/// True when SQLite was built with SQLCipher (the `encryption` feature).
+pub fn encryption_available() -> bool {
+    Connection::open_in_memory()
+        .and_then(|c| {
+            c.query_row("PRAGMA cipher_version", [], |r| r.get::<_, String>(0))
+                .optional()
+        })
+        .is_ok_and(|v| v.is_some())
+}
+
+/// Keys a freshly opened connection (`PRAGMA key`, before anything else
+/// reads the file), refusing where SQLCipher is not built in.
+fn apply_key(conn: &Connection, path: &Path, key: Option<&Secret>) -> Result<()> {
+    let Some(key) = key else { return Ok(()) };
+    if !encryption_available() {
+        return Err(StoreError::Key {
+            path: path.into(),
+            detail: "database.key is set, but this nof1d was built without encryption (the cargo feature `encryption`, on by default)".into(),
+        });
+    }
+    conn.pragma_update(None, "key", key.expose())?;
+    Ok(())
+}
+
+/// A non-empty file that does not start with SQLite's magic header (an
+/// encrypted database's first page is random-looking).
+fn looks_encrypted(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| &head != b"SQLite format 3\0")
+}
+
 /// Refuses files that are not SQLite, not nof1d's, or from a newer nof1d,
 /// without writing anything.
-fn check_identity(conn: &Connection, path: &Path) -> Result<()> {
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| StoreError::NotADatabase {
-            path: path.into(),
-            detail: e.to_string(),
-        })?;
+fn check_identity(conn: &Connection, path: &Path, keyed: bool) -> Result<()> {
+    let version: i64 = match conn.query_row("PRAGMA user_version", [], |r| r.get(0)) {
+        Ok(v) => v,
+        Err(e) if keyed => {
+            return Err(StoreError::Key {
+                path: path.into(),
+                detail: format!(
+                    "cannot be read with database.key ({e}): the key is wrong, or the file is not encrypted (then remove database.key, or run `nof1d encrypt` with it set)"
+                ),
+            });
+        }
+        Err(e) => {
+            let hint = if looks_encrypted(path) {
+                "; if it is an encrypted nof1d database, set database.key to its passphrase"
+            } else {
+                ""
+            };
+            return Err(StoreError::NotADatabase {
+                path: path.into(),
+                detail: format!("{e}{hint}"),
+            });
+        }
+    };
     if version > schema_version() {
         return Err(StoreError::TooNew {
             path: path.into(),
@@ -2377,8 +2605,13 @@ pub struct Db {
 impl Db {
     /// Opens the writer (migrating) and a read-only reader.
     pub fn open(path: &Path) -> Result<Db> {
-        let writer = Store::open(path)?;
-        let reader = Store::open_read_only(path)?;
+        Db::open_keyed(path, None)
+    }
+
+    /// [`Db::open`] for a database encrypted with `key`.
+    pub fn open_keyed(path: &Path, key: Option<&Secret>) -> Result<Db> {
+        let writer = Store::open_keyed(path, key)?;
+        let reader = Store::open_read_only_keyed(path, key)?;
         Ok(Db {
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
