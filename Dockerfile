@@ -33,6 +33,10 @@
 # See bench/compose.yaml for the same with docker compose.
 
 FROM rust:1-slim-bookworm AS build
+# SQLCipher's vendored OpenSSL (encryption at rest) builds with perl and make.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make perl \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Dependencies first, on a stub crate, so that a change to src/ rebuilds
 # only nof1d itself.

@@ -749,7 +749,8 @@ impl Store {
     }
 
     /// Records a dashboard session (its id is the SHA-256 of the cookie's
-    /// nonce; `role` is `participant` or `investigator`).
+    /// nonce; `role` is `participant` or `investigator`), deleting sessions
+    /// that ended or expired more than a day ago.
     pub fn create_session(
         &mut self,
         id: &str,
@@ -758,11 +759,19 @@ impl Store {
         expires: Timestamp,
         now: Timestamp,
     ) -> Result<()> {
-        self.conn.execute(
+        let tx = self.conn.transaction()?;
+        tx.execute(
             "INSERT INTO sessions (id, role, fingerprint, created_at, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![id, role, fingerprint, ts(now), ts(expires)],
         )?;
+        // Sessions long over are of no use: the table stays small.
+        let day_ago = ts(now - jiff::SignedDuration::from_hours(24));
+        tx.execute(
+            "DELETE FROM sessions WHERE expires_at < ?1 OR ended_at < ?1",
+            [day_ago],
+        )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -781,20 +790,12 @@ impl Store {
             .is_some())
     }
 
-    /// Ends session `id` (sign-out); expired and ended sessions older than
-    /// a day are deleted on the way.
+    /// Ends session `id` (sign-out).
     pub fn end_session(&mut self, id: &str, now: Timestamp) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        tx.execute(
+        self.conn.execute(
             "UPDATE sessions SET ended_at = ?2 WHERE id = ?1 AND ended_at IS NULL",
             params![id, ts(now)],
         )?;
-        let day_ago = ts(now - jiff::SignedDuration::from_hours(24));
-        tx.execute(
-            "DELETE FROM sessions WHERE expires_at < ?1 OR ended_at < ?1",
-            [day_ago],
-        )?;
-        tx.commit()?;
         Ok(())
     }
 
