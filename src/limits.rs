@@ -21,6 +21,8 @@ pub const ECHO_CHARS: usize = 80;
 pub const LISTED_PROBLEMS: usize = 20;
 /// The most virtual trials one `nof1d simulate` may ask for, per condition.
 pub const MAX_SIMULATED_TRIALS: usize = 1_000_000;
+/// The fastest simulated clock (`--time-scale`, `clock.time_scale`).
+pub const MAX_TIME_SCALE: f64 = 1e6;
 /// The most days a simulated or benchmarked series may have (100 years).
 pub const MAX_SERIES_DAYS: usize = 36_525;
 

@@ -234,13 +234,15 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         // Every write is one transaction: abandoning it loses nothing committed.
         tracing::warn!("a job is still running after 30 s; abandoning it");
     }
-    // Move the write-ahead log into the database file, so that after a clean
-    // stop `nof1d.sqlite` alone holds everything (a copy of it is complete).
-    if let Err(e) = state.db.write(|s| s.checkpoint()).await {
-        tracing::warn!(error = %e, "checkpoint at shutdown");
-    }
+
     if let Err(e) = server.await {
         tracing::warn!(error = %e, "http server task");
+    }
+    // Last, when no job and no request writes any more: move the write-ahead
+    // log into the database file, so that after a clean stop `nof1d.sqlite`
+    // alone holds everything (a copy of it is complete).
+    if let Err(e) = state.db.write(|s| s.checkpoint()).await {
+        tracing::warn!(error = %e, "checkpoint at shutdown");
     }
     drop(lock);
     tracing::info!("stopped cleanly");

@@ -4,6 +4,8 @@
 //! `nof1d decrypt` convert an existing database by copy, verify and swap,
 //! and refuse while a daemon holds the folder.
 
+#![cfg(feature = "encryption")]
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -68,6 +70,10 @@ fn a_keyed_database_backup_and_wal_hold_no_plain_text_and_need_the_key() {
     let db = data.join("nof1d.sqlite");
     let wal = data.join("nof1d.sqlite-wal");
     // The demo's stream name is in every plain database; never here.
+    assert!(
+        std::fs::metadata(&wal).unwrap().len() > 0,
+        "the WAL is in use"
+    );
     for f in [&db, &wal] {
         assert!(!contains(f, "anxiety_evening"), "{} leaks", f.display());
     }

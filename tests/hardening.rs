@@ -370,7 +370,7 @@ fn parallel_wrong_passwords_hit_the_limit_which_survives_a_restart_and_logout_en
 }
 
 #[test]
-fn bearer_guesses_are_limited_and_the_right_token_still_works_elsewhere() {
+fn wrong_bearer_tokens_are_limited_but_lock_out_neither_the_right_token_nor_logins() {
     let dir = tempfile::tempdir().unwrap();
     let d = start_locked(&dir.path().join("data"));
     let ok = client()
@@ -392,13 +392,30 @@ fn bearer_guesses_are_limited_and_the_right_token_still_works_elsewhere() {
         .collect();
     assert_eq!(codes[..5], [401; 5], "{codes:?}");
     assert_eq!(codes[5..], [429; 3], "{codes:?}");
-    // From this address, even the right token waits out the window.
+    // Junk tokens cost nothing to send: they must not lock out the right
+    // token (128 bits, not guessable) nor the password login.
     let r = client()
         .get(d.url("/api/status"))
         .bearer_auth(TOKEN)
         .send()
         .unwrap();
-    assert_eq!(r.status().as_u16(), 429);
+    assert_eq!(r.status().as_u16(), 200);
+    let page = client()
+        .get(d.url("/login"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let r = no_redirects()
+        .post(d.url("/login"))
+        .form(&[
+            ("csrf", csrf_of(&page).as_str()),
+            ("password", PASSWORD),
+            ("next", "/"),
+        ])
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
 }
 
 #[test]
@@ -483,6 +500,46 @@ fn connections_that_never_finish_their_headers_are_closed_and_health_still_answe
     assert_eq!(d.get("/healthz").0, 200);
 }
 
+#[test]
+fn a_full_connection_cap_drains_and_a_body_that_never_comes_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start_open(
+        &dir.path().join("data"),
+        "[web]\nheader_timeout_seconds = 2\nrequest_timeout_seconds = 2\nmax_connections = 8\n",
+    );
+    let addr = d
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    // Headers complete, then a body that never comes: held by the request
+    // time-out, not the header one.
+    let mut stuck: Vec<TcpStream> = (0..12)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(
+                b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n",
+            )
+            .unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+            s
+        })
+        .collect();
+    // They fill every slot; a health check waits its turn and is answered
+    // once they time out.
+    let started = Instant::now();
+    let health = client().get(d.url("/healthz")).send().unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut answer = String::new();
+    let _ = stuck[0].read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+}
+
 /// The links of the newest `.eml` in the data folder's mail, by label.
 fn mail_links(data: &Path) -> std::collections::BTreeMap<String, String> {
     let mail = data.join("mail");
@@ -558,9 +615,43 @@ fn a_used_side_effect_link_stops_nothing_and_the_report_form_keeps_its_window() 
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 422);
-    assert!(r.text().unwrap().contains("more than 14 days ago"));
+    assert!(r.text().unwrap().contains("only the last 14 days"));
     assert_eq!(store().counts().unwrap(), before);
     assert_eq!(store().adherence(1).unwrap(), adherence_before);
+}
+
+#[test]
+fn a_side_effect_link_stops_the_trial_once_in_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = start_open(&data, "");
+    let links = mail_links(&data);
+    let side = links
+        .get("Side effect")
+        .expect("a side-effect link")
+        .clone();
+    let post = || {
+        client()
+            .post(&side)
+            .form(&[("stop", "1")])
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    let first = post();
+    assert!(first.contains("The trial is stopped"), "{first}");
+    assert_eq!(trial_status(&d), "stopped");
+    let store = || Store::open_read_only(&data.join("nof1d.sqlite")).unwrap();
+    let before = store().counts().unwrap();
+    let again = post();
+    assert!(again.contains("already used"), "{again}");
+    assert!(!again.contains("The trial is stopped"), "{again}");
+    assert_eq!(
+        store().counts().unwrap(),
+        before,
+        "a used link changes nothing"
+    );
 }
 
 #[test]

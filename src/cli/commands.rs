@@ -413,7 +413,7 @@ fn target_rate(s: &str) -> Result<f64, String> {
 /// `--time-scale`: 1 (real time) to 1,000,000.
 fn time_scale(s: &str) -> Result<f64, String> {
     let v = finite(s)?;
-    if !(1.0..=1e6).contains(&v) {
+    if !(1.0..=limits::MAX_TIME_SCALE).contains(&v) {
         return Err(format!("{v} is out of range: give 1 to 1000000"));
     }
     Ok(v)

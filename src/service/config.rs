@@ -107,12 +107,11 @@ impl DatabaseConfig {
             return Ok(None);
         };
         let secret = key.resolve("database.key")?;
-        let bits = token_bits(secret.expose());
-        if bits < TOKEN_MIN_BITS {
-            return Err(ConfigError::Invalid(format!(
-                "database.key is too weak (about {bits:.0} bits; at least {TOKEN_MIN_BITS:.0} are needed). Make a strong one with `nof1d new-token > key-file`, and keep a copy somewhere safe: without it the data cannot be read"
-            )));
-        }
+        require_strength(
+            &secret,
+            "database.key",
+            "Make a strong one with `nof1d new-token > key-file`, and keep a copy somewhere safe: without it the data cannot be read",
+        )?;
         Ok(Some(secret))
     }
 }
@@ -169,6 +168,9 @@ pub struct WebConfig {
     /// Seconds a client has to send a request's headers (1 to 300); a
     /// connection that has not is closed.
     pub header_timeout_seconds: u64,
+    /// Seconds a request may take from its headers to the end of its answer
+    /// (1 to 3600; a body that never arrives included).
+    pub request_timeout_seconds: u64,
 }
 
 /// The most `web.max_connections` may be (each holds a file descriptor).
@@ -188,6 +190,7 @@ impl Default for WebConfig {
             allowed_hosts: Vec::new(),
             max_connections: 256,
             header_timeout_seconds: 10,
+            request_timeout_seconds: 60,
         }
     }
 }
@@ -526,10 +529,20 @@ pub fn token_bits(token: &str) -> f64 {
 /// by the daemon at start-up, where the token is read; other commands do
 /// not need it).
 pub fn check_token(token: &Secret) -> Result<(), ConfigError> {
-    let bits = token_bits(token.expose());
+    require_strength(
+        token,
+        "web.token",
+        "Make a strong one with `nof1d new-token > token-file` and point web.token at that file",
+    )
+}
+
+/// Refuses `secret` (the setting `what`) below [`TOKEN_MIN_BITS`], saying
+/// how to make a good one (`advice`).
+fn require_strength(secret: &Secret, what: &str, advice: &str) -> Result<(), ConfigError> {
+    let bits = token_bits(secret.expose());
     if bits < TOKEN_MIN_BITS {
         return Err(ConfigError::Invalid(format!(
-            "web.token is too weak (about {bits:.0} bits; at least {TOKEN_MIN_BITS:.0} are needed, so that it cannot be guessed). Make a strong one with `nof1d new-token > token-file` and point web.token at that file"
+            "{what} is too weak (about {bits:.0} bits; at least {TOKEN_MIN_BITS:.0} are needed, so that it cannot be guessed). {advice}"
         )));
     }
     Ok(())
@@ -576,7 +589,9 @@ impl Config {
                 )));
             }
         }
-        if !(self.clock.time_scale.is_finite() && (1.0..=1e6).contains(&self.clock.time_scale)) {
+        if !(self.clock.time_scale.is_finite()
+            && (1.0..=crate::limits::MAX_TIME_SCALE).contains(&self.clock.time_scale))
+        {
             return Err(ConfigError::Invalid(format!(
                 "clock.time_scale must be a number from 1 to 1000000 (got {})",
                 self.clock.time_scale
@@ -662,7 +677,7 @@ impl Config {
                     .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
             {
                 return Err(ConfigError::Invalid(format!(
-                    "web.allowed_hosts: {host:?} is not a host name (give names like \"nof1d.home.arpa\", without scheme or port)"
+                    "web.allowed_hosts: {host:?} is not a host name (give names like \"nof1d.home.arpa\", without scheme, port or final dot; IP addresses are always served)"
                 )));
             }
         }
@@ -676,6 +691,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "web.header_timeout_seconds must be 1 to 300 (got {})",
                 self.web.header_timeout_seconds
+            )));
+        }
+        if !(1..=3600).contains(&self.web.request_timeout_seconds) {
+            return Err(ConfigError::Invalid(format!(
+                "web.request_timeout_seconds must be 1 to 3600 (got {})",
+                self.web.request_timeout_seconds
             )));
         }
         for (name, v) in [

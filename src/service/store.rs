@@ -347,6 +347,11 @@ pub struct LinkUse<'a> {
     pub action: &'a str,
     /// What to record.
     pub what: LinkWhat<'a>,
+    /// A side-effect link with "stop the trial now" ticked: the participant's
+    /// local date today. The stop is part of the link's one transaction, so
+    /// a used link never stops anything and a failed stop leaves the link
+    /// unused, to press again.
+    pub stop_today: Option<Date>,
 }
 
 /// What a link records.
@@ -821,21 +826,28 @@ impl Store {
         Ok(())
     }
 
-    /// Failures since `since`, oldest first: (address, when).
-    pub fn access_failures_since(&self, since: Timestamp) -> Result<Vec<(String, Timestamp)>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT address, at FROM access_failures WHERE at >= ?1 ORDER BY at, id")?;
+    /// Failures since `since`, oldest first: (kind, address, when).
+    pub fn access_failures_since(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<(String, String, Timestamp)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT kind, address, at FROM access_failures WHERE at >= ?1 ORDER BY at, id",
+        )?;
         let rows = stmt.query_map([ts(since)], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (address, at) = row?;
+            let (kind, address, at) = row?;
             let at = at
                 .parse()
                 .map_err(|e| StoreError::Invalid(format!("access_failures.at {at:?}: {e}")))?;
-            out.push((address, at));
+            out.push((kind, address, at));
         }
         Ok(out)
     }
@@ -1460,41 +1472,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT INTO adverse_events (trial_id, local_date, note, channel, reported_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![trial_id, local_date.to_string(), note, channel, ts(now)],
-        )?;
-        let status: String =
-            tx.query_row("SELECT status FROM trials WHERE id = ?1", [trial_id], |r| {
-                r.get(0)
-            })?;
-        if status != TrialStatus::Stopped.as_str() {
-            tx.execute(
-                "INSERT INTO decisions (trial_id, fit_id, rule, action, numbers_json, created_at, period)
-                 VALUES (?1, NULL, ?2, ?3, ?4, ?5, NULL)",
-                params![
-                    trial_id,
-                    "participant reported an adverse event",
-                    Action::StopSafety.name(),
-                    serde_json::json!({"note": note, "channel": channel, "local_date": local_date.to_string()}).to_string(),
-                    ts(now)
-                ],
-            )?;
-            change_status_tx(
-                &tx,
-                &StatusChange {
-                    trial_id,
-                    to: TrialStatus::Stopped,
-                    actor,
-                    reason: "safety: adverse event reported",
-                    local_date,
-                    start_date: None,
-                    shifted: &[],
-                },
-                now,
-            )?;
-        }
+        adverse_event_tx(&tx, trial_id, local_date, note, channel, actor, now)?;
         tx.commit()?;
         Ok(())
     }
@@ -1542,6 +1520,17 @@ impl Store {
                 ts(now)
             ],
         )?;
+        if let Some(today) = link.stop_today {
+            adverse_event_tx(
+                &tx,
+                link.trial_id,
+                today,
+                "side effect reported from an email link",
+                "email-link",
+                "participant",
+                now,
+            )?;
+        }
         audit(
             &tx,
             "participant",
@@ -2126,6 +2115,12 @@ pub fn rekey_file(path: &Path, from: Option<&Secret>, to: Option<&Secret>) -> Re
     }
     let mut source = Store::open_keyed(path, from)?;
     source.checkpoint()?;
+    // Another nof1d command (they do not take the folder lock) that writes
+    // from now on changes this; checked again just before the swap.
+    let data_version = |s: &Store| -> Result<i64> {
+        Ok(s.conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+    };
+    let version_at_start = data_version(&source)?;
     let version: i64 = source
         .conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -2175,9 +2170,10 @@ pub fn rekey_file(path: &Path, from: Option<&Secret>, to: Option<&Secret>) -> Re
                 .pragma_update(Some("rekeyed"), "user_version", version)
         });
     let detached = source.conn.execute("DETACH DATABASE rekeyed", []);
-    exported?;
-    detached?;
-    drop(source);
+    if let Err(e) = exported.and(detached) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
     let copy = Store::open_read_only_keyed(&tmp, to)?;
     let ok = copy.integrity_check()?;
     let copied_version: i64 = copy
@@ -2185,6 +2181,16 @@ pub fn rekey_file(path: &Path, from: Option<&Secret>, to: Option<&Secret>) -> Re
         .query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let after = count(&copy.conn, "main")?;
     drop(copy);
+    let changed = data_version(&source)? != version_at_start
+        || std::fs::metadata(sibling(path, "-wal")).is_ok_and(|m| m.len() > 0);
+    drop(source);
+    if changed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StoreError::Refused(format!(
+            "{} changed while it was converted (another nof1d command wrote to it); it is unchanged: run this again with nothing else using the data folder",
+            path.display()
+        )));
+    }
     if ok != "ok" || copied_version != version || after != before {
         let _ = std::fs::remove_file(&tmp);
         return Err(StoreError::Invalid(format!(
@@ -2332,6 +2338,55 @@ fn enqueue(conn: &Connection, m: &NewMessage, now: Timestamp) -> Result<()> {
             ts(now)
         ],
     )?;
+    Ok(())
+}
+
+/// Records an adverse event and, unless the trial is already stopped,
+/// stops it for safety with its decision (inside the caller's transaction).
+fn adverse_event_tx(
+    tx: &Connection,
+    trial_id: i64,
+    local_date: Date,
+    note: &str,
+    channel: &str,
+    actor: &str,
+    now: Timestamp,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO adverse_events (trial_id, local_date, note, channel, reported_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![trial_id, local_date.to_string(), note, channel, ts(now)],
+    )?;
+    let status: String =
+        tx.query_row("SELECT status FROM trials WHERE id = ?1", [trial_id], |r| {
+            r.get(0)
+        })?;
+    if status != TrialStatus::Stopped.as_str() {
+        tx.execute(
+            "INSERT INTO decisions (trial_id, fit_id, rule, action, numbers_json, created_at, period)
+             VALUES (?1, NULL, ?2, ?3, ?4, ?5, NULL)",
+            params![
+                trial_id,
+                "participant reported an adverse event",
+                Action::StopSafety.name(),
+                serde_json::json!({"note": note, "channel": channel, "local_date": local_date.to_string()}).to_string(),
+                ts(now)
+            ],
+        )?;
+        change_status_tx(
+            tx,
+            &StatusChange {
+                trial_id,
+                to: TrialStatus::Stopped,
+                actor,
+                reason: "safety: adverse event reported",
+                local_date,
+                start_date: None,
+                shifted: &[],
+            },
+            now,
+        )?;
+    }
     Ok(())
 }
 

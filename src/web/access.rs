@@ -16,12 +16,14 @@
 //! out ends it on the server and a copied cookie stops working. The forms'
 //! CSRF token is derived from the nonce.
 //!
-//! Wrong passwords and wrong bearer tokens are limited per client address
-//! and overall. An attempt takes its place in the limit *before* the
-//! password is checked (and gives it back on success), so parallel guesses
-//! cannot slip past the count; failures are also written to the store, so a
-//! restart does not clear a lock-out. At most [`VERIFYING_AT_ONCE`] argon2
-//! checks run at once, which bounds their memory.
+//! Wrong passwords are limited per client address and overall. An attempt
+//! takes its place in the limit *before* the password is checked (and gives
+//! it back on success), so parallel guesses cannot slip past the count;
+//! failures are also written to the store, so a restart does not clear a
+//! lock-out. At most [`VERIFYING_AT_ONCE`] argon2 checks run at once, which
+//! bounds their memory. Wrong bearer tokens are limited the same way but on
+//! their own count, and the right token always passes: it has at least 128
+//! bits, so junk tokens cannot lock out scripts or logins.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -180,7 +182,10 @@ impl LoginLimiter {
 #[derive(Clone)]
 pub struct Access {
     state: AppState,
-    limiter: Arc<Mutex<LoginLimiter>>,
+    /// Wrong passwords.
+    passwords: Arc<Mutex<LoginLimiter>>,
+    /// Wrong bearer tokens.
+    tokens: Arc<Mutex<LoginLimiter>>,
     /// Set once the store's recent failures are in the limiter.
     loaded: Arc<tokio::sync::OnceCell<()>>,
     verifying: Arc<tokio::sync::Semaphore>,
@@ -191,15 +196,23 @@ impl Access {
     pub fn new(state: AppState) -> Self {
         Access {
             state,
-            limiter: Arc::new(Mutex::new(LoginLimiter::default())),
+            passwords: Arc::new(Mutex::new(LoginLimiter::default())),
+            tokens: Arc::new(Mutex::new(LoginLimiter::default())),
             loaded: Arc::new(tokio::sync::OnceCell::new()),
             verifying: Arc::new(tokio::sync::Semaphore::new(VERIFYING_AT_ONCE)),
         }
     }
 
-    /// Takes a place in the limit for an attempt from `addr` (after reading
-    /// the store's failures of the window, the first time).
-    async fn reserve(&self, addr: IpAddr) -> Result<Ticket, Duration> {
+    fn limiter(&self, kind: Kind) -> &Mutex<LoginLimiter> {
+        match kind {
+            Kind::Password => &self.passwords,
+            Kind::Token => &self.tokens,
+        }
+    }
+
+    /// Takes a place in `kind`'s limit for an attempt from `addr` (after
+    /// reading the store's failures of the window, the first time).
+    async fn reserve(&self, kind: Kind, addr: IpAddr) -> Result<Ticket, Duration> {
         self.loaded
             .get_or_init(|| async {
                 let since =
@@ -211,10 +224,17 @@ impl Access {
                     .await
                 {
                     Ok(rows) => {
-                        let mut l = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
-                        for (address, at) in rows {
+                        for (kind, address, at) in rows {
+                            let kind = if kind == Kind::Token.code() {
+                                Kind::Token
+                            } else {
+                                Kind::Password
+                            };
                             if let Ok(ip) = address.parse::<IpAddr>() {
-                                l.failed(ip, at);
+                                self.limiter(kind)
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .failed(ip, at);
                             }
                         }
                     }
@@ -222,21 +242,22 @@ impl Access {
                 }
             })
             .await;
-        self.limiter
+        self.limiter(kind)
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .reserve(addr, Timestamp::now())
     }
 
-    fn release(&self, ticket: Ticket) {
-        self.limiter
+    fn release(&self, kind: Kind, ticket: Ticket) {
+        self.limiter(kind)
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .release(ticket);
     }
 
     /// Keeps the failure (its place stays taken) and writes it to the store.
-    async fn record_failure(&self, ticket: Ticket, kind: &'static str) {
+    async fn record_failure(&self, ticket: Ticket, kind: Kind) {
+        let kind = kind.code();
         let address = ticket.addr.to_string();
         let forget = ticket.at - jiff::SignedDuration::try_from(WINDOW).unwrap_or_default();
         let at = ticket.at;
@@ -247,6 +268,23 @@ impl Access {
             .await
         {
             tracing::error!(error = %e, "cannot store a failed login");
+        }
+    }
+}
+
+/// What an attempt was: each has its own limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Password,
+    Token,
+}
+
+impl Kind {
+    /// As stored in `access_failures.kind`.
+    fn code(self) -> &'static str {
+        match self {
+            Kind::Password => "password",
+            Kind::Token => "token",
         }
     }
 }
@@ -366,9 +404,9 @@ fn open_viewer(state: &AppState, now: Timestamp) -> Viewer {
     }
 }
 
-/// The viewer behind a bearer token or a session cookie. A bearer token is
-/// checked only while its address is within the limit, and a wrong one
-/// counts against it.
+/// The viewer behind a bearer token or a session cookie. The right token
+/// always passes; a wrong one counts against its address, and once over the
+/// limit wrong ones are answered 429.
 async fn identify(access: &Access, headers: &HeaderMap, addr: IpAddr, now: Timestamp) -> Identity {
     let state = &access.state;
     let bearer = headers
@@ -376,21 +414,20 @@ async fn identify(access: &Access, headers: &HeaderMap, addr: IpAddr, now: Times
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     if let Some(given) = bearer {
-        let ticket = match access.reserve(addr).await {
-            Ok(t) => t,
-            Err(wait) => return Identity::Blocked(wait),
-        };
         let right = state
             .auth
             .token
             .as_ref()
             .is_some_and(|t| constant_time_eq(t.expose().as_bytes(), given.trim().as_bytes()));
         if !right {
-            access.record_failure(ticket, "token").await;
+            let ticket = match access.reserve(Kind::Token, addr).await {
+                Ok(t) => t,
+                Err(wait) => return Identity::Blocked(wait),
+            };
+            access.record_failure(ticket, Kind::Token).await;
             tracing::warn!(%addr, "wrong bearer token");
             return Identity::WrongToken;
         }
-        access.release(ticket);
         // Scripts send no cookies, so no CSRF can ride on them.
         let csrf = state.link_key.tag("csrf|bearer");
         return Identity::Known(Viewer {
@@ -637,7 +674,7 @@ pub async fn login_submit(
         );
     }
     let addr = client_address(connect);
-    let ticket = match access.reserve(addr).await {
+    let ticket = match access.reserve(Kind::Password, addr).await {
         Ok(t) => t,
         Err(wait) => {
             let page = login_page(
@@ -663,11 +700,14 @@ pub async fn login_submit(
     .filter_map(|(r, h)| h.map(|h| (r, h)))
     .collect();
     let password = form.password;
-    let Ok(permit) = access.verifying.acquire().await else {
+    // The permit moves into the blocking task: a client that hangs up
+    // cannot free it while argon2 still runs.
+    let Ok(permit) = access.verifying.clone().acquire_owned().await else {
         return internal("the password check is closed (shutting down)");
     };
     let role = tokio::task::spawn_blocking(move || {
         use argon2::PasswordVerifier;
+        let _permit = permit;
         candidates.into_iter().find_map(|(role, hash)| {
             let parsed = argon2::PasswordHash::new(&hash).ok()?;
             argon2::Argon2::default()
@@ -678,9 +718,8 @@ pub async fn login_submit(
     })
     .await
     .unwrap_or(None);
-    drop(permit);
     let Some(role) = role else {
-        access.record_failure(ticket, "password").await;
+        access.record_failure(ticket, Kind::Password).await;
         tracing::warn!(%addr, "failed dashboard login");
         return login_page(
             StatusCode::UNAUTHORIZED,
@@ -689,7 +728,7 @@ pub async fn login_submit(
             next,
         );
     };
-    access.release(ticket);
+    access.release(Kind::Password, ticket);
     let session = match issue_session(state, role, Timestamp::now()).await {
         Ok(s) => s,
         Err(e) => return internal(&e),

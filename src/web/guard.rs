@@ -29,19 +29,23 @@ use crate::service::config::Config;
 /// inline SVG; forms post only here; never framed.
 const CSP: &str = "default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// The host names served, besides loopback names and IP addresses.
+/// What the guard checks against: the host names served (besides loopback
+/// names and IP addresses), the public origin, the time a request may take.
 #[derive(Debug, Clone)]
-pub struct Hosts {
+pub struct Guard {
     names: Arc<Vec<String>>,
+    /// How long a request may take, from its headers to the end of its
+    /// answer (a body that never arrives included).
+    request_timeout: std::time::Duration,
     /// `scheme://host[:port]` of the public URL: a reverse proxy may pass
     /// its own `Host`, but the browser's `Origin` is this.
     public_origin: Arc<String>,
 }
 
-impl Hosts {
+impl Guard {
     /// From the configuration: `web.allowed_hosts` and the host of the
     /// public URL links are sent with (`public_url`, as the daemon resolved it).
-    pub fn new(config: &Config, public_url: &str) -> Hosts {
+    pub fn new(config: &Config, public_url: &str) -> Guard {
         let mut names: Vec<String> = config
             .web
             .allowed_hosts
@@ -61,8 +65,9 @@ impl Hosts {
             })
             .unwrap_or_default()
             .to_ascii_lowercase();
-        Hosts {
+        Guard {
             names: Arc::new(names),
+            request_timeout: std::time::Duration::from_secs(config.web.request_timeout_seconds),
             public_origin: Arc::new(public_origin),
         }
     }
@@ -115,16 +120,18 @@ fn refuse(message: String) -> Response {
 }
 
 /// Middleware: refuses a foreign `Host`, or a state-changing request from
-/// another origin; then adds the security headers to whatever is answered.
-pub async fn guard(State(hosts): State<Hosts>, request: Request, next: Next) -> Response {
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| request.uri().authority().map(|a| a.to_string()));
+/// another origin; gives the request `web.request_timeout_seconds` (a
+/// client that sends headers and then no body would otherwise hold a
+/// connection slot for ever); adds the security headers to whatever is
+/// answered.
+pub async fn guard(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    let host = match request.headers().get(header::HOST).map(|v| v.to_str()) {
+        Some(Ok(h)) => Some(h.to_string()),
+        Some(Err(_)) => return with_headers(refuse("the Host header is not text".into())),
+        None => request.uri().authority().map(|a| a.to_string()),
+    };
     if let Some(host) = &host
-        && !hosts.allows(host)
+        && !guard.allows(host)
     {
         return with_headers(refuse(format!(
             "this dashboard does not answer to the host name {:?}; if you reach it under that name, add it to web.allowed_hosts",
@@ -136,11 +143,21 @@ pub async fn guard(State(hosts): State<Hosts>, request: Request, next: Next) -> 
         Method::GET | Method::HEAD | Method::OPTIONS
     );
     if unsafe_method
-        && let Some(why) = cross_origin(request.headers(), host.as_deref(), &hosts.public_origin)
+        && let Some(why) = cross_origin(request.headers(), host.as_deref(), &guard.public_origin)
     {
         return with_headers(refuse(why));
     }
-    with_headers(next.run(request).await)
+    match tokio::time::timeout(guard.request_timeout, next.run(request)).await {
+        Ok(response) => with_headers(response),
+        Err(_) => with_headers(
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                [(header::CONNECTION, "close")],
+                "the request took too long (a body that never came?)\n",
+            )
+                .into_response(),
+        ),
+    }
 }
 
 /// Why a state-changing request looks cross-site, if it does.
@@ -200,10 +217,10 @@ fn with_headers(mut response: Response) -> Response {
 mod tests {
     use super::*;
 
-    fn hosts(extra: &[&str], public: &str) -> Hosts {
+    fn hosts(extra: &[&str], public: &str) -> Guard {
         let mut config = Config::default();
         config.web.allowed_hosts = extra.iter().map(|s| s.to_string()).collect();
-        Hosts::new(&config, public)
+        Guard::new(&config, public)
     }
 
     #[test]

@@ -186,6 +186,8 @@ pub(super) async fn link_submit(
         crate::trial::calendar::local_instant(claim.date, jiff::civil::time(21, 0, 0, 0), &tz)
     };
     let (pid, trial_id, date) = (claim.participant_id, trial.id, claim.date);
+    let stop_today = (claim.action == LinkAction::SideEffect && form.stop.as_deref() == Some("1"))
+        .then(|| local_date(now, &tz));
     let adherence_code = match claim.action {
         LinkAction::Done => "done",
         LinkAction::NotDone => "not_done",
@@ -217,6 +219,7 @@ pub(super) async fn link_submit(
                     date,
                     action: &action_code,
                     what,
+                    stop_today,
                 },
                 now,
             )
@@ -238,28 +241,10 @@ pub(super) async fn link_submit(
         }
         Err(e) => return refused(e.to_string()),
     };
-    // Only the link's first use acts: a used link changes nothing, the
-    // stop included (the trial page's Stop is there for a later decision).
-    if first_use && claim.action == LinkAction::SideEffect && form.stop.as_deref() == Some("1") {
-        let stopped = state
-            .db
-            .write_with(move |s| {
-                crate::service::actions::adverse_event(
-                    s,
-                    trial_id,
-                    "side effect reported from an email link",
-                    "email-link",
-                    "participant",
-                    now,
-                )
-            })
-            .await;
-        paragraphs.push(match stopped {
-            Ok(()) => {
-                "The trial is stopped. Please talk to your clinician about the side effect.".into()
-            }
-            Err(e) => format!("The trial could not be stopped: {e}"),
-        });
+    if first_use && stop_today.is_some() {
+        paragraphs.push(
+            "The trial is stopped. Please talk to your clinician about the side effect.".into(),
+        );
     }
     link_response(
         StatusCode::OK,

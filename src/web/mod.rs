@@ -35,7 +35,7 @@ pub use status::{StatusView, status};
 /// (`into_make_service_with_connect_info`) so that failed logins are
 /// limited per address.
 pub fn router(state: AppState) -> Router {
-    let hosts = guard::Hosts::new(&state.config, &state.public_url);
+    let guard = guard::Guard::new(&state.config, &state.public_url);
     let access = access::Access::new(state.clone());
     let login = Router::new()
         .route("/login", get(access::login_form).post(access::login_submit))
@@ -65,7 +65,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .merge(login)
         .layer(middleware::from_fn_with_state(access, access::require_auth))
-        .layer(middleware::from_fn_with_state(hosts, guard::guard))
+        .layer(middleware::from_fn_with_state(guard, guard::guard))
 }
 
 /// The one stylesheet every page links (no inline copies to drift apart).

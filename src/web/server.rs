@@ -94,6 +94,8 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!("connections still open {DRAIN:?} after the stop signal; closing them");
+        tracing::warn!(
+            "connections still open {DRAIN:?} after the stop signal; they end with the process"
+        );
     }
 }

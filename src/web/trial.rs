@@ -833,7 +833,7 @@ pub(super) async fn report_submit(
     let oldest = oldest_reportable(today);
     if date < oldest {
         return refuse(format!(
-            "{date} is more than {REPORT_DAYS} days ago: only {oldest} to {today} can be reported here"
+            "{date} is too long ago: only the last {REPORT_DAYS} days ({oldest} to {today}) can be reported here"
         ))
         .await;
     }
