@@ -7,28 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Daemon, client, no_redirects, run};
+use common::{Daemon, client, csrf_of, hash, no_redirects, run};
 
 const PARTICIPANT_PASSWORD: &str = "evening calm 42";
 const INVESTIGATOR_PASSWORD: &str = "key keeper 1729";
-
-fn hash(password: &str) -> String {
-    use argon2::PasswordHasher;
-    let salt = argon2::password_hash::SaltString::from_b64("c29tZXNhbHRzb21lc2FsdA").unwrap();
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .unwrap()
-        .to_string()
-}
-
-/// The first `name="csrf" value="…"` of a page.
-fn csrf_of(page: &str) -> String {
-    page.split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("the page's forms carry a CSRF token")
-        .to_string()
-}
 
 struct Session {
     cookie: String,

@@ -11,28 +11,11 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, client, no_redirects, run};
+use common::{Daemon, client, csrf_of, hash, no_redirects, run};
 use nof1d::service::store::Store;
 
 const PASSWORD: &str = "evening calm 42";
 const TOKEN: &str = "4f1c0e6b9a2d87f35c6e0b1a9d8f7e6c";
-
-fn hash(password: &str) -> String {
-    use argon2::PasswordHasher;
-    let salt = argon2::password_hash::SaltString::from_b64("c29tZXNhbHRzb21lc2FsdA").unwrap();
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .unwrap()
-        .to_string()
-}
-
-fn csrf_of(page: &str) -> String {
-    page.split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("the page's forms carry a CSRF token")
-        .to_string()
-}
 
 fn sha256(path: &Path) -> Vec<u8> {
     use sha2::Digest;
