@@ -2036,7 +2036,8 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 
 /// What in `path`'s folder shows that a database lived there before: a
 /// non-empty write-ahead log or rollback journal (which may hold all its
-/// data), the address file and mail folder that every earlier start left.
+/// data), the address file and mail folder that every earlier start left,
+/// another SQLite file (a backup, a converted copy).
 fn earlier_database_signs(path: &Path) -> Vec<String> {
     let mut signs = Vec::new();
     for suffix in ["-wal", "-journal"] {
@@ -2055,6 +2056,20 @@ fn earlier_database_signs(path: &Path) -> Vec<String> {
         let mail = dir.join("mail");
         if std::fs::read_dir(&mail).is_ok_and(|mut d| d.next().is_some()) {
             signs.push(format!("{} (emails written before)", mail.display()));
+        }
+        // Another SQLite file here (a backup, a converted copy) is one too.
+        let own = path.file_name();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let text = name.to_string_lossy();
+            let other_db = Some(name.as_os_str()) != own
+                && (text.ends_with(".sqlite") || text.ends_with(".sqlite.rekey"));
+            if other_db && entry.metadata().is_ok_and(|m| m.is_file() && m.len() > 0) {
+                signs.push(format!(
+                    "{} (another database file)",
+                    entry.path().display()
+                ));
+            }
         }
     }
     signs
@@ -2791,6 +2806,46 @@ mod tests {
         assert!(e.contains("r1"), "{e}");
         assert_eq!(s.counts().unwrap().observations, 3);
         assert_eq!(s.sources().unwrap()[0].cursor.as_deref(), Some("c2"));
+    }
+
+    #[test]
+    fn a_new_database_is_made_only_where_no_earlier_one_lived() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("nof1d.sqlite");
+        // Beside a backup: refused, nothing created.
+        std::fs::write(
+            dir.path().join("nof1d-2026-12-01.sqlite"),
+            b"SQLite format 3\0...",
+        )
+        .unwrap();
+        let e = Store::open(&db).err().unwrap();
+        assert!(matches!(e, StoreError::WouldStartOver { .. }), "{e}");
+        assert!(e.to_string().contains("another database file"), "{e}");
+        assert!(!db.exists());
+        // A zero-length file beside a non-empty WAL: refused, both untouched.
+        std::fs::remove_file(dir.path().join("nof1d-2026-12-01.sqlite")).unwrap();
+        std::fs::write(&db, b"").unwrap();
+        std::fs::write(dir.path().join("nof1d.sqlite-wal"), [7u8; 4096]).unwrap();
+        let e = Store::open(&db).err().unwrap();
+        assert!(
+            e.to_string().contains("nof1d.sqlite-wal (4096 bytes)"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("nof1d.sqlite-wal")).unwrap(),
+            vec![7u8; 4096]
+        );
+        assert_eq!(std::fs::metadata(&db).unwrap().len(), 0);
+        // An empty folder: created, 0600.
+        let fresh = tempfile::tempdir().unwrap();
+        let db = fresh.path().join("nof1d.sqlite");
+        Store::open(&db).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
     }
 
     #[test]
