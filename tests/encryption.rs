@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Daemon, run};
+use common::{Daemon, run, run_ok};
 use nof1d::service::config::Secret;
 use nof1d::service::store::Store;
 
@@ -89,7 +89,7 @@ fn a_keyed_database_backup_and_wal_hold_no_plain_text_and_need_the_key() {
     assert!(e.contains("the key is wrong"), "{e}");
     // A backup is encrypted with the same key.
     let backup = dir.path().join("backup.sqlite");
-    let out = run(
+    run_ok(
         &[
             "--config",
             cfg.to_str().unwrap(),
@@ -100,17 +100,12 @@ fn a_keyed_database_backup_and_wal_hold_no_plain_text_and_need_the_key() {
         ],
         dir.path(),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(!is_plain_sqlite(&backup));
     assert!(!contains(&backup, "anxiety_evening"));
     let copy = Store::open_read_only_keyed(&backup, Some(&key())).unwrap();
     assert!(copy.counts().unwrap().schedule_days > 0);
     // The CLI reads it with the key from the config.
-    let out = run(
+    run_ok(
         &[
             "--config",
             cfg.to_str().unwrap(),
@@ -120,11 +115,6 @@ fn a_keyed_database_backup_and_wal_hold_no_plain_text_and_need_the_key() {
             data.to_str().unwrap(),
         ],
         dir.path(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let (status, log) = d.terminate();
     assert!(status.success(), "{log}");

@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, client, csrf_of, hash, no_redirects, run};
+use common::{Daemon, client, csrf_of, hash, no_redirects, run, run_ok};
 use nof1d::service::store::Store;
 
 const PASSWORD: &str = "evening calm 42";
@@ -140,7 +140,7 @@ fn files_are_private_whatever_the_umask() {
         assert_eq!(mode(&p), 0o600, "{}", p.display());
     }
     let backup = dir.path().join("backup.sqlite");
-    let out = run(
+    run_ok(
         &[
             "backup",
             backup.to_str().unwrap(),
@@ -148,11 +148,6 @@ fn files_are_private_whatever_the_umask() {
             data.to_str().unwrap(),
         ],
         dir.path(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(mode(&backup), 0o600);
     drop(d);

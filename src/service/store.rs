@@ -2232,12 +2232,16 @@ pub fn rekey_file(path: &Path, from: Option<&Secret>, to: Option<&Secret>) -> Re
 
 /// True when SQLite was built with SQLCipher (the `encryption` feature).
 pub fn encryption_available() -> bool {
-    Connection::open_in_memory()
-        .and_then(|c| {
-            c.query_row("PRAGMA cipher_version", [], |r| r.get::<_, String>(0))
-                .optional()
-        })
-        .is_ok_and(|v| v.is_some())
+    // Asked of SQLite once: it is a property of the build.
+    static AVAILABLE: LazyLock<bool> = LazyLock::new(|| {
+        Connection::open_in_memory()
+            .and_then(|c| {
+                c.query_row("PRAGMA cipher_version", [], |r| r.get::<_, String>(0))
+                    .optional()
+            })
+            .is_ok_and(|v| v.is_some())
+    });
+    *AVAILABLE
 }
 
 /// Keys a freshly opened connection (`PRAGMA key`, before anything else

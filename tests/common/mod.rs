@@ -23,6 +23,18 @@ pub fn run(args: &[&str], cwd: &Path) -> Output {
         .expect("run nof1d")
 }
 
+/// Runs `nof1d ARGS` to completion and asserts it succeeded (its stderr in
+/// the failure message).
+pub fn run_ok(args: &[&str], cwd: &Path) -> Output {
+    let out = run(args, cwd);
+    assert!(
+        out.status.success(),
+        "nof1d {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Runs `nof1d serve` on `data` (random loopback port), expects it to refuse
 /// to start, and returns its stderr.
 pub fn serve_refused(data: &Path, cwd: &Path) -> String {
