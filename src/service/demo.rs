@@ -179,9 +179,12 @@ mod tests {
         let poll = source.poll(None, now).unwrap();
         // Days -42..-1 have their evening rating; today's (21:00) has not come.
         assert_eq!(poll.observations.len() as i64, HISTORY_DAYS);
-        let n = store
-            .record_poll(rows[0].id, &poll.observations, poll.cursor.as_deref(), now)
+        let run = store
+            .begin_run(rows[0].id, crate::service::store::RunWay::Poll, "", now)
             .unwrap();
-        assert_eq!(n as i64, HISTORY_DAYS);
+        let n = store
+            .record_poll(rows[0].id, run, &poll.observations, poll.cursor.as_deref(), now)
+            .unwrap();
+        assert_eq!(n.stored as i64, HISTORY_DAYS);
     }
 }

@@ -26,12 +26,13 @@ use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
 
 /// The migration files, in order. Append new files; never edit a released one.
-const MIGRATION_FILES: [&str; 5] = [
+const MIGRATION_FILES: [&str; 6] = [
     include_str!("../../migrations/0001_initial.sql"),
     include_str!("../../migrations/0002_trial_lifecycle.sql"),
     include_str!("../../migrations/0003_dashboard.sql"),
     include_str!("../../migrations/0004_calibration.sql"),
     include_str!("../../migrations/0005_access.sql"),
+    include_str!("../../migrations/0006_sources.sql"),
 ];
 
 /// The migrations, in order.
@@ -207,16 +208,119 @@ pub struct SourceRow {
 pub struct NewObservation {
     /// Stream key (created in the catalog if new).
     pub stream: String,
-    /// Unit as the source gave it.
+    /// Unit as stored (normalised by the adapter).
     pub unit: String,
     /// The source's own id for the record: re-reading it never duplicates.
     pub source_record_id: String,
-    /// When it was observed.
+    /// When it was observed (an interval sample: when it began).
     pub observed_at: Timestamp,
-    /// The participant's civil date of the observation.
+    /// The participant's civil date of the observation (its day rule applied).
     pub local_date: Date,
     /// The value.
     pub value: f64,
+    /// End of an interval sample (a sleep stage, a workout).
+    pub ended_at: Option<Timestamp>,
+    /// The UTC offset where it was observed, when the source said.
+    pub utc_offset: Option<jiff::tz::Offset>,
+    /// The device or app inside the source ("Apple Watch"); empty if one.
+    pub origin: String,
+}
+
+impl NewObservation {
+    /// A point observation with no interval, offset or origin.
+    pub fn point(
+        stream: &str,
+        unit: &str,
+        source_record_id: String,
+        observed_at: Timestamp,
+        local_date: Date,
+        value: f64,
+    ) -> Self {
+        Self {
+            stream: stream.to_string(),
+            unit: unit.to_string(),
+            source_record_id,
+            observed_at,
+            local_date,
+            value,
+            ended_at: None,
+            utc_offset: None,
+            origin: String::new(),
+        }
+    }
+}
+
+/// What writing a batch of observations did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Upserted {
+    /// New rows.
+    pub stored: usize,
+    /// Records already stored whose value (or time) changed: updated in place.
+    pub updated: usize,
+    /// Records already stored as they are.
+    pub unchanged: usize,
+}
+
+impl Upserted {
+    /// Adds another batch's counts.
+    pub fn add(&mut self, other: Upserted) {
+        self.stored += other.stored;
+        self.updated += other.updated;
+        self.unchanged += other.unchanged;
+    }
+}
+
+/// How many run-log rows a source keeps.
+pub const RUNS_KEPT: i64 = 1000;
+
+/// How observations reached the store, for the run log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunWay {
+    /// A scheduled poll.
+    Poll,
+    /// A payload pushed over HTTP.
+    Push,
+    /// A file import.
+    Import,
+}
+
+impl RunWay {
+    fn as_str(self) -> &'static str {
+        match self {
+            RunWay::Poll => "poll",
+            RunWay::Push => "push",
+            RunWay::Import => "import",
+        }
+    }
+}
+
+/// One poll, push or import as logged.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceRunRow {
+    /// Row id.
+    pub id: i64,
+    /// The source.
+    pub source_id: i64,
+    /// `poll`, `push` or `import`.
+    pub way: String,
+    /// The file name or payload size.
+    pub what: String,
+    /// When it began.
+    pub started_at: String,
+    /// When it ended (`None`: still running, or killed).
+    pub finished_at: Option<String>,
+    /// New rows.
+    pub stored: i64,
+    /// Updated rows.
+    pub updated: i64,
+    /// Records already present.
+    pub unchanged: i64,
+    /// Records refused.
+    pub refused: i64,
+    /// The first problems, one a line.
+    pub problems: String,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
 }
 
 /// A trial as stored.
@@ -984,73 +1088,174 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Records one poll: its observations (ignoring records already stored)
-    /// and the new cursor, in one transaction. Returns how many rows were new.
+    /// Records one poll: its observations (new ones stored, re-read ones
+    /// updated where they changed) and the new cursor, in one transaction.
     /// A non-finite value refuses the whole poll, so the cursor stays put.
     pub fn record_poll(
         &mut self,
         source_id: i64,
+        run_id: i64,
         observations: &[NewObservation],
         cursor: Option<&str>,
         now: Timestamp,
-    ) -> Result<usize> {
-        if let Some(bad) = observations.iter().find(|o| !o.value.is_finite()) {
-            return Err(StoreError::Refused(format!(
-                "record {:?} of stream {:?} has a non-finite value",
-                bad.source_record_id, bad.stream
-            )));
-        }
+    ) -> Result<Upserted> {
+        check_finite(observations)?;
         let tx = self.conn.transaction()?;
-        let participant_id: i64 = tx.query_row(
-            "SELECT participant_id FROM sources WHERE id = ?1",
-            [source_id],
-            |r| r.get(0),
-        )?;
-        let mut inserted = 0;
-        let mut stream_ids: std::collections::HashMap<&str, i64> = Default::default();
-        for o in observations {
-            let stream_id = match stream_ids.get(o.stream.as_str()) {
-                Some(id) => *id,
-                None => {
-                    let id = ensure_stream(&tx, participant_id, &o.stream, &o.unit, now)?;
-                    stream_ids.insert(&o.stream, id);
-                    id
-                }
-            };
-            inserted += tx.execute(
-                "INSERT INTO observations
-                     (stream_id, source_id, source_record_id, observed_at, local_date,
-                      value, unit, inserted_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (source_id, source_record_id) DO NOTHING",
-                params![
-                    stream_id,
-                    source_id,
-                    o.source_record_id,
-                    ts(o.observed_at),
-                    o.local_date.to_string(),
-                    o.value,
-                    o.unit,
-                    ts(now)
-                ],
-            )?;
-        }
+        let counts = upsert_observations(&tx, source_id, observations, now)?;
+        add_run_counts(&tx, run_id, counts)?;
         tx.execute(
             "UPDATE sources SET cursor = COALESCE(?2, cursor), last_success_at = ?3,
                  last_error = NULL, last_error_at = NULL WHERE id = ?1",
             params![source_id, cursor, ts(now)],
         )?;
         tx.commit()?;
-        Ok(inserted)
+        Ok(counts)
     }
 
-    /// Records a failed poll (the cursor is unchanged).
-    pub fn record_poll_error(&mut self, source_id: i64, error: &str, now: Timestamp) -> Result<()> {
-        self.conn.execute(
-            "UPDATE sources SET last_error = ?2, last_error_at = ?3 WHERE id = ?1",
-            params![source_id, error, ts(now)],
+    /// Writes one batch of a push or an import (new rows stored, re-sent
+    /// ones updated where they changed) and adds its counts to the run's
+    /// row, in one transaction: a crash between batches leaves the run's
+    /// counts true to what is stored.
+    pub fn record_batch(
+        &mut self,
+        source_id: i64,
+        run_id: i64,
+        observations: &[NewObservation],
+        now: Timestamp,
+    ) -> Result<Upserted> {
+        check_finite(observations)?;
+        let tx = self.conn.transaction()?;
+        let counts = upsert_observations(&tx, source_id, observations, now)?;
+        add_run_counts(&tx, run_id, counts)?;
+        tx.execute(
+            "UPDATE sources SET last_success_at = ?2, last_error = NULL, last_error_at = NULL
+             WHERE id = ?1",
+            params![source_id, ts(now)],
         )?;
+        tx.commit()?;
+        Ok(counts)
+    }
+
+    /// Opens a run-log row for a poll, push or import; returns its id.
+    pub fn begin_run(&mut self, source_id: i64, way: RunWay, what: &str, now: Timestamp) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO source_runs (source_id, way, what, started_at) VALUES (?1, ?2, ?3, ?4)",
+            params![source_id, way.as_str(), what, ts(now)],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Closes a run: records refused, its first problems and, if it failed,
+    /// why (also the source's last error).
+    pub fn finish_run(
+        &mut self,
+        run_id: i64,
+        refused: usize,
+        problems: &str,
+        error: Option<&str>,
+        now: Timestamp,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE source_runs SET finished_at = ?2, refused = ?3, problems = ?4, error = ?5
+             WHERE id = ?1",
+            params![run_id, ts(now), refused as i64, problems, error],
+        )?;
+        if let Some(e) = error {
+            tx.execute(
+                "UPDATE sources SET last_error = ?2, last_error_at = ?3
+                 WHERE id = (SELECT source_id FROM source_runs WHERE id = ?1)",
+                params![run_id, e, ts(now)],
+            )?;
+        }
+        // The log is bounded: a source polled every minute for years keeps
+        // its latest runs only.
+        tx.execute(
+            "DELETE FROM source_runs
+             WHERE source_id = (SELECT source_id FROM source_runs WHERE id = ?1)
+               AND id <= (SELECT id FROM source_runs
+                          WHERE source_id = (SELECT source_id FROM source_runs WHERE id = ?1)
+                          ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            params![run_id, RUNS_KEPT],
+        )?;
+        tx.commit()?;
         Ok(())
+    }
+
+    /// A source's latest runs, newest first.
+    pub fn source_runs(&self, source_id: i64, limit: usize) -> Result<Vec<SourceRunRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, source_id, way, what, started_at, finished_at, stored, updated, unchanged,
+                    refused, problems, error
+             FROM source_runs WHERE source_id = ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![source_id, limit as i64], |r| {
+            Ok(SourceRunRow {
+                id: r.get(0)?,
+                source_id: r.get(1)?,
+                way: r.get(2)?,
+                what: r.get(3)?,
+                started_at: r.get(4)?,
+                finished_at: r.get(5)?,
+                stored: r.get(6)?,
+                updated: r.get(7)?,
+                unchanged: r.get(8)?,
+                refused: r.get(9)?,
+                problems: r.get(10)?,
+                error: r.get(11)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Totals over every run of every source, by way: `(way, runs, stored,
+    /// updated, unchanged, refused, failed)`, for `/metrics`.
+    pub fn source_run_totals(&self) -> Result<Vec<(String, i64, i64, i64, i64, i64, i64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT way, COUNT(*), SUM(stored), SUM(updated), SUM(unchanged), SUM(refused),
+                    SUM(error IS NOT NULL)
+             FROM source_runs GROUP BY way ORDER BY way",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Sets (replaces) a push source's token, stored as its SHA-256 hex.
+    pub fn set_push_token(&mut self, source_id: i64, token_sha256: &str) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE sources SET push_token_sha256 = ?2 WHERE id = ?1",
+            params![source_id, token_sha256],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Refused(format!("no source {source_id}")));
+        }
+        Ok(())
+    }
+
+    /// The source whose push token has this SHA-256 hex.
+    pub fn source_by_push_token(&self, token_sha256: &str) -> Result<Option<SourceRow>> {
+        let id: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT id FROM sources WHERE push_token_sha256 = ?1",
+                [token_sha256],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match id {
+            Some(id) => Ok(self.sources()?.into_iter().find(|s| s.id == id)),
+            None => Ok(None),
+        }
     }
 
     /// Observations of one participant's stream, in time order:
@@ -2318,6 +2523,101 @@ fn check_identity(conn: &Connection, path: &Path, keyed: bool) -> Result<()> {
     Ok(())
 }
 
+fn add_run_counts(tx: &Transaction<'_>, run_id: i64, counts: Upserted) -> Result<()> {
+    tx.execute(
+        "UPDATE source_runs SET stored = stored + ?2, updated = updated + ?3,
+             unchanged = unchanged + ?4 WHERE id = ?1",
+        params![
+            run_id,
+            counts.stored as i64,
+            counts.updated as i64,
+            counts.unchanged as i64
+        ],
+    )?;
+    Ok(())
+}
+
+fn check_finite(observations: &[NewObservation]) -> Result<()> {
+    if let Some(bad) = observations.iter().find(|o| !o.value.is_finite()) {
+        return Err(StoreError::Refused(format!(
+            "record {:?} of stream {:?} has a non-finite value",
+            bad.source_record_id, bad.stream
+        )));
+    }
+    Ok(())
+}
+
+/// Stores observations of one source: a record not yet stored is inserted;
+/// one stored with another value, time or day is updated in place (sources
+/// re-send whole days as they fill); one stored as it is changes nothing.
+fn upsert_observations(
+    tx: &Transaction<'_>,
+    source_id: i64,
+    observations: &[NewObservation],
+    now: Timestamp,
+) -> Result<Upserted> {
+    let participant_id: i64 = tx.query_row(
+        "SELECT participant_id FROM sources WHERE id = ?1",
+        [source_id],
+        |r| r.get(0),
+    )?;
+    let mut counts = Upserted::default();
+    let mut stream_ids: std::collections::HashMap<&str, i64> = Default::default();
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO observations
+             (stream_id, source_id, source_record_id, observed_at, local_date, value, unit,
+              inserted_at, ended_at, utc_offset, origin)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (source_id, source_record_id) DO UPDATE SET
+             stream_id = excluded.stream_id, observed_at = excluded.observed_at,
+             local_date = excluded.local_date, value = excluded.value, unit = excluded.unit,
+             ended_at = excluded.ended_at, utc_offset = excluded.utc_offset,
+             origin = excluded.origin, updated_at = excluded.inserted_at
+         WHERE observations.value IS NOT excluded.value
+            OR observations.observed_at IS NOT excluded.observed_at
+            OR observations.ended_at IS NOT excluded.ended_at
+            OR observations.local_date IS NOT excluded.local_date
+            OR observations.stream_id IS NOT excluded.stream_id
+            OR observations.unit IS NOT excluded.unit
+         RETURNING updated_at IS NULL",
+    )?;
+    let now_text = ts(now);
+    for o in observations {
+        let stream_id = match stream_ids.get(o.stream.as_str()) {
+            Some(id) => *id,
+            None => {
+                let id = ensure_stream(tx, participant_id, &o.stream, &o.unit, now)?;
+                stream_ids.insert(&o.stream, id);
+                id
+            }
+        };
+        let inserted: Option<bool> = stmt
+            .query_row(
+                params![
+                    stream_id,
+                    source_id,
+                    o.source_record_id,
+                    ts(o.observed_at),
+                    o.local_date.to_string(),
+                    o.value,
+                    o.unit,
+                    now_text,
+                    o.ended_at.map(ts),
+                    o.utc_offset.map(|off| off.to_string()),
+                    o.origin
+                ],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match inserted {
+            Some(true) => counts.stored += 1,
+            Some(false) => counts.updated += 1,
+            None => counts.unchanged += 1,
+        }
+    }
+    Ok(counts)
+}
+
 fn ensure_stream(
     tx: &Transaction<'_>,
     participant_id: i64,
@@ -2788,23 +3088,33 @@ mod tests {
         assert_eq!(s.upsert_participant(&p, false, now()).unwrap(), pid);
         let src = s.ensure_source(pid, "csv", "file", "{}", now()).unwrap();
         let obs: Vec<NewObservation> = (0..3)
-            .map(|i| NewObservation {
-                stream: "hrv".into(),
-                unit: "ms".into(),
-                source_record_id: format!("r{i}"),
-                observed_at: now(),
-                local_date: "2026-11-25".parse().unwrap(),
-                value: 50.0 + f64::from(i),
+            .map(|i| {
+                NewObservation::point(
+                    "hrv",
+                    "ms",
+                    format!("r{i}"),
+                    now(),
+                    "2026-11-25".parse().unwrap(),
+                    50.0 + f64::from(i),
+                )
             })
             .collect();
-        assert_eq!(s.record_poll(src, &obs, Some("c1"), now()).unwrap(), 3);
-        assert_eq!(s.record_poll(src, &obs, Some("c2"), now()).unwrap(), 0);
+        let run = s.begin_run(src, RunWay::Poll, "", now()).unwrap();
+        assert_eq!(s.record_poll(src, run, &obs, Some("c1"), now()).unwrap().stored, 3);
+        let again = s.record_poll(src, run, &obs, Some("c2"), now()).unwrap();
+        assert_eq!((again.stored, again.updated, again.unchanged), (0, 0, 3));
+        // Re-sent with a new value (a day that filled up): updated in place.
+        let mut resent = obs.clone();
+        resent[2].value = 99.0;
+        let third = s.record_poll(src, run, &resent, None, now()).unwrap();
+        assert_eq!((third.stored, third.updated, third.unchanged), (0, 1, 2));
+        assert_eq!(s.observations(pid, "hrv").unwrap()[2].2, 99.0);
         assert_eq!(s.counts().unwrap().observations, 3);
         let mut bad = obs.clone();
         bad[0].source_record_id = "r9".into();
         bad[1].value = f64::NAN;
         let e = s
-            .record_poll(src, &bad, Some("c3"), now())
+            .record_poll(src, run, &bad, Some("c3"), now())
             .unwrap_err()
             .to_string();
         assert!(e.contains("r1"), "{e}");

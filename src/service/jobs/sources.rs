@@ -1,6 +1,7 @@
-//! The sources job: poll every source through its adapter, store what came
-//! with the new cursor in one transaction, warn the participant once when a
-//! source has failed for a day.
+//! The sources job: poll every pulled source through its adapter, all at
+//! once (a slow or failing source never holds up the others), store what
+//! came with the new cursor in one transaction, log each poll's counts or
+//! error, and warn the participant once when a source has failed for a day.
 
 use jiff::Timestamp;
 
@@ -8,79 +9,134 @@ use crate::service::app::AppState;
 use crate::service::jobs::{JobError, recipient};
 use crate::service::notify;
 use crate::service::sources::adapter_for;
+use crate::service::store::{RunWay, SourceRow, StoreError, Upserted};
 
-/// Polls every source with a known adapter; one failing source does not stop the others.
+/// Polls every source with a known adapter, concurrently; one failing
+/// source does not stop the others.
 pub(crate) async fn poll_sources(state: &AppState) -> Result<String, JobError> {
-    let (rows, participants) = state
-        .db
-        .read(|s| Ok((s.sources()?, s.participants()?)))
-        .await?;
-    let mut inserted = 0;
-    let mut errors = Vec::new();
+    let rows = state.db.read(|s| s.sources()).await?;
+    let mut polls = tokio::task::JoinSet::new();
     for row in rows {
-        let now = state.clock.now();
-        let source_id = row.id;
-        let name = row.name.clone();
-        let participant_id = row.participant_id;
-        let last_success = row.last_success_at.clone();
-        let created = row.created_at.clone();
-        let cursor = row.cursor.clone();
-        let adapter = state.db.read_with(move |s| adapter_for(&row, s)).await;
-        let polled = match adapter {
-            // Observations of this kind arrive through links and forms.
-            Ok(None) => continue,
-            Ok(Some(source)) => source
-                .poll(cursor.as_deref(), now)
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match polled {
-            Ok(poll) => {
-                inserted += state
-                    .db
-                    .write(move |s| {
-                        s.record_poll(source_id, &poll.observations, poll.cursor.as_deref(), now)
-                    })
-                    .await?;
-            }
-            Err(e) => {
-                let message = e.clone();
-                // Failing for more than a day (or never read since it was
-                // added a day ago): tell the participant, once per outage.
-                let since = last_success.clone().unwrap_or_else(|| created.clone());
-                let failing_long = since
-                    .parse::<Timestamp>()
-                    .is_ok_and(|t| now.duration_since(t) > jiff::SignedDuration::from_hours(24));
-                let warning = participants
-                    .iter()
-                    .find(|p| p.id == participant_id)
-                    .filter(|_| failing_long)
-                    .map(|p| {
-                        notify::source_warning_message(
-                            recipient(p),
-                            &name,
-                            &since,
-                            &e,
-                            &state.public_url,
-                        )
-                    });
-                state
-                    .db
-                    .write(move |s| {
-                        s.record_poll_error(source_id, &message, now)?;
-                        if let Some(w) = &warning {
-                            s.enqueue_message(w, now)?;
-                        }
-                        Ok(())
-                    })
-                    .await?;
-                errors.push(format!("{name}: {e}"));
-            }
+        let state = state.clone();
+        polls.spawn(async move {
+            let name = row.name.clone();
+            (name, poll_one(&state, row).await)
+        });
+    }
+    let mut total = Upserted::default();
+    let mut errors = Vec::new();
+    while let Some(joined) = polls.join_next().await {
+        match joined {
+            Ok((_, Ok(Some(counts)))) => total.add(counts),
+            Ok((_, Ok(None))) => {}
+            Ok((name, Err(e))) => errors.push(format!("{name}: {e}")),
+            Err(e) => errors.push(format!("a poll panicked: {e}")),
         }
     }
     if errors.is_empty() {
-        Ok(format!("{inserted} new observations"))
+        Ok(format!(
+            "{} new observations, {} updated",
+            total.stored, total.updated
+        ))
     } else {
+        errors.sort();
         Err(JobError::Item(errors.join("; ")))
     }
+}
+
+/// Polls one source: `None` for a kind that is never polled (its data
+/// arrive by push, import, links or forms).
+async fn poll_one(state: &AppState, row: SourceRow) -> Result<Option<Upserted>, JobError> {
+    let now = state.clock.now();
+    let source_id = row.id;
+    let name = row.name.clone();
+    let participant_id = row.participant_id;
+    let since = row
+        .last_success_at
+        .clone()
+        .unwrap_or_else(|| row.created_at.clone());
+    let cursor = row.cursor.clone();
+    let adapter = match state.db.read_with(move |s| adapter_for(&row, s)).await {
+        Ok(None) => return Ok(None),
+        Ok(Some(a)) => Ok(a),
+        Err(e) => Err(e.to_string()),
+    };
+    let run = state
+        .db
+        .write(move |s| s.begin_run(source_id, RunWay::Poll, "", now))
+        .await?;
+    // Adapters that talk to a server block on the network: off the runtime.
+    let polled = match adapter {
+        Ok(source) => tokio::task::spawn_blocking(move || {
+            source
+                .poll(cursor.as_deref(), now)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the poll panicked: {e}"))),
+        Err(e) => Err(e),
+    };
+    match polled {
+        Ok(poll) => {
+            let counts = state
+                .db
+                .write(move |s| {
+                    let counts = s.record_poll(
+                        source_id,
+                        run,
+                        &poll.observations,
+                        poll.cursor.as_deref(),
+                        now,
+                    )?;
+                    s.finish_run(run, 0, "", None, now)?;
+                    Ok(counts)
+                })
+                .await;
+            match counts {
+                Ok(c) => Ok(Some(c)),
+                // A refused batch (a non-finite value) is this source's
+                // error, logged like any other; the cursor stays put.
+                Err(StoreError::Refused(e)) => {
+                    fail(state, run, participant_id, &name, &since, e, now).await
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(e) => fail(state, run, participant_id, &name, &since, e, now).await,
+    }
+}
+
+/// Logs a failed poll; failing for more than a day (or never read since it
+/// was added a day ago), the participant is told, once per outage.
+#[allow(clippy::too_many_arguments)]
+async fn fail(
+    state: &AppState,
+    run: i64,
+    participant_id: i64,
+    name: &str,
+    since: &str,
+    error: String,
+    now: Timestamp,
+) -> Result<Option<Upserted>, JobError> {
+    let failing_long = since
+        .parse::<Timestamp>()
+        .is_ok_and(|t| now.duration_since(t) > jiff::SignedDuration::from_hours(24));
+    let participants = state.db.read(|s| s.participants()).await?;
+    let warning = participants
+        .iter()
+        .find(|p| p.id == participant_id)
+        .filter(|_| failing_long)
+        .map(|p| notify::source_warning_message(recipient(p), name, since, &error, &state.public_url));
+    let message = error.clone();
+    state
+        .db
+        .write(move |s| {
+            s.finish_run(run, 0, "", Some(&message), now)?;
+            if let Some(w) = &warning {
+                s.enqueue_message(w, now)?;
+            }
+            Ok(())
+        })
+        .await?;
+    Err(JobError::Item(error))
 }

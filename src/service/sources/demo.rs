@@ -75,14 +75,14 @@ impl Source for DemoSource {
                 .y
                 .round()
                 .clamp(f64::from(self.range.0), f64::from(self.range.1));
-            observations.push(NewObservation {
-                stream: self.stream.clone(),
-                unit: "rating".into(),
-                source_record_id: format!("{}:{date}", self.stream),
-                observed_at: local_instant(*date, self.rating_time, &self.time_zone),
-                local_date: *date,
-                value: rating,
-            });
+            observations.push(NewObservation::point(
+                &self.stream,
+                "rating",
+                format!("{}:{date}", self.stream),
+                local_instant(*date, self.rating_time, &self.time_zone),
+                *date,
+                rating,
+            ));
         }
         Ok(Poll {
             cursor: Some(self.days[due - 1].0.to_string()),
