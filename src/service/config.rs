@@ -376,6 +376,28 @@ pub struct ParticipantConfig {
     /// Local time of the daily assignment email, `HH:MM`.
     #[serde(default = "default_assignment_time")]
     pub assignment_time: String,
+    /// Per-stream day rules and device preferences.
+    #[serde(default)]
+    pub streams: Vec<StreamConfig>,
+}
+
+/// One stream's settings for a participant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// The stream's key, e.g. `steps`.
+    pub key: String,
+    /// When its day starts: `HH:MM` after midnight (`04:00`: late nights
+    /// count to the evening before) or `-HH:MM` before it (`-06:00`: 18:00
+    /// the evening before, as sleep's wake-up day). Default: `-06:00` for
+    /// sleep streams, `00:00` otherwise.
+    pub day_start: Option<String>,
+    /// Which end of an interval sample dates it: `start` or `end`.
+    pub anchor: Option<crate::service::streams::Anchor>,
+    /// Devices or apps in order of preference, matched as parts of the
+    /// origin's name ("Watch", "iPhone"); one origin counts each day.
+    #[serde(default)]
+    pub prefer: Vec<String>,
 }
 
 fn default_assignment_time() -> String {
@@ -397,6 +419,8 @@ pub struct Participant {
     pub time_zone: TimeZone,
     /// Local time of the daily assignment.
     pub assignment_time: Time,
+    /// Per-stream day rules and device preferences.
+    pub streams: crate::service::streams::StreamRules,
 }
 
 impl ParticipantConfig {
@@ -426,6 +450,32 @@ impl ParticipantConfig {
                 self.key, self.assignment_time
             ))
         })?;
+        let mut streams = crate::service::streams::StreamRules::default();
+        for st in &self.streams {
+            let default = crate::service::streams::DayRule::default_for(&st.key);
+            let day_start = match &st.day_start {
+                None => default.day_start,
+                Some(text) => crate::service::streams::parse_day_start(text).ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "participant {}: streams {:?}: day_start {text:?} must be HH:MM or -HH:MM within 12 hours",
+                        self.key, st.key
+                    ))
+                })?,
+            };
+            let rule = crate::service::streams::StreamRule {
+                day: crate::service::streams::DayRule {
+                    anchor: st.anchor.unwrap_or(default.anchor),
+                    day_start,
+                },
+                prefer: st.prefer.clone(),
+            };
+            if streams.0.insert(st.key.clone(), rule).is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "participant {}: stream {:?} is configured twice",
+                    self.key, st.key
+                )));
+            }
+        }
         Ok(Participant {
             key: self.key.clone(),
             name: self.name.clone(),
@@ -433,6 +483,7 @@ impl ParticipantConfig {
             time_zone_name: self.time_zone.clone(),
             time_zone,
             assignment_time,
+            streams,
         })
     }
 }
@@ -565,6 +616,17 @@ impl Config {
             }
         };
         Config::parse(&text, path)
+    }
+
+    /// The stream rules of participant `key` (defaults for a participant the
+    /// config does not name, such as the demo).
+    pub fn stream_rules(&self, key: &str) -> crate::service::streams::StreamRules {
+        self.participants
+            .iter()
+            .find(|p| p.key == key)
+            .and_then(|p| p.resolve().ok())
+            .map(|p| p.streams)
+            .unwrap_or_default()
     }
 
     /// Parses config text; `path` is only used in messages.

@@ -83,6 +83,7 @@ pub fn participant_config(time_zone: &str) -> ParticipantConfig {
         email: "demo@example.invalid".into(),
         time_zone: time_zone.into(),
         assignment_time: "07:30".into(),
+        streams: Vec::new(),
     }
 }
 

@@ -14,3 +14,4 @@ pub mod notify;
 pub mod private;
 pub mod sources;
 pub mod store;
+pub mod streams;

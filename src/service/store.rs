@@ -1259,25 +1259,51 @@ impl Store {
     }
 
     /// Observations of one participant's stream, in time order:
-    /// `(observed_at, local_date, value)`.
+    /// `(observed_at, local_date, value)`; where two origins (phone and
+    /// watch) measured the same day, only the samples of the one ranked
+    /// first by `prefer` count (`streams::one_origin_per_day`).
     pub fn observations(
         &self,
         participant_id: i64,
         stream: &str,
+        prefer: &[String],
     ) -> Result<Vec<(Timestamp, Date, f64)>> {
+        let samples = self.samples(participant_id, stream)?;
+        Ok(crate::service::streams::one_origin_per_day(samples, prefer)
+            .into_iter()
+            .map(|s| (s.at, s.date, s.value))
+            .collect())
+    }
+
+    /// Every stored sample of a participant's stream with its origin, in time order.
+    pub fn samples(
+        &self,
+        participant_id: i64,
+        stream: &str,
+    ) -> Result<Vec<crate::service::streams::Sample>> {
         let mut stmt = self.conn.prepare(
-            "SELECT o.observed_at, o.local_date, o.value
+            "SELECT o.observed_at, o.local_date, o.value, o.origin
              FROM observations o JOIN streams s ON s.id = o.stream_id
              WHERE s.participant_id = ?1 AND s.key = ?2
              ORDER BY o.observed_at, o.id",
         )?;
         let rows = stmt.query_map(params![participant_id, stream], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get(2)?,
+                r.get::<_, String>(3)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (at, date, value) = row?;
-            out.push((parse_ts(&at)?, parse_date(&date)?, value));
+            let (at, date, value, origin) = row?;
+            out.push(crate::service::streams::Sample {
+                at: parse_ts(&at)?,
+                date: parse_date(&date)?,
+                value,
+                origin,
+            });
         }
         Ok(out)
     }
@@ -3081,6 +3107,7 @@ mod tests {
             email: "a@example.org".into(),
             time_zone: "UTC".into(),
             assignment_time: "07:00".into(),
+            streams: Vec::new(),
         }
         .resolve()
         .unwrap();
@@ -3108,7 +3135,7 @@ mod tests {
         resent[2].value = 99.0;
         let third = s.record_poll(src, run, &resent, None, now()).unwrap();
         assert_eq!((third.stored, third.updated, third.unchanged), (0, 1, 2));
-        assert_eq!(s.observations(pid, "hrv").unwrap()[2].2, 99.0);
+        assert_eq!(s.observations(pid, "hrv", &[]).unwrap()[2].2, 99.0);
         assert_eq!(s.counts().unwrap().observations, 3);
         let mut bad = obs.clone();
         bad[0].source_record_id = "r9".into();

@@ -723,7 +723,7 @@ async fn report_days(
                 s.adherence(id)?.into_iter().collect();
             // The first value of each day (ratings are one a day).
             let mut ratings = std::collections::BTreeMap::new();
-            for (_, date, value) in s.observations(trial.participant_id, &stream)? {
+            for (_, date, value) in s.observations(trial.participant_id, &stream, &[])? {
                 ratings.entry(date).or_insert(value);
             }
             let rows: Vec<_> = s

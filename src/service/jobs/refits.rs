@@ -86,12 +86,17 @@ async fn refit_one(
         outcome.stream.clone(),
         key.to_string(),
     );
+    let prefer = state
+        .config
+        .stream_rules(&trial.participant.key)
+        .prefer(&stream)
+        .to_vec();
     let (schedule, observations, last, decisions, adherence) = state
         .db
         .read(move |s| {
             Ok((
                 s.schedule(trial_id)?,
-                s.observations(participant_id, &stream)?,
+                s.observations(participant_id, &stream, &prefer)?,
                 s.latest_fit(trial_id, &fit_key)?,
                 s.decisions(trial_id)?,
                 s.adherence(trial_id)?,
