@@ -13,6 +13,7 @@ use jiff::Timestamp;
 
 use crate::service::store::{NewObservation, SourceRow, Store, StoreError};
 
+pub mod apple_health;
 pub mod demo;
 
 /// Builds a source's adapter from its stored row (kind, configuration,
