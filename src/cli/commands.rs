@@ -183,6 +183,20 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Import files into a participant's data: Apple Health `export.zip` or
+    /// `export.xml` (streamed), Health Auto Export JSON. Safe while the
+    /// daemon runs; importing a file again adds nothing already stored.
+    Import {
+        /// The participant (may be left out when there is only one).
+        #[arg(long)]
+        participant: Option<String>,
+        /// Files to import.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Data folder (default: from the config).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Print the argon2 hash of a dashboard password read from standard input
     /// (its first line), for `web.password_hash` or `web.investigator_password_hash`.
     HashPassword,
@@ -242,6 +256,30 @@ enum BenchCommand {
         /// Seed.
         #[arg(long, default_value_t = 11)]
         seed: u64,
+    },
+    /// Write an Apple Health export.xml shaped like a real one (iOS 16+
+    /// header with its broken DTD; heart rate, steps from two devices,
+    /// resting heart rate, HRV, weight, sleep stages, mindful sessions,
+    /// workouts), for import tests and the import benchmark.
+    AppleExport {
+        /// Days of data (1 to 36,525).
+        #[arg(long, default_value_t = 30, value_parser = series_days)]
+        days: usize,
+        /// Minutes between heart-rate samples (1 to 1440).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1440))]
+        hr_minutes: u32,
+        /// First day, YYYY-MM-DD.
+        #[arg(long, default_value = "2026-01-01")]
+        first: jiff::civil::Date,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print a Health Auto Export day (every metric, minute heart rate) as the app posts it.
+    HaePayload {
+        /// The day, YYYY-MM-DD.
+        #[arg(long, default_value = "2026-11-20")]
+        day: jiff::civil::Date,
     },
     /// Simulation-based calibration of a family's fit.
     Sbc {
@@ -567,6 +605,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench {
             command:
+                BenchCommand::AppleExport {
+                    days,
+                    hr_minutes,
+                    first,
+                    out,
+                },
+        } => {
+            let file = std::fs::File::create(out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
+            crate::service::sources::apple_health::write_sample_export(
+                &mut writer,
+                *first,
+                u32::try_from(*days).unwrap_or(u32::MAX),
+                *hr_minutes,
+            )?;
+            std::io::Write::flush(&mut writer)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command: BenchCommand::HaePayload { day },
+        } => {
+            println!(
+                "{}",
+                crate::service::sources::health_auto_export::sample_payload(*day, "+0000")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command:
                 BenchCommand::Sbc {
                     family,
                     reps,
@@ -837,6 +905,82 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .hash_password(password.as_bytes(), &salt)
                 .map_err(|e| anyhow::anyhow!("argon2: {e}"))?;
             println!("{hash}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Import {
+            participant,
+            files,
+            data_dir,
+        } => {
+            let mut config = load_config(&cli)?;
+            if let Some(dir) = data_dir {
+                config.data_dir = dir.clone();
+            }
+            let path = config.database_path();
+            if !path.exists() {
+                anyhow::bail!(
+                    "no database at {} (start the daemon once first)",
+                    path.display()
+                );
+            }
+            let key = config.database.resolve_key()?;
+            let mut store = crate::service::store::Store::open_keyed(&path, key.as_ref())?;
+            let people = store.participants()?;
+            let keys = || {
+                people
+                    .iter()
+                    .map(|p| p.key.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let who = match participant {
+                Some(k) => people.iter().find(|p| &p.key == k).ok_or_else(|| {
+                    anyhow::anyhow!("no participant {k:?}; participants: {}", keys())
+                })?,
+                None => {
+                    let real: Vec<_> = people.iter().filter(|p| !p.is_demo).collect();
+                    match real.as_slice() {
+                        [one] => *one,
+                        _ => anyhow::bail!(
+                            "say whose data this is with --participant (participants: {})",
+                            keys()
+                        ),
+                    }
+                }
+            };
+            let rules = config.stream_rules(&who.key);
+            let mut failed = 0;
+            for file in files {
+                let started = std::time::Instant::now();
+                match crate::service::sources::ingest::import_file(
+                    &mut store,
+                    who,
+                    &rules,
+                    file,
+                    jiff::Timestamp::now(),
+                ) {
+                    Ok(report) => {
+                        println!(
+                            "{} ({:.1} s)",
+                            report.summary(),
+                            started.elapsed().as_secs_f64()
+                        );
+                        for p in &report.problems {
+                            println!("  {p}");
+                        }
+                        if report.damaged.is_some() {
+                            failed += 1;
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        failed += 1;
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} files were not imported whole", files.len());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::NewToken => {

@@ -15,6 +15,8 @@ use crate::service::store::{NewObservation, SourceRow, Store, StoreError};
 
 pub mod apple_health;
 pub mod demo;
+pub mod health_auto_export;
+pub mod ingest;
 
 /// Builds a source's adapter from its stored row (kind, configuration,
 /// cursor) and whatever else in the store it needs.
@@ -23,9 +25,9 @@ pub type Builder = fn(&SourceRow, &Store) -> Result<Box<dyn Source>, SourceError
 /// The registry: each source kind and its adapter's builder.
 pub const ADAPTERS: &[(&str, Builder)] = &[(crate::service::demo::SOURCE_KIND, demo::adapter)];
 
-/// Kinds whose observations arrive by other ways (email links, forms) and
-/// are never polled.
-pub const UNPOLLED: &[&str] = &["self_report"];
+/// Kinds whose observations arrive by other ways (email links, forms,
+/// file imports, pushes) and are never polled.
+pub const UNPOLLED: &[&str] = &["self_report", ingest::APPLE_HEALTH, ingest::HEALTH_AUTO_EXPORT];
 
 /// The adapter of a stored source: `None` for a kind that is never polled,
 /// an error for a kind no adapter knows.

@@ -1,0 +1,232 @@
+//! Files and pushed payloads into the store: which reader a file needs,
+//! which source its records belong to, and the run log of each import.
+//! Used alike by `nof1d import`, the inbox folder and the push endpoint.
+//!
+//! Imports write in batches, each one transaction with its counts, on a
+//! connection of their own: they are safe while the daemon runs, and a
+//! crash mid-import leaves whole batches only; importing the file again
+//! completes it and doubles nothing (records are unique per source).
+
+use std::path::Path;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use serde::Serialize;
+
+use crate::service::sources::{apple_health, health_auto_export};
+use crate::service::store::{ParticipantRow, RunWay, SourceRow, Store, StoreError, Upserted};
+use crate::service::streams::StreamRules;
+
+/// The source kind of Apple Health exports.
+pub const APPLE_HEALTH: &str = "apple_health";
+/// The source kind of Health Auto Export (pushed or as files).
+pub const HEALTH_AUTO_EXPORT: &str = "health_auto_export";
+
+/// Observations written per transaction in a file import.
+const BATCH: usize = 20_000;
+
+/// Why an import or push stored nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The file could not be read.
+    #[error("{file}: {message}")]
+    File {
+        /// The file.
+        file: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// No reader knows this file.
+    #[error("{0}: not a file nof1d can import (Apple Health export.zip or export.xml, or Health Auto Export JSON)")]
+    Unknown(String),
+    /// The payload is not the expected format.
+    #[error("{0}")]
+    Payload(#[from] health_auto_export::PayloadError),
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What an import or push did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IngestReport {
+    /// The file name or `push`.
+    pub what: String,
+    /// The source the records went to.
+    pub source: String,
+    /// Rows stored, updated, already present.
+    pub counts: Upserted,
+    /// Records refused.
+    pub refused: usize,
+    /// The first problems, one a line (refusals by reason, replaced
+    /// characters, damage).
+    pub problems: Vec<String>,
+    /// Where the file was damaged (everything before it was kept).
+    pub damaged: Option<String>,
+}
+
+impl IngestReport {
+    /// One line for people: `export.zip: 1520 stored, 0 updated, 3 already present, 2 refused`.
+    pub fn summary(&self) -> String {
+        let mut line = format!(
+            "{} → {}: {} stored, {} updated, {} already present, {} refused",
+            self.what,
+            self.source,
+            self.counts.stored,
+            self.counts.updated,
+            self.counts.unchanged,
+            self.refused
+        );
+        if let Some(d) = &self.damaged {
+            line.push_str(&format!("; stopped early: {d} (everything before it was kept)"));
+        }
+        line
+    }
+}
+
+fn problems_of(refused: &std::collections::BTreeMap<String, usize>) -> Vec<String> {
+    refused
+        .iter()
+        .take(crate::limits::LISTED_PROBLEMS)
+        .map(|(why, n)| format!("{n} × {why}"))
+        .collect()
+}
+
+/// Imports one file for `participant`: Apple's export (zip or XML) or
+/// Health Auto Export JSON, each into the participant's source of that
+/// kind (made on first use).
+pub fn import_file(
+    store: &mut Store,
+    participant: &ParticipantRow,
+    rules: &StreamRules,
+    path: &Path,
+    now: Timestamp,
+) -> Result<IngestReport, IngestError> {
+    let file = path.display().to_string();
+    let home = TimeZone::get(&participant.time_zone).map_err(|e| IngestError::File {
+        file: file.clone(),
+        message: format!("participant zone {}: {e}", participant.time_zone),
+    })?;
+    let io = |e: std::io::Error| IngestError::File {
+        file: file.clone(),
+        message: e.to_string(),
+    };
+    let head = read_head(path).map_err(io)?;
+    let name = path
+        .file_name()
+        .map_or_else(|| file.clone(), |n| n.to_string_lossy().into_owned());
+    if head.starts_with(b"PK\x03\x04") || looks_like_apple_xml(&head) {
+        let source_id = store.ensure_source(participant.id, "apple-health", APPLE_HEALTH, "{}", now)?;
+        let run = store.begin_run(source_id, RunWay::Import, &name, now)?;
+        let input = apple_health::open_export(path).map_err(io)?;
+        let mut counts = Upserted::default();
+        let result = apple_health::read_export(input, &home, rules, BATCH, &mut |batch| {
+            counts.add(store.record_batch(source_id, run, batch, now)?);
+            Ok::<(), StoreError>(())
+        });
+        let xml = match result {
+            Ok(r) => r,
+            Err(e) => {
+                store.finish_run(run, 0, "", Some(&e.to_string()), now)?;
+                return Err(e.into());
+            }
+        };
+        let refused = xml.refused.values().sum();
+        let mut problems = problems_of(&xml.refused);
+        if xml.replaced_chars > 0 {
+            problems.push(format!(
+                "{} characters XML does not allow (or invalid UTF-8) were replaced",
+                xml.replaced_chars
+            ));
+        }
+        if let Some(d) = &xml.damaged {
+            problems.push(format!("stopped early: {d}"));
+        }
+        store.finish_run(run, refused, &problems.join("\n"), xml.damaged.as_deref(), now)?;
+        return Ok(IngestReport {
+            what: name,
+            source: "apple-health".into(),
+            counts,
+            refused,
+            problems,
+            damaged: xml.damaged,
+        });
+    }
+    if head.trim_ascii_start().starts_with(b"{") {
+        let body = std::fs::read(path).map_err(io)?;
+        let source = hae_source(store, participant, now)?;
+        return ingest_payload(store, &source, &home, rules, &body, RunWay::Import, &name, now);
+    }
+    Err(IngestError::Unknown(file))
+}
+
+/// The participant's Health Auto Export source (pushes and files share it,
+/// so a day sent both ways is stored once).
+pub fn hae_source(store: &mut Store, participant: &ParticipantRow, now: Timestamp) -> Result<SourceRow, StoreError> {
+    let existing = store
+        .sources()?
+        .into_iter()
+        .find(|s| s.participant_id == participant.id && s.kind == HEALTH_AUTO_EXPORT);
+    if let Some(s) = existing {
+        return Ok(s);
+    }
+    let id = store.ensure_source(participant.id, "health-auto-export", HEALTH_AUTO_EXPORT, "{}", now)?;
+    store
+        .sources()?
+        .into_iter()
+        .find(|s| s.id == id)
+        .ok_or_else(|| StoreError::Refused("source vanished".into()))
+}
+
+/// Stores one Health Auto Export payload into `source` in one
+/// transaction: a push either lands whole or not at all (the app retries).
+#[allow(clippy::too_many_arguments)]
+pub fn ingest_payload(
+    store: &mut Store,
+    source: &SourceRow,
+    home: &TimeZone,
+    rules: &StreamRules,
+    body: &[u8],
+    way: RunWay,
+    what: &str,
+    now: Timestamp,
+) -> Result<IngestReport, IngestError> {
+    let run = store.begin_run(source.id, way, what, now)?;
+    let parsed = match health_auto_export::parse(body, home, rules) {
+        Ok(p) => p,
+        Err(e) => {
+            store.finish_run(run, 0, "", Some(&e.to_string()), now)?;
+            return Err(e.into());
+        }
+    };
+    let counts = match store.record_batch(source.id, run, &parsed.observations, now) {
+        Ok(c) => c,
+        Err(e) => {
+            store.finish_run(run, 0, "", Some(&e.to_string()), now)?;
+            return Err(e.into());
+        }
+    };
+    let refused = parsed.refused.values().sum();
+    let problems = problems_of(&parsed.refused);
+    store.finish_run(run, refused, &problems.join("\n"), None, now)?;
+    Ok(IngestReport {
+        what: what.to_string(),
+        source: source.name.clone(),
+        counts,
+        refused,
+        problems,
+        damaged: None,
+    })
+}
+
+fn read_head(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(4096);
+    std::fs::File::open(path)?.take(4096).read_to_end(&mut head)?;
+    Ok(head)
+}
+
+fn looks_like_apple_xml(head: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(head);
+    text.trim_start().starts_with("<?xml") && (text.contains("<!DOCTYPE HealthData") || text.contains("<HealthData"))
+}
