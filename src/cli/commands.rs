@@ -183,6 +183,17 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Make a new push token for a participant's Health Auto Export source
+    /// (shown once; the earlier token stops working) and print where the
+    /// app should post.
+    PushToken {
+        /// The participant (may be left out when there is only one).
+        #[arg(long)]
+        participant: Option<String>,
+        /// Data folder (default: from the config).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Import files into a participant's data: Apple Health `export.zip` or
     /// `export.xml` (streamed), Health Auto Export JSON. Safe while the
     /// daemon runs; importing a file again adds nothing already stored.
@@ -907,47 +918,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{hash}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::PushToken {
+            participant,
+            data_dir,
+        } => {
+            let (config, mut store) = open_existing_store(&cli, data_dir)?;
+            let who = participant_of(&store, participant.as_deref())?;
+            let now = jiff::Timestamp::now();
+            let source = crate::service::sources::ingest::hae_source(&mut store, &who, now)?;
+            let token = crate::service::sources::ingest::new_push_token(&mut store, source.id)?;
+            let base = config
+                .email
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", config.web.listen));
+            println!("{token}");
+            eprintln!(
+                "push token for {} (source {}); shown this once, the earlier one no longer works.\n\
+                 In Health Auto Export: Automations → REST API, URL {base}{}, format JSON,\n\
+                 header Authorization: Bearer <the token above>.",
+                who.key,
+                source.name,
+                crate::web::PUSH_PATH
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Import {
             participant,
             files,
             data_dir,
         } => {
-            let mut config = load_config(&cli)?;
-            if let Some(dir) = data_dir {
-                config.data_dir = dir.clone();
-            }
-            let path = config.database_path();
-            if !path.exists() {
-                anyhow::bail!(
-                    "no database at {} (start the daemon once first)",
-                    path.display()
-                );
-            }
-            let key = config.database.resolve_key()?;
-            let mut store = crate::service::store::Store::open_keyed(&path, key.as_ref())?;
-            let people = store.participants()?;
-            let keys = || {
-                people
-                    .iter()
-                    .map(|p| p.key.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let who = match participant {
-                Some(k) => people.iter().find(|p| &p.key == k).ok_or_else(|| {
-                    anyhow::anyhow!("no participant {k:?}; participants: {}", keys())
-                })?,
-                None => {
-                    let real: Vec<_> = people.iter().filter(|p| !p.is_demo).collect();
-                    match real.as_slice() {
-                        [one] => *one,
-                        _ => anyhow::bail!(
-                            "say whose data this is with --participant (participants: {})",
-                            keys()
-                        ),
-                    }
-                }
-            };
+            let (config, mut store) = open_existing_store(&cli, data_dir)?;
+            let who = participant_of(&store, participant.as_deref())?;
+            let who = &who;
             let rules = config.stream_rules(&who.key);
             let mut failed = 0;
             for file in files {
@@ -1090,4 +1093,53 @@ fn write_report(path: &std::path::Path, doc: &str, json: bool) -> anyhow::Result
         println!("JSON report written to {}", path.display());
     }
     Ok(())
+}
+
+/// The config (with `data_dir` applied) and the existing database.
+fn open_existing_store(
+    cli: &Cli,
+    data_dir: &Option<PathBuf>,
+) -> anyhow::Result<(crate::service::config::Config, crate::service::store::Store)> {
+    let mut config = load_config(cli)?;
+    if let Some(dir) = data_dir {
+        config.data_dir = dir.clone();
+    }
+    let path = config.database_path();
+    if !path.exists() {
+        anyhow::bail!(
+            "no database at {} (start the daemon once first)",
+            path.display()
+        );
+    }
+    let key = config.database.resolve_key()?;
+    let store = crate::service::store::Store::open_keyed(&path, key.as_ref())?;
+    Ok((config, store))
+}
+
+/// The participant named, or the only one that is not the demo; an error
+/// lists the participants there are.
+fn participant_of(
+    store: &crate::service::store::Store,
+    key: Option<&str>,
+) -> anyhow::Result<crate::service::store::ParticipantRow> {
+    let people = store.participants()?;
+    let keys = people
+        .iter()
+        .map(|p| p.key.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    match key {
+        Some(k) => people
+            .iter()
+            .find(|p| p.key == k)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no participant {k:?}; participants: {keys}")),
+        None => {
+            let real: Vec<_> = people.iter().filter(|p| !p.is_demo).collect();
+            match real.as_slice() {
+                [one] => Ok((*one).clone()),
+                _ => anyhow::bail!("say whose data this is with --participant (participants: {keys})"),
+            }
+        }
+    }
 }

@@ -1100,7 +1100,11 @@ impl Store {
         now: Timestamp,
     ) -> Result<Upserted> {
         check_finite(observations)?;
-        let tx = self.conn.transaction()?;
+        // Immediate: an importer on its own connection and the daemon both
+        // write; a deferred read-then-write would fail busy, not wait.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let counts = upsert_observations(&tx, source_id, observations, now)?;
         add_run_counts(&tx, run_id, counts)?;
         tx.execute(
@@ -1124,7 +1128,11 @@ impl Store {
         now: Timestamp,
     ) -> Result<Upserted> {
         check_finite(observations)?;
-        let tx = self.conn.transaction()?;
+        // Immediate: an importer on its own connection and the daemon both
+        // write; a deferred read-then-write would fail busy, not wait.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let counts = upsert_observations(&tx, source_id, observations, now)?;
         add_run_counts(&tx, run_id, counts)?;
         tx.execute(

@@ -329,6 +329,9 @@ pub async fn require_auth(
     let state = &access.state;
     let now = Timestamp::now();
     let addr = client_address(connect);
+    if request.uri().path() == super::push::PUSH_PATH {
+        return push_gate(&access, request, next, addr).await;
+    }
     let identity = if !state.auth.is_configured() {
         Identity::Known(open_viewer(state, now))
     } else {
@@ -382,6 +385,59 @@ pub async fn require_auth(
     };
     request.extensions_mut().insert(viewer);
     next.run(request).await
+}
+
+/// The push endpoint's own credential: a source's push token (not the
+/// dashboard's), checked against the stored SHA-256 of each source's token;
+/// wrong ones count against the address like wrong bearer tokens.
+async fn push_gate(access: &Access, mut request: Request, next: Next, addr: IpAddr) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| crate::service::sources::ingest::token_sha256(t.trim()));
+    let Some(sha) = given else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"nof1d push\"")],
+            "send the source's push token: Authorization: Bearer <token> (nof1d source push-token)\n",
+        )
+            .into_response();
+    };
+    let found = access
+        .state
+        .db
+        .read(move |s| s.source_by_push_token(&sha))
+        .await;
+    match found {
+        Ok(Some(source)) => {
+            request
+                .extensions_mut()
+                .insert(super::push::PushSource(source));
+            next.run(request).await
+        }
+        Ok(None) => {
+            let ticket = match access.reserve(Kind::Token, addr).await {
+                Ok(t) => t,
+                Err(wait) => {
+                    return too_many(wait, "too many wrong push tokens\n".into_response());
+                }
+            };
+            access.record_failure(ticket, Kind::Token).await;
+            tracing::warn!(%addr, "wrong push token");
+            (
+                StatusCode::UNAUTHORIZED,
+                [(
+                    header::WWW_AUTHENTICATE,
+                    "Bearer realm=\"nof1d push\", error=\"invalid_token\"",
+                )],
+                "wrong push token\n",
+            )
+                .into_response()
+        }
+        Err(e) => internal(&e.to_string()),
+    }
 }
 
 /// The client's address (loopback where the server gave none, as in tests

@@ -13,6 +13,7 @@ mod guard;
 mod link;
 mod openapi;
 mod proposals;
+mod push;
 pub mod server;
 mod sources;
 mod status;
@@ -29,6 +30,7 @@ use crate::service::app::AppState;
 use crate::trial::protocol::Protocol;
 
 pub use access::{Role, Viewer};
+pub use push::PUSH_PATH;
 pub use status::{StatusView, status};
 
 /// Builds the router; the daemon serves it with client addresses
@@ -62,6 +64,10 @@ pub fn router(state: AppState) -> Router {
         .route("/sources", get(sources::sources_page))
         .route("/api/sources", get(sources::sources_json))
         .route("/sources/poll", post(sources::sources_poll))
+        .route(
+            push::PUSH_PATH,
+            post(push::push).layer(axum::extract::DefaultBodyLimit::max(push::MAX_PUSH_BYTES)),
+        )
         .with_state(state)
         .merge(login)
         .layer(middleware::from_fn_with_state(access, access::require_auth))

@@ -25,6 +25,15 @@ pub(crate) async fn poll_sources(state: &AppState) -> Result<String, JobError> {
     }
     let mut total = Upserted::default();
     let mut errors = Vec::new();
+    match sweep_inbox(state).await {
+        Ok(sweep) => {
+            for r in &sweep.imported {
+                total.add(r.counts);
+            }
+            errors.extend(sweep.failed.into_iter().map(|f| format!("inbox: {f}")));
+        }
+        Err(e) => errors.push(format!("inbox: {e}")),
+    }
     while let Some(joined) = polls.join_next().await {
         match joined {
             Ok((_, Ok(Some(counts)))) => total.add(counts),
@@ -42,6 +51,31 @@ pub(crate) async fn poll_sources(state: &AppState) -> Result<String, JobError> {
         errors.sort();
         Err(JobError::Item(errors.join("; ")))
     }
+}
+
+/// Imports the files waiting in the inbox, on a connection of its own (an
+/// import of a large export writes in batches and must not hold the
+/// daemon's writer).
+async fn sweep_inbox(state: &AppState) -> Result<crate::service::sources::inbox::Sweep, String> {
+    let config = state.config.clone();
+    if !crate::service::sources::inbox::inbox_dir(&config.data_dir).is_dir() {
+        return Ok(Default::default());
+    }
+    let now = state.clock.now();
+    tokio::task::spawn_blocking(move || {
+        let key = config.database.resolve_key().map_err(|e| e.to_string())?;
+        let mut store = crate::service::store::Store::open_keyed(&config.database_path(), key.as_ref())
+            .map_err(|e| e.to_string())?;
+        crate::service::sources::inbox::sweep(
+            &mut store,
+            &config.data_dir,
+            &|key| config.stream_rules(key),
+            now,
+        )
+        .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// Polls one source: `None` for a kind that is never polled (its data

@@ -230,3 +230,26 @@ fn looks_like_apple_xml(head: &[u8]) -> bool {
     let text = String::from_utf8_lossy(head);
     text.trim_start().starts_with("<?xml") && (text.contains("<!DOCTYPE HealthData") || text.contains("<HealthData"))
 }
+
+/// Gives `source` a new push token (256 random bits, 64 hex digits) and
+/// returns it: only its SHA-256 is stored, so it is shown this once; an
+/// earlier token stops working.
+pub fn new_push_token(store: &mut Store, source_id: i64) -> Result<String, IngestError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| IngestError::File {
+        file: "push token".into(),
+        message: format!("cannot draw random bytes: {e}"),
+    })?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    store.set_push_token(source_id, &token_sha256(&token))?;
+    Ok(token)
+}
+
+/// The stored form of a push token.
+pub fn token_sha256(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

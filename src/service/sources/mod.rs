@@ -16,6 +16,7 @@ use crate::service::store::{NewObservation, SourceRow, Store, StoreError};
 pub mod apple_health;
 pub mod demo;
 pub mod health_auto_export;
+pub mod inbox;
 pub mod ingest;
 
 /// Builds a source's adapter from its stored row (kind, configuration,
