@@ -1316,6 +1316,49 @@ impl Store {
         Ok(out)
     }
 
+    /// The participant's catalog: every stream with its unit, the sources
+    /// it came through, and per-origin daily totals (summed in SQL, so a
+    /// year of minute heart rate is not loaded row by row).
+    pub fn stream_catalog(
+        &self,
+        participant_id: i64,
+    ) -> Result<Vec<(String, String, Vec<String>, Vec<crate::service::streams::OriginDay>)>> {
+        let mut streams = self
+            .conn
+            .prepare("SELECT id, key, unit FROM streams WHERE participant_id = ?1 ORDER BY key")?;
+        let list: Vec<(i64, String, String)> = streams
+            .query_map([participant_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<std::result::Result<_, _>>()?;
+        let mut sources = self.conn.prepare(
+            "SELECT DISTINCT src.name FROM observations o JOIN sources src ON src.id = o.source_id
+             WHERE o.stream_id = ?1 ORDER BY src.name",
+        )?;
+        let mut days = self.conn.prepare(
+            "SELECT local_date, origin, SUM(value), COUNT(*) FROM observations
+             WHERE stream_id = ?1 GROUP BY local_date, origin ORDER BY local_date",
+        )?;
+        let mut out = Vec::new();
+        for (id, key, unit) in list {
+            let names: Vec<String> = sources
+                .query_map([id], |r| r.get(0))?
+                .collect::<std::result::Result<_, _>>()?;
+            let rows: Vec<(String, String, f64, i64)> = days
+                .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<std::result::Result<_, _>>()?;
+            let mut per_day = Vec::with_capacity(rows.len());
+            for (date, origin, sum, count) in rows {
+                per_day.push(crate::service::streams::OriginDay {
+                    date: parse_date(&date)?,
+                    origin,
+                    sum,
+                    count: usize::try_from(count).unwrap_or(0),
+                });
+            }
+            out.push((key, unit, names, per_day));
+        }
+        Ok(out)
+    }
+
     /// Per-stream observation counts for a participant: `(stream, count, last local date)`.
     pub fn stream_counts(&self, participant_id: i64) -> Result<Vec<(String, i64, Option<String>)>> {
         let mut stmt = self.conn.prepare(

@@ -150,6 +150,11 @@ pub fn origin_ranking(samples: &[Sample], prefer: &[String]) -> Vec<String> {
     for s in samples {
         *counts.entry(s.origin.as_str()).or_default() += 1;
     }
+    rank_origins(counts, prefer)
+}
+
+/// [`origin_ranking`] from each origin's number of samples.
+pub fn rank_origins(counts: BTreeMap<&str, usize>, prefer: &[String]) -> Vec<String> {
     let preferred = |origin: &str| {
         let lower = origin.to_lowercase();
         prefer
@@ -191,6 +196,151 @@ pub fn one_origin_per_day(samples: Vec<Sample>, prefer: &[String]) -> Vec<Sample
             best.get(&s.date) == Some(&r)
         })
         .collect()
+}
+
+/// One origin's total for one day of a stream, as the store sums it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OriginDay {
+    /// The day.
+    pub date: Date,
+    /// The device or app.
+    pub origin: String,
+    /// Sum of the day's values.
+    pub sum: f64,
+    /// Number of values.
+    pub count: usize,
+}
+
+/// A stream in the catalog: what it is, where it comes from, how complete
+/// it is, and a short summary of its daily values.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamSummary {
+    /// The stream's key.
+    pub key: String,
+    /// Its unit.
+    pub unit: String,
+    /// Sources it came through.
+    pub sources: Vec<String>,
+    /// Its origins, the one that counts first (see [`origin_ranking`]), with samples each.
+    pub origins: Vec<(String, usize)>,
+    /// How a day's values become the daily value: `sum` for amounts
+    /// (steps, minutes, energy), `mean` for levels.
+    pub daily: &'static str,
+    /// Observations (every origin).
+    pub count: usize,
+    /// First and last day with data.
+    pub first: Option<Date>,
+    /// Last day with data.
+    pub last: Option<Date>,
+    /// Days with data.
+    pub days_with_data: usize,
+    /// Share of days from first to last without data.
+    pub missing_share: f64,
+    /// Mean of the daily values.
+    pub mean: Option<f64>,
+    /// Their standard deviation.
+    pub sd: Option<f64>,
+    /// Least-squares trend of the daily values, per 30 days.
+    pub trend_per_30_days: Option<f64>,
+    /// Mean daily value by weekday (Monday first) less the overall mean.
+    pub weekday: [Option<f64>; 7],
+}
+
+/// Whether a day's values add up (amounts) or are averaged (levels).
+pub fn is_amount(unit: &str) -> bool {
+    matches!(unit, "count" | "min" | "kcal" | "kJ" | "km" | "m" | "mi")
+}
+
+/// The catalog entry of a stream from its per-origin daily totals: on each
+/// day only the best-ranked origin counts, as in the trial series.
+pub fn summarise(
+    key: &str,
+    unit: &str,
+    sources: Vec<String>,
+    days: &[OriginDay],
+    prefer: &[String],
+) -> StreamSummary {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for d in days {
+        *counts.entry(d.origin.as_str()).or_default() += d.count;
+    }
+    let ranking = rank_origins(counts, prefer);
+    let rank = |o: &str| ranking.iter().position(|r| r == o).unwrap_or(usize::MAX);
+    let amount = is_amount(unit);
+    let mut daily: BTreeMap<Date, (usize, f64)> = BTreeMap::new();
+    for d in days {
+        let value = if amount { d.sum } else { d.sum / d.count.max(1) as f64 };
+        let r = rank(&d.origin);
+        match daily.get(&d.date) {
+            Some((best, _)) if *best <= r => {}
+            _ => {
+                daily.insert(d.date, (r, value));
+            }
+        }
+    }
+    let mut origins: Vec<(String, usize)> = ranking
+        .iter()
+        .map(|o| {
+            (
+                o.clone(),
+                days.iter().filter(|d| &d.origin == o).map(|d| d.count).sum(),
+            )
+        })
+        .collect();
+    origins.truncate(20);
+    let first = daily.keys().next().copied();
+    let last = daily.keys().next_back().copied();
+    let span = match (first, last) {
+        (Some(f), Some(l)) => crate::trial::calendar::days_between(f, l) + 1,
+        _ => 0,
+    };
+    let values: Vec<(f64, f64, i8)> = daily
+        .iter()
+        .map(|(d, (_, v))| {
+            let x = first.map_or(0, |f| crate::trial::calendar::days_between(f, *d)) as f64;
+            (x, *v, d.weekday().to_monday_zero_offset())
+        })
+        .collect();
+    let n = values.len() as f64;
+    let mean = (n > 0.0).then(|| values.iter().map(|v| v.1).sum::<f64>() / n);
+    let sd = mean.filter(|_| n > 1.0).map(|m| {
+        (values.iter().map(|v| (v.1 - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    });
+    let trend = mean.filter(|_| n > 2.0).and_then(|m| {
+        let mx = values.iter().map(|v| v.0).sum::<f64>() / n;
+        let sxx: f64 = values.iter().map(|v| (v.0 - mx).powi(2)).sum();
+        let sxy: f64 = values.iter().map(|v| (v.0 - mx) * (v.1 - m)).sum();
+        (sxx > 0.0).then(|| sxy / sxx * 30.0)
+    });
+    let mut weekday = [None; 7];
+    if let Some(m) = mean {
+        for (w, slot) in weekday.iter_mut().enumerate() {
+            let of: Vec<f64> = values.iter().filter(|v| v.2 as usize == w).map(|v| v.1).collect();
+            if !of.is_empty() {
+                *slot = Some(of.iter().sum::<f64>() / of.len() as f64 - m);
+            }
+        }
+    }
+    StreamSummary {
+        key: key.to_string(),
+        unit: unit.to_string(),
+        sources,
+        origins,
+        daily: if amount { "sum" } else { "mean" },
+        count: days.iter().map(|d| d.count).sum(),
+        first,
+        last,
+        days_with_data: daily.len(),
+        missing_share: if span > 0 {
+            1.0 - daily.len() as f64 / span as f64
+        } else {
+            0.0
+        },
+        mean,
+        sd,
+        trend_per_30_days: trend,
+        weekday,
+    }
 }
 
 #[cfg(test)]
@@ -354,5 +504,40 @@ mod tests {
             origin_ranking(&samples, &["phone".into()]),
             vec!["iPhone".to_string(), "Apple Watch".to_string()]
         );
+    }
+
+    #[test]
+    fn the_catalog_counts_one_origin_a_day_and_summarises_honestly() {
+        let day = |d: &str, origin: &str, sum: f64, count: usize| OriginDay {
+            date: date(d),
+            origin: origin.into(),
+            sum,
+            count,
+        };
+        // Mon 16 … Sun 22 Nov 2026; the 18th missing; phone and watch both on the 16th.
+        let mut days = vec![
+            day("2026-11-16", "iPhone", 9000.0, 10),
+            day("2026-11-16", "Watch", 8000.0, 30),
+        ];
+        for (i, d) in ["2026-11-17", "2026-11-19", "2026-11-20", "2026-11-21", "2026-11-22"]
+            .iter()
+            .enumerate()
+        {
+            days.push(day(d, "Watch", 8000.0 + 100.0 * i as f64, 30));
+        }
+        let s = summarise("steps", "count", vec!["apple-health".into()], &days, &[]);
+        assert_eq!(s.daily, "sum");
+        assert_eq!(s.origins[0].0, "Watch");
+        assert_eq!(s.days_with_data, 6);
+        assert!((s.missing_share - 1.0 / 7.0).abs() < 1e-12);
+        let daily = [8000.0, 8000.0, 8100.0, 8200.0, 8300.0, 8400.0];
+        let mean = daily.iter().sum::<f64>() / 6.0;
+        assert!((s.mean.unwrap() - mean).abs() < 1e-9);
+        assert!(s.trend_per_30_days.unwrap() > 0.0);
+        assert!((s.weekday[0].unwrap() - (8000.0 - mean)).abs() < 1e-9);
+        assert_eq!(s.weekday[2], None); // no Wednesday
+        // A level (bpm) is averaged within the day.
+        let hr = summarise("heart_rate", "bpm", vec![], &[day("2026-11-16", "", 600.0, 10)], &[]);
+        assert_eq!(hr.mean, Some(60.0));
     }
 }

@@ -63,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/proposals/{id}/edit", post(proposals::edit_proposal))
         .route("/sources", get(sources::sources_page))
         .route("/api/sources", get(sources::sources_json))
+        .route("/api/streams", get(sources::streams_json))
         .route("/sources/poll", post(sources::sources_poll))
         .route(
             push::PUSH_PATH,

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::service::app::AppState;
 use crate::service::store::StoreError;
+use crate::service::streams::{StreamSummary, summarise};
 
 use super::access::CsrfForm;
 use super::{Viewer, csrf_refused, internal, nav};
@@ -19,8 +20,60 @@ pub struct SourceView {
     pub source: crate::service::store::SourceRow,
     /// Its participant's key.
     pub participant: String,
-    /// The participant's streams: key, observations, last local date.
-    pub streams: Vec<(String, i64, Option<String>)>,
+    /// Its latest polls, pushes and imports, newest first.
+    pub runs: Vec<crate::service::store::SourceRunRow>,
+}
+
+/// A participant's stream catalog.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatalogView {
+    /// The participant's key.
+    pub participant: String,
+    /// Every stream, summarised.
+    pub streams: Vec<StreamSummary>,
+}
+
+/// The catalog of every participant (`/api/streams`, the sources page).
+async fn catalog_views(state: &AppState) -> Result<Vec<CatalogView>, StoreError> {
+    let config = state.config.clone();
+    state
+        .db
+        .read(move |s| {
+            let mut out = Vec::new();
+            for p in s.participants()? {
+                let rules = config.stream_rules(&p.key);
+                let streams = s
+                    .stream_catalog(p.id)?
+                    .into_iter()
+                    .map(|(key, unit, sources, days)| {
+                        let prefer = rules.prefer(&key).to_vec();
+                        summarise(&key, &unit, sources, &days, &prefer)
+                    })
+                    .collect();
+                out.push(CatalogView {
+                    participant: p.key,
+                    streams,
+                });
+            }
+            Ok(out)
+        })
+        .await
+}
+
+/// GET `/api/streams`: every participant's stream catalog.
+pub(super) async fn streams_json(State(state): State<AppState>) -> Response {
+    match catalog_views(&state).await {
+        Ok(views) => axum::Json(views).into_response(),
+        Err(e) => internal(&e.to_string()),
+    }
+}
+
+fn fmt(v: &Option<f64>) -> String {
+    match v {
+        Some(x) if x.abs() >= 100.0 => format!("{x:.0}"),
+        Some(x) => format!("{x:.2}"),
+        None => "–".into(),
+    }
 }
 
 #[derive(Template)]
@@ -32,12 +85,19 @@ pub struct SourceView {
 {% for v in views %}<h2>{{ v.source.name }} <small>({{ v.source.kind }}, {{ v.participant }})</small></h2>
 <p>Last successful poll: {% if let Some(t) = v.source.last_success_at %}{{ t }}{% else %}never{% endif %}{% if let Some(c) = v.source.cursor %} · cursor {{ c }}{% endif %}</p>
 {% if let Some(e) = v.source.last_error %}<p class="err">Last error{% if let Some(t) = v.source.last_error_at %} ({{ t }}){% endif %}: {{ e }}</p>{% endif %}
-<table><thead><tr><th>stream</th><th>observations</th><th>last day</th></tr></thead><tbody>
-{% for st in v.streams %}<tr><td>{{ st.0 }}</td><td>{{ st.1 }}</td><td>{% if let Some(d) = st.2 %}{{ d }}{% endif %}</td></tr>{% endfor %}
+<table><thead><tr><th>when</th><th>what</th><th>result</th></tr></thead><tbody>
+{% for r in v.runs %}<tr><td>{{ r.started_at }}</td><td>{{ r.way }} {{ r.what }}</td><td>{{ r.stored }} new, {{ r.updated }} updated, {{ r.unchanged }} already there, {{ r.refused }} refused{% if let Some(e) = r.error %} <span class="err">— {{ e }}</span>{% endif %}</td></tr>{% endfor %}
+</tbody></table>{% endfor %}
+<p>Files put in <code>inbox/</code> in the data folder (or <code>inbox/&lt;participant&gt;/</code>) are imported and moved to <code>done/</code> or <code>failed/</code> with the reason; <code>nof1d import FILE</code> does the same at once. Phone automations post to <code>/push</code> with a token from <code>nof1d push-token</code>.</p>
+<h2>Streams</h2>
+{% for c in catalog %}<h3>{{ c.participant }}</h3>
+<table><thead><tr><th>stream</th><th>unit (daily)</th><th>from</th><th>days</th><th>missing</th><th>mean ± sd</th><th>trend / 30 d</th><th>counts</th></tr></thead><tbody>
+{% for st in c.streams %}<tr><td>{{ st.key }}</td><td>{{ st.unit }} ({{ st.daily }})</td><td>{{ st.sources.join(", ") }}{% if st.origins.len() > 1 %}<br><small>counted: {{ st.origins[0].0 }}; also {% for o in st.origins[1..] %}{{ o.0 }} {% endfor %}</small>{% endif %}</td><td>{% if let Some(f) = st.first %}{{ f }} – {% endif %}{% if let Some(l) = st.last %}{{ l }}{% endif %}</td><td>{{ "{:.0}"|format(st.missing_share * 100.0) }}%</td><td>{{ self::fmt(st.mean) }} ± {{ self::fmt(st.sd) }}</td><td>{{ self::fmt(st.trend_per_30_days) }}</td><td>{{ st.count }}</td></tr>{% endfor %}
 </tbody></table>{% endfor %}"#
 )]
 struct SourcesPage {
     views: Vec<SourceView>,
+    catalog: Vec<CatalogView>,
     csrf: String,
 }
 
@@ -53,11 +113,11 @@ async fn source_views(state: &AppState) -> Result<Vec<SourceView>, StoreError> {
                     .find(|p| p.id == source.participant_id)
                     .map(|p| p.key.clone())
                     .unwrap_or_default();
-                let streams = s.stream_counts(source.participant_id)?;
+                let runs = s.source_runs(source.id, 5)?;
                 views.push(SourceView {
                     source,
                     participant,
-                    streams,
+                    runs,
                 });
             }
             Ok(views)
@@ -70,13 +130,18 @@ pub(super) async fn sources_page(
     State(state): State<AppState>,
     axum::Extension(viewer): axum::Extension<Viewer>,
 ) -> Response {
-    match source_views(&state).await {
-        Ok(views) => match super::render_page(
+    let loaded = match source_views(&state).await {
+        Ok(views) => catalog_views(&state).await.map(|c| (views, c)),
+        Err(e) => Err(e),
+    };
+    match loaded {
+        Ok((views, catalog)) => match super::render_page(
             "Sources — nof1d",
             "",
             &nav(&viewer),
             &SourcesPage {
                 views,
+                catalog,
                 csrf: viewer.csrf.clone(),
             },
         ) {

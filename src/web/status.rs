@@ -419,10 +419,11 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
                 s.outbox_backlog()?,
                 s.fit_stats()?,
                 s.decision_counts()?,
+                s.source_run_totals()?,
             ))
         })
         .await;
-    let (counts, backlog, (fit_n, fit_ms, not_converged), decisions) = match read {
+    let (counts, backlog, (fit_n, fit_ms, not_converged), decisions, runs) = match read {
         Ok(x) => x,
         Err(e) => return internal(&e.to_string()),
     };
@@ -481,6 +482,34 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         decisions
             .iter()
             .map(|(action, n)| (format!("{{action=\"{action}\"}}"), *n as f64))
+            .collect(),
+    );
+    // Counts over the kept run log (the latest runs of each source).
+    metric(
+        "nof1d_source_runs",
+        "Polls, pushes and imports in the run log, by way.",
+        "gauge",
+        runs.iter()
+            .map(|r| (format!("{{way=\"{}\"}}", r.0), r.1 as f64))
+            .collect(),
+    );
+    metric(
+        "nof1d_source_run_failures",
+        "Logged polls, pushes and imports that failed, by way.",
+        "gauge",
+        runs.iter()
+            .map(|r| (format!("{{way=\"{}\"}}", r.0), r.6 as f64))
+            .collect(),
+    );
+    metric(
+        "nof1d_source_records",
+        "Records in logged runs, by way and outcome.",
+        "gauge",
+        runs.iter()
+            .flat_map(|r| {
+                [("stored", r.2), ("updated", r.3), ("unchanged", r.4), ("refused", r.5)]
+                    .map(|(what, n)| (format!("{{way=\"{}\",outcome=\"{what}\"}}", r.0), n as f64))
+            })
             .collect(),
     );
     let jobs = state.jobs.snapshot();
