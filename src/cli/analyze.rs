@@ -318,14 +318,8 @@ pub fn prepare(
             }
         }
         for (_, vals) in by_day {
-            let n = vals.len() as f64;
-            let value = match aggregation {
-                Aggregation::Mean => vals.iter().map(|v| v.1).sum::<f64>() / n,
-                Aggregation::Sum => vals.iter().map(|v| v.1).sum(),
-                Aggregation::Last => vals.last().map_or(0.0, |v| v.1),
-                Aggregation::Max => vals.iter().map(|v| v.1).fold(f64::NEG_INFINITY, f64::max),
-                Aggregation::All => unreachable!("handled above"),
-            };
+            let values: Vec<f64> = vals.iter().map(|v| v.1).collect();
+            let value = aggregation.of(&values);
             t.push(vals.last().map_or(0.0, |v| v.0));
             y.push(value);
         }

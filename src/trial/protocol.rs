@@ -103,8 +103,27 @@ pub enum Aggregation {
     Last,
     /// The largest value of the day.
     Max,
+    /// How many observations the day has (sessions, events).
+    Count,
     /// Keep every observation.
     All,
+}
+
+impl Aggregation {
+    /// One day's value from its observations in time order (not empty);
+    /// `All` keeps every observation and has no single value (the first
+    /// is returned).
+    pub fn of(self, day: &[f64]) -> f64 {
+        let n = day.len() as f64;
+        match self {
+            Aggregation::Mean => day.iter().sum::<f64>() / n,
+            Aggregation::Sum => day.iter().sum(),
+            Aggregation::Last => day.last().copied().unwrap_or(f64::NAN),
+            Aggregation::Max => day.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            Aggregation::Count => n,
+            Aggregation::All => day.first().copied().unwrap_or(f64::NAN),
+        }
+    }
 }
 
 /// True for non-empty identifiers of ASCII letters, digits, `-` and `_`.
@@ -562,11 +581,14 @@ impl Protocol {
             ),
         }
         if o.family == Family::Bernoulli
-            && matches!(o.aggregation, Aggregation::Mean | Aggregation::Sum)
+            && matches!(
+                o.aggregation,
+                Aggregation::Mean | Aggregation::Sum | Aggregation::Count
+            )
         {
             v.add(
                 format!("{path}.aggregation"),
-                "a yes/no outcome needs last, max or all (mean and sum are not yes/no)",
+                "a yes/no outcome needs last, max or all (mean, sum and count are not yes/no)",
             );
         }
         if let Some(sr) = &o.self_report {

@@ -162,14 +162,8 @@ fn aggregate(points: &[(f64, Date, f64)], how: Aggregation) -> (Vec<f64>, Vec<f6
             j += 1;
         }
         let day = &points[i..=j];
-        let n = day.len() as f64;
-        let value = match how {
-            Aggregation::Mean => day.iter().map(|p| p.2).sum::<f64>() / n,
-            Aggregation::Sum => day.iter().map(|p| p.2).sum(),
-            Aggregation::Last => day[day.len() - 1].2,
-            Aggregation::Max => day.iter().map(|p| p.2).fold(f64::NEG_INFINITY, f64::max),
-            Aggregation::All => day[0].2,
-        };
+        let values: Vec<f64> = day.iter().map(|p| p.2).collect();
+        let value = how.of(&values);
         t.push(day[day.len() - 1].0);
         y.push(value);
         i = j + 1;
