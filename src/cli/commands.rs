@@ -1138,7 +1138,9 @@ fn participant_of(
             let real: Vec<_> = people.iter().filter(|p| !p.is_demo).collect();
             match real.as_slice() {
                 [one] => Ok((*one).clone()),
-                _ => anyhow::bail!("say whose data this is with --participant (participants: {keys})"),
+                _ => anyhow::bail!(
+                    "say whose data this is with --participant (participants: {keys})"
+                ),
             }
         }
     }

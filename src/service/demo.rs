@@ -184,7 +184,13 @@ mod tests {
             .begin_run(rows[0].id, crate::service::store::RunWay::Poll, "", now)
             .unwrap();
         let n = store
-            .record_poll(rows[0].id, run, &poll.observations, poll.cursor.as_deref(), now)
+            .record_poll(
+                rows[0].id,
+                run,
+                &poll.observations,
+                poll.cursor.as_deref(),
+                now,
+            )
             .unwrap();
         assert_eq!(n.stored as i64, HISTORY_DAYS);
     }

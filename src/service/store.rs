@@ -1145,7 +1145,13 @@ impl Store {
     }
 
     /// Opens a run-log row for a poll, push or import; returns its id.
-    pub fn begin_run(&mut self, source_id: i64, way: RunWay, what: &str, now: Timestamp) -> Result<i64> {
+    pub fn begin_run(
+        &mut self,
+        source_id: i64,
+        way: RunWay,
+        what: &str,
+        now: Timestamp,
+    ) -> Result<i64> {
         self.conn.execute(
             "INSERT INTO source_runs (source_id, way, what, started_at) VALUES (?1, ?2, ?3, ?4)",
             params![source_id, way.as_str(), what, ts(now)],
@@ -1322,7 +1328,14 @@ impl Store {
     pub fn stream_catalog(
         &self,
         participant_id: i64,
-    ) -> Result<Vec<(String, String, Vec<String>, Vec<crate::service::streams::OriginDay>)>> {
+    ) -> Result<
+        Vec<(
+            String,
+            String,
+            Vec<String>,
+            Vec<crate::service::streams::OriginDay>,
+        )>,
+    > {
         let mut streams = self
             .conn
             .prepare("SELECT id, key, unit FROM streams WHERE participant_id = ?1 ORDER BY key")?;
@@ -3178,7 +3191,12 @@ mod tests {
             })
             .collect();
         let run = s.begin_run(src, RunWay::Poll, "", now()).unwrap();
-        assert_eq!(s.record_poll(src, run, &obs, Some("c1"), now()).unwrap().stored, 3);
+        assert_eq!(
+            s.record_poll(src, run, &obs, Some("c1"), now())
+                .unwrap()
+                .stored,
+            3
+        );
         let again = s.record_poll(src, run, &obs, Some("c2"), now()).unwrap();
         assert_eq!((again.stored, again.updated, again.unchanged), (0, 0, 3));
         // Re-sent with a new value (a day that filled up): updated in place.

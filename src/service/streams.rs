@@ -269,7 +269,11 @@ pub fn summarise(
     let amount = is_amount(unit);
     let mut daily: BTreeMap<Date, (usize, f64)> = BTreeMap::new();
     for d in days {
-        let value = if amount { d.sum } else { d.sum / d.count.max(1) as f64 };
+        let value = if amount {
+            d.sum
+        } else {
+            d.sum / d.count.max(1) as f64
+        };
         let r = rank(&d.origin);
         match daily.get(&d.date) {
             Some((best, _)) if *best <= r => {}
@@ -283,7 +287,10 @@ pub fn summarise(
         .map(|o| {
             (
                 o.clone(),
-                days.iter().filter(|d| &d.origin == o).map(|d| d.count).sum(),
+                days.iter()
+                    .filter(|d| &d.origin == o)
+                    .map(|d| d.count)
+                    .sum(),
             )
         })
         .collect();
@@ -303,9 +310,9 @@ pub fn summarise(
         .collect();
     let n = values.len() as f64;
     let mean = (n > 0.0).then(|| values.iter().map(|v| v.1).sum::<f64>() / n);
-    let sd = mean.filter(|_| n > 1.0).map(|m| {
-        (values.iter().map(|v| (v.1 - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-    });
+    let sd = mean
+        .filter(|_| n > 1.0)
+        .map(|m| (values.iter().map(|v| (v.1 - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt());
     let trend = mean.filter(|_| n > 2.0).and_then(|m| {
         let mx = values.iter().map(|v| v.0).sum::<f64>() / n;
         let sxx: f64 = values.iter().map(|v| (v.0 - mx).powi(2)).sum();
@@ -315,7 +322,11 @@ pub fn summarise(
     let mut weekday = [None; 7];
     if let Some(m) = mean {
         for (w, slot) in weekday.iter_mut().enumerate() {
-            let of: Vec<f64> = values.iter().filter(|v| v.2 as usize == w).map(|v| v.1).collect();
+            let of: Vec<f64> = values
+                .iter()
+                .filter(|v| v.2 as usize == w)
+                .map(|v| v.1)
+                .collect();
             if !of.is_empty() {
                 *slot = Some(of.iter().sum::<f64>() / of.len() as f64 - m);
             }
@@ -519,9 +530,15 @@ mod tests {
             day("2026-11-16", "iPhone", 9000.0, 10),
             day("2026-11-16", "Watch", 8000.0, 30),
         ];
-        for (i, d) in ["2026-11-17", "2026-11-19", "2026-11-20", "2026-11-21", "2026-11-22"]
-            .iter()
-            .enumerate()
+        for (i, d) in [
+            "2026-11-17",
+            "2026-11-19",
+            "2026-11-20",
+            "2026-11-21",
+            "2026-11-22",
+        ]
+        .iter()
+        .enumerate()
         {
             days.push(day(d, "Watch", 8000.0 + 100.0 * i as f64, 30));
         }
@@ -537,7 +554,13 @@ mod tests {
         assert!((s.weekday[0].unwrap() - (8000.0 - mean)).abs() < 1e-9);
         assert_eq!(s.weekday[2], None); // no Wednesday
         // A level (bpm) is averaged within the day.
-        let hr = summarise("heart_rate", "bpm", vec![], &[day("2026-11-16", "", 600.0, 10)], &[]);
+        let hr = summarise(
+            "heart_rate",
+            "bpm",
+            vec![],
+            &[day("2026-11-16", "", 600.0, 10)],
+            &[],
+        );
         assert_eq!(hr.mean, Some(60.0));
     }
 }

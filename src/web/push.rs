@@ -50,9 +50,7 @@ pub(super) async fn push(
         .await;
     match result {
         Ok(report) => axum::Json(report).into_response(),
-        Err(IngestError::Payload(e)) => {
-            (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
-        }
+        Err(IngestError::Payload(e)) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
         Err(IngestError::Store(crate::service::store::StoreError::Refused(e))) => {
             (StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")).into_response()
         }

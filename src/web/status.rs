@@ -507,8 +507,13 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         "gauge",
         runs.iter()
             .flat_map(|r| {
-                [("stored", r.2), ("updated", r.3), ("unchanged", r.4), ("refused", r.5)]
-                    .map(|(what, n)| (format!("{{way=\"{}\",outcome=\"{what}\"}}", r.0), n as f64))
+                [
+                    ("stored", r.2),
+                    ("updated", r.3),
+                    ("unchanged", r.4),
+                    ("refused", r.5),
+                ]
+                .map(|(what, n)| (format!("{{way=\"{}\",outcome=\"{what}\"}}", r.0), n as f64))
             })
             .collect(),
     );

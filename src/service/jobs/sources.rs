@@ -64,8 +64,9 @@ async fn sweep_inbox(state: &AppState) -> Result<crate::service::sources::inbox:
     let now = state.clock.now();
     tokio::task::spawn_blocking(move || {
         let key = config.database.resolve_key().map_err(|e| e.to_string())?;
-        let mut store = crate::service::store::Store::open_keyed(&config.database_path(), key.as_ref())
-            .map_err(|e| e.to_string())?;
+        let mut store =
+            crate::service::store::Store::open_keyed(&config.database_path(), key.as_ref())
+                .map_err(|e| e.to_string())?;
         crate::service::sources::inbox::sweep(
             &mut store,
             &config.data_dir,
@@ -160,7 +161,9 @@ async fn fail(
         .iter()
         .find(|p| p.id == participant_id)
         .filter(|_| failing_long)
-        .map(|p| notify::source_warning_message(recipient(p), name, since, &error, &state.public_url));
+        .map(|p| {
+            notify::source_warning_message(recipient(p), name, since, &error, &state.public_url)
+        });
     let message = error.clone();
     state
         .db

@@ -130,20 +130,27 @@ pub fn open_export(path: &std::path::Path) -> std::io::Result<Box<dyn Read + Sen
 }
 
 fn open_zip(file: std::fs::File, path: &std::path::Path) -> std::io::Result<Box<dyn Read + Send>> {
-    let is_export = |name: &str| {
-        name.rsplit('/').next() == Some("export.xml") && !name.starts_with("__MACOSX")
-    };
+    let is_export =
+        |name: &str| name.rsplit('/').next() == Some("export.xml") && !name.starts_with("__MACOSX");
     match zip::ZipArchive::new(file) {
         Ok(archive) => {
             let index = (0..archive.len())
-                .find(|&i| archive.name_for_index(i).is_some_and(|n| n.is_ok_and(|n| is_export(&n))))
+                .find(|&i| {
+                    archive
+                        .name_for_index(i)
+                        .is_some_and(|n| n.is_ok_and(|n| is_export(&n)))
+                })
                 .ok_or_else(|| {
                     std::io::Error::other(format!(
                         "{}: the zip holds no export.xml (is it Apple Health's export?)",
                         path.display()
                     ))
                 })?;
-            Ok(Box::new(ZipEntry { archive, index, offset: 0 }))
+            Ok(Box::new(ZipEntry {
+                archive,
+                index,
+                offset: 0,
+            }))
         }
         Err(_) => {
             // No central directory: walk the local headers from the start.
@@ -214,10 +221,8 @@ pub fn read_export<E>(
     batch: usize,
     sink: &mut dyn FnMut(&[NewObservation]) -> Result<(), E>,
 ) -> Result<XmlReport, E> {
-    let mut reader = quick_xml::Reader::from_reader(BufReader::with_capacity(
-        1 << 20,
-        Cleaner::new(input),
-    ));
+    let mut reader =
+        quick_xml::Reader::from_reader(BufReader::with_capacity(1 << 20, Cleaner::new(input)));
     reader.config_mut().check_end_names = false;
     let mut report = XmlReport::default();
     let mut out: Vec<NewObservation> = Vec::with_capacity(batch);
@@ -372,38 +377,47 @@ impl Pending {
         home: &TimeZone,
         rules: &StreamRules,
     ) -> Result<Option<Vec<NewObservation>>, String> {
-        let one = |stream: &str, unit: &str, value: f64, tag: &str| -> Result<NewObservation, String> {
-            let (start, _) = parse_stamp(&self.start)
-                .ok_or_else(|| format!("{}: bad startDate", short(&self.kind)))?;
-            let (end, _) = parse_stamp(&self.end)
-                .ok_or_else(|| format!("{}: bad endDate", short(&self.kind)))?;
-            if end < start {
-                return Err(format!("{}: ends before it starts", short(&self.kind)));
-            }
-            // The zone the record was made in, where Apple kept it; the
-            // offsets in the file are the exporting phone's, not the sample's.
-            let zone = self.zone.as_deref().and_then(|z| TimeZone::get(z).ok());
-            let offset = zone.as_ref().map(|z| z.to_offset(start));
-            let day = rules.day_rule(stream).day_of(start, Some(end), offset, home);
-            let mut id = Sha256::new();
-            for part in [&self.kind, &self.source, &self.start, &self.end, &self.value] {
-                id.update(part.as_bytes());
-                id.update([0]);
-            }
-            id.update(tag.as_bytes());
-            let digest = id.finalize();
-            Ok(NewObservation {
-                stream: stream.to_string(),
-                unit: unit.to_string(),
-                source_record_id: hex(&digest[..16]),
-                observed_at: start,
-                local_date: day,
-                value,
-                ended_at: (end != start).then_some(end),
-                utc_offset: offset,
-                origin: self.source.clone(),
-            })
-        };
+        let one =
+            |stream: &str, unit: &str, value: f64, tag: &str| -> Result<NewObservation, String> {
+                let (start, _) = parse_stamp(&self.start)
+                    .ok_or_else(|| format!("{}: bad startDate", short(&self.kind)))?;
+                let (end, _) = parse_stamp(&self.end)
+                    .ok_or_else(|| format!("{}: bad endDate", short(&self.kind)))?;
+                if end < start {
+                    return Err(format!("{}: ends before it starts", short(&self.kind)));
+                }
+                // The zone the record was made in, where Apple kept it; the
+                // offsets in the file are the exporting phone's, not the sample's.
+                let zone = self.zone.as_deref().and_then(|z| TimeZone::get(z).ok());
+                let offset = zone.as_ref().map(|z| z.to_offset(start));
+                let day = rules
+                    .day_rule(stream)
+                    .day_of(start, Some(end), offset, home);
+                let mut id = Sha256::new();
+                for part in [
+                    &self.kind,
+                    &self.source,
+                    &self.start,
+                    &self.end,
+                    &self.value,
+                ] {
+                    id.update(part.as_bytes());
+                    id.update([0]);
+                }
+                id.update(tag.as_bytes());
+                let digest = id.finalize();
+                Ok(NewObservation {
+                    stream: stream.to_string(),
+                    unit: unit.to_string(),
+                    source_record_id: hex(&digest[..16]),
+                    observed_at: start,
+                    local_date: day,
+                    value,
+                    ended_at: (end != start).then_some(end),
+                    utc_offset: offset,
+                    origin: self.source.clone(),
+                })
+            };
         if self.workout {
             let minutes = self.minutes()?;
             let activity = self
@@ -437,8 +451,12 @@ impl Pending {
             return Ok(Some(vec![one(q.stream, q.unit, value * factor, "")?]));
         }
         if self.kind == SLEEP {
-            let (stage, asleep) = sleep_stage(&self.value)
-                .ok_or_else(|| format!("SleepAnalysis: value {:?} not known", crate::limits::excerpt(&self.value)))?;
+            let (stage, asleep) = sleep_stage(&self.value).ok_or_else(|| {
+                format!(
+                    "SleepAnalysis: value {:?} not known",
+                    crate::limits::excerpt(&self.value)
+                )
+            })?;
             let minutes = self.span_minutes()?;
             let mut obs = vec![one(stage, "min", minutes, "")?];
             if asleep {
@@ -447,7 +465,12 @@ impl Pending {
             return Ok(Some(obs));
         }
         if self.kind == MINDFUL {
-            return Ok(Some(vec![one("mindful_minutes", "min", self.span_minutes()?, "")?]));
+            return Ok(Some(vec![one(
+                "mindful_minutes",
+                "min",
+                self.span_minutes()?,
+                "",
+            )?]));
         }
         Ok(None)
     }
@@ -460,7 +483,12 @@ impl Pending {
     }
 
     fn minutes(&self) -> Result<f64, String> {
-        let given: Option<f64> = self.duration.trim().parse().ok().filter(|v: &f64| v.is_finite());
+        let given: Option<f64> = self
+            .duration
+            .trim()
+            .parse()
+            .ok()
+            .filter(|v: &f64| v.is_finite());
         match (given, self.duration_unit.as_str()) {
             (Some(d), "min" | "") => Ok(d),
             (Some(d), "s") => Ok(d / 60.0),
@@ -493,16 +521,25 @@ fn snake(name: &str) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Parses Apple's (and Health Auto Export's) `2024-02-06 14:30:00 -0800`.
 pub fn parse_stamp(text: &str) -> Option<(Timestamp, Offset)> {
     let b = text.trim().as_bytes();
-    if b.len() != 25 || b[4] != b'-' || b[7] != b'-' || b[10] != b' ' || b[13] != b':' || b[16] != b':' || b[19] != b' ' {
+    if b.len() != 25
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b' '
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b' '
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<i32> {
@@ -957,8 +994,16 @@ mod tests {
         let at = find(&bytes, b"name:Apple Watch").unwrap();
         bytes[at + 5] = 0xFF;
         let bytes = String::from_utf8_lossy(&bytes)
-            .replacen(r#"unit="count/min" creationDate"#, r#"unit="furlongs" creationDate"#, 1)
-            .replacen(r#"startDate="2026-11-01 07:00:00 +0000""#, r#"startDate="yesterday""#, 1)
+            .replacen(
+                r#"unit="count/min" creationDate"#,
+                r#"unit="furlongs" creationDate"#,
+                1,
+            )
+            .replacen(
+                r#"startDate="2026-11-01 07:00:00 +0000""#,
+                r#"startDate="yesterday""#,
+                1,
+            )
             .into_bytes();
         let mut raw = bytes.clone();
         let at = find(&raw, "\u{FFFD}".as_bytes()).unwrap();

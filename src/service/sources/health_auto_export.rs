@@ -74,7 +74,8 @@ const SLEEP_FIELDS: &[(&str, &str)] = &[
 /// (and nothing else is lost); a body that is not this format at all is
 /// an error.
 pub fn parse(body: &[u8], home: &TimeZone, rules: &StreamRules) -> Result<Parsed, PayloadError> {
-    let root: Value = serde_json::from_slice(body).map_err(|e| PayloadError::Json(e.to_string()))?;
+    let root: Value =
+        serde_json::from_slice(body).map_err(|e| PayloadError::Json(e.to_string()))?;
     let data = root.get("data").ok_or(PayloadError::Shape)?;
     let metrics = data.get("metrics").and_then(Value::as_array);
     let workouts = data.get("workouts").and_then(Value::as_array);
@@ -87,7 +88,9 @@ pub fn parse(body: &[u8], home: &TimeZone, rules: &StreamRules) -> Result<Parsed
         let units = metric.get("units").and_then(Value::as_str).unwrap_or("");
         let points = metric.get("data").and_then(Value::as_array);
         let Some(points) = points.filter(|_| !name.is_empty()) else {
-            *out.refused.entry("a metric without name or data".into()).or_default() += 1;
+            *out.refused
+                .entry("a metric without name or data".into())
+                .or_default() += 1;
             continue;
         };
         for point in points {
@@ -116,11 +119,19 @@ fn stamp(point: &Value, key: &str) -> Result<(Timestamp, Offset), String> {
         .get(key)
         .and_then(Value::as_str)
         .ok_or_else(|| format!("no {key}"))?;
-    parse_stamp(text).ok_or_else(|| format!("{key} {:?} is not yyyy-MM-dd HH:mm:ss Z", crate::limits::excerpt(text)))
+    parse_stamp(text).ok_or_else(|| {
+        format!(
+            "{key} {:?} is not yyyy-MM-dd HH:mm:ss Z",
+            crate::limits::excerpt(text)
+        )
+    })
 }
 
 fn number(point: &Value, key: &str) -> Option<f64> {
-    point.get(key).and_then(Value::as_f64).filter(|v| v.is_finite())
+    point
+        .get(key)
+        .and_then(Value::as_f64)
+        .filter(|v| v.is_finite())
 }
 
 fn source(point: &Value) -> String {
@@ -143,7 +154,9 @@ fn observation(
     home: &TimeZone,
     rules: &StreamRules,
 ) -> NewObservation {
-    let day = rules.day_rule(stream).day_of(start.0, end, Some(start.1), home);
+    let day = rules
+        .day_rule(stream)
+        .day_of(start.0, end, Some(start.1), home);
     NewObservation {
         stream: stream.to_string(),
         unit: unit.to_string(),
@@ -195,10 +208,16 @@ fn metric_point(
     };
     let origin = source(point);
     let id = format!("{name}|{}|{origin}", start.0);
-    Ok(observation(&stream, &unit, id, start, None, value, origin, home, rules))
+    Ok(observation(
+        &stream, &unit, id, start, None, value, origin, home, rules,
+    ))
 }
 
-fn blood_pressure(point: &Value, home: &TimeZone, rules: &StreamRules) -> Result<Vec<NewObservation>, String> {
+fn blood_pressure(
+    point: &Value,
+    home: &TimeZone,
+    rules: &StreamRules,
+) -> Result<Vec<NewObservation>, String> {
     let start = stamp(point, "date")?;
     let origin = source(point);
     let mut obs = Vec::new();
@@ -206,14 +225,28 @@ fn blood_pressure(point: &Value, home: &TimeZone, rules: &StreamRules) -> Result
         let value = number(point, key).ok_or_else(|| format!("no {key}"))?;
         let stream = format!("blood_pressure_{key}");
         let id = format!("blood_pressure|{key}|{}|{origin}", start.0);
-        obs.push(observation(&stream, "mmHg", id, start, None, value, origin.clone(), home, rules));
+        obs.push(observation(
+            &stream,
+            "mmHg",
+            id,
+            start,
+            None,
+            value,
+            origin.clone(),
+            home,
+            rules,
+        ));
     }
     Ok(obs)
 }
 
 /// Sleep: the summarised night (hours, `sleepStart`/`sleepEnd`) or one
 /// stage (`startDate`/`endDate`/`value`).
-fn sleep(point: &Value, home: &TimeZone, rules: &StreamRules) -> Result<Vec<NewObservation>, String> {
+fn sleep(
+    point: &Value,
+    home: &TimeZone,
+    rules: &StreamRules,
+) -> Result<Vec<NewObservation>, String> {
     let origin = source(point);
     if point.get("startDate").is_some() {
         let start = stamp(point, "startDate")?;
@@ -230,22 +263,51 @@ fn sleep(point: &Value, home: &TimeZone, rules: &StreamRules) -> Result<Vec<NewO
             "Deep" => ("sleep_deep", true),
             "REM" => ("sleep_rem", true),
             "Asleep" | "Unspecified" => ("sleep_unspecified", true),
-            other => return Err(format!("sleep value {:?} not known", crate::limits::excerpt(other))),
+            other => {
+                return Err(format!(
+                    "sleep value {:?} not known",
+                    crate::limits::excerpt(other)
+                ));
+            }
         };
         let id = format!("sleep|{}|{}|{origin}", start.0, end);
-        let mut obs = vec![observation(stream, "min", id.clone(), start, Some(end), minutes, origin.clone(), home, rules)];
+        let mut obs = vec![observation(
+            stream,
+            "min",
+            id.clone(),
+            start,
+            Some(end),
+            minutes,
+            origin.clone(),
+            home,
+            rules,
+        )];
         if asleep {
-            obs.push(observation("sleep_asleep", "min", format!("{id}|asleep"), start, Some(end), minutes, origin, home, rules));
+            obs.push(observation(
+                "sleep_asleep",
+                "min",
+                format!("{id}|asleep"),
+                start,
+                Some(end),
+                minutes,
+                origin,
+                home,
+                rules,
+            ));
         }
         return Ok(obs);
     }
     let start = stamp(point, "sleepStart").or_else(|_| stamp(point, "inBedStart"))?;
-    let end = stamp(point, "sleepEnd").or_else(|_| stamp(point, "inBedEnd"))?.0;
+    let end = stamp(point, "sleepEnd")
+        .or_else(|_| stamp(point, "inBedEnd"))?
+        .0;
     if end < start.0 {
         return Err("sleepEnd is before sleepStart".into());
     }
     // One night, named by its wake-up day: re-sent as it fills.
-    let night = rules.day_rule("sleep_asleep").day_of(start.0, Some(end), Some(start.1), home);
+    let night = rules
+        .day_rule("sleep_asleep")
+        .day_of(start.0, Some(end), Some(start.1), home);
     let asleep = number(point, "totalSleep")
         .filter(|v| *v > 0.0)
         .or_else(|| number(point, "asleep"))
@@ -282,14 +344,27 @@ fn sleep(point: &Value, home: &TimeZone, rules: &StreamRules) -> Result<Vec<NewO
 fn workout(w: &Value, home: &TimeZone, rules: &StreamRules) -> Result<Vec<NewObservation>, String> {
     let start = stamp(w, "start")?;
     let end = stamp(w, "end")?.0;
-    let id = w.get("id").and_then(Value::as_str).map_or_else(|| format!("{}", start.0), str::to_string);
+    let id = w
+        .get("id")
+        .and_then(Value::as_str)
+        .map_or_else(|| format!("{}", start.0), str::to_string);
     let minutes = number(w, "duration")
         .map(|s| s / 60.0)
         .unwrap_or_else(|| end.duration_since(start.0).as_secs_f64() / 60.0);
     let name = w.get("name").and_then(Value::as_str).unwrap_or("workout");
     let origin = source(w);
     Ok(vec![
-        observation("workout_minutes", "min", format!("workout|{id}"), start, Some(end), minutes, origin.clone(), home, rules),
+        observation(
+            "workout_minutes",
+            "min",
+            format!("workout|{id}"),
+            start,
+            Some(end),
+            minutes,
+            origin.clone(),
+            home,
+            rules,
+        ),
         observation(
             &format!("workout_minutes_{}", slug(name)),
             "min",
@@ -323,8 +398,16 @@ pub fn sample_payload(day: jiff::civil::Date, offset: &str) -> String {
     }
     let mut steps = Vec::new();
     for h in 0..24 {
-        steps.push(format!(r#"{{"date":"{}","qty":{},"source":"Anna’s iPhone"}}"#, at(h, 0), 100 + h * 10));
-        steps.push(format!(r#"{{"date":"{}","qty":{},"source":"Anna’s Apple Watch"}}"#, at(h, 0), 120 + h * 10));
+        steps.push(format!(
+            r#"{{"date":"{}","qty":{},"source":"Anna’s iPhone"}}"#,
+            at(h, 0),
+            100 + h * 10
+        ));
+        steps.push(format!(
+            r#"{{"date":"{}","qty":{},"source":"Anna’s Apple Watch"}}"#,
+            at(h, 0),
+            120 + h * 10
+        ));
     }
     format!(
         r#"{{"data":{{"metrics":[
@@ -359,7 +442,12 @@ mod tests {
         let body = sample_payload("2026-11-20".parse().unwrap(), "+0000");
         let p = parse(body.as_bytes(), &home(), &StreamRules::default()).unwrap();
         assert!(p.refused.is_empty(), "{:?}", p.refused);
-        let of = |s: &str| p.observations.iter().filter(|o| o.stream == s).collect::<Vec<_>>();
+        let of = |s: &str| {
+            p.observations
+                .iter()
+                .filter(|o| o.stream == s)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(of("heart_rate").len(), 1440);
         assert_eq!(of("steps").len(), 48);
         assert!((of("body_mass")[0].value - 165.4 * 0.453_592_37).abs() < 1e-9);
@@ -383,7 +471,13 @@ mod tests {
         let p = parse(bad, &home(), &StreamRules::default()).unwrap();
         assert_eq!(p.observations.len(), 1);
         assert_eq!(p.refused.values().sum::<usize>(), 3, "{:?}", p.refused);
-        assert!(matches!(parse(b"{]", &home(), &StreamRules::default()), Err(PayloadError::Json(_))));
-        assert!(matches!(parse(br#"{"data":{}}"#, &home(), &StreamRules::default()), Err(PayloadError::Shape)));
+        assert!(matches!(
+            parse(b"{]", &home(), &StreamRules::default()),
+            Err(PayloadError::Json(_))
+        ));
+        assert!(matches!(
+            parse(br#"{"data":{}}"#, &home(), &StreamRules::default()),
+            Err(PayloadError::Shape)
+        ));
     }
 }

@@ -73,7 +73,9 @@ pub fn sweep(
                     // The store failing is not the file's fault: it stays
                     // in the inbox for the next sweep.
                     Err(e @ crate::service::sources::ingest::IngestError::Store(_)) => {
-                        done.failed.push(format!("{name}: {e} (left in the inbox; tried again next time)"));
+                        done.failed.push(format!(
+                            "{name}: {e} (left in the inbox; tried again next time)"
+                        ));
                         continue;
                     }
                     other => other.map_err(|e| e.to_string()),
@@ -147,7 +149,10 @@ fn file_away(folder: &Path, file: &Path, to: &str, note: &str, text: &str) -> st
     }
     let note_path = target.with_file_name(format!(
         "{}.{note}.txt",
-        target.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        target
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
     ));
     std::fs::write(&note_path, text)?;
     std::fs::rename(file, &target)

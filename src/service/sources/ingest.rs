@@ -37,7 +37,9 @@ pub enum IngestError {
         message: String,
     },
     /// No reader knows this file.
-    #[error("{0}: not a file nof1d can import (Apple Health export.zip or export.xml, or Health Auto Export JSON)")]
+    #[error(
+        "{0}: not a file nof1d can import (Apple Health export.zip or export.xml, or Health Auto Export JSON)"
+    )]
     Unknown(String),
     /// The payload is not the expected format.
     #[error("{0}")]
@@ -78,7 +80,9 @@ impl IngestReport {
             self.refused
         );
         if let Some(d) = &self.damaged {
-            line.push_str(&format!("; stopped early: {d} (everything before it was kept)"));
+            line.push_str(&format!(
+                "; stopped early: {d} (everything before it was kept)"
+            ));
         }
         line
     }
@@ -116,7 +120,8 @@ pub fn import_file(
         .file_name()
         .map_or_else(|| file.clone(), |n| n.to_string_lossy().into_owned());
     if head.starts_with(b"PK\x03\x04") || looks_like_apple_xml(&head) {
-        let source_id = store.ensure_source(participant.id, "apple-health", APPLE_HEALTH, "{}", now)?;
+        let source_id =
+            store.ensure_source(participant.id, "apple-health", APPLE_HEALTH, "{}", now)?;
         let run = store.begin_run(source_id, RunWay::Import, &name, now)?;
         let input = apple_health::open_export(path).map_err(io)?;
         let mut counts = Upserted::default();
@@ -142,7 +147,13 @@ pub fn import_file(
         if let Some(d) = &xml.damaged {
             problems.push(format!("stopped early: {d}"));
         }
-        store.finish_run(run, refused, &problems.join("\n"), xml.damaged.as_deref(), now)?;
+        store.finish_run(
+            run,
+            refused,
+            &problems.join("\n"),
+            xml.damaged.as_deref(),
+            now,
+        )?;
         return Ok(IngestReport {
             what: name,
             source: "apple-health".into(),
@@ -155,14 +166,27 @@ pub fn import_file(
     if head.trim_ascii_start().starts_with(b"{") {
         let body = std::fs::read(path).map_err(io)?;
         let source = hae_source(store, participant, now)?;
-        return ingest_payload(store, &source, &home, rules, &body, RunWay::Import, &name, now);
+        return ingest_payload(
+            store,
+            &source,
+            &home,
+            rules,
+            &body,
+            RunWay::Import,
+            &name,
+            now,
+        );
     }
     Err(IngestError::Unknown(file))
 }
 
 /// The participant's Health Auto Export source (pushes and files share it,
 /// so a day sent both ways is stored once).
-pub fn hae_source(store: &mut Store, participant: &ParticipantRow, now: Timestamp) -> Result<SourceRow, StoreError> {
+pub fn hae_source(
+    store: &mut Store,
+    participant: &ParticipantRow,
+    now: Timestamp,
+) -> Result<SourceRow, StoreError> {
     let existing = store
         .sources()?
         .into_iter()
@@ -170,7 +194,13 @@ pub fn hae_source(store: &mut Store, participant: &ParticipantRow, now: Timestam
     if let Some(s) = existing {
         return Ok(s);
     }
-    let id = store.ensure_source(participant.id, "health-auto-export", HEALTH_AUTO_EXPORT, "{}", now)?;
+    let id = store.ensure_source(
+        participant.id,
+        "health-auto-export",
+        HEALTH_AUTO_EXPORT,
+        "{}",
+        now,
+    )?;
     store
         .sources()?
         .into_iter()
@@ -222,13 +252,16 @@ pub fn ingest_payload(
 fn read_head(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut head = Vec::with_capacity(4096);
-    std::fs::File::open(path)?.take(4096).read_to_end(&mut head)?;
+    std::fs::File::open(path)?
+        .take(4096)
+        .read_to_end(&mut head)?;
     Ok(head)
 }
 
 fn looks_like_apple_xml(head: &[u8]) -> bool {
     let text = String::from_utf8_lossy(head);
-    text.trim_start().starts_with("<?xml") && (text.contains("<!DOCTYPE HealthData") || text.contains("<HealthData"))
+    text.trim_start().starts_with("<?xml")
+        && (text.contains("<!DOCTYPE HealthData") || text.contains("<HealthData"))
 }
 
 /// Gives `source` a new push token (256 random bits, 64 hex digits) and

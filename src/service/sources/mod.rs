@@ -28,7 +28,11 @@ pub const ADAPTERS: &[(&str, Builder)] = &[(crate::service::demo::SOURCE_KIND, d
 
 /// Kinds whose observations arrive by other ways (email links, forms,
 /// file imports, pushes) and are never polled.
-pub const UNPOLLED: &[&str] = &["self_report", ingest::APPLE_HEALTH, ingest::HEALTH_AUTO_EXPORT];
+pub const UNPOLLED: &[&str] = &[
+    "self_report",
+    ingest::APPLE_HEALTH,
+    ingest::HEALTH_AUTO_EXPORT,
+];
 
 /// The adapter of a stored source: `None` for a kind that is never polled,
 /// an error for a kind no adapter knows.
