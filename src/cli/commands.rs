@@ -286,6 +286,12 @@ enum BenchCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Parse an Apple Health export without storing it (JSON: bytes,
+    /// records, observations, seconds), to time the reader alone.
+    AppleParse {
+        /// export.xml or export.zip.
+        file: PathBuf,
+    },
     /// Print a Health Auto Export day (every metric, minute heart rate) as the app posts it.
     HaePayload {
         /// The day, YYYY-MM-DD.
@@ -633,6 +639,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 *hr_minutes,
             )?;
             std::io::Write::flush(&mut writer)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command: BenchCommand::AppleParse { file },
+        } => {
+            let started = std::time::Instant::now();
+            let input = crate::service::sources::apple_health::open_export(file)?;
+            let bytes = std::fs::metadata(file)?.len();
+            let report = crate::service::sources::apple_health::read_export(
+                input,
+                &jiff::tz::TimeZone::UTC,
+                &crate::service::streams::StreamRules::default(),
+                20_000,
+                &mut |_| Ok::<(), std::convert::Infallible>(()),
+            )
+            .unwrap_or_else(|never| match never {});
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "bytes": bytes,
+                    "records": report.records,
+                    "observations": report.observations,
+                    "damaged": report.damaged,
+                    "seconds": seconds,
+                    "mb_per_s": bytes as f64 / 1e6 / seconds,
+                })
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
