@@ -43,7 +43,7 @@ fn check_invariants(db: &Path, mail_dir: &Path) {
     let store = Store::open_read_only(db).unwrap();
     assert_eq!(store.quick_check().unwrap(), "ok");
     let trial = &store.trials().unwrap()[0];
-    let obs = store.observations(1, "anxiety_evening").unwrap();
+    let obs = store.observations(1, "anxiety_evening", &[]).unwrap();
     let dates: Vec<_> = obs.iter().map(|o| o.1).collect();
     let unique: BTreeSet<_> = dates.iter().collect();
     assert_eq!(

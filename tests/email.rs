@@ -210,7 +210,7 @@ fn links_record_adherence_and_ratings_and_forged_or_expired_ones_change_nothing(
     let adherence = || store(&data).adherence(1).unwrap();
     let anxiety = || {
         let s = store(&data);
-        s.observations(s.participants().unwrap()[0].id, "anxiety_evening")
+        s.observations(s.participants().unwrap()[0].id, "anxiety_evening", &[])
             .unwrap()
             .len()
     };

@@ -281,6 +281,38 @@ impl Upserted {
     }
 }
 
+/// The run log summed by way (`poll`, `push`, `import`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunTotals {
+    /// How the records came.
+    pub way: String,
+    /// Runs logged.
+    pub runs: i64,
+    /// Rows stored.
+    pub stored: i64,
+    /// Rows updated.
+    pub updated: i64,
+    /// Records already present.
+    pub unchanged: i64,
+    /// Records refused.
+    pub refused: i64,
+    /// Runs that failed.
+    pub failed: i64,
+}
+
+/// One stream of the catalog as stored: its per-origin daily totals.
+#[derive(Debug, Clone)]
+pub struct StreamDays {
+    /// The stream's key.
+    pub key: String,
+    /// Its unit.
+    pub unit: String,
+    /// The sources it came through.
+    pub sources: Vec<String>,
+    /// Per-origin daily totals.
+    pub days: Vec<crate::service::streams::OriginDay>,
+}
+
 /// How many run-log rows a source keeps.
 pub const RUNS_KEPT: i64 = 1000;
 
@@ -1238,24 +1270,23 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Totals over every run of every source, by way: `(way, runs, stored,
-    /// updated, unchanged, refused, failed)`, for `/metrics`.
-    pub fn source_run_totals(&self) -> Result<Vec<(String, i64, i64, i64, i64, i64, i64)>> {
+    /// Totals over the run log of every source, by way, for `/metrics`.
+    pub fn source_run_totals(&self) -> Result<Vec<RunTotals>> {
         let mut stmt = self.conn.prepare(
             "SELECT way, COUNT(*), SUM(stored), SUM(updated), SUM(unchanged), SUM(refused),
                     SUM(error IS NOT NULL)
              FROM source_runs GROUP BY way ORDER BY way",
         )?;
         let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-            ))
+            Ok(RunTotals {
+                way: r.get(0)?,
+                runs: r.get(1)?,
+                stored: r.get(2)?,
+                updated: r.get(3)?,
+                unchanged: r.get(4)?,
+                refused: r.get(5)?,
+                failed: r.get(6)?,
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -1341,17 +1372,7 @@ impl Store {
     /// The participant's catalog: every stream with its unit, the sources
     /// it came through, and per-origin daily totals (summed in SQL, so a
     /// year of minute heart rate is not loaded row by row).
-    pub fn stream_catalog(
-        &self,
-        participant_id: i64,
-    ) -> Result<
-        Vec<(
-            String,
-            String,
-            Vec<String>,
-            Vec<crate::service::streams::OriginDay>,
-        )>,
-    > {
+    pub fn stream_catalog(&self, participant_id: i64) -> Result<Vec<StreamDays>> {
         let mut streams = self
             .conn
             .prepare("SELECT id, key, unit FROM streams WHERE participant_id = ?1 ORDER BY key")?;
@@ -1383,7 +1404,12 @@ impl Store {
                     count: usize::try_from(count).unwrap_or(0),
                 });
             }
-            out.push((key, unit, names, per_day));
+            out.push(StreamDays {
+                key,
+                unit,
+                sources: names,
+                days: per_day,
+            });
         }
         Ok(out)
     }

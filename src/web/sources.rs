@@ -45,9 +45,9 @@ async fn catalog_views(state: &AppState) -> Result<Vec<CatalogView>, StoreError>
                 let streams = s
                     .stream_catalog(p.id)?
                     .into_iter()
-                    .map(|(key, unit, sources, days)| {
-                        let prefer = rules.prefer(&key).to_vec();
-                        summarise(&key, &unit, sources, &days, &prefer)
+                    .map(|st| {
+                        let prefer = rules.prefer(&st.key).to_vec();
+                        summarise(&st.key, &st.unit, st.sources, &st.days, &prefer)
                     })
                     .collect();
                 out.push(CatalogView {

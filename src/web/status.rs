@@ -490,7 +490,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         "Polls, pushes and imports in the run log, by way.",
         "gauge",
         runs.iter()
-            .map(|r| (format!("{{way=\"{}\"}}", r.0), r.1 as f64))
+            .map(|r| (format!("{{way=\"{}\"}}", r.way), r.runs as f64))
             .collect(),
     );
     metric(
@@ -498,7 +498,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         "Logged polls, pushes and imports that failed, by way.",
         "gauge",
         runs.iter()
-            .map(|r| (format!("{{way=\"{}\"}}", r.0), r.6 as f64))
+            .map(|r| (format!("{{way=\"{}\"}}", r.way), r.failed as f64))
             .collect(),
     );
     metric(
@@ -508,12 +508,17 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         runs.iter()
             .flat_map(|r| {
                 [
-                    ("stored", r.2),
-                    ("updated", r.3),
-                    ("unchanged", r.4),
-                    ("refused", r.5),
+                    ("stored", r.stored),
+                    ("updated", r.updated),
+                    ("unchanged", r.unchanged),
+                    ("refused", r.refused),
                 ]
-                .map(|(what, n)| (format!("{{way=\"{}\",outcome=\"{what}\"}}", r.0), n as f64))
+                .map(|(what, n)| {
+                    (
+                        format!("{{way=\"{}\",outcome=\"{what}\"}}", r.way),
+                        n as f64,
+                    )
+                })
             })
             .collect(),
     );

@@ -38,8 +38,11 @@ pub struct Parsed {
     pub refused: BTreeMap<String, usize>,
 }
 
+/// Factors from each unit the app writes to the stream's unit.
+type UnitFactors = &'static [(&'static str, f64)];
+
 /// Metric name → stream, unit, and factors from the units the app writes.
-const METRICS: &[(&str, &str, &str, &[(&str, f64)])] = &[
+const METRICS: &[(&str, &str, &str, UnitFactors)] = &[
     ("step_count", "steps", "count", &[("count", 1.0)]),
     ("heart_rate", "heart_rate", "bpm", BPM),
     ("resting_heart_rate", "resting_heart_rate", "bpm", BPM),
@@ -59,7 +62,7 @@ const METRICS: &[(&str, &str, &str, &[(&str, f64)])] = &[
     ),
 ];
 
-const BPM: &[(&str, f64)] = &[("bpm", 1.0), ("count/min", 1.0)];
+const BPM: UnitFactors = &[("bpm", 1.0), ("count/min", 1.0)];
 
 /// Sleep fields of the summarised form (hours) → stage streams.
 const SLEEP_FIELDS: &[(&str, &str)] = &[
