@@ -823,19 +823,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             actor,
             command,
         } => {
-            let mut config = load_config(&cli)?;
-            if let Some(dir) = data_dir {
-                config.data_dir = dir.clone();
-            }
-            let path = config.database_path();
-            if !path.exists() {
-                anyhow::bail!(
-                    "no database at {} (start the daemon once first)",
-                    path.display()
-                );
-            }
-            let key = config.database.resolve_key()?;
-            let mut store = crate::service::store::Store::open_keyed(&path, key.as_ref())?;
+            let (_, mut store) = open_existing_store(&cli, data_dir)?;
             let now = jiff::Timestamp::now();
             let date = |s: &Option<String>| -> anyhow::Result<Option<jiff::civil::Date>> {
                 s.as_deref()
