@@ -1175,21 +1175,8 @@ impl Store {
         observations: &[NewObservation],
         now: Timestamp,
     ) -> Result<Upserted> {
-        check_finite(observations)?;
-        // Immediate: an importer on its own connection and the daemon both
-        // write; a deferred read-then-write would fail busy, not wait.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let counts = upsert_observations(&tx, source_id, observations, now)?;
-        add_run_counts(&tx, run_id, counts)?;
-        tx.execute(
-            "UPDATE sources SET last_success_at = ?2, last_error = NULL, last_error_at = NULL
-             WHERE id = ?1",
-            params![source_id, ts(now)],
-        )?;
-        tx.commit()?;
-        Ok(counts)
+        // A poll that leaves the cursor where it is.
+        self.record_poll(source_id, run_id, observations, None, now)
     }
 
     /// Opens a run-log row for a poll, push or import; returns its id.

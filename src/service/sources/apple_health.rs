@@ -132,80 +132,61 @@ pub fn open_export(path: &std::path::Path) -> std::io::Result<Box<dyn Read + Sen
 fn open_zip(file: std::fs::File, path: &std::path::Path) -> std::io::Result<Box<dyn Read + Send>> {
     let is_export =
         |name: &str| name.rsplit('/').next() == Some("export.xml") && !name.starts_with("__MACOSX");
-    match zip::ZipArchive::new(file) {
-        Ok(archive) => {
-            let index = (0..archive.len())
-                .find(|&i| {
-                    archive
-                        .name_for_index(i)
-                        .is_some_and(|n| n.is_ok_and(|n| is_export(&n)))
-                })
-                .ok_or_else(|| {
-                    std::io::Error::other(format!(
-                        "{}: the zip holds no export.xml (is it Apple Health's export?)",
-                        path.display()
-                    ))
-                })?;
-            Ok(Box::new(ZipEntry {
-                archive,
-                index,
-                offset: 0,
-            }))
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| {
+        std::io::Error::other(format!(
+            "{}: a damaged zip ({e}); a cut-short download has no directory at its end: unzip what is there and import export.xml",
+            path.display()
+        ))
+    })?;
+    let index = (0..archive.len())
+        .find(|&i| {
+            archive
+                .name_for_index(i)
+                .is_some_and(|n| n.is_ok_and(|n| is_export(&n)))
+        })
+        .ok_or_else(|| {
+            std::io::Error::other(format!(
+                "{}: the zip holds no export.xml (is it Apple Health's export?)",
+                path.display()
+            ))
+        })?;
+    // `ZipFile` borrows its archive, so one thread owns both and inflates
+    // the entry once, straight through, into a pipe the parser reads.
+    let (reader, mut writer) = std::io::pipe()?;
+    let worker = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut entry = archive.by_index(index).map_err(std::io::Error::other)?;
+        match std::io::copy(&mut entry, &mut writer) {
+            Ok(_) => Ok(()),
+            // The parser stopped reading (damage found, or its sink failed).
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            Err(e) => Err(e),
         }
-        Err(_) => {
-            // No central directory: walk the local headers from the start.
-            let mut reader = BufReader::new(std::fs::File::open(path)?);
-            loop {
-                match zip::read::read_zipfile_from_stream(&mut reader) {
-                    Ok(Some(entry)) if entry.name().is_ok_and(|n| is_export(&n)) => {
-                        drop(entry);
-                        return Err(std::io::Error::other(format!(
-                            "{}: the zip is cut short (no directory at its end); unzip what is there and import export.xml",
-                            path.display()
-                        )));
-                    }
-                    Ok(Some(_)) => continue,
-                    Ok(None) | Err(_) => {
-                        return Err(std::io::Error::other(format!(
-                            "{}: a damaged zip with no readable export.xml",
-                            path.display()
-                        )));
-                    }
-                }
-            }
-        }
-    }
+    });
+    Ok(Box::new(ZipEntry {
+        pipe: reader,
+        worker: Some(worker),
+    }))
 }
 
-/// One entry of a zip, read as it inflates. `ZipFile` borrows its archive,
-/// so this re-opens the entry and skips to where it was if asked again
-/// (the caller reads it straight through, so that never happens twice).
+/// The export inside a zip, read as a thread inflates it; an error of the
+/// inflating (a corrupt entry) comes out where the data end.
 struct ZipEntry {
-    archive: zip::ZipArchive<std::fs::File>,
-    index: usize,
-    offset: u64,
+    pipe: std::io::PipeReader,
+    worker: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Read for ZipEntry {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let mut entry = self
-            .archive
-            .by_index(self.index)
-            .map_err(std::io::Error::other)?;
-        if self.offset > 0 {
-            std::io::copy(&mut (&mut entry).take(self.offset), &mut std::io::sink())?;
+        let n = self.pipe.read(buf)?;
+        if n == 0
+            && !buf.is_empty()
+            && let Some(worker) = self.worker.take()
+        {
+            worker
+                .join()
+                .map_err(|_| std::io::Error::other("unzipping failed"))??;
         }
-        // Read a large block each time: re-opening costs a seek.
-        let mut filled = 0;
-        while filled < buf.len() {
-            let n = entry.read(&mut buf[filled..])?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        self.offset += filled as u64;
-        Ok(filled)
+        Ok(n)
     }
 }
 
