@@ -26,13 +26,14 @@ use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
 
 /// The migration files, in order. Append new files; never edit a released one.
-const MIGRATION_FILES: [&str; 6] = [
+const MIGRATION_FILES: [&str; 7] = [
     include_str!("../../migrations/0001_initial.sql"),
     include_str!("../../migrations/0002_trial_lifecycle.sql"),
     include_str!("../../migrations/0003_dashboard.sql"),
     include_str!("../../migrations/0004_calibration.sql"),
     include_str!("../../migrations/0005_access.sql"),
     include_str!("../../migrations/0006_sources.sql"),
+    include_str!("../../migrations/0007_hypotheses.sql"),
 ];
 
 /// The migrations, in order.
@@ -406,6 +407,115 @@ pub struct Proposal<'a> {
     /// Randomisation seed.
     pub seed: u64,
 }
+
+/// One exchange with a proposer, for the audit log (`llm_exchanges`).
+#[derive(Debug, Clone)]
+pub struct NewExchange {
+    /// `ask`, `propose` or `conclude`.
+    pub purpose: &'static str,
+    /// `llm:<model>` or `library`.
+    pub proposer: String,
+    /// 1, 2, … within one question.
+    pub attempt: u32,
+    /// The person's question (empty for scheduled proposals).
+    pub question: String,
+    /// What was sent, verbatim.
+    pub request_json: String,
+    /// The HTTP status, when an answer came.
+    pub http_status: Option<u16>,
+    /// What came back, verbatim.
+    pub response_body: String,
+    /// `ok`, `retry`, `repair` or `failed`.
+    pub outcome: &'static str,
+    /// Why answers were refused, one a line.
+    pub problems: String,
+    /// When the request went out.
+    pub started_at: Timestamp,
+    /// When it ended.
+    pub finished_at: Timestamp,
+}
+
+/// One hypothesis to record, with the proposal it became (if tested).
+#[derive(Debug, Clone)]
+pub struct NewHypothesis {
+    /// `llm:<model>` or `library`.
+    pub proposer: String,
+    /// The validated hypothesis as JSON.
+    pub payload_json: String,
+    /// Its `sigma`.
+    pub sigma: f64,
+    /// `test` or `recommend`.
+    pub verdict: &'static str,
+    /// The threshold it was compared with.
+    pub tau: f64,
+    /// The question it answers (empty for scheduled proposals).
+    pub question: String,
+    /// What the checks noted (prior widened, stream to be created).
+    pub notes: String,
+    /// The protocol text to propose, when `verdict` is `test`.
+    pub protocol: Option<(String, String, String, u64)>,
+}
+
+/// A hypothesis as stored, with the trial it became.
+#[derive(Debug, Clone, Serialize)]
+pub struct HypothesisRow {
+    /// Row id.
+    pub id: i64,
+    /// Owner.
+    pub participant_id: i64,
+    /// `llm:<model>` or `library`.
+    pub proposer: String,
+    /// The validated hypothesis as JSON.
+    pub payload_json: String,
+    /// Its `sigma`.
+    pub sigma: Option<f64>,
+    /// `test`, `recommend` (absent for rows from before verdicts).
+    pub verdict: Option<String>,
+    /// The threshold.
+    pub tau: Option<f64>,
+    /// The question.
+    pub question: String,
+    /// Notes from the checks.
+    pub notes: String,
+    /// The exchange whose answer it came from.
+    pub exchange_id: Option<i64>,
+    /// The proposed trial, and its status now.
+    pub trial: Option<(i64, String)>,
+    /// When it was recorded.
+    pub created_at: String,
+}
+
+/// One exchange as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExchangeRow {
+    /// Row id.
+    pub id: i64,
+    /// `ask`, `propose` or `conclude`.
+    pub purpose: String,
+    /// `llm:<model>` or `library`.
+    pub proposer: String,
+    /// Attempt within the question.
+    pub attempt: i64,
+    /// The question.
+    pub question: String,
+    /// What was sent.
+    pub request_json: String,
+    /// HTTP status, when an answer came.
+    pub http_status: Option<i64>,
+    /// What came back.
+    pub response_body: String,
+    /// `ok`, `retry`, `repair` or `failed`.
+    pub outcome: String,
+    /// Why answers were refused.
+    pub problems: String,
+    /// When it went out.
+    pub started_at: String,
+    /// When it ended.
+    pub finished_at: String,
+}
+
+/// The largest answer body kept in the audit log.
+const EXCHANGE_BODY_CHARS: usize = 200_000;
 
 /// A new protocol for a trial that is still a proposal.
 #[derive(Debug, Clone)]
@@ -1617,44 +1727,151 @@ impl Store {
 
     /// Stores a proposed trial (locked protocol and seed, no schedule yet).
     pub fn propose_trial(&mut self, p: &Proposal<'_>, actor: &str, now: Timestamp) -> Result<i64> {
-        let Proposal {
-            participant_id,
-            protocol_id,
-            protocol_toml,
-            protocol_hash,
-            seed,
-        } = *p;
         let tx = self.conn.transaction()?;
-        let id: i64 = tx.query_row(
-            "INSERT INTO trials (participant_id, protocol_id, protocol_toml, protocol_hash, seed,
-                                 status, created_at, status_changed_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) RETURNING id",
-            params![
-                participant_id,
-                protocol_id,
-                protocol_toml,
-                protocol_hash,
-                seed.to_string(),
-                TrialStatus::Proposed.as_str(),
-                ts(now)
-            ],
-            |r| r.get(0),
-        )?;
-        tx.execute(
-            "INSERT INTO trial_events (trial_id, from_status, to_status, actor, reason, at)
-             VALUES (?1, NULL, ?2, ?3, 'proposed', ?4)",
-            params![id, TrialStatus::Proposed.as_str(), actor, ts(now)],
-        )?;
-        audit(
-            &tx,
-            actor,
-            "trial.proposed",
-            Some(id),
-            &serde_json::json!({"protocol": protocol_id, "protocol_hash": protocol_hash}),
-            now,
-        )?;
+        let id = insert_proposal(&tx, p, None, actor, now)?;
         tx.commit()?;
         Ok(id)
+    }
+
+    /// Records what a proposer answered, in one transaction: every
+    /// exchange in the audit log, every hypothesis (tied to the last
+    /// exchange), and a proposed trial for each one to be tested. Returns
+    /// each hypothesis's id and its trial's.
+    pub fn record_hypotheses(
+        &mut self,
+        participant_id: i64,
+        exchanges: &[NewExchange],
+        hypotheses: &[NewHypothesis],
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Vec<(i64, Option<i64>)>> {
+        let tx = self.conn.transaction()?;
+        let mut last = None;
+        for e in exchanges {
+            let body: String = e.response_body.chars().take(EXCHANGE_BODY_CHARS).collect();
+            last = Some(tx.query_row(
+                "INSERT INTO llm_exchanges (participant_id, purpose, proposer, attempt, question,
+                     request_json, http_status, response_body, outcome, problems, started_at,
+                     finished_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
+                params![
+                    participant_id,
+                    e.purpose,
+                    e.proposer,
+                    e.attempt,
+                    e.question,
+                    e.request_json,
+                    e.http_status,
+                    body,
+                    e.outcome,
+                    e.problems,
+                    ts(e.started_at),
+                    ts(e.finished_at)
+                ],
+                |r| r.get::<_, i64>(0),
+            )?);
+        }
+        let mut out = Vec::new();
+        for h in hypotheses {
+            let status = if h.protocol.is_some() {
+                "proposed"
+            } else {
+                "open"
+            };
+            let hid: i64 = tx.query_row(
+                "INSERT INTO hypotheses (participant_id, proposer, payload_json, uncertainty, status,
+                     created_at, question, verdict, tau, exchange_id, notes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) RETURNING id",
+                params![
+                    participant_id,
+                    h.proposer,
+                    h.payload_json,
+                    h.sigma,
+                    status,
+                    ts(now),
+                    h.question,
+                    h.verdict,
+                    h.tau,
+                    last,
+                    h.notes
+                ],
+                |r| r.get(0),
+            )?;
+            let trial = match &h.protocol {
+                Some((protocol_id, text, hash, seed)) => Some(insert_proposal(
+                    &tx,
+                    &Proposal {
+                        participant_id,
+                        protocol_id,
+                        protocol_toml: text,
+                        protocol_hash: hash,
+                        seed: *seed,
+                    },
+                    Some(hid),
+                    actor,
+                    now,
+                )?),
+                None => None,
+            };
+            out.push((hid, trial));
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// A participant's hypotheses, newest first, with the trials they became.
+    pub fn hypotheses(&self, participant_id: i64, limit: usize) -> Result<Vec<HypothesisRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT h.id, h.participant_id, h.proposer, h.payload_json, h.uncertainty, h.verdict,
+                    h.tau, h.question, h.notes, h.exchange_id, t.id, t.status, h.created_at
+             FROM hypotheses h LEFT JOIN trials t ON t.hypothesis_id = h.id
+             WHERE h.participant_id = ?1 ORDER BY h.id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![participant_id, limit as i64], |r| {
+            let trial: Option<i64> = r.get(10)?;
+            let status: Option<String> = r.get(11)?;
+            Ok(HypothesisRow {
+                id: r.get(0)?,
+                participant_id: r.get(1)?,
+                proposer: r.get(2)?,
+                payload_json: r.get(3)?,
+                sigma: r.get(4)?,
+                verdict: r.get(5)?,
+                tau: r.get(6)?,
+                question: r.get(7)?,
+                notes: r.get(8)?,
+                exchange_id: r.get(9)?,
+                trial: trial.zip(status),
+                created_at: r.get(12)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A participant's exchanges with proposers, newest first.
+    pub fn llm_exchanges(&self, participant_id: i64, limit: usize) -> Result<Vec<ExchangeRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, purpose, proposer, attempt, question, request_json, http_status,
+                    response_body, outcome, problems, started_at, finished_at
+             FROM llm_exchanges WHERE participant_id = ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![participant_id, limit as i64], |r| {
+            Ok(ExchangeRow {
+                id: r.get(0)?,
+                purpose: r.get(1)?,
+                proposer: r.get(2)?,
+                attempt: r.get(3)?,
+                question: r.get(4)?,
+                request_json: r.get(5)?,
+                http_status: r.get(6)?,
+                response_body: r.get(7)?,
+                outcome: r.get(8)?,
+                problems: r.get(9)?,
+                started_at: r.get(10)?,
+                finished_at: r.get(11)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Moves a trial to `to` if the life cycle allows it, recording who,
@@ -3068,6 +3285,47 @@ fn record_day_entry(
         }
     };
     Ok(Ok(words))
+}
+
+/// Inserts a proposed trial with its first event and audit entry.
+fn insert_proposal(
+    conn: &Connection,
+    p: &Proposal<'_>,
+    hypothesis_id: Option<i64>,
+    actor: &str,
+    now: Timestamp,
+) -> Result<i64> {
+    let id: i64 = conn.query_row(
+        "INSERT INTO trials (participant_id, hypothesis_id, protocol_id, protocol_toml,
+                             protocol_hash, seed, status, created_at, status_changed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) RETURNING id",
+        params![
+            p.participant_id,
+            hypothesis_id,
+            p.protocol_id,
+            p.protocol_toml,
+            p.protocol_hash,
+            p.seed.to_string(),
+            TrialStatus::Proposed.as_str(),
+            ts(now)
+        ],
+        |r| r.get(0),
+    )?;
+    conn.execute(
+        "INSERT INTO trial_events (trial_id, from_status, to_status, actor, reason, at)
+         VALUES (?1, NULL, ?2, ?3, 'proposed', ?4)",
+        params![id, TrialStatus::Proposed.as_str(), actor, ts(now)],
+    )?;
+    audit(
+        conn,
+        actor,
+        "trial.proposed",
+        Some(id),
+        &serde_json::json!({"protocol": p.protocol_id, "protocol_hash": p.protocol_hash,
+                            "hypothesis": hypothesis_id}),
+        now,
+    )?;
+    Ok(id)
 }
 
 fn audit(

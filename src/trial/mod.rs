@@ -6,6 +6,8 @@ pub mod calendar;
 pub mod causal;
 pub mod decide;
 pub mod design;
+pub mod hypothesis;
+pub mod library;
 pub mod lifecycle;
 pub mod protocol;
 pub mod scenario;

@@ -53,6 +53,10 @@ pub struct Protocol {
     /// library or an LLM) put it: shown on the proposals page.
     #[serde(default)]
     pub hypothesis: Option<Hypothesis>,
+    /// The intervention changes prescribed medication or needs a clinician's
+    /// eye: approval requires an explicit clinician-approved statement.
+    #[serde(default)]
+    pub needs_clinician: bool,
 }
 
 /// The reasoning behind a proposed protocol and its suspected causal graph.
@@ -69,10 +73,30 @@ pub struct Hypothesis {
     /// treatment in everyday life, which randomisation rules out).
     #[serde(default)]
     pub confounders: Vec<String>,
+    /// Suspected steps between treatment and outcome (treatment → mediator
+    /// → outcome): part of the effect, so never adjusted for.
+    #[serde(default)]
+    pub mediators: Vec<String>,
     /// Further suspected causal links `[from, to]` between the nodes above;
     /// `"treatment"` and `"outcome"` name those two nodes.
     #[serde(default)]
     pub edges: Vec<[String; 2]>,
+    /// Covariates an analysis may adjust for: a valid back-door set
+    /// (checked by `trial::causal::adjustment_problems`); recorded, not yet
+    /// used by the model.
+    #[serde(default)]
+    pub adjust_for: Vec<String>,
+    /// Who proposed it: `"llm:<model>"`, `"library"`, or absent (a person).
+    #[serde(default)]
+    pub proposed_by: Option<String>,
+    /// The effect prior in `outcome.priors` is the proposer's expectation
+    /// (sd floored so it cannot decide alone): every fit also reports the
+    /// posterior under a sceptical prior and the prior–data conflict.
+    #[serde(default)]
+    pub prior_from_proposer: bool,
+    /// What the proposer says to watch for.
+    #[serde(default)]
+    pub safety_notes: Vec<String>,
 }
 
 /// One arm of a trial.

@@ -425,6 +425,7 @@ pub fn causal_graph(graph: &CausalGraph, title: &str) -> String {
             NodeRole::Treatment => "#d8ecff",
             NodeRole::Outcome => "#dff5e1",
             NodeRole::Confounder => "#fff2d6",
+            NodeRole::Mediator => "#f0e0ff",
         };
         let w = (name.chars().count() as f64 * 7.5 + 20.0).min(width / 2.0);
         let _ = writeln!(
