@@ -208,6 +208,35 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Ask in words: "does magnesium help my migraines?". The proposer (the
+    /// configured LLM, else the built-in library) answers with hypotheses;
+    /// each is checked, and those worth testing become proposed trials
+    /// (`nof1d trial approve ID`). Safe while the daemon runs.
+    Ask {
+        /// The question.
+        question: String,
+        /// The participant (may be left out when there is only one).
+        #[arg(long)]
+        participant: Option<String>,
+        /// Use the built-in library even when an LLM is configured.
+        #[arg(long)]
+        offline: bool,
+        /// Data folder (default: from the config).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Hypotheses: propose from the goals, or list what was proposed and
+    /// every exchange with the proposer.
+    Hypotheses {
+        /// The participant (may be left out when there is only one).
+        #[arg(long, global = true)]
+        participant: Option<String>,
+        /// Data folder (default: from the config).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        command: HypothesesCommand,
+    },
     /// Print the argon2 hash of a dashboard password read from standard input
     /// (its first line), for `web.password_hash` or `web.investigator_password_hash`.
     HashPassword,
@@ -320,6 +349,25 @@ enum BenchCommand {
 }
 
 #[derive(Subcommand)]
+enum HypothesesCommand {
+    /// Propose from the participant's goals (config `goals`), the catalog
+    /// and past results, as the weekly job does.
+    Propose {
+        /// Use the built-in library even when an LLM is configured.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// The hypotheses recorded, newest first, with their trials.
+    List,
+    /// The audit log: every exchange with the proposer, verbatim.
+    Log {
+        /// How many exchanges, newest first.
+        #[arg(long, default_value_t = 10)]
+        last: usize,
+    },
+}
+
+#[derive(Subcommand)]
 enum TrialCommand {
     /// List trials with their status.
     List,
@@ -338,6 +386,10 @@ enum TrialCommand {
         /// First day, YYYY-MM-DD in the participant's calendar.
         #[arg(long)]
         start: Option<String>,
+        /// The clinician's agreement, in words ("Dr Lee, 3 Dec 2026"):
+        /// needed for a protocol that changes prescribed medication.
+        #[arg(long)]
+        clinician: Option<String>,
     },
     /// Reject a proposed trial.
     Reject {
@@ -862,8 +914,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     )?;
                     println!("trial {id} proposed");
                 }
-                TrialCommand::Approve { id, start } => {
-                    let start = actions::approve(&mut store, *id, date(start)?, actor, now)?;
+                TrialCommand::Approve {
+                    id,
+                    start,
+                    clinician,
+                } => {
+                    let start = actions::approve(
+                        &mut store,
+                        *id,
+                        date(start)?,
+                        clinician.as_deref(),
+                        actor,
+                        now,
+                    )?;
                     println!("trial {id} approved; it starts on {start}");
                 }
                 TrialCommand::Reject { id, reason } => {
@@ -963,6 +1026,69 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 source.name,
                 crate::web::PUSH_PATH
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ask {
+            question,
+            participant,
+            offline,
+            data_dir,
+        } => {
+            let (config, mut store) = open_existing_store(&cli, data_dir)?;
+            let who = participant_of(&store, participant.as_deref())?;
+            let report = run_proposer(
+                &config,
+                &mut store,
+                &who,
+                *offline,
+                crate::service::hypotheses::Purpose::Ask,
+                question,
+            )?;
+            print!(
+                "{}",
+                crate::cli::ask::render_report(&report, config.hypotheses.tau)
+            );
+            Ok(if report.failure.is_some() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Hypotheses {
+            participant,
+            data_dir,
+            command,
+        } => {
+            let (config, mut store) = open_existing_store(&cli, data_dir)?;
+            let who = participant_of(&store, participant.as_deref())?;
+            match command {
+                HypothesesCommand::Propose { offline } => {
+                    let report = run_proposer(
+                        &config,
+                        &mut store,
+                        &who,
+                        *offline,
+                        crate::service::hypotheses::Purpose::Propose,
+                        "",
+                    )?;
+                    print!(
+                        "{}",
+                        crate::cli::ask::render_report(&report, config.hypotheses.tau)
+                    );
+                }
+                HypothesesCommand::List => {
+                    print!(
+                        "{}",
+                        crate::cli::ask::render_list(&store.hypotheses(who.id, 100)?)
+                    );
+                }
+                HypothesesCommand::Log { last } => {
+                    print!(
+                        "{}",
+                        crate::cli::ask::render_log(&store.llm_exchanges(who.id, *last)?)
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Import {
@@ -1115,6 +1241,37 @@ fn write_report(path: &std::path::Path, doc: &str, json: bool) -> anyhow::Result
         println!("JSON report written to {}", path.display());
     }
     Ok(())
+}
+
+/// Runs the configured proposer (or the library, `offline` or with no
+/// LLM configured) for a participant and records what it answered.
+fn run_proposer(
+    config: &Config,
+    store: &mut crate::service::store::Store,
+    who: &crate::service::store::ParticipantRow,
+    offline: bool,
+    purpose: crate::service::hypotheses::Purpose,
+    question: &str,
+) -> anyhow::Result<crate::service::hypotheses::AskReport> {
+    use crate::service::hypotheses::{Proposer, ask};
+    let client = match (&config.llm, offline) {
+        (Some(llm), false) => Some(crate::service::llm::LlmClient::new(llm)?),
+        _ => None,
+    };
+    let proposer = match &client {
+        Some(c) => Proposer::Llm(c),
+        None => Proposer::Library,
+    };
+    Ok(ask(
+        store,
+        config,
+        proposer,
+        who,
+        purpose,
+        question,
+        "investigator (cli)",
+        jiff::Timestamp::now(),
+    )?)
 }
 
 /// The config (with `data_dir` applied) and the existing database.

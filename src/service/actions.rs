@@ -76,15 +76,32 @@ pub fn propose(
 
 /// Approves a proposed trial to start on `start` (default: the participant's
 /// tomorrow). The daemon starts it that day unless it would share an outcome
-/// stream with a running trial.
+/// stream with a running trial. A protocol that needs a clinician (it
+/// changes prescribed medication, or the library says so) is approved only
+/// with `clinician`, the clinician's agreement in words ("Dr Lee, 3 Dec").
 pub fn approve(
     store: &mut Store,
     trial_id: i64,
     start: Option<Date>,
+    clinician: Option<&str>,
     actor: &str,
     now: Timestamp,
 ) -> Result<Date> {
-    let (_, tz) = trial_and_zone(store, trial_id)?;
+    let (trial, tz) = trial_and_zone(store, trial_id)?;
+    let needs_clinician = Protocol::parse(&trial.protocol_toml, "stored protocol")
+        .map(|p| p.needs_clinician)
+        .unwrap_or(false);
+    let clinician = clinician.map(str::trim).filter(|c| !c.is_empty());
+    if needs_clinician && clinician.is_none() {
+        return Err(ActionError::Refused(format!(
+            "trial {trial_id} changes prescribed medication or needs a clinician's eye: \
+             approve it with the clinician's agreement (--clinician \"name, date\")"
+        )));
+    }
+    let reason = match clinician {
+        Some(c) => format!("approved (clinician: {c})"),
+        None => "approved".to_string(),
+    };
     let today = local_date(now, &tz);
     let start = match start {
         Some(d) if d < today => {
@@ -102,7 +119,7 @@ pub fn approve(
             trial_id,
             to: TrialStatus::Approved,
             actor,
-            reason: "approved",
+            reason: &reason,
             local_date: today,
             start_date: Some(start),
             shifted: &[],

@@ -70,6 +70,10 @@ pub struct Config {
     pub demo: DemoConfig,
     /// The people this instance runs trials for (a household may share one).
     pub participants: Vec<ParticipantConfig>,
+    /// The LLM that proposes hypotheses; absent: the built-in proposer.
+    pub llm: Option<LlmConfig>,
+    /// How hypotheses become proposals.
+    pub hypotheses: HypothesesConfig,
 }
 
 impl Default for Config {
@@ -84,6 +88,8 @@ impl Default for Config {
             clock: ClockConfig::default(),
             demo: DemoConfig::default(),
             participants: Vec::new(),
+            llm: None,
+            hypotheses: HypothesesConfig::default(),
         }
     }
 }
@@ -274,6 +280,80 @@ impl SmtpConfig {
     }
 }
 
+/// An OpenAI-compatible chat-completions endpoint (Ollama, llama.cpp's
+/// server, vLLM, a hosted API).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmConfig {
+    /// Base URL up to and including `/v1`, e.g. `http://127.0.0.1:11434/v1`.
+    pub base_url: String,
+    /// The model name the server knows.
+    pub model: String,
+    /// The API key, from an environment variable or a file (none for a
+    /// local server).
+    pub api_key: Option<SecretRef>,
+    /// Seconds one request may take, the answer included.
+    #[serde(default = "default_llm_timeout")]
+    pub timeout_seconds: u64,
+    /// Further tries after a time-out, a 429, a 5xx or a broken connection.
+    #[serde(default = "default_llm_retries")]
+    pub retries: u32,
+    /// The longest wait before a retry, whatever `Retry-After` asks.
+    #[serde(default = "default_llm_retry_wait")]
+    pub max_retry_wait_seconds: u64,
+    /// How the answer's shape is asked for: `json_schema` (strict
+    /// structured output), `json_object` (JSON mode) or `none` (the prompt
+    /// alone); a server that refuses the first falls back to the next.
+    #[serde(default)]
+    pub structured: Structured,
+}
+
+/// How a chat request asks for JSON.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Structured {
+    /// `response_format: {type: json_schema, …}`.
+    #[default]
+    JsonSchema,
+    /// `response_format: {type: json_object}`.
+    JsonObject,
+    /// No `response_format`: the prompt carries the schema.
+    None,
+}
+
+fn default_llm_timeout() -> u64 {
+    120
+}
+fn default_llm_retries() -> u32 {
+    3
+}
+fn default_llm_retry_wait() -> u64 {
+    60
+}
+
+/// How hypotheses become proposals (`system.md`, "Hypotheses").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HypothesesConfig {
+    /// A hypothesis whose uncertainty `sigma` is at or above `tau` becomes
+    /// a proposed trial; below it, a recommendation that needs no experiment.
+    pub tau: f64,
+    /// The most hypotheses kept from one answer.
+    pub per_question: usize,
+    /// Days between scheduled proposals from each participant's goals (0: never).
+    pub propose_every_days: u32,
+}
+
+impl Default for HypothesesConfig {
+    fn default() -> Self {
+        HypothesesConfig {
+            tau: 0.3,
+            per_question: 3,
+            propose_every_days: 7,
+        }
+    }
+}
+
 /// Job periods, in real seconds.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -379,6 +459,10 @@ pub struct ParticipantConfig {
     /// Per-stream day rules and device preferences.
     #[serde(default)]
     pub streams: Vec<StreamConfig>,
+    /// What the person wants to improve, in their words ("fewer migraine
+    /// days", "calmer evenings"): scheduled proposals start from these.
+    #[serde(default)]
+    pub goals: Vec<String>,
 }
 
 /// One stream's settings for a participant.
@@ -689,6 +773,38 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "email.link_valid_days must be at least 1".into(),
             ));
+        }
+        let h = &self.hypotheses;
+        if !(0.0..=1.0).contains(&h.tau) {
+            return Err(ConfigError::Invalid(format!(
+                "hypotheses.tau must be between 0 and 1 (got {})",
+                h.tau
+            )));
+        }
+        if !(1..=10).contains(&h.per_question) {
+            return Err(ConfigError::Invalid(format!(
+                "hypotheses.per_question must be from 1 to 10 (got {})",
+                h.per_question
+            )));
+        }
+        if let Some(llm) = &self.llm {
+            let url = llm.base_url.trim();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "llm.base_url {url:?} must start with http:// or https:// (e.g. http://127.0.0.1:11434/v1)"
+                )));
+            }
+            if llm.model.trim().is_empty() {
+                return Err(ConfigError::Invalid("llm.model is empty".into()));
+            }
+            if !(1..=3600).contains(&llm.timeout_seconds) || llm.retries > 10 {
+                return Err(ConfigError::Invalid(
+                    "llm.timeout_seconds must be from 1 to 3600 and llm.retries at most 10".into(),
+                ));
+            }
+            if let Some(key) = &llm.api_key {
+                key.resolve("llm.api_key")?;
+            }
         }
         if let Some(smtp) = &self.email.smtp {
             if smtp.host.trim().is_empty() {

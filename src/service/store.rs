@@ -1466,6 +1466,28 @@ impl Store {
         Ok(out)
     }
 
+    /// A participant's catalog: each stream summarised day by day, one
+    /// origin a day by the participant's preferences.
+    pub fn catalog(
+        &self,
+        participant_id: i64,
+        rules: &crate::service::streams::StreamRules,
+    ) -> Result<Vec<crate::service::streams::StreamSummary>> {
+        Ok(self
+            .stream_catalog(participant_id)?
+            .into_iter()
+            .map(|st| {
+                crate::service::streams::summarise(
+                    &st.key,
+                    &st.unit,
+                    st.sources,
+                    &st.days,
+                    rules.prefer(&st.key),
+                )
+            })
+            .collect())
+    }
+
     /// The participant's catalog: every stream with its unit, the sources
     /// it came through, and per-origin daily totals (summed in SQL, so a
     /// year of minute heart rate is not loaded row by row).
@@ -3456,6 +3478,7 @@ mod tests {
             time_zone: "UTC".into(),
             assignment_time: "07:00".into(),
             streams: Vec::new(),
+            goals: Vec::new(),
         }
         .resolve()
         .unwrap();

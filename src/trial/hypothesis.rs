@@ -619,7 +619,7 @@ pub fn offline_answer(text: &str, ctx: &Context<'_>, limit: usize) -> Answer {
         })
         .filter(|(s, has, _)| *s > 0 || (text.trim().is_empty() && *has))
         .collect();
-    scored.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    scored.sort_by_key(|s| std::cmp::Reverse((s.0, s.1)));
     let mut missing = Vec::new();
     if scored.is_empty() && !text.trim().is_empty() {
         missing.push(Missing {
@@ -642,12 +642,8 @@ pub fn offline_answer(text: &str, ctx: &Context<'_>, limit: usize) -> Answer {
 /// outcome, its hypothesis's confounders, and no prior of its own.
 pub fn library_candidate(e: &LibraryEntry) -> Candidate {
     let p = &e.protocol;
-    let arm = p
-        .arms
-        .iter()
-        .find(|a| a.key != p.comparator)
-        .map(|a| a.key.clone())
-        .unwrap_or_default();
+    let treatment = p.arms.iter().find(|a| a.key != p.comparator);
+    let arm = treatment.map(|a| a.key.clone()).unwrap_or_default();
     let h = p.hypothesis.as_ref();
     let confounders: Vec<String> = h.map(|h| h.confounders.clone()).unwrap_or_default();
     let mut graph = vec![["treatment".to_string(), "outcome".to_string()]];
@@ -657,7 +653,7 @@ pub fn library_candidate(e: &LibraryEntry) -> Candidate {
     Candidate {
         library_id: p.id.clone(),
         treatment_arm: arm,
-        intervention: p.title.clone(),
+        intervention: treatment.map_or_else(|| p.title.clone(), |a| a.label.clone()),
         comparator: p.comparator.clone(),
         outcome_stream: p.outcome.stream.clone(),
         direction: p.outcome.direction,

@@ -54,6 +54,14 @@ pub struct ProposalView {
     pub description: String,
     /// SHA-256 of the protocol text.
     pub protocol_hash: String,
+    /// Who proposed it (`llm:<model>`, `library`; absent: a person).
+    pub proposed_by: Option<String>,
+    /// The effect prior is the proposer's (sd floored).
+    pub prior_from_proposer: bool,
+    /// What the proposer says to watch for.
+    pub safety_notes: Vec<String>,
+    /// Approval needs a clinician's agreement.
+    pub needs_clinician: bool,
     /// Why it is worth testing.
     pub rationale: Option<String>,
     /// The proposer's uncertainty, 0 to 1.
@@ -177,6 +185,10 @@ async fn proposal_views(
                     title: p.title.clone(),
                     description: p.description.trim().to_string(),
                     protocol_hash: t.protocol_hash.to_string(),
+                    proposed_by: h.and_then(|h| h.proposed_by.clone()),
+                    prior_from_proposer: h.is_some_and(|h| h.prior_from_proposer),
+                    safety_notes: h.map(|h| h.safety_notes.clone()).unwrap_or_default(),
+                    needs_clinician: p.needs_clinician,
                     rationale: h.map(|h| h.rationale.trim().to_string()),
                     uncertainty: h.and_then(|h| h.uncertainty),
                     graph: graph.as_ref().map(|g| g.describe()).unwrap_or_default(),
@@ -223,15 +235,17 @@ async fn proposal_views(
 #[template(
     ext = "html",
     source = r#"<h1>Proposals</h1>
-{% if views.is_empty() %}<p>No trial is waiting for approval. Propose one with <code>nof1d trial propose PARTICIPANT protocols/….toml</code>.</p>{% endif %}
+{% if views.is_empty() %}<p>No trial is waiting for approval. <a href="/hypotheses">Ask a question</a>, or propose a protocol with <code>nof1d trial propose --participant P protocols/….toml</code>.</p>{% endif %}
 {% if let Some(m) = message %}<p role="status">{{ m }}</p>{% endif %}
 {% for v in views %}<section id="trial-{{ v.id }}">
 <h2>{{ v.title }}</h2>
 <p class="muted">Trial {{ v.id }} for {{ v.participant }} · protocol {{ v.protocol_id }} · sha256 <code style="word-break:break-all">{{ v.protocol_hash }}</code></p>
 <p>{{ v.description }}</p>
 <h3>Why test it</h3>
+{% if let Some(by) = v.proposed_by %}<p class="muted">Proposed by {{ by }}{% if v.prior_from_proposer %}; its expected effect is the prior below (widened so it cannot decide alone), and every fit also shows the answer under a sceptical prior{% endif %}. <a href="/hypotheses">What was asked and answered</a>.</p>{% endif %}
 {% if let Some(r) = v.rationale %}<p>{{ r }}</p>{% else %}<p class="muted">The proposer gave no rationale.</p>{% endif %}
 <p>Proposer's uncertainty: {% if let Some(u) = v.uncertainty %}<span class="bar warn" role="img" aria-label="{{ "{:.0}"|format(u * 100.0) }} percent"><span style="width:{{ "{:.0}"|format(u * 100.0) }}%"></span></span> {{ "{:.0}"|format(u * 100.0) }}%{% else %}not stated{% endif %}</p>
+{% if !v.safety_notes.is_empty() %}<p><strong>Safety:</strong></p><ul>{% for n in v.safety_notes %}<li>{{ n }}</li>{% endfor %}</ul>{% endif %}
 <h3>Causal graph</h3>
 <figure>{{ v.graph_svg|safe }}<figcaption class="muted">{{ v.graph }}. The effect is identified by design: randomisation decides the arm, so nothing else can.</figcaption></figure>
 <h3>Design</h3>
@@ -250,7 +264,7 @@ Stops when P(better by MID) reaches {% if calibrating %}the calibrated threshold
 <h3>When it stops: the threshold calibrated for this design</h3>
 {% if !calibrating %}<p>Calibration is switched off (<code>jobs.calibrate = false</code>): a trial of this design decides on the protocol's stated threshold, {{ v.thresholds[0] }}, whatever its false-stop rate.</p>{% else if v.calibration.is_some() %}{{ v.calibration_html|safe }}{% else %}<p class="muted">Being calibrated in the background on the stress suite (a few minutes; longer for counts and proportions). An approved trial starts once its threshold is locked. Reload later.</p>{% endif %}
 <h3>Decide</h3>
-<form method="post" action="/trials/{{ v.id }}/approve" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Approve (starts tomorrow)</button></form>
+<form method="post" action="/trials/{{ v.id }}/approve" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}">{% if v.needs_clinician %}<label>This changes prescribed medication or needs a clinician: who agreed, and when <input name="clinician" required placeholder="Dr Lee, 3 Dec 2026"></label> {% endif %}<button type="submit">Approve (starts tomorrow)</button></form>
 <form method="post" action="/trials/{{ v.id }}/reject" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Reject</button></form>
 <form method="post" action="/proposals/{{ v.id }}/edit" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}">
 <p>Or change the design before approving:</p>

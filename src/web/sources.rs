@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::service::app::AppState;
 use crate::service::store::StoreError;
-use crate::service::streams::{StreamSummary, summarise};
+use crate::service::streams::StreamSummary;
 
 use super::access::CsrfForm;
 use super::{Viewer, csrf_refused, internal, nav};
@@ -41,15 +41,7 @@ async fn catalog_views(state: &AppState) -> Result<Vec<CatalogView>, StoreError>
         .read(move |s| {
             let mut out = Vec::new();
             for p in s.participants()? {
-                let rules = config.stream_rules(&p.key);
-                let streams = s
-                    .stream_catalog(p.id)?
-                    .into_iter()
-                    .map(|st| {
-                        let prefer = rules.prefer(&st.key).to_vec();
-                        summarise(&st.key, &st.unit, st.sources, &st.days, &prefer)
-                    })
-                    .collect();
+                let streams = s.catalog(p.id, &config.stream_rules(&p.key))?;
                 out.push(CatalogView {
                     participant: p.key,
                     streams,

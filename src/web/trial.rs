@@ -15,7 +15,6 @@ use crate::service::store::{LinkOutcome, LinkWhat, StoreError};
 use crate::trial::calendar::local_date;
 use crate::trial::protocol::{Outcome, Protocol};
 
-use super::access::CsrfForm;
 use super::{Viewer, arm_label, csrf_refused, internal, nav};
 
 /// How many fits the effect-history charts show (the newest).
@@ -612,17 +611,27 @@ pub(super) async fn trial_json(
     }
 }
 
+/// A life-cycle action's form: the CSRF token, and for approving a
+/// protocol that needs one, the clinician's agreement in words.
+#[derive(serde::Deserialize)]
+pub(super) struct ActionForm {
+    csrf: Option<String>,
+    #[serde(default)]
+    clinician: Option<String>,
+}
+
 /// POST `/trials/{id}/{approve|reject|pause|resume|stop}`: the life-cycle
 /// actions, checked against the CSRF token, then a redirect to the trial.
 pub(super) async fn trial_action(
     State(state): State<AppState>,
     axum::Extension(viewer): axum::Extension<Viewer>,
     axum::extract::Path((id, action)): axum::extract::Path<(i64, String)>,
-    axum::extract::Form(form): axum::extract::Form<CsrfForm>,
+    axum::extract::Form(form): axum::extract::Form<ActionForm>,
 ) -> Response {
     if !viewer.csrf_ok(form.csrf.as_deref()) {
         return csrf_refused();
     }
+    let clinician = form.clinician;
     let now = state.clock.now();
     let actor = match viewer.role {
         super::Role::Investigator => "dashboard (investigator)",
@@ -631,7 +640,10 @@ pub(super) async fn trial_action(
     let result = state
         .db
         .write_with(move |s| match action.as_str() {
-            "approve" => crate::service::actions::approve(s, id, None, actor, now).map(|_| ()),
+            "approve" => {
+                crate::service::actions::approve(s, id, None, clinician.as_deref(), actor, now)
+                    .map(|_| ())
+            }
             "reject" => {
                 crate::service::actions::stop(s, id, "rejected on the dashboard", actor, now)
             }
