@@ -195,6 +195,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             JobKind::Outbox => state.config.jobs.outbox_seconds,
             JobKind::Refits => state.config.jobs.refit_seconds,
             JobKind::Designs => state.config.jobs.design_seconds,
+            JobKind::Hypotheses => state.config.jobs.hypotheses_seconds,
         };
         let st = state.clone();
         let job = CronJob::new_repeated_async(Duration::from_secs(period), move |_id, _sched| {

@@ -627,3 +627,71 @@ fn nof1d_ask_runs_end_to_end_through_the_binary() {
         "{text}"
     );
 }
+
+#[test]
+fn the_dashboard_asks_in_the_background_and_shows_the_answer_and_its_exchange() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = common::Daemon::start(&dir.path().join("data"), &["--demo"]);
+    let (code, page) = d.get("/hypotheses");
+    assert_eq!(code, 200);
+    assert!(page.contains("No LLM is configured"), "{page}");
+    let csrf = common::csrf_of(&page);
+    let post = |body: &[(&str, &str)]| {
+        common::no_redirects()
+            .post(d.url("/hypotheses/ask"))
+            .form(body)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(
+        post(&[
+            ("csrf", "forged"),
+            ("participant", "demo"),
+            ("question", "q")
+        ])
+        .status()
+        .as_u16(),
+        403
+    );
+    assert_eq!(
+        post(&[("csrf", &csrf), ("participant", "demo"), ("question", " ")])
+            .status()
+            .as_u16(),
+        400
+    );
+    let r = post(&[
+        ("csrf", &csrf),
+        ("participant", "demo"),
+        ("question", "does magnesium help my migraines?"),
+    ]);
+    assert_eq!(r.status().as_u16(), 303);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let api = loop {
+        let api = d.json("/api/hypotheses");
+        let any = api
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| !v["hypotheses"].as_array().unwrap().is_empty());
+        if any || Instant::now() > deadline {
+            break api;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let demo = api
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["participant"] == "demo")
+        .unwrap();
+    let h = &demo["hypotheses"][0];
+    assert_eq!(h["verdict"], "test");
+    assert_eq!(h["question"], "does magnesium help my migraines?");
+    assert_eq!(demo["exchanges"][0]["proposer"], "library");
+    let trial = h["trial"][0].as_i64().expect("a proposed trial");
+    let (_, page) = d.get("/hypotheses");
+    assert!(page.contains(&format!("/trials/{trial}")), "{page}");
+    assert!(page.contains("What was sent and received"));
+    let (_, proposals) = d.get("/proposals");
+    assert!(proposals.contains("Proposed by library"), "{proposals}");
+}

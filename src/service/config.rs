@@ -369,6 +369,9 @@ pub struct JobsConfig {
     pub refit_seconds: u64,
     /// How often proposals are checked for a design not yet simulated.
     pub design_seconds: u64,
+    /// How often participants are checked for scheduled proposals (they
+    /// come every `hypotheses.propose_every_days`, and after a trial ends).
+    pub hypotheses_seconds: u64,
     /// Virtual trials per condition when simulating a proposal's design
     /// (gaussian outcomes; the slower families use a twentieth, at least 10).
     pub design_trials: usize,
@@ -391,6 +394,7 @@ impl Default for JobsConfig {
             outbox_seconds: 10,
             refit_seconds: 60,
             design_seconds: 60,
+            hypotheses_seconds: 3600,
             design_trials: 400,
             calibrate: true,
             calibration_trials: 400,
@@ -757,6 +761,7 @@ impl Config {
             ),
             ("jobs.outbox_seconds", self.jobs.outbox_seconds),
             ("jobs.refit_seconds", self.jobs.refit_seconds),
+            ("jobs.hypotheses_seconds", self.jobs.hypotheses_seconds),
         ] {
             if v == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));

@@ -36,6 +36,9 @@ pub enum HypothesisError {
     /// No seed could be drawn for a proposal.
     #[error("cannot draw a random seed: {0}")]
     Seed(String),
+    /// The LLM client could not be set up (its key, its URL).
+    #[error("{0}")]
+    Llm(String),
 }
 
 /// Where hypotheses come from.
@@ -505,6 +508,45 @@ pub fn record(
         report.kept.push((c, hid, tid));
     }
     Ok(report)
+}
+
+/// [`ask`] in the daemon: reads on the reader connection, asks the
+/// proposer on the blocking pool holding no connection (an LLM may think
+/// for minutes), then writes on the writer.
+pub async fn ask_in_daemon(
+    state: &crate::service::app::AppState,
+    participant: ParticipantRow,
+    purpose: Purpose,
+    question: String,
+    actor: &'static str,
+) -> Result<AskReport, HypothesisError> {
+    let config = state.config.clone();
+    let who = participant.clone();
+    let g = state.db.read(move |s| gather(s, &config, &who)).await?;
+    let config = state.config.clone();
+    let now = state.clock.now();
+    let consulted = tokio::task::spawn_blocking(move || {
+        let client = match &config.llm {
+            Some(llm) => match LlmClient::new(llm) {
+                Ok(c) => Some(c),
+                Err(e) => return Err(HypothesisError::Llm(e.to_string())),
+            },
+            None => None,
+        };
+        let proposer = match &client {
+            Some(c) => Proposer::Llm(c),
+            None => Proposer::Library,
+        };
+        consult(&config, proposer, &g, purpose, &question, now)
+    })
+    .await
+    .map_err(|e| HypothesisError::Store(StoreError::Task(e.to_string())))??;
+    let pid = participant.id;
+    let now = state.clock.now();
+    state
+        .db
+        .write_with(move |s| record(s, pid, consulted, actor, now))
+        .await
 }
 
 /// One question to the LLM, with one repair round-trip when its answer is

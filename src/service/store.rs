@@ -1870,6 +1870,29 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// When proposals were last made from a participant's goals, and when
+    /// their latest trial ended: the weekly job proposes again when the
+    /// first is a week old or the second came after it.
+    pub fn proposal_times(
+        &self,
+        participant_id: i64,
+    ) -> Result<(Option<Timestamp>, Option<Timestamp>)> {
+        let last: Option<String> = self.conn.query_row(
+            "SELECT MAX(started_at) FROM llm_exchanges WHERE participant_id = ?1 AND purpose = 'propose'",
+            [participant_id],
+            |r| r.get(0),
+        )?;
+        let ended: Option<String> = self.conn.query_row(
+            "SELECT MAX(status_changed_at) FROM trials WHERE participant_id = ?1 AND status = 'stopped'",
+            [participant_id],
+            |r| r.get(0),
+        )?;
+        Ok((
+            last.as_deref().map(parse_ts).transpose()?,
+            ended.as_deref().map(parse_ts).transpose()?,
+        ))
+    }
+
     /// A participant's exchanges with proposers, newest first.
     pub fn llm_exchanges(&self, participant_id: i64, limit: usize) -> Result<Vec<ExchangeRow>> {
         let mut stmt = self.conn.prepare(

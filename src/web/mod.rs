@@ -3,13 +3,15 @@
 //! OpenAPI document at `/api/openapi.json`; `/healthz` and `/metrics`.
 //!
 //! One module a page: `status` (overview, health, metrics), `trial`,
-//! `proposals`, `sources`, `link` (where email links land); `access` works
+//! `hypotheses` (ask, and the audit log), `proposals`, `sources`, `link`
+//! (where email links land); `access` works
 //! out who is looking (see there for logins, sessions and roles).
 
 mod access;
 mod calibration;
 pub mod charts;
 mod guard;
+mod hypotheses;
 mod link;
 mod openapi;
 mod proposals;
@@ -61,6 +63,9 @@ pub fn router(state: AppState) -> Router {
         .route("/proposals", get(proposals::proposals_page))
         .route("/api/proposals", get(proposals::proposals_json))
         .route("/proposals/{id}/edit", post(proposals::edit_proposal))
+        .route("/hypotheses", get(hypotheses::hypotheses_page))
+        .route("/api/hypotheses", get(hypotheses::hypotheses_json))
+        .route("/hypotheses/{action}", post(hypotheses::hypotheses_action))
         .route("/sources", get(sources::sources_page))
         .route("/api/sources", get(sources::sources_json))
         .route("/api/streams", get(sources::streams_json))
@@ -160,7 +165,7 @@ fn render_page(
 /// for a signed-in viewer.
 fn nav(viewer: &Viewer) -> String {
     let mut out = String::from(
-        r#"<nav style="display:flex;flex-wrap:wrap;gap:0.9rem;align-items:center;margin-bottom:0.6rem;font-size:0.95rem"><a href="/">Overview</a><a href="/proposals">Proposals</a><a href="/sources">Sources</a><a href="/api/openapi.json">API</a>"#,
+        r#"<nav style="display:flex;flex-wrap:wrap;gap:0.9rem;align-items:center;margin-bottom:0.6rem;font-size:0.95rem"><a href="/">Overview</a><a href="/hypotheses">Ask</a><a href="/proposals">Proposals</a><a href="/sources">Sources</a><a href="/api/openapi.json">API</a>"#,
     );
     if viewer.signed_in {
         out.push_str(&format!(

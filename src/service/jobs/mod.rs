@@ -23,6 +23,7 @@ use crate::trial::lifecycle::TrialStatus;
 
 mod assignments;
 mod designs;
+mod hypotheses;
 mod outbox;
 mod refits;
 mod sources;
@@ -54,16 +55,19 @@ pub enum JobKind {
     Refits,
     /// Simulate the designs of proposals (for their error rates).
     Designs,
+    /// Propose hypotheses from participants' goals, weekly and after a trial ends.
+    Hypotheses,
 }
 
 impl JobKind {
     /// All jobs.
-    pub const ALL: [JobKind; 5] = [
+    pub const ALL: [JobKind; 6] = [
         JobKind::Sources,
         JobKind::Refits,
         JobKind::Assignments,
         JobKind::Outbox,
         JobKind::Designs,
+        JobKind::Hypotheses,
     ];
 
     /// Name for logs and `/healthz`.
@@ -74,6 +78,7 @@ impl JobKind {
             JobKind::Outbox => "outbox",
             JobKind::Refits => "refits",
             JobKind::Designs => "designs",
+            JobKind::Hypotheses => "hypotheses",
         }
     }
 }
@@ -184,6 +189,7 @@ pub async fn run_job(state: &AppState, kind: JobKind) {
         JobKind::Outbox => outbox::deliver_outbox(state).await,
         JobKind::Refits => refits::refit_trials(state).await,
         JobKind::Designs => designs::simulate_pending_designs(state).await,
+        JobKind::Hypotheses => hypotheses::propose_due(state).await,
     };
     match &result {
         Ok(summary) => tracing::debug!(job = kind.name(), %summary, "job done"),
