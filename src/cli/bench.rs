@@ -399,3 +399,183 @@ pub fn sbc_outcome(family: Family) -> ModelSpec {
         .unwrap_or_else(|e| panic!("SBC outcome literal: {e}"))
         .model_spec()
 }
+
+/// One row of the prior-meets-data table.
+#[derive(Debug, Serialize)]
+pub struct PriorRow {
+    /// Which prior: right, wrong by 2 sd, wrong in sign; floored or as stated.
+    pub prior: String,
+    /// The prior the fit used, `[mean, sd]`.
+    pub used: [f64; 2],
+    /// True effect.
+    pub truth: f64,
+    /// Root mean square error of the posterior mean with the prior, and
+    /// with the sceptical prior.
+    pub rmse: [f64; 2],
+    /// Coverage of the 90% interval, with the prior and sceptical.
+    pub coverage90: [f64; 2],
+    /// Mean P(better by MID), with the prior and sceptical.
+    pub p_mid: [f64; 2],
+    /// Share of series where the conflict measure is below 0.05.
+    pub conflict_share: f64,
+    /// Median conflict p.
+    pub conflict_median: f64,
+    /// Series fitted.
+    pub series: usize,
+}
+
+/// False stops of a design under no effect with a proposer's prior.
+#[derive(Debug, Serialize)]
+pub struct PriorFalseStops {
+    /// Which prior.
+    pub prior: String,
+    /// `[mean, sd]` as used.
+    pub used: [f64; 2],
+    /// False stops for efficacy at the protocol's threshold, with its MC se.
+    pub false_stops: [f64; 2],
+    /// Virtual trials.
+    pub trials: usize,
+}
+
+/// The whole prior-meets-data benchmark.
+#[derive(Debug, Serialize)]
+pub struct PriorMeetsData {
+    /// Posterior error and conflict, per prior.
+    pub fits: Vec<PriorRow>,
+    /// False stops under no effect, per prior.
+    pub false_stops: Vec<PriorFalseStops>,
+}
+
+/// The proposer's prior meets simulated data (`trial::prior_data`):
+/// `series` two-arm series of `days` days with a true effect of `-mid`
+/// (lower is better: the treatment helps by the MID), each fitted with a
+/// proposer's prior that is right, wrong by 2 of its sds, or wrong in sign,
+/// both as stated (sd 0.3 MID) and floored, beside the sceptical default;
+/// then whole virtual trials of the meditation protocol under no effect
+/// with a wrong optimistic prior (`trials` each), at its stated threshold.
+pub fn prior_meets_data(series: usize, days: usize, trials: usize, seed: u64) -> PriorMeetsData {
+    use crate::trial::hypothesis::prior_sd_floor;
+    use crate::trial::prior_data::{conflict_p, data_alone};
+    use crate::trial::protocol::Protocol;
+
+    let protocol = Protocol::parse(
+        crate::service::demo::PROTOCOL_TEXT,
+        "meditation-anxiety.toml",
+    )
+    .expect("the shipped protocol parses");
+    let mid = protocol.outcome.mid;
+    let truth = -mid;
+    let stated_sd = 0.3 * mid;
+    let priors = [
+        ("right", truth),
+        ("wrong by 2 sd", truth - 2.0 * stated_sd),
+        ("wrong in sign", -truth),
+    ];
+    let mut fits = Vec::new();
+    for (name, mean) in priors {
+        for floored in [false, true] {
+            let sd = if floored {
+                stated_sd.max(prior_sd_floor(mean, mid))
+            } else {
+                stated_sd
+            };
+            let mut with = protocol.outcome.clone();
+            with.priors.effects.insert(
+                "meditation".into(),
+                crate::engine::spec::NormalPrior { mean, sd },
+            );
+            let sceptical = protocol.outcome.clone();
+            let (mw, ms) = (with.model_spec(), sceptical.model_spec());
+            let mut sq = [0.0; 2];
+            let mut cover = [0.0; 2];
+            let mut pmid = [0.0; 2];
+            let mut conflicts = Vec::new();
+            let mut n = 0usize;
+            for i in 0..series {
+                let s = two_arm_series(days, truth, seed.wrapping_add(i as u64));
+                let a = crate::trial::step::look_fit_spec(&mw, &protocol, seed, None, Vec::new());
+                let b = crate::trial::step::look_fit_spec(&ms, &protocol, seed, None, Vec::new());
+                let (Ok(ra), Ok(rb)) = (fit(&s, &a), fit(&s, &b)) else {
+                    continue;
+                };
+                let (Some(ea), Some(eb)) = (
+                    ra.effects.iter().find(|e| e.arm == "meditation"),
+                    rb.effects.iter().find(|e| e.arm == "meditation"),
+                ) else {
+                    continue;
+                };
+                n += 1;
+                for (k, e) in [ea, eb].into_iter().enumerate() {
+                    sq[k] += (e.mean - truth).powi(2);
+                    cover[k] += f64::from(u8::from(e.ci90[0] <= truth && truth <= e.ci90[1]));
+                    pmid[k] += e.p_better_by_mid;
+                }
+                let prior_sd = rb.priors.effects.get("meditation").map_or(1.0, |p| p[1]);
+                if let Some(d) = data_alone([eb.mean, eb.sd], prior_sd) {
+                    conflicts.push(conflict_p([mean, sd], d));
+                }
+            }
+            let nf = n.max(1) as f64;
+            conflicts.sort_by(f64::total_cmp);
+            fits.push(PriorRow {
+                prior: format!(
+                    "{name}{}",
+                    if floored { ", floored" } else { ", as stated" }
+                ),
+                used: [mean, sd],
+                truth,
+                rmse: [(sq[0] / nf).sqrt(), (sq[1] / nf).sqrt()],
+                coverage90: [cover[0] / nf, cover[1] / nf],
+                p_mid: [pmid[0] / nf, pmid[1] / nf],
+                conflict_share: conflicts.iter().filter(|p| **p < 0.05).count() as f64
+                    / conflicts.len().max(1) as f64,
+                conflict_median: conflicts
+                    .get(conflicts.len() / 2)
+                    .copied()
+                    .unwrap_or(f64::NAN),
+                series: n,
+            });
+        }
+    }
+    // Under no effect, an optimistic prior (2 MIDs of benefit): false stops.
+    let mut false_stops = Vec::new();
+    let optimistic = -2.0 * mid;
+    for (name, used) in [
+        ("sceptical default", None),
+        ("optimistic, as stated", Some([optimistic, stated_sd])),
+        (
+            "optimistic, floored",
+            Some([optimistic, stated_sd.max(prior_sd_floor(optimistic, mid))]),
+        ),
+    ] {
+        let mut p = protocol.clone();
+        if let Some([mean, sd]) = used {
+            p.outcome.priors.effects.insert(
+                "meditation".into(),
+                crate::engine::spec::NormalPrior { mean, sd },
+            );
+        }
+        let text = toml::to_string(&p).unwrap_or_default();
+        let options = crate::trial::simulate::SimOptions {
+            trials,
+            seed,
+            threads: 2,
+            progress: false,
+            ..Default::default()
+        };
+        if let Ok(r) = crate::trial::simulate::simulate_protocol(
+            &p,
+            &crate::trial::protocol::ProtocolHash::of(&text),
+            &options,
+        ) {
+            let f = &r.default.no_effect.stop_efficacy;
+            false_stops.push(PriorFalseStops {
+                prior: name.into(),
+                used: used.unwrap_or([0.0, f64::NAN]),
+                false_stops: [f.rate, f.se],
+                trials,
+            });
+        }
+    }
+    PriorMeetsData { fits, false_stops }
+}

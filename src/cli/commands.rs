@@ -179,6 +179,10 @@ enum Command {
         /// Virtual trials for the design's error rates (0 to skip; at most 1,000,000).
         #[arg(long, default_value_t = 200, value_parser = trials_or_none)]
         sim_trials: usize,
+        /// A stopped trial's conclusion written by the configured LLM (kept
+        /// only when every number in it is the fit's; else the template's).
+        #[arg(long)]
+        llm_conclusion: bool,
         /// Data folder (default: from the config).
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -268,6 +272,24 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// The proposer's prior meets the data: posterior error, interval
+    /// coverage and the prior–data conflict measure for a prior that is
+    /// right, wrong by 2 sd or wrong in sign (as stated and floored), and
+    /// false stops under no effect with a wrong optimistic prior.
+    PriorMeetsData {
+        /// Simulated series per prior (1 to 1,000,000).
+        #[arg(long, default_value_t = 200, value_parser = trials_count)]
+        series: usize,
+        /// Days per series (2 to 36,525).
+        #[arg(long, default_value_t = 56, value_parser = series_days)]
+        days: usize,
+        /// Virtual trials per prior for the false stops (1 to 1,000,000).
+        #[arg(long, default_value_t = 400, value_parser = trials_count)]
+        trials: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 5)]
+        seed: u64,
+    },
     /// Time the filter and the grid fit on simulated two-arm data.
     Engine {
         /// Series lengths in days (each 2 to 36,525).
@@ -732,6 +754,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench {
             command:
+                BenchCommand::PriorMeetsData {
+                    series,
+                    days,
+                    trials,
+                    seed,
+                },
+        } => {
+            init_logging(
+                &Config::default(),
+                cli.log_level.as_deref().or(Some("warn")),
+            );
+            let r = crate::cli::bench::prior_meets_data(*series, *days, *trials, *seed);
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command:
                 BenchCommand::Sbc {
                     family,
                     reps,
@@ -957,6 +996,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
             out,
             sim_trials,
+            llm_conclusion,
             data_dir,
         } => {
             let mut config = load_config(&cli)?;
@@ -972,7 +1012,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let key = config.database.resolve_key()?;
             let store = crate::service::store::Store::open_read_only_keyed(&path, key.as_ref())?;
-            let text = crate::cli::report::render(&store, *trial, format, *sim_trials)?;
+            let conclusion = match (&config.llm, *llm_conclusion) {
+                (Some(llm), true) => match crate::cli::report::conclusion_facts(&store, *trial)? {
+                    Some(facts) => {
+                        let client = crate::service::llm::LlmClient::new(llm)?;
+                        let (text, refused, exchanges) =
+                            crate::service::hypotheses::conclude(&client, &facts);
+                        if let Some(why) = refused {
+                            eprintln!("the LLM's conclusion was not used: {why}");
+                        }
+                        let row = store
+                            .trial(*trial)?
+                            .ok_or_else(|| anyhow::anyhow!("there is no trial {trial}"))?;
+                        let mut writer =
+                            crate::service::store::Store::open_keyed(&path, key.as_ref())?;
+                        writer.record_hypotheses(
+                            row.participant_id,
+                            &exchanges,
+                            &[],
+                            "investigator (cli)",
+                            jiff::Timestamp::now(),
+                        )?;
+                        Some(text)
+                    }
+                    None => {
+                        eprintln!(
+                            "trial {trial} has not stopped (or has no fit): no conclusion yet"
+                        );
+                        None
+                    }
+                },
+                (None, true) => {
+                    anyhow::bail!("--llm-conclusion needs an [llm] section in the config")
+                }
+                _ => None,
+            };
+            let text = crate::cli::report::render(
+                &store,
+                *trial,
+                format,
+                *sim_trials,
+                conclusion.as_deref(),
+            )?;
             match out {
                 Some(file) => {
                     std::fs::write(file, &text)

@@ -4,11 +4,13 @@
 pub mod betting;
 pub mod calendar;
 pub mod causal;
+pub mod conclusion;
 pub mod decide;
 pub mod design;
 pub mod hypothesis;
 pub mod library;
 pub mod lifecycle;
+pub mod prior_data;
 pub mod protocol;
 pub mod scenario;
 pub mod series;

@@ -15,6 +15,8 @@ use crate::service::store::{LinkOutcome, LinkWhat, StoreError};
 use crate::trial::calendar::local_date;
 use crate::trial::protocol::{Outcome, Protocol};
 
+use crate::trial::prior_data::{compare, has_proposer_prior, sceptical_key};
+
 use super::{Viewer, arm_label, csrf_refused, internal, nav};
 
 /// How many fits the effect-history charts show (the newest).
@@ -133,6 +135,9 @@ pub struct TrialDetail {
     /// Latest fit's effects in the person's units (log and logit links):
     /// the arm as the viewer sees it, and the sentence.
     pub natural: Vec<(String, String)>,
+    /// Where the effect prior is a proposer's: per arm, the answer with it
+    /// and with a sceptical prior, and the prior–data conflict, in words.
+    pub prior_data: Vec<String>,
     /// Latest fit's smoothed path with the counterfactuals.
     pub path: Vec<PathView>,
     /// Decisions, oldest first.
@@ -244,6 +249,31 @@ async fn trial_detail(
                 .flat_map(|r| &r.effects)
                 .filter_map(|e| Some((by_key(&e.arm), e.natural.as_ref()?.describe())))
                 .collect();
+            let prior_data: Vec<String> = if has_proposer_prior(&protocol) {
+                let sceptical = s
+                    .latest_fit(id, &sceptical_key(stream))?
+                    .and_then(|f| f.report().ok());
+                let unit = if protocol.outcome.family == crate::engine::spec::Family::Gaussian {
+                    protocol.outcome.unit.clone()
+                } else {
+                    "(log ratio)".to_string()
+                };
+                match (&latest, sceptical) {
+                    (Some(main), Some(sc)) => compare(&protocol, main, &sc)
+                        .into_iter()
+                        .map(|mut a| {
+                            a.arm = by_key(&a.arm);
+                            a.describe(&unit)
+                        })
+                        .collect(),
+                    _ => vec![
+                        "The proposer's expected effect is compared with your data once the first fits exist."
+                            .to_string(),
+                    ],
+                }
+            } else {
+                Vec::new()
+            };
             let (diagnostics, path) = match latest {
                 Some(r) => (
                     Some(r.diagnostics),
@@ -305,6 +335,7 @@ async fn trial_detail(
                 fits,
                 diagnostics,
                 natural,
+                prior_data,
                 path,
                 decisions: s
                     .decisions(id)?
@@ -335,6 +366,7 @@ async fn trial_detail(
 <h2>Effects over time</h2>
 {% if effect_svgs.is_empty() %}<p>No fit yet: the first comes once there is data.</p>{% endif %}
 {% if !d.natural.is_empty() %}<p>In your units, by the latest fit:</p><ul>{% for n in d.natural %}<li>{{ n.0 }}: {{ n.1 }}</li>{% endfor %}</ul>{% endif %}
+{% if !d.prior_data.is_empty() %}<h3>Your data against the proposer's expectation</h3><ul>{% for n in d.prior_data %}<li>{{ n }}</li>{% endfor %}</ul><p class="muted">Decisions use the fit with the proposer's prior, whose spread was widened so it cannot decide alone; the sceptical fit shows what your data say from a neutral start.</p>{% endif %}
 {% for svg in effect_svgs %}<figure>{{ svg|safe }}</figure>{% endfor %}
 {% for svg in prob_svgs %}<figure>{{ svg|safe }}</figure>{% endfor %}
 <h2>Decisions</h2>

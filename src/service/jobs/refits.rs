@@ -10,6 +10,7 @@ use crate::service::loaded::LoadedTrial;
 use crate::service::notify;
 use crate::service::store::{DecisionRow, NewDecision, NewFit};
 use crate::trial::decide::{Action, Decision};
+use crate::trial::prior_data::{has_proposer_prior, sceptical_key};
 use crate::trial::protocol::{Analysis, Outcome};
 use crate::trial::series;
 use crate::trial::step::{self, LookFit, LookHistory};
@@ -58,12 +59,23 @@ pub(crate) async fn refit_trial(state: &AppState, trial: &LoadedTrial) -> Result
     for outcome in trial.protocol.outcomes() {
         // Intention to treat always; as treated too when the protocol says
         // decisions follow it (both are kept, under their own keys).
-        let mut analyses = vec![(outcome.stream.clone(), false)];
+        let mut analyses = vec![(outcome.stream.clone(), false, outcome.clone())];
         if trial.protocol.decision.analysis == Analysis::AsTreated {
-            analyses.push((series::as_treated_key(&outcome.stream), true));
+            analyses.push((
+                series::as_treated_key(&outcome.stream),
+                true,
+                outcome.clone(),
+            ));
         }
-        for (key, as_treated) in analyses {
-            if refit_one(state, trial, outcome, &key, as_treated).await? {
+        // A proposer's prior: the same fit under the sceptical default too
+        // (never decisive), for the prior–data comparison.
+        if std::ptr::eq(outcome, &trial.protocol.outcome) && has_proposer_prior(&trial.protocol) {
+            let mut sceptical = outcome.clone();
+            sceptical.priors.effects.clear();
+            analyses.push((sceptical_key(&outcome.stream), false, sceptical));
+        }
+        for (key, as_treated, fitted) in analyses {
+            if refit_one(state, trial, &fitted, &key, as_treated).await? {
                 stored += 1;
             }
         }
