@@ -695,3 +695,123 @@ fn the_dashboard_asks_in_the_background_and_shows_the_answer_and_its_exchange() 
     let (_, proposals) = d.get("/proposals");
     assert!(proposals.contains("Proposed by library"), "{proposals}");
 }
+
+/// Stores a fit of `series` under `key` for `trial`, with `effects` as the
+/// effect priors (empty: the sceptical default).
+fn store_fit(
+    store: &mut Store,
+    trial: i64,
+    key: &str,
+    series: &nof1d::engine::model::Series,
+    outcome: &nof1d::trial::protocol::Outcome,
+    protocol: &nof1d::trial::protocol::Protocol,
+) -> nof1d::engine::fit::FitReport {
+    let model = outcome.model_spec();
+    let spec = nof1d::trial::step::look_fit_spec(&model, protocol, 7, None, Vec::new());
+    let report = nof1d::engine::fit::fit(series, &spec).unwrap();
+    store
+        .insert_fit(
+            &nof1d::service::store::NewFit {
+                trial_id: trial,
+                stream_key: key.into(),
+                data_through: "2026-11-28".parse().unwrap(),
+                observations: report.observations,
+                engine: "gaussian/grid".into(),
+                seed: 7,
+                scale: report.priors.scale,
+                priors_json: serde_json::to_string(&report.priors).unwrap(),
+                result_json: serde_json::to_string(&report).unwrap(),
+                converged: report.diagnostics.converged,
+                wall_ms: report.diagnostics.wall_ms,
+            },
+            Timestamp::now(),
+        )
+        .unwrap();
+    report
+}
+
+#[test]
+fn a_wrong_proposer_prior_shows_as_a_conflict_on_the_trial_page_and_in_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let (mut store, who) = store_with_data(&data, None);
+    let fake = FakeLlm::start();
+    // The proposer expects meditation to lower anxiety by 0.5 (prior sd
+    // floored to 1.0); the data (below) have it raise anxiety by 2.5, about
+    // 3 prior predictive sds away (data se ≈ 0.3), so p ≈ 0.004 whatever
+    // the seed's noise.
+    fake.answer(vec![completion(&answer_of(vec![meditation(0.6)]))]);
+    let llm = llm_config(&fake.url, 5, 0);
+    let r = run_ask(&mut store, &who, &llm, "would meditation calm my evenings?");
+    let trial = r.kept[0].2.unwrap();
+    let protocol = r.kept[0].0.protocol.clone();
+    assert!(nof1d::trial::prior_data::has_proposer_prior(&protocol));
+    let series = nof1d::engine::generate::two_arm_series(112, 2.5, 3);
+    let main = store_fit(
+        &mut store,
+        trial,
+        "anxiety_evening",
+        &series,
+        &protocol.outcome,
+        &protocol,
+    );
+    let mut sceptical = protocol.outcome.clone();
+    sceptical.priors.effects.clear();
+    let twin = store_fit(
+        &mut store,
+        trial,
+        &nof1d::trial::prior_data::sceptical_key("anxiety_evening"),
+        &series,
+        &sceptical,
+        &protocol,
+    );
+    let cmp = nof1d::trial::prior_data::compare(&protocol, &main, &twin);
+    assert_eq!(cmp.len(), 1);
+    assert!(cmp[0].conflict(), "{cmp:?}");
+    // The sceptical fit is closer to the truth than the one with the wrong prior.
+    // The wrong prior pulls the estimate its way; the sceptical one less.
+    assert!(cmp[0].with_proposer[0] < cmp[0].sceptical[0], "{cmp:?}");
+    drop(store);
+
+    let config = dir.path().join("nof1d.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {data:?}\n[jobs]\ncalibrate = false\n[[participants]]\nkey = \"anna\"\nname = \"Anna\"\nemail = \"anna@example.invalid\"\ntime_zone = \"Europe/Berlin\"\n"
+        ),
+    )
+    .unwrap();
+    let d = common::Daemon::start(&data, &["--config", config.to_str().unwrap()]);
+    let (code, page) = d.get(&format!("/trials/{trial}"));
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("Your data against the proposer&#x27;s expectation")
+            || page.contains("Your data against the proposer's expectation"),
+        "{page}"
+    );
+    assert!(
+        page.contains("your data disagree with what the proposer expected"),
+        "{page}"
+    );
+    let detail = d.json(&format!("/api/trials/{trial}"));
+    assert_eq!(detail["prior_data"].as_array().unwrap().len(), 1);
+    d.terminate();
+    let out = common::run_ok(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "report",
+            &trial.to_string(),
+            "--sim-trials",
+            "0",
+        ],
+        dir.path(),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("Against the proposer's expectation"),
+        "{text}"
+    );
+    assert!(text.contains("prior predictive p"), "{text}");
+}
