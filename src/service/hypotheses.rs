@@ -486,23 +486,7 @@ pub fn record(
             protocol: protocol.clone(),
         })
         .collect();
-    let exchanges: Vec<NewExchange> = attempts
-        .into_iter()
-        .enumerate()
-        .map(|(i, a)| NewExchange {
-            purpose: purpose.as_str(),
-            proposer: proposer.clone(),
-            attempt: i as u32 + 1,
-            question: question.clone(),
-            request_json: a.request_json,
-            http_status: a.http_status,
-            response_body: a.response_body,
-            outcome: a.outcome,
-            problems: a.problem,
-            started_at: a.started_at,
-            finished_at: a.finished_at,
-        })
-        .collect();
+    let exchanges = audit_rows(attempts, purpose.as_str(), &proposer, &question);
     let ids = store.record_hypotheses(participant_id, &exchanges, &to_record, actor, now)?;
     for (c, (hid, tid)) in checked.into_iter().zip(ids) {
         report.kept.push((c, hid, tid));
@@ -547,6 +531,32 @@ pub async fn ask_in_daemon(
         .db
         .write_with(move |s| record(s, pid, consulted, actor, now))
         .await
+}
+
+/// The audit log's rows for a question's requests, numbered in order.
+fn audit_rows(
+    attempts: Vec<Attempt>,
+    purpose: &'static str,
+    proposer: &str,
+    question: &str,
+) -> Vec<NewExchange> {
+    attempts
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| NewExchange {
+            purpose,
+            proposer: proposer.to_string(),
+            attempt: i as u32 + 1,
+            question: question.to_string(),
+            request_json: a.request_json,
+            http_status: a.http_status,
+            response_body: a.response_body,
+            outcome: a.outcome,
+            problems: a.problem,
+            started_at: a.started_at,
+            finished_at: a.finished_at,
+        })
+        .collect()
 }
 
 /// One question to the LLM, with one repair round-trip when its answer is
@@ -639,22 +649,7 @@ pub fn conclude(
     if let (Some(why), Some(last)) = (&refused, attempts.last_mut()) {
         last.problem = format!("conclusion refused, the template's shown instead: {why}");
     }
-    let exchanges = attempts
-        .into_iter()
-        .enumerate()
-        .map(|(i, a)| NewExchange {
-            purpose: "conclude",
-            proposer: format!("llm:{}", client.model()),
-            attempt: i as u32 + 1,
-            question: String::new(),
-            request_json: a.request_json,
-            http_status: a.http_status,
-            response_body: a.response_body,
-            outcome: a.outcome,
-            problems: a.problem,
-            started_at: a.started_at,
-            finished_at: a.finished_at,
-        })
-        .collect();
+    let proposer = format!("llm:{}", client.model());
+    let exchanges = audit_rows(attempts, "conclude", &proposer, "");
     (shown, refused, exchanges)
 }
