@@ -16,8 +16,9 @@ CREATE TABLE llm_exchanges (
     response_body  TEXT NOT NULL DEFAULT '',    -- what came back, verbatim (capped)
     outcome        TEXT NOT NULL,               -- 'ok', 'retry', 'repair', 'failed'
     problems       TEXT NOT NULL DEFAULT '',    -- why answers were refused
-    started_at     TEXT NOT NULL,
-    finished_at    TEXT NOT NULL
+    started_at     TEXT NOT NULL,               -- real time of the request
+    finished_at    TEXT NOT NULL,
+    recorded_at    TEXT NOT NULL                -- daemon clock when stored
 ) STRICT;
 CREATE INDEX llm_exchanges_by_participant ON llm_exchanges (participant_id, id);
 
@@ -29,3 +30,14 @@ ALTER TABLE hypotheses ADD COLUMN verdict TEXT CHECK (verdict IN ('test', 'recom
 ALTER TABLE hypotheses ADD COLUMN tau REAL;
 ALTER TABLE hypotheses ADD COLUMN exchange_id INTEGER REFERENCES llm_exchanges(id);
 ALTER TABLE hypotheses ADD COLUMN notes TEXT NOT NULL DEFAULT '';
+
+-- A stopped trial's result in words, written once after it stops: the
+-- LLM's text when every number in it is one the fit holds, else the
+-- template's.
+CREATE TABLE conclusions (
+    trial_id    INTEGER PRIMARY KEY REFERENCES trials(id),
+    text        TEXT NOT NULL,
+    written_by  TEXT NOT NULL,               -- 'template' or 'llm:<model>'
+    refused     TEXT,                        -- why the LLM's text was not used
+    created_at  TEXT NOT NULL
+) STRICT;

@@ -518,13 +518,18 @@ fn an_instruction_hidden_in_a_stream_name_changes_nothing() {
         "would meditation calm my evenings?",
     );
     let clean_sent = fake.requests().remove(0);
-    // A model that obeyed the injection: it proposes something outside the
-    // library, on the injected stream, changing medication.
-    let mut obeyed = meditation(0.9);
-    obeyed["library_id"] = serde_json::json!("stop-insulin");
-    obeyed["outcome_stream"] = serde_json::json!(injected);
-    obeyed["changes_medication"] = serde_json::json!(true);
-    fake.answer(vec![completion(&answer_of(vec![obeyed, meditation(0.6)]))]);
+    // A model that obeyed the injection: one answer outside the library,
+    // one inside it but on the injected stream and changing medication.
+    let mut outside = meditation(0.9);
+    outside["library_id"] = serde_json::json!("stop-insulin");
+    let mut inside = meditation(0.9);
+    inside["outcome_stream"] = serde_json::json!(injected);
+    inside["changes_medication"] = serde_json::json!(true);
+    fake.answer(vec![completion(&answer_of(vec![
+        outside,
+        inside,
+        meditation(0.6),
+    ]))]);
     let b = run_ask(
         &mut dirty,
         &who_d,
@@ -555,7 +560,15 @@ fn an_instruction_hidden_in_a_stream_name_changes_nothing() {
 
     // Nothing of the obeyed answer is used; the same valid hypothesis
     // comes out as without the injection.
-    assert_eq!(b.refused.len(), 1);
+    assert_eq!(b.refused.len(), 2);
+    assert!(
+        b.refused[1]
+            .reasons
+            .iter()
+            .any(|r| r.contains("is not measured by meditation-anxiety")),
+        "{:?}",
+        b.refused[1]
+    );
     assert!(
         b.refused[0]
             .reasons
@@ -774,15 +787,46 @@ fn a_wrong_proposer_prior_shows_as_a_conflict_on_the_trial_page_and_in_the_repor
     assert!(cmp[0].with_proposer[0] < cmp[0].sceptical[0], "{cmp:?}");
     drop(store);
 
+    // The trial ran and stopped (set directly: its run is not the point here).
+    let conn = rusqlite::Connection::open(data.join("nof1d.sqlite")).unwrap();
+    conn.execute(
+        "UPDATE trials SET status = 'stopped', start_date = '2026-08-01',
+             stop_reason = 'futility: P(better by MID) below 0.05' WHERE id = ?1",
+        [trial],
+    )
+    .unwrap();
+    drop(conn);
+    // The daemon's hypotheses job writes its conclusion with the LLM: a
+    // text with no number passes the check.
+    let words = "Meditation did not calm your evenings: your anxiety rose while you meditated.";
+    fake.answer(vec![completion(
+        &serde_json::json!({ "conclusion": words }).to_string(),
+    )]);
     let config = dir.path().join("nof1d.toml");
     std::fs::write(
         &config,
         format!(
-            "data_dir = {data:?}\n[jobs]\ncalibrate = false\n[[participants]]\nkey = \"anna\"\nname = \"Anna\"\nemail = \"anna@example.invalid\"\ntime_zone = \"Europe/Berlin\"\n"
+            "data_dir = {data:?}\n[jobs]\ncalibrate = false\nhypotheses_seconds = 1\n[[participants]]\nkey = \"anna\"\nname = \"Anna\"\nemail = \"anna@example.invalid\"\ntime_zone = \"Europe/Berlin\"\n[llm]\nbase_url = \"{}\"\nmodel = \"fake-model\"\ntimeout_seconds = 5\n",
+            fake.url
         ),
     )
     .unwrap();
     let d = common::Daemon::start(&data, &["--config", config.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.json(&format!("/api/trials/{trial}"))["conclusion"].is_null() {
+        assert!(
+            Instant::now() < deadline,
+            "no conclusion; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let detail = d.json(&format!("/api/trials/{trial}"));
+    assert_eq!(detail["conclusion"][0], words);
+    assert_eq!(detail["conclusion"][1], "llm:fake-model");
+    let sent = fake.requests();
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].to_string().contains("FACTS (JSON)"));
     let (code, page) = d.get(&format!("/trials/{trial}"));
     assert_eq!(code, 200);
     assert!(

@@ -6,22 +6,33 @@ use crate::service::hypotheses::AskReport;
 use crate::service::store::{ExchangeRow, HypothesisRow};
 use crate::trial::hypothesis::Verdict;
 
+/// Text that came from a model or from data, safe for a terminal: control
+/// characters (escape sequences among them) shown as `?`, newlines kept.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() && c != '\n' { '?' } else { c })
+        .collect()
+}
+
 /// The answer to a question: kept hypotheses with their verdicts and
 /// trials, refusals with reasons, what is missing, and the next step.
 pub fn render_report(r: &AskReport, tau: f64) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Proposer: {}", r.proposer);
     if let Some(why) = &r.failure {
-        let _ = writeln!(out, "No answer: {why}");
+        let _ = writeln!(out, "No answer: {}", printable(why));
     }
     for (c, hid, trial) in &r.kept {
         let cand = &c.candidate;
         let _ = writeln!(
             out,
             "\nHypothesis {hid}: {} against {} for {} (sigma {:.2}, tau {tau:.2})",
-            cand.intervention, cand.comparator, c.protocol.outcome.stream, cand.sigma
+            printable(&cand.intervention),
+            printable(&cand.comparator),
+            c.protocol.outcome.stream,
+            cand.sigma
         );
-        let _ = writeln!(out, "  {}", cand.rationale.trim());
+        let _ = writeln!(out, "  {}", printable(cand.rationale.trim()));
         if let Some(p) = c
             .protocol
             .outcome
@@ -42,11 +53,11 @@ pub fn render_report(r: &AskReport, tau: f64) -> String {
             );
         }
         for n in &c.notes {
-            let _ = writeln!(out, "  note: {n}");
+            let _ = writeln!(out, "  note: {}", printable(n));
         }
         if let Some(h) = &c.protocol.hypothesis {
             for s in &h.safety_notes {
-                let _ = writeln!(out, "  safety: {s}");
+                let _ = writeln!(out, "  safety: {}", printable(s));
             }
         }
         match (c.verdict, trial) {
@@ -74,13 +85,18 @@ pub fn render_report(r: &AskReport, tau: f64) -> String {
         }
     }
     for f in &r.refused {
-        let _ = writeln!(out, "\nRefused {}:", f.what);
+        let _ = writeln!(out, "\nRefused {}:", printable(&f.what));
         for why in &f.reasons {
-            let _ = writeln!(out, "  - {why}");
+            let _ = writeln!(out, "  - {}", printable(why));
         }
     }
     for m in &r.missing {
-        let _ = writeln!(out, "\nMissing: {} — {}", m.what, m.suggestion);
+        let _ = writeln!(
+            out,
+            "\nMissing: {} — {}",
+            printable(&m.what),
+            printable(&m.suggestion)
+        );
     }
     if r.kept.is_empty() && r.failure.is_none() && r.missing.is_empty() {
         let _ = writeln!(out, "\nNo usable hypothesis.");
@@ -120,14 +136,14 @@ pub fn render_list(rows: &[HypothesisRow]) -> String {
             "{} #{} {} — sigma {} — {} — {} — by {}",
             h.created_at,
             h.id,
-            what,
+            printable(&what),
             h.sigma.map_or("–".into(), |s| format!("{s:.2}")),
             h.verdict.as_deref().unwrap_or("–"),
             trial,
             h.proposer
         );
         if !h.question.is_empty() {
-            let _ = writeln!(out, "    asked: {:?}", h.question);
+            let _ = writeln!(out, "    asked: {:?}", printable(&h.question));
         }
     }
     out
@@ -150,10 +166,10 @@ pub fn render_log(rows: &[ExchangeRow]) -> String {
             e.finished_at
         );
         if !e.problems.is_empty() {
-            let _ = writeln!(out, "--- problems\n{}", e.problems);
+            let _ = writeln!(out, "--- problems\n{}", printable(&e.problems));
         }
-        let _ = writeln!(out, "--- sent\n{}", e.request_json);
-        let _ = writeln!(out, "--- received\n{}", e.response_body);
+        let _ = writeln!(out, "--- sent\n{}", printable(&e.request_json));
+        let _ = writeln!(out, "--- received\n{}", printable(&e.response_body));
     }
     out
 }

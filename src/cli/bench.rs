@@ -475,7 +475,7 @@ pub fn prior_meets_data(series: usize, days: usize, trials: usize, seed: u64) ->
     for (name, mean) in priors {
         for floored in [false, true] {
             let sd = if floored {
-                stated_sd.max(prior_sd_floor(mean, mid))
+                stated_sd.max(prior_sd_floor(mean, mid, protocol.outcome.direction))
             } else {
                 stated_sd
             };
@@ -510,8 +510,8 @@ pub fn prior_meets_data(series: usize, days: usize, trials: usize, seed: u64) ->
                     cover[k] += f64::from(u8::from(e.ci90[0] <= truth && truth <= e.ci90[1]));
                     pmid[k] += e.p_better_by_mid;
                 }
-                let prior_sd = rb.priors.effects.get("meditation").map_or(1.0, |p| p[1]);
-                if let Some(d) = data_alone([eb.mean, eb.sd], prior_sd) {
+                let sceptical_prior = rb.priors.effects.get("meditation").copied();
+                if let Some(d) = sceptical_prior.and_then(|p| data_alone([eb.mean, eb.sd], p)) {
                     conflicts.push(conflict_p([mean, sd], d));
                 }
             }
@@ -545,7 +545,10 @@ pub fn prior_meets_data(series: usize, days: usize, trials: usize, seed: u64) ->
         ("optimistic, as stated", Some([optimistic, stated_sd])),
         (
             "optimistic, floored",
-            Some([optimistic, stated_sd.max(prior_sd_floor(optimistic, mid))]),
+            Some([
+                optimistic,
+                stated_sd.max(prior_sd_floor(optimistic, mid, protocol.outcome.direction)),
+            ]),
         ),
     ] {
         let mut p = protocol.clone();

@@ -179,10 +179,6 @@ enum Command {
         /// Virtual trials for the design's error rates (0 to skip; at most 1,000,000).
         #[arg(long, default_value_t = 200, value_parser = trials_or_none)]
         sim_trials: usize,
-        /// A stopped trial's conclusion written by the configured LLM (kept
-        /// only when every number in it is the fit's; else the template's).
-        #[arg(long)]
-        llm_conclusion: bool,
         /// Data folder (default: from the config).
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -996,7 +992,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
             out,
             sim_trials,
-            llm_conclusion,
             data_dir,
         } => {
             let mut config = load_config(&cli)?;
@@ -1012,48 +1007,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let key = config.database.resolve_key()?;
             let store = crate::service::store::Store::open_read_only_keyed(&path, key.as_ref())?;
-            let conclusion = match (&config.llm, *llm_conclusion) {
-                (Some(llm), true) => match crate::cli::report::conclusion_facts(&store, *trial)? {
-                    Some(facts) => {
-                        let client = crate::service::llm::LlmClient::new(llm)?;
-                        let (text, refused, exchanges) =
-                            crate::service::hypotheses::conclude(&client, &facts);
-                        if let Some(why) = refused {
-                            eprintln!("the LLM's conclusion was not used: {why}");
-                        }
-                        let row = store
-                            .trial(*trial)?
-                            .ok_or_else(|| anyhow::anyhow!("there is no trial {trial}"))?;
-                        let mut writer =
-                            crate::service::store::Store::open_keyed(&path, key.as_ref())?;
-                        writer.record_hypotheses(
-                            row.participant_id,
-                            &exchanges,
-                            &[],
-                            "investigator (cli)",
-                            jiff::Timestamp::now(),
-                        )?;
-                        Some(text)
-                    }
-                    None => {
-                        eprintln!(
-                            "trial {trial} has not stopped (or has no fit): no conclusion yet"
-                        );
-                        None
-                    }
-                },
-                (None, true) => {
-                    anyhow::bail!("--llm-conclusion needs an [llm] section in the config")
-                }
-                _ => None,
-            };
-            let text = crate::cli::report::render(
-                &store,
-                *trial,
-                format,
-                *sim_trials,
-                conclusion.as_deref(),
-            )?;
+            let text = crate::cli::report::render(&store, *trial, format, *sim_trials)?;
             match out {
                 Some(file) => {
                     std::fs::write(file, &text)

@@ -58,17 +58,14 @@ fn pct(p: f64) -> String {
 }
 
 /// Builds and renders the report of `trial_id`; `sim_trials` virtual trials
-/// per condition give the design's error rates (0 skips them). A stopped
-/// trial's conclusion is `conclusion` (an LLM's text already checked by
-/// `trial::conclusion::choose`), else the template's.
+/// per condition give the design's error rates (0 skips them).
 pub fn render(
     store: &Store,
     trial_id: i64,
     format: Format,
     sim_trials: usize,
-    conclusion: Option<&str>,
 ) -> Result<String, ReportError> {
-    let blocks = build(store, trial_id, sim_trials, conclusion)?;
+    let blocks = build(store, trial_id, sim_trials)?;
     Ok(match format {
         Format::Text => text(&blocks),
         Format::Markdown => markdown(&blocks),
@@ -76,62 +73,7 @@ pub fn render(
     })
 }
 
-/// The facts a stopped trial's conclusion may use: the primary outcome's
-/// latest fit, for the arm most likely best; `None` before a fit or for a
-/// trial that has not stopped.
-pub fn conclusion_facts(
-    store: &Store,
-    trial_id: i64,
-) -> Result<Option<crate::trial::conclusion::Facts>, ReportError> {
-    let trial = store
-        .trial(trial_id)?
-        .ok_or_else(|| ReportError::Invalid(format!("there is no trial {trial_id}")))?;
-    if trial.status != crate::trial::lifecycle::TrialStatus::Stopped {
-        return Ok(None);
-    }
-    let protocol = Protocol::parse(&trial.protocol_toml, &format!("trial {trial_id}"))
-        .map_err(|e| ReportError::Invalid(e.to_string()))?;
-    let Some(fit) = store.latest_fit(trial.id, &protocol.outcome.stream)? else {
-        return Ok(None);
-    };
-    let report = fit
-        .report()
-        .map_err(|e| ReportError::Invalid(format!("fit {}: {e}", fit.id)))?;
-    let Some(best) = report
-        .effects
-        .iter()
-        .max_by(|a, b| a.p_best.total_cmp(&b.p_best))
-        .cloned()
-    else {
-        return Ok(None);
-    };
-    let label = |key: &str| {
-        protocol
-            .arm_index(key)
-            .map_or_else(|| key.to_string(), |i| protocol.arms[i].label.clone())
-    };
-    Ok(Some(crate::trial::conclusion::Facts {
-        arm: label(&best.arm),
-        comparator: label(&protocol.comparator),
-        outcome: protocol.outcome.stream.replace('_', " "),
-        unit: protocol.outcome.unit.clone(),
-        direction: protocol.outcome.direction,
-        family: protocol.outcome.family,
-        mid: protocol.outcome.mid,
-        effect: best,
-        stop_reason: trial
-            .stop_reason
-            .clone()
-            .unwrap_or_else(|| "it was stopped".into()),
-    }))
-}
-
-fn build(
-    store: &Store,
-    trial_id: i64,
-    sim_trials: usize,
-    conclusion: Option<&str>,
-) -> Result<Vec<Block>, ReportError> {
+fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, ReportError> {
     let trial = store
         .trial(trial_id)?
         .ok_or_else(|| ReportError::Invalid(format!("there is no trial {trial_id}")))?;
@@ -437,12 +379,9 @@ fn build(
     }
 
     // The result in words, once stopped.
-    if let Some(facts) = conclusion_facts(store, trial_id)? {
+    if let Some((text, by)) = crate::service::hypotheses::conclusion_text(store, trial_id)? {
         b.push(Block::Heading("Conclusion".into()));
-        b.push(Block::Para(match conclusion {
-            Some(text) => text.to_string(),
-            None => crate::trial::conclusion::template(&facts),
-        }));
+        b.push(Block::Para(format!("{text} (Written by {by}.)")));
     }
 
     // Decisions.

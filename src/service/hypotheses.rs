@@ -91,6 +91,9 @@ pub struct Gathered {
     pub past: Vec<serde_json::Value>,
     /// Protocol ids of trials proposed, approved, running or paused.
     pub open_protocols: Vec<String>,
+    /// Protocol ids of proposals the person rejected (stopped before they
+    /// started): scheduled proposals do not offer them again.
+    pub rejected_protocols: Vec<String>,
 }
 
 /// One hypothesis the proposer gave that was refused, and why.
@@ -138,6 +141,7 @@ pub fn gather(
     };
     let mut past = Vec::new();
     let mut open_protocols = Vec::new();
+    let mut rejected_protocols = Vec::new();
     for t in store.trials()? {
         if t.participant_id != participant.id {
             continue;
@@ -150,6 +154,9 @@ pub fn gather(
                 | TrialStatus::Paused
         ) {
             open_protocols.push(t.protocol_id.clone());
+        }
+        if t.status == TrialStatus::Stopped && t.start_date.is_none() {
+            rejected_protocols.push(t.protocol_id.clone());
         }
         if !matches!(t.status, TrialStatus::Running | TrialStatus::Stopped) {
             continue;
@@ -189,6 +196,7 @@ pub fn gather(
         streams,
         past,
         open_protocols,
+        rejected_protocols,
     })
 }
 
@@ -419,15 +427,24 @@ pub fn consult(
         }
     }
     let mut proposals = Vec::new();
+    let mut proposed_now = std::collections::BTreeSet::new();
     for c in &mut checked {
         proposals.push(if c.verdict == Verdict::Test {
-            if g.open_protocols.contains(&c.protocol.id) {
+            if g.open_protocols.contains(&c.protocol.id) || proposed_now.contains(&c.protocol.id) {
                 c.notes.push(format!(
                     "a trial of {} is already proposed or running: not proposed again",
                     c.protocol.id
                 ));
                 None
+            } else if purpose == Purpose::Propose && g.rejected_protocols.contains(&c.protocol.id)
+            {
+                c.notes.push(format!(
+                    "you rejected a trial of {} before: scheduled proposals do not offer it again (ask for it to have it proposed)",
+                    c.protocol.id
+                ));
+                None
             } else {
+                proposed_now.insert(c.protocol.id.clone());
                 let seed = crate::trial::design::draw_seed()
                     .map_err(|e| HypothesisError::Seed(e.to_string()))?;
                 Some((
@@ -602,6 +619,133 @@ fn ask_llm(
             })
         }
     }
+}
+
+/// The facts a stopped trial's conclusion may use: the primary outcome's
+/// latest fit, for the arm most likely best; `None` before a fit, and for
+/// a trial that has not stopped or never started.
+pub fn conclusion_facts(
+    store: &Store,
+    trial_id: i64,
+) -> Result<Option<crate::trial::conclusion::Facts>, StoreError> {
+    let Some(trial) = store.trial(trial_id)? else {
+        return Ok(None);
+    };
+    // Only a trial that ran has a result (a rejected proposal never started).
+    if trial.status != TrialStatus::Stopped || trial.start_date.is_none() {
+        return Ok(None);
+    }
+    let protocol = crate::trial::protocol::Protocol::parse(&trial.protocol_toml, "stored")
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let Some(fit) = store.latest_fit(trial.id, &protocol.outcome.stream)? else {
+        return Ok(None);
+    };
+    // A stored fit that no longer decodes counts as no fit.
+    let Ok(report) = fit.report() else {
+        return Ok(None);
+    };
+    let Some(best) = report
+        .effects
+        .iter()
+        .max_by(|a, b| a.p_best.total_cmp(&b.p_best))
+        .cloned()
+    else {
+        return Ok(None);
+    };
+    let label = |key: &str| {
+        protocol
+            .arm_index(key)
+            .map_or_else(|| key.to_string(), |i| protocol.arms[i].label.clone())
+    };
+    Ok(Some(crate::trial::conclusion::Facts {
+        arm: label(&best.arm),
+        comparator: label(&protocol.comparator),
+        outcome: protocol.outcome.stream.replace('_', " "),
+        unit: protocol.outcome.unit.clone(),
+        direction: protocol.outcome.direction,
+        family: protocol.outcome.family,
+        mid: protocol.outcome.mid,
+        effect: best,
+        stop_reason: trial
+            .stop_reason
+            .clone()
+            .unwrap_or_else(|| "it was stopped".into()),
+    }))
+}
+
+/// A stopped trial's conclusion and who wrote it: the stored one, else
+/// the template's from the latest fit; `None` before it stops (or without
+/// a fit).
+pub fn conclusion_text(
+    store: &Store,
+    trial_id: i64,
+) -> Result<Option<(String, String)>, StoreError> {
+    if let Some(c) = store.conclusion(trial_id)? {
+        return Ok(Some((c.text, c.written_by)));
+    }
+    Ok(conclusion_facts(store, trial_id)?.map(|f| {
+        (
+            crate::trial::conclusion::template(&f),
+            "template".to_string(),
+        )
+    }))
+}
+
+/// Writes the conclusion of every stopped trial that has none: the
+/// configured LLM's text when every number in it checks, else the
+/// template's. Returns how many were written.
+pub async fn conclude_stopped(
+    state: &crate::service::app::AppState,
+) -> Result<usize, HypothesisError> {
+    let ids = state.db.read(|s| s.trials_to_conclude()).await?;
+    let mut written = 0;
+    for id in ids {
+        let Some(facts) = state.db.read(move |s| conclusion_facts(s, id)).await? else {
+            continue;
+        };
+        let config = state.config.clone();
+        let (row, exchanges) = tokio::task::spawn_blocking(move || {
+            let client = config.llm.as_ref().map(LlmClient::new).transpose();
+            match client {
+                Ok(Some(client)) => {
+                    let (text, refused, exchanges) = conclude(&client, &facts);
+                    let written_by = match &refused {
+                        None => format!("llm:{}", client.model()),
+                        Some(_) => "template".to_string(),
+                    };
+                    (
+                        crate::service::store::ConclusionRow {
+                            text,
+                            written_by,
+                            refused,
+                            created_at: String::new(),
+                        },
+                        exchanges,
+                    )
+                }
+                Ok(None) | Err(_) => (
+                    crate::service::store::ConclusionRow {
+                        text: crate::trial::conclusion::template(&facts),
+                        written_by: "template".into(),
+                        refused: None,
+                        created_at: String::new(),
+                    },
+                    Vec::new(),
+                ),
+            }
+        })
+        .await
+        .map_err(|e| HypothesisError::Store(StoreError::Task(e.to_string())))?;
+        let now = state.clock.now();
+        if state
+            .db
+            .write(move |s| s.put_conclusion(id, &row, &exchanges, now))
+            .await?
+        {
+            written += 1;
+        }
+    }
+    Ok(written)
 }
 
 /// Asks the LLM for a stopped trial's conclusion in plain words from the

@@ -514,6 +514,19 @@ pub struct ExchangeRow {
     pub finished_at: String,
 }
 
+/// A stopped trial's conclusion as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConclusionRow {
+    /// The text shown.
+    pub text: String,
+    /// `template` or `llm:<model>`.
+    pub written_by: String,
+    /// Why the LLM's text was not used, if it was not.
+    pub refused: Option<String>,
+    /// When it was written.
+    pub created_at: String,
+}
+
 /// The largest answer body kept in the audit log.
 const EXCHANGE_BODY_CHARS: usize = 200_000;
 
@@ -1768,34 +1781,36 @@ impl Store {
         now: Timestamp,
     ) -> Result<Vec<(i64, Option<i64>)>> {
         let tx = self.conn.transaction()?;
-        let mut last = None;
-        for e in exchanges {
-            let body: String = e.response_body.chars().take(EXCHANGE_BODY_CHARS).collect();
-            last = Some(tx.query_row(
-                "INSERT INTO llm_exchanges (participant_id, purpose, proposer, attempt, question,
-                     request_json, http_status, response_body, outcome, problems, started_at,
-                     finished_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
-                params![
-                    participant_id,
-                    e.purpose,
-                    e.proposer,
-                    e.attempt,
-                    e.question,
-                    e.request_json,
-                    e.http_status,
-                    body,
-                    e.outcome,
-                    e.problems,
-                    ts(e.started_at),
-                    ts(e.finished_at)
-                ],
-                |r| r.get::<_, i64>(0),
-            )?);
-        }
+        let last = insert_exchanges(&tx, participant_id, exchanges, now)?;
         let mut out = Vec::new();
         for h in hypotheses {
-            let status = if h.protocol.is_some() {
+            // Checked again here, where writes are one at a time: two asks
+            // answered at once must not propose the same protocol twice.
+            let open_already = match &h.protocol {
+                Some((protocol_id, ..)) => tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM trials WHERE participant_id = ?1
+                         AND protocol_id = ?2 AND status IN ('proposed', 'approved', 'running', 'paused'))",
+                    params![participant_id, protocol_id],
+                    |r| r.get::<_, bool>(0),
+                )?,
+                None => false,
+            };
+            let protocol = if open_already {
+                None
+            } else {
+                h.protocol.as_ref()
+            };
+            let notes = if open_already {
+                format!(
+                    "{}\na trial of this protocol is already open: not proposed again",
+                    h.notes
+                )
+                .trim()
+                .to_string()
+            } else {
+                h.notes.clone()
+            };
+            let status = if protocol.is_some() {
                 "proposed"
             } else {
                 "open"
@@ -1815,11 +1830,11 @@ impl Store {
                     h.verdict,
                     h.tau,
                     last,
-                    h.notes
+                    notes
                 ],
                 |r| r.get(0),
             )?;
-            let trial = match &h.protocol {
+            let trial = match protocol {
                 Some((protocol_id, text, hash, seed)) => Some(insert_proposal(
                     &tx,
                     &Proposal {
@@ -1839,6 +1854,70 @@ impl Store {
         }
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Stores a stopped trial's conclusion with the exchanges that wrote it,
+    /// in one transaction; a trial keeps its first conclusion. Returns
+    /// whether this one was stored.
+    pub fn put_conclusion(
+        &mut self,
+        trial_id: i64,
+        conclusion: &ConclusionRow,
+        exchanges: &[NewExchange],
+        now: Timestamp,
+    ) -> Result<bool> {
+        let tx = self.conn.transaction()?;
+        let participant_id: i64 = tx.query_row(
+            "SELECT participant_id FROM trials WHERE id = ?1",
+            [trial_id],
+            |r| r.get(0),
+        )?;
+        let stored = tx.execute(
+            "INSERT INTO conclusions (trial_id, text, written_by, refused, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (trial_id) DO NOTHING",
+            params![
+                trial_id,
+                conclusion.text,
+                conclusion.written_by,
+                conclusion.refused,
+                ts(now)
+            ],
+        )? == 1;
+        if stored {
+            insert_exchanges(&tx, participant_id, exchanges, now)?;
+        }
+        tx.commit()?;
+        Ok(stored)
+    }
+
+    /// A trial's conclusion, once written.
+    pub fn conclusion(&self, trial_id: i64) -> Result<Option<ConclusionRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT text, written_by, refused, created_at FROM conclusions WHERE trial_id = ?1",
+                [trial_id],
+                |r| {
+                    Ok(ConclusionRow {
+                        text: r.get(0)?,
+                        written_by: r.get(1)?,
+                        refused: r.get(2)?,
+                        created_at: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Trials that ran and stopped and have no conclusion yet.
+    pub fn trials_to_conclude(&self) -> Result<Vec<i64>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT t.id FROM trials t LEFT JOIN conclusions c ON c.trial_id = t.id
+             WHERE t.status = 'stopped' AND t.start_date IS NOT NULL AND c.trial_id IS NULL
+             ORDER BY t.id",
+        )?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
     /// A participant's hypotheses, newest first, with the trials they became.
@@ -1878,12 +1957,14 @@ impl Store {
         participant_id: i64,
     ) -> Result<(Option<Timestamp>, Option<Timestamp>)> {
         let last: Option<String> = self.conn.query_row(
-            "SELECT MAX(started_at) FROM llm_exchanges WHERE participant_id = ?1 AND purpose = 'propose'",
+            "SELECT MAX(recorded_at) FROM llm_exchanges WHERE participant_id = ?1 AND purpose = 'propose'",
             [participant_id],
             |r| r.get(0),
         )?;
+        // A trial that ran (a rejected proposal never started).
         let ended: Option<String> = self.conn.query_row(
-            "SELECT MAX(status_changed_at) FROM trials WHERE participant_id = ?1 AND status = 'stopped'",
+            "SELECT MAX(status_changed_at) FROM trials
+             WHERE participant_id = ?1 AND status = 'stopped' AND start_date IS NOT NULL",
             [participant_id],
             |r| r.get(0),
         )?;
@@ -3330,6 +3411,42 @@ fn record_day_entry(
         }
     };
     Ok(Ok(words))
+}
+
+/// Inserts exchanges into the audit log; returns the last one's id.
+fn insert_exchanges(
+    conn: &Connection,
+    participant_id: i64,
+    exchanges: &[NewExchange],
+    now: Timestamp,
+) -> Result<Option<i64>> {
+    let mut last = None;
+    for e in exchanges {
+        let body: String = e.response_body.chars().take(EXCHANGE_BODY_CHARS).collect();
+        last = Some(conn.query_row(
+            "INSERT INTO llm_exchanges (participant_id, purpose, proposer, attempt, question,
+                 request_json, http_status, response_body, outcome, problems, started_at,
+                 finished_at, recorded_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) RETURNING id",
+            params![
+                participant_id,
+                e.purpose,
+                e.proposer,
+                e.attempt,
+                e.question,
+                e.request_json,
+                e.http_status,
+                body,
+                e.outcome,
+                e.problems,
+                ts(e.started_at),
+                ts(e.finished_at),
+                ts(now)
+            ],
+            |r| r.get::<_, i64>(0),
+        )?);
+    }
+    Ok(last)
 }
 
 /// Inserts a proposed trial with its first event and audit entry.

@@ -65,18 +65,32 @@ pub fn allowed_numbers(f: &Facts) -> Vec<f64> {
     }
     let mut out = Vec::new();
     for x in v {
-        out.extend([x, x.abs(), 100.0 * x, (100.0 * x).abs()]);
+        out.extend([x, 100.0 * x]);
     }
     out
 }
 
-/// The numbers in a text, each with its number of decimals.
+/// The numbers in a text, each with its number of decimals; a `-` or `−`
+/// right before a number makes it negative, a `+` marks it signed too.
 pub fn numbers_in(text: &str) -> Vec<(f64, usize)> {
+    signed_numbers_in(text)
+        .into_iter()
+        .map(|(x, d, _)| (x, d))
+        .collect()
+}
+
+/// [`numbers_in`], with whether each carried an explicit sign.
+fn signed_numbers_in(text: &str) -> Vec<(f64, usize, bool)> {
     let mut out = Vec::new();
     let chars: Vec<char> = text.chars().collect();
     let mut i = 0;
     while i < chars.len() {
         if chars[i].is_ascii_digit() {
+            let sign = match i.checked_sub(1).map(|j| chars[j]) {
+                Some('-' | '−') => Some(-1.0),
+                Some('+') => Some(1.0),
+                _ => None,
+            };
             let start = i;
             while i < chars.len() && chars[i].is_ascii_digit() {
                 i += 1;
@@ -91,7 +105,7 @@ pub fn numbers_in(text: &str) -> Vec<(f64, usize)> {
             }
             let s: String = chars[start..i].iter().collect();
             if let Ok(x) = s.parse::<f64>() {
-                out.push((x, decimals));
+                out.push((sign.unwrap_or(1.0) * x, decimals, sign.is_some()));
             }
         } else {
             i += 1;
@@ -101,12 +115,15 @@ pub fn numbers_in(text: &str) -> Vec<(f64, usize)> {
 }
 
 /// Checks that every number in `text` is one of `allowed` rounded to the
-/// decimals shown; the error names the first that is not.
+/// decimals shown: a signed number ("-2.1", "+0.6") must match a value with
+/// its sign, an unsigned one ("by about 2.1") a value or its magnitude. The
+/// error names the first that matches nothing.
 pub fn check_numbers(text: &str, allowed: &[f64]) -> Result<(), String> {
-    for (x, decimals) in numbers_in(text) {
+    for (x, decimals, signed) in signed_numbers_in(text) {
         let step = 10f64.powi(-(decimals as i32));
-        let ok = allowed.iter().any(|v| {
-            let rounded = (v.abs() / step).round() * step;
+        let ok = allowed.iter().any(|&v| {
+            let v = if signed { v } else { v.abs() };
+            let rounded = (v / step).round() * step;
             (rounded - x).abs() < step * 0.5 + 1e-9
         });
         if !ok {
@@ -176,6 +193,10 @@ pub fn choose(f: &Facts, llm_text: Option<&str>) -> (String, Option<String>) {
         Some(t) if t.chars().count() > 1_200 => {
             (fallback, Some("the model's text was too long".into()))
         }
+        Some(t) if t.chars().any(|c| c.is_control() || "<>`[]".contains(c)) => (
+            fallback,
+            Some("the model's text holds markup or control characters".into()),
+        ),
         Some(t) => match check_numbers(t, &allowed_numbers(f)) {
             Ok(()) => (t.to_string(), None),
             Err(why) => (fallback, Some(why)),
@@ -236,5 +257,10 @@ mod tests {
             numbers_in("a 1.25-fold, 30 days, 0.05"),
             vec![(1.25, 2), (30.0, 0), (0.05, 2)]
         );
+        // A sign the fit does not have is refused: the days fell, not rose.
+        let flipped =
+            "Magnesium 600 mg changed your migraine days by +2.1 (90% interval +0.6 to +3.4).";
+        assert!(choose(&f, Some(flipped)).1.is_some());
+        assert!(choose(&f, Some("See <a href=x>this</a>.")).1.is_some());
     }
 }

@@ -195,13 +195,13 @@ pub fn answer_schema() -> serde_json::Value {
                         "outcome_stream": text("one of that protocol's outcome streams"),
                         "direction": {"type": "string", "enum": ["higher", "lower"]},
                         "effect_prior": {
-                            "type": "object",
+                            "type": ["object", "null"],
                             "additionalProperties": false,
                             "required": ["mean", "sd"],
                             "properties": {"mean": {"type": "number"}, "sd": {"type": "number"}},
-                            "description": "expected effect, treatment minus comparator: outcome units for gaussian outcomes, log rate or odds ratio otherwise"
+                            "description": "expected effect, treatment minus comparator: outcome units for gaussian outcomes, log rate or odds ratio otherwise; null: no expectation (a sceptical prior)"
                         },
-                        "half_life_days": {"type": "number", "description": "onset/washout half-life"},
+                        "half_life_days": {"type": ["number", "null"], "description": "onset/washout half-life in days; null: the protocol's"},
                         "sigma": {"type": "number", "minimum": 0, "maximum": 1,
                                   "description": "uncertainty that it works for this person: 0 sure, 1 no idea"},
                         "rationale": text("why, in two or three sentences"),
@@ -353,10 +353,20 @@ pub fn check(c: &Candidate, ctx: &Context<'_>) -> Result<Checked, Vec<String>> {
             }
         }
     }
-    match NamedGraph::from_edges(&c.graph) {
+    // The protocol's graph adds confounder → outcome and confounder →
+    // treatment arrows (`CausalGraph::of`): check cycles on that graph, and
+    // the path from treatment to outcome on the proposer's own arrows.
+    let mut full = c.graph.clone();
+    for conf in &c.confounders {
+        full.push([conf.trim().to_string(), "outcome".into()]);
+        full.push([conf.trim().to_string(), "treatment".into()]);
+    }
+    match NamedGraph::from_edges(&full) {
         Err(e) => why.push(e.to_string()),
         Ok(g) => {
-            if !g.has_path("treatment", "outcome") {
+            let own_path = NamedGraph::from_edges(&c.graph)
+                .is_ok_and(|own| own.has_path("treatment", "outcome"));
+            if !own_path {
                 why.push(crate::trial::causal::CausalError::NoPath.to_string());
             }
             for m in g.mediators("treatment", "outcome") {
@@ -380,7 +390,7 @@ pub fn check(c: &Candidate, ctx: &Context<'_>) -> Result<Checked, Vec<String>> {
         && p.sd.is_finite()
         && p.sd > 0.0
     {
-        let floor = prior_sd_floor(p.mean, outcome.mid().link());
+        let floor = prior_sd_floor(p.mean, outcome.mid().link(), outcome.direction);
         let sd = p.sd.max(floor);
         if sd > p.sd {
             notes.push(format!(
@@ -442,13 +452,16 @@ pub fn check(c: &Candidate, ctx: &Context<'_>) -> Result<Checked, Vec<String>> {
             .map(|i| format!("the protocol it makes is invalid: {}: {}", i.key, i.message))
             .collect::<Vec<_>>()
     })?;
+    // A medication change is never merely recommended: it is tested, with
+    // a clinician's agreement at approval, or not at all.
+    let verdict = if c.sigma >= ctx.tau || protocol.needs_clinician {
+        Verdict::Test
+    } else {
+        Verdict::Recommend
+    };
     Ok(Checked {
         candidate: c.clone(),
-        verdict: if c.sigma >= ctx.tau {
-            Verdict::Test
-        } else {
-            Verdict::Recommend
-        },
+        verdict,
         protocol,
         protocol_text: text,
         notes,
@@ -485,13 +498,29 @@ fn check_shape(c: &Candidate, why: &mut Vec<String>) {
     if c.rationale.trim().is_empty() {
         why.push("rationale is empty".into());
     }
-    let texts = [
-        ("intervention", &c.intervention),
-        ("rationale", &c.rationale),
+    let lists: [(&str, &[String]); 4] = [
+        ("confounders", &c.confounders),
+        ("mediators", &c.mediators),
+        ("adjust_for", &c.adjust_for),
+        ("safety_notes", &c.safety_notes),
     ];
+    let texts = [
+        ("intervention", c.intervention.as_str()),
+        ("rationale", c.rationale.as_str()),
+        ("comparator", c.comparator.as_str()),
+    ]
+    .into_iter()
+    .chain(
+        lists
+            .iter()
+            .flat_map(|(name, items)| items.iter().map(move |t| (*name, t.as_str()))),
+    )
+    .chain(c.graph.iter().flatten().map(|t| ("graph", t.as_str())));
     for (name, t) in texts {
         if t.chars().count() > MAX_TEXT {
-            why.push(format!("{name} is longer than {MAX_TEXT} characters"));
+            why.push(format!(
+                "{name} has a text longer than {MAX_TEXT} characters"
+            ));
         }
     }
     let lists = [
@@ -508,12 +537,18 @@ fn check_shape(c: &Candidate, why: &mut Vec<String>) {
     }
 }
 
-/// The floor on the sd of a proposer's effect prior (link scale): at least
-/// the MID, and at least `|mean| / Φ⁻¹(0.8)`, so the prior alone gives the
-/// effect's sign at most 80% and leaves the MID well inside its range:
-/// only the person's data can take a decision past any threshold.
-pub fn prior_sd_floor(mean: f64, mid_link: f64) -> f64 {
-    (mean.abs() / Z_80).max(mid_link.abs())
+/// The floor on the sd of a proposer's effect prior (link scale), so that
+/// the prior alone neither stops nor drops anything: at least the MID, and
+/// wide enough that both P(the treatment helps at all) ≤ 0.8 and P(it helps
+/// by the MID) ≥ 0.2 before any data, i.e. `sd ≥ |mean| / Φ⁻¹(0.8)` and
+/// `sd ≥ (MID − d·mean) / Φ⁻¹(0.8)` with `d` the better direction's sign.
+/// Efficacy (P ≥ ~0.95), futility and arm-drop (P ≤ ~0.05) thresholds lie
+/// outside [0.2, 0.8], so only the person's data can reach them.
+pub fn prior_sd_floor(mean: f64, mid_link: f64, direction: Direction) -> f64 {
+    let toward_better = direction.sign() * mean;
+    (mean.abs() / Z_80)
+        .max(mid_link.abs())
+        .max((mid_link.abs() - toward_better) / Z_80)
 }
 
 /// The verdict of a prior predictive check.
@@ -564,6 +599,15 @@ pub fn prior_predictive(
         } else {
             PriorCheck::Plausible
         };
+    }
+    if let Some(q) = &outcome.self_report {
+        let range = f64::from(q.max - q.min);
+        if mean.abs() > range || sd > 2.0 * range {
+            return PriorCheck::Implausible(format!(
+                "the prior ({mean:.2} ± {sd:.2}) does not fit {}'s scale {}–{}",
+                outcome.stream, q.min, q.max
+            ));
+        }
     }
     let Some((level, spread)) = facts
         .and_then(|f| f.mean.zip(f.sd))
@@ -839,11 +883,28 @@ mod tests {
 
     #[test]
     fn the_floor_keeps_the_prior_from_deciding_alone() {
-        for (mean, mid) in [(0.5, 0.1), (-3.0, 1.0), (0.0, 0.4)] {
-            let sd = prior_sd_floor(mean, mid);
-            let p_sign = 1.0 - upper_tail(f64::abs(mean) / sd);
-            assert!(p_sign <= 0.8 + 1e-12, "{mean} {mid}: {p_sign}");
-            assert!(sd >= mid);
+        // P(better by m) under Normal(mean, sd), by an independent formula.
+        let p_better_by = |mean: f64, sd: f64, m: f64, d: Direction| {
+            0.5 * libm::erfc((m - d.sign() * mean) / (sd * std::f64::consts::SQRT_2))
+        };
+        for d in [Direction::Higher, Direction::Lower] {
+            for (mean, mid) in [
+                (0.5, 0.1),
+                (-3.0, 1.0),
+                (0.0, 0.4),
+                (0.84, 1.0),
+                (-0.84, 1.0),
+            ] {
+                let sd = prior_sd_floor(mean, mid, d);
+                let helps = p_better_by(mean, sd, 0.0, d);
+                let by_mid = p_better_by(mean, sd, mid, d);
+                assert!(helps <= 0.8 + 1e-9, "{mean} {mid} {d:?}: P(better) {helps}");
+                assert!(
+                    by_mid >= 0.2 - 1e-9,
+                    "{mean} {mid} {d:?}: P(by MID) {by_mid}"
+                );
+                assert!(sd >= mid);
+            }
         }
     }
 

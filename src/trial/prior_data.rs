@@ -99,16 +99,18 @@ fn phi(z: f64) -> f64 {
 }
 
 /// The data's estimate from a posterior `N(m, s²)` under the prior
-/// `N(0, S²)`: precisions subtract, `1/s_D² = 1/s² − 1/S²`, and
-/// `m_D = s_D² · m / s²`; `None` while the data add (almost) nothing.
-pub fn data_alone(posterior: [f64; 2], prior_sd: f64) -> Option<[f64; 2]> {
+/// `N(m₀, S²)`: precisions subtract, `1/s_D² = 1/s² − 1/S²`, and so do the
+/// precision-weighted means, `m_D = s_D² (m/s² − m₀/S²)`; `None` while the
+/// data add (almost) nothing.
+pub fn data_alone(posterior: [f64; 2], prior: [f64; 2]) -> Option<[f64; 2]> {
     let [m, s] = posterior;
-    let precision = 1.0 / (s * s) - 1.0 / (prior_sd * prior_sd);
+    let [m0, big_s] = prior;
+    let precision = 1.0 / (s * s) - 1.0 / (big_s * big_s);
     if !(precision.is_finite() && precision > 0.05 / (s * s)) {
         return None;
     }
     let var = 1.0 / precision;
-    Some([var * m / (s * s), var.sqrt()])
+    Some([var * (m / (s * s) - m0 / (big_s * big_s)), var.sqrt()])
 }
 
 /// The prior predictive tail probability of the data's estimate `[m_D,
@@ -132,7 +134,7 @@ pub fn compare(protocol: &Protocol, main: &FitReport, sceptical: &FitReport) -> 
         let Some(sp) = sceptical.priors.effects.get(arm).copied() else {
             continue;
         };
-        let data = data_alone([b.mean, b.sd], sp[1]);
+        let data = data_alone([b.mean, b.sd], sp);
         out.push(ArmConflict {
             arm: arm.clone(),
             proposer_prior: [prior.mean, prior.sd],
@@ -158,13 +160,20 @@ mod tests {
         // 4 + 0.25, mean 4 * 1.2 / 4.25.
         let post_var: f64 = 1.0 / 4.25;
         let post = [post_var * 4.0 * 1.2, post_var.sqrt()];
-        let [m, s] = data_alone(post, 2.0).expect("informative");
+        let [m, s] = data_alone(post, [0.0, 2.0]).expect("informative");
+        assert!(
+            (m - 1.2).abs() < 1e-12 && (s - 0.5).abs() < 1e-12,
+            "{m} {s}"
+        );
+        // With a prior mean: N(1.2, 0.5²) × N(1, 2²).
+        let post = [post_var * (4.0 * 1.2 + 0.25 * 1.0), post_var.sqrt()];
+        let [m, s] = data_alone(post, [1.0, 2.0]).expect("informative");
         assert!(
             (m - 1.2).abs() < 1e-12 && (s - 0.5).abs() < 1e-12,
             "{m} {s}"
         );
         // A posterior no narrower than the prior says nothing yet.
-        assert!(data_alone([0.1, 2.0], 2.0).is_none());
+        assert!(data_alone([0.1, 2.0], [0.0, 2.0]).is_none());
     }
 
     #[test]

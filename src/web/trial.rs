@@ -135,6 +135,10 @@ pub struct TrialDetail {
     /// Latest fit's effects in the person's units (log and logit links):
     /// the arm as the viewer sees it, and the sentence.
     pub natural: Vec<(String, String)>,
+    /// A stopped trial's result in words and who wrote it (`template` or
+    /// `llm:<model>`); withheld from the participant of a blinded trial,
+    /// as it names the arms.
+    pub conclusion: Option<(String, String)>,
     /// Where the effect prior is a proposer's: per arm, the answer with it
     /// and with a sceptical prior, and the prior–data conflict, in words.
     pub prior_data: Vec<String>,
@@ -335,6 +339,11 @@ async fn trial_detail(
                 fits,
                 diagnostics,
                 natural,
+                conclusion: if show_protocol {
+                    crate::service::hypotheses::conclusion_text(s, id)?
+                } else {
+                    None
+                },
                 prior_data,
                 path,
                 decisions: s
@@ -366,6 +375,7 @@ async fn trial_detail(
 <h2>Effects over time</h2>
 {% if effect_svgs.is_empty() %}<p>No fit yet: the first comes once there is data.</p>{% endif %}
 {% if !d.natural.is_empty() %}<p>In your units, by the latest fit:</p><ul>{% for n in d.natural %}<li>{{ n.0 }}: {{ n.1 }}</li>{% endfor %}</ul>{% endif %}
+{% if let Some(c) = d.conclusion %}<h3>Conclusion</h3><p>{{ c.0 }}</p><p class="muted">Written by {{ c.1 }}.</p>{% endif %}
 {% if !d.prior_data.is_empty() %}<h3>Your data against the proposer's expectation</h3><ul>{% for n in d.prior_data %}<li>{{ n }}</li>{% endfor %}</ul><p class="muted">Decisions use the fit with the proposer's prior, whose spread was widened so it cannot decide alone; the sceptical fit shows what your data say from a neutral start.</p>{% endif %}
 {% for svg in effect_svgs %}<figure>{{ svg|safe }}</figure>{% endfor %}
 {% for svg in prob_svgs %}<figure>{{ svg|safe }}</figure>{% endfor %}

@@ -1,19 +1,26 @@
-//! The hypotheses job: proposes from each participant's goals every
-//! `hypotheses.propose_every_days` days, and again when one of their
-//! trials has ended (what it found goes into the next proposal). The demo
-//! participant is left out: its one trial is the demonstration.
+//! The hypotheses job: writes each stopped trial's conclusion in words
+//! (the LLM's when its numbers check, else the template's), and proposes
+//! from each participant's goals every `hypotheses.propose_every_days`
+//! days, and again when one of their trials has ended (what it found goes
+//! into the next proposal). The demo participant gets no scheduled
+//! proposals: its one trial is the demonstration.
 
 use crate::service::app::AppState;
-use crate::service::hypotheses::{Purpose, ask_in_daemon};
+use crate::service::hypotheses::{Purpose, ask_in_daemon, conclude_stopped};
 
 use super::JobError;
 
 /// Proposes for every participant whose turn has come; a summary for the
 /// job board.
 pub(crate) async fn propose_due(state: &AppState) -> Result<String, JobError> {
+    let concluded = conclude_stopped(state)
+        .await
+        .map_err(|e| JobError::Item(format!("conclusions: {e}")))?;
     let every = state.config.hypotheses.propose_every_days;
     if every == 0 {
-        return Ok("scheduled proposals are off".into());
+        return Ok(format!(
+            "{concluded} conclusions written; scheduled proposals are off"
+        ));
     }
     let now = state.clock.now();
     let people = state.db.read(|s| s.participants()).await?;
@@ -54,9 +61,12 @@ pub(crate) async fn propose_due(state: &AppState) -> Result<String, JobError> {
     if !errors.is_empty() {
         return Err(JobError::Item(errors.join("; ")));
     }
-    Ok(if done.is_empty() {
-        "no participant due".into()
-    } else {
-        done.join("; ")
-    })
+    Ok(format!(
+        "{concluded} conclusions written; {}",
+        if done.is_empty() {
+            "no participant due".into()
+        } else {
+            done.join("; ")
+        }
+    ))
 }
