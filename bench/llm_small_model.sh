@@ -26,7 +26,7 @@ print(next(root.rglob("*.gguf")))
 PY
 )
 echo "model: $GGUF"
-python3 -m llama_cpp.server --model "$GGUF" --port "$PORT" --n_ctx 8192 \
+python3 -m llama_cpp.server --model "$GGUF" --port "$PORT" --n_ctx 8192 --n_threads "$(nproc)" \
   --model_alias smollm2-135m >"$WORK/server.log" 2>&1 &
 SERVER=$!
 for _ in $(seq 1 120); do

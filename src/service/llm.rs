@@ -4,8 +4,9 @@
 //!
 //! It asks for structured output (`response_format` with the answer's JSON
 //! schema, else JSON mode, else the prompt alone: a server that refuses one
-//! with a 400 is asked again with the next), retries time-outs, 429s, 5xx
-//! answers and broken connections with exponential backoff (or the
+//! with an error naming `response_format` is asked again with the next),
+//! retries time-outs, 429s, 5xx answers and broken connections with
+//! exponential backoff (or the
 //! server's `Retry-After`, capped), and records every HTTP request and its
 //! answer verbatim as an [`Attempt`] for the audit log. The API key travels
 //! only in the `Authorization` header, never in what is logged.
@@ -255,7 +256,8 @@ impl LlmClient {
         }
         let step = match status {
             200..=299 => read_completion(&text),
-            400 | 422 if mentions_format(&text) && self.format_can_fall_back(body) => {
+            // llama-cpp-python answers an unknown response_format with a 500.
+            400..=599 if mentions_format(&text) && self.format_can_fall_back(body) => {
                 Step::Fallback(format!(
                     "HTTP {status}: the server does not take this response_format: {}",
                     crate::limits::excerpt(&text)
@@ -309,7 +311,11 @@ pub fn request_body(
             "type": "json_schema",
             "json_schema": {"name": "answer", "strict": true, "schema": schema}
         })),
-        Structured::JsonObject => Some(serde_json::json!({"type": "json_object"})),
+        // `schema` beside JSON mode: llama.cpp-based servers constrain the
+        // output to it by grammar; others ignore it (or refuse, and fall back).
+        Structured::JsonObject => {
+            Some(serde_json::json!({"type": "json_object", "schema": schema}))
+        }
         Structured::None => None,
     };
     if let (Some(f), Some(obj)) = (response_format, body.as_object_mut()) {
