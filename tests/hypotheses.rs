@@ -159,6 +159,7 @@ fn llm_config(url: &str, timeout: u64, retries: u32) -> LlmConfig {
         timeout_seconds: timeout,
         retries,
         max_retry_wait_seconds: 5,
+        max_tokens: 2048,
         structured: Structured::JsonSchema,
     }
 }

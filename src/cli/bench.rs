@@ -512,7 +512,8 @@ pub fn prior_meets_data(series: usize, days: usize, trials: usize, seed: u64) ->
                 }
                 let sceptical_prior = rb.priors.effects.get("meditation").copied();
                 if let Some(d) = sceptical_prior.and_then(|p| data_alone([eb.mean, eb.sd], p)) {
-                    conflicts.push(conflict_p([mean, sd], d));
+                    // Against the expectation as stated, as the trial page does.
+                    conflicts.push(conflict_p([mean, stated_sd], d));
                 }
             }
             let nf = n.max(1) as f64;

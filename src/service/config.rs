@@ -301,6 +301,10 @@ pub struct LlmConfig {
     /// The longest wait before a retry, whatever `Retry-After` asks.
     #[serde(default = "default_llm_retry_wait")]
     pub max_retry_wait_seconds: u64,
+    /// The most tokens an answer may take (`max_tokens`): a small model
+    /// caught in a loop stops there instead of filling its context.
+    #[serde(default = "default_llm_max_tokens")]
+    pub max_tokens: u32,
     /// How the answer's shape is asked for: `json_schema` (strict
     /// structured output), `json_object` (JSON mode) or `none` (the prompt
     /// alone); a server that refuses the first falls back to the next.
@@ -329,6 +333,9 @@ fn default_llm_retries() -> u32 {
 }
 fn default_llm_retry_wait() -> u64 {
     60
+}
+fn default_llm_max_tokens() -> u32 {
+    2048
 }
 
 /// How hypotheses become proposals (`system.md`, "Hypotheses").
@@ -806,6 +813,12 @@ impl Config {
                 return Err(ConfigError::Invalid(
                     "llm.timeout_seconds must be from 1 to 3600 and llm.retries at most 10".into(),
                 ));
+            }
+            if !(256..=65_536).contains(&llm.max_tokens) {
+                return Err(ConfigError::Invalid(format!(
+                    "llm.max_tokens must be from 256 to 65536 (got {})",
+                    llm.max_tokens
+                )));
             }
             if let Some(key) = &llm.api_key {
                 key.resolve("llm.api_key")?;

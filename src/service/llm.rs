@@ -94,7 +94,10 @@ pub struct LlmClient {
     retries: u32,
     max_wait: Duration,
     timeout_s: u64,
-    structured: Structured,
+    max_tokens: u32,
+    /// The format to ask in: the configured one until the server refuses
+    /// it, then the next (kept for the client's later requests).
+    structured: std::sync::Mutex<Structured>,
 }
 
 #[derive(Deserialize)]
@@ -152,7 +155,8 @@ impl LlmClient {
             retries: config.retries,
             max_wait: Duration::from_secs(config.max_retry_wait_seconds),
             timeout_s: config.timeout_seconds,
-            structured: config.structured,
+            max_tokens: config.max_tokens,
+            structured: std::sync::Mutex::new(config.structured),
         })
     }
 
@@ -169,10 +173,10 @@ impl LlmClient {
         schema: &serde_json::Value,
         log: &mut Vec<Attempt>,
     ) -> Result<String, LlmError> {
-        let mut format = self.structured;
+        let mut format = *self.structured.lock().unwrap_or_else(|p| p.into_inner());
         let mut tries = 0u32;
         loop {
-            let body = request_body(&self.model, messages, format, schema);
+            let body = request_body(&self.model, messages, format, schema, self.max_tokens);
             let request_json = body.to_string();
             let started_at = Timestamp::now();
             let (status, text, step) = self.send(&request_json);
@@ -195,6 +199,7 @@ impl LlmClient {
                         Structured::JsonSchema => Structured::JsonObject,
                         _ => Structured::None,
                     };
+                    *self.structured.lock().unwrap_or_else(|p| p.into_inner()) = format;
                     attempt.outcome = "fallback";
                     attempt.problem = why;
                     log.push(attempt);
@@ -293,17 +298,20 @@ impl LlmClient {
     }
 }
 
-/// The request body: model, messages, a low temperature, and the format.
+/// The request body: model, messages, a low temperature, a token cap and
+/// the format.
 pub fn request_body(
     model: &str,
     messages: &[Message],
     format: Structured,
     schema: &serde_json::Value,
+    max_tokens: u32,
 ) -> serde_json::Value {
     let mut body = serde_json::json!({
         "model": model,
         "messages": messages,
         "temperature": 0.2,
+        "max_tokens": max_tokens,
         "stream": false,
     });
     let response_format = match format {
@@ -423,9 +431,11 @@ mod tests {
             &[Message::new("user", "hi")],
             Structured::JsonSchema,
             &schema,
+            512,
         );
         assert_eq!(body["response_format"]["type"], "json_schema");
-        let body = request_body("m", &[], Structured::None, &schema);
+        let body = request_body("m", &[], Structured::None, &schema, 512);
+        assert_eq!(body["max_tokens"], 512);
         assert!(body.get("response_format").is_none());
     }
 }

@@ -385,6 +385,7 @@ pub fn check(c: &Candidate, ctx: &Context<'_>) -> Result<Checked, Vec<String>> {
     // The prior: floored, and checked against the person's data.
     let outcome = protocol.outcome.clone();
     let mut prior_from_proposer = false;
+    let mut stated_effect_sd = None;
     if let Some(p) = c.effect_prior
         && p.mean.is_finite()
         && p.sd.is_finite()
@@ -409,6 +410,7 @@ pub fn check(c: &Candidate, ctx: &Context<'_>) -> Result<Checked, Vec<String>> {
             .effects
             .insert(arm.to_string(), NormalPrior { mean: p.mean, sd });
         prior_from_proposer = true;
+        stated_effect_sd = Some(p.sd);
     }
     if let Some(h) = c.half_life_days {
         protocol.outcome.priors.half_life_median_days = Some(h);
@@ -431,6 +433,7 @@ pub fn check(c: &Candidate, ctx: &Context<'_>) -> Result<Checked, Vec<String>> {
         adjust_for: trimmed(&c.adjust_for),
         proposed_by: Some(ctx.proposer.to_string()),
         prior_from_proposer,
+        stated_effect_sd,
         safety_notes: trimmed(&c.safety_notes),
     });
     if c.changes_medication && !protocol.needs_clinician {

@@ -45,8 +45,10 @@ pub fn has_proposer_prior(protocol: &Protocol) -> bool {
 pub struct ArmConflict {
     /// The arm's key.
     pub arm: String,
-    /// The proposer's prior `[mean, sd]` (link scale).
+    /// The proposer's prior `[mean, sd]` as it stated it (link scale).
     pub proposer_prior: [f64; 2],
+    /// Its sd after the floor, as the fit used it.
+    pub floored_sd: f64,
     /// The posterior with it `[mean, sd]`.
     pub with_proposer: [f64; 2],
     /// P(better by MID) with it.
@@ -72,10 +74,15 @@ impl ArmConflict {
     /// In words, for the trial page and the report.
     pub fn describe(&self, unit: &str) -> String {
         let [m0, s0] = self.proposer_prior;
+        let widened = if self.floored_sd > s0 {
+            format!(" (widened to ± {:.2} for the fit)", self.floored_sd)
+        } else {
+            String::new()
+        };
         let [m, s] = self.with_proposer;
         let [ms, ss] = self.sceptical;
         let mut out = format!(
-            "{}: the proposer expected {m0:+.2} ± {s0:.2} {unit}. With that prior the effect is {m:+.2} ± {s:.2} (P(better by MID) {:.2}); with a sceptical prior it is {ms:+.2} ± {ss:.2} (P {:.2}).",
+            "{}: the proposer expected {m0:+.2} ± {s0:.2} {unit}{widened}. With that prior the effect is {m:+.2} ± {s:.2} (P(better by MID) {:.2}); with a sceptical prior it is {ms:+.2} ± {ss:.2} (P {:.2}).",
             self.arm, self.with_proposer_p_mid, self.sceptical_p_mid
         );
         match (self.data_alone, self.conflict_p) {
@@ -121,8 +128,13 @@ pub fn conflict_p(prior: [f64; 2], data: [f64; 2]) -> f64 {
 }
 
 /// Compares the fit with the proposer's prior and its sceptical twin, arm
-/// by arm (arms whose prior is not the proposer's are left out).
+/// by arm (arms whose prior is not the proposer's are left out). The
+/// conflict is measured against the prior as the proposer stated it.
 pub fn compare(protocol: &Protocol, main: &FitReport, sceptical: &FitReport) -> Vec<ArmConflict> {
+    let stated_sd = protocol
+        .hypothesis
+        .as_ref()
+        .and_then(|h| h.stated_effect_sd);
     let mut out = Vec::new();
     for (arm, prior) in &protocol.outcome.priors.effects {
         let (Some(a), Some(b)) = (
@@ -135,16 +147,18 @@ pub fn compare(protocol: &Protocol, main: &FitReport, sceptical: &FitReport) -> 
             continue;
         };
         let data = data_alone([b.mean, b.sd], sp);
+        let stated = [prior.mean, stated_sd.unwrap_or(prior.sd)];
         out.push(ArmConflict {
             arm: arm.clone(),
-            proposer_prior: [prior.mean, prior.sd],
+            proposer_prior: stated,
+            floored_sd: prior.sd,
             with_proposer: [a.mean, a.sd],
             with_proposer_p_mid: a.p_better_by_mid,
             sceptical_prior: sp,
             sceptical: [b.mean, b.sd],
             sceptical_p_mid: b.p_better_by_mid,
             data_alone: data,
-            conflict_p: data.map(|d| conflict_p([prior.mean, prior.sd], d)),
+            conflict_p: data.map(|d| conflict_p(stated, d)),
         });
     }
     out

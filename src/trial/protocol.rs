@@ -94,6 +94,10 @@ pub struct Hypothesis {
     /// posterior under a sceptical prior and the prior–data conflict.
     #[serde(default)]
     pub prior_from_proposer: bool,
+    /// The sd the proposer stated, before the floor: the prior–data
+    /// conflict is measured against what it actually expected.
+    #[serde(default)]
+    pub stated_effect_sd: Option<f64>,
     /// What the proposer says to watch for.
     #[serde(default)]
     pub safety_notes: Vec<String>,

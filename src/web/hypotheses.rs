@@ -20,6 +20,10 @@ use super::{Viewer, csrf_refused, internal, nav};
 /// The longest question accepted.
 const MAX_QUESTION_CHARS: usize = 1_000;
 
+/// One question in flight at a time: an LLM on a home server answers one
+/// at a time anyway, and clicks must not queue up unbounded work.
+static ASKING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 /// One participant's hypotheses and exchanges.
 #[derive(Debug, Clone, Serialize)]
 pub struct HypothesesView {
@@ -233,8 +237,17 @@ pub(super) async fn hypotheses_action(
         super::Role::Investigator => "dashboard (investigator)",
         super::Role::Participant => "dashboard",
     };
+    let Ok(permit) = ASKING.try_acquire() else {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "30")],
+            "a question is already being answered; ask again when it is done\n",
+        )
+            .into_response();
+    };
     let task_state = state.clone();
     tokio::spawn(async move {
+        let _permit = permit;
         match ask_in_daemon(&task_state, participant, purpose, question, actor).await {
             Ok(r) => tracing::info!(
                 kept = r.kept.len(),
