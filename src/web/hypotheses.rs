@@ -88,7 +88,7 @@ fn line(h: &HypothesisRow) -> Line {
 {% if asked %}<p role="status">Your question is being answered. Reload this page in a minute.</p>{% endif %}
 <form method="post" action="/hypotheses/ask"><input type="hidden" name="csrf" value="{{ csrf }}">
 {% if participants.len() > 1 %}<label>For <select name="participant">{% for p in participants %}<option value="{{ p }}">{{ p }}</option>{% endfor %}</select></label>{% else %}{% for p in participants %}<input type="hidden" name="participant" value="{{ p }}">{% endfor %}{% endif %}
-<label>Question <input name="question" required maxlength="1000" size="50" placeholder="does magnesium help my migraines?"></label>
+<label>Question <input name="question" required maxlength="1000" size="40" style="max-width:100%;box-sizing:border-box" placeholder="does magnesium help my migraines?"></label>
 <button type="submit">Ask</button></form>
 <form method="post" action="/hypotheses/propose"><input type="hidden" name="csrf" value="{{ csrf }}">{% for p in participants %}{% if loop.first %}<input type="hidden" name="participant" value="{{ p }}">{% endif %}{% endfor %}<input type="hidden" name="question" value=""><button type="submit">Propose from my goals</button></form>
 {% for v in views %}<h2>{{ v.0 }}</h2>

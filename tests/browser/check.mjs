@@ -70,6 +70,13 @@ for (const [width, height, name] of [[375, 812, 'phone'], [1280, 900, 'desktop']
     `${name}: proposals page draws ${graphs.length} causal graph(s)`);
   await page.screenshot({ path: `${outDir}/proposals-${name}.png`, fullPage: true });
 
+  await page.goto(`${base}/hypotheses`, { waitUntil: 'load' });
+  const askBox = await page.$$eval('form[action="/hypotheses/ask"] input[name="question"]', (i) => i.length);
+  check(askBox === 1, `${name}: the Ask page has its question box`);
+  const askOverflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  check(askOverflow <= 1, `${name}: the Ask page does not scroll sideways (overflow ${askOverflow} px)`);
+  await page.screenshot({ path: `${outDir}/hypotheses-${name}.png`, fullPage: true });
+
   await page.goto(`${base}/`, { waitUntil: 'load' });
   const overviewOverflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   check(overviewOverflow <= 1, `${name}: overview does not scroll sideways (overflow ${overviewOverflow} px)`);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end browser check of the dashboard: starts the demo daemon on a
 # random loopback port with a fresh data folder, waits for its first fit,
-# proposes a second trial (for the proposals page), then loads the pages in
+# proposes a second trial (for the proposals page) and asks a question (for
+# the Ask page), then loads the pages in
 # headless Chromium (tests/browser/check.mjs) at 375 and 1280 px.
 # Screenshots go to target/browser/.
 #
@@ -31,5 +32,7 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 "$bin" trial propose protocols/study-timing.toml --participant demo --data-dir "$data" > /dev/null
+# A question answered by the built-in proposer, for the Ask page.
+"$bin" ask --offline --participant demo --data-dir "$data" "does magnesium help my migraines?" > /dev/null
 node tests/browser/check.mjs "$base" "$out"
 echo "screenshots in $out"
