@@ -947,7 +947,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         actor,
                         now,
                     )?;
-                    println!("trial {id} proposed");
+                    println!(
+                        "trial {id} proposed. Next: review it on /proposals (its design is simulated and calibrated in the background), then `nof1d trial approve {id}`."
+                    );
                 }
                 TrialCommand::Approve {
                     id,
@@ -962,7 +964,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         actor,
                         now,
                     )?;
-                    println!("trial {id} approved; it starts on {start}");
+                    println!(
+                        "trial {id} approved; it starts on {start} once its threshold is calibrated (the daemon does both), and the first assignment email goes out that morning. Watch it on /trials/{id}."
+                    );
                 }
                 TrialCommand::Reject { id, reason } => {
                     actions::stop(&mut store, *id, reason, actor, now)?;

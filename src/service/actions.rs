@@ -49,13 +49,15 @@ pub fn propose(
 ) -> Result<i64> {
     let protocol = Protocol::parse(protocol_text, source_name)
         .map_err(|e| ActionError::Refused(e.to_string()))?;
-    let participant = store
-        .participants()?
-        .into_iter()
+    let people = store.participants()?;
+    let participant = people
+        .iter()
         .find(|p| p.key == participant_key)
         .ok_or_else(|| {
+            let keys: Vec<&str> = people.iter().map(|p| p.key.as_str()).collect();
             ActionError::Refused(format!(
-                "no participant {participant_key:?} (participants come from the config)"
+                "no participant {participant_key:?}; participants: {} (they come from the config's [[participants]], and the demo from `serve --demo`)",
+                if keys.is_empty() { "none yet".to_string() } else { keys.join(", ") }
             ))
         })?;
     let seed = crate::trial::design::draw_seed()
