@@ -210,7 +210,6 @@ pub fn stream_facts(g: &Gathered) -> Vec<StreamFacts> {
         .iter()
         .map(|s| StreamFacts {
             key: s.key.clone(),
-            unit: s.unit.clone(),
             days_with_data: s.days_with_data,
             mean: s.mean,
             sd: s.sd,

@@ -111,8 +111,6 @@ pub struct Candidate {
 pub struct StreamFacts {
     /// The stream's key.
     pub key: String,
-    /// Its unit.
-    pub unit: String,
     /// Days with data.
     pub days_with_data: usize,
     /// Mean of the daily values.
@@ -726,7 +724,6 @@ mod tests {
     fn facts(key: &str, mean: f64, sd: f64) -> StreamFacts {
         StreamFacts {
             key: key.into(),
-            unit: String::new(),
             days_with_data: 60,
             mean: Some(mean),
             sd: Some(sd),

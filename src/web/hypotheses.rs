@@ -90,8 +90,8 @@ fn line(h: &HypothesisRow) -> Line {
 {% if participants.len() > 1 %}<label>For <select name="participant">{% for p in participants %}<option value="{{ p }}">{{ p }}</option>{% endfor %}</select></label>{% else %}{% for p in participants %}<input type="hidden" name="participant" value="{{ p }}">{% endfor %}{% endif %}
 <label>Question <input name="question" required maxlength="1000" size="40" style="max-width:100%;box-sizing:border-box" placeholder="does magnesium help my migraines?"></label>
 <button type="submit">Ask</button></form>
-<form method="post" action="/hypotheses/propose"><input type="hidden" name="csrf" value="{{ csrf }}">{% for p in participants %}{% if loop.first %}<input type="hidden" name="participant" value="{{ p }}">{% endif %}{% endfor %}<input type="hidden" name="question" value=""><button type="submit">Propose from my goals</button></form>
 {% for v in views %}<h2>{{ v.0 }}</h2>
+<form method="post" action="/hypotheses/propose"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="participant" value="{{ v.0 }}"><input type="hidden" name="question" value=""><button type="submit">Propose from {{ v.0 }}'s goals</button></form>
 {% if v.1.is_empty() %}<p class="muted">No hypotheses yet.</p>{% endif %}
 {% for h in v.1 %}<section id="h{{ h.id }}"><h3>{{ h.what }}</h3>
 <p class="muted">#{{ h.id }} · {{ h.created_at }} · by {{ h.proposer }}{% if !h.question.is_empty() %} · asked “{{ h.question }}”{% endif %}</p>
