@@ -453,6 +453,7 @@ pub fn analyze(text: &str, req: &Request) -> Result<Analysis, AnalyzeError> {
                 dropped: Vec::new(),
                 path: true,
                 intervals: true,
+                device: None,
             };
             let fit = crate::engine::fit::fit(&prepared.series, &spec)?;
             Ok((prepared, fit))

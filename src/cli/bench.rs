@@ -117,6 +117,7 @@ pub fn engine(
         dropped: Vec::new(),
         path: true,
         intervals: true,
+        device: None,
     };
     let mut times = Vec::new();
     let mut last = None;
@@ -292,6 +293,7 @@ pub fn sbc(
             dropped: Vec::new(),
             path: false,
             intervals: true,
+            device: None,
         };
         let (report, mix) = match crate::engine::fit::fit_with_mixture(&series, &spec) {
             Ok(r) => r,

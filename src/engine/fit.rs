@@ -56,6 +56,10 @@ pub struct FitSpec<'a> {
     /// Simulations skip them (the intervals are then NaN and the
     /// hyperparameter list empty): no decision reads them.
     pub intervals: bool,
+    /// Where the gaussian family's evaluations run: a GPU
+    /// ([`crate::engine::gpu::Device`]) or, with `None`, the CPU. The other
+    /// families always run on the CPU.
+    pub device: Option<&'a dyn crate::engine::gpu::Device>,
 }
 
 /// Names of the `theta` coordinates for a family: the fourth is `sigma_y`
@@ -631,9 +635,14 @@ pub fn fit_with_mixture(
             draws,
         )
     });
-    let ev: &dyn Evaluator = match &laplace {
-        Some(l) => l,
-        None => &gaussian,
+    let on_device = match (spec.device, &laplace) {
+        (Some(device), None) => Some(device.gaussian(series, &priors)?),
+        _ => None,
+    };
+    let ev: &dyn Evaluator = match (&laplace, &on_device) {
+        (Some(l), _) => l,
+        (None, Some(d)) => d.as_ref(),
+        (None, None) => &gaussian,
     };
     let sign = spec.model.direction.sign();
     let mid = spec.model.mid.link();
@@ -922,6 +931,7 @@ mod tests {
             dropped: Vec::new(),
             path: true,
             intervals: true,
+            device: None,
         }
     }
 

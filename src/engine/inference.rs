@@ -117,6 +117,21 @@ impl LogPrior {
         }
     }
 
+    /// The worked-out constants in the order a GPU kernel reads them:
+    /// `ln_median[2], log_sd[2], scale[2], constant[2]`.
+    pub fn constants(&self) -> [f64; 8] {
+        [
+            self.ln_median[0],
+            self.ln_median[1],
+            self.log_sd[0],
+            self.log_sd[1],
+            self.scale[0],
+            self.scale[1],
+            self.constant[0],
+            self.constant[1],
+        ]
+    }
+
     /// At the first `dims` coordinates of `theta`; the fourth, `ln sigma_y`,
     /// only for gaussian.
     pub fn at(&self, theta: &Theta, dims: usize) -> f64 {

@@ -926,6 +926,7 @@ mod tests {
             dropped: Vec::new(),
             path: false,
             intervals: false,
+            device: None,
         };
         let (priors, _) = priors_for(&series, &spec).unwrap();
         let ev =

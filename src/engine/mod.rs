@@ -5,6 +5,7 @@
 
 pub mod fit;
 pub mod generate;
+pub mod gpu;
 pub mod inference;
 pub mod mc_error;
 pub mod model;

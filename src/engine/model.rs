@@ -221,7 +221,34 @@ fn distinct_index(values: &mut Vec<f64>, v: f64) -> u32 {
     }
 }
 
+/// A [`FilterPlan`]'s tables, for a backend that copies them elsewhere
+/// (the GPU's packed series).
+#[derive(Debug, Clone, Copy)]
+pub struct PlanTables<'a> {
+    /// Distinct gap lengths.
+    pub gaps: &'a [f64],
+    /// Per observation: index into `gaps`.
+    pub gap_of: &'a [u32],
+    /// Distinct piece lengths.
+    pub pieces: &'a [f64],
+    /// Per observation `i`: its pieces are `steps[step_start[i]..step_start[i + 1]]`.
+    pub step_start: &'a [u32],
+    /// `(index into pieces, arm in force)` of each piece, in time order.
+    pub steps: &'a [(u32, u32)],
+}
+
 impl FilterPlan {
+    /// The plan's tables, read-only.
+    pub fn tables(&self) -> PlanTables<'_> {
+        PlanTables {
+            gaps: &self.gaps,
+            gap_of: &self.gap_of,
+            pieces: &self.pieces,
+            step_start: &self.step_start,
+            steps: &self.steps,
+        }
+    }
+
     /// The plan of `series`.
     pub fn of(series: &Series) -> FilterPlan {
         let path = &series.path;

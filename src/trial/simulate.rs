@@ -1040,6 +1040,7 @@ fn setup_for<'a>(protocol: &'a Protocol, options: &'a SimOptions) -> Result<Setu
         dropped: Vec::new(),
         path: false,
         intervals: true,
+        device: None,
     };
     let (priors, _) = crate::engine::fit::priors_for(&probe, &probe_spec)
         .map_err(|e| SimError::Protocol(e.to_string()))?;

@@ -66,6 +66,7 @@ pub fn look_fit_spec<'a>(
         dropped,
         path: true,
         intervals: true,
+        device: None,
     }
 }
 

@@ -1,0 +1,140 @@
+//! The GPU backend: the gaussian family's posterior evaluations
+//! (`kernels/filter.cu`) for many points and many series at once, behind
+//! the engine's batch seam ([`crate::engine::inference::Evaluator`]).
+//!
+//! The kernels are compiled at run time by NVRTC through `cudarc`, loaded
+//! dynamically: building nof1d needs no CUDA toolkit, and a machine without
+//! a driver runs on the CPU and says why in one line ([`open`]). The same
+//! kernel sources are compiled for the host as C ([`host`]), so every
+//! machine's tests check their arithmetic against the CPU engine.
+
+pub mod host;
+pub mod pack;
+
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::engine::inference::{Evaluator, Priors};
+use crate::engine::model::{ModelError, Series};
+
+/// The kernel sources, embedded: NVRTC compiles them where a GPU is found.
+pub const KERNELS: [(&str, &str); 1] = [("filter.cu", include_str!("../../../kernels/filter.cu"))];
+
+/// The header every kernel includes (`kernels/common.h`).
+pub const COMMON_H: &str = include_str!("../../../kernels/common.h");
+
+/// Where posterior evaluations run, as a person asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// The GPU where one is found and the workload is large enough to gain
+    /// from it ([`gains`]); the CPU otherwise.
+    #[default]
+    Auto,
+    /// Always the CPU.
+    Cpu,
+    /// The GPU, or an error saying why there is none.
+    Cuda,
+}
+
+impl FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            "cpu" => Ok(BackendChoice::Cpu),
+            "cuda" => Ok(BackendChoice::Cuda),
+            other => Err(format!(
+                "unknown backend {other:?}: use auto, cpu or cuda"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Cpu => "cpu",
+            BackendChoice::Cuda => "cuda",
+        })
+    }
+}
+
+/// A workload's size, for [`gains`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// One fit of a series this long (`nof1d analyze`, a refit).
+    Fit {
+        /// Observations.
+        observations: usize,
+    },
+    /// Many fits at once: virtual trials of a simulation.
+    Trials {
+        /// Virtual trials.
+        trials: usize,
+    },
+}
+
+/// Below this many observations one fit is faster on the CPU: a fit's mode
+/// search evaluates one point at a time, and each of those is a kernel
+/// launch and a copy there and back. Measured by `bench/gpu-check.sh`
+/// (`nof1d bench gpu`): see the GPU issue's closing note.
+pub const FIT_CROSSOVER_OBSERVATIONS: usize = 20_000;
+
+/// Below this many virtual trials a simulation is faster on the CPU
+/// (measured as [`FIT_CROSSOVER_OBSERVATIONS`] is).
+pub const TRIALS_CROSSOVER: usize = 2_000;
+
+/// Whether `auto` uses the GPU for `workload`.
+pub fn gains(workload: Workload) -> bool {
+    match workload {
+        Workload::Fit { observations } => observations >= FIT_CROSSOVER_OBSERVATIONS,
+        Workload::Trials { trials } => trials >= TRIALS_CROSSOVER,
+    }
+}
+
+/// A device that evaluates the gaussian family's posterior: what a fit asks
+/// for in place of the CPU evaluator ([`crate::engine::fit::FitSpec::device`]).
+pub trait Device: Sync + fmt::Debug {
+    /// An evaluator of `series` under `priors` on the device.
+    fn gaussian<'s>(
+        &'s self,
+        series: &'s Series,
+        priors: &'s Priors,
+    ) -> Result<Box<dyn Evaluator + 's>, ModelError>;
+}
+
+/// Why there is no GPU: one line for a person.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NoGpu(pub String);
+
+/// The GPU, opened: the driver loaded, device 0 chosen, the kernels
+/// compiled. `Err` says in one line why not (no driver, no device, NVRTC
+/// missing, a kernel that does not compile, or a build without the `cuda`
+/// feature).
+#[cfg(feature = "cuda")]
+pub fn open() -> Result<cuda::Cuda, NoGpu> {
+    cuda::Cuda::open()
+}
+
+/// Without the `cuda` feature there is never a GPU.
+#[cfg(not(feature = "cuda"))]
+pub fn open() -> Result<std::convert::Infallible, NoGpu> {
+    Err(NoGpu(
+        "this nof1d was built without the `cuda` feature".into(),
+    ))
+}
+
+/// The kernel sources as NVRTC compiles them: `common.h` inlined in place
+/// of its `#include` (NVRTC has no file system to find it on).
+pub fn kernel_source(source: &str) -> String {
+    source.replace("#include \"common.h\"", COMMON_H.replace("#pragma once", "").as_str())
+}
+
+#[cfg(test)]
+mod tests;
