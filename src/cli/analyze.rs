@@ -28,6 +28,9 @@ pub enum AnalyzeError {
     /// The model could not be fitted to the data.
     #[error(transparent)]
     Fit(#[from] crate::engine::model::ModelError),
+    /// `--backend cuda` and no GPU.
+    #[error("--backend cuda: {0}")]
+    Backend(#[from] crate::engine::gpu::NoGpu),
 }
 
 /// Which columns to read; `None` picks the defaults.
@@ -390,6 +393,8 @@ pub struct Request {
     pub method: crate::engine::fit::Method,
     /// Seed.
     pub seed: u64,
+    /// Where the fit's evaluations run.
+    pub backend: crate::engine::gpu::BackendChoice,
 }
 
 /// The JSON `nof1d analyze --json` prints: the fit plus what was read.
@@ -403,6 +408,8 @@ pub struct Analysis {
     /// The same fit by the arm actually taken, when `--taken-col` was given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub as_treated: Option<crate::engine::fit::FitReport>,
+    /// Where the fit ran, and why there (`--backend`).
+    pub backend: String,
 }
 
 /// What was read from the CSV.
@@ -426,7 +433,8 @@ pub struct InputSummary {
 
 /// Reads, fits and summarises.
 pub fn analyze(text: &str, req: &Request) -> Result<Analysis, AnalyzeError> {
-    let run =
+    let mut backend_line = String::new();
+    let mut run =
         |as_treated: bool| -> Result<(Prepared, crate::engine::fit::FitReport), AnalyzeError> {
             let prepared = prepare(
                 text,
@@ -437,6 +445,17 @@ pub fn analyze(text: &str, req: &Request) -> Result<Analysis, AnalyzeError> {
                 req.outcome.aggregation,
             )?;
             let model = req.outcome.model_spec();
+            let chosen = crate::engine::gpu::choose(
+                req.backend,
+                crate::engine::gpu::Workload::Fit {
+                    observations: prepared.series.t.len(),
+                },
+            )?;
+            backend_line = if req.outcome.family == crate::engine::spec::Family::Gaussian {
+                chosen.line.clone()
+            } else {
+                "on the CPU: the GPU evaluates the gaussian family only".into()
+            };
             let spec = crate::engine::fit::FitSpec {
                 model: &model,
                 arm_keys: prepared.arm_keys.clone(),
@@ -453,7 +472,7 @@ pub fn analyze(text: &str, req: &Request) -> Result<Analysis, AnalyzeError> {
                 dropped: Vec::new(),
                 path: true,
                 intervals: true,
-                device: None,
+                device: chosen.device.as_ref().map(crate::engine::gpu::SharedDevice::get),
             };
             let fit = crate::engine::fit::fit(&prepared.series, &spec)?;
             Ok((prepared, fit))
@@ -477,6 +496,7 @@ pub fn analyze(text: &str, req: &Request) -> Result<Analysis, AnalyzeError> {
             mid: req.outcome.mid,
         },
         fit,
+        backend: backend_line,
     })
 }
 

@@ -98,6 +98,10 @@ enum Command {
         /// Seed for MCMC and P(best) draws.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Where the posterior evaluations run: auto (the GPU where one is
+        /// found and the series is long enough to gain), cpu or cuda.
+        #[arg(long, default_value = "auto")]
+        backend: crate::engine::gpu::BackendChoice,
     },
     /// Run whole virtual trials of a protocol (schedule, data, every refit and
     /// decision as the daemon takes them) and report its error rates.
@@ -145,9 +149,21 @@ enum Command {
         /// Worker threads (default: all cores; at most 1024).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
         threads: Option<u16>,
+        /// Where the refits' evaluations run: auto (the GPU where one is
+        /// found and there are enough virtual trials to gain), cpu or cuda.
+        #[arg(long, default_value = "auto")]
+        backend: crate::engine::gpu::BackendChoice,
         /// Where to write the JSON report (default: simulate-<protocol>.json).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// What this machine gives the engine (CPU features, the GPU, its
+    /// driver and NVRTC, the kernels checked against the CPU) and the
+    /// database's health. Exits 1 when something is broken.
+    Doctor {
+        /// Data folder (default: from the config).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Benchmarks and statistical checks of the engine (JSON on stdout).
     Bench {
@@ -268,6 +284,31 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// The GPU backend against the CPU engine on this machine: equivalence
+    /// of evaluations, fits and simulated decisions, then throughput, fit
+    /// time by length and a whole simulation (`bench/gpu-check.sh`).
+    /// Without a GPU: why, and the host-compiled kernels' check.
+    Gpu {
+        /// Virtual trials per condition on the GPU (two conditions; 1 to 1,000,000).
+        #[arg(long, default_value_t = 50_000, value_parser = trials_count)]
+        trials: usize,
+        /// Virtual trials per condition on the CPU (1 to 1,000,000).
+        #[arg(long, default_value_t = 500, value_parser = trials_count)]
+        cpu_trials: usize,
+        /// Virtual trials per condition whose every decision is compared
+        /// (1 to 1,000,000).
+        #[arg(long, default_value_t = 50, value_parser = trials_count)]
+        decision_trials: usize,
+        /// Series lengths for the fit timings (each 2 to 1,000,000).
+        #[arg(long, value_delimiter = ',', default_value = "365,3000,10000,30000,100000", value_parser = trials_count)]
+        fit_days: Vec<usize>,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Also write the JSON report here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The proposer's prior meets the data: posterior error, interval
     /// coverage and the prior–data conflict measure for a prior that is
     /// right, wrong by 2 sd or wrong in sign (as stated and floored), and
@@ -615,6 +656,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             taken_col,
             method,
             seed,
+            backend,
         } => {
             // Warnings only by default: stdout carries the table or the JSON.
             init_logging(
@@ -669,13 +711,59 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 method,
                 seed: *seed,
+                backend: *backend,
             };
             let analysis = crate::cli::analyze::analyze(&text, &request)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", data.display()))?;
+            eprintln!("nof1d analyze: fitted {}", analysis.backend);
             if *json {
                 println!("{}", serde_json::to_string_pretty(&analysis)?);
             } else {
                 print!("{}", crate::cli::analyze::render(&analysis));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor { data_dir } => {
+            let mut config = load_config(&cli)?;
+            if let Some(dir) = data_dir {
+                config.data_dir = dir.clone();
+            }
+            let key = config.database.resolve_key()?;
+            let (text, healthy) =
+                crate::cli::doctor::examine(&config.database_path(), key.as_ref());
+            print!("{text}");
+            Ok(if healthy {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Gpu {
+                    trials,
+                    cpu_trials,
+                    decision_trials,
+                    fit_days,
+                    seed,
+                    out,
+                },
+        } => {
+            init_logging(
+                &Config::default(),
+                cli.log_level.as_deref().or(Some("warn")),
+            );
+            let report = crate::cli::bench_gpu::run(&crate::cli::bench_gpu::GpuBenchOptions {
+                trials: *trials,
+                cpu_trials: *cpu_trials,
+                decision_trials: *decision_trials,
+                fit_days: fit_days.clone(),
+                seed: *seed,
+            })?;
+            print!("{}", crate::cli::bench_gpu::render(&report));
+            if let Some(path) = out {
+                std::fs::write(path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -828,6 +916,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             non_adherence,
             seed,
             threads,
+            backend,
             out,
         } => {
             init_logging(
@@ -852,6 +941,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 || std::thread::available_parallelism().map_or(1, |n| n.get()),
                 usize::from,
             );
+            let chosen = if p.outcome.family == crate::engine::spec::Family::Gaussian {
+                crate::engine::gpu::choose(
+                    *backend,
+                    crate::engine::gpu::Workload::Trials { trials: *trials },
+                )?
+            } else {
+                crate::engine::gpu::Chosen {
+                    device: None,
+                    line: "on the CPU: the GPU evaluates the gaussian family only".into(),
+                }
+            };
+            eprintln!("nof1d simulate: refits {}", chosen.line);
+            let device = chosen.device;
             if *suite {
                 let base = crate::trial::simulate::SimOptions {
                     effect: *effect,
@@ -860,6 +962,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     seed: *seed,
                     threads,
                     progress: !*json,
+                    device: device.clone(),
                     ..Default::default()
                 };
                 let options = crate::trial::simulate::suite::SuiteOptions::sized(
@@ -887,6 +990,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     threads,
                     calibrate: *calibrate,
                     progress: !*json,
+                    device: device.clone(),
                 };
                 let report = crate::trial::simulate::simulate_protocol(&p, &hash, &options)?;
                 if !*json {

@@ -3,5 +3,7 @@
 pub mod analyze;
 pub mod ask;
 pub mod bench;
+pub mod bench_gpu;
 pub mod commands;
+pub mod doctor;
 pub mod report;

@@ -74,6 +74,8 @@ pub struct Config {
     pub llm: Option<LlmConfig>,
     /// How hypotheses become proposals.
     pub hypotheses: HypothesesConfig,
+    /// Where the engine runs.
+    pub engine: EngineConfig,
 }
 
 impl Default for Config {
@@ -90,6 +92,7 @@ impl Default for Config {
             participants: Vec::new(),
             llm: None,
             hypotheses: HypothesesConfig::default(),
+            engine: EngineConfig::default(),
         }
     }
 }
@@ -336,6 +339,15 @@ fn default_llm_retry_wait() -> u64 {
 }
 fn default_llm_max_tokens() -> u32 {
     2048
+}
+
+/// Where the engine runs (`[engine]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// `auto` (the GPU where one is found and the work is large enough to
+    /// gain: a design's calibration), `cpu` or `cuda`.
+    pub backend: crate::engine::gpu::BackendChoice,
 }
 
 /// How hypotheses become proposals (`system.md`, "Hypotheses").

@@ -51,6 +51,9 @@ pub struct SimOptions {
     pub calibrate: Option<f64>,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// The GPU the refits run on (their batches gathered into shared
+    /// launches); `None`: the CPU.
+    pub device: Option<crate::engine::gpu::SharedDevice>,
 }
 
 impl Default for SimOptions {
@@ -65,6 +68,7 @@ impl Default for SimOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             calibrate: None,
             progress: false,
+            device: None,
         }
     }
 }
@@ -584,6 +588,11 @@ impl Setup<'_> {
             },
             path: false,
             intervals: false,
+            device: self
+                .options
+                .device
+                .as_ref()
+                .map(crate::engine::gpu::SharedDevice::get),
             ..step::look_fit_spec(&self.model, self.protocol, trial_seed, run_in_sd, dropped)
         };
         trial.fits += 1;
@@ -890,7 +899,12 @@ fn run_range(
     let first = range.start;
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<VirtualTrial>>> = Mutex::new(vec![None; n]);
-    let threads = setup.options.threads.max(1).min(n.max(1));
+    // On a GPU many fits wait at once, so that their batches share launches.
+    let threads = match setup.options.device {
+        Some(_) => crate::engine::gpu::GPU_FITS_IN_FLIGHT,
+        None => setup.options.threads.max(1),
+    }
+    .min(n.max(1));
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {

@@ -108,6 +108,76 @@ pub trait Device: Sync + fmt::Debug {
     ) -> Result<Box<dyn Evaluator + 's>, ModelError>;
 }
 
+/// A device shared by settings that are cloned (a simulation's options).
+#[derive(Debug, Clone)]
+pub struct SharedDevice(pub std::sync::Arc<dyn Device + Send>);
+
+impl SharedDevice {
+    /// The device, borrowed for a fit.
+    pub fn get(&self) -> &dyn Device {
+        self.0.as_ref()
+    }
+}
+
+/// Fits a simulation keeps in flight on a GPU: each waits for its batch,
+/// and the batcher launches them together (the CPU runs one a core).
+pub const GPU_FITS_IN_FLIGHT: usize = 2048;
+
+/// The backend chosen for a workload, and the one line that says so.
+#[derive(Debug, Clone)]
+pub struct Chosen {
+    /// The GPU; `None` for the CPU.
+    pub device: Option<SharedDevice>,
+    /// Where the work runs and why, in one line.
+    pub line: String,
+}
+
+/// Chooses where `workload` runs: `cpu` always the CPU; `cuda` the GPU or
+/// the error saying why there is none; `auto` the GPU where it is faster
+/// for the workload's size ([`gains`]) and one is found, else the CPU with
+/// the reason. Many fits at once (`Workload::Trials`) share a batcher.
+pub fn choose(choice: BackendChoice, workload: Workload) -> Result<Chosen, NoGpu> {
+    let cpu = |why: String| Chosen {
+        device: None,
+        line: format!("on the CPU: {why}"),
+    };
+    match choice {
+        BackendChoice::Cpu => Ok(cpu("--backend cpu".into())),
+        BackendChoice::Auto if !gains(workload) => Ok(cpu(match workload {
+            Workload::Fit { observations } => format!(
+                "{observations} observations, below the {FIT_CROSSOVER_OBSERVATIONS} where the GPU is faster"
+            ),
+            Workload::Trials { trials } => format!(
+                "{trials} virtual trials, below the {TRIALS_CROSSOVER} where the GPU is faster"
+            ),
+        })),
+        BackendChoice::Auto => Ok(on_gpu(workload).unwrap_or_else(|why| cpu(why.0))),
+        BackendChoice::Cuda => on_gpu(workload),
+    }
+}
+
+/// The GPU for `workload`, opened once a process.
+#[cfg(feature = "cuda")]
+fn on_gpu(workload: Workload) -> Result<Chosen, NoGpu> {
+    use std::sync::{Arc, OnceLock};
+    static OPENED: OnceLock<Result<Arc<cuda::Cuda>, NoGpu>> = OnceLock::new();
+    let gpu = OPENED.get_or_init(|| open().map(Arc::new)).clone()?;
+    let name = gpu.info().name.clone();
+    let device: std::sync::Arc<dyn Device + Send> = match workload {
+        Workload::Fit { .. } => gpu,
+        Workload::Trials { .. } => std::sync::Arc::new(cuda::Batcher::new(gpu)),
+    };
+    Ok(Chosen {
+        device: Some(SharedDevice(device)),
+        line: format!("on the GPU: {name}"),
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn on_gpu(_: Workload) -> Result<Chosen, NoGpu> {
+    Err(open().err().unwrap_or_else(|| NoGpu(String::new())))
+}
+
 /// Why there is no GPU: one line for a person.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

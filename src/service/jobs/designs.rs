@@ -55,6 +55,30 @@ fn stored_protocol(text: &str, hash: &ProtocolHash) -> Result<Protocol, String> 
     Ok(protocol)
 }
 
+/// The GPU a design's simulation runs on (`[engine] backend`): the
+/// gaussian family's refits, where `auto` finds one and the simulation is
+/// large enough, or `cuda` asks for it; otherwise the CPU, with the reason
+/// logged.
+fn design_device(
+    backend: crate::engine::gpu::BackendChoice,
+    protocol: &Protocol,
+    trials: usize,
+) -> Option<crate::engine::gpu::SharedDevice> {
+    if protocol.outcome.family != crate::engine::spec::Family::Gaussian {
+        return None;
+    }
+    match crate::engine::gpu::choose(backend, crate::engine::gpu::Workload::Trials { trials }) {
+        Ok(chosen) => {
+            tracing::info!(protocol = %protocol.id, "design simulation {}", chosen.line);
+            chosen.device
+        }
+        Err(why) => {
+            tracing::warn!(protocol = %protocol.id, "[engine] backend = \"cuda\" but {why}; on the CPU");
+            None
+        }
+    }
+}
+
 /// Null trials per scenario a calibration may give the binding scenario:
 /// `jobs.calibration_trials` for a gaussian outcome, a fifth (at least 8)
 /// for the slower families.
@@ -89,6 +113,7 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
         })
         .await?;
     let configured = state.config.jobs.calibration_trials;
+    let backend = state.config.engine.backend;
     let mut done = 0;
     let mut failed = Vec::new();
     for (hash, text) in pending {
@@ -104,6 +129,7 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
                 SimOptions {
                     threads: 1,
                     progress: false,
+                    device: design_device(backend, &protocol, calibration_trials(&protocol, configured)),
                     ..SimOptions::default()
                 },
                 Some(protocol.decision.false_stop_target),
@@ -184,6 +210,7 @@ async fn simulate_proposed_designs(state: &AppState) -> Result<String, JobError>
     let mut done = 0;
     let mut failed = Vec::new();
     let configured = state.config.jobs.design_trials;
+    let backend = state.config.engine.backend;
     for (hash, text) in pending {
         if *state.stopping.borrow() {
             break;
@@ -195,6 +222,7 @@ async fn simulate_proposed_designs(state: &AppState) -> Result<String, JobError>
                 trials: simulation_trials(&protocol, configured),
                 threads: 1,
                 progress: false,
+                device: design_device(backend, &protocol, simulation_trials(&protocol, configured)),
                 ..SimOptions::default()
             };
             let started = std::time::Instant::now();
