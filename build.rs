@@ -8,6 +8,7 @@ fn main() {
     let mut build = cc::Build::new();
     build
         .file("kernels/filter.cu")
+        .file("kernels/scan.cu")
         .include("kernels")
         // The .cu files are C++ for NVRTC and kept to C's subset for this.
         .flag("-xc")

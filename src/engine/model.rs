@@ -508,12 +508,27 @@ fn finish(
 }
 
 /// What the filter pass accumulates (§4): `sum log F`, `q = sum v^2/F`,
-/// `s = sum V v/F` and the lower triangle of `S = sum V V'/F`.
-struct FilterSums {
-    sum_log_f: f64,
-    q: f64,
-    s: [f64; MAX_ARMS],
-    big_s: [[f64; MAX_ARMS]; MAX_ARMS],
+/// `s = sum V v/F` and the lower triangle of `S = sum V V'/F`. A backend
+/// that accumulates them elsewhere (the GPU's parallel scan) hands them to
+/// [`FilterSums::finish`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FilterSums {
+    /// `sum log F`.
+    pub sum_log_f: f64,
+    /// `q = sum v^2 / F`.
+    pub q: f64,
+    /// `s = sum V v / F`.
+    pub s: [f64; MAX_ARMS],
+    /// The lower triangle of `S = sum V V' / F`.
+    pub big_s: [[f64; MAX_ARMS]; MAX_ARMS],
+}
+
+impl FilterSums {
+    /// The likelihood and the posterior of `b` from the sums (the formulas
+    /// of [`augmented_filter`]).
+    pub fn finish(self, series: &Series, prior: &StaticPrior) -> Result<FilterOutput, ModelError> {
+        finish(series, self, prior)
+    }
 }
 
 /// The augmented filter's pass over the observations for `P` static

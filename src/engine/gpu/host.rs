@@ -67,3 +67,212 @@ pub fn filter_batch(packed: &Packed, items: &[(u32, Theta)]) -> Vec<Option<Eval>
         })
         .collect()
 }
+
+unsafe extern "C" {
+    fn scan_setup_host(
+        count: i64,
+        n: i64,
+        batch: i64,
+        thetas: *const f64,
+        gap: *const f64,
+        step_start: *const i32,
+        piece_len: *const f64,
+        piece_arm: *const i32,
+        p: i32,
+        mob: *mut f64,
+        wmap: *mut f64,
+    );
+    fn scan_mobius_host(count: i64, n: i64, batch: i64, d: i64, input: *const f64, out: *mut f64);
+    fn scan_affine_host(count: i64, n: i64, batch: i64, width: i32, d: i64, input: *const f64, out: *mut f64);
+    fn scan_gains_host(
+        count: i64,
+        n: i64,
+        batch: i64,
+        thetas: *const f64,
+        gap: *const f64,
+        y: *const f64,
+        p: i32,
+        effect_arm: *const i32,
+        mob_prefix: *const f64,
+        w_prefix: *const f64,
+        fr: *mut f64,
+        means: *mut f64,
+    );
+    fn scan_terms_host(
+        count: i64,
+        n: i64,
+        batch: i64,
+        y: *const f64,
+        p: i32,
+        effect_arm: *const i32,
+        w_prefix: *const f64,
+        means_prefix: *const f64,
+        fr: *const f64,
+        terms: *mut f64,
+    );
+    fn reduce_pairs_host(count: i64, m: i64, batch: i64, width: i32, input: *const f64, out: *mut f64);
+}
+
+/// Panics unless `buffer` holds `len` entries: the scan's wrappers check
+/// every length the kernel will index before handing it a pointer.
+fn holds<T>(buffer: &[T], len: i64, what: &str) {
+    assert!(
+        len >= 0 && buffer.len() as i64 >= len,
+        "{what}: {} entries, the kernel reads {len}",
+        buffer.len()
+    );
+}
+
+/// `scan_setup` of `kernels/scan.cu` on the host.
+#[allow(clippy::too_many_arguments)]
+pub fn scan_setup(
+    n: i64,
+    batch: i64,
+    thetas: &[f64],
+    gap: &[f64],
+    step_start: &[i32],
+    piece_len: &[f64],
+    piece_arm: &[i32],
+    p: i32,
+    mob: &mut [f64],
+    wmap: &mut [f64],
+) {
+    let elems = n * batch;
+    holds(thetas, 4 * batch, "thetas");
+    holds(gap, n, "gap");
+    holds(step_start, n + 1, "step_start");
+    let pieces = step_start.get(n as usize).copied().unwrap_or(0) as i64;
+    holds(piece_len, pieces, "piece_len");
+    holds(piece_arm, pieces, "piece_arm");
+    assert!(piece_arm.iter().all(|&a| a >= 0 && a < p) && (1..=MAX_P).contains(&p));
+    holds(mob, 4 * elems, "mob");
+    holds(wmap, (1 + i64::from(p)) * elems, "wmap");
+    // SAFETY: every length the kernel indexes was checked above.
+    unsafe {
+        scan_setup_host(
+            elems,
+            n,
+            batch,
+            thetas.as_ptr(),
+            gap.as_ptr(),
+            step_start.as_ptr(),
+            piece_len.as_ptr(),
+            piece_arm.as_ptr(),
+            p,
+            mob.as_mut_ptr(),
+            wmap.as_mut_ptr(),
+        )
+    }
+}
+
+/// The most static coefficients a scan carries (`SCAN_MAX_ARMS`).
+const MAX_P: i32 = 6;
+
+/// `scan_mobius` on the host.
+pub fn scan_mobius(n: i64, batch: i64, d: i64, input: &[f64], out: &mut [f64]) {
+    holds(input, 4 * n * batch, "input");
+    holds(out, 4 * n * batch, "out");
+    // SAFETY: both buffers hold the 4 n batch doubles the kernel indexes.
+    unsafe { scan_mobius_host(n * batch, n, batch, d, input.as_ptr(), out.as_mut_ptr()) }
+}
+
+/// `scan_affine` on the host.
+pub fn scan_affine(n: i64, batch: i64, width: i32, d: i64, input: &[f64], out: &mut [f64]) {
+    let len = (1 + i64::from(width)) * n * batch;
+    holds(input, len, "input");
+    holds(out, len, "out");
+    // SAFETY: both buffers hold the (1 + width) n batch doubles indexed.
+    unsafe { scan_affine_host(n * batch, n, batch, width, d, input.as_ptr(), out.as_mut_ptr()) }
+}
+
+/// `scan_gains` on the host.
+#[allow(clippy::too_many_arguments)]
+pub fn scan_gains(
+    n: i64,
+    batch: i64,
+    thetas: &[f64],
+    gap: &[f64],
+    y: &[f64],
+    p: i32,
+    effect_arm: &[i32],
+    mob_prefix: &[f64],
+    w_prefix: &[f64],
+    fr: &mut [f64],
+    means: &mut [f64],
+) {
+    let elems = n * batch;
+    holds(thetas, 4 * batch, "thetas");
+    holds(gap, n, "gap");
+    holds(y, n, "y");
+    holds(effect_arm, i64::from(MAX_P), "effect_arm");
+    assert!(effect_arm.iter().all(|&a| a >= 0 && a < p) && (1..=MAX_P).contains(&p));
+    holds(mob_prefix, 4 * elems, "mob_prefix");
+    holds(w_prefix, (1 + i64::from(p)) * elems, "w_prefix");
+    holds(fr, 2 * elems, "fr");
+    holds(means, (2 + i64::from(p)) * elems, "means");
+    // SAFETY: every length the kernel indexes was checked above.
+    unsafe {
+        scan_gains_host(
+            elems,
+            n,
+            batch,
+            thetas.as_ptr(),
+            gap.as_ptr(),
+            y.as_ptr(),
+            p,
+            effect_arm.as_ptr(),
+            mob_prefix.as_ptr(),
+            w_prefix.as_ptr(),
+            fr.as_mut_ptr(),
+            means.as_mut_ptr(),
+        )
+    }
+}
+
+/// `scan_terms` on the host.
+#[allow(clippy::too_many_arguments)]
+pub fn scan_terms(
+    n: i64,
+    batch: i64,
+    y: &[f64],
+    p: i32,
+    effect_arm: &[i32],
+    w_prefix: &[f64],
+    means_prefix: &[f64],
+    fr: &[f64],
+    terms: &mut [f64],
+) {
+    let elems = n * batch;
+    let p64 = i64::from(p);
+    holds(y, n, "y");
+    holds(effect_arm, i64::from(MAX_P), "effect_arm");
+    assert!(effect_arm.iter().all(|&a| a >= 0 && a < p) && (1..=MAX_P).contains(&p));
+    holds(w_prefix, (1 + p64) * elems, "w_prefix");
+    holds(means_prefix, (2 + p64) * elems, "means_prefix");
+    holds(fr, 2 * elems, "fr");
+    holds(terms, (2 + p64 + p64 * (p64 + 1) / 2) * elems, "terms");
+    // SAFETY: every length the kernel indexes was checked above.
+    unsafe {
+        scan_terms_host(
+            elems,
+            n,
+            batch,
+            y.as_ptr(),
+            p,
+            effect_arm.as_ptr(),
+            w_prefix.as_ptr(),
+            means_prefix.as_ptr(),
+            fr.as_ptr(),
+            terms.as_mut_ptr(),
+        )
+    }
+}
+
+/// `reduce_pairs` on the host.
+pub fn reduce_pairs(m: i64, batch: i64, width: i32, input: &[f64], out: &mut [f64]) {
+    let half = (m + 1) / 2;
+    holds(input, i64::from(width) * m * batch, "input");
+    holds(out, i64::from(width) * half * batch, "out");
+    // SAFETY: `input` holds m and `out` (m + 1) / 2 elements of `width` a point.
+    unsafe { reduce_pairs_host(half * batch, m, batch, width, input.as_ptr(), out.as_mut_ptr()) }
+}

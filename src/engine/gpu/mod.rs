@@ -10,6 +10,7 @@
 
 pub mod host;
 pub mod pack;
+pub mod scan;
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -21,7 +22,10 @@ use crate::engine::inference::{Evaluator, Priors};
 use crate::engine::model::{ModelError, Series};
 
 /// The kernel sources, embedded: NVRTC compiles them where a GPU is found.
-pub const KERNELS: [(&str, &str); 1] = [("filter.cu", include_str!("../../../kernels/filter.cu"))];
+pub const KERNELS: [(&str, &str); 2] = [
+    ("filter.cu", include_str!("../../../kernels/filter.cu")),
+    ("scan.cu", include_str!("../../../kernels/scan.cu")),
+];
 
 /// The header every kernel includes (`kernels/common.h`).
 pub const COMMON_H: &str = include_str!("../../../kernels/common.h");

@@ -1,0 +1,390 @@
+//! The parallel-in-time filter (`kernels/scan.cu`) driven from the host:
+//! the sequence of launches, written once over [`ScanOps`], which the
+//! host-compiled kernels ([`HostOps`], the tests) and the CUDA backend
+//! implement. The sums it returns are finished on the CPU
+//! ([`FilterSums::finish`]), as the sequential filter's are.
+
+use crate::engine::gpu::host;
+use crate::engine::inference::{Eval, LogPrior, Priors, Theta, theta_in_range};
+use crate::engine::model::{FilterOutput, FilterPlan, FilterSums, MAX_ARMS, ModelError, Series};
+
+/// A series as the scan reads it: per observation its gap since the last
+/// (from the origin for the first), its value, and the pieces of constant
+/// arm inside the gap (CSR: `step_start[i]..step_start[i + 1]`).
+#[derive(Debug, Clone)]
+pub struct ScanSeries {
+    /// Observations.
+    pub n: usize,
+    /// Static coefficients (arms).
+    pub p: usize,
+    /// Gap before each observation, days.
+    pub gap: Vec<f64>,
+    /// Values.
+    pub y: Vec<f64>,
+    /// Each observation's first piece.
+    pub step_start: Vec<i32>,
+    /// Piece lengths, days.
+    pub piece_len: Vec<f64>,
+    /// The arm in force over each piece.
+    pub piece_arm: Vec<i32>,
+    /// The arm of each beta (`MAX_ARMS` entries, unused ones 0).
+    pub effect_arm: Vec<i32>,
+}
+
+impl ScanSeries {
+    /// `series` with its plan.
+    pub fn of(series: &Series) -> Result<ScanSeries, ModelError> {
+        let n = series.t.len();
+        if n == 0 || series.y.len() < n {
+            return Err(ModelError::Input("the scan needs at least one observation".into()));
+        }
+        let plan = FilterPlan::of(series);
+        let tables = plan.tables();
+        let mut effect_arm = vec![0i32; MAX_ARMS];
+        for (c, a) in series.effect_arms().into_iter().enumerate() {
+            effect_arm[c] = a as i32;
+        }
+        Ok(ScanSeries {
+            n,
+            p: series.n_static(),
+            gap: tables.gap_of.iter().map(|&g| tables.gaps[g as usize]).collect(),
+            y: series.y[..n].to_vec(),
+            step_start: tables.step_start.iter().map(|&s| s as i32).collect(),
+            piece_len: tables
+                .steps
+                .iter()
+                .map(|&(d, _)| tables.pieces[d as usize])
+                .collect(),
+            piece_arm: tables.steps.iter().map(|&(_, a)| a as i32).collect(),
+            effect_arm,
+        })
+    }
+
+    /// Doubles a step of one point takes on the device, all buffers together.
+    pub fn bytes_per_step(&self) -> usize {
+        let p = self.p;
+        8 * (2 * 4 + 2 * (1 + p) + 2 + 2 * (2 + p) + 2 * (2 + p + p * (p + 1) / 2))
+    }
+}
+
+/// Where the scan's kernels run: buffers and one method a kernel.
+pub trait ScanOps {
+    /// A buffer of doubles.
+    type F;
+    /// A buffer of ints.
+    type I;
+    /// `len` zeros.
+    fn zeros(&self, len: usize) -> Result<Self::F, ModelError>;
+    /// A copy of `v`.
+    fn f64s(&self, v: &[f64]) -> Result<Self::F, ModelError>;
+    /// A copy of `v`.
+    fn i32s(&self, v: &[i32]) -> Result<Self::I, ModelError>;
+    /// The first `len` doubles of `b`, on the host.
+    fn read(&self, b: &Self::F, len: usize) -> Result<Vec<f64>, ModelError>;
+    /// `scan_setup`.
+    #[allow(clippy::too_many_arguments)]
+    fn setup(
+        &self,
+        n: i64,
+        batch: i64,
+        thetas: &Self::F,
+        gap: &Self::F,
+        step_start: &Self::I,
+        piece_len: &Self::F,
+        piece_arm: &Self::I,
+        p: i32,
+        mob: &mut Self::F,
+        wmap: &mut Self::F,
+    ) -> Result<(), ModelError>;
+    /// `scan_mobius`.
+    fn mobius(&self, n: i64, batch: i64, d: i64, input: &Self::F, out: &mut Self::F) -> Result<(), ModelError>;
+    /// `scan_affine`.
+    #[allow(clippy::too_many_arguments)]
+    fn affine(
+        &self,
+        n: i64,
+        batch: i64,
+        width: i32,
+        d: i64,
+        input: &Self::F,
+        out: &mut Self::F,
+    ) -> Result<(), ModelError>;
+    /// `scan_gains`.
+    #[allow(clippy::too_many_arguments)]
+    fn gains(
+        &self,
+        n: i64,
+        batch: i64,
+        thetas: &Self::F,
+        gap: &Self::F,
+        y: &Self::F,
+        p: i32,
+        effect_arm: &Self::I,
+        mob_prefix: &Self::F,
+        w_prefix: &Self::F,
+        fr: &mut Self::F,
+        means: &mut Self::F,
+    ) -> Result<(), ModelError>;
+    /// `scan_terms`.
+    #[allow(clippy::too_many_arguments)]
+    fn terms(
+        &self,
+        n: i64,
+        batch: i64,
+        y: &Self::F,
+        p: i32,
+        effect_arm: &Self::I,
+        w_prefix: &Self::F,
+        means_prefix: &Self::F,
+        fr: &Self::F,
+        terms: &mut Self::F,
+    ) -> Result<(), ModelError>;
+    /// `reduce_pairs`.
+    fn reduce(&self, m: i64, batch: i64, width: i32, input: &Self::F, out: &mut Self::F) -> Result<(), ModelError>;
+}
+
+/// A series' arrays where the kernels read them.
+pub struct Uploaded<O: ScanOps> {
+    gap: O::F,
+    y: O::F,
+    step_start: O::I,
+    piece_len: O::F,
+    piece_arm: O::I,
+    effect_arm: O::I,
+}
+
+/// Copies `s` for `ops`.
+pub fn upload<O: ScanOps>(ops: &O, s: &ScanSeries) -> Result<Uploaded<O>, ModelError> {
+    let nonempty_f = |v: &[f64]| if v.is_empty() { vec![0.0] } else { v.to_vec() };
+    let nonempty_i = |v: &[i32]| if v.is_empty() { vec![0] } else { v.to_vec() };
+    Ok(Uploaded {
+        gap: ops.f64s(&s.gap)?,
+        y: ops.f64s(&s.y)?,
+        step_start: ops.i32s(&s.step_start)?,
+        piece_len: ops.f64s(&nonempty_f(&s.piece_len))?,
+        piece_arm: ops.i32s(&nonempty_i(&s.piece_arm))?,
+        effect_arm: ops.i32s(&s.effect_arm)?,
+    })
+}
+
+/// Runs the Hillis–Steele steps of one scan, ping-ponging between `a` and
+/// `b`; returns true when the result ended in `b`.
+fn hillis_steele<O: ScanOps>(
+    n: i64,
+    a: &mut O::F,
+    b: &mut O::F,
+    mut step: impl FnMut(i64, &O::F, &mut O::F) -> Result<(), ModelError>,
+) -> Result<bool, ModelError> {
+    let mut in_b = false;
+    let mut d = 1;
+    while d < n {
+        if in_b {
+            step(d, b, a)?;
+        } else {
+            step(d, a, b)?;
+        }
+        in_b = !in_b;
+        d *= 2;
+    }
+    Ok(in_b)
+}
+
+/// The filter's sums at every point of `thetas` (all within range) over
+/// the series `s`, uploaded as `up`.
+pub fn sums<O: ScanOps>(
+    ops: &O,
+    s: &ScanSeries,
+    up: &Uploaded<O>,
+    thetas: &[Theta],
+) -> Result<Vec<FilterSums>, ModelError> {
+    let batch = thetas.len();
+    if batch == 0 {
+        return Ok(Vec::new());
+    }
+    let (n, p) = (s.n, s.p);
+    let elems = n * batch;
+    let (ni, bi, pi) = (n as i64, batch as i64, p as i32);
+    let flat: Vec<f64> = thetas.iter().flat_map(|t| *t).collect();
+    let thetas_d = ops.f64s(&flat)?;
+    let mut mob = ops.zeros(4 * elems)?;
+    let mut mob2 = ops.zeros(4 * elems)?;
+    let mut w = ops.zeros((1 + p) * elems)?;
+    let mut w2 = ops.zeros((1 + p) * elems)?;
+    ops.setup(ni, bi, &thetas_d, &up.gap, &up.step_start, &up.piece_len, &up.piece_arm, pi, &mut mob, &mut w)?;
+    let mob_in_2 = hillis_steele::<O>(ni, &mut mob, &mut mob2, |d, i, o| ops.mobius(ni, bi, d, i, o))?;
+    let w_in_2 = hillis_steele::<O>(ni, &mut w, &mut w2, |d, i, o| ops.affine(ni, bi, pi, d, i, o))?;
+    let (mob_prefix, w_prefix) = (
+        if mob_in_2 { &mob2 } else { &mob },
+        if w_in_2 { &w2 } else { &w },
+    );
+    let mut fr = ops.zeros(2 * elems)?;
+    let mut means = ops.zeros((2 + p) * elems)?;
+    ops.gains(ni, bi, &thetas_d, &up.gap, &up.y, pi, &up.effect_arm, mob_prefix, w_prefix, &mut fr, &mut means)?;
+    drop(mob2);
+    let mut means2 = ops.zeros((2 + p) * elems)?;
+    let means_in_2 = hillis_steele::<O>(ni, &mut means, &mut means2, |d, i, o| {
+        ops.affine(ni, bi, 1 + pi, d, i, o)
+    })?;
+    let means_prefix = if means_in_2 { &means2 } else { &means };
+    let width = 2 + p + p * (p + 1) / 2;
+    let mut terms = ops.zeros(width * elems)?;
+    ops.terms(ni, bi, &up.y, pi, &up.effect_arm, w_prefix, means_prefix, &fr, &mut terms)?;
+    let mut other = ops.zeros(width * n.div_ceil(2) * batch)?;
+    let mut m = n;
+    let mut in_other = false;
+    while m > 1 {
+        if in_other {
+            ops.reduce(m as i64, bi, width as i32, &other, &mut terms)?;
+        } else {
+            ops.reduce(m as i64, bi, width as i32, &terms, &mut other)?;
+        }
+        in_other = !in_other;
+        m = m.div_ceil(2);
+    }
+    let totals = ops.read(if in_other { &other } else { &terms }, width * batch)?;
+    Ok(totals
+        .chunks_exact(width)
+        .map(|t| {
+            let mut sums = FilterSums {
+                sum_log_f: t[0],
+                q: t[1],
+                s: [0.0; MAX_ARMS],
+                big_s: [[0.0; MAX_ARMS]; MAX_ARMS],
+            };
+            let mut k = 2;
+            for c in 0..p {
+                sums.s[c] = t[k];
+                k += 1;
+            }
+            for c in 0..p {
+                for d in 0..=c {
+                    sums.big_s[c][d] = t[k];
+                    k += 1;
+                }
+            }
+            sums
+        })
+        .collect())
+}
+
+/// Evaluations at `thetas` by the scan: out-of-range points are `None`
+/// without a launch, the others finished as the CPU finishes its pass.
+pub fn evaluate<O: ScanOps>(
+    ops: &O,
+    s: &ScanSeries,
+    up: &Uploaded<O>,
+    series: &Series,
+    priors: &Priors,
+    thetas: &[Theta],
+) -> Result<Vec<Option<Eval>>, ModelError> {
+    let valid: Vec<Theta> = thetas
+        .iter()
+        .filter(|t| theta_in_range(t, 4))
+        .copied()
+        .collect();
+    let mut sums = sums(ops, s, up, &valid)?.into_iter();
+    let log_prior = LogPrior::new(&priors.hyper);
+    Ok(thetas
+        .iter()
+        .map(|theta| {
+            if !theta_in_range(theta, 4) {
+                return None;
+            }
+            let filter: FilterOutput = sums.next()?.finish(series, &priors.statics).ok()?;
+            let log_post = filter.log_lik + log_prior.at(theta, 4);
+            log_post.is_finite().then_some(Eval {
+                theta: *theta,
+                log_post,
+                filter,
+            })
+        })
+        .collect())
+}
+
+/// The scan's kernels compiled for the host (tests, `nof1d doctor`).
+pub struct HostOps;
+
+impl ScanOps for HostOps {
+    type F = Vec<f64>;
+    type I = Vec<i32>;
+    fn zeros(&self, len: usize) -> Result<Vec<f64>, ModelError> {
+        Ok(vec![0.0; len.max(1)])
+    }
+    fn f64s(&self, v: &[f64]) -> Result<Vec<f64>, ModelError> {
+        Ok(v.to_vec())
+    }
+    fn i32s(&self, v: &[i32]) -> Result<Vec<i32>, ModelError> {
+        Ok(v.to_vec())
+    }
+    fn read(&self, b: &Vec<f64>, len: usize) -> Result<Vec<f64>, ModelError> {
+        Ok(b[..len.min(b.len())].to_vec())
+    }
+    fn setup(
+        &self,
+        n: i64,
+        batch: i64,
+        thetas: &Vec<f64>,
+        gap: &Vec<f64>,
+        step_start: &Vec<i32>,
+        piece_len: &Vec<f64>,
+        piece_arm: &Vec<i32>,
+        p: i32,
+        mob: &mut Vec<f64>,
+        wmap: &mut Vec<f64>,
+    ) -> Result<(), ModelError> {
+        host::scan_setup(n, batch, thetas, gap, step_start, piece_len, piece_arm, p, mob, wmap);
+        Ok(())
+    }
+    fn mobius(&self, n: i64, batch: i64, d: i64, input: &Vec<f64>, out: &mut Vec<f64>) -> Result<(), ModelError> {
+        host::scan_mobius(n, batch, d, input, out);
+        Ok(())
+    }
+    fn affine(
+        &self,
+        n: i64,
+        batch: i64,
+        width: i32,
+        d: i64,
+        input: &Vec<f64>,
+        out: &mut Vec<f64>,
+    ) -> Result<(), ModelError> {
+        host::scan_affine(n, batch, width, d, input, out);
+        Ok(())
+    }
+    fn gains(
+        &self,
+        n: i64,
+        batch: i64,
+        thetas: &Vec<f64>,
+        gap: &Vec<f64>,
+        y: &Vec<f64>,
+        p: i32,
+        effect_arm: &Vec<i32>,
+        mob_prefix: &Vec<f64>,
+        w_prefix: &Vec<f64>,
+        fr: &mut Vec<f64>,
+        means: &mut Vec<f64>,
+    ) -> Result<(), ModelError> {
+        host::scan_gains(n, batch, thetas, gap, y, p, effect_arm, mob_prefix, w_prefix, fr, means);
+        Ok(())
+    }
+    fn terms(
+        &self,
+        n: i64,
+        batch: i64,
+        y: &Vec<f64>,
+        p: i32,
+        effect_arm: &Vec<i32>,
+        w_prefix: &Vec<f64>,
+        means_prefix: &Vec<f64>,
+        fr: &Vec<f64>,
+        terms: &mut Vec<f64>,
+    ) -> Result<(), ModelError> {
+        host::scan_terms(n, batch, y, p, effect_arm, w_prefix, means_prefix, fr, terms);
+        Ok(())
+    }
+    fn reduce(&self, m: i64, batch: i64, width: i32, input: &Vec<f64>, out: &mut Vec<f64>) -> Result<(), ModelError> {
+        host::reduce_pairs(m, batch, width, input, out);
+        Ok(())
+    }
+}
