@@ -10,8 +10,9 @@
 #
 #   bash bench/gpu-check.sh [path/to/nof1d]
 #
-# Sizes: TRIALS (virtual trials a condition on the GPU, default 50000, so
-# 100,000 trials), CPU_TRIALS (500), DECISION_TRIALS (50), FIT_DAYS
+# Sizes: TRIALS (virtual trials a condition, per GPU run, default 500),
+# IN_FLIGHT (fits kept in flight on the GPU, one run each: 256,2048),
+# CPU_TRIALS (500), DECISION_TRIALS (50), FIT_DAYS
 # (365,3000,10000,30000,100000). Output: the tables on stdout; JSON and logs
 # in $OUT (default ./gpu-check-out).
 set -uo pipefail
@@ -34,6 +35,7 @@ echo "== nof1d simulate --backend cuda (the command line's path)"
 "$BIN" simulate --protocol protocols/screen-cutoff.toml --trials 200 --backend cuda \
   --out "$OUT/simulate-cuda.json" 2>&1 | tail -6
 echo "== nof1d bench gpu"
-"$BIN" bench gpu --trials "${TRIALS:-50000}" --cpu-trials "${CPU_TRIALS:-500}" \
+"$BIN" bench gpu --trials "${TRIALS:-500}" --cpu-trials "${CPU_TRIALS:-500}" \
+  --in-flight "${IN_FLIGHT:-256,2048}" \
   --decision-trials "${DECISION_TRIALS:-50}" --fit-days "${FIT_DAYS:-365,3000,10000,30000,100000}" \
   --out "$OUT/gpu-bench.json" 2> >(tee "$OUT/gpu-bench.log" >&2)

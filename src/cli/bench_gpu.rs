@@ -27,6 +27,8 @@ pub struct GpuBenchOptions {
     pub decision_trials: usize,
     /// Series lengths for the fit timings.
     pub fit_days: Vec<usize>,
+    /// Fits kept in flight on the GPU, one simulation each.
+    pub in_flight: Vec<usize>,
     /// Seed.
     pub seed: u64,
 }
@@ -92,10 +94,30 @@ pub struct FitRow {
     pub days: usize,
     /// CPU seconds (wall, its grid on up to four cores).
     pub cpu_s: f64,
-    /// GPU seconds (wall).
-    pub gpu_s: f64,
+    /// GPU seconds, the sequential kernel (one thread a point).
+    pub gpu_sequential_s: f64,
+    /// GPU seconds, the parallel-in-time filter.
+    pub gpu_scan_s: f64,
     /// Evaluations the CPU fit made.
     pub evaluations: usize,
+    /// Largest difference of the effect mean between the CPU fit and the
+    /// scan's, in posterior sds.
+    pub scan_mean_in_sd: f64,
+}
+
+/// One simulation run on the GPU.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SimRun {
+    /// Fits kept in flight (threads).
+    pub in_flight: usize,
+    /// Virtual trials (both conditions).
+    pub trials: usize,
+    /// Their fits.
+    pub fits: usize,
+    /// Wall seconds.
+    pub wall_s: f64,
+    /// False stops and power at the protocol's threshold.
+    pub rates: [f64; 2],
 }
 
 /// A whole simulation both ways.
@@ -105,22 +127,10 @@ pub struct SimRow {
     pub protocol: String,
     /// Planned days a trial.
     pub planned_days: u32,
-    /// Virtual trials run on the GPU (both conditions).
-    pub gpu_trials: usize,
-    /// Their fits.
-    pub gpu_fits: usize,
-    /// Wall seconds.
-    pub gpu_s: f64,
-    /// Virtual trials run on the CPU (both conditions).
-    pub cpu_trials: usize,
-    /// Wall seconds.
-    pub cpu_s: f64,
-    /// CPU threads.
-    pub cpu_threads: usize,
-    /// The GPU's false-stop and power rates, and the CPU's on its smaller run.
-    pub gpu_rates: [f64; 2],
-    /// The CPU's.
-    pub cpu_rates: [f64; 2],
+    /// GPU runs, by fits in flight.
+    pub gpu: Vec<SimRun>,
+    /// The CPU run, on all cores.
+    pub cpu: SimRun,
 }
 
 /// Everything `nof1d bench gpu` measured.
@@ -142,8 +152,12 @@ pub struct GpuReport {
     pub likelihood_crossover_batch: Option<usize>,
     /// Fit time by length.
     pub fit_times: Vec<FitRow>,
-    /// The smallest length at which a GPU fit is faster.
+    /// The smallest length at which a GPU fit (the faster filter) is
+    /// faster than the CPU's.
     pub fit_crossover_days: Option<usize>,
+    /// The smallest length at which the scan is faster than the
+    /// sequential kernel.
+    pub scan_from_days: Option<usize>,
     /// A whole simulation.
     pub simulation: Option<SimRow>,
 }
@@ -431,29 +445,43 @@ fn likelihood(device: &dyn Device) -> anyhow::Result<Vec<BatchRow>> {
     Ok(rows)
 }
 
-/// One fit's wall time at each length, CPU and GPU.
+/// One fit's wall time at each length: CPU, GPU sequential, GPU scan.
 fn fit_times(device: &dyn Device, model: &crate::engine::spec::ModelSpec, days: &[usize]) -> anyhow::Result<Vec<FitRow>> {
+    use crate::engine::gpu::{Filter, Forced};
     let mut rows = Vec::new();
     for &d in days {
         let series = crate::engine::generate::two_arm_series(d, 0.3, 5);
-        let started = Instant::now();
-        let cpu = crate::engine::fit::fit(&series, &fit_spec(model, None))?;
-        let cpu_s = started.elapsed().as_secs_f64();
-        let started = Instant::now();
-        crate::engine::fit::fit(&series, &fit_spec(model, Some(device)))?;
-        let gpu_s = started.elapsed().as_secs_f64();
-        eprintln!("  fit of {d:>6} days: CPU {cpu_s:.3} s  GPU {gpu_s:.3} s");
+        let timed = |dev: Option<&dyn Device>| -> anyhow::Result<(f64, crate::engine::fit::FitReport)> {
+            let started = Instant::now();
+            let fit = crate::engine::fit::fit(&series, &fit_spec(model, dev))?;
+            Ok((started.elapsed().as_secs_f64(), fit))
+        };
+        let (cpu_s, cpu) = timed(None)?;
+        let (gpu_sequential_s, _) = timed(Some(&Forced(device, Filter::Sequential)))?;
+        let (gpu_scan_s, scan) = timed(Some(&Forced(device, Filter::Scan)))?;
+        let scan_mean_in_sd = cpu
+            .effects
+            .iter()
+            .zip(&scan.effects)
+            .map(|(c, g)| (c.mean - g.mean).abs() / c.sd)
+            .fold(0.0, f64::max);
+        eprintln!(
+            "  fit of {d:>6} days: CPU {cpu_s:.3} s  GPU sequential {gpu_sequential_s:.3} s  GPU scan {gpu_scan_s:.3} s"
+        );
         rows.push(FitRow {
             days: d,
             cpu_s,
-            gpu_s,
+            gpu_sequential_s,
+            gpu_scan_s,
             evaluations: cpu.diagnostics.evaluations,
+            scan_mean_in_sd,
         });
     }
     Ok(rows)
 }
 
-/// A whole simulation on the GPU and a smaller one on the CPU.
+/// A whole simulation on the GPU at several numbers of fits in flight,
+/// and on all CPU cores.
 fn simulation(
     protocol: &crate::trial::protocol::Protocol,
     device: &SharedDevice,
@@ -463,51 +491,44 @@ fn simulation(
     let text = toml::to_string(protocol)?;
     let hash = crate::trial::protocol::ProtocolHash::of(&text);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let gpu = simulate_protocol(
-        protocol,
-        &hash,
-        &SimOptions {
-            trials: options.trials,
-            seed: options.seed,
-            device: Some(device.clone()),
-            ..SimOptions::default()
-        },
-    )?;
-    eprintln!(
-        "  GPU: {} trials, {} fits in {:.1} s",
-        gpu.timing.trials, gpu.timing.fits, gpu.timing.wall_s
-    );
-    let cpu = simulate_protocol(
-        protocol,
-        &hash,
-        &SimOptions {
-            trials: options.cpu_trials,
-            seed: options.seed,
-            threads: cores,
-            ..SimOptions::default()
-        },
-    )?;
-    eprintln!(
-        "  CPU: {} trials, {} fits in {:.1} s",
-        cpu.timing.trials, cpu.timing.fits, cpu.timing.wall_s
-    );
+    let run = |trials: usize, threads: usize, device: Option<SharedDevice>| -> anyhow::Result<SimRun> {
+        let r = simulate_protocol(
+            protocol,
+            &hash,
+            &SimOptions {
+                trials,
+                seed: options.seed,
+                threads,
+                device,
+                ..SimOptions::default()
+            },
+        )?;
+        let run = SimRun {
+            in_flight: threads,
+            trials: r.timing.trials,
+            fits: r.timing.fits,
+            wall_s: r.timing.wall_s,
+            rates: [
+                r.default.no_effect.stop_efficacy.rate,
+                r.default.effect.stop_efficacy.rate,
+            ],
+        };
+        eprintln!(
+            "  {} threads: {} trials, {} fits in {:.1} s",
+            threads, run.trials, run.fits, run.wall_s
+        );
+        Ok(run)
+    };
+    let mut gpu = Vec::new();
+    for &in_flight in &options.in_flight {
+        gpu.push(run(options.trials, in_flight, Some(device.clone()))?);
+    }
+    let cpu = run(options.cpu_trials, cores, None)?;
     Ok(SimRow {
         protocol: protocol.id.clone(),
         planned_days: protocol.planned_days(),
-        gpu_trials: gpu.timing.trials,
-        gpu_fits: gpu.timing.fits,
-        gpu_s: gpu.timing.wall_s,
-        cpu_trials: cpu.timing.trials,
-        cpu_s: cpu.timing.wall_s,
-        cpu_threads: cores,
-        gpu_rates: [
-            gpu.default.no_effect.stop_efficacy.rate,
-            gpu.default.effect.stop_efficacy.rate,
-        ],
-        cpu_rates: [
-            cpu.default.no_effect.stop_efficacy.rate,
-            cpu.default.effect.stop_efficacy.rate,
-        ],
+        gpu,
+        cpu,
     })
 }
 
@@ -527,6 +548,7 @@ pub fn run(options: &GpuBenchOptions) -> anyhow::Result<GpuReport> {
         likelihood_crossover_batch: None,
         fit_times: Vec::new(),
         fit_crossover_days: None,
+        scan_from_days: None,
         simulation: None,
     };
     let direct = match gpu::choose(BackendChoice::Cuda, Workload::Fit { observations: usize::MAX }) {
@@ -563,7 +585,12 @@ pub fn run(options: &GpuBenchOptions) -> anyhow::Result<GpuReport> {
     report.fit_crossover_days = report
         .fit_times
         .iter()
-        .find(|r| r.gpu_s < r.cpu_s)
+        .find(|r| r.gpu_sequential_s.min(r.gpu_scan_s) < r.cpu_s)
+        .map(|r| r.days);
+    report.scan_from_days = report
+        .fit_times
+        .iter()
+        .find(|r| r.gpu_scan_s < r.gpu_sequential_s)
         .map(|r| r.days);
     eprintln!("a whole simulation of {}", protocol.id);
     report.simulation = Some(simulation(&protocol, &batched, options)?);
@@ -619,35 +646,36 @@ pub fn render(r: &GpuReport) -> String {
         for f in &r.fit_times {
             let _ = writeln!(
                 out,
-                "  {:>7} days  CPU {:>8.3} s  GPU {:>8.3} s  ({} evaluations)",
-                f.days, f.cpu_s, f.gpu_s, f.evaluations
+                "  {:>7} days  CPU {:>8.3} s  GPU sequential {:>8.3} s  GPU scan {:>8.3} s  ({} evaluations; scan vs CPU mean {:.1e} sd)",
+                f.days, f.cpu_s, f.gpu_sequential_s, f.gpu_scan_s, f.evaluations, f.scan_mean_in_sd
             );
         }
-        let _ = writeln!(out, "  GPU faster from {:?} days", r.fit_crossover_days);
+        let _ = writeln!(
+            out,
+            "  GPU faster than the CPU from {:?} days; the scan faster than the sequential kernel from {:?} days",
+            r.fit_crossover_days, r.scan_from_days
+        );
     }
     if let Some(s) = &r.simulation {
-        let per_gpu = s.gpu_s / s.gpu_trials.max(1) as f64;
-        let per_cpu = s.cpu_s / s.cpu_trials.max(1) as f64;
-        let _ = writeln!(
-            out,
-            "simulation of {} ({} days a trial): GPU {} trials ({} fits) in {:.1} s; CPU {} trials in {:.1} s on {} threads; {:.1}x; 100,000 trials: GPU {:.0} s, CPU {:.0} s",
-            s.protocol,
-            s.planned_days,
-            s.gpu_trials,
-            s.gpu_fits,
-            s.gpu_s,
-            s.cpu_trials,
-            s.cpu_s,
-            s.cpu_threads,
-            per_cpu / per_gpu,
-            per_gpu * 100_000.0,
-            per_cpu * 100_000.0
-        );
-        let _ = writeln!(
-            out,
-            "  false stops / power at the protocol's threshold: GPU {:.3} / {:.3}, CPU {:.3} / {:.3}",
-            s.gpu_rates[0], s.gpu_rates[1], s.cpu_rates[0], s.cpu_rates[1]
-        );
+        let line = |out: &mut String, name: &str, run: &SimRun| {
+            let _ = writeln!(
+                out,
+                "  {name} {:>5} threads: {} trials, {} fits in {:.1} s ({:.2} ms a fit; 100,000 trials in {:.0} s); false stops {:.3}, power {:.3}",
+                run.in_flight,
+                run.trials,
+                run.fits,
+                run.wall_s,
+                1000.0 * run.wall_s / run.fits.max(1) as f64,
+                run.wall_s / run.trials.max(1) as f64 * 100_000.0,
+                run.rates[0],
+                run.rates[1]
+            );
+        };
+        let _ = writeln!(out, "simulation of {} ({} days a trial):", s.protocol, s.planned_days);
+        for g in &s.gpu {
+            line(&mut out, "GPU", g);
+        }
+        line(&mut out, "CPU", &s.cpu);
     }
     out
 }

@@ -299,6 +299,9 @@ enum BenchCommand {
         /// (1 to 1,000,000).
         #[arg(long, default_value_t = 50, value_parser = trials_count)]
         decision_trials: usize,
+        /// Fits kept in flight on the GPU, one simulation each.
+        #[arg(long, value_delimiter = ',', default_value = "256,2048", value_parser = trials_count)]
+        in_flight: Vec<usize>,
         /// Series lengths for the fit timings (each 2 to 1,000,000).
         #[arg(long, value_delimiter = ',', default_value = "365,3000,10000,30000,100000", value_parser = trials_count)]
         fit_days: Vec<usize>,
@@ -744,6 +747,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     trials,
                     cpu_trials,
                     decision_trials,
+                    in_flight,
                     fit_days,
                     seed,
                     out,
@@ -758,6 +762,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cpu_trials: *cpu_trials,
                 decision_trials: *decision_trials,
                 fit_days: fit_days.clone(),
+                in_flight: in_flight.clone(),
                 seed: *seed,
             })?;
             print!("{}", crate::cli::bench_gpu::render(&report));
@@ -937,6 +942,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ]
             };
             let hash = crate::trial::protocol::ProtocolHash::of(&text);
+            let threads_given = *threads;
             let threads = threads.map_or_else(
                 || std::thread::available_parallelism().map_or(1, |n| n.get()),
                 usize::from,
@@ -954,6 +960,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             eprintln!("nof1d simulate: refits {}", chosen.line);
             let device = chosen.device;
+            // On a GPU the threads are the fits kept in flight.
+            let threads = match (&device, threads_given) {
+                (Some(_), None) => crate::engine::gpu::GPU_FITS_IN_FLIGHT,
+                _ => threads,
+            };
             if *suite {
                 let base = crate::trial::simulate::SimOptions {
                     effect: *effect,

@@ -899,12 +899,9 @@ fn run_range(
     let first = range.start;
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<VirtualTrial>>> = Mutex::new(vec![None; n]);
-    // On a GPU many fits wait at once, so that their batches share launches.
-    let threads = match setup.options.device {
-        Some(_) => crate::engine::gpu::GPU_FITS_IN_FLIGHT,
-        None => setup.options.threads.max(1),
-    }
-    .min(n.max(1));
+    // On a GPU `threads` is the fits kept in flight (their batches share
+    // launches: `GPU_FITS_IN_FLIGHT`), on the CPU one a core.
+    let threads = setup.options.threads.max(1).min(n.max(1));
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {

@@ -43,11 +43,22 @@ pub struct Cuda {
     _ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     filter: CudaFunction,
+    scan: ScanKernels,
     info: DeviceInfo,
     /// One launch at a time: the direct path and a batcher may share the
     /// device, and their copies and launches must not interleave on the
     /// one stream.
     launch: Mutex<()>,
+}
+
+/// The parallel-in-time filter's kernels (`kernels/scan.cu`).
+struct ScanKernels {
+    setup: CudaFunction,
+    mobius: CudaFunction,
+    affine: CudaFunction,
+    gains: CudaFunction,
+    terms: CudaFunction,
+    reduce: CudaFunction,
 }
 
 /// A `cudarc` error as [`NoGpu`]'s line.
@@ -151,20 +162,43 @@ impl Cuda {
             let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
             let nvrtc = nvrtc_version()?;
             let ptx = compile_kernels(Some(arch))?;
-            let mut filter = None;
+            let mut functions = std::collections::HashMap::new();
             for (name, ptx) in ptx {
                 let module = ctx
                     .load_module(ptx)
                     .map_err(|e| no_gpu(&format!("kernels/{name} does not load"), e))?;
-                if name == "filter.cu" {
-                    filter = Some(
-                        module
-                            .load_function("filter_batch")
-                            .map_err(|e| no_gpu("filter_batch", e))?,
-                    );
+                let names: &[&str] = match name {
+                    "filter.cu" => &["filter_batch"],
+                    _ => &[
+                        "scan_setup",
+                        "scan_mobius",
+                        "scan_affine",
+                        "scan_gains",
+                        "scan_terms",
+                        "reduce_pairs",
+                    ],
+                };
+                for f in names {
+                    let function = module
+                        .load_function(f)
+                        .map_err(|e| no_gpu(&format!("kernels/{name}: {f}"), e))?;
+                    functions.insert(*f, function);
                 }
             }
-            let filter = filter.ok_or_else(|| NoGpu("kernels/filter.cu is missing".into()))?;
+            let mut take = |f: &str| {
+                functions
+                    .remove(f)
+                    .ok_or_else(|| NoGpu(format!("the kernel {f} is missing")))
+            };
+            let filter = take("filter_batch")?;
+            let scan = ScanKernels {
+                setup: take("scan_setup")?,
+                mobius: take("scan_mobius")?,
+                affine: take("scan_affine")?,
+                gains: take("scan_gains")?,
+                terms: take("scan_terms")?,
+                reduce: take("reduce_pairs")?,
+            };
             let driver = driver_version()?;
             let info = DeviceInfo {
                 name: ctx.name().map_err(|e| no_gpu("the device's name", e))?,
@@ -177,6 +211,7 @@ impl Cuda {
                 stream: ctx.default_stream(),
                 _ctx: ctx,
                 filter,
+                scan,
                 info,
                 launch: Mutex::new(()),
             })
@@ -312,20 +347,33 @@ impl Evaluator for CudaSeries<'_> {
 }
 
 impl Device for Cuda {
+    /// The parallel-in-time filter from [`crate::engine::gpu::SCAN_FROM_OBSERVATIONS`]
+    /// on, the sequential kernel below.
     fn gaussian<'s>(
         &'s self,
         series: &'s Series,
         priors: &'s Priors,
     ) -> Result<Box<dyn Evaluator + 's>, ModelError> {
-        let mut packed = Packed::new();
-        packed.push(series, &FilterPlan::of(series), priors)?;
-        let on_device = self.upload(&packed)?;
-        Ok(Box::new(CudaSeries {
-            cuda: self,
-            packed,
-            on_device,
-            priors,
-        }))
+        self.gaussian_with(series, priors, crate::engine::gpu::Filter::Auto)
+    }
+
+    fn gaussian_with<'s>(
+        &'s self,
+        series: &'s Series,
+        priors: &'s Priors,
+        filter: crate::engine::gpu::Filter,
+    ) -> Result<Box<dyn Evaluator + 's>, ModelError> {
+        use crate::engine::gpu::Filter;
+        let scan = match filter {
+            Filter::Auto => series.t.len() >= crate::engine::gpu::SCAN_FROM_OBSERVATIONS,
+            Filter::Sequential => false,
+            Filter::Scan => true,
+        };
+        if scan {
+            self.scan_evaluator(series, priors)
+        } else {
+            self.sequential_evaluator(series, priors)
+        }
     }
 }
 
@@ -519,6 +567,242 @@ impl Device for Batcher {
             packed: Arc::new(packed),
             priors_center: prior_center(&priors.hyper),
             active: Arc::clone(&self.active),
+        }))
+    }
+}
+
+/// Threads a block of the scan's elementwise kernels.
+const SCAN_BLOCK: u32 = 256;
+
+/// The scan's kernels on the device ([`crate::engine::gpu::scan::ScanOps`]).
+struct CudaOps<'a>(&'a Cuda);
+
+impl CudaOps<'_> {
+    fn cfg(count: i64) -> LaunchConfig {
+        let blocks = (count.max(1) as u64).div_ceil(u64::from(SCAN_BLOCK)) as u32;
+        LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (SCAN_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+}
+
+fn launch_error(e: cudarc::driver::DriverError) -> ModelError {
+    ModelError::Input(format!("GPU launch failed: {e:?}"))
+}
+
+impl crate::engine::gpu::scan::ScanOps for CudaOps<'_> {
+    type F = CudaSlice<f64>;
+    type I = CudaSlice<i32>;
+    fn zeros(&self, len: usize) -> Result<CudaSlice<f64>, ModelError> {
+        self.0.stream.alloc_zeros::<f64>(len.max(1)).map_err(launch_error)
+    }
+    fn f64s(&self, v: &[f64]) -> Result<CudaSlice<f64>, ModelError> {
+        self.0.stream.clone_htod(&nonempty_f64(v)).map_err(launch_error)
+    }
+    fn i32s(&self, v: &[i32]) -> Result<CudaSlice<i32>, ModelError> {
+        self.0.stream.clone_htod(&nonempty_i32(v)).map_err(launch_error)
+    }
+    fn read(&self, b: &CudaSlice<f64>, len: usize) -> Result<Vec<f64>, ModelError> {
+        let mut all = self.0.stream.clone_dtoh(b).map_err(launch_error)?;
+        all.truncate(len);
+        Ok(all)
+    }
+    fn setup(
+        &self,
+        n: i64,
+        batch: i64,
+        thetas: &CudaSlice<f64>,
+        gap: &CudaSlice<f64>,
+        step_start: &CudaSlice<i32>,
+        piece_len: &CudaSlice<f64>,
+        piece_arm: &CudaSlice<i32>,
+        p: i32,
+        mob: &mut CudaSlice<f64>,
+        wmap: &mut CudaSlice<f64>,
+    ) -> Result<(), ModelError> {
+        let mut l = self.0.stream.launch_builder(&self.0.scan.setup);
+        l.arg(&n)
+            .arg(&batch)
+            .arg(thetas)
+            .arg(gap)
+            .arg(step_start)
+            .arg(piece_len)
+            .arg(piece_arm)
+            .arg(&p)
+            .arg(mob)
+            .arg(wmap);
+        // SAFETY: the arguments are scan_setup's, in order; `scan::sums`
+        // sized every buffer for n elements of `batch` points.
+        unsafe { l.launch(Self::cfg(n * batch)) }.map(drop).map_err(launch_error)
+    }
+    fn mobius(&self, n: i64, batch: i64, d: i64, input: &CudaSlice<f64>, out: &mut CudaSlice<f64>) -> Result<(), ModelError> {
+        let mut l = self.0.stream.launch_builder(&self.0.scan.mobius);
+        l.arg(&n).arg(&batch).arg(&d).arg(input).arg(out);
+        // SAFETY: scan_mobius's arguments; both buffers hold 4 n batch doubles.
+        unsafe { l.launch(Self::cfg(n * batch)) }.map(drop).map_err(launch_error)
+    }
+    fn affine(
+        &self,
+        n: i64,
+        batch: i64,
+        width: i32,
+        d: i64,
+        input: &CudaSlice<f64>,
+        out: &mut CudaSlice<f64>,
+    ) -> Result<(), ModelError> {
+        let mut l = self.0.stream.launch_builder(&self.0.scan.affine);
+        l.arg(&n).arg(&batch).arg(&width).arg(&d).arg(input).arg(out);
+        // SAFETY: scan_affine's arguments; both buffers hold (1 + width) n batch doubles.
+        unsafe { l.launch(Self::cfg(n * batch)) }.map(drop).map_err(launch_error)
+    }
+    fn gains(
+        &self,
+        n: i64,
+        batch: i64,
+        thetas: &CudaSlice<f64>,
+        gap: &CudaSlice<f64>,
+        y: &CudaSlice<f64>,
+        p: i32,
+        effect_arm: &CudaSlice<i32>,
+        mob_prefix: &CudaSlice<f64>,
+        w_prefix: &CudaSlice<f64>,
+        fr: &mut CudaSlice<f64>,
+        means: &mut CudaSlice<f64>,
+    ) -> Result<(), ModelError> {
+        let mut l = self.0.stream.launch_builder(&self.0.scan.gains);
+        l.arg(&n)
+            .arg(&batch)
+            .arg(thetas)
+            .arg(gap)
+            .arg(y)
+            .arg(&p)
+            .arg(effect_arm)
+            .arg(mob_prefix)
+            .arg(w_prefix)
+            .arg(fr)
+            .arg(means);
+        // SAFETY: scan_gains's arguments, sized by `scan::sums`.
+        unsafe { l.launch(Self::cfg(n * batch)) }.map(drop).map_err(launch_error)
+    }
+    fn terms(
+        &self,
+        n: i64,
+        batch: i64,
+        y: &CudaSlice<f64>,
+        p: i32,
+        effect_arm: &CudaSlice<i32>,
+        w_prefix: &CudaSlice<f64>,
+        means_prefix: &CudaSlice<f64>,
+        fr: &CudaSlice<f64>,
+        terms: &mut CudaSlice<f64>,
+    ) -> Result<(), ModelError> {
+        let mut l = self.0.stream.launch_builder(&self.0.scan.terms);
+        l.arg(&n)
+            .arg(&batch)
+            .arg(y)
+            .arg(&p)
+            .arg(effect_arm)
+            .arg(w_prefix)
+            .arg(means_prefix)
+            .arg(fr)
+            .arg(terms);
+        // SAFETY: scan_terms's arguments, sized by `scan::sums`.
+        unsafe { l.launch(Self::cfg(n * batch)) }.map(drop).map_err(launch_error)
+    }
+    fn reduce(&self, m: i64, batch: i64, width: i32, input: &CudaSlice<f64>, out: &mut CudaSlice<f64>) -> Result<(), ModelError> {
+        let mut l = self.0.stream.launch_builder(&self.0.scan.reduce);
+        l.arg(&m).arg(&batch).arg(&width).arg(input).arg(out);
+        // SAFETY: reduce_pairs's arguments; `input` holds m and `out`
+        // (m + 1) / 2 elements of `width` a point.
+        unsafe { l.launch(Self::cfg((m + 1) / 2 * batch)) }.map(drop).map_err(launch_error)
+    }
+}
+
+/// Device memory the scan may take at once: its batches of points are cut
+/// to fit (a 100,000-day series takes about 30 MB a point).
+const SCAN_BYTES: usize = 8 << 30;
+
+/// One long series evaluated by the parallel-in-time filter.
+struct ScanSeriesEvaluator<'s> {
+    cuda: &'s Cuda,
+    scan: crate::engine::gpu::scan::ScanSeries,
+    uploaded: crate::engine::gpu::scan::Uploaded<CudaOps<'s>>,
+    series: &'s Series,
+    priors: &'s Priors,
+}
+
+impl Evaluator for ScanSeriesEvaluator<'_> {
+    fn dims(&self) -> usize {
+        DIM
+    }
+
+    fn start(&self) -> Theta {
+        prior_center(&self.priors.hyper)
+    }
+
+    fn eval(&self, theta: &Theta) -> Option<Eval> {
+        self.eval_batch(std::slice::from_ref(theta), 1).pop().flatten()
+    }
+
+    fn eval_batch(&self, thetas: &[Theta], _threads: usize) -> Vec<Option<Eval>> {
+        let per_batch = (SCAN_BYTES / self.scan.bytes_per_step().max(1) / self.scan.n.max(1)).max(1);
+        let ops = CudaOps(self.cuda);
+        let _one = self.cuda.launch.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::with_capacity(thetas.len());
+        for part in thetas.chunks(per_batch) {
+            match crate::engine::gpu::scan::evaluate(&ops, &self.scan, &self.uploaded, self.series, self.priors, part) {
+                Ok(evals) => out.extend(evals),
+                Err(e) => {
+                    tracing::warn!(error = %e, "GPU scan failed");
+                    out.extend(std::iter::repeat_n(None, part.len()));
+                }
+            }
+        }
+        out
+    }
+
+    fn min_split(&self) -> usize {
+        usize::MAX
+    }
+}
+
+impl Cuda {
+    /// An evaluator of `series` by the parallel-in-time filter
+    /// (`kernels/scan.cu`), whatever its length: [`Device::gaussian`]
+    /// chooses it for long series.
+    pub fn scan_evaluator<'s>(
+        &'s self,
+        series: &'s Series,
+        priors: &'s Priors,
+    ) -> Result<Box<dyn Evaluator + 's>, ModelError> {
+        let scan = crate::engine::gpu::scan::ScanSeries::of(series)?;
+        let uploaded = crate::engine::gpu::scan::upload(&CudaOps(self), &scan)?;
+        Ok(Box::new(ScanSeriesEvaluator {
+            cuda: self,
+            scan,
+            uploaded,
+            series,
+            priors,
+        }))
+    }
+
+    /// An evaluator of `series` by the sequential filter kernel
+    /// (`kernels/filter.cu`), one thread a point.
+    pub fn sequential_evaluator<'s>(
+        &'s self,
+        series: &'s Series,
+        priors: &'s Priors,
+    ) -> Result<Box<dyn Evaluator + 's>, ModelError> {
+        let mut packed = Packed::new();
+        packed.push(series, &FilterPlan::of(series), priors)?;
+        let on_device = self.upload(&packed)?;
+        Ok(Box::new(CudaSeries {
+            cuda: self,
+            packed,
+            on_device,
+            priors,
         }))
     }
 }

@@ -89,6 +89,11 @@ pub enum Workload {
 /// (`nof1d bench gpu`): see the GPU issue's closing note.
 pub const FIT_CROSSOVER_OBSERVATIONS: usize = 20_000;
 
+/// From this many observations a GPU fit evaluates its points with the
+/// parallel-in-time filter (`kernels/scan.cu`) rather than one thread a
+/// point (measured as [`FIT_CROSSOVER_OBSERVATIONS`] is).
+pub const SCAN_FROM_OBSERVATIONS: usize = 3_000;
+
 /// Below this many virtual trials a simulation is faster on the CPU
 /// (measured as [`FIT_CROSSOVER_OBSERVATIONS`] is).
 pub const TRIALS_CROSSOVER: usize = 2_000;
@@ -110,6 +115,42 @@ pub trait Device: Sync + fmt::Debug {
         series: &'s Series,
         priors: &'s Priors,
     ) -> Result<Box<dyn Evaluator + 's>, ModelError>;
+
+    /// [`Self::gaussian`] with the filter named (benchmarks compare them);
+    /// a device with one filter ignores the choice.
+    fn gaussian_with<'s>(
+        &'s self,
+        series: &'s Series,
+        priors: &'s Priors,
+        _filter: Filter,
+    ) -> Result<Box<dyn Evaluator + 's>, ModelError> {
+        self.gaussian(series, priors)
+    }
+}
+
+/// Which filter a GPU evaluation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    /// By the series' length ([`SCAN_FROM_OBSERVATIONS`]).
+    Auto,
+    /// One thread a point, the steps in turn (`kernels/filter.cu`).
+    Sequential,
+    /// The parallel-in-time filter (`kernels/scan.cu`).
+    Scan,
+}
+
+/// A device held to one filter.
+#[derive(Debug)]
+pub struct Forced<'d>(pub &'d dyn Device, pub Filter);
+
+impl Device for Forced<'_> {
+    fn gaussian<'s>(
+        &'s self,
+        series: &'s Series,
+        priors: &'s Priors,
+    ) -> Result<Box<dyn Evaluator + 's>, ModelError> {
+        self.0.gaussian_with(series, priors, self.1)
+    }
 }
 
 /// A device shared by settings that are cloned (a simulation's options).

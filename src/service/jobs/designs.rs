@@ -79,6 +79,22 @@ fn design_device(
     }
 }
 
+/// `options` on `device` when there is one: its threads are then the fits
+/// kept in flight on the GPU.
+fn with_device(
+    options: SimOptions,
+    device: Option<crate::engine::gpu::SharedDevice>,
+) -> SimOptions {
+    match device {
+        Some(d) => SimOptions {
+            threads: crate::engine::gpu::GPU_FITS_IN_FLIGHT,
+            device: Some(d),
+            ..options
+        },
+        None => options,
+    }
+}
+
 /// Null trials per scenario a calibration may give the binding scenario:
 /// `jobs.calibration_trials` for a gaussian outcome, a fifth (at least 8)
 /// for the slower families.
@@ -126,12 +142,14 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
             // One core, so refits keep the other; no fresh check (the
             // tests make it).
             let options = SuiteOptions::sized(
-                SimOptions {
-                    threads: 1,
-                    progress: false,
-                    device: design_device(backend, &protocol, calibration_trials(&protocol, configured)),
-                    ..SimOptions::default()
-                },
+                with_device(
+                    SimOptions {
+                        threads: 1,
+                        progress: false,
+                        ..SimOptions::default()
+                    },
+                    design_device(backend, &protocol, calibration_trials(&protocol, configured)),
+                ),
                 Some(protocol.decision.false_stop_target),
                 calibration_trials(&protocol, configured),
                 false,
@@ -218,13 +236,15 @@ async fn simulate_proposed_designs(state: &AppState) -> Result<String, JobError>
         let locked = hash.clone();
         let simulated = tokio::task::spawn_blocking(move || {
             let protocol = stored_protocol(&text, &locked)?;
-            let options = SimOptions {
-                trials: simulation_trials(&protocol, configured),
-                threads: 1,
-                progress: false,
-                device: design_device(backend, &protocol, simulation_trials(&protocol, configured)),
-                ..SimOptions::default()
-            };
+            let options = with_device(
+                SimOptions {
+                    trials: simulation_trials(&protocol, configured),
+                    threads: 1,
+                    progress: false,
+                    ..SimOptions::default()
+                },
+                design_device(backend, &protocol, simulation_trials(&protocol, configured)),
+            );
             let started = std::time::Instant::now();
             let report = crate::trial::simulate::simulate_protocol(&protocol, &locked, &options)
                 .map_err(|e| e.to_string())?;
