@@ -472,7 +472,10 @@ pub fn analyze(text: &str, req: &Request) -> Result<Analysis, AnalyzeError> {
                 dropped: Vec::new(),
                 path: true,
                 intervals: true,
-                device: chosen.device.as_ref().map(crate::engine::gpu::SharedDevice::get),
+                device: chosen
+                    .device
+                    .as_ref()
+                    .map(crate::engine::gpu::SharedDevice::get),
             };
             let fit = crate::engine::fit::fit(&prepared.series, &spec)?;
             Ok((prepared, fit))

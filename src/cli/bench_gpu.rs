@@ -177,14 +177,27 @@ fn hyper() -> HyperPriors {
 
 /// A series of `days` with `arms` arms in periods of `period` days, a tenth
 /// of the days missing, times off the daily grid when `irregular`.
-fn test_series(seed: u64, days: usize, arms: usize, period: usize, irregular: bool) -> (Series, Priors) {
+fn test_series(
+    seed: u64,
+    days: usize,
+    arms: usize,
+    period: usize,
+    irregular: bool,
+) -> (Series, Priors) {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let (mut t, mut y) = (Vec::new(), Vec::new());
     for d in 0..days {
         if rng.random::<f64>() < 0.1 {
             continue;
         }
-        t.push(d as f64 + if irregular { rng.random::<f64>() * 0.9 } else { 0.8 });
+        t.push(
+            d as f64
+                + if irregular {
+                    rng.random::<f64>() * 0.9
+                } else {
+                    0.8
+                },
+        );
         y.push(3.0 + rng.random::<f64>() * 2.0 + (d / period % arms) as f64 * 0.4);
     }
     let periods = days.div_ceil(period);
@@ -201,8 +214,12 @@ fn test_series(seed: u64, days: usize, arms: usize, period: usize, irregular: bo
     let priors = Priors {
         hyper: hyper(),
         statics: StaticPrior {
-            mean: std::iter::once(4.0).chain(std::iter::repeat_n(0.0, arms - 1)).collect(),
-            sd: std::iter::once(5.0).chain(std::iter::repeat_n(1.3, arms - 1)).collect(),
+            mean: std::iter::once(4.0)
+                .chain(std::iter::repeat_n(0.0, arms - 1))
+                .collect(),
+            sd: std::iter::once(5.0)
+                .chain(std::iter::repeat_n(1.3, arms - 1))
+                .collect(),
         },
     };
     (series, priors)
@@ -249,7 +266,9 @@ fn equivalence_set() -> Vec<(Series, Priors)> {
     ]
     .iter()
     .enumerate()
-    .map(|(k, &(arms, period, days, irregular))| test_series(k as u64 + 1, days, arms, period, irregular))
+    .map(|(k, &(arms, period, days, irregular))| {
+        test_series(k as u64 + 1, days, arms, period, irregular)
+    })
     .collect()
 }
 
@@ -273,7 +292,11 @@ fn host_agreement(set: &[(Series, Priors)], thetas: &[Theta]) -> anyhow::Result<
 }
 
 /// A device's evaluations against the CPU evaluator.
-fn device_agreement(device: &dyn Device, set: &[(Series, Priors)], thetas: &[Theta]) -> anyhow::Result<Agreement> {
+fn device_agreement(
+    device: &dyn Device,
+    set: &[(Series, Priors)],
+    thetas: &[Theta],
+) -> anyhow::Result<Agreement> {
     let mut a = Agreement::default();
     for (series, priors) in set {
         let cpu = CpuEvaluator::new(series, priors);
@@ -325,11 +348,18 @@ pub fn quick_device_check(device: &dyn Device) -> anyhow::Result<Agreement> {
 }
 
 /// Whole fits with and without the device.
-fn fit_agreement(device: &dyn Device, model: &crate::engine::spec::ModelSpec) -> anyhow::Result<FitAgreement> {
+fn fit_agreement(
+    device: &dyn Device,
+    model: &crate::engine::spec::ModelSpec,
+) -> anyhow::Result<FitAgreement> {
     let mut a = FitAgreement::default();
     for k in 0..30u64 {
         let days = [60, 112, 365][k as usize % 3];
-        let series = crate::engine::generate::two_arm_series(days, if k % 2 == 0 { 0.0 } else { 0.5 }, k + 1);
+        let series = crate::engine::generate::two_arm_series(
+            days,
+            if k % 2 == 0 { 0.0 } else { 0.5 },
+            k + 1,
+        );
         let cpu = crate::engine::fit::fit(&series, &fit_spec(model, None))?;
         let gpu = crate::engine::fit::fit(&series, &fit_spec(model, Some(device)))?;
         a.fits += 1;
@@ -339,7 +369,9 @@ fn fit_agreement(device: &dyn Device, model: &crate::engine::spec::ModelSpec) ->
         for (c, g) in cpu.effects.iter().zip(&gpu.effects) {
             a.mean_in_sd = a.mean_in_sd.max((c.mean - g.mean).abs() / c.sd);
             a.sd_relative = a.sd_relative.max((c.sd - g.sd).abs() / c.sd);
-            a.p_better_by_mid = a.p_better_by_mid.max((c.p_better_by_mid - g.p_better_by_mid).abs());
+            a.p_better_by_mid = a
+                .p_better_by_mid
+                .max((c.p_better_by_mid - g.p_better_by_mid).abs());
         }
     }
     Ok(a)
@@ -366,7 +398,9 @@ fn decision_agreement(
     let cases: Vec<(f64, u64)> = (0..n as u64)
         .flat_map(|i| [(0.0, 1000 + i), (effect, 2000 + i)])
         .collect();
-    let traces = |options: &SimOptions, threads: usize| -> Vec<anyhow::Result<Vec<crate::trial::simulate::TracedLook>>> {
+    let traces = |options: &SimOptions,
+                  threads: usize|
+     -> Vec<anyhow::Result<Vec<crate::trial::simulate::TracedLook>>> {
         let next = std::sync::atomic::AtomicUsize::new(0);
         let out: std::sync::Mutex<Vec<Option<anyhow::Result<_>>>> =
             std::sync::Mutex::new((0..cases.len()).map(|_| None).collect());
@@ -376,7 +410,8 @@ fn decision_agreement(
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(&(e, s)) = cases.get(i) else { break };
-                        let r = trace_virtual_trial(protocol, options, e, s).map_err(anyhow::Error::from);
+                        let r = trace_virtual_trial(protocol, options, e, s)
+                            .map_err(anyhow::Error::from);
                         if let Ok(mut o) = out.lock() {
                             o[i] = Some(r);
                         }
@@ -404,7 +439,9 @@ fn decision_agreement(
                 a.actions_differ += 1;
             }
             for (x, y) in lc.decision.arms.iter().zip(&lg.decision.arms) {
-                a.p_better_by_mid = a.p_better_by_mid.max((x.p_better_by_mid - y.p_better_by_mid).abs());
+                a.p_better_by_mid = a
+                    .p_better_by_mid
+                    .max((x.p_better_by_mid - y.p_better_by_mid).abs());
             }
         }
     }
@@ -446,16 +483,21 @@ fn likelihood(device: &dyn Device) -> anyhow::Result<Vec<BatchRow>> {
 }
 
 /// One fit's wall time at each length: CPU, GPU sequential, GPU scan.
-fn fit_times(device: &dyn Device, model: &crate::engine::spec::ModelSpec, days: &[usize]) -> anyhow::Result<Vec<FitRow>> {
+fn fit_times(
+    device: &dyn Device,
+    model: &crate::engine::spec::ModelSpec,
+    days: &[usize],
+) -> anyhow::Result<Vec<FitRow>> {
     use crate::engine::gpu::{Filter, Forced};
     let mut rows = Vec::new();
     for &d in days {
         let series = crate::engine::generate::two_arm_series(d, 0.3, 5);
-        let timed = |dev: Option<&dyn Device>| -> anyhow::Result<(f64, crate::engine::fit::FitReport)> {
-            let started = Instant::now();
-            let fit = crate::engine::fit::fit(&series, &fit_spec(model, dev))?;
-            Ok((started.elapsed().as_secs_f64(), fit))
-        };
+        let timed =
+            |dev: Option<&dyn Device>| -> anyhow::Result<(f64, crate::engine::fit::FitReport)> {
+                let started = Instant::now();
+                let fit = crate::engine::fit::fit(&series, &fit_spec(model, dev))?;
+                Ok((started.elapsed().as_secs_f64(), fit))
+            };
         let (cpu_s, cpu) = timed(None)?;
         let (gpu_sequential_s, _) = timed(Some(&Forced(device, Filter::Sequential)))?;
         let (gpu_scan_s, scan) = timed(Some(&Forced(device, Filter::Scan)))?;
@@ -491,34 +533,35 @@ fn simulation(
     let text = toml::to_string(protocol)?;
     let hash = crate::trial::protocol::ProtocolHash::of(&text);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let run = |trials: usize, threads: usize, device: Option<SharedDevice>| -> anyhow::Result<SimRun> {
-        let r = simulate_protocol(
-            protocol,
-            &hash,
-            &SimOptions {
-                trials,
-                seed: options.seed,
-                threads,
-                device,
-                ..SimOptions::default()
-            },
-        )?;
-        let run = SimRun {
-            in_flight: threads,
-            trials: r.timing.trials,
-            fits: r.timing.fits,
-            wall_s: r.timing.wall_s,
-            rates: [
-                r.default.no_effect.stop_efficacy.rate,
-                r.default.effect.stop_efficacy.rate,
-            ],
+    let run =
+        |trials: usize, threads: usize, device: Option<SharedDevice>| -> anyhow::Result<SimRun> {
+            let r = simulate_protocol(
+                protocol,
+                &hash,
+                &SimOptions {
+                    trials,
+                    seed: options.seed,
+                    threads,
+                    device,
+                    ..SimOptions::default()
+                },
+            )?;
+            let run = SimRun {
+                in_flight: threads,
+                trials: r.timing.trials,
+                fits: r.timing.fits,
+                wall_s: r.timing.wall_s,
+                rates: [
+                    r.default.no_effect.stop_efficacy.rate,
+                    r.default.effect.stop_efficacy.rate,
+                ],
+            };
+            eprintln!(
+                "  {} threads: {} trials, {} fits in {:.1} s",
+                threads, run.trials, run.fits, run.wall_s
+            );
+            Ok(run)
         };
-        eprintln!(
-            "  {} threads: {} trials, {} fits in {:.1} s",
-            threads, run.trials, run.fits, run.wall_s
-        );
-        Ok(run)
-    };
     let mut gpu = Vec::new();
     for &in_flight in &options.in_flight {
         gpu.push(run(options.trials, in_flight, Some(device.clone()))?);
@@ -551,7 +594,12 @@ pub fn run(options: &GpuBenchOptions) -> anyhow::Result<GpuReport> {
         scan_from_days: None,
         simulation: None,
     };
-    let direct = match gpu::choose(BackendChoice::Cuda, Workload::Fit { observations: usize::MAX }) {
+    let direct = match gpu::choose(
+        BackendChoice::Cuda,
+        Workload::Fit {
+            observations: usize::MAX,
+        },
+    ) {
         Ok(c) => c,
         Err(why) => {
             report.device = format!("no GPU: {why}");
@@ -572,7 +620,12 @@ pub fn run(options: &GpuBenchOptions) -> anyhow::Result<GpuReport> {
     eprintln!("whole fits with and without the GPU");
     report.fits = Some(fit_agreement(direct.get(), &model)?);
     eprintln!("simulated decisions traced both ways");
-    report.decisions = Some(decision_agreement(&protocol, &batched, options.decision_trials, options.seed)?);
+    report.decisions = Some(decision_agreement(
+        &protocol,
+        &batched,
+        options.decision_trials,
+        options.seed,
+    )?);
     eprintln!("batched likelihood throughput, T = 365");
     report.likelihood = likelihood(direct.get())?;
     report.likelihood_crossover_batch = report
@@ -639,7 +692,11 @@ pub fn render(r: &GpuReport) -> String {
                 b.gpu_per_s / b.cpu_per_s
             );
         }
-        let _ = writeln!(out, "  GPU faster from batch {:?}", r.likelihood_crossover_batch);
+        let _ = writeln!(
+            out,
+            "  GPU faster from batch {:?}",
+            r.likelihood_crossover_batch
+        );
     }
     if !r.fit_times.is_empty() {
         let _ = writeln!(out, "one fit:");
@@ -671,7 +728,11 @@ pub fn render(r: &GpuReport) -> String {
                 run.rates[1]
             );
         };
-        let _ = writeln!(out, "simulation of {} ({} days a trial):", s.protocol, s.planned_days);
+        let _ = writeln!(
+            out,
+            "simulation of {} ({} days a trial):",
+            s.protocol, s.planned_days
+        );
         for g in &s.gpu {
             line(&mut out, "GPU", g);
         }

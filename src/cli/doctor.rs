@@ -23,7 +23,11 @@ pub fn examine(database: &Path, key: Option<&crate::service::config::Secret>) ->
         out,
         "CPU: {cores} cores; AVX2 {} (the filter runs four hyperparameter sets an instruction {})",
         if avx2 { "yes" } else { "no" },
-        if avx2 { "with it" } else { "only with AVX2: here one at a time, the same results" }
+        if avx2 {
+            "with it"
+        } else {
+            "only with AVX2: here one at a time, the same results"
+        }
     );
     match bench_gpu::quick_host_check() {
         Ok(a) if a.refused_by_one == 0 && a.log_post < 1e-9 => {
@@ -149,7 +153,11 @@ fn database_lines(
         },
         Err(e) => {
             *healthy = false;
-            let _ = writeln!(out, "database: {} cannot be opened: {e}", database.display());
+            let _ = writeln!(
+                out,
+                "database: {} cannot be opened: {e}",
+                database.display()
+            );
         }
     }
 }

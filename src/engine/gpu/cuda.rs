@@ -10,7 +10,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
 use crate::engine::gpu::pack::{OUT_LEN, Packed, decode, ln_2pi};
@@ -77,7 +79,10 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, NoGpu>) -> Result<T, NoG
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_string()))
                 .unwrap_or_else(|| "it panicked".into());
-            Err(NoGpu(format!("{what}: {}", msg.lines().next().unwrap_or(""))))
+            Err(NoGpu(format!(
+                "{what}: {}",
+                msg.lines().next().unwrap_or("")
+            )))
         }
     }
 }
@@ -150,12 +155,15 @@ impl Cuda {
     pub fn open() -> Result<Cuda, NoGpu> {
         // SAFETY: probing loads the library and drops it; nothing else runs.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err(NoGpu(
-                "no CUDA driver (libcuda.so) on this machine".into(),
-            ));
+            return Err(NoGpu("no CUDA driver (libcuda.so) on this machine".into()));
         }
         guarded("the CUDA driver could not be used", || {
             let ctx = CudaContext::new(0).map_err(|e| no_gpu("no CUDA device", e))?;
+            // SAFETY: every copy and launch goes to the context's one
+            // default stream, in order (behind `launch`), so cudarc's
+            // per-buffer events (for ordering across streams) are not
+            // needed; they cost a record and a wait on every use.
+            unsafe { ctx.disable_event_tracking() };
             let (major, minor) = ctx
                 .compute_capability()
                 .map_err(|e| no_gpu("the device's compute capability", e))?;
@@ -203,7 +211,9 @@ impl Cuda {
             let info = DeviceInfo {
                 name: ctx.name().map_err(|e| no_gpu("the device's name", e))?,
                 compute_capability: format!("{major}.{minor}"),
-                memory_bytes: ctx.total_mem().map_err(|e| no_gpu("the device's memory", e))?,
+                memory_bytes: ctx
+                    .total_mem()
+                    .map_err(|e| no_gpu("the device's memory", e))?,
                 driver,
                 nvrtc,
             };
@@ -225,28 +235,43 @@ impl Cuda {
 
     /// Copies `packed` to the device (for many launches over it).
     fn upload(&self, packed: &Packed) -> Result<DevicePacked, ModelError> {
-        let err = |e: cudarc::driver::DriverError| ModelError::Input(format!("GPU copy failed: {e:?}"));
+        let err =
+            |e: cudarc::driver::DriverError| ModelError::Input(format!("GPU copy failed: {e:?}"));
         Ok(DevicePacked {
             meta: self.stream.clone_htod(&packed.meta).map_err(err)?,
-            ints: self.stream.clone_htod(&nonempty_i32(&packed.ints)).map_err(err)?,
-            reals: self.stream.clone_htod(&nonempty_f64(&packed.reals)).map_err(err)?,
+            ints: self
+                .stream
+                .clone_htod(&nonempty_i32(&packed.ints))
+                .map_err(err)?,
+            reals: self
+                .stream
+                .clone_htod(&nonempty_f64(&packed.reals))
+                .map_err(err)?,
         })
     }
 
     /// `filter_batch` for `items` (packed series index, point) over
     /// `series` already on the device: the raw outputs, `OUT_LEN` an item.
-    fn run_filter(&self, series: &DevicePacked, items: &[(u32, Theta)]) -> Result<Vec<f64>, ModelError> {
+    fn run_filter(
+        &self,
+        series: &DevicePacked,
+        items: &[(u32, Theta)],
+    ) -> Result<Vec<f64>, ModelError> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let err = |e: cudarc::driver::DriverError| ModelError::Input(format!("GPU launch failed: {e:?}"));
+        let err =
+            |e: cudarc::driver::DriverError| ModelError::Input(format!("GPU launch failed: {e:?}"));
         let index: Vec<i32> = items.iter().map(|(s, _)| *s as i32).collect();
         let thetas: Vec<f64> = items.iter().flat_map(|(_, t)| *t).collect();
         let count = items.len();
         let _one = self.launch.lock().unwrap_or_else(|p| p.into_inner());
         let index_d = self.stream.clone_htod(&index).map_err(err)?;
         let thetas_d = self.stream.clone_htod(&thetas).map_err(err)?;
-        let mut out_d = self.stream.alloc_zeros::<f64>(count * OUT_LEN).map_err(err)?;
+        let mut out_d = self
+            .stream
+            .alloc_zeros::<f64>(count * OUT_LEN)
+            .map_err(err)?;
         let items_i64 = count as i64;
         let ln2pi = ln_2pi();
         let blocks = count.div_ceil(BLOCK as usize) as u32;
@@ -274,7 +299,11 @@ impl Cuda {
 
     /// `filter_batch` on `packed` for `items`, decoded (uploads the series
     /// first: one launch).
-    pub fn filter_batch(&self, packed: &Packed, items: &[(u32, Theta)]) -> Result<Vec<Option<Eval>>, ModelError> {
+    pub fn filter_batch(
+        &self,
+        packed: &Packed,
+        items: &[(u32, Theta)],
+    ) -> Result<Vec<Option<Eval>>, ModelError> {
         let on_device = self.upload(packed)?;
         let out = self.run_filter(&on_device, items)?;
         Ok(decode_all(packed, items, &out))
@@ -327,7 +356,9 @@ impl Evaluator for CudaSeries<'_> {
     }
 
     fn eval(&self, theta: &Theta) -> Option<Eval> {
-        self.eval_batch(std::slice::from_ref(theta), 1).pop().flatten()
+        self.eval_batch(std::slice::from_ref(theta), 1)
+            .pop()
+            .flatten()
     }
 
     fn eval_batch(&self, thetas: &[Theta], _threads: usize) -> Vec<Option<Eval>> {
@@ -396,12 +427,15 @@ pub struct Batcher {
 }
 
 /// How long the dispatcher waits for more fits' batches before launching
-/// what it has.
-const GATHER: Duration = Duration::from_micros(300);
+/// what it has: a fit's mode search sends one point at a time, hundreds of
+/// times over, so each round's wait is paid hundreds of times a fit.
+const GATHER: Duration = Duration::from_micros(50);
 
 impl std::fmt::Debug for Cuda {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cuda").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("Cuda")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -486,12 +520,10 @@ fn dispatch(cuda: &Cuda, rx: &Receiver<Request>, active: &AtomicUsize) -> BatchS
             items.extend(r.thetas.iter().map(|t| (s, *t)));
             ranges.push(from..items.len());
         }
-        let results = cuda
-            .filter_batch(&packed, &items)
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "GPU batch failed");
-                vec![None; items.len()]
-            });
+        let results = cuda.filter_batch(&packed, &items).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "GPU batch failed");
+            vec![None; items.len()]
+        });
         stats.launches += 1;
         stats.points += items.len();
         stats.busy_s += busy.elapsed().as_secs_f64();
@@ -526,7 +558,9 @@ impl Evaluator for Batched {
     }
 
     fn eval(&self, theta: &Theta) -> Option<Eval> {
-        self.eval_batch(std::slice::from_ref(theta), 1).pop().flatten()
+        self.eval_batch(std::slice::from_ref(theta), 1)
+            .pop()
+            .flatten()
     }
 
     fn eval_batch(&self, thetas: &[Theta], _threads: usize) -> Vec<Option<Eval>> {
@@ -596,13 +630,22 @@ impl crate::engine::gpu::scan::ScanOps for CudaOps<'_> {
     type F = CudaSlice<f64>;
     type I = CudaSlice<i32>;
     fn zeros(&self, len: usize) -> Result<CudaSlice<f64>, ModelError> {
-        self.0.stream.alloc_zeros::<f64>(len.max(1)).map_err(launch_error)
+        self.0
+            .stream
+            .alloc_zeros::<f64>(len.max(1))
+            .map_err(launch_error)
     }
     fn f64s(&self, v: &[f64]) -> Result<CudaSlice<f64>, ModelError> {
-        self.0.stream.clone_htod(&nonempty_f64(v)).map_err(launch_error)
+        self.0
+            .stream
+            .clone_htod(&nonempty_f64(v))
+            .map_err(launch_error)
     }
     fn i32s(&self, v: &[i32]) -> Result<CudaSlice<i32>, ModelError> {
-        self.0.stream.clone_htod(&nonempty_i32(v)).map_err(launch_error)
+        self.0
+            .stream
+            .clone_htod(&nonempty_i32(v))
+            .map_err(launch_error)
     }
     fn read(&self, b: &CudaSlice<f64>, len: usize) -> Result<Vec<f64>, ModelError> {
         let mut all = self.0.stream.clone_dtoh(b).map_err(launch_error)?;
@@ -635,13 +678,24 @@ impl crate::engine::gpu::scan::ScanOps for CudaOps<'_> {
             .arg(wmap);
         // SAFETY: the arguments are scan_setup's, in order; `scan::sums`
         // sized every buffer for n elements of `batch` points.
-        unsafe { l.launch(Self::cfg(n * batch)) }.map(drop).map_err(launch_error)
+        unsafe { l.launch(Self::cfg(n * batch)) }
+            .map(drop)
+            .map_err(launch_error)
     }
-    fn mobius(&self, n: i64, batch: i64, d: i64, input: &CudaSlice<f64>, out: &mut CudaSlice<f64>) -> Result<(), ModelError> {
+    fn mobius(
+        &self,
+        n: i64,
+        batch: i64,
+        d: i64,
+        input: &CudaSlice<f64>,
+        out: &mut CudaSlice<f64>,
+    ) -> Result<(), ModelError> {
         let mut l = self.0.stream.launch_builder(&self.0.scan.mobius);
         l.arg(&n).arg(&batch).arg(&d).arg(input).arg(out);
         // SAFETY: scan_mobius's arguments; both buffers hold 4 n batch doubles.
-        unsafe { l.launch(Self::cfg(n * batch)) }.map(drop).map_err(launch_error)
+        unsafe { l.launch(Self::cfg(n * batch)) }
+            .map(drop)
+            .map_err(launch_error)
     }
     fn affine(
         &self,
@@ -653,9 +707,16 @@ impl crate::engine::gpu::scan::ScanOps for CudaOps<'_> {
         out: &mut CudaSlice<f64>,
     ) -> Result<(), ModelError> {
         let mut l = self.0.stream.launch_builder(&self.0.scan.affine);
-        l.arg(&n).arg(&batch).arg(&width).arg(&d).arg(input).arg(out);
+        l.arg(&n)
+            .arg(&batch)
+            .arg(&width)
+            .arg(&d)
+            .arg(input)
+            .arg(out);
         // SAFETY: scan_affine's arguments; both buffers hold (1 + width) n batch doubles.
-        unsafe { l.launch(Self::cfg(n * batch)) }.map(drop).map_err(launch_error)
+        unsafe { l.launch(Self::cfg(n * batch)) }
+            .map(drop)
+            .map_err(launch_error)
     }
     fn gains(
         &self,
@@ -684,7 +745,9 @@ impl crate::engine::gpu::scan::ScanOps for CudaOps<'_> {
             .arg(fr)
             .arg(means);
         // SAFETY: scan_gains's arguments, sized by `scan::sums`.
-        unsafe { l.launch(Self::cfg(n * batch)) }.map(drop).map_err(launch_error)
+        unsafe { l.launch(Self::cfg(n * batch)) }
+            .map(drop)
+            .map_err(launch_error)
     }
     fn terms(
         &self,
@@ -709,14 +772,25 @@ impl crate::engine::gpu::scan::ScanOps for CudaOps<'_> {
             .arg(fr)
             .arg(terms);
         // SAFETY: scan_terms's arguments, sized by `scan::sums`.
-        unsafe { l.launch(Self::cfg(n * batch)) }.map(drop).map_err(launch_error)
+        unsafe { l.launch(Self::cfg(n * batch)) }
+            .map(drop)
+            .map_err(launch_error)
     }
-    fn reduce(&self, m: i64, batch: i64, width: i32, input: &CudaSlice<f64>, out: &mut CudaSlice<f64>) -> Result<(), ModelError> {
+    fn reduce(
+        &self,
+        m: i64,
+        batch: i64,
+        width: i32,
+        input: &CudaSlice<f64>,
+        out: &mut CudaSlice<f64>,
+    ) -> Result<(), ModelError> {
         let mut l = self.0.stream.launch_builder(&self.0.scan.reduce);
         l.arg(&m).arg(&batch).arg(&width).arg(input).arg(out);
         // SAFETY: reduce_pairs's arguments; `input` holds m and `out`
         // (m + 1) / 2 elements of `width` a point.
-        unsafe { l.launch(Self::cfg((m + 1) / 2 * batch)) }.map(drop).map_err(launch_error)
+        unsafe { l.launch(Self::cfg((m + 1) / 2 * batch)) }
+            .map(drop)
+            .map_err(launch_error)
     }
 }
 
@@ -743,16 +817,26 @@ impl Evaluator for ScanSeriesEvaluator<'_> {
     }
 
     fn eval(&self, theta: &Theta) -> Option<Eval> {
-        self.eval_batch(std::slice::from_ref(theta), 1).pop().flatten()
+        self.eval_batch(std::slice::from_ref(theta), 1)
+            .pop()
+            .flatten()
     }
 
     fn eval_batch(&self, thetas: &[Theta], _threads: usize) -> Vec<Option<Eval>> {
-        let per_batch = (SCAN_BYTES / self.scan.bytes_per_step().max(1) / self.scan.n.max(1)).max(1);
+        let per_batch =
+            (SCAN_BYTES / self.scan.bytes_per_step().max(1) / self.scan.n.max(1)).max(1);
         let ops = CudaOps(self.cuda);
         let _one = self.cuda.launch.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::with_capacity(thetas.len());
         for part in thetas.chunks(per_batch) {
-            match crate::engine::gpu::scan::evaluate(&ops, &self.scan, &self.uploaded, self.series, self.priors, part) {
+            match crate::engine::gpu::scan::evaluate(
+                &ops,
+                &self.scan,
+                &self.uploaded,
+                self.series,
+                self.priors,
+                part,
+            ) {
                 Ok(evals) => out.extend(evals),
                 Err(e) => {
                     tracing::warn!(error = %e, "GPU scan failed");

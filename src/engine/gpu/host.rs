@@ -83,7 +83,15 @@ unsafe extern "C" {
         wmap: *mut f64,
     );
     fn scan_mobius_host(count: i64, n: i64, batch: i64, d: i64, input: *const f64, out: *mut f64);
-    fn scan_affine_host(count: i64, n: i64, batch: i64, width: i32, d: i64, input: *const f64, out: *mut f64);
+    fn scan_affine_host(
+        count: i64,
+        n: i64,
+        batch: i64,
+        width: i32,
+        d: i64,
+        input: *const f64,
+        out: *mut f64,
+    );
     fn scan_gains_host(
         count: i64,
         n: i64,
@@ -110,7 +118,14 @@ unsafe extern "C" {
         fr: *const f64,
         terms: *mut f64,
     );
-    fn reduce_pairs_host(count: i64, m: i64, batch: i64, width: i32, input: *const f64, out: *mut f64);
+    fn reduce_pairs_host(
+        count: i64,
+        m: i64,
+        batch: i64,
+        width: i32,
+        input: *const f64,
+        out: *mut f64,
+    );
 }
 
 /// Panics unless `buffer` holds `len` entries: the scan's wrappers check
@@ -182,7 +197,17 @@ pub fn scan_affine(n: i64, batch: i64, width: i32, d: i64, input: &[f64], out: &
     holds(input, len, "input");
     holds(out, len, "out");
     // SAFETY: both buffers hold the (1 + width) n batch doubles indexed.
-    unsafe { scan_affine_host(n * batch, n, batch, width, d, input.as_ptr(), out.as_mut_ptr()) }
+    unsafe {
+        scan_affine_host(
+            n * batch,
+            n,
+            batch,
+            width,
+            d,
+            input.as_ptr(),
+            out.as_mut_ptr(),
+        )
+    }
 }
 
 /// `scan_gains` on the host.
@@ -274,5 +299,14 @@ pub fn reduce_pairs(m: i64, batch: i64, width: i32, input: &[f64], out: &mut [f6
     holds(input, i64::from(width) * m * batch, "input");
     holds(out, i64::from(width) * half * batch, "out");
     // SAFETY: `input` holds m and `out` (m + 1) / 2 elements of `width` a point.
-    unsafe { reduce_pairs_host(half * batch, m, batch, width, input.as_ptr(), out.as_mut_ptr()) }
+    unsafe {
+        reduce_pairs_host(
+            half * batch,
+            m,
+            batch,
+            width,
+            input.as_ptr(),
+            out.as_mut_ptr(),
+        )
+    }
 }

@@ -86,8 +86,7 @@ impl Packed {
         priors: &Priors,
     ) -> Result<u32, ModelError> {
         let p = series.n_static();
-        if p == 0 || p > MAX_ARMS || priors.statics.mean.len() < p || priors.statics.sd.len() < p
-        {
+        if p == 0 || p > MAX_ARMS || priors.statics.mean.len() < p || priors.statics.sd.len() < p {
             return Err(ModelError::Input(format!(
                 "a series of {p} static coefficients cannot be packed for the GPU"
             )));

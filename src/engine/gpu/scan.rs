@@ -36,7 +36,9 @@ impl ScanSeries {
     pub fn of(series: &Series) -> Result<ScanSeries, ModelError> {
         let n = series.t.len();
         if n == 0 || series.y.len() < n {
-            return Err(ModelError::Input("the scan needs at least one observation".into()));
+            return Err(ModelError::Input(
+                "the scan needs at least one observation".into(),
+            ));
         }
         let plan = FilterPlan::of(series);
         let tables = plan.tables();
@@ -47,7 +49,11 @@ impl ScanSeries {
         Ok(ScanSeries {
             n,
             p: series.n_static(),
-            gap: tables.gap_of.iter().map(|&g| tables.gaps[g as usize]).collect(),
+            gap: tables
+                .gap_of
+                .iter()
+                .map(|&g| tables.gaps[g as usize])
+                .collect(),
             y: series.y[..n].to_vec(),
             step_start: tables.step_start.iter().map(|&s| s as i32).collect(),
             piece_len: tables
@@ -97,7 +103,14 @@ pub trait ScanOps {
         wmap: &mut Self::F,
     ) -> Result<(), ModelError>;
     /// `scan_mobius`.
-    fn mobius(&self, n: i64, batch: i64, d: i64, input: &Self::F, out: &mut Self::F) -> Result<(), ModelError>;
+    fn mobius(
+        &self,
+        n: i64,
+        batch: i64,
+        d: i64,
+        input: &Self::F,
+        out: &mut Self::F,
+    ) -> Result<(), ModelError>;
     /// `scan_affine`.
     #[allow(clippy::too_many_arguments)]
     fn affine(
@@ -140,7 +153,14 @@ pub trait ScanOps {
         terms: &mut Self::F,
     ) -> Result<(), ModelError>;
     /// `reduce_pairs`.
-    fn reduce(&self, m: i64, batch: i64, width: i32, input: &Self::F, out: &mut Self::F) -> Result<(), ModelError>;
+    fn reduce(
+        &self,
+        m: i64,
+        batch: i64,
+        width: i32,
+        input: &Self::F,
+        out: &mut Self::F,
+    ) -> Result<(), ModelError>;
 }
 
 /// A series' arrays where the kernels read them.
@@ -210,16 +230,43 @@ pub fn sums<O: ScanOps>(
     let mut mob2 = ops.zeros(4 * elems)?;
     let mut w = ops.zeros((1 + p) * elems)?;
     let mut w2 = ops.zeros((1 + p) * elems)?;
-    ops.setup(ni, bi, &thetas_d, &up.gap, &up.step_start, &up.piece_len, &up.piece_arm, pi, &mut mob, &mut w)?;
-    let mob_in_2 = hillis_steele::<O>(ni, &mut mob, &mut mob2, |d, i, o| ops.mobius(ni, bi, d, i, o))?;
-    let w_in_2 = hillis_steele::<O>(ni, &mut w, &mut w2, |d, i, o| ops.affine(ni, bi, pi, d, i, o))?;
+    ops.setup(
+        ni,
+        bi,
+        &thetas_d,
+        &up.gap,
+        &up.step_start,
+        &up.piece_len,
+        &up.piece_arm,
+        pi,
+        &mut mob,
+        &mut w,
+    )?;
+    let mob_in_2 = hillis_steele::<O>(ni, &mut mob, &mut mob2, |d, i, o| {
+        ops.mobius(ni, bi, d, i, o)
+    })?;
+    let w_in_2 = hillis_steele::<O>(ni, &mut w, &mut w2, |d, i, o| {
+        ops.affine(ni, bi, pi, d, i, o)
+    })?;
     let (mob_prefix, w_prefix) = (
         if mob_in_2 { &mob2 } else { &mob },
         if w_in_2 { &w2 } else { &w },
     );
     let mut fr = ops.zeros(2 * elems)?;
     let mut means = ops.zeros((2 + p) * elems)?;
-    ops.gains(ni, bi, &thetas_d, &up.gap, &up.y, pi, &up.effect_arm, mob_prefix, w_prefix, &mut fr, &mut means)?;
+    ops.gains(
+        ni,
+        bi,
+        &thetas_d,
+        &up.gap,
+        &up.y,
+        pi,
+        &up.effect_arm,
+        mob_prefix,
+        w_prefix,
+        &mut fr,
+        &mut means,
+    )?;
     drop(mob2);
     let mut means2 = ops.zeros((2 + p) * elems)?;
     let means_in_2 = hillis_steele::<O>(ni, &mut means, &mut means2, |d, i, o| {
@@ -228,7 +275,17 @@ pub fn sums<O: ScanOps>(
     let means_prefix = if means_in_2 { &means2 } else { &means };
     let width = 2 + p + p * (p + 1) / 2;
     let mut terms = ops.zeros(width * elems)?;
-    ops.terms(ni, bi, &up.y, pi, &up.effect_arm, w_prefix, means_prefix, &fr, &mut terms)?;
+    ops.terms(
+        ni,
+        bi,
+        &up.y,
+        pi,
+        &up.effect_arm,
+        w_prefix,
+        means_prefix,
+        &fr,
+        &mut terms,
+    )?;
     let mut other = ops.zeros(width * n.div_ceil(2) * batch)?;
     let mut m = n;
     let mut in_other = false;
@@ -332,10 +389,19 @@ impl ScanOps for HostOps {
         mob: &mut Vec<f64>,
         wmap: &mut Vec<f64>,
     ) -> Result<(), ModelError> {
-        host::scan_setup(n, batch, thetas, gap, step_start, piece_len, piece_arm, p, mob, wmap);
+        host::scan_setup(
+            n, batch, thetas, gap, step_start, piece_len, piece_arm, p, mob, wmap,
+        );
         Ok(())
     }
-    fn mobius(&self, n: i64, batch: i64, d: i64, input: &Vec<f64>, out: &mut Vec<f64>) -> Result<(), ModelError> {
+    fn mobius(
+        &self,
+        n: i64,
+        batch: i64,
+        d: i64,
+        input: &Vec<f64>,
+        out: &mut Vec<f64>,
+    ) -> Result<(), ModelError> {
         host::scan_mobius(n, batch, d, input, out);
         Ok(())
     }
@@ -365,7 +431,9 @@ impl ScanOps for HostOps {
         fr: &mut Vec<f64>,
         means: &mut Vec<f64>,
     ) -> Result<(), ModelError> {
-        host::scan_gains(n, batch, thetas, gap, y, p, effect_arm, mob_prefix, w_prefix, fr, means);
+        host::scan_gains(
+            n, batch, thetas, gap, y, p, effect_arm, mob_prefix, w_prefix, fr, means,
+        );
         Ok(())
     }
     fn terms(
@@ -380,10 +448,27 @@ impl ScanOps for HostOps {
         fr: &Vec<f64>,
         terms: &mut Vec<f64>,
     ) -> Result<(), ModelError> {
-        host::scan_terms(n, batch, y, p, effect_arm, w_prefix, means_prefix, fr, terms);
+        host::scan_terms(
+            n,
+            batch,
+            y,
+            p,
+            effect_arm,
+            w_prefix,
+            means_prefix,
+            fr,
+            terms,
+        );
         Ok(())
     }
-    fn reduce(&self, m: i64, batch: i64, width: i32, input: &Vec<f64>, out: &mut Vec<f64>) -> Result<(), ModelError> {
+    fn reduce(
+        &self,
+        m: i64,
+        batch: i64,
+        width: i32,
+        input: &Vec<f64>,
+        out: &mut Vec<f64>,
+    ) -> Result<(), ModelError> {
         host::reduce_pairs(m, batch, width, input, out);
         Ok(())
     }

@@ -33,7 +33,11 @@ fn series(seed: u64, days: usize, arms: usize, period: usize, irregular: bool) -
         if rng.random::<f64>() < 0.1 {
             continue;
         }
-        let jitter = if irregular { rng.random::<f64>() * 0.9 } else { 0.8 };
+        let jitter = if irregular {
+            rng.random::<f64>() * 0.9
+        } else {
+            0.8
+        };
         t.push(d as f64 + jitter);
         y.push(3.0 + rng.random::<f64>() * 2.0 + (d / period % arms) as f64 * 0.4);
     }
@@ -59,8 +63,12 @@ fn priors(arms: usize) -> Priors {
     Priors {
         hyper: hyper(),
         statics: StaticPrior {
-            mean: std::iter::once(4.0).chain(std::iter::repeat_n(0.0, arms - 1)).collect(),
-            sd: std::iter::once(5.0).chain(std::iter::repeat_n(1.3, arms - 1)).collect(),
+            mean: std::iter::once(4.0)
+                .chain(std::iter::repeat_n(0.0, arms - 1))
+                .collect(),
+            sd: std::iter::once(5.0)
+                .chain(std::iter::repeat_n(1.3, arms - 1))
+                .collect(),
         },
     }
 }
@@ -90,9 +98,7 @@ fn host_kernel_matches_the_cpu_evaluator() {
     for (k, &(arms, period, days, irregular)) in cases.iter().enumerate() {
         let s = series(k as u64 + 1, days, arms, period, irregular);
         let p = priors(arms);
-        packed
-            .push(&s, &FilterPlan::of(&s), &p)
-            .expect("packs");
+        packed.push(&s, &FilterPlan::of(&s), &p).expect("packs");
         owned.push((s, p));
     }
     let thetas = points(7, 40);
@@ -127,7 +133,10 @@ fn host_kernel_matches_the_cpu_evaluator() {
             ),
         }
     }
-    assert!(compared > items.len() / 2, "only {compared} points evaluated");
+    assert!(
+        compared > items.len() / 2,
+        "only {compared} points evaluated"
+    );
 }
 
 #[test]
@@ -163,7 +172,10 @@ fn appended_packs_evaluate_as_their_parts() {
     let theta = [1.0, -0.3, 0.1, 0.0];
     let alone = host::filter_batch(&two, &[(0, theta)]);
     let together = host::filter_batch(&both, &[(1, theta), (0, theta)]);
-    let (x, y) = (alone[0].as_ref().expect("evaluates"), together[0].as_ref().expect("evaluates"));
+    let (x, y) = (
+        alone[0].as_ref().expect("evaluates"),
+        together[0].as_ref().expect("evaluates"),
+    );
     assert_eq!(x.log_post.to_bits(), y.log_post.to_bits());
     assert!(together[1].is_some());
 }
@@ -200,7 +212,10 @@ fn every_kernel_compiles_to_ptx_with_nvrtc() {
         assert_eq!(compiled.len(), super::KERNELS.len());
         for (name, ptx) in compiled {
             let text = ptx.to_src();
-            assert!(text.contains(".entry"), "{name} for {arch} has no kernel entry");
+            assert!(
+                text.contains(".entry"),
+                "{name} for {arch} has no kernel entry"
+            );
             // f64 all through. (The PTX does hold fma: CUDA's own exp and
             // log are written with it; `--fmad=false` keeps the kernel's
             // arithmetic unfused, and the device check measures the rest.)
@@ -253,7 +268,11 @@ fn scan_matches_the_sequential_filter() {
                         assert!(close(*a, *b), "case {k}: b_cov {a} vs {b}");
                     }
                 }
-                (c, g) => panic!("case {k}: cpu {} scan {} at {theta:?}", c.is_some(), g.is_some()),
+                (c, g) => panic!(
+                    "case {k}: cpu {} scan {} at {theta:?}",
+                    c.is_some(),
+                    g.is_some()
+                ),
             }
         }
         assert!(compared >= 12, "case {k}: only {compared} compared");

@@ -148,7 +148,11 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
                         progress: false,
                         ..SimOptions::default()
                     },
-                    design_device(backend, &protocol, calibration_trials(&protocol, configured)),
+                    design_device(
+                        backend,
+                        &protocol,
+                        calibration_trials(&protocol, configured),
+                    ),
                 ),
                 Some(protocol.decision.false_stop_target),
                 calibration_trials(&protocol, configured),
