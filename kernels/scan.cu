@@ -7,10 +7,10 @@
 // map whose 2x2 matrices compose by product; given the gains, each column's
 // filtered mean follows the affine map a_i = (1 - K_i) rho_i a_{i-1} + K_i x_i,
 // and the onset/washout regressors the affine map w_i = Psi_i w_{i-1} + c_i.
-// Prefix compositions of those maps (Hillis–Steele scans, one launch a
-// doubling) give every step's state; the likelihood's terms are then
-// independent, and pairwise sums reduce them (Särkkä & García-Fernández
-// 2021, "Temporal parallelization of Bayesian smoothers", for the scan).
+// Prefix compositions of those maps (chunked scans, three launches each)
+// give every step's state; the likelihood's terms are then independent,
+// and chunked sums reduce them (Särkkä & García-Fernández 2021, "Temporal
+// parallelization of Bayesian smoothers", for the scan).
 //
 // Layout: point b's element i of a buffer of width W is at (b n + i) W.
 // Every kernel runs one thread an element, with no shared memory and no
@@ -59,24 +59,20 @@ NOF1D_KERNEL void scan_setup(
     w[0] = psi_all;
 }
 
-// One Hillis–Steele step of the Möbius prefix product: element i becomes
-// (its matrix) x (the matrix d earlier), scaled to its largest entry (a
-// Möbius map is unchanged by scaling, and the products would overflow).
-NOF1D_KERNEL void scan_mobius(long long n, long long batch, long long d, const double* in, double* out) {
-    const long long idx = NOF1D_THREAD_INDEX;
-    if (idx >= n * batch) return;
-    const long long i = idx % n;
-    const double* x = in + 4 * idx;
-    double* o = out + 4 * idx;
-    if (i < d) {
-        for (int k = 0; k < 4; k++) o[k] = x[k];
-        return;
-    }
-    const double* e = in + 4 * (idx - d);
-    double r0 = x[0] * e[0] + x[1] * e[2];
-    double r1 = x[0] * e[1] + x[1] * e[3];
-    double r2 = x[2] * e[0] + x[3] * e[2];
-    double r3 = x[2] * e[1] + x[3] * e[3];
+// The prefix compositions run in three launches, each thread walking a
+// chunk of CHUNK elements in turn (no barriers, so the host runs them too):
+// the chunks' own compositions; then, one thread a point, the exclusive
+// prefix over the chunks; then each chunk again from its prefix, in place.
+// Möbius maps compose as 2x2 matrix products (later x earlier), scaled to
+// their largest entry (a Möbius map is unchanged by scaling, and the
+// products would overflow); affine maps [A, B_0 .. B_{w-1}] (x -> A x + B,
+// one A for every column) as (A2 A1, A2 B1 + B2).
+
+NOF1D_DEVICE void mobius_after(const double* later, double* acc) {
+    double r0 = later[0] * acc[0] + later[1] * acc[2];
+    double r1 = later[0] * acc[1] + later[1] * acc[3];
+    double r2 = later[2] * acc[0] + later[3] * acc[2];
+    double r3 = later[2] * acc[1] + later[3] * acc[3];
     double s = fabs(r0);
     if (fabs(r1) > s) s = fabs(r1);
     if (fabs(r2) > s) s = fabs(r2);
@@ -87,29 +83,86 @@ NOF1D_KERNEL void scan_mobius(long long n, long long batch, long long d, const d
         r2 /= s;
         r3 /= s;
     }
-    o[0] = r0;
-    o[1] = r1;
-    o[2] = r2;
-    o[3] = r3;
+    acc[0] = r0;
+    acc[1] = r1;
+    acc[2] = r2;
+    acc[3] = r3;
 }
 
-// One Hillis–Steele step of an affine prefix composition: elements are
-// [A, B_0 .. B_{width-1}] (x -> A x + B, one A for every column); element i
-// becomes (its map) after (the map d earlier).
-NOF1D_KERNEL void scan_affine(long long n, long long batch, int width, long long d, const double* in, double* out) {
-    const long long idx = NOF1D_THREAD_INDEX;
-    if (idx >= n * batch) return;
-    const long long i = idx % n;
-    const long long stride = 1 + width;
-    const double* x = in + stride * idx;
-    double* o = out + stride * idx;
-    if (i < d) {
-        for (int k = 0; k <= width; k++) o[k] = x[k];
-        return;
+NOF1D_DEVICE void affine_after(const double* later, double* acc, int width) {
+    for (int k = 1; k <= width; k++) acc[k] = later[0] * acc[k] + later[k];
+    acc[0] = later[0] * acc[0];
+}
+
+NOF1D_DEVICE void identity(double* acc, int len, int mobius) {
+    for (int k = 0; k < len; k++) acc[k] = 0.0;
+    acc[0] = 1.0;
+    if (mobius) acc[3] = 1.0;
+}
+
+// `kind` 0: Möbius (elements of 4); 1: affine of `width` columns
+// (elements of 1 + width).
+NOF1D_DEVICE void compose_after(int kind, const double* later, double* acc, int width) {
+    if (kind == 0) {
+        mobius_after(later, acc);
+    } else {
+        affine_after(later, acc, width);
     }
-    const double* e = in + stride * (idx - d);
-    o[0] = x[0] * e[0];
-    for (int k = 1; k <= width; k++) o[k] = x[0] * e[k] + x[k];
+}
+
+// Launch 1: chunk c of point b composes its elements into totals.
+NOF1D_KERNEL void scan_chunks(long long n, long long batch, long long chunk, int kind, int width,
+                              const double* elems, double* totals) {
+    const long long chunks = (n + chunk - 1) / chunk;
+    const long long idx = NOF1D_THREAD_INDEX;
+    if (idx >= chunks * batch) return;
+    const long long b = idx / chunks;
+    const long long c = idx % chunks;
+    const int len = kind == 0 ? 4 : 1 + width;
+    double* acc = totals + (long long)len * idx;
+    identity(acc, len, kind == 0);
+    const long long end = (c + 1) * chunk < n ? (c + 1) * chunk : n;
+    for (long long i = c * chunk; i < end; i++) compose_after(kind, elems + (long long)len * (b * n + i), acc, width);
+}
+
+// Launch 2: one thread a point turns its chunk totals into exclusive
+// prefixes (the composition of every chunk before).
+NOF1D_KERNEL void scan_chunk_prefix(long long chunks, long long batch, int kind, int width, double* totals) {
+    const long long b = NOF1D_THREAD_INDEX;
+    if (b >= batch) return;
+    const int len = kind == 0 ? 4 : 1 + width;
+    double carry[8];
+    double next[8];
+    identity(carry, len, kind == 0);
+    for (long long c = 0; c < chunks; c++) {
+        double* t = totals + (long long)len * (b * chunks + c);
+        for (int k = 0; k < len; k++) next[k] = carry[k];
+        compose_after(kind, t, next, width);
+        for (int k = 0; k < len; k++) {
+            t[k] = carry[k];
+            carry[k] = next[k];
+        }
+    }
+}
+
+// Launch 3: chunk c of point b walks its elements again from its prefix,
+// leaving each element's inclusive prefix in place.
+NOF1D_KERNEL void scan_apply(long long n, long long batch, long long chunk, int kind, int width,
+                             const double* prefixes, double* elems) {
+    const long long chunks = (n + chunk - 1) / chunk;
+    const long long idx = NOF1D_THREAD_INDEX;
+    if (idx >= chunks * batch) return;
+    const long long b = idx / chunks;
+    const long long c = idx % chunks;
+    const int len = kind == 0 ? 4 : 1 + width;
+    double acc[8];
+    for (int k = 0; k < len; k++) acc[k] = prefixes[(long long)len * idx + k];
+    const long long end = (c + 1) * chunk < n ? (c + 1) * chunk : n;
+    for (long long i = c * chunk; i < end; i++) {
+        double* e = elems + (long long)len * (b * n + i);
+        compose_after(kind, e, acc, width);
+        for (int k = 0; k < len; k++) e[k] = acc[k];
+    }
 }
 
 // From the variance's prefix maps: each step's innovation variance F_i and
@@ -171,20 +224,32 @@ NOF1D_KERNEL void scan_terms(
         for (int d = 0; d <= c; d++) t[k++] = vx[c] * inv_f * vx[d];
 }
 
-// One pairwise-sum step: element j of each point's m elements becomes the
-// sum of elements 2j and 2j + 1 (the last alone when m is odd).
-NOF1D_KERNEL void reduce_pairs(long long m, long long batch, int width, const double* in, double* out) {
-    const long long half = (m + 1) / 2;
+// The terms' sums in two launches: each chunk's sum, then one thread a
+// point adds its chunks' sums (in order).
+NOF1D_KERNEL void sum_chunks(long long n, long long batch, long long chunk, int width,
+                             const double* terms, double* partial) {
+    const long long chunks = (n + chunk - 1) / chunk;
     const long long idx = NOF1D_THREAD_INDEX;
-    if (idx >= half * batch) return;
-    const long long b = idx / half;
-    const long long j = idx % half;
-    const double* x = in + (b * m + 2 * j) * width;
-    double* o = out + (b * half + j) * width;
-    if (2 * j + 1 < m) {
-        for (int k = 0; k < width; k++) o[k] = x[k] + x[width + k];
-    } else {
-        for (int k = 0; k < width; k++) o[k] = x[k];
+    if (idx >= chunks * batch) return;
+    const long long b = idx / chunks;
+    const long long c = idx % chunks;
+    double* o = partial + (long long)width * idx;
+    for (int k = 0; k < width; k++) o[k] = 0.0;
+    const long long end = (c + 1) * chunk < n ? (c + 1) * chunk : n;
+    for (long long i = c * chunk; i < end; i++) {
+        const double* t = terms + (long long)width * (b * n + i);
+        for (int k = 0; k < width; k++) o[k] += t[k];
+    }
+}
+
+NOF1D_KERNEL void sum_points(long long chunks, long long batch, int width, const double* partial, double* totals) {
+    const long long b = NOF1D_THREAD_INDEX;
+    if (b >= batch) return;
+    double* o = totals + (long long)width * b;
+    for (int k = 0; k < width; k++) o[k] = 0.0;
+    for (long long c = 0; c < chunks; c++) {
+        const double* t = partial + (long long)width * (b * chunks + c);
+        for (int k = 0; k < width; k++) o[k] += t[k];
     }
 }
 
@@ -194,11 +259,16 @@ NOF1D_HOST_LAUNCH(scan_setup,
                    const int* step_start, const double* piece_len, const int* piece_arm, int p,
                    double* mob, double* wmap),
                   (n, batch, thetas, gap, step_start, piece_len, piece_arm, p, mob, wmap))
-NOF1D_HOST_LAUNCH(scan_mobius, (long long n, long long batch, long long d, const double* in, double* out),
-                  (n, batch, d, in, out))
-NOF1D_HOST_LAUNCH(scan_affine,
-                  (long long n, long long batch, int width, long long d, const double* in, double* out),
-                  (n, batch, width, d, in, out))
+NOF1D_HOST_LAUNCH(scan_chunks,
+                  (long long n, long long batch, long long chunk, int kind, int width, const double* elems,
+                   double* totals),
+                  (n, batch, chunk, kind, width, elems, totals))
+NOF1D_HOST_LAUNCH(scan_chunk_prefix, (long long chunks, long long batch, int kind, int width, double* totals),
+                  (chunks, batch, kind, width, totals))
+NOF1D_HOST_LAUNCH(scan_apply,
+                  (long long n, long long batch, long long chunk, int kind, int width, const double* prefixes,
+                   double* elems),
+                  (n, batch, chunk, kind, width, prefixes, elems))
 NOF1D_HOST_LAUNCH(scan_gains,
                   (long long n, long long batch, const double* thetas, const double* gap, const double* y,
                    int p, const int* effect_arm, const double* mob_prefix, const double* w_prefix,
@@ -208,6 +278,9 @@ NOF1D_HOST_LAUNCH(scan_terms,
                   (long long n, long long batch, const double* y, int p, const int* effect_arm,
                    const double* w_prefix, const double* means_prefix, const double* fr, double* terms),
                   (n, batch, y, p, effect_arm, w_prefix, means_prefix, fr, terms))
-NOF1D_HOST_LAUNCH(reduce_pairs, (long long m, long long batch, int width, const double* in, double* out),
-                  (m, batch, width, in, out))
+NOF1D_HOST_LAUNCH(sum_chunks,
+                  (long long n, long long batch, long long chunk, int width, const double* terms, double* partial),
+                  (n, batch, chunk, width, terms, partial))
+NOF1D_HOST_LAUNCH(sum_points, (long long chunks, long long batch, int width, const double* partial, double* totals),
+                  (chunks, batch, width, partial, totals))
 #endif

@@ -17,7 +17,9 @@ fn text(out: &std::process::Output) -> String {
 /// True where this machine has a CUDA driver (then `cuda` may succeed).
 fn has_gpu(dir: &std::path::Path) -> bool {
     let out = run(&["doctor", "--data-dir", "data"], dir);
-    text(&out).lines().any(|l| l.starts_with("GPU: ") && !l.starts_with("GPU: none"))
+    text(&out)
+        .lines()
+        .any(|l| l.starts_with("GPU: ") && !l.starts_with("GPU: none"))
 }
 
 #[test]
@@ -46,7 +48,9 @@ fn backend_is_chosen_and_explained() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("data.csv");
     let series = run(
-        &["bench", "simulate", "--days", "42", "--effect", "0.5", "--seed", "3"],
+        &[
+            "bench", "simulate", "--days", "42", "--effect", "0.5", "--seed", "3",
+        ],
         dir.path(),
     );
     std::fs::write(&csv, &series.stdout).unwrap();
@@ -55,7 +59,11 @@ fn backend_is_chosen_and_explained() {
 
     let out = run(&[&base[..], &["--backend", "cpu"]].concat(), dir.path());
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("on the CPU: --backend cpu"), "{}", text(&out));
+    assert!(
+        text(&out).contains("on the CPU: --backend cpu"),
+        "{}",
+        text(&out)
+    );
 
     let out = run(&base, dir.path());
     assert!(out.status.success(), "{}", text(&out));
@@ -63,7 +71,11 @@ fn backend_is_chosen_and_explained() {
 
     let out = run(&[&base[..], &["--backend", "gpu"]].concat(), dir.path());
     assert!(!out.status.success());
-    assert!(text(&out).contains("use auto, cpu or cuda"), "{}", text(&out));
+    assert!(
+        text(&out).contains("use auto, cpu or cuda"),
+        "{}",
+        text(&out)
+    );
 
     if !has_gpu(dir.path()) {
         let out = run(&[&base[..], &["--backend", "cuda"]].concat(), dir.path());

@@ -56,11 +56,13 @@ pub struct Cuda {
 /// The parallel-in-time filter's kernels (`kernels/scan.cu`).
 struct ScanKernels {
     setup: CudaFunction,
-    mobius: CudaFunction,
-    affine: CudaFunction,
+    chunks: CudaFunction,
+    chunk_prefix: CudaFunction,
+    apply: CudaFunction,
     gains: CudaFunction,
     terms: CudaFunction,
-    reduce: CudaFunction,
+    sum_chunks: CudaFunction,
+    sum_points: CudaFunction,
 }
 
 /// A `cudarc` error as [`NoGpu`]'s line.
@@ -179,11 +181,13 @@ impl Cuda {
                     "filter.cu" => &["filter_batch"],
                     _ => &[
                         "scan_setup",
-                        "scan_mobius",
-                        "scan_affine",
+                        "scan_chunks",
+                        "scan_chunk_prefix",
+                        "scan_apply",
                         "scan_gains",
                         "scan_terms",
-                        "reduce_pairs",
+                        "sum_chunks",
+                        "sum_points",
                     ],
                 };
                 for f in names {
@@ -201,11 +205,13 @@ impl Cuda {
             let filter = take("filter_batch")?;
             let scan = ScanKernels {
                 setup: take("scan_setup")?,
-                mobius: take("scan_mobius")?,
-                affine: take("scan_affine")?,
+                chunks: take("scan_chunks")?,
+                chunk_prefix: take("scan_chunk_prefix")?,
+                apply: take("scan_apply")?,
                 gains: take("scan_gains")?,
                 terms: take("scan_terms")?,
-                reduce: take("reduce_pairs")?,
+                sum_chunks: take("sum_chunks")?,
+                sum_points: take("sum_points")?,
             };
             let driver = driver_version()?;
             let info = DeviceInfo {
@@ -682,39 +688,68 @@ impl crate::engine::gpu::scan::ScanOps for CudaOps<'_> {
             .map(drop)
             .map_err(launch_error)
     }
-    fn mobius(
+    fn chunks(
         &self,
         n: i64,
         batch: i64,
-        d: i64,
-        input: &CudaSlice<f64>,
-        out: &mut CudaSlice<f64>,
+        chunk: i64,
+        kind: i32,
+        width: i32,
+        elems: &CudaSlice<f64>,
+        totals: &mut CudaSlice<f64>,
     ) -> Result<(), ModelError> {
-        let mut l = self.0.stream.launch_builder(&self.0.scan.mobius);
-        l.arg(&n).arg(&batch).arg(&d).arg(input).arg(out);
-        // SAFETY: scan_mobius's arguments; both buffers hold 4 n batch doubles.
-        unsafe { l.launch(Self::cfg(n * batch)) }
+        let mut l = self.0.stream.launch_builder(&self.0.scan.chunks);
+        l.arg(&n)
+            .arg(&batch)
+            .arg(&chunk)
+            .arg(&kind)
+            .arg(&width)
+            .arg(elems)
+            .arg(totals);
+        // SAFETY: scan_chunks's arguments, sized by `scan::prefix_in_place`.
+        unsafe { l.launch(Self::cfg((n + chunk - 1) / chunk * batch)) }
             .map(drop)
             .map_err(launch_error)
     }
-    fn affine(
+    fn chunk_prefix(
+        &self,
+        chunks: i64,
+        batch: i64,
+        kind: i32,
+        width: i32,
+        totals: &mut CudaSlice<f64>,
+    ) -> Result<(), ModelError> {
+        let mut l = self.0.stream.launch_builder(&self.0.scan.chunk_prefix);
+        l.arg(&chunks)
+            .arg(&batch)
+            .arg(&kind)
+            .arg(&width)
+            .arg(totals);
+        // SAFETY: scan_chunk_prefix's arguments, sized by `scan::prefix_in_place`.
+        unsafe { l.launch(Self::cfg(batch)) }
+            .map(drop)
+            .map_err(launch_error)
+    }
+    fn apply(
         &self,
         n: i64,
         batch: i64,
+        chunk: i64,
+        kind: i32,
         width: i32,
-        d: i64,
-        input: &CudaSlice<f64>,
-        out: &mut CudaSlice<f64>,
+        prefixes: &CudaSlice<f64>,
+        elems: &mut CudaSlice<f64>,
     ) -> Result<(), ModelError> {
-        let mut l = self.0.stream.launch_builder(&self.0.scan.affine);
+        let mut l = self.0.stream.launch_builder(&self.0.scan.apply);
         l.arg(&n)
             .arg(&batch)
+            .arg(&chunk)
+            .arg(&kind)
             .arg(&width)
-            .arg(&d)
-            .arg(input)
-            .arg(out);
-        // SAFETY: scan_affine's arguments; both buffers hold (1 + width) n batch doubles.
-        unsafe { l.launch(Self::cfg(n * batch)) }
+            .arg(prefixes)
+            .arg(elems);
+        // SAFETY: scan_apply's arguments, sized by `scan::prefix_in_place`.
+        unsafe { l.launch(Self::cfg((n + chunk - 1) / chunk * batch)) }
             .map(drop)
             .map_err(launch_error)
     }
@@ -776,19 +811,43 @@ impl crate::engine::gpu::scan::ScanOps for CudaOps<'_> {
             .map(drop)
             .map_err(launch_error)
     }
-    fn reduce(
+    fn sum_chunks(
         &self,
-        m: i64,
+        n: i64,
+        batch: i64,
+        chunk: i64,
+        width: i32,
+        terms: &CudaSlice<f64>,
+        partial: &mut CudaSlice<f64>,
+    ) -> Result<(), ModelError> {
+        let mut l = self.0.stream.launch_builder(&self.0.scan.sum_chunks);
+        l.arg(&n)
+            .arg(&batch)
+            .arg(&chunk)
+            .arg(&width)
+            .arg(terms)
+            .arg(partial);
+        // SAFETY: sum_chunks's arguments, sized by `scan::sums`.
+        unsafe { l.launch(Self::cfg((n + chunk - 1) / chunk * batch)) }
+            .map(drop)
+            .map_err(launch_error)
+    }
+    fn sum_points(
+        &self,
+        chunks: i64,
         batch: i64,
         width: i32,
-        input: &CudaSlice<f64>,
-        out: &mut CudaSlice<f64>,
+        partial: &CudaSlice<f64>,
+        totals: &mut CudaSlice<f64>,
     ) -> Result<(), ModelError> {
-        let mut l = self.0.stream.launch_builder(&self.0.scan.reduce);
-        l.arg(&m).arg(&batch).arg(&width).arg(input).arg(out);
-        // SAFETY: reduce_pairs's arguments; `input` holds m and `out`
-        // (m + 1) / 2 elements of `width` a point.
-        unsafe { l.launch(Self::cfg((m + 1) / 2 * batch)) }
+        let mut l = self.0.stream.launch_builder(&self.0.scan.sum_points);
+        l.arg(&chunks)
+            .arg(&batch)
+            .arg(&width)
+            .arg(partial)
+            .arg(totals);
+        // SAFETY: sum_points's arguments, sized by `scan::sums`.
+        unsafe { l.launch(Self::cfg(batch)) }
             .map(drop)
             .map_err(launch_error)
     }

@@ -82,15 +82,33 @@ unsafe extern "C" {
         mob: *mut f64,
         wmap: *mut f64,
     );
-    fn scan_mobius_host(count: i64, n: i64, batch: i64, d: i64, input: *const f64, out: *mut f64);
-    fn scan_affine_host(
+    fn scan_chunks_host(
         count: i64,
         n: i64,
         batch: i64,
+        chunk: i64,
+        kind: i32,
         width: i32,
-        d: i64,
-        input: *const f64,
-        out: *mut f64,
+        elems: *const f64,
+        totals: *mut f64,
+    );
+    fn scan_chunk_prefix_host(
+        count: i64,
+        chunks: i64,
+        batch: i64,
+        kind: i32,
+        width: i32,
+        totals: *mut f64,
+    );
+    fn scan_apply_host(
+        count: i64,
+        n: i64,
+        batch: i64,
+        chunk: i64,
+        kind: i32,
+        width: i32,
+        prefixes: *const f64,
+        elems: *mut f64,
     );
     fn scan_gains_host(
         count: i64,
@@ -118,13 +136,22 @@ unsafe extern "C" {
         fr: *const f64,
         terms: *mut f64,
     );
-    fn reduce_pairs_host(
+    fn sum_chunks_host(
         count: i64,
-        m: i64,
+        n: i64,
+        batch: i64,
+        chunk: i64,
+        width: i32,
+        terms: *const f64,
+        partial: *mut f64,
+    );
+    fn sum_points_host(
+        count: i64,
+        chunks: i64,
         batch: i64,
         width: i32,
-        input: *const f64,
-        out: *mut f64,
+        partial: *const f64,
+        totals: *mut f64,
     );
 }
 
@@ -183,29 +210,83 @@ pub fn scan_setup(
 /// The most static coefficients a scan carries (`SCAN_MAX_ARMS`).
 const MAX_P: i32 = 6;
 
-/// `scan_mobius` on the host.
-pub fn scan_mobius(n: i64, batch: i64, d: i64, input: &[f64], out: &mut [f64]) {
-    holds(input, 4 * n * batch, "input");
-    holds(out, 4 * n * batch, "out");
-    // SAFETY: both buffers hold the 4 n batch doubles the kernel indexes.
-    unsafe { scan_mobius_host(n * batch, n, batch, d, input.as_ptr(), out.as_mut_ptr()) }
+/// Doubles an element of a scan of `kind` (0 Möbius, 1 affine of `width`
+/// columns), checked within what the kernels' `double[8]` carries hold.
+fn element_len(kind: i32, width: i32) -> i64 {
+    let len = if kind == 0 { 4 } else { 1 + i64::from(width) };
+    assert!(
+        (kind == 0 || kind == 1) && (1..=8).contains(&len),
+        "scan element of {len}"
+    );
+    len
 }
 
-/// `scan_affine` on the host.
-pub fn scan_affine(n: i64, batch: i64, width: i32, d: i64, input: &[f64], out: &mut [f64]) {
-    let len = (1 + i64::from(width)) * n * batch;
-    holds(input, len, "input");
-    holds(out, len, "out");
-    // SAFETY: both buffers hold the (1 + width) n batch doubles indexed.
+/// `scan_chunks` of `kernels/scan.cu` on the host.
+#[allow(clippy::too_many_arguments)]
+pub fn scan_chunks(
+    n: i64,
+    batch: i64,
+    chunk: i64,
+    kind: i32,
+    width: i32,
+    elems: &[f64],
+    totals: &mut [f64],
+) {
+    let len = element_len(kind, width);
+    assert!(chunk > 0);
+    let chunks = (n + chunk - 1) / chunk;
+    holds(elems, len * n * batch, "elems");
+    holds(totals, len * chunks * batch, "totals");
+    // SAFETY: both lengths the kernel indexes were checked above.
     unsafe {
-        scan_affine_host(
-            n * batch,
+        scan_chunks_host(
+            chunks * batch,
             n,
             batch,
+            chunk,
+            kind,
             width,
-            d,
-            input.as_ptr(),
-            out.as_mut_ptr(),
+            elems.as_ptr(),
+            totals.as_mut_ptr(),
+        )
+    }
+}
+
+/// `scan_chunk_prefix` on the host.
+pub fn scan_chunk_prefix(chunks: i64, batch: i64, kind: i32, width: i32, totals: &mut [f64]) {
+    let len = element_len(kind, width);
+    holds(totals, len * chunks * batch, "totals");
+    // SAFETY: `totals` holds the chunks' elements of every point.
+    unsafe { scan_chunk_prefix_host(batch, chunks, batch, kind, width, totals.as_mut_ptr()) }
+}
+
+/// `scan_apply` on the host.
+#[allow(clippy::too_many_arguments)]
+pub fn scan_apply(
+    n: i64,
+    batch: i64,
+    chunk: i64,
+    kind: i32,
+    width: i32,
+    prefixes: &[f64],
+    elems: &mut [f64],
+) {
+    let len = element_len(kind, width);
+    assert!(chunk > 0);
+    let chunks = (n + chunk - 1) / chunk;
+    holds(prefixes, len * chunks * batch, "prefixes");
+    holds(elems, len * n * batch, "elems");
+    // SAFETY: both lengths the kernel indexes were checked above.
+    unsafe {
+        scan_apply_host(
+            chunks * batch,
+            n,
+            batch,
+            chunk,
+            kind,
+            width,
+            prefixes.as_ptr(),
+            elems.as_mut_ptr(),
         )
     }
 }
@@ -293,20 +374,40 @@ pub fn scan_terms(
     }
 }
 
-/// `reduce_pairs` on the host.
-pub fn reduce_pairs(m: i64, batch: i64, width: i32, input: &[f64], out: &mut [f64]) {
-    let half = (m + 1) / 2;
-    holds(input, i64::from(width) * m * batch, "input");
-    holds(out, i64::from(width) * half * batch, "out");
-    // SAFETY: `input` holds m and `out` (m + 1) / 2 elements of `width` a point.
+/// `sum_chunks` on the host.
+pub fn sum_chunks(n: i64, batch: i64, chunk: i64, width: i32, terms: &[f64], partial: &mut [f64]) {
+    assert!(chunk > 0 && width > 0);
+    let chunks = (n + chunk - 1) / chunk;
+    holds(terms, i64::from(width) * n * batch, "terms");
+    holds(partial, i64::from(width) * chunks * batch, "partial");
+    // SAFETY: both lengths the kernel indexes were checked above.
     unsafe {
-        reduce_pairs_host(
-            half * batch,
-            m,
+        sum_chunks_host(
+            chunks * batch,
+            n,
+            batch,
+            chunk,
+            width,
+            terms.as_ptr(),
+            partial.as_mut_ptr(),
+        )
+    }
+}
+
+/// `sum_points` on the host.
+pub fn sum_points(chunks: i64, batch: i64, width: i32, partial: &[f64], totals: &mut [f64]) {
+    assert!(width > 0);
+    holds(partial, i64::from(width) * chunks * batch, "partial");
+    holds(totals, i64::from(width) * batch, "totals");
+    // SAFETY: both lengths the kernel indexes were checked above.
+    unsafe {
+        sum_points_host(
+            batch,
+            chunks,
             batch,
             width,
-            input.as_ptr(),
-            out.as_mut_ptr(),
+            partial.as_ptr(),
+            totals.as_mut_ptr(),
         )
     }
 }

@@ -69,7 +69,7 @@ impl ScanSeries {
     /// Doubles a step of one point takes on the device, all buffers together.
     pub fn bytes_per_step(&self) -> usize {
         let p = self.p;
-        8 * (2 * 4 + 2 * (1 + p) + 2 + 2 * (2 + p) + 2 * (2 + p + p * (p + 1) / 2))
+        8 * (4 + (1 + p) + 2 + (2 + p) + (2 + p + p * (p + 1) / 2))
     }
 }
 
@@ -102,25 +102,38 @@ pub trait ScanOps {
         mob: &mut Self::F,
         wmap: &mut Self::F,
     ) -> Result<(), ModelError>;
-    /// `scan_mobius`.
-    fn mobius(
-        &self,
-        n: i64,
-        batch: i64,
-        d: i64,
-        input: &Self::F,
-        out: &mut Self::F,
-    ) -> Result<(), ModelError>;
-    /// `scan_affine`.
+    /// `scan_chunks`: each chunk's composition (`kind` 0 Möbius, 1 affine).
     #[allow(clippy::too_many_arguments)]
-    fn affine(
+    fn chunks(
         &self,
         n: i64,
         batch: i64,
+        chunk: i64,
+        kind: i32,
         width: i32,
-        d: i64,
-        input: &Self::F,
-        out: &mut Self::F,
+        elems: &Self::F,
+        totals: &mut Self::F,
+    ) -> Result<(), ModelError>;
+    /// `scan_chunk_prefix`: the chunks' exclusive prefixes, in place.
+    fn chunk_prefix(
+        &self,
+        chunks: i64,
+        batch: i64,
+        kind: i32,
+        width: i32,
+        totals: &mut Self::F,
+    ) -> Result<(), ModelError>;
+    /// `scan_apply`: every element's inclusive prefix, in place.
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &self,
+        n: i64,
+        batch: i64,
+        chunk: i64,
+        kind: i32,
+        width: i32,
+        prefixes: &Self::F,
+        elems: &mut Self::F,
     ) -> Result<(), ModelError>;
     /// `scan_gains`.
     #[allow(clippy::too_many_arguments)]
@@ -152,14 +165,25 @@ pub trait ScanOps {
         fr: &Self::F,
         terms: &mut Self::F,
     ) -> Result<(), ModelError>;
-    /// `reduce_pairs`.
-    fn reduce(
+    /// `sum_chunks`: each chunk's sum of terms.
+    #[allow(clippy::too_many_arguments)]
+    fn sum_chunks(
         &self,
-        m: i64,
+        n: i64,
+        batch: i64,
+        chunk: i64,
+        width: i32,
+        terms: &Self::F,
+        partial: &mut Self::F,
+    ) -> Result<(), ModelError>;
+    /// `sum_points`: each point's sum of its chunks.
+    fn sum_points(
+        &self,
+        chunks: i64,
         batch: i64,
         width: i32,
-        input: &Self::F,
-        out: &mut Self::F,
+        partial: &Self::F,
+        totals: &mut Self::F,
     ) -> Result<(), ModelError>;
 }
 
@@ -187,26 +211,28 @@ pub fn upload<O: ScanOps>(ops: &O, s: &ScanSeries) -> Result<Uploaded<O>, ModelE
     })
 }
 
-/// Runs the Hillis–Steele steps of one scan, ping-ponging between `a` and
-/// `b`; returns true when the result ended in `b`.
-fn hillis_steele<O: ScanOps>(
-    n: i64,
-    a: &mut O::F,
-    b: &mut O::F,
-    mut step: impl FnMut(i64, &O::F, &mut O::F) -> Result<(), ModelError>,
-) -> Result<bool, ModelError> {
-    let mut in_b = false;
-    let mut d = 1;
-    while d < n {
-        if in_b {
-            step(d, b, a)?;
-        } else {
-            step(d, a, b)?;
-        }
-        in_b = !in_b;
-        d *= 2;
-    }
-    Ok(in_b)
+/// Elements a thread walks in turn in the chunked scans and sums: long
+/// enough that the chunks' own prefix (one thread a point) is short,
+/// short enough that a single point's series still spreads over hundreds
+/// of threads (100,000 days: 391 chunks).
+pub const CHUNK: usize = 256;
+
+/// The inclusive prefix compositions of `elems` in place (three launches).
+fn prefix_in_place<O: ScanOps>(
+    ops: &O,
+    n: usize,
+    batch: usize,
+    kind: i32,
+    width: i32,
+    elems: &mut O::F,
+) -> Result<(), ModelError> {
+    let chunks = n.div_ceil(CHUNK);
+    let len = if kind == 0 { 4 } else { 1 + width as usize };
+    let mut totals = ops.zeros(len * chunks * batch)?;
+    let (ni, bi, ci) = (n as i64, batch as i64, CHUNK as i64);
+    ops.chunks(ni, bi, ci, kind, width, elems, &mut totals)?;
+    ops.chunk_prefix(chunks as i64, bi, kind, width, &mut totals)?;
+    ops.apply(ni, bi, ci, kind, width, &totals, elems)
 }
 
 /// The filter's sums at every point of `thetas` (all within range) over
@@ -227,9 +253,7 @@ pub fn sums<O: ScanOps>(
     let flat: Vec<f64> = thetas.iter().flat_map(|t| *t).collect();
     let thetas_d = ops.f64s(&flat)?;
     let mut mob = ops.zeros(4 * elems)?;
-    let mut mob2 = ops.zeros(4 * elems)?;
     let mut w = ops.zeros((1 + p) * elems)?;
-    let mut w2 = ops.zeros((1 + p) * elems)?;
     ops.setup(
         ni,
         bi,
@@ -242,16 +266,8 @@ pub fn sums<O: ScanOps>(
         &mut mob,
         &mut w,
     )?;
-    let mob_in_2 = hillis_steele::<O>(ni, &mut mob, &mut mob2, |d, i, o| {
-        ops.mobius(ni, bi, d, i, o)
-    })?;
-    let w_in_2 = hillis_steele::<O>(ni, &mut w, &mut w2, |d, i, o| {
-        ops.affine(ni, bi, pi, d, i, o)
-    })?;
-    let (mob_prefix, w_prefix) = (
-        if mob_in_2 { &mob2 } else { &mob },
-        if w_in_2 { &w2 } else { &w },
-    );
+    prefix_in_place(ops, n, batch, 0, 0, &mut mob)?;
+    prefix_in_place(ops, n, batch, 1, pi, &mut w)?;
     let mut fr = ops.zeros(2 * elems)?;
     let mut means = ops.zeros((2 + p) * elems)?;
     ops.gains(
@@ -262,17 +278,13 @@ pub fn sums<O: ScanOps>(
         &up.y,
         pi,
         &up.effect_arm,
-        mob_prefix,
-        w_prefix,
+        &mob,
+        &w,
         &mut fr,
         &mut means,
     )?;
-    drop(mob2);
-    let mut means2 = ops.zeros((2 + p) * elems)?;
-    let means_in_2 = hillis_steele::<O>(ni, &mut means, &mut means2, |d, i, o| {
-        ops.affine(ni, bi, 1 + pi, d, i, o)
-    })?;
-    let means_prefix = if means_in_2 { &means2 } else { &means };
+    drop(mob);
+    prefix_in_place(ops, n, batch, 1, 1 + pi, &mut means)?;
     let width = 2 + p + p * (p + 1) / 2;
     let mut terms = ops.zeros(width * elems)?;
     ops.terms(
@@ -281,24 +293,17 @@ pub fn sums<O: ScanOps>(
         &up.y,
         pi,
         &up.effect_arm,
-        w_prefix,
-        means_prefix,
+        &w,
+        &means,
         &fr,
         &mut terms,
     )?;
-    let mut other = ops.zeros(width * n.div_ceil(2) * batch)?;
-    let mut m = n;
-    let mut in_other = false;
-    while m > 1 {
-        if in_other {
-            ops.reduce(m as i64, bi, width as i32, &other, &mut terms)?;
-        } else {
-            ops.reduce(m as i64, bi, width as i32, &terms, &mut other)?;
-        }
-        in_other = !in_other;
-        m = m.div_ceil(2);
-    }
-    let totals = ops.read(if in_other { &other } else { &terms }, width * batch)?;
+    let chunks = n.div_ceil(CHUNK);
+    let mut partial = ops.zeros(width * chunks * batch)?;
+    ops.sum_chunks(ni, bi, CHUNK as i64, width as i32, &terms, &mut partial)?;
+    let mut summed = ops.zeros(width * batch)?;
+    ops.sum_points(chunks as i64, bi, width as i32, &partial, &mut summed)?;
+    let totals = ops.read(&summed, width * batch)?;
     Ok(totals
         .chunks_exact(width)
         .map(|t| {
@@ -394,27 +399,41 @@ impl ScanOps for HostOps {
         );
         Ok(())
     }
-    fn mobius(
+    fn chunks(
         &self,
         n: i64,
         batch: i64,
-        d: i64,
-        input: &Vec<f64>,
-        out: &mut Vec<f64>,
+        chunk: i64,
+        kind: i32,
+        width: i32,
+        elems: &Vec<f64>,
+        totals: &mut Vec<f64>,
     ) -> Result<(), ModelError> {
-        host::scan_mobius(n, batch, d, input, out);
+        host::scan_chunks(n, batch, chunk, kind, width, elems, totals);
         Ok(())
     }
-    fn affine(
+    fn chunk_prefix(
+        &self,
+        chunks: i64,
+        batch: i64,
+        kind: i32,
+        width: i32,
+        totals: &mut Vec<f64>,
+    ) -> Result<(), ModelError> {
+        host::scan_chunk_prefix(chunks, batch, kind, width, totals);
+        Ok(())
+    }
+    fn apply(
         &self,
         n: i64,
         batch: i64,
+        chunk: i64,
+        kind: i32,
         width: i32,
-        d: i64,
-        input: &Vec<f64>,
-        out: &mut Vec<f64>,
+        prefixes: &Vec<f64>,
+        elems: &mut Vec<f64>,
     ) -> Result<(), ModelError> {
-        host::scan_affine(n, batch, width, d, input, out);
+        host::scan_apply(n, batch, chunk, kind, width, prefixes, elems);
         Ok(())
     }
     fn gains(
@@ -461,15 +480,27 @@ impl ScanOps for HostOps {
         );
         Ok(())
     }
-    fn reduce(
+    fn sum_chunks(
         &self,
-        m: i64,
+        n: i64,
+        batch: i64,
+        chunk: i64,
+        width: i32,
+        terms: &Vec<f64>,
+        partial: &mut Vec<f64>,
+    ) -> Result<(), ModelError> {
+        host::sum_chunks(n, batch, chunk, width, terms, partial);
+        Ok(())
+    }
+    fn sum_points(
+        &self,
+        chunks: i64,
         batch: i64,
         width: i32,
-        input: &Vec<f64>,
-        out: &mut Vec<f64>,
+        partial: &Vec<f64>,
+        totals: &mut Vec<f64>,
     ) -> Result<(), ModelError> {
-        host::reduce_pairs(m, batch, width, input, out);
+        host::sum_points(chunks, batch, width, partial, totals);
         Ok(())
     }
 }
