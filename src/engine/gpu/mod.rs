@@ -83,31 +83,36 @@ pub enum Workload {
 
 /// From this many observations a GPU fit evaluates its points with the
 /// parallel-in-time filter (`kernels/scan.cu`) rather than one thread a
-/// point: measured faster from the shortest length tried, 365 days (0.056
-/// s against 0.076 s a fit; 100,000 days: 0.90 s against 16 s).
-pub const SCAN_FROM_OBSERVATIONS: usize = 365;
+/// point: on an H200 the scan was faster from 3,000 days on (0.19 s against
+/// 0.46 s a fit; 100,000 days: 0.68 s against 16 s), slower at 365 (0.19 s
+/// against 0.08 s; `bench/results/gpu-check-4.log`).
+pub const SCAN_FROM_OBSERVATIONS: usize = 3_000;
+
+/// From this many observations `auto` fits a gaussian series on the GPU:
+/// the shortest length measured faster there than on the CPU's cores.
+pub const FIT_ON_GPU_FROM_OBSERVATIONS: usize = 100_000;
 
 /// Whether `auto` uses the GPU for `workload`: only where the GPU was
-/// measured faster than the CPU on the same machine. On an H200 beside 16
-/// CPU cores (`bench/results/gpu-check-3.log`, `nof1d bench gpu`) it was
-/// faster for no workload nof1d has:
+/// measured faster than the CPU on the same machine, an H200 beside 16 CPU
+/// cores (`nof1d bench gpu`, `bench/results/gpu-check-4.log`):
 ///
-/// - one gaussian fit: 0.056 s against 0.007 s at 365 days, 0.90 s against
-///   0.74 s at 100,000 days (the parallel-in-time filter; the sequential
-///   kernel 16 s): the mode search evaluates one point at a time, hundreds
-///   of times, and each is a round of launches there and back;
-/// - a simulation: 1.8 ms a fit against 0.21 ms on the CPU's 16 threads,
-///   at 512 or 2048 fits in flight, for the same reason: each fit's
-///   evaluations wait on each other, so batching across fits cannot hide
-///   the rounds' latency.
+/// - one gaussian fit: faster only for very long series: 0.68 s against
+///   0.79 s at 100,000 days (the parallel-in-time filter), but 0.42 s
+///   against 0.20 s at 30,000 and 0.19 s against 0.01 s at 365. A fit's mode
+///   search evaluates one point at a time, hundreds of times, and each is a
+///   round of launches there and back;
+/// - a simulation: never: 1.8 ms a fit at 512 or 2048 fits in flight
+///   against 0.21 ms on the CPU's 16 threads (`gpu-check-3.log`), for the
+///   same reason: each fit's evaluations wait on each other, so gathering
+///   many fits' points into one launch cannot hide the rounds' latency.
 ///
-/// Raw batched likelihood evaluations are up to 3x faster there (batches of
-/// 64 points and more), which no fit asks for. So `auto` is the CPU until
-/// the whole look runs on the device (the GPU issue's note says what is
-/// missing); `--backend cuda` still uses the GPU, with the same answers.
+/// Raw batched likelihood evaluations are about 3x faster there (batches of
+/// 64 points and more), which no fit asks for one at a time. `--backend
+/// cuda` still uses the GPU for anything, with the same answers.
 pub fn gains(workload: Workload) -> bool {
     match workload {
-        Workload::Fit { .. } | Workload::Trials { .. } => false,
+        Workload::Fit { observations } => observations >= FIT_ON_GPU_FROM_OBSERVATIONS,
+        Workload::Trials { .. } => false,
     }
 }
 
@@ -196,11 +201,11 @@ pub fn choose(choice: BackendChoice, workload: Workload) -> Result<Chosen, NoGpu
     match choice {
         BackendChoice::Cpu => Ok(cpu("--backend cpu".into())),
         BackendChoice::Auto if !gains(workload) => Ok(cpu(match workload {
-            Workload::Fit { .. } => {
-                "a fit was measured faster there (use --backend cuda for the GPU)".into()
-            }
+            Workload::Fit { observations } => format!(
+                "a fit of {observations} observations was measured faster there (the GPU gains from {FIT_ON_GPU_FROM_OBSERVATIONS}; --backend cuda uses it)"
+            ),
             Workload::Trials { .. } => {
-                "a simulation was measured faster there (use --backend cuda for the GPU)".into()
+                "a simulation was measured faster there (--backend cuda uses the GPU)".into()
             }
         })),
         BackendChoice::Auto => Ok(on_gpu(workload).unwrap_or_else(|why| cpu(why.0))),
