@@ -20,7 +20,9 @@
 static _Thread_local long long nof1d_host_thread = 0;
 #define NOF1D_THREAD_INDEX nof1d_host_thread
 // A host launcher `name_host(count, args...)` that runs `name` once per
-// thread index 0..count.
+// thread index 0..count. One macro rather than a hand-written loop per
+// kernel: each launcher is the same four lines, and a kernel whose
+// launcher's parameters differ from its own does not compile.
 #define NOF1D_HOST_LAUNCH(name, params, args)                                  \
     void name##_host(long long count, NOF1D_UNPAREN params) {       \
         for (long long i = 0; i < count; i++) {                                \

@@ -445,17 +445,22 @@ pub fn analyze(text: &str, req: &Request) -> Result<Analysis, AnalyzeError> {
                 req.outcome.aggregation,
             )?;
             let model = req.outcome.model_spec();
-            let chosen = crate::engine::gpu::choose(
-                req.backend,
-                crate::engine::gpu::Workload::Fit {
-                    observations: prepared.series.t.len(),
-                },
-            )?;
-            backend_line = if req.outcome.family == crate::engine::spec::Family::Gaussian {
-                chosen.line.clone()
+            // The GPU evaluates the gaussian family only: other families
+            // never ask for it (nor fail for want of one).
+            let chosen = if req.outcome.family == crate::engine::spec::Family::Gaussian {
+                crate::engine::gpu::choose(
+                    req.backend,
+                    crate::engine::gpu::Workload::Fit {
+                        observations: prepared.series.t.len(),
+                    },
+                )?
             } else {
-                "on the CPU: the GPU evaluates the gaussian family only".into()
+                crate::engine::gpu::Chosen {
+                    device: None,
+                    line: "on the CPU: the GPU evaluates the gaussian family only".into(),
+                }
             };
+            backend_line = chosen.line.clone();
             let spec = crate::engine::fit::FitSpec {
                 model: &model,
                 arm_keys: prepared.arm_keys.clone(),

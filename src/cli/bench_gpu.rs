@@ -8,13 +8,13 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use rand::{RngExt, SeedableRng};
-use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 
-use crate::engine::gpu::{self, BackendChoice, Device, SharedDevice, Workload, pack::Packed};
-use crate::engine::inference::{CpuEvaluator, Eval, Evaluator, HyperPriors, Priors, Theta};
-use crate::engine::model::{ArmPath, FilterPlan, Series, StaticPrior};
+use crate::engine::gpu::check::{
+    Agreement, device_agreement, equivalence_set, host_agreement, points,
+};
+use crate::engine::gpu::{self, BackendChoice, Device, SharedDevice, Workload};
+use crate::engine::inference::{CpuEvaluator, Evaluator, Theta};
 
 /// What `nof1d bench gpu` is asked.
 #[derive(Debug, Clone)]
@@ -31,21 +31,6 @@ pub struct GpuBenchOptions {
     pub in_flight: Vec<usize>,
     /// Seed.
     pub seed: u64,
-}
-
-/// Largest differences between two evaluations of the same points.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Agreement {
-    /// Points compared.
-    pub points: usize,
-    /// Points one side evaluated and the other refused.
-    pub refused_by_one: usize,
-    /// Largest relative difference of the log posterior.
-    pub log_post: f64,
-    /// Largest relative difference of an effect posterior mean.
-    pub b_mean: f64,
-    /// Largest relative difference of an effect posterior covariance entry.
-    pub b_cov: f64,
 }
 
 /// Whole fits, with and without the GPU.
@@ -162,153 +147,6 @@ pub struct GpuReport {
     pub simulation: Option<SimRow>,
 }
 
-fn hyper() -> HyperPriors {
-    HyperPriors {
-        drift_time_median_days: 3.0,
-        drift_time_log_sd: 1.0,
-        drift_sd_scale: 1.3,
-        half_life_median_days: 1.0,
-        half_life_log_sd: 0.75,
-        noise_sd_scale: 1.3,
-        precision_median: 20.0,
-        precision_log_sd: 1.0,
-    }
-}
-
-/// A series of `days` with `arms` arms in periods of `period` days, a tenth
-/// of the days missing, times off the daily grid when `irregular`.
-fn test_series(
-    seed: u64,
-    days: usize,
-    arms: usize,
-    period: usize,
-    irregular: bool,
-) -> (Series, Priors) {
-    let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    let (mut t, mut y) = (Vec::new(), Vec::new());
-    for d in 0..days {
-        if rng.random::<f64>() < 0.1 {
-            continue;
-        }
-        t.push(
-            d as f64
-                + if irregular {
-                    rng.random::<f64>() * 0.9
-                } else {
-                    0.8
-                },
-        );
-        y.push(3.0 + rng.random::<f64>() * 2.0 + (d / period % arms) as f64 * 0.4);
-    }
-    let periods = days.div_ceil(period);
-    let series = Series {
-        t,
-        y,
-        path: ArmPath {
-            starts: (0..periods).map(|p| (p * period) as f64).collect(),
-            arms: (0..periods).map(|p| (p + seed as usize) % arms).collect(),
-        },
-        n_arms: arms,
-        comparator: 0,
-    };
-    let priors = Priors {
-        hyper: hyper(),
-        statics: StaticPrior {
-            mean: std::iter::once(4.0)
-                .chain(std::iter::repeat_n(0.0, arms - 1))
-                .collect(),
-            sd: std::iter::once(5.0)
-                .chain(std::iter::repeat_n(1.3, arms - 1))
-                .collect(),
-        },
-    };
-    (series, priors)
-}
-
-fn points(seed: u64, n: usize) -> Vec<Theta> {
-    let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| std::array::from_fn(|_| rng.random::<f64>() * 5.0 - 2.5))
-        .collect()
-}
-
-fn relative(a: f64, b: f64) -> f64 {
-    (a - b).abs() / (1.0 + a.abs().max(b.abs()))
-}
-
-/// Folds one pair of evaluations into `agreement`.
-fn compare(agreement: &mut Agreement, cpu: Option<&Eval>, other: Option<&Eval>) {
-    agreement.points += 1;
-    match (cpu, other) {
-        (Some(c), Some(g)) => {
-            agreement.log_post = agreement.log_post.max(relative(c.log_post, g.log_post));
-            for (a, b) in c.filter.b_mean.iter().zip(g.filter.b_mean.iter()) {
-                agreement.b_mean = agreement.b_mean.max(relative(*a, *b));
-            }
-            for (a, b) in c.filter.b_cov.iter().zip(g.filter.b_cov.iter()) {
-                agreement.b_cov = agreement.b_cov.max(relative(*a, *b));
-            }
-        }
-        (None, None) => {}
-        _ => agreement.refused_by_one += 1,
-    }
-}
-
-/// The equivalence set: two to six arms, daily and irregular times.
-fn equivalence_set() -> Vec<(Series, Priors)> {
-    [
-        (2, 7, 60, false),
-        (2, 14, 365, false),
-        (3, 7, 120, true),
-        (4, 5, 200, false),
-        (6, 3, 90, true),
-        (2, 7, 2000, true),
-    ]
-    .iter()
-    .enumerate()
-    .map(|(k, &(arms, period, days, irregular))| {
-        test_series(k as u64 + 1, days, arms, period, irregular)
-    })
-    .collect()
-}
-
-/// The host-compiled kernels against the CPU evaluator.
-fn host_agreement(set: &[(Series, Priors)], thetas: &[Theta]) -> anyhow::Result<Agreement> {
-    let mut packed = Packed::new();
-    for (s, p) in set {
-        packed.push(s, &FilterPlan::of(s), p)?;
-    }
-    let items: Vec<(u32, Theta)> = (0..set.len() as u32)
-        .flat_map(|s| thetas.iter().map(move |t| (s, *t)))
-        .collect();
-    let got = gpu::host::filter_batch(&packed, &items);
-    let mut a = Agreement::default();
-    for ((s, theta), g) in items.iter().zip(&got) {
-        let (series, priors) = &set[*s as usize];
-        let c = CpuEvaluator::new(series, priors).eval(theta);
-        compare(&mut a, c.as_ref(), g.as_ref());
-    }
-    Ok(a)
-}
-
-/// A device's evaluations against the CPU evaluator.
-fn device_agreement(
-    device: &dyn Device,
-    set: &[(Series, Priors)],
-    thetas: &[Theta],
-) -> anyhow::Result<Agreement> {
-    let mut a = Agreement::default();
-    for (series, priors) in set {
-        let cpu = CpuEvaluator::new(series, priors);
-        let ev = device.gaussian(series, priors)?;
-        let got = ev.eval_batch(thetas, 1);
-        for (theta, g) in thetas.iter().zip(&got) {
-            compare(&mut a, cpu.eval(theta).as_ref(), g.as_ref());
-        }
-    }
-    Ok(a)
-}
-
 /// The shipped protocol the fits and simulations use: two arms, gaussian,
 /// 16 weeks of blocks after a week of run-in, a look every period.
 fn bench_protocol() -> anyhow::Result<crate::trial::protocol::Protocol> {
@@ -334,17 +172,6 @@ fn fit_spec<'a>(
         intervals: false,
         device,
     }
-}
-
-/// The host-compiled kernels against the CPU evaluator on a small set
-/// (`nof1d doctor`).
-pub fn quick_host_check() -> anyhow::Result<Agreement> {
-    host_agreement(&equivalence_set()[..3], &points(11, 32))
-}
-
-/// The device against the CPU evaluator on a small set (`nof1d doctor`).
-pub fn quick_device_check(device: &dyn Device) -> anyhow::Result<Agreement> {
-    device_agreement(device, &equivalence_set()[..3], &points(11, 32))
 }
 
 /// Whole fits with and without the device.
@@ -460,7 +287,10 @@ fn rate(min_s: f64, mut f: impl FnMut() -> usize) -> f64 {
 
 /// Batched likelihood throughput at T = 365, CPU and GPU.
 fn likelihood(device: &dyn Device) -> anyhow::Result<Vec<BatchRow>> {
-    let (series, priors) = test_series(9, 365, 2, 14, false);
+    let (series, priors) = (
+        crate::engine::gpu::check::series(9, 365, 2, 14, false),
+        crate::engine::gpu::check::priors(2),
+    );
     let cpu = CpuEvaluator::new(&series, &priors);
     let gpu = device.gaussian(&series, &priors)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

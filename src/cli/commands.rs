@@ -150,7 +150,7 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
         threads: Option<u16>,
         /// Where the refits' evaluations run: auto (the GPU where one is
-        /// found and there are enough virtual trials to gain), cpu or cuda.
+        /// found and measured faster for simulations: not so far), cpu or cuda.
         #[arg(long, default_value = "auto")]
         backend: crate::engine::gpu::BackendChoice,
         /// Where to write the JSON report (default: simulate-<protocol>.json).

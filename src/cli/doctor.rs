@@ -5,7 +5,7 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use crate::cli::bench_gpu;
+use crate::engine::gpu::check;
 
 /// The doctor's findings, as lines; `false` when something is broken (a
 /// kernel that disagrees with the CPU, a damaged database), not merely
@@ -29,7 +29,7 @@ pub fn examine(database: &Path, key: Option<&crate::service::config::Secret>) ->
             "only with AVX2: here one at a time, the same results"
         }
     );
-    match bench_gpu::quick_host_check() {
+    match check::quick_host_check() {
         Ok(a) if a.refused_by_one == 0 && a.log_post < 1e-9 => {
             let _ = writeln!(
                 out,
@@ -77,7 +77,7 @@ fn gpu_lines(out: &mut String, healthy: &mut bool) {
                 i.driver,
                 i.nvrtc
             );
-            match bench_gpu::quick_device_check(&cuda) {
+            match check::quick_device_check(&cuda) {
                 Ok(a) if a.refused_by_one == 0 && a.log_post < 1e-9 && a.b_mean < 1e-7 => {
                     let _ = writeln!(
                         out,

@@ -110,6 +110,10 @@ pub enum ModelError {
     /// Bad input.
     #[error("{0}")]
     Input(String),
+    /// The GPU failed a copy or a launch (the fit can be run again with
+    /// `--backend cpu`).
+    #[error("the GPU failed: {0}")]
+    Device(String),
 }
 
 /// Gaps closer than this (days) share their cached exponentials.

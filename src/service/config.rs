@@ -346,7 +346,9 @@ fn default_llm_max_tokens() -> u32 {
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
     /// `auto` (the GPU where one is found and the work is large enough to
-    /// gain: a design's calibration), `cpu` or `cuda`.
+    /// gain: measured not to for simulations so far), `cpu` or `cuda` (the GPU; the
+    /// CPU with a warning where there is none). With `cuda` a design's
+    /// simulation keeps 512 fits in flight, on every core.
     pub backend: crate::engine::gpu::BackendChoice,
 }
 

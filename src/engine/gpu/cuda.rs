@@ -15,10 +15,10 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
-use crate::engine::gpu::pack::{OUT_LEN, Packed, decode, ln_2pi};
+use crate::engine::gpu::pack::{OUT_LEN, Packed, decode_all, ln_2pi};
 use crate::engine::gpu::{Device, KERNELS, NoGpu, kernel_source};
 use crate::engine::inference::{DIM, Eval, Evaluator, Priors, Theta, prior_center};
-use crate::engine::model::{FilterPlan, ModelError, Series};
+use crate::engine::model::{ModelError, Series};
 
 /// Threads a block of the filter kernel: one item a thread, f64 and a few
 /// dozen registers each.
@@ -47,9 +47,9 @@ pub struct Cuda {
     filter: CudaFunction,
     scan: ScanKernels,
     info: DeviceInfo,
-    /// One launch at a time: the direct path and a batcher may share the
-    /// device, and their copies and launches must not interleave on the
-    /// one stream.
+    /// One evaluation at a time (a launch sequence and its read-back): the
+    /// direct path and a batcher may share the device, and one caller's
+    /// read must not wait behind another's launches.
     launch: Mutex<()>,
 }
 
@@ -162,9 +162,9 @@ impl Cuda {
         guarded("the CUDA driver could not be used", || {
             let ctx = CudaContext::new(0).map_err(|e| no_gpu("no CUDA device", e))?;
             // SAFETY: every copy and launch goes to the context's one
-            // default stream, in order (behind `launch`), so cudarc's
-            // per-buffer events (for ordering across streams) are not
-            // needed; they cost a record and a wait on every use.
+            // default stream, which runs them in the order issued, so
+            // cudarc's per-buffer events (for ordering across streams) are
+            // not needed; they cost a record and a wait on every use.
             unsafe { ctx.disable_event_tracking() };
             let (major, minor) = ctx
                 .compute_capability()
@@ -241,17 +241,16 @@ impl Cuda {
 
     /// Copies `packed` to the device (for many launches over it).
     fn upload(&self, packed: &Packed) -> Result<DevicePacked, ModelError> {
-        let err =
-            |e: cudarc::driver::DriverError| ModelError::Input(format!("GPU copy failed: {e:?}"));
+        let err = |e: cudarc::driver::DriverError| ModelError::Device(format!("copy: {e:?}"));
         Ok(DevicePacked {
-            meta: self.stream.clone_htod(&packed.meta).map_err(err)?,
+            meta: self.stream.clone_htod(packed.meta()).map_err(err)?,
             ints: self
                 .stream
-                .clone_htod(&nonempty_i32(&packed.ints))
+                .clone_htod(&nonempty_i32(packed.ints()))
                 .map_err(err)?,
             reals: self
                 .stream
-                .clone_htod(&nonempty_f64(&packed.reals))
+                .clone_htod(&nonempty_f64(packed.reals()))
                 .map_err(err)?,
         })
     }
@@ -266,8 +265,7 @@ impl Cuda {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let err =
-            |e: cudarc::driver::DriverError| ModelError::Input(format!("GPU launch failed: {e:?}"));
+        let err = |e: cudarc::driver::DriverError| ModelError::Device(format!("launch: {e:?}"));
         let index: Vec<i32> = items.iter().map(|(s, _)| *s as i32).collect();
         let thetas: Vec<f64> = items.iter().flat_map(|(_, t)| *t).collect();
         let count = items.len();
@@ -310,6 +308,12 @@ impl Cuda {
         packed: &Packed,
         items: &[(u32, Theta)],
     ) -> Result<Vec<Option<Eval>>, ModelError> {
+        // The kernel reads each item's series header: every index must be packed.
+        if items.iter().any(|(s, _)| *s as usize >= packed.len()) {
+            return Err(ModelError::Input(
+                "a GPU item names a series that is not packed".into(),
+            ));
+        }
         let on_device = self.upload(packed)?;
         let out = self.run_filter(&on_device, items)?;
         Ok(decode_all(packed, items, &out))
@@ -323,18 +327,6 @@ fn nonempty_i32(v: &[i32]) -> Vec<i32> {
 
 fn nonempty_f64(v: &[f64]) -> Vec<f64> {
     if v.is_empty() { vec![0.0] } else { v.to_vec() }
-}
-
-/// Every item's output decoded.
-fn decode_all(packed: &Packed, items: &[(u32, Theta)], out: &[f64]) -> Vec<Option<Eval>> {
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, (s, theta))| {
-            let p = packed.static_count(*s)?;
-            decode(out.get(i * OUT_LEN..(i + 1) * OUT_LEN)?, theta, p)
-        })
-        .collect()
 }
 
 /// Packed series on the device.
@@ -466,23 +458,25 @@ pub struct BatchStats {
 
 impl Batcher {
     /// A batcher over `cuda`, its dispatcher started.
-    pub fn new(cuda: Arc<Cuda>) -> Batcher {
+    pub fn new(cuda: Arc<Cuda>) -> Result<Batcher, NoGpu> {
         let (tx, rx) = mpsc::channel::<Request>();
         let active = Arc::new(AtomicUsize::new(0));
         let seen = Arc::clone(&active);
         let dispatcher = std::thread::Builder::new()
             .name("nof1d-gpu".into())
             .spawn(move || dispatch(&cuda, &rx, &seen))
-            .ok();
-        Batcher {
+            .map_err(|e| NoGpu(format!("the GPU's dispatcher thread could not start: {e}")))?;
+        Ok(Batcher {
             requests: Mutex::new(Some(tx)),
             active,
-            dispatcher: Mutex::new(dispatcher),
-        }
+            dispatcher: Mutex::new(Some(dispatcher)),
+        })
     }
 
-    /// Stops the dispatcher (after the batches in flight) and says what it did.
-    pub fn finish(&self) -> BatchStats {
+    /// Stops the dispatcher (after the batches in flight) and says what it
+    /// did. Only on drop: the dispatcher ends when every evaluator's sender
+    /// is gone too, and evaluators borrow the batcher, so none is left then.
+    fn finish(&self) -> BatchStats {
         if let Ok(mut r) = self.requests.lock() {
             r.take();
         }
@@ -521,7 +515,10 @@ fn dispatch(cuda: &Cuda, rx: &Receiver<Request>, active: &AtomicUsize) -> BatchS
         let mut items = Vec::new();
         let mut ranges = Vec::with_capacity(batch.len());
         for r in &batch {
-            let s = packed.append(&r.packed);
+            let Ok(s) = packed.append(&r.packed) else {
+                tracing::warn!("GPU batch too large for its offsets");
+                break;
+            };
             let from = items.len();
             items.extend(r.thetas.iter().map(|t| (s, *t)));
             ranges.push(from..items.len());
@@ -600,7 +597,7 @@ impl Device for Batcher {
             .and_then(|r| r.clone())
             .ok_or_else(|| ModelError::Input("the GPU batcher has stopped".into()))?;
         let mut packed = Packed::new();
-        packed.push(series, &FilterPlan::of(series), priors)?;
+        packed.push(series, priors)?;
         self.active.fetch_add(1, Ordering::AcqRel);
         Ok(Box::new(Batched {
             requests,
@@ -629,7 +626,7 @@ impl CudaOps<'_> {
 }
 
 fn launch_error(e: cudarc::driver::DriverError) -> ModelError {
-    ModelError::Input(format!("GPU launch failed: {e:?}"))
+    ModelError::Device(format!("launch: {e:?}"))
 }
 
 impl crate::engine::gpu::scan::ScanOps for CudaOps<'_> {
@@ -853,9 +850,10 @@ impl crate::engine::gpu::scan::ScanOps for CudaOps<'_> {
     }
 }
 
-/// Device memory the scan may take at once: its batches of points are cut
-/// to fit (a 100,000-day series takes about 30 MB a point).
-const SCAN_BYTES: usize = 8 << 30;
+/// The share of the device's memory the scan may take at once: its batches
+/// of points are cut to fit (a 100,000-day series takes about 22 MB a
+/// point for two arms).
+const SCAN_MEMORY_SHARE: usize = 4;
 
 /// One long series evaluated by the parallel-in-time filter.
 struct ScanSeriesEvaluator<'s> {
@@ -882,8 +880,11 @@ impl Evaluator for ScanSeriesEvaluator<'_> {
     }
 
     fn eval_batch(&self, thetas: &[Theta], _threads: usize) -> Vec<Option<Eval>> {
-        let per_batch =
-            (SCAN_BYTES / self.scan.bytes_per_step().max(1) / self.scan.n.max(1)).max(1);
+        let per_batch = (self.cuda.info.memory_bytes
+            / SCAN_MEMORY_SHARE
+            / self.scan.bytes_per_step().max(1)
+            / self.scan.len().max(1))
+        .max(1);
         let ops = CudaOps(self.cuda);
         let _one = self.cuda.launch.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::with_capacity(thetas.len());
@@ -939,7 +940,7 @@ impl Cuda {
         priors: &'s Priors,
     ) -> Result<Box<dyn Evaluator + 's>, ModelError> {
         let mut packed = Packed::new();
-        packed.push(series, &FilterPlan::of(series), priors)?;
+        packed.push(series, priors)?;
         let on_device = self.upload(&packed)?;
         Ok(Box::new(CudaSeries {
             cuda: self,

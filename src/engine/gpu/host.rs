@@ -4,7 +4,7 @@
 //! engine on every machine, with or without a GPU; `nof1d doctor` runs the
 //! same check.
 
-use crate::engine::gpu::pack::{OUT_LEN, Packed, decode, ln_2pi};
+use crate::engine::gpu::pack::{OUT_LEN, Packed, decode_all, ln_2pi};
 use crate::engine::inference::{Eval, Theta};
 
 unsafe extern "C" {
@@ -48,9 +48,9 @@ pub fn filter_batch(packed: &Packed, items: &[(u32, Theta)]) -> Vec<Option<Eval>
     unsafe {
         filter_batch_host(
             items.len() as i64,
-            packed.meta.as_ptr(),
-            packed.ints.as_ptr(),
-            packed.reals.as_ptr(),
+            packed.meta().as_ptr(),
+            packed.ints().as_ptr(),
+            packed.reals().as_ptr(),
             series.as_ptr(),
             thetas.as_ptr(),
             items.len() as i64,
@@ -58,14 +58,7 @@ pub fn filter_batch(packed: &Packed, items: &[(u32, Theta)]) -> Vec<Option<Eval>
             out.as_mut_ptr(),
         );
     }
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, (s, theta))| {
-            let p = packed.static_count(*s)?;
-            decode(&out[i * OUT_LEN..(i + 1) * OUT_LEN], theta, p)
-        })
-        .collect()
+    decode_all(packed, items, &out)
 }
 
 unsafe extern "C" {
@@ -155,14 +148,21 @@ unsafe extern "C" {
     );
 }
 
-/// Panics unless `buffer` holds `len` entries: the scan's wrappers check
-/// every length the kernel will index before handing it a pointer.
-fn holds<T>(buffer: &[T], len: i64, what: &str) {
+/// Panics unless `buffer` holds `len` entries (`None`: the product of the
+/// sizes overflowed): the wrappers check every length a kernel will index
+/// before handing it a pointer.
+fn holds<T>(buffer: &[T], len: Option<i64>, what: &str) {
+    let len = len.unwrap_or(i64::MAX);
     assert!(
         len >= 0 && buffer.len() as i64 >= len,
         "{what}: {} entries, the kernel reads {len}",
         buffer.len()
     );
+}
+
+/// `a * b * c` unless it overflows.
+fn product(a: i64, b: i64, c: i64) -> Option<i64> {
+    a.checked_mul(b)?.checked_mul(c)
 }
 
 /// `scan_setup` of `kernels/scan.cu` on the host.
@@ -179,16 +179,21 @@ pub fn scan_setup(
     mob: &mut [f64],
     wmap: &mut [f64],
 ) {
-    let elems = n * batch;
-    holds(thetas, 4 * batch, "thetas");
-    holds(gap, n, "gap");
-    holds(step_start, n + 1, "step_start");
+    let elems = n.checked_mul(batch).unwrap_or(i64::MAX);
+    holds(thetas, product(4, batch, 1), "thetas");
+    holds(gap, Some(n), "gap");
+    holds(step_start, n.checked_add(1), "step_start");
+    // The kernel walks step_start[i]..step_start[i + 1] for every i.
+    assert!(
+        step_start.first().is_some_and(|&s| s >= 0) && step_start.windows(2).all(|w| w[0] <= w[1]),
+        "step_start must start at 0 or more and never decrease"
+    );
     let pieces = step_start.get(n as usize).copied().unwrap_or(0) as i64;
-    holds(piece_len, pieces, "piece_len");
-    holds(piece_arm, pieces, "piece_arm");
+    holds(piece_len, Some(pieces), "piece_len");
+    holds(piece_arm, Some(pieces), "piece_arm");
     assert!(piece_arm.iter().all(|&a| a >= 0 && a < p) && (1..=MAX_P).contains(&p));
-    holds(mob, 4 * elems, "mob");
-    holds(wmap, (1 + i64::from(p)) * elems, "wmap");
+    holds(mob, product(4, elems, 1), "mob");
+    holds(wmap, product(1 + i64::from(p), elems, 1), "wmap");
     // SAFETY: every length the kernel indexes was checked above.
     unsafe {
         scan_setup_host(
@@ -235,8 +240,8 @@ pub fn scan_chunks(
     let len = element_len(kind, width);
     assert!(chunk > 0);
     let chunks = (n + chunk - 1) / chunk;
-    holds(elems, len * n * batch, "elems");
-    holds(totals, len * chunks * batch, "totals");
+    holds(elems, product(len, n, batch), "elems");
+    holds(totals, product(len, chunks, batch), "totals");
     // SAFETY: both lengths the kernel indexes were checked above.
     unsafe {
         scan_chunks_host(
@@ -255,7 +260,7 @@ pub fn scan_chunks(
 /// `scan_chunk_prefix` on the host.
 pub fn scan_chunk_prefix(chunks: i64, batch: i64, kind: i32, width: i32, totals: &mut [f64]) {
     let len = element_len(kind, width);
-    holds(totals, len * chunks * batch, "totals");
+    holds(totals, product(len, chunks, batch), "totals");
     // SAFETY: `totals` holds the chunks' elements of every point.
     unsafe { scan_chunk_prefix_host(batch, chunks, batch, kind, width, totals.as_mut_ptr()) }
 }
@@ -274,8 +279,8 @@ pub fn scan_apply(
     let len = element_len(kind, width);
     assert!(chunk > 0);
     let chunks = (n + chunk - 1) / chunk;
-    holds(prefixes, len * chunks * batch, "prefixes");
-    holds(elems, len * n * batch, "elems");
+    holds(prefixes, product(len, chunks, batch), "prefixes");
+    holds(elems, product(len, n, batch), "elems");
     // SAFETY: both lengths the kernel indexes were checked above.
     unsafe {
         scan_apply_host(
@@ -306,16 +311,16 @@ pub fn scan_gains(
     fr: &mut [f64],
     means: &mut [f64],
 ) {
-    let elems = n * batch;
-    holds(thetas, 4 * batch, "thetas");
-    holds(gap, n, "gap");
-    holds(y, n, "y");
-    holds(effect_arm, i64::from(MAX_P), "effect_arm");
+    let elems = n.checked_mul(batch).unwrap_or(i64::MAX);
+    holds(thetas, product(4, batch, 1), "thetas");
+    holds(gap, Some(n), "gap");
+    holds(y, Some(n), "y");
+    holds(effect_arm, Some(i64::from(MAX_P)), "effect_arm");
     assert!(effect_arm.iter().all(|&a| a >= 0 && a < p) && (1..=MAX_P).contains(&p));
-    holds(mob_prefix, 4 * elems, "mob_prefix");
-    holds(w_prefix, (1 + i64::from(p)) * elems, "w_prefix");
-    holds(fr, 2 * elems, "fr");
-    holds(means, (2 + i64::from(p)) * elems, "means");
+    holds(mob_prefix, product(4, elems, 1), "mob_prefix");
+    holds(w_prefix, product(1 + i64::from(p), elems, 1), "w_prefix");
+    holds(fr, product(2, elems, 1), "fr");
+    holds(means, product(2 + i64::from(p), elems, 1), "means");
     // SAFETY: every length the kernel indexes was checked above.
     unsafe {
         scan_gains_host(
@@ -348,15 +353,19 @@ pub fn scan_terms(
     fr: &[f64],
     terms: &mut [f64],
 ) {
-    let elems = n * batch;
+    let elems = n.checked_mul(batch).unwrap_or(i64::MAX);
     let p64 = i64::from(p);
-    holds(y, n, "y");
-    holds(effect_arm, i64::from(MAX_P), "effect_arm");
+    holds(y, Some(n), "y");
+    holds(effect_arm, Some(i64::from(MAX_P)), "effect_arm");
     assert!(effect_arm.iter().all(|&a| a >= 0 && a < p) && (1..=MAX_P).contains(&p));
-    holds(w_prefix, (1 + p64) * elems, "w_prefix");
-    holds(means_prefix, (2 + p64) * elems, "means_prefix");
-    holds(fr, 2 * elems, "fr");
-    holds(terms, (2 + p64 + p64 * (p64 + 1) / 2) * elems, "terms");
+    holds(w_prefix, product(1 + p64, elems, 1), "w_prefix");
+    holds(means_prefix, product(2 + p64, elems, 1), "means_prefix");
+    holds(fr, product(2, elems, 1), "fr");
+    holds(
+        terms,
+        product(2 + p64 + p64 * (p64 + 1) / 2, elems, 1),
+        "terms",
+    );
     // SAFETY: every length the kernel indexes was checked above.
     unsafe {
         scan_terms_host(
@@ -378,8 +387,8 @@ pub fn scan_terms(
 pub fn sum_chunks(n: i64, batch: i64, chunk: i64, width: i32, terms: &[f64], partial: &mut [f64]) {
     assert!(chunk > 0 && width > 0);
     let chunks = (n + chunk - 1) / chunk;
-    holds(terms, i64::from(width) * n * batch, "terms");
-    holds(partial, i64::from(width) * chunks * batch, "partial");
+    holds(terms, product(i64::from(width), n, batch), "terms");
+    holds(partial, product(i64::from(width), chunks, batch), "partial");
     // SAFETY: both lengths the kernel indexes were checked above.
     unsafe {
         sum_chunks_host(
@@ -397,8 +406,8 @@ pub fn sum_chunks(n: i64, batch: i64, chunk: i64, width: i32, terms: &[f64], par
 /// `sum_points` on the host.
 pub fn sum_points(chunks: i64, batch: i64, width: i32, partial: &[f64], totals: &mut [f64]) {
     assert!(width > 0);
-    holds(partial, i64::from(width) * chunks * batch, "partial");
-    holds(totals, i64::from(width) * batch, "totals");
+    holds(partial, product(i64::from(width), chunks, batch), "partial");
+    holds(totals, product(i64::from(width), batch, 1), "totals");
     // SAFETY: both lengths the kernel indexes were checked above.
     unsafe {
         sum_points_host(

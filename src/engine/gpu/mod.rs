@@ -8,6 +8,7 @@
 //! kernel sources are compiled for the host as C ([`host`]), so every
 //! machine's tests check their arithmetic against the CPU engine.
 
+pub mod check;
 pub mod host;
 pub mod pack;
 pub mod scan;
@@ -222,7 +223,7 @@ fn on_gpu(workload: Workload) -> Result<Chosen, NoGpu> {
     let name = gpu.info().name.clone();
     let device: std::sync::Arc<dyn Device + Send> = match workload {
         Workload::Fit { .. } => gpu,
-        Workload::Trials { .. } => std::sync::Arc::new(cuda::Batcher::new(gpu)),
+        Workload::Trials { .. } => std::sync::Arc::new(cuda::Batcher::new(gpu)?),
     };
     Ok(Chosen {
         device: Some(SharedDevice(device)),

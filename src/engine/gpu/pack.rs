@@ -33,14 +33,15 @@ pub fn ln_2pi() -> f64 {
 
 /// Many series in three flat arrays: per-series headers, integers (gap
 /// indices, step starts, pieces) and doubles (values, lengths, priors).
+/// The fields are private and only [`Packed::push`] (which makes each
+/// series' plan itself and checks its arms) and [`Packed::append`] write
+/// them: every offset and index in them is within the arrays, which is what
+/// the kernels rely on.
 #[derive(Debug, Clone, Default)]
 pub struct Packed {
-    /// `META_LEN` integers a series.
-    pub meta: Vec<i32>,
-    /// Gap indices, step starts and `(piece, arm)` pairs.
-    pub ints: Vec<i32>,
-    /// Values, distinct lengths and priors.
-    pub reals: Vec<f64>,
+    meta: Vec<i32>,
+    ints: Vec<i32>,
+    reals: Vec<f64>,
 }
 
 /// An offset as the kernel's `int`: the packed arrays must stay below 2^31
@@ -58,6 +59,21 @@ impl Packed {
     /// Nothing packed yet.
     pub fn new() -> Packed {
         Packed::default()
+    }
+
+    /// `META_LEN` integers a series (for a backend to copy).
+    pub fn meta(&self) -> &[i32] {
+        &self.meta
+    }
+
+    /// Gap indices, step starts and `(piece, arm)` pairs.
+    pub fn ints(&self) -> &[i32] {
+        &self.ints
+    }
+
+    /// Values, distinct lengths and priors.
+    pub fn reals(&self) -> &[f64] {
+        &self.reals
     }
 
     /// How many series are packed.
@@ -78,19 +94,22 @@ impl Packed {
         self.meta.is_empty()
     }
 
-    /// Appends `series` (with its plan and priors) and returns its index.
-    pub fn push(
-        &mut self,
-        series: &Series,
-        plan: &FilterPlan,
-        priors: &Priors,
-    ) -> Result<u32, ModelError> {
+    /// Appends `series` (its plan made here, so that it is the series' own)
+    /// with its priors, and returns its index.
+    pub fn push(&mut self, series: &Series, priors: &Priors) -> Result<u32, ModelError> {
         let p = series.n_static();
         if p == 0 || p > MAX_ARMS || priors.statics.mean.len() < p || priors.statics.sd.len() < p {
             return Err(ModelError::Input(format!(
                 "a series of {p} static coefficients cannot be packed for the GPU"
             )));
         }
+        // The kernel indexes its regressors by arm.
+        if series.path.arms.iter().any(|&a| a >= p) || series.comparator >= p {
+            return Err(ModelError::Input(format!(
+                "an arm beyond the {p} the series has"
+            )));
+        }
+        let plan = FilterPlan::of(series);
         if series.y.len() < series.t.len() {
             return Err(ModelError::Input(format!(
                 "{} values for {} times",
@@ -149,28 +168,43 @@ impl Packed {
 
 impl Packed {
     /// Appends every series of `other` (offsets moved past what is here)
-    /// and returns the index the first of them gets. Offsets are `i32`:
-    /// callers keep batches far below 2^31 entries (a launch of thousands
-    /// of series of a few hundred days is a few million).
-    pub fn append(&mut self, other: &Packed) -> u32 {
-        let first = self.len() as u32;
-        let reals = self.reals.len() as i32;
-        let ints = self.ints.len() as i32;
+    /// and returns the index the first of them gets; an error where the
+    /// offsets would not fit the kernels' `int`.
+    pub fn append(&mut self, other: &Packed) -> Result<u32, ModelError> {
+        let too_large = || ModelError::Input("a GPU batch too large for 32-bit offsets".into());
+        let first = u32::try_from(self.len()).map_err(|_| too_large())?;
+        let reals = offset(self.reals.len())?;
+        let ints = offset(self.ints.len())?;
+        offset(self.reals.len() + other.reals.len())?;
+        offset(self.ints.len() + other.ints.len())?;
         for header in other.meta.chunks_exact(META_LEN) {
             let mut h = [0i32; META_LEN];
             h.copy_from_slice(header);
             for k in [META_Y, META_GAPS, META_PIECES, META_PRIOR] {
-                h[k] += reals;
+                h[k] = h[k].checked_add(reals).ok_or_else(too_large)?;
             }
             for k in [META_GAP_OF, META_STEP_START, META_STEPS] {
-                h[k] += ints;
+                h[k] = h[k].checked_add(ints).ok_or_else(too_large)?;
             }
             self.meta.extend_from_slice(&h);
         }
         self.ints.extend_from_slice(&other.ints);
         self.reals.extend_from_slice(&other.reals);
-        first
+        Ok(first)
     }
+}
+
+/// Every item's output decoded (`out` holds `OUT_LEN` doubles an item);
+/// items naming no packed series are `None`.
+pub fn decode_all(packed: &Packed, items: &[(u32, Theta)], out: &[f64]) -> Vec<Option<Eval>> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, (s, theta))| {
+            let p = packed.static_count(*s)?;
+            decode(out.get(i * OUT_LEN..(i + 1) * OUT_LEN)?, theta, p)
+        })
+        .collect()
 }
 
 /// One item's output (`OUT_LEN` doubles) as the CPU evaluator's [`Eval`]

@@ -10,25 +10,19 @@ use crate::engine::model::{FilterOutput, FilterPlan, FilterSums, MAX_ARMS, Model
 
 /// A series as the scan reads it: per observation its gap since the last
 /// (from the origin for the first), its value, and the pieces of constant
-/// arm inside the gap (CSR: `step_start[i]..step_start[i + 1]`).
+/// arm inside the gap (CSR: `step_start[i]..step_start[i + 1]`). Private
+/// fields, made only by [`ScanSeries::of`], which checks what the kernels
+/// index by (arms below `p`, `p` at most 6).
 #[derive(Debug, Clone)]
 pub struct ScanSeries {
-    /// Observations.
-    pub n: usize,
-    /// Static coefficients (arms).
-    pub p: usize,
-    /// Gap before each observation, days.
-    pub gap: Vec<f64>,
-    /// Values.
-    pub y: Vec<f64>,
-    /// Each observation's first piece.
-    pub step_start: Vec<i32>,
-    /// Piece lengths, days.
-    pub piece_len: Vec<f64>,
-    /// The arm in force over each piece.
-    pub piece_arm: Vec<i32>,
-    /// The arm of each beta (`MAX_ARMS` entries, unused ones 0).
-    pub effect_arm: Vec<i32>,
+    n: usize,
+    p: usize,
+    gap: Vec<f64>,
+    y: Vec<f64>,
+    step_start: Vec<i32>,
+    piece_len: Vec<f64>,
+    piece_arm: Vec<i32>,
+    effect_arm: Vec<i32>,
 }
 
 impl ScanSeries {
@@ -39,6 +33,16 @@ impl ScanSeries {
             return Err(ModelError::Input(
                 "the scan needs at least one observation".into(),
             ));
+        }
+        let p = series.n_static();
+        if p == 0
+            || p > MAX_ARMS
+            || series.path.arms.iter().any(|&a| a >= p)
+            || series.comparator >= p
+        {
+            return Err(ModelError::Input(format!(
+                "the scan takes 1 to {MAX_ARMS} arms, each arm in the path among them"
+            )));
         }
         let plan = FilterPlan::of(series);
         let tables = plan.tables();
@@ -66,7 +70,17 @@ impl ScanSeries {
         })
     }
 
-    /// Doubles a step of one point takes on the device, all buffers together.
+    /// Observations.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// True for no observations (never: [`ScanSeries::of`] refuses them).
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Bytes a step of one point takes on the device, all buffers together.
     pub fn bytes_per_step(&self) -> usize {
         let p = self.p;
         8 * (4 + (1 + p) + 2 + (2 + p) + (2 + p + p * (p + 1) / 2))
@@ -199,14 +213,12 @@ pub struct Uploaded<O: ScanOps> {
 
 /// Copies `s` for `ops`.
 pub fn upload<O: ScanOps>(ops: &O, s: &ScanSeries) -> Result<Uploaded<O>, ModelError> {
-    let nonempty_f = |v: &[f64]| if v.is_empty() { vec![0.0] } else { v.to_vec() };
-    let nonempty_i = |v: &[i32]| if v.is_empty() { vec![0] } else { v.to_vec() };
     Ok(Uploaded {
         gap: ops.f64s(&s.gap)?,
         y: ops.f64s(&s.y)?,
         step_start: ops.i32s(&s.step_start)?,
-        piece_len: ops.f64s(&nonempty_f(&s.piece_len))?,
-        piece_arm: ops.i32s(&nonempty_i(&s.piece_arm))?,
+        piece_len: ops.f64s(&s.piece_len)?,
+        piece_arm: ops.i32s(&s.piece_arm)?,
         effect_arm: ops.i32s(&s.effect_arm)?,
     })
 }
