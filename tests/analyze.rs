@@ -214,3 +214,34 @@ fn count_outcomes_are_answered_in_the_persons_units() {
         "{err}"
     );
 }
+
+/// Without `--direction` the table says which way it took as better.
+#[test]
+fn the_assumed_direction_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = simulated_csv(dir.path());
+    let data = data.to_str().unwrap();
+    let out = run(
+        &["analyze", "--data", data, "--comparator", "control"],
+        dir.path(),
+    );
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("note: higher values are taken as better"),
+        "{stdout}"
+    );
+    let out = run(
+        &[
+            "analyze",
+            "--data",
+            data,
+            "--comparator",
+            "control",
+            "--direction",
+            "lower",
+        ],
+        dir.path(),
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("note: higher values"));
+}

@@ -45,6 +45,31 @@ pub struct Columns {
     /// Column with the arm actually taken (as-treated analysis); empty cells
     /// mean "as assigned". Never guessed.
     pub taken: Option<String>,
+    /// How to read dates written with slashes (`03/04/2026`): day first or
+    /// month first. `None`: such dates are refused as ambiguous.
+    pub date_order: Option<DateOrder>,
+}
+
+/// The order of a slashed date's day and month.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DateOrder {
+    /// `dd/mm/yyyy`.
+    DayMonth,
+    /// `mm/dd/yyyy`.
+    MonthDay,
+}
+
+impl std::str::FromStr for DateOrder {
+    type Err = String;
+    fn from_str(s: &str) -> Result<DateOrder, String> {
+        match s {
+            "dmy" => Ok(DateOrder::DayMonth),
+            "mdy" => Ok(DateOrder::MonthDay),
+            other => Err(format!(
+                "unknown date order {other:?}: use dmy (03/04/2026 is 3 April) or mdy (March 4)"
+            )),
+        }
+    }
 }
 
 /// One parsed row.
@@ -68,6 +93,8 @@ pub struct Prepared {
     pub rows: usize,
     /// Column names used.
     pub columns: [String; 3],
+    /// What was assumed or merged on the way, for the person to check.
+    pub notes: Vec<String>,
 }
 
 enum TimeValue {
@@ -76,15 +103,91 @@ enum TimeValue {
     Instant(Timestamp),
 }
 
-fn parse_time(s: &str) -> Option<TimeValue> {
+/// A time cell that is not one of the accepted forms.
+enum TimeProblem {
+    /// Not a day number, a date or a timestamp.
+    Unreadable,
+    /// A slashed date without `--date-order`.
+    Ambiguous,
+}
+
+/// `d/m/yyyy`-like cells (also with `.` or `-`): three numbers, the last of
+/// four digits.
+fn slashed_date(s: &str) -> Option<(i16, i8, i8)> {
+    let parts: Vec<&str> = s.split(['/', '.', '-']).collect();
+    let [a, b, y] = parts.as_slice() else {
+        return None;
+    };
+    if y.len() != 4 || a.len() > 2 || b.len() > 2 {
+        return None;
+    }
+    Some((y.parse().ok()?, a.parse().ok()?, b.parse().ok()?))
+}
+
+fn parse_time(s: &str, order: Option<DateOrder>) -> Result<TimeValue, TimeProblem> {
     let s = s.trim();
     if let Ok(v) = s.parse::<f64>() {
-        return v.is_finite().then_some(TimeValue::Day(v));
+        return if v.is_finite() {
+            Ok(TimeValue::Day(v))
+        } else {
+            Err(TimeProblem::Unreadable)
+        };
     }
     if let Ok(d) = s.parse::<Date>() {
-        return Some(TimeValue::Date(d));
+        return Ok(TimeValue::Date(d));
     }
-    s.parse::<Timestamp>().ok().map(TimeValue::Instant)
+    if let Some((year, a, b)) = slashed_date(s) {
+        let (day, month) = match order {
+            Some(DateOrder::DayMonth) => (a, b),
+            Some(DateOrder::MonthDay) => (b, a),
+            None => return Err(TimeProblem::Ambiguous),
+        };
+        return Date::new(year, month, day)
+            .map(TimeValue::Date)
+            .map_err(|_| TimeProblem::Unreadable);
+    }
+    s.parse::<Timestamp>()
+        .map(TimeValue::Instant)
+        .map_err(|_| TimeProblem::Unreadable)
+}
+
+/// Line numbers from byte offsets, counting `\n` only: the csv reader's
+/// own count is one short in files with CRLF line ends, and a record's
+/// offset there can point at the `\n` that ended the previous line.
+struct Lines<'t> {
+    text: &'t [u8],
+    newlines: Vec<usize>,
+}
+
+impl<'t> Lines<'t> {
+    fn of(text: &'t str) -> Lines<'t> {
+        let text = text.as_bytes();
+        Lines {
+            text,
+            newlines: text
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'\n')
+                .map(|(i, _)| i)
+                .collect(),
+        }
+    }
+
+    /// The 1-based line of the record starting at byte `byte` (line ends
+    /// before it skipped).
+    fn at(&self, byte: u64) -> u64 {
+        let mut b = usize::try_from(byte).unwrap_or(usize::MAX);
+        while b < self.text.len() && matches!(self.text[b], b'\r' | b'\n') {
+            b += 1;
+        }
+        self.newlines.partition_point(|&p| p < b) as u64 + 1
+    }
+}
+
+/// The spelling kept for an arm label: labels that differ only in case or
+/// surrounding space are the same arm.
+fn arm_key(label: &str) -> String {
+    label.trim().to_lowercase()
 }
 
 /// Days from 1970-01-01 to `d`, the same origin as timestamps' day numbers.
@@ -159,18 +262,31 @@ pub fn prepare(
             }
         }
     };
+    let lines = Lines::of(text);
+    let mut notes = Vec::new();
     let mut errors = Vec::new();
     let mut raw: Vec<(u64, TimeValue, String, Option<f64>)> = Vec::new();
+    // Arm labels merged because they differ only in case: (kept, merged).
+    let mut spelled: BTreeMap<String, String> = BTreeMap::new();
+    if let Some(known) = known_arms {
+        for k in known {
+            spelled.insert(arm_key(k), k.clone());
+        }
+    }
+    spelled
+        .entry(arm_key(comparator))
+        .or_insert_with(|| comparator.to_string());
+    let mut merged: std::collections::BTreeSet<(String, String)> = Default::default();
     for record in reader.records() {
         let record = match record {
             Ok(r) => r,
             Err(e) => {
-                let line = e.position().map_or(0, |p| p.line());
+                let line = e.position().map_or(0, |p| lines.at(p.byte()));
                 errors.push(format!("line {line}: {e}"));
                 continue;
             }
         };
-        let line = record.position().map_or(0, |p| p.line());
+        let line = record.position().map_or(0, |p| lines.at(p.byte()));
         let cell = |i: usize| record.get(i).unwrap_or("").trim().to_string();
         let (time, mut arm, outcome) = (cell(time_col), cell(arm_col), cell(outcome_col));
         if let (true, Some(c)) = (as_treated, taken_col) {
@@ -179,17 +295,37 @@ pub fn prepare(
                 arm = taken;
             }
         }
-        let Some(tv) = parse_time(&time) else {
-            errors.push(format!(
-                "line {line}: {} {} is not a day number, a YYYY-MM-DD date or an RFC 3339 timestamp",
-                excerpt(&headers[time_col]),
-                excerpt(&time)
-            ));
-            continue;
+        let tv = match parse_time(&time, columns.date_order) {
+            Ok(tv) => tv,
+            Err(TimeProblem::Ambiguous) => {
+                // One answer for the whole file, not one line a row.
+                return Err(AnalyzeError::File(format!(
+                    "line {line}: the date {} could be day/month or month/day: pass --date-order dmy or --date-order mdy (or write dates as YYYY-MM-DD)",
+                    excerpt(&time)
+                )));
+            }
+            Err(TimeProblem::Unreadable) => {
+                errors.push(format!(
+                    "line {line}: {} {} is not a day number, a YYYY-MM-DD (or, with --date-order, dd/mm/yyyy) date or an RFC 3339 timestamp",
+                    excerpt(&headers[time_col]),
+                    excerpt(&time)
+                ));
+                continue;
+            }
         };
         if arm.is_empty() {
             errors.push(format!("line {line}: the arm is empty"));
             continue;
+        }
+        // Labels that differ only in case are one arm, spelled as first seen
+        // (the protocol's key, or the comparator as given, first).
+        let kept = spelled
+            .entry(arm_key(&arm))
+            .or_insert_with(|| arm.clone())
+            .clone();
+        if kept != arm {
+            merged.insert((kept.clone(), arm.clone()));
+            arm = kept;
         }
         if let Some(known) = known_arms
             && !known.iter().any(|k| k == &arm)
@@ -218,6 +354,14 @@ pub fn prepare(
     }
     if !errors.is_empty() {
         return Err(AnalyzeError::Rows(errors));
+    }
+    for (kept, other) in &merged {
+        notes.push(format!(
+            "arm labels {} and {} differ only in case: read as one arm, {}",
+            excerpt(kept),
+            excerpt(other),
+            excerpt(kept)
+        ));
     }
     if raw.is_empty() {
         return Err(AnalyzeError::File("the file has no data rows".into()));
@@ -320,6 +464,13 @@ pub fn prepare(
                 by_day.entry(r.t.floor() as i64).or_default().push((r.t, v));
             }
         }
+        let repeated = by_day.values().filter(|v| v.len() > 1).count();
+        if repeated > 0 {
+            notes.push(format!(
+                "{repeated} day(s) have more than one value: each day's values were combined into one (their {}; a protocol's aggregation sets how)",
+                format!("{aggregation:?}").to_lowercase()
+            ));
+        }
         for (_, vals) in by_day {
             let values: Vec<f64> = vals.iter().map(|v| v.1).collect();
             let value = aggregation.of(&values);
@@ -346,6 +497,7 @@ pub fn prepare(
             headers[arm_col].clone(),
             headers[outcome_col].clone(),
         ],
+        notes,
     })
 }
 
@@ -395,6 +547,8 @@ pub struct Request {
     pub seed: u64,
     /// Where the fit's evaluations run.
     pub backend: crate::engine::gpu::BackendChoice,
+    /// What the command line assumed (a default the person did not set).
+    pub assumed: Vec<String>,
 }
 
 /// The JSON `nof1d analyze --json` prints: the fit plus what was read.
@@ -410,6 +564,8 @@ pub struct Analysis {
     pub as_treated: Option<crate::engine::fit::FitReport>,
     /// Where the fit ran, and why there (`--backend`).
     pub backend: String,
+    /// What was assumed, merged or combined on the way: shown first.
+    pub notes: Vec<String>,
 }
 
 /// What was read from the CSV.
@@ -492,7 +648,10 @@ pub fn analyze(text: &str, req: &Request) -> Result<Analysis, AnalyzeError> {
         Some(_) => Some(run(true)?.1),
         None => None,
     };
+    let mut notes = req.assumed.clone();
+    notes.extend(prepared.notes.iter().cloned());
     Ok(Analysis {
+        notes,
         as_treated,
         input: InputSummary {
             rows: prepared.rows,
@@ -539,6 +698,9 @@ pub fn render(a: &Analysis) -> String {
         crate::engine::spec::Direction::Lower => "lower is better",
     };
     let mut out = String::new();
+    for note in &a.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
     let _ = writeln!(
         out,
         "{} observations ({} rows; columns {}, {}, {}), {} arms, comparator {:?}, {:?} family, {dir}, MID {}",
@@ -774,6 +936,110 @@ mod tests {
         )
         .unwrap_err()
         .to_string()
+    }
+
+    /// Lines are counted the same in CRLF and LF files.
+    #[test]
+    fn crlf_files_report_the_right_line() {
+        for csv in [
+            "day,arm,y\n1,a,3\n2,a,x\n3,b,4\n",
+            "day,arm,y\r\n1,a,3\r\n2,a,x\r\n3,b,4\r\n",
+        ] {
+            let e = prepare_err(csv, None);
+            assert!(e.contains("line 3: outcome \"x\""), "{e}");
+        }
+    }
+
+    /// A slashed date is refused once, saying how to read it; with the
+    /// order given it is read, day first or month first.
+    #[test]
+    fn slashed_dates_need_their_order() {
+        let csv = "date,arm,y\n03/04/2026,a,3\n04/04/2026,a,4\n05/04/2026,b,5\n";
+        let e = prepare_err(csv, None);
+        assert!(e.contains("--date-order dmy"), "{e}");
+        assert_eq!(e.lines().count(), 1, "one line, not one a row: {e}");
+        let read = |order| {
+            let cols = Columns {
+                date_order: Some(order),
+                ..Columns::default()
+            };
+            prepare(csv, &cols, false, None, "a", Aggregation::Mean).unwrap()
+        };
+        // 3, 4, 5 April: a day apart; 3 March, 4 April...: a month apart.
+        let dmy = read(DateOrder::DayMonth);
+        assert_eq!(dmy.series.t, vec![0.5, 1.5, 2.5]);
+        let mdy = read(DateOrder::MonthDay);
+        assert!(mdy.series.t[1] - mdy.series.t[0] > 28.0);
+        assert!("ymd".parse::<DateOrder>().is_err());
+    }
+
+    /// "Magnesium" and "magnesium" are one arm, with a note; so is a label
+    /// matching a protocol key but for case.
+    #[test]
+    fn arm_labels_differing_in_case_are_one_arm() {
+        let csv = "day,arm,y\n1,a,3\n2,Magnesium,4\n3,magnesium,5\n4,A,2\n";
+        let p = prepare(
+            csv,
+            &Columns::default(),
+            false,
+            None,
+            "a",
+            Aggregation::Mean,
+        )
+        .unwrap();
+        assert_eq!(p.arm_keys, vec!["a".to_string(), "Magnesium".into()]);
+        assert_eq!(p.notes.len(), 2, "{:?}", p.notes);
+        assert!(
+            p.notes.iter().any(|n| n.contains("\"magnesium\"")),
+            "{:?}",
+            p.notes
+        );
+        let known = ["a".to_string(), "magnesium".into()];
+        let p = prepare(
+            csv,
+            &Columns::default(),
+            false,
+            Some(&known),
+            "a",
+            Aggregation::Mean,
+        )
+        .unwrap();
+        assert_eq!(p.arm_keys, known.to_vec());
+        assert_eq!(p.series.path.arms, vec![0, 1, 0]);
+    }
+
+    /// Days with several values are combined and said so.
+    #[test]
+    fn repeated_days_are_noted() {
+        let csv = "day,arm,y\n1,a,3\n1,a,5\n2,b,4\n2,b,6\n3,a,1\n";
+        let p = prepare(
+            csv,
+            &Columns::default(),
+            false,
+            None,
+            "a",
+            Aggregation::Mean,
+        )
+        .unwrap();
+        assert_eq!(p.series.y, vec![4.0, 5.0, 1.0]);
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.starts_with("2 day(s) have more than one value")),
+            "{:?}",
+            p.notes
+        );
+        let single = "day,arm,y\n1,a,3\n2,b,4\n";
+        let p = prepare(
+            single,
+            &Columns::default(),
+            false,
+            None,
+            "a",
+            Aggregation::Mean,
+        )
+        .unwrap();
+        assert!(p.notes.is_empty());
     }
 
     #[test]

@@ -76,9 +76,14 @@ enum Command {
         /// Without a protocol: trials per observation (binomial family).
         #[arg(long)]
         trials: Option<u32>,
-        /// Without a protocol: `higher` or `lower` is better.
-        #[arg(long, default_value = "higher")]
-        direction: String,
+        /// Without a protocol: `higher` or `lower` is better (default higher,
+        /// said in a note).
+        #[arg(long)]
+        direction: Option<String>,
+        /// How to read dates written with slashes: `dmy` (03/04/2026 is 3
+        /// April) or `mdy` (March 4). Without it such dates are refused.
+        #[arg(long)]
+        date_order: Option<crate::cli::analyze::DateOrder>,
         /// Name of the time column (default: day, date, time or timestamp).
         #[arg(long)]
         time_col: Option<String>,
@@ -660,6 +665,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             method,
             seed,
             backend,
+            date_order,
         } => {
             // Warnings only by default: stdout carries the table or the JSON.
             init_logging(
@@ -674,6 +680,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "nuts" => crate::engine::fit::Method::Nuts,
                 other => anyhow::bail!("--method {other:?}: use grid, nuts or mcmc"),
             };
+            let mut assumed = Vec::new();
             let (outcome, known_arms, comparator) = match protocol {
                 Some(path) => {
                     let (p, _) = crate::trial::protocol::check_file(path)?;
@@ -683,8 +690,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => {
                     let family: crate::engine::spec::Family = serde_json::from_value(serde_json::Value::String(family.clone()))
                         .map_err(|_| anyhow::anyhow!("--family {family:?}: use gaussian, poisson, bernoulli, binomial or beta"))?;
+                    if direction.is_none() {
+                        assumed.push(
+                            "higher values are taken as better; pass --direction lower if lower is better (pain, anxiety, migraine days)".to_string(),
+                        );
+                    }
+                    let direction = direction.as_deref().unwrap_or("higher");
                     let direction: crate::engine::spec::Direction =
-                        serde_json::from_value(serde_json::Value::String(direction.clone()))
+                        serde_json::from_value(serde_json::Value::String(direction.to_string()))
                             .map_err(|_| {
                                 anyhow::anyhow!("--direction {direction:?}: use higher or lower")
                             })?;
@@ -711,10 +724,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     arm: arm_col.clone(),
                     outcome: outcome_col.clone(),
                     taken: taken_col.clone(),
+                    date_order: *date_order,
                 },
                 method,
                 seed: *seed,
                 backend: *backend,
+                assumed,
             };
             let analysis = crate::cli::analyze::analyze(&text, &request)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", data.display()))?;
