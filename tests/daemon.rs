@@ -47,8 +47,14 @@ fn demo_shows_a_live_trial_and_stops_cleanly() {
     // The engine refitted the demo trial on its 42 days of history.
     let fit = &trial["latest_fit"];
     assert_eq!(fit["observations"], 42, "{trial}");
-    assert!(fit["effects"][0]["0"].is_null());
-    assert_eq!(fit["effects"][0][0], "Morning meditation");
+    // Keyed objects, not arrays (api_version 2).
+    assert_eq!(status["api_version"], 2);
+    let effect = &fit["effects"][0];
+    assert_eq!(effect["arm"], "Morning meditation");
+    assert!(effect["mean"].is_f64() && effect["p_better_by_mid"].is_f64());
+    assert_eq!(effect["ci90"].as_array().map(Vec::len), Some(2));
+    assert!(status["jobs"][0]["name"].is_string() && status["jobs"][0]["runs"].is_u64());
+    assert!(status["participants"][0]["streams"].is_array());
     assert!(page.contains("P(better by MID)"), "{page}");
     // The demo participant gets today's email on the first start.
     let mail: Vec<_> = std::fs::read_dir(data.join("mail")).unwrap().collect();

@@ -30,7 +30,41 @@ pub struct ParticipantView {
     /// The simulated demo participant.
     pub is_demo: bool,
     /// Streams with observation counts and the last local date.
-    pub streams: Vec<(String, i64, Option<String>)>,
+    pub streams: Vec<StreamView>,
+}
+
+/// One of a participant's streams on the status page.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamView {
+    /// Stream key.
+    pub stream: String,
+    /// Observations stored.
+    pub observations: i64,
+    /// The participant's local date of the latest one.
+    pub last: Option<String>,
+}
+
+/// One arm's effect in the latest fit, on the status page.
+#[derive(Debug, Clone, Serialize)]
+pub struct EffectView {
+    /// The arm's label as the viewer may see it (a code when blinded).
+    pub arm: String,
+    /// Posterior mean of the effect against the comparator.
+    pub mean: f64,
+    /// 90% interval.
+    pub ci90: [f64; 2],
+    /// P(better by the MID).
+    pub p_better_by_mid: f64,
+}
+
+/// A job's name and how it has run.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobView {
+    /// The job.
+    pub name: String,
+    /// Runs, failures, the last success, error and summary.
+    #[serde(flatten)]
+    pub status: JobStatus,
 }
 
 /// One trial on the status page. Only today and the past: nothing of future arms.
@@ -73,8 +107,8 @@ pub struct FitView {
     pub data_through: String,
     /// Observations used.
     pub observations: i64,
-    /// Per non-comparator arm: label, mean, 90% interval, P(better by MID).
-    pub effects: Vec<(String, f64, [f64; 2], f64)>,
+    /// Per non-comparator arm.
+    pub effects: Vec<EffectView>,
     /// The fit's verdict.
     pub converged: bool,
 }
@@ -101,7 +135,10 @@ pub struct StatusView {
     /// Row counts.
     pub counts: Counts,
     /// Jobs.
-    pub jobs: Vec<(String, JobStatus)>,
+    pub jobs: Vec<JobView>,
+    /// The shape of this document: 2 since its arrays hold keyed objects
+    /// (1 held `[label, mean, [low, high], p]` and `[name, status]` arrays).
+    pub api_version: u32,
 }
 
 /// An outbox message on the status page (no bodies).
@@ -131,7 +168,10 @@ pub async fn status(state: &AppState, viewer: &Viewer) -> Result<StatusView, Sto
         .jobs
         .snapshot()
         .into_iter()
-        .map(|(k, v)| (k.name().to_string(), v))
+        .map(|(k, v)| JobView {
+            name: k.name().to_string(),
+            status: v,
+        })
         .collect();
     let time_scale = state.clock.scale();
     state
@@ -149,7 +189,15 @@ pub async fn status(state: &AppState, viewer: &Viewer) -> Result<StatusView, Sto
                     time_zone: p.time_zone.clone(),
                     local_now,
                     is_demo: p.is_demo,
-                    streams: s.stream_counts(p.id)?,
+                    streams: s
+                        .stream_counts(p.id)?
+                        .into_iter()
+                        .map(|(stream, observations, last)| StreamView {
+                            stream,
+                            observations,
+                            last,
+                        })
+                        .collect(),
                 });
             }
             let mut trials = Vec::new();
@@ -240,6 +288,7 @@ pub async fn status(state: &AppState, viewer: &Viewer) -> Result<StatusView, Sto
                 outbox,
                 counts: s.counts()?,
                 jobs,
+                api_version: 2,
             })
         })
         .await
@@ -258,7 +307,12 @@ fn fit_view(
             let label = protocol
                 .arm_index(&e.arm)
                 .map_or(e.arm.clone(), |i| arm_label(protocol, i, viewer));
-            (label, e.mean, e.ci90, e.p_better_by_mid)
+            EffectView {
+                arm: label,
+                mean: e.mean,
+                ci90: e.ci90,
+                p_better_by_mid: e.p_better_by_mid,
+            }
         })
         .collect();
     Some(FitView {
@@ -278,7 +332,7 @@ fn fit_view(
 <h2>Participants</h2>
 <div class="scroll"><table><tr><th>Name</th><th>Time zone</th><th>Local time</th><th>Data</th></tr>
 {% for p in v.participants %}<tr><td>{{ p.name }}{% if p.is_demo %} <span class="muted">(demo)</span>{% endif %}</td><td>{{ p.time_zone }}</td><td>{{ p.local_now }}</td>
-<td>{% for s in p.streams %}{{ s.0 }}: {{ s.1 }} obs.{% if let Some(d) = s.2 %}, last {{ d }}{% endif %}<br>{% endfor %}</td></tr>
+<td>{% for s in p.streams %}{{ s.stream }}: {{ s.observations }} obs.{% if let Some(d) = s.last %}, last {{ d }}{% endif %}<br>{% endfor %}</td></tr>
 {% endfor %}</table></div>
 
 <h2>Trials</h2>
@@ -290,7 +344,7 @@ fn fit_view(
 <span class="bar" role="img" aria-label="{{ t.progress_percent }} percent of planned days"><span style="width: {{ t.progress_percent }}%"></span></span></td>
 <td>{% if let Some(a) = t.today_arm %}{{ a }}{% else %}–{% endif %}</td>
 <td>{% if let Some(n) = t.next_assignment %}{{ n }}{% else %}–{% endif %}</td>
-<td>{% if let Some(f) = t.latest_fit %}{% for e in f.effects %}{{ e.0 }}: {{ "{:+.2}"|format(e.1) }} [{{ "{:+.2}"|format(e.2[0]) }}, {{ "{:+.2}"|format(e.2[1]) }}], P(better by MID) {{ "{:.2}"|format(e.3) }}<br>{% endfor %}
+<td>{% if let Some(f) = t.latest_fit %}{% for e in f.effects %}{{ e.arm }}: {{ "{:+.2}"|format(e.mean) }} [{{ "{:+.2}"|format(e.ci90[0]) }}, {{ "{:+.2}"|format(e.ci90[1]) }}], P(better by MID) {{ "{:.2}"|format(e.p_better_by_mid) }}<br>{% endfor %}
 <span class="muted">{{ f.observations }} obs. through {{ f.data_through }}{% if !f.converged %} · <span class="err">not converged</span>{% endif %}</span>{% else %}–{% endif %}</td>
 </tr>{% endif %}{% endfor %}</table></div>
 
@@ -310,9 +364,9 @@ fn fit_view(
 
 <h2>Jobs</h2>
 <div class="scroll"><table><tr><th>Job</th><th>Runs</th><th>Last success</th><th>Result</th></tr>
-{% for j in v.jobs %}<tr><td>{{ j.0 }}</td><td>{{ j.1.runs }}{% if j.1.failures > 0 %} ({{ j.1.failures }} failed){% endif %}</td>
-<td>{% if let Some(a) = j.1.last_ok %}{{ a }}{% else %}–{% endif %}</td>
-<td>{% if let Some(e) = j.1.last_error %}<span class="err">{{ e }}</span>{% else %}{% if let Some(s) = j.1.last_summary %}{{ s }}{% endif %}{% endif %}</td></tr>{% endfor %}</table></div>
+{% for j in v.jobs %}<tr><td>{{ j.name }}</td><td>{{ j.status.runs }}{% if j.status.failures > 0 %} ({{ j.status.failures }} failed){% endif %}</td>
+<td>{% if let Some(a) = j.status.last_ok %}{{ a }}{% else %}–{% endif %}</td>
+<td>{% if let Some(e) = j.status.last_error %}<span class="err">{{ e }}</span>{% else %}{% if let Some(s) = j.status.last_summary %}{{ s }}{% endif %}{% endif %}</td></tr>{% endfor %}</table></div>
 <p class="muted">{{ v.counts.observations }} observations · {{ v.counts.outbox }} messages ({{ v.counts.outbox_pending }} not yet sent) · <a href="/api/status">JSON</a> · <a href="/healthz">health</a></p>"#
 )]
 struct StatusPage<'a> {
