@@ -421,7 +421,7 @@ pub struct Batcher {
     requests: Mutex<Option<Sender<Request>>>,
     /// Evaluators alive: the dispatcher launches once this many wait.
     active: Arc<AtomicUsize>,
-    dispatcher: Mutex<Option<std::thread::JoinHandle<BatchStats>>>,
+    dispatcher: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// How long the dispatcher waits for more fits' batches before launching
@@ -445,17 +445,6 @@ impl std::fmt::Debug for Batcher {
     }
 }
 
-/// What a batcher did.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct BatchStats {
-    /// Kernel launches.
-    pub launches: usize,
-    /// Points evaluated.
-    pub points: usize,
-    /// Seconds the dispatcher spent packing, copying and launching.
-    pub busy_s: f64,
-}
-
 impl Batcher {
     /// A batcher over `cuda`, its dispatcher started.
     pub fn new(cuda: Arc<Cuda>) -> Result<Batcher, NoGpu> {
@@ -473,15 +462,16 @@ impl Batcher {
         })
     }
 
-    /// Stops the dispatcher (after the batches in flight) and says what it
-    /// did. Only on drop: the dispatcher ends when every evaluator's sender
+    /// Stops the dispatcher (after the batches in flight). Only on drop: the dispatcher ends when every evaluator's sender
     /// is gone too, and evaluators borrow the batcher, so none is left then.
-    fn finish(&self) -> BatchStats {
+    fn finish(&self) {
         if let Ok(mut r) = self.requests.lock() {
             r.take();
         }
         let handle = self.dispatcher.lock().ok().and_then(|mut d| d.take());
-        handle.and_then(|h| h.join().ok()).unwrap_or_default()
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
     }
 }
 
@@ -492,8 +482,7 @@ impl Drop for Batcher {
 }
 
 /// The dispatcher's loop: gather, pack, launch, answer.
-fn dispatch(cuda: &Cuda, rx: &Receiver<Request>, active: &AtomicUsize) -> BatchStats {
-    let mut stats = BatchStats::default();
+fn dispatch(cuda: &Cuda, rx: &Receiver<Request>, active: &AtomicUsize) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         let started = Instant::now();
@@ -510,7 +499,6 @@ fn dispatch(cuda: &Cuda, rx: &Receiver<Request>, active: &AtomicUsize) -> BatchS
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        let busy = Instant::now();
         let mut packed = Packed::new();
         let mut items = Vec::new();
         let mut ranges = Vec::with_capacity(batch.len());
@@ -527,14 +515,10 @@ fn dispatch(cuda: &Cuda, rx: &Receiver<Request>, active: &AtomicUsize) -> BatchS
             tracing::warn!(error = %e, "GPU batch failed");
             vec![None; items.len()]
         });
-        stats.launches += 1;
-        stats.points += items.len();
-        stats.busy_s += busy.elapsed().as_secs_f64();
         for (r, range) in batch.into_iter().zip(ranges) {
             let _ = r.reply.send(results[range].to_vec());
         }
     }
-    stats
 }
 
 /// One fit's evaluator under a [`Batcher`].
