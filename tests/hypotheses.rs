@@ -177,6 +177,7 @@ fn store_with_data(dir: &Path, extra_stream: Option<&str>) -> (Store, Participan
         assignment_time: "07:30".into(),
         streams: vec![],
         goals: vec!["calmer evenings".into()],
+        imports: vec![],
     }
     .resolve()
     .unwrap();

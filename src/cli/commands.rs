@@ -216,8 +216,10 @@ enum Command {
         data_dir: Option<PathBuf>,
     },
     /// Import files into a participant's data: Apple Health `export.zip` or
-    /// `export.xml` (streamed), Health Auto Export JSON. Safe while the
-    /// daemon runs; importing a file again adds nothing already stored.
+    /// `export.xml` (streamed), Health Auto Export JSON, and CSV or JSON
+    /// files described by a mapping in the config (`[[participants.imports]]`).
+    /// Safe while the daemon runs; importing a file again adds nothing
+    /// already stored.
     Import {
         /// The participant (may be left out when there is only one).
         #[arg(long)]
@@ -225,6 +227,9 @@ enum Command {
         /// Files to import.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Read the files through this mapping, whatever their names.
+        #[arg(long)]
+        mapping: Option<String>,
         /// Data folder (default: from the config).
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -1263,20 +1268,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import {
             participant,
             files,
+            mapping,
             data_dir,
         } => {
             let (config, mut store) = open_existing_store(&cli, data_dir)?;
             let who = participant_of(&store, participant.as_deref())?;
             let who = &who;
-            let rules = config.stream_rules(&who.key);
+            let settings = config.import_settings(&who.key);
             let mut failed = 0;
             for file in files {
                 let started = std::time::Instant::now();
                 match crate::service::sources::ingest::import_file(
                     &mut store,
                     who,
-                    &rules,
+                    &settings,
                     file,
+                    mapping.as_deref(),
                     jiff::Timestamp::now(),
                 ) {
                     Ok(report) => {

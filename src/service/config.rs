@@ -488,6 +488,10 @@ pub struct ParticipantConfig {
     /// days", "calmer evenings"): scheduled proposals start from these.
     #[serde(default)]
     pub goals: Vec<String>,
+    /// CSV and JSON files described by a mapping (column → stream, unit,
+    /// time column and zone), imported from the inbox or `nof1d import`.
+    #[serde(default)]
+    pub imports: Vec<crate::service::sources::mapped::MappingConfig>,
 }
 
 /// One stream's settings for a participant.
@@ -530,6 +534,8 @@ pub struct Participant {
     pub assignment_time: Time,
     /// Per-stream day rules and device preferences.
     pub streams: crate::service::streams::StreamRules,
+    /// Mapped CSV/JSON imports, checked.
+    pub imports: Vec<crate::service::sources::mapped::Mapping>,
 }
 
 impl ParticipantConfig {
@@ -585,6 +591,17 @@ impl ParticipantConfig {
                 )));
             }
         }
+        let mut imports: Vec<crate::service::sources::mapped::Mapping> = Vec::new();
+        for m in &self.imports {
+            let mapping = m.resolve(&self.key).map_err(ConfigError::Invalid)?;
+            if imports.iter().any(|other| other.name == mapping.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "participant {}: imports {:?} appears twice",
+                    self.key, mapping.name
+                )));
+            }
+            imports.push(mapping);
+        }
         Ok(Participant {
             key: self.key.clone(),
             name: self.name.clone(),
@@ -593,6 +610,7 @@ impl ParticipantConfig {
             time_zone,
             assignment_time,
             streams,
+            imports,
         })
     }
 }
@@ -735,6 +753,21 @@ impl Config {
             .find(|p| p.key == key)
             .and_then(|p| p.resolve().ok())
             .map(|p| p.streams)
+            .unwrap_or_default()
+    }
+
+    /// What importing a file for participant `key` needs: the stream rules
+    /// and the mapped imports (none for a participant the config does not
+    /// name, such as the demo).
+    pub fn import_settings(&self, key: &str) -> crate::service::sources::ingest::ImportSettings {
+        self.participants
+            .iter()
+            .find(|p| p.key == key)
+            .and_then(|p| p.resolve().ok())
+            .map(|p| crate::service::sources::ingest::ImportSettings {
+                rules: p.streams,
+                mappings: p.imports,
+            })
             .unwrap_or_default()
     }
 

@@ -84,6 +84,7 @@ pub fn participant_config(time_zone: &str) -> ParticipantConfig {
         time_zone: time_zone.into(),
         assignment_time: "07:30".into(),
         streams: Vec::new(),
+        imports: Vec::new(),
         goals: vec!["calmer evenings, less anxiety".into()],
     }
 }

@@ -17,3 +17,4 @@ pub mod private;
 pub mod sources;
 pub mod store;
 pub mod streams;
+pub mod units;

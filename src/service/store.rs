@@ -10,6 +10,7 @@
 //! one reader connection (WAL lets the reader see the last commit while a
 //! write is in progress), so the runtime's worker threads never wait on SQLite.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 
@@ -1544,6 +1545,15 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// The unit each of the participant's streams is stored in, by key.
+    pub fn stream_units(&self, participant_id: i64) -> Result<HashMap<String, String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, unit FROM streams WHERE participant_id = ?1")?;
+        let rows = stmt.query_map([participant_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
     /// Per-stream observation counts for a participant: `(stream, count, last local date)`.
@@ -3619,6 +3629,7 @@ mod tests {
             assignment_time: "07:00".into(),
             streams: Vec::new(),
             goals: Vec::new(),
+            imports: Vec::new(),
         }
         .resolve()
         .unwrap();

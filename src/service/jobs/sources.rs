@@ -70,7 +70,7 @@ async fn sweep_inbox(state: &AppState) -> Result<crate::service::sources::inbox:
         crate::service::sources::inbox::sweep(
             &mut store,
             &config.data_dir,
-            &|key| config.stream_rules(key),
+            &|key| config.import_settings(key),
             now,
         )
         .map_err(|e| e.to_string())

@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::service::sources::ingest::{IngestReport, import_file};
+use crate::service::sources::ingest::{ImportSettings, IngestReport, import_file};
 use crate::service::store::{ParticipantRow, Store};
-use crate::service::streams::StreamRules;
 
 /// How long a file must have been left alone before it is imported.
 const SETTLE: Duration = Duration::from_secs(5);
@@ -32,12 +31,12 @@ pub struct Sweep {
     pub failed: Vec<String>,
 }
 
-/// Imports every settled file in the inbox. `rules_of` gives a
-/// participant's stream rules.
+/// Imports every settled file in the inbox. `settings_of` gives a
+/// participant's import settings.
 pub fn sweep(
     store: &mut Store,
     data_dir: &Path,
-    rules_of: &dyn Fn(&str) -> StreamRules,
+    settings_of: &dyn Fn(&str) -> ImportSettings,
     now: Timestamp,
 ) -> std::io::Result<Sweep> {
     let inbox = inbox_dir(data_dir);
@@ -69,7 +68,7 @@ pub fn sweep(
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let result = match who {
-                Some(p) => match import_file(store, p, &rules_of(&p.key), &file, now) {
+                Some(p) => match import_file(store, p, &settings_of(&p.key), &file, None, now) {
                     // The store failing is not the file's fault: it stays
                     // in the inbox for the next sweep.
                     Err(e @ crate::service::sources::ingest::IngestError::Store(_)) => {

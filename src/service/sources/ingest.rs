@@ -13,6 +13,7 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde::Serialize;
 
+use crate::service::sources::mapped::{self, Mapping, MappedError};
 use crate::service::sources::{apple_health, health_auto_export};
 use crate::service::store::{ParticipantRow, RunWay, SourceRow, Store, StoreError, Upserted};
 use crate::service::streams::StreamRules;
@@ -21,6 +22,18 @@ use crate::service::streams::StreamRules;
 pub const APPLE_HEALTH: &str = "apple_health";
 /// The source kind of Health Auto Export (pushed or as files).
 pub const HEALTH_AUTO_EXPORT: &str = "health_auto_export";
+
+/// The source kind of files read through a mapping in the config.
+pub const MAPPED: &str = "mapped";
+
+/// What importing a participant's files needs from the config.
+#[derive(Debug, Clone, Default)]
+pub struct ImportSettings {
+    /// Day rules and device preferences by stream.
+    pub rules: StreamRules,
+    /// Mapped CSV/JSON imports.
+    pub mappings: Vec<Mapping>,
+}
 
 /// Observations written per transaction in a file import.
 const BATCH: usize = 20_000;
@@ -38,9 +51,20 @@ pub enum IngestError {
     },
     /// No reader knows this file.
     #[error(
-        "{0}: not a file nof1d can import (Apple Health export.zip or export.xml, or Health Auto Export JSON)"
+        "{0}: not a file nof1d can import (Apple Health export.zip or export.xml, Health Auto Export JSON, or a CSV/JSON file matched by a mapping in the config's [[participants.imports]]{1})"
     )]
-    Unknown(String),
+    Unknown(String, String),
+    /// `--mapping` names no mapping of the participant.
+    #[error("no import mapping {0:?} for this participant ({1})")]
+    NoMapping(String, String),
+    /// A mapped file could not be read as its mapping says.
+    #[error("{file}: {source}")]
+    Mapped {
+        /// The file.
+        file: String,
+        /// Why.
+        source: MappedError,
+    },
     /// The payload is not the expected format.
     #[error("{0}")]
     Payload(#[from] health_auto_export::PayloadError),
@@ -96,16 +120,19 @@ fn problems_of(refused: &std::collections::BTreeMap<String, usize>) -> Vec<Strin
         .collect()
 }
 
-/// Imports one file for `participant`: Apple's export (zip or XML) or
-/// Health Auto Export JSON, each into the participant's source of that
-/// kind (made on first use).
+/// Imports one file for `participant`: a CSV/JSON file through the mapping
+/// named by `mapping` or else the first whose file pattern matches its name,
+/// Apple's export (zip or XML) or Health Auto Export JSON, each into the
+/// participant's source of that kind or name (made on first use).
 pub fn import_file(
     store: &mut Store,
     participant: &ParticipantRow,
-    rules: &StreamRules,
+    settings: &ImportSettings,
     path: &Path,
+    mapping: Option<&str>,
     now: Timestamp,
 ) -> Result<IngestReport, IngestError> {
+    let rules = &settings.rules;
     let file = path.display().to_string();
     let home = TimeZone::get(&participant.time_zone).map_err(|e| IngestError::File {
         file: file.clone(),
@@ -115,10 +142,23 @@ pub fn import_file(
         file: file.clone(),
         message: e.to_string(),
     };
-    let head = read_head(path).map_err(io)?;
     let name = path
         .file_name()
         .map_or_else(|| file.clone(), |n| n.to_string_lossy().into_owned());
+    let chosen = match mapping {
+        Some(wanted) => Some(
+            settings
+                .mappings
+                .iter()
+                .find(|m| m.name == wanted)
+                .ok_or_else(|| IngestError::NoMapping(wanted.to_string(), mapping_list(settings)))?,
+        ),
+        None => settings.mappings.iter().find(|m| m.matches(&name)),
+    };
+    if let Some(m) = chosen {
+        return import_mapped(store, participant, m, &home, rules, path, &name, now);
+    }
+    let head = read_head(path).map_err(io)?;
     if head.starts_with(b"PK\x03\x04") || looks_like_apple_xml(&head) {
         let source_id =
             store.ensure_source(participant.id, "apple-health", APPLE_HEALTH, "{}", now)?;
@@ -177,7 +217,113 @@ pub fn import_file(
             now,
         );
     }
-    Err(IngestError::Unknown(file))
+    Err(IngestError::Unknown(file, mapping_hint(settings)))
+}
+
+fn mapping_list(settings: &ImportSettings) -> String {
+    if settings.mappings.is_empty() {
+        return "it has none".into();
+    }
+    let names: Vec<String> = settings
+        .mappings
+        .iter()
+        .map(|m| format!("{} ({})", m.name, m.pattern()))
+        .collect();
+    format!("it has: {}", names.join(", "))
+}
+
+fn mapping_hint(settings: &ImportSettings) -> String {
+    if settings.mappings.is_empty() {
+        String::new()
+    } else {
+        format!("; this participant's mappings match: {}", mapping_list(settings))
+    }
+}
+
+/// Imports a CSV or JSON file through `mapping` into its source, in
+/// batches; the run log keeps what was refused and converted.
+#[allow(clippy::too_many_arguments)]
+fn import_mapped(
+    store: &mut Store,
+    participant: &ParticipantRow,
+    mapping: &Mapping,
+    home: &TimeZone,
+    rules: &StreamRules,
+    path: &Path,
+    name: &str,
+    now: Timestamp,
+) -> Result<IngestReport, IngestError> {
+    let file = path.display().to_string();
+    let format = mapping.format_of(name).ok_or_else(|| IngestError::File {
+        file: file.clone(),
+        message: format!(
+            "mapping {:?}: say format = \"csv\" or \"json\" (the file name does not tell)",
+            mapping.name
+        ),
+    })?;
+    let input = std::fs::File::open(path).map_err(|e| IngestError::File {
+        file: file.clone(),
+        message: e.to_string(),
+    })?;
+    let units = store.stream_units(participant.id)?;
+    let source_id = store.ensure_source(participant.id, &mapping.name, MAPPED, "{}", now)?;
+    let run = store.begin_run(source_id, RunWay::Import, name, now)?;
+    let mut counts = Upserted::default();
+    let result = mapped::read(
+        mapping,
+        format,
+        std::io::BufReader::with_capacity(1 << 20, input),
+        home,
+        rules,
+        &units,
+        BATCH,
+        &mut |batch| {
+            counts.add(store.record_batch(source_id, run, batch, now)?);
+            Ok::<(), ImportFailure>(())
+        },
+    );
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            store.finish_run(run, 0, "", Some(&e.to_string()), now)?;
+            return Err(match e {
+                ImportFailure::Store(e) => e.into(),
+                ImportFailure::Mapped(source) => IngestError::Mapped { file, source },
+            });
+        }
+    };
+    let refused = report.refused.values().sum();
+    let mut problems = problems_of(&report.refused);
+    for (column, how) in &report.converted {
+        problems.push(format!("{column:?} converted {how}"));
+    }
+    if report.empty > 0 {
+        problems.push(format!("{} empty cells skipped", report.empty));
+    }
+    if report.dst_ambiguous > 0 {
+        problems.push(format!(
+            "{} local times fell in a daylight-saving change: the earlier of a repeated hour was taken, a skipped hour moved forward",
+            report.dst_ambiguous
+        ));
+    }
+    store.finish_run(run, refused, &problems.join("\n"), None, now)?;
+    Ok(IngestReport {
+        what: name.to_string(),
+        source: mapping.name.clone(),
+        counts,
+        refused,
+        problems,
+        damaged: None,
+    })
+}
+
+/// Why a mapped import stopped: the file, or the store.
+#[derive(Debug, thiserror::Error)]
+enum ImportFailure {
+    #[error(transparent)]
+    Mapped(#[from] MappedError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// The participant's Health Auto Export source (pushes and files share it,

@@ -18,6 +18,7 @@ pub mod demo;
 pub mod health_auto_export;
 pub mod inbox;
 pub mod ingest;
+pub mod mapped;
 
 /// Builds a source's adapter from its stored row (kind, configuration,
 /// cursor) and whatever else in the store it needs.
@@ -32,6 +33,7 @@ pub const UNPOLLED: &[&str] = &[
     "self_report",
     ingest::APPLE_HEALTH,
     ingest::HEALTH_AUTO_EXPORT,
+    ingest::MAPPED,
 ];
 
 /// The adapter of a stored source: `None` for a kind that is never polled,
