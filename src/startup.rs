@@ -277,13 +277,27 @@ async fn wait_for_signal() {
 async fn sync_participants(db: &Db, config: &Config, now: Timestamp) -> Result<(), DaemonError> {
     let mut resolved = Vec::new();
     for p in &config.participants {
-        resolved.push(p.resolve()?);
+        let sources: Vec<(String, String)> = p
+            .home_assistant
+            .iter()
+            .map(|ha| (ha.name.clone(), ha.stored_json()))
+            .collect();
+        resolved.push((p.resolve()?, sources));
     }
     let demo_zone = config.demo.enabled.then(|| config.demo.time_zone.clone());
     let demo_trial = db
         .write_with(move |s| -> Result<Option<i64>, DemoError> {
-            for p in &resolved {
-                s.upsert_participant(p, false, now)?;
+            for (p, sources) in &resolved {
+                let id = s.upsert_participant(p, false, now)?;
+                for (name, json) in sources {
+                    s.configure_source(
+                        id,
+                        name,
+                        crate::service::sources::home_assistant::KIND,
+                        json,
+                        now,
+                    )?;
+                }
             }
             match demo_zone {
                 Some(zone) => demo::ensure_seeded(s, &zone, now).map(Some),

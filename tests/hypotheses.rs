@@ -178,6 +178,7 @@ fn store_with_data(dir: &Path, extra_stream: Option<&str>) -> (Store, Participan
         streams: vec![],
         goals: vec!["calmer evenings".into()],
         imports: vec![],
+        home_assistant: vec![],
     }
     .resolve()
     .unwrap();

@@ -446,24 +446,44 @@ fn a_mapped_spreadsheet_imports_once_updates_what_changed_and_names_what_is_wron
 
     let mut diary = String::from("Datum;Stimmung;Migräne;Gewicht\n");
     for day in 1..=28 {
-        let migraine = if day % 5 == 0 { "ja?" } else if day % 4 == 0 { "yes" } else { "no" };
-        diary.push_str(&format!("{day:02}.02.2026;{},5;{migraine};{},2\n", 4 + day % 3, 150 + day % 2));
+        let migraine = if day % 5 == 0 {
+            "ja?"
+        } else if day % 4 == 0 {
+            "yes"
+        } else {
+            "no"
+        };
+        diary.push_str(&format!(
+            "{day:02}.02.2026;{},5;{migraine};{},2\n",
+            4 + day % 3,
+            150 + day % 2
+        ));
     }
     std::fs::write(cwd.join("diary-feb.csv"), &diary).unwrap();
     let import = |file: &str| run(&["import", "--config", cfg, "--data-dir", d, file], cwd);
     let first = import("diary-feb.csv");
     let text = stdout(&first);
-    assert!(first.status.success(), "{text}{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     // 28 moods + 28 weights + 23 readable migraine answers ("ja?" × 5 refused).
     assert_eq!(counts(&text), (79, 0, 0), "{text}");
     assert!(text.contains("diary-feb.csv → diary:"), "{text}");
-    assert!(text.contains("5 refused") && text.contains("\"ja?\" is not a number"), "{text}");
+    assert!(
+        text.contains("5 refused") && text.contains("\"ja?\" is not a number"),
+        "{text}"
+    );
     assert_eq!(observations(&data), 79);
 
     // Again: nothing new. One day's mood changed in the spreadsheet: updated.
     assert_eq!(counts(&stdout(&import("diary-feb.csv"))), (0, 0, 79));
-    std::fs::write(cwd.join("diary-feb.csv"), diary.replacen("01.02.2026;5,5", "01.02.2026;7,0", 1))
-        .unwrap();
+    std::fs::write(
+        cwd.join("diary-feb.csv"),
+        diary.replacen("01.02.2026;5,5", "01.02.2026;7,0", 1),
+    )
+    .unwrap();
     assert_eq!(counts(&stdout(&import("diary-feb.csv"))), (0, 1, 78));
     let conn = rusqlite::Connection::open_with_flags(
         data.join("nof1d.sqlite"),
@@ -482,19 +502,34 @@ fn a_mapped_spreadsheet_imports_once_updates_what_changed_and_names_what_is_wron
     assert_eq!((mood, weight_unit.as_str()), (7.0, "lb"));
 
     // A file whose column is not the mapping's: nothing stored, the column named.
-    std::fs::write(cwd.join("diary-mar.csv"), "Datum;Laune;Migräne;Gewicht\n01.03.2026;5;no;150\n")
-        .unwrap();
+    std::fs::write(
+        cwd.join("diary-mar.csv"),
+        "Datum;Laune;Migräne;Gewicht\n01.03.2026;5;no;150\n",
+    )
+    .unwrap();
     let bad = import("diary-mar.csv");
     let err = String::from_utf8_lossy(&bad.stderr).into_owned();
     assert!(!bad.status.success());
-    assert!(err.contains("no column \"Stimmung\"") && err.contains("\"Laune\""), "{err}");
+    assert!(
+        err.contains("no column \"Stimmung\"") && err.contains("\"Laune\""),
+        "{err}"
+    );
     // A CSV no mapping matches: the mappings there are, named.
     std::fs::write(cwd.join("steps.csv"), "date,steps\n2026-03-01,9000\n").unwrap();
     let unknown = String::from_utf8_lossy(&import("steps.csv").stderr).into_owned();
     assert!(unknown.contains("diary (diary*.csv)"), "{unknown}");
     // --mapping names one that does not exist.
     let none = run(
-        &["import", "--config", cfg, "--data-dir", d, "--mapping", "sleep", "steps.csv"],
+        &[
+            "import",
+            "--config",
+            cfg,
+            "--data-dir",
+            d,
+            "--mapping",
+            "sleep",
+            "steps.csv",
+        ],
         cwd,
     );
     assert!(String::from_utf8_lossy(&none.stderr).contains("no import mapping \"sleep\""));
@@ -503,13 +538,20 @@ fn a_mapped_spreadsheet_imports_once_updates_what_changed_and_names_what_is_wron
     // The inbox picks the mapping by the file's name.
     let inbox = data.join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
-    std::fs::write(inbox.join("diary-mar.csv"), "Datum;Stimmung;Migräne;Gewicht\n01.03.2026;6;no;149,8\n")
-        .unwrap();
+    std::fs::write(
+        inbox.join("diary-mar.csv"),
+        "Datum;Stimmung;Migräne;Gewicht\n01.03.2026;6;no;149,8\n",
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_secs(6));
     let daemon = Daemon::start(&data, &["--config", cfg]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !inbox.join("done/diary-mar.csv").exists() {
-        assert!(Instant::now() < deadline, "inbox not swept: {}", daemon.log());
+        assert!(
+            Instant::now() < deadline,
+            "inbox not swept: {}",
+            daemon.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let report = std::fs::read_to_string(inbox.join("done/diary-mar.csv.report.txt")).unwrap();

@@ -492,6 +492,9 @@ pub struct ParticipantConfig {
     /// time column and zone), imported from the inbox or `nof1d import`.
     #[serde(default)]
     pub imports: Vec<crate::service::sources::mapped::MappingConfig>,
+    /// Home Assistant instances whose sensor entities are streams.
+    #[serde(default)]
+    pub home_assistant: Vec<crate::service::sources::home_assistant::HomeAssistantConfig>,
 }
 
 /// One stream's settings for a participant.
@@ -601,6 +604,17 @@ impl ParticipantConfig {
                 )));
             }
             imports.push(mapping);
+        }
+        let mut source_names: std::collections::BTreeSet<&str> =
+            imports.iter().map(|m| m.name.as_str()).collect();
+        for ha in &self.home_assistant {
+            ha.check(&self.key).map_err(ConfigError::Invalid)?;
+            if !source_names.insert(ha.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "participant {}: source name {:?} is used twice (imports and home_assistant share names)",
+                    self.key, ha.name
+                )));
+            }
         }
         Ok(Participant {
             key: self.key.clone(),

@@ -85,6 +85,7 @@ pub fn participant_config(time_zone: &str) -> ParticipantConfig {
         assignment_time: "07:30".into(),
         streams: Vec::new(),
         imports: Vec::new(),
+        home_assistant: Vec::new(),
         goals: vec!["calmer evenings, less anxiety".into()],
     }
 }
@@ -176,7 +177,8 @@ mod tests {
         assert_eq!(store.counts().unwrap(), counts);
         let rows = store.sources().unwrap();
         assert_eq!(rows.len(), 1);
-        let source = crate::service::sources::adapter_for(&rows[0], &store)
+        let config = crate::service::config::Config::default();
+        let source = crate::service::sources::adapter_for(&rows[0], &store, &config)
             .unwrap()
             .expect("the demo kind has an adapter");
         let poll = source.poll(None, now).unwrap();

@@ -18,6 +18,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::service::config::{LlmConfig, Secret, Structured};
+use crate::service::http::{error_chain, is_timeout, parse_retry_after};
 
 /// The largest answer read from the server.
 const MAX_BODY_BYTES: u64 = 4 << 20;
@@ -365,51 +366,9 @@ fn mentions_format(text: &str) -> bool {
     t.contains("response_format") || t.contains("json_schema") || t.contains("json schema")
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
-fn is_timeout(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::TimedOut || e.to_string().contains("timed out")
-}
-
-/// `Retry-After`: seconds, or an HTTP date (RFC 9110 §10.2.3), as a wait
-/// from `now` (a date in the past waits nothing).
-pub fn parse_retry_after(value: &str, now: Timestamp) -> Option<Duration> {
-    let v = value.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = jiff::fmt::rfc2822::parse(v).ok()?.timestamp();
-    let wait = at.duration_since(now);
-    Some(Duration::from_secs_f64(wait.as_secs_f64().max(0.0)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_takes_seconds_and_dates() {
-        let now: Timestamp = "2026-12-04T10:00:00Z".parse().expect("instant");
-        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_retry_after("Fri, 04 Dec 2026 10:00:30 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_retry_after("Fri, 04 Dec 2026 09:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
-    }
 
     #[test]
     fn completions_are_read_and_refusals_named() {

@@ -1236,6 +1236,33 @@ impl Store {
         )?)
     }
 
+    /// Creates a configured source or brings its stored settings up to date
+    /// (its cursor and records stay); refused when a source of that name
+    /// but another kind exists.
+    pub fn configure_source(
+        &mut self,
+        participant_id: i64,
+        name: &str,
+        kind: &str,
+        config_json: &str,
+        now: Timestamp,
+    ) -> Result<i64> {
+        let id = self.ensure_source(participant_id, name, kind, config_json, now)?;
+        let stored: String =
+            self.conn
+                .query_row("SELECT kind FROM sources WHERE id = ?1", [id], |r| r.get(0))?;
+        if stored != kind {
+            return Err(StoreError::Refused(format!(
+                "a source named {name:?} of kind {stored} already exists: give the {kind} source another name"
+            )));
+        }
+        self.conn.execute(
+            "UPDATE sources SET config_json = ?2 WHERE id = ?1",
+            params![id, config_json],
+        )?;
+        Ok(id)
+    }
+
     /// All sources.
     pub fn sources(&self) -> Result<Vec<SourceRow>> {
         let mut stmt = self.conn.prepare(
@@ -3630,6 +3657,7 @@ mod tests {
             streams: Vec::new(),
             goals: Vec::new(),
             imports: Vec::new(),
+            home_assistant: Vec::new(),
         }
         .resolve()
         .unwrap();

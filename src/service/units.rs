@@ -22,9 +22,19 @@ enum Quantity {
 type Entry = (&'static [&'static str], Quantity, f64, f64);
 
 const UNITS: &[Entry] = &[
-    (&["kg", "kilogram", "kilograms", "kgs"], Quantity::Mass, 1.0, 0.0),
+    (
+        &["kg", "kilogram", "kilograms", "kgs"],
+        Quantity::Mass,
+        1.0,
+        0.0,
+    ),
     (&["g", "gram", "grams"], Quantity::Mass, 0.001, 0.0),
-    (&["mg", "milligram", "milligrams"], Quantity::Mass, 1e-6, 0.0),
+    (
+        &["mg", "milligram", "milligrams"],
+        Quantity::Mass,
+        1e-6,
+        0.0,
+    ),
     (
         &["lb", "lbs", "pound", "pounds"],
         Quantity::Mass,
@@ -32,7 +42,12 @@ const UNITS: &[Entry] = &[
         0.0,
     ),
     (&["st", "stone"], Quantity::Mass, 6.350_293_18, 0.0),
-    (&["oz", "ounce", "ounces"], Quantity::Mass, 0.028_349_523_125, 0.0),
+    (
+        &["oz", "ounce", "ounces"],
+        Quantity::Mass,
+        0.028_349_523_125,
+        0.0,
+    ),
     (
         &["ms", "millisecond", "milliseconds"],
         Quantity::Duration,
@@ -59,13 +74,39 @@ const UNITS: &[Entry] = &[
     ),
     (&["kcal", "cal", "kilocalories"], Quantity::Energy, 1.0, 0.0),
     (&["kj", "kilojoules"], Quantity::Energy, 1.0 / 4.184, 0.0),
-    (&["m", "metre", "metres", "meter", "meters"], Quantity::Length, 1.0, 0.0),
-    (&["km", "kilometre", "kilometres", "kilometer", "kilometers"], Quantity::Length, 1000.0, 0.0),
-    (&["cm", "centimetre", "centimetres", "centimeter", "centimeters"], Quantity::Length, 0.01, 0.0),
+    (
+        &["m", "metre", "metres", "meter", "meters"],
+        Quantity::Length,
+        1.0,
+        0.0,
+    ),
+    (
+        &["km", "kilometre", "kilometres", "kilometer", "kilometers"],
+        Quantity::Length,
+        1000.0,
+        0.0,
+    ),
+    (
+        &[
+            "cm",
+            "centimetre",
+            "centimetres",
+            "centimeter",
+            "centimeters",
+        ],
+        Quantity::Length,
+        0.01,
+        0.0,
+    ),
     (&["mi", "mile", "miles"], Quantity::Length, 1609.344, 0.0),
     (&["ft", "foot", "feet"], Quantity::Length, 0.3048, 0.0),
     (&["in", "inch", "inches"], Quantity::Length, 0.0254, 0.0),
-    (&["degc", "°c", "c", "celsius"], Quantity::Temperature, 1.0, 0.0),
+    (
+        &["degc", "°c", "c", "celsius"],
+        Quantity::Temperature,
+        1.0,
+        0.0,
+    ),
     (
         &["degf", "°f", "f", "fahrenheit"],
         Quantity::Temperature,
@@ -81,9 +122,30 @@ const UNITS: &[Entry] = &[
     (&["count/s", "/s"], Quantity::Rate, 60.0, 0.0),
     (&["%", "percent", "pct"], Quantity::Fraction, 0.01, 0.0),
     (&["fraction", "ratio"], Quantity::Fraction, 1.0, 0.0),
-    (&["ml", "millilitre", "milliliter", "millilitres", "milliliters"], Quantity::Volume, 0.001, 0.0),
-    (&["l", "litre", "liter", "litres", "liters"], Quantity::Volume, 1.0, 0.0),
-    (&["fl_oz_us", "fl oz", "floz"], Quantity::Volume, 0.029_573_529_562_5, 0.0),
+    (
+        &[
+            "ml",
+            "millilitre",
+            "milliliter",
+            "millilitres",
+            "milliliters",
+        ],
+        Quantity::Volume,
+        0.001,
+        0.0,
+    ),
+    (
+        &["l", "litre", "liter", "litres", "liters"],
+        Quantity::Volume,
+        1.0,
+        0.0,
+    ),
+    (
+        &["fl_oz_us", "fl oz", "floz"],
+        Quantity::Volume,
+        0.029_573_529_562_5,
+        0.0,
+    ),
 ];
 
 fn entry(unit: &str) -> Option<&'static Entry> {
@@ -167,17 +229,38 @@ mod tests {
             Conversion::between("hours", "min").unwrap().apply(7.5),
             450.0
         ));
-        assert!(close(Conversion::between("s", "ms").unwrap().apply(0.042), 42.0));
-        assert!(close(Conversion::between("°F", "degC").unwrap().apply(98.6), 37.0));
-        assert!(close(Conversion::between("C", "F").unwrap().apply(-40.0), -40.0));
-        assert!(close(Conversion::between("kJ", "kcal").unwrap().apply(4.184), 1.0));
-        assert!(close(Conversion::between("%", "fraction").unwrap().apply(85.0), 0.85));
+        assert!(close(
+            Conversion::between("s", "ms").unwrap().apply(0.042),
+            42.0
+        ));
+        assert!(close(
+            Conversion::between("°F", "degC").unwrap().apply(98.6),
+            37.0
+        ));
+        assert!(close(
+            Conversion::between("C", "F").unwrap().apply(-40.0),
+            -40.0
+        ));
+        assert!(close(
+            Conversion::between("kJ", "kcal").unwrap().apply(4.184),
+            1.0
+        ));
+        assert!(close(
+            Conversion::between("%", "fraction").unwrap().apply(85.0),
+            0.85
+        ));
     }
 
     #[test]
     fn the_same_spelling_passes_even_when_unknown() {
-        assert_eq!(Conversion::between("score", "Score").unwrap(), Conversion::SAME);
-        assert_eq!(Conversion::between("kg", "kilograms").unwrap().apply(2.0), 2.0);
+        assert_eq!(
+            Conversion::between("score", "Score").unwrap(),
+            Conversion::SAME
+        );
+        assert_eq!(
+            Conversion::between("kg", "kilograms").unwrap().apply(2.0),
+            2.0
+        );
     }
 
     #[test]

@@ -91,7 +91,12 @@ async fn poll_one(state: &AppState, row: SourceRow) -> Result<Option<Upserted>, 
         .clone()
         .unwrap_or_else(|| row.created_at.clone());
     let cursor = row.cursor.clone();
-    let adapter = match state.db.read_with(move |s| adapter_for(&row, s)).await {
+    let config = state.config.clone();
+    let adapter = match state
+        .db
+        .read_with(move |s| adapter_for(&row, s, &config))
+        .await
+    {
         Ok(None) => return Ok(None),
         Ok(Some(a)) => Ok(a),
         Err(e) => Err(e.to_string()),
@@ -123,7 +128,7 @@ async fn poll_one(state: &AppState, row: SourceRow) -> Result<Option<Upserted>, 
                         poll.cursor.as_deref(),
                         now,
                     )?;
-                    s.finish_run(run, 0, "", None, now)?;
+                    s.finish_run(run, poll.refused, &poll.problems.join("\n"), None, now)?;
                     Ok(counts)
                 })
                 .await;

@@ -87,13 +87,18 @@ impl Source for DemoSource {
         Ok(Poll {
             cursor: Some(self.days[due - 1].0.to_string()),
             observations,
+            ..Poll::default()
         })
     }
 }
 
 /// Builds the demo adapter from its stored source row: the demo trial's
 /// schedule and protocol, and the simulation seed kept in its configuration.
-pub fn adapter(row: &SourceRow, store: &Store) -> Result<Box<dyn Source>, SourceError> {
+pub fn adapter(
+    row: &SourceRow,
+    store: &Store,
+    _config: &crate::service::config::Config,
+) -> Result<Option<Box<dyn Source>>, SourceError> {
     let bad = |message: String| SourceError::Config {
         source_name: row.name.clone(),
         message,
@@ -123,7 +128,7 @@ pub fn adapter(row: &SourceRow, store: &Store) -> Result<Box<dyn Source>, Source
         .as_ref()
         .map_or((0, 10), |s| (s.min, s.max));
     let rating_time: Time = parse_hhmm(RATING_TIME).unwrap_or(Time::midnight());
-    Ok(Box::new(DemoSource {
+    Ok(Some(Box::new(DemoSource {
         name: row.name.clone(),
         stream: protocol.outcome.stream.clone(),
         time_zone,
@@ -136,7 +141,7 @@ pub fn adapter(row: &SourceRow, store: &Store) -> Result<Box<dyn Source>, Source
         params: true_params(&protocol),
         seed,
         range: (min, max),
-    }))
+    })))
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde::Serialize;
 
-use crate::service::sources::mapped::{self, Mapping, MappedError};
+use crate::service::sources::mapped::{self, MappedError, Mapping};
 use crate::service::sources::{apple_health, health_auto_export};
 use crate::service::store::{ParticipantRow, RunWay, SourceRow, Store, StoreError, Upserted};
 use crate::service::streams::StreamRules;
@@ -63,7 +63,7 @@ pub enum IngestError {
         /// The file.
         file: String,
         /// Why.
-        source: MappedError,
+        source: Box<MappedError>,
     },
     /// The payload is not the expected format.
     #[error("{0}")]
@@ -151,7 +151,9 @@ pub fn import_file(
                 .mappings
                 .iter()
                 .find(|m| m.name == wanted)
-                .ok_or_else(|| IngestError::NoMapping(wanted.to_string(), mapping_list(settings)))?,
+                .ok_or_else(|| {
+                    IngestError::NoMapping(wanted.to_string(), mapping_list(settings))
+                })?,
         ),
         None => settings.mappings.iter().find(|m| m.matches(&name)),
     };
@@ -236,7 +238,10 @@ fn mapping_hint(settings: &ImportSettings) -> String {
     if settings.mappings.is_empty() {
         String::new()
     } else {
-        format!("; this participant's mappings match: {}", mapping_list(settings))
+        format!(
+            "; this participant's mappings match: {}",
+            mapping_list(settings)
+        )
     }
 }
 
@@ -288,7 +293,10 @@ fn import_mapped(
             store.finish_run(run, 0, "", Some(&e.to_string()), now)?;
             return Err(match e {
                 ImportFailure::Store(e) => e.into(),
-                ImportFailure::Mapped(source) => IngestError::Mapped { file, source },
+                ImportFailure::Mapped(source) => IngestError::Mapped {
+                    file,
+                    source: Box::new(source),
+                },
             });
         }
     };

@@ -12,9 +12,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 
+use jiff::Timestamp;
 use jiff::civil::{Date, DateTime};
 use jiff::tz::{AmbiguousOffset, Offset, TimeZone};
-use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -137,7 +137,8 @@ impl MappingConfig {
         }
         let mut streams = std::collections::BTreeSet::new();
         for c in &self.columns {
-            if c.column.trim().is_empty() || c.stream.trim().is_empty() || c.unit.trim().is_empty() {
+            if c.column.trim().is_empty() || c.stream.trim().is_empty() || c.unit.trim().is_empty()
+            {
                 return Err(at("columns: each needs column, stream and unit"));
             }
             if !c
@@ -491,10 +492,9 @@ pub fn read<E: From<MappedError>>(
                     .as_object()
                     .map(|o| o.keys().cloned().collect())
                     .unwrap_or_default();
-                let missing = reader
-                    .named_columns()
-                    .into_iter()
-                    .find(|c| json_at(first, c).is_none() && !records.iter().any(|r| json_at(r, c).is_some()));
+                let missing = reader.named_columns().into_iter().find(|c| {
+                    json_at(first, c).is_none() && !records.iter().any(|r| json_at(r, c).is_some())
+                });
                 if let Some(column) = missing {
                     return Err(MappedError::MissingColumn {
                         mapping: mapping.name.clone(),
@@ -538,9 +538,10 @@ fn csv_reader(delimiter: u8, input: Box<dyn Read + '_>) -> csv::Reader<Box<dyn R
 /// The most frequent of `,`, `;` and tab in the header line (`,` on a tie).
 fn sniff_delimiter(head: &[u8]) -> u8 {
     let count = |d: u8| head.iter().filter(|&&c| c == d).count();
-    [b';', b'\t']
-        .into_iter()
-        .fold(b',', |best, d| if count(d) > count(best) { d } else { best })
+    [b';', b'\t'].into_iter().fold(
+        b',',
+        |best, d| if count(d) > count(best) { d } else { best },
+    )
 }
 
 /// One file's reading state.
@@ -635,7 +636,12 @@ impl Reader<'_> {
                 return;
             }
         };
-        let end = match m.end.as_ref().and_then(|c| row.text(c)).filter(|t| !t.is_empty()) {
+        let end = match m
+            .end
+            .as_ref()
+            .and_then(|c| row.text(c))
+            .filter(|t| !t.is_empty())
+        {
             None => None,
             Some(text) => match self.when(&text, None) {
                 Ok(When::Instant(t, _)) => Some(t),
@@ -651,7 +657,10 @@ impl Reader<'_> {
             .as_ref()
             .and_then(|c| row.text(c))
             .unwrap_or_default();
-        let id = m.id.as_ref().and_then(|c| row.text(c)).filter(|t| !t.is_empty());
+        let id =
+            m.id.as_ref()
+                .and_then(|c| row.text(c))
+                .filter(|t| !t.is_empty());
         for (k, column) in m.columns.iter().enumerate() {
             let value = match row.number(&column.column) {
                 Some(x) => Ok(x),
@@ -696,7 +705,10 @@ impl Reader<'_> {
                 When::Day(d) => {
                     // A day's value: noon of that day, which lies inside it
                     // under any day start within ±12 hours.
-                    let noon = self.zone.to_ambiguous_timestamp(d.at(12, 0, 0, 0)).compatible();
+                    let noon = self
+                        .zone
+                        .to_ambiguous_timestamp(d.at(12, 0, 0, 0))
+                        .compatible();
                     let Ok(noon) = noon else {
                         self.refuse(format!("{:?}: the day {d} is out of range", m.time));
                         continue;
@@ -804,7 +816,9 @@ impl Reader<'_> {
 /// says), and yes/no answers as 1/0. `Err(None)` for an empty cell.
 fn parse_value(text: &str, decimal_comma: bool) -> Result<f64, Option<String>> {
     let t = text.trim();
-    if t.is_empty() || ["na", "n/a", "-", "null", "none", "nan"].contains(&t.to_ascii_lowercase().as_str()) {
+    if t.is_empty()
+        || ["na", "n/a", "-", "null", "none", "nan"].contains(&t.to_ascii_lowercase().as_str())
+    {
         return Err(None);
     }
     match t.to_ascii_lowercase().as_str() {
@@ -821,9 +835,11 @@ fn parse_value(text: &str, decimal_comma: bool) -> Result<f64, Option<String>> {
     };
     match cleaned.parse::<f64>() {
         Ok(x) if x.is_finite() => Ok(x),
-        _ if !decimal_comma && t.contains(',') && t.replace(',', ".").parse::<f64>().is_ok() => Err(Some(
-            format!("{t:?} has a decimal comma (set decimal_comma = true)"),
-        )),
+        _ if !decimal_comma && t.contains(',') && t.replace(',', ".").parse::<f64>().is_ok() => {
+            Err(Some(format!(
+                "{t:?} has a decimal comma (set decimal_comma = true)"
+            )))
+        }
         _ => Err(Some(format!("{t:?} is not a number"))),
     }
 }
@@ -838,7 +854,9 @@ fn is_thousands(t: &str) -> bool {
     !rest.is_empty()
         && (1..=3).contains(&first.len())
         && first.bytes().all(|b| b.is_ascii_digit())
-        && rest.iter().all(|g| g.len() == 3 && g.bytes().all(|b| b.is_ascii_digit()))
+        && rest
+            .iter()
+            .all(|g| g.len() == 3 && g.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -928,7 +946,10 @@ unit = "lb"
         let weight = obs.iter().find(|o| o.stream == "body_mass").unwrap();
         assert!((weight.value - 165.4 * 0.453_592_37).abs() < 1e-9);
         assert_eq!(weight.unit, "kg");
-        assert_eq!(report.refused.get("\"Mood\": \"great\" is not a number"), Some(&1));
+        assert_eq!(
+            report.refused.get("\"Mood\": \"great\" is not a number"),
+            Some(&1)
+        );
         assert_eq!(
             report
                 .refused
@@ -940,27 +961,49 @@ unit = "lb"
             report.refused
         );
         assert_eq!(report.empty, 2);
-        assert_eq!(report.converted.get("Weight").map(String::as_str), Some("lb → kg"));
+        assert_eq!(
+            report.converted.get("Weight").map(String::as_str),
+            Some("lb → kg")
+        );
         // The same file again gives the same identities.
         let (again, _) = read_all(&m, Format::Csv, text, &[("body_mass", "kg")]).unwrap();
-        let ids = |o: &[NewObservation]| o.iter().map(|x| x.source_record_id.clone()).collect::<Vec<_>>();
+        let ids = |o: &[NewObservation]| {
+            o.iter()
+                .map(|x| x.source_record_id.clone())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(ids(&obs), ids(&again));
     }
 
     #[test]
     fn a_unit_of_another_quantity_is_refused_before_anything_is_read() {
         let m = mapping(DIARY);
-        let e = read_all(&m, Format::Csv, "Date;Mood;Migraine;Weight\n", &[("body_mass", "cm")])
-            .unwrap_err();
+        let e = read_all(
+            &m,
+            Format::Csv,
+            "Date;Mood;Migraine;Weight\n",
+            &[("body_mass", "cm")],
+        )
+        .unwrap_err();
         let text = e.to_string();
-        assert!(text.contains("\"Weight\"") && text.contains("\"body_mass\"") && text.contains("\"cm\""), "{text}");
+        assert!(
+            text.contains("\"Weight\"")
+                && text.contains("\"body_mass\"")
+                && text.contains("\"cm\""),
+            "{text}"
+        );
     }
 
     #[test]
     fn a_missing_column_is_named_with_the_columns_there_are() {
         let m = mapping(DIARY);
-        let e = read_all(&m, Format::Csv, "date,mood,Headache,Weight\n01/03/2026,5,no,160\n", &[])
-            .unwrap_err();
+        let e = read_all(
+            &m,
+            Format::Csv,
+            "date,mood,Headache,Weight\n01/03/2026,5,no,160\n",
+            &[],
+        )
+        .unwrap_err();
         let text = e.to_string();
         // "date" and "mood" match case-insensitively; "Migraine" is missing.
         assert!(text.contains("no column \"Migraine\""), "{text}");
@@ -1034,11 +1077,17 @@ unit = "%"
         assert_eq!(obs.len(), 3);
         assert_eq!(obs[0].source_record_id, "a1:body_mass");
         assert_eq!(obs[0].origin, "Body+");
-        assert_eq!(obs[0].observed_at, Timestamp::from_second(1_772_352_000).unwrap());
+        assert_eq!(
+            obs[0].observed_at,
+            Timestamp::from_second(1_772_352_000).unwrap()
+        );
         assert!((obs[1].value - 0.185).abs() < 1e-12);
         assert_eq!(obs[1].unit, "fraction");
         assert_eq!(report.empty, 1);
-        assert_eq!(report.refused.get("a record that is not an object"), Some(&1));
+        assert_eq!(
+            report.refused.get("a record that is not an object"),
+            Some(&1)
+        );
         let e = read_all(&m, Format::Json, r#"{"data":{}}"#, &[]).unwrap_err();
         assert!(e.to_string().contains("no field \"data.measures\""), "{e}");
     }
@@ -1056,7 +1105,13 @@ stream = "pain"
 unit = "score"
 "#,
         );
-        let (obs, _) = read_all(&m, Format::Csv, "day,pain\n2026-03-01,4\n2026-03-01,6\n", &[]).unwrap();
+        let (obs, _) = read_all(
+            &m,
+            Format::Csv,
+            "day,pain\n2026-03-01,4\n2026-03-01,6\n",
+            &[],
+        )
+        .unwrap();
         let ids: Vec<&str> = obs.iter().map(|o| o.source_record_id.as_str()).collect();
         assert_eq!(ids, ["pain@2026-03-01", "pain@2026-03-01#2"]);
     }
@@ -1066,7 +1121,12 @@ unit = "score"
         assert_eq!(parse_value("1,234", false), Ok(1234.0));
         assert_eq!(parse_value("12,345,678.5", false), Ok(12_345_678.5));
         assert_eq!(parse_value("1.234,5", true), Ok(1234.5));
-        assert!(parse_value("3,5", false).unwrap_err().unwrap().contains("decimal_comma"));
+        assert!(
+            parse_value("3,5", false)
+                .unwrap_err()
+                .unwrap()
+                .contains("decimal_comma")
+        );
         assert_eq!(parse_value(" NA ", false), Err(None));
         assert!(glob_match("mood-*.csv", "mood-2026-03.csv"));
         assert!(!glob_match("mood-*.csv", "mood.csv"));
@@ -1074,8 +1134,13 @@ unit = "score"
         assert!(glob_match("a*b*c", "axxbyyc"));
         assert!(!glob_match("a*b*c", "acb"));
         let bad = |extra: &str| {
-            let text = format!("name = \"x\"\nfiles = \"*.csv\"\ntime = \"t\"\n{extra}\n[[columns]]\ncolumn = \"a\"\nstream = \"a\"\nunit = \"u\"\n");
-            toml::from_str::<MappingConfig>(&text).unwrap().resolve("anna").unwrap_err()
+            let text = format!(
+                "name = \"x\"\nfiles = \"*.csv\"\ntime = \"t\"\n{extra}\n[[columns]]\ncolumn = \"a\"\nstream = \"a\"\nunit = \"u\"\n"
+            );
+            toml::from_str::<MappingConfig>(&text)
+                .unwrap()
+                .resolve("anna")
+                .unwrap_err()
         };
         assert!(bad("time_format = \"dd/mm/yyyy\"").contains("strftime"));
         assert!(bad("time_zone = \"Mars/Olympus\"").contains("IANA"));

@@ -6,26 +6,33 @@
 //! crash between poll and commit never duplicates or loses a row.
 //!
 //! A connector is one file in this folder (implementing [`Source`] and a
-//! builder from its stored row) plus one line in [`ADAPTERS`]. Today the
-//! only one is the demo participant's simulator.
+//! builder from its stored row) plus one line in [`ADAPTERS`]: the demo
+//! participant's simulator and Home Assistant.
 
 use jiff::Timestamp;
 
+use crate::service::config::Config;
 use crate::service::store::{NewObservation, SourceRow, Store, StoreError};
 
 pub mod apple_health;
 pub mod demo;
 pub mod health_auto_export;
+pub mod home_assistant;
 pub mod inbox;
 pub mod ingest;
 pub mod mapped;
 
 /// Builds a source's adapter from its stored row (kind, configuration,
-/// cursor) and whatever else in the store it needs.
-pub type Builder = fn(&SourceRow, &Store) -> Result<Box<dyn Source>, SourceError>;
+/// cursor), whatever else in the store it needs and the config (settings,
+/// secrets, day rules); `None` for a source that is not polled any more
+/// (taken out of the config).
+pub type Builder = fn(&SourceRow, &Store, &Config) -> Result<Option<Box<dyn Source>>, SourceError>;
 
 /// The registry: each source kind and its adapter's builder.
-pub const ADAPTERS: &[(&str, Builder)] = &[(crate::service::demo::SOURCE_KIND, demo::adapter)];
+pub const ADAPTERS: &[(&str, Builder)] = &[
+    (crate::service::demo::SOURCE_KIND, demo::adapter),
+    (home_assistant::KIND, home_assistant::adapter),
+];
 
 /// Kinds whose observations arrive by other ways (email links, forms,
 /// file imports, pushes) and are never polled.
@@ -36,9 +43,13 @@ pub const UNPOLLED: &[&str] = &[
     ingest::MAPPED,
 ];
 
-/// The adapter of a stored source: `None` for a kind that is never polled,
-/// an error for a kind no adapter knows.
-pub fn adapter_for(row: &SourceRow, store: &Store) -> Result<Option<Box<dyn Source>>, SourceError> {
+/// The adapter of a stored source: `None` for a kind that is never polled
+/// (or a source no longer configured), an error for a kind no adapter knows.
+pub fn adapter_for(
+    row: &SourceRow,
+    store: &Store,
+    config: &Config,
+) -> Result<Option<Box<dyn Source>>, SourceError> {
     if UNPOLLED.contains(&row.kind.as_str()) {
         return Ok(None);
     }
@@ -49,7 +60,7 @@ pub fn adapter_for(row: &SourceRow, store: &Store) -> Result<Option<Box<dyn Sour
             source_name: row.name.clone(),
             kind: row.kind.clone(),
         })?;
-    build(row, store).map(Some)
+    build(row, store, config)
 }
 
 /// Why a poll failed. The cursor is not advanced.
@@ -74,6 +85,14 @@ pub enum SourceError {
     /// Reading what the adapter needs from the store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The remote server failed or refused (after retries where they help).
+    #[error("source {source_name}: {message}")]
+    Remote {
+        /// The source.
+        source_name: String,
+        /// What happened, with what to do.
+        message: String,
+    },
     /// The stored cursor could not be read.
     #[error("source {source_name}: bad cursor {cursor:?}")]
     Cursor {
@@ -91,6 +110,11 @@ pub struct Poll {
     pub observations: Vec<NewObservation>,
     /// Where the next poll resumes; `None` keeps the old cursor.
     pub cursor: Option<String>,
+    /// Records the source sent that could not be read.
+    pub refused: usize,
+    /// What to tell about this poll (refusals by reason, skipped states,
+    /// an entity whose unit does not fit).
+    pub problems: Vec<String>,
 }
 
 /// A data source adapter.

@@ -1,0 +1,504 @@
+//! Home Assistant: any sensor entity as a stream, read from its REST
+//! history API (`/api/history/period`) with a long-lived access token.
+//!
+//! Each entity keeps its own cursor (the last state change read). A poll
+//! re-reads an overlap window before it, so a state the recorder wrote late
+//! is not missed; a state's identity is the entity and the instant it
+//! changed, so what is read twice is stored once. A new entity starts
+//! `history_days` back (the recorder keeps 10 days by default). Numeric
+//! states become values in the stream's unit (converted from the entity's
+//! `unit_of_measurement` where they differ); on/off states of binary
+//! sensors, switches and input booleans become 1/0; `unavailable` and
+//! `unknown` are skipped.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::service::config::{Config, SecretRef};
+use crate::service::http::{ApiClient, ApiError};
+use crate::service::sources::{Poll, Source, SourceError};
+use crate::service::store::{NewObservation, SourceRow, Store};
+use crate::service::streams::StreamRules;
+use crate::service::units::Conversion;
+
+/// The source kind.
+pub const KIND: &str = "home_assistant";
+
+/// One Home Assistant instance as written in the config
+/// (`[[participants.home_assistant]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeAssistantConfig {
+    /// The source's name (letters, digits, `-`, `_`), e.g. `home`.
+    pub name: String,
+    /// Where Home Assistant answers, e.g. `http://homeassistant.local:8123`.
+    pub url: String,
+    /// A long-lived access token (Profile → Security), from an environment
+    /// variable or a file.
+    pub token: SecretRef,
+    /// How far back a new entity is read (days; the recorder keeps 10 by
+    /// default).
+    #[serde(default = "default_history_days")]
+    pub history_days: u32,
+    /// How much before the cursor each poll reads again (minutes), for
+    /// states recorded late.
+    #[serde(default = "default_overlap_minutes")]
+    pub overlap_minutes: u32,
+    /// Seconds a request may take.
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u64,
+    /// The entities that are streams.
+    pub entities: Vec<EntityConfig>,
+}
+
+/// One entity → stream.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntityConfig {
+    /// The entity id, e.g. `sensor.bedroom_co2`.
+    pub entity: String,
+    /// The stream its states go to.
+    pub stream: String,
+    /// The unit to store (default: the stream's, else the entity's own).
+    pub unit: Option<String>,
+}
+
+fn default_history_days() -> u32 {
+    10
+}
+fn default_overlap_minutes() -> u32 {
+    120
+}
+fn default_timeout() -> u64 {
+    30
+}
+
+impl HomeAssistantConfig {
+    /// Checks the settings (not the token, which is read at each poll);
+    /// the message names the participant, the source and the setting.
+    pub fn check(&self, participant: &str) -> Result<(), String> {
+        let at = |what: String| {
+            format!(
+                "participant {participant}: home_assistant {:?}: {what}",
+                self.name
+            )
+        };
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(at("name: use letters, digits, '-' or '_'".into()));
+        }
+        let url =
+            reqwest::Url::parse(&self.url).map_err(|e| at(format!("url {:?}: {e}", self.url)))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(at(format!(
+                "url {:?}: http:// or https:// and a host",
+                self.url
+            )));
+        }
+        if self.token.env.is_some() == self.token.file.is_some() {
+            return Err(at("token: give exactly one of env or file".into()));
+        }
+        if !(1..=3650).contains(&self.history_days) {
+            return Err(at("history_days: 1 to 3650".into()));
+        }
+        if self.overlap_minutes > 7 * 24 * 60 {
+            return Err(at("overlap_minutes: at most a week".into()));
+        }
+        if !(1..=600).contains(&self.timeout_seconds) {
+            return Err(at("timeout_seconds: 1 to 600".into()));
+        }
+        if self.entities.is_empty() {
+            return Err(at("entities: at least one entity → stream".into()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for e in &self.entities {
+            let valid_entity = e.entity.split_once('.').is_some_and(|(d, o)| {
+                !d.is_empty()
+                    && !o.is_empty()
+                    && e.entity.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.'
+                    })
+            });
+            if !valid_entity {
+                return Err(at(format!(
+                    "entity {:?}: an entity id such as \"sensor.bedroom_co2\"",
+                    e.entity
+                )));
+            }
+            if e.stream.is_empty()
+                || !e
+                    .stream
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(at(format!(
+                    "entity {:?}: stream {:?}: use letters, digits, '-' or '_'",
+                    e.entity, e.stream
+                )));
+            }
+            if !seen.insert(e.entity.as_str()) {
+                return Err(at(format!("entity {:?} is listed twice", e.entity)));
+            }
+        }
+        Ok(())
+    }
+
+    /// What is stored with the source row (no secret): shown on the
+    /// sources page.
+    pub fn stored_json(&self) -> String {
+        serde_json::json!({
+            "url": self.url,
+            "entities": self.entities,
+            "history_days": self.history_days,
+            "overlap_minutes": self.overlap_minutes,
+        })
+        .to_string()
+    }
+}
+
+/// A Home Assistant instance, ready to poll.
+pub struct HomeAssistant {
+    name: String,
+    base: String,
+    token: String,
+    client: ApiClient,
+    entities: Vec<EntityConfig>,
+    history: SignedDuration,
+    overlap: SignedDuration,
+    home: TimeZone,
+    rules: StreamRules,
+    /// The unit each of the participant's streams is stored in.
+    stream_units: std::collections::HashMap<String, String>,
+}
+
+/// Builds the adapter of a stored Home Assistant source from the config (a
+/// source no longer in the config is not polled).
+pub fn adapter(
+    row: &SourceRow,
+    store: &Store,
+    config: &Config,
+) -> Result<Option<Box<dyn Source>>, SourceError> {
+    let bad = |message: String| SourceError::Config {
+        source_name: row.name.clone(),
+        message,
+    };
+    let Some(participant) = store.participant(row.participant_id)? else {
+        return Ok(None);
+    };
+    let Some(ha) = config
+        .participants
+        .iter()
+        .find(|p| p.key == participant.key)
+        .and_then(|p| p.home_assistant.iter().find(|h| h.name == row.name))
+    else {
+        return Ok(None);
+    };
+    let token = ha
+        .token
+        .resolve(&format!("home_assistant {:?} token", ha.name))
+        .map_err(|e| bad(e.to_string()))?;
+    let home = TimeZone::get(&participant.time_zone)
+        .map_err(|e| bad(format!("zone {}: {e}", participant.time_zone)))?;
+    let client = ApiClient::new(
+        Duration::from_secs(ha.timeout_seconds),
+        3,
+        Duration::from_secs(60),
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    Ok(Some(Box::new(HomeAssistant {
+        name: row.name.clone(),
+        base: ha.url.trim_end_matches('/').to_string(),
+        token: token.expose().to_string(),
+        client,
+        entities: ha.entities.clone(),
+        history: SignedDuration::from_hours(24 * i64::from(ha.history_days)),
+        overlap: SignedDuration::from_mins(i64::from(ha.overlap_minutes)),
+        home,
+        rules: config.stream_rules(&participant.key),
+        stream_units: store.stream_units(row.participant_id)?,
+    })))
+}
+
+/// The cursor: per entity, the last state change read.
+type Cursor = BTreeMap<String, Timestamp>;
+
+impl Source for HomeAssistant {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn poll(&self, cursor: Option<&str>, now: Timestamp) -> Result<Poll, SourceError> {
+        let mut cursor: Cursor = match cursor {
+            None => Cursor::new(),
+            Some(c) => serde_json::from_str(c).map_err(|_| SourceError::Cursor {
+                source_name: self.name.clone(),
+                cursor: c.to_string(),
+            })?,
+        };
+        let mut poll = Poll::default();
+        for entity in &self.entities {
+            let start = match cursor.get(&entity.entity) {
+                Some(last) => last.checked_sub(self.overlap).unwrap_or(*last),
+                None => now.checked_sub(self.history).unwrap_or(now),
+            };
+            let url = format!(
+                "{}/api/history/period/{}",
+                self.base,
+                start.strftime("%Y-%m-%dT%H:%M:%SZ")
+            );
+            let query = [
+                ("filter_entity_id", entity.entity.clone()),
+                ("end_time", now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                ("minimal_response", String::new()),
+                ("skip_initial_state", String::new()),
+                ("significant_changes_only", "0".to_string()),
+            ];
+            let answer = self
+                .client
+                .get_json(&url, &query, &self.token)
+                .map_err(|e| self.api_error(e))?;
+            match self.read_history(entity, &answer) {
+                Ok(read) => {
+                    if let Some(last) = read.last {
+                        let kept = cursor.entry(entity.entity.clone()).or_insert(last);
+                        *kept = (*kept).max(last);
+                    }
+                    poll.observations.extend(read.observations);
+                    for (why, n) in read.refused {
+                        poll.refused += n;
+                        poll.problems
+                            .push(format!("{}: {n} × {why}", entity.entity));
+                    }
+                    if read.skipped > 0 {
+                        poll.problems.push(format!(
+                            "{}: {} unavailable/unknown states skipped",
+                            entity.entity, read.skipped
+                        ));
+                    }
+                }
+                // One entity's unit or shape: said, the others go on, its
+                // cursor stays.
+                Err(why) => poll.problems.push(format!("{}: {why}", entity.entity)),
+            }
+        }
+        poll.cursor = Some(
+            serde_json::to_string(&cursor).map_err(|e| SourceError::Config {
+                source_name: self.name.clone(),
+                message: e.to_string(),
+            })?,
+        );
+        Ok(poll)
+    }
+}
+
+/// One entity's history, read.
+#[derive(Debug, Default)]
+struct Read {
+    observations: Vec<NewObservation>,
+    last: Option<Timestamp>,
+    refused: BTreeMap<String, usize>,
+    skipped: usize,
+}
+
+impl HomeAssistant {
+    fn api_error(&self, e: ApiError) -> SourceError {
+        let hint = match &e {
+            ApiError::Refused { .. } => {
+                " (make a new long-lived access token in Home Assistant: your profile → Security)"
+            }
+            ApiError::Unreachable { .. } => " (is Home Assistant running, and the url right?)",
+            _ => "",
+        };
+        SourceError::Remote {
+            source_name: self.name.clone(),
+            message: format!("{e}{hint}"),
+        }
+    }
+
+    /// Reads `/api/history/period`'s answer for one entity: an array with
+    /// one array of states per entity asked for.
+    fn read_history(&self, entity: &EntityConfig, answer: &Value) -> Result<Read, String> {
+        let lists = answer
+            .as_array()
+            .ok_or("the history answer is not a list of lists of states")?;
+        let mut read = Read::default();
+        let Some(states) = lists.iter().filter_map(Value::as_array).find(|l| {
+            l.first()
+                .and_then(|s| s.get("entity_id"))
+                .and_then(Value::as_str)
+                .is_none_or(|id| id == entity.entity)
+        }) else {
+            return Ok(read);
+        };
+        let ha_unit = states
+            .iter()
+            .find_map(|s| s.pointer("/attributes/unit_of_measurement"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let target = self
+            .stream_units
+            .get(&entity.stream)
+            .cloned()
+            .or_else(|| entity.unit.clone())
+            .unwrap_or_else(|| ha_unit.to_string());
+        let conversion = if ha_unit.is_empty() {
+            Conversion::SAME
+        } else {
+            Conversion::between(ha_unit, &target).map_err(|e| e.to_string())?
+        };
+        let domain = entity.entity.split('.').next().unwrap_or("");
+        let on_off = matches!(
+            domain,
+            "binary_sensor" | "switch" | "input_boolean" | "light" | "fan"
+        );
+        let rule = self.rules.day_rule(&entity.stream);
+        for state in states {
+            let when = state
+                .get("last_changed")
+                .or_else(|| state.get("last_updated"))
+                .and_then(Value::as_str)
+                .and_then(|t| t.parse::<Timestamp>().ok());
+            let Some(when) = when else {
+                *read
+                    .refused
+                    .entry("a state without a readable last_changed".into())
+                    .or_default() += 1;
+                continue;
+            };
+            read.last = Some(read.last.map_or(when, |l| l.max(when)));
+            let text = state.get("state").and_then(Value::as_str).unwrap_or("");
+            let value = match text {
+                "unavailable" | "unknown" | "" => {
+                    read.skipped += 1;
+                    continue;
+                }
+                "on" if on_off => 1.0,
+                "off" if on_off => 0.0,
+                _ => match text.parse::<f64>() {
+                    Ok(v) if v.is_finite() => conversion.apply(v),
+                    _ => {
+                        *read
+                            .refused
+                            .entry(format!(
+                                "state {} is not a number",
+                                crate::limits::excerpt(text)
+                            ))
+                            .or_default() += 1;
+                        continue;
+                    }
+                },
+            };
+            read.observations.push(NewObservation {
+                stream: entity.stream.clone(),
+                unit: target.clone(),
+                source_record_id: format!("{}@{}", entity.entity, when),
+                observed_at: when,
+                local_date: rule.day_of(when, None, None, &self.home),
+                value,
+                ended_at: None,
+                utc_offset: None,
+                origin: entity.entity.clone(),
+            });
+        }
+        Ok(read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str, entity: &str) -> HomeAssistantConfig {
+        toml::from_str(&format!(
+            "name = \"home\"\nurl = \"http://ha.local:8123\"\ntoken = {{ env = \"HA\" }}\n{extra}\n[[entities]]\nentity = \"{entity}\"\nstream = \"co2\"\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn settings_are_checked_and_named() {
+        assert_eq!(config("", "sensor.bedroom_co2").check("anna"), Ok(()));
+        let e = config("", "bedroom co2").check("anna").unwrap_err();
+        assert!(
+            e.contains("participant anna: home_assistant \"home\": entity \"bedroom co2\""),
+            "{e}"
+        );
+        let mut c = config("", "sensor.x");
+        c.url = "ha.local:8123".into();
+        assert!(c.check("anna").unwrap_err().contains("http:// or https://"));
+        assert!(
+            config("history_days = 0", "sensor.x")
+                .check("anna")
+                .unwrap_err()
+                .contains("history_days")
+        );
+        let json = config("", "sensor.x").stored_json();
+        assert!(
+            json.contains("ha.local") && !json.contains("HA\""),
+            "no secret reference kept: {json}"
+        );
+    }
+
+    fn ha(stream_unit: Option<&str>) -> HomeAssistant {
+        HomeAssistant {
+            name: "home".into(),
+            base: "http://x".into(),
+            token: String::new(),
+            client: ApiClient::new(Duration::from_secs(1), 0, Duration::from_secs(1)).unwrap(),
+            entities: Vec::new(),
+            history: SignedDuration::from_hours(240),
+            overlap: SignedDuration::from_hours(1),
+            home: TimeZone::get("Europe/Berlin").unwrap(),
+            rules: StreamRules::default(),
+            stream_units: stream_unit
+                .map(|u| [("temp".to_string(), u.to_string())].into_iter().collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn a_minimal_history_answer_is_read_with_its_unit() {
+        let entity = EntityConfig {
+            entity: "sensor.temp".into(),
+            stream: "temp".into(),
+            unit: None,
+        };
+        let answer = serde_json::json!([[
+            {"entity_id": "sensor.temp", "state": "21.5", "attributes": {"unit_of_measurement": "°C"},
+             "last_changed": "2026-03-29T00:30:00.000000+00:00"},
+            {"state": "unknown", "last_changed": "2026-03-29T01:30:00+00:00"},
+            {"state": "warm", "last_changed": "2026-03-29T02:00:00+00:00"},
+            {"entity_id": "sensor.temp", "state": "22", "attributes": {"unit_of_measurement": "°C"},
+             "last_changed": "2026-03-29T22:30:00+00:00"}
+        ]]);
+        let read = ha(None).read_history(&entity, &answer).unwrap();
+        assert_eq!(read.observations.len(), 2);
+        assert_eq!(read.skipped, 1);
+        assert_eq!(read.refused.get("state \"warm\" is not a number"), Some(&1));
+        assert_eq!(read.observations[0].unit, "°C");
+        assert_eq!(
+            read.observations[0].source_record_id,
+            "sensor.temp@2026-03-29T00:30:00Z"
+        );
+        // 22:30 UTC on the day clocks went forward is 00:30 CEST the next day.
+        assert_eq!(
+            read.observations[1].local_date,
+            jiff::civil::date(2026, 3, 30)
+        );
+        assert_eq!(read.last, Some("2026-03-29T22:30:00Z".parse().unwrap()));
+        // Into a stream kept in °F: converted; into one kept in ppm: refused.
+        let f = ha(Some("°F")).read_history(&entity, &answer).unwrap();
+        assert!((f.observations[0].value - 70.7).abs() < 1e-9);
+        let e = ha(Some("ppm")).read_history(&entity, &answer).unwrap_err();
+        assert!(e.contains("\"°C\"") && e.contains("\"ppm\""), "{e}");
+    }
+}
