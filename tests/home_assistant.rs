@@ -2,7 +2,10 @@
 //! Assistant on loopback that speaks its REST history API
 //! (`/api/history/period/<start>` with `filter_entity_id`, `end_time`,
 //! `minimal_response`, `skip_initial_state`; a long-lived token as bearer;
-//! minimal responses with attributes on the first and last state only).
+//! minimal responses with attributes on the first and last state only) and
+//! its WebSocket API for long-term statistics (`auth_required` → `auth` →
+//! `auth_ok`, then `recorder/get_statistics_metadata` and
+//! `recorder/statistics_during_period` with millisecond starts).
 
 mod common;
 
@@ -11,6 +14,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,11 +22,13 @@ use common::Daemon;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 
-/// One entity's recorded states: (when it changed, state).
+/// One entity's recorded states: (when it changed, state), and its
+/// long-term hourly means: (hour start, mean).
 struct Entity {
     id: String,
     unit: Option<String>,
     states: Vec<(Timestamp, String)>,
+    stats: Vec<(Timestamp, f64)>,
 }
 
 #[derive(Default)]
@@ -33,6 +39,8 @@ struct Ha {
     throttle: usize,
     /// Every request: (entity, start, end).
     requests: Vec<(String, Timestamp, Timestamp)>,
+    /// Every WebSocket command's type.
+    commands: Vec<String>,
 }
 
 type Shared = Arc<Mutex<Ha>>;
@@ -110,6 +118,90 @@ async fn history(
     axum::Json(Value::Array(out)).into_response()
 }
 
+async fn websocket(State(ha): State<Shared>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |socket| serve_socket(ha, socket))
+}
+
+async fn serve_socket(ha: Shared, mut socket: WebSocket) {
+    let send = |v: Value| WsMessage::Text(v.to_string().into());
+    if socket
+        .send(send(
+            json!({"type": "auth_required", "ha_version": "2026.11.3"}),
+        ))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let Some(Ok(WsMessage::Text(auth))) = socket.recv().await else {
+        return;
+    };
+    let auth: Value = serde_json::from_str(auth.as_str()).unwrap();
+    let token = ha.lock().unwrap().token.clone();
+    if auth["type"] != "auth" || auth["access_token"] != token.as_str() {
+        let _ = socket
+            .send(send(
+                json!({"type": "auth_invalid", "message": "Invalid access token or password"}),
+            ))
+            .await;
+        return;
+    }
+    let _ = socket
+        .send(send(json!({"type": "auth_ok", "ha_version": "2026.11.3"})))
+        .await;
+    while let Some(Ok(WsMessage::Text(text))) = socket.recv().await {
+        let command: Value = serde_json::from_str(text.as_str()).unwrap();
+        let answer = {
+            let mut ha = ha.lock().unwrap();
+            let kind = command["type"].as_str().unwrap().to_string();
+            ha.commands.push(kind.clone());
+            let ids: Vec<&str> = command["statistic_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            let with_stats = ha
+                .entities
+                .iter()
+                .filter(|e| ids.contains(&e.id.as_str()) && !e.stats.is_empty());
+            let result = match kind.as_str() {
+                "recorder/get_statistics_metadata" => Value::Array(
+                    with_stats
+                        .map(|e| {
+                            json!({"statistic_id": e.id, "source": "recorder", "has_mean": true,
+                                        "has_sum": false, "statistics_unit_of_measurement": e.unit,
+                                        "name": null, "unit_class": null})
+                        })
+                        .collect(),
+                ),
+                "recorder/statistics_during_period" => {
+                    assert_eq!(command["period"], "hour");
+                    let start: Timestamp = command["start_time"].as_str().unwrap().parse().unwrap();
+                    let end: Timestamp = command["end_time"].as_str().unwrap().parse().unwrap();
+                    let mut out = serde_json::Map::new();
+                    for e in with_stats {
+                        let rows: Vec<Value> = e
+                            .stats
+                            .iter()
+                            .filter(|(t, _)| *t >= start && *t < end)
+                            .map(|(t, m)| json!({"start": t.as_millisecond(), "end": t.as_millisecond() + 3_600_000,
+                                                 "mean": m}))
+                            .collect();
+                        out.insert(e.id.clone(), Value::Array(rows));
+                    }
+                    Value::Object(out)
+                }
+                other => panic!("unexpected command {other}"),
+            };
+            json!({"id": command["id"], "type": "result", "success": true, "result": result})
+        };
+        if socket.send(send(answer)).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Starts the fake on 127.0.0.1; returns its base URL.
 fn start_fake(ha: Shared) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -123,6 +215,7 @@ fn start_fake(ha: Shared) -> String {
         rt.block_on(async move {
             let app = axum::Router::new()
                 .route("/api/history/period/{start}", axum::routing::get(history))
+                .route("/api/websocket", axum::routing::get(websocket))
                 .with_state(ha);
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             axum::serve(listener, app).await.unwrap();
@@ -178,6 +271,19 @@ fn home_assistant_sensors_become_streams_once_with_retries_units_and_a_refused_t
         co2.push((at(30 * k), state));
     }
     let temperature = vec![(at(600), "68.0".to_string()), (at(300), "71.6".to_string())];
+    // Long-term statistics: CO2 hourly from 20 to 11 days ago and from 9 to
+    // 5 days ago (inside the REST window: not read); a day of temperature
+    // 15 days ago, in °F.
+    let hour = |h: i64| {
+        let t = now - SignedDuration::from_hours(h);
+        Timestamp::from_second(t.as_second() - t.as_second().rem_euclid(3600)).unwrap()
+    };
+    let co2_stats: Vec<(Timestamp, f64)> = (24 * 5..=24 * 9)
+        .chain(24 * 11..24 * 20)
+        .map(|h| (hour(h), 500.0))
+        .collect();
+    let temperature_stats: Vec<(Timestamp, f64)> =
+        (24 * 15..24 * 16).map(|h| (hour(h), 68.0)).collect();
     let window = vec![
         (at(500), "on".to_string()),
         (at(400), "off".to_string()),
@@ -190,20 +296,24 @@ fn home_assistant_sensors_become_streams_once_with_retries_units_and_a_refused_t
                 id: "sensor.bedroom_co2".into(),
                 unit: Some("ppm".into()),
                 states: co2,
+                stats: co2_stats,
             },
             Entity {
                 id: "sensor.bedroom_temperature".into(),
                 unit: Some("°F".into()),
                 states: temperature,
+                stats: temperature_stats,
             },
             Entity {
                 id: "binary_sensor.bedroom_window".into(),
                 unit: None,
                 states: window,
+                stats: vec![],
             },
         ],
         throttle: 1,
         requests: Vec::new(),
+        commands: Vec::new(),
     }));
     let url = start_fake(ha.clone());
 
@@ -248,19 +358,29 @@ stream = "window_open"
     let cfg = config.to_str().unwrap();
     let daemon = Daemon::start(&data, &["--config", cfg]);
 
-    // 144 CO2 states less 2 unavailable, 2 temperatures, 3 window states.
+    // 144 CO2 states less 2 unavailable and 9 days of hourly means before
+    // the REST window; 2 temperatures and 24 hourly means; 3 window states.
+    let all = 142 + 24 * 9 + 2 + 24 + 3;
     wait_until("all states stored", &daemon, || {
-        streams(&data).iter().map(|s| s.1).sum::<i64>() == 142 + 2 + 3
+        streams(&data).iter().map(|s| s.1).sum::<i64>() == all
     });
     let got = streams(&data);
     let co2 = got.iter().find(|s| s.0 == "bedroom_co2").unwrap();
-    assert_eq!((co2.1, co2.2.as_str()), (142, "ppm"));
+    assert_eq!((co2.1, co2.2.as_str()), (142 + 216, "ppm"));
     let temperature = got.iter().find(|s| s.0 == "bedroom_temperature").unwrap();
     assert_eq!(temperature.2, "°C");
     assert!(
-        (temperature.3 - (20.0 + 22.0)).abs() < 1e-9,
-        "68 °F and 71.6 °F: {temperature:?}"
+        (temperature.3 - (20.0 + 22.0 + 24.0 * 20.0)).abs() < 1e-9,
+        "68 °F and 71.6 °F, and 24 hours of 68 °F: {temperature:?}"
     );
+    let hourly: i64 = db(&data)
+        .query_row(
+            "SELECT COUNT(*) FROM observations WHERE origin = 'sensor.bedroom_co2 (hourly means)'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(hourly, 216);
     let window = got.iter().find(|s| s.0 == "window_open").unwrap();
     assert_eq!((window.1, window.3), (3, 2.0));
 
@@ -270,7 +390,16 @@ stream = "window_open"
     wait_until("more polls", &daemon, || {
         ha.lock().unwrap().requests.len() >= polls_before + 6
     });
-    assert_eq!(streams(&data).iter().map(|s| s.1).sum::<i64>(), 147);
+    assert_eq!(streams(&data).iter().map(|s| s.1).sum::<i64>(), all);
+    // The statistics were read once per entity that has them.
+    let reads = ha
+        .lock()
+        .unwrap()
+        .commands
+        .iter()
+        .filter(|c| *c == "recorder/statistics_during_period")
+        .count();
+    assert_eq!(reads, 2);
     {
         let ha = ha.lock().unwrap();
         let first_co2 = ha
@@ -301,7 +430,7 @@ stream = "window_open"
             .find(|s| s.0 == "bedroom_co2")
             .unwrap()
             .1
-            == 143
+            == 143 + 216
     });
 
     // The run log says what was skipped; the 429 was waited out, not failed.
@@ -335,5 +464,5 @@ stream = "window_open"
             > 0
     });
     daemon.terminate();
-    assert_eq!(streams(&data).iter().map(|s| s.1).sum::<i64>(), 148);
+    assert_eq!(streams(&data).iter().map(|s| s.1).sum::<i64>(), all + 1);
 }

@@ -10,6 +10,11 @@
 //! `unit_of_measurement` where they differ); on/off states of binary
 //! sensors, switches and input booleans become 1/0; `unavailable` and
 //! `unknown` are skipped.
+//!
+//! Before that window, a new entity's months are filled once from the
+//! recorder's long-term statistics (hourly means, over the WebSocket API;
+//! `backfill_days`), stored under their own origin so a day is never
+//! counted from both.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,6 +26,7 @@ use serde_json::Value;
 
 use crate::service::config::{Config, SecretRef};
 use crate::service::http::{ApiClient, ApiError};
+use crate::service::sources::home_assistant_ws::{Session, Statistics};
 use crate::service::sources::{Poll, Source, SourceError};
 use crate::service::store::{NewObservation, SourceRow, Store};
 use crate::service::streams::StreamRules;
@@ -45,6 +51,10 @@ pub struct HomeAssistantConfig {
     /// default).
     #[serde(default = "default_history_days")]
     pub history_days: u32,
+    /// How far back a new entity's hourly long-term statistics are read
+    /// (days; 0: not at all). Only what lies before `history_days`.
+    #[serde(default = "default_backfill_days")]
+    pub backfill_days: u32,
     /// How much before the cursor each poll reads again (minutes), for
     /// states recorded late.
     #[serde(default = "default_overlap_minutes")]
@@ -70,6 +80,9 @@ pub struct EntityConfig {
 
 fn default_history_days() -> u32 {
     10
+}
+fn default_backfill_days() -> u32 {
+    365
 }
 fn default_overlap_minutes() -> u32 {
     120
@@ -109,6 +122,9 @@ impl HomeAssistantConfig {
         }
         if !(1..=3650).contains(&self.history_days) {
             return Err(at("history_days: 1 to 3650".into()));
+        }
+        if self.backfill_days > 3650 {
+            return Err(at("backfill_days: 0 to 3650".into()));
         }
         if self.overlap_minutes > 7 * 24 * 60 {
             return Err(at("overlap_minutes: at most a week".into()));
@@ -159,6 +175,7 @@ impl HomeAssistantConfig {
             "url": self.url,
             "entities": self.entities,
             "history_days": self.history_days,
+            "backfill_days": self.backfill_days,
             "overlap_minutes": self.overlap_minutes,
         })
         .to_string()
@@ -173,7 +190,9 @@ pub struct HomeAssistant {
     client: ApiClient,
     entities: Vec<EntityConfig>,
     history: SignedDuration,
+    backfill: SignedDuration,
     overlap: SignedDuration,
+    timeout: Duration,
     home: TimeZone,
     rules: StreamRules,
     /// The unit each of the participant's streams is stored in.
@@ -221,6 +240,8 @@ pub fn adapter(
         client,
         entities: ha.entities.clone(),
         history: SignedDuration::from_hours(24 * i64::from(ha.history_days)),
+        backfill: SignedDuration::from_hours(24 * i64::from(ha.backfill_days)),
+        timeout: Duration::from_secs(ha.timeout_seconds),
         overlap: SignedDuration::from_mins(i64::from(ha.overlap_minutes)),
         home,
         rules: config.stream_rules(&participant.key),
@@ -228,8 +249,16 @@ pub fn adapter(
     })))
 }
 
-/// The cursor: per entity, the last state change read.
-type Cursor = BTreeMap<String, Timestamp>;
+/// Where an entity stands: the last state change read, and whether its
+/// long-term statistics were read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+struct EntityCursor {
+    last: Option<Timestamp>,
+    backfilled: bool,
+}
+
+/// The cursor: per entity.
+type Cursor = BTreeMap<String, EntityCursor>;
 
 impl Source for HomeAssistant {
     fn name(&self) -> &str {
@@ -245,9 +274,14 @@ impl Source for HomeAssistant {
             })?,
         };
         let mut poll = Poll::default();
+        let mut session: Option<Session> = None;
         for entity in &self.entities {
-            let start = match cursor.get(&entity.entity) {
-                Some(last) => last.checked_sub(self.overlap).unwrap_or(*last),
+            let at = cursor.entry(entity.entity.clone()).or_default();
+            if !at.backfilled {
+                at.backfilled = self.backfill(entity, now, &mut session, &mut poll);
+            }
+            let start = match at.last {
+                Some(last) => last.checked_sub(self.overlap).unwrap_or(last),
                 None => now.checked_sub(self.history).unwrap_or(now),
             };
             let url = format!(
@@ -269,8 +303,8 @@ impl Source for HomeAssistant {
             match self.read_history(entity, &answer) {
                 Ok(read) => {
                     if let Some(last) = read.last {
-                        let kept = cursor.entry(entity.entity.clone()).or_insert(last);
-                        *kept = (*kept).max(last);
+                        let at = cursor.entry(entity.entity.clone()).or_default();
+                        at.last = Some(at.last.map_or(last, |l| l.max(last)));
                     }
                     poll.observations.extend(read.observations);
                     for (why, n) in read.refused {
@@ -310,6 +344,106 @@ struct Read {
 }
 
 impl HomeAssistant {
+    /// Reads `entity`'s hourly statistics from before the REST window, once;
+    /// true when done (or nothing to do), false to try again next poll.
+    fn backfill(
+        &self,
+        entity: &EntityConfig,
+        now: Timestamp,
+        session: &mut Option<Session>,
+        poll: &mut Poll,
+    ) -> bool {
+        if self.backfill <= self.history {
+            return true;
+        }
+        let (Ok(start), Ok(end)) = (
+            now.checked_sub(self.backfill),
+            now.checked_sub(self.history),
+        ) else {
+            return true;
+        };
+        let result = match session {
+            Some(s) => s.statistics(&entity.entity, start, end),
+            None => Session::open(&self.base, &self.token, self.timeout).and_then(|mut s| {
+                let r = s.statistics(&entity.entity, start, end);
+                *session = Some(s);
+                r
+            }),
+        };
+        match result {
+            Ok(Statistics::Means {
+                unit,
+                hours,
+                unreadable,
+            }) => {
+                let target = self.target_unit(entity, &unit);
+                let conversion = if unit.is_empty() {
+                    Ok(Conversion::SAME)
+                } else {
+                    Conversion::between(&unit, &target)
+                };
+                let conversion = match conversion {
+                    Ok(c) => c,
+                    Err(e) => {
+                        poll.problems
+                            .push(format!("{}: long-term statistics: {e}", entity.entity));
+                        return true;
+                    }
+                };
+                let rule = self.rules.day_rule(&entity.stream);
+                let origin = format!("{} (hourly means)", entity.entity);
+                poll.problems.push(format!(
+                    "{}: {} hours of long-term statistics read, from {start}",
+                    entity.entity,
+                    hours.len()
+                ));
+                if unreadable > 0 {
+                    poll.refused += unreadable;
+                    poll.problems.push(format!(
+                        "{}: {unreadable} statistics rows without a start or mean",
+                        entity.entity
+                    ));
+                }
+                for h in hours {
+                    poll.observations.push(NewObservation {
+                        stream: entity.stream.clone(),
+                        unit: target.clone(),
+                        source_record_id: format!("{}@hour:{}", entity.entity, h.start),
+                        observed_at: h.start,
+                        local_date: rule.day_of(h.start, None, None, &self.home),
+                        value: conversion.apply(h.mean),
+                        ended_at: None,
+                        utc_offset: None,
+                        origin: origin.clone(),
+                    });
+                }
+                true
+            }
+            Ok(Statistics::None(why)) => {
+                poll.problems
+                    .push(format!("{}: no backfill: {why}", entity.entity));
+                true
+            }
+            Err(e) => {
+                poll.problems.push(format!(
+                    "{}: long-term statistics not read ({e}); tried again at the next poll",
+                    entity.entity
+                ));
+                false
+            }
+        }
+    }
+
+    /// The unit an entity's values are stored in: the stream's, else the
+    /// configured one, else the entity's own.
+    fn target_unit(&self, entity: &EntityConfig, own: &str) -> String {
+        self.stream_units
+            .get(&entity.stream)
+            .cloned()
+            .or_else(|| entity.unit.clone())
+            .unwrap_or_else(|| own.to_string())
+    }
+
     fn api_error(&self, e: ApiError) -> SourceError {
         let hint = match &e {
             ApiError::Refused { .. } => {
@@ -344,12 +478,7 @@ impl HomeAssistant {
             .find_map(|s| s.pointer("/attributes/unit_of_measurement"))
             .and_then(Value::as_str)
             .unwrap_or("");
-        let target = self
-            .stream_units
-            .get(&entity.stream)
-            .cloned()
-            .or_else(|| entity.unit.clone())
-            .unwrap_or_else(|| ha_unit.to_string());
+        let target = self.target_unit(entity, ha_unit);
         let conversion = if ha_unit.is_empty() {
             Conversion::SAME
         } else {
@@ -456,6 +585,8 @@ mod tests {
             client: ApiClient::new(Duration::from_secs(1), 0, Duration::from_secs(1)).unwrap(),
             entities: Vec::new(),
             history: SignedDuration::from_hours(240),
+            backfill: SignedDuration::ZERO,
+            timeout: Duration::from_secs(1),
             overlap: SignedDuration::from_hours(1),
             home: TimeZone::get("Europe/Berlin").unwrap(),
             rules: StreamRules::default(),

@@ -18,6 +18,7 @@ pub mod apple_health;
 pub mod demo;
 pub mod health_auto_export;
 pub mod home_assistant;
+pub mod home_assistant_ws;
 pub mod inbox;
 pub mod ingest;
 pub mod mapped;
