@@ -277,10 +277,23 @@ async fn wait_for_signal() {
 async fn sync_participants(db: &Db, config: &Config, now: Timestamp) -> Result<(), DaemonError> {
     let mut resolved = Vec::new();
     for p in &config.participants {
-        let sources: Vec<(String, String)> = p
+        let sources: Vec<(&str, String, String)> = p
             .home_assistant
             .iter()
-            .map(|ha| (ha.name.clone(), ha.stored_json()))
+            .map(|ha| {
+                (
+                    crate::service::sources::home_assistant::KIND,
+                    ha.name.clone(),
+                    ha.stored_json(),
+                )
+            })
+            .chain(p.oura.iter().map(|o| {
+                (
+                    crate::service::sources::oura::KIND,
+                    o.name.clone(),
+                    o.stored_json(),
+                )
+            }))
             .collect();
         resolved.push((p.resolve()?, sources));
     }
@@ -289,14 +302,8 @@ async fn sync_participants(db: &Db, config: &Config, now: Timestamp) -> Result<(
         .write_with(move |s| -> Result<Option<i64>, DemoError> {
             for (p, sources) in &resolved {
                 let id = s.upsert_participant(p, false, now)?;
-                for (name, json) in sources {
-                    s.configure_source(
-                        id,
-                        name,
-                        crate::service::sources::home_assistant::KIND,
-                        json,
-                        now,
-                    )?;
+                for (kind, name, json) in sources {
+                    s.configure_source(id, name, kind, json, now)?;
                 }
             }
             match demo_zone {

@@ -179,6 +179,7 @@ fn store_with_data(dir: &Path, extra_stream: Option<&str>) -> (Store, Participan
         goals: vec!["calmer evenings".into()],
         imports: vec![],
         home_assistant: vec![],
+        oura: vec![],
     }
     .resolve()
     .unwrap();

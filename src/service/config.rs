@@ -495,6 +495,9 @@ pub struct ParticipantConfig {
     /// Home Assistant instances whose sensor entities are streams.
     #[serde(default)]
     pub home_assistant: Vec<crate::service::sources::home_assistant::HomeAssistantConfig>,
+    /// Oura accounts (connected on the sources page).
+    #[serde(default)]
+    pub oura: Vec<crate::service::sources::oura::OuraConfig>,
 }
 
 /// One stream's settings for a participant.
@@ -607,12 +610,21 @@ impl ParticipantConfig {
         }
         let mut source_names: std::collections::BTreeSet<&str> =
             imports.iter().map(|m| m.name.as_str()).collect();
-        for ha in &self.home_assistant {
-            ha.check(&self.key).map_err(ConfigError::Invalid)?;
-            if !source_names.insert(ha.name.as_str()) {
+        let pulled = self
+            .home_assistant
+            .iter()
+            .map(|ha| (ha.name.as_str(), ha.check(&self.key)))
+            .chain(
+                self.oura
+                    .iter()
+                    .map(|o| (o.name.as_str(), o.check(&self.key))),
+            );
+        for (name, checked) in pulled {
+            checked.map_err(ConfigError::Invalid)?;
+            if !source_names.insert(name) {
                 return Err(ConfigError::Invalid(format!(
-                    "participant {}: source name {:?} is used twice (imports and home_assistant share names)",
-                    self.key, ha.name
+                    "participant {}: source name {:?} is used twice (imports, home_assistant and oura share names)",
+                    self.key, name
                 )));
             }
         }

@@ -86,6 +86,7 @@ pub fn participant_config(time_zone: &str) -> ParticipantConfig {
         streams: Vec::new(),
         imports: Vec::new(),
         home_assistant: Vec::new(),
+        oura: Vec::new(),
         goals: vec!["calmer evenings, less anxiety".into()],
     }
 }

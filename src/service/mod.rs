@@ -14,6 +14,7 @@ pub mod llm;
 pub mod loaded;
 pub mod lock;
 pub mod notify;
+pub mod oauth;
 pub mod private;
 pub mod sources;
 pub mod store;

@@ -536,6 +536,30 @@ pub fn source_warning_message(
     )
 }
 
+/// Tells a participant, once, that a source they connected (Oura) refused
+/// its grant and must be connected again.
+pub fn source_reauthorisation_message(
+    to: Recipient<'_>,
+    source: &str,
+    why: &str,
+    dashboard: &str,
+    now: Timestamp,
+) -> NewMessage {
+    simple_message(
+        to,
+        format!("source-reauthorisation/{}/{source}/{now}", to.key),
+        "source_warning",
+        None,
+        None,
+        format!("Connect {source} again"),
+        &[
+            format!("nof1d can no longer read \"{source}\": it refused the authorisation you gave ({why})."),
+            "This happens when access is revoked, or after a long pause. Nothing already stored is lost; the other sources go on.".into(),
+            format!("To read it again, press Connect beside {source} on the sources page: {dashboard}/sources"),
+        ],
+    )
+}
+
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")

@@ -27,7 +27,7 @@ use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
 
 /// The migration files, in order. Append new files; never edit a released one.
-const MIGRATION_FILES: [&str; 7] = [
+const MIGRATION_FILES: [&str; 8] = [
     include_str!("../../migrations/0001_initial.sql"),
     include_str!("../../migrations/0002_trial_lifecycle.sql"),
     include_str!("../../migrations/0003_dashboard.sql"),
@@ -35,6 +35,7 @@ const MIGRATION_FILES: [&str; 7] = [
     include_str!("../../migrations/0005_access.sql"),
     include_str!("../../migrations/0006_sources.sql"),
     include_str!("../../migrations/0007_hypotheses.sql"),
+    include_str!("../../migrations/0008_oauth.sql"),
 ];
 
 /// The migrations, in order.
@@ -214,6 +215,28 @@ pub struct SourceRow {
     pub last_error_at: Option<String>,
     /// When it was added.
     pub created_at: String,
+}
+
+/// An OAuth2 source's grant as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrantRow {
+    /// The source.
+    pub source_id: i64,
+    /// The tokens.
+    pub grant: crate::service::oauth::Grant,
+    /// `connected` or `needs_reauthorisation`.
+    pub status: String,
+    /// Why it needs re-authorisation.
+    pub status_reason: String,
+    /// When the tokens were last written.
+    pub updated_at: Timestamp,
+}
+
+impl GrantRow {
+    /// Whether the grant still works.
+    pub fn is_connected(&self) -> bool {
+        self.status == "connected"
+    }
 }
 
 /// An observation to be recorded.
@@ -1261,6 +1284,144 @@ impl Store {
             params![id, config_json],
         )?;
         Ok(id)
+    }
+
+    /// Keeps a begun authorisation until the person comes back; ones older
+    /// than an hour are dropped on the way.
+    pub fn begin_oauth(
+        &mut self,
+        source_id: i64,
+        state: &str,
+        verifier: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM oauth_pending WHERE created_at < ?1",
+            [ts(now - jiff::SignedDuration::from_hours(1))],
+        )?;
+        tx.execute(
+            "INSERT INTO oauth_pending (state, source_id, pkce_verifier, created_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![state, source_id, verifier, ts(now)],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Takes (and deletes: a state is good once) the authorisation begun
+    /// with `state` no longer than `max_age` ago: `(source id, verifier)`.
+    pub fn take_oauth(
+        &mut self,
+        state: &str,
+        max_age: jiff::SignedDuration,
+        now: Timestamp,
+    ) -> Result<Option<(i64, String)>> {
+        let tx = self.conn.transaction()?;
+        let row: Option<(i64, String, String)> = tx
+            .query_row(
+                "SELECT source_id, pkce_verifier, created_at FROM oauth_pending WHERE state = ?1",
+                [state],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        tx.execute("DELETE FROM oauth_pending WHERE state = ?1", [state])?;
+        tx.commit()?;
+        Ok(row.and_then(|(id, verifier, created)| {
+            let fresh = created
+                .parse::<Timestamp>()
+                .is_ok_and(|t| now.duration_since(t) <= max_age);
+            fresh.then_some((id, verifier))
+        }))
+    }
+
+    /// Stores a source's grant (from a Connect or a refresh) as connected.
+    pub fn save_grant(
+        &mut self,
+        source_id: i64,
+        grant: &crate::service::oauth::Grant,
+        now: Timestamp,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO oauth_grants (source_id, access_token, refresh_token, expires_at, scope,
+                                       status, status_reason, connected_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'connected', '', ?6, ?6)
+             ON CONFLICT (source_id) DO UPDATE SET access_token = ?2, refresh_token = ?3,
+                 expires_at = ?4, scope = ?5, status = 'connected', status_reason = '',
+                 updated_at = ?6",
+            params![
+                source_id,
+                grant.access_token,
+                grant.refresh_token,
+                grant.expires_at.map(ts),
+                grant.scope,
+                ts(now)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Marks a grant as needing the person to connect again; true when it
+    /// was connected until now (so the person is told once).
+    pub fn needs_reauthorisation(
+        &mut self,
+        source_id: i64,
+        why: &str,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE oauth_grants SET status = 'needs_reauthorisation', status_reason = ?2,
+                 updated_at = ?3
+             WHERE source_id = ?1 AND status = 'connected'",
+            params![source_id, why, ts(now)],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Treats a grant's access token as expired (the API refused it), so
+    /// the next poll refreshes it first.
+    pub fn expire_grant(&mut self, source_id: i64, now: Timestamp) -> Result<()> {
+        self.conn.execute(
+            "UPDATE oauth_grants SET expires_at = ?2 WHERE source_id = ?1",
+            params![source_id, ts(now)],
+        )?;
+        Ok(())
+    }
+
+    /// A source's grant, if it was ever connected.
+    pub fn grant(&self, source_id: i64) -> Result<Option<GrantRow>> {
+        let parse = |t: String| {
+            t.parse::<Timestamp>().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    0,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })
+        };
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT access_token, refresh_token, expires_at, scope, status, status_reason,
+                        updated_at
+                 FROM oauth_grants WHERE source_id = ?1",
+                [source_id],
+                |r| {
+                    Ok(GrantRow {
+                        source_id,
+                        grant: crate::service::oauth::Grant {
+                            access_token: r.get(0)?,
+                            refresh_token: r.get(1)?,
+                            expires_at: r.get::<_, Option<String>>(2)?.map(parse).transpose()?,
+                            scope: r.get(3)?,
+                        },
+                        status: r.get(4)?,
+                        status_reason: r.get(5)?,
+                        updated_at: parse(r.get(6)?)?,
+                    })
+                },
+            )
+            .optional()?)
     }
 
     /// All sources.
@@ -3658,6 +3819,7 @@ mod tests {
             goals: Vec::new(),
             imports: Vec::new(),
             home_assistant: Vec::new(),
+            oura: Vec::new(),
         }
         .resolve()
         .unwrap();

@@ -303,7 +303,13 @@ fn too_many(wait: Duration, body: Response) -> Response {
 /// stylesheet), and email links
 /// (which carry their own signed credential, see `crate::service::links`).
 fn is_public(path: &str) -> bool {
-    path == "/healthz" || path == "/login" || path == "/style.css" || path.starts_with("/l/")
+    // The OAuth callback is proved by its one-time state, and a vendor's
+    // redirect back does not carry the SameSite=Strict session cookie.
+    path == "/healthz"
+        || path == "/login"
+        || path == "/style.css"
+        || path.starts_with("/l/")
+        || path == super::oauth::CALLBACK_PATH
 }
 
 /// What a request's credentials came to.

@@ -13,6 +13,7 @@ pub mod charts;
 mod guard;
 mod hypotheses;
 mod link;
+mod oauth;
 mod openapi;
 mod proposals;
 mod push;
@@ -70,6 +71,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sources", get(sources::sources_json))
         .route("/api/streams", get(sources::streams_json))
         .route("/sources/poll", post(sources::sources_poll))
+        .route("/sources/{id}/connect", post(oauth::connect))
+        .route(oauth::CALLBACK_PATH, get(oauth::callback))
         .route(
             push::PUSH_PATH,
             post(push::push).layer(axum::extract::DefaultBodyLimit::max(push::MAX_PUSH_BYTES)),

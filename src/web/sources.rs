@@ -22,6 +22,56 @@ pub struct SourceView {
     pub participant: String,
     /// Its latest polls, pushes and imports, newest first.
     pub runs: Vec<crate::service::store::SourceRunRow>,
+    /// For a source one connects with a login (Oura): where it stands.
+    pub connection: Option<Connection>,
+}
+
+/// An OAuth2 source's state, for people.
+#[derive(Debug, Clone, Serialize)]
+pub struct Connection {
+    /// `not_connected`, `connected` or `needs_reauthorisation`.
+    pub status: String,
+    /// One line: the scopes and when the token is renewed, or why it
+    /// needs connecting again.
+    pub detail: String,
+}
+
+fn connection(
+    source: &crate::service::store::SourceRow,
+    grant: Option<crate::service::store::GrantRow>,
+) -> Option<Connection> {
+    if source.kind != crate::service::sources::oura::KIND {
+        return None;
+    }
+    Some(match grant {
+        None => Connection {
+            status: "not_connected".into(),
+            detail: "not connected yet: press Connect and sign in to allow nof1d to read your data"
+                .into(),
+        },
+        Some(g) if g.is_connected() => Connection {
+            status: "connected".into(),
+            detail: format!(
+                "connected{}{}",
+                if g.grant.scope.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (scopes: {})", g.grant.scope)
+                },
+                g.grant
+                    .expires_at
+                    .map(|t| format!("; the access token is renewed before {t}"))
+                    .unwrap_or_default()
+            ),
+        },
+        Some(g) => Connection {
+            status: "needs_reauthorisation".into(),
+            detail: format!(
+                "needs re-authorisation: {} — press Connect to sign in again",
+                g.status_reason
+            ),
+        },
+    })
 }
 
 /// A participant's stream catalog.
@@ -76,6 +126,8 @@ fn fmt(v: &Option<f64>) -> String {
 <form method="post" action="/sources/poll"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Poll all sources now</button></form>
 {% for v in views %}<h2>{{ v.source.name }} <small>({{ v.source.kind }}, {{ v.participant }})</small></h2>
 <p>Last successful poll: {% if let Some(t) = v.source.last_success_at %}{{ t }}{% else %}never{% endif %}{% if let Some(c) = v.source.cursor %} · cursor {{ c }}{% endif %}</p>
+{% if let Some(c) = v.connection %}<p class="{% if c.status == "connected" %}ok{% else %}err{% endif %}">{{ c.detail }}</p>
+<form method="post" action="/sources/{{ v.source.id }}/connect"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">{% if c.status == "connected" %}Connect again{% else %}Connect{% endif %}</button></form>{% endif %}
 {% if let Some(e) = v.source.last_error %}<p class="err">Last error{% if let Some(t) = v.source.last_error_at %} ({{ t }}){% endif %}: {{ e }}</p>{% endif %}
 <table><thead><tr><th>when</th><th>what</th><th>result</th></tr></thead><tbody>
 {% for r in v.runs %}<tr><td>{{ r.started_at }}</td><td>{{ r.way }} {{ r.what }}</td><td>{{ r.stored }} new, {{ r.updated }} updated, {{ r.unchanged }} already there, {{ r.refused }} refused{% if let Some(e) = r.error %} <span class="err">— {{ e }}</span>{% endif %}</td></tr>{% endfor %}
@@ -106,7 +158,9 @@ async fn source_views(state: &AppState) -> Result<Vec<SourceView>, StoreError> {
                     .map(|p| p.key.clone())
                     .unwrap_or_default();
                 let runs = s.source_runs(source.id, 5)?;
+                let grant = s.grant(source.id)?;
                 views.push(SourceView {
+                    connection: connection(&source, grant),
                     source,
                     participant,
                     runs,

@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use crate::service::app::AppState;
 use crate::service::jobs::{JobError, recipient};
 use crate::service::notify;
-use crate::service::sources::adapter_for;
+use crate::service::sources::{SourceError, adapter_for};
 use crate::service::store::{RunWay, SourceRow, StoreError, Upserted};
 
 /// Polls every source with a known adapter, concurrently; one failing
@@ -106,15 +106,61 @@ async fn poll_one(state: &AppState, row: SourceRow) -> Result<Option<Upserted>, 
         .write(move |s| s.begin_run(source_id, RunWay::Poll, "", now))
         .await?;
     // Adapters that talk to a server block on the network: off the runtime.
-    let polled = match adapter {
+    // Credentials first: a renewed grant is stored before anything else can
+    // fail (a refresh token may be good only once).
+    let authorised = match adapter {
         Ok(source) => tokio::task::spawn_blocking(move || {
-            source
-                .poll(cursor.as_deref(), now)
-                .map_err(|e| e.to_string())
+            let renewed = source.authorise(now);
+            (source, renewed)
         })
         .await
-        .unwrap_or_else(|e| Err(format!("the poll panicked: {e}"))),
+        .map_err(|e| format!("the poll panicked: {e}")),
         Err(e) => Err(e),
+    };
+    let source = match authorised {
+        Ok((source, Ok(None))) => Ok(source),
+        Ok((source, Ok(Some(grant)))) => {
+            state
+                .db
+                .write(move |s| s.save_grant(source_id, &grant, now))
+                .await?;
+            Ok(source)
+        }
+        Ok((_, Err(SourceError::NeedsReauthorisation { message, .. }))) => {
+            return reauthorise(state, run, (source_id, participant_id), &name, message, now).await;
+        }
+        Ok((_, Err(e))) => Err(e.to_string()),
+        Err(e) => Err(e),
+    };
+    let polled = match source {
+        Ok(source) => tokio::task::spawn_blocking(move || source.poll(cursor.as_deref(), now))
+            .await
+            .unwrap_or_else(|e| {
+                Err(SourceError::Config {
+                    source_name: String::new(),
+                    message: format!("the poll panicked: {e}"),
+                })
+            })
+            .map_err(|e| {
+                if matches!(e, SourceError::TokenRejected { .. }) {
+                    (e.to_string(), true)
+                } else {
+                    (e.to_string(), false)
+                }
+            }),
+        Err(e) => Err((e, false)),
+    };
+    let polled = match polled {
+        Ok(p) => Ok(p),
+        Err((e, token_rejected)) => {
+            if token_rejected {
+                state
+                    .db
+                    .write(move |s| s.expire_grant(source_id, now))
+                    .await?;
+            }
+            Err(e)
+        }
     };
     match polled {
         Ok(poll) => {
@@ -144,6 +190,41 @@ async fn poll_one(state: &AppState, row: SourceRow) -> Result<Option<Upserted>, 
         }
         Err(e) => fail(state, run, participant_id, &name, &since, e, now).await,
     }
+}
+
+/// A source whose grant was refused: marked so (it is not polled until the
+/// person connects it again), the run failed with the reason, and the
+/// participant told at once, once.
+async fn reauthorise(
+    state: &AppState,
+    run: i64,
+    (source_id, participant_id): (i64, i64),
+    name: &str,
+    why: String,
+    now: Timestamp,
+) -> Result<Option<Upserted>, JobError> {
+    let participants = state.db.read(|s| s.participants()).await?;
+    let message = participants
+        .iter()
+        .find(|p| p.id == participant_id)
+        .map(|p| {
+            notify::source_reauthorisation_message(recipient(p), name, &why, &state.public_url, now)
+        });
+    let error = format!("needs re-authorisation: {why}");
+    let logged = error.clone();
+    state
+        .db
+        .write(move |s| {
+            if s.needs_reauthorisation(source_id, &why, now)?
+                && let Some(m) = &message
+            {
+                s.enqueue_message(m, now)?;
+            }
+            s.finish_run(run, 0, "", Some(&logged), now)?;
+            Ok(())
+        })
+        .await?;
+    Err(JobError::Item(format!("{name}: {error}")))
 }
 
 /// Logs a failed poll; failing for more than a day (or never read since it

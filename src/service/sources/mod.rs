@@ -22,6 +22,7 @@ pub mod home_assistant_ws;
 pub mod inbox;
 pub mod ingest;
 pub mod mapped;
+pub mod oura;
 
 /// Builds a source's adapter from its stored row (kind, configuration,
 /// cursor), whatever else in the store it needs and the config (settings,
@@ -33,6 +34,7 @@ pub type Builder = fn(&SourceRow, &Store, &Config) -> Result<Option<Box<dyn Sour
 pub const ADAPTERS: &[(&str, Builder)] = &[
     (crate::service::demo::SOURCE_KIND, demo::adapter),
     (home_assistant::KIND, home_assistant::adapter),
+    (oura::KIND, oura::adapter),
 ];
 
 /// Kinds whose observations arrive by other ways (email links, forms,
@@ -94,6 +96,24 @@ pub enum SourceError {
         /// What happened, with what to do.
         message: String,
     },
+    /// The vendor refused the grant: the person must connect the source
+    /// again (it is not polled until then).
+    #[error("source {source_name} needs re-authorisation: {message}")]
+    NeedsReauthorisation {
+        /// The source.
+        source_name: String,
+        /// The vendor's reason.
+        message: String,
+    },
+    /// The API refused the access token (401): it is refreshed before the
+    /// next poll.
+    #[error(
+        "source {source_name}: the access token was refused; it is refreshed before the next poll"
+    )]
+    TokenRejected {
+        /// The source.
+        source_name: String,
+    },
     /// The stored cursor could not be read.
     #[error("source {source_name}: bad cursor {cursor:?}")]
     Cursor {
@@ -124,4 +144,13 @@ pub trait Source: Send + Sync {
     fn name(&self) -> &str;
     /// Reads what is new since `cursor`, as of `now`.
     fn poll(&self, cursor: Option<&str>, now: Timestamp) -> Result<Poll, SourceError>;
+    /// Renews the source's credentials where they are about to expire,
+    /// before a poll: the new grant, which the caller stores at once (a
+    /// refresh token may be good only once). Most sources have none.
+    fn authorise(
+        &self,
+        _now: Timestamp,
+    ) -> Result<Option<crate::service::oauth::Grant>, SourceError> {
+        Ok(None)
+    }
 }

@@ -1,0 +1,306 @@
+//! OAuth2 authorization code with PKCE and `state` (RFC 6749 §4.1, RFC 7636)
+//! for sources behind a vendor's login (Oura): the URL a Connect button
+//! sends the person to, the code exchange when they come back, and refreshes
+//! before the access token expires. The `oauth2` crate builds and reads the
+//! requests; they travel through the daemon's own reqwest client.
+//!
+//! Tokens never reach a log: the error texts carry the server's `error` and
+//! `error_description` only.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use oauth2::basic::BasicClient;
+use oauth2::{
+    AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet, EndpointSet,
+    PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, Scope, TokenResponse, TokenUrl,
+};
+use serde::{Deserialize, Serialize};
+
+/// A vendor's OAuth2 application as this installation registered it.
+#[derive(Debug, Clone)]
+pub struct OAuthApp {
+    /// The client id.
+    pub client_id: String,
+    /// The client secret.
+    pub client_secret: String,
+    /// Where the person signs in and agrees.
+    pub authorize_url: String,
+    /// Where codes and refresh tokens become access tokens.
+    pub token_url: String,
+    /// The scopes asked for.
+    pub scopes: Vec<String>,
+    /// Seconds a token request may take.
+    pub timeout: Duration,
+}
+
+/// What a vendor granted. Its `Debug` hides the tokens.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The bearer token for the API.
+    pub access_token: String,
+    /// The token that gets the next access token (single-use at Oura).
+    pub refresh_token: Option<String>,
+    /// When the access token expires, where the server said.
+    pub expires_at: Option<Timestamp>,
+    /// The scopes granted (may be fewer than asked).
+    pub scope: String,
+}
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant")
+            .field("access_token", &"…")
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "…"))
+            .field("expires_at", &self.expires_at)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+impl Grant {
+    /// Whether the access token should be refreshed before use at `now`:
+    /// within 5 minutes of its expiry (or a tenth of a short lifetime).
+    pub fn expiring(&self, now: Timestamp, issued_for: Option<SignedDuration>) -> bool {
+        let Some(at) = self.expires_at else {
+            return false;
+        };
+        let margin = issued_for.map_or(SignedDuration::from_mins(5), |d| {
+            (d / 10).min(SignedDuration::from_mins(5))
+        });
+        now + margin >= at
+    }
+}
+
+/// Why a token request failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OAuthError {
+    /// The vendor refused the grant (revoked, expired, already used): the
+    /// person must connect again.
+    #[error("the authorisation was refused ({0}): connect the source again on the sources page")]
+    Refused(String),
+    /// Anything else (network, a 5xx, a malformed answer): try again later.
+    #[error("token request failed: {0}")]
+    Failed(String),
+    /// The application's settings are unusable.
+    #[error("OAuth settings: {0}")]
+    Config(String),
+}
+
+type Client = BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+
+fn client(app: &OAuthApp, redirect: &str) -> Result<Client, OAuthError> {
+    let bad = |what: &str, e: oauth2::url::ParseError| OAuthError::Config(format!("{what}: {e}"));
+    Ok(BasicClient::new(ClientId::new(app.client_id.clone()))
+        .set_client_secret(ClientSecret::new(app.client_secret.clone()))
+        .set_auth_uri(AuthUrl::new(app.authorize_url.clone()).map_err(|e| bad("authorize_url", e))?)
+        .set_token_uri(TokenUrl::new(app.token_url.clone()).map_err(|e| bad("token_url", e))?)
+        .set_redirect_uri(
+            RedirectUrl::new(redirect.to_string()).map_err(|e| bad("redirect url", e))?,
+        ))
+}
+
+/// A Connect begun: where to send the person, and what to keep until they
+/// come back (the state to match, the PKCE verifier for the exchange).
+#[derive(Debug, Clone)]
+pub struct Begun {
+    /// The vendor's authorize URL with client id, scopes, state and challenge.
+    pub url: String,
+    /// The random state (256 bits).
+    pub state: String,
+    /// The PKCE code verifier.
+    pub verifier: String,
+}
+
+/// Starts an authorization: a fresh random state and PKCE pair (S256).
+pub fn begin(app: &OAuthApp, redirect: &str) -> Result<Begun, OAuthError> {
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let client = client(app, redirect)?;
+    let mut request = client
+        .authorize_url(|| CsrfToken::new_random_len(32))
+        .set_pkce_challenge(challenge);
+    for s in &app.scopes {
+        request = request.add_scope(Scope::new(s.clone()));
+    }
+    let (url, state) = request.url();
+    Ok(Begun {
+        url: url.to_string(),
+        state: state.secret().clone(),
+        verifier: verifier.secret().clone(),
+    })
+}
+
+/// Exchanges the code the person came back with for a grant.
+pub fn exchange(
+    app: &OAuthApp,
+    redirect: &str,
+    code: &str,
+    verifier: &str,
+    now: Timestamp,
+) -> Result<Grant, OAuthError> {
+    let http = Http::new(app.timeout)?;
+    let token = client(app, redirect)?
+        .exchange_code(AuthorizationCode::new(code.to_string()))
+        .set_pkce_verifier(PkceCodeVerifier::new(verifier.to_string()))
+        .request(&http)
+        .map_err(token_error)?;
+    Ok(grant_of(&token, None, now))
+}
+
+/// Refreshes a grant; the new grant keeps the old refresh token when the
+/// vendor does not send a new one.
+pub fn refresh(app: &OAuthApp, grant: &Grant, now: Timestamp) -> Result<Grant, OAuthError> {
+    let Some(refresh_token) = &grant.refresh_token else {
+        return Err(OAuthError::Refused(
+            "the access token expired and no refresh token was granted".into(),
+        ));
+    };
+    let http = Http::new(app.timeout)?;
+    // The redirect URL plays no part in a refresh.
+    let token = client(app, "http://localhost/")?
+        .exchange_refresh_token(&RefreshToken::new(refresh_token.clone()))
+        .request(&http)
+        .map_err(token_error)?;
+    Ok(grant_of(&token, grant.refresh_token.as_deref(), now))
+}
+
+fn grant_of(
+    token: &oauth2::basic::BasicTokenResponse,
+    old_refresh: Option<&str>,
+    now: Timestamp,
+) -> Grant {
+    Grant {
+        access_token: token.access_token().secret().clone(),
+        refresh_token: token
+            .refresh_token()
+            .map(|t| t.secret().clone())
+            .or_else(|| old_refresh.map(str::to_string)),
+        expires_at: token
+            .expires_in()
+            .and_then(|d| SignedDuration::try_from(d).ok())
+            .and_then(|d| now.checked_add(d).ok()),
+        scope: token
+            .scopes()
+            .map(|s| s.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
+    }
+}
+
+fn token_error(
+    e: oauth2::RequestTokenError<HttpError, oauth2::basic::BasicErrorResponse>,
+) -> OAuthError {
+    use oauth2::RequestTokenError as E;
+    match e {
+        E::ServerResponse(r) => {
+            let code = r.error().as_ref().to_string();
+            let text = match r.error_description() {
+                Some(d) => format!("{code}: {d}"),
+                None => code.clone(),
+            };
+            // RFC 6749 §5.2: a bad grant or client needs the person (or the
+            // config); anything else may pass.
+            if matches!(
+                code.as_str(),
+                "invalid_grant" | "invalid_client" | "unauthorized_client" | "invalid_request"
+            ) {
+                OAuthError::Refused(text)
+            } else {
+                OAuthError::Failed(text)
+            }
+        }
+        E::Request(e) => OAuthError::Failed(e.to_string()),
+        E::Parse(e, _) => OAuthError::Failed(format!("the token answer is not readable: {e}")),
+        E::Other(e) => OAuthError::Failed(e),
+    }
+}
+
+/// The oauth2 crate's requests, sent by our reqwest (blocking).
+struct Http(reqwest::blocking::Client);
+
+/// A transport error, without the request (which may hold a secret).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct HttpError(String);
+
+impl Http {
+    fn new(timeout: Duration) -> Result<Http, OAuthError> {
+        reqwest::blocking::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("nof1d/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map(Http)
+            .map_err(|e| OAuthError::Config(e.to_string()))
+    }
+}
+
+impl oauth2::SyncHttpClient for Http {
+    type Error = HttpError;
+
+    fn call(&self, request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {
+        let (parts, body) = request.into_parts();
+        let response = self
+            .0
+            .request(parts.method, parts.uri.to_string())
+            .headers(parts.headers)
+            .body(body)
+            .send()
+            .map_err(|e| HttpError(crate::service::http::error_chain(&e)))?;
+        let mut builder = oauth2::http::Response::builder().status(response.status());
+        for (k, v) in response.headers() {
+            builder = builder.header(k, v);
+        }
+        let bytes = response
+            .bytes()
+            .map_err(|e| HttpError(format!("reading the answer: {e}")))?;
+        builder
+            .body(bytes.to_vec())
+            .map_err(|e| HttpError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_authorize_url_carries_state_challenge_and_scopes() {
+        let app = OAuthApp {
+            client_id: "abc".into(),
+            client_secret: "s3cret".into(),
+            authorize_url: "https://cloud.ouraring.com/oauth/authorize".into(),
+            token_url: "https://api.ouraring.com/oauth/token".into(),
+            scopes: vec!["daily".into(), "heartrate".into()],
+            timeout: Duration::from_secs(5),
+        };
+        let a = begin(&app, "http://127.0.0.1:8080/oauth/callback").unwrap();
+        let b = begin(&app, "http://127.0.0.1:8080/oauth/callback").unwrap();
+        assert_ne!(a.state, b.state);
+        assert!(a.state.len() >= 43, "256 random bits: {}", a.state);
+        let url = reqwest::Url::parse(&a.url).unwrap();
+        let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+        assert_eq!(q["response_type"], "code");
+        assert_eq!(q["client_id"], "abc");
+        assert_eq!(q["state"], a.state);
+        assert_eq!(q["code_challenge_method"], "S256");
+        assert_eq!(q["scope"], "daily heartrate");
+        assert_eq!(q["redirect_uri"], "http://127.0.0.1:8080/oauth/callback");
+        assert!(!a.url.contains("s3cret"));
+    }
+
+    #[test]
+    fn a_grant_is_refreshed_before_it_expires() {
+        let now: Timestamp = "2026-12-04T10:00:00Z".parse().unwrap();
+        let g = |secs: i64| Grant {
+            access_token: "a".into(),
+            refresh_token: Some("r".into()),
+            expires_at: Some(now + SignedDuration::from_secs(secs)),
+            scope: String::new(),
+        };
+        assert!(!g(86_400).expiring(now, Some(SignedDuration::from_hours(24))));
+        assert!(g(200).expiring(now, Some(SignedDuration::from_hours(24))));
+        // A short-lived token: a tenth of its life.
+        assert!(!g(2).expiring(now, Some(SignedDuration::from_secs(60))));
+        assert!(g(5).expiring(now, Some(SignedDuration::from_secs(60))));
+    }
+}

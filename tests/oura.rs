@@ -1,0 +1,467 @@
+//! Oura as an OAuth2 source, end to end on the real daemon against a fake
+//! Oura on loopback: the Connect button, the vendor's authorize redirect,
+//! the code exchange with PKCE checked (S256) and HTTP Basic client
+//! credentials, paginated `usercollection` reads shaped as Oura's OpenAPI
+//! documents them, a refresh before the token expires (refresh tokens good
+//! once), and a revoked grant marking the source "needs re-authorisation"
+//! with one email, until the person connects again.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use common::{Daemon, csrf_of, no_redirects};
+use jiff::civil::Date;
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Value, json};
+use sha2::Digest;
+
+#[derive(Default)]
+struct Oura {
+    /// The PKCE challenge of each code handed out.
+    codes: HashMap<String, String>,
+    /// The access token that works now, and the refresh token good once.
+    access: Option<String>,
+    refresh: Option<String>,
+    issued: usize,
+    expires_in: i64,
+    refreshes: usize,
+    /// Data requests by collection.
+    reads: HashMap<String, usize>,
+    days: Vec<Date>,
+}
+
+type Shared = Arc<Mutex<Oura>>;
+
+async fn authorize(State(o): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
+    assert_eq!(q["response_type"], "code");
+    assert_eq!(q["client_id"], "nof1d-test-app");
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert!(q["scope"].split(' ').any(|s| s == "daily"), "{q:?}");
+    let mut o = o.lock().unwrap();
+    let code = format!("code-{}", o.codes.len() + 1);
+    o.codes.insert(code.clone(), q["code_challenge"].clone());
+    let location = format!("{}?code={code}&state={}", q["redirect_uri"], q["state"]);
+    (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
+}
+
+fn token_answer(o: &mut Oura) -> Response {
+    o.issued += 1;
+    let (access, refresh) = (
+        format!("access-{}", o.issued),
+        format!("refresh-{}", o.issued),
+    );
+    o.access = Some(access.clone());
+    o.refresh = Some(refresh.clone());
+    axum::Json(
+        json!({"token_type": "bearer", "access_token": access, "refresh_token": refresh,
+                      "expires_in": o.expires_in, "scope": "daily heartrate personal"}),
+    )
+    .into_response()
+}
+
+fn oauth_error(error: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({"error": error, "error_description": "Invalid grant"})),
+    )
+        .into_response()
+}
+
+async fn token(State(o): State<Shared>, headers: HeaderMap, body: String) -> Response {
+    let basic = base64::engine::general_purpose::STANDARD.encode("nof1d-test-app:app-secret");
+    if headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        != Some(&format!("Basic {basic}"))
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": "invalid_client"})),
+        )
+            .into_response();
+    }
+    let form: HashMap<String, String> = url_decode(&body);
+    let mut o = o.lock().unwrap();
+    match form.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => {
+            let Some(challenge) = o.codes.remove(&form["code"]) else {
+                return oauth_error("invalid_grant");
+            };
+            let verifier = &form["code_verifier"];
+            let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(sha2::Sha256::digest(verifier.as_bytes()));
+            if computed != challenge {
+                return oauth_error("invalid_grant");
+            }
+            token_answer(&mut o)
+        }
+        Some("refresh_token") => {
+            if o.refresh.as_deref() != Some(form["refresh_token"].as_str()) {
+                return oauth_error("invalid_grant");
+            }
+            o.refreshes += 1;
+            token_answer(&mut o)
+        }
+        _ => oauth_error("unsupported_grant_type"),
+    }
+}
+
+fn url_decode(body: &str) -> HashMap<String, String> {
+    reqwest::Url::parse(&format!("http://x/?{body}"))
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect()
+}
+
+/// Two documents a page, with a next_token to the rest.
+fn paged(items: Vec<Value>, q: &HashMap<String, String>) -> Response {
+    let from: usize = q.get("next_token").map_or(0, |t| t.parse().unwrap());
+    let next = (from + 2 < items.len()).then(|| (from + 2).to_string());
+    let page: Vec<Value> = items.into_iter().skip(from).take(2).collect();
+    axum::Json(json!({"data": page, "next_token": next})).into_response()
+}
+
+async fn collection(
+    State(o): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let mut o = o.lock().unwrap();
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if bearer.is_none() || bearer != o.access.as_deref() {
+        return (StatusCode::UNAUTHORIZED, "").into_response();
+    }
+    *o.reads.entry(name.clone()).or_default() += 1;
+    let in_range = |d: &Date| {
+        let start: Date = q["start_date"].parse().unwrap();
+        let end: Date = q["end_date"].parse().unwrap();
+        *d >= start && *d <= end
+    };
+    let days: Vec<Date> = if name == "heartrate" {
+        vec![]
+    } else {
+        o.days.iter().copied().filter(in_range).collect()
+    };
+    let items: Vec<Value> = match name.as_str() {
+        "daily_sleep" => days
+            .iter()
+            .map(|d| json!({"id": format!("ds-{d}"), "contributors": {"deep_sleep": 57, "efficiency": 98},
+                            "day": d.to_string(), "score": 70, "timestamp": format!("{d}T00:00:00+00:00")}))
+            .collect(),
+        "daily_readiness" => days
+            .iter()
+            .map(|d| json!({"id": format!("dr-{d}"), "contributors": {}, "day": d.to_string(), "score": 80,
+                            "temperature_deviation": -0.2, "temperature_trend_deviation": 0.1,
+                            "timestamp": format!("{d}T00:00:00+00:00")}))
+            .collect(),
+        "daily_activity" => days
+            .iter()
+            .map(|d| json!({"id": format!("da-{d}"), "score": 82, "active_calories": 500, "steps": 9000,
+                            "total_calories": 2500, "day": d.to_string(),
+                            "timestamp": format!("{d}T04:00:00+01:00")}))
+            .collect(),
+        "sleep" => days
+            .iter()
+            .flat_map(|d| {
+                let before = d.yesterday().unwrap();
+                let long = json!({"id": format!("s-{d}"), "type": "long_sleep", "day": d.to_string(),
+                    "bedtime_start": format!("{before}T23:10:00+01:00"), "bedtime_end": format!("{d}T07:10:00+01:00"),
+                    "total_sleep_duration": 25200, "deep_sleep_duration": 4200, "rem_sleep_duration": 5400,
+                    "light_sleep_duration": 15600, "awake_time": 3600, "time_in_bed": 28800, "efficiency": 88,
+                    "latency": 600, "average_heart_rate": 55.5, "lowest_heart_rate": 48, "average_hrv": 60,
+                    "average_breath": 14.5, "low_battery_alert": false, "period": 0});
+                let rest = json!({"id": format!("r-{d}"), "type": "rest", "day": d.to_string(),
+                    "bedtime_start": format!("{d}T14:00:00+01:00"), "bedtime_end": format!("{d}T14:20:00+01:00"),
+                    "total_sleep_duration": null, "time_in_bed": 1200, "low_battery_alert": false, "period": 1});
+                [long, rest]
+            })
+            .collect(),
+        "heartrate" => {
+            let start: Timestamp = q["start_datetime"].parse().unwrap();
+            let end: Timestamp = q["end_datetime"].parse().unwrap();
+            let last = o.days.last().copied().unwrap();
+            (0..6)
+                .map(|k| {
+                    last.at(6, 0, 0, 0)
+                        .to_zoned(jiff::tz::TimeZone::UTC)
+                        .unwrap()
+                        .timestamp()
+                        + SignedDuration::from_mins(5 * k)
+                })
+                .filter(|t| *t >= start && *t <= end)
+                .map(|t| json!({"bpm": 50 + 1, "source": "sleep", "timestamp": t.strftime("%Y-%m-%dT%H:%M:%S+00:00").to_string(),
+                                "timestamp_unix": t.as_millisecond()}))
+                .collect()
+        }
+        _ => return (StatusCode::NOT_FOUND, "").into_response(),
+    };
+    paged(items, &q)
+}
+
+fn start_fake(o: Shared) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let app = axum::Router::new()
+                .route("/oauth/authorize", axum::routing::get(authorize))
+                .route("/oauth/token", axum::routing::post(token))
+                .route("/v2/usercollection/{name}", axum::routing::get(collection))
+                .with_state(o);
+            axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app)
+                .await
+                .unwrap();
+        });
+    });
+    url
+}
+
+fn count(data: &Path, sql: &str) -> i64 {
+    rusqlite::Connection::open_with_flags(
+        data.join("nof1d.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap()
+    .query_row(sql, [], |r| r.get(0))
+    .unwrap()
+}
+
+fn wait_until(what: &str, daemon: &Daemon, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: {}", daemon.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Presses Connect on the sources page and plays the browser through the
+/// vendor and back; returns the callback's status.
+fn connect(daemon: &Daemon) -> u16 {
+    let http = no_redirects();
+    let page = http
+        .get(daemon.url("/sources"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(page.contains("Connect"), "{page}");
+    let action = page
+        .split("action=\"")
+        .map(|s| s.split('"').next().unwrap())
+        .find(|a| a.ends_with("/connect"))
+        .unwrap()
+        .to_string();
+    let begun = http
+        .post(daemon.url(&action))
+        .form(&[("csrf", csrf_of(&page))])
+        .send()
+        .unwrap();
+    assert_eq!(begun.status(), 303);
+    let authorize = begun.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let back = http.get(&authorize).send().unwrap();
+    assert_eq!(back.status(), 302);
+    let callback = back.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        callback.starts_with(&daemon.url("/oauth/callback")),
+        "{callback}"
+    );
+    let done = http.get(&callback).send().unwrap();
+    // The same state again: refused (a state is good once).
+    let again = http.get(&callback).send().unwrap();
+    assert_eq!(again.status(), 400);
+    done.status().as_u16()
+}
+
+#[test]
+fn an_oura_ring_connects_reads_pages_refreshes_and_asks_again_when_revoked() {
+    let today = Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::get("Europe/Berlin").unwrap())
+        .date();
+    let days: Vec<Date> = (1..=10)
+        .rev()
+        .map(|k| today.checked_sub(jiff::Span::new().days(k)).unwrap())
+        .collect();
+    let oura: Shared = Arc::new(Mutex::new(Oura {
+        expires_in: 86_400,
+        days,
+        ..Oura::default()
+    }));
+    let url = start_fake(oura.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (id_file, secret_file) = (dir.path().join("id"), dir.path().join("secret"));
+    std::fs::write(&id_file, "nof1d-test-app\n").unwrap();
+    std::fs::write(&secret_file, "app-secret\n").unwrap();
+    let config = dir.path().join("nof1d.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[jobs]
+source_poll_seconds = 1
+
+[[participants]]
+key = "anna"
+name = "Anna"
+email = "anna@example.invalid"
+time_zone = "Europe/Berlin"
+
+[[participants.oura]]
+client_id = {{ file = {id:?} }}
+client_secret = {{ file = {secret:?} }}
+backfill_days = 20
+poll_minutes = 0
+api_url = "{url}"
+authorize_url = "{url}/oauth/authorize"
+token_url = "{url}/oauth/token"
+"#,
+            id = id_file.display().to_string(),
+            secret = secret_file.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&data, &["--config", config.to_str().unwrap()]);
+    // Not connected yet: nothing is read.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(oura.lock().unwrap().reads.is_empty());
+
+    assert_eq!(connect(&daemon), 303);
+    assert_eq!(
+        count(
+            &data,
+            "SELECT COUNT(*) FROM oauth_grants WHERE status = 'connected'"
+        ),
+        1
+    );
+    // 10 days: sleep score; readiness score and temperature; steps, active
+    // energy, activity score; 11 values of each long sleep (its rest period
+    // skipped); 6 heart-rate samples.
+    let expected = 10 * (1 + 2 + 3 + 11) + 6;
+    wait_until("Oura's data stored", &daemon, || {
+        count(&data, "SELECT COUNT(*) FROM observations") == expected
+    });
+    assert!(
+        oura.lock().unwrap().reads["sleep"] >= 10,
+        "two documents a page: every page read"
+    );
+    let asleep = count(
+        &data,
+        "SELECT COUNT(*) FROM observations o JOIN streams s ON s.id = o.stream_id
+         WHERE s.key = 'sleep_asleep' AND o.value = 420 AND s.unit = 'min'",
+    );
+    assert_eq!(asleep, 10);
+    // A night that began 23:10 the evening before counts to the wake-up day.
+    let last_day = oura.lock().unwrap().days.last().copied().unwrap();
+    let on_wake_day = count(
+        &data,
+        &format!(
+            "SELECT COUNT(*) FROM observations o JOIN streams s ON s.id = o.stream_id
+             WHERE s.key = 'hrv_rmssd' AND o.local_date = '{last_day}'"
+        ),
+    );
+    assert_eq!(on_wake_day, 1);
+
+    // Polls go on and store nothing twice.
+    let reads = oura.lock().unwrap().reads["daily_sleep"];
+    wait_until("more polls", &daemon, || {
+        oura.lock().unwrap().reads["daily_sleep"] >= reads + 3
+    });
+    assert_eq!(count(&data, "SELECT COUNT(*) FROM observations"), expected);
+
+    // The token is about to expire: refreshed before the next read, and the
+    // new refresh token kept (the old one is good no more).
+    oura.lock().unwrap().expires_in = 1;
+    assert_eq!(connect(&daemon), 303);
+    wait_until("a refresh", &daemon, || oura.lock().unwrap().refreshes >= 2);
+    let reads = oura.lock().unwrap().reads["daily_sleep"];
+    wait_until("reads with the new token", &daemon, || {
+        oura.lock().unwrap().reads["daily_sleep"] > reads
+    });
+
+    // Revoked at Oura: the API refuses the token, the refresh is refused,
+    // the source waits for the person, who is told once.
+    {
+        let mut o = oura.lock().unwrap();
+        o.expires_in = 86_400;
+        o.access = Some("revoked".into());
+        o.refresh = Some("revoked".into());
+    }
+    wait_until("marked", &daemon, || {
+        count(
+            &data,
+            "SELECT COUNT(*) FROM oauth_grants WHERE status = 'needs_reauthorisation'",
+        ) == 1
+    });
+    wait_until("the email", &daemon, || {
+        count(
+            &data,
+            "SELECT COUNT(*) FROM outbox WHERE key LIKE 'source-reauthorisation/anna/oura/%'",
+        ) == 1
+    });
+    let page = no_redirects()
+        .get(daemon.url("/sources"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        page.contains("needs re-authorisation: invalid_grant"),
+        "{page}"
+    );
+    let reads = oura.lock().unwrap().reads.values().sum::<usize>();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        oura.lock().unwrap().reads.values().sum::<usize>(),
+        reads,
+        "not polled while it waits"
+    );
+    assert_eq!(
+        count(
+            &data,
+            "SELECT COUNT(*) FROM outbox WHERE key LIKE 'source-reauthorisation/%'"
+        ),
+        1
+    );
+
+    // Connected again: read again, and nothing doubled.
+    assert_eq!(connect(&daemon), 303);
+    wait_until("reads again", &daemon, || {
+        oura.lock().unwrap().reads.values().sum::<usize>() > reads
+    });
+    daemon.terminate();
+    assert_eq!(count(&data, "SELECT COUNT(*) FROM observations"), expected);
+    let log = std::fs::read_dir(&data)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("daemon-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect::<String>();
+    assert!(
+        !log.contains("access-") && !log.contains("refresh-") && !log.contains("app-secret"),
+        "no secret in the log"
+    );
+}
