@@ -89,3 +89,85 @@ proptest! {
         }
     }
 }
+
+/// A mapped import that reads everything a spreadsheet may hold: local
+/// times, days, offsets, decimal commas, yes/no.
+fn mapping(format: &str) -> nof1d::service::sources::mapped::Mapping {
+    let text = format!(
+        "name = \"m\"\nfiles = \"*\"\ntime = \"t\"\n{format}\nend = \"e\"\nid = \"i\"\n[[columns]]\ncolumn = \"a\"\nstream = \"a\"\nunit = \"kg\"\n[[columns]]\ncolumn = \"b\"\nstream = \"b\"\nunit = \"score\"\n"
+    );
+    toml::from_str::<nof1d::service::sources::mapped::MappingConfig>(&text)
+        .unwrap()
+        .resolve("p")
+        .unwrap()
+}
+
+fn read_mapped(
+    m: &nof1d::service::sources::mapped::Mapping,
+    format: nof1d::service::sources::mapped::Format,
+    bytes: &[u8],
+) -> Vec<NewObservation> {
+    let units: std::collections::HashMap<String, String> =
+        [("a".to_string(), "lb".to_string())].into_iter().collect();
+    let mut all = Vec::new();
+    let _ = nof1d::service::sources::mapped::read(
+        m,
+        format,
+        bytes,
+        &TimeZone::get("America/New_York").unwrap(),
+        &StreamRules::default(),
+        &units,
+        7,
+        &mut |b: &[NewObservation]| -> Result<(), nof1d::service::sources::mapped::MappedError> {
+            all.extend_from_slice(b);
+            Ok(())
+        },
+    );
+    all
+}
+
+/// One CSV cell: a time, a number in some spelling, or junk.
+fn cell() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("2026-03-08 02:30".to_string()),
+        Just("2026-11-01 01:30".to_string()),
+        Just("2026-03-01T08:00:00+05:45".to_string()),
+        Just("2026-03-01Z".to_string()),
+        Just("1e999".to_string()),
+        Just("-0".to_string()),
+        Just("yes".to_string()),
+        Just("NA".to_string()),
+        Just("\"1,5\"".to_string()),
+        Just("\u{feff}".to_string()),
+        (-1e6f64..1e6).prop_map(|x| x.to_string()),
+        "[ -~]{0,12}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn any_bytes_as_a_mapped_csv_or_json_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2000)) {
+        use nof1d::service::sources::mapped::Format;
+        for format in ["", "time_format = \"%d/%m/%Y %H:%M\"", "time_format = \"unix\""] {
+            let m = mapping(format);
+            prop_assert!(read_mapped(&m, Format::Csv, &bytes).iter().all(sane));
+            prop_assert!(read_mapped(&m, Format::Json, &bytes).iter().all(sane));
+        }
+    }
+
+    #[test]
+    fn junk_cells_in_a_mapped_csv_keep_every_value_sane(rows in prop::collection::vec(prop::collection::vec(cell(), 0..6), 0..30)) {
+        let mut text = String::from("t,e,i,a,b\n");
+        for r in &rows {
+            text.push_str(&r.join(","));
+            text.push('\n');
+        }
+        let m = mapping("");
+        let obs = read_mapped(&m, nof1d::service::sources::mapped::Format::Csv, text.as_bytes());
+        prop_assert!(obs.iter().all(sane));
+        // Every value of `a` was converted from kg into the stream's lb.
+        prop_assert!(obs.iter().filter(|o| o.stream == "a").all(|o| o.unit == "lb"));
+    }
+}

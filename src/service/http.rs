@@ -246,6 +246,65 @@ mod tests {
         assert_eq!(parse_retry_after("soon", now), None);
     }
 
+    /// A server on loopback answering each connection from `script`:
+    /// (status, delay before answering).
+    fn server(script: Vec<(u16, Duration)>) -> String {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/api", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            // A thread a connection: a slow answer holds up no other.
+            for (status, delay) in script {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    return;
+                };
+                std::thread::spawn(move || {
+                    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                        line.clear();
+                    }
+                    std::thread::sleep(delay);
+                    let body = if status == 200 {
+                        "{\"ok\":true}"
+                    } else {
+                        "busy"
+                    };
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                });
+            }
+        });
+        url
+    }
+
+    #[test]
+    fn a_500_and_a_slow_answer_are_retried_a_refusal_is_not() {
+        let slow = Duration::from_millis(700);
+        let url = server(vec![
+            (500, Duration::ZERO),
+            (200, slow),
+            (200, Duration::ZERO),
+        ]);
+        let client =
+            ApiClient::new(Duration::from_millis(300), 3, Duration::from_millis(50)).unwrap();
+        assert_eq!(
+            client.get_json(&url, &[], "t").unwrap(),
+            serde_json::json!({"ok": true})
+        );
+        let url = server(vec![(200, slow), (200, slow)]);
+        let client =
+            ApiClient::new(Duration::from_millis(300), 1, Duration::from_millis(50)).unwrap();
+        let e = client.get_json(&url, &[], "t").unwrap_err();
+        assert!(matches!(e, ApiError::Unreachable { .. }), "{e}");
+        let url = server(vec![(401, Duration::ZERO), (200, Duration::ZERO)]);
+        let e = client.get_json(&url, &[], "t").unwrap_err();
+        assert!(matches!(e, ApiError::Refused { status: 401, .. }), "{e}");
+    }
+
     #[test]
     fn backoff_doubles_with_jitter_and_stops_at_the_cap() {
         let max = Duration::from_secs(30);

@@ -720,3 +720,109 @@ fn parse_offset_time(text: &str) -> Option<jiff::Zoned> {
         .ok()
         .map(|t| t.to_zoned(TimeZone::fixed(offset)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn oura(stream_units: &[(&str, &str)]) -> Oura {
+        let settings: OuraConfig =
+            toml::from_str("client_id = { env = \"X\" }\nclient_secret = { env = \"Y\" }\n")
+                .unwrap();
+        Oura {
+            name: "oura".into(),
+            api: "http://x".into(),
+            app: OAuthApp {
+                client_id: String::new(),
+                client_secret: String::new(),
+                authorize_url: AUTHORIZE_URL.into(),
+                token_url: TOKEN_URL.into(),
+                scopes: vec![],
+                timeout: Duration::from_secs(1),
+            },
+            grant: Mutex::new(Grant {
+                access_token: "a".into(),
+                refresh_token: None,
+                expires_at: None,
+                scope: String::new(),
+            }),
+            lifetime: None,
+            client: ApiClient::new(Duration::from_secs(1), 0, Duration::from_secs(1)).unwrap(),
+            settings,
+            home: TimeZone::get("Europe/Berlin").unwrap(),
+            rules: StreamRules::default(),
+            stream_units: stream_units
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn daily_documents_keep_their_day_and_skip_null_fields() {
+        let o = oura(&[]);
+        let doc = json!({"id": "x", "day": "2026-03-29", "score": null, "temperature_deviation": -0.25,
+                         "timestamp": "2026-03-29T00:00:00+02:00"});
+        let (day, obs) = o.daily("daily_readiness", DAILY[1].1, &doc).unwrap();
+        assert_eq!(day, jiff::civil::date(2026, 3, 29));
+        assert_eq!(obs.len(), 1);
+        assert_eq!(
+            obs[0].source_record_id,
+            "daily_readiness:2026-03-29:temperature_deviation"
+        );
+        assert_eq!(obs[0].utc_offset, Some(jiff::tz::Offset::constant(2)));
+        assert!(
+            o.daily("daily_sleep", DAILY[0].1, &json!({"score": 70}))
+                .is_err()
+        );
+        assert!(
+            o.daily("daily_sleep", DAILY[0].1, &json!({"day": "yesterday"}))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn sleep_periods_go_to_the_wake_up_day_rests_are_skipped_and_junk_refused() {
+        let o = oura(&[]);
+        let night = json!({"id": "s1", "type": "long_sleep", "day": "2026-10-25",
+            "bedtime_start": "2026-10-24T23:40:00+02:00", "bedtime_end": "2026-10-25T07:05:00+01:00",
+            "total_sleep_duration": 24000, "average_hrv": null, "efficiency": 90});
+        let (day, obs) = o.sleep_period(&night).unwrap().unwrap();
+        assert_eq!(day, jiff::civil::date(2026, 10, 25));
+        assert_eq!(obs.len(), 2);
+        assert_eq!(obs[0].stream, "sleep_asleep");
+        assert!((obs[0].value - 400.0).abs() < 1e-12);
+        assert_eq!(obs[0].local_date, day);
+        assert!(
+            o.sleep_period(&json!({"id": "r", "type": "rest"}))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            o.sleep_period(&json!({"id": "s2", "bedtime_start": "2026-10-24T23:40:00"}))
+                .is_err()
+        );
+        assert!(o.sleep_period(&json!({"type": "sleep"})).is_err());
+    }
+
+    #[test]
+    fn values_go_into_the_streams_stored_unit_or_are_refused() {
+        let o = oura(&[("sleep_asleep", "h"), ("steps", "bpm")]);
+        let mut poll = Poll::default();
+        let night = json!({"id": "s1", "type": "long_sleep",
+            "bedtime_start": "2026-03-01T23:00:00+01:00", "bedtime_end": "2026-03-02T07:00:00+01:00",
+            "total_sleep_duration": 27000});
+        poll.observations
+            .extend(o.sleep_period(&night).unwrap().unwrap().1);
+        let activity = json!({"day": "2026-03-02", "steps": 9000});
+        poll.observations
+            .extend(o.daily("daily_activity", DAILY[2].1, &activity).unwrap().1);
+        o.convert_units(&mut poll);
+        assert_eq!(poll.observations.len(), 1);
+        assert_eq!(poll.observations[0].unit, "h");
+        assert!((poll.observations[0].value - 7.5).abs() < 1e-12);
+        assert_eq!(poll.refused, 1);
+        assert!(poll.problems[0].contains("\"count\"") && poll.problems[0].contains("\"bpm\""));
+    }
+}
