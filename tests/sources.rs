@@ -559,3 +559,90 @@ fn a_mapped_spreadsheet_imports_once_updates_what_changed_and_names_what_is_wron
     daemon.terminate();
     assert_eq!(observations(&data), 82);
 }
+
+/// A multipart body: the CSRF token first, then a file.
+fn multipart(csrf: &str, file_name: &str, content: &str) -> (String, Vec<u8>) {
+    let boundary = "nof1d-test-boundary-7d91";
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{csrf}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\nContent-Type: text/csv\r\n\r\n{content}\r\n\
+         --{boundary}--\r\n"
+    );
+    (
+        format!("multipart/form-data; boundary={boundary}"),
+        body.into_bytes(),
+    )
+}
+
+#[test]
+fn the_sources_page_imports_an_uploaded_file_and_makes_a_push_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("nof1d.toml");
+    std::fs::write(&config, MAPPED_CONFIG).unwrap();
+    let daemon = Daemon::start(&data, &["--config", config.to_str().unwrap()]);
+    let http = common::no_redirects();
+    let page = http
+        .get(daemon.url("/sources"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        page.contains("Upload and import") && page.contains("New push token"),
+        "{page}"
+    );
+    let csrf = common::csrf_of(&page);
+    let diary = "Datum;Stimmung;Migräne;Gewicht\n01.04.2026;6;no;149,8\n02.04.2026;5;yes;150\n";
+    let upload = |token: &str| {
+        let (kind, body) = multipart(token, "diary-april.csv", diary);
+        http.post(daemon.url("/sources/upload"))
+            .header("Content-Type", kind)
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    let first = upload(&csrf);
+    assert_eq!(first.status(), 200);
+    let text = first.text().unwrap();
+    assert!(text.contains("diary-april.csv → diary: 6 stored"), "{text}");
+    let again = upload(&csrf).text().unwrap();
+    assert!(again.contains("6 already present"), "{again}");
+    // A forged form writes nothing.
+    assert_eq!(upload("forged").status(), 403);
+    assert_eq!(observations(&data), 6);
+    assert_eq!(
+        std::fs::read_dir(data.join("uploads")).unwrap().count(),
+        0,
+        "uploads are deleted once imported"
+    );
+
+    // A new push token from the page works at /push at once.
+    let made = http
+        .post(daemon.url("/sources/push-token"))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let token = made
+        .split("<code>")
+        .nth(1)
+        .and_then(|s| s.split("</code>").next())
+        .unwrap()
+        .to_string();
+    assert_eq!(token.len(), 64, "{made}");
+    let payload = stdout(&run_ok(
+        &["bench", "hae-payload", "--day", "2026-11-20"],
+        dir.path(),
+    ));
+    let pushed = client()
+        .post(daemon.url("/push"))
+        .bearer_auth(&token)
+        .body(payload)
+        .send()
+        .unwrap();
+    assert_eq!(pushed.status(), 200);
+    assert!(observations(&data) > 6);
+    daemon.terminate();
+}

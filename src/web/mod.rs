@@ -21,6 +21,7 @@ pub mod server;
 mod sources;
 mod status;
 mod trial;
+mod upload;
 
 use askama::Template;
 use axum::Router;
@@ -72,6 +73,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/streams", get(sources::streams_json))
         .route("/sources/poll", post(sources::sources_poll))
         .route("/sources/{id}/connect", post(oauth::connect))
+        .route(
+            "/sources/upload",
+            post(upload::upload).layer(axum::extract::DefaultBodyLimit::max(
+                upload::MAX_UPLOAD_BYTES,
+            )),
+        )
+        .route("/sources/push-token", post(upload::push_token))
         .route(oauth::CALLBACK_PATH, get(oauth::callback))
         .route(
             push::PUSH_PATH,

@@ -132,6 +132,12 @@ fn fmt(v: &Option<f64>) -> String {
 <table><thead><tr><th>when</th><th>what</th><th>result</th></tr></thead><tbody>
 {% for r in v.runs %}<tr><td>{{ r.started_at }}</td><td>{{ r.way }} {{ r.what }}</td><td>{{ r.stored }} new, {{ r.updated }} updated, {{ r.unchanged }} already there, {{ r.refused }} refused{% if let Some(e) = r.error %} <span class="err">— {{ e }}</span>{% endif %}</td></tr>{% endfor %}
 </tbody></table>{% endfor %}
+<h2>Add data</h2>
+<form method="post" action="/sources/upload" enctype="multipart/form-data"><input type="hidden" name="csrf" value="{{ csrf }}">
+{% if participants.len() > 1 %}<label>Participant <select name="participant">{% for p in participants %}<option>{{ p }}</option>{% endfor %}</select></label>{% endif %}
+<label>File (Apple Health export.zip or export.xml, Health Auto Export JSON, or a CSV/JSON file a mapping in the config describes) <input type="file" name="file" required></label>
+<button type="submit">Upload and import</button></form>
+<form method="post" action="/sources/push-token"><input type="hidden" name="csrf" value="{{ csrf }}">{% if participants.len() > 1 %}<label>Participant <select name="participant">{% for p in participants %}<option>{{ p }}</option>{% endfor %}</select></label>{% endif %}<button type="submit">New push token for Health Auto Export</button></form>
 <p>Files put in <code>inbox/</code> in the data folder (or <code>inbox/&lt;participant&gt;/</code>) are imported and moved to <code>done/</code> or <code>failed/</code> with the reason; <code>nof1d import FILE</code> does the same at once. Phone automations post to <code>/push</code> with a token from <code>nof1d push-token</code>.</p>
 <h2>Streams</h2>
 {% for c in catalog %}<h3>{{ c.participant }}</h3>
@@ -143,6 +149,8 @@ struct SourcesPage {
     views: Vec<SourceView>,
     catalog: Vec<CatalogView>,
     csrf: String,
+    /// Participants a file or token may be for (the demo only when alone).
+    participants: Vec<String>,
 }
 
 async fn source_views(state: &AppState) -> Result<Vec<SourceView>, StoreError> {
@@ -186,6 +194,11 @@ pub(super) async fn sources_page(
             "",
             &nav(&viewer),
             &SourcesPage {
+                participants: catalog
+                    .iter()
+                    .map(|c| c.participant.clone())
+                    .filter(|k| catalog.len() == 1 || k != crate::service::demo::PARTICIPANT_KEY)
+                    .collect(),
                 views,
                 catalog,
                 csrf: viewer.csrf.clone(),
