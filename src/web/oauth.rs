@@ -37,6 +37,23 @@ fn page(status: StatusCode, text: &str) -> Response {
     (status, Html(body)).into_response()
 }
 
+/// Source `id` and its participant's key.
+async fn source_of(
+    state: &AppState,
+    id: i64,
+) -> Result<Option<(crate::service::store::SourceRow, String)>, crate::service::store::StoreError> {
+    state
+        .db
+        .read(move |s| {
+            let Some(source) = s.sources()?.into_iter().find(|r| r.id == id) else {
+                return Ok(None);
+            };
+            let participant = s.participant(source.participant_id)?;
+            Ok(participant.map(|p| (source, p.key)))
+        })
+        .await
+}
+
 /// POST `/sources/{id}/connect`: begins the authorisation of source `id`.
 pub(super) async fn connect(
     State(state): State<AppState>,
@@ -48,16 +65,7 @@ pub(super) async fn connect(
         return csrf_refused();
     }
     let now = state.clock.now();
-    let found = state
-        .db
-        .read(move |s| {
-            let Some(source) = s.sources()?.into_iter().find(|r| r.id == id) else {
-                return Ok(None);
-            };
-            let participant = s.participant(source.participant_id)?;
-            Ok(participant.map(|p| (source, p.key)))
-        })
-        .await;
+    let found = source_of(&state, id).await;
     let (source, participant) = match found {
         Ok(Some(x)) => x,
         Ok(None) => return page(StatusCode::NOT_FOUND, &format!("There is no source {id}.")),
@@ -156,16 +164,7 @@ pub(super) async fn callback(State(state): State<AppState>, Query(q): Query<Call
             "Not connected: the vendor sent no code.",
         );
     };
-    let found = state
-        .db
-        .read(move |s| {
-            let Some(source) = s.sources()?.into_iter().find(|r| r.id == source_id) else {
-                return Ok(None);
-            };
-            let participant = s.participant(source.participant_id)?;
-            Ok(participant.map(|p| (source, p.key)))
-        })
-        .await;
+    let found = source_of(&state, source_id).await;
     let (source, participant) = match found {
         Ok(Some(x)) => x,
         Ok(None) => return page(StatusCode::NOT_FOUND, "The source is gone."),

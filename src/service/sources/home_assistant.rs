@@ -27,7 +27,7 @@ use serde_json::Value;
 use crate::service::config::{Config, SecretRef};
 use crate::service::http::{ApiClient, ApiError};
 use crate::service::sources::home_assistant_ws::{Session, Statistics};
-use crate::service::sources::{Poll, Source, SourceError};
+use crate::service::sources::{Owner, Poll, Source, SourceError, api_client};
 use crate::service::store::{NewObservation, SourceRow, Store};
 use crate::service::streams::StreamRules;
 use crate::service::units::Conversion;
@@ -206,17 +206,13 @@ pub fn adapter(
     store: &Store,
     config: &Config,
 ) -> Result<Option<Box<dyn Source>>, SourceError> {
-    let bad = |message: String| SourceError::Config {
-        source_name: row.name.clone(),
-        message,
-    };
-    let Some(participant) = store.participant(row.participant_id)? else {
+    let Some(owner) = Owner::of(row, store, config)? else {
         return Ok(None);
     };
     let Some(ha) = config
         .participants
         .iter()
-        .find(|p| p.key == participant.key)
+        .find(|p| p.key == owner.key)
         .and_then(|p| p.home_assistant.iter().find(|h| h.name == row.name))
     else {
         return Ok(None);
@@ -224,15 +220,11 @@ pub fn adapter(
     let token = ha
         .token
         .resolve(&format!("home_assistant {:?} token", ha.name))
-        .map_err(|e| bad(e.to_string()))?;
-    let home = TimeZone::get(&participant.time_zone)
-        .map_err(|e| bad(format!("zone {}: {e}", participant.time_zone)))?;
-    let client = ApiClient::new(
-        Duration::from_secs(ha.timeout_seconds),
-        3,
-        Duration::from_secs(60),
-    )
-    .map_err(|e| bad(e.to_string()))?;
+        .map_err(|e| SourceError::Config {
+            source_name: row.name.clone(),
+            message: e.to_string(),
+        })?;
+    let client = api_client(row, ha.timeout_seconds)?;
     Ok(Some(Box::new(HomeAssistant {
         name: row.name.clone(),
         base: ha.url.trim_end_matches('/').to_string(),
@@ -243,9 +235,9 @@ pub fn adapter(
         backfill: SignedDuration::from_hours(24 * i64::from(ha.backfill_days)),
         timeout: Duration::from_secs(ha.timeout_seconds),
         overlap: SignedDuration::from_mins(i64::from(ha.overlap_minutes)),
-        home,
-        rules: config.stream_rules(&participant.key),
-        stream_units: store.stream_units(row.participant_id)?,
+        home: owner.home,
+        rules: owner.rules,
+        stream_units: owner.stream_units,
     })))
 }
 

@@ -66,6 +66,59 @@ pub fn adapter_for(
     build(row, store, config)
 }
 
+/// What a pulled source's adapter reads of its participant when it is
+/// built: who, their zone, their day rules and each stream's stored unit.
+pub struct Owner {
+    /// The participant's key.
+    pub key: String,
+    /// Their zone.
+    pub home: jiff::tz::TimeZone,
+    /// Their stream rules.
+    pub rules: crate::service::streams::StreamRules,
+    /// The unit each of their streams is stored in.
+    pub stream_units: std::collections::HashMap<String, String>,
+}
+
+impl Owner {
+    /// The owner of `row`; `None` when the participant is gone.
+    pub fn of(
+        row: &SourceRow,
+        store: &Store,
+        config: &Config,
+    ) -> Result<Option<Owner>, SourceError> {
+        let Some(p) = store.participant(row.participant_id)? else {
+            return Ok(None);
+        };
+        let home = jiff::tz::TimeZone::get(&p.time_zone).map_err(|e| SourceError::Config {
+            source_name: row.name.clone(),
+            message: format!("zone {}: {e}", p.time_zone),
+        })?;
+        Ok(Some(Owner {
+            rules: config.stream_rules(&p.key),
+            stream_units: store.stream_units(row.participant_id)?,
+            key: p.key,
+            home,
+        }))
+    }
+}
+
+/// The HTTP client of a pulled source: `timeout_seconds` a request, three
+/// retries at most a minute apart.
+pub fn api_client(
+    row: &SourceRow,
+    timeout_seconds: u64,
+) -> Result<crate::service::http::ApiClient, SourceError> {
+    crate::service::http::ApiClient::new(
+        std::time::Duration::from_secs(timeout_seconds),
+        3,
+        std::time::Duration::from_secs(60),
+    )
+    .map_err(|e| SourceError::Config {
+        source_name: row.name.clone(),
+        message: e.to_string(),
+    })
+}
+
 /// Why a poll failed. The cursor is not advanced.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {

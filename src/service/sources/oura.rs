@@ -22,7 +22,7 @@ use serde_json::Value;
 use crate::service::config::{Config, SecretRef};
 use crate::service::http::{ApiClient, ApiError};
 use crate::service::oauth::{Grant, OAuthApp, OAuthError};
-use crate::service::sources::{Poll, Source, SourceError};
+use crate::service::sources::{Owner, Poll, Source, SourceError, api_client};
 use crate::service::store::{NewObservation, SourceRow, Store};
 use crate::service::streams::{DayRule, StreamRules};
 use crate::service::units::Conversion;
@@ -220,10 +220,10 @@ pub fn adapter(
         source_name: row.name.clone(),
         message,
     };
-    let Some(participant) = store.participant(row.participant_id)? else {
+    let Some(owner) = Owner::of(row, store, config)? else {
         return Ok(None);
     };
-    let Some(settings) = config_of(config, &participant.key, &row.name) else {
+    let Some(settings) = config_of(config, &owner.key, &row.name) else {
         return Ok(None);
     };
     let Some(grant) = store.grant(row.id)? else {
@@ -232,14 +232,7 @@ pub fn adapter(
     if !grant.is_connected() {
         return Ok(None);
     }
-    let home = TimeZone::get(&participant.time_zone)
-        .map_err(|e| bad(format!("zone {}: {e}", participant.time_zone)))?;
-    let client = ApiClient::new(
-        Duration::from_secs(settings.timeout_seconds),
-        3,
-        Duration::from_secs(60),
-    )
-    .map_err(|e| bad(e.to_string()))?;
+    let client = api_client(row, settings.timeout_seconds)?;
     Ok(Some(Box::new(Oura {
         name: row.name.clone(),
         api: settings
@@ -256,9 +249,9 @@ pub fn adapter(
         grant: Mutex::new(grant.grant),
         client,
         settings: settings.clone(),
-        home,
-        rules: config.stream_rules(&participant.key),
-        stream_units: store.stream_units(row.participant_id)?,
+        home: owner.home,
+        rules: owner.rules,
+        stream_units: owner.stream_units,
     })))
 }
 
