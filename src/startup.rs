@@ -288,11 +288,12 @@ async fn sync_participants(db: &Db, config: &Config, now: Timestamp) -> Result<(
                 )
             })
             .chain(p.oura.iter().map(|o| {
-                (
-                    crate::service::sources::oura::KIND,
-                    o.name.clone(),
-                    o.stored_json(),
-                )
+                let kind = crate::service::sources::oura::KIND;
+                (kind, o.source_name(kind), o.stored_json())
+            }))
+            .chain(p.strava.iter().map(|o| {
+                let kind = crate::service::sources::strava::KIND;
+                (kind, o.source_name(kind), o.stored_json())
             }))
             .collect();
         resolved.push((p.resolve()?, sources));

@@ -180,6 +180,7 @@ fn store_with_data(dir: &Path, extra_stream: Option<&str>) -> (Store, Participan
         imports: vec![],
         home_assistant: vec![],
         oura: vec![],
+        strava: vec![],
     }
     .resolve()
     .unwrap();

@@ -17,7 +17,7 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use common::{Daemon, csrf_of, no_redirects};
+use common::{Daemon, connect, no_redirects};
 use jiff::civil::Date;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
@@ -250,50 +250,6 @@ fn wait_until(what: &str, daemon: &Daemon, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "{what}: {}", daemon.log());
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// Presses Connect on the sources page and plays the browser through the
-/// vendor and back; returns the callback's status.
-fn connect(daemon: &Daemon) -> u16 {
-    let http = no_redirects();
-    let page = http
-        .get(daemon.url("/sources"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    assert!(page.contains("Connect"), "{page}");
-    let action = page
-        .split("action=\"")
-        .map(|s| s.split('"').next().unwrap())
-        .find(|a| a.ends_with("/connect"))
-        .unwrap()
-        .to_string();
-    let begun = http
-        .post(daemon.url(&action))
-        .form(&[("csrf", csrf_of(&page))])
-        .send()
-        .unwrap();
-    assert_eq!(begun.status(), 303);
-    let authorize = begun.headers()[header::LOCATION]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let back = http.get(&authorize).send().unwrap();
-    assert_eq!(back.status(), 302);
-    let callback = back.headers()[header::LOCATION]
-        .to_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        callback.starts_with(&daemon.url("/oauth/callback")),
-        "{callback}"
-    );
-    let done = http.get(&callback).send().unwrap();
-    // The same state again: refused (a state is good once).
-    let again = http.get(&callback).send().unwrap();
-    assert_eq!(again.status(), 400);
-    done.status().as_u16()
 }
 
 #[test]

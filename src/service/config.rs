@@ -497,7 +497,10 @@ pub struct ParticipantConfig {
     pub home_assistant: Vec<crate::service::sources::home_assistant::HomeAssistantConfig>,
     /// Oura accounts (connected on the sources page).
     #[serde(default)]
-    pub oura: Vec<crate::service::sources::oura::OuraConfig>,
+    pub oura: Vec<crate::service::sources::granted::LoginConfig>,
+    /// Strava accounts (connected on the sources page).
+    #[serde(default)]
+    pub strava: Vec<crate::service::sources::granted::LoginConfig>,
 }
 
 /// One stream's settings for a participant.
@@ -608,23 +611,31 @@ impl ParticipantConfig {
             }
             imports.push(mapping);
         }
-        let mut source_names: std::collections::BTreeSet<&str> =
-            imports.iter().map(|m| m.name.as_str()).collect();
+        // Imports, Home Assistant and the login sources share one name space.
+        let mut source_names: std::collections::BTreeSet<String> =
+            imports.iter().map(|m| m.name.clone()).collect();
+        let oura = crate::service::sources::oura::KIND;
+        let strava = crate::service::sources::strava::KIND;
         let pulled = self
             .home_assistant
             .iter()
-            .map(|ha| (ha.name.as_str(), ha.check(&self.key)))
+            .map(|ha| (ha.name.clone(), ha.check(&self.key)))
             .chain(
                 self.oura
                     .iter()
-                    .map(|o| (o.name.as_str(), o.check(&self.key))),
+                    .map(|o| (o.source_name(oura), o.check(oura, &self.key))),
+            )
+            .chain(
+                self.strava
+                    .iter()
+                    .map(|o| (o.source_name(strava), o.check(strava, &self.key))),
             );
         for (name, checked) in pulled {
             checked.map_err(ConfigError::Invalid)?;
-            if !source_names.insert(name) {
+            if !source_names.insert(name.clone()) {
                 return Err(ConfigError::Invalid(format!(
-                    "participant {}: source name {:?} is used twice (imports, home_assistant and oura share names)",
-                    self.key, name
+                    "participant {}: source name {name:?} is used twice (imports, home_assistant, oura and strava share names)",
+                    self.key
                 )));
             }
         }

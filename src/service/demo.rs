@@ -87,6 +87,7 @@ pub fn participant_config(time_zone: &str) -> ParticipantConfig {
         imports: Vec::new(),
         home_assistant: Vec::new(),
         oura: Vec::new(),
+        strava: Vec::new(),
         goals: vec!["calmer evenings, less anxiety".into()],
     }
 }

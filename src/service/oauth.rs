@@ -18,7 +18,7 @@ use oauth2::{
 use serde::{Deserialize, Serialize};
 
 /// A vendor's OAuth2 application as this installation registered it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OAuthApp {
     /// The client id.
     pub client_id: String,
@@ -30,8 +30,22 @@ pub struct OAuthApp {
     pub token_url: String,
     /// The scopes asked for.
     pub scopes: Vec<String>,
+    /// Send the client id and secret in the token request's body (Strava)
+    /// rather than as HTTP Basic (RFC 6749 §2.3.1's default).
+    pub credentials_in_body: bool,
     /// Seconds a token request may take.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for OAuthApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthApp")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"…")
+            .field("authorize_url", &self.authorize_url)
+            .field("token_url", &self.token_url)
+            .finish()
+    }
 }
 
 /// What a vendor granted. Its `Debug` hides the tokens.
@@ -91,7 +105,13 @@ type Client = BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointN
 
 fn client(app: &OAuthApp, redirect: &str) -> Result<Client, OAuthError> {
     let bad = |what: &str, e: oauth2::url::ParseError| OAuthError::Config(format!("{what}: {e}"));
+    let auth = if app.credentials_in_body {
+        oauth2::AuthType::RequestBody
+    } else {
+        oauth2::AuthType::BasicAuth
+    };
     Ok(BasicClient::new(ClientId::new(app.client_id.clone()))
+        .set_auth_type(auth)
         .set_client_secret(ClientSecret::new(app.client_secret.clone()))
         .set_auth_uri(AuthUrl::new(app.authorize_url.clone()).map_err(|e| bad("authorize_url", e))?)
         .set_token_uri(TokenUrl::new(app.token_url.clone()).map_err(|e| bad("token_url", e))?)
@@ -102,7 +122,7 @@ fn client(app: &OAuthApp, redirect: &str) -> Result<Client, OAuthError> {
 
 /// A Connect begun: where to send the person, and what to keep until they
 /// come back (the state to match, the PKCE verifier for the exchange).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Begun {
     /// The vendor's authorize URL with client id, scopes, state and challenge.
     pub url: String,
@@ -209,7 +229,17 @@ fn token_error(
             }
         }
         E::Request(e) => OAuthError::Failed(e.to_string()),
-        E::Parse(e, _) => OAuthError::Failed(format!("the token answer is not readable: {e}")),
+        // Strava answers a bad grant with its own error shape,
+        // {"message": "Bad Request", "errors": [{"resource": "RefreshToken",
+        // "field": "refresh_token", "code": "invalid"}]}.
+        E::Parse(e, body) => {
+            let text = String::from_utf8_lossy(&body);
+            if text.contains("\"code\":\"invalid\"") || text.contains("\"code\": \"invalid\"") {
+                OAuthError::Refused(crate::limits::excerpt(&text))
+            } else {
+                OAuthError::Failed(format!("the token answer is not readable: {e}"))
+            }
+        }
         E::Other(e) => OAuthError::Failed(e),
     }
 }
@@ -271,6 +301,7 @@ mod tests {
             authorize_url: "https://cloud.ouraring.com/oauth/authorize".into(),
             token_url: "https://api.ouraring.com/oauth/token".into(),
             scopes: vec!["daily".into(), "heartrate".into()],
+            credentials_in_body: false,
             timeout: Duration::from_secs(5),
         };
         let a = begin(&app, "http://127.0.0.1:8080/oauth/callback").unwrap();
@@ -300,7 +331,7 @@ mod tests {
         assert!(!g(86_400).expiring(now, Some(SignedDuration::from_hours(24))));
         assert!(g(200).expiring(now, Some(SignedDuration::from_hours(24))));
         // A short-lived token: a tenth of its life.
-        assert!(!g(2).expiring(now, Some(SignedDuration::from_secs(60))));
+        assert!(!g(10).expiring(now, Some(SignedDuration::from_secs(60))));
         assert!(g(5).expiring(now, Some(SignedDuration::from_secs(60))));
     }
 }

@@ -3820,6 +3820,7 @@ mod tests {
             imports: Vec::new(),
             home_assistant: Vec::new(),
             oura: Vec::new(),
+            strava: Vec::new(),
         }
         .resolve()
         .unwrap();

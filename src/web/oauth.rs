@@ -13,7 +13,7 @@ use jiff::SignedDuration;
 use serde::Deserialize;
 
 use crate::service::app::AppState;
-use crate::service::sources::oura;
+use crate::service::sources::granted;
 
 use super::access::CsrfForm;
 use super::{Viewer, csrf_refused, internal};
@@ -71,21 +71,21 @@ pub(super) async fn connect(
         Ok(None) => return page(StatusCode::NOT_FOUND, &format!("There is no source {id}.")),
         Err(e) => return internal(&e.to_string()),
     };
-    if source.kind != oura::KIND {
+    if !granted::uses_login(&source.kind) {
         return page(
             StatusCode::BAD_REQUEST,
             &format!("{} is not a source one connects with a login.", source.name),
         );
     }
-    let Some(settings) = oura::config_of(&state.config, &participant, &source.name) else {
-        return page(
-            StatusCode::BAD_REQUEST,
-            &format!("{} is no longer in the configuration.", source.name),
-        );
-    };
-    let app = match settings.app() {
-        Ok(a) => a,
-        Err(e) => {
+    let app = match granted::app_of(&state.config, &source.kind, &participant, &source.name) {
+        None => {
+            return page(
+                StatusCode::BAD_REQUEST,
+                &format!("{} is no longer in the configuration.", source.name),
+            );
+        }
+        Some(Ok(a)) => a,
+        Some(Err(e)) => {
             return page(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &format!("Cannot connect {}: {e}", source.name),
@@ -170,15 +170,15 @@ pub(super) async fn callback(State(state): State<AppState>, Query(q): Query<Call
         Ok(None) => return page(StatusCode::NOT_FOUND, "The source is gone."),
         Err(e) => return internal(&e.to_string()),
     };
-    let Some(settings) = oura::config_of(&state.config, &participant, &source.name) else {
-        return page(
-            StatusCode::BAD_REQUEST,
-            "The source is no longer in the configuration.",
-        );
-    };
-    let app = match settings.app() {
-        Ok(a) => a,
-        Err(e) => return page(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    let app = match granted::app_of(&state.config, &source.kind, &participant, &source.name) {
+        None => {
+            return page(
+                StatusCode::BAD_REQUEST,
+                "The source is no longer in the configuration.",
+            );
+        }
+        Some(Ok(a)) => a,
+        Some(Err(e)) => return page(StatusCode::INTERNAL_SERVER_ERROR, &e),
     };
     let redirect = redirect_url(&state.public_url);
     let exchanged = tokio::task::spawn_blocking(move || {

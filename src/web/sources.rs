@@ -40,7 +40,7 @@ fn connection(
     source: &crate::service::store::SourceRow,
     grant: Option<crate::service::store::GrantRow>,
 ) -> Option<Connection> {
-    if source.kind != crate::service::sources::oura::KIND {
+    if !crate::service::sources::granted::uses_login(&source.kind) {
         return None;
     }
     Some(match grant {

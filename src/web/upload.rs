@@ -21,6 +21,15 @@ use crate::service::store::ParticipantRow;
 
 use super::{Viewer, csrf_refused, internal, nav};
 
+/// Deletes an upload's folder when dropped.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The largest upload accepted (a large Apple Health export).
 pub const MAX_UPLOAD_BYTES: usize = 8 << 30;
 
@@ -101,11 +110,18 @@ pub(super) async fn upload(
     axum::Extension(viewer): axum::Extension<Viewer>,
     mut form: Multipart,
 ) -> Response {
-    // The CSRF token comes first, so nothing is written for a forged form.
+    // The CSRF token comes first, so nothing is written (or buffered past
+    // a token's length) for a forged form.
     match form.next_field().await {
-        Ok(Some(field)) if field.name() == Some("csrf") => {
-            let token = field.text().await.ok();
-            if !viewer.csrf_ok(token.as_deref()) {
+        Ok(Some(mut field)) if field.name() == Some("csrf") => {
+            let mut token = Vec::new();
+            while let Ok(Some(chunk)) = field.chunk().await {
+                token.extend_from_slice(&chunk);
+                if token.len() > 256 {
+                    return csrf_refused();
+                }
+            }
+            if !viewer.csrf_ok(std::str::from_utf8(&token).ok()) {
                 return csrf_refused();
             }
         }
@@ -117,6 +133,9 @@ pub(super) async fn upload(
     }
     let mut key: Option<String> = None;
     let mut saved: Option<(PathBuf, String, u64)> = None;
+    // Removes the upload's folder however the request ends (a client gone
+    // mid-upload drops this handler before any line below runs).
+    let mut cleanup: Vec<Cleanup> = Vec::new();
     loop {
         let mut field = match form.next_field().await {
             Ok(Some(f)) => f,
@@ -148,6 +167,7 @@ pub(super) async fn upload(
                 if let Err(e) = tokio::fs::create_dir_all(&dir).await {
                     return internal(&e.to_string());
                 }
+                cleanup.push(Cleanup(dir.clone()));
                 let path = dir.join(&name);
                 let mut file = match tokio::fs::File::create(&path).await {
                     Ok(f) => f,
@@ -214,8 +234,11 @@ pub(super) async fn upload(
             .and_then(|d| d.file_name())
             .map(|t| t.to_string_lossy().into_owned())
             .unwrap_or_default();
+        // A name taken already gets the tag before its extension, so the
+        // mapping that matches the name still matches it.
         let target = if inbox.join(&name).exists() {
-            inbox.join(format!("{tag}-{name}"))
+            let (stem, ext) = name.rsplit_once('.').unwrap_or((name.as_str(), ""));
+            inbox.join(format!("{stem}-{tag}.{ext}"))
         } else {
             inbox.join(&name)
         };

@@ -259,3 +259,47 @@ pub fn csrf_of(page: &str) -> String {
         .expect("the page's forms carry a CSRF token")
         .to_string()
 }
+
+/// Presses Connect on the sources page and plays the browser through the
+/// vendor and back; returns the callback's status.
+pub fn connect(daemon: &Daemon) -> u16 {
+    let http = no_redirects();
+    let page = http
+        .get(daemon.url("/sources"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(page.contains("Connect"), "{page}");
+    let action = page
+        .split("action=\"")
+        .map(|s| s.split('"').next().unwrap())
+        .find(|a| a.ends_with("/connect"))
+        .unwrap()
+        .to_string();
+    let begun = http
+        .post(daemon.url(&action))
+        .form(&[("csrf", csrf_of(&page))])
+        .send()
+        .unwrap();
+    assert_eq!(begun.status(), 303);
+    let authorize = begun.headers()[reqwest::header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let back = http.get(&authorize).send().unwrap();
+    assert_eq!(back.status(), 302);
+    let callback = back.headers()[reqwest::header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        callback.starts_with(&daemon.url("/oauth/callback")),
+        "{callback}"
+    );
+    let done = http.get(&callback).send().unwrap();
+    // The same state again: refused (a state is good once).
+    let again = http.get(&callback).send().unwrap();
+    assert_eq!(again.status(), 400);
+    done.status().as_u16()
+}

@@ -98,6 +98,7 @@ async fn poll_one(state: &AppState, row: SourceRow) -> Result<Option<Upserted>, 
         .await
     {
         Ok(None) => return Ok(None),
+        Ok(Some(a)) if !a.due(cursor.as_deref(), now) => return Ok(None),
         Ok(Some(a)) => Ok(a),
         Err(e) => Err(e.to_string()),
     };

@@ -288,10 +288,21 @@ impl Source for HomeAssistant {
                 ("skip_initial_state", String::new()),
                 ("significant_changes_only", "0".to_string()),
             ];
-            let answer = self
-                .client
-                .get_json(&url, &query, &self.token)
-                .map_err(|e| self.api_error(e))?;
+            // A refused token or an unreachable server stops the poll; one
+            // entity's bad answer is its own problem, the others go on.
+            let answer = match self.client.get_json(&url, &query, &self.token) {
+                Ok(a) => a,
+                Err(e @ (ApiError::Refused { .. } | ApiError::Unreachable { .. })) => {
+                    return Err(self.api_error(e));
+                }
+                Err(e) => {
+                    poll.problems.push(format!(
+                        "{}: not read ({e}); read again next time",
+                        entity.entity
+                    ));
+                    continue;
+                }
+            };
             match self.read_history(entity, &answer) {
                 Ok(read) => {
                     if let Some(last) = read.last {

@@ -559,7 +559,11 @@ struct Reader<'a> {
 
 /// A row's time: an instant (with the offset the file gave, if any) or a day.
 enum When {
-    Instant(Timestamp, Option<Offset>),
+    /// The instant, the offset the file gave, and the identity of the time:
+    /// the instant where the file fixed it (an offset, epoch seconds), else
+    /// the civil time as written, so a changed zone setting does not make
+    /// a re-import new records.
+    Instant(Timestamp, Option<Offset>, String),
     Day(Date),
 }
 
@@ -644,7 +648,7 @@ impl Reader<'_> {
         {
             None => None,
             Some(text) => match self.when(&text, None) {
-                Ok(When::Instant(t, _)) => Some(t),
+                Ok(When::Instant(t, ..)) => Some(t),
                 Ok(When::Day(_)) => None,
                 Err(why) => {
                     self.refuse(format!("{:?}: {why}", m.end.as_deref().unwrap_or("")));
@@ -693,13 +697,13 @@ impl Reader<'_> {
                     .or_insert_with(|| format!("{} → {unit}", column.unit));
             }
             let (observed_at, local_date, offset, key) = match &when {
-                When::Instant(t, offset) => {
+                When::Instant(t, offset, written) => {
                     let rule = self.rules.day_rule(&column.stream);
                     (
                         *t,
                         rule.day_of(*t, end, *offset, &self.zone),
                         *offset,
-                        t.to_string(),
+                        written.clone(),
                     )
                 }
                 When::Day(d) => {
@@ -750,7 +754,7 @@ impl Reader<'_> {
                 return Err(format!("{text:?} is out of range"));
             }
             Timestamp::from_millisecond(ms as i64)
-                .map(|t| When::Instant(t, None))
+                .map(|t| When::Instant(t, None, t.to_string()))
                 .map_err(|e| format!("{text:?}: {e}"))
         };
         match &self.mapping.time_format {
@@ -763,7 +767,7 @@ impl Reader<'_> {
                     let t = parsed
                         .to_timestamp()
                         .map_err(|e| format!("{text:?}: {e}"))?;
-                    Ok(When::Instant(t, Some(offset)))
+                    Ok(When::Instant(t, Some(offset), t.to_string()))
                 } else if parsed.hour().is_some() {
                     let dt = parsed.to_datetime().map_err(|e| format!("{text:?}: {e}"))?;
                     self.local(dt)
@@ -792,7 +796,7 @@ impl Reader<'_> {
                         // `Z` says when, not where: the day comes from the
                         // zone.
                         let known = matches!(offset, jiff::fmt::temporal::PiecesOffset::Numeric(_));
-                        Ok(When::Instant(t, known.then_some(numeric)))
+                        Ok(When::Instant(t, known.then_some(numeric), t.to_string()))
                     }
                     None => self.local(dt),
                 }
@@ -808,7 +812,7 @@ impl Reader<'_> {
             self.report.dst_ambiguous += 1;
         }
         let t = ambiguous.compatible().map_err(|e| format!("{dt}: {e}"))?;
-        Ok(When::Instant(t, None))
+        Ok(When::Instant(t, None, dt.to_string()))
     }
 }
 
@@ -827,8 +831,16 @@ fn parse_value(text: &str, decimal_comma: bool) -> Result<f64, Option<String>> {
         _ => {}
     }
     let cleaned = if decimal_comma {
+        // "1.234,5": dots group thousands; any other dot is not this
+        // spelling, and is refused rather than read as a different number.
+        let whole = t.split(',').next().unwrap_or("");
+        if whole.contains('.') && !is_grouped(whole, '.') {
+            return Err(Some(format!(
+                "{t:?} has a decimal point, but decimal_comma is set"
+            )));
+        }
         t.replace('.', "").replace(',', ".")
-    } else if is_thousands(t) {
+    } else if is_grouped(t.split('.').next().unwrap_or(""), ',') {
         t.replace(',', "")
     } else {
         t.to_string()
@@ -844,15 +856,16 @@ fn parse_value(text: &str, decimal_comma: bool) -> Result<f64, Option<String>> {
     }
 }
 
-/// `1,234` or `12,345,678.5`: commas that group thousands.
-fn is_thousands(t: &str) -> bool {
-    let digits = t.strip_prefix('-').unwrap_or(t);
-    let whole = digits.split_once('.').map_or(digits, |(w, _)| w);
-    let mut groups = whole.split(',');
+/// `1,234` or `-12,345,678` (with `sep` = `,`): separators that group
+/// thousands, the first group 1–3 digits not starting with 0.
+fn is_grouped(whole: &str, sep: char) -> bool {
+    let digits = whole.strip_prefix('-').unwrap_or(whole);
+    let mut groups = digits.split(sep);
     let first = groups.next().unwrap_or("");
     let rest: Vec<&str> = groups.collect();
     !rest.is_empty()
         && (1..=3).contains(&first.len())
+        && !first.starts_with('0')
         && first.bytes().all(|b| b.is_ascii_digit())
         && rest
             .iter()
@@ -1127,6 +1140,14 @@ unit = "score"
                 .unwrap()
                 .contains("decimal_comma")
         );
+        assert!(parse_value("0,125", false).is_err(), "not 125");
+        assert!(
+            parse_value("72.5", true)
+                .unwrap_err()
+                .unwrap()
+                .contains("decimal point")
+        );
+        assert_eq!(parse_value("72,5", true), Ok(72.5));
         assert_eq!(parse_value(" NA ", false), Err(None));
         assert!(glob_match("mood-*.csv", "mood-2026-03.csv"));
         assert!(!glob_match("mood-*.csv", "mood.csv"));

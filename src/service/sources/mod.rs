@@ -16,6 +16,7 @@ use crate::service::store::{NewObservation, SourceRow, Store, StoreError};
 
 pub mod apple_health;
 pub mod demo;
+pub mod granted;
 pub mod health_auto_export;
 pub mod home_assistant;
 pub mod home_assistant_ws;
@@ -23,6 +24,7 @@ pub mod inbox;
 pub mod ingest;
 pub mod mapped;
 pub mod oura;
+pub mod strava;
 
 /// Builds a source's adapter from its stored row (kind, configuration,
 /// cursor), whatever else in the store it needs and the config (settings,
@@ -35,6 +37,7 @@ pub const ADAPTERS: &[(&str, Builder)] = &[
     (crate::service::demo::SOURCE_KIND, demo::adapter),
     (home_assistant::KIND, home_assistant::adapter),
     (oura::KIND, oura::adapter),
+    (strava::KIND, strava::adapter),
 ];
 
 /// Kinds whose observations arrive by other ways (email links, forms,
@@ -205,5 +208,10 @@ pub trait Source: Send + Sync {
         _now: Timestamp,
     ) -> Result<Option<crate::service::oauth::Grant>, SourceError> {
         Ok(None)
+    }
+    /// Whether a poll is due at `now` (a vendor's daily request limit may
+    /// ask for fewer polls than the job makes); a poll not due leaves no run.
+    fn due(&self, _cursor: Option<&str>, _now: Timestamp) -> bool {
+        true
     }
 }

@@ -10,8 +10,6 @@
 //! read at most every `poll_minutes` whatever the job's period.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::time::Duration;
 
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
@@ -19,9 +17,10 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::service::config::{Config, SecretRef};
+use crate::service::config::Config;
 use crate::service::http::{ApiClient, ApiError};
-use crate::service::oauth::{Grant, OAuthApp, OAuthError};
+use crate::service::oauth::Grant;
+use crate::service::sources::granted::{Granted, LoginConfig, Provider, config_of};
 use crate::service::sources::{Owner, Poll, Source, SourceError, api_client};
 use crate::service::store::{NewObservation, SourceRow, Store};
 use crate::service::streams::{DayRule, StreamRules};
@@ -30,180 +29,26 @@ use crate::service::units::Conversion;
 /// The source kind.
 pub const KIND: &str = "oura";
 
-/// Oura's endpoints.
-const AUTHORIZE_URL: &str = "https://cloud.ouraring.com/oauth/authorize";
-const TOKEN_URL: &str = "https://api.ouraring.com/oauth/token";
-const API_URL: &str = "https://api.ouraring.com";
-
-/// The scopes asked for: daily summaries and sleep periods (`daily`), heart
-/// rate, and `personal` (Oura's consent screen lists it with them).
-const SCOPES: &[&str] = &["daily", "heartrate", "personal"];
-
-/// An Oura account as written in the config (`[[participants.oura]]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OuraConfig {
-    /// The source's name.
-    #[serde(default = "default_name")]
-    pub name: String,
-    /// The client id of the API application registered at Oura.
-    pub client_id: SecretRef,
-    /// Its client secret.
-    pub client_secret: SecretRef,
-    /// How far back a new connection reads (days).
-    #[serde(default = "default_backfill_days")]
-    pub backfill_days: u32,
-    /// Days before the cursor each read goes again (Oura revises recent days).
-    #[serde(default = "default_overlap_days")]
-    pub overlap_days: u32,
-    /// Read at most this often (minutes; 0: at every run of the sources
-    /// job): Oura limits requests a day.
-    #[serde(default = "default_poll_minutes")]
-    pub poll_minutes: u32,
-    /// Read heart rate (a value every 5 minutes) too.
-    #[serde(default = "default_true")]
-    pub heart_rate: bool,
-    /// Seconds a request may take.
-    #[serde(default = "default_timeout")]
-    pub timeout_seconds: u64,
-    /// Oura's API address (tests point it elsewhere).
-    #[serde(default)]
-    pub api_url: Option<String>,
-    /// Oura's authorize address.
-    #[serde(default)]
-    pub authorize_url: Option<String>,
-    /// Oura's token address (applications registered on Oura's newer
-    /// developer portal may be given another).
-    #[serde(default)]
-    pub token_url: Option<String>,
-}
-
-fn default_name() -> String {
-    "oura".into()
-}
-fn default_backfill_days() -> u32 {
-    90
-}
-fn default_overlap_days() -> u32 {
-    3
-}
-fn default_poll_minutes() -> u32 {
-    30
-}
-fn default_true() -> bool {
-    true
-}
-fn default_timeout() -> u64 {
-    30
-}
-
-impl OuraConfig {
-    /// Checks the settings (the secrets are read when used).
-    pub fn check(&self, participant: &str) -> Result<(), String> {
-        let at = |what: String| format!("participant {participant}: oura {:?}: {what}", self.name);
-        if self.name.is_empty()
-            || !self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(at("name: use letters, digits, '-' or '_'".into()));
-        }
-        for (what, s) in [
-            ("client_id", &self.client_id),
-            ("client_secret", &self.client_secret),
-        ] {
-            if s.env.is_some() == s.file.is_some() {
-                return Err(at(format!("{what}: give exactly one of env or file")));
-            }
-        }
-        if !(1..=3650).contains(&self.backfill_days) {
-            return Err(at("backfill_days: 1 to 3650".into()));
-        }
-        if self.overlap_days > 30 {
-            return Err(at("overlap_days: 0 to 30".into()));
-        }
-        if self.poll_minutes > 1440 {
-            return Err(at("poll_minutes: 0 (every poll of the job) to 1440".into()));
-        }
-        if !(1..=600).contains(&self.timeout_seconds) {
-            return Err(at("timeout_seconds: 1 to 600".into()));
-        }
-        for (what, url) in [
-            ("api_url", &self.api_url),
-            ("authorize_url", &self.authorize_url),
-            ("token_url", &self.token_url),
-        ] {
-            if let Some(u) = url {
-                let parsed =
-                    reqwest::Url::parse(u).map_err(|e| at(format!("{what} {u:?}: {e}")))?;
-                if !matches!(parsed.scheme(), "http" | "https") {
-                    return Err(at(format!("{what} {u:?}: http:// or https://")));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The OAuth2 application, its secrets read now.
-    pub fn app(&self) -> Result<OAuthApp, String> {
-        let id = self
-            .client_id
-            .resolve(&format!("oura {:?} client_id", self.name))
-            .map_err(|e| e.to_string())?;
-        let secret = self
-            .client_secret
-            .resolve(&format!("oura {:?} client_secret", self.name))
-            .map_err(|e| e.to_string())?;
-        Ok(OAuthApp {
-            client_id: id.expose().to_string(),
-            client_secret: secret.expose().to_string(),
-            authorize_url: self
-                .authorize_url
-                .clone()
-                .unwrap_or_else(|| AUTHORIZE_URL.into()),
-            token_url: self.token_url.clone().unwrap_or_else(|| TOKEN_URL.into()),
-            scopes: SCOPES.iter().map(|s| s.to_string()).collect(),
-            timeout: Duration::from_secs(self.timeout_seconds),
-        })
-    }
-
-    /// What is stored with the source row (no secret).
-    pub fn stored_json(&self) -> String {
-        serde_json::json!({
-            "backfill_days": self.backfill_days,
-            "overlap_days": self.overlap_days,
-            "poll_minutes": self.poll_minutes,
-            "heart_rate": self.heart_rate,
-        })
-        .to_string()
-    }
-}
-
-/// The Oura settings of a stored source, from the config.
-pub fn config_of<'a>(
-    config: &'a Config,
-    participant_key: &str,
-    source: &str,
-) -> Option<&'a OuraConfig> {
-    config
-        .participants
-        .iter()
-        .find(|p| p.key == participant_key)
-        .and_then(|p| p.oura.iter().find(|o| o.name == source))
-}
+/// Oura's endpoints and scopes: daily summaries and sleep periods
+/// (`daily`), heart rate, and `personal` (Oura's consent screen lists it
+/// with them).
+pub const PROVIDER: Provider = Provider {
+    kind: KIND,
+    authorize_url: "https://cloud.ouraring.com/oauth/authorize",
+    token_url: "https://api.ouraring.com/oauth/token",
+    api_url: "https://api.ouraring.com",
+    scopes: &["daily", "heartrate", "personal"],
+    credentials_in_body: false,
+};
 
 /// A connected Oura account, ready to poll.
 pub struct Oura {
     name: String,
     api: String,
-    app: OAuthApp,
-    /// The grant in use (replaced when refreshed).
-    grant: Mutex<Grant>,
-    /// How long the grant in use was issued for.
-    lifetime: Option<SignedDuration>,
+    /// The grant in use, renewed before it expires.
+    grant: Granted,
     client: ApiClient,
-    settings: OuraConfig,
+    settings: LoginConfig,
     home: TimeZone,
     rules: StreamRules,
     stream_units: std::collections::HashMap<String, String>,
@@ -223,7 +68,7 @@ pub fn adapter(
     let Some(owner) = Owner::of(row, store, config)? else {
         return Ok(None);
     };
-    let Some(settings) = config_of(config, &owner.key, &row.name) else {
+    let Some(settings) = config_of(config, KIND, &owner.key, &row.name) else {
         return Ok(None);
     };
     let Some(grant) = store.grant(row.id)? else {
@@ -235,18 +80,8 @@ pub fn adapter(
     let client = api_client(row, settings.timeout_seconds)?;
     Ok(Some(Box::new(Oura {
         name: row.name.clone(),
-        api: settings
-            .api_url
-            .clone()
-            .unwrap_or_else(|| API_URL.into())
-            .trim_end_matches('/')
-            .to_string(),
-        app: settings.app().map_err(bad)?,
-        lifetime: grant
-            .grant
-            .expires_at
-            .map(|at| at.duration_since(grant.updated_at)),
-        grant: Mutex::new(grant.grant),
+        api: settings.api_url(&PROVIDER),
+        grant: Granted::new(&row.name, settings.app(&PROVIDER).map_err(bad)?, grant),
         client,
         settings: settings.clone(),
         home: owner.home,
@@ -279,10 +114,12 @@ const DAILY: &[(&str, &[Field])] = &[
         "daily_readiness",
         &[
             ("score", "oura_readiness_score", "score", 1.0),
+            // A difference: into a °F stream it must not get +32, so its
+            // unit converts to nothing else.
             (
                 "temperature_deviation",
                 "oura_temperature_deviation",
-                "°C",
+                "°C difference",
                 1.0,
             ),
         ],
@@ -323,24 +160,11 @@ impl Source for Oura {
     }
 
     fn authorise(&self, now: Timestamp) -> Result<Option<Grant>, SourceError> {
-        let current = self.grant.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if !current.expiring(now, self.lifetime) {
-            return Ok(None);
-        }
-        match crate::service::oauth::refresh(&self.app, &current, now) {
-            Ok(fresh) => {
-                *self.grant.lock().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
-                Ok(Some(fresh))
-            }
-            Err(OAuthError::Refused(why)) => Err(SourceError::NeedsReauthorisation {
-                source_name: self.name.clone(),
-                message: why,
-            }),
-            Err(e) => Err(SourceError::Remote {
-                source_name: self.name.clone(),
-                message: e.to_string(),
-            }),
-        }
+        self.grant.renew(now)
+    }
+
+    fn due(&self, cursor: Option<&str>, now: Timestamp) -> bool {
+        crate::service::sources::granted::due(cursor, self.settings.poll_minutes, now)
     }
 
     fn poll(&self, cursor: Option<&str>, now: Timestamp) -> Result<Poll, SourceError> {
@@ -351,13 +175,6 @@ impl Source for Oura {
                 cursor: c.to_string(),
             })?,
         };
-        let every = SignedDuration::from_mins(i64::from(self.settings.poll_minutes));
-        if cursor
-            .read_at
-            .is_some_and(|t| now.duration_since(t) < every)
-        {
-            return Ok(Poll::default());
-        }
         let today = now.to_zoned(self.home.clone()).date();
         let first = today
             .checked_sub(jiff::Span::new().days(i64::from(self.settings.backfill_days)))
@@ -373,12 +190,13 @@ impl Source for Oura {
                 .get(*collection)
                 .and_then(|d| d.checked_sub(overlap).ok())
                 .map_or(first, |d| d.max(first));
-            let docs = self.documents(
+            let docs = self.collection(
                 collection,
                 &[
                     ("start_date", start.to_string()),
                     ("end_date", end.to_string()),
                 ],
+                &mut poll,
             )?;
             for doc in &docs {
                 match self.daily(collection, fields, doc) {
@@ -396,12 +214,13 @@ impl Source for Oura {
             .get("sleep")
             .and_then(|d| d.checked_sub(overlap).ok())
             .map_or(first, |d| d.max(first));
-        let docs = self.documents(
+        let docs = self.collection(
             "sleep",
             &[
                 ("start_date", start.to_string()),
                 ("end_date", end.to_string()),
             ],
+            &mut poll,
         )?;
         let mut skipped = 0;
         for doc in &docs {
@@ -419,7 +238,7 @@ impl Source for Oura {
             poll.problems
                 .push(format!("sleep: {skipped} rest or deleted periods skipped"));
         }
-        if self.settings.heart_rate {
+        if self.settings.heart_rate != Some(false) {
             self.heart_rate(&mut cursor, now, first, &mut poll)?;
         }
         self.convert_units(&mut poll);
@@ -442,6 +261,26 @@ fn refuse(poll: &mut Poll, collection: &str, why: String) {
 }
 
 impl Oura {
+    /// A collection's documents; a collection that cannot be read is said
+    /// in the poll's problems and read again next time (its cursor stays),
+    /// without holding up the others. A refused token stops the poll.
+    fn collection(
+        &self,
+        name: &str,
+        query: &[(&str, String)],
+        poll: &mut Poll,
+    ) -> Result<Vec<Value>, SourceError> {
+        match self.documents(name, query) {
+            Ok(docs) => Ok(docs),
+            Err(e @ SourceError::TokenRejected { .. }) => Err(e),
+            Err(e) => {
+                poll.problems
+                    .push(format!("{name}: not read ({e}); read again next time"));
+                Ok(Vec::new())
+            }
+        }
+    }
+
     /// Every document of a collection for `query`, page by page.
     fn documents(
         &self,
@@ -449,12 +288,7 @@ impl Oura {
         query: &[(&str, String)],
     ) -> Result<Vec<Value>, SourceError> {
         let url = format!("{}/v2/usercollection/{collection}", self.api);
-        let token = self
-            .grant
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .access_token
-            .clone();
+        let token = self.grant.access_token();
         let mut out = Vec::new();
         let mut next: Option<String> = None;
         for _ in 0..MAX_PAGES {
@@ -627,19 +461,33 @@ impl Oura {
                 .compatible()
                 .unwrap_or(now),
         };
-        let docs = self.documents(
-            "heartrate",
-            &[
-                (
-                    "start_datetime",
-                    start.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-                ),
-                (
-                    "end_datetime",
-                    now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-                ),
-            ],
-        )?;
+        // Oura answers heart rate for at most 30 days a request.
+        let mut docs = Vec::new();
+        let mut from = start;
+        while from < now {
+            let to = (from + SignedDuration::from_hours(24 * 30)).min(now);
+            let window = self.collection(
+                "heartrate",
+                &[
+                    (
+                        "start_datetime",
+                        from.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                    ),
+                    (
+                        "end_datetime",
+                        to.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                    ),
+                ],
+                poll,
+            )?;
+            let failed =
+                window.is_empty() && poll.problems.iter().any(|p| p.starts_with("heartrate:"));
+            docs.extend(window);
+            if failed {
+                break;
+            }
+            from = to;
+        }
         let rule = self.rules.day_rule("heart_rate");
         for doc in &docs {
             let when = doc
@@ -717,30 +565,41 @@ fn parse_offset_time(text: &str) -> Option<jiff::Zoned> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::oauth::OAuthApp;
     use serde_json::json;
+    use std::time::Duration;
 
     fn oura(stream_units: &[(&str, &str)]) -> Oura {
-        let settings: OuraConfig =
+        let settings: LoginConfig =
             toml::from_str("client_id = { env = \"X\" }\nclient_secret = { env = \"Y\" }\n")
                 .unwrap();
         Oura {
             name: "oura".into(),
             api: "http://x".into(),
-            app: OAuthApp {
-                client_id: String::new(),
-                client_secret: String::new(),
-                authorize_url: AUTHORIZE_URL.into(),
-                token_url: TOKEN_URL.into(),
-                scopes: vec![],
-                timeout: Duration::from_secs(1),
-            },
-            grant: Mutex::new(Grant {
-                access_token: "a".into(),
-                refresh_token: None,
-                expires_at: None,
-                scope: String::new(),
-            }),
-            lifetime: None,
+            grant: Granted::new(
+                "oura",
+                OAuthApp {
+                    client_id: String::new(),
+                    client_secret: String::new(),
+                    authorize_url: PROVIDER.authorize_url.into(),
+                    token_url: PROVIDER.token_url.into(),
+                    scopes: vec![],
+                    credentials_in_body: false,
+                    timeout: Duration::from_secs(1),
+                },
+                crate::service::store::GrantRow {
+                    source_id: 1,
+                    grant: Grant {
+                        access_token: "a".into(),
+                        refresh_token: None,
+                        expires_at: None,
+                        scope: String::new(),
+                    },
+                    status: "connected".into(),
+                    status_reason: String::new(),
+                    updated_at: Timestamp::UNIX_EPOCH,
+                },
+            ),
             client: ApiClient::new(Duration::from_secs(1), 0, Duration::from_secs(1)).unwrap(),
             settings,
             home: TimeZone::get("Europe/Berlin").unwrap(),

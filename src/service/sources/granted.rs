@@ -1,0 +1,296 @@
+//! Sources one connects with a login (OAuth2: Oura, Strava): their
+//! settings in the config, their vendor's endpoints, and the grant they
+//! poll with, renewed before it expires.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::service::config::{Config, SecretRef};
+use crate::service::oauth::{Grant, OAuthApp, OAuthError};
+use crate::service::sources::{SourceError, oura, strava};
+use crate::service::store::GrantRow;
+
+/// A vendor's OAuth2 endpoints, API and scopes.
+#[derive(Debug, Clone, Copy)]
+pub struct Provider {
+    /// The source kind (and the config table's name).
+    pub kind: &'static str,
+    /// Where the person signs in.
+    pub authorize_url: &'static str,
+    /// Where codes and refresh tokens become access tokens.
+    pub token_url: &'static str,
+    /// The API's base address.
+    pub api_url: &'static str,
+    /// The scopes asked for.
+    pub scopes: &'static [&'static str],
+    /// Client credentials in the token request's body (else HTTP Basic).
+    pub credentials_in_body: bool,
+}
+
+/// A login source as written in the config (`[[participants.oura]]`,
+/// `[[participants.strava]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginConfig {
+    /// The source's name (default the vendor's: `oura`, `strava`).
+    pub name: Option<String>,
+    /// The client id of the API application registered with the vendor.
+    pub client_id: SecretRef,
+    /// Its client secret.
+    pub client_secret: SecretRef,
+    /// How far back a new connection reads (days).
+    #[serde(default = "default_backfill_days")]
+    pub backfill_days: u32,
+    /// Days before the last one read that each read goes over again (vendors
+    /// revise recent days; activities are uploaded late).
+    #[serde(default = "default_overlap_days")]
+    pub overlap_days: u32,
+    /// Read at most this often (minutes; 0: at every run of the sources
+    /// job): vendors limit requests a day.
+    #[serde(default = "default_poll_minutes")]
+    pub poll_minutes: u32,
+    /// Oura only: read heart rate (a value every 5 minutes) too (default
+    /// yes).
+    pub heart_rate: Option<bool>,
+    /// Seconds a request may take.
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u64,
+    /// The vendor's API address (tests point it elsewhere).
+    pub api_url: Option<String>,
+    /// The vendor's authorize address.
+    pub authorize_url: Option<String>,
+    /// The vendor's token address (Oura's newer developer portal may give
+    /// another).
+    pub token_url: Option<String>,
+}
+
+fn default_backfill_days() -> u32 {
+    90
+}
+fn default_overlap_days() -> u32 {
+    3
+}
+fn default_poll_minutes() -> u32 {
+    30
+}
+fn default_timeout() -> u64 {
+    30
+}
+
+impl LoginConfig {
+    /// The source's name.
+    pub fn source_name(&self, kind: &str) -> String {
+        self.name.clone().unwrap_or_else(|| kind.to_string())
+    }
+
+    /// Checks the settings (the secrets are read when used).
+    pub fn check(&self, kind: &str, participant: &str) -> Result<(), String> {
+        let name = self.source_name(kind);
+        let at = |what: String| format!("participant {participant}: {kind} {name:?}: {what}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(at("name: use letters, digits, '-' or '_'".into()));
+        }
+        for (what, s) in [
+            ("client_id", &self.client_id),
+            ("client_secret", &self.client_secret),
+        ] {
+            if s.env.is_some() == s.file.is_some() {
+                return Err(at(format!("{what}: give exactly one of env or file")));
+            }
+        }
+        if !(1..=3650).contains(&self.backfill_days) {
+            return Err(at("backfill_days: 1 to 3650".into()));
+        }
+        if self.overlap_days > 30 {
+            return Err(at("overlap_days: 0 to 30".into()));
+        }
+        if self.poll_minutes > 1440 {
+            return Err(at("poll_minutes: 0 (every poll of the job) to 1440".into()));
+        }
+        if !(1..=600).contains(&self.timeout_seconds) {
+            return Err(at("timeout_seconds: 1 to 600".into()));
+        }
+        for (what, url) in [
+            ("api_url", &self.api_url),
+            ("authorize_url", &self.authorize_url),
+            ("token_url", &self.token_url),
+        ] {
+            if let Some(u) = url {
+                let parsed =
+                    reqwest::Url::parse(u).map_err(|e| at(format!("{what} {u:?}: {e}")))?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(at(format!("{what} {u:?}: http:// or https://")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The OAuth2 application at `provider`, its secrets read now.
+    pub fn app(&self, provider: &Provider) -> Result<OAuthApp, String> {
+        let name = self.source_name(provider.kind);
+        let read = |secret: &SecretRef, what: &str| {
+            secret
+                .resolve(&format!("{} {name:?} {what}", provider.kind))
+                .map(|s| s.expose().to_string())
+                .map_err(|e| e.to_string())
+        };
+        Ok(OAuthApp {
+            client_id: read(&self.client_id, "client_id")?,
+            client_secret: read(&self.client_secret, "client_secret")?,
+            authorize_url: self
+                .authorize_url
+                .clone()
+                .unwrap_or_else(|| provider.authorize_url.into()),
+            token_url: self
+                .token_url
+                .clone()
+                .unwrap_or_else(|| provider.token_url.into()),
+            scopes: provider.scopes.iter().map(|s| s.to_string()).collect(),
+            credentials_in_body: provider.credentials_in_body,
+            timeout: Duration::from_secs(self.timeout_seconds),
+        })
+    }
+
+    /// The API's base address, without a trailing slash.
+    pub fn api_url(&self, provider: &Provider) -> String {
+        self.api_url
+            .as_deref()
+            .unwrap_or(provider.api_url)
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// What is stored with the source row (no secret).
+    pub fn stored_json(&self) -> String {
+        serde_json::json!({
+            "backfill_days": self.backfill_days,
+            "overlap_days": self.overlap_days,
+            "poll_minutes": self.poll_minutes,
+        })
+        .to_string()
+    }
+}
+
+/// The settings of participant `key`'s login source `name` of `kind`.
+pub fn config_of<'a>(
+    config: &'a Config,
+    kind: &str,
+    key: &str,
+    name: &str,
+) -> Option<&'a LoginConfig> {
+    let participant = config.participants.iter().find(|p| p.key == key)?;
+    let list = if kind == oura::KIND {
+        &participant.oura
+    } else if kind == strava::KIND {
+        &participant.strava
+    } else {
+        return None;
+    };
+    list.iter().find(|c| c.source_name(kind) == name)
+}
+
+/// A source's grant in use.
+pub struct Granted {
+    source_name: String,
+    app: OAuthApp,
+    grant: Mutex<Grant>,
+    /// How long the grant in use was issued for.
+    lifetime: Option<SignedDuration>,
+}
+
+impl Granted {
+    /// The stored grant of source `source_name`, for `app`.
+    pub fn new(source_name: &str, app: OAuthApp, row: GrantRow) -> Granted {
+        Granted {
+            source_name: source_name.to_string(),
+            app,
+            lifetime: row
+                .grant
+                .expires_at
+                .map(|at| at.duration_since(row.updated_at)),
+            grant: Mutex::new(row.grant),
+        }
+    }
+
+    /// The bearer token for the API.
+    pub fn access_token(&self) -> String {
+        self.grant
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .access_token
+            .clone()
+    }
+
+    /// Refreshes the grant when it is about to expire: the new grant (the
+    /// caller stores it at once), or the vendor's refusal as
+    /// `NeedsReauthorisation`.
+    pub fn renew(&self, now: Timestamp) -> Result<Option<Grant>, SourceError> {
+        let current = self.grant.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if !current.expiring(now, self.lifetime) {
+            return Ok(None);
+        }
+        match crate::service::oauth::refresh(&self.app, &current, now) {
+            Ok(fresh) => {
+                *self.grant.lock().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+                Ok(Some(fresh))
+            }
+            Err(OAuthError::Refused(why)) => Err(SourceError::NeedsReauthorisation {
+                source_name: self.source_name.clone(),
+                message: why,
+            }),
+            Err(e) => Err(SourceError::Remote {
+                source_name: self.source_name.clone(),
+                message: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Whether a login source whose cursor (JSON with `read_at`) says when it
+/// last read is due again after `poll_minutes`: vendors limit requests a
+/// day, whatever the sources job's period.
+pub fn due(cursor: Option<&str>, poll_minutes: u32, now: Timestamp) -> bool {
+    let read_at = cursor
+        .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+        .and_then(|v| {
+            v.get("read_at")
+                .and_then(|t| t.as_str())
+                .map(str::to_string)
+        })
+        .and_then(|t| t.parse::<Timestamp>().ok());
+    read_at
+        .is_none_or(|t| now.duration_since(t) >= SignedDuration::from_mins(i64::from(poll_minutes)))
+}
+
+/// Whether sources of `kind` are connected with a login (a Connect button).
+pub fn uses_login(kind: &str) -> bool {
+    kind == oura::KIND || kind == strava::KIND
+}
+
+/// The OAuth2 application of participant `key`'s source `name` of `kind`:
+/// `None` when it is not (or no longer) configured, an error when its
+/// secrets cannot be read.
+pub fn app_of(
+    config: &Config,
+    kind: &str,
+    key: &str,
+    name: &str,
+) -> Option<Result<OAuthApp, String>> {
+    let provider = if kind == oura::KIND {
+        oura::PROVIDER
+    } else if kind == strava::KIND {
+        strava::PROVIDER
+    } else {
+        return None;
+    };
+    config_of(config, kind, key, name).map(|c| c.app(&provider))
+}

@@ -1,0 +1,253 @@
+//! Strava as an OAuth2 source on the real daemon, against a fake Strava on
+//! loopback shaped as its API v3 documents: client credentials in the token
+//! request's body (not HTTP Basic), comma-separated scopes, activities
+//! listed by `after` and `page`, and Strava's own error shape for a refused
+//! refresh token, which must mark the source "needs re-authorisation".
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use common::{Daemon, connect};
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct Strava {
+    access: Option<String>,
+    refresh: Option<String>,
+    issued: usize,
+    expires_in: i64,
+    activities: Vec<Value>,
+    pages: Vec<usize>,
+}
+
+type Shared = Arc<Mutex<Strava>>;
+
+async fn authorize(Query(q): Query<HashMap<String, String>>) -> Response {
+    assert_eq!(q["scope"], "read,activity:read_all");
+    let location = format!(
+        "{}?state={}&code=strava-code&scope=read,activity:read_all",
+        q["redirect_uri"], q["state"]
+    );
+    (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
+}
+
+async fn token(State(s): State<Shared>, headers: HeaderMap, body: String) -> Response {
+    assert!(
+        headers.get(header::AUTHORIZATION).is_none(),
+        "Strava takes the credentials in the body"
+    );
+    let form: HashMap<String, String> = reqwest::Url::parse(&format!("http://x/?{body}"))
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect();
+    assert_eq!(
+        (form["client_id"].as_str(), form["client_secret"].as_str()),
+        ("4711", "strava-secret")
+    );
+    let mut s = s.lock().unwrap();
+    let ok = match form["grant_type"].as_str() {
+        "authorization_code" => form["code"] == "strava-code",
+        "refresh_token" => s.refresh.as_deref() == Some(form["refresh_token"].as_str()),
+        _ => false,
+    };
+    if !ok {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"message": "Bad Request",
+                              "errors": [{"resource": "RefreshToken", "field": "refresh_token", "code": "invalid"}]})),
+        )
+            .into_response();
+    }
+    s.issued += 1;
+    let (access, refresh) = (format!("sa-{}", s.issued), format!("sr-{}", s.issued));
+    s.access = Some(access.clone());
+    s.refresh = Some(refresh.clone());
+    let expires_at = Timestamp::now().as_second() + s.expires_in;
+    axum::Json(
+        json!({"token_type": "Bearer", "expires_at": expires_at, "expires_in": s.expires_in,
+                      "refresh_token": refresh, "access_token": access,
+                      "athlete": {"id": 134815, "username": "anna"}}),
+    )
+    .into_response()
+}
+
+async fn activities(
+    State(s): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let mut s = s.lock().unwrap();
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if bearer != s.access.as_ref().map(|a| format!("Bearer {a}")).as_deref() {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"message": "Authorization Error",
+                              "errors": [{"resource": "Athlete", "field": "access_token", "code": "invalid"}]})),
+        )
+            .into_response();
+    }
+    let after: i64 = q["after"].parse().unwrap();
+    let page: usize = q["page"].parse().unwrap();
+    let per_page: usize = q["per_page"].parse().unwrap();
+    s.pages.push(page);
+    let list: Vec<Value> = s
+        .activities
+        .iter()
+        .filter(|a| {
+            a["start_date"]
+                .as_str()
+                .unwrap()
+                .parse::<Timestamp>()
+                .unwrap()
+                .as_second()
+                > after
+        })
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .cloned()
+        .collect();
+    axum::Json(Value::Array(list)).into_response()
+}
+
+fn start_fake(s: Shared) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let app = axum::Router::new()
+                .route("/oauth/authorize", axum::routing::get(authorize))
+                .route("/oauth/token", axum::routing::post(token))
+                .route("/api/v3/athlete/activities", axum::routing::get(activities))
+                .with_state(s);
+            axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app)
+                .await
+                .unwrap();
+        });
+    });
+    url
+}
+
+fn count(data: &Path, sql: &str) -> i64 {
+    rusqlite::Connection::open_with_flags(
+        data.join("nof1d.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap()
+    .query_row(sql, [], |r| r.get(0))
+    .unwrap()
+}
+
+fn wait_until(what: &str, daemon: &Daemon, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: {}", daemon.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn strava_activities_arrive_page_by_page_and_a_refused_refresh_asks_for_a_new_connection() {
+    let now = Timestamp::now();
+    // 150 runs, one every 12 hours: two pages of 100.
+    let activities: Vec<Value> = (1..=150)
+        .map(|k| {
+            let start = now - SignedDuration::from_hours(12 * k);
+            json!({"id": 9_000_000_000u64 + k as u64, "name": "Run", "sport_type": "Run",
+                   "start_date": start.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                   "utc_offset": 3600.0, "moving_time": 1800, "elapsed_time": 1900,
+                   "distance": 5000.0, "average_heartrate": 150.0, "has_heartrate": true})
+        })
+        .collect();
+    let strava: Shared = Arc::new(Mutex::new(Strava {
+        expires_in: 21_600,
+        activities,
+        ..Strava::default()
+    }));
+    let url = start_fake(strava.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::write(dir.path().join("id"), "4711").unwrap();
+    std::fs::write(dir.path().join("secret"), "strava-secret").unwrap();
+    let config = dir.path().join("nof1d.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[jobs]
+source_poll_seconds = 1
+
+[[participants]]
+key = "anna"
+name = "Anna"
+email = "anna@example.invalid"
+time_zone = "Europe/Berlin"
+
+[[participants.strava]]
+client_id = {{ file = {id:?} }}
+client_secret = {{ file = {secret:?} }}
+poll_minutes = 0
+api_url = "{url}/api/v3"
+authorize_url = "{url}/oauth/authorize"
+token_url = "{url}/oauth/token"
+"#,
+            id = dir.path().join("id").display().to_string(),
+            secret = dir.path().join("secret").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&data, &["--config", config.to_str().unwrap()]);
+    assert_eq!(connect(&daemon), 303);
+    // 150 activities × (minutes, run minutes, distance, heart rate).
+    wait_until("activities stored", &daemon, || {
+        count(&data, "SELECT COUNT(*) FROM observations") == 600
+    });
+    assert!(
+        strava.lock().unwrap().pages.starts_with(&[1, 2]),
+        "two pages"
+    );
+    assert_eq!(
+        count(
+            &data,
+            "SELECT COUNT(*) FROM observations o JOIN streams s ON s.id = o.stream_id
+             WHERE s.key = 'workout_minutes_run' AND o.value = 30 AND s.unit = 'min'"
+        ),
+        150
+    );
+    // Revoked: the API refuses, the refresh gets Strava's error shape.
+    {
+        let mut s = strava.lock().unwrap();
+        s.access = Some("revoked".into());
+        s.refresh = Some("revoked".into());
+    }
+    wait_until("marked", &daemon, || {
+        count(
+            &data,
+            "SELECT COUNT(*) FROM oauth_grants WHERE status = 'needs_reauthorisation'",
+        ) == 1
+    });
+    assert_eq!(
+        count(
+            &data,
+            "SELECT COUNT(*) FROM outbox WHERE key LIKE 'source-reauthorisation/anna/strava/%'"
+        ),
+        1
+    );
+    daemon.terminate();
+    assert_eq!(count(&data, "SELECT COUNT(*) FROM observations"), 600);
+}
