@@ -550,9 +550,11 @@ struct Reader<'a> {
     zone: TimeZone,
     rules: &'a StreamRules,
     convert: Vec<(Conversion, String)>,
-    /// Occurrences of each `(stream, time)` so far: the n-th of a repeated
-    /// time keeps its own identity.
-    seen: HashMap<String, usize>,
+    /// Occurrences of each `(stream, time)` so far, by a 64-bit hash of it
+    /// (a file of millions of rows stays small in memory): the n-th of a
+    /// repeated time keeps its own identity. A collision only numbers a
+    /// record, the same way at every import of the file.
+    seen: HashMap<u64, u32>,
     report: MappedReport,
     out: Vec<NewObservation>,
 }
@@ -724,7 +726,13 @@ impl Reader<'_> {
                 Some(id) => format!("{}:{}", id, column.stream),
                 None => {
                     let base = format!("{}@{}", column.stream, key);
-                    let n = self.seen.entry(base.clone()).or_default();
+                    let hash = {
+                        use std::hash::{Hash, Hasher};
+                        let mut h = std::collections::hash_map::DefaultHasher::new();
+                        base.hash(&mut h);
+                        h.finish()
+                    };
+                    let n = self.seen.entry(hash).or_default();
                     *n += 1;
                     if *n == 1 { base } else { format!("{base}#{n}") }
                 }
