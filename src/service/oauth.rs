@@ -217,15 +217,15 @@ fn token_error(
                 Some(d) => format!("{code}: {d}"),
                 None => code.clone(),
             };
-            // RFC 6749 §5.2: a bad grant or client needs the person (or the
-            // config); anything else may pass.
-            if matches!(
-                code.as_str(),
-                "invalid_grant" | "invalid_client" | "unauthorized_client" | "invalid_request"
-            ) {
-                OAuthError::Refused(text)
-            } else {
-                OAuthError::Failed(text)
+            // RFC 6749 §5.2: a bad grant needs the person to connect
+            // again; a refused client needs the config mended (connecting
+            // again would not help); anything else may pass.
+            match code.as_str() {
+                "invalid_grant" | "invalid_request" => OAuthError::Refused(text),
+                "invalid_client" | "unauthorized_client" => OAuthError::Config(format!(
+                    "the vendor refused nof1d's application ({text}): check client_id and client_secret in the config"
+                )),
+                _ => OAuthError::Failed(text),
             }
         }
         E::Request(e) => OAuthError::Failed(e.to_string()),

@@ -1361,19 +1361,22 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a grant as needing the person to connect again; true when it
-    /// was connected until now (so the person is told once).
+    /// Marks the grant stored at `stored_at` as needing the person to
+    /// connect again; true when it was connected until now (so the person
+    /// is told once). A grant stored since (connected again meanwhile) is
+    /// left alone.
     pub fn needs_reauthorisation(
         &mut self,
         source_id: i64,
+        stored_at: Timestamp,
         why: &str,
         now: Timestamp,
     ) -> Result<bool> {
         let n = self.conn.execute(
             "UPDATE oauth_grants SET status = 'needs_reauthorisation', status_reason = ?2,
                  updated_at = ?3
-             WHERE source_id = ?1 AND status = 'connected'",
-            params![source_id, why, ts(now)],
+             WHERE source_id = ?1 AND status = 'connected' AND updated_at = ?4",
+            params![source_id, why, ts(now), ts(stored_at)],
         )?;
         Ok(n > 0)
     }

@@ -127,8 +127,23 @@ async fn poll_one(state: &AppState, row: SourceRow) -> Result<Option<Upserted>, 
                 .await?;
             Ok(source)
         }
-        Ok((_, Err(SourceError::NeedsReauthorisation { message, .. }))) => {
-            return reauthorise(state, run, (source_id, participant_id), &name, message, now).await;
+        Ok((
+            _,
+            Err(SourceError::NeedsReauthorisation {
+                message,
+                grant_stored_at,
+                ..
+            }),
+        )) => {
+            return reauthorise(
+                state,
+                run,
+                (source_id, participant_id),
+                &name,
+                (message, grant_stored_at),
+                now,
+            )
+            .await;
         }
         Ok((_, Err(e))) => Err(e.to_string()),
         Err(e) => Err(e),
@@ -201,7 +216,7 @@ async fn reauthorise(
     run: i64,
     (source_id, participant_id): (i64, i64),
     name: &str,
-    why: String,
+    (why, grant_stored_at): (String, Timestamp),
     now: Timestamp,
 ) -> Result<Option<Upserted>, JobError> {
     let participants = state.db.read(|s| s.participants()).await?;
@@ -216,7 +231,7 @@ async fn reauthorise(
     state
         .db
         .write(move |s| {
-            if s.needs_reauthorisation(source_id, &why, now)?
+            if s.needs_reauthorisation(source_id, grant_stored_at, &why, now)?
                 && let Some(m) = &message
             {
                 s.enqueue_message(m, now)?;

@@ -205,6 +205,8 @@ pub struct Granted {
     grant: Mutex<Grant>,
     /// How long the grant in use was issued for.
     lifetime: Option<SignedDuration>,
+    /// When the grant in use was stored.
+    stored_at: Timestamp,
 }
 
 impl Granted {
@@ -217,6 +219,7 @@ impl Granted {
                 .grant
                 .expires_at
                 .map(|at| at.duration_since(row.updated_at)),
+            stored_at: row.updated_at,
             grant: Mutex::new(row.grant),
         }
     }
@@ -246,6 +249,7 @@ impl Granted {
             Err(OAuthError::Refused(why)) => Err(SourceError::NeedsReauthorisation {
                 source_name: self.source_name.clone(),
                 message: why,
+                grant_stored_at: self.stored_at,
             }),
             Err(e) => Err(SourceError::Remote {
                 source_name: self.source_name.clone(),

@@ -160,6 +160,9 @@ pub enum SourceError {
         source_name: String,
         /// The vendor's reason.
         message: String,
+        /// When the refused grant was stored: a grant stored since (the
+        /// person connected again meanwhile) is not marked.
+        grant_stored_at: Timestamp,
     },
     /// The API refused the access token (401): it is refreshed before the
     /// next poll.
