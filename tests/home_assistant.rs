@@ -12,13 +12,12 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use common::Daemon;
+use common::{Daemon, db, wait_until};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 
@@ -204,32 +203,12 @@ async fn serve_socket(ha: Shared, mut socket: WebSocket) {
 
 /// Starts the fake on 127.0.0.1; returns its base URL.
 fn start_fake(ha: Shared) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let app = axum::Router::new()
-                .route("/api/history/period/{start}", axum::routing::get(history))
-                .route("/api/websocket", axum::routing::get(websocket))
-                .with_state(ha);
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    url
-}
-
-fn db(data: &Path) -> rusqlite::Connection {
-    rusqlite::Connection::open_with_flags(
-        data.join("nof1d.sqlite"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    common::serve_fake(
+        axum::Router::new()
+            .route("/api/history/period/{start}", axum::routing::get(history))
+            .route("/api/websocket", axum::routing::get(websocket))
+            .with_state(ha),
     )
-    .unwrap()
 }
 
 /// `(stream, count, unit, sum)` of the stored observations.
@@ -245,14 +224,6 @@ fn streams(data: &Path) -> Vec<(String, i64, String, f64)> {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap()
-}
-
-fn wait_until(what: &str, daemon: &Daemon, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: {}", daemon.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

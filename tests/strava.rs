@@ -7,14 +7,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use common::{Daemon, connect};
+use common::{Daemon, connect, count, wait_until};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 
@@ -121,44 +119,13 @@ async fn activities(
 }
 
 fn start_fake(s: Shared) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let app = axum::Router::new()
-                .route("/oauth/authorize", axum::routing::get(authorize))
-                .route("/oauth/token", axum::routing::post(token))
-                .route("/api/v3/athlete/activities", axum::routing::get(activities))
-                .with_state(s);
-            axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app)
-                .await
-                .unwrap();
-        });
-    });
-    url
-}
-
-fn count(data: &Path, sql: &str) -> i64 {
-    rusqlite::Connection::open_with_flags(
-        data.join("nof1d.sqlite"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    common::serve_fake(
+        axum::Router::new()
+            .route("/oauth/authorize", axum::routing::get(authorize))
+            .route("/oauth/token", axum::routing::post(token))
+            .route("/api/v3/athlete/activities", axum::routing::get(activities))
+            .with_state(s),
     )
-    .unwrap()
-    .query_row(sql, [], |r| r.get(0))
-    .unwrap()
-}
-
-fn wait_until(what: &str, daemon: &Daemon, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: {}", daemon.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

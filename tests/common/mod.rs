@@ -303,3 +303,45 @@ pub fn connect(daemon: &Daemon) -> u16 {
     assert_eq!(again.status(), 400);
     done.status().as_u16()
 }
+
+/// Serves `app` (a fake vendor: axum on its own thread and runtime) on a
+/// random loopback port; returns its base URL.
+pub fn serve_fake(app: axum::Router) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    url
+}
+
+/// A read-only connection to a data folder's database.
+pub fn db(data: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
+        data.join("nof1d.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap()
+}
+
+/// The one number `sql` counts in a data folder's database.
+pub fn count(data: &Path, sql: &str) -> i64 {
+    db(data).query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+/// Waits up to a minute for `done`, failing with `what` and the daemon's log.
+pub fn wait_until(what: &str, daemon: &Daemon, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: {}", daemon.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
