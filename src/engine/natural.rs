@@ -205,6 +205,40 @@ pub fn difference(family: Family, mu: f64, beta: f64, v: f64) -> f64 {
     }
 }
 
+/// The effect `beta` whose [`difference`] is `target` for baseline `mu`
+/// and drift variance `v`: the inverse the simulator needs to set a
+/// condition's true effect from a MID stated in the outcome's own units.
+/// Poisson in closed form, `ln(1 + target / (PER_DAYS e^(mu + v/2)))`; the
+/// logit links by bisection, since the difference rises with `beta`. `None`
+/// where no effect reaches `target` (a drop larger than the baseline itself,
+/// or past the scale's end).
+pub fn beta_for_difference(family: Family, mu: f64, target: f64, v: f64) -> Option<f64> {
+    match family {
+        Family::Gaussian => Some(target),
+        Family::Poisson => {
+            let ratio = 1.0 + target / (PER_DAYS * (mu + 0.5 * v).exp());
+            (ratio > 0.0 && ratio.is_finite()).then(|| ratio.ln())
+        }
+        Family::Bernoulli | Family::Binomial | Family::Beta => {
+            let (mut lo, mut hi) = (-40.0, 40.0);
+            let gap = |b: f64| difference(family, mu, b, v) - target;
+            if gap(lo) >= 0.0 || gap(hi) <= 0.0 {
+                return None;
+            }
+            // 80 halvings of an interval of 80: far below f64's resolution.
+            for _ in 0..80 {
+                let mid = 0.5 * (lo + hi);
+                if gap(mid) < 0.0 {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            Some(0.5 * (lo + hi))
+        }
+    }
+}
+
 /// `E[sigmoid(a + x)]` for `x ~ N(0, v)`, by 24-point Gauss–Hermite quadrature.
 fn mean_sigmoid(a: f64, v: f64) -> f64 {
     let sd = v.max(0.0).sqrt();
@@ -239,6 +273,34 @@ fn hermite() -> &'static [(f64, f64)] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn beta_for_difference_inverts_difference() {
+        for family in [
+            Family::Poisson,
+            Family::Bernoulli,
+            Family::Binomial,
+            Family::Beta,
+        ] {
+            for (mu, beta, v) in [(-1.1, -0.4, 0.0), (0.7, 0.3, 0.5), (-2.0, 1.2, 2.0)] {
+                let d = difference(family, mu, beta, v);
+                let back = beta_for_difference(family, mu, d, v)
+                    .unwrap_or_else(|| panic!("{family:?}: {d} should be reachable"));
+                assert!((back - beta).abs() < 1e-9, "{family:?}: {back} vs {beta}");
+            }
+        }
+        // A fall of 40 events a month from a baseline of e^0 a day (30 a
+        // month) cannot happen; nor can 60 percentage points up from 50%.
+        assert_eq!(beta_for_difference(Family::Poisson, 0.0, -40.0, 0.0), None);
+        assert_eq!(beta_for_difference(Family::Beta, 0.0, 60.0, 0.0), None);
+        // The inverse at the difference's own sign: zero is no effect.
+        assert_eq!(
+            beta_for_difference(Family::Bernoulli, -1.0, 0.0, 0.3)
+                .map(f64::abs)
+                .map(|b| b < 1e-12),
+            Some(true)
+        );
+    }
 
     #[test]
     fn hermite_rule_integrates_normal_moments() {

@@ -18,6 +18,7 @@ use crate::engine::fit::{FitReport, FitSpec, Method};
 use crate::engine::generate::{Latent, ModelParams, normal};
 use crate::engine::inference::{GridOptions, HyperPriors, McmcOptions};
 use crate::engine::model::{ArmPath, Series};
+use crate::engine::natural;
 use crate::engine::spec::{Family, Mid, ModelSpec};
 use crate::trial::betting::BettingTest;
 use crate::trial::decide::{self, Action, Boundary, Decision};
@@ -428,9 +429,17 @@ pub struct SimulationReport {
     pub scenario: Scenario,
     /// Virtual trials per condition.
     pub trials: usize,
-    /// The effect simulated (outcome units or ratio) and its sign-adjusted link-scale `beta`.
+    /// The effect simulated, in [`SimulationReport::effect_unit`].
     pub effect: f64,
-    /// `beta` of the effect arm on the model's scale.
+    /// What `effect` counts: the outcome's unit, a rate or odds ratio, or
+    /// (a MID stated as `mid_natural`) a difference per 30 days or in
+    /// percentage points.
+    #[serde(default)]
+    pub effect_unit: String,
+    /// `beta` of the effect arm on the model's scale, sign-adjusted; for a
+    /// difference in the outcome's own units each virtual trial has its own
+    /// (it depends on the drift drawn), and this is the one at the prior's
+    /// typical drift.
     pub effect_beta: f64,
     /// The arm given the effect.
     pub effect_arm: String,
@@ -463,6 +472,23 @@ pub enum SimError {
     Protocol(String),
 }
 
+/// The effect arm's true effect in a condition.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum TrueEffect {
+    /// `beta` on the model's scale, the same in every virtual trial.
+    Link(f64),
+    /// Better by this difference in the outcome's own units (a MID stated
+    /// as `mid_natural`): each virtual trial's `beta` is solved for its own
+    /// drift, so that the difference a fit reports is this one
+    /// ([`natural::beta_for_difference`]).
+    Natural(f64),
+}
+
+impl TrueEffect {
+    /// No effect: the null condition.
+    const NONE: TrueEffect = TrueEffect::Link(0.0);
+}
+
 /// Everything fixed for one protocol and condition.
 struct Setup<'a> {
     protocol: &'a Protocol,
@@ -485,8 +511,55 @@ impl Setup<'_> {
         outcome.direction.sign() * Mid::new(outcome.family, effect).link()
     }
 
+    /// The effect condition: `--effect` as stated (outcome units or ratio),
+    /// else the protocol's MID, as a difference in the outcome's own units
+    /// where the protocol states one (`mid_natural`).
+    fn effect_condition(&self) -> TrueEffect {
+        let outcome = &self.protocol.outcome;
+        match (self.options.effect, outcome.mid_natural) {
+            (Some(effect), _) => TrueEffect::Link(self.beta_of(effect)),
+            (None, Some(k)) => TrueEffect::Natural(k),
+            (None, None) => TrueEffect::Link(self.beta_of(outcome.mid)),
+        }
+    }
+
+    /// The effect condition's number and what it counts, for reports.
+    fn effect_label(&self) -> (f64, String) {
+        let outcome = &self.protocol.outcome;
+        let stated = |e: f64| {
+            let unit = match outcome.family {
+                Family::Gaussian => outcome.unit.clone(),
+                Family::Poisson => "rate ratio".to_string(),
+                _ => "odds ratio".to_string(),
+            };
+            (e, unit)
+        };
+        match (self.options.effect, outcome.mid_natural) {
+            (Some(effect), _) => stated(effect),
+            (None, Some(k)) => (k, natural::difference_unit(outcome.family)),
+            (None, None) => stated(outcome.mid),
+        }
+    }
+
+    /// The effect's `beta` for a virtual trial whose drift has stationary
+    /// variance `v`. A difference in the outcome's own units is reachable
+    /// at every drift once it is at none ([`setup_for`] checks that): the
+    /// drift only moves the baseline's mean towards the middle of the
+    /// scale; `0.0` is kept only as a guard.
+    fn beta_at(&self, effect: TrueEffect, v: f64) -> f64 {
+        match effect {
+            TrueEffect::Link(beta) => beta,
+            TrueEffect::Natural(k) => {
+                let outcome = &self.protocol.outcome;
+                let target = outcome.direction.sign() * k;
+                natural::beta_for_difference(outcome.family, self.baseline, target, v)
+                    .unwrap_or(0.0)
+            }
+        }
+    }
+
     /// Draws the model's parameters from the priors (§4 defaults table).
-    fn draw_params(&self, beta_effect: f64, rng: &mut ChaCha20Rng) -> (ModelParams, f64) {
+    fn draw_params(&self, effect: TrueEffect, rng: &mut ChaCha20Rng) -> (ModelParams, f64) {
         let h = &self.hyper;
         let lognormal =
             |median: f64, sd: f64, rng: &mut ChaCha20Rng| (median.ln() + sd * normal(rng)).exp();
@@ -507,7 +580,7 @@ impl Setup<'_> {
         };
         let precision = lognormal(h.precision_median, h.precision_log_sd, rng);
         let mut beta = vec![0.0; self.keys.len()];
-        beta[self.effect_arm] = beta_effect;
+        beta[self.effect_arm] = self.beta_at(effect, drift_sd * drift_sd);
         (
             ModelParams {
                 mu: self.baseline,
@@ -620,14 +693,14 @@ impl Setup<'_> {
     /// One virtual trial, exactly as the daemon runs it, with the efficacy
     /// rule off (see [`VirtualTrial`]).
     #[cfg(test)]
-    fn run(&self, beta_effect: f64, trial_seed: u64) -> VirtualTrial {
-        self.run_with(beta_effect, trial_seed, f64::INFINITY, None)
+    fn run(&self, effect: TrueEffect, trial_seed: u64) -> VirtualTrial {
+        self.run_with(effect, trial_seed, f64::INFINITY, None)
     }
 
     /// One virtual trial with the efficacy threshold `efficacy`.
     fn run_with(
         &self,
-        beta_effect: f64,
+        effect: TrueEffect,
         trial_seed: u64,
         efficacy: f64,
         mut trace: Option<&mut Vec<TracedLook>>,
@@ -639,7 +712,7 @@ impl Setup<'_> {
         // and the same stream would tie each block's coin to the sign of a
         // drift draw, so the orders would not be randomised against the data.
         let mut rng = ChaCha20Rng::seed_from_u64(self::trial_seed(trial_seed, DATA_STREAM, 0));
-        let (params, precision) = self.draw_params(beta_effect, &mut rng);
+        let (params, precision) = self.draw_params(effect, &mut rng);
         let mut periods = design::plan(protocol, trial_seed);
         let mut active: Vec<usize> = (0..self.keys.len()).collect();
         let mut thresholds =
@@ -874,12 +947,12 @@ fn series_of(t: &[f64], y: &[f64], assigned: &[usize], n_arms: usize, comparator
 /// from `(master, stream, i)`, so results do not depend on the thread count.
 fn run_many(
     setup: &Setup<'_>,
-    beta: f64,
+    effect: TrueEffect,
     stream: u64,
     n: usize,
     bar: &ProgressBar,
 ) -> Vec<VirtualTrial> {
-    run_range(setup, beta, stream, 0..n, f64::INFINITY, bar)
+    run_range(setup, effect, stream, 0..n, f64::INFINITY, bar)
 }
 
 /// [`run_many`] for the trials numbered `range` of a stream: a sequential
@@ -889,7 +962,7 @@ fn run_many(
 /// leaves every course at a lower threshold unchanged ([`VirtualTrial::at`]).
 fn run_range(
     setup: &Setup<'_>,
-    beta: f64,
+    effect: TrueEffect,
     stream: u64,
     range: std::ops::Range<usize>,
     efficacy: f64,
@@ -911,7 +984,7 @@ fn run_range(
                         break;
                     }
                     let seed = trial_seed(setup.options.seed, stream, (first + i) as u64);
-                    let trial = setup.run_with(beta, seed, efficacy, None);
+                    let trial = setup.run_with(effect, seed, efficacy, None);
                     if let Ok(mut r) = results.lock() {
                         r[i] = Some(trial);
                     }
@@ -1062,7 +1135,7 @@ fn setup_for<'a>(protocol: &'a Protocol, options: &'a SimOptions) -> Result<Setu
         (None, Family::Beta) => 0.8f64.ln() - 0.2f64.ln(),
         (None, _) => 0.25f64.ln() - 0.75f64.ln(),
     };
-    Ok(Setup {
+    let setup = Setup {
         protocol,
         keys: keys.clone(),
         comparator,
@@ -1072,7 +1145,19 @@ fn setup_for<'a>(protocol: &'a Protocol, options: &'a SimOptions) -> Result<Setu
         hyper: priors.hyper,
         baseline,
         options,
-    })
+    };
+    if let TrueEffect::Natural(k) = setup.effect_condition() {
+        let target = outcome.direction.sign() * k;
+        if natural::beta_for_difference(outcome.family, baseline, target, 0.0).is_none() {
+            // The baseline's own level: the difference an effect of -inf makes.
+            let typical = -natural::difference(outcome.family, baseline, f64::NEG_INFINITY, 0.0);
+            return Err(SimError::Protocol(format!(
+                "outcome.mid_natural: a change of {k} {unit} cannot happen from the simulated baseline of {typical:.1} {unit}; set priors.baseline to the person's usual level, or a smaller mid_natural",
+                unit = natural::difference_unit(outcome.family)
+            )));
+        }
+    }
+    Ok(setup)
 }
 
 /// One virtual trial of `protocol` with the effect arm `effect` better than
@@ -1086,10 +1171,10 @@ pub fn trace_virtual_trial(
     trial_seed: u64,
 ) -> Result<Vec<TracedLook>, SimError> {
     let setup = setup_for(protocol, options)?;
-    let beta = setup.beta_of(effect);
+    let effect = TrueEffect::Link(setup.beta_of(effect));
     let mut trace = Vec::new();
     setup.run_with(
-        beta,
+        effect,
         trial_seed,
         protocol.decision.efficacy,
         Some(&mut trace),
@@ -1109,9 +1194,10 @@ pub fn simulate_protocol(
     let setup = setup_for(protocol, options)?;
     let keys = setup.keys.clone();
     let effect_arm = setup.effect_arm;
-    let outcome = &protocol.outcome;
-    let effect = options.effect.unwrap_or(outcome.mid);
-    let beta = setup.beta_of(effect);
+    let condition = setup.effect_condition();
+    let (effect, effect_unit) = setup.effect_label();
+    let typical_drift = setup.hyper.drift_sd_scale * setup.hyper.drift_sd_scale;
+    let beta = setup.beta_at(condition, typical_drift);
     let scale = setup.scale;
     let n = options.trials.max(1);
     let conditions = if options.calibrate.is_some() { 3 } else { 2 };
@@ -1129,8 +1215,8 @@ pub fn simulate_protocol(
         ProgressBar::hidden()
     };
     let started = Instant::now();
-    let null = run_many(&setup, 0.0, 0, n, &bar);
-    let with_effect = run_many(&setup, beta, 1, n, &bar);
+    let null = run_many(&setup, TrueEffect::NONE, 0, n, &bar);
+    let with_effect = run_many(&setup, condition, 1, n, &bar);
     let default = AtThreshold {
         efficacy: protocol.decision.efficacy,
         no_effect: operating(&null, protocol.decision.efficacy, None, &keys),
@@ -1143,7 +1229,7 @@ pub fn simulate_protocol(
     };
     let calibrated = options.calibrate.map(|target| {
         let c = calibrate_threshold(&null, target);
-        let fresh = run_many(&setup, 0.0, 2, n, &bar);
+        let fresh = run_many(&setup, TrueEffect::NONE, 2, n, &bar);
         Calibration {
             target,
             achievable: c < 1.0,
@@ -1177,6 +1263,7 @@ pub fn simulate_protocol(
         scenario: options.scenario,
         trials: n,
         effect,
+        effect_unit,
         effect_beta: beta,
         effect_arm: keys[effect_arm].clone(),
         scale,
@@ -1217,8 +1304,8 @@ pub fn render(r: &SimulationReport) -> String {
     );
     let _ = writeln!(
         out,
-        "effect condition: {} = {} (beta {:+.3} on the model's scale, S = {})",
-        r.effect_arm, r.effect, r.effect_beta, r.scale
+        "effect condition: {} better by {} {} (beta {:+.3} on the model's scale, S = {})",
+        r.effect_arm, r.effect, r.effect_unit, r.effect_beta, r.scale
     );
     let mut rows = vec![("protocol's thresholds", &r.default)];
     if let Some(c) = &r.calibrated {
@@ -1368,7 +1455,7 @@ mod tests {
             ..SimOptions::default()
         };
         let setup = setup_for(&protocol, &options).unwrap();
-        let beta = -1.0;
+        let beta = TrueEffect::Link(-1.0);
         for seed in 0..4 {
             let free = setup.run(beta, seed);
             for c in [0.8, 0.95] {
@@ -1379,5 +1466,54 @@ mod tests {
                 assert_eq!(direct.end_blocks, course.blocks, "seed {seed} c {c}");
             }
         }
+    }
+
+    #[test]
+    fn a_mid_in_the_outcomes_units_sets_each_trials_true_difference() {
+        // The protocol states its MID as 2 fewer migraine days a month.
+        let text = include_str!("../../protocols/magnesium-migraine.toml").to_string();
+        let protocol = Protocol::parse(&text, "m").unwrap();
+        let options = SimOptions {
+            trials: 1,
+            threads: 1,
+            ..SimOptions::default()
+        };
+        let setup = setup_for(&protocol, &options).unwrap();
+        assert_eq!(setup.effect_condition(), TrueEffect::Natural(2.0));
+        assert_eq!(
+            setup.effect_label(),
+            (2.0, "yes-days per 30 days".to_string())
+        );
+        // Every virtual trial's drawn parameters make the arm 2 yes-days a
+        // month fewer (lower is better) at that trial's own drift, so the
+        // effect differs from trial to trial on the logit scale.
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let mut betas = Vec::new();
+        for _ in 0..20 {
+            let (p, _) = setup.draw_params(TrueEffect::Natural(2.0), &mut rng);
+            let v = p.sigma_x * p.sigma_x / (2.0 * p.lambda);
+            let beta = p.beta[setup.effect_arm];
+            let d = natural::difference(Family::Bernoulli, p.mu, beta, v);
+            assert!((d + 2.0).abs() < 1e-9, "difference {d}");
+            betas.push(beta);
+        }
+        let spread = betas.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+            - betas.iter().copied().fold(f64::INFINITY, f64::min);
+        assert!(spread > 0.01, "betas {betas:?}");
+        // An explicit --effect is still a ratio.
+        let stated = SimOptions {
+            effect: Some(2.0),
+            ..options.clone()
+        };
+        let setup = setup_for(&protocol, &stated).unwrap();
+        assert_eq!(setup.effect_condition(), TrueEffect::Link(-(2f64.ln())));
+        // More fewer migraine days than the baseline has is refused by name.
+        let text = text.replace("mid_natural = 2.0", "mid_natural = 20.0");
+        let protocol = Protocol::parse(&text, "m").unwrap();
+        let err = setup_for(&protocol, &options).err().unwrap().to_string();
+        assert!(
+            err.contains("mid_natural") && err.contains("7.5 yes-days per 30 days"),
+            "{err}"
+        );
     }
 }

@@ -43,6 +43,8 @@ pub struct CalibrationView {
     pub binding: String,
     /// The effect power was simulated at.
     pub effect: f64,
+    /// What `effect` counts (a unit, a ratio, a difference per 30 days).
+    pub effect_unit: String,
     /// Master seed of the simulation.
     pub seed: u64,
     /// Virtual trials run in all.
@@ -81,6 +83,7 @@ impl CalibrationView {
             target_percent: 100.0 * row.target,
             binding: row.binding.replace('_', " "),
             effect: report.effect,
+            effect_unit: report.effect_unit.clone(),
             seed: report.seed,
             trials: report.timing.trials,
             wall_s: row.wall_ms / 1000.0,
@@ -108,7 +111,7 @@ impl CalibrationView {
     ext = "html",
     source = r#"<p>Stops for efficacy when P(better by MID) ≥ <strong>{{ "{:.4}"|format(c.efficacy) }}</strong> {{ c.boundary }}{% if !c.achievable %} — no threshold below 1 kept false stops at {{ "{:.0}"|format(c.target_percent) }}%: this design never stops for efficacy and runs to its last block{% endif %}
 (the protocol states {{ c.stated }}): calibrated so that false stops stay at or below {{ "{:.0}"|format(c.target_percent) }}% with 95% confidence in every scenario below; set by the <strong>{{ c.binding }}</strong> scenario.</p>
-<div class="scroll"><table><caption>Simulated on {{ c.trials }} virtual trials (seed {{ c.seed }}, {{ "{:.0}"|format(c.wall_s) }} s); power at an effect of {{ c.effect }}; ± one Monte Carlo standard error</caption>
+<div class="scroll"><table><caption>Simulated on {{ c.trials }} virtual trials (seed {{ c.seed }}, {{ "{:.0}"|format(c.wall_s) }} s); power at an effect of {{ c.effect }} {{ c.effect_unit }}; ± one Monte Carlo standard error</caption>
 <thead><tr><th scope="col">Scenario</th><th scope="col">False stops at {{ c.stated }}</th><th scope="col">False stops, calibrated</th><th scope="col">Power, calibrated</th><th scope="col">Betting test: false stops / power</th></tr></thead>
 <tbody>{% for s in c.scenarios %}<tr><th scope="row">{{ s.scenario }}</th><td>{{ "{:.1}"|format(s.stated_false_stops) }}%</td><td>{{ "{:.1}"|format(s.false_stops[0]) }}% ± {{ "{:.1}"|format(s.false_stops[1]) }}</td><td>{{ "{:.0}"|format(s.power[0]) }}% ± {{ "{:.0}"|format(s.power[1]) }}</td><td>{% if let Some(b) = s.betting %}{{ "{:.1}"|format(b[0]) }}% / {{ "{:.0}"|format(b[1]) }}%{% else %}not valid for this design{% endif %}</td></tr>{% endfor %}</tbody></table></div>"#
 )]

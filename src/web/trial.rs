@@ -278,6 +278,17 @@ async fn trial_detail(
             } else {
                 Vec::new()
             };
+            // The person's usual level by the latest fit: its baseline mean and
+            // median drift sd.
+            let usual = latest.as_ref().map(|r| {
+                let drift = r
+                    .hyperparameters
+                    .iter()
+                    .find(|h| h.name == "drift_sd")
+                    .map_or(0.0, |h| h.median);
+                (r.baseline[0], drift)
+            });
+            let lines = effect_lines(&protocol.outcome, usual);
             let (diagnostics, path) = match latest {
                 Some(r) => (
                     Some(r.diagnostics),
@@ -309,7 +320,7 @@ async fn trial_detail(
                     protocol.outcome.unit.clone(),
                     protocol.outcome.mid,
                 ),
-                effect_lines: effect_lines(&protocol.outcome),
+                effect_lines: lines,
                 thresholds: (
                     trial
                         .locked
@@ -445,10 +456,32 @@ fn conceal_decision(
 /// on the link scale (`statistics.md` §3), so the MID is drawn there too
 /// ([`Mid::link`]): at `±MID` in outcome units for the identity link, at
 /// `±ln r` for a stated rate or odds ratio `r`. Each line says which side
-/// is better for the participant.
-fn effect_lines(outcome: &Outcome) -> Vec<(f64, String)> {
+/// is better for the participant. A MID stated in the outcome's own units
+/// (`mid_natural`) has no one place on the link scale: its lines are drawn
+/// where that difference falls at the person's usual level by the latest
+/// fit, `usual` = (baseline mean, drift sd), and say so.
+fn effect_lines(outcome: &Outcome, usual: Option<(f64, f64)>) -> Vec<(f64, String)> {
+    use crate::engine::natural;
     let mid = outcome.mid();
-    let better = outcome.direction.sign() * mid.link();
+    let sign = outcome.direction.sign();
+    if let (Some(k), Some((level, drift))) = (mid.natural(), usual) {
+        let unit = natural::difference_unit(outcome.family);
+        let at = |d: f64| natural::beta_for_difference(outcome.family, level, d, drift * drift);
+        let mut lines = vec![(0.0, "no effect".to_string())];
+        for (d, side) in [(sign * k, "better"), (-sign * k, "worse")] {
+            if let Some(y) = at(d) {
+                lines.push((
+                    y,
+                    format!(
+                        "ratio {:.2}: {side} by the MID, {d:+} {unit} at your usual level",
+                        y.exp()
+                    ),
+                ));
+            }
+        }
+        return lines;
+    }
+    let better = sign * mid.link();
     let stated = |y: f64| {
         if outcome.family.has_ratio_mid() {
             format!("ratio {:.2}", y.exp())
@@ -980,7 +1013,7 @@ mod tests {
             "magnesium-migraine.toml",
             include_str!("../../protocols/magnesium-migraine.toml"),
         );
-        let lines = effect_lines(&o);
+        let lines = effect_lines(&o, None);
         assert_eq!(lines[0].0, 0.0);
         assert!((lines[1].0 - (-(1.5f64.ln()))).abs() < 1e-12, "{lines:?}");
         assert!((lines[2].0 - 1.5f64.ln()).abs() < 1e-12, "{lines:?}");
@@ -990,8 +1023,29 @@ mod tests {
             "meditation-anxiety.toml",
             include_str!("../../protocols/meditation-anxiety.toml"),
         );
-        let lines = effect_lines(&o);
+        let lines = effect_lines(&o, None);
         assert_eq!((lines[1].0, lines[2].0), (-1.0, 1.0));
         assert_eq!(lines[1].1, "-1: better by the MID");
+        // The protocol's MID of 2 fewer migraine days a month
+        // (`mid_natural`), at a usual level of 25%
+        // of days (logit -1.0986) and no drift: 7.5 days become 5.5, an
+        // odds ratio of (5.5/24.5)/(7.5/22.5) = 0.673.
+        let o = outcome_of(
+            "magnesium-migraine.toml",
+            include_str!("../../protocols/magnesium-migraine.toml"),
+        );
+        let lines = effect_lines(&o, Some(((0.25f64 / 0.75).ln(), 0.0)));
+        let odds = (5.5 / 24.5) / (7.5 / 22.5);
+        assert!((lines[1].0 - f64::ln(odds)).abs() < 1e-9, "{lines:?}");
+        assert_eq!(
+            lines[1].1,
+            "ratio 0.67: better by the MID, -2 yes-days per 30 days at your usual level"
+        );
+        assert_eq!(
+            lines[2].1.split(':').nth(1),
+            Some(" worse by the MID, +2 yes-days per 30 days at your usual level")
+        );
+        // Before the first fit the ratio's lines stand in.
+        assert_eq!(effect_lines(&o, None)[1].1, "ratio 0.67: better by the MID");
     }
 }

@@ -19,9 +19,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BettingRates, DEFAULT_TARGET, Rate, Rule, SimError, SimOptions, SimTiming, VirtualTrial,
-    betting_rates, calibrate_boundary, calibrate_threshold, min_calibration_trials, run_range,
-    setup_for,
+    BettingRates, DEFAULT_TARGET, Rate, Rule, SimError, SimOptions, SimTiming, TrueEffect,
+    VirtualTrial, betting_rates, calibrate_boundary, calibrate_threshold, min_calibration_trials,
+    run_range, setup_for,
 };
 use crate::trial::decide::{Boundary, LockedEfficacy};
 use crate::trial::protocol::{Protocol, ProtocolHash};
@@ -120,8 +120,11 @@ pub struct SuiteReport {
     pub achievable: bool,
     /// The scenario that set the threshold.
     pub binding: Option<Scenario>,
-    /// The effect simulated for power (stated units or ratio).
+    /// The effect simulated for power, in [`SuiteReport::effect_unit`].
     pub effect: f64,
+    /// What `effect` counts (see `SimulationReport::effect_unit`).
+    #[serde(default)]
+    pub effect_unit: String,
     /// Master seed.
     pub seed: u64,
     /// Missing-day and non-adherence probabilities.
@@ -182,7 +185,6 @@ pub fn run_suite(
     let estimate = scenarios.len() * (first + options.power_trials + options.fresh_trials)
         + if target.is_some() { max - first } else { 0 };
     let bar = progress_bar(options.base.progress, estimate, &protocol.id);
-    let beta = setups[0].beta_of(options.base.effect.unwrap_or(protocol.outcome.mid));
     // Under no effect some scenarios draw exactly the data of another (long
     // carryover and poor adherence change only what an arm does): those
     // share its null trials instead of running the same ones again.
@@ -198,7 +200,14 @@ pub fn run_suite(
     for (i, scenario) in scenarios.iter().enumerate() {
         if source[i] == i {
             bar.set_message(format!("{} ({}): no effect", protocol.id, scenario.name()));
-            null[i] = run_range(&setups[i], 0.0, 0, 0..first, f64::INFINITY, &bar);
+            null[i] = run_range(
+                &setups[i],
+                TrueEffect::NONE,
+                0,
+                0..first,
+                f64::INFINITY,
+                &bar,
+            );
         }
     }
     let mut needed: Vec<Option<f64>> = vec![None; setups.len()];
@@ -228,7 +237,7 @@ pub fn run_suite(
             ));
             let added = run_range(
                 &setups[binding],
-                0.0,
+                TrueEffect::NONE,
                 0,
                 have..have + more,
                 f64::INFINITY,
@@ -293,7 +302,7 @@ pub fn run_suite(
         bar.set_message(format!("{} ({}): effect", protocol.id, scenario.name()));
         effect.push(run_range(
             setup,
-            beta,
+            setup.effect_condition(),
             1,
             0..options.power_trials,
             stop_at,
@@ -371,7 +380,14 @@ pub fn run_suite(
         } else {
             0
         };
-        fresh.push(run_range(setup, 0.0, 2, 0..check, f64::INFINITY, &bar));
+        fresh.push(run_range(
+            setup,
+            TrueEffect::NONE,
+            2,
+            0..check,
+            f64::INFINITY,
+            &bar,
+        ));
     }
     bar.finish_and_clear();
     let own = protocol.decision.efficacy;
@@ -414,6 +430,7 @@ pub fn run_suite(
     }
     let wall_s = started.elapsed().as_secs_f64();
     let threads = options.base.threads.max(1);
+    let (effect, effect_unit) = setups[0].effect_label();
     Ok(SuiteReport {
         protocol: protocol.id.clone(),
         protocol_hash: hash.to_string(),
@@ -424,7 +441,8 @@ pub fn run_suite(
         rules: alternatives,
         achievable: efficacy.is_some_and(|c| c < 1.0),
         binding: binding.map(|b| scenarios[b]),
-        effect: options.base.effect.unwrap_or(protocol.outcome.mid),
+        effect,
+        effect_unit,
         seed: options.base.seed,
         missing: options.base.missing,
         non_adherence: options.base.non_adherence,
@@ -467,7 +485,7 @@ pub fn check_locked(
         let setup = setup_for(protocol, &options)?;
         let null = run_range(
             &setup,
-            0.0,
+            TrueEffect::NONE,
             0,
             0..trials,
             f64::INFINITY,
@@ -522,9 +540,10 @@ pub fn render_suite(r: &SuiteReport) -> String {
     let opt = |x: Option<&Rate>| x.map_or_else(|| "-".to_string(), pct);
     let _ = writeln!(
         out,
-        "{} — stress suite, effect {} for power, {:.0}% missing days, {:.0}% non-adherence, seed {}",
+        "{} — stress suite, effect {} {} for power, {:.0}% missing days, {:.0}% non-adherence, seed {}",
         r.protocol,
         r.effect,
+        r.effect_unit,
         100.0 * r.missing,
         100.0 * r.non_adherence,
         r.seed
@@ -717,10 +736,17 @@ max_blocks = 10
                 ..SimOptions::default()
             };
             let setup = setup_for(&protocol, &options).unwrap();
-            run_range(&setup, 0.0, 0, 0..6, f64::INFINITY, &ProgressBar::hidden())
-                .iter()
-                .map(VirtualTrial::max_p)
-                .collect()
+            run_range(
+                &setup,
+                TrueEffect::NONE,
+                0,
+                0..6,
+                f64::INFINITY,
+                &ProgressBar::hidden(),
+            )
+            .iter()
+            .map(VirtualTrial::max_p)
+            .collect()
         };
         let prior = max_p(Scenario::Prior);
         for s in Scenario::ALL {
