@@ -158,13 +158,15 @@ impl Likelihood {
                 // enough, and always a positive pseudo-noise. The max keeps
                 // the noise continuous in eta, so the estimate stays smooth
                 // in theta.
-                use statrs::function::gamma::digamma;
                 let mu = sigmoid(eta).clamp(1e-12, 1.0 - 1e-12);
                 let (a, b) = (mu * phi, (1.0 - mu) * phi);
                 let dmu = mu * (1.0 - mu);
-                let residual = (y / (1.0 - y)).ln() - (digamma(a) - digamma(b));
+                // ln(y / (1 - y)) - (psi(a) - psi(b)), with one logarithm.
+                let (pa, pb) = (Polygamma::at(a), Polygamma::at(b));
+                let residual = (y * pb.shifted / ((1.0 - y) * pa.shifted)).ln()
+                    - (pa.digamma_rest - pb.digamma_rest);
                 let score = phi * dmu * residual;
-                let fisher = phi * phi * dmu * dmu * (trigamma(a) + trigamma(b));
+                let fisher = phi * phi * dmu * dmu * (pa.trigamma + pb.trigamma);
                 let observed = fisher - phi * dmu * (1.0 - 2.0 * mu) * residual;
                 (score, -observed.max(0.25 * fisher))
             }
@@ -379,6 +381,49 @@ pub fn trigamma(mut x: f64) -> f64 {
     acc + 1.0 / x
         + x2 / 2.0
         + x2 / x * (1.0 / 6.0 - x2 * (1.0 / 30.0 - x2 * (1.0 / 42.0 - x2 / 30.0)))
+}
+
+/// `psi(x)` and `psi_1(x)` together, `x > 0`, with no logarithm taken:
+/// the recurrences `psi(x) = psi(x + 1) - 1/x` and `psi_1(x) = psi_1(x + 1) +
+/// 1/x^2` up to `z = x + k >= 10`, then the asymptotic series `psi(z) = ln z
+/// - 1/(2z) - 1/(12z^2) + 1/(120z^4) - 1/(252z^6) + 1/(240z^8) - 1/(132z^10)`
+/// (error below its next term, 691/(32760 z^12) < 2.2e-14) and [`trigamma`]'s.
+/// `psi(x) = ln(shifted) + digamma_rest`: the beta score takes a difference
+/// of two of these, so its logarithms merge into one.
+#[derive(Debug, Clone, Copy)]
+struct Polygamma {
+    /// `z`, the argument after the recurrence.
+    shifted: f64,
+    /// `psi(x) - ln z`.
+    digamma_rest: f64,
+    /// `psi_1(x)`.
+    trigamma: f64,
+}
+
+impl Polygamma {
+    #[inline(always)]
+    fn at(mut x: f64) -> Polygamma {
+        let (mut di, mut tri) = (0.0, 0.0);
+        while x < 10.0 {
+            let r = 1.0 / x;
+            di -= r;
+            tri += r * r;
+            x += 1.0;
+        }
+        let r = 1.0 / x;
+        let r2 = r * r;
+        let di_series = -0.5 * r
+            - r2 * (1.0 / 12.0
+                - r2 * (1.0 / 120.0 - r2 * (1.0 / 252.0 - r2 * (1.0 / 240.0 - r2 / 132.0))));
+        let tri_series = r
+            + r2 / 2.0
+            + r2 * r * (1.0 / 6.0 - r2 * (1.0 / 30.0 - r2 * (1.0 / 42.0 - r2 / 30.0)));
+        Polygamma {
+            shifted: x,
+            digamma_rest: di + di_series,
+            trigamma: tri + tri_series,
+        }
+    }
 }
 
 fn logit(p: f64) -> f64 {
@@ -1076,6 +1121,20 @@ mod tests {
             (vectorised - exact).abs() < 1e-12 * exact.abs(),
             "{vectorised} vs {exact}"
         );
+    }
+
+    #[test]
+    fn polygamma_matches_digamma_and_trigamma() {
+        use statrs::function::gamma::digamma;
+        for x in [1e-6, 0.01, 0.3, 1.0, 2.5, 9.99, 10.0, 37.0, 1e4, 1e9] {
+            let p = Polygamma::at(x);
+            let psi = p.shifted.ln() + p.digamma_rest;
+            assert!((psi - digamma(x)).abs() <= 1e-12 * (1.0 + digamma(x).abs()), "{x}");
+            assert!((p.trigamma - trigamma(x)).abs() <= 1e-12 * trigamma(x), "{x}");
+        }
+        // psi(1) = -Euler's gamma; psi_1(1) = pi^2 / 6.
+        let one = Polygamma::at(1.0);
+        assert!((one.shifted.ln() + one.digamma_rest + 0.577_215_664_901_532_9).abs() < 1e-13);
     }
 
     #[test]
