@@ -112,17 +112,16 @@ fn mode_path(
         .filter_map(|(w, e)| {
             let h = inference::hyper_of(&e.theta);
             let approx = crate::engine::nongauss::laplace(series, lik, &h, priors, None).ok()?;
-            let rows = crate::engine::model::design_rows(series, h.kappa);
             let b = approx.filter.b_mean.clone();
             let drift = (0..series.t.len())
                 .map(|i| {
                     approx.eta[i]
                         - (0..series.n_static())
-                            .map(|c| rows[i][c] * b[c])
+                            .map(|c| approx.rows[i][c] * b[c])
                             .sum::<f64>()
                 })
                 .collect();
-            Some((w, b, drift, rows))
+            Some((w, b, drift, approx.rows))
         })
         .collect();
     path_from(series, parts)

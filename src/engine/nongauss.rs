@@ -441,6 +441,9 @@ pub struct Approximation {
     pub eta: Vec<f64>,
     /// The approximating model's filter output (marginal and `b` posterior).
     pub filter: FilterOutput,
+    /// The design rows at the point's half-life ([`design_rows`]), which
+    /// the importance draws use again.
+    pub rows: Vec<[f64; MAX_ARMS]>,
 }
 
 /// Finds the Laplace approximation by iterated Kalman smoothing: at the
@@ -457,6 +460,19 @@ pub fn laplace(
     priors: &Priors,
     start: Option<&[f64]>,
 ) -> Result<Approximation, ModelError> {
+    laplace_planned(series, &FilterPlan::of(series), lik, h, priors, start)
+}
+
+/// [`laplace`] with the series' filter plan made once by the caller (an
+/// evaluator makes it once for all its points).
+fn laplace_planned(
+    series: &Series,
+    plan: &FilterPlan,
+    lik: Likelihood,
+    h: &Hyper,
+    priors: &Priors,
+    start: Option<&[f64]>,
+) -> Result<Approximation, ModelError> {
     let n = series.y.len();
     let rows = design_rows(series, h.kappa);
     let p = series.n_static();
@@ -468,7 +484,6 @@ pub fn laplace(
     let mut noise = vec![0.0; n];
     let mut damping = 1.0;
     let mut last_change = f64::INFINITY;
-    let plan = FilterPlan::of(series);
     for _ in 0..200 {
         for i in 0..n {
             let (d1, d2) = lik.derivatives(series.y[i], eta[i]);
@@ -477,7 +492,7 @@ pub fn laplace(
             pseudo[i] = eta[i] + var * d1;
         }
         let filter =
-            augmented_filter_planned(series, &plan, &pseudo, h, &priors.statics, Some(&noise))?;
+            augmented_filter_planned(series, plan, &pseudo, h, &priors.statics, Some(&noise))?;
         let drift = smoothed_drift_with(series, &pseudo, h, &filter.b_mean, Some(&noise));
         let mut change: f64 = 0.0;
         for i in 0..n {
@@ -492,6 +507,7 @@ pub fn laplace(
                 noise,
                 eta,
                 filter,
+                rows,
             });
         }
         // Newton steps that stop shrinking are damped (halved each time).
@@ -510,7 +526,7 @@ pub fn laplace(
 /// `r`, so they are kept per column (outcome and each regressor). The
 /// backward sampler's gain and noise sd do not depend on `b` either, so
 /// they are worked out here once, not once per draw.
-struct Forward {
+struct Forward<'a> {
     means: Vec<[f64; MAX_ARMS + 1]>,
     /// `J_i = P_i|i rho_{i+1} / P_{i+1}|i`, the backward sampler's gain.
     gain: Vec<f64>,
@@ -518,13 +534,13 @@ struct Forward {
     rho_next: Vec<f64>,
     /// The sd of `x_i | x_{i+1}, y~_{1..i}`: `sqrt(P_i|i (1 - J_i rho_{i+1}))`.
     sd: Vec<f64>,
-    rows: Vec<[f64; MAX_ARMS]>,
+    rows: &'a [[f64; MAX_ARMS]],
 }
 
-fn forward(series: &Series, approx: &Approximation, h: &Hyper) -> Forward {
+fn forward<'a>(series: &Series, approx: &'a Approximation, h: &Hyper) -> Forward<'a> {
     let n = series.t.len();
     let p = series.n_static();
-    let rows = design_rows(series, h.kappa);
+    let rows = &approx.rows;
     let var_x = h.drift_sd * h.drift_sd;
     let mut means = vec![[0.0; MAX_ARMS + 1]; n];
     let (mut p_filt, mut p_pred, mut rho) = (vec![0.0; n], vec![0.0; n], vec![1.0; n]);
@@ -874,6 +890,8 @@ pub struct LaplaceEvaluator<'a> {
     /// fit: 3 steps a point instead of 4). Fixed before any point is
     /// evaluated, so the results do not depend on their order.
     warm_start: Option<Vec<f64>>,
+    /// The series' filter plan, the same at every point.
+    plan: FilterPlan,
 }
 
 impl<'a> LaplaceEvaluator<'a> {
@@ -898,10 +916,13 @@ impl<'a> LaplaceEvaluator<'a> {
             seed,
             common,
             warm_start: None,
+            plan: FilterPlan::of(series),
         };
         evaluator.warm_start = evaluator
             .at(&evaluator.start())
-            .and_then(|(_, lik, h)| laplace(series, lik, &h, priors, None).ok())
+            .and_then(|(_, lik, h)| {
+                laplace_planned(series, &evaluator.plan, lik, &h, priors, None).ok()
+            })
             .map(|approx| approx.eta);
         evaluator
     }
@@ -988,7 +1009,8 @@ impl<'a> LaplaceEvaluator<'a> {
     fn approximate(&self, theta: &Theta) -> Option<(Theta, Likelihood, Hyper, Approximation)> {
         let (theta, likelihood, h) = self.at(theta)?;
         let start = self.warm_start.as_deref();
-        let approx = laplace(self.series, likelihood, &h, self.priors, start).ok()?;
+        let approx =
+            laplace_planned(self.series, &self.plan, likelihood, &h, self.priors, start).ok()?;
         Some((theta, likelihood, h, approx))
     }
 
