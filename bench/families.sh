@@ -4,12 +4,13 @@
 # successes, n-of-7 successes and proportions, each fitted REPS times by
 # `nof1d analyze --json`; prints the median and the range of the fit's own
 # wall time, its evaluations and its verdict.
-# Usage: bench/families.sh [DAYS] [REPS]
+# Usage: bench/families.sh [DAYS] [REPS]; NOF1D=path/to/nof1d times another
+# binary (unbuilt), e.g. one from an earlier commit.
 set -euo pipefail
 days=${1:-365}
 reps=${2:-5}
-bin=target/release/nof1d
-cargo build --release --quiet
+bin=${NOF1D:-target/release/nof1d}
+[ -n "${NOF1D:-}" ] || cargo build --release --quiet
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 "$bin" bench simulate --days "$days" > "$dir/gaussian.csv"

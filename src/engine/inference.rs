@@ -503,8 +503,9 @@ impl Default for GridOptions {
 /// the fit's Monte Carlo error comes from. With draws independent from
 /// point to point, 12 at every point and more where needed beat 24
 /// everywhere: on `bench/families.sh 365` the fits took 72, 83, 59 and 257
-/// ms (poisson, bernoulli, binomial, beta; 123, 91, 76 and 337 ms at 24),
-/// all converged, and the seed test
+/// ms (poisson, bernoulli, binomial, beta; 123, 91, 76 and 337 ms at 24;
+/// 69, 80, 56 and 230 ms since beta's Laplace step got cheaper), all
+/// converged, and the seed test
 /// (`fit::tests::non_gaussian_effects_do_not_depend_on_the_seed`) passed at both.
 pub const IS_PAIRS: usize = 12;
 
