@@ -415,9 +415,8 @@ impl Polygamma {
         let di_series = -0.5 * r
             - r2 * (1.0 / 12.0
                 - r2 * (1.0 / 120.0 - r2 * (1.0 / 252.0 - r2 * (1.0 / 240.0 - r2 / 132.0))));
-        let tri_series = r
-            + r2 / 2.0
-            + r2 * r * (1.0 / 6.0 - r2 * (1.0 / 30.0 - r2 * (1.0 / 42.0 - r2 / 30.0)));
+        let tri_series =
+            r + r2 / 2.0 + r2 * r * (1.0 / 6.0 - r2 * (1.0 / 30.0 - r2 * (1.0 / 42.0 - r2 / 30.0)));
         Polygamma {
             shifted: x,
             digamma_rest: di + di_series,
@@ -1151,8 +1150,14 @@ mod tests {
         for x in [1e-6, 0.01, 0.3, 1.0, 2.5, 9.99, 10.0, 37.0, 1e4, 1e9] {
             let p = Polygamma::at(x);
             let psi = p.shifted.ln() + p.digamma_rest;
-            assert!((psi - digamma(x)).abs() <= 1e-12 * (1.0 + digamma(x).abs()), "{x}");
-            assert!((p.trigamma - trigamma(x)).abs() <= 1e-12 * trigamma(x), "{x}");
+            assert!(
+                (psi - digamma(x)).abs() <= 1e-12 * (1.0 + digamma(x).abs()),
+                "{x}"
+            );
+            assert!(
+                (p.trigamma - trigamma(x)).abs() <= 1e-12 * trigamma(x),
+                "{x}"
+            );
         }
         // psi(1) = -Euler's gamma; psi_1(1) = pi^2 / 6.
         let one = Polygamma::at(1.0);
