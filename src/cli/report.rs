@@ -11,7 +11,6 @@ use std::fmt::Write;
 use crate::engine::fit::FitReport;
 use crate::service::store::{Store, StoreError};
 use crate::trial::lifecycle;
-use crate::trial::protocol::Protocol;
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +76,8 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
     let trial = store
         .trial(trial_id)?
         .ok_or_else(|| ReportError::Invalid(format!("there is no trial {trial_id}")))?;
-    let protocol = Protocol::parse(&trial.protocol_toml, &format!("trial {trial_id}"))
+    let protocol = trial
+        .protocol()
         .map_err(|e| ReportError::Invalid(e.to_string()))?;
     let participant = store
         .participant(trial.participant_id)?

@@ -90,9 +90,7 @@ pub fn approve(
     now: Timestamp,
 ) -> Result<Date> {
     let (trial, tz) = trial_and_zone(store, trial_id)?;
-    let needs_clinician = Protocol::parse(&trial.protocol_toml, "stored protocol")
-        .map(|p| p.needs_clinician)
-        .unwrap_or(false);
+    let needs_clinician = trial.protocol().map(|p| p.needs_clinician).unwrap_or(false);
     let clinician = clinician.map(str::trim).filter(|c| !c.is_empty());
     if needs_clinician && clinician.is_none() {
         return Err(ActionError::Refused(format!(

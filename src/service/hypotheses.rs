@@ -161,9 +161,7 @@ pub fn gather(
         if !matches!(t.status, TrialStatus::Running | TrialStatus::Stopped) {
             continue;
         }
-        let stream = crate::trial::protocol::Protocol::parse(&t.protocol_toml, "stored")
-            .map(|p| p.outcome.stream)
-            .unwrap_or_default();
+        let stream = t.protocol().map(|p| p.outcome.stream).unwrap_or_default();
         let effects: Vec<serde_json::Value> = match store.latest_fit(t.id, &stream)? {
             Some(f) => f
                 .report()
@@ -634,7 +632,8 @@ pub fn conclusion_facts(
     if trial.status != TrialStatus::Stopped || trial.start_date.is_none() {
         return Ok(None);
     }
-    let protocol = crate::trial::protocol::Protocol::parse(&trial.protocol_toml, "stored")
+    let protocol = trial
+        .protocol()
         .map_err(|e| StoreError::Invalid(e.to_string()))?;
     let Some(fit) = store.latest_fit(trial.id, &protocol.outcome.stream)? else {
         return Ok(None);

@@ -52,7 +52,8 @@ impl LoadedTrial {
             .find(|p| p.id == row.participant_id)
             .cloned()
             .ok_or(LoadError::Participant(row.id, row.participant_id))?;
-        let protocol = Protocol::parse(&row.protocol_toml, &format!("trial {}", row.id))
+        let protocol = row
+            .protocol()
             .map_err(|e| LoadError::Protocol(row.id, e.to_string()))?;
         let zone = TimeZone::get(&participant.time_zone).map_err(|e| {
             LoadError::Zone(

@@ -202,8 +202,9 @@ struct AssignmentHtml<'a> {
 pub fn assignment_message(a: &Assignment<'_>) -> NewMessage {
     let p = a.protocol;
     let date: Date = a.today.local_date;
-    let arm = p.display_label(a.today.arm);
-    let arm_def = &p.arms[a.today.arm];
+    let run_in = a.today.block.is_none();
+    let arm = p.day_label(a.today.arm, run_in);
+    let instructions = p.day_instructions(a.today.arm, run_in);
     let total_blocks = p.design.max_blocks;
     let when = match a.today.block {
         Some(b) => format!(
@@ -223,7 +224,7 @@ pub fn assignment_message(a: &Assignment<'_>) -> NewMessage {
         Some(
             "This is a washout day at the start of a period: follow today's instructions as usual.",
         )
-    } else if a.today.block.is_none() {
+    } else if run_in && !p.blinded {
         Some("During run-in nothing changes: this measures your usual baseline.")
     } else {
         None
@@ -234,8 +235,8 @@ pub fn assignment_message(a: &Assignment<'_>) -> NewMessage {
         "Good morning {},\n\n{}\n{when}\n\nToday: {arm}\n",
         a.participant_name, p.title
     );
-    if !arm_def.instructions.is_empty() {
-        text.push_str(&format!("\n{}\n", arm_def.instructions));
+    if !instructions.is_empty() {
+        text.push_str(&format!("\n{instructions}\n"));
     }
     if let Some(n) = note {
         text.push_str(&format!("\n{n}\n"));
@@ -262,7 +263,7 @@ pub fn assignment_message(a: &Assignment<'_>) -> NewMessage {
         title: &p.title,
         when: &when,
         arm,
-        instructions: &arm_def.instructions,
+        instructions,
         note,
         question,
         adherence: &adherence,
@@ -397,8 +398,27 @@ pub fn decision_message(
         ),
         Action::Continue => "Your trial goes on".to_string(),
     };
-    let mut paragraphs = vec![format!("{headline}. Rule: {}.", decision.rule)];
-    for a in &decision.arms {
+    // A blinded trial's effects are against the comparator, so naming a
+    // code beside one would tell which code the comparator is: they are
+    // shown, with the key, once the trial has ended.
+    let ended = matches!(
+        decision.action,
+        Action::StopEfficacy { .. }
+            | Action::StopFutility
+            | Action::StopInconclusive
+            | Action::StopSafety
+    );
+    let hidden = protocol.blinded && !ended;
+    // The rule's words name arms by key: withheld with the numbers.
+    let mut paragraphs = if hidden {
+        vec![format!("{headline}."), BLINDED_ESTIMATES.to_string()]
+    } else {
+        vec![format!("{headline}. Rule: {}.", decision.rule)]
+    };
+    if let (false, Some(key)) = (hidden, protocol.code_key()) {
+        paragraphs.push(format!("The trial has ended, so here is the key: {key}."));
+    }
+    for a in decision.arms.iter().filter(|_| !hidden) {
         paragraphs.push(format!(
             "{}: effect {:+.2} {} (90% interval {:+.2} to {:+.2}); probability it is better by at least the minimal important difference {:.0}%; probability it is the best arm {:.0}%.",
             name(a.arm),
@@ -429,6 +449,9 @@ pub fn decision_message(
         &paragraphs,
     )
 }
+
+/// What a blinded trial's participant reads where estimates would be.
+pub const BLINDED_ESTIMATES: &str = "This trial is blinded: its estimates compare each coded supply with the comparator, so they would tell you which is which. They are shown, with the key, when the trial ends.";
 
 /// The past seven days' adherence reports by status, counted for the
 /// weekly summary: the days of `schedule` in `[today - 7, today)` and the
@@ -480,16 +503,23 @@ pub fn weekly_summary_message(
                 .join(", ")
         )
     });
-    if let Some(r) = latest {
-        for e in &r.effects {
-            paragraphs.push(format!(
-                "So far, {}: {:+.2} (90% interval {:+.2} to {:+.2}), {:.0}% likely better by the minimal important difference. Estimates move as data come in; the trial decides only at the end of a period.",
-                e.arm, e.mean, e.ci90[0], e.ci90[1], 100.0 * e.p_better_by_mid
-            ));
-            if let Some(n) = &e.natural {
-                paragraphs.push(format!("In your units, {}: {}.", e.arm, n.describe()));
+    match latest {
+        Some(_) if protocol.blinded => paragraphs.push(BLINDED_ESTIMATES.to_string()),
+        Some(r) => {
+            for e in &r.effects {
+                let arm = protocol
+                    .arm_index(&e.arm)
+                    .map_or(e.arm.as_str(), |i| protocol.display_label(i));
+                paragraphs.push(format!(
+                    "So far, {arm}: {:+.2} (90% interval {:+.2} to {:+.2}), {:.0}% likely better by the minimal important difference. Estimates move as data come in; the trial decides only at the end of a period.",
+                    e.mean, e.ci90[0], e.ci90[1], 100.0 * e.p_better_by_mid
+                ));
+                if let Some(n) = &e.natural {
+                    paragraphs.push(format!("In your units, {arm}: {}.", n.describe()));
+                }
             }
         }
+        None => {}
     }
     paragraphs.push(format!("Dashboard: {dashboard}/"));
     simple_message(
@@ -693,6 +723,101 @@ pub fn backoff(attempts: i64) -> jiff::SignedDuration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two trials of the blinded migraine protocol with opposite keys
+    /// (Box 1 is the placebo in one, magnesium in the other): every message
+    /// the participant gets while the trial runs is the same text in both
+    /// on the days they get the same code, and the run-in names no code,
+    /// so nothing in them tells the boxes apart. The stop message gives
+    /// the key.
+    #[test]
+    fn a_blinded_trials_messages_cannot_tell_the_arms_apart() {
+        use crate::trial::decide::{Action, ArmNumbers, Decision, Look};
+        let text = include_str!("../../protocols/magnesium-migraine.toml");
+        let file = Protocol::parse(text, "m.toml").unwrap();
+        let keyed = |want: &str| {
+            (0..100u64)
+                .map(|s| file.clone().with_trial_codes(s))
+                .find(|p| p.code_key().unwrap().starts_with(want))
+                .unwrap()
+        };
+        let a = keyed("Box 1 = Placebo");
+        let b = keyed("Box 1 = Magnesium");
+        let box_1 = |p: &Protocol| (0..2).find(|&i| p.display_label(i) == "Box 1").unwrap();
+        let day = |arm: usize, block: Option<u32>| DatedDay {
+            day: 3,
+            local_date: "2026-11-25".parse().unwrap(),
+            period: block,
+            block,
+            arm,
+            washout: false,
+        };
+        let assignment = |p: &Protocol, today: &DatedDay| {
+            let m = assignment_message(&Assignment {
+                participant_key: "alice",
+                participant_name: "Alice",
+                participant_id: 1,
+                email: "alice@example.org",
+                trial_id: 7,
+                protocol: p,
+                today,
+                links: None,
+            });
+            (m.subject, m.body_text, m.body_html)
+        };
+        // The run-in is on the placebo (arm 0) in both: the same message,
+        // which names neither box.
+        let run_in = assignment(&a, &day(0, None));
+        assert_eq!(run_in, assignment(&b, &day(0, None)));
+        for text in [&run_in.0, &run_in.1, &run_in.2] {
+            assert!(!text.contains("Box 1") && !text.contains("Box 2"), "{text}");
+        }
+        // A day on Box 1: placebo in one trial, magnesium in the other.
+        let on_box_1 = assignment(&a, &day(box_1(&a), Some(0)));
+        assert_eq!(on_box_1, assignment(&b, &day(box_1(&b), Some(0))));
+        assert!(on_box_1.0.contains("Box 1"));
+        // A look that goes on, and one that stops.
+        let to = Recipient {
+            participant_id: 1,
+            key: "alice",
+            name: "Alice",
+            email: "alice@example.org",
+        };
+        let decision = |p: &Protocol, action: Action| Decision {
+            look: Look {
+                period: 3,
+                blocks_done: 2,
+                last_period: false,
+                active: vec![0, 1],
+            },
+            action,
+            rule: "P(magnesium better by MID) = 0.40 is below 0.95".into(),
+            thresholds: crate::trial::decide::trial_thresholds(&p.decision, (2, 4), None),
+            arms: vec![ArmNumbers {
+                arm: 1,
+                key: "magnesium".into(),
+                mean: -0.3,
+                ci90: [-0.9, 0.2],
+                p_better_by_mid: 0.4,
+                p_best: 0.7,
+            }],
+            converged: true,
+        };
+        let today: Date = "2026-12-01".parse().unwrap();
+        let message = |p: &Protocol, action: Action| {
+            let m = decision_message(to, 7, p, &decision(p, action), None, today, "http://x");
+            (m.subject, m.body_text)
+        };
+        let going_on = message(&a, Action::Continue);
+        assert_eq!(going_on, message(&b, Action::Continue));
+        assert!(going_on.1.contains(BLINDED_ESTIMATES), "{}", going_on.1);
+        assert!(!going_on.1.contains("P(magnesium") && !going_on.1.contains("0.40"));
+        let (_, stopped) = message(&b, Action::StopInconclusive);
+        assert!(
+            stopped.contains("here is the key: Box 1 = Magnesium citrate 600 mg; Box 2 = Placebo"),
+            "{stopped}"
+        );
+    }
 
     #[test]
     fn assignment_names_today_only_and_respects_blinding() {

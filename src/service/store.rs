@@ -18,7 +18,7 @@ use crate::engine::fit::FitReport;
 use crate::service::config::Secret;
 use crate::trial::decide::{Action, Boundary, Decision, LockedEfficacy, ThresholdSource};
 use crate::trial::lifecycle::{DatedDay, TrialStatus};
-use crate::trial::protocol::ProtocolHash;
+use crate::trial::protocol::{Protocol, ProtocolError, ProtocolHash};
 use crate::trial::simulate::suite::SuiteReport;
 use jiff::Timestamp;
 use jiff::civil::Date;
@@ -415,6 +415,16 @@ pub struct TrialRow {
     /// The efficacy threshold locked at the start (none before it, and for
     /// trials started before calibration existed).
     pub locked: Option<LockedEfficacy>,
+}
+
+impl TrialRow {
+    /// The locked protocol as this trial runs it, blinded codes drawn from
+    /// its seed (`Protocol::with_trial_codes`): the one way a stored trial's
+    /// protocol is read, so that every message and page shows the same key.
+    pub fn protocol(&self) -> Result<Protocol, ProtocolError> {
+        Protocol::parse(&self.protocol_toml, &format!("trial {}", self.id))
+            .map(|p| p.with_trial_codes(self.seed))
+    }
 }
 
 /// A trial to propose: the locked protocol and its seed.

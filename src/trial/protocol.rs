@@ -12,11 +12,24 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::Path;
 
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::engine::spec::{Direction, Family, Mid, ModelSpec, NormalPrior, PriorOverrides};
 use crate::trial::calendar::parse_hhmm;
+
+/// Mixed into a trial's seed for the stream its blinded codes are drawn
+/// from ("codes" in ASCII).
+const CODES_STREAM: u64 = 0x636f_6465_73;
+
+/// What a blinded trial's participant is shown on a run-in day.
+pub const BLINDED_RUN_IN: &str = "Run-in: nothing from the coded supplies yet";
+
+/// What a blinded trial's participant is told on a run-in day.
+const BLINDED_RUN_IN_INSTRUCTIONS: &str = "Take nothing from the coded supplies yet and live as usual: the run-in measures your usual baseline.";
 
 /// A protocol as written in its TOML file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -456,6 +469,81 @@ impl Protocol {
             (Some(code), true) => code,
             _ => &a.label,
         }
+    }
+
+    /// The protocol as one trial runs it: in a blinded protocol the codes
+    /// written in the file are the names to use, and which arm gets which
+    /// is drawn from the trial's seed (a stream of its own, apart from the
+    /// block orders'). A shipped protocol file is public, so codes fixed in
+    /// it would give every user of it the same key. The text and its hash
+    /// do not change; the key is the same every time the trial is loaded.
+    pub fn with_trial_codes(mut self, seed: u64) -> Protocol {
+        if !self.blinded {
+            return self;
+        }
+        let mut codes: Vec<Option<String>> = self.arms.iter().map(|a| a.code.clone()).collect();
+        let mut rng = ChaCha20Rng::seed_from_u64(seed ^ CODES_STREAM);
+        codes.shuffle(&mut rng);
+        for (arm, code) in self.arms.iter_mut().zip(codes) {
+            arm.code = code;
+        }
+        self
+    }
+
+    /// What the participant is shown for a day on `arm`. In a blinded
+    /// protocol's run-in no code is named: the run-in is on the comparator,
+    /// so its code would give the key away.
+    pub fn day_label(&self, arm: usize, run_in: bool) -> &str {
+        if run_in && self.blinded {
+            BLINDED_RUN_IN
+        } else {
+            self.display_label(arm)
+        }
+    }
+
+    /// What a participant is told to do on a day on `arm` (see [`Self::day_label`]).
+    pub fn day_instructions(&self, arm: usize, run_in: bool) -> &str {
+        if run_in && self.blinded {
+            BLINDED_RUN_IN_INSTRUCTIONS
+        } else {
+            &self.arms[arm].instructions
+        }
+    }
+
+    /// The colour slot an arm is drawn in, for the participant's eyes: in
+    /// a blinded protocol the rank of its code among the codes (so a colour
+    /// follows a code, not the arm behind it, whose place in the file is
+    /// public); otherwise the arm's index.
+    pub fn display_slot(&self, arm: usize) -> usize {
+        match (self.blinded, &self.arms[arm].code) {
+            (true, Some(code)) => self
+                .arms
+                .iter()
+                .filter(|a| a.code.as_ref().is_some_and(|c| c < code))
+                .count(),
+            _ => arm,
+        }
+    }
+
+    /// The key of a blinded trial, "Box 1 = Magnesium citrate 600 mg; Box 2
+    /// = Placebo", codes in order: for the investigator only.
+    pub fn code_key(&self) -> Option<String> {
+        if !self.blinded {
+            return None;
+        }
+        let mut pairs: Vec<(&str, &str)> = self
+            .arms
+            .iter()
+            .filter_map(|a| Some((a.code.as_deref()?, a.label.as_str())))
+            .collect();
+        pairs.sort();
+        Some(
+            pairs
+                .iter()
+                .map(|(c, l)| format!("{c} = {l}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
     }
 
     /// All outcomes, primary first.
@@ -1009,6 +1097,46 @@ max_blocks = 6
             err.contains("design.type: counterbalanced needs exactly 2 arms"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn blinded_codes_are_drawn_per_trial() {
+        let text = include_str!("../../protocols/magnesium-migraine.toml");
+        let file = Protocol::parse(text, "m.toml").unwrap();
+        assert_eq!(
+            file.arms[0].code.as_deref(),
+            Some("Box 1"),
+            "placebo first in the file"
+        );
+        // The same seed gives the same key; over 200 trials both keys occur,
+        // each about half the time (binomial sd 7).
+        let key = |seed: u64| file.clone().with_trial_codes(seed).code_key().unwrap();
+        assert_eq!(key(7), key(7));
+        let placebo_in_box_1 = (0..200u64)
+            .filter(|&s| key(s).starts_with("Box 1 = Placebo"))
+            .count();
+        assert!((70..=130).contains(&placebo_in_box_1), "{placebo_in_box_1}");
+        // A trial whose placebo is in Box 2: the participant's names and
+        // colours follow the code, not the arm.
+        let seed = (0..200u64)
+            .find(|&s| key(s).starts_with("Box 1 = Magnesium"))
+            .unwrap();
+        let p = file.clone().with_trial_codes(seed);
+        assert_eq!(
+            p.code_key().unwrap(),
+            "Box 1 = Magnesium citrate 600 mg; Box 2 = Placebo"
+        );
+        assert_eq!((p.display_label(0), p.display_label(1)), ("Box 2", "Box 1"));
+        assert_eq!((p.display_slot(0), p.display_slot(1)), (1, 0));
+        // The run-in (always the comparator) names no code and no box.
+        assert_eq!(p.day_label(0, true), BLINDED_RUN_IN);
+        assert!(!p.day_instructions(0, true).contains("box"));
+        assert_eq!(p.day_label(0, false), "Box 2");
+        // An unblinded protocol is left as it is.
+        let open = Protocol::parse(GOOD, "x.toml").unwrap();
+        assert_eq!(open.clone().with_trial_codes(3), open);
+        assert_eq!(open.code_key(), None);
+        assert_eq!(open.day_label(0, true), open.arms[0].label);
     }
 
     #[test]

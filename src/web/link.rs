@@ -77,8 +77,7 @@ async fn link_context(
     if trial.participant_id != participant_id {
         return Err("this link belongs to another participant".into());
     }
-    let protocol =
-        Protocol::parse(&trial.protocol_toml, "stored protocol").map_err(|e| e.to_string())?;
+    let protocol = trial.protocol().map_err(|e| e.to_string())?;
     let tz = TimeZone::get(&participant.time_zone).map_err(|e| e.to_string())?;
     Ok((trial, protocol, tz))
 }

@@ -165,7 +165,7 @@ async fn proposal_views(
                 .into_iter()
                 .filter(|t| t.status == TrialStatus::Proposed)
             {
-                let Ok(p) = Protocol::parse(&t.protocol_toml, "stored protocol") else {
+                let Ok(p) = t.protocol() else {
                     continue;
                 };
                 let graph = CausalGraph::of(&p).ok();

@@ -205,7 +205,7 @@ pub async fn status(state: &AppState, viewer: &Viewer) -> Result<StatusView, Sto
                 let Some(p) = participants.iter().find(|p| p.id == t.participant_id) else {
                     continue;
                 };
-                let protocol = Protocol::parse(&t.protocol_toml, "stored protocol").ok();
+                let protocol = t.protocol().ok();
                 let tz = TimeZone::get(&p.time_zone).ok();
                 let schedule = s.schedule(t.id)?;
                 let today = tz.as_ref().map(|tz| local_date(now, tz));
@@ -246,13 +246,27 @@ pub async fn status(state: &AppState, viewer: &Viewer) -> Result<StatusView, Sto
                     max_blocks: protocol.as_ref().map_or(0, |p| p.design.max_blocks),
                     today_arm: match (&protocol, today_row) {
                         (Some(proto), Some(r)) if r.arm < proto.arms.len() => {
-                            Some(arm_label(proto, r.arm, &viewer))
+                            let run_in = r.block.is_none();
+                            Some(if run_in && !viewer.is_investigator() {
+                                proto.day_label(r.arm, run_in).to_string()
+                            } else {
+                                arm_label(proto, r.arm, &viewer)
+                            })
                         }
                         _ => None,
                     },
                     next_assignment: next,
                     progress_percent: (100 * elapsed / schedule.len().max(1)) as u32,
                     latest_fit: match &protocol {
+                        // A running blinded trial's estimates name the
+                        // comparator: its participant sees them at the end.
+                        Some(proto)
+                            if proto.blinded
+                                && !viewer.is_investigator()
+                                && t.status != TrialStatus::Stopped =>
+                        {
+                            None
+                        }
                         Some(proto) => s
                             .latest_fit(t.id, &proto.outcome.stream)?
                             .and_then(|f| fit_view(&f, proto, &viewer)),

@@ -106,8 +106,14 @@ pub struct TrialDetail {
     pub stop_reason: Option<String>,
     /// The viewer's role.
     pub view: super::Role,
-    /// Arms as the viewer sees them.
+    /// Arms as the viewer sees them (in the blinded view, the codes in order).
     pub arms: Vec<String>,
+    /// The blinded view: a running blinded trial's participant, who sees no
+    /// estimate (each is against the comparator, so it would name it).
+    pub estimates_hidden: bool,
+    /// A blinded trial's key ("Box 1 = ...; Box 2 = ..."): for the
+    /// investigator, and for the participant once the trial has ended.
+    pub key: Option<String>,
     /// Outcome stream, unit and MID as the protocol states it.
     pub outcome: (String, String, f64),
     /// The effect charts' reference lines, on the link scale the effects
@@ -192,6 +198,12 @@ async fn trial_detail(
     Ok(state
         .db
         .read(move |s| {
+            // A blinded trial's participant, until it ends, sees codes only,
+            // coloured by code, no run-in code, and no estimates (they are
+            // against the comparator, so they would name it).
+            let blind = protocol.blinded
+                && !viewer.is_investigator()
+                && trial.status != crate::trial::lifecycle::TrialStatus::Stopped;
             let label = |arm: usize| arm_label(&protocol, arm, &viewer);
             let by_key = |key: &str| protocol.arm_index(key).map_or(key.to_string(), label);
             let rows = s.schedule(id)?;
@@ -203,10 +215,17 @@ async fn trial_detail(
                 .map(|r| {
                     let future = r.local_date > today;
                     let visible = !future || viewer.is_investigator();
+                    let run_in = r.block.is_none();
+                    let (arm, arm_index) = if blind {
+                        let slot = (!run_in).then(|| protocol.display_slot(r.arm));
+                        (protocol.day_label(r.arm, run_in).to_string(), slot)
+                    } else {
+                        (label(r.arm), Some(r.arm))
+                    };
                     CalendarDay {
                         date: r.local_date.to_string(),
-                        arm: visible.then(|| label(r.arm)),
-                        arm_index: visible.then_some(r.arm),
+                        arm: visible.then_some(arm),
+                        arm_index: arm_index.filter(|_| visible),
                         future,
                         adherence: adherence.get(&r.day).cloned(),
                         run: runs.get(&r.local_date).cloned(),
@@ -305,6 +324,25 @@ async fn trial_detail(
                 None => (None, Vec::new()),
             };
             let show_protocol = !protocol.blinded || viewer.is_investigator();
+            let (fits, natural, prior_data, path) = if blind {
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new())
+            } else {
+                (fits, natural, prior_data, path)
+            };
+            // In the blinded view the arms are listed by colour slot: the
+            // codes in order.
+            let arms = if blind {
+                let mut codes: Vec<String> = (0..protocol.arms.len())
+                    .map(|a| protocol.display_label(a).to_string())
+                    .collect();
+                codes.sort();
+                codes
+            } else {
+                (0..protocol.arms.len()).map(label).collect()
+            };
+            let key = (viewer.is_investigator() || !blind)
+                .then(|| protocol.code_key())
+                .flatten();
             Ok(Some(TrialDetail {
                 id,
                 title: protocol.title.clone(),
@@ -314,7 +352,9 @@ async fn trial_detail(
                 status: trial.status.to_string(),
                 stop_reason: trial.stop_reason.clone(),
                 view: viewer.role,
-                arms: (0..protocol.arms.len()).map(label).collect(),
+                arms,
+                estimates_hidden: blind,
+                key,
                 outcome: (
                     protocol.outcome.stream.clone(),
                     protocol.outcome.unit.clone(),
@@ -360,7 +400,7 @@ async fn trial_detail(
                 decisions: s
                     .decisions(id)?
                     .into_iter()
-                    .map(|d| conceal_decision(d, &protocol, &viewer))
+                    .map(|d| conceal_decision(d, &protocol, &viewer, blind))
                     .collect(),
                 events: s.trial_events(id)?,
             }))
@@ -383,8 +423,9 @@ async fn trial_detail(
 {% if let Some(svg) = counterfactual_svg %}<h2>What if every day had been one arm</h2>
 <p>The smoothed level the model expects had every day been the same arm, over the days observed.</p>
 <figure>{{ svg|safe }}</figure>{% endif %}
+{% if let Some(k) = d.key %}<p>Key of this trial's codes: {{ k }}.{% if investigator && d.status != "stopped" %} The participant sees it when the trial ends.{% endif %}</p>{% endif %}
 <h2>Effects over time</h2>
-{% if effect_svgs.is_empty() %}<p>No fit yet: the first comes once there is data.</p>{% endif %}
+{% if d.estimates_hidden %}<p>{{ blinded_estimates }}</p>{% else if effect_svgs.is_empty() %}<p>No fit yet: the first comes once there is data.</p>{% endif %}
 {% if !d.natural.is_empty() %}<p>In your units, by the latest fit:</p><ul>{% for n in d.natural %}<li>{{ n.0 }}: {{ n.1 }}</li>{% endfor %}</ul>{% endif %}
 {% if let Some(c) = d.conclusion %}<h3>Conclusion</h3><p>{{ c.0 }}</p><p class="muted">Written by {{ c.1 }}.</p>{% endif %}
 {% if !d.prior_data.is_empty() %}<h3>Your data against the proposer's expectation</h3><ul>{% for n in d.prior_data %}<li>{{ n }}</li>{% endfor %}</ul><p class="muted">Decisions use the fit with the proposer's prior, whose spread was widened so it cannot decide alone; the sceptical fit shows what your data say from a neutral start.</p>{% endif %}
@@ -406,6 +447,7 @@ async fn trial_detail(
 )]
 struct TrialPage<'a> {
     d: &'a TrialDetail,
+    blinded_estimates: &'static str,
     investigator: bool,
     actions: Vec<(&'static str, &'static str)>,
     csrf: String,
@@ -427,11 +469,19 @@ impl TrialPage<'_> {
 /// In a blinded trial the participant sees codes in the decision log too:
 /// the rule's words and the stored numbers name arms by key, so each key is
 /// replaced by the code the participant knows.
+/// In the blinded view (`blind`: a running blinded trial's participant)
+/// the rule and numbers are withheld, as every estimate is.
 fn conceal_decision(
     mut d: crate::service::store::DecisionRow,
     protocol: &Protocol,
     viewer: &Viewer,
+    blind: bool,
 ) -> crate::service::store::DecisionRow {
+    if blind {
+        d.rule = "withheld until the trial ends (blinded)".to_string();
+        d.numbers_json = String::new();
+        return d;
+    }
     if !protocol.blinded || viewer.is_investigator() {
         return d;
     }
@@ -623,6 +673,7 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
     };
     let page = TrialPage {
         d,
+        blinded_estimates: crate::service::notify::BLINDED_ESTIMATES,
         investigator: viewer.is_investigator(),
         actions,
         csrf: viewer.csrf.clone(),

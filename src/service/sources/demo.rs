@@ -11,7 +11,6 @@ use crate::service::demo::{RATING_TIME, true_params};
 use crate::service::sources::{Poll, Source, SourceError};
 use crate::service::store::{NewObservation, SourceRow, Store};
 use crate::trial::calendar::{local_date, local_instant, parse_hhmm};
-use crate::trial::protocol::Protocol;
 
 /// The demo participant: a simulated person whose evening rating follows the
 /// model of `statistics.md` §2 along the demo trial's schedule, with a known
@@ -118,8 +117,7 @@ pub fn adapter(
     let participant = store
         .participant(row.participant_id)?
         .ok_or_else(|| bad("demo participant is missing".into()))?;
-    let protocol = Protocol::parse(&trial.protocol_toml, "stored demo protocol")
-        .map_err(|e| bad(e.to_string()))?;
+    let protocol = trial.protocol().map_err(|e| bad(e.to_string()))?;
     let time_zone = jiff::tz::TimeZone::get(&participant.time_zone)
         .map_err(|e| bad(format!("zone {}: {e}", participant.time_zone)))?;
     let (min, max) = protocol
