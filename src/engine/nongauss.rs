@@ -385,9 +385,10 @@ pub fn trigamma(mut x: f64) -> f64 {
 
 /// `psi(x)` and `psi_1(x)` together, `x > 0`, with no logarithm taken:
 /// the recurrences `psi(x) = psi(x + 1) - 1/x` and `psi_1(x) = psi_1(x + 1) +
-/// 1/x^2` up to `z = x + k >= 10`, then the asymptotic series `psi(z) = ln z
-/// - 1/(2z) - 1/(12z^2) + 1/(120z^4) - 1/(252z^6) + 1/(240z^8) - 1/(132z^10)`
-/// (error below its next term, 691/(32760 z^12) < 2.2e-14) and [`trigamma`]'s.
+/// 1/x^2` up to `z = x + k >= 10`, then the asymptotic series
+/// `psi(z) = ln z - 1/(2z) - 1/(12z^2) + 1/(120z^4) - 1/(252z^6) +
+/// 1/(240z^8) - 1/(132z^10)` (error below its next term, 691/(32760 z^12)
+/// < 2.2e-14) and [`trigamma`]'s.
 /// `psi(x) = ln(shifted) + digamma_rest`: the beta score takes a difference
 /// of two of these, so its logarithms merge into one.
 #[derive(Debug, Clone, Copy)]

@@ -23,7 +23,7 @@ use crate::trial::calendar::parse_hhmm;
 
 /// Mixed into a trial's seed for the stream its blinded codes are drawn
 /// from ("codes" in ASCII).
-const CODES_STREAM: u64 = 0x636f_6465_73;
+const CODES_STREAM: u64 = 0x0063_6f64_6573;
 
 /// What a blinded trial's participant is shown on a run-in day.
 pub const BLINDED_RUN_IN: &str = "Run-in: nothing from the coded supplies yet";
