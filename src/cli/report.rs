@@ -424,15 +424,14 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
             Ok(r) => {
                 let d = &r.default;
                 b.push(Block::Para(format!(
-                    "{} virtual trials per condition, data drawn from the priors, {:.0}% missing days, {:.0}% non-adherence, every refit and decision as the daemon takes them. Under no effect the trial stopped for efficacy (falsely) in {} (± {}); with {} better by {} {} it stopped for efficacy in {} (± {}), after {:.1} blocks on average.",
+                    "{} virtual trials per condition, data drawn from the priors, {:.0}% missing days, {:.0}% non-adherence, every refit and decision as the daemon takes them. Under no effect the trial stopped for efficacy (falsely) in {} (± {}); with {} better by {} it stopped for efficacy in {} (± {}), after {:.1} blocks on average.",
                     r.trials,
                     100.0 * r.missing,
                     100.0 * r.non_adherence,
                     pct(d.no_effect.stop_efficacy.rate),
                     pct(d.no_effect.stop_efficacy.se),
                     r.effect_arm,
-                    r.effect,
-                    r.effect_unit,
+                    format!("{} {}", r.effect, r.effect_unit).trim_end(),
                     pct(d.effect.stop_efficacy.rate),
                     pct(d.effect.stop_efficacy.se),
                     d.effect.blocks.mean

@@ -161,7 +161,14 @@ pub fn gather(
         if !matches!(t.status, TrialStatus::Running | TrialStatus::Stopped) {
             continue;
         }
-        let stream = t.protocol().map(|p| p.outcome.stream).unwrap_or_default();
+        // A running blinded trial's estimates stay out of what is sent:
+        // the audit log shows the request to its participant, and an
+        // estimate against the comparator would tell the codes apart.
+        let protocol = t.protocol().ok();
+        if t.status == TrialStatus::Running && protocol.as_ref().is_none_or(|p| p.blinded) {
+            continue;
+        }
+        let stream = protocol.map(|p| p.outcome.stream).unwrap_or_default();
         let effects: Vec<serde_json::Value> = match store.latest_fit(t.id, &stream)? {
             Some(f) => f
                 .report()

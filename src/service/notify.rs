@@ -204,7 +204,7 @@ pub fn assignment_message(a: &Assignment<'_>) -> NewMessage {
     let date: Date = a.today.local_date;
     let run_in = a.today.block.is_none();
     let arm = p.day_label(a.today.arm, run_in);
-    let instructions = p.day_instructions(a.today.arm, run_in);
+    let instructions = p.arms[a.today.arm].instructions.as_str();
     let total_blocks = p.design.max_blocks;
     let when = match a.today.block {
         Some(b) => format!(
@@ -224,7 +224,11 @@ pub fn assignment_message(a: &Assignment<'_>) -> NewMessage {
         Some(
             "This is a washout day at the start of a period: follow today's instructions as usual.",
         )
-    } else if run_in && !p.blinded {
+    } else if run_in && p.blinded {
+        Some(
+            "During run-in, take from the supply marked \"Run-in\": it holds the comparator, so that the run-in measures your baseline on it without showing which coded supply is which.",
+        )
+    } else if run_in {
         Some("During run-in nothing changes: this measures your usual baseline.")
     } else {
         None
@@ -724,6 +728,20 @@ pub fn backoff(attempts: i64) -> jiff::SignedDuration {
 mod tests {
     use super::*;
 
+    /// Alice's assignment in trial 7, without links.
+    fn alice<'a>(protocol: &'a Protocol, today: &'a DatedDay) -> Assignment<'a> {
+        Assignment {
+            participant_key: "alice",
+            participant_name: "Alice",
+            participant_id: 1,
+            email: "alice@example.org",
+            trial_id: 7,
+            protocol,
+            today,
+            links: None,
+        }
+    }
+
     /// Two trials of the blinded migraine protocol with opposite keys
     /// (Box 1 is the placebo in one, magnesium in the other): every message
     /// the participant gets while the trial runs is the same text in both
@@ -753,16 +771,7 @@ mod tests {
             washout: false,
         };
         let assignment = |p: &Protocol, today: &DatedDay| {
-            let m = assignment_message(&Assignment {
-                participant_key: "alice",
-                participant_name: "Alice",
-                participant_id: 1,
-                email: "alice@example.org",
-                trial_id: 7,
-                protocol: p,
-                today,
-                links: None,
-            });
+            let m = assignment_message(&alice(p, today));
             (m.subject, m.body_text, m.body_html)
         };
         // The run-in is on the placebo (arm 0) in both: the same message,
@@ -814,7 +823,9 @@ mod tests {
         assert!(!going_on.1.contains("P(magnesium") && !going_on.1.contains("0.40"));
         let (_, stopped) = message(&b, Action::StopInconclusive);
         assert!(
-            stopped.contains("here is the key: Box 1 = Magnesium citrate 600 mg; Box 2 = Placebo"),
+            stopped.contains(
+                "here is the key: Box 1 = Magnesium citrate 600 mg; Box 2 = Placebo; Run-in supply = Placebo"
+            ),
             "{stopped}"
         );
     }
@@ -831,16 +842,7 @@ mod tests {
             arm: 2,
             washout: false,
         };
-        let m = assignment_message(&Assignment {
-            participant_key: "alice",
-            participant_name: "Alice",
-            participant_id: 1,
-            email: "alice@example.org",
-            trial_id: 7,
-            protocol: &p,
-            today: &today,
-            links: None,
-        });
+        let m = assignment_message(&alice(&p, &today));
         assert_eq!(m.key, "assignment/alice/7/2026-11-25");
         assert!(m.subject.contains("Bottle C"), "{}", m.subject);
         for body in [&m.body_text, &m.body_html] {

@@ -420,7 +420,8 @@ pub struct TrialRow {
 impl TrialRow {
     /// The locked protocol as this trial runs it, blinded codes drawn from
     /// its seed (`Protocol::with_trial_codes`): the one way a stored trial's
-    /// protocol is read, so that every message and page shows the same key.
+    /// protocol is read wherever arms are shown, so that every message and
+    /// page shows the same key (the designs job simulates the text as is).
     pub fn protocol(&self) -> Result<Protocol, ProtocolError> {
         Protocol::parse(&self.protocol_toml, &format!("trial {}", self.id))
             .map(|p| p.with_trial_codes(self.seed))

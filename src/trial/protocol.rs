@@ -25,11 +25,11 @@ use crate::trial::calendar::parse_hhmm;
 /// from ("codes" in ASCII).
 const CODES_STREAM: u64 = 0x0063_6f64_6573;
 
-/// What a blinded trial's participant is shown on a run-in day.
-pub const BLINDED_RUN_IN: &str = "Run-in: nothing from the coded supplies yet";
-
-/// What a blinded trial's participant is told on a run-in day.
-const BLINDED_RUN_IN_INSTRUCTIONS: &str = "Take nothing from the coded supplies yet and live as usual: the run-in measures your usual baseline.";
+/// What a blinded trial's participant is shown on a run-in day: a supply
+/// of its own, which the helper fills with the comparator (the key says
+/// so), so that the run-in is the comparator, as the model has it, without
+/// naming the comparator's code.
+pub const BLINDED_RUN_IN: &str = "Run-in supply";
 
 /// A protocol as written in its TOML file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -501,15 +501,6 @@ impl Protocol {
         }
     }
 
-    /// What a participant is told to do on a day on `arm` (see [`Self::day_label`]).
-    pub fn day_instructions(&self, arm: usize, run_in: bool) -> &str {
-        if run_in && self.blinded {
-            BLINDED_RUN_IN_INSTRUCTIONS
-        } else {
-            &self.arms[arm].instructions
-        }
-    }
-
     /// The colour slot an arm is drawn in, for the participant's eyes: in
     /// a blinded protocol the rank of its code among the codes (so a colour
     /// follows a code, not the arm behind it, whose place in the file is
@@ -526,7 +517,9 @@ impl Protocol {
     }
 
     /// The key of a blinded trial, "Box 1 = Magnesium citrate 600 mg; Box 2
-    /// = Placebo", codes in order: for the investigator only.
+    /// = Placebo; Run-in supply = Placebo", codes in order: for the
+    /// investigator (and the helper who fills the supplies) while the trial
+    /// runs, and for the participant once it has ended.
     pub fn code_key(&self) -> Option<String> {
         if !self.blinded {
             return None;
@@ -537,6 +530,10 @@ impl Protocol {
             .filter_map(|a| Some((a.code.as_deref()?, a.label.as_str())))
             .collect();
         pairs.sort();
+        let comparator = &self.arms[self.comparator_index()].label;
+        if self.design.run_in_days > 0 {
+            pairs.push((BLINDED_RUN_IN, comparator));
+        }
         Some(
             pairs
                 .iter()
@@ -1124,13 +1121,12 @@ max_blocks = 6
         let p = file.clone().with_trial_codes(seed);
         assert_eq!(
             p.code_key().unwrap(),
-            "Box 1 = Magnesium citrate 600 mg; Box 2 = Placebo"
+            "Box 1 = Magnesium citrate 600 mg; Box 2 = Placebo; Run-in supply = Placebo"
         );
         assert_eq!((p.display_label(0), p.display_label(1)), ("Box 2", "Box 1"));
         assert_eq!((p.display_slot(0), p.display_slot(1)), (1, 0));
-        // The run-in (always the comparator) names no code and no box.
+        // The run-in (always the comparator) names no code.
         assert_eq!(p.day_label(0, true), BLINDED_RUN_IN);
-        assert!(!p.day_instructions(0, true).contains("box"));
         assert_eq!(p.day_label(0, false), "Box 2");
         // An unblinded protocol is left as it is.
         let open = Protocol::parse(GOOD, "x.toml").unwrap();

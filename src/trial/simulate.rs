@@ -542,10 +542,11 @@ impl Setup<'_> {
     }
 
     /// The effect's `beta` for a virtual trial whose drift has stationary
-    /// variance `v`. A difference in the outcome's own units is reachable
-    /// at every drift once it is at none ([`setup_for`] checks that): the
-    /// drift only moves the baseline's mean towards the middle of the
-    /// scale; `0.0` is kept only as a guard.
+    /// variance `v`. [`setup_for`] checks that the difference is reachable
+    /// without drift; with a large drift a logit family's mean moves
+    /// towards the middle of the scale and may leave too little room, and
+    /// that trial then gets the largest effect the scale allows in the
+    /// difference's direction (the bisection's end), never none.
     fn beta_at(&self, effect: TrueEffect, v: f64) -> f64 {
         match effect {
             TrueEffect::Link(beta) => beta,
@@ -553,7 +554,7 @@ impl Setup<'_> {
                 let outcome = &self.protocol.outcome;
                 let target = outcome.direction.sign() * k;
                 natural::beta_for_difference(outcome.family, self.baseline, target, v)
-                    .unwrap_or(0.0)
+                    .unwrap_or(40.0 * target.signum())
             }
         }
     }
@@ -1149,10 +1150,17 @@ fn setup_for<'a>(protocol: &'a Protocol, options: &'a SimOptions) -> Result<Setu
     if let TrueEffect::Natural(k) = setup.effect_condition() {
         let target = outcome.direction.sign() * k;
         if natural::beta_for_difference(outcome.family, baseline, target, 0.0).is_none() {
-            // The baseline's own level: the difference an effect of -inf makes.
-            let typical = -natural::difference(outcome.family, baseline, f64::NEG_INFINITY, 0.0);
+            // The room the scale leaves that way: the difference an
+            // infinite effect in the target's direction makes.
+            let room = natural::difference(
+                outcome.family,
+                baseline,
+                f64::INFINITY * target.signum(),
+                0.0,
+            )
+            .abs();
             return Err(SimError::Protocol(format!(
-                "outcome.mid_natural: a change of {k} {unit} cannot happen from the simulated baseline of {typical:.1} {unit}; set priors.baseline to the person's usual level, or a smaller mid_natural",
+                "outcome.mid_natural: a change of {k} {unit} cannot happen from the simulated baseline, which leaves room for at most {room:.1} {unit} that way; set priors.baseline to the person's usual level, or a smaller mid_natural",
                 unit = natural::difference_unit(outcome.family)
             )));
         }
@@ -1304,8 +1312,11 @@ pub fn render(r: &SimulationReport) -> String {
     );
     let _ = writeln!(
         out,
-        "effect condition: {} better by {} {} (beta {:+.3} on the model's scale, S = {})",
-        r.effect_arm, r.effect, r.effect_unit, r.effect_beta, r.scale
+        "effect condition: {} better by {} (beta {:+.3} on the model's scale, S = {})",
+        r.effect_arm,
+        format!("{} {}", r.effect, r.effect_unit).trim_end(),
+        r.effect_beta,
+        r.scale
     );
     let mut rows = vec![("protocol's thresholds", &r.default)];
     if let Some(c) = &r.calibrated {
@@ -1512,7 +1523,7 @@ mod tests {
         let protocol = Protocol::parse(&text, "m").unwrap();
         let err = setup_for(&protocol, &options).err().unwrap().to_string();
         assert!(
-            err.contains("mid_natural") && err.contains("7.5 yes-days per 30 days"),
+            err.contains("mid_natural") && err.contains("at most 7.5 yes-days per 30 days"),
             "{err}"
         );
     }

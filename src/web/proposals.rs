@@ -116,7 +116,10 @@ fn rates_of(row: &DesignSimulationRow) -> Option<DesignRates> {
     })
 }
 
-fn priors_in_words(p: &Protocol) -> Vec<String> {
+/// `blind`: a blinded protocol seen by its participant, whose codes are
+/// then not named (an effect is against the comparator, so naming the
+/// codes that have one would name the comparator's).
+fn priors_in_words(p: &Protocol, blind: bool) -> Vec<String> {
     let o = &p.outcome;
     let scale = match (o.family, o.scale) {
         (Family::Gaussian, Some(s)) => format!("S = {s} {}", o.unit),
@@ -124,8 +127,13 @@ fn priors_in_words(p: &Protocol) -> Vec<String> {
         _ => "S = 1 on the link scale".to_string(),
     };
     let mut out = vec![format!("Scale: {scale}.")];
+    if blind {
+        out.push(
+            "Effects of the coded supplies against the comparator: the protocol's priors (the investigator sees them by arm).".to_string(),
+        );
+    }
     for (i, arm) in p.arms.iter().enumerate() {
-        if i == p.comparator_index() {
+        if blind || i == p.comparator_index() {
             continue;
         }
         let e = o.priors.effects.get(&arm.key).copied().or(o.priors.effect);
@@ -168,6 +176,7 @@ async fn proposal_views(
                 let Ok(p) = t.protocol() else {
                     continue;
                 };
+                let blind = p.blinded && !viewer.is_investigator();
                 let graph = CausalGraph::of(&p).ok();
                 let h = p.hypothesis.as_ref();
                 let calibration = s
@@ -192,9 +201,19 @@ async fn proposal_views(
                     rationale: h.map(|h| h.rationale.trim().to_string()),
                     uncertainty: h.and_then(|h| h.uncertainty),
                     graph: graph.as_ref().map(|g| g.describe()).unwrap_or_default(),
-                    arms: (0..p.arms.len())
-                        .map(|i| arm_label(&p, i, &viewer))
-                        .collect(),
+                    arms: if blind {
+                        // The codes in order: in the file's order they
+                        // would follow the arms, comparator included.
+                        let mut codes: Vec<String> = (0..p.arms.len())
+                            .map(|i| p.display_label(i).to_string())
+                            .collect();
+                        codes.sort();
+                        codes
+                    } else {
+                        (0..p.arms.len())
+                            .map(|i| arm_label(&p, i, &viewer))
+                            .collect()
+                    },
                     outcome: format!(
                         "{} ({}), {:?}, {:?} is better",
                         p.outcome.stream, p.outcome.unit, p.outcome.family, p.outcome.direction
@@ -204,7 +223,7 @@ async fn proposal_views(
                     period_days: p.design.period_days,
                     blocks: [p.design.min_blocks, p.design.max_blocks],
                     planned_days: p.planned_days(),
-                    priors: priors_in_words(&p),
+                    priors: priors_in_words(&p, blind),
                     thresholds: [
                         p.decision.efficacy,
                         p.decision.futility,

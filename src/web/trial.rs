@@ -98,7 +98,8 @@ pub struct TrialDetail {
     /// SHA-256 of the locked protocol.
     pub protocol_hash: String,
     /// The locked protocol text (withheld from the participant in a blinded
-    /// trial: it holds the key to the codes).
+    /// trial: its codes are names, and which arm has which, drawn for this
+    /// trial, is the investigator's to see).
     pub protocol_toml: Option<String>,
     /// Life-cycle status.
     pub status: String,
@@ -216,7 +217,11 @@ async fn trial_detail(
                     let future = r.local_date > today;
                     let visible = !future || viewer.is_investigator();
                     let run_in = r.block.is_none();
-                    let (arm, arm_index) = if blind {
+                    // A stored schedule that names an arm the protocol does
+                    // not have (a damaged row) shows "?" rather than failing.
+                    let (arm, arm_index) = if r.arm >= protocol.arms.len() {
+                        ("?".to_string(), None)
+                    } else if blind {
                         let slot = (!run_in).then(|| protocol.display_slot(r.arm));
                         (protocol.day_label(r.arm, run_in).to_string(), slot)
                     } else {
@@ -442,7 +447,7 @@ async fn trial_detail(
 <h2>Life cycle</h2>
 <table><tbody>{% for e in d.events %}<tr><td>{% if let Some(l) = e.local_date %}{{ l }}{% endif %}</td><td>{{ e.to_status }}</td><td>{{ e.actor }}</td><td>{{ e.reason }}</td></tr>{% endfor %}</tbody></table>
 <h2>Protocol</h2>
-{% if let Some(text) = d.protocol_toml %}<pre>{{ text }}</pre>{% else %}<p>This trial is blinded: the protocol text, which holds the key to the codes, is shown to the investigator only. Its SHA-256 above identifies it.</p>{% endif %}
+{% if let Some(text) = d.protocol_toml %}{% if d.key.is_some() %}<p>The codes in this text are names only: which arm has which was drawn for this trial (the key above). Fill the supplies by the key, not by this text.</p>{% endif %}<pre>{{ text }}</pre>{% else %}<p>This trial is blinded: the protocol text is shown to the investigator only. Its SHA-256 above identifies it.</p>{% endif %}
 <p><a href="/api/trials/{{ d.id }}">JSON</a></p>"#
 )]
 struct TrialPage<'a> {
@@ -570,10 +575,11 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
     use crate::web::charts;
     let mut spans: Vec<(f64, f64, usize)> = Vec::new();
     for (i, c) in d.calendar.iter().enumerate() {
-        let Some(arm) = c.arm_index else { break };
         if c.future {
             break;
         }
+        // Days with no colour (a blinded run-in) leave a gap.
+        let Some(arm) = c.arm_index else { continue };
         match spans.last_mut() {
             Some(last) if last.2 == arm && (last.1 - i as f64).abs() < 1e-9 => {
                 last.1 = i as f64 + 1.0

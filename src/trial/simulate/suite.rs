@@ -540,10 +540,9 @@ pub fn render_suite(r: &SuiteReport) -> String {
     let opt = |x: Option<&Rate>| x.map_or_else(|| "-".to_string(), pct);
     let _ = writeln!(
         out,
-        "{} — stress suite, effect {} {} for power, {:.0}% missing days, {:.0}% non-adherence, seed {}",
+        "{} — stress suite, effect {} for power, {:.0}% missing days, {:.0}% non-adherence, seed {}",
         r.protocol,
-        r.effect,
-        r.effect_unit,
+        format!("{} {}", r.effect, r.effect_unit).trim_end(),
         100.0 * r.missing,
         100.0 * r.non_adherence,
         r.seed
