@@ -7,82 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Daemon, client, csrf_of, hash, no_redirects, run};
+use common::{Daemon, Session, csrf_of, hash, login, no_redirects, post_login, run, session};
 
 const PARTICIPANT_PASSWORD: &str = "evening calm 42";
 const INVESTIGATOR_PASSWORD: &str = "key keeper 1729";
-
-struct Session {
-    cookie: String,
-}
-
-impl Session {
-    fn get(&self, d: &Daemon, path: &str) -> (u16, String) {
-        let r = no_redirects()
-            .get(d.url(path))
-            .header("cookie", &self.cookie)
-            .send()
-            .unwrap();
-        (r.status().as_u16(), r.text().unwrap_or_default())
-    }
-
-    fn json(&self, d: &Daemon, path: &str) -> serde_json::Value {
-        let (status, body) = self.get(d, path);
-        assert_eq!(status, 200, "{path}: {body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    fn post(&self, d: &Daemon, path: &str, body: &str) -> (u16, String) {
-        let r = no_redirects()
-            .post(d.url(path))
-            .header("cookie", &self.cookie)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body.to_string())
-            .send()
-            .unwrap();
-        (r.status().as_u16(), r.text().unwrap_or_default())
-    }
-}
-
-/// Fetches the login page and posts its form with `password`.
-fn post_login(d: &Daemon, password: &str) -> reqwest::blocking::Response {
-    let page = client()
-        .get(d.url("/login"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    no_redirects()
-        .post(d.url("/login"))
-        .form(&[
-            ("csrf", csrf_of(&page).as_str()),
-            ("password", password),
-            ("next", "/trials/1"),
-        ])
-        .send()
-        .unwrap()
-}
-
-/// Posts the login form; returns the status and the Set-Cookie header.
-fn login(d: &Daemon, password: &str) -> (u16, Option<String>) {
-    let r = post_login(d, password);
-    let cookie = r
-        .headers()
-        .get("set-cookie")
-        .map(|v| v.to_str().unwrap().to_string());
-    (r.status().as_u16(), cookie)
-}
-
-fn session(d: &Daemon, password: &str) -> Session {
-    let (status, cookie) = login(d, password);
-    assert_eq!(status, 303);
-    let cookie = cookie.expect("a session cookie");
-    assert!(cookie.contains("HttpOnly"), "{cookie}");
-    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
-    Session {
-        cookie: cookie.split(';').next().unwrap().to_string(),
-    }
-}
 
 fn start(dir: &std::path::Path) -> Daemon {
     let data = dir.join("data");

@@ -345,3 +345,81 @@ pub fn wait_until(what: &str, daemon: &Daemon, mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A signed-in browser: the session cookie.
+pub struct Session {
+    /// `nof1d_session=…`.
+    pub cookie: String,
+}
+
+impl Session {
+    /// GET with the cookie: status and body.
+    pub fn get(&self, d: &Daemon, path: &str) -> (u16, String) {
+        let r = no_redirects()
+            .get(d.url(path))
+            .header("cookie", &self.cookie)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    }
+
+    /// GET JSON with the cookie (200 asserted).
+    pub fn json(&self, d: &Daemon, path: &str) -> serde_json::Value {
+        let (status, body) = self.get(d, path);
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// POST a form body with the cookie: status and body.
+    pub fn post(&self, d: &Daemon, path: &str, body: &str) -> (u16, String) {
+        let r = no_redirects()
+            .post(d.url(path))
+            .header("cookie", &self.cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    }
+}
+
+/// Fetches the login page and posts its form with `password`.
+pub fn post_login(d: &Daemon, password: &str) -> reqwest::blocking::Response {
+    let page = client()
+        .get(d.url("/login"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    no_redirects()
+        .post(d.url("/login"))
+        .form(&[
+            ("csrf", csrf_of(&page).as_str()),
+            ("password", password),
+            ("next", "/trials/1"),
+        ])
+        .send()
+        .unwrap()
+}
+
+/// Posts the login form; returns the status and the Set-Cookie header.
+pub fn login(d: &Daemon, password: &str) -> (u16, Option<String>) {
+    let r = post_login(d, password);
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_string());
+    (r.status().as_u16(), cookie)
+}
+
+/// Signs in with `password` (the cookie's flags asserted).
+pub fn session(d: &Daemon, password: &str) -> Session {
+    let (status, cookie) = login(d, password);
+    assert_eq!(status, 303);
+    let cookie = cookie.expect("a session cookie");
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    Session {
+        cookie: cookie.split(';').next().unwrap().to_string(),
+    }
+}
