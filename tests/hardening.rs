@@ -378,21 +378,7 @@ fn wrong_bearer_tokens_are_limited_but_lock_out_neither_the_right_token_nor_logi
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let page = client()
-        .get(d.url("/login"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    let r = no_redirects()
-        .post(d.url("/login"))
-        .form(&[
-            ("csrf", csrf_of(&page).as_str()),
-            ("password", PASSWORD),
-            ("next", "/"),
-        ])
-        .send()
-        .unwrap();
+    let r = common::post_login(&d, PASSWORD);
     assert_eq!(r.status().as_u16(), 303);
 }
 

@@ -516,6 +516,17 @@ impl Protocol {
         }
     }
 
+    /// The arms' codes in order: how a blinded trial's participant sees the
+    /// list of its arms (in the file's order they would follow the arms,
+    /// comparator first or wherever the file puts it).
+    pub fn codes_in_order(&self) -> Vec<String> {
+        let mut codes: Vec<String> = (0..self.arms.len())
+            .map(|a| self.display_label(a).to_string())
+            .collect();
+        codes.sort();
+        codes
+    }
+
     /// The key of a blinded trial, "Box 1 = Magnesium citrate 600 mg; Box 2
     /// = Placebo; Run-in supply = Placebo", codes in order: for the
     /// investigator (and the helper who fills the supplies) while the trial

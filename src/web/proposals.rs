@@ -202,13 +202,7 @@ async fn proposal_views(
                     uncertainty: h.and_then(|h| h.uncertainty),
                     graph: graph.as_ref().map(|g| g.describe()).unwrap_or_default(),
                     arms: if blind {
-                        // The codes in order: in the file's order they
-                        // would follow the arms, comparator included.
-                        let mut codes: Vec<String> = (0..p.arms.len())
-                            .map(|i| p.display_label(i).to_string())
-                            .collect();
-                        codes.sort();
-                        codes
+                        p.codes_in_order()
                     } else {
                         (0..p.arms.len())
                             .map(|i| arm_label(&p, i, &viewer))

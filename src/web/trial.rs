@@ -337,11 +337,7 @@ async fn trial_detail(
             // In the blinded view the arms are listed by colour slot: the
             // codes in order.
             let arms = if blind {
-                let mut codes: Vec<String> = (0..protocol.arms.len())
-                    .map(|a| protocol.display_label(a).to_string())
-                    .collect();
-                codes.sort();
-                codes
+                protocol.codes_in_order()
             } else {
                 (0..protocol.arms.len()).map(label).collect()
             };
