@@ -326,6 +326,8 @@ fn proposals_pause_self_report_and_api() {
         303
     );
     assert_eq!(me.json(&d, "/api/trials/1")["status"], "paused");
+    let (_, page) = me.get(&d, "/trials/1");
+    assert!(page.contains("This trial is paused"), "no banner: {page}");
 
     // Every documented GET path answers with the documented required keys.
     let doc = me.json(&d, "/api/openapi.json");

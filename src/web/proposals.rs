@@ -37,6 +37,20 @@ pub struct DesignRates {
     pub efficacy: f64,
     /// Seconds the simulation took.
     pub wall_s: f64,
+    /// Said when the power at the MID is below the usual 80%: how often
+    /// such a trial would miss a real effect, and what raises it.
+    pub power_warning: Option<String>,
+}
+
+/// The warning shown beside a design's power at the MID below 80%.
+fn power_warning(power: f64) -> Option<String> {
+    (power < 0.8).then(|| {
+        let level = if power < 0.5 { "Low power" } else { "Power below the usual 80%" };
+        format!(
+            "{level}: a true effect the size of the MID would be found in only {:.0}% of trials like this one; the rest would end without an answer. More blocks, longer periods (where the effect builds slowly) or a larger MID raise it: edit the design below, and the simulation runs again.",
+            100.0 * power
+        )
+    })
 }
 
 /// One proposal as the page and `/api/proposals` show it.
@@ -113,6 +127,7 @@ fn rates_of(row: &DesignSimulationRow) -> Option<DesignRates> {
         ],
         efficacy: d["efficacy"].as_f64()?,
         wall_s: r["timing"]["wall_s"].as_f64()?,
+        power_warning: power_warning(pair(&d["effect"]["stop_efficacy_right_arm"])?[0]),
     })
 }
 
@@ -272,7 +287,7 @@ Stops when P(better by MID) reaches {% if calibrating %}the calibrated threshold
 <tr><th>False stop for efficacy when nothing works</th><td>{{ "{:.1}"|format(r.false_stop[0] * 100.0) }}% ± {{ "{:.1}"|format(r.false_stop[1] * 100.0) }}</td></tr>
 <tr><th>Finds an effect the size of the MID</th><td>{{ "{:.1}"|format(r.power_at_mid[0] * 100.0) }}% ± {{ "{:.1}"|format(r.power_at_mid[1] * 100.0) }}</td></tr>
 <tr><th>Mean blocks (no effect / effect at MID)</th><td>{{ "{:.1}"|format(r.mean_blocks[0]) }} / {{ "{:.1}"|format(r.mean_blocks[1]) }}</td></tr>
-</tbody></table><p class="muted">{{ r.trials }} virtual trials per condition at efficacy threshold {{ r.efficacy }}, ± one Monte Carlo standard error; {{ "{:.0}"|format(r.wall_s) }} s. The threshold a trial of this design decides with is calibrated below.</p>
+</tbody></table>{% if let Some(w) = r.power_warning %}<p class="banner">{{ w }}</p>{% endif %}<p class="muted">{{ r.trials }} virtual trials per condition at efficacy threshold {{ r.efficacy }}, ± one Monte Carlo standard error; {{ "{:.0}"|format(r.wall_s) }} s. The threshold a trial of this design decides with is calibrated below.</p>
 {% else %}<p class="muted">Being simulated in the background: about a minute for a gaussian outcome, up to an hour for the other families. Reload later.</p>{% endif %}
 <h3>When it stops: the threshold calibrated for this design</h3>
 {% if !calibrating %}<p>Calibration is switched off (<code>jobs.calibrate = false</code>): a trial of this design decides on the protocol's stated threshold, {{ v.thresholds[0] }}, whatever its false-stop rate.</p>{% else if v.calibration.is_some() %}{{ v.calibration_html|safe }}{% else %}<p class="muted">Being calibrated in the background on the stress suite (a few minutes; longer for counts and proportions). An approved trial starts once its threshold is locked. Reload later.</p>{% endif %}
@@ -464,6 +479,24 @@ pub(super) async fn edit_proposal(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn low_power_is_said_with_what_raises_it() {
+        assert_eq!(power_warning(0.85), None);
+        let low = power_warning(0.028).unwrap();
+        assert!(
+            low.starts_with(
+                "Low power: a true effect the size of the MID would be found in only 3%"
+            ),
+            "{low}"
+        );
+        assert!(low.contains("More blocks"));
+        assert!(
+            power_warning(0.6)
+                .unwrap()
+                .starts_with("Power below the usual 80%")
+        );
+    }
 
     #[test]
     fn an_edit_changes_the_design_and_is_checked_as_a_protocol() {
