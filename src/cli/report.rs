@@ -412,8 +412,12 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
     // Design's error rates.
     if sim_trials > 0 {
         b.push(Block::Heading("The design's simulated error rates".into()));
+        // The simulation is most of the report's time: its progress goes to
+        // standard error (shown only on a terminal), the report to standard
+        // output.
         let options = crate::trial::simulate::SimOptions {
             trials: sim_trials,
+            progress: true,
             ..crate::trial::simulate::SimOptions::default()
         };
         match crate::trial::simulate::simulate_protocol(
