@@ -204,6 +204,14 @@ fn proposals_pause_self_report_and_api() {
     );
     assert!(page.contains(&format!("{efficacy:.4}")), "{page}");
     assert!(page.contains("heavy tails") && page.contains("Betting test"));
+    // The futility threshold calibrated with it, and what it costs.
+    let futility = calibration["futility"]["threshold"].as_f64().unwrap();
+    assert!((0.0..0.5).contains(&futility), "{calibration}");
+    assert!(
+        page.contains("Stops for futility when P(better by MID)"),
+        "{page}"
+    );
+    assert!(page.contains("Given up though it works"), "{page}");
     let csrf = csrf_of(&page);
 
     // Edit: a new protocol hash, recorded; then approve from the page.

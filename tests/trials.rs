@@ -298,6 +298,9 @@ fn life_cycle_from_the_command_line() {
     let locked = t2.locked.unwrap();
     assert_eq!(locked.source, decide::ThresholdSource::Calibrated);
     assert_eq!(locked.efficacy, calibration.efficacy);
+    // Futility is calibrated and locked with it.
+    assert!(calibration.futility.is_some());
+    assert_eq!(locked.futility, calibration.futility);
     // The demo started at once, on its protocol's stated threshold.
     let t1 = s.trial(1).unwrap().unwrap();
     assert_eq!(

@@ -130,12 +130,20 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
     )));
     b.push(Block::Para(match trial.locked {
         Some(l) => format!(
-            "Efficacy threshold in force: P(better by MID) ≥ {} at the last block ({} boundary), {}.",
+            "Efficacy threshold in force: P(better by MID) ≥ {} at the last block ({} boundary), {}. Futility threshold in force: {}.",
             l.efficacy,
             l.boundary.as_str(),
-            l.source.describe()
+            l.source.describe(),
+            match l.futility {
+                Some(0.0) => "none (calibrated: the trial never stops for futility)".to_string(),
+                Some(f) => format!("P(better by MID) ≤ {f} for every arm, calibrated"),
+                None => format!(
+                    "P(better by MID) ≤ {} for every arm, the protocol's",
+                    protocol.decision.futility
+                ),
+            }
         ),
-        None => "Efficacy threshold: locked when the trial starts.".to_string(),
+        None => "Efficacy and futility thresholds: locked when the trial starts.".to_string(),
     }));
     if let Some(c) = store.calibration(&trial.protocol_hash)? {
         match c.report() {
@@ -151,6 +159,14 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
                     c.wall_ms / 1000.0,
                     format!("{} {}", r.effect, r.effect_unit).trim_end()
                 )));
+                if let (Some(f), Some(target)) = (r.futility, r.futility_target) {
+                    b.push(Block::Para(format!(
+                        "Futility threshold {f:.4} (the protocol states {}) gives up at most {:.0}% of trials whose arm works, with 95% confidence in every stress scenario (set by {}).",
+                        r.protocol_futility.unwrap_or(protocol.decision.futility),
+                        100.0 * target,
+                        r.futility_binding.map_or("-", |s| s.name())
+                    )));
+                }
                 let rate = |x: Option<&crate::trial::simulate::Rate>| {
                     x.map_or_else(
                         || "-".to_string(),
@@ -163,6 +179,7 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
                         format!("false stops at {}", r.protocol_efficacy),
                         "false stops, calibrated".into(),
                         "power, calibrated".into(),
+                        "given up though it works: stated → calibrated".into(),
                         "betting test: false stops".into(),
                         "betting test: power".into(),
                     ],
@@ -174,6 +191,13 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
                                 pct(row.protocol_false_stops.rate),
                                 rate(row.calibrated_false_stops.as_ref()),
                                 rate(row.calibrated_power.as_ref()),
+                                match (&row.protocol_futility_stops, &row.calibrated_futility_stops)
+                                {
+                                    (Some(a), Some(c)) => {
+                                        format!("{} → {}", pct(a.rate), rate(Some(c)))
+                                    }
+                                    _ => "-".to_string(),
+                                },
                                 rate(row.betting.as_ref().map(|x| &x.false_stops)),
                                 rate(row.betting.as_ref().map(|x| &x.power_right_arm)),
                             ]

@@ -17,7 +17,7 @@ use crate::engine::generate::ModelParams;
 use crate::service::config::ParticipantConfig;
 use crate::service::store::{Proposal, StatusChange, Store};
 use crate::trial::calendar::local_date;
-use crate::trial::decide::LockedEfficacy;
+use crate::trial::decide::LockedThresholds;
 use crate::trial::design;
 use crate::trial::lifecycle::{self, TrialStatus};
 use crate::trial::protocol::{Protocol, ProtocolHash};
@@ -153,7 +153,7 @@ pub fn ensure_seeded(store: &mut Store, time_zone: &str, now: Timestamp) -> Resu
             .map_err(|e| DemoError::Invalid(e.to_string()))?;
         // The demo starts at once, before any calibration could run: it
         // decides on its protocol's stated threshold, and says so.
-        let locked = LockedEfficacy::stated(&protocol.decision);
+        let locked = LockedThresholds::stated(&protocol.decision);
         store.start_trial(trial.id, start, &schedule, locked, &[], "demo", now)?;
     }
     let trial_id = trial.id;

@@ -16,7 +16,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use crate::engine::fit::FitReport;
 use crate::service::config::Secret;
-use crate::trial::decide::{Action, Boundary, Decision, LockedEfficacy, ThresholdSource};
+use crate::trial::decide::{Action, Boundary, Decision, LockedThresholds, ThresholdSource};
 use crate::trial::lifecycle::{DatedDay, TrialStatus};
 use crate::trial::protocol::{Protocol, ProtocolError, ProtocolHash};
 use crate::trial::simulate::suite::SuiteReport;
@@ -27,7 +27,7 @@ use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
 
 /// The migration files, in order. Append new files; never edit a released one.
-const MIGRATION_FILES: [&str; 8] = [
+const MIGRATION_FILES: [&str; 9] = [
     include_str!("../../migrations/0001_initial.sql"),
     include_str!("../../migrations/0002_trial_lifecycle.sql"),
     include_str!("../../migrations/0003_dashboard.sql"),
@@ -36,6 +36,7 @@ const MIGRATION_FILES: [&str; 8] = [
     include_str!("../../migrations/0006_sources.sql"),
     include_str!("../../migrations/0007_hypotheses.sql"),
     include_str!("../../migrations/0008_oauth.sql"),
+    include_str!("../../migrations/0009_futility.sql"),
 ];
 
 /// The migrations, in order.
@@ -414,7 +415,7 @@ pub struct TrialRow {
     pub stop_reason: Option<String>,
     /// The efficacy threshold locked at the start (none before it, and for
     /// trials started before calibration existed).
-    pub locked: Option<LockedEfficacy>,
+    pub locked: Option<LockedThresholds>,
 }
 
 impl TrialRow {
@@ -606,6 +607,9 @@ pub struct CalibrationRow {
     pub efficacy: f64,
     /// How it moves over the looks.
     pub boundary: Boundary,
+    /// The calibrated futility threshold (`None`: calibrated before
+    /// futility was; the protocol's applies).
+    pub futility: Option<f64>,
     /// The scenario that set it.
     pub binding: String,
     /// The `SuiteReport` as JSON.
@@ -627,12 +631,13 @@ impl CalibrationRow {
         })
     }
 
-    /// The threshold a trial of this design locks at its start.
-    pub fn locked(&self) -> LockedEfficacy {
-        LockedEfficacy {
+    /// The thresholds a trial of this design locks at its start.
+    pub fn locked(&self) -> LockedThresholds {
+        LockedThresholds {
             efficacy: self.efficacy,
             source: ThresholdSource::Calibrated,
             boundary: self.boundary,
+            futility: self.futility,
         }
     }
 }
@@ -1774,7 +1779,7 @@ impl Store {
         let mut stmt = self.conn.prepare(
             "SELECT id, participant_id, protocol_id, protocol_toml, protocol_hash, seed,
                     status, start_date, stop_reason, efficacy_threshold, threshold_source,
-                    efficacy_boundary
+                    efficacy_boundary, futility_threshold
              FROM trials ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -1791,6 +1796,7 @@ impl Store {
                 r.get::<_, Option<f64>>(9)?,
                 r.get::<_, Option<String>>(10)?,
                 r.get::<_, Option<String>>(11)?,
+                r.get::<_, Option<f64>>(12)?,
             ))
         })?;
         let mut out = Vec::new();
@@ -1808,6 +1814,7 @@ impl Store {
                 efficacy,
                 source,
                 boundary,
+                futility,
             ) = row?;
             let locked = match (efficacy, source) {
                 (Some(_), None) | (None, Some(_)) => {
@@ -1815,7 +1822,7 @@ impl Store {
                         "trial {id} has half a locked threshold"
                     )));
                 }
-                (Some(efficacy), Some(source)) => Some(LockedEfficacy {
+                (Some(efficacy), Some(source)) => Some(LockedThresholds {
                     efficacy,
                     source: ThresholdSource::parse(&source).ok_or_else(|| {
                         StoreError::Invalid(format!("trial {id} threshold source {source:?}"))
@@ -1826,6 +1833,7 @@ impl Store {
                             StoreError::Invalid(format!("trial {id} efficacy boundary {b:?}"))
                         })?,
                     },
+                    futility,
                 }),
                 _ => None,
             };
@@ -2231,20 +2239,22 @@ impl Store {
         trial_id: i64,
         start_date: Date,
         schedule: &[DatedDay],
-        locked: LockedEfficacy,
+        locked: LockedThresholds,
         messages: &[NewMessage],
         actor: &str,
         now: Timestamp,
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
         let locked_now = tx.execute(
-            "UPDATE trials SET efficacy_threshold = ?2, threshold_source = ?3, efficacy_boundary = ?4
+            "UPDATE trials SET efficacy_threshold = ?2, threshold_source = ?3, efficacy_boundary = ?4,
+                               futility_threshold = ?5
              WHERE id = ?1 AND efficacy_threshold IS NULL",
             params![
                 trial_id,
                 locked.efficacy,
                 locked.source.as_str(),
-                locked.boundary.as_str()
+                locked.boundary.as_str(),
+                locked.futility
             ],
         )?;
         // A trial that already holds a threshold keeps it (and no audit
@@ -2258,7 +2268,8 @@ impl Store {
                 &serde_json::json!({
                     "efficacy": locked.efficacy,
                     "source": locked.source.as_str(),
-                    "boundary": locked.boundary.as_str()
+                    "boundary": locked.boundary.as_str(),
+                    "futility": locked.futility
                 }),
                 now,
             )?;
@@ -2557,7 +2568,7 @@ impl Store {
         self.conn
             .query_row(
                 "SELECT protocol_hash, target, efficacy, boundary, binding, report_json, wall_ms,
-                        created_at
+                        created_at, futility
                  FROM calibrations WHERE protocol_hash = ?1",
                 [&protocol_hash.0],
                 |r| {
@@ -2567,6 +2578,7 @@ impl Store {
                             target: r.get(1)?,
                             efficacy: r.get(2)?,
                             boundary: Boundary::Constant,
+                            futility: r.get(8)?,
                             binding: r.get(4)?,
                             report_json: r.get(5)?,
                             wall_ms: r.get(6)?,
@@ -2591,8 +2603,9 @@ impl Store {
     pub fn put_calibration(&mut self, row: &CalibrationRow) -> Result<()> {
         self.conn.execute(
             "INSERT INTO calibrations
-                 (protocol_hash, target, efficacy, boundary, binding, report_json, wall_ms, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (protocol_hash) DO NOTHING",
+                 (protocol_hash, target, efficacy, boundary, binding, report_json, wall_ms, created_at,
+                  futility)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (protocol_hash) DO NOTHING",
             params![
                 row.protocol_hash,
                 row.target,
@@ -2601,7 +2614,8 @@ impl Store {
                 row.binding,
                 row.report_json,
                 row.wall_ms,
-                row.created_at
+                row.created_at,
+                row.futility
             ],
         )?;
         Ok(())

@@ -115,7 +115,7 @@ pub struct Decision {
 pub struct Thresholds {
     /// Efficacy: `P(delta > MID) >=` this.
     pub efficacy: f64,
-    /// Futility: `P(delta > MID) <=` this for every active arm.
+    /// Futility: `P(delta > MID) <=` this for every active arm (0: never).
     pub futility: f64,
     /// Drop: `P(best) <` this.
     pub drop_arm: f64,
@@ -132,6 +132,9 @@ pub struct Thresholds {
     /// The design's most blocks (what a look-dependent boundary counts to).
     #[serde(default)]
     pub max_blocks: u32,
+    /// Where the futility threshold came from.
+    #[serde(default)]
+    pub futility_source: ThresholdSource,
 }
 
 impl Thresholds {
@@ -255,9 +258,10 @@ impl ThresholdSource {
     }
 }
 
-/// The efficacy threshold a trial locked when it started.
+/// The thresholds a trial locked when it started: efficacy, and futility
+/// where calibration set it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct LockedEfficacy {
+pub struct LockedThresholds {
     /// Stop for efficacy when `P(delta > MID) >=` this (at the last block;
     /// earlier looks follow `boundary`).
     pub efficacy: f64,
@@ -266,16 +270,22 @@ pub struct LockedEfficacy {
     /// How it moves over the looks.
     #[serde(default)]
     pub boundary: Boundary,
+    /// Stop for futility when `P(delta > MID) <=` this (0: never); `None`:
+    /// the protocol's (trials locked before futility was calibrated, and
+    /// uncalibrated ones).
+    #[serde(default)]
+    pub futility: Option<f64>,
 }
 
-impl LockedEfficacy {
+impl LockedThresholds {
     /// The protocol's stated threshold, the same at every look (no
     /// calibration: the demo, or `jobs.calibrate = false`).
-    pub fn stated(rules: &DecisionRules) -> LockedEfficacy {
-        LockedEfficacy {
+    pub fn stated(rules: &DecisionRules) -> LockedThresholds {
+        LockedThresholds {
             efficacy: rules.efficacy,
             source: ThresholdSource::Protocol,
             boundary: Boundary::Constant,
+            futility: None,
         }
     }
 }
@@ -372,9 +382,11 @@ pub fn decide(
             ),
         );
     }
-    if arms
-        .iter()
-        .all(|a| a.p_better_by_mid <= thresholds.futility)
+    // A futility threshold of 0 never stops (as an efficacy threshold of 1).
+    if thresholds.futility > 0.0
+        && arms
+            .iter()
+            .all(|a| a.p_better_by_mid <= thresholds.futility)
     {
         let worst = arms
             .iter()
@@ -383,8 +395,10 @@ pub fn decide(
         return done(
             Action::StopFutility,
             format!(
-                "P(better by MID) <= {} for every active arm (largest {:.3})",
-                thresholds.futility, worst
+                "P(better by MID) <= {} for every active arm (largest {:.3}; {})",
+                thresholds.futility,
+                worst,
+                thresholds.futility_source.as_str()
             ),
         );
     }
@@ -433,6 +447,7 @@ pub fn thresholds(rules: &DecisionRules, min_blocks: u32) -> Thresholds {
         source: ThresholdSource::Protocol,
         boundary: Boundary::Constant,
         max_blocks: 0,
+        futility_source: ThresholdSource::Protocol,
     }
 }
 
@@ -442,7 +457,7 @@ pub fn thresholds(rules: &DecisionRules, min_blocks: u32) -> Thresholds {
 pub fn trial_thresholds(
     rules: &DecisionRules,
     (min_blocks, max_blocks): (u32, u32),
-    locked: Option<LockedEfficacy>,
+    locked: Option<LockedThresholds>,
 ) -> Thresholds {
     let stated = Thresholds {
         max_blocks,
@@ -451,6 +466,11 @@ pub fn trial_thresholds(
     match locked {
         Some(l) => Thresholds {
             efficacy: l.efficacy,
+            futility: l.futility.unwrap_or(rules.futility),
+            futility_source: match l.futility {
+                Some(_) => l.source,
+                None => ThresholdSource::Protocol,
+            },
             source: l.source,
             boundary: l.boundary,
             ..stated
@@ -580,6 +600,7 @@ mod tests {
             source: ThresholdSource::Protocol,
             boundary: Boundary::Constant,
             max_blocks: 6,
+            futility_source: ThresholdSource::Protocol,
         }
     }
 
@@ -601,10 +622,11 @@ mod tests {
             (0.95, ThresholdSource::Protocol)
         );
         assert_eq!(stated.efficacy_at(1), 0.95);
-        let locked = LockedEfficacy {
+        let locked = LockedThresholds {
             efficacy: 0.9883,
             source: ThresholdSource::Calibrated,
             boundary: Boundary::Constant,
+            futility: None,
         };
         let t = trial_thresholds(&rules, (2, 8), Some(locked));
         assert_eq!(
@@ -616,7 +638,7 @@ mod tests {
         let d = trial_thresholds(
             &rules,
             (2, 8),
-            Some(LockedEfficacy {
+            Some(LockedThresholds {
                 boundary: Boundary::Decreasing,
                 ..locked
             }),
@@ -636,6 +658,31 @@ mod tests {
             }
         }
         assert_eq!((t.futility, t.drop_arm, t.min_blocks), (0.05, 0.05, 2));
+        assert_eq!(t.futility_source, ThresholdSource::Protocol);
+        // A locked futility threshold replaces the protocol's; 0 never stops.
+        let f = trial_thresholds(
+            &rules,
+            (2, 8),
+            Some(LockedThresholds {
+                futility: Some(0.0213),
+                ..locked
+            }),
+        );
+        assert_eq!(
+            (f.futility, f.futility_source),
+            (0.0213, ThresholdSource::Calibrated)
+        );
+        let off = Thresholds { futility: 0.0, ..f };
+        let fit = report(vec![effect("a", 0.0, 0.1)], true);
+        let at = look(4, false, &[0, 1]);
+        assert_eq!(decide(off, 0, &at, &fit, &keys()).action, Action::Continue);
+        let d = decide(f, 0, &at, &fit, &keys());
+        assert_eq!(d.action, Action::StopFutility);
+        assert!(
+            d.rule.contains("0.0213") && d.rule.contains("calibrated"),
+            "{}",
+            d.rule
+        );
         // Decisions stored before calibration existed read as the protocol's.
         let old: Thresholds = serde_json::from_str(
             r#"{"efficacy":0.95,"futility":0.05,"drop_arm":0.05,"min_blocks":2}"#,

@@ -328,8 +328,15 @@ pub struct DecisionRules {
     /// The false-stop rate under no effect that the calibrated efficacy
     /// threshold keeps in every stress scenario (`statistics.md` §5).
     pub false_stop_target: f64,
-    /// Stop for futility when `P(delta > MID) <=` this for every active arm.
+    /// Stop for futility when `P(delta > MID) <=` this for every active arm
+    /// (0: never): the starting point; calibration sets it so that trials
+    /// whose arm is better by the MID stop for futility at most at
+    /// `false_futility_target`.
     pub futility: f64,
+    /// The share of trials whose arm truly is better by the MID (or the
+    /// design's effect) that the calibrated futility threshold may stop as
+    /// futile, in every stress scenario.
+    pub false_futility_target: f64,
     /// Drop an arm when `P(arm is best) <` this (K >= 3).
     pub drop_arm: f64,
     /// Which analysis drives decisions (both are reported).
@@ -344,6 +351,7 @@ impl Default for DecisionRules {
             efficacy: 0.95,
             false_stop_target: 0.05,
             futility: 0.05,
+            false_futility_target: 0.10,
             drop_arm: 0.05,
             analysis: Analysis::Itt,
             allocation: None,
@@ -855,6 +863,12 @@ impl Protocol {
             v.add(
                 "decision.false_stop_target",
                 format!("must be in (0, 0.5) (got {})", r.false_stop_target),
+            );
+        }
+        if !(r.false_futility_target > 0.0 && r.false_futility_target < 0.5) {
+            v.add(
+                "decision.false_futility_target",
+                format!("must be in (0, 0.5) (got {})", r.false_futility_target),
             );
         }
         if !(r.futility >= 0.0 && r.futility < 0.5) {

@@ -95,6 +95,9 @@ struct VirtualTrial {
     looks: Vec<EligibleLook>,
     /// How it ended without efficacy stops.
     end: Action,
+    /// The futility threshold it was run with: its course under any higher
+    /// one is exact too ([`VirtualTrial::under`]).
+    futility: f64,
     end_blocks: u32,
     end_days: u32,
     /// Arms dropped, with the number of looks recorded before the drop.
@@ -139,20 +142,26 @@ struct Course {
     dropped: Vec<usize>,
 }
 
-/// An efficacy rule: the last block's threshold and how it moves.
+/// A stopping rule: the efficacy threshold of the last block and how it
+/// moves, and the futility threshold.
 #[derive(Debug, Clone, Copy)]
 struct Rule {
     boundary: Boundary,
     last: f64,
     max_blocks: u32,
+    /// Stop for futility at `P(delta > MID) <=` this; at or below the
+    /// threshold a virtual trial was run with, that one applies (0: as run).
+    futility: f64,
 }
 
 impl Rule {
+    /// A constant efficacy threshold, futility as the trials were run.
     fn constant(threshold: f64) -> Rule {
         Rule {
             boundary: Boundary::Constant,
             last: threshold,
             max_blocks: 0,
+            futility: 0.0,
         }
     }
 
@@ -168,19 +177,32 @@ impl VirtualTrial {
         self.under(Rule::constant(threshold))
     }
 
-    /// The trial's course under an efficacy rule: cut at its first eligible
-    /// look whose statistic reaches the rule's threshold.
+    /// The trial's course under a rule: cut at its first eligible look
+    /// whose statistic reaches the efficacy threshold (`decide` tests
+    /// efficacy first) or whose largest `P(delta > MID)` is at or below the
+    /// futility threshold. Exact for any futility threshold at or above the
+    /// one the trial was run with: until the first look where it fires, the
+    /// trial's course does not depend on it.
     fn under(&self, rule: Rule) -> Course {
-        match self
-            .looks
-            .iter()
-            .position(|l| rule.statistic(l) >= rule.last)
-        {
-            Some(i) => {
+        let futility = rule.futility.max(self.futility);
+        let cut = self.looks.iter().enumerate().find_map(|(i, l)| {
+            if rule.statistic(l) >= rule.last {
+                Some((i, Action::StopEfficacy { arm: l.arm }))
+            } else if futility > 0.0 && l.p_mid <= futility {
+                Some((i, Action::StopFutility))
+            } else {
+                None
+            }
+        });
+        match cut {
+            Some((i, end)) => {
                 let l = self.looks[i];
                 Course {
-                    efficacy: Some(l.arm),
-                    end: Action::StopEfficacy { arm: l.arm },
+                    efficacy: match end {
+                        Action::StopEfficacy { arm } => Some(arm),
+                        _ => None,
+                    },
+                    end,
                     blocks: l.blocks,
                     days: l.days,
                     dropped: self
@@ -205,16 +227,35 @@ impl VirtualTrial {
     /// under every threshold at or below it.
     #[cfg(test)]
     fn max_p(&self) -> f64 {
-        self.max_statistic(Boundary::Constant, 0)
+        self.max_statistic(Boundary::Constant, 0, 0.0)
     }
 
-    /// The largest statistic of `boundary` over the eligible looks: the
-    /// trial stops under every last-block threshold at or below it.
-    fn max_statistic(&self, boundary: Boundary, max_blocks: u32) -> f64 {
+    /// The largest statistic of `boundary` over the eligible looks before
+    /// a futility stop at `futility` (at or above the one it was run with):
+    /// the trial stops for efficacy under every last-block threshold at or
+    /// below it.
+    fn max_statistic(&self, boundary: Boundary, max_blocks: u32, futility: f64) -> f64 {
+        let futility = futility.max(self.futility);
+        let mut max = 0.0f64;
+        for l in &self.looks {
+            max = max.max(boundary.statistic(l.p_mid, l.blocks, max_blocks));
+            if futility > 0.0 && l.p_mid <= futility {
+                break;
+            }
+        }
+        max
+    }
+
+    /// The smallest `P(delta > MID)` over the eligible looks before `rule`
+    /// stops the trial for efficacy (1 when there are none): the trial
+    /// stops for futility under every futility threshold at or above it
+    /// (and at or above the one it was run with).
+    fn min_before_efficacy(&self, rule: Rule) -> f64 {
         self.looks
             .iter()
-            .map(|l| boundary.statistic(l.p_mid, l.blocks, max_blocks))
-            .fold(0.0, f64::max)
+            .take_while(|l| rule.statistic(l) < rule.last)
+            .map(|l| l.p_mid)
+            .fold(1.0, f64::min)
     }
 }
 
@@ -501,6 +542,9 @@ struct Setup<'a> {
     hyper: HyperPriors,
     baseline: f64,
     options: &'a SimOptions,
+    /// The futility threshold virtual trials run with: the protocol's, or
+    /// (calibrating it) the lowest one considered.
+    futility: f64,
 }
 
 impl Setup<'_> {
@@ -719,6 +763,7 @@ impl Setup<'_> {
         let mut thresholds =
             decide::trial_thresholds(&protocol.decision, (d.min_blocks, d.max_blocks), None);
         thresholds.efficacy = efficacy;
+        thresholds.futility = self.futility;
         let planned = protocol.planned_days();
         let scenario = self.options.scenario;
         let non_adherence = scenario.non_adherence(self.options.non_adherence);
@@ -732,6 +777,7 @@ impl Setup<'_> {
         let mut trial = VirtualTrial {
             looks: Vec::new(),
             end: Action::StopInconclusive,
+            futility: self.futility,
             end_blocks: 0,
             end_days: 0,
             dropped: Vec::new(),
@@ -1039,37 +1085,74 @@ pub fn min_calibration_trials(target: f64) -> usize {
 /// is then below the target by about 1.6 Monte Carlo standard errors; with
 /// fewer than 59 trials not even `k = 0` reaches 95%, and `k = 0` is used.
 fn calibrate_threshold(trials: &[VirtualTrial], target: f64) -> f64 {
-    calibrate_boundary(trials, target, Boundary::Constant, 0)
+    calibrate_boundary(trials, target, Boundary::Constant, 0, 0.0)
+}
+
+/// The most of `n` calibration trials that may stop wrongly while the
+/// rate holds `target` with 95% confidence: the largest `k` with
+/// `P(Binomial(n, target) >= k + 1) >= 0.95` (0 when none reaches it).
+fn allowed_errors(n: usize, target: f64) -> usize {
+    use statrs::distribution::DiscreteCDF;
+    let n = n as u64;
+    match statrs::distribution::Binomial::new(target.clamp(0.0, 1.0), n) {
+        Ok(binomial) => (0..n)
+            .take_while(|&k| binomial.sf(k) >= CALIBRATION_CONFIDENCE)
+            .last()
+            .unwrap_or(0) as usize,
+        Err(_) => 0,
+    }
 }
 
 /// [`calibrate_threshold`] for the last-block threshold of `boundary` over
-/// `max_blocks` blocks: the same order statistic, of each trial's largest
-/// [`Boundary::statistic`].
+/// `max_blocks` blocks, with futility stops at `futility`: the same order
+/// statistic, of each trial's largest [`Boundary::statistic`] before it
+/// stops for futility.
 fn calibrate_boundary(
     trials: &[VirtualTrial],
     target: f64,
     boundary: Boundary,
     max_blocks: u32,
+    futility: f64,
 ) -> f64 {
     let mut maxima: Vec<f64> = trials
         .iter()
-        .map(|t| t.max_statistic(boundary, max_blocks))
+        .map(|t| t.max_statistic(boundary, max_blocks, futility))
         .collect();
     maxima.sort_by(|a, b| b.total_cmp(a));
-    let n = trials.len() as u64;
-    use statrs::distribution::DiscreteCDF;
-    let allowed = match statrs::distribution::Binomial::new(target.clamp(0.0, 1.0), n) {
-        Ok(binomial) => (0..n)
-            .take_while(|&k| binomial.sf(k) >= CALIBRATION_CONFIDENCE)
-            .last()
-            .unwrap_or(0),
-        Err(_) => 0,
-    } as usize;
+    let allowed = allowed_errors(trials.len(), target);
     let pivot = maxima.get(allowed).copied().unwrap_or(0.0);
     // Round up to 4 decimals so the threshold can be written in a protocol,
     // and keep it where a protocol allows it: above one half.
     (((pivot * 1e4).floor() + 1.0) / 1e4).max(MIN_EFFICACY)
 }
+
+/// The highest futility threshold, at least `floor` and below
+/// [`MAX_FUTILITY`], at which trials under the effect stop for futility at
+/// most at rate `target` with 95% confidence under `rule`'s efficacy stops;
+/// `None` when even `floor` stops more.
+///
+/// The mirror of [`calibrate_boundary`]: a trial stops for futility under
+/// `f` exactly when the smallest `P(delta > MID)` it shows before `rule`
+/// stops it for efficacy is `<= f` ([`VirtualTrial::min_before_efficacy`]),
+/// so `f` is set just below the `(k + 1)`-th smallest of those minima,
+/// `k` = [`allowed_errors`], rounded down to 4 decimals.
+fn calibrate_futility(trials: &[VirtualTrial], target: f64, rule: Rule, floor: f64) -> Option<f64> {
+    let mut minima: Vec<f64> = trials.iter().map(|t| t.min_before_efficacy(rule)).collect();
+    minima.sort_by(f64::total_cmp);
+    let allowed = allowed_errors(trials.len(), target);
+    let pivot = minima.get(allowed).copied().unwrap_or(1.0);
+    let mut f = ((pivot * 1e4).ceil() - 1.0) / 1e4;
+    if f >= pivot {
+        f -= 1e-4;
+    }
+    // 0 never stops (`decide`), so it is always within the target.
+    let f = f.clamp(0.0, MAX_FUTILITY);
+    (f >= floor).then_some(f)
+}
+
+/// The highest futility threshold calibration sets: a trial is never
+/// stopped as futile while its arm is as likely as not better by the MID.
+pub const MAX_FUTILITY: f64 = 0.4999;
 
 /// Everything fixed for a protocol: arms, the effect arm, the scale `S`,
 /// the hyperpriors and the baseline the data are drawn from.
@@ -1146,6 +1229,7 @@ fn setup_for<'a>(protocol: &'a Protocol, options: &'a SimOptions) -> Result<Setu
         hyper: priors.hyper,
         baseline,
         options,
+        futility: protocol.decision.futility,
     };
     if let TrueEffect::Natural(k) = setup.effect_condition() {
         let target = outcome.direction.sign() * k;
@@ -1414,6 +1498,7 @@ mod tests {
                 })
                 .collect(),
             end: Action::StopInconclusive,
+            futility: 0.0,
             end_blocks: 6,
             end_days: 98,
             dropped: Vec::new(),
@@ -1454,6 +1539,92 @@ mod tests {
         assert_eq!(course.efficacy, Some(1));
         assert_eq!(course.blocks, 3);
         assert_eq!(t.at(0.995).end, Action::StopInconclusive);
+    }
+
+    #[test]
+    fn futility_calibration_lets_the_allowed_count_stop_before_efficacy() {
+        // 100 trials under the effect: trial i dips to i/200 at its second
+        // look, then (odd i) reaches 0.99 at its third or (even i) stays.
+        let trials: Vec<VirtualTrial> = (1..=100)
+            .map(|i| {
+                let last = if i % 2 == 1 { 0.99 } else { 0.6 };
+                looks(&[0.7, f64::from(i) / 200.0, last])
+            })
+            .collect();
+        // With efficacy at 0.95, nothing stops before the dips: k = 1 of 100
+        // may stop for futility (as for efficacy at 5%; here the target is
+        // 5% too), so the threshold sits just below the second lowest dip.
+        let rule = Rule::constant(0.95);
+        let f = calibrate_futility(&trials, 0.05, rule, 0.0).unwrap();
+        assert!((f - 0.0099).abs() < 1e-12, "{f}");
+        let futile = |f: f64| {
+            trials
+                .iter()
+                .filter(|t| {
+                    t.under(Rule {
+                        futility: f,
+                        ..rule
+                    })
+                    .end == Action::StopFutility
+                })
+                .count()
+        };
+        assert_eq!(futile(f), 1);
+        assert_eq!(futile(0.0100), 2);
+        // An efficacy stop before the dip protects a trial: at 0.65 every
+        // trial stops at its first look, so none can stop for futility.
+        let early = Rule::constant(0.65);
+        assert_eq!(
+            calibrate_futility(&trials, 0.05, early, 0.0),
+            Some(MAX_FUTILITY)
+        );
+        // A threshold below the one the trials ran with is not offered.
+        let ran_with: Vec<VirtualTrial> = trials
+            .iter()
+            .map(|t| VirtualTrial {
+                futility: 0.02,
+                ..t.clone()
+            })
+            .collect();
+        assert_eq!(calibrate_futility(&ran_with, 0.05, rule, 0.02), None);
+        // 0 never stops, and a futility stop ends the search for efficacy.
+        assert_eq!(futile(0.0), 0);
+        let t = looks(&[0.6, 0.01, 0.99]);
+        assert!((t.max_statistic(Boundary::Constant, 0, 0.0) - 0.99).abs() < 1e-12);
+        assert!((t.max_statistic(Boundary::Constant, 0, 0.02) - 0.6).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_futility_threshold_applied_afterwards_equals_running_with_it() {
+        let text = include_str!("../../protocols/meditation-anxiety.toml");
+        let protocol = Protocol::parse(text, "m").unwrap();
+        let options = SimOptions {
+            trials: 1,
+            threads: 1,
+            ..SimOptions::default()
+        };
+        let mut free = setup_for(&protocol, &options).unwrap();
+        free.futility = 0.0;
+        let mut fired = 0;
+        for effect in [TrueEffect::NONE, TrueEffect::Link(-1.0)] {
+            for seed in 0..6 {
+                let run = free.run(effect, seed);
+                for (c, f) in [(0.8, 0.02), (0.95, 0.1), (0.7, 0.3)] {
+                    let mut fixed = setup_for(&protocol, &options).unwrap();
+                    fixed.futility = f;
+                    let direct = fixed.run_with(effect, seed, c, None);
+                    let course = run.under(Rule {
+                        futility: f,
+                        ..Rule::constant(c)
+                    });
+                    assert_eq!(direct.end, course.end, "seed {seed} c {c} f {f}");
+                    assert_eq!(direct.end_days, course.days, "seed {seed} c {c} f {f}");
+                    fired += usize::from(course.end == Action::StopFutility);
+                }
+            }
+        }
+        // The comparison covered futility stops, not only their absence.
+        assert!(fired >= 3, "{fired}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use jiff::civil::Date;
 use crate::engine::fit::{FitReport, FitSpec, Method};
 use crate::engine::inference::{GridOptions, McmcOptions};
 use crate::engine::spec::ModelSpec;
-use crate::trial::decide::{self, Action, Decision, LockedEfficacy, Look, Thresholds};
+use crate::trial::decide::{self, Action, Decision, LockedThresholds, Look, Thresholds};
 use crate::trial::design::{self, PlannedPeriod};
 use crate::trial::lifecycle::{self, DatedDay, LifecycleError};
 use crate::trial::protocol::Protocol;
@@ -181,7 +181,7 @@ pub struct LookHistory {
     pub dropped: Vec<usize>,
     /// The efficacy threshold the trial locked when it started (none: the
     /// protocol's, for trials started before calibration existed).
-    pub locked: Option<LockedEfficacy>,
+    pub locked: Option<LockedThresholds>,
 }
 
 impl LookHistory {
@@ -309,6 +309,7 @@ mod tests {
                 source: decide::ThresholdSource::Protocol,
                 boundary: decide::Boundary::Constant,
                 max_blocks: 0,
+                futility_source: decide::ThresholdSource::Protocol,
             },
             arms: (1..=3)
                 .map(|arm| ArmNumbers {

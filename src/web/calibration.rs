@@ -1,6 +1,7 @@
 //! A design's calibration on the stress suite, as the proposal and trial
-//! pages show it: the threshold, the scenario that set it, and per scenario
-//! the false stops and power of nof1d's rule beside the betting test's.
+//! pages show it: the thresholds, the scenarios that set them, and per
+//! scenario the false stops, power and futility stops of nof1d's rule
+//! beside the betting test's.
 
 use serde::Serialize;
 
@@ -24,6 +25,12 @@ pub struct ScenarioLine {
     /// The betting test's false stops and power (none where the design's
     /// block orders give it no valid footing).
     pub betting: Option<[f64; 2]>,
+    /// Stops for futility under the effect: at the protocol's thresholds,
+    /// and calibrated ± se (calibrations from before futility was: none).
+    pub futility_stops: Option<(f64, [f64; 2])>,
+    /// Mean blocks run under no effect: at the protocol's thresholds, and
+    /// calibrated.
+    pub null_blocks: Option<[f64; 2]>,
 }
 
 /// What the pages show of a calibration.
@@ -51,8 +58,25 @@ pub struct CalibrationView {
     pub trials: usize,
     /// Wall time, seconds.
     pub wall_s: f64,
+    /// The calibrated futility threshold, with the protocol's, the target
+    /// (percent) and the scenario that set it (calibrations from before
+    /// futility was: none).
+    pub futility: Option<FutilityView>,
     /// Per scenario.
     pub scenarios: Vec<ScenarioLine>,
+}
+
+/// The calibrated futility threshold as the pages show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FutilityView {
+    /// Stop for futility when P(better by MID) is at most this (0: never).
+    pub threshold: f64,
+    /// The protocol's stated one.
+    pub stated: f64,
+    /// The most stops for futility under the effect, in percent.
+    pub target_percent: f64,
+    /// The scenario that set it.
+    pub binding: String,
 }
 
 fn pair(r: Option<&Rate>) -> [f64; 2] {
@@ -87,6 +111,21 @@ impl CalibrationView {
             seed: report.seed,
             trials: report.timing.trials,
             wall_s: row.wall_ms / 1000.0,
+            futility: match (
+                row.futility,
+                report.futility_target,
+                report.protocol_futility,
+            ) {
+                (Some(threshold), Some(target), Some(stated)) => Some(FutilityView {
+                    threshold,
+                    stated,
+                    target_percent: 100.0 * target,
+                    binding: report
+                        .futility_binding
+                        .map_or_else(|| "-".to_string(), |s| s.name().replace('_', " ")),
+                }),
+                _ => None,
+            },
             scenarios: report
                 .rows
                 .iter()
@@ -100,6 +139,18 @@ impl CalibrationView {
                         .betting
                         .as_ref()
                         .map(|b| [100.0 * b.false_stops.rate, 100.0 * b.power_right_arm.rate]),
+                    futility_stops: match (&r.protocol_futility_stops, &r.calibrated_futility_stops)
+                    {
+                        (Some(stated), Some(calibrated)) => Some((
+                            100.0 * stated.rate,
+                            [100.0 * calibrated.rate, 100.0 * calibrated.se],
+                        )),
+                        _ => None,
+                    },
+                    null_blocks: match (r.protocol_null_blocks, r.calibrated_null_blocks) {
+                        (Some(a), Some(b)) => Some([a, b]),
+                        _ => None,
+                    },
                 })
                 .collect(),
         })
@@ -111,9 +162,10 @@ impl CalibrationView {
     ext = "html",
     source = r#"<p>Stops for efficacy when P(better by MID) ≥ <strong>{{ "{:.4}"|format(c.efficacy) }}</strong> {{ c.boundary }}{% if !c.achievable %} — no threshold below 1 kept false stops at {{ "{:.0}"|format(c.target_percent) }}%: this design never stops for efficacy and runs to its last block{% endif %}
 (the protocol states {{ c.stated }}): calibrated so that false stops stay at or below {{ "{:.0}"|format(c.target_percent) }}% with 95% confidence in every scenario below; set by the <strong>{{ c.binding }}</strong> scenario.</p>
+{% if let Some(f) = c.futility %}<p>Stops for futility when P(better by MID) ≤ <strong>{{ "{:.4}"|format(f.threshold) }}</strong> for every arm{% if f.threshold == 0.0 %} — that is, never: even the lowest threshold gave up on too many arms that work{% endif %} (the protocol states {{ f.stated }}): calibrated so that at most {{ "{:.0}"|format(f.target_percent) }}% of trials whose arm works (by the effect below) are given up as futile, with 95% confidence in every scenario; set by the <strong>{{ f.binding }}</strong> scenario.</p>{% else %}<p>Stops for futility at the protocol's stated threshold (this calibration predates futility's).</p>{% endif %}
 <div class="scroll"><table><caption>Simulated on {{ c.trials }} virtual trials (seed {{ c.seed }}, {{ "{:.0}"|format(c.wall_s) }} s); power at an effect of {{ c.effect }} {{ c.effect_unit }}; ± one Monte Carlo standard error</caption>
-<thead><tr><th scope="col">Scenario</th><th scope="col">False stops at {{ c.stated }}</th><th scope="col">False stops, calibrated</th><th scope="col">Power, calibrated</th><th scope="col">Betting test: false stops / power</th></tr></thead>
-<tbody>{% for s in c.scenarios %}<tr><th scope="row">{{ s.scenario }}</th><td>{{ "{:.1}"|format(s.stated_false_stops) }}%</td><td>{{ "{:.1}"|format(s.false_stops[0]) }}% ± {{ "{:.1}"|format(s.false_stops[1]) }}</td><td>{{ "{:.0}"|format(s.power[0]) }}% ± {{ "{:.0}"|format(s.power[1]) }}</td><td>{% if let Some(b) = s.betting %}{{ "{:.1}"|format(b[0]) }}% / {{ "{:.0}"|format(b[1]) }}%{% else %}not valid for this design{% endif %}</td></tr>{% endfor %}</tbody></table></div>"#
+<thead><tr><th scope="col">Scenario</th><th scope="col">False stops at {{ c.stated }}</th><th scope="col">False stops, calibrated</th><th scope="col">Power, calibrated</th><th scope="col">Given up though it works: stated → calibrated</th><th scope="col">Blocks when nothing works: stated → calibrated</th><th scope="col">Betting test: false stops / power</th></tr></thead>
+<tbody>{% for s in c.scenarios %}<tr><th scope="row">{{ s.scenario }}</th><td>{{ "{:.1}"|format(s.stated_false_stops) }}%</td><td>{{ "{:.1}"|format(s.false_stops[0]) }}% ± {{ "{:.1}"|format(s.false_stops[1]) }}</td><td>{{ "{:.0}"|format(s.power[0]) }}% ± {{ "{:.0}"|format(s.power[1]) }}</td><td>{% if let Some((a, b)) = s.futility_stops %}{{ "{:.0}"|format(a) }}% → {{ "{:.0}"|format(b[0]) }}% ± {{ "{:.0}"|format(b[1]) }}{% else %}–{% endif %}</td><td>{% if let Some(n) = s.null_blocks %}{{ "{:.1}"|format(n[0]) }} → {{ "{:.1}"|format(n[1]) }}{% else %}–{% endif %}</td><td>{% if let Some(b) = s.betting %}{{ "{:.1}"|format(b[0]) }}% / {{ "{:.0}"|format(b[1]) }}%{% else %}not valid for this design{% endif %}</td></tr>{% endfor %}</tbody></table></div>"#
 )]
 struct CalibrationTable<'a> {
     c: &'a CalibrationView,

@@ -279,7 +279,7 @@ async fn proposal_views(
 <h3>Design</h3>
 <p>Arms: {% for a in v.arms %}{{ a }}{% if !loop.last %}, {% endif %}{% endfor %}. Outcome: {{ v.outcome }}; MID {{ v.mid }}.
 {{ v.period_days }}-day periods, {{ v.blocks[0] }} to {{ v.blocks[1] }} blocks, at most {{ v.planned_days }} days.
-Stops when P(better by MID) reaches {% if calibrating %}the calibrated threshold below (the protocol states {{ v.thresholds[0] }}){% else %}{{ v.thresholds[0] }}{% endif %} or ≤ {{ v.thresholds[1] }} for every arm (futility).</p>
+Stops when P(better by MID) reaches {% if calibrating %}the calibrated threshold below (the protocol states {{ v.thresholds[0] }}){% else %}{{ v.thresholds[0] }}{% endif %} or, for futility, {% if calibrating %}falls to the calibrated futility threshold below (the protocol states {{ v.thresholds[1] }}){% else %}≤ {{ v.thresholds[1] }}{% endif %} for every arm.</p>
 <h3>Priors</h3>
 <ul>{% for p in v.priors %}<li>{{ p }}</li>{% endfor %}</ul>
 <h3>How often this design is right (simulated)</h3>

@@ -121,9 +121,9 @@ pub struct TrialDetail {
     /// are drawn on: no effect, better by the MID, worse by the MID.
     #[serde(skip)]
     pub effect_lines: Vec<(f64, String)>,
-    /// The efficacy threshold the trial decides with (the one it locked
-    /// at its start, else the protocol's) and the futility threshold, on
-    /// P(better by MID).
+    /// The efficacy and futility thresholds the trial decides with (the
+    /// ones it locked at its start, else the protocol's), on P(better by
+    /// MID).
     pub thresholds: (f64, f64),
     /// Where the efficacy threshold came from, in words; none before the start.
     pub threshold_source: Option<String>,
@@ -366,7 +366,10 @@ async fn trial_detail(
                     trial
                         .locked
                         .map_or(protocol.decision.efficacy, |l| l.efficacy),
-                    protocol.decision.futility,
+                    trial
+                        .locked
+                        .and_then(|l| l.futility)
+                        .unwrap_or(protocol.decision.futility),
                 ),
                 calibrated: trial
                     .locked
@@ -434,7 +437,7 @@ async fn trial_detail(
 {% for svg in effect_svgs %}<figure>{{ svg|safe }}</figure>{% endfor %}
 {% for svg in prob_svgs %}<figure>{{ svg|safe }}</figure>{% endfor %}
 <h2>Decisions</h2>
-<p>Stops for efficacy when P(better by MID) ≥ {{ d.thresholds.0 }}{% if let Some(w) = d.threshold_source %}: {{ w }}{% else %}: locked when the trial starts{% endif %}; for futility when it is ≤ {{ d.thresholds.1 }} for every arm.</p>
+<p>Stops for efficacy when P(better by MID) ≥ {{ d.thresholds.0 }}{% if let Some(w) = d.threshold_source %}: {{ w }}{% else %}: locked when the trial starts{% endif %}; {% if d.thresholds.1 > 0.0 %}for futility when it is ≤ {{ d.thresholds.1 }} for every arm{% else %}never for futility (calibration found every futility threshold gave up on too many arms that work){% endif %}.</p>
 {% if !calibration_html.is_empty() %}<details><summary>How the threshold was calibrated</summary>{{ calibration_html|safe }}</details>{% endif %}
 <div class="scroll"><table><thead><tr><th>period</th><th>when</th><th>action</th><th>rule</th><th>numbers</th></tr></thead><tbody>
 {% for x in decisions %}<tr><td>{% if let Some(p) = x.0.period %}{{ p }}{% endif %}</td><td>{{ x.0.created_at }}</td><td>{{ x.0.action }}</td><td>{{ x.0.rule }}</td><td>{{ x.1 }}</td></tr>{% endfor %}

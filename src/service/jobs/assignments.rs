@@ -13,7 +13,7 @@ use crate::service::jobs::{JobError, recipient, running_trials};
 use crate::service::loaded::{LoadedTrial, assignment_time};
 use crate::service::notify::{self, Assignment};
 use crate::trial::calendar::{local_date, local_instant};
-use crate::trial::decide::LockedEfficacy;
+use crate::trial::decide::LockedThresholds;
 use crate::trial::design;
 use crate::trial::lifecycle::{self, TrialStatus};
 use crate::trial::protocol::Protocol;
@@ -72,7 +72,7 @@ pub(crate) async fn start_due_trials(state: &AppState) -> Result<usize, JobError
                 }
             }
         } else {
-            LockedEfficacy::stated(&trial.protocol.decision)
+            LockedThresholds::stated(&trial.protocol.decision)
         };
         // A start date already past (the daemon was down) starts today.
         let day0 = start.max(today);

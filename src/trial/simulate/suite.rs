@@ -20,10 +20,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     BettingRates, DEFAULT_TARGET, Rate, Rule, SimError, SimOptions, SimTiming, TrueEffect,
-    VirtualTrial, betting_rates, calibrate_boundary, calibrate_threshold, min_calibration_trials,
-    run_range, setup_for,
+    VirtualTrial, betting_rates, calibrate_boundary, calibrate_futility, calibrate_threshold,
+    min_calibration_trials, run_range, setup_for,
 };
-use crate::trial::decide::{Boundary, LockedEfficacy};
+use crate::trial::decide::{Action, Boundary, LockedThresholds};
 use crate::trial::protocol::{Protocol, ProtocolHash};
 use crate::trial::scenario::Scenario;
 
@@ -94,6 +94,19 @@ pub struct ScenarioRow {
     pub calibrated_power: Option<Rate>,
     /// The betting test's false stops and power on the same trials.
     pub betting: Option<BettingRates>,
+    /// Stops for futility under the effect at the protocol's thresholds.
+    #[serde(default)]
+    pub protocol_futility_stops: Option<Rate>,
+    /// Stops for futility under the effect at the calibrated thresholds.
+    #[serde(default)]
+    pub calibrated_futility_stops: Option<Rate>,
+    /// Mean blocks a trial runs under no effect, at the protocol's
+    /// thresholds.
+    #[serde(default)]
+    pub protocol_null_blocks: Option<f64>,
+    /// Mean blocks a trial runs under no effect, calibrated.
+    #[serde(default)]
+    pub calibrated_null_blocks: Option<f64>,
 }
 
 /// Everything a suite run reports; a calibrated one is what a trial locks.
@@ -120,6 +133,20 @@ pub struct SuiteReport {
     pub achievable: bool,
     /// The scenario that set the threshold.
     pub binding: Option<Scenario>,
+    /// The protocol's own futility threshold.
+    #[serde(default)]
+    pub protocol_futility: Option<f64>,
+    /// The most trials under the effect that may stop for futility, in
+    /// every scenario (when calibrating).
+    #[serde(default)]
+    pub futility_target: Option<f64>,
+    /// The calibrated futility threshold: the highest every scenario
+    /// allows (when calibrating; `None` in reports from before it was).
+    #[serde(default)]
+    pub futility: Option<f64>,
+    /// The scenario that set it.
+    #[serde(default)]
+    pub futility_binding: Option<Scenario>,
     /// The effect simulated for power, in [`SuiteReport::effect_unit`].
     pub effect: f64,
     /// What `effect` counts (see `SimulationReport::effect_unit`).
@@ -146,6 +173,9 @@ pub struct RuleSummary {
     pub efficacy: f64,
     /// The scenario that set it.
     pub binding: Scenario,
+    /// The futility threshold calibrated with it.
+    #[serde(default)]
+    pub futility: Option<f64>,
     /// Power under the effect, averaged over the scenarios.
     pub mean_power: f64,
 }
@@ -169,10 +199,20 @@ pub fn run_suite(
             ..options.base.clone()
         })
         .collect();
-    let setups = scenario_options
+    let mut setups = scenario_options
         .iter()
         .map(|o| setup_for(protocol, o))
         .collect::<Result<Vec<_>, _>>()?;
+    // Calibrating, virtual trials run with the lowest futility threshold
+    // considered, so that their course under any higher one is exact.
+    let futility_floor = if target.is_some() {
+        FUTILITY_FLOOR.min(protocol.decision.futility)
+    } else {
+        protocol.decision.futility
+    };
+    for setup in &mut setups {
+        setup.futility = futility_floor;
+    }
     // Every scenario gets at least the trials on which its threshold can
     // hold the target with 95% confidence at all.
     let floor = target.map_or(1, min_calibration_trials);
@@ -264,12 +304,13 @@ pub fn run_suite(
                     target,
                     Boundary::Decreasing,
                     max_blocks,
+                    0.0,
                 ))
             })
             .collect(),
         None => vec![None; setups.len()],
     };
-    let candidates: Vec<(Rule, usize, &Vec<Option<f64>>)> = [
+    let first_candidates: Vec<(Rule, usize, &Vec<Option<f64>>)> = [
         (Boundary::Constant, &needed),
         (Boundary::Decreasing, &decreasing),
     ]
@@ -282,6 +323,7 @@ pub fn run_suite(
                 boundary,
                 last,
                 max_blocks,
+                futility: futility_floor,
             },
             b,
             needed,
@@ -292,7 +334,7 @@ pub fn run_suite(
     // protocol's) has stopped them: the highest threshold any of them sets
     // at any eligible look.
     let first_look = protocol.design.min_blocks.max(1);
-    let stop_at = candidates
+    let stop_at = first_candidates
         .iter()
         .map(|(r, _, _)| r.boundary.at(r.last, first_look, max_blocks))
         .fold(protocol.decision.efficacy, f64::max);
@@ -309,6 +351,70 @@ pub fn run_suite(
             &bar,
         ));
     }
+    // Futility, calibrated on the trials under the effect for each efficacy
+    // rule; then the efficacy threshold again on the null trials, with
+    // futility stops at that threshold (they end some null trials before
+    // they could stop falsely). One round keeps both promises: the new
+    // efficacy threshold is no higher, so trials under the effect stop for
+    // efficacy no later and for futility no more often than the futility
+    // calibration counted; and the null trials' maxima are taken under the
+    // futility threshold in force. Without trials under the effect (or a
+    // target) futility stays the protocol's.
+    let futility_target = protocol.decision.false_futility_target;
+    let calibrating_futility = target.is_some() && options.power_trials > 0;
+    let candidates: Vec<Candidate> = first_candidates
+        .iter()
+        .map(|(first, binding, needed)| {
+            let stated = Candidate {
+                rule: Rule {
+                    futility: protocol.decision.futility,
+                    ..*first
+                },
+                binding: *binding,
+                needed: (*needed).clone(),
+                futility_binding: None,
+            };
+            let Some(target) = target.filter(|_| calibrating_futility) else {
+                return stated;
+            };
+            let allowed: Vec<Option<f64>> = effect
+                .iter()
+                .map(|e| calibrate_futility(e, futility_target, *first, futility_floor))
+                .collect();
+            // A scenario where even the lowest threshold considered stops
+            // too many binds at it.
+            let (futility, futility_binding) = match allowed.iter().position(Option::is_none) {
+                Some(i) => (futility_floor, Some(i)),
+                None => match argmin(&allowed) {
+                    Some(i) => (allowed[i].unwrap_or(futility_floor), Some(i)),
+                    None => (futility_floor, None),
+                },
+            };
+            let needed: Vec<Option<f64>> = null
+                .iter()
+                .map(|t| {
+                    Some(calibrate_boundary(
+                        t,
+                        target,
+                        first.boundary,
+                        max_blocks,
+                        futility,
+                    ))
+                })
+                .collect();
+            let binding = argmax(&needed).unwrap_or(*binding);
+            Candidate {
+                rule: Rule {
+                    last: needed[binding].unwrap_or(first.last),
+                    futility,
+                    ..*first
+                },
+                binding,
+                needed,
+                futility_binding,
+            }
+        })
+        .collect();
     let stop_rate = |trials: &[VirtualTrial], rule: Rule, right: Option<usize>| {
         let k = trials
             .iter()
@@ -335,6 +441,22 @@ pub fn run_suite(
             })
             .collect()
     };
+    let futility_rate = |trials: &[VirtualTrial], rule: Rule| {
+        let k = trials
+            .iter()
+            .filter(|t| t.under(rule).end == Action::StopFutility)
+            .count();
+        Rate::of(k, trials.len())
+    };
+    let mean_blocks = |trials: &[VirtualTrial], rule: Rule| {
+        (!trials.is_empty()).then(|| {
+            trials
+                .iter()
+                .map(|t| f64::from(t.under(rule).blocks))
+                .sum::<f64>()
+                / trials.len() as f64
+        })
+    };
     let mean_power = |rule: Rule| -> f64 {
         let n = setups.len().max(1) as f64;
         (0..setups.len())
@@ -342,12 +464,12 @@ pub fn run_suite(
             .sum::<f64>()
             / n
     };
-    let powers: Vec<f64> = candidates.iter().map(|(r, _, _)| mean_power(*r)).collect();
+    let powers: Vec<f64> = candidates.iter().map(|c| mean_power(c.rule)).collect();
     let chosen = match candidates.as_slice() {
         [] => None,
         [_] => Some(0),
         [constant, decreasing, ..] => {
-            let (a, b) = (found(constant.0), found(decreasing.0));
+            let (a, b) = (found(constant.rule), found(decreasing.rule));
             let d: Vec<f64> = b.iter().zip(&a).map(|(x, y)| x - y).collect();
             let n = d.len().max(2) as f64;
             let mean = d.iter().sum::<f64>() / n;
@@ -358,16 +480,18 @@ pub fn run_suite(
     let alternatives: Vec<RuleSummary> = candidates
         .iter()
         .zip(&powers)
-        .map(|((r, b, _), p)| RuleSummary {
-            boundary: r.boundary,
-            efficacy: r.last,
-            binding: scenarios[*b],
+        .map(|(c, p)| RuleSummary {
+            boundary: c.rule.boundary,
+            efficacy: c.rule.last,
+            binding: scenarios[c.binding],
+            futility: calibrating_futility.then_some(c.rule.futility),
             mean_power: *p,
         })
         .collect();
-    let rule = chosen.map(|c| candidates[c].0);
-    let binding = chosen.map(|c| candidates[c].1);
-    let needed: Vec<Option<f64>> = chosen.map_or(needed.clone(), |c| candidates[c].2.clone());
+    let rule = chosen.map(|c| candidates[c].rule);
+    let binding = chosen.map(|c| candidates[c].binding);
+    let futility_binding = chosen.and_then(|c| candidates[c].futility_binding);
+    let needed: Vec<Option<f64>> = chosen.map_or(needed.clone(), |c| candidates[c].needed.clone());
     let efficacy = rule.map(|r| r.last);
     for (setup, scenario) in setups.iter().zip(&scenarios) {
         bar.set_message(format!(
@@ -391,7 +515,10 @@ pub fn run_suite(
     }
     bar.finish_and_clear();
     let own = protocol.decision.efficacy;
-    let own_rule = Rule::constant(own);
+    let own_rule = Rule {
+        futility: protocol.decision.futility,
+        ..Rule::constant(own)
+    };
     let rows = scenarios
         .iter()
         .enumerate()
@@ -411,6 +538,13 @@ pub fn run_suite(
                     .map(|r| stop_rate(&fresh[i], r, None)),
                 calibrated_power: rule.map(|r| stop_rate(&effect[i], r, right)),
                 betting: betting_rates(&setups[i], &null[i], &effect[i]),
+                protocol_futility_stops: (!effect[i].is_empty())
+                    .then(|| futility_rate(&effect[i], own_rule)),
+                calibrated_futility_stops: rule
+                    .filter(|_| !effect[i].is_empty())
+                    .map(|r| futility_rate(&effect[i], r)),
+                protocol_null_blocks: mean_blocks(&null[i], own_rule),
+                calibrated_null_blocks: rule.and_then(|r| mean_blocks(&null[i], r)),
             }
         })
         .collect();
@@ -441,6 +575,10 @@ pub fn run_suite(
         rules: alternatives,
         achievable: efficacy.is_some_and(|c| c < 1.0),
         binding: binding.map(|b| scenarios[b]),
+        protocol_futility: Some(protocol.decision.futility),
+        futility_target: calibrating_futility.then_some(futility_target),
+        futility: rule.filter(|_| calibrating_futility).map(|r| r.futility),
+        futility_binding: futility_binding.map(|b| scenarios[b]),
         effect,
         effect_unit,
         seed: options.base.seed,
@@ -460,20 +598,36 @@ pub fn run_suite(
     })
 }
 
-/// A locked efficacy rule checked on `trials` null virtual trials per
-/// scenario, from `base.seed`: each scenario's false-stop rate, and the
-/// betting test's on the same trials. Run it with another seed than the
-/// calibration's to see the rule hold out of sample.
+/// A locked rule's error rates in one scenario, on fresh virtual trials.
+#[derive(Debug, Clone)]
+pub struct LockedCheck {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Stops for efficacy under no effect.
+    pub false_stops: Rate,
+    /// Stops for futility under the effect (none without such trials).
+    pub futility_stops: Option<Rate>,
+    /// The betting test on the same null trials.
+    pub betting: Option<BettingRates>,
+}
+
+/// A locked rule checked per scenario on `null_trials` virtual trials
+/// under no effect (its false stops, and the betting test's) and
+/// `effect_trials` under the effect (its stops for futility), from
+/// `base.seed`. Run it with another seed than the calibration's to see
+/// the rule hold out of sample.
 pub fn check_locked(
     protocol: &Protocol,
     base: &SimOptions,
-    locked: LockedEfficacy,
-    trials: usize,
-) -> Result<Vec<(Scenario, Rate, Option<BettingRates>)>, SimError> {
+    locked: LockedThresholds,
+    (null_trials, effect_trials): (usize, usize),
+) -> Result<Vec<LockedCheck>, SimError> {
+    let futility = locked.futility.unwrap_or(protocol.decision.futility);
     let rule = Rule {
         boundary: locked.boundary,
         last: locked.efficacy,
         max_blocks: protocol.design.max_blocks,
+        futility,
     };
     let mut out = Vec::new();
     for scenario in Scenario::suite(protocol.outcome.family) {
@@ -482,26 +636,63 @@ pub fn check_locked(
             calibrate: Some(DEFAULT_TARGET),
             ..base.clone()
         };
-        let setup = setup_for(protocol, &options)?;
-        let null = run_range(
-            &setup,
-            TrueEffect::NONE,
-            0,
-            0..trials,
-            f64::INFINITY,
-            &ProgressBar::hidden(),
-        );
-        let stops = null
-            .iter()
-            .filter(|t| t.under(rule).efficacy.is_some())
-            .count();
-        out.push((
+        let mut setup = setup_for(protocol, &options)?;
+        setup.futility = futility;
+        let run = |effect, stream, n| {
+            run_range(
+                &setup,
+                effect,
+                stream,
+                0..n,
+                f64::INFINITY,
+                &ProgressBar::hidden(),
+            )
+        };
+        let null = run(TrueEffect::NONE, 0, null_trials);
+        let effect = run(setup.effect_condition(), 1, effect_trials);
+        let count = |trials: &[VirtualTrial], end: fn(&Action) -> bool| {
+            let k = trials.iter().filter(|t| end(&t.under(rule).end)).count();
+            Rate::of(k, trials.len())
+        };
+        out.push(LockedCheck {
             scenario,
-            Rate::of(stops, null.len()),
-            betting_rates(&setup, &null, &[]),
-        ));
+            false_stops: count(&null, |a| matches!(a, Action::StopEfficacy { .. })),
+            futility_stops: (!effect.is_empty())
+                .then(|| count(&effect, |a| *a == Action::StopFutility)),
+            betting: betting_rates(&setup, &null, &[]),
+        });
     }
     Ok(out)
+}
+
+/// One calibrated rule before the choice between boundaries: the rule, the
+/// scenario that set its efficacy threshold, every scenario's own
+/// efficacy threshold, and the scenario that set its futility threshold.
+struct Candidate {
+    rule: Rule,
+    binding: usize,
+    needed: Vec<Option<f64>>,
+    futility_binding: Option<usize>,
+}
+
+/// The lowest futility threshold calibration considers: none, so that
+/// calibration may also switch futility stops off. Virtual trials then run
+/// on to their last block where the protocol's would have stopped them as
+/// futile, which costs time but makes every higher threshold's course
+/// exact ([`VirtualTrial::under`]).
+const FUTILITY_FLOOR: f64 = 0.0;
+
+/// The index of the smallest threshold (the first, on ties).
+fn argmin(allowed: &[Option<f64>]) -> Option<usize> {
+    let mut best: Option<(usize, f64)> = None;
+    for (i, a) in allowed.iter().enumerate() {
+        if let Some(f) = *a
+            && best.is_none_or(|(_, b)| f < b)
+        {
+            best = Some((i, f));
+        }
+    }
+    best.map(|(i, _)| i)
 }
 
 /// The index of the largest threshold (the first, on ties).
@@ -547,58 +738,82 @@ pub fn render_suite(r: &SuiteReport) -> String {
         100.0 * r.non_adherence,
         r.seed
     );
+    let short =
+        |x: Option<&Rate>| x.map_or_else(|| "-".to_string(), |x| format!("{:.1}%", 100.0 * x.rate));
+    let blocks = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |b| format!("{b:.1}"));
     let _ = writeln!(
         out,
-        "{:<15} {:>6} {:>8} | {:>22} | {:>13} {:>13} {:>13} | {:>13} {:>13}",
+        "{:<15} {:>6} {:>8} | {:>35} | {:>13} {:>13} {:>13} {:>13} {:>6} | {:>13} {:>13}",
         "",
         "trials",
         "needs",
-        format!("protocol's {:.4}", r.protocol_efficacy),
+        format!(
+            "protocol's {:.4}, futility {}",
+            r.protocol_efficacy,
+            r.protocol_futility
+                .map_or_else(|| "-".into(), |f| f.to_string())
+        ),
         "calibrated",
         "fresh",
+        "",
+        "",
         "",
         "betting test",
         ""
     );
     let _ = writeln!(
         out,
-        "{:<15} {:>6} {:>8} | {:>11} {:>10} | {:>13} {:>13} {:>13} | {:>13} {:>13}",
+        "{:<15} {:>6} {:>8} | {:>9} {:>7} {:>9} {:>6} | {:>13} {:>13} {:>13} {:>13} {:>6} | {:>13} {:>13}",
         "scenario",
         "null",
         "",
         "false stop",
         "power",
+        "futile|eff",
+        "blocks",
         "false stop",
         "false stop",
         "power",
+        "futile|eff",
+        "blocks",
         "false stop",
         "power"
     );
     for row in &r.rows {
         let _ = writeln!(
             out,
-            "{:<15} {:>6} {:>8} | {:>11} {:>10} | {:>13} {:>13} {:>13} | {:>13} {:>13}",
+            "{:<15} {:>6} {:>8} | {:>9} {:>7} {:>9} {:>6} | {:>13} {:>13} {:>13} {:>13} {:>6} | {:>13} {:>13}",
             row.scenario.name(),
             row.null_trials,
             row.needed.map_or_else(|| "-".into(), |c| format!("{c:.4}")),
             format!("{:.1}%", 100.0 * row.protocol_false_stops.rate),
             format!("{:.1}%", 100.0 * row.protocol_power.rate),
+            short(row.protocol_futility_stops.as_ref()),
+            blocks(row.protocol_null_blocks),
             opt(row.calibrated_false_stops.as_ref()),
             opt(row.fresh_false_stops.as_ref()),
             opt(row.calibrated_power.as_ref()),
+            opt(row.calibrated_futility_stops.as_ref()),
+            blocks(row.calibrated_null_blocks),
             opt(row.betting.as_ref().map(|b| &b.false_stops)),
             opt(row.betting.as_ref().map(|b| &b.power_right_arm)),
         );
     }
+    let _ = writeln!(
+        out,
+        "(futile|eff: stops for futility under the effect; blocks: mean blocks a trial runs under no effect)"
+    );
     match (r.target, r.efficacy, r.binding) {
         (Some(target), Some(c), Some(b)) => {
             for rule in &r.rules {
                 let _ = writeln!(
                     out,
-                    "{:<10} boundary: last block's threshold {:.4} (bound by {}), mean power {:.1}%{}",
+                    "{:<10} boundary: last block's threshold {:.4} (bound by {}){}, mean power {:.1}%{}",
                     rule.boundary.as_str(),
                     rule.efficacy,
                     rule.binding.name(),
+                    rule.futility
+                        .map_or_else(String::new, |f| format!(", futility {f:.4}")),
                     100.0 * rule.mean_power,
                     if rule.boundary == r.boundary {
                         "  <- chosen"
@@ -619,6 +834,27 @@ pub fn render_suite(r: &SuiteReport) -> String {
                 },
                 b.name()
             );
+            match (r.futility, r.futility_target) {
+                (Some(f), Some(t)) => {
+                    let _ = writeln!(
+                        out,
+                        "calibrated futility threshold {f:.4}{}: stops for futility under the effect at or below {:.1}% with 95% confidence in every scenario; bound by {}",
+                        if f == 0.0 {
+                            " (never stops for futility)"
+                        } else {
+                            ""
+                        },
+                        100.0 * t,
+                        r.futility_binding.map_or("-", |s| s.name())
+                    );
+                }
+                _ => {
+                    let _ = writeln!(
+                        out,
+                        "futility threshold: the protocol's (not calibrated: no trials under the effect)"
+                    );
+                }
+            }
         }
         _ => {
             let _ = writeln!(out, "(not calibrated: pass --calibrate)");
@@ -638,7 +874,7 @@ mod tests {
     use super::*;
     use crate::trial::decide::ThresholdSource;
 
-    /// A small design: two arms, 3-day periods, 10 blocks, a look from the
+    /// A small design: two arms, 3-day periods, 6 blocks, a look from the
     /// first block on, MID near 0 (so that sequential looks inflate false
     /// stops, as in `statistics.md` §5).
     fn small_design() -> Protocol {
@@ -664,7 +900,7 @@ type = "counterbalanced"
 period_days = 3
 run_in_days = 4
 min_blocks = 1
-max_blocks = 10
+max_blocks = 6
 "#;
         Protocol::parse(text, "small").unwrap()
     }
@@ -682,7 +918,7 @@ max_blocks = 10
             target: Some(0.05),
             first_trials: 60,
             max_trials: 240,
-            power_trials: 0,
+            power_trials: 60,
             fresh_trials: 0,
         };
         let calibrated = run_suite(&protocol, &hash, &options).unwrap();
@@ -700,27 +936,41 @@ max_blocks = 10
         // points, and 5% + 2.5 se = 8.9% is exceeded by chance with
         // probability below 1% per scenario at a true rate of exactly 5%;
         // the calibration's 95% confidence makes the true rate lower.
-        let locked = LockedEfficacy {
+        // Futility is calibrated on the trials under the effect (here the
+        // MID, 0.001: P(better by MID) wanders around 1/2 there).
+        let futility = calibrated.futility.unwrap();
+        assert_eq!(calibrated.futility_target, Some(0.10));
+        let locked = LockedThresholds {
             efficacy,
             source: ThresholdSource::Calibrated,
             boundary: calibrated.boundary,
+            futility: Some(futility),
         };
         let base = SimOptions {
             seed: 1_000_003,
             threads: 2,
             ..SimOptions::default()
         };
-        let fresh = check_locked(&protocol, &base, locked, 200).unwrap();
+        let fresh = check_locked(&protocol, &base, locked, (200, 100)).unwrap();
         assert_eq!(fresh.len(), Scenario::ALL.len());
         let limit = 0.05 + 2.5 * (0.05f64 * 0.95 / 200.0).sqrt();
-        for (scenario, rate, betting) in &fresh {
+        // The same bound for futility at 10% on 100 trials: 17.5%.
+        let futility_limit = 0.10 + 2.5 * (0.10f64 * 0.90 / 100.0).sqrt();
+        for check in &fresh {
+            let scenario = check.scenario;
             assert!(
-                rate.rate <= limit,
+                check.false_stops.rate <= limit,
                 "{scenario:?}: {} false stops at {efficacy} on fresh trials",
-                rate.rate
+                check.false_stops.rate
+            );
+            let futile = check.futility_stops.unwrap();
+            assert!(
+                futile.rate <= futility_limit,
+                "{scenario:?}: {} stops for futility under the effect at {futility}",
+                futile.rate
             );
             // The betting test is anytime valid in every scenario (Ville).
-            let b = betting.as_ref().unwrap();
+            let b = check.betting.as_ref().unwrap();
             assert!(b.false_stops.rate <= limit, "{scenario:?}: betting {b:?}");
         }
     }
