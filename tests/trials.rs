@@ -330,6 +330,77 @@ fn life_cycle_from_the_command_line() {
 }
 
 #[test]
+fn a_design_that_cannot_be_calibrated_starts_on_its_stated_thresholds_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = fast_config(&data, 1.0);
+    let args = ["--demo", "--config", config.to_str().unwrap()];
+    let d = Daemon::start(&data, &args);
+    d.wait_jobs(1, Duration::from_secs(30));
+    drop(d);
+    // Two fewer migraine days a month is the shipped MID; twenty cannot
+    // happen from the simulated baseline of 7.5, so every calibration
+    // attempt fails the same way.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/protocols/magnesium-migraine.toml"))
+        .unwrap()
+        .replace("mid_natural = 2.0", "mid_natural = 20.0");
+    let protocol = dir.path().join("migraine-20.toml");
+    std::fs::write(&protocol, text).unwrap();
+    let (ok, out) = cli(
+        dir.path(),
+        &data,
+        &["propose", protocol.to_str().unwrap(), "--participant", "demo"],
+    );
+    assert!(ok, "{out}");
+    let zone = store(&data).participants().unwrap()[0].time_zone.clone();
+    let tz = jiff::tz::TimeZone::get(&zone).unwrap();
+    let today = jiff::Timestamp::now().to_zoned(tz).date().to_string();
+    let (ok, out) = cli(dir.path(), &data, &["approve", "2", "--start", &today]);
+    assert!(ok, "{out}");
+
+    let d = Daemon::start(&data, &args);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store(&data).trial(2).unwrap().unwrap().status.as_str() != "running" {
+        assert!(Instant::now() < deadline, "trial 2 did not start: {}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let health = d.json("/healthz");
+    drop(d);
+    let s = store(&data);
+    let t2 = s.trial(2).unwrap().unwrap();
+    // Tried three times, then given up on; the failure is kept, not retried.
+    let failure = s.calibration_failure(&t2.protocol_hash).unwrap().unwrap();
+    assert_eq!(failure.attempts, 3, "{failure:?}");
+    assert!(
+        failure.error.contains("mid_natural") && failure.error.contains("cannot happen"),
+        "{failure:?}"
+    );
+    assert!(s.calibration(&t2.protocol_hash).unwrap().is_none());
+    // Each failed attempt was a failed run of the designs job (on
+    // `/healthz` while it was the last), and the job went on after them.
+    assert_eq!(health["jobs"]["designs"]["failures"], 3, "{health}");
+    // The trial decides on the protocol's stated thresholds, and says so.
+    let locked = t2.locked.unwrap();
+    assert_eq!(locked.source, decide::ThresholdSource::Protocol);
+    assert_eq!(locked.efficacy, t2.protocol().unwrap().decision.efficacy);
+    assert_eq!(locked.futility, None);
+    let started: Vec<_> = s
+        .recent_messages(100)
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.kind == "trial_started" && m.key.ends_with("/2"))
+        .collect();
+    assert_eq!(started.len(), 1);
+    assert!(
+        started[0].body_text.contains("could not be calibrated")
+            && started[0].body_text.contains("mid_natural"),
+        "{}",
+        started[0].body_text
+    );
+}
+
+#[test]
 fn simulate_reports_error_rates_with_monte_carlo_errors() {
     let dir = tempfile::tempdir().unwrap();
     let root = env!("CARGO_MANIFEST_DIR");

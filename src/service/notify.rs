@@ -350,7 +350,30 @@ pub fn trial_started_message(
     protocol_hash: &str,
     start: Date,
     dashboard: &str,
+    uncalibrated: Option<&str>,
 ) -> NewMessage {
+    let mut lines = vec![
+        format!(
+            "Your trial \"{}\" starts on {}. Each morning you will get that day's assignment; future days stay hidden so that the trial stays fair.",
+            protocol.title,
+            start.strftime("%A %-d %B %Y")
+        ),
+        format!(
+            "The protocol is locked: its SHA-256 is {protocol_hash}. Up to {} blocks of {} periods of {} days.",
+            protocol.design.max_blocks,
+            protocol.arms.len(),
+            protocol.design.period_days
+        ),
+    ];
+    if let Some(why) = uncalibrated {
+        lines.push(format!(
+            "Its stopping rule could not be calibrated for this design ({}), so it decides on the protocol's stated thresholds (P(better by MID) ≥ {} to stop for efficacy, ≤ {} for futility), whose false-stop rate was not checked: treat an early stop with more caution than usual.",
+            why,
+            protocol.decision.efficacy,
+            protocol.decision.futility
+        ));
+    }
+    lines.push(format!("Dashboard: {dashboard}/"));
     simple_message(
         to,
         format!("trial-started/{}/{trial_id}", to.key),
@@ -358,20 +381,7 @@ pub fn trial_started_message(
         Some(trial_id),
         Some(start),
         format!("Your trial has started: {}", protocol.title),
-        &[
-            format!(
-                "Your trial \"{}\" starts on {}. Each morning you will get that day's assignment; future days stay hidden so that the trial stays fair.",
-                protocol.title,
-                start.strftime("%A %-d %B %Y")
-            ),
-            format!(
-                "The protocol is locked: its SHA-256 is {protocol_hash}. Up to {} blocks of {} periods of {} days.",
-                protocol.design.max_blocks,
-                protocol.arms.len(),
-                protocol.design.period_days
-            ),
-            format!("Dashboard: {dashboard}/"),
-        ],
+        &lines,
     )
 }
 

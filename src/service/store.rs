@@ -642,6 +642,30 @@ impl CalibrationRow {
     }
 }
 
+/// A design whose calibration failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CalibrationFailure {
+    /// The last attempt's error.
+    pub error: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// When the last one failed.
+    pub last_at: String,
+}
+
+impl CalibrationFailure {
+    /// How often a design's calibration is tried before the designs job
+    /// gives up on it (a failure is mostly the protocol's and repeats; a
+    /// few tries cover the rest). An approved trial of a design given up
+    /// on starts on its protocol's stated thresholds and says why.
+    pub const ATTEMPTS: u32 = 3;
+
+    /// Whether the designs job has given up on this design.
+    pub fn given_up(&self) -> bool {
+        self.attempts >= Self::ATTEMPTS
+    }
+}
+
 /// A verified one-click link to apply.
 #[derive(Debug, Clone)]
 pub struct LinkUse<'a> {
@@ -2599,9 +2623,54 @@ impl Store {
             .transpose()
     }
 
-    /// Stores a design's calibration (the first one for a hash stands).
+    /// Records a failed calibration of a design; returns its attempts so far.
+    pub fn record_calibration_failure(
+        &mut self,
+        protocol_hash: &ProtocolHash,
+        error: &str,
+        now: Timestamp,
+    ) -> Result<u32> {
+        Ok(self.conn.query_row(
+            "INSERT INTO calibration_failures (protocol_hash, error, attempts, last_at)
+             VALUES (?1, ?2, 1, ?3)
+             ON CONFLICT (protocol_hash) DO UPDATE
+                 SET error = excluded.error, attempts = attempts + 1, last_at = excluded.last_at
+             RETURNING attempts",
+            params![protocol_hash.0, error, ts(now)],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// A design's failed calibration, if its calibration failed.
+    pub fn calibration_failure(
+        &self,
+        protocol_hash: &ProtocolHash,
+    ) -> Result<Option<CalibrationFailure>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT error, attempts, last_at FROM calibration_failures WHERE protocol_hash = ?1",
+                [&protocol_hash.0],
+                |r| {
+                    Ok(CalibrationFailure {
+                        error: r.get(0)?,
+                        attempts: r.get(1)?,
+                        last_at: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Stores a design's calibration (the first one for a hash stands); an
+    /// earlier failure of it is forgotten.
     pub fn put_calibration(&mut self, row: &CalibrationRow) -> Result<()> {
-        self.conn.execute(
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM calibration_failures WHERE protocol_hash = ?1",
+            [&row.protocol_hash],
+        )?;
+        tx.execute(
             "INSERT INTO calibrations
                  (protocol_hash, target, efficacy, boundary, binding, report_json, wall_ms, created_at,
                   futility)
@@ -2618,6 +2687,7 @@ impl Store {
                 row.futility
             ],
         )?;
+        tx.commit()?;
         Ok(())
     }
 

@@ -105,6 +105,9 @@ pub struct ProposalView {
     /// The calibration as HTML (not in the JSON).
     #[serde(skip)]
     pub calibration_html: String,
+    /// Why the design's calibration failed, and whether the job gave up
+    /// on it (an approved trial then starts on the stated thresholds).
+    pub calibration_failure: Option<(String, bool)>,
     /// The causal graph as SVG (not in the JSON).
     #[serde(skip)]
     pub graph_svg: String,
@@ -246,6 +249,20 @@ async fn proposal_views(
                         .as_ref()
                         .map(super::calibration::render)
                         .unwrap_or_default(),
+                    calibration_failure: s
+                        .calibration_failure(&t.protocol_hash)?
+                        .filter(|_| calibration.is_none())
+                        .map(|f| {
+                            (
+                                format!(
+                                    "{} (attempt {} of {})",
+                                    f.error,
+                                    f.attempts,
+                                    crate::service::store::CalibrationFailure::ATTEMPTS
+                                ),
+                                f.given_up(),
+                            )
+                        }),
                     calibration,
                     graph_svg: graph
                         .map(|g| {
@@ -290,7 +307,7 @@ Stops when P(better by MID) reaches {% if calibrating %}the calibrated threshold
 </tbody></table>{% if let Some(w) = r.power_warning %}<p class="banner">{{ w }}</p>{% endif %}<p class="muted">{{ r.trials }} virtual trials per condition at efficacy threshold {{ r.efficacy }}, ± one Monte Carlo standard error; {{ "{:.0}"|format(r.wall_s) }} s. The threshold a trial of this design decides with is calibrated below.</p>
 {% else %}<p class="muted">Being simulated in the background: about a minute for a gaussian outcome, up to an hour for the other families. Reload later.</p>{% endif %}
 <h3>When it stops: the threshold calibrated for this design</h3>
-{% if !calibrating %}<p>Calibration is switched off (<code>jobs.calibrate = false</code>): a trial of this design decides on the protocol's stated threshold, {{ v.thresholds[0] }}, whatever its false-stop rate.</p>{% else if v.calibration.is_some() %}{{ v.calibration_html|safe }}{% else %}<p class="muted">Being calibrated in the background on the stress suite (a few minutes; longer for counts and proportions). An approved trial starts once its threshold is locked. Reload later.</p>{% endif %}
+{% if !calibrating %}<p>Calibration is switched off (<code>jobs.calibrate = false</code>): a trial of this design decides on the protocol's stated threshold, {{ v.thresholds[0] }}, whatever its false-stop rate.</p>{% else if v.calibration.is_some() %}{{ v.calibration_html|safe }}{% else if let Some((why, given_up)) = v.calibration_failure %}<p class="banner">This design could not be calibrated: {{ why }}. {% if given_up %}An approved trial of it starts on the protocol's stated thresholds, whose false-stop rate is not checked; edit the protocol to calibrate it.{% else %}It will be tried again.{% endif %}</p>{% else %}<p class="muted">Being calibrated in the background on the stress suite (a few minutes; longer for counts and proportions). An approved trial starts once its threshold is locked. Reload later.</p>{% endif %}
 <h3>Decide</h3>
 <form method="post" action="/trials/{{ v.id }}/approve" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}">{% if v.needs_clinician %}<label>This changes prescribed medication or needs a clinician: who agreed, and when <input name="clinician" required placeholder="Dr Lee, 3 Dec 2026"></label> {% endif %}<button type="submit">Approve (starts tomorrow)</button></form>
 <form method="post" action="/trials/{{ v.id }}/reject" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Reject</button></form>

@@ -131,6 +131,9 @@ pub struct TrialDetail {
     pub calibrated: bool,
     /// The design's calibration, once computed.
     pub calibration: Option<super::calibration::CalibrationView>,
+    /// Why the design's calibration failed, where it did (a trial that
+    /// started then decides on the protocol's stated thresholds).
+    pub calibration_failure: Option<String>,
     /// The outcome is a self-report with this range (for the form).
     pub self_report: Option<(i32, i32)>,
     /// Days of the schedule.
@@ -385,6 +388,9 @@ async fn trial_detail(
                     .calibration(&trial.protocol_hash)?
                     .as_ref()
                     .and_then(super::calibration::CalibrationView::of),
+                calibration_failure: s
+                    .calibration_failure(&trial.protocol_hash)?
+                    .map(|f| f.error),
                 self_report: protocol
                     .outcome
                     .self_report
@@ -438,6 +444,7 @@ async fn trial_detail(
 {% for svg in prob_svgs %}<figure>{{ svg|safe }}</figure>{% endfor %}
 <h2>Decisions</h2>
 <p>Stops for efficacy when P(better by MID) ≥ {{ d.thresholds.0 }}{% if let Some(w) = d.threshold_source %}: {{ w }}{% else %}: locked when the trial starts{% endif %}; {% if d.thresholds.1 > 0.0 %}for futility when it is ≤ {{ d.thresholds.1 }} for every arm{% else %}never for futility (calibration found every futility threshold gave up on too many arms that work){% endif %}.</p>
+{% if let Some(why) = d.calibration_failure %}{% if !d.calibrated %}<p class="banner">This design could not be calibrated ({{ why }}): the trial decides on the protocol's stated thresholds, whose false-stop rate was not checked. Treat an early stop with more caution than usual.</p>{% endif %}{% endif %}
 {% if !calibration_html.is_empty() %}<details><summary>How the threshold was calibrated</summary>{{ calibration_html|safe }}</details>{% endif %}
 <div class="scroll"><table><thead><tr><th>period</th><th>when</th><th>action</th><th>rule</th><th>numbers</th></tr></thead><tbody>
 {% for x in decisions %}<tr><td>{% if let Some(p) = x.0.period %}{{ p }}{% endif %}</td><td>{{ x.0.created_at }}</td><td>{{ x.0.action }}</td><td>{{ x.0.rule }}</td><td>{{ x.1 }}</td></tr>{% endfor %}

@@ -59,11 +59,27 @@ pub(crate) async fn start_due_trials(state: &AppState) -> Result<usize, JobError
         // The efficacy threshold it will decide with, locked now: the
         // design's calibration (the start waits for it), or the protocol's
         // where calibration is switched off.
+        // A design whose calibration failed every attempt starts on the
+        // protocol's stated thresholds (`uncalibrated` says why).
+        let mut uncalibrated = None;
         let locked = if state.config.jobs.calibrate {
             let hash = trial.row.protocol_hash.clone();
-            match state.db.read(move |s| s.calibration(&hash)).await? {
-                Some(c) => c.locked(),
-                None => {
+            let (calibration, failure) = state
+                .db
+                .read(move |s| Ok((s.calibration(&hash)?, s.calibration_failure(&hash)?)))
+                .await?;
+            match (calibration, failure) {
+                (Some(c), _) => c.locked(),
+                (None, Some(f)) if f.given_up() => {
+                    tracing::warn!(
+                        trial = trial.id(),
+                        error = %f.error,
+                        "the design could not be calibrated; starting on the protocol's stated thresholds"
+                    );
+                    uncalibrated = Some(f.error);
+                    LockedThresholds::stated(&trial.protocol.decision)
+                }
+                (None, _) => {
                     tracing::debug!(
                         trial = trial.id(),
                         "start waits for the design's calibration"
@@ -87,6 +103,7 @@ pub(crate) async fn start_due_trials(state: &AppState) -> Result<usize, JobError
             &trial.row.protocol_hash.0,
             day0,
             &state.public_url,
+            uncalibrated.as_deref(),
         );
         state
             .db

@@ -7,7 +7,7 @@ use jiff::Timestamp;
 
 use crate::engine::spec::Family;
 use crate::service::app::AppState;
-use crate::service::store::{CalibrationRow, DesignSimulationRow};
+use crate::service::store::{CalibrationFailure, CalibrationRow, DesignSimulationRow};
 use crate::trial::lifecycle::TrialStatus;
 use crate::trial::protocol::{Protocol, ProtocolHash};
 use crate::trial::simulate::SimOptions;
@@ -119,7 +119,11 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
                 .into_iter()
                 .filter(|t| matches!(t.status, TrialStatus::Approved | TrialStatus::Proposed))
             {
-                if s.calibration(&t.protocol_hash)?.is_none()
+                let given_up = s
+                    .calibration_failure(&t.protocol_hash)?
+                    .is_some_and(|f| f.given_up());
+                if !given_up
+                    && s.calibration(&t.protocol_hash)?.is_none()
                     && !out.iter().any(|(h, _)| *h == t.protocol_hash)
                 {
                     out.push((t.protocol_hash, t.protocol_toml));
@@ -190,8 +194,8 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
                 state.db.write(move |s| s.put_calibration(&row)).await?;
                 done += 1;
             }
-            Ok(Err(e)) => failed.push(format!("calibration of {}: {e}", hash.short())),
-            Err(e) => failed.push(format!("calibration of {}: {e}", hash.short())),
+            Ok(Err(e)) => failed.push(record_failure(state, &hash, e).await?),
+            Err(e) => failed.push(record_failure(state, &hash, e.to_string()).await?),
         }
     }
     if failed.is_empty() {
@@ -206,6 +210,26 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
             failed.join("; ")
         )))
     }
+}
+
+/// Stores a failed calibration and says it for the job board.
+async fn record_failure(
+    state: &AppState,
+    hash: &ProtocolHash,
+    error: String,
+) -> Result<String, JobError> {
+    let now = state.clock.now();
+    let (key, why) = (hash.clone(), error.clone());
+    let attempts = state
+        .db
+        .write(move |s| s.record_calibration_failure(&key, &why, now))
+        .await?;
+    tracing::warn!(protocol = %hash.short(), attempts, error = %error, "design calibration failed");
+    Ok(format!(
+        "calibration of {} (attempt {attempts} of {}): {error}",
+        hash.short(),
+        CalibrationFailure::ATTEMPTS
+    ))
 }
 
 /// Simulates the design of every proposal whose protocol text has no stored
