@@ -350,7 +350,12 @@ fn a_design_that_cannot_be_calibrated_starts_on_its_stated_thresholds_and_says_w
     let (ok, out) = cli(
         dir.path(),
         &data,
-        &["propose", protocol.to_str().unwrap(), "--participant", "demo"],
+        &[
+            "propose",
+            protocol.to_str().unwrap(),
+            "--participant",
+            "demo",
+        ],
     );
     assert!(ok, "{out}");
     let zone = store(&data).participants().unwrap()[0].time_zone.clone();
@@ -362,7 +367,11 @@ fn a_design_that_cannot_be_calibrated_starts_on_its_stated_thresholds_and_says_w
     let d = Daemon::start(&data, &args);
     let deadline = Instant::now() + Duration::from_secs(60);
     while store(&data).trial(2).unwrap().unwrap().status.as_str() != "running" {
-        assert!(Instant::now() < deadline, "trial 2 did not start: {}", d.log());
+        assert!(
+            Instant::now() < deadline,
+            "trial 2 did not start: {}",
+            d.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let health = d.json("/healthz");

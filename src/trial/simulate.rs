@@ -155,6 +155,11 @@ struct Rule {
 }
 
 impl Rule {
+    /// No efficacy stops, futility as the trials were run.
+    fn never() -> Rule {
+        Rule::constant(f64::INFINITY)
+    }
+
     /// A constant efficacy threshold, futility as the trials were run.
     fn constant(threshold: f64) -> Rule {
         Rule {

@@ -19,9 +19,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BettingRates, DEFAULT_TARGET, Rate, Rule, SimError, SimOptions, SimTiming, TrueEffect,
-    VirtualTrial, betting_rates, calibrate_boundary, calibrate_futility, calibrate_threshold,
-    min_calibration_trials, run_range, setup_for,
+    BettingRates, DEFAULT_TARGET, MAX_FUTILITY, Rate, Rule, SimError, SimOptions, SimTiming,
+    TrueEffect, VirtualTrial, betting_rates, calibrate_boundary, calibrate_futility,
+    calibrate_threshold, min_calibration_trials, run_range, setup_for,
 };
 use crate::trial::decide::{Action, Boundary, LockedThresholds};
 use crate::trial::protocol::{Protocol, ProtocolHash};
@@ -107,6 +107,11 @@ pub struct ScenarioRow {
     /// Mean blocks a trial runs under no effect, calibrated.
     #[serde(default)]
     pub calibrated_null_blocks: Option<f64>,
+    /// With three arms or more: how often the arm that works is dropped
+    /// (at the protocol's arm-drop threshold, which is not calibrated),
+    /// under the calibrated rule.
+    #[serde(default)]
+    pub effect_arm_dropped: Option<Rate>,
 }
 
 /// Everything a suite run reports; a calibrated one is what a trial locks.
@@ -203,10 +208,39 @@ pub fn run_suite(
         .iter()
         .map(|o| setup_for(protocol, o))
         .collect::<Result<Vec<_>, _>>()?;
-    // Calibrating, virtual trials run with the lowest futility threshold
-    // considered, so that their course under any higher one is exact.
-    let futility_floor = if target.is_some() {
-        FUTILITY_FLOOR.min(protocol.decision.futility)
+    // Trials under the effect first, without efficacy stops and (when
+    // futility is calibrated) without futility stops: each rule's course
+    // on them is then exact (`VirtualTrial::under`).
+    let futility_target = protocol.decision.false_futility_target;
+    let calibrating_futility = target.is_some() && options.power_trials > 0;
+    let bar = progress_bar(options.base.progress, 0, &protocol.id);
+    let mut effect: Vec<Vec<VirtualTrial>> = Vec::with_capacity(setups.len());
+    for (setup, scenario) in setups.iter_mut().zip(&scenarios) {
+        setup.futility = if calibrating_futility {
+            0.0
+        } else {
+            protocol.decision.futility
+        };
+        bar.set_message(format!("{} ({}): effect", protocol.id, scenario.name()));
+        effect.push(run_range(
+            setup,
+            setup.effect_condition(),
+            1,
+            0..options.power_trials,
+            f64::INFINITY,
+            &bar,
+        ));
+    }
+    // Null trials run with the lowest futility threshold any efficacy rule
+    // could be given: the one calibrated as if nothing stopped for efficacy
+    // (every look counts against futility then). Their course under any
+    // higher threshold, the calibrated one included, is exact; where
+    // futility is not calibrated they run with the protocol's.
+    let futility_floor = if calibrating_futility {
+        effect
+            .iter()
+            .filter_map(|e| calibrate_futility(e, futility_target, Rule::never(), 0.0))
+            .fold(MAX_FUTILITY, f64::min)
     } else {
         protocol.decision.futility
     };
@@ -224,7 +258,7 @@ pub fn run_suite(
     let max = options.max_trials.max(first);
     let estimate = scenarios.len() * (first + options.power_trials + options.fresh_trials)
         + if target.is_some() { max - first } else { 0 };
-    let bar = progress_bar(options.base.progress, estimate, &protocol.id);
+    bar.set_length(estimate as u64);
     // Under no effect some scenarios draw exactly the data of another (long
     // carryover and poor adherence change only what an arm does): those
     // share its null trials instead of running the same ones again.
@@ -330,27 +364,7 @@ pub fn run_suite(
         ))
     })
     .collect();
-    // Trials under the effect stop once every rule compared here (and the
-    // protocol's) has stopped them: the highest threshold any of them sets
-    // at any eligible look.
-    let first_look = protocol.design.min_blocks.max(1);
-    let stop_at = first_candidates
-        .iter()
-        .map(|(r, _, _)| r.boundary.at(r.last, first_look, max_blocks))
-        .fold(protocol.decision.efficacy, f64::max);
-    let mut effect: Vec<Vec<VirtualTrial>> = Vec::with_capacity(setups.len());
     let mut fresh: Vec<Vec<VirtualTrial>> = Vec::with_capacity(setups.len());
-    for (setup, scenario) in setups.iter().zip(&scenarios) {
-        bar.set_message(format!("{} ({}): effect", protocol.id, scenario.name()));
-        effect.push(run_range(
-            setup,
-            setup.effect_condition(),
-            1,
-            0..options.power_trials,
-            stop_at,
-            &bar,
-        ));
-    }
     // Futility, calibrated on the trials under the effect for each efficacy
     // rule; then the efficacy threshold again on the null trials, with
     // futility stops at that threshold (they end some null trials before
@@ -360,8 +374,6 @@ pub fn run_suite(
     // calibration counted; and the null trials' maxima are taken under the
     // futility threshold in force. Without trials under the effect (or a
     // target) futility stays the protocol's.
-    let futility_target = protocol.decision.false_futility_target;
-    let calibrating_futility = target.is_some() && options.power_trials > 0;
     let candidates: Vec<Candidate> = first_candidates
         .iter()
         .map(|(first, binding, needed)| {
@@ -545,6 +557,16 @@ pub fn run_suite(
                     .map(|r| futility_rate(&effect[i], r)),
                 protocol_null_blocks: mean_blocks(&null[i], own_rule),
                 calibrated_null_blocks: rule.and_then(|r| mean_blocks(&null[i], r)),
+                effect_arm_dropped: rule
+                    .filter(|_| protocol.arms.len() >= 3 && !effect[i].is_empty())
+                    .map(|r| {
+                        let arm = setups[i].effect_arm;
+                        let k = effect[i]
+                            .iter()
+                            .filter(|t| t.under(r).dropped.contains(&arm))
+                            .count();
+                        Rate::of(k, effect[i].len())
+                    }),
             }
         })
         .collect();
@@ -675,13 +697,6 @@ struct Candidate {
     futility_binding: Option<usize>,
 }
 
-/// The lowest futility threshold calibration considers: none, so that
-/// calibration may also switch futility stops off. Virtual trials then run
-/// on to their last block where the protocol's would have stopped them as
-/// futile, which costs time but makes every higher threshold's course
-/// exact ([`VirtualTrial::under`]).
-const FUTILITY_FLOOR: f64 = 0.0;
-
 /// The index of the smallest threshold (the first, on ties).
 fn argmin(allowed: &[Option<f64>]) -> Option<usize> {
     let mut best: Option<(usize, f64)> = None;
@@ -803,6 +818,21 @@ pub fn render_suite(r: &SuiteReport) -> String {
         out,
         "(futile|eff: stops for futility under the effect; blocks: mean blocks a trial runs under no effect)"
     );
+    let dropped: Vec<String> = r
+        .rows
+        .iter()
+        .filter_map(|row| {
+            row.effect_arm_dropped
+                .map(|d| format!("{} {}", row.scenario.name(), pct(&d).trim_start()))
+        })
+        .collect();
+    if !dropped.is_empty() {
+        let _ = writeln!(
+            out,
+            "the arm that works dropped, at the protocol's arm-drop threshold (not calibrated): {}",
+            dropped.join(", ")
+        );
+    }
     match (r.target, r.efficacy, r.binding) {
         (Some(target), Some(c), Some(b)) => {
             for rule in &r.rules {
