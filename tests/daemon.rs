@@ -219,6 +219,16 @@ fn trial_page_charts_api_and_metrics() {
     assert!(page.contains("always Morning meditation"), "{page}");
     assert!(page.contains("42 observations over days"), "{page}");
     assert!(page.contains("role=\"img\""));
+    // Where the person stands, in words, with the next check's date.
+    let standing = &d.json("/api/trials/1")["standing"][0];
+    let standing = standing.as_str().unwrap();
+    assert!(
+        standing.starts_with("Anxiety evening is about ")
+            && standing.contains(" on Morning meditation than on ")
+            && standing.contains("next check on "),
+        "{standing}"
+    );
+    assert!(page.contains("Where you stand"), "{page}");
     // Concealment: every day after today is grey and carries no arm.
     let detail = d.json("/api/trials/1");
     let today = detail["calendar"]

@@ -79,8 +79,9 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
     let protocol = trial
         .protocol()
         .map_err(|e| ReportError::Invalid(e.to_string()))?;
-    let participant = store
-        .participant(trial.participant_id)?
+    let person = store.participant(trial.participant_id)?;
+    let participant = person
+        .as_ref()
         .map_or_else(|| "?".to_string(), |p| format!("{} ({})", p.name, p.key));
     let label = |arm: usize| -> String {
         protocol.arms.get(arm).map_or_else(
@@ -106,6 +107,35 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
             trial.seed
         )),
     ];
+
+    // Where the person stands, first: each arm's effect in words.
+    if let Some(fit) = store
+        .latest_fit(trial.id, &protocol.outcome.stream)?
+        .and_then(|f| f.report().ok())
+    {
+        let zone = person
+            .as_ref()
+            .and_then(|p| jiff::tz::TimeZone::get(&p.time_zone).ok())
+            .unwrap_or(jiff::tz::TimeZone::UTC);
+        let today = jiff::Timestamp::now().to_zoned(zone).date();
+        let stage = crate::trial::standing::trial_stage(
+            &protocol,
+            trial.locked,
+            trial.status,
+            &store.schedule(trial.id)?,
+            today,
+            store.decisions(trial.id)?.last().and_then(|d| d.decision()),
+        );
+        let comparator = label(protocol.comparator_index());
+        let subject = crate::trial::standing::Subject::of(&protocol, &comparator);
+        b.push(Block::Heading("Where you stand".into()));
+        for e in &fit.effects {
+            let arm = protocol.arm_index(&e.arm).map_or(e.arm.clone(), label);
+            b.push(Block::Para(crate::trial::standing::sentences(
+                &subject, &arm, e, &stage,
+            )));
+        }
+    }
 
     // Protocol.
     b.push(Block::Heading("Protocol".into()));

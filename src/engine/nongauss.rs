@@ -371,6 +371,9 @@ fn beta_kernels(eta: &[f64], ln_y: &[f64], ln_1m_y: &[f64], phi: f64, out: &mut 
 /// The trigamma function `psi_1(x)`, `x > 0`: the recurrence
 /// `psi_1(x) = psi_1(x + 1) + 1/x^2` up to `x >= 10`, then the asymptotic series
 /// `1/x + 1/(2x^2) + 1/(6x^3) - 1/(30x^5) + 1/(42x^7) - 1/(30x^9)` (error < 1e-12).
+/// The tests' independent reference for [`Polygamma`], which computes it
+/// beside the digamma from one logarithm.
+#[cfg(test)]
 pub fn trigamma(mut x: f64) -> f64 {
     let mut acc = 0.0;
     while x < 10.0 {

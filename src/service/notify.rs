@@ -501,10 +501,34 @@ pub fn weekly_summary_message(
     protocol: &Protocol,
     today: Date,
     adherence: &[(String, usize)],
-    latest: Option<&crate::engine::fit::FitReport>,
+    latest: Option<(
+        &crate::engine::fit::FitReport,
+        &crate::trial::standing::Stage,
+    )>,
     dashboard: &str,
 ) -> NewMessage {
     let mut paragraphs = vec![format!("Your week in \"{}\".", protocol.title)];
+    match latest {
+        Some(_) if protocol.blinded => paragraphs.push(BLINDED_ESTIMATES.to_string()),
+        Some((r, stage)) => {
+            // Where you stand, first, in the person's units and direction.
+            let subject = crate::trial::standing::Subject::of(
+                protocol,
+                protocol.display_label(protocol.comparator_index()),
+            );
+            for e in &r.effects {
+                let arm = protocol
+                    .arm_index(&e.arm)
+                    .map_or(e.arm.as_str(), |i| protocol.display_label(i));
+                paragraphs.push(crate::trial::standing::sentences(&subject, arm, e, stage));
+            }
+            paragraphs.push(
+                "Estimates move as data come in; the trial decides only at the end of a period."
+                    .to_string(),
+            );
+        }
+        None => {}
+    }
     paragraphs.push(if adherence.is_empty() {
         "No adherence clicks last week: the links in each morning's email record whether you followed the day's assignment.".into()
     } else {
@@ -517,24 +541,6 @@ pub fn weekly_summary_message(
                 .join(", ")
         )
     });
-    match latest {
-        Some(_) if protocol.blinded => paragraphs.push(BLINDED_ESTIMATES.to_string()),
-        Some(r) => {
-            for e in &r.effects {
-                let arm = protocol
-                    .arm_index(&e.arm)
-                    .map_or(e.arm.as_str(), |i| protocol.display_label(i));
-                paragraphs.push(format!(
-                    "So far, {arm}: {:+.2} (90% interval {:+.2} to {:+.2}), {:.0}% likely better by the minimal important difference. Estimates move as data come in; the trial decides only at the end of a period.",
-                    e.mean, e.ci90[0], e.ci90[1], 100.0 * e.p_better_by_mid
-                ));
-                if let Some(n) = &e.natural {
-                    paragraphs.push(format!("In your units, {arm}: {}.", n.describe()));
-                }
-            }
-        }
-        None => {}
-    }
     paragraphs.push(format!("Dashboard: {dashboard}/"));
     simple_message(
         to,

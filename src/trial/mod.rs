@@ -15,4 +15,5 @@ pub mod protocol;
 pub mod scenario;
 pub mod series;
 pub mod simulate;
+pub mod standing;
 pub mod step;

@@ -131,6 +131,9 @@ pub struct TrialDetail {
     pub calibrated: bool,
     /// The design's calibration, once computed.
     pub calibration: Option<super::calibration::CalibrationView>,
+    /// Where the person stands, per arm, in words (none before the first
+    /// fit, and while a blinded trial hides its estimates).
+    pub standing: Vec<String>,
     /// Why the design's calibration failed, where it did (a trial that
     /// started then decides on the protocol's stated thresholds).
     pub calibration_failure: Option<String>,
@@ -316,6 +319,28 @@ async fn trial_detail(
                 (r.baseline[0], drift)
             });
             let lines = effect_lines(&protocol.outcome, usual);
+            // "Where you stand": each arm's effect in words, first on the page.
+            let standing: Vec<String> = match (&latest, blind) {
+                (Some(r), false) => {
+                    let stage = crate::trial::standing::trial_stage(
+                        &protocol,
+                        trial.locked,
+                        trial.status,
+                        &rows,
+                        today,
+                        s.decisions(id)?.last().and_then(|d| d.decision()),
+                    );
+                    let comparator = label(protocol.comparator_index());
+                    let subject = crate::trial::standing::Subject::of(&protocol, &comparator);
+                    r.effects
+                        .iter()
+                        .map(|e| {
+                            crate::trial::standing::sentences(&subject, &by_key(&e.arm), e, &stage)
+                        })
+                        .collect()
+                }
+                _ => Vec::new(),
+            };
             let (diagnostics, path) = match latest {
                 Some(r) => (
                     Some(r.diagnostics),
@@ -391,6 +416,7 @@ async fn trial_detail(
                 calibration_failure: s
                     .calibration_failure(&trial.protocol_hash)?
                     .map(|f| f.error),
+                standing,
                 self_report: protocol
                     .outcome
                     .self_report
@@ -425,6 +451,7 @@ async fn trial_detail(
 <p>Trial {{ d.id }} · {{ d.status }}{% if let Some(r) = d.stop_reason %} ({{ r }}){% endif %} · protocol {{ d.protocol_id }} · sha256 <code style="word-break:break-all">{{ d.protocol_hash }}</code></p>
 {% if !actions.is_empty() %}<div>{% for a in actions %}<form method="post" action="/trials/{{ d.id }}/{{ a.0 }}" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">{{ a.1 }}</button></form> {% endfor %}</div>{% endif %}
 {% if d.status == "paused" %}<p class="banner" role="status">This trial is paused: no assignment is sent and nothing is decided until it is resumed.</p>{% else if d.status == "stopped" %}<p class="banner" role="status">This trial has ended{% if let Some(r) = d.stop_reason %} ({{ r }}){% endif %}: nothing more is asked of you.</p>{% endif %}
+{% if !d.standing.is_empty() %}<h2>Where you stand</h2>{% for w in d.standing %}<p class="standing">{{ w }}</p>{% endfor %}{% endif %}
 {% if d.status == "running" || d.status == "paused" %}<p><a href="/trials/{{ d.id }}/report">Missed an email? Enter a rating or whether you followed the day's arm</a></p>{% endif %}
 <h2>Schedule</h2>
 <p>Each square is a day, coloured by arm ({% for l in legend %}<span style="color:{{ l.1 }}">■</span> {{ l.0 }} {% endfor %}); ✓ done, ✗ not done, ! side effect; {% if investigator %}faded days are still to come (the participant does not see them){% else %}grey days are still to come and are not shown{% endif %}.</p>

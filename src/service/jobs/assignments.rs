@@ -226,13 +226,21 @@ async fn queue_one(state: &AppState, trial: &LoadedTrial) -> Result<bool, JobErr
                 let latest = s
                     .latest_fit(id, &protocol.outcome.stream)?
                     .and_then(|f| f.report().ok());
+                let stage = crate::trial::standing::trial_stage(
+                    protocol,
+                    trial.row.locked,
+                    trial.row.status,
+                    &schedule,
+                    today,
+                    None,
+                );
                 messages.push(notify::weekly_summary_message(
                     recipient(p),
                     id,
                     protocol,
                     today,
                     &counts,
-                    latest.as_ref(),
+                    latest.as_ref().map(|f| (f, &stage)),
                     &base_url,
                 ));
             }
