@@ -144,6 +144,15 @@ fn the_demo_trial_runs_to_a_stop_decision_untouched() {
     assert!(md.contains(&decisions.last().unwrap().action), "{md}");
 }
 
+/// Starts the daemon once, so that the database holds the demo participant
+/// and its running trial 1, and stops it cleanly.
+fn seed_demo(data: &Path, args: &[&str]) {
+    let d = Daemon::start(data, args);
+    d.wait_jobs(1, Duration::from_secs(30));
+    let (status, _) = d.terminate();
+    assert!(status.success());
+}
+
 fn cli(dir: &Path, data: &Path, args: &[&str]) -> (bool, String) {
     let mut all = vec!["trial", "--data-dir", data.to_str().unwrap()];
     all.extend_from_slice(args);
@@ -165,10 +174,7 @@ fn life_cycle_from_the_command_line() {
     // First start seeds the demo (trial 1, running); then stop the daemon.
     let config = fast_config(&data, 1.0);
     let args = ["--demo", "--config", config.to_str().unwrap()];
-    let d = Daemon::start(&data, &args);
-    d.wait_jobs(1, Duration::from_secs(30));
-    let (status, _) = d.terminate();
-    assert!(status.success());
+    seed_demo(&data, &args);
     let root = env!("CARGO_MANIFEST_DIR");
     let meditation = format!("{root}/protocols/meditation-anxiety.toml");
     let study = format!("{root}/protocols/study-timing.toml");
@@ -335,9 +341,7 @@ fn a_design_that_cannot_be_calibrated_starts_on_its_stated_thresholds_and_says_w
     let data = dir.path().join("data");
     let config = fast_config(&data, 1.0);
     let args = ["--demo", "--config", config.to_str().unwrap()];
-    let d = Daemon::start(&data, &args);
-    d.wait_jobs(1, Duration::from_secs(30));
-    drop(d);
+    seed_demo(&data, &args);
     // Two fewer migraine days a month is the shipped MID; twenty cannot
     // happen from the simulated baseline of 7.5, so every calibration
     // attempt fails the same way.

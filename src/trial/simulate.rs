@@ -1600,7 +1600,9 @@ mod tests {
     }
 
     #[test]
-    fn a_futility_threshold_applied_afterwards_equals_running_with_it() {
+    fn a_threshold_applied_afterwards_equals_running_with_it() {
+        // Efficacy and futility thresholds applied to a trial run without
+        // either give the course of a trial run with them.
         let text = include_str!("../../protocols/meditation-anxiety.toml");
         let protocol = Protocol::parse(text, "m").unwrap();
         let options = SimOptions {
@@ -1614,7 +1616,13 @@ mod tests {
         for effect in [TrueEffect::NONE, TrueEffect::Link(-1.0)] {
             for seed in 0..6 {
                 let run = free.run(effect, seed);
-                for (c, f) in [(0.8, 0.02), (0.95, 0.1), (0.7, 0.3)] {
+                for (c, f) in [
+                    (0.8, 0.0),
+                    (0.95, 0.0),
+                    (0.8, 0.02),
+                    (0.95, 0.1),
+                    (0.7, 0.3),
+                ] {
                     let mut fixed = setup_for(&protocol, &options).unwrap();
                     fixed.futility = f;
                     let direct = fixed.run_with(effect, seed, c, None);
@@ -1622,37 +1630,16 @@ mod tests {
                         futility: f,
                         ..Rule::constant(c)
                     });
-                    assert_eq!(direct.end, course.end, "seed {seed} c {c} f {f}");
-                    assert_eq!(direct.end_days, course.days, "seed {seed} c {c} f {f}");
+                    let at = format!("seed {seed} c {c} f {f}");
+                    assert_eq!(direct.end, course.end, "{at}");
+                    assert_eq!(direct.end_days, course.days, "{at}");
+                    assert_eq!(direct.end_blocks, course.blocks, "{at}");
                     fired += usize::from(course.end == Action::StopFutility);
                 }
             }
         }
         // The comparison covered futility stops, not only their absence.
         assert!(fired >= 3, "{fired}");
-    }
-
-    #[test]
-    fn a_threshold_applied_afterwards_equals_running_with_it() {
-        let text = include_str!("../../protocols/meditation-anxiety.toml");
-        let protocol = Protocol::parse(text, "m").unwrap();
-        let options = SimOptions {
-            trials: 1,
-            threads: 1,
-            ..SimOptions::default()
-        };
-        let setup = setup_for(&protocol, &options).unwrap();
-        let beta = TrueEffect::Link(-1.0);
-        for seed in 0..4 {
-            let free = setup.run(beta, seed);
-            for c in [0.8, 0.95] {
-                let direct = setup.run_with(beta, seed, c, None);
-                let course = free.at(c);
-                assert_eq!(direct.end, course.end, "seed {seed} c {c}");
-                assert_eq!(direct.end_days, course.days, "seed {seed} c {c}");
-                assert_eq!(direct.end_blocks, course.blocks, "seed {seed} c {c}");
-            }
-        }
     }
 
     #[test]
