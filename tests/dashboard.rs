@@ -204,11 +204,12 @@ fn proposals_pause_self_report_and_api() {
     );
     assert!(page.contains(&format!("{efficacy:.4}")), "{page}");
     assert!(page.contains("heavy tails") && page.contains("Betting test"));
-    // The futility threshold calibrated with it, and what it costs.
-    let futility = calibration["futility"]["threshold"].as_f64().unwrap();
-    assert!((0.0..0.5).contains(&futility), "{calibration}");
+    // Futility: 8 calibration trials leave 2 under the effect a scenario,
+    // too few for its 10% target at 95% confidence (29), so it stays the
+    // protocol's and the page says why; what it costs is still shown.
+    assert!(calibration["futility"].is_null(), "{calibration}");
     assert!(
-        page.contains("Stops for futility when P(better by MID)"),
+        page.contains("Stops for futility at the protocol's stated threshold, not calibrated"),
         "{page}"
     );
     assert!(page.contains("Given up though it works"), "{page}");

@@ -304,8 +304,8 @@ fn life_cycle_from_the_command_line() {
     let locked = t2.locked.unwrap();
     assert_eq!(locked.source, decide::ThresholdSource::Calibrated);
     assert_eq!(locked.efficacy, calibration.efficacy);
-    // Futility is calibrated and locked with it.
-    assert!(calibration.futility.is_some());
+    // Futility is locked with it (the protocol's here: 8 calibration trials
+    // are too few to calibrate it; the suite's own test calibrates it).
     assert_eq!(locked.futility, calibration.futility);
     // The demo started at once, on its protocol's stated threshold.
     let t1 = s.trial(1).unwrap().unwrap();

@@ -110,7 +110,7 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
 
     // Where the person stands, first: each arm's effect in words.
     if let Some(fit) = store
-        .latest_fit(trial.id, &protocol.outcome.stream)?
+        .latest_fit(trial.id, &crate::trial::series::decisive_key(&protocol))?
         .and_then(|f| f.report().ok())
     {
         let zone = person
@@ -129,11 +129,9 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
         let comparator = label(protocol.comparator_index());
         let subject = crate::trial::standing::Subject::of(&protocol, &comparator);
         b.push(Block::Heading("Where you stand".into()));
-        for e in &fit.effects {
-            let arm = protocol.arm_index(&e.arm).map_or(e.arm.clone(), label);
-            b.push(Block::Para(crate::trial::standing::sentences(
-                &subject, &arm, e, &stage,
-            )));
+        let arms = crate::trial::standing::arms_of(&fit, &protocol, label);
+        for s in crate::trial::standing::sentences(&subject, &arms, &stage) {
+            b.push(Block::Para(s));
         }
     }
 

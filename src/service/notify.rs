@@ -367,10 +367,14 @@ pub fn trial_started_message(
     ];
     if let Some(why) = uncalibrated {
         lines.push(format!(
-            "Its stopping rule could not be calibrated for this design ({}), so it decides on the protocol's stated thresholds (P(better by MID) ≥ {} to stop for efficacy, ≤ {} for futility), whose false-stop rate was not checked: treat an early stop with more caution than usual.",
+            "Its stopping rule could not be calibrated for this design ({}), so it decides on the protocol's stated thresholds (P(better by MID) ≥ {} to stop for efficacy, {}), whose false-stop rate was not checked: treat an early stop with more caution than usual.",
             why,
             protocol.decision.efficacy,
-            protocol.decision.futility
+            if protocol.decision.futility > 0.0 {
+                format!("≤ {} for futility", protocol.decision.futility)
+            } else {
+                "never for futility".to_string()
+            }
         ));
     }
     lines.push(format!("Dashboard: {dashboard}/"));
@@ -516,12 +520,10 @@ pub fn weekly_summary_message(
                 protocol,
                 protocol.display_label(protocol.comparator_index()),
             );
-            for e in &r.effects {
-                let arm = protocol
-                    .arm_index(&e.arm)
-                    .map_or(e.arm.as_str(), |i| protocol.display_label(i));
-                paragraphs.push(crate::trial::standing::sentences(&subject, arm, e, stage));
-            }
+            let arms = crate::trial::standing::arms_of(r, protocol, |i| {
+                protocol.display_label(i).to_string()
+            });
+            paragraphs.extend(crate::trial::standing::sentences(&subject, &arms, stage));
             paragraphs.push(
                 "Estimates move as data come in; the trial decides only at the end of a period."
                     .to_string(),

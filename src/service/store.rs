@@ -413,8 +413,8 @@ pub struct TrialRow {
     pub start_date: Option<Date>,
     /// Why it stopped.
     pub stop_reason: Option<String>,
-    /// The efficacy threshold locked at the start (none before it, and for
-    /// trials started before calibration existed).
+    /// The thresholds locked at the start (none before it, and for trials
+    /// started before calibration existed).
     pub locked: Option<LockedThresholds>,
 }
 

@@ -452,8 +452,8 @@ pub fn thresholds(rules: &DecisionRules, min_blocks: u32) -> Thresholds {
 }
 
 /// The thresholds a trial decides with: the protocol's, with the efficacy
-/// threshold (and its boundary over `max_blocks`) it locked at its start
-/// where it has one.
+/// threshold (and its boundary over `max_blocks`) and the futility
+/// threshold it locked at its start where it has them.
 pub fn trial_thresholds(
     rules: &DecisionRules,
     (min_blocks, max_blocks): (u32, u32),

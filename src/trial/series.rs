@@ -102,6 +102,15 @@ pub fn trial_series(
     }
 }
 
+/// The fits key of the analysis a protocol decides on (`statistics.md` §5:
+/// intention to treat by default, as treated where the protocol says so).
+pub fn decisive_key(protocol: &Protocol) -> String {
+    match protocol.decision.analysis {
+        crate::trial::protocol::Analysis::AsTreated => as_treated_key(&protocol.outcome.stream),
+        crate::trial::protocol::Analysis::Itt => protocol.outcome.stream.clone(),
+    }
+}
+
 /// The fits key of an outcome's as-treated analysis.
 pub fn as_treated_key(stream: &str) -> String {
     format!("{stream}#as_treated")

@@ -133,7 +133,7 @@ pub struct TracedLook {
     pub plan: Vec<design::PlannedPeriod>,
 }
 
-/// What happens to one virtual trial at an efficacy threshold.
+/// What happens to one virtual trial under a rule (efficacy and futility).
 struct Course {
     efficacy: Option<usize>,
     end: Action,
@@ -254,13 +254,25 @@ impl VirtualTrial {
     /// The smallest `P(delta > MID)` over the eligible looks before `rule`
     /// stops the trial for efficacy (1 when there are none): the trial
     /// stops for futility under every futility threshold at or above it
-    /// (and at or above the one it was run with).
+    /// (and at or above the one it was run with). A trial that ended as
+    /// futile by the arm-drop rule (every arm less likely best than the
+    /// comparator), before any efficacy stop, counts as futile under every
+    /// threshold: 0.
     fn min_before_efficacy(&self, rule: Rule) -> f64 {
-        self.looks
+        let before = self
+            .looks
             .iter()
-            .take_while(|l| rule.statistic(l) < rule.last)
-            .map(|l| l.p_mid)
-            .fold(1.0, f64::min)
+            .take_while(|l| rule.statistic(l) < rule.last);
+        let (mut min, mut n) = (1.0f64, 0);
+        for l in before {
+            min = min.min(l.p_mid);
+            n += 1;
+        }
+        if n == self.looks.len() && self.end == Action::StopFutility {
+            0.0
+        } else {
+            min
+        }
     }
 }
 
@@ -1155,9 +1167,11 @@ fn calibrate_futility(trials: &[VirtualTrial], target: f64, rule: Rule, floor: f
     (f >= floor).then_some(f)
 }
 
-/// The highest futility threshold calibration sets: a trial is never
-/// stopped as futile while its arm is as likely as not better by the MID.
-pub const MAX_FUTILITY: f64 = 0.4999;
+/// The highest futility threshold calibration sets: beyond it a trial would
+/// be given up while its arm still had a fair chance (one in four) of
+/// beating the MID, and the effect simulated is only a guess of the
+/// person's.
+pub const MAX_FUTILITY: f64 = 0.25;
 
 /// Everything fixed for a protocol: arms, the effect arm, the scale `S`,
 /// the hyperpriors and the baseline the data are drawn from.

@@ -56,18 +56,23 @@ pub enum Stage {
         /// Stop for futility at or below it (0: never).
         futility: f64,
     },
+    /// Paused: nothing is decided until it is resumed.
+    Paused,
     /// Ended: the decision that ended it (none: stopped by hand).
     Ended(Option<Action>),
 }
 
-/// The next check of a trial on `today`: the day after the first period
-/// that ends on or after today (the daemon decides at the next morning's
-/// assignment), with the blocks complete by then.
-pub fn next_check(rows: &[DatedDay], today: Date) -> Option<(Date, u32)> {
+/// The next check of a trial on `today`: the morning after the first
+/// period that ends on or after yesterday and is not decided yet (the
+/// daemon decides at the next morning's assignment, so a period that ended
+/// yesterday is checked today), with the blocks complete by then.
+/// `decided`: the last period decided.
+pub fn next_check(rows: &[DatedDay], today: Date, decided: Option<u32>) -> Option<(Date, u32)> {
+    let yesterday = today.yesterday().ok()?;
     let end = crate::trial::lifecycle::period_ends(rows)
         .into_iter()
-        .map(|(_, end)| end)
-        .find(|end| *end >= today)?;
+        .find(|(period, end)| *end >= yesterday && decided.is_none_or(|d| *period > d))
+        .map(|(_, end)| end)?;
     let mut last_day: std::collections::BTreeMap<u32, Date> = Default::default();
     for r in rows {
         if let Some(b) = r.block {
@@ -95,8 +100,9 @@ pub fn trial_stage(
         (protocol.design.min_blocks, protocol.design.max_blocks),
         locked,
     );
+    let decided = last.as_ref().map(|d| d.look.period);
     let ended_by = last.map(|d| d.action).filter(Action::stops);
-    stage(status, rows, today, &thresholds, ended_by)
+    stage(status, rows, today, &thresholds, (decided, ended_by))
 }
 
 /// Where a trial with `status` stands on `today`, deciding with
@@ -106,12 +112,14 @@ fn stage(
     rows: &[DatedDay],
     today: Date,
     thresholds: &Thresholds,
-    ended_by: Option<Action>,
+    (decided, ended_by): (Option<u32>, Option<Action>),
 ) -> Stage {
-    if status == TrialStatus::Stopped {
-        return Stage::Ended(ended_by);
+    match status {
+        TrialStatus::Stopped => return Stage::Ended(ended_by),
+        TrialStatus::Paused => return Stage::Paused,
+        _ => {}
     }
-    let next = next_check(rows, today);
+    let next = next_check(rows, today, decided);
     // Before the first decision no threshold can fire at that check.
     let decides = next.is_some_and(|(_, blocks)| blocks >= thresholds.min_blocks);
     Stage::Running {
@@ -139,13 +147,52 @@ pub fn goal(family: Family, mid: f64, unit: &str, mid_natural: Option<f64>) -> S
     }
 }
 
-/// The sentences for one arm (`arm`: its name or code) and its effect.
-pub fn sentences(
-    subject: &Subject<'_>,
-    arm: &str,
-    effect: &EffectSummary,
-    stage: &Stage,
-) -> String {
+/// One arm of a fit as the person knows it.
+#[derive(Debug, Clone)]
+pub struct ArmEffect<'a> {
+    /// Arm index in the protocol.
+    pub arm: usize,
+    /// Its name, or its code in a blinded trial.
+    pub label: String,
+    /// Its effect against the comparator.
+    pub effect: &'a EffectSummary,
+}
+
+/// The arms of `fit` as `label` names them (effects of arms the protocol
+/// does not have are left out).
+pub fn arms_of<'a>(
+    fit: &'a crate::engine::fit::FitReport,
+    protocol: &crate::trial::protocol::Protocol,
+    label: impl Fn(usize) -> String,
+) -> Vec<ArmEffect<'a>> {
+    fit.effects
+        .iter()
+        .filter_map(|e| {
+            let arm = protocol.arm_index(&e.arm)?;
+            Some(ArmEffect {
+                arm,
+                label: label(arm),
+                effect: e,
+            })
+        })
+        .collect()
+}
+
+/// The sentences for each arm of a fit, in the fit's order.
+pub fn sentences(subject: &Subject<'_>, arms: &[ArmEffect<'_>], stage: &Stage) -> Vec<String> {
+    // A futility stop needs every arm at or below its threshold.
+    let largest = arms
+        .iter()
+        .map(|a| a.effect.p_better_by_mid)
+        .fold(0.0, f64::max);
+    arms.iter()
+        .map(|a| arm_sentences(subject, a, largest, stage))
+        .collect()
+}
+
+/// One arm's sentences; `largest`: the largest `P(better by MID)` of all.
+fn arm_sentences(subject: &Subject<'_>, a: &ArmEffect<'_>, largest: f64, stage: &Stage) -> String {
+    let (arm, effect) = (a.label.as_str(), a.effect);
     let size = size(subject, arm, effect);
     let p = effect.p_better_by_mid;
     let sure = format!("{:.0}%", 100.0 * p);
@@ -164,9 +211,9 @@ pub fn sentences(
                 format!(
                     "It now beats {goal} with {sure} certainty: if that holds {when}, the trial stops there with that answer."
                 )
-            } else if *futility > 0.0 && p <= *futility {
+            } else if *futility > 0.0 && largest <= *futility {
                 format!(
-                    "It is unlikely to beat {goal} ({sure}): if that holds {when}, the trial stops there."
+                    "It is unlikely to beat {goal} ({sure}): if that holds {when} for every arm, the trial stops there."
                 )
             } else {
                 let next = next_check.map_or_else(String::new, |d| {
@@ -175,8 +222,13 @@ pub fn sentences(
                 format!("Not yet sure it beats {goal} ({sure} so far){next}.")
             }
         }
+        Stage::Paused => {
+            format!(
+                "Paused: nothing is decided until it is resumed ({sure} so far that it beats {goal})."
+            )
+        }
         Stage::Ended(action) => match action {
-            Some(Action::StopEfficacy { .. }) if p >= 0.5 => {
+            Some(Action::StopEfficacy { arm: winner }) if *winner == a.arm => {
                 format!("Final answer: {arm} beats {goal} ({sure} certainty).")
             }
             Some(Action::StopEfficacy { .. }) => {
@@ -300,6 +352,16 @@ mod tests {
         }
     }
 
+    /// The sentences of a fit with one arm (index 1).
+    fn one(subject: &Subject<'_>, label: &str, e: &EffectSummary, stage: &Stage) -> String {
+        let arm = ArmEffect {
+            arm: 1,
+            label: label.to_string(),
+            effect: e,
+        };
+        sentences(subject, &[arm], stage).remove(0)
+    }
+
     fn anxiety() -> Subject<'static> {
         Subject {
             outcome: "anxiety_evening",
@@ -319,21 +381,21 @@ mod tests {
             efficacy: 0.7073,
             futility: 0.002,
         };
-        let s = sentences(&anxiety(), "meditation", &e, &stage);
+        let s = one(&anxiety(), "meditation", &e, &stage);
         assert_eq!(
             s,
             "Anxiety evening is about 1.1 points lower on meditation than on no meditation (likely 0.22 to 2.0 lower; lower is better, so this is the good way). Not yet sure it beats your goal of 1 points (53% so far): next check on 10 December."
         );
         // Past the threshold: it says the trial will stop if that holds.
         let sure = effect(-1.5, [-2.4, -0.6], 0.81);
-        let s = sentences(&anxiety(), "meditation", &sure, &stage);
+        let s = one(&anxiety(), "meditation", &sure, &stage);
         assert!(
             s.contains("It now beats your goal of 1 points with 81% certainty"),
             "{s}"
         );
         // An interval across zero is said both ways.
         let unsure = effect(0.3, [-0.5, 1.1], 0.05);
-        let s = sentences(&anxiety(), "meditation", &unsure, &stage);
+        let s = one(&anxiety(), "meditation", &unsure, &stage);
         assert!(
             s.contains("likely between 0.50 lower and 1.1 higher"),
             "{s}"
@@ -355,17 +417,19 @@ mod tests {
         let (first_end, second_end) = (ends[0].1, ends[1].1);
         // During the first period: checked the morning after it ends, with
         // no block complete yet (a block holds both arms' periods).
-        let (check, blocks) = next_check(&rows, start).unwrap();
+        let (check, blocks) = next_check(&rows, start, None).unwrap();
         assert_eq!((check, blocks), (first_end.tomorrow().unwrap(), 0));
-        // The second period completes the first block.
+        // The morning after, it is checked that day until it is decided;
+        // then the second period, which completes the first block, is next.
         let after = first_end.tomorrow().unwrap();
+        assert_eq!(next_check(&rows, after, None).unwrap(), (after, 0));
         assert_eq!(
-            next_check(&rows, after).unwrap(),
+            next_check(&rows, after, Some(ends[0].0)).unwrap(),
             (second_end.tomorrow().unwrap(), 1)
         );
         // Before min_blocks nothing can stop at that check.
         let t = crate::trial::decide::trial_thresholds(&protocol.decision, (3, 6), None);
-        match stage(TrialStatus::Running, &rows, start, &t, None) {
+        match stage(TrialStatus::Running, &rows, start, &t, (None, None)) {
             Stage::Running {
                 efficacy, futility, ..
             } => {
@@ -375,20 +439,29 @@ mod tests {
         }
         // Past the schedule there is no next check.
         let last = rows.last().unwrap().local_date.tomorrow().unwrap();
-        assert_eq!(next_check(&rows, last), None);
+        let last_period = ends.last().unwrap().0;
+        assert_eq!(next_check(&rows, last, Some(last_period)), None);
+        // Nothing is decided while paused.
+        assert_eq!(
+            stage(TrialStatus::Paused, &rows, start, &t, (None, None)),
+            Stage::Paused
+        );
     }
 
     #[test]
     fn an_ended_trial_gives_its_final_answer() {
         let e = effect(-1.5, [-2.4, -0.6], 0.96);
         let won = Stage::Ended(Some(Action::StopEfficacy { arm: 1 }));
-        let s = sentences(&anxiety(), "meditation", &e, &won);
+        let s = one(&anxiety(), "meditation", &e, &won);
         assert!(
             s.ends_with("Final answer: meditation beats your goal of 1 points (96% certainty)."),
             "{s}"
         );
+        let lost = Stage::Ended(Some(Action::StopEfficacy { arm: 2 }));
+        let s = one(&anxiety(), "meditation", &e, &lost);
+        assert!(s.contains("Final answer: another arm beat"), "{s}");
         let futile = Stage::Ended(Some(Action::StopFutility));
-        let s = sentences(
+        let s = one(
             &anxiety(),
             "meditation",
             &effect(0.1, [-0.4, 0.6], 0.01),
@@ -399,7 +472,7 @@ mod tests {
             "{s}"
         );
         let open = Stage::Ended(Some(Action::StopInconclusive));
-        let s = sentences(&anxiety(), "meditation", &e, &open);
+        let s = one(&anxiety(), "meditation", &e, &open);
         assert!(s.contains("Final answer: not sure."), "{s}");
     }
 
@@ -429,7 +502,7 @@ mod tests {
             efficacy: 0.97,
             futility: 0.0,
         };
-        let s = sentences(&subject, "magnesium", &e, &stage);
+        let s = one(&subject, "magnesium", &e, &stage);
         assert!(
             s.starts_with("Migraine day is about 2.1 yes-days per 30 days lower on magnesium than on placebo (likely between 4.0 lower and 0.30 higher"),
             "{s}"

@@ -179,7 +179,7 @@ pub struct LookHistory {
     pub decided: Vec<u32>,
     /// Arms dropped by earlier decisions.
     pub dropped: Vec<usize>,
-    /// The efficacy threshold the trial locked when it started (none: the
+    /// The thresholds the trial locked when it started (none: the
     /// protocol's, for trials started before calibration existed).
     pub locked: Option<LockedThresholds>,
 }

@@ -134,8 +134,8 @@ pub struct TrialDetail {
     /// Where the person stands, per arm, in words (none before the first
     /// fit, and while a blinded trial hides its estimates).
     pub standing: Vec<String>,
-    /// Why the design's calibration failed, where it did (a trial that
-    /// started then decides on the protocol's stated thresholds).
+    /// Why the design's calibration failed, where the trial gave up
+    /// waiting for it and decides on the protocol's stated thresholds.
     pub calibration_failure: Option<String>,
     /// The outcome is a self-report with this range (for the form).
     pub self_report: Option<(i32, i32)>,
@@ -319,8 +319,12 @@ async fn trial_detail(
                 (r.baseline[0], drift)
             });
             let lines = effect_lines(&protocol.outcome, usual);
-            // "Where you stand": each arm's effect in words, first on the page.
-            let standing: Vec<String> = match (&latest, blind) {
+            // "Where you stand": each arm's effect in words, first on the
+            // page, from the fit the trial decides on.
+            let decisive = s
+                .latest_fit(id, &crate::trial::series::decisive_key(&protocol))?
+                .and_then(|f| f.report().ok());
+            let standing: Vec<String> = match (&decisive, blind) {
                 (Some(r), false) => {
                     let stage = crate::trial::standing::trial_stage(
                         &protocol,
@@ -332,12 +336,8 @@ async fn trial_detail(
                     );
                     let comparator = label(protocol.comparator_index());
                     let subject = crate::trial::standing::Subject::of(&protocol, &comparator);
-                    r.effects
-                        .iter()
-                        .map(|e| {
-                            crate::trial::standing::sentences(&subject, &by_key(&e.arm), e, &stage)
-                        })
-                        .collect()
+                    let arms = crate::trial::standing::arms_of(r, &protocol, label);
+                    crate::trial::standing::sentences(&subject, &arms, &stage)
                 }
                 _ => Vec::new(),
             };
@@ -413,8 +413,16 @@ async fn trial_detail(
                     .calibration(&trial.protocol_hash)?
                     .as_ref()
                     .and_then(super::calibration::CalibrationView::of),
+                // Only where the trial gave up waiting for it and started on
+                // the stated thresholds.
                 calibration_failure: s
                     .calibration_failure(&trial.protocol_hash)?
+                    .filter(|f| f.given_up())
+                    .filter(|_| {
+                        trial.locked.is_some_and(|l| {
+                            l.source == crate::trial::decide::ThresholdSource::Protocol
+                        })
+                    })
                     .map(|f| f.error),
                 standing,
                 self_report: protocol
@@ -470,8 +478,8 @@ async fn trial_detail(
 {% for svg in effect_svgs %}<figure>{{ svg|safe }}</figure>{% endfor %}
 {% for svg in prob_svgs %}<figure>{{ svg|safe }}</figure>{% endfor %}
 <h2>Decisions</h2>
-<p>Stops for efficacy when P(better by MID) ≥ {{ d.thresholds.0 }}{% if let Some(w) = d.threshold_source %}: {{ w }}{% else %}: locked when the trial starts{% endif %}; {% if d.thresholds.1 > 0.0 %}for futility when it is ≤ {{ d.thresholds.1 }} for every arm{% else %}never for futility (calibration found every futility threshold gave up on too many arms that work){% endif %}.</p>
-{% if let Some(why) = d.calibration_failure %}{% if !d.calibrated %}<p class="banner">This design could not be calibrated ({{ why }}): the trial decides on the protocol's stated thresholds, whose false-stop rate was not checked. Treat an early stop with more caution than usual.</p>{% endif %}{% endif %}
+<p>Stops for efficacy when P(better by MID) ≥ {{ d.thresholds.0 }}{% if let Some(w) = d.threshold_source %}: {{ w }}{% else %}: locked when the trial starts{% endif %}; {% if d.thresholds.1 > 0.0 %}for futility when it is ≤ {{ d.thresholds.1 }} for every arm{% else %}never for futility{% endif %}.</p>
+{% if let Some(why) = d.calibration_failure %}<p class="banner">This design could not be calibrated ({{ why }}): the trial decides on the protocol's stated thresholds, whose false-stop rate was not checked. Treat an early stop with more caution than usual.</p>{% endif %}
 {% if !calibration_html.is_empty() %}<details><summary>How the threshold was calibrated</summary>{{ calibration_html|safe }}</details>{% endif %}
 <div class="scroll"><table><thead><tr><th>period</th><th>when</th><th>action</th><th>rule</th><th>numbers</th></tr></thead><tbody>
 {% for x in decisions %}<tr><td>{% if let Some(p) = x.0.period %}{{ p }}{% endif %}</td><td>{{ x.0.created_at }}</td><td>{{ x.0.action }}</td><td>{{ x.0.rule }}</td><td>{{ x.1 }}</td></tr>{% endfor %}

@@ -56,9 +56,9 @@ pub(crate) async fn start_due_trials(state: &AppState) -> Result<usize, JobError
             errors.push(format!("trial {} cannot start: {why}", trial.id()));
             continue;
         }
-        // The efficacy threshold it will decide with, locked now: the
-        // design's calibration (the start waits for it), or the protocol's
-        // where calibration is switched off.
+        // The thresholds it will decide with, locked now: the design's
+        // calibration (the start waits for it), or the protocol's where
+        // calibration is switched off.
         // A design whose calibration failed every attempt starts on the
         // protocol's stated thresholds (`uncalibrated` says why).
         let mut uncalibrated = None;
@@ -224,7 +224,7 @@ async fn queue_one(state: &AppState, trial: &LoadedTrial) -> Result<bool, JobErr
                 // An unreadable stored fit leaves the estimate out; it
                 // never holds back the day's email.
                 let latest = s
-                    .latest_fit(id, &protocol.outcome.stream)?
+                    .latest_fit(id, &crate::trial::series::decisive_key(protocol))?
                     .and_then(|f| f.report().ok());
                 let stage = crate::trial::standing::trial_stage(
                     protocol,
@@ -232,7 +232,7 @@ async fn queue_one(state: &AppState, trial: &LoadedTrial) -> Result<bool, JobErr
                     trial.row.status,
                     &schedule,
                     today,
-                    None,
+                    s.decisions(id)?.last().and_then(|d| d.decision()),
                 );
                 messages.push(notify::weekly_summary_message(
                     recipient(p),

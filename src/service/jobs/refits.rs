@@ -178,10 +178,7 @@ pub(crate) async fn decide_trial(
     let protocol = &trial.protocol;
     let today = trial.today(state.clock.now());
     // The analysis the protocol names drives the decision (statistics.md §5).
-    let stream = match protocol.decision.analysis {
-        Analysis::AsTreated => series::as_treated_key(&protocol.outcome.stream),
-        Analysis::Itt => protocol.outcome.stream.clone(),
-    };
+    let stream = series::decisive_key(protocol);
     let trial_id = trial.id();
     let (rows, decisions, fit) = state
         .db

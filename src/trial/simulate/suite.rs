@@ -186,7 +186,9 @@ pub struct RuleSummary {
 }
 
 /// Runs the stress suite on `protocol`'s design and, when a target is
-/// given, calibrates its efficacy threshold to hold it in every scenario.
+/// given, calibrates its efficacy threshold to hold it in every scenario,
+/// and its futility threshold to give up on few enough trials whose arm
+/// works (`decision.false_futility_target`).
 pub fn run_suite(
     protocol: &Protocol,
     hash: &ProtocolHash,
@@ -211,8 +213,12 @@ pub fn run_suite(
     // Trials under the effect first, without efficacy stops and (when
     // futility is calibrated) without futility stops: each rule's course
     // on them is then exact (`VirtualTrial::under`).
+    // Futility is calibrated only on enough trials under the effect for its
+    // target to hold with 95% confidence at all (29 at 10%): the slower
+    // families' calibrations have fewer and keep the protocol's.
     let futility_target = protocol.decision.false_futility_target;
-    let calibrating_futility = target.is_some() && options.power_trials > 0;
+    let calibrating_futility =
+        target.is_some() && options.power_trials >= min_calibration_trials(futility_target);
     let bar = progress_bar(options.base.progress, 0, &protocol.id);
     let mut effect: Vec<Vec<VirtualTrial>> = Vec::with_capacity(setups.len());
     for (setup, scenario) in setups.iter_mut().zip(&scenarios) {
@@ -236,11 +242,14 @@ pub fn run_suite(
     // (every look counts against futility then). Their course under any
     // higher threshold, the calibrated one included, is exact; where
     // futility is not calibrated they run with the protocol's.
+    // The protocol's own threshold is at or above it too, so that its
+    // rows are exact.
     let futility_floor = if calibrating_futility {
         effect
             .iter()
             .filter_map(|e| calibrate_futility(e, futility_target, Rule::never(), 0.0))
             .fold(MAX_FUTILITY, f64::min)
+            .min(protocol.decision.futility)
     } else {
         protocol.decision.futility
     };
@@ -881,7 +890,7 @@ pub fn render_suite(r: &SuiteReport) -> String {
                 _ => {
                     let _ = writeln!(
                         out,
-                        "futility threshold: the protocol's (not calibrated: no trials under the effect)"
+                        "futility threshold: the protocol's (not calibrated: too few trials under the effect for its target to hold with 95% confidence; 29 a scenario at 10%)"
                     );
                 }
             }
