@@ -144,13 +144,18 @@ fn the_demo_trial_runs_to_a_stop_decision_untouched() {
     assert!(md.contains(&decisions.last().unwrap().action), "{md}");
 }
 
-/// Starts the daemon once, so that the database holds the demo participant
-/// and its running trial 1, and stops it cleanly.
-fn seed_demo(data: &Path, args: &[&str]) {
-    let d = Daemon::start(data, args);
+/// A data folder under `dir` with the fast config, where the daemon ran
+/// once (so the database holds the demo participant and its running
+/// trial 1) and stopped cleanly: `(data folder, config file)`.
+fn seed_demo(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let data = dir.join("data");
+    let config = fast_config(&data, 1.0);
+    let args = ["--demo", "--config", config.to_str().unwrap()];
+    let d = Daemon::start(&data, &args);
     d.wait_jobs(1, Duration::from_secs(30));
     let (status, _) = d.terminate();
     assert!(status.success());
+    (data, config)
 }
 
 fn cli(dir: &Path, data: &Path, args: &[&str]) -> (bool, String) {
@@ -170,11 +175,8 @@ fn cli(dir: &Path, data: &Path, args: &[&str]) -> (bool, String) {
 #[test]
 fn life_cycle_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    // First start seeds the demo (trial 1, running); then stop the daemon.
-    let config = fast_config(&data, 1.0);
+    let (data, config) = seed_demo(dir.path());
     let args = ["--demo", "--config", config.to_str().unwrap()];
-    seed_demo(&data, &args);
     let root = env!("CARGO_MANIFEST_DIR");
     let meditation = format!("{root}/protocols/meditation-anxiety.toml");
     let study = format!("{root}/protocols/study-timing.toml");
@@ -338,10 +340,8 @@ fn life_cycle_from_the_command_line() {
 #[test]
 fn a_design_that_cannot_be_calibrated_starts_on_its_stated_thresholds_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let config = fast_config(&data, 1.0);
+    let (data, config) = seed_demo(dir.path());
     let args = ["--demo", "--config", config.to_str().unwrap()];
-    seed_demo(&data, &args);
     // Two fewer migraine days a month is the shipped MID; twenty cannot
     // happen from the simulated baseline of 7.5, so every calibration
     // attempt fails the same way.

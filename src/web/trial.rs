@@ -321,10 +321,20 @@ async fn trial_detail(
             let lines = effect_lines(&protocol.outcome, usual);
             // "Where you stand": each arm's effect in words, first on the
             // page, from the fit the trial decides on.
-            let decisive = s
-                .latest_fit(id, &crate::trial::series::decisive_key(&protocol))?
-                .and_then(|f| f.report().ok());
-            let standing: Vec<String> = match (&decisive, blind) {
+            // The latest fit already read, unless the trial decides on its
+            // as-treated analysis.
+            let key = crate::trial::series::decisive_key(&protocol);
+            let as_treated = if key == *stream {
+                None
+            } else {
+                s.latest_fit(id, &key)?.and_then(|f| f.report().ok())
+            };
+            let decisive = if key == *stream {
+                latest.as_ref()
+            } else {
+                as_treated.as_ref()
+            };
+            let standing: Vec<String> = match (decisive, blind) {
                 (Some(r), false) => {
                     let stage = crate::trial::standing::trial_stage(
                         &protocol,
