@@ -622,6 +622,21 @@ pub fn fit(series: &Series, spec: &FitSpec<'_>) -> Result<FitReport, ModelError>
     fit_with_mixture(series, spec).map(|(report, _)| report)
 }
 
+/// Refuses a gaussian series whose values are all the same. Its posterior
+/// is improper: the likelihood grows without bound as both the drift's and
+/// the noise's sd go to zero (the data are fitted exactly), so there is no
+/// mode to integrate around, and any answer would claim certainty that
+/// nothing supports. (A self-report answered "5" every day so far.)
+fn check_varies(y: &[f64]) -> Result<(), ModelError> {
+    match y.split_first() {
+        Some((first, rest)) if rest.iter().all(|v| v == first) => Err(ModelError::Input(format!(
+            "all {} values are {first}: a gaussian outcome needs some variation to tell an effect from noise (fitted once the values differ)",
+            y.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Fits one outcome series and also returns the posterior mixture the
 /// summaries came from (for draws: calibration checks, simulations).
 pub fn fit_with_mixture(
@@ -635,8 +650,9 @@ pub fn fit_with_mixture(
             series.y.len()
         )));
     }
-    if let Some(lik) = likelihood {
-        lik.check(&series.y)?;
+    match likelihood {
+        Some(lik) => lik.check(&series.y)?,
+        None => check_varies(&series.y)?,
     }
     let (priors, prior_report) = priors_for(series, spec)?;
     let gaussian = CpuEvaluator::new(series, &priors);
@@ -1375,5 +1391,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("needs a count"), "{e}");
+    }
+
+    #[test]
+    fn a_gaussian_outcome_that_never_varies_is_refused_clearly() {
+        let mut series = two_arm_series(30, 0.0, 1);
+        series.y.iter_mut().for_each(|y| *y = 5.0);
+        let o = outcome();
+        let e = fit(&series, &spec(&o, Method::Grid))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("all 30 values are 5"), "{e}");
+        // One value apart is enough to fit.
+        series.y[7] = 6.0;
+        assert!(fit(&series, &spec(&o, Method::Grid)).is_ok());
     }
 }

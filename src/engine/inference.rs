@@ -544,6 +544,10 @@ pub struct GridResult {
     pub reuse: GridReuse,
 }
 
+/// The smallest curvature of `-log p` the whitening uses (a flat direction
+/// is explored with steps of at most `step / 0.5` on the log scale).
+const WHITENING_FLOOR: f64 = 0.25;
+
 /// The posterior mode (Nelder–Mead) and the whitening map `V diag(1/sqrt(eig))`
 /// of the Hessian of `-log p` there (central differences).
 fn whitening(
@@ -624,12 +628,25 @@ fn whitening(
             hess[(j, i)] = v;
         }
     }
+    // A mode within a difference step of the range's edge (a noise sd near
+    // e^-20, where the drift explains the data alone) leaves some of these
+    // points unevaluable: that coordinate's curvature is unknown, and
+    // infinities would turn the whole whitening into NaN. It gets the
+    // floor's curvature and no correlation, and the lattice finds the edge.
+    let edge: Vec<bool> = (0..dims).map(|i| !hess[(i, i)].is_finite()).collect();
+    for i in 0..dims {
+        for j in 0..dims {
+            if edge[i] || edge[j] || !hess[(i, j)].is_finite() {
+                hess[(i, j)] = if i == j { WHITENING_FLOOR } else { 0.0 };
+            }
+        }
+    }
     // Whitening: theta = mode + V diag(sqrt(1/eig)) z, with eigenvalues floored
     // so that a flat direction is explored with a bounded step.
     let eig = SymmetricEigen::new(hess);
     let mut map = DMatrix::<f64>::zeros(dims, dims);
     for k in 0..dims {
-        let e = eig.eigenvalues[k].max(0.25);
+        let e = eig.eigenvalues[k].max(WHITENING_FLOOR);
         for r in 0..dims {
             map[(r, k)] = eig.eigenvectors[(r, k)] / e.sqrt();
         }
@@ -1570,6 +1587,55 @@ pub fn rhat_ess(chains: &[Vec<f64>]) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A posterior that rises to the edge of the range in its last
+    /// coordinate (as the noise sd's does when the drift explains the data)
+    /// and is a unit gaussian in the others.
+    struct AtTheEdge;
+
+    impl Evaluator for AtTheEdge {
+        fn dims(&self) -> usize {
+            DIM
+        }
+        fn start(&self) -> Theta {
+            [0.5, -0.5, 0.3, 0.0]
+        }
+        fn eval(&self, theta: &Theta) -> Option<Eval> {
+            if !theta_in_range(theta, DIM) {
+                return None;
+            }
+            let log_post = -0.5 * theta[..3].iter().map(|v| v * v).sum::<f64>() + 0.5 * theta[3];
+            Some(Eval {
+                theta: *theta,
+                log_post,
+                filter: FilterOutput {
+                    log_lik: log_post,
+                    b_mean: DVector::from_vec(vec![0.0, theta[0]]),
+                    b_cov: DMatrix::identity(2, 2),
+                    importance: None,
+                },
+            })
+        }
+    }
+
+    #[test]
+    fn a_mode_at_the_edge_of_the_range_still_gets_a_lattice() {
+        let g = integrate_grid(
+            &AtTheEdge,
+            &GridOptions {
+                threads: 1,
+                ..GridOptions::default()
+            },
+        )
+        .expect("a lattice around a mode at the edge");
+        assert!(g.mode[3] > 19.0, "the mode is at the edge: {:?}", g.mode);
+        assert!(g.points > 10);
+        // The gaussian coordinates are integrated as usual: the effect's
+        // mixture mean (theta[0]'s) is about 0 and its sd about sqrt(2).
+        let m = Marginal::of(&g.mixture, 1);
+        assert!(m.mean().abs() < 0.05, "{}", m.mean());
+        assert!((m.sd() - 2f64.sqrt()).abs() < 0.1, "{}", m.sd());
+    }
 
     #[test]
     fn log_prior_is_the_priors_densities_on_the_log_scale() {
