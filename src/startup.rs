@@ -287,14 +287,10 @@ async fn sync_participants(db: &Db, config: &Config, now: Timestamp) -> Result<(
                     ha.stored_json(),
                 )
             })
-            .chain(p.oura.iter().map(|o| {
-                let kind = crate::service::sources::oura::KIND;
-                (kind, o.source_name(kind), o.stored_json())
-            }))
-            .chain(p.strava.iter().map(|o| {
-                let kind = crate::service::sources::strava::KIND;
-                (kind, o.source_name(kind), o.stored_json())
-            }))
+            .chain(
+                p.logins()
+                    .map(|(kind, o)| (kind, o.source_name(kind), o.stored_json())),
+            )
             .collect();
         resolved.push((p.resolve()?, sources));
     }

@@ -181,6 +181,7 @@ fn store_with_data(dir: &Path, extra_stream: Option<&str>) -> (Store, Participan
         home_assistant: vec![],
         oura: vec![],
         strava: vec![],
+        withings: vec![],
     }
     .resolve()
     .unwrap();

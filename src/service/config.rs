@@ -501,6 +501,9 @@ pub struct ParticipantConfig {
     /// Strava accounts (connected on the sources page).
     #[serde(default)]
     pub strava: Vec<crate::service::sources::granted::LoginConfig>,
+    /// Withings accounts (connected on the sources page).
+    #[serde(default)]
+    pub withings: Vec<crate::service::sources::granted::LoginConfig>,
 }
 
 /// One stream's settings for a participant.
@@ -548,6 +551,16 @@ pub struct Participant {
 }
 
 impl ParticipantConfig {
+    /// The login sources (Oura, Strava, Withings), each with its kind.
+    pub fn logins(
+        &self,
+    ) -> impl Iterator<Item = (&'static str, &crate::service::sources::granted::LoginConfig)> {
+        use crate::service::sources::{oura, strava, withings};
+        (self.oura.iter().map(|c| (oura::KIND, c)))
+            .chain(self.strava.iter().map(|c| (strava::KIND, c)))
+            .chain(self.withings.iter().map(|c| (withings::KIND, c)))
+    }
+
     /// Checks the key, zone and time; the error names the participant and key.
     pub fn resolve(&self) -> Result<Participant, ConfigError> {
         if !is_slug(&self.key) {
@@ -614,27 +627,19 @@ impl ParticipantConfig {
         // Imports, Home Assistant and the login sources share one name space.
         let mut source_names: std::collections::BTreeSet<String> =
             imports.iter().map(|m| m.name.clone()).collect();
-        let oura = crate::service::sources::oura::KIND;
-        let strava = crate::service::sources::strava::KIND;
         let pulled = self
             .home_assistant
             .iter()
             .map(|ha| (ha.name.clone(), ha.check(&self.key)))
             .chain(
-                self.oura
-                    .iter()
-                    .map(|o| (o.source_name(oura), o.check(oura, &self.key))),
-            )
-            .chain(
-                self.strava
-                    .iter()
-                    .map(|o| (o.source_name(strava), o.check(strava, &self.key))),
+                self.logins()
+                    .map(|(kind, o)| (o.source_name(kind), o.check(kind, &self.key))),
             );
         for (name, checked) in pulled {
             checked.map_err(ConfigError::Invalid)?;
             if !source_names.insert(name.clone()) {
                 return Err(ConfigError::Invalid(format!(
-                    "participant {}: source name {name:?} is used twice (imports, home_assistant, oura and strava share names)",
+                    "participant {}: source name {name:?} is used twice (imports, home_assistant, oura, strava and withings share names)",
                     self.key
                 )));
             }

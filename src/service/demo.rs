@@ -88,6 +88,7 @@ pub fn participant_config(time_zone: &str) -> ParticipantConfig {
         home_assistant: Vec::new(),
         oura: Vec::new(),
         strava: Vec::new(),
+        withings: Vec::new(),
         goals: vec!["calmer evenings, less anxiety".into()],
     }
 }

@@ -149,9 +149,29 @@ impl ApiClient {
         query: &[(&str, String)],
         bearer: &str,
     ) -> Result<Value, ApiError> {
+        self.send_json(url, || self.http.get(url).query(query).bearer_auth(bearer))
+    }
+
+    /// POSTs `form` (URL-encoded) to `url` with a bearer token, for APIs
+    /// that take their parameters in the body (Withings); answered and
+    /// retried as [`Self::get_json`].
+    pub fn post_form_json(
+        &self,
+        url: &str,
+        form: &[(&str, String)],
+        bearer: &str,
+    ) -> Result<Value, ApiError> {
+        self.send_json(url, || self.http.post(url).form(form).bearer_auth(bearer))
+    }
+
+    fn send_json(
+        &self,
+        url: &str,
+        request: impl Fn() -> reqwest::blocking::RequestBuilder,
+    ) -> Result<Value, ApiError> {
         let mut tries = 0u32;
         loop {
-            match self.attempt(url, query, bearer) {
+            match self.attempt(url, request()) {
                 Attempt::Done(v) => return Ok(v),
                 Attempt::Fail(e) => return Err(e),
                 Attempt::Retry(e, after) => {
@@ -176,12 +196,12 @@ impl ApiClient {
         }
     }
 
-    fn attempt(&self, url: &str, query: &[(&str, String)], bearer: &str) -> Attempt {
+    fn attempt(&self, url: &str, request: reqwest::blocking::RequestBuilder) -> Attempt {
         let unreachable = |message: String| ApiError::Unreachable {
             url: url.to_string(),
             message,
         };
-        let resp = match self.http.get(url).query(query).bearer_auth(bearer).send() {
+        let resp = match request.send() {
             Ok(r) => r,
             Err(e) => return Attempt::Retry(unreachable(error_chain(&e)), None),
         };

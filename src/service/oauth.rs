@@ -1,8 +1,10 @@
 //! OAuth2 authorization code with PKCE and `state` (RFC 6749 §4.1, RFC 7636)
-//! for sources behind a vendor's login (Oura): the URL a Connect button
-//! sends the person to, the code exchange when they come back, and refreshes
-//! before the access token expires. The `oauth2` crate builds and reads the
-//! requests; they travel through the daemon's own reqwest client.
+//! for sources behind a vendor's login (Oura, Strava, Withings): the URL a
+//! Connect button sends the person to, the code exchange when they come
+//! back, and refreshes before the access token expires. The `oauth2` crate
+//! builds and reads the requests; they travel through the daemon's own
+//! reqwest client, which also translates a vendor's own token dialect
+//! ([`TokenDialect`]) into the standard one.
 //!
 //! Tokens never reach a log: the error texts carry the server's `error` and
 //! `error_description` only.
@@ -33,8 +35,24 @@ pub struct OAuthApp {
     /// Send the client id and secret in the token request's body (Strava)
     /// rather than as HTTP Basic (RFC 6749 §2.3.1's default).
     pub credentials_in_body: bool,
+    /// Send a PKCE challenge and verifier (RFC 7636); off for a vendor that
+    /// does not document them (Withings).
+    pub pkce: bool,
+    /// How the vendor's token endpoint speaks.
+    pub dialect: TokenDialect,
     /// Seconds a token request may take.
     pub timeout: Duration,
+}
+
+/// How a vendor's token endpoint departs from RFC 6749.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenDialect {
+    /// As the RFC says.
+    Standard,
+    /// Withings: every request also carries `action=requesttoken`, and
+    /// every answer is HTTP 200 with `{"status": 0, "body": {token…}}`, or
+    /// another status and an `error` text.
+    Withings,
 }
 
 impl std::fmt::Debug for OAuthApp {
@@ -136,9 +154,10 @@ pub struct Begun {
 pub fn begin(app: &OAuthApp, redirect: &str) -> Result<Begun, OAuthError> {
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let client = client(app, redirect)?;
-    let mut request = client
-        .authorize_url(|| CsrfToken::new_random_len(32))
-        .set_pkce_challenge(challenge);
+    let mut request = client.authorize_url(|| CsrfToken::new_random_len(32));
+    if app.pkce {
+        request = request.set_pkce_challenge(challenge);
+    }
     for s in &app.scopes {
         request = request.add_scope(Scope::new(s.clone()));
     }
@@ -146,7 +165,11 @@ pub fn begin(app: &OAuthApp, redirect: &str) -> Result<Begun, OAuthError> {
     Ok(Begun {
         url: url.to_string(),
         state: state.secret().clone(),
-        verifier: verifier.secret().clone(),
+        verifier: if app.pkce {
+            verifier.secret().clone()
+        } else {
+            String::new()
+        },
     })
 }
 
@@ -158,12 +181,16 @@ pub fn exchange(
     verifier: &str,
     now: Timestamp,
 ) -> Result<Grant, OAuthError> {
-    let http = Http::new(app.timeout)?;
-    let token = client(app, redirect)?
-        .exchange_code(AuthorizationCode::new(code.to_string()))
-        .set_pkce_verifier(PkceCodeVerifier::new(verifier.to_string()))
-        .request(&http)
-        .map_err(token_error)?;
+    let http = Http::new(app.timeout, app.dialect)?;
+    let client = client(app, redirect)?;
+    let mut request = client.exchange_code(AuthorizationCode::new(code.to_string()));
+    if app.pkce {
+        request = request.set_pkce_verifier(PkceCodeVerifier::new(verifier.to_string()));
+    }
+    if app.dialect == TokenDialect::Withings {
+        request = request.add_extra_param("action", "requesttoken");
+    }
+    let token = request.request(&http).map_err(token_error)?;
     Ok(grant_of(&token, None, now))
 }
 
@@ -175,12 +202,15 @@ pub fn refresh(app: &OAuthApp, grant: &Grant, now: Timestamp) -> Result<Grant, O
             "the access token expired and no refresh token was granted".into(),
         ));
     };
-    let http = Http::new(app.timeout)?;
+    let http = Http::new(app.timeout, app.dialect)?;
     // The redirect URL plays no part in a refresh.
-    let token = client(app, "http://localhost/")?
-        .exchange_refresh_token(&RefreshToken::new(refresh_token.clone()))
-        .request(&http)
-        .map_err(token_error)?;
+    let client = client(app, "http://localhost/")?;
+    let refresh_token = RefreshToken::new(refresh_token.clone());
+    let mut request = client.exchange_refresh_token(&refresh_token);
+    if app.dialect == TokenDialect::Withings {
+        request = request.add_extra_param("action", "requesttoken");
+    }
+    let token = request.request(&http).map_err(token_error)?;
     Ok(grant_of(&token, grant.refresh_token.as_deref(), now))
 }
 
@@ -244,8 +274,9 @@ fn token_error(
     }
 }
 
-/// The oauth2 crate's requests, sent by our reqwest (blocking).
-struct Http(reqwest::blocking::Client);
+/// The oauth2 crate's requests, sent by our reqwest (blocking), their
+/// answers translated from the vendor's dialect.
+struct Http(reqwest::blocking::Client, TokenDialect);
 
 /// A transport error, without the request (which may hold a secret).
 #[derive(Debug, thiserror::Error)]
@@ -253,13 +284,13 @@ struct Http(reqwest::blocking::Client);
 struct HttpError(String);
 
 impl Http {
-    fn new(timeout: Duration) -> Result<Http, OAuthError> {
+    fn new(timeout: Duration, dialect: TokenDialect) -> Result<Http, OAuthError> {
         reqwest::blocking::Client::builder()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("nof1d/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map(Http)
+            .map(|c| Http(c, dialect))
             .map_err(|e| OAuthError::Config(e.to_string()))
     }
 }
@@ -276,22 +307,109 @@ impl oauth2::SyncHttpClient for Http {
             .body(body)
             .send()
             .map_err(|e| HttpError(crate::service::http::error_chain(&e)))?;
-        let mut builder = oauth2::http::Response::builder().status(response.status());
+        let mut builder = oauth2::http::Response::builder();
         for (k, v) in response.headers() {
             builder = builder.header(k, v);
         }
+        let status = response.status().as_u16();
         let bytes = response
             .bytes()
             .map_err(|e| HttpError(format!("reading the answer: {e}")))?;
+        let (status, body) = match self.1 {
+            TokenDialect::Standard => (status, bytes.to_vec()),
+            TokenDialect::Withings if status == 200 => withings_answer(&bytes),
+            TokenDialect::Withings => (status, bytes.to_vec()),
+        };
         builder
-            .body(bytes.to_vec())
+            .status(status)
+            .body(body)
             .map_err(|e| HttpError(e.to_string()))
     }
+}
+
+/// A Withings token answer as RFC 6749 §5.1/§5.2 would give it: the
+/// `body` of `{"status": 0, "body": {…}}` as a 200, any other status as a
+/// 400 whose `error` code says what to do (a bad code or refresh token:
+/// `invalid_grant`, connect again; a refused application or redirect:
+/// `invalid_client`, mend the config; too many requests or anything else:
+/// try again later).
+fn withings_answer(bytes: &[u8]) -> (u16, Vec<u8>) {
+    let Ok(answer) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return (200, bytes.to_vec());
+    };
+    let status = answer.get("status").and_then(serde_json::Value::as_i64);
+    if status == Some(0) {
+        let body = answer.get("body").cloned().unwrap_or_default();
+        return (200, body.to_string().into_bytes());
+    }
+    let text = answer
+        .get("error")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("no reason given")
+        .to_string();
+    let lower = text.to_ascii_lowercase();
+    let code =
+        if lower.contains("client") || lower.contains("redirect") || lower.contains("signature") {
+            "invalid_client"
+        } else if status == Some(601) {
+            "temporarily_unavailable"
+        } else if lower.contains("code")
+            || lower.contains("token")
+            || matches!(status, Some(100..=102 | 200 | 401))
+        {
+            "invalid_grant"
+        } else {
+            "server_error"
+        };
+    let described = format!(
+        "Withings status {}: {text}",
+        status.map_or("?".to_string(), |s| s.to_string())
+    );
+    let error = serde_json::json!({"error": code, "error_description": described});
+    (400, error.to_string().into_bytes())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn withings_token_answers_become_standard_ones() {
+        let ok = br#"{"status":0,"body":{"userid":"363","access_token":"a1","refresh_token":"r1","expires_in":10800,"scope":"user.metrics,user.activity","token_type":"Bearer"}}"#;
+        let (status, body) = withings_answer(ok);
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (v["access_token"].as_str(), v["expires_in"].as_i64()),
+            (Some("a1"), Some(10800))
+        );
+        let error = |raw: &[u8]| -> String {
+            let (status, body) = withings_answer(raw);
+            assert_eq!(status, 400);
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            v["error"].as_str().unwrap().to_string()
+        };
+        assert_eq!(
+            error(br#"{"status":503,"body":{},"error":"Invalid Params: invalid refresh_token"}"#),
+            "invalid_grant"
+        );
+        assert_eq!(
+            error(br#"{"status":503,"error":"Invalid Params: invalid code"}"#),
+            "invalid_grant"
+        );
+        assert_eq!(
+            error(br#"{"status":503,"error":"Invalid Params: invalid client_id"}"#),
+            "invalid_client"
+        );
+        assert_eq!(
+            error(br#"{"status":601,"error":"Too Many Requests"}"#),
+            "temporarily_unavailable"
+        );
+        assert_eq!(
+            error(br#"{"status":2555,"error":"An unknown error occurred"}"#),
+            "server_error"
+        );
+    }
 
     #[test]
     fn an_authorize_url_carries_state_challenge_and_scopes() {
@@ -302,6 +420,8 @@ mod tests {
             token_url: "https://api.ouraring.com/oauth/token".into(),
             scopes: vec!["daily".into(), "heartrate".into()],
             credentials_in_body: false,
+            pkce: true,
+            dialect: TokenDialect::Standard,
             timeout: Duration::from_secs(5),
         };
         let a = begin(&app, "http://127.0.0.1:8080/oauth/callback").unwrap();

@@ -3919,6 +3919,7 @@ mod tests {
             home_assistant: Vec::new(),
             oura: Vec::new(),
             strava: Vec::new(),
+            withings: Vec::new(),
         }
         .resolve()
         .unwrap();

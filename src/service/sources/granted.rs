@@ -1,6 +1,6 @@
-//! Sources one connects with a login (OAuth2: Oura, Strava): their
-//! settings in the config, their vendor's endpoints, and the grant they
-//! poll with, renewed before it expires.
+//! Sources one connects with a login (OAuth2: Oura, Strava, Withings):
+//! their settings in the config, their vendor's endpoints, and the grant
+//! they poll with, renewed before it expires.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -10,8 +10,8 @@ use serde::Deserialize;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::service::config::{Config, SecretRef};
-use crate::service::oauth::{Grant, OAuthApp, OAuthError};
-use crate::service::sources::{SourceError, oura, strava};
+use crate::service::oauth::{Grant, OAuthApp, OAuthError, TokenDialect};
+use crate::service::sources::{SourceError, oura, strava, withings};
 use crate::service::store::GrantRow;
 
 /// A vendor's OAuth2 endpoints, API and scopes.
@@ -29,10 +29,22 @@ pub struct Provider {
     pub scopes: &'static [&'static str],
     /// Client credentials in the token request's body (else HTTP Basic).
     pub credentials_in_body: bool,
+    /// Whether the vendor takes PKCE.
+    pub pkce: bool,
+    /// How its token endpoint speaks.
+    pub dialect: TokenDialect,
+}
+
+/// Every vendor one connects with a login, by source kind.
+pub const PROVIDERS: &[Provider] = &[oura::PROVIDER, strava::PROVIDER, withings::PROVIDER];
+
+/// The vendor of a login source kind.
+pub fn provider(kind: &str) -> Option<&'static Provider> {
+    PROVIDERS.iter().find(|p| p.kind == kind)
 }
 
 /// A login source as written in the config (`[[participants.oura]]`,
-/// `[[participants.strava]]`).
+/// `[[participants.strava]]`, `[[participants.withings]]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoginConfig {
@@ -156,6 +168,8 @@ impl LoginConfig {
                 .unwrap_or_else(|| provider.token_url.into()),
             scopes: provider.scopes.iter().map(|s| s.to_string()).collect(),
             credentials_in_body: provider.credentials_in_body,
+            pkce: provider.pkce,
+            dialect: provider.dialect,
             timeout: Duration::from_secs(self.timeout_seconds),
         })
     }
@@ -188,14 +202,10 @@ pub fn config_of<'a>(
     name: &str,
 ) -> Option<&'a LoginConfig> {
     let participant = config.participants.iter().find(|p| p.key == key)?;
-    let list = if kind == oura::KIND {
-        &participant.oura
-    } else if kind == strava::KIND {
-        &participant.strava
-    } else {
-        return None;
-    };
-    list.iter().find(|c| c.source_name(kind) == name)
+    participant
+        .logins()
+        .find(|(k, c)| *k == kind && c.source_name(kind) == name)
+        .map(|(_, c)| c)
 }
 
 /// A source's grant in use.
@@ -277,7 +287,7 @@ pub fn due(cursor: Option<&str>, poll_minutes: u32, now: Timestamp) -> bool {
 
 /// Whether sources of `kind` are connected with a login (a Connect button).
 pub fn uses_login(kind: &str) -> bool {
-    kind == oura::KIND || kind == strava::KIND
+    provider(kind).is_some()
 }
 
 /// The OAuth2 application of participant `key`'s source `name` of `kind`:
@@ -289,12 +299,6 @@ pub fn app_of(
     key: &str,
     name: &str,
 ) -> Option<Result<OAuthApp, String>> {
-    let provider = if kind == oura::KIND {
-        oura::PROVIDER
-    } else if kind == strava::KIND {
-        strava::PROVIDER
-    } else {
-        return None;
-    };
-    config_of(config, kind, key, name).map(|c| c.app(&provider))
+    let provider = provider(kind)?;
+    config_of(config, kind, key, name).map(|c| c.app(provider))
 }

@@ -25,6 +25,7 @@ pub mod ingest;
 pub mod mapped;
 pub mod oura;
 pub mod strava;
+pub mod withings;
 
 /// Builds a source's adapter from its stored row (kind, configuration,
 /// cursor), whatever else in the store it needs and the config (settings,
@@ -38,6 +39,7 @@ pub const ADAPTERS: &[(&str, Builder)] = &[
     (home_assistant::KIND, home_assistant::adapter),
     (oura::KIND, oura::adapter),
     (strava::KIND, strava::adapter),
+    (withings::KIND, withings::adapter),
 ];
 
 /// Kinds whose observations arrive by other ways (email links, forms,
@@ -195,6 +197,35 @@ pub struct Poll {
     /// What to tell about this poll (refusals by reason, skipped states,
     /// an entity whose unit does not fit).
     pub problems: Vec<String>,
+}
+
+impl Poll {
+    /// Puts each value in its stream's stored unit (`stream_units`, from
+    /// [`Owner`]); a value whose unit measures something else than its
+    /// stream's is refused, and said so: a stream never mixes units.
+    pub fn into_stream_units(&mut self, stream_units: &std::collections::HashMap<String, String>) {
+        let mut refused: std::collections::BTreeMap<String, usize> = Default::default();
+        self.observations.retain_mut(|o| {
+            let Some(stored) = stream_units.get(&o.stream) else {
+                return true;
+            };
+            match crate::service::units::Conversion::between(&o.unit, stored) {
+                Ok(c) => {
+                    o.value = c.apply(o.value);
+                    o.unit = stored.clone();
+                    true
+                }
+                Err(e) => {
+                    *refused.entry(e.to_string()).or_default() += 1;
+                    false
+                }
+            }
+        });
+        for (why, n) in refused {
+            self.refused += n;
+            self.problems.push(format!("{n} × {why}"));
+        }
+    }
 }
 
 /// A data source adapter.

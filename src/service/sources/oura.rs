@@ -19,12 +19,11 @@ use serde_json::Value;
 
 use crate::service::config::Config;
 use crate::service::http::{ApiClient, ApiError};
-use crate::service::oauth::Grant;
+use crate::service::oauth::{Grant, TokenDialect};
 use crate::service::sources::granted::{Granted, LoginConfig, Provider, config_of};
 use crate::service::sources::{Owner, Poll, Source, SourceError, api_client};
 use crate::service::store::{NewObservation, SourceRow, Store};
 use crate::service::streams::{DayRule, StreamRules};
-use crate::service::units::Conversion;
 
 /// The source kind.
 pub const KIND: &str = "oura";
@@ -39,6 +38,8 @@ pub const PROVIDER: Provider = Provider {
     api_url: "https://api.ouraring.com",
     scopes: &["daily", "heartrate", "personal"],
     credentials_in_body: false,
+    pkce: true,
+    dialect: TokenDialect::Standard,
 };
 
 /// A connected Oura account, ready to poll.
@@ -241,7 +242,7 @@ impl Source for Oura {
         if self.settings.heart_rate != Some(false) {
             self.heart_rate(&mut cursor, now, first, &mut poll)?;
         }
-        self.convert_units(&mut poll);
+        poll.into_stream_units(&self.stream_units);
         cursor.read_at = Some(now);
         poll.cursor = Some(
             serde_json::to_string(&cursor).map_err(|e| SourceError::Config {
@@ -522,32 +523,6 @@ impl Oura {
         }
         Ok(())
     }
-
-    /// Puts each value in its stream's stored unit; a stream kept in a unit
-    /// of another quantity keeps nothing from Oura, and says so.
-    fn convert_units(&self, poll: &mut Poll) {
-        let mut refused: BTreeMap<String, usize> = BTreeMap::new();
-        poll.observations.retain_mut(|o| {
-            let Some(stored) = self.stream_units.get(&o.stream) else {
-                return true;
-            };
-            match Conversion::between(&o.unit, stored) {
-                Ok(c) => {
-                    o.value = c.apply(o.value);
-                    o.unit = stored.clone();
-                    true
-                }
-                Err(e) => {
-                    *refused.entry(e.to_string()).or_default() += 1;
-                    false
-                }
-            }
-        });
-        for (why, n) in refused {
-            poll.refused += n;
-            poll.problems.push(format!("{n} × {why}"));
-        }
-    }
 }
 
 /// `2026-03-01T07:12:00+01:00` (Oura's times carry the offset where the
@@ -585,6 +560,8 @@ mod tests {
                     token_url: PROVIDER.token_url.into(),
                     scopes: vec![],
                     credentials_in_body: false,
+                    pkce: true,
+                    dialect: crate::service::oauth::TokenDialect::Standard,
                     timeout: Duration::from_secs(1),
                 },
                 crate::service::store::GrantRow {
@@ -670,7 +647,7 @@ mod tests {
         let activity = json!({"day": "2026-03-02", "steps": 9000});
         poll.observations
             .extend(o.daily("daily_activity", DAILY[2].1, &activity).unwrap().1);
-        o.convert_units(&mut poll);
+        poll.into_stream_units(&o.stream_units);
         assert_eq!(poll.observations.len(), 1);
         assert_eq!(poll.observations[0].unit, "h");
         assert!((poll.observations[0].value - 7.5).abs() < 1e-12);

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::service::config::Config;
 use crate::service::http::{ApiClient, ApiError};
-use crate::service::oauth::Grant;
+use crate::service::oauth::{Grant, TokenDialect};
 use crate::service::sources::granted::{Granted, LoginConfig, Provider, config_of};
 use crate::service::sources::{Owner, Poll, Source, SourceError, api_client};
 use crate::service::store::{NewObservation, SourceRow, Store};
@@ -34,6 +34,8 @@ pub const PROVIDER: Provider = Provider {
     api_url: "https://www.strava.com/api/v3",
     scopes: &["read,activity:read_all"],
     credentials_in_body: true,
+    pkce: true,
+    dialect: TokenDialect::Standard,
 };
 
 /// Activities a page (Strava's most is 200).
@@ -154,6 +156,7 @@ impl Source for Strava {
                 break;
             }
         }
+        poll.into_stream_units(&self.owner.stream_units);
         cursor.read_at = Some(now);
         poll.cursor = Some(
             serde_json::to_string(&cursor).map_err(|e| SourceError::Config {
