@@ -24,6 +24,8 @@ struct Strava {
     expires_in: i64,
     activities: Vec<Value>,
     pages: Vec<usize>,
+    /// A page answered with a spent quarter-hour limit.
+    limited_page: Option<usize>,
 }
 
 type Shared = Arc<Mutex<Strava>>;
@@ -99,6 +101,15 @@ async fn activities(
     let page: usize = q["page"].parse().unwrap();
     let per_page: usize = q["per_page"].parse().unwrap();
     s.pages.push(page);
+    if s.limited_page == Some(page) {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("X-RateLimit-Limit", "100,1000"), ("X-RateLimit-Usage", "101,240")],
+            axum::Json(json!({"message": "Rate Limit Exceeded",
+                              "errors": [{"resource": "Application", "field": "rate limit", "code": "exceeded"}]})),
+        )
+            .into_response();
+    }
     let list: Vec<Value> = s
         .activities
         .iter()
@@ -128,11 +139,10 @@ fn start_fake(s: Shared) -> String {
     )
 }
 
-#[test]
-fn strava_activities_arrive_page_by_page_and_a_refused_refresh_asks_for_a_new_connection() {
+/// 150 runs, one every 12 hours: two pages of 100.
+fn runs() -> Vec<Value> {
     let now = Timestamp::now();
-    // 150 runs, one every 12 hours: two pages of 100.
-    let activities: Vec<Value> = (1..=150)
+    (1..=150)
         .map(|k| {
             let start = now - SignedDuration::from_hours(12 * k);
             json!({"id": 9_000_000_000u64 + k as u64, "name": "Run", "sport_type": "Run",
@@ -140,18 +150,15 @@ fn strava_activities_arrive_page_by_page_and_a_refused_refresh_asks_for_a_new_co
                    "utc_offset": 3600.0, "moving_time": 1800, "elapsed_time": 1900,
                    "distance": 5000.0, "average_heartrate": 150.0, "has_heartrate": true})
         })
-        .collect();
-    let strava: Shared = Arc::new(Mutex::new(Strava {
-        expires_in: 21_600,
-        activities,
-        ..Strava::default()
-    }));
-    let url = start_fake(strava.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::write(dir.path().join("id"), "4711").unwrap();
-    std::fs::write(dir.path().join("secret"), "strava-secret").unwrap();
-    let config = dir.path().join("nof1d.toml");
+        .collect()
+}
+
+/// A daemon whose participant `anna` has a Strava source on the fake at `url`.
+fn daemon_with_strava(dir: &std::path::Path, url: &str) -> Daemon {
+    let data = dir.join("data");
+    std::fs::write(dir.join("id"), "4711").unwrap();
+    std::fs::write(dir.join("secret"), "strava-secret").unwrap();
+    let config = dir.join("nof1d.toml");
     std::fs::write(
         &config,
         format!(
@@ -173,12 +180,60 @@ api_url = "{url}/api/v3"
 authorize_url = "{url}/oauth/authorize"
 token_url = "{url}/oauth/token"
 "#,
-            id = dir.path().join("id").display().to_string(),
-            secret = dir.path().join("secret").display().to_string(),
+            id = dir.join("id").display().to_string(),
+            secret = dir.join("secret").display().to_string(),
         ),
     )
     .unwrap();
-    let daemon = Daemon::start(&data, &["--config", config.to_str().unwrap()]);
+    Daemon::start(&data, &["--config", config.to_str().unwrap()])
+}
+
+#[test]
+fn a_spent_rate_limit_keeps_what_was_read_and_waits_for_its_window() {
+    let strava: Shared = Arc::new(Mutex::new(Strava {
+        expires_in: 21_600,
+        activities: runs(),
+        limited_page: Some(2),
+        ..Strava::default()
+    }));
+    let url = start_fake(strava.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let daemon = daemon_with_strava(dir.path(), &url);
+    let began = Timestamp::now();
+    assert_eq!(connect(&daemon), 303);
+    // The first page's 100 activities × 4 values are kept.
+    wait_until("the first page stored", &daemon, || {
+        count(&data, "SELECT COUNT(*) FROM observations") == 400
+            && count(
+                &data,
+                "SELECT COUNT(*) FROM source_runs WHERE problems LIKE '%rate limit is spent%'",
+            ) == 1
+    });
+    let asked = strava.lock().unwrap().pages.len();
+    assert_eq!(asked, 2, "no retry of the limited page");
+    // Polls come every second; none reaches Strava before the window
+    // resets (at the next quarter hour: checked only where the test did not
+    // cross one).
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let quarter = |t: Timestamp| t.as_second().div_euclid(900);
+    if quarter(began) == quarter(Timestamp::now()) {
+        assert_eq!(strava.lock().unwrap().pages.len(), asked);
+    }
+    daemon.terminate();
+}
+
+#[test]
+fn strava_activities_arrive_page_by_page_and_a_refused_refresh_asks_for_a_new_connection() {
+    let strava: Shared = Arc::new(Mutex::new(Strava {
+        expires_in: 21_600,
+        activities: runs(),
+        ..Strava::default()
+    }));
+    let url = start_fake(strava.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let daemon = daemon_with_strava(dir.path(), &url);
     assert_eq!(connect(&daemon), 303);
     // 150 activities × (minutes, run minutes, distance, heart rate).
     wait_until("activities stored", &daemon, || {

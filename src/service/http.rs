@@ -82,6 +82,19 @@ pub enum ApiError {
         /// The start of the answer.
         body: String,
     },
+    /// A fixed-window rate limit is spent (a 429 with `X-RateLimit-Limit`
+    /// and `X-RateLimit-Usage`, as Strava sends: limits and usage per
+    /// window, comma-separated). Not retried: within the window every
+    /// retry is refused too, and counts.
+    #[error("{url}: the rate limit is spent (limits {limit}, used {usage})")]
+    WindowLimited {
+        /// What was asked.
+        url: String,
+        /// `X-RateLimit-Limit`, e.g. `100,1000` (a quarter hour, a day).
+        limit: String,
+        /// `X-RateLimit-Usage`, e.g. `100,312`.
+        usage: String,
+    },
     /// The server asked to wait longer than this client waits in one go.
     #[error(
         "{url}: rate limited, the server asks to wait {wait_s} s (tried again at the next poll)"
@@ -206,11 +219,24 @@ impl ApiClient {
             Err(e) => return Attempt::Retry(unreachable(error_chain(&e)), None),
         };
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, Timestamp::now()));
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let retry_after =
+            header("retry-after").and_then(|v| parse_retry_after(&v, Timestamp::now()));
+        if status == 429
+            && let (Some(limit), Some(usage)) =
+                (header("x-ratelimit-limit"), header("x-ratelimit-usage"))
+        {
+            return Attempt::Fail(ApiError::WindowLimited {
+                url: url.to_string(),
+                limit,
+                usage,
+            });
+        }
         let mut body = Vec::new();
         if let Err(e) = resp.take(MAX_BODY_BYTES).read_to_end(&mut body) {
             return Attempt::Retry(unreachable(format!("reading the answer: {e}")), None);

@@ -8,7 +8,10 @@
 //! `overlap_days` before the last activity read, because a watch may upload
 //! days late. Strava allows 100 reads a quarter hour and 1,000 a day per
 //! application: a read is one or two requests, at most every
-//! `poll_minutes`.
+//! `poll_minutes`. When a limit is spent anyway (another program using the
+//! same application), what was read is kept and the source waits for the
+//! window to reset (quarter hours begin at :00, :15, :30 and :45; days at
+//! midnight UTC), without retries that would count against it.
 
 use jiff::tz::Offset;
 use jiff::{SignedDuration, Timestamp};
@@ -92,6 +95,9 @@ struct Cursor {
     last_start: Option<Timestamp>,
     /// When the last poll read Strava.
     read_at: Option<Timestamp>,
+    /// Not before this: a rate limit is spent until its window resets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resume_at: Option<Timestamp>,
 }
 
 impl Source for Strava {
@@ -104,7 +110,11 @@ impl Source for Strava {
     }
 
     fn due(&self, cursor: Option<&str>, now: Timestamp) -> bool {
-        crate::service::sources::granted::due(cursor, self.settings.poll_minutes, now)
+        let waiting = cursor
+            .and_then(|c| serde_json::from_str::<Cursor>(c).ok())
+            .and_then(|c| c.resume_at)
+            .is_some_and(|t| now < t);
+        !waiting && crate::service::sources::granted::due(cursor, self.settings.poll_minutes, now)
     }
 
     fn poll(&self, cursor: Option<&str>, now: Timestamp) -> Result<Poll, SourceError> {
@@ -122,16 +132,30 @@ impl Source for Strava {
         let url = format!("{}/athlete/activities", self.api);
         let token = self.grant.access_token();
         let mut poll = Poll::default();
+        let read_from = cursor.last_start;
+        cursor.resume_at = None;
         for page in 1..=MAX_PAGES {
             let query = [
                 ("after", after.as_second().to_string()),
                 ("page", page.to_string()),
                 ("per_page", PER_PAGE.to_string()),
             ];
-            let answer = self
-                .client
-                .get_json(&url, &query, &token)
-                .map_err(|e| self.api_error(e))?;
+            let answer = match self.client.get_json(&url, &query, &token) {
+                Ok(a) => a,
+                Err(ApiError::WindowLimited { limit, usage, .. }) => {
+                    // Keep what was read; read it all again from the same
+                    // place once the window resets (upserts: nothing doubles).
+                    let resume = resume_after_limit(&limit, &usage, now);
+                    poll.problems.push(format!(
+                        "Strava's rate limit is spent (limits {limit}, used {usage}): {} activities kept, reading again after {resume}",
+                        poll.observations.len()
+                    ));
+                    cursor.last_start = read_from;
+                    cursor.resume_at = Some(resume);
+                    break;
+                }
+                Err(e) => return Err(self.api_error(e)),
+            };
             let Some(activities) = answer.as_array() else {
                 return Err(SourceError::Remote {
                     source_name: self.name.clone(),
@@ -176,7 +200,7 @@ impl Strava {
             },
             ApiError::Status { status: 429, .. } => SourceError::Remote {
                 source_name: self.name.clone(),
-                message: "Strava's rate limit is reached (100 reads a quarter hour, 1,000 a day for an application): read again later".into(),
+                message: "Strava's rate limit is reached (100 reads a quarter hour, 1,000 a day for an application): read again at the next poll".into(),
             },
             other => SourceError::Remote {
                 source_name: self.name.clone(),
@@ -184,6 +208,23 @@ impl Strava {
             },
         }
     }
+}
+
+/// When a spent Strava limit resets: the next midnight UTC where the
+/// daily usage (the second of `usage`) reached its limit, else the next
+/// quarter hour (:00, :15, :30, :45 UTC). Unreadable headers: a quarter hour.
+fn resume_after_limit(limit: &str, usage: &str, now: Timestamp) -> Timestamp {
+    let numbers = |text: &str| -> Vec<u64> {
+        text.split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect()
+    };
+    let (limit, usage) = (numbers(limit), numbers(usage));
+    let daily_spent = matches!((limit.get(1), usage.get(1)), (Some(l), Some(u)) if u >= l);
+    let seconds = now.as_second();
+    let window: i64 = if daily_spent { 86_400 } else { 900 };
+    let next = (seconds.div_euclid(window) + 1) * window;
+    Timestamp::from_second(next).unwrap_or(now)
 }
 
 /// `WeightTraining` → `weight_training`.
@@ -285,6 +326,21 @@ fn activity_values(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_spent_limit_waits_for_its_window() {
+        let now: Timestamp = "2026-12-05T10:07:31Z".parse().unwrap();
+        let at = |l: &str, u: &str| resume_after_limit(l, u, now).to_string();
+        assert_eq!(at("100,1000", "101,312"), "2026-12-05T10:15:00Z");
+        assert_eq!(at("100,1000", "40,1000"), "2026-12-06T00:00:00Z");
+        assert_eq!(at("600,6000", "600,6001"), "2026-12-06T00:00:00Z");
+        assert_eq!(at("junk", ""), "2026-12-05T10:15:00Z");
+        let exactly: Timestamp = "2026-12-05T10:15:00Z".parse().unwrap();
+        assert_eq!(
+            resume_after_limit("100,1000", "100,10", exactly).to_string(),
+            "2026-12-05T10:30:00Z"
+        );
+    }
 
     #[test]
     fn an_activity_gives_minutes_distance_and_heart_rate_on_its_local_day() {
