@@ -453,7 +453,59 @@ fn sleep_summary(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    /// Any JSON scalar a broken or hostile answer might hold.
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            (-40i64..40).prop_map(|n| json!(n)),
+            any::<f64>()
+                .prop_filter("JSON has no NaN", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
+            "[a-zA-Z/_ -]{0,12}".prop_map(Value::String),
+        ]
+    }
+
+    /// An object whose keys come from `keys` (the vendor's own) with any
+    /// values, some of them lists of such objects.
+    fn object(keys: &'static [&'static str]) -> impl Strategy<Value = Value> {
+        prop::collection::vec((prop::sample::select(keys), scalar()), 0..12).prop_map(|pairs| {
+            Value::Object(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+        })
+    }
+
+    const GROUP_KEYS: &[&str] = &[
+        "grpid", "attrib", "date", "category", "timezone", "created", "modified",
+    ];
+    const MEASURE_KEYS: &[&str] = &["value", "type", "unit", "algo", "fm"];
+    const NIGHT_KEYS: &[&str] = &["id", "startdate", "enddate", "timezone", "modified", "date"];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn junk_in_withings_answers_never_panics_and_keeps_values_finite(
+            mut group in object(GROUP_KEYS),
+            measures in prop::collection::vec(object(MEASURE_KEYS), 0..6),
+            mut night in object(NIGHT_KEYS),
+            data in prop::collection::vec((prop::sample::select(SLEEP.iter().map(|f| f.0).collect::<Vec<_>>()), scalar()), 0..14),
+        ) {
+            let home = TimeZone::get("Europe/Berlin").unwrap();
+            let rules = StreamRules::default();
+            group["measures"] = Value::Array(measures);
+            if let Ok(Group::Values(obs)) = measure_group(&group, None, &rules, &home) {
+                prop_assert!(obs.iter().all(|o| o.value.is_finite()));
+            }
+            night["data"] = Value::Object(data.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+            if let Ok((_, obs)) = sleep_summary(&night, &rules, &home) {
+                prop_assert!(obs.iter().all(|o| o.value.is_finite() && o.value >= 0.0));
+            }
+        }
+    }
 
     fn by_stream(obs: &[NewObservation]) -> std::collections::HashMap<&str, &NewObservation> {
         obs.iter().map(|o| (o.stream.as_str(), o)).collect()
