@@ -35,6 +35,9 @@ struct Oura {
     /// Data requests by collection.
     reads: HashMap<String, usize>,
     days: Vec<Date>,
+    /// Days whose night the person deleted in the app (Oura then lists
+    /// the period with type "deleted").
+    deleted: Vec<Date>,
 }
 
 type Shared = Arc<Mutex<Oura>>;
@@ -176,7 +179,8 @@ async fn collection(
             .iter()
             .flat_map(|d| {
                 let before = d.yesterday().unwrap();
-                let long = json!({"id": format!("s-{d}"), "type": "long_sleep", "day": d.to_string(),
+                let kind = if o.deleted.contains(d) { "deleted" } else { "long_sleep" };
+                let long = json!({"id": format!("s-{d}"), "type": kind, "day": d.to_string(),
                     "bedtime_start": format!("{before}T23:10:00+01:00"), "bedtime_end": format!("{d}T07:10:00+01:00"),
                     "total_sleep_duration": 25200, "deep_sleep_duration": 4200, "rem_sleep_duration": 5400,
                     "light_sleep_duration": 15600, "awake_time": 3600, "time_in_bed": 28800, "efficiency": 88,
@@ -315,6 +319,28 @@ token_url = "{url}/oauth/token"
         oura.lock().unwrap().reads["daily_sleep"] >= reads + 3
     });
     assert_eq!(count(&data, "SELECT COUNT(*) FROM observations"), expected);
+
+    // The person deletes the last night in the app: its 11 values are
+    // withdrawn (kept in the store, left out of everything else).
+    oura.lock().unwrap().deleted.push(last_day);
+    wait_until("the deleted night withdrawn", &daemon, || {
+        count(
+            &data,
+            "SELECT COUNT(*) FROM observations WHERE withdrawn_at IS NOT NULL",
+        ) == 11
+    });
+    assert_eq!(count(&data, "SELECT COUNT(*) FROM observations"), expected);
+    assert_eq!(
+        count(
+            &data,
+            &format!(
+                "SELECT COUNT(*) FROM observations WHERE withdrawn_at IS NOT NULL
+                 AND local_date = '{last_day}' AND source_record_id LIKE 's%'"
+            ),
+        ),
+        11
+    );
+    assert!(count(&data, "SELECT COALESCE(SUM(withdrawn), 0) FROM source_runs") == 11);
 
     // The token is about to expire: refreshed before the next read, and the
     // new refresh token kept (the old one is good no more).

@@ -195,6 +195,7 @@ mod tests {
                 rows[0].id,
                 run,
                 &poll.observations,
+                &poll.withdrawn,
                 poll.cursor.as_deref(),
                 now,
             )

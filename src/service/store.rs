@@ -27,7 +27,7 @@ use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
 
 /// The migration files, in order. Append new files; never edit a released one.
-const MIGRATION_FILES: [&str; 9] = [
+const MIGRATION_FILES: [&str; 10] = [
     include_str!("../../migrations/0001_initial.sql"),
     include_str!("../../migrations/0002_trial_lifecycle.sql"),
     include_str!("../../migrations/0003_dashboard.sql"),
@@ -37,6 +37,7 @@ const MIGRATION_FILES: [&str; 9] = [
     include_str!("../../migrations/0007_hypotheses.sql"),
     include_str!("../../migrations/0008_oauth.sql"),
     include_str!("../../migrations/0009_futility.sql"),
+    include_str!("../../migrations/0010_withdrawn.sql"),
 ];
 
 /// The migrations, in order.
@@ -296,6 +297,9 @@ pub struct Upserted {
     pub updated: usize,
     /// Records already stored as they are.
     pub unchanged: usize,
+    /// Stored records the source said were deleted: withdrawn (kept, left
+    /// out of analyses).
+    pub withdrawn: usize,
 }
 
 impl Upserted {
@@ -304,6 +308,7 @@ impl Upserted {
         self.stored += other.stored;
         self.updated += other.updated;
         self.unchanged += other.unchanged;
+        self.withdrawn += other.withdrawn;
     }
 }
 
@@ -384,6 +389,8 @@ pub struct SourceRunRow {
     pub updated: i64,
     /// Records already present.
     pub unchanged: i64,
+    /// Stored records withdrawn (deleted at the source).
+    pub withdrawn: i64,
     /// Records refused.
     pub refused: i64,
     /// The first problems, one a line.
@@ -1492,13 +1499,16 @@ impl Store {
     }
 
     /// Records one poll: its observations (new ones stored, re-read ones
-    /// updated where they changed) and the new cursor, in one transaction.
-    /// A non-finite value refuses the whole poll, so the cursor stays put.
+    /// updated where they changed), the records the source said were
+    /// deleted (`withdrawn`: source record ids), and the new cursor, in one
+    /// transaction. A non-finite value refuses the whole poll, so the
+    /// cursor stays put.
     pub fn record_poll(
         &mut self,
         source_id: i64,
         run_id: i64,
         observations: &[NewObservation],
+        withdrawn: &[String],
         cursor: Option<&str>,
         now: Timestamp,
     ) -> Result<Upserted> {
@@ -1508,7 +1518,16 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let counts = upsert_observations(&tx, source_id, observations, now)?;
+        let mut counts = upsert_observations(&tx, source_id, observations, now)?;
+        {
+            let mut withdraw = tx.prepare_cached(
+                "UPDATE observations SET withdrawn_at = ?3
+                 WHERE source_id = ?1 AND source_record_id = ?2 AND withdrawn_at IS NULL",
+            )?;
+            for record in withdrawn {
+                counts.withdrawn += withdraw.execute(params![source_id, record, ts(now)])?;
+            }
+        }
         add_run_counts(&tx, run_id, counts)?;
         tx.execute(
             "UPDATE sources SET cursor = COALESCE(?2, cursor), last_success_at = ?3,
@@ -1531,7 +1550,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<Upserted> {
         // A poll that leaves the cursor where it is.
-        self.record_poll(source_id, run_id, observations, None, now)
+        self.record_poll(source_id, run_id, observations, &[], None, now)
     }
 
     /// Opens a run-log row for a poll, push or import; returns its id.
@@ -1590,7 +1609,7 @@ impl Store {
     pub fn source_runs(&self, source_id: i64, limit: usize) -> Result<Vec<SourceRunRow>> {
         let mut stmt = self.conn.prepare(
             "SELECT id, source_id, way, what, started_at, finished_at, stored, updated, unchanged,
-                    refused, problems, error
+                    refused, problems, error, withdrawn
              FROM source_runs WHERE source_id = ?1 ORDER BY id DESC LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![source_id, limit as i64], |r| {
@@ -1607,6 +1626,7 @@ impl Store {
                 refused: r.get(9)?,
                 problems: r.get(10)?,
                 error: r.get(11)?,
+                withdrawn: r.get(12)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -1687,7 +1707,7 @@ impl Store {
         let mut stmt = self.conn.prepare(
             "SELECT o.observed_at, o.local_date, o.value, o.origin
              FROM observations o JOIN streams s ON s.id = o.stream_id
-             WHERE s.participant_id = ?1 AND s.key = ?2
+             WHERE s.participant_id = ?1 AND s.key = ?2 AND o.withdrawn_at IS NULL
              ORDER BY o.observed_at, o.id",
         )?;
         let rows = stmt.query_map(params![participant_id, stream], |r| {
@@ -1745,11 +1765,12 @@ impl Store {
             .collect::<std::result::Result<_, _>>()?;
         let mut sources = self.conn.prepare(
             "SELECT DISTINCT src.name FROM observations o JOIN sources src ON src.id = o.source_id
-             WHERE o.stream_id = ?1 ORDER BY src.name",
+             WHERE o.stream_id = ?1 AND o.withdrawn_at IS NULL ORDER BY src.name",
         )?;
         let mut days = self.conn.prepare(
             "SELECT local_date, origin, SUM(value), COUNT(*) FROM observations
-             WHERE stream_id = ?1 GROUP BY local_date, origin ORDER BY local_date",
+             WHERE stream_id = ?1 AND withdrawn_at IS NULL
+             GROUP BY local_date, origin ORDER BY local_date",
         )?;
         let mut out = Vec::new();
         for (id, key, unit) in list {
@@ -1791,7 +1812,8 @@ impl Store {
     pub fn stream_counts(&self, participant_id: i64) -> Result<Vec<(String, i64, Option<String>)>> {
         let mut stmt = self.conn.prepare(
             "SELECT s.key, COUNT(o.id), MAX(o.local_date)
-             FROM streams s LEFT JOIN observations o ON o.stream_id = s.id
+             FROM streams s
+             LEFT JOIN observations o ON o.stream_id = s.id AND o.withdrawn_at IS NULL
              WHERE s.participant_id = ?1 GROUP BY s.id ORDER BY s.key",
         )?;
         let rows = stmt.query_map([participant_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
@@ -3284,12 +3306,13 @@ fn check_identity(conn: &Connection, path: &Path, keyed: bool) -> Result<()> {
 fn add_run_counts(tx: &Transaction<'_>, run_id: i64, counts: Upserted) -> Result<()> {
     tx.execute(
         "UPDATE source_runs SET stored = stored + ?2, updated = updated + ?3,
-             unchanged = unchanged + ?4 WHERE id = ?1",
+             unchanged = unchanged + ?4, withdrawn = withdrawn + ?5 WHERE id = ?1",
         params![
             run_id,
             counts.stored as i64,
             counts.updated as i64,
-            counts.unchanged as i64
+            counts.unchanged as i64,
+            counts.withdrawn as i64
         ],
     )?;
     Ok(())
@@ -3307,7 +3330,8 @@ fn check_finite(observations: &[NewObservation]) -> Result<()> {
 
 /// Stores observations of one source: a record not yet stored is inserted;
 /// one stored with another value, time or day is updated in place (sources
-/// re-send whole days as they fill); one stored as it is changes nothing.
+/// re-send whole days as they fill), as is one withdrawn and sent again
+/// (restored); one stored as it is changes nothing.
 fn upsert_observations(
     tx: &Transaction<'_>,
     source_id: i64,
@@ -3334,10 +3358,12 @@ fn upsert_observations(
     let mut update = tx.prepare_cached(
         "UPDATE observations SET
              stream_id = ?1, observed_at = ?4, local_date = ?5, value = ?6, unit = ?7,
-             updated_at = ?8, ended_at = ?9, utc_offset = ?10, origin = ?11
+             updated_at = ?8, ended_at = ?9, utc_offset = ?10, origin = ?11,
+             withdrawn_at = NULL
          WHERE source_id = ?2 AND source_record_id = ?3
            AND (value IS NOT ?6 OR observed_at IS NOT ?4 OR ended_at IS NOT ?9
-                OR local_date IS NOT ?5 OR stream_id IS NOT ?1 OR unit IS NOT ?7)",
+                OR local_date IS NOT ?5 OR stream_id IS NOT ?1 OR unit IS NOT ?7
+                OR withdrawn_at IS NOT NULL)",
     )?;
     let now_text = ts(now);
     for o in observations {
@@ -3940,25 +3966,52 @@ mod tests {
             .collect();
         let run = s.begin_run(src, RunWay::Poll, "", now()).unwrap();
         assert_eq!(
-            s.record_poll(src, run, &obs, Some("c1"), now())
+            s.record_poll(src, run, &obs, &[], Some("c1"), now())
                 .unwrap()
                 .stored,
             3
         );
-        let again = s.record_poll(src, run, &obs, Some("c2"), now()).unwrap();
+        let again = s
+            .record_poll(src, run, &obs, &[], Some("c2"), now())
+            .unwrap();
         assert_eq!((again.stored, again.updated, again.unchanged), (0, 0, 3));
         // Re-sent with a new value (a day that filled up): updated in place.
         let mut resent = obs.clone();
         resent[2].value = 99.0;
-        let third = s.record_poll(src, run, &resent, None, now()).unwrap();
+        let third = s.record_poll(src, run, &resent, &[], None, now()).unwrap();
         assert_eq!((third.stored, third.updated, third.unchanged), (0, 1, 2));
         assert_eq!(s.observations(pid, "hrv", &[]).unwrap()[2].2, 99.0);
         assert_eq!(s.counts().unwrap().observations, 3);
+        // Deleted at the source: withdrawn (kept, left out), once; sent
+        // again: restored.
+        let gone = ["r1".to_string(), "r404".to_string()];
+        let fourth = s.record_poll(src, run, &[], &gone, None, now()).unwrap();
+        assert_eq!(fourth.withdrawn, 1);
+        assert_eq!(
+            s.record_poll(src, run, &[], &gone, None, now())
+                .unwrap()
+                .withdrawn,
+            0
+        );
+        let left: Vec<f64> = s
+            .observations(pid, "hrv", &[])
+            .unwrap()
+            .iter()
+            .map(|o| o.2)
+            .collect();
+        assert_eq!(left, [50.0, 99.0]);
+        assert_eq!(s.counts().unwrap().observations, 3, "kept");
+        assert_eq!(s.stream_counts(pid).unwrap()[0].1, 2);
+        let back = s
+            .record_poll(src, run, &obs[1..2], &[], None, now())
+            .unwrap();
+        assert_eq!(back.updated, 1, "restored");
+        assert_eq!(s.observations(pid, "hrv", &[]).unwrap().len(), 3);
         let mut bad = obs.clone();
         bad[0].source_record_id = "r9".into();
         bad[1].value = f64::NAN;
         let e = s
-            .record_poll(src, run, &bad, Some("c3"), now())
+            .record_poll(src, run, &bad, &[], Some("c3"), now())
             .unwrap_err()
             .to_string();
         assert!(e.contains("r1"), "{e}");

@@ -130,7 +130,7 @@ fn fmt(v: &Option<f64>) -> String {
 <form method="post" action="/sources/{{ v.source.id }}/connect"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">{% if c.status == "connected" %}Connect again{% else %}Connect{% endif %}</button></form>{% endif %}
 {% if let Some(e) = v.source.last_error %}<p class="err">Last error{% if let Some(t) = v.source.last_error_at %} ({{ t }}){% endif %}: {{ e }}</p>{% endif %}
 <table><thead><tr><th>when</th><th>what</th><th>result</th></tr></thead><tbody>
-{% for r in v.runs %}<tr><td>{{ r.started_at }}</td><td>{{ r.way }} {{ r.what }}</td><td>{{ r.stored }} new, {{ r.updated }} updated, {{ r.unchanged }} already there, {{ r.refused }} refused{% if let Some(e) = r.error %} <span class="err">— {{ e }}</span>{% endif %}</td></tr>{% endfor %}
+{% for r in v.runs %}<tr><td>{{ r.started_at }}</td><td>{{ r.way }} {{ r.what }}</td><td>{{ r.stored }} new, {{ r.updated }} updated, {{ r.unchanged }} already there{% if r.withdrawn > 0 %}, {{ r.withdrawn }} withdrawn (deleted at the source){% endif %}, {{ r.refused }} refused{% if let Some(e) = r.error %} <span class="err">— {{ e }}</span>{% endif %}</td></tr>{% endfor %}
 </tbody></table>{% endfor %}
 <h2>Add data</h2>
 <form method="post" action="/sources/upload" enctype="multipart/form-data"><input type="hidden" name="csrf" value="{{ csrf }}">

@@ -187,6 +187,7 @@ async fn poll_one(state: &AppState, row: SourceRow) -> Result<Option<Upserted>, 
                         source_id,
                         run,
                         &poll.observations,
+                        &poll.withdrawn,
                         poll.cursor.as_deref(),
                         now,
                     )?;

@@ -190,6 +190,9 @@ pub enum SourceError {
 pub struct Poll {
     /// New (or re-read) observations.
     pub observations: Vec<NewObservation>,
+    /// Source record ids the source says were deleted: withdrawn from the
+    /// store (kept, left out of analyses) where stored.
+    pub withdrawn: Vec<String>,
     /// Where the next poll resumes; `None` keeps the old cursor.
     pub cursor: Option<String>,
     /// Records the source sent that could not be read.

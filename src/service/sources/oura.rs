@@ -225,6 +225,9 @@ impl Source for Oura {
         )?;
         let mut skipped = 0;
         for doc in &docs {
+            // A period Oura now calls rest or deleted (the person removed
+            // it in the app) is not a night: what was stored of it goes.
+            poll.withdrawn.extend(not_sleep_records(doc));
             match self.sleep_period(doc) {
                 Ok(Some((day, obs))) => {
                     let kept = cursor.days.entry("sleep".into()).or_insert(day);
@@ -525,6 +528,19 @@ impl Oura {
     }
 }
 
+/// The record ids a sleep period would have stored, where Oura now says it
+/// is a rest or a deleted period: withdrawn where they were stored.
+fn not_sleep_records(doc: &Value) -> Vec<String> {
+    let kind = doc.get("type").and_then(Value::as_str);
+    match (kind, doc.get("id").and_then(Value::as_str)) {
+        (Some("rest" | "deleted"), Some(id)) => SLEEP
+            .iter()
+            .map(|(field, ..)| format!("sleep:{id}:{field}"))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// `2026-03-01T07:12:00+01:00` (Oura's times carry the offset where the
 /// person was).
 fn parse_offset_time(text: &str) -> Option<jiff::Zoned> {
@@ -628,6 +644,11 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        // A night deleted in the app: each of its records is withdrawn.
+        let gone = not_sleep_records(&json!({"id": "s1", "type": "deleted"}));
+        assert!(gone.contains(&"sleep:s1:total_sleep_duration".to_string()));
+        assert_eq!(gone.len(), SLEEP.len());
+        assert!(not_sleep_records(&night).is_empty());
         assert!(
             o.sleep_period(&json!({"id": "s2", "bedtime_start": "2026-10-24T23:40:00"}))
                 .is_err()
