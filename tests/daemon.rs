@@ -245,9 +245,14 @@ fn trial_page_charts_api_and_metrics() {
     assert_eq!(detail["decisions"][0]["action"], "continue");
     let (status, _) = d.get("/trials/999");
     assert_eq!(status, 404);
-    // Pause and resume from the page's forms; a form without the page's
-    // anti-CSRF token is refused and changes nothing.
-    let token = page
+    // Pause (from its confirmation page) and resume; a form without the
+    // page's anti-CSRF token is refused and changes nothing.
+    assert!(
+        page.contains("action=\"/trials/1/confirm/pause\""),
+        "{page}"
+    );
+    let (_, confirm) = d.get("/trials/1/confirm/pause");
+    let token = confirm
         .split("name=\"csrf\" value=\"")
         .nth(1)
         .and_then(|rest| rest.split('"').next())
@@ -266,9 +271,15 @@ fn trial_page_charts_api_and_metrics() {
     assert_eq!(post("/trials/1/pause", "csrf=forged".into()), 403);
     assert_eq!(post("/trials/1/pause", String::new()), 403);
     assert_eq!(d.json("/api/trials/1")["status"], "running");
-    assert_eq!(post("/trials/1/pause", format!("csrf={token}")), 303);
+    assert_eq!(
+        post("/trials/1/pause", format!("csrf={token}&confirm=yes")),
+        303
+    );
     assert_eq!(d.json("/api/trials/1")["status"], "paused");
-    assert_eq!(post("/trials/1/pause", format!("csrf={token}")), 409);
+    assert_eq!(
+        post("/trials/1/pause", format!("csrf={token}&confirm=yes")),
+        409
+    );
     assert_eq!(post("/trials/1/resume", format!("csrf={token}")), 303);
     let detail = d.json("/api/trials/1");
     assert_eq!(detail["status"], "running");

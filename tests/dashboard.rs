@@ -328,15 +328,95 @@ fn proposals_pause_self_report_and_api() {
     }
     assert_eq!(store.counts().unwrap().observations, after);
 
-    // Pause from the trial page.
+    // Pause from the trial page: its button leads to a page that says what
+    // pausing does and asks why; a post without that confirmation only
+    // leads there.
     assert_eq!(me.post(&d, "/trials/1/pause", "csrf=").0, 403);
+    let (_, page) = me.get(&d, "/trials/1");
+    assert!(
+        page.contains("action=\"/trials/1/confirm/pause\""),
+        "{page}"
+    );
+    let r = no_redirects()
+        .post(d.url("/trials/1/pause"))
+        .header("cookie", &me.cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/trials/1/confirm/pause");
+    assert_eq!(me.json(&d, "/api/trials/1")["status"], "running");
+    let (status, confirm) = me.get(&d, "/trials/1/confirm/pause");
+    assert_eq!(status, 200);
+    assert!(
+        confirm.contains("the rest of the schedule moves"),
+        "{confirm}"
+    );
+    assert!(
+        confirm.contains("name=\"confirm\" value=\"yes\""),
+        "{confirm}"
+    );
     assert_eq!(
-        me.post(&d, "/trials/1/pause", &format!("csrf={csrf}")).0,
+        me.post(
+            &d,
+            "/trials/1/pause",
+            &format!("csrf={csrf}&confirm=yes&reason=a+week+away")
+        )
+        .0,
         303
     );
-    assert_eq!(me.json(&d, "/api/trials/1")["status"], "paused");
+    let detail = me.json(&d, "/api/trials/1");
+    assert_eq!(detail["status"], "paused");
+    let events = detail["events"].as_array().unwrap();
+    assert_eq!(
+        events.last().unwrap()["reason"],
+        "paused on the dashboard: a week away"
+    );
     let (_, page) = me.get(&d, "/trials/1");
     assert!(page.contains("This trial is paused"), "no banner: {page}");
+
+    // A stop needs a reason; once stopped, it can be undone for a day.
+    let (status, refused) = me.post(
+        &d,
+        "/trials/1/stop",
+        &format!("csrf={csrf}&confirm=yes&reason=+"),
+    );
+    assert_eq!(status, 422);
+    assert!(refused.contains("Say why the trial stops"), "{refused}");
+    assert_eq!(me.json(&d, "/api/trials/1")["status"], "paused");
+    let (_, confirm) = me.get(&d, "/trials/1/confirm/stop");
+    assert!(
+        confirm.contains("You can undo a stop for 24 hours"),
+        "{confirm}"
+    );
+    assert_eq!(
+        me.post(
+            &d,
+            "/trials/1/stop",
+            &format!("csrf={csrf}&confirm=yes&reason=moving+house")
+        )
+        .0,
+        303
+    );
+    let detail = me.json(&d, "/api/trials/1");
+    assert_eq!(detail["status"], "stopped");
+    assert_eq!(detail["stop_reason"], "moving house");
+    assert!(detail["undo_until"].is_string(), "{detail}");
+    let (_, page) = me.get(&d, "/trials/1");
+    assert!(page.contains("Undo the stop"), "{page}");
+    assert_eq!(
+        me.post(&d, "/trials/1/undo", &format!("csrf={csrf}")).0,
+        303
+    );
+    let detail = me.json(&d, "/api/trials/1");
+    assert_eq!(detail["status"], "paused", "back to where it was");
+    assert!(detail["undo_until"].is_null());
+    assert_eq!(detail["stop_reason"], serde_json::Value::Null);
+    // Nothing to undo now.
+    assert_eq!(
+        me.post(&d, "/trials/1/undo", &format!("csrf={csrf}")).0,
+        409
+    );
 
     // Every documented GET path answers with the documented required keys.
     let doc = me.json(&d, "/api/openapi.json");

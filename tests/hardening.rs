@@ -157,7 +157,7 @@ fn files_are_private_whatever_the_umask() {
 fn a_foreign_host_or_a_cross_site_post_changes_nothing_and_every_answer_has_the_security_headers() {
     let dir = tempfile::tempdir().unwrap();
     let d = start_open(&dir.path().join("data"), "");
-    let page = d.get("/trials/1").1;
+    let page = d.get("/trials/1/confirm/pause").1;
     let csrf = csrf_of(&page);
     let addr = d
         .url("")
@@ -176,7 +176,11 @@ fn a_foreign_host_or_a_cross_site_post_changes_nothing_and_every_answer_has_the_
         let mut req = no_redirects()
             .post(d.url("/trials/1/pause"))
             .header("host", host)
-            .form(&[("csrf", csrf.as_str()), ("reason", "attack")]);
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("confirm", "yes"),
+                ("reason", "attack"),
+            ]);
         if let Some(o) = origin {
             req = req.header("origin", o);
         }

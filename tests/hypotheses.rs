@@ -797,6 +797,7 @@ fn a_wrong_proposer_prior_shows_as_a_conflict_on_the_trial_page_and_in_the_repor
     let conn = rusqlite::Connection::open(data.join("nof1d.sqlite")).unwrap();
     conn.execute(
         "UPDATE trials SET status = 'stopped', start_date = '2026-08-01',
+             status_changed_at = '2026-09-12T06:00:00Z',
              stop_reason = 'futility: P(better by MID) below 0.05' WHERE id = ?1",
         [trial],
     )

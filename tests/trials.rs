@@ -72,6 +72,14 @@ fn the_demo_trial_runs_to_a_stop_decision_untouched() {
         ),
         (Some("running"), "stopped", "daemon")
     );
+    // A stop by a decision stands: it cannot be undone as a stop by hand can.
+    drop(s);
+    let (ok, out) = cli(dir.path(), &data, &["undo-stop", "1"]);
+    assert!(
+        !ok && out.contains("a stop by a decision or for safety stands"),
+        "{out}"
+    );
+    let s = store(&data);
 
     // One decision per look, from the first look at 2 blocks to the stop;
     // each one recomputes from its stored fit to the same decision.
@@ -285,6 +293,11 @@ fn life_cycle_from_the_command_line() {
     );
     let (ok, out) = cli(dir.path(), &data, &["resume", "1"]);
     assert!(!ok && out.contains("it cannot become running"), "{out}");
+    let (ok, out) = cli(dir.path(), &data, &["undo-stop", "1"]);
+    assert!(
+        !ok && out.contains("a stop by a decision or for safety stands"),
+        "{out}"
+    );
 
     // With the demo trial stopped, the daemon starts trial 2 on its own,
     // once its design is calibrated, with the calibrated threshold locked.
@@ -334,6 +347,26 @@ fn life_cycle_from_the_command_line() {
     assert!(
         ok && out.contains("running") && out.contains("stopped"),
         "{out}"
+    );
+
+    // A stop by hand can be undone within a day: back to running.
+    let (ok, out) = cli(
+        dir.path(),
+        &data,
+        &["stop", "2", "--reason", "pressed by mistake"],
+    );
+    assert!(ok && out.contains("undo-stop 2"), "{out}");
+    let (ok, out) = cli(dir.path(), &data, &["undo-stop", "2"]);
+    assert!(ok && out.contains("it is running again"), "{out}");
+    let events = store(&data).trial_events(2).unwrap();
+    let path: Vec<&str> = events.iter().map(|e| e.to_status.as_str()).collect();
+    assert_eq!(
+        path,
+        ["proposed", "approved", "running", "stopped", "running"]
+    );
+    assert_eq!(
+        events.last().unwrap().reason,
+        "stop undone (it was: pressed by mistake)"
     );
 }
 

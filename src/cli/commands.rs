@@ -487,13 +487,19 @@ enum TrialCommand {
         #[arg(long)]
         on: Option<String>,
     },
-    /// Stop a trial by hand.
+    /// Stop a trial by hand (it can be undone for 24 hours with `undo-stop`).
     Stop {
         /// Trial id.
         id: i64,
         /// Why.
         #[arg(long)]
         reason: String,
+    },
+    /// Undo a stop by hand made in the last 24 hours: the trial returns to
+    /// where it was (a stop by a decision or for safety stands).
+    UndoStop {
+        /// Trial id.
+        id: i64,
     },
     /// Record an adverse event: the trial stops at once.
     AdverseEvent {
@@ -1117,7 +1123,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 TrialCommand::Stop { id, reason } => {
                     actions::stop(&mut store, *id, reason, actor, now)?;
-                    println!("trial {id} stopped");
+                    println!(
+                        "trial {id} stopped; changed your mind? `nof1d trial undo-stop {id}` within {} hours",
+                        actions::STOP_UNDO_HOURS
+                    );
+                }
+                TrialCommand::UndoStop { id } => {
+                    let back = actions::undo_stop(&mut store, *id, actor, now)?;
+                    println!("trial {id}'s stop undone: it is {back} again");
                 }
                 TrialCommand::AdverseEvent { id, note } => {
                     actions::adverse_event(&mut store, *id, note, "cli", actor, now)?;

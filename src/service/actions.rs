@@ -129,6 +129,113 @@ pub fn approve(
     Ok(start)
 }
 
+/// How long a stop by hand can be undone: a click in the wrong place, or
+/// second thoughts the next morning, should not end a months-long trial.
+pub const STOP_UNDO_HOURS: i64 = 24;
+
+/// A stop that can still be undone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UndoableStop {
+    /// The status the trial had before it.
+    pub back_to: TrialStatus,
+    /// Until when.
+    pub until: Timestamp,
+    /// The reason given for the stop.
+    pub reason: String,
+}
+
+/// The trial's stop if it can be undone at `now`: a stop by a person
+/// (decisions and safety stops record a decision; they stand), less than
+/// [`STOP_UNDO_HOURS`] ago.
+pub fn undoable_stop(
+    store: &Store,
+    trial_id: i64,
+    now: Timestamp,
+) -> std::result::Result<Option<UndoableStop>, StoreError> {
+    let Some(trial) = store.trial(trial_id)? else {
+        return Ok(None);
+    };
+    if trial.status != TrialStatus::Stopped || store.has_stop_decision(trial_id)? {
+        return Ok(None);
+    }
+    let events = store.trial_events(trial_id)?;
+    let Some(stop) = events
+        .last()
+        .filter(|e| e.to_status == TrialStatus::Stopped.as_str())
+    else {
+        return Ok(None);
+    };
+    let back_to = stop.from_status.as_deref().and_then(TrialStatus::parse);
+    let at: Option<Timestamp> = stop.at.parse().ok();
+    let (Some(back_to), Some(at)) = (back_to, at) else {
+        return Ok(None);
+    };
+    let until = at + jiff::SignedDuration::from_hours(STOP_UNDO_HOURS);
+    Ok(
+        (now < until && back_to != TrialStatus::Stopped).then(|| UndoableStop {
+            back_to,
+            until,
+            reason: stop.reason.clone(),
+        }),
+    )
+}
+
+/// Undoes a stop by hand within [`STOP_UNDO_HOURS`]: the trial returns to
+/// the status it had (its schedule as it was; a day missed meanwhile is a
+/// day without data, as after a day without the daemon). Refused where the
+/// stop stands (a decision, safety, or too long ago) or where another trial
+/// now measures the same outcome. Returns the status it returned to.
+pub fn undo_stop(
+    store: &mut Store,
+    trial_id: i64,
+    actor: &str,
+    now: Timestamp,
+) -> Result<TrialStatus> {
+    let (trial, tz) = trial_and_zone(store, trial_id)?;
+    let stop = undoable_stop(store, trial_id, now)?.ok_or_else(|| {
+        ActionError::Refused(format!(
+            "trial {trial_id}'s stop cannot be undone: only a stop by hand, within {STOP_UNDO_HOURS} hours, can be (a stop by a decision or for safety stands)"
+        ))
+    })?;
+    if stop.back_to != TrialStatus::Proposed {
+        let protocol = trial
+            .protocol()
+            .map_err(|e| ActionError::Refused(e.to_string()))?;
+        let mut others = Vec::new();
+        for t in store.trials()? {
+            let active = matches!(
+                t.status,
+                TrialStatus::Approved | TrialStatus::Running | TrialStatus::Paused
+            );
+            if t.id != trial_id
+                && t.participant_id == trial.participant_id
+                && active
+                && let Ok(p) = t.protocol()
+            {
+                others.push((t.id, p));
+            }
+        }
+        if let Some(why) = lifecycle::conflict(&protocol, &others) {
+            return Err(ActionError::Refused(format!(
+                "trial {trial_id}'s stop cannot be undone: {why}"
+            )));
+        }
+    }
+    store.undo_stop(
+        &StatusChange {
+            trial_id,
+            to: stop.back_to,
+            actor,
+            reason: &format!("stop undone (it was: {})", stop.reason),
+            local_date: local_date(now, &tz),
+            start_date: None,
+            shifted: &[],
+        },
+        now,
+    )?;
+    Ok(stop.back_to)
+}
+
 /// Stops a trial by hand (a proposal that is stopped is a rejection).
 pub fn stop(
     store: &mut Store,

@@ -702,7 +702,12 @@ pub fn conclusion_text(
 pub async fn conclude_stopped(
     state: &crate::service::app::AppState,
 ) -> Result<usize, HypothesisError> {
-    let ids = state.db.read(|s| s.trials_to_conclude()).await?;
+    let settled_before = state.clock.now()
+        - jiff::SignedDuration::from_hours(crate::service::actions::STOP_UNDO_HOURS);
+    let ids = state
+        .db
+        .read(move |s| s.trials_to_conclude(settled_before))
+        .await?;
     let mut written = 0;
     for id in ids {
         let Some(facts) = state.db.read(move |s| conclusion_facts(s, id)).await? else {

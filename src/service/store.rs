@@ -2176,13 +2176,18 @@ impl Store {
     }
 
     /// Trials that ran and stopped and have no conclusion yet.
-    pub fn trials_to_conclude(&self) -> Result<Vec<i64>> {
+    /// (A stop by hand is concluded once it can no longer be undone: when
+    /// it happened before `settled_before`.)
+    pub fn trials_to_conclude(&self, settled_before: Timestamp) -> Result<Vec<i64>> {
         let mut stmt = self.conn.prepare(
             "SELECT t.id FROM trials t LEFT JOIN conclusions c ON c.trial_id = t.id
              WHERE t.status = 'stopped' AND t.start_date IS NOT NULL AND c.trial_id IS NULL
+               AND (t.status_changed_at < ?1
+                    OR EXISTS (SELECT 1 FROM decisions d
+                               WHERE d.trial_id = t.id AND d.action LIKE 'stop%'))
              ORDER BY t.id",
         )?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
+        let rows = stmt.query_map([ts(settled_before)], |r| r.get(0))?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
@@ -2272,6 +2277,56 @@ impl Store {
     pub fn change_status(&mut self, change: &StatusChange<'_>, now: Timestamp) -> Result<()> {
         let tx = self.conn.transaction()?;
         change_status_tx(&tx, change, now)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether a decision (or a safety report) stopped the trial: such a
+    /// stop stands. A stop by hand records none.
+    pub fn has_stop_decision(&self, trial_id: i64) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM decisions WHERE trial_id = ?1 AND action LIKE 'stop%')",
+            [trial_id],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Returns a stopped trial to `change.to` (undoing a stop by hand; the
+    /// caller checked that it may): the status, the stop reason cleared,
+    /// the event and the audit entry, in one transaction.
+    pub fn undo_stop(&mut self, change: &StatusChange<'_>, now: Timestamp) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        let moved = tx.execute(
+            "UPDATE trials SET status = ?2, status_changed_at = ?3, stop_reason = NULL
+             WHERE id = ?1 AND status = 'stopped'",
+            params![change.trial_id, change.to.as_str(), ts(now)],
+        )?;
+        if moved == 0 {
+            return Err(StoreError::Refused(format!(
+                "trial {} is not stopped",
+                change.trial_id
+            )));
+        }
+        tx.execute(
+            "INSERT INTO trial_events (trial_id, from_status, to_status, actor, reason, local_date, at)
+             VALUES (?1, 'stopped', ?2, ?3, ?4, ?5, ?6)",
+            params![
+                change.trial_id,
+                change.to.as_str(),
+                change.actor,
+                change.reason,
+                change.local_date.to_string(),
+                ts(now)
+            ],
+        )?;
+        audit(
+            &tx,
+            change.actor,
+            "undo_stop",
+            Some(change.trial_id),
+            &serde_json::json!({"to": change.to.as_str(), "reason": change.reason}),
+            now,
+        )?;
         tx.commit()?;
         Ok(())
     }

@@ -61,6 +61,7 @@ pub fn router(state: AppState) -> Router {
             get(trial::report_form).post(trial::report_submit),
         )
         .route("/trials/{id}/{action}", post(trial::trial_action))
+        .route("/trials/{id}/confirm/{action}", get(trial::confirm_action))
         .route("/api/trials/{id}", get(trial::trial_json))
         .route("/proposals", get(proposals::proposals_page))
         .route("/api/proposals", get(proposals::proposals_json))

@@ -105,6 +105,9 @@ pub struct TrialDetail {
     pub status: String,
     /// Why it stopped.
     pub stop_reason: Option<String>,
+    /// Until when a stop by hand can be undone (the participant's clock),
+    /// while it can.
+    pub undo_until: Option<String>,
     /// The viewer's role.
     pub view: super::Role,
     /// Arms as the viewer sees them (in the blinded view, the codes in order).
@@ -200,11 +203,14 @@ async fn trial_detail(
     let Some((trial, protocol, tz)) = trial_context(state, id).await? else {
         return Ok(None);
     };
-    let today = local_date(state.clock.now(), &tz);
+    let now = state.clock.now();
+    let today = local_date(now, &tz);
     let viewer = viewer.clone();
     Ok(state
         .db
         .read(move |s| {
+            let undo_until = crate::service::actions::undoable_stop(s, id, now)?
+                .map(|u| when_local(u.until, &tz));
             // A blinded trial's participant, until it ends, sees codes only,
             // coloured by code, no run-in code, and no estimates (they are
             // against the comparator, so they would name it).
@@ -390,6 +396,7 @@ async fn trial_detail(
                 protocol_toml: show_protocol.then(|| trial.protocol_toml.clone()),
                 status: trial.status.to_string(),
                 stop_reason: trial.stop_reason.clone(),
+                undo_until,
                 view: viewer.role,
                 arms,
                 estimates_hidden: blind,
@@ -467,8 +474,8 @@ async fn trial_detail(
     ext = "html",
     source = r#"<h1>{{ d.title }}</h1>
 <p>Trial {{ d.id }} · {{ d.status }}{% if let Some(r) = d.stop_reason %} ({{ r }}){% endif %} · protocol {{ d.protocol_id }} · sha256 <code style="word-break:break-all">{{ d.protocol_hash }}</code></p>
-{% if !actions.is_empty() %}<div>{% for a in actions %}<form method="post" action="/trials/{{ d.id }}/{{ a.0 }}" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">{{ a.1 }}</button></form> {% endfor %}</div>{% endif %}
-{% if d.status == "paused" %}<p class="banner" role="status">This trial is paused: no assignment is sent and nothing is decided until it is resumed.</p>{% else if d.status == "stopped" %}<p class="banner" role="status">This trial has ended{% if let Some(r) = d.stop_reason %} ({{ r }}){% endif %}: nothing more is asked of you.</p>{% endif %}
+{% if !actions.is_empty() %}<div>{% for a in actions %}{% if a.0 == "stop" || a.0 == "pause" %}<form method="get" action="/trials/{{ d.id }}/confirm/{{ a.0 }}" style="display:inline"><button type="submit">{{ a.1 }}…</button></form> {% else %}<form method="post" action="/trials/{{ d.id }}/{{ a.0 }}" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">{{ a.1 }}</button></form> {% endif %}{% endfor %}</div>{% endif %}
+{% if d.status == "paused" %}<p class="banner" role="status">This trial is paused: no assignment is sent and nothing is decided until it is resumed.</p>{% else if d.status == "stopped" %}<p class="banner" role="status">This trial has ended{% if let Some(r) = d.stop_reason %} ({{ r }}){% endif %}: nothing more is asked of you.</p>{% if let Some(u) = d.undo_until %}<form method="post" action="/trials/{{ d.id }}/undo"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Undo the stop</button> possible until {{ u }}.</form>{% endif %}{% endif %}
 {% if !d.standing.is_empty() %}<h2>Where you stand</h2>{% for w in d.standing %}<p class="standing">{{ w }}</p>{% endfor %}{% endif %}
 {% if d.status == "running" || d.status == "paused" %}<p><a href="/trials/{{ d.id }}/report">Missed an email? Enter a rating or whether you followed the day's arm</a></p>{% endif %}
 <h2>Schedule</h2>
@@ -795,17 +802,132 @@ pub(super) async fn trial_json(
     }
 }
 
-/// A life-cycle action's form: the CSRF token, and for approving a
-/// protocol that needs one, the clinician's agreement in words.
+/// A life-cycle action's form: the CSRF token; for approving a protocol
+/// that needs one, the clinician's agreement in words; for stopping and
+/// pausing, the reason and the confirmation from their page.
 #[derive(serde::Deserialize)]
 pub(super) struct ActionForm {
     csrf: Option<String>,
     #[serde(default)]
     clinician: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    confirm: Option<String>,
 }
 
-/// POST `/trials/{id}/{approve|reject|pause|resume|stop}`: the life-cycle
-/// actions, checked against the CSRF token, then a redirect to the trial.
+/// The longest reason kept for a stop or a pause.
+const MAX_REASON_CHARS: usize = 500;
+
+/// `14:05 on 6 December 2026` in `tz`.
+fn when_local(t: jiff::Timestamp, tz: &jiff::tz::TimeZone) -> String {
+    t.to_zoned(tz.clone())
+        .strftime("%H:%M on %-d %B %Y")
+        .to_string()
+}
+
+#[derive(Template)]
+#[template(
+    ext = "html",
+    source = r#"<p><a href="/trials/{{ id }}">← {{ title }}</a></p>
+<h1>{% if stop %}Stop{% else %}Pause{% endif %} this trial?</h1>
+{% if stop %}<p>Stopping ends <strong>{{ title }}</strong>: no more assignments or reminders are sent and no more decisions are made. The answer is what the data so far say, and it is final{% if running_days > 0 %} after {{ running_days }} days{% endif %}.</p>
+<p>You can undo a stop for {{ undo_hours }} hours (from this trial's page). To take a break instead, pause it: nothing is lost and the schedule waits for you.</p>
+{% else %}<p>Pausing <strong>{{ title }}</strong> sends no assignments and makes no decisions until you resume it; when you do, the rest of the schedule moves by the days paused, so no period is cut short.</p>{% endif %}
+{% if let Some(m) = error %}<p class="err" role="alert">{{ m }}</p>{% endif %}
+<form method="post" action="/trials/{{ id }}/{% if stop %}stop{% else %}pause{% endif %}" class="stacked">
+<input type="hidden" name="csrf" value="{{ csrf }}">
+<input type="hidden" name="confirm" value="yes">
+<label for="reason">Why? {% if stop %}(kept with the trial's record){% else %}(optional: holiday, illness…){% endif %}</label>
+<textarea id="reason" name="reason" rows="3" maxlength="{{ max_reason }}"{% if stop %} required{% endif %}>{{ reason }}</textarea>
+<button type="submit">{% if stop %}Stop the trial{% else %}Pause the trial{% endif %}</button>
+</form>
+<p><a href="/trials/{{ id }}">No, leave it as it is</a></p>"#
+)]
+struct ConfirmPage {
+    id: i64,
+    title: String,
+    stop: bool,
+    running_days: usize,
+    undo_hours: i64,
+    error: Option<String>,
+    reason: String,
+    csrf: String,
+    max_reason: usize,
+}
+
+/// The confirmation page of a stop or a pause, with `error` above the form
+/// where a first attempt was refused.
+async fn confirm_page(
+    state: &AppState,
+    viewer: &Viewer,
+    id: i64,
+    action: &str,
+    error: Option<String>,
+    reason: String,
+) -> Response {
+    let stop = match action {
+        "stop" => true,
+        "pause" => false,
+        other => {
+            return (
+                StatusCode::NOT_FOUND,
+                format!("there is nothing to confirm for {other:?}\n"),
+            )
+                .into_response();
+        }
+    };
+    let context = match trial_context(state, id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return no_trial(id),
+        Err(e) => return internal(&e.to_string()),
+    };
+    let (_, protocol, tz) = context;
+    let today = local_date(state.clock.now(), &tz);
+    let running_days = match state.db.read(move |s| s.schedule(id)).await {
+        Ok(rows) => rows.iter().filter(|r| r.local_date < today).count(),
+        Err(e) => return internal(&e.to_string()),
+    };
+    let status = if error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    let page = ConfirmPage {
+        id,
+        title: protocol.title.clone(),
+        stop,
+        running_days,
+        undo_hours: crate::service::actions::STOP_UNDO_HOURS,
+        error,
+        reason,
+        csrf: viewer.csrf.clone(),
+        max_reason: MAX_REASON_CHARS,
+    };
+    match super::render_page(
+        &format!("{} — nof1d", protocol.title),
+        "",
+        &nav(viewer),
+        &page,
+    ) {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(e) => internal(&e.to_string()),
+    }
+}
+
+/// GET `/trials/{id}/confirm/{stop|pause}`: what stopping or pausing does,
+/// the reason, and the button that does it.
+pub(super) async fn confirm_action(
+    State(state): State<AppState>,
+    axum::Extension(viewer): axum::Extension<Viewer>,
+    axum::extract::Path((id, action)): axum::extract::Path<(i64, String)>,
+) -> Response {
+    confirm_page(&state, &viewer, id, &action, None, String::new()).await
+}
+
+/// POST `/trials/{id}/{approve|reject|pause|resume|stop|undo}`: the
+/// life-cycle actions, checked against the CSRF token, then a redirect to
+/// the trial (stop and pause first to their confirmation page).
 pub(super) async fn trial_action(
     State(state): State<AppState>,
     axum::Extension(viewer): axum::Extension<Viewer>,
@@ -814,6 +936,29 @@ pub(super) async fn trial_action(
 ) -> Response {
     if !viewer.csrf_ok(form.csrf.as_deref()) {
         return csrf_refused();
+    }
+    // Stop and pause happen only from their confirmation page, with a
+    // reason for a stop.
+    let reason = form
+        .reason
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or_default()
+        .chars()
+        .take(MAX_REASON_CHARS)
+        .collect::<String>();
+    if matches!(action.as_str(), "stop" | "pause") {
+        if form.confirm.as_deref() != Some("yes") {
+            return (
+                StatusCode::SEE_OTHER,
+                [(header::LOCATION, format!("/trials/{id}/confirm/{action}"))],
+            )
+                .into_response();
+        }
+        if action == "stop" && reason.is_empty() {
+            let why = "Say why the trial stops: it is kept with the trial's record.".to_string();
+            return confirm_page(&state, &viewer, id, &action, Some(why), reason).await;
+        }
     }
     let clinician = form.clinician;
     let now = state.clock.now();
@@ -831,9 +976,17 @@ pub(super) async fn trial_action(
             "reject" => {
                 crate::service::actions::stop(s, id, "rejected on the dashboard", actor, now)
             }
-            "pause" => crate::service::actions::pause(s, id, "paused on the dashboard", actor, now),
+            "pause" => {
+                let why = if reason.is_empty() {
+                    "paused on the dashboard".to_string()
+                } else {
+                    format!("paused on the dashboard: {reason}")
+                };
+                crate::service::actions::pause(s, id, &why, actor, now)
+            }
             "resume" => crate::service::actions::resume(s, id, None, actor, now).map(|_| ()),
-            "stop" => crate::service::actions::stop(s, id, "stopped on the dashboard", actor, now),
+            "stop" => crate::service::actions::stop(s, id, &reason, actor, now),
+            "undo" => crate::service::actions::undo_stop(s, id, actor, now).map(|_| ()),
             other => Err(crate::service::actions::ActionError::Refused(format!(
                 "unknown action {other:?}"
             ))),
