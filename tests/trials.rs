@@ -54,6 +54,7 @@ fn the_demo_trial_runs_to_a_stop_decision_untouched() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+    let d_overview = d.get("/").1;
     let (status, _) = d.terminate();
     assert!(status.success());
 
@@ -114,6 +115,19 @@ fn the_demo_trial_runs_to_a_stop_decision_untouched() {
         "{}",
         told[0].body_text
     );
+    // Its final answer in words comes before the numbers.
+    let body = &told[0].body_text;
+    let words = body
+        .find("Final answer")
+        .or_else(|| body.find("The trial stopped"));
+    let numbers = body.find("probability it is better");
+    assert!(
+        words.is_some() && words < numbers,
+        "no final answer in words first: {body}"
+    );
+    // The overview says where the person stands first.
+    let overview = d_overview;
+    assert!(overview.contains("class=\"standing\""), "{overview}");
     let weekly = messages
         .iter()
         .filter(|m| m.kind == "weekly_summary")

@@ -109,30 +109,15 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
     ];
 
     // Where the person stands, first: each arm's effect in words.
-    if let Some(fit) = store
-        .latest_fit(trial.id, &crate::trial::series::decisive_key(&protocol))?
-        .and_then(|f| f.report().ok())
-    {
-        let zone = person
-            .as_ref()
-            .and_then(|p| jiff::tz::TimeZone::get(&p.time_zone).ok())
-            .unwrap_or(jiff::tz::TimeZone::UTC);
-        let today = jiff::Timestamp::now().to_zoned(zone).date();
-        let stage = crate::trial::standing::trial_stage(
-            &protocol,
-            trial.locked,
-            trial.status,
-            &store.schedule(trial.id)?,
-            today,
-            store.decisions(trial.id)?.last().and_then(|d| d.decision()),
-        );
-        let comparator = label(protocol.comparator_index());
-        let subject = crate::trial::standing::Subject::of(&protocol, &comparator);
+    let zone = person
+        .as_ref()
+        .and_then(|p| jiff::tz::TimeZone::get(&p.time_zone).ok())
+        .unwrap_or(jiff::tz::TimeZone::UTC);
+    let today = jiff::Timestamp::now().to_zoned(zone).date();
+    let standing = crate::service::standing::of_trial(store, &trial, &protocol, today, &label)?;
+    if !standing.is_empty() {
         b.push(Block::Heading("Where you stand".into()));
-        let arms = crate::trial::standing::arms_of(&fit, &protocol, label);
-        for s in crate::trial::standing::sentences(&subject, &arms, &stage) {
-            b.push(Block::Para(s));
-        }
+        b.extend(standing.into_iter().map(Block::Para));
     }
 
     // Protocol.

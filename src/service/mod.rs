@@ -17,6 +17,7 @@ pub mod notify;
 pub mod oauth;
 pub mod private;
 pub mod sources;
+pub mod standing;
 pub mod store;
 pub mod streams;
 pub mod units;

@@ -436,6 +436,15 @@ pub fn decision_message(
     if let (false, Some(key)) = (hidden, protocol.code_key()) {
         paragraphs.push(format!("The trial has ended, so here is the key: {key}."));
     }
+    // An ended trial's final answer in words, in the person's units and
+    // direction, before the numbers.
+    if let (false, true, Some(r)) = (hidden, ended, fit) {
+        let comparator = name(protocol.comparator_index());
+        let subject = crate::trial::standing::Subject::of(protocol, &comparator);
+        let arms = crate::trial::standing::arms_of(r, protocol, name);
+        let stage = crate::trial::standing::Stage::Ended(Some(decision.action.clone()));
+        paragraphs.extend(crate::trial::standing::sentences(&subject, &arms, &stage));
+    }
     for a in decision.arms.iter().filter(|_| !hidden) {
         paragraphs.push(format!(
             "{}: effect {:+.2} {} (90% interval {:+.2} to {:+.2}); probability it is better by at least the minimal important difference {:.0}%; probability it is the best arm {:.0}%.",

@@ -96,8 +96,11 @@ pub struct TrialView {
     pub next_assignment: Option<String>,
     /// Percent of planned days elapsed.
     pub progress_percent: u32,
-    /// The latest fit of the primary outcome, in words.
+    /// The latest fit of the primary outcome, in numbers.
     pub latest_fit: Option<FitView>,
+    /// Where the person stands, in words (empty before the first fit, and
+    /// for a running blinded trial's participant).
+    pub standing: Vec<String>,
 }
 
 /// The latest fit of a trial's primary outcome, for the status page.
@@ -207,6 +210,11 @@ pub async fn status(state: &AppState, viewer: &Viewer) -> Result<StatusView, Sto
                 };
                 let protocol = t.protocol().ok();
                 let tz = TimeZone::get(&p.time_zone).ok();
+                // A running blinded trial's estimates name the comparator:
+                // its participant sees them at the end.
+                let hidden = protocol.as_ref().is_some_and(|proto| {
+                    proto.blinded && !viewer.is_investigator() && t.status != TrialStatus::Stopped
+                });
                 let schedule = s.schedule(t.id)?;
                 let today = tz.as_ref().map(|tz| local_date(now, tz));
                 let today_row = today.and_then(|d| schedule.iter().find(|r| r.local_date == d));
@@ -258,19 +266,17 @@ pub async fn status(state: &AppState, viewer: &Viewer) -> Result<StatusView, Sto
                     next_assignment: next,
                     progress_percent: (100 * elapsed / schedule.len().max(1)) as u32,
                     latest_fit: match &protocol {
-                        // A running blinded trial's estimates name the
-                        // comparator: its participant sees them at the end.
-                        Some(proto)
-                            if proto.blinded
-                                && !viewer.is_investigator()
-                                && t.status != TrialStatus::Stopped =>
-                        {
-                            None
-                        }
-                        Some(proto) => s
+                        Some(proto) if !hidden => s
                             .latest_fit(t.id, &proto.outcome.stream)?
                             .and_then(|f| fit_view(&f, proto, &viewer)),
-                        None => None,
+                        _ => None,
+                    },
+                    standing: match (&protocol, today) {
+                        (Some(proto), Some(today)) if !hidden => {
+                            let label = |arm: usize| arm_label(proto, arm, &viewer);
+                            crate::service::standing::of_trial(s, &t, proto, today, &label)?
+                        }
+                        _ => Vec::new(),
                     },
                 });
             }
@@ -342,6 +348,8 @@ fn fit_view(
     ext = "html",
     source = r#"<h1>nof1d</h1>
 <p class="muted">version {{ v.version }} · clock {{ v.now }}{% if v.time_scale != 1.0 %} · simulated time ×{{ v.time_scale }}{% endif %}</p>
+{% for t in v.trials %}{% if !t.standing.is_empty() && t.status != "proposed" %}<section class="standing-card"><h2><a href="/trials/{{ t.id }}">{{ t.title }}</a>{% if t.status != "running" %} <span class="muted">({{ t.status }})</span>{% endif %}</h2>{% for w in t.standing %}<p class="standing">{{ w }}</p>{% endfor %}</section>
+{% endif %}{% endfor %}
 
 <h2>Participants</h2>
 <div class="scroll"><table><tr><th>Name</th><th>Time zone</th><th>Local time</th><th>Data</th></tr>

@@ -326,36 +326,11 @@ async fn trial_detail(
             });
             let lines = effect_lines(&protocol.outcome, usual);
             // "Where you stand": each arm's effect in words, first on the
-            // page, from the fit the trial decides on.
-            // The latest fit already read, unless the trial decides on its
-            // as-treated analysis.
-            let key = crate::trial::series::decisive_key(&protocol);
-            let as_treated = if key == *stream {
-                None
+            // page, from the fit the trial decides on (not in the blinded view).
+            let standing = if blind {
+                Vec::new()
             } else {
-                s.latest_fit(id, &key)?.and_then(|f| f.report().ok())
-            };
-            let decisive = if key == *stream {
-                latest.as_ref()
-            } else {
-                as_treated.as_ref()
-            };
-            let standing: Vec<String> = match (decisive, blind) {
-                (Some(r), false) => {
-                    let stage = crate::trial::standing::trial_stage(
-                        &protocol,
-                        trial.locked,
-                        trial.status,
-                        &rows,
-                        today,
-                        s.decisions(id)?.last().and_then(|d| d.decision()),
-                    );
-                    let comparator = label(protocol.comparator_index());
-                    let subject = crate::trial::standing::Subject::of(&protocol, &comparator);
-                    let arms = crate::trial::standing::arms_of(r, &protocol, label);
-                    crate::trial::standing::sentences(&subject, &arms, &stage)
-                }
-                _ => Vec::new(),
+                crate::service::standing::of_trial(s, &trial, &protocol, today, &label)?
             };
             let (diagnostics, path) = match latest {
                 Some(r) => (

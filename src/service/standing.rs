@@ -1,0 +1,41 @@
+//! "Where you stand" for a stored trial: its decisive fit, where the trial
+//! is, and the sentences `trial::standing` makes of them, read from the
+//! store. One home for what the overview, the trial page and the report say
+//! first.
+
+use jiff::civil::Date;
+
+use crate::service::store::{Store, StoreError, TrialRow};
+use crate::trial::protocol::Protocol;
+use crate::trial::standing::{Subject, arms_of, sentences, trial_stage};
+
+/// The sentences for `trial` on `today`, its arms named by `label` (codes
+/// in a blinded trial); none before its first fit, or where the stored fit
+/// cannot be read.
+pub fn of_trial(
+    store: &Store,
+    trial: &TrialRow,
+    protocol: &Protocol,
+    today: Date,
+    label: &dyn Fn(usize) -> String,
+) -> Result<Vec<String>, StoreError> {
+    let key = crate::trial::series::decisive_key(protocol);
+    let Some(fit) = store
+        .latest_fit(trial.id, &key)?
+        .and_then(|f| f.report().ok())
+    else {
+        return Ok(Vec::new());
+    };
+    let stage = trial_stage(
+        protocol,
+        trial.locked,
+        trial.status,
+        &store.schedule(trial.id)?,
+        today,
+        store.decisions(trial.id)?.last().and_then(|d| d.decision()),
+    );
+    let comparator = label(protocol.comparator_index());
+    let subject = Subject::of(protocol, &comparator);
+    let arms = arms_of(&fit, protocol, label);
+    Ok(sentences(&subject, &arms, &stage))
+}
