@@ -187,6 +187,57 @@ fn post(url: &str) -> (u16, String) {
 }
 
 #[test]
+fn an_evening_reminder_comes_once_on_a_day_whose_rating_has_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let sink = SmtpSink::start();
+    // 19:40 GMT on Tuesday 12 January 2027 in London, two minutes a
+    // second; the demo is reminded at 20:00 (its simulated person answers
+    // at 21:00).
+    let cfg = data.join("nof1d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\n[demo]\ntime_zone = \"Europe/London\"\nevening_reminder = \"20:00\"\n[clock]\ntime_scale = 120.0\nstart = \"2027-01-12T19:40:00Z\"\n{}",
+            smtp_config(sink.addr)
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&data, &["--demo", "--config", cfg.to_str().unwrap()]);
+    // The day's assignment at once (07:30 has passed), the reminder 10 s on.
+    let got = sink.wait_for(2, Duration::from_secs(40));
+    let subjects: Vec<String> = got
+        .iter()
+        .map(|m| m.parsed().subject().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        subjects[0].starts_with("Today (Tue 12 Jan)"),
+        "{subjects:?}"
+    );
+    assert!(
+        subjects[1].starts_with("This evening (Tue 12 Jan)"),
+        "{subjects:?}"
+    );
+    let text = got[1].parsed().body_text(0).unwrap().to_string();
+    let links = links(&text);
+    assert_eq!(links.len(), 11, "ratings 0-10 only: {links:?}");
+    // Polls go on past 21:00 (the demo's answer): no second reminder.
+    std::thread::sleep(Duration::from_secs(4));
+    drop(d);
+    assert_eq!(sink.received().len(), 2, "one reminder a day");
+    let s = store(&data);
+    let reminders: Vec<_> = s
+        .recent_messages(100)
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.kind == "reminder")
+        .collect();
+    assert_eq!(reminders.len(), 1);
+    assert_eq!(reminders[0].key, "reminder/demo/1/2027-01-12");
+}
+
+#[test]
 fn links_record_adherence_and_ratings_and_forged_or_expired_ones_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -175,6 +175,7 @@ fn store_with_data(dir: &Path, extra_stream: Option<&str>) -> (Store, Participan
         email: "anna@example.invalid".into(),
         time_zone: "Europe/Berlin".into(),
         assignment_time: "07:30".into(),
+        evening_reminder: "20:30".into(),
         streams: vec![],
         goals: vec!["calmer evenings".into()],
         imports: vec![],

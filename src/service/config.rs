@@ -455,6 +455,9 @@ pub struct DemoConfig {
     pub enabled: bool,
     /// The demo participant's IANA time zone.
     pub time_zone: String,
+    /// The demo participant's evening reminder (`HH:MM`, or `off`: the
+    /// simulated person answers by themselves at 21:00).
+    pub evening_reminder: String,
 }
 
 impl Default for DemoConfig {
@@ -462,6 +465,7 @@ impl Default for DemoConfig {
         DemoConfig {
             enabled: false,
             time_zone: "Europe/London".into(),
+            evening_reminder: "off".into(),
         }
     }
 }
@@ -481,6 +485,11 @@ pub struct ParticipantConfig {
     /// Local time of the daily assignment email, `HH:MM`.
     #[serde(default = "default_assignment_time")]
     pub assignment_time: String,
+    /// Local time of the evening reminder, sent on a trial day when the
+    /// outcome is a self-report whose answer for the day has not come
+    /// (`HH:MM`, or `off`).
+    #[serde(default = "default_evening_reminder")]
+    pub evening_reminder: String,
     /// Per-stream day rules and device preferences.
     #[serde(default)]
     pub streams: Vec<StreamConfig>,
@@ -525,6 +534,10 @@ pub struct StreamConfig {
     pub prefer: Vec<String>,
 }
 
+fn default_evening_reminder() -> String {
+    "20:30".into()
+}
+
 fn default_assignment_time() -> String {
     "07:30".into()
 }
@@ -544,6 +557,8 @@ pub struct Participant {
     pub time_zone: TimeZone,
     /// Local time of the daily assignment.
     pub assignment_time: Time,
+    /// Local time of the evening reminder (`None`: off).
+    pub evening_reminder: Option<Time>,
     /// Per-stream day rules and device preferences.
     pub streams: crate::service::streams::StreamRules,
     /// Mapped CSV/JSON imports, checked.
@@ -587,6 +602,15 @@ impl ParticipantConfig {
                 self.key, self.assignment_time
             ))
         })?;
+        let evening_reminder = match self.evening_reminder.trim() {
+            "off" => None,
+            text => Some(parse_hhmm(text).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "participant {}: evening_reminder {text:?} must be HH:MM (24-hour) or \"off\"",
+                    self.key
+                ))
+            })?),
+        };
         let mut streams = crate::service::streams::StreamRules::default();
         for st in &self.streams {
             let default = crate::service::streams::DayRule::default_for(&st.key);
@@ -651,6 +675,7 @@ impl ParticipantConfig {
             time_zone_name: self.time_zone.clone(),
             time_zone,
             assignment_time,
+            evening_reminder,
             streams,
             imports,
         })
@@ -787,6 +812,18 @@ impl Config {
         Config::parse(&text, path)
     }
 
+    /// When participant `key` is reminded in the evening (`None`: off; the
+    /// demo participant's from `[demo]`, off unless set).
+    pub fn evening_reminder(&self, key: &str) -> Option<Time> {
+        match self.participants.iter().find(|p| p.key == key) {
+            Some(p) => p.resolve().ok().and_then(|p| p.evening_reminder),
+            None if key == crate::service::demo::PARTICIPANT_KEY => {
+                parse_hhmm(&self.demo.evening_reminder)
+            }
+            None => None,
+        }
+    }
+
     /// The stream rules of participant `key` (defaults for a participant the
     /// config does not name, such as the demo).
     pub fn stream_rules(&self, key: &str) -> crate::service::streams::StreamRules {
@@ -849,6 +886,13 @@ impl Config {
                 self.demo.time_zone
             ))
         })?;
+        if self.demo.evening_reminder != "off" && parse_hhmm(&self.demo.evening_reminder).is_none()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "demo.evening_reminder {:?} must be HH:MM (24-hour) or \"off\"",
+                self.demo.evening_reminder
+            )));
+        }
         for (name, v) in [
             ("jobs.source_poll_seconds", self.jobs.source_poll_seconds),
             (

@@ -83,6 +83,8 @@ pub fn participant_config(time_zone: &str) -> ParticipantConfig {
         email: "demo@example.invalid".into(),
         time_zone: time_zone.into(),
         assignment_time: "07:30".into(),
+        // Its reminder comes from [demo] (Config::evening_reminder).
+        evening_reminder: "off".into(),
         streams: Vec::new(),
         imports: Vec::new(),
         home_assistant: Vec::new(),

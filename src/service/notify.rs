@@ -292,6 +292,75 @@ pub fn assignment_message(a: &Assignment<'_>) -> NewMessage {
     }
 }
 
+/// The evening reminder of a trial day whose self-report has not come: the
+/// question and its one-click rating links, nothing else (no arm: the
+/// morning's email said it). `None` where the outcome is not a
+/// self-report. Its key names the day, so at most one goes out a day.
+pub fn evening_reminder_message(a: &Assignment<'_>) -> Option<NewMessage> {
+    let question = a.protocol.outcome.self_report.as_ref()?.question.as_str();
+    let date = a.today.local_date;
+    let (_, ratings) = link_lines(a);
+    let subject = format!(
+        "This evening ({}): {}",
+        date.strftime("%a %-d %b"),
+        a.protocol.title
+    );
+    let mut text = format!(
+        "Good evening {},\n\nToday's answer for \"{}\" has not come yet. {question}\n",
+        a.participant_name, a.protocol.title
+    );
+    for l in &ratings {
+        text.push_str(&format!("  {}: {}\n", l.label, l.url));
+    }
+    text.push_str(
+        "\nAlready answered, or answering on the dashboard? Then there is nothing to do.\n\n-- \nSent by nof1d: one reminder at most a day (evening_reminder in the config sets its time, or off).\n",
+    );
+    let html = ReminderHtml {
+        subject: &subject,
+        name: a.participant_name,
+        title: &a.protocol.title,
+        question,
+        ratings: &ratings,
+    }
+    .render()
+    .unwrap_or_else(|_| format!("<pre>{}</pre>", html_escape(&text)));
+    let key = format!("reminder/{}/{}/{date}", a.participant_key, a.trial_id);
+    Some(NewMessage {
+        message_id: message_id(&key),
+        key,
+        participant_id: a.participant_id,
+        trial_id: Some(a.trial_id),
+        kind: "reminder".into(),
+        local_date: Some(date),
+        recipient: a.email.to_string(),
+        subject,
+        body_text: text,
+        body_html: html,
+    })
+}
+
+#[derive(Template)]
+#[template(
+    ext = "html",
+    source = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>{{ subject }}</title></head>
+<body style="font-family: system-ui, sans-serif; max-width: 36em; margin: auto; padding: 1em; color: #222">
+<p>Good evening {{ name }},</p>
+<p>Today's answer for "{{ title }}" has not come yet. {{ question }}</p>
+{% if !ratings.is_empty() %}<p>{% for l in ratings %}<a href="{{ l.url }}" style="display: inline-block; min-width: 1.6em; text-align: center; padding: 0.4em; margin: 0.1em; border: 1px solid #36a; border-radius: 4px; color: #124; text-decoration: none">{{ l.label }}</a>{% endfor %}</p>
+<p style="font-size: 0.8em; color: #777">Each link opens a page with one button to confirm: nothing is recorded by merely opening it.</p>{% endif %}
+<p style="font-size: 0.8em; color: #777">Already answered? Then there is nothing to do. Sent by nof1d: one reminder at most a day.</p>
+</body></html>"#
+)]
+struct ReminderHtml<'a> {
+    subject: &'a str,
+    name: &'a str,
+    title: &'a str,
+    question: &'a str,
+    ratings: &'a [LinkLine],
+}
+
 /// Who a message goes to.
 #[derive(Debug, Clone, Copy)]
 pub struct Recipient<'a> {

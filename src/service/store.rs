@@ -1698,6 +1698,23 @@ impl Store {
             .collect())
     }
 
+    /// Whether the participant's stream has a value (not withdrawn) on
+    /// their local `date`.
+    pub fn has_observation_on(
+        &self,
+        participant_id: i64,
+        stream: &str,
+        date: Date,
+    ) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM observations o JOIN streams s ON s.id = o.stream_id
+                            WHERE s.participant_id = ?1 AND s.key = ?2 AND o.local_date = ?3
+                              AND o.withdrawn_at IS NULL)",
+            params![participant_id, stream, date.to_string()],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Every stored sample of a participant's stream with its origin, in time order.
     pub fn samples(
         &self,
@@ -2808,8 +2825,9 @@ impl Store {
         )?)
     }
 
-    /// Queues one message unless its key is already in the outbox.
-    pub fn enqueue_message(&mut self, m: &NewMessage, now: Timestamp) -> Result<()> {
+    /// Queues one message unless its key is already in the outbox; whether
+    /// it was queued.
+    pub fn enqueue_message(&mut self, m: &NewMessage, now: Timestamp) -> Result<bool> {
         enqueue(&self.conn, m, now)
     }
 
@@ -3473,8 +3491,9 @@ fn ensure_stream(
     )?)
 }
 
-fn enqueue(conn: &Connection, m: &NewMessage, now: Timestamp) -> Result<()> {
-    conn.execute(
+/// Queues `m` unless its key is in the outbox already; whether it was.
+fn enqueue(conn: &Connection, m: &NewMessage, now: Timestamp) -> Result<bool> {
+    let inserted = conn.execute(
         "INSERT INTO outbox (key, participant_id, trial_id, kind, local_date, recipient, subject,
                              body_text, body_html, message_id, next_attempt_at, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
@@ -3493,7 +3512,7 @@ fn enqueue(conn: &Connection, m: &NewMessage, now: Timestamp) -> Result<()> {
             ts(now)
         ],
     )?;
-    Ok(())
+    Ok(inserted == 1)
 }
 
 /// Records an adverse event and, unless the trial is already stopped,
@@ -3994,6 +4013,7 @@ mod tests {
             email: "a@example.org".into(),
             time_zone: "UTC".into(),
             assignment_time: "07:00".into(),
+            evening_reminder: "20:30".into(),
             streams: Vec::new(),
             goals: Vec::new(),
             imports: Vec::new(),

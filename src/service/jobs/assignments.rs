@@ -156,8 +156,20 @@ pub(crate) async fn queue_assignments(state: &AppState) -> Result<String, JobErr
             Err(e) => errors.push(e.to_string()),
         }
     }
+    let mut reminded = 0;
+    for trial in &trials {
+        match remind_one(state, trial).await {
+            Ok(true) => reminded += 1,
+            Ok(false) => {}
+            Err(e) => errors.push(format!("trial {}: reminder: {e}", trial.id())),
+        }
+    }
     if errors.is_empty() {
-        Ok(format!("{queued} assignments queued"))
+        Ok(if reminded > 0 {
+            format!("{queued} assignments, {reminded} evening reminders queued")
+        } else {
+            format!("{queued} assignments queued")
+        })
     } else {
         Err(JobError::Item(errors.join("; ")))
     }
@@ -248,6 +260,62 @@ async fn queue_one(state: &AppState, trial: &LoadedTrial) -> Result<bool, JobErr
         })
         .await?;
     Ok(queued)
+}
+
+/// Queues the evening reminder of `trial`'s day once the participant's
+/// reminder time has come: only on a day whose assignment went out, when
+/// the outcome is a self-report and the day's answer has not come. The
+/// outbox keeps one a day (the key names the day).
+async fn remind_one(state: &AppState, trial: &LoadedTrial) -> Result<bool, JobError> {
+    let Some(at) = state.config.evening_reminder(&trial.participant.key) else {
+        return Ok(false);
+    };
+    if trial.protocol.outcome.self_report.is_none() {
+        return Ok(false);
+    }
+    let now = state.clock.now();
+    let today = trial.today(now);
+    if now < local_instant(today, at, &trial.zone) {
+        return Ok(false);
+    }
+    let link_key = state.link_key.clone();
+    let base_url = state.public_url.clone();
+    // The links answer for today: they need not outlive tomorrow.
+    let expires = now
+        .checked_add(jiff::SignedDuration::from_hours(48))
+        .unwrap_or(Timestamp::MAX);
+    let trial = trial.clone();
+    Ok(state
+        .db
+        .write(move |s| {
+            let (id, p, protocol) = (trial.id(), &trial.participant, &trial.protocol);
+            if s.last_daily_run(id)? != Some(today)
+                || s.has_observation_on(p.id, &protocol.outcome.stream, today)?
+            {
+                return Ok(false);
+            }
+            let Some(row) = s.schedule_on(id, today)? else {
+                return Ok(false);
+            };
+            let Some(message) = notify::evening_reminder_message(&Assignment {
+                participant_key: &p.key,
+                participant_name: &p.name,
+                participant_id: p.id,
+                email: &p.email,
+                trial_id: id,
+                protocol,
+                today: &row,
+                links: Some(notify::Links {
+                    key: &link_key,
+                    base_url: &base_url,
+                    expires,
+                }),
+            }) else {
+                return Ok(false);
+            };
+            s.enqueue_message(&message, now)
+        })
+        .await?)
 }
 
 /// When a running trial's next assignment is due: today's time if today has

@@ -32,14 +32,15 @@ pub(crate) async fn deliver_outbox(state: &AppState) -> Result<String, JobError>
             break;
         }
         let id = row.id;
-        // An assignment is for its day only: once the participant's day has
-        // passed it is marked failed, never sent late as if it were today.
+        // An assignment (or its evening reminder) is for its day only: once
+        // the participant's day has passed it is marked failed, never sent
+        // late as if it were today.
         let today = participants
             .iter()
             .find(|p| p.id == row.participant_id)
             .and_then(|p| TimeZone::get(&p.time_zone).ok())
             .map(|tz| local_date(now, &tz).to_string());
-        if row.kind == "assignment"
+        if matches!(row.kind.as_str(), "assignment" | "reminder")
             && let (Some(day), Some(today)) = (&row.local_date, &today)
             && day < today
         {
