@@ -200,4 +200,31 @@ fn a_blinded_trial_shows_its_participant_codes_only() {
         "{page}"
     );
     assert!(page.contains("The participant sees it when the trial ends"));
+
+    // A stop by hand can be undone for a day: until then the participant
+    // still sees codes only (else stopping, reading the key and undoing
+    // would unblind the trial); the undo puts it back as it was.
+    let csrf = common::csrf_of(&participant.get(&d, "/trials/1/confirm/stop").1);
+    let (status, _) = participant.post(
+        &d,
+        "/trials/1/stop",
+        &format!("csrf={csrf}&confirm=yes&reason=just+looking"),
+    );
+    assert_eq!(status, 303);
+    let mine = participant.json(&d, "/api/trials/1");
+    assert_eq!(mine["status"], "stopped");
+    assert!(
+        mine["key"].is_null(),
+        "the key while the stop can be undone: {mine}"
+    );
+    assert_eq!(mine["estimates_hidden"], true);
+    for text in [
+        &participant.get(&d, "/trials/1").1,
+        &participant.get(&d, "/").1,
+    ] {
+        assert!(!text.contains(&key), "the key while the stop can be undone");
+    }
+    let (status, _) = participant.post(&d, "/trials/1/undo", &format!("csrf={csrf}"));
+    assert_eq!(status, 303);
+    assert_eq!(participant.json(&d, "/api/trials/1")["status"], "running");
 }

@@ -379,6 +379,14 @@ stream = "window_open"
             .find(|r| r.0 == "sensor.bedroom_co2")
             .unwrap();
         assert!(now.duration_since(first_co2.1) >= SignedDuration::from_hours(24 * 10 - 1));
+        // A day at a time, however long the window.
+        assert!(
+            ha.requests
+                .iter()
+                .all(|r| r.2.duration_since(r.1) <= SignedDuration::from_hours(24)),
+            "{:?}",
+            ha.requests
+        );
         let last_co2 = ha
             .requests
             .iter()

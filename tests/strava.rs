@@ -104,7 +104,12 @@ async fn activities(
     if s.limited_page == Some(page) {
         return (
             StatusCode::TOO_MANY_REQUESTS,
-            [("X-RateLimit-Limit", "100,1000"), ("X-RateLimit-Usage", "101,240")],
+            [
+                ("X-RateLimit-Limit", "200,2000"),
+                ("X-RateLimit-Usage", "101,240"),
+                ("X-ReadRateLimit-Limit", "100,1000"),
+                ("X-ReadRateLimit-Usage", "101,240"),
+            ],
             axum::Json(json!({"message": "Rate Limit Exceeded",
                               "errors": [{"resource": "Application", "field": "rate limit", "code": "exceeded"}]})),
         )

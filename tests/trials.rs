@@ -382,6 +382,36 @@ fn life_cycle_from_the_command_line() {
         events.last().unwrap().reason,
         "stop undone (it was: pressed by mistake)"
     );
+    // Paused, stopped, undone: paused since the pause, not since the undo.
+    assert!(cli(dir.path(), &data, &["pause", "2", "--reason", "away"]).0);
+    let paused_on = store(&data)
+        .trial_events(2)
+        .unwrap()
+        .last()
+        .unwrap()
+        .local_date
+        .clone();
+    assert!(cli(dir.path(), &data, &["stop", "2", "--reason", "oops"]).0);
+    let (ok, out) = cli(dir.path(), &data, &["undo-stop", "2"]);
+    assert!(ok && out.contains("it is paused again"), "{out}");
+    let last = store(&data)
+        .trial_events(2)
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (last.to_status.as_str(), last.local_date),
+        ("paused", paused_on)
+    );
+    // An adverse event reported after a stop by hand makes the stop stand.
+    assert!(cli(dir.path(), &data, &["stop", "2", "--reason", "unwell"]).0);
+    assert!(cli(dir.path(), &data, &["adverse-event", "2", "--note", "rash"]).0);
+    let (ok, out) = cli(dir.path(), &data, &["undo-stop", "2"]);
+    assert!(
+        !ok && out.contains("a stop by a decision or for safety stands"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -145,7 +145,8 @@ pub struct UndoableStop {
 }
 
 /// The trial's stop if it can be undone at `now`: a stop by a person
-/// (decisions and safety stops record a decision; they stand), less than
+/// (decisions and safety stops record a decision; they stand, as does any
+/// stop once an adverse event was reported), less than
 /// [`STOP_UNDO_HOURS`] ago.
 pub fn undoable_stop(
     store: &Store,
@@ -155,7 +156,7 @@ pub fn undoable_stop(
     let Some(trial) = store.trial(trial_id)? else {
         return Ok(None);
     };
-    if trial.status != TrialStatus::Stopped || store.has_stop_decision(trial_id)? {
+    if trial.status != TrialStatus::Stopped || store.stop_stands(trial_id)? {
         return Ok(None);
     }
     let events = store.trial_events(trial_id)?;
@@ -178,6 +179,17 @@ pub fn undoable_stop(
             reason: stop.reason.clone(),
         }),
     )
+}
+
+/// Whether a trial has ended for blinding's sake: stopped, and past the
+/// time its stop could be undone (a participant who could undo a stop must
+/// not have seen the key meanwhile).
+pub fn ended_for_good(
+    store: &Store,
+    trial: &TrialRow,
+    now: Timestamp,
+) -> std::result::Result<bool, StoreError> {
+    Ok(trial.status == TrialStatus::Stopped && undoable_stop(store, trial.id, now)?.is_none())
 }
 
 /// Undoes a stop by hand within [`STOP_UNDO_HOURS`]: the trial returns to
@@ -221,13 +233,26 @@ pub fn undo_stop(
             )));
         }
     }
+    // Back to paused, the trial is paused since the pause, not since the
+    // undo: `resume` moves every day from the pause's date on.
+    let paused_on = (stop.back_to == TrialStatus::Paused)
+        .then(|| store.trial_events(trial_id))
+        .transpose()?
+        .and_then(|events| {
+            events
+                .iter()
+                .rev()
+                .find(|e| e.to_status == TrialStatus::Paused.as_str())
+                .and_then(|e| e.local_date.as_deref())
+                .and_then(|d| d.parse::<Date>().ok())
+        });
     store.undo_stop(
         &StatusChange {
             trial_id,
             to: stop.back_to,
             actor,
             reason: &format!("stop undone (it was: {})", stop.reason),
-            local_date: local_date(now, &tz),
+            local_date: paused_on.unwrap_or_else(|| local_date(now, &tz)),
             start_date: None,
             shifted: &[],
         },

@@ -84,16 +84,19 @@ pub enum ApiError {
     },
     /// A fixed-window rate limit is spent (a 429 with `X-RateLimit-Limit`
     /// and `X-RateLimit-Usage`, as Strava sends: limits and usage per
-    /// window, comma-separated). Not retried: within the window every
-    /// retry is refused too, and counts.
+    /// window, comma-separated; and `X-ReadRateLimit-*` for reads alone).
+    /// Not retried: within the window every retry is refused too, and
+    /// counts.
     #[error("{url}: the rate limit is spent (limits {limit}, used {usage})")]
     WindowLimited {
         /// What was asked.
         url: String,
-        /// `X-RateLimit-Limit`, e.g. `100,1000` (a quarter hour, a day).
+        /// `X-RateLimit-Limit`, e.g. `200,2000` (a quarter hour, a day).
         limit: String,
-        /// `X-RateLimit-Usage`, e.g. `100,312`.
+        /// `X-RateLimit-Usage`, e.g. `101,312`.
         usage: String,
+        /// `X-ReadRateLimit-Limit` and `-Usage`, where sent.
+        read: Option<(String, String)>,
     },
     /// The server asked to wait longer than this client waits in one go.
     #[error(
@@ -231,10 +234,12 @@ impl ApiClient {
             && let (Some(limit), Some(usage)) =
                 (header("x-ratelimit-limit"), header("x-ratelimit-usage"))
         {
+            let read = header("x-readratelimit-limit").zip(header("x-readratelimit-usage"));
             return Attempt::Fail(ApiError::WindowLimited {
                 url: url.to_string(),
                 limit,
                 usage,
+                read,
             });
         }
         let mut body = Vec::new();

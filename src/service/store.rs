@@ -2298,11 +2298,13 @@ impl Store {
         Ok(())
     }
 
-    /// Whether a decision (or a safety report) stopped the trial: such a
-    /// stop stands. A stop by hand records none.
-    pub fn has_stop_decision(&self, trial_id: i64) -> Result<bool> {
+    /// Whether the trial's stop stands: a decision stopped it, or an
+    /// adverse event was reported (even after a stop by hand, which records
+    /// no decision).
+    pub fn stop_stands(&self, trial_id: i64) -> Result<bool> {
         Ok(self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM decisions WHERE trial_id = ?1 AND action LIKE 'stop%')",
+            "SELECT EXISTS (SELECT 1 FROM decisions WHERE trial_id = ?1 AND action LIKE 'stop%')
+                 OR EXISTS (SELECT 1 FROM adverse_events WHERE trial_id = ?1)",
             [trial_id],
             |r| r.get(0),
         )?)

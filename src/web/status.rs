@@ -212,9 +212,12 @@ pub async fn status(state: &AppState, viewer: &Viewer) -> Result<StatusView, Sto
                 let tz = TimeZone::get(&p.time_zone).ok();
                 // A running blinded trial's estimates name the comparator:
                 // its participant sees them at the end.
-                let hidden = protocol.as_ref().is_some_and(|proto| {
-                    proto.blinded && !viewer.is_investigator() && t.status != TrialStatus::Stopped
-                });
+                let hidden = match &protocol {
+                    Some(proto) if proto.blinded && !viewer.is_investigator() => {
+                        !crate::service::actions::ended_for_good(s, &t, now)?
+                    }
+                    _ => false,
+                };
                 let schedule = s.schedule(t.id)?;
                 let today = tz.as_ref().map(|tz| local_date(now, tz));
                 let today_row = today.and_then(|d| schedule.iter().find(|r| r.local_date == d));

@@ -216,7 +216,7 @@ async fn trial_detail(
             // against the comparator, so they would name it).
             let blind = protocol.blinded
                 && !viewer.is_investigator()
-                && trial.status != crate::trial::lifecycle::TrialStatus::Stopped;
+                && !crate::service::actions::ended_for_good(s, &trial, now)?;
             let label = |arm: usize| arm_label(&protocol, arm, &viewer);
             let by_key = |key: &str| protocol.arm_index(key).map_or(key.to_string(), label);
             let rows = s.schedule(id)?;
@@ -806,7 +806,8 @@ fn when_local(t: jiff::Timestamp, tz: &jiff::tz::TimeZone) -> String {
     ext = "html",
     source = r#"<p><a href="/trials/{{ id }}">← {{ title }}</a></p>
 <h1>{% if stop %}Stop{% else %}Pause{% endif %} this trial?</h1>
-{% if stop %}<p>Stopping ends <strong>{{ title }}</strong>: no more assignments or reminders are sent and no more decisions are made. The answer is what the data so far say, and it is final{% if running_days > 0 %} after {{ running_days }} days{% endif %}.</p>
+{% if stop && !started %}<p>Cancelling <strong>{{ title }}</strong> means it will not start. You can undo this for {{ undo_hours }} hours (from this trial's page).</p>
+{% else if stop %}<p>Stopping ends <strong>{{ title }}</strong>: no more assignments or reminders are sent and no more decisions are made. The answer is what the data so far say, and it is final{% if running_days > 0 %} after {{ running_days }} days{% endif %}.</p>
 <p>You can undo a stop for {{ undo_hours }} hours (from this trial's page). To take a break instead, pause it: nothing is lost and the schedule waits for you.</p>
 {% else %}<p>Pausing <strong>{{ title }}</strong> sends no assignments and makes no decisions until you resume it; when you do, the rest of the schedule moves by the days paused, so no period is cut short.</p>{% endif %}
 {% if let Some(m) = error %}<p class="err" role="alert">{{ m }}</p>{% endif %}
@@ -823,6 +824,7 @@ struct ConfirmPage {
     id: i64,
     title: String,
     stop: bool,
+    started: bool,
     running_days: usize,
     undo_hours: i64,
     error: Option<String>,
@@ -857,7 +859,12 @@ async fn confirm_page(
         Ok(None) => return no_trial(id),
         Err(e) => return internal(&e.to_string()),
     };
-    let (_, protocol, tz) = context;
+    let (row, protocol, tz) = context;
+    let started = matches!(
+        row.status,
+        crate::trial::lifecycle::TrialStatus::Running
+            | crate::trial::lifecycle::TrialStatus::Paused
+    );
     let today = local_date(state.clock.now(), &tz);
     let running_days = match state.db.read(move |s| s.schedule(id)).await {
         Ok(rows) => rows.iter().filter(|r| r.local_date < today).count(),
@@ -872,6 +879,7 @@ async fn confirm_page(
         id,
         title: protocol.title.clone(),
         stop,
+        started,
         running_days,
         undo_hours: crate::service::actions::STOP_UNDO_HOURS,
         error,

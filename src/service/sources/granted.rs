@@ -118,6 +118,9 @@ impl LoginConfig {
                 return Err(at(format!("{what}: give exactly one of env or file")));
             }
         }
+        if self.heart_rate.is_some() && kind != oura::KIND {
+            return Err(at("heart_rate: only an oura source has it".into()));
+        }
         if !(1..=3650).contains(&self.backfill_days) {
             return Err(at("backfill_days: 1 to 3650".into()));
         }

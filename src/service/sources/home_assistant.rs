@@ -276,55 +276,45 @@ impl Source for HomeAssistant {
                 Some(last) => last.checked_sub(self.overlap).unwrap_or(last),
                 None => now.checked_sub(self.history).unwrap_or(now),
             };
-            let url = format!(
-                "{}/api/history/period/{}",
-                self.base,
-                start.strftime("%Y-%m-%dT%H:%M:%SZ")
-            );
-            let query = [
-                ("filter_entity_id", entity.entity.clone()),
-                ("end_time", now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
-                ("minimal_response", String::new()),
-                ("skip_initial_state", String::new()),
-                ("significant_changes_only", "0".to_string()),
-            ];
-            // A refused token or an unreachable server stops the poll; one
-            // entity's bad answer is its own problem, the others go on.
-            let answer = match self.client.get_json(&url, &query, &self.token) {
-                Ok(a) => a,
-                Err(e @ (ApiError::Refused { .. } | ApiError::Unreachable { .. })) => {
-                    return Err(self.api_error(e));
-                }
-                Err(e) => {
-                    poll.problems.push(format!(
-                        "{}: not read ({e}); read again next time",
-                        entity.entity
-                    ));
-                    continue;
-                }
-            };
-            match self.read_history(entity, &answer) {
-                Ok(read) => {
-                    if let Some(last) = read.last {
-                        let at = cursor.entry(entity.entity.clone()).or_default();
-                        at.last = Some(at.last.map_or(last, |l| l.max(last)));
+            // A day at a time: a chatty sensor's ten days of history can
+            // exceed what one answer may hold; a slice that fails leaves
+            // the cursor after the slices read, and the rest is read next
+            // time.
+            let mut total = Read::default();
+            let mut from = start;
+            while from < now {
+                let to = from.checked_add(HISTORY_SLICE).map_or(now, |t| t.min(now));
+                match self.history_slice(entity, from, to)? {
+                    Ok(read) => {
+                        total.last = total.last.max(read.last);
+                        total.observations.extend(read.observations);
+                        for (why, n) in read.refused {
+                            *total.refused.entry(why).or_default() += n;
+                        }
+                        total.skipped += read.skipped;
                     }
-                    poll.observations.extend(read.observations);
-                    for (why, n) in read.refused {
-                        poll.refused += n;
-                        poll.problems
-                            .push(format!("{}: {n} × {why}", entity.entity));
-                    }
-                    if read.skipped > 0 {
-                        poll.problems.push(format!(
-                            "{}: {} unavailable/unknown states skipped",
-                            entity.entity, read.skipped
-                        ));
+                    Err(why) => {
+                        poll.problems.push(why);
+                        break;
                     }
                 }
-                // One entity's unit or shape: said, the others go on, its
-                // cursor stays.
-                Err(why) => poll.problems.push(format!("{}: {why}", entity.entity)),
+                from = to;
+            }
+            if let Some(last) = total.last {
+                let at = cursor.entry(entity.entity.clone()).or_default();
+                at.last = Some(at.last.map_or(last, |l| l.max(last)));
+            }
+            poll.observations.extend(total.observations);
+            for (why, n) in total.refused {
+                poll.refused += n;
+                poll.problems
+                    .push(format!("{}: {n} × {why}", entity.entity));
+            }
+            if total.skipped > 0 {
+                poll.problems.push(format!(
+                    "{}: {} unavailable/unknown states skipped",
+                    entity.entity, total.skipped
+                ));
             }
         }
         poll.cursor = Some(
@@ -346,7 +336,45 @@ struct Read {
     skipped: usize,
 }
 
+/// How much history one request asks for.
+const HISTORY_SLICE: SignedDuration = SignedDuration::from_hours(24);
+
 impl HomeAssistant {
+    /// One entity's history from `from` to `to`: `Err` where the poll must
+    /// stop (a refused token, an unreachable server); `Ok(Err(why))` where
+    /// only this entity waits for the next poll (its cursor stays).
+    fn history_slice(
+        &self,
+        entity: &EntityConfig,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Result<Read, String>, SourceError> {
+        let url = format!(
+            "{}/api/history/period/{}",
+            self.base,
+            from.strftime("%Y-%m-%dT%H:%M:%SZ")
+        );
+        let query = [
+            ("filter_entity_id", entity.entity.clone()),
+            ("end_time", to.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+            ("minimal_response", String::new()),
+            ("skip_initial_state", String::new()),
+            ("significant_changes_only", "0".to_string()),
+        ];
+        match self.client.get_json(&url, &query, &self.token) {
+            Ok(answer) => Ok(self
+                .read_history(entity, &answer)
+                .map_err(|why| format!("{}: {why}", entity.entity))),
+            Err(e @ (ApiError::Refused { .. } | ApiError::Unreachable { .. })) => {
+                Err(self.api_error(e))
+            }
+            Err(e) => Ok(Err(format!(
+                "{}: not read ({e}); read again next time",
+                entity.entity
+            ))),
+        }
+    }
+
     /// Reads `entity`'s hourly statistics from before the REST window, once;
     /// true when done (or nothing to do), false to try again next poll.
     fn backfill(

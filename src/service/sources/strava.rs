@@ -142,12 +142,21 @@ impl Source for Strava {
             ];
             let answer = match self.client.get_json(&url, &query, &token) {
                 Ok(a) => a,
-                Err(ApiError::WindowLimited { limit, usage, .. }) => {
+                Err(ApiError::WindowLimited {
+                    limit, usage, read, ..
+                }) => {
                     // Keep what was read; read it all again from the same
                     // place once the window resets (upserts: nothing doubles).
-                    let resume = resume_after_limit(&limit, &usage, now);
+                    let mut pairs = vec![(limit, usage)];
+                    pairs.extend(read);
+                    let resume = resume_after_limit(&pairs, now);
+                    let said: Vec<String> = pairs
+                        .iter()
+                        .map(|(l, u)| format!("limits {l}, used {u}"))
+                        .collect();
                     poll.problems.push(format!(
-                        "Strava's rate limit is spent (limits {limit}, used {usage}): {} activities kept, reading again after {resume}",
+                        "Strava's rate limit is spent ({}): {} values kept, reading again after {resume}",
+                        said.join("; reads: "),
                         poll.observations.len()
                     ));
                     cursor.last_start = read_from;
@@ -210,17 +219,21 @@ impl Strava {
     }
 }
 
-/// When a spent Strava limit resets: the next midnight UTC where the
-/// daily usage (the second of `usage`) reached its limit, else the next
-/// quarter hour (:00, :15, :30, :45 UTC). Unreadable headers: a quarter hour.
-fn resume_after_limit(limit: &str, usage: &str, now: Timestamp) -> Timestamp {
+/// When a spent Strava limit resets: the next midnight UTC where a daily
+/// usage (the second number of a usage header) reached its limit, in the
+/// overall pair or the reads' (`pairs`: limit and usage headers), else the
+/// next quarter hour (:00, :15, :30, :45 UTC). Unreadable headers: a
+/// quarter hour.
+fn resume_after_limit(pairs: &[(String, String)], now: Timestamp) -> Timestamp {
     let numbers = |text: &str| -> Vec<u64> {
         text.split(',')
             .filter_map(|n| n.trim().parse().ok())
             .collect()
     };
-    let (limit, usage) = (numbers(limit), numbers(usage));
-    let daily_spent = matches!((limit.get(1), usage.get(1)), (Some(l), Some(u)) if u >= l);
+    let daily_spent = pairs.iter().any(|(limit, usage)| {
+        let (limit, usage) = (numbers(limit), numbers(usage));
+        matches!((limit.get(1), usage.get(1)), (Some(l), Some(u)) if u >= l)
+    });
     let seconds = now.as_second();
     let window: i64 = if daily_spent { 86_400 } else { 900 };
     let next = (seconds.div_euclid(window) + 1) * window;
@@ -330,14 +343,23 @@ mod tests {
     #[test]
     fn a_spent_limit_waits_for_its_window() {
         let now: Timestamp = "2026-12-05T10:07:31Z".parse().unwrap();
-        let at = |l: &str, u: &str| resume_after_limit(l, u, now).to_string();
-        assert_eq!(at("100,1000", "101,312"), "2026-12-05T10:15:00Z");
-        assert_eq!(at("100,1000", "40,1000"), "2026-12-06T00:00:00Z");
-        assert_eq!(at("600,6000", "600,6001"), "2026-12-06T00:00:00Z");
-        assert_eq!(at("junk", ""), "2026-12-05T10:15:00Z");
+        let pair = |l: &str, u: &str| (l.to_string(), u.to_string());
+        let at = |pairs: &[(String, String)]| resume_after_limit(pairs, now).to_string();
+        assert_eq!(at(&[pair("200,2000", "201,312")]), "2026-12-05T10:15:00Z");
+        assert_eq!(at(&[pair("200,2000", "40,2000")]), "2026-12-06T00:00:00Z");
+        // The reads' daily limit spent while the overall one is not.
+        assert_eq!(
+            at(&[pair("200,2000", "40,1000"), pair("100,1000", "40,1000")]),
+            "2026-12-06T00:00:00Z"
+        );
+        assert_eq!(
+            at(&[pair("200,2000", "101,312"), pair("100,1000", "101,312")]),
+            "2026-12-05T10:15:00Z"
+        );
+        assert_eq!(at(&[pair("junk", "")]), "2026-12-05T10:15:00Z");
         let exactly: Timestamp = "2026-12-05T10:15:00Z".parse().unwrap();
         assert_eq!(
-            resume_after_limit("100,1000", "100,10", exactly).to_string(),
+            resume_after_limit(&[pair("200,2000", "200,10")], exactly).to_string(),
             "2026-12-05T10:30:00Z"
         );
     }

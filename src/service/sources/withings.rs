@@ -28,7 +28,7 @@ use crate::service::oauth::{Grant, TokenDialect};
 use crate::service::sources::granted::{Granted, LoginConfig, Provider, config_of};
 use crate::service::sources::{Owner, Poll, Source, SourceError, api_client};
 use crate::service::store::{NewObservation, SourceRow, Store};
-use crate::service::streams::StreamRules;
+use crate::service::streams::{DayRule, StreamRules};
 
 /// The source kind.
 pub const KIND: &str = "withings";
@@ -438,8 +438,12 @@ fn sleep_summary(
             unit: unit.to_string(),
             source_record_id: format!("sleep:{id}:{field}"),
             observed_at: start,
+            // Every value of a night goes to its wake-up day (unless the
+            // person set another rule), as Oura's do.
             local_date: rules
-                .day_rule(stream)
+                .0
+                .get(*stream)
+                .map_or(DayRule::WAKE_UP, |r| r.day)
                 .day_of(start, Some(end), offset, home),
             value: v * scale,
             ended_at: Some(end),
@@ -596,6 +600,15 @@ mod tests {
         assert_eq!(by["sleep_wake_ups"].value, 2.0);
         assert_eq!(by["withings_sleep_score"].value, 81.0);
         assert_eq!(by["sleep_asleep"].local_date, jiff::civil::date(2026, 6, 1));
+        // Not only the sleep_* streams: the whole night's values.
+        assert_eq!(
+            by["respiratory_rate"].local_date,
+            jiff::civil::date(2026, 6, 1)
+        );
+        assert_eq!(
+            by["withings_sleep_score"].local_date,
+            jiff::civil::date(2026, 6, 1)
+        );
         assert_eq!(
             by["sleep_asleep"].source_record_id,
             "sleep:2081804182:total_sleep_time"
