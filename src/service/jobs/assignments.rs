@@ -214,20 +214,15 @@ async fn queue_one(state: &AppState, trial: &LoadedTrial) -> Result<bool, JobErr
                     .collect(),
                 None => Vec::new(),
             };
-            let message = notify::assignment_message(&Assignment {
-                participant_key: &p.key,
-                participant_name: &p.name,
-                participant_id: p.id,
-                email: &p.email,
-                trial_id: id,
-                protocol,
-                today: &row,
-                links: Some(notify::Links {
+            let message = notify::assignment_message(&the_day(
+                &trial,
+                &row,
+                notify::Links {
                     key: &link_key,
                     base_url: &base_url,
                     expires,
-                }),
-            });
+                },
+            ));
             let mut messages = vec![message];
             // Composed with every assignment; the outbox keeps the first of
             // each ISO week (the key names the week).
@@ -260,6 +255,25 @@ async fn queue_one(state: &AppState, trial: &LoadedTrial) -> Result<bool, JobErr
         })
         .await?;
     Ok(queued)
+}
+
+/// `trial`'s day `row` as its messages need it, with one-click `links`.
+fn the_day<'a>(
+    trial: &'a LoadedTrial,
+    row: &'a lifecycle::DatedDay,
+    links: notify::Links<'a>,
+) -> Assignment<'a> {
+    let p = &trial.participant;
+    Assignment {
+        participant_key: &p.key,
+        participant_name: &p.name,
+        participant_id: p.id,
+        email: &p.email,
+        trial_id: trial.id(),
+        protocol: &trial.protocol,
+        today: row,
+        links: Some(links),
+    }
 }
 
 /// Queues the evening reminder of `trial`'s day once the participant's
@@ -297,20 +311,15 @@ async fn remind_one(state: &AppState, trial: &LoadedTrial) -> Result<bool, JobEr
             let Some(row) = s.schedule_on(id, today)? else {
                 return Ok(false);
             };
-            let Some(message) = notify::evening_reminder_message(&Assignment {
-                participant_key: &p.key,
-                participant_name: &p.name,
-                participant_id: p.id,
-                email: &p.email,
-                trial_id: id,
-                protocol,
-                today: &row,
-                links: Some(notify::Links {
+            let Some(message) = notify::evening_reminder_message(&the_day(
+                &trial,
+                &row,
+                notify::Links {
                     key: &link_key,
                     base_url: &base_url,
                     expires,
-                }),
-            }) else {
+                },
+            )) else {
                 return Ok(false);
             };
             s.enqueue_message(&message, now)
