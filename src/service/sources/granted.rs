@@ -211,6 +211,58 @@ pub fn config_of<'a>(
         .map(|(_, c)| c)
 }
 
+/// What every login source's adapter is made of.
+pub struct Login {
+    /// The source's name.
+    pub name: String,
+    /// The vendor's API address.
+    pub api: String,
+    /// The grant in use, renewed before it expires.
+    pub grant: Granted,
+    /// The HTTP client.
+    pub client: crate::service::http::ApiClient,
+    /// The source's settings.
+    pub settings: LoginConfig,
+    /// Its participant.
+    pub owner: crate::service::sources::Owner,
+}
+
+impl Login {
+    /// The parts of stored source `row` of `provider`'s kind: `None` until
+    /// the person has connected it, while it needs re-authorisation, or
+    /// once it left the config.
+    pub fn of(
+        row: &crate::service::store::SourceRow,
+        store: &crate::service::store::Store,
+        config: &Config,
+        provider: &Provider,
+    ) -> Result<Option<Login>, SourceError> {
+        let Some(owner) = crate::service::sources::Owner::of(row, store, config)? else {
+            return Ok(None);
+        };
+        let Some(settings) = config_of(config, provider.kind, &owner.key, &row.name) else {
+            return Ok(None);
+        };
+        let Some(grant) = store.grant(row.id)?.filter(|g| g.is_connected()) else {
+            return Ok(None);
+        };
+        let app = settings
+            .app(provider)
+            .map_err(|message| SourceError::Config {
+                source_name: row.name.clone(),
+                message,
+            })?;
+        Ok(Some(Login {
+            name: row.name.clone(),
+            api: settings.api_url(provider),
+            grant: Granted::new(&row.name, app, grant),
+            client: crate::service::sources::api_client(row, settings.timeout_seconds)?,
+            settings: settings.clone(),
+            owner,
+        }))
+    }
+}
+
 /// A source's grant in use.
 pub struct Granted {
     source_name: String,

@@ -27,7 +27,9 @@ use serde_json::Value;
 use crate::service::config::{Config, SecretRef};
 use crate::service::http::{ApiClient, ApiError};
 use crate::service::sources::home_assistant_ws::{Session, Statistics};
-use crate::service::sources::{Owner, Poll, Source, SourceError, api_client};
+use crate::service::sources::{
+    Owner, Poll, Source, SourceError, api_client, read_cursor, write_cursor,
+};
 use crate::service::store::{NewObservation, SourceRow, Store};
 use crate::service::streams::StreamRules;
 use crate::service::units::Conversion;
@@ -258,13 +260,7 @@ impl Source for HomeAssistant {
     }
 
     fn poll(&self, cursor: Option<&str>, now: Timestamp) -> Result<Poll, SourceError> {
-        let mut cursor: Cursor = match cursor {
-            None => Cursor::new(),
-            Some(c) => serde_json::from_str(c).map_err(|_| SourceError::Cursor {
-                source_name: self.name.clone(),
-                cursor: c.to_string(),
-            })?,
-        };
+        let mut cursor: Cursor = read_cursor(&self.name, cursor)?;
         let mut poll = Poll::default();
         let mut session: Option<Session> = None;
         for entity in &self.entities {
@@ -317,12 +313,7 @@ impl Source for HomeAssistant {
                 ));
             }
         }
-        poll.cursor = Some(
-            serde_json::to_string(&cursor).map_err(|e| SourceError::Config {
-                source_name: self.name.clone(),
-                message: e.to_string(),
-            })?,
-        );
+        poll.cursor = Some(write_cursor(&self.name, &cursor)?);
         Ok(poll)
     }
 }

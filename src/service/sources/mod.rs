@@ -202,6 +202,32 @@ pub struct Poll {
     pub problems: Vec<String>,
 }
 
+/// A source's stored cursor (JSON) read as `T`; `T::default()` before the
+/// first poll. One that cannot be read stops the poll, naming it.
+pub fn read_cursor<T: serde::de::DeserializeOwned + Default>(
+    source_name: &str,
+    cursor: Option<&str>,
+) -> Result<T, SourceError> {
+    match cursor {
+        None => Ok(T::default()),
+        Some(c) => serde_json::from_str(c).map_err(|_| SourceError::Cursor {
+            source_name: source_name.to_string(),
+            cursor: c.to_string(),
+        }),
+    }
+}
+
+/// A cursor as the store keeps it (JSON).
+pub fn write_cursor<T: serde::Serialize>(
+    source_name: &str,
+    cursor: &T,
+) -> Result<String, SourceError> {
+    serde_json::to_string(cursor).map_err(|e| SourceError::Config {
+        source_name: source_name.to_string(),
+        message: e.to_string(),
+    })
+}
+
 impl Poll {
     /// Puts each value in its stream's stored unit (`stream_units`, from
     /// [`Owner`]); a value whose unit measures something else than its

@@ -20,8 +20,8 @@ use serde_json::Value;
 use crate::service::config::Config;
 use crate::service::http::{ApiClient, ApiError};
 use crate::service::oauth::{Grant, TokenDialect};
-use crate::service::sources::granted::{Granted, LoginConfig, Provider, config_of};
-use crate::service::sources::{Owner, Poll, Source, SourceError, api_client};
+use crate::service::sources::granted::{Granted, Login, LoginConfig, Provider};
+use crate::service::sources::{Poll, Source, SourceError, read_cursor, write_cursor};
 use crate::service::store::{NewObservation, SourceRow, Store};
 use crate::service::streams::{DayRule, StreamRules};
 
@@ -62,32 +62,18 @@ pub fn adapter(
     store: &Store,
     config: &Config,
 ) -> Result<Option<Box<dyn Source>>, SourceError> {
-    let bad = |message: String| SourceError::Config {
-        source_name: row.name.clone(),
-        message,
-    };
-    let Some(owner) = Owner::of(row, store, config)? else {
+    let Some(login) = Login::of(row, store, config, &PROVIDER)? else {
         return Ok(None);
     };
-    let Some(settings) = config_of(config, KIND, &owner.key, &row.name) else {
-        return Ok(None);
-    };
-    let Some(grant) = store.grant(row.id)? else {
-        return Ok(None);
-    };
-    if !grant.is_connected() {
-        return Ok(None);
-    }
-    let client = api_client(row, settings.timeout_seconds)?;
     Ok(Some(Box::new(Oura {
-        name: row.name.clone(),
-        api: settings.api_url(&PROVIDER),
-        grant: Granted::new(&row.name, settings.app(&PROVIDER).map_err(bad)?, grant),
-        client,
-        settings: settings.clone(),
-        home: owner.home,
-        rules: owner.rules,
-        stream_units: owner.stream_units,
+        name: login.name,
+        api: login.api,
+        grant: login.grant,
+        client: login.client,
+        settings: login.settings,
+        home: login.owner.home,
+        rules: login.owner.rules,
+        stream_units: login.owner.stream_units,
     })))
 }
 
@@ -169,13 +155,7 @@ impl Source for Oura {
     }
 
     fn poll(&self, cursor: Option<&str>, now: Timestamp) -> Result<Poll, SourceError> {
-        let mut cursor: Cursor = match cursor {
-            None => Cursor::default(),
-            Some(c) => serde_json::from_str(c).map_err(|_| SourceError::Cursor {
-                source_name: self.name.clone(),
-                cursor: c.to_string(),
-            })?,
-        };
+        let mut cursor: Cursor = read_cursor(&self.name, cursor)?;
         let today = now.to_zoned(self.home.clone()).date();
         let first = today
             .checked_sub(jiff::Span::new().days(i64::from(self.settings.backfill_days)))
@@ -247,12 +227,7 @@ impl Source for Oura {
         }
         poll.into_stream_units(&self.stream_units);
         cursor.read_at = Some(now);
-        poll.cursor = Some(
-            serde_json::to_string(&cursor).map_err(|e| SourceError::Config {
-                source_name: self.name.clone(),
-                message: e.to_string(),
-            })?,
-        );
+        poll.cursor = Some(write_cursor(&self.name, &cursor)?);
         Ok(poll)
     }
 }

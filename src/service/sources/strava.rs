@@ -21,8 +21,8 @@ use serde_json::Value;
 use crate::service::config::Config;
 use crate::service::http::{ApiClient, ApiError};
 use crate::service::oauth::{Grant, TokenDialect};
-use crate::service::sources::granted::{Granted, LoginConfig, Provider, config_of};
-use crate::service::sources::{Owner, Poll, Source, SourceError, api_client};
+use crate::service::sources::granted::{Granted, Login, LoginConfig, Provider};
+use crate::service::sources::{Owner, Poll, Source, SourceError, read_cursor, write_cursor};
 use crate::service::store::{NewObservation, SourceRow, Store};
 use crate::service::streams::StreamRules;
 
@@ -63,28 +63,16 @@ pub fn adapter(
     store: &Store,
     config: &Config,
 ) -> Result<Option<Box<dyn Source>>, SourceError> {
-    let Some(owner) = Owner::of(row, store, config)? else {
+    let Some(login) = Login::of(row, store, config, &PROVIDER)? else {
         return Ok(None);
     };
-    let Some(settings) = config_of(config, KIND, &owner.key, &row.name) else {
-        return Ok(None);
-    };
-    let Some(grant) = store.grant(row.id)?.filter(|g| g.is_connected()) else {
-        return Ok(None);
-    };
-    let app = settings
-        .app(&PROVIDER)
-        .map_err(|message| SourceError::Config {
-            source_name: row.name.clone(),
-            message,
-        })?;
     Ok(Some(Box::new(Strava {
-        name: row.name.clone(),
-        api: settings.api_url(&PROVIDER),
-        grant: Granted::new(&row.name, app, grant),
-        client: api_client(row, settings.timeout_seconds)?,
-        settings: settings.clone(),
-        owner,
+        name: login.name,
+        api: login.api,
+        grant: login.grant,
+        client: login.client,
+        settings: login.settings,
+        owner: login.owner,
     })))
 }
 
@@ -118,13 +106,7 @@ impl Source for Strava {
     }
 
     fn poll(&self, cursor: Option<&str>, now: Timestamp) -> Result<Poll, SourceError> {
-        let mut cursor: Cursor = match cursor {
-            None => Cursor::default(),
-            Some(c) => serde_json::from_str(c).map_err(|_| SourceError::Cursor {
-                source_name: self.name.clone(),
-                cursor: c.to_string(),
-            })?,
-        };
+        let mut cursor: Cursor = read_cursor(&self.name, cursor)?;
         let after = match cursor.last_start {
             Some(t) => t - SignedDuration::from_hours(24 * i64::from(self.settings.overlap_days)),
             None => now - SignedDuration::from_hours(24 * i64::from(self.settings.backfill_days)),
@@ -191,12 +173,7 @@ impl Source for Strava {
         }
         poll.into_stream_units(&self.owner.stream_units);
         cursor.read_at = Some(now);
-        poll.cursor = Some(
-            serde_json::to_string(&cursor).map_err(|e| SourceError::Config {
-                source_name: self.name.clone(),
-                message: e.to_string(),
-            })?,
-        );
+        poll.cursor = Some(write_cursor(&self.name, &cursor)?);
         Ok(poll)
     }
 }
