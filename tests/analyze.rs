@@ -102,7 +102,26 @@ fn table_by_default_and_protocol_arms() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The answer first, in the protocol's units and direction; the fit's
+    // internals only with --verbose.
     let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("Anxiety evening is about "), "{text}");
+    assert!(text.contains("on meditation than on none"), "{text}");
+    assert!(text.contains("that it beats your goal of 1"), "{text}");
+    assert!(!text.contains("priors (S"), "{text}");
+    let out = run(
+        &[
+            "analyze",
+            "--data",
+            "a.csv",
+            "--protocol",
+            protocol,
+            "--verbose",
+        ],
+        dir.path(),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("Anxiety evening is about "), "{text}");
     assert!(text.contains("60 observations"), "{text}");
     assert!(text.contains("meditation"), "{text}");
     assert!(text.contains("P(better by MID)"), "{text}");
@@ -226,9 +245,14 @@ fn the_assumed_direction_is_said() {
         dir.path(),
     );
     assert!(out.status.success());
+    // The answer comes first and says the direction it took; the note
+    // under it says that was assumed.
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(first.starts_with("Y is about "), "{stdout}");
+    assert!(first.contains("higher is better"), "{stdout}");
     assert!(
-        stdout.starts_with("note: higher values are taken as better"),
+        stdout.contains("\nnote: higher values are taken as better"),
         "{stdout}"
     );
     let out = run(

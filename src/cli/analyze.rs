@@ -554,6 +554,9 @@ pub struct Request {
 /// The JSON `nof1d analyze --json` prints: the fit plus what was read.
 #[derive(Debug, serde::Serialize)]
 pub struct Analysis {
+    /// The answer in words, one entry an arm: the effect in the outcome's
+    /// units and direction, and how sure the data are that it beats the MID.
+    pub answer: Vec<String>,
     /// Input facts.
     pub input: InputSummary,
     /// The fit (effects, hyperparameters, diagnostics, priors, ...): intention to treat.
@@ -650,7 +653,38 @@ pub fn analyze(text: &str, req: &Request) -> Result<Analysis, AnalyzeError> {
     };
     let mut notes = req.assumed.clone();
     notes.extend(prepared.notes.iter().cloned());
+    let o = &req.outcome;
+    // A bare CSV's outcome is named by its column.
+    let outcome = if req.known_arms.is_some() {
+        o.stream.clone()
+    } else {
+        prepared.columns[2].clone()
+    };
+    let subject = crate::trial::standing::Subject {
+        outcome: &outcome,
+        unit: &o.unit,
+        family: o.family,
+        direction: o.direction,
+        goal: crate::trial::standing::goal(o.family, o.mid, &o.unit, o.mid_natural),
+        comparator: &req.comparator,
+    };
+    let arms: Vec<crate::trial::standing::ArmEffect<'_>> = fit
+        .effects
+        .iter()
+        .enumerate()
+        .map(|(arm, effect)| crate::trial::standing::ArmEffect {
+            arm,
+            label: effect.arm.clone(),
+            effect,
+        })
+        .collect();
+    let answer = crate::trial::standing::sentences(
+        &subject,
+        &arms,
+        &crate::trial::standing::Stage::Data,
+    );
     Ok(Analysis {
+        answer,
         notes,
         as_treated,
         input: InputSummary {
@@ -689,8 +723,11 @@ fn natural_row(out: &mut String, arm: &str, n: &crate::engine::natural::NaturalE
     let _ = writeln!(out, "  {arm}: {}", n.describe());
 }
 
-/// The human-readable table.
-pub fn render(a: &Analysis) -> String {
+/// What a person reads: the answer in words first (with a warning before
+/// it where the fit did not converge), then what was assumed or merged,
+/// the table; the fit's internals (hyperparameters, diagnostics, priors)
+/// only with `verbose`.
+pub fn render(a: &Analysis, verbose: bool) -> String {
     use std::fmt::Write;
     let f = &a.fit;
     let dir = match a.input.direction {
@@ -698,6 +735,16 @@ pub fn render(a: &Analysis) -> String {
         crate::engine::spec::Direction::Lower => "lower is better",
     };
     let mut out = String::new();
+    if !f.diagnostics.converged {
+        let _ = writeln!(
+            out,
+            "warning: the fit did NOT converge, so the answer below is not to be acted on (details with --verbose)"
+        );
+    }
+    for sentence in &a.answer {
+        let _ = writeln!(out, "{sentence}");
+    }
+    let _ = writeln!(out);
     for note in &a.notes {
         let _ = writeln!(out, "note: {note}");
     }
@@ -741,6 +788,13 @@ pub fn render(a: &Analysis) -> String {
         if !at.diagnostics.converged {
             let _ = writeln!(out, "  (as-treated fit NOT converged)");
         }
+    }
+    if !verbose {
+        let _ = writeln!(
+            out,
+            "\n(the fit's hyperparameters, diagnostics and priors: --verbose)"
+        );
+        return out;
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "hyperparameters (posterior median [90% interval]):");

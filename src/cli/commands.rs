@@ -62,6 +62,10 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also print the fit's internals: hyperparameters, convergence
+        /// diagnostics and the priors used.
+        #[arg(long, short)]
+        verbose: bool,
         /// Without a protocol: the comparator arm's label.
         #[arg(long)]
         comparator: Option<String>,
@@ -677,6 +681,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             seed,
             backend,
             date_order,
+            verbose,
         } => {
             // Warnings only by default: stdout carries the table or the JSON.
             init_logging(
@@ -748,7 +753,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if *json {
                 println!("{}", serde_json::to_string_pretty(&analysis)?);
             } else {
-                print!("{}", crate::cli::analyze::render(&analysis));
+                print!("{}", crate::cli::analyze::render(&analysis, *verbose));
             }
             Ok(ExitCode::SUCCESS)
         }

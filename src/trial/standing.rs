@@ -60,6 +60,9 @@ pub enum Stage {
     Paused,
     /// Ended: the decision that ended it (none: stopped by hand).
     Ended(Option<Action>),
+    /// Data at hand, outside a trial (`nof1d analyze`): no rule decides,
+    /// so the sentences say only how sure the data are.
+    Data,
 }
 
 /// The next check of a trial on `today`: the morning after the first
@@ -134,11 +137,20 @@ fn stage(
 
 /// The goal in words for a protocol's MID, as the protocol states it:
 /// "your goal of 1 points" for a gaussian outcome, "your goal of 2 yes-days
-/// per 30 days" where the MID is stated in the person's units, else "the
-/// smallest change that matters".
+/// per 30 days" where the MID is stated in the person's units, "the
+/// comparator" where it is no change at all, else "the smallest change
+/// that matters".
 pub fn goal(family: Family, mid: f64, unit: &str, mid_natural: Option<f64>) -> String {
+    // A MID of no change (0, or a ratio of 1): any improvement counts, so
+    // the bar is the comparator itself.
+    let no_change = if family == Family::Gaussian { 0.0 } else { 1.0 };
+    if mid == no_change && mid_natural.is_none_or(|k| k == 0.0) {
+        return "the comparator".to_string();
+    }
     match (family, mid_natural) {
-        (Family::Gaussian, _) => format!("your goal of {mid} {}", unit.trim()),
+        (Family::Gaussian, _) => format!("your goal of {mid} {}", unit.trim())
+            .trim_end()
+            .to_string(),
         (_, Some(k)) => format!(
             "your goal of {k} {}",
             crate::engine::natural::difference_unit(family)
@@ -227,6 +239,7 @@ fn arm_sentences(subject: &Subject<'_>, a: &ArmEffect<'_>, largest: f64, stage: 
                 "Paused: nothing is decided until it is resumed ({sure} so far that it beats {goal})."
             )
         }
+        Stage::Data => format!("From these data, {sure} sure that it beats {goal}."),
         Stage::Ended(action) => match action {
             Some(Action::StopEfficacy { arm: winner }) if *winner == a.arm => {
                 format!("Final answer: {arm} beats {goal} ({sure} certainty).")
@@ -291,11 +304,12 @@ fn size(subject: &Subject<'_>, arm: &str, e: &EffectSummary) -> String {
         Direction::Higher => mean > 0.0,
         Direction::Lower => mean < 0.0,
     };
+    // An outcome without a unit (a bare CSV column) reads "about 1.1 lower".
+    let amount = format!("{} {}", number(mean.abs()), unit.trim());
     format!(
-        "{} is about {} {} {} on {arm} than on {} ({range}; {} is better, so this is {}).",
+        "{} is about {} {} on {arm} than on {} ({range}; {} is better, so this is {}).",
         capitalised(subject.outcome),
-        number(mean.abs()),
-        unit.trim(),
+        amount.trim_end(),
         way(mean),
         subject.comparator,
         match subject.direction {
@@ -511,5 +525,30 @@ mod tests {
             s.ends_with("Not yet sure it beats your goal of 2 yes-days per 30 days (30% so far)."),
             "{s}"
         );
+    }
+
+    /// Data outside a trial (`nof1d analyze` of a bare CSV): no unit, a
+    /// MID of no change, so the bar is the comparator itself.
+    #[test]
+    fn data_at_hand_says_how_sure_without_a_rule() {
+        let subject = Subject {
+            outcome: "score",
+            unit: "",
+            family: Family::Gaussian,
+            direction: Direction::Higher,
+            goal: goal(Family::Gaussian, 0.0, "", None),
+            comparator: "A",
+        };
+        let e = effect(0.8, [0.2, 1.4], 0.97);
+        assert_eq!(
+            one(&subject, "B", &e, &Stage::Data),
+            "Score is about 0.80 higher on B than on A (likely 0.20 to 1.4 higher; higher is better, so this is the good way). From these data, 97% sure that it beats the comparator."
+        );
+        assert_eq!(
+            goal(Family::Poisson, 1.0, "", None),
+            "the comparator",
+            "a rate ratio of 1 is no change"
+        );
+        assert_eq!(goal(Family::Gaussian, 0.5, "", None), "your goal of 0.5");
     }
 }
