@@ -192,8 +192,21 @@ fn a_blinded_trial_shows_its_participant_codes_only() {
         page.contains("This trial is blinded: its estimates"),
         "{page}"
     );
+    // Its data and decisions name the arms: no download for the
+    // participant, and no link to one; the investigator gets them.
+    assert!(!page.contains("/export/days.csv"), "{page}");
+    for file in ["days.csv", "decisions.csv"] {
+        let (status, body) = participant.get(&d, &format!("/trials/1/export/{file}"));
+        assert_eq!(status, 403, "{body}");
+        assert!(!body.contains("plain") && !body.contains("lavender"));
+    }
 
-    // The investigator sees the key drawn for this trial.
+    // The investigator sees the key drawn for this trial, and can download
+    // the days by arm key.
+    let (status, days) = investigator.get(&d, "/trials/1/export/days.csv");
+    assert_eq!(status, 200, "{days}");
+    assert!(days.starts_with("date,day,period,block,arm,"), "{days}");
+    assert!(days.contains(",lavender,"), "{days}");
     let (_, page) = investigator.get(&d, "/trials/1");
     assert!(
         page.contains(&format!("Key of this trial's codes: {key}")),

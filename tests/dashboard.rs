@@ -82,6 +82,20 @@ fn login_roles_and_concealment() {
     assert_eq!(status, 200);
     assert!(page.contains("grey days are still to come"));
     assert!(page.contains("participant view"), "signed-in marker");
+    // The days' CSV too: the participant's ends today, the
+    // investigator's lists the whole schedule.
+    assert!(page.contains("/trials/1/export/days.csv"), "{page}");
+    let rows = |who: &common::Session| {
+        let (status, csv) = who.get(&d, "/trials/1/export/days.csv");
+        assert_eq!(status, 200, "{csv}");
+        assert!(csv.starts_with("date,day,period,block,arm,"), "{csv}");
+        csv.lines().count() - 1
+    };
+    let past = calendar(&mine).len() - future.len();
+    assert_eq!(rows(&participant), past);
+    assert_eq!(rows(&investigator), calendar(&theirs).len());
+    let (status, _) = participant.get(&d, "/trials/1/export/secrets.csv");
+    assert_eq!(status, 404);
     // Sign out ends the session in the browser.
     let (status, _) = participant.post(&d, "/logout", &format!("csrf={}", csrf_of(&page)));
     assert_eq!(status, 303);

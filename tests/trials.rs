@@ -164,6 +164,103 @@ fn the_demo_trial_runs_to_a_stop_decision_untouched() {
     let md = String::from_utf8_lossy(&out.stdout);
     assert!(md.contains("## Decision trail"), "{md}");
     assert!(md.contains(&decisions.last().unwrap().action), "{md}");
+
+    // The days export: one row a scheduled day, each day's value the mean
+    // of the stored observations (the protocol's aggregation), and it reads
+    // back with `nof1d analyze --protocol`.
+    let days_csv = dir.path().join("days.csv");
+    let (ok, out) = cli(
+        dir.path(),
+        &data,
+        &["export", "1", "--out", days_csv.to_str().unwrap()],
+    );
+    assert!(ok, "{out}");
+    let schedule = s.schedule(1).unwrap();
+    let observations = s
+        .observations(trial.participant_id, "anxiety_evening", &[])
+        .unwrap();
+    let mut reader = csv::Reader::from_path(&days_csv).unwrap();
+    assert_eq!(
+        reader.headers().unwrap().iter().collect::<Vec<_>>(),
+        [
+            "date",
+            "day",
+            "period",
+            "block",
+            "arm",
+            "washout",
+            "adherence",
+            "email",
+            "anxiety_evening",
+            "observations"
+        ]
+    );
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), schedule.len());
+    let mut with_data = 0;
+    for (row, day) in rows.iter().zip(&schedule) {
+        assert_eq!(row[0], day.local_date.to_string());
+        assert_eq!(row[4], keys[day.arm]);
+        let values: Vec<f64> = observations
+            .iter()
+            .filter(|o| o.1 == day.local_date)
+            .map(|o| o.2)
+            .collect();
+        assert_eq!(row[9], values.len().to_string(), "{row:?}");
+        if values.is_empty() {
+            assert_eq!(&row[8], "", "{row:?}");
+        } else {
+            with_data += 1;
+            let mean = values.iter().sum::<f64>() / values.len() as f64;
+            let exported: f64 = row[8].parse().unwrap();
+            assert!((exported - mean).abs() < 1e-9, "{row:?} against {values:?}");
+        }
+    }
+    assert!(with_data > 20, "{with_data} days with data");
+    let protocol = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/protocols/meditation-anxiety.toml"
+    );
+    let out = run(
+        &[
+            "analyze",
+            "--data",
+            days_csv.to_str().unwrap(),
+            "--protocol",
+            protocol,
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let analysis: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(analysis["input"]["observations"], with_data);
+    // The decisions export: one row an arm (one arm besides the
+    // comparator) of each decision, with the action it took.
+    let decisions_csv = dir.path().join("decisions.csv");
+    let (ok, out) = cli(
+        dir.path(),
+        &data,
+        &[
+            "export",
+            "1",
+            "--decisions",
+            "--out",
+            decisions_csv.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}");
+    let mut reader = csv::Reader::from_path(&decisions_csv).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), decisions.len(), "{out}");
+    for (row, decision) in rows.iter().zip(&decisions) {
+        assert_eq!(row[3], decision.action);
+        assert_eq!(row[5], *"meditation");
+    }
 }
 
 /// A data folder under `dir` with the fast config, where the daemon ran

@@ -40,8 +40,12 @@ pub struct Columns {
     pub time: Option<String>,
     /// Arm column (default `arm`).
     pub arm: Option<String>,
-    /// Outcome column (default: the one remaining column).
+    /// Outcome column (default: the column named after the protocol's
+    /// outcome stream, else the one remaining column).
     pub outcome: Option<String>,
+    /// The protocol's outcome stream, where a protocol was given (`nof1d
+    /// trial export` names the outcome's column so).
+    pub stream: Option<String>,
     /// Column with the arm actually taken (as-treated analysis); empty cells
     /// mean "as assigned". Never guessed.
     pub taken: Option<String>,
@@ -245,8 +249,13 @@ pub fn prepare(
             let rest: Vec<usize> = (0..headers.len())
                 .filter(|&i| i != time_col && i != arm_col && Some(i) != taken_col)
                 .collect();
-            match rest.as_slice() {
-                [one] => *one,
+            let named = rest
+                .iter()
+                .copied()
+                .find(|&i| columns.stream.as_deref() == Some(headers[i].as_str()));
+            match (named, rest.as_slice()) {
+                (Some(i), _) => i,
+                (None, [one]) => *one,
                 _ => {
                     return Err(AnalyzeError::File(format!(
                         "cannot tell the outcome column among {}; name it with --outcome-col",
@@ -678,11 +687,8 @@ pub fn analyze(text: &str, req: &Request) -> Result<Analysis, AnalyzeError> {
             effect,
         })
         .collect();
-    let answer = crate::trial::standing::sentences(
-        &subject,
-        &arms,
-        &crate::trial::standing::Stage::Data,
-    );
+    let answer =
+        crate::trial::standing::sentences(&subject, &arms, &crate::trial::standing::Stage::Data);
     Ok(Analysis {
         answer,
         notes,

@@ -94,7 +94,8 @@ enum Command {
         /// Name of the arm column (default: arm).
         #[arg(long)]
         arm_col: Option<String>,
-        /// Name of the outcome column (default: the one remaining column).
+        /// Name of the outcome column (default: the one named after the
+        /// protocol's outcome, else the one remaining column).
         #[arg(long)]
         outcome_col: Option<String>,
         /// Column with the arm actually taken: adds an as-treated analysis beside intention to treat.
@@ -505,6 +506,20 @@ enum TrialCommand {
         /// Trial id.
         id: i64,
     },
+    /// Print a trial's days (date, period, block, arm, adherence, the
+    /// outcome's value) as CSV, or with --decisions its decisions (one row
+    /// an arm of each look). The days read back with `nof1d analyze
+    /// --protocol`.
+    Export {
+        /// Trial id.
+        id: i64,
+        /// The decisions instead of the days.
+        #[arg(long)]
+        decisions: bool,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Record an adverse event: the trial stops at once.
     AdverseEvent {
         /// Trial id.
@@ -732,16 +747,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             let request = crate::cli::analyze::Request {
-                outcome,
-                known_arms,
-                comparator,
                 columns: crate::cli::analyze::Columns {
                     time: time_col.clone(),
                     arm: arm_col.clone(),
                     outcome: outcome_col.clone(),
                     taken: taken_col.clone(),
                     date_order: *date_order,
+                    stream: protocol.is_some().then(|| outcome.stream.clone()),
                 },
+                outcome,
+                known_arms,
+                comparator,
                 method,
                 seed: *seed,
                 backend: *backend,
@@ -1056,7 +1072,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             actor,
             command,
         } => {
-            let (_, mut store) = open_existing_store(&cli, data_dir)?;
+            let (config, mut store) = open_existing_store(&cli, data_dir)?;
             let now = jiff::Timestamp::now();
             let date = |s: &Option<String>| -> anyhow::Result<Option<jiff::civil::Date>> {
                 s.as_deref()
@@ -1136,6 +1152,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 TrialCommand::UndoStop { id } => {
                     let back = actions::undo_stop(&mut store, *id, actor, now)?;
                     println!("trial {id}'s stop undone: it is {back} again");
+                }
+                TrialCommand::Export { id, decisions, out } => {
+                    use crate::service::export::{Table, trial_csv};
+                    let table = if *decisions {
+                        Table::Decisions
+                    } else {
+                        Table::Days
+                    };
+                    let text = trial_csv(&store, *id, table, |key| config.stream_rules(key), None)?;
+                    match out {
+                        Some(path) => {
+                            std::fs::write(path, &text)
+                                .with_context(|| format!("cannot write {}", path.display()))?;
+                            eprintln!(
+                                "wrote {} rows to {}",
+                                text.lines().count().saturating_sub(1),
+                                path.display()
+                            );
+                        }
+                        None => print!("{text}"),
+                    }
                 }
                 TrialCommand::AdverseEvent { id, note } => {
                     actions::adverse_event(&mut store, *id, note, "cli", actor, now)?;

@@ -6,6 +6,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod export;
 pub mod http;
 pub mod hypotheses;
 pub mod jobs;

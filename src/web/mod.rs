@@ -62,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/trials/{id}/{action}", post(trial::trial_action))
         .route("/trials/{id}/confirm/{action}", get(trial::confirm_action))
+        .route("/trials/{id}/export/{file}", get(trial::trial_export))
         .route("/api/trials/{id}", get(trial::trial_json))
         .route("/proposals", get(proposals::proposals_page))
         .route("/api/proposals", get(proposals::proposals_json))

@@ -482,7 +482,7 @@ async fn trial_detail(
 <table><tbody>{% for e in d.events %}<tr><td>{% if let Some(l) = e.local_date %}{{ l }}{% endif %}</td><td>{{ e.to_status }}</td><td>{{ e.actor }}</td><td>{{ e.reason }}</td></tr>{% endfor %}</tbody></table>
 <h2>Protocol</h2>
 {% if let Some(text) = d.protocol_toml %}{% if d.key.is_some() %}<p>The codes in this text are names only: which arm has which was drawn for this trial (the key above). Fill the supplies by the key, not by this text.</p>{% endif %}<pre>{{ text }}</pre>{% else %}<p>This trial is blinded: the protocol text is shown to the investigator only. Its SHA-256 above identifies it.</p>{% endif %}
-<p><a href="/api/trials/{{ d.id }}">JSON</a></p>"#
+<p><a href="/api/trials/{{ d.id }}">JSON</a>{% if !d.estimates_hidden %} · download <a href="/trials/{{ d.id }}/export/days.csv">the days</a> or <a href="/trials/{{ d.id }}/export/decisions.csv">the decisions</a> as CSV{% endif %}</p>"#
 )]
 struct TrialPage<'a> {
     d: &'a TrialDetail,
@@ -773,6 +773,72 @@ pub(super) async fn trial_json(
     match trial_detail(&state, id, &viewer).await {
         Ok(Some(d)) => axum::Json(d).into_response(),
         Ok(None) => no_trial(id),
+        Err(e) => internal(&e.to_string()),
+    }
+}
+
+/// GET `/trials/{id}/export/{days.csv|decisions.csv}`: the trial's days or
+/// decisions as CSV (`service::export`). They name the arms, so a blinded
+/// trial's participant gets them only once it has ended for good.
+pub(super) async fn trial_export(
+    State(state): State<AppState>,
+    axum::Extension(viewer): axum::Extension<Viewer>,
+    axum::extract::Path((id, file)): axum::extract::Path<(i64, String)>,
+) -> Response {
+    use crate::service::export::{ExportError, Table, trial_csv};
+    let table = match file.as_str() {
+        "days.csv" => Table::Days,
+        "decisions.csv" => Table::Decisions,
+        _ => {
+            return (
+                StatusCode::NOT_FOUND,
+                "there are days.csv and decisions.csv\n",
+            )
+                .into_response();
+        }
+    };
+    let (trial, protocol, tz) = match trial_context(&state, id).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return no_trial(id),
+        Err(e) => return internal(&e.to_string()),
+    };
+    let now = state.clock.now();
+    let config = state.config.clone();
+    let investigator = viewer.is_investigator();
+    // The participant sees no day to come (allocation concealment), as on
+    // the trial page.
+    let through = (!investigator).then(|| local_date(now, &tz));
+    let answer = state
+        .db
+        .read_with(move |s| {
+            if protocol.blinded
+                && !investigator
+                && !crate::service::actions::ended_for_good(s, &trial, now)?
+            {
+                return Ok(Some(Err(())));
+            }
+            trial_csv(s, id, table, |key| config.stream_rules(key), through)
+                .map(|csv| Some(Ok(csv)))
+        })
+        .await;
+    match answer {
+        Ok(Some(Ok(csv))) => (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"{}\"", table.file_name(id)),
+                ),
+            ],
+            csv,
+        )
+            .into_response(),
+        Ok(Some(Err(()))) => (
+            StatusCode::FORBIDDEN,
+            "this trial is blinded: its data name the arms, so only the investigator can download them until it ends\n",
+        )
+            .into_response(),
+        Ok(None) | Err(ExportError::NoTrial(_)) => no_trial(id),
         Err(e) => internal(&e.to_string()),
     }
 }
