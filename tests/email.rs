@@ -237,6 +237,120 @@ fn an_evening_reminder_comes_once_on_a_day_whose_rating_has_not() {
     assert_eq!(reminders[0].key, "reminder/demo/1/2027-01-12");
 }
 
+/// A participant whose self-report stops coming: after their
+/// `missing_data_days` (2 here) trial days without a rating, one email
+/// says so (with where to enter missed days), one only however long the
+/// gap lasts, and the overview and trial page warn. Real SMTP, the real
+/// daemon on a fast clock; the trial is proposed and approved with the CLI
+/// while it runs.
+#[test]
+fn a_trial_without_data_is_noticed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let sink = SmtpSink::start();
+    // Simulated time starts 40 days from today (the CLI checks the start
+    // date against the real one) at 05:00 UTC, a day every 4.3 s.
+    let start = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date()
+        .checked_add(jiff::Span::new().days(40))
+        .unwrap();
+    let cfg = data.join("nof1d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\ncalibrate = false\n\
+             [clock]\ntime_scale = 20000.0\nstart = \"{start}T05:00:00Z\"\n\
+             [[participants]]\nkey = \"alice\"\nname = \"Alice\"\nemail = \"alice@example.org\"\ntime_zone = \"Europe/London\"\n\
+             evening_reminder = \"off\"\nmissing_data_days = 2\n{}",
+            smtp_config(sink.addr)
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&data, &["--config", cfg.to_str().unwrap()]);
+    let root = env!("CARGO_MANIFEST_DIR");
+    let trial = |args: &[&str]| {
+        let mut all = vec!["trial", "--data-dir", data.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = common::run(&all, dir.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    trial(&[
+        "propose",
+        &format!("{root}/protocols/meditation-anxiety.toml"),
+        "--participant",
+        "alice",
+    ]);
+    trial(&["approve", "1", "--start", &start.to_string()]);
+    // Assignments on the 1st, 2nd and 3rd day; no rating comes, so on the
+    // 3rd morning two days have none.
+    let nudges = || {
+        sink.received()
+            .into_iter()
+            .filter(|m| {
+                m.parsed()
+                    .subject()
+                    .is_some_and(|s| s.starts_with("No anxiety evening data"))
+            })
+            .collect::<Vec<_>>()
+    };
+    wait_until("the nudge", Duration::from_secs(60), || {
+        !nudges().is_empty()
+    });
+    let nudge = &nudges()[0];
+    let text = nudge.parsed().body_text(0).unwrap().to_string();
+    assert_eq!(
+        nudge.parsed().subject().unwrap(),
+        "No anxiety evening data for 2 days"
+    );
+    assert!(
+        text.contains("No anxiety evening data has come for 2 trial days in a row"),
+        "{text}"
+    );
+    assert!(text.contains("/trials/1/report"), "{text}");
+    // The dashboard warns on the overview and the trial page.
+    for page in ["/", "/trials/1"] {
+        let html = d.get(page).1;
+        assert!(
+            html.contains("role=\"alert\">No anxiety evening data has come for"),
+            "{page}: {html}"
+        );
+    }
+    // Three more days without data: still one nudge (the key names the
+    // gap's first day), while assignments go on.
+    let assignments = || {
+        store(&data)
+            .recent_messages(100)
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.kind == "assignment")
+            .count()
+    };
+    let seen = assignments();
+    wait_until("three more days", Duration::from_secs(60), || {
+        assignments() >= seen + 3
+    });
+    drop(d);
+    let s = store(&data);
+    let stored: Vec<_> = s
+        .recent_messages(100)
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.kind == "nudge")
+        .collect();
+    assert_eq!(stored.len(), 1, "one nudge a gap");
+    assert_eq!(
+        stored[0].key,
+        format!("nudge/alice/1/{}", s.schedule(1).unwrap()[0].local_date)
+    );
+    assert_eq!(nudges().len(), 1);
+}
+
 #[test]
 fn links_record_adherence_and_ratings_and_forged_or_expired_ones_change_nothing() {
     let dir = tempfile::tempdir().unwrap();

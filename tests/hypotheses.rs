@@ -176,6 +176,7 @@ fn store_with_data(dir: &Path, extra_stream: Option<&str>) -> (Store, Participan
         time_zone: "Europe/Berlin".into(),
         assignment_time: "07:30".into(),
         evening_reminder: "20:30".into(),
+        missing_data_days: 3,
         streams: vec![],
         goals: vec!["calmer evenings".into()],
         imports: vec![],

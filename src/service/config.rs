@@ -458,6 +458,10 @@ pub struct DemoConfig {
     /// The demo participant's evening reminder (`HH:MM`, or `off`: the
     /// simulated person answers by themselves at 21:00).
     pub evening_reminder: String,
+    /// Days in a row without outcome data before the demo participant is
+    /// nudged and the dashboard warns (0: off, the default: the simulated
+    /// person's data come by themselves).
+    pub missing_data_days: u32,
 }
 
 impl Default for DemoConfig {
@@ -466,6 +470,7 @@ impl Default for DemoConfig {
             enabled: false,
             time_zone: "Europe/London".into(),
             evening_reminder: "off".into(),
+            missing_data_days: 0,
         }
     }
 }
@@ -490,6 +495,11 @@ pub struct ParticipantConfig {
     /// (`HH:MM`, or `off`).
     #[serde(default = "default_evening_reminder")]
     pub evening_reminder: String,
+    /// After this many trial days in a row without outcome data, one email
+    /// says so and the dashboard warns (0: off; at most
+    /// `MAX_MISSING_DATA_DAYS`).
+    #[serde(default = "default_missing_data_days")]
+    pub missing_data_days: u32,
     /// Per-stream day rules and device preferences.
     #[serde(default)]
     pub streams: Vec<StreamConfig>,
@@ -538,6 +548,14 @@ fn default_evening_reminder() -> String {
     "20:30".into()
 }
 
+/// The longest `missing_data_days`: beyond it a silent source would go
+/// unremarked for most of a trial.
+pub const MAX_MISSING_DATA_DAYS: u32 = 60;
+
+fn default_missing_data_days() -> u32 {
+    3
+}
+
 fn default_assignment_time() -> String {
     "07:30".into()
 }
@@ -559,6 +577,8 @@ pub struct Participant {
     pub assignment_time: Time,
     /// Local time of the evening reminder (`None`: off).
     pub evening_reminder: Option<Time>,
+    /// Days in a row without outcome data before a nudge (`None`: off).
+    pub missing_data_days: Option<u32>,
     /// Per-stream day rules and device preferences.
     pub streams: crate::service::streams::StreamRules,
     /// Mapped CSV/JSON imports, checked.
@@ -611,6 +631,12 @@ impl ParticipantConfig {
                 ))
             })?),
         };
+        if self.missing_data_days > MAX_MISSING_DATA_DAYS {
+            return Err(ConfigError::Invalid(format!(
+                "participant {}: missing_data_days {} must be 0 (off) to {MAX_MISSING_DATA_DAYS}",
+                self.key, self.missing_data_days
+            )));
+        }
         let mut streams = crate::service::streams::StreamRules::default();
         for st in &self.streams {
             let default = crate::service::streams::DayRule::default_for(&st.key);
@@ -676,6 +702,7 @@ impl ParticipantConfig {
             time_zone,
             assignment_time,
             evening_reminder,
+            missing_data_days: (self.missing_data_days > 0).then_some(self.missing_data_days),
             streams,
             imports,
         })
@@ -819,6 +846,20 @@ impl Config {
             Some(p) => p.resolve().ok().and_then(|p| p.evening_reminder),
             None if key == crate::service::demo::PARTICIPANT_KEY => {
                 parse_hhmm(&self.demo.evening_reminder)
+            }
+            None => None,
+        }
+    }
+
+    /// After how many trial days in a row without outcome data participant
+    /// `key` is nudged and the dashboard warns (`None`: off; the demo
+    /// participant's from `[demo]`).
+    pub fn missing_data_days(&self, key: &str) -> Option<u32> {
+        match self.participants.iter().find(|p| p.key == key) {
+            Some(p) => p.resolve().ok().and_then(|p| p.missing_data_days),
+            None if key == crate::service::demo::PARTICIPANT_KEY => {
+                let days = self.demo.missing_data_days;
+                (days > 0).then_some(days.min(MAX_MISSING_DATA_DAYS))
             }
             None => None,
         }

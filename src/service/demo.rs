@@ -85,6 +85,8 @@ pub fn participant_config(time_zone: &str) -> ParticipantConfig {
         assignment_time: "07:30".into(),
         // Its reminder comes from [demo] (Config::evening_reminder).
         evening_reminder: "off".into(),
+        // And its nudge (Config::missing_data_days).
+        missing_data_days: 0,
         streams: Vec::new(),
         imports: Vec::new(),
         home_assistant: Vec::new(),

@@ -666,6 +666,46 @@ pub fn source_warning_message(
     )
 }
 
+/// Tells a participant, once a gap, that their trial's outcome data have
+/// stopped coming (`gap`, as `trial::gap` found it); the key names the gap's
+/// first day, so a gap is told once however long it lasts.
+pub fn missing_data_message(
+    to: Recipient<'_>,
+    trial_id: i64,
+    protocol: &crate::trial::protocol::Protocol,
+    gap: crate::trial::gap::DataGap,
+    today: Date,
+    dashboard: &str,
+) -> NewMessage {
+    let outcome = &protocol.outcome;
+    let self_report = outcome.self_report.is_some();
+    let mut paragraphs = vec![
+        format!("About your trial \"{}\":", protocol.title),
+        gap.describe(&outcome.stream, self_report),
+    ];
+    paragraphs.push(if self_report {
+        format!("Missed days: {dashboard}/trials/{trial_id}/report")
+    } else {
+        format!("Sources: {dashboard}/sources")
+    });
+    paragraphs.push(format!(
+        "The trial goes on meanwhile: {dashboard}/trials/{trial_id}. This note comes once for each stretch without data (missing_data_days in the config sets after how many days, or 0 for never)."
+    ));
+    simple_message(
+        to,
+        format!("nudge/{}/{trial_id}/{}", to.key, gap.since),
+        "nudge",
+        Some(trial_id),
+        Some(today),
+        format!(
+            "No {} data for {} days",
+            outcome.stream.replace('_', " "),
+            gap.days
+        ),
+        &paragraphs,
+    )
+}
+
 /// Tells a participant, once, that a source they connected (Oura) refused
 /// its grant and must be connected again.
 pub fn source_reauthorisation_message(

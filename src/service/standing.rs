@@ -6,6 +6,8 @@
 use jiff::civil::Date;
 
 use crate::service::store::{Store, StoreError, TrialRow};
+use crate::trial::gap::{DataGap, current_gap};
+use crate::trial::lifecycle::{DatedDay, TrialStatus};
 use crate::trial::protocol::Protocol;
 use crate::trial::standing::{Subject, arms_of, sentences, trial_stage};
 
@@ -38,4 +40,51 @@ pub fn of_trial(
     let subject = Subject::of(protocol, &comparator);
     let arms = arms_of(&fit, protocol, label);
     Ok(sentences(&subject, &arms, &stage))
+}
+
+/// The run of `trial`'s days up to yesterday without outcome data
+/// (`trial::gap`), for a running trial whose dated `schedule` is given;
+/// `None` otherwise.
+pub fn missing_data(
+    store: &Store,
+    trial: &TrialRow,
+    protocol: &Protocol,
+    schedule: &[DatedDay],
+    today: Date,
+) -> Result<Option<DataGap>, StoreError> {
+    let Some(first) = schedule.first() else {
+        return Ok(None);
+    };
+    if trial.status != TrialStatus::Running {
+        return Ok(None);
+    }
+    let with_data = store.dates_with_observations(
+        trial.participant_id,
+        &protocol.outcome.stream,
+        first.local_date,
+    )?;
+    Ok(current_gap(schedule, today, &with_data))
+}
+
+/// The dashboard's warning for a running trial without outcome data for
+/// `after` days or more (`None`: the participant turned it off).
+pub fn missing_data_warning(
+    store: &Store,
+    trial: &TrialRow,
+    protocol: &Protocol,
+    schedule: &[DatedDay],
+    today: Date,
+    after: Option<u32>,
+) -> Result<Option<String>, StoreError> {
+    let Some(after) = after else {
+        return Ok(None);
+    };
+    Ok(missing_data(store, trial, protocol, schedule, today)?
+        .filter(|gap| gap.days >= after)
+        .map(|gap| {
+            gap.describe(
+                &protocol.outcome.stream,
+                protocol.outcome.self_report.is_some(),
+            )
+        }))
 }

@@ -1715,6 +1715,29 @@ impl Store {
         )?)
     }
 
+    /// The participant's local dates on or after `since` on which the
+    /// stream has a value (not withdrawn).
+    pub fn dates_with_observations(
+        &self,
+        participant_id: i64,
+        stream: &str,
+        since: Date,
+    ) -> Result<std::collections::BTreeSet<Date>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT DISTINCT o.local_date FROM observations o JOIN streams s ON s.id = o.stream_id
+             WHERE s.participant_id = ?1 AND s.key = ?2 AND o.local_date >= ?3
+               AND o.withdrawn_at IS NULL",
+        )?;
+        let rows = stmt.query_map(params![participant_id, stream, since.to_string()], |r| {
+            r.get::<_, String>(0)
+        })?;
+        let mut out = std::collections::BTreeSet::new();
+        for row in rows {
+            out.insert(parse_date(&row?)?);
+        }
+        Ok(out)
+    }
+
     /// Every stored sample of a participant's stream with its origin, in time order.
     pub fn samples(
         &self,
@@ -4016,6 +4039,7 @@ mod tests {
             time_zone: "UTC".into(),
             assignment_time: "07:00".into(),
             evening_reminder: "20:30".into(),
+            missing_data_days: 3,
             streams: Vec::new(),
             goals: Vec::new(),
             imports: Vec::new(),

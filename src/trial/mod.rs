@@ -7,6 +7,7 @@ pub mod causal;
 pub mod conclusion;
 pub mod decide;
 pub mod design;
+pub mod gap;
 pub mod hypothesis;
 pub mod library;
 pub mod lifecycle;

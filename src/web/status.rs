@@ -101,6 +101,9 @@ pub struct TrialView {
     /// Where the person stands, in words (empty before the first fit, and
     /// for a running blinded trial's participant).
     pub standing: Vec<String>,
+    /// A running trial's outcome has had no data for the participant's
+    /// `missing_data_days` or more: what to check.
+    pub missing_data: Option<String>,
 }
 
 /// The latest fit of a trial's primary outcome, for the status page.
@@ -167,6 +170,7 @@ pub struct OutboxView {
 pub async fn status(state: &AppState, viewer: &Viewer) -> Result<StatusView, StoreError> {
     let viewer = viewer.clone();
     let now = state.clock.now();
+    let config = state.config.clone();
     let jobs = state
         .jobs
         .snapshot()
@@ -281,6 +285,19 @@ pub async fn status(state: &AppState, viewer: &Viewer) -> Result<StatusView, Sto
                         }
                         _ => Vec::new(),
                     },
+                    missing_data: match (&protocol, today) {
+                        (Some(proto), Some(today)) => {
+                            crate::service::standing::missing_data_warning(
+                                s,
+                                &t,
+                                proto,
+                                &schedule,
+                                today,
+                                config.missing_data_days(&p.key),
+                            )?
+                        }
+                        _ => None,
+                    },
                 });
             }
             let outbox = s
@@ -351,7 +368,7 @@ fn fit_view(
     ext = "html",
     source = r#"<h1>nof1d</h1>
 <p class="muted">version {{ v.version }} · clock {{ v.now }}{% if v.time_scale != 1.0 %} · simulated time ×{{ v.time_scale }}{% endif %}</p>
-{% for t in v.trials %}{% if !t.standing.is_empty() && t.status != "proposed" %}<section class="standing-card"><h2><a href="/trials/{{ t.id }}">{{ t.title }}</a>{% if t.status != "running" %} <span class="muted">({{ t.status }})</span>{% endif %}</h2>{% for w in t.standing %}<p class="standing">{{ w }}</p>{% endfor %}</section>
+{% for t in v.trials %}{% if (!t.standing.is_empty() || t.missing_data.is_some()) && t.status != "proposed" %}<section class="standing-card"><h2><a href="/trials/{{ t.id }}">{{ t.title }}</a>{% if t.status != "running" %} <span class="muted">({{ t.status }})</span>{% endif %}</h2>{% if let Some(w) = t.missing_data %}<p class="banner" role="alert">{{ w }}</p>{% endif %}{% for w in t.standing %}<p class="standing">{{ w }}</p>{% endfor %}</section>
 {% endif %}{% endfor %}
 
 <h2>Participants</h2>

@@ -108,6 +108,9 @@ pub struct TrialDetail {
     /// Until when a stop by hand can be undone (the participant's clock),
     /// while it can.
     pub undo_until: Option<String>,
+    /// A running trial's outcome has had no data for the participant's
+    /// `missing_data_days` or more: what to check.
+    pub missing_data: Option<String>,
     /// The viewer's role.
     pub view: super::Role,
     /// Arms as the viewer sees them (in the blinded view, the codes in order).
@@ -206,6 +209,7 @@ async fn trial_detail(
     let now = state.clock.now();
     let today = local_date(now, &tz);
     let viewer = viewer.clone();
+    let config = state.config.clone();
     Ok(state
         .db
         .read(move |s| {
@@ -332,6 +336,15 @@ async fn trial_detail(
             } else {
                 crate::service::standing::of_trial(s, &trial, &protocol, today, &label)?
             };
+            let missing_data = crate::service::standing::missing_data_warning(
+                s,
+                &trial,
+                &protocol,
+                &rows,
+                today,
+                s.participant(trial.participant_id)?
+                    .and_then(|p| config.missing_data_days(&p.key)),
+            )?;
             let (diagnostics, path) = match latest {
                 Some(r) => (
                     Some(r.diagnostics),
@@ -372,6 +385,7 @@ async fn trial_detail(
                 status: trial.status.to_string(),
                 stop_reason: trial.stop_reason.clone(),
                 undo_until,
+                missing_data,
                 view: viewer.role,
                 arms,
                 estimates_hidden: blind,
@@ -451,6 +465,7 @@ async fn trial_detail(
 <p>Trial {{ d.id }} · {{ d.status }}{% if let Some(r) = d.stop_reason %} ({{ r }}){% endif %} · protocol {{ d.protocol_id }} · sha256 <code style="word-break:break-all">{{ d.protocol_hash }}</code></p>
 {% if !actions.is_empty() %}<div>{% for a in actions %}{% if a.0 == "stop" || a.0 == "pause" %}<form method="get" action="/trials/{{ d.id }}/confirm/{{ a.0 }}" style="display:inline"><button type="submit">{{ a.1 }}…</button></form> {% else %}<form method="post" action="/trials/{{ d.id }}/{{ a.0 }}" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">{{ a.1 }}</button></form> {% endif %}{% endfor %}</div>{% endif %}
 {% if d.status == "paused" %}<p class="banner" role="status">This trial is paused: no assignment is sent and nothing is decided until it is resumed.</p>{% else if d.status == "stopped" %}<p class="banner" role="status">This trial has ended{% if let Some(r) = d.stop_reason %} ({{ r }}){% endif %}: nothing more is asked of you.</p>{% if let Some(u) = d.undo_until %}<form method="post" action="/trials/{{ d.id }}/undo"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Undo the stop</button> possible until {{ u }}.</form>{% endif %}{% endif %}
+{% if let Some(w) = d.missing_data %}<p class="banner" role="alert">{{ w }}</p>{% endif %}
 {% if !d.standing.is_empty() %}<h2>Where you stand</h2>{% for w in d.standing %}<p class="standing">{{ w }}</p>{% endfor %}{% endif %}
 {% if d.status == "running" || d.status == "paused" %}<p><a href="/trials/{{ d.id }}/report">Missed an email? Enter a rating or whether you followed the day's arm</a></p>{% endif %}
 <h2>Schedule</h2>

@@ -125,7 +125,7 @@ pub(crate) async fn start_due_trials(state: &AppState) -> Result<usize, JobError
 /// time has come and whose day has not run yet. Days between the last run
 /// and today are recorded as missed, never sent late.
 pub(crate) async fn queue_assignments(state: &AppState) -> Result<String, JobError> {
-    let mut queued = 0;
+    let (mut queued, mut nudged) = (0, 0);
     let mut errors = Vec::new();
     if let Err(e) = start_due_trials(state).await {
         errors.push(e.to_string());
@@ -155,6 +155,11 @@ pub(crate) async fn queue_assignments(state: &AppState) -> Result<String, JobErr
             Ok(false) => {}
             Err(e) => errors.push(e.to_string()),
         }
+        match nudge_one(state, trial).await {
+            Ok(true) => nudged += 1,
+            Ok(false) => {}
+            Err(e) => errors.push(format!("trial {}: nudge: {e}", trial.id())),
+        }
     }
     let mut reminded = 0;
     for trial in &trials {
@@ -165,11 +170,14 @@ pub(crate) async fn queue_assignments(state: &AppState) -> Result<String, JobErr
         }
     }
     if errors.is_empty() {
-        Ok(if reminded > 0 {
-            format!("{queued} assignments, {reminded} evening reminders queued")
-        } else {
-            format!("{queued} assignments queued")
-        })
+        let mut summary = format!("{queued} assignments");
+        if reminded > 0 {
+            summary.push_str(&format!(", {reminded} evening reminders"));
+        }
+        if nudged > 0 {
+            summary.push_str(&format!(", {nudged} missing-data nudges"));
+        }
+        Ok(summary + " queued")
     } else {
         Err(JobError::Item(errors.join("; ")))
     }
@@ -274,6 +282,41 @@ fn the_day<'a>(
         today: row,
         links: Some(links),
     }
+}
+
+/// Queues the missing-data nudge of `trial` once today's assignment went
+/// out and the outcome has had no data for the participant's
+/// `missing_data_days` trial days in a row (`trial::gap`). The key names
+/// the gap's first day: one nudge a gap.
+async fn nudge_one(state: &AppState, trial: &LoadedTrial) -> Result<bool, JobError> {
+    let Some(after) = state.config.missing_data_days(&trial.participant.key) else {
+        return Ok(false);
+    };
+    let now = state.clock.now();
+    let today = trial.today(now);
+    let base_url = state.public_url.clone();
+    let trial = trial.clone();
+    Ok(state
+        .db
+        .write(move |s| {
+            let (id, p, protocol) = (trial.id(), &trial.participant, &trial.protocol);
+            if s.last_daily_run(id)? != Some(today) {
+                return Ok(false);
+            }
+            let schedule = s.schedule(id)?;
+            let Some(gap) =
+                crate::service::standing::missing_data(s, &trial.row, protocol, &schedule, today)?
+            else {
+                return Ok(false);
+            };
+            if gap.days < after {
+                return Ok(false);
+            }
+            let message =
+                notify::missing_data_message(recipient(p), id, protocol, gap, today, &base_url);
+            s.enqueue_message(&message, now)
+        })
+        .await?)
 }
 
 /// Queues the evening reminder of `trial`'s day once the participant's
