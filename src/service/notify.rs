@@ -505,6 +505,31 @@ pub fn decision_message(
     if let (false, Some(key)) = (hidden, protocol.code_key()) {
         paragraphs.push(format!("The trial has ended, so here is the key: {key}."));
     }
+    // What a drop changes for the person: the arms they will still be
+    // given, and in a blinded trial, which supply to set aside (its code
+    // names no arm, so saying it keeps the blind).
+    if let Action::DropArms { arms } = &decision.action {
+        let dropped: Vec<String> = arms.iter().map(|&a| name(a)).collect();
+        let remaining: Vec<String> = decision
+            .look
+            .active
+            .iter()
+            .filter(|a| !arms.contains(a))
+            .map(|&a| name(a))
+            .collect();
+        let mut text = format!(
+            "From now on you will not be given {}: the rest of the schedule was redrawn among {}, so check each morning's email for the day's arm.",
+            dropped.join(" or "),
+            remaining.join(", ")
+        );
+        if protocol.blinded {
+            text.push_str(&format!(
+                " Set the supply marked {} aside and do not use it.",
+                dropped.join(" and ")
+            ));
+        }
+        paragraphs.push(text);
+    }
     // An ended trial's final answer in words, in the person's units and
     // direction, before the numbers.
     if let (false, true, Some(r)) = (hidden, ended, fit) {
@@ -957,6 +982,25 @@ mod tests {
         assert_eq!(going_on, message(&b, Action::Continue));
         assert!(going_on.1.contains(BLINDED_ESTIMATES), "{}", going_on.1);
         assert!(!going_on.1.contains("P(magnesium") && !going_on.1.contains("0.40"));
+        // A dropped code is named with what to do, the same words
+        // whichever arm it hides.
+        let drop = |p: &Protocol| {
+            message(
+                p,
+                Action::DropArms {
+                    arms: vec![1 - box_1(p)],
+                },
+            )
+        };
+        let dropped = drop(&a);
+        assert_eq!(dropped, drop(&b));
+        assert_eq!(dropped.0, "Box 2 dropped from your trial");
+        assert!(
+            dropped.1.contains("From now on you will not be given Box 2: the rest of the schedule was redrawn among Box 1")
+                && dropped.1.contains("Set the supply marked Box 2 aside"),
+            "{}",
+            dropped.1
+        );
         let (_, stopped) = message(&b, Action::StopInconclusive);
         assert!(
             stopped.contains(
