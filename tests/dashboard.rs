@@ -321,6 +321,59 @@ fn proposals_pause_self_report_and_api() {
     assert_eq!(status, 200);
     assert!(page.contains("already has a rating (3)"), "{page}");
     assert_eq!(store.counts().unwrap().observations, after);
+    // Unless it is corrected: the new value replaces it (no new row), the
+    // first one is kept with the reason, the form shows both, and the
+    // trial is refitted though no day was added (the data's digest
+    // changed).
+    let rating = || {
+        store
+            .observations(1, "anxiety_evening", &[])
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.1 == today)
+            .map(|o| o.2)
+            .collect::<Vec<_>>()
+    };
+    let fits_before = store.fits(1, "anxiety_evening", 1000).unwrap().len();
+    let (status, page) = me.post(
+        &d,
+        "/trials/1/report",
+        &format!("csrf={csrf}&date={today}&rating=8&correct=yes&reason=wrong+number"),
+    );
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains(&format!("corrected the rating of {today} from 3 to 8")),
+        "{page}"
+    );
+    assert!(
+        page.contains("8 <span class=\"muted\">(corrected from 3)</span>"),
+        "{page}"
+    );
+    assert_eq!(rating(), [8.0]);
+    assert_eq!(store.counts().unwrap().observations, after);
+    let corrections = store.rating_corrections(1).unwrap();
+    assert_eq!(corrections.len(), 1);
+    let c = &corrections[0];
+    assert_eq!(
+        (
+            c.date,
+            c.old_value,
+            c.new_value,
+            c.reason.as_str(),
+            c.actor.as_str()
+        ),
+        (today, 3.0, 8.0, "wrong number", "dashboard")
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while store.fits(1, "anxiety_evening", 1000).unwrap().len() == fits_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refit after the correction"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let latest = store.latest_fit(1, "anxiety_evening").unwrap().unwrap();
+    assert!(latest.data_digest.is_some());
     // Adherence for a past day may still be given.
     let (status, page) = me.post(
         &d,

@@ -744,6 +744,7 @@ fn store_fit(
                 result_json: serde_json::to_string(&report).unwrap(),
                 converged: report.diagnostics.converged,
                 wall_ms: report.diagnostics.wall_ms,
+                data_digest: String::new(),
             },
             Timestamp::now(),
         )

@@ -27,7 +27,7 @@ use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
 
 /// The migration files, in order. Append new files; never edit a released one.
-const MIGRATION_FILES: [&str; 10] = [
+const MIGRATION_FILES: [&str; 11] = [
     include_str!("../../migrations/0001_initial.sql"),
     include_str!("../../migrations/0002_trial_lifecycle.sql"),
     include_str!("../../migrations/0003_dashboard.sql"),
@@ -38,6 +38,7 @@ const MIGRATION_FILES: [&str; 10] = [
     include_str!("../../migrations/0008_oauth.sql"),
     include_str!("../../migrations/0009_futility.sql"),
     include_str!("../../migrations/0010_withdrawn.sql"),
+    include_str!("../../migrations/0011_corrections.sql"),
 ];
 
 /// The migrations, in order.
@@ -734,6 +735,44 @@ pub enum LinkOutcome {
     },
 }
 
+/// A correction of one day's self-report rating.
+#[derive(Debug, Clone)]
+pub struct RatingCorrection<'a> {
+    /// The participant correcting it.
+    pub participant_id: i64,
+    /// The trial.
+    pub trial_id: i64,
+    /// The day rated.
+    pub date: Date,
+    /// The outcome stream.
+    pub stream: &'a str,
+    /// The participant's self-report source.
+    pub source_id: i64,
+    /// The corrected value.
+    pub value: f64,
+    /// Why, in the person's words (may be empty).
+    pub reason: &'a str,
+    /// Who (`participant`, `investigator`).
+    pub actor: &'a str,
+}
+
+/// A stored rating correction.
+#[derive(Debug, Clone, Serialize)]
+pub struct RatingCorrectionRow {
+    /// The day rated.
+    pub date: Date,
+    /// The value it replaced.
+    pub old_value: f64,
+    /// The value now stored.
+    pub new_value: f64,
+    /// Why.
+    pub reason: String,
+    /// Who.
+    pub actor: String,
+    /// When (RFC 3339).
+    pub corrected_at: String,
+}
+
 /// A decision to store, with what it changes (applied in the same transaction).
 #[derive(Debug, Clone)]
 pub struct NewDecision {
@@ -820,6 +859,8 @@ pub struct NewFit {
     pub converged: bool,
     /// Wall time.
     pub wall_ms: f64,
+    /// What it saw (`trial::series::TrialSeries::digest`).
+    pub data_digest: String,
 }
 
 /// A stored fit.
@@ -843,6 +884,8 @@ pub struct FitRow {
     pub wall_ms: f64,
     /// When.
     pub created_at: String,
+    /// What it saw (`None` for fits stored before digests were kept).
+    pub data_digest: Option<String>,
 }
 
 impl FitRow {
@@ -2612,6 +2655,119 @@ impl Store {
         Ok(LinkOutcome::Recorded(words))
     }
 
+    /// Corrects the participant's rating of `date` in trial `trial_id` to
+    /// `value`: the stored observation takes it, and the correction is kept
+    /// (`rating_corrections`: the value it replaced, `actor`, `reason`,
+    /// when) with an audit entry, in one transaction. `Ok(None)` where the
+    /// day has no rating yet (record one instead). Refused for a trial that
+    /// has stopped: its answer stands on the data it ended with.
+    pub fn correct_rating(
+        &mut self,
+        c: &RatingCorrection<'_>,
+        now: Timestamp,
+    ) -> Result<Option<f64>> {
+        let tx = self.conn.transaction()?;
+        let trial: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT participant_id, status FROM trials WHERE id = ?1",
+                [c.trial_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((owner, status)) = trial else {
+            return Err(StoreError::Refused(format!(
+                "there is no trial {}",
+                c.trial_id
+            )));
+        };
+        if owner != c.participant_id {
+            return Err(StoreError::Refused(
+                "this trial belongs to another participant".into(),
+            ));
+        }
+        if status == TrialStatus::Stopped.as_str() {
+            return Err(StoreError::Refused(format!(
+                "trial {} has ended: its answer stands on the data it ended with, so its ratings are no longer corrected",
+                c.trial_id
+            )));
+        }
+        let record = format!("rating/{}/{}/{}", c.trial_id, c.date, c.stream);
+        let found: Option<(i64, f64)> = tx
+            .query_row(
+                "SELECT id, value FROM observations WHERE source_id = ?1 AND source_record_id = ?2",
+                params![c.source_id, record],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((observation_id, old)) = found else {
+            return Ok(None);
+        };
+        if old == c.value {
+            return Ok(Some(old));
+        }
+        tx.execute(
+            "UPDATE observations SET value = ?2 WHERE id = ?1",
+            params![observation_id, c.value],
+        )?;
+        tx.execute(
+            "INSERT INTO rating_corrections
+                 (observation_id, trial_id, local_date, old_value, new_value, reason, actor, corrected_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                observation_id,
+                c.trial_id,
+                c.date.to_string(),
+                old,
+                c.value,
+                c.reason,
+                c.actor,
+                ts(now)
+            ],
+        )?;
+        audit(
+            &tx,
+            c.actor,
+            "rating.corrected",
+            Some(c.trial_id),
+            &serde_json::json!({"date": c.date.to_string(), "stream": c.stream,
+                "from": old, "to": c.value, "reason": c.reason}),
+            now,
+        )?;
+        tx.commit()?;
+        Ok(Some(old))
+    }
+
+    /// A trial's rating corrections, oldest first.
+    pub fn rating_corrections(&self, trial_id: i64) -> Result<Vec<RatingCorrectionRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT local_date, old_value, new_value, reason, actor, corrected_at
+             FROM rating_corrections WHERE trial_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([trial_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (date, old_value, new_value, reason, actor, corrected_at) = row?;
+            out.push(RatingCorrectionRow {
+                date: parse_date(&date)?,
+                old_value,
+                new_value,
+                reason,
+                actor,
+                corrected_at,
+            });
+        }
+        Ok(out)
+    }
+
     /// Replaces the protocol of a trial that is still only proposed (the
     /// participant edited period length, blocks or MID before approving);
     /// the change is recorded as a life-cycle event with the old and new hash.
@@ -2900,7 +3056,7 @@ impl Store {
     pub fn fit(&self, fit_id: i64) -> Result<Option<FitRow>> {
         let mut stmt = self.conn.prepare(
             "SELECT id, trial_id, stream_key, data_through, observations, result_json, converged,
-                    wall_ms, created_at
+                    wall_ms, created_at, data_digest
              FROM fits WHERE id = ?1",
         )?;
         let mut rows = stmt.query_map([fit_id], fit_row)?;
@@ -2921,8 +3077,8 @@ impl Store {
         let tx = self.conn.transaction()?;
         let id: i64 = tx.query_row(
             "INSERT INTO fits (trial_id, stream_key, data_through, observations, engine, seed, scale,
-                               priors_json, result_json, converged, wall_ms, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
+                               priors_json, result_json, converged, wall_ms, created_at, data_digest)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) RETURNING id",
             params![
                 f.trial_id,
                 f.stream_key,
@@ -2935,7 +3091,8 @@ impl Store {
                 f.result_json,
                 f.converged,
                 f.wall_ms,
-                ts(now)
+                ts(now),
+                f.data_digest
             ],
             |r| r.get(0),
         )?;
@@ -2965,7 +3122,7 @@ impl Store {
     pub fn fits(&self, trial_id: i64, stream_key: &str, limit: usize) -> Result<Vec<FitRow>> {
         let mut stmt = self.conn.prepare(
             "SELECT id, trial_id, stream_key, data_through, observations, result_json, converged,
-                    wall_ms, created_at
+                    wall_ms, created_at, data_digest
              FROM fits WHERE trial_id = ?1 AND stream_key = ?2 ORDER BY id DESC LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![trial_id, stream_key, limit as i64], fit_row)?;
@@ -3723,6 +3880,7 @@ fn fit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FitRow> {
         converged: r.get(6)?,
         wall_ms: r.get(7)?,
         created_at: r.get(8)?,
+        data_digest: r.get(9)?,
     })
 }
 

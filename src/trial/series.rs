@@ -24,6 +24,22 @@ pub struct TrialSeries {
     pub data_through: Option<Date>,
 }
 
+impl TrialSeries {
+    /// A digest of what a fit of this series sees (SHA-256 of every time
+    /// and value, hex): equal digests, the same data. A value changed in
+    /// place (a corrected rating, a re-scored night) changes it, so the
+    /// refit job refits though no day was added.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for (t, y) in self.series.t.iter().zip(&self.series.y) {
+            h.update(t.to_bits().to_le_bytes());
+            h.update(y.to_bits().to_le_bytes());
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 /// Builds the series of `outcome` from stored observations `(instant, local date, value)`.
 ///
 /// Time is civil: an observation at local time `h:m` on trial day `d` is at

@@ -1071,6 +1071,8 @@ struct ReportDay {
     date: String,
     label: String,
     rating: Option<f64>,
+    /// The first rating of the day, where it was corrected since.
+    corrected_from: Option<f64>,
     adherence: Option<String>,
 }
 
@@ -1086,15 +1088,18 @@ struct ReportDay {
 <label for="date">Day</label>
 <select id="date" name="date">{% for d in days %}<option value="{{ d.date }}">{{ d.label }}</option>{% endfor %}</select>
 {% if let Some(q) = question %}<label for="rating">{{ q }}</label>
-<select id="rating" name="rating"><option value="">(no rating)</option>{% for v in values %}<option value="{{ v }}">{{ v }}</option>{% endfor %}</select>{% endif %}
+<select id="rating" name="rating"><option value="">(no rating)</option>{% for v in values %}<option value="{{ v }}">{{ v }}</option>{% endfor %}</select>
+<label><input type="checkbox" name="correct" value="yes"> Correct the day's rating (it was entered wrong): the new value replaces it, and the first one is kept in the record</label>
+<label for="reason">Why (for a correction)</label>
+<input id="reason" name="reason" maxlength="200" placeholder="tapped the wrong number">{% endif %}
 <label for="adherence">Did you follow the day's assignment?</label>
 <select id="adherence" name="adherence"><option value="">(no answer)</option><option value="done">Yes, done</option><option value="not_done">No, could not do it</option><option value="side_effect">I had a side effect</option></select>
 <button type="submit">Record</button>
 </form>
-<p>The first rating of a day stands; a later answer about following the assignment replaces an earlier one.</p>
+<p>The first rating of a day stands unless you correct it; a later answer about following the assignment replaces an earlier one.</p>
 <h2>Recent days</h2>
 <table><thead><tr><th>day</th><th>rating</th><th>followed</th></tr></thead><tbody>
-{% for d in days %}<tr><td>{{ d.label }}</td><td>{% if let Some(r) = d.rating %}{{ r }}{% else %}–{% endif %}</td><td>{% if let Some(a) = d.adherence %}{{ a }}{% else %}–{% endif %}</td></tr>{% endfor %}
+{% for d in days %}<tr><td>{{ d.label }}</td><td>{% if let Some(r) = d.rating %}{{ r }}{% if let Some(f) = d.corrected_from %} <span class="muted">(corrected from {{ f }})</span>{% endif %}{% else %}–{% endif %}</td><td>{% if let Some(a) = d.adherence %}{{ a }}{% else %}–{% endif %}</td></tr>{% endfor %}
 </tbody></table>{% endif %}"#
 )]
 struct ReportPage {
@@ -1139,6 +1144,11 @@ async fn report_days(
             for (_, date, value) in s.observations(trial.participant_id, &stream, &[])? {
                 ratings.entry(date).or_insert(value);
             }
+            // A corrected day shows the value it was first given.
+            let mut first = std::collections::BTreeMap::new();
+            for c in s.rating_corrections(id)? {
+                first.entry(c.date).or_insert(c.old_value);
+            }
             let rows: Vec<_> = s
                 .schedule(id)?
                 .into_iter()
@@ -1152,6 +1162,7 @@ async fn report_days(
                     date: r.local_date.to_string(),
                     label: r.local_date.strftime("%a %-d %b").to_string(),
                     rating,
+                    corrected_from: first.get(&r.local_date).copied(),
                     adherence: adherence.get(&r.day).cloned(),
                 });
             }
@@ -1214,6 +1225,11 @@ pub(super) struct ReportForm {
     rating: String,
     #[serde(default)]
     adherence: String,
+    /// `yes`: the rating replaces the day's (a correction).
+    #[serde(default)]
+    correct: String,
+    #[serde(default)]
+    reason: String,
 }
 
 /// POST `/trials/{id}/report`: records the rating and/or the adherence
@@ -1287,6 +1303,12 @@ pub(super) async fn report_submit(
         protocol.outcome.stream.clone(),
         protocol.outcome.unit.clone(),
     );
+    let correct = form.correct == "yes";
+    let reason: String = form.reason.trim().chars().take(MAX_REASON_CHARS).collect();
+    let actor = match viewer.role {
+        super::Role::Investigator => "dashboard (investigator)",
+        super::Role::Participant => "dashboard",
+    };
     let result = state
         .db
         .write(move |s| {
@@ -1299,6 +1321,32 @@ pub(super) async fn report_submit(
             }
             if let Some(value) = rating {
                 let source_id = s.ensure_source(pid, "self-report", "self_report", "{}", now)?;
+                if correct {
+                    let correction = crate::service::store::RatingCorrection {
+                        participant_id: pid,
+                        trial_id: id,
+                        date,
+                        stream: &stream,
+                        source_id,
+                        value,
+                        reason: &reason,
+                        actor,
+                    };
+                    match s.correct_rating(&correction, now)? {
+                        Some(old) if old == value => {
+                            said.push(format!("{date} is already rated {value}: nothing to correct"));
+                            return Ok(said.join("; "));
+                        }
+                        Some(old) => {
+                            said.push(format!(
+                                "corrected the rating of {date} from {old} to {value} (the first answer is kept in the record)"
+                            ));
+                            return Ok(said.join("; "));
+                        }
+                        // No rating yet: recorded as any first one.
+                        None => {}
+                    }
+                }
                 let what = LinkWhat::Rating {
                     stream: &stream,
                     unit: &unit,
@@ -1308,9 +1356,9 @@ pub(super) async fn report_submit(
                 };
                 match s.record_form_entry(pid, id, date, &what, now)? {
                     LinkOutcome::Recorded(w) => said.push(w),
-                    LinkOutcome::AlreadyRated { value } => {
-                        said.push(format!("{date} already has a rating ({value}); it stands"))
-                    }
+                    LinkOutcome::AlreadyRated { value } => said.push(format!(
+                        "{date} already has a rating ({value}); it stands (tick \"Correct the day's rating\" to replace it)"
+                    )),
                     LinkOutcome::AlreadyUsed { outcome, .. } => said.push(outcome),
                 }
             }

@@ -128,20 +128,25 @@ async fn refit_one(
         let Some(through) = ts.data_through else {
             return Ok(None);
         };
+        // Fresh: more or fewer observations, a later day, or a value
+        // changed in place (a fit stored before digests compares the rest).
+        let digest = ts.digest();
         let fresh = last.as_ref().is_none_or(|f| {
-            f.observations != ts.series.y.len() as i64 || f.data_through != through
+            f.observations != ts.series.y.len() as i64
+                || f.data_through != through
+                || f.data_digest.as_ref().is_some_and(|d| *d != digest)
         });
         if !fresh || ts.series.y.len() < 3 {
             return Ok(None);
         }
         let model = out.model_spec();
         let spec = step::look_fit_spec(&model, &protocol, seed, ts.run_in_sd, dropped);
-        fit::fit(&ts.series, &spec).map(|r| Some((r, through)))
+        fit::fit(&ts.series, &spec).map(|r| Some((r, through, digest)))
     })
     .await
     .map_err(|e| JobError::Item(e.to_string()))?
     .map_err(|e: ModelError| JobError::Item(format!("{key}: {e}")))?;
-    let Some((report, through)) = result else {
+    let Some((report, through, data_digest)) = result else {
         return Ok(false);
     };
     let fit = NewFit {
@@ -156,6 +161,7 @@ async fn refit_one(
         result_json: serde_json::to_string(&report).unwrap_or_default(),
         converged: report.diagnostics.converged,
         wall_ms: report.diagnostics.wall_ms,
+        data_digest,
     };
     let now = state.clock.now();
     state.db.write(move |s| s.insert_fit(&fit, now)).await?;
