@@ -43,6 +43,11 @@ direction = "higher"
 mid = 1.0
 scale = 2.0
 
+[outcome.self_report]
+question = "How calm did you feel this evening, from 0 (restless) to 10 (calm)?"
+min = 0
+max = 10
+
 [design]
 type = "block"
 period_days = 2

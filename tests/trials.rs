@@ -315,6 +315,19 @@ fn life_cycle_from_the_command_line() {
         &["propose", &study, "--participant", "nobody"],
     );
     assert!(!ok && out.contains("no participant \"nobody\""), "{out}");
+    // An outcome nothing records (no question, no source has sent it) is
+    // refused, naming the streams that have data.
+    let caffeine = format!("{root}/protocols/caffeine-cutoff.toml");
+    let (ok, out) = cli(
+        dir.path(),
+        &data,
+        &["propose", &caffeine, "--participant", "demo"],
+    );
+    assert!(
+        !ok && out.contains("nothing records")
+            && out.contains("streams with data: anxiety_evening"),
+        "{out}"
+    );
     // Illegal transitions are refused with the reason.
     let (ok, out) = cli(dir.path(), &data, &["pause", "2"]);
     assert!(

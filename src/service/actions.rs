@@ -60,6 +60,32 @@ pub fn propose(
                 if keys.is_empty() { "none yet".to_string() } else { keys.join(", ") }
             ))
         })?;
+    // A trial whose outcome nothing records could only end "inconclusive"
+    // for want of data: it needs a self-report question, or a stream some
+    // source already fills.
+    let outcome = &protocol.outcome;
+    if outcome.self_report.is_none() {
+        let streams = store.stream_counts(participant.id)?;
+        let recorded = streams
+            .iter()
+            .any(|(key, count, _)| *key == outcome.stream && *count > 0);
+        if !recorded {
+            let with_data: Vec<&str> = streams
+                .iter()
+                .filter(|(_, count, _)| *count > 0)
+                .map(|(key, _, _)| key.as_str())
+                .collect();
+            return Err(ActionError::Refused(format!(
+                "nothing records {:?} for {participant_key}: the protocol's outcome has no self-report question and no source has sent that stream yet. Add an [outcome.self_report] question, or connect a source that records it and propose again after its first data (streams with data: {})",
+                outcome.stream,
+                if with_data.is_empty() {
+                    "none yet".to_string()
+                } else {
+                    with_data.join(", ")
+                }
+            )));
+        }
+    }
     let seed = crate::trial::design::draw_seed()
         .map_err(|e| ActionError::Refused(format!("cannot draw a random seed: {e}")))?;
     let hash = ProtocolHash::of(protocol_text);
