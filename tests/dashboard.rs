@@ -295,6 +295,22 @@ fn proposals_pause_self_report_and_api() {
         .unwrap();
     let yesterday = today.yesterday().unwrap();
     let tomorrow = today.tomorrow().unwrap();
+    // The overview opens with today's card: the arm, what to do, and the
+    // day's rating form (posting to the same report form).
+    let (_, overview) = me.get(&d, "/");
+    let card = overview
+        .find("class=\"today-card\"")
+        .expect("a Today card on the overview");
+    assert!(
+        overview.find("class=\"standing").is_none_or(|s| card < s),
+        "the Today card comes first: {overview}"
+    );
+    assert!(overview.contains("<h2>Today: "), "{overview}");
+    assert!(
+        overview.contains(&format!("name=\"date\" value=\"{today}\"")),
+        "{overview}"
+    );
+    assert!(overview.contains("How anxious"), "{overview}");
     let (status, _) = me.post(
         &d,
         "/trials/1/report",
@@ -374,6 +390,10 @@ fn proposals_pause_self_report_and_api() {
     }
     let latest = store.latest_fit(1, "anxiety_evening").unwrap().unwrap();
     assert!(latest.data_digest.is_some());
+    // The Today card now shows the day's answer instead of the form.
+    let (_, overview) = me.get(&d, "/");
+    assert!(overview.contains("Today's answer: 8."), "{overview}");
+    assert!(!overview.contains(&format!("name=\"date\" value=\"{today}\"")));
     // Adherence for a past day may still be given.
     let (status, page) = me.post(
         &d,

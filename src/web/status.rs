@@ -104,6 +104,28 @@ pub struct TrialView {
     /// A running trial's outcome has had no data for the participant's
     /// `missing_data_days` or more: what to check.
     pub missing_data: Option<String>,
+    /// Today's card (a running trial on one of its days): what to do, and
+    /// the day's rating where the outcome is a self-report.
+    pub today: Option<TodayCard>,
+}
+
+/// What a running trial asks of the person today, first on the overview
+/// (phone first: one card, no table).
+#[derive(Debug, Clone, Serialize)]
+pub struct TodayCard {
+    /// The local date (the report form's day).
+    pub date: String,
+    /// The arm as the participant sees it (a code in a blinded trial, the
+    /// run-in named by its supply).
+    pub arm: String,
+    /// What to do.
+    pub instructions: String,
+    /// The self-report question and its whole-number scale, if any.
+    pub question: Option<(String, i32, i32)>,
+    /// Today's rating, once given.
+    pub rating: Option<f64>,
+    /// Today's answer about following the arm, once given.
+    pub adherence: Option<String>,
 }
 
 /// The latest fit of a trial's primary outcome, for the status page.
@@ -285,6 +307,38 @@ pub async fn status(state: &AppState, viewer: &Viewer) -> Result<StatusView, Sto
                         }
                         _ => Vec::new(),
                     },
+                    today: match (&protocol, today_row) {
+                        (Some(proto), Some(r))
+                            if t.status.as_str() == "running" && r.arm < proto.arms.len() =>
+                        {
+                            let rating = match &proto.outcome.self_report {
+                                Some(_) => s
+                                    .observations(p.id, &proto.outcome.stream, &[])?
+                                    .into_iter()
+                                    .find(|o| o.1 == r.local_date)
+                                    .map(|o| o.2),
+                                None => None,
+                            };
+                            let adherence = s
+                                .adherence(t.id)?
+                                .into_iter()
+                                .find(|(day, _)| *day == r.day)
+                                .map(|(_, status)| status);
+                            Some(TodayCard {
+                                date: r.local_date.to_string(),
+                                arm: proto.day_label(r.arm, r.block.is_none()).to_string(),
+                                instructions: proto.arms[r.arm].instructions.clone(),
+                                question: proto
+                                    .outcome
+                                    .self_report
+                                    .as_ref()
+                                    .map(|q| (q.question.clone(), q.min, q.max)),
+                                rating,
+                                adherence,
+                            })
+                        }
+                        _ => None,
+                    },
                     missing_data: match (&protocol, today) {
                         (Some(proto), Some(today)) => {
                             crate::service::standing::missing_data_warning(
@@ -368,6 +422,10 @@ fn fit_view(
     ext = "html",
     source = r#"<h1>nof1d</h1>
 <p class="muted">version {{ v.version }} · clock {{ v.now }}{% if v.time_scale != 1.0 %} · simulated time ×{{ v.time_scale }}{% endif %}</p>
+{% for t in v.trials %}{% if let Some(c) = t.today %}<section class="today-card"><h2>Today: {{ c.arm }}</h2><p class="muted"><a href="/trials/{{ t.id }}">{{ t.title }}</a></p><p>{{ c.instructions }}</p>
+{% if let Some(q) = c.question %}{% if let Some(r) = c.rating %}<p>Today's answer: {{ r }}. Thank you.</p>{% else %}<form method="post" action="/trials/{{ t.id }}/report" class="stacked"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="date" value="{{ c.date }}"><label for="rating-{{ t.id }}">{{ q.0 }}</label><select id="rating-{{ t.id }}" name="rating"><option value="">(not yet)</option>{% for x in q.1..=q.2 %}<option value="{{ x }}">{{ x }}</option>{% endfor %}</select>{% if c.adherence.is_none() %}<label for="adherence-{{ t.id }}">Did you follow today's assignment?</label><select id="adherence-{{ t.id }}" name="adherence"><option value="">(no answer)</option><option value="done">Yes, done</option><option value="not_done">No, could not do it</option><option value="side_effect">I had a side effect</option></select>{% endif %}<button type="submit">Record</button></form>{% endif %}{% endif %}
+{% if let Some(a) = c.adherence %}<p class="muted">Followed today: {{ a }}.</p>{% endif %}</section>
+{% endif %}{% endfor %}
 {% for t in v.trials %}{% if (!t.standing.is_empty() || t.missing_data.is_some()) && t.status != "proposed" %}<section class="standing-card"><h2><a href="/trials/{{ t.id }}">{{ t.title }}</a>{% if t.status != "running" %} <span class="muted">({{ t.status }})</span>{% endif %}</h2>{% if let Some(w) = t.missing_data %}<p class="banner" role="alert">{{ w }}</p>{% endif %}{% for w in t.standing %}<p class="standing">{{ w }}</p>{% endfor %}</section>
 {% endif %}{% endfor %}
 
@@ -413,6 +471,8 @@ fn fit_view(
 )]
 struct StatusPage<'a> {
     v: &'a StatusView,
+    /// The viewer's CSRF token, for the Today card's form.
+    csrf: &'a str,
 }
 
 pub(super) async fn status_page(
@@ -424,7 +484,10 @@ pub(super) async fn status_page(
             "nof1d status",
             "wide",
             &nav(&viewer),
-            &StatusPage { v: &view },
+            &StatusPage {
+                v: &view,
+                csrf: &viewer.csrf,
+            },
         ) {
             Ok(html) => Html(html).into_response(),
             Err(e) => internal(&e.to_string()),
