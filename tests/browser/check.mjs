@@ -80,6 +80,19 @@ for (const [width, height, name] of [[375, 812, 'phone'], [1280, 900, 'desktop']
   await page.goto(`${base}/`, { waitUntil: 'load' });
   const overviewOverflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   check(overviewOverflow <= 1, `${name}: overview does not scroll sideways (overflow ${overviewOverflow} px)`);
+  // Phone first: today's card is the first thing under the heading, whole
+  // in the first screen, with its rating form.
+  const today = await page.evaluate(() => {
+    const card = document.querySelector('section.today-card');
+    if (!card) return null;
+    const first = document.querySelector('main section, body section');
+    const box = card.getBoundingClientRect();
+    return { first: first === card, bottom: box.bottom, height: window.innerHeight,
+             form: !!card.querySelector('select[name="rating"]') || /answer/.test(card.textContent) };
+  });
+  check(today !== null && today.first, `${name}: the Today card comes first on the overview`);
+  check(today !== null && today.bottom <= today.height && today.form,
+    `${name}: the Today card fits the first screen with its rating (bottom ${today && Math.round(today.bottom)} of ${today && today.height} px)`);
   await page.screenshot({ path: `${outDir}/overview-${name}.png`, fullPage: true });
   await context.close();
 }
