@@ -114,7 +114,14 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
         .and_then(|p| jiff::tz::TimeZone::get(&p.time_zone).ok())
         .unwrap_or(jiff::tz::TimeZone::UTC);
     let today = jiff::Timestamp::now().to_zoned(zone).date();
-    let standing = crate::service::standing::of_trial(store, &trial, &protocol, today, &label)?;
+    let standing = crate::service::standing::of_trial(
+        store,
+        &trial,
+        &protocol,
+        &store.schedule(trial.id)?,
+        today,
+        &label,
+    )?;
     if !standing.is_empty() {
         b.push(Block::Heading("Where you stand".into()));
         b.extend(standing.into_iter().map(Block::Para));

@@ -608,31 +608,21 @@ pub fn weekly_summary_message(
     protocol: &Protocol,
     today: Date,
     adherence: &[(String, usize)],
-    latest: Option<(
-        &crate::engine::fit::FitReport,
-        &crate::trial::standing::Stage,
-    )>,
+    standing: &[String],
     dashboard: &str,
 ) -> NewMessage {
     let mut paragraphs = vec![format!("Your week in \"{}\".", protocol.title)];
-    match latest {
-        Some(_) if protocol.blinded => paragraphs.push(BLINDED_ESTIMATES.to_string()),
-        Some((r, stage)) => {
-            // Where you stand, first, in the person's units and direction.
-            let subject = crate::trial::standing::Subject::of(
-                protocol,
-                protocol.display_label(protocol.comparator_index()),
-            );
-            let arms = crate::trial::standing::arms_of(r, protocol, |i| {
-                protocol.display_label(i).to_string()
-            });
-            paragraphs.extend(crate::trial::standing::sentences(&subject, &arms, stage));
-            paragraphs.push(
-                "Estimates move as data come in; the trial decides only at the end of a period."
-                    .to_string(),
-            );
-        }
-        None => {}
+    // Where you stand, first (`service::standing::of_trial`; none before
+    // the first fit). A running blinded trial's estimates would name the
+    // comparator.
+    if protocol.blinded && !standing.is_empty() {
+        paragraphs.push(BLINDED_ESTIMATES.to_string());
+    } else if !standing.is_empty() {
+        paragraphs.extend(standing.iter().cloned());
+        paragraphs.push(
+            "Estimates move as data come in; the trial decides only at the end of a period."
+                .to_string(),
+        );
     }
     paragraphs.push(if adherence.is_empty() {
         "No adherence clicks last week: the links in each morning's email record whether you followed the day's assignment.".into()

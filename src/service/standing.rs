@@ -11,13 +11,14 @@ use crate::trial::lifecycle::{DatedDay, TrialStatus};
 use crate::trial::protocol::Protocol;
 use crate::trial::standing::{Subject, arms_of, sentences, trial_stage};
 
-/// The sentences for `trial` on `today`, its arms named by `label` (codes
-/// in a blinded trial); none before its first fit, or where the stored fit
-/// cannot be read.
+/// The sentences for `trial` (its dated `schedule`, as the caller read it)
+/// on `today`, its arms named by `label` (codes in a blinded trial); none
+/// before its first fit, or where the stored fit cannot be read.
 pub fn of_trial(
     store: &Store,
     trial: &TrialRow,
     protocol: &Protocol,
+    schedule: &[DatedDay],
     today: Date,
     label: &dyn Fn(usize) -> String,
 ) -> Result<Vec<String>, StoreError> {
@@ -32,7 +33,7 @@ pub fn of_trial(
         protocol,
         trial.locked,
         trial.status,
-        &store.schedule(trial.id)?,
+        schedule,
         today,
         store.decisions(trial.id)?.last().and_then(|d| d.decision()),
     );

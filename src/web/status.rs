@@ -303,7 +303,9 @@ pub async fn status(state: &AppState, viewer: &Viewer) -> Result<StatusView, Sto
                     standing: match (&protocol, today) {
                         (Some(proto), Some(today)) if !hidden => {
                             let label = |arm: usize| arm_label(proto, arm, &viewer);
-                            crate::service::standing::of_trial(s, &t, proto, today, &label)?
+                            crate::service::standing::of_trial(
+                                s, &t, proto, &schedule, today, &label,
+                            )?
                         }
                         _ => Vec::new(),
                     },

@@ -334,7 +334,7 @@ async fn trial_detail(
             let standing = if blind {
                 Vec::new()
             } else {
-                crate::service::standing::of_trial(s, &trial, &protocol, today, &label)?
+                crate::service::standing::of_trial(s, &trial, &protocol, &rows, today, &label)?
             };
             let missing_data = crate::service::standing::missing_data_warning(
                 s,

@@ -236,26 +236,20 @@ async fn queue_one(state: &AppState, trial: &LoadedTrial) -> Result<bool, JobErr
             // each ISO week (the key names the week).
             if weekly {
                 let counts = notify::week_adherence(&schedule, &s.adherence(id)?, today);
-                // An unreadable stored fit leaves the estimate out; it
-                // never holds back the day's email.
-                let latest = s
-                    .latest_fit(id, &crate::trial::series::decisive_key(protocol))?
-                    .and_then(|f| f.report().ok());
-                let stage = crate::trial::standing::trial_stage(
-                    protocol,
-                    trial.row.locked,
-                    trial.row.status,
-                    &schedule,
-                    today,
-                    s.decisions(id)?.last().and_then(|d| d.decision()),
-                );
+                // Where they stand, as the overview says it (an unreadable
+                // stored fit leaves it out; it never holds back the day's
+                // email).
+                let label = |arm: usize| protocol.display_label(arm).to_string();
+                let standing = crate::service::standing::of_trial(
+                    s, &trial.row, protocol, &schedule, today, &label,
+                )?;
                 messages.push(notify::weekly_summary_message(
                     recipient(p),
                     id,
                     protocol,
                     today,
                     &counts,
-                    latest.as_ref().map(|f| (f, &stage)),
+                    &standing,
                     &base_url,
                 ));
             }
