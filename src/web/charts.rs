@@ -18,10 +18,49 @@ pub fn arm_colour(i: usize) -> &'static str {
 
 const W: f64 = 640.0;
 const H: f64 = 220.0;
-const LEFT: f64 = 44.0;
+const LEFT: f64 = 56.0;
 const RIGHT: f64 = 10.0;
-const TOP: f64 = 10.0;
-const BOTTOM: f64 = 26.0;
+/// Room above the plot for the legend, so that it never covers data.
+const TOP: f64 = 24.0;
+const BOTTOM: f64 = 30.0;
+
+/// A round step for about `n` ticks over `span`: 1, 2, 2.5 or 5 times a
+/// power of ten, so that ticks read 2, 4, 6 rather than 2.76, 3.88.
+fn nice_step(span: f64, n: f64) -> f64 {
+    let raw = (span / n).max(f64::MIN_POSITIVE);
+    let power = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * power)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * power);
+    if step.is_finite() && step > 0.0 {
+        step
+    } else {
+        1.0
+    }
+}
+
+/// A tick's label with as many decimals as its step needs.
+fn tick_at(v: f64, step: f64) -> String {
+    let decimals = (-step.log10().floor()).clamp(0.0, 4.0) as usize;
+    // 2.5-steps need one more decimal than their power of ten.
+    let decimals = if ((step / 10f64.powi(-(decimals as i32))) % 1.0).abs() > 1e-9 {
+        decimals + 1
+    } else {
+        decimals
+    };
+    let text = format!("{v:.decimals$}");
+    if text
+        .trim_start_matches('-')
+        .chars()
+        .all(|c| c == '0' || c == '.')
+    {
+        "0".to_string()
+    } else {
+        text
+    }
+}
 
 /// Escapes text for SVG/HTML.
 pub fn escape(s: &str) -> String {
@@ -36,6 +75,10 @@ struct Frame {
     x1: f64,
     y0: f64,
     y1: f64,
+    /// The round step of the value axis's ticks (`y0`, `y1` are multiples).
+    y_step: f64,
+    /// The whole-number step of the day axis's ticks.
+    x_step: f64,
 }
 
 impl Frame {
@@ -66,12 +109,20 @@ impl Frame {
             y0 -= 0.5;
             y1 += 0.5;
         }
-        let pad = 0.06 * (y1 - y0);
+        // Days are whole: the axis runs from a whole day to a whole day.
+        if x1 - x0 >= 2.0 {
+            x0 = x0.floor();
+            x1 = x1.ceil();
+        }
+        let x_step = nice_step(x1 - x0, 6.0).max(1.0).round();
+        let y_step = nice_step(y1 - y0, 4.0);
         Frame {
             x0,
             x1,
-            y0: y0 - pad,
-            y1: y1 + pad,
+            y0: (y0 / y_step).floor() * y_step,
+            y1: (y1 / y_step).ceil() * y_step,
+            y_step,
+            x_step,
         }
     }
 
@@ -109,8 +160,8 @@ pub struct Line {
 }
 
 /// Several lines over one x axis with a legend; for the counterfactual
-/// trajectories "always arm j".
-pub fn lines_chart(title: &str, x_label: &str, series: &[Line]) -> String {
+/// trajectories "always arm j". `y_label`: the values' name and unit.
+pub fn lines_chart(title: &str, x_label: &str, y_label: &str, series: &[Line]) -> String {
     let all = || series.iter().flat_map(|s| s.points.iter());
     let f = Frame::new(all().map(|p| p.0), all().map(|p| p.1));
     let mut out = String::new();
@@ -123,54 +174,60 @@ pub fn lines_chart(title: &str, x_label: &str, series: &[Line]) -> String {
         .collect::<Vec<_>>()
         .join("; ");
     open(&mut out, title, &desc);
-    axes(&mut out, &f, x_label);
-    for (
-        k,
-        Line {
-            name,
-            colour,
-            points,
-        },
-    ) in series.iter().enumerate()
+    axes(&mut out, &f, x_label, y_label);
+    let mut legend_x = LEFT;
+    for Line {
+        name,
+        colour,
+        points,
+    } in series
     {
         let line: Vec<String> = points
             .iter()
             .map(|p| format!("{:.1},{:.1}", f.x(p.0), f.y(p.1)))
             .collect();
+        // The legend in a row above the plot.
         let _ = write!(
             out,
-            r##"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="1.8"/><rect x="{:.1}" y="{:.1}" width="10" height="10" fill="{colour}"/><text x="{:.1}" y="{:.1}" fill="#333">{}</text>"##,
+            r##"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="1.8"/><rect x="{legend_x:.1}" y="4" width="10" height="10" fill="{colour}"/><text x="{:.1}" y="13" fill="#333">{}</text>"##,
             line.join(" "),
-            LEFT + 8.0,
-            TOP + 4.0 + 14.0 * k as f64,
-            LEFT + 22.0,
-            TOP + 13.0 + 14.0 * k as f64,
+            legend_x + 13.0,
             escape(name)
         );
+        legend_x += 24.0 + 6.5 * name.chars().count() as f64;
     }
     out.push_str("</svg>");
     out
 }
 
-fn axes(out: &mut String, f: &Frame, x_label: &str) {
+/// The axes: round value ticks with grid lines, whole-day ticks, and both
+/// axis titles (the value's with its unit, written upwards).
+fn axes(out: &mut String, f: &Frame, x_label: &str, y_label: &str) {
     let (yb, yt) = (f.y(f.y0), f.y(f.y1));
     let _ = write!(
         out,
         r##"<line x1="{LEFT}" y1="{yb:.1}" x2="{:.1}" y2="{yb:.1}" stroke="#999"/><line x1="{LEFT}" y1="{yt:.1}" x2="{LEFT}" y2="{yb:.1}" stroke="#999"/>"##,
         W - RIGHT
     );
-    for k in 0..=4 {
-        let v = f.y0 + (f.y1 - f.y0) * f64::from(k) / 4.0;
+    let ticks = ((f.y1 - f.y0) / f.y_step).round() as i64;
+    for k in 0..=ticks.clamp(0, 20) {
+        let v = f.y0 + f.y_step * k as f64;
         let y = f.y(v);
         let _ = write!(
             out,
             r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#555">{}</text><line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#eee"/>"##,
             LEFT - 4.0,
             y + 3.5,
-            tick(v),
+            tick_at(v, f.y_step),
             W - RIGHT
         );
     }
+    let mid_y = (f.y(f.y0) + f.y(f.y1)) / 2.0;
+    let _ = write!(
+        out,
+        r##"<text x="12" y="{mid_y:.1}" text-anchor="middle" fill="#555" transform="rotate(-90 12 {mid_y:.1})">{}</text>"##,
+        escape(y_label)
+    );
     let _ = write!(
         out,
         r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#555">{}</text>"##,
@@ -178,15 +235,19 @@ fn axes(out: &mut String, f: &Frame, x_label: &str) {
         H - 6.0,
         escape(x_label)
     );
-    let _ = write!(
-        out,
-        r##"<text x="{LEFT}" y="{:.1}" fill="#555">{}</text><text x="{:.1}" y="{:.1}" text-anchor="end" fill="#555">{}</text>"##,
-        H - 6.0,
-        tick(f.x0),
-        W - RIGHT,
-        H - 6.0,
-        tick(f.x1)
-    );
+    // Whole-day ticks at a round step, from the first multiple on.
+    let mut d = (f.x0 / f.x_step).ceil() * f.x_step;
+    while d <= f.x1 + 1e-9 {
+        let x = f.x(d);
+        let _ = write!(
+            out,
+            r##"<line x1="{x:.1}" y1="{yb:.1}" x2="{x:.1}" y2="{:.1}" stroke="#999"/><text x="{x:.1}" y="{:.1}" text-anchor="middle" fill="#555">{}</text>"##,
+            yb + 4.0,
+            yb + 14.0,
+            tick_at(d, f.x_step)
+        );
+        d += f.x_step;
+    }
 }
 
 fn tick(v: f64) -> String {
@@ -203,6 +264,7 @@ fn tick(v: f64) -> String {
 /// `latent`: `(day, level)`.
 pub fn outcome_chart(
     title: &str,
+    y_label: &str,
     spans: &[(f64, f64, usize)],
     points: &[(f64, f64)],
     latent: &[(f64, f64)],
@@ -239,7 +301,7 @@ pub fn outcome_chart(
             arm_colour(arm)
         );
     }
-    axes(&mut out, &f, "trial day");
+    axes(&mut out, &f, "trial day", y_label);
     for &(t, y) in points {
         let _ = write!(
             out,
@@ -268,16 +330,15 @@ fn colour_name(i: usize) -> &'static str {
     ["blue", "orange", "green", "pink", "sky blue", "red"][i % 6]
 }
 
+/// The arms' colours in a row above the plot.
 fn legend(out: &mut String, names: &[String]) {
-    let mut x = LEFT + 6.0;
+    let mut x = LEFT;
     for (i, n) in names.iter().enumerate() {
         let _ = write!(
             out,
-            r##"<rect x="{x:.1}" y="{:.1}" width="10" height="10" fill="{}" fill-opacity="0.5"/><text x="{:.1}" y="{:.1}" fill="#333">{}</text>"##,
-            TOP + 2.0,
+            r##"<rect x="{x:.1}" y="4" width="10" height="10" fill="{}" fill-opacity="0.5"/><text x="{:.1}" y="13" fill="#333">{}</text>"##,
             arm_colour(i),
             x + 13.0,
-            TOP + 11.0,
             escape(n)
         );
         x += 20.0 + 6.5 * n.chars().count() as f64;
@@ -290,6 +351,7 @@ fn legend(out: &mut String, names: &[String]) {
 pub fn band_chart(
     title: &str,
     x_label: &str,
+    y_label: &str,
     xs: &[f64],
     mean: &[f64],
     lo: &[f64],
@@ -317,7 +379,7 @@ pub fn band_chart(
         _ => "No fits yet.".to_string(),
     };
     open(&mut out, title, &desc);
-    axes(&mut out, &f, x_label);
+    axes(&mut out, &f, x_label, y_label);
     if xs.len() > 1 {
         let upper: Vec<String> = xs
             .iter()
@@ -460,11 +522,47 @@ mod tests {
         assert!(svg.contains("graph &lt;x&gt;"));
     }
 
+    /// Ticks are round (1, 2, 2.5, 5 times a power of ten) and days whole.
+    #[test]
+    fn ticks_are_round_and_days_whole() {
+        assert_eq!(nice_step(4.48, 4.0), 2.0);
+        assert_eq!(nice_step(0.9, 4.0), 0.25);
+        assert_eq!(nice_step(41.0, 6.0), 10.0);
+        assert_eq!(tick_at(2.5, 0.25), "2.50");
+        assert_eq!(tick_at(-0.0, 0.5), "0");
+        assert_eq!(tick_at(6.0, 2.0), "6");
+        let f = Frame::new([0.88, 41.88].into_iter(), [2.76, 7.24].into_iter());
+        assert_eq!((f.x0, f.x1), (0.0, 42.0));
+        assert_eq!((f.y0, f.y1, f.y_step), (2.0, 8.0, 2.0));
+        let svg = outcome_chart(
+            "A",
+            "anxiety (rating 0-10)",
+            &[(0.0, 42.0, 0)],
+            &[(0.9, 2.76), (41.9, 7.24)],
+            &[],
+            &["none".into()],
+        );
+        for label in [
+            ">2<",
+            ">4<",
+            ">6<",
+            ">8<",
+            ">0<",
+            ">10<",
+            ">40<",
+            "anxiety (rating 0-10)",
+        ] {
+            assert!(svg.contains(label), "{label} in {svg}");
+        }
+        assert!(!svg.contains(">2.76<") && !svg.contains(">41.88<"));
+    }
+
     #[test]
     fn charts_are_well_formed_and_described() {
         let names = vec!["None".to_string(), "Med <x>".to_string()];
         let svg = outcome_chart(
             "Anxiety",
+            "rating 0-10",
             &[(0.0, 7.0, 0), (7.0, 14.0, 1)],
             &[(0.8, 5.0), (8.8, 3.0)],
             &[(0.8, 4.9), (8.8, 3.2)],
@@ -478,6 +576,7 @@ mod tests {
         let band = band_chart(
             "Effect",
             "day",
+            "points",
             &[20.0, 27.0],
             &[-1.0, -1.2],
             &[-2.0, -2.0],
@@ -488,13 +587,22 @@ mod tests {
         assert!(band.contains("latest (day 27) gives -1.20, 90% interval -2.00 to -0.40"));
         assert_eq!(band.matches("<circle").count(), 2);
         // A single fit is drawn inside the plot, with its interval.
-        let one = band_chart("E1", "day", &[43.0], &[-1.0], &[-2.0], &[0.0], &[]);
+        let one = band_chart(
+            "E1",
+            "day",
+            "points",
+            &[43.0],
+            &[-1.0],
+            &[-2.0],
+            &[0.0],
+            &[],
+        );
         assert_eq!(one.matches("<circle").count(), 1);
         assert!(
             one.contains(&format!("cx=\"{:.1}\"", (LEFT + W - RIGHT) / 2.0)),
             "{one}"
         );
         // Degenerate input still draws.
-        assert!(band_chart("E", "day", &[], &[], &[], &[], &[]).contains("No fits yet"));
+        assert!(band_chart("E", "day", "points", &[], &[], &[], &[], &[]).contains("No fits yet"));
     }
 }

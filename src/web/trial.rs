@@ -127,6 +127,10 @@ pub struct TrialDetail {
     /// are drawn on: no effect, better by the MID, worse by the MID.
     #[serde(skip)]
     pub effect_lines: Vec<(f64, String)>,
+    /// The effect charts' value axis: the outcome's unit for a gaussian
+    /// outcome, else a log ratio (the model's scale).
+    #[serde(skip)]
+    pub effect_axis: String,
     /// The efficacy and futility thresholds the trial decides with (the
     /// ones it locked at its start, else the protocol's), on P(better by
     /// MID).
@@ -396,6 +400,11 @@ async fn trial_detail(
                     protocol.outcome.mid,
                 ),
                 effect_lines: lines,
+                effect_axis: if protocol.outcome.family == crate::engine::spec::Family::Gaussian {
+                    format!("effect ({})", protocol.outcome.unit)
+                } else {
+                    "effect (log ratio)".to_string()
+                },
                 thresholds: (
                     trial
                         .locked
@@ -638,8 +647,10 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
     }
     let points: Vec<(f64, f64)> = d.path.iter().map(|p| (p.day, p.y)).collect();
     let latent: Vec<(f64, f64)> = d.path.iter().map(|p| (p.day, p.level)).collect();
+    let value_axis = format!("{} ({})", d.outcome.0.replace('_', " "), d.outcome.1);
     let outcome_svg = charts::outcome_chart(
         &format!("{} by day, shaded by arm", d.outcome.0),
+        &value_axis,
         &spans,
         &points,
         &latent,
@@ -666,6 +677,7 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
                 d.outcome.0
             ),
             "trial day",
+            &value_axis,
             &series,
         )
     });
@@ -674,6 +686,7 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
     let (efficacy, futility) = d.thresholds;
     let efficacy_label = format!("efficacy {efficacy}");
     let futility_label = format!("futility {futility}");
+    let effect_axis = &d.effect_axis;
     let mut effect_svgs = Vec::new();
     let mut prob_svgs = Vec::new();
     for k in 0..n_effects {
@@ -689,6 +702,7 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
         effect_svgs.push(charts::band_chart(
             &format!("Effect of {name} (mean and 90% interval) as data came in"),
             "trial day of the fit",
+            effect_axis,
             &xs,
             &mean,
             &lo,
@@ -703,6 +717,7 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
         prob_svgs.push(charts::band_chart(
             &format!("P({name} better by MID) (line) and P(best) (band edge) over time"),
             "trial day of the fit",
+            "probability",
             &xs,
             &p_mid,
             &p_mid,
