@@ -345,13 +345,24 @@ fn legend(out: &mut String, names: &[String]) {
     }
 }
 
+/// A chart's axis titles: the days' and the values' (with its unit).
+#[derive(Debug, Clone, Copy)]
+pub struct AxisTitles<'a> {
+    /// Under the day axis.
+    pub x: &'a str,
+    /// Beside the value axis.
+    pub y: &'a str,
+}
+
 /// A quantity over successive fits: mean with a shaded 90% band, and
 /// horizontal reference lines (`(value, label)`, e.g. 0 and the MID).
 /// `xs`: the fit's position (trial day of its last data).
 pub fn band_chart(
     title: &str,
-    x_label: &str,
-    y_label: &str,
+    AxisTitles {
+        x: x_label,
+        y: y_label,
+    }: AxisTitles<'_>,
     xs: &[f64],
     mean: &[f64],
     lo: &[f64],
@@ -575,8 +586,10 @@ mod tests {
         assert_eq!(svg.matches("<circle").count(), 2);
         let band = band_chart(
             "Effect",
-            "day",
-            "points",
+            AxisTitles {
+                x: "day",
+                y: "points",
+            },
             &[20.0, 27.0],
             &[-1.0, -1.2],
             &[-2.0, -2.0],
@@ -589,8 +602,10 @@ mod tests {
         // A single fit is drawn inside the plot, with its interval.
         let one = band_chart(
             "E1",
-            "day",
-            "points",
+            AxisTitles {
+                x: "day",
+                y: "points",
+            },
             &[43.0],
             &[-1.0],
             &[-2.0],
@@ -603,6 +618,20 @@ mod tests {
             "{one}"
         );
         // Degenerate input still draws.
-        assert!(band_chart("E", "day", "points", &[], &[], &[], &[], &[]).contains("No fits yet"));
+        assert!(
+            band_chart(
+                "E",
+                AxisTitles {
+                    x: "day",
+                    y: "points"
+                },
+                &[],
+                &[],
+                &[],
+                &[],
+                &[]
+            )
+            .contains("No fits yet")
+        );
     }
 }

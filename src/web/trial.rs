@@ -701,8 +701,10 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
         let hi: Vec<f64> = series.iter().map(|e| e.ci90[1]).collect();
         effect_svgs.push(charts::band_chart(
             &format!("Effect of {name} (mean and 90% interval) as data came in"),
-            "trial day of the fit",
-            effect_axis,
+            charts::AxisTitles {
+                x: "trial day of the fit",
+                y: effect_axis,
+            },
             &xs,
             &mean,
             &lo,
@@ -716,8 +718,10 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
         let p_best: Vec<f64> = series.iter().map(|e| e.p_best).collect();
         prob_svgs.push(charts::band_chart(
             &format!("P({name} better by MID) (line) and P(best) (band edge) over time"),
-            "trial day of the fit",
-            "probability",
+            charts::AxisTitles {
+                x: "trial day of the fit",
+                y: "probability",
+            },
             &xs,
             &p_mid,
             &p_mid,
