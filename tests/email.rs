@@ -321,8 +321,22 @@ fn a_trial_without_data_is_noticed_once() {
             "{page}: {html}"
         );
     }
-    // Three more days without data: still one nudge (the key names the
-    // gap's first day), while assignments go on.
+    // The oldest missing day is filled in on the report form: the stretch
+    // without data now starts a day later, but it is the same stretch, so
+    // it brings no second nudge.
+    let csrf = common::csrf_of(&d.get("/trials/1/report").1);
+    let first_day = store(&data).schedule(1).unwrap()[0].local_date;
+    let r = client()
+        .post(d.url("/trials/1/report"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}&date={first_day}&rating=4"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body = r.text().unwrap();
+    assert!(body.contains("recorded rating 4"), "{body}");
+    // Three more days without data: still one nudge, while assignments go
+    // on.
     let assignments = || {
         store(&data)
             .recent_messages(100)

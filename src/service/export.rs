@@ -109,13 +109,18 @@ pub struct DayInputs<'a> {
 /// adherence, email, <outcome>, observations`. The arm is its key (the
 /// run-in's is the comparator's, as the model reads it); the outcome is the
 /// day's value by the protocol's aggregation (the mean where it keeps every
-/// observation), empty on a day without data.
+/// observation), empty on a day without data and on a washout day the
+/// protocol leaves out (`washout = "exclude"`), as the fits do, so that
+/// `nof1d analyze` reads the same days.
 pub fn days_csv(protocol: &Protocol, days: &DayInputs<'_>) -> Result<String, ExportError> {
     let outcome = &protocol.outcome;
     let mut by_date: BTreeMap<Date, Vec<f64>> = BTreeMap::new();
     for (_, date, value) in days.observations {
         by_date.entry(*date).or_default().push(*value);
     }
+    let excluded = |r: &DatedDay| {
+        r.washout && protocol.design.washout == crate::trial::protocol::WashoutHandling::Exclude
+    };
     let how = match outcome.aggregation {
         Aggregation::All => Aggregation::Mean,
         other => other,
@@ -150,7 +155,10 @@ pub fn days_csv(protocol: &Protocol, days: &DayInputs<'_>) -> Result<String, Exp
             if r.washout { "yes" } else { "no" }.to_string(),
             days.adherence.get(&r.day).cloned().unwrap_or_default(),
             days.runs.get(&r.local_date).cloned().unwrap_or_default(),
-            values.map_or_else(String::new, |v| how.of(v).to_string()),
+            match values {
+                Some(v) if !excluded(r) => how.of(v).to_string(),
+                _ => String::new(),
+            },
             values.map_or(0, Vec::len).to_string(),
         ])
         .map_err(csv_error)?;

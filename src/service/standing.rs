@@ -81,7 +81,7 @@ pub fn missing_data_warning(
         return Ok(None);
     };
     Ok(missing_data(store, trial, protocol, schedule, today)?
-        .filter(|gap| gap.days >= after)
+        .filter(|gap| gap.reaches(after))
         .map(|gap| {
             gap.describe(
                 &protocol.outcome.stream,

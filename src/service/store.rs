@@ -2667,24 +2667,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<Option<f64>> {
         let tx = self.conn.transaction()?;
-        let trial: Option<(i64, String)> = tx
-            .query_row(
-                "SELECT participant_id, status FROM trials WHERE id = ?1",
-                [c.trial_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let Some((owner, status)) = trial else {
-            return Err(StoreError::Refused(format!(
-                "there is no trial {}",
-                c.trial_id
-            )));
-        };
-        if owner != c.participant_id {
-            return Err(StoreError::Refused(
-                "this trial belongs to another participant".into(),
-            ));
-        }
+        let status = owned_trial_status(&tx, c.trial_id, c.participant_id)?;
         if status == TrialStatus::Stopped.as_str() {
             return Err(StoreError::Refused(format!(
                 "trial {} has ended: its answer stands on the data it ended with, so its ratings are no longer corrected",
@@ -2694,7 +2677,8 @@ impl Store {
         let record = format!("rating/{}/{}/{}", c.trial_id, c.date, c.stream);
         let found: Option<(i64, f64)> = tx
             .query_row(
-                "SELECT id, value FROM observations WHERE source_id = ?1 AND source_record_id = ?2",
+                "SELECT id, value FROM observations
+                 WHERE source_id = ?1 AND source_record_id = ?2 AND withdrawn_at IS NULL",
                 params![c.source_id, record],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -3158,6 +3142,16 @@ impl Store {
     /// The newest `limit` outbox messages.
     pub fn recent_messages(&self, limit: usize) -> Result<Vec<OutboxRow>> {
         self.outbox_query("ORDER BY id DESC LIMIT ?1", params![limit as i64])
+    }
+
+    /// The latest local date of a message of `kind` about `trial_id`.
+    pub fn latest_message_date(&self, trial_id: i64, kind: &str) -> Result<Option<Date>> {
+        let date: Option<String> = self.conn.query_row(
+            "SELECT MAX(local_date) FROM outbox WHERE trial_id = ?1 AND kind = ?2",
+            params![trial_id, kind],
+            |r| r.get(0),
+        )?;
+        date.as_deref().map(parse_date).transpose()
     }
 
     fn outbox_query(&self, tail: &str, args: impl rusqlite::Params) -> Result<Vec<OutboxRow>> {
@@ -3884,6 +3878,31 @@ fn fit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FitRow> {
     })
 }
 
+/// The status of trial `trial_id`, refused where there is no such trial or
+/// it is not `participant_id`'s (a link or form may only touch its own).
+fn owned_trial_status(
+    tx: &rusqlite::Transaction<'_>,
+    trial_id: i64,
+    participant_id: i64,
+) -> Result<String> {
+    let trial: Option<(i64, String)> = tx
+        .query_row(
+            "SELECT participant_id, status FROM trials WHERE id = ?1",
+            [trial_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((owner, status)) = trial else {
+        return Err(StoreError::Refused(format!("there is no trial {trial_id}")));
+    };
+    if owner != participant_id {
+        return Err(StoreError::Refused(
+            "this trial belongs to another participant".into(),
+        ));
+    }
+    Ok(status)
+}
+
 /// One adherence report or rating for one trial day, from a link or a form.
 struct DayEntry<'a> {
     participant_id: i64,
@@ -3901,24 +3920,8 @@ fn record_day_entry(
     e: &DayEntry<'_>,
     now: Timestamp,
 ) -> Result<std::result::Result<String, f64>> {
-    let trial: Option<(i64, String)> = tx
-        .query_row(
-            "SELECT participant_id, status FROM trials WHERE id = ?1",
-            [e.trial_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    let Some((owner, _status)) = trial else {
-        return Err(StoreError::Refused(format!(
-            "there is no trial {}",
-            e.trial_id
-        )));
-    };
-    if owner != e.participant_id {
-        return Err(StoreError::Refused(
-            "this trial belongs to another participant".into(),
-        ));
-    }
+    owned_trial_status(tx, e.trial_id, e.participant_id)?;
+    let owner = e.participant_id;
     let day: Option<u32> = tx
         .query_row(
             "SELECT day FROM schedule WHERE trial_id = ?1 AND local_date = ?2",

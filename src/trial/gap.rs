@@ -19,6 +19,12 @@ pub struct DataGap {
 }
 
 impl DataGap {
+    /// Whether the gap is `after` days long or longer (the participant's
+    /// `missing_data_days`).
+    pub fn reaches(&self, after: u32) -> bool {
+        self.days >= after
+    }
+
     /// The gap in words, with what to do: `outcome` as the person reads it,
     /// `self_report` where they rate it themselves (else a device or an
     /// app sends it).
@@ -26,7 +32,7 @@ impl DataGap {
         let what = outcome.replace('_', " ");
         let since = self.since.strftime("%A %-d %B");
         let advice = if self_report {
-            "If you missed the emails, you can still enter each day's rating on the trial's \"Missed an email?\" page."
+            "If you missed the emails, you can still enter the ratings of the last two weeks on the trial's \"Missed an email?\" page."
         } else {
             "If it comes from a device or an app, check that it still records and syncs, and that its source on the Sources page reads without errors."
         };

@@ -26,9 +26,10 @@ pub struct TrialSeries {
 
 impl TrialSeries {
     /// A digest of what a fit of this series sees (SHA-256 of every time
-    /// and value, hex): equal digests, the same data. A value changed in
-    /// place (a corrected rating, a re-scored night) changes it, so the
-    /// refit job refits though no day was added.
+    /// and value and of the arm path, hex): equal digests, the same input.
+    /// A value changed in place (a corrected rating, a re-scored night) or
+    /// an arm changed (a late adherence answer, as treated) changes it, so
+    /// the refit job refits though no day was added.
     pub fn digest(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
@@ -36,6 +37,12 @@ impl TrialSeries {
             h.update(t.to_bits().to_le_bytes());
             h.update(y.to_bits().to_le_bytes());
         }
+        let path = &self.series.path;
+        for (start, arm) in path.starts.iter().zip(&path.arms) {
+            h.update(start.to_bits().to_le_bytes());
+            h.update((*arm as u64).to_le_bytes());
+        }
+        h.update((self.series.n_arms as u64).to_le_bytes());
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 }

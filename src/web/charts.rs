@@ -114,7 +114,11 @@ impl Frame {
             x0 = x0.floor();
             x1 = x1.ceil();
         }
-        let x_step = nice_step(x1 - x0, 6.0).max(1.0).round();
+        // Days tick in whole days or weeks.
+        let x_step = [1.0, 2.0, 7.0, 14.0, 28.0, 56.0, 91.0, 182.0, 364.0]
+            .into_iter()
+            .find(|s| *s >= (x1 - x0) / 7.0)
+            .unwrap_or(((x1 - x0) / 7.0).ceil().max(1.0));
         let y_step = nice_step(y1 - y0, 4.0);
         Frame {
             x0,
@@ -237,7 +241,9 @@ fn axes(out: &mut String, f: &Frame, x_label: &str, y_label: &str) {
     );
     // Whole-day ticks at a round step, from the first multiple on.
     let mut d = (f.x0 / f.x_step).ceil() * f.x_step;
-    while d <= f.x1 + 1e-9 {
+    let mut drawn = 0;
+    while d <= f.x1 + 1e-9 && drawn < 20 {
+        drawn += 1;
         let x = f.x(d);
         let _ = write!(
             out,
@@ -545,6 +551,8 @@ mod tests {
         let f = Frame::new([0.88, 41.88].into_iter(), [2.76, 7.24].into_iter());
         assert_eq!((f.x0, f.x1), (0.0, 42.0));
         assert_eq!((f.y0, f.y1, f.y_step), (2.0, 8.0, 2.0));
+        // 42 days: weekly ticks.
+        assert_eq!(f.x_step, 7.0);
         let svg = outcome_chart(
             "A",
             "anxiety (rating 0-10)",
@@ -559,8 +567,8 @@ mod tests {
             ">6<",
             ">8<",
             ">0<",
-            ">10<",
-            ">40<",
+            ">7<",
+            ">42<",
             "anxiety (rating 0-10)",
         ] {
             assert!(svg.contains(label), "{label} in {svg}");

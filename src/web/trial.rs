@@ -401,7 +401,10 @@ async fn trial_detail(
                 ),
                 effect_lines: lines,
                 effect_axis: if protocol.outcome.family == crate::engine::spec::Family::Gaussian {
-                    format!("effect ({})", protocol.outcome.unit)
+                    match protocol.outcome.unit.trim() {
+                        "" => "effect".to_string(),
+                        unit => format!("effect ({unit})"),
+                    }
                 } else {
                     "effect (log ratio)".to_string()
                 },
@@ -647,7 +650,10 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
     }
     let points: Vec<(f64, f64)> = d.path.iter().map(|p| (p.day, p.y)).collect();
     let latent: Vec<(f64, f64)> = d.path.iter().map(|p| (p.day, p.level)).collect();
-    let value_axis = format!("{} ({})", d.outcome.0.replace('_', " "), d.outcome.1);
+    let value_axis = match d.outcome.1.trim() {
+        "" => d.outcome.0.replace('_', " "),
+        unit => format!("{} ({unit})", d.outcome.0.replace('_', " ")),
+    };
     let outcome_svg = charts::outcome_chart(
         &format!("{} by day, shaded by arm", d.outcome.0),
         &value_axis,

@@ -88,7 +88,7 @@ for (const [width, height, name] of [[375, 812, 'phone'], [1280, 900, 'desktop']
     const first = document.querySelector('main section, body section');
     const box = card.getBoundingClientRect();
     return { first: first === card, bottom: box.bottom, height: window.innerHeight,
-             form: !!card.querySelector('select[name="rating"]') || /answer/.test(card.textContent) };
+             form: !!card.querySelector('select[name="rating"]') || /Today's answer:/.test(card.textContent) };
   });
   check(today !== null && today.first, `${name}: the Today card comes first on the overview`);
   check(today !== null && today.bottom <= today.height && today.form,

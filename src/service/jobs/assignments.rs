@@ -280,8 +280,10 @@ fn the_day<'a>(
 
 /// Queues the missing-data nudge of `trial` once today's assignment went
 /// out and the outcome has had no data for the participant's
-/// `missing_data_days` trial days in a row (`trial::gap`). The key names
-/// the gap's first day: one nudge a gap.
+/// `missing_data_days` trial days in a row (`trial::gap`). One nudge a
+/// stretch without data: none while a nudge was sent on or after the
+/// stretch's first day (filling its oldest days moves that day later, but
+/// not past the nudge), and the key names the first day.
 async fn nudge_one(state: &AppState, trial: &LoadedTrial) -> Result<bool, JobError> {
     let Some(after) = state.config.missing_data_days(&trial.participant.key) else {
         return Ok(false);
@@ -303,7 +305,7 @@ async fn nudge_one(state: &AppState, trial: &LoadedTrial) -> Result<bool, JobErr
             else {
                 return Ok(false);
             };
-            if gap.days < after {
+            if !gap.reaches(after) || s.latest_message_date(id, "nudge")? >= Some(gap.since) {
                 return Ok(false);
             }
             let message =
