@@ -219,6 +219,38 @@ fn trial_page_charts_api_and_metrics() {
     assert!(page.contains("always Morning meditation"), "{page}");
     assert!(page.contains("42 observations over days"), "{page}");
     assert!(page.contains("role=\"img\""));
+    // The run-in is grey, named in the chart's legend and text, never in
+    // the comparator's colour; P(better by MID) and P(best) are two lines.
+    assert!(page.contains("(run-in: grey, "), "{page}");
+    assert!(page.contains("class=\"runin\""), "{page}");
+    assert!(
+        page.contains("P(better by MID): ends at ") && page.contains("; P(best): ends at "),
+        "{page}"
+    );
+    // Every shown day's details without hover: a table (and the squares'
+    // labels for screen readers), with the day's value.
+    let table = page
+        .split("<summary>Day by day</summary>")
+        .nth(1)
+        .and_then(|rest| rest.split("</details>").next())
+        .expect("a day-by-day table");
+    assert_eq!(
+        table.matches("<tr><td>").count() + table.matches("<tr class=\"today-row\"><td>").count(),
+        43,
+        "{table}"
+    );
+    assert_eq!(
+        table.matches("<td>run-in (No meditation)</td>").count(),
+        14,
+        "{table}"
+    );
+    assert!(table.contains("<td>Morning meditation</td>"), "{table}");
+    let valued = table
+        .split("<tr")
+        .filter(|row| row.ends_with("</td></tr>") && !row.ends_with("<td></td></tr>"))
+        .count();
+    assert!(valued >= 40, "{valued} days with a value: {table}");
+    assert!(page.contains("aria-label=\""), "{page}");
     // Where the person stands, in words, with the next check's date.
     let standing = &d.json("/api/trials/1")["standing"][0];
     let standing = standing.as_str().unwrap();

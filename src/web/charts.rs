@@ -161,15 +161,36 @@ pub struct Line {
     pub colour: &'static str,
     /// `(x, y)` points.
     pub points: Vec<(f64, f64)>,
+    /// Drawn dashed, so that two lines differ in more than colour.
+    pub dashed: bool,
 }
 
-/// Several lines over one x axis with a legend; for the counterfactual
-/// trajectories "always arm j". `y_label`: the values' name and unit.
-pub fn lines_chart(title: &str, x_label: &str, y_label: &str, series: &[Line]) -> String {
+/// Several lines over one x axis with a legend: the counterfactual
+/// trajectories "always arm j", or probabilities over the fits (then
+/// `y_span` keeps the axis at 0 to 1). `refs`: dashed reference lines
+/// (`(value, label)`, e.g. the decision thresholds), named in the text
+/// alternative too.
+pub fn lines_chart(
+    title: &str,
+    AxisTitles {
+        x: x_label,
+        y: y_label,
+    }: AxisTitles<'_>,
+    series: &[Line],
+    refs: &[(f64, &str)],
+    y_span: Option<(f64, f64)>,
+) -> String {
     let all = || series.iter().flat_map(|s| s.points.iter());
-    let f = Frame::new(all().map(|p| p.0), all().map(|p| p.1));
+    let span = y_span.into_iter().flat_map(|(a, b)| [a, b]);
+    let f = Frame::new(
+        all().map(|p| p.0),
+        all()
+            .map(|p| p.1)
+            .chain(refs.iter().map(|r| r.0))
+            .chain(span),
+    );
     let mut out = String::new();
-    let desc = series
+    let mut desc = series
         .iter()
         .map(|l| match l.points.last() {
             Some(p) => format!("{}: ends at {}", l.name, tick(p.1)),
@@ -177,28 +198,49 @@ pub fn lines_chart(title: &str, x_label: &str, y_label: &str, series: &[Line]) -
         })
         .collect::<Vec<_>>()
         .join("; ");
+    if !refs.is_empty() {
+        let named: Vec<&str> = refs.iter().map(|r| r.1).collect();
+        let _ = write!(desc, "; dashed lines: {}", named.join(", "));
+    }
     open(&mut out, title, &desc);
     axes(&mut out, &f, x_label, y_label);
+    reference_lines(&mut out, &f, refs);
     let mut legend_x = LEFT;
     for Line {
         name,
         colour,
         points,
+        dashed,
     } in series
     {
         let line: Vec<String> = points
             .iter()
             .map(|p| format!("{:.1},{:.1}", f.x(p.0), f.y(p.1)))
             .collect();
-        // The legend in a row above the plot.
+        let dash = if *dashed {
+            r#" stroke-dasharray="6 3""#
+        } else {
+            ""
+        };
+        // The legend in a row above the plot, a short stroke of the line.
         let _ = write!(
             out,
-            r##"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="1.8"/><rect x="{legend_x:.1}" y="4" width="10" height="10" fill="{colour}"/><text x="{:.1}" y="13" fill="#333">{}</text>"##,
+            r##"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="1.8"{dash}/><line x1="{legend_x:.1}" y1="9" x2="{:.1}" y2="9" stroke="{colour}" stroke-width="2.5"{dash}/><text x="{:.1}" y="13" fill="#333">{}</text>"##,
             line.join(" "),
-            legend_x + 13.0,
+            legend_x + 16.0,
+            legend_x + 19.0,
             escape(name)
         );
-        legend_x += 24.0 + 6.5 * name.chars().count() as f64;
+        legend_x += 30.0 + 6.5 * name.chars().count() as f64;
+        // A single point draws no line: mark it.
+        if let [p] = points.as_slice() {
+            let _ = write!(
+                out,
+                r##"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{colour}"/>"##,
+                f.x(p.0),
+                f.y(p.1)
+            );
+        }
     }
     out.push_str("</svg>");
     out
@@ -264,14 +306,37 @@ fn tick(v: f64) -> String {
     }
 }
 
-/// The outcome over trial days, the background shaded by the arm in force,
-/// observations as dots and the smoothed latent level as a line.
-/// `spans`: `(from day, to day, arm)`; `points`: `(day, value)`;
+/// What shades a stretch of days on the outcome chart: the run-in (grey,
+/// whatever arm it runs on, so that it never reads as the comparator's
+/// data) or an arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shade {
+    /// Run-in days, before the first block.
+    RunIn,
+    /// An arm, by its colour index.
+    Arm(usize),
+}
+
+/// The run-in's colour.
+pub const RUN_IN_COLOUR: &str = "#999999";
+
+impl Shade {
+    fn colour(self) -> &'static str {
+        match self {
+            Shade::RunIn => RUN_IN_COLOUR,
+            Shade::Arm(i) => arm_colour(i),
+        }
+    }
+}
+
+/// The outcome over trial days, the background shaded by the arm in force
+/// (the run-in grey), observations as dots and the smoothed latent level as
+/// a line. `spans`: `(from day, to day, shade)`; `points`: `(day, value)`;
 /// `latent`: `(day, level)`.
 pub fn outcome_chart(
     title: &str,
     y_label: &str,
-    spans: &[(f64, f64, usize)],
+    spans: &[(f64, f64, Shade)],
     points: &[(f64, f64)],
     latent: &[(f64, f64)],
     arm_names: &[String],
@@ -284,27 +349,31 @@ pub fn outcome_chart(
         points.iter().map(|p| p.1).chain(latent.iter().map(|p| p.1)),
     );
     let mut out = String::new();
+    let run_in = spans.iter().any(|s| s.2 == Shade::RunIn);
+    let mut names: Vec<String> = arm_names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{n}: {}", colour_name(i)))
+        .collect();
+    if run_in {
+        names.insert(0, "run-in: grey".to_string());
+    }
     let desc = format!(
         "{} observations over days {} to {}; background colour shows the arm in force ({}); the line is the smoothed level.",
         points.len(),
         tick(f.x0),
         tick(f.x1),
-        arm_names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| format!("{n}: {}", colour_name(i)))
-            .collect::<Vec<_>>()
-            .join(", ")
+        names.join(", ")
     );
     open(&mut out, title, &desc);
-    for &(a, b, arm) in spans {
+    for &(a, b, shade) in spans {
         let (x0, x1) = (f.x(a), f.x(b));
         let _ = write!(
             out,
             r#"<rect x="{x0:.1}" y="{TOP}" width="{:.1}" height="{:.1}" fill="{}" fill-opacity="0.13"/>"#,
             (x1 - x0).max(0.5),
             H - TOP - BOTTOM,
-            arm_colour(arm)
+            shade.colour()
         );
     }
     axes(&mut out, &f, "trial day", y_label);
@@ -327,7 +396,7 @@ pub fn outcome_chart(
             path.join(" ")
         );
     }
-    legend(&mut out, arm_names);
+    legend(&mut out, arm_names, run_in);
     out.push_str("</svg>");
     out
 }
@@ -336,14 +405,20 @@ fn colour_name(i: usize) -> &'static str {
     ["blue", "orange", "green", "pink", "sky blue", "red"][i % 6]
 }
 
-/// The arms' colours in a row above the plot.
-fn legend(out: &mut String, names: &[String]) {
+/// The arms' colours (the run-in's first, when shown) in a row above the
+/// plot.
+fn legend(out: &mut String, names: &[String], run_in: bool) {
     let mut x = LEFT;
-    for (i, n) in names.iter().enumerate() {
+    let run_in = run_in.then(|| (Shade::RunIn, "run-in"));
+    let arms = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (Shade::Arm(i), n.as_str()));
+    for (shade, n) in run_in.into_iter().chain(arms) {
         let _ = write!(
             out,
             r##"<rect x="{x:.1}" y="4" width="10" height="10" fill="{}" fill-opacity="0.5"/><text x="{:.1}" y="13" fill="#333">{}</text>"##,
-            arm_colour(i),
+            shade.colour(),
             x + 13.0,
             escape(n)
         );
@@ -437,6 +512,13 @@ pub fn band_chart(
             x = f.x(x)
         );
     }
+    reference_lines(&mut out, &f, refs);
+    out.push_str("</svg>");
+    out
+}
+
+/// Dashed horizontal lines across the plot, each labelled at its right end.
+fn reference_lines(out: &mut String, f: &Frame, refs: &[(f64, &str)]) {
     for &(v, label) in refs {
         let y = f.y(v);
         let _ = write!(
@@ -448,8 +530,6 @@ pub fn band_chart(
             escape(label)
         );
     }
-    out.push_str("</svg>");
-    out
 }
 
 /// Draws a hypothesis's causal graph as SVG: nodes in the graph's layers,
@@ -556,7 +636,7 @@ mod tests {
         let svg = outcome_chart(
             "A",
             "anxiety (rating 0-10)",
-            &[(0.0, 42.0, 0)],
+            &[(0.0, 42.0, Shade::Arm(0))],
             &[(0.9, 2.76), (41.9, 7.24)],
             &[],
             &["none".into()],
@@ -582,7 +662,11 @@ mod tests {
         let svg = outcome_chart(
             "Anxiety",
             "rating 0-10",
-            &[(0.0, 7.0, 0), (7.0, 14.0, 1)],
+            &[
+                (0.0, 3.0, Shade::RunIn),
+                (3.0, 7.0, Shade::Arm(0)),
+                (7.0, 14.0, Shade::Arm(1)),
+            ],
             &[(0.8, 5.0), (8.8, 3.0)],
             &[(0.8, 4.9), (8.8, 3.2)],
             &names,
@@ -590,6 +674,16 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
         assert!(svg.contains(">Anxiety</title>"));
         assert!(svg.contains("2 observations over days 0 to 14"));
+        // The run-in is grey, named in the legend and the text alternative,
+        // and not the comparator's colour.
+        assert!(svg.contains("(run-in: grey, None: blue, Med &lt;x&gt;: orange)"));
+        assert!(svg.contains(&format!("fill=\"{RUN_IN_COLOUR}\" fill-opacity=\"0.13\"")));
+        assert!(svg.contains(">run-in</text>"));
+        assert_eq!(
+            svg.matches(&format!("fill=\"{}\" fill-opacity=\"0.13\"", arm_colour(0)))
+                .count(),
+            1
+        );
         assert!(svg.contains("Med &lt;x&gt;"));
         assert_eq!(svg.matches("<circle").count(), 2);
         let band = band_chart(
@@ -625,6 +719,39 @@ mod tests {
             one.contains(&format!("cx=\"{:.1}\"", (LEFT + W - RIGHT) / 2.0)),
             "{one}"
         );
+        // Probabilities as two lines on a 0-to-1 axis, the thresholds
+        // dashed, all in the text alternative; a single fit is a dot.
+        let probability = |xs: &[f64]| {
+            lines_chart(
+                "P",
+                AxisTitles {
+                    x: "day",
+                    y: "probability",
+                },
+                &[
+                    Line {
+                        name: "P(better by MID)".into(),
+                        colour: arm_colour(0),
+                        points: xs.iter().map(|&x| (x, 0.4)).collect(),
+                        dashed: false,
+                    },
+                    Line {
+                        name: "P(best)".into(),
+                        colour: arm_colour(1),
+                        points: xs.iter().map(|&x| (x, 0.7)).collect(),
+                        dashed: true,
+                    },
+                ],
+                &[(0.95, "efficacy 0.95"), (0.05, "futility 0.05")],
+                Some((0.0, 1.0)),
+            )
+        };
+        let p = probability(&[10.0, 17.0]);
+        assert_eq!(p.matches("<polyline").count(), 2);
+        assert!(!p.contains("<polygon") && !p.contains("interval"));
+        assert!(p.contains("P(better by MID): ends at 0.40; P(best): ends at 0.70; dashed lines: efficacy 0.95, futility 0.05"));
+        assert!(p.contains(">0<") && p.contains(">1.00<"), "{p}");
+        assert_eq!(probability(&[10.0]).matches("<circle").count(), 2);
         // Degenerate input still draws.
         assert!(
             band_chart(

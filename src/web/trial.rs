@@ -43,6 +43,20 @@ pub struct CalendarDay {
     pub run: Option<String>,
     /// Today.
     pub today: bool,
+    /// A run-in day (before the first block): shown grey, never in an
+    /// arm's colour, so that it does not read as the comparator's data.
+    pub run_in: bool,
+    /// The outcome's values that day, as the latest fit read them (not in
+    /// the JSON: `path` has them).
+    #[serde(skip)]
+    pub values: String,
+}
+
+impl CalendarDay {
+    /// The adherence answer in words ("not done" for `not_done`).
+    pub fn adherence_words(&self) -> Option<String> {
+        self.adherence.as_ref().map(|x| x.replace('_', " "))
+    }
 }
 
 /// Where one arm's effect stood after one fit.
@@ -255,6 +269,8 @@ async fn trial_detail(
                         adherence: adherence.get(&r.day).cloned(),
                         run: runs.get(&r.local_date).cloned(),
                         today: r.local_date == today,
+                        run_in,
+                        values: String::new(),
                     }
                 })
                 .collect();
@@ -481,8 +497,11 @@ async fn trial_detail(
 {% if !d.standing.is_empty() %}<h2>Where you stand</h2>{% for w in d.standing %}<p class="standing">{{ w }}</p>{% endfor %}{% endif %}
 {% if d.status == "running" || d.status == "paused" %}<p><a href="/trials/{{ d.id }}/report">Missed an email? Enter a rating or whether you followed the day's arm</a></p>{% endif %}
 <h2>Schedule</h2>
-<p>Each square is a day, coloured by arm ({% for l in legend %}<span style="color:{{ l.1 }}">■</span> {{ l.0 }} {% endfor %}); ✓ done, ✗ not done, ! side effect; {% if investigator %}faded days are still to come (the participant does not see them){% else %}grey days are still to come and are not shown{% endif %}.</p>
-<div class="cal" role="list">{% for c in d.calendar %}<span role="listitem" class="{% if c.arm.is_none() %}hidden{% endif %}{% if c.future %} future{% endif %}{% if c.today %} today{% endif %}" style="{% if let Some(i) = c.arm_index %}background:{{ colour(i) }}{% endif %}" title="{{ c.date }}{% if let Some(a) = c.arm %}: {{ a }}{% endif %}{% if let Some(x) = c.adherence %}, {{ x }}{% endif %}">{% if let Some(x) = c.adherence %}{% if x == "done" %}✓{% else if x == "not_done" %}✗{% else %}!{% endif %}{% endif %}</span>{% endfor %}</div>
+<p>Each square is a day, coloured by arm ({% if has_run_in %}<span style="color:{{ run_in_colour }}">■</span> run-in {% endif %}{% for l in legend %}<span style="color:{{ l.1 }}">■</span> {{ l.0 }} {% endfor %}); ✓ done, ✗ not done, ! side effect; {% if investigator %}faded days are still to come (the participant does not see them){% else %}grey days are still to come and are not shown{% endif %}.</p>
+<div class="cal" role="list">{% for c in calendar %}<span role="listitem" class="{% if c.arm.is_none() %}hidden{% else if c.run_in %}runin{% endif %}{% if c.future %} future{% endif %}{% if c.today %} today{% endif %}" style="{% if !c.run_in %}{% if let Some(i) = c.arm_index %}background:{{ colour(i) }}{% endif %}{% endif %}" aria-label="{{ c.date }}{% if let Some(a) = c.arm %}: {% if c.run_in %}run-in, {% endif %}{{ a }}{% endif %}{% if let Some(x) = c.adherence_words() %}, {{ x }}{% endif %}" title="{{ c.date }}{% if let Some(a) = c.arm %}: {{ a }}{% endif %}{% if let Some(x) = c.adherence %}, {{ x }}{% endif %}">{% if let Some(x) = c.adherence %}{% if x == "done" %}✓{% else if x == "not_done" %}✗{% else %}!{% endif %}{% endif %}</span>{% endfor %}</div>
+<details class="days"><summary>Day by day</summary><div class="scroll"><table><thead><tr><th>date</th><th>arm</th><th>followed</th><th>email</th><th>{{ d.outcome.0 }}</th></tr></thead><tbody>
+{% for c in calendar %}{% if let Some(a) = c.arm %}<tr{% if c.today %} class="today-row"{% endif %}><td>{{ c.date }}</td><td>{% if c.run_in %}run-in ({{ a }}){% else %}{{ a }}{% endif %}</td><td>{% if let Some(x) = c.adherence_words() %}{{ x }}{% endif %}</td><td>{% if let Some(r) = c.run %}{{ r }}{% endif %}</td><td>{{ c.values }}</td></tr>{% endif %}{% endfor %}
+</tbody></table></div></details>
 <h2>Outcome: {{ d.outcome.0 }} ({{ d.outcome.1 }})</h2>
 <figure>{{ outcome_svg|safe }}</figure>
 {% if let Some(svg) = counterfactual_svg %}<h2>What if every day had been one arm</h2>
@@ -517,6 +536,10 @@ struct TrialPage<'a> {
     investigator: bool,
     actions: Vec<(&'static str, &'static str)>,
     csrf: String,
+    /// The schedule with each day's values.
+    calendar: Vec<CalendarDay>,
+    has_run_in: bool,
+    run_in_colour: &'static str,
     legend: Vec<(String, &'static str)>,
     outcome_svg: String,
     counterfactual_svg: Option<String>,
@@ -632,20 +655,47 @@ fn decision_numbers(row: &crate::service::store::DecisionRow, d: &TrialDetail) -
         .join("; ")
 }
 
+/// A day's value as the day-by-day table shows it: at most two decimals,
+/// no trailing zeros.
+fn day_value(y: f64) -> String {
+    let s = format!("{y:.2}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" {
+        "0".to_string()
+    } else {
+        s.to_string()
+    }
+}
+
 fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::Error> {
     use crate::web::charts;
-    let mut spans: Vec<(f64, f64, usize)> = Vec::new();
+    use charts::Shade;
+    let mut spans: Vec<(f64, f64, Shade)> = Vec::new();
     for (i, c) in d.calendar.iter().enumerate() {
         if c.future {
             break;
         }
-        // Days with no colour (a blinded run-in) leave a gap.
-        let Some(arm) = c.arm_index else { continue };
+        // Days with no colour (a damaged row) leave a gap.
+        let shade = match (c.run_in, c.arm_index) {
+            (true, _) => Shade::RunIn,
+            (false, Some(arm)) => Shade::Arm(arm),
+            (false, None) => continue,
+        };
         match spans.last_mut() {
-            Some(last) if last.2 == arm && (last.1 - i as f64).abs() < 1e-9 => {
+            Some(last) if last.2 == shade && (last.1 - i as f64).abs() < 1e-9 => {
                 last.1 = i as f64 + 1.0
             }
-            _ => spans.push((i as f64, i as f64 + 1.0, arm)),
+            _ => spans.push((i as f64, i as f64 + 1.0, shade)),
+        }
+    }
+    // Each day's values, for the day-by-day table.
+    let mut calendar = d.calendar.clone();
+    for p in &d.path {
+        if let Some(c) = calendar.get_mut(p.day.floor().max(0.0) as usize) {
+            if !c.values.is_empty() {
+                c.values.push_str(", ");
+            }
+            c.values.push_str(&day_value(p.y));
         }
     }
     let points: Vec<(f64, f64)> = d.path.iter().map(|p| (p.day, p.y)).collect();
@@ -675,6 +725,7 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
                     .iter()
                     .filter_map(|p| p.always.get(j).map(|v| (p.day, *v)))
                     .collect(),
+                dashed: false,
             })
             .collect();
         charts::lines_chart(
@@ -682,9 +733,13 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
                 "{}: expected level if every day had been one arm",
                 d.outcome.0
             ),
-            "trial day",
-            &value_axis,
+            charts::AxisTitles {
+                x: "trial day",
+                y: &value_axis,
+            },
             &series,
+            &[],
+            None,
         )
     });
     let n_effects = d.fits.last().map_or(0, |f| f.effects.len());
@@ -720,22 +775,36 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
                 .map(|(y, label)| (*y, label.as_str()))
                 .collect::<Vec<_>>(),
         ));
-        let p_mid: Vec<f64> = series.iter().map(|e| e.p_better_by_mid).collect();
-        let p_best: Vec<f64> = series.iter().map(|e| e.p_best).collect();
-        prob_svgs.push(charts::band_chart(
-            &format!("P({name} better by MID) (line) and P(best) (band edge) over time"),
+        // Two probabilities, two lines: the one the rules decide on, and
+        // P(best) dashed (it is not an interval of the first).
+        let line = |name: String, colour, dashed, p: fn(&EffectPoint) -> f64| charts::Line {
+            name,
+            colour,
+            points: xs.iter().zip(&series).map(|(&x, e)| (x, p(e))).collect(),
+            dashed,
+        };
+        prob_svgs.push(charts::lines_chart(
+            &format!("P({name} better by MID) and P({name} best) over time"),
             charts::AxisTitles {
                 x: "trial day of the fit",
                 y: "probability",
             },
-            &xs,
-            &p_mid,
-            &p_mid,
-            &p_best,
+            &[
+                line(
+                    "P(better by MID)".to_string(),
+                    charts::arm_colour(0),
+                    false,
+                    |e| e.p_better_by_mid,
+                ),
+                line("P(best)".to_string(), charts::arm_colour(1), true, |e| {
+                    e.p_best
+                }),
+            ],
             &[
                 (efficacy, efficacy_label.as_str()),
                 (futility, futility_label.as_str()),
             ],
+            Some((0.0, 1.0)),
         ));
     }
     let actions = match d.status.as_str() {
@@ -757,6 +826,9 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
         investigator: viewer.is_investigator(),
         actions,
         csrf: viewer.csrf.clone(),
+        has_run_in: calendar.iter().any(|c| c.run_in),
+        run_in_colour: charts::RUN_IN_COLOUR,
+        calendar,
         legend: d
             .arms
             .iter()
