@@ -409,7 +409,7 @@ fn colour_name(i: usize) -> &'static str {
 /// plot.
 fn legend(out: &mut String, names: &[String], run_in: bool) {
     let mut x = LEFT;
-    let run_in = run_in.then(|| (Shade::RunIn, "run-in"));
+    let run_in = run_in.then_some((Shade::RunIn, "run-in"));
     let arms = names
         .iter()
         .enumerate()
