@@ -203,6 +203,27 @@ fn proposals_pause_self_report_and_api() {
     );
     assert!(page.contains("hours slept"), "confounders are drawn");
     assert!(page.contains("False stop for efficacy"));
+    // Power at twice the MID too; below 50% the changes that raise it are
+    // simulated, named in the warning, and each can be taken in one click.
+    let double = &proposal["simulated"]["double"];
+    let power = double[1][0].as_f64().expect("power at twice the MID");
+    eprintln!(
+        "power at twice the MID: {double}; redesigns {}",
+        proposal["simulated"]["redesigns"]
+    );
+    assert!(page.contains("Finds an effect twice the MID ("), "{page}");
+    let redesigns = proposal["simulated"]["redesigns"].as_array().unwrap();
+    assert!(power < 0.5, "12 virtual trials of this design: {double}");
+    assert_eq!(redesigns.len(), 2, "{redesigns:?}");
+    assert!(
+        page.contains("Changes simulated to raise the power at twice the MID"),
+        "{page}"
+    );
+    assert_eq!(
+        page.matches(">Use this design</button>").count(),
+        2,
+        "{page}"
+    );
     // The threshold calibrated on the stress suite, every scenario with the
     // betting test beside it.
     let calibration = &proposal["calibration"];

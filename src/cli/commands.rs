@@ -1049,6 +1049,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     calibrate: *calibrate,
                     progress: !*json,
                     device: device.clone(),
+                    redesign: true,
                 };
                 let report = crate::trial::simulate::simulate_protocol(&p, &hash, &options)?;
                 if !*json {

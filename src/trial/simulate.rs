@@ -27,6 +27,7 @@ use crate::trial::protocol::{DesignKind, Protocol, ProtocolHash};
 use crate::trial::scenario::{self, Noise, Scenario};
 use crate::trial::step;
 
+pub mod redesign;
 pub mod suite;
 
 /// Settings of a simulation run.
@@ -55,6 +56,10 @@ pub struct SimOptions {
     /// The GPU the refits run on (their batches gathered into shared
     /// launches); `None`: the CPU.
     pub device: Option<crate::engine::gpu::SharedDevice>,
+    /// Where power at twice the effect is below 50%, simulate the changes
+    /// that would raise it (more blocks, longer periods) and report theirs
+    /// ([`redesign`]).
+    pub redesign: bool,
 }
 
 impl Default for SimOptions {
@@ -70,6 +75,7 @@ impl Default for SimOptions {
             calibrate: None,
             progress: false,
             device: None,
+            redesign: false,
         }
     }
 }
@@ -476,6 +482,25 @@ pub struct SimTiming {
     pub ms_per_fit: f64,
 }
 
+/// Power at twice the effect (`statistics.md` §5): at exactly the MID a
+/// rule that asks for "better by the MID" stops at most about half the
+/// time however long the trial, so twice the MID is the figure a design is
+/// judged by.
+#[derive(Debug, Clone, Serialize)]
+pub struct DoubleEffect {
+    /// The effect simulated, in [`SimulationReport::effect_unit`].
+    pub effect: f64,
+    /// Virtual trials under it.
+    pub trials: usize,
+    /// At the protocol's thresholds.
+    pub at_protocol: Operating,
+    /// At the calibrated threshold, when asked for.
+    pub at_calibrated: Option<Operating>,
+    /// Where its power at the protocol's thresholds is below 50%: the
+    /// changes simulated to raise it, each on its own virtual trials.
+    pub redesigns: Vec<redesign::Redesign>,
+}
+
 /// Everything `nof1d simulate` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct SimulationReport {
@@ -515,6 +540,9 @@ pub struct SimulationReport {
     pub default: AtThreshold,
     /// The calibrated threshold, when asked for.
     pub calibrated: Option<Calibration>,
+    /// Power at twice the effect (none where the effect is no change).
+    #[serde(default)]
+    pub double_effect: Option<DoubleEffect>,
     /// The anytime-valid betting test on the same trials (none where the
     /// design's block orders do not allow it).
     pub betting: Option<BettingRates>,
@@ -545,6 +573,23 @@ enum TrueEffect {
 impl TrueEffect {
     /// No effect: the null condition.
     const NONE: TrueEffect = TrueEffect::Link(0.0);
+
+    /// Twice the effect: twice `beta` (a ratio squared) or twice the
+    /// difference.
+    fn doubled(self) -> TrueEffect {
+        match self {
+            TrueEffect::Link(beta) => TrueEffect::Link(2.0 * beta),
+            TrueEffect::Natural(k) => TrueEffect::Natural(2.0 * k),
+        }
+    }
+
+    /// No change at all (a MID of no change gives no effect to double).
+    fn is_none(self) -> bool {
+        match self {
+            TrueEffect::Link(beta) => beta == 0.0,
+            TrueEffect::Natural(k) => k == 0.0,
+        }
+    }
 }
 
 /// Everything fixed for one protocol and condition.
@@ -600,6 +645,15 @@ impl Setup<'_> {
             (None, Some(k)) => (k, natural::difference_unit(outcome.family)),
             (None, None) => stated(outcome.mid),
         }
+    }
+
+    /// [`Setup::effect_label`] for twice the effect: a ratio squared,
+    /// otherwise twice the number.
+    fn doubled_label(&self) -> (f64, String) {
+        let (e, unit) = self.effect_label();
+        let ratio = self.protocol.outcome.family.has_ratio_mid()
+            && matches!(self.effect_condition(), TrueEffect::Link(_));
+        (if ratio { e * e } else { 2.0 * e }, unit)
     }
 
     /// The effect's `beta` for a virtual trial whose drift has stationary
@@ -1311,7 +1365,8 @@ pub fn simulate_protocol(
     let beta = setup.beta_at(condition, typical_drift);
     let scale = setup.scale;
     let n = options.trials.max(1);
-    let conditions = if options.calibrate.is_some() { 3 } else { 2 };
+    let doubled = (!condition.is_none()).then(|| condition.doubled());
+    let conditions = 2 + usize::from(options.calibrate.is_some()) + usize::from(doubled.is_some());
     let bar = if options.progress {
         let bar = ProgressBar::new((n * conditions) as u64);
         bar.set_style(
@@ -1352,21 +1407,40 @@ pub fn simulate_protocol(
             },
         }
     });
+    let double_trials = doubled.map_or_else(Vec::new, |d| run_many(&setup, d, 3, n, &bar));
+    let double_effect = doubled.map(|d| {
+        let at_protocol = operating(
+            &double_trials,
+            protocol.decision.efficacy,
+            Some(effect_arm),
+            &keys,
+        );
+        let low = at_protocol.stop_efficacy_right_arm.rate < redesign::LOW_POWER;
+        DoubleEffect {
+            effect: setup.doubled_label().0,
+            trials: n,
+            at_calibrated: calibrated
+                .as_ref()
+                .map(|c| operating(&double_trials, c.result.efficacy, Some(effect_arm), &keys)),
+            redesigns: if options.redesign && low {
+                redesign::simulate_redesigns(protocol, options, d, &bar)
+            } else {
+                Vec::new()
+            },
+            at_protocol,
+        }
+    });
     bar.finish_and_clear();
     let wall_s = started.elapsed().as_secs_f64();
-    let all = null.len() + with_effect.len() + if calibrated.is_some() { n } else { 0 };
-    let fits: usize = null
-        .iter()
-        .chain(&with_effect)
-        .map(|t| t.fits)
-        .sum::<usize>();
-    let not_converged = null
-        .iter()
-        .chain(&with_effect)
-        .map(|t| t.not_converged)
-        .sum();
-    let evaluations = null.iter().chain(&with_effect).map(|t| t.evaluations).sum();
-    let failed = null.iter().chain(&with_effect).map(|t| t.failed).sum();
+    let all = null.len()
+        + with_effect.len()
+        + double_trials.len()
+        + if calibrated.is_some() { n } else { 0 };
+    let simulated = || null.iter().chain(&with_effect).chain(&double_trials);
+    let fits: usize = simulated().map(|t| t.fits).sum::<usize>();
+    let not_converged = simulated().map(|t| t.not_converged).sum();
+    let evaluations = simulated().map(|t| t.evaluations).sum();
+    let failed = simulated().map(|t| t.failed).sum();
     let threads = options.threads.max(1);
     Ok(SimulationReport {
         protocol: protocol.id.clone(),
@@ -1384,6 +1458,7 @@ pub fn simulate_protocol(
         planned_days: protocol.planned_days(),
         default,
         calibrated,
+        double_effect,
         betting: betting_rates(&setup, &null, &with_effect),
         timing: SimTiming {
             wall_s,
@@ -1457,6 +1532,34 @@ pub fn render(r: &SimulationReport) -> String {
             pct(c.in_sample_false_stop),
             pct(c.result.no_effect.stop_efficacy)
         );
+    }
+    if let Some(d) = &r.double_effect {
+        let calibrated = d
+            .at_calibrated
+            .as_ref()
+            .map(|o| format!(", calibrated {}", pct(o.stop_efficacy_right_arm)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "twice the effect ({}): power {} at the protocol's thresholds{calibrated}",
+            format!(
+                "{} {}",
+                crate::trial::standing::trimmed(d.effect, 4),
+                r.effect_unit
+            )
+            .trim_end(),
+            pct(d.at_protocol.stop_efficacy_right_arm),
+        );
+        for x in &d.redesigns {
+            let _ = writeln!(
+                out,
+                "  with {} ({} days at most): power {} ({} virtual trials)",
+                x.change,
+                x.planned_days,
+                pct(x.power),
+                x.trials
+            );
+        }
     }
     if let Some(b) = &r.betting {
         let _ = writeln!(

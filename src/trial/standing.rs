@@ -324,9 +324,25 @@ fn size(subject: &Subject<'_>, arm: &str, e: &EffectSummary) -> String {
     )
 }
 
+/// `x` with at most `decimals` decimals, trailing zeros dropped ("5",
+/// "3.5", never "-0").
+pub fn trimmed(x: f64, decimals: usize) -> String {
+    let s = format!("{x:.decimals$}");
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &s
+    };
+    if s == "-0" {
+        "0".to_string()
+    } else {
+        s.to_string()
+    }
+}
+
 /// A number as a person reads it: whole above 10, one decimal above 1,
 /// else two.
-fn number(x: f64) -> String {
+pub fn number(x: f64) -> String {
     let a = x.abs();
     if a >= 10.0 {
         format!("{x:.0}")
@@ -367,6 +383,15 @@ mod tests {
     }
 
     /// The sentences of a fit with one arm (index 1).
+    #[test]
+    fn numbers_are_trimmed() {
+        assert_eq!(trimmed(10.0, 2), "10");
+        assert_eq!(trimmed(3.50, 2), "3.5");
+        assert_eq!(trimmed(-0.001, 2), "0");
+        assert_eq!(trimmed(1.44, 4), "1.44");
+        assert_eq!(trimmed(100.0, 0), "100");
+    }
+
     fn one(subject: &Subject<'_>, label: &str, e: &EffectSummary, stage: &Stage) -> String {
         let arm = ArmEffect {
             arm: 1,

@@ -31,23 +31,66 @@ pub struct DesignRates {
     pub false_stop: [f64; 2],
     /// Stops for efficacy (of the right arm) with the effect at the MID.
     pub power_at_mid: [f64; 2],
+    /// Twice the MID (a ratio MID squared), with its unit, and the power
+    /// there (none for a MID of no change, or a simulation from before).
+    pub double: Option<(String, [f64; 2])>,
+    /// Where that power is below 50%: the changes simulated to raise it.
+    pub redesigns: Vec<RedesignLine>,
     /// Mean blocks run with no effect, and with the effect at the MID.
     pub mean_blocks: [f64; 2],
     /// The efficacy threshold these are for.
     pub efficacy: f64,
     /// Seconds the simulation took.
     pub wall_s: f64,
-    /// Said when the power at the MID is below the usual 80%: how often
-    /// such a trial would miss a real effect, and what raises it.
+    /// Said when the power at twice the MID is below the usual 80%: how
+    /// often such a trial would miss a real effect, and what raises it.
     pub power_warning: Option<String>,
 }
 
-/// The warning shown beside a design's power at the MID below 80%.
-fn power_warning(power: f64) -> Option<String> {
+/// A changed design simulated for a low-powered one.
+#[derive(Debug, Clone, Serialize)]
+pub struct RedesignLine {
+    /// The change, in words.
+    pub change: String,
+    /// Days per period and most blocks of the changed design.
+    pub period_days: u32,
+    /// Most blocks of the changed design.
+    pub max_blocks: u32,
+    /// Its planned days at most.
+    pub planned_days: u32,
+    /// Its power at twice the MID, ± se.
+    pub power: [f64; 2],
+}
+
+/// The warning shown beside a design whose power at twice the MID (or,
+/// for a simulation from before that was reported, at the MID) is below
+/// 80%, with the simulated changes that raise it where there are some.
+fn power_warning(power: f64, at: &str, redesigns: &[RedesignLine]) -> Option<String> {
     (power < 0.8).then(|| {
         let level = if power < 0.5 { "Low power" } else { "Power below the usual 80%" };
+        let better: Vec<String> = redesigns
+            .iter()
+            .filter(|r| r.power[0] > power)
+            .map(|r| {
+                format!(
+                    "with {} ({} days at most) it would find it in {:.0}%",
+                    r.change,
+                    r.planned_days,
+                    100.0 * r.power[0]
+                )
+            })
+            .collect();
+        let remedy = if better.is_empty() {
+            "More blocks, longer periods (where the effect builds slowly) or a larger MID raise it".to_string()
+        } else {
+            let mut s = better.join("; ");
+            if let Some(first) = s.get_mut(0..1) {
+                first.make_ascii_uppercase();
+            }
+            format!("{s} (simulated at the same thresholds)")
+        };
         format!(
-            "{level}: a true effect the size of the MID would be found in only {:.0}% of trials like this one; the rest would end without an answer. More blocks, longer periods (where the effect builds slowly) or a larger MID raise it: edit the design below, and the simulation runs again.",
+            "{level}: a true effect {at} would be found in only {:.0}% of trials like this one; the rest would end without an answer. {remedy}: edit the design below, and the simulation runs again.",
             100.0 * power
         )
     })
@@ -120,17 +163,51 @@ fn rates_of(row: &DesignSimulationRow) -> Option<DesignRates> {
     let r: serde_json::Value = serde_json::from_str(&row.report_json).ok()?;
     let d = &r["default"];
     let pair = |v: &serde_json::Value| Some([v["rate"].as_f64()?, v["se"].as_f64()?]);
+    let power_at_mid = pair(&d["effect"]["stop_efficacy_right_arm"])?;
+    let doubled = &r["double_effect"];
+    let double = pair(&doubled["at_protocol"]["stop_efficacy_right_arm"]).map(|p| {
+        let unit = r["effect_unit"].as_str().unwrap_or("");
+        let effect = doubled["effect"].as_f64().unwrap_or(f64::NAN);
+        (
+            format!("{} {unit}", crate::trial::standing::trimmed(effect, 3))
+                .trim_end()
+                .to_string(),
+            p,
+        )
+    });
+    let redesigns: Vec<RedesignLine> = doubled["redesigns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| {
+            Some(RedesignLine {
+                change: x["change"].as_str()?.to_string(),
+                period_days: u32::try_from(x["period_days"].as_u64()?).ok()?,
+                max_blocks: u32::try_from(x["max_blocks"].as_u64()?).ok()?,
+                planned_days: u32::try_from(x["planned_days"].as_u64()?).ok()?,
+                power: pair(&x["power"])?,
+            })
+        })
+        .collect();
+    let power_warning = match &double {
+        Some((effect, p)) => {
+            power_warning(p[0], &format!("of twice the MID ({effect})"), &redesigns)
+        }
+        None => power_warning(power_at_mid[0], "the size of the MID", &redesigns),
+    };
     Some(DesignRates {
         trials: r["trials"].as_u64()? as usize,
         false_stop: pair(&d["no_effect"]["stop_efficacy"])?,
-        power_at_mid: pair(&d["effect"]["stop_efficacy_right_arm"])?,
+        power_at_mid,
+        double,
+        redesigns,
         mean_blocks: [
             d["no_effect"]["blocks"]["mean"].as_f64()?,
             d["effect"]["blocks"]["mean"].as_f64()?,
         ],
         efficacy: d["efficacy"].as_f64()?,
         wall_s: r["timing"]["wall_s"].as_f64()?,
-        power_warning: power_warning(pair(&d["effect"]["stop_efficacy_right_arm"])?[0]),
+        power_warning,
     })
 }
 
@@ -303,8 +380,9 @@ Stops when P(better by MID) reaches {% if calibrating %}the calibrated threshold
 {% if let Some(r) = v.simulated %}<table><tbody>
 <tr><th>False stop for efficacy when nothing works</th><td>{{ "{:.1}"|format(r.false_stop[0] * 100.0) }}% ± {{ "{:.1}"|format(r.false_stop[1] * 100.0) }}</td></tr>
 <tr><th>Finds an effect the size of the MID</th><td>{{ "{:.1}"|format(r.power_at_mid[0] * 100.0) }}% ± {{ "{:.1}"|format(r.power_at_mid[1] * 100.0) }}</td></tr>
+{% if let Some((e, p)) = r.double %}<tr><th>Finds an effect twice the MID ({{ e }})</th><td>{{ "{:.1}"|format(p[0] * 100.0) }}% ± {{ "{:.1}"|format(p[1] * 100.0) }}</td></tr>{% endif %}
 <tr><th>Mean blocks (no effect / effect at MID)</th><td>{{ "{:.1}"|format(r.mean_blocks[0]) }} / {{ "{:.1}"|format(r.mean_blocks[1]) }}</td></tr>
-</tbody></table>{% if let Some(w) = r.power_warning %}<p class="banner">{{ w }}</p>{% endif %}<p class="muted">{{ r.trials }} virtual trials per condition at efficacy threshold {{ r.efficacy }}, ± one Monte Carlo standard error; {{ "{:.0}"|format(r.wall_s) }} s. The threshold a trial of this design decides with is calibrated below.</p>
+</tbody></table>{% if let Some(w) = r.power_warning %}<p class="banner">{{ w }}</p>{% endif %}{% if !r.redesigns.is_empty() %}<table><caption>Changes simulated to raise the power at twice the MID</caption><thead><tr><th>change</th><th>days at most</th><th>finds twice the MID</th><th></th></tr></thead><tbody>{% for x in r.redesigns %}<tr><td>{{ x.change }}</td><td>{{ x.planned_days }}</td><td>{{ "{:.0}"|format(x.power[0] * 100.0) }}% ± {{ "{:.0}"|format(x.power[1] * 100.0) }}</td><td><form method="post" action="/proposals/{{ v.id }}/edit" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="period_days" value="{{ x.period_days }}"><input type="hidden" name="max_blocks" value="{{ x.max_blocks }}"><input type="hidden" name="mid" value="{{ v.mid }}"><button type="submit">Use this design</button></form></td></tr>{% endfor %}</tbody></table>{% endif %}<p class="muted">{{ r.trials }} virtual trials per condition at efficacy threshold {{ r.efficacy }}, ± one Monte Carlo standard error; {{ "{:.0}"|format(r.wall_s) }} s. A rule that asks for "better by the MID" finds an effect of exactly the MID about half the time at best, however long the trial: twice the MID is the figure to judge a design by. The threshold a trial of this design decides with is calibrated below.</p>
 {% else %}<p class="muted">Being simulated in the background: about a minute for a gaussian outcome, up to an hour for the other families. Reload later.</p>{% endif %}
 <h3>When it stops: the threshold calibrated for this design</h3>
 {% if !calibrating %}<p>Calibration is switched off (<code>jobs.calibrate = false</code>): a trial of this design decides on the protocol's stated threshold, {{ v.thresholds[0] }}, whatever its false-stop rate.</p>{% else if v.calibration.is_some() %}{{ v.calibration_html|safe }}{% else if let Some((why, given_up)) = v.calibration_failure %}<p class="banner">This design could not be calibrated: {{ why }}. {% if given_up %}An approved trial of it starts on the protocol's stated thresholds, whose false-stop rate is not checked; edit the protocol to calibrate it.{% else %}It will be tried again.{% endif %}</p>{% else %}<p class="muted">Being calibrated in the background on the stress suite (a few minutes; longer for counts and proportions). An approved trial starts once its threshold is locked. Reload later.</p>{% endif %}
@@ -314,7 +392,7 @@ Stops when P(better by MID) reaches {% if calibrating %}the calibrated threshold
 <form method="post" action="/proposals/{{ v.id }}/edit" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}">
 <p>Or change the design before approving:</p>
 <label>Period (days) <input type="number" name="period_days" min="1" max="365" value="{{ v.period_days }}"></label>
-<label>Most blocks <input type="number" name="max_blocks" min="1" max="52" value="{{ v.blocks[1] }}"></label>
+<label>Most blocks <input type="number" name="max_blocks" min="1" max="100" value="{{ v.blocks[1] }}"></label>
 <label>MID <input type="number" name="mid" step="any" min="0" value="{{ v.mid }}"></label>
 <button type="submit">Save changes</button></form>
 </section>{% endfor %}
@@ -499,19 +577,46 @@ mod tests {
 
     #[test]
     fn low_power_is_said_with_what_raises_it() {
-        assert_eq!(power_warning(0.85), None);
-        let low = power_warning(0.028).unwrap();
+        let at = "of twice the MID (2 points)";
+        assert_eq!(power_warning(0.85, at, &[]), None);
+        let low = power_warning(0.028, at, &[]).unwrap();
         assert!(
             low.starts_with(
-                "Low power: a true effect the size of the MID would be found in only 3%"
+                "Low power: a true effect of twice the MID (2 points) would be found in only 3%"
             ),
             "{low}"
         );
         assert!(low.contains("More blocks"));
         assert!(
-            power_warning(0.6)
+            power_warning(0.6, at, &[])
                 .unwrap()
                 .starts_with("Power below the usual 80%")
+        );
+        // Simulated changes that do better are named with their power; one
+        // that does not is left out.
+        let line = |change: &str, power| RedesignLine {
+            change: change.into(),
+            period_days: 7,
+            max_blocks: 12,
+            planned_days: 182,
+            power: [power, 0.07],
+        };
+        let said = power_warning(
+            0.39,
+            at,
+            &[
+                line("12 blocks at most instead of 6", 0.62),
+                line("14-day periods instead of 7-day", 0.3),
+            ],
+        )
+        .unwrap();
+        assert!(
+            said.contains("With 12 blocks at most instead of 6 (182 days at most) it would find it in 62% (simulated at the same thresholds)"),
+            "{said}"
+        );
+        assert!(
+            !said.contains("14-day") && !said.contains("More blocks"),
+            "{said}"
         );
     }
 

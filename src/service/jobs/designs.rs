@@ -270,6 +270,7 @@ async fn simulate_proposed_designs(state: &AppState) -> Result<String, JobError>
                     trials: simulation_trials(&protocol, configured),
                     threads: 1,
                     progress: false,
+                    redesign: true,
                     ..SimOptions::default()
                 },
                 design_device(backend, &protocol, simulation_trials(&protocol, configured)),
