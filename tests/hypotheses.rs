@@ -184,6 +184,7 @@ fn store_with_data(dir: &Path, extra_stream: Option<&str>) -> (Store, Participan
         oura: vec![],
         strava: vec![],
         withings: vec![],
+        push: vec![],
     }
     .resolve()
     .unwrap();

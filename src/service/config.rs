@@ -462,6 +462,9 @@ pub struct DemoConfig {
     /// nudged and the dashboard warns (0: off, the default: the simulated
     /// person's data come by themselves).
     pub missing_data_days: u32,
+    /// Push channels for the demo participant's messages (to try ntfy or
+    /// Home Assistant before a trial of one's own).
+    pub push: Vec<crate::service::push::PushConfig>,
 }
 
 impl Default for DemoConfig {
@@ -471,6 +474,7 @@ impl Default for DemoConfig {
             time_zone: "Europe/London".into(),
             evening_reminder: "off".into(),
             missing_data_days: 0,
+            push: Vec::new(),
         }
     }
 }
@@ -523,6 +527,10 @@ pub struct ParticipantConfig {
     /// Withings accounts (connected on the sources page).
     #[serde(default)]
     pub withings: Vec<crate::service::sources::granted::LoginConfig>,
+    /// Push channels (ntfy, Home Assistant) that get every message beside
+    /// the email.
+    #[serde(default)]
+    pub push: Vec<crate::service::push::PushConfig>,
 }
 
 /// One stream's settings for a participant.
@@ -851,6 +859,16 @@ impl Config {
         }
     }
 
+    /// Participant `key`'s push channels (the demo participant's from
+    /// `[demo]`).
+    pub fn push(&self, key: &str) -> &[crate::service::push::PushConfig] {
+        match self.participants.iter().find(|p| p.key == key) {
+            Some(p) => &p.push,
+            None if key == crate::service::demo::PARTICIPANT_KEY => &self.demo.push,
+            None => &[],
+        }
+    }
+
     /// After how many trial days in a row without outcome data participant
     /// `key` is nudged and the dashboard warns (`None`: off; the demo
     /// participant's from `[demo]`).
@@ -1009,6 +1027,16 @@ impl Config {
             }
             if let Some(p) = &smtp.password {
                 p.resolve("email.smtp.password")?;
+            }
+        }
+        let pushes = self
+            .participants
+            .iter()
+            .map(|p| (format!("participants[{}].push", p.key), &p.push))
+            .chain([("demo.push".to_string(), &self.demo.push)]);
+        for (what, channels) in pushes {
+            for (i, channel) in channels.iter().enumerate() {
+                channel.check(&format!("{what}[{i}]"))?;
             }
         }
         if let Some(url) = &self.email.public_url

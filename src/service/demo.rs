@@ -93,6 +93,8 @@ pub fn participant_config(time_zone: &str) -> ParticipantConfig {
         oura: Vec::new(),
         strava: Vec::new(),
         withings: Vec::new(),
+        // And its push channels (Config::push).
+        push: Vec::new(),
         goals: vec!["calmer evenings, less anxiety".into()],
     }
 }

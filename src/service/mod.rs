@@ -17,6 +17,7 @@ pub mod lock;
 pub mod notify;
 pub mod oauth;
 pub mod private;
+pub mod push;
 pub mod sources;
 pub mod standing;
 pub mod store;

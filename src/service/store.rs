@@ -27,7 +27,7 @@ use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
 
 /// The migration files, in order. Append new files; never edit a released one.
-const MIGRATION_FILES: [&str; 11] = [
+const MIGRATION_FILES: [&str; 12] = [
     include_str!("../../migrations/0001_initial.sql"),
     include_str!("../../migrations/0002_trial_lifecycle.sql"),
     include_str!("../../migrations/0003_dashboard.sql"),
@@ -39,6 +39,7 @@ const MIGRATION_FILES: [&str; 11] = [
     include_str!("../../migrations/0009_futility.sql"),
     include_str!("../../migrations/0010_withdrawn.sql"),
     include_str!("../../migrations/0011_corrections.sql"),
+    include_str!("../../migrations/0012_push.sql"),
 ];
 
 /// The migrations, in order.
@@ -927,6 +928,69 @@ pub struct NewMessage {
     pub body_html: String,
     /// Message-ID derived from the key.
     pub message_id: String,
+}
+
+/// A push due on one channel, with what its message says.
+#[derive(Debug, Clone)]
+pub struct PushDue {
+    /// The push's row id.
+    pub id: i64,
+    /// The channel's key (`PushConfig::channel`).
+    pub channel: String,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// The participant the message is for.
+    pub participant_id: i64,
+    /// The message's kind (`assignment`, `reminder`, …).
+    pub kind: String,
+    /// The participant's day it is about, where it has one.
+    pub local_date: Option<String>,
+    /// The message's subject (the notification's title).
+    pub subject: String,
+    /// Its plain text.
+    pub body_text: String,
+}
+
+/// A push as stored: which message, where, and how it went.
+#[derive(Debug, Clone)]
+pub struct PushRow {
+    /// The message's outbox key.
+    pub message_key: String,
+    /// The channel's key.
+    pub channel: String,
+    /// `pending`, `sending`, `sent` or `failed`.
+    pub status: String,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// The last error.
+    pub last_error: Option<String>,
+}
+
+/// What happened to a push ([`Store::record_push`]).
+#[derive(Debug, Clone, Copy)]
+pub enum PushStep<'a> {
+    /// An attempt starts; due again at `retry_at` if it never ends.
+    Attempt {
+        /// When a crashed attempt is retried.
+        retry_at: Timestamp,
+    },
+    /// Delivered.
+    Sent {
+        /// When.
+        at: Timestamp,
+    },
+    /// A temporary failure: due again at `retry_at`.
+    Retry {
+        /// What happened.
+        error: &'a str,
+        /// When it is tried again.
+        retry_at: Timestamp,
+    },
+    /// A permanent failure: not tried again.
+    Failed {
+        /// What happened.
+        error: &'a str,
+    },
 }
 
 /// A message in the outbox.
@@ -3223,6 +3287,94 @@ impl Store {
         Ok(())
     }
 
+    /// Gives push `channel` of participant `participant_id` every message
+    /// of theirs queued since `since` that it has not had (a channel added
+    /// later gets the last day's, not the whole history). Returns how many.
+    pub fn queue_pushes(
+        &mut self,
+        participant_id: i64,
+        channel: &str,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<usize> {
+        Ok(self.conn.execute(
+            "INSERT OR IGNORE INTO pushes (message_id, channel, next_attempt_at, created_at)
+             SELECT id, ?2, ?4, ?4 FROM outbox WHERE participant_id = ?1 AND created_at >= ?3",
+            params![participant_id, channel, ts(since), ts(now)],
+        )?)
+    }
+
+    /// Pushes due now (pending, or a `sending` one whose attempt crashed
+    /// and whose backoff has passed), oldest first, with their messages.
+    pub fn due_pushes(&self, now: Timestamp, limit: usize) -> Result<Vec<PushDue>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT p.id, p.channel, p.attempts, o.participant_id, o.kind, o.local_date,
+                    o.subject, o.body_text
+             FROM pushes p JOIN outbox o ON o.id = p.message_id
+             WHERE p.status IN ('pending', 'sending') AND p.next_attempt_at <= ?1
+             ORDER BY p.next_attempt_at, p.id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![ts(now), limit as i64], |r| {
+            Ok(PushDue {
+                id: r.get(0)?,
+                channel: r.get(1)?,
+                attempts: r.get(2)?,
+                participant_id: r.get(3)?,
+                kind: r.get(4)?,
+                local_date: r.get(5)?,
+                subject: r.get(6)?,
+                body_text: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records what happened to push `id` (its attempt is recorded before
+    /// it starts, as the outbox's).
+    pub fn record_push(&mut self, id: i64, step: PushStep<'_>) -> Result<()> {
+        match step {
+            PushStep::Attempt { retry_at } => self.conn.execute(
+                "UPDATE pushes SET status = 'sending', attempts = attempts + 1, next_attempt_at = ?2
+                 WHERE id = ?1",
+                params![id, ts(retry_at)],
+            )?,
+            PushStep::Sent { at } => self.conn.execute(
+                "UPDATE pushes SET status = 'sent', sent_at = ?2, last_error = NULL WHERE id = ?1",
+                params![id, ts(at)],
+            )?,
+            PushStep::Retry { error, retry_at } => self.conn.execute(
+                "UPDATE pushes SET status = 'pending', last_error = ?2, next_attempt_at = ?3
+                 WHERE id = ?1",
+                params![id, error, ts(retry_at)],
+            )?,
+            PushStep::Failed { error } => self.conn.execute(
+                "UPDATE pushes SET status = 'failed', last_error = ?2 WHERE id = ?1",
+                params![id, error],
+            )?,
+        };
+        Ok(())
+    }
+
+    /// Every push of channels like `channel_prefix` (e.g. `ntfy:`), oldest
+    /// first.
+    pub fn pushes(&self, channel_prefix: &str) -> Result<Vec<PushRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT o.key, p.channel, p.status, p.attempts, p.last_error
+             FROM pushes p JOIN outbox o ON o.id = p.message_id
+             WHERE substr(p.channel, 1, length(?1)) = ?1 ORDER BY p.id",
+        )?;
+        let rows = stmt.query_map(params![channel_prefix], |r| {
+            Ok(PushRow {
+                message_key: r.get(0)?,
+                channel: r.get(1)?,
+                status: r.get(2)?,
+                attempts: r.get(3)?,
+                last_error: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Appends to the audit log.
     pub fn audit(
         &mut self,
@@ -4208,6 +4360,7 @@ mod tests {
             oura: Vec::new(),
             strava: Vec::new(),
             withings: Vec::new(),
+            push: Vec::new(),
         }
         .resolve()
         .unwrap();

@@ -35,11 +35,7 @@ pub(crate) async fn simulate_pending_designs(state: &AppState) -> Result<String,
         Ok(String::new())
     };
     let simulated = simulate_proposed_designs(state).await;
-    match (calibrated, simulated) {
-        (Ok(c), Ok(s)) if c.is_empty() => Ok(s),
-        (Ok(c), Ok(s)) => Ok(format!("{c}; {s}")),
-        (Err(e), _) | (_, Err(e)) => Err(e),
-    }
+    super::both(calibrated, simulated)
 }
 
 /// A stored protocol text, parsed, checked against the hash its result will

@@ -25,6 +25,7 @@ mod assignments;
 mod designs;
 mod hypotheses;
 mod outbox;
+mod push;
 mod refits;
 mod sources;
 
@@ -49,7 +50,7 @@ pub enum JobKind {
     Sources,
     /// Queue each running trial's daily assignment when its local time has come.
     Assignments,
-    /// Deliver due outbox messages.
+    /// Deliver due outbox messages, by email and to push channels.
     Outbox,
     /// Refit running trials whose outcome streams have new data.
     Refits,
@@ -186,7 +187,10 @@ pub async fn run_job(state: &AppState, kind: JobKind) {
     let result = match kind {
         JobKind::Sources => sources::poll_sources(state).await,
         JobKind::Assignments => assignments::queue_assignments(state).await,
-        JobKind::Outbox => outbox::deliver_outbox(state).await,
+        JobKind::Outbox => both(
+            outbox::deliver_outbox(state).await,
+            push::deliver_pushes(state).await,
+        ),
         JobKind::Refits => refits::refit_trials(state).await,
         JobKind::Designs => designs::simulate_pending_designs(state).await,
         JobKind::Hypotheses => hypotheses::propose_due(state).await,
@@ -221,5 +225,16 @@ pub(crate) fn recipient(p: &crate::service::store::ParticipantRow) -> notify::Re
         key: &p.key,
         name: &p.name,
         email: &p.email,
+    }
+}
+
+/// Two parts of one job run: their summaries joined (an empty one left
+/// out), or the first error.
+fn both(a: Result<String, JobError>, b: Result<String, JobError>) -> Result<String, JobError> {
+    match (a, b) {
+        (Ok(a), Ok(b)) if b.is_empty() => Ok(a),
+        (Ok(a), Ok(b)) if a.is_empty() => Ok(b),
+        (Ok(a), Ok(b)) => Ok(format!("{a}; {b}")),
+        (Err(e), _) | (_, Err(e)) => Err(e),
     }
 }

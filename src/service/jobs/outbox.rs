@@ -9,6 +9,18 @@ use crate::service::jobs::JobError;
 use crate::service::notify::{self};
 use crate::trial::calendar::local_date;
 
+/// Why a message is not delivered late: an assignment (or its evening
+/// reminder) is for its day only, and once the participant's `today` is
+/// past it, it is never sent as if it were today.
+pub(crate) fn passed_day(kind: &str, day: Option<&str>, today: Option<&str>) -> Option<String> {
+    match (kind, day, today) {
+        ("assignment" | "reminder", Some(day), Some(today)) if day < today => {
+            Some(format!("its day ({day}) has passed"))
+        }
+        _ => None,
+    }
+}
+
 /// Delivers due outbox messages. The attempt is recorded before delivery,
 /// so a crash mid-delivery is retried after its backoff, not in a loop.
 pub(crate) async fn deliver_outbox(state: &AppState) -> Result<String, JobError> {
@@ -40,11 +52,8 @@ pub(crate) async fn deliver_outbox(state: &AppState) -> Result<String, JobError>
             .find(|p| p.id == row.participant_id)
             .and_then(|p| TimeZone::get(&p.time_zone).ok())
             .map(|tz| local_date(now, &tz).to_string());
-        if matches!(row.kind.as_str(), "assignment" | "reminder")
-            && let (Some(day), Some(today)) = (&row.local_date, &today)
-            && day < today
-        {
-            let msg = format!("not delivered: its day ({day}) has passed");
+        if let Some(why) = passed_day(&row.kind, row.local_date.as_deref(), today.as_deref()) {
+            let msg = format!("not delivered: {why}");
             tracing::warn!(message = id, "{msg}");
             state.db.write(move |s| s.mark_failed(id, &msg)).await?;
             failed += 1;

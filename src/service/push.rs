@@ -1,0 +1,313 @@
+//! Push notifications beside email: every message the outbox holds for a
+//! participant also goes, once, to each of their push channels: an ntfy
+//! topic (<https://docs.ntfy.sh/publish/>: a POST of the text to the topic's
+//! URL, the title in `Title`, the dashboard in `Click`, an access token as
+//! `Authorization: Bearer`) or a Home Assistant notify service (a POST of
+//! `{"title", "message", "data"}` to `/api/services/notify/<service>` with a
+//! long-lived access token), which reaches the Companion app on a phone.
+//!
+//! Which messages a channel gets, and that it gets each once, is the
+//! store's (`pushes`, one row per message and channel); this module says
+//! what a channel is and sends one notification.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::service::config::{ConfigError, Secret, SecretRef};
+
+/// The most characters of a message's text a notification carries (ntfy
+/// takes 4,096 bytes; a phone shows a few lines): the rest is on the
+/// dashboard the notification opens.
+pub const MAX_TEXT_CHARS: usize = 1000;
+
+/// Seconds a push may take.
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The kinds of push channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushKind {
+    /// An ntfy topic (ntfy.sh or a server of one's own).
+    Ntfy,
+    /// A Home Assistant notify service (the Companion app, or any notifier).
+    HomeAssistant,
+}
+
+/// One push channel of a participant, as written in the config:
+///
+/// ```toml
+/// [[participants.push]]
+/// kind = "ntfy"
+/// url = "https://ntfy.sh/alice-nof1d-7f3k9q"   # the topic's URL
+/// token = { env = "NTFY_TOKEN" }               # optional
+///
+/// [[participants.push]]
+/// kind = "home_assistant"
+/// url = "http://homeassistant.local:8123"
+/// service = "mobile_app_alices_phone"          # notify.<service>
+/// token = { file = "/etc/nof1d/ha-token" }
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// Which kind of channel.
+    pub kind: PushKind,
+    /// ntfy: the topic's URL; Home Assistant: the instance's URL.
+    pub url: String,
+    /// Home Assistant: the notify service, with or without `notify.`.
+    pub service: Option<String>,
+    /// The access token: optional for ntfy (a protected topic), required
+    /// for Home Assistant.
+    pub token: Option<SecretRef>,
+}
+
+/// Why a push failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind:?} push to {channel}: {message}")]
+pub struct PushError {
+    /// The channel's kind.
+    pub kind: PushKind,
+    /// The channel (its key: no token in it).
+    pub channel: String,
+    /// What happened.
+    pub message: String,
+    /// A 4xx answer other than 408 and 429 (a wrong topic, service or
+    /// token): the same request cannot succeed, so it is not retried.
+    pub permanent: bool,
+}
+
+impl PushConfig {
+    /// Checks the settings (and reads the token, so that a missing one is
+    /// said at start-up); `what` names the setting in errors.
+    pub fn check(&self, what: &str) -> Result<(), ConfigError> {
+        let url = self.url.trim();
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+            return Err(ConfigError::Invalid(format!(
+                "{what}.url {url:?} must be an http:// or https:// URL"
+            )));
+        }
+        match self.kind {
+            PushKind::Ntfy => {
+                if self.service.is_some() {
+                    return Err(ConfigError::Invalid(format!(
+                        "{what}.service is for kind = \"home_assistant\"; an ntfy topic is the last part of its url"
+                    )));
+                }
+                let topic = url.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+                if topic.is_empty() || topic.contains(':') {
+                    return Err(ConfigError::Invalid(format!(
+                        "{what}.url {url:?} must name the topic, e.g. https://ntfy.sh/a-topic-hard-to-guess"
+                    )));
+                }
+            }
+            PushKind::HomeAssistant => {
+                if self.service().is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "{what}.service is needed for kind = \"home_assistant\" (e.g. \"mobile_app_my_phone\", from Developer tools → Actions → notify.*)"
+                    )));
+                }
+                if self.token.is_none() {
+                    return Err(ConfigError::Invalid(format!(
+                        "{what}.token is needed for kind = \"home_assistant\" (a long-lived access token, Profile → Security)"
+                    )));
+                }
+            }
+        }
+        if let Some(token) = &self.token {
+            token.resolve(&format!("{what}.token"))?;
+        }
+        Ok(())
+    }
+
+    /// The notify service's name without its `notify.` domain.
+    fn service(&self) -> &str {
+        let s = self.service.as_deref().unwrap_or("").trim();
+        s.strip_prefix("notify.").unwrap_or(s)
+    }
+
+    /// The channel's key in the store: its kind and where it goes (never
+    /// the token), so that a changed URL is a new channel.
+    pub fn channel(&self) -> String {
+        let url = self.url.trim().trim_end_matches('/');
+        match self.kind {
+            PushKind::Ntfy => format!("ntfy:{url}"),
+            PushKind::HomeAssistant => format!("home_assistant:{url}/notify.{}", self.service()),
+        }
+    }
+
+    /// Sends one notification: `title`, `text` (cut to [`MAX_TEXT_CHARS`])
+    /// and the dashboard's address to open (blocking).
+    pub fn send(&self, title: &str, text: &str, open: &str) -> Result<(), PushError> {
+        let fail = |message: String, permanent: bool| PushError {
+            kind: self.kind,
+            channel: self.channel(),
+            message,
+            permanent,
+        };
+        let token: Option<Secret> = match &self.token {
+            Some(t) => Some(
+                t.resolve("push token")
+                    .map_err(|e| fail(e.to_string(), false))?,
+            ),
+            None => None,
+        };
+        let client = reqwest::blocking::Client::builder()
+            .timeout(TIMEOUT)
+            .build()
+            .map_err(|e| fail(e.to_string(), false))?;
+        let text = shortened(text);
+        let request = match self.kind {
+            PushKind::Ntfy => client
+                .post(self.url.trim())
+                .header("Title", header_value(title))
+                .header("Click", open)
+                .header("Tags", "nof1d")
+                .header("Content-Type", "text/plain; charset=utf-8")
+                .body(text),
+            PushKind::HomeAssistant => {
+                let url = format!(
+                    "{}/api/services/notify/{}",
+                    self.url.trim().trim_end_matches('/'),
+                    self.service()
+                );
+                client.post(url).json(&serde_json::json!({
+                    "title": title,
+                    "message": text,
+                    // The Companion app opens `url` (iOS) or `clickAction`
+                    // (Android) when the notification is tapped.
+                    "data": {"url": open, "clickAction": open, "group": "nof1d"},
+                }))
+            }
+        };
+        let request = match &token {
+            Some(t) => request.bearer_auth(t.expose()),
+            None => request,
+        };
+        let answer = request
+            .send()
+            .map_err(|e| fail(crate::service::http::error_chain(&e), false))?;
+        let status = answer.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body: String = answer
+            .text()
+            .unwrap_or_default()
+            .chars()
+            .take(200)
+            .collect();
+        let code = status.as_u16();
+        let permanent = status.is_client_error() && code != 408 && code != 429;
+        Err(fail(
+            format!("answered {status}: {}", body.trim()),
+            permanent,
+        ))
+    }
+}
+
+/// A message's text as a notification carries it: at most
+/// [`MAX_TEXT_CHARS`] characters, cut at a line's end where one is near,
+/// and then says where the rest is.
+pub fn shortened(text: &str) -> String {
+    let text = text.trim();
+    if text.chars().count() <= MAX_TEXT_CHARS {
+        return text.to_string();
+    }
+    let cut: String = text.chars().take(MAX_TEXT_CHARS).collect();
+    let at_line = cut
+        .rfind('\n')
+        .filter(|&i| i > MAX_TEXT_CHARS / 2)
+        .unwrap_or(cut.len());
+    format!(
+        "{}\n… (the rest in the email and on the dashboard)",
+        cut[..at_line].trim_end()
+    )
+}
+
+/// An HTTP header carries ASCII safely: ntfy reads a title with other
+/// characters from RFC 2047 encoding, which this spares by writing the
+/// common ones plainly (a dash for a dash, no accents lost for words).
+fn header_value(title: &str) -> String {
+    let plain: String = title
+        .chars()
+        .map(|c| match c {
+            '–' | '—' => '-',
+            '·' => '-',
+            '’' | '‘' => '\'',
+            '“' | '”' => '"',
+            c => c,
+        })
+        .collect();
+    if plain.is_ascii() {
+        plain
+    } else {
+        // RFC 2047 "encoded word", which ntfy decodes.
+        format!(
+            "=?UTF-8?B?{}?=",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, plain)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(kind: PushKind, url: &str, service: Option<&str>) -> PushConfig {
+        PushConfig {
+            kind,
+            url: url.into(),
+            service: service.map(str::to_string),
+            token: None,
+        }
+    }
+
+    #[test]
+    fn settings_are_checked_with_the_setting_named() {
+        let ok = config(PushKind::Ntfy, "https://ntfy.sh/alice-7f3k", None);
+        assert!(ok.check("participants[alice].push[0]").is_ok());
+        assert_eq!(ok.channel(), "ntfy:https://ntfy.sh/alice-7f3k");
+        let no_topic = config(PushKind::Ntfy, "https://ntfy.sh/", None);
+        let e = no_topic
+            .check("participants[alice].push[0]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("participants[alice].push[0].url") && e.contains("topic"),
+            "{e}"
+        );
+        let ha = config(PushKind::HomeAssistant, "http://ha.local:8123", None);
+        let e = ha.check("p").unwrap_err().to_string();
+        assert!(e.contains("p.service is needed"), "{e}");
+        let ha = config(
+            PushKind::HomeAssistant,
+            "http://ha.local:8123",
+            Some("notify.mobile_app_x"),
+        );
+        let e = ha.check("p").unwrap_err().to_string();
+        assert!(e.contains("p.token is needed"), "{e}");
+        assert_eq!(
+            ha.channel(),
+            "home_assistant:http://ha.local:8123/notify.mobile_app_x"
+        );
+        let e = config(PushKind::Ntfy, "ntfy.sh/x", None)
+            .check("p")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http://"), "{e}");
+    }
+
+    #[test]
+    fn long_texts_are_cut_at_a_line_and_titles_travel_as_headers() {
+        let short = "Today: meditation.\nRate tonight.";
+        assert_eq!(shortened(short), short);
+        let long = "line of text\n".repeat(200);
+        let cut = shortened(&long);
+        assert!(cut.chars().count() <= MAX_TEXT_CHARS + 60, "{}", cut.len());
+        assert!(cut.ends_with("(the rest in the email and on the dashboard)"));
+        assert!(cut.contains("line of text\n…"));
+        assert_eq!(header_value("Sat 27 Mar – Box 1"), "Sat 27 Mar - Box 1");
+        assert_eq!(header_value("Café"), "=?UTF-8?B?Q2Fmw6k=?=");
+    }
+}
