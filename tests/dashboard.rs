@@ -548,7 +548,10 @@ fn proposals_pause_self_report_and_api() {
         if path.starts_with("/l/") || path == "/oauth/callback" {
             continue;
         }
-        let url = path.replace("{id}", "1");
+        let url = path
+            .replace("{id}", "1")
+            .replace("{file}", "days.csv")
+            .replace("{action}", "pause");
         let (status, body) = me.get(&d, &url);
         assert_eq!(status, 200, "{url}: {body}");
         let Some(schema) = get["responses"]["200"]["content"]["application/json"].get("schema")

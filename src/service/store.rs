@@ -197,7 +197,7 @@ pub struct ParticipantRow {
 }
 
 /// A data source as stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SourceRow {
     /// Row id.
     pub id: i64,
@@ -371,7 +371,7 @@ impl RunWay {
 }
 
 /// One poll, push or import as logged.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SourceRunRow {
     /// Row id.
     pub id: i64,
@@ -502,7 +502,7 @@ pub struct NewHypothesis {
 }
 
 /// A hypothesis as stored, with the trial it became.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HypothesisRow {
     /// Row id.
     pub id: i64,
@@ -531,7 +531,7 @@ pub struct HypothesisRow {
 }
 
 /// One exchange as stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ExchangeRow {
     /// Row id.
     pub id: i64,
@@ -798,7 +798,7 @@ pub struct NewDecision {
 }
 
 /// A stored decision.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DecisionRow {
     /// Row id.
     pub id: i64,
@@ -819,7 +819,7 @@ pub struct DecisionRow {
 }
 
 /// One life-cycle change.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TrialEventRow {
     /// From (None at creation).
     pub from_status: Option<String>,
@@ -1029,7 +1029,7 @@ pub struct OutboxRow {
 }
 
 /// Row counts, for health, status and tests.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Counts {
     /// Participants.
     pub participants: i64,

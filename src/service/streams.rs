@@ -213,7 +213,7 @@ pub struct OriginDay {
 
 /// A stream in the catalog: what it is, where it comes from, how complete
 /// it is, and a short summary of its daily values.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StreamSummary {
     /// The stream's key.
     pub key: String,
@@ -229,8 +229,10 @@ pub struct StreamSummary {
     /// Observations (every origin).
     pub count: usize,
     /// First and last day with data.
+    #[schema(value_type = Option<String>, format = Date)]
     pub first: Option<Date>,
     /// Last day with data.
+    #[schema(value_type = Option<String>, format = Date)]
     pub last: Option<Date>,
     /// Days with data.
     pub days_with_data: usize,

@@ -57,7 +57,7 @@ const COOKIE: &str = "nof1d_session";
 const VERIFYING_AT_ONCE: usize = 2;
 
 /// What a viewer may see.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Sees today and the past only, blinded arms by code.
@@ -708,7 +708,7 @@ pub async fn login_form(
 }
 
 /// The login form's fields.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct LoginForm {
     csrf: Option<String>,
     password: String,
@@ -719,6 +719,10 @@ pub struct LoginForm {
 /// participant's hash; sets the session cookie and goes back where the
 /// visitor was. Refuses while the address (or everyone) has failed too
 /// often; the attempt holds its place in the limit while it is checked.
+#[utoipa::path(post, path = "/login", tag = "access",
+    summary = "Sign in; sets the nof1d_session cookie (HttpOnly, SameSite=Strict). 5 failures per address per 15 minutes, then 429",
+    request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303), (status = 401), (status = 403), (status = 429)))]
 pub async fn login_submit(
     State(access): State<Access>,
     axum::Extension(viewer): axum::Extension<Viewer>,
@@ -813,13 +817,17 @@ pub async fn login_submit(
 }
 
 /// A form with only a CSRF token.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct CsrfForm {
     /// The token.
     pub csrf: Option<String>,
 }
 
 /// POST `/logout`: ends the session in the store and clears the cookie.
+#[utoipa::path(post, path = "/logout", tag = "access",
+    summary = "Sign out",
+    request_body(content = CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303), (status = 403)))]
 pub async fn logout(
     State(access): State<Access>,
     axum::Extension(viewer): axum::Extension<Viewer>,

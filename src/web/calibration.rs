@@ -10,7 +10,7 @@ use crate::trial::decide::Boundary;
 use crate::trial::simulate::Rate;
 
 /// One scenario's figures, in percent.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ScenarioLine {
     /// Scenario name.
     pub scenario: String,
@@ -34,7 +34,7 @@ pub struct ScenarioLine {
 }
 
 /// What the pages show of a calibration.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CalibrationView {
     /// The calibrated efficacy threshold (the last block's).
     pub efficacy: f64,
@@ -71,7 +71,7 @@ pub struct CalibrationView {
 }
 
 /// The calibrated futility threshold as the pages show it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FutilityView {
     /// Stop for futility when P(better by MID) is at most this (0: never).
     pub threshold: f64,

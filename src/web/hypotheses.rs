@@ -25,7 +25,7 @@ const MAX_QUESTION_CHARS: usize = 1_000;
 static ASKING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 /// One participant's hypotheses and exchanges.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HypothesesView {
     /// The participant's key.
     pub participant: String,
@@ -178,6 +178,9 @@ pub(super) async fn hypotheses_page(
 }
 
 /// GET `/api/hypotheses`: every participant's hypotheses and exchanges.
+#[utoipa::path(get, path = "/api/hypotheses", tag = "dashboard",
+    summary = "Every participant's hypotheses (verdict, proposed trial) and the audit log of exchanges with the proposer",
+    responses((status = 200, body = HypothesesView)))]
 pub(super) async fn hypotheses_json(State(state): State<AppState>) -> Response {
     match views(&state).await {
         Ok(v) => axum::Json(v).into_response(),
@@ -186,7 +189,7 @@ pub(super) async fn hypotheses_json(State(state): State<AppState>) -> Response {
 }
 
 /// The ask and propose forms.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 pub(super) struct AskForm {
     csrf: Option<String>,
     participant: String,
@@ -196,6 +199,11 @@ pub(super) struct AskForm {
 
 /// POST `/hypotheses/{ask|propose}`: checks the form, starts the proposer
 /// in the background, and sends the browser back to the page.
+#[utoipa::path(post, path = "/hypotheses/{action}", tag = "forms",
+    summary = "Ask a question (ask) or propose from the goals (propose); answered in the background",
+    params(("action" = String, Path, description = "ask or propose")),
+    request_body(content = AskForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303), (status = 400), (status = 403), (status = 429)))]
 pub(super) async fn hypotheses_action(
     State(state): State<AppState>,
     axum::Extension(viewer): axum::Extension<Viewer>,

@@ -83,6 +83,10 @@ async fn link_context(
 }
 
 /// GET: shows what the link would record and a one-button form; changes nothing.
+#[utoipa::path(get, path = "/l/{token}", tag = "forms",
+    summary = "Where an email link lands: a one-button confirmation form",
+    params(("token" = String, Path, description = "the signed link")),
+    responses((status = 200, content_type = "text/html", body = String), (status = 400), (status = 410)))]
 pub(super) async fn link_page(
     State(state): State<AppState>,
     axum::extract::Path(token): axum::extract::Path<String>,
@@ -127,12 +131,17 @@ pub(super) async fn link_page(
 }
 
 /// The confirmation form.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 pub(super) struct LinkForm {
     stop: Option<String>,
 }
 
 /// POST: records what the link says, once.
+#[utoipa::path(post, path = "/l/{token}", tag = "forms",
+    summary = "Records what the link says, once",
+    params(("token" = String, Path, description = "the signed link")),
+    request_body(content = LinkForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, content_type = "text/html", body = String), (status = 400), (status = 410), (status = 422)))]
 pub(super) async fn link_submit(
     State(state): State<AppState>,
     axum::extract::Path(token): axum::extract::Path<String>,

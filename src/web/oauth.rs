@@ -55,6 +55,11 @@ async fn source_of(
 }
 
 /// POST `/sources/{id}/connect`: begins the authorisation of source `id`.
+#[utoipa::path(post, path = "/sources/{id}/connect", tag = "forms",
+    summary = "Connect a source behind a vendor's login (Oura, Strava, Withings): a redirect to the vendor's authorize page with a one-time state (and a PKCE challenge where the vendor takes one)",
+    params(("id" = i64, Path, description = "source id")),
+    request_body(content = crate::web::access::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303), (status = 400), (status = 403), (status = 404)))]
 pub(super) async fn connect(
     State(state): State<AppState>,
     axum::Extension(viewer): axum::Extension<Viewer>,
@@ -124,6 +129,10 @@ pub(super) struct Callback {
 
 /// GET `/oauth/callback`: the code for the state begun here becomes the
 /// source's grant.
+#[utoipa::path(get, path = "/oauth/callback", tag = "forms",
+    summary = "Where the vendor sends the person back: the code for a state begun here (good once, for 15 minutes) becomes the source's grant",
+    params(("code" = Option<String>, Query), ("state" = Option<String>, Query), ("error" = Option<String>, Query)),
+    responses((status = 303), (status = 400), (status = 502)))]
 pub(super) async fn callback(State(state): State<AppState>, Query(q): Query<Callback>) -> Response {
     let now = state.clock.now();
     let Some(state_token) = q.state.filter(|s| !s.is_empty()) else {

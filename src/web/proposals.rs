@@ -23,7 +23,7 @@ use super::calibration::CalibrationView;
 use super::{Viewer, arm_label, csrf_refused, internal, nav};
 
 /// The simulated operating characteristics shown for a design.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DesignRates {
     /// Virtual trials per condition.
     pub trials: usize,
@@ -48,7 +48,7 @@ pub struct DesignRates {
 }
 
 /// A changed design simulated for a low-powered one.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RedesignLine {
     /// The change, in words.
     pub change: String,
@@ -97,7 +97,7 @@ fn power_warning(power: f64, at: &str, redesigns: &[RedesignLine]) -> Option<Str
 }
 
 /// One proposal as the page and `/api/proposals` show it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ProposalView {
     /// Trial id.
     pub id: i64,
@@ -440,6 +440,9 @@ pub(super) async fn proposals_page(
 }
 
 /// GET `/api/proposals`.
+#[utoipa::path(get, path = "/api/proposals", tag = "dashboard",
+    summary = "Trials waiting for approval, with hypothesis, causal graph, priors, simulated error rates (power at the MID and twice it, the changes that raise it) and calibration",
+    responses((status = 200, body = Vec<ProposalView>)))]
 pub(super) async fn proposals_json(
     State(state): State<AppState>,
     axum::Extension(viewer): axum::Extension<Viewer>,
@@ -451,7 +454,7 @@ pub(super) async fn proposals_json(
 }
 
 /// The edit form's fields.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct EditForm {
     csrf: Option<String>,
     period_days: String,
@@ -515,6 +518,11 @@ fn edited_protocol(text: &str, form: &EditForm) -> Result<(String, String), Stri
 
 /// POST `/proposals/{id}/edit`: changes period length, blocks or MID of a
 /// proposal; the protocol gets a new hash and is simulated again.
+#[utoipa::path(post, path = "/proposals/{id}/edit", tag = "forms",
+    summary = "Change a proposal's period length, most blocks or MID (new protocol hash, simulated again)",
+    params(("id" = i64, Path, description = "trial id")),
+    request_body(content = EditForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303), (status = 403), (status = 409), (status = 422)))]
 pub(super) async fn edit_proposal(
     State(state): State<AppState>,
     axum::Extension(viewer): axum::Extension<Viewer>,

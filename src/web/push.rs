@@ -24,6 +24,11 @@ pub struct PushSource(pub SourceRow);
 /// POST `/push`: stores a Health Auto Export payload; answers with the
 /// counts as JSON, 400 naming what is wrong with a payload that is not
 /// the format, 500 if the store failed (the app retries).
+#[utoipa::path(post, path = "/push", tag = "sources",
+    summary = "A Health Auto Export payload (its REST API automation's JSON), with the source's own token from `nof1d push-token`; stored in one transaction, re-sent records updated in place",
+    request_body(content_type = "application/json", description = "Health Auto Export's JSON"),
+    security(("bearer" = [])),
+    responses((status = 200), (status = 400), (status = 401), (status = 413), (status = 429)))]
 pub(super) async fn push(
     State(state): State<AppState>,
     axum::Extension(PushSource(source)): axum::Extension<PushSource>,

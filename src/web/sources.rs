@@ -14,7 +14,7 @@ use super::access::CsrfForm;
 use super::{Viewer, csrf_refused, internal, nav};
 
 /// One source on the sources page.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SourceView {
     /// The stored source.
     pub source: crate::service::store::SourceRow,
@@ -27,7 +27,7 @@ pub struct SourceView {
 }
 
 /// An OAuth2 source's state, for people.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Connection {
     /// `not_connected`, `connected` or `needs_reauthorisation`.
     pub status: String,
@@ -75,7 +75,7 @@ fn connection(
 }
 
 /// A participant's stream catalog.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CatalogView {
     /// The participant's key.
     pub participant: String,
@@ -103,6 +103,9 @@ async fn catalog_views(state: &AppState) -> Result<Vec<CatalogView>, StoreError>
 }
 
 /// GET `/api/streams`: every participant's stream catalog.
+#[utoipa::path(get, path = "/api/streams", tag = "dashboard",
+    summary = "Every participant's stream catalog: unit, sources, devices (the one counted first), days, missing share, daily mean, sd, trend per 30 days, weekday pattern",
+    responses((status = 200, body = Vec<CatalogView>)))]
 pub(super) async fn streams_json(State(state): State<AppState>) -> Response {
     match catalog_views(&state).await {
         Ok(views) => axum::Json(views).into_response(),
@@ -212,6 +215,9 @@ pub(super) async fn sources_page(
 }
 
 /// GET `/api/sources`.
+#[utoipa::path(get, path = "/api/sources", tag = "dashboard",
+    summary = "Data sources with last poll, last error and their latest polls, pushes and imports",
+    responses((status = 200, body = Vec<SourceView>)))]
 pub(super) async fn sources_json(State(state): State<AppState>) -> Response {
     match source_views(&state).await {
         Ok(views) => axum::Json(views).into_response(),
@@ -221,6 +227,10 @@ pub(super) async fn sources_json(State(state): State<AppState>) -> Response {
 
 /// POST `/sources/poll`: polls every source now (the usual job, run at
 /// once; a poll already running is not doubled), then back to the page.
+#[utoipa::path(post, path = "/sources/poll", tag = "forms",
+    summary = "Poll every source now",
+    request_body(content = crate::web::access::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303), (status = 403)))]
 pub(super) async fn sources_poll(
     State(state): State<AppState>,
     axum::Extension(viewer): axum::Extension<Viewer>,

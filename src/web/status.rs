@@ -17,7 +17,7 @@ use crate::trial::protocol::Protocol;
 use super::{Viewer, arm_label, internal, nav};
 
 /// One participant on the status page.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ParticipantView {
     /// Key.
     pub key: String,
@@ -34,7 +34,7 @@ pub struct ParticipantView {
 }
 
 /// One of a participant's streams on the status page.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StreamView {
     /// Stream key.
     pub stream: String,
@@ -45,7 +45,7 @@ pub struct StreamView {
 }
 
 /// One arm's effect in the latest fit, on the status page.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EffectView {
     /// The arm's label as the viewer may see it (a code when blinded).
     pub arm: String,
@@ -58,7 +58,7 @@ pub struct EffectView {
 }
 
 /// A job's name and how it has run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     /// The job.
     pub name: String,
@@ -68,7 +68,7 @@ pub struct JobView {
 }
 
 /// One trial on the status page. Only today and the past: nothing of future arms.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TrialView {
     /// Trial id.
     pub id: i64,
@@ -111,7 +111,7 @@ pub struct TrialView {
 
 /// What a running trial asks of the person today, first on the overview
 /// (phone first: one card, no table).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TodayCard {
     /// The local date (the report form's day).
     pub date: String,
@@ -129,7 +129,7 @@ pub struct TodayCard {
 }
 
 /// The latest fit of a trial's primary outcome, for the status page.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FitView {
     /// Data through this local date.
     pub data_through: String,
@@ -142,7 +142,7 @@ pub struct FitView {
 }
 
 /// Everything the status page and `/api/status` show.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StatusView {
     /// nof1d version.
     pub version: String,
@@ -170,7 +170,7 @@ pub struct StatusView {
 }
 
 /// An outbox message on the status page (no bodies).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OutboxView {
     /// Key.
     pub key: String,
@@ -384,7 +384,7 @@ pub async fn status(state: &AppState, viewer: &Viewer) -> Result<StatusView, Sto
                 outbox,
                 counts: s.counts()?,
                 jobs,
-                api_version: 2,
+                api_version: super::openapi::API_MAJOR,
             })
         })
         .await
@@ -498,6 +498,9 @@ pub(super) async fn status_page(
     }
 }
 
+#[utoipa::path(get, path = "/api/status", tag = "dashboard",
+    summary = "Overview: participants, trials (each with today's card and where it stands), proposals, sources, outbox, jobs",
+    responses((status = 200, body = StatusView), (status = 401, description = "no credential")))]
 pub(super) async fn status_json(
     State(state): State<AppState>,
     axum::Extension(viewer): axum::Extension<Viewer>,
@@ -508,7 +511,7 @@ pub(super) async fn status_json(
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Health {
     status: &'static str,
     version: &'static str,
@@ -519,7 +522,7 @@ struct Health {
     uptime_seconds: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct DbHealth {
     ok: bool,
     outbox_backlog: Option<i64>,
@@ -528,6 +531,9 @@ struct DbHealth {
 
 /// `200` with `"ok"` (or `"degraded"` when a job's last run failed) while
 /// the database answers; `503` with `"error"` when it does not.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    summary = "Liveness and job health (no credential needed)",
+    responses((status = 200, body = Health, description = "ok, or degraded when a job's last run failed"), (status = 503, body = Health, description = "the database does not answer")))]
 pub(super) async fn healthz(State(state): State<AppState>) -> Response {
     let db = state.db.read(|s| s.outbox_backlog()).await;
     let jobs: std::collections::BTreeMap<_, _> = state
@@ -571,6 +577,9 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 /// Prometheus text format: table counts, outbox backlog, jobs, fits.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    summary = "Prometheus text format: observations, fits, fit durations, outbox backlog, job runs",
+    responses((status = 200, content_type = "text/plain", body = String)))]
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let read = state
         .db

@@ -26,7 +26,7 @@ const REPORT_DAYS: usize = 14;
 
 /// One calendar day on the trial page: past days by arm with adherence;
 /// future days hidden from the participant (allocation concealment).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CalendarDay {
     /// Local date.
     pub date: String,
@@ -60,7 +60,7 @@ impl CalendarDay {
 }
 
 /// Where one arm's effect stood after one fit.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EffectPoint {
     /// The arm as the viewer sees it.
     pub arm: String,
@@ -75,7 +75,7 @@ pub struct EffectPoint {
 }
 
 /// One fit in the trial's history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FitPoint {
     /// Last local date of data.
     pub data_through: String,
@@ -88,7 +88,7 @@ pub struct FitPoint {
 }
 
 /// One observation of the latest fit's smoothed path.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PathView {
     /// Trial day.
     pub day: f64,
@@ -101,7 +101,7 @@ pub struct PathView {
 }
 
 /// Everything the trial page shows (`/api/trials/{id}`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TrialDetail {
     /// Trial id.
     pub id: i64,
@@ -168,6 +168,7 @@ pub struct TrialDetail {
     /// Fit history of the primary outcome, oldest first.
     pub fits: Vec<FitPoint>,
     /// Latest fit's diagnostics.
+    #[schema(value_type = Option<Object>)]
     pub diagnostics: Option<crate::engine::fit::Diagnostics>,
     /// Latest fit's effects in the person's units (log and logit links):
     /// the arm as the viewer sees it, and the sentence.
@@ -877,6 +878,10 @@ pub(super) async fn trial_page(
 }
 
 /// GET `/api/trials/{id}`.
+#[utoipa::path(get, path = "/api/trials/{id}", tag = "dashboard",
+    summary = "One trial as its page shows it (blinded trials: codes only for the participant; future days hidden)",
+    params(("id" = i64, Path, description = "trial id")),
+    responses((status = 200, body = TrialDetail), (status = 404, description = "no such trial")))]
 pub(super) async fn trial_json(
     State(state): State<AppState>,
     axum::Extension(viewer): axum::Extension<Viewer>,
@@ -892,6 +897,10 @@ pub(super) async fn trial_json(
 /// GET `/trials/{id}/export/{days.csv|decisions.csv}`: the trial's days or
 /// decisions as CSV (`service::export`). They name the arms, so a blinded
 /// trial's participant gets them only once it has ended for good.
+#[utoipa::path(get, path = "/trials/{id}/export/{file}", tag = "dashboard",
+    summary = "A trial's days or decisions as CSV (a participant's days end today; a blinded trial's participant: 403 until it ends)",
+    params(("id" = i64, Path, description = "trial id"), ("file" = String, Path, description = "days.csv or decisions.csv")),
+    responses((status = 200, content_type = "text/csv", body = String), (status = 403), (status = 404)))]
 pub(super) async fn trial_export(
     State(state): State<AppState>,
     axum::Extension(viewer): axum::Extension<Viewer>,
@@ -958,7 +967,7 @@ pub(super) async fn trial_export(
 /// A life-cycle action's form: the CSRF token; for approving a protocol
 /// that needs one, the clinician's agreement in words; for stopping and
 /// pausing, the reason and the confirmation from their page.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 pub(super) struct ActionForm {
     csrf: Option<String>,
     #[serde(default)]
@@ -1078,6 +1087,10 @@ async fn confirm_page(
 
 /// GET `/trials/{id}/confirm/{stop|pause}`: what stopping or pausing does,
 /// the reason, and the button that does it.
+#[utoipa::path(get, path = "/trials/{id}/confirm/{action}", tag = "forms",
+    summary = "The confirmation page of pause or stop (asks for a reason)",
+    params(("id" = i64, Path, description = "trial id"), ("action" = String, Path, description = "pause or stop")),
+    responses((status = 200, content_type = "text/html", body = String), (status = 404)))]
 pub(super) async fn confirm_action(
     State(state): State<AppState>,
     axum::Extension(viewer): axum::Extension<Viewer>,
@@ -1089,6 +1102,11 @@ pub(super) async fn confirm_action(
 /// POST `/trials/{id}/{approve|reject|pause|resume|stop|undo}`: the
 /// life-cycle actions, checked against the CSRF token, then a redirect to
 /// the trial (stop and pause first to their confirmation page).
+#[utoipa::path(post, path = "/trials/{id}/{action}", tag = "forms",
+    summary = "Life-cycle action: approve, reject, pause, resume, stop (pause and stop with confirm=yes, stop with a reason), or undo a stop by hand within 24 hours",
+    params(("id" = i64, Path, description = "trial id"), ("action" = String, Path, description = "approve, reject, pause, resume, stop or undo")),
+    request_body(content = ActionForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "back to the trial"), (status = 403, description = "bad or missing csrf"), (status = 409, description = "not allowed in the trial's state"), (status = 422, description = "the form is incomplete")))]
 pub(super) async fn trial_action(
     State(state): State<AppState>,
     axum::Extension(viewer): axum::Extension<Viewer>,
@@ -1314,7 +1332,7 @@ pub(super) async fn report_form(
 }
 
 /// The self-report form's fields.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct ReportForm {
     csrf: Option<String>,
     date: String,
@@ -1331,6 +1349,11 @@ pub(super) struct ReportForm {
 
 /// POST `/trials/{id}/report`: records the rating and/or the adherence
 /// answer for one of the offered days (not a future one).
+#[utoipa::path(post, path = "/trials/{id}/report", tag = "forms",
+    summary = "Rating and/or adherence for a past or today's trial day (the first rating stands unless corrected, with a reason, audited)",
+    params(("id" = i64, Path, description = "trial id")),
+    request_body(content = ReportForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, content_type = "text/html", body = String), (status = 403), (status = 422)))]
 pub(super) async fn report_submit(
     State(state): State<AppState>,
     axum::Extension(viewer): axum::Extension<Viewer>,

@@ -105,6 +105,10 @@ async fn participant(state: &AppState, key: Option<&str>) -> Result<ParticipantR
 
 /// POST `/sources/upload` (multipart: `csrf` first, then `participant`
 /// and `file`): imports the file at once and shows the report.
+#[utoipa::path(post, path = "/sources/upload", tag = "forms",
+    summary = "Import an uploaded file (multipart: csrf first, then participant and file): up to 64 MiB at once, larger files through the participant's inbox",
+    request_body(content_type = "multipart/form-data", description = "csrf, participant, file"),
+    responses((status = 200), (status = 202), (status = 400), (status = 403), (status = 422)))]
 pub(super) async fn upload(
     State(state): State<AppState>,
     axum::Extension(viewer): axum::Extension<Viewer>,
@@ -327,7 +331,7 @@ pub(super) async fn upload(
 }
 
 /// The push-token form.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 pub(super) struct TokenForm {
     csrf: Option<String>,
     participant: Option<String>,
@@ -335,6 +339,10 @@ pub(super) struct TokenForm {
 
 /// POST `/sources/push-token`: a new token for the participant's Health
 /// Auto Export source, shown this once (the earlier one stops working).
+#[utoipa::path(post, path = "/sources/push-token", tag = "forms",
+    summary = "A new push token for the participant's Health Auto Export source, shown once",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, content_type = "text/html", body = String), (status = 403)))]
 pub(super) async fn push_token(
     State(state): State<AppState>,
     axum::Extension(viewer): axum::Extension<Viewer>,

@@ -85,7 +85,7 @@ impl JobKind {
 }
 
 /// What `/healthz` shows of one job.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct JobStatus {
     /// Running now.
     pub running: bool,
