@@ -61,30 +61,26 @@ pub fn propose(
             ))
         })?;
     // A trial whose outcome nothing records could only end "inconclusive"
-    // for want of data: it needs a self-report question, or a stream some
-    // source already fills.
+    // for want of data (`Outcome::recorded`).
     let outcome = &protocol.outcome;
-    if outcome.self_report.is_none() {
-        let streams = store.stream_counts(participant.id)?;
-        let recorded = streams
+    let streams = store.stream_counts(participant.id)?;
+    let has_data = streams
+        .iter()
+        .any(|(key, count, _)| *key == outcome.stream && *count > 0);
+    if let Err(reason) = outcome.recorded(has_data) {
+        let with_data: Vec<&str> = streams
             .iter()
-            .any(|(key, count, _)| *key == outcome.stream && *count > 0);
-        if !recorded {
-            let with_data: Vec<&str> = streams
-                .iter()
-                .filter(|(_, count, _)| *count > 0)
-                .map(|(key, _, _)| key.as_str())
-                .collect();
-            return Err(ActionError::Refused(format!(
-                "nothing records {:?} for {participant_key}: the protocol's outcome has no self-report question and no source has sent that stream yet. Add an [outcome.self_report] question, or connect a source that records it and propose again after its first data (streams with data: {})",
-                outcome.stream,
-                if with_data.is_empty() {
-                    "none yet".to_string()
-                } else {
-                    with_data.join(", ")
-                }
-            )));
-        }
+            .filter(|(_, count, _)| *count > 0)
+            .map(|(key, _, _)| key.as_str())
+            .collect();
+        return Err(ActionError::Refused(format!(
+            "nothing records the outcome for {participant_key}: {reason}; propose again after its first data (streams with data: {})",
+            if with_data.is_empty() {
+                "none yet".to_string()
+            } else {
+                with_data.join(", ")
+            }
+        )));
     }
     let seed = crate::trial::design::draw_seed()
         .map_err(|e| ActionError::Refused(format!("cannot draw a random seed: {e}")))?;

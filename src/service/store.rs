@@ -1851,13 +1851,40 @@ impl Store {
         participant_id: i64,
         stream: &str,
     ) -> Result<Vec<crate::service::streams::Sample>> {
+        self.samples_on(participant_id, stream, None)
+    }
+
+    /// [`Store::observations`] of one local `date` only (the overview's
+    /// Today card reads today's rating without the whole stream).
+    pub fn observations_on(
+        &self,
+        participant_id: i64,
+        stream: &str,
+        date: Date,
+    ) -> Result<Vec<(Timestamp, Date, f64)>> {
+        let samples = self.samples_on(participant_id, stream, Some(date))?;
+        Ok(crate::service::streams::one_origin_per_day(samples, &[])
+            .into_iter()
+            .map(|s| (s.at, s.date, s.value))
+            .collect())
+    }
+
+    /// A stream's samples, of one local date or (`None`) all of them.
+    fn samples_on(
+        &self,
+        participant_id: i64,
+        stream: &str,
+        date: Option<Date>,
+    ) -> Result<Vec<crate::service::streams::Sample>> {
         let mut stmt = self.conn.prepare(
             "SELECT o.observed_at, o.local_date, o.value, o.origin
              FROM observations o JOIN streams s ON s.id = o.stream_id
              WHERE s.participant_id = ?1 AND s.key = ?2 AND o.withdrawn_at IS NULL
+               AND (?3 IS NULL OR o.local_date = ?3)
              ORDER BY o.observed_at, o.id",
         )?;
-        let rows = stmt.query_map(params![participant_id, stream], |r| {
+        let day = date.map(|d| d.to_string());
+        let rows = stmt.query_map(params![participant_id, stream, day], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::spec::{Direction, Family, NormalPrior};
 use crate::trial::causal::NamedGraph;
 use crate::trial::library::{self, LibraryEntry};
-use crate::trial::protocol::{Hypothesis, Protocol};
+use crate::trial::protocol::{Hypothesis, Protocol, Recorded};
 
 /// `Φ⁻¹(0.8)`: the floor keeps the prior's own P(the treatment helps at
 /// all) at or below 0.8.
@@ -316,16 +316,16 @@ pub fn check(c: &Candidate, ctx: &Context<'_>) -> Result<Checked, Vec<String>> {
         .streams
         .iter()
         .find(|s| s.key == protocol.outcome.stream);
-    match (facts, &protocol.outcome.self_report) {
-        (Some(f), _) if f.days_with_data > 0 => {}
-        (_, Some(q)) => notes.push(format!(
-            "{} has no data yet: it is a self-report, asked each day (\"{}\")",
-            protocol.outcome.stream, q.question
-        )),
-        _ => why.push(format!(
-            "there is no {:?} stream in this person's data and it is not a self-report: connect a source that records it",
+    match protocol
+        .outcome
+        .recorded(facts.is_some_and(|f| f.days_with_data > 0))
+    {
+        Ok(Recorded::Data) => {}
+        Ok(Recorded::SelfReport(question)) => notes.push(format!(
+            "{} has no data yet: it is a self-report, asked each day (\"{question}\")",
             protocol.outcome.stream
         )),
+        Err(reason) => why.push(reason),
     }
     if c.direction != protocol.outcome.direction {
         why.push(format!(

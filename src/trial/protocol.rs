@@ -212,7 +212,32 @@ pub struct Outcome {
     pub priors: PriorOverrides,
 }
 
+/// What will record an outcome ([`Outcome::recorded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded<'a> {
+    /// Its stream already has data from a source.
+    Data,
+    /// It has no data yet, but is a self-report asked each day (the
+    /// question).
+    SelfReport(&'a str),
+}
+
 impl Outcome {
+    /// Whether anything will record this outcome: a stream that already
+    /// has data (`has_data`), or a self-report question. A trial of an
+    /// outcome nothing records could only end "inconclusive" for want of
+    /// data, so proposing one is refused with this reason.
+    pub fn recorded(&self, has_data: bool) -> Result<Recorded<'_>, String> {
+        match (has_data, &self.self_report) {
+            (true, _) => Ok(Recorded::Data),
+            (false, Some(q)) => Ok(Recorded::SelfReport(&q.question)),
+            (false, None) => Err(format!(
+                "there is no {:?} stream in this person's data and it is not a self-report: connect a source that records it, or add an [outcome.self_report] question",
+                self.stream
+            )),
+        }
+    }
+
     /// The minimal important difference, stated and on the link scale.
     pub fn mid(&self) -> Mid {
         Mid::new(self.family, self.mid).with_natural(self.mid_natural)

@@ -315,9 +315,8 @@ pub async fn status(state: &AppState, viewer: &Viewer) -> Result<StatusView, Sto
                         {
                             let rating = match &proto.outcome.self_report {
                                 Some(_) => s
-                                    .observations(p.id, &proto.outcome.stream, &[])?
-                                    .into_iter()
-                                    .find(|o| o.1 == r.local_date)
+                                    .observations_on(p.id, &proto.outcome.stream, r.local_date)?
+                                    .first()
                                     .map(|o| o.2),
                                 None => None,
                             };

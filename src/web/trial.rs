@@ -936,14 +936,13 @@ pub(super) async fn trial_export(
                 && !investigator
                 && !crate::service::actions::ended_for_good(s, &trial, now)?
             {
-                return Ok(Some(Err(())));
+                return Ok(Err(()));
             }
-            trial_csv(s, id, table, |key| config.stream_rules(key), through)
-                .map(|csv| Some(Ok(csv)))
+            trial_csv(s, id, table, |key| config.stream_rules(key), through).map(Ok)
         })
         .await;
     match answer {
-        Ok(Some(Ok(csv))) => (
+        Ok(Ok(csv)) => (
             [
                 (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
                 (
@@ -954,12 +953,12 @@ pub(super) async fn trial_export(
             csv,
         )
             .into_response(),
-        Ok(Some(Err(()))) => (
+        Ok(Err(())) => (
             StatusCode::FORBIDDEN,
             "this trial is blinded: its data name the arms, so only the investigator can download them until it ends\n",
         )
             .into_response(),
-        Ok(None) | Err(ExportError::NoTrial(_)) => no_trial(id),
+        Err(ExportError::NoTrial(_)) => no_trial(id),
         Err(e) => internal(&e.to_string()),
     }
 }
