@@ -190,8 +190,15 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
                 state.db.write(move |s| s.put_calibration(&row)).await?;
                 done += 1;
             }
-            Ok(Err(e)) => failed.push(record_failure(state, &hash, e).await?),
-            Err(e) => failed.push(record_failure(state, &hash, e.to_string()).await?),
+            Ok(Err(e)) => failed.push(record_failure(state, &hash, e).await),
+            // Shutting down cancelled it: not the design's failure, so not
+            // an attempt; the next run calibrates it again.
+            Err(e) if e.is_cancelled() => {
+                tracing::info!(protocol = %hash.short(), "calibration cancelled at shutdown; not counted");
+            }
+            // A panic is a defect that would repeat: counted, as an error.
+            Err(e) => failed
+                .push(record_failure(state, &hash, format!("the calibration crashed: {e}")).await),
         }
     }
     if failed.is_empty() {
@@ -208,24 +215,33 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
     }
 }
 
-/// Stores a failed calibration and says it for the job board.
-async fn record_failure(
-    state: &AppState,
-    hash: &ProtocolHash,
-    error: String,
-) -> Result<String, JobError> {
+/// Stores a failed calibration and says it for the job board. A store
+/// error while recording it is said too, and does not stop the job's other
+/// designs (the failure is then retried without being counted).
+async fn record_failure(state: &AppState, hash: &ProtocolHash, error: String) -> String {
     let now = state.clock.now();
     let (key, why) = (hash.clone(), error.clone());
-    let attempts = state
+    match state
         .db
         .write(move |s| s.record_calibration_failure(&key, &why, now))
-        .await?;
-    tracing::warn!(protocol = %hash.short(), attempts, error = %error, "design calibration failed");
-    Ok(format!(
-        "calibration of {} (attempt {attempts} of {}): {error}",
-        hash.short(),
-        CalibrationFailure::ATTEMPTS
-    ))
+        .await
+    {
+        Ok(attempts) => {
+            tracing::warn!(protocol = %hash.short(), attempts, error = %error, "design calibration failed");
+            format!(
+                "calibration of {} (attempt {attempts} of {}): {error}",
+                hash.short(),
+                CalibrationFailure::ATTEMPTS
+            )
+        }
+        Err(e) => {
+            tracing::error!(protocol = %hash.short(), error = %error, store = %e, "design calibration failed, and recording it failed");
+            format!(
+                "calibration of {}: {error} (not recorded: {e})",
+                hash.short()
+            )
+        }
+    }
 }
 
 /// Simulates the design of every proposal whose protocol text has no stored
