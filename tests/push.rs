@@ -7,12 +7,12 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use common::{Daemon, serve_fake};
+use common::{Daemon, serve_fake, wait_until};
 use nof1d::service::store::Store;
 
 /// One request a fake received.
@@ -80,14 +80,6 @@ async fn home_assistant(
     (status, "[]".into())
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn every_message_is_pushed_once_to_each_channel_beside_the_email() {
     let dir = tempfile::tempdir().unwrap();
@@ -139,7 +131,7 @@ fn every_message_is_pushed_once_to_each_channel_beside_the_email() {
             .filter(|r| r.path == path && r.answered == 200)
             .collect::<Vec<_>>()
     };
-    wait_until("the assignment pushed", Duration::from_secs(40), || {
+    wait_until("the assignment pushed", &d, || {
         let messages = store().recent_messages(50).unwrap();
         let assignment = messages.iter().any(|m| m.kind == "assignment");
         assignment
@@ -189,6 +181,23 @@ fn every_message_is_pushed_once_to_each_channel_beside_the_email() {
     );
     assert!(header(pushed, "title").contains("Sat 27 Mar"), "{pushed:?}");
     assert!(pushed.body.contains("Today: "), "{}", pushed.body);
+    // No one-click link leaves for a push server: they record answers for
+    // whoever holds them. The notification opens the dashboard instead.
+    assert!(
+        assignment
+            .body_text
+            .contains("https://nof1d.example.org/l/"),
+        "the email has its links"
+    );
+    assert!(
+        ntfy_ok.iter().all(|r| !r.body.contains("/l/")),
+        "{ntfy_ok:?}"
+    );
+    assert!(
+        pushed
+            .body
+            .ends_with("Answer on the dashboard: tap this notification.")
+    );
     // The first try met a server that was down: retried, not lost.
     let tries = ntfy_log.all().iter().filter(|r| r.path == "down").count();
     assert_eq!(tries, messages.len() + 1, "one 503, then each message once");
@@ -203,6 +212,7 @@ fn every_message_is_pushed_once_to_each_channel_beside_the_email() {
         .find(|j| j["title"] == assignment.subject.as_str())
         .expect("the assignment pushed to Home Assistant");
     assert!(sent["message"].as_str().unwrap().contains("Today: "));
+    assert!(!ha_ok.iter().any(|r| r.body.contains("/l/")));
     assert_eq!(sent["data"]["clickAction"], "https://nof1d.example.org");
     assert_eq!(sent["data"]["url"], "https://nof1d.example.org");
 

@@ -81,11 +81,18 @@ impl PushConfig {
     /// Checks the settings (and reads the token, so that a missing one is
     /// said at start-up); `what` names the setting in errors.
     pub fn check(&self, what: &str) -> Result<(), ConfigError> {
-        let url = self.url.trim();
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-            return Err(ConfigError::Invalid(format!(
-                "{what}.url {url:?} must be an http:// or https:// URL"
-            )));
+        let raw = self.url.trim();
+        let invalid = |why: &str| ConfigError::Invalid(format!("{what}.url {raw:?} {why}"));
+        let url = reqwest::Url::parse(raw).map_err(|e| invalid(&format!("is not a URL ({e})")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(invalid("must be an http:// or https:// URL with a host"));
+        }
+        // Secrets belong in `token` (read from a file or the environment),
+        // not in a URL that is logged and stored as the channel's name.
+        if !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
+            return Err(invalid(
+                "must not carry a user, password or query: give an access token as `token`",
+            ));
         }
         match self.kind {
             PushKind::Ntfy => {
@@ -94,11 +101,14 @@ impl PushConfig {
                         "{what}.service is for kind = \"home_assistant\"; an ntfy topic is the last part of its url"
                     )));
                 }
-                let topic = url.trim_end_matches('/').rsplit('/').next().unwrap_or("");
-                if topic.is_empty() || topic.contains(':') {
-                    return Err(ConfigError::Invalid(format!(
-                        "{what}.url {url:?} must name the topic, e.g. https://ntfy.sh/a-topic-hard-to-guess"
-                    )));
+                let topic = url
+                    .path_segments()
+                    .and_then(|mut s| s.rfind(|p| !p.is_empty()))
+                    .unwrap_or("");
+                if topic.is_empty() {
+                    return Err(invalid(
+                        "must name the topic, e.g. https://ntfy.sh/a-topic-hard-to-guess",
+                    ));
                 }
             }
             PushKind::HomeAssistant => {
@@ -136,7 +146,7 @@ impl PushConfig {
         }
     }
 
-    /// Sends one notification: `title`, `text` (cut to [`MAX_TEXT_CHARS`])
+    /// Sends one notification: `title`, `text` (as [`push_text`] makes it)
     /// and the dashboard's address to open (blocking).
     pub fn send(&self, title: &str, text: &str, open: &str) -> Result<(), PushError> {
         let fail = |message: String, permanent: bool| PushError {
@@ -156,7 +166,6 @@ impl PushConfig {
             .timeout(TIMEOUT)
             .build()
             .map_err(|e| fail(e.to_string(), false))?;
-        let text = shortened(text);
         let request = match self.kind {
             PushKind::Ntfy => client
                 .post(self.url.trim())
@@ -164,7 +173,7 @@ impl PushConfig {
                 .header("Click", open)
                 .header("Tags", "nof1d")
                 .header("Content-Type", "text/plain; charset=utf-8")
-                .body(text),
+                .body(text.to_string()),
             PushKind::HomeAssistant => {
                 let url = format!(
                     "{}/api/services/notify/{}",
@@ -204,6 +213,36 @@ impl PushConfig {
             permanent,
         ))
     }
+}
+
+/// A message's text as a notification carries it: without its one-click
+/// links (`<dashboard>/l/…`: they record answers for whoever holds them,
+/// and a push server keeps what it relays; the notification opens the
+/// dashboard, where the day's answers are one tap away), and
+/// [`shortened`].
+pub fn push_text(body_text: &str, dashboard: &str) -> String {
+    let links = format!("{}/l/", dashboard.trim_end_matches('/'));
+    let mut out: Vec<&str> = Vec::new();
+    let mut dropped = false;
+    for line in body_text.lines() {
+        if line.contains(&links) {
+            dropped = true;
+            continue;
+        }
+        // One blank line at most in a row.
+        if line.trim().is_empty() && out.last().is_none_or(|l| l.trim().is_empty()) {
+            continue;
+        }
+        out.push(line);
+    }
+    let mut text = out.join("\n");
+    if dropped {
+        text = format!(
+            "{}\n\nAnswer on the dashboard: tap this notification.",
+            text.trim_end()
+        );
+    }
+    shortened(&text)
 }
 
 /// A message's text as a notification carries it: at most
@@ -277,6 +316,16 @@ mod tests {
             e.contains("participants[alice].push[0].url") && e.contains("topic"),
             "{e}"
         );
+        for secret in ["https://me:pw@ntfy.sh/t", "https://ntfy.sh/t?auth=abc"] {
+            let e = config(PushKind::Ntfy, secret, None)
+                .check("p")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("must not carry a user, password or query"),
+                "{e}"
+            );
+        }
         let ha = config(PushKind::HomeAssistant, "http://ha.local:8123", None);
         let e = ha.check("p").unwrap_err().to_string();
         assert!(e.contains("p.service is needed"), "{e}");
@@ -295,7 +344,31 @@ mod tests {
             .check("p")
             .unwrap_err()
             .to_string();
+        assert!(e.contains("is not a URL"), "{e}");
+        let e = config(PushKind::Ntfy, "ftp://ntfy.sh/x", None)
+            .check("p")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("http://"), "{e}");
+    }
+
+    #[test]
+    fn a_push_carries_no_one_click_link() {
+        let email = "Today: Morning meditation\n\nDid you do it?\n  Done: https://me.example/l/abc.def\n  Not done: https://me.example/l/ghi\n\n\nHow anxious?\n  0: https://me.example/l/x0\n\n-- \nSent by nof1d";
+        let text = push_text(email, "https://me.example/");
+        assert!(!text.contains("/l/"), "{text}");
+        assert!(
+            text.starts_with("Today: Morning meditation\n\nDid you do it?\n\nHow anxious?\n\n-- "),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("Answer on the dashboard: tap this notification."),
+            "{text}"
+        );
+        assert_eq!(
+            push_text("Weekly summary", "https://me.example"),
+            "Weekly summary"
+        );
     }
 
     #[test]

@@ -3325,8 +3325,9 @@ impl Store {
         now: Timestamp,
     ) -> Result<usize> {
         Ok(self.conn.execute(
-            "INSERT OR IGNORE INTO pushes (message_id, channel, next_attempt_at, created_at)
-             SELECT id, ?2, ?4, ?4 FROM outbox WHERE participant_id = ?1 AND created_at >= ?3",
+            "INSERT INTO pushes (message_id, channel, next_attempt_at, created_at)
+             SELECT id, ?2, ?4, ?4 FROM outbox WHERE participant_id = ?1 AND created_at >= ?3
+             ON CONFLICT (message_id, channel) DO NOTHING",
             params![participant_id, channel, ts(since), ts(now)],
         )?)
     }

@@ -540,7 +540,8 @@ pub struct SimulationReport {
     pub default: AtThreshold,
     /// The calibrated threshold, when asked for.
     pub calibrated: Option<Calibration>,
-    /// Power at twice the effect (none where the effect is no change).
+    /// Power at twice the effect (none where the effect is no change, or
+    /// twice it cannot happen on the outcome's scale).
     #[serde(default)]
     pub double_effect: Option<DoubleEffect>,
     /// The anytime-valid betting test on the same trials (none where the
@@ -644,6 +645,20 @@ impl Setup<'_> {
             (Some(effect), _) => stated(effect),
             (None, Some(k)) => (k, natural::difference_unit(outcome.family)),
             (None, None) => stated(outcome.mid),
+        }
+    }
+
+    /// Whether `effect` can happen from the simulated baseline (a
+    /// difference the scale leaves room for without drift; an effect on
+    /// the model's scale always can).
+    fn reachable(&self, effect: TrueEffect) -> bool {
+        match effect {
+            TrueEffect::Link(_) => true,
+            TrueEffect::Natural(k) => {
+                let outcome = &self.protocol.outcome;
+                let target = outcome.direction.sign() * k;
+                natural::beta_for_difference(outcome.family, self.baseline, target, 0.0).is_some()
+            }
         }
     }
 
@@ -1365,7 +1380,11 @@ pub fn simulate_protocol(
     let beta = setup.beta_at(condition, typical_drift);
     let scale = setup.scale;
     let n = options.trials.max(1);
-    let doubled = (!condition.is_none()).then(|| condition.doubled());
+    // Twice the effect, where it is a change at all and can happen (twice a
+    // MID in percentage points may not fit on the scale).
+    let doubled = (!condition.is_none())
+        .then(|| condition.doubled())
+        .filter(|d| setup.reachable(*d));
     let conditions = 2 + usize::from(options.calibrate.is_some()) + usize::from(doubled.is_some());
     let bar = if options.progress {
         let bar = ProgressBar::new((n * conditions) as u64);

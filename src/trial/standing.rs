@@ -382,7 +382,6 @@ mod tests {
         }
     }
 
-    /// The sentences of a fit with one arm (index 1).
     #[test]
     fn numbers_are_trimmed() {
         assert_eq!(trimmed(10.0, 2), "10");
@@ -392,6 +391,7 @@ mod tests {
         assert_eq!(trimmed(100.0, 0), "100");
     }
 
+    /// The sentences of a fit with one arm (index 1).
     fn one(subject: &Subject<'_>, label: &str, e: &EffectSummary, stage: &Stage) -> String {
         let arm = ArmEffect {
             arm: 1,

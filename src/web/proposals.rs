@@ -87,7 +87,7 @@ fn power_warning(power: f64, at: &str, redesigns: &[RedesignLine]) -> Option<Str
             if let Some(first) = s.get_mut(0..1) {
                 first.make_ascii_uppercase();
             }
-            format!("{s} (simulated at the same thresholds)")
+            format!("{s} (simulated at the protocol's stated thresholds, before calibration: the longer design's calibrated threshold will be stricter, so expect somewhat less)")
         };
         format!(
             "{level}: a true effect {at} would be found in only {:.0}% of trials like this one; the rest would end without an answer. {remedy}: edit the design below, and the simulation runs again.",
@@ -382,8 +382,8 @@ Stops when P(better by MID) reaches {% if calibrating %}the calibrated threshold
 <tr><th>Finds an effect the size of the MID</th><td>{{ "{:.1}"|format(r.power_at_mid[0] * 100.0) }}% ± {{ "{:.1}"|format(r.power_at_mid[1] * 100.0) }}</td></tr>
 {% if let Some((e, p)) = r.double %}<tr><th>Finds an effect twice the MID ({{ e }})</th><td>{{ "{:.1}"|format(p[0] * 100.0) }}% ± {{ "{:.1}"|format(p[1] * 100.0) }}</td></tr>{% endif %}
 <tr><th>Mean blocks (no effect / effect at MID)</th><td>{{ "{:.1}"|format(r.mean_blocks[0]) }} / {{ "{:.1}"|format(r.mean_blocks[1]) }}</td></tr>
-</tbody></table>{% if let Some(w) = r.power_warning %}<p class="banner">{{ w }}</p>{% endif %}{% if !r.redesigns.is_empty() %}<table><caption>Changes simulated to raise the power at twice the MID</caption><thead><tr><th>change</th><th>days at most</th><th>finds twice the MID</th><th></th></tr></thead><tbody>{% for x in r.redesigns %}<tr><td>{{ x.change }}</td><td>{{ x.planned_days }}</td><td>{{ "{:.0}"|format(x.power[0] * 100.0) }}% ± {{ "{:.0}"|format(x.power[1] * 100.0) }}</td><td><form method="post" action="/proposals/{{ v.id }}/edit" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="period_days" value="{{ x.period_days }}"><input type="hidden" name="max_blocks" value="{{ x.max_blocks }}"><input type="hidden" name="mid" value="{{ v.mid }}"><button type="submit">Use this design</button></form></td></tr>{% endfor %}</tbody></table>{% endif %}<p class="muted">{{ r.trials }} virtual trials per condition at efficacy threshold {{ r.efficacy }}, ± one Monte Carlo standard error; {{ "{:.0}"|format(r.wall_s) }} s. A rule that asks for "better by the MID" finds an effect of exactly the MID about half the time at best, however long the trial: twice the MID is the figure to judge a design by. The threshold a trial of this design decides with is calibrated below.</p>
-{% else %}<p class="muted">Being simulated in the background: about a minute for a gaussian outcome, up to an hour for the other families. Reload later.</p>{% endif %}
+</tbody></table>{% if let Some(w) = r.power_warning %}<p class="banner">{{ w }}</p>{% endif %}{% if !r.redesigns.is_empty() %}<table><caption>Changes simulated to raise the power at twice the MID (at the stated thresholds, before calibration)</caption><thead><tr><th>change</th><th>days at most</th><th>finds twice the MID</th><th></th></tr></thead><tbody>{% for x in r.redesigns %}<tr><td>{{ x.change }}</td><td>{{ x.planned_days }}</td><td>{{ "{:.0}"|format(x.power[0] * 100.0) }}% ± {{ "{:.0}"|format(x.power[1] * 100.0) }}</td><td><form method="post" action="/proposals/{{ v.id }}/edit" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="period_days" value="{{ x.period_days }}"><input type="hidden" name="max_blocks" value="{{ x.max_blocks }}"><input type="hidden" name="mid" value="{{ v.mid }}"><button type="submit">Use this design</button></form></td></tr>{% endfor %}</tbody></table>{% endif %}<p class="muted">{{ r.trials }} virtual trials per condition at efficacy threshold {{ r.efficacy }}, ± one Monte Carlo standard error; {{ "{:.0}"|format(r.wall_s) }} s. A rule that asks for "better by the MID" finds an effect of exactly the MID about half the time at best, however long the trial: twice the MID is the figure to judge a design by. The threshold a trial of this design decides with is calibrated below.</p>
+{% else %}<p class="muted">Being simulated in the background: a minute or two for a gaussian outcome, up to an hour for the other families. Reload later.</p>{% endif %}
 <h3>When it stops: the threshold calibrated for this design</h3>
 {% if !calibrating %}<p>Calibration is switched off (<code>jobs.calibrate = false</code>): a trial of this design decides on the protocol's stated threshold, {{ v.thresholds[0] }}, whatever its false-stop rate.</p>{% else if v.calibration.is_some() %}{{ v.calibration_html|safe }}{% else if let Some((why, given_up)) = v.calibration_failure %}<p class="banner">This design could not be calibrated: {{ why }}. {% if given_up %}An approved trial of it starts on the protocol's stated thresholds, whose false-stop rate is not checked; edit the protocol to calibrate it.{% else %}It will be tried again.{% endif %}</p>{% else %}<p class="muted">Being calibrated in the background on the stress suite (a few minutes; longer for counts and proportions). An approved trial starts once its threshold is locked. Reload later.</p>{% endif %}
 <h3>Decide</h3>
@@ -619,7 +619,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            said.contains("With 12 blocks at most instead of 6 (182 days at most) it would find it in 62% (simulated at the same thresholds)"),
+            said.contains("With 12 blocks at most instead of 6 (182 days at most) it would find it in 62% (simulated at the protocol's stated thresholds, before calibration"),
             "{said}"
         );
         assert!(

@@ -498,10 +498,10 @@ async fn trial_detail(
 {% if !d.standing.is_empty() %}<h2>Where you stand</h2>{% for w in d.standing %}<p class="standing">{{ w }}</p>{% endfor %}{% endif %}
 {% if d.status == "running" || d.status == "paused" %}<p><a href="/trials/{{ d.id }}/report">Missed an email? Enter a rating or whether you followed the day's arm</a></p>{% endif %}
 <h2>Schedule</h2>
-<p>Each square is a day, coloured by arm ({% if has_run_in %}<span style="color:{{ run_in_colour }}">■</span> run-in {% endif %}{% for l in legend %}<span style="color:{{ l.1 }}">■</span> {{ l.0 }} {% endfor %}); ✓ done, ✗ not done, ! side effect; {% if investigator %}faded days are still to come (the participant does not see them){% else %}grey days are still to come and are not shown{% endif %}.</p>
+<p>Each square is a day, coloured by arm ({% if has_run_in %}<span style="color:{{ run_in_colour }}">■</span> run-in {% endif %}{% for l in legend %}<span style="color:{{ l.1 }}">■</span> {{ l.0 }} {% endfor %}); ✓ done, ✗ not done, ! side effect; {% if investigator %}faded days are still to come (the participant does not see them){% else %}light grey days are still to come and are not shown{% endif %}.</p>
 <div class="cal" role="list">{% for c in calendar %}<span role="listitem" class="{% if c.arm.is_none() %}hidden{% else if c.run_in %}runin{% endif %}{% if c.future %} future{% endif %}{% if c.today %} today{% endif %}" style="{% if !c.run_in %}{% if let Some(i) = c.arm_index %}background:{{ colour(i) }}{% endif %}{% endif %}" aria-label="{{ c.date }}{% if let Some(a) = c.arm %}: {% if c.run_in %}run-in, {% endif %}{{ a }}{% endif %}{% if let Some(x) = c.adherence_words() %}, {{ x }}{% endif %}" title="{{ c.date }}{% if let Some(a) = c.arm %}: {{ a }}{% endif %}{% if let Some(x) = c.adherence %}, {{ x }}{% endif %}">{% if let Some(x) = c.adherence %}{% if x == "done" %}✓{% else if x == "not_done" %}✗{% else %}!{% endif %}{% endif %}</span>{% endfor %}</div>
-<details class="days"><summary>Day by day</summary><div class="scroll"><table><thead><tr><th>date</th><th>arm</th><th>followed</th><th>email</th><th>{{ d.outcome.0 }}</th></tr></thead><tbody>
-{% for c in calendar %}{% if let Some(a) = c.arm %}<tr{% if c.today %} class="today-row"{% endif %}><td>{{ c.date }}</td><td>{% if c.run_in %}run-in ({{ a }}){% else %}{{ a }}{% endif %}</td><td>{% if let Some(x) = c.adherence_words() %}{{ x }}{% endif %}</td><td>{% if let Some(r) = c.run %}{{ r }}{% endif %}</td><td>{{ c.values }}</td></tr>{% endif %}{% endfor %}
+<details class="days"><summary>Day by day</summary><div class="scroll"><table><thead><tr><th>date</th><th>arm</th><th>followed</th><th>email</th>{% if has_values %}<th>{{ d.outcome.0 }}</th>{% endif %}</tr></thead><tbody>
+{% for c in calendar %}{% if let Some(a) = c.arm %}<tr{% if c.today %} class="today-row"{% endif %}><td>{{ c.date }}</td><td>{% if c.run_in %}run-in ({{ a }}){% else %}{{ a }}{% endif %}</td><td>{% if let Some(x) = c.adherence_words() %}{{ x }}{% endif %}</td><td>{% if let Some(r) = c.run %}{{ r }}{% endif %}</td>{% if has_values %}<td>{{ c.values }}</td>{% endif %}</tr>{% endif %}{% endfor %}
 </tbody></table></div></details>
 <h2>Outcome: {{ d.outcome.0 }} ({{ d.outcome.1 }})</h2>
 <figure>{{ outcome_svg|safe }}</figure>
@@ -540,6 +540,7 @@ struct TrialPage<'a> {
     /// The schedule with each day's values.
     calendar: Vec<CalendarDay>,
     has_run_in: bool,
+    has_values: bool,
     run_in_colour: &'static str,
     legend: Vec<(String, &'static str)>,
     outcome_svg: String,
@@ -828,6 +829,9 @@ fn trial_page_html(d: &TrialDetail, viewer: &Viewer) -> Result<String, askama::E
         actions,
         csrf: viewer.csrf.clone(),
         has_run_in: calendar.iter().any(|c| c.run_in),
+        // No value column where the viewer is shown none (a blinded
+        // trial's participant).
+        has_values: !d.path.is_empty(),
         run_in_colour: charts::RUN_IN_COLOUR,
         calendar,
         legend: d

@@ -191,8 +191,8 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
                 done += 1;
             }
             Ok(Err(e)) => failed.push(record_failure(state, &hash, e).await),
-            // Shutting down cancelled it: not the design's failure, so not
-            // an attempt; the next run calibrates it again.
+            // The runtime dropped it before it ran (shutting down): not the
+            // design's failure, so not an attempt; the next run tries again.
             Err(e) if e.is_cancelled() => {
                 tracing::info!(protocol = %hash.short(), "calibration cancelled at shutdown; not counted");
             }

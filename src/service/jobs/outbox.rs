@@ -2,19 +2,29 @@
 
 use std::sync::Arc;
 
+use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
 use crate::service::app::AppState;
 use crate::service::jobs::JobError;
 use crate::service::notify::{self};
+use crate::service::store::ParticipantRow;
 use crate::trial::calendar::local_date;
 
 /// Why a message is not delivered late: an assignment (or its evening
-/// reminder) is for its day only, and once the participant's `today` is
-/// past it, it is never sent as if it were today.
-pub(crate) fn passed_day(kind: &str, day: Option<&str>, today: Option<&str>) -> Option<String> {
+/// reminder) is for its day only, and once the participant's own day is
+/// past it, it is never sent (by email or push) as if it were today.
+pub(crate) fn passed_day(
+    kind: &str,
+    day: Option<&str>,
+    participant: Option<&ParticipantRow>,
+    now: Timestamp,
+) -> Option<String> {
+    let today = participant
+        .and_then(|p| TimeZone::get(&p.time_zone).ok())
+        .map(|tz| local_date(now, &tz).to_string());
     match (kind, day, today) {
-        ("assignment" | "reminder", Some(day), Some(today)) if day < today => {
+        ("assignment" | "reminder", Some(day), Some(today)) if *day < *today => {
             Some(format!("its day ({day}) has passed"))
         }
         _ => None,
@@ -44,15 +54,8 @@ pub(crate) async fn deliver_outbox(state: &AppState) -> Result<String, JobError>
             break;
         }
         let id = row.id;
-        // An assignment (or its evening reminder) is for its day only: once
-        // the participant's day has passed it is marked failed, never sent
-        // late as if it were today.
-        let today = participants
-            .iter()
-            .find(|p| p.id == row.participant_id)
-            .and_then(|p| TimeZone::get(&p.time_zone).ok())
-            .map(|tz| local_date(now, &tz).to_string());
-        if let Some(why) = passed_day(&row.kind, row.local_date.as_deref(), today.as_deref()) {
+        let participant = participants.iter().find(|p| p.id == row.participant_id);
+        if let Some(why) = passed_day(&row.kind, row.local_date.as_deref(), participant, now) {
             let msg = format!("not delivered: {why}");
             tracing::warn!(message = id, "{msg}");
             state.db.write(move |s| s.mark_failed(id, &msg)).await?;

@@ -33,9 +33,6 @@ pub(crate) async fn deliver_pushes(state: &AppState) -> Result<String, JobError>
                 .map(|c| (p.id, Arc::new(c.clone())))
         })
         .collect();
-    if channels.is_empty() {
-        return Ok(String::new());
-    }
     let keys: Vec<(i64, String)> = channels.iter().map(|(p, c)| (*p, c.channel())).collect();
     let since = now - FIRST_REACH;
     let due = state
@@ -47,28 +44,33 @@ pub(crate) async fn deliver_pushes(state: &AppState) -> Result<String, JobError>
             s.due_pushes(now, 50)
         })
         .await?;
+    if due.is_empty() {
+        return Ok(String::new());
+    }
     let open = state.config.public_url();
     let (mut sent, mut failed) = (0, 0);
+    // A channel that failed for now is not tried again this run: a server
+    // that is down (each try up to its timeout) must not hold up the rest.
+    let mut down: Vec<String> = Vec::new();
     for push in due {
         if *state.stopping.borrow() {
             break;
+        }
+        if down.contains(&push.channel) {
+            continue;
         }
         let id = push.id;
         let channel = channels
             .iter()
             .find(|(p, c)| *p == push.participant_id && c.channel() == push.channel)
             .map(|(_, c)| Arc::clone(c));
-        let today = participants
-            .iter()
-            .find(|p| p.id == push.participant_id)
-            .and_then(|p| jiff::tz::TimeZone::get(&p.time_zone).ok())
-            .map(|tz| crate::trial::calendar::local_date(now, &tz).to_string());
+        let participant = participants.iter().find(|p| p.id == push.participant_id);
         let given_up = match &channel {
             None => Some("its channel is no longer in the config".to_string()),
             Some(_) if push.attempts >= PUSH_ATTEMPTS => {
                 Some(format!("given up after {} attempts", push.attempts))
             }
-            Some(_) => passed_day(&push.kind, push.local_date.as_deref(), today.as_deref()),
+            Some(_) => passed_day(&push.kind, push.local_date.as_deref(), participant, now),
         };
         let Some(channel) = channel.filter(|_| given_up.is_none()) else {
             let why = given_up.unwrap_or_default();
@@ -86,8 +88,10 @@ pub(crate) async fn deliver_pushes(state: &AppState) -> Result<String, JobError>
             .write(move |s| s.record_push(id, PushStep::Attempt { retry_at }))
             .await?;
         let open = open.clone();
+        let key = push.channel.clone();
         let result = tokio::task::spawn_blocking(move || {
-            channel.send(&push.subject, &push.body_text, &open)
+            let text = crate::service::push::push_text(&push.body_text, &open);
+            channel.send(&push.subject, &text, &open)
         })
         .await
         .map_err(|e| JobError::Item(e.to_string()))?;
@@ -102,6 +106,9 @@ pub(crate) async fn deliver_pushes(state: &AppState) -> Result<String, JobError>
             Err(e) => {
                 let error = e.to_string();
                 let permanent = e.permanent;
+                if !permanent {
+                    down.push(key);
+                }
                 tracing::warn!(push = id, %error, permanent, "push failed");
                 state
                     .db
