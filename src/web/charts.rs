@@ -23,6 +23,12 @@ const RIGHT: f64 = 10.0;
 /// Room above the plot for the legend, so that it never covers data.
 const TOP: f64 = 24.0;
 const BOTTOM: f64 = 30.0;
+/// Chart text size in the drawing's units: on a phone the chart keeps at
+/// least `MIN_PHONE_WIDTH` px (its figure scrolls sideways instead of the
+/// page), so text stays at 12 × 560 / 640 ≈ 10.5 px or more.
+const FONT: f64 = 12.0;
+/// About how wide a character of chart text is, for laying legends out.
+const CHAR_W: f64 = 7.1;
 
 /// A round step for about `n` ticks over `span`: 1, 2, 2.5 or 5 times a
 /// power of ten, so that ticks read 2, 4, 6 rather than 2.76, 3.88.
@@ -146,7 +152,7 @@ fn open(out: &mut String, title: &str, desc: &str) {
     }) % 1_000_000_007;
     let _ = write!(
         out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="100%" role="img" aria-labelledby="t{id} d{id}" style="max-width:{W}px;height:auto;font:11px system-ui,sans-serif"><title id="t{id}">{}</title><desc id="d{id}">{}</desc>"#,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="100%" role="img" aria-labelledby="t{id} d{id}" class="chart" style="max-width:{W}px;height:auto;font:{FONT}px system-ui,sans-serif"><title id="t{id}">{}</title><desc id="d{id}">{}</desc>"#,
         escape(title),
         escape(desc)
     );
@@ -231,7 +237,7 @@ pub fn lines_chart(
             legend_x + 19.0,
             escape(name)
         );
-        legend_x += 30.0 + 6.5 * name.chars().count() as f64;
+        legend_x += 30.0 + CHAR_W * name.chars().count() as f64;
         // A single point draws no line: mark it.
         if let [p] = points.as_slice() {
             let _ = write!(
@@ -422,7 +428,7 @@ fn legend(out: &mut String, names: &[String], run_in: bool) {
             x + 13.0,
             escape(n)
         );
-        x += 20.0 + 6.5 * n.chars().count() as f64;
+        x += 20.0 + CHAR_W * n.chars().count() as f64;
     }
 }
 

@@ -35,6 +35,10 @@ async function charts(page) {
       height: box.height,
       marks: svg.querySelectorAll('polyline, circle, rect, line, path, polygon').length,
       labelled: Boolean(svg.getAttribute('aria-labelledby') || svg.getAttribute('aria-label')),
+      // The smallest text as drawn on screen: its font size in the
+      // drawing's units times the drawing's scale.
+      minText: Math.min(...[...svg.querySelectorAll('text')].map((t) =>
+        parseFloat(getComputedStyle(t).fontSize) * svg.getScreenCTM().a)),
     };
   }));
 }
@@ -53,6 +57,7 @@ for (const [width, height, name] of [[375, 812, 'phone'], [1280, 900, 'desktop']
   for (const c of found) {
     check(c.width >= 200 && c.height >= 60 && c.marks >= 5 && c.labelled && c.title.length > 0,
       `${name}: chart "${c.title}" rendered ${Math.round(c.width)}x${Math.round(c.height)} px with ${c.marks} marks`);
+    check(c.minText >= 10, `${name}: chart "${c.title}" text at least 10 px (smallest ${c.minText.toFixed(1)} px)`);
   }
   const days = await page.$$eval('.cal span', (s) => s.length);
   check(days > 0, `${name}: calendar shows ${days} days`);
