@@ -431,21 +431,21 @@ fn fit_view(
 {% endif %}{% endfor %}
 
 <h2>Participants</h2>
-<div class="scroll"><table><tr><th>Name</th><th>Time zone</th><th>Local time</th><th>Data</th></tr>
-{% for p in v.participants %}<tr><td>{{ p.name }}{% if p.is_demo %} <span class="muted">(demo)</span>{% endif %}</td><td>{{ p.time_zone }}</td><td>{{ p.local_now }}</td>
-<td>{% for s in p.streams %}{{ s.stream }}: {{ s.observations }} obs.{% if let Some(d) = s.last %}, last {{ d }}{% endif %}<br>{% endfor %}</td></tr>
+<div class="scroll"><table class="cards"><tr class="head"><th>Name</th><th>Time zone</th><th>Local time</th><th>Data</th></tr>
+{% for p in v.participants %}<tr><td data-label="Name">{{ p.name }}{% if p.is_demo %} <span class="muted">(demo)</span>{% endif %}</td><td data-label="Time zone">{{ p.time_zone }}</td><td data-label="Local time">{{ p.local_now }}</td>
+<td data-label="Data">{% for s in p.streams %}{{ s.stream }}: {{ s.observations }} obs.{% if let Some(d) = s.last %}, last {{ d }}{% endif %}<br>{% endfor %}</td></tr>
 {% endfor %}</table></div>
 
 <h2>Trials</h2>
-<div class="scroll"><table><tr><th>Trial</th><th>Status</th><th>Progress</th><th>Today</th><th>Next assignment</th><th>Latest estimate</th></tr>
+<div class="scroll"><table class="cards"><tr class="head"><th>Trial</th><th>Status</th><th>Progress</th><th>Today</th><th>Next assignment</th><th>Latest estimate</th></tr>
 {% for t in v.trials %}{% if t.status != "proposed" %}<tr>
-<td><a href="/trials/{{ t.id }}">{{ t.title }}</a><br><span class="muted">#{{ t.id }} · {{ t.participant }} · protocol {{ t.protocol_id }} · sha256 {{ t.protocol_hash[..12] }}</span></td>
-<td>{{ t.status }}</td>
-<td>{% if let Some(d) = t.day %}day {{ d }} of {{ t.planned_days }}{% if let Some(b) = t.block %}, block {{ b }} of up to {{ t.max_blocks }}{% else %}, run-in{% endif %}{% else %}{{ t.planned_days }} days planned{% endif %}<br>
+<td data-label="Trial"><a href="/trials/{{ t.id }}">{{ t.title }}</a><br><span class="muted">#{{ t.id }} · {{ t.participant }} · protocol {{ t.protocol_id }} · sha256 {{ t.protocol_hash[..12] }}</span></td>
+<td data-label="Status">{{ t.status }}</td>
+<td data-label="Progress">{% if let Some(d) = t.day %}day {{ d }} of {{ t.planned_days }}{% if let Some(b) = t.block %}, block {{ b }} of up to {{ t.max_blocks }}{% else %}, run-in{% endif %}{% else %}{{ t.planned_days }} days planned{% endif %}<br>
 <span class="bar" role="img" aria-label="{{ t.progress_percent }} percent of planned days"><span style="width: {{ t.progress_percent }}%"></span></span></td>
-<td>{% if let Some(a) = t.today_arm %}{{ a }}{% else %}–{% endif %}</td>
-<td>{% if let Some(n) = t.next_assignment %}{{ n }}{% else %}–{% endif %}</td>
-<td>{% if let Some(f) = t.latest_fit %}{% for e in f.effects %}{{ e.arm }}: {{ "{:+.2}"|format(e.mean) }} [{{ "{:+.2}"|format(e.ci90[0]) }}, {{ "{:+.2}"|format(e.ci90[1]) }}], P(better by MID) {{ "{:.2}"|format(e.p_better_by_mid) }}<br>{% endfor %}
+<td data-label="Today">{% if let Some(a) = t.today_arm %}{{ a }}{% else %}–{% endif %}</td>
+<td data-label="Next assignment">{% if let Some(n) = t.next_assignment %}{{ n }}{% else %}–{% endif %}</td>
+<td data-label="Latest estimate">{% if let Some(f) = t.latest_fit %}{% for e in f.effects %}{{ e.arm }}: {{ "{:+.2}"|format(e.mean) }} [{{ "{:+.2}"|format(e.ci90[0]) }}, {{ "{:+.2}"|format(e.ci90[1]) }}], P(better by MID) {{ "{:.2}"|format(e.p_better_by_mid) }}<br>{% endfor %}
 <span class="muted">{{ f.observations }} obs. through {{ f.data_through }}{% if !f.converged %} · <span class="err">not converged</span>{% endif %}</span>{% else %}–{% endif %}</td>
 </tr>{% endif %}{% endfor %}</table></div>
 
@@ -453,21 +453,21 @@ fn fit_view(
 {% if v.proposals.is_empty() %}<p class="muted">None.</p>{% else %}<ul>{% for t in v.proposals %}<li><a href="/proposals#trial-{{ t.id }}">{{ t.title }}</a> <span class="muted">for {{ t.participant }}</span></li>{% endfor %}</ul>{% endif %}
 
 <h2>Sources</h2>
-<div class="scroll"><table><tr><th>Source</th><th>Kind</th><th>Last success</th><th>Last error</th></tr>
-{% for s in v.sources %}<tr><td>{{ s.name }}</td><td>{{ s.kind }}</td>
-<td>{% if let Some(a) = s.last_success_at %}{{ a }}{% else %}never{% endif %}</td>
-<td class="err">{% if let Some(e) = s.last_error %}{{ e }}{% endif %}</td></tr>{% endfor %}</table></div>
+<div class="scroll"><table class="cards"><tr class="head"><th>Source</th><th>Kind</th><th>Last success</th><th>Last error</th></tr>
+{% for s in v.sources %}<tr><td data-label="Source">{{ s.name }}</td><td data-label="Kind">{{ s.kind }}</td>
+<td data-label="Last success">{% if let Some(a) = s.last_success_at %}{{ a }}{% else %}never{% endif %}</td>
+<td data-label="Last error" class="err">{% if let Some(e) = s.last_error %}{{ e }}{% endif %}</td></tr>{% endfor %}</table></div>
 
 <h2>Outbox</h2>
-<div class="scroll"><table><tr><th>Subject</th><th>To</th><th>Status</th><th>Delivered to</th></tr>
-{% for m in v.outbox %}<tr><td>{{ m.subject }}</td><td>{{ m.recipient }}</td><td>{{ m.status }}{% if m.attempts > 1 %} ({{ m.attempts }} attempts){% endif %}{% if let Some(e) = m.last_error %}<br><span class="err">{{ e }}</span>{% endif %}</td>
-<td class="muted">{% if let Some(d) = m.delivered_to %}{{ d }}{% endif %}</td></tr>{% endfor %}</table></div>
+<div class="scroll"><table class="cards"><tr class="head"><th>Subject</th><th>To</th><th>Status</th><th>Delivered to</th></tr>
+{% for m in v.outbox %}<tr><td data-label="Subject">{{ m.subject }}</td><td data-label="To">{{ m.recipient }}</td><td data-label="Status">{{ m.status }}{% if m.attempts > 1 %} ({{ m.attempts }} attempts){% endif %}{% if let Some(e) = m.last_error %}<br><span class="err">{{ e }}</span>{% endif %}</td>
+<td data-label="Delivered to" class="muted">{% if let Some(d) = m.delivered_to %}{{ d }}{% endif %}</td></tr>{% endfor %}</table></div>
 
 <h2>Jobs</h2>
-<div class="scroll"><table><tr><th>Job</th><th>Runs</th><th>Last success</th><th>Result</th></tr>
-{% for j in v.jobs %}<tr><td>{{ j.name }}</td><td>{{ j.status.runs }}{% if j.status.failures > 0 %} ({{ j.status.failures }} failed){% endif %}</td>
-<td>{% if let Some(a) = j.status.last_ok %}{{ a }}{% else %}–{% endif %}</td>
-<td>{% if let Some(e) = j.status.last_error %}<span class="err">{{ e }}</span>{% else %}{% if let Some(s) = j.status.last_summary %}{{ s }}{% endif %}{% endif %}</td></tr>{% endfor %}</table></div>
+<div class="scroll"><table class="cards"><tr class="head"><th>Job</th><th>Runs</th><th>Last success</th><th>Result</th></tr>
+{% for j in v.jobs %}<tr><td data-label="Job">{{ j.name }}</td><td data-label="Runs">{{ j.status.runs }}{% if j.status.failures > 0 %} ({{ j.status.failures }} failed){% endif %}</td>
+<td data-label="Last success">{% if let Some(a) = j.status.last_ok %}{{ a }}{% else %}–{% endif %}</td>
+<td data-label="Result">{% if let Some(e) = j.status.last_error %}<span class="err">{{ e }}</span>{% else %}{% if let Some(s) = j.status.last_summary %}{{ s }}{% endif %}{% endif %}</td></tr>{% endfor %}</table></div>
 <p class="muted">{{ v.counts.observations }} observations · {{ v.counts.outbox }} messages ({{ v.counts.outbox_pending }} not yet sent) · <a href="/api/status">JSON</a> · <a href="/healthz">health</a></p>"#
 )]
 struct StatusPage<'a> {

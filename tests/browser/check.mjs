@@ -98,6 +98,22 @@ for (const [width, height, name] of [[375, 812, 'phone'], [1280, 900, 'desktop']
   check(today !== null && today.first, `${name}: the Today card comes first on the overview`);
   check(today !== null && today.bottom <= today.height && today.form,
     `${name}: the Today card fits the first screen with its rating (bottom ${today && Math.round(today.bottom)} of ${today && today.height} px)`);
+  // Tables become cards on a phone (a row a box, each value named); rows on
+  // a desktop.
+  const tables = await page.$$eval('table.cards', (ts) => ts.map((t) => {
+    const row = t.querySelector('tr:not(.head)');
+    const cell = row && row.querySelector('td');
+    return { rows: getComputedStyle(t.querySelector('tr.head')).display,
+             cell: cell ? getComputedStyle(cell).display : null,
+             label: cell ? getComputedStyle(cell, '::before').content : null };
+  }));
+  const asCards = tables.filter((t) => t.rows === 'none' && t.cell === 'block' && /:/.test(t.label || '')).length;
+  if (name === 'phone') {
+    check(tables.length >= 4 && asCards === tables.filter((t) => t.cell).length,
+      `${name}: the overview's ${tables.length} tables are cards (${asCards} with rows)`);
+  } else {
+    check(tables.length >= 4 && asCards === 0, `${name}: the overview's tables are tables`);
+  }
   await page.screenshot({ path: `${outDir}/overview-${name}.png`, fullPage: true });
   await context.close();
 }
