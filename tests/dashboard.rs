@@ -126,6 +126,90 @@ fn failed_logins_are_rate_limited() {
 }
 
 #[test]
+fn a_design_given_up_on_is_calibrated_again_from_the_proposals_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path());
+    let data = dir.path().join("data");
+    // Twenty fewer migraine days a month cannot happen from the simulated
+    // baseline of 7.5: every calibration attempt fails the same way.
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/protocols/magnesium-migraine.toml"
+    ))
+    .unwrap()
+    .replace("mid_natural = 2.0", "mid_natural = 20.0");
+    let protocol = dir.path().join("migraine-20.toml");
+    std::fs::write(&protocol, text).unwrap();
+    let out = run(
+        &[
+            "trial",
+            "propose",
+            protocol.to_str().unwrap(),
+            "--participant",
+            "demo",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &data,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let me = session(&d, PARTICIPANT_PASSWORD);
+    let given_up = |me: &Session| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let p = me.json(&d, "/api/proposals")[0].clone();
+            if p["calibration_failure"][1] == true {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "not given up on: {p}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    let p = given_up(&me);
+    assert_eq!(p["id"], 2);
+    assert!(
+        p["calibration_failure"][0]
+            .as_str()
+            .unwrap()
+            .contains("attempt 3 of 3"),
+        "{p}"
+    );
+    let (_, page) = me.get(&d, "/proposals");
+    assert!(
+        page.contains(">Try the calibration again</button>"),
+        "{page}"
+    );
+    let csrf = csrf_of(&page);
+    assert_eq!(me.post(&d, "/proposals/2/calibrate", "csrf=forged").0, 403);
+    let failures_before = d.json("/healthz")["jobs"]["designs"]["failures"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        me.post(&d, "/proposals/2/calibrate", &format!("csrf={csrf}"))
+            .0,
+        303
+    );
+    // The designs job tries it again, three times, and gives up again.
+    given_up(&me);
+    let failures_after = d.json("/healthz")["jobs"]["designs"]["failures"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        failures_after >= failures_before + 3,
+        "{failures_before} -> {failures_after}"
+    );
+    let retried = common::count(
+        &data,
+        "SELECT COUNT(*) FROM audit_log WHERE action = 'calibration.retried' AND trial_id = 2",
+    );
+    assert_eq!(retried, 1);
+    // A running trial's thresholds are locked; nothing to try again there.
+    let (status, body) = me.post(&d, "/proposals/1/calibrate", &format!("csrf={csrf}"));
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("locked when it started"), "{body}");
+}
+
+#[test]
 fn proposals_pause_self_report_and_api() {
     let dir = tempfile::tempdir().unwrap();
     let d = start(dir.path());

@@ -146,6 +146,12 @@ enum Command {
         /// gets, the binding one; the others stop at a quarter of it).
         #[arg(long)]
         suite: bool,
+        /// With --suite --calibrate: skip the check of the calibrated
+        /// threshold on fresh null trials (a quarter of --trials a
+        /// scenario), as the daemon's designs job does; its time is then
+        /// the daemon's.
+        #[arg(long)]
+        no_fresh_check: bool,
         /// Probability that a day's observation is missing (0 to 0.95).
         #[arg(long, default_value_t = 0.1, value_parser = day_probability)]
         missing: f64,
@@ -964,6 +970,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             calibrate,
             scenario,
             suite,
+            no_fresh_check,
             missing,
             non_adherence,
             seed,
@@ -1024,7 +1031,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ..Default::default()
                 };
                 let options = crate::trial::simulate::suite::SuiteOptions::sized(
-                    base, *calibrate, *trials, true,
+                    base,
+                    *calibrate,
+                    *trials,
+                    !*no_fresh_check,
                 );
                 let report = crate::trial::simulate::suite::run_suite(&p, &hash, &options)?;
                 if !*json {

@@ -186,6 +186,9 @@ pub struct WebConfig {
 pub const MAX_CONNECTIONS: usize = 16_384;
 /// The least entropy a `web.token` must have, in bits.
 pub const TOKEN_MIN_BITS: f64 = 128.0;
+/// The most threads `jobs.design_threads` may ask for.
+const MAX_DESIGN_THREADS: usize = 1024;
+
 /// The most virtual trials `jobs.design_trials` and `jobs.calibration_trials` may ask for.
 pub const MAX_JOB_TRIALS: usize = 100_000;
 
@@ -405,6 +408,10 @@ pub struct JobsConfig {
     /// the effect for power). Gaussian outcomes; the slower families use a
     /// fifth, at least 8.
     pub calibration_trials: usize,
+    /// Threads the designs job's simulations and calibrations use (0: all
+    /// cores). A calibration runs for a minute or more in the background;
+    /// the refit of a running trial, a few fits, still gets its turn.
+    pub design_threads: usize,
 }
 
 impl Default for JobsConfig {
@@ -419,6 +426,17 @@ impl Default for JobsConfig {
             design_trials: 400,
             calibrate: true,
             calibration_trials: 400,
+            design_threads: 0,
+        }
+    }
+}
+
+impl JobsConfig {
+    /// The threads the designs job uses: `design_threads`, or all cores at 0.
+    pub fn design_threads(&self) -> usize {
+        match self.design_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
         }
     }
 }
@@ -1095,6 +1113,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "web.request_timeout_seconds must be 1 to 3600 (got {})",
                 self.web.request_timeout_seconds
+            )));
+        }
+        if self.jobs.design_threads > MAX_DESIGN_THREADS {
+            return Err(ConfigError::Invalid(format!(
+                "jobs.design_threads must be 0 (all cores) to {MAX_DESIGN_THREADS} (got {})",
+                self.jobs.design_threads
             )));
         }
         for (name, v) in [

@@ -2991,6 +2991,56 @@ impl Store {
         )?)
     }
 
+    /// Forgets the failed calibration of a trial's design (a proposal, or an
+    /// approved trial not yet started) so that the designs job tries it
+    /// again: after an upgrade, or once a transient cause is gone. The
+    /// failure is kept in the audit log. Refused for a trial past its start
+    /// (its thresholds are locked) and for a design with no failure.
+    pub fn retry_calibration(&mut self, trial_id: i64, actor: &str, now: Timestamp) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        let current: Option<(String, String)> = tx
+            .query_row(
+                "SELECT status, protocol_hash FROM trials WHERE id = ?1",
+                [trial_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((status, hash)) = current else {
+            return Err(StoreError::Refused(format!("there is no trial {trial_id}")));
+        };
+        if status != TrialStatus::Proposed.as_str() && status != TrialStatus::Approved.as_str() {
+            return Err(StoreError::Refused(format!(
+                "trial {trial_id} is {status}: its thresholds were locked when it started"
+            )));
+        }
+        let failure: Option<(String, u32)> = tx
+            .query_row(
+                "SELECT error, attempts FROM calibration_failures WHERE protocol_hash = ?1",
+                [&hash],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((error, attempts)) = failure else {
+            return Err(StoreError::Refused(format!(
+                "trial {trial_id}'s design has no failed calibration to try again"
+            )));
+        };
+        tx.execute(
+            "DELETE FROM calibration_failures WHERE protocol_hash = ?1",
+            [&hash],
+        )?;
+        audit(
+            &tx,
+            actor,
+            "calibration.retried",
+            Some(trial_id),
+            &serde_json::json!({"protocol_hash": hash, "error": error, "attempts": attempts}),
+            now,
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// A design's failed calibration, if its calibration failed.
     pub fn calibration_failure(
         &self,

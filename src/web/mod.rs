@@ -67,6 +67,10 @@ pub fn router(state: AppState) -> Router {
         .route("/proposals", get(proposals::proposals_page))
         .route("/api/proposals", get(proposals::proposals_json))
         .route("/proposals/{id}/edit", post(proposals::edit_proposal))
+        .route(
+            "/proposals/{id}/calibrate",
+            post(proposals::retry_calibration),
+        )
         .route("/hypotheses", get(hypotheses::hypotheses_page))
         .route("/api/hypotheses", get(hypotheses::hypotheses_json))
         .route("/hypotheses/{action}", post(hypotheses::hypotheses_action))

@@ -102,7 +102,8 @@ fn calibration_trials(protocol: &Protocol, configured: usize) -> usize {
 }
 
 /// Calibrates the design of every approved trial (first) and proposal whose
-/// protocol text has no stored calibration, one at a time on one thread.
+/// protocol text has no stored calibration, one at a time on
+/// `jobs.design_threads` threads.
 async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError> {
     let pending: Vec<(ProtocolHash, String)> = state
         .db
@@ -130,6 +131,7 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
         .await?;
     let configured = state.config.jobs.calibration_trials;
     let backend = state.config.engine.backend;
+    let threads = state.config.jobs.design_threads();
     let mut done = 0;
     let mut failed = Vec::new();
     for (hash, text) in pending {
@@ -139,12 +141,11 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
         let locked = hash.clone();
         let calibrated = tokio::task::spawn_blocking(move || {
             let protocol = stored_protocol(&text, &locked)?;
-            // One core, so refits keep the other; no fresh check (the
-            // tests make it).
+            // No fresh check (the tests make it).
             let options = SuiteOptions::sized(
                 with_device(
                     SimOptions {
-                        threads: 1,
+                        threads,
                         progress: false,
                         ..SimOptions::default()
                     },
@@ -245,8 +246,7 @@ async fn record_failure(state: &AppState, hash: &ProtocolHash, error: String) ->
 }
 
 /// Simulates the design of every proposal whose protocol text has no stored
-/// simulation yet, one at a time on one thread (so refits keep the other
-/// core).
+/// simulation yet, one at a time on `jobs.design_threads` threads.
 async fn simulate_proposed_designs(state: &AppState) -> Result<String, JobError> {
     let pending: Vec<(ProtocolHash, String)> = state
         .db
@@ -270,6 +270,7 @@ async fn simulate_proposed_designs(state: &AppState) -> Result<String, JobError>
     let mut failed = Vec::new();
     let configured = state.config.jobs.design_trials;
     let backend = state.config.engine.backend;
+    let threads = state.config.jobs.design_threads();
     for (hash, text) in pending {
         if *state.stopping.borrow() {
             break;
@@ -280,7 +281,7 @@ async fn simulate_proposed_designs(state: &AppState) -> Result<String, JobError>
             let options = with_device(
                 SimOptions {
                     trials: simulation_trials(&protocol, configured),
-                    threads: 1,
+                    threads,
                     progress: false,
                     redesign: true,
                     ..SimOptions::default()
