@@ -141,6 +141,14 @@ fn every_message_is_pushed_once_to_each_channel_beside_the_email() {
     // Every queued message reaches each channel; give the jobs a few more
     // runs for whatever else the day queued.
     std::thread::sleep(Duration::from_secs(3));
+    // The channel that refuses shows on `/healthz`: counts, not its errors.
+    let health = d.json("/healthz");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(
+        health["delivery"]["failed_recently"].as_i64().unwrap() >= 1,
+        "{health}"
+    );
+    assert!(!health.to_string().contains("403"), "{health}");
     let (status, log) = d.terminate();
     assert!(status.success(), "{log}");
     let messages = store().recent_messages(50).unwrap();

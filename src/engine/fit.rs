@@ -212,6 +212,11 @@ fn path_from(series: &Series, parts: Vec<PathPart>) -> Vec<PathPoint> {
 /// Grid attempts: the default, then up to twice refined (step by 0.7 and/or region by 2 log units).
 const GRID_ATTEMPTS: usize = 3;
 
+/// The fewest observations a fit takes: with fewer, the drift, the noise
+/// and the effects cannot be told apart at all. The daemon and the
+/// simulator wait for them instead of failing a fit.
+pub const MIN_OBSERVATIONS: usize = 3;
+
 /// The grid's error check: the largest change of an effect's mean (in
 /// posterior sds), of its sd (relative) and of `P(better by MID)`, between
 /// each offset lattice and their union (`step`) and between the full and the
@@ -644,9 +649,9 @@ pub fn fit_with_mixture(
     spec: &FitSpec<'_>,
 ) -> Result<(FitReport, inference::Mixture), ModelError> {
     let likelihood = likelihood_of(spec.model)?;
-    if series.y.len() < 3 {
+    if series.y.len() < MIN_OBSERVATIONS {
         return Err(ModelError::Input(format!(
-            "need at least 3 observations (got {})",
+            "need at least {MIN_OBSERVATIONS} observations (got {})",
             series.y.len()
         )));
     }

@@ -651,6 +651,15 @@ impl CalibrationRow {
     }
 }
 
+/// How delivery stands (`Store::delivery_health`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct DeliveryHealth {
+    /// Emails and pushes whose last attempt failed and that wait for a retry.
+    pub retrying: i64,
+    /// Emails and pushes given up on, among those queued in the last 48 hours.
+    pub failed_recently: i64,
+}
+
 /// A design whose calibration failed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CalibrationFailure {
@@ -3472,6 +3481,27 @@ impl Store {
             [],
             |r| r.get(0),
         )?)
+    }
+
+    /// How delivery stands, emails and pushes together, for `/healthz`:
+    /// counts only (the errors name servers, and `/healthz` is public).
+    pub fn delivery_health(&self, now: Timestamp) -> Result<DeliveryHealth> {
+        // A message is retried for up to a day, so one given up on was
+        // queued within the last two.
+        let since = ts(now - jiff::SignedDuration::from_hours(48));
+        let (retrying, failed_recently) = self.conn.query_row(
+            "SELECT
+                 (SELECT COUNT(*) FROM outbox WHERE status IN ('pending', 'sending') AND last_error IS NOT NULL)
+               + (SELECT COUNT(*) FROM pushes WHERE status IN ('pending', 'sending') AND last_error IS NOT NULL),
+                 (SELECT COUNT(*) FROM outbox WHERE status = 'failed' AND created_at >= ?1)
+               + (SELECT COUNT(*) FROM pushes WHERE status = 'failed' AND created_at >= ?1)",
+            [&since],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(DeliveryHealth {
+            retrying,
+            failed_recently,
+        })
     }
 
     /// Row counts of the main tables.

@@ -785,6 +785,11 @@ impl Setup<'_> {
         trial: &mut VirtualTrial,
     ) -> Option<FitReport> {
         let series = series_of(t, y, assigned, self.keys.len(), self.comparator);
+        // The daemon waits for enough data rather than fit (a 1-day
+        // design's first block has two days): no fit, and no failure.
+        if series.y.len() < crate::engine::fit::MIN_OBSERVATIONS {
+            return None;
+        }
         let spec = FitSpec {
             grid: GridOptions {
                 threads: 1,

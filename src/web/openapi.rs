@@ -129,6 +129,7 @@ mod tests {
         // document: the calendar's run-in flag, the proposals' redesigns.
         assert!(schemas["CalendarDay"]["properties"]["run_in"].is_object());
         assert!(schemas["DesignRates"]["properties"]["redesigns"].is_object());
+        assert!(schemas["Health"]["properties"]["delivery"].is_object());
         // Skipped fields stay out.
         assert!(
             schemas["CalendarDay"]["properties"]

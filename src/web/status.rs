@@ -515,6 +515,9 @@ struct Health {
     status: &'static str,
     version: &'static str,
     database: DbHealth,
+    /// Emails and pushes retrying or given up on: delivery trouble makes the
+    /// status "degraded" until it is over.
+    delivery: Option<crate::service::store::DeliveryHealth>,
     jobs: std::collections::BTreeMap<&'static str, JobStatus>,
     clock: String,
     time_scale: f64,
@@ -528,13 +531,18 @@ struct DbHealth {
     error: Option<String>,
 }
 
-/// `200` with `"ok"` (or `"degraded"` when a job's last run failed) while
-/// the database answers; `503` with `"error"` when it does not.
+/// `200` with `"ok"` (or `"degraded"` when a job's last run failed, or an
+/// email or push is retrying or was given up on in the last two days)
+/// while the database answers; `503` with `"error"` when it does not.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     summary = "Liveness and job health (no credential needed)",
-    responses((status = 200, body = Health, description = "ok, or degraded when a job's last run failed"), (status = 503, body = Health, description = "the database does not answer")))]
+    responses((status = 200, body = Health, description = "ok, or degraded when a job's last run failed or delivery is in trouble"), (status = 503, body = Health, description = "the database does not answer")))]
 pub(super) async fn healthz(State(state): State<AppState>) -> Response {
-    let db = state.db.read(|s| s.outbox_backlog()).await;
+    let now = state.clock.now();
+    let db = state
+        .db
+        .read(move |s| Ok((s.outbox_backlog()?, s.delivery_health(now)?)))
+        .await;
     let jobs: std::collections::BTreeMap<_, _> = state
         .jobs
         .snapshot()
@@ -542,16 +550,20 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Response {
         .map(|(k, v)| (k.name(), v))
         .collect();
     let job_failing = jobs.values().any(|j| j.last_error.is_some());
-    let now = state.clock.now();
-    let (status, code, database) = match db {
-        Ok(backlog) => (
-            if job_failing { "degraded" } else { "ok" },
+    let (status, code, database, delivery) = match db {
+        Ok((backlog, delivery)) => (
+            if job_failing || delivery.retrying > 0 || delivery.failed_recently > 0 {
+                "degraded"
+            } else {
+                "ok"
+            },
             StatusCode::OK,
             DbHealth {
                 ok: true,
                 outbox_backlog: Some(backlog),
                 error: None,
             },
+            Some(delivery),
         ),
         Err(e) => (
             "error",
@@ -561,12 +573,14 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Response {
                 outbox_backlog: None,
                 error: Some(e.to_string()),
             },
+            None,
         ),
     };
     let body = Health {
         status,
         version: env!("CARGO_PKG_VERSION"),
         database,
+        delivery,
         jobs,
         clock: crate::service::store::ts(now),
         time_scale: state.clock.scale(),

@@ -136,7 +136,7 @@ async fn refit_one(
                 || f.data_through != through
                 || f.data_digest.as_ref().is_some_and(|d| *d != digest)
         });
-        if !fresh || ts.series.y.len() < 3 {
+        if !fresh || ts.series.y.len() < fit::MIN_OBSERVATIONS {
             return Ok(None);
         }
         let model = out.model_spec();
