@@ -159,6 +159,12 @@ enum Command {
         /// is; 0 to 0.95).
         #[arg(long, default_value_t = 0.05, value_parser = day_probability)]
         non_adherence: f64,
+        /// The true onset/washout half-life of every virtual trial, in days
+        /// (above 0, at most 365), instead of a draw from the protocol's
+        /// prior; the model keeps its prior. E.g. 0.05: the effect comes at
+        /// once. The long-carryover scenario keeps its own.
+        #[arg(long, value_parser = half_life_days)]
+        true_half_life: Option<f64>,
         /// Master seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -609,6 +615,17 @@ fn day_probability(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// A half-life in days: above 0, at most a year.
+fn half_life_days(s: &str) -> Result<f64, String> {
+    let v = finite(s)?;
+    if !(v > 0.0 && v <= 365.0) {
+        return Err(format!(
+            "{v} is out of range: give a half-life above 0 and at most 365 days"
+        ));
+    }
+    Ok(v)
+}
+
 /// A false-stop target: between 0 and 0.5.
 fn target_rate(s: &str) -> Result<f64, String> {
     let v = finite(s)?;
@@ -973,6 +990,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_fresh_check,
             missing,
             non_adherence,
+            true_half_life,
             seed,
             threads,
             backend,
@@ -1024,6 +1042,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     effect: *effect,
                     missing: *missing,
                     non_adherence: *non_adherence,
+                    true_half_life: *true_half_life,
                     seed: *seed,
                     threads,
                     progress: !*json,
@@ -1060,6 +1079,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     progress: !*json,
                     device: device.clone(),
                     redesign: true,
+                    true_half_life: *true_half_life,
                 };
                 let report = crate::trial::simulate::simulate_protocol(&p, &hash, &options)?;
                 if !*json {

@@ -60,6 +60,11 @@ pub struct SimOptions {
     /// that would raise it (more blocks, longer periods) and report theirs
     /// ([`redesign`]).
     pub redesign: bool,
+    /// Every virtual trial's true onset/washout half-life in days, instead
+    /// of a draw from the protocol's prior (the long-carryover scenario
+    /// keeps its own): what the design finds when the effect comes at once,
+    /// or slowly, while the model keeps its prior.
+    pub true_half_life: Option<f64>,
 }
 
 impl Default for SimOptions {
@@ -76,6 +81,7 @@ impl Default for SimOptions {
             progress: false,
             device: None,
             redesign: false,
+            true_half_life: None,
         }
     }
 }
@@ -532,6 +538,10 @@ pub struct SimulationReport {
     pub missing: f64,
     /// Non-adherence probability.
     pub non_adherence: f64,
+    /// The true onset/washout half-life every trial had, where it was set
+    /// (`--true-half-life`) instead of drawn from the prior.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub true_half_life: Option<f64>,
     /// Master seed.
     pub seed: u64,
     /// Planned days (run-in and all blocks).
@@ -703,6 +713,8 @@ impl Setup<'_> {
         let mut half_life = lognormal(h.half_life_median_days, h.half_life_log_sd, rng);
         if self.options.scenario == Scenario::LongCarryover {
             half_life = 1.5 * f64::from(self.protocol.design.period_days);
+        } else if let Some(days) = self.options.true_half_life {
+            half_life = days;
         }
         let sigma_y = if self.model.family == Family::Gaussian {
             (h.noise_sd_scale * normal(rng)).abs()
@@ -1478,6 +1490,7 @@ pub fn simulate_protocol(
         scale,
         missing: options.missing,
         non_adherence: options.non_adherence,
+        true_half_life: options.true_half_life,
         seed: options.seed,
         planned_days: protocol.planned_days(),
         default,
@@ -1504,13 +1517,16 @@ pub fn render(r: &SimulationReport) -> String {
     let pct = |x: Rate| format!("{:5.1}% ± {:.1}", 100.0 * x.rate, 100.0 * x.se);
     let _ = writeln!(
         out,
-        "{} — scenario {}, {} virtual trials per condition (up to {} days), {:.0}% missing days, {:.0}% non-adherence",
+        "{} — scenario {}, {} virtual trials per condition (up to {} days), {:.0}% missing days, {:.0}% non-adherence{}",
         r.protocol,
         r.scenario.name(),
         r.trials,
         r.planned_days,
         100.0 * r.missing,
-        100.0 * r.non_adherence
+        100.0 * r.non_adherence,
+        r.true_half_life
+            .map(|d| format!(", true half-life {d} days"))
+            .unwrap_or_default()
     );
     let _ = writeln!(
         out,
@@ -1781,6 +1797,41 @@ mod tests {
         }
         // The comparison covered futility stops, not only their absence.
         assert!(fired >= 3, "{fired}");
+    }
+
+    #[test]
+    fn a_true_half_life_replaces_the_priors_draw_but_not_long_carryovers() {
+        let text = include_str!("../../protocols/meditation-anxiety.toml");
+        let protocol = Protocol::parse(text, "m").unwrap();
+        let kappas = |scenario: Scenario, true_half_life: Option<f64>| -> Vec<f64> {
+            let options = SimOptions {
+                trials: 1,
+                threads: 1,
+                scenario,
+                true_half_life,
+                ..SimOptions::default()
+            };
+            let setup = setup_for(&protocol, &options).unwrap();
+            let mut rng = ChaCha20Rng::seed_from_u64(5);
+            (0..10)
+                .map(|_| setup.draw_params(TrueEffect::NONE, &mut rng).0.kappa)
+                .collect()
+        };
+        let ln2 = std::f64::consts::LN_2;
+        assert!(
+            kappas(Scenario::Iid, Some(0.05))
+                .iter()
+                .all(|k| (k - ln2 / 0.05).abs() < 1e-12)
+        );
+        // Drawn from the prior otherwise: ten different half-lives.
+        let drawn = kappas(Scenario::Iid, None);
+        assert!(drawn.windows(2).all(|w| w[0] != w[1]), "{drawn:?}");
+        // Long carryover keeps its 1.5 periods (7-day periods here).
+        assert!(
+            kappas(Scenario::LongCarryover, Some(0.05))
+                .iter()
+                .all(|k| (k - ln2 / 10.5).abs() < 1e-12)
+        );
     }
 
     #[test]

@@ -163,6 +163,10 @@ pub struct SuiteReport {
     pub missing: f64,
     /// Probability that a day's assigned arm is not taken.
     pub non_adherence: f64,
+    /// The true onset/washout half-life every trial had, where it was set
+    /// instead of drawn from the prior.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub true_half_life: Option<f64>,
     /// One row per scenario.
     pub rows: Vec<ScenarioRow>,
     /// Work and time.
@@ -615,6 +619,7 @@ pub fn run_suite(
         seed: options.base.seed,
         missing: options.base.missing,
         non_adherence: options.base.non_adherence,
+        true_half_life: options.base.true_half_life,
         rows,
         timing: SimTiming {
             wall_s,
@@ -755,12 +760,15 @@ pub fn render_suite(r: &SuiteReport) -> String {
     let opt = |x: Option<&Rate>| x.map_or_else(|| "-".to_string(), pct);
     let _ = writeln!(
         out,
-        "{} — stress suite, effect {} for power, {:.0}% missing days, {:.0}% non-adherence, seed {}",
+        "{} — stress suite, effect {} for power, {:.0}% missing days, {:.0}% non-adherence, seed {}{}",
         r.protocol,
         format!("{} {}", r.effect, r.effect_unit).trim_end(),
         100.0 * r.missing,
         100.0 * r.non_adherence,
-        r.seed
+        r.seed,
+        r.true_half_life
+            .map(|d| format!(", true half-life {d} days"))
+            .unwrap_or_default()
     );
     let short =
         |x: Option<&Rate>| x.map_or_else(|| "-".to_string(), |x| format!("{:.1}%", 100.0 * x.rate));
