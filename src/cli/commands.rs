@@ -148,9 +148,10 @@ enum Command {
         suite: bool,
         /// With --suite --calibrate: skip the check of the calibrated
         /// threshold on fresh null trials (a quarter of --trials a
-        /// scenario), as the daemon's designs job does; its time is then
-        /// the daemon's.
-        #[arg(long)]
+        /// scenario), as the daemon's designs job does: with the daemon's
+        /// `--trials` (jobs.calibration_trials) and threads, its time is
+        /// then the daemon's.
+        #[arg(long, requires_all = ["suite", "calibrate"])]
         no_fresh_check: bool,
         /// Probability that a day's observation is missing (0 to 0.95).
         #[arg(long, default_value_t = 0.1, value_parser = day_probability)]

@@ -409,8 +409,9 @@ pub struct JobsConfig {
     /// fifth, at least 8.
     pub calibration_trials: usize,
     /// Threads the designs job's simulations and calibrations use (0: all
-    /// cores). A calibration runs for a minute or more in the background;
-    /// the refit of a running trial, a few fits, still gets its turn.
+    /// cores; on a GPU the fits kept in flight are set by the device
+    /// instead). A calibration runs for a minute or more in the background,
+    /// beside the refits of running trials (a few fits each).
     pub design_threads: usize,
 }
 
@@ -433,7 +434,7 @@ impl Default for JobsConfig {
 
 impl JobsConfig {
     /// The threads the designs job uses: `design_threads`, or all cores at 0.
-    pub fn design_threads(&self) -> usize {
+    pub fn design_thread_count(&self) -> usize {
         match self.design_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,

@@ -654,9 +654,11 @@ impl CalibrationRow {
 /// How delivery stands (`Store::delivery_health`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct DeliveryHealth {
-    /// Emails and pushes whose last attempt failed and that wait for a retry.
+    /// Emails and pushes whose last two attempts or more failed and that
+    /// wait for a retry.
     pub retrying: i64,
-    /// Emails and pushes given up on, among those queued in the last 48 hours.
+    /// Emails and pushes given up on after being tried (not those whose day
+    /// passed untried), among those queued in the last 48 hours.
     pub failed_recently: i64,
 }
 
@@ -3000,11 +3002,13 @@ impl Store {
         )?)
     }
 
-    /// Forgets the failed calibration of a trial's design (a proposal, or an
-    /// approved trial not yet started) so that the designs job tries it
-    /// again: after an upgrade, or once a transient cause is gone. The
-    /// failure is kept in the audit log. Refused for a trial past its start
-    /// (its thresholds are locked) and for a design with no failure.
+    /// Forgets the failed calibration of a proposal's design, once the
+    /// designs job has given up on it, so that the job tries it again: after
+    /// an upgrade, or once a transient cause is gone. The failure is kept in
+    /// the audit log. Refused for anything but a proposal, for a design the
+    /// job has not given up on, and for a design another trial already
+    /// started with on its stated thresholds (its page says why from the
+    /// failure; a new version of the protocol is calibrated anew).
     pub fn retry_calibration(&mut self, trial_id: i64, actor: &str, now: Timestamp) -> Result<()> {
         let tx = self.conn.transaction()?;
         let current: Option<(String, String)> = tx
@@ -3017,9 +3021,22 @@ impl Store {
         let Some((status, hash)) = current else {
             return Err(StoreError::Refused(format!("there is no trial {trial_id}")));
         };
-        if status != TrialStatus::Proposed.as_str() && status != TrialStatus::Approved.as_str() {
+        if status != TrialStatus::Proposed.as_str() {
             return Err(StoreError::Refused(format!(
-                "trial {trial_id} is {status}: its thresholds were locked when it started"
+                "trial {trial_id} is {status}: only a proposal's calibration can be tried again"
+            )));
+        }
+        let started: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM trials WHERE protocol_hash = ?1 AND status NOT IN ('proposed', 'approved')
+                 ORDER BY id LIMIT 1",
+                [&hash],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(other) = started {
+            return Err(StoreError::Refused(format!(
+                "trial {other} started with this protocol on its stated thresholds because its calibration failed; change the proposal (a new version is calibrated anew)"
             )));
         }
         let failure: Option<(String, u32)> = tx
@@ -3029,9 +3046,10 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        let Some((error, attempts)) = failure else {
+        let Some((error, attempts)) = failure.filter(|(_, a)| *a >= CalibrationFailure::ATTEMPTS)
+        else {
             return Err(StoreError::Refused(format!(
-                "trial {trial_id}'s design has no failed calibration to try again"
+                "trial {trial_id}'s calibration has not been given up on: nothing to try again"
             )));
         };
         tx.execute(
@@ -3486,15 +3504,19 @@ impl Store {
     /// How delivery stands, emails and pushes together, for `/healthz`:
     /// counts only (the errors name servers, and `/healthz` is public).
     pub fn delivery_health(&self, now: Timestamp) -> Result<DeliveryHealth> {
-        // A message is retried for up to a day, so one given up on was
-        // queued within the last two.
+        // Failed twice in a row, not one blip; given up on after being
+        // tried (a message whose day passed before any try, or a push of a
+        // channel since removed, is the policy's, not trouble), among those
+        // queued in the last two days.
         let since = ts(now - jiff::SignedDuration::from_hours(48));
         let (retrying, failed_recently) = self.conn.query_row(
             "SELECT
-                 (SELECT COUNT(*) FROM outbox WHERE status IN ('pending', 'sending') AND last_error IS NOT NULL)
-               + (SELECT COUNT(*) FROM pushes WHERE status IN ('pending', 'sending') AND last_error IS NOT NULL),
-                 (SELECT COUNT(*) FROM outbox WHERE status = 'failed' AND created_at >= ?1)
-               + (SELECT COUNT(*) FROM pushes WHERE status = 'failed' AND created_at >= ?1)",
+                 (SELECT COUNT(*) FROM outbox
+                   WHERE status IN ('pending', 'sending') AND last_error IS NOT NULL AND attempts >= 2)
+               + (SELECT COUNT(*) FROM pushes
+                   WHERE status IN ('pending', 'sending') AND last_error IS NOT NULL AND attempts >= 2),
+                 (SELECT COUNT(*) FROM outbox WHERE status = 'failed' AND attempts > 0 AND created_at >= ?1)
+               + (SELECT COUNT(*) FROM pushes WHERE status = 'failed' AND attempts > 0 AND created_at >= ?1)",
             [&since],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
@@ -4449,10 +4471,8 @@ mod tests {
         assert_eq!(v, schema_version());
     }
 
-    #[test]
-    fn reimport_never_duplicates() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("db.sqlite")).unwrap();
+    /// A participant "a" in UTC, stored.
+    fn participant(s: &mut Store) -> i64 {
         let p = crate::service::config::ParticipantConfig {
             key: "a".into(),
             name: "A".into(),
@@ -4472,8 +4492,92 @@ mod tests {
         }
         .resolve()
         .unwrap();
-        let pid = s.upsert_participant(&p, false, now()).unwrap();
-        assert_eq!(s.upsert_participant(&p, false, now()).unwrap(), pid);
+        s.upsert_participant(&p, false, now()).unwrap()
+    }
+
+    #[test]
+    fn delivery_trouble_is_what_was_tried_and_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let pid = participant(&mut s);
+        let mut message = |key: &str| {
+            let m = NewMessage {
+                key: key.into(),
+                participant_id: pid,
+                trial_id: None,
+                kind: "weekly_summary".into(),
+                local_date: None,
+                recipient: "a@example.org".into(),
+                subject: "s".into(),
+                body_text: "t".into(),
+                body_html: "h".into(),
+                message_id: format!("<{key}@nof1d>"),
+            };
+            assert!(s.enqueue_message(&m, now()).unwrap());
+            s.conn
+                .query_row("SELECT id FROM outbox WHERE key = ?1", [key], |r| r.get(0))
+                .unwrap()
+        };
+        let (blip, down, untried, refused): (i64, i64, i64, i64) = (
+            message("blip"),
+            message("down"),
+            message("untried"),
+            message("refused"),
+        );
+        let later = now() + jiff::SignedDuration::from_mins(10);
+        let health = |s: &Store, at: Timestamp| s.delivery_health(at).unwrap();
+        assert_eq!(
+            health(&s, now()),
+            DeliveryHealth {
+                retrying: 0,
+                failed_recently: 0
+            }
+        );
+        // One failed attempt is a blip; two in a row are trouble.
+        for (id, tries) in [(blip, 1), (down, 2)] {
+            for _ in 0..tries {
+                s.mark_attempt(id, later).unwrap();
+                s.mark_retry(id, "SMTP 451", later).unwrap();
+            }
+        }
+        // Given up on before any try (its day passed): the policy's.
+        s.mark_failed(untried, "not delivered: its day has passed")
+            .unwrap();
+        // Tried and refused: trouble, for two days after it was queued.
+        s.mark_attempt(refused, later).unwrap();
+        s.mark_failed(refused, "SMTP 550").unwrap();
+        assert_eq!(
+            health(&s, now()),
+            DeliveryHealth {
+                retrying: 1,
+                failed_recently: 1
+            }
+        );
+        let in_three_days = now() + jiff::SignedDuration::from_hours(72);
+        assert_eq!(
+            health(&s, in_three_days),
+            DeliveryHealth {
+                retrying: 1,
+                failed_recently: 0
+            }
+        );
+        s.mark_sent(down, "smtp", later).unwrap();
+        assert_eq!(
+            health(&s, in_three_days),
+            DeliveryHealth {
+                retrying: 0,
+                failed_recently: 0
+            }
+        );
+    }
+
+    #[test]
+    fn reimport_never_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let pid = participant(&mut s);
+        // Stored again, it is the same participant.
+        assert_eq!(participant(&mut s), pid);
         let src = s.ensure_source(pid, "csv", "file", "{}", now()).unwrap();
         let obs: Vec<NewObservation> = (0..3)
             .map(|i| {

@@ -1490,7 +1490,9 @@ pub fn simulate_protocol(
         scale,
         missing: options.missing,
         non_adherence: options.non_adherence,
-        true_half_life: options.true_half_life,
+        true_half_life: options
+            .true_half_life
+            .filter(|_| options.scenario != Scenario::LongCarryover),
         seed: options.seed,
         planned_days: protocol.planned_days(),
         default,

@@ -68,7 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/proposals", get(proposals::proposals_json))
         .route("/proposals/{id}/edit", post(proposals::edit_proposal))
         .route(
-            "/proposals/{id}/calibrate",
+            "/proposals/{id}/calibration/retry",
             post(proposals::retry_calibration),
         )
         .route("/hypotheses", get(hypotheses::hypotheses_page))

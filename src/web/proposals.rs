@@ -385,7 +385,7 @@ Stops when P(better by MID) reaches {% if calibrating %}the calibrated threshold
 </tbody></table>{% if let Some(w) = r.power_warning %}<p class="banner">{{ w }}</p>{% endif %}{% if !r.redesigns.is_empty() %}<table><caption>Changes simulated to raise the power at twice the MID (at the stated thresholds, before calibration)</caption><thead><tr><th>change</th><th>days at most</th><th>finds twice the MID</th><th></th></tr></thead><tbody>{% for x in r.redesigns %}<tr><td>{{ x.change }}</td><td>{{ x.planned_days }}</td><td>{{ "{:.0}"|format(x.power[0] * 100.0) }}% ± {{ "{:.0}"|format(x.power[1] * 100.0) }}</td><td><form method="post" action="/proposals/{{ v.id }}/edit" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="period_days" value="{{ x.period_days }}"><input type="hidden" name="max_blocks" value="{{ x.max_blocks }}"><input type="hidden" name="mid" value="{{ v.mid }}"><button type="submit">Use this design</button></form></td></tr>{% endfor %}</tbody></table>{% endif %}<p class="muted">{{ r.trials }} virtual trials per condition at efficacy threshold {{ r.efficacy }}, ± one Monte Carlo standard error; {{ "{:.0}"|format(r.wall_s) }} s. A rule that asks for "better by the MID" finds an effect of exactly the MID about half the time at best, however long the trial: twice the MID is the figure to judge a design by. The threshold a trial of this design decides with is calibrated below.</p>
 {% else %}<p class="muted">Being simulated in the background: a minute or two for a gaussian outcome, up to an hour for the other families. Reload later.</p>{% endif %}
 <h3>When it stops: the threshold calibrated for this design</h3>
-{% if !calibrating %}<p>Calibration is switched off (<code>jobs.calibrate = false</code>): a trial of this design decides on the protocol's stated threshold, {{ v.thresholds[0] }}, whatever its false-stop rate.</p>{% else if v.calibration.is_some() %}{{ v.calibration_html|safe }}{% else if let Some((why, given_up)) = v.calibration_failure %}<p class="banner">This design could not be calibrated: {{ why }}. {% if given_up %}An approved trial of it starts on the protocol's stated thresholds, whose false-stop rate is not checked; edit the protocol to calibrate it, or try again (after an upgrade, or once what made it fail is gone).{% else %}It will be tried again.{% endif %}</p>{% if given_up %}<form method="post" action="/proposals/{{ v.id }}/calibrate" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Try the calibration again</button></form>{% endif %}{% else %}<p class="muted">Being calibrated in the background on the stress suite (a few minutes; longer for counts and proportions). An approved trial starts once its threshold is locked. Reload later.</p>{% endif %}
+{% if !calibrating %}<p>Calibration is switched off (<code>jobs.calibrate = false</code>): a trial of this design decides on the protocol's stated threshold, {{ v.thresholds[0] }}, whatever its false-stop rate.</p>{% else if v.calibration.is_some() %}{{ v.calibration_html|safe }}{% else if let Some((why, given_up)) = v.calibration_failure %}<p class="banner">This design could not be calibrated: {{ why }}. {% if given_up %}An approved trial of it starts on the protocol's stated thresholds, whose false-stop rate is not checked; edit the protocol to calibrate it, or try again (after an upgrade, or once what made it fail is gone).{% else %}It will be tried again.{% endif %}</p>{% if given_up %}<form method="post" action="/proposals/{{ v.id }}/calibration/retry" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Try the calibration again</button></form>{% endif %}{% else %}<p class="muted">Being calibrated in the background on the stress suite (a few minutes; longer for counts and proportions). An approved trial starts once its threshold is locked. Reload later.</p>{% endif %}
 <h3>Decide</h3>
 <form method="post" action="/trials/{{ v.id }}/approve" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}">{% if v.needs_clinician %}<label>This changes prescribed medication or needs a clinician: who agreed, and when <input name="clinician" required placeholder="Dr Lee, 3 Dec 2026"></label> {% endif %}<button type="submit">Approve (starts tomorrow)</button></form>
 <form method="post" action="/trials/{{ v.id }}/reject" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Reject</button></form>
@@ -579,14 +579,15 @@ pub(super) async fn edit_proposal(
     }
 }
 
-/// POST `/proposals/{id}/calibrate`: forgets a failed calibration of the
-/// proposal's design so that the designs job tries it again (after an
-/// upgrade, or once what made it fail is gone).
-#[utoipa::path(post, path = "/proposals/{id}/calibrate", tag = "forms",
-    summary = "Try a design's failed calibration again",
+/// POST `/proposals/{id}/calibration/retry`: forgets the failed
+/// calibration of a proposal's design, once the designs job has given up
+/// on it, so that the job tries it again (after an upgrade, or once what
+/// made it fail is gone).
+#[utoipa::path(post, path = "/proposals/{id}/calibration/retry", tag = "forms",
+    summary = "Try a proposal's failed calibration again (the designs job was given up on it)",
     params(("id" = i64, Path, description = "trial id")),
     request_body(content = crate::web::access::CsrfForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 303), (status = 403), (status = 409)))]
+    responses((status = 303), (status = 403), (status = 404), (status = 409)))]
 pub(super) async fn retry_calibration(
     State(state): State<AppState>,
     axum::Extension(viewer): axum::Extension<Viewer>,
@@ -595,6 +596,20 @@ pub(super) async fn retry_calibration(
 ) -> Response {
     if !viewer.csrf_ok(form.csrf.as_deref()) {
         return csrf_refused();
+    }
+    match state.db.read(move |s| s.trial(id)).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return (StatusCode::NOT_FOUND, format!("there is no trial {id}\n")).into_response();
+        }
+        Err(e) => return internal(&e.to_string()),
+    }
+    if !state.config.jobs.calibrate {
+        return (
+            StatusCode::CONFLICT,
+            "calibration is switched off (jobs.calibrate = false): nothing would try it\n",
+        )
+            .into_response();
     }
     let now = state.clock.now();
     match state

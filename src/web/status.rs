@@ -515,8 +515,8 @@ struct Health {
     status: &'static str,
     version: &'static str,
     database: DbHealth,
-    /// Emails and pushes retrying or given up on: delivery trouble makes the
-    /// status "degraded" until it is over.
+    /// Emails and pushes retrying or given up on (`DeliveryHealth`): either
+    /// makes the status "degraded".
     delivery: Option<crate::service::store::DeliveryHealth>,
     jobs: std::collections::BTreeMap<&'static str, JobStatus>,
     clock: String,
@@ -532,8 +532,9 @@ struct DbHealth {
 }
 
 /// `200` with `"ok"` (or `"degraded"` when a job's last run failed, or an
-/// email or push is retrying or was given up on in the last two days)
-/// while the database answers; `503` with `"error"` when it does not.
+/// email or push failed twice in a row and waits for a retry, or was given
+/// up on after being tried among those queued in the last two days) while
+/// the database answers; `503` with `"error"` when it does not.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     summary = "Liveness and job health (no credential needed)",
     responses((status = 200, body = Health, description = "ok, or degraded when a job's last run failed or delivery is in trouble"), (status = 503, body = Health, description = "the database does not answer")))]

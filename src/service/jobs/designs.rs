@@ -131,7 +131,7 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
         .await?;
     let configured = state.config.jobs.calibration_trials;
     let backend = state.config.engine.backend;
-    let threads = state.config.jobs.design_threads();
+    let threads = state.config.jobs.design_thread_count();
     let mut done = 0;
     let mut failed = Vec::new();
     for (hash, text) in pending {
@@ -270,7 +270,7 @@ async fn simulate_proposed_designs(state: &AppState) -> Result<String, JobError>
     let mut failed = Vec::new();
     let configured = state.config.jobs.design_trials;
     let backend = state.config.engine.backend;
-    let threads = state.config.jobs.design_threads();
+    let threads = state.config.jobs.design_thread_count();
     for (hash, text) in pending {
         if *state.stopping.borrow() {
             break;

@@ -767,7 +767,7 @@ pub fn render_suite(r: &SuiteReport) -> String {
         100.0 * r.non_adherence,
         r.seed,
         r.true_half_life
-            .map(|d| format!(", true half-life {d} days"))
+            .map(|d| format!(", true half-life {d} days (long carryover: 1.5 periods)"))
             .unwrap_or_default()
     );
     let short =
