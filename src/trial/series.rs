@@ -120,7 +120,7 @@ pub fn trial_series(
             n_arms: protocol.arms.len(),
             comparator,
         },
-        run_in_sd: sd(&run_in),
+        run_in_sd: run_in_sd(&run_in),
         data_through,
     }
 }
@@ -203,7 +203,11 @@ fn aggregate(points: &[(f64, Date, f64)], how: Aggregation) -> (Vec<f64>, Vec<f6
     (t, y)
 }
 
-fn sd(xs: &[f64]) -> Option<f64> {
+/// The run-in's sample sd, which sets the outcome's scale `S` (§4) where
+/// the protocol states none: at least 3 values that vary, else `None` (the
+/// scale then comes from all the data). One home for the daemon and the
+/// simulator, so that both fit with the same priors.
+pub fn run_in_sd(xs: &[f64]) -> Option<f64> {
     if xs.len() < 3 {
         return None;
     }

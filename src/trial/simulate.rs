@@ -945,7 +945,7 @@ impl Setup<'_> {
                 &mut assigned,
             );
         }
-        let run_in_sd = sd(&y);
+        let run_in_sd = crate::trial::series::run_in_sd(&y);
         let mut p = 0;
         // The mean outcome of each period of the current block, by arm.
         let mut block_means: Vec<(usize, f64)> = Vec::new();
@@ -1063,15 +1063,6 @@ const OBS_OFFSET: f64 = 0.8;
 
 fn mean_of(xs: &[f64]) -> Option<f64> {
     (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
-}
-
-fn sd(xs: &[f64]) -> Option<f64> {
-    if xs.len() < 2 {
-        return None;
-    }
-    let n = xs.len() as f64;
-    let m = xs.iter().sum::<f64>() / n;
-    Some((xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt())
 }
 
 /// The model input of a virtual trial: observations and the assigned arm path.
