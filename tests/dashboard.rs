@@ -31,6 +31,23 @@ fn start(dir: &std::path::Path) -> Daemon {
     d
 }
 
+/// Proposes `protocol` for the demo participant from the command line.
+fn propose(data: &std::path::Path, protocol: &str) {
+    let out = run(
+        &[
+            "trial",
+            "propose",
+            protocol,
+            "--participant",
+            "demo",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        data,
+    );
+    assert!(out.status.success(), "{out:?}");
+}
+
 #[test]
 fn login_roles_and_concealment() {
     let dir = tempfile::tempdir().unwrap();
@@ -140,19 +157,7 @@ fn a_design_given_up_on_is_calibrated_again_from_the_proposals_page() {
     .replace("mid_natural = 2.0", "mid_natural = 20.0");
     let protocol = dir.path().join("migraine-20.toml");
     std::fs::write(&protocol, text).unwrap();
-    let out = run(
-        &[
-            "trial",
-            "propose",
-            protocol.to_str().unwrap(),
-            "--participant",
-            "demo",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &data,
-    );
-    assert!(out.status.success(), "{out:?}");
+    propose(&data, protocol.to_str().unwrap());
     let me = session(&d, PARTICIPANT_PASSWORD);
     let given_up = |me: &Session| {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -224,20 +229,10 @@ fn proposals_pause_self_report_and_api() {
     let dir = tempfile::tempdir().unwrap();
     let d = start(dir.path());
     let data = dir.path().join("data");
-    let protocol = concat!(env!("CARGO_MANIFEST_DIR"), "/protocols/study-timing.toml");
-    let out = run(
-        &[
-            "trial",
-            "propose",
-            protocol,
-            "--participant",
-            "demo",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
+    propose(
         &data,
+        concat!(env!("CARGO_MANIFEST_DIR"), "/protocols/study-timing.toml"),
     );
-    assert!(out.status.success(), "{out:?}");
     let me = session(&d, PARTICIPANT_PASSWORD);
 
     // The overview lists the proposal; its page shows the hypothesis, the
