@@ -23,6 +23,8 @@ pub const LISTED_PROBLEMS: usize = 20;
 pub const MAX_SIMULATED_TRIALS: usize = 1_000_000;
 /// The fastest simulated clock (`--time-scale`, `clock.time_scale`).
 pub const MAX_TIME_SCALE: f64 = 1e6;
+/// The most worker threads a command or the designs job may ask for.
+pub const MAX_THREADS: usize = 1024;
 /// The most days a simulated or benchmarked series may have (100 years).
 pub const MAX_SERIES_DAYS: usize = 36_525;
 

@@ -170,7 +170,7 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Worker threads (default: all cores; at most 1024).
-        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=crate::limits::MAX_THREADS as i64))]
         threads: Option<u16>,
         /// Where the refits' evaluations run: auto (the GPU where one is
         /// found and measured faster for simulations: not so far), cpu or cuda.

@@ -186,9 +186,6 @@ pub struct WebConfig {
 pub const MAX_CONNECTIONS: usize = 16_384;
 /// The least entropy a `web.token` must have, in bits.
 pub const TOKEN_MIN_BITS: f64 = 128.0;
-/// The most threads `jobs.design_threads` may ask for.
-const MAX_DESIGN_THREADS: usize = 1024;
-
 /// The most virtual trials `jobs.design_trials` and `jobs.calibration_trials` may ask for.
 pub const MAX_JOB_TRIALS: usize = 100_000;
 
@@ -1116,9 +1113,10 @@ impl Config {
                 self.web.request_timeout_seconds
             )));
         }
-        if self.jobs.design_threads > MAX_DESIGN_THREADS {
+        if self.jobs.design_threads > crate::limits::MAX_THREADS {
             return Err(ConfigError::Invalid(format!(
-                "jobs.design_threads must be 0 (all cores) to {MAX_DESIGN_THREADS} (got {})",
+                "jobs.design_threads must be 0 (all cores) to {} (got {})",
+                crate::limits::MAX_THREADS,
                 self.jobs.design_threads
             )));
         }

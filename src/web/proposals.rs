@@ -569,11 +569,7 @@ pub(super) async fn edit_proposal(
         })
         .await;
     match result {
-        Ok(()) => (
-            StatusCode::SEE_OTHER,
-            [(header::LOCATION, format!("/proposals#trial-{id}"))],
-        )
-            .into_response(),
+        Ok(()) => back_to_proposal(id),
         Err(StoreError::Refused(e)) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
         Err(e) => internal(&e.to_string()),
     }
@@ -617,14 +613,19 @@ pub(super) async fn retry_calibration(
         .write(move |s| s.retry_calibration(id, "dashboard", now))
         .await
     {
-        Ok(()) => (
-            StatusCode::SEE_OTHER,
-            [(header::LOCATION, format!("/proposals#trial-{id}"))],
-        )
-            .into_response(),
+        Ok(()) => back_to_proposal(id),
         Err(StoreError::Refused(e)) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
         Err(e) => internal(&e.to_string()),
     }
+}
+
+/// After a proposal's form: back to it on the proposals page.
+fn back_to_proposal(id: i64) -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, format!("/proposals#trial-{id}"))],
+    )
+        .into_response()
 }
 
 #[cfg(test)]
