@@ -387,6 +387,55 @@ fn wrong_bearer_tokens_are_limited_but_lock_out_neither_the_right_token_nor_logi
 }
 
 #[test]
+fn health_answers_anyone_with_counts_and_flags_and_only_a_credential_with_error_texts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A file the inbox cannot read: the sources job's error names it.
+    let inbox = data.join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let notes = inbox.join("clinic-secret-notes.txt");
+    std::fs::write(&notes, "not health data").unwrap();
+    // Settled: nobody has written it for an hour.
+    std::fs::File::options()
+        .write(true)
+        .open(&notes)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    let d = start_locked(&data);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let anyone = loop {
+        let h = d.json("/healthz");
+        if h["jobs"]["sources"]["runs"].as_u64().unwrap_or(0) >= 1 {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "the sources job did not run: {h}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Without a credential: the failure counts, no text of it or of any
+    // job's summary.
+    assert_eq!(anyone["status"], "degraded", "{anyone}");
+    assert_eq!(anyone["jobs"]["sources"]["failing"], true, "{anyone}");
+    assert_eq!(anyone["jobs"]["sources"]["failures"], 1, "{anyone}");
+    assert!(anyone["jobs"]["sources"]["last_error"].is_null(), "{anyone}");
+    for (name, job) in anyone["jobs"].as_object().unwrap() {
+        assert!(job["last_summary"].is_null(), "{name}: {anyone}");
+    }
+    assert!(!anyone.to_string().contains("clinic-secret"), "{anyone}");
+    // With the token: the text that says what failed.
+    let known: serde_json::Value = client()
+        .get(d.url("/healthz"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(known["jobs"]["sources"]["failing"], true, "{known}");
+    let error = known["jobs"]["sources"]["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("clinic-secret-notes.txt"), "{known}");
+}
+
+#[test]
 fn a_weak_token_is_refused_at_start_with_the_command_that_makes_a_good_one() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -93,6 +93,11 @@ pub struct Viewer {
     pub csrf: String,
     /// Other tokens still accepted (yesterday's, for open dashboards).
     accepted: Vec<String>,
+    /// False only for a caller with no credential on a public path while
+    /// sign-in is configured: `/healthz` then shows counts and flags but no
+    /// error texts or job summaries, which can name servers, sources and
+    /// what is being tried.
+    pub credentialed: bool,
 }
 
 impl Viewer {
@@ -339,7 +344,7 @@ pub async fn require_auth(
         return push_gate(&access, request, next, addr).await;
     }
     let identity = if !state.auth.is_configured() {
-        Identity::Known(open_viewer(state, now))
+        Identity::Known(open_viewer(state, now, true))
     } else {
         identify(&access, request.headers(), addr, now).await
     };
@@ -367,7 +372,7 @@ pub async fn require_auth(
             )
                 .into_response();
         }
-        Identity::Anonymous if is_public(&path) => open_viewer(state, now),
+        Identity::Anonymous if is_public(&path) => open_viewer(state, now, false),
         Identity::Anonymous
             if request.method() == Method::GET
                 && !path.starts_with("/api/")
@@ -455,7 +460,7 @@ fn client_address(connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>) -> 
 /// The participant view of an open dashboard (or of a public page): the CSRF
 /// token is a daily HMAC, yesterday's still accepted so that a page left open
 /// over midnight works.
-fn open_viewer(state: &AppState, now: Timestamp) -> Viewer {
+fn open_viewer(state: &AppState, now: Timestamp, credentialed: bool) -> Viewer {
     let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
     let yesterday = today.yesterday().unwrap_or(today);
     Viewer {
@@ -463,6 +468,7 @@ fn open_viewer(state: &AppState, now: Timestamp) -> Viewer {
         signed_in: false,
         csrf: state.link_key.tag(&format!("csrf|{today}")),
         accepted: vec![state.link_key.tag(&format!("csrf|{yesterday}"))],
+        credentialed,
     }
 }
 
@@ -497,6 +503,7 @@ async fn identify(access: &Access, headers: &HeaderMap, addr: IpAddr, now: Times
             signed_in: false,
             csrf,
             accepted: Vec::new(),
+            credentialed: true,
         });
     }
     let Some(cookie) = session_cookie(headers) else {
@@ -518,6 +525,7 @@ async fn identify(access: &Access, headers: &HeaderMap, addr: IpAddr, now: Times
                 .link_key
                 .tag(&format!("csrf|session|{}", session.nonce)),
             accepted: Vec::new(),
+            credentialed: true,
         }),
         Ok(false) => Identity::Anonymous,
         Err(e) => {

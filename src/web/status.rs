@@ -534,11 +534,16 @@ struct DbHealth {
 /// `200` with `"ok"` (or `"degraded"` when a job's last run failed, or an
 /// email or push failed twice in a row and waits for a retry, or was given
 /// up on after being tried among those queued in the last two days) while
-/// the database answers; `503` with `"error"` when it does not.
+/// the database answers; `503` with `"error"` when it does not. A caller
+/// without a credential (where sign-in is configured) gets counts, flags
+/// and times but no error texts or job summaries.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     summary = "Liveness and job health (no credential needed)",
     responses((status = 200, body = Health, description = "ok, or degraded when a job's last run failed or delivery is in trouble"), (status = 503, body = Health, description = "the database does not answer")))]
-pub(super) async fn healthz(State(state): State<AppState>) -> Response {
+pub(super) async fn healthz(
+    State(state): State<AppState>,
+    axum::Extension(viewer): axum::Extension<Viewer>,
+) -> Response {
     let now = state.clock.now();
     let db = state
         .db
@@ -548,9 +553,16 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Response {
         .jobs
         .snapshot()
         .into_iter()
-        .map(|(k, v)| (k.name(), v))
+        .map(|(k, v)| {
+            let v = if viewer.credentialed {
+                v
+            } else {
+                v.without_texts()
+            };
+            (k.name(), v)
+        })
         .collect();
-    let job_failing = jobs.values().any(|j| j.last_error.is_some());
+    let job_failing = jobs.values().any(|j| j.failing);
     let (status, code, database, delivery) = match db {
         Ok((backlog, delivery)) => (
             if job_failing || delivery.retrying > 0 || delivery.failed_recently > 0 {
@@ -572,7 +584,11 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Response {
             DbHealth {
                 ok: false,
                 outbox_backlog: None,
-                error: Some(e.to_string()),
+                error: Some(if viewer.credentialed {
+                    e.to_string()
+                } else {
+                    "the database does not answer (details for signed-in viewers)".to_string()
+                }),
             },
             None,
         ),

@@ -101,8 +101,24 @@ pub struct JobStatus {
     pub last_ok: Option<String>,
     /// What the last successful run did.
     pub last_summary: Option<String>,
-    /// The last failure, if the last run failed.
+    /// The last run failed.
+    pub failing: bool,
+    /// The last failure, if the last run failed (not shown to callers of
+    /// `/healthz` without a credential: see [`JobStatus::without_texts`]).
     pub last_error: Option<String>,
+}
+
+impl JobStatus {
+    /// Counts, flags and times only: error texts and summaries can name
+    /// servers, sources and what a person is trying, and `/healthz` answers
+    /// anyone.
+    pub fn without_texts(self) -> JobStatus {
+        JobStatus {
+            last_summary: None,
+            last_error: None,
+            ..self
+        }
+    }
 }
 
 /// Status of every job; also the no-overlap guard.
@@ -155,10 +171,12 @@ impl JobBoard {
                     s.last_ok = Some(crate::service::store::ts(now));
                     s.last_summary = Some(summary.clone());
                     s.last_error = None;
+                    s.failing = false;
                 }
                 Err(e) => {
                     s.failures += 1;
                     s.last_error = Some(e.to_string());
+                    s.failing = true;
                 }
             }
         });
