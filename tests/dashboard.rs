@@ -143,7 +143,7 @@ fn failed_logins_are_rate_limited() {
 }
 
 #[test]
-fn a_design_given_up_on_is_calibrated_again_from_the_proposals_page() {
+fn a_design_given_up_on_is_calibrated_and_simulated_again_from_the_proposals_page() {
     let dir = tempfile::tempdir().unwrap();
     let d = start(dir.path());
     let data = dir.path().join("data");
@@ -159,11 +159,12 @@ fn a_design_given_up_on_is_calibrated_again_from_the_proposals_page() {
     std::fs::write(&protocol, text).unwrap();
     propose(&data, protocol.to_str().unwrap());
     let me = session(&d, PARTICIPANT_PASSWORD);
+    // Its simulation fails the same way, and is given up on too.
     let given_up = |me: &Session| {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let p = me.json(&d, "/api/proposals")[0].clone();
-            if p["calibration_failure"][1] == true {
+            if p["calibration_failure"][1] == true && p["simulation_failure"][1] == true {
                 break p;
             }
             assert!(Instant::now() < deadline, "not given up on: {p}");
@@ -172,16 +173,23 @@ fn a_design_given_up_on_is_calibrated_again_from_the_proposals_page() {
     };
     let p = given_up(&me);
     assert_eq!(p["id"], 2);
-    assert!(
-        p["calibration_failure"][0]
-            .as_str()
-            .unwrap()
-            .contains("attempt 3 of 3"),
-        "{p}"
-    );
+    for work in ["calibration_failure", "simulation_failure"] {
+        let why = p[work][0].as_str().unwrap();
+        assert!(
+            why.contains("attempt 3 of 3") && why.contains("mid_natural"),
+            "{p}"
+        );
+    }
+    // Given up on, the design no longer fails the designs job at every tick.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while d.json("/healthz")["jobs"]["designs"]["failing"] != false {
+        assert!(Instant::now() < deadline, "{}", d.json("/healthz"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let (_, page) = me.get(&d, "/proposals");
     assert!(
-        page.contains(">Try the calibration again</button>"),
+        page.contains(">Try the calibration again</button>")
+            && page.contains(">Try the simulation again</button>"),
         "{page}"
     );
     let csrf = csrf_of(&page);
@@ -191,7 +199,7 @@ fn a_design_given_up_on_is_calibrated_again_from_the_proposals_page() {
     let failure = || {
         nof1d::service::store::Store::open_read_only(&data.join("nof1d.sqlite"))
             .unwrap()
-            .calibration_failure(&hash)
+            .design_failure(nof1d::service::store::DesignWork::Calibration, &hash)
             .unwrap()
     };
     let before = failure().unwrap();
@@ -222,6 +230,35 @@ fn a_design_given_up_on_is_calibrated_again_from_the_proposals_page() {
         &format!("csrf={csrf}"),
     );
     assert_eq!(status, 404);
+    let (status, _) = me.post(&d, "/proposals/2/nothing/retry", &format!("csrf={csrf}"));
+    assert_eq!(status, 404);
+    // The simulation is tried again on its own: three new attempts, one
+    // audit entry.
+    let simulation = || {
+        nof1d::service::store::Store::open_read_only(&data.join("nof1d.sqlite"))
+            .unwrap()
+            .design_failure(nof1d::service::store::DesignWork::Simulation, &hash)
+            .unwrap()
+            .unwrap()
+    };
+    let before = simulation();
+    assert_eq!(before.attempts, 3);
+    let retry = "/proposals/2/simulation/retry";
+    assert_eq!(me.post(&d, retry, &format!("csrf={csrf}")).0, 303);
+    let (status, body) = me.post(&d, retry, &format!("csrf={csrf}"));
+    assert_eq!(
+        status, 409,
+        "tried again before it was given up on again: {body}"
+    );
+    given_up(&me);
+    let after = simulation();
+    assert_eq!(after.attempts, 3);
+    assert!(after.last_at > before.last_at, "{before:?} -> {after:?}");
+    let retried = common::count(
+        &data,
+        "SELECT COUNT(*) FROM audit_log WHERE action = 'simulation.retried' AND trial_id = 2",
+    );
+    assert_eq!(retried, 1);
 }
 
 #[test]

@@ -409,7 +409,10 @@ fn health_answers_anyone_with_counts_and_flags_and_only_a_credential_with_error_
         if h["jobs"]["sources"]["runs"].as_u64().unwrap_or(0) >= 1 {
             break h;
         }
-        assert!(Instant::now() < deadline, "the sources job did not run: {h}");
+        assert!(
+            Instant::now() < deadline,
+            "the sources job did not run: {h}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     // Without a credential: the failure counts, no text of it or of any
@@ -417,7 +420,10 @@ fn health_answers_anyone_with_counts_and_flags_and_only_a_credential_with_error_
     assert_eq!(anyone["status"], "degraded", "{anyone}");
     assert_eq!(anyone["jobs"]["sources"]["failing"], true, "{anyone}");
     assert_eq!(anyone["jobs"]["sources"]["failures"], 1, "{anyone}");
-    assert!(anyone["jobs"]["sources"]["last_error"].is_null(), "{anyone}");
+    assert!(
+        anyone["jobs"]["sources"]["last_error"].is_null(),
+        "{anyone}"
+    );
     for (name, job) in anyone["jobs"].as_object().unwrap() {
         assert!(job["last_summary"].is_null(), "{name}: {anyone}");
     }
@@ -431,7 +437,9 @@ fn health_answers_anyone_with_counts_and_flags_and_only_a_credential_with_error_
         .json()
         .unwrap();
     assert_eq!(known["jobs"]["sources"]["failing"], true, "{known}");
-    let error = known["jobs"]["sources"]["last_error"].as_str().unwrap_or_default();
+    let error = known["jobs"]["sources"]["last_error"]
+        .as_str()
+        .unwrap_or_default();
     assert!(error.contains("clinic-secret-notes.txt"), "{known}");
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{Daemon, run};
 use nof1d::engine::fit::FitReport;
-use nof1d::service::store::Store;
+use nof1d::service::store::{DesignWork, Store};
 use nof1d::trial::decide::{self, Decision};
 
 /// Jobs every second and `scale` simulated seconds per real second.
@@ -570,7 +570,10 @@ fn a_design_that_cannot_be_calibrated_starts_on_its_stated_thresholds_and_says_w
     let s = store(&data);
     let t2 = s.trial(2).unwrap().unwrap();
     // Tried three times, then given up on; the failure is kept, not retried.
-    let failure = s.calibration_failure(&t2.protocol_hash).unwrap().unwrap();
+    let failure = s
+        .design_failure(DesignWork::Calibration, &t2.protocol_hash)
+        .unwrap()
+        .unwrap();
     assert_eq!(failure.attempts, 3, "{failure:?}");
     assert!(
         failure.error.contains("mid_natural") && failure.error.contains("cannot happen"),

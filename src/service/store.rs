@@ -27,7 +27,7 @@ use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
 
 /// The migration files, in order. Append new files; never edit a released one.
-const MIGRATION_FILES: [&str; 12] = [
+const MIGRATION_FILES: [&str; 13] = [
     include_str!("../../migrations/0001_initial.sql"),
     include_str!("../../migrations/0002_trial_lifecycle.sql"),
     include_str!("../../migrations/0003_dashboard.sql"),
@@ -40,6 +40,7 @@ const MIGRATION_FILES: [&str; 12] = [
     include_str!("../../migrations/0010_withdrawn.sql"),
     include_str!("../../migrations/0011_corrections.sql"),
     include_str!("../../migrations/0012_push.sql"),
+    include_str!("../../migrations/0013_design_failures.sql"),
 ];
 
 /// The migrations, in order.
@@ -662,9 +663,37 @@ pub struct DeliveryHealth {
     pub failed_recently: i64,
 }
 
-/// A design whose calibration failed.
+/// The background work the designs job does for a design.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DesignWork {
+    /// Calibrating its thresholds on the stress suite (before a trial starts).
+    Calibration,
+    /// Simulating its error rates and power (for the proposals page).
+    Simulation,
+}
+
+impl DesignWork {
+    /// The name stored in the database and used in paths and audit actions.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DesignWork::Calibration => "calibration",
+            DesignWork::Simulation => "simulation",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<DesignWork> {
+        match s {
+            "calibration" => Some(DesignWork::Calibration),
+            "simulation" => Some(DesignWork::Simulation),
+            _ => None,
+        }
+    }
+}
+
+/// A design whose calibration or simulation failed.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CalibrationFailure {
+pub struct DesignFailure {
     /// The last attempt's error.
     pub error: String,
     /// Attempts so far.
@@ -673,11 +702,12 @@ pub struct CalibrationFailure {
     pub last_at: String,
 }
 
-impl CalibrationFailure {
-    /// How often a design's calibration is tried before the designs job
-    /// gives up on it (a failure is mostly the protocol's and repeats; a
-    /// few tries cover the rest). An approved trial of a design given up
-    /// on starts on its protocol's stated thresholds and says why.
+impl DesignFailure {
+    /// How often a design's calibration or simulation is tried before the
+    /// designs job gives up on it (a failure is mostly the protocol's and
+    /// repeats; a few tries cover the rest). An approved trial of a design
+    /// whose calibration was given up on starts on its protocol's stated
+    /// thresholds and says why.
     pub const ATTEMPTS: u32 = 3;
 
     /// Whether the designs job has given up on this design.
@@ -2932,9 +2962,15 @@ impl Store {
             .optional()?)
     }
 
-    /// Stores a design's simulation (the first one for a hash stands).
+    /// Stores a design's simulation (the first one for a hash stands); an
+    /// earlier failure of it is forgotten.
     pub fn put_design_simulation(&mut self, row: &DesignSimulationRow) -> Result<()> {
-        self.conn.execute(
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM design_failures WHERE protocol_hash = ?1 AND work = 'simulation'",
+            [&row.protocol_hash],
+        )?;
+        tx.execute(
             "INSERT INTO design_simulations (protocol_hash, trials, report_json, wall_ms, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (protocol_hash) DO NOTHING",
             params![
@@ -2945,6 +2981,7 @@ impl Store {
                 row.created_at
             ],
         )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -2984,32 +3021,42 @@ impl Store {
             .transpose()
     }
 
-    /// Records a failed calibration of a design; returns its attempts so far.
-    pub fn record_calibration_failure(
+    /// Records a failed calibration or simulation of a design; returns its
+    /// attempts so far.
+    pub fn record_design_failure(
         &mut self,
+        work: DesignWork,
         protocol_hash: &ProtocolHash,
         error: &str,
         now: Timestamp,
     ) -> Result<u32> {
         Ok(self.conn.query_row(
-            "INSERT INTO calibration_failures (protocol_hash, error, attempts, last_at)
-             VALUES (?1, ?2, 1, ?3)
-             ON CONFLICT (protocol_hash) DO UPDATE
+            "INSERT INTO design_failures (protocol_hash, work, error, attempts, last_at)
+             VALUES (?1, ?2, ?3, 1, ?4)
+             ON CONFLICT (protocol_hash, work) DO UPDATE
                  SET error = excluded.error, attempts = attempts + 1, last_at = excluded.last_at
              RETURNING attempts",
-            params![protocol_hash.0, error, ts(now)],
+            params![protocol_hash.0, work.as_str(), error, ts(now)],
             |r| r.get(0),
         )?)
     }
 
-    /// Forgets the failed calibration of a proposal's design, once the
-    /// designs job has given up on it, so that the job tries it again: after
-    /// an upgrade, or once a transient cause is gone. The failure is kept in
-    /// the audit log. Refused for anything but a proposal, for a design the
-    /// job has not given up on, and for a design another trial already
-    /// started with on its stated thresholds (its page says why from the
-    /// failure; a new version of the protocol is calibrated anew).
-    pub fn retry_calibration(&mut self, trial_id: i64, actor: &str, now: Timestamp) -> Result<()> {
+    /// Forgets the failed calibration or simulation of a proposal's design,
+    /// once the designs job has given up on it, so that the job tries it
+    /// again: after an upgrade, or once a transient cause is gone. The
+    /// failure is kept in the audit log (`calibration.retried`,
+    /// `simulation.retried`). Refused for anything but a proposal, for work
+    /// the job has not given up on, and for a calibration of a design
+    /// another trial already started with on its stated thresholds (its
+    /// page says why from the failure; a new version of the protocol is
+    /// calibrated anew).
+    pub fn retry_design(
+        &mut self,
+        trial_id: i64,
+        work: DesignWork,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<()> {
         let tx = self.conn.transaction()?;
         let current: Option<(String, String)> = tx
             .query_row(
@@ -3021,9 +3068,10 @@ impl Store {
         let Some((status, hash)) = current else {
             return Err(StoreError::Refused(format!("there is no trial {trial_id}")));
         };
+        let what = work.as_str();
         if status != TrialStatus::Proposed.as_str() {
             return Err(StoreError::Refused(format!(
-                "trial {trial_id} is {status}: only a proposal's calibration can be tried again"
+                "trial {trial_id} is {status}: only a proposal's {what} can be tried again"
             )));
         }
         let started: Option<i64> = tx
@@ -3034,32 +3082,31 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?;
-        if let Some(other) = started {
+        if let Some(other) = started.filter(|_| work == DesignWork::Calibration) {
             return Err(StoreError::Refused(format!(
                 "trial {other} started with this protocol on its stated thresholds because its calibration failed; change the proposal (a new version is calibrated anew)"
             )));
         }
         let failure: Option<(String, u32)> = tx
             .query_row(
-                "SELECT error, attempts FROM calibration_failures WHERE protocol_hash = ?1",
-                [&hash],
+                "SELECT error, attempts FROM design_failures WHERE protocol_hash = ?1 AND work = ?2",
+                params![hash, what],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        let Some((error, attempts)) = failure.filter(|(_, a)| *a >= CalibrationFailure::ATTEMPTS)
-        else {
+        let Some((error, attempts)) = failure.filter(|(_, a)| *a >= DesignFailure::ATTEMPTS) else {
             return Err(StoreError::Refused(format!(
-                "trial {trial_id}'s calibration has not been given up on: nothing to try again"
+                "trial {trial_id}'s {what} has not been given up on: nothing to try again"
             )));
         };
         tx.execute(
-            "DELETE FROM calibration_failures WHERE protocol_hash = ?1",
-            [&hash],
+            "DELETE FROM design_failures WHERE protocol_hash = ?1 AND work = ?2",
+            params![hash, what],
         )?;
         audit(
             &tx,
             actor,
-            "calibration.retried",
+            &format!("{what}.retried"),
             Some(trial_id),
             &serde_json::json!({"protocol_hash": hash, "error": error, "attempts": attempts}),
             now,
@@ -3068,18 +3115,20 @@ impl Store {
         Ok(())
     }
 
-    /// A design's failed calibration, if its calibration failed.
-    pub fn calibration_failure(
+    /// A design's failed calibration or simulation, if it failed.
+    pub fn design_failure(
         &self,
+        work: DesignWork,
         protocol_hash: &ProtocolHash,
-    ) -> Result<Option<CalibrationFailure>> {
+    ) -> Result<Option<DesignFailure>> {
         Ok(self
             .conn
             .query_row(
-                "SELECT error, attempts, last_at FROM calibration_failures WHERE protocol_hash = ?1",
-                [&protocol_hash.0],
+                "SELECT error, attempts, last_at FROM design_failures
+                 WHERE protocol_hash = ?1 AND work = ?2",
+                params![protocol_hash.0, work.as_str()],
                 |r| {
-                    Ok(CalibrationFailure {
+                    Ok(DesignFailure {
                         error: r.get(0)?,
                         attempts: r.get(1)?,
                         last_at: r.get(2)?,
@@ -3094,7 +3143,7 @@ impl Store {
     pub fn put_calibration(&mut self, row: &CalibrationRow) -> Result<()> {
         let tx = self.conn.transaction()?;
         tx.execute(
-            "DELETE FROM calibration_failures WHERE protocol_hash = ?1",
+            "DELETE FROM design_failures WHERE protocol_hash = ?1 AND work = 'calibration'",
             [&row.protocol_hash],
         )?;
         tx.execute(
@@ -4469,6 +4518,72 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, schema_version());
+    }
+
+    #[test]
+    fn design_failures_count_each_work_apart_and_keep_calibrations_from_before() {
+        // A database of the schema before `design_failures`, with a
+        // calibration given up on.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let before =
+                Migrations::new(MIGRATION_FILES[..12].iter().map(|sql| M::up(sql)).collect());
+            before.to_latest(&mut conn).unwrap();
+            conn.execute(
+                "INSERT INTO calibration_failures (protocol_hash, error, attempts, last_at)
+                 VALUES ('old', 'the suite gave no threshold', 3, '2026-11-01T00:00:00Z')",
+                [],
+            )
+            .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        let old = ProtocolHash("old".into());
+        let kept = s
+            .design_failure(DesignWork::Calibration, &old)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (kept.error.as_str(), kept.attempts, kept.given_up()),
+            ("the suite gave no threshold", 3, true)
+        );
+        assert_eq!(
+            s.design_failure(DesignWork::Simulation, &old).unwrap(),
+            None
+        );
+        // The two kinds of work count their attempts apart, and a stored
+        // result forgets only its own kind's failure.
+        let new = ProtocolHash("new".into());
+        for attempt in 1..=3 {
+            let n = s
+                .record_design_failure(DesignWork::Simulation, &new, "no", now())
+                .unwrap();
+            assert_eq!(n, attempt);
+        }
+        assert_eq!(
+            s.record_design_failure(DesignWork::Calibration, &new, "no", now())
+                .unwrap(),
+            1
+        );
+        s.put_design_simulation(&DesignSimulationRow {
+            protocol_hash: "new".into(),
+            trials: 1,
+            report_json: "{}".into(),
+            wall_ms: 1.0,
+            created_at: ts(now()),
+        })
+        .unwrap();
+        assert_eq!(
+            s.design_failure(DesignWork::Simulation, &new).unwrap(),
+            None
+        );
+        assert_eq!(
+            s.design_failure(DesignWork::Calibration, &new)
+                .unwrap()
+                .map(|f| f.attempts),
+            Some(1)
+        );
     }
 
     /// A participant "a" in UTC, stored.

@@ -68,8 +68,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/proposals", get(proposals::proposals_json))
         .route("/proposals/{id}/edit", post(proposals::edit_proposal))
         .route(
-            "/proposals/{id}/calibration/retry",
-            post(proposals::retry_calibration),
+            "/proposals/{id}/{work}/retry",
+            post(proposals::retry_design),
         )
         .route("/hypotheses", get(hypotheses::hypotheses_page))
         .route("/api/hypotheses", get(hypotheses::hypotheses_json))

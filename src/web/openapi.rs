@@ -41,7 +41,7 @@ const DESCRIPTION: &str = "JSON beside every dashboard page. Open on loopback wh
         super::trial::trial_action,
         super::trial::report_submit,
         super::proposals::edit_proposal,
-        super::proposals::retry_calibration,
+        super::proposals::retry_design,
         super::hypotheses::hypotheses_action,
         super::sources::sources_poll,
         super::oauth::connect,

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::spec::Family;
 use crate::service::app::AppState;
-use crate::service::store::{DesignSimulationRow, ProposalEdit, StoreError};
+use crate::service::store::{
+    DesignFailure, DesignSimulationRow, DesignWork, ProposalEdit, StoreError,
+};
 use crate::trial::causal::CausalGraph;
 use crate::trial::lifecycle::TrialStatus;
 use crate::trial::protocol::{Protocol, ProtocolHash};
@@ -151,6 +153,9 @@ pub struct ProposalView {
     /// Why the design's calibration failed, and whether the job gave up
     /// on it (an approved trial then starts on the stated thresholds).
     pub calibration_failure: Option<(String, bool)>,
+    /// Why the design's simulation failed, and whether the job gave up on
+    /// it (until someone asks for another try).
+    pub simulation_failure: Option<(String, bool)>,
     /// The causal graph as SVG (not in the JSON).
     #[serde(skip)]
     pub graph_svg: String,
@@ -322,24 +327,17 @@ async fn proposal_views(
                         .design_simulation(&t.protocol_hash)?
                         .as_ref()
                         .and_then(rates_of),
+                    simulation_failure: s
+                        .design_failure(DesignWork::Simulation, &t.protocol_hash)?
+                        .map(failure_view),
                     calibration_html: calibration
                         .as_ref()
                         .map(super::calibration::render)
                         .unwrap_or_default(),
                     calibration_failure: s
-                        .calibration_failure(&t.protocol_hash)?
+                        .design_failure(DesignWork::Calibration, &t.protocol_hash)?
                         .filter(|_| calibration.is_none())
-                        .map(|f| {
-                            (
-                                format!(
-                                    "{} (attempt {} of {})",
-                                    f.error,
-                                    f.attempts,
-                                    crate::service::store::CalibrationFailure::ATTEMPTS
-                                ),
-                                f.given_up(),
-                            )
-                        }),
+                        .map(failure_view),
                     calibration,
                     graph_svg: graph
                         .map(|g| {
@@ -383,6 +381,7 @@ Stops when P(better by MID) reaches {% if calibrating %}the calibrated threshold
 {% if let Some((e, p)) = r.double %}<tr><th>Finds an effect twice the MID ({{ e }})</th><td>{{ "{:.1}"|format(p[0] * 100.0) }}% ± {{ "{:.1}"|format(p[1] * 100.0) }}</td></tr>{% endif %}
 <tr><th>Mean blocks (no effect / effect at MID)</th><td>{{ "{:.1}"|format(r.mean_blocks[0]) }} / {{ "{:.1}"|format(r.mean_blocks[1]) }}</td></tr>
 </tbody></table>{% if let Some(w) = r.power_warning %}<p class="banner">{{ w }}</p>{% endif %}{% if !r.redesigns.is_empty() %}<table><caption>Changes simulated to raise the power at twice the MID (at the stated thresholds, before calibration)</caption><thead><tr><th>change</th><th>days at most</th><th>finds twice the MID</th><th></th></tr></thead><tbody>{% for x in r.redesigns %}<tr><td>{{ x.change }}</td><td>{{ x.planned_days }}</td><td>{{ "{:.0}"|format(x.power[0] * 100.0) }}% ± {{ "{:.0}"|format(x.power[1] * 100.0) }}</td><td><form method="post" action="/proposals/{{ v.id }}/edit" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="period_days" value="{{ x.period_days }}"><input type="hidden" name="max_blocks" value="{{ x.max_blocks }}"><input type="hidden" name="mid" value="{{ v.mid }}"><button type="submit">Use this design</button></form></td></tr>{% endfor %}</tbody></table>{% endif %}<p class="muted">{{ r.trials }} virtual trials per condition at efficacy threshold {{ r.efficacy }}, ± one Monte Carlo standard error; {{ "{:.0}"|format(r.wall_s) }} s. A rule that asks for "better by the MID" finds an effect of exactly the MID about half the time at best, however long the trial: twice the MID is the figure to judge a design by. The threshold a trial of this design decides with is calibrated below.</p>
+{% else if let Some((why, given_up)) = v.simulation_failure %}<p class="banner">This design could not be simulated: {{ why }}. {% if given_up %}Edit the protocol to simulate it anew, or try again (after an upgrade, or once what made it fail is gone).{% else %}It will be tried again.{% endif %}</p>{% if given_up %}<form method="post" action="/proposals/{{ v.id }}/simulation/retry" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Try the simulation again</button></form>{% endif %}
 {% else %}<p class="muted">Being simulated in the background: a minute or two for a gaussian outcome, up to an hour for the other families. Reload later.</p>{% endif %}
 <h3>When it stops: the threshold calibrated for this design</h3>
 {% if !calibrating %}<p>Calibration is switched off (<code>jobs.calibrate = false</code>): a trial of this design decides on the protocol's stated threshold, {{ v.thresholds[0] }}, whatever its false-stop rate.</p>{% else if v.calibration.is_some() %}{{ v.calibration_html|safe }}{% else if let Some((why, given_up)) = v.calibration_failure %}<p class="banner">This design could not be calibrated: {{ why }}. {% if given_up %}An approved trial of it starts on the protocol's stated thresholds, whose false-stop rate is not checked; edit the protocol to calibrate it, or try again (after an upgrade, or once what made it fail is gone).{% else %}It will be tried again.{% endif %}</p>{% if given_up %}<form method="post" action="/proposals/{{ v.id }}/calibration/retry" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Try the calibration again</button></form>{% endif %}{% else %}<p class="muted">Being calibrated in the background on the stress suite (a few minutes; longer for counts and proportions). An approved trial starts once its threshold is locked. Reload later.</p>{% endif %}
@@ -575,21 +574,43 @@ pub(super) async fn edit_proposal(
     }
 }
 
-/// POST `/proposals/{id}/calibration/retry`: forgets the failed
-/// calibration of a proposal's design, once the designs job has given up
-/// on it, so that the job tries it again (after an upgrade, or once what
-/// made it fail is gone).
-#[utoipa::path(post, path = "/proposals/{id}/calibration/retry", tag = "forms",
-    summary = "Try a proposal's failed calibration again (the designs job was given up on it)",
-    params(("id" = i64, Path, description = "trial id")),
+/// A failure as the page says it: the error with its attempt count, and
+/// whether the job gave up.
+fn failure_view(f: DesignFailure) -> (String, bool) {
+    (
+        format!(
+            "{} (attempt {} of {})",
+            f.error,
+            f.attempts,
+            DesignFailure::ATTEMPTS
+        ),
+        f.given_up(),
+    )
+}
+
+/// POST `/proposals/{id}/{work}/retry` (`work`: `calibration` or
+/// `simulation`): forgets that work's failure for a proposal's design, once
+/// the designs job has given up on it, so that the job tries it again
+/// (after an upgrade, or once what made it fail is gone).
+#[utoipa::path(post, path = "/proposals/{id}/{work}/retry", tag = "forms",
+    summary = "Try a proposal's failed calibration or simulation again (the designs job gave up on it)",
+    params(("id" = i64, Path, description = "trial id"),
+        ("work" = String, Path, description = "`calibration` or `simulation`")),
     request_body(content = crate::web::access::CsrfForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 303), (status = 403), (status = 404), (status = 409)))]
-pub(super) async fn retry_calibration(
+pub(super) async fn retry_design(
     State(state): State<AppState>,
     axum::Extension(viewer): axum::Extension<Viewer>,
-    axum::extract::Path(id): axum::extract::Path<i64>,
+    axum::extract::Path((id, work)): axum::extract::Path<(i64, String)>,
     axum::extract::Form(form): axum::extract::Form<crate::web::access::CsrfForm>,
 ) -> Response {
+    let Some(work) = DesignWork::parse(&work) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no such work {work:?}: calibration or simulation\n"),
+        )
+            .into_response();
+    };
     if !viewer.csrf_ok(form.csrf.as_deref()) {
         return csrf_refused();
     }
@@ -600,7 +621,7 @@ pub(super) async fn retry_calibration(
         }
         Err(e) => return internal(&e.to_string()),
     }
-    if !state.config.jobs.calibrate {
+    if work == DesignWork::Calibration && !state.config.jobs.calibrate {
         return (
             StatusCode::CONFLICT,
             "calibration is switched off (jobs.calibrate = false): nothing would try it\n",
@@ -610,7 +631,7 @@ pub(super) async fn retry_calibration(
     let now = state.clock.now();
     match state
         .db
-        .write(move |s| s.retry_calibration(id, "dashboard", now))
+        .write(move |s| s.retry_design(id, work, "dashboard", now))
         .await
     {
         Ok(()) => back_to_proposal(id),

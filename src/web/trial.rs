@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::service::app::AppState;
 use crate::service::loaded::{LoadError, LoadedTrial};
-use crate::service::store::{LinkOutcome, LinkWhat, StoreError};
+use crate::service::store::{DesignWork, LinkOutcome, LinkWhat, StoreError};
 use crate::trial::calendar::local_date;
 use crate::trial::protocol::{Outcome, Protocol};
 
@@ -451,7 +451,7 @@ async fn trial_detail(
                 // Only where the trial gave up waiting for it and started on
                 // the stated thresholds.
                 calibration_failure: s
-                    .calibration_failure(&trial.protocol_hash)?
+                    .design_failure(DesignWork::Calibration, &trial.protocol_hash)?
                     .filter(|f| f.given_up())
                     .filter(|_| {
                         trial.locked.is_some_and(|l| {

@@ -66,7 +66,12 @@ pub(crate) async fn start_due_trials(state: &AppState) -> Result<usize, JobError
             let hash = trial.row.protocol_hash.clone();
             let (calibration, failure) = state
                 .db
-                .read(move |s| Ok((s.calibration(&hash)?, s.calibration_failure(&hash)?)))
+                .read(move |s| {
+                    Ok((
+                        s.calibration(&hash)?,
+                        s.design_failure(crate::service::store::DesignWork::Calibration, &hash)?,
+                    ))
+                })
                 .await?;
             match (calibration, failure) {
                 (Some(c), _) => c.locked(),

@@ -7,7 +7,7 @@ use jiff::Timestamp;
 
 use crate::engine::spec::Family;
 use crate::service::app::AppState;
-use crate::service::store::{CalibrationFailure, CalibrationRow, DesignSimulationRow};
+use crate::service::store::{CalibrationRow, DesignFailure, DesignSimulationRow, DesignWork};
 use crate::trial::lifecycle::TrialStatus;
 use crate::trial::protocol::{Protocol, ProtocolHash};
 use crate::trial::simulate::SimOptions;
@@ -117,7 +117,7 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
                 .filter(|t| matches!(t.status, TrialStatus::Approved | TrialStatus::Proposed))
             {
                 let given_up = s
-                    .calibration_failure(&t.protocol_hash)?
+                    .design_failure(DesignWork::Calibration, &t.protocol_hash)?
                     .is_some_and(|f| f.given_up());
                 if !given_up
                     && s.calibration(&t.protocol_hash)?.is_none()
@@ -191,15 +191,24 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
                 state.db.write(move |s| s.put_calibration(&row)).await?;
                 done += 1;
             }
-            Ok(Err(e)) => failed.push(record_failure(state, &hash, e).await),
+            Ok(Err(e)) => {
+                failed.push(record_failure(state, DesignWork::Calibration, &hash, e).await)
+            }
             // The runtime dropped it before it ran (shutting down): not the
             // design's failure, so not an attempt; the next run tries again.
             Err(e) if e.is_cancelled() => {
                 tracing::info!(protocol = %hash.short(), "calibration cancelled at shutdown; not counted");
             }
             // A panic is a defect that would repeat: counted, as an error.
-            Err(e) => failed
-                .push(record_failure(state, &hash, format!("the calibration crashed: {e}")).await),
+            Err(e) => failed.push(
+                record_failure(
+                    state,
+                    DesignWork::Calibration,
+                    &hash,
+                    format!("the calibration crashed: {e}"),
+                )
+                .await,
+            ),
         }
     }
     if failed.is_empty() {
@@ -216,37 +225,42 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
     }
 }
 
-/// Stores a failed calibration and says it for the job board. A store
-/// error while recording it is said too, and does not stop the job's other
-/// designs (the failure is then retried without being counted).
-async fn record_failure(state: &AppState, hash: &ProtocolHash, error: String) -> String {
+/// Stores a failed calibration or simulation and says it for the job
+/// board. A store error while recording it is said too, and does not stop
+/// the job's other designs (the failure is then retried without being
+/// counted).
+async fn record_failure(
+    state: &AppState,
+    work: DesignWork,
+    hash: &ProtocolHash,
+    error: String,
+) -> String {
     let now = state.clock.now();
     let (key, why) = (hash.clone(), error.clone());
+    let what = work.as_str();
     match state
         .db
-        .write(move |s| s.record_calibration_failure(&key, &why, now))
+        .write(move |s| s.record_design_failure(work, &key, &why, now))
         .await
     {
         Ok(attempts) => {
-            tracing::warn!(protocol = %hash.short(), attempts, error = %error, "design calibration failed");
+            tracing::warn!(protocol = %hash.short(), attempts, error = %error, "design {what} failed");
             format!(
-                "calibration of {} (attempt {attempts} of {}): {error}",
+                "{what} of {} (attempt {attempts} of {}): {error}",
                 hash.short(),
-                CalibrationFailure::ATTEMPTS
+                DesignFailure::ATTEMPTS
             )
         }
         Err(e) => {
-            tracing::error!(protocol = %hash.short(), error = %error, store = %e, "design calibration failed, and recording it failed");
-            format!(
-                "calibration of {}: {error} (not recorded: {e})",
-                hash.short()
-            )
+            tracing::error!(protocol = %hash.short(), error = %error, store = %e, "design {what} failed, and recording it failed");
+            format!("{what} of {}: {error} (not recorded: {e})", hash.short())
         }
     }
 }
 
 /// Simulates the design of every proposal whose protocol text has no stored
-/// simulation yet, one at a time on `jobs.design_threads` threads.
+/// simulation yet and was not given up on, one at a time on
+/// `jobs.design_threads` threads.
 async fn simulate_proposed_designs(state: &AppState) -> Result<String, JobError> {
     let pending: Vec<(ProtocolHash, String)> = state
         .db
@@ -257,7 +271,11 @@ async fn simulate_proposed_designs(state: &AppState) -> Result<String, JobError>
                 .into_iter()
                 .filter(|t| t.status == TrialStatus::Proposed)
             {
-                if s.design_simulation(&t.protocol_hash)?.is_none()
+                let given_up = s
+                    .design_failure(DesignWork::Simulation, &t.protocol_hash)?
+                    .is_some_and(|f| f.given_up());
+                if !given_up
+                    && s.design_simulation(&t.protocol_hash)?.is_none()
                     && !out.iter().any(|(h, _)| *h == t.protocol_hash)
                 {
                     out.push((t.protocol_hash, t.protocol_toml));
@@ -314,8 +332,22 @@ async fn simulate_proposed_designs(state: &AppState) -> Result<String, JobError>
                     .await?;
                 done += 1;
             }
-            Ok(Err(e)) => failed.push(format!("{}: {e}", hash.short())),
-            Err(e) => failed.push(format!("{}: {e}", hash.short())),
+            Ok(Err(e)) => {
+                failed.push(record_failure(state, DesignWork::Simulation, &hash, e).await)
+            }
+            // Shutting down: not the design's failure (see the calibrations).
+            Err(e) if e.is_cancelled() => {
+                tracing::info!(protocol = %hash.short(), "simulation cancelled at shutdown; not counted");
+            }
+            Err(e) => failed.push(
+                record_failure(
+                    state,
+                    DesignWork::Simulation,
+                    &hash,
+                    format!("the simulation crashed: {e}"),
+                )
+                .await,
+            ),
         }
     }
     if failed.is_empty() {
