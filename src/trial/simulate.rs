@@ -133,8 +133,9 @@ struct BettingStop {
     blocks: u32,
 }
 
-/// One look of a virtual trial as it was taken: the fit (none when it
-/// failed), the decision, and the plan it left.
+/// One look of a virtual trial as it was taken: the fit it read (the
+/// newest that succeeded, as in the daemon; none before any did), the
+/// decision, and the plan it left.
 #[derive(Debug, Clone)]
 pub struct TracedLook {
     /// The fit the look read.
@@ -950,6 +951,9 @@ impl Setup<'_> {
         // The mean outcome of each period of the current block, by arm.
         let mut block_means: Vec<(usize, f64)> = Vec::new();
         let mut ended = false;
+        // The newest fit that succeeded: a look whose refit fails decides on
+        // it, as the daemon's look does on the latest fit it has stored.
+        let mut latest_fit: Option<FitReport> = None;
         while p < periods.len() {
             let first_observation = y.len();
             for _ in 0..d.period_days {
@@ -986,21 +990,15 @@ impl Setup<'_> {
             let decisive = look.blocks_done >= d.min_blocks
                 || protocol.decision.allocation.is_some()
                 || trace.is_some();
-            let report = if decisive {
-                self.fit_look(
+            if decisive
+                && let Some(fit) = self.fit_look(
                     &t, &y, &assigned, trial_seed, run_in_sd, dropped, &mut trial,
                 )
-            } else {
-                None
-            };
-            let step = step::step(
-                protocol,
-                trial_seed,
-                &periods,
-                &look,
-                thresholds,
-                report.as_ref(),
-            );
+            {
+                latest_fit = Some(fit);
+            }
+            let report = latest_fit.as_ref().filter(|_| decisive);
+            let step = step::step(protocol, trial_seed, &periods, &look, thresholds, report);
             let decision = &step.decision;
             let best = decision
                 .arms
@@ -1019,7 +1017,7 @@ impl Setup<'_> {
             }
             if let Some(trace) = trace.as_deref_mut() {
                 trace.push(TracedLook {
-                    fit: report.clone(),
+                    fit: report.cloned(),
                     decision: decision.clone(),
                     plan: step.plan.clone().unwrap_or_else(|| periods.clone()),
                 });
