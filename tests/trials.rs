@@ -446,6 +446,7 @@ fn life_cycle_from_the_command_line() {
     // Futility is locked with it (the protocol's here: 8 calibration trials
     // are too few to calibrate it; the suite's own test calibrates it).
     assert_eq!(locked.futility, calibration.futility);
+    assert_eq!(locked.drop_arm, calibration.drop_arm);
     // The demo started at once, on its protocol's stated threshold.
     let t1 = s.trial(1).unwrap().unwrap();
     assert_eq!(

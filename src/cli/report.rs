@@ -150,7 +150,7 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
     )));
     b.push(Block::Para(match trial.locked {
         Some(l) => format!(
-            "Efficacy threshold in force: P(better by MID) ≥ {} at the last block ({} boundary), {}. Futility threshold in force: {}.",
+            "Efficacy threshold in force: P(better by MID) ≥ {} at the last block ({} boundary), {}. Futility threshold in force: {}.{}",
             l.efficacy,
             l.boundary.as_str(),
             l.source.describe(),
@@ -160,6 +160,17 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
                 None => format!(
                     "P(better by MID) ≤ {} for every arm, the protocol's",
                     protocol.decision.futility
+                ),
+            },
+            match (protocol.arms.len() >= 3, l.drop_arm) {
+                (false, _) => String::new(),
+                (true, Some(0.0)) => {
+                    " Arm drops: none (calibrated: every threshold tried dropped the arm that works too often).".to_string()
+                }
+                (true, Some(d)) => format!(" Arm-drop threshold in force: P(best) < {d}, calibrated."),
+                (true, None) => format!(
+                    " Arm-drop threshold in force: P(best) < {}, the protocol's.",
+                    protocol.decision.drop_arm
                 ),
             }
         ),
@@ -185,6 +196,24 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
                         r.protocol_futility.unwrap_or(protocol.decision.futility),
                         100.0 * target,
                         r.futility_binding.map_or("-", |s| s.name())
+                    )));
+                }
+                if let (Some(d), Some(target), Some(last)) =
+                    (r.drop_arm, r.futility_target, r.drop_tries.last())
+                {
+                    b.push(Block::Para(format!(
+                        "Arm-drop threshold {d} (the protocol states {}; thresholds tried: {}) drops the arm that works in at most {:.0}% of trials whose arm works, with 95% confidence in every stress scenario (at most {} of {} allowed; {} in the {} scenario).",
+                        r.protocol_drop_arm.unwrap_or(protocol.decision.drop_arm),
+                        r.drop_tries
+                            .iter()
+                            .map(|t| format!("{} ({} dropped)", t.drop_arm, t.dropped))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        100.0 * target,
+                        last.allowed,
+                        r.rows.first().map_or(0, |row| row.effect_trials),
+                        last.dropped,
+                        last.scenario.name()
                     )));
                 }
                 let rate = |x: Option<&crate::trial::simulate::Rate>| {

@@ -40,7 +40,7 @@ const MIGRATION_FILES: [&str; 13] = [
     include_str!("../../migrations/0010_withdrawn.sql"),
     include_str!("../../migrations/0011_corrections.sql"),
     include_str!("../../migrations/0012_push.sql"),
-    include_str!("../../migrations/0013_design_failures.sql"),
+    include_str!("../../migrations/0013_design_failures_arm_drops.sql"),
 ];
 
 /// The migrations, in order.
@@ -620,7 +620,10 @@ pub struct CalibrationRow {
     /// The calibrated futility threshold (`None`: calibrated before
     /// futility was; the protocol's applies).
     pub futility: Option<f64>,
-    /// The scenario that set it.
+    /// The calibrated arm-drop threshold (`None`: two arms, or calibrated
+    /// before arm drops were; the protocol's applies).
+    pub drop_arm: Option<f64>,
+    /// The scenario that set the efficacy threshold.
     pub binding: String,
     /// The `SuiteReport` as JSON.
     pub report_json: String,
@@ -648,6 +651,7 @@ impl CalibrationRow {
             source: ThresholdSource::Calibrated,
             boundary: self.boundary,
             futility: self.futility,
+            drop_arm: self.drop_arm,
         }
     }
 }
@@ -2040,7 +2044,7 @@ impl Store {
         let mut stmt = self.conn.prepare(
             "SELECT id, participant_id, protocol_id, protocol_toml, protocol_hash, seed,
                     status, start_date, stop_reason, efficacy_threshold, threshold_source,
-                    efficacy_boundary, futility_threshold
+                    efficacy_boundary, futility_threshold, drop_arm_threshold
              FROM trials ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -2058,6 +2062,7 @@ impl Store {
                 r.get::<_, Option<String>>(10)?,
                 r.get::<_, Option<String>>(11)?,
                 r.get::<_, Option<f64>>(12)?,
+                r.get::<_, Option<f64>>(13)?,
             ))
         })?;
         let mut out = Vec::new();
@@ -2076,6 +2081,7 @@ impl Store {
                 source,
                 boundary,
                 futility,
+                drop_arm,
             ) = row?;
             let locked = match (efficacy, source) {
                 (Some(_), None) | (None, Some(_)) => {
@@ -2095,6 +2101,7 @@ impl Store {
                         })?,
                     },
                     futility,
+                    drop_arm,
                 }),
                 _ => None,
             };
@@ -2565,14 +2572,15 @@ impl Store {
         let tx = self.conn.transaction()?;
         let locked_now = tx.execute(
             "UPDATE trials SET efficacy_threshold = ?2, threshold_source = ?3, efficacy_boundary = ?4,
-                               futility_threshold = ?5
+                               futility_threshold = ?5, drop_arm_threshold = ?6
              WHERE id = ?1 AND efficacy_threshold IS NULL",
             params![
                 trial_id,
                 locked.efficacy,
                 locked.source.as_str(),
                 locked.boundary.as_str(),
-                locked.futility
+                locked.futility,
+                locked.drop_arm
             ],
         )?;
         // A trial that already holds a threshold keeps it (and no audit
@@ -2587,7 +2595,8 @@ impl Store {
                     "efficacy": locked.efficacy,
                     "source": locked.source.as_str(),
                     "boundary": locked.boundary.as_str(),
-                    "futility": locked.futility
+                    "futility": locked.futility,
+                    "drop_arm": locked.drop_arm
                 }),
                 now,
             )?;
@@ -2990,7 +2999,7 @@ impl Store {
         self.conn
             .query_row(
                 "SELECT protocol_hash, target, efficacy, boundary, binding, report_json, wall_ms,
-                        created_at, futility
+                        created_at, futility, drop_arm
                  FROM calibrations WHERE protocol_hash = ?1",
                 [&protocol_hash.0],
                 |r| {
@@ -3001,6 +3010,7 @@ impl Store {
                             efficacy: r.get(2)?,
                             boundary: Boundary::Constant,
                             futility: r.get(8)?,
+                            drop_arm: r.get(9)?,
                             binding: r.get(4)?,
                             report_json: r.get(5)?,
                             wall_ms: r.get(6)?,
@@ -3149,8 +3159,8 @@ impl Store {
         tx.execute(
             "INSERT INTO calibrations
                  (protocol_hash, target, efficacy, boundary, binding, report_json, wall_ms, created_at,
-                  futility)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (protocol_hash) DO NOTHING",
+                  futility, drop_arm)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (protocol_hash) DO NOTHING",
             params![
                 row.protocol_hash,
                 row.target,
@@ -3160,7 +3170,8 @@ impl Store {
                 row.report_json,
                 row.wall_ms,
                 row.created_at,
-                row.futility
+                row.futility,
+                row.drop_arm
             ],
         )?;
         tx.commit()?;
@@ -4583,6 +4594,87 @@ mod tests {
                 .unwrap()
                 .map(|f| f.attempts),
             Some(1)
+        );
+    }
+
+    #[test]
+    fn a_started_trial_locks_its_designs_calibrated_arm_drop_threshold() {
+        use crate::trial::protocol::Protocol;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let pid = participant(&mut s);
+        let text = include_str!("../../protocols/sleep-supplements.toml");
+        let protocol = Protocol::parse(text, "sleep").unwrap();
+        let hash = ProtocolHash::of(text);
+        let id = s
+            .propose_trial(
+                &Proposal {
+                    participant_id: pid,
+                    protocol_id: &protocol.id,
+                    protocol_toml: text,
+                    protocol_hash: &hash.0,
+                    seed: 7,
+                },
+                "test",
+                now(),
+            )
+            .unwrap();
+        s.put_calibration(&CalibrationRow {
+            protocol_hash: hash.0.clone(),
+            target: 0.05,
+            efficacy: 0.7952,
+            boundary: Boundary::Constant,
+            futility: Some(0.0114),
+            drop_arm: Some(0.0125),
+            binding: "trend".into(),
+            report_json: "{}".into(),
+            wall_ms: 1.0,
+            created_at: ts(now()),
+        })
+        .unwrap();
+        let calibration = s.calibration(&hash).unwrap().unwrap();
+        assert_eq!(calibration.drop_arm, Some(0.0125));
+        let start: Date = "2026-11-26".parse().unwrap();
+        s.change_status(
+            &StatusChange {
+                trial_id: id,
+                to: TrialStatus::Approved,
+                actor: "test",
+                reason: "approved",
+                local_date: start,
+                start_date: Some(start),
+                shifted: &[],
+            },
+            now(),
+        )
+        .unwrap();
+        let schedule = crate::trial::lifecycle::dated(
+            &protocol,
+            &crate::trial::design::plan(&protocol, 7),
+            start,
+        )
+        .unwrap();
+        s.start_trial(
+            id,
+            start,
+            &schedule,
+            calibration.locked(),
+            &[],
+            "test",
+            now(),
+        )
+        .unwrap();
+        let locked = s.trial(id).unwrap().unwrap().locked.unwrap();
+        assert_eq!(locked.drop_arm, Some(0.0125));
+        // The trial decides with it, not the protocol's 0.05.
+        let thresholds = crate::trial::decide::trial_thresholds(
+            &protocol.decision,
+            (protocol.design.min_blocks, protocol.design.max_blocks),
+            Some(locked),
+        );
+        assert_eq!(
+            (protocol.decision.drop_arm, thresholds.drop_arm),
+            (0.05, 0.0125)
         );
     }
 

@@ -275,6 +275,11 @@ pub struct LockedThresholds {
     /// uncalibrated ones).
     #[serde(default)]
     pub futility: Option<f64>,
+    /// Drop an arm when `P(best) <` this (0: never); `None`: the
+    /// protocol's (two arms, trials locked before arm drops were
+    /// calibrated, and uncalibrated ones).
+    #[serde(default)]
+    pub drop_arm: Option<f64>,
 }
 
 impl LockedThresholds {
@@ -286,6 +291,7 @@ impl LockedThresholds {
             source: ThresholdSource::Protocol,
             boundary: Boundary::Constant,
             futility: None,
+            drop_arm: None,
         }
     }
 }
@@ -473,6 +479,7 @@ pub fn trial_thresholds(
             },
             source: l.source,
             boundary: l.boundary,
+            drop_arm: l.drop_arm.unwrap_or(rules.drop_arm),
             ..stated
         },
         None => stated,
@@ -627,6 +634,7 @@ mod tests {
             source: ThresholdSource::Calibrated,
             boundary: Boundary::Constant,
             futility: None,
+            drop_arm: None,
         };
         let t = trial_thresholds(&rules, (2, 8), Some(locked));
         assert_eq!(
@@ -683,6 +691,16 @@ mod tests {
             "{}",
             d.rule
         );
+        // A locked arm-drop threshold replaces the protocol's (0: never).
+        let dropping = trial_thresholds(
+            &rules,
+            (2, 8),
+            Some(LockedThresholds {
+                drop_arm: Some(0.0125),
+                ..locked
+            }),
+        );
+        assert_eq!(dropping.drop_arm, 0.0125);
         // Decisions stored before calibration existed read as the protocol's.
         let old: Thresholds = serde_json::from_str(
             r#"{"efficacy":0.95,"futility":0.05,"drop_arm":0.05,"min_blocks":2}"#,

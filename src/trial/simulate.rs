@@ -619,6 +619,9 @@ struct Setup<'a> {
     /// The futility threshold virtual trials run with: the protocol's, or
     /// (calibrating it) the lowest one considered.
     futility: f64,
+    /// The arm-drop threshold virtual trials run with: the protocol's, or
+    /// (calibrating it) the one being tried.
+    drop_arm: f64,
 }
 
 impl Setup<'_> {
@@ -868,6 +871,7 @@ impl Setup<'_> {
             decide::trial_thresholds(&protocol.decision, (d.min_blocks, d.max_blocks), None);
         thresholds.efficacy = efficacy;
         thresholds.futility = self.futility;
+        thresholds.drop_arm = self.drop_arm;
         let planned = protocol.planned_days();
         let scenario = self.options.scenario;
         let non_adherence = scenario.non_adherence(self.options.non_adherence);
@@ -1324,6 +1328,7 @@ fn setup_for<'a>(protocol: &'a Protocol, options: &'a SimOptions) -> Result<Setu
         baseline,
         options,
         futility: protocol.decision.futility,
+        drop_arm: protocol.decision.drop_arm,
     };
     if let TrueEffect::Natural(k) = setup.effect_condition() {
         let target = outcome.direction.sign() * k;

@@ -63,9 +63,12 @@ pub struct CalibrationView {
     /// futility was: none).
     pub futility: Option<FutilityView>,
     /// With three arms or more: the most often the arm that works was
-    /// dropped in any scenario (percent), and that scenario; the arm-drop
-    /// threshold is the protocol's, not calibrated.
+    /// dropped in any scenario under the chosen rule (percent), and that
+    /// scenario.
     pub worst_arm_drop: Option<(f64, String)>,
+    /// The calibrated arm-drop threshold (three arms or more; none from
+    /// calibrations before arm drops were).
+    pub drop_arm: Option<DropView>,
     /// Per scenario.
     pub scenarios: Vec<ScenarioLine>,
 }
@@ -81,6 +84,20 @@ pub struct FutilityView {
     pub target_percent: f64,
     /// The scenario that set it.
     pub binding: String,
+}
+
+/// The calibrated arm-drop threshold as the pages show it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DropView {
+    /// Drop an arm when P(best) is below this (0: never).
+    pub threshold: f64,
+    /// The protocol's stated one.
+    pub stated: f64,
+    /// The thresholds tried before it, highest first.
+    pub rejected: Vec<f64>,
+    /// The most trials under the effect that may drop the arm that works,
+    /// in percent.
+    pub target_percent: f64,
 }
 
 fn pair(r: Option<&Rate>) -> [f64; 2] {
@@ -130,6 +147,24 @@ impl CalibrationView {
                 }),
                 _ => None,
             },
+            drop_arm: match (
+                row.drop_arm,
+                report.protocol_drop_arm,
+                report.futility_target,
+            ) {
+                (Some(threshold), Some(stated), Some(target)) => Some(DropView {
+                    threshold,
+                    stated,
+                    rejected: report
+                        .drop_tries
+                        .iter()
+                        .map(|t| t.drop_arm)
+                        .filter(|&d| d != threshold)
+                        .collect(),
+                    target_percent: 100.0 * target,
+                }),
+                _ => None,
+            },
             worst_arm_drop: report
                 .rows
                 .iter()
@@ -173,7 +208,7 @@ impl CalibrationView {
     source = r#"<p>Stops for efficacy when P(better by MID) ≥ <strong>{{ "{:.4}"|format(c.efficacy) }}</strong> {{ c.boundary }}{% if !c.achievable %} — no threshold below 1 kept false stops at {{ "{:.0}"|format(c.target_percent) }}%: this design never stops for efficacy and runs to its last block{% endif %}
 (the protocol states {{ c.stated }}): calibrated so that false stops stay at or below {{ "{:.0}"|format(c.target_percent) }}% with 95% confidence in every scenario below; set by the <strong>{{ c.binding }}</strong> scenario.</p>
 {% if let Some(f) = c.futility %}<p>Stops for futility when P(better by MID) ≤ <strong>{{ "{:.4}"|format(f.threshold) }}</strong> for every arm{% if f.threshold == 0.0 %} — that is, never: even the lowest threshold gave up on too many arms that work{% endif %} (the protocol states {{ f.stated }}): calibrated so that at most {{ "{:.0}"|format(f.target_percent) }}% of trials whose arm works (by the effect below) are given up as futile, with 95% confidence in every scenario; set by the <strong>{{ f.binding }}</strong> scenario.</p>{% else %}<p>Stops for futility at the protocol's stated threshold, not calibrated: too few virtual trials under the effect for a 95%-confident futility threshold (the slower outcome families), or a calibration from before futility was calibrated.</p>{% endif %}
-{% if let Some((rate, scenario)) = c.worst_arm_drop %}<p>Arms are dropped at the protocol's threshold on P(best), which is not calibrated: the arm that works was dropped in up to {{ "{:.0}"|format(rate) }}% of trials (the {{ scenario }} scenario).</p>{% endif %}
+{% if let Some(d) = c.drop_arm %}<p>Drops an arm when P(best) &lt; <strong>{{ d.threshold }}</strong>{% if d.threshold == 0.0 %} — that is, never: every threshold tried dropped the arm that works too often{% endif %} (the protocol states {{ d.stated }}{% if !d.rejected.is_empty() %}; tried and dropped the arm that works too often: {% for r in d.rejected %}{{ r }}{% if !loop.last %}, {% endif %}{% endfor %}{% endif %}): calibrated so that at most {{ "{:.0}"|format(d.target_percent) }}% of trials whose arm works drop it, with 95% confidence in every scenario{% if let Some((rate, scenario)) = c.worst_arm_drop %}; under the rule above it was dropped in up to {{ "{:.0}"|format(rate) }}% of them (the {{ scenario }} scenario){% endif %}.</p>{% else if let Some((rate, scenario)) = c.worst_arm_drop %}<p>Arms are dropped at the protocol's threshold on P(best), which is not calibrated: the arm that works was dropped in up to {{ "{:.0}"|format(rate) }}% of trials (the {{ scenario }} scenario).</p>{% endif %}
 <div class="scroll"><table><caption>Simulated on {{ c.trials }} virtual trials (seed {{ c.seed }}, {{ "{:.0}"|format(c.wall_s) }} s); power at an effect of {{ c.effect }} {{ c.effect_unit }}; ± one Monte Carlo standard error</caption>
 <thead><tr><th scope="col">Scenario</th><th scope="col">False stops at {{ c.stated }}</th><th scope="col">False stops, calibrated</th><th scope="col">Power, calibrated</th><th scope="col">Given up though it works: stated → calibrated</th><th scope="col">Blocks when nothing works: stated → calibrated</th><th scope="col">Betting test: false stops / power</th></tr></thead>
 <tbody>{% for s in c.scenarios %}<tr><th scope="row">{{ s.scenario }}</th><td>{{ "{:.1}"|format(s.stated_false_stops) }}%</td><td>{{ "{:.1}"|format(s.false_stops[0]) }}% ± {{ "{:.1}"|format(s.false_stops[1]) }}</td><td>{{ "{:.0}"|format(s.power[0]) }}% ± {{ "{:.0}"|format(s.power[1]) }}</td><td>{% if let Some((a, b)) = s.futility_stops %}{{ "{:.0}"|format(a) }}% → {{ "{:.0}"|format(b[0]) }}% ± {{ "{:.0}"|format(b[1]) }}{% else %}–{% endif %}</td><td>{% if let Some(n) = s.null_blocks %}{{ "{:.1}"|format(n[0]) }} → {{ "{:.1}"|format(n[1]) }}{% else %}–{% endif %}</td><td>{% if let Some(b) = s.betting %}{{ "{:.1}"|format(b[0]) }}% / {{ "{:.0}"|format(b[1]) }}%{% else %}not valid for this design{% endif %}</td></tr>{% endfor %}</tbody></table></div>"#

@@ -149,6 +149,9 @@ pub struct TrialDetail {
     /// ones it locked at its start, else the protocol's), on P(better by
     /// MID).
     pub thresholds: (f64, f64),
+    /// With three arms or more: drop an arm when P(best) is below this (the
+    /// locked one, else the protocol's).
+    pub drop_arm: Option<f64>,
     /// Where the efficacy threshold came from, in words; none before the start.
     pub threshold_source: Option<String>,
     /// Whether the trial decides with its design's calibrated threshold.
@@ -434,6 +437,12 @@ async fn trial_detail(
                         .and_then(|l| l.futility)
                         .unwrap_or(protocol.decision.futility),
                 ),
+                drop_arm: (protocol.arms.len() >= 3).then(|| {
+                    trial
+                        .locked
+                        .and_then(|l| l.drop_arm)
+                        .unwrap_or(protocol.decision.drop_arm)
+                }),
                 calibrated: trial
                     .locked
                     .is_some_and(|l| l.source == crate::trial::decide::ThresholdSource::Calibrated),
@@ -517,7 +526,7 @@ async fn trial_detail(
 {% for svg in effect_svgs %}<figure>{{ svg|safe }}</figure>{% endfor %}
 {% for svg in prob_svgs %}<figure>{{ svg|safe }}</figure>{% endfor %}
 <h2>Decisions</h2>
-<p>Stops for efficacy when P(better by MID) ≥ {{ d.thresholds.0 }}{% if let Some(w) = d.threshold_source %}: {{ w }}{% else %}: locked when the trial starts{% endif %}; {% if d.thresholds.1 > 0.0 %}for futility when it is ≤ {{ d.thresholds.1 }} for every arm{% else %}never for futility{% endif %}.</p>
+<p>Stops for efficacy when P(better by MID) ≥ {{ d.thresholds.0 }}{% if let Some(w) = d.threshold_source %}: {{ w }}{% else %}: locked when the trial starts{% endif %}; {% if d.thresholds.1 > 0.0 %}for futility when it is ≤ {{ d.thresholds.1 }} for every arm{% else %}never for futility{% endif %}.{% if let Some(x) = d.drop_arm %} {% if *x > 0.0 %}Drops an arm when P(best) &lt; {{ x }}.{% else %}Drops no arm.{% endif %}{% endif %}</p>
 {% if let Some(why) = d.calibration_failure %}<p class="banner">This design could not be calibrated ({{ why }}): the trial decides on the protocol's stated thresholds, whose false-stop rate was not checked. Treat an early stop with more caution than usual.</p>{% endif %}
 {% if !calibration_html.is_empty() %}<details><summary>How the threshold was calibrated</summary>{{ calibration_html|safe }}</details>{% endif %}
 <div class="scroll"><table><thead><tr><th>period</th><th>when</th><th>action</th><th>rule</th><th>numbers</th></tr></thead><tbody>

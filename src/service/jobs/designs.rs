@@ -172,6 +172,7 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
                 efficacy,
                 boundary: report.boundary,
                 futility: report.futility,
+                drop_arm: report.drop_arm,
                 binding: binding.name().to_string(),
                 report_json: serde_json::to_string(&report).map_err(|e| e.to_string())?,
                 wall_ms: started.elapsed().as_secs_f64() * 1000.0,

@@ -1,6 +1,8 @@
 //! A design's stopping rule calibrated on the whole stress suite
 //! (`statistics.md` §5: the false-stop rate under no effect stays at or
-//! below the target **in each** scenario), with the betting test beside it.
+//! below the target **in each** scenario), with the betting test beside it;
+//! with three arms or more its arm-drop threshold first
+//! ([`calibrate_drops`]).
 //!
 //! Sequential: every scenario starts with a first batch of null trials (at
 //! least the 59 on which 5% can hold with 95% confidence at all); the
@@ -20,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     BettingRates, DEFAULT_TARGET, MAX_FUTILITY, Rate, Rule, SimError, SimOptions, SimTiming,
-    TrueEffect, VirtualTrial, betting_rates, calibrate_boundary, calibrate_futility,
-    calibrate_threshold, min_calibration_trials, run_range, setup_for,
+    TrueEffect, VirtualTrial, allowed_errors, betting_rates, calibrate_boundary,
+    calibrate_futility, calibrate_threshold, min_calibration_trials, run_range, setup_for,
 };
 use crate::trial::decide::{Action, Boundary, LockedThresholds};
 use crate::trial::protocol::{Protocol, ProtocolHash};
@@ -152,6 +154,20 @@ pub struct SuiteReport {
     /// The scenario that set it.
     #[serde(default)]
     pub futility_binding: Option<Scenario>,
+    /// The protocol's own arm-drop threshold.
+    #[serde(default)]
+    pub protocol_drop_arm: Option<f64>,
+    /// The calibrated arm-drop threshold (three arms or more, when
+    /// calibrating with enough trials under the effect): the protocol's
+    /// where the arm that works is dropped in at most
+    /// `futility_target` of the trials under the effect, in every
+    /// scenario with 95% confidence, else lower ([`DropTry`]). Every
+    /// virtual trial in the report ran with it.
+    #[serde(default)]
+    pub drop_arm: Option<f64>,
+    /// The arm-drop thresholds tried, in order; the last is `drop_arm`.
+    #[serde(default)]
+    pub drop_tries: Vec<DropTry>,
     /// The effect simulated for power, in [`SuiteReport::effect_unit`].
     pub effect: f64,
     /// What `effect` counts (see `SimulationReport::effect_unit`).
@@ -171,6 +187,33 @@ pub struct SuiteReport {
     pub rows: Vec<ScenarioRow>,
     /// Work and time.
     pub timing: SimTiming,
+}
+
+/// One arm-drop threshold tried: the scenario where the arm that works was
+/// dropped most often, as the trials under the effect ran (every drop
+/// before the planned end, so at least as often as under any stopping
+/// rule, which only cuts a trial short).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DropTry {
+    /// Drop an arm when `P(best) <` this (0: never).
+    pub drop_arm: f64,
+    /// The scenario that dropped the arm that works most often.
+    pub scenario: Scenario,
+    /// Trials under the effect, there, that dropped it.
+    pub dropped: usize,
+    /// The most that may ([`super::allowed_errors`] at the futility target).
+    pub allowed: usize,
+}
+
+/// The arm-drop thresholds calibration tries, after the protocol's own:
+/// half, a quarter, then none (a trial that drops no arm cannot drop the
+/// one that works).
+fn next_drop_arm(tried: usize, protocol: f64) -> f64 {
+    match tried {
+        1 => (protocol / 2.0 * 1e4).floor() / 1e4,
+        2 => (protocol / 4.0 * 1e4).floor() / 1e4,
+        _ => 0.0,
+    }
 }
 
 /// One calibrated efficacy rule and the power it buys.
@@ -241,6 +284,26 @@ pub fn run_suite(
             &bar,
         ));
     }
+    // Arm drops (three arms or more): the protocol's threshold stands where
+    // the arm that works is dropped, as the trials under the effect ran, in
+    // at most the futility target of them in every scenario with 95%
+    // confidence; else lower ones are tried ([`next_drop_arm`]), each on
+    // the same trials under the effect run again (a drop changes the rest
+    // of a trial). The null trials then run with the one chosen.
+    let calibrating_drops =
+        calibrating_futility && protocol.arms.len() >= 3 && protocol.decision.drop_arm > 0.0;
+    let (drop_tries, discarded) = if calibrating_drops {
+        calibrate_drops(
+            protocol,
+            &scenarios,
+            &mut setups,
+            &mut effect,
+            options.power_trials,
+            &bar,
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
     // Null trials run with the lowest futility threshold any efficacy rule
     // could be given: the one calibrated as if nothing stopped for efficacy
     // (every look counts against futility then). Their course under any
@@ -269,7 +332,8 @@ pub fn run_suite(
         .max(floor)
         .max(1);
     let max = options.max_trials.max(first);
-    let estimate = scenarios.len() * (first + options.power_trials + options.fresh_trials)
+    let estimate = scenarios.len()
+        * (first + options.power_trials * drop_tries.len().max(1) + options.fresh_trials)
         + if target.is_some() { max - first } else { 0 };
     bar.set_length(estimate as u64);
     // Under no effect some scenarios draw exactly the data of another (long
@@ -588,7 +652,11 @@ pub fn run_suite(
         .enumerate()
         .filter(|(i, _)| source[*i] == *i)
         .map(|(_, n)| n);
-    let all = distinct_null.chain(&effect).chain(&fresh).flatten();
+    let all = distinct_null
+        .chain(&effect)
+        .chain(&fresh)
+        .flatten()
+        .chain(&discarded);
     let (mut trials, mut fits, mut evaluations, mut not_converged, mut failed) = (0, 0, 0, 0, 0);
     for t in all {
         trials += 1;
@@ -614,6 +682,9 @@ pub fn run_suite(
         futility_target: calibrating_futility.then_some(futility_target),
         futility: rule.filter(|_| calibrating_futility).map(|r| r.futility),
         futility_binding: futility_binding.map(|b| scenarios[b]),
+        protocol_drop_arm: (protocol.arms.len() >= 3).then_some(protocol.decision.drop_arm),
+        drop_arm: calibrating_drops.then(|| setups[0].drop_arm),
+        drop_tries,
         effect,
         effect_unit,
         seed: options.base.seed,
@@ -634,6 +705,67 @@ pub fn run_suite(
     })
 }
 
+/// Tries arm-drop thresholds, the protocol's first ([`next_drop_arm`]),
+/// until the arm that works is dropped, as the trials under the effect
+/// ran, in at most the futility target of them in every scenario with 95%
+/// confidence. Each threshold after the first runs `effect` again with it
+/// (a drop changes the rest of a trial); `setups` are left with the one
+/// chosen. Returns the thresholds tried and the trials set aside.
+fn calibrate_drops(
+    protocol: &Protocol,
+    scenarios: &[Scenario],
+    setups: &mut [super::Setup<'_>],
+    effect: &mut [Vec<VirtualTrial>],
+    power_trials: usize,
+    bar: &ProgressBar,
+) -> (Vec<DropTry>, Vec<VirtualTrial>) {
+    let allowed = allowed_errors(power_trials, protocol.decision.false_futility_target);
+    let mut tries: Vec<DropTry> = Vec::new();
+    let mut discarded: Vec<VirtualTrial> = Vec::new();
+    loop {
+        let drop_arm = setups[0].drop_arm;
+        let (worst, dropped) = effect
+            .iter()
+            .zip(setups.iter())
+            .map(|(trials, setup)| {
+                trials
+                    .iter()
+                    .filter(|t| t.dropped.iter().any(|d| d.0 == setup.effect_arm))
+                    .count()
+            })
+            .enumerate()
+            .max_by_key(|&(i, n)| (n, std::cmp::Reverse(i)))
+            .unwrap_or((0, 0));
+        tries.push(DropTry {
+            drop_arm,
+            scenario: scenarios[worst],
+            dropped,
+            allowed,
+        });
+        if dropped <= allowed || drop_arm == 0.0 {
+            return (tries, discarded);
+        }
+        let next = next_drop_arm(tries.len(), protocol.decision.drop_arm);
+        for (i, (setup, scenario)) in setups.iter_mut().zip(scenarios).enumerate() {
+            setup.drop_arm = next;
+            bar.set_message(format!(
+                "{} ({}): effect, arm drops at {next}",
+                protocol.id,
+                scenario.name()
+            ));
+            let again = run_range(
+                setup,
+                setup.effect_condition(),
+                1,
+                0..power_trials,
+                f64::INFINITY,
+                bar,
+            );
+            discarded.extend(std::mem::replace(&mut effect[i], again));
+        }
+    }
+}
+
 /// A locked rule's error rates in one scenario, on fresh virtual trials.
 #[derive(Debug, Clone)]
 pub struct LockedCheck {
@@ -643,6 +775,9 @@ pub struct LockedCheck {
     pub false_stops: Rate,
     /// Stops for futility under the effect (none without such trials).
     pub futility_stops: Option<Rate>,
+    /// With three arms or more: trials under the effect that dropped the
+    /// arm that works (none without such trials).
+    pub arm_dropped: Option<Rate>,
     /// The betting test on the same null trials.
     pub betting: Option<BettingRates>,
 }
@@ -674,6 +809,7 @@ pub fn check_locked(
         };
         let mut setup = setup_for(protocol, &options)?;
         setup.futility = futility;
+        setup.drop_arm = locked.drop_arm.unwrap_or(protocol.decision.drop_arm);
         let run = |effect, stream, n| {
             run_range(
                 &setup,
@@ -695,6 +831,13 @@ pub fn check_locked(
             false_stops: count(&null, |a| matches!(a, Action::StopEfficacy { .. })),
             futility_stops: (!effect.is_empty())
                 .then(|| count(&effect, |a| *a == Action::StopFutility)),
+            arm_dropped: (!effect.is_empty() && protocol.arms.len() >= 3).then(|| {
+                let k = effect
+                    .iter()
+                    .filter(|t| t.under(rule).dropped.contains(&setup.effect_arm))
+                    .count();
+                Rate::of(k, effect.len())
+            }),
             betting: betting_rates(&setup, &null, &[]),
         });
     }
@@ -844,10 +987,32 @@ pub fn render_suite(r: &SuiteReport) -> String {
         })
         .collect();
     if !dropped.is_empty() {
+        let at = match (r.drop_arm, r.protocol_drop_arm) {
+            (Some(d), _) => format!("the calibrated arm-drop threshold {d}"),
+            (None, Some(d)) => format!("the protocol's arm-drop threshold {d} (not calibrated)"),
+            (None, None) => "the protocol's arm-drop threshold".to_string(),
+        };
         let _ = writeln!(
             out,
-            "the arm that works dropped, at the protocol's arm-drop threshold (not calibrated): {}",
+            "the arm that works dropped, under the chosen rule at {at}: {}",
             dropped.join(", ")
+        );
+    }
+    for t in &r.drop_tries {
+        let _ = writeln!(
+            out,
+            "arm drops at P(best) < {}: the arm that works dropped in {} of {} trials under the effect ({}), {} allowed ({:.0}% with 95% confidence){}",
+            t.drop_arm,
+            t.dropped,
+            r.rows.first().map_or(0, |row| row.effect_trials),
+            t.scenario.name(),
+            t.allowed,
+            r.futility_target.unwrap_or(0.0) * 100.0,
+            if t.dropped <= t.allowed || t.drop_arm == 0.0 {
+                "  <- chosen"
+            } else {
+                ""
+            }
         );
     }
     match (r.target, r.efficacy, r.binding) {
@@ -925,7 +1090,11 @@ mod tests {
     /// first block on, MID near 0 (so that sequential looks inflate false
     /// stops, as in `statistics.md` §5).
     fn small_design() -> Protocol {
-        let text = r#"
+        Protocol::parse(&small_design_text(), "small").unwrap()
+    }
+
+    fn small_design_text() -> String {
+        r#"
 id = "small"
 title = "Small calibration design"
 comparator = "control"
@@ -948,8 +1117,8 @@ period_days = 3
 run_in_days = 4
 min_blocks = 1
 max_blocks = 6
-"#;
-        Protocol::parse(text, "small").unwrap()
+"#
+        .to_string()
     }
 
     #[test]
@@ -992,6 +1161,7 @@ max_blocks = 6
             source: ThresholdSource::Calibrated,
             boundary: calibrated.boundary,
             futility: Some(futility),
+            drop_arm: calibrated.drop_arm,
         };
         let base = SimOptions {
             seed: 1_000_003,
@@ -1019,6 +1189,81 @@ max_blocks = 6
             // The betting test is anytime valid in every scenario (Ville).
             let b = check.betting.as_ref().unwrap();
             assert!(b.false_stops.rate <= limit, "{scenario:?}: betting {b:?}");
+        }
+    }
+
+    #[test]
+    fn an_arm_drop_threshold_that_drops_the_arm_that_works_too_often_is_lowered_and_holds_on_fresh_trials()
+     {
+        // Three arms, the effect at the tiny MID: the arm that works is
+        // hardly better than the others, so P(best) near 1/3 falls below a
+        // drop threshold of 0.3 in many trials.
+        let text = small_design_text()
+            .replace(
+                "[outcome]",
+                "[[arms]]\nkey = \"other\"\nlabel = \"Other\"\n[outcome]",
+            )
+            .replace(
+                "max_blocks = 6",
+                "max_blocks = 4\n[decision]\ndrop_arm = 0.3",
+            )
+            .replace("counterbalanced", "block");
+        let protocol = Protocol::parse(&text, "three").unwrap();
+        let options = SuiteOptions {
+            base: SimOptions {
+                seed: 5,
+                threads: 2,
+                ..SimOptions::default()
+            },
+            target: Some(0.05),
+            first_trials: 60,
+            max_trials: 60,
+            power_trials: 60,
+            fresh_trials: 0,
+        };
+        let r = run_suite(&protocol, &ProtocolHash::of(&text), &options).unwrap();
+        assert_eq!(r.protocol_drop_arm, Some(0.3));
+        let tries = &r.drop_tries;
+        let chosen = r.drop_arm.unwrap();
+        // The protocol's threshold was tried first and dropped the arm too
+        // often; the last one tried is the one chosen, and it holds (or is
+        // 0, which drops nothing).
+        assert_eq!(tries[0].drop_arm, 0.3);
+        assert!(tries[0].dropped > tries[0].allowed, "{tries:?}");
+        let last = tries.last().unwrap();
+        assert_eq!(last.drop_arm, chosen);
+        assert!(
+            chosen < 0.3 && (last.dropped <= last.allowed || chosen == 0.0),
+            "{tries:?}"
+        );
+        // 60 trials at 10% with 95% confidence: at most 1 may drop it
+        // (P(Binomial(60, 0.1) >= 2) = 98.6%, >= 3: 94.7%).
+        assert_eq!(last.allowed, 1);
+        // Fresh trials under the effect from another seed, at the locked
+        // rule: the arm that works is dropped within the target's Monte
+        // Carlo error of 10% in every scenario (100 trials: 10% + 2.5 se =
+        // 17.5%, exceeded by chance below 1% a scenario at exactly 10%).
+        let locked = LockedThresholds {
+            efficacy: r.efficacy.unwrap(),
+            source: ThresholdSource::Calibrated,
+            boundary: r.boundary,
+            futility: r.futility,
+            drop_arm: r.drop_arm,
+        };
+        let base = SimOptions {
+            seed: 2_000_003,
+            threads: 2,
+            ..SimOptions::default()
+        };
+        let limit = 0.10 + 2.5 * (0.10f64 * 0.90 / 100.0).sqrt();
+        for check in check_locked(&protocol, &base, locked, (0, 100)).unwrap() {
+            let dropped = check.arm_dropped.unwrap();
+            assert!(
+                dropped.rate <= limit,
+                "{:?}: the arm that works dropped in {} at {chosen}",
+                check.scenario,
+                dropped.rate
+            );
         }
     }
 
