@@ -168,6 +168,9 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
                     " Arm drops: none (calibrated: every threshold tried dropped the arm that works too often).".to_string()
                 }
                 (true, Some(d)) => format!(" Arm-drop threshold in force: P(best) < {d}, calibrated."),
+                (true, None) if protocol.decision.drop_arm == 0.0 => {
+                    " Arm drops: none (the protocol's).".to_string()
+                }
                 (true, None) => format!(
                     " Arm-drop threshold in force: P(best) < {}, the protocol's.",
                     protocol.decision.drop_arm

@@ -168,7 +168,9 @@ pub fn days_csv(protocol: &Protocol, days: &DayInputs<'_>) -> Result<String, Exp
 
 /// One row an arm of each decision: `decided_at, period, blocks_done,
 /// action, rule, arm, mean, ci90_low, ci90_high, p_better_by_mid, p_best,
-/// efficacy_threshold, futility_threshold, converged`. The effect is on the
+/// efficacy_threshold, futility_threshold, converged, drop_arm_threshold`
+/// (the last added after the others, so columns read by position stay put).
+/// The effect is on the
 /// model's scale (the outcome's units for a gaussian outcome, log ratio
 /// otherwise), as decided.
 pub fn decisions_csv(rows: &[DecisionRow]) -> Result<String, ExportError> {
@@ -188,6 +190,7 @@ pub fn decisions_csv(rows: &[DecisionRow]) -> Result<String, ExportError> {
         "efficacy_threshold",
         "futility_threshold",
         "converged",
+        "drop_arm_threshold",
     ])
     .map_err(csv_error)?;
     for row in rows {
@@ -211,6 +214,7 @@ pub fn decisions_csv(rows: &[DecisionRow]) -> Result<String, ExportError> {
                 efficacy.to_string(),
                 d.thresholds.futility.to_string(),
                 d.converged.to_string(),
+                d.thresholds.drop_arm.to_string(),
             ])
             .map_err(csv_error)?;
         }

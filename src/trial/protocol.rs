@@ -360,9 +360,13 @@ pub struct DecisionRules {
     pub futility: f64,
     /// The share of trials whose arm truly is better by the MID (or the
     /// design's effect) that the calibrated futility threshold may stop as
-    /// futile, in every stress scenario.
+    /// futile, in every stress scenario; and the share the calibrated
+    /// arm-drop threshold may drop it in.
     pub false_futility_target: f64,
-    /// Drop an arm when `P(arm is best) <` this (K >= 3).
+    /// Drop an arm when `P(arm is best) <` this (K >= 3): the starting
+    /// point; calibration keeps it or lowers it (half, a quarter, none) so
+    /// that the arm that works is dropped at most at
+    /// `false_futility_target`.
     pub drop_arm: f64,
     /// Which analysis drives decisions (both are reported).
     pub analysis: Analysis,

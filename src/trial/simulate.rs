@@ -241,6 +241,15 @@ impl VirtualTrial {
         }
     }
 
+    /// Whether the trial gave up on `arm` as it ran: dropped it, or
+    /// stopped because every arm was less likely best than the comparator
+    /// (run without futility stops, only the arm-drop rule ends a trial so).
+    /// A stopping rule only cuts a trial short, so under any rule it gives
+    /// up on `arm` at most where this says so.
+    fn gave_up_on(&self, arm: usize) -> bool {
+        self.dropped.iter().any(|d| d.0 == arm) || self.end == Action::StopFutility
+    }
+
     /// The largest eligible `P(delta > MID)`: the trial stops for efficacy
     /// under every threshold at or below it.
     #[cfg(test)]
@@ -957,6 +966,10 @@ impl Setup<'_> {
         let mut ended = false;
         // The newest fit that succeeded: a look whose refit fails decides on
         // it, as the daemon's look does on the latest fit it has stored.
+        // The daemon also fits before `min_blocks`, which an untraced
+        // virtual trial skips, so where the first decisive fit fails the
+        // daemon decides on an earlier fit and this on none: a difference
+        // on failed fits only.
         let mut latest_fit: Option<FitReport> = None;
         while p < periods.len() {
             let first_observation = y.len();
@@ -1188,11 +1201,17 @@ fn calibrate_threshold(trials: &[VirtualTrial], target: f64) -> f64 {
 /// rate holds `target` with 95% confidence: the largest `k` with
 /// `P(Binomial(n, target) >= k + 1) >= 0.95` (0 when none reaches it).
 fn allowed_errors(n: usize, target: f64) -> usize {
+    allowed_errors_at(n, target, CALIBRATION_CONFIDENCE)
+}
+
+/// [`allowed_errors`] at another `confidence` (where several thresholds
+/// are tested, each at a share of the 5%).
+fn allowed_errors_at(n: usize, target: f64, confidence: f64) -> usize {
     use statrs::distribution::DiscreteCDF;
     let n = n as u64;
     match statrs::distribution::Binomial::new(target.clamp(0.0, 1.0), n) {
         Ok(binomial) => (0..n)
-            .take_while(|&k| binomial.sf(k) >= CALIBRATION_CONFIDENCE)
+            .take_while(|&k| binomial.sf(k) >= confidence)
             .last()
             .unwrap_or(0) as usize,
         Err(_) => 0,

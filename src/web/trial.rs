@@ -438,10 +438,12 @@ async fn trial_detail(
                         .unwrap_or(protocol.decision.futility),
                 ),
                 drop_arm: (protocol.arms.len() >= 3).then(|| {
-                    trial
-                        .locked
-                        .and_then(|l| l.drop_arm)
-                        .unwrap_or(protocol.decision.drop_arm)
+                    crate::trial::decide::trial_thresholds(
+                        &protocol.decision,
+                        (protocol.design.min_blocks, protocol.design.max_blocks),
+                        trial.locked,
+                    )
+                    .drop_arm
                 }),
                 calibrated: trial
                     .locked
