@@ -1262,7 +1262,7 @@ impl Store {
         expires: Timestamp,
         now: Timestamp,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         tx.execute(
             "INSERT INTO sessions (id, role, fingerprint, created_at, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -1311,7 +1311,7 @@ impl Store {
         now: Timestamp,
         forget_before: Timestamp,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         tx.execute(
             "DELETE FROM access_failures WHERE at < ?1",
             [ts(forget_before)],
@@ -1494,7 +1494,7 @@ impl Store {
         verifier: &str,
         now: Timestamp,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         tx.execute(
             "DELETE FROM oauth_pending WHERE created_at < ?1",
             [ts(now - jiff::SignedDuration::from_hours(1))],
@@ -1516,7 +1516,7 @@ impl Store {
         max_age: jiff::SignedDuration,
         now: Timestamp,
     ) -> Result<Option<(i64, String)>> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         let row: Option<(i64, String, String)> = tx
             .query_row(
                 "SELECT source_id, pkce_verifier, created_at FROM oauth_pending WHERE state = ?1",
@@ -1665,11 +1665,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<Upserted> {
         check_finite(observations)?;
-        // Immediate: an importer on its own connection and the daemon both
-        // write; a deferred read-then-write would fail busy, not wait.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = write_tx(&mut self.conn)?;
         let mut counts = upsert_observations(&tx, source_id, observations, now)?;
         {
             let mut withdraw = tx.prepare_cached(
@@ -1730,7 +1726,7 @@ impl Store {
         error: Option<&str>,
         now: Timestamp,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         tx.execute(
             "UPDATE source_runs SET finished_at = ?2, refused = ?3, problems = ?4, error = ?5
              WHERE id = ?1",
@@ -2208,7 +2204,7 @@ impl Store {
         messages: &[NewMessage],
         now: Timestamp,
     ) -> Result<bool> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         let fresh = tx.execute(
             "INSERT INTO daily_runs (trial_id, local_date, status, at)
              VALUES (?1, ?2, 'sent', ?3) ON CONFLICT DO NOTHING",
@@ -2250,7 +2246,7 @@ impl Store {
 
     /// Stores a proposed trial (locked protocol and seed, no schedule yet).
     pub fn propose_trial(&mut self, p: &Proposal<'_>, actor: &str, now: Timestamp) -> Result<i64> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         let id = insert_proposal(&tx, p, None, actor, now)?;
         tx.commit()?;
         Ok(id)
@@ -2268,7 +2264,7 @@ impl Store {
         actor: &str,
         now: Timestamp,
     ) -> Result<Vec<(i64, Option<i64>)>> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         let last = insert_exchanges(&tx, participant_id, exchanges, now)?;
         let mut out = Vec::new();
         for h in hypotheses {
@@ -2354,7 +2350,7 @@ impl Store {
         exchanges: &[NewExchange],
         now: Timestamp,
     ) -> Result<bool> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         let participant_id: i64 = tx.query_row(
             "SELECT participant_id FROM trials WHERE id = ?1",
             [trial_id],
@@ -2497,7 +2493,7 @@ impl Store {
     /// why and on which local date. Approval sets the start date; resuming
     /// moves the unrun schedule rows to `shifted`.
     pub fn change_status(&mut self, change: &StatusChange<'_>, now: Timestamp) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         change_status_tx(&tx, change, now)?;
         tx.commit()?;
         Ok(())
@@ -2519,7 +2515,7 @@ impl Store {
     /// caller checked that it may): the status, the stop reason cleared,
     /// the event and the audit entry, in one transaction.
     pub fn undo_stop(&mut self, change: &StatusChange<'_>, now: Timestamp) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         let moved = tx.execute(
             "UPDATE trials SET status = ?2, status_changed_at = ?3, stop_reason = NULL
              WHERE id = ?1 AND status = 'stopped'",
@@ -2569,7 +2565,7 @@ impl Store {
         actor: &str,
         now: Timestamp,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         let locked_now = tx.execute(
             "UPDATE trials SET efficacy_threshold = ?2, threshold_source = ?3, efficacy_boundary = ?4,
                                futility_threshold = ?5, drop_arm_threshold = ?6
@@ -2632,7 +2628,7 @@ impl Store {
         local_date: Date,
         now: Timestamp,
     ) -> Result<bool> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         let inserted = tx.execute(
             "INSERT INTO decisions (trial_id, fit_id, rule, action, numbers_json, created_at, period)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
@@ -2688,7 +2684,7 @@ impl Store {
         actor: &str,
         now: Timestamp,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         adverse_event_tx(&tx, trial_id, local_date, note, channel, actor, now)?;
         tx.commit()?;
         Ok(())
@@ -2700,7 +2696,7 @@ impl Store {
     /// observation (the first rating of a day stands). A token already used
     /// changes nothing. Returns what happened, in words.
     pub fn apply_link(&mut self, link: &LinkUse<'_>, now: Timestamp) -> Result<LinkOutcome> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         let used: Option<(String, String)> = tx
             .query_row(
                 "SELECT outcome, used_at FROM link_uses WHERE fingerprint = ?1",
@@ -2772,7 +2768,7 @@ impl Store {
         what: &LinkWhat<'_>,
         now: Timestamp,
     ) -> Result<LinkOutcome> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         let entry = DayEntry {
             participant_id,
             trial_id,
@@ -2807,7 +2803,7 @@ impl Store {
         c: &RatingCorrection<'_>,
         now: Timestamp,
     ) -> Result<Option<f64>> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         let status = owned_trial_status(&tx, c.trial_id, c.participant_id)?;
         if status == TrialStatus::Stopped.as_str() {
             return Err(StoreError::Refused(format!(
@@ -2897,7 +2893,7 @@ impl Store {
     /// participant edited period length, blocks or MID before approving);
     /// the change is recorded as a life-cycle event with the old and new hash.
     pub fn edit_proposal(&mut self, edit: &ProposalEdit<'_>, now: Timestamp) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         let current: Option<(String, String, String)> = tx
             .query_row(
                 "SELECT status, protocol_hash, protocol_toml FROM trials WHERE id = ?1",
@@ -2974,7 +2970,7 @@ impl Store {
     /// Stores a design's simulation (the first one for a hash stands); an
     /// earlier failure of it is forgotten.
     pub fn put_design_simulation(&mut self, row: &DesignSimulationRow) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         tx.execute(
             "DELETE FROM design_failures WHERE protocol_hash = ?1 AND work = 'simulation'",
             [&row.protocol_hash],
@@ -3067,7 +3063,7 @@ impl Store {
         actor: &str,
         now: Timestamp,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         let current: Option<(String, String)> = tx
             .query_row(
                 "SELECT status, protocol_hash FROM trials WHERE id = ?1",
@@ -3151,7 +3147,7 @@ impl Store {
     /// Stores a design's calibration (the first one for a hash stands); an
     /// earlier failure of it is forgotten.
     pub fn put_calibration(&mut self, row: &CalibrationRow) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         tx.execute(
             "DELETE FROM design_failures WHERE protocol_hash = ?1 AND work = 'calibration'",
             [&row.protocol_hash],
@@ -3286,7 +3282,7 @@ impl Store {
 
     /// Stores a fit with an audit entry; returns its id.
     pub fn insert_fit(&mut self, f: &NewFit, now: Timestamp) -> Result<i64> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         let id: i64 = tx.query_row(
             "INSERT INTO fits (trial_id, stream_key, data_through, observations, engine, seed, scale,
                                priors_json, result_json, converged, wall_ms, created_at, data_digest)
@@ -4099,6 +4095,15 @@ pub struct StatusChange<'a> {
     pub start_date: Option<Date>,
     /// Resuming: the unrun schedule rows at their new dates.
     pub shifted: &'a [DatedDay],
+}
+
+/// A write transaction that takes the write lock at its start (IMMEDIATE).
+/// The daemon, an importer and the command line each write on their own
+/// connection: a deferred transaction that reads first and then writes
+/// fails busy at once where another one wrote in between (SQLite cannot
+/// wait there), while this one waits its turn for `busy_timeout`.
+fn write_tx(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
 
 fn change_status_tx(tx: &Connection, c: &StatusChange<'_>, now: Timestamp) -> Result<()> {

@@ -195,21 +195,7 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
             Ok(Err(e)) => {
                 failed.push(record_failure(state, DesignWork::Calibration, &hash, e).await)
             }
-            // The runtime dropped it before it ran (shutting down): not the
-            // design's failure, so not an attempt; the next run tries again.
-            Err(e) if e.is_cancelled() => {
-                tracing::info!(protocol = %hash.short(), "calibration cancelled at shutdown; not counted");
-            }
-            // A panic is a defect that would repeat: counted, as an error.
-            Err(e) => failed.push(
-                record_failure(
-                    state,
-                    DesignWork::Calibration,
-                    &hash,
-                    format!("the calibration crashed: {e}"),
-                )
-                .await,
-            ),
+            Err(e) => failed.extend(record_crash(state, DesignWork::Calibration, &hash, e).await),
         }
     }
     if failed.is_empty() {
@@ -224,6 +210,24 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
             failed.join("; ")
         )))
     }
+}
+
+/// A calibration or simulation task that did not finish: one the runtime
+/// dropped before it ran (shutting down) is not the design's failure, so not
+/// an attempt, and the next run tries again (`None`); a panic is a defect
+/// that would repeat, counted as a failure ([`record_failure`]).
+async fn record_crash(
+    state: &AppState,
+    work: DesignWork,
+    hash: &ProtocolHash,
+    error: tokio::task::JoinError,
+) -> Option<String> {
+    let what = work.as_str();
+    if error.is_cancelled() {
+        tracing::info!(protocol = %hash.short(), "{what} cancelled at shutdown; not counted");
+        return None;
+    }
+    Some(record_failure(state, work, hash, format!("the {what} crashed: {error}")).await)
 }
 
 /// Stores a failed calibration or simulation and says it for the job
@@ -336,19 +340,7 @@ async fn simulate_proposed_designs(state: &AppState) -> Result<String, JobError>
             Ok(Err(e)) => {
                 failed.push(record_failure(state, DesignWork::Simulation, &hash, e).await)
             }
-            // Shutting down: not the design's failure (see the calibrations).
-            Err(e) if e.is_cancelled() => {
-                tracing::info!(protocol = %hash.short(), "simulation cancelled at shutdown; not counted");
-            }
-            Err(e) => failed.push(
-                record_failure(
-                    state,
-                    DesignWork::Simulation,
-                    &hash,
-                    format!("the simulation crashed: {e}"),
-                )
-                .await,
-            ),
+            Err(e) => failed.extend(record_crash(state, DesignWork::Simulation, &hash, e).await),
         }
     }
     if failed.is_empty() {
