@@ -155,6 +155,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         config: Arc::new(config),
         clock,
         jobs: JobBoard::default(),
+        designs: Default::default(),
         auth,
         started_at: clock.now(),
         stopping: stop_rx,

@@ -143,6 +143,96 @@ fn failed_logins_are_rate_limited() {
 }
 
 #[test]
+fn a_running_calibration_shows_its_progress_on_the_proposal_and_a_page_that_follows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path());
+    let data = dir.path().join("data");
+    propose(
+        &data,
+        concat!(env!("CARGO_MANIFEST_DIR"), "/protocols/study-timing.toml"),
+    );
+    let me = session(&d, PARTICIPANT_PASSWORD);
+    // The designs job calibrates the demo's design first, then this one:
+    // while it runs, the proposal carries its progress.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let running = loop {
+        let p = me.json(&d, "/api/proposals")[0].clone();
+        assert_eq!(p["id"], 2);
+        if p["calibration_progress"]["done"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+        {
+            break p;
+        }
+        assert!(
+            p["calibration"].is_null(),
+            "calibrated before any reading was seen: {p}"
+        );
+        assert!(Instant::now() < deadline, "no progress seen: {p}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let g = &running["calibration_progress"];
+    let (done, planned) = (g["done"].as_u64().unwrap(), g["planned"].as_u64().unwrap());
+    // 11 scenarios, 2 trials under the effect each, and at least the 59
+    // null trials on which 5% can hold at all in each distinct one.
+    assert!(planned >= 11 * 2 + 9 * 59 && done <= planned, "{g}");
+    assert!(
+        g["stage"].as_str().unwrap().starts_with("study-timing ("),
+        "{g}"
+    );
+    assert!(g["elapsed_s"].as_f64().unwrap() >= 0.0, "{g}");
+    assert!(g["remaining_s"].as_f64().is_some(), "{g}");
+    // The page that follows it reloads itself while it runs.
+    let (status, page) = me.get(&d, "/proposals/2/progress");
+    assert_eq!(status, 200);
+    let calibrated_already = page.contains("Calibration of its stopping rule:</strong> done");
+    if !calibrated_already {
+        assert!(
+            page.contains(r#"<meta http-equiv="refresh" content="5">"#)
+                && page.contains("Calibration of its stopping rule:</strong> running.")
+                && page.contains("<progress max="),
+            "{page}"
+        );
+    }
+    // Once calibrated: the result, no progress, no reloading.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let p = me.json(&d, "/api/proposals")[0].clone();
+        if !p["calibration"].is_null() {
+            assert!(p["calibration_progress"].is_null(), "{p}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not calibrated: {p}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let page = loop {
+        let (_, page) = me.get(&d, "/proposals/2/progress");
+        if page.contains("Simulation of its error rates and power:</strong> done") {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "not simulated: {page}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        page.contains("Calibration of its stopping rule:</strong> done")
+            && !page.contains("http-equiv=\"refresh\""),
+        "{page}"
+    );
+    // An unknown trial is not found; the started demo trial's design waits
+    // for nothing (it is past its proposal and its start), so its page
+    // does not reload itself.
+    assert_eq!(me.get(&d, "/proposals/99/progress").0, 404);
+    let (_, demo) = me.get(&d, "/proposals/1/progress");
+    assert!(
+        demo.contains("Simulation of its error rates and power:</strong> not done")
+            && !demo.contains("waiting its turn")
+            && !demo.contains("http-equiv=\"refresh\""),
+        "{demo}"
+    );
+}
+
+#[test]
 fn a_design_given_up_on_is_calibrated_and_simulated_again_from_the_proposals_page() {
     let dir = tempfile::tempdir().unwrap();
     let d = start(dir.path());

@@ -1081,6 +1081,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     device: device.clone(),
                     redesign: true,
                     true_half_life: *true_half_life,
+                    watch: None,
                 };
                 let report = crate::trial::simulate::simulate_protocol(&p, &hash, &options)?;
                 if !*json {

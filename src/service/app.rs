@@ -43,6 +43,8 @@ pub struct AppState {
     pub clock: Clock,
     /// Job status.
     pub jobs: JobBoard,
+    /// The designs job's running calibrations and simulations, with their progress.
+    pub designs: crate::service::jobs::designs::DesignBoard,
     /// Dashboard credentials.
     pub auth: Auth,
     /// When the daemon started (daemon clock).

@@ -26,7 +26,9 @@ use crate::trial::design;
 use crate::trial::protocol::{DesignKind, Protocol, ProtocolHash};
 use crate::trial::scenario::{self, Noise, Scenario};
 use crate::trial::step;
+use progress::{Meter, Progress};
 
+pub mod progress;
 pub mod redesign;
 pub mod suite;
 
@@ -65,6 +67,9 @@ pub struct SimOptions {
     /// keeps its own): what the design finds when the effect comes at once,
     /// or slowly, while the model keeps its prior.
     pub true_half_life: Option<f64>,
+    /// Also count the virtual trials into this, for someone watching from
+    /// another thread (the dashboard, while the designs job runs).
+    pub watch: Option<std::sync::Arc<Progress>>,
 }
 
 impl Default for SimOptions {
@@ -82,6 +87,7 @@ impl Default for SimOptions {
             device: None,
             redesign: false,
             true_half_life: None,
+            watch: None,
         }
     }
 }
@@ -1106,7 +1112,7 @@ fn run_many(
     effect: TrueEffect,
     stream: u64,
     n: usize,
-    bar: &ProgressBar,
+    bar: &Meter,
 ) -> Vec<VirtualTrial> {
     run_range(setup, effect, stream, 0..n, f64::INFINITY, bar)
 }
@@ -1122,7 +1128,7 @@ fn run_range(
     stream: u64,
     range: std::ops::Range<usize>,
     efficacy: f64,
-    bar: &ProgressBar,
+    bar: &Meter,
 ) -> Vec<VirtualTrial> {
     let n = range.len();
     let first = range.start;
@@ -1417,7 +1423,7 @@ pub fn simulate_protocol(
         .filter(|d| setup.reachable(*d));
     let conditions = 2 + usize::from(options.calibrate.is_some()) + usize::from(doubled.is_some());
     let bar = if options.progress {
-        let bar = ProgressBar::new((n * conditions) as u64);
+        let bar = ProgressBar::new(0);
         bar.set_style(
             ProgressStyle::with_template(
                 "{spinner} {msg} [{bar:30}] {pos}/{len} virtual trials, {elapsed} (eta {eta})",
@@ -1429,6 +1435,8 @@ pub fn simulate_protocol(
     } else {
         ProgressBar::hidden()
     };
+    let bar = Meter::new(bar, options.watch.clone());
+    bar.set_length((n * conditions) as u64);
     let started = Instant::now();
     let null = run_many(&setup, TrueEffect::NONE, 0, n, &bar);
     let with_effect = run_many(&setup, condition, 1, n, &bar);

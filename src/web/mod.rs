@@ -15,6 +15,7 @@ mod hypotheses;
 mod link;
 mod oauth;
 mod openapi;
+mod progress;
 mod proposals;
 mod push;
 pub mod server;
@@ -67,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/proposals", get(proposals::proposals_page))
         .route("/api/proposals", get(proposals::proposals_json))
         .route("/proposals/{id}/edit", post(proposals::edit_proposal))
+        .route("/proposals/{id}/progress", get(progress::progress_page))
         .route(
             "/proposals/{id}/{work}/retry",
             post(proposals::retry_design),
@@ -147,7 +149,8 @@ fn arm_label(protocol: &Protocol, arm: usize, viewer: &Viewer) -> String {
     ext = "html",
     source = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{ title }}</title>
+<title>{{ title }}</title>{% if let Some(r) = refresh %}
+<meta http-equiv="refresh" content="{{ r }}">{% endif %}
 <link rel="stylesheet" href="/style.css"></head>
 <body{% if !class.is_empty() %} class="{{ class }}"{% endif %}>{{ nav|safe }}
 {{ body|safe }}
@@ -158,6 +161,8 @@ struct Layout<'a> {
     class: &'a str,
     nav: &'a str,
     body: &'a str,
+    /// Seconds after which the page reloads itself, if it should.
+    refresh: Option<u32>,
 }
 
 /// Renders `page` (its body) inside the [`Layout`], titled `title`, with
@@ -168,12 +173,25 @@ fn render_page(
     nav: &str,
     page: &impl Template,
 ) -> Result<String, askama::Error> {
+    render_page_reloading(title, class, nav, page, None)
+}
+
+/// [`render_page`] for a page that reloads itself every `refresh` seconds
+/// (no scripts: the policy allows none), e.g. while work it shows runs.
+fn render_page_reloading(
+    title: &str,
+    class: &str,
+    nav: &str,
+    page: &impl Template,
+    refresh: Option<u32>,
+) -> Result<String, askama::Error> {
     let body = page.render()?;
     Layout {
         title,
         class,
         nav,
         body: &body,
+        refresh,
     }
     .render()
 }

@@ -22,6 +22,7 @@ use crate::trial::lifecycle::TrialStatus;
 use crate::trial::protocol::{Protocol, ProtocolHash};
 
 use super::calibration::CalibrationView;
+use super::progress::ProgressView;
 use super::{Viewer, arm_label, csrf_refused, internal, nav};
 
 /// The simulated operating characteristics shown for a design.
@@ -156,6 +157,10 @@ pub struct ProposalView {
     /// Why the design's simulation failed, and whether the job gave up on
     /// it (until someone asks for another try).
     pub simulation_failure: Option<(String, bool)>,
+    /// The calibration's progress while it runs.
+    pub calibration_progress: Option<ProgressView>,
+    /// The simulation's progress while it runs.
+    pub simulation_progress: Option<ProgressView>,
     /// The causal graph as SVG (not in the JSON).
     #[serde(skip)]
     pub graph_svg: String,
@@ -263,6 +268,7 @@ async fn proposal_views(
     viewer: &Viewer,
 ) -> Result<Vec<ProposalView>, StoreError> {
     let viewer = viewer.clone();
+    let board = state.designs.clone();
     state
         .db
         .read(move |s| {
@@ -339,6 +345,12 @@ async fn proposal_views(
                         .filter(|_| calibration.is_none())
                         .map(failure_view),
                     calibration,
+                    calibration_progress: board
+                        .reading(&t.protocol_hash, DesignWork::Calibration)
+                        .map(|r| ProgressView::of(&r)),
+                    simulation_progress: board
+                        .reading(&t.protocol_hash, DesignWork::Simulation)
+                        .map(|r| ProgressView::of(&r)),
                     graph_svg: graph
                         .map(|g| {
                             super::charts::causal_graph(&g, &format!("Causal graph: {}", p.title))
@@ -382,9 +394,10 @@ Stops when P(better by MID) reaches {% if calibrating %}the calibrated threshold
 <tr><th>Mean blocks (no effect / effect at MID)</th><td>{{ "{:.1}"|format(r.mean_blocks[0]) }} / {{ "{:.1}"|format(r.mean_blocks[1]) }}</td></tr>
 </tbody></table>{% if let Some(w) = r.power_warning %}<p class="banner">{{ w }}</p>{% endif %}{% if !r.redesigns.is_empty() %}<table><caption>Changes simulated to raise the power at twice the MID (at the stated thresholds, before calibration)</caption><thead><tr><th>change</th><th>days at most</th><th>finds twice the MID</th><th></th></tr></thead><tbody>{% for x in r.redesigns %}<tr><td>{{ x.change }}</td><td>{{ x.planned_days }}</td><td>{{ "{:.0}"|format(x.power[0] * 100.0) }}% ± {{ "{:.0}"|format(x.power[1] * 100.0) }}</td><td><form method="post" action="/proposals/{{ v.id }}/edit" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="period_days" value="{{ x.period_days }}"><input type="hidden" name="max_blocks" value="{{ x.max_blocks }}"><input type="hidden" name="mid" value="{{ v.mid }}"><button type="submit">Use this design</button></form></td></tr>{% endfor %}</tbody></table>{% endif %}<p class="muted">{{ r.trials }} virtual trials per condition at efficacy threshold {{ r.efficacy }}, ± one Monte Carlo standard error; {{ "{:.0}"|format(r.wall_s) }} s. A rule that asks for "better by the MID" finds an effect of exactly the MID about half the time at best, however long the trial: twice the MID is the figure to judge a design by. These figures use the protocol's stated thresholds; those a trial of this design decides with (efficacy, futility and, with three arms or more, arm drops) are calibrated below.</p>
 {% else if let Some((why, given_up)) = v.simulation_failure %}<p class="banner">This design could not be simulated: {{ why }}. {% if given_up %}Edit the protocol to simulate it anew, or try again (after an upgrade, or once what made it fail is gone).{% else %}It will be tried again.{% endif %}</p>{% if given_up %}<form method="post" action="/proposals/{{ v.id }}/simulation/retry" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Try the simulation again</button></form>{% endif %}
-{% else %}<p class="muted">Being simulated in the background: a minute or two for a gaussian outcome, up to an hour for the other families. Reload later.</p>{% endif %}
+{% else if let Some(g) = v.simulation_progress %}<p role="status">Being simulated now: {{ g.html()|safe }} <a href="/proposals/{{ v.id }}/progress">Follow it</a>.</p>
+{% else %}<p class="muted">Waiting to be simulated in the background (one design at a time): a minute or two for a gaussian outcome, up to an hour for the other families. <a href="/proposals/{{ v.id }}/progress">Follow it</a>.</p>{% endif %}
 <h3>When it stops: the threshold calibrated for this design</h3>
-{% if !calibrating %}<p>Calibration is switched off (<code>jobs.calibrate = false</code>): a trial of this design decides on the protocol's stated threshold, {{ v.thresholds[0] }}, whatever its false-stop rate.</p>{% else if v.calibration.is_some() %}{{ v.calibration_html|safe }}{% else if let Some((why, given_up)) = v.calibration_failure %}<p class="banner">This design could not be calibrated: {{ why }}. {% if given_up %}An approved trial of it starts on the protocol's stated thresholds, whose false-stop rate is not checked; edit the protocol to calibrate it, or try again (after an upgrade, or once what made it fail is gone).{% else %}It will be tried again.{% endif %}</p>{% if given_up %}<form method="post" action="/proposals/{{ v.id }}/calibration/retry" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Try the calibration again</button></form>{% endif %}{% else %}<p class="muted">Being calibrated in the background on the stress suite (a few minutes; longer for counts and proportions). An approved trial starts once its threshold is locked. Reload later.</p>{% endif %}
+{% if !calibrating %}<p>Calibration is switched off (<code>jobs.calibrate = false</code>): a trial of this design decides on the protocol's stated threshold, {{ v.thresholds[0] }}, whatever its false-stop rate.</p>{% else if v.calibration.is_some() %}{{ v.calibration_html|safe }}{% else if let Some((why, given_up)) = v.calibration_failure %}<p class="banner">This design could not be calibrated: {{ why }}. {% if given_up %}An approved trial of it starts on the protocol's stated thresholds, whose false-stop rate is not checked; edit the protocol to calibrate it, or try again (after an upgrade, or once what made it fail is gone).{% else %}It will be tried again.{% endif %}</p>{% if given_up %}<form method="post" action="/proposals/{{ v.id }}/calibration/retry" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Try the calibration again</button></form>{% endif %}{% else if let Some(g) = v.calibration_progress %}<p role="status">Being calibrated now on the stress suite: {{ g.html()|safe }} <a href="/proposals/{{ v.id }}/progress">Follow it</a>. An approved trial starts once its threshold is locked.</p>{% else %}<p class="muted">Waiting to be calibrated in the background on the stress suite (one design at a time, approved trials first; a few minutes for a gaussian outcome, longer for counts and proportions). An approved trial starts once its threshold is locked. <a href="/proposals/{{ v.id }}/progress">Follow it</a>.</p>{% endif %}
 <h3>Decide</h3>
 <form method="post" action="/trials/{{ v.id }}/approve" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}">{% if v.needs_clinician %}<label>This changes prescribed medication or needs a clinician: who agreed, and when <input name="clinician" required placeholder="Dr Lee, 3 Dec 2026"></label> {% endif %}<button type="submit">Approve (starts tomorrow)</button></form>
 <form method="post" action="/trials/{{ v.id }}/reject" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Reject</button></form>

@@ -3,6 +3,8 @@
 //! calibrate each design's efficacy threshold on the stress suite before its
 //! trial starts (approved trials first: their start waits for it).
 
+use std::sync::{Arc, Mutex};
+
 use jiff::Timestamp;
 
 use crate::engine::spec::Family;
@@ -11,9 +13,69 @@ use crate::service::store::{CalibrationRow, DesignFailure, DesignSimulationRow, 
 use crate::trial::lifecycle::TrialStatus;
 use crate::trial::protocol::{Protocol, ProtocolHash};
 use crate::trial::simulate::SimOptions;
+use crate::trial::simulate::progress::{Progress, ProgressReading};
 use crate::trial::simulate::suite::{SuiteOptions, run_suite};
 
 use super::JobError;
+
+/// The designs job's work in progress: each running calibration or
+/// simulation with its [`Progress`], by protocol text and work, for the
+/// dashboard (they take minutes).
+#[derive(Debug, Clone, Default)]
+pub struct DesignBoard {
+    running: Arc<Mutex<Vec<Running>>>,
+}
+
+/// One running work: the design, which work, and its progress.
+type Running = (ProtocolHash, DesignWork, Arc<Progress>);
+
+/// Shows one work as running until dropped, even if the work panicked.
+struct Watching {
+    board: DesignBoard,
+    hash: ProtocolHash,
+    work: DesignWork,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.board
+            .with(|v| v.retain(|(h, w, _)| !(*h == self.hash && *w == self.work)));
+    }
+}
+
+impl DesignBoard {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Vec<(ProtocolHash, DesignWork, Arc<Progress>)>) -> T,
+    ) -> T {
+        let mut guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    /// Where `work` on the design `hash` stands, while it runs.
+    pub fn reading(&self, hash: &ProtocolHash, work: DesignWork) -> Option<ProgressReading> {
+        self.with(|v| {
+            v.iter()
+                .find(|(h, w, _)| h == hash && *w == work)
+                .map(|(_, _, p)| p.read())
+        })
+    }
+
+    /// A new progress for `work` on `hash`, shown until the guard is dropped.
+    fn watch(&self, hash: &ProtocolHash, work: DesignWork) -> (Arc<Progress>, Watching) {
+        let progress = Progress::start();
+        self.with(|v| {
+            v.retain(|(h, w, _)| !(h == hash && *w == work));
+            v.push((hash.clone(), work, progress.clone()));
+        });
+        let guard = Watching {
+            board: self.clone(),
+            hash: hash.clone(),
+            work,
+        };
+        (progress, guard)
+    }
+}
 
 /// Virtual trials per condition for a proposal's design: `jobs.design_trials`
 /// (400 gives a false-stop rate's standard error near 1 point) for a
@@ -139,6 +201,7 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
             break;
         }
         let locked = hash.clone();
+        let (watch, _running) = state.designs.watch(&hash, DesignWork::Calibration);
         let calibrated = tokio::task::spawn_blocking(move || {
             let protocol = stored_protocol(&text, &locked)?;
             // No fresh check (the tests make it).
@@ -147,6 +210,7 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
                     SimOptions {
                         threads,
                         progress: false,
+                        watch: Some(watch),
                         ..SimOptions::default()
                     },
                     design_device(
@@ -299,6 +363,7 @@ async fn simulate_proposed_designs(state: &AppState) -> Result<String, JobError>
             break;
         }
         let locked = hash.clone();
+        let (watch, _running) = state.designs.watch(&hash, DesignWork::Simulation);
         let simulated = tokio::task::spawn_blocking(move || {
             let protocol = stored_protocol(&text, &locked)?;
             let options = with_device(
@@ -307,6 +372,7 @@ async fn simulate_proposed_designs(state: &AppState) -> Result<String, JobError>
                     threads,
                     progress: false,
                     redesign: true,
+                    watch: Some(watch),
                     ..SimOptions::default()
                 },
                 design_device(backend, &protocol, simulation_trials(&protocol, configured)),

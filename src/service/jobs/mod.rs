@@ -22,7 +22,7 @@ use crate::service::store::StoreError;
 use crate::trial::lifecycle::TrialStatus;
 
 mod assignments;
-mod designs;
+pub mod designs;
 mod hypotheses;
 mod outbox;
 mod push;

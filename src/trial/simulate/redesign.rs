@@ -5,9 +5,9 @@
 //! same effect and thresholds, so that a proposal says "with 12 blocks
 //! instead of 6 it would find it in 71%" rather than "consider more blocks".
 
-use indicatif::ProgressBar;
 use serde::Serialize;
 
+use super::progress::Meter;
 use super::{Rate, SimOptions, TrueEffect, operating, run_many, setup_for};
 use crate::trial::protocol::{DesignKind, Protocol};
 
@@ -76,7 +76,7 @@ pub(super) fn simulate_redesigns(
     protocol: &Protocol,
     options: &SimOptions,
     effect: TrueEffect,
-    bar: &ProgressBar,
+    bar: &Meter,
 ) -> Vec<Redesign> {
     let n = (options.trials / 4)
         .max(MIN_TRIALS)

@@ -15,9 +15,12 @@
 //! first batch of a scenario that is extended was chosen for its high
 //! maxima, which makes its final threshold, if anything, conservative.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
+
+use super::progress::{Meter, Progress};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -280,7 +283,35 @@ pub fn run_suite(
     let futility_target = protocol.decision.false_futility_target;
     let calibrating_futility =
         target.is_some() && options.power_trials >= min_calibration_trials(futility_target);
-    let bar = progress_bar(options.base.progress, 0, &protocol.id);
+    // Every scenario gets at least the trials on which its threshold can
+    // hold the target with 95% confidence at all.
+    let floor = target.map_or(1, min_calibration_trials);
+    let first = options
+        .first_trials
+        .min(options.max_trials)
+        .max(floor)
+        .max(1);
+    let max = options.max_trials.max(first);
+    // Under no effect some scenarios draw exactly the data of another (long
+    // carryover and poor adherence change only what an arm does): those
+    // share its null trials instead of running the same ones again.
+    let source: Vec<usize> = scenarios
+        .iter()
+        .map(|s| {
+            s.null_twin()
+                .and_then(|twin| scenarios.iter().position(|x| *x == twin))
+                .unwrap_or_else(|| scenarios.iter().position(|x| x == s).unwrap_or(0))
+        })
+        .collect();
+    // The plan so far: it grows where a scenario binds, an arm-drop
+    // threshold is lowered, or the fresh check runs.
+    let bar = progress_bar(
+        options.base.progress,
+        &protocol.id,
+        options.base.watch.clone(),
+    );
+    let distinct = source.iter().enumerate().filter(|(i, s)| i == *s).count();
+    bar.set_length((scenarios.len() * options.power_trials + distinct * first) as u64);
     let mut effect: Vec<Vec<VirtualTrial>> = Vec::with_capacity(setups.len());
     for (setup, scenario) in setups.iter_mut().zip(&scenarios) {
         setup.futility = if calibrating_futility {
@@ -337,30 +368,6 @@ pub fn run_suite(
     for setup in &mut setups {
         setup.futility = futility_floor;
     }
-    // Every scenario gets at least the trials on which its threshold can
-    // hold the target with 95% confidence at all.
-    let floor = target.map_or(1, min_calibration_trials);
-    let first = options
-        .first_trials
-        .min(options.max_trials)
-        .max(floor)
-        .max(1);
-    let max = options.max_trials.max(first);
-    let estimate = scenarios.len()
-        * (first + options.power_trials * drop_tries.len().max(1) + options.fresh_trials)
-        + if target.is_some() { max - first } else { 0 };
-    bar.set_length(estimate as u64);
-    // Under no effect some scenarios draw exactly the data of another (long
-    // carryover and poor adherence change only what an arm does): those
-    // share its null trials instead of running the same ones again.
-    let source: Vec<usize> = scenarios
-        .iter()
-        .map(|s| {
-            s.null_twin()
-                .and_then(|twin| scenarios.iter().position(|x| *x == twin))
-                .unwrap_or_else(|| scenarios.iter().position(|x| x == s).unwrap_or(0))
-        })
-        .collect();
     let mut null: Vec<Vec<VirtualTrial>> = vec![Vec::new(); setups.len()];
     for (i, scenario) in scenarios.iter().enumerate() {
         if source[i] == i {
@@ -394,6 +401,7 @@ pub fn run_suite(
             // batch by batch: when to stop then does not depend on how its
             // own threshold moves (that would be optional stopping).
             let more = max - have;
+            bar.inc_length(more as u64);
             bar.set_message(format!(
                 "{} ({}): binding, {} more",
                 protocol.id,
@@ -607,6 +615,7 @@ pub fn run_suite(
         } else {
             0
         };
+        bar.inc_length(check as u64);
         fresh.push(run_range(
             setup,
             TrueEffect::NONE,
@@ -724,7 +733,7 @@ fn calibrate_drops(
     setups: &mut [super::Setup<'_>],
     effect: &mut [Vec<VirtualTrial>],
     power_trials: usize,
-    bar: &ProgressBar,
+    bar: &Meter,
 ) -> (Vec<DropTry>, Vec<VirtualTrial>) {
     let confidence = 1.0 - (1.0 - super::CALIBRATION_CONFIDENCE) / DROP_TESTS;
     let allowed = allowed_errors_at(
@@ -758,6 +767,7 @@ fn calibrate_drops(
             return (tries, discarded);
         }
         let next = next_drop_arm(tries.len(), protocol.decision.drop_arm);
+        bar.inc_length((setups.len() * power_trials) as u64);
         for (i, (setup, scenario)) in setups.iter_mut().zip(scenarios).enumerate() {
             setup.drop_arm = next;
             bar.set_message(format!(
@@ -829,7 +839,7 @@ pub fn check_locked(
                 stream,
                 0..n,
                 f64::INFINITY,
-                &ProgressBar::hidden(),
+                &Meter::new(ProgressBar::hidden(), None),
             )
         };
         let null = run(TrueEffect::NONE, 0, null_trials);
@@ -896,11 +906,13 @@ fn argmax(needed: &[Option<f64>]) -> Option<usize> {
     best.map(|(i, _)| i)
 }
 
-fn progress_bar(show: bool, estimate: usize, id: &str) -> ProgressBar {
+/// The suite's meter: a bar on the terminal when `show`, counting into
+/// `watch` too.
+fn progress_bar(show: bool, id: &str, watch: Option<Arc<Progress>>) -> Meter {
     if !show {
-        return ProgressBar::hidden();
+        return Meter::new(ProgressBar::hidden(), watch);
     }
-    let bar = ProgressBar::new(estimate as u64);
+    let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} {msg} [{bar:30}] {pos}/~{len} virtual trials, {elapsed}",
@@ -908,7 +920,7 @@ fn progress_bar(show: bool, estimate: usize, id: &str) -> ProgressBar {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(id.to_string());
-    bar
+    Meter::new(bar, watch)
 }
 
 /// The suite as a plain-text table.
@@ -1319,7 +1331,7 @@ max_blocks = 6
                 0,
                 0..6,
                 f64::INFINITY,
-                &ProgressBar::hidden(),
+                &Meter::new(ProgressBar::hidden(), None),
             )
             .iter()
             .map(VirtualTrial::max_p)
