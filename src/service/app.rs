@@ -44,7 +44,7 @@ pub struct AppState {
     /// Job status.
     pub jobs: JobBoard,
     /// The designs job's running calibrations and simulations, with their progress.
-    pub designs: crate::service::jobs::designs::DesignBoard,
+    pub designs: crate::service::jobs::DesignBoard,
     /// Dashboard credentials.
     pub auth: Auth,
     /// When the daemon started (daemon clock).

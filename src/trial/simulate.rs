@@ -1430,15 +1430,23 @@ pub fn simulate_protocol(
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
-        bar.set_message(format!("{} ({})", protocol.id, options.scenario.name()));
         bar
     } else {
         ProgressBar::hidden()
     };
     let bar = Meter::new(bar, options.watch.clone());
     bar.set_length((n * conditions) as u64);
+    let stage = |what: &str| {
+        bar.set_message(format!(
+            "{} ({}): {what}",
+            protocol.id,
+            options.scenario.name()
+        ));
+    };
     let started = Instant::now();
+    stage("no effect");
     let null = run_many(&setup, TrueEffect::NONE, 0, n, &bar);
+    stage("effect");
     let with_effect = run_many(&setup, condition, 1, n, &bar);
     let default = AtThreshold {
         efficacy: protocol.decision.efficacy,
@@ -1452,6 +1460,7 @@ pub fn simulate_protocol(
     };
     let calibrated = options.calibrate.map(|target| {
         let c = calibrate_threshold(&null, target);
+        stage("fresh check");
         let fresh = run_many(&setup, TrueEffect::NONE, 2, n, &bar);
         Calibration {
             target,
@@ -1464,7 +1473,10 @@ pub fn simulate_protocol(
             },
         }
     });
-    let double_trials = doubled.map_or_else(Vec::new, |d| run_many(&setup, d, 3, n, &bar));
+    let double_trials = doubled.map_or_else(Vec::new, |d| {
+        stage("twice the effect");
+        run_many(&setup, d, 3, n, &bar)
+    });
     let double_effect = doubled.map(|d| {
         let at_protocol = operating(
             &double_trials,

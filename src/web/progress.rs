@@ -24,7 +24,8 @@ pub struct ProgressView {
     /// Virtual trials done.
     pub done: u64,
     /// Virtual trials planned so far: the plan grows where a scenario
-    /// binds (it gets more trials) or an arm-drop threshold is lowered.
+    /// binds (it gets more trials), an arm-drop threshold is lowered, the
+    /// fresh check runs or changes to the design are simulated.
     pub planned: u64,
     /// Percent of those planned that are done.
     pub percent: u32,

@@ -289,6 +289,20 @@ async fn proposal_views(
                     .calibration(&t.protocol_hash)?
                     .as_ref()
                     .and_then(CalibrationView::of);
+                let simulated = s
+                    .design_simulation(&t.protocol_hash)?
+                    .as_ref()
+                    .and_then(rates_of);
+                // A result stored, its reading is over (the job stores it
+                // before it lets go of the reading).
+                let calibration_progress = board
+                    .reading(&t.protocol_hash, DesignWork::Calibration)
+                    .filter(|_| calibration.is_none())
+                    .map(|r| ProgressView::of(&r));
+                let simulation_progress = board
+                    .reading(&t.protocol_hash, DesignWork::Simulation)
+                    .filter(|_| simulated.is_none())
+                    .map(|r| ProgressView::of(&r));
                 out.push(ProposalView {
                     id: t.id,
                     participant: participants
@@ -329,10 +343,7 @@ async fn proposal_views(
                         p.decision.futility,
                         p.decision.drop_arm,
                     ],
-                    simulated: s
-                        .design_simulation(&t.protocol_hash)?
-                        .as_ref()
-                        .and_then(rates_of),
+                    simulated,
                     simulation_failure: s
                         .design_failure(DesignWork::Simulation, &t.protocol_hash)?
                         .map(failure_view),
@@ -345,12 +356,8 @@ async fn proposal_views(
                         .filter(|_| calibration.is_none())
                         .map(failure_view),
                     calibration,
-                    calibration_progress: board
-                        .reading(&t.protocol_hash, DesignWork::Calibration)
-                        .map(|r| ProgressView::of(&r)),
-                    simulation_progress: board
-                        .reading(&t.protocol_hash, DesignWork::Simulation)
-                        .map(|r| ProgressView::of(&r)),
+                    calibration_progress,
+                    simulation_progress,
                     graph_svg: graph
                         .map(|g| {
                             super::charts::causal_graph(&g, &format!("Causal graph: {}", p.title))

@@ -164,6 +164,9 @@ pub struct TrialDetail {
     /// Why the design's calibration failed, where the trial gave up
     /// waiting for it and decides on the protocol's stated thresholds.
     pub calibration_failure: Option<String>,
+    /// An approved trial whose start waits for its design's calibration
+    /// (calibration on, none stored, not given up on).
+    pub waits_for_calibration: bool,
     /// The outcome is a self-report with this range (for the form).
     pub self_report: Option<(i32, i32)>,
     /// Days of the schedule.
@@ -459,6 +462,12 @@ async fn trial_detail(
                     .calibration(&trial.protocol_hash)?
                     .as_ref()
                     .and_then(super::calibration::CalibrationView::of),
+                waits_for_calibration: trial.status == crate::trial::lifecycle::TrialStatus::Approved
+                    && config.jobs.calibrate
+                    && s.calibration(&trial.protocol_hash)?.is_none()
+                    && !s
+                        .design_failure(DesignWork::Calibration, &trial.protocol_hash)?
+                        .is_some_and(|f| f.given_up()),
                 // Only where the trial gave up waiting for it and started on
                 // the stated thresholds.
                 calibration_failure: s
@@ -529,7 +538,7 @@ async fn trial_detail(
 {% for svg in prob_svgs %}<figure>{{ svg|safe }}</figure>{% endfor %}
 <h2>Decisions</h2>
 <p>Stops for efficacy when P(better by MID) ≥ {{ d.thresholds.0 }}{% if let Some(w) = d.threshold_source %}: {{ w }}{% else %}: locked when the trial starts{% endif %}; {% if d.thresholds.1 > 0.0 %}for futility when it is ≤ {{ d.thresholds.1 }} for every arm{% else %}never for futility{% endif %}.{% if let Some(x) = d.drop_arm %} {% if *x > 0.0 %}Drops an arm when P(best) &lt; {{ x }}.{% else %}Drops no arm.{% endif %}{% endif %}</p>
-{% if d.status == "approved" && d.calibration.is_none() && d.calibration_failure.is_none() %}<p>The trial starts once its design is calibrated: <a href="/proposals/{{ d.id }}/progress">follow the calibration</a>.</p>{% endif %}
+{% if d.waits_for_calibration %}<p>The trial starts once its design is calibrated: <a href="/proposals/{{ d.id }}/progress">follow the calibration</a>.</p>{% endif %}
 {% if let Some(why) = d.calibration_failure %}<p class="banner">This design could not be calibrated ({{ why }}): the trial decides on the protocol's stated thresholds, whose false-stop rate was not checked. Treat an early stop with more caution than usual.</p>{% endif %}
 {% if !calibration_html.is_empty() %}<details><summary>How the threshold was calibrated</summary>{{ calibration_html|safe }}</details>{% endif %}
 <div class="scroll"><table><thead><tr><th>period</th><th>when</th><th>action</th><th>rule</th><th>numbers</th></tr></thead><tbody>

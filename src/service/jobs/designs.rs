@@ -32,14 +32,13 @@ type Running = (ProtocolHash, DesignWork, Arc<Progress>);
 /// Shows one work as running until dropped, even if the work panicked.
 struct Watching {
     board: DesignBoard,
-    hash: ProtocolHash,
-    work: DesignWork,
+    progress: Arc<Progress>,
 }
 
 impl Drop for Watching {
     fn drop(&mut self) {
         self.board
-            .with(|v| v.retain(|(h, w, _)| !(*h == self.hash && *w == self.work)));
+            .with(|v| v.retain(|(_, _, p)| !Arc::ptr_eq(p, &self.progress)));
     }
 }
 
@@ -70,8 +69,7 @@ impl DesignBoard {
         });
         let guard = Watching {
             board: self.clone(),
-            hash: hash.clone(),
-            work,
+            progress: progress.clone(),
         };
         (progress, guard)
     }

@@ -22,7 +22,7 @@ use crate::service::store::StoreError;
 use crate::trial::lifecycle::TrialStatus;
 
 mod assignments;
-pub mod designs;
+mod designs;
 mod hypotheses;
 mod outbox;
 mod push;
@@ -30,6 +30,7 @@ mod refits;
 mod sources;
 
 pub use assignments::next_assignment;
+pub use designs::DesignBoard;
 
 /// A job's failure: logged, counted, retried at the next tick.
 #[derive(Debug, thiserror::Error)]

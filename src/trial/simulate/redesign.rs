@@ -87,6 +87,7 @@ pub(super) fn simulate_redesigns(
             continue;
         };
         bar.inc_length(n as u64);
+        bar.set_message(format!("{}: {change}", protocol.id));
         let trials = run_many(&setup, effect, 4 + i as u64, n, bar);
         let at = operating(
             &trials,
