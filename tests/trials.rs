@@ -443,8 +443,8 @@ fn life_cycle_from_the_command_line() {
     let locked = t2.locked.unwrap();
     assert_eq!(locked.source, decide::ThresholdSource::Calibrated);
     assert_eq!(locked.efficacy, calibration.efficacy);
-    // Futility is locked with it (the protocol's here: 8 calibration trials
-    // are too few to calibrate it; the suite's own test calibrates it).
+    // Futility is locked with it (calibrated: every calibration runs the 29
+    // trials under the effect a scenario that takes).
     assert_eq!(locked.futility, calibration.futility);
     assert_eq!(locked.drop_arm, calibration.drop_arm);
     // The demo started at once, on its protocol's stated threshold.

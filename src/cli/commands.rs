@@ -1055,6 +1055,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     *calibrate,
                     *trials,
                     !*no_fresh_check,
+                    p.decision.false_futility_target,
                 );
                 let report = crate::trial::simulate::suite::run_suite(&p, &hash, &options)?;
                 if !*json {

@@ -220,6 +220,7 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
                 Some(protocol.decision.false_stop_target),
                 calibration_trials(&protocol, configured),
                 false,
+                protocol.decision.false_futility_target,
             );
             let started = std::time::Instant::now();
             let report = run_suite(&protocol, &locked, &options).map_err(|e| e.to_string())?;

@@ -54,17 +54,32 @@ pub struct SuiteOptions {
 
 impl SuiteOptions {
     /// A suite of `most` null trials at most for the binding scenario:
-    /// every scenario starts with a quarter of it, a quarter runs under the
-    /// effect for power, and (`fresh`) a quarter checks the threshold on
-    /// fresh null trials. The command line and the designs job size it so.
-    pub fn sized(base: SimOptions, target: Option<f64>, most: usize, fresh: bool) -> SuiteOptions {
+    /// every scenario starts with a quarter of it; a quarter runs under the
+    /// effect for power, and where a target is given at least the fewest on
+    /// which `futility_target` can hold with 95% confidence at all (29 at
+    /// 10%), so that every calibration calibrates futility too (the slower
+    /// families' fifth of the trials left 20, and their stated 0.05 gave up
+    /// on a working effect in up to 25% of caffeine-cutoff's trials); and
+    /// (`fresh`) a quarter checks the threshold on fresh null trials. The
+    /// command line and the designs job size it so.
+    pub fn sized(
+        base: SimOptions,
+        target: Option<f64>,
+        most: usize,
+        fresh: bool,
+        futility_target: f64,
+    ) -> SuiteOptions {
         let quarter = (most / 4).max(1);
         SuiteOptions {
             base,
             target,
             first_trials: quarter,
             max_trials: most,
-            power_trials: quarter,
+            power_trials: if target.is_some() {
+                quarter.max(min_calibration_trials(futility_target))
+            } else {
+                quarter
+            },
             fresh_trials: if fresh && target.is_some() {
                 quarter
             } else {
@@ -278,8 +293,8 @@ pub fn run_suite(
     // futility is calibrated) without futility stops: each rule's course
     // on them is then exact (`VirtualTrial::under`).
     // Futility is calibrated only on enough trials under the effect for its
-    // target to hold with 95% confidence at all (29 at 10%): the slower
-    // families' calibrations have fewer and keep the protocol's.
+    // target to hold with 95% confidence at all (29 at 10%; `sized` gives
+    // every calibration that many): with fewer it keeps the protocol's.
     let futility_target = protocol.decision.false_futility_target;
     let calibrating_futility =
         target.is_some() && options.power_trials >= min_calibration_trials(futility_target);
@@ -1313,6 +1328,20 @@ max_blocks = 6
             stated - calibrated > 3.0 * se,
             "{stated} dropped at 0.3, {calibrated} at {chosen}"
         );
+    }
+
+    #[test]
+    fn every_calibration_runs_enough_trials_under_the_effect_to_calibrate_futility() {
+        let sized = |target, most| {
+            SuiteOptions::sized(SimOptions::default(), target, most, false, 0.10).power_trials
+        };
+        // A quarter where that is enough; the 29 that 10% takes where not
+        // (the slower families' fifth of 400 is 80).
+        assert_eq!(sized(Some(0.05), 400), 100);
+        assert_eq!(sized(Some(0.05), 80), min_calibration_trials(0.10));
+        assert_eq!(min_calibration_trials(0.10), 29);
+        // Without a target nothing is calibrated: a quarter for power.
+        assert_eq!(sized(None, 80), 20);
     }
 
     #[test]
