@@ -48,6 +48,19 @@ fn propose(data: &std::path::Path, protocol: &str) {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// The daemon with the shipped protocol `name` proposed for the demo
+/// participant, its data folder and the participant's session.
+fn start_with_proposal(dir: &std::path::Path, name: &str) -> (Daemon, std::path::PathBuf, Session) {
+    let d = start(dir);
+    let data = dir.join("data");
+    propose(
+        &data,
+        &format!("{}/protocols/{name}.toml", env!("CARGO_MANIFEST_DIR")),
+    );
+    let me = session(&d, PARTICIPANT_PASSWORD);
+    (d, data, me)
+}
+
 #[test]
 fn login_roles_and_concealment() {
     let dir = tempfile::tempdir().unwrap();
@@ -145,13 +158,7 @@ fn failed_logins_are_rate_limited() {
 #[test]
 fn a_running_calibration_shows_its_progress_on_the_proposal_and_a_page_that_follows_it() {
     let dir = tempfile::tempdir().unwrap();
-    let d = start(dir.path());
-    let data = dir.path().join("data");
-    propose(
-        &data,
-        concat!(env!("CARGO_MANIFEST_DIR"), "/protocols/study-timing.toml"),
-    );
-    let me = session(&d, PARTICIPANT_PASSWORD);
+    let (d, _, me) = start_with_proposal(dir.path(), "study-timing");
     // The demo trial starts at once on its stated thresholds, so the designs
     // job calibrates this design next: while it runs, the proposal carries
     // its progress.
@@ -361,13 +368,7 @@ fn a_design_given_up_on_is_calibrated_and_simulated_again_from_the_proposals_pag
 #[test]
 fn proposals_pause_self_report_and_api() {
     let dir = tempfile::tempdir().unwrap();
-    let d = start(dir.path());
-    let data = dir.path().join("data");
-    propose(
-        &data,
-        concat!(env!("CARGO_MANIFEST_DIR"), "/protocols/study-timing.toml"),
-    );
-    let me = session(&d, PARTICIPANT_PASSWORD);
+    let (d, data, me) = start_with_proposal(dir.path(), "study-timing");
 
     // The overview lists the proposal; its page shows the hypothesis, the
     // drawn causal graph and, once the background job is done, the design's
