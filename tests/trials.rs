@@ -445,6 +445,7 @@ fn life_cycle_from_the_command_line() {
     assert_eq!(locked.efficacy, calibration.efficacy);
     // Futility is locked with it (calibrated: every calibration runs the 29
     // trials under the effect a scenario that takes).
+    assert!(calibration.futility.is_some(), "{calibration:?}");
     assert_eq!(locked.futility, calibration.futility);
     assert_eq!(locked.drop_arm, calibration.drop_arm);
     // The demo started at once, on its protocol's stated threshold.

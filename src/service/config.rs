@@ -401,9 +401,10 @@ pub struct JobsConfig {
     /// decide on their protocol's stated thresholds, and say so.
     pub calibrate: bool,
     /// The most null virtual trials the binding scenario of a calibration
-    /// gets (every scenario starts with a quarter of it; a quarter run under
-    /// the effect for power). Gaussian outcomes; the slower families use a
-    /// fifth, at least 8.
+    /// gets (every scenario starts with a quarter of it; a quarter, and at
+    /// least the 29 that calibrating futility at 10% takes, run under the
+    /// effect). Gaussian outcomes; the slower families use a fifth, at
+    /// least 8.
     pub calibration_trials: usize,
     /// Threads the designs job's simulations and calibrations use (0: all
     /// cores; on a GPU the fits kept in flight are set by the device

@@ -1185,8 +1185,14 @@ const CALIBRATION_CONFIDENCE: f64 = 0.95;
 /// `P(rate <= target) = 1 - (1 - target)^n`, so
 /// `n >= ln(1 - 0.95) / ln(1 - target)` (59 at 5%, 299 at 1%).
 pub fn min_calibration_trials(target: f64) -> usize {
+    min_trials_at(target, CALIBRATION_CONFIDENCE)
+}
+
+/// [`min_calibration_trials`] at another `confidence`:
+/// `n >= ln(1 - confidence) / ln(1 - target)`.
+fn min_trials_at(target: f64, confidence: f64) -> usize {
     let t = target.clamp(1e-6, 0.5);
-    ((1.0 - CALIBRATION_CONFIDENCE).ln() / (1.0 - t).ln()).ceil() as usize
+    ((1.0 - confidence).ln() / (1.0 - t).ln()).ceil() as usize
 }
 
 /// Smallest threshold whose false-stop rate is at most `target` with 95%

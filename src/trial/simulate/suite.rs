@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 use super::{
     BettingRates, DEFAULT_TARGET, MAX_FUTILITY, Rate, Rule, SimError, SimOptions, SimTiming,
     TrueEffect, VirtualTrial, allowed_errors_at, betting_rates, calibrate_boundary,
-    calibrate_futility, calibrate_threshold, min_calibration_trials, run_range, setup_for,
+    calibrate_futility, calibrate_threshold, min_calibration_trials, min_trials_at, run_range,
+    setup_for,
 };
 use crate::trial::decide::{Action, Boundary, LockedThresholds};
 use crate::trial::protocol::{Protocol, ProtocolHash};
@@ -75,10 +76,15 @@ impl SuiteOptions {
             target,
             first_trials: quarter,
             max_trials: most,
-            power_trials: if target.is_some() {
-                quarter.max(min_calibration_trials(futility_target))
-            } else {
-                quarter
+            // Never more than the null trials the binding scenario gets (a
+            // tiny futility target would ask for millions): with fewer,
+            // futility keeps the protocol's threshold.
+            power_trials: match target {
+                Some(t) => quarter.max(
+                    min_calibration_trials(futility_target)
+                        .min(most.max(min_calibration_trials(t))),
+                ),
+                None => quarter,
             },
             fresh_trials: if fresh && target.is_some() {
                 quarter
@@ -238,6 +244,12 @@ const DROP_TESTS: f64 = 3.0;
 /// The arm-drop thresholds calibration tries, after the protocol's own:
 /// half, a quarter, then none (a trial that drops no arm cannot drop the
 /// one that works).
+/// The confidence each arm-drop threshold tried is tested at: the 5% shared
+/// by the [`DROP_TESTS`] that may be tried (Bonferroni), 98.3%.
+fn drop_confidence() -> f64 {
+    1.0 - (1.0 - super::CALIBRATION_CONFIDENCE) / DROP_TESTS
+}
+
 fn next_drop_arm(tried: usize, protocol: f64) -> f64 {
     match tried {
         1 => (protocol / 2.0 * 1e4).floor() / 1e4,
@@ -350,8 +362,12 @@ pub fn run_suite(
     // confidence; else lower ones are tried ([`next_drop_arm`]), each on
     // the same trials under the effect run again (a drop changes the rest
     // of a trial). The null trials then run with the one chosen.
-    let calibrating_drops =
-        calibrating_futility && protocol.arms.len() >= 3 && protocol.decision.drop_arm > 0.0;
+    // Each threshold tried is tested at a share of the 5%: on fewer trials
+    // than that confidence takes (39 at 10%) no threshold could pass it.
+    let calibrating_drops = calibrating_futility
+        && protocol.arms.len() >= 3
+        && protocol.decision.drop_arm > 0.0
+        && options.power_trials >= min_trials_at(futility_target, drop_confidence());
     let (drop_tries, discarded) = if calibrating_drops {
         calibrate_drops(
             protocol,
@@ -750,7 +766,7 @@ fn calibrate_drops(
     power_trials: usize,
     bar: &Meter,
 ) -> (Vec<DropTry>, Vec<VirtualTrial>) {
-    let confidence = 1.0 - (1.0 - super::CALIBRATION_CONFIDENCE) / DROP_TESTS;
+    let confidence = drop_confidence();
     let allowed = allowed_errors_at(
         power_trials,
         protocol.decision.false_futility_target,
@@ -1106,7 +1122,7 @@ pub fn render_suite(r: &SuiteReport) -> String {
                 _ => {
                     let _ = writeln!(
                         out,
-                        "futility threshold: the protocol's (not calibrated: too few trials under the effect for its target to hold with 95% confidence; 29 a scenario at 10%)"
+                        "futility threshold: the protocol's (not calibrated: too few trials under the effect for its target to hold with 95% confidence)"
                     );
                 }
             }
@@ -1342,6 +1358,15 @@ max_blocks = 6
         assert_eq!(min_calibration_trials(0.10), 29);
         // Without a target nothing is calibrated: a quarter for power.
         assert_eq!(sized(None, 80), 20);
+        // The floor follows the futility target (59 at 5%), and never
+        // exceeds the null trials the binding scenario gets.
+        let at = |futility, most| {
+            SuiteOptions::sized(SimOptions::default(), Some(0.05), most, false, futility)
+                .power_trials
+        };
+        assert_eq!(at(0.05, 80), 59);
+        assert_eq!(at(1e-6, 80), 80);
+        assert_eq!(at(1e-6, 8), 59);
     }
 
     #[test]
