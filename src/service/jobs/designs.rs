@@ -43,10 +43,7 @@ impl Drop for Watching {
 }
 
 impl DesignBoard {
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut Vec<(ProtocolHash, DesignWork, Arc<Progress>)>) -> T,
-    ) -> T {
+    fn with<T>(&self, f: impl FnOnce(&mut Vec<Running>) -> T) -> T {
         let mut guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut guard)
     }

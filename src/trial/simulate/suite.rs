@@ -19,10 +19,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-
-use super::progress::{Meter, Progress};
 use serde::{Deserialize, Serialize};
 
+use super::progress::{Meter, Progress};
 use super::{
     BettingRates, DEFAULT_TARGET, MAX_FUTILITY, Rate, Rule, SimError, SimOptions, SimTiming,
     TrueEffect, VirtualTrial, allowed_errors_at, betting_rates, calibrate_boundary,
@@ -241,15 +240,15 @@ pub struct DropTry {
 /// for the choice to keep 95% confidence whichever it is.
 const DROP_TESTS: f64 = 3.0;
 
-/// The arm-drop thresholds calibration tries, after the protocol's own:
-/// half, a quarter, then none (a trial that drops no arm cannot drop the
-/// one that works).
 /// The confidence each arm-drop threshold tried is tested at: the 5% shared
 /// by the [`DROP_TESTS`] that may be tried (Bonferroni), 98.3%.
 fn drop_confidence() -> f64 {
     1.0 - (1.0 - super::CALIBRATION_CONFIDENCE) / DROP_TESTS
 }
 
+/// The arm-drop thresholds calibration tries, after the protocol's own:
+/// half, a quarter, then none (a trial that drops no arm cannot drop the
+/// one that works).
 fn next_drop_arm(tried: usize, protocol: f64) -> f64 {
     match tried {
         1 => (protocol / 2.0 * 1e4).floor() / 1e4,
