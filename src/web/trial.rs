@@ -403,6 +403,10 @@ async fn trial_detail(
             let key = (viewer.is_investigator() || !blind)
                 .then(|| protocol.code_key())
                 .flatten();
+            let calibration = s.calibration(&trial.protocol_hash)?;
+            let given_up = s
+                .design_failure(DesignWork::Calibration, &trial.protocol_hash)?
+                .filter(|f| f.given_up());
             Ok(Some(TrialDetail {
                 id,
                 title: protocol.title.clone(),
@@ -458,21 +462,16 @@ async fn trial_detail(
                         l.source.describe()
                     ),
                 }),
-                calibration: s
-                    .calibration(&trial.protocol_hash)?
-                    .as_ref()
-                    .and_then(super::calibration::CalibrationView::of),
                 waits_for_calibration: trial.status == crate::trial::lifecycle::TrialStatus::Approved
                     && config.jobs.calibrate
-                    && s.calibration(&trial.protocol_hash)?.is_none()
-                    && !s
-                        .design_failure(DesignWork::Calibration, &trial.protocol_hash)?
-                        .is_some_and(|f| f.given_up()),
+                    && calibration.is_none()
+                    && given_up.is_none(),
+                calibration: calibration
+                    .as_ref()
+                    .and_then(super::calibration::CalibrationView::of),
                 // Only where the trial gave up waiting for it and started on
                 // the stated thresholds.
-                calibration_failure: s
-                    .design_failure(DesignWork::Calibration, &trial.protocol_hash)?
-                    .filter(|f| f.given_up())
+                calibration_failure: given_up
                     .filter(|_| {
                         trial.locked.is_some_and(|l| {
                             l.source == crate::trial::decide::ThresholdSource::Protocol

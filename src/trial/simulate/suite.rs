@@ -1059,7 +1059,7 @@ pub fn render_suite(r: &SuiteReport) -> String {
     for t in &r.drop_tries {
         let _ = writeln!(
             out,
-            "arm drops at P(best) < {}: the arm that works dropped in {} of {} trials under the effect ({}), {} allowed ({:.0}% with 95% confidence){}",
+            "arm drops at P(best) < {}: the arm that works dropped in {} of {} trials under the effect ({}), {} allowed ({:.0}% with 95% confidence shared by the thresholds tried){}",
             t.drop_arm,
             t.dropped,
             r.rows.first().map_or(0, |row| row.effect_trials),
