@@ -84,7 +84,7 @@ fn importance_ess_of(mixture: &inference::Mixture) -> Option<f64> {
 }
 
 /// The non-gaussian observation model of an outcome, or `None` for gaussian.
-fn likelihood_of(o: &ModelSpec) -> Result<Option<Likelihood>, ModelError> {
+pub(crate) fn likelihood_of(o: &ModelSpec) -> Result<Option<Likelihood>, ModelError> {
     Ok(match o.family {
         Family::Gaussian => None,
         Family::Poisson => Some(Likelihood::Poisson),

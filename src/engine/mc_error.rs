@@ -740,6 +740,15 @@ pub fn refine(
         let (error, shares) = of_mixture(mix, reported);
         let ratio = error.ratio();
         if ratio <= 1.0 || round == REFINE_ROUNDS || !ratio.is_finite() {
+            tracing::debug!(
+                round,
+                ratio,
+                mean = error.mean / TOL_MEAN,
+                sd = error.sd / TOL_SD,
+                prob = error.prob / TOL_PROB,
+                pareto_k = ?error.pareto_k,
+                "importance draws refined"
+            );
             return (error, evaluations);
         }
         round += 1;
@@ -770,6 +779,10 @@ pub fn refine(
         tracing::debug!(
             round,
             ratio,
+            mean = error.mean / TOL_MEAN,
+            sd = error.sd / TOL_SD,
+            prob = error.prob / TOL_PROB,
+            pareto_k = ?error.pareto_k,
             points = chosen.len(),
             of = shares.len(),
             pairs = chosen.iter().map(|c| c.2).sum::<usize>(),

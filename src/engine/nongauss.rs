@@ -134,6 +134,29 @@ impl Likelihood {
         sum - n * product.ln()
     }
 
+    /// `log p(y_i | eta_i)` of each observation into `out`, without the
+    /// `eta`-free terms.
+    fn log_kernels(self, y: &[f64], eta: &[f64], terms: &ObsTerms, out: &mut Vec<f64>) {
+        let n = match self {
+            Likelihood::Bernoulli => 1.0,
+            Likelihood::Binomial(n) => f64::from(n),
+            Likelihood::Beta(phi) => {
+                return beta_kernels_into(eta, &terms.ln_y, &terms.ln_1m_y, phi, out);
+            }
+            Likelihood::Poisson => {
+                out.clear();
+                out.extend(y.iter().zip(eta).map(|(&y, &e)| y * e - e.exp()));
+                return;
+            }
+        };
+        out.clear();
+        out.extend(
+            y.iter()
+                .zip(eta)
+                .map(|(&y, &e)| y * e - n * (e.max(0.0) + (-e.abs()).exp().ln_1p())),
+        );
+    }
+
     /// First and second derivatives of `log p(y | eta)` in `eta`.
     fn derivatives(self, y: f64, eta: f64) -> (f64, f64) {
         match self {
@@ -327,15 +350,21 @@ fn sum_beta_kernels(
     phi: f64,
     scratch: &mut Vec<f64>,
 ) -> f64 {
-    scratch.resize(eta.len(), 0.0);
+    beta_kernels_into(eta, ln_y, ln_1m_y, phi, scratch);
+    scratch.iter().sum()
+}
+
+/// The beta kernel of every observation into `out` (resized to fit), with
+/// AVX2 where the CPU has it.
+fn beta_kernels_into(eta: &[f64], ln_y: &[f64], ln_1m_y: &[f64], phi: f64, out: &mut Vec<f64>) {
+    out.resize(eta.len(), 0.0);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, checked just above.
-        unsafe { beta_kernels_avx2(eta, ln_y, ln_1m_y, phi, scratch) };
-        return scratch.iter().sum();
+        unsafe { beta_kernels_avx2(eta, ln_y, ln_1m_y, phi, out) };
+        return;
     }
-    beta_kernels(eta, ln_y, ln_1m_y, phi, scratch);
-    scratch.iter().sum()
+    beta_kernels(eta, ln_y, ln_1m_y, phi, out);
 }
 
 /// [`beta_kernels`] compiled for AVX2.
@@ -835,6 +864,101 @@ fn importance_sums(
     Some(sums)
 }
 
+/// Antithetic pairs each iteration of [`efficient`] regresses on.
+const EIS_PAIRS: usize = 8;
+/// Iterations of [`efficient`].
+const EIS_ITERATIONS: usize = 2;
+/// The seed of [`efficient`]'s draws (the same at every point: the
+/// proposal is then a smooth, deterministic function of the point).
+const EIS_SEED: u64 = 0x0e15;
+
+/// Efficient importance sampling (Richard & Zhang 2007; in the
+/// pseudo-observation form of Koopman, Lit & Nguyen 2019): each
+/// observation's Gaussian term `N(y~_i; eta_i, H_i)` is refitted by least
+/// squares of `log p(y_i | eta)` on `(1, eta, eta^2)` over draws of the
+/// proposal itself, instead of matching its curvature at the mode
+/// (Laplace). The proposal then fits the likelihood where the posterior
+/// lies, not only at its peak, and the importance weights' variance falls.
+fn efficient(
+    series: &Series,
+    plan: &FilterPlan,
+    lik: Likelihood,
+    h: &Hyper,
+    priors: &Priors,
+    mut approx: Approximation,
+) -> Approximation {
+    let n = series.y.len();
+    let p = series.n_static();
+    let normals = Normals::new(EIS_PAIRS, p, n, EIS_SEED);
+    let draws = 2 * EIS_PAIRS;
+    let mut etas: [Vec<f64>; 2] = std::array::from_fn(|_| vec![0.0; n]);
+    let mut values = vec![0.0; draws * n];
+    let mut eta_at = vec![0.0; draws * n];
+    let terms = lik.obs_terms(&series.y);
+    let mut kernels = Vec::with_capacity(n);
+    for _ in 0..EIS_ITERATIONS {
+        let Some(chol) = approx.filter.b_cov.clone().cholesky() else {
+            break;
+        };
+        let chol = chol.l();
+        let fwd = forward(series, &approx, h);
+        for k in 0..EIS_PAIRS {
+            let (zb, z) = normals.pair(k);
+            let b: [[f64; MAX_ARMS]; 2] = std::array::from_fn(|d| {
+                let sign = if d == 0 { 1.0 } else { -1.0 };
+                let mut b = [0.0; MAX_ARMS];
+                for (r, br) in b.iter_mut().enumerate().take(p) {
+                    *br = approx.filter.b_mean[r]
+                        + (0..=r).map(|c| chol[(r, c)] * (zb[c] * sign)).sum::<f64>();
+                }
+                b
+            });
+            backward_sample(&fwd, &b, p, &[z, z], &[1.0, -1.0], &mut etas);
+            for (d, eta) in etas.iter().enumerate() {
+                let s = 2 * k + d;
+                lik.log_kernels(&series.y, eta, &terms, &mut kernels);
+                for i in 0..n {
+                    eta_at[i * draws + s] = eta[i];
+                    values[i * draws + s] = kernels[i];
+                }
+            }
+        }
+        let mut pseudo = approx.pseudo.clone();
+        let mut noise = approx.noise.clone();
+        for i in 0..n {
+            let e = &eta_at[i * draws..(i + 1) * draws];
+            let v = &values[i * draws..(i + 1) * draws];
+            let m = e.iter().sum::<f64>() / draws as f64;
+            let mut xtx = nalgebra::Matrix3::<f64>::zeros();
+            let mut xty = nalgebra::Vector3::<f64>::zeros();
+            for (&eta, &l) in e.iter().zip(v) {
+                let u = eta - m;
+                let x = nalgebra::Vector3::new(1.0, u, u * u);
+                xtx += x * x.transpose();
+                xty += x * l;
+            }
+            let Some(c) = xtx.lu().solve(&xty) else {
+                continue;
+            };
+            if !(c[2] < 0.0) || !c[1].is_finite() {
+                continue;
+            }
+            let var = (-0.5 / c[2]).clamp(1e-8, 1e8);
+            noise[i] = var;
+            pseudo[i] = m + c[1] * var;
+        }
+        let Ok(filter) =
+            augmented_filter_planned(series, plan, &pseudo, h, &priors.statics, Some(&noise))
+        else {
+            break;
+        };
+        approx.pseudo = pseudo;
+        approx.noise = noise;
+        approx.filter = filter;
+    }
+    approx
+}
+
 /// The point's estimate from its draws' sums.
 fn output_of(mut sums: ImportanceSums, approx: &Approximation) -> FilterOutput {
     let p = sums.p();
@@ -934,7 +1058,7 @@ impl<'a> LaplaceEvaluator<'a> {
     /// (per-point draws; the first pairs are the same as with fewer): how
     /// a fit adds draws where its Monte Carlo error comes from.
     pub fn eval_with_pairs(&self, theta: &Theta, pairs: usize) -> Option<Eval> {
-        let (theta, likelihood, h, approx) = self.approximate(theta)?;
+        let (theta, likelihood, h, approx) = self.proposal(theta)?;
         let own;
         let normals = match (&self.common, pairs == self.pairs) {
             (Some(common), true) => common,
@@ -967,7 +1091,7 @@ impl<'a> LaplaceEvaluator<'a> {
         if self.common.is_some() || pairs <= old.pairs() {
             return self.eval_with_pairs(&e.theta, pairs);
         }
-        let (theta, likelihood, h, approx) = self.approximate(&e.theta)?;
+        let (theta, likelihood, h, approx) = self.proposal(&e.theta)?;
         let normals = Normals::range(
             old.pairs()..pairs,
             self.series.n_static(),
@@ -1006,6 +1130,14 @@ impl<'a> LaplaceEvaluator<'a> {
             }
         };
         Some((theta, likelihood, hyper_of(&theta)))
+    }
+
+    /// [`Self::approximate`] moved to the efficient importance proposal
+    /// ([`efficient`]): what the importance draws come from.
+    fn proposal(&self, theta: &Theta) -> Option<(Theta, Likelihood, Hyper, Approximation)> {
+        let (theta, likelihood, h, approx) = self.approximate(theta)?;
+        let approx = efficient(self.series, &self.plan, likelihood, &h, self.priors, approx);
+        Some((theta, likelihood, h, approx))
     }
 
     /// [`Self::at`] and the Laplace approximation there, from the warm start.
@@ -1071,6 +1203,92 @@ impl Evaluator for LaplaceEvaluator<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The efficient proposal ([`efficient`]) estimates the same
+    /// likelihood and effect as the Laplace one it starts from (both are
+    /// exact importance sampling; a wrong weight would move the answer),
+    /// with less Monte Carlo spread: over 16 seeds of 200 pairs at the
+    /// prior centre of a 168-day series of each family, the two means
+    /// agree within 4 standard errors of their difference, and the
+    /// efficient one's seeds spread less.
+    #[test]
+    fn the_efficient_proposal_estimates_the_same_likelihood_with_less_spread() {
+        use crate::engine::fit::{FitSpec, Method, priors_for};
+        use crate::engine::inference::{GridOptions, McmcOptions};
+        use crate::engine::spec::{Direction, Family, Mid, ModelSpec};
+        for family in [
+            Family::Poisson,
+            Family::Bernoulli,
+            Family::Binomial,
+            Family::Beta,
+        ] {
+            let series = crate::engine::generate::family_series(family, 168, 4);
+            let model = ModelSpec {
+                family,
+                trials: (family == Family::Binomial).then_some(7),
+                direction: Direction::Higher,
+                mid: Mid::new(family, 1.2),
+                scale: None,
+                priors: Default::default(),
+            };
+            let spec = FitSpec {
+                model: &model,
+                arm_keys: vec!["a".into(), "b".into()],
+                run_in_sd: None,
+                method: Method::Grid,
+                seed: 5,
+                mcmc: McmcOptions::default(),
+                grid: GridOptions::default(),
+                dropped: Vec::new(),
+                path: false,
+                intervals: false,
+                device: None,
+            };
+            let (priors, _) = priors_for(&series, &spec).unwrap();
+            let lik = crate::engine::fit::likelihood_of(&model).unwrap().unwrap();
+            let ev = LaplaceEvaluator::new(
+                &series,
+                &priors,
+                lik,
+                crate::engine::inference::IS_PAIRS,
+                5,
+                Draws::PerPoint,
+            );
+            let (_, lik, h, laplace) = ev.approximate(&ev.start()).unwrap();
+            let eis = efficient(&series, &ev.plan, lik, &h, &priors, laplace.clone());
+            let estimates = |approx: &Approximation| -> (Vec<f64>, Vec<f64>) {
+                (0..16u64)
+                    .map(|seed| {
+                        let normals = Normals::new(200, series.n_static(), series.y.len(), seed);
+                        let sums = importance_sums(&series, lik, &h, approx, &normals).unwrap();
+                        let (log_lik, mean, _) = sums.estimate();
+                        (log_lik, mean[1])
+                    })
+                    .unzip()
+            };
+            let mean_sd = |x: &[f64]| {
+                let m = x.iter().sum::<f64>() / x.len() as f64;
+                let v = x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (x.len() - 1) as f64;
+                (m, v.sqrt())
+            };
+            let (l_ll, l_b) = estimates(&laplace);
+            let (e_ll, e_b) = estimates(&eis);
+            let n = 16f64.sqrt();
+            for (what, l, e) in [("log-likelihood", &l_ll, &e_ll), ("effect", &l_b, &e_b)] {
+                let ((lm, ls), (em, es)) = (mean_sd(l), mean_sd(e));
+                let se = (ls * ls + es * es).sqrt() / n;
+                println!(
+                    "{family:?} {what}: Laplace {lm:.4} (sd {ls:.4}), efficient {em:.4} (sd {es:.4})"
+                );
+                assert!(
+                    (lm - em).abs() < 4.0 * se,
+                    "{family:?} {what}: {lm} vs {em} (se {se})"
+                );
+                // Measured 2 to 4.5 times smaller; 16 seeds know an sd to ~18%.
+                assert!(es < ls, "{family:?} {what}: sd {es} against Laplace's {ls}");
+            }
+        }
+    }
 
     #[test]
     fn derivatives_match_finite_differences() {
