@@ -940,7 +940,10 @@ fn efficient(
             let Some(c) = xtx.lu().solve(&xty) else {
                 continue;
             };
-            if !(c[2] < 0.0) || !c[1].is_finite() {
+            // A fit that does not curve down (or is not a number) keeps
+            // the term it had.
+            let curves_down = c[2] < 0.0 && c[1].is_finite();
+            if !curves_down {
                 continue;
             }
             let var = (-0.5 / c[2]).clamp(1e-8, 1e8);
