@@ -149,12 +149,14 @@ impl Likelihood {
                 return;
             }
         };
-        out.clear();
-        out.extend(
-            y.iter()
-                .zip(eta)
-                .map(|(&y, &e)| y * e - n * (e.max(0.0) + (-e.abs()).exp().ln_1p())),
-        );
+        out.resize(eta.len(), 0.0);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            unsafe { logit_kernels_avx2(y, eta, n, out) };
+            return;
+        }
+        logit_kernels(y, eta, n, out);
     }
 
     /// First and second derivatives of `log p(y | eta)` in `eta`.
@@ -397,6 +399,25 @@ fn beta_kernels(eta: &[f64], ln_y: &[f64], ln_1m_y: &[f64], phi: f64, out: &mut 
     }
 }
 
+/// [`logit_kernels`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn logit_kernels_avx2(y: &[f64], eta: &[f64], n: f64, out: &mut [f64]) {
+    logit_kernels(y, eta, n, out);
+}
+
+/// `out_i = y_i eta_i - n softplus(eta_i)`, the logit families' kernel of
+/// each observation, in branch-free arithmetic that vectorises (the same
+/// bits with or without AVX2); inlined into its callers so that it takes
+/// their instruction set.
+#[inline(always)]
+fn logit_kernels(y: &[f64], eta: &[f64], n: f64, out: &mut [f64]) {
+    for ((o, &y), &e) in out.iter_mut().zip(y).zip(eta) {
+        let softplus = e.max(0.0) + vecmath::ln(1.0 + vecmath::exp_nonpositive(-e.abs()));
+        *o = y * e - n * softplus;
+    }
+}
+
 /// The trigamma function `psi_1(x)`, `x > 0`: the recurrence
 /// `psi_1(x) = psi_1(x + 1) + 1/x^2` up to `x >= 10`, then the asymptotic series
 /// `1/x + 1/(2x^2) + 1/(6x^3) - 1/(30x^5) + 1/(42x^7) - 1/(30x^9)` (error < 1e-12).
@@ -462,14 +483,15 @@ fn logit(p: f64) -> f64 {
     (p / (1.0 - p)).ln()
 }
 
-/// The Gaussian approximating model at the joint mode.
+/// The Gaussian approximating model: at the joint mode (Laplace), or
+/// refitted over its own draws ([`efficient`]), which keeps the mode.
 #[derive(Debug, Clone)]
 pub struct Approximation {
     /// Pseudo-observations `y~`.
     pub pseudo: Vec<f64>,
     /// Their noise variances `H`.
     pub noise: Vec<f64>,
-    /// The mode of the linear predictor.
+    /// The mode of the linear predictor (Laplace's, also after [`efficient`]).
     pub eta: Vec<f64>,
     /// The approximating model's filter output (marginal and `b` posterior).
     pub filter: FilterOutput,
@@ -792,6 +814,21 @@ pub fn corrected(
     ))
 }
 
+/// One draw of the static coefficients from the approximation,
+/// `b = b_mean + L (sign z_b)` with `L` the Cholesky factor of `b_cov`.
+fn effects_draw(
+    approx: &Approximation,
+    chol: &nalgebra::DMatrix<f64>,
+    zb: &[f64],
+    sign: f64,
+) -> [f64; MAX_ARMS] {
+    let mut b = [0.0; MAX_ARMS];
+    for (r, br) in b.iter_mut().enumerate().take(approx.filter.b_mean.len()) {
+        *br = approx.filter.b_mean[r] + (0..=r).map(|c| chol[(r, c)] * (zb[c] * sign)).sum::<f64>();
+    }
+    b
+}
+
 /// The draws of `normals` at one `phi`, summed pair by pair.
 fn importance_sums(
     series: &Series,
@@ -812,15 +849,7 @@ fn importance_sums(
     // the terms free of eta (the likelihood's constants, the Gaussian's
     // normalisation) are summed once here.
     let mut weights_at = WeightTerms::new(lik, series, approx);
-    // b = b_mean + L z_b of one draw.
-    let effects_of = |zb: &[f64], sign: f64| -> [f64; MAX_ARMS] {
-        let mut b = [0.0; MAX_ARMS];
-        for (r, br) in b.iter_mut().enumerate().take(p) {
-            *br = approx.filter.b_mean[r]
-                + (0..=r).map(|c| chol[(r, c)] * (zb[c] * sign)).sum::<f64>();
-        }
-        b
-    };
+    let effects_of = |zb: &[f64], sign: f64| effects_draw(approx, &chol, zb, sign);
     // Two antithetic pairs at a time: four backward chains side by side.
     let mut etas: [Vec<f64>; 4] = std::array::from_fn(|_| vec![0.0; n]);
     for k in (0..normals.pairs).step_by(2) {
@@ -890,66 +919,31 @@ fn efficient(
     let n = series.y.len();
     let p = series.n_static();
     let normals = Normals::new(EIS_PAIRS, p, n, EIS_SEED);
-    let draws = 2 * EIS_PAIRS;
-    let mut etas: [Vec<f64>; 2] = std::array::from_fn(|_| vec![0.0; n]);
-    let mut values = vec![0.0; draws * n];
-    let mut eta_at = vec![0.0; draws * n];
     let terms = lik.obs_terms(&series.y);
-    let mut kernels = Vec::with_capacity(n);
+    let mut pairs: Vec<[Vec<f64>; 2]> = vec![[vec![0.0; n], vec![0.0; n]]; EIS_PAIRS];
+    let mut kernels: Vec<Vec<f64>> = vec![Vec::with_capacity(n); 2 * EIS_PAIRS];
     for _ in 0..EIS_ITERATIONS {
         let Some(chol) = approx.filter.b_cov.clone().cholesky() else {
             break;
         };
         let chol = chol.l();
         let fwd = forward(series, &approx, h);
-        for k in 0..EIS_PAIRS {
+        for (k, pair) in pairs.iter_mut().enumerate() {
             let (zb, z) = normals.pair(k);
-            let b: [[f64; MAX_ARMS]; 2] = std::array::from_fn(|d| {
-                let sign = if d == 0 { 1.0 } else { -1.0 };
-                let mut b = [0.0; MAX_ARMS];
-                for (r, br) in b.iter_mut().enumerate().take(p) {
-                    *br = approx.filter.b_mean[r]
-                        + (0..=r).map(|c| chol[(r, c)] * (zb[c] * sign)).sum::<f64>();
-                }
-                b
-            });
-            backward_sample(&fwd, &b, p, &[z, z], &[1.0, -1.0], &mut etas);
-            for (d, eta) in etas.iter().enumerate() {
-                let s = 2 * k + d;
-                lik.log_kernels(&series.y, eta, &terms, &mut kernels);
-                for i in 0..n {
-                    eta_at[i * draws + s] = eta[i];
-                    values[i * draws + s] = kernels[i];
-                }
-            }
+            let b = [
+                effects_draw(&approx, &chol, zb, 1.0),
+                effects_draw(&approx, &chol, zb, -1.0),
+            ];
+            backward_sample(&fwd, &b, p, &[z, z], &[1.0, -1.0], pair);
         }
+        let etas: Vec<&[f64]> = pairs.iter().flatten().map(Vec::as_slice).collect();
+        for (eta, out) in etas.iter().zip(kernels.iter_mut()) {
+            lik.log_kernels(&series.y, eta, &terms, out);
+        }
+        let l: Vec<&[f64]> = kernels.iter().map(Vec::as_slice).collect();
         let mut pseudo = approx.pseudo.clone();
         let mut noise = approx.noise.clone();
-        for i in 0..n {
-            let e = &eta_at[i * draws..(i + 1) * draws];
-            let v = &values[i * draws..(i + 1) * draws];
-            let m = e.iter().sum::<f64>() / draws as f64;
-            let mut xtx = nalgebra::Matrix3::<f64>::zeros();
-            let mut xty = nalgebra::Vector3::<f64>::zeros();
-            for (&eta, &l) in e.iter().zip(v) {
-                let u = eta - m;
-                let x = nalgebra::Vector3::new(1.0, u, u * u);
-                xtx += x * x.transpose();
-                xty += x * l;
-            }
-            let Some(c) = xtx.lu().solve(&xty) else {
-                continue;
-            };
-            // A fit that does not curve down (or is not a number) keeps
-            // the term it had.
-            let curves_down = c[2] < 0.0 && c[1].is_finite();
-            if !curves_down {
-                continue;
-            }
-            let var = (-0.5 / c[2]).clamp(1e-8, 1e8);
-            noise[i] = var;
-            pseudo[i] = m + c[1] * var;
-        }
+        gaussian_terms(&etas, &l, &mut pseudo, &mut noise);
         let Ok(filter) =
             augmented_filter_planned(series, plan, &pseudo, h, &priors.statics, Some(&noise))
         else {
@@ -960,6 +954,56 @@ fn efficient(
         approx.filter = filter;
     }
     approx
+}
+
+/// For each observation `i`, the Gaussian term `N(y~_i; eta, H_i)` whose
+/// logarithm best fits `l_i` over the draws (least squares): with
+/// `l ~ c0 + c1 u + c2 u^2`, `u = eta - m_i` and `m_i` the draws' mean,
+/// `H_i = -1 / (2 c2)` and `y~_i = m_i + c1 H_i` (the normal equations
+/// solved by Cramer's rule). An observation whose fit does not curve down
+/// (or is not a number) keeps the term it had. `etas[s]` and `l[s]` are
+/// draw `s`'s values of every observation.
+fn gaussian_terms(etas: &[&[f64]], l: &[&[f64]], pseudo: &mut [f64], noise: &mut [f64]) {
+    let n = pseudo.len();
+    let draws = etas.len() as f64;
+    let mut m = vec![0.0; n];
+    for eta in etas {
+        for (m, e) in m.iter_mut().zip(eta.iter()) {
+            *m += e / draws;
+        }
+    }
+    // Sums of u, u^2, u^3, u^4 and of l, l u, l u^2, observation by
+    // observation (draw by draw, so that the loops run along the arrays).
+    let mut su = vec![[0.0; 4]; n];
+    let mut sl = vec![[0.0; 3]; n];
+    for (eta, l) in etas.iter().zip(l) {
+        for i in 0..n {
+            let u = eta[i] - m[i];
+            let u2 = u * u;
+            let s = &mut su[i];
+            s[0] += u;
+            s[1] += u2;
+            s[2] += u2 * u;
+            s[3] += u2 * u2;
+            let t = &mut sl[i];
+            t[0] += l[i];
+            t[1] += l[i] * u;
+            t[2] += l[i] * u2;
+        }
+    }
+    for i in 0..n {
+        let (a, [b, c, d, e]) = (draws, su[i]);
+        let [t0, t1, t2] = sl[i];
+        let det = a * (c * e - d * d) - b * (b * e - d * c) + c * (b * d - c * c);
+        let c1 = (a * (t1 * e - d * t2) - t0 * (b * e - d * c) + c * (b * t2 - t1 * c)) / det;
+        let c2 = (a * (c * t2 - t1 * d) - b * (b * t2 - t1 * c) + t0 * (b * d - c * c)) / det;
+        let curves_down = c2 < 0.0 && c1.is_finite();
+        if curves_down {
+            let var = (-0.5 / c2).clamp(1e-8, 1e8);
+            noise[i] = var;
+            pseudo[i] = m[i] + c1 * var;
+        }
+    }
 }
 
 /// The point's estimate from its draws' sums.
@@ -1206,6 +1250,29 @@ impl Evaluator for LaplaceEvaluator<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gaussian_term_is_recovered_from_its_own_log_density() {
+        // Observation 0 has a Gaussian log density (recovered exactly);
+        // observation 1's curves up, and keeps the term it had.
+        let (y_tilde, var) = (0.7, 0.3);
+        let draws = [-1.0, -0.2, 0.1, 0.5, 0.9, 1.6];
+        let etas: Vec<Vec<f64>> = draws.iter().map(|&e| vec![e, e]).collect();
+        let l: Vec<Vec<f64>> = draws
+            .iter()
+            .map(|e| {
+                let log_g = 4.2 - (y_tilde - e) * (y_tilde - e) / (2.0 * var);
+                vec![log_g, -log_g]
+            })
+            .collect();
+        let (mut pseudo, mut noise) = (vec![0.0, 9.0], vec![1.0, 2.0]);
+        let etas: Vec<&[f64]> = etas.iter().map(Vec::as_slice).collect();
+        let l: Vec<&[f64]> = l.iter().map(Vec::as_slice).collect();
+        gaussian_terms(&etas, &l, &mut pseudo, &mut noise);
+        assert!((pseudo[0] - y_tilde).abs() < 1e-9, "{pseudo:?}");
+        assert!((noise[0] - var).abs() < 1e-9, "{noise:?}");
+        assert_eq!((pseudo[1], noise[1]), (9.0, 2.0));
+    }
 
     /// The efficient proposal ([`efficient`]) estimates the same
     /// likelihood and effect as the Laplace one it starts from (both are
