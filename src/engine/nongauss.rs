@@ -921,7 +921,7 @@ fn efficient(
     let normals = Normals::new(EIS_PAIRS, p, n, EIS_SEED);
     let terms = lik.obs_terms(&series.y);
     let mut pairs: Vec<[Vec<f64>; 2]> = vec![[vec![0.0; n], vec![0.0; n]]; EIS_PAIRS];
-    let mut kernels: Vec<Vec<f64>> = vec![Vec::with_capacity(n); 2 * EIS_PAIRS];
+    let mut kernels: Vec<Vec<f64>> = vec![vec![0.0; n]; 2 * EIS_PAIRS];
     for _ in 0..EIS_ITERATIONS {
         let Some(chol) = approx.filter.b_cov.clone().cholesky() else {
             break;
