@@ -739,16 +739,16 @@ pub fn refine(
     loop {
         let (error, shares) = of_mixture(mix, reported);
         let ratio = error.ratio();
+        tracing::debug!(
+            round,
+            ratio,
+            mean = error.mean / TOL_MEAN,
+            sd = error.sd / TOL_SD,
+            prob = error.prob / TOL_PROB,
+            pareto_k = ?error.pareto_k,
+            "importance draws' error over its tolerances"
+        );
         if ratio <= 1.0 || round == REFINE_ROUNDS || !ratio.is_finite() {
-            tracing::debug!(
-                round,
-                ratio,
-                mean = error.mean / TOL_MEAN,
-                sd = error.sd / TOL_SD,
-                prob = error.prob / TOL_PROB,
-                pareto_k = ?error.pareto_k,
-                "importance draws refined"
-            );
             return (error, evaluations);
         }
         round += 1;
@@ -769,8 +769,9 @@ pub fn refine(
             .filter_map(|(k, r)| {
                 let wanted = (r * sum_root / REFINE_TARGET).ceil() as usize;
                 let now = pairs_now[k];
-                // A re-evaluation redoes the point's Laplace approximation
-                // and draws: worth it only for at least half as many again.
+                // A re-evaluation redoes the point's approximation (Laplace
+                // and its refit) and draws: worth it only for at least half
+                // as many again.
                 let pairs = wanted.max(now + now.div_ceil(2)).min(max_pairs);
                 (now > 0 && wanted > now && pairs > now)
                     .then(|| (k, mix.components[k].theta, pairs))
@@ -778,11 +779,6 @@ pub fn refine(
             .collect();
         tracing::debug!(
             round,
-            ratio,
-            mean = error.mean / TOL_MEAN,
-            sd = error.sd / TOL_SD,
-            prob = error.prob / TOL_PROB,
-            pareto_k = ?error.pareto_k,
             points = chosen.len(),
             of = shares.len(),
             pairs = chosen.iter().map(|c| c.2).sum::<usize>(),
@@ -914,34 +910,11 @@ mod tests {
     /// many pairs at once (the same pairs, summed in another order).
     #[test]
     fn extended_draws_equal_drawing_them_at_once() {
-        use crate::engine::fit::{FitSpec, Method, priors_for};
         use crate::engine::inference::Evaluator;
-        use crate::engine::inference::{GridOptions, McmcOptions};
-        use crate::engine::nongauss::{Draws, LaplaceEvaluator, Likelihood};
-        use crate::engine::spec::{Direction, Family, Mid, ModelSpec};
+        use crate::engine::nongauss::{Draws, LaplaceEvaluator, Likelihood, test_priors};
+        use crate::engine::spec::Family;
         let series = crate::engine::generate::family_series(Family::Poisson, 60, 2);
-        let model = ModelSpec {
-            family: Family::Poisson,
-            trials: None,
-            direction: Direction::Lower,
-            mid: Mid::new(Family::Poisson, 1.2),
-            scale: None,
-            priors: Default::default(),
-        };
-        let spec = FitSpec {
-            model: &model,
-            arm_keys: vec!["a".into(), "b".into()],
-            run_in_sd: None,
-            method: Method::Grid,
-            seed: 5,
-            mcmc: McmcOptions::default(),
-            grid: GridOptions::default(),
-            dropped: Vec::new(),
-            path: false,
-            intervals: false,
-            device: None,
-        };
-        let (priors, _) = priors_for(&series, &spec).unwrap();
+        let (priors, _) = test_priors(&series, Family::Poisson);
         let ev =
             LaplaceEvaluator::new(&series, &priors, Likelihood::Poisson, 8, 5, Draws::PerPoint);
         let theta = ev.start();

@@ -5,9 +5,10 @@
 //! The latent path is still linear-Gaussian, so for fixed hyperparameters
 //! the posterior of `(b, x)` is approximated by a Gaussian model with
 //! pseudo-observations (the Laplace approximation, found by iterated Kalman
-//! smoothing: Newton steps on the joint mode), and then corrected by
-//! importance sampling from that Gaussian (the approach of the bssm R
-//! package): with `(b, x)_s` drawn from the approximating posterior and
+//! smoothing: Newton steps on the joint mode), refitted to the likelihood
+//! over its own draws (efficient importance sampling, [`efficient`]), and
+//! then corrected by importance sampling from that Gaussian (the approach
+//! of the bssm R package): with `(b, x)_s` drawn from the approximating posterior and
 //! `log w_s = sum_i [log p(y_i | eta_si) - log N(y~_i; eta_si, H_i)]`,
 //! `p(y | phi) = p_g(y~ | phi) E_g[w]` exactly, so the likelihood estimate is
 //! unbiased and the weighted draws target the exact posterior of `b`.
@@ -484,7 +485,8 @@ fn logit(p: f64) -> f64 {
 }
 
 /// The Gaussian approximating model: at the joint mode (Laplace), or
-/// refitted over its own draws ([`efficient`]), which keeps the mode.
+/// refitted over its own draws ([`efficient`]), whose `eta` is still
+/// Laplace's mode (its filter's `b_mean` no longer is).
 #[derive(Debug, Clone)]
 pub struct Approximation {
     /// Pseudo-observations `y~`.
@@ -541,7 +543,7 @@ fn laplace_planned(
     for _ in 0..200 {
         for i in 0..n {
             let (d1, d2) = lik.derivatives(series.y[i], eta[i]);
-            let var = (-1.0 / d2).clamp(1e-8, 1e8);
+            let var = noise_variance(-1.0 / d2);
             noise[i] = var;
             pseudo[i] = eta[i] + var * d1;
         }
@@ -893,13 +895,22 @@ fn importance_sums(
     Some(sums)
 }
 
+/// A pseudo-observation's noise variance kept within `[1e-8, 1e8]`: a
+/// likelihood nearly flat or nearly exact at an observation must not make
+/// the filter's arithmetic overflow.
+fn noise_variance(v: f64) -> f64 {
+    v.clamp(1e-8, 1e8)
+}
+
 /// Antithetic pairs each iteration of [`efficient`] regresses on.
 const EIS_PAIRS: usize = 8;
 /// Iterations of [`efficient`].
 const EIS_ITERATIONS: usize = 2;
-/// The seed of [`efficient`]'s draws (the same at every point: the
-/// proposal is then a smooth, deterministic function of the point).
-const EIS_SEED: u64 = 0x0e15;
+/// Mixed with the fit's seed into the seed of [`efficient`]'s draws: the
+/// same draws at every point (the proposal is then a smooth, deterministic
+/// function of the point), never those of the importance sums themselves,
+/// which come from the fit's seed (common draws) or the point's.
+const EIS_SALT: u64 = 0x0e15_0e15_0e15_0e15;
 
 /// Efficient importance sampling (Richard & Zhang 2007; in the
 /// pseudo-observation form of Koopman, Lit & Nguyen 2019): each
@@ -908,17 +919,20 @@ const EIS_SEED: u64 = 0x0e15;
 /// proposal itself, instead of matching its curvature at the mode
 /// (Laplace). The proposal then fits the likelihood where the posterior
 /// lies, not only at its peak, and the importance weights' variance falls.
+/// `normals` holds [`EIS_PAIRS`] pairs' worth. Where a Cholesky factor or a
+/// filter fails the proposal stays as it was (a rare jump in an otherwise
+/// smooth function of the point).
 fn efficient(
     series: &Series,
     plan: &FilterPlan,
     lik: Likelihood,
     h: &Hyper,
     priors: &Priors,
+    normals: &Normals,
     mut approx: Approximation,
 ) -> Approximation {
     let n = series.y.len();
     let p = series.n_static();
-    let normals = Normals::new(EIS_PAIRS, p, n, EIS_SEED);
     let terms = lik.obs_terms(&series.y);
     let mut pairs: Vec<[Vec<f64>; 2]> = vec![[vec![0.0; n], vec![0.0; n]]; EIS_PAIRS];
     let mut kernels: Vec<Vec<f64>> = vec![vec![0.0; n]; 2 * EIS_PAIRS];
@@ -999,7 +1013,7 @@ fn gaussian_terms(etas: &[&[f64]], l: &[&[f64]], pseudo: &mut [f64], noise: &mut
         let c2 = (a * (c * t2 - t1 * d) - b * (b * t2 - t1 * c) + t0 * (b * d - c * c)) / det;
         let curves_down = c2 < 0.0 && c1.is_finite();
         if curves_down {
-            let var = (-0.5 / c2).clamp(1e-8, 1e8);
+            let var = noise_variance(-0.5 / c2);
             noise[i] = var;
             pseudo[i] = m[i] + c1 * var;
         }
@@ -1021,7 +1035,7 @@ fn output_of(mut sums: ImportanceSums, approx: &Approximation) -> FilterOutput {
     let (log_lik, mean, cov) = sums.estimate();
     let cov = nalgebra::DMatrix::from_row_slice(p, p, &cov);
     // Few draws can give a covariance that is not positive definite; the
-    // Laplace covariance is then the better estimate of the spread.
+    // approximating Gaussian's is then the better estimate of the spread.
     let b_cov = if cov.clone().cholesky().is_some() {
         cov
     } else {
@@ -1045,8 +1059,9 @@ fn laplace_log_lik(series: &Series, lik: Likelihood, approx: &Approximation) -> 
     approx.filter.log_lik + weights_at.log_weight(lik, series, approx, &approx.eta)
 }
 
-/// The evaluator for the non-Gaussian families: Laplace approximation plus
-/// importance-sampling correction at each `theta` (three free coordinates,
+/// The evaluator for the non-Gaussian families: Laplace approximation,
+/// refitted ([`efficient`]), plus importance-sampling correction at each
+/// `theta` (three free coordinates,
 /// as there is no `sigma_y`; four for beta, whose fourth is `ln phi`).
 pub struct LaplaceEvaluator<'a> {
     series: &'a Series,
@@ -1058,6 +1073,8 @@ pub struct LaplaceEvaluator<'a> {
     seed: u64,
     /// The normals every point shares under [`Draws::Common`].
     common: Option<Normals>,
+    /// The normals of [`efficient`]'s draws, the same at every point.
+    eis: Normals,
     /// The Laplace mode of `eta` at the search's start (the prior centre),
     /// where every point's Newton steps start: a smoothed fit of the data,
     /// nearer every point's mode than the raw link values (a 365-day beta
@@ -1089,6 +1106,12 @@ impl<'a> LaplaceEvaluator<'a> {
             pairs,
             seed,
             common,
+            eis: Normals::new(
+                EIS_PAIRS,
+                series.n_static(),
+                series.y.len(),
+                mix64(seed ^ EIS_SALT),
+            ),
             warm_start: None,
             plan: FilterPlan::of(series),
         };
@@ -1129,8 +1152,8 @@ impl<'a> LaplaceEvaluator<'a> {
     }
 
     /// `e` (an evaluation of this evaluator's, with per-point draws) with
-    /// its draws extended to `pairs` pairs: the Laplace approximation is
-    /// made again (it is deterministic), only the new pairs are drawn, and
+    /// its draws extended to `pairs` pairs: the proposal is made again (it
+    /// is deterministic, its own draws fixed), only the new pairs are drawn, and
     /// their sums are merged with the old ones. The same as
     /// [`Self::eval_with_pairs`] at `pairs`, at the cost of the new pairs.
     pub fn extend(&self, e: &Eval, pairs: usize) -> Option<Eval> {
@@ -1183,7 +1206,15 @@ impl<'a> LaplaceEvaluator<'a> {
     /// ([`efficient`]): what the importance draws come from.
     fn proposal(&self, theta: &Theta) -> Option<(Theta, Likelihood, Hyper, Approximation)> {
         let (theta, likelihood, h, approx) = self.approximate(theta)?;
-        let approx = efficient(self.series, &self.plan, likelihood, &h, self.priors, approx);
+        let approx = efficient(
+            self.series,
+            &self.plan,
+            likelihood,
+            &h,
+            self.priors,
+            &self.eis,
+            approx,
+        );
         Some((theta, likelihood, h, approx))
     }
 
@@ -1247,9 +1278,93 @@ impl Evaluator for LaplaceEvaluator<'_> {
     }
 }
 
+/// The fit's own priors of `series` for `family` (binomial: of 7 trials)
+/// and its likelihood, for tests that build an evaluator.
+#[cfg(test)]
+pub(crate) fn test_priors(
+    series: &Series,
+    family: crate::engine::spec::Family,
+) -> (Priors, Likelihood) {
+    use crate::engine::fit::{FitSpec, Method, likelihood_of, priors_for};
+    use crate::engine::inference::{GridOptions, McmcOptions};
+    use crate::engine::spec::{Direction, Family, Mid, ModelSpec};
+    let model = ModelSpec {
+        family,
+        trials: (family == Family::Binomial).then_some(7),
+        direction: Direction::Higher,
+        mid: Mid::new(family, 1.2),
+        scale: None,
+        priors: Default::default(),
+    };
+    let spec = FitSpec {
+        model: &model,
+        arm_keys: vec!["a".into(), "b".into()],
+        run_in_sd: None,
+        method: Method::Grid,
+        seed: 5,
+        mcmc: McmcOptions::default(),
+        grid: GridOptions::default(),
+        dropped: Vec::new(),
+        path: false,
+        intervals: false,
+        device: None,
+    };
+    let (priors, _) = priors_for(series, &spec).expect("the test series has priors");
+    let lik = likelihood_of(&model)
+        .expect("a known family")
+        .expect("not gaussian");
+    (priors, lik)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each observation's kernel is its log density less a term free of
+    /// `eta`, sums to [`Likelihood::sum_log_kernel`], and the logit
+    /// families' vectorised kernels have the scalar ones' bits.
+    #[test]
+    fn per_observation_kernels_are_the_log_densities_less_constants() {
+        let cases = [
+            (Likelihood::Poisson, vec![0.0, 3.0, 7.0]),
+            (Likelihood::Bernoulli, vec![0.0, 1.0, 1.0]),
+            (Likelihood::Binomial(7), vec![0.0, 2.0, 7.0]),
+            (Likelihood::Beta(12.0), vec![0.05, 0.5, 0.93]),
+        ];
+        for (lik, y) in cases {
+            let terms = lik.obs_terms(&y);
+            let (mut out, mut scratch) = (Vec::new(), Vec::new());
+            let mut offsets: Vec<Option<f64>> = vec![None; y.len()];
+            for eta in [-30.0, -2.5, -0.1, 0.0, 0.4, 3.0, 30.0] {
+                let etas = vec![eta; y.len()];
+                lik.log_kernels(&y, &etas, &terms, &mut out);
+                let sum = lik.sum_log_kernel(&y, &etas, &terms, &mut scratch);
+                let total: f64 = out.iter().sum();
+                assert!(
+                    (total - sum).abs() < 1e-9 * (1.0 + sum.abs()),
+                    "{lik:?} {eta}"
+                );
+                for (i, offset) in offsets.iter_mut().enumerate() {
+                    let d = lik.log_density(y[i], eta) - out[i];
+                    let first = *offset.get_or_insert(d);
+                    // Relative to the kernel's size: e^30 leaves ~1e-3 of rounding.
+                    let tolerance = 1e-9 * (1.0 + out[i].abs());
+                    assert!((d - first).abs() < tolerance, "{lik:?} {eta}");
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            let eta: Vec<f64> = (0..37).map(|i| -20.0 + 1.1 * f64::from(i)).collect();
+            let y: Vec<f64> = (0..37).map(|i| f64::from(i % 8)).collect();
+            let (mut scalar, mut vector) = (vec![0.0; 37], vec![0.0; 37]);
+            logit_kernels(&y, &eta, 7.0, &mut scalar);
+            // SAFETY: the CPU has AVX2, checked just above.
+            unsafe { logit_kernels_avx2(&y, &eta, 7.0, &mut vector) };
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&scalar), bits(&vector));
+        }
+    }
 
     #[test]
     fn a_gaussian_term_is_recovered_from_its_own_log_density() {
@@ -1283,9 +1398,7 @@ mod tests {
     /// efficient one's seeds spread less.
     #[test]
     fn the_efficient_proposal_estimates_the_same_likelihood_with_less_spread() {
-        use crate::engine::fit::{FitSpec, Method, priors_for};
-        use crate::engine::inference::{GridOptions, McmcOptions};
-        use crate::engine::spec::{Direction, Family, Mid, ModelSpec};
+        use crate::engine::spec::Family;
         for family in [
             Family::Poisson,
             Family::Bernoulli,
@@ -1293,29 +1406,7 @@ mod tests {
             Family::Beta,
         ] {
             let series = crate::engine::generate::family_series(family, 168, 4);
-            let model = ModelSpec {
-                family,
-                trials: (family == Family::Binomial).then_some(7),
-                direction: Direction::Higher,
-                mid: Mid::new(family, 1.2),
-                scale: None,
-                priors: Default::default(),
-            };
-            let spec = FitSpec {
-                model: &model,
-                arm_keys: vec!["a".into(), "b".into()],
-                run_in_sd: None,
-                method: Method::Grid,
-                seed: 5,
-                mcmc: McmcOptions::default(),
-                grid: GridOptions::default(),
-                dropped: Vec::new(),
-                path: false,
-                intervals: false,
-                device: None,
-            };
-            let (priors, _) = priors_for(&series, &spec).unwrap();
-            let lik = crate::engine::fit::likelihood_of(&model).unwrap().unwrap();
+            let (priors, lik) = test_priors(&series, family);
             let ev = LaplaceEvaluator::new(
                 &series,
                 &priors,
@@ -1325,7 +1416,15 @@ mod tests {
                 Draws::PerPoint,
             );
             let (_, lik, h, laplace) = ev.approximate(&ev.start()).unwrap();
-            let eis = efficient(&series, &ev.plan, lik, &h, &priors, laplace.clone());
+            let eis = efficient(
+                &series,
+                &ev.plan,
+                lik,
+                &h,
+                &priors,
+                &ev.eis,
+                laplace.clone(),
+            );
             let estimates = |approx: &Approximation| -> (Vec<f64>, Vec<f64>) {
                 (0..16u64)
                     .map(|seed| {
