@@ -3,10 +3,14 @@
 //! is uniform and the 50%/90% intervals cover at their nominal rates. The
 //! full runs are `nof1d bench sbc --family F` (see bench/README.md).
 
-use nof1d::engine::spec::Family;
+use nof1d::engine::spec::{Family, NoiseModel};
 
 fn check(family: Family, reps: usize, seed: u64) {
-    let r = nof1d::cli::bench::sbc(family, reps, 56, seed, false);
+    check_noise(family, NoiseModel::Normal, reps, seed);
+}
+
+fn check_noise(family: Family, noise: NoiseModel, reps: usize, seed: u64) {
+    let r = nof1d::cli::bench::sbc(family, noise, reps, 56, seed, false);
     assert!(r.replications + r.failed >= reps, "{r:?}");
     assert!(r.failed * 50 <= reps, "more than 2% of fits failed: {r:?}");
     let n = r.replications as f64;
@@ -15,18 +19,18 @@ fn check(family: Family, reps: usize, seed: u64) {
     let sd50 = (0.5 * 0.5 / n).sqrt();
     assert!(
         (r.coverage90 - 0.9).abs() < 3.0 * sd90,
-        "{family:?}: 90% coverage {}",
+        "{family:?} {noise:?}: 90% coverage {}",
         r.coverage90
     );
     assert!(
         (r.coverage50 - 0.5).abs() < 3.0 * sd50,
-        "{family:?}: 50% coverage {}",
+        "{family:?} {noise:?}: 50% coverage {}",
         r.coverage50
     );
     // Ranks uniform: chi-square with 9 df exceeds 27.88 with probability 0.001.
     assert!(
         r.chi_square < 27.88,
-        "{family:?}: ranks {:?}, chi2 {}",
+        "{family:?} {noise:?}: ranks {:?}, chi2 {}",
         r.rank_histogram,
         r.chi_square
     );
@@ -35,6 +39,11 @@ fn check(family: Family, reps: usize, seed: u64) {
 #[test]
 fn gaussian_fit_is_calibrated() {
     check(Family::Gaussian, 200, 20261125);
+}
+
+#[test]
+fn student_t_noise_fit_is_calibrated() {
+    check_noise(Family::Gaussian, NoiseModel::StudentT, 100, 20261206);
 }
 
 #[test]

@@ -907,9 +907,20 @@ pub fn render(a: &Analysis, verbose: bool) -> String {
         "  onset/washout half-life ~ LogNormal(ln {:.3}, {:.3}) days",
         h.half_life_median_days, h.half_life_log_sd
     );
-    // The fourth hyperparameter: the gaussian noise sd, beta's precision;
+    // The fourth hyperparameter: the gaussian noise sd (or Student-t
+    // scale), beta's precision;
     // the other families have none.
     match f.family {
+        crate::engine::spec::Family::Gaussian
+            if f.noise == crate::engine::spec::NoiseModel::StudentT =>
+        {
+            let _ = writeln!(
+                out,
+                "  noise scale ~ HalfNormal({:.3}); errors Student-t, {} degrees of freedom",
+                h.noise_sd_scale,
+                crate::engine::spec::STUDENT_T_DF
+            );
+        }
         crate::engine::spec::Family::Gaussian => {
             let _ = writeln!(out, "  noise sd ~ HalfNormal({:.3})", h.noise_sd_scale);
         }
@@ -941,6 +952,7 @@ pub fn ad_hoc_outcome(
         mid_natural: None,
         scale: None,
         trials: None,
+        noise: Default::default(),
         self_report: None,
         priors: Default::default(),
     }

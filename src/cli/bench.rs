@@ -14,7 +14,7 @@ use crate::engine::inference::{GridOptions, McmcOptions};
 use crate::engine::model::{
     FilterPlan, Hyper, LANES, StaticPrior, augmented_filter_batch, augmented_filter_planned,
 };
-use crate::engine::spec::{Family, ModelSpec};
+use crate::engine::spec::{Family, ModelSpec, NoiseModel};
 
 /// One line of the engine benchmark.
 #[derive(Debug, Serialize)]
@@ -221,9 +221,11 @@ pub struct McCheck {
 /// the 50%/90% intervals must cover at their nominal rates.
 /// With `mc_check` (non-gaussian families) each replication is fitted a
 /// second time with another seed, to set the fits' own Monte Carlo error
-/// estimate against the spread it estimates ([`McCheck`]).
+/// estimate against the spread it estimates ([`McCheck`]). `noise`
+/// (gaussian only) draws and fits Student-t errors instead of normal ones.
 pub fn sbc(
     family: Family,
+    noise: NoiseModel,
     replications: usize,
     days: usize,
     seed: u64,
@@ -233,7 +235,10 @@ pub fn sbc(
     use rand_chacha::ChaCha20Rng;
     use rand_distr::{Distribution, StandardNormal};
 
-    let outcome = sbc_outcome(family);
+    let outcome = sbc_outcome(family, noise);
+    let student_t = noise == NoiseModel::StudentT;
+    let t_errors = rand_distr::StudentT::new(crate::engine::spec::STUDENT_T_DF)
+        .unwrap_or_else(|e| panic!("Student-t of fixed degrees of freedom: {e}"));
     let hp = &outcome.priors;
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let normal = |rng: &mut ChaCha20Rng| -> f64 { StandardNormal.sample(rng) };
@@ -260,7 +265,8 @@ pub fn sbc(
             lambda,
             sigma_x: drift_sd * (2.0 * lambda).sqrt(),
             kappa: std::f64::consts::LN_2 / half_life,
-            sigma_y,
+            // Student-t errors are added below, at the same scale.
+            sigma_y: if student_t { 0.0 } else { sigma_y },
         };
         let arms: Vec<usize> = {
             let order = crate::trial::design::block_orders(
@@ -280,6 +286,9 @@ pub fn sbc(
         let precision = (20.0f64.ln() + normal(&mut rng)).exp();
         for p in pts.iter_mut() {
             p.y = draw(family, outcome.trials, precision, p.y, &mut rng);
+            if student_t {
+                p.y += sigma_y * t_errors.sample(&mut rng);
+            }
         }
         let series = daily_series(&pts, &arms);
         let spec = FitSpec {
@@ -312,7 +321,7 @@ pub fn sbc(
             not_converged += 1;
         }
         let e = &report.effects[0];
-        if mc_check && family != Family::Gaussian {
+        if mc_check && (family != Family::Gaussian || student_t) {
             let again = FitSpec {
                 seed: rep as u64 + 1_000_000,
                 intervals: false,
@@ -385,7 +394,7 @@ pub fn sbc(
 
 /// The outcome used by SBC: explicit priors, so that the prior does not
 /// depend on the data (scale 1; the link scale for the non-gaussian families).
-pub fn sbc_outcome(family: Family) -> ModelSpec {
+pub fn sbc_outcome(family: Family, noise: NoiseModel) -> ModelSpec {
     let (name, baseline, mid, trials) = match family {
         Family::Gaussian => ("gaussian", "{ mean = 0.0, sd = 2.0 }", 0.5, ""),
         Family::Poisson => ("poisson", "{ mean = 1.0, sd = 0.5 }", 1.25, ""),
@@ -393,8 +402,12 @@ pub fn sbc_outcome(family: Family) -> ModelSpec {
         Family::Binomial => ("binomial", "{ mean = -0.5, sd = 0.5 }", 1.25, "trials = 5"),
         Family::Beta => ("beta", "{ mean = 0.0, sd = 1.0 }", 1.25, ""),
     };
+    let noise = match noise {
+        NoiseModel::Normal => "",
+        NoiseModel::StudentT => "noise = \"student_t\"",
+    };
     let text = format!(
-        "stream = \"y\"\nfamily = \"{name}\"\ndirection = \"higher\"\nmid = {mid}\nscale = 1.0\naggregation = \"last\"\n{trials}\n[priors]\nbaseline = {baseline}\neffect = {{ mean = 0.0, sd = 1.0 }}\ndrift_sd_scale = 0.5\n"
+        "stream = \"y\"\nfamily = \"{name}\"\n{noise}\ndirection = \"higher\"\nmid = {mid}\nscale = 1.0\naggregation = \"last\"\n{trials}\n[priors]\nbaseline = {baseline}\neffect = {{ mean = 0.0, sd = 1.0 }}\ndrift_sd_scale = 0.5\n"
     );
     // A fixed, valid literal: parsing cannot fail.
     toml::from_str::<crate::trial::protocol::Outcome>(&text)

@@ -80,6 +80,10 @@ enum Command {
         /// Without a protocol: trials per observation (binomial family).
         #[arg(long)]
         trials: Option<u32>,
+        /// Without a protocol, gaussian family: the measurement error,
+        /// `normal` or `student_t` (robust to outlying days, slower).
+        #[arg(long, default_value = "normal")]
+        noise: String,
         /// Without a protocol: `higher` or `lower` is better (default higher,
         /// said in a note).
         #[arg(long)]
@@ -422,6 +426,9 @@ enum BenchCommand {
         /// gaussian, poisson, bernoulli, binomial or beta.
         #[arg(long, default_value = "gaussian")]
         family: String,
+        /// Gaussian family: `normal` or `student_t` measurement error.
+        #[arg(long, default_value = "normal")]
+        noise: String,
         /// Replications (1 to 1,000,000).
         #[arg(long, default_value_t = 1000, value_parser = trials_count)]
         reps: usize,
@@ -575,6 +582,26 @@ fn finite(s: &str) -> Result<f64, String> {
     }
 }
 
+/// `--noise` for `family`: `normal` or `student_t`, the latter for the
+/// gaussian family only.
+fn noise_model(
+    noise: &str,
+    family: crate::engine::spec::Family,
+) -> anyhow::Result<crate::engine::spec::NoiseModel> {
+    use crate::engine::spec::{Family, NoiseModel};
+    let model = match noise {
+        "normal" => NoiseModel::Normal,
+        "student_t" => NoiseModel::StudentT,
+        other => anyhow::bail!("--noise {other:?}: use normal or student_t"),
+    };
+    if model != NoiseModel::Normal && family != Family::Gaussian {
+        anyhow::bail!(
+            "--noise {noise}: only the gaussian family has a noise model (the others' variation comes from their own distribution)"
+        );
+    }
+    Ok(model)
+}
+
 /// A count of virtual trials or repetitions: 1 to [`limits::MAX_SIMULATED_TRIALS`].
 fn trials_count(s: &str) -> Result<usize, String> {
     let n: usize = s.parse().map_err(|e| format!("{e}"))?;
@@ -711,6 +738,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             family,
             mid,
             trials,
+            noise,
             direction,
             time_col,
             arm_col,
@@ -767,6 +795,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     };
                     let mut outcome = crate::cli::analyze::ad_hoc_outcome(family, direction, mid);
                     outcome.trials = *trials;
+                    outcome.noise = noise_model(noise, family)?;
                     (outcome, None, comparator)
                 }
             };
@@ -933,6 +962,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command:
                 BenchCommand::Sbc {
                     family,
+                    noise,
                     reps,
                     days,
                     seed,
@@ -951,7 +981,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &Config::default(),
                 cli.log_level.as_deref().or(Some("warn")),
             );
-            let r = crate::cli::bench::sbc(family, *reps, *days, *seed, *mc_check);
+            let noise = noise_model(noise, family)?;
+            let r = crate::cli::bench::sbc(family, noise, *reps, *days, *seed, *mc_check);
             println!("{}", serde_json::to_string(&r)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -1020,7 +1051,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 || std::thread::available_parallelism().map_or(1, |n| n.get()),
                 usize::from,
             );
-            let chosen = if p.outcome.family == crate::engine::spec::Family::Gaussian {
+            let chosen = if p.outcome.fits_by_filter() {
                 crate::engine::gpu::choose(
                     *backend,
                     crate::engine::gpu::Workload::Trials { trials: *trials },
@@ -1028,7 +1059,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 crate::engine::gpu::Chosen {
                     device: None,
-                    line: "on the CPU: the GPU evaluates the gaussian family only".into(),
+                    line: "on the CPU: the GPU evaluates the gaussian family with normal noise only"
+                        .into(),
                 }
             };
             eprintln!("nof1d simulate: refits {}", chosen.line);

@@ -35,6 +35,7 @@ use crate::engine::model::{
     FilterOutput, FilterPlan, Hyper, MAX_ARMS, ModelError, Series, augmented_filter_planned,
     design_rows, smoothed_drift_with,
 };
+use crate::engine::spec::STUDENT_T_DF;
 use crate::engine::vecmath;
 
 /// A non-Gaussian observation model.
@@ -49,6 +50,16 @@ pub enum Likelihood {
     /// Proportions in (0, 1), logit link of the mean, with precision `phi`:
     /// `y ~ Beta(mu phi, (1 - mu) phi)`.
     Beta(f64),
+    /// Continuous, identity link, Student-t errors of scale `sigma_y` and
+    /// [`STUDENT_T_DF`] degrees of freedom: `y = eta + sigma_y e`.
+    StudentT(f64),
+}
+
+/// The Student-t log kernel of a residual `r` at scale `sigma`, less its
+/// constant: `-(nu + 1)/2 ln(1 + r^2 / (nu sigma^2))`.
+fn student_t_kernel(r: f64, sigma: f64) -> f64 {
+    let nu = STUDENT_T_DF;
+    -0.5 * (nu + 1.0) * (r * r / (nu * sigma * sigma)).ln_1p()
 }
 
 fn sigmoid(x: f64) -> f64 {
@@ -92,6 +103,15 @@ impl Likelihood {
                     .map(|&y| statrs::function::factorial::ln_binomial(u64::from(n), y as u64))
                     .sum()
             }
+            Likelihood::StudentT(sigma) => {
+                // ln Gamma((nu+1)/2) - ln Gamma(nu/2) - ln(nu pi)/2 - ln sigma.
+                let nu = STUDENT_T_DF;
+                terms.constant = y.len() as f64
+                    * (ln_gamma(0.5 * (nu + 1.0))
+                        - ln_gamma(0.5 * nu)
+                        - 0.5 * (nu * std::f64::consts::PI).ln()
+                        - sigma.ln());
+            }
             Likelihood::Beta(phi) => {
                 terms.constant = y.len() as f64 * ln_gamma(phi);
                 terms.ln_y = y.iter().map(|y| y.ln()).collect();
@@ -120,6 +140,13 @@ impl Likelihood {
                 return sum_beta_kernels(eta, &terms.ln_y, &terms.ln_1m_y, phi, scratch);
             }
             Likelihood::Poisson => return y.iter().zip(eta).map(|(&y, &e)| y * e - e.exp()).sum(),
+            Likelihood::StudentT(sigma) => {
+                return y
+                    .iter()
+                    .zip(eta)
+                    .map(|(&y, &e)| student_t_kernel(y - e, sigma))
+                    .sum();
+            }
         };
         let mut sum = 0.0;
         let mut product = 1.0;
@@ -147,6 +174,15 @@ impl Likelihood {
             Likelihood::Poisson => {
                 out.clear();
                 out.extend(y.iter().zip(eta).map(|(&y, &e)| y * e - e.exp()));
+                return;
+            }
+            Likelihood::StudentT(sigma) => {
+                out.clear();
+                out.extend(
+                    y.iter()
+                        .zip(eta)
+                        .map(|(&y, &e)| student_t_kernel(y - e, sigma)),
+                );
                 return;
             }
         };
@@ -196,6 +232,21 @@ impl Likelihood {
                 let observed = fisher - phi * dmu * (1.0 - 2.0 * mu) * residual;
                 (score, -observed.max(0.25 * fisher))
             }
+            Likelihood::StudentT(sigma) => {
+                // With q = nu s^2 + r^2: the score (nu + 1) r / q and the
+                // observed information (nu + 1)(nu s^2 - r^2) / q^2, which
+                // turns negative beyond |r| = sqrt(nu) s (the density is not
+                // log-concave); floored as beta's is, at a quarter of the
+                // Fisher information (nu + 1) / ((nu + 3) s^2).
+                let nu = STUDENT_T_DF;
+                let r = y - eta;
+                let s2 = nu * sigma * sigma;
+                let q = s2 + r * r;
+                let score = (nu + 1.0) * r / q;
+                let observed = (nu + 1.0) * (s2 - r * r) / (q * q);
+                let fisher = (nu + 1.0) / ((nu + 3.0) * sigma * sigma);
+                (score, -observed.max(0.25 * fisher))
+            }
         }
     }
 
@@ -207,6 +258,7 @@ impl Likelihood {
                 Likelihood::Bernoulli => v == 0.0 || v == 1.0,
                 Likelihood::Binomial(n) => v >= 0.0 && v.fract() == 0.0 && v <= f64::from(n),
                 Likelihood::Beta(_) => v > 0.0 && v < 1.0,
+                Likelihood::StudentT(_) => v.is_finite(),
             };
             if !ok {
                 let what = match self {
@@ -214,6 +266,7 @@ impl Likelihood {
                     Likelihood::Bernoulli => "0 or 1".to_string(),
                     Likelihood::Binomial(n) => format!("a whole number from 0 to {n}"),
                     Likelihood::Beta(_) => "a proportion strictly between 0 and 1".to_string(),
+                    Likelihood::StudentT(_) => "a finite number".to_string(),
                 };
                 return Err(ModelError::Input(format!(
                     "observation {} is {v}, but the family needs {what}",
@@ -233,6 +286,7 @@ impl Likelihood {
             Likelihood::Bernoulli => logit(mean.clamp(0.01, 0.99)),
             Likelihood::Binomial(n) => logit((mean / f64::from(n.max(1))).clamp(0.01, 0.99)),
             Likelihood::Beta(_) => logit(mean.clamp(0.01, 0.99)),
+            Likelihood::StudentT(_) => mean,
         }
     }
 }
@@ -245,6 +299,7 @@ impl Likelihood {
             Likelihood::Bernoulli => logit((y + 0.5) / 2.0),
             Likelihood::Binomial(n) => logit((y + 0.5) / (f64::from(n) + 1.0)),
             Likelihood::Beta(_) => logit(y.clamp(0.01, 0.99)),
+            Likelihood::StudentT(_) => y,
         }
     }
 }
@@ -1065,7 +1120,8 @@ fn laplace_log_lik(series: &Series, lik: Likelihood, approx: &Approximation) -> 
 /// The evaluator for the non-Gaussian families: Laplace approximation,
 /// refitted ([`efficient`]), plus importance-sampling correction at each
 /// `theta` (three free coordinates,
-/// as there is no `sigma_y`; four for beta, whose fourth is `ln phi`).
+/// as there is no `sigma_y`; four for beta, whose fourth is `ln phi`, and
+/// for Student-t, whose fourth is `ln sigma_y` as in the gaussian filter).
 pub struct LaplaceEvaluator<'a> {
     series: &'a Series,
     priors: &'a Priors,
@@ -1188,8 +1244,8 @@ impl<'a> LaplaceEvaluator<'a> {
         self.pairs
     }
 
-    /// The family at `theta` (beta's precision is its fourth coordinate),
-    /// with `theta[3]` zeroed where it is not free.
+    /// The family at `theta` (beta's precision and Student-t's scale are
+    /// its fourth coordinate), with `theta[3]` zeroed where it is not free.
     fn at(&self, theta: &Theta) -> Option<(Theta, Likelihood, Hyper)> {
         if !theta_in_range(theta, self.dims()) {
             return None;
@@ -1197,6 +1253,7 @@ impl<'a> LaplaceEvaluator<'a> {
         let mut theta = *theta;
         let likelihood = match self.likelihood {
             Likelihood::Beta(_) => Likelihood::Beta(theta[3].exp()),
+            Likelihood::StudentT(_) => Likelihood::StudentT(theta[3].exp()),
             other => {
                 theta[3] = 0.0;
                 other
@@ -1230,8 +1287,12 @@ impl<'a> LaplaceEvaluator<'a> {
         Some((theta, likelihood, h, approx))
     }
 
-    /// The log prior of the free coordinates.
+    /// The log prior of the free coordinates: Student-t's scale has the
+    /// gaussian noise sd's prior.
     fn log_prior(&self, theta: &Theta) -> f64 {
+        if matches!(self.likelihood, Likelihood::StudentT(_)) {
+            return log_prior(theta, &self.priors.hyper, 4);
+        }
         let mut lp = log_prior(theta, &self.priors.hyper, 3);
         if self.dims() == 4 {
             // phi ~ LogNormal(ln precision_median, precision_log_sd), on ln phi.
@@ -1245,16 +1306,17 @@ impl<'a> LaplaceEvaluator<'a> {
 
 impl Evaluator for LaplaceEvaluator<'_> {
     fn dims(&self) -> usize {
-        if matches!(self.likelihood, Likelihood::Beta(_)) {
-            4
-        } else {
-            3
+        match self.likelihood {
+            Likelihood::Beta(_) | Likelihood::StudentT(_) => 4,
+            _ => 3,
         }
     }
 
     fn start(&self) -> Theta {
         let mut t = prior_center(&self.priors.hyper);
-        t[3] = self.priors.hyper.precision_median.ln();
+        if !matches!(self.likelihood, Likelihood::StudentT(_)) {
+            t[3] = self.priors.hyper.precision_median.ln();
+        }
         t
     }
 
@@ -1294,6 +1356,7 @@ pub(crate) fn test_priors(
     let model = ModelSpec {
         family,
         trials: (family == Family::Binomial).then_some(7),
+        noise: Default::default(),
         direction: Direction::Higher,
         mid: Mid::new(family, 1.2),
         scale: None,
@@ -1333,6 +1396,7 @@ mod tests {
             (Likelihood::Bernoulli, vec![0.0, 1.0, 1.0]),
             (Likelihood::Binomial(7), vec![0.0, 2.0, 7.0]),
             (Likelihood::Beta(12.0), vec![0.05, 0.5, 0.93]),
+            (Likelihood::StudentT(0.8), vec![-40.0, 0.5, 3.0]),
         ];
         for (lik, y) in cases {
             let terms = lik.obs_terms(&y);
@@ -1587,5 +1651,46 @@ mod tests {
         assert!(e.contains("observation 3 is 2"), "{e}");
         assert!(Likelihood::Poisson.check(&[0.0, 1.5]).is_err());
         assert!(Likelihood::Binomial(3).check(&[4.0]).is_err());
+        let e = Likelihood::StudentT(1.0)
+            .check(&[1.5, f64::NAN])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("observation 2") && e.contains("finite"), "{e}");
+    }
+
+    /// The Student-t density is `statrs`' (location `eta`, scale `sigma`,
+    /// `nu` degrees of freedom); its score is a finite difference's; its
+    /// curvature is the observed information near the centre and the
+    /// floor (a quarter of the Fisher information) in the tails, where the
+    /// density stops being log-concave; and an outlier's score fades.
+    #[test]
+    fn student_t_density_score_and_floored_curvature() {
+        use statrs::distribution::{Continuous, StudentsT};
+        let sigma = 1.7;
+        let lik = Likelihood::StudentT(sigma);
+        let reference = StudentsT::new(0.4, sigma, STUDENT_T_DF).unwrap();
+        for y in [-30.0, -2.0, 0.4, 1.1, 5.0] {
+            let ours = lik.log_density(y, 0.4);
+            let theirs = reference.ln_pdf(y);
+            assert!((ours - theirs).abs() < 1e-12, "{y}: {ours} vs {theirs}");
+        }
+        let fisher = (STUDENT_T_DF + 1.0) / ((STUDENT_T_DF + 3.0) * sigma * sigma);
+        let h = 1e-5;
+        for (r, concave) in [(0.0, true), (0.9, true), (-2.5, true), (6.0, false)] {
+            let eta = 0.4;
+            let y = eta + r;
+            let f = |e: f64| lik.log_density(y, e);
+            let d1 = (f(eta + h) - f(eta - h)) / (2.0 * h);
+            let d2 = (f(eta + h) - 2.0 * f(eta) + f(eta - h)) / (h * h);
+            let (a1, a2) = lik.derivatives(y, eta);
+            assert!((a1 - d1).abs() < 1e-6, "{r}: {a1} vs {d1}");
+            if concave && -d2 > 0.25 * fisher {
+                assert!((a2 - d2).abs() < 1e-3, "{r}: {a2} vs {d2}");
+            } else {
+                assert!((a2 + 0.25 * fisher).abs() < 1e-12, "{r}: {a2}");
+            }
+        }
+        let score = |r: f64| lik.derivatives(0.4 + r, 0.4).0;
+        assert!(score(100.0) < 0.1 * score(3.0), "an outlier's pull fades");
     }
 }

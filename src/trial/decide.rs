@@ -549,6 +549,7 @@ mod tests {
     fn report(effects: Vec<EffectSummary>, converged: bool) -> FitReport {
         FitReport {
             family: Family::Gaussian,
+            noise: Default::default(),
             observations: 50,
             effects,
             baseline: [0.0, 1.0],

@@ -18,7 +18,9 @@ use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::engine::spec::{Direction, Family, Mid, ModelSpec, NormalPrior, PriorOverrides};
+use crate::engine::spec::{
+    Direction, Family, Mid, ModelSpec, NoiseModel, NormalPrior, PriorOverrides,
+};
 use crate::trial::calendar::parse_hhmm;
 
 /// Mixed into a trial's seed for the stream its blinded codes are drawn
@@ -205,6 +207,11 @@ pub struct Outcome {
     pub scale: Option<f64>,
     /// Number of trials per day (binomial only).
     pub trials: Option<u32>,
+    /// Gaussian family: the measurement error's distribution, `normal`
+    /// (default) or `student_t` (robust to outlying days; slower fits and
+    /// calibrations).
+    #[serde(default, skip_serializing_if = "NoiseModel::is_normal")]
+    pub noise: NoiseModel,
     /// When the outcome is a rating the participant gives.
     pub self_report: Option<SelfReport>,
     /// Prior overrides; anything absent takes the design's default.
@@ -238,6 +245,14 @@ impl Outcome {
         }
     }
 
+    /// Whether a fit of this outcome is the exact Kalman filter (gaussian,
+    /// normal noise: milliseconds) rather than importance sampling (the
+    /// other families and Student-t noise: tens to hundreds of
+    /// milliseconds), which sizes its simulations and picks its backend.
+    pub fn fits_by_filter(&self) -> bool {
+        self.family == Family::Gaussian && self.noise == NoiseModel::Normal
+    }
+
     /// The minimal important difference, stated and on the link scale.
     pub fn mid(&self) -> Mid {
         Mid::new(self.family, self.mid).with_natural(self.mid_natural)
@@ -248,6 +263,7 @@ impl Outcome {
         ModelSpec {
             family: self.family,
             trials: self.trials,
+            noise: self.noise,
             direction: self.direction,
             mid: self.mid(),
             scale: self.scale,
@@ -740,6 +756,12 @@ impl Protocol {
                 format!("{path}.trials"),
                 "`trials` is only meaningful for the binomial family",
             ),
+        }
+        if o.noise != NoiseModel::Normal && o.family != Family::Gaussian {
+            v.add(
+                format!("{path}.noise"),
+                "a noise model is only meaningful for the gaussian family (the others' variation comes from their own distribution)",
+            );
         }
         if o.family == Family::Bernoulli
             && matches!(

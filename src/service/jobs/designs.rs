@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
 
-use crate::engine::spec::Family;
 use crate::service::app::AppState;
 use crate::service::store::{CalibrationRow, DesignFailure, DesignSimulationRow, DesignWork};
 use crate::trial::lifecycle::TrialStatus;
@@ -73,13 +72,15 @@ impl DesignBoard {
 }
 
 /// Virtual trials per condition for a proposal's design: `jobs.design_trials`
-/// (400 gives a false-stop rate's standard error near 1 point) for a
-/// gaussian outcome; a twentieth for the slower non-gaussian families (their
-/// larger SE is shown beside the rates).
+/// (400 gives a false-stop rate's standard error near 1 point) for an
+/// outcome the Kalman filter fits exactly; a twentieth for the slower
+/// importance-sampled ones (the non-gaussian families, Student-t noise;
+/// their larger SE is shown beside the rates).
 fn simulation_trials(protocol: &Protocol, configured: usize) -> usize {
-    match protocol.outcome.family {
-        Family::Gaussian => configured.max(1),
-        _ => (configured / 20).max(10),
+    if protocol.outcome.fits_by_filter() {
+        configured.max(1)
+    } else {
+        (configured / 20).max(10)
     }
 }
 
@@ -117,7 +118,7 @@ fn design_device(
     protocol: &Protocol,
     trials: usize,
 ) -> Option<crate::engine::gpu::SharedDevice> {
-    if protocol.outcome.family != crate::engine::spec::Family::Gaussian {
+    if !protocol.outcome.fits_by_filter() {
         return None;
     }
     match crate::engine::gpu::choose(backend, crate::engine::gpu::Workload::Trials { trials }) {
@@ -149,12 +150,13 @@ fn with_device(
 }
 
 /// Null trials per scenario a calibration may give the binding scenario:
-/// `jobs.calibration_trials` for a gaussian outcome, a fifth (at least 8)
-/// for the slower families.
+/// `jobs.calibration_trials` for an outcome the Kalman filter fits, a
+/// fifth (at least 8) for the slower, importance-sampled ones.
 fn calibration_trials(protocol: &Protocol, configured: usize) -> usize {
-    match protocol.outcome.family {
-        Family::Gaussian => configured.max(4),
-        _ => (configured / 5).max(8),
+    if protocol.outcome.fits_by_filter() {
+        configured.max(4)
+    } else {
+        (configured / 5).max(8)
     }
 }
 
