@@ -362,6 +362,22 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         seed: u64,
     },
+    /// Normal against Student-t measurement error, each fitted to series
+    /// with normal and with heavy-tailed (t3) errors.
+    RobustNoise {
+        /// Series per kind of error (1 to 1,000,000).
+        #[arg(long, default_value_t = 100, value_parser = trials_count)]
+        series: usize,
+        /// Days per series (2 to 36,525).
+        #[arg(long, default_value_t = 84, value_parser = series_days)]
+        days: usize,
+        /// True effect, in units of the errors' sd.
+        #[arg(long, default_value_t = 0.7, value_parser = finite)]
+        effect: f64,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Time the filter and the grid fit on simulated two-arm data.
     Engine {
         /// Series lengths in days (each 2 to 36,525).
@@ -939,6 +955,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "{}",
                 crate::service::sources::health_auto_export::sample_payload(*day, "+0000")
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command:
+                BenchCommand::RobustNoise {
+                    series,
+                    days,
+                    effect,
+                    seed,
+                },
+        } => {
+            init_logging(
+                &Config::default(),
+                cli.log_level.as_deref().or(Some("warn")),
+            );
+            let rows = crate::cli::bench::robust_noise(*series, *days, *effect, *seed);
+            println!("{}", serde_json::to_string_pretty(&rows)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
