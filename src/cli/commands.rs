@@ -1092,8 +1092,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 crate::engine::gpu::Chosen {
                     device: None,
-                    line: "on the CPU: the GPU evaluates the gaussian family with normal noise only"
-                        .into(),
+                    line:
+                        "on the CPU: the GPU evaluates the gaussian family with normal noise only"
+                            .into(),
                 }
             };
             eprintln!("nof1d simulate: refits {}", chosen.line);

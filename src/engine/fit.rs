@@ -1192,7 +1192,14 @@ mod tests {
     #[test]
     fn student_t_noise_resists_outlying_days() {
         let effect = |series: &Series, o: &ModelSpec| {
-            let r = fit(series, &FitSpec { path: false, ..spec(o, Method::Grid) }).unwrap();
+            let r = fit(
+                series,
+                &FitSpec {
+                    path: false,
+                    ..spec(o, Method::Grid)
+                },
+            )
+            .unwrap();
             (r.effects[0].mean, r.effects[0].sd)
         };
         for seed in 21..27 {

@@ -703,9 +703,27 @@ pub fn smoothed_drift_with(
     b_mean: &DVector<f64>,
     noise: Option<&[f64]>,
 ) -> Vec<f64> {
+    let plan = FilterPlan::of(series);
+    let rows = design_rows(series, h.kappa);
+    smoothed_drift_planned(series, &plan, &rows, y, h, b_mean, noise)
+}
+
+/// [`smoothed_drift_with`] with the series' plan and its design rows at
+/// `h.kappa` made once by the caller: the Laplace approximation's Newton
+/// steps smooth at one point many times, and remaking the rows each time
+/// was a tenth of a Student-t fit.
+pub fn smoothed_drift_planned(
+    series: &Series,
+    plan: &FilterPlan,
+    rows: &[[f64; MAX_ARMS]],
+    y: &[f64],
+    h: &Hyper,
+    b_mean: &DVector<f64>,
+    noise: Option<&[f64]>,
+) -> Vec<f64> {
     let n = series.t.len();
     let p = series.n_static();
-    let rows = design_rows(series, h.kappa);
+    let gap_rhos: Vec<f64> = plan.gaps.iter().map(|g| (-h.lambda * g).exp()).collect();
     let var_x = h.drift_sd * h.drift_sd;
     let var_y = h.sigma_y * h.sigma_y;
     // Column 0 is the outcome, 1..=p the regressors.
@@ -716,10 +734,8 @@ pub fn smoothed_drift_with(
     let mut rhos = vec![1.0; n];
     let mut a = [0.0; MAX_ARMS + 1];
     let mut pvar = var_x;
-    let mut t_prev = 0.0;
     for i in 0..n {
-        let rho = (-h.lambda * (series.t[i] - t_prev)).exp();
-        t_prev = series.t[i];
+        let rho = gap_rhos[plan.gap_of[i] as usize];
         rhos[i] = rho;
         pvar = rho * rho * pvar + var_x * (1.0 - rho * rho);
         p_pred[i] = pvar;

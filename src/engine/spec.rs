@@ -31,8 +31,9 @@ impl Family {
 }
 
 /// The distribution of a continuous (gaussian-family) outcome's
-/// measurement error around its latent level (`statistics.md` §3): the
-/// identity link and the outcome's units either way.
+/// measurement error around its latent level: `statistics.md` §3's
+/// gaussian family, or its robust variant. The identity link and the
+/// outcome's units either way.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum NoiseModel {

@@ -1126,6 +1126,36 @@ max_blocks = 6
         assert_eq!(err.issues[0].key, "family");
     }
 
+    /// `noise` reads `normal` (the default, not written back, so that no
+    /// protocol's text or hash changes) or `student_t`; the latter is
+    /// refused for a family with no noise of its own, and a misspelling
+    /// is named.
+    #[test]
+    fn the_noise_model_is_read_and_checked() {
+        let p = Protocol::parse(GOOD, "good.toml").unwrap();
+        assert_eq!(p.outcome.noise, NoiseModel::Normal);
+        assert!(p.outcome.fits_by_filter());
+        assert!(!toml::to_string(&p.outcome).unwrap().contains("noise"));
+        let robust = GOOD.replace("mid = 3.0", "mid = 3.0\nnoise = \"student_t\"");
+        let p = Protocol::parse(&robust, "robust.toml").unwrap();
+        assert_eq!(p.outcome.noise, NoiseModel::StudentT);
+        assert_eq!(p.outcome.model_spec().noise, NoiseModel::StudentT);
+        assert!(!p.outcome.fits_by_filter());
+        let counts = robust
+            .replace("family = \"gaussian\"", "family = \"poisson\"")
+            .replace("mid = 3.0", "mid = 1.5");
+        let err = Protocol::parse(&counts, "x.toml").unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "outcome.noise: a noise model is only meaningful for the gaussian family"
+            ),
+            "{err}"
+        );
+        let typo = GOOD.replace("mid = 3.0", "mid = 3.0\nnoise = \"student\"");
+        let err = Protocol::parse(&typo, "x.toml").unwrap_err();
+        assert!(err.to_string().contains("student_t"), "{err}");
+    }
+
     #[test]
     fn a_mid_in_the_outcomes_own_units_is_checked() {
         let counts = GOOD

@@ -232,6 +232,12 @@ fn priors_in_words(p: &Protocol, blind: bool) -> Vec<String> {
         _ => "S = 1 on the link scale".to_string(),
     };
     let mut out = vec![format!("Scale: {scale}.")];
+    if o.noise == crate::engine::spec::NoiseModel::StudentT {
+        out.push(format!(
+            "Measurement error: Student-t with {} degrees of freedom (an outlying day pulls the estimate little), scale ~ HalfNormal(S).",
+            crate::engine::spec::STUDENT_T_DF
+        ));
+    }
     if blind {
         out.push(
             "Effects of the coded supplies against the comparator: the protocol's priors (the investigator sees them by arm).".to_string(),
