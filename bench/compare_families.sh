@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # nof1d's non-gaussian fits against NumPyro (NUTS, latent path sampled) on the
 # same data and priors: for each family (poisson, bernoulli, binomial of 7,
-# beta) and each of SERIES generated series (bench/gen_family_series.py, 168
+# beta; student_t: a gaussian outcome with t3 errors, fitted with nof1d's
+# Student-t noise, `--noise student_t`) and each of SERIES generated series (bench/gen_family_series.py, 168
 # days, seeds 1..SERIES), `nof1d analyze --json` with --seed 1..SEEDS and one
 # NumPyro fit (4 chains x 1000 warm-up / 1000 draws). Prints per series the
 # effect's mean and sd from nof1d (averaged over seeds, with the min..max over
@@ -28,24 +29,26 @@ echo "nof1d: $bin; NumPyro: 4 chains x 1000/1000, target_accept 0.95; $series se
 
 for family in $families; do
   extra=()
+  fit_family=$family
   [ "$family" = binomial ] && extra=(--trials 7)
+  [ "$family" = student_t ] && fit_family=gaussian extra=(--noise student_t)
   for k in $(seq "$series"); do
     name="$family-$k"
     python3 bench/gen_family_series.py "$family" "$k" > "$out/$name.csv"
     for s in $(seq "$seeds"); do
-      "$bin" analyze --data "$out/$name.csv" --comparator control --family "$family" "${extra[@]}" \
+      "$bin" analyze --data "$out/$name.csv" --comparator control --family "$fit_family" "${extra[@]}" \
         --direction higher --mid 1.2 --json --seed "$s" > "$out/$name-nof1d-seed$s.json"
     done
     if [ "${REUSE_NUMPYRO:-0}" = 1 ] && [ -s "$out/$name-numpyro.json" ]; then
       :
     else
-      python3 bench/numpyro_compare.py "$out/$name.csv" --family "$family" "${extra[@]}" \
+      python3 bench/numpyro_compare.py "$out/$name.csv" --family "$fit_family" "${extra[@]}" \
         > "$out/$name-numpyro.json" || echo '{"failed": true}' > "$out/$name-numpyro.json"
     fi
     python3 - "$family" "$k" "$out/$name-numpyro.json" "$out/$name"-nof1d-seed*.json <<'PY'
 import json, math, statistics, sys
 family, k, npf, files = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
-truth = {"poisson": -0.5, "bernoulli": -0.8, "binomial": 0.6, "beta": 0.3}[family]
+truth = {"poisson": -0.5, "bernoulli": -0.8, "binomial": 0.6, "beta": 0.3, "student_t": 0.5}[family]
 runs = [json.load(open(f)) for f in files]
 means = [r["effects"][0]["mean"] for r in runs]
 sds = [r["effects"][0]["sd"] for r in runs]
@@ -82,6 +85,10 @@ want = {
 got = {"baseline": p["baseline"], "effect": list(p["effects"].values())[0], **h}
 if family == "beta":
     want.update(precision_median=20.0, precision_log_sd=1.0)
+if family == "student_t":
+    S = n["scale"]
+    want.update(baseline=[n["mu_prior_centre"], 2.0 * S], effect=[0.0, S],
+                drift_sd_scale=S, noise_sd_scale=S)
 def same(g, v):
     g, v = (g, v) if isinstance(v, list) else ([g], [v])
     return isinstance(g, list) and len(g) == len(v) and all(

@@ -2,7 +2,7 @@
 """A synthetic two-arm series of a non-gaussian family, from nof1d's model.
 
 Usage: gen_family_series.py FAMILY SEED [--days 168] [--trials 7] > data.csv
-FAMILY: poisson, bernoulli, binomial, beta.
+FAMILY: poisson, bernoulli, binomial, beta, student_t.
 
 Prints nof1d analyze's CSV (`day,arm,y`; an empty y is a missing day):
 14-day periods of `control` and `treatment`, each 28-day block's order by a
@@ -17,7 +17,9 @@ w: the treatment indicator through the onset/washout filter (half-life 3
 days, w = 0 at t = 0); x: an OU drift (stationary sd 0.4, correlation time
 5 days, x at the first day drawn from the stationary law). Observations:
 poisson Poisson(exp eta); bernoulli Bernoulli(sigmoid eta); binomial
-Binomial(n, sigmoid eta); beta Beta(m phi, (1 - m) phi), m = sigmoid eta.
+Binomial(n, sigmoid eta); beta Beta(m phi, (1 - m) phi), m = sigmoid eta;
+student_t (a gaussian outcome with outlying days) eta + 0.5 e, e ~ Student-t
+with 3 degrees of freedom (heavier-tailed than the 4 nof1d's model assumes).
 The same seed gives the same file (numpy default_rng(seed)).
 """
 import argparse
@@ -43,7 +45,10 @@ PARAMS = {
     "bernoulli": (logit(0.3), -0.8),
     "binomial": (logit(0.4), 0.6),
     "beta": (logit(0.85), 0.3),
+    "student_t": (5.0, 0.5),
 }
+T_SCALE = 0.5
+T_DF = 3
 BETA_PHI = 30.0
 
 
@@ -93,6 +98,8 @@ def simulate(family, seed, days, trials):
         y = (rng.random(days) < p).astype(int).astype(str)
     elif family == "binomial":
         y = rng.binomial(trials, p).astype(str)
+    elif family == "student_t":
+        y = np.array([repr(float(u)) for u in eta + T_SCALE * rng.standard_t(T_DF, days)])
     else:
         v = rng.beta(p * BETA_PHI, (1 - p) * BETA_PHI)
         v = np.clip(v, 1e-9, 1 - 1e-9)  # exact 0/1 are outside the family's support

@@ -613,9 +613,9 @@ pub fn analyze(text: &str, req: &Request) -> Result<Analysis, AnalyzeError> {
                 req.outcome.aggregation,
             )?;
             let model = req.outcome.model_spec();
-            // The GPU evaluates the gaussian family only: other families
-            // never ask for it (nor fail for want of one).
-            let chosen = if req.outcome.family == crate::engine::spec::Family::Gaussian {
+            // The GPU evaluates the gaussian family with normal noise
+            // only: other models never ask for it (nor fail for want of one).
+            let chosen = if req.outcome.fits_by_filter() {
                 crate::engine::gpu::choose(
                     req.backend,
                     crate::engine::gpu::Workload::Fit {
@@ -625,7 +625,8 @@ pub fn analyze(text: &str, req: &Request) -> Result<Analysis, AnalyzeError> {
             } else {
                 crate::engine::gpu::Chosen {
                     device: None,
-                    line: "on the CPU: the GPU evaluates the gaussian family only".into(),
+                    line: "on the CPU: the GPU evaluates the gaussian family with normal noise only"
+                        .into(),
                 }
             };
             backend_line = chosen.line.clone();
