@@ -625,8 +625,9 @@ pub fn analyze(text: &str, req: &Request) -> Result<Analysis, AnalyzeError> {
             } else {
                 crate::engine::gpu::Chosen {
                     device: None,
-                    line: "on the CPU: the GPU evaluates the gaussian family with normal noise only"
-                        .into(),
+                    line:
+                        "on the CPU: the GPU evaluates the gaussian family with normal noise only"
+                            .into(),
                 }
             };
             backend_line = chosen.line.clone();

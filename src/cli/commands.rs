@@ -81,9 +81,10 @@ enum Command {
         #[arg(long)]
         trials: Option<u32>,
         /// Without a protocol, gaussian family: the measurement error,
-        /// `normal` or `student_t` (robust to outlying days, slower).
-        #[arg(long, default_value = "normal")]
-        noise: String,
+        /// `normal` (default) or `student_t` (robust to outlying days,
+        /// slower). With a protocol, its outcome's `noise` says it.
+        #[arg(long)]
+        noise: Option<String>,
         /// Without a protocol: `higher` or `lower` is better (default higher,
         /// said in a note).
         #[arg(long)]
@@ -782,6 +783,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut assumed = Vec::new();
             let (outcome, known_arms, comparator) = match protocol {
                 Some(path) => {
+                    if noise.is_some() {
+                        anyhow::bail!(
+                            "--noise is for analyses without a protocol: set `noise` in the protocol's [outcome] instead"
+                        );
+                    }
                     let (p, _) = crate::trial::protocol::check_file(path)?;
                     let keys: Vec<String> = p.arms.iter().map(|a| a.key.clone()).collect();
                     (p.outcome.clone(), Some(keys), p.comparator.clone())
@@ -811,7 +817,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     };
                     let mut outcome = crate::cli::analyze::ad_hoc_outcome(family, direction, mid);
                     outcome.trials = *trials;
-                    outcome.noise = noise_model(noise, family)?;
+                    outcome.noise = noise_model(noise.as_deref().unwrap_or("normal"), family)?;
                     (outcome, None, comparator)
                 }
             };

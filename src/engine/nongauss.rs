@@ -55,6 +55,34 @@ pub enum Likelihood {
     StudentT(f64),
 }
 
+/// Refuses Student-t noise for data of which one value makes up 4/5 or more
+/// (`nu / (nu + 1)`): the tied values' likelihood then grows without bound
+/// as the noise scale shrinks (each gives `1/sigma`, each other value only
+/// `sigma^nu`), so the posterior piles up at a scale of zero and fits the
+/// ties exactly (a rating answered "5" on most days).
+fn student_t_ties(y: &[f64]) -> Result<(), ModelError> {
+    let mut sorted = y.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let (mut value, mut most, mut run) = (f64::NAN, 0, 0);
+    for (i, v) in sorted.iter().enumerate() {
+        run = if i > 0 && sorted[i - 1] == *v {
+            run + 1
+        } else {
+            1
+        };
+        if run > most {
+            (most, value) = (run, *v);
+        }
+    }
+    if (most as f64) * (STUDENT_T_DF + 1.0) >= STUDENT_T_DF * y.len() as f64 {
+        return Err(ModelError::Input(format!(
+            "{most} of the {} values are {value}: with Student-t noise that many equal values are fitted exactly (the noise scale shrinks to nothing); use normal noise for this outcome",
+            y.len()
+        )));
+    }
+    Ok(())
+}
+
 /// The Student-t log kernel of each observation into `out`, less its
 /// constant: `-(nu + 1)/2 ln(1 + (y - eta)^2 / (nu sigma^2))`, with the
 /// branch-free logarithm that vectorises (libm's `log1p` was a quarter of
@@ -112,6 +140,32 @@ struct ObsTerms {
 }
 
 impl Likelihood {
+    /// The likelihood at hyperparameter point `theta`: beta's precision and
+    /// Student-t's scale are its fourth coordinate (`ln phi`, `ln sigma_y`);
+    /// the other families have no parameter there.
+    pub fn at(self, theta: &Theta) -> Likelihood {
+        match self {
+            Likelihood::Beta(_) => Likelihood::Beta(theta[3].exp()),
+            Likelihood::StudentT(_) => Likelihood::StudentT(theta[3].exp()),
+            other => other,
+        }
+    }
+
+    /// The scale of a pseudo-observation's noise variance: 1 on the link
+    /// scales, `sigma_y^2` for Student-t, whose `eta` is in the outcome's
+    /// units (a step count's variance is in the millions).
+    fn variance_unit(self) -> f64 {
+        match self {
+            Likelihood::StudentT(sigma) => sigma * sigma,
+            _ => 1.0,
+        }
+    }
+
+    /// Whether `theta[3]` is a parameter of this likelihood ([`Self::at`]).
+    fn has_fourth(self) -> bool {
+        matches!(self, Likelihood::Beta(_) | Likelihood::StudentT(_))
+    }
+
     /// `log p(y | eta)`, exact (normalising constants included).
     pub fn log_density(self, y: f64, eta: f64) -> f64 {
         let terms = self.obs_terms(&[y]);
@@ -277,7 +331,8 @@ impl Likelihood {
                 Likelihood::Bernoulli => v == 0.0 || v == 1.0,
                 Likelihood::Binomial(n) => v >= 0.0 && v.fract() == 0.0 && v <= f64::from(n),
                 Likelihood::Beta(_) => v > 0.0 && v < 1.0,
-                Likelihood::StudentT(_) => v.is_finite(),
+                // The kernel's logarithm takes r^2 / sigma^2 as a float.
+                Likelihood::StudentT(_) => v.is_finite() && v.abs() < 1e100,
             };
             if !ok {
                 let what = match self {
@@ -285,13 +340,16 @@ impl Likelihood {
                     Likelihood::Bernoulli => "0 or 1".to_string(),
                     Likelihood::Binomial(n) => format!("a whole number from 0 to {n}"),
                     Likelihood::Beta(_) => "a proportion strictly between 0 and 1".to_string(),
-                    Likelihood::StudentT(_) => "a finite number".to_string(),
+                    Likelihood::StudentT(_) => "a finite number below 1e100 in size".to_string(),
                 };
                 return Err(ModelError::Input(format!(
                     "observation {} is {v}, but the family needs {what}",
                     i + 1
                 )));
             }
+        }
+        if matches!(self, Likelihood::StudentT(_)) {
+            student_t_ties(y)?;
         }
         Ok(())
     }
@@ -629,10 +687,11 @@ fn laplace_planned(
     let mut damping = 1.0;
     let mut last_change = f64::INFINITY;
     let tolerance = lik.newton_tolerance();
+    let unit = lik.variance_unit();
     for _ in 0..200 {
         for i in 0..n {
             let (d1, d2) = lik.derivatives(series.y[i], eta[i]);
-            let var = noise_variance(-1.0 / d2);
+            let var = noise_variance(-1.0 / d2, unit);
             noise[i] = var;
             pseudo[i] = eta[i] + var * d1;
         }
@@ -992,11 +1051,12 @@ fn importance_sums(
     Some(sums)
 }
 
-/// A pseudo-observation's noise variance kept within `[1e-8, 1e8]`: a
-/// likelihood nearly flat or nearly exact at an observation must not make
-/// the filter's arithmetic overflow.
-fn noise_variance(v: f64) -> f64 {
-    v.clamp(1e-8, 1e8)
+/// A pseudo-observation's noise variance kept within `[1e-8, 1e8]` times
+/// `unit` ([`Likelihood::variance_unit`]): a likelihood nearly flat or
+/// nearly exact at an observation must not make the filter's arithmetic
+/// overflow.
+fn noise_variance(v: f64, unit: f64) -> f64 {
+    v.clamp(1e-8 * unit, 1e8 * unit)
 }
 
 /// Antithetic pairs each iteration of [`efficient`] regresses on, and the
@@ -1057,7 +1117,7 @@ fn efficient(
         let l: Vec<&[f64]> = kernels.iter().map(Vec::as_slice).collect();
         let mut pseudo = approx.pseudo.clone();
         let mut noise = approx.noise.clone();
-        gaussian_terms(&etas, &l, &mut pseudo, &mut noise);
+        gaussian_terms(&etas, &l, lik.variance_unit(), &mut pseudo, &mut noise);
         let Ok(filter) =
             augmented_filter_planned(series, plan, &pseudo, h, &priors.statics, Some(&noise))
         else {
@@ -1077,7 +1137,7 @@ fn efficient(
 /// solved by Cramer's rule). An observation whose fit does not curve down
 /// (or is not a number) keeps the term it had. `etas[s]` and `l[s]` are
 /// draw `s`'s values of every observation.
-fn gaussian_terms(etas: &[&[f64]], l: &[&[f64]], pseudo: &mut [f64], noise: &mut [f64]) {
+fn gaussian_terms(etas: &[&[f64]], l: &[&[f64]], unit: f64, pseudo: &mut [f64], noise: &mut [f64]) {
     let n = pseudo.len();
     let draws = etas.len() as f64;
     let mut m = vec![0.0; n];
@@ -1113,7 +1173,7 @@ fn gaussian_terms(etas: &[&[f64]], l: &[&[f64]], pseudo: &mut [f64], noise: &mut
         let c2 = (a * (c * t2 - t1 * d) - b * (b * t2 - t1 * c) + t0 * (b * d - c * c)) / det;
         let curves_down = c2 < 0.0 && c1.is_finite();
         if curves_down {
-            let var = noise_variance(-0.5 / c2);
+            let var = noise_variance(-0.5 / c2, unit);
             noise[i] = var;
             pseudo[i] = m[i] + c1 * var;
         }
@@ -1187,7 +1247,8 @@ pub struct LaplaceEvaluator<'a> {
 }
 
 impl<'a> LaplaceEvaluator<'a> {
-    /// The evaluator of `series` under `priors` (link scale, `S = 1`), with
+    /// The evaluator of `series` under `priors` (on the link scale with
+    /// `S = 1`; Student-t noise: the outcome's units and scale), with
     /// `pairs` antithetic pairs of importance draws per point, drawn from
     /// `seed` as `draws` says.
     pub fn new(
@@ -1293,14 +1354,10 @@ impl<'a> LaplaceEvaluator<'a> {
             return None;
         }
         let mut theta = *theta;
-        let likelihood = match self.likelihood {
-            Likelihood::Beta(_) => Likelihood::Beta(theta[3].exp()),
-            Likelihood::StudentT(_) => Likelihood::StudentT(theta[3].exp()),
-            other => {
-                theta[3] = 0.0;
-                other
-            }
-        };
+        if !self.likelihood.has_fourth() {
+            theta[3] = 0.0;
+        }
+        let likelihood = self.likelihood.at(&theta);
         Some((theta, likelihood, hyper_of(&theta)))
     }
 
@@ -1348,10 +1405,7 @@ impl<'a> LaplaceEvaluator<'a> {
 
 impl Evaluator for LaplaceEvaluator<'_> {
     fn dims(&self) -> usize {
-        match self.likelihood {
-            Likelihood::Beta(_) | Likelihood::StudentT(_) => 4,
-            _ => 3,
-        }
+        if self.likelihood.has_fourth() { 4 } else { 3 }
     }
 
     fn start(&self) -> Theta {
@@ -1492,7 +1546,7 @@ mod tests {
         let (mut pseudo, mut noise) = (vec![0.0, 9.0], vec![1.0, 2.0]);
         let etas: Vec<&[f64]> = etas.iter().map(Vec::as_slice).collect();
         let l: Vec<&[f64]> = l.iter().map(Vec::as_slice).collect();
-        gaussian_terms(&etas, &l, &mut pseudo, &mut noise);
+        gaussian_terms(&etas, &l, 1.0, &mut pseudo, &mut noise);
         assert!((pseudo[0] - y_tilde).abs() < 1e-9, "{pseudo:?}");
         assert!((noise[0] - var).abs() < 1e-9, "{noise:?}");
         assert_eq!((pseudo[1], noise[1]), (9.0, 2.0));
@@ -1698,6 +1752,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("observation 2") && e.contains("finite"), "{e}");
+        let mut rating = vec![5.0; 16];
+        rating[..3].copy_from_slice(&[4.0, 6.0, 7.0]);
+        let e = Likelihood::StudentT(1.0)
+            .check(&rating)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("13 of the 16 values are 5"), "{e}");
+        rating[3] = 3.0;
+        assert!(Likelihood::StudentT(1.0).check(&rating).is_ok());
     }
 
     /// The Student-t density is `statrs`' (location `eta`, scale `sigma`,

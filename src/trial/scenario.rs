@@ -8,7 +8,7 @@ use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::generate::normal;
-use crate::engine::spec::Family;
+use crate::engine::spec::{Family, NoiseModel, STUDENT_T_DF};
 
 /// A named stress scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,25 +137,40 @@ impl Scenario {
 }
 
 /// The daily noise of one virtual trial: unit standard deviation, shaped by
-/// the scenario, with the state an AR(1) needs.
+/// the scenario, with the state an AR(1) needs; in the `prior` scenario
+/// the fitted model's own errors.
 #[derive(Debug, Clone)]
 pub struct Noise {
     scenario: Scenario,
+    model: NoiseModel,
     previous: Option<f64>,
 }
 
 impl Noise {
-    /// Fresh noise for a trial.
+    /// Fresh noise for a trial whose outcome is fitted with normal noise.
     pub fn new(scenario: Scenario) -> Noise {
+        Noise::of(scenario, NoiseModel::Normal)
+    }
+
+    /// Fresh noise for a trial whose outcome is fitted with `model`.
+    pub fn of(scenario: Scenario, model: NoiseModel) -> Noise {
         Noise {
             scenario,
+            model,
             previous: None,
         }
     }
 
-    /// The next day's noise (mean 0, sd 1).
+    /// The next day's noise: mean 0, sd 1; in the `prior` scenario of a
+    /// Student-t outcome the model's Student-t error at unit scale (its sd
+    /// is `sqrt(nu / (nu - 2))`), as the fit assumes.
     pub fn next(&mut self, rng: &mut ChaCha20Rng) -> f64 {
         match self.scenario {
+            Scenario::Prior if self.model == NoiseModel::StudentT => {
+                let nu = STUDENT_T_DF;
+                let chi: f64 = (0..nu as usize).map(|_| normal(rng).powi(2)).sum();
+                normal(rng) / (chi / nu).sqrt()
+            }
             Scenario::HeavyTails => {
                 // t_3 has variance 3: rescaled to unit sd.
                 let chi: f64 = (0..3).map(|_| normal(rng).powi(2)).sum();
@@ -220,6 +235,25 @@ mod tests {
             / (n - 1) as f64
             / var;
         (mean, var.sqrt(), lag1)
+    }
+
+    /// The `prior` scenario of a Student-t outcome draws the model's own
+    /// errors: t with 4 degrees of freedom, whose two-sided 5% point is
+    /// 2.776 (200,000 draws: the share's se is 0.0005, 0.002 leaves 4).
+    #[test]
+    fn a_student_t_outcomes_prior_scenario_draws_t4_errors() {
+        let mut rng = ChaCha20Rng::seed_from_u64(6);
+        let mut noise = Noise::of(Scenario::Prior, NoiseModel::StudentT);
+        let n = 200_000;
+        let beyond = (0..n)
+            .filter(|_| noise.next(&mut rng).abs() > 2.776)
+            .count() as f64
+            / n as f64;
+        assert!((beyond - 0.05).abs() < 0.002, "{beyond}");
+        // The stress scenarios keep their unit-sd shapes.
+        let mut iid = Noise::of(Scenario::Iid, NoiseModel::StudentT);
+        let beyond = (0..n).filter(|_| iid.next(&mut rng).abs() > 1.96).count() as f64 / n as f64;
+        assert!((beyond - 0.05).abs() < 0.002, "{beyond}");
     }
 
     #[test]

@@ -894,7 +894,7 @@ impl Setup<'_> {
             let first_block = d.run_in_days + d.period_days * self.keys.len() as u32;
             scenario::missing_run_start(first_block, planned, &mut rng)
         });
-        let mut noise = Noise::new(scenario);
+        let mut noise = Noise::of(scenario, self.model.noise);
         let mut state = Latent::stationary(&params, &mut rng);
         let (mut t, mut y, mut assigned) = (Vec::new(), Vec::new(), Vec::<usize>::new());
         let mut trial = VirtualTrial {

@@ -233,8 +233,12 @@ fn priors_in_words(p: &Protocol, blind: bool) -> Vec<String> {
     };
     let mut out = vec![format!("Scale: {scale}.")];
     if o.noise == crate::engine::spec::NoiseModel::StudentT {
+        let prior = o
+            .priors
+            .noise_sd_scale
+            .map_or("S".to_string(), |v| format!("{v} {}", o.unit));
         out.push(format!(
-            "Measurement error: Student-t with {} degrees of freedom (an outlying day pulls the estimate little), scale ~ HalfNormal(S).",
+            "Measurement error: Student-t with {} degrees of freedom (an outlying day pulls the estimate little), scale ~ HalfNormal({prior}).",
             crate::engine::spec::STUDENT_T_DF
         ));
     }

@@ -154,7 +154,16 @@ async fn refit_one(
         stream_key: key.to_string(),
         data_through: through,
         observations: report.observations,
-        engine: format!("{:?}/{:?}", report.family, report.diagnostics.method).to_lowercase(),
+        engine: match report.noise {
+            crate::engine::spec::NoiseModel::Normal => {
+                format!("{:?}/{:?}", report.family, report.diagnostics.method)
+            }
+            crate::engine::spec::NoiseModel::StudentT => format!(
+                "{:?}-student-t/{:?}",
+                report.family, report.diagnostics.method
+            ),
+        }
+        .to_lowercase(),
         seed,
         scale: report.priors.scale,
         priors_json: serde_json::to_string(&report.priors).unwrap_or_default(),
