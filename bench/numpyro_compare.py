@@ -168,13 +168,19 @@ def family_model(t_all, a_all, obs, y, family, trials, centre):
         numpyro.sample("y", dist.Beta(m * phi, (1 - m) * phi), obs=y)
 
 
-def student_t_model(t_all, a_all, obs, y, S):
-    """Gaussian family with Student-t(4) errors: latent path sampled, S = sd(y)."""
+def gaussian_priors(y, S):
+    """The gaussian family's section 4 priors at scale S, but the noise's."""
     mu = numpyro.sample("mu", dist.Normal(jnp.mean(y), 2 * S))
     beta = numpyro.sample("beta", dist.Normal(0.0, S))
     sd_x = numpyro.sample("drift_sd", dist.HalfNormal(S))
     tau = numpyro.sample("drift_time", dist.LogNormal(jnp.log(3.0), 1.0))
     half = numpyro.sample("half_life", dist.LogNormal(0.0, 0.75))
+    return mu, beta, sd_x, tau, half
+
+
+def student_t_model(t_all, a_all, obs, y, S):
+    """Gaussian family with Student-t(4) errors: latent path sampled, S = sd(y)."""
+    mu, beta, sd_x, tau, half = gaussian_priors(y, S)
     scale = numpyro.sample("noise_scale", dist.HalfNormal(S))
     w = onset(t_all, a_all, jnp.log(2.0) / half)[obs]
     t = t_all[obs]
@@ -184,11 +190,7 @@ def student_t_model(t_all, a_all, obs, y, S):
 
 
 def model(t_all, a_all, obs, y, S, naive):
-    mu = numpyro.sample("mu", dist.Normal(jnp.mean(y), 2 * S))
-    beta = numpyro.sample("beta", dist.Normal(0.0, S))
-    sd_x = numpyro.sample("drift_sd", dist.HalfNormal(S))
-    tau = numpyro.sample("drift_time", dist.LogNormal(jnp.log(3.0), 1.0))
-    half = numpyro.sample("half_life", dist.LogNormal(0.0, 0.75))
+    mu, beta, sd_x, tau, half = gaussian_priors(y, S)
     sigma_y = numpyro.sample("sigma_y", dist.HalfNormal(S))
     lam = 1.0 / tau
     kappa = jnp.log(2.0) / half
