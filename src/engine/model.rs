@@ -691,27 +691,17 @@ impl<const L: usize> ExpTable<L> {
 /// The smoother is linear, so it runs on the outcome and on each regressor
 /// column as the filter does: `E[x | y, b] = xs_y - Xs b`.
 pub fn smoothed_drift(series: &Series, h: &Hyper, b_mean: &DVector<f64>) -> Vec<f64> {
-    smoothed_drift_with(series, &series.y, h, b_mean, None)
+    let plan = FilterPlan::of(series);
+    let rows = design_rows(series, h.kappa);
+    smoothed_drift_planned(series, &plan, &rows, &series.y, h, b_mean, None)
 }
 
 /// [`smoothed_drift`] on other values `y`, with per-observation noise
-/// variances when given (the approximating Gaussian model).
-pub fn smoothed_drift_with(
-    series: &Series,
-    y: &[f64],
-    h: &Hyper,
-    b_mean: &DVector<f64>,
-    noise: Option<&[f64]>,
-) -> Vec<f64> {
-    let plan = FilterPlan::of(series);
-    let rows = design_rows(series, h.kappa);
-    smoothed_drift_planned(series, &plan, &rows, y, h, b_mean, noise)
-}
-
-/// [`smoothed_drift_with`] with the series' plan and its design rows at
-/// `h.kappa` made once by the caller: the Laplace approximation's Newton
-/// steps smooth at one point many times, and remaking the rows each time
-/// was a tenth of a Student-t fit.
+/// variances when given (the approximating Gaussian model), and with the
+/// series' plan and its design rows at `h.kappa` made once by the
+/// caller: the Laplace approximation's Newton steps smooth at one point
+/// many times, and remaking the rows each time was a tenth of a Student-t
+/// fit.
 pub fn smoothed_drift_planned(
     series: &Series,
     plan: &FilterPlan,

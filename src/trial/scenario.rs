@@ -147,11 +147,6 @@ pub struct Noise {
 }
 
 impl Noise {
-    /// Fresh noise for a trial whose outcome is fitted with normal noise.
-    pub fn new(scenario: Scenario) -> Noise {
-        Noise::of(scenario, NoiseModel::Normal)
-    }
-
     /// Fresh noise for a trial whose outcome is fitted with `model`.
     pub fn of(scenario: Scenario, model: NoiseModel) -> Noise {
         Noise {
@@ -224,7 +219,7 @@ mod tests {
 
     fn moments(scenario: Scenario, n: usize) -> (f64, f64, f64) {
         let mut rng = ChaCha20Rng::seed_from_u64(5);
-        let mut noise = Noise::new(scenario);
+        let mut noise = Noise::of(scenario, NoiseModel::Normal);
         let xs: Vec<f64> = (0..n).map(|_| noise.next(&mut rng)).collect();
         let mean = xs.iter().sum::<f64>() / n as f64;
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
