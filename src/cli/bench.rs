@@ -58,12 +58,14 @@ pub struct McmcTiming {
 }
 
 /// Times the filter and the grid fit at `days`, optionally against MCMC
-/// with `mcmc_draws` per chain and NUTS with `nuts_draws` per chain.
+/// with `mcmc_draws` per chain and NUTS with `nuts_draws` per chain; the
+/// grid fit on `threads` threads (default: all cores).
 pub fn engine(
     days: usize,
     reps: usize,
     mcmc_draws: Option<usize>,
     nuts_draws: usize,
+    threads: Option<usize>,
     model: &ModelSpec,
 ) -> EngineTiming {
     let series = two_arm_series(days, -1.5, 11);
@@ -113,7 +115,10 @@ pub fn engine(
             warmup: 3000,
             ..McmcOptions::default()
         },
-        grid: GridOptions::default(),
+        grid: GridOptions {
+            threads: threads.unwrap_or(GridOptions::default().threads),
+            ..GridOptions::default()
+        },
         dropped: Vec::new(),
         path: true,
         intervals: true,

@@ -395,6 +395,10 @@ enum BenchCommand {
         /// reference than the default (1 to 1,000,000).
         #[arg(long, default_value_t = 2000, value_parser = trials_count)]
         nuts_draws: usize,
+        /// Threads a grid fit spreads its evaluations over (default: all
+        /// cores; the simulator's fits run on 1, one trial a core).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=crate::limits::MAX_THREADS as i64))]
+        threads: Option<u16>,
     },
     /// Print a simulated two-arm daily series as CSV (day,arm,y) for comparisons.
     Simulate {
@@ -1032,6 +1036,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     reps,
                     mcmc_draws,
                     nuts_draws,
+                    threads,
                 },
         } => {
             let protocol = crate::trial::protocol::Protocol::parse(
@@ -1044,6 +1049,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     *reps,
                     *mcmc_draws,
                     *nuts_draws,
+                    threads.map(usize::from),
                     &protocol.outcome.model_spec(),
                 );
                 println!("{}", serde_json::to_string(&timing)?);

@@ -671,12 +671,29 @@ pub struct GridReuse {
     evaluated: [Lattice; 2],
 }
 
-/// The points of one lattice evaluated so far: a map from lattice index to
-/// a slot in `evals` (so the map moves small entries as it grows, not evals).
+/// The points of one lattice evaluated so far: a map from lattice index
+/// (packed, [`lattice_key`]) to a slot in `evals` (so the map moves small
+/// entries as it grows, not evals).
 #[derive(Debug, Clone, Default)]
 struct Lattice {
-    slot: FxHashMap<[i32; DIM], u32>,
+    slot: FxHashMap<u64, u32>,
     evals: Vec<Option<Eval>>,
+}
+
+/// How far from the mode, in steps along any axis, a lattice may grow: its
+/// indices then fit 16 bits each, and a point's four pack into one word
+/// ([`lattice_key`]). A region that reached it (tens of thousands of steps;
+/// `GridOptions::max_points` stops growth long before in all but a
+/// one-dimensional sliver) would be cut there, and the error check's
+/// narrower region would say so.
+const LATTICE_REACH: i32 = 30_000;
+
+/// A lattice index as one word, 16 bits a coordinate: hashing one word
+/// instead of four, in tables half the size, had been a twentieth of a
+/// short series' fit. Indices are within [`LATTICE_REACH`].
+fn lattice_key(n: &[i32; DIM]) -> u64 {
+    n.iter()
+        .fold(0u64, |key, &c| (key << 16) | u64::from(c as i16 as u16))
 }
 
 /// Room for the points of a typical lattice, reserved up front so that the
@@ -694,15 +711,17 @@ impl Lattice {
     }
 
     fn get(&self, n: &[i32; DIM]) -> Option<&Option<Eval>> {
-        self.slot.get(n).map(|&i| &self.evals[i as usize])
+        self.slot
+            .get(&lattice_key(n))
+            .map(|&i| &self.evals[i as usize])
     }
 
     fn contains(&self, n: &[i32; DIM]) -> bool {
-        self.slot.contains_key(n)
+        self.slot.contains_key(&lattice_key(n))
     }
 
     fn insert(&mut self, n: [i32; DIM], e: Option<Eval>) {
-        self.slot.insert(n, self.evals.len() as u32);
+        self.slot.insert(lattice_key(&n), self.evals.len() as u32);
         self.evals.push(e);
     }
 }
@@ -762,11 +781,11 @@ pub fn integrate_grid_reusing(
     let mut kept_keys: Vec<Vec<[i32; DIM]>> = Vec::with_capacity(2);
     for (li, offset) in [0.0, 0.5].into_iter().enumerate() {
         let cache = &mut evaluated[li];
-        let mut seen: FxHashSet<[i32; DIM]> = FxHashSet::default();
+        let mut seen: FxHashSet<u64> = FxHashSet::default();
         seen.reserve(LATTICE_CAPACITY);
         let mut kept: Vec<[i32; DIM]> = Vec::with_capacity(LATTICE_CAPACITY);
         let mut frontier = vec![[0i32; DIM]];
-        seen.insert([0; DIM]);
+        seen.insert(lattice_key(&[0; DIM]));
         while !frontier.is_empty() && seen.len() < opts.max_points {
             let missing: Vec<[i32; DIM]> = frontier
                 .iter()
@@ -796,7 +815,7 @@ pub fn integrate_grid_reusing(
                     for d in [-1, 1] {
                         let mut m = *n;
                         m[k] += d;
-                        if seen.insert(m) {
+                        if m[k].abs() <= LATTICE_REACH && seen.insert(lattice_key(&m)) {
                             next.push(m);
                         }
                     }

@@ -62,6 +62,29 @@ impl Series {
     pub fn effect_arms(&self) -> Vec<usize> {
         (0..self.n_arms).filter(|&a| a != self.comparator).collect()
     }
+
+    /// Whether a fit of `other` is a fit of this series: the same
+    /// observations, arms and comparator, and the same path up to the last
+    /// observation. The model reads the path only there (the filter steps
+    /// from one observation to the next), so arms scheduled after the last
+    /// observation (a period whose days were all missed) change nothing.
+    pub fn fits_alike(&self, other: &Series) -> bool {
+        self.t == other.t
+            && self.y == other.y
+            && self.n_arms == other.n_arms
+            && self.comparator == other.comparator
+            && self.observed_path() == other.observed_path()
+    }
+
+    /// The path's pieces that start before the last observation (all of
+    /// them when there is none).
+    fn observed_path(&self) -> (&[f64], &[usize]) {
+        let used = match self.t.last() {
+            Some(&last) => self.path.starts.iter().take_while(|&&s| s < last).count(),
+            None => self.path.starts.len(),
+        };
+        (&self.path.starts[..used], &self.path.arms[..used])
+    }
 }
 
 /// Hyperparameters `phi` (§2).
@@ -352,8 +375,9 @@ pub fn augmented_filter_planned(
     prior: &StaticPrior,
     noise: Option<&[f64]>,
 ) -> Result<FilterOutput, ModelError> {
-    let [sums] = lane_sums::<1>(series, plan, y, &[*h], noise);
-    finish(series, sums, prior)
+    let mut sums = [FilterSums::ZERO];
+    lane_sums::<1>(series, plan, y, &[*h], noise, &mut sums);
+    finish(series, &sums[0], prior)
 }
 
 /// Hyperparameter sets that [`augmented_filter_batch`] carries side by side.
@@ -369,7 +393,11 @@ pub fn augmented_filter_batch(
     hs: &[Hyper; LANES],
     prior: &StaticPrior,
 ) -> [Result<FilterOutput, ModelError>; LANES] {
-    lane_sums::<LANES>(series, plan, y, hs, None).map(|sums| finish(series, sums, prior))
+    // The sums are written in place and read by reference: each lane's are
+    // a few hundred bytes, and copying them had cost a tenth of a short fit.
+    let mut sums = [FilterSums::ZERO; LANES];
+    lane_sums::<LANES>(series, plan, y, hs, None, &mut sums);
+    std::array::from_fn(|l| finish(series, &sums[l], prior))
 }
 
 /// The pass of [`filter_sums`], with AVX2 where the CPU has it: the lanes
@@ -381,13 +409,14 @@ fn lane_sums<const L: usize>(
     y: &[f64],
     hs: &[Hyper; L],
     noise: Option<&[f64]>,
-) -> [FilterSums; L] {
+    out: &mut [FilterSums; L],
+) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { lane_sums_avx2::<L>(series, plan, y, hs, noise) };
+        return unsafe { lane_sums_avx2::<L>(series, plan, y, hs, noise, out) };
     }
-    lane_sums_by_size::<L>(series, plan, y, hs, noise)
+    lane_sums_by_size::<L>(series, plan, y, hs, noise, out)
 }
 
 /// [`lane_sums_by_size`] compiled for AVX2.
@@ -399,8 +428,9 @@ fn lane_sums_avx2<const L: usize>(
     y: &[f64],
     hs: &[Hyper; L],
     noise: Option<&[f64]>,
-) -> [FilterSums; L] {
-    lane_sums_by_size::<L>(series, plan, y, hs, noise)
+    out: &mut [FilterSums; L],
+) {
+    lane_sums_by_size::<L>(series, plan, y, hs, noise, out)
 }
 
 /// [`filter_sums`] compiled once per number of coefficients so that its
@@ -413,14 +443,15 @@ fn lane_sums_by_size<const L: usize>(
     y: &[f64],
     hs: &[Hyper; L],
     noise: Option<&[f64]>,
-) -> [FilterSums; L] {
+    out: &mut [FilterSums; L],
+) {
     match series.n_static() {
-        1 => filter_sums::<1, L>(series, plan, y, hs, noise),
-        2 => filter_sums::<2, L>(series, plan, y, hs, noise),
-        3 => filter_sums::<3, L>(series, plan, y, hs, noise),
-        4 => filter_sums::<4, L>(series, plan, y, hs, noise),
-        5 => filter_sums::<5, L>(series, plan, y, hs, noise),
-        _ => filter_sums::<MAX_ARMS, L>(series, plan, y, hs, noise),
+        1 => filter_sums::<1, L>(series, plan, y, hs, noise, out),
+        2 => filter_sums::<2, L>(series, plan, y, hs, noise, out),
+        3 => filter_sums::<3, L>(series, plan, y, hs, noise, out),
+        4 => filter_sums::<4, L>(series, plan, y, hs, noise, out),
+        5 => filter_sums::<5, L>(series, plan, y, hs, noise, out),
+        _ => filter_sums::<MAX_ARMS, L>(series, plan, y, hs, noise, out),
     }
 }
 
@@ -428,20 +459,40 @@ fn lane_sums_by_size<const L: usize>(
 /// formulas of [`augmented_filter`]).
 fn finish(
     series: &Series,
-    sums: FilterSums,
+    sums: &FilterSums,
     prior: &StaticPrior,
 ) -> Result<FilterOutput, ModelError> {
-    let p = series.n_static();
+    let n = series.t.len() as f64;
+    match series.n_static() {
+        1 => finish_sized::<1>(n, sums, prior),
+        2 => finish_sized::<2>(n, sums, prior),
+        3 => finish_sized::<3>(n, sums, prior),
+        4 => finish_sized::<4>(n, sums, prior),
+        5 => finish_sized::<5>(n, sums, prior),
+        _ => finish_sized::<MAX_ARMS>(n, sums, prior),
+    }
+}
+
+/// [`finish`] for `P` static coefficients and `n` observations, compiled
+/// once per size as the pass is: its small loops unroll, and the
+/// matrices on the stack are `P x P` (a short series' fit spends as long
+/// here as in the pass).
+fn finish_sized<const P: usize>(
+    n: f64,
+    sums: &FilterSums,
+    prior: &StaticPrior,
+) -> Result<FilterOutput, ModelError> {
+    let p = P;
     let FilterSums {
         sum_log_f,
         q,
         s,
         big_s,
     } = sums;
-    let n = series.t.len() as f64;
+    let (sum_log_f, q) = (*sum_log_f, *q);
     // A = S + P0^-1 (lower triangle) and the right-hand side s + P0^-1 m0.
-    let mut a = [[0.0; MAX_ARMS]; MAX_ARMS];
-    let mut rhs = [0.0; MAX_ARMS];
+    let mut a = [[0.0; P]; P];
+    let mut rhs = [0.0; P];
     let mut quad_m0 = 0.0;
     let mut det_p0 = 1.0;
     for c in 0..p {
@@ -455,7 +506,7 @@ fn finish(
     }
     // Cholesky A = L L' on the stack (P <= 6: a general matrix library's
     // allocations would cost more than the arithmetic).
-    let mut l = [[0.0; MAX_ARMS]; MAX_ARMS];
+    let mut l = [[0.0; P]; P];
     let mut det_a = 1.0;
     for j in 0..p {
         let d = a[j][j] - (0..j).map(|k| l[j][k] * l[j][k]).sum::<f64>();
@@ -470,16 +521,16 @@ fn finish(
         }
     }
     // b_hat = A^-1 rhs: forward (L z = rhs), then back (L' b = z) substitution.
-    let mut z = [0.0; MAX_ARMS];
+    let mut z = [0.0; P];
     for i in 0..p {
         z[i] = (rhs[i] - (0..i).map(|k| l[i][k] * z[k]).sum::<f64>()) / l[i][i];
     }
-    let mut b = [0.0; MAX_ARMS];
+    let mut b = [0.0; P];
     for i in (0..p).rev() {
         b[i] = (z[i] - (i + 1..p).map(|k| l[k][i] * b[k]).sum::<f64>()) / l[i][i];
     }
     // A^-1 = L^-T L^-1, with M = L^-1 lower triangular.
-    let mut m = [[0.0; MAX_ARMS]; MAX_ARMS];
+    let mut m = [[0.0; P]; P];
     for j in 0..p {
         m[j][j] = 1.0 / l[j][j];
         for i in j + 1..p {
@@ -528,10 +579,18 @@ pub struct FilterSums {
 }
 
 impl FilterSums {
+    /// All sums zero: what a pass starts from and writes over.
+    pub const ZERO: FilterSums = FilterSums {
+        sum_log_f: 0.0,
+        q: 0.0,
+        s: [0.0; MAX_ARMS],
+        big_s: [[0.0; MAX_ARMS]; MAX_ARMS],
+    };
+
     /// The likelihood and the posterior of `b` from the sums (the formulas
     /// of [`augmented_filter`]).
     pub fn finish(self, series: &Series, prior: &StaticPrior) -> Result<FilterOutput, ModelError> {
-        finish(series, self, prior)
+        finish(series, &self, prior)
     }
 }
 
@@ -550,10 +609,13 @@ fn filter_sums<const P: usize, const L: usize>(
     y: &[f64],
     hs: &[Hyper; L],
     noise: Option<&[f64]>,
-) -> [FilterSums; L] {
-    // Regressor column c + 1 is arm effect_arm[c]'s onset/washout weight.
+    out: &mut [FilterSums; L],
+) {
+    // Regressor column c + 1 is arm effect_arm[c]'s onset/washout weight
+    // (the arms of `Series::effect_arms`, without its allocation).
     let mut effect_arm = [0usize; MAX_ARMS];
-    for (c, j) in series.effect_arms().into_iter().enumerate() {
+    let arms = (0..series.n_arms).filter(|&a| a != series.comparator);
+    for (c, j) in arms.take(MAX_ARMS).enumerate() {
         effect_arm[c] = j;
     }
     let var_x: [f64; L] = std::array::from_fn(|l| hs[l].drift_sd * hs[l].drift_sd);
@@ -640,12 +702,16 @@ fn filter_sums<const P: usize, const L: usize>(
             pvar[l] *= var_y[l] * inv_f[l];
         }
     }
-    std::array::from_fn(|l| FilterSums {
-        sum_log_f: sum_log_f[l] + prod_f[l].ln(),
-        q: q[l],
-        s: std::array::from_fn(|c| s[c][l]),
-        big_s: std::array::from_fn(|c| std::array::from_fn(|d| big_s[c][d][l])),
-    })
+    for (l, sums) in out.iter_mut().enumerate() {
+        sums.sum_log_f = sum_log_f[l] + prod_f[l].ln();
+        sums.q = q[l];
+        for c in 0..P {
+            sums.s[c] = s[c][l];
+            for (slot, lanes) in sums.big_s[c][..=c].iter_mut().zip(&big_s[c]) {
+                *slot = lanes[l];
+            }
+        }
+    }
 }
 
 /// `exp(-rate_l * x)` for each length `x` of a plan and each lane `l`: on
@@ -806,6 +872,47 @@ mod tests {
             n_arms: k,
             comparator: 0,
         }
+    }
+
+    #[test]
+    fn series_alike_up_to_the_last_observation_fit_alike() {
+        let s = series(3);
+        let h = Hyper {
+            lambda: 0.3,
+            drift_sd: 0.8,
+            kappa: 0.45,
+            sigma_y: 0.6,
+        };
+        let prior = StaticPrior {
+            mean: vec![3.0, 0.2, 0.2],
+            sd: vec![1.0, 1.3, 1.6],
+        };
+        let filtered = |s: &Series| augmented_filter(s, &h, &prior).unwrap();
+        assert_eq!(*s.t.last().unwrap(), 21.9);
+        // Arms after the last observation (21.9): a changed last piece (from
+        // 24.5) and one more piece (from 30) change nothing.
+        let mut later = s.clone();
+        later.path.arms[7] = (later.path.arms[7] + 1) % 3;
+        later.path.starts.push(30.0);
+        later.path.arms.push(2);
+        assert!(s.fits_alike(&later) && later.fits_alike(&s));
+        let (a, b) = (filtered(&s), filtered(&later));
+        assert_eq!(a.log_lik.to_bits(), b.log_lik.to_bits());
+        assert_eq!(a.b_mean, b.b_mean);
+        assert_eq!(a.b_cov, b.b_cov);
+        // The piece in force at the last observation (from 21.0) is read.
+        let mut within = s.clone();
+        within.path.arms[6] = (within.path.arms[6] + 1) % 3;
+        assert!(!s.fits_alike(&within));
+        assert_ne!(filtered(&within).log_lik, a.log_lik);
+        // So are the observations.
+        let mut values = s.clone();
+        values.y[3] += 0.5;
+        assert!(!s.fits_alike(&values));
+        let mut fewer = s.clone();
+        fewer.t.pop();
+        fewer.y.pop();
+        assert!(!s.fits_alike(&fewer));
     }
 
     #[test]

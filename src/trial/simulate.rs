@@ -807,15 +807,12 @@ impl Setup<'_> {
     #[allow(clippy::too_many_arguments)]
     fn fit_look(
         &self,
-        t: &[f64],
-        y: &[f64],
-        assigned: &[usize],
+        series: &Series,
         trial_seed: u64,
         run_in_sd: Option<f64>,
         dropped: Vec<usize>,
         trial: &mut VirtualTrial,
     ) -> Option<FitReport> {
-        let series = series_of(t, y, assigned, self.keys.len(), self.comparator);
         // The daemon waits for enough data rather than fit (a 1-day
         // design's first block has two days): no fit, and no failure.
         if series.y.len() < crate::engine::fit::MIN_OBSERVATIONS {
@@ -836,7 +833,7 @@ impl Setup<'_> {
             ..step::look_fit_spec(&self.model, self.protocol, trial_seed, run_in_sd, dropped)
         };
         trial.fits += 1;
-        match crate::engine::fit::fit(&series, &spec) {
+        match crate::engine::fit::fit(series, &spec) {
             Ok(report) => {
                 trial.evaluations += report.diagnostics.evaluations;
                 if !report.diagnostics.converged {
@@ -977,6 +974,8 @@ impl Setup<'_> {
         // daemon decides on an earlier fit and this on none: a difference
         // on failed fits only.
         let mut latest_fit: Option<FitReport> = None;
+        // What the last refit was given: its series and the arms dropped.
+        let mut last_refit: Option<(Series, Vec<usize>)> = None;
         while p < periods.len() {
             let first_observation = y.len();
             for _ in 0..d.period_days {
@@ -1013,12 +1012,23 @@ impl Setup<'_> {
             let decisive = look.blocks_done >= d.min_blocks
                 || protocol.decision.allocation.is_some()
                 || trace.is_some();
-            if decisive
-                && let Some(fit) = self.fit_look(
-                    &t, &y, &assigned, trial_seed, run_in_sd, dropped, &mut trial,
-                )
-            {
-                latest_fit = Some(fit);
+            if decisive {
+                let series = series_of(&t, &y, &assigned, self.keys.len(), self.comparator);
+                // A look that brought no new observation (a missed day) and
+                // dropped no arm would refit the same data with the same
+                // seed: the fit is a function of those, so the last one (or,
+                // where it failed, the fit before it) stands unrefitted.
+                let unchanged = last_refit
+                    .as_ref()
+                    .is_some_and(|(s, dr)| s.fits_alike(&series) && *dr == dropped);
+                if !unchanged {
+                    if let Some(fit) =
+                        self.fit_look(&series, trial_seed, run_in_sd, dropped.clone(), &mut trial)
+                    {
+                        latest_fit = Some(fit);
+                    }
+                    last_refit = Some((series, dropped));
+                }
             }
             let report = latest_fit.as_ref().filter(|_| decisive);
             let step = step::step(protocol, trial_seed, &periods, &look, thresholds, report);
