@@ -1254,7 +1254,8 @@ mod tests {
                 &FitSpec {
                     seed: 1000,
                     grid: GridOptions {
-                        importance_pairs: 16 * inference::IS_PAIRS,
+                        // A long run: 192 pairs a point.
+                        importance_pairs: 192,
                         ..GridOptions::default()
                     },
                     ..base.clone()
