@@ -28,6 +28,8 @@ pub struct EngineTiming {
     pub filter_batch_us: f64,
     /// Median wall time of a grid fit, milliseconds.
     pub grid_fit_ms: f64,
+    /// Threads the grid fit spread its evaluations over.
+    pub grid_threads: usize,
     /// Posterior evaluations per grid fit.
     pub grid_evaluations: usize,
     /// The grid's verdict.
@@ -59,7 +61,7 @@ pub struct McmcTiming {
 
 /// Times the filter and the grid fit at `days`, optionally against MCMC
 /// with `mcmc_draws` per chain and NUTS with `nuts_draws` per chain; the
-/// grid fit on `threads` threads (default: all cores).
+/// grid fit on `threads` threads (default: the grid's, all cores up to 4).
 pub fn engine(
     days: usize,
     reps: usize,
@@ -69,6 +71,7 @@ pub fn engine(
     model: &ModelSpec,
 ) -> EngineTiming {
     let series = two_arm_series(days, -1.5, 11);
+    let grid_threads = threads.unwrap_or(GridOptions::default().threads);
     let h = Hyper {
         lambda: 0.25,
         drift_sd: 0.8,
@@ -116,7 +119,7 @@ pub fn engine(
             ..McmcOptions::default()
         },
         grid: GridOptions {
-            threads: threads.unwrap_or(GridOptions::default().threads),
+            threads: grid_threads,
             ..GridOptions::default()
         },
         dropped: Vec::new(),
@@ -167,6 +170,7 @@ pub fn engine(
         filter_us,
         filter_batch_us,
         grid_fit_ms: times[times.len() / 2],
+        grid_threads,
         grid_evaluations: grid.diagnostics.evaluations,
         grid_converged: grid.diagnostics.converged,
         grid_effect: [grid.effects[0].mean, grid.effects[0].sd],

@@ -396,7 +396,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2000, value_parser = trials_count)]
         nuts_draws: usize,
         /// Threads a grid fit spreads its evaluations over (default: all
-        /// cores; the simulator's fits run on 1, one trial a core).
+        /// cores up to 4; the simulator's fits run on 1, one trial a core).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=crate::limits::MAX_THREADS as i64))]
         threads: Option<u16>,
     },

@@ -1231,7 +1231,7 @@ mod tests {
     /// A non-gaussian fit's answer does not depend on its seed beyond its
     /// Monte Carlo tolerance: over seeds 1-20 the effect's mean spreads
     /// (sd) by at most 0.05 posterior sd and each lies within 0.1 sd of a
-    /// long run (16 times the draws at every point), every fit converges,
+    /// long run (192 pairs of draws at every point), every fit converges,
     /// and the fits' own error estimate matches the observed spread within
     /// a factor of 1.5 (the spread of 20 fits is itself known to about
     /// 16%).

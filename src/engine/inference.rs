@@ -514,8 +514,7 @@ impl Default for GridOptions {
 /// against 0.012, 0.007 and 0.015); magnesium-migraine's calibration took
 /// 56.5 s instead of 64.3 s, to thresholds 0.9766 and 0.9763; and the seed
 /// test (`fit::tests::non_gaussian_effects_do_not_depend_on_the_seed`)
-/// passed at both. 4 would leave the jackknife that measures the error
-/// too few replicates to trust.
+/// passed at both.
 pub const IS_PAIRS: usize = 6;
 
 /// Up to four of the machine's cores, asked once: the answer reads cgroup
@@ -691,16 +690,19 @@ struct Lattice {
 
 /// How far from the mode, in steps along any axis, a lattice may grow: its
 /// indices then fit 16 bits each, and a point's four pack into one word
-/// ([`lattice_key`]). A region that reached it (tens of thousands of steps;
-/// `GridOptions::max_points` stops growth long before in all but a
-/// one-dimensional sliver) would be cut there, and the error check's
-/// narrower region would say so.
+/// ([`lattice_key`]). Practically out of reach: `GridOptions::max_points`
+/// stops growth long before, in all but a one-dimensional sliver tens of
+/// thousands of steps long.
 const LATTICE_REACH: i32 = 30_000;
+
+// Four 16-bit indices fill one word.
+const _: () = assert!(16 * DIM <= 64);
 
 /// A lattice index as one word, 16 bits a coordinate: hashing one word
 /// instead of four, in tables half the size, had been a twentieth of a
 /// short series' fit. Indices are within [`LATTICE_REACH`].
 fn lattice_key(n: &[i32; DIM]) -> u64 {
+    debug_assert!(n.iter().all(|c| c.abs() <= LATTICE_REACH));
     n.iter()
         .fold(0u64, |key, &c| (key << 16) | u64::from(c as i16 as u16))
 }

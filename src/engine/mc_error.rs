@@ -711,8 +711,9 @@ fn p_best_variance(mix: &Mixture, active: &[bool], sign: f64, seed: u64) -> (f64
 
 /// Rounds of added draws at most.
 const REFINE_ROUNDS: usize = 8;
-/// The most pairs one point may draw: 2048 times the default.
-const MAX_PAIRS_FACTOR: usize = 2048;
+/// The most pairs one point may draw: 4096 times the default (24,576 at 6
+/// pairs, the cap it had at 2048 times 12).
+const MAX_PAIRS_FACTOR: usize = 4096;
 
 /// The variance (over the tolerances') that [`refine`] aims for: an error
 /// of 0.6 times its tolerance, so that one round usually does.

@@ -66,8 +66,10 @@ impl Series {
     /// Whether a fit of `other` is a fit of this series: the same
     /// observations, arms and comparator, and the same path up to the last
     /// observation. The model reads the path only there (the filter steps
-    /// from one observation to the next), so arms scheduled after the last
-    /// observation (a period whose days were all missed) change nothing.
+    /// from one observation to the next; the plotted path takes the arm in
+    /// force at each observation, a piece starting at it included), so arms
+    /// scheduled after the last observation (a period whose days were all
+    /// missed) change nothing.
     pub fn fits_alike(&self, other: &Series) -> bool {
         self.t == other.t
             && self.y == other.y
@@ -76,11 +78,11 @@ impl Series {
             && self.observed_path() == other.observed_path()
     }
 
-    /// The path's pieces that start before the last observation (all of
-    /// them when there is none).
+    /// The path's pieces that start at or before the last observation (all
+    /// of them when there is none).
     fn observed_path(&self) -> (&[f64], &[usize]) {
         let used = match self.t.last() {
-            Some(&last) => self.path.starts.iter().take_while(|&&s| s < last).count(),
+            Some(&last) => self.path.starts.iter().take_while(|&&s| s <= last).count(),
             None => self.path.starts.len(),
         };
         (&self.path.starts[..used], &self.path.arms[..used])
@@ -469,7 +471,10 @@ fn finish(
         3 => finish_sized::<3>(n, sums, prior),
         4 => finish_sized::<4>(n, sums, prior),
         5 => finish_sized::<5>(n, sums, prior),
-        _ => finish_sized::<MAX_ARMS>(n, sums, prior),
+        MAX_ARMS => finish_sized::<MAX_ARMS>(n, sums, prior),
+        p => Err(ModelError::Input(format!(
+            "{p} static coefficients: the model takes 1 to {MAX_ARMS}"
+        ))),
     }
 }
 
@@ -589,8 +594,8 @@ impl FilterSums {
 
     /// The likelihood and the posterior of `b` from the sums (the formulas
     /// of [`augmented_filter`]).
-    pub fn finish(self, series: &Series, prior: &StaticPrior) -> Result<FilterOutput, ModelError> {
-        finish(series, &self, prior)
+    pub fn finish(&self, series: &Series, prior: &StaticPrior) -> Result<FilterOutput, ModelError> {
+        finish(series, self, prior)
     }
 }
 
@@ -905,6 +910,12 @@ mod tests {
         within.path.arms[6] = (within.path.arms[6] + 1) % 3;
         assert!(!s.fits_alike(&within));
         assert_ne!(filtered(&within).log_lik, a.log_lik);
+        // So is one that starts at it: the plotted path names its arm.
+        let mut at_last = s.clone();
+        at_last.path.starts.insert(7, 21.9);
+        at_last.path.arms.insert(7, 2);
+        assert_eq!(at_last.path.arm_at(21.9), 2);
+        assert!(!s.fits_alike(&at_last));
         // So are the observations.
         let mut values = s.clone();
         values.y[3] += 0.5;

@@ -804,7 +804,6 @@ impl Setup<'_> {
 
     /// The refit at a look, on the data so far, as the daemon asks for it
     /// (one thread: the simulator already runs a trial per core).
-    #[allow(clippy::too_many_arguments)]
     fn fit_look(
         &self,
         series: &Series,
@@ -1014,8 +1013,8 @@ impl Setup<'_> {
                 || trace.is_some();
             if decisive {
                 let series = series_of(&t, &y, &assigned, self.keys.len(), self.comparator);
-                // A look that brought no new observation (a missed day) and
-                // dropped no arm would refit the same data with the same
+                // A look that brought no new observation (every day of the
+                // period missed) and dropped no arm would refit the same data with the same
                 // seed: the fit is a function of those, so the last one (or,
                 // where it failed, the fit before it) stands unrefitted.
                 let unchanged = last_refit
