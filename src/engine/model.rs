@@ -857,6 +857,16 @@ mod tests {
         (ll, post_mean, post_cov)
     }
 
+    /// The hyperparameters the filter and smoother tests run at.
+    fn hyper() -> Hyper {
+        Hyper {
+            lambda: 0.3,
+            drift_sd: 0.8,
+            kappa: 0.45,
+            sigma_y: 0.6,
+        }
+    }
+
     fn series(k: usize) -> Series {
         // Irregular times, a missing stretch, two observations on one day,
         // and arm switches that fall inside gaps.
@@ -882,12 +892,7 @@ mod tests {
     #[test]
     fn series_alike_up_to_the_last_observation_fit_alike() {
         let s = series(3);
-        let h = Hyper {
-            lambda: 0.3,
-            drift_sd: 0.8,
-            kappa: 0.45,
-            sigma_y: 0.6,
-        };
+        let h = hyper();
         let prior = StaticPrior {
             mean: vec![3.0, 0.2, 0.2],
             sd: vec![1.0, 1.3, 1.6],
@@ -930,12 +935,7 @@ mod tests {
     fn augmented_filter_equals_dense_gaussian() {
         for k in [2, 3, 6] {
             let s = series(k);
-            let h = Hyper {
-                lambda: 0.3,
-                drift_sd: 0.8,
-                kappa: 0.45,
-                sigma_y: 0.6,
-            };
+            let h = hyper();
             let prior = StaticPrior {
                 mean: (0..k).map(|c| if c == 0 { 3.0 } else { 0.2 }).collect(),
                 sd: (0..k).map(|c| 1.0 + 0.3 * c as f64).collect(),
@@ -985,12 +985,7 @@ mod tests {
     #[test]
     fn smoother_equals_dense_conditional_mean() {
         let s = series(3);
-        let h = Hyper {
-            lambda: 0.3,
-            drift_sd: 0.8,
-            kappa: 0.45,
-            sigma_y: 0.6,
-        };
+        let h = hyper();
         let b = DVector::from_vec(vec![3.1, 0.4, -0.2]);
         let got = smoothed_drift(&s, &h, &b);
         // Dense: E[x | y, b] = Sx (Sx + sy^2 I)^-1 (y - X b).
