@@ -1014,9 +1014,10 @@ impl Setup<'_> {
             if decisive {
                 let series = series_of(&t, &y, &assigned, self.keys.len(), self.comparator);
                 // A look that brought no new observation (every day of the
-                // period missed) and dropped no arm would refit the same data with the same
-                // seed: the fit is a function of those, so the last one (or,
-                // where it failed, the fit before it) stands unrefitted.
+                // period missed) and dropped no arm would refit the same
+                // data with the same seed: the fit is a function of those,
+                // so the last one (or, where it failed, the fit before it)
+                // stands unrefitted.
                 let unchanged = last_refit
                     .as_ref()
                     .is_some_and(|(s, dr)| s.fits_alike(&series) && *dr == dropped);
