@@ -613,23 +613,13 @@ pub fn analyze(text: &str, req: &Request) -> Result<Analysis, AnalyzeError> {
                 req.outcome.aggregation,
             )?;
             let model = req.outcome.model_spec();
-            // The GPU evaluates the gaussian family with normal noise
-            // only: other models never ask for it (nor fail for want of one).
-            let chosen = if req.outcome.fits_by_filter() {
-                crate::engine::gpu::choose(
-                    req.backend,
-                    crate::engine::gpu::Workload::Fit {
-                        observations: prepared.series.t.len(),
-                    },
-                )?
-            } else {
-                crate::engine::gpu::Chosen {
-                    device: None,
-                    line:
-                        "on the CPU: the GPU evaluates the gaussian family with normal noise only"
-                            .into(),
-                }
-            };
+            let chosen = crate::engine::gpu::choose_for(
+                req.backend,
+                crate::engine::gpu::Workload::Fit {
+                    observations: prepared.series.t.len(),
+                },
+                req.outcome.fits_by_filter(),
+            )?;
             backend_line = chosen.line.clone();
             let spec = crate::engine::fit::FitSpec {
                 model: &model,

@@ -1096,19 +1096,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 || std::thread::available_parallelism().map_or(1, |n| n.get()),
                 usize::from,
             );
-            let chosen = if p.outcome.fits_by_filter() {
-                crate::engine::gpu::choose(
-                    *backend,
-                    crate::engine::gpu::Workload::Trials { trials: *trials },
-                )?
-            } else {
-                crate::engine::gpu::Chosen {
-                    device: None,
-                    line:
-                        "on the CPU: the GPU evaluates the gaussian family with normal noise only"
-                            .into(),
-                }
-            };
+            let chosen = crate::engine::gpu::choose_for(
+                *backend,
+                crate::engine::gpu::Workload::Trials { trials: *trials },
+                p.outcome.fits_by_filter(),
+            )?;
             eprintln!("nof1d simulate: refits {}", chosen.line);
             let device = chosen.device;
             // On a GPU the threads are the fits kept in flight.

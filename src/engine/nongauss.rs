@@ -63,17 +63,10 @@ pub enum Likelihood {
 fn student_t_ties(y: &[f64]) -> Result<(), ModelError> {
     let mut sorted = y.to_vec();
     sorted.sort_by(f64::total_cmp);
-    let (mut value, mut most, mut run) = (f64::NAN, 0, 0);
-    for (i, v) in sorted.iter().enumerate() {
-        run = if i > 0 && sorted[i - 1] == *v {
-            run + 1
-        } else {
-            1
-        };
-        if run > most {
-            (most, value) = (run, *v);
-        }
-    }
+    let Some(ties) = sorted.chunk_by(|a, b| a == b).max_by_key(|run| run.len()) else {
+        return Ok(());
+    };
+    let (most, value) = (ties.len(), ties[0]);
     if (most as f64) * (STUDENT_T_DF + 1.0) >= STUDENT_T_DF * y.len() as f64 {
         return Err(ModelError::Input(format!(
             "{most} of the {} values are {value}: with Student-t noise that many equal values are fitted exactly (the noise scale shrinks to nothing); use normal noise for this outcome",

@@ -162,15 +162,10 @@ impl Noise {
     pub fn next(&mut self, rng: &mut ChaCha20Rng) -> f64 {
         match self.scenario {
             Scenario::Prior if self.model == NoiseModel::StudentT => {
-                let nu = STUDENT_T_DF;
-                let chi: f64 = (0..nu as usize).map(|_| normal(rng).powi(2)).sum();
-                normal(rng) / (chi / nu).sqrt()
+                student_t(STUDENT_T_DF as usize, rng)
             }
-            Scenario::HeavyTails => {
-                // t_3 has variance 3: rescaled to unit sd.
-                let chi: f64 = (0..3).map(|_| normal(rng).powi(2)).sum();
-                normal(rng) / (chi / 3.0).sqrt() / 3f64.sqrt()
-            }
+            // t_3 has variance 3: rescaled to unit sd.
+            Scenario::HeavyTails => student_t(3, rng) / 3f64.sqrt(),
             Scenario::Skewed => {
                 // Lognormal(0, 1): mean e^(1/2), variance (e - 1) e.
                 let e = std::f64::consts::E;
@@ -189,6 +184,14 @@ impl Noise {
             _ => normal(rng),
         }
     }
+}
+
+/// A draw of Student's t with `nu` degrees of freedom (unit scale): a
+/// normal over the root of a chi-square's mean, from `nu` squared normals
+/// drawn first.
+fn student_t(nu: usize, rng: &mut ChaCha20Rng) -> f64 {
+    let chi: f64 = (0..nu).map(|_| normal(rng).powi(2)).sum();
+    normal(rng) / (chi / nu as f64).sqrt()
 }
 
 /// The grain of [`Scenario::Rounded`]: the power of ten at or below `scale`.

@@ -195,6 +195,24 @@ pub struct Chosen {
 /// for the workload's size ([`gains`]) and one is found, else the CPU with
 /// the reason. Many fits at once (`Workload::Trials`) share a batcher.
 pub fn choose(choice: BackendChoice, workload: Workload) -> Result<Chosen, NoGpu> {
+    choose_for(choice, workload, true)
+}
+
+/// [`choose`] for a model the GPU may not evaluate: only the exact Kalman
+/// filter's (`fits_by_filter`: gaussian with normal noise) runs there;
+/// any other stays on the CPU, saying why, and never fails for want of a
+/// GPU.
+pub fn choose_for(
+    choice: BackendChoice,
+    workload: Workload,
+    fits_by_filter: bool,
+) -> Result<Chosen, NoGpu> {
+    if !fits_by_filter {
+        return Ok(Chosen {
+            device: None,
+            line: "on the CPU: the GPU evaluates the gaussian family with normal noise only".into(),
+        });
+    }
     let cpu = |why: String| Chosen {
         device: None,
         line: format!("on the CPU: {why}"),

@@ -118,10 +118,11 @@ fn design_device(
     protocol: &Protocol,
     trials: usize,
 ) -> Option<crate::engine::gpu::SharedDevice> {
-    if !protocol.outcome.fits_by_filter() {
-        return None;
-    }
-    match crate::engine::gpu::choose(backend, crate::engine::gpu::Workload::Trials { trials }) {
+    match crate::engine::gpu::choose_for(
+        backend,
+        crate::engine::gpu::Workload::Trials { trials },
+        protocol.outcome.fits_by_filter(),
+    ) {
         Ok(chosen) => {
             tracing::info!(protocol = %protocol.id, "design simulation {}", chosen.line);
             chosen.device

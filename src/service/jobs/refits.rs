@@ -154,15 +154,15 @@ async fn refit_one(
         stream_key: key.to_string(),
         data_through: through,
         observations: report.observations,
-        engine: match report.noise {
-            crate::engine::spec::NoiseModel::Normal => {
-                format!("{:?}/{:?}", report.family, report.diagnostics.method)
-            }
-            crate::engine::spec::NoiseModel::StudentT => format!(
-                "{:?}-student-t/{:?}",
-                report.family, report.diagnostics.method
-            ),
-        }
+        engine: format!(
+            "{:?}{}/{:?}",
+            report.family,
+            match report.noise {
+                crate::engine::spec::NoiseModel::Normal => "",
+                crate::engine::spec::NoiseModel::StudentT => "-student-t",
+            },
+            report.diagnostics.method
+        )
         .to_lowercase(),
         seed,
         scale: report.priors.scale,
