@@ -624,7 +624,7 @@ pub fn analyze(text: &str, req: &Request) -> Result<Analysis, AnalyzeError> {
             let spec = crate::engine::fit::FitSpec {
                 model: &model,
                 arm_keys: prepared.arm_keys.clone(),
-                run_in_sd: None,
+                run_in: None,
                 method: req.method,
                 seed: req.seed,
                 mcmc: match req.method {

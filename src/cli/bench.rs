@@ -110,7 +110,7 @@ pub fn engine(
     let spec = |method| FitSpec {
         model,
         arm_keys: vec!["control".into(), "treatment".into()],
-        run_in_sd: None,
+        run_in: None,
         method,
         seed: 1,
         mcmc: McmcOptions {
@@ -303,7 +303,7 @@ pub fn sbc(
         let spec = FitSpec {
             model: &outcome,
             arm_keys: vec!["a".into(), "b".into()],
-            run_in_sd: None,
+            run_in: None,
             method: Method::Grid,
             seed: rep as u64,
             mcmc: McmcOptions::default(),
@@ -510,7 +510,7 @@ pub fn robust_noise(replications: usize, days: usize, effect: f64, seed: u64) ->
                 let spec = FitSpec {
                     model,
                     arm_keys: vec!["a".into(), "b".into()],
-                    run_in_sd: None,
+                    run_in: None,
                     method: Method::Grid,
                     seed: rep as u64,
                     mcmc: McmcOptions::default(),

@@ -162,7 +162,7 @@ fn fit_spec<'a>(
     crate::engine::fit::FitSpec {
         model,
         arm_keys: vec!["usual".into(), "cutoff".into()],
-        run_in_sd: None,
+        run_in: None,
         method: crate::engine::fit::Method::Grid,
         seed: 1,
         mcmc: crate::engine::inference::McmcOptions::default(),

@@ -1453,7 +1453,7 @@ pub(crate) fn test_priors(
     let spec = FitSpec {
         model: &model,
         arm_keys: vec!["a".into(), "b".into()],
-        run_in_sd: None,
+        run_in: None,
         method: Method::Grid,
         seed: 5,
         mcmc: McmcOptions::default(),

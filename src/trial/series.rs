@@ -8,6 +8,7 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 
+use crate::engine::fit::SampleScale;
 use crate::engine::model::{ArmPath, Series};
 use crate::trial::calendar::days_between;
 use crate::trial::lifecycle::DatedDay;
@@ -19,7 +20,7 @@ pub struct TrialSeries {
     /// The series (time 0 = local midnight starting the trial's day 0).
     pub series: Series,
     /// The outcome's sd during run-in (for the default scale `S`).
-    pub run_in_sd: Option<f64>,
+    pub run_in: Option<SampleScale>,
     /// The last local date with data.
     pub data_through: Option<Date>,
 }
@@ -64,7 +65,7 @@ pub fn trial_series(
     let Some(first) = schedule.first() else {
         return TrialSeries {
             series: empty(protocol),
-            run_in_sd: None,
+            run_in: None,
             data_through: None,
         };
     };
@@ -120,7 +121,7 @@ pub fn trial_series(
             n_arms: protocol.arms.len(),
             comparator,
         },
-        run_in_sd: run_in_sd(&run_in),
+        run_in: run_in_scale(&run_in),
         data_through,
     }
 }
@@ -203,18 +204,12 @@ fn aggregate(points: &[(f64, Date, f64)], how: Aggregation) -> (Vec<f64>, Vec<f6
     (t, y)
 }
 
-/// The run-in's sample sd, which sets the outcome's scale `S` (§4) where
-/// the protocol states none: at least 3 values that vary, else `None` (the
+/// The run-in's spread, which sets the outcome's scale `S` (§4) where the
+/// protocol states none: at least 3 values that vary, else `None` (the
 /// scale then comes from all the data). One home for the daemon and the
 /// simulator, so that both fit with the same priors.
-pub fn run_in_sd(xs: &[f64]) -> Option<f64> {
-    if xs.len() < 3 {
-        return None;
-    }
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (var > 0.0).then(|| var.sqrt())
+pub fn run_in_scale(xs: &[f64]) -> Option<SampleScale> {
+    SampleScale::of(xs, 3)
 }
 
 #[cfg(test)]

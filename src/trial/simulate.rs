@@ -14,7 +14,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::fit::{FitReport, FitSpec, Method};
+use crate::engine::fit::{FitReport, FitSpec, Method, SampleScale};
 use crate::engine::generate::{Latent, ModelParams, normal};
 use crate::engine::inference::{GridOptions, HyperPriors, McmcOptions};
 use crate::engine::model::{ArmPath, Series};
@@ -808,7 +808,7 @@ impl Setup<'_> {
         &self,
         series: &Series,
         trial_seed: u64,
-        run_in_sd: Option<f64>,
+        run_in: Option<SampleScale>,
         dropped: Vec<usize>,
         trial: &mut VirtualTrial,
     ) -> Option<FitReport> {
@@ -829,7 +829,7 @@ impl Setup<'_> {
                 .device
                 .as_ref()
                 .map(crate::engine::gpu::SharedDevice::get),
-            ..step::look_fit_spec(&self.model, self.protocol, trial_seed, run_in_sd, dropped)
+            ..step::look_fit_spec(&self.model, self.protocol, trial_seed, run_in, dropped)
         };
         trial.fits += 1;
         match crate::engine::fit::fit(series, &spec) {
@@ -961,7 +961,7 @@ impl Setup<'_> {
                 &mut assigned,
             );
         }
-        let run_in_sd = crate::trial::series::run_in_sd(&y);
+        let run_in = crate::trial::series::run_in_scale(&y);
         let mut p = 0;
         // The mean outcome of each period of the current block, by arm.
         let mut block_means: Vec<(usize, f64)> = Vec::new();
@@ -1023,7 +1023,7 @@ impl Setup<'_> {
                     .is_some_and(|(s, dr)| s.fits_alike(&series) && *dr == dropped);
                 if !unchanged {
                     if let Some(fit) =
-                        self.fit_look(&series, trial_seed, run_in_sd, dropped.clone(), &mut trial)
+                        self.fit_look(&series, trial_seed, run_in, dropped.clone(), &mut trial)
                     {
                         latest_fit = Some(fit);
                     }
@@ -1339,7 +1339,7 @@ fn setup_for<'a>(protocol: &'a Protocol, options: &'a SimOptions) -> Result<Setu
     let probe_spec = FitSpec {
         model: &scaled,
         arm_keys: keys.clone(),
-        run_in_sd: None,
+        run_in: None,
         method: Method::Grid,
         seed: 0,
         mcmc: McmcOptions::default(),

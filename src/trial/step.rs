@@ -10,7 +10,7 @@
 
 use jiff::civil::Date;
 
-use crate::engine::fit::{FitReport, FitSpec, Method};
+use crate::engine::fit::{FitReport, FitSpec, Method, SampleScale};
 use crate::engine::inference::{GridOptions, McmcOptions};
 use crate::engine::spec::ModelSpec;
 use crate::trial::decide::{self, Action, Decision, LockedThresholds, Look, Thresholds};
@@ -52,13 +52,13 @@ pub fn look_fit_spec<'a>(
     model: &'a ModelSpec,
     protocol: &Protocol,
     seed: u64,
-    run_in_sd: Option<f64>,
+    run_in: Option<SampleScale>,
     dropped: Vec<usize>,
 ) -> FitSpec<'a> {
     FitSpec {
         model,
         arm_keys: protocol.arms.iter().map(|a| a.key.clone()).collect(),
-        run_in_sd,
+        run_in,
         method: Method::Grid,
         seed,
         mcmc: McmcOptions::default(),

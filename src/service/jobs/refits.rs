@@ -140,7 +140,7 @@ async fn refit_one(
             return Ok(None);
         }
         let model = out.model_spec();
-        let spec = step::look_fit_spec(&model, &protocol, seed, ts.run_in_sd, dropped);
+        let spec = step::look_fit_spec(&model, &protocol, seed, ts.run_in, dropped);
         fit::fit(&ts.series, &spec).map(|r| Some((r, through, digest)))
     })
     .await
