@@ -7,7 +7,9 @@
 //! Sequential: every scenario starts with a first batch of null trials (at
 //! least the 59 on which 5% can hold with 95% confidence at all); the
 //! scenario whose own threshold is highest (the one that binds) is then run
-//! to the most trials allowed, and so on while another binds. A scenario's
+//! to the most trials allowed, and so on while another binds, as long as
+//! those trials would allow more false stops ([`worth_extending`]). A
+//! scenario's
 //! threshold comes from its own trials at 95% confidence
 //! ([`calibrate_threshold`]), which is higher (safer) the fewer trials it
 //! has, so a scenario left with few trials still holds the target at the
@@ -24,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::progress::{Meter, Progress};
 use super::{
     BettingRates, DEFAULT_TARGET, MAX_FUTILITY, Rate, Rule, SimError, SimOptions, SimTiming,
-    TrueEffect, VirtualTrial, allowed_errors_at, betting_rates, calibrate_boundary,
+    TrueEffect, VirtualTrial, allowed_errors, allowed_errors_at, betting_rates, calibrate_boundary,
     calibrate_futility, calibrate_threshold, min_calibration_trials, min_trials_at, run_range,
     setup_for,
 };
@@ -424,7 +426,7 @@ pub fn run_suite(
                 break;
             };
             let have = null[binding].len();
-            if have >= max {
+            if !worth_extending(have, max, target) {
                 break;
             }
             // A scenario that binds is run to the most trials at once, not
@@ -911,6 +913,20 @@ fn dropped_under(trials: &[VirtualTrial], rule: Rule, arm: usize) -> Rate {
 }
 
 /// The index of the smallest threshold (the first, on ties).
+/// Whether running a binding scenario from `have` null trials to `max`
+/// can lower its threshold: only where the larger count allows more false
+/// stops ([`allowed_errors`]). With the same number allowed, the
+/// threshold is the same order statistic (the `k + 1`-th largest maximum)
+/// of more trials, which is never lower: at 5% that is every count from 59
+/// to 92 (none allowed), so a suite of at most 80 trials a scenario (the
+/// designs job's, for the importance-sampled families) runs its first batch
+/// and no more, and its threshold is the largest of 59 maxima instead of
+/// 80. The binding scenario's threshold is the suite's, so when it cannot
+/// be lowered no other extension matters.
+fn worth_extending(have: usize, max: usize, target: f64) -> bool {
+    have < max && allowed_errors(max, target) > allowed_errors(have, target)
+}
+
 fn argmin(allowed: &[Option<f64>]) -> Option<usize> {
     let mut best: Option<(usize, f64)> = None;
     for (i, a) in allowed.iter().enumerate() {
@@ -1143,6 +1159,21 @@ pub fn render_suite(r: &SuiteReport) -> String {
 mod tests {
     use super::*;
     use crate::trial::decide::ThresholdSource;
+
+    /// At 5%, none of 59 to 92 trials may stop falsely, 1 of 93 (where
+    /// `P(Binomial(93, 0.05) >= 2)` first reaches 95%), 13 of 400: a
+    /// binding scenario is extended only where that count grows.
+    #[test]
+    fn a_binding_scenario_is_extended_only_where_it_may_lower_its_threshold() {
+        assert_eq!(allowed_errors(92, 0.05), 0);
+        assert_eq!(allowed_errors(93, 0.05), 1);
+        assert!(!worth_extending(59, 80, 0.05));
+        assert!(!worth_extending(59, 92, 0.05));
+        assert!(worth_extending(59, 93, 0.05));
+        assert!(worth_extending(100, 400, 0.05));
+        assert!(!worth_extending(400, 400, 0.05));
+        assert!(!worth_extending(500, 400, 0.05));
+    }
 
     /// A small design: two arms, 3-day periods, 6 blocks, a look from the
     /// first block on, MID near 0 (so that sequential looks inflate false
