@@ -29,7 +29,8 @@ binomial series); the JSON adds the worst R-hat and ESS over all parameters.
 
 --family gaussian --noise student_t: Student-t errors with 4 degrees of
 freedom and scale sigma_y ~ HalfNormal(S) (nof1d's `noise = "student_t"`),
-the other priors as the gaussian's with S = sd(y); no Kalman filter exists
+the other priors as the gaussian's with S = robust_scale(y) (nof1d's: 1.4826
+MAD with 15 values or more and a MAD above 0, else sd(y)); no Kalman filter exists
 for these either, so the latent path is sampled (non-centred) and NUTS runs
 at target_accept 0.95.
 
@@ -55,6 +56,17 @@ jax.config.update("jax_enable_x64", True)
 
 
 FAMILIES = ("gaussian", "poisson", "bernoulli", "binomial", "beta")
+
+
+def robust_scale(y):
+    """nof1d's S for Student-t noise (engine::fit::SampleScale): 1.4826 times
+    the median absolute deviation from the median, with 15 values or more and
+    a MAD above 0; else the sample sd."""
+    y = np.asarray(y, dtype=float)
+    mad = float(np.median(np.abs(y - np.median(y))))
+    if len(y) >= 15 and mad > 0:
+        return 1.482602218505602 * mad
+    return float(np.std(y, ddof=1))
 
 
 def load(path):
@@ -179,7 +191,7 @@ def gaussian_priors(y, S):
 
 
 def student_t_model(t_all, a_all, obs, y, S):
-    """Gaussian family with Student-t(4) errors: latent path sampled, S = sd(y)."""
+    """Gaussian family with Student-t(4) errors: latent path sampled, S = robust_scale(y)."""
     mu, beta, sd_x, tau, half = gaussian_priors(y, S)
     scale = numpyro.sample("noise_scale", dist.HalfNormal(S))
     w = onset(t_all, a_all, jnp.log(2.0) / half)[obs]
@@ -245,7 +257,7 @@ def main():
     data = (jnp.array(t), jnp.array(a), jnp.array(obs), jnp.array(y))
     extra = {}
     if args.family == "gaussian" and args.noise == "student_t":
-        S = float(np.std(y, ddof=1))
+        S = robust_scale(y)
         fn, fargs = student_t_model, (*data, S)
         name = "gaussian, Student-t(4) errors (latent path sampled)"
         accept = args.target_accept or 0.95

@@ -203,7 +203,8 @@ pub struct Outcome {
     /// `mid`, the ratio, still draws the charts' reference lines.
     #[serde(default)]
     pub mid_natural: Option<f64>,
-    /// The outcome's scale `S`; default: sd of run-in data, else of all data.
+    /// The outcome's scale `S`; default: sd of run-in data, else of all data
+    /// (their MAD first with Student-t noise: `engine::fit::SampleScale`).
     pub scale: Option<f64>,
     /// Number of trials per day (binomial only).
     pub trials: Option<u32>,

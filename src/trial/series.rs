@@ -19,7 +19,7 @@ use crate::trial::protocol::{Aggregation, Outcome, Protocol, WashoutHandling};
 pub struct TrialSeries {
     /// The series (time 0 = local midnight starting the trial's day 0).
     pub series: Series,
-    /// The outcome's sd during run-in (for the default scale `S`).
+    /// The outcome's spread during run-in (for the default scale `S`).
     pub run_in: Option<SampleScale>,
     /// The last local date with data.
     pub data_through: Option<Date>,

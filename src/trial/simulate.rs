@@ -1863,8 +1863,9 @@ mod tests {
     /// fails it.)
     #[test]
     fn keeping_the_fit_of_unchanged_data_changes_no_trial() {
-        let text = include_str!("../../bench/one-day-30-blocks.toml")
-            .replace("max_blocks = 30", "max_blocks = 12");
+        let text = include_str!("../../bench/one-day-30-blocks.toml");
+        assert!(text.contains("max_blocks = 30"));
+        let text = text.replace("max_blocks = 30", "max_blocks = 12");
         let protocol = Protocol::parse(&text, "one-day").unwrap();
         let options = SimOptions {
             trials: 1,

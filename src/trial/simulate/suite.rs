@@ -9,11 +9,12 @@
 //! scenario whose own threshold is highest (the one that binds) is then run
 //! to the most trials allowed, and so on while another binds, as long as
 //! those trials would allow more false stops ([`worth_extending`]). A
-//! scenario's
-//! threshold comes from its own trials at 95% confidence
-//! ([`calibrate_threshold`]), which is higher (safer) the fewer trials it
-//! has, so a scenario left with few trials still holds the target at the
-//! final, higher threshold: the trials go where they move the answer. The
+//! scenario's threshold comes from its own trials at 95% confidence
+//! ([`calibrate_threshold`]), whatever their number, and the suite's is the
+//! highest of them, so a scenario left with few trials holds the target
+//! there too; fewer trials allow fewer false stops, which makes a threshold
+//! higher (safer) in expectation, so the trials go where they move the
+//! answer. The
 //! first batch of a scenario that is extended was chosen for its high
 //! maxima, which makes its final threshold, if anything, conservative.
 
@@ -912,7 +913,6 @@ fn dropped_under(trials: &[VirtualTrial], rule: Rule, arm: usize) -> Rate {
     Rate::of(k, trials.len())
 }
 
-/// The index of the smallest threshold (the first, on ties).
 /// Whether running a binding scenario from `have` null trials to `max`
 /// can lower its threshold: only where the larger count allows more false
 /// stops ([`allowed_errors`]). With the same number allowed, the
@@ -927,6 +927,7 @@ fn worth_extending(have: usize, max: usize, target: f64) -> bool {
     have < max && allowed_errors(max, target) > allowed_errors(have, target)
 }
 
+/// The index of the smallest threshold (the first, on ties).
 fn argmin(allowed: &[Option<f64>]) -> Option<usize> {
     let mut best: Option<(usize, f64)> = None;
     for (i, a) in allowed.iter().enumerate() {
@@ -1161,12 +1162,13 @@ mod tests {
     use crate::trial::decide::ThresholdSource;
 
     /// At 5%, none of 59 to 92 trials may stop falsely, 1 of 93 (where
-    /// `P(Binomial(93, 0.05) >= 2)` first reaches 95%), 13 of 400: a
+    /// `P(Binomial(93, 0.05) >= 2)` first reaches 95%), 12 of 400: a
     /// binding scenario is extended only where that count grows.
     #[test]
     fn a_binding_scenario_is_extended_only_where_it_may_lower_its_threshold() {
         assert_eq!(allowed_errors(92, 0.05), 0);
         assert_eq!(allowed_errors(93, 0.05), 1);
+        assert_eq!(allowed_errors(400, 0.05), 12);
         assert!(!worth_extending(59, 80, 0.05));
         assert!(!worth_extending(59, 92, 0.05));
         assert!(worth_extending(59, 93, 0.05));
