@@ -1175,6 +1175,34 @@ mod tests {
         assert!(worth_extending(100, 400, 0.05));
         assert!(!worth_extending(400, 400, 0.05));
         assert!(!worth_extending(500, 400, 0.05));
+        // A whole suite: at most 80 null trials a scenario stops at the
+        // first 59 everywhere; at most 93 extends the binding one.
+        let protocol = small_design();
+        let hash = ProtocolHash::of("small");
+        let suite = |max_trials: usize| {
+            let options = SuiteOptions {
+                base: SimOptions {
+                    seed: 5,
+                    threads: 2,
+                    ..SimOptions::default()
+                },
+                target: Some(0.05),
+                first_trials: 20,
+                max_trials,
+                power_trials: 29,
+                fresh_trials: 0,
+            };
+            run_suite(&protocol, &hash, &options).unwrap()
+        };
+        let small = suite(80);
+        assert!(
+            small.rows.iter().all(|r| r.null_trials == 59),
+            "{:?}",
+            small.rows
+        );
+        let larger = suite(93);
+        let binding = larger.rows.iter().find(|r| r.null_trials == 93);
+        assert!(binding.is_some(), "{:?}", larger.rows);
     }
 
     /// A small design: two arms, 3-day periods, 6 blocks, a look from the
