@@ -1180,19 +1180,7 @@ mod tests {
         let protocol = small_design();
         let hash = ProtocolHash::of("small");
         let suite = |max_trials: usize| {
-            let options = SuiteOptions {
-                base: SimOptions {
-                    seed: 5,
-                    threads: 2,
-                    ..SimOptions::default()
-                },
-                target: Some(0.05),
-                first_trials: 20,
-                max_trials,
-                power_trials: 29,
-                fresh_trials: 0,
-            };
-            run_suite(&protocol, &hash, &options).unwrap()
+            run_suite(&protocol, &hash, &calibrating(5, 20, max_trials, 29)).unwrap()
         };
         let small = suite(80);
         assert!(
@@ -1208,6 +1196,22 @@ mod tests {
     /// A small design: two arms, 3-day periods, 6 blocks, a look from the
     /// first block on, MID near 0 (so that sequential looks inflate false
     /// stops, as in `statistics.md` §5).
+    /// A suite calibrating to 5% on 2 threads, without the fresh check.
+    fn calibrating(seed: u64, first: usize, max: usize, power: usize) -> SuiteOptions {
+        SuiteOptions {
+            base: SimOptions {
+                seed,
+                threads: 2,
+                ..SimOptions::default()
+            },
+            target: Some(0.05),
+            first_trials: first,
+            max_trials: max,
+            power_trials: power,
+            fresh_trials: 0,
+        }
+    }
+
     fn small_design() -> Protocol {
         Protocol::parse(&small_design_text(), "small").unwrap()
     }
@@ -1244,18 +1248,7 @@ max_blocks = 6
     fn a_calibrated_threshold_holds_the_target_on_fresh_trials_in_every_scenario() {
         let protocol = small_design();
         let hash = ProtocolHash::of("small");
-        let options = SuiteOptions {
-            base: SimOptions {
-                seed: 3,
-                threads: 2,
-                ..SimOptions::default()
-            },
-            target: Some(0.05),
-            first_trials: 60,
-            max_trials: 240,
-            power_trials: 60,
-            fresh_trials: 0,
-        };
+        let options = calibrating(3, 60, 240, 60);
         let calibrated = run_suite(&protocol, &hash, &options).unwrap();
         let efficacy = calibrated.efficacy.unwrap();
         assert!(calibrated.achievable && efficacy > 0.95, "{efficacy}");
