@@ -171,6 +171,13 @@ enum Command {
         /// once. The long-carryover scenario keeps its own.
         #[arg(long, value_parser = half_life_days)]
         true_half_life: Option<f64>,
+        /// How many arms work in the effect condition: the first that many
+        /// besides the comparator, each better by the effect (a stop for
+        /// any of them finds a right arm; the drop rates show how often one
+        /// that works was dropped). Not with --suite, which calibrates arm
+        /// drops with one.
+        #[arg(long, default_value_t = 1, conflicts_with = "suite", value_parser = clap::value_parser!(u8).range(1..=5))]
+        working_arms: u8,
         /// Master seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -1068,6 +1075,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             missing,
             non_adherence,
             true_half_life,
+            working_arms,
             seed,
             threads,
             backend,
@@ -1153,6 +1161,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     redesign: true,
                     true_half_life: *true_half_life,
                     watch: None,
+                    working_arms: usize::from(*working_arms),
                 };
                 let report = crate::trial::simulate::simulate_protocol(&p, &hash, &options)?;
                 if !*json {

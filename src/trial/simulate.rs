@@ -70,6 +70,12 @@ pub struct SimOptions {
     /// Also count the virtual trials into this, for someone watching from
     /// another thread (the dashboard, while the designs job runs).
     pub watch: Option<std::sync::Arc<Progress>>,
+    /// How many arms have the effect in the effect condition: the first
+    /// that many besides the comparator (1: the effect arm alone). With
+    /// more, a stop for any of them finds a right arm, and the arm-drop
+    /// rates show how often an arm that works was dropped (the suite
+    /// calibrates drops with one).
+    pub working_arms: usize,
 }
 
 impl Default for SimOptions {
@@ -88,6 +94,7 @@ impl Default for SimOptions {
             redesign: false,
             true_half_life: None,
             watch: None,
+            working_arms: 1,
         }
     }
 }
@@ -385,7 +392,7 @@ pub struct Operating {
 fn operating(
     trials: &[VirtualTrial],
     threshold: f64,
-    right_arm: Option<usize>,
+    right_arms: &[usize],
     keys: &[String],
 ) -> Operating {
     let n = trials.len();
@@ -400,7 +407,7 @@ fn operating(
     }
     Operating {
         stop_efficacy: count(&|c| c.efficacy.is_some()),
-        stop_efficacy_right_arm: count(&|c| c.efficacy.is_some() && c.efficacy == right_arm),
+        stop_efficacy_right_arm: count(&|c| c.efficacy.is_some_and(|a| right_arms.contains(&a))),
         stop_futility: count(&|c| c.end == Action::StopFutility),
         stop_inconclusive: count(&|c| c.end == Action::StopInconclusive),
         blocks: Spread::of(courses.iter().map(|c| f64::from(c.blocks)).collect()),
@@ -446,12 +453,12 @@ fn betting_rates(
     if setup.betting_tests().is_empty() {
         return None;
     }
-    let rejected = |ts: &[VirtualTrial], right: Option<usize>| {
+    let rejected = |ts: &[VirtualTrial], right: Option<&[usize]>| {
         let k = ts
             .iter()
             .filter(|t| {
                 t.betting
-                    .is_some_and(|b| right.is_none_or(|arm| b.arm == arm))
+                    .is_some_and(|b| right.is_none_or(|arms| arms.contains(&b.arm)))
             })
             .count();
         Rate::of(k, ts.len())
@@ -464,7 +471,7 @@ fn betting_rates(
         alpha: setup.options.calibrate.unwrap_or(DEFAULT_TARGET),
         false_stops: rejected(null, None),
         power: rejected(effect, None),
-        power_right_arm: rejected(effect, Some(setup.effect_arm)),
+        power_right_arm: rejected(effect, Some(&setup.working)),
         blocks: (!blocks.is_empty()).then(|| Spread::of(blocks)),
     })
 }
@@ -548,6 +555,9 @@ pub struct SimulationReport {
     pub effect_beta: f64,
     /// The arm given the effect.
     pub effect_arm: String,
+    /// Other arms given the same effect ([`SimOptions::working_arms`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub also_working: Vec<String>,
     /// The scale `S` data were simulated on.
     pub scale: f64,
     /// Missing-day probability.
@@ -625,6 +635,9 @@ struct Setup<'a> {
     keys: Vec<String>,
     comparator: usize,
     effect_arm: usize,
+    /// The arms with the effect in the effect condition (`effect_arm`
+    /// first; [`SimOptions::working_arms`]).
+    working: Vec<usize>,
     /// The model every refit is asked for (the protocol's outcome).
     model: ModelSpec,
     scale: f64,
@@ -745,7 +758,10 @@ impl Setup<'_> {
         };
         let precision = lognormal(h.precision_median, h.precision_log_sd, rng);
         let mut beta = vec![0.0; self.keys.len()];
-        beta[self.effect_arm] = self.beta_at(effect, drift_sd * drift_sd);
+        let working = self.beta_at(effect, drift_sd * drift_sd);
+        for &arm in &self.working {
+            beta[arm] = working;
+        }
         (
             ModelParams {
                 mu: self.baseline,
@@ -1303,9 +1319,20 @@ fn setup_for<'a>(protocol: &'a Protocol, options: &'a SimOptions) -> Result<Setu
     let outcome = &protocol.outcome;
     let comparator = protocol.comparator_index();
     let keys: Vec<String> = protocol.arms.iter().map(|a| a.key.clone()).collect();
-    let effect_arm = (0..keys.len()).find(|&a| a != comparator).ok_or_else(|| {
-        SimError::Protocol("the protocol needs an arm besides the comparator".into())
-    })?;
+    let others: Vec<usize> = (0..keys.len()).filter(|&a| a != comparator).collect();
+    let Some(&effect_arm) = others.first() else {
+        return Err(SimError::Protocol(
+            "the protocol needs an arm besides the comparator".into(),
+        ));
+    };
+    if options.working_arms == 0 || options.working_arms > others.len() {
+        return Err(SimError::Protocol(format!(
+            "--working-arms {}: the protocol has {} arm(s) besides the comparator",
+            options.working_arms,
+            others.len()
+        )));
+    }
+    let working = others[..options.working_arms].to_vec();
     let ratio = outcome.family.has_ratio_mid();
     let effect = options.effect.unwrap_or(outcome.mid);
     if ratio && effect <= 0.0 {
@@ -1367,6 +1394,7 @@ fn setup_for<'a>(protocol: &'a Protocol, options: &'a SimOptions) -> Result<Setu
         keys: keys.clone(),
         comparator,
         effect_arm,
+        working,
         model,
         scale,
         hyper: priors.hyper,
@@ -1431,6 +1459,7 @@ pub fn simulate_protocol(
     let setup = setup_for(protocol, options)?;
     let keys = setup.keys.clone();
     let effect_arm = setup.effect_arm;
+    let working = setup.working.clone();
     let condition = setup.effect_condition();
     let (effect, effect_unit) = setup.effect_label();
     let typical_drift = setup.hyper.drift_sd_scale * setup.hyper.drift_sd_scale;
@@ -1471,13 +1500,8 @@ pub fn simulate_protocol(
     let with_effect = run_many(&setup, condition, 1, n, &bar);
     let default = AtThreshold {
         efficacy: protocol.decision.efficacy,
-        no_effect: operating(&null, protocol.decision.efficacy, None, &keys),
-        effect: operating(
-            &with_effect,
-            protocol.decision.efficacy,
-            Some(effect_arm),
-            &keys,
-        ),
+        no_effect: operating(&null, protocol.decision.efficacy, &[], &keys),
+        effect: operating(&with_effect, protocol.decision.efficacy, &working, &keys),
     };
     let calibrated = options.calibrate.map(|target| {
         let c = calibrate_threshold(&null, target);
@@ -1486,11 +1510,11 @@ pub fn simulate_protocol(
         Calibration {
             target,
             achievable: c < 1.0,
-            in_sample_false_stop: operating(&null, c, None, &keys).stop_efficacy,
+            in_sample_false_stop: operating(&null, c, &[], &keys).stop_efficacy,
             result: AtThreshold {
                 efficacy: c,
-                no_effect: operating(&fresh, c, None, &keys),
-                effect: operating(&with_effect, c, Some(effect_arm), &keys),
+                no_effect: operating(&fresh, c, &[], &keys),
+                effect: operating(&with_effect, c, &working, &keys),
             },
         }
     });
@@ -1499,19 +1523,14 @@ pub fn simulate_protocol(
         run_many(&setup, d, 3, n, &bar)
     });
     let double_effect = doubled.map(|d| {
-        let at_protocol = operating(
-            &double_trials,
-            protocol.decision.efficacy,
-            Some(effect_arm),
-            &keys,
-        );
+        let at_protocol = operating(&double_trials, protocol.decision.efficacy, &working, &keys);
         let low = at_protocol.stop_efficacy_right_arm.rate < redesign::LOW_POWER;
         DoubleEffect {
             effect: setup.doubled_label().0,
             trials: n,
             at_calibrated: calibrated
                 .as_ref()
-                .map(|c| operating(&double_trials, c.result.efficacy, Some(effect_arm), &keys)),
+                .map(|c| operating(&double_trials, c.result.efficacy, &working, &keys)),
             redesigns: if options.redesign && low {
                 redesign::simulate_redesigns(protocol, options, d, &bar)
             } else {
@@ -1541,6 +1560,7 @@ pub fn simulate_protocol(
         effect_unit,
         effect_beta: beta,
         effect_arm: keys[effect_arm].clone(),
+        also_working: working[1..].iter().map(|&a| keys[a].clone()).collect(),
         scale,
         missing: options.missing,
         non_adherence: options.non_adherence,
@@ -1587,7 +1607,11 @@ pub fn render(r: &SimulationReport) -> String {
     let _ = writeln!(
         out,
         "effect condition: {} better by {} (beta {:+.3} on the model's scale, S = {})",
-        r.effect_arm,
+        std::iter::once(&r.effect_arm)
+            .chain(&r.also_working)
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(" and "),
         format!("{} {}", r.effect, r.effect_unit).trim_end(),
         r.effect_beta,
         r.scale
@@ -1895,6 +1919,60 @@ mod tests {
         }
         // The shortcut was taken, not only allowed.
         assert!(fits_kept < fits_every, "{fits_kept} vs {fits_every}");
+    }
+
+    #[test]
+    fn working_arms_share_the_effect_and_a_stop_for_either_is_right() {
+        let text = include_str!("../../protocols/sleep-supplements.toml");
+        let protocol = Protocol::parse(text, "s").unwrap();
+        let refusal = |working_arms: usize| {
+            let options = SimOptions {
+                trials: 1,
+                threads: 1,
+                working_arms,
+                ..SimOptions::default()
+            };
+            setup_for(&protocol, &options).err().map(|e| e.to_string())
+        };
+        // Three arms besides the comparator: 0 and 4 are refused by name.
+        assert_eq!(refusal(3), None);
+        for bad in [0, 4] {
+            let err = refusal(bad);
+            assert!(
+                err.as_deref()
+                    .is_some_and(|e| e.contains("--working-arms") && e.contains("3 arm(s)")),
+                "{err:?}"
+            );
+        }
+        let options = SimOptions {
+            trials: 1,
+            threads: 1,
+            working_arms: 2,
+            ..SimOptions::default()
+        };
+        let setup = setup_for(&protocol, &options).unwrap();
+        let comparator = setup.comparator;
+        let others: Vec<usize> = (0..4).filter(|&a| a != comparator).collect();
+        assert_eq!(setup.working, others[..2]);
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let (params, _) = setup.draw_params(TrueEffect::Link(1.5), &mut rng);
+        assert_eq!(params.beta[others[0]], 1.5);
+        assert_eq!(params.beta[others[1]], 1.5);
+        assert_eq!(params.beta[others[2]], 0.0);
+        assert_eq!(params.beta[comparator], 0.0);
+        // One trial stopped for each arm besides the comparator: the first
+        // two find a right arm, the third does not.
+        let trials: Vec<VirtualTrial> = others
+            .iter()
+            .map(|&arm| {
+                let mut trial = looks(&[0.99]);
+                trial.looks[0].arm = arm;
+                trial
+            })
+            .collect();
+        let at = operating(&trials, 0.95, &setup.working, &setup.keys);
+        assert_eq!(at.stop_efficacy.rate, 1.0);
+        assert!((at.stop_efficacy_right_arm.rate - 2.0 / 3.0).abs() < 1e-12);
     }
 
     #[test]

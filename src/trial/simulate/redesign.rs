@@ -92,7 +92,7 @@ pub(super) fn simulate_redesigns(
         let at = operating(
             &trials,
             variant.decision.efficacy,
-            Some(setup.effect_arm),
+            &setup.working,
             &setup.keys,
         );
         out.push(Redesign {
