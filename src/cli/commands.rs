@@ -124,8 +124,9 @@ enum Command {
         /// Protocol file.
         #[arg(long)]
         protocol: PathBuf,
-        /// True effect of the first non-comparator arm in the "effect" condition
-        /// (outcome units; a ratio for log/logit families). Default: the MID.
+        /// True effect of each working arm (`--working-arms`) in the "effect"
+        /// condition (outcome units; a ratio for log/logit families).
+        /// Default: the MID.
         #[arg(long, allow_negative_numbers = true, value_parser = finite)]
         effect: Option<f64>,
         /// Virtual trials per condition (1 to 1,000,000).
@@ -171,11 +172,12 @@ enum Command {
         /// once. The long-carryover scenario keeps its own.
         #[arg(long, value_parser = half_life_days)]
         true_half_life: Option<f64>,
-        /// How many arms work in the effect condition: the first that many
-        /// besides the comparator, each better by the effect (a stop for
-        /// any of them finds a right arm; the drop rates show how often one
-        /// that works was dropped). Not with --suite, which calibrates arm
-        /// drops with one.
+        /// How many arms work in the effect condition (1 to 5, at most the
+        /// arms besides the comparator): the first that many besides the
+        /// comparator, each better by the effect (a stop for any of them
+        /// finds a right arm; the drop rates show how often one that works
+        /// was dropped). Not with --suite, which calibrates arm drops with
+        /// one.
         #[arg(long, default_value_t = 1, conflicts_with = "suite", value_parser = clap::value_parser!(u8).range(1..=5))]
         working_arms: u8,
         /// Master seed.

@@ -37,8 +37,9 @@ pub mod suite;
 pub struct SimOptions {
     /// Virtual trials per condition.
     pub trials: usize,
-    /// True effect of the first non-comparator arm in the "effect" condition,
-    /// in outcome units (gaussian) or as a ratio (log/logit links); default the MID.
+    /// True effect of each working arm ([`SimOptions::working_arms`]) in the
+    /// "effect" condition, in outcome units (gaussian) or as a ratio
+    /// (log/logit links); default the MID.
     pub effect: Option<f64>,
     /// Probability that a day's observation is missing.
     pub missing: f64,
@@ -375,7 +376,7 @@ pub struct Operating {
     /// Stops for efficacy (under no effect: the false-stop rate; under the
     /// effect: the power).
     pub stop_efficacy: Rate,
-    /// Stops for efficacy naming the arm that truly has the effect.
+    /// Stops for efficacy naming an arm that truly has the effect.
     pub stop_efficacy_right_arm: Rate,
     /// Stops for futility.
     pub stop_futility: Rate,
@@ -423,7 +424,7 @@ pub struct AtThreshold {
     pub efficacy: f64,
     /// No arm has an effect.
     pub no_effect: Operating,
-    /// The first non-comparator arm has the effect.
+    /// The working arms have the effect.
     pub effect: Operating,
 }
 
@@ -435,9 +436,9 @@ pub struct BettingRates {
     pub alpha: f64,
     /// Rejections of "no effect" when no arm has an effect.
     pub false_stops: Rate,
-    /// Rejections when the effect arm has the effect.
+    /// Rejections when the working arms have the effect.
     pub power: Rate,
-    /// Rejections naming the effect arm.
+    /// Rejections naming a working arm.
     pub power_right_arm: Rate,
     /// Blocks run when it rejected, under the effect.
     pub blocks: Option<Spread>,
@@ -548,12 +549,12 @@ pub struct SimulationReport {
     /// percentage points.
     #[serde(default)]
     pub effect_unit: String,
-    /// `beta` of the effect arm on the model's scale, sign-adjusted; for a
+    /// `beta` of each working arm on the model's scale, sign-adjusted; for a
     /// difference in the outcome's own units each virtual trial has its own
     /// (it depends on the drift drawn), and this is the one at the prior's
     /// typical drift.
     pub effect_beta: f64,
-    /// The arm given the effect.
+    /// The (first) arm given the effect.
     pub effect_arm: String,
     /// Other arms given the same effect ([`SimOptions::working_arms`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -595,7 +596,7 @@ pub enum SimError {
     Protocol(String),
 }
 
-/// The effect arm's true effect in a condition.
+/// The working arms' true effect in a condition.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum TrueEffect {
     /// `beta` on the model's scale, the same in every virtual trial.
@@ -1327,7 +1328,7 @@ fn setup_for<'a>(protocol: &'a Protocol, options: &'a SimOptions) -> Result<Setu
     };
     if options.working_arms == 0 || options.working_arms > others.len() {
         return Err(SimError::Protocol(format!(
-            "--working-arms {}: the protocol has {} arm(s) besides the comparator",
+            "--working-arms {}: give 1 to {} (the arms besides the comparator)",
             options.working_arms,
             others.len()
         )));
@@ -1940,7 +1941,7 @@ mod tests {
             let err = refusal(bad);
             assert!(
                 err.as_deref()
-                    .is_some_and(|e| e.contains("--working-arms") && e.contains("3 arm(s)")),
+                    .is_some_and(|e| e.contains("--working-arms") && e.contains("1 to 3")),
                 "{err:?}"
             );
         }
@@ -1973,6 +1974,25 @@ mod tests {
         let at = operating(&trials, 0.95, &setup.working, &setup.keys);
         assert_eq!(at.stop_efficacy.rate, 1.0);
         assert!((at.stop_efficacy_right_arm.rate - 2.0 / 3.0).abs() < 1e-12);
+        // The betting test too, on a block design of the same arms (its
+        // tests need independent orders).
+        let block = Protocol::parse(
+            &text.replace("type = \"williams\"", "type = \"block\""),
+            "b",
+        )
+        .unwrap();
+        let setup = setup_for(&block, &options).unwrap();
+        let bets: Vec<VirtualTrial> = others
+            .iter()
+            .map(|&arm| {
+                let mut trial = looks(&[0.5]);
+                trial.betting = Some(BettingStop { arm, blocks: 2 });
+                trial
+            })
+            .collect();
+        let rates = betting_rates(&setup, &[], &bets).unwrap();
+        assert_eq!(rates.power.rate, 1.0);
+        assert!((rates.power_right_arm.rate - 2.0 / 3.0).abs() < 1e-12);
     }
 
     #[test]

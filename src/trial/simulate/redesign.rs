@@ -32,7 +32,7 @@ pub struct Redesign {
     pub planned_days: u32,
     /// Virtual trials it was simulated on.
     pub trials: usize,
-    /// Stops for efficacy naming the arm with the effect, at twice the
+    /// Stops for efficacy naming an arm with the effect, at twice the
     /// effect and the protocol's thresholds, ± one Monte Carlo se.
     pub power: Rate,
 }

@@ -296,6 +296,8 @@ pub fn run_suite(
             scenario,
             calibrate: Some(target.unwrap_or(DEFAULT_TARGET)),
             progress: false,
+            // Arm drops and power are calibrated with one working arm.
+            working_arms: 1,
             ..options.base.clone()
         })
         .collect();
@@ -860,6 +862,8 @@ pub fn check_locked(
         let options = SimOptions {
             scenario,
             calibrate: Some(DEFAULT_TARGET),
+            // The rule was calibrated with one working arm.
+            working_arms: 1,
             ..base.clone()
         };
         let mut setup = setup_for(protocol, &options)?;
