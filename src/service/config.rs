@@ -403,9 +403,15 @@ pub struct JobsConfig {
     /// The most null virtual trials the binding scenario of a calibration
     /// gets (every scenario starts with a quarter of it; a quarter, and at
     /// least the 29 that calibrating futility at 10% takes, run under the
-    /// effect). Gaussian outcomes; the slower families use a fifth, at
-    /// least 8.
+    /// effect). Outcomes the Kalman filter fits (gaussian, normal noise).
     pub calibration_trials: usize,
+    /// The same for the importance-sampled outcomes (the other families,
+    /// Student-t noise), whose fits take about a hundred times as long;
+    /// unset: a fifth of `calibration_trials`, at least 8. At the default
+    /// 80 every scenario keeps its first 59 trials (none of which may stop
+    /// falsely at 5%), which makes the threshold strict; more buys a lower
+    /// threshold, hence power, for proportionally more time.
+    pub calibration_trials_sampled: Option<usize>,
     /// Threads the designs job's simulations and calibrations use (0: all
     /// cores; on a GPU the fits kept in flight are set by the device
     /// instead). A calibration runs for a minute or more in the background,
@@ -425,6 +431,7 @@ impl Default for JobsConfig {
             design_trials: 400,
             calibrate: true,
             calibration_trials: 400,
+            calibration_trials_sampled: None,
             design_threads: 0,
         }
     }
@@ -1122,9 +1129,19 @@ impl Config {
             )));
         }
         for (name, v) in [
-            ("jobs.design_trials", self.jobs.design_trials),
-            ("jobs.calibration_trials", self.jobs.calibration_trials),
-        ] {
+            ("jobs.design_trials", Some(self.jobs.design_trials)),
+            (
+                "jobs.calibration_trials",
+                Some(self.jobs.calibration_trials),
+            ),
+            (
+                "jobs.calibration_trials_sampled",
+                self.jobs.calibration_trials_sampled,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| v.map(|v| (name, v)))
+        {
             if !(1..=MAX_JOB_TRIALS).contains(&v) {
                 return Err(ConfigError::Invalid(format!(
                     "{name} must be 1 to {MAX_JOB_TRIALS} (got {v})"
@@ -1183,6 +1200,27 @@ mod tests {
         assert_eq!(parsed.jobs.outbox_seconds, d.jobs.outbox_seconds);
         assert_eq!(parsed.clock.time_scale, d.clock.time_scale);
         assert_eq!(parsed.participants.len(), 1);
+    }
+
+    #[test]
+    fn sampled_calibration_trials_are_optional_and_bounded() {
+        let parsed = Config::parse(
+            "[jobs]\ncalibration_trials_sampled = 400\n",
+            Path::new("c.toml"),
+        )
+        .expect("parses");
+        assert_eq!(parsed.jobs.calibration_trials_sampled, Some(400));
+        assert_eq!(Config::default().jobs.calibration_trials_sampled, None);
+        let err = Config::parse(
+            "[jobs]\ncalibration_trials_sampled = 0\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("jobs.calibration_trials_sampled must be 1 to"),
+            "{err}"
+        );
     }
 
     #[test]

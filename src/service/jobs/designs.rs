@@ -151,13 +151,14 @@ fn with_device(
 }
 
 /// Null trials per scenario a calibration may give the binding scenario:
-/// `jobs.calibration_trials` for an outcome the Kalman filter fits, a
-/// fifth (at least 8) for the slower, importance-sampled ones.
-fn calibration_trials(protocol: &Protocol, configured: usize) -> usize {
+/// `jobs.calibration_trials` for an outcome the Kalman filter fits; for the
+/// slower, importance-sampled ones `jobs.calibration_trials_sampled`, else
+/// a fifth of it (at least 8).
+fn calibration_trials(protocol: &Protocol, configured: usize, sampled: Option<usize>) -> usize {
     if protocol.outcome.fits_by_filter() {
         configured.max(4)
     } else {
-        (configured / 5).max(8)
+        sampled.unwrap_or((configured / 5).max(8))
     }
 }
 
@@ -189,7 +190,10 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
             Ok(out)
         })
         .await?;
-    let configured = state.config.jobs.calibration_trials;
+    let (configured, sampled) = (
+        state.config.jobs.calibration_trials,
+        state.config.jobs.calibration_trials_sampled,
+    );
     let backend = state.config.engine.backend;
     let threads = state.config.jobs.design_thread_count();
     let mut done = 0;
@@ -214,11 +218,11 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
                     design_device(
                         backend,
                         &protocol,
-                        calibration_trials(&protocol, configured),
+                        calibration_trials(&protocol, configured, sampled),
                     ),
                 ),
                 Some(protocol.decision.false_stop_target),
-                calibration_trials(&protocol, configured),
+                calibration_trials(&protocol, configured, sampled),
                 false,
                 protocol.decision.false_futility_target,
             );
@@ -415,5 +419,23 @@ async fn simulate_proposed_designs(state: &AppState) -> Result<String, JobError>
             "{done} design(s) simulated; failed: {}",
             failed.join("; ")
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn importance_sampled_outcomes_take_their_own_calibration_trials() {
+        let parse = |text: &str| Protocol::parse(text, "p").unwrap();
+        let gaussian = parse(include_str!("../../../protocols/meditation-anxiety.toml"));
+        let beta = parse(include_str!("../../../protocols/caffeine-cutoff.toml"));
+        assert_eq!(calibration_trials(&gaussian, 400, None), 400);
+        assert_eq!(calibration_trials(&gaussian, 400, Some(1000)), 400);
+        // A fifth, at least 8, unless set.
+        assert_eq!(calibration_trials(&beta, 400, None), 80);
+        assert_eq!(calibration_trials(&beta, 20, None), 8);
+        assert_eq!(calibration_trials(&beta, 400, Some(400)), 400);
     }
 }
