@@ -410,7 +410,8 @@ pub struct JobsConfig {
     /// unset: a fifth of `calibration_trials`, at least 8. At the default
     /// 80 every scenario keeps its first 59 trials (none of which may stop
     /// falsely at 5%), which makes the threshold strict; more buys a lower
-    /// threshold, hence power, for proportionally more time.
+    /// threshold, hence power, for proportionally more time. Designs
+    /// calibrated before it was set keep their stored calibration.
     pub calibration_trials_sampled: Option<usize>,
     /// Threads the designs job's simulations and calibrations use (0: all
     /// cores; on a GPU the fits kept in flight are set by the device
