@@ -759,9 +759,9 @@ impl Setup<'_> {
         };
         let precision = lognormal(h.precision_median, h.precision_log_sd, rng);
         let mut beta = vec![0.0; self.keys.len()];
-        let working = self.beta_at(effect, drift_sd * drift_sd);
+        let effect_beta = self.beta_at(effect, drift_sd * drift_sd);
         for &arm in &self.working {
-            beta[arm] = working;
+            beta[arm] = effect_beta;
         }
         (
             ModelParams {
