@@ -179,7 +179,25 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
         ),
         None => "Efficacy and futility thresholds: locked when the trial starts.".to_string(),
     }));
-    if let Some(c) = store.calibration(&trial.protocol_hash)? {
+    // A trial that took its design's refined calibration reports that one.
+    let first = store.calibration(&trial.protocol_hash)?;
+    let refined = match (&first, &trial.thresholds_refined_at) {
+        (Some(first), Some(at)) => store
+            .refinement(&trial.protocol_hash)?
+            .map(|r| (r, first.efficacy, at.clone())),
+        _ => None,
+    };
+    if let Some((r, first_efficacy, at)) = &refined {
+        b.push(Block::Para(format!(
+            "The trial started on a quick calibration of its design (efficacy threshold {first_efficacy:.4}) and took a refinement on up to {} virtual trials with no effect in a scenario at {at}, before its first look that could stop it: every decision is taken under the refined rule below.",
+            r.null_trials
+        )));
+    }
+    let shown = match refined {
+        Some((r, _, _)) => Some(r.calibration),
+        None => first,
+    };
+    if let Some(c) = shown {
         match c.report() {
             Ok(r) => {
                 b.push(Block::Para(format!(

@@ -413,6 +413,15 @@ pub struct JobsConfig {
     /// threshold, hence power, for proportionally more time. Designs
     /// calibrated before it was set keep their stored calibration.
     pub calibration_trials_sampled: Option<usize>,
+    /// Once a trial is approved, a design whose calibration gave the
+    /// binding scenario fewer null trials than this is calibrated again on
+    /// this many, in the background (after every proposal's own work); a
+    /// running trial takes the refined thresholds only if they come before
+    /// its first look that can stop it, so that one rule, fixed before any
+    /// decision, takes them all. Unset: `calibration_trials`, so that the
+    /// importance-sampled outcomes' quick calibration is refined to the size
+    /// the gaussian ones get; 0: never refine.
+    pub refinement_trials: Option<usize>,
     /// Threads the designs job's simulations and calibrations use (0: all
     /// cores; on a GPU the fits kept in flight are set by the device
     /// instead). A calibration runs for a minute or more in the background,
@@ -433,6 +442,7 @@ impl Default for JobsConfig {
             calibrate: true,
             calibration_trials: 400,
             calibration_trials_sampled: None,
+            refinement_trials: None,
             design_threads: 0,
         }
     }
@@ -445,6 +455,12 @@ impl JobsConfig {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         }
+    }
+
+    /// The null trials a started design's calibration is refined to
+    /// (`refinement_trials`, else `calibration_trials`; 0: never).
+    pub fn refinement_trial_count(&self) -> usize {
+        self.refinement_trials.unwrap_or(self.calibration_trials)
     }
 }
 
@@ -1149,6 +1165,13 @@ impl Config {
                 )));
             }
         }
+        if let Some(v) = self.jobs.refinement_trials
+            && v > MAX_JOB_TRIALS
+        {
+            return Err(ConfigError::Invalid(format!(
+                "jobs.refinement_trials must be 0 (never refine) to {MAX_JOB_TRIALS} (got {v})"
+            )));
+        }
         Ok(())
     }
 
@@ -1220,6 +1243,24 @@ mod tests {
         .to_string();
         assert!(
             err.contains("jobs.calibration_trials_sampled must be 1 to"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refinement_trials_default_to_the_calibration_size_and_zero_turns_them_off() {
+        let parse = |text: &str| Config::parse(text, Path::new("c.toml"));
+        let d = Config::default();
+        assert_eq!(d.jobs.refinement_trial_count(), d.jobs.calibration_trials);
+        let set = parse("[jobs]\ncalibration_trials = 100\n").expect("parses");
+        assert_eq!(set.jobs.refinement_trial_count(), 100);
+        let off = parse("[jobs]\nrefinement_trials = 0\n").expect("parses");
+        assert_eq!(off.jobs.refinement_trial_count(), 0);
+        let err = parse("[jobs]\nrefinement_trials = 100000000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("jobs.refinement_trials must be 0 (never refine) to"),
             "{err}"
         );
     }

@@ -15,7 +15,7 @@ use jiff::{Span, Timestamp};
 
 use crate::engine::generate::ModelParams;
 use crate::service::config::ParticipantConfig;
-use crate::service::store::{Proposal, StatusChange, Store};
+use crate::service::store::{Locking, Proposal, StatusChange, Store};
 use crate::trial::calendar::local_date;
 use crate::trial::decide::LockedThresholds;
 use crate::trial::design;
@@ -160,7 +160,10 @@ pub fn ensure_seeded(store: &mut Store, time_zone: &str, now: Timestamp) -> Resu
             .map_err(|e| DemoError::Invalid(e.to_string()))?;
         // The demo starts at once, before any calibration could run: it
         // decides on its protocol's stated threshold, and says so.
-        let locked = LockedThresholds::stated(&protocol.decision);
+        let locked = Locking {
+            thresholds: LockedThresholds::stated(&protocol.decision),
+            refined: false,
+        };
         store.start_trial(trial.id, start, &schedule, locked, &[], "demo", now)?;
     }
     let trial_id = trial.id;

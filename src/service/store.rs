@@ -27,7 +27,7 @@ use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
 
 /// The migration files, in order. Append new files; never edit a released one.
-const MIGRATION_FILES: [&str; 13] = [
+const MIGRATION_FILES: [&str; 14] = [
     include_str!("../../migrations/0001_initial.sql"),
     include_str!("../../migrations/0002_trial_lifecycle.sql"),
     include_str!("../../migrations/0003_dashboard.sql"),
@@ -41,6 +41,7 @@ const MIGRATION_FILES: [&str; 13] = [
     include_str!("../../migrations/0011_corrections.sql"),
     include_str!("../../migrations/0012_push.sql"),
     include_str!("../../migrations/0013_design_failures_arm_drops.sql"),
+    include_str!("../../migrations/0014_calibration_refinements.sql"),
 ];
 
 /// The migrations, in order.
@@ -426,6 +427,10 @@ pub struct TrialRow {
     /// The thresholds locked at the start (none before it, and for trials
     /// started before calibration existed).
     pub locked: Option<LockedThresholds>,
+    /// When `locked` became its design's refined calibration
+    /// ([`Store::refine_thresholds`]; at the start where the refinement
+    /// was done by then), if it did.
+    pub thresholds_refined_at: Option<String>,
 }
 
 impl TrialRow {
@@ -667,6 +672,78 @@ pub struct DeliveryHealth {
     pub failed_recently: i64,
 }
 
+/// A `calibrations`-shaped row (its first ten columns in `calibration()`'s
+/// order), with the boundary still as stored.
+fn calibration_of_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(CalibrationRow, String)> {
+    Ok((
+        CalibrationRow {
+            protocol_hash: r.get(0)?,
+            target: r.get(1)?,
+            efficacy: r.get(2)?,
+            boundary: Boundary::Constant,
+            futility: r.get(8)?,
+            drop_arm: r.get(9)?,
+            binding: r.get(4)?,
+            report_json: r.get(5)?,
+            wall_ms: r.get(6)?,
+            created_at: r.get(7)?,
+        },
+        r.get::<_, String>(3)?,
+    ))
+}
+
+/// The row with its stored boundary parsed.
+fn checked_calibration((row, boundary): (CalibrationRow, String)) -> Result<CalibrationRow> {
+    Boundary::parse(&boundary)
+        .map(|boundary| CalibrationRow { boundary, ..row })
+        .ok_or_else(|| StoreError::Invalid(format!("calibration boundary {boundary:?}")))
+}
+
+/// The thresholds a trial locks at its start, and whether they are its
+/// design's refined calibration ([`Store::put_refinement`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Locking {
+    /// The thresholds.
+    pub thresholds: LockedThresholds,
+    /// They come from the refined calibration.
+    pub refined: bool,
+}
+
+/// A design's calibration refined on more null trials
+/// (`calibration_refinements`).
+#[derive(Debug, Clone)]
+pub struct Refinement {
+    /// The most null trials a scenario got.
+    pub null_trials: usize,
+    /// The refined calibration, as a first calibration is stored.
+    pub calibration: CalibrationRow,
+}
+
+/// What [`Store::refine_thresholds`] did to a trial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refined {
+    /// The trial decides with the refined thresholds from now on.
+    Locked,
+    /// Left as it was, and why.
+    Kept(KeptBecause),
+}
+
+/// Why a trial kept its thresholds when its design's refinement landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeptBecause {
+    /// It already holds them.
+    AlreadyRefined,
+    /// It is not running (a trial not started yet locks the refinement at
+    /// its start; one that ended keeps what it decided with).
+    NotRunning,
+    /// It did not lock its design's first calibration (calibration was off,
+    /// or failed, when it started).
+    NotCalibrated,
+    /// A look that could stop it has been taken: its rule stays the one
+    /// that look used.
+    DecisiveLookTaken,
+}
+
 /// The background work the designs job does for a design.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DesignWork {
@@ -674,6 +751,9 @@ pub enum DesignWork {
     Calibration,
     /// Simulating its error rates and power (for the proposals page).
     Simulation,
+    /// Calibrating it again on more null trials, in the background, once
+    /// its trial is approved ([`Store::put_refinement`]).
+    Refinement,
 }
 
 impl DesignWork {
@@ -682,6 +762,7 @@ impl DesignWork {
         match self {
             DesignWork::Calibration => "calibration",
             DesignWork::Simulation => "simulation",
+            DesignWork::Refinement => "refinement",
         }
     }
 
@@ -690,6 +771,7 @@ impl DesignWork {
         match s {
             "calibration" => Some(DesignWork::Calibration),
             "simulation" => Some(DesignWork::Simulation),
+            "refinement" => Some(DesignWork::Refinement),
             _ => None,
         }
     }
@@ -2040,7 +2122,8 @@ impl Store {
         let mut stmt = self.conn.prepare(
             "SELECT id, participant_id, protocol_id, protocol_toml, protocol_hash, seed,
                     status, start_date, stop_reason, efficacy_threshold, threshold_source,
-                    efficacy_boundary, futility_threshold, drop_arm_threshold
+                    efficacy_boundary, futility_threshold, drop_arm_threshold,
+                    thresholds_refined_at
              FROM trials ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -2059,6 +2142,7 @@ impl Store {
                 r.get::<_, Option<String>>(11)?,
                 r.get::<_, Option<f64>>(12)?,
                 r.get::<_, Option<f64>>(13)?,
+                r.get::<_, Option<String>>(14)?,
             ))
         })?;
         let mut out = Vec::new();
@@ -2078,6 +2162,7 @@ impl Store {
                 boundary,
                 futility,
                 drop_arm,
+                thresholds_refined_at,
             ) = row?;
             let locked = match (efficacy, source) {
                 (Some(_), None) | (None, Some(_)) => {
@@ -2115,6 +2200,7 @@ impl Store {
                 start_date: start.as_deref().map(parse_date).transpose()?,
                 stop_reason,
                 locked,
+                thresholds_refined_at,
             });
         }
         Ok(out)
@@ -2560,15 +2646,20 @@ impl Store {
         trial_id: i64,
         start_date: Date,
         schedule: &[DatedDay],
-        locked: LockedThresholds,
+        locked: Locking,
         messages: &[NewMessage],
         actor: &str,
         now: Timestamp,
     ) -> Result<()> {
         let tx = write_tx(&mut self.conn)?;
+        let Locking {
+            thresholds: locked,
+            refined,
+        } = locked;
         let locked_now = tx.execute(
             "UPDATE trials SET efficacy_threshold = ?2, threshold_source = ?3, efficacy_boundary = ?4,
-                               futility_threshold = ?5, drop_arm_threshold = ?6
+                               futility_threshold = ?5, drop_arm_threshold = ?6,
+                               thresholds_refined_at = ?7
              WHERE id = ?1 AND efficacy_threshold IS NULL",
             params![
                 trial_id,
@@ -2576,7 +2667,8 @@ impl Store {
                 locked.source.as_str(),
                 locked.boundary.as_str(),
                 locked.futility,
-                locked.drop_arm
+                locked.drop_arm,
+                refined.then(|| ts(now))
             ],
         )?;
         // A trial that already holds a threshold keeps it (and no audit
@@ -2592,7 +2684,8 @@ impl Store {
                     "source": locked.source.as_str(),
                     "boundary": locked.boundary.as_str(),
                     "futility": locked.futility,
-                    "drop_arm": locked.drop_arm
+                    "drop_arm": locked.drop_arm,
+                    "refined": refined
                 }),
                 now,
             )?;
@@ -2998,33 +3091,158 @@ impl Store {
                         created_at, futility, drop_arm
                  FROM calibrations WHERE protocol_hash = ?1",
                 [&protocol_hash.0],
-                |r| {
-                    Ok((
-                        CalibrationRow {
-                            protocol_hash: r.get(0)?,
-                            target: r.get(1)?,
-                            efficacy: r.get(2)?,
-                            boundary: Boundary::Constant,
-                            futility: r.get(8)?,
-                            drop_arm: r.get(9)?,
-                            binding: r.get(4)?,
-                            report_json: r.get(5)?,
-                            wall_ms: r.get(6)?,
-                            created_at: r.get(7)?,
-                        },
-                        r.get::<_, String>(3)?,
-                    ))
-                },
+                calibration_of_row,
             )
             .optional()?
-            .map(|(row, boundary)| {
-                Boundary::parse(&boundary)
-                    .map(|boundary| CalibrationRow { boundary, ..row })
-                    .ok_or_else(|| {
-                        StoreError::Invalid(format!("calibration boundary {boundary:?}"))
-                    })
+            .map(checked_calibration)
+            .transpose()
+    }
+
+    /// The refined calibration of a design, by protocol hash, if one was
+    /// made ([`Store::put_refinement`]).
+    pub fn refinement(&self, protocol_hash: &ProtocolHash) -> Result<Option<Refinement>> {
+        self.conn
+            .query_row(
+                "SELECT protocol_hash, target, efficacy, boundary, binding, report_json, wall_ms,
+                        created_at, futility, drop_arm, null_trials
+                 FROM calibration_refinements WHERE protocol_hash = ?1",
+                [&protocol_hash.0],
+                |r| Ok((calibration_of_row(r)?, r.get::<_, i64>(10)?)),
+            )
+            .optional()?
+            .map(|(row, null_trials)| {
+                Ok(Refinement {
+                    null_trials: usize::try_from(null_trials).map_err(|_| {
+                        StoreError::Invalid(format!("refinement null trials {null_trials}"))
+                    })?,
+                    calibration: checked_calibration(row)?,
+                })
             })
             .transpose()
+    }
+
+    /// Stores a design's refined calibration (the first one for a hash
+    /// stands); an earlier failure of it is forgotten. Trials take it with
+    /// [`Store::refine_thresholds`], or at their start.
+    pub fn put_refinement(&mut self, refinement: &Refinement) -> Result<()> {
+        let row = &refinement.calibration;
+        let tx = write_tx(&mut self.conn)?;
+        tx.execute(
+            "DELETE FROM design_failures WHERE protocol_hash = ?1 AND work = 'refinement'",
+            [&row.protocol_hash],
+        )?;
+        tx.execute(
+            "INSERT INTO calibration_refinements
+                 (protocol_hash, null_trials, target, efficacy, boundary, futility, drop_arm, binding,
+                  report_json, wall_ms, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT (protocol_hash) DO NOTHING",
+            params![
+                row.protocol_hash,
+                refinement.null_trials as i64,
+                row.target,
+                row.efficacy,
+                row.boundary.as_str(),
+                row.futility,
+                row.drop_arm,
+                row.binding,
+                row.report_json,
+                row.wall_ms,
+                row.created_at
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Replaces a running (or paused) trial's locked thresholds with its
+    /// design's refined calibration, in one transaction with its audit
+    /// entry (`refine_threshold`, old and new), unless a look that could
+    /// stop it was already taken: a decision at `min_blocks` blocks or more,
+    /// or any stop. Until then every look only continued, whatever its
+    /// thresholds, so all its decisions are taken under the refined rule,
+    /// fixed before the first of them (the simulation behind it reads none
+    /// of the person's data). The caller also leaves a trial whose first
+    /// decisive day has come ([`crate::trial::lifecycle::first_decisive_day`]),
+    /// so that no refit in flight decides under the rule it replaces.
+    pub fn refine_thresholds(
+        &mut self,
+        trial_id: i64,
+        refinement: &CalibrationRow,
+        min_blocks: u32,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Refined> {
+        let tx = write_tx(&mut self.conn)?;
+        // The thresholds it held, for the audit entry, as SQLite writes them.
+        let current: Option<(String, Option<String>, Option<String>, String)> = tx
+            .query_row(
+                "SELECT status, threshold_source, thresholds_refined_at,
+                        json_object('efficacy', efficacy_threshold, 'boundary', efficacy_boundary,
+                                    'futility', futility_threshold, 'drop_arm', drop_arm_threshold)
+                 FROM trials WHERE id = ?1 AND protocol_hash = ?2",
+                params![trial_id, refinement.protocol_hash],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((status, source, refined_at, was)) = current else {
+            return Err(StoreError::Refused(format!(
+                "there is no trial {trial_id} of the design {}",
+                &refinement.protocol_hash[..12.min(refinement.protocol_hash.len())]
+            )));
+        };
+        let kept = if refined_at.is_some() {
+            Some(KeptBecause::AlreadyRefined)
+        } else if status != TrialStatus::Running.as_str() && status != TrialStatus::Paused.as_str()
+        {
+            Some(KeptBecause::NotRunning)
+        } else if source.as_deref() != Some(ThresholdSource::Calibrated.as_str()) {
+            Some(KeptBecause::NotCalibrated)
+        } else {
+            let decided: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM decisions WHERE trial_id = ?1
+                     AND (action LIKE 'stop%'
+                          OR json_extract(numbers_json, '$.look.blocks_done') >= ?2))",
+                params![trial_id, min_blocks],
+                |r| r.get(0),
+            )?;
+            decided.then_some(KeptBecause::DecisiveLookTaken)
+        };
+        if let Some(why) = kept {
+            return Ok(Refined::Kept(why));
+        }
+        let locked = refinement.locked();
+        tx.execute(
+            "UPDATE trials SET efficacy_threshold = ?2, efficacy_boundary = ?3,
+                               futility_threshold = ?4, drop_arm_threshold = ?5,
+                               thresholds_refined_at = ?6
+             WHERE id = ?1",
+            params![
+                trial_id,
+                locked.efficacy,
+                locked.boundary.as_str(),
+                locked.futility,
+                locked.drop_arm,
+                ts(now)
+            ],
+        )?;
+        audit(
+            &tx,
+            actor,
+            "refine_threshold",
+            Some(trial_id),
+            &serde_json::json!({
+                "was": serde_json::from_str::<serde_json::Value>(&was)
+                    .map_err(|e| StoreError::Invalid(format!("trial {trial_id} thresholds: {e}")))?,
+                "efficacy": locked.efficacy,
+                "boundary": locked.boundary.as_str(),
+                "futility": locked.futility,
+                "drop_arm": locked.drop_arm
+            }),
+            now,
+        )?;
+        tx.commit()?;
+        Ok(Refined::Locked)
     }
 
     /// Records a failed calibration or simulation of a design; returns its
@@ -4663,7 +4881,10 @@ mod tests {
             id,
             start,
             &schedule,
-            calibration.locked(),
+            Locking {
+                thresholds: calibration.locked(),
+                refined: false,
+            },
             &[],
             "test",
             now(),
@@ -4680,6 +4901,196 @@ mod tests {
         assert_eq!(
             (protocol.decision.drop_arm, thresholds.drop_arm),
             (0.05, 0.0125)
+        );
+    }
+
+    #[test]
+    fn a_running_trial_takes_its_designs_refinement_only_before_a_decisive_look() {
+        use crate::trial::protocol::Protocol;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let pid = participant(&mut s);
+        let text = include_str!("../../protocols/caffeine-cutoff.toml");
+        let protocol = Protocol::parse(text, "caffeine").unwrap();
+        let hash = ProtocolHash::of(text);
+        let min_blocks = protocol.design.min_blocks;
+        let first = CalibrationRow {
+            protocol_hash: hash.0.clone(),
+            target: 0.05,
+            efficacy: 0.9989,
+            boundary: Boundary::Constant,
+            futility: Some(0.0132),
+            drop_arm: None,
+            binding: "trend".into(),
+            report_json: "{}".into(),
+            wall_ms: 1.0,
+            created_at: ts(now()),
+        };
+        s.put_calibration(&first).unwrap();
+        // Two trials of the design, both started on its first calibration.
+        let start: Date = "2026-11-26".parse().unwrap();
+        let started = |s: &mut Store, seed: u64| {
+            let id = s
+                .propose_trial(
+                    &Proposal {
+                        participant_id: pid,
+                        protocol_id: &protocol.id,
+                        protocol_toml: text,
+                        protocol_hash: &hash.0,
+                        seed,
+                    },
+                    "test",
+                    now(),
+                )
+                .unwrap();
+            s.change_status(
+                &StatusChange {
+                    trial_id: id,
+                    to: TrialStatus::Approved,
+                    actor: "test",
+                    reason: "approved",
+                    local_date: start,
+                    start_date: Some(start),
+                    shifted: &[],
+                },
+                now(),
+            )
+            .unwrap();
+            let schedule = crate::trial::lifecycle::dated(
+                &protocol,
+                &crate::trial::design::plan(&protocol, seed),
+                start,
+            )
+            .unwrap();
+            let locking = Locking {
+                thresholds: first.locked(),
+                refined: false,
+            };
+            s.start_trial(id, start, &schedule, locking, &[], "test", now())
+                .unwrap();
+            id
+        };
+        let (early, late) = (started(&mut s, 7), started(&mut s, 8));
+        // A look before min_blocks only continued; `late` has taken its
+        // first decisive look (one that continued, at min_blocks blocks).
+        let look = |trial_id: i64, period: u32, blocks_done: u32| NewDecision {
+            trial_id,
+            fit_id: None,
+            period: Some(period),
+            rule: "test".into(),
+            action: "continue".into(),
+            numbers_json:
+                serde_json::json!({"look": {"period": period, "blocks_done": blocks_done}})
+                    .to_string(),
+            stop: None,
+            reschedule: None,
+            messages: Vec::new(),
+        };
+        for (trial, period, blocks) in [(early, 1, 1), (late, 1, 1), (late, 5, min_blocks)] {
+            assert!(
+                s.record_decision(&look(trial, period, blocks), "test", start, now())
+                    .unwrap()
+            );
+        }
+        let refinement = Refinement {
+            null_trials: 400,
+            calibration: CalibrationRow {
+                efficacy: 0.9714,
+                futility: Some(0.0053),
+                created_at: ts(now()),
+                ..first.clone()
+            },
+        };
+        assert!(s.refinement(&hash).unwrap().is_none());
+        s.record_design_failure(DesignWork::Refinement, &hash, "once", now())
+            .unwrap();
+        s.put_refinement(&refinement).unwrap();
+        // Stored, and its earlier failure forgotten.
+        let stored = s.refinement(&hash).unwrap().unwrap();
+        assert_eq!(
+            (stored.null_trials, stored.calibration.efficacy),
+            (400, 0.9714)
+        );
+        assert_eq!(
+            s.design_failure(DesignWork::Refinement, &hash).unwrap(),
+            None
+        );
+        let row = &stored.calibration;
+        assert_eq!(
+            s.refine_thresholds(early, row, min_blocks, "daemon", now())
+                .unwrap(),
+            Refined::Locked
+        );
+        assert_eq!(
+            s.refine_thresholds(late, row, min_blocks, "daemon", now())
+                .unwrap(),
+            Refined::Kept(KeptBecause::DecisiveLookTaken)
+        );
+        // Once only.
+        assert_eq!(
+            s.refine_thresholds(early, row, min_blocks, "daemon", now())
+                .unwrap(),
+            Refined::Kept(KeptBecause::AlreadyRefined)
+        );
+        let took = s.trial(early).unwrap().unwrap();
+        let locked = took.locked.unwrap();
+        assert_eq!(
+            (locked.efficacy, locked.futility, locked.source),
+            (0.9714, Some(0.0053), ThresholdSource::Calibrated)
+        );
+        assert!(took.thresholds_refined_at.is_some());
+        let kept = s.trial(late).unwrap().unwrap();
+        assert_eq!(kept.locked.map(|l| l.efficacy), Some(0.9989));
+        assert_eq!(kept.thresholds_refined_at, None);
+        // The audit log says what it replaced.
+        let detail: String = s
+            .conn
+            .query_row(
+                "SELECT detail_json FROM audit_log WHERE action = 'refine_threshold' AND trial_id = ?1",
+                [early],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let detail: serde_json::Value = serde_json::from_str(&detail).unwrap();
+        assert_eq!(detail["was"]["efficacy"], 0.9989);
+        assert_eq!(detail["efficacy"], 0.9714);
+        // The first refinement stands; a trial of another design is refused.
+        s.put_refinement(&Refinement {
+            null_trials: 800,
+            ..refinement.clone()
+        })
+        .unwrap();
+        assert_eq!(s.refinement(&hash).unwrap().unwrap().null_trials, 400);
+        let other = CalibrationRow {
+            protocol_hash: "other".into(),
+            ..first.clone()
+        };
+        let err = s
+            .refine_thresholds(early, &other, min_blocks, "daemon", now())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("there is no trial {early} of the design")),
+            "{err}"
+        );
+        // A stopped trial keeps what it decided with.
+        s.change_status(
+            &StatusChange {
+                trial_id: late,
+                to: TrialStatus::Stopped,
+                actor: "test",
+                reason: "by hand",
+                local_date: start,
+                start_date: None,
+                shifted: &[],
+            },
+            now(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.refine_thresholds(late, row, min_blocks, "daemon", now())
+                .unwrap(),
+            Refined::Kept(KeptBecause::NotRunning)
         );
     }
 

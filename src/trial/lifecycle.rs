@@ -163,6 +163,19 @@ pub fn period_ends(rows: &[DatedDay]) -> Vec<(u32, Date)> {
     out
 }
 
+/// The last day of the first period after which the trial has run
+/// `min_blocks` blocks: its look, taken once the data reach that day, is
+/// the first that can stop the trial (§5), and every look before it only
+/// continues. `None` where no period of the schedule gets there.
+pub fn first_decisive_day(rows: &[DatedDay], min_blocks: u32) -> Option<Date> {
+    let periods = periods_of(rows);
+    let ends = period_ends(rows);
+    (1..=periods.len())
+        .find(|&done| design::blocks_done(&periods, done) >= min_blocks)
+        .and_then(|done| ends.get(done - 1))
+        .map(|(_, end)| *end)
+}
+
 /// The rows replacing every period after `done` periods, when the plan
 /// changes to `periods` (arms dropped, or the next period's arm drawn by
 /// adaptive allocation): they continue day by day after the last kept row.
@@ -313,6 +326,26 @@ mod tests {
         for w in shifted.windows(2) {
             assert_eq!(add_days(w[0].local_date, 1).unwrap(), w[1].local_date);
         }
+    }
+
+    #[test]
+    fn the_first_decisive_day_ends_the_period_that_completes_min_blocks() {
+        let p = protocol();
+        let rows = dated(&p, &design::plan(&p, 9), date("2026-03-01")).unwrap();
+        // Every block runs each arm once, so block 2 ends with period
+        // 2k - 1 (from 0); its last day is the first decisive one.
+        let k = p.arms.len() as u32;
+        let last_of = |period: u32| {
+            rows.iter()
+                .rfind(|r| r.period == Some(period))
+                .map(|r| r.local_date)
+        };
+        assert_eq!(p.design.min_blocks, 2);
+        assert_eq!(first_decisive_day(&rows, 2), last_of(2 * k - 1));
+        assert_eq!(first_decisive_day(&rows, 1), last_of(k - 1));
+        // Not a day earlier: the period before it leaves block 2 unfinished.
+        assert!(last_of(2 * k - 2) < first_decisive_day(&rows, 2));
+        assert_eq!(first_decisive_day(&rows, p.design.max_blocks + 1), None);
     }
 
     #[test]

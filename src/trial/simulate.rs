@@ -594,6 +594,9 @@ pub enum SimError {
     /// The protocol cannot be simulated.
     #[error("{0}")]
     Protocol(String),
+    /// Whoever watched the work asked it to end ([`progress::Progress::cancel`]).
+    #[error("cancelled before it was done")]
+    Cancelled,
 }
 
 /// The working arms' true effect in a condition.
@@ -1173,7 +1176,7 @@ fn run_range(
             scope.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n {
+                    if i >= n || bar.cancelled() {
                         break;
                     }
                     let seed = trial_seed(setup.options.seed, stream, (first + i) as u64);
@@ -1540,6 +1543,9 @@ pub fn simulate_protocol(
             at_protocol,
         }
     });
+    if bar.cancelled() {
+        return Err(SimError::Cancelled);
+    }
     bar.finish_and_clear();
     let wall_s = started.elapsed().as_secs_f64();
     let all = null.len()

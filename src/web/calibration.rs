@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::service::store::CalibrationRow;
+use crate::service::store::{CalibrationRow, Refinement};
 use crate::trial::decide::Boundary;
 use crate::trial::simulate::Rate;
 
@@ -71,6 +71,22 @@ pub struct CalibrationView {
     pub drop_arm: Option<DropView>,
     /// Per scenario.
     pub scenarios: Vec<ScenarioLine>,
+    /// Where these are a refinement the trial took in place of its first
+    /// calibration.
+    pub refined: Option<RefinedView>,
+}
+
+/// A refined calibration a trial took, beside its first one.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RefinedView {
+    /// The most null trials a scenario got in the refinement.
+    pub null_trials: usize,
+    /// The same in the first calibration.
+    pub first_null_trials: usize,
+    /// The first calibration's efficacy threshold.
+    pub first_efficacy: f64,
+    /// When the trial took it (UTC).
+    pub at: String,
 }
 
 /// The calibrated futility threshold as the pages show it.
@@ -198,6 +214,30 @@ impl CalibrationView {
                     },
                 })
                 .collect(),
+            refined: None,
+        })
+    }
+
+    /// The view of a trial's refined calibration (`refinement`), which it
+    /// took at `at` in place of its first one (`first`).
+    pub fn of_refinement(
+        refinement: &Refinement,
+        first: &CalibrationRow,
+        at: &str,
+    ) -> Option<CalibrationView> {
+        let first_null_trials = first
+            .report()
+            .ok()
+            .and_then(|r| r.rows.iter().map(|row| row.null_trials).max())
+            .unwrap_or(0);
+        CalibrationView::of(&refinement.calibration).map(|view| CalibrationView {
+            refined: Some(RefinedView {
+                null_trials: refinement.null_trials,
+                first_null_trials,
+                first_efficacy: first.efficacy,
+                at: at.to_string(),
+            }),
+            ..view
         })
     }
 }
@@ -205,7 +245,7 @@ impl CalibrationView {
 #[derive(askama::Template)]
 #[template(
     ext = "html",
-    source = r#"<p>Stops for efficacy when P(better by MID) ≥ <strong>{{ "{:.4}"|format(c.efficacy) }}</strong> {{ c.boundary }}{% if !c.achievable %} — no threshold below 1 kept false stops at {{ "{:.0}"|format(c.target_percent) }}%: this design never stops for efficacy and runs to its last block{% endif %}
+    source = r#"{% if let Some(r) = c.refined %}<p>These thresholds are a refinement: the trial started on a quick calibration (at most {{ r.first_null_trials }} virtual trials with no effect in a scenario; efficacy threshold {{ "{:.4}"|format(r.first_efficacy) }}), and took this one, run on up to {{ r.null_trials }}, at {{ r.at }}, before its first look that could stop it. Every decision it takes is made under this rule, fixed before any of them; the simulation behind it read none of the trial's data.</p>{% endif %}<p>Stops for efficacy when P(better by MID) ≥ <strong>{{ "{:.4}"|format(c.efficacy) }}</strong> {{ c.boundary }}{% if !c.achievable %} — no threshold below 1 kept false stops at {{ "{:.0}"|format(c.target_percent) }}%: this design never stops for efficacy and runs to its last block{% endif %}
 (the protocol states {{ c.stated }}): calibrated so that false stops stay at or below {{ "{:.0}"|format(c.target_percent) }}% with 95% confidence in every scenario below; set by the <strong>{{ c.binding }}</strong> scenario.</p>
 {% if let Some(f) = c.futility %}<p>Stops for futility when P(better by MID) ≤ <strong>{{ "{:.4}"|format(f.threshold) }}</strong> for every arm{% if f.threshold == 0.0 %} — that is, never: even the lowest threshold gave up on too many arms that work{% endif %} (the protocol states {{ f.stated }}): calibrated so that at most {{ "{:.0}"|format(f.target_percent) }}% of trials whose arm works (by the effect below) are given up as futile, with 95% confidence in every scenario; set by the <strong>{{ f.binding }}</strong> scenario.</p>{% else %}<p>Stops for futility at the protocol's stated threshold, not calibrated: a calibration from before futility was calibrated, or from before every calibration ran enough virtual trials under the effect for a 95%-confident futility threshold.</p>{% endif %}
 {% if let Some(d) = c.drop_arm %}<p>Drops an arm when P(best) &lt; <strong>{{ d.threshold }}</strong>{% if d.threshold == 0.0 %} — that is, never: every threshold tried dropped the arm that works too often{% endif %} (the protocol states {{ d.stated }}{% if !d.rejected.is_empty() %}; tried and dropped the arm that works too often: {% for r in d.rejected %}{{ r }}{% if !loop.last %}, {% endif %}{% endfor %}{% endif %}): calibrated so that at most {{ "{:.0}"|format(d.target_percent) }}% of trials whose arm works give it up by this rule (drop it, or stop because every arm is less likely best than the comparator), with 95% confidence in every scenario{% if let Some((rate, scenario)) = c.worst_arm_drop %}; under the rule above it was dropped in up to {{ "{:.0}"|format(rate) }}% of them (the {{ scenario }} scenario){% endif %}. Every figure below drops arms at this threshold, the stated thresholds' columns included.</p>{% else if let Some((rate, scenario)) = c.worst_arm_drop %}<p>Arms are dropped at the protocol's threshold on P(best), which is not calibrated: the arm that works was dropped in up to {{ "{:.0}"|format(rate) }}% of trials (the {{ scenario }} scenario).</p>{% endif %}

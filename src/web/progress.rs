@@ -157,12 +157,15 @@ pub(super) async fn progress_page(
                     what: match work {
                         DesignWork::Calibration => "Calibration of its stopping rule",
                         DesignWork::Simulation => "Simulation of its error rates and power",
+                        DesignWork::Refinement => {
+                            "Refinement of its stopping rule on more virtual trials"
+                        }
                     },
                     state,
                 }
             };
             let waiting = matches!(t.status, TrialStatus::Proposed | TrialStatus::Approved);
-            let lines = vec![
+            let mut lines = vec![
                 line(
                     DesignWork::Calibration,
                     s.calibration(&hash)?.is_some(),
@@ -174,6 +177,15 @@ pub(super) async fn progress_page(
                     t.status == TrialStatus::Proposed,
                 ),
             ];
+            // Shown once the designs job has started it (it refines only
+            // the designs of approved trials whose first calibration ran
+            // fewer null trials than `jobs.refinement_trials`).
+            let refined = s.refinement(&hash)?.is_some();
+            let refining = board.reading(&hash, DesignWork::Refinement).is_some()
+                || s.design_failure(DesignWork::Refinement, &hash)?.is_some();
+            if refined || refining {
+                lines.push(line(DesignWork::Refinement, refined, true));
+            }
             Ok(Some((t, lines)))
         })
         .await;

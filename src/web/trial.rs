@@ -404,6 +404,13 @@ async fn trial_detail(
                 .then(|| protocol.code_key())
                 .flatten();
             let calibration = s.calibration(&trial.protocol_hash)?;
+            // A trial that took its design's refinement shows that one.
+            let refined = match (&calibration, &trial.thresholds_refined_at) {
+                (Some(first), Some(at)) => s
+                    .refinement(&trial.protocol_hash)?
+                    .and_then(|r| super::calibration::CalibrationView::of_refinement(&r, first, at)),
+                _ => None,
+            };
             let given_up = s
                 .design_failure(DesignWork::Calibration, &trial.protocol_hash)?
                 .filter(|f| f.given_up());
@@ -466,9 +473,11 @@ async fn trial_detail(
                     && config.jobs.calibrate
                     && calibration.is_none()
                     && given_up.is_none(),
-                calibration: calibration
-                    .as_ref()
-                    .and_then(super::calibration::CalibrationView::of),
+                calibration: refined.or_else(|| {
+                    calibration
+                        .as_ref()
+                        .and_then(super::calibration::CalibrationView::of)
+                }),
                 // Only where the trial gave up waiting for it and started on
                 // the stated thresholds.
                 calibration_failure: given_up

@@ -12,6 +12,7 @@ use crate::service::app::AppState;
 use crate::service::jobs::{JobError, recipient, running_trials};
 use crate::service::loaded::{LoadedTrial, assignment_time};
 use crate::service::notify::{self, Assignment};
+use crate::service::store::Locking;
 use crate::trial::calendar::{local_date, local_instant};
 use crate::trial::decide::LockedThresholds;
 use crate::trial::design;
@@ -57,24 +58,35 @@ pub(crate) async fn start_due_trials(state: &AppState) -> Result<usize, JobError
             continue;
         }
         // The thresholds it will decide with, locked now: the design's
-        // calibration (the start waits for it), or the protocol's where
-        // calibration is switched off.
+        // calibration (the start waits for it; its refinement where that is
+        // done already), or the protocol's where calibration is switched
+        // off.
         // A design whose calibration failed every attempt starts on the
         // protocol's stated thresholds (`uncalibrated` says why).
         let mut uncalibrated = None;
         let locked = if state.config.jobs.calibrate {
             let hash = trial.row.protocol_hash.clone();
-            let (calibration, failure) = state
+            let (refinement, calibration, failure) = state
                 .db
                 .read(move |s| {
                     Ok((
+                        s.refinement(&hash)?,
                         s.calibration(&hash)?,
                         s.design_failure(crate::service::store::DesignWork::Calibration, &hash)?,
                     ))
                 })
                 .await?;
             match (calibration, failure) {
-                (Some(c), _) => c.locked(),
+                (Some(c), _) => match refinement {
+                    Some(r) => Locking {
+                        thresholds: r.calibration.locked(),
+                        refined: true,
+                    },
+                    None => Locking {
+                        thresholds: c.locked(),
+                        refined: false,
+                    },
+                },
                 (None, Some(f)) if f.given_up() => {
                     tracing::warn!(
                         trial = trial.id(),
@@ -82,7 +94,10 @@ pub(crate) async fn start_due_trials(state: &AppState) -> Result<usize, JobError
                         "the design could not be calibrated; starting on the protocol's stated thresholds"
                     );
                     uncalibrated = Some(f.error);
-                    LockedThresholds::stated(&trial.protocol.decision)
+                    Locking {
+                        thresholds: LockedThresholds::stated(&trial.protocol.decision),
+                        refined: false,
+                    }
                 }
                 (None, _) => {
                     tracing::debug!(
@@ -93,7 +108,10 @@ pub(crate) async fn start_due_trials(state: &AppState) -> Result<usize, JobError
                 }
             }
         } else {
-            LockedThresholds::stated(&trial.protocol.decision)
+            Locking {
+                thresholds: LockedThresholds::stated(&trial.protocol.decision),
+                refined: false,
+            }
         };
         // A start date already past (the daemon was down) starts today.
         let day0 = start.max(today);

@@ -8,12 +8,18 @@ use std::sync::{Arc, Mutex};
 use jiff::Timestamp;
 
 use crate::service::app::AppState;
-use crate::service::store::{CalibrationRow, DesignFailure, DesignSimulationRow, DesignWork};
+use crate::service::loaded::LoadedTrial;
+use crate::service::store::{
+    CalibrationRow, DesignFailure, DesignSimulationRow, DesignWork, Refined, Refinement, Store,
+    StoreError,
+};
+use crate::trial::decide::ThresholdSource;
+use crate::trial::lifecycle;
 use crate::trial::lifecycle::TrialStatus;
 use crate::trial::protocol::{Protocol, ProtocolHash};
-use crate::trial::simulate::SimOptions;
 use crate::trial::simulate::progress::{Progress, ProgressReading};
 use crate::trial::simulate::suite::{SuiteOptions, run_suite};
+use crate::trial::simulate::{SimError, SimOptions};
 
 use super::JobError;
 
@@ -93,7 +99,13 @@ pub(crate) async fn simulate_pending_designs(state: &AppState) -> Result<String,
         Ok(String::new())
     };
     let simulated = simulate_proposed_designs(state).await;
-    super::both(calibrated, simulated)
+    // Last: a refinement yields to any of the work above.
+    let refined = if state.config.jobs.calibrate {
+        refine_started_designs(state).await
+    } else {
+        Ok(String::new())
+    };
+    super::both(super::both(calibrated, simulated), refined)
 }
 
 /// A stored protocol text, parsed, checked against the hash its result will
@@ -162,34 +174,132 @@ fn calibration_trials(protocol: &Protocol, configured: usize, sampled: Option<us
     }
 }
 
+/// The designs of approved trials (first) and proposals whose protocol text
+/// has no stored calibration and was not given up on.
+fn calibrations_due(s: &Store) -> Result<Vec<(ProtocolHash, String)>, StoreError> {
+    let mut trials = s.trials()?;
+    // Approved trials wait for their calibration to start.
+    trials.sort_by_key(|t| t.status != TrialStatus::Approved);
+    let mut out: Vec<(ProtocolHash, String)> = Vec::new();
+    for t in trials
+        .into_iter()
+        .filter(|t| matches!(t.status, TrialStatus::Approved | TrialStatus::Proposed))
+    {
+        let given_up = s
+            .design_failure(DesignWork::Calibration, &t.protocol_hash)?
+            .is_some_and(|f| f.given_up());
+        if !given_up
+            && s.calibration(&t.protocol_hash)?.is_none()
+            && !out.iter().any(|(h, _)| *h == t.protocol_hash)
+        {
+            out.push((t.protocol_hash, t.protocol_toml));
+        }
+    }
+    Ok(out)
+}
+
+/// The designs of proposals whose protocol text has no stored simulation
+/// and was not given up on.
+fn simulations_due(s: &Store) -> Result<Vec<(ProtocolHash, String)>, StoreError> {
+    let mut out = Vec::new();
+    for t in s
+        .trials()?
+        .into_iter()
+        .filter(|t| t.status == TrialStatus::Proposed)
+    {
+        let given_up = s
+            .design_failure(DesignWork::Simulation, &t.protocol_hash)?
+            .is_some_and(|f| f.given_up());
+        if !given_up
+            && s.design_simulation(&t.protocol_hash)?.is_none()
+            && !out.iter().any(|(h, _)| *h == t.protocol_hash)
+        {
+            out.push((t.protocol_hash, t.protocol_toml));
+        }
+    }
+    Ok(out)
+}
+
+/// How a calibration in the background ended without a result.
+#[derive(Debug)]
+enum Unfinished {
+    /// It was asked to end (to leave the threads to other design work, or
+    /// at a shutdown): not the design's failure.
+    Cancelled,
+    /// It failed, with the reason.
+    Failed(String),
+}
+
+impl std::fmt::Display for Unfinished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unfinished::Cancelled => f.write_str("cancelled"),
+            Unfinished::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Calibrates the stored protocol `text` on the stress suite, with at most
+/// `most(protocol)` null trials for the binding scenario and no fresh check
+/// (the tests make it): the row to store, and the most null trials a
+/// scenario got.
+fn calibrate_design(
+    text: &str,
+    hash: &ProtocolHash,
+    threads: usize,
+    backend: crate::engine::gpu::BackendChoice,
+    watch: Arc<Progress>,
+    most: impl Fn(&Protocol) -> usize,
+) -> Result<(CalibrationRow, usize), Unfinished> {
+    let protocol = stored_protocol(text, hash).map_err(Unfinished::Failed)?;
+    let most = most(&protocol);
+    let options = SuiteOptions::sized(
+        with_device(
+            SimOptions {
+                threads,
+                progress: false,
+                watch: Some(watch),
+                ..SimOptions::default()
+            },
+            design_device(backend, &protocol, most),
+        ),
+        Some(protocol.decision.false_stop_target),
+        most,
+        false,
+        protocol.decision.false_futility_target,
+    );
+    let started = std::time::Instant::now();
+    let report = run_suite(&protocol, hash, &options).map_err(|e| match e {
+        SimError::Cancelled => Unfinished::Cancelled,
+        e => Unfinished::Failed(e.to_string()),
+    })?;
+    let (Some(target), Some(efficacy), Some(binding)) =
+        (report.target, report.efficacy, report.binding)
+    else {
+        return Err(Unfinished::Failed("the suite gave no threshold".into()));
+    };
+    let null_trials = report.rows.iter().map(|r| r.null_trials).max().unwrap_or(0);
+    let row = CalibrationRow {
+        protocol_hash: hash.0.clone(),
+        target,
+        efficacy,
+        boundary: report.boundary,
+        futility: report.futility,
+        drop_arm: report.drop_arm,
+        binding: binding.name().to_string(),
+        report_json: serde_json::to_string(&report)
+            .map_err(|e| Unfinished::Failed(e.to_string()))?,
+        wall_ms: started.elapsed().as_secs_f64() * 1000.0,
+        created_at: crate::service::store::ts(Timestamp::now()),
+    };
+    Ok((row, null_trials))
+}
+
 /// Calibrates the design of every approved trial (first) and proposal whose
 /// protocol text has no stored calibration, one at a time on
 /// `jobs.design_threads` threads.
 async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError> {
-    let pending: Vec<(ProtocolHash, String)> = state
-        .db
-        .read(|s| {
-            let mut trials = s.trials()?;
-            // Approved trials wait for their calibration to start.
-            trials.sort_by_key(|t| t.status != TrialStatus::Approved);
-            let mut out: Vec<(ProtocolHash, String)> = Vec::new();
-            for t in trials
-                .into_iter()
-                .filter(|t| matches!(t.status, TrialStatus::Approved | TrialStatus::Proposed))
-            {
-                let given_up = s
-                    .design_failure(DesignWork::Calibration, &t.protocol_hash)?
-                    .is_some_and(|f| f.given_up());
-                if !given_up
-                    && s.calibration(&t.protocol_hash)?.is_none()
-                    && !out.iter().any(|(h, _)| *h == t.protocol_hash)
-                {
-                    out.push((t.protocol_hash, t.protocol_toml));
-                }
-            }
-            Ok(out)
-        })
-        .await?;
+    let pending = state.db.read(calibrations_due).await?;
     let (configured, sampled) = (
         state.config.jobs.calibration_trials,
         state.config.jobs.calibration_trials_sampled,
@@ -205,46 +315,11 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
         let locked = hash.clone();
         let (watch, _running) = state.designs.watch(&hash, DesignWork::Calibration);
         let calibrated = tokio::task::spawn_blocking(move || {
-            let protocol = stored_protocol(&text, &locked)?;
-            // No fresh check (the tests make it).
-            let options = SuiteOptions::sized(
-                with_device(
-                    SimOptions {
-                        threads,
-                        progress: false,
-                        watch: Some(watch),
-                        ..SimOptions::default()
-                    },
-                    design_device(
-                        backend,
-                        &protocol,
-                        calibration_trials(&protocol, configured, sampled),
-                    ),
-                ),
-                Some(protocol.decision.false_stop_target),
-                calibration_trials(&protocol, configured, sampled),
-                false,
-                protocol.decision.false_futility_target,
-            );
-            let started = std::time::Instant::now();
-            let report = run_suite(&protocol, &locked, &options).map_err(|e| e.to_string())?;
-            let (Some(target), Some(efficacy), Some(binding)) =
-                (report.target, report.efficacy, report.binding)
-            else {
-                return Err("the suite gave no threshold".to_string());
-            };
-            Ok::<_, String>(CalibrationRow {
-                protocol_hash: locked.0.clone(),
-                target,
-                efficacy,
-                boundary: report.boundary,
-                futility: report.futility,
-                drop_arm: report.drop_arm,
-                binding: binding.name().to_string(),
-                report_json: serde_json::to_string(&report).map_err(|e| e.to_string())?,
-                wall_ms: started.elapsed().as_secs_f64() * 1000.0,
-                created_at: crate::service::store::ts(Timestamp::now()),
+            calibrate_design(&text, &locked, threads, backend, watch, |p| {
+                calibration_trials(p, configured, sampled)
             })
+            .map(|(row, _)| row)
+            .map_err(|e| e.to_string())
         })
         .await;
         match calibrated {
@@ -277,6 +352,249 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
             failed.join("; ")
         )))
     }
+}
+
+/// A design to refine: its text, and the trials that would take the
+/// refinement (approved ones at their start, running or paused ones before
+/// their first decisive day).
+struct ToRefine {
+    hash: ProtocolHash,
+    text: String,
+    trials: Vec<i64>,
+}
+
+/// Whether a trial would still take its design's refinement: approved (it
+/// locks it at its start), or running or paused on the design's first
+/// calibration with its first decisive day
+/// ([`lifecycle::first_decisive_day`]) still ahead, the daemon's `today`
+/// being the participant's.
+fn takes_refinement(s: &Store, trial: &LoadedTrial, now: Timestamp) -> Result<bool, StoreError> {
+    Ok(match trial.row.status {
+        TrialStatus::Approved => true,
+        TrialStatus::Running | TrialStatus::Paused => {
+            let on_first_calibration = trial.row.thresholds_refined_at.is_none()
+                && trial
+                    .row
+                    .locked
+                    .is_some_and(|l| l.source == ThresholdSource::Calibrated);
+            on_first_calibration
+                && lifecycle::first_decisive_day(
+                    &s.schedule(trial.id())?,
+                    trial.protocol.design.min_blocks,
+                )
+                .is_some_and(|day| trial.today(now) < day)
+        }
+        _ => false,
+    })
+}
+
+/// The designs of started (or approved) trials whose calibration gave the
+/// binding scenario fewer null trials than `jobs.refinement_trials`, and
+/// fewer than a first calibration now would, with a trial that would take
+/// the refinement; none refined or given up on.
+fn refinements_due(
+    s: &Store,
+    config: &crate::service::config::JobsConfig,
+    now: Timestamp,
+) -> Result<Vec<ToRefine>, StoreError> {
+    let most = config.refinement_trial_count();
+    if most == 0 {
+        return Ok(Vec::new());
+    }
+    let (loaded, _) = LoadedTrial::load_all(s.trials()?, &s.participants()?, |t| {
+        matches!(
+            t.status,
+            TrialStatus::Approved | TrialStatus::Running | TrialStatus::Paused
+        )
+    });
+    let mut out: Vec<ToRefine> = Vec::new();
+    for trial in loaded {
+        let hash = &trial.row.protocol_hash;
+        if let Some(due) = out.iter_mut().find(|d| d.hash == *hash) {
+            if takes_refinement(s, &trial, now)? {
+                due.trials.push(trial.id());
+            }
+            continue;
+        }
+        let first = calibration_trials(
+            &trial.protocol,
+            config.calibration_trials,
+            config.calibration_trials_sampled,
+        );
+        let Some(calibration) = s.calibration(hash)? else {
+            continue;
+        };
+        // A report that cannot be read is refined (it is the stored one
+        // that fails, not the design).
+        let had = calibration
+            .report()
+            .ok()
+            .and_then(|r| r.rows.iter().map(|row| row.null_trials).max())
+            .unwrap_or(0);
+        let given_up = s
+            .design_failure(DesignWork::Refinement, hash)?
+            .is_some_and(|f| f.given_up());
+        if first >= most
+            || had >= most
+            || given_up
+            || s.refinement(hash)?.is_some()
+            || !takes_refinement(s, &trial, now)?
+        {
+            continue;
+        }
+        out.push(ToRefine {
+            hash: hash.clone(),
+            text: trial.row.protocol_toml.clone(),
+            trials: vec![trial.id()],
+        });
+    }
+    Ok(out)
+}
+
+/// How often a running refinement checks whether other design work is
+/// waiting (it then yields) or the daemon is stopping.
+const YIELD_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Refines, one at a time, the calibration of every design that
+/// [`refinements_due`] lists, on `jobs.refinement_trials` null trials, and
+/// locks it for its running trials that would take it
+/// ([`Store::refine_thresholds`]; approved ones lock it at their start). A
+/// refinement takes many times as long as the first calibration, so it
+/// yields to any proposal's calibration or simulation that comes in
+/// meanwhile: it is cancelled and starts again from the beginning at a
+/// later run, after that work.
+async fn refine_started_designs(state: &AppState) -> Result<String, JobError> {
+    let config = state.config.jobs.clone();
+    let now = state.clock.now();
+    let due = state
+        .db
+        .read(move |s| refinements_due(s, &config, now))
+        .await?;
+    let most = state.config.jobs.refinement_trial_count();
+    let backend = state.config.engine.backend;
+    let threads = state.config.jobs.design_thread_count();
+    let mut said: Vec<String> = Vec::new();
+    let mut failed = Vec::new();
+    for ToRefine { hash, text, trials } in due {
+        if *state.stopping.borrow() {
+            break;
+        }
+        let locked = hash.clone();
+        let (watch, _running) = state.designs.watch(&hash, DesignWork::Refinement);
+        let asked = watch.clone();
+        let mut task = tokio::task::spawn_blocking(move || {
+            calibrate_design(&text, &locked, threads, backend, asked, |_| most)
+        });
+        let mut check = tokio::time::interval(YIELD_CHECK);
+        let ended = loop {
+            tokio::select! {
+                ended = &mut task => break ended,
+                _ = check.tick() => {
+                    if watch.is_cancelled() {
+                        continue;
+                    }
+                    let waiting = *state.stopping.borrow() || {
+                        let work = state
+                            .db
+                            .read(|s| Ok(!calibrations_due(s)?.is_empty() || !simulations_due(s)?.is_empty()))
+                            .await;
+                        // A store that cannot be read now is not a reason to
+                        // give up an hour's work.
+                        work.unwrap_or(false)
+                    };
+                    if waiting {
+                        tracing::info!(protocol = %hash.short(), "calibration refinement yields to other design work");
+                        watch.cancel();
+                    }
+                }
+            }
+        };
+        match ended {
+            Ok(Ok((row, null_trials))) => {
+                tracing::info!(
+                    protocol = %hash.short(),
+                    efficacy = row.efficacy,
+                    null_trials,
+                    seconds = row.wall_ms / 1000.0,
+                    "design calibration refined"
+                );
+                let efficacy = row.efficacy;
+                let refinement = Refinement {
+                    null_trials,
+                    calibration: row,
+                };
+                let now = state.clock.now();
+                let took = state
+                    .db
+                    .write(move |s| {
+                        s.put_refinement(&refinement)?;
+                        lock_refinement(s, &refinement.calibration, &trials, now)
+                    })
+                    .await?;
+                said.push(format!(
+                    "{} refined to {efficacy:.4} on {null_trials} null trials{}",
+                    hash.short(),
+                    if took.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " (locked for trial {})",
+                            took.iter()
+                                .map(|id| id.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
+                ));
+            }
+            Ok(Err(Unfinished::Cancelled)) => {
+                said.push(format!(
+                    "the refinement of {} yielded to other design work",
+                    hash.short()
+                ));
+                break;
+            }
+            Ok(Err(Unfinished::Failed(e))) => {
+                failed.push(record_failure(state, DesignWork::Refinement, &hash, e).await)
+            }
+            Err(e) => failed.extend(record_crash(state, DesignWork::Refinement, &hash, e).await),
+        }
+    }
+    if failed.is_empty() {
+        Ok(said.join("; "))
+    } else {
+        said.push(format!("failed: {}", failed.join("; ")));
+        Err(JobError::Item(said.join("; ")))
+    }
+}
+
+/// Locks a design's refined calibration for each of `trials` that is
+/// running or paused and would still take it ([`takes_refinement`]; the
+/// store checks again that no decisive look was taken); returns the trials
+/// that took it.
+fn lock_refinement(
+    s: &mut Store,
+    refinement: &CalibrationRow,
+    trials: &[i64],
+    now: Timestamp,
+) -> Result<Vec<i64>, StoreError> {
+    let (loaded, _) = LoadedTrial::load_all(s.trials()?, &s.participants()?, |t| {
+        trials.contains(&t.id) && matches!(t.status, TrialStatus::Running | TrialStatus::Paused)
+    });
+    let mut took = Vec::new();
+    for trial in loaded {
+        if !takes_refinement(s, &trial, now)? {
+            continue;
+        }
+        let min_blocks = trial.protocol.design.min_blocks;
+        match s.refine_thresholds(trial.id(), refinement, min_blocks, "daemon", now)? {
+            Refined::Locked => took.push(trial.id()),
+            Refined::Kept(why) => {
+                tracing::info!(trial = trial.id(), ?why, "trial keeps its thresholds")
+            }
+        }
+    }
+    Ok(took)
 }
 
 /// A calibration or simulation task that did not finish: one the runtime
@@ -334,28 +652,7 @@ async fn record_failure(
 /// simulation yet and was not given up on, one at a time on
 /// `jobs.design_threads` threads.
 async fn simulate_proposed_designs(state: &AppState) -> Result<String, JobError> {
-    let pending: Vec<(ProtocolHash, String)> = state
-        .db
-        .read(|s| {
-            let mut out = Vec::new();
-            for t in s
-                .trials()?
-                .into_iter()
-                .filter(|t| t.status == TrialStatus::Proposed)
-            {
-                let given_up = s
-                    .design_failure(DesignWork::Simulation, &t.protocol_hash)?
-                    .is_some_and(|f| f.given_up());
-                if !given_up
-                    && s.design_simulation(&t.protocol_hash)?.is_none()
-                    && !out.iter().any(|(h, _)| *h == t.protocol_hash)
-                {
-                    out.push((t.protocol_hash, t.protocol_toml));
-                }
-            }
-            Ok(out)
-        })
-        .await?;
+    let pending = state.db.read(simulations_due).await?;
     let mut done = 0;
     let mut failed = Vec::new();
     let configured = state.config.jobs.design_trials;

@@ -3,7 +3,7 @@
 //! while the work runs (the dashboard shows the designs job's calibration
 //! and simulation with it, since they take minutes).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -19,6 +19,7 @@ pub struct Progress {
     planned: AtomicU64,
     stage: Mutex<String>,
     started: Instant,
+    cancelled: AtomicBool,
 }
 
 /// One reading of a [`Progress`].
@@ -61,7 +62,21 @@ impl Progress {
             planned: AtomicU64::new(0),
             stage: Mutex::new(String::new()),
             started: Instant::now(),
+            cancelled: AtomicBool::new(false),
         })
+    }
+
+    /// Asks the work to end early: it takes no new virtual trial and ends
+    /// with [`super::SimError::Cancelled`], never with a report made of
+    /// the trials it had (a calibration on fewer trials than it planned
+    /// would not be the one asked for).
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Progress::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
     }
 
     /// Where the work stands now.
@@ -121,6 +136,11 @@ impl Meter {
             s.clone_from(&stage);
         }
         self.bar.set_message(stage);
+    }
+
+    /// Whether whoever watches asked the work to end ([`Progress::cancel`]).
+    pub(crate) fn cancelled(&self) -> bool {
+        self.watch.as_ref().is_some_and(|w| w.is_cancelled())
     }
 
     /// The work is over: the bar leaves the terminal.

@@ -341,6 +341,15 @@ pub fn run_suite(
         &protocol.id,
         options.base.watch.clone(),
     );
+    // A cancelled run ends after the trial in hand: what it has is not the
+    // calibration asked for.
+    let cancelled = |bar: &Meter| {
+        if bar.cancelled() {
+            Err(SimError::Cancelled)
+        } else {
+            Ok(())
+        }
+    };
     let distinct = source.iter().enumerate().filter(|(i, s)| i == *s).count();
     bar.set_length((scenarios.len() * options.power_trials + distinct * first) as u64);
     let mut effect: Vec<Vec<VirtualTrial>> = Vec::with_capacity(setups.len());
@@ -368,6 +377,7 @@ pub fn run_suite(
     // of a trial). The null trials then run with the one chosen.
     // Each threshold tried is tested at a share of the 5%: on fewer trials
     // than that confidence takes (39 at 10%) no threshold could pass it.
+    cancelled(&bar)?;
     let calibrating_drops = calibrating_futility
         && protocol.arms.len() >= 3
         && protocol.decision.drop_arm > 0.0
@@ -384,6 +394,7 @@ pub fn run_suite(
     } else {
         (Vec::new(), Vec::new())
     };
+    cancelled(&bar)?;
     // Null trials run with the lowest futility threshold any efficacy rule
     // could be given: the one calibrated as if nothing stopped for efficacy
     // (every look counts against futility then). Their course under any
@@ -417,6 +428,7 @@ pub fn run_suite(
             );
         }
     }
+    cancelled(&bar)?;
     let mut needed: Vec<Option<f64>> = vec![None; setups.len()];
     if let Some(target) = target {
         loop {
@@ -451,6 +463,7 @@ pub fn run_suite(
                 f64::INFINITY,
                 &bar,
             );
+            cancelled(&bar)?;
             null[binding].extend(added);
         }
     }
@@ -660,6 +673,7 @@ pub fn run_suite(
             &bar,
         ));
     }
+    cancelled(&bar)?;
     bar.finish_and_clear();
     let own = protocol.decision.efficacy;
     let own_rule = Rule {
