@@ -655,3 +655,124 @@ fn simulate_reports_error_rates_with_monte_carlo_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--scenario \"wobbly\""));
 }
+
+#[test]
+fn a_started_trials_calibration_is_refined_in_the_background_and_yields_to_a_new_proposal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = seed_demo(dir.path());
+    // The quick calibration gives every scenario its floor of 59 null
+    // trials; the refinement gives the binding ones up to 400. Real time:
+    // the trial's first decisive look is weeks away.
+    let config = data.join("refine.toml");
+    std::fs::write(
+        &config,
+        "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\ndesign_seconds = 1\ndesign_trials = 20\ncalibration_trials = 60\nrefinement_trials = 400\n",
+    )
+    .unwrap();
+    let args = ["--demo", "--config", config.to_str().unwrap()];
+    let root = env!("CARGO_MANIFEST_DIR");
+    let meditation = format!("{root}/protocols/meditation-anxiety.toml");
+    // The demo trial makes room on its stream.
+    let (ok, out) = cli(dir.path(), &data, &["stop", "1", "--reason", "room"]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(
+        dir.path(),
+        &data,
+        &["propose", &meditation, "--participant", "demo"],
+    );
+    assert!(ok && out.contains("trial 2 proposed"), "{out}");
+    let zone = store(&data).participants().unwrap()[0].time_zone.clone();
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::get(&zone).unwrap())
+        .date()
+        .to_string();
+    let (ok, out) = cli(dir.path(), &data, &["approve", "2", "--start", &today]);
+    assert!(ok, "{out}");
+
+    let d = Daemon::start(&data, &args);
+    // Once the refinement runs, a new proposal comes in: the refinement
+    // yields to its calibration and simulation, and starts again after.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while !d
+        .get("/proposals/2/progress")
+        .1
+        .contains("Refinement of its stopping rule")
+    {
+        assert!(Instant::now() < deadline, "no refinement ran: {}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let other = dir.path().join("meditation-retitled.toml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&meditation)
+            .unwrap()
+            .replace("title = \"Ten minutes", "title = \"Retitled: ten minutes"),
+    )
+    .unwrap();
+    let (ok, out) = cli(
+        dir.path(),
+        &data,
+        &["propose", other.to_str().unwrap(), "--participant", "demo"],
+    );
+    assert!(ok && out.contains("trial 3 proposed"), "{out}");
+    let refined = loop {
+        let t2 = store(&data).trial(2).unwrap().unwrap();
+        if t2.thresholds_refined_at.is_some() {
+            break t2;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trial 2 was not refined: {:?}\n{}",
+            t2.status,
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (status, page) = d.get("/trials/2");
+    let log = d.log();
+    drop(d);
+    assert!(
+        log.contains("calibration refinement yields to other design work"),
+        "{log}"
+    );
+    let s = store(&data);
+    let first = s.calibration(&refined.protocol_hash).unwrap().unwrap();
+    let refinement = s.refinement(&refined.protocol_hash).unwrap().unwrap();
+    let most = |c: &nof1d::service::store::CalibrationRow| {
+        c.report()
+            .unwrap()
+            .rows
+            .iter()
+            .map(|r| r.null_trials)
+            .max()
+            .unwrap()
+    };
+    assert_eq!(most(&first), 59);
+    assert_eq!(refinement.null_trials, 400);
+    assert_eq!(most(&refinement.calibration), 400);
+    // The trial decides with the refinement (taken at its start, or
+    // while it ran before its first decisive look).
+    let locked = refined.locked.unwrap();
+    assert_eq!(locked.source, decide::ThresholdSource::Calibrated);
+    assert_eq!(
+        (locked.efficacy, locked.futility, locked.boundary),
+        (
+            refinement.calibration.efficacy,
+            refinement.calibration.futility,
+            refinement.calibration.boundary
+        )
+    );
+    // The new proposal's work came first.
+    let t3 = s.trial(3).unwrap().unwrap();
+    let third = s.calibration(&t3.protocol_hash).unwrap().unwrap();
+    let simulated = s.design_simulation(&t3.protocol_hash).unwrap().unwrap();
+    assert!(third.created_at < refinement.calibration.created_at);
+    assert!(simulated.created_at < refinement.calibration.created_at);
+    // The trial page says so, and shows the refined calibration.
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("These thresholds are a refinement"), "{page}");
+    assert!(
+        page.contains(&format!("{:.4}", refinement.calibration.efficacy)),
+        "{page}"
+    );
+}

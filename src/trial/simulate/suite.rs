@@ -1263,6 +1263,52 @@ max_blocks = 6
     }
 
     #[test]
+    fn a_cancelled_calibration_stops_taking_trials_and_gives_no_report() {
+        let protocol = small_design();
+        let hash = ProtocolHash::of("small");
+        let watch = Progress::start();
+        let options = SuiteOptions {
+            base: SimOptions {
+                watch: Some(watch.clone()),
+                ..calibrating(5, 60, 240, 60).base
+            },
+            ..calibrating(5, 60, 240, 60)
+        };
+        // Cancelled from another thread once a few trials are done, as the
+        // designs job does when other work comes in.
+        let result = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let deadline = Instant::now() + std::time::Duration::from_secs(60);
+                while watch.read().done < 5 && Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                watch.cancel();
+            });
+            run_suite(&protocol, &hash, &options)
+        });
+        assert!(matches!(result, Err(SimError::Cancelled)), "{result:?}");
+        // It stopped with most of the plan (60 trials under the effect in
+        // each of 11 scenarios, then the null trials) not done.
+        let r = watch.read();
+        assert!(r.done >= 5 && r.done < 100, "{r:?}");
+        // Cancelled before it starts: no trial at all.
+        let cancelled = Progress::start();
+        cancelled.cancel();
+        let options = SuiteOptions {
+            base: SimOptions {
+                watch: Some(cancelled.clone()),
+                ..options.base.clone()
+            },
+            ..options
+        };
+        assert!(matches!(
+            run_suite(&protocol, &hash, &options),
+            Err(SimError::Cancelled)
+        ));
+        assert_eq!(cancelled.read().done, 0);
+    }
+
+    #[test]
     fn a_calibrated_threshold_holds_the_target_on_fresh_trials_in_every_scenario() {
         let protocol = small_design();
         let hash = ProtocolHash::of("small");
