@@ -661,12 +661,13 @@ fn a_started_trials_calibration_is_refined_in_the_background_and_yields_to_a_new
     let dir = tempfile::tempdir().unwrap();
     let (data, _) = seed_demo(dir.path());
     // The quick calibration gives every scenario its floor of 59 null
-    // trials; the refinement gives the binding ones up to 400. Real time:
-    // the trial's first decisive look is weeks away.
+    // trials; the refinement gives the binding ones up to 800 (long enough,
+    // about 30 s on two cores, for the new proposal below to come in while
+    // it runs). Real time: the trial's first decisive look is weeks away.
     let config = data.join("refine.toml");
     std::fs::write(
         &config,
-        "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\ndesign_seconds = 1\ndesign_trials = 20\ncalibration_trials = 60\nrefinement_trials = 400\n",
+        "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\ndesign_seconds = 1\ndesign_trials = 20\ncalibration_trials = 60\nrefinement_trials = 800\n",
     )
     .unwrap();
     let args = ["--demo", "--config", config.to_str().unwrap()];
@@ -692,14 +693,14 @@ fn a_started_trials_calibration_is_refined_in_the_background_and_yields_to_a_new
     let d = Daemon::start(&data, &args);
     // Once the refinement runs, a new proposal comes in: the refinement
     // yields to its calibration and simulation, and starts again after.
-    let deadline = Instant::now() + Duration::from_secs(240);
+    let deadline = Instant::now() + Duration::from_secs(480);
     while !d
         .get("/proposals/2/progress")
         .1
         .contains("Refinement of its stopping rule")
     {
         assert!(Instant::now() < deadline, "no refinement ran: {}", d.log());
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(50));
     }
     let other = dir.path().join("meditation-retitled.toml");
     std::fs::write(
@@ -729,6 +730,7 @@ fn a_started_trials_calibration_is_refined_in_the_background_and_yields_to_a_new
         std::thread::sleep(Duration::from_millis(200));
     };
     let (status, page) = d.get("/trials/2");
+    let (_, proposals) = d.get("/proposals");
     let log = d.log();
     drop(d);
     assert!(
@@ -738,18 +740,10 @@ fn a_started_trials_calibration_is_refined_in_the_background_and_yields_to_a_new
     let s = store(&data);
     let first = s.calibration(&refined.protocol_hash).unwrap().unwrap();
     let refinement = s.refinement(&refined.protocol_hash).unwrap().unwrap();
-    let most = |c: &nof1d::service::store::CalibrationRow| {
-        c.report()
-            .unwrap()
-            .rows
-            .iter()
-            .map(|r| r.null_trials)
-            .max()
-            .unwrap()
-    };
+    let most = |c: &nof1d::service::store::CalibrationRow| c.report().unwrap().most_null_trials();
     assert_eq!(most(&first), 59);
-    assert_eq!(refinement.null_trials, 400);
-    assert_eq!(most(&refinement.calibration), 400);
+    assert_eq!(refinement.null_trials, 800);
+    assert_eq!(most(&refinement.calibration), 800);
     // The trial decides with the refinement (taken at its start, or
     // while it ran before its first decisive look).
     let locked = refined.locked.unwrap();
@@ -766,8 +760,13 @@ fn a_started_trials_calibration_is_refined_in_the_background_and_yields_to_a_new
     let t3 = s.trial(3).unwrap().unwrap();
     let third = s.calibration(&t3.protocol_hash).unwrap().unwrap();
     let simulated = s.design_simulation(&t3.protocol_hash).unwrap().unwrap();
-    assert!(third.created_at < refinement.calibration.created_at);
-    assert!(simulated.created_at < refinement.calibration.created_at);
+    assert!(third.created_at <= refinement.calibration.created_at);
+    assert!(simulated.created_at <= refinement.calibration.created_at);
+    // The proposal says its quick calibration will be refined.
+    assert!(
+        proposals.contains("calibrated again on up to 800 virtual trials"),
+        "{proposals}"
+    );
     // The trial page says so, and shows the refined calibration.
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("These thresholds are a refinement"), "{page}");

@@ -189,7 +189,7 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
     };
     if let Some((r, first_efficacy, at)) = &refined {
         b.push(Block::Para(format!(
-            "The trial started on a quick calibration of its design (efficacy threshold {first_efficacy:.4}) and took a refinement on up to {} virtual trials with no effect in a scenario at {at}, before its first look that could stop it: every decision is taken under the refined rule below.",
+            "The thresholds are a refinement of the design's quick calibration (efficacy threshold {first_efficacy:.4}), run on up to {} virtual trials with no effect in a scenario and locked at {at}, before the trial's first look that could stop it: every decision is taken under the refined rule below.",
             r.null_trials
         )));
     }

@@ -424,8 +424,9 @@ pub struct TrialRow {
     pub start_date: Option<Date>,
     /// Why it stopped.
     pub stop_reason: Option<String>,
-    /// The thresholds locked at the start (none before it, and for trials
-    /// started before calibration existed).
+    /// The thresholds locked at the start, or refined before the first
+    /// decisive look (none before the start, and for trials started before
+    /// calibration existed).
     pub locked: Option<LockedThresholds>,
     /// When `locked` became its design's refined calibration
     /// ([`Store::refine_thresholds`]; at the start where the refinement
@@ -742,6 +743,22 @@ pub enum KeptBecause {
     /// A look that could stop it has been taken: its rule stays the one
     /// that look used.
     DecisiveLookTaken,
+    /// Its first decisive day has come (or it has none): a look that could
+    /// stop it may be under way.
+    DecisiveDayCome,
+}
+
+/// Until when a running trial may take its design's refinement
+/// ([`Store::refine_thresholds`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    /// Its design's `min_blocks`: a look at that many blocks may stop it.
+    pub min_blocks: u32,
+    /// Its first decisive day, fixed from the schedule it started with
+    /// ([`crate::trial::lifecycle::first_decisive_day`]); `None`: never.
+    pub refine_by: Option<Date>,
+    /// Its participant's date now.
+    pub today: Date,
 }
 
 /// The background work the designs job does for a design.
@@ -922,6 +939,10 @@ pub struct NewDecision {
     pub reschedule: Option<(u32, Vec<DatedDay>)>,
     /// Messages that tell the participant (queued with the decision).
     pub messages: Vec<NewMessage>,
+    /// The trial's `thresholds_refined_at` when the thresholds the look
+    /// used were read: a refinement locked since makes the look be taken
+    /// again, under the thresholds now in force.
+    pub thresholds_refined_at: Option<String>,
 }
 
 /// A stored decision.
@@ -2713,7 +2734,9 @@ impl Store {
 
     /// Stores a decision and applies it (stop, new schedule) in one
     /// transaction. Returns false, changing nothing, when this look already
-    /// has a decision (another job took it first).
+    /// has a decision (another job took it first), or when the trial's
+    /// thresholds were refined after the look read them (the next run takes
+    /// it again).
     pub fn record_decision(
         &mut self,
         d: &NewDecision,
@@ -2722,6 +2745,16 @@ impl Store {
         now: Timestamp,
     ) -> Result<bool> {
         let tx = write_tx(&mut self.conn)?;
+        let same_thresholds: Option<bool> = tx
+            .query_row(
+                "SELECT thresholds_refined_at IS ?2 FROM trials WHERE id = ?1",
+                params![d.trial_id, d.thresholds_refined_at],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if same_thresholds == Some(false) {
+            return Ok(false);
+        }
         let inserted = tx.execute(
             "INSERT INTO decisions (trial_id, fit_id, rule, action, numbers_json, created_at, period)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
@@ -3158,21 +3191,26 @@ impl Store {
     /// Replaces a running (or paused) trial's locked thresholds with its
     /// design's refined calibration, in one transaction with its audit
     /// entry (`refine_threshold`, old and new), unless a look that could
-    /// stop it was already taken: a decision at `min_blocks` blocks or more,
-    /// or any stop. Until then every look only continued, whatever its
+    /// stop it may have been taken: its first decisive day (`deadline`) has
+    /// come, or a decision at `min_blocks` blocks or more, or any stop, is
+    /// stored. Until then every look only continued, whatever its
     /// thresholds, so all its decisions are taken under the refined rule,
     /// fixed before the first of them (the simulation behind it reads none
-    /// of the person's data). The caller also leaves a trial whose first
-    /// decisive day has come ([`crate::trial::lifecycle::first_decisive_day`]),
-    /// so that no refit in flight decides under the rule it replaces.
+    /// of the person's data); a look in flight that read the old thresholds
+    /// is refused when it is recorded ([`Store::record_decision`]).
     pub fn refine_thresholds(
         &mut self,
         trial_id: i64,
         refinement: &CalibrationRow,
-        min_blocks: u32,
+        deadline: Deadline,
         actor: &str,
         now: Timestamp,
     ) -> Result<Refined> {
+        let Deadline {
+            min_blocks,
+            refine_by,
+            today,
+        } = deadline;
         let tx = write_tx(&mut self.conn)?;
         // The thresholds it held, for the audit entry, as SQLite writes them.
         let current: Option<(String, Option<String>, Option<String>, String)> = tx
@@ -3188,7 +3226,7 @@ impl Store {
         let Some((status, source, refined_at, was)) = current else {
             return Err(StoreError::Refused(format!(
                 "there is no trial {trial_id} of the design {}",
-                &refinement.protocol_hash[..12.min(refinement.protocol_hash.len())]
+                ProtocolHash(refinement.protocol_hash.clone()).short()
             )));
         };
         let kept = if refined_at.is_some() {
@@ -3198,6 +3236,8 @@ impl Store {
             Some(KeptBecause::NotRunning)
         } else if source.as_deref() != Some(ThresholdSource::Calibrated.as_str()) {
             Some(KeptBecause::NotCalibrated)
+        } else if refine_by.is_none_or(|day| today >= day) {
+            Some(KeptBecause::DecisiveDayCome)
         } else {
             let decided: bool = tx.query_row(
                 "SELECT EXISTS (SELECT 1 FROM decisions WHERE trial_id = ?1
@@ -4985,6 +5025,7 @@ mod tests {
             stop: None,
             reschedule: None,
             messages: Vec::new(),
+            thresholds_refined_at: None,
         };
         for (trial, period, blocks) in [(early, 1, 1), (late, 1, 1), (late, 5, min_blocks)] {
             assert!(
@@ -5016,19 +5057,43 @@ mod tests {
             None
         );
         let row = &stored.calibration;
+        // Its first decisive day is some weeks after the start.
+        let before = Deadline {
+            min_blocks,
+            refine_by: Some("2027-01-07".parse().unwrap()),
+            today: start,
+        };
+        // On that day, or without one, a look that could stop it may be
+        // under way: it keeps what it has.
+        for deadline in [
+            Deadline {
+                today: "2027-01-07".parse().unwrap(),
+                ..before
+            },
+            Deadline {
+                refine_by: None,
+                ..before
+            },
+        ] {
+            assert_eq!(
+                s.refine_thresholds(early, row, deadline, "daemon", now())
+                    .unwrap(),
+                Refined::Kept(KeptBecause::DecisiveDayCome)
+            );
+        }
         assert_eq!(
-            s.refine_thresholds(early, row, min_blocks, "daemon", now())
+            s.refine_thresholds(early, row, before, "daemon", now())
                 .unwrap(),
             Refined::Locked
         );
         assert_eq!(
-            s.refine_thresholds(late, row, min_blocks, "daemon", now())
+            s.refine_thresholds(late, row, before, "daemon", now())
                 .unwrap(),
             Refined::Kept(KeptBecause::DecisiveLookTaken)
         );
         // Once only.
         assert_eq!(
-            s.refine_thresholds(early, row, min_blocks, "daemon", now())
+            s.refine_thresholds(early, row, before, "daemon", now())
                 .unwrap(),
             Refined::Kept(KeptBecause::AlreadyRefined)
         );
@@ -5039,6 +5104,17 @@ mod tests {
             (0.9714, Some(0.0053), ThresholdSource::Calibrated)
         );
         assert!(took.thresholds_refined_at.is_some());
+        // A look taken on the thresholds it had before is not recorded: the
+        // next run takes it again under the refined ones.
+        assert!(
+            !s.record_decision(&look(early, 2, 1), "test", start, now())
+                .unwrap()
+        );
+        let again = NewDecision {
+            thresholds_refined_at: took.thresholds_refined_at.clone(),
+            ..look(early, 2, 1)
+        };
+        assert!(s.record_decision(&again, "test", start, now()).unwrap());
         let kept = s.trial(late).unwrap().unwrap();
         assert_eq!(kept.locked.map(|l| l.efficacy), Some(0.9989));
         assert_eq!(kept.thresholds_refined_at, None);
@@ -5066,7 +5142,7 @@ mod tests {
             ..first.clone()
         };
         let err = s
-            .refine_thresholds(early, &other, min_blocks, "daemon", now())
+            .refine_thresholds(early, &other, before, "daemon", now())
             .unwrap_err()
             .to_string();
         assert!(
@@ -5088,7 +5164,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            s.refine_thresholds(late, row, min_blocks, "daemon", now())
+            s.refine_thresholds(late, row, before, "daemon", now())
                 .unwrap(),
             Refined::Kept(KeptBecause::NotRunning)
         );

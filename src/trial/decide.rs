@@ -252,7 +252,7 @@ impl ThresholdSource {
         match self {
             ThresholdSource::Protocol => "the protocol's stated threshold (not calibrated)",
             ThresholdSource::Calibrated => {
-                "calibrated by simulating this design on the stress suite before the trial started"
+                "calibrated by simulating this design on the stress suite before the trial's first look that could stop it"
             }
         }
     }
@@ -459,7 +459,8 @@ pub fn thresholds(rules: &DecisionRules, min_blocks: u32) -> Thresholds {
 
 /// The thresholds a trial decides with: the protocol's, with the efficacy
 /// threshold (and its boundary over `max_blocks`) and the futility
-/// threshold it locked at its start where it has them.
+/// threshold it locked (at its start, or refined before its first decisive
+/// look) where it has them.
 pub fn trial_thresholds(
     rules: &DecisionRules,
     (min_blocks, max_blocks): (u32, u32),

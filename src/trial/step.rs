@@ -172,7 +172,8 @@ pub struct LookFit<'a> {
 }
 
 /// What the trial brings to a look from before: the periods already
-/// decided, the arms dropped, and the efficacy threshold locked at its start.
+/// decided, the arms dropped, and the thresholds it locked (at its start, or
+/// refined before its first decisive look).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LookHistory {
     /// Periods with a decision.

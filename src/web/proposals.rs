@@ -151,6 +151,10 @@ pub struct ProposalView {
     /// The calibration as HTML (not in the JSON).
     #[serde(skip)]
     pub calibration_html: String,
+    /// The null trials the calibration is refined to in the background once
+    /// a trial of it is approved, where it will be
+    /// (`jobs.refinement_trials`).
+    pub refined_to: Option<usize>,
     /// Why the design's calibration failed, and whether the job gave up
     /// on it (an approved trial then starts on the stated thresholds).
     pub calibration_failure: Option<(String, bool)>,
@@ -279,6 +283,7 @@ async fn proposal_views(
 ) -> Result<Vec<ProposalView>, StoreError> {
     let viewer = viewer.clone();
     let board = state.designs.clone();
+    let jobs = state.config.jobs.clone();
     state
         .db
         .read(move |s| {
@@ -295,10 +300,11 @@ async fn proposal_views(
                 let blind = p.blinded && !viewer.is_investigator();
                 let graph = CausalGraph::of(&p).ok();
                 let h = p.hypothesis.as_ref();
-                let calibration = s
-                    .calibration(&t.protocol_hash)?
+                let stored = s.calibration(&t.protocol_hash)?;
+                let refined_to = stored
                     .as_ref()
-                    .and_then(CalibrationView::of);
+                    .and_then(|c| crate::service::jobs::refinement_size(&p, &jobs, c));
+                let calibration = stored.as_ref().and_then(CalibrationView::of);
                 let simulated = s
                     .design_simulation(&t.protocol_hash)?
                     .as_ref()
@@ -361,6 +367,7 @@ async fn proposal_views(
                         .as_ref()
                         .map(super::calibration::render)
                         .unwrap_or_default(),
+                    refined_to,
                     calibration_failure: s
                         .design_failure(DesignWork::Calibration, &t.protocol_hash)?
                         .filter(|_| calibration.is_none())
@@ -414,7 +421,7 @@ Stops when P(better by MID) reaches {% if calibrating %}the calibrated threshold
 {% else if let Some(g) = v.simulation_progress %}<p role="status">Being simulated now: {{ g.html()|safe }} <a href="/proposals/{{ v.id }}/progress">Follow it</a>.</p>
 {% else %}<p class="muted">Waiting to be simulated in the background (one design at a time): a minute or two for a gaussian outcome, up to an hour for the other families. <a href="/proposals/{{ v.id }}/progress">Follow it</a>.</p>{% endif %}
 <h3>When it stops: the threshold calibrated for this design</h3>
-{% if !calibrating %}<p>Calibration is switched off (<code>jobs.calibrate = false</code>): a trial of this design decides on the protocol's stated threshold, {{ v.thresholds[0] }}, whatever its false-stop rate.</p>{% else if v.calibration.is_some() %}{{ v.calibration_html|safe }}{% else if let Some((why, given_up)) = v.calibration_failure %}<p class="banner">This design could not be calibrated: {{ why }}. {% if given_up %}An approved trial of it starts on the protocol's stated thresholds, whose false-stop rate is not checked; edit the protocol to calibrate it, or try again (after an upgrade, or once what made it fail is gone).{% else %}It will be tried again.{% endif %}</p>{% if given_up %}<form method="post" action="/proposals/{{ v.id }}/calibration/retry" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Try the calibration again</button></form>{% endif %}{% else if let Some(g) = v.calibration_progress %}<p role="status">Being calibrated now on the stress suite: {{ g.html()|safe }} <a href="/proposals/{{ v.id }}/progress">Follow it</a>. An approved trial starts once its threshold is locked.</p>{% else %}<p class="muted">Waiting to be calibrated in the background on the stress suite (one design at a time, approved trials first; a few minutes for a gaussian outcome, longer for counts and proportions). An approved trial starts once its threshold is locked. <a href="/proposals/{{ v.id }}/progress">Follow it</a>.</p>{% endif %}
+{% if !calibrating %}<p>Calibration is switched off (<code>jobs.calibrate = false</code>): a trial of this design decides on the protocol's stated threshold, {{ v.thresholds[0] }}, whatever its false-stop rate.</p>{% else if v.calibration.is_some() %}{{ v.calibration_html|safe }}{% if let Some(n) = v.refined_to %}<p class="muted">A quick calibration: once a trial of this design is approved, it is calibrated again on up to {{ n }} virtual trials with no effect in a scenario, in the background, which usually lowers the threshold and so raises the power. The trial decides with the refinement if it is done before its first look that could stop it (otherwise with the calibration above): either way, one rule fixed before any decision.</p>{% endif %}{% else if let Some((why, given_up)) = v.calibration_failure %}<p class="banner">This design could not be calibrated: {{ why }}. {% if given_up %}An approved trial of it starts on the protocol's stated thresholds, whose false-stop rate is not checked; edit the protocol to calibrate it, or try again (after an upgrade, or once what made it fail is gone).{% else %}It will be tried again.{% endif %}</p>{% if given_up %}<form method="post" action="/proposals/{{ v.id }}/calibration/retry" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Try the calibration again</button></form>{% endif %}{% else if let Some(g) = v.calibration_progress %}<p role="status">Being calibrated now on the stress suite: {{ g.html()|safe }} <a href="/proposals/{{ v.id }}/progress">Follow it</a>. An approved trial starts once its threshold is locked.</p>{% else %}<p class="muted">Waiting to be calibrated in the background on the stress suite (one design at a time, approved trials first; a few minutes for a gaussian outcome, longer for counts and proportions). An approved trial starts once its threshold is locked. <a href="/proposals/{{ v.id }}/progress">Follow it</a>.</p>{% endif %}
 <h3>Decide</h3>
 <form method="post" action="/trials/{{ v.id }}/approve" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}">{% if v.needs_clinician %}<label>This changes prescribed medication or needs a clinician: who agreed, and when <input name="clinician" required placeholder="Dr Lee, 3 Dec 2026"></label> {% endif %}<button type="submit">Approve (starts tomorrow)</button></form>
 <form method="post" action="/trials/{{ v.id }}/reject" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Reject</button></form>
@@ -634,7 +641,8 @@ pub(super) async fn retry_design(
     axum::extract::Path((id, work)): axum::extract::Path<(i64, String)>,
     axum::extract::Form(form): axum::extract::Form<crate::web::access::CsrfForm>,
 ) -> Response {
-    let Some(work) = DesignWork::parse(&work) else {
+    // A refinement runs for started trials only: a proposal has none to retry.
+    let Some(work) = DesignWork::parse(&work).filter(|w| *w != DesignWork::Refinement) else {
         return (
             StatusCode::NOT_FOUND,
             format!("no such work {work:?}: calibration or simulation\n"),

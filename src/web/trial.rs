@@ -146,8 +146,7 @@ pub struct TrialDetail {
     #[serde(skip)]
     pub effect_axis: String,
     /// The efficacy and futility thresholds the trial decides with (the
-    /// ones it locked at its start, else the protocol's), on P(better by
-    /// MID).
+    /// ones it locked, else the protocol's), on P(better by MID).
     pub thresholds: (f64, f64),
     /// With three arms or more: drop an arm when P(best) is below this (the
     /// locked one, else the protocol's).

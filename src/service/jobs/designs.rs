@@ -10,8 +10,8 @@ use jiff::Timestamp;
 use crate::service::app::AppState;
 use crate::service::loaded::LoadedTrial;
 use crate::service::store::{
-    CalibrationRow, DesignFailure, DesignSimulationRow, DesignWork, Refined, Refinement, Store,
-    StoreError,
+    CalibrationRow, Deadline, DesignFailure, DesignSimulationRow, DesignWork, Refined, Refinement,
+    Store, StoreError,
 };
 use crate::trial::decide::ThresholdSource;
 use crate::trial::lifecycle;
@@ -278,7 +278,7 @@ fn calibrate_design(
     else {
         return Err(Unfinished::Failed("the suite gave no threshold".into()));
     };
-    let null_trials = report.rows.iter().map(|r| r.null_trials).max().unwrap_or(0);
+    let null_trials = report.most_null_trials();
     let row = CalibrationRow {
         protocol_hash: hash.0.clone(),
         target,
@@ -319,7 +319,6 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
                 calibration_trials(p, configured, sampled)
             })
             .map(|(row, _)| row)
-            .map_err(|e| e.to_string())
         })
         .await;
         match calibrated {
@@ -334,7 +333,10 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
                 state.db.write(move |s| s.put_calibration(&row)).await?;
                 done += 1;
             }
-            Ok(Err(e)) => {
+            // Nothing cancels a first calibration today; were it cancelled,
+            // it would not be the design's failure.
+            Ok(Err(Unfinished::Cancelled)) => {}
+            Ok(Err(Unfinished::Failed(e))) => {
                 failed.push(record_failure(state, DesignWork::Calibration, &hash, e).await)
             }
             Err(e) => failed.extend(record_crash(state, DesignWork::Calibration, &hash, e).await),
@@ -354,20 +356,39 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
     }
 }
 
-/// A design to refine: its text, and the trials that would take the
-/// refinement (approved ones at their start, running or paused ones before
-/// their first decisive day).
+/// The null trials a design's calibration is refined to once its trial is
+/// approved, if it is: `jobs.refinement_trials`, where that is more than
+/// the binding scenario got (`calibration`'s most) and more than a first
+/// calibration gets now (else a refinement would run it again as it was).
+pub fn refinement_size(
+    protocol: &Protocol,
+    config: &crate::service::config::JobsConfig,
+    calibration: &CalibrationRow,
+) -> Option<usize> {
+    let most = config.refinement_trial_count();
+    let first = calibration_trials(
+        protocol,
+        config.calibration_trials,
+        config.calibration_trials_sampled,
+    );
+    // A report that cannot be read is refined (it is the stored one that
+    // fails, not the design).
+    let had = calibration.report().map_or(0, |r| r.most_null_trials());
+    (most > first && most > had).then_some(most)
+}
+
+/// A design to refine, by its stored text.
 struct ToRefine {
     hash: ProtocolHash,
     text: String,
-    trials: Vec<i64>,
 }
 
 /// Whether a trial would still take its design's refinement: approved (it
 /// locks it at its start), or running or paused on the design's first
-/// calibration with its first decisive day
-/// ([`lifecycle::first_decisive_day`]) still ahead, the daemon's `today`
-/// being the participant's.
+/// calibration with its first decisive day ([`deadline`]) still ahead, the
+/// daemon's `today` being the participant's. A pre-filter, so that no
+/// refinement runs for nothing: [`Store::refine_thresholds`] decides, in its
+/// transaction.
 fn takes_refinement(s: &Store, trial: &LoadedTrial, now: Timestamp) -> Result<bool, StoreError> {
     Ok(match trial.row.status {
         TrialStatus::Approved => true,
@@ -378,13 +399,40 @@ fn takes_refinement(s: &Store, trial: &LoadedTrial, now: Timestamp) -> Result<bo
                     .locked
                     .is_some_and(|l| l.source == ThresholdSource::Calibrated);
             on_first_calibration
-                && lifecycle::first_decisive_day(
-                    &s.schedule(trial.id())?,
-                    trial.protocol.design.min_blocks,
-                )
-                .is_some_and(|day| trial.today(now) < day)
+                && deadline(s, trial, now)?
+                    .refine_by
+                    .is_some_and(|day| trial.today(now) < day)
         }
         _ => false,
+    })
+}
+
+/// Until when a started trial may take a refinement: its first decisive day
+/// ([`lifecycle::first_decisive_day`]) in the schedule it started with
+/// (from its start date and seed), or in its stored schedule where that is
+/// sooner. The first keeps a pause from moving the cut-off: when the trial
+/// takes which rule then depends on the refinement's run time only, not on
+/// anything a person does after seeing the trial's first estimates.
+fn deadline(s: &Store, trial: &LoadedTrial, now: Timestamp) -> Result<Deadline, StoreError> {
+    let min_blocks = trial.protocol.design.min_blocks;
+    let stored = lifecycle::first_decisive_day(&s.schedule(trial.id())?, min_blocks);
+    let planned = trial.row.start_date.and_then(|start| {
+        lifecycle::dated(
+            &trial.protocol,
+            &crate::trial::design::plan(&trial.protocol, trial.row.seed),
+            start,
+        )
+        .ok()
+        .and_then(|rows| lifecycle::first_decisive_day(&rows, min_blocks))
+    });
+    Ok(Deadline {
+        min_blocks,
+        refine_by: match (stored, planned) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            // Without both, no cut-off can be trusted: none is taken.
+            _ => None,
+        },
+        today: trial.today(now),
     })
 }
 
@@ -397,10 +445,6 @@ fn refinements_due(
     config: &crate::service::config::JobsConfig,
     now: Timestamp,
 ) -> Result<Vec<ToRefine>, StoreError> {
-    let most = config.refinement_trial_count();
-    if most == 0 {
-        return Ok(Vec::new());
-    }
     let (loaded, _) = LoadedTrial::load_all(s.trials()?, &s.participants()?, |t| {
         matches!(
             t.status,
@@ -410,32 +454,16 @@ fn refinements_due(
     let mut out: Vec<ToRefine> = Vec::new();
     for trial in loaded {
         let hash = &trial.row.protocol_hash;
-        if let Some(due) = out.iter_mut().find(|d| d.hash == *hash) {
-            if takes_refinement(s, &trial, now)? {
-                due.trials.push(trial.id());
-            }
+        if out.iter().any(|d| d.hash == *hash) {
             continue;
         }
-        let first = calibration_trials(
-            &trial.protocol,
-            config.calibration_trials,
-            config.calibration_trials_sampled,
-        );
         let Some(calibration) = s.calibration(hash)? else {
             continue;
         };
-        // A report that cannot be read is refined (it is the stored one
-        // that fails, not the design).
-        let had = calibration
-            .report()
-            .ok()
-            .and_then(|r| r.rows.iter().map(|row| row.null_trials).max())
-            .unwrap_or(0);
         let given_up = s
             .design_failure(DesignWork::Refinement, hash)?
             .is_some_and(|f| f.given_up());
-        if first >= most
-            || had >= most
+        if refinement_size(&trial.protocol, config, &calibration).is_none()
             || given_up
             || s.refinement(hash)?.is_some()
             || !takes_refinement(s, &trial, now)?
@@ -445,7 +473,6 @@ fn refinements_due(
         out.push(ToRefine {
             hash: hash.clone(),
             text: trial.row.protocol_toml.clone(),
-            trials: vec![trial.id()],
         });
     }
     Ok(out)
@@ -474,8 +501,18 @@ async fn refine_started_designs(state: &AppState) -> Result<String, JobError> {
     let backend = state.config.engine.backend;
     let threads = state.config.jobs.design_thread_count();
     let mut said: Vec<String> = Vec::new();
+    let took = state
+        .db
+        .write(move |s| lock_stored_refinements(s, now))
+        .await?;
+    if !took.is_empty() {
+        said.push(format!(
+            "refined thresholds locked for trial {}",
+            ids(&took)
+        ));
+    }
     let mut failed = Vec::new();
-    for ToRefine { hash, text, trials } in due {
+    for ToRefine { hash, text } in due {
         if *state.stopping.borrow() {
             break;
         }
@@ -528,7 +565,7 @@ async fn refine_started_designs(state: &AppState) -> Result<String, JobError> {
                     .db
                     .write(move |s| {
                         s.put_refinement(&refinement)?;
-                        lock_refinement(s, &refinement.calibration, &trials, now)
+                        lock_stored_refinements(s, now)
                     })
                     .await?;
                 said.push(format!(
@@ -537,13 +574,7 @@ async fn refine_started_designs(state: &AppState) -> Result<String, JobError> {
                     if took.is_empty() {
                         String::new()
                     } else {
-                        format!(
-                            " (locked for trial {})",
-                            took.iter()
-                                .map(|id| id.to_string())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
+                        format!(" (locked for trial {})", ids(&took))
                     }
                 ));
             }
@@ -568,33 +599,41 @@ async fn refine_started_designs(state: &AppState) -> Result<String, JobError> {
     }
 }
 
-/// Locks a design's refined calibration for each of `trials` that is
-/// running or paused and would still take it ([`takes_refinement`]; the
-/// store checks again that no decisive look was taken); returns the trials
-/// that took it.
-fn lock_refinement(
-    s: &mut Store,
-    refinement: &CalibrationRow,
-    trials: &[i64],
-    now: Timestamp,
-) -> Result<Vec<i64>, StoreError> {
+/// Locks its design's stored refinement for every running or paused trial
+/// still on its first calibration that has one ([`Store::refine_thresholds`]
+/// decides whether it may); returns the trials that took it. Run after each
+/// refinement is stored and at every run of the job, so that a trial started
+/// while its refinement ran (or whose locking failed) still gets it in time.
+fn lock_stored_refinements(s: &mut Store, now: Timestamp) -> Result<Vec<i64>, StoreError> {
     let (loaded, _) = LoadedTrial::load_all(s.trials()?, &s.participants()?, |t| {
-        trials.contains(&t.id) && matches!(t.status, TrialStatus::Running | TrialStatus::Paused)
+        matches!(t.status, TrialStatus::Running | TrialStatus::Paused)
+            && t.thresholds_refined_at.is_none()
+            && t.locked
+                .is_some_and(|l| l.source == ThresholdSource::Calibrated)
     });
     let mut took = Vec::new();
     for trial in loaded {
-        if !takes_refinement(s, &trial, now)? {
+        let Some(refinement) = s.refinement(&trial.row.protocol_hash)? else {
             continue;
-        }
-        let min_blocks = trial.protocol.design.min_blocks;
-        match s.refine_thresholds(trial.id(), refinement, min_blocks, "daemon", now)? {
+        };
+        let deadline = deadline(s, &trial, now)?;
+        match s.refine_thresholds(trial.id(), &refinement.calibration, deadline, "daemon", now)? {
             Refined::Locked => took.push(trial.id()),
             Refined::Kept(why) => {
-                tracing::info!(trial = trial.id(), ?why, "trial keeps its thresholds")
+                tracing::debug!(trial = trial.id(), ?why, "trial keeps its thresholds")
             }
         }
     }
     Ok(took)
+}
+
+/// Trial ids for a summary: "3, 5".
+fn ids(trials: &[i64]) -> String {
+    trials
+        .iter()
+        .map(|id| id.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A calibration or simulation task that did not finish: one the runtime

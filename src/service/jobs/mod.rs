@@ -30,7 +30,7 @@ mod refits;
 mod sources;
 
 pub use assignments::next_assignment;
-pub use designs::DesignBoard;
+pub use designs::{DesignBoard, refinement_size};
 
 /// A job's failure: logged, counted, retried at the next tick.
 #[derive(Debug, thiserror::Error)]

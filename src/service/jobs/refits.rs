@@ -16,7 +16,8 @@ use crate::trial::series;
 use crate::trial::step::{self, LookFit, LookHistory};
 
 /// What the trial brings to a look: periods decided and arms dropped (from
-/// its stored decisions), and the efficacy threshold it locked at its start.
+/// its stored decisions), and the thresholds it locked (at its start, or
+/// refined before its first decisive look).
 fn history_of(trial: &LoadedTrial, decisions: &[DecisionRow]) -> LookHistory {
     let looks: Vec<(Option<u32>, Option<Decision>)> =
         decisions.iter().map(|d| (d.period, d.decision())).collect();
@@ -245,6 +246,7 @@ pub(crate) async fn decide_trial(
             .stops()
             .then(|| format!("{}: {}", decision.action.name(), decision.rule)),
         reschedule: look.reschedule,
+        thresholds_refined_at: trial.row.thresholds_refined_at.clone(),
         messages: match decision.action {
             Action::Continue => Vec::new(),
             _ => vec![notify::decision_message(

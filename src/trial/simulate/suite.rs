@@ -217,6 +217,14 @@ pub struct SuiteReport {
     pub timing: SimTiming,
 }
 
+impl SuiteReport {
+    /// The most null trials any scenario got: the binding scenario's where
+    /// it was extended (what a refinement adds to).
+    pub fn most_null_trials(&self) -> usize {
+        self.rows.iter().map(|r| r.null_trials).max().unwrap_or(0)
+    }
+}
+
 /// One arm-drop threshold tried: the scenario where the arm that works was
 /// given up on most often by the arm-drop rule (dropped, or the trial
 /// stopped as every arm was less likely best than the comparator), as the
