@@ -4869,19 +4869,6 @@ mod tests {
         let text = include_str!("../../protocols/sleep-supplements.toml");
         let protocol = Protocol::parse(text, "sleep").unwrap();
         let hash = ProtocolHash::of(text);
-        let id = s
-            .propose_trial(
-                &Proposal {
-                    participant_id: pid,
-                    protocol_id: &protocol.id,
-                    protocol_toml: text,
-                    protocol_hash: &hash.0,
-                    seed: 7,
-                },
-                "test",
-                now(),
-            )
-            .unwrap();
         s.put_calibration(&CalibrationRow {
             protocol_hash: hash.0.clone(),
             target: 0.05,
@@ -4898,38 +4885,7 @@ mod tests {
         let calibration = s.calibration(&hash).unwrap().unwrap();
         assert_eq!(calibration.drop_arm, Some(0.0125));
         let start: Date = "2026-11-26".parse().unwrap();
-        s.change_status(
-            &StatusChange {
-                trial_id: id,
-                to: TrialStatus::Approved,
-                actor: "test",
-                reason: "approved",
-                local_date: start,
-                start_date: Some(start),
-                shifted: &[],
-            },
-            now(),
-        )
-        .unwrap();
-        let schedule = crate::trial::lifecycle::dated(
-            &protocol,
-            &crate::trial::design::plan(&protocol, 7),
-            start,
-        )
-        .unwrap();
-        s.start_trial(
-            id,
-            start,
-            &schedule,
-            Locking {
-                thresholds: calibration.locked(),
-                refined: false,
-            },
-            &[],
-            "test",
-            now(),
-        )
-        .unwrap();
+        let id = started_on(&mut s, pid, text, 7, start, calibration.locked());
         let locked = s.trial(id).unwrap().unwrap().locked.unwrap();
         assert_eq!(locked.drop_arm, Some(0.0125));
         // The trial decides with it, not the protocol's 0.05.
@@ -4969,48 +4925,10 @@ mod tests {
         s.put_calibration(&first).unwrap();
         // Two trials of the design, both started on its first calibration.
         let start: Date = "2026-11-26".parse().unwrap();
-        let started = |s: &mut Store, seed: u64| {
-            let id = s
-                .propose_trial(
-                    &Proposal {
-                        participant_id: pid,
-                        protocol_id: &protocol.id,
-                        protocol_toml: text,
-                        protocol_hash: &hash.0,
-                        seed,
-                    },
-                    "test",
-                    now(),
-                )
-                .unwrap();
-            s.change_status(
-                &StatusChange {
-                    trial_id: id,
-                    to: TrialStatus::Approved,
-                    actor: "test",
-                    reason: "approved",
-                    local_date: start,
-                    start_date: Some(start),
-                    shifted: &[],
-                },
-                now(),
-            )
-            .unwrap();
-            let schedule = crate::trial::lifecycle::dated(
-                &protocol,
-                &crate::trial::design::plan(&protocol, seed),
-                start,
-            )
-            .unwrap();
-            let locking = Locking {
-                thresholds: first.locked(),
-                refined: false,
-            };
-            s.start_trial(id, start, &schedule, locking, &[], "test", now())
-                .unwrap();
-            id
-        };
-        let (early, late) = (started(&mut s, 7), started(&mut s, 8));
+        let (early, late) = (
+            started_on(&mut s, pid, text, 7, start, first.locked()),
+            started_on(&mut s, pid, text, 8, start, first.locked()),
+        );
         // A look before min_blocks only continued; `late` has taken its
         // first decisive look (one that continued, at min_blocks blocks).
         let look = |trial_id: i64, period: u32, blocks_done: u32| NewDecision {
@@ -5168,6 +5086,59 @@ mod tests {
                 .unwrap(),
             Refined::Kept(KeptBecause::NotRunning)
         );
+    }
+
+    /// A trial of the protocol `text` for `pid`, proposed, approved and
+    /// started on `start` with `thresholds` locked (not refined).
+    fn started_on(
+        s: &mut Store,
+        pid: i64,
+        text: &str,
+        seed: u64,
+        start: Date,
+        thresholds: LockedThresholds,
+    ) -> i64 {
+        let protocol = crate::trial::protocol::Protocol::parse(text, "test").unwrap();
+        let hash = ProtocolHash::of(text);
+        let id = s
+            .propose_trial(
+                &Proposal {
+                    participant_id: pid,
+                    protocol_id: &protocol.id,
+                    protocol_toml: text,
+                    protocol_hash: &hash.0,
+                    seed,
+                },
+                "test",
+                now(),
+            )
+            .unwrap();
+        s.change_status(
+            &StatusChange {
+                trial_id: id,
+                to: TrialStatus::Approved,
+                actor: "test",
+                reason: "approved",
+                local_date: start,
+                start_date: Some(start),
+                shifted: &[],
+            },
+            now(),
+        )
+        .unwrap();
+        let schedule = crate::trial::lifecycle::dated(
+            &protocol,
+            &crate::trial::design::plan(&protocol, seed),
+            start,
+        )
+        .unwrap();
+        let locking = Locking {
+            thresholds,
+            refined: false,
+        };
+        s.start_trial(id, start, &schedule, locking, &[], "test", now())
+            .unwrap();
+        id
     }
 
     /// A participant "a" in UTC, stored.
