@@ -4885,7 +4885,11 @@ mod tests {
         let calibration = s.calibration(&hash).unwrap().unwrap();
         assert_eq!(calibration.drop_arm, Some(0.0125));
         let start: Date = "2026-11-26".parse().unwrap();
-        let id = started_on(&mut s, pid, text, 7, start, calibration.locked());
+        let first = Locking {
+            thresholds: calibration.locked(),
+            refined: false,
+        };
+        let id = started_on(&mut s, pid, text, 7, start, first);
         let locked = s.trial(id).unwrap().unwrap().locked.unwrap();
         assert_eq!(locked.drop_arm, Some(0.0125));
         // The trial decides with it, not the protocol's 0.05.
@@ -4925,9 +4929,13 @@ mod tests {
         s.put_calibration(&first).unwrap();
         // Two trials of the design, both started on its first calibration.
         let start: Date = "2026-11-26".parse().unwrap();
+        let on_first = Locking {
+            thresholds: first.locked(),
+            refined: false,
+        };
         let (early, late) = (
-            started_on(&mut s, pid, text, 7, start, first.locked()),
-            started_on(&mut s, pid, text, 8, start, first.locked()),
+            started_on(&mut s, pid, text, 7, start, on_first),
+            started_on(&mut s, pid, text, 8, start, on_first),
         );
         // A look before min_blocks only continued; `late` has taken its
         // first decisive look (one that continued, at min_blocks blocks).
@@ -5067,6 +5075,36 @@ mod tests {
             err.contains(&format!("there is no trial {early} of the design")),
             "{err}"
         );
+        // A trial that starts once the refinement is done locks it at its
+        // start, and says so.
+        let at_start = started_on(
+            &mut s,
+            pid,
+            text,
+            9,
+            start,
+            Locking {
+                thresholds: row.locked(),
+                refined: true,
+            },
+        );
+        let t = s.trial(at_start).unwrap().unwrap();
+        assert_eq!(t.locked.map(|l| l.efficacy), Some(0.9714));
+        assert!(t.thresholds_refined_at.is_some());
+        assert_eq!(
+            s.refine_thresholds(at_start, row, before, "daemon", now())
+                .unwrap(),
+            Refined::Kept(KeptBecause::AlreadyRefined)
+        );
+        let locked_audit: String = s
+            .conn
+            .query_row(
+                "SELECT detail_json FROM audit_log WHERE action = 'lock_threshold' AND trial_id = ?1",
+                [at_start],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(locked_audit.contains("\"refined\":true"), "{locked_audit}");
         // A stopped trial keeps what it decided with.
         s.change_status(
             &StatusChange {
@@ -5089,14 +5127,14 @@ mod tests {
     }
 
     /// A trial of the protocol `text` for `pid`, proposed, approved and
-    /// started on `start` with `thresholds` locked (not refined).
+    /// started on `start` with `locking`.
     fn started_on(
         s: &mut Store,
         pid: i64,
         text: &str,
         seed: u64,
         start: Date,
-        thresholds: LockedThresholds,
+        locking: Locking,
     ) -> i64 {
         let protocol = crate::trial::protocol::Protocol::parse(text, "test").unwrap();
         let hash = ProtocolHash::of(text);
@@ -5132,10 +5170,6 @@ mod tests {
             start,
         )
         .unwrap();
-        let locking = Locking {
-            thresholds,
-            refined: false,
-        };
         s.start_trial(id, start, &schedule, locking, &[], "test", now())
             .unwrap();
         id
