@@ -478,6 +478,12 @@ fn refinements_due(
     Ok(out)
 }
 
+/// Whether a proposal's (or an approved trial's) calibration or a
+/// proposal's simulation waits: a running refinement yields to it.
+fn other_design_work_waiting(s: &Store) -> Result<bool, StoreError> {
+    Ok(!calibrations_due(s)?.is_empty() || !simulations_due(s)?.is_empty())
+}
+
 /// How often a running refinement checks whether other design work is
 /// waiting (it then yields) or the daemon is stopping.
 const YIELD_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
@@ -530,15 +536,10 @@ async fn refine_started_designs(state: &AppState) -> Result<String, JobError> {
                     if watch.is_cancelled() {
                         continue;
                     }
-                    let waiting = *state.stopping.borrow() || {
-                        let work = state
-                            .db
-                            .read(|s| Ok(!calibrations_due(s)?.is_empty() || !simulations_due(s)?.is_empty()))
-                            .await;
-                        // A store that cannot be read now is not a reason to
-                        // give up an hour's work.
-                        work.unwrap_or(false)
-                    };
+                    // A store that cannot be read now is not a reason to
+                    // give up an hour's work.
+                    let waiting = *state.stopping.borrow()
+                        || state.db.read(other_design_work_waiting).await.unwrap_or(false);
                     if waiting {
                         tracing::info!(protocol = %hash.short(), "calibration refinement yields to other design work");
                         watch.cancel();
