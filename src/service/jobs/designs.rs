@@ -174,50 +174,53 @@ fn calibration_trials(protocol: &Protocol, configured: usize, sampled: Option<us
     }
 }
 
-/// The designs of approved trials (first) and proposals whose protocol text
-/// has no stored calibration and was not given up on.
-fn calibrations_due(s: &Store) -> Result<Vec<(ProtocolHash, String)>, StoreError> {
-    let mut trials = s.trials()?;
-    // Approved trials wait for their calibration to start.
-    trials.sort_by_key(|t| t.status != TrialStatus::Approved);
-    let mut out: Vec<(ProtocolHash, String)> = Vec::new();
-    for t in trials
+/// The designs of trials in `statuses` (those of the first status first)
+/// whose protocol text has no stored result of `work` and was not given up
+/// on, each once.
+fn designs_due(
+    s: &Store,
+    work: DesignWork,
+    statuses: &[TrialStatus],
+) -> Result<Vec<(ProtocolHash, String)>, StoreError> {
+    let rank = |status: TrialStatus| statuses.iter().position(|x| *x == status);
+    let mut trials: Vec<_> = s
+        .trials()?
         .into_iter()
-        .filter(|t| matches!(t.status, TrialStatus::Approved | TrialStatus::Proposed))
-    {
-        let given_up = s
-            .design_failure(DesignWork::Calibration, &t.protocol_hash)?
-            .is_some_and(|f| f.given_up());
-        if !given_up
-            && s.calibration(&t.protocol_hash)?.is_none()
-            && !out.iter().any(|(h, _)| *h == t.protocol_hash)
-        {
+        .filter(|t| rank(t.status).is_some())
+        .collect();
+    trials.sort_by_key(|t| rank(t.status));
+    let mut out: Vec<(ProtocolHash, String)> = Vec::new();
+    for t in trials {
+        let hash = &t.protocol_hash;
+        if out.iter().any(|(h, _)| h == hash) {
+            continue;
+        }
+        let given_up = s.design_failure(work, hash)?.is_some_and(|f| f.given_up());
+        let stored = match work {
+            DesignWork::Calibration => s.calibration(hash)?.is_some(),
+            DesignWork::Simulation => s.design_simulation(hash)?.is_some(),
+            DesignWork::Refinement => s.refinement(hash)?.is_some(),
+        };
+        if !given_up && !stored {
             out.push((t.protocol_hash, t.protocol_toml));
         }
     }
     Ok(out)
 }
 
-/// The designs of proposals whose protocol text has no stored simulation
-/// and was not given up on.
+/// The designs of approved trials (first: their start waits for it) and
+/// proposals whose protocol text has no stored calibration.
+fn calibrations_due(s: &Store) -> Result<Vec<(ProtocolHash, String)>, StoreError> {
+    designs_due(
+        s,
+        DesignWork::Calibration,
+        &[TrialStatus::Approved, TrialStatus::Proposed],
+    )
+}
+
+/// The designs of proposals whose protocol text has no stored simulation.
 fn simulations_due(s: &Store) -> Result<Vec<(ProtocolHash, String)>, StoreError> {
-    let mut out = Vec::new();
-    for t in s
-        .trials()?
-        .into_iter()
-        .filter(|t| t.status == TrialStatus::Proposed)
-    {
-        let given_up = s
-            .design_failure(DesignWork::Simulation, &t.protocol_hash)?
-            .is_some_and(|f| f.given_up());
-        if !given_up
-            && s.design_simulation(&t.protocol_hash)?.is_none()
-            && !out.iter().any(|(h, _)| *h == t.protocol_hash)
-        {
-            out.push((t.protocol_hash, t.protocol_toml));
-        }
-    }
-    Ok(out)
+    designs_due(s, DesignWork::Simulation, &[TrialStatus::Proposed])
 }
 
 /// How a calibration in the background ended without a result.
@@ -371,10 +374,15 @@ pub fn refinement_size(
         config.calibration_trials,
         config.calibration_trials_sampled,
     );
+    // Decided before the stored report is parsed: this runs for every
+    // running trial at every tick, and most designs are not refined.
+    if most <= first {
+        return None;
+    }
     // A report that cannot be read is refined (it is the stored one that
     // fails, not the design).
     let had = calibration.report().map_or(0, |r| r.most_null_trials());
-    (most > first && most > had).then_some(most)
+    (most > had).then_some(most)
 }
 
 /// A design to refine, by its stored text.
