@@ -181,10 +181,12 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
     }));
     // A trial that took its design's refined calibration reports that one.
     let first = store.calibration(&trial.protocol_hash)?;
-    let refined = match (&first, &trial.thresholds_refined_at) {
-        (Some(first), Some(at)) => store
-            .refinement(&trial.protocol_hash)?
-            .map(|r| (r, first.efficacy, at.clone())),
+    let refined = match (&first, store.refinement_taken(&trial)?) {
+        (Some(first), Some(r)) => Some((
+            r,
+            first.efficacy,
+            trial.thresholds_refined_at.clone().unwrap_or_default(),
+        )),
         _ => None,
     };
     if let Some((r, first_efficacy, at)) = &refined {

@@ -3154,6 +3154,15 @@ impl Store {
             .transpose()
     }
 
+    /// The refinement a trial decides with, if it took one
+    /// ([`Store::refine_thresholds`], or at its start).
+    pub fn refinement_taken(&self, trial: &TrialRow) -> Result<Option<Refinement>> {
+        match trial.thresholds_refined_at {
+            Some(_) => self.refinement(&trial.protocol_hash),
+            None => Ok(None),
+        }
+    }
+
     /// Stores a design's refined calibration (the first one for a hash
     /// stands); an earlier failure of it is forgotten. Trials take it with
     /// [`Store::refine_thresholds`], or at their start.

@@ -404,10 +404,12 @@ async fn trial_detail(
                 .flatten();
             let calibration = s.calibration(&trial.protocol_hash)?;
             // A trial that took its design's refinement shows that one.
-            let refined = match (&calibration, &trial.thresholds_refined_at) {
-                (Some(first), Some(at)) => s
-                    .refinement(&trial.protocol_hash)?
-                    .and_then(|r| super::calibration::CalibrationView::of_refinement(&r, first, at)),
+            let refined = match (&calibration, s.refinement_taken(&trial)?) {
+                (Some(first), Some(r)) => super::calibration::CalibrationView::of_refinement(
+                    &r,
+                    first,
+                    trial.thresholds_refined_at.as_deref().unwrap_or_default(),
+                ),
                 _ => None,
             };
             let given_up = s
