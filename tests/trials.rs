@@ -13,6 +13,7 @@ use common::{Daemon, run};
 use nof1d::engine::fit::FitReport;
 use nof1d::service::store::{DesignWork, Store};
 use nof1d::trial::decide::{self, Decision};
+use nof1d::trial::lifecycle::TrialStatus;
 
 /// Jobs every second and `scale` simulated seconds per real second.
 fn fast_config(data: &Path, scale: f64) -> std::path::PathBuf {
@@ -44,7 +45,7 @@ fn the_demo_trial_runs_to_a_stop_decision_untouched() {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let trial = store(&data).trial(1).unwrap().unwrap();
-        if trial.status == nof1d::trial::lifecycle::TrialStatus::Stopped {
+        if trial.status == TrialStatus::Stopped {
             break;
         }
         assert!(
@@ -657,65 +658,95 @@ fn simulate_reports_error_rates_with_monte_carlo_errors() {
 }
 
 #[test]
-fn a_started_trials_calibration_is_refined_in_the_background_and_yields_to_a_new_proposal() {
+fn a_started_trials_refinement_comes_first_and_an_unstarted_ones_yields_to_a_new_proposal() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _) = seed_demo(dir.path());
     // The quick calibration gives every scenario its floor of 59 null
-    // trials; the refinement gives the binding ones up to 800 (long enough,
-    // about 30 s on two cores, for the new proposal below to come in while
-    // it runs). Real time: the trial's first decisive look is weeks away.
+    // trials; the refinement gives the binding ones up to 200 (long enough,
+    // about 20 s on two cores, for a new proposal to come in while it runs
+    // and for the refinement to check, every 2 s, whether to yield). Real time: the trials' first decisive looks are weeks away.
     let config = data.join("refine.toml");
     std::fs::write(
         &config,
-        "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\ndesign_seconds = 1\ndesign_trials = 20\ncalibration_trials = 60\nrefinement_trials = 800\n",
+        "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\ndesign_seconds = 1\ndesign_trials = 20\ncalibration_trials = 60\nrefinement_trials = 200\n",
     )
     .unwrap();
     let args = ["--demo", "--config", config.to_str().unwrap()];
     let root = env!("CARGO_MANIFEST_DIR");
     let meditation = format!("{root}/protocols/meditation-anxiety.toml");
+    let text = std::fs::read_to_string(&meditation).unwrap();
+    // Variants of the design: another title is another protocol text (so
+    // another design); another stream lets two trials be active at once.
+    let variant = |name: &str, from: &str, to: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let title = "title = \"Ten minutes";
+    let later = variant(
+        "later.toml",
+        "stream = \"anxiety_evening\"",
+        "stream = \"anxiety_evening_later\"",
+    );
+    let first_proposal = variant("p1.toml", title, "title = \"Retitled: ten minutes");
+    let second_proposal = variant("p2.toml", title, "title = \"Again: ten minutes");
     // The demo trial makes room on its stream.
     let (ok, out) = cli(dir.path(), &data, &["stop", "1", "--reason", "room"]);
     assert!(ok, "{out}");
-    let (ok, out) = cli(
-        dir.path(),
-        &data,
-        &["propose", &meditation, "--participant", "demo"],
-    );
-    assert!(ok && out.contains("trial 2 proposed"), "{out}");
+    let propose = |file: &str, id: i64| {
+        let (ok, out) = cli(
+            dir.path(),
+            &data,
+            &["propose", file, "--participant", "demo"],
+        );
+        assert!(ok && out.contains(&format!("trial {id} proposed")), "{out}");
+    };
+    propose(&meditation, 2);
+    propose(&later, 3);
     let zone = store(&data).participants().unwrap()[0].time_zone.clone();
     let today = jiff::Timestamp::now()
         .to_zoned(jiff::tz::TimeZone::get(&zone).unwrap())
-        .date()
-        .to_string();
-    let (ok, out) = cli(dir.path(), &data, &["approve", "2", "--start", &today]);
-    assert!(ok, "{out}");
+        .date();
+    // Trial 2 starts today; trial 3 tomorrow (nothing of its data exists
+    // while this test runs).
+    let tomorrow = today.tomorrow().unwrap();
+    for (id, start) in [("2", today), ("3", tomorrow)] {
+        let (ok, out) = cli(
+            dir.path(),
+            &data,
+            &["approve", id, "--start", &start.to_string()],
+        );
+        assert!(ok, "{out}");
+    }
 
     let d = Daemon::start(&data, &args);
-    // Once the refinement runs, a new proposal comes in: the refinement
-    // yields to its calibration and simulation, and starts again after.
     let deadline = Instant::now() + Duration::from_secs(480);
-    while !d
-        .get("/proposals/2/progress")
-        .1
-        .contains("Refinement of its stopping rule")
-    {
-        assert!(Instant::now() < deadline, "no refinement ran: {}", d.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let other = dir.path().join("meditation-retitled.toml");
-    std::fs::write(
-        &other,
-        std::fs::read_to_string(&meditation)
+    let refining = |id: i64| {
+        while !d
+            .get(&format!("/proposals/{id}/progress"))
+            .1
+            .contains("Refinement of its stopping rule")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no refinement ran for trial {id}: {}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // Trial 2 started: its refinement does not yield to a proposal filed
+    // while it runs, which waits for it.
+    refining(2);
+    let t2 = store(&data).trial(2).unwrap().unwrap();
+    assert_eq!(t2.status, TrialStatus::Running);
+    assert!(
+        store(&data)
+            .refinement(&t2.protocol_hash)
             .unwrap()
-            .replace("title = \"Ten minutes", "title = \"Retitled: ten minutes"),
-    )
-    .unwrap();
-    let (ok, out) = cli(
-        dir.path(),
-        &data,
-        &["propose", other.to_str().unwrap(), "--participant", "demo"],
+            .is_none()
     );
-    assert!(ok && out.contains("trial 3 proposed"), "{out}");
+    propose(&first_proposal, 4);
     let refined = loop {
         let t2 = store(&data).trial(2).unwrap().unwrap();
         if t2.thresholds_refined_at.is_some() {
@@ -723,8 +754,23 @@ fn a_started_trials_calibration_is_refined_in_the_background_and_yields_to_a_new
         }
         assert!(
             Instant::now() < deadline,
-            "trial 2 was not refined: {:?}\n{}",
-            t2.status,
+            "trial 2 was not refined: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Trial 3 has not started: its refinement runs after the proposal's
+    // work and yields to a proposal filed while it runs.
+    refining(3);
+    propose(&second_proposal, 5);
+    let t3 = store(&data).trial(3).unwrap().unwrap();
+    let later_refinement = loop {
+        if let Some(r) = store(&data).refinement(&t3.protocol_hash).unwrap() {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trial 3's design was not refined: {}",
             d.log()
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -733,8 +779,12 @@ fn a_started_trials_calibration_is_refined_in_the_background_and_yields_to_a_new
     let (_, proposals) = d.get("/proposals");
     let log = d.log();
     drop(d);
+    let yields: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("calibration refinement yields to other design work"))
+        .collect();
     assert!(
-        log.contains("calibration refinement yields to other design work"),
+        !yields.is_empty() && yields.iter().all(|l| l.contains(t3.protocol_hash.short())),
         "{log}"
     );
     let s = store(&data);
@@ -742,10 +792,11 @@ fn a_started_trials_calibration_is_refined_in_the_background_and_yields_to_a_new
     let refinement = s.refinement(&refined.protocol_hash).unwrap().unwrap();
     let most = |c: &nof1d::service::store::CalibrationRow| c.report().unwrap().most_null_trials();
     assert_eq!(most(&first), 59);
-    assert_eq!(refinement.null_trials, 800);
-    assert_eq!(most(&refinement.calibration), 800);
-    // The trial decides with the refinement (taken at its start, or
-    // while it ran before its first decisive look).
+    assert_eq!(refinement.null_trials, 200);
+    assert_eq!(most(&refinement.calibration), 200);
+    assert_eq!(later_refinement.null_trials, 200);
+    // Trial 2 decides with its refinement, taken while it ran before its
+    // first decisive look.
     let locked = refined.locked.unwrap();
     assert_eq!(locked.source, decide::ThresholdSource::Calibrated);
     assert_eq!(
@@ -756,15 +807,28 @@ fn a_started_trials_calibration_is_refined_in_the_background_and_yields_to_a_new
             refinement.calibration.boundary
         )
     );
-    // The new proposal's work came first.
+    // Trial 3 waits for its start, where it locks its refinement.
     let t3 = s.trial(3).unwrap().unwrap();
-    let third = s.calibration(&t3.protocol_hash).unwrap().unwrap();
-    let simulated = s.design_simulation(&t3.protocol_hash).unwrap().unwrap();
-    assert!(third.created_at <= refinement.calibration.created_at);
-    assert!(simulated.created_at <= refinement.calibration.created_at);
+    assert_eq!(t3.status, TrialStatus::Approved);
+    assert!(t3.locked.is_none());
+    // The proposal filed while trial 2's refinement ran was calibrated and
+    // simulated after it; the one filed while trial 3's ran, before it.
+    let stored = |id: i64| {
+        let hash = s.trial(id).unwrap().unwrap().protocol_hash;
+        (
+            s.calibration(&hash).unwrap().unwrap().created_at,
+            s.design_simulation(&hash).unwrap().unwrap().created_at,
+        )
+    };
+    let (calibrated, simulated) = stored(4);
+    assert!(calibrated >= refinement.calibration.created_at);
+    assert!(simulated >= refinement.calibration.created_at);
+    let (calibrated, simulated) = stored(5);
+    assert!(calibrated <= later_refinement.calibration.created_at);
+    assert!(simulated <= later_refinement.calibration.created_at);
     // The proposal says its quick calibration will be refined.
     assert!(
-        proposals.contains("calibrated again on up to 800 virtual trials"),
+        proposals.contains("calibrated again on up to 200 virtual trials"),
         "{proposals}"
     );
     // The trial page says so, and shows the refined calibration.

@@ -1,7 +1,9 @@
 //! The designs job: simulate each proposal's design (its false-stop rate and
 //! power) once per protocol text, in the background, for `/proposals`; and
 //! calibrate each design's efficacy threshold on the stress suite before its
-//! trial starts (approved trials first: their start waits for it).
+//! trial starts (approved trials first: their start waits for it); refine a
+//! quick calibration on more virtual trials once its trial is approved
+//! (first where a started trial waits on it, else last: [`Refinements`]).
 
 use std::sync::{Arc, Mutex};
 
@@ -93,19 +95,30 @@ fn simulation_trials(protocol: &Protocol, configured: usize) -> usize {
 /// Calibrates, then simulates, every design that needs it (see the module
 /// comment). Returns a summary for the job board.
 pub(crate) async fn simulate_pending_designs(state: &AppState) -> Result<String, JobError> {
+    // First: the refinements a started trial waits on, so that no proposal
+    // filed after its first estimates can delay them ([`Refinements`]).
+    let urgent = if state.config.jobs.calibrate {
+        refine_started_designs(state, Refinements::StartedTrialsWait).await
+    } else {
+        Ok(String::new())
+    };
     let calibrated = if state.config.jobs.calibrate {
         calibrate_pending_designs(state).await
     } else {
         Ok(String::new())
     };
     let simulated = simulate_proposed_designs(state).await;
-    // Last: a refinement yields to any of the work above.
+    // Last: a refinement yields to any of the work above, unless a started
+    // trial waits on it (then it came first).
     let refined = if state.config.jobs.calibrate {
-        refine_started_designs(state).await
+        refine_started_designs(state, Refinements::All).await
     } else {
         Ok(String::new())
     };
-    super::both(super::both(calibrated, simulated), refined)
+    super::both(
+        super::both(urgent, super::both(calibrated, simulated)),
+        refined,
+    )
 }
 
 /// A stored protocol text, parsed, checked against the hash its result will
@@ -389,6 +402,27 @@ pub fn refinement_size(
 struct ToRefine {
     hash: ProtocolHash,
     text: String,
+    /// A started (running or paused) trial would take it.
+    started_trial_waits: bool,
+}
+
+/// Which refinements a run of the refinement step takes on.
+///
+/// When a trial takes its refinement depends on when the refinement
+/// finishes: before the first decisive day it is taken, after it not. Were
+/// that time in a person's hands once the trial's first estimates are shown
+/// (by filing proposals, which a refinement would yield to), they could
+/// choose between two rules, each valid alone, after seeing data, and the
+/// false-stop rate would be bounded by the two together. So a refinement a
+/// started trial waits on runs before any proposal's work and never yields
+/// to it; only one for approved trials not yet started (no data of theirs
+/// exists) runs last and yields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refinements {
+    /// Only those a started trial waits on.
+    StartedTrialsWait,
+    /// Every one due.
+    All,
 }
 
 /// Whether a trial would still take its design's refinement: approved (it
@@ -462,7 +496,10 @@ fn refinements_due(
     let mut out: Vec<ToRefine> = Vec::new();
     for trial in loaded {
         let hash = &trial.row.protocol_hash;
-        if out.iter().any(|d| d.hash == *hash) {
+        let started = started(trial.row.status);
+        if let Some(due) = out.iter_mut().find(|d| d.hash == *hash) {
+            // Another trial of the design may be the one that started.
+            due.started_trial_waits |= started && takes_refinement(s, &trial, now)?;
             continue;
         }
         let Some(calibration) = s.calibration(hash)? else {
@@ -481,9 +518,29 @@ fn refinements_due(
         out.push(ToRefine {
             hash: hash.clone(),
             text: trial.row.protocol_toml.clone(),
+            started_trial_waits: started,
         });
     }
     Ok(out)
+}
+
+/// Running or paused: the trial's estimates may have been seen.
+fn started(status: TrialStatus) -> bool {
+    matches!(status, TrialStatus::Running | TrialStatus::Paused)
+}
+
+/// Whether a started trial would take the refinement of the design `hash`
+/// now: that refinement then does not yield ([`Refinements`]).
+fn started_trial_waits(s: &Store, hash: &ProtocolHash, now: Timestamp) -> Result<bool, StoreError> {
+    let (loaded, _) = LoadedTrial::load_all(s.trials()?, &s.participants()?, |t| {
+        started(t.status) && t.protocol_hash == *hash
+    });
+    for trial in loaded {
+        if takes_refinement(s, &trial, now)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Whether a proposal's (or an approved trial's) calibration or a
@@ -497,20 +554,25 @@ fn other_design_work_waiting(s: &Store) -> Result<bool, StoreError> {
 const YIELD_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Refines, one at a time, the calibration of every design that
-/// [`refinements_due`] lists, on `jobs.refinement_trials` null trials, and
-/// locks it for its running trials that would take it
+/// [`refinements_due`] lists (`which` of them), on `jobs.refinement_trials`
+/// null trials, and locks it for its running trials that would take it
 /// ([`Store::refine_thresholds`]; approved ones lock it at their start). A
-/// refinement takes many times as long as the first calibration, so it
-/// yields to any proposal's calibration or simulation that comes in
-/// meanwhile: it is cancelled and starts again from the beginning at a
-/// later run, after that work.
-async fn refine_started_designs(state: &AppState) -> Result<String, JobError> {
+/// refinement takes many times as long as the first calibration, so one
+/// that no started trial waits on yields to any proposal's calibration or
+/// simulation: it does not start while one waits, and one that comes in
+/// while it runs cancels it; it starts again from the beginning at a later
+/// run, after that work. One a started trial waits on yields only to a
+/// shutdown ([`Refinements`]).
+async fn refine_started_designs(state: &AppState, which: Refinements) -> Result<String, JobError> {
     let config = state.config.jobs.clone();
     let now = state.clock.now();
-    let due = state
+    let due: Vec<ToRefine> = state
         .db
         .read(move |s| refinements_due(s, &config, now))
-        .await?;
+        .await?
+        .into_iter()
+        .filter(|d| which == Refinements::All || d.started_trial_waits)
+        .collect();
     let most = state.config.jobs.refinement_trial_count();
     let backend = state.config.engine.backend;
     let threads = state.config.jobs.design_thread_count();
@@ -526,8 +588,29 @@ async fn refine_started_designs(state: &AppState) -> Result<String, JobError> {
         ));
     }
     let mut failed = Vec::new();
-    for ToRefine { hash, text } in due {
+    for ToRefine { hash, text, .. } in due {
         if *state.stopping.borrow() {
+            break;
+        }
+        // Read afresh: the refinement before this one may have taken long.
+        let now = state.clock.now();
+        let (waits, other_work) = state
+            .db
+            .read({
+                let hash = hash.clone();
+                move |s| {
+                    Ok((
+                        started_trial_waits(s, &hash, now)?,
+                        other_design_work_waiting(s)?,
+                    ))
+                }
+            })
+            .await?;
+        if !waits && other_work {
+            said.push(format!(
+                "the refinement of {} waits for other design work",
+                hash.short()
+            ));
             break;
         }
         let locked = hash.clone();
@@ -545,9 +628,20 @@ async fn refine_started_designs(state: &AppState) -> Result<String, JobError> {
                         continue;
                     }
                     // A store that cannot be read now is not a reason to
-                    // give up an hour's work.
+                    // give up an hour's work. Whether a started trial waits
+                    // is read at every check: an approved trial may start
+                    // while its refinement runs.
+                    let now = state.clock.now();
+                    let design = hash.clone();
                     let waiting = *state.stopping.borrow()
-                        || state.db.read(other_design_work_waiting).await.unwrap_or(false);
+                        || state
+                            .db
+                            .read(move |s| {
+                                Ok(!started_trial_waits(s, &design, now)?
+                                    && other_design_work_waiting(s)?)
+                            })
+                            .await
+                            .unwrap_or(false);
                     if waiting {
                         tracing::info!(protocol = %hash.short(), "calibration refinement yields to other design work");
                         watch.cancel();
