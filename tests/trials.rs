@@ -747,6 +747,13 @@ fn a_started_trials_refinement_comes_first_and_an_unstarted_ones_yields_to_a_new
             .is_none()
     );
     propose(&first_proposal, 4);
+    // The proposal's progress page says what it waits for.
+    let (_, waiting) = d.get("/proposals/4/progress");
+    assert!(
+        waiting.contains("now on the refinement of trial 2")
+            && waiting.contains("trial 2 has started, so it goes first and is not interrupted"),
+        "{waiting}"
+    );
     let refined = loop {
         let t2 = store(&data).trial(2).unwrap().unwrap();
         if t2.thresholds_refined_at.is_some() {

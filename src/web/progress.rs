@@ -12,8 +12,10 @@ use axum::response::{Html, IntoResponse, Response};
 use serde::Serialize;
 
 use crate::service::app::AppState;
-use crate::service::store::DesignWork;
+use crate::service::jobs::DesignBoard;
+use crate::service::store::{DesignWork, Store, StoreError, TrialRow};
 use crate::trial::lifecycle::TrialStatus;
+use crate::trial::protocol::ProtocolHash;
 use crate::trial::simulate::progress::ProgressReading;
 
 use super::{Viewer, internal, nav};
@@ -82,6 +84,57 @@ pub fn duration(seconds: f64) -> String {
     }
 }
 
+/// What the designs job is on now, for a design (`except`) that waits: the
+/// first work running on another design, in words ("now on the refinement
+/// of trial 2's design (“meditation-anxiety”): 120 of 400 virtual trials,
+/// about 1 min left at this pace; trial 2 has started, so it goes first and
+/// is not interrupted"), or `None`.
+pub fn busy_with(
+    board: &DesignBoard,
+    s: &Store,
+    except: &ProtocolHash,
+) -> Result<Option<String>, StoreError> {
+    let Some((hash, work, reading)) = board.running().into_iter().find(|(h, _, _)| h != except)
+    else {
+        return Ok(None);
+    };
+    let trials: Vec<TrialRow> = s
+        .trials()?
+        .into_iter()
+        .filter(|t| t.protocol_hash == hash)
+        .collect();
+    let started = trials
+        .iter()
+        .find(|t| matches!(t.status, TrialStatus::Running | TrialStatus::Paused));
+    let Some(trial) = started.or(trials.first()) else {
+        return Ok(None);
+    };
+    let what = match work {
+        DesignWork::Calibration => "calibration",
+        DesignWork::Simulation => "simulation",
+        DesignWork::Refinement => "refinement",
+    };
+    let view = ProgressView::of(&reading);
+    let left = view
+        .remaining_s
+        .map(|s| format!(", about {} left at this pace", duration(s)))
+        .unwrap_or_default();
+    let order = match (work, started) {
+        (DesignWork::Refinement, Some(t)) => format!(
+            "; trial {} has started, so it goes first and is not interrupted",
+            t.id
+        ),
+        (DesignWork::Refinement, None) => {
+            "; it gives way to a proposal's calibration or simulation within seconds".into()
+        }
+        _ => String::new(),
+    };
+    Ok(Some(format!(
+        "now on the {what} of trial {}'s design (“{}”): {} of {} virtual trials{left}{order}",
+        trial.id, trial.protocol_id, view.done, view.planned
+    )))
+}
+
 /// Where one work on a trial's design stands.
 enum WorkState {
     /// Its result is stored.
@@ -91,8 +144,9 @@ enum WorkState {
     /// Given up on after its attempts (the proposals page offers a retry).
     GivenUp(String),
     /// Not started: the designs job runs one design at a time, approved
-    /// trials' calibrations first.
-    Waiting,
+    /// trials' calibrations first; what it is on now, if anything
+    /// ([`busy_with`]).
+    Waiting(Option<String>),
     /// Not done for this trial (a trial past its proposal is not simulated;
     /// calibration is switched off).
     NotDone,
@@ -109,7 +163,7 @@ struct WorkLine {
     ext = "html",
     source = r#"<h1>{{ title }}</h1>
 <p class="muted">Trial {{ id }}, protocol sha256 <code style="word-break:break-all">{{ hash }}</code>{% if reloading %} · this page reloads itself every {{ RELOAD_S }} seconds while the work runs or waits{% endif %}.</p>
-<ul>{% for l in lines %}<li><strong>{{ l.what }}:</strong> {% match l.state %}{% when WorkState::Done %}done. <a href="{{ back }}">See it</a>.{% when WorkState::Running(p) %}running. {{ p.html()|safe }}{% when WorkState::GivenUp(why) %}given up: {{ why }}. <a href="{{ back }}">Try it again from the proposal</a>.{% when WorkState::Waiting %}waiting its turn (the designs job works on one design at a time, approved trials' calibrations first).{% when WorkState::NotDone %}not done for this trial.{% endmatch %}</li>{% endfor %}</ul>
+<ul>{% for l in lines %}<li><strong>{{ l.what }}:</strong> {% match l.state %}{% when WorkState::Done %}done. <a href="{{ back }}">See it</a>.{% when WorkState::Running(p) %}running. {{ p.html()|safe }}{% when WorkState::GivenUp(why) %}given up: {{ why }}. <a href="{{ back }}">Try it again from the proposal</a>.{% when WorkState::Waiting(busy) %}waiting its turn (the designs job works on one design at a time, approved trials' calibrations first){% if let Some(b) = busy %}: {{ b }}{% endif %}.{% when WorkState::NotDone %}not done for this trial.{% endmatch %}</li>{% endfor %}</ul>
 <p><a href="{{ back }}">Back</a></p>"#
 )]
 struct ProgressPage {
@@ -140,6 +194,7 @@ pub(super) async fn progress_page(
                 return Ok(None);
             };
             let hash = t.protocol_hash.clone();
+            let busy = busy_with(&board, s, &hash)?;
             let line = |work: DesignWork, stored: bool, applies: bool| -> WorkLine {
                 let state = if stored {
                     WorkState::Done
@@ -150,7 +205,7 @@ pub(super) async fn progress_page(
                 } else {
                     match s.design_failure(work, &hash) {
                         Ok(Some(f)) if f.given_up() => WorkState::GivenUp(f.error),
-                        _ => WorkState::Waiting,
+                        _ => WorkState::Waiting(busy.clone()),
                     }
                 };
                 WorkLine {
@@ -198,7 +253,7 @@ pub(super) async fn progress_page(
     };
     let reloading = lines
         .iter()
-        .any(|l| matches!(l.state, WorkState::Running(_) | WorkState::Waiting));
+        .any(|l| matches!(l.state, WorkState::Running(_) | WorkState::Waiting(_)));
     let page = ProgressPage {
         title: format!("Design work for “{}”", t.protocol_id),
         id,

@@ -64,6 +64,15 @@ impl DesignBoard {
         })
     }
 
+    /// Every work running now, with where it stands.
+    pub fn running(&self) -> Vec<(ProtocolHash, DesignWork, ProgressReading)> {
+        self.with(|v| {
+            v.iter()
+                .map(|(h, w, p)| (h.clone(), *w, p.read()))
+                .collect()
+        })
+    }
+
     /// A new progress for `work` on `hash`, shown until the guard is dropped.
     fn watch(&self, hash: &ProtocolHash, work: DesignWork) -> (Arc<Progress>, Watching) {
         let progress = Progress::start();
