@@ -846,3 +846,120 @@ fn a_started_trials_refinement_comes_first_and_an_unstarted_ones_yields_to_a_new
         "{page}"
     );
 }
+
+#[test]
+fn a_refinement_given_up_on_is_tried_again_from_the_trial_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = seed_demo(dir.path());
+    let config = |name: &str, refinement_trials: usize| {
+        let path = data.join(name);
+        std::fs::write(
+            &path,
+            format!("[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\ndesign_seconds = 1\ndesign_trials = 20\ncalibration_trials = 60\nrefinement_trials = {refinement_trials}\n"),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let root = env!("CARGO_MANIFEST_DIR");
+    let meditation = format!("{root}/protocols/meditation-anxiety.toml");
+    let (ok, out) = cli(dir.path(), &data, &["stop", "1", "--reason", "room"]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(
+        dir.path(),
+        &data,
+        &["propose", &meditation, "--participant", "demo"],
+    );
+    assert!(ok && out.contains("trial 2 proposed"), "{out}");
+    let zone = store(&data).participants().unwrap()[0].time_zone.clone();
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::get(&zone).unwrap())
+        .date()
+        .to_string();
+    let (ok, out) = cli(dir.path(), &data, &["approve", "2", "--start", &today]);
+    assert!(ok, "{out}");
+    // Refinement off: the trial starts on its quick calibration.
+    let quick = config("quick.toml", 0);
+    let d = Daemon::start(&data, &["--demo", "--config", &quick]);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while store(&data).trial(2).unwrap().unwrap().status != TrialStatus::Running {
+        assert!(
+            Instant::now() < deadline,
+            "trial 2 did not start: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, _) = d.terminate();
+    assert!(status.success());
+    // Its refinement failed three times and was given up on.
+    let hash = store(&data).trial(2).unwrap().unwrap().protocol_hash;
+    {
+        let mut s = Store::open(&data.join("nof1d.sqlite")).unwrap();
+        for _ in 0..3 {
+            s.record_design_failure(
+                DesignWork::Refinement,
+                &hash,
+                "the machine ran out of memory",
+                jiff::Timestamp::now(),
+            )
+            .unwrap();
+        }
+    }
+    let refining = config("refining.toml", 100);
+    let d = Daemon::start(&data, &["--demo", "--config", &refining]);
+    d.wait_jobs(2, Duration::from_secs(60));
+    let (_, page) = d.get("/trials/2");
+    assert!(
+        page.contains("The refinement of this design")
+            && page.contains("the machine ran out of memory"),
+        "{page}"
+    );
+    assert!(
+        page.contains(">Try the refinement again</button>"),
+        "{page}"
+    );
+    // Given up on, it does not run by itself.
+    assert!(store(&data).refinement(&hash).unwrap().is_none());
+    let csrf = common::csrf_of(&page);
+    let retry = |body: String| {
+        common::no_redirects()
+            .post(d.url("/proposals/2/refinement/retry"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(retry("csrf=forged".into()).status().as_u16(), 403);
+    let r = retry(format!("csrf={csrf}"));
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/trials/2");
+    let refined = loop {
+        let t2 = store(&data).trial(2).unwrap().unwrap();
+        if t2.thresholds_refined_at.is_some() {
+            break t2;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not refined after the retry: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (_, page) = d.get("/trials/2");
+    drop(d);
+    let refinement = store(&data).refinement(&hash).unwrap().unwrap();
+    assert_eq!(refinement.null_trials, 100);
+    assert_eq!(
+        refined.locked.unwrap().efficacy,
+        refinement.calibration.efficacy
+    );
+    assert_eq!(
+        common::count(
+            &data,
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'refinement.retried' AND trial_id = 2",
+        ),
+        1
+    );
+    assert!(!page.contains("The refinement of this design"), "{page}");
+    assert!(page.contains("These thresholds are a refinement"), "{page}");
+}

@@ -3315,14 +3315,17 @@ impl Store {
     }
 
     /// Forgets the failed calibration or simulation of a proposal's design,
+    /// or the failed refinement of an approved, running or paused trial's,
     /// once the designs job has given up on it, so that the job tries it
     /// again: after an upgrade, or once a transient cause is gone. The
     /// failure is kept in the audit log (`calibration.retried`,
-    /// `simulation.retried`). Refused for anything but a proposal, for work
-    /// the job has not given up on, and for a calibration of a design
-    /// another trial already started with on its stated thresholds (its
-    /// page says why from the failure; a new version of the protocol is
-    /// calibrated anew).
+    /// `simulation.retried`, `refinement.retried`). Refused for a trial in
+    /// any other state, for work the job has not given up on, and for a
+    /// calibration of a design another trial already started with on its
+    /// stated thresholds (its page says why from the failure; a new version
+    /// of the protocol is calibrated anew). A refinement tried again is
+    /// still taken only before the trial's first decisive look
+    /// ([`Store::refine_thresholds`]).
     pub fn retry_design(
         &mut self,
         trial_id: i64,
@@ -3342,10 +3345,23 @@ impl Store {
             return Err(StoreError::Refused(format!("there is no trial {trial_id}")));
         };
         let what = work.as_str();
-        if status != TrialStatus::Proposed.as_str() {
-            return Err(StoreError::Refused(format!(
-                "trial {trial_id} is {status}: only a proposal's {what} can be tried again"
-            )));
+        let allowed: &[TrialStatus] = match work {
+            DesignWork::Refinement => &[
+                TrialStatus::Approved,
+                TrialStatus::Running,
+                TrialStatus::Paused,
+            ],
+            DesignWork::Calibration | DesignWork::Simulation => &[TrialStatus::Proposed],
+        };
+        if !allowed.iter().any(|a| status == a.as_str()) {
+            return Err(StoreError::Refused(match work {
+                DesignWork::Refinement => format!(
+                    "trial {trial_id} is {status}: only an approved, running or paused trial's refinement can be tried again"
+                ),
+                _ => format!(
+                    "trial {trial_id} is {status}: only a proposal's {what} can be tried again"
+                ),
+            }));
         }
         let started: Option<i64> = tx
             .query_row(
@@ -5137,6 +5153,92 @@ mod tests {
 
     /// A trial of the protocol `text` for `pid`, proposed, approved and
     /// started on `start` with `locking`.
+    #[test]
+    fn a_given_up_refinement_is_tried_again_only_for_an_approved_or_started_trial() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let pid = participant(&mut s);
+        let text = include_str!("../../protocols/caffeine-cutoff.toml");
+        let hash = ProtocolHash::of(text);
+        let start: Date = "2026-11-26".parse().unwrap();
+        let running = started_on(
+            &mut s,
+            pid,
+            text,
+            7,
+            start,
+            Locking {
+                thresholds: LockedThresholds {
+                    efficacy: 0.9989,
+                    source: ThresholdSource::Calibrated,
+                    boundary: Boundary::Constant,
+                    futility: Some(0.0132),
+                    drop_arm: None,
+                },
+                refined: false,
+            },
+        );
+        let refinement = DesignWork::Refinement;
+        let retry = |s: &mut Store, id: i64| s.retry_design(id, refinement, "test", now());
+        // Not failed, or failed but not yet given up on: nothing to retry.
+        let refused = |r: Result<()>| match r {
+            Err(StoreError::Refused(why)) => why,
+            other => panic!("not refused: {other:?}"),
+        };
+        assert!(refused(retry(&mut s, running)).contains("not been given up on"));
+        for attempt in 1..DesignFailure::ATTEMPTS {
+            s.record_design_failure(refinement, &hash, "boom", now())
+                .unwrap();
+            assert!(
+                refused(retry(&mut s, running)).contains("not been given up on"),
+                "attempt {attempt}"
+            );
+        }
+        s.record_design_failure(refinement, &hash, "boom", now())
+            .unwrap();
+        // A proposal of the design has no refinement to retry.
+        let proposal = s
+            .propose_trial(
+                &Proposal {
+                    participant_id: pid,
+                    protocol_id: "caffeine-cutoff",
+                    protocol_toml: text,
+                    protocol_hash: &hash.0,
+                    seed: 9,
+                },
+                "test",
+                now(),
+            )
+            .unwrap();
+        assert!(
+            refused(retry(&mut s, proposal))
+                .contains("only an approved, running or paused trial's refinement")
+        );
+        // The running trial's retry forgets the failure, and says so.
+        retry(&mut s, running).unwrap();
+        assert!(s.design_failure(refinement, &hash).unwrap().is_none());
+        let audited: String = s
+            .conn
+            .query_row(
+                "SELECT detail_json FROM audit_log WHERE action = 'refinement.retried' AND trial_id = ?1",
+                [running],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            audited.contains("\"attempts\":3") && audited.contains("boom"),
+            "{audited}"
+        );
+        // The calibration and simulation stay a proposal's to retry.
+        for work in [DesignWork::Calibration, DesignWork::Simulation] {
+            for _ in 0..DesignFailure::ATTEMPTS {
+                s.record_design_failure(work, &hash, "boom", now()).unwrap();
+            }
+            let why = refused(s.retry_design(running, work, "test", now()));
+            assert!(why.contains("only a proposal's"), "{why}");
+        }
+    }
+
     fn started_on(
         s: &mut Store,
         pid: i64,

@@ -626,13 +626,14 @@ fn failure_view(f: DesignFailure) -> (String, bool) {
 }
 
 /// POST `/proposals/{id}/{work}/retry` (`work`: `calibration` or
-/// `simulation`): forgets that work's failure for a proposal's design, once
+/// `simulation` for a proposal, `refinement` for an approved, running or
+/// paused trial): forgets that work's failure for the trial's design, once
 /// the designs job has given up on it, so that the job tries it again
 /// (after an upgrade, or once what made it fail is gone).
 #[utoipa::path(post, path = "/proposals/{id}/{work}/retry", tag = "forms",
-    summary = "Try a proposal's failed calibration or simulation again (the designs job gave up on it)",
+    summary = "Try a proposal's failed calibration or simulation, or a trial's failed refinement, again (the designs job gave up on it)",
     params(("id" = i64, Path, description = "trial id"),
-        ("work" = String, Path, description = "`calibration` or `simulation`")),
+        ("work" = String, Path, description = "`calibration`, `simulation` or `refinement`")),
     request_body(content = crate::web::access::CsrfForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 303), (status = 403), (status = 404), (status = 409)))]
 pub(super) async fn retry_design(
@@ -641,11 +642,10 @@ pub(super) async fn retry_design(
     axum::extract::Path((id, work)): axum::extract::Path<(i64, String)>,
     axum::extract::Form(form): axum::extract::Form<crate::web::access::CsrfForm>,
 ) -> Response {
-    // A refinement runs for started trials only: a proposal has none to retry.
-    let Some(work) = DesignWork::parse(&work).filter(|w| *w != DesignWork::Refinement) else {
+    let Some(work) = DesignWork::parse(&work) else {
         return (
             StatusCode::NOT_FOUND,
-            format!("no such work {work:?}: calibration or simulation\n"),
+            format!("no such work {work:?}: calibration, simulation or refinement\n"),
         )
             .into_response();
     };
@@ -659,7 +659,7 @@ pub(super) async fn retry_design(
         }
         Err(e) => return internal(&e.to_string()),
     }
-    if work == DesignWork::Calibration && !state.config.jobs.calibrate {
+    if work != DesignWork::Simulation && !state.config.jobs.calibrate {
         return (
             StatusCode::CONFLICT,
             "calibration is switched off (jobs.calibrate = false): nothing would try it\n",
@@ -672,6 +672,12 @@ pub(super) async fn retry_design(
         .write(move |s| s.retry_design(id, work, "dashboard", now))
         .await
     {
+        // A refinement's trial is past its proposal: back to its page.
+        Ok(()) if work == DesignWork::Refinement => (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, format!("/trials/{id}"))],
+        )
+            .into_response(),
         Ok(()) => back_to_proposal(id),
         Err(StoreError::Refused(e)) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
         Err(e) => internal(&e.to_string()),

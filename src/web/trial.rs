@@ -163,6 +163,10 @@ pub struct TrialDetail {
     /// Why the design's calibration failed, where the trial gave up
     /// waiting for it and decides on the protocol's stated thresholds.
     pub calibration_failure: Option<String>,
+    /// The design's refinement, given up on after its attempts while the
+    /// trial was still on its quick calibration: why, and whether the trial
+    /// would still take one (then the page offers to try it again).
+    pub refinement_failure: Option<(String, bool)>,
     /// An approved trial whose start waits for its design's calibration
     /// (calibration on, none stored, not given up on).
     pub waits_for_calibration: bool,
@@ -415,6 +419,16 @@ async fn trial_detail(
             let given_up = s
                 .design_failure(DesignWork::Calibration, &trial.protocol_hash)?
                 .filter(|f| f.given_up());
+            let refinement_failure = match s
+                .design_failure(DesignWork::Refinement, &trial.protocol_hash)?
+                .filter(|f| f.given_up() && trial.thresholds_refined_at.is_none())
+            {
+                Some(f) => Some((
+                    f.error,
+                    crate::service::jobs::would_take_refinement(s, &trial, now)?,
+                )),
+                None => None,
+            };
             Ok(Some(TrialDetail {
                 id,
                 title: protocol.title.clone(),
@@ -488,6 +502,7 @@ async fn trial_detail(
                         })
                     })
                     .map(|f| f.error),
+                refinement_failure,
                 standing,
                 self_report: protocol
                     .outcome
@@ -548,6 +563,7 @@ async fn trial_detail(
 <h2>Decisions</h2>
 <p>Stops for efficacy when P(better by MID) ≥ {{ d.thresholds.0 }}{% if let Some(w) = d.threshold_source %}: {{ w }}{% else %}: locked when the trial starts{% endif %}; {% if d.thresholds.1 > 0.0 %}for futility when it is ≤ {{ d.thresholds.1 }} for every arm{% else %}never for futility{% endif %}.{% if let Some(x) = d.drop_arm %} {% if *x > 0.0 %}Drops an arm when P(best) &lt; {{ x }}.{% else %}Drops no arm.{% endif %}{% endif %}</p>
 {% if d.waits_for_calibration %}<p>The trial starts once its design is calibrated: <a href="/proposals/{{ d.id }}/progress">follow the calibration</a>.</p>{% endif %}
+{% if let Some((why, retry)) = d.refinement_failure %}<p class="banner">The refinement of this design's calibration on more virtual trials failed and was given up on ({{ why }}): the trial decides with its quick calibration, whose thresholds hold the false-stop target but are stricter, so it finds a working arm less often.{% if *retry %} It can still take a refinement before its first look that could stop it.{% endif %}</p>{% if *retry && !actions.is_empty() %}<form method="post" action="/proposals/{{ d.id }}/refinement/retry" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Try the refinement again</button></form>{% endif %}{% endif %}
 {% if let Some(why) = d.calibration_failure %}<p class="banner">This design could not be calibrated ({{ why }}): the trial decides on the protocol's stated thresholds, whose false-stop rate was not checked. Treat an early stop with more caution than usual.</p>{% endif %}
 {% if !calibration_html.is_empty() %}<details><summary>How the threshold was calibrated</summary>{{ calibration_html|safe }}</details>{% endif %}
 <div class="scroll"><table><thead><tr><th>period</th><th>when</th><th>action</th><th>rule</th><th>numbers</th></tr></thead><tbody>

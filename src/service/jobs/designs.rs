@@ -458,6 +458,20 @@ fn takes_refinement(s: &Store, trial: &LoadedTrial, now: Timestamp) -> Result<bo
     })
 }
 
+/// Whether the trial `row` would still take its design's refinement now
+/// (as [`takes_refinement`]): its page offers to try a refinement given up
+/// on again only then. A trial that cannot be loaded would not.
+pub fn would_take_refinement(
+    s: &Store,
+    row: &crate::service::store::TrialRow,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    match LoadedTrial::load(row.clone(), &s.participants()?) {
+        Ok(trial) => takes_refinement(s, &trial, now),
+        Err(_) => Ok(false),
+    }
+}
+
 /// Until when a started trial may take a refinement: its first decisive day
 /// ([`lifecycle::first_decisive_day`]) in the schedule it started with
 /// (from its start date and seed), or in its stored schedule where that is

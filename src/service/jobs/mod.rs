@@ -30,7 +30,7 @@ mod refits;
 mod sources;
 
 pub use assignments::next_assignment;
-pub use designs::{DesignBoard, refinement_size};
+pub use designs::{DesignBoard, refinement_size, would_take_refinement};
 
 /// A job's failure: logged, counted, retried at the next tick.
 #[derive(Debug, thiserror::Error)]
