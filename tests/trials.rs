@@ -668,7 +668,7 @@ fn a_started_trials_refinement_comes_first_and_an_unstarted_ones_yields_to_a_new
     let config = data.join("refine.toml");
     std::fs::write(
         &config,
-        "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\ndesign_seconds = 1\ndesign_trials = 20\ncalibration_trials = 60\nrefinement_trials = 200\n",
+        "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\ndesign_seconds = 1\ndesign_threads = 2\ndesign_trials = 20\ncalibration_trials = 60\nrefinement_trials = 200\n",
     )
     .unwrap();
     let args = ["--demo", "--config", config.to_str().unwrap()];
@@ -707,10 +707,10 @@ fn a_started_trials_refinement_comes_first_and_an_unstarted_ones_yields_to_a_new
     let today = jiff::Timestamp::now()
         .to_zoned(jiff::tz::TimeZone::get(&zone).unwrap())
         .date();
-    // Trial 2 starts today; trial 3 tomorrow (nothing of its data exists
-    // while this test runs).
-    let tomorrow = today.tomorrow().unwrap();
-    for (id, start) in [("2", today), ("3", tomorrow)] {
+    // Trial 2 starts today; trial 3 in two days (nothing of its data
+    // exists while this test runs, even across midnight).
+    let later_start = today.checked_add(jiff::ToSpan::days(2)).unwrap();
+    for (id, start) in [("2", today), ("3", later_start)] {
         let (ok, out) = cli(
             dir.path(),
             &data,
@@ -848,14 +848,14 @@ fn a_started_trials_refinement_comes_first_and_an_unstarted_ones_yields_to_a_new
 }
 
 #[test]
-fn a_refinement_given_up_on_is_tried_again_from_the_trial_page() {
+fn an_approved_trials_refinement_given_up_on_is_tried_again_from_its_page() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _) = seed_demo(dir.path());
     let config = |name: &str, refinement_trials: usize| {
         let path = data.join(name);
         std::fs::write(
             &path,
-            format!("[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\ndesign_seconds = 1\ndesign_trials = 20\ncalibration_trials = 60\nrefinement_trials = {refinement_trials}\n"),
+            format!("[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\ndesign_seconds = 1\ndesign_threads = 2\ndesign_trials = 20\ncalibration_trials = 60\nrefinement_trials = {refinement_trials}\n"),
         )
         .unwrap();
         path.to_str().unwrap().to_string()
@@ -870,29 +870,29 @@ fn a_refinement_given_up_on_is_tried_again_from_the_trial_page() {
         &["propose", &meditation, "--participant", "demo"],
     );
     assert!(ok && out.contains("trial 2 proposed"), "{out}");
+    // It starts in two days: nothing of its data exists while this test
+    // runs, so whoever retries its refinement has seen no estimate of it.
     let zone = store(&data).participants().unwrap()[0].time_zone.clone();
-    let today = jiff::Timestamp::now()
+    let start = jiff::Timestamp::now()
         .to_zoned(jiff::tz::TimeZone::get(&zone).unwrap())
         .date()
+        .checked_add(jiff::ToSpan::days(2))
+        .unwrap()
         .to_string();
-    let (ok, out) = cli(dir.path(), &data, &["approve", "2", "--start", &today]);
+    let (ok, out) = cli(dir.path(), &data, &["approve", "2", "--start", &start]);
     assert!(ok, "{out}");
-    // Refinement off: the trial starts on its quick calibration.
+    let hash = store(&data).trial(2).unwrap().unwrap().protocol_hash;
+    // Refinement off: the design gets its quick calibration only.
     let quick = config("quick.toml", 0);
     let d = Daemon::start(&data, &["--demo", "--config", &quick]);
     let deadline = Instant::now() + Duration::from_secs(240);
-    while store(&data).trial(2).unwrap().unwrap().status != TrialStatus::Running {
-        assert!(
-            Instant::now() < deadline,
-            "trial 2 did not start: {}",
-            d.log()
-        );
+    while store(&data).calibration(&hash).unwrap().is_none() {
+        assert!(Instant::now() < deadline, "not calibrated: {}", d.log());
         std::thread::sleep(Duration::from_millis(200));
     }
     let (status, _) = d.terminate();
     assert!(status.success());
     // Its refinement failed three times and was given up on.
-    let hash = store(&data).trial(2).unwrap().unwrap().protocol_hash;
     {
         let mut s = Store::open(&data.join("nof1d.sqlite")).unwrap();
         for _ in 0..3 {
@@ -907,7 +907,22 @@ fn a_refinement_given_up_on_is_tried_again_from_the_trial_page() {
     }
     let refining = config("refining.toml", 100);
     let d = Daemon::start(&data, &["--demo", "--config", &refining]);
-    d.wait_jobs(2, Duration::from_secs(60));
+    // Two runs of the designs job: a refinement that ran would have ended
+    // within the first (about 10 s) and been stored.
+    while d.json("/healthz")["jobs"]["designs"]["runs"]
+        .as_u64()
+        .unwrap_or(0)
+        < 2
+    {
+        assert!(Instant::now() < deadline, "{}", d.json("/healthz"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(store(&data).refinement(&hash).unwrap().is_none());
+    assert!(
+        !d.log().contains("design calibration refined"),
+        "{}",
+        d.log()
+    );
     let (_, page) = d.get("/trials/2");
     assert!(
         page.contains("The refinement of this design")
@@ -918,25 +933,24 @@ fn a_refinement_given_up_on_is_tried_again_from_the_trial_page() {
         page.contains(">Try the refinement again</button>"),
         "{page}"
     );
-    // Given up on, it does not run by itself.
-    assert!(store(&data).refinement(&hash).unwrap().is_none());
     let csrf = common::csrf_of(&page);
-    let retry = |body: String| {
+    let retry = |id: i64, body: String| {
         common::no_redirects()
-            .post(d.url("/proposals/2/refinement/retry"))
+            .post(d.url(&format!("/proposals/{id}/refinement/retry")))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body)
             .send()
             .unwrap()
     };
-    assert_eq!(retry("csrf=forged".into()).status().as_u16(), 403);
-    let r = retry(format!("csrf={csrf}"));
+    assert_eq!(retry(2, "csrf=forged".into()).status().as_u16(), 403);
+    // Only an approved trial's (trial 1, the demo, is stopped).
+    assert_eq!(retry(1, format!("csrf={csrf}")).status().as_u16(), 409);
+    let r = retry(2, format!("csrf={csrf}"));
     assert_eq!(r.status().as_u16(), 303);
     assert_eq!(r.headers()["location"], "/trials/2");
-    let refined = loop {
-        let t2 = store(&data).trial(2).unwrap().unwrap();
-        if t2.thresholds_refined_at.is_some() {
-            break t2;
+    let refinement = loop {
+        if let Some(r) = store(&data).refinement(&hash).unwrap() {
+            break r;
         }
         assert!(
             Instant::now() < deadline,
@@ -947,11 +961,11 @@ fn a_refinement_given_up_on_is_tried_again_from_the_trial_page() {
     };
     let (_, page) = d.get("/trials/2");
     drop(d);
-    let refinement = store(&data).refinement(&hash).unwrap().unwrap();
     assert_eq!(refinement.null_trials, 100);
+    // The trial locks it at its start.
     assert_eq!(
-        refined.locked.unwrap().efficacy,
-        refinement.calibration.efficacy
+        store(&data).trial(2).unwrap().unwrap().status,
+        TrialStatus::Approved
     );
     assert_eq!(
         common::count(
@@ -961,5 +975,4 @@ fn a_refinement_given_up_on_is_tried_again_from_the_trial_page() {
         1
     );
     assert!(!page.contains("The refinement of this design"), "{page}");
-    assert!(page.contains("These thresholds are a refinement"), "{page}");
 }

@@ -3315,17 +3315,18 @@ impl Store {
     }
 
     /// Forgets the failed calibration or simulation of a proposal's design,
-    /// or the failed refinement of an approved, running or paused trial's,
-    /// once the designs job has given up on it, so that the job tries it
-    /// again: after an upgrade, or once a transient cause is gone. The
-    /// failure is kept in the audit log (`calibration.retried`,
-    /// `simulation.retried`, `refinement.retried`). Refused for a trial in
-    /// any other state, for work the job has not given up on, and for a
-    /// calibration of a design another trial already started with on its
-    /// stated thresholds (its page says why from the failure; a new version
-    /// of the protocol is calibrated anew). A refinement tried again is
-    /// still taken only before the trial's first decisive look
-    /// ([`Store::refine_thresholds`]).
+    /// or the failed refinement of an approved trial's, once the designs job
+    /// has given up on it, so that the job tries it again: after an upgrade,
+    /// or once a transient cause is gone. The failure is kept in the audit
+    /// log (`calibration.retried`, `simulation.retried`,
+    /// `refinement.retried`). Refused for a trial in any other state (a
+    /// started trial's estimates may have been seen: whoever saw them must
+    /// not choose whether its rule changes), for work the job has not given
+    /// up on, and for a calibration of a design another trial already
+    /// started with on its stated thresholds (its page says why from the
+    /// failure; a new version of the protocol is calibrated anew). The
+    /// caller checks the rest of a refinement's retry
+    /// (`jobs::refinement_retry_refused`).
     pub fn retry_design(
         &mut self,
         trial_id: i64,
@@ -3346,17 +3347,13 @@ impl Store {
         };
         let what = work.as_str();
         let allowed: &[TrialStatus] = match work {
-            DesignWork::Refinement => &[
-                TrialStatus::Approved,
-                TrialStatus::Running,
-                TrialStatus::Paused,
-            ],
+            DesignWork::Refinement => &[TrialStatus::Approved],
             DesignWork::Calibration | DesignWork::Simulation => &[TrialStatus::Proposed],
         };
         if !allowed.iter().any(|a| status == a.as_str()) {
             return Err(StoreError::Refused(match work {
                 DesignWork::Refinement => format!(
-                    "trial {trial_id} is {status}: only an approved, running or paused trial's refinement can be tried again"
+                    "trial {trial_id} is {status}: only an approved trial's refinement can be tried again"
                 ),
                 _ => format!(
                     "trial {trial_id} is {status}: only a proposal's {what} can be tried again"
@@ -5151,10 +5148,8 @@ mod tests {
         );
     }
 
-    /// A trial of the protocol `text` for `pid`, proposed, approved and
-    /// started on `start` with `locking`.
     #[test]
-    fn a_given_up_refinement_is_tried_again_only_for_an_approved_or_started_trial() {
+    fn a_given_up_refinement_is_tried_again_only_for_an_approved_trial() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("db.sqlite")).unwrap();
         let pid = participant(&mut s);
@@ -5180,23 +5175,12 @@ mod tests {
         );
         let refinement = DesignWork::Refinement;
         let retry = |s: &mut Store, id: i64| s.retry_design(id, refinement, "test", now());
-        // Not failed, or failed but not yet given up on: nothing to retry.
         let refused = |r: Result<()>| match r {
             Err(StoreError::Refused(why)) => why,
             other => panic!("not refused: {other:?}"),
         };
-        assert!(refused(retry(&mut s, running)).contains("not been given up on"));
-        for attempt in 1..DesignFailure::ATTEMPTS {
-            s.record_design_failure(refinement, &hash, "boom", now())
-                .unwrap();
-            assert!(
-                refused(retry(&mut s, running)).contains("not been given up on"),
-                "attempt {attempt}"
-            );
-        }
-        s.record_design_failure(refinement, &hash, "boom", now())
-            .unwrap();
-        // A proposal of the design has no refinement to retry.
+        // Neither a proposal of the design nor a started trial (whoever
+        // saw its estimates must not choose whether its rule changes).
         let proposal = s
             .propose_trial(
                 &Proposal {
@@ -5210,18 +5194,48 @@ mod tests {
                 now(),
             )
             .unwrap();
-        assert!(
-            refused(retry(&mut s, proposal))
-                .contains("only an approved, running or paused trial's refinement")
-        );
-        // The running trial's retry forgets the failure, and says so.
-        retry(&mut s, running).unwrap();
+        for _ in 0..DesignFailure::ATTEMPTS {
+            s.record_design_failure(refinement, &hash, "boom", now())
+                .unwrap();
+        }
+        for trial in [proposal, running] {
+            let why = refused(retry(&mut s, trial));
+            assert!(why.contains("only an approved trial's refinement"), "{why}");
+        }
+        s.conn.execute("DELETE FROM design_failures", []).unwrap();
+        s.change_status(
+            &StatusChange {
+                trial_id: proposal,
+                to: TrialStatus::Approved,
+                actor: "test",
+                reason: "approved",
+                local_date: start,
+                start_date: Some(start),
+                shifted: &[],
+            },
+            now(),
+        )
+        .unwrap();
+        // Not failed, or failed but not yet given up on: nothing to retry.
+        assert!(refused(retry(&mut s, proposal)).contains("not been given up on"));
+        for attempt in 1..DesignFailure::ATTEMPTS {
+            s.record_design_failure(refinement, &hash, "boom", now())
+                .unwrap();
+            assert!(
+                refused(retry(&mut s, proposal)).contains("not been given up on"),
+                "attempt {attempt}"
+            );
+        }
+        s.record_design_failure(refinement, &hash, "boom", now())
+            .unwrap();
+        // An approved trial's retry forgets the failure, and says so.
+        retry(&mut s, proposal).unwrap();
         assert!(s.design_failure(refinement, &hash).unwrap().is_none());
         let audited: String = s
             .conn
             .query_row(
                 "SELECT detail_json FROM audit_log WHERE action = 'refinement.retried' AND trial_id = ?1",
-                [running],
+                [proposal],
                 |r| r.get(0),
             )
             .unwrap();
@@ -5239,6 +5253,8 @@ mod tests {
         }
     }
 
+    /// A trial of the protocol `text` for `pid`, proposed, approved and
+    /// started on `start` with `locking`.
     fn started_on(
         s: &mut Store,
         pid: i64,

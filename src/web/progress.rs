@@ -89,24 +89,34 @@ pub fn duration(seconds: f64) -> String {
 /// of trial 2's design (“meditation-anxiety”): 120 of 400 virtual trials,
 /// about 1 min left at this pace; trial 2 has started, so it goes first and
 /// is not interrupted"), or `None`.
-pub fn busy_with(
+pub(super) fn busy_with(
     board: &DesignBoard,
     s: &Store,
     except: &ProtocolHash,
+    now: jiff::Timestamp,
 ) -> Result<Option<String>, StoreError> {
     let Some((hash, work, reading)) = board.running().into_iter().find(|(h, _, _)| h != except)
     else {
         return Ok(None);
+    };
+    // The started trial the designs job runs a refinement for first, as
+    // the job decides it; else a trial of the design still to come.
+    let waiting = match work {
+        DesignWork::Refinement => crate::service::jobs::started_trial_waiting(s, &hash, now)?,
+        _ => None,
     };
     let trials: Vec<TrialRow> = s
         .trials()?
         .into_iter()
         .filter(|t| t.protocol_hash == hash)
         .collect();
-    let started = trials
-        .iter()
-        .find(|t| matches!(t.status, TrialStatus::Running | TrialStatus::Paused));
-    let Some(trial) = started.or(trials.first()) else {
+    let named = match waiting {
+        Some(id) => trials.iter().find(|t| t.id == id),
+        None => trials
+            .iter()
+            .find(|t| matches!(t.status, TrialStatus::Approved | TrialStatus::Proposed)),
+    };
+    let Some(trial) = named.or(trials.first()) else {
         return Ok(None);
     };
     let what = match work {
@@ -117,13 +127,12 @@ pub fn busy_with(
     let view = ProgressView::of(&reading);
     let left = view
         .remaining_s
-        .map(|s| format!(", about {} left at this pace", duration(s)))
+        .map(|secs| format!(", about {} left at this pace", duration(secs)))
         .unwrap_or_default();
-    let order = match (work, started) {
-        (DesignWork::Refinement, Some(t)) => format!(
-            "; trial {} has started, so it goes first and is not interrupted",
-            t.id
-        ),
+    let order = match (work, waiting) {
+        (DesignWork::Refinement, Some(id)) => {
+            format!("; trial {id} has started, so it goes first and is not interrupted")
+        }
         (DesignWork::Refinement, None) => {
             "; it gives way to a proposal's calibration or simulation within seconds".into()
         }
@@ -141,11 +150,12 @@ enum WorkState {
     Done,
     /// Running now.
     Running(ProgressView),
-    /// Given up on after its attempts (the proposals page offers a retry).
+    /// Given up on after its attempts (the proposals page, or an approved
+    /// trial's page for a refinement, offers a retry where one may be).
     GivenUp(String),
-    /// Not started: the designs job runs one design at a time, approved
-    /// trials' calibrations first; what it is on now, if anything
-    /// ([`busy_with`]).
+    /// Not started: the designs job runs one design at a time (the
+    /// refinements started trials wait on first, then approved trials'
+    /// calibrations); what it is on now, if anything ([`busy_with`]).
     Waiting(Option<String>),
     /// Not done for this trial (a trial past its proposal is not simulated;
     /// calibration is switched off).
@@ -163,7 +173,7 @@ struct WorkLine {
     ext = "html",
     source = r#"<h1>{{ title }}</h1>
 <p class="muted">Trial {{ id }}, protocol sha256 <code style="word-break:break-all">{{ hash }}</code>{% if reloading %} · this page reloads itself every {{ RELOAD_S }} seconds while the work runs or waits{% endif %}.</p>
-<ul>{% for l in lines %}<li><strong>{{ l.what }}:</strong> {% match l.state %}{% when WorkState::Done %}done. <a href="{{ back }}">See it</a>.{% when WorkState::Running(p) %}running. {{ p.html()|safe }}{% when WorkState::GivenUp(why) %}given up: {{ why }}. <a href="{{ back }}">Try it again from the proposal</a>.{% when WorkState::Waiting(busy) %}waiting its turn (the designs job works on one design at a time, approved trials' calibrations first){% if let Some(b) = busy %}: {{ b }}{% endif %}.{% when WorkState::NotDone %}not done for this trial.{% endmatch %}</li>{% endfor %}</ul>
+<ul>{% for l in lines %}<li><strong>{{ l.what }}:</strong> {% match l.state %}{% when WorkState::Done %}done. <a href="{{ back }}">See it</a>.{% when WorkState::Running(p) %}running. {{ p.html()|safe }}{% when WorkState::GivenUp(why) %}given up: {{ why }}. <a href="{{ back }}">Back</a> says whether it can be tried again.{% when WorkState::Waiting(busy) %}waiting its turn (the designs job works on one design at a time: the refinements started trials wait on first, then approved trials' calibrations, proposals' work, and the other refinements){% if let Some(b) = busy %}: {{ b }}{% endif %}.{% when WorkState::NotDone %}not done for this trial.{% endmatch %}</li>{% endfor %}</ul>
 <p><a href="{{ back }}">Back</a></p>"#
 )]
 struct ProgressPage {
@@ -187,6 +197,7 @@ pub(super) async fn progress_page(
 ) -> Response {
     let board = state.designs.clone();
     let calibrating = state.config.jobs.calibrate;
+    let now = state.clock.now();
     let read = state
         .db
         .read(move |s| {
@@ -194,7 +205,7 @@ pub(super) async fn progress_page(
                 return Ok(None);
             };
             let hash = t.protocol_hash.clone();
-            let busy = busy_with(&board, s, &hash)?;
+            let busy = busy_with(&board, s, &hash, now)?;
             let line = |work: DesignWork, stored: bool, applies: bool| -> WorkLine {
                 let state = if stored {
                     WorkState::Done

@@ -421,7 +421,7 @@ Stops when P(better by MID) reaches {% if calibrating %}the calibrated threshold
 {% else if let Some(g) = v.simulation_progress %}<p role="status">Being simulated now: {{ g.html()|safe }} <a href="/proposals/{{ v.id }}/progress">Follow it</a>.</p>
 {% else %}<p class="muted">Waiting to be simulated in the background (one design at a time): a minute or two for a gaussian outcome, up to an hour for the other families. <a href="/proposals/{{ v.id }}/progress">Follow it</a>.</p>{% endif %}
 <h3>When it stops: the threshold calibrated for this design</h3>
-{% if !calibrating %}<p>Calibration is switched off (<code>jobs.calibrate = false</code>): a trial of this design decides on the protocol's stated threshold, {{ v.thresholds[0] }}, whatever its false-stop rate.</p>{% else if v.calibration.is_some() %}{{ v.calibration_html|safe }}{% if let Some(n) = v.refined_to %}<p class="muted">A quick calibration: once a trial of this design is approved, it is calibrated again on up to {{ n }} virtual trials with no effect in a scenario, in the background, which usually lowers the threshold and so raises the power. The trial decides with the refinement if it is done before its first look that could stop it (otherwise with the calibration above): either way, one rule fixed before any decision.</p>{% endif %}{% else if let Some((why, given_up)) = v.calibration_failure %}<p class="banner">This design could not be calibrated: {{ why }}. {% if given_up %}An approved trial of it starts on the protocol's stated thresholds, whose false-stop rate is not checked; edit the protocol to calibrate it, or try again (after an upgrade, or once what made it fail is gone).{% else %}It will be tried again.{% endif %}</p>{% if given_up %}<form method="post" action="/proposals/{{ v.id }}/calibration/retry" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Try the calibration again</button></form>{% endif %}{% else if let Some(g) = v.calibration_progress %}<p role="status">Being calibrated now on the stress suite: {{ g.html()|safe }} <a href="/proposals/{{ v.id }}/progress">Follow it</a>. An approved trial starts once its threshold is locked.</p>{% else %}<p class="muted">Waiting to be calibrated in the background on the stress suite (one design at a time, approved trials first; a few minutes for a gaussian outcome, longer for counts and proportions). An approved trial starts once its threshold is locked. <a href="/proposals/{{ v.id }}/progress">Follow it</a>.</p>{% endif %}
+{% if !calibrating %}<p>Calibration is switched off (<code>jobs.calibrate = false</code>): a trial of this design decides on the protocol's stated threshold, {{ v.thresholds[0] }}, whatever its false-stop rate.</p>{% else if v.calibration.is_some() %}{{ v.calibration_html|safe }}{% if let Some(n) = v.refined_to %}<p class="muted">A quick calibration: once a trial of this design is approved, it is calibrated again on up to {{ n }} virtual trials with no effect in a scenario, in the background, which usually lowers the threshold and so raises the power. The trial decides with the refinement if it is done before its first look that could stop it (otherwise with the calibration above): either way, one rule fixed before any decision.</p>{% endif %}{% else if let Some((why, given_up)) = v.calibration_failure %}<p class="banner">This design could not be calibrated: {{ why }}. {% if given_up %}An approved trial of it starts on the protocol's stated thresholds, whose false-stop rate is not checked; edit the protocol to calibrate it, or try again (after an upgrade, or once what made it fail is gone).{% else %}It will be tried again.{% endif %}</p>{% if given_up %}<form method="post" action="/proposals/{{ v.id }}/calibration/retry" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Try the calibration again</button></form>{% endif %}{% else if let Some(g) = v.calibration_progress %}<p role="status">Being calibrated now on the stress suite: {{ g.html()|safe }} <a href="/proposals/{{ v.id }}/progress">Follow it</a>. An approved trial starts once its threshold is locked.</p>{% else %}<p class="muted">Waiting to be calibrated in the background on the stress suite (one design at a time: the refinements started trials wait on, then approved trials, first; a few minutes for a gaussian outcome, longer for counts and proportions). An approved trial starts once its threshold is locked. <a href="/proposals/{{ v.id }}/progress">Follow it</a>.</p>{% endif %}
 <h3>Decide</h3>
 <form method="post" action="/trials/{{ v.id }}/approve" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}">{% if v.needs_clinician %}<label>This changes prescribed medication or needs a clinician: who agreed, and when <input name="clinician" required placeholder="Dr Lee, 3 Dec 2026"></label> {% endif %}<button type="submit">Approve (starts tomorrow)</button></form>
 <form method="post" action="/trials/{{ v.id }}/reject" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Reject</button></form>
@@ -626,8 +626,8 @@ fn failure_view(f: DesignFailure) -> (String, bool) {
 }
 
 /// POST `/proposals/{id}/{work}/retry` (`work`: `calibration` or
-/// `simulation` for a proposal, `refinement` for an approved, running or
-/// paused trial): forgets that work's failure for the trial's design, once
+/// `simulation` for a proposal, `refinement` for an approved trial while
+/// no started trial of its design would take it): forgets that work's failure for the trial's design, once
 /// the designs job has given up on it, so that the job tries it again
 /// (after an upgrade, or once what made it fail is gone).
 #[utoipa::path(post, path = "/proposals/{id}/{work}/retry", tag = "forms",
@@ -667,6 +667,21 @@ pub(super) async fn retry_design(
             .into_response();
     }
     let now = state.clock.now();
+    if work == DesignWork::Refinement {
+        let jobs = state.config.jobs.clone();
+        let refused = state
+            .db
+            .read(move |s| match s.trial(id)? {
+                Some(t) => crate::service::jobs::refinement_retry_refused(s, &t, &jobs, now),
+                None => Ok(Some(format!("there is no trial {id}"))),
+            })
+            .await;
+        match refused {
+            Ok(None) => {}
+            Ok(Some(why)) => return (StatusCode::CONFLICT, format!("{why}\n")).into_response(),
+            Err(e) => return internal(&e.to_string()),
+        }
+    }
     match state
         .db
         .write(move |s| s.retry_design(id, work, "dashboard", now))

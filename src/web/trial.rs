@@ -100,6 +100,15 @@ pub struct PathView {
     pub always: Vec<f64>,
 }
 
+/// A design refinement given up on, as a trial's page shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RefinementFailure {
+    /// Why it failed, with its attempts.
+    pub why: String,
+    /// Why it may not be tried again now; `None`: the page offers to.
+    pub retry_refused: Option<String>,
+}
+
 /// Everything the trial page shows (`/api/trials/{id}`).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TrialDetail {
@@ -163,10 +172,9 @@ pub struct TrialDetail {
     /// Why the design's calibration failed, where the trial gave up
     /// waiting for it and decides on the protocol's stated thresholds.
     pub calibration_failure: Option<String>,
-    /// The design's refinement, given up on after its attempts while the
-    /// trial was still on its quick calibration: why, and whether the trial
-    /// would still take one (then the page offers to try it again).
-    pub refinement_failure: Option<(String, bool)>,
+    /// The design's refinement, given up on after its attempts, where the
+    /// trial decides (or will) with its quick calibration instead.
+    pub refinement_failure: Option<RefinementFailure>,
     /// An approved trial whose start waits for its design's calibration
     /// (calibration on, none stored, not given up on).
     pub waits_for_calibration: bool,
@@ -419,14 +427,30 @@ async fn trial_detail(
             let given_up = s
                 .design_failure(DesignWork::Calibration, &trial.protocol_hash)?
                 .filter(|f| f.given_up());
+            // Only where the trial decides, or will, with the quick
+            // calibration the refinement would have replaced.
+            let on_quick_calibration = trial.thresholds_refined_at.is_none()
+                && match trial.status {
+                    crate::trial::lifecycle::TrialStatus::Approved => true,
+                    crate::trial::lifecycle::TrialStatus::Running
+                    | crate::trial::lifecycle::TrialStatus::Paused => trial.locked.is_some_and(
+                        |l| l.source == crate::trial::decide::ThresholdSource::Calibrated,
+                    ),
+                    _ => false,
+                };
             let refinement_failure = match s
                 .design_failure(DesignWork::Refinement, &trial.protocol_hash)?
-                .filter(|f| f.given_up() && trial.thresholds_refined_at.is_none())
+                .filter(|f| f.given_up() && on_quick_calibration)
             {
-                Some(f) => Some((
-                    f.error,
-                    crate::service::jobs::would_take_refinement(s, &trial, now)?,
-                )),
+                Some(f) => Some(RefinementFailure {
+                    why: f.error,
+                    retry_refused: crate::service::jobs::refinement_retry_refused(
+                        s,
+                        &trial,
+                        &config.jobs,
+                        now,
+                    )?,
+                }),
                 None => None,
             };
             Ok(Some(TrialDetail {
@@ -563,7 +587,7 @@ async fn trial_detail(
 <h2>Decisions</h2>
 <p>Stops for efficacy when P(better by MID) ≥ {{ d.thresholds.0 }}{% if let Some(w) = d.threshold_source %}: {{ w }}{% else %}: locked when the trial starts{% endif %}; {% if d.thresholds.1 > 0.0 %}for futility when it is ≤ {{ d.thresholds.1 }} for every arm{% else %}never for futility{% endif %}.{% if let Some(x) = d.drop_arm %} {% if *x > 0.0 %}Drops an arm when P(best) &lt; {{ x }}.{% else %}Drops no arm.{% endif %}{% endif %}</p>
 {% if d.waits_for_calibration %}<p>The trial starts once its design is calibrated: <a href="/proposals/{{ d.id }}/progress">follow the calibration</a>.</p>{% endif %}
-{% if let Some((why, retry)) = d.refinement_failure %}<p class="banner">The refinement of this design's calibration on more virtual trials failed and was given up on ({{ why }}): the trial decides with its quick calibration, whose thresholds hold the false-stop target but are stricter, so it finds a working arm less often.{% if *retry %} It can still take a refinement before its first look that could stop it.{% endif %}</p>{% if *retry && !actions.is_empty() %}<form method="post" action="/proposals/{{ d.id }}/refinement/retry" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Try the refinement again</button></form>{% endif %}{% endif %}
+{% if let Some(f) = d.refinement_failure %}<p class="banner">The refinement of this design's calibration on more virtual trials failed and was given up on ({{ f.why }}): the trial decides with its quick calibration, whose thresholds hold the false-stop target but are stricter, so it finds a working arm less often.{% if let Some(why) = f.retry_refused %} It is not tried again: {{ why }}.{% endif %}</p>{% if f.retry_refused.is_none() && !actions.is_empty() %}<form method="post" action="/proposals/{{ d.id }}/refinement/retry" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Try the refinement again</button></form>{% endif %}{% endif %}
 {% if let Some(why) = d.calibration_failure %}<p class="banner">This design could not be calibrated ({{ why }}): the trial decides on the protocol's stated thresholds, whose false-stop rate was not checked. Treat an early stop with more caution than usual.</p>{% endif %}
 {% if !calibration_html.is_empty() %}<details><summary>How the threshold was calibrated</summary>{{ calibration_html|safe }}</details>{% endif %}
 <div class="scroll"><table><thead><tr><th>period</th><th>when</th><th>action</th><th>rule</th><th>numbers</th></tr></thead><tbody>

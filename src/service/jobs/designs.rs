@@ -101,13 +101,15 @@ fn simulation_trials(protocol: &Protocol, configured: usize) -> usize {
     }
 }
 
-/// Calibrates, then simulates, every design that needs it (see the module
-/// comment). Returns a summary for the job board.
+/// Refines the calibrations started trials wait on, calibrates, simulates,
+/// then refines the rest (see the module comment). Returns a summary for
+/// the job board.
 pub(crate) async fn simulate_pending_designs(state: &AppState) -> Result<String, JobError> {
     // First: the refinements a started trial waits on, so that no proposal
     // filed after its first estimates can delay them ([`Refinements`]).
+    let mut tried = Vec::new();
     let urgent = if state.config.jobs.calibrate {
-        refine_started_designs(state, Refinements::StartedTrialsWait).await
+        refine_started_designs(state, Refinements::StartedTrialsWait, &mut tried).await
     } else {
         Ok(String::new())
     };
@@ -120,7 +122,7 @@ pub(crate) async fn simulate_pending_designs(state: &AppState) -> Result<String,
     // Last: a refinement yields to any of the work above, unless a started
     // trial waits on it (then it came first).
     let refined = if state.config.jobs.calibrate {
-        refine_started_designs(state, Refinements::All).await
+        refine_started_designs(state, Refinements::All, &mut tried).await
     } else {
         Ok(String::new())
     };
@@ -334,7 +336,7 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
     let mut done = 0;
     let mut failed = Vec::new();
     for (hash, text) in pending {
-        if *state.stopping.borrow() {
+        if *state.stopping.borrow() || urgent_refinement_due(state).await {
             break;
         }
         let locked = hash.clone();
@@ -458,18 +460,47 @@ fn takes_refinement(s: &Store, trial: &LoadedTrial, now: Timestamp) -> Result<bo
     })
 }
 
-/// Whether the trial `row` would still take its design's refinement now
-/// (as [`takes_refinement`]): its page offers to try a refinement given up
-/// on again only then. A trial that cannot be loaded would not.
-pub fn would_take_refinement(
+/// Why the design refinement of the trial `row`, given up on, may not be
+/// tried again now (`None`: it may, and the job would run it). Only an
+/// approved trial's may, and only while no started trial of the design
+/// would take it: whoever has seen a started trial's estimates must not
+/// choose whether its rule changes ([`Refinements`]). Its page offers the
+/// retry, and the route accepts it, only where this gives `None`.
+pub fn refinement_retry_refused(
     s: &Store,
     row: &crate::service::store::TrialRow,
+    config: &crate::service::config::JobsConfig,
     now: Timestamp,
-) -> Result<bool, StoreError> {
-    match LoadedTrial::load(row.clone(), &s.participants()?) {
-        Ok(trial) => takes_refinement(s, &trial, now),
-        Err(_) => Ok(false),
+) -> Result<Option<String>, StoreError> {
+    if !config.calibrate {
+        return Ok(Some(
+            "calibration is switched off (jobs.calibrate = false): nothing would try it".into(),
+        ));
     }
+    if row.status != TrialStatus::Approved {
+        return Ok(Some(format!(
+            "trial {} is {}: once a trial has started, whoever has seen its estimates must not choose whether its rule changes, so it keeps its quick calibration",
+            row.id, row.status
+        )));
+    }
+    if let Some(other) = started_trial_waiting(s, &row.protocol_hash, now)? {
+        return Ok(Some(format!(
+            "trial {other} of this design has started and would take the refinement: whoever has seen its estimates must not choose whether its rule changes"
+        )));
+    }
+    let Ok(trial) = LoadedTrial::load(row.clone(), &s.participants()?) else {
+        return Ok(Some(format!("trial {} cannot be read", row.id)));
+    };
+    let refined = match s.calibration(&row.protocol_hash)? {
+        Some(c) => refinement_size(&trial.protocol, config, &c).is_some(),
+        None => false,
+    };
+    if !refined {
+        return Ok(Some(
+            "this design's calibration is not refined (jobs.refinement_trials)".into(),
+        ));
+    }
+    Ok(None)
 }
 
 /// Until when a started trial may take a refinement: its first decisive day
@@ -552,22 +583,48 @@ fn started(status: TrialStatus) -> bool {
     matches!(status, TrialStatus::Running | TrialStatus::Paused)
 }
 
-/// Whether a started trial would take the refinement of the design `hash`
-/// now: that refinement then does not yield ([`Refinements`]).
-fn started_trial_waits(s: &Store, hash: &ProtocolHash, now: Timestamp) -> Result<bool, StoreError> {
+/// The started trial, if any, that would take the refinement of the design
+/// `hash` now: that refinement then does not yield ([`Refinements`]).
+pub(crate) fn started_trial_waiting(
+    s: &Store,
+    hash: &ProtocolHash,
+    now: Timestamp,
+) -> Result<Option<i64>, StoreError> {
     let (loaded, _) = LoadedTrial::load_all(s.trials()?, &s.participants()?, |t| {
         started(t.status) && t.protocol_hash == *hash
     });
     for trial in loaded {
         if takes_refinement(s, &trial, now)? {
-            return Ok(true);
+            return Ok(Some(trial.id()));
         }
     }
-    Ok(false)
+    Ok(None)
+}
+
+/// Whether a refinement a started trial waits on is due: a proposal's
+/// calibration or simulation then gives it the threads after the one in
+/// hand, and a refinement no started trial waits on yields to it.
+async fn urgent_refinement_due(state: &AppState) -> bool {
+    if !state.config.jobs.calibrate {
+        return false;
+    }
+    let config = state.config.jobs.clone();
+    let now = state.clock.now();
+    // A store that cannot be read now is no reason to hold other work.
+    state
+        .db
+        .read(move |s| {
+            Ok(refinements_due(s, &config, now)?
+                .iter()
+                .any(|d| d.started_trial_waits))
+        })
+        .await
+        .unwrap_or(false)
 }
 
 /// Whether a proposal's (or an approved trial's) calibration or a
-/// proposal's simulation waits: a running refinement yields to it.
+/// proposal's simulation waits: a refinement no started trial waits on
+/// yields to it.
 fn other_design_work_waiting(s: &Store) -> Result<bool, StoreError> {
     Ok(!calibrations_due(s)?.is_empty() || !simulations_due(s)?.is_empty())
 }
@@ -577,16 +634,22 @@ fn other_design_work_waiting(s: &Store) -> Result<bool, StoreError> {
 const YIELD_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Refines, one at a time, the calibration of every design that
-/// [`refinements_due`] lists (`which` of them), on `jobs.refinement_trials`
-/// null trials, and locks it for its running trials that would take it
-/// ([`Store::refine_thresholds`]; approved ones lock it at their start). A
-/// refinement takes many times as long as the first calibration, so one
-/// that no started trial waits on yields to any proposal's calibration or
-/// simulation: it does not start while one waits, and one that comes in
-/// while it runs cancels it; it starts again from the beginning at a later
-/// run, after that work. One a started trial waits on yields only to a
-/// shutdown ([`Refinements`]).
-async fn refine_started_designs(state: &AppState, which: Refinements) -> Result<String, JobError> {
+/// [`refinements_due`] lists (`which` of them, none in `tried`, to which
+/// each one run is added: a failure counts once a job run), on
+/// `jobs.refinement_trials` null trials, and locks it for its running
+/// trials that would take it ([`Store::refine_thresholds`]; approved ones
+/// lock it at their start). A refinement takes many times as long as the
+/// first calibration, so one that no started trial waits on yields to any
+/// proposal's calibration or simulation and to a refinement a started trial
+/// waits on: it does not start while one waits, and one that comes in while
+/// it runs cancels it; it starts again from the beginning at a later run,
+/// after that work. One a started trial waits on yields only to a shutdown
+/// ([`Refinements`]).
+async fn refine_started_designs(
+    state: &AppState,
+    which: Refinements,
+    tried: &mut Vec<ProtocolHash>,
+) -> Result<String, JobError> {
     let config = state.config.jobs.clone();
     let now = state.clock.now();
     let due: Vec<ToRefine> = state
@@ -595,6 +658,7 @@ async fn refine_started_designs(state: &AppState, which: Refinements) -> Result<
         .await?
         .into_iter()
         .filter(|d| which == Refinements::All || d.started_trial_waits)
+        .filter(|d| !tried.contains(&d.hash))
         .collect();
     let most = state.config.jobs.refinement_trial_count();
     let backend = state.config.engine.backend;
@@ -610,6 +674,9 @@ async fn refine_started_designs(state: &AppState, which: Refinements) -> Result<
             ids(&took)
         ));
     }
+    // Those a started trial waits on first (the rest yield to them).
+    let mut due = due;
+    due.sort_by_key(|d| !d.started_trial_waits);
     let mut failed = Vec::new();
     for ToRefine { hash, text, .. } in due {
         if *state.stopping.borrow() {
@@ -617,25 +684,25 @@ async fn refine_started_designs(state: &AppState, which: Refinements) -> Result<
         }
         // Read afresh: the refinement before this one may have taken long.
         let now = state.clock.now();
-        let (waits, other_work) = state
+        let waits = state
             .db
             .read({
                 let hash = hash.clone();
-                move |s| {
-                    Ok((
-                        started_trial_waits(s, &hash, now)?,
-                        other_design_work_waiting(s)?,
-                    ))
-                }
+                move |s| started_trial_waiting(s, &hash, now)
             })
-            .await?;
-        if !waits && other_work {
+            .await?
+            .is_some();
+        if !waits
+            && (state.db.read(other_design_work_waiting).await?
+                || urgent_refinement_due(state).await)
+        {
             said.push(format!(
                 "the refinement of {} waits for other design work",
                 hash.short()
             ));
             break;
         }
+        tried.push(hash.clone());
         let locked = hash.clone();
         let (watch, _running) = state.designs.watch(&hash, DesignWork::Refinement);
         let asked = watch.clone();
@@ -656,15 +723,15 @@ async fn refine_started_designs(state: &AppState, which: Refinements) -> Result<
                     // while its refinement runs.
                     let now = state.clock.now();
                     let design = hash.clone();
+                    let waits = state
+                        .db
+                        .read(move |s| started_trial_waiting(s, &design, now))
+                        .await
+                        .map_or(true, |t| t.is_some());
                     let waiting = *state.stopping.borrow()
-                        || state
-                            .db
-                            .read(move |s| {
-                                Ok(!started_trial_waits(s, &design, now)?
-                                    && other_design_work_waiting(s)?)
-                            })
-                            .await
-                            .unwrap_or(false);
+                        || (!waits
+                            && (state.db.read(other_design_work_waiting).await.unwrap_or(false)
+                                || urgent_refinement_due(state).await));
                     if waiting {
                         tracing::info!(protocol = %hash.short(), "calibration refinement yields to other design work");
                         watch.cancel();
@@ -824,7 +891,7 @@ async fn simulate_proposed_designs(state: &AppState) -> Result<String, JobError>
     let backend = state.config.engine.backend;
     let threads = state.config.jobs.design_thread_count();
     for (hash, text) in pending {
-        if *state.stopping.borrow() {
+        if *state.stopping.borrow() || urgent_refinement_due(state).await {
             break;
         }
         let locked = hash.clone();

@@ -30,7 +30,8 @@ mod refits;
 mod sources;
 
 pub use assignments::next_assignment;
-pub use designs::{DesignBoard, refinement_size, would_take_refinement};
+pub(crate) use designs::started_trial_waiting;
+pub use designs::{DesignBoard, refinement_retry_refused, refinement_size};
 
 /// A job's failure: logged, counted, retried at the next tick.
 #[derive(Debug, thiserror::Error)]
