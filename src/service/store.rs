@@ -5203,19 +5203,7 @@ mod tests {
             assert!(why.contains("only an approved trial's refinement"), "{why}");
         }
         s.conn.execute("DELETE FROM design_failures", []).unwrap();
-        s.change_status(
-            &StatusChange {
-                trial_id: proposal,
-                to: TrialStatus::Approved,
-                actor: "test",
-                reason: "approved",
-                local_date: start,
-                start_date: Some(start),
-                shifted: &[],
-            },
-            now(),
-        )
-        .unwrap();
+        approve(&mut s, proposal, start);
         // Not failed, or failed but not yet given up on: nothing to retry.
         assert!(refused(retry(&mut s, proposal)).contains("not been given up on"));
         for attempt in 1..DesignFailure::ATTEMPTS {
@@ -5253,6 +5241,23 @@ mod tests {
         }
     }
 
+    /// Approves the proposal `id` to start on `start`.
+    fn approve(s: &mut Store, id: i64, start: Date) {
+        s.change_status(
+            &StatusChange {
+                trial_id: id,
+                to: TrialStatus::Approved,
+                actor: "test",
+                reason: "approved",
+                local_date: start,
+                start_date: Some(start),
+                shifted: &[],
+            },
+            now(),
+        )
+        .unwrap();
+    }
+
     /// A trial of the protocol `text` for `pid`, proposed, approved and
     /// started on `start` with `locking`.
     fn started_on(
@@ -5278,19 +5283,7 @@ mod tests {
                 now(),
             )
             .unwrap();
-        s.change_status(
-            &StatusChange {
-                trial_id: id,
-                to: TrialStatus::Approved,
-                actor: "test",
-                reason: "approved",
-                local_date: start,
-                start_date: Some(start),
-                shifted: &[],
-            },
-            now(),
-        )
-        .unwrap();
+        approve(s, id, start);
         let schedule = crate::trial::lifecycle::dated(
             &protocol,
             &crate::trial::design::plan(&protocol, seed),
