@@ -120,6 +120,16 @@ pub enum ApiError {
     },
 }
 
+/// The builder of every blocking HTTP client nof1d makes: rustls with the
+/// *ring* crypto provider. reqwest is built without a provider of its own
+/// (its default, aws-lc, is a long C build), so this installs *ring* as the
+/// process default first; a provider installed earlier is kept.
+pub fn client_builder() -> reqwest::blocking::ClientBuilder {
+    // Err only means a default is already in place, which serves as well.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::builder()
+}
+
 /// A blocking JSON client for one outside API.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
@@ -139,7 +149,7 @@ impl ApiClient {
     /// A client whose requests time out after `timeout`, retried up to
     /// `retries` times, waiting at most `max_wait` between tries.
     pub fn new(timeout: Duration, retries: u32, max_wait: Duration) -> Result<ApiClient, ApiError> {
-        let http = reqwest::blocking::Client::builder()
+        let http = client_builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("nof1d/", env!("CARGO_PKG_VERSION")))
@@ -281,6 +291,22 @@ impl ApiClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// reqwest is built without a crypto provider: a client made any other
+    /// way than `client_builder` would panic when built.
+    #[test]
+    fn clients_are_made_on_the_ring_provider() {
+        assert!(client_builder().build().is_ok());
+        let installed = rustls::crypto::CryptoProvider::get_default().expect("a default provider");
+        let ring = rustls::crypto::ring::default_provider();
+        let names = |p: &rustls::crypto::CryptoProvider| {
+            p.cipher_suites
+                .iter()
+                .map(|c| c.suite())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(installed), names(&ring));
+    }
 
     #[test]
     fn retry_after_takes_seconds_and_dates() {

@@ -139,7 +139,7 @@ impl LlmClient {
             ),
             None => None,
         };
-        let http = reqwest::blocking::Client::builder()
+        let http = crate::service::http::client_builder()
             .timeout(Duration::from_secs(config.timeout_seconds))
             .connect_timeout(Duration::from_secs(config.timeout_seconds.min(10)))
             .user_agent(concat!("nof1d/", env!("CARGO_PKG_VERSION")))

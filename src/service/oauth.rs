@@ -285,7 +285,7 @@ struct HttpError(String);
 
 impl Http {
     fn new(timeout: Duration, dialect: TokenDialect) -> Result<Http, OAuthError> {
-        reqwest::blocking::Client::builder()
+        crate::service::http::client_builder()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("nof1d/", env!("CARGO_PKG_VERSION")))

@@ -162,7 +162,7 @@ impl PushConfig {
             ),
             None => None,
         };
-        let client = reqwest::blocking::Client::builder()
+        let client = crate::service::http::client_builder()
             .timeout(TIMEOUT)
             .build()
             .map_err(|e| fail(e.to_string(), false))?;

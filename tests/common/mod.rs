@@ -224,18 +224,18 @@ fn unique() -> u128 {
         .as_nanos()
 }
 
-/// An HTTP client with a short timeout.
 /// A client that does not follow redirects (to see 303s and cookies).
 pub fn no_redirects() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
+    nof1d::service::http::client_builder()
         .timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
 }
 
+/// An HTTP client with a short timeout.
 pub fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
+    nof1d::service::http::client_builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
