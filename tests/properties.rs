@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::sync::OnceLock;
-
 use jiff::Timestamp;
 use nof1d::cli::analyze::{Columns, prepare};
 use nof1d::service::links::{LinkAction, LinkClaim, LinkKey};
@@ -118,61 +116,75 @@ fn demo_store(dir: &std::path::Path) -> Store {
     store
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
-
-    #[test]
-    fn proposing_a_damaged_protocol_stores_nothing(
-        cut in 0usize..PROTOCOL.len(),
-        len in 1usize..60,
-        insert in "\\PC{0,20}",
-    ) {
-        static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-        let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
-        let mut store = demo_store(dir.path());
-        let before = store.counts().unwrap();
-        let mut text = PROTOCOL.to_string();
-        let start = (0..=cut).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
-        let end = (start + len..=text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
-        text.replace_range(start..end, &insert);
-        if Protocol::parse(&text, "damaged.toml").is_err() {
-            let refused = nof1d::service::actions::propose(&mut store, "demo", &text, "damaged.toml", "test", Timestamp::now());
-            prop_assert!(refused.is_err());
-            prop_assert_eq!(store.counts().unwrap(), before);
-        }
+/// Runs `cases` cases of `test` on values of `strategy` (seeded by
+/// `PROPTEST_RNG_SEED` where CI sets it, as `proptest!` is), and fails with
+/// the smallest failing value. For properties that share one fixture across
+/// their cases: the fixture is a local of the test, so it is dropped (a
+/// daemon killed, a folder removed) when the test ends, as a static's never
+/// is.
+fn check<S: Strategy>(cases: u32, strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
+where
+    S::Value: std::fmt::Debug,
+{
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(cases));
+    if let Err(e) = runner.run(&strategy, test) {
+        panic!("{e}");
     }
 }
 
-/// One daemon for the link-page property (started once), whose jobs have
-/// run once and then wait an hour: its store does not change by itself.
-fn daemon() -> &'static (tempfile::TempDir, common::Daemon) {
-    static D: OnceLock<(tempfile::TempDir, common::Daemon)> = OnceLock::new();
-    D.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(&data).unwrap();
-        let config = data.join("nof1d.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[jobs]\nsource_poll_seconds = 3600\nassignment_check_seconds = 3600\noutbox_seconds = 3600\nrefit_seconds = 3600\ndesign_seconds = 3600\ncalibrate = false\n[clock]\nstart = {:?}\n",
-                common::PINNED_START
-            ),
-        )
-        .unwrap();
-        let d = common::Daemon::start(&data, &["--demo", "--config", config.to_str().unwrap()]);
-        d.wait_jobs(1, std::time::Duration::from_secs(60));
-        (dir, d)
-    })
+#[test]
+fn proposing_a_damaged_protocol_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::cell::RefCell::new(demo_store(dir.path()));
+    let damage = (0usize..PROTOCOL.len(), 1usize..60, "\\PC{0,20}");
+    check(64, damage, |(cut, len, insert)| {
+        let mut store = store.borrow_mut();
+        let before = store.counts().unwrap();
+        let mut text = PROTOCOL.to_string();
+        let start = (0..=cut)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        let end = (start + len..=text.len())
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(text.len());
+        text.replace_range(start..end, &insert);
+        if Protocol::parse(&text, "damaged.toml").is_err() {
+            let refused = nof1d::service::actions::propose(
+                &mut store,
+                "demo",
+                &text,
+                "damaged.toml",
+                "test",
+                Timestamp::now(),
+            );
+            prop_assert!(refused.is_err());
+            prop_assert_eq!(store.counts().unwrap(), before);
+        }
+        Ok(())
+    });
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
-
-    #[test]
-    fn a_forged_link_is_refused_clearly_and_changes_nothing(token in "[A-Za-z0-9_.-]{0,90}|\\PC{1,40}") {
-        let (_, d) = daemon();
-        let db = d.data.join("nof1d.sqlite");
+#[test]
+fn a_forged_link_is_refused_clearly_and_changes_nothing() {
+    // One daemon for every case, whose jobs have run once and then wait an
+    // hour: its store does not change by itself.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let config = data.join("nof1d.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[jobs]\nsource_poll_seconds = 3600\nassignment_check_seconds = 3600\noutbox_seconds = 3600\nrefit_seconds = 3600\ndesign_seconds = 3600\ncalibrate = false\n[clock]\nstart = {:?}\n",
+            common::PINNED_START
+        ),
+    )
+    .unwrap();
+    let d = common::Daemon::start(&data, &["--demo", "--config", config.to_str().unwrap()]);
+    d.wait_jobs(1, std::time::Duration::from_secs(60));
+    let db = d.data.join("nof1d.sqlite");
+    check(48, "[A-Za-z0-9_.-]{0,90}|\\PC{1,40}", |token| {
         let before = Store::open_read_only(&db).unwrap().counts().unwrap();
         let path = format!("/l/{}", percent(&token));
         let get = common::client().get(d.url(&path)).send().unwrap();
@@ -189,7 +201,8 @@ proptest! {
         prop_assert!(body.len() < 20_000);
         let after = Store::open_read_only(&db).unwrap().counts().unwrap();
         prop_assert_eq!(after, before);
-    }
+        Ok(())
+    });
 }
 
 /// Percent-encodes everything but unreserved characters.
