@@ -126,9 +126,14 @@ fn check<S: Strategy>(cases: u32, strategy: S, test: impl Fn(S::Value) -> Result
 where
     S::Value: std::fmt::Debug,
 {
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(cases));
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases,
+        // Where `proptest!` keeps failing seeds: beside this file.
+        source_file: Some(file!()),
+        ..ProptestConfig::default()
+    });
     if let Err(e) = runner.run(&strategy, test) {
-        panic!("{e}");
+        panic!("{e}\n{runner}");
     }
 }
 
