@@ -1,6 +1,6 @@
 //! `nof1d analyze` on CSV files, as a person with a spreadsheet would run it.
 
-mod common;
+use crate::common;
 
 use common::run;
 

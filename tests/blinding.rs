@@ -4,7 +4,7 @@
 //! and emails name codes only, never an arm's label or key; the run-in names
 //! no code; the key (drawn for this trial) is the investigator's.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! The binary's commands, and start-up refusals that must leave data untouched.
 
-mod common;
+use crate::common;
 
 use common::run;
 

@@ -2,7 +2,7 @@
 //! and check that no row is lost or doubled and that the schedule and the
 //! next assignment are unchanged.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! The real daemon on a random loopback port: demo, status page, health,
 //! lock, backup while running, auth, clean shutdown.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

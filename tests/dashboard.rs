@@ -3,7 +3,7 @@
 //! split, proposals (causal graph, simulated design, edit, approve), pause,
 //! the self-report form, the JSON API and its OpenAPI document.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,7 @@
 //! tokens change nothing; kill -9 mid-delivery loses nothing and repeats
 //! only what it must (with the same Message-ID).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 
 #![cfg(feature = "encryption")]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

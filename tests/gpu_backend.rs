@@ -2,7 +2,7 @@
 //! checks the kernels compiled for the host and says where the engine runs;
 //! `--backend` chooses, and `cuda` without a GPU says why in one line.
 
-mod common;
+use crate::common;
 
 use common::run;
 

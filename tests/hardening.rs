@@ -4,7 +4,7 @@
 //! sessions, slow headers, a reused side-effect link, an open redirect, an
 //! out-of-window self-report, world-readable files, and unbounded arguments.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

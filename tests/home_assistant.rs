@@ -7,7 +7,7 @@
 //! `auth_ok`, then `recorder/get_statistics_metadata` and
 //! `recorder/statistics_during_period` with millisecond starts).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

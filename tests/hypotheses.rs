@@ -8,7 +8,7 @@
 //! the real binary (`nof1d ask` with a config), and its protocol passes
 //! `nof1d protocol check`.
 
-mod common;
+use crate::common;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};

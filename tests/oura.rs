@@ -6,7 +6,7 @@
 //! once), and a revoked grant marking the source "needs re-authorisation"
 //! with one email, until the person connects again.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

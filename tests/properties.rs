@@ -4,7 +4,7 @@
 //! real daemon). For any input: no panic, a clear error that stays short,
 //! and nothing stored changes.
 
-mod common;
+use crate::common;
 
 use jiff::Timestamp;
 use nof1d::cli::analyze::{Columns, prepare};

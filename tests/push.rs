@@ -4,7 +4,7 @@
 //! is down for a moment is retried, one that refuses is not; a restart
 //! repeats nothing.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! Auto Export pushed over real HTTP with a source token, the inbox folder,
 //! and the stream catalog.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! listed by `after` and `page`, and Strava's own error shape for a refused
 //! refresh token, which must mark the source "needs re-authorisation".
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

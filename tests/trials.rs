@@ -4,7 +4,7 @@
 //! (propose, approve, automatic start, conflicts, pause/resume, adverse
 //! events); the simulator's report.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -662,13 +662,15 @@ fn a_started_trials_refinement_comes_first_and_an_unstarted_ones_yields_to_a_new
     let dir = tempfile::tempdir().unwrap();
     let (data, _) = seed_demo(dir.path());
     // The quick calibration gives every scenario its floor of 59 null
-    // trials; the refinement gives the binding ones up to 200 (long enough,
-    // about 20 s on two cores, for a new proposal to come in while it runs
-    // and for the refinement to check, every 2 s, whether to yield). Real time: the trials' first decisive looks are weeks away.
+    // trials; the refinement gives the binding ones up to 120 (long enough,
+    // about 12 s on two cores, for a new proposal to come in while it runs
+    // and for the refinement to check, every 2 s, whether to yield). Real
+    // time: the trials' first decisive looks are weeks away.
+    const REFINEMENT_TRIALS: usize = 120;
     let config = data.join("refine.toml");
     std::fs::write(
         &config,
-        "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\ndesign_seconds = 1\ndesign_threads = 2\ndesign_trials = 20\ncalibration_trials = 60\nrefinement_trials = 200\n",
+        format!("[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\ndesign_seconds = 1\ndesign_threads = 2\ndesign_trials = 20\ncalibration_trials = 60\nrefinement_trials = {REFINEMENT_TRIALS}\n"),
     )
     .unwrap();
     let args = ["--demo", "--config", config.to_str().unwrap()];
@@ -799,9 +801,9 @@ fn a_started_trials_refinement_comes_first_and_an_unstarted_ones_yields_to_a_new
     let refinement = s.refinement(&refined.protocol_hash).unwrap().unwrap();
     let most = |c: &nof1d::service::store::CalibrationRow| c.report().unwrap().most_null_trials();
     assert_eq!(most(&first), 59);
-    assert_eq!(refinement.null_trials, 200);
-    assert_eq!(most(&refinement.calibration), 200);
-    assert_eq!(later_refinement.null_trials, 200);
+    assert_eq!(refinement.null_trials, REFINEMENT_TRIALS);
+    assert_eq!(most(&refinement.calibration), REFINEMENT_TRIALS);
+    assert_eq!(later_refinement.null_trials, REFINEMENT_TRIALS);
     // Trial 2 decides with its refinement, taken while it ran before its
     // first decisive look.
     let locked = refined.locked.unwrap();
@@ -835,7 +837,9 @@ fn a_started_trials_refinement_comes_first_and_an_unstarted_ones_yields_to_a_new
     assert!(simulated <= later_refinement.calibration.created_at);
     // The proposal says its quick calibration will be refined.
     assert!(
-        proposals.contains("calibrated again on up to 200 virtual trials"),
+        proposals.contains(&format!(
+            "calibrated again on up to {REFINEMENT_TRIALS} virtual trials"
+        )),
         "{proposals}"
     );
     // The trial page says so, and shows the refined calibration.

@@ -7,7 +7,7 @@
 //! attribute (`attrib` 1), and status 401 for a revoked token followed by a
 //! refused refresh, which must mark the source "needs re-authorisation".
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
