@@ -3,7 +3,9 @@
 //! them together, so the tests that wait on a daemon's clock share the
 //! machine with those that keep it busy instead of queueing behind them.
 //! Each starts the real `nof1d` binary (or the library) with its own data
-//! folder and loopback ports, so none depends on another.
+//! folder and loopback ports, so none depends on another. A new file in
+//! tests/ must be added below: with `autotests = false` (Cargo.toml) Cargo
+//! builds only this target.
 
 mod common;
 

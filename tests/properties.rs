@@ -128,7 +128,8 @@ where
 {
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases,
-        // Where `proptest!` keeps failing seeds: beside this file.
+        // Where `proptest!` keeps failing seeds: under
+        // tests/proptest-regressions/, as tests/main.rs is the crate root.
         source_file: Some(file!()),
         ..ProptestConfig::default()
     });

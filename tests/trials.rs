@@ -663,7 +663,7 @@ fn a_started_trials_refinement_comes_first_and_an_unstarted_ones_yields_to_a_new
     let (data, _) = seed_demo(dir.path());
     // The quick calibration gives every scenario its floor of 59 null
     // trials; the refinement gives the binding ones up to 120 (long enough,
-    // about 12 s on two cores, for a new proposal to come in while it runs
+    // 12 s measured on two cores, for a new proposal to come in while it runs
     // and for the refinement to check, every 2 s, whether to yield). Real
     // time: the trials' first decisive looks are weeks away.
     const REFINEMENT_TRIALS: usize = 120;
