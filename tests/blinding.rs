@@ -57,10 +57,9 @@ max_blocks = 2
 "#;
 
 fn config(data: &Path, time_scale: f64) -> String {
-    let config = data.join("nof1d.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = common::write_config(
+        data,
+        &format!(
             "[web]\npassword_hash = {:?}\ninvestigator_password_hash = {:?}\n\
              [jobs]\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\n\
              design_seconds = 1\ndesign_trials = 12\ncalibration_trials = 8\n\
@@ -70,8 +69,7 @@ fn config(data: &Path, time_scale: f64) -> String {
             hash(PARTICIPANT_PASSWORD),
             hash(INVESTIGATOR_PASSWORD),
         ),
-    )
-    .unwrap();
+    );
     config.display().to_string()
 }
 

@@ -122,21 +122,18 @@ fn kill_9_during_start_and_seeding_loses_and_doubles_nothing() {
 fn kill_9_while_simulated_days_pass_keeps_every_day_once() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
     let db = data.join("nof1d.sqlite");
-    let config = data.join("nof1d.toml");
     // One simulated day per 10 real seconds; every job ticks each second.
     // The timeline starts at noon (common::PINNED_START): from the real time
     // of day, a start after about 22:30 crossed midnight before the first
     // assignment tick, and the run then saw one morning instead of two.
-    std::fs::write(
-        &config,
-        format!(
+    let config = common::write_config(
+        &data,
+        &format!(
             "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\n[clock]\ntime_scale = 8640.0\nstart = {:?}\n",
             common::PINNED_START
         ),
-    )
-    .unwrap();
+    );
     let args = ["--demo", "--config", config.to_str().unwrap()];
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
     let first = Daemon::start(&data, &args);

@@ -14,18 +14,15 @@ const INVESTIGATOR_PASSWORD: &str = "key keeper 1729";
 
 fn start(dir: &std::path::Path) -> Daemon {
     let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let config = data.join("nof1d.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = common::write_config(
+        &data,
+        &format!(
             "[web]\npassword_hash = {:?}\ninvestigator_password_hash = {:?}\n[jobs]\ndesign_seconds = 1\ndesign_trials = 12\ncalibration_trials = 8\n[clock]\nstart = {:?}\n",
             hash(PARTICIPANT_PASSWORD),
             hash(INVESTIGATOR_PASSWORD),
             common::PINNED_START
         ),
-    )
-    .unwrap();
+    );
     let d = Daemon::start(&data, &["--demo", "--config", config.to_str().unwrap()]);
     d.wait_jobs(1, Duration::from_secs(30));
     d

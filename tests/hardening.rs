@@ -26,32 +26,27 @@ fn sha256(path: &Path) -> Vec<u8> {
 fn start_locked(data: &Path) -> Daemon {
     std::fs::create_dir_all(data).unwrap();
     std::fs::write(data.join("token"), format!("{TOKEN}\n")).unwrap();
-    let config = data.join("nof1d.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = common::write_config(
+        data,
+        &format!(
             "[web]\npassword_hash = {:?}\ntoken = {{ file = {:?} }}\n[jobs]\ncalibrate = false\n[clock]\nstart = {:?}\n",
             hash(PASSWORD),
             data.join("token").display().to_string(),
             common::PINNED_START
         ),
-    )
-    .unwrap();
+    );
     Daemon::start(data, &["--demo", "--config", config.to_str().unwrap()])
 }
 
 /// An open (loopback, no password) daemon with the demo and a pinned clock.
 fn start_open(data: &Path, extra_config: &str) -> Daemon {
-    std::fs::create_dir_all(data).unwrap();
-    let config = data.join("nof1d.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = common::write_config(
+        data,
+        &format!(
             "[jobs]\ncalibrate = false\nassignment_check_seconds = 1\noutbox_seconds = 1\n[clock]\nstart = {:?}\n{extra_config}",
             common::PINNED_START
         ),
-    )
-    .unwrap();
+    );
     Daemon::start(data, &["--demo", "--config", config.to_str().unwrap()])
 }
 

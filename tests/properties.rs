@@ -177,16 +177,13 @@ fn a_forged_link_is_refused_clearly_and_changes_nothing() {
     // hour: its store does not change by itself.
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let config = data.join("nof1d.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = common::write_config(
+        &data,
+        &format!(
             "[jobs]\nsource_poll_seconds = 3600\nassignment_check_seconds = 3600\noutbox_seconds = 3600\nrefit_seconds = 3600\ndesign_seconds = 3600\ncalibrate = false\n[clock]\nstart = {:?}\n",
             common::PINNED_START
         ),
-    )
-    .unwrap();
+    );
     let d = common::Daemon::start(&data, &["--demo", "--config", config.to_str().unwrap()]);
     d.wait_jobs(1, std::time::Duration::from_secs(60));
     let db = d.data.join("nof1d.sqlite");

@@ -271,13 +271,10 @@ fn every_message_is_pushed_once_to_each_channel_beside_the_email() {
 fn a_push_channel_with_a_wrong_setting_is_named_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let config = data.join("nof1d.toml");
-    std::fs::write(
-        &config,
+    let config = common::write_config(
+        &data,
         "[[demo.push]]\nkind = \"home_assistant\"\nurl = \"http://ha.local:8123\"\nservice = \"mobile_app_x\"\n",
-    )
-    .unwrap();
+    );
     let out = common::run(
         &[
             "serve",

@@ -434,12 +434,10 @@ fn a_mapped_spreadsheet_imports_once_updates_what_changed_and_names_what_is_wron
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
     let data = cwd.join("data");
-    let config = cwd.join("nof1d.toml");
-    std::fs::write(
-        &config,
-        format!("[jobs]\nsource_poll_seconds = 1\n{MAPPED_CONFIG}"),
-    )
-    .unwrap();
+    let config = common::write_config(
+        cwd,
+        &format!("[jobs]\nsource_poll_seconds = 1\n{MAPPED_CONFIG}"),
+    );
     let cfg = config.to_str().unwrap();
     let d = data.to_str().unwrap();
     Daemon::start(&data, &["--config", cfg]).terminate();

@@ -163,10 +163,9 @@ fn daemon_with_strava(dir: &std::path::Path, url: &str) -> Daemon {
     let data = dir.join("data");
     std::fs::write(dir.join("id"), "4711").unwrap();
     std::fs::write(dir.join("secret"), "strava-secret").unwrap();
-    let config = dir.join("nof1d.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = common::write_config(
+        dir,
+        &format!(
             r#"
 [jobs]
 source_poll_seconds = 1
@@ -188,8 +187,7 @@ token_url = "{url}/oauth/token"
             id = dir.join("id").display().to_string(),
             secret = dir.join("secret").display().to_string(),
         ),
-    )
-    .unwrap();
+    );
     Daemon::start(&data, &["--config", config.to_str().unwrap()])
 }
 

@@ -17,16 +17,12 @@ use nof1d::trial::lifecycle::TrialStatus;
 
 /// Jobs every second and `scale` simulated seconds per real second.
 fn fast_config(data: &Path, scale: f64) -> std::path::PathBuf {
-    std::fs::create_dir_all(data).unwrap();
-    let config = data.join("nof1d.toml");
-    std::fs::write(
-        &config,
-        format!(
+    common::write_config(
+        data,
+        &format!(
             "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\ndesign_seconds = 1\ncalibration_trials = 8\n[clock]\ntime_scale = {scale:.1}\n[email]\nweekly_summary = true\n"
         ),
     )
-    .unwrap();
-    config
 }
 
 fn store(data: &Path) -> Store {

@@ -69,6 +69,15 @@ pub fn pinned_demo_args(data: &Path) -> Vec<String> {
     ]
 }
 
+/// Writes `text` as `DATA/nof1d.toml`, creating DATA, and returns the
+/// file's path (for `--config`).
+pub fn write_config(data: &Path, text: &str) -> PathBuf {
+    std::fs::create_dir_all(data).unwrap();
+    let config = data.join("nof1d.toml");
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
 /// A running daemon.
 pub struct Daemon {
     pub child: Child,
