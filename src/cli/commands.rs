@@ -1164,6 +1164,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     true_half_life: *true_half_life,
                     watch: None,
                     working_arms: usize::from(*working_arms),
+                    memo: None,
                 };
                 let report = crate::trial::simulate::simulate_protocol(&p, &hash, &options)?;
                 if !*json {

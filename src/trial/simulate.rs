@@ -28,6 +28,7 @@ use crate::trial::scenario::{self, Noise, Scenario};
 use crate::trial::step;
 use progress::{Meter, Progress};
 
+pub mod memo;
 pub mod progress;
 pub mod redesign;
 pub mod suite;
@@ -77,6 +78,10 @@ pub struct SimOptions {
     /// rates show how often an arm that works was dropped (the suite
     /// calibrates drops with one).
     pub working_arms: usize,
+    /// Where virtual trials are kept as they finish and recalled from, so
+    /// that a run stopped part way takes up where it was
+    /// ([`memo::TrialMemo`]); `None`: every trial runs.
+    pub memo: Option<std::sync::Arc<dyn memo::TrialMemo>>,
 }
 
 impl Default for SimOptions {
@@ -96,12 +101,13 @@ impl Default for SimOptions {
             true_half_life: None,
             watch: None,
             working_arms: 1,
+            memo: None,
         }
     }
 }
 
 /// A look at which the efficacy rule could fire (fit converged, enough blocks).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct EligibleLook {
     /// Largest `P(delta_j > MID)` among active arms.
     p_mid: f64,
@@ -115,8 +121,9 @@ struct EligibleLook {
 /// One virtual trial run with the efficacy rule switched off: since a stop
 /// for efficacy ends a trial and nothing before it depends on the threshold,
 /// the trial's course under any threshold `c` is this one cut at its first
-/// eligible look with `P >= c` (see [`Outcomes::at`]).
-#[derive(Debug, Clone)]
+/// eligible look with `P >= c` (see [`Outcomes::at`]). Kept in a
+/// [`memo::TrialMemo`] as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct VirtualTrial {
     looks: Vec<EligibleLook>,
     /// How it ended without efficacy stops.
@@ -136,10 +143,14 @@ struct VirtualTrial {
     evaluations: usize,
     not_converged: usize,
     failed: usize,
+    /// Recalled from a memo, not run in this run (its `fits` were done
+    /// then).
+    #[serde(skip)]
+    resumed: bool,
 }
 
 /// Where a virtual trial's betting test rejected.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct BettingStop {
     /// The arm found better than the comparator.
     arm: usize,
@@ -508,8 +519,50 @@ pub struct SimTiming {
     pub not_converged: usize,
     /// Fits that failed outright (treated as not converged).
     pub failed: usize,
-    /// Wall milliseconds per fit, all threads together.
+    /// Wall milliseconds per fit, all threads together (over the fits run
+    /// in this run: not those of trials recalled from a memo).
     pub ms_per_fit: f64,
+    /// Virtual trials recalled from a memo, run by an earlier run that
+    /// was stopped part way ([`memo::TrialMemo`]); their fits are counted
+    /// in `fits`.
+    #[serde(default)]
+    pub resumed: usize,
+}
+
+impl SimTiming {
+    /// The work done on `trials`, in `wall_s` on `threads` threads.
+    fn of<'a>(
+        trials: impl IntoIterator<Item = &'a VirtualTrial>,
+        wall_s: f64,
+        threads: usize,
+    ) -> SimTiming {
+        let mut timing = SimTiming {
+            wall_s,
+            threads,
+            trials: 0,
+            fits: 0,
+            evaluations: 0,
+            not_converged: 0,
+            failed: 0,
+            ms_per_fit: 0.0,
+            resumed: 0,
+        };
+        let mut fits_run = 0;
+        for t in trials {
+            timing.trials += 1;
+            timing.fits += t.fits;
+            timing.evaluations += t.evaluations;
+            timing.not_converged += t.not_converged;
+            timing.failed += t.failed;
+            if t.resumed {
+                timing.resumed += 1;
+            } else {
+                fits_run += t.fits;
+            }
+        }
+        timing.ms_per_fit = wall_s * 1000.0 * threads as f64 / fits_run.max(1) as f64;
+        timing
+    }
 }
 
 /// Power at twice the effect (`statistics.md` §5): at exactly the MID a
@@ -876,6 +929,56 @@ impl Setup<'_> {
         }
     }
 
+    /// The key a virtual trial is kept under in a [`memo::TrialMemo`]:
+    /// every input its course depends on besides the protocol (a memo is
+    /// kept for one protocol text): the engine's version, the scenario and
+    /// its settings, the condition, the trial's number in its stream and
+    /// the thresholds it runs with. Numbers are written so that they read
+    /// back exactly (`{:?}` of an `f64` is its shortest exact form).
+    fn memo_key(&self, effect: TrueEffect, stream: u64, i: usize, efficacy: f64) -> String {
+        let o = self.options;
+        format!(
+            "v{} {:?} seed {} stream {stream} trial {i} effect {effect:?} working {:?} efficacy {efficacy:?} futility {:?} drop {:?} missing {:?} non-adherence {:?} half-life {:?} gpu {} every-look {}",
+            env!("CARGO_PKG_VERSION"),
+            o.scenario,
+            o.seed,
+            self.working,
+            self.futility,
+            self.drop_arm,
+            o.missing,
+            o.non_adherence,
+            o.true_half_life,
+            o.device.is_some(),
+            self.refit_every_look,
+        )
+    }
+
+    /// Trial `i` of `stream`: recalled from the memo where it was kept
+    /// there, else run (and kept).
+    fn run_kept(&self, effect: TrueEffect, stream: u64, i: usize, efficacy: f64) -> VirtualTrial {
+        let seed = trial_seed(self.options.seed, stream, i as u64);
+        let Some(memo) = &self.options.memo else {
+            return self.run_with(effect, seed, efficacy, None);
+        };
+        let key = self.memo_key(effect, stream, i, efficacy);
+        let recalled = memo
+            .recall(&key)
+            .and_then(|text| serde_json::from_str::<VirtualTrial>(&text).ok());
+        if let Some(trial) = recalled {
+            return VirtualTrial {
+                resumed: true,
+                ..trial
+            };
+        }
+        let trial = self.run_with(effect, seed, efficacy, None);
+        match serde_json::to_string(&trial) {
+            Ok(text) => memo.record(&key, text),
+            // Not kept: a later run runs it again.
+            Err(e) => tracing::debug!(error = %e, "virtual trial not kept"),
+        }
+        trial
+    }
+
     /// One virtual trial, exactly as the daemon runs it, with the efficacy
     /// rule off (see [`VirtualTrial`]).
     #[cfg(test)]
@@ -928,6 +1031,7 @@ impl Setup<'_> {
             evaluations: 0,
             not_converged: 0,
             failed: 0,
+            resumed: false,
         };
         let mut betting = self.betting_tests();
         let mut day = |arm: usize,
@@ -1154,6 +1258,7 @@ fn run_many(
 /// [`run_many`] for the trials numbered `range` of a stream: a sequential
 /// calibration adds trials to a scenario batch by batch, and the trials it
 /// adds are the ones a single run of the whole range would have drawn.
+/// Trials kept in [`SimOptions::memo`] are recalled, not run again.
 /// Trials stop for efficacy at `efficacy` (`INFINITY`: never), which
 /// leaves every course at a lower threshold unchanged ([`VirtualTrial::at`]).
 fn run_range(
@@ -1179,8 +1284,7 @@ fn run_range(
                     if i >= n || bar.cancelled() {
                         break;
                     }
-                    let seed = trial_seed(setup.options.seed, stream, (first + i) as u64);
-                    let trial = setup.run_with(effect, seed, efficacy, None);
+                    let trial = setup.run_kept(effect, stream, first + i, efficacy);
                     if let Ok(mut r) = results.lock() {
                         r[i] = Some(trial);
                     }
@@ -1552,12 +1656,15 @@ pub fn simulate_protocol(
         + with_effect.len()
         + double_trials.len()
         + if calibrated.is_some() { n } else { 0 };
-    let simulated = || null.iter().chain(&with_effect).chain(&double_trials);
-    let fits: usize = simulated().map(|t| t.fits).sum::<usize>();
-    let not_converged = simulated().map(|t| t.not_converged).sum();
-    let evaluations = simulated().map(|t| t.evaluations).sum();
-    let failed = simulated().map(|t| t.failed).sum();
-    let threads = options.threads.max(1);
+    let timing = SimTiming {
+        // The fresh check's trials are counted, not their fits.
+        trials: all,
+        ..SimTiming::of(
+            null.iter().chain(&with_effect).chain(&double_trials),
+            wall_s,
+            options.threads.max(1),
+        )
+    };
     Ok(SimulationReport {
         protocol: protocol.id.clone(),
         protocol_hash: hash.to_string(),
@@ -1580,16 +1687,7 @@ pub fn simulate_protocol(
         calibrated,
         double_effect,
         betting: betting_rates(&setup, &null, &with_effect),
-        timing: SimTiming {
-            wall_s,
-            threads,
-            trials: all,
-            fits,
-            evaluations,
-            not_converged,
-            failed,
-            ms_per_fit: wall_s * 1000.0 * threads as f64 / fits.max(1) as f64,
-        },
+        timing,
     })
 }
 
@@ -1756,6 +1854,7 @@ mod tests {
             evaluations: 0,
             not_converged: 0,
             failed: 0,
+            resumed: false,
         }
     }
 
@@ -1926,6 +2025,78 @@ mod tests {
         }
         // The shortcut was taken, not only allowed.
         assert!(fits_kept < fits_every, "{fits_kept} vs {fits_every}");
+    }
+
+    /// A kept trial is recalled only for the very inputs it ran with, and
+    /// reads back as it was.
+    #[test]
+    fn a_kept_trials_key_names_every_input_and_its_text_reads_back_exactly() {
+        let text = include_str!("../../bench/one-day-30-blocks.toml");
+        let text = text.replace("max_blocks = 30", "max_blocks = 4");
+        let protocol = Protocol::parse(&text, "one-day").unwrap();
+        let base = SimOptions {
+            threads: 1,
+            ..SimOptions::default()
+        };
+        let setup = setup_for(&protocol, &base).unwrap();
+        let key = |setup: &Setup<'_>| setup.memo_key(TrueEffect::NONE, 0, 3, f64::INFINITY);
+        let mut keys = vec![
+            key(&setup),
+            setup.memo_key(TrueEffect::Link(0.0001), 0, 3, f64::INFINITY),
+            setup.memo_key(TrueEffect::Natural(0.0), 0, 3, f64::INFINITY),
+            setup.memo_key(TrueEffect::NONE, 1, 3, f64::INFINITY),
+            setup.memo_key(TrueEffect::NONE, 0, 4, f64::INFINITY),
+            setup.memo_key(TrueEffect::NONE, 0, 3, 0.95),
+        ];
+        let changed: [(&str, fn(&mut Setup<'_>)); 3] = [
+            ("futility", |s| s.futility = 0.011),
+            ("drop", |s| s.drop_arm = 0.07),
+            ("every look", |s| s.refit_every_look = true),
+        ];
+        for (_, change) in changed {
+            let mut other = setup_for(&protocol, &base).unwrap();
+            change(&mut other);
+            keys.push(key(&other));
+        }
+        let options = [
+            SimOptions {
+                seed: 2,
+                ..base.clone()
+            },
+            SimOptions {
+                scenario: Scenario::Ar1,
+                ..base.clone()
+            },
+            SimOptions {
+                missing: 0.2,
+                ..base.clone()
+            },
+            SimOptions {
+                non_adherence: 0.1,
+                ..base.clone()
+            },
+            SimOptions {
+                true_half_life: Some(1.0),
+                ..base.clone()
+            },
+            // Threads do not change a trial: the same key.
+            SimOptions {
+                threads: 2,
+                ..base.clone()
+            },
+        ];
+        for o in &options {
+            keys.push(key(&setup_for(&protocol, o).unwrap()));
+        }
+        let distinct: std::collections::HashSet<&String> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len() - 1, "{keys:#?}");
+        assert_eq!(keys.last(), keys.first());
+        // A trial as kept reads back bit for bit ({:?} of an f64 is exact).
+        let trial = setup.run(TrueEffect::Link(0.7), 11);
+        assert!(!trial.looks.is_empty() && trial.fits > 0);
+        let text = serde_json::to_string(&trial).unwrap();
+        let back: VirtualTrial = serde_json::from_str(&text).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{trial:?}"));
     }
 
     #[test]

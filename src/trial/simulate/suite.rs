@@ -730,14 +730,6 @@ pub fn run_suite(
         .chain(&fresh)
         .flatten()
         .chain(&discarded);
-    let (mut trials, mut fits, mut evaluations, mut not_converged, mut failed) = (0, 0, 0, 0, 0);
-    for t in all {
-        trials += 1;
-        fits += t.fits;
-        evaluations += t.evaluations;
-        not_converged += t.not_converged;
-        failed += t.failed;
-    }
     let wall_s = started.elapsed().as_secs_f64();
     let threads = options.base.threads.max(1);
     let (effect, effect_unit) = setups[0].effect_label();
@@ -765,16 +757,7 @@ pub fn run_suite(
         non_adherence: options.base.non_adherence,
         true_half_life: options.base.true_half_life,
         rows,
-        timing: SimTiming {
-            wall_s,
-            threads,
-            trials,
-            fits,
-            evaluations,
-            not_converged,
-            failed,
-            ms_per_fit: wall_s * 1000.0 * threads as f64 / fits.max(1) as f64,
-        },
+        timing: SimTiming::of(all, wall_s, threads),
     })
 }
 
@@ -1314,6 +1297,61 @@ max_blocks = 6
             Err(SimError::Cancelled)
         ));
         assert_eq!(cancelled.read().done, 0);
+    }
+
+    #[test]
+    fn a_calibration_stopped_part_way_takes_up_its_kept_trials_and_ends_as_if_run_through() {
+        use crate::trial::simulate::memo::TrialMemo;
+        use crate::trial::simulate::memo::testing::InMemory;
+        let protocol = small_design();
+        let hash = ProtocolHash::of("small");
+        let memo = Arc::new(InMemory::default());
+        // (That a key tells other trials apart is tested in `simulate`.)
+        let with = |watch: Option<Arc<Progress>>| SuiteOptions {
+            base: SimOptions {
+                memo: Some(memo.clone() as Arc<dyn TrialMemo>),
+                watch,
+                ..calibrating(7, 20, 80, 29).base
+            },
+            ..calibrating(7, 20, 80, 29)
+        };
+        let whole = run_suite(&protocol, &hash, &calibrating(7, 20, 80, 29)).unwrap();
+        // Stopped once 100 trials are done, as a yield or a shutdown stops
+        // a refinement.
+        let watch = Progress::start();
+        let stopped = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let deadline = Instant::now() + std::time::Duration::from_secs(120);
+                while watch.read().done < 100 && Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                watch.cancel();
+            });
+            run_suite(&protocol, &hash, &with(Some(watch.clone())))
+        });
+        assert!(matches!(stopped, Err(SimError::Cancelled)), "{stopped:?}");
+        let kept = memo.kept.lock().unwrap().len();
+        assert!(kept >= 100 && kept < whole.timing.trials, "{kept}");
+        // Run again: the kept trials are recalled, the rest run, and the
+        // report is the uninterrupted one's, bit for bit, but for the time.
+        let without_time = |r: &SuiteReport| {
+            let mut v = serde_json::to_value(r).unwrap();
+            v.as_object_mut().unwrap().remove("timing");
+            v
+        };
+        let resumed = run_suite(&protocol, &hash, &with(None)).unwrap();
+        assert_eq!(resumed.timing.resumed, kept);
+        assert_eq!(*memo.recalled.lock().unwrap(), kept);
+        assert_eq!(without_time(&resumed), without_time(&whole));
+        assert_eq!(
+            (resumed.timing.trials, resumed.timing.fits),
+            (whole.timing.trials, whole.timing.fits)
+        );
+        assert_eq!(whole.timing.resumed, 0);
+        // Every trial is kept now: a third run runs none.
+        let again = run_suite(&protocol, &hash, &with(None)).unwrap();
+        assert_eq!(again.timing.resumed, again.timing.trials);
+        assert_eq!(without_time(&again), without_time(&whole));
     }
 
     #[test]
