@@ -800,6 +800,14 @@ fn a_started_trials_refinement_comes_first_and_an_unstarted_ones_yields_to_a_new
     assert_eq!(refinement.null_trials, REFINEMENT_TRIALS);
     assert_eq!(most(&refinement.calibration), REFINEMENT_TRIALS);
     assert_eq!(later_refinement.null_trials, REFINEMENT_TRIALS);
+    // Trial 2's refinement ran through. Trial 3's was stopped part way by
+    // the yield and, run again, took up the virtual trials it had run (kept
+    // in the store as they finished) instead of starting over; they are
+    // forgotten once it is stored.
+    let resumed = |c: &nof1d::service::store::CalibrationRow| c.report().unwrap().timing.resumed;
+    assert_eq!(resumed(&refinement.calibration), 0);
+    assert!(resumed(&later_refinement.calibration) > 0, "{log}");
+    assert!(s.refinement_trials(&t3.protocol_hash).unwrap().is_empty());
     // Trial 2 decides with its refinement, taken while it ran before its
     // first decisive look.
     let locked = refined.locked.unwrap();

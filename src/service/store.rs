@@ -27,7 +27,7 @@ use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
 
 /// The migration files, in order. Append new files; never edit a released one.
-const MIGRATION_FILES: [&str; 14] = [
+const MIGRATION_FILES: [&str; 15] = [
     include_str!("../../migrations/0001_initial.sql"),
     include_str!("../../migrations/0002_trial_lifecycle.sql"),
     include_str!("../../migrations/0003_dashboard.sql"),
@@ -42,6 +42,7 @@ const MIGRATION_FILES: [&str; 14] = [
     include_str!("../../migrations/0012_push.sql"),
     include_str!("../../migrations/0013_design_failures_arm_drops.sql"),
     include_str!("../../migrations/0014_calibration_refinements.sql"),
+    include_str!("../../migrations/0015_refinement_trials.sql"),
 ];
 
 /// The migrations, in order.
@@ -3163,14 +3164,55 @@ impl Store {
         }
     }
 
+    /// The virtual trials a design's refinement has kept so far, text by
+    /// key ([`crate::trial::simulate::memo`]), for a refinement that runs
+    /// again after it was stopped part way.
+    pub fn refinement_trials(
+        &self,
+        protocol_hash: &ProtocolHash,
+    ) -> Result<std::collections::HashMap<String, String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, trial FROM refinement_trials WHERE protocol_hash = ?1")?;
+        let rows = stmt.query_map([&protocol_hash.0], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Keeps virtual trials of a design's refinement as they finish (text
+    /// by key), in one transaction; a key kept before keeps its text (the
+    /// same inputs give the same trial).
+    pub fn keep_refinement_trials(
+        &mut self,
+        protocol_hash: &ProtocolHash,
+        trials: &[(String, String)],
+    ) -> Result<()> {
+        let tx = write_tx(&mut self.conn)?;
+        {
+            let mut insert = tx.prepare(
+                "INSERT INTO refinement_trials (protocol_hash, key, trial) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (protocol_hash, key) DO NOTHING",
+            )?;
+            for (key, trial) in trials {
+                insert.execute(params![protocol_hash.0, key, trial])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Stores a design's refined calibration (the first one for a hash
-    /// stands); an earlier failure of it is forgotten. Trials take it with
+    /// stands); an earlier failure of it, and the virtual trials it kept
+    /// while it ran, are forgotten. Trials take it with
     /// [`Store::refine_thresholds`], or at their start.
     pub fn put_refinement(&mut self, refinement: &Refinement) -> Result<()> {
         let row = &refinement.calibration;
         let tx = write_tx(&mut self.conn)?;
         tx.execute(
             "DELETE FROM design_failures WHERE protocol_hash = ?1 AND work = 'refinement'",
+            [&row.protocol_hash],
+        )?;
+        tx.execute(
+            "DELETE FROM refinement_trials WHERE protocol_hash = ?1",
             [&row.protocol_hash],
         )?;
         tx.execute(
@@ -5146,6 +5188,55 @@ mod tests {
                 .unwrap(),
             Refined::Kept(KeptBecause::NotRunning)
         );
+    }
+
+    #[test]
+    fn a_refinements_kept_trials_outlast_a_reopening_until_it_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let (hash, other) = (ProtocolHash::of("refined"), ProtocolHash::of("other"));
+        let kept = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, t)| (k.to_string(), t.to_string()))
+                .collect()
+        };
+        {
+            let mut s = Store::open(&path).unwrap();
+            assert!(s.refinement_trials(&hash).unwrap().is_empty());
+            s.keep_refinement_trials(&hash, &kept(&[("a", "{\"n\":1}"), ("b", "{\"n\":2}")]))
+                .unwrap();
+            // A key kept before keeps its text; another design's are its own.
+            s.keep_refinement_trials(&hash, &kept(&[("a", "changed"), ("c", "{\"n\":3}")]))
+                .unwrap();
+            s.keep_refinement_trials(&other, &kept(&[("a", "other")]))
+                .unwrap();
+        }
+        // The daemon stopped: a new connection finds them.
+        let mut s = Store::open(&path).unwrap();
+        let found = s.refinement_trials(&hash).unwrap();
+        assert_eq!(found.len(), 3);
+        assert_eq!(found["a"], "{\"n\":1}");
+        assert_eq!(found["c"], "{\"n\":3}");
+        // Storing the refinement forgets its kept trials, not another's.
+        s.put_refinement(&Refinement {
+            null_trials: 400,
+            calibration: CalibrationRow {
+                protocol_hash: hash.0.clone(),
+                target: 0.05,
+                efficacy: 0.97,
+                boundary: Boundary::Constant,
+                futility: Some(0.01),
+                drop_arm: None,
+                binding: "iid".into(),
+                report_json: "{}".into(),
+                wall_ms: 1.0,
+                created_at: ts(now()),
+            },
+        })
+        .unwrap();
+        assert!(s.refinement_trials(&hash).unwrap().is_empty());
+        assert_eq!(s.refinement_trials(&other).unwrap().len(), 1);
     }
 
     #[test]

@@ -2048,12 +2048,12 @@ mod tests {
             setup.memo_key(TrueEffect::NONE, 0, 4, f64::INFINITY),
             setup.memo_key(TrueEffect::NONE, 0, 3, 0.95),
         ];
-        let changed: [(&str, fn(&mut Setup<'_>)); 3] = [
-            ("futility", |s| s.futility = 0.011),
-            ("drop", |s| s.drop_arm = 0.07),
-            ("every look", |s| s.refit_every_look = true),
+        let changed: [fn(&mut Setup<'_>); 3] = [
+            |s| s.futility = 0.011,
+            |s| s.drop_arm = 0.07,
+            |s| s.refit_every_look = true,
         ];
-        for (_, change) in changed {
+        for change in changed {
             let mut other = setup_for(&protocol, &base).unwrap();
             change(&mut other);
             keys.push(key(&other));

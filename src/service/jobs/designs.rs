@@ -19,6 +19,7 @@ use crate::trial::decide::ThresholdSource;
 use crate::trial::lifecycle;
 use crate::trial::lifecycle::TrialStatus;
 use crate::trial::protocol::{Protocol, ProtocolHash};
+use crate::trial::simulate::memo::TrialMemo;
 use crate::trial::simulate::progress::{Progress, ProgressReading};
 use crate::trial::simulate::suite::{SuiteOptions, run_suite};
 use crate::trial::simulate::{SimError, SimOptions};
@@ -266,18 +267,82 @@ impl std::fmt::Display for Unfinished {
     }
 }
 
+/// A refinement's virtual trials, kept in the store as they finish
+/// ([`Store::keep_refinement_trials`]), so that one stopped part way (a
+/// yield, a shutdown, a crash) takes them up when it runs again instead of
+/// starting over: a refinement that yields to every proposal still gets
+/// done, and a restart costs only the trials in hand. The simulation's
+/// threads hand each new trial over here; the refinement's 2-s check
+/// writes them.
+#[derive(Debug)]
+struct KeptTrials {
+    /// Those kept by earlier runs, text by key.
+    earlier: std::collections::HashMap<String, String>,
+    /// Run since the last write.
+    new: Mutex<Vec<(String, String)>>,
+}
+
+impl KeptTrials {
+    fn new(earlier: std::collections::HashMap<String, String>) -> KeptTrials {
+        KeptTrials {
+            earlier,
+            new: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Writes the trials run since the last write. One that cannot be
+    /// written is only run again later, so a failure is logged, not fatal.
+    async fn store(&self, state: &AppState, hash: &ProtocolHash) {
+        let new = std::mem::take(&mut *self.new.lock().unwrap_or_else(|p| p.into_inner()));
+        if new.is_empty() {
+            return;
+        }
+        let design = hash.clone();
+        let count = new.len();
+        if let Err(e) = state
+            .db
+            .write(move |s| s.keep_refinement_trials(&design, &new))
+            .await
+        {
+            tracing::warn!(protocol = %hash.short(), error = %e, count, "virtual trials of a refinement not kept; they run again if it is stopped");
+        }
+    }
+}
+
+impl TrialMemo for KeptTrials {
+    fn recall(&self, key: &str) -> Option<String> {
+        self.earlier.get(key).cloned()
+    }
+
+    fn record(&self, key: &str, trial: String) {
+        self.new
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((key.to_string(), trial));
+    }
+}
+
+/// A design calibrated: the row to store, the most null trials a scenario
+/// got, and how many virtual trials were recalled from a run stopped part
+/// way ([`KeptTrials`]).
+struct Calibrated {
+    row: CalibrationRow,
+    null_trials: usize,
+    resumed: usize,
+}
+
 /// Calibrates the stored protocol `text` on the stress suite, with at most
 /// `most(protocol)` null trials for the binding scenario and no fresh check
-/// (the tests make it): the row to store, and the most null trials a
-/// scenario got.
+/// (the tests make it), keeping its virtual trials in `memo` where given.
 fn calibrate_design(
     text: &str,
     hash: &ProtocolHash,
     threads: usize,
     backend: crate::engine::gpu::BackendChoice,
     watch: Arc<Progress>,
+    memo: Option<Arc<dyn TrialMemo>>,
     most: impl Fn(&Protocol) -> usize,
-) -> Result<(CalibrationRow, usize), Unfinished> {
+) -> Result<Calibrated, Unfinished> {
     let protocol = stored_protocol(text, hash).map_err(Unfinished::Failed)?;
     let most = most(&protocol);
     let options = SuiteOptions::sized(
@@ -286,6 +351,7 @@ fn calibrate_design(
                 threads,
                 progress: false,
                 watch: Some(watch),
+                memo,
                 ..SimOptions::default()
             },
             design_device(backend, &protocol, most),
@@ -319,7 +385,11 @@ fn calibrate_design(
         wall_ms: started.elapsed().as_secs_f64() * 1000.0,
         created_at: crate::service::store::ts(Timestamp::now()),
     };
-    Ok((row, null_trials))
+    Ok(Calibrated {
+        row,
+        null_trials,
+        resumed: report.timing.resumed,
+    })
 }
 
 /// Calibrates the design of every approved trial (first) and proposal whose
@@ -342,10 +412,10 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
         let locked = hash.clone();
         let (watch, _running) = state.designs.watch(&hash, DesignWork::Calibration);
         let calibrated = tokio::task::spawn_blocking(move || {
-            calibrate_design(&text, &locked, threads, backend, watch, |p| {
+            calibrate_design(&text, &locked, threads, backend, watch, None, |p| {
                 calibration_trials(p, configured, sampled)
             })
-            .map(|(row, _)| row)
+            .map(|c| c.row)
         })
         .await;
         match calibrated {
@@ -706,14 +776,27 @@ async fn refine_started_designs(
         let locked = hash.clone();
         let (watch, _running) = state.designs.watch(&hash, DesignWork::Refinement);
         let asked = watch.clone();
+        let kept = Arc::new(KeptTrials::new(
+            state
+                .db
+                .read({
+                    let hash = hash.clone();
+                    move |s| s.refinement_trials(&hash)
+                })
+                .await?,
+        ));
+        let memo: Arc<dyn TrialMemo> = kept.clone();
         let mut task = tokio::task::spawn_blocking(move || {
-            calibrate_design(&text, &locked, threads, backend, asked, |_| most)
+            calibrate_design(&text, &locked, threads, backend, asked, Some(memo), |_| {
+                most
+            })
         });
         let mut check = tokio::time::interval(YIELD_CHECK);
         let ended = loop {
             tokio::select! {
                 ended = &mut task => break ended,
                 _ = check.tick() => {
+                    kept.store(state, &hash).await;
                     if watch.is_cancelled() {
                         continue;
                     }
@@ -739,12 +822,21 @@ async fn refine_started_designs(
                 }
             }
         };
+        if !matches!(ended, Ok(Ok(_))) {
+            // What it ran is taken up when it runs again.
+            kept.store(state, &hash).await;
+        }
         match ended {
-            Ok(Ok((row, null_trials))) => {
+            Ok(Ok(Calibrated {
+                row,
+                null_trials,
+                resumed,
+            })) => {
                 tracing::info!(
                     protocol = %hash.short(),
                     efficacy = row.efficacy,
                     null_trials,
+                    resumed,
                     seconds = row.wall_ms / 1000.0,
                     "design calibration refined"
                 );
@@ -762,8 +854,13 @@ async fn refine_started_designs(
                     })
                     .await?;
                 said.push(format!(
-                    "{} refined to {efficacy:.4} on {null_trials} null trials{}",
+                    "{} refined to {efficacy:.4} on {null_trials} null trials{}{}",
                     hash.short(),
+                    if resumed > 0 {
+                        format!(", {resumed} virtual trials taken up from where it was stopped")
+                    } else {
+                        String::new()
+                    },
                     if took.is_empty() {
                         String::new()
                     } else {
