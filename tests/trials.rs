@@ -855,6 +855,76 @@ fn a_started_trials_refinement_comes_first_and_an_unstarted_ones_yields_to_a_new
     );
 }
 
+/// A daemon stopped while it refines a design keeps the virtual trials the
+/// refinement ran; started again, the refinement takes them up instead of
+/// starting over, and forgets them once it is stored.
+#[test]
+fn a_refinement_stopped_by_a_restart_takes_up_the_virtual_trials_it_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = seed_demo(dir.path());
+    let config = common::write_config(
+        &data,
+        "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\ndesign_seconds = 1\ndesign_threads = 2\ndesign_trials = 20\ncalibration_trials = 60\nrefinement_trials = 120\n",
+    );
+    let args = ["--demo", "--config", config.to_str().unwrap()];
+    let root = env!("CARGO_MANIFEST_DIR");
+    let meditation = format!("{root}/protocols/meditation-anxiety.toml");
+    let (ok, out) = cli(dir.path(), &data, &["stop", "1", "--reason", "room"]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(
+        dir.path(),
+        &data,
+        &["propose", &meditation, "--participant", "demo"],
+    );
+    assert!(ok && out.contains("trial 2 proposed"), "{out}");
+    // It starts in two days: its refinement runs last and its first
+    // decisive look is weeks away.
+    let zone = store(&data).participants().unwrap()[0].time_zone.clone();
+    let start = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::get(&zone).unwrap())
+        .date()
+        .checked_add(jiff::ToSpan::days(2))
+        .unwrap()
+        .to_string();
+    let (ok, out) = cli(dir.path(), &data, &["approve", "2", "--start", &start]);
+    assert!(ok, "{out}");
+    let hash = store(&data).trial(2).unwrap().unwrap().protocol_hash;
+    let kept = |data: &Path| common::count(data, "SELECT COUNT(*) FROM refinement_trials");
+    // Stopped (SIGTERM) once the refinement has kept some of its trials
+    // (it writes them every 2 s), well before its 12 s are up.
+    let d = Daemon::start(&data, &args);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while kept(&data) < 10 {
+        assert!(Instant::now() < deadline, "no trials kept: {}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, log) = d.terminate();
+    assert!(status.success(), "{log}");
+    assert!(store(&data).refinement(&hash).unwrap().is_none(), "{log}");
+    // What it ran up to the stop is kept, the trial in hand included.
+    let stopped_with = kept(&data);
+    assert!(stopped_with >= 10, "{stopped_with}");
+    assert_eq!(
+        store(&data).refinement_trials(&hash).unwrap().len() as i64,
+        stopped_with
+    );
+    // Started again, it takes up every one of them.
+    let d = Daemon::start(&data, &args);
+    let refinement = loop {
+        if let Some(r) = store(&data).refinement(&hash).unwrap() {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "not refined: {}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    drop(d);
+    let report = refinement.calibration.report().unwrap();
+    assert_eq!(report.timing.resumed as i64, stopped_with);
+    assert!(report.timing.trials > report.timing.resumed);
+    assert_eq!(refinement.null_trials, 120);
+    assert_eq!(kept(&data), 0);
+}
+
 #[test]
 fn an_approved_trials_refinement_given_up_on_is_tried_again_from_its_page() {
     let dir = tempfile::tempdir().unwrap();
