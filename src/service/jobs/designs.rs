@@ -712,9 +712,9 @@ const YIELD_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 /// first calibration, so one that no started trial waits on yields to any
 /// proposal's calibration or simulation and to a refinement a started trial
 /// waits on: it does not start while one waits, and one that comes in while
-/// it runs cancels it; it starts again from the beginning at a later run,
-/// after that work. One a started trial waits on yields only to a shutdown
-/// ([`Refinements`]).
+/// it runs cancels it; it runs again at a later run, after that work,
+/// taking up the virtual trials it had run ([`KeptTrials`]). One a started
+/// trial waits on yields only to a shutdown ([`Refinements`]).
 async fn refine_started_designs(
     state: &AppState,
     which: Refinements,
