@@ -3200,6 +3200,27 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets the virtual trials kept by the refinements of every design
+    /// but `due` (those still to be refined: another's will never be taken
+    /// up); returns how many were forgotten.
+    pub fn forget_refinement_trials_except(&mut self, due: &[ProtocolHash]) -> Result<usize> {
+        let tx = write_tx(&mut self.conn)?;
+        let kept: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT DISTINCT protocol_hash FROM refinement_trials")?;
+            stmt.query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let mut forgotten = 0;
+        for hash in kept.iter().filter(|h| !due.iter().any(|d| d.0 == **h)) {
+            forgotten += tx.execute(
+                "DELETE FROM refinement_trials WHERE protocol_hash = ?1",
+                [hash],
+            )?;
+        }
+        tx.commit()?;
+        Ok(forgotten)
+    }
+
     /// Stores a design's refined calibration (the first one for a hash
     /// stands); an earlier failure of it, and the virtual trials it kept
     /// while it ran, are forgotten. Trials take it with
@@ -5237,6 +5258,18 @@ mod tests {
         .unwrap();
         assert!(s.refinement_trials(&hash).unwrap().is_empty());
         assert_eq!(s.refinement_trials(&other).unwrap().len(), 1);
+        // A design no longer due keeps none.
+        s.keep_refinement_trials(&hash, &kept(&[("a", "again")]))
+            .unwrap();
+        assert_eq!(
+            s.forget_refinement_trials_except(std::slice::from_ref(&hash))
+                .unwrap(),
+            1
+        );
+        assert_eq!(s.refinement_trials(&hash).unwrap().len(), 1);
+        assert!(s.refinement_trials(&other).unwrap().is_empty());
+        assert_eq!(s.forget_refinement_trials_except(&[]).unwrap(), 1);
+        assert!(s.refinement_trials(&hash).unwrap().is_empty());
     }
 
     #[test]

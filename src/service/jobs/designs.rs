@@ -722,10 +722,25 @@ async fn refine_started_designs(
 ) -> Result<String, JobError> {
     let config = state.config.jobs.clone();
     let now = state.clock.now();
-    let due: Vec<ToRefine> = state
+    let due = state
         .db
         .read(move |s| refinements_due(s, &config, now))
-        .await?
+        .await?;
+    // Trials kept by a refinement no longer due (its trials ended, their
+    // first decisive day passed, or it was given up on) will never be taken
+    // up.
+    let still: Vec<ProtocolHash> = due.iter().map(|d| d.hash.clone()).collect();
+    let forgotten = state
+        .db
+        .write(move |s| s.forget_refinement_trials_except(&still))
+        .await?;
+    if forgotten > 0 {
+        tracing::info!(
+            forgotten,
+            "virtual trials kept by refinements no longer due forgotten"
+        );
+    }
+    let due: Vec<ToRefine> = due
         .into_iter()
         .filter(|d| which == Refinements::All || d.started_trial_waits)
         .filter(|d| !tried.contains(&d.hash))
