@@ -807,7 +807,11 @@ fn a_started_trials_refinement_comes_first_and_an_unstarted_ones_yields_to_a_new
     let resumed = |c: &nof1d::service::store::CalibrationRow| c.report().unwrap().timing.resumed;
     assert_eq!(resumed(&refinement.calibration), 0);
     assert!(resumed(&later_refinement.calibration) > 0, "{log}");
-    assert!(s.refinement_trials(&t3.protocol_hash).unwrap().is_empty());
+    assert!(
+        s.kept_trials(DesignWork::Refinement, &t3.protocol_hash)
+            .unwrap()
+            .is_empty()
+    );
     // Trial 2 decides with its refinement, taken while it ran before its
     // first decisive look.
     let locked = refined.locked.unwrap();
@@ -855,11 +859,11 @@ fn a_started_trials_refinement_comes_first_and_an_unstarted_ones_yields_to_a_new
     );
 }
 
-/// A daemon stopped while it refines a design keeps the virtual trials the
-/// refinement ran; started again, the refinement takes them up instead of
-/// starting over, and forgets them once it is stored.
+/// A daemon stopped while it calibrates, and again while it refines, a
+/// design keeps the virtual trials each had run; started again, each takes
+/// them up instead of starting over, and forgets them once it is stored.
 #[test]
-fn a_refinement_stopped_by_a_restart_takes_up_the_virtual_trials_it_ran() {
+fn a_calibration_and_a_refinement_stopped_by_a_restart_take_up_the_virtual_trials_they_ran() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _) = seed_demo(dir.path());
     let config = common::write_config(
@@ -889,26 +893,29 @@ fn a_refinement_stopped_by_a_restart_takes_up_the_virtual_trials_it_ran() {
     let (ok, out) = cli(dir.path(), &data, &["approve", "2", "--start", &start]);
     assert!(ok, "{out}");
     let hash = store(&data).trial(2).unwrap().unwrap().protocol_hash;
-    let kept = |data: &Path| common::count(data, "SELECT COUNT(*) FROM refinement_trials");
-    // Stopped (SIGTERM) once the refinement has kept some of its trials
-    // (it writes them every 2 s), well before its 12 s are up.
-    let d = Daemon::start(&data, &args);
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while kept(&data) < 10 {
-        assert!(Instant::now() < deadline, "no trials kept: {}", d.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (status, log) = d.terminate();
-    assert!(status.success(), "{log}");
-    assert!(store(&data).refinement(&hash).unwrap().is_none(), "{log}");
-    // What it ran up to the stop is kept, the trial in hand included.
-    let stopped_with = kept(&data);
-    assert!(stopped_with >= 10, "{stopped_with}");
-    assert_eq!(
-        store(&data).refinement_trials(&hash).unwrap().len() as i64,
+    let kept = |work: DesignWork| store(&data).kept_trials(work, &hash).unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    // Stopped (SIGTERM) once `work` has kept some of its trials (it writes
+    // them every 2 s), well before its 11 or 12 s are up; what it ran up to
+    // the stop is kept, the trial in hand included.
+    let stopped_during = |work: DesignWork| {
+        let d = Daemon::start(&data, &args);
+        while kept(work) < 10 {
+            assert!(Instant::now() < deadline, "no trials kept: {}", d.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (status, log) = d.terminate();
+        assert!(status.success(), "{log}");
+        let stopped_with = kept(work);
+        assert!(stopped_with >= 10, "{stopped_with}");
         stopped_with
-    );
-    // Started again, it takes up every one of them.
+    };
+    let calibration_kept = stopped_during(DesignWork::Calibration);
+    assert!(store(&data).calibration(&hash).unwrap().is_none());
+    // Started again, the calibration takes up every one of them; then the
+    // refinement is stopped in turn.
+    let refinement_kept = stopped_during(DesignWork::Refinement);
+    assert!(store(&data).refinement(&hash).unwrap().is_none());
     let d = Daemon::start(&data, &args);
     let refinement = loop {
         if let Some(r) = store(&data).refinement(&hash).unwrap() {
@@ -918,11 +925,18 @@ fn a_refinement_stopped_by_a_restart_takes_up_the_virtual_trials_it_ran() {
         std::thread::sleep(Duration::from_millis(200));
     };
     drop(d);
-    let report = refinement.calibration.report().unwrap();
-    assert_eq!(report.timing.resumed as i64, stopped_with);
-    assert!(report.timing.trials > report.timing.resumed);
+    let calibration = store(&data).calibration(&hash).unwrap().unwrap();
+    for (row, kept_at_stop) in [
+        (&calibration, calibration_kept),
+        (&refinement.calibration, refinement_kept),
+    ] {
+        let timing = row.report().unwrap().timing;
+        assert_eq!(timing.resumed, kept_at_stop);
+        assert!(timing.trials > timing.resumed);
+    }
     assert_eq!(refinement.null_trials, 120);
-    assert_eq!(kept(&data), 0);
+    assert_eq!(kept(DesignWork::Calibration), 0);
+    assert_eq!(kept(DesignWork::Refinement), 0);
 }
 
 #[test]

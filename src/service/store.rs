@@ -42,7 +42,7 @@ const MIGRATION_FILES: [&str; 15] = [
     include_str!("../../migrations/0012_push.sql"),
     include_str!("../../migrations/0013_design_failures_arm_drops.sql"),
     include_str!("../../migrations/0014_calibration_refinements.sql"),
-    include_str!("../../migrations/0015_refinement_trials.sql"),
+    include_str!("../../migrations/0015_kept_trials.sql"),
 ];
 
 /// The migrations, in order.
@@ -772,6 +772,17 @@ pub enum DesignWork {
     /// Calibrating it again on more null trials, in the background, once
     /// its trial is approved ([`Store::put_refinement`]).
     Refinement,
+}
+
+/// The name of `work` in `kept_trials`: a calibration's or a
+/// refinement's (a simulation keeps none).
+fn kept_work(work: DesignWork) -> Result<&'static str> {
+    match work {
+        DesignWork::Calibration | DesignWork::Refinement => Ok(work.as_str()),
+        DesignWork::Simulation => Err(StoreError::Invalid(
+            "a design simulation keeps no virtual trials".into(),
+        )),
+    }
 }
 
 impl DesignWork {
@@ -3164,57 +3175,68 @@ impl Store {
         }
     }
 
-    /// The virtual trials a design's refinement has kept so far, text by
-    /// key ([`crate::trial::simulate::memo`]), for a refinement that runs
-    /// again after it was stopped part way.
-    pub fn refinement_trials(
+    /// The virtual trials a design's calibration or refinement (`work`)
+    /// has kept so far, text by key ([`crate::trial::simulate::memo`]), for
+    /// one that runs again after it was stopped part way.
+    pub fn kept_trials(
         &self,
+        work: DesignWork,
         protocol_hash: &ProtocolHash,
     ) -> Result<std::collections::HashMap<String, String>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT key, trial FROM refinement_trials WHERE protocol_hash = ?1")?;
-        let rows = stmt.query_map([&protocol_hash.0], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            .prepare("SELECT key, trial FROM kept_trials WHERE protocol_hash = ?1 AND work = ?2")?;
+        let rows = stmt.query_map(params![protocol_hash.0, kept_work(work)?], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Keeps virtual trials of a design's refinement as they finish (text
-    /// by key), in one transaction; a key kept before keeps its text (the
-    /// same inputs give the same trial).
-    pub fn keep_refinement_trials(
+    /// Keeps virtual trials of a design's calibration or refinement as they
+    /// finish (text by key), in one transaction; a key kept before keeps its
+    /// text (the same inputs give the same trial).
+    pub fn keep_trials(
         &mut self,
+        work: DesignWork,
         protocol_hash: &ProtocolHash,
         trials: &[(String, String)],
     ) -> Result<()> {
+        let work = kept_work(work)?;
         let tx = write_tx(&mut self.conn)?;
         {
             let mut insert = tx.prepare(
-                "INSERT INTO refinement_trials (protocol_hash, key, trial) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (protocol_hash, key) DO NOTHING",
+                "INSERT INTO kept_trials (protocol_hash, work, key, trial) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (protocol_hash, work, key) DO NOTHING",
             )?;
             for (key, trial) in trials {
-                insert.execute(params![protocol_hash.0, key, trial])?;
+                insert.execute(params![protocol_hash.0, work, key, trial])?;
             }
         }
         tx.commit()?;
         Ok(())
     }
 
-    /// Forgets the virtual trials kept by the refinements of every design
-    /// but `due` (those still to be refined: another's will never be taken
-    /// up); returns how many were forgotten.
-    pub fn forget_refinement_trials_except(&mut self, due: &[ProtocolHash]) -> Result<usize> {
+    /// Forgets the virtual trials kept by `work` on every design but `due`
+    /// (those it still has to do: another's will never be taken up);
+    /// returns how many were forgotten.
+    pub fn forget_kept_trials_except(
+        &mut self,
+        work: DesignWork,
+        due: &[ProtocolHash],
+    ) -> Result<usize> {
+        let work = kept_work(work)?;
         let tx = write_tx(&mut self.conn)?;
         let kept: Vec<String> = {
-            let mut stmt = tx.prepare("SELECT DISTINCT protocol_hash FROM refinement_trials")?;
-            stmt.query_map([], |r| r.get(0))?
+            let mut stmt =
+                tx.prepare("SELECT DISTINCT protocol_hash FROM kept_trials WHERE work = ?1")?;
+            stmt.query_map([work], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?
         };
         let mut forgotten = 0;
         for hash in kept.iter().filter(|h| !due.iter().any(|d| d.0 == **h)) {
             forgotten += tx.execute(
-                "DELETE FROM refinement_trials WHERE protocol_hash = ?1",
-                [hash],
+                "DELETE FROM kept_trials WHERE protocol_hash = ?1 AND work = ?2",
+                params![hash, work],
             )?;
         }
         tx.commit()?;
@@ -3233,7 +3255,7 @@ impl Store {
             [&row.protocol_hash],
         )?;
         tx.execute(
-            "DELETE FROM refinement_trials WHERE protocol_hash = ?1",
+            "DELETE FROM kept_trials WHERE protocol_hash = ?1 AND work = 'refinement'",
             [&row.protocol_hash],
         )?;
         tx.execute(
@@ -3493,6 +3515,10 @@ impl Store {
         let tx = write_tx(&mut self.conn)?;
         tx.execute(
             "DELETE FROM design_failures WHERE protocol_hash = ?1 AND work = 'calibration'",
+            [&row.protocol_hash],
+        )?;
+        tx.execute(
+            "DELETE FROM kept_trials WHERE protocol_hash = ?1 AND work = 'calibration'",
             [&row.protocol_hash],
         )?;
         tx.execute(
@@ -5212,7 +5238,9 @@ mod tests {
     }
 
     #[test]
-    fn a_refinements_kept_trials_outlast_a_reopening_until_it_is_stored() {
+    fn kept_trials_outlast_a_reopening_until_their_work_is_stored() {
+        use DesignWork::Calibration;
+        let refining = DesignWork::Refinement;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
         let (hash, other) = (ProtocolHash::of("refined"), ProtocolHash::of("other"));
@@ -5224,52 +5252,66 @@ mod tests {
         };
         {
             let mut s = Store::open(&path).unwrap();
-            assert!(s.refinement_trials(&hash).unwrap().is_empty());
-            s.keep_refinement_trials(&hash, &kept(&[("a", "{\"n\":1}"), ("b", "{\"n\":2}")]))
+            assert!(s.kept_trials(refining, &hash).unwrap().is_empty());
+            s.keep_trials(refining, &hash, &kept(&[("a", "1"), ("b", "2")]))
                 .unwrap();
-            // A key kept before keeps its text; another design's are its own.
-            s.keep_refinement_trials(&hash, &kept(&[("a", "changed"), ("c", "{\"n\":3}")]))
+            // A key kept before keeps its text; another design's and the
+            // calibration's are their own.
+            s.keep_trials(refining, &hash, &kept(&[("a", "changed"), ("c", "3")]))
                 .unwrap();
-            s.keep_refinement_trials(&other, &kept(&[("a", "other")]))
+            s.keep_trials(refining, &other, &kept(&[("a", "other")]))
                 .unwrap();
+            s.keep_trials(Calibration, &hash, &kept(&[("a", "first")]))
+                .unwrap();
+            // A simulation keeps none.
+            assert!(s.keep_trials(DesignWork::Simulation, &hash, &[]).is_err());
         }
         // The daemon stopped: a new connection finds them.
         let mut s = Store::open(&path).unwrap();
-        let found = s.refinement_trials(&hash).unwrap();
+        let found = s.kept_trials(refining, &hash).unwrap();
         assert_eq!(found.len(), 3);
-        assert_eq!(found["a"], "{\"n\":1}");
-        assert_eq!(found["c"], "{\"n\":3}");
-        // Storing the refinement forgets its kept trials, not another's.
+        assert_eq!((found["a"].as_str(), found["c"].as_str()), ("1", "3"));
+        assert_eq!(s.kept_trials(Calibration, &hash).unwrap()["a"], "first");
+        // Storing a work's result forgets its kept trials, not another's.
+        let row = CalibrationRow {
+            protocol_hash: hash.0.clone(),
+            target: 0.05,
+            efficacy: 0.97,
+            boundary: Boundary::Constant,
+            futility: Some(0.01),
+            drop_arm: None,
+            binding: "iid".into(),
+            report_json: "{}".into(),
+            wall_ms: 1.0,
+            created_at: ts(now()),
+        };
+        s.put_calibration(&row).unwrap();
+        assert!(s.kept_trials(Calibration, &hash).unwrap().is_empty());
+        assert_eq!(s.kept_trials(refining, &hash).unwrap().len(), 3);
         s.put_refinement(&Refinement {
             null_trials: 400,
-            calibration: CalibrationRow {
-                protocol_hash: hash.0.clone(),
-                target: 0.05,
-                efficacy: 0.97,
-                boundary: Boundary::Constant,
-                futility: Some(0.01),
-                drop_arm: None,
-                binding: "iid".into(),
-                report_json: "{}".into(),
-                wall_ms: 1.0,
-                created_at: ts(now()),
-            },
+            calibration: row,
         })
         .unwrap();
-        assert!(s.refinement_trials(&hash).unwrap().is_empty());
-        assert_eq!(s.refinement_trials(&other).unwrap().len(), 1);
-        // A design no longer due keeps none.
-        s.keep_refinement_trials(&hash, &kept(&[("a", "again")]))
+        assert!(s.kept_trials(refining, &hash).unwrap().is_empty());
+        assert_eq!(s.kept_trials(refining, &other).unwrap().len(), 1);
+        // A design no longer due for a work keeps none of it.
+        s.keep_trials(refining, &hash, &kept(&[("a", "again")]))
+            .unwrap();
+        s.keep_trials(Calibration, &other, &kept(&[("a", "first")]))
             .unwrap();
         assert_eq!(
-            s.forget_refinement_trials_except(std::slice::from_ref(&hash))
+            s.forget_kept_trials_except(refining, std::slice::from_ref(&hash))
                 .unwrap(),
             1
         );
-        assert_eq!(s.refinement_trials(&hash).unwrap().len(), 1);
-        assert!(s.refinement_trials(&other).unwrap().is_empty());
-        assert_eq!(s.forget_refinement_trials_except(&[]).unwrap(), 1);
-        assert!(s.refinement_trials(&hash).unwrap().is_empty());
+        assert_eq!(s.kept_trials(refining, &hash).unwrap().len(), 1);
+        assert!(s.kept_trials(refining, &other).unwrap().is_empty());
+        assert_eq!(s.kept_trials(Calibration, &other).unwrap().len(), 1);
+        assert_eq!(s.forget_kept_trials_except(refining, &[]).unwrap(), 1);
+        assert_eq!(s.forget_kept_trials_except(Calibration, &[]).unwrap(), 1);
+        assert!(s.kept_trials(refining, &hash).unwrap().is_empty());
+        assert!(s.kept_trials(Calibration, &other).unwrap().is_empty());
     }
 
     #[test]

@@ -109,6 +109,11 @@ pub(crate) async fn simulate_pending_designs(state: &AppState) -> Result<String,
     // First: the refinements a started trial waits on, so that no proposal
     // filed after its first estimates can delay them ([`Refinements`]).
     let mut tried = Vec::new();
+    let forgotten = if state.config.jobs.calibrate {
+        forget_kept_trials(state).await
+    } else {
+        Ok(())
+    };
     let urgent = if state.config.jobs.calibrate {
         refine_started_designs(state, Refinements::StartedTrialsWait, &mut tried).await
     } else {
@@ -128,7 +133,10 @@ pub(crate) async fn simulate_pending_designs(state: &AppState) -> Result<String,
         Ok(String::new())
     };
     super::both(
-        super::both(urgent, super::both(calibrated, simulated)),
+        super::both(
+            forgotten.map(|()| String::new()),
+            super::both(urgent, super::both(calibrated, simulated)),
+        ),
         refined,
     )
 }
@@ -267,15 +275,16 @@ impl std::fmt::Display for Unfinished {
     }
 }
 
-/// A refinement's virtual trials, kept in the store as they finish
-/// ([`Store::keep_refinement_trials`]), so that one stopped part way (a
+/// A calibration's or refinement's virtual trials, kept in the store as
+/// they finish ([`Store::keep_trials`]), so that one stopped part way (a
 /// yield, a shutdown, a crash) takes them up when it runs again instead of
 /// starting over: a refinement that yields to every proposal still gets
 /// done, and a restart costs only the trials in hand. The simulation's
-/// threads hand each new trial over here; the refinement's 2-s check
-/// writes them.
+/// threads hand each new trial over here; the job's 2-s check writes them.
 #[derive(Debug)]
 struct KeptTrials {
+    work: DesignWork,
+    hash: ProtocolHash,
     /// Those kept by earlier runs, text by key.
     earlier: std::collections::HashMap<String, String>,
     /// Run since the last write.
@@ -283,28 +292,36 @@ struct KeptTrials {
 }
 
 impl KeptTrials {
-    fn new(earlier: std::collections::HashMap<String, String>) -> KeptTrials {
-        KeptTrials {
+    /// The trials `work` on the design `hash` kept in earlier runs.
+    async fn load(
+        state: &AppState,
+        work: DesignWork,
+        hash: &ProtocolHash,
+    ) -> Result<Arc<KeptTrials>, StoreError> {
+        let design = hash.clone();
+        let earlier = state.db.read(move |s| s.kept_trials(work, &design)).await?;
+        Ok(Arc::new(KeptTrials {
+            work,
+            hash: hash.clone(),
             earlier,
             new: Mutex::new(Vec::new()),
-        }
+        }))
     }
 
     /// Writes the trials run since the last write. One that cannot be
     /// written is only run again later, so a failure is logged, not fatal.
-    async fn store(&self, state: &AppState, hash: &ProtocolHash) {
+    async fn store(&self, state: &AppState) {
         let new = std::mem::take(&mut *self.new.lock().unwrap_or_else(|p| p.into_inner()));
         if new.is_empty() {
             return;
         }
-        let design = hash.clone();
-        let count = new.len();
+        let (work, design, count) = (self.work, self.hash.clone(), new.len());
         if let Err(e) = state
             .db
-            .write(move |s| s.keep_refinement_trials(&design, &new))
+            .write(move |s| s.keep_trials(work, &design, &new))
             .await
         {
-            tracing::warn!(protocol = %hash.short(), error = %e, count, "virtual trials of a refinement not kept; they run again if it is stopped");
+            tracing::warn!(protocol = %self.hash.short(), work = work.as_str(), error = %e, count, "virtual trials not kept; they run again if the work is stopped");
         }
     }
 }
@@ -320,6 +337,36 @@ impl TrialMemo for KeptTrials {
             .unwrap_or_else(|p| p.into_inner())
             .push((key.to_string(), trial));
     }
+}
+
+/// Forgets the virtual trials kept by calibrations and refinements no
+/// longer due (their trials ended or passed their first decisive day, or
+/// the work was given up on): they would never be taken up.
+async fn forget_kept_trials(state: &AppState) -> Result<(), JobError> {
+    let config = state.config.jobs.clone();
+    let now = state.clock.now();
+    let forgotten = state
+        .db
+        .write(move |s| {
+            let calibrating: Vec<ProtocolHash> =
+                calibrations_due(s)?.into_iter().map(|(h, _)| h).collect();
+            let refining: Vec<ProtocolHash> = refinements_due(s, &config, now)?
+                .into_iter()
+                .map(|d| d.hash)
+                .collect();
+            Ok(
+                s.forget_kept_trials_except(DesignWork::Calibration, &calibrating)?
+                    + s.forget_kept_trials_except(DesignWork::Refinement, &refining)?,
+            )
+        })
+        .await?;
+    if forgotten > 0 {
+        tracing::info!(
+            forgotten,
+            "virtual trials kept by work no longer due forgotten"
+        );
+    }
+    Ok(())
 }
 
 /// A design calibrated: the row to store, the most null trials a scenario
@@ -411,13 +458,33 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
         }
         let locked = hash.clone();
         let (watch, _running) = state.designs.watch(&hash, DesignWork::Calibration);
-        let calibrated = tokio::task::spawn_blocking(move || {
-            calibrate_design(&text, &locked, threads, backend, watch, None, |p| {
+        let kept = KeptTrials::load(state, DesignWork::Calibration, &hash).await?;
+        let memo: Arc<dyn TrialMemo> = kept.clone();
+        let asked = watch.clone();
+        let mut task = tokio::task::spawn_blocking(move || {
+            calibrate_design(&text, &locked, threads, backend, asked, Some(memo), |p| {
                 calibration_trials(p, configured, sampled)
             })
             .map(|c| c.row)
-        })
-        .await;
+        });
+        // Every 2 s: write the trials kept, and end at a shutdown (within a
+        // virtual trial) rather than be abandoned by it.
+        let mut check = tokio::time::interval(YIELD_CHECK);
+        let calibrated = loop {
+            tokio::select! {
+                ended = &mut task => break ended,
+                _ = check.tick() => {
+                    kept.store(state).await;
+                    if *state.stopping.borrow() {
+                        watch.cancel();
+                    }
+                }
+            }
+        };
+        if !matches!(calibrated, Ok(Ok(_))) {
+            // What it ran is taken up when it runs again.
+            kept.store(state).await;
+        }
         match calibrated {
             Ok(Ok(row)) => {
                 tracing::info!(
@@ -430,9 +497,9 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
                 state.db.write(move |s| s.put_calibration(&row)).await?;
                 done += 1;
             }
-            // Nothing cancels a first calibration today; were it cancelled,
-            // it would not be the design's failure.
-            Ok(Err(Unfinished::Cancelled)) => {}
+            // A shutdown cancels it: not the design's failure; it takes up
+            // its kept trials at the next start.
+            Ok(Err(Unfinished::Cancelled)) => break,
             Ok(Err(Unfinished::Failed(e))) => {
                 failed.push(record_failure(state, DesignWork::Calibration, &hash, e).await)
             }
@@ -726,20 +793,6 @@ async fn refine_started_designs(
         .db
         .read(move |s| refinements_due(s, &config, now))
         .await?;
-    // Trials kept by a refinement no longer due (its trials ended, their
-    // first decisive day passed, or it was given up on) will never be taken
-    // up.
-    let still: Vec<ProtocolHash> = due.iter().map(|d| d.hash.clone()).collect();
-    let forgotten = state
-        .db
-        .write(move |s| s.forget_refinement_trials_except(&still))
-        .await?;
-    if forgotten > 0 {
-        tracing::info!(
-            forgotten,
-            "virtual trials kept by refinements no longer due forgotten"
-        );
-    }
     let due: Vec<ToRefine> = due
         .into_iter()
         .filter(|d| which == Refinements::All || d.started_trial_waits)
@@ -791,15 +844,7 @@ async fn refine_started_designs(
         let locked = hash.clone();
         let (watch, _running) = state.designs.watch(&hash, DesignWork::Refinement);
         let asked = watch.clone();
-        let kept = Arc::new(KeptTrials::new(
-            state
-                .db
-                .read({
-                    let hash = hash.clone();
-                    move |s| s.refinement_trials(&hash)
-                })
-                .await?,
-        ));
+        let kept = KeptTrials::load(state, DesignWork::Refinement, &hash).await?;
         let memo: Arc<dyn TrialMemo> = kept.clone();
         let mut task = tokio::task::spawn_blocking(move || {
             calibrate_design(&text, &locked, threads, backend, asked, Some(memo), |_| {
@@ -811,7 +856,7 @@ async fn refine_started_designs(
             tokio::select! {
                 ended = &mut task => break ended,
                 _ = check.tick() => {
-                    kept.store(state, &hash).await;
+                    kept.store(state).await;
                     if watch.is_cancelled() {
                         continue;
                     }
@@ -839,7 +884,7 @@ async fn refine_started_designs(
         };
         if !matches!(ended, Ok(Ok(_))) {
             // What it ran is taken up when it runs again.
-            kept.store(state, &hash).await;
+            kept.store(state).await;
         }
         match ended {
             Ok(Ok(Calibrated {
