@@ -9,7 +9,7 @@ CREATE TABLE kept_trials (
     protocol_hash TEXT NOT NULL,              -- SHA-256 of the protocol text being calibrated
     work          TEXT NOT NULL
         CHECK (work IN ('calibration', 'refinement')),
-    key           TEXT NOT NULL,              -- the trial's inputs (Setup::memo_key)
+    key           TEXT NOT NULL,              -- the build, then the trial's inputs (Setup::memo_key)
     trial         TEXT NOT NULL,              -- the virtual trial, JSON
     PRIMARY KEY (protocol_hash, work, key)
-) STRICT, WITHOUT ROWID;
+) STRICT;

@@ -3510,7 +3510,8 @@ impl Store {
     }
 
     /// Stores a design's calibration (the first one for a hash stands); an
-    /// earlier failure of it is forgotten.
+    /// earlier failure of it, and the virtual trials it kept while it ran,
+    /// are forgotten.
     pub fn put_calibration(&mut self, row: &CalibrationRow) -> Result<()> {
         let tx = write_tx(&mut self.conn)?;
         tx.execute(

@@ -930,21 +930,23 @@ impl Setup<'_> {
     }
 
     /// The key a virtual trial is kept under in a [`memo::TrialMemo`]:
-    /// every input its course depends on besides the protocol (a memo is
-    /// kept for one protocol text): the engine's version, the scenario and
-    /// its settings, the condition, the trial's number in its stream and
-    /// the thresholds it runs with. Numbers are written so that they read
-    /// back exactly (`{:?}` of an `f64` is its shortest exact form).
+    /// every input its course depends on besides the protocol and the
+    /// program (a memo is kept for one protocol text, and scoped by build
+    /// by its keeper): the scenario and its settings, the condition, the
+    /// trial's number in its stream, the thresholds it runs with and the
+    /// false-stop target (the betting test's level). Numbers are written so
+    /// that they read back exactly (`{:?}` of an `f64` is its shortest
+    /// exact form).
     fn memo_key(&self, effect: TrueEffect, stream: u64, i: usize, efficacy: f64) -> String {
         let o = self.options;
         format!(
-            "v{} {:?} seed {} stream {stream} trial {i} effect {effect:?} working {:?} efficacy {efficacy:?} futility {:?} drop {:?} missing {:?} non-adherence {:?} half-life {:?} gpu {} every-look {}",
-            env!("CARGO_PKG_VERSION"),
+            "{:?} seed {} stream {stream} trial {i} effect {effect:?} working {:?} efficacy {efficacy:?} futility {:?} drop {:?} target {:?} missing {:?} non-adherence {:?} half-life {:?} gpu {} every-look {}",
             o.scenario,
             o.seed,
             self.working,
             self.futility,
             self.drop_arm,
+            o.calibrate,
             o.missing,
             o.non_adherence,
             o.true_half_life,
@@ -971,10 +973,14 @@ impl Setup<'_> {
             };
         }
         let trial = self.run_with(effect, seed, efficacy, None);
-        match serde_json::to_string(&trial) {
-            Ok(text) => memo.record(&key, text),
-            // Not kept: a later run runs it again.
-            Err(e) => tracing::debug!(error = %e, "virtual trial not kept"),
+        // Kept only where its text reads back (a number that is not finite
+        // is written as `null`): else a later run runs it again.
+        let text = serde_json::to_string(&trial)
+            .ok()
+            .filter(|t| serde_json::from_str::<VirtualTrial>(t).is_ok());
+        match text {
+            Some(text) => memo.record(&key, text),
+            None => tracing::debug!("virtual trial not kept: its text does not read back"),
         }
         trial
     }
@@ -1285,10 +1291,15 @@ fn run_range(
                         break;
                     }
                     let trial = setup.run_kept(effect, stream, first + i, efficacy);
+                    let recalled = trial.resumed;
                     if let Ok(mut r) = results.lock() {
                         r[i] = Some(trial);
                     }
-                    bar.inc(1);
+                    if recalled {
+                        bar.recalled(1);
+                    } else {
+                        bar.inc(1);
+                    }
                 }
             });
         }
@@ -2077,6 +2088,10 @@ mod tests {
             },
             SimOptions {
                 true_half_life: Some(1.0),
+                ..base.clone()
+            },
+            SimOptions {
+                calibrate: Some(0.05),
                 ..base.clone()
             },
             // Threads do not change a trial: the same key.

@@ -304,12 +304,21 @@ mod tests {
 
     #[test]
     fn a_reading_shows_its_counts_times_and_escaped_stage() {
-        let v = ProgressView::of(&ProgressReading {
+        let reading = ProgressReading {
             done: 250,
+            recalled: 0,
             planned: 1000,
             stage: "<b>x</b> (iid): no effect".into(),
             elapsed_s: 30.0,
+        };
+        // Trials recalled from a stopped run took no time: the pace is that
+        // of the 50 run, 750 left at 0.6 s.
+        let resumed = ProgressView::of(&ProgressReading {
+            recalled: 200,
+            ..reading.clone()
         });
+        assert_eq!(resumed.remaining_s, Some(450.0));
+        let v = ProgressView::of(&reading);
         assert_eq!(v.percent, 25);
         assert_eq!(v.remaining_s, Some(90.0));
         let html = v.html();

@@ -281,31 +281,87 @@ impl std::fmt::Display for Unfinished {
 /// starting over: a refinement that yields to every proposal still gets
 /// done, and a restart costs only the trials in hand. The simulation's
 /// threads hand each new trial over here; the job's 2-s check writes them.
-#[derive(Debug)]
 struct KeptTrials {
     work: DesignWork,
     hash: ProtocolHash,
+    /// This program's build ([`build_id`]), the first word of every stored
+    /// key: another build may compute a trial otherwise, so its trials are
+    /// not taken up.
+    build: &'static str,
     /// Those kept by earlier runs, text by key.
     earlier: std::collections::HashMap<String, String>,
     /// Run since the last write.
     new: Mutex<Vec<(String, String)>>,
 }
 
+impl std::fmt::Debug for KeptTrials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "KeptTrials({} of {}, build {}, {} earlier)",
+            self.work.as_str(),
+            self.hash.short(),
+            self.build,
+            self.earlier.len()
+        )
+    }
+}
+
+/// This program's build: the start of the SHA-256 of its executable, read
+/// once. A virtual trial kept by one build is taken up only by the same
+/// build, since another may compute it otherwise (an upgrade replaces the
+/// executable while a calibration is stopped). `None` where the executable
+/// cannot be read: then nothing is kept.
+fn build_id() -> Option<&'static str> {
+    use sha2::Digest;
+    static BUILD: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BUILD
+        .get_or_init(|| {
+            let exe = std::env::current_exe().ok()?;
+            let mut file = std::fs::File::open(&exe).ok()?;
+            let mut hasher = sha2::Sha256::new();
+            std::io::copy(&mut file, &mut hasher).ok()?;
+            let digest = hasher.finalize();
+            Some(digest.iter().take(8).map(|b| format!("{b:02x}")).collect())
+        })
+        .as_deref()
+}
+
 impl KeptTrials {
-    /// The trials `work` on the design `hash` kept in earlier runs.
+    /// The trials `work` on the design `hash` kept in earlier runs of this
+    /// build; `None` where the build cannot be told (nothing is kept then).
     async fn load(
         state: &AppState,
         work: DesignWork,
         hash: &ProtocolHash,
-    ) -> Result<Arc<KeptTrials>, StoreError> {
+    ) -> Result<Option<Arc<KeptTrials>>, StoreError> {
+        let Some(build) = tokio::task::spawn_blocking(build_id).await.ok().flatten() else {
+            tracing::warn!(
+                "this program's executable cannot be read: calibrations keep no virtual trials, and one stopped part way starts over"
+            );
+            return Ok(None);
+        };
         let design = hash.clone();
         let earlier = state.db.read(move |s| s.kept_trials(work, &design)).await?;
-        Ok(Arc::new(KeptTrials {
+        Ok(Some(Arc::new(KeptTrials {
             work,
             hash: hash.clone(),
+            build,
             earlier,
             new: Mutex::new(Vec::new()),
-        }))
+        })))
+    }
+
+    /// The key a trial is stored under: this build's, then the simulator's.
+    fn stored_key(&self, key: &str) -> String {
+        format!("build {} {key}", self.build)
+    }
+
+    /// [`KeptTrials::store`] where trials are kept.
+    async fn store_any(kept: Option<&KeptTrials>, state: &AppState) {
+        if let Some(kept) = kept {
+            kept.store(state).await;
+        }
     }
 
     /// Writes the trials run since the last write. One that cannot be
@@ -328,14 +384,15 @@ impl KeptTrials {
 
 impl TrialMemo for KeptTrials {
     fn recall(&self, key: &str) -> Option<String> {
-        self.earlier.get(key).cloned()
+        self.earlier.get(&self.stored_key(key)).cloned()
     }
 
     fn record(&self, key: &str, trial: String) {
+        let key = self.stored_key(key);
         self.new
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((key.to_string(), trial));
+            .push((key, trial));
     }
 }
 
@@ -459,13 +516,12 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
         let locked = hash.clone();
         let (watch, _running) = state.designs.watch(&hash, DesignWork::Calibration);
         let kept = KeptTrials::load(state, DesignWork::Calibration, &hash).await?;
-        let memo: Arc<dyn TrialMemo> = kept.clone();
+        let memo = kept.clone().map(|k| k as Arc<dyn TrialMemo>);
         let asked = watch.clone();
         let mut task = tokio::task::spawn_blocking(move || {
-            calibrate_design(&text, &locked, threads, backend, asked, Some(memo), |p| {
+            calibrate_design(&text, &locked, threads, backend, asked, memo, |p| {
                 calibration_trials(p, configured, sampled)
             })
-            .map(|c| c.row)
         });
         // Every 2 s: write the trials kept, and end at a shutdown (within a
         // virtual trial) rather than be abandoned by it.
@@ -474,7 +530,7 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
             tokio::select! {
                 ended = &mut task => break ended,
                 _ = check.tick() => {
-                    kept.store(state).await;
+                    KeptTrials::store_any(kept.as_deref(), state).await;
                     if *state.stopping.borrow() {
                         watch.cancel();
                     }
@@ -483,14 +539,15 @@ async fn calibrate_pending_designs(state: &AppState) -> Result<String, JobError>
         };
         if !matches!(calibrated, Ok(Ok(_))) {
             // What it ran is taken up when it runs again.
-            kept.store(state).await;
+            KeptTrials::store_any(kept.as_deref(), state).await;
         }
         match calibrated {
-            Ok(Ok(row)) => {
+            Ok(Ok(Calibrated { row, resumed, .. })) => {
                 tracing::info!(
                     protocol = %hash.short(),
                     efficacy = row.efficacy,
                     binding = %row.binding,
+                    resumed,
                     seconds = row.wall_ms / 1000.0,
                     "design calibrated"
                 );
@@ -845,18 +902,16 @@ async fn refine_started_designs(
         let (watch, _running) = state.designs.watch(&hash, DesignWork::Refinement);
         let asked = watch.clone();
         let kept = KeptTrials::load(state, DesignWork::Refinement, &hash).await?;
-        let memo: Arc<dyn TrialMemo> = kept.clone();
+        let memo = kept.clone().map(|k| k as Arc<dyn TrialMemo>);
         let mut task = tokio::task::spawn_blocking(move || {
-            calibrate_design(&text, &locked, threads, backend, asked, Some(memo), |_| {
-                most
-            })
+            calibrate_design(&text, &locked, threads, backend, asked, memo, |_| most)
         });
         let mut check = tokio::time::interval(YIELD_CHECK);
         let ended = loop {
             tokio::select! {
                 ended = &mut task => break ended,
                 _ = check.tick() => {
-                    kept.store(state).await;
+                    KeptTrials::store_any(kept.as_deref(), state).await;
                     if watch.is_cancelled() {
                         continue;
                     }
@@ -884,7 +939,7 @@ async fn refine_started_designs(
         };
         if !matches!(ended, Ok(Ok(_))) {
             // What it ran is taken up when it runs again.
-            kept.store(state).await;
+            KeptTrials::store_any(kept.as_deref(), state).await;
         }
         match ended {
             Ok(Ok(Calibrated {

@@ -5,18 +5,21 @@
 //!
 //! Nothing changes in what is computed: every virtual trial's course
 //! depends only on its inputs (the design, its seed, the scenario, the
-//! thresholds it ran with: [`super::Setup::memo_key`]), never on the trials
-//! run before it or on the thread that ran it, so a run that recalls some
-//! of its trials gives the same trials, thresholds and rates, bit for bit,
-//! as one that ran them all. A trial whose key is not found, or whose text
-//! no longer reads, is run again; a key covers every input, so a trial run
-//! with other settings is never taken for this one.
+//! thresholds it ran with: [`super::Setup::memo_key`]) and on the program,
+//! never on the trials run before it or on the thread that ran it, so a
+//! run that recalls some of its trials gives the same trials, thresholds
+//! and rates, bit for bit, as one that ran them all. A trial whose key is
+//! not found, or whose text no longer reads, is run again; a key covers
+//! every input, so a trial run with other settings is never taken for this
+//! one. A memo is kept for one protocol text, and one that outlives the
+//! process must also scope its keys by the program's build (another build
+//! may compute a trial otherwise): the designs job does both.
 
 use std::fmt::Debug;
 
 /// Where virtual trials are kept, by key, as opaque text: the simulator
 /// writes and reads the text, the keeper only stores it (the designs job
-/// keeps a refinement's in the database).
+/// keeps a calibration's and a refinement's in the database).
 pub trait TrialMemo: Send + Sync + Debug {
     /// The text kept under `key`, if any.
     fn recall(&self, key: &str) -> Option<String>;

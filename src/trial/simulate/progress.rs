@@ -16,6 +16,8 @@ use indicatif::ProgressBar;
 #[derive(Debug)]
 pub struct Progress {
     done: AtomicU64,
+    /// Of `done`, those recalled from a run stopped part way (no time).
+    recalled: AtomicU64,
     planned: AtomicU64,
     stage: Mutex<String>,
     started: Instant,
@@ -27,6 +29,9 @@ pub struct Progress {
 pub struct ProgressReading {
     /// Virtual trials done.
     pub done: u64,
+    /// Of `done`, those recalled from a run stopped part way
+    /// ([`super::memo`]): done at once, so not part of the pace.
+    pub recalled: u64,
     /// Virtual trials planned so far (at least `done`).
     pub planned: u64,
     /// What runs now, e.g. "meditation-anxiety (iid): no effect".
@@ -46,11 +51,12 @@ impl ProgressReading {
     }
 
     /// Seconds left at the pace so far for the trials planned so far;
-    /// `None` before the first trial is done (no pace yet).
+    /// `None` before the first trial is run (no pace yet). Recalled trials
+    /// took no time, so the pace is that of the trials run.
     pub fn remaining_s(&self) -> Option<f64> {
-        (self.done > 0).then(|| {
-            self.elapsed_s * (self.planned.saturating_sub(self.done)) as f64 / self.done as f64
-        })
+        let run = self.done.saturating_sub(self.recalled);
+        (run > 0)
+            .then(|| self.elapsed_s * (self.planned.saturating_sub(self.done)) as f64 / run as f64)
     }
 }
 
@@ -59,6 +65,7 @@ impl Progress {
     pub fn start() -> Arc<Progress> {
         Arc::new(Progress {
             done: AtomicU64::new(0),
+            recalled: AtomicU64::new(0),
             planned: AtomicU64::new(0),
             stage: Mutex::new(String::new()),
             started: Instant::now(),
@@ -84,6 +91,7 @@ impl Progress {
         let done = self.done.load(Ordering::Relaxed);
         ProgressReading {
             done,
+            recalled: self.recalled.load(Ordering::Relaxed).min(done),
             planned: self.planned.load(Ordering::Relaxed).max(done),
             stage: self.stage.lock().map(|s| s.clone()).unwrap_or_default(),
             elapsed_s: self.started.elapsed().as_secs_f64(),
@@ -108,6 +116,15 @@ impl Meter {
     pub(crate) fn inc(&self, n: u64) {
         self.bar.inc(n);
         if let Some(w) = &self.watch {
+            w.done.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// `n` more virtual trials done by recalling them ([`super::memo`]).
+    pub(crate) fn recalled(&self, n: u64) {
+        self.bar.inc(n);
+        if let Some(w) = &self.watch {
+            w.recalled.fetch_add(n, Ordering::Relaxed);
             w.done.fetch_add(n, Ordering::Relaxed);
         }
     }

@@ -1339,8 +1339,13 @@ max_blocks = 6
             v.as_object_mut().unwrap().remove("timing");
             v
         };
-        let resumed = run_suite(&protocol, &hash, &with(None)).unwrap();
+        let watch = Progress::start();
+        let resumed = run_suite(&protocol, &hash, &with(Some(watch.clone()))).unwrap();
         assert_eq!(resumed.timing.resumed, kept);
+        // Its progress counts them apart (they took no time: not its pace).
+        let read = watch.read();
+        assert_eq!(read.recalled as usize, kept);
+        assert_eq!(read.done as usize, resumed.timing.trials);
         assert_eq!(*memo.recalled.lock().unwrap(), kept);
         assert_eq!(without_time(&resumed), without_time(&whole));
         assert_eq!(
