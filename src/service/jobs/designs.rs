@@ -1168,6 +1168,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn trials_kept_by_another_build_are_not_taken_up() {
+        let build = build_id().unwrap();
+        assert_eq!(build.len(), 16);
+        assert_eq!(build_id(), Some(build));
+        let kept = |earlier: &[(&str, &str)]| KeptTrials {
+            work: DesignWork::Refinement,
+            hash: ProtocolHash::of("p"),
+            build,
+            earlier: earlier
+                .iter()
+                .map(|(k, t)| (k.to_string(), t.to_string()))
+                .collect(),
+            new: Mutex::new(Vec::new()),
+        };
+        let ours = format!("build {build} trial 1");
+        let same = kept(&[(&ours, "ours")]);
+        assert_eq!(same.recall("trial 1").as_deref(), Some("ours"));
+        assert_eq!(same.recall("trial 2"), None);
+        let other = kept(&[("build 0123456789abcdef trial 1", "theirs")]);
+        assert_eq!(other.recall("trial 1"), None);
+        // What it records is stored under this build's key.
+        other.record("trial 1", "new".into());
+        assert_eq!(
+            *other.new.lock().unwrap(),
+            vec![(ours.clone(), "new".to_string())]
+        );
+        assert!(format!("{other:?}").contains("1 earlier"));
+    }
+
+    #[test]
     fn importance_sampled_outcomes_take_their_own_calibration_trials() {
         let parse = |text: &str| Protocol::parse(text, "p").unwrap();
         let gaussian = parse(include_str!("../../../protocols/meditation-anxiety.toml"));
