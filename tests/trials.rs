@@ -859,6 +859,36 @@ fn a_started_trials_refinement_comes_first_and_an_unstarted_ones_yields_to_a_new
     );
 }
 
+/// Makes room on the demo's stream (stops trial 1), then proposes
+/// meditation-anxiety as trial 2 and approves it to start in two days (none
+/// of its data exists while a test runs, even across midnight); returns its
+/// design's hash.
+fn meditation_approved_in_two_days(
+    dir: &Path,
+    data: &Path,
+) -> nof1d::trial::protocol::ProtocolHash {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let meditation = format!("{root}/protocols/meditation-anxiety.toml");
+    let (ok, out) = cli(dir, data, &["stop", "1", "--reason", "room"]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(
+        dir,
+        data,
+        &["propose", &meditation, "--participant", "demo"],
+    );
+    assert!(ok && out.contains("trial 2 proposed"), "{out}");
+    let zone = store(data).participants().unwrap()[0].time_zone.clone();
+    let start = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::get(&zone).unwrap())
+        .date()
+        .checked_add(jiff::ToSpan::days(2))
+        .unwrap()
+        .to_string();
+    let (ok, out) = cli(dir, data, &["approve", "2", "--start", &start]);
+    assert!(ok, "{out}");
+    store(data).trial(2).unwrap().unwrap().protocol_hash
+}
+
 /// A daemon stopped while it calibrates, and again while it refines, a
 /// design keeps the virtual trials each had run; started again, each takes
 /// them up instead of starting over, and forgets them once it is stored.
@@ -871,28 +901,8 @@ fn a_calibration_and_a_refinement_stopped_by_a_restart_take_up_the_virtual_trial
         "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\ndesign_seconds = 1\ndesign_threads = 2\ndesign_trials = 20\ncalibration_trials = 60\nrefinement_trials = 120\n",
     );
     let args = ["--demo", "--config", config.to_str().unwrap()];
-    let root = env!("CARGO_MANIFEST_DIR");
-    let meditation = format!("{root}/protocols/meditation-anxiety.toml");
-    let (ok, out) = cli(dir.path(), &data, &["stop", "1", "--reason", "room"]);
-    assert!(ok, "{out}");
-    let (ok, out) = cli(
-        dir.path(),
-        &data,
-        &["propose", &meditation, "--participant", "demo"],
-    );
-    assert!(ok && out.contains("trial 2 proposed"), "{out}");
-    // It starts in two days: its refinement runs last and its first
-    // decisive look is weeks away.
-    let zone = store(&data).participants().unwrap()[0].time_zone.clone();
-    let start = jiff::Timestamp::now()
-        .to_zoned(jiff::tz::TimeZone::get(&zone).unwrap())
-        .date()
-        .checked_add(jiff::ToSpan::days(2))
-        .unwrap()
-        .to_string();
-    let (ok, out) = cli(dir.path(), &data, &["approve", "2", "--start", &start]);
-    assert!(ok, "{out}");
-    let hash = store(&data).trial(2).unwrap().unwrap().protocol_hash;
+    // Its refinement runs last and its first decisive look is weeks away.
+    let hash = meditation_approved_in_two_days(dir.path(), &data);
     let kept = |work: DesignWork| store(&data).kept_trials(work, &hash).unwrap().len();
     let deadline = Instant::now() + Duration::from_secs(300);
     // Stopped (SIGTERM) once `work` has kept some of its trials (it writes
@@ -952,28 +962,9 @@ fn an_approved_trials_refinement_given_up_on_is_tried_again_from_its_page() {
         .unwrap();
         path.to_str().unwrap().to_string()
     };
-    let root = env!("CARGO_MANIFEST_DIR");
-    let meditation = format!("{root}/protocols/meditation-anxiety.toml");
-    let (ok, out) = cli(dir.path(), &data, &["stop", "1", "--reason", "room"]);
-    assert!(ok, "{out}");
-    let (ok, out) = cli(
-        dir.path(),
-        &data,
-        &["propose", &meditation, "--participant", "demo"],
-    );
-    assert!(ok && out.contains("trial 2 proposed"), "{out}");
-    // It starts in two days: nothing of its data exists while this test
-    // runs, so whoever retries its refinement has seen no estimate of it.
-    let zone = store(&data).participants().unwrap()[0].time_zone.clone();
-    let start = jiff::Timestamp::now()
-        .to_zoned(jiff::tz::TimeZone::get(&zone).unwrap())
-        .date()
-        .checked_add(jiff::ToSpan::days(2))
-        .unwrap()
-        .to_string();
-    let (ok, out) = cli(dir.path(), &data, &["approve", "2", "--start", &start]);
-    assert!(ok, "{out}");
-    let hash = store(&data).trial(2).unwrap().unwrap().protocol_hash;
+    // Nothing of its data exists while this test runs, so whoever retries
+    // its refinement has seen no estimate of it.
+    let hash = meditation_approved_in_two_days(dir.path(), &data);
     // Refinement off: the design gets its quick calibration only.
     let quick = config("quick.toml", 0);
     let d = Daemon::start(&data, &["--demo", "--config", &quick]);
