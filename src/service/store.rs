@@ -3216,6 +3216,15 @@ impl Store {
         Ok(())
     }
 
+    /// Whether any calibration or refinement keeps virtual trials.
+    pub fn any_kept_trials(&self) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM kept_trials)", [], |r| {
+                r.get(0)
+            })?)
+    }
+
     /// Forgets the virtual trials kept by `work` on every design but `due`
     /// (those it still has to do: another's will never be taken up);
     /// returns how many were forgotten.
@@ -5301,6 +5310,7 @@ mod tests {
             .unwrap();
         s.keep_trials(Calibration, &other, &kept(&[("a", "first")]))
             .unwrap();
+        assert!(s.any_kept_trials().unwrap());
         assert_eq!(
             s.forget_kept_trials_except(refining, std::slice::from_ref(&hash))
                 .unwrap(),
@@ -5313,6 +5323,7 @@ mod tests {
         assert_eq!(s.forget_kept_trials_except(Calibration, &[]).unwrap(), 1);
         assert!(s.kept_trials(refining, &hash).unwrap().is_empty());
         assert!(s.kept_trials(Calibration, &other).unwrap().is_empty());
+        assert!(!s.any_kept_trials().unwrap());
     }
 
     #[test]

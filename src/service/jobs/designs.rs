@@ -405,6 +405,11 @@ async fn forget_kept_trials(state: &AppState) -> Result<(), JobError> {
     let forgotten = state
         .db
         .write(move |s| {
+            // The due lists load every active trial: not worth it each
+            // minute while nothing is kept.
+            if !s.any_kept_trials()? {
+                return Ok(0);
+            }
             let calibrating: Vec<ProtocolHash> =
                 calibrations_due(s)?.into_iter().map(|(h, _)| h).collect();
             let refining: Vec<ProtocolHash> = refinements_due(s, &config, now)?
@@ -846,11 +851,10 @@ async fn refine_started_designs(
 ) -> Result<String, JobError> {
     let config = state.config.jobs.clone();
     let now = state.clock.now();
-    let due = state
+    let due: Vec<ToRefine> = state
         .db
         .read(move |s| refinements_due(s, &config, now))
-        .await?;
-    let due: Vec<ToRefine> = due
+        .await?
         .into_iter()
         .filter(|d| which == Refinements::All || d.started_trial_waits)
         .filter(|d| !tried.contains(&d.hash))
