@@ -225,16 +225,29 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
                     (r.drop_arm, r.futility_target, r.drop_tries.last())
                 {
                     b.push(Block::Para(format!(
-                        "Arm-drop threshold {d} (the protocol states {}; thresholds tried: {}) drops the arm that works in at most {:.0}% of trials whose arm works, with 95% confidence in every stress scenario (at most {} of {} allowed; {} in the {} scenario).",
+                        "Arm-drop threshold {d} (the protocol states {}; thresholds tried: {}) gives up on every arm that works in at most {:.0}% of trials, with one arm that works and with two alike (keeping one of two that work alike finds a right answer), with 95% confidence in every stress scenario (at most {} of {} allowed; {} given up in {} in the {} scenario).",
                         r.protocol_drop_arm.unwrap_or(protocol.decision.drop_arm),
                         r.drop_tries
                             .iter()
-                            .map(|t| format!("{} ({} dropped)", t.drop_arm, t.dropped))
+                            .map(|t| format!(
+                                "{} ({}: {} given up{})",
+                                t.drop_arm,
+                                if t.working_arms >= 2 {
+                                    "two working arms"
+                                } else {
+                                    "one working arm"
+                                },
+                                t.dropped,
+                                t.one_dropped
+                                    .map(|(n, _)| format!(", one of them in up to {n}"))
+                                    .unwrap_or_default()
+                            ))
                             .collect::<Vec<_>>()
                             .join(", "),
                         100.0 * target,
                         last.allowed,
                         r.rows.first().map_or(0, |row| row.effect_trials),
+                        crate::trial::simulate::suite::working_words(last.working_arms),
                         last.dropped,
                         last.scenario.name()
                     )));

@@ -109,11 +109,14 @@ pub struct DropView {
     pub threshold: f64,
     /// The protocol's stated one.
     pub stated: f64,
-    /// The thresholds tried before it, highest first.
+    /// The thresholds tried before it, highest first (each once).
     pub rejected: Vec<f64>,
-    /// The most trials under the effect that may drop the arm that works,
-    /// in percent.
+    /// The most trials under the effect that may give up on every arm
+    /// that works, in percent.
     pub target_percent: f64,
+    /// Where two arms work alike, at this threshold: the most trials that
+    /// dropped one of them, of how many, and in which scenario.
+    pub one_of_two: Option<(usize, usize, String)>,
 }
 
 fn pair(r: Option<&Rate>) -> [f64; 2] {
@@ -171,12 +174,30 @@ impl CalibrationView {
                 (Some(threshold), Some(stated), Some(target)) => Some(DropView {
                     threshold,
                     stated,
-                    rejected: report
+                    rejected: {
+                        // A threshold is tried with one arm that works and
+                        // then with two: name it once.
+                        let mut rejected: Vec<f64> = report
+                            .drop_tries
+                            .iter()
+                            .map(|t| t.drop_arm)
+                            .filter(|&d| d != threshold)
+                            .collect();
+                        rejected.dedup();
+                        rejected
+                    },
+                    one_of_two: report
                         .drop_tries
                         .iter()
-                        .map(|t| t.drop_arm)
-                        .filter(|&d| d != threshold)
-                        .collect(),
+                        .filter(|t| t.drop_arm == threshold)
+                        .find_map(|t| t.one_dropped)
+                        .map(|(n, scenario)| {
+                            (
+                                n,
+                                report.rows.first().map_or(0, |row| row.effect_trials),
+                                scenario.name().replace('_', " "),
+                            )
+                        }),
                     target_percent: 100.0 * target,
                 }),
                 _ => None,
@@ -244,7 +265,7 @@ impl CalibrationView {
     source = r#"{% if let Some(r) = c.refined %}<p>These thresholds are a refinement of the design's quick calibration (at most {{ r.first_null_trials }} virtual trials with no effect in a scenario; efficacy threshold {{ "{:.4}"|format(r.first_efficacy) }}), run on up to {{ r.null_trials }} and locked at {{ r.at }}, before the trial's first look that could stop it. Every decision it takes is made under this rule, fixed before any of them; the simulation behind it read none of the trial's data.</p>{% endif %}<p>Stops for efficacy when P(better by MID) ≥ <strong>{{ "{:.4}"|format(c.efficacy) }}</strong> {{ c.boundary }}{% if !c.achievable %} — no threshold below 1 kept false stops at {{ "{:.0}"|format(c.target_percent) }}%: this design never stops for efficacy and runs to its last block{% endif %}
 (the protocol states {{ c.stated }}): calibrated so that false stops stay at or below {{ "{:.0}"|format(c.target_percent) }}% with 95% confidence in every scenario below; set by the <strong>{{ c.binding }}</strong> scenario.</p>
 {% if let Some(f) = c.futility %}<p>Stops for futility when P(better by MID) ≤ <strong>{{ "{:.4}"|format(f.threshold) }}</strong> for every arm{% if f.threshold == 0.0 %} — that is, never: even the lowest threshold gave up on too many arms that work{% endif %} (the protocol states {{ f.stated }}): calibrated so that at most {{ "{:.0}"|format(f.target_percent) }}% of trials whose arm works (by the effect below) are given up as futile, with 95% confidence in every scenario; set by the <strong>{{ f.binding }}</strong> scenario.</p>{% else %}<p>Stops for futility at the protocol's stated threshold, not calibrated: a calibration from before futility was calibrated, or from before every calibration ran enough virtual trials under the effect for a 95%-confident futility threshold.</p>{% endif %}
-{% if let Some(d) = c.drop_arm %}<p>Drops an arm when P(best) &lt; <strong>{{ d.threshold }}</strong>{% if d.threshold == 0.0 %} — that is, never: every threshold tried dropped the arm that works too often{% endif %} (the protocol states {{ d.stated }}{% if !d.rejected.is_empty() %}; tried and dropped the arm that works too often: {% for r in d.rejected %}{{ r }}{% if !loop.last %}, {% endif %}{% endfor %}{% endif %}): calibrated so that at most {{ "{:.0}"|format(d.target_percent) }}% of trials whose arm works give it up by this rule (drop it, or stop because every arm is less likely best than the comparator), with 95% confidence in every scenario{% if let Some((rate, scenario)) = c.worst_arm_drop %}; under the rule above it was dropped in up to {{ "{:.0}"|format(rate) }}% of them (the {{ scenario }} scenario){% endif %}. Every figure below drops arms at this threshold, the stated thresholds' columns included.</p>{% else if let Some((rate, scenario)) = c.worst_arm_drop %}<p>Arms are dropped at the protocol's threshold on P(best), which is not calibrated: the arm that works was dropped in up to {{ "{:.0}"|format(rate) }}% of trials (the {{ scenario }} scenario).</p>{% endif %}
+{% if let Some(d) = c.drop_arm %}<p>Drops an arm when P(best) &lt; <strong>{{ d.threshold }}</strong>{% if d.threshold == 0.0 %} — that is, never: every threshold tried gave up on the arm that works too often{% endif %} (the protocol states {{ d.stated }}{% if !d.rejected.is_empty() %}; tried and gave up on it too often: {% for r in d.rejected %}{{ r }}{% if !loop.last %}, {% endif %}{% endfor %}{% endif %}): calibrated so that at most {{ "{:.0}"|format(d.target_percent) }}% of trials give up on every arm that works by this rule (drop it, or stop because every arm is less likely best than the comparator), with 95% confidence in every scenario, where one arm works and where two work alike{% if let Some((rate, scenario)) = c.worst_arm_drop %}; under the rule above an arm that works alone was dropped in up to {{ "{:.0}"|format(rate) }}% of trials (the {{ scenario }} scenario){% endif %}.{% if let Some((n, of, scenario)) = d.one_of_two %} Where two work alike, one of them was dropped in up to {{ n }} of {{ of }} trials (the {{ scenario }} scenario): the other, as good, was kept.{% endif %} Every figure below drops arms at this threshold, the stated thresholds' columns included.</p>{% else if let Some((rate, scenario)) = c.worst_arm_drop %}<p>Arms are dropped at the protocol's threshold on P(best), which is not calibrated: the arm that works was dropped in up to {{ "{:.0}"|format(rate) }}% of trials (the {{ scenario }} scenario).</p>{% endif %}
 <div class="scroll"><table><caption>Simulated on {{ c.trials }} virtual trials (seed {{ c.seed }}, {{ "{:.0}"|format(c.wall_s) }} s); power at an effect of {{ c.effect }} {{ c.effect_unit }}; ± one Monte Carlo standard error</caption>
 <thead><tr><th scope="col">Scenario</th><th scope="col">False stops at {{ c.stated }}</th><th scope="col">False stops, calibrated</th><th scope="col">Power, calibrated</th><th scope="col">Given up though it works: stated → calibrated</th><th scope="col">Blocks when nothing works: stated → calibrated</th><th scope="col">Betting test: false stops / power</th></tr></thead>
 <tbody>{% for s in c.scenarios %}<tr><th scope="row">{{ s.scenario }}</th><td>{{ "{:.1}"|format(s.stated_false_stops) }}%</td><td>{{ "{:.1}"|format(s.false_stops[0]) }}% ± {{ "{:.1}"|format(s.false_stops[1]) }}</td><td>{{ "{:.0}"|format(s.power[0]) }}% ± {{ "{:.0}"|format(s.power[1]) }}</td><td>{% if let Some((a, b)) = s.futility_stops %}{{ "{:.0}"|format(a) }}% → {{ "{:.0}"|format(b[0]) }}% ± {{ "{:.0}"|format(b[1]) }}{% else %}–{% endif %}</td><td>{% if let Some(n) = s.null_blocks %}{{ "{:.1}"|format(n[0]) }} → {{ "{:.1}"|format(n[1]) }}{% else %}–{% endif %}</td><td>{% if let Some(b) = s.betting %}{{ "{:.1}"|format(b[0]) }}% / {{ "{:.0}"|format(b[1]) }}%{% else %}not valid for this design{% endif %}</td></tr>{% endfor %}</tbody></table></div>"#

@@ -225,24 +225,40 @@ impl SuiteReport {
     }
 }
 
-/// One arm-drop threshold tried: the scenario where the arm that works was
-/// given up on most often by the arm-drop rule (dropped, or the trial
-/// stopped as every arm was less likely best than the comparator), as the
-/// trials under the effect ran: every time before the planned end, so at
-/// least as often as under any stopping rule, which only cuts a trial
-/// short.
+/// One arm-drop threshold tried on one set of trials under the effect: the
+/// scenario where an arm that works was given up on most often by the
+/// arm-drop rule (dropped, or the trial stopped as every arm was less
+/// likely best than the comparator), as the trials ran: every time before
+/// the planned end, so at least as often as under any stopping rule, which
+/// only cuts a trial short.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DropTry {
     /// Drop an arm when `P(best) <` this (0: never).
     pub drop_arm: f64,
-    /// The scenario that dropped the arm that works most often.
+    /// How many arms had the effect: 1, or 2 alike (where a chance lead of
+    /// one can push the other's `P(best)` under the threshold). `dropped`
+    /// counts trials that gave up on every arm that works.
+    #[serde(default = "one_working_arm")]
+    pub working_arms: usize,
+    /// The scenario that gave up on every arm that works most often.
     pub scenario: Scenario,
-    /// Trials under the effect, there, that gave it up so.
+    /// Trials under the effect, there, that gave them up so.
     pub dropped: usize,
     /// The most that may: the futility target held with 95% confidence
     /// shared among the [`DROP_TESTS`] thresholds that can be tested
     /// (Bonferroni: each at 98.3%).
     pub allowed: usize,
+    /// With two arms that work alike: the most trials under the effect, in
+    /// any scenario, that gave up on one of them (and that scenario). Not
+    /// an error (the other is kept), but what a drop costs there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_dropped: Option<(usize, Scenario)>,
+}
+
+/// Reports from before arm drops were tried with two arms that work tried
+/// them with one.
+fn one_working_arm() -> usize {
+    1
 }
 
 /// Arm-drop thresholds that can be tested in one calibration: the
@@ -304,7 +320,8 @@ pub fn run_suite(
             scenario,
             calibrate: Some(target.unwrap_or(DEFAULT_TARGET)),
             progress: false,
-            // Arm drops and power are calibrated with one working arm.
+            // Power is calibrated with one working arm (arm drops with one
+            // and with two: [`calibrate_drops`]).
             working_arms: 1,
             ..options.base.clone()
         })
@@ -378,11 +395,12 @@ pub fn run_suite(
         ));
     }
     // Arm drops (three arms or more): the protocol's threshold stands where
-    // the arm that works is dropped, as the trials under the effect ran, in
-    // at most the futility target of them in every scenario with 95%
-    // confidence; else lower ones are tried ([`next_drop_arm`]), each on
-    // the same trials under the effect run again (a drop changes the rest
-    // of a trial). The null trials then run with the one chosen.
+    // every arm that works is given up on, as the trials under the effect
+    // ran, in at most the futility target of them in every scenario with
+    // 95% confidence, with one arm that works and with two alike; else lower
+    // ones are tried ([`next_drop_arm`]), each on the same trials under the
+    // effect run again (a drop changes the rest of a trial). The null
+    // trials then run with the one chosen.
     // Each threshold tried is tested at a share of the 5%: on fewer trials
     // than that confidence takes (39 at 10%) no threshold could pass it.
     cancelled(&bar)?;
@@ -390,11 +408,31 @@ pub fn run_suite(
         && protocol.arms.len() >= 3
         && protocol.decision.drop_arm > 0.0
         && options.power_trials >= min_trials_at(futility_target, drop_confidence());
+    let pair_options: Vec<SimOptions> = if calibrating_drops {
+        scenario_options
+            .iter()
+            .map(|o| SimOptions {
+                working_arms: 2,
+                ..o.clone()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let (drop_tries, discarded) = if calibrating_drops {
+        let mut pairs = pair_options
+            .iter()
+            .map(|o| {
+                setup_for(protocol, o).map(|mut setup| {
+                    setup.futility = 0.0;
+                    setup
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         calibrate_drops(
             protocol,
             &scenarios,
-            &mut setups,
+            (&mut setups, &mut pairs),
             &mut effect,
             options.power_trials,
             &bar,
@@ -716,7 +754,7 @@ pub fn run_suite(
                 calibrated_null_blocks: rule.and_then(|r| mean_blocks(&null[i], r)),
                 effect_arm_dropped: rule
                     .filter(|_| protocol.arms.len() >= 3 && !effect[i].is_empty())
-                    .map(|r| dropped_under(&effect[i], r, setups[i].effect_arm)),
+                    .map(|r| dropped_under(&effect[i], r, &setups[i].working, false)),
             }
         })
         .collect();
@@ -762,15 +800,19 @@ pub fn run_suite(
 }
 
 /// Tries arm-drop thresholds, the protocol's first ([`next_drop_arm`]),
-/// until the arm that works is dropped, as the trials under the effect
-/// ran, in at most the futility target of them in every scenario with 95%
-/// confidence. Each threshold after the first runs `effect` again with it
-/// (a drop changes the rest of a trial); `setups` are left with the one
-/// chosen. Returns the thresholds tried and the trials set aside.
+/// until every arm that works is given up on, as the trials under the
+/// effect ran, in at most the futility target of them in every scenario
+/// with 95% confidence ([`worst_drops`]): first on `effect` (one arm
+/// works), then, where those pass, on as many trials where two arms work
+/// alike (`pairs`, stream 3), which are run only then. Both must pass, so
+/// the choice keeps its confidence (an intersection of tests). Each threshold after the first runs `effect`
+/// again with it (a drop changes the rest of a trial); `setups` are left
+/// with the one chosen. Returns the thresholds tried and the trials set
+/// aside.
 fn calibrate_drops(
     protocol: &Protocol,
     scenarios: &[Scenario],
-    setups: &mut [super::Setup<'_>],
+    (setups, pairs): (&mut [super::Setup<'_>], &mut [super::Setup<'_>]),
     effect: &mut [Vec<VirtualTrial>],
     power_trials: usize,
     bar: &Meter,
@@ -783,30 +825,45 @@ fn calibrate_drops(
     );
     let mut tries: Vec<DropTry> = Vec::new();
     let mut discarded: Vec<VirtualTrial> = Vec::new();
+    let mut thresholds_tried = 1;
     loop {
         let drop_arm = setups[0].drop_arm;
-        let (worst, dropped) = effect
-            .iter()
-            .zip(setups.iter())
-            .map(|(trials, setup)| {
-                trials
-                    .iter()
-                    .filter(|t| t.gave_up_on(setup.effect_arm))
-                    .count()
-            })
-            .enumerate()
-            .max_by_key(|&(i, n)| (n, std::cmp::Reverse(i)))
-            .unwrap_or((0, 0));
-        tries.push(DropTry {
-            drop_arm,
-            scenario: scenarios[worst],
-            dropped,
-            allowed,
-        });
-        if dropped <= allowed || drop_arm == 0.0 {
+        let one = worst_drops(effect, setups, scenarios, allowed, drop_arm);
+        tries.push(one.clone());
+        // Nothing is dropped at 0; a cancelled run ends (its caller sees
+        // it: what it has is not the calibration asked for).
+        if drop_arm == 0.0 || bar.cancelled() {
             return (tries, discarded);
         }
-        let next = next_drop_arm(tries.len(), protocol.decision.drop_arm);
+        if one.dropped <= allowed {
+            bar.inc_length((pairs.len() * power_trials) as u64);
+            let mut two: Vec<Vec<VirtualTrial>> = Vec::with_capacity(pairs.len());
+            for (setup, scenario) in pairs.iter_mut().zip(scenarios) {
+                setup.drop_arm = drop_arm;
+                bar.set_message(format!(
+                    "{} ({}): two arms work, arm drops at {drop_arm}",
+                    protocol.id,
+                    scenario.name()
+                ));
+                two.push(run_range(
+                    setup,
+                    setup.effect_condition(),
+                    3,
+                    0..power_trials,
+                    f64::INFINITY,
+                    bar,
+                ));
+            }
+            let both = worst_drops(&two, pairs, scenarios, allowed, drop_arm);
+            let held = both.dropped <= allowed;
+            tries.push(both);
+            discarded.extend(two.into_iter().flatten());
+            if held {
+                return (tries, discarded);
+            }
+        }
+        let next = next_drop_arm(thresholds_tried, protocol.decision.drop_arm);
+        thresholds_tried += 1;
         bar.inc_length((setups.len() * power_trials) as u64);
         for (i, (setup, scenario)) in setups.iter_mut().zip(scenarios).enumerate() {
             setup.drop_arm = next;
@@ -828,6 +885,43 @@ fn calibrate_drops(
     }
 }
 
+/// The scenario whose trials gave up on every arm that works most often
+/// at `drop_arm` (the first, on ties), as a [`DropTry`]. Where two work
+/// alike, a trial that keeps one still finds a right answer: the MID is the
+/// indifference zone within which either is a right choice (Bechhofer's
+/// formulation of selecting the best); how often it dropped one of them is
+/// counted beside.
+fn worst_drops(
+    trials: &[Vec<VirtualTrial>],
+    setups: &[super::Setup<'_>],
+    scenarios: &[Scenario],
+    allowed: usize,
+    drop_arm: f64,
+) -> DropTry {
+    let count = |lost: &dyn Fn(&VirtualTrial, &[usize]) -> bool| {
+        trials
+            .iter()
+            .zip(setups)
+            .map(|(trials, setup)| trials.iter().filter(|t| lost(t, &setup.working)).count())
+            .enumerate()
+            .max_by_key(|&(i, n)| (n, std::cmp::Reverse(i)))
+            .unwrap_or((0, 0))
+    };
+    let (worst, dropped) = count(&|t, working| working.iter().all(|&arm| t.gave_up_on(arm)));
+    let working_arms = setups.first().map_or(1, |s| s.working.len());
+    DropTry {
+        drop_arm,
+        working_arms,
+        scenario: scenarios[worst],
+        dropped,
+        allowed,
+        one_dropped: (working_arms >= 2).then(|| {
+            let (i, n) = count(&|t, working| working.iter().any(|&arm| t.gave_up_on(arm)));
+            (n, scenarios[i])
+        }),
+    }
+}
+
 /// A locked rule's error rates in one scenario, on fresh virtual trials.
 #[derive(Debug, Clone)]
 pub struct LockedCheck {
@@ -837,18 +931,20 @@ pub struct LockedCheck {
     pub false_stops: Rate,
     /// Stops for futility under the effect (none without such trials).
     pub futility_stops: Option<Rate>,
-    /// With three arms or more: trials under the effect that dropped the
+    /// With three arms or more: trials under the effect that dropped every
     /// arm that works (none without such trials).
     pub arm_dropped: Option<Rate>,
+    /// With two arms that work or more: trials that dropped one of them.
+    pub one_dropped: Option<Rate>,
     /// The betting test on the same null trials.
     pub betting: Option<BettingRates>,
 }
 
 /// A locked rule checked per scenario on `null_trials` virtual trials
 /// under no effect (its false stops, and the betting test's) and
-/// `effect_trials` under the effect (its stops for futility), from
-/// `base.seed`. Run it with another seed than the calibration's to see
-/// the rule hold out of sample.
+/// `effect_trials` under the effect on `base.working_arms` arms (its stops
+/// for futility, and arm drops), from `base.seed`. Run it with another
+/// seed than the calibration's to see the rule hold out of sample.
 pub fn check_locked(
     protocol: &Protocol,
     base: &SimOptions,
@@ -867,8 +963,6 @@ pub fn check_locked(
         let options = SimOptions {
             scenario,
             calibrate: Some(DEFAULT_TARGET),
-            // The rule was calibrated with one working arm.
-            working_arms: 1,
             ..base.clone()
         };
         let mut setup = setup_for(protocol, &options)?;
@@ -896,7 +990,9 @@ pub fn check_locked(
             futility_stops: (!effect.is_empty())
                 .then(|| count(&effect, |a| *a == Action::StopFutility)),
             arm_dropped: (!effect.is_empty() && protocol.arms.len() >= 3)
-                .then(|| dropped_under(&effect, rule, setup.effect_arm)),
+                .then(|| dropped_under(&effect, rule, &setup.working, false)),
+            one_dropped: (!effect.is_empty() && setup.working.len() >= 2)
+                .then(|| dropped_under(&effect, rule, &setup.working, true)),
             betting: betting_rates(&setup, &null, &[]),
         });
     }
@@ -913,11 +1009,20 @@ struct Candidate {
     futility_binding: Option<usize>,
 }
 
-/// How often `trials` drop `arm` under `rule`.
-fn dropped_under(trials: &[VirtualTrial], rule: Rule, arm: usize) -> Rate {
+/// How often `trials` drop every arm that works (`working`) under `rule`,
+/// or (`one`) any of them.
+fn dropped_under(trials: &[VirtualTrial], rule: Rule, working: &[usize], one: bool) -> Rate {
     let k = trials
         .iter()
-        .filter(|t| t.under(rule).dropped.contains(&arm))
+        .filter(|t| {
+            let dropped = t.under(rule).dropped;
+            let lost = |arm: &usize| dropped.contains(arm);
+            if one {
+                working.iter().any(lost)
+            } else {
+                working.iter().all(lost)
+            }
+        })
         .count();
     Rate::of(k, trials.len())
 }
@@ -977,6 +1082,15 @@ fn progress_bar(show: bool, id: &str, watch: Option<Arc<Progress>>) -> Meter {
     );
     bar.set_message(id.to_string());
     Meter::new(bar, watch)
+}
+
+/// What a [`DropTry`] counted as given up on, in words.
+pub fn working_words(working_arms: usize) -> &'static str {
+    if working_arms >= 2 {
+        "both of two arms that work alike"
+    } else {
+        "the arm that works"
+    }
 }
 
 /// The suite as a plain-text table.
@@ -1085,14 +1199,18 @@ pub fn render_suite(r: &SuiteReport) -> String {
     for t in &r.drop_tries {
         let _ = writeln!(
             out,
-            "arm drops at P(best) < {}: the arm that works dropped in {} of {} trials under the effect ({}), {} allowed ({:.0}% with 95% confidence shared by the thresholds tried){}",
+            "arm drops at P(best) < {}: {} given up in {} of {} trials under the effect ({}), {} allowed ({:.0}% with 95% confidence shared by the thresholds tried){}{}",
             t.drop_arm,
+            working_words(t.working_arms),
             t.dropped,
             r.rows.first().map_or(0, |row| row.effect_trials),
             t.scenario.name(),
             t.allowed,
             r.futility_target.unwrap_or(0.0) * 100.0,
-            if t.dropped <= t.allowed || t.drop_arm == 0.0 {
+            t.one_dropped
+                .map(|(n, scenario)| format!("; one of them in up to {n} ({})", scenario.name()))
+                .unwrap_or_default(),
+            if Some(t.drop_arm) == r.drop_arm && (t.dropped <= t.allowed || t.drop_arm == 0.0) {
                 "  <- chosen"
             } else {
                 ""
@@ -1419,13 +1537,10 @@ max_blocks = 6
         }
     }
 
-    #[test]
-    fn an_arm_drop_threshold_that_drops_the_arm_that_works_too_often_is_lowered_and_holds_on_fresh_trials()
-     {
-        // Three arms, one better by 2 points (twice the daily sd): looks
-        // are noisy enough that its P(best) falls below a drop threshold
-        // of 0.3 in many trials, and below a lower one in few.
-        let text = small_design_text()
+    /// [`small_design_text`] with a third arm, a drop threshold of 0.3,
+    /// and 2 to 4 blocks.
+    fn three_arm_design_text() -> String {
+        small_design_text()
             .replace(
                 "[outcome]",
                 "[[arms]]\nkey = \"other\"\nlabel = \"Other\"\n[outcome]",
@@ -1435,7 +1550,16 @@ max_blocks = 6
                 "max_blocks = 6",
                 "max_blocks = 4\n[decision]\ndrop_arm = 0.3",
             )
-            .replace("counterbalanced", "block");
+            .replace("counterbalanced", "block")
+    }
+
+    #[test]
+    fn an_arm_drop_threshold_that_drops_the_arm_that_works_too_often_is_lowered_and_holds_on_fresh_trials()
+     {
+        // Three arms, one better by 2 points (twice the daily sd): looks
+        // are noisy enough that its P(best) falls below a drop threshold
+        // of 0.3 in many trials, and below a lower one in few.
+        let text = three_arm_design_text();
         let protocol = Protocol::parse(&text, "three").unwrap();
         let options = SuiteOptions {
             base: SimOptions {
@@ -1465,6 +1589,35 @@ max_blocks = 6
             chosen < 0.3 && (last.dropped <= last.allowed || chosen == 0.0),
             "{tries:?}"
         );
+        // Each threshold is tried where one arm works; only one that holds
+        // there is tried where two work alike, and is chosen where that
+        // holds too. There each is the other's null: a chance lead of one
+        // pushes the other's P(best) under the threshold in many trials,
+        // but the trial keeps the one that leads (both better by the same:
+        // either is a right choice), so only giving up on both counts
+        // against the target.
+        for (i, t) in tries.iter().enumerate() {
+            let held = t.dropped <= t.allowed;
+            if t.working_arms == 2 {
+                let one = &tries[i - 1];
+                assert_eq!((one.working_arms, one.drop_arm), (1, t.drop_arm));
+                assert!(one.dropped <= one.allowed, "{tries:?}");
+                assert_eq!(held, i + 1 == tries.len(), "{tries:?}");
+            } else {
+                assert_eq!(t.one_dropped, None);
+                let next_is_pair = tries.get(i + 1).is_some_and(|n| n.working_arms == 2);
+                assert_eq!(held && t.drop_arm > 0.0, next_is_pair, "{tries:?}");
+            }
+        }
+        // With this seed the one-arm check holds at 0.075 and the pair
+        // check too, though one of the two was dropped in far more trials
+        // than the 1 allowed (18 of 60 counting either, in one scenario).
+        let pair = tries.iter().find(|t| t.working_arms == 2);
+        let Some(pair) = pair else {
+            panic!("no threshold tried where two arms work: {tries:?}");
+        };
+        assert_eq!((pair.drop_arm, chosen), (0.075, 0.075), "{tries:?}");
+        assert!(pair.one_dropped.unwrap().0 > 5, "{tries:?}");
         // 60 trials at 10% with 98.3% confidence (95% shared by three
         // tests): at most 1 may drop it (P(Binomial(60, 0.1) >= 2) = 98.6%,
         // >= 3: 94.7%).
@@ -1512,6 +1665,20 @@ max_blocks = 6
             stated - calibrated > 3.0 * se,
             "{stated} dropped at 0.3, {calibrated} at {chosen}"
         );
+        // Fresh trials where two arms work alike, from a third seed: at the
+        // locked rule both are given up on within the same bound in every
+        // scenario, while one of them is dropped in many more.
+        let pairs = SimOptions {
+            seed: 2_000_011,
+            working_arms: 2,
+            ..base.clone()
+        };
+        let checks = check_locked(&protocol, &pairs, locked, (0, 100)).unwrap();
+        let worst = |rate: fn(&LockedCheck) -> f64| checks.iter().map(rate).fold(0.0, f64::max);
+        let both = worst(|c| c.arm_dropped.unwrap().rate);
+        let either = worst(|c| c.one_dropped.unwrap().rate);
+        assert!(both <= limit, "both arms that work dropped in up to {both}");
+        assert!(either > limit, "one of them dropped in up to {either}");
     }
 
     #[test]
