@@ -176,8 +176,8 @@ enum Command {
         /// arms besides the comparator): the first that many besides the
         /// comparator, each better by the effect (a stop for any of them
         /// finds a right arm; the drop rates show how often one that works
-        /// was dropped). Not with --suite, which calibrates arm drops with
-        /// one.
+        /// was dropped). Not with --suite, which tries arm drops with one
+        /// and then with two.
         #[arg(long, default_value_t = 1, conflicts_with = "suite", value_parser = clap::value_parser!(u8).range(1..=5))]
         working_arms: u8,
         /// Master seed.

@@ -165,7 +165,7 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
             match (protocol.arms.len() >= 3, l.drop_arm) {
                 (false, _) => String::new(),
                 (true, Some(0.0)) => {
-                    " Arm drops: none (calibrated: every threshold tried dropped the arm that works too often).".to_string()
+                    " Arm drops: none (calibrated: every threshold tried gave up on the arm that works, or on both of two that work alike, too often).".to_string()
                 }
                 (true, Some(d)) => format!(" Arm-drop threshold in force: P(best) < {d}, calibrated."),
                 (true, None) if protocol.decision.drop_arm == 0.0 => {
@@ -225,7 +225,7 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
                     (r.drop_arm, r.futility_target, r.drop_tries.last())
                 {
                     b.push(Block::Para(format!(
-                        "Arm-drop threshold {d} (the protocol states {}; thresholds tried: {}) gives up on every arm that works in at most {:.0}% of trials, with one arm that works and with two alike (keeping one of two that work alike finds a right answer), with 95% confidence in every stress scenario (at most {} of {} allowed; {} given up in {} in the {} scenario).",
+                        "Arm-drop threshold {d} (the protocol states {}; thresholds tried: {}) gives up on every arm that works in at most {:.0}% of trials, {}with 95% confidence in every stress scenario (at most {} of {} allowed; {} given up in {} in the {} scenario).",
                         r.protocol_drop_arm.unwrap_or(protocol.decision.drop_arm),
                         r.drop_tries
                             .iter()
@@ -245,6 +245,11 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
                             .collect::<Vec<_>>()
                             .join(", "),
                         100.0 * target,
+                        if r.drop_tries.iter().any(|t| t.working_arms >= 2) {
+                            "with one arm that works and with two alike (keeping one of two that work alike finds a right answer), "
+                        } else {
+                            "with one arm that works, "
+                        },
                         last.allowed,
                         r.rows.first().map_or(0, |row| row.effect_trials),
                         crate::trial::simulate::suite::working_words(last.working_arms),
