@@ -425,9 +425,11 @@ fn life_cycle_from_the_command_line() {
     let d = Daemon::start(&data, &args);
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
     while store(&data).trial(2).unwrap().unwrap().status.as_str() != "running" {
+        // Where it does not, the jobs' state says which one held it.
         assert!(
             std::time::Instant::now() < deadline,
-            "trial 2 did not start: {}",
+            "trial 2 did not start: {}\n{}",
+            d.get("/healthz").1,
             d.log()
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -935,6 +937,33 @@ fn a_calibration_and_a_refinement_stopped_by_a_restart_take_up_the_virtual_trial
         std::thread::sleep(Duration::from_millis(200));
     };
     drop(d);
+    // The report says how many of its calibration's trials were run before
+    // the stop, whose time its figure leaves out.
+    let out = run(
+        &[
+            "report",
+            "2",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--sim-trials",
+            "0",
+            "--format",
+            "markdown",
+        ],
+        dir.path(),
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains(&format!(
+            "({calibration_kept} of them run before a stop part way and taken up"
+        )),
+        "{report}"
+    );
     let calibration = store(&data).calibration(&hash).unwrap().unwrap();
     for (row, kept_at_stop) in [
         (&calibration, calibration_kept),

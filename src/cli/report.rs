@@ -203,7 +203,7 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
         match c.report() {
             Ok(r) => {
                 b.push(Block::Para(format!(
-                    "Calibration of this design: threshold {:.4} ({} boundary) keeps false stops at or below {:.1}% with 95% confidence in every stress scenario (set by {}); {} virtual trials, seed {}, {:.0} s. Power at an effect of {} and the anytime-valid betting test on the same trials:",
+                    "Calibration of this design: threshold {:.4} ({} boundary) keeps false stops at or below {:.1}% with 95% confidence in every stress scenario (set by {}); {} virtual trials, seed {}, {:.0} s{}. Power at an effect of {} and the anytime-valid betting test on the same trials:",
                     c.efficacy,
                     c.boundary.as_str(),
                     100.0 * c.target,
@@ -211,6 +211,14 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
                     r.timing.trials,
                     r.seed,
                     c.wall_ms / 1000.0,
+                    if r.timing.resumed > 0 {
+                        format!(
+                            " ({} of them run before a stop part way and taken up: their time is not in this figure)",
+                            r.timing.resumed
+                        )
+                    } else {
+                        String::new()
+                    },
                     format!("{} {}", r.effect, r.effect_unit).trim_end()
                 )));
                 if let (Some(f), Some(target)) = (r.futility, r.futility_target) {

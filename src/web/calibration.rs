@@ -56,8 +56,11 @@ pub struct CalibrationView {
     pub seed: u64,
     /// Virtual trials run in all.
     pub trials: usize,
-    /// Wall time, seconds.
+    /// Wall time of the run that ended it, seconds.
     pub wall_s: f64,
+    /// Of `trials`, those taken up from a run stopped part way (a restart,
+    /// or a refinement that yielded): run then, so not in `wall_s`.
+    pub resumed: usize,
     /// The calibrated futility threshold, with the protocol's, the target
     /// (percent) and the scenario that set it (calibrations from before
     /// futility was: none).
@@ -155,6 +158,7 @@ impl CalibrationView {
             seed: report.seed,
             trials: report.timing.trials,
             wall_s: row.wall_ms / 1000.0,
+            resumed: report.timing.resumed,
             futility: match (
                 row.futility,
                 report.futility_target,
@@ -271,7 +275,7 @@ impl CalibrationView {
 (the protocol states {{ c.stated }}): calibrated so that false stops stay at or below {{ "{:.0}"|format(c.target_percent) }}% with 95% confidence in every scenario below; set by the <strong>{{ c.binding }}</strong> scenario.</p>
 {% if let Some(f) = c.futility %}<p>Stops for futility when P(better by MID) ≤ <strong>{{ "{:.4}"|format(f.threshold) }}</strong> for every arm{% if f.threshold == 0.0 %} — that is, never: even the lowest threshold gave up on too many arms that work{% endif %} (the protocol states {{ f.stated }}): calibrated so that at most {{ "{:.0}"|format(f.target_percent) }}% of trials whose arm works (by the effect below) are given up as futile, with 95% confidence in every scenario; set by the <strong>{{ f.binding }}</strong> scenario.</p>{% else %}<p>Stops for futility at the protocol's stated threshold, not calibrated: a calibration from before futility was calibrated, or from before every calibration ran enough virtual trials under the effect for a 95%-confident futility threshold.</p>{% endif %}
 {% if let Some(d) = c.drop_arm %}<p>Drops an arm when P(best) &lt; <strong>{{ d.threshold }}</strong>{% if d.threshold == 0.0 %} — that is, never: every threshold tried gave up on the arm that works{% if d.pair_checked %}, or on both of two that work alike,{% endif %} too often{% endif %} (the protocol states {{ d.stated }}{% if !d.rejected.is_empty() %}; tried and gave up too often: {% for r in d.rejected %}{{ r }}{% if !loop.last %}, {% endif %}{% endfor %}{% endif %}): calibrated so that at most {{ "{:.0}"|format(d.target_percent) }}% of trials give up on every arm that works by this rule (drop it, or stop because every arm is less likely best than the comparator), with 95% confidence in every scenario, where one arm works{% if d.pair_checked %} and where two work alike{% endif %}{% if let Some((rate, scenario)) = c.worst_arm_drop %}; under the rule above an arm that works alone was dropped in up to {{ "{:.0}"|format(rate) }}% of trials (the {{ scenario }} scenario){% endif %}.{% if let Some((n, of, scenario)) = d.one_of_two %} Where two work alike, one of them was given up on in up to {{ n }} of {{ of }} trials (the {{ scenario }} scenario), and the other, as good, was kept.{% endif %} Every figure below drops arms at this threshold, the stated thresholds' columns included.</p>{% else if let Some((rate, scenario)) = c.worst_arm_drop %}<p>Arms are dropped at the protocol's threshold on P(best), which is not calibrated: the arm that works was dropped in up to {{ "{:.0}"|format(rate) }}% of trials (the {{ scenario }} scenario).</p>{% endif %}
-<div class="scroll"><table><caption>Simulated on {{ c.trials }} virtual trials (seed {{ c.seed }}, {{ "{:.0}"|format(c.wall_s) }} s); power at an effect of {{ c.effect }} {{ c.effect_unit }}; ± one Monte Carlo standard error</caption>
+<div class="scroll"><table><caption>Simulated on {{ c.trials }} virtual trials (seed {{ c.seed }}, {{ "{:.0}"|format(c.wall_s) }} s{% if c.resumed > 0 %}; {{ c.resumed }} of them were run before the run that ended it was stopped part way, and taken up: their time is not in this figure{% endif %}); power at an effect of {{ c.effect }} {{ c.effect_unit }}; ± one Monte Carlo standard error</caption>
 <thead><tr><th scope="col">Scenario</th><th scope="col">False stops at {{ c.stated }}</th><th scope="col">False stops, calibrated</th><th scope="col">Power, calibrated</th><th scope="col">Given up though it works: stated → calibrated</th><th scope="col">Blocks when nothing works: stated → calibrated</th><th scope="col">Betting test: false stops / power</th></tr></thead>
 <tbody>{% for s in c.scenarios %}<tr><th scope="row">{{ s.scenario }}</th><td>{{ "{:.1}"|format(s.stated_false_stops) }}%</td><td>{{ "{:.1}"|format(s.false_stops[0]) }}% ± {{ "{:.1}"|format(s.false_stops[1]) }}</td><td>{{ "{:.0}"|format(s.power[0]) }}% ± {{ "{:.0}"|format(s.power[1]) }}</td><td>{% if let Some((a, b)) = s.futility_stops %}{{ "{:.0}"|format(a) }}% → {{ "{:.0}"|format(b[0]) }}% ± {{ "{:.0}"|format(b[1]) }}{% else %}–{% endif %}</td><td>{% if let Some(n) = s.null_blocks %}{{ "{:.1}"|format(n[0]) }} → {{ "{:.1}"|format(n[1]) }}{% else %}–{% endif %}</td><td>{% if let Some(b) = s.betting %}{{ "{:.1}"|format(b[0]) }}% / {{ "{:.0}"|format(b[1]) }}%{% else %}not valid for this design{% endif %}</td></tr>{% endfor %}</tbody></table></div>"#
 )]
