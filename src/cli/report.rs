@@ -165,7 +165,7 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
             match (protocol.arms.len() >= 3, l.drop_arm) {
                 (false, _) => String::new(),
                 (true, Some(0.0)) => {
-                    " Arm drops: none (calibrated: every threshold tried gave up on the arm that works, or on both of two that work alike, too often).".to_string()
+                    " Arm drops: none (calibrated: every threshold tried gave up on the arms that work too often).".to_string()
                 }
                 (true, Some(d)) => format!(" Arm-drop threshold in force: P(best) < {d}, calibrated."),
                 (true, None) if protocol.decision.drop_arm == 0.0 => {
@@ -247,7 +247,7 @@ fn build(store: &Store, trial_id: i64, sim_trials: usize) -> Result<Vec<Block>, 
                                 },
                                 t.dropped,
                                 t.one_dropped
-                                    .map(|(n, _)| format!(", one of them in up to {n}"))
+                                    .map(|(n, _)| format!(", one of them, the other kept, in up to {n}"))
                                     .unwrap_or_default()
                             ))
                             .collect::<Vec<_>>()

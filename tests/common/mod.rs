@@ -163,6 +163,18 @@ impl Daemon {
         (r.status().as_u16(), r.text().unwrap_or_default())
     }
 
+    /// GET a path's body, or what went wrong: for a failure message, so
+    /// it never panics itself (the daemon may have died or hung).
+    pub fn try_get(&self, path: &str) -> String {
+        let Some(addr) = self.read_addr() else {
+            return "(the daemon has no address)".into();
+        };
+        match client().get(format!("http://{addr}{path}")).send() {
+            Ok(r) => r.text().unwrap_or_default(),
+            Err(e) => format!("(GET {path}: {e})"),
+        }
+    }
+
     /// GET JSON.
     pub fn json(&self, path: &str) -> serde_json::Value {
         let (status, body) = self.get(path);

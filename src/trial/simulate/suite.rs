@@ -938,7 +938,8 @@ pub struct LockedCheck {
     pub scenario: Scenario,
     /// Stops for efficacy under no effect.
     pub false_stops: Rate,
-    /// Stops for futility under the effect (none without such trials).
+    /// Stops for futility under the effect, the arm-drop rule's stop as
+    /// the comparator is best included (none without such trials).
     pub futility_stops: Option<Rate>,
     /// With three arms or more: trials under the effect whose arm-drop rule
     /// gave up on every arm that works as they ran (dropped them, or
@@ -1644,7 +1645,6 @@ max_blocks = 6
                 assert!(one.dropped <= one.allowed, "{tries:?}");
                 assert_eq!(held, i + 1 == tries.len(), "{tries:?}");
             } else {
-                assert_eq!(t.one_dropped, None);
                 let next_is_pair = tries.get(i + 1).is_some_and(|n| n.working_arms == 2);
                 assert_eq!(held && t.drop_arm > 0.0, next_is_pair, "{tries:?}");
                 thresholds.push(t.drop_arm);
@@ -1656,8 +1656,9 @@ max_blocks = 6
             "{tries:?}"
         );
         // With this seed the one-arm check holds at 0.075 and the pair
-        // check too, though one of the two was dropped in far more trials
-        // than the 1 allowed (18 of 60 counting either, in one scenario).
+        // check too, though one of the two was given up on, the other
+        // kept, in far more trials than the 1 allowed (18 of 60 in one
+        // scenario).
         let pair = tries.iter().find(|t| t.working_arms == 2);
         let Some(pair) = pair else {
             panic!("no threshold tried where two arms work: {tries:?}");
@@ -1669,7 +1670,8 @@ max_blocks = 6
         // >= 3: 94.7%).
         assert_eq!(last.allowed, 1);
         // Fresh trials under the effect from another seed, at the locked
-        // rule: the arm that works is dropped within the target's Monte
+        // thresholds, counted as they ran (`check_locked`): the arm that
+        // works is given up on within the target's Monte
         // Carlo error of 10% in every scenario (100 trials: 10% + 2.5 se =
         // 17.5%, exceeded by chance below 1% a scenario at exactly 10%).
         let locked = LockedThresholds {
@@ -1696,11 +1698,12 @@ max_blocks = 6
         let calibrated = worst(locked);
         assert!(
             calibrated <= limit,
-            "the arm that works dropped in up to {calibrated} at {chosen}"
+            "the arm that works given up on in up to {calibrated} at {chosen}"
         );
         // The check sees drops: at the protocol's 0.3 the same fresh trials
-        // drop the arm that works far more often (17% against 1% in the
-        // worst scenario with seed 2,000,003: 4 standard errors of the
+        // give up on the arm that works far more often (counted as they
+        // ran, an upper bound on the locked rule's: 20% against 1% in the
+        // worst scenario with seed 2,000,003, 4.6 standard errors of the
         // difference; 3 are asked).
         let stated = worst(LockedThresholds {
             drop_arm: None,
@@ -1711,9 +1714,10 @@ max_blocks = 6
             stated - calibrated > 3.0 * se,
             "{stated} dropped at 0.3, {calibrated} at {chosen}"
         );
-        // Fresh trials where two arms work alike, from a third seed: at the
-        // locked rule both are given up on within the same bound in every
-        // scenario, while one of them (the other kept) is in many more.
+        // Fresh trials where two arms work alike, from a third seed, at the
+        // locked thresholds (counted as they ran): both are given up on
+        // within the same bound in every scenario, while one of them, the
+        // other kept, is in many more.
         let pairs = SimOptions {
             seed: 2_000_011,
             working_arms: 2,
