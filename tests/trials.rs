@@ -140,25 +140,7 @@ fn the_demo_trial_runs_to_a_stop_decision_untouched() {
     let runs = s.daily_runs(1).unwrap();
     assert!(runs.iter().all(|(date, _)| *date <= stop_date), "{runs:?}");
     // Report renders the trail.
-    let out = run(
-        &[
-            "report",
-            "1",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--sim-trials",
-            "0",
-            "--format",
-            "markdown",
-        ],
-        dir.path(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let md = String::from_utf8_lossy(&out.stdout);
+    let md = report_markdown(dir.path(), &data, 1);
     assert!(md.contains("## Decision trail"), "{md}");
     assert!(md.contains(&decisions.last().unwrap().action), "{md}");
 
@@ -272,6 +254,31 @@ fn seed_demo(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let (status, _) = d.terminate();
     assert!(status.success());
     (data, config)
+}
+
+/// `nof1d report TRIAL` in markdown, without its simulation; it must
+/// succeed.
+fn report_markdown(dir: &Path, data: &Path, trial: i64) -> String {
+    let trial = trial.to_string();
+    let out = run(
+        &[
+            "report",
+            &trial,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--sim-trials",
+            "0",
+            "--format",
+            "markdown",
+        ],
+        dir,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn cli(dir: &Path, data: &Path, args: &[&str]) -> (bool, String) {
@@ -939,25 +946,7 @@ fn a_calibration_and_a_refinement_stopped_by_a_restart_take_up_the_virtual_trial
     drop(d);
     // The report says how many of its calibration's trials were run before
     // the stop, whose time its figure leaves out.
-    let out = run(
-        &[
-            "report",
-            "2",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--sim-trials",
-            "0",
-            "--format",
-            "markdown",
-        ],
-        dir.path(),
-    );
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let report = report_markdown(dir.path(), &data, 2);
     assert!(
         report.contains(&format!(
             "({calibration_kept} of them run before a stop part way and taken up"
