@@ -809,10 +809,10 @@ pub fn run_suite(
 /// with 95% confidence ([`worst_drops`]): first on `effect` (one arm
 /// works), then, where those pass, on as many trials where two arms work
 /// alike (`pairs`, stream 3), which are run only then. Both must pass, so
-/// the choice keeps its confidence (an intersection of tests). Each threshold after the first runs `effect`
-/// again with it (a drop changes the rest of a trial); `setups` are left
-/// with the one chosen. Returns the thresholds tried and the trials set
-/// aside.
+/// the choice keeps its confidence (an intersection of tests). Each
+/// threshold after the first runs `effect` again with it (a drop changes
+/// the rest of a trial); `setups` are left with the one chosen. Returns
+/// the thresholds tried and the trials set aside.
 fn calibrate_drops(
     protocol: &Protocol,
     scenarios: &[Scenario],
@@ -1045,11 +1045,11 @@ enum Lost {
     OneOnly,
 }
 
-/// Whether trial `t` gave up on the arms that work (`working`) as `lost`
+/// Whether trial `t` gave up on the arms that work (`working`) as `which`
 /// says, as it ran ([`VirtualTrial::gave_up_on`]).
-fn lost(t: &VirtualTrial, working: &[usize], lost: Lost) -> bool {
+fn lost(t: &VirtualTrial, working: &[usize], which: Lost) -> bool {
     let every = working.iter().all(|&arm| t.gave_up_on(arm));
-    match lost {
+    match which {
         Lost::Every => every,
         Lost::OneOnly => !every && working.iter().any(|&arm| t.gave_up_on(arm)),
     }
