@@ -17,9 +17,12 @@ use crate::service::app::{AppState, Auth};
 use crate::service::clock::Clock;
 use crate::service::config::{Config, ConfigError};
 use crate::service::demo::{self, DemoError};
-use crate::service::jobs::{JobBoard, JobKind, run_job};
+use crate::service::jobs::{JobBoard, JobKind, run_job, tick_job};
 use crate::service::lock::{DataLock, LockError};
 use crate::service::store::{Db, StoreError};
+
+/// The scheduler's tick for every job: each second (seconds first, UTC).
+const EVERY_SECOND: &str = "* * * * * *";
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -190,18 +193,12 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         .await
         .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
     for kind in JobKind::ALL {
-        let period = match kind {
-            JobKind::Sources => state.config.jobs.source_poll_seconds,
-            JobKind::Assignments => state.config.jobs.assignment_check_seconds,
-            JobKind::Outbox => state.config.jobs.outbox_seconds,
-            JobKind::Refits => state.config.jobs.refit_seconds,
-            JobKind::Designs => state.config.jobs.design_seconds,
-            JobKind::Hypotheses => state.config.jobs.hypotheses_seconds,
-        };
         let st = state.clone();
-        let job = CronJob::new_repeated_async(Duration::from_secs(period), move |_id, _sched| {
+        // Every second; the job runs when its period has come (see
+        // `service::jobs` for why not the scheduler's repeated jobs).
+        let job = CronJob::new_async(EVERY_SECOND, move |_id, _sched| {
             let st = st.clone();
-            Box::pin(async move { run_job(&st, kind).await })
+            Box::pin(async move { tick_job(&st, kind).await })
         })
         .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
         scheduler

@@ -354,3 +354,47 @@ fn trial_page_charts_api_and_metrics() {
         "{metrics}"
     );
 }
+
+/// A home server that sleeps (or a process held up longer than a job's
+/// period, as under heavy load) wakes to find the wall clock ahead of every
+/// job's schedule: each job must go on ticking, not stop for good.
+#[test]
+fn jobs_keep_running_after_the_process_is_frozen_past_their_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = common::write_config(
+        &data,
+        "[jobs]\nsource_poll_seconds = 1\nassignment_check_seconds = 1\noutbox_seconds = 1\nrefit_seconds = 1\ndesign_seconds = 1\n",
+    );
+    let d = Daemon::start(&data, &["--demo", "--config", config.to_str().unwrap()]);
+    d.wait_jobs(2, Duration::from_secs(30));
+    let pid = d.child.id().to_string();
+    let signal = |name: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    };
+    // Frozen for four periods, as by a suspend: no thread runs, the wall
+    // clock goes on.
+    signal("-STOP");
+    std::thread::sleep(Duration::from_secs(4));
+    signal("-CONT");
+    let runs = |h: &serde_json::Value, job: &str| h["jobs"][job]["runs"].as_u64().unwrap_or(0);
+    let jobs = ["sources", "refits", "assignments", "outbox", "designs"];
+    let woke = d.json("/healthz");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = d.json("/healthz");
+        if jobs.iter().all(|j| runs(&now, j) >= runs(&woke, j) + 3) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a job stopped ticking after the freeze: before {woke}\nnow {now}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

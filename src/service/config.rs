@@ -1001,6 +1001,7 @@ impl Config {
             ),
             ("jobs.outbox_seconds", self.jobs.outbox_seconds),
             ("jobs.refit_seconds", self.jobs.refit_seconds),
+            ("jobs.design_seconds", self.jobs.design_seconds),
             ("jobs.hypotheses_seconds", self.jobs.hypotheses_seconds),
         ] {
             if v == 0 {
@@ -1289,6 +1290,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("HH:MM"), "{err}");
+    }
+
+    #[test]
+    fn a_job_period_of_zero_is_refused_by_name() {
+        for key in [
+            "source_poll_seconds",
+            "assignment_check_seconds",
+            "outbox_seconds",
+            "refit_seconds",
+            "design_seconds",
+            "hypotheses_seconds",
+        ] {
+            let text = format!("[jobs]\n{key} = 0\n");
+            let err = Config::parse(&text, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("jobs.{key} must be at least 1")),
+                "{err}"
+            );
+        }
     }
 
     #[test]
