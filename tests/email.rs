@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::smtp::{SmtpSink, smtp_config};
+use common::smtp::{AuthSink, SmtpSink, smtp_config};
 use common::{Daemon, client};
 use nof1d::service::store::Store;
 
@@ -164,6 +164,55 @@ fn an_smtp_outage_is_ridden_out_and_a_rejection_is_final() {
         "{status}"
     );
     assert!(rejecting.received().is_empty());
+}
+
+#[test]
+fn refused_smtp_credentials_hold_the_mail_until_they_are_mended() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A server that refuses the credentials (535, as after a password
+    // change revokes an app password): a fault of the account, not of the
+    // message, so nothing is marked failed and the job says why.
+    let sink = AuthSink::start();
+    let cfg = config(&data, 60.0, common::PINNED_START, &sink.config(dir.path()));
+    let d = Daemon::start(&data, &["--demo", "--config", cfg.to_str().unwrap()]);
+    wait_until("two refused attempts", Duration::from_secs(30), || {
+        sink.refusals() >= 2
+    });
+    let status = d.json("/api/status");
+    let outbox = status["outbox"].as_array().unwrap();
+    assert!(!outbox.is_empty(), "{status}");
+    for message in outbox {
+        assert_eq!(message["status"], "pending", "{status}");
+    }
+    assert!(
+        outbox
+            .iter()
+            .any(|m| m["last_error"].as_str().unwrap_or_default().contains("535")),
+        "{status}"
+    );
+    let health = d.json("/healthz");
+    assert_eq!(health["status"], "degraded", "{health}");
+    let job = &health["jobs"]["outbox"];
+    assert_eq!(job["failing"], true, "{health}");
+    assert!(
+        job["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("delivery held"),
+        "{health}"
+    );
+    // The password is mended: what waited goes out by itself, once.
+    sink.accept();
+    wait_until("all sent", Duration::from_secs(60), || {
+        let status = d.json("/api/status");
+        status["outbox"]
+            .as_array()
+            .is_some_and(|o| o.iter().all(|m| m["status"] == "sent"))
+    });
+    let sent = d.json("/api/status")["outbox"].as_array().unwrap().len();
+    assert_eq!(sink.received().len(), sent);
+    drop(d);
 }
 
 /// The links in a received assignment, by their label.

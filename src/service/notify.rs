@@ -43,9 +43,8 @@ pub enum NotifyError {
     /// The SMTP server or the connection to it failed.
     #[error("SMTP: {message}")]
     Smtp {
-        /// A 5xx answer (rejected recipient, authentication refused):
-        /// retrying the same message cannot help.
-        permanent: bool,
+        /// Whether it is this message's fault or every message's.
+        fault: SmtpFault,
         /// What happened.
         message: String,
     },
@@ -62,15 +61,57 @@ pub enum NotifyError {
     },
 }
 
+/// Whose fault an SMTP failure is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpFault {
+    /// A 5xx answer about this message (a recipient that does not exist, a
+    /// message refused): retrying it cannot help.
+    Message,
+    /// The server, the connection or the account: refused credentials
+    /// (530, 534, 535, 538), a 4xx answer, a time-out, a refused connection.
+    /// Every message would fail alike, and may go once it is mended.
+    Server,
+}
+
+/// 5xx answers about the session, not the message: authentication
+/// required, too weak, refused, or needing encryption (RFC 4954). A
+/// revoked app password must hold the mail, not fail every message.
+const ACCOUNT_CODES: [u16; 4] = [530, 534, 535, 538];
+
+impl SmtpFault {
+    /// The fault of a failed `send`.
+    fn of(e: &lettre::transport::smtp::Error) -> SmtpFault {
+        match e.status().map(u16::from) {
+            Some(code) if e.is_permanent() && !ACCOUNT_CODES.contains(&code) => SmtpFault::Message,
+            _ => SmtpFault::Server,
+        }
+    }
+}
+
 impl NotifyError {
-    /// True when retrying cannot succeed.
+    /// True when retrying this message cannot succeed.
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
             NotifyError::Address { .. }
                 | NotifyError::Build(_)
                 | NotifyError::Smtp {
-                    permanent: true,
+                    fault: SmtpFault::Message,
+                    ..
+                }
+        )
+    }
+
+    /// True when every message would fail alike (the server, the account,
+    /// the settings, the mail folder): the rest wait for the next run
+    /// rather than each spend an attempt.
+    pub fn holds_every_message(&self) -> bool {
+        matches!(
+            self,
+            NotifyError::Settings(_)
+                | NotifyError::Write { .. }
+                | NotifyError::Smtp {
+                    fault: SmtpFault::Server,
                     ..
                 }
         )
@@ -802,8 +843,9 @@ pub fn smtp_transport(cfg: &SmtpConfig) -> Result<SmtpTransport, NotifyError> {
     Ok(builder.build())
 }
 
-/// Sends a message through SMTP. A 5xx answer is permanent; a 4xx answer,
-/// a refused connection or a time-out is temporary. Returns where it went.
+/// Sends a message through SMTP. A 5xx answer is permanent, except one
+/// about the account ([`SmtpFault`]); a 4xx answer, a refused connection or
+/// a time-out is temporary. Returns where it went.
 pub fn deliver_smtp(
     row: &OutboxRow,
     from: &str,
@@ -820,7 +862,7 @@ pub fn deliver_smtp(
             response.code()
         )),
         Err(e) => Err(NotifyError::Smtp {
-            permanent: e.is_permanent(),
+            fault: SmtpFault::of(&e),
             message: e.to_string(),
         }),
     }

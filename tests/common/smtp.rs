@@ -146,3 +146,129 @@ pub fn smtp_config(addr: SocketAddr) -> String {
         addr.port()
     )
 }
+
+/// A hand-written SMTP server on loopback that asks for authentication on
+/// a plain connection (mailin-embedded offers AUTH only over TLS) and
+/// refuses the credentials (535, as when an app password is revoked) until
+/// told to accept them. It accepts every message once they are.
+pub struct AuthSink {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    accept: Arc<AtomicBool>,
+    inbox: Arc<Mutex<Vec<Vec<u8>>>>,
+    refusals: Arc<Mutex<usize>>,
+}
+
+impl AuthSink {
+    /// Starts a server that refuses the credentials.
+    pub fn start() -> AuthSink {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let sink = AuthSink {
+            addr: listener.local_addr().unwrap(),
+            accept: Arc::new(AtomicBool::new(false)),
+            inbox: Arc::new(Mutex::new(Vec::new())),
+            refusals: Arc::new(Mutex::new(0)),
+        };
+        let (accept, inbox, refusals) = (
+            sink.accept.clone(),
+            sink.inbox.clone(),
+            sink.refusals.clone(),
+        );
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (accept, inbox, refusals) = (accept.clone(), inbox.clone(), refusals.clone());
+                std::thread::spawn(move || {
+                    let _ = auth_session(stream, &accept, &inbox, &refusals);
+                });
+            }
+        });
+        sink
+    }
+
+    /// Accept the credentials from now on.
+    pub fn accept(&self) {
+        self.accept.store(true, Ordering::SeqCst);
+    }
+
+    /// How many AUTH commands it refused.
+    pub fn refusals(&self) -> usize {
+        *self.refusals.lock().unwrap()
+    }
+
+    /// The messages received (raw).
+    pub fn received(&self) -> Vec<Vec<u8>> {
+        self.inbox.lock().unwrap().clone()
+    }
+
+    /// The `[email.smtp]` table for it, with a user name and the password
+    /// in a file under `dir`.
+    pub fn config(&self, dir: &std::path::Path) -> String {
+        let password = dir.join("smtp-password");
+        std::fs::write(&password, "revoked-app-password").unwrap();
+        format!(
+            "{}username = \"demo@example.invalid\"\npassword = {{ file = {:?} }}\n",
+            smtp_config(self.addr),
+            password.display().to_string()
+        )
+    }
+}
+
+/// One SMTP session (RFC 5321 with AUTH, RFC 4954), line by line.
+fn auth_session(
+    stream: std::net::TcpStream,
+    accept: &AtomicBool,
+    inbox: &Mutex<Vec<Vec<u8>>>,
+    refusals: &Mutex<usize>,
+) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut out = stream.try_clone()?;
+    let mut lines = BufReader::new(stream);
+    out.write_all(b"220 auth.test ESMTP\r\n")?;
+    let mut authed = false;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let command = line.trim_end().to_ascii_uppercase();
+        let reply: &[u8] = if command.starts_with("EHLO") {
+            b"250-auth.test\r\n250 AUTH PLAIN LOGIN\r\n"
+        } else if command.starts_with("AUTH") {
+            if accept.load(Ordering::SeqCst) {
+                authed = true;
+                b"235 2.7.0 Authentication successful\r\n"
+            } else {
+                *refusals.lock().unwrap() += 1;
+                b"535 5.7.8 Username and Password not accepted\r\n"
+            }
+        } else if command.starts_with("MAIL") && !authed {
+            b"530 5.7.0 Authentication required\r\n"
+        } else if command.starts_with("MAIL") || command.starts_with("RCPT") {
+            b"250 2.1.0 OK\r\n"
+        } else if command == "DATA" {
+            out.write_all(b"354 Go ahead\r\n")?;
+            let mut message = Vec::new();
+            loop {
+                line.clear();
+                if lines.read_line(&mut line)? == 0 {
+                    return Ok(());
+                }
+                if line == ".\r\n" {
+                    break;
+                }
+                message.extend_from_slice(line.as_bytes());
+            }
+            inbox.lock().unwrap().push(message);
+            b"250 2.0.0 OK queued\r\n"
+        } else if command == "QUIT" {
+            out.write_all(b"221 2.0.0 Bye\r\n")?;
+            return Ok(());
+        } else if command == "RSET" || command == "NOOP" {
+            b"250 2.0.0 OK\r\n"
+        } else {
+            b"500 5.5.2 Unknown command\r\n"
+        };
+        out.write_all(reply)?;
+    }
+}

@@ -49,7 +49,8 @@ pub(crate) async fn deliver_outbox(state: &AppState) -> Result<String, JobError>
         None => None,
     };
     let (mut sent, mut failed) = (0, 0);
-    for row in due {
+    let waiting = due.len();
+    for (tried, row) in due.into_iter().enumerate() {
         if *state.stopping.borrow() {
             break;
         }
@@ -96,11 +97,21 @@ pub(crate) async fn deliver_outbox(state: &AppState) -> Result<String, JobError>
             Err(e) => {
                 let msg = e.to_string();
                 tracing::warn!(message = id, error = %msg, "delivery failed; will retry");
+                let stored = msg.clone();
                 state
                     .db
-                    .write(move |s| s.mark_retry(id, &msg, retry_at))
+                    .write(move |s| s.mark_retry(id, &stored, retry_at))
                     .await?;
                 failed += 1;
+                // The server, the account or the mail folder: the others
+                // would fail alike, so they keep their attempts for the next
+                // run, and the job shows failing until it is mended.
+                if e.holds_every_message() {
+                    let rest = waiting - tried - 1;
+                    return Err(JobError::Item(format!(
+                        "{sent} sent, {failed} failed; delivery held ({msg}): {rest} more wait for the next run"
+                    )));
+                }
             }
         }
     }
