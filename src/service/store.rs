@@ -27,7 +27,7 @@ use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
 
 /// The migration files, in order. Append new files; never edit a released one.
-const MIGRATION_FILES: [&str; 15] = [
+const MIGRATION_FILES: [&str; 16] = [
     include_str!("../../migrations/0001_initial.sql"),
     include_str!("../../migrations/0002_trial_lifecycle.sql"),
     include_str!("../../migrations/0003_dashboard.sql"),
@@ -43,6 +43,7 @@ const MIGRATION_FILES: [&str; 15] = [
     include_str!("../../migrations/0013_design_failures_arm_drops.sql"),
     include_str!("../../migrations/0014_calibration_refinements.sql"),
     include_str!("../../migrations/0015_kept_trials.sql"),
+    include_str!("../../migrations/0016_observations_by_date.sql"),
 ];
 
 /// The migrations, in order.
@@ -2018,29 +2019,55 @@ impl Store {
         stream: &str,
         date: Date,
     ) -> Result<Vec<(Timestamp, Date, f64)>> {
-        let samples = self.samples_on(participant_id, stream, Some(date))?;
-        Ok(crate::service::streams::one_origin_per_day(samples, &[])
+        self.observations_between(participant_id, stream, &[], (date, date))
+    }
+
+    /// [`Store::observations`] of the local dates `first..=last` only: a
+    /// trial's refit reads its own dates, not the stream's whole history.
+    pub fn observations_between(
+        &self,
+        participant_id: i64,
+        stream: &str,
+        prefer: &[String],
+        (first, last): (Date, Date),
+    ) -> Result<Vec<(Timestamp, Date, f64)>> {
+        let samples = self.samples_on(participant_id, stream, Some((first, last)))?;
+        Ok(crate::service::streams::one_origin_per_day(samples, prefer)
             .into_iter()
             .map(|s| (s.at, s.date, s.value))
             .collect())
     }
 
-    /// A stream's samples, of one local date or (`None`) all of them.
+    /// A stream's samples, of the local dates `first..=last` or (`None`)
+    /// all of them.
     fn samples_on(
         &self,
         participant_id: i64,
         stream: &str,
-        date: Option<Date>,
+        days: Option<(Date, Date)>,
     ) -> Result<Vec<crate::service::streams::Sample>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT o.observed_at, o.local_date, o.value, o.origin
-             FROM observations o JOIN streams s ON s.id = o.stream_id
-             WHERE s.participant_id = ?1 AND s.key = ?2 AND o.withdrawn_at IS NULL
-               AND (?3 IS NULL OR o.local_date = ?3)
-             ORDER BY o.observed_at, o.id",
-        )?;
-        let day = date.map(|d| d.to_string());
-        let rows = stmt.query_map(params![participant_id, stream, day], |r| {
+        // Two statements rather than `?3 IS NULL OR ...`, which keeps
+        // SQLite from using the date index.
+        let range = days.map(|(a, b)| (a.to_string(), b.to_string()));
+        let (sql, args): (&str, Vec<&dyn rusqlite::ToSql>) = match &range {
+            Some((first, last)) => (
+                "SELECT o.observed_at, o.local_date, o.value, o.origin
+                 FROM observations o JOIN streams s ON s.id = o.stream_id
+                 WHERE s.participant_id = ?1 AND s.key = ?2 AND o.withdrawn_at IS NULL
+                   AND o.local_date BETWEEN ?3 AND ?4
+                 ORDER BY o.observed_at, o.id",
+                vec![&participant_id, &stream, first, last],
+            ),
+            None => (
+                "SELECT o.observed_at, o.local_date, o.value, o.origin
+                 FROM observations o JOIN streams s ON s.id = o.stream_id
+                 WHERE s.participant_id = ?1 AND s.key = ?2 AND o.withdrawn_at IS NULL
+                 ORDER BY o.observed_at, o.id",
+                vec![&participant_id, &stream],
+            ),
+        };
+        let mut stmt = self.conn.prepare(sql)?;
+        let rows = stmt.query_map(args.as_slice(), |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -5571,6 +5598,45 @@ mod tests {
                 failed_recently: 0
             }
         );
+    }
+
+    #[test]
+    fn observations_between_reads_only_those_dates_as_the_whole_stream_has_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let pid = participant(&mut s);
+        let src = s.ensure_source(pid, "csv", "file", "{}", now()).unwrap();
+        let day = |d: i8| jiff::civil::date(2026, 11, d);
+        // Two a day over ten days, one of them withdrawn.
+        let obs: Vec<NewObservation> = (0..20)
+            .map(|i| {
+                NewObservation::point(
+                    "hrv",
+                    "ms",
+                    format!("r{i}"),
+                    now(),
+                    day(1 + (i / 2) as i8),
+                    f64::from(i),
+                )
+            })
+            .collect();
+        let run = s.begin_run(src, RunWay::Poll, "", now()).unwrap();
+        s.record_poll(src, run, &obs, &["r8".to_string()], None, now())
+            .unwrap();
+        let all = s.observations(pid, "hrv", &[]).unwrap();
+        assert_eq!(all.len(), 19);
+        let (first, last) = (day(3), day(6));
+        let between = s
+            .observations_between(pid, "hrv", &[], (first, last))
+            .unwrap();
+        let expected: Vec<_> = all
+            .iter()
+            .filter(|o| (first..=last).contains(&o.1))
+            .cloned()
+            .collect();
+        assert_eq!(between, expected);
+        assert_eq!(between.len(), 7, "{between:?}");
+        assert_eq!(s.observations_on(pid, "hrv", day(10)).unwrap().len(), 2);
     }
 
     #[test]

@@ -225,8 +225,13 @@ pub(super) async fn sources_json(State(state): State<AppState>) -> Response {
     }
 }
 
+/// How long "Poll all sources now" waits for the poll before showing the
+/// page: most polls take seconds, and the page then shows what they did.
+const POLL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// POST `/sources/poll`: polls every source now (the usual job, run at
-/// once; a poll already running is not doubled), then back to the page.
+/// once; a poll already running is not doubled), then back to the page:
+/// once the poll is done, or after [`POLL_WAIT`] with the poll going on.
 #[utoipa::path(post, path = "/sources/poll", tag = "forms",
     summary = "Poll every source now",
     request_body(content = crate::web::access::CsrfForm, content_type = "application/x-www-form-urlencoded"),
@@ -239,7 +244,14 @@ pub(super) async fn sources_poll(
     if !viewer.csrf_ok(form.csrf.as_deref()) {
         return csrf_refused();
     }
-    crate::service::jobs::run_job(&state, crate::service::jobs::JobKind::Sources).await;
+    // Its own task: a poll that takes long (a large import, an API
+    // retrying) goes on in the background instead of being cancelled with
+    // the request (its time-out, or a browser that gives up), which would
+    // throw away what its source tasks fetched and leave its runs open.
+    let poll = tokio::spawn(async move {
+        crate::service::jobs::run_job(&state, crate::service::jobs::JobKind::Sources).await
+    });
+    let _ = tokio::time::timeout(POLL_WAIT, poll).await;
     (
         StatusCode::SEE_OTHER,
         [(header::LOCATION, "/sources".to_string())],

@@ -107,9 +107,18 @@ async fn refit_one(
     let (schedule, observations, last, decisions, adherence) = state
         .db
         .read(move |s| {
+            let schedule = s.schedule(trial_id)?;
+            // Only the trial's own dates count (`trial_series`).
+            let days = schedule.iter().map(|d| d.local_date);
+            let observations = match (days.clone().min(), days.max()) {
+                (Some(first), Some(last)) => {
+                    s.observations_between(participant_id, &stream, &prefer, (first, last))?
+                }
+                _ => Vec::new(),
+            };
             Ok((
-                s.schedule(trial_id)?,
-                s.observations(participant_id, &stream, &prefer)?,
+                schedule,
+                observations,
                 s.latest_fit(trial_id, &fit_key)?,
                 s.decisions(trial_id)?,
                 s.adherence(trial_id)?,
