@@ -229,7 +229,8 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     while state.jobs.any_running() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if state.jobs.any_running() {
+    let abandoned = state.jobs.any_running();
+    if abandoned {
         // Every write is one transaction: abandoning it loses nothing committed.
         tracing::warn!("a job is still running after 30 s; abandoning it");
     }
@@ -244,7 +245,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         tracing::warn!(error = %e, "checkpoint at shutdown");
     }
     drop(lock);
-    tracing::info!("stopped cleanly");
+    if abandoned {
+        tracing::warn!("stopped, with a job abandoned: what it committed is kept");
+    } else {
+        tracing::info!("stopped cleanly");
+    }
     Ok(())
 }
 

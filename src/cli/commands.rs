@@ -757,7 +757,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(crate::startup::serve(config))?;
+            let served = runtime.block_on(crate::startup::serve(config));
+            // A blocking task the shutdown abandoned (an LLM call, a
+            // source's retries) is not waited for: the process ends.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+            served?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Analyze {

@@ -326,7 +326,9 @@ impl Granted {
 
 /// Whether a login source whose cursor (JSON with `read_at`) says when it
 /// last read is due again after `poll_minutes`: vendors limit requests a
-/// day, whatever the sources job's period.
+/// day, whatever the sources job's period. A `read_at` after `now` (the
+/// clock was stepped back since) is due: else the source would wait out
+/// the step.
 pub fn due(cursor: Option<&str>, poll_minutes: u32, now: Timestamp) -> bool {
     let read_at = cursor
         .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
@@ -336,8 +338,9 @@ pub fn due(cursor: Option<&str>, poll_minutes: u32, now: Timestamp) -> bool {
                 .map(str::to_string)
         })
         .and_then(|t| t.parse::<Timestamp>().ok());
-    read_at
-        .is_none_or(|t| now.duration_since(t) >= SignedDuration::from_mins(i64::from(poll_minutes)))
+    read_at.is_none_or(|t| {
+        t > now || now.duration_since(t) >= SignedDuration::from_mins(i64::from(poll_minutes))
+    })
 }
 
 /// Whether sources of `kind` are connected with a login (a Connect button).
@@ -356,4 +359,22 @@ pub fn app_of(
 ) -> Option<Result<OAuthApp, String>> {
     let provider = provider(kind)?;
     config_of(config, kind, key, name).map(|c| c.app(provider))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_is_due_a_poll_period_after_its_last_read_or_when_the_clock_went_back() {
+        let read: Timestamp = "2026-12-07T10:00:00Z".parse().unwrap();
+        let cursor = format!(r#"{{"read_at":"{read}"}}"#);
+        let at = |mins: i64| read + SignedDuration::from_mins(mins);
+        assert!(due(None, 60, read), "never read");
+        assert!(due(Some("not json"), 60, read));
+        assert!(!due(Some(&cursor), 60, at(59)));
+        assert!(due(Some(&cursor), 60, at(60)));
+        // Stepped back an hour after the read: due, not an hour's wait.
+        assert!(due(Some(&cursor), 60, at(-60)));
+    }
 }
