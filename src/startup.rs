@@ -164,6 +164,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         stopping: stop_rx,
         link_key,
         public_url,
+        delivery_held: Default::default(),
     };
     let addr = bound;
     // Tests and scripts read the real port from here (the config may say port 0).

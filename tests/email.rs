@@ -176,10 +176,16 @@ fn refused_smtp_credentials_hold_the_mail_until_they_are_mended() {
     let sink = AuthSink::start();
     let cfg = config(&data, 60.0, common::PINNED_START, &sink.config(dir.path()));
     let d = Daemon::start(&data, &["--demo", "--config", cfg.to_str().unwrap()]);
+    // Attempts are counted when they start ("sending"): wait for none to
+    // be under way.
+    let mut status = serde_json::Value::Null;
     wait_until("two refused attempts", Duration::from_secs(30), || {
+        status = d.json("/api/status");
         sink.refusals() >= 2
+            && status["outbox"]
+                .as_array()
+                .is_some_and(|o| o.iter().all(|m| m["status"] == "pending"))
     });
-    let status = d.json("/api/status");
     let outbox = status["outbox"].as_array().unwrap();
     assert!(!outbox.is_empty(), "{status}");
     for message in outbox {
@@ -191,6 +197,9 @@ fn refused_smtp_credentials_hold_the_mail_until_they_are_mended() {
             .any(|m| m["last_error"].as_str().unwrap_or_default().contains("535")),
         "{status}"
     );
+    // Held, the job shows failing in every run, also those with nothing
+    // due (each message waits out its backoff).
+    std::thread::sleep(Duration::from_secs(2));
     let health = d.json("/healthz");
     assert_eq!(health["status"], "degraded", "{health}");
     let job = &health["jobs"]["outbox"];

@@ -55,4 +55,8 @@ pub struct AppState {
     pub link_key: LinkKey,
     /// The dashboard's base URL as participants reach it (for links).
     pub public_url: String,
+    /// Why email delivery is held (the server, the account or the mail
+    /// folder failed the last attempt), until a message goes out: the
+    /// outbox job shows failing meanwhile, also in runs with nothing due.
+    pub delivery_held: Arc<std::sync::Mutex<Option<String>>>,
 }

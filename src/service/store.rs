@@ -2024,6 +2024,10 @@ impl Store {
 
     /// [`Store::observations`] of the local dates `first..=last` only: a
     /// trial's refit reads its own dates, not the stream's whole history.
+    /// Where two devices measured a day, the one kept is the one
+    /// [`Store::observations`] keeps: devices are ranked on the whole
+    /// stream (as the export and the sources page rank them), not on these
+    /// dates.
     pub fn observations_between(
         &self,
         participant_id: i64,
@@ -2032,10 +2036,30 @@ impl Store {
         (first, last): (Date, Date),
     ) -> Result<Vec<(Timestamp, Date, f64)>> {
         let samples = self.samples_on(participant_id, stream, Some((first, last)))?;
-        Ok(crate::service::streams::one_origin_per_day(samples, prefer)
-            .into_iter()
-            .map(|s| (s.at, s.date, s.value))
-            .collect())
+        let mut stmt = self.conn.prepare(
+            "SELECT o.origin, COUNT(*)
+             FROM observations o JOIN streams s ON s.id = o.stream_id
+             WHERE s.participant_id = ?1 AND s.key = ?2 AND o.withdrawn_at IS NULL
+             GROUP BY o.origin",
+        )?;
+        let counts = stmt
+            .query_map(params![participant_id, stream], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let ranking = crate::service::streams::rank_origins(
+            counts
+                .iter()
+                .map(|(o, n)| (o.as_str(), usize::try_from(*n).unwrap_or(0)))
+                .collect(),
+            prefer,
+        );
+        Ok(
+            crate::service::streams::one_origin_per_day_ranked(samples, &ranking)
+                .into_iter()
+                .map(|s| (s.at, s.date, s.value))
+                .collect(),
+        )
     }
 
     /// A stream's samples, of the local dates `first..=last` or (`None`)
@@ -5607,24 +5631,25 @@ mod tests {
         let pid = participant(&mut s);
         let src = s.ensure_source(pid, "csv", "file", "{}", now()).unwrap();
         let day = |d: i8| jiff::civil::date(2026, 11, d);
-        // Two a day over ten days, one of them withdrawn.
-        let obs: Vec<NewObservation> = (0..20)
-            .map(|i| {
-                NewObservation::point(
-                    "hrv",
-                    "ms",
-                    format!("r{i}"),
-                    now(),
-                    day(1 + (i / 2) as i8),
-                    f64::from(i),
-                )
-            })
+        let sample = |id: String, d: i8, value: f64, origin: &str| NewObservation {
+            origin: origin.into(),
+            ..NewObservation::point("hrv", "ms", id, now(), day(d), value)
+        };
+        // A phone two a day over ten days, one withdrawn; a watch, four a
+        // day on days 5 and 6 only: more than the phone on days 3 to 6 (8
+        // against 7), so ranked on those days alone it would win, but the
+        // phone has more samples in all and counts on the days both
+        // measured.
+        let mut obs: Vec<NewObservation> = (0..20)
+            .map(|i| sample(format!("r{i}"), 1 + (i / 2) as i8, f64::from(i), "phone"))
             .collect();
+        obs.extend((0..8).map(|i| sample(format!("w{i}"), 5 + (i / 4) as i8, 100.0, "watch")));
         let run = s.begin_run(src, RunWay::Poll, "", now()).unwrap();
         s.record_poll(src, run, &obs, &["r8".to_string()], None, now())
             .unwrap();
         let all = s.observations(pid, "hrv", &[]).unwrap();
         assert_eq!(all.len(), 19);
+        assert!(all.iter().all(|o| o.2 < 100.0), "the phone counts: {all:?}");
         let (first, last) = (day(3), day(6));
         let between = s
             .observations_between(pid, "hrv", &[], (first, last))

@@ -177,6 +177,12 @@ pub fn rank_origins(counts: BTreeMap<&str, usize>, prefer: &[String]) -> Vec<Str
 /// added twice; a day only one device saw keeps that device's samples.
 pub fn one_origin_per_day(samples: Vec<Sample>, prefer: &[String]) -> Vec<Sample> {
     let ranking = origin_ranking(&samples, prefer);
+    one_origin_per_day_ranked(samples, &ranking)
+}
+
+/// [`one_origin_per_day`] with the origins' `ranking` given (best first):
+/// for samples of part of a stream, ranked on the whole of it.
+pub fn one_origin_per_day_ranked(samples: Vec<Sample>, ranking: &[String]) -> Vec<Sample> {
     let rank: HashMap<&str, usize> = ranking
         .iter()
         .enumerate()

@@ -160,8 +160,8 @@ pub struct JobBoard {
 #[derive(Debug, Default)]
 struct Board {
     status: BTreeMap<JobKind, JobStatus>,
-    /// When each job's next period begins (monotonic, so a wall-clock step
-    /// moves nothing).
+    /// When each job's next period begins, on the monotonic clock (the
+    /// scheduler's per-second tick that asks follows the wall clock).
     next_due: BTreeMap<JobKind, Instant>,
 }
 
@@ -224,15 +224,20 @@ impl JobBoard {
                     b.next_due.insert(kind, mono + period);
                     return None;
                 }
-                (Trigger::Now, _) => {
-                    b.next_due.insert(kind, mono + period);
-                }
+                // Moved below, once the run starts: a "run now" that finds
+                // the job running neither delays it nor counts as a skip.
+                (Trigger::Now, _) => {}
             }
             let s = b.status.entry(kind).or_default();
             if s.running {
-                s.skipped += 1;
-                tracing::debug!(job = kind.name(), "previous run still going; tick skipped");
+                if let Trigger::Tick = trigger {
+                    s.skipped += 1;
+                    tracing::debug!(job = kind.name(), "previous run still going; tick skipped");
+                }
                 return None;
+            }
+            if let Trigger::Now = trigger {
+                b.next_due.insert(kind, mono + period);
             }
             s.running = true;
             s.last_started = Some(crate::service::store::ts(now));
@@ -313,7 +318,7 @@ async fn run(state: &AppState, kind: JobKind, trigger: Trigger) {
     match &result {
         Ok(summary) => tracing::debug!(job = kind.name(), %summary, "job done"),
         Err(e) => {
-            tracing::error!(job = kind.name(), error = %e, "job failed; will retry at the next tick")
+            tracing::error!(job = kind.name(), error = %e, "job failed; will retry at its next period")
         }
     }
     state.jobs.finish(kind, &result, state.clock.now());
@@ -423,7 +428,9 @@ mod tests {
         for tick in 1..=25 {
             assert!(start(&board, Trigger::Tick, s(tick)).is_none());
         }
-        // Due at 10 and 20, running both times: two skips, not 25.
+        // Due at 10 and 20, running both times: two skips, not 25; a "run
+        // now" meanwhile is no skip and does not move the schedule.
+        assert!(start(&board, Trigger::Now, s(15)).is_none());
         assert_eq!(board.snapshot()[&JobKind::Outbox].skipped, 2);
         assert!(board.any_running());
         drop(running);

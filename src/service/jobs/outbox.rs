@@ -40,7 +40,12 @@ pub(crate) async fn deliver_outbox(state: &AppState) -> Result<String, JobError>
         .read(move |s| Ok((s.due_messages(now, 50)?, s.participants()?)))
         .await?;
     if due.is_empty() {
-        return Ok("0 sent, 0 failed".into());
+        return match held(state) {
+            Some(why) => Err(JobError::Item(format!(
+                "delivery held ({why}): messages wait for their next attempt"
+            ))),
+            None => Ok("0 sent, 0 failed".into()),
+        };
     }
     let smtp = match &state.config.email.smtp {
         Some(cfg) => Some(Arc::new(
@@ -87,6 +92,7 @@ pub(crate) async fn deliver_outbox(state: &AppState) -> Result<String, JobError>
             Ok(to) => {
                 state.db.write(move |s| s.mark_sent(id, &to, now)).await?;
                 sent += 1;
+                hold(state, None);
             }
             Err(e) if e.is_permanent() => {
                 let msg = e.to_string();
@@ -108,12 +114,30 @@ pub(crate) async fn deliver_outbox(state: &AppState) -> Result<String, JobError>
                 // run, and the job shows failing until it is mended.
                 if e.holds_every_message() {
                     let rest = waiting - tried - 1;
+                    hold(state, Some(msg.clone()));
                     return Err(JobError::Item(format!(
-                        "{sent} sent, {failed} failed; delivery held ({msg}): {rest} more wait for the next run"
+                        "{sent} sent, {failed} failed; delivery held ({msg}): {rest} more due wait for the next run"
                     )));
                 }
             }
         }
     }
     Ok(format!("{sent} sent, {failed} failed"))
+}
+
+/// Why delivery is held, if it is.
+fn held(state: &AppState) -> Option<String> {
+    state
+        .delivery_held
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
+/// Holds delivery for `why`, or (`None`) lifts the hold.
+fn hold(state: &AppState, why: Option<String>) {
+    *state
+        .delivery_held
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = why;
 }
