@@ -165,6 +165,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         link_key,
         public_url,
         delivery_held: Default::default(),
+        push_held: Default::default(),
     };
     let addr = bound;
     // Tests and scripts read the real port from here (the config may say port 0).

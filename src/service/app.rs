@@ -59,4 +59,8 @@ pub struct AppState {
     /// folder failed the last attempt), until a message goes out: the
     /// outbox job shows failing meanwhile, also in runs with nothing due.
     pub delivery_held: Arc<std::sync::Mutex<Option<String>>>,
+    /// Push channels the server refused (`PushError::refused`), each with
+    /// its answer, until a push to it goes through: the outbox job shows
+    /// failing meanwhile, also in runs with nothing due for them.
+    pub push_held: Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>,
 }

@@ -72,10 +72,20 @@ pub struct PushError {
     pub channel: String,
     /// What happened.
     pub message: String,
-    /// A 4xx answer other than 408 and 429 (a wrong topic, service or
-    /// token): the same request cannot succeed, so it is not retried.
+    /// A 4xx answer about the message itself (other than 401, 403, 404,
+    /// 408 and 429): the same request cannot succeed, so it is not retried.
     pub permanent: bool,
+    /// 401, 403 or 404: the server refuses the channel, not the message (a
+    /// revoked or wrong token, a topic or notify service that is gone).
+    /// Every message would fail alike until the setting is mended, so none
+    /// is failed for it: they wait as in an outage, and the job shows the
+    /// channel held. The status code, where it refused.
+    pub refused: Option<u16>,
 }
+
+/// The answers that refuse a channel rather than a message
+/// ([`PushError::refused`]).
+const REFUSING: [u16; 3] = [401, 403, 404];
 
 impl PushConfig {
     /// Checks the settings (and reads the token, so that a missing one is
@@ -154,6 +164,7 @@ impl PushConfig {
             channel: self.channel(),
             message,
             permanent,
+            refused: None,
         };
         let token: Option<Secret> = match &self.token {
             Some(t) => Some(
@@ -207,11 +218,12 @@ impl PushConfig {
             .take(200)
             .collect();
         let code = status.as_u16();
-        let permanent = status.is_client_error() && code != 408 && code != 429;
-        Err(fail(
-            format!("answered {status}: {}", body.trim()),
-            permanent,
-        ))
+        let refused = REFUSING.contains(&code).then_some(code);
+        let permanent = status.is_client_error() && refused.is_none() && code != 408 && code != 429;
+        Err(PushError {
+            refused,
+            ..fail(format!("answered {status}: {}", body.trim()), permanent)
+        })
     }
 }
 
@@ -299,6 +311,44 @@ mod tests {
             url: url.into(),
             service: service.map(str::to_string),
             token: None,
+        }
+    }
+
+    /// Sends one push to a loopback server that answers `code`.
+    fn answered(code: u16) -> Result<(), PushError> {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/topic", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_millis(300))).ok();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let answer = format!(
+                "HTTP/1.1 {code} Status\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope"
+            );
+            conn.write_all(answer.as_bytes()).unwrap();
+        });
+        let result = config(PushKind::Ntfy, &url, None).send("title", "text", "https://me.example");
+        server.join().unwrap();
+        result
+    }
+
+    #[test]
+    fn a_refused_channel_is_told_from_a_refused_message_and_an_outage() {
+        assert!(answered(200).is_ok());
+        for code in [401, 403, 404] {
+            let e = answered(code).unwrap_err();
+            assert_eq!((e.refused, e.permanent), (Some(code), false), "{code}");
+        }
+        for code in [400, 413, 422] {
+            let e = answered(code).unwrap_err();
+            assert_eq!((e.refused, e.permanent), (None, true), "{code}");
+        }
+        for code in [408, 429, 500, 503] {
+            let e = answered(code).unwrap_err();
+            assert_eq!((e.refused, e.permanent), (None, false), "{code}");
+            assert!(e.message.contains(&code.to_string()), "{e}");
         }
     }
 

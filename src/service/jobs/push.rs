@@ -1,14 +1,17 @@
 //! The push job: every outbox message of a participant with push channels
 //! (ntfy, Home Assistant) goes to each channel once, with its own retries
-//! and backoff, beside the email. Runs with the outbox job.
+//! and backoff, beside the email. A channel the server refuses (a revoked
+//! token) holds its messages as an outage would, and the job shows failing
+//! until a push to it goes through. Runs with the outbox job.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::service::app::AppState;
 use crate::service::jobs::JobError;
 use crate::service::jobs::outbox::passed_day;
 use crate::service::notify;
-use crate::service::push::PushConfig;
+use crate::service::push::{PushConfig, PushKind};
 use crate::service::store::PushStep;
 
 /// How far back a channel's first run reaches: a channel added to the
@@ -33,6 +36,19 @@ pub(crate) async fn deliver_pushes(state: &AppState) -> Result<String, JobError>
                 .map(|c| (p.id, Arc::new(c.clone())))
         })
         .collect();
+    // How a held channel is named where `/healthz` shows it: by participant
+    // and place in the config, never by its URL (an ntfy topic is a secret).
+    let label = |participant: i64, key: &str| -> String {
+        let who = participants
+            .iter()
+            .find(|p| p.id == participant)
+            .map_or("?", |p| p.key.as_str());
+        let mut mine = channels.iter().filter(|(p, _)| *p == participant);
+        match mine.position(|(_, c)| c.channel() == key) {
+            Some(i) => format!("{who}'s push channel {}", i + 1),
+            None => format!("{who}'s push channel"),
+        }
+    };
     let keys: Vec<(i64, String)> = channels.iter().map(|(p, c)| (*p, c.channel())).collect();
     let since = now - FIRST_REACH;
     let due = state
@@ -45,7 +61,10 @@ pub(crate) async fn deliver_pushes(state: &AppState) -> Result<String, JobError>
         })
         .await?;
     if due.is_empty() {
-        return Ok(String::new());
+        return match held_now(state, &channels) {
+            Some(why) => Err(JobError::Item(why)),
+            None => Ok(String::new()),
+        };
     }
     let open = state.config.public_url();
     let (mut sent, mut failed) = (0, 0);
@@ -89,6 +108,7 @@ pub(crate) async fn deliver_pushes(state: &AppState) -> Result<String, JobError>
             .await?;
         let open = open.clone();
         let key = push.channel.clone();
+        let participant_id = push.participant_id;
         let result = tokio::task::spawn_blocking(move || {
             let text = crate::service::push::push_text(&push.body_text, &open);
             channel.send(&push.subject, &text, &open)
@@ -102,14 +122,23 @@ pub(crate) async fn deliver_pushes(state: &AppState) -> Result<String, JobError>
                     .write(move |s| s.record_push(id, PushStep::Sent { at: now }))
                     .await?;
                 sent += 1;
+                held(state).remove(&key);
             }
             Err(e) => {
                 let error = e.to_string();
                 let permanent = e.permanent;
+                if let Some(code) = e.refused {
+                    let kind = match e.kind {
+                        PushKind::Ntfy => "ntfy",
+                        PushKind::HomeAssistant => "Home Assistant",
+                    };
+                    let why = format!("{} ({kind}) answered {code}", label(participant_id, &key));
+                    held(state).insert(key.clone(), why);
+                }
                 if !permanent {
                     down.push(key);
                 }
-                tracing::warn!(push = id, %error, permanent, "push failed");
+                tracing::warn!(push = id, %error, permanent, refused = e.refused, "push failed");
                 state
                     .db
                     .write(move |s| {
@@ -128,5 +157,29 @@ pub(crate) async fn deliver_pushes(state: &AppState) -> Result<String, JobError>
             }
         }
     }
-    Ok(format!("{sent} pushed, {failed} push(es) failed"))
+    let summary = format!("{sent} pushed, {failed} push(es) failed");
+    match held_now(state, &channels) {
+        Some(why) => Err(JobError::Item(format!("{summary}; {why}"))),
+        None => Ok(summary),
+    }
+}
+
+/// The channels held as refused ([`AppState::push_held`]).
+fn held(state: &AppState) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+    state.push_held.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why pushes are held, naming each refused channel still in the config
+/// (one taken out of it is forgotten) as `deliver_pushes` labels it, or
+/// `None`.
+fn held_now(state: &AppState, channels: &[(i64, Arc<PushConfig>)]) -> Option<String> {
+    let mut held = held(state);
+    held.retain(|key, _| channels.iter().any(|(_, c)| c.channel() == *key));
+    let named: Vec<String> = held.iter().map(|(_, why)| why.clone()).collect();
+    (!named.is_empty()).then(|| {
+        format!(
+            "pushes held until the channel's setting is mended (its messages wait): {}",
+            named.join("; ")
+        )
+    })
 }
