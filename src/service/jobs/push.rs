@@ -175,7 +175,7 @@ fn held(state: &AppState) -> std::sync::MutexGuard<'_, BTreeMap<String, String>>
 fn held_now(state: &AppState, channels: &[(i64, Arc<PushConfig>)]) -> Option<String> {
     let mut held = held(state);
     held.retain(|key, _| channels.iter().any(|(_, c)| c.channel() == *key));
-    let named: Vec<String> = held.iter().map(|(_, why)| why.clone()).collect();
+    let named: Vec<String> = held.values().cloned().collect();
     (!named.is_empty()).then(|| {
         format!(
             "pushes held until the channel's setting is mended (its messages wait): {}",
