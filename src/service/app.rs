@@ -60,7 +60,11 @@ pub struct AppState {
     /// outbox job shows failing meanwhile, also in runs with nothing due.
     pub delivery_held: Arc<std::sync::Mutex<Option<String>>>,
     /// Push channels the server refused (`PushError::refused`), each with
-    /// its answer, until a push to it goes through: the outbox job shows
-    /// failing meanwhile, also in runs with nothing due for them.
+    /// a description fit for `/healthz` (participant, place in the config,
+    /// kind, status code: never the URL, a secret for ntfy, nor the
+    /// server's answer), until a push to it goes through: the outbox job
+    /// shows failing meanwhile, also in runs with nothing due for them.
+    /// Kept in memory: a restart forgets the hold until the channel's next
+    /// try refuses again.
     pub push_held: Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>,
 }

@@ -34,6 +34,16 @@ pub enum PushKind {
     HomeAssistant,
 }
 
+impl PushKind {
+    /// Its name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            PushKind::Ntfy => "ntfy",
+            PushKind::HomeAssistant => "Home Assistant",
+        }
+    }
+}
+
 /// One push channel of a participant, as written in the config:
 ///
 /// ```toml
@@ -75,11 +85,14 @@ pub struct PushError {
     /// A 4xx answer about the message itself (other than 401, 403, 404,
     /// 408 and 429): the same request cannot succeed, so it is not retried.
     pub permanent: bool,
-    /// 401, 403 or 404: the server refuses the channel, not the message (a
-    /// revoked or wrong token, a topic or notify service that is gone).
-    /// Every message would fail alike until the setting is mended, so none
-    /// is failed for it: they wait as in an outage, and the job shows the
-    /// channel held. The status code, where it refused.
+    /// 401, 403 or 404, and Home Assistant's 400: the server refuses the
+    /// channel, not the message (a revoked or wrong token, a topic or a
+    /// notify service that is gone; Home Assistant answers an unknown
+    /// service with 400, and nof1d's request is always of one shape).
+    /// Every message would fail alike until the setting is mended, so the
+    /// refusal fails none: they wait as in an outage (and are given up on
+    /// as there, after `PUSH_ATTEMPTS` or once their day has passed), and
+    /// the job shows the channel held. The status code, where it refused.
     pub refused: Option<u16>,
 }
 
@@ -218,7 +231,9 @@ impl PushConfig {
             .take(200)
             .collect();
         let code = status.as_u16();
-        let refused = REFUSING.contains(&code).then_some(code);
+        let refused = (REFUSING.contains(&code)
+            || (self.kind == PushKind::HomeAssistant && code == 400))
+            .then_some(code);
         let permanent = status.is_client_error() && refused.is_none() && code != 408 && code != 429;
         Err(PushError {
             refused,
@@ -314,22 +329,50 @@ mod tests {
         }
     }
 
-    /// Sends one push to a loopback server that answers `code`.
+    /// Sends one ntfy push to a loopback server that answers `code`.
     fn answered(code: u16) -> Result<(), PushError> {
+        answered_as(PushKind::Ntfy, None, code)
+    }
+
+    /// Sends one push of `kind` to a loopback server that answers `code`.
+    fn answered_as(kind: PushKind, service: Option<&str>, code: u16) -> Result<(), PushError> {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/topic", listener.local_addr().unwrap());
+        let url = match kind {
+            PushKind::Ntfy => url,
+            PushKind::HomeAssistant => url.trim_end_matches("/topic").to_string(),
+        };
         let server = std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
-            conn.set_read_timeout(Some(Duration::from_millis(300))).ok();
+            conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            // The whole request (headers, then Content-Length bytes) before
+            // the answer: closing on unread bytes would reset the connection.
+            let mut got = Vec::new();
             let mut buf = [0u8; 4096];
-            let _ = conn.read(&mut buf);
+            loop {
+                let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if got.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
             let answer = format!(
                 "HTTP/1.1 {code} Status\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope"
             );
             conn.write_all(answer.as_bytes()).unwrap();
         });
-        let result = config(PushKind::Ntfy, &url, None).send("title", "text", "https://me.example");
+        let result = config(kind, &url, service).send("title", "text", "https://me.example");
         server.join().unwrap();
         result
     }
@@ -345,6 +388,9 @@ mod tests {
             let e = answered(code).unwrap_err();
             assert_eq!((e.refused, e.permanent), (None, true), "{code}");
         }
+        // Home Assistant answers a notify service it does not know with 400.
+        let e = answered_as(PushKind::HomeAssistant, Some("mobile_app_gone"), 400).unwrap_err();
+        assert_eq!((e.refused, e.permanent), (Some(400), false));
         for code in [408, 429, 500, 503] {
             let e = answered(code).unwrap_err();
             assert_eq!((e.refused, e.permanent), (None, false), "{code}");

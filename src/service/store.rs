@@ -1140,7 +1140,8 @@ pub enum PushStep<'a> {
         /// When.
         at: Timestamp,
     },
-    /// A temporary failure: due again at `retry_at`.
+    /// A temporary failure, the channel's: due again at `retry_at`, and
+    /// the channel's other pending pushes not before then.
     Retry {
         /// What happened.
         error: &'a str,
@@ -3933,11 +3934,26 @@ impl Store {
                 "UPDATE pushes SET status = 'sent', sent_at = ?2, last_error = NULL WHERE id = ?1",
                 params![id, ts(at)],
             )?,
-            PushStep::Retry { error, retry_at } => self.conn.execute(
-                "UPDATE pushes SET status = 'pending', last_error = ?2, next_attempt_at = ?3
-                 WHERE id = ?1",
-                params![id, error, ts(retry_at)],
-            )?,
+            PushStep::Retry { error, retry_at } => {
+                // A failure to retry is the channel's (its server down, or
+                // refusing it), not the message's: the channel's other
+                // pending pushes wait as long, so that they neither fill
+                // every run's batch nor knock on that server once a run.
+                let tx = self.conn.transaction()?;
+                tx.execute(
+                    "UPDATE pushes SET status = 'pending', last_error = ?2, next_attempt_at = ?3
+                     WHERE id = ?1",
+                    params![id, error, ts(retry_at)],
+                )?;
+                tx.execute(
+                    "UPDATE pushes SET next_attempt_at = ?2
+                     WHERE status = 'pending' AND next_attempt_at < ?2
+                       AND channel = (SELECT channel FROM pushes WHERE id = ?1)",
+                    params![id, ts(retry_at)],
+                )?;
+                tx.commit()?;
+                1
+            }
             PushStep::Failed { error } => self.conn.execute(
                 "UPDATE pushes SET status = 'failed', last_error = ?2 WHERE id = ?1",
                 params![id, error],

@@ -355,6 +355,8 @@ fn both(a: Result<String, JobError>, b: Result<String, JobError>) -> Result<Stri
         (Ok(a), Ok(b)) if b.is_empty() => Ok(a),
         (Ok(a), Ok(b)) if a.is_empty() => Ok(b),
         (Ok(a), Ok(b)) => Ok(format!("{a}; {b}")),
+        // Both held (mail and a push channel): neither hides the other.
+        (Err(a), Err(b)) => Err(JobError::Item(format!("{a}; {b}"))),
         (Err(e), _) | (_, Err(e)) => Err(e),
     }
 }

@@ -11,7 +11,7 @@ use crate::service::app::AppState;
 use crate::service::jobs::JobError;
 use crate::service::jobs::outbox::passed_day;
 use crate::service::notify;
-use crate::service::push::{PushConfig, PushKind};
+use crate::service::push::PushConfig;
 use crate::service::store::PushStep;
 
 /// How far back a channel's first run reaches: a channel added to the
@@ -128,11 +128,11 @@ pub(crate) async fn deliver_pushes(state: &AppState) -> Result<String, JobError>
                 let error = e.to_string();
                 let permanent = e.permanent;
                 if let Some(code) = e.refused {
-                    let kind = match e.kind {
-                        PushKind::Ntfy => "ntfy",
-                        PushKind::HomeAssistant => "Home Assistant",
-                    };
-                    let why = format!("{} ({kind}) answered {code}", label(participant_id, &key));
+                    let why = format!(
+                        "{} ({}) answered {code}",
+                        label(participant_id, &key),
+                        e.kind.name()
+                    );
                     held(state).insert(key.clone(), why);
                 }
                 if !permanent {
