@@ -82,8 +82,9 @@ pub struct PushError {
     pub channel: String,
     /// What happened.
     pub message: String,
-    /// A 4xx answer about the message itself (other than 401, 403, 404,
-    /// 408 and 429): the same request cannot succeed, so it is not retried.
+    /// A 4xx answer about the message itself (not a refusal of the channel,
+    /// nor 408 or 429): the same request cannot succeed, so it is not
+    /// retried.
     pub permanent: bool,
     /// 401, 403 or 404, and Home Assistant's 400: the server refuses the
     /// channel, not the message (a revoked or wrong token, a topic or a
