@@ -124,6 +124,18 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         Clock::scaled_from(anchor, start, config.clock.time_scale)
     };
     sync_participants(&db, &config, clock.now()).await?;
+    // A restart is how a setting is mended (an SMTP password, a push
+    // token): what waited on a retry goes at the first delivery run, not
+    // after a backoff of up to six hours more.
+    let now = clock.now();
+    let (mails, pushes) = db.write(move |s| s.retry_waiting_now(now)).await?;
+    if mails + pushes > 0 {
+        tracing::info!(
+            mails,
+            pushes,
+            "messages that waited on a retry are tried again at once"
+        );
+    }
 
     // The key that signs one-click links: generated once, kept in the store.
     let fresh_key = crate::service::links::LinkKey::generate()

@@ -119,9 +119,11 @@ fn a_blinded_trial_shows_its_participant_codes_only() {
     cli(&["approve", "1", "--start", &tomorrow]);
     drop(d);
 
-    // A simulated day every two seconds from now: the rest of today, the
-    // run-in and the first days of the first period go by.
-    let fast = config(&data, 43_200.0);
+    // A simulated day every six seconds from now: the rest of today, the
+    // run-in and the first days of the first period go by, and what follows
+    // (the stop and its undo within a simulated day, before the trial's
+    // last day) has room on a loaded machine.
+    let fast = config(&data, 14_400.0);
     let d = Daemon::start(&data, &["--config", &fast]);
     let store = || Store::open_read_only(&data.join("nof1d.sqlite")).unwrap();
     wait("the first period did not begin", &d, || {

@@ -500,8 +500,29 @@ fn proposals_pause_self_report_and_api() {
     );
     assert_eq!(status, 422, "a zero-day period is refused: {body}");
     assert_eq!(me.post(&d, "/trials/2/approve", "csrf=forged").0, 403);
+    // A page shown before the edit (another tab) approves nothing unseen.
+    let (status, body) = me.post(
+        &d,
+        "/trials/2/approve",
+        &format!("csrf={csrf}&protocol_hash={hash_before}"),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("changed after this page was shown"), "{body}");
+    assert_eq!(me.json(&d, "/api/trials/2")["status"], "proposed");
+    // The page as it is now carries the edited version's hash.
+    let (_, page) = me.get(&d, "/proposals");
+    let shown = edited[0]["protocol_hash"].as_str().unwrap();
+    assert!(
+        page.contains(&format!("name=\"protocol_hash\" value=\"{shown}\"")),
+        "{page}"
+    );
     assert_eq!(
-        me.post(&d, "/trials/2/approve", &format!("csrf={csrf}")).0,
+        me.post(
+            &d,
+            "/trials/2/approve",
+            &format!("csrf={csrf}&protocol_hash={shown}")
+        )
+        .0,
         303
     );
     let trial2 = me.json(&d, "/api/trials/2");
@@ -627,7 +648,9 @@ fn proposals_pause_self_report_and_api() {
         ),
         (today, 3.0, 8.0, "wrong number", "dashboard")
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // The refits job comes within its period (60 s by default), the
+    // assignments job (every 20 s) sooner after 07:30.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
     while store.fits(1, "anxiety_evening", 1000).unwrap().len() == fits_before {
         assert!(
             std::time::Instant::now() < deadline,

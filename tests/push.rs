@@ -172,10 +172,15 @@ fn every_message_is_pushed_once_to_each_channel_beside_the_email() {
             .filter(|r| r.channel.ends_with("/refused"))
             .collect::<Vec<_>>()
     };
+    // (A retry may be under way as they are read: "sending", its error the
+    // last attempt's, none before the first.)
     for r in refused_rows() {
-        assert_eq!(r.status, "pending", "{r:?}");
+        assert!(matches!(r.status.as_str(), "pending" | "sending"), "{r:?}");
+        let first_under_way = r.status == "sending" && r.attempts == 1;
         assert!(
-            r.attempts == 0 || r.last_error.as_deref().unwrap_or("").contains("403"),
+            r.attempts == 0
+                || first_under_way
+                || r.last_error.as_deref().unwrap_or("").contains("403"),
             "{r:?}"
         );
     }

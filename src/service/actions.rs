@@ -98,6 +98,22 @@ pub fn propose(
     )?)
 }
 
+/// Refuses unless trial `trial_id`'s protocol is still the one whose
+/// sha256 is `reviewed`: what a person approves on the dashboard is the
+/// version the page showed them, not one edited since (in another tab, or
+/// by another person).
+pub fn check_reviewed(store: &Store, trial_id: i64, reviewed: &str) -> Result<()> {
+    let (trial, _) = trial_and_zone(store, trial_id)?;
+    if trial.protocol_hash.0 != reviewed {
+        return Err(ActionError::Refused(format!(
+            "trial {trial_id}'s protocol was changed after this page was shown \
+             (sha256 {} now): reload the page, review the new version and approve again",
+            trial.protocol_hash.0
+        )));
+    }
+    Ok(())
+}
+
 /// Approves a proposed trial to start on `start` (default: the participant's
 /// tomorrow). The daemon starts it that day unless it would share an outcome
 /// stream with a running trial. A protocol that needs a clinician (it

@@ -1127,14 +1127,20 @@ pub struct PushRow {
     pub last_error: Option<String>,
 }
 
-/// What happened to a push ([`Store::record_push`]).
+/// Whether an attempt at an email or a push started
+/// ([`Store::mark_attempt`], [`Store::begin_push`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// Recorded: deliver it now.
+    Started,
+    /// Not delivered, and marked failed: why (its trial is no longer
+    /// running).
+    Withheld(String),
+}
+
+/// What happened to a push after its attempt began ([`Store::record_push`]).
 #[derive(Debug, Clone, Copy)]
 pub enum PushStep<'a> {
-    /// An attempt starts; due again at `retry_at` if it never ends.
-    Attempt {
-        /// When a crashed attempt is retried.
-        retry_at: Timestamp,
-    },
     /// Delivered.
     Sent {
         /// When.
@@ -2366,7 +2372,10 @@ impl Store {
 
     /// Records a trial's daily run for `date` in one transaction: the days
     /// in `missed` as missed, `date` as sent, and its messages queued in the
-    /// outbox. Returns false (and writes nothing) if `date` already ran.
+    /// outbox. Returns false (and writes nothing) if `date` already ran, or
+    /// if the trial is no longer running: a stop (a decision of another job,
+    /// or a person's) may land after the caller read the trial as running,
+    /// and no assignment goes out after it.
     pub fn record_daily_run(
         &mut self,
         trial_id: i64,
@@ -2376,6 +2385,14 @@ impl Store {
         now: Timestamp,
     ) -> Result<bool> {
         let tx = write_tx(&mut self.conn)?;
+        let status: Option<String> = tx
+            .query_row("SELECT status FROM trials WHERE id = ?1", [trial_id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if status.as_deref() != Some(TrialStatus::Running.as_str()) {
+            return Ok(false);
+        }
         let fresh = tx.execute(
             "INSERT INTO daily_runs (trial_id, local_date, status, at)
              VALUES (?1, ?2, 'sent', ?3) ON CONFLICT DO NOTHING",
@@ -2800,7 +2817,9 @@ impl Store {
     /// transaction. Returns false, changing nothing, when this look already
     /// has a decision (another job took it first), or when the trial's
     /// thresholds were refined after the look read them (the next run takes
-    /// it again).
+    /// it again), or when the trial is no longer running (a person stopped
+    /// or paused it after the look read it: a paused trial's look is taken
+    /// again once it resumes).
     pub fn record_decision(
         &mut self,
         d: &NewDecision,
@@ -2809,14 +2828,16 @@ impl Store {
         now: Timestamp,
     ) -> Result<bool> {
         let tx = write_tx(&mut self.conn)?;
-        let same_thresholds: Option<bool> = tx
+        let trial: Option<(bool, String)> = tx
             .query_row(
-                "SELECT thresholds_refined_at IS ?2 FROM trials WHERE id = ?1",
+                "SELECT thresholds_refined_at IS ?2, status FROM trials WHERE id = ?1",
                 params![d.trial_id, d.thresholds_refined_at],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        if same_thresholds == Some(false) {
+        if let Some((same_thresholds, status)) = trial
+            && (!same_thresholds || status != TrialStatus::Running.as_str())
+        {
             return Ok(false);
         }
         let inserted = tx.execute(
@@ -3840,14 +3861,26 @@ impl Store {
 
     /// Records that an attempt starts, before it starts: the row becomes
     /// `sending` and is not due again before `retry_at`, so a crash mid-send
-    /// is retried later rather than immediately in a loop.
-    pub fn mark_attempt(&mut self, id: i64, retry_at: Timestamp) -> Result<()> {
-        self.conn.execute(
+    /// is retried later rather than immediately in a loop. A message about
+    /// a trial's day whose trial is no longer running is withheld instead
+    /// (marked failed), in the same transaction ([`withheld`]).
+    pub fn mark_attempt(&mut self, id: i64, retry_at: Timestamp) -> Result<Attempt> {
+        let tx = write_tx(&mut self.conn)?;
+        if let Some(why) = withheld(&tx, id)? {
+            tx.execute(
+                "UPDATE outbox SET status = 'failed', last_error = ?2 WHERE id = ?1",
+                params![id, why],
+            )?;
+            tx.commit()?;
+            return Ok(Attempt::Withheld(why));
+        }
+        tx.execute(
             "UPDATE outbox SET status = 'sending', attempts = attempts + 1, next_attempt_at = ?2
              WHERE id = ?1",
             params![id, ts(retry_at)],
         )?;
-        Ok(())
+        tx.commit()?;
+        Ok(Attempt::Started)
     }
 
     /// Marks a message delivered.
@@ -3867,6 +3900,30 @@ impl Store {
             params![id, error, ts(retry_at)],
         )?;
         Ok(())
+    }
+
+    /// Makes every email waiting out a retry after a failure (pending, its
+    /// last attempt ended with an error), and every push waiting (its own
+    /// retry, or its channel's), due at `now`; returns how many emails and
+    /// pushes. At start-up: a restart is how a setting is mended (an SMTP
+    /// password, a push token), and what waited should not wait out a
+    /// backoff of up to six hours more. An attempt a crash cut short
+    /// (`sending`) keeps its backoff, so a message that crashes the daemon
+    /// is not tried again at every restart.
+    pub fn retry_waiting_now(&mut self, now: Timestamp) -> Result<(usize, usize)> {
+        let tx = self.conn.transaction()?;
+        let mails = tx.execute(
+            "UPDATE outbox SET next_attempt_at = ?1
+             WHERE status = 'pending' AND last_error IS NOT NULL AND next_attempt_at > ?1",
+            [ts(now)],
+        )?;
+        let pushes = tx.execute(
+            "UPDATE pushes SET next_attempt_at = ?1
+             WHERE status = 'pending' AND next_attempt_at > ?1",
+            [ts(now)],
+        )?;
+        tx.commit()?;
+        Ok((mails, pushes))
     }
 
     /// Records a permanent failure: the message is not retried.
@@ -3921,15 +3978,35 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Records that an attempt at push `id` starts, before it starts, as
+    /// [`Store::mark_attempt`] does for the email (and withholds it alike).
+    pub fn begin_push(&mut self, id: i64, retry_at: Timestamp) -> Result<Attempt> {
+        let tx = write_tx(&mut self.conn)?;
+        let message: i64 =
+            tx.query_row("SELECT message_id FROM pushes WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })?;
+        if let Some(why) = withheld(&tx, message)? {
+            tx.execute(
+                "UPDATE pushes SET status = 'failed', last_error = ?2 WHERE id = ?1",
+                params![id, why],
+            )?;
+            tx.commit()?;
+            return Ok(Attempt::Withheld(why));
+        }
+        tx.execute(
+            "UPDATE pushes SET status = 'sending', attempts = attempts + 1, next_attempt_at = ?2
+             WHERE id = ?1",
+            params![id, ts(retry_at)],
+        )?;
+        tx.commit()?;
+        Ok(Attempt::Started)
+    }
+
     /// Records what happened to push `id` (its attempt is recorded before
-    /// it starts, as the outbox's).
+    /// it starts: [`Store::begin_push`]).
     pub fn record_push(&mut self, id: i64, step: PushStep<'_>) -> Result<()> {
         match step {
-            PushStep::Attempt { retry_at } => self.conn.execute(
-                "UPDATE pushes SET status = 'sending', attempts = attempts + 1, next_attempt_at = ?2
-                 WHERE id = ?1",
-                params![id, ts(retry_at)],
-            )?,
             PushStep::Sent { at } => self.conn.execute(
                 "UPDATE pushes SET status = 'sent', sent_at = ?2, last_error = NULL WHERE id = ?1",
                 params![id, ts(at)],
@@ -4452,6 +4529,32 @@ fn ensure_stream(
 }
 
 /// Queues `m` unless its key is in the outbox already; whether it was.
+/// Message kinds about one day of a running trial: its assignment, its
+/// evening reminder, the note that its data stopped coming.
+const TRIAL_DAY_KINDS: [&str; 3] = ["assignment", "reminder", "nudge"];
+
+/// Why outbox message `message` is not delivered, if it is one of
+/// [`TRIAL_DAY_KINDS`] and its trial was stopped or paused after it was
+/// queued (a person stopped it while the mail server was down, say): it
+/// would tell them to do today what no longer runs.
+fn withheld(tx: &Transaction<'_>, message: i64) -> Result<Option<String>> {
+    let (kind, status): (String, Option<String>) = tx.query_row(
+        "SELECT o.kind, t.status FROM outbox o LEFT JOIN trials t ON t.id = o.trial_id
+         WHERE o.id = ?1",
+        [message],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(match status {
+        Some(status)
+            if TRIAL_DAY_KINDS.contains(&kind.as_str())
+                && status != TrialStatus::Running.as_str() =>
+        {
+            Some(format!("not delivered: its trial is {status}"))
+        }
+        _ => None,
+    })
+}
+
 fn enqueue(conn: &Connection, m: &NewMessage, now: Timestamp) -> Result<bool> {
     let inserted = conn.execute(
         "INSERT INTO outbox (key, participant_id, trial_id, kind, local_date, recipient, subject,
@@ -5049,6 +5152,131 @@ mod tests {
     }
 
     #[test]
+    fn a_trial_stopped_after_it_was_read_as_running_gets_no_new_day_and_its_days_messages_are_withheld()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let pid = participant(&mut s);
+        let text = include_str!("../../protocols/magnesium-migraine.toml");
+        let protocol = crate::trial::protocol::Protocol::parse(text, "magnesium").unwrap();
+        let start: Date = "2026-11-26".parse().unwrap();
+        let locking = Locking {
+            thresholds: LockedThresholds::stated(&protocol.decision),
+            refined: false,
+        };
+        let id = started_on(&mut s, pid, text, 7, start, locking);
+        let day = |n: i64| start.checked_add(jiff::Span::new().days(n)).unwrap();
+        let message = |d: Date| NewMessage {
+            key: format!("assignment/a/{id}/{d}"),
+            participant_id: pid,
+            trial_id: Some(id),
+            kind: "assignment".into(),
+            local_date: Some(d),
+            recipient: "a@example.org".into(),
+            subject: "s".into(),
+            body_text: "t".into(),
+            body_html: "h".into(),
+            message_id: format!("<{d}@nof1d>"),
+        };
+        assert!(
+            s.record_daily_run(id, day(1), &[], &[message(day(1))], now())
+                .unwrap()
+        );
+        let decision = NewMessage {
+            key: format!("decision/a/{id}/1"),
+            kind: "decision".into(),
+            local_date: None,
+            message_id: "<decision@nof1d>".into(),
+            ..message(day(1))
+        };
+        assert!(s.enqueue_message(&decision, now()).unwrap());
+        s.queue_pushes(pid, "ntfy:https://ntfy.example.org/t", now(), now())
+            .unwrap();
+        let ids: Vec<(i64, String)> = s
+            .conn
+            .prepare("SELECT p.id, o.kind FROM pushes p JOIN outbox o ON o.id = p.message_id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<std::result::Result<_, _>>()
+            .unwrap();
+        assert_eq!(ids.len(), 2);
+        // A decision (another job's) or a person stops it meanwhile.
+        s.change_status(
+            &StatusChange {
+                trial_id: id,
+                to: TrialStatus::Stopped,
+                actor: "test",
+                reason: "stopped for efficacy",
+                local_date: day(1),
+                start_date: None,
+                shifted: &[],
+            },
+            now(),
+        )
+        .unwrap();
+        assert!(
+            !s.record_daily_run(id, day(2), &[], &[message(day(2))], now())
+                .unwrap()
+        );
+        assert_eq!(s.last_daily_run(id).unwrap(), Some(day(1)));
+        // Nor a decision of a look that read it as running.
+        let look = NewDecision {
+            trial_id: id,
+            fit_id: None,
+            period: Some(1),
+            rule: "test".into(),
+            action: "drop_arm".into(),
+            numbers_json: "{}".into(),
+            stop: None,
+            reschedule: None,
+            messages: Vec::new(),
+            thresholds_refined_at: None,
+        };
+        assert!(!s.record_decision(&look, "daemon", day(1), now()).unwrap());
+        assert!(s.decisions(id).unwrap().is_empty());
+        let queued = s.recent_messages(50).unwrap();
+        assert!(
+            queued
+                .iter()
+                .all(|m| m.local_date.as_deref() != Some("2026-11-28")),
+            "{queued:?}"
+        );
+        // The day's assignment queued before the stop (the mail server was
+        // down, say) is withheld, by email and push; the decision goes.
+        let later = now() + jiff::SignedDuration::from_mins(1);
+        let why = Attempt::Withheld("not delivered: its trial is stopped".into());
+        for m in &queued {
+            let expected = if m.kind == "assignment" {
+                why.clone()
+            } else {
+                Attempt::Started
+            };
+            assert_eq!(s.mark_attempt(m.id, later).unwrap(), expected, "{}", m.kind);
+        }
+        for (push, kind) in &ids {
+            let expected = if kind == "assignment" {
+                why.clone()
+            } else {
+                Attempt::Started
+            };
+            assert_eq!(s.begin_push(*push, later).unwrap(), expected, "{kind}");
+        }
+        let assignment = s
+            .recent_messages(50)
+            .unwrap()
+            .into_iter()
+            .find(|m| m.kind == "assignment")
+            .unwrap();
+        assert_eq!(
+            (assignment.status.as_str(), assignment.attempts),
+            ("failed", 0)
+        );
+        assert!(s.due_messages(now(), 50).unwrap().is_empty());
+        assert!(s.due_pushes(now(), 50).unwrap().is_empty());
+    }
+
+    #[test]
     fn a_started_trial_locks_its_designs_calibrated_arm_drop_threshold() {
         use crate::trial::protocol::Protocol;
         let dir = tempfile::tempdir().unwrap();
@@ -5638,6 +5866,112 @@ mod tests {
                 failed_recently: 0
             }
         );
+    }
+
+    #[test]
+    fn a_restart_makes_what_waits_on_a_retry_due_but_not_an_attempt_a_crash_cut_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let pid = participant(&mut s);
+        let mut message = |key: &str| {
+            let m = NewMessage {
+                key: key.into(),
+                participant_id: pid,
+                trial_id: None,
+                kind: "weekly_summary".into(),
+                local_date: None,
+                recipient: "a@example.org".into(),
+                subject: "s".into(),
+                body_text: "t".into(),
+                body_html: "h".into(),
+                message_id: format!("<{key}@nof1d>"),
+            };
+            assert!(s.enqueue_message(&m, now()).unwrap());
+            s.conn
+                .query_row("SELECT id FROM outbox WHERE key = ?1", [key], |r| r.get(0))
+                .unwrap()
+        };
+        let (refused, crashed, fresh, sent): (i64, i64, i64, i64) = (
+            message("refused"),
+            message("crashed"),
+            message("fresh"),
+            message("sent"),
+        );
+        let later = now() + jiff::SignedDuration::from_hours(4);
+        // Refused (an SMTP 535): waits four hours.
+        s.mark_attempt(refused, later).unwrap();
+        s.mark_retry(refused, "SMTP 535", later).unwrap();
+        // An attempt that never ended (a crash mid-send): its backoff holds.
+        s.mark_attempt(crashed, later).unwrap();
+        s.mark_attempt(sent, later).unwrap();
+        s.mark_sent(sent, "smtp", now()).unwrap();
+        // Its pushes: one refused with the channel's others deferred, one
+        // cut short by a crash on another channel.
+        let channel = |s: &mut Store, name: &str| {
+            s.queue_pushes(
+                pid,
+                name,
+                now() - jiff::SignedDuration::from_hours(1),
+                now(),
+            )
+            .unwrap();
+        };
+        channel(&mut s, "ntfy:https://ntfy.example.org/refused");
+        channel(&mut s, "ntfy:https://ntfy.example.org/crashed");
+        let push_id = |s: &Store, key: &str, channel: &str| -> i64 {
+            s.conn
+                .query_row(
+                    "SELECT p.id FROM pushes p JOIN outbox o ON o.id = p.message_id
+                     WHERE o.key = ?1 AND p.channel LIKE ?2",
+                    params![key, format!("%/{channel}")],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        let refused_push = push_id(&s, "fresh", "refused");
+        s.begin_push(refused_push, later).unwrap();
+        s.record_push(
+            refused_push,
+            PushStep::Retry {
+                error: "ntfy answered 403",
+                retry_at: later,
+            },
+        )
+        .unwrap();
+        let crashed_push = push_id(&s, "fresh", "crashed");
+        s.begin_push(crashed_push, later).unwrap();
+        let restart = now() + jiff::SignedDuration::from_mins(5);
+        let due_pushes = |s: &Store| -> Vec<i64> {
+            s.due_pushes(restart, 50)
+                .unwrap()
+                .iter()
+                .map(|p| p.id)
+                .collect()
+        };
+        // Before: the crashed channel's three others; the refused one
+        // deferred its channel's three others.
+        assert_eq!(due_pushes(&s).len(), 3);
+        assert!(
+            s.due_messages(restart, 50)
+                .unwrap()
+                .iter()
+                .all(|m| m.id == fresh)
+        );
+        assert_eq!(s.retry_waiting_now(restart).unwrap(), (1, 4));
+        let mut due: Vec<i64> = s
+            .due_messages(restart, 50)
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        due.sort();
+        assert_eq!(due, vec![refused, fresh], "not {crashed} nor {sent}");
+        // Every push but the one a crash cut short.
+        let due = due_pushes(&s);
+        assert_eq!(due.len(), 7);
+        assert!(due.contains(&refused_push) && !due.contains(&crashed_push));
+        // Nothing more the second time.
+        assert_eq!(s.retry_waiting_now(restart).unwrap(), (0, 0));
     }
 
     #[test]

@@ -560,7 +560,7 @@ async fn trial_detail(
     ext = "html",
     source = r#"<h1>{{ d.title }}</h1>
 <p>Trial {{ d.id }} · {{ d.status }}{% if let Some(r) = d.stop_reason %} ({{ r }}){% endif %} · protocol {{ d.protocol_id }} · sha256 <code style="word-break:break-all">{{ d.protocol_hash }}</code></p>
-{% if !actions.is_empty() %}<div>{% for a in actions %}{% if a.0 == "stop" || a.0 == "pause" %}<form method="get" action="/trials/{{ d.id }}/confirm/{{ a.0 }}" style="display:inline"><button type="submit">{{ a.1 }}…</button></form> {% else %}<form method="post" action="/trials/{{ d.id }}/{{ a.0 }}" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">{{ a.1 }}</button></form> {% endif %}{% endfor %}</div>{% endif %}
+{% if !actions.is_empty() %}<div>{% for a in actions %}{% if a.0 == "stop" || a.0 == "pause" %}<form method="get" action="/trials/{{ d.id }}/confirm/{{ a.0 }}" style="display:inline"><button type="submit">{{ a.1 }}…</button></form> {% else %}<form method="post" action="/trials/{{ d.id }}/{{ a.0 }}" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}">{% if a.0 == "approve" %}<input type="hidden" name="protocol_hash" value="{{ d.protocol_hash }}">{% endif %}<button type="submit">{{ a.1 }}</button></form> {% endif %}{% endfor %}</div>{% endif %}
 {% if d.status == "paused" %}<p class="banner" role="status">This trial is paused: no assignment is sent and nothing is decided until it is resumed.</p>{% else if d.status == "stopped" %}<p class="banner" role="status">This trial has ended{% if let Some(r) = d.stop_reason %} ({{ r }}){% endif %}: nothing more is asked of you.</p>{% if let Some(u) = d.undo_until %}<form method="post" action="/trials/{{ d.id }}/undo"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Undo the stop</button> possible until {{ u }}.</form>{% endif %}{% endif %}
 {% if let Some(w) = d.missing_data %}<p class="banner" role="alert">{{ w }}</p>{% endif %}
 {% if !d.standing.is_empty() %}<h2>Where you stand</h2>{% for w in d.standing %}<p class="standing">{{ w }}</p>{% endfor %}{% endif %}
@@ -1037,12 +1037,17 @@ pub(super) async fn trial_export(
     }
 }
 
-/// A life-cycle action's form: the CSRF token; for approving a protocol
-/// that needs one, the clinician's agreement in words; for stopping and
-/// pausing, the reason and the confirmation from their page.
+/// A life-cycle action's form: the CSRF token; for approving, the hash of
+/// the protocol the page showed (an approval is of what was reviewed: a
+/// proposal edited meanwhile, in another tab or by another person, is not
+/// approved unseen) and, for a protocol that needs one, the clinician's
+/// agreement in words; for stopping and pausing, the reason and the
+/// confirmation from their page.
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 pub(super) struct ActionForm {
     csrf: Option<String>,
+    #[serde(default)]
+    protocol_hash: Option<String>,
     #[serde(default)]
     clinician: Option<String>,
     #[serde(default)]
@@ -1213,6 +1218,7 @@ pub(super) async fn trial_action(
         }
     }
     let clinician = form.clinician;
+    let reviewed = form.protocol_hash.filter(|h| !h.is_empty());
     let now = state.clock.now();
     let actor = match viewer.role {
         super::Role::Investigator => "dashboard (investigator)",
@@ -1222,6 +1228,9 @@ pub(super) async fn trial_action(
         .db
         .write_with(move |s| match action.as_str() {
             "approve" => {
+                if let Some(reviewed) = &reviewed {
+                    crate::service::actions::check_reviewed(s, id, reviewed)?;
+                }
                 crate::service::actions::approve(s, id, None, clinician.as_deref(), actor, now)
                     .map(|_| ())
             }

@@ -8,7 +8,7 @@ use jiff::tz::TimeZone;
 use crate::service::app::AppState;
 use crate::service::jobs::JobError;
 use crate::service::notify::{self};
-use crate::service::store::ParticipantRow;
+use crate::service::store::{Attempt, ParticipantRow};
 use crate::trial::calendar::local_date;
 
 /// Why a message is not delivered late: an assignment (or its evening
@@ -72,10 +72,15 @@ pub(crate) async fn deliver_outbox(state: &AppState) -> Result<String, JobError>
         // The attempt is recorded before it starts: a crash mid-send is
         // retried after its backoff (the Message-ID lets mail systems drop
         // the rare repeat), never in a tight loop.
-        state
+        let started = state
             .db
             .write(move |s| s.mark_attempt(id, retry_at))
             .await?;
+        if let Attempt::Withheld(why) = started {
+            tracing::info!(message = id, "{why}");
+            failed += 1;
+            continue;
+        }
         let from = state.config.email.from.clone();
         let dir = state.config.mail_dir();
         let smtp = smtp.clone();

@@ -12,7 +12,7 @@ use crate::service::jobs::JobError;
 use crate::service::jobs::outbox::passed_day;
 use crate::service::notify;
 use crate::service::push::PushConfig;
-use crate::service::store::PushStep;
+use crate::service::store::{Attempt, PushStep};
 
 /// How far back a channel's first run reaches: a channel added to the
 /// config gets the last day's messages, not the whole history.
@@ -102,10 +102,12 @@ pub(crate) async fn deliver_pushes(state: &AppState) -> Result<String, JobError>
             continue;
         };
         let retry_at = now + notify::backoff(push.attempts + 1);
-        state
-            .db
-            .write(move |s| s.record_push(id, PushStep::Attempt { retry_at }))
-            .await?;
+        let started = state.db.write(move |s| s.begin_push(id, retry_at)).await?;
+        if let Attempt::Withheld(why) = started {
+            tracing::info!(push = id, "{why}");
+            failed += 1;
+            continue;
+        }
         let open = open.clone();
         let key = push.channel.clone();
         let participant_id = push.participant_id;
