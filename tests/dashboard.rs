@@ -493,6 +493,16 @@ fn proposals_pause_self_report_and_api() {
     let edited = me.json(&d, "/api/proposals");
     assert_ne!(edited[0]["protocol_hash"], hash_before.as_str());
     assert_eq!(edited[0]["period_days"], 7);
+    // An edit from a page shown before that one (another tab) does not
+    // silently undo it.
+    let (status, body) = me.post(
+        &d,
+        "/proposals/2/edit",
+        &format!("csrf={csrf}&protocol_hash={hash_before}&period_days=14&max_blocks=4&mid=6"),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("changed after this page was shown"), "{body}");
+    assert_eq!(me.json(&d, "/api/proposals")[0]["period_days"], 7);
     let (status, body) = me.post(
         &d,
         "/proposals/2/edit",

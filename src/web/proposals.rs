@@ -416,7 +416,7 @@ Stops when P(better by MID) reaches {% if calibrating %}the calibrated threshold
 <tr><th>Finds an effect the size of the MID</th><td>{{ "{:.1}"|format(r.power_at_mid[0] * 100.0) }}% ± {{ "{:.1}"|format(r.power_at_mid[1] * 100.0) }}</td></tr>
 {% if let Some((e, p)) = r.double %}<tr><th>Finds an effect twice the MID ({{ e }})</th><td>{{ "{:.1}"|format(p[0] * 100.0) }}% ± {{ "{:.1}"|format(p[1] * 100.0) }}</td></tr>{% endif %}
 <tr><th>Mean blocks (no effect / effect at MID)</th><td>{{ "{:.1}"|format(r.mean_blocks[0]) }} / {{ "{:.1}"|format(r.mean_blocks[1]) }}</td></tr>
-</tbody></table>{% if let Some(w) = r.power_warning %}<p class="banner">{{ w }}</p>{% endif %}{% if !r.redesigns.is_empty() %}<table><caption>Changes simulated to raise the power at twice the MID (at the stated thresholds, before calibration)</caption><thead><tr><th>change</th><th>days at most</th><th>finds twice the MID</th><th></th></tr></thead><tbody>{% for x in r.redesigns %}<tr><td>{{ x.change }}</td><td>{{ x.planned_days }}</td><td>{{ "{:.0}"|format(x.power[0] * 100.0) }}% ± {{ "{:.0}"|format(x.power[1] * 100.0) }}</td><td><form method="post" action="/proposals/{{ v.id }}/edit" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="period_days" value="{{ x.period_days }}"><input type="hidden" name="max_blocks" value="{{ x.max_blocks }}"><input type="hidden" name="mid" value="{{ v.mid }}"><button type="submit">Use this design</button></form></td></tr>{% endfor %}</tbody></table>{% endif %}<p class="muted">{{ r.trials }} virtual trials per condition at efficacy threshold {{ r.efficacy }}, ± one Monte Carlo standard error; {{ "{:.0}"|format(r.wall_s) }} s. A rule that asks for "better by the MID" finds an effect of exactly the MID about half the time at best, however long the trial: twice the MID is the figure to judge a design by. These figures use the protocol's stated thresholds; those a trial of this design decides with (efficacy, futility and, with three arms or more, arm drops) are calibrated below.</p>
+</tbody></table>{% if let Some(w) = r.power_warning %}<p class="banner">{{ w }}</p>{% endif %}{% if !r.redesigns.is_empty() %}<table><caption>Changes simulated to raise the power at twice the MID (at the stated thresholds, before calibration)</caption><thead><tr><th>change</th><th>days at most</th><th>finds twice the MID</th><th></th></tr></thead><tbody>{% for x in r.redesigns %}<tr><td>{{ x.change }}</td><td>{{ x.planned_days }}</td><td>{{ "{:.0}"|format(x.power[0] * 100.0) }}% ± {{ "{:.0}"|format(x.power[1] * 100.0) }}</td><td><form method="post" action="/proposals/{{ v.id }}/edit" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="protocol_hash" value="{{ v.protocol_hash }}"><input type="hidden" name="period_days" value="{{ x.period_days }}"><input type="hidden" name="max_blocks" value="{{ x.max_blocks }}"><input type="hidden" name="mid" value="{{ v.mid }}"><button type="submit">Use this design</button></form></td></tr>{% endfor %}</tbody></table>{% endif %}<p class="muted">{{ r.trials }} virtual trials per condition at efficacy threshold {{ r.efficacy }}, ± one Monte Carlo standard error; {{ "{:.0}"|format(r.wall_s) }} s. A rule that asks for "better by the MID" finds an effect of exactly the MID about half the time at best, however long the trial: twice the MID is the figure to judge a design by. These figures use the protocol's stated thresholds; those a trial of this design decides with (efficacy, futility and, with three arms or more, arm drops) are calibrated below.</p>
 {% else if let Some((why, given_up)) = v.simulation_failure %}<p class="banner">This design could not be simulated: {{ why }}. {% if given_up %}Edit the protocol to simulate it anew, or try again (after an upgrade, or once what made it fail is gone).{% else %}It will be tried again.{% endif %}</p>{% if given_up %}<form method="post" action="/proposals/{{ v.id }}/simulation/retry" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Try the simulation again</button></form>{% endif %}
 {% else if let Some(g) = v.simulation_progress %}<p role="status">Being simulated now: {{ g.html()|safe }} <a href="/proposals/{{ v.id }}/progress">Follow it</a>.</p>
 {% else %}<p class="muted">Waiting to be simulated in the background (one design at a time): a minute or two for a gaussian outcome, up to an hour for the other families. <a href="/proposals/{{ v.id }}/progress">Follow it</a>.</p>{% endif %}
@@ -425,7 +425,7 @@ Stops when P(better by MID) reaches {% if calibrating %}the calibrated threshold
 <h3>Decide</h3>
 <form method="post" action="/trials/{{ v.id }}/approve" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="protocol_hash" value="{{ v.protocol_hash }}">{% if v.needs_clinician %}<label>This changes prescribed medication or needs a clinician: who agreed, and when <input name="clinician" required placeholder="Dr Lee, 3 Dec 2026"></label> {% endif %}<button type="submit">Approve (starts tomorrow)</button></form>
 <form method="post" action="/trials/{{ v.id }}/reject" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Reject</button></form>
-<form method="post" action="/proposals/{{ v.id }}/edit" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}">
+<form method="post" action="/proposals/{{ v.id }}/edit" class="inline"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="protocol_hash" value="{{ v.protocol_hash }}">
 <p>Or change the design before approving:</p>
 <label>Period (days) <input type="number" name="period_days" min="1" max="365" value="{{ v.period_days }}"></label>
 <label>Most blocks <input type="number" name="max_blocks" min="1" max="100" value="{{ v.blocks[1] }}"></label>
@@ -493,6 +493,10 @@ pub(super) async fn proposals_json(
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct EditForm {
     csrf: Option<String>,
+    /// The sha256 of the protocol the page showed: an edit applies to the
+    /// version it was made on, never silently over another one's edit.
+    #[serde(default)]
+    protocol_hash: Option<String>,
     period_days: String,
     max_blocks: String,
     mid: String,
@@ -575,6 +579,18 @@ pub(super) async fn edit_proposal(
         }
         Err(e) => return internal(&e.to_string()),
     };
+    let base = trial.protocol_hash.0.clone();
+    let changed = move |now: &str| {
+        format!(
+            "trial {id}'s protocol was changed after this page was shown (sha256 {now} now): \
+             reload the page and make the change again"
+        )
+    };
+    if let Some(shown) = form.protocol_hash.as_deref().filter(|h| !h.is_empty())
+        && shown != base
+    {
+        return (StatusCode::CONFLICT, format!("{}\n", changed(&base))).into_response();
+    }
     let (text, summary) = match edited_protocol(&trial.protocol_toml, &form) {
         Ok(x) => x,
         Err(e) => {
@@ -592,6 +608,13 @@ pub(super) async fn edit_proposal(
     let result = state
         .db
         .write(move |s| {
+            // Edited from the text read above: not over an edit stored since.
+            match s.trial(id)? {
+                Some(t) if t.protocol_hash.0 != base => {
+                    return Err(StoreError::Refused(changed(&t.protocol_hash.0)));
+                }
+                _ => {}
+            }
             s.edit_proposal(
                 &ProposalEdit {
                     trial_id: id,
@@ -762,6 +785,7 @@ mod tests {
         let text = include_str!("../../protocols/meditation-anxiety.toml");
         let form = |p: &str, b: &str, m: &str| EditForm {
             csrf: None,
+            protocol_hash: None,
             period_days: p.into(),
             max_blocks: b.into(),
             mid: m.into(),
