@@ -2691,12 +2691,7 @@ impl Store {
     /// adverse event was reported (even after a stop by hand, which records
     /// no decision).
     pub fn stop_stands(&self, trial_id: i64) -> Result<bool> {
-        Ok(self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM decisions WHERE trial_id = ?1 AND action LIKE 'stop%')
-                 OR EXISTS (SELECT 1 FROM adverse_events WHERE trial_id = ?1)",
-            [trial_id],
-            |r| r.get(0),
-        )?)
+        Ok(self.conn.query_row(STOP_STANDS, [trial_id], |r| r.get(0))?)
     }
 
     /// Returns a stopped trial to `change.to` (undoing a stop by hand; the
@@ -2704,6 +2699,15 @@ impl Store {
     /// the event and the audit entry, in one transaction.
     pub fn undo_stop(&mut self, change: &StatusChange<'_>, now: Timestamp) -> Result<()> {
         let tx = write_tx(&mut self.conn)?;
+        // Checked again here: a side-effect report (a link, another
+        // connection) may have landed since the caller looked.
+        let stands: bool = tx.query_row(STOP_STANDS, [change.trial_id], |r| r.get(0))?;
+        if stands {
+            return Err(StoreError::Refused(format!(
+                "trial {}'s stop stands: a stop decision or an adverse event is recorded",
+                change.trial_id
+            )));
+        }
         let moved = tx.execute(
             "UPDATE trials SET status = ?2, status_changed_at = ?3, stop_reason = NULL
              WHERE id = ?1 AND status = 'stopped'",
@@ -4529,6 +4533,12 @@ fn ensure_stream(
 }
 
 /// Queues `m` unless its key is in the outbox already; whether it was.
+/// Whether trial `?1`'s stop stands (cannot be undone): a decision stopped
+/// it, or an adverse event was reported ([`Store::stop_stands`]).
+const STOP_STANDS: &str =
+    "SELECT EXISTS (SELECT 1 FROM decisions WHERE trial_id = ?1 AND action LIKE 'stop%')
+     OR EXISTS (SELECT 1 FROM adverse_events WHERE trial_id = ?1)";
+
 /// Message kinds about one day of a running trial: its assignment, its
 /// evening reminder, the note that its data stopped coming.
 const TRIAL_DAY_KINDS: [&str; 3] = ["assignment", "reminder", "nudge"];
@@ -5235,6 +5245,27 @@ mod tests {
         };
         assert!(!s.record_decision(&look, "daemon", day(1), now()).unwrap());
         assert!(s.decisions(id).unwrap().is_empty());
+        // A side effect reported after the stop by hand: its undo, checked
+        // before the report, is refused in its write.
+        s.record_adverse_event(id, day(1), "rash", "email-link", "participant", now())
+            .unwrap();
+        let undo = s.undo_stop(
+            &StatusChange {
+                trial_id: id,
+                to: TrialStatus::Running,
+                actor: "cli",
+                reason: "undone",
+                local_date: day(1),
+                start_date: None,
+                shifted: &[],
+            },
+            now(),
+        );
+        assert!(
+            matches!(&undo, Err(StoreError::Refused(why)) if why.contains("stop stands")),
+            "{undo:?}"
+        );
+        assert_eq!(s.trial(id).unwrap().unwrap().status, TrialStatus::Stopped);
         let queued = s.recent_messages(50).unwrap();
         assert!(
             queued
