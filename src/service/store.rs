@@ -2719,6 +2719,9 @@ impl Store {
                 change.trial_id
             )));
         }
+        if change.to == TrialStatus::Running {
+            give_back_withheld(&tx, change.trial_id, now)?;
+        }
         tx.execute(
             "INSERT INTO trial_events (trial_id, from_status, to_status, actor, reason, local_date, at)
              VALUES (?1, 'stopped', ?2, ?3, ?4, ?5, ?6)",
@@ -3867,7 +3870,8 @@ impl Store {
     /// `sending` and is not due again before `retry_at`, so a crash mid-send
     /// is retried later rather than immediately in a loop. A message about
     /// a trial's day whose trial is no longer running is withheld instead
-    /// (marked failed), in the same transaction ([`withheld`]).
+    /// (marked failed), in the same transaction, and given back if it runs
+    /// again (resumed, or its stop undone).
     pub fn mark_attempt(&mut self, id: i64, retry_at: Timestamp) -> Result<Attempt> {
         let tx = write_tx(&mut self.conn)?;
         if let Some(why) = withheld(&tx, id)? {
@@ -4088,19 +4092,23 @@ impl Store {
     /// counts only (the errors name servers, and `/healthz` is public).
     pub fn delivery_health(&self, now: Timestamp) -> Result<DeliveryHealth> {
         // Failed twice in a row, not one blip; given up on after being
-        // tried (a message whose day passed before any try, or a push of a
-        // channel since removed, is the policy's, not trouble), among those
-        // queued in the last two days.
+        // tried (a message whose day passed before any try, a push of a
+        // channel since removed, or a day's message withheld as its trial
+        // no longer runs, is the policy's, not trouble), among those queued
+        // in the last two days.
         let since = ts(now - jiff::SignedDuration::from_hours(48));
+        let withheld = format!("{WITHHELD}%");
         let (retrying, failed_recently) = self.conn.query_row(
             "SELECT
                  (SELECT COUNT(*) FROM outbox
                    WHERE status IN ('pending', 'sending') AND last_error IS NOT NULL AND attempts >= 2)
                + (SELECT COUNT(*) FROM pushes
                    WHERE status IN ('pending', 'sending') AND last_error IS NOT NULL AND attempts >= 2),
-                 (SELECT COUNT(*) FROM outbox WHERE status = 'failed' AND attempts > 0 AND created_at >= ?1)
-               + (SELECT COUNT(*) FROM pushes WHERE status = 'failed' AND attempts > 0 AND created_at >= ?1)",
-            [&since],
+                 (SELECT COUNT(*) FROM outbox WHERE status = 'failed' AND attempts > 0
+                   AND created_at >= ?1 AND COALESCE(last_error, '') NOT LIKE ?2)
+               + (SELECT COUNT(*) FROM pushes WHERE status = 'failed' AND attempts > 0
+                   AND created_at >= ?1 AND COALESCE(last_error, '') NOT LIKE ?2)",
+            params![since, withheld],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         Ok(DeliveryHealth {
@@ -4532,7 +4540,6 @@ fn ensure_stream(
     )?)
 }
 
-/// Queues `m` unless its key is in the outbox already; whether it was.
 /// Whether trial `?1`'s stop stands (cannot be undone): a decision stopped
 /// it, or an adverse event was reported ([`Store::stop_stands`]).
 const STOP_STANDS: &str =
@@ -4542,6 +4549,11 @@ const STOP_STANDS: &str =
 /// Message kinds about one day of a running trial: its assignment, its
 /// evening reminder, the note that its data stopped coming.
 const TRIAL_DAY_KINDS: [&str; 3] = ["assignment", "reminder", "nudge"];
+
+/// How a withheld message's error begins ([`withheld`]), so that a trial
+/// that runs again gives it back ([`give_back_withheld`]) and delivery
+/// health does not count it as trouble.
+const WITHHELD: &str = "not delivered: its trial is ";
 
 /// Why outbox message `message` is not delivered, if it is one of
 /// [`TRIAL_DAY_KINDS`] and its trial was stopped or paused after it was
@@ -4559,12 +4571,33 @@ fn withheld(tx: &Transaction<'_>, message: i64) -> Result<Option<String>> {
             if TRIAL_DAY_KINDS.contains(&kind.as_str())
                 && status != TrialStatus::Running.as_str() =>
         {
-            Some(format!("not delivered: its trial is {status}"))
+            Some(format!("{WITHHELD}{status}"))
         }
         _ => None,
     })
 }
 
+/// Gives back to the outbox what was withheld while trial `trial_id` was
+/// paused or stopped, once it runs again (resumed, or its stop undone):
+/// pending and due at `now`, by email and push. A day's message whose day
+/// has passed meanwhile is then given up on at delivery, as any other.
+fn give_back_withheld(tx: &Connection, trial_id: i64, now: Timestamp) -> Result<()> {
+    let withheld = format!("{WITHHELD}%");
+    tx.execute(
+        "UPDATE pushes SET status = 'pending', next_attempt_at = ?2
+         WHERE status = 'failed' AND last_error LIKE ?3
+           AND message_id IN (SELECT id FROM outbox WHERE trial_id = ?1)",
+        params![trial_id, ts(now), withheld],
+    )?;
+    tx.execute(
+        "UPDATE outbox SET status = 'pending', next_attempt_at = ?2
+         WHERE trial_id = ?1 AND status = 'failed' AND last_error LIKE ?3",
+        params![trial_id, ts(now), withheld],
+    )?;
+    Ok(())
+}
+
+/// Queues `m` unless its key is in the outbox already; whether it was.
 fn enqueue(conn: &Connection, m: &NewMessage, now: Timestamp) -> Result<bool> {
     let inserted = conn.execute(
         "INSERT INTO outbox (key, participant_id, trial_id, kind, local_date, recipient, subject,
@@ -4709,6 +4742,9 @@ fn change_status_tx(tx: &Connection, c: &StatusChange<'_>, now: Timestamp) -> Re
             "UPDATE schedule SET local_date = ?3 WHERE trial_id = ?1 AND day = ?2",
             params![c.trial_id, r.day, r.local_date.to_string()],
         )?;
+    }
+    if c.to == TrialStatus::Running {
+        give_back_withheld(tx, c.trial_id, now)?;
     }
     tx.execute(
         "INSERT INTO trial_events (trial_id, from_status, to_status, actor, reason, local_date, at)
@@ -5305,6 +5341,65 @@ mod tests {
         );
         assert!(s.due_messages(now(), 50).unwrap().is_empty());
         assert!(s.due_pushes(now(), 50).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_days_message_withheld_while_its_trial_is_paused_comes_back_when_it_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let pid = participant(&mut s);
+        let text = include_str!("../../protocols/magnesium-migraine.toml");
+        let protocol = crate::trial::protocol::Protocol::parse(text, "magnesium").unwrap();
+        let start: Date = "2026-11-26".parse().unwrap();
+        let locking = Locking {
+            thresholds: LockedThresholds::stated(&protocol.decision),
+            refined: false,
+        };
+        let id = started_on(&mut s, pid, text, 7, start, locking);
+        let m = NewMessage {
+            key: format!("assignment/a/{id}/{start}"),
+            participant_id: pid,
+            trial_id: Some(id),
+            kind: "assignment".into(),
+            local_date: Some(start),
+            recipient: "a@example.org".into(),
+            subject: "s".into(),
+            body_text: "t".into(),
+            body_html: "h".into(),
+            message_id: "<a@nof1d>".into(),
+        };
+        assert!(s.record_daily_run(id, start, &[], &[m], now()).unwrap());
+        let mid: i64 = s.recent_messages(1).unwrap()[0].id;
+        // Tried once while the server was down; then paused by hand.
+        s.mark_attempt(mid, now()).unwrap();
+        s.mark_retry(mid, "SMTP 421", now()).unwrap();
+        let status = |s: &mut Store, to: TrialStatus| {
+            s.change_status(
+                &StatusChange {
+                    trial_id: id,
+                    to,
+                    actor: "test",
+                    reason: "by hand",
+                    local_date: start,
+                    start_date: None,
+                    shifted: &[],
+                },
+                now(),
+            )
+            .unwrap();
+        };
+        status(&mut s, TrialStatus::Paused);
+        assert_eq!(
+            s.mark_attempt(mid, now()).unwrap(),
+            Attempt::Withheld("not delivered: its trial is paused".into())
+        );
+        // The policy's, not trouble.
+        assert_eq!(s.delivery_health(now()).unwrap().failed_recently, 0);
+        // Resumed the same day: the day's assignment goes after all.
+        status(&mut s, TrialStatus::Running);
+        let due = s.due_messages(now(), 50).unwrap();
+        assert_eq!(due.iter().map(|m| m.id).collect::<Vec<_>>(), vec![mid]);
+        assert_eq!(s.mark_attempt(mid, now()).unwrap(), Attempt::Started);
     }
 
     #[test]
