@@ -5203,27 +5203,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("db.sqlite")).unwrap();
         let pid = participant(&mut s);
-        let text = include_str!("../../protocols/magnesium-migraine.toml");
-        let protocol = crate::trial::protocol::Protocol::parse(text, "magnesium").unwrap();
         let start: Date = "2026-11-26".parse().unwrap();
-        let locking = Locking {
-            thresholds: LockedThresholds::stated(&protocol.decision),
-            refined: false,
-        };
-        let id = started_on(&mut s, pid, text, 7, start, locking);
+        let id = magnesium_started(&mut s, pid, start);
         let day = |n: i64| start.checked_add(jiff::Span::new().days(n)).unwrap();
-        let message = |d: Date| NewMessage {
-            key: format!("assignment/a/{id}/{d}"),
-            participant_id: pid,
-            trial_id: Some(id),
-            kind: "assignment".into(),
-            local_date: Some(d),
-            recipient: "a@example.org".into(),
-            subject: "s".into(),
-            body_text: "t".into(),
-            body_html: "h".into(),
-            message_id: format!("<{d}@nof1d>"),
-        };
+        let message = |d: Date| assignment(pid, id, d);
         assert!(
             s.record_daily_run(id, day(1), &[], &[message(day(1))], now())
                 .unwrap()
@@ -5348,26 +5331,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("db.sqlite")).unwrap();
         let pid = participant(&mut s);
-        let text = include_str!("../../protocols/magnesium-migraine.toml");
-        let protocol = crate::trial::protocol::Protocol::parse(text, "magnesium").unwrap();
         let start: Date = "2026-11-26".parse().unwrap();
-        let locking = Locking {
-            thresholds: LockedThresholds::stated(&protocol.decision),
-            refined: false,
-        };
-        let id = started_on(&mut s, pid, text, 7, start, locking);
-        let m = NewMessage {
-            key: format!("assignment/a/{id}/{start}"),
-            participant_id: pid,
-            trial_id: Some(id),
-            kind: "assignment".into(),
-            local_date: Some(start),
-            recipient: "a@example.org".into(),
-            subject: "s".into(),
-            body_text: "t".into(),
-            body_html: "h".into(),
-            message_id: "<a@nof1d>".into(),
-        };
+        let id = magnesium_started(&mut s, pid, start);
+        let m = assignment(pid, id, start);
         assert!(s.record_daily_run(id, start, &[], &[m], now()).unwrap());
         let mid: i64 = s.recent_messages(1).unwrap()[0].id;
         // Tried once while the server was down; then paused by hand.
@@ -5918,29 +5884,60 @@ mod tests {
         s.upsert_participant(&p, false, now()).unwrap()
     }
 
+    /// A weekly summary keyed `key` for participant `pid`, queued: its id.
+    fn queued_summary(s: &mut Store, pid: i64, key: &str) -> i64 {
+        let m = NewMessage {
+            key: key.into(),
+            participant_id: pid,
+            trial_id: None,
+            kind: "weekly_summary".into(),
+            local_date: None,
+            recipient: "a@example.org".into(),
+            subject: "s".into(),
+            body_text: "t".into(),
+            body_html: "h".into(),
+            message_id: format!("<{key}@nof1d>"),
+        };
+        assert!(s.enqueue_message(&m, now()).unwrap());
+        s.conn
+            .query_row("SELECT id FROM outbox WHERE key = ?1", [key], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// A magnesium-migraine trial of participant `pid` started on `start`,
+    /// on its stated thresholds.
+    fn magnesium_started(s: &mut Store, pid: i64, start: Date) -> i64 {
+        let text = include_str!("../../protocols/magnesium-migraine.toml");
+        let protocol = crate::trial::protocol::Protocol::parse(text, "magnesium").unwrap();
+        let locking = Locking {
+            thresholds: LockedThresholds::stated(&protocol.decision),
+            refined: false,
+        };
+        started_on(s, pid, text, 7, start, locking)
+    }
+
+    /// Trial `trial_id`'s assignment for `date`, for participant `pid`.
+    fn assignment(pid: i64, trial_id: i64, date: Date) -> NewMessage {
+        NewMessage {
+            key: format!("assignment/a/{trial_id}/{date}"),
+            participant_id: pid,
+            trial_id: Some(trial_id),
+            kind: "assignment".into(),
+            local_date: Some(date),
+            recipient: "a@example.org".into(),
+            subject: "s".into(),
+            body_text: "t".into(),
+            body_html: "h".into(),
+            message_id: format!("<{date}@nof1d>"),
+        }
+    }
+
     #[test]
     fn delivery_trouble_is_what_was_tried_and_failed() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("db.sqlite")).unwrap();
         let pid = participant(&mut s);
-        let mut message = |key: &str| {
-            let m = NewMessage {
-                key: key.into(),
-                participant_id: pid,
-                trial_id: None,
-                kind: "weekly_summary".into(),
-                local_date: None,
-                recipient: "a@example.org".into(),
-                subject: "s".into(),
-                body_text: "t".into(),
-                body_html: "h".into(),
-                message_id: format!("<{key}@nof1d>"),
-            };
-            assert!(s.enqueue_message(&m, now()).unwrap());
-            s.conn
-                .query_row("SELECT id FROM outbox WHERE key = ?1", [key], |r| r.get(0))
-                .unwrap()
-        };
+        let mut message = |key: &str| queued_summary(&mut s, pid, key);
         let (blip, down, untried, refused): (i64, i64, i64, i64) = (
             message("blip"),
             message("down"),
@@ -5999,24 +5996,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("db.sqlite")).unwrap();
         let pid = participant(&mut s);
-        let mut message = |key: &str| {
-            let m = NewMessage {
-                key: key.into(),
-                participant_id: pid,
-                trial_id: None,
-                kind: "weekly_summary".into(),
-                local_date: None,
-                recipient: "a@example.org".into(),
-                subject: "s".into(),
-                body_text: "t".into(),
-                body_html: "h".into(),
-                message_id: format!("<{key}@nof1d>"),
-            };
-            assert!(s.enqueue_message(&m, now()).unwrap());
-            s.conn
-                .query_row("SELECT id FROM outbox WHERE key = ?1", [key], |r| r.get(0))
-                .unwrap()
-        };
+        let mut message = |key: &str| queued_summary(&mut s, pid, key);
         let (refused, crashed, fresh, sent): (i64, i64, i64, i64) = (
             message("refused"),
             message("crashed"),
