@@ -38,6 +38,9 @@ struct Oura {
     /// Days whose night the person deleted in the app (Oura then lists
     /// the period with type "deleted").
     deleted: Vec<Date>,
+    /// Refreshes are held while this is set, and how many were.
+    hold_refresh: bool,
+    held: usize,
 }
 
 type Shared = Arc<Mutex<Oura>>;
@@ -91,6 +94,15 @@ async fn token(State(o): State<Shared>, headers: HeaderMap, body: String) -> Res
             .into_response();
     }
     let form: HashMap<String, String> = url_decode(&body);
+    if form.get("grant_type").map(String::as_str) == Some("refresh_token") && held(&o).await {
+        // The grant of the account the person has since left, renewed.
+        return axum::Json(
+            json!({"token_type": "bearer", "access_token": "old-account-token",
+            "refresh_token": "old-account-refresh", "expires_in": 86_400,
+            "scope": "daily heartrate personal"}),
+        )
+        .into_response();
+    }
     let mut o = o.lock().unwrap();
     match form.get("grant_type").map(String::as_str) {
         Some("authorization_code") => {
@@ -114,6 +126,22 @@ async fn token(State(o): State<Shared>, headers: HeaderMap, body: String) -> Res
         }
         _ => oauth_error("unsupported_grant_type"),
     }
+}
+
+/// Holds a refresh for as long as the test says (the person connects again
+/// meanwhile); whether it was held.
+async fn held(o: &Shared) -> bool {
+    {
+        let mut o = o.lock().unwrap();
+        if !o.hold_refresh {
+            return false;
+        }
+        o.held += 1;
+    }
+    while o.lock().unwrap().hold_refresh {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 fn url_decode(body: &str) -> HashMap<String, String> {
@@ -402,6 +430,43 @@ token_url = "{url}/oauth/token"
     wait_until("reads again", &daemon, || {
         oura.lock().unwrap().reads.values().sum::<usize>() > reads
     });
+
+    // The person connects again (to another account, say) while a refresh
+    // of the old connection is under way: the new connection stands, and
+    // the poll that renewed the old one reads nothing.
+    {
+        let mut o = oura.lock().unwrap();
+        o.expires_in = 1;
+        o.hold_refresh = true;
+    }
+    assert_eq!(connect(&daemon), 303);
+    wait_until("a refresh held", &daemon, || oura.lock().unwrap().held == 1);
+    oura.lock().unwrap().expires_in = 86_400;
+    assert_eq!(connect(&daemon), 303);
+    let new_token = oura.lock().unwrap().access.clone().unwrap();
+    let reads = oura.lock().unwrap().reads.values().sum::<usize>();
+    oura.lock().unwrap().hold_refresh = false;
+    wait_until("the held poll's note", &daemon, || {
+        count(
+            &data,
+            "SELECT COUNT(*) FROM source_runs WHERE problems LIKE 'connected again while%'",
+        ) == 1
+    });
+    assert_eq!(
+        count(
+            &data,
+            &format!(
+                "SELECT COUNT(*) FROM oauth_grants
+                 WHERE access_token = '{new_token}' AND status = 'connected'"
+            ),
+        ),
+        1,
+        "the new connection stands"
+    );
+    wait_until("reads with the new connection", &daemon, || {
+        oura.lock().unwrap().reads.values().sum::<usize>() > reads
+    });
+    assert_eq!(oura.lock().unwrap().held, 1);
     daemon.terminate();
     assert_eq!(count(&data, "SELECT COUNT(*) FROM observations"), expected);
     let log = std::fs::read_dir(&data)

@@ -1243,6 +1243,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         *id,
                         date(start)?,
                         clinician.as_deref(),
+                        None,
                         actor,
                         now,
                     )?;

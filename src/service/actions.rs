@@ -98,32 +98,19 @@ pub fn propose(
     )?)
 }
 
-/// Refuses unless trial `trial_id`'s protocol is still the one whose
-/// sha256 is `reviewed`: what a person approves on the dashboard is the
-/// version the page showed them, not one edited since (in another tab, or
-/// by another person).
-pub fn check_reviewed(store: &Store, trial_id: i64, reviewed: &str) -> Result<()> {
-    let (trial, _) = trial_and_zone(store, trial_id)?;
-    if trial.protocol_hash.0 != reviewed {
-        return Err(ActionError::Refused(format!(
-            "trial {trial_id}'s protocol was changed after this page was shown \
-             (sha256 {} now): reload the page, review the new version and approve again",
-            trial.protocol_hash.0
-        )));
-    }
-    Ok(())
-}
-
 /// Approves a proposed trial to start on `start` (default: the participant's
 /// tomorrow). The daemon starts it that day unless it would share an outcome
 /// stream with a running trial. A protocol that needs a clinician (it
 /// changes prescribed medication, or the library says so) is approved only
 /// with `clinician`, the clinician's agreement in words ("Dr Lee, 3 Dec").
+/// From a page that showed the protocol, `reviewed` is its SHA-256: what a
+/// person approves is the version they saw, not one edited since.
 pub fn approve(
     store: &mut Store,
     trial_id: i64,
     start: Option<Date>,
     clinician: Option<&str>,
+    reviewed: Option<&str>,
     actor: &str,
     now: Timestamp,
 ) -> Result<Date> {
@@ -161,6 +148,7 @@ pub fn approve(
             local_date: today,
             start_date: Some(start),
             shifted: &[],
+            reviewed,
         },
         now,
     )?;
@@ -293,6 +281,7 @@ pub fn undo_stop(
             local_date: paused_on.unwrap_or_else(|| local_date(now, &tz)),
             start_date: None,
             shifted: &[],
+            reviewed: None,
         },
         now,
     )?;
@@ -341,6 +330,7 @@ fn move_to(
             local_date: local_date(now, &tz),
             start_date: None,
             shifted: &[],
+            reviewed: None,
         },
         now,
     )?;
@@ -402,6 +392,7 @@ pub fn resume(
             local_date: today,
             start_date: None,
             shifted: &shifted,
+            reviewed: None,
         },
         now,
     )?;

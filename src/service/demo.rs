@@ -151,6 +151,7 @@ pub fn ensure_seeded(store: &mut Store, time_zone: &str, now: Timestamp) -> Resu
                 local_date: today,
                 start_date: Some(start),
                 shifted: &[],
+                reviewed: None,
             },
             now,
         )?;

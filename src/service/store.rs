@@ -27,7 +27,7 @@ use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
 
 /// The migration files, in order. Append new files; never edit a released one.
-const MIGRATION_FILES: [&str; 16] = [
+const MIGRATION_FILES: [&str; 17] = [
     include_str!("../../migrations/0001_initial.sql"),
     include_str!("../../migrations/0002_trial_lifecycle.sql"),
     include_str!("../../migrations/0003_dashboard.sql"),
@@ -44,6 +44,7 @@ const MIGRATION_FILES: [&str; 16] = [
     include_str!("../../migrations/0014_calibration_refinements.sql"),
     include_str!("../../migrations/0015_kept_trials.sql"),
     include_str!("../../migrations/0016_observations_by_date.sql"),
+    include_str!("../../migrations/0017_withheld.sql"),
 ];
 
 /// The migrations, in order.
@@ -593,6 +594,9 @@ pub struct ProposalEdit<'a> {
     pub protocol_toml: &'a str,
     /// Its SHA-256.
     pub protocol_hash: &'a str,
+    /// The SHA-256 of the text it was edited from: refused if the stored
+    /// protocol is another (edited since), so an edit never undoes another.
+    pub edited_from: &'a str,
     /// What changed, in words.
     pub summary: &'a str,
     /// Who edited it.
@@ -1681,6 +1685,35 @@ impl Store {
             ],
         )?;
         Ok(())
+    }
+
+    /// Stores the grant a refresh before a poll gave, in place of the one it
+    /// renewed, unless that one was replaced meanwhile: the person connected
+    /// again during the refresh's round trip (perhaps to another account),
+    /// and their connection stands. Whether it was stored.
+    pub fn save_renewed_grant(
+        &mut self,
+        source_id: i64,
+        renewal: &crate::service::sources::granted::Renewal,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let grant = &renewal.grant;
+        let n = self.conn.execute(
+            "UPDATE oauth_grants SET access_token = ?2, refresh_token = ?3, expires_at = ?4,
+                 scope = ?5, status = 'connected', status_reason = '', updated_at = ?6
+             WHERE source_id = ?1 AND updated_at = ?7 AND access_token = ?8",
+            params![
+                source_id,
+                grant.access_token,
+                grant.refresh_token,
+                grant.expires_at.map(ts),
+                grant.scope,
+                ts(now),
+                ts(renewal.replaces_stored_at),
+                renewal.replaces_access_token
+            ],
+        )?;
+        Ok(n == 1)
     }
 
     /// Marks the grant stored at `stored_at` as needing the person to
@@ -2809,6 +2842,7 @@ impl Store {
                 local_date: start_date,
                 start_date: Some(start_date),
                 shifted: &[],
+                reviewed: None,
             },
             now,
         )?;
@@ -2873,6 +2907,7 @@ impl Store {
                     local_date,
                     start_date: None,
                     shifted: &[],
+                    reviewed: None,
                 },
                 now,
             )?;
@@ -3128,6 +3163,13 @@ impl Store {
         if status != TrialStatus::Proposed.as_str() {
             return Err(StoreError::Refused(format!(
                 "trial {} is {status}: only a proposal can be edited (its protocol is locked)",
+                edit.trial_id
+            )));
+        }
+        if old_hash != edit.edited_from {
+            return Err(StoreError::Refused(format!(
+                "trial {}'s protocol was changed after this page was shown (sha256 {old_hash} \
+                 now): reload the page and make the change again",
                 edit.trial_id
             )));
         }
@@ -3873,22 +3915,7 @@ impl Store {
     /// (marked failed), in the same transaction, and given back if it runs
     /// again (resumed, or its stop undone).
     pub fn mark_attempt(&mut self, id: i64, retry_at: Timestamp) -> Result<Attempt> {
-        let tx = write_tx(&mut self.conn)?;
-        if let Some(why) = withheld(&tx, id)? {
-            tx.execute(
-                "UPDATE outbox SET status = 'failed', last_error = ?2 WHERE id = ?1",
-                params![id, why],
-            )?;
-            tx.commit()?;
-            return Ok(Attempt::Withheld(why));
-        }
-        tx.execute(
-            "UPDATE outbox SET status = 'sending', attempts = attempts + 1, next_attempt_at = ?2
-             WHERE id = ?1",
-            params![id, ts(retry_at)],
-        )?;
-        tx.commit()?;
-        Ok(Attempt::Started)
+        begin_attempt(&mut self.conn, &EMAIL_ATTEMPT, id, retry_at)
     }
 
     /// Marks a message delivered.
@@ -3989,26 +4016,7 @@ impl Store {
     /// Records that an attempt at push `id` starts, before it starts, as
     /// [`Store::mark_attempt`] does for the email (and withholds it alike).
     pub fn begin_push(&mut self, id: i64, retry_at: Timestamp) -> Result<Attempt> {
-        let tx = write_tx(&mut self.conn)?;
-        let message: i64 =
-            tx.query_row("SELECT message_id FROM pushes WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })?;
-        if let Some(why) = withheld(&tx, message)? {
-            tx.execute(
-                "UPDATE pushes SET status = 'failed', last_error = ?2 WHERE id = ?1",
-                params![id, why],
-            )?;
-            tx.commit()?;
-            return Ok(Attempt::Withheld(why));
-        }
-        tx.execute(
-            "UPDATE pushes SET status = 'sending', attempts = attempts + 1, next_attempt_at = ?2
-             WHERE id = ?1",
-            params![id, ts(retry_at)],
-        )?;
-        tx.commit()?;
-        Ok(Attempt::Started)
+        begin_attempt(&mut self.conn, &PUSH_ATTEMPT, id, retry_at)
     }
 
     /// Records what happened to push `id` (its attempt is recorded before
@@ -4097,7 +4105,6 @@ impl Store {
         // no longer runs, is the policy's, not trouble), among those queued
         // in the last two days.
         let since = ts(now - jiff::SignedDuration::from_hours(48));
-        let withheld = format!("{WITHHELD}%");
         let (retrying, failed_recently) = self.conn.query_row(
             "SELECT
                  (SELECT COUNT(*) FROM outbox
@@ -4105,10 +4112,10 @@ impl Store {
                + (SELECT COUNT(*) FROM pushes
                    WHERE status IN ('pending', 'sending') AND last_error IS NOT NULL AND attempts >= 2),
                  (SELECT COUNT(*) FROM outbox WHERE status = 'failed' AND attempts > 0
-                   AND created_at >= ?1 AND COALESCE(last_error, '') NOT LIKE ?2)
+                   AND created_at >= ?1 AND withheld = 0)
                + (SELECT COUNT(*) FROM pushes WHERE status = 'failed' AND attempts > 0
-                   AND created_at >= ?1 AND COALESCE(last_error, '') NOT LIKE ?2)",
-            params![since, withheld],
+                   AND created_at >= ?1 AND withheld = 0)",
+            params![since],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         Ok(DeliveryHealth {
@@ -4550,11 +4557,6 @@ const STOP_STANDS: &str =
 /// evening reminder, the note that its data stopped coming.
 const TRIAL_DAY_KINDS: [&str; 3] = ["assignment", "reminder", "nudge"];
 
-/// How a withheld message's error begins ([`withheld`]), so that a trial
-/// that runs again gives it back ([`give_back_withheld`]) and delivery
-/// health does not count it as trouble.
-const WITHHELD: &str = "not delivered: its trial is ";
-
 /// Why outbox message `message` is not delivered, if it is one of
 /// [`TRIAL_DAY_KINDS`] and its trial was stopped or paused after it was
 /// queued (a person stopped it while the mail server was down, say): it
@@ -4571,7 +4573,7 @@ fn withheld(tx: &Transaction<'_>, message: i64) -> Result<Option<String>> {
             if TRIAL_DAY_KINDS.contains(&kind.as_str())
                 && status != TrialStatus::Running.as_str() =>
         {
-            Some(format!("{WITHHELD}{status}"))
+            Some(format!("not delivered: its trial is {status}"))
         }
         _ => None,
     })
@@ -4582,19 +4584,65 @@ fn withheld(tx: &Transaction<'_>, message: i64) -> Result<Option<String>> {
 /// pending and due at `now`, by email and push. A day's message whose day
 /// has passed meanwhile is then given up on at delivery, as any other.
 fn give_back_withheld(tx: &Connection, trial_id: i64, now: Timestamp) -> Result<()> {
-    let withheld = format!("{WITHHELD}%");
     tx.execute(
-        "UPDATE pushes SET status = 'pending', next_attempt_at = ?2
-         WHERE status = 'failed' AND last_error LIKE ?3
+        "UPDATE pushes SET status = 'pending', withheld = 0, next_attempt_at = ?2
+         WHERE status = 'failed' AND withheld = 1
            AND message_id IN (SELECT id FROM outbox WHERE trial_id = ?1)",
-        params![trial_id, ts(now), withheld],
+        params![trial_id, ts(now)],
     )?;
     tx.execute(
-        "UPDATE outbox SET status = 'pending', next_attempt_at = ?2
-         WHERE trial_id = ?1 AND status = 'failed' AND last_error LIKE ?3",
-        params![trial_id, ts(now), withheld],
+        "UPDATE outbox SET status = 'pending', withheld = 0, next_attempt_at = ?2
+         WHERE trial_id = ?1 AND status = 'failed' AND withheld = 1",
+        params![trial_id, ts(now)],
     )?;
     Ok(())
+}
+
+/// The statements of one delivery table that [`begin_attempt`] runs.
+struct AttemptSql {
+    /// The outbox message behind row `?1`.
+    message: &'static str,
+    /// Withholds row `?1`, with the reason `?2`.
+    withhold: &'static str,
+    /// Starts an attempt at row `?1`, due again at `?2` if it crashes.
+    start: &'static str,
+}
+
+/// An email's attempt ([`Store::mark_attempt`]).
+const EMAIL_ATTEMPT: AttemptSql = AttemptSql {
+    message: "SELECT id FROM outbox WHERE id = ?1",
+    withhold: "UPDATE outbox SET status = 'failed', withheld = 1, last_error = ?2 WHERE id = ?1",
+    start: "UPDATE outbox SET status = 'sending', attempts = attempts + 1, next_attempt_at = ?2
+            WHERE id = ?1",
+};
+
+/// A push's attempt ([`Store::begin_push`]).
+const PUSH_ATTEMPT: AttemptSql = AttemptSql {
+    message: "SELECT message_id FROM pushes WHERE id = ?1",
+    withhold: "UPDATE pushes SET status = 'failed', withheld = 1, last_error = ?2 WHERE id = ?1",
+    start: "UPDATE pushes SET status = 'sending', attempts = attempts + 1, next_attempt_at = ?2
+            WHERE id = ?1",
+};
+
+/// Records that an attempt at row `id` starts, before it starts, or
+/// withholds it ([`withheld`]), in one transaction: a trial stopped in
+/// between cannot slip a day's message through.
+fn begin_attempt(
+    conn: &mut Connection,
+    sql: &AttemptSql,
+    id: i64,
+    retry_at: Timestamp,
+) -> Result<Attempt> {
+    let tx = write_tx(conn)?;
+    let message: i64 = tx.query_row(sql.message, [id], |r| r.get(0))?;
+    if let Some(why) = withheld(&tx, message)? {
+        tx.execute(sql.withhold, params![id, why])?;
+        tx.commit()?;
+        return Ok(Attempt::Withheld(why));
+    }
+    tx.execute(sql.start, params![id, ts(retry_at)])?;
+    tx.commit()?;
+    Ok(Attempt::Started)
 }
 
 /// Queues `m` unless its key is in the outbox already; whether it was.
@@ -4663,6 +4711,7 @@ fn adverse_event_tx(
                 local_date,
                 start_date: None,
                 shifted: &[],
+                reviewed: None,
             },
             now,
         )?;
@@ -4687,6 +4736,10 @@ pub struct StatusChange<'a> {
     pub start_date: Option<Date>,
     /// Resuming: the unrun schedule rows at their new dates.
     pub shifted: &'a [DatedDay],
+    /// The SHA-256 of the protocol the person reviewed (an approval from a
+    /// page that showed it): refused if the stored protocol is another,
+    /// edited since in another tab or by another person.
+    pub reviewed: Option<&'a str>,
 }
 
 /// A write transaction that takes the write lock at its start (IMMEDIATE).
@@ -4699,19 +4752,28 @@ fn write_tx(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
 }
 
 fn change_status_tx(tx: &Connection, c: &StatusChange<'_>, now: Timestamp) -> Result<()> {
-    let from: Option<String> = tx
+    let from: Option<(String, String)> = tx
         .query_row(
-            "SELECT status FROM trials WHERE id = ?1",
+            "SELECT status, protocol_hash FROM trials WHERE id = ?1",
             [c.trial_id],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    let Some(from) = from else {
+    let Some((from, stored_hash)) = from else {
         return Err(StoreError::Refused(format!(
             "there is no trial {}",
             c.trial_id
         )));
     };
+    if let Some(reviewed) = c.reviewed
+        && reviewed != stored_hash
+    {
+        return Err(StoreError::Refused(format!(
+            "trial {}'s protocol was changed after this page was shown (sha256 {stored_hash} \
+             now): reload the page, review the new version and approve again",
+            c.trial_id
+        )));
+    }
     let from_status = TrialStatus::parse(&from)
         .ok_or_else(|| StoreError::Invalid(format!("trial {} status {from:?}", c.trial_id)))?;
     if !from_status.can_become(c.to) {
@@ -5240,6 +5302,7 @@ mod tests {
                 local_date: day(1),
                 start_date: None,
                 shifted: &[],
+                reviewed: None,
             },
             now(),
         )
@@ -5277,6 +5340,7 @@ mod tests {
                 local_date: day(1),
                 start_date: None,
                 shifted: &[],
+                reviewed: None,
             },
             now(),
         );
@@ -5349,6 +5413,7 @@ mod tests {
                     local_date: start,
                     start_date: None,
                     shifted: &[],
+                    reviewed: None,
                 },
                 now(),
             )
@@ -5623,6 +5688,7 @@ mod tests {
                 local_date: start,
                 start_date: None,
                 shifted: &[],
+                reviewed: None,
             },
             now(),
         )
@@ -5817,6 +5883,7 @@ mod tests {
                 local_date: start,
                 start_date: Some(start),
                 shifted: &[],
+                reviewed: None,
             },
             now(),
         )
@@ -6270,5 +6337,141 @@ mod tests {
         let b: Timestamp = "2026-11-25T07:30:01Z".parse().unwrap();
         assert!(ts(a) < ts(b));
         assert_eq!(ts(b), "2026-11-25T07:30:01Z");
+    }
+
+    #[test]
+    fn a_renewed_grant_is_not_stored_over_a_connection_made_during_its_refresh() {
+        use crate::service::oauth::Grant;
+        use crate::service::sources::granted::Renewal;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let pid = participant(&mut s);
+        let src = s.ensure_source(pid, "oura", "oura", "{}", now()).unwrap();
+        let grant = |token: &str| Grant {
+            access_token: token.into(),
+            refresh_token: Some(format!("refresh-{token}")),
+            expires_at: None,
+            scope: "daily".into(),
+        };
+        s.save_grant(src, &grant("first"), now()).unwrap();
+        let later = now() + jiff::SignedDuration::from_mins(5);
+        let renewal = |token: &str| Renewal {
+            grant: grant(token),
+            replaces_stored_at: now(),
+            replaces_access_token: "first".into(),
+        };
+        // Nothing happened meanwhile: the renewal replaces the grant.
+        assert!(
+            s.save_renewed_grant(src, &renewal("renewed"), later)
+                .unwrap()
+        );
+        assert_eq!(s.grant(src).unwrap().unwrap().grant.access_token, "renewed");
+        // A renewal of a grant replaced since (the person connected again,
+        // perhaps to another account) leaves the new connection alone.
+        s.save_grant(src, &grant("reconnected"), later).unwrap();
+        let stale = Renewal {
+            replaces_stored_at: later,
+            replaces_access_token: "renewed".into(),
+            ..renewal("old-account")
+        };
+        assert!(!s.save_renewed_grant(src, &stale, later).unwrap());
+        let stored = s.grant(src).unwrap().unwrap();
+        assert_eq!(stored.grant.access_token, "reconnected");
+        assert!(stored.is_connected());
+    }
+
+    #[test]
+    fn an_approval_or_edit_made_on_another_version_of_the_protocol_is_refused_in_its_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let pid = participant(&mut s);
+        let text = include_str!("../../protocols/magnesium-migraine.toml");
+        let shown = ProtocolHash::of(text).0;
+        let id = s
+            .propose_trial(
+                &Proposal {
+                    participant_id: pid,
+                    protocol_id: "magnesium",
+                    protocol_toml: text,
+                    protocol_hash: &shown,
+                    seed: 7,
+                },
+                "test",
+                now(),
+            )
+            .unwrap();
+        // Edited in another tab after the first was shown.
+        let edited = text.replacen("max_blocks", "# edited\nmax_blocks", 1);
+        let edited_hash = ProtocolHash::of(&edited).0;
+        let edit = ProposalEdit {
+            trial_id: id,
+            protocol_toml: &edited,
+            protocol_hash: &edited_hash,
+            edited_from: &shown,
+            summary: "a comment",
+            actor: "test",
+        };
+        s.edit_proposal(&edit, now()).unwrap();
+        // The same edit from a page that showed the first version again: refused.
+        let refused = s.edit_proposal(&edit, now()).unwrap_err();
+        assert!(
+            matches!(&refused, StoreError::Refused(e) if e.contains("was changed after this page was shown")),
+            "{refused}"
+        );
+        let stale = StatusChange {
+            trial_id: id,
+            to: TrialStatus::Approved,
+            actor: "test",
+            reason: "approved",
+            local_date: "2026-11-25".parse().unwrap(),
+            start_date: Some("2026-11-26".parse().unwrap()),
+            shifted: &[],
+            reviewed: Some(&shown),
+        };
+        let refused = s.change_status(&stale, now()).unwrap_err();
+        assert!(
+            matches!(&refused, StoreError::Refused(e) if e.contains(&edited_hash)),
+            "{refused}"
+        );
+        assert_eq!(s.trial(id).unwrap().unwrap().status, TrialStatus::Proposed);
+        let current = StatusChange {
+            reviewed: Some(&edited_hash),
+            ..stale
+        };
+        s.change_status(&current, now()).unwrap();
+        assert_eq!(s.trial(id).unwrap().unwrap().status, TrialStatus::Approved);
+    }
+
+    #[test]
+    fn the_migration_marks_what_was_withheld_by_its_error_text_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let pid = participant(&mut s);
+        let ids = [
+            queued_summary(&mut s, pid, "a"),
+            queued_summary(&mut s, pid, "b"),
+        ];
+        s.mark_failed(ids[0], "not delivered: its trial is stopped")
+            .unwrap();
+        s.mark_failed(ids[1], "SMTP 550 mailbox unavailable")
+            .unwrap();
+        // What the rows looked like before the column: withheld by text.
+        s.conn
+            .execute("UPDATE outbox SET withheld = 0", [])
+            .unwrap();
+        let backfill: String = MIGRATION_FILES[16]
+            .split(';')
+            .filter(|sql| sql.trim_start().starts_with("UPDATE"))
+            .collect::<Vec<_>>()
+            .join(";");
+        s.conn.execute_batch(&backfill).unwrap();
+        let withheld = |mid: i64| -> i64 {
+            s.conn
+                .query_row("SELECT withheld FROM outbox WHERE id = ?1", [mid], |r| {
+                    r.get(0)
+                })
+                .unwrap()
+        };
+        assert_eq!((withheld(ids[0]), withheld(ids[1])), (1, 0));
     }
 }

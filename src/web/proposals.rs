@@ -580,16 +580,17 @@ pub(super) async fn edit_proposal(
         Err(e) => return internal(&e.to_string()),
     };
     let base = trial.protocol_hash.0.clone();
-    let changed = move |now: &str| {
-        format!(
-            "trial {id}'s protocol was changed after this page was shown (sha256 {now} now): \
-             reload the page and make the change again"
-        )
-    };
     if let Some(shown) = form.protocol_hash.as_deref().filter(|h| !h.is_empty())
         && shown != base
     {
-        return (StatusCode::CONFLICT, format!("{}\n", changed(&base))).into_response();
+        return (
+            StatusCode::CONFLICT,
+            format!(
+                "trial {id}'s protocol was changed after this page was shown (sha256 {base} \
+                 now): reload the page and make the change again\n"
+            ),
+        )
+            .into_response();
     }
     let (text, summary) = match edited_protocol(&trial.protocol_toml, &form) {
         Ok(x) => x,
@@ -608,18 +609,14 @@ pub(super) async fn edit_proposal(
     let result = state
         .db
         .write(move |s| {
-            // Edited from the text read above: not over an edit stored since.
-            match s.trial(id)? {
-                Some(t) if t.protocol_hash.0 != base => {
-                    return Err(StoreError::Refused(changed(&t.protocol_hash.0)));
-                }
-                _ => {}
-            }
             s.edit_proposal(
                 &ProposalEdit {
                     trial_id: id,
                     protocol_toml: &text,
                     protocol_hash: &hash,
+                    // Edited from the text read above: not over an edit
+                    // stored since.
+                    edited_from: &base,
                     summary: &summary,
                     actor: "dashboard",
                 },

@@ -1227,13 +1227,16 @@ pub(super) async fn trial_action(
     let result = state
         .db
         .write_with(move |s| match action.as_str() {
-            "approve" => {
-                if let Some(reviewed) = &reviewed {
-                    crate::service::actions::check_reviewed(s, id, reviewed)?;
-                }
-                crate::service::actions::approve(s, id, None, clinician.as_deref(), actor, now)
-                    .map(|_| ())
-            }
+            "approve" => crate::service::actions::approve(
+                s,
+                id,
+                None,
+                clinician.as_deref(),
+                reviewed.as_deref(),
+                actor,
+                now,
+            )
+            .map(|_| ()),
             "reject" => {
                 crate::service::actions::stop(s, id, "rejected on the dashboard", actor, now)
             }

@@ -53,7 +53,7 @@ pub(crate) async fn deliver_outbox(state: &AppState) -> Result<String, JobError>
         )),
         None => None,
     };
-    let (mut sent, mut failed) = (0, 0);
+    let (mut sent, mut failed, mut withheld) = (0, 0, 0);
     let waiting = due.len();
     for (tried, row) in due.into_iter().enumerate() {
         if *state.stopping.borrow() {
@@ -78,7 +78,7 @@ pub(crate) async fn deliver_outbox(state: &AppState) -> Result<String, JobError>
             .await?;
         if let Attempt::Withheld(why) = started {
             tracing::info!(message = id, "{why}");
-            failed += 1;
+            withheld += 1;
             continue;
         }
         let from = state.config.email.from.clone();
@@ -121,13 +121,24 @@ pub(crate) async fn deliver_outbox(state: &AppState) -> Result<String, JobError>
                     let rest = waiting - tried - 1;
                     hold(state, Some(msg.clone()));
                     return Err(JobError::Item(format!(
-                        "{sent} sent, {failed} failed; delivery held ({msg}): {rest} more due wait for the next run"
+                        "{}; delivery held ({msg}): {rest} more due wait for the next run",
+                        summary(sent, failed, withheld)
                     )));
                 }
             }
         }
     }
-    Ok(format!("{sent} sent, {failed} failed"))
+    Ok(summary(sent, failed, withheld))
+}
+
+/// A run's counts: a day's message withheld as its trial no longer runs is
+/// the policy's, not a failure.
+fn summary(sent: usize, failed: usize, withheld: usize) -> String {
+    if withheld == 0 {
+        format!("{sent} sent, {failed} failed")
+    } else {
+        format!("{sent} sent, {failed} failed, {withheld} withheld (trial not running)")
+    }
 }
 
 /// Why delivery is held, if it is.

@@ -67,7 +67,7 @@ pub(crate) async fn deliver_pushes(state: &AppState) -> Result<String, JobError>
         };
     }
     let open = state.config.public_url();
-    let (mut sent, mut failed) = (0, 0);
+    let (mut sent, mut failed, mut withheld) = (0, 0, 0);
     // A channel that failed for now is not tried again this run: a server
     // that is down (each try up to its timeout) must not hold up the rest.
     let mut down: Vec<String> = Vec::new();
@@ -105,7 +105,7 @@ pub(crate) async fn deliver_pushes(state: &AppState) -> Result<String, JobError>
         let started = state.db.write(move |s| s.begin_push(id, retry_at)).await?;
         if let Attempt::Withheld(why) = started {
             tracing::info!(push = id, "{why}");
-            failed += 1;
+            withheld += 1;
             continue;
         }
         let open = open.clone();
@@ -159,7 +159,12 @@ pub(crate) async fn deliver_pushes(state: &AppState) -> Result<String, JobError>
             }
         }
     }
-    let summary = format!("{sent} pushed, {failed} push(es) failed");
+    // A day's message withheld as its trial no longer runs is the
+    // policy's, not a failure.
+    let mut summary = format!("{sent} pushed, {failed} push(es) failed");
+    if withheld > 0 {
+        summary.push_str(&format!(", {withheld} withheld (trial not running)"));
+    }
     match held_now(state, &channels) {
         Some(why) => Err(JobError::Item(format!("{summary}; {why}"))),
         None => Ok(summary),

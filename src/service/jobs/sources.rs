@@ -120,11 +120,21 @@ async fn poll_one(state: &AppState, row: SourceRow) -> Result<Option<Upserted>, 
     };
     let source = match authorised {
         Ok((source, Ok(None))) => Ok(source),
-        Ok((source, Ok(Some(grant)))) => {
-            state
+        Ok((source, Ok(Some(renewal)))) => {
+            let stored = state
                 .db
-                .write(move |s| s.save_grant(source_id, &grant, now))
+                .write(move |s| s.save_renewed_grant(source_id, &renewal, now))
                 .await?;
+            if !stored {
+                // Connected again while the refresh was under way, perhaps
+                // to another account: that connection stands, and this
+                // poll, which holds the grant it replaced, reads nothing.
+                state
+                    .db
+                    .write(move |s| s.finish_run(run, 0, RECONNECTED, None, now))
+                    .await?;
+                return Ok(None);
+            }
             Ok(source)
         }
         Ok((
@@ -208,6 +218,11 @@ async fn poll_one(state: &AppState, row: SourceRow) -> Result<Option<Upserted>, 
         Err(e) => fail(state, run, participant_id, &name, &since, e, now).await,
     }
 }
+
+/// A poll's note when the person connected again while its grant was
+/// being renewed.
+const RECONNECTED: &str = "connected again while this poll renewed the old connection's token: \
+                           nothing read; the next poll uses the new connection";
 
 /// A source whose grant was refused: marked so (it is not polled until the
 /// person connects it again), the run failed with the reason, and the

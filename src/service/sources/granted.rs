@@ -263,6 +263,19 @@ impl Login {
     }
 }
 
+/// A grant renewed before a poll, and the stored grant it replaces: it is
+/// stored only if that one is still the stored grant
+/// ([`crate::service::store::Store::save_renewed_grant`]).
+#[derive(Debug, Clone)]
+pub struct Renewal {
+    /// The new grant.
+    pub grant: Grant,
+    /// When the grant it replaces was stored.
+    pub replaces_stored_at: Timestamp,
+    /// The access token of the grant it replaces.
+    pub replaces_access_token: String,
+}
+
 /// A source's grant in use.
 pub struct Granted {
     source_name: String,
@@ -301,7 +314,7 @@ impl Granted {
     /// Refreshes the grant when it is about to expire: the new grant (the
     /// caller stores it at once), or the vendor's refusal as
     /// `NeedsReauthorisation`.
-    pub fn renew(&self, now: Timestamp) -> Result<Option<Grant>, SourceError> {
+    pub fn renew(&self, now: Timestamp) -> Result<Option<Renewal>, SourceError> {
         let current = self.grant.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if !current.expiring(now, self.lifetime) {
             return Ok(None);
@@ -309,7 +322,11 @@ impl Granted {
         match crate::service::oauth::refresh(&self.app, &current, now) {
             Ok(fresh) => {
                 *self.grant.lock().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
-                Ok(Some(fresh))
+                Ok(Some(Renewal {
+                    grant: fresh,
+                    replaces_stored_at: self.stored_at,
+                    replaces_access_token: current.access_token,
+                }))
             }
             Err(OAuthError::Refused(why)) => Err(SourceError::NeedsReauthorisation {
                 source_name: self.source_name.clone(),

@@ -266,10 +266,7 @@ pub trait Source: Send + Sync {
     /// Renews the source's credentials where they are about to expire,
     /// before a poll: the new grant, which the caller stores at once (a
     /// refresh token may be good only once). Most sources have none.
-    fn authorise(
-        &self,
-        _now: Timestamp,
-    ) -> Result<Option<crate::service::oauth::Grant>, SourceError> {
+    fn authorise(&self, _now: Timestamp) -> Result<Option<granted::Renewal>, SourceError> {
         Ok(None)
     }
     /// Whether a poll is due at `now` (a vendor's daily request limit may

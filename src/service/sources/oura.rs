@@ -19,8 +19,8 @@ use serde_json::Value;
 
 use crate::service::config::Config;
 use crate::service::http::{ApiClient, ApiError};
-use crate::service::oauth::{Grant, TokenDialect};
-use crate::service::sources::granted::{Granted, Login, LoginConfig, Provider};
+use crate::service::oauth::TokenDialect;
+use crate::service::sources::granted::{Granted, Login, LoginConfig, Provider, Renewal};
 use crate::service::sources::{Poll, Source, SourceError, read_cursor, write_cursor};
 use crate::service::store::{NewObservation, SourceRow, Store};
 use crate::service::streams::{DayRule, StreamRules};
@@ -146,7 +146,7 @@ impl Source for Oura {
         &self.name
     }
 
-    fn authorise(&self, now: Timestamp) -> Result<Option<Grant>, SourceError> {
+    fn authorise(&self, now: Timestamp) -> Result<Option<Renewal>, SourceError> {
         self.grant.renew(now)
     }
 
@@ -531,7 +531,7 @@ fn parse_offset_time(text: &str) -> Option<jiff::Zoned> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::oauth::OAuthApp;
+    use crate::service::oauth::{Grant, OAuthApp};
     use serde_json::json;
     use std::time::Duration;
 

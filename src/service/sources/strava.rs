@@ -20,8 +20,8 @@ use serde_json::Value;
 
 use crate::service::config::Config;
 use crate::service::http::{ApiClient, ApiError};
-use crate::service::oauth::{Grant, TokenDialect};
-use crate::service::sources::granted::{Granted, Login, LoginConfig, Provider};
+use crate::service::oauth::TokenDialect;
+use crate::service::sources::granted::{Granted, Login, LoginConfig, Provider, Renewal};
 use crate::service::sources::{Owner, Poll, Source, SourceError, read_cursor, write_cursor};
 use crate::service::store::{NewObservation, SourceRow, Store};
 use crate::service::streams::StreamRules;
@@ -93,7 +93,7 @@ impl Source for Strava {
         &self.name
     }
 
-    fn authorise(&self, now: Timestamp) -> Result<Option<Grant>, SourceError> {
+    fn authorise(&self, now: Timestamp) -> Result<Option<Renewal>, SourceError> {
         self.grant.renew(now)
     }
 
