@@ -8,10 +8,10 @@ use crate::service::app::AppState;
 use crate::service::jobs::{JobError, recipient, running_trials};
 use crate::service::loaded::LoadedTrial;
 use crate::service::notify;
-use crate::service::store::{DecisionRow, NewDecision, NewFit};
+use crate::service::store::{DecisionRow, NewDecision, NewFit, Store, StoreError};
 use crate::trial::decide::{Action, Decision};
 use crate::trial::prior_data::{has_proposer_prior, sceptical_key};
-use crate::trial::protocol::{Analysis, Outcome};
+use crate::trial::protocol::{Analysis, Outcome, Protocol};
 use crate::trial::series;
 use crate::trial::step::{self, LookFit, LookHistory};
 
@@ -93,48 +93,22 @@ async fn refit_one(
     key: &str,
     as_treated: bool,
 ) -> Result<bool, JobError> {
-    let (trial_id, participant_id, stream, fit_key) = (
-        trial.id(),
-        trial.participant.id,
-        outcome.stream.clone(),
-        key.to_string(),
-    );
-    let prefer = state
-        .config
-        .stream_rules(&trial.participant.key)
-        .prefer(&stream)
-        .to_vec();
-    let (schedule, observations, last, decisions, adherence) = state
+    let (trial_id, fit_key) = (trial.id(), key.to_string());
+    let source = SeriesSource::of(state, trial, outcome, as_treated);
+    let (ts, last, decisions) = state
         .db
         .read(move |s| {
-            let schedule = s.schedule(trial_id)?;
-            // Only the trial's own dates count (`trial_series`).
-            let days = schedule.iter().map(|d| d.local_date);
-            let observations = match (days.clone().min(), days.max()) {
-                (Some(first), Some(last)) => {
-                    s.observations_between(participant_id, &stream, &prefer, (first, last))?
-                }
-                _ => Vec::new(),
-            };
             Ok((
-                schedule,
-                observations,
+                source.read(s)?,
                 s.latest_fit(trial_id, &fit_key)?,
                 s.decisions(trial_id)?,
-                s.adherence(trial_id)?,
             ))
         })
         .await?;
     let dropped = history_of(trial, &decisions).dropped;
-    let schedule = if as_treated {
-        series::as_treated(&schedule, &adherence, trial.protocol.comparator_index())
-    } else {
-        schedule
-    };
-    let (protocol, out, zone) = (trial.protocol.clone(), outcome.clone(), trial.zone.clone());
+    let (protocol, out) = (trial.protocol.clone(), outcome.clone());
     let seed = trial.row.seed;
     let result = tokio::task::spawn_blocking(move || {
-        let ts = series::trial_series(&protocol, &out, &schedule, &observations, &zone);
         let Some(through) = ts.data_through else {
             return Ok(None);
         };
@@ -187,6 +161,67 @@ async fn refit_one(
     Ok(true)
 }
 
+/// Where a fit's series comes from (§3): the trial's schedule (as treated,
+/// where the analysis is) and the outcome stream's observations over the
+/// trial's own dates, one device a day as the participant's stream rules
+/// prefer.
+struct SeriesSource {
+    trial_id: i64,
+    participant_id: i64,
+    protocol: Protocol,
+    outcome: Outcome,
+    as_treated: bool,
+    prefer: Vec<String>,
+    zone: jiff::tz::TimeZone,
+}
+
+impl SeriesSource {
+    /// `trial`'s `outcome`, under the as-treated analysis where `as_treated`.
+    fn of(state: &AppState, trial: &LoadedTrial, outcome: &Outcome, as_treated: bool) -> Self {
+        SeriesSource {
+            trial_id: trial.id(),
+            participant_id: trial.participant.id,
+            protocol: trial.protocol.clone(),
+            outcome: outcome.clone(),
+            as_treated,
+            prefer: state
+                .config
+                .stream_rules(&trial.participant.key)
+                .prefer(&outcome.stream)
+                .to_vec(),
+            zone: trial.zone.clone(),
+        }
+    }
+
+    /// The series as stored now.
+    fn read(&self, s: &Store) -> Result<series::TrialSeries, StoreError> {
+        let schedule = s.schedule(self.trial_id)?;
+        let days = schedule.iter().map(|d| d.local_date);
+        let observations = match (days.clone().min(), days.max()) {
+            (Some(first), Some(last)) => s.observations_between(
+                self.participant_id,
+                &self.outcome.stream,
+                &self.prefer,
+                (first, last),
+            )?,
+            _ => Vec::new(),
+        };
+        let schedule = if self.as_treated {
+            let comparator = self.protocol.comparator_index();
+            series::as_treated(&schedule, &s.adherence(self.trial_id)?, comparator)
+        } else {
+            schedule
+        };
+        Ok(series::trial_series(
+            &self.protocol,
+            &self.outcome,
+            &schedule,
+            &observations,
+            &self.zone,
+        ))
+    }
+}
+
 /// Takes the look due at the end of the latest period (§5) through the
 /// shared [`step::daemon_look`], on the latest fit of the outcome the
 /// protocol's analysis names, and stores the decision with what it changes
@@ -200,6 +235,40 @@ pub(crate) async fn decide_trial(
     trial: &LoadedTrial,
     force: bool,
 ) -> Result<Option<Action>, JobError> {
+    let mut check = true;
+    for _ in 0..3 {
+        match try_look(state, trial, force, check).await? {
+            Look::Taken(action) => return Ok(action),
+            // Refitted on the data as stored now, the look is taken again.
+            // Where they no longer make a fit (too few left), the look is
+            // taken on the fit there is.
+            Look::Overtaken => check = refit_trial(state, trial).await? > 0,
+        }
+    }
+    // Data that change at every try (corrections in a loop): the look is
+    // taken on the last fit rather than held for ever.
+    match try_look(state, trial, force, false).await? {
+        Look::Taken(action) => Ok(action),
+        Look::Overtaken => Ok(None),
+    }
+}
+
+/// What one try at a look did.
+enum Look {
+    /// Stored (the action), or no look was due (`None`).
+    Taken(Option<Action>),
+    /// Not stored: the fit's data changed after it read them.
+    Overtaken,
+}
+
+/// One try at [`decide_trial`]'s look; with `check`, only on a fit of the
+/// data as stored now.
+async fn try_look(
+    state: &AppState,
+    trial: &LoadedTrial,
+    force: bool,
+    check: bool,
+) -> Result<Look, JobError> {
     let protocol = &trial.protocol;
     let today = trial.today(state.clock.now());
     // The analysis the protocol names drives the decision (statistics.md §5).
@@ -239,7 +308,7 @@ pub(crate) async fn decide_trial(
     )
     .map_err(|e| JobError::Item(e.to_string()))?
     else {
-        return Ok(None);
+        return Ok(Look::Taken(None));
     };
     let decision = look.step.decision;
     let period = decision.look.period;
@@ -269,14 +338,38 @@ pub(crate) async fn decide_trial(
             )],
         },
     };
+    // The fit must be of the data stored now: a corrected rating or a
+    // withdrawn night that landed after the fit read its series is seen by
+    // the next look, on a refit. Checked on the daemon's one writer, so no
+    // other write of the daemon's lands between the check and the decision.
+    let fitted = fit
+        .as_ref()
+        .and_then(|f| f.data_digest.clone())
+        .filter(|_| check);
+    let source = SeriesSource::of(
+        state,
+        trial,
+        &protocol.outcome,
+        protocol.decision.analysis == Analysis::AsTreated,
+    );
     let now = state.clock.now();
     let stored = state
         .db
-        .write(move |s| s.record_decision(&new, "daemon", today, now))
+        .write(move |s| {
+            if let Some(fitted) = fitted
+                && source.read(s)?.digest() != fitted
+            {
+                return Ok(None);
+            }
+            s.record_decision(&new, "daemon", today, now).map(Some)
+        })
         .await?;
+    let Some(stored) = stored else {
+        return Ok(Look::Overtaken);
+    };
     if !stored {
-        return Ok(None);
+        return Ok(Look::Taken(None));
     }
     tracing::info!(trial = trial_id, period, action = decision.action.name(), rule = %decision.rule, "decision");
-    Ok(Some(decision.action))
+    Ok(Look::Taken(Some(decision.action)))
 }
