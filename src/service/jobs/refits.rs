@@ -373,3 +373,122 @@ async fn try_look(
     tracing::info!(trial = trial_id, period, action = decision.action.name(), rule = %decision.rule, "decision");
     Ok(Look::Taken(Some(decision.action)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::app::Auth;
+    use crate::service::clock::Clock;
+    use crate::service::links::LinkKey;
+    use crate::service::store::{Db, RunWay};
+    use std::sync::Arc;
+
+    /// The daemon's shared state over the demo, its history polled: a
+    /// running trial whose looks are due.
+    async fn demo_state(dir: &std::path::Path) -> AppState {
+        let db = Db::open(&dir.join("db.sqlite")).unwrap();
+        let config = crate::service::config::Config::default();
+        let clock = Clock::system();
+        let now = clock.now();
+        let polled = config.clone();
+        db.write(move |s| {
+            crate::service::demo::ensure_seeded(s, "UTC", now).unwrap();
+            let row = s.sources()?.remove(0);
+            let source = crate::service::sources::adapter_for(&row, s, &polled)
+                .unwrap()
+                .unwrap();
+            let poll = source.poll(None, now).unwrap();
+            let run = s.begin_run(row.id, RunWay::Poll, "", now)?;
+            s.record_poll(row.id, run, &poll.observations, &[], None, now)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        AppState {
+            db,
+            config: Arc::new(config),
+            clock,
+            jobs: Default::default(),
+            designs: Default::default(),
+            auth: Auth {
+                token: None,
+                password_hash: None,
+                investigator_password_hash: None,
+            },
+            started_at: now,
+            stopping: tokio::sync::watch::channel(false).1,
+            link_key: LinkKey::generate().unwrap(),
+            public_url: "http://127.0.0.1:8080".into(),
+            delivery_held: Default::default(),
+            push_held: Default::default(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_look_is_not_taken_on_a_fit_whose_data_changed_after_it_read_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = demo_state(dir.path()).await;
+        let (trials, errors) = running_trials(&state).await.unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        let trial = &trials[0];
+        let key = series::decisive_key(&trial.protocol);
+        assert!(refit_trial(&state, trial).await.unwrap() >= 1);
+        let id = trial.id();
+        let decisive = key.clone();
+        let stale = state
+            .db
+            .read(move |s| s.latest_fit(id, &decisive))
+            .await
+            .unwrap()
+            .unwrap();
+        // A rating the source sends again with another value (a corrected
+        // entry), after the fit read the series.
+        let now = state.clock.now();
+        let polled = state.config.clone();
+        state
+            .db
+            .write(move |s| {
+                let row = s.sources()?.remove(0);
+                let source = crate::service::sources::adapter_for(&row, s, &polled)
+                    .unwrap()
+                    .unwrap();
+                let mut changed = source.poll(None, now).unwrap().observations.remove(20);
+                changed.value = if changed.value < 5.0 {
+                    changed.value + 1.0
+                } else {
+                    changed.value - 1.0
+                };
+                let run = s.begin_run(row.id, RunWay::Poll, "", now)?;
+                let counts = s.record_poll(row.id, run, &[changed], &[], None, now)?;
+                assert_eq!(counts.updated, 1);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        // On the stored fit the look is refused...
+        assert!(matches!(
+            try_look(&state, trial, true, true).await.unwrap(),
+            Look::Overtaken
+        ));
+        assert!(
+            state
+                .db
+                .read(move |s| s.decisions(id))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // ...and taken on a refit of the data as they are now.
+        assert!(decide_trial(&state, trial, true).await.unwrap().is_some());
+        let decided = state.db.read(move |s| s.decisions(id)).await.unwrap();
+        let fresh = state
+            .db
+            .read(move |s| s.latest_fit(id, &key))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(fresh.id, stale.id);
+        assert_eq!(decided.len(), 1);
+        assert_eq!(decided[0].fit_id, Some(fresh.id));
+    }
+}
