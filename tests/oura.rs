@@ -41,6 +41,8 @@ struct Oura {
     /// Refreshes are held while this is set, and how many were.
     hold_refresh: bool,
     held: usize,
+    /// Bearer tokens the API refused.
+    refused: Vec<String>,
 }
 
 type Shared = Arc<Mutex<Oura>>;
@@ -172,6 +174,7 @@ async fn collection(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     if bearer.is_none() || bearer != o.access.as_deref() {
+        o.refused.push(bearer.unwrap_or_default().to_string());
         return (StatusCode::UNAUTHORIZED, "").into_response();
     }
     *o.reads.entry(name.clone()).or_default() += 1;
@@ -466,7 +469,14 @@ token_url = "{url}/oauth/token"
     wait_until("reads with the new connection", &daemon, || {
         oura.lock().unwrap().reads.values().sum::<usize>() > reads
     });
-    assert_eq!(oura.lock().unwrap().held, 1);
+    assert!(
+        !oura
+            .lock()
+            .unwrap()
+            .refused
+            .contains(&"old-account-token".to_string()),
+        "the old connection's renewed token was never used"
+    );
     daemon.terminate();
     assert_eq!(count(&data, "SELECT COUNT(*) FROM observations"), expected);
     let log = std::fs::read_dir(&data)

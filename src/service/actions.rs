@@ -104,7 +104,9 @@ pub fn propose(
 /// changes prescribed medication, or the library says so) is approved only
 /// with `clinician`, the clinician's agreement in words ("Dr Lee, 3 Dec").
 /// From a page that showed the protocol, `reviewed` is its SHA-256: what a
-/// person approves is the version they saw, not one edited since.
+/// person approves is the version they saw, not one edited since. Without
+/// it, the version read here (whose need of a clinician was checked) is the
+/// one approved, or none.
 pub fn approve(
     store: &mut Store,
     trial_id: i64,
@@ -148,7 +150,7 @@ pub fn approve(
             local_date: today,
             start_date: Some(start),
             shifted: &[],
-            reviewed,
+            reviewed: Some(reviewed.unwrap_or(&trial.protocol_hash.0)),
         },
         now,
     )?;

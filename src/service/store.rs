@@ -1137,8 +1137,8 @@ pub struct PushRow {
 pub enum Attempt {
     /// Recorded: deliver it now.
     Started,
-    /// Not delivered, and marked failed: why (its trial is no longer
-    /// running).
+    /// Not delivered, and marked failed and withheld: why (its trial is no
+    /// longer running).
     Withheld(String),
 }
 
@@ -1661,7 +1661,8 @@ impl Store {
         }))
     }
 
-    /// Stores a source's grant (from a Connect or a refresh) as connected.
+    /// Stores a source's grant from a Connect as connected, over whatever
+    /// was stored (a refresh uses [`Store::save_renewed_grant`]).
     pub fn save_grant(
         &mut self,
         source_id: i64,
@@ -3912,8 +3913,8 @@ impl Store {
     /// `sending` and is not due again before `retry_at`, so a crash mid-send
     /// is retried later rather than immediately in a loop. A message about
     /// a trial's day whose trial is no longer running is withheld instead
-    /// (marked failed), in the same transaction, and given back if it runs
-    /// again (resumed, or its stop undone).
+    /// (marked failed and withheld), in the same transaction, and given
+    /// back if it runs again (resumed, or its stop undone).
     pub fn mark_attempt(&mut self, id: i64, retry_at: Timestamp) -> Result<Attempt> {
         begin_attempt(&mut self.conn, &EMAIL_ATTEMPT, id, retry_at)
     }
@@ -4585,13 +4586,15 @@ fn withheld(tx: &Transaction<'_>, message: i64) -> Result<Option<String>> {
 /// has passed meanwhile is then given up on at delivery, as any other.
 fn give_back_withheld(tx: &Connection, trial_id: i64, now: Timestamp) -> Result<()> {
     tx.execute(
-        "UPDATE pushes SET status = 'pending', withheld = 0, next_attempt_at = ?2
+        "UPDATE pushes SET status = 'pending', withheld = 0, last_error = NULL,
+                           next_attempt_at = ?2
          WHERE status = 'failed' AND withheld = 1
            AND message_id IN (SELECT id FROM outbox WHERE trial_id = ?1)",
         params![trial_id, ts(now)],
     )?;
     tx.execute(
-        "UPDATE outbox SET status = 'pending', withheld = 0, next_attempt_at = ?2
+        "UPDATE outbox SET status = 'pending', withheld = 0, last_error = NULL,
+                           next_attempt_at = ?2
          WHERE trial_id = ?1 AND status = 'failed' AND withheld = 1",
         params![trial_id, ts(now)],
     )?;

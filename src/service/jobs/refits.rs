@@ -230,26 +230,42 @@ impl SeriesSource {
 /// Without `force` (the refit job) the look waits until the latest fit
 /// covers the period's last day; with it (before the next assignment goes
 /// out) it is taken on the data there are, as a missed rating may never come.
+///
+/// The fit must be of the data as stored when the decision is: where a
+/// correction or a withdrawal landed after the fit read its series, the
+/// decisive analysis is refitted (a fit stored here) and the look taken
+/// again.
 pub(crate) async fn decide_trial(
     state: &AppState,
     trial: &LoadedTrial,
     force: bool,
 ) -> Result<Option<Action>, JobError> {
-    let mut check = true;
-    for _ in 0..3 {
+    let protocol = &trial.protocol;
+    let key = series::decisive_key(protocol);
+    let as_treated = protocol.decision.analysis == Analysis::AsTreated;
+    let (mut check, mut tries) = (true, 0);
+    loop {
         match try_look(state, trial, force, check).await? {
             Look::Taken(action) => return Ok(action),
-            // Refitted on the data as stored now, the look is taken again.
-            // Where they no longer make a fit (too few left), the look is
-            // taken on the fit there is.
-            Look::Overtaken => check = refit_trial(state, trial).await? > 0,
+            Look::Overtaken => {
+                tries += 1;
+                // Where the data no longer make a fit (too few left) or the
+                // fit fails, the look is taken on the fit there is, as a
+                // failed refit never held a look; and after three tries
+                // (data that change at every one) too, rather than never.
+                let refitted = match refit_one(state, trial, &protocol.outcome, &key, as_treated)
+                    .await
+                {
+                    Ok(stored) => stored,
+                    Err(e) => {
+                        tracing::warn!(trial = trial.id(), error = %e,
+                                "the refit before a look failed; the look is taken on the last fit");
+                        false
+                    }
+                };
+                check = refitted && tries < 3;
+            }
         }
-    }
-    // Data that change at every try (corrections in a loop): the look is
-    // taken on the last fit rather than held for ever.
-    match try_look(state, trial, force, false).await? {
-        Look::Taken(action) => Ok(action),
-        Look::Overtaken => Ok(None),
     }
 }
 
@@ -262,7 +278,7 @@ enum Look {
 }
 
 /// One try at [`decide_trial`]'s look; with `check`, only on a fit of the
-/// data as stored now.
+/// data as stored now (else never `Overtaken`).
 async fn try_look(
     state: &AppState,
     trial: &LoadedTrial,
@@ -490,5 +506,53 @@ mod tests {
         assert_ne!(fresh.id, stale.id);
         assert_eq!(decided.len(), 1);
         assert_eq!(decided[0].fit_id, Some(fresh.id));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_look_whose_data_no_longer_make_a_fit_is_taken_on_the_last_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = demo_state(dir.path()).await;
+        let (trials, _) = running_trials(&state).await.unwrap();
+        let trial = &trials[0];
+        let key = series::decisive_key(&trial.protocol);
+        assert!(refit_trial(&state, trial).await.unwrap() >= 1);
+        let id = trial.id();
+        let stale = state
+            .db
+            .read(move |s| s.latest_fit(id, &key))
+            .await
+            .unwrap()
+            .unwrap();
+        // The source withdraws all but two records after the fit: too few
+        // for a fit.
+        let now = state.clock.now();
+        let polled = state.config.clone();
+        state
+            .db
+            .write(move |s| {
+                let row = s.sources()?.remove(0);
+                let source = crate::service::sources::adapter_for(&row, s, &polled)
+                    .unwrap()
+                    .unwrap();
+                let records: Vec<String> = source
+                    .poll(None, now)
+                    .unwrap()
+                    .observations
+                    .into_iter()
+                    .skip(2)
+                    .map(|o| o.source_record_id)
+                    .collect();
+                let run = s.begin_run(row.id, RunWay::Poll, "", now)?;
+                let counts = s.record_poll(row.id, run, &[], &records, None, now)?;
+                assert_eq!(counts.withdrawn, records.len());
+                Ok(())
+            })
+            .await
+            .unwrap();
+        // Not held for ever: taken on the fit there is.
+        assert!(decide_trial(&state, trial, true).await.unwrap().is_some());
+        let decided = state.db.read(move |s| s.decisions(id)).await.unwrap();
+        assert_eq!(decided.len(), 1);
+        assert_eq!(decided[0].fit_id, Some(stale.id));
     }
 }

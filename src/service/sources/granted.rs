@@ -266,7 +266,7 @@ impl Login {
 /// A grant renewed before a poll, and the stored grant it replaces: it is
 /// stored only if that one is still the stored grant
 /// ([`crate::service::store::Store::save_renewed_grant`]).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Renewal {
     /// The new grant.
     pub grant: Grant,
@@ -274,6 +274,17 @@ pub struct Renewal {
     pub replaces_stored_at: Timestamp,
     /// The access token of the grant it replaces.
     pub replaces_access_token: String,
+}
+
+// Written out so that no token reaches a log.
+impl std::fmt::Debug for Renewal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Renewal")
+            .field("grant", &self.grant)
+            .field("replaces_stored_at", &self.replaces_stored_at)
+            .field("replaces_access_token", &"…")
+            .finish()
+    }
 }
 
 /// A source's grant in use.
@@ -312,8 +323,8 @@ impl Granted {
     }
 
     /// Refreshes the grant when it is about to expire: the new grant (the
-    /// caller stores it at once), or the vendor's refusal as
-    /// `NeedsReauthorisation`.
+    /// caller stores it at once, over the grant it renewed only), or the
+    /// vendor's refusal as `NeedsReauthorisation`.
     pub fn renew(&self, now: Timestamp) -> Result<Option<Renewal>, SourceError> {
         let current = self.grant.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if !current.expiring(now, self.lifetime) {

@@ -265,7 +265,8 @@ pub trait Source: Send + Sync {
     fn poll(&self, cursor: Option<&str>, now: Timestamp) -> Result<Poll, SourceError>;
     /// Renews the source's credentials where they are about to expire,
     /// before a poll: the new grant, which the caller stores at once (a
-    /// refresh token may be good only once). Most sources have none.
+    /// refresh token may be good only once) unless the person connected
+    /// again meanwhile. Most sources have none.
     fn authorise(&self, _now: Timestamp) -> Result<Option<granted::Renewal>, SourceError> {
         Ok(None)
     }
