@@ -98,11 +98,8 @@ impl Source for Strava {
     }
 
     fn due(&self, cursor: Option<&str>, now: Timestamp) -> bool {
-        let waiting = cursor
-            .and_then(|c| serde_json::from_str::<Cursor>(c).ok())
-            .and_then(|c| c.resume_at)
-            .is_some_and(|t| now < t);
-        !waiting && crate::service::sources::granted::due(cursor, self.settings.poll_minutes, now)
+        !waiting_for_limit(cursor, now)
+            && crate::service::sources::granted::due(cursor, self.settings.poll_minutes, now)
     }
 
     fn poll(&self, cursor: Option<&str>, now: Timestamp) -> Result<Poll, SourceError> {
@@ -194,6 +191,18 @@ impl Strava {
             },
         }
     }
+}
+
+/// Whether a spent rate limit's window (`resume_at` of the cursor) has
+/// not reset yet at `now`. A read after `now` (the clock was stepped back
+/// since it was made) does not wait: else the source would wait out the
+/// step as well as the window.
+fn waiting_for_limit(cursor: Option<&str>, now: Timestamp) -> bool {
+    cursor
+        .and_then(|c| serde_json::from_str::<Cursor>(c).ok())
+        .is_some_and(|c| {
+            c.resume_at.is_some_and(|t| now < t) && c.read_at.is_none_or(|read| read <= now)
+        })
 }
 
 /// When a spent Strava limit resets: the next midnight UTC where a daily
@@ -316,6 +325,23 @@ fn activity_values(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_spent_limit_is_waited_for_unless_the_clock_went_back_since_the_read() {
+        let read: Timestamp = "2026-12-05T10:07:31Z".parse().unwrap();
+        let cursor =
+            json!({"read_at": read.to_string(), "resume_at": "2026-12-05T10:15:00Z"}).to_string();
+        let at = |mins: i64| read + SignedDuration::from_mins(mins);
+        assert!(waiting_for_limit(Some(&cursor), at(1)));
+        assert!(!waiting_for_limit(Some(&cursor), at(8)), "the window reset");
+        // Stepped back an hour after the read: read now, not in 68 minutes.
+        assert!(!waiting_for_limit(Some(&cursor), at(-60)));
+        assert!(!waiting_for_limit(None, at(1)));
+        assert!(!waiting_for_limit(
+            Some(&json!({"read_at": read.to_string()}).to_string()),
+            at(1)
+        ));
+    }
 
     #[test]
     fn a_spent_limit_waits_for_its_window() {
